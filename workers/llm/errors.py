@@ -1,0 +1,226 @@
+"""One error tree for everything that can go wrong running a job.
+
+::
+
+    LLMQError
+    ├── ProviderError                      (an upstream call failed)
+    │   ├── RetryableProviderError         retried by the retry wrapper
+    │   │   ├── RateLimitedError           429 (not insufficient_quota); carries the wait
+    │   │   ├── OverloadedError            529 / in-stream overloaded_error
+    │   │   ├── ServerError                5xx, 408, 409
+    │   │   ├── ProviderTimeoutError       connect/read timeout, stall
+    │   │   ├── ProviderConnectionError    refused, reset, DNS
+    │   │   └── IncompleteStreamError      stream ended without its terminator / malformed
+    │   └── (never retried)
+    │       ├── BadRequestError            other 4xx
+    │       ├── ContextLengthExceededError prompt + max_tokens over the window
+    │       ├── ContentFilteredError       provider policy refused the input
+    │       ├── AuthenticationError        401
+    │       ├── PermissionDeniedError      403
+    │       ├── ModelNotFoundError         404 model (falls back)
+    │       └── InsufficientQuotaError     429 insufficient_quota (falls back)
+    ├── BudgetExceededError                the ledger refused the reservation
+    ├── ConfigurationError                 unknown provider/route, missing key, bad config
+    ├── JobCancelledError                  a consumer cancelled the job
+    ├── DeadlineExceededError              the job's deadline passed
+    ├── MidStreamError                     failed after deltas were published (never retried)
+    └── AllModelsFailedError               every model in the chain failed
+
+Retryability is a property of the type, except that the provider's ``x-should-retry`` header
+overrides it (kept in ``should_retry``). Every class takes only positional parameters that are
+passed on to ``Exception.__init__`` unchanged, so ``cls(*exc.args)`` rebuilds it exactly: that is
+how Celery's JSON serializer round-trips exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from workers.contract import ErrorInfo
+
+__all__ = [
+    "AllModelsFailedError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BudgetExceededError",
+    "ConfigurationError",
+    "ContentFilteredError",
+    "ContextLengthExceededError",
+    "DeadlineExceededError",
+    "IncompleteStreamError",
+    "InsufficientQuotaError",
+    "JobCancelledError",
+    "LLMQError",
+    "MidStreamError",
+    "ModelNotFoundError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderTimeoutError",
+    "RateLimitedError",
+    "RetryableProviderError",
+    "ServerError",
+    "error_type_name",
+    "is_retryable",
+]
+
+
+class LLMQError(Exception):
+    """Base of every llmqueue error.
+
+    Parameters (all positional-capable, all kept in ``args``): message, provider, model,
+    status (HTTP), code (provider error code/type), retry_after (seconds the provider asked
+    us to wait), request_id, should_retry (the ``x-should-retry`` header, if sent).
+    """
+
+    retryable: ClassVar[bool] = False
+    #: Whether the fallback chain moves on to the next model after this error.
+    falls_back: ClassVar[bool] = False
+    type_name: ClassVar[str] = "llmq_error"
+
+    def __init__(
+        self,
+        message: str = "",
+        provider: str | None = None,
+        model: str | None = None,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        request_id: str | None = None,
+        should_retry: bool | None = None,
+    ) -> None:
+        super().__init__(message, provider, model, status, code, retry_after, request_id, should_retry)
+        self.message = message
+        self.provider = provider
+        self.model = model
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+        self.request_id = request_id
+        self.should_retry = should_retry
+
+    def __str__(self) -> str:
+        where = f"{self.provider}:{self.model}" if self.provider and self.model else self.provider or ""
+        parts = [p for p in (where, f"HTTP {self.status}" if self.status else "", self.code or "") if p]
+        return f"{self.message} ({', '.join(parts)})" if parts else self.message
+
+    def __reduce__(self) -> tuple[type[LLMQError], tuple[object, ...]]:
+        return (type(self), self.args)
+
+    @property
+    def is_retryable(self) -> bool:
+        if self.should_retry is not None:
+            return self.should_retry
+        return self.retryable
+
+    def to_info(self) -> ErrorInfo:
+        return ErrorInfo(
+            type=self.type_name,
+            message=self.message or type(self).__name__,
+            retryable=self.is_retryable,
+            code=self.code,
+            status=self.status,
+            provider=self.provider,
+            model=self.model,
+            retry_after_s=self.retry_after,
+        )
+
+
+class ProviderError(LLMQError):
+    type_name = "provider_error"
+
+
+class RetryableProviderError(ProviderError):
+    retryable = True
+    falls_back = True
+    type_name = "retryable_provider_error"
+
+
+class RateLimitedError(RetryableProviderError):
+    type_name = "rate_limited"
+
+
+class OverloadedError(RetryableProviderError):
+    type_name = "overloaded"
+
+
+class ServerError(RetryableProviderError):
+    type_name = "server_error"
+
+
+class ProviderTimeoutError(RetryableProviderError):
+    type_name = "timeout"
+
+
+class ProviderConnectionError(RetryableProviderError):
+    type_name = "connection_error"
+
+
+class IncompleteStreamError(RetryableProviderError):
+    type_name = "incomplete_stream"
+
+
+class BadRequestError(ProviderError):
+    type_name = "bad_request"
+
+
+class ContextLengthExceededError(BadRequestError):
+    falls_back = True  # a model with a larger window may fit
+    type_name = "context_length_exceeded"
+
+
+class ContentFilteredError(BadRequestError):
+    type_name = "content_filtered"
+
+
+class AuthenticationError(ProviderError):
+    type_name = "authentication_error"
+
+
+class PermissionDeniedError(ProviderError):
+    type_name = "permission_denied"
+
+
+class ModelNotFoundError(ProviderError):
+    falls_back = True
+    type_name = "model_not_found"
+
+
+class InsufficientQuotaError(ProviderError):
+    falls_back = True
+    type_name = "insufficient_quota"
+
+
+class BudgetExceededError(LLMQError):
+    type_name = "budget_exceeded"
+
+
+class ConfigurationError(LLMQError):
+    type_name = "configuration_error"
+
+
+class JobCancelledError(LLMQError):
+    type_name = "cancelled"
+
+
+class DeadlineExceededError(LLMQError):
+    type_name = "deadline_exceeded"
+
+
+class MidStreamError(LLMQError):
+    """A failure after the first delta was published: terminal, never retried or fallen back."""
+
+    type_name = "mid_stream_error"
+
+
+class AllModelsFailedError(LLMQError):
+    type_name = "all_models_failed"
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, LLMQError) and exc.is_retryable
+
+
+def error_type_name(exc: BaseException) -> str:
+    return exc.type_name if isinstance(exc, LLMQError) else "internal_error"

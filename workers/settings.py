@@ -1,0 +1,73 @@
+"""Worker and producer settings, from ``LLMQ_*`` environment variables (and ``LLMQ_CONFIG``).
+
+Nothing is read at import time: call :func:`get_settings` (or build :class:`Settings` yourself
+with explicit values, which is what tests do). Provider API keys are deliberately *not* settings:
+each provider reads its own official variable (``OPENAI_API_KEY`` ...) from the worker's
+environment when the worker process starts, so a key can never be serialized with the settings.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMQ_", extra="ignore", frozen=True)
+
+    #: Broker, event streams, results and the ledger.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Celery queue jobs are sent to.
+    queue: str = "llmq"
+
+    # --- worker process ------------------------------------------------------------------------
+    pool: Literal["gevent", "threads"] = "gevent"
+    #: Concurrent jobs per worker process; sizes the HTTP and Redis pools too.
+    concurrency: int = Field(default=100, ge=1, le=2000)
+    #: None = 2 for gevent (avoids the refill stall), 1 for threads (notes §2).
+    prefetch_multiplier: int | None = Field(default=None, ge=1)
+    #: Seconds before an unacked job is redelivered; far above the longest job (notes §3).
+    visibility_timeout: int = Field(default=3600, ge=60)
+    #: Hard per-job limit enforced by the gevent pool; above the provider read timeout.
+    task_time_limit: int = Field(default=900, ge=10)
+    #: Grace period for running jobs on a warm shutdown.
+    soft_shutdown_timeout: float = 60.0
+    #: Lease of the per-job claim that keeps two workers from running one job at once.
+    claim_lease_s: int = Field(default=60, ge=5)
+
+    # --- streaming and results ------------------------------------------------------------------
+    #: Deltas are buffered until this much time passed since the first unflushed one...
+    coalesce_ms: float = Field(default=50.0, ge=0)
+    #: ...or this many characters are buffered, whichever comes first.
+    coalesce_chars: int = Field(default=512, ge=1)
+    #: Approximate cap of each job's replay stream (XADD MAXLEN ~).
+    events_maxlen: int = Field(default=10_000, ge=10)
+    #: Seconds results, replay streams and job metadata are kept.
+    result_ttl_s: int = Field(default=86_400, ge=60)
+
+    # --- HTTP to providers ----------------------------------------------------------------------
+    http_connect_timeout: float = 5.0
+    http_read_timeout: float = 120.0
+    http2: bool = True
+
+    # --- routing, budget ------------------------------------------------------------------------
+    #: TOML file with routes, per-model limits, prices and budgets (issue: resilience).
+    config: str | None = None
+    #: What a bare ``default`` model resolves to when no config file says otherwise.
+    default_model: str = "openai:gpt-4o-mini"
+    monthly_budget_usd: float | None = Field(default=None, ge=0)
+
+    @property
+    def effective_prefetch(self) -> int:
+        if self.prefetch_multiplier is not None:
+            return self.prefetch_multiplier
+        return 2 if self.pool == "gevent" else 1
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides winning."""
+    return Settings(**overrides)  # type: ignore[arg-type]
