@@ -1,0 +1,61 @@
+"""Shared fixtures: a real Redis server of our own and the provider simulator.
+
+Redis: ``LLMQ_TEST_REDIS_URL`` if set, else a dedicated ``redis-server`` child on a free port
+(the same launcher the demo uses), so tests can flush freely without touching anyone's data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from producers.localredis import ManagedRedis
+from simulator.app import SimConfig, SimulatorThread
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    url = os.environ.get("LLMQ_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    with ManagedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> str:
+    client = redis.Redis.from_url(redis_server_url)
+    client.flushdb()
+    client.close()
+    return redis_server_url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def simulator_session() -> Iterator[SimulatorThread]:
+    with SimulatorThread(SimConfig(latency=0.0, tokens_per_s=0.0)) as sim:
+        yield sim
+
+
+@pytest.fixture
+def simulator(simulator_session: SimulatorThread) -> SimulatorThread:
+    """A running simulator with fresh counters and fault sequences and default pacing."""
+    sim = simulator_session.simulator
+    sim.config.latency = 0.0
+    sim.config.tokens_per_s = 0.0
+    sim.config.completion_tokens = 20
+    sim.config.fault_rates = {}
+    sim.planner.rates = {}
+    sim.stats = type(sim.stats)()
+    sim.planner.reset()
+    return simulator_session
