@@ -1,0 +1,28 @@
+"""Everything a calling service needs to enqueue LLM jobs and read their results.
+
+Only :mod:`workers.contract` is imported from the worker side.
+"""
+
+from producers.aclient import AsyncClient, AsyncJobHandle
+from producers.client import (
+    Client,
+    InvalidJobError,
+    JobHandle,
+    JobNotFoundError,
+    ResultTimeoutError,
+)
+from workers.contract import CompletionJob, CompletionResult, Message, StreamEvent
+
+__all__ = [
+    "AsyncClient",
+    "AsyncJobHandle",
+    "Client",
+    "CompletionJob",
+    "CompletionResult",
+    "InvalidJobError",
+    "JobHandle",
+    "JobNotFoundError",
+    "Message",
+    "ResultTimeoutError",
+    "StreamEvent",
+]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import string
 import time
 from typing import Annotated, Literal
 
@@ -64,6 +65,7 @@ DEFAULT_QUEUE = "llmq"
 
 _MODEL_ID = re.compile(r"^[a-z][a-z0-9_-]*:[^\s:][^\s]*$")
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+_SECRET_KEY = re.compile(r"(?i)(api[_-]?key|authorization|secret|password|passwd|bearer|access[_-]?token)")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
@@ -78,6 +80,13 @@ def split_model_id(model: str) -> tuple[str, str]:
     if not sep:
         raise ValueError(f"{model!r} is a route alias, not a provider:model id")
     return provider, name
+
+
+def _template_fields(template: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    except ValueError as exc:
+        raise ValueError(f"template is not a valid format string: {exc}") from None
 
 
 def _check_model_ref(value: str) -> str:
@@ -164,6 +173,10 @@ class CompletionJob(_Wire):
     deadline_s: Annotated[float, Field(gt=0)] | None = None
     #: Set by the producer at submission (unix seconds); used for queue time and deadlines.
     submitted_at: float | None = None
+    #: A Redis list (``llmq:reply:...``) the worker RPUSHes the final result JSON to: lets a
+    #: producer with many jobs in flight (batch runs) wait on one BLPOP instead of one
+    #: subscription per job.
+    reply_to: Annotated[str, Field(pattern=r"^llmq:reply:[A-Za-z0-9_.:-]{1,128}$")] | None = None
 
     @field_validator("id")
     @classmethod
@@ -176,6 +189,17 @@ class CompletionJob(_Wire):
     @classmethod
     def _model(cls, value: str) -> str:
         return _check_model_ref(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if _SECRET_KEY.search(key):
+                raise ValueError(
+                    f"metadata key {key!r} looks like a credential; provider keys belong in the "
+                    "worker's environment, never in jobs"
+                )
+        return value
 
     @field_validator("fallbacks")
     @classmethod
@@ -190,6 +214,10 @@ class CompletionJob(_Wire):
             raise ValueError("give either 'messages' or 'template', not both")
         if self.messages is not None and not self.messages:
             raise ValueError("messages must not be empty")
+        if self.template is not None:
+            missing = _template_fields(self.template) - set(self.variables)
+            if missing:
+                raise ValueError(f"template variables without a value: {', '.join(sorted(missing))}")
         return self
 
     @property

@@ -29,12 +29,13 @@
 Retryability is a property of the type, except that the provider's ``x-should-retry`` header
 overrides it (kept in ``should_retry``). Every class takes only positional parameters that are
 passed on to ``Exception.__init__`` unchanged, so ``cls(*exc.args)`` rebuilds it exactly: that is
-how Celery's JSON serializer round-trips exceptions.
+how Celery's JSON serializer round-trips exceptions. For the same reason ``details`` holds JSON
+values only (str, int, float, bool, None, lists and str-keyed dicts of those).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from workers.contract import ErrorInfo
 
@@ -59,6 +60,7 @@ __all__ = [
     "ProviderError",
     "ProviderTimeoutError",
     "RateLimitedError",
+    "RetryLaterError",
     "RetryableProviderError",
     "ServerError",
     "error_type_name",
@@ -70,8 +72,11 @@ class LLMQError(Exception):
     """Base of every llmqueue error.
 
     Parameters (all positional-capable, all kept in ``args``): message, provider, model,
-    status (HTTP), code (provider error code/type), retry_after (seconds the provider asked
-    us to wait), request_id, should_retry (the ``x-should-retry`` header, if sent).
+    status (HTTP; for an error inside a 200 stream, the status the provider gives the same error
+    outside a stream), code (provider error code/type), retry_after (seconds the provider asked
+    us to wait), request_id, should_retry (the ``x-should-retry`` header, if sent), details
+    (JSON-only extras: the provider's error ``type`` and ``param``, ``ratelimit`` hints parsed
+    from the rate-limit headers, ``in_stream``, context-window numbers from the message).
     """
 
     retryable: ClassVar[bool] = False
@@ -89,8 +94,9 @@ class LLMQError(Exception):
         retry_after: float | None = None,
         request_id: str | None = None,
         should_retry: bool | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(message, provider, model, status, code, retry_after, request_id, should_retry)
+        super().__init__(message, provider, model, status, code, retry_after, request_id, should_retry, details)
         self.message = message
         self.provider = provider
         self.model = model
@@ -99,6 +105,12 @@ class LLMQError(Exception):
         self.retry_after = retry_after
         self.request_id = request_id
         self.should_retry = should_retry
+        self.details = details
+
+    @property
+    def ratelimit(self) -> dict[str, float] | None:
+        """Normalized rate-limit headers (``requests_remaining``, ``tokens_reset_s`` ...), if sent."""
+        return self.details.get("ratelimit") if self.details else None
 
     def __str__(self) -> str:
         where = f"{self.provider}:{self.model}" if self.provider and self.model else self.provider or ""
@@ -216,6 +228,16 @@ class MidStreamError(LLMQError):
 
 class AllModelsFailedError(LLMQError):
     type_name = "all_models_failed"
+
+
+class RetryLaterError(LLMQError):
+    """Control flow: the next attempt must wait longer than a worker slot may be held.
+
+    The task re-queues the job with ``retry_after`` as its countdown, keeping its attempt log.
+    """
+
+    retryable = True
+    type_name = "retry_later"
 
 
 def is_retryable(exc: BaseException) -> bool:

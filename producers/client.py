@@ -1,0 +1,288 @@
+"""What a calling service uses: submit jobs, wait for results, follow streams, cancel.
+
+Imports only :mod:`workers.contract` from the worker side. Jobs are validated here, before
+anything is enqueued, and sent to Celery by task name as JSON. Submitting the same job id twice
+enqueues it once: the job's metadata hash is created with ``HSETNX`` before the message is sent.
+
+``stream()`` subscribes to the job's live channel *first*, then replays the job's Redis Stream,
+then follows live messages, skipping what the replay already delivered and filling any gap from
+the Stream, so a subscriber that joins late, or reconnects with ``from_seq``, misses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+from pydantic import ValidationError
+
+from workers.contract import (
+    DEFAULT_QUEUE,
+    TASK_NAME,
+    TERMINAL_EVENT_TYPES,
+    CompletionJob,
+    CompletionResult,
+    JobKeys,
+    StreamEvent,
+    parse_event,
+)
+
+__all__ = [
+    "CANCEL_CHANNEL",
+    "Client",
+    "InvalidJobError",
+    "JobHandle",
+    "JobNotFoundError",
+    "ResultTimeoutError",
+    "default_redis_url",
+    "make_celery",
+    "validate_job",
+]
+
+#: Must match ``workers.resources.CANCEL_CHANNEL`` (a test pins them together).
+CANCEL_CHANNEL = "llmq:cancel"
+
+# KEYS: meta. ARGV: tenant, submitted_at, ttl. 1 = newly registered, 0 = duplicate id.
+_REGISTER_LUA = """
+if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'submitted_at', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class InvalidJobError(ValueError):
+    """The job did not validate; nothing was enqueued. ``errors`` lists each problem."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class ResultTimeoutError(TimeoutError):
+    pass
+
+
+class JobNotFoundError(LookupError):
+    pass
+
+
+def default_redis_url() -> str:
+    return os.environ.get("LLMQ_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> CompletionJob:
+    """A validated job (a dict is validated; overrides are applied and re-validated)."""
+    try:
+        if isinstance(job, CompletionJob):
+            data = job.model_dump(exclude_unset=False) | overrides
+        else:
+            data = {**job, **overrides}
+        return CompletionJob.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise InvalidJobError(f"invalid job: {problems}", exc.errors(include_url=False)) from None
+
+
+def make_celery(redis_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
+    """A send-only Celery app matching the worker's wire settings (JSON, same queue)."""
+    app = Celery("llmqueue-producer", broker=redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=queue,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 3600, "max_connections": 64},
+        result_backend=None,
+        task_ignore_result=True,
+    )
+    return app
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    id: str
+    #: False when a job with this id had already been submitted (it was not enqueued again).
+    enqueued: bool
+    client: Client
+
+    def result(self, timeout: float | None = None) -> CompletionResult:
+        return self.client.result(self.id, timeout=timeout)
+
+    def stream(self, from_seq: int = 0, timeout: float | None = None) -> Iterator[StreamEvent]:
+        return self.client.stream(self.id, from_seq=from_seq, timeout=timeout)
+
+    def cancel(self) -> bool:
+        return self.client.cancel(self.id)
+
+
+class Client:
+    """Synchronous producer client. Thread-safe; create one per process and reuse it."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        result_ttl_s: int = 86_400,
+        redis_client: redis.Redis | None = None,
+    ) -> None:
+        self.redis_url = redis_url or default_redis_url()
+        self.queue = queue
+        self.result_ttl_s = result_ttl_s
+        self.redis = redis_client or redis.Redis(
+            connection_pool=redis.BlockingConnectionPool.from_url(self.redis_url, max_connections=64, timeout=20)
+        )
+        self._celery = make_celery(self.redis_url, queue)
+        self._register = self.redis.register_script(_REGISTER_LUA)
+
+    # --- submit ---------------------------------------------------------------------------------
+
+    def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> JobHandle:
+        """Validate and enqueue ``job``; a second submit of the same id does not run it twice."""
+        valid = validate_job(job, **overrides)
+        if valid.submitted_at is None:
+            valid.submitted_at = time.time()
+        keys = JobKeys(valid.id)
+        fresh = self._register(keys=[keys.meta], args=[valid.tenant, valid.submitted_at, self.result_ttl_s])
+        if not fresh:
+            return JobHandle(valid.id, False, self)
+        try:
+            self._celery.send_task(
+                TASK_NAME,
+                args=[valid.model_dump(mode="json", exclude_none=True)],
+                task_id=valid.id,
+                queue=self.queue,
+            )
+        except Exception:
+            self.redis.delete(keys.meta)  # let the caller retry the same id
+            raise
+        return JobHandle(valid.id, True, self)
+
+    # --- read -------------------------------------------------------------------------------------
+
+    def get_result(self, job_id: str) -> CompletionResult | None:
+        raw = self.redis.get(JobKeys(job_id).result)
+        return CompletionResult.model_validate_json(raw) if raw else None
+
+    def status(self, job_id: str) -> dict[str, str]:
+        meta = self.redis.hgetall(JobKeys(job_id).meta)
+        if not meta:
+            raise JobNotFoundError(job_id)
+        return {k.decode(): v.decode() for k, v in meta.items()}
+
+    def result(self, job_id: str, timeout: float | None = None) -> CompletionResult:
+        """Wait for the job's final result (raises :class:`ResultTimeoutError`)."""
+        existing = self.get_result(job_id)
+        if existing is not None:
+            return existing
+        for event in self.stream(job_id, timeout=timeout, deltas=False):
+            if event.type in TERMINAL_EVENT_TYPES:
+                stored = self.get_result(job_id)
+                if stored is not None:
+                    return stored
+                if event.result is not None:
+                    return event.result
+        raise ResultTimeoutError(f"job {job_id} has no result yet")
+
+    def stream(
+        self,
+        job_id: str,
+        *,
+        from_seq: int = 0,
+        timeout: float | None = None,
+        idle_check_s: float = 1.0,
+        deltas: bool = True,
+    ) -> Iterator[StreamEvent]:
+        """Every event of the job from ``from_seq`` on, in seq order, ending with the terminal one."""
+        keys = JobKeys(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(keys.channel)
+        last = from_seq - 1
+        try:
+            while True:
+                # replay (first pass) and gap filling (later passes) from the Stream
+                for event in self._replay(keys, last + 1):
+                    last = event.seq
+                    if deltas or event.type != "delta":
+                        yield event
+                    if event.type in TERMINAL_EVENT_TYPES:
+                        return
+                while True:
+                    wait = idle_check_s
+                    if deadline is not None:
+                        wait = min(wait, deadline - time.monotonic())
+                        if wait <= 0:
+                            raise ResultTimeoutError(f"no terminal event for job {job_id} within {timeout}s")
+                    message = pubsub.get_message(timeout=wait)
+                    if message is None:
+                        break  # idle: look in the Stream for anything missed
+                    raw = message["data"]
+                    if not deltas and b'"type":"delta"' in raw[:24]:
+                        last = max(last, _seq_of_delta(raw, last))
+                        continue
+                    event = parse_event(raw)
+                    if event.seq <= last:
+                        continue
+                    if event.seq > last + 1:
+                        break  # a gap: fill it from the Stream
+                    last = event.seq
+                    yield event
+                    if event.type in TERMINAL_EVENT_TYPES:
+                        return
+        finally:
+            pubsub.close()
+
+    def _replay(self, keys: JobKeys, from_seq: int) -> Iterator[StreamEvent]:
+        start = f"{from_seq}-0"
+        while True:
+            entries = self.redis.xrange(keys.events, min=start, count=500)
+            if not entries:
+                return
+            for _, fields in entries:
+                yield parse_event(fields[b"e"])
+            last_id = entries[-1][0].decode()
+            start = "(" + last_id
+
+    # --- control --------------------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask for cancellation; True unless the job already finished. The worker aborts its call."""
+        keys = JobKeys(job_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(keys.result)
+        pipe.set(keys.cancel, "1", ex=self.result_ttl_s)
+        pipe.publish(CANCEL_CHANNEL, job_id)
+        done, _, _ = pipe.execute()
+        return not done
+
+    def close(self) -> None:
+        self.redis.close()
+        self._celery.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _seq_of_delta(raw: bytes, fallback: int) -> int:
+    """The seq of a hand-encoded delta event without a full parse."""
+    start = raw.find(b'"seq":')
+    if start < 0:
+        return fallback
+    end = raw.find(b",", start)
+    try:
+        return int(raw[start + 6 : end])
+    except ValueError:
+        return fallback

@@ -1,0 +1,78 @@
+"""``llmq submit``: enqueue one prompt, print its deltas live (``--stream``) and its result."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from producers.client import Client, InvalidJobError, ResultTimeoutError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="submit one prompt and wait for its result")
+    p.add_argument("prompt")
+    p.add_argument("--model", "-m", default="default", help="provider:model or a route alias")
+    p.add_argument("--fallback", action="append", default=[], metavar="MODEL", help="repeatable")
+    p.add_argument("--system", help="a system message")
+    p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--tenant", default="default")
+    p.add_argument("--id", help="job id (idempotency key)")
+    p.add_argument("--stream", action="store_true", help="print deltas as they arrive")
+    p.add_argument("--json", action="store_true", help="print the CompletionResult as one JSON object")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--no-wait", action="store_true", help="print the job id and exit")
+    p.set_defaults(func=run)
+
+
+def build_job(args: argparse.Namespace) -> dict[str, object]:
+    messages = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": args.prompt})
+    job: dict[str, object] = {
+        "model": args.model,
+        "fallbacks": args.fallback,
+        "messages": messages,
+        "max_tokens": args.max_tokens,
+        "tenant": args.tenant,
+        "stream": bool(args.stream) or not args.json,
+    }
+    if args.temperature is not None:
+        job["temperature"] = args.temperature
+    if args.id:
+        job["id"] = args.id
+    return job
+
+
+def run(args: argparse.Namespace) -> int:
+    with Client() as client:
+        try:
+            handle = client.submit(build_job(args))
+        except InvalidJobError as exc:
+            print(f"llmq: {exc}", file=sys.stderr)
+            return 2
+        if args.no_wait:
+            print(handle.id)
+            return 0
+        try:
+            if args.stream and not args.json:
+                for event in handle.stream(timeout=args.timeout):
+                    if event.type == "delta":
+                        sys.stdout.write(event.text)
+                        sys.stdout.flush()
+                sys.stdout.write("\n")
+            result = handle.result(timeout=args.timeout)
+        except ResultTimeoutError as exc:
+            print(f"llmq: {exc}", file=sys.stderr)
+            return 3
+    if args.json:
+        print(result.model_dump_json())
+    elif not args.stream:
+        print(result.content)
+    if result.status != "succeeded":
+        error = result.error
+        detail = f"{error.type}: {error.message}" if error else result.status
+        print(f"llmq: job {result.id} {result.status}: {detail}", file=sys.stderr)
+        return 1
+    return 0

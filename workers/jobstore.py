@@ -1,0 +1,71 @@
+"""A job's state in Redis on the worker side: the run claim, cancellation and the stored result.
+
+At-least-once delivery (late acks) means a job can arrive twice: after a worker crash (it must run
+again) or through a broker hiccup while the first run is still going (it must not). The claim is
+a lease (``SET NX PX``) refreshed by every event flush; a job whose result is already stored is
+never run again, and a job claimed by a live worker is skipped. A crashed worker's lease simply
+expires, so the redelivered job runs (as run 2, which consumers can see on its events).
+"""
+
+from __future__ import annotations
+
+import redis
+
+from workers.contract import CompletionResult, JobKeys
+
+__all__ = ["ClaimOutcome", "JobStore"]
+
+# KEYS: claim, result, meta. ARGV: lease_ms, token. Returns run number, -1 (busy) or -2 (done).
+_CLAIM_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[1]) then return -1 end
+local run = redis.call('HINCRBY', KEYS[3], 'runs', 1)
+redis.call('HSET', KEYS[3], 'state', 'running')
+return run
+"""
+
+# KEYS: claim. ARGV: token. Deletes the claim only if we still hold it.
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class ClaimOutcome:
+    DONE = -2
+    BUSY = -1
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, *, result_ttl_s: int, claim_lease_s: int) -> None:
+        self._client = client
+        self.result_ttl_s = result_ttl_s
+        self.claim_lease_ms = claim_lease_s * 1000
+        self._claim = client.register_script(_CLAIM_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
+
+    def claim(self, keys: JobKeys, token: str) -> int:
+        """Run number (>= 1) if we may run the job now, else ``ClaimOutcome.DONE``/``BUSY``."""
+        return int(self._claim(keys=[keys.claim, keys.result, keys.meta], args=[self.claim_lease_ms, token]))
+
+    def release(self, keys: JobKeys, token: str) -> None:
+        self._release(keys=[keys.claim], args=[token])
+
+    def is_cancelled(self, keys: JobKeys) -> bool:
+        return bool(self._client.exists(keys.cancel))
+
+    def load_result(self, keys: JobKeys) -> CompletionResult | None:
+        raw = self._client.get(keys.result)
+        return CompletionResult.model_validate_json(raw) if raw else None
+
+    def store_result(self, pipe: redis.client.Pipeline, keys: JobKeys, result: CompletionResult) -> None:
+        """Queue the commands that store a final result (run inside the terminal event's flush)."""
+        pipe.set(keys.result, result.model_dump_json(), ex=self.result_ttl_s)
+        pipe.hset(keys.meta, mapping={"state": result.status, "tenant": result.tenant})
+        pipe.expire(keys.meta, self.result_ttl_s)
+        pipe.expire(keys.events, self.result_ttl_s)
+
+    def notify(self, pipe: redis.client.Pipeline, reply_to: str, result: CompletionResult) -> None:
+        """Push the result to the producer's reply list (see ``CompletionJob.reply_to``)."""
+        pipe.rpush(reply_to, result.model_dump_json())
+        pipe.expire(reply_to, self.result_ttl_s)

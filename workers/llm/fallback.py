@@ -1,0 +1,131 @@
+"""The fallback wrapper: try each model of the chain in order, before the first delta only.
+
+A model is left for the next one on errors whose type says so (``falls_back``: exhausted
+retryable errors, overload, model not found, insufficient quota, context overflow) and when a
+pre-dispatch check skips it (context window, open breaker, budget). Errors that would fail on any
+model (bad request, authentication, budget) end the chain at once. Once a stream has handed out
+its first delta, failures propagate unchanged: text is never duplicated by a second model. When
+every model fails, :class:`AllModelsFailedError` names each attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+from workers.contract import Attempt
+from workers.llm.base import ChatStream, Completion
+from workers.llm.errors import AllModelsFailedError, LLMQError, RetryLaterError, error_type_name
+from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
+
+__all__ = ["FallbackModel", "SkipModel"]
+
+#: Returns a reason to skip a model before dispatch (e.g. "context window 8192 < 9000"), or None.
+SkipCheck = Callable[[ChatModel], str | None]
+
+
+class SkipModel(Exception):
+    """Raised by a model (or a guard around it) to pass the turn to the next model untried."""
+
+
+class FallbackModel(ChatModel):
+    def __init__(self, models: Sequence[ChatModel], ctx: RunContext, skip: SkipCheck | None = None) -> None:
+        if not models:
+            raise ValueError("a fallback chain needs at least one model")
+        self.models = list(models)
+        self.model_id = self.models[0].model_id
+        self.ctx = ctx
+        self._skip = skip
+        self.errors: list[LLMQError] = []
+
+    def _skipped(self, model: ChatModel) -> bool:
+        reason = self._skip(model) if self._skip else None
+        if reason:
+            self.ctx.attempts.append(Attempt(model=model.model_id, status="skipped", message=reason))
+            return True
+        return False
+
+    def _give_up(self, exc: LLMQError, last: bool) -> bool:
+        """True when ``exc`` ends the chain (re-raised as is), False to try the next model."""
+        self.errors.append(exc)
+        if isinstance(exc, RetryLaterError):
+            return True
+        return not exc.falls_back or last
+
+    def _all_failed(self) -> AllModelsFailedError:
+        tried = "; ".join(
+            f"{a.model}: {a.error_type or a.status}"
+            + (f" ({a.message})" if a.message and a.status == "skipped" else "")
+            for a in self.ctx.attempts
+            if a.status != "succeeded"
+        )
+        last = self.errors[-1] if self.errors else None
+        return AllModelsFailedError(
+            f"every model in the chain failed: {tried}",
+            None,
+            None,
+            last.status if last else None,
+            error_type_name(last) if last else "skipped",
+        )
+
+    def complete(self, request: ModelRequest) -> Completion:
+        for i, model in enumerate(self.models):
+            last = i == len(self.models) - 1
+            if self._skipped(model):
+                continue
+            try:
+                completion = model.complete(request)
+            except SkipModel as exc:
+                self.ctx.attempts.append(Attempt(model=model.model_id, status="skipped", message=str(exc)))
+                continue
+            except LLMQError as exc:
+                if self._give_up(exc, last):
+                    if len(self.models) > 1 and exc.falls_back and not isinstance(exc, RetryLaterError):
+                        raise self._all_failed() from exc
+                    raise
+                continue
+            self.model_id = model.model_id
+            return completion
+        raise self._all_failed()
+
+    def stream(self, request: ModelRequest) -> ChatStream:
+        return _FallbackStream(self, request)
+
+
+class _FallbackStream(WrappedStream):
+    def __init__(self, owner: FallbackModel, request: ModelRequest) -> None:
+        super().__init__()
+        self._owner = owner
+        self._request = request
+
+    def __iter__(self) -> Iterator[str]:
+        owner = self._owner
+        models = owner.models
+        for i, model in enumerate(models):
+            last = i == len(models) - 1
+            if owner._skipped(model):
+                continue
+            inner: ChatStream | None = None
+            try:
+                inner = model.stream(self._request)
+                self.adopt(inner)
+                iterator = iter(inner)
+                first = next(iterator, None)
+            except SkipModel as exc:
+                owner.ctx.attempts.append(Attempt(model=model.model_id, status="skipped", message=str(exc)))
+                continue
+            except LLMQError as exc:
+                if inner is not None:
+                    inner.close()
+                if owner._give_up(exc, last):
+                    if len(models) > 1 and exc.falls_back and not isinstance(exc, RetryLaterError):
+                        raise owner._all_failed() from exc
+                    raise
+                continue
+            self.model_id = owner.model_id = model.model_id
+            if first is not None:
+                yield first
+                yield from iterator
+            self.finish_from_inner()
+            self.model_id = model.model_id
+            return
+        raise owner._all_failed()

@@ -1,0 +1,122 @@
+"""A model bound to its provider, and the per-job context the wrappers around it share.
+
+:class:`ChatModel` is what the pipeline calls; :class:`ProviderModel` binds ``openai:gpt-4o`` to
+the OpenAI provider; retry, fallback and instrumentation are :class:`ChatModel` wrappers
+(``retry.py``, ``fallback.py``) composed in one factory (``workers/chain.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from workers.contract import Attempt, Message, Tool
+from workers.llm.base import ChatRequest, ChatStream, Completion, Provider
+
+__all__ = ["ChatModel", "ModelRequest", "ProviderModel", "RunContext", "WrappedStream"]
+
+
+@dataclass(slots=True)
+class ModelRequest:
+    """A provider-neutral request: the same for every model of a fallback chain."""
+
+    messages: list[Message]
+    max_tokens: int
+    tools: list[Tool] = field(default_factory=list)
+    temperature: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _no_sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@dataclass(slots=True)
+class RunContext:
+    """What every wrapper of one job shares: the attempt log, the clock, sleep and deadline."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+    #: Cancel-aware sleep (raises JobCancelledError when the job is cancelled while waiting).
+    sleep: Callable[[float], None] = _no_sleep
+    clock: Callable[[], float] = time.monotonic
+    #: Monotonic time after which no new attempt starts.
+    deadline: float | None = None
+    #: Waits longer than this are not slept in the worker: the job is re-queued instead.
+    max_inworker_wait_s: float = 10.0
+    #: Set by the pipeline once a delta was published; no retry or fallback after that.
+    committed: bool = False
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - self.clock()
+
+
+class ChatModel(ABC):
+    #: ``provider:model``.
+    model_id: str
+
+    @abstractmethod
+    def complete(self, request: ModelRequest) -> Completion: ...
+
+    @abstractmethod
+    def stream(self, request: ModelRequest) -> ChatStream: ...
+
+
+class ProviderModel(ChatModel):
+    def __init__(self, provider: Provider, model_id: str, native_name: str) -> None:
+        self.provider = provider
+        self.model_id = model_id
+        self.native_name = native_name
+
+    def _request(self, request: ModelRequest) -> ChatRequest:
+        return ChatRequest(
+            model=self.native_name,
+            messages=request.messages,
+            max_tokens=request.max_tokens,
+            tools=request.tools,
+            temperature=request.temperature,
+            extra_headers=request.headers,
+        )
+
+    def complete(self, request: ModelRequest) -> Completion:
+        return self.provider.complete(self._request(request))
+
+    def stream(self, request: ModelRequest) -> ChatStream:
+        return self.provider.stream(self._request(request))
+
+
+class WrappedStream(ChatStream):
+    """A stream produced by a wrapper: it copies the final fields from the inner stream it used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner: ChatStream | None = None
+        #: The model that actually answered.
+        self.model_id: str | None = None
+
+    def adopt(self, inner: ChatStream) -> None:
+        self.inner = inner
+        self.request_id = inner.request_id
+
+    def finish_from_inner(self) -> None:
+        inner = self.inner
+        if inner is None:
+            return
+        self.text_parts = inner.text_parts
+        self.tool_calls = inner.tool_calls
+        self.usage = inner.usage
+        self.finish_reason = inner.finish_reason
+        self.thinking = inner.thinking
+        self.refusal = inner.refusal
+        self.response_model = inner.response_model
+        self.completed = inner.completed
+        if getattr(inner, "model_id", None):
+            self.model_id = inner.model_id  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+
+    def __iter__(self) -> Iterator[str]:  # pragma: no cover - subclasses implement
+        raise NotImplementedError

@@ -1,0 +1,153 @@
+"""Publishing one job's events: numbered, coalesced, live (pub/sub) and replayable (Stream).
+
+Every flush is one Redis round trip (a non-transactional pipeline, executed in order): ``XADD`` to
+the job's capped Stream with the entry id ``<seq>-1`` (so replay from seq N is ``XRANGE N-0 +``),
+``PUBLISH`` of the same payloads to the job's channel, ``EXISTS`` of the cancel key and a refresh
+of the worker's claim lease. Deltas are coalesced: the first delta after a quiet period goes out
+at once (time to first token is not delayed); deltas arriving within ``coalesce_s`` of the last
+flush are buffered until the window has passed or ``coalesce_chars`` are pending. Publishing per
+delta was ~70 % of a raw client's per-job CPU in the notes' measurements; this is the lever.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import redis
+
+from workers.contract import JobKeys, StreamEvent
+
+__all__ = ["EventPublisher", "last_seq"]
+
+
+def last_seq(client: redis.Redis, keys: JobKeys) -> int:
+    """The seq of the newest event already in the job's stream, or -1."""
+    entries = client.xrevrange(keys.events, count=1)
+    if not entries:
+        return -1
+    entry_id = entries[0][0]
+    entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(entry_id.split("-", 1)[0])
+
+
+class EventPublisher:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: JobKeys,
+        *,
+        run: int,
+        start_seq: int,
+        coalesce_s: float = 0.05,
+        coalesce_chars: int = 512,
+        maxlen: int = 10_000,
+        ttl_s: int = 86_400,
+        claim_lease_ms: int | None = None,
+        publish_deltas: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._run = run
+        self._seq = start_seq
+        self._coalesce_s = coalesce_s
+        self._coalesce_chars = coalesce_chars
+        self._maxlen = maxlen
+        self._ttl_s = ttl_s
+        self._lease_ms = claim_lease_ms
+        self._publish_deltas = publish_deltas
+        self._clock = clock
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._last_flush = -1e9
+        self._ttl_set = False
+        #: Set when a flush saw the job's cancel key.
+        self.cancelled = False
+        #: Number of deltas published so far (0 means retry/fallback is still allowed).
+        self.published_deltas = 0
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    # --- deltas ---------------------------------------------------------------------------------
+
+    def delta(self, text: str) -> None:
+        """Buffer a text delta; flush when the coalescing window or size says so."""
+        if not self._publish_deltas or not text:
+            return
+        self._pending.append(text)
+        self._pending_chars += len(text)
+        if self._pending_chars >= self._coalesce_chars or self._clock() - self._last_flush >= self._coalesce_s:
+            self.flush()
+
+    def _take_pending(self) -> tuple[int, str] | None:
+        if not self._pending:
+            return None
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._pending_chars = 0
+        self._seq += 1
+        self.published_deltas += 1
+        payload = json.dumps(
+            {
+                "type": "delta",
+                "job_id": self._keys.job_id,
+                "seq": self._seq,
+                "run": self._run,
+                "ts": time.time(),
+                "text": text,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return self._seq, payload
+
+    # --- other events -----------------------------------------------------------------------------
+
+    def emit(self, event: StreamEvent, *, extra: Callable[[redis.client.Pipeline], None] | None = None) -> None:
+        """Flush pending deltas, then publish ``event`` with the next seq (set here).
+
+        ``extra`` adds commands to the same round trip, before the event is published: the
+        terminal event uses it to store the result first, so a consumer that sees ``done`` can
+        always read the result.
+        """
+        payloads = []
+        pending = self._take_pending()
+        if pending is not None:
+            payloads.append(pending)
+        self._seq += 1
+        event.seq = self._seq
+        event.run = self._run
+        payloads.append((self._seq, event.model_dump_json()))
+        self._send(payloads, extra)
+
+    def flush(self) -> None:
+        pending = self._take_pending()
+        if pending is not None:
+            self._send([pending], None)
+
+    def _send(self, payloads: list[tuple[int, str]], extra: Callable[[redis.client.Pipeline], None] | None) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        if extra is not None:
+            extra(pipe)
+        events_key, channel = self._keys.events, self._keys.channel
+        for seq, raw in payloads:
+            pipe.xadd(events_key, {"e": raw}, id=f"{seq}-1", maxlen=self._maxlen, approximate=True)
+            pipe.publish(channel, raw)
+        if not self._ttl_set:
+            pipe.expire(events_key, self._ttl_s)
+            self._ttl_set = True
+        pipe.exists(self._keys.cancel)
+        if self._lease_ms:
+            pipe.pexpire(self._keys.claim, self._lease_ms)
+        results = pipe.execute()
+        if results[-2 if self._lease_ms else -1]:
+            self.cancelled = True
+        self._last_flush = self._clock()
+
+    def refresh_ttl(self) -> None:
+        """Make the replay stream live as long as the result (called with the terminal event)."""
+        self._ttl_set = False
