@@ -8,18 +8,27 @@ outside; no provider branches live in shared code.
 path allocates nothing else per chunk), while tool calls, usage, the finish reason and thinking
 text accumulate on the stream object. A stream that ends without the provider's terminator raises
 :class:`~workers.llm.errors.IncompleteStreamError`; it is never a success. Closing the stream
-(explicitly, via ``with``, or by the consumer stopping early) always closes the HTTP response.
+(explicitly, via ``with``, or by the consumer stopping early) always closes the HTTP response;
+a read that fails because the stream was closed from outside (a cancelled job) raises
+:class:`~workers.llm.errors.JobCancelledError`, never a retryable error.
+
+``finish_reason`` is normalized to OpenAI's vocabulary (``stop``, ``length``, ``tool_calls``,
+``content_filter``) so that fallbacks across providers look alike; ``native_finish_reason``
+keeps the provider's own value (Anthropic ``end_turn``, Ollama ``done_reason``).
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import NoReturn
+from typing import Protocol as _Protocol
 
 from workers.contract import FunctionCall, Message, Tool, ToolCall, Usage
+from workers.llm.errors import IncompleteStreamError, JobCancelledError, LLMQError
 
 __all__ = [
     "ChatRequest",
@@ -27,9 +36,12 @@ __all__ = [
     "Completion",
     "Provider",
     "ProviderFactory",
+    "ResponseBody",
+    "ResponseStream",
     "ToolCallAccumulator",
     "iter_lines",
     "iter_sse",
+    "sse_continuation",
 ]
 
 
@@ -56,6 +68,22 @@ class Completion:
     refusal: str | None = None
     response_model: str | None = None
     request_id: str | None = None
+    #: The provider's id of the response (``chatcmpl-...``, ``msg_...``).
+    response_id: str | None = None
+    #: The provider's own finish/stop reason before normalization.
+    native_finish_reason: str | None = None
+    #: Rate-limit headers of the response, normalized (see ``errormap.parse_ratelimit``).
+    ratelimit: dict[str, float] | None = None
+
+
+class ResponseBody(_Protocol):
+    """What a stream reads from: an open 2xx response (``_http.StreamingResponse``) or a fake."""
+
+    headers: Mapping[str, str]
+
+    def iter_bytes(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
 
 
 class ChatStream(ABC):
@@ -70,7 +98,12 @@ class ChatStream(ABC):
         self.refusal: str | None = None
         self.response_model: str | None = None
         self.request_id: str | None = None
+        self.response_id: str | None = None
+        self.native_finish_reason: str | None = None
+        self.ratelimit: dict[str, float] | None = None
         self.completed = False
+        #: Set by :meth:`close` from outside the iteration (consumer gave up, job cancelled).
+        self.closed = False
 
     @abstractmethod
     def __iter__(self) -> Iterator[str]: ...
@@ -92,6 +125,9 @@ class ChatStream(ABC):
             refusal=self.refusal,
             response_model=self.response_model,
             request_id=self.request_id,
+            response_id=self.response_id,
+            native_finish_reason=self.native_finish_reason,
+            ratelimit=self.ratelimit,
         )
 
     def __enter__(self) -> ChatStream:
@@ -101,6 +137,73 @@ class ChatStream(ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class ResponseStream(ChatStream):
+    """A :class:`ChatStream` read from one HTTP response body; providers write ``__iter__``.
+
+    Shared bookkeeping only, so each provider's hot loop stays a flat loop of its own: iterate
+    once, turn failures caused by an outside :meth:`close` into :class:`JobCancelledError`, and
+    refuse to call a stream without its terminator a success.
+    """
+
+    def __init__(self, response: ResponseBody, *, provider: str, model: str, request_id: str | None = None) -> None:
+        super().__init__()
+        self._response = response
+        self._provider = provider
+        self._model = model
+        self._started = False
+        self.request_id = request_id
+
+    def close(self) -> None:
+        self.closed = True
+        self._response.close()
+
+    def _begin(self) -> Iterator[bytes]:
+        """The body's chunks; called once at the start of ``__iter__``."""
+        if self._started:
+            raise RuntimeError("a ChatStream can be iterated only once")
+        self._started = True
+        if self.closed:
+            raise self._cancelled()
+        return self._response.iter_bytes()
+
+    def _raise_failed(self, exc: Exception) -> NoReturn:
+        """Re-raise ``exc`` from the read loop, or what it stands for (see :meth:`_failed`)."""
+        failed = self._failed(exc)
+        if failed is exc:
+            raise exc
+        raise failed from exc
+
+    def _failed(self, exc: Exception) -> Exception:
+        """What to raise for ``exc`` from the read loop.
+
+        A cancel wins over the read error it caused; a payload of an unexpected shape (the
+        provider changed its wire format) is a broken stream, not a crash of the worker.
+        """
+        if isinstance(exc, LLMQError):
+            in_stream = bool(exc.details and exc.details.get("in_stream"))
+            return self._cancelled() if self.closed and not in_stream else exc
+        if self.closed:
+            return self._cancelled()
+        if isinstance(exc, (AttributeError, IndexError, KeyError, TypeError, ValueError)):
+            return IncompleteStreamError(
+                f"unexpected stream payload ({type(exc).__name__}: {exc})", self._provider, self._model
+            )
+        return exc
+
+    def _finish(self, terminator: str) -> None:
+        """After the read loop: anything but a seen terminator is an error."""
+        if not self.completed:
+            if self.closed:
+                raise self._cancelled()
+            raise IncompleteStreamError(f"stream ended without {terminator}", self._provider, self._model)
+
+    def _cancelled(self) -> JobCancelledError:
+        return JobCancelledError("the stream was closed while it was read", self._provider, self._model)
+
+    def _malformed(self, data: bytes) -> IncompleteStreamError:
+        return IncompleteStreamError(f"malformed stream data: {data[:80]!r}", self._provider, self._model)
 
 
 class Provider(ABC):
@@ -215,3 +318,20 @@ def iter_sse(chunks: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
         # ":" comments, "id:" and "retry:" carry nothing we use
     if data:
         yield event, data[0] if len(data) == 1 else b"\n".join(data)
+
+
+def sse_continuation(first: bytes, lines: Iterator[bytes]) -> bytes:
+    """The whole data of an SSE event whose ``data:`` field spans several lines.
+
+    The stream parsers decode each ``data:`` line on its own (every provider sends one line per
+    event); only when that fails do they call this to read the rest of the event from ``lines``
+    and join the pieces with ``\n`` as the SSE spec says. Costs nothing on the common path.
+    """
+    parts = [first]
+    for line in lines:
+        if not line:
+            break
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(parts)

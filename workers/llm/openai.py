@@ -5,6 +5,8 @@ Wire quirks handled here: usage arrives in a final chunk with ``choices: []`` (o
 with an empty delta; a tool call's ``id`` and ``name`` come only in its first fragment, later
 fragments carry argument pieces matched by ``index``; refusals arrive in ``delta.refusal``; the
 stream is complete only after ``data: [DONE]``; an ``{"error": ...}`` object may arrive mid-stream.
+The official API wants ``max_completion_tokens`` (reasoning models reject ``max_tokens``);
+compatible servers get the classic ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -14,83 +16,125 @@ import os
 from collections.abc import Iterator, Mapping
 
 from workers.contract import FunctionCall, ToolCall, Usage
-from workers.llm._http import HTTPClient, StreamingResponse
+from workers.llm._http import ErrorMapper, HTTPClient
 from workers.llm.base import (
     ChatRequest,
-    ChatStream,
     Completion,
     Provider,
+    ResponseBody,
+    ResponseStream,
     ToolCallAccumulator,
     iter_lines,
     normalize_arguments,
+    sse_continuation,
 )
-from workers.llm.errormap import error_for_status
-from workers.llm.errors import ConfigurationError, IncompleteStreamError, LLMQError
+from workers.llm.errormap import error_for_status, error_in_stream, parse_ratelimit, redact
+from workers.llm.errors import ConfigurationError, LLMQError
 
-__all__ = ["OpenAIProvider", "openai_error_from_body"]
+__all__ = ["OpenAIProvider", "OpenAIStream", "openai_error_from_body", "parse_completion"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def openai_error_from_body(
-    status: int, headers: Mapping[str, str], body: bytes, *, provider: str = "openai", model: str = ""
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    provider: str = "openai",
+    model: str = "",
+    secret: str | None = None,
 ) -> LLMQError:
-    message, code, kind = "", None, None
+    """``{"error": {"message", "type", "param", "code"}}`` (Azure: ``type`` null) -> our tree."""
+    message, code, kind, param = "", None, None, None
     try:
         payload = json.loads(body)
         error = payload.get("error") if isinstance(payload, dict) else None
         if isinstance(error, dict):
             message = str(error.get("message") or "")
-            code = error.get("code") if isinstance(error.get("code"), str) else None
-            kind = error.get("type") if isinstance(error.get("type"), str) else None
+            code, kind, param = (_str_or_none(error.get(k)) for k in ("code", "type", "param"))
         elif isinstance(error, str):
             message = error
     except ValueError:
         message = body[:500].decode("utf-8", "replace")
-    return error_for_status(status, headers, provider=provider, model=model, message=message, code=code, kind=kind)
+    return error_for_status(
+        status,
+        headers,
+        provider=provider,
+        model=model,
+        message=redact(message, secret),
+        code=code,
+        kind=kind,
+        param=param,
+    )
 
 
-def _stream_error(payload: object, provider: str, model: str) -> LLMQError:
+def _stream_error(payload: object, provider: str, model: str, secret: str | None = None) -> LLMQError:
     """An ``{"error": ...}`` object inside a 200 stream, mapped onto the same tree."""
     error = payload if isinstance(payload, dict) else {"message": str(payload)}
-    code = error.get("code") if isinstance(error.get("code"), str) else None
-    kind = error.get("type") if isinstance(error.get("type"), str) else None
-    status = 529 if kind == "overloaded_error" else 429 if code == "rate_limit_exceeded" else 500
-    return error_for_status(
-        status, {}, provider=provider, model=model, message=str(error.get("message") or ""), code=code, kind=kind
+    return error_in_stream(
+        provider=provider,
+        model=model,
+        message=redact(str(error.get("message") or ""), secret),
+        code=_str_or_none(error.get("code")),
+        kind=_str_or_none(error.get("type")),
     )
 
 
 class OpenAIProvider(Provider):
     name = "openai"
 
-    def __init__(self, http: HTTPClient, *, api_key: str | None, base_url: str | None = None) -> None:
+    def __init__(
+        self,
+        http: HTTPClient,
+        *,
+        api_key: str | None,
+        base_url: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+    ) -> None:
         self._http = http
         self._api_key = api_key
         self._url = (base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
         self._official = base_url is None or base_url.rstrip("/") == DEFAULT_BASE_URL
+        self._max_tokens_field = "max_completion_tokens" if self._official else "max_tokens"
+        self._static_headers = {"content-type": "application/json"}
+        if organization:
+            self._static_headers["openai-organization"] = organization
+        if project:
+            self._static_headers["openai-project"] = project
 
     @classmethod
     def from_env(cls, http: HTTPClient, env: Mapping[str, str] = os.environ) -> OpenAIProvider:
-        return cls(http, api_key=env.get("OPENAI_API_KEY") or None, base_url=env.get("OPENAI_BASE_URL") or None)
+        return cls(
+            http,
+            api_key=env.get("OPENAI_API_KEY") or None,
+            base_url=env.get("OPENAI_BASE_URL") or None,
+            organization=env.get("OPENAI_ORG_ID") or None,
+            project=env.get("OPENAI_PROJECT_ID") or None,
+        )
 
     # --- request -----------------------------------------------------------------------------
 
-    def _headers(self, request: ChatRequest) -> dict[str, str]:
+    def _headers(self, request: ChatRequest, *, stream: bool) -> dict[str, str]:
         if self._api_key is None and self._official:
             raise ConfigurationError("OPENAI_API_KEY is not set in the worker's environment", self.name, request.model)
-        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers = dict(self._static_headers)
+        headers["accept"] = "text/event-stream" if stream else "application/json"
+        headers.update(request.extra_headers)
         if self._api_key:
             headers["authorization"] = f"Bearer {self._api_key}"
-        headers.update(request.extra_headers)
         return headers
 
-    @staticmethod
-    def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
+    def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
         body: dict[str, object] = {
             "model": request.model,
             "messages": [m.model_dump(exclude_none=True) for m in request.messages],
-            "max_tokens": request.max_tokens,
+            self._max_tokens_field: request.max_tokens,
         }
         if request.temperature is not None:
             body["temperature"] = request.temperature
@@ -101,9 +145,9 @@ class OpenAIProvider(Provider):
             body["stream_options"] = {"include_usage": True}
         return body
 
-    def _mapper(self, model: str):
+    def _mapper(self, model: str) -> ErrorMapper:
         def mapper(status: int, headers: Mapping[str, str], body: bytes) -> LLMQError:
-            return openai_error_from_body(status, headers, body, provider=self.name, model=model)
+            return openai_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
 
         return mapper
 
@@ -112,31 +156,37 @@ class OpenAIProvider(Provider):
     def complete(self, request: ChatRequest) -> Completion:
         headers, content = self._http.post(
             self._url,
-            headers=self._headers(request),
+            headers=self._headers(request, stream=False),
             body=json.dumps(self.build_body(request, stream=False)).encode(),
             provider=self.name,
             model=request.model,
             error_mapper=self._mapper(request.model),
         )
-        return parse_completion(content, request_id=headers.get("x-request-id"))
+        try:
+            completion = parse_completion(content, request_id=headers.get("x-request-id"))
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            raise error_in_stream(
+                provider=self.name, model=request.model, message=f"malformed response: {exc}"
+            ) from exc
+        completion.ratelimit = parse_ratelimit(headers)
+        return completion
 
     def stream(self, request: ChatRequest) -> OpenAIStream:
         response = self._http.open_stream(
             self._url,
-            headers=self._headers(request),
+            headers=self._headers(request, stream=True),
             body=json.dumps(self.build_body(request, stream=True)).encode(),
             provider=self.name,
             model=request.model,
             error_mapper=self._mapper(request.model),
         )
-        return OpenAIStream(response, provider=self.name, model=request.model)
+        return OpenAIStream(response, provider=self.name, model=request.model, secret=self._api_key)
 
 
 def parse_completion(content: bytes, *, request_id: str | None = None) -> Completion:
     payload = json.loads(content)
     choice = (payload.get("choices") or [{}])[0]
     message = choice.get("message") or {}
-    usage = payload.get("usage")
     calls = [
         ToolCall(
             id=c.get("id") or f"call_{i}",
@@ -146,14 +196,17 @@ def parse_completion(content: bytes, *, request_id: str | None = None) -> Comple
         )
         for i, c in enumerate(message.get("tool_calls") or [])
     ]
+    reason = choice.get("finish_reason")
     return Completion(
         text=message.get("content") or "",
         tool_calls=calls,
-        finish_reason=choice.get("finish_reason"),
-        usage=_usage(usage),
+        finish_reason=reason,
+        usage=_usage(payload.get("usage")),
         refusal=message.get("refusal"),
         response_model=payload.get("model"),
         request_id=request_id,
+        response_id=payload.get("id"),
+        native_finish_reason=reason,
     )
 
 
@@ -165,23 +218,22 @@ def _usage(raw: object) -> Usage | None:
     )
 
 
-class OpenAIStream(ChatStream):
-    def __init__(self, response: StreamingResponse, *, provider: str, model: str) -> None:
-        super().__init__()
-        self._response = response
-        self._provider = provider
-        self._model = model
-        self.request_id = response.headers.get("x-request-id")
+class OpenAIStream(ResponseStream):
+    """Chat Completions SSE: every ``data:`` line is one JSON chunk; ``[DONE]`` ends it."""
 
-    def close(self) -> None:
-        self._response.close()
+    def __init__(self, response: ResponseBody, *, provider: str, model: str, secret: str | None = None) -> None:
+        super().__init__(response, provider=provider, model=model, request_id=response.headers.get("x-request-id"))
+        self._secret = secret
+        self.ratelimit = parse_ratelimit(response.headers)
 
     def __iter__(self) -> Iterator[str]:
         loads = json.loads
         parts = self.text_parts
         tools = ToolCallAccumulator()
+        first = True
         try:
-            for line in iter_lines(self._response.iter_bytes()):
+            lines = iter_lines(self._begin())
+            for line in lines:
                 if not line.startswith(b"data:"):
                     continue  # blank separators, comments, event:/id: fields
                 data = line[6:] if line.startswith(b"data: ") else line[5:]
@@ -191,11 +243,17 @@ class OpenAIStream(ChatStream):
                 try:
                     chunk = loads(data)
                 except ValueError:
-                    raise IncompleteStreamError(
-                        f"malformed stream line: {data[:80]!r}", self._provider, self._model
-                    ) from None
+                    data = sse_continuation(data, lines)  # a data field spread over several lines
+                    try:
+                        chunk = loads(data)
+                    except ValueError:
+                        raise self._malformed(data) from None
                 if "error" in chunk:
-                    raise _stream_error(chunk["error"], self._provider, self._model)
+                    raise _stream_error(chunk["error"], self._provider, self._model, self._secret)
+                if first:
+                    first = False
+                    self.response_id = chunk.get("id")
+                    self.response_model = chunk.get("model")
                 choices = chunk.get("choices")
                 if choices:
                     choice = choices[0]
@@ -205,29 +263,29 @@ class OpenAIStream(ChatStream):
                         if text:
                             parts.append(text)
                             yield text
-                        calls = delta.get("tool_calls")
-                        if calls:
-                            for call in calls:
-                                index = call.get("index", 0)
-                                fn = call.get("function") or {}
-                                tools.start(index, call.get("id"), fn.get("name"))
-                                args = fn.get("arguments")
-                                if args:
-                                    tools.add_arguments(index, args)
-                        refusal = delta.get("refusal")
-                        if refusal:
-                            self.refusal = (self.refusal or "") + refusal
+                        if len(delta) > 1 or not text:  # role, tool calls, refusal: rare
+                            calls = delta.get("tool_calls")
+                            if calls:
+                                for call in calls:
+                                    index = call.get("index", 0)
+                                    fn = call.get("function") or {}
+                                    tools.start(index, call.get("id"), fn.get("name"))
+                                    args = fn.get("arguments")
+                                    if args:
+                                        tools.add_arguments(index, args)
+                            refusal = delta.get("refusal")
+                            if refusal:
+                                self.refusal = (self.refusal or "") + refusal
                     reason = choice.get("finish_reason")
                     if reason:
-                        self.finish_reason = reason
+                        self.finish_reason = self.native_finish_reason = reason
                 usage = chunk.get("usage")
                 if usage:
                     self.usage = _usage(usage)
-                if self.response_model is None:
-                    self.response_model = chunk.get("model")
+        except Exception as exc:
+            self._raise_failed(exc)
         finally:
-            self.close()
+            self._response.close()
         if tools:
             self.tool_calls = tools.build()
-        if not self.completed:
-            raise IncompleteStreamError("stream ended without [DONE]", self._provider, self._model)
+        self._finish("data: [DONE]")

@@ -1,0 +1,344 @@
+"""Anthropic Messages (``POST /v1/messages``), streamed as SSE events.
+
+Translation: system messages are lifted out into the top-level ``system``; assistant tool calls
+become ``tool_use`` blocks and ``tool`` messages become ``tool_result`` blocks in a user turn
+(consecutive same-role turns are merged, as the API wants all results of one assistant turn in
+the next user turn); tools are sent with ``input_schema``; ``max_tokens`` is always sent and
+``temperature`` is capped at Anthropic's maximum of 1.0.
+
+Wire quirks handled here: the ``data:`` payload carries the event ``type`` (the ``event:`` line is
+redundant and skipped); ``ping`` events; padding spaces inside the JSON; ``input_json_delta``
+fragments split anywhere, and a tool whose only fragment is ``""`` has input ``{}``;
+``thinking_delta``/``signature_delta`` in thinking blocks; the final ``output_tokens`` (and, in
+newer versions only, ``input_tokens``) arrive in ``message_delta``; ``event: error`` (e.g.
+``overloaded_error``) inside a 200 stream; the stream is complete only after ``message_stop``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+
+from workers.contract import FunctionCall, Message, ToolCall, Usage
+from workers.llm._http import ErrorMapper, HTTPClient
+from workers.llm.base import (
+    ChatRequest,
+    Completion,
+    Provider,
+    ResponseBody,
+    ResponseStream,
+    ToolCallAccumulator,
+    iter_lines,
+    normalize_arguments,
+    sse_continuation,
+)
+from workers.llm.errormap import error_for_status, error_in_stream, parse_ratelimit, redact
+from workers.llm.errors import BadRequestError, ConfigurationError, LLMQError
+
+__all__ = ["AnthropicProvider", "AnthropicStream", "anthropic_error_from_body", "parse_message"]
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+MAX_TEMPERATURE = 1.0
+
+#: Anthropic ``stop_reason`` -> our (OpenAI) ``finish_reason``.
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def anthropic_error_from_body(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    provider: str = "anthropic",
+    model: str = "",
+    secret: str | None = None,
+) -> LLMQError:
+    """``{"type": "error", "error": {"type", "message"}, "request_id"}`` -> our tree."""
+    message, kind, request_id = "", None, None
+    try:
+        payload = json.loads(body)
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(error, dict):
+            message = str(error.get("message") or "")
+            kind = error.get("type") if isinstance(error.get("type"), str) else None
+        if isinstance(payload, dict) and isinstance(payload.get("request_id"), str):
+            request_id = payload["request_id"]
+    except ValueError:
+        message = body[:500].decode("utf-8", "replace")
+    return error_for_status(
+        status,
+        headers,
+        provider=provider,
+        model=model,
+        message=redact(message, secret),
+        kind=kind,
+        request_id=headers.get("request-id") or request_id,
+    )
+
+
+def _tool_input(call: ToolCall) -> dict[str, object]:
+    try:
+        value = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", "anthropic")
+    return value
+
+
+def _blocks(message: Message) -> tuple[str, list[dict[str, object]]]:
+    """One contract message as an Anthropic ``(role, content blocks)``."""
+    if message.role == "tool":
+        return "user", [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content or ""}]
+    if message.role == "assistant":
+        blocks: list[dict[str, object]] = []
+        if message.content:
+            blocks.append({"type": "text", "text": message.content})
+        for call in message.tool_calls or []:
+            blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": _tool_input(call)})
+        return "assistant", blocks
+    return "user", [{"type": "text", "text": message.content or ""}]
+
+
+def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
+    system: list[str] = []
+    turns: list[dict[str, object]] = []
+    for message in request.messages:
+        if message.role == "system":
+            system.append(message.content or "")
+            continue
+        role, blocks = _blocks(message)
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)  # type: ignore[union-attr]
+        else:
+            turns.append({"role": role, "content": blocks})
+    body: dict[str, object] = {"model": request.model, "max_tokens": request.max_tokens, "messages": turns}
+    if system:
+        body["system"] = "\n\n".join(system)
+    if request.temperature is not None:
+        body["temperature"] = min(request.temperature, MAX_TEMPERATURE)
+    if request.tools:
+        body["tools"] = [
+            {
+                "name": t.function.name,
+                **({"description": t.function.description} if t.function.description else {}),
+                "input_schema": t.function.parameters,
+            }
+            for t in request.tools
+        ]
+    if stream:
+        body["stream"] = True
+    return body
+
+
+class AnthropicProvider(Provider):
+    name = "anthropic"
+
+    def __init__(self, http: HTTPClient, *, api_key: str | None, base_url: str | None = None) -> None:
+        self._http = http
+        self._api_key = api_key
+        self._url = (base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages"
+        self._official = base_url is None or base_url.rstrip("/") == DEFAULT_BASE_URL
+
+    @classmethod
+    def from_env(cls, http: HTTPClient, env: Mapping[str, str] = os.environ) -> AnthropicProvider:
+        return cls(http, api_key=env.get("ANTHROPIC_API_KEY") or None, base_url=env.get("ANTHROPIC_BASE_URL") or None)
+
+    def _headers(self, request: ChatRequest, *, stream: bool) -> dict[str, str]:
+        if self._api_key is None and self._official:
+            raise ConfigurationError(
+                "ANTHROPIC_API_KEY is not set in the worker's environment", self.name, request.model
+            )
+        headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+            "anthropic-version": API_VERSION,
+        }
+        headers.update(request.extra_headers)
+        if self._api_key:
+            headers["x-api-key"] = self._api_key
+        return headers
+
+    def _mapper(self, model: str) -> ErrorMapper:
+        def mapper(status: int, headers: Mapping[str, str], body: bytes) -> LLMQError:
+            return anthropic_error_from_body(
+                status, headers, body, provider=self.name, model=model, secret=self._api_key
+            )
+
+        return mapper
+
+    def complete(self, request: ChatRequest) -> Completion:
+        headers, content = self._http.post(
+            self._url,
+            headers=self._headers(request, stream=False),
+            body=json.dumps(build_body(request, stream=False)).encode(),
+            provider=self.name,
+            model=request.model,
+            error_mapper=self._mapper(request.model),
+        )
+        try:
+            completion = parse_message(content, request_id=headers.get("request-id"))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise error_in_stream(
+                provider=self.name, model=request.model, message=f"malformed response: {exc}"
+            ) from exc
+        completion.ratelimit = parse_ratelimit(headers)
+        return completion
+
+    def stream(self, request: ChatRequest) -> AnthropicStream:
+        response = self._http.open_stream(
+            self._url,
+            headers=self._headers(request, stream=True),
+            body=json.dumps(build_body(request, stream=True)).encode(),
+            provider=self.name,
+            model=request.model,
+            error_mapper=self._mapper(request.model),
+        )
+        return AnthropicStream(response, provider=self.name, model=request.model, secret=self._api_key)
+
+
+def _usage(raw: Mapping[str, object], prompt: int = 0, *, estimated: bool = False) -> Usage:
+    """``input_tokens`` (else ``prompt``, known from ``message_start``) and ``output_tokens``."""
+    return Usage(
+        prompt_tokens=int(raw.get("input_tokens") or prompt),  # type: ignore[call-overload]
+        completion_tokens=int(raw.get("output_tokens") or 0),  # type: ignore[call-overload]
+        estimated=estimated,
+    )
+
+
+def parse_message(content: bytes, *, request_id: str | None = None) -> Completion:
+    payload = json.loads(content)
+    text: list[str] = []
+    thinking: list[str] = []
+    calls: list[ToolCall] = []
+    for block in payload.get("content") or []:
+        kind = block.get("type")
+        if kind == "text":
+            text.append(block.get("text") or "")
+        elif kind == "tool_use":
+            calls.append(
+                ToolCall(
+                    id=block.get("id") or f"toolu_{len(calls)}",
+                    function=FunctionCall(name=block["name"], arguments=normalize_arguments(block.get("input"))),
+                )
+            )
+        elif kind == "thinking":
+            thinking.append(block.get("thinking") or "")
+    reason = payload.get("stop_reason")
+    usage = payload.get("usage")
+    return Completion(
+        text="".join(text),
+        tool_calls=calls,
+        finish_reason=FINISH_REASONS.get(reason, reason),
+        usage=_usage(usage) if isinstance(usage, dict) else None,
+        thinking="".join(thinking),
+        response_model=payload.get("model"),
+        request_id=request_id or payload.get("request_id"),
+        response_id=payload.get("id"),
+        native_finish_reason=reason,
+    )
+
+
+class AnthropicStream(ResponseStream):
+    """Messages SSE: dispatch on each ``data:`` payload's ``type``; ``message_stop`` ends it.
+
+    ``usage`` is set from ``message_start`` with ``estimated=True`` (its ``output_tokens`` is
+    provisional), and replaced by the final counts from ``message_delta``; so after a mid-stream
+    error it still carries the prompt tokens the provider reported.
+    """
+
+    def __init__(self, response: ResponseBody, *, provider: str, model: str, secret: str | None = None) -> None:
+        super().__init__(response, provider=provider, model=model, request_id=response.headers.get("request-id"))
+        self._secret = secret
+        self.ratelimit = parse_ratelimit(response.headers)
+
+    def __iter__(self) -> Iterator[str]:
+        loads = json.loads
+        parts = self.text_parts
+        thinking: list[str] = []
+        tools = ToolCallAccumulator()
+        tool_blocks: set[int] = set()  # indices of tool_use blocks (server tools are not ours)
+        try:
+            lines = iter_lines(self._begin())
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue  # "event:" names repeat the payload's type; blank lines end events
+                try:
+                    event = loads(line[5:])
+                except ValueError:
+                    data = sse_continuation(line[5:], lines)
+                    try:
+                        event = loads(data)
+                    except ValueError:
+                        raise self._malformed(data) from None
+                kind = event["type"]
+                if kind == "content_block_delta":
+                    delta = event["delta"]
+                    dtype = delta["type"]
+                    if dtype == "text_delta":
+                        text = delta["text"]
+                        if text:
+                            parts.append(text)
+                            yield text
+                    elif dtype == "input_json_delta":
+                        index = event["index"]
+                        if index in tool_blocks:
+                            tools.add_arguments(index, delta["partial_json"])
+                    elif dtype == "thinking_delta":
+                        thinking.append(delta["thinking"])
+                    # signature_delta, citations_delta: nothing we keep
+                elif kind == "ping" or kind == "content_block_stop":
+                    continue
+                elif kind == "content_block_start":
+                    block = event["content_block"]
+                    if block.get("type") == "tool_use":
+                        # a streamed tool_use block starts with input {}; the input follows in deltas
+                        tools.start(event["index"], block.get("id"), block.get("name"))
+                        tool_blocks.add(event["index"])
+                elif kind == "message_delta":
+                    delta = event.get("delta") or {}
+                    reason = delta.get("stop_reason")
+                    if reason:
+                        self.native_finish_reason = reason
+                        self.finish_reason = FINISH_REASONS.get(reason, reason)
+                    usage = event.get("usage")
+                    if usage:
+                        self.usage = _usage(usage, self.usage.prompt_tokens if self.usage else 0)
+                elif kind == "message_start":
+                    message = event["message"]
+                    self.response_id = message.get("id")
+                    self.response_model = message.get("model")
+                    usage = message.get("usage")
+                    if usage:
+                        self.usage = _usage(usage, estimated=True)
+                elif kind == "message_stop":
+                    self.completed = True
+                    break
+                elif kind == "error":
+                    error = event.get("error") or {}
+                    raise error_in_stream(
+                        provider=self._provider,
+                        model=self._model,
+                        message=redact(str(error.get("message") or ""), self._secret),
+                        kind=error.get("type") if isinstance(error.get("type"), str) else None,
+                        request_id=self.request_id,
+                    )
+        except Exception as exc:
+            self._raise_failed(exc)
+        finally:
+            self._response.close()
+            if thinking:
+                self.thinking = "".join(thinking)
+        if tools:
+            self.tool_calls = tools.build(id_prefix="toolu_")
+        self._finish("message_stop")

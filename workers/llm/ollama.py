@@ -1,0 +1,274 @@
+"""Ollama chat (``POST /api/chat``), streamed as NDJSON (one JSON object per line).
+
+Translation: ``max_tokens`` and ``temperature`` go into ``options`` (``num_predict``); tool calls
+are sent with their arguments as JSON objects, and a ``tool`` message names its tool
+(``tool_name``, looked up from the assistant turn that called it). ``stream`` is always sent
+because Ollama streams by default.
+
+Wire quirks handled here: ``done_reason`` before or after ``done`` (parsed as JSON, not by
+position) or missing altogether; ``done_reason`` stays ``"stop"`` when the model called a tool
+(we report ``tool_calls``, keeping the native value); tool calls arrive whole in one line, with
+or without ``id``/``function.index``; thinking text in ``message.thinking``; usage in
+``prompt_eval_count``/``eval_count`` of the ``done: true`` line; errors as ``{"error": "..."}``
+(a plain string) both as HTTP bodies and as a line inside a 200 stream. The stream is complete
+only after a ``done: true`` line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Iterator, Mapping
+from urllib.parse import urlsplit
+
+from workers.contract import FunctionCall, Message, ToolCall, Usage
+from workers.llm._http import ErrorMapper, HTTPClient
+from workers.llm.base import (
+    ChatRequest,
+    Completion,
+    Provider,
+    ResponseBody,
+    ResponseStream,
+    iter_lines,
+    normalize_arguments,
+)
+from workers.llm.errormap import error_for_status, error_in_stream, redact
+from workers.llm.errors import BadRequestError, LLMQError
+
+__all__ = ["OllamaProvider", "OllamaStream", "ollama_error_from_body", "parse_chat_response", "parse_host"]
+
+DEFAULT_PORT = 11434
+
+
+def parse_host(host: str | None) -> str:
+    """``OLLAMA_HOST`` as the official client reads it: ``host[:port]`` with optional scheme/path.
+
+    ``None``/``""`` -> ``http://127.0.0.1:11434``; ``"1.2.3.4"`` -> ``http://1.2.3.4:11434``;
+    ``"https://example.com"`` -> ``https://example.com:443``; ``":8080"`` -> ``http://127.0.0.1:8080``.
+    """
+    host, port = host or "", DEFAULT_PORT
+    scheme, _, hostport = host.partition("://")
+    if not hostport:
+        scheme, hostport = "http", host
+    elif scheme == "http":
+        port = 80
+    elif scheme == "https":
+        port = 443
+    split = urlsplit(f"{scheme}://{hostport}")
+    name = split.hostname or "127.0.0.1"
+    port = split.port or port
+    try:
+        if isinstance(ipaddress.ip_address(name), ipaddress.IPv6Address):
+            name = f"[{name}]"
+    except ValueError:
+        pass
+    path = split.path.strip("/")
+    return f"{scheme}://{name}:{port}" + (f"/{path}" if path else "")
+
+
+def ollama_error_from_body(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    provider: str = "ollama",
+    model: str = "",
+    secret: str | None = None,
+) -> LLMQError:
+    """``{"error": "<message>"}`` -> our tree (the status decides; there is no error code)."""
+    try:
+        payload = json.loads(body)
+        error = payload.get("error") if isinstance(payload, dict) else None
+        message = error if isinstance(error, str) else json.dumps(error) if error is not None else ""
+    except ValueError:
+        message = body[:500].decode("utf-8", "replace")
+    return error_for_status(status, headers, provider=provider, model=model, message=redact(message, secret))
+
+
+def _message(message: Message, tool_names: Mapping[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {"role": message.role, "content": message.content or ""}
+    if message.tool_calls:
+        calls = []
+        for call in message.tool_calls:
+            try:
+                arguments = json.loads(call.function.arguments or "{}")
+            except ValueError:
+                arguments = None
+            if not isinstance(arguments, dict):
+                raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", "ollama")
+            calls.append({"function": {"name": call.function.name, "arguments": arguments}})
+        out["tool_calls"] = calls
+    if message.role == "tool" and message.tool_call_id in tool_names:
+        out["tool_name"] = tool_names[message.tool_call_id]
+    return out
+
+
+def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
+    tool_names = {c.id: c.function.name for m in request.messages for c in m.tool_calls or []}
+    options: dict[str, object] = {"num_predict": request.max_tokens}
+    if request.temperature is not None:
+        options["temperature"] = request.temperature
+    body: dict[str, object] = {
+        "model": request.model,
+        "messages": [_message(m, tool_names) for m in request.messages],
+        "stream": stream,
+        "options": options,
+    }
+    if request.tools:
+        body["tools"] = [t.model_dump(exclude_none=True) for t in request.tools]
+    return body
+
+
+class OllamaProvider(Provider):
+    name = "ollama"
+
+    def __init__(self, http: HTTPClient, *, host: str | None = None, api_key: str | None = None) -> None:
+        self._http = http
+        self._url = parse_host(host) + "/api/chat"
+        #: Only Ollama's cloud (and authenticating proxies) want a key; local servers need none.
+        self._api_key = api_key
+
+    @classmethod
+    def from_env(cls, http: HTTPClient, env: Mapping[str, str] = os.environ) -> OllamaProvider:
+        return cls(http, host=env.get("OLLAMA_HOST") or None, api_key=env.get("OLLAMA_API_KEY") or None)
+
+    def _headers(self, request: ChatRequest, *, stream: bool) -> dict[str, str]:
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/x-ndjson" if stream else "application/json",
+        }
+        headers.update(request.extra_headers)
+        if self._api_key:
+            headers["authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def _mapper(self, model: str) -> ErrorMapper:
+        def mapper(status: int, headers: Mapping[str, str], body: bytes) -> LLMQError:
+            return ollama_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
+
+        return mapper
+
+    def complete(self, request: ChatRequest) -> Completion:
+        _, content = self._http.post(
+            self._url,
+            headers=self._headers(request, stream=False),
+            body=json.dumps(build_body(request, stream=False)).encode(),
+            provider=self.name,
+            model=request.model,
+            error_mapper=self._mapper(request.model),
+        )
+        try:
+            return parse_chat_response(content, provider=self.name, model=request.model)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise error_in_stream(
+                provider=self.name, model=request.model, message=f"malformed response: {exc}"
+            ) from exc
+
+    def stream(self, request: ChatRequest) -> OllamaStream:
+        response = self._http.open_stream(
+            self._url,
+            headers=self._headers(request, stream=True),
+            body=json.dumps(build_body(request, stream=True)).encode(),
+            provider=self.name,
+            model=request.model,
+            error_mapper=self._mapper(request.model),
+        )
+        return OllamaStream(response, provider=self.name, model=request.model)
+
+
+def _tool_call(raw: Mapping[str, object], position: int) -> ToolCall:
+    fn = raw.get("function")
+    if not isinstance(fn, dict):
+        fn = {}
+    call_id = raw.get("id")
+    return ToolCall(
+        id=call_id if isinstance(call_id, str) and call_id else f"call_{position}",
+        function=FunctionCall(name=fn.get("name") or "unknown", arguments=normalize_arguments(fn.get("arguments"))),
+    )
+
+
+def _finish(done: Mapping[str, object], has_tool_calls: bool) -> tuple[str, str | None]:
+    """``(finish_reason, native done_reason)``; a missing ``done_reason`` counts as a stop."""
+    native = done.get("done_reason")
+    native = native if isinstance(native, str) else None
+    if native in (None, "stop"):
+        return ("tool_calls" if has_tool_calls else "stop"), native
+    return native, native
+
+
+def _usage(done: Mapping[str, object]) -> Usage | None:
+    prompt, completion = done.get("prompt_eval_count"), done.get("eval_count")
+    if prompt is None and completion is None:
+        return None
+    # Older servers omit prompt_eval_count when the whole prompt came from the cache.
+    return Usage(prompt_tokens=int(prompt or 0), completion_tokens=int(completion or 0))  # type: ignore[call-overload]
+
+
+def parse_chat_response(content: bytes, *, provider: str = "ollama", model: str = "") -> Completion:
+    payload = json.loads(content)
+    if "error" in payload and "message" not in payload:
+        raise error_in_stream(provider=provider, model=model, message=str(payload["error"]))
+    message = payload.get("message") or {}
+    calls = [_tool_call(c, i) for i, c in enumerate(message.get("tool_calls") or [])]
+    finish, native = _finish(payload, bool(calls))
+    return Completion(
+        text=message.get("content") or "",
+        tool_calls=calls,
+        finish_reason=finish,
+        usage=_usage(payload),
+        thinking=message.get("thinking") or "",
+        response_model=payload.get("model"),
+        native_finish_reason=native,
+    )
+
+
+class OllamaStream(ResponseStream):
+    """NDJSON: every line is a chat response object; the ``done: true`` line ends it."""
+
+    def __init__(self, response: ResponseBody, *, provider: str, model: str) -> None:
+        super().__init__(response, provider=provider, model=model)
+
+    def __iter__(self) -> Iterator[str]:
+        loads = json.loads
+        parts = self.text_parts
+        thinking: list[str] = []
+        calls: list[ToolCall] = []
+        first = True
+        try:
+            for line in iter_lines(self._begin()):
+                if not line:
+                    continue
+                try:
+                    obj = loads(line)
+                except ValueError:
+                    raise self._malformed(line) from None
+                if first:
+                    first = False
+                    self.response_model = obj.get("model")
+                message = obj.get("message")
+                if message:
+                    text = message.get("content")
+                    if text:
+                        parts.append(text)
+                        yield text
+                    if len(message) > 2:  # more than role + content: thinking, tool calls
+                        if message.get("thinking"):
+                            thinking.append(message["thinking"])
+                        for raw in message.get("tool_calls") or ():
+                            calls.append(_tool_call(raw, len(calls)))
+                elif "error" in obj:
+                    raise error_in_stream(provider=self._provider, model=self._model, message=str(obj["error"]))
+                if obj.get("done"):
+                    self.completed = True
+                    self.finish_reason, self.native_finish_reason = _finish(obj, bool(calls))
+                    self.usage = _usage(obj)
+                    break
+        except Exception as exc:
+            self._raise_failed(exc)
+        finally:
+            self._response.close()
+            if thinking:
+                self.thinking = "".join(thinking)
+        self.tool_calls = calls
+        self._finish("a done: true line")
