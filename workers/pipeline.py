@@ -182,7 +182,9 @@ class JobRunner:
         if watcher is not None:
             watcher.register(run.job.id, stream.close)
         try:
+            parts = run.text_parts
             for text in stream:
+                parts.append(text)
                 if run.ttft_s is None:
                     run.ttft_s = self._clock() - run.started
                     run.ctx.committed = True
@@ -254,16 +256,14 @@ class JobRunner:
     def _finish_failed(self, run: _Run, exc: LLMQError) -> CompletionResult:
         result = self._base_result(run, "failed")
         info = exc.to_info()
-        if run.streamed is not None:
-            result.content = run.streamed.text if run.ttft_s is not None else ""
+        result.content = "".join(run.text_parts)
         result.error = info
         self._terminal(run, ErrorEvent(job_id=run.job.id, seq=0, error=info, result=result), result)
         return result
 
     def _finish_cancelled(self, run: _Run, exc: JobCancelledError) -> CompletionResult:
         result = self._base_result(run, "cancelled")
-        if run.streamed is not None:
-            result.content = run.streamed.text
+        result.content = "".join(run.text_parts)
         result.error = ErrorInfo(type="cancelled", message=exc.message or "cancelled")
         self._terminal(run, CancelledEvent(job_id=run.job.id, seq=0, result=result), result)
         return result

@@ -21,7 +21,7 @@ log = logging.getLogger("llmq.tasks")
 
 
 def register_tasks(app: Celery) -> None:
-    @app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True, max_retries=None)
+    @app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True, max_retries=None, shared=False)
     def run_job(self: Task, job: dict[str, Any]) -> str:
         from workers.app import runner_for
 

@@ -1,0 +1,171 @@
+"""Jobs end to end: producer -> real Redis -> in-process Celery worker -> simulator -> subscriber."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx2
+import pytest
+
+from producers import Client, InvalidJobError
+from simulator.app import SimulatorThread
+from workers.contract import JobKeys
+
+
+def _job(model: str = "openai:gpt-4o-mini", **extra: object) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": "hello there"}], **extra}
+
+
+def _requests_for(sim: SimulatorThread, job_id: str) -> int:
+    return int(sim.simulator.stats.by_job.get(job_id, 0))
+
+
+def _assert_well_formed(events: list) -> None:
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
+    terminal = [e for e in events if e.type in ("done", "error", "cancelled")]
+    assert len(terminal) == 1 and events[-1] is terminal[0]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_job_completes_through_the_queue(worker, client: Client, simulator: SimulatorThread, stream: bool) -> None:
+    handle = client.submit(_job(stream=stream))
+    events = list(handle.stream(timeout=30))
+    _assert_well_formed(events)
+    assert [e.type for e in events][0] == "start"
+    result = handle.result(timeout=5)
+    assert result.status == "succeeded"
+    assert result.model_used == "openai:gpt-4o-mini"
+    assert result.usage.completion_tokens == 20 and not result.usage.estimated
+    assert result.content.split() and len(result.content.split()) == 20
+    deltas = "".join(e.text for e in events if e.type == "delta")
+    assert deltas == (result.content if stream else "")
+    assert events[-1].type == "done" and events[-1].result.content == result.content
+    assert _requests_for(simulator, handle.id) == 1
+
+
+def test_late_subscriber_gets_every_delta(worker, client: Client, simulator: SimulatorThread) -> None:
+    simulator.simulator.config.tokens_per_s = 200  # ~0.1 s of streaming
+    handle = client.submit(_job())
+    result = handle.result(timeout=30)
+    # joins after the job finished: everything is replayed from the job's Stream
+    replayed = list(client.stream(handle.id, timeout=5))
+    _assert_well_formed(replayed)
+    assert "".join(e.text for e in replayed if e.type == "delta") == result.content
+    # resuming from the middle returns exactly the tail
+    middle = replayed[len(replayed) // 2].seq
+    tail = list(client.stream(handle.id, from_seq=middle, timeout=5))
+    assert [e.seq for e in tail] == [e.seq for e in replayed if e.seq >= middle]
+
+
+def test_subscriber_joining_mid_stream_misses_nothing(worker, client: Client, simulator: SimulatorThread) -> None:
+    simulator.simulator.config.tokens_per_s = 40  # ~0.5 s
+    handle = client.submit(_job())
+    seen_first = threading.Event()
+    early: list = []
+
+    def follow() -> None:
+        for event in client.stream(handle.id, timeout=30):
+            early.append(event)
+            if event.type == "delta":
+                seen_first.set()
+
+    t = threading.Thread(target=follow)
+    t.start()
+    assert seen_first.wait(20)
+    late = list(client.stream(handle.id, timeout=30))  # joins while deltas are flowing
+    t.join(30)
+    _assert_well_formed(late)
+    assert [e.model_dump() for e in late] == [e.model_dump() for e in early]
+
+
+def test_same_id_twice_runs_once(worker, client: Client, simulator: SimulatorThread) -> None:
+    first = client.submit(_job(id="order-42"))
+    second = client.submit(_job(id="order-42"))
+    assert first.enqueued and not second.enqueued
+    assert first.result(timeout=30).status == "succeeded"
+    time.sleep(0.3)  # give a (wrongly) duplicated message time to be picked up
+    assert _requests_for(simulator, "order-42") == 1
+
+
+@pytest.mark.parametrize(
+    ("job", "problem"),
+    [
+        ({"model": "openai:gpt-4o", "messages": [{"role": "wizard", "content": "hi"}]}, "role"),
+        ({"model": "openai:gpt-4o", "messages": []}, "messages"),
+        ({"model": "openai:gpt-4o", "messages": [{"role": "user", "content": "hi"}], "colour": "red"}, "colour"),
+        ({"model": "openai:gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}, "max_tokens"),
+        ({"model": "gpt 4o", "messages": [{"role": "user", "content": "hi"}]}, "model"),
+        (
+            {"model": "openai:gpt-4o", "messages": [{"role": "user", "content": "x"}], "metadata": {"api_key": "sk"}},
+            "credential",
+        ),
+    ],
+)
+def test_invalid_job_is_rejected_by_the_producer(client: Client, redis_client, job, problem: str) -> None:
+    with pytest.raises(InvalidJobError) as info:
+        client.submit(job)
+    assert problem in str(info.value)
+    assert redis_client.llen("llmq") == 0
+    assert not redis_client.keys("llmq:job:*")
+
+
+def test_unknown_provider_fails_on_the_worker_without_hanging(worker, client: Client) -> None:
+    handle = client.submit(_job("nosuch:model-1"))
+    events = list(handle.stream(timeout=30))
+    _assert_well_formed(events)
+    assert events[-1].type == "error"
+    assert events[-1].error.type == "configuration_error"
+    assert "unknown provider 'nosuch'" in events[-1].error.message
+    result = handle.result(timeout=5)
+    assert result.status == "failed" and result.error is not None and not result.error.retryable
+
+
+def test_invalid_payload_reaching_the_worker_still_ends(worker, client: Client, redis_url: str) -> None:
+    # a producer that bypasses validation (another language, an old version) still gets an answer
+    from producers.client import make_celery
+
+    app = make_celery(redis_url)
+    app.send_task("llmq.run_job", args=[{"id": "bad-1", "model": "openai:x", "messages": "nope"}], queue="llmq")
+    app.close()
+    result = client.result("bad-1", timeout=30)
+    assert result.status == "failed" and result.error.type == "bad_request"
+    assert "invalid job payload" in result.error.message
+
+
+def test_cancel_mid_stream_aborts_the_upstream_read(worker, client: Client, simulator: SimulatorThread) -> None:
+    simulator.simulator.config.tokens_per_s = 5  # 4 s of streaming unless cancelled
+    handle = client.submit(_job())
+    for event in handle.stream(timeout=30):
+        if event.type == "delta":
+            break
+    assert handle.cancel()
+    events = list(client.stream(handle.id, timeout=30))
+    assert events[-1].type == "cancelled"
+    result = handle.result(timeout=5)
+    assert result.status == "cancelled"
+    deadline = time.monotonic() + 5
+    while simulator.simulator.stats.closed_early < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert simulator.simulator.stats.closed_early >= 1
+
+
+def test_templates_render_into_messages(worker, client: Client) -> None:
+    handle = client.submit({"model": "openai:gpt-4o-mini", "template": "Summarize {text}", "variables": {"text": "x"}})
+    assert handle.result(timeout=30).status == "succeeded"
+    with pytest.raises(InvalidJobError, match="without a value: text"):
+        client.submit({"model": "openai:gpt-4o-mini", "template": "Summarize {text}"})
+
+
+def test_stats_endpoint_counts_requests(simulator: SimulatorThread) -> None:
+    stats = httpx2.get(f"{simulator.url}/_sim/stats").json()
+    assert stats["requests"] == 0
+
+
+def test_job_keys_expire(worker, client: Client, redis_client) -> None:
+    handle = client.submit(_job())
+    handle.result(timeout=30)
+    keys = JobKeys(handle.id)
+    for key in (keys.result, keys.events, keys.meta):
+        assert 0 < redis_client.ttl(key) <= 86_400
