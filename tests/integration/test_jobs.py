@@ -33,7 +33,7 @@ def test_job_completes_through_the_queue(worker, client: Client, simulator: Simu
     handle = client.submit(_job(stream=stream))
     events = list(handle.stream(timeout=30))
     _assert_well_formed(events)
-    assert [e.type for e in events][0] == "start"
+    assert next(e.type for e in events) == "start"
     result = handle.result(timeout=5)
     assert result.status == "succeeded"
     assert result.model_used == "openai:gpt-4o-mini"

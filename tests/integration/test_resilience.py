@@ -66,7 +66,7 @@ def test_503_twice_then_success(worker, client: Client, simulator: SimulatorThre
 
 
 def test_primary_always_503_falls_back(worker, client: Client, simulator: SimulatorThread) -> None:
-    handle, _, result = _run(client, "openai:gpt-4o~503*", fallbacks=("openai:gpt-4o-mini",))
+    _handle, _, result = _run(client, "openai:gpt-4o~503*", fallbacks=("openai:gpt-4o-mini",))
     assert result.status == "succeeded" and result.model_used == "openai:gpt-4o-mini"
     assert simulator.simulator.stats.by_model["gpt-4o~503*"] == 4  # 1 + 3 retries
 
