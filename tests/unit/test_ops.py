@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -440,6 +441,7 @@ class _Gateway(BaseHTTPRequestHandler):
 
     release: threading.Event
     seen_headers: list[dict[str, str]]
+    port: int
 
     def do_GET(self) -> None:
         self.seen_headers.append(dict(self.headers))
@@ -482,17 +484,20 @@ def _nginx(conf_text: str, upstream_port: int, prefix: Path) -> Iterator[int]:
     conf = prefix / "nginx.conf"
     conf.write_text(render_nginx_conf(conf_text, upstream_port=upstream_port, listen_port=port, prefix=prefix))
     argv = [nginx, "-e", "stderr", "-p", f"{prefix}/", "-c", str(conf), "-g", "daemon off;"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
-                break
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            threading.Event().wait(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    log = prefix / "nginx.stderr"
+    with log.open("wb") as stderr, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr) as proc:
+        try:
+            for _ in range(100):
+                assert proc.poll() is None, log.read_text()
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"nginx did not listen on {port}: {log.read_text()}")
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def _request(port: int, raw: bytes, *, until: bytes, timeout: float) -> bytes:
