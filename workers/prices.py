@@ -1,0 +1,231 @@
+"""Prices and context windows per ``provider:model``: genai-prices, config overrides, local = free.
+
+genai-prices ships its data (offline); we only read the bundled snapshot through its public
+``calc_price`` and never start ``UpdatePrices`` (a background thread that downloads hourly).
+
+Resolution order for a model id:
+
+1. a config override for the exact id, else for ``provider:*`` (prices and/or context window;
+   fields it leaves out come from genai-prices when it knows the model);
+2. local providers (``ollama`` by default) cost 0;
+3. genai-prices, by ``provider_id`` = our provider prefix and ``model_ref`` = the model name
+   (it resolves dated and undated names: ``claude-sonnet-4-5-20250929`` -> ``claude-sonnet-4-5``);
+4. otherwise the model is *unpriced*, and the policy decides: ``"reject"`` (default) raises
+   :class:`ConfigurationError` with code ``unpriced_model``; ``"allow_unpriced"`` returns a
+   :class:`ModelPrice` with ``priced=False`` whose costs are ``None`` — never a silent 0.
+
+Why ``ConfigurationError`` and not ``BudgetExceededError``: nothing was overspent; the fix is a
+price in the config (or the explicit policy), and budget alerts must not fire for a typo in a
+model name. Both are non-retryable.
+
+Costs are :class:`~decimal.Decimal` USD. Handy identity: tokens × USD-per-MTok = micro-USD.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from workers.contract import Usage, split_model_id
+from workers.llm.errors import ConfigurationError
+
+__all__ = ["LOCAL_PROVIDERS", "ModelPrice", "PriceBook", "PriceOverride", "UnpricedPolicy"]
+
+UnpricedPolicy = Literal["reject", "allow_unpriced"]
+#: Providers that run on our own hardware: cost 0 unless the config prices them.
+LOCAL_PROVIDERS = frozenset({"ollama"})
+_ZERO = Decimal(0)
+_MTOK = Decimal(1_000_000)
+
+Tiers = tuple[tuple[int, Decimal], ...]
+
+
+class PriceOverride(BaseModel):
+    """One config entry; other keys of the model's config table are ignored here."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, from_attributes=True)
+
+    input_per_mtok: float | None = Field(default=None, ge=0)
+    output_per_mtok: float | None = Field(default=None, ge=0)
+    context_window: int | None = Field(default=None, gt=0)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """Rates in USD per million tokens, the context window (None = unknown), and provenance.
+
+    ``source`` is ``"genai-prices"``, ``"config"``, ``"local"`` or ``"unpriced"``. Tiers are
+    genai-prices' threshold tiers: once the prompt exceeds ``start`` tokens, that rate applies
+    to every token of the request.
+    """
+
+    model: str
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    context_window: int | None
+    priced: bool
+    source: str
+    resolved_id: str | None = None
+    input_tiers: Tiers = ()
+    output_tiers: Tiers = ()
+
+    def rates(self, prompt_tokens: int) -> tuple[Decimal, Decimal]:
+        """``(input, output)`` USD/MTok applicable to a request with ``prompt_tokens``."""
+        return _tier(self.input_per_mtok, self.input_tiers, prompt_tokens), _tier(
+            self.output_per_mtok, self.output_tiers, prompt_tokens
+        )
+
+    def token_cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal | None:
+        """USD for these counts, or None when the model is unpriced."""
+        if not self.priced:
+            return None
+        rate_in, rate_out = self.rates(prompt_tokens)
+        return (prompt_tokens * rate_in + completion_tokens * rate_out) / _MTOK
+
+    def worst_case_cost(self, prompt_tokens: int, max_tokens: int) -> Decimal | None:
+        """What a call can cost at most: the whole prompt plus ``max_tokens`` of output."""
+        return self.token_cost(prompt_tokens, max_tokens)
+
+    def cost(self, usage: Usage) -> Decimal | None:
+        """USD for actual (or estimated) usage; None when the model is unpriced."""
+        return self.token_cost(usage.prompt_tokens, usage.completion_tokens)
+
+
+def _tier(base: Decimal, tiers: Tiers, prompt_tokens: int) -> Decimal:
+    for start, price in reversed(tiers):
+        if prompt_tokens > start:
+            return price
+    return base
+
+
+def _split(price: Any) -> tuple[Decimal, Tiers]:
+    """A genai-prices value (Decimal, TieredPrices or None) as ``(base, tiers)``."""
+    if price is None:
+        return _ZERO, ()
+    if isinstance(price, Decimal):
+        return price, ()
+    return price.base, tuple((t.start, t.price) for t in price.tiers)
+
+
+_NO_OVERRIDE = PriceOverride()
+
+
+class PriceBook:
+    """Looks up and caches :class:`ModelPrice` per model id. Thread-safe; one per process.
+
+    ``overrides`` maps ``provider:model`` (or ``provider:*``) to a mapping or object with
+    ``input_per_mtok``, ``output_per_mtok`` and/or ``context_window`` (the config's
+    ``[models."..."]`` tables can be passed as they are).
+    """
+
+    def __init__(
+        self,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        unpriced: UnpricedPolicy = "reject",
+        local_providers: frozenset[str] = LOCAL_PROVIDERS,
+    ) -> None:
+        if unpriced not in ("reject", "allow_unpriced"):
+            raise ConfigurationError(f"unpriced policy must be 'reject' or 'allow_unpriced', not {unpriced!r}")
+        self.unpriced = unpriced
+        self.local_providers = local_providers
+        self._overrides: dict[str, PriceOverride] = {}
+        for key, value in (overrides or {}).items():
+            try:
+                override = PriceOverride.model_validate(value)
+            except ValidationError as exc:
+                raise ConfigurationError(f"invalid price override for {key!r}: {exc}") from None
+            if override != _NO_OVERRIDE:
+                self._overrides[key] = override
+        self._cache: dict[str, ModelPrice | None] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, model: str) -> ModelPrice:
+        """The price of ``model``; raises ``ConfigurationError`` for an unpriced model under "reject"."""
+        try:
+            price = self._cache[model]
+        except KeyError:
+            with self._lock:
+                if model not in self._cache:
+                    self._cache[model] = self._resolve(model)
+                price = self._cache[model]
+        if price is None:  # only cached under "reject"; a fresh error each time
+            provider, name = split_model_id(model)
+            raise ConfigurationError(
+                f"no price known for {model}: add input_per_mtok/output_per_mtok under "
+                f'[models."{model}"] in the config, or set [budget] unpriced = "allow_unpriced"',
+                provider,
+                name,
+                None,
+                "unpriced_model",
+            )
+        return price
+
+    def context_window(self, model: str) -> int | None:
+        return self.lookup(model).context_window
+
+    def _resolve(self, model: str) -> ModelPrice | None:
+        provider, name = split_model_id(model)
+        o = self._overrides.get(model) or self._overrides.get(f"{provider}:*") or _NO_OVERRIDE
+        local = provider in self.local_providers
+        known = None if local else _genai_lookup(provider, name)
+        if known is not None:
+            price = replace(known, model=model)
+        elif local:
+            price = ModelPrice(model, _ZERO, _ZERO, None, True, "local")
+        elif o.input_per_mtok is not None and o.output_per_mtok is not None:
+            price = ModelPrice(model, _ZERO, _ZERO, None, True, "config")
+        elif o.input_per_mtok is not None or o.output_per_mtok is not None:
+            raise ConfigurationError(
+                f"price override for {model} needs both input_per_mtok and output_per_mtok "
+                "(genai-prices does not know the model)",
+                provider,
+                name,
+                None,
+                "invalid_price_override",
+            )
+        elif self.unpriced == "allow_unpriced":
+            price = ModelPrice(model, _ZERO, _ZERO, None, False, "unpriced")
+        else:
+            return None
+        changes: dict[str, Any] = {}
+        if o.input_per_mtok is not None:
+            changes.update(input_per_mtok=Decimal(str(o.input_per_mtok)), input_tiers=(), source="config")
+        if o.output_per_mtok is not None:
+            changes.update(output_per_mtok=Decimal(str(o.output_per_mtok)), output_tiers=(), source="config")
+        if o.context_window is not None:
+            changes["context_window"] = o.context_window
+        return replace(price, **changes) if changes else price
+
+
+def _genai_lookup(provider: str, name: str) -> ModelPrice | None:
+    """The bundled genai-prices entry, via its public ``calc_price`` (zero usage), or None."""
+    from genai_prices import Usage as GenaiUsage
+    from genai_prices import calc_price
+
+    try:
+        calc = calc_price(GenaiUsage(input_tokens=0, output_tokens=0), model_ref=name, provider_id=provider)
+    except LookupError:
+        return None
+    mp = calc.model_price
+    input_raw, output_raw = getattr(mp, "input_mtok", None), getattr(mp, "output_mtok", None)
+    if input_raw is None and output_raw is None:
+        return None
+    base_in, tiers_in = _split(input_raw)
+    base_out, tiers_out = _split(output_raw)
+    return ModelPrice(
+        f"{provider}:{name}",
+        base_in,
+        base_out,
+        calc.model.context_window,
+        True,
+        "genai-prices",
+        calc.model.id,
+        tiers_in,
+        tiers_out,
+    )
