@@ -62,6 +62,7 @@ class EventPublisher:
         self._pending: list[str] = []
         self._pending_chars = 0
         self._last_flush = -1e9
+        self._pending_flushed_delta = False
         self._ttl_set = False
         #: Set when a flush saw the job's cancel key.
         self.cancelled = False
@@ -89,6 +90,7 @@ class EventPublisher:
         text = "".join(self._pending)
         self._pending.clear()
         self._pending_chars = 0
+        self._pending_flushed_delta = True
         self._seq += 1
         self.published_deltas += 1
         payload = json.dumps(
@@ -146,7 +148,11 @@ class EventPublisher:
         results = pipe.execute()
         if results[-2 if self._lease_ms else -1]:
             self.cancelled = True
-        self._last_flush = self._clock()
+        if self._pending_flushed_delta:
+            # only delta flushes open a coalescing window: the first delta after the start
+            # event (or after a quiet period) always goes out at once
+            self._last_flush = self._clock()
+            self._pending_flushed_delta = False
 
     def refresh_ttl(self) -> None:
         """Make the replay stream live as long as the result (called with the terminal event)."""

@@ -1,0 +1,85 @@
+"""A real ``celery worker -P gevent`` subprocess and the ``llmq`` CLI against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from producers import Client
+from producers.devstack import LocalStack
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server_url: str) -> Iterator[LocalStack]:
+    env = {**os.environ, "LLMQ_REDIS_URL": redis_server_url.replace("/0", "/3")}
+    redis.Redis.from_url(env["LLMQ_REDIS_URL"]).flushdb()
+    with LocalStack(env=env) as s:
+        s.start_redis()
+        s.start_simulator(tokens_per_s=400)
+        s.start_worker(pool="gevent", concurrency=50, name="gevent1")
+        s.wait_for_workers(1)
+        yield s
+
+
+def _llmq(stack: LocalStack, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**stack.env, **stack.provider_env()}
+    return subprocess.run(
+        [sys.executable, "-m", "producers.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_gevent_worker_runs_streamed_and_plain_jobs(stack: LocalStack) -> None:
+    with Client(stack.redis_url) as client:
+        handles = [
+            client.submit(
+                {
+                    "model": "openai:gpt-4o-mini",
+                    "stream": i % 2 == 0,
+                    "messages": [{"role": "user", "content": f"job {i}"}],
+                }
+            )
+            for i in range(40)
+        ]
+        for i, handle in enumerate(handles):
+            events = list(handle.stream(timeout=60))
+            seqs = [e.seq for e in events]
+            assert seqs == sorted(seqs)
+            assert [e.type for e in events].count("done") == 1 and events[-1].type == "done"
+            result = handle.result(timeout=5)
+            assert result.status == "succeeded" and result.usage.completion_tokens == 20
+            deltas = "".join(e.text for e in events if e.type == "delta")
+            assert deltas == (result.content if i % 2 == 0 else "")
+
+
+def test_cli_submit_json_and_exit_status(stack: LocalStack) -> None:
+    ok = _llmq(stack, "submit", "hello from the cli", "--model", "openai:gpt-4o-mini", "--json")
+    assert ok.returncode == 0, ok.stderr
+    result = json.loads(ok.stdout)
+    assert result["status"] == "succeeded" and result["content"]
+
+    failed = _llmq(stack, "submit", "no key", "--model", "openai:gpt-4o~401*", "--json")
+    assert failed.returncode == 1
+    assert json.loads(failed.stdout)["error"]["type"] == "authentication_error"
+
+    invalid = _llmq(stack, "submit", "x", "--model", "not a model", "--json")
+    assert invalid.returncode == 2 and "invalid job" in invalid.stderr
+
+
+def test_cli_stream_and_subscribe(stack: LocalStack) -> None:
+    streamed = _llmq(stack, "submit", "stream me", "--model", "openai:gpt-4o-mini", "--stream", "--id", "cli-stream-1")
+    assert streamed.returncode == 0, streamed.stderr
+    text = streamed.stdout.strip()
+    assert len(text.split()) == 20
+    replay = _llmq(stack, "subscribe", "cli-stream-1")
+    assert replay.returncode == 0 and replay.stdout.strip() == text
+    as_json = _llmq(stack, "subscribe", "cli-stream-1", "--json")
+    types = [json.loads(line)["type"] for line in as_json.stdout.splitlines()]
+    assert types[0] == "start" and types[-1] == "done"
