@@ -5,8 +5,9 @@ Test helper (not collected): each reply is registered under a key and served at
 given) and body are written exactly as given. A reply without a ``Content-Length`` is sent with
 chunked framing, cut into irregular pieces so that parsers see lines and UTF-8 sequences split
 across reads. Requests are recorded per key. Extra behaviours for tests of failure paths:
-``cut`` (drop the connection before the body is complete) and ``endless`` (keep sending
-``endless`` until the client goes away, then set ``disconnected``).
+``cut`` (drop the connection before the body is complete), ``stall`` (send the body, then
+go silent without finishing it) and ``endless`` (keep sending ``endless`` until the client goes
+away, then set ``disconnected``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Reply:
     cut: int | None = None
     #: Chunk repeated (every 5 ms) after ``body`` until the client disconnects.
     endless: bytes | None = None
+    #: After the body, keep the connection open and silent (until the server stops).
+    stall: bool = False
     disconnected: threading.Event = field(default_factory=threading.Event)
 
 
@@ -109,6 +112,9 @@ class _Handler(socketserver.StreamRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(reply.endless), reply.endless))
                 self.wfile.flush()
                 self.server.stopping.wait(0.005)
+            return False
+        if reply.stall:
+            self.server.stopping.wait(30)
             return False
         if reply.cut is not None:
             return False  # connection dropped mid-body

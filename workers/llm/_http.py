@@ -12,6 +12,7 @@ wrapper is the only one.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -78,11 +79,34 @@ class StreamingResponse:
         # iter_raw skips the decoder machinery; only safe when the body is not content-encoded.
         return "content-encoding" not in self._response.headers
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
+        """Close the response; safe to call from another thread or greenlet (a job's cancel)."""
         if not self._closed:
             self._closed = True
+            if not self._response.is_closed:  # still ours: not yet released to the pool
+                self._interrupt()
             with contextlib.suppress(Exception):
                 self._response.close()
+
+    def _interrupt(self) -> None:
+        """Wake a read blocked in another thread on a silent upstream.
+
+        Closing a socket does not wake a thread blocked in ``recv`` on it (the read would sit until
+        the read timeout); shutting it down does. Only for HTTP/1.1, where an unfinished response's
+        connection is discarded anyway; an HTTP/2 connection is shared by other streams. (Under
+        gevent, closing alone already wakes the reading greenlet.)
+        """
+        if self._response.http_version != "HTTP/1.1":
+            return
+        stream = self._response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class HTTPClient:
