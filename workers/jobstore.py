@@ -9,19 +9,27 @@ expires, so the redelivered job runs (as run 2, which consumers can see on its e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import redis
 
 from workers.contract import CompletionResult, JobKeys
 
-__all__ = ["ClaimOutcome", "JobStore"]
+__all__ = ["Claim", "ClaimOutcome", "JobStore"]
 
-# KEYS: claim, result, meta. ARGV: lease_ms, token. Returns run number, -1 (busy) or -2 (done).
+# KEYS: claim, result, meta, events, cancel. ARGV: lease_ms, token.
+# Returns {-2} (done), {-1} (busy) or {run, last seq, cancelled, attempts json}: one round trip
+# gives the worker everything it needs to start.
 _CLAIM_LUA = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
-if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[1]) then return -1 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {-2} end
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[1]) then return {-1} end
 local run = redis.call('HINCRBY', KEYS[3], 'runs', 1)
 redis.call('HSET', KEYS[3], 'state', 'running')
-return run
+local last = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
+local seq = -1
+if #last > 0 then seq = tonumber(string.match(last[1][1], '^(%d+)')) end
+local attempts = redis.call('HGET', KEYS[3], 'attempts') or ''
+return {run, seq, redis.call('EXISTS', KEYS[5]), attempts}
 """
 
 # KEYS: claim. ARGV: token. Deletes the claim only if we still hold it.
@@ -36,6 +44,14 @@ class ClaimOutcome:
     BUSY = -1
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    run: int
+    last_seq: int = -1
+    cancelled: bool = False
+    attempts_json: bytes = b""
+
+
 class JobStore:
     def __init__(self, client: redis.Redis, *, result_ttl_s: int, claim_lease_s: int) -> None:
         self._client = client
@@ -44,12 +60,18 @@ class JobStore:
         self._claim = client.register_script(_CLAIM_LUA)
         self._release = client.register_script(_RELEASE_LUA)
 
-    def claim(self, keys: JobKeys, token: str) -> int:
-        """Run number (>= 1) if we may run the job now, else ``ClaimOutcome.DONE``/``BUSY``."""
-        return int(self._claim(keys=[keys.claim, keys.result, keys.meta], args=[self.claim_lease_ms, token]))
+    def claim(self, keys: JobKeys, token: str) -> Claim:
+        """``Claim.run`` >= 1 if we may run the job now, else ``ClaimOutcome.DONE``/``BUSY``."""
+        reply = self._claim(
+            keys=[keys.claim, keys.result, keys.meta, keys.events, keys.cancel], args=[self.claim_lease_ms, token]
+        )
+        if len(reply) == 1:
+            return Claim(int(reply[0]))
+        run, seq, cancelled, attempts = reply
+        return Claim(int(run), int(seq), bool(cancelled), attempts or b"")
 
-    def release(self, keys: JobKeys, token: str) -> None:
-        self._release(keys=[keys.claim], args=[token])
+    def release(self, keys: JobKeys, token: str, pipe: redis.client.Pipeline | None = None) -> None:
+        self._release(keys=[keys.claim], args=[token], client=pipe)
 
     def is_cancelled(self, keys: JobKeys) -> bool:
         return bool(self._client.exists(keys.cancel))

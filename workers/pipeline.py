@@ -28,13 +28,14 @@ from workers.contract import (
     ErrorInfo,
     JobKeys,
     StartEvent,
+    StreamEvent,
     Timings,
     ToolCallEvent,
     Usage,
     UsageEvent,
 )
 from workers.jobstore import ClaimOutcome
-from workers.llm.base import ChatStream, Completion
+from workers.llm.base import Completion
 from workers.llm.errors import (
     BadRequestError,
     DeadlineExceededError,
@@ -75,7 +76,8 @@ class _Run:
     model_used: str | None = None
     ttft_s: float | None = None
     text_parts: list[str] = field(default_factory=list)
-    streamed: ChatStream | None = None
+    token: str = ""
+    cancelled_at_start: bool = False
 
 
 class JobRunner:
@@ -91,17 +93,17 @@ class JobRunner:
         res = self.res
         keys = JobKeys(job.id)
         token = uuid.uuid4().hex
-        run_no = res.store.claim(keys, token)
-        if run_no == ClaimOutcome.DONE:
+        claim = res.store.claim(keys, token)
+        if claim.run == ClaimOutcome.DONE:
             return JobOutcome(result=res.store.load_result(keys), skipped="already finished")
-        if run_no == ClaimOutcome.BUSY:
+        if claim.run == ClaimOutcome.BUSY:
             return JobOutcome(skipped="running on another worker")
         settings = res.settings
         publisher = EventPublisher(
             res.redis,
             keys,
-            run=run_no,
-            start_seq=last_seq(res.redis, keys),
+            run=claim.run,
+            start_seq=claim.last_seq,
             coalesce_s=settings.coalesce_ms / 1000.0,
             coalesce_chars=settings.coalesce_chars,
             maxlen=settings.events_maxlen,
@@ -110,13 +112,14 @@ class JobRunner:
             publish_deltas=job.stream,
         )
         ctx = RunContext(
-            attempts=self._previous_attempts(keys),
+            attempts=_ATTEMPTS.validate_json(claim.attempts_json) if claim.attempts_json else [],
             sleep=lambda s: self._sleep(keys, s),
             clock=self._clock,
             deadline=self._deadline(job),
             max_inworker_wait_s=res.config.max_inworker_wait_s,
         )
-        run = _Run(job, keys, publisher, ctx, started_wall=time.time(), started=self._clock())
+        run = _Run(job, keys, publisher, ctx, started_wall=time.time(), started=self._clock(), token=token)
+        run.cancelled_at_start = claim.cancelled
         try:
             return self._execute(run)
         finally:
@@ -142,7 +145,7 @@ class JobRunner:
     def _execute(self, run: _Run) -> JobOutcome:
         job = run.job
         try:
-            if self.res.store.is_cancelled(run.keys):
+            if run.cancelled_at_start:
                 raise JobCancelledError("cancelled before it started")
             remaining = run.ctx.remaining()
             if remaining is not None and remaining <= 0:
@@ -176,7 +179,6 @@ class JobRunner:
             run.model_used = getattr(model, "model_id", None)
             return completion
         stream = model.stream(request)
-        run.streamed = stream
         publisher = run.publisher
         watcher = self.res.cancel_watcher
         if watcher is not None:
@@ -231,17 +233,16 @@ class JobRunner:
         )
 
     def _finish_succeeded(self, run: _Run, completion: Completion) -> CompletionResult:
-        job, publisher = run.job, run.publisher
+        job = run.job
         usage = completion.usage or self._estimate_usage(run, completion)
         result = self._base_result(run, "succeeded")
         result.content = completion.text
         result.tool_calls = completion.tool_calls
         result.finish_reason = completion.finish_reason
         result.usage = usage
-        for call in completion.tool_calls:
-            publisher.emit(ToolCallEvent(job_id=job.id, seq=0, tool_call=call))
-        publisher.emit(UsageEvent(job_id=job.id, seq=0, usage=usage))
-        self._terminal(run, DoneEvent(job_id=job.id, seq=0, result=result), result)
+        events: list[StreamEvent] = [ToolCallEvent(job_id=job.id, seq=0, tool_call=c) for c in completion.tool_calls]
+        events.append(UsageEvent(job_id=job.id, seq=0, usage=usage))
+        self._terminal(run, DoneEvent(job_id=job.id, seq=0, result=result), result, before=events)
         return result
 
     def _estimate_usage(self, run: _Run, completion: Completion) -> Usage:
@@ -268,7 +269,14 @@ class JobRunner:
         self._terminal(run, CancelledEvent(job_id=run.job.id, seq=0, result=result), result)
         return result
 
-    def _terminal(self, run: _Run, event: DoneEvent | ErrorEvent | CancelledEvent, result: CompletionResult) -> None:
+    def _terminal(
+        self,
+        run: _Run,
+        event: DoneEvent | ErrorEvent | CancelledEvent,
+        result: CompletionResult,
+        before: list[StreamEvent] | None = None,
+    ) -> None:
+        """Publish the last events and store the result in one round trip (result first)."""
         store = self.res.store
         reply_to = run.job.reply_to
 
@@ -276,9 +284,11 @@ class JobRunner:
             store.store_result(pipe, run.keys, result)
             if reply_to:
                 store.notify(pipe, reply_to, result)
+            if run.token:
+                store.release(run.keys, run.token, pipe)
 
         run.publisher.refresh_ttl()
-        run.publisher.emit(event, extra=persist)
+        run.publisher.emit_many([*(before or []), event], extra=persist)
 
     def _requeue(self, run: _Run, exc: RetryLaterError) -> JobOutcome:
         attempts = _ATTEMPTS.dump_json(run.ctx.attempts)
@@ -286,10 +296,6 @@ class JobRunner:
         return JobOutcome(requeue_after_s=exc.retry_after or 1.0)
 
     # --- helpers --------------------------------------------------------------------------------------
-
-    def _previous_attempts(self, keys: JobKeys) -> list[Attempt]:
-        raw = self.res.redis.hget(keys.meta, "attempts")
-        return _ATTEMPTS.validate_json(raw) if raw else []
 
     def _deadline(self, job: CompletionJob) -> float | None:
         if job.deadline_s is None:

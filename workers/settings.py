@@ -41,7 +41,7 @@ class Settings(BaseSettings):
 
     # --- streaming and results ------------------------------------------------------------------
     #: Deltas are buffered until this much time passed since the first unflushed one...
-    coalesce_ms: float = Field(default=50.0, ge=0)
+    coalesce_ms: float = Field(default=100.0, ge=0)
     #: ...or this many characters are buffered, whichever comes first.
     coalesce_chars: int = Field(default=512, ge=1)
     #: Approximate cap of each job's replay stream (XADD MAXLEN ~).

@@ -1,9 +1,9 @@
 """Publishing one job's events: numbered, coalesced, live (pub/sub) and replayable (Stream).
 
-Every flush is one Redis round trip (a non-transactional pipeline, executed in order): ``XADD`` to
-the job's capped Stream with the entry id ``<seq>-1`` (so replay from seq N is ``XRANGE N-0 +``),
-``PUBLISH`` of the same payloads to the job's channel, ``EXISTS`` of the cancel key and a refresh
-of the worker's claim lease. Deltas are coalesced: the first delta after a quiet period goes out
+Every flush is one Redis round trip (one Lua script): ``XADD`` to the job's capped Stream with
+the entry id ``<seq>-1`` (so replay from seq N is ``XRANGE N-0 +``), ``PUBLISH`` of the same
+payloads to the job's channel, ``EXISTS`` of the cancel key and a refresh of the worker's claim
+lease. Deltas are coalesced: the first delta after a quiet period goes out
 at once (time to first token is not delayed); deltas arriving within ``coalesce_s`` of the last
 flush are buffered until the window has passed or ``coalesce_chars`` are pending. Publishing per
 delta was ~70 % of a raw client's per-job CPU in the notes' measurements; this is the lever.
@@ -20,6 +20,23 @@ import redis
 from workers.contract import JobKeys, StreamEvent
 
 __all__ = ["EventPublisher", "last_seq"]
+
+# One round trip per flush, whatever the number of events: append each event to the replay
+# Stream (entry id <seq>-1), publish it live, keep the Stream's TTL and the worker's claim lease,
+# and report whether the job was cancelled.
+# KEYS: events, channel, cancel, claim. ARGV: maxlen, ttl (0 = keep), lease_ms (0 = none), n,
+# then n pairs of (entry id, payload).
+_PUBLISH_LUA = """
+local n = tonumber(ARGV[4])
+for i = 0, n - 1 do
+  local payload = ARGV[6 + 2 * i]
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[5 + 2 * i], 'e', payload)
+  redis.call('PUBLISH', KEYS[2], payload)
+end
+if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
+return redis.call('EXISTS', KEYS[3])
+"""
 
 
 def last_seq(client: redis.Redis, keys: JobKeys) -> int:
@@ -59,6 +76,7 @@ class EventPublisher:
         self._lease_ms = claim_lease_ms
         self._publish_deltas = publish_deltas
         self._clock = clock
+        self._publish = client.register_script(_PUBLISH_LUA)
         self._pending: list[str] = []
         self._pending_chars = 0
         self._last_flush = -1e9
@@ -116,14 +134,21 @@ class EventPublisher:
         terminal event uses it to store the result first, so a consumer that sees ``done`` can
         always read the result.
         """
+        self.emit_many([event], extra=extra)
+
+    def emit_many(
+        self, events: list[StreamEvent], *, extra: Callable[[redis.client.Pipeline], None] | None = None
+    ) -> None:
+        """Like :meth:`emit` for several events, still one round trip."""
         payloads = []
         pending = self._take_pending()
         if pending is not None:
             payloads.append(pending)
-        self._seq += 1
-        event.seq = self._seq
-        event.run = self._run
-        payloads.append((self._seq, event.model_dump_json()))
+        for event in events:
+            self._seq += 1
+            event.seq = self._seq
+            event.run = self._run
+            payloads.append((self._seq, event.model_dump_json()))
         self._send(payloads, extra)
 
     def flush(self) -> None:
@@ -132,21 +157,26 @@ class EventPublisher:
             self._send([pending], None)
 
     def _send(self, payloads: list[tuple[int, str]], extra: Callable[[redis.client.Pipeline], None] | None) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        if extra is not None:
-            extra(pipe)
-        events_key, channel = self._keys.events, self._keys.channel
+        keys = self._keys
+        argv: list[object] = [
+            self._maxlen,
+            0 if self._ttl_set else self._ttl_s,
+            self._lease_ms or 0,
+            len(payloads),
+        ]
         for seq, raw in payloads:
-            pipe.xadd(events_key, {"e": raw}, id=f"{seq}-1", maxlen=self._maxlen, approximate=True)
-            pipe.publish(channel, raw)
-        if not self._ttl_set:
-            pipe.expire(events_key, self._ttl_s)
-            self._ttl_set = True
-        pipe.exists(self._keys.cancel)
-        if self._lease_ms:
-            pipe.pexpire(self._keys.claim, self._lease_ms)
-        results = pipe.execute()
-        if results[-2 if self._lease_ms else -1]:
+            argv.append(f"{seq}-1")
+            argv.append(raw)
+        self._ttl_set = True
+        script_keys = [keys.events, keys.channel, keys.cancel, keys.claim]
+        if extra is None:
+            cancelled = self._publish(keys=script_keys, args=argv)
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            extra(pipe)
+            self._publish(keys=script_keys, args=argv, client=pipe)
+            cancelled = pipe.execute()[-1]
+        if cancelled:
             self.cancelled = True
         if self._pending_flushed_delta:
             # only delta flushes open a coalescing window: the first delta after the start
