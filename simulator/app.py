@@ -1,26 +1,40 @@
 """The provider simulator: an OpenAI/Anthropic/Ollama-compatible server with scripted faults.
 
 It answers any model name with deterministic text, paced by ``latency`` (time to first token)
-and ``tokens_per_s``, and counts every request it serves (``GET /_sim/stats``, reset with
-``POST /_sim/reset``) so tests can assert "exactly one upstream request". Streams whose client
-went away early are counted as ``closed_early``.
+and ``tokens_per_s``, and counts every request it serves so tests can assert "exactly one
+upstream request". Control endpoints:
+
+* ``GET /_sim/stats`` - counters (requests, by_path, by_model, by_job, by_outcome, by_fault,
+  open_streams, closed_early); ``POST /_sim/reset`` clears them and the fault sequences;
+* ``GET /_sim/streams?job=ID`` - the recent streams (of one job): path, model, started, ended,
+  outcome; ``GET /_sim/requests?job=ID`` - the same for every answered request;
+* ``GET /_sim/config`` / ``POST /_sim/config`` - read or change pacing and fault rates live.
+
+Per-request overrides (headers): ``x-llmq-sim-fault`` (fault plan), ``x-llmq-sim-tokens``
+(answer length), ``x-llmq-sim-latency`` (seconds to the first token), ``x-llmq-sim-tokens-per-s``.
+Sequences are keyed by the ``x-llmq-job-id`` header.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import math
+import signal
 import threading
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from itertools import cycle, islice
 
+from simulator.answer import Answer, send_error, send_once, send_stream
 from simulator.http import HTTPServer, Request, Responder
-from simulator.protocols.base import ParsedRequest, Protocol
-from simulator.protocols.openai import OpenAIProtocol, prompt_tokens_for
-from simulator.script import Fault, FaultPlanner, Script, split_model, words_for
+from simulator.pacer import Pacer
+from simulator.protocols.base import ParsedRequest, Protocol, RequestError
+from simulator.protocols.openai import OpenAIProtocol
+from simulator.script import Fault, FaultPlanner, Script, ToolCall, parse_rates, split_model, tool_arguments, words_for
+from simulator.stats import Stats
 
-__all__ = ["SimConfig", "Simulator", "SimulatorThread", "default_protocols"]
+__all__ = ["SimConfig", "Simulator", "SimulatorThread", "default_protocols", "serve"]
 
 
 def default_protocols() -> list[Protocol]:
@@ -45,168 +59,170 @@ class SimConfig:
     seed: int = 7
 
 
-@dataclass(slots=True)
-class Stats:
-    requests: int = 0
-    by_path: Counter[str] = field(default_factory=Counter)
-    by_model: Counter[str] = field(default_factory=Counter)
-    by_job: Counter[str] = field(default_factory=Counter)
-    by_outcome: Counter[str] = field(default_factory=Counter)
-    open_streams: int = 0
-    closed_early: int = 0
-    stream_finish_times: list[float] = field(default_factory=list)
+@lru_cache(maxsize=4096)
+def _words(prompt: str, count: int) -> tuple[str, ...]:
+    return tuple(words_for(prompt, count))
 
-    def as_json(self) -> dict[str, object]:
-        return {
-            "requests": self.requests,
-            "by_path": dict(self.by_path),
-            "by_model": dict(self.by_model),
-            "by_job": dict(self.by_job),
-            "by_outcome": dict(self.by_outcome),
-            "open_streams": self.open_streams,
-            "closed_early": self.closed_early,
-        }
+
+def _header_number(headers: dict[str, str], name: str, integer: bool = False) -> float | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        raise RequestError(f"{name}: not a number: {raw!r}") from None
+    if value < 0 or not math.isfinite(value):
+        raise RequestError(f"{name}: must be >= 0")
+    return value
 
 
 class Simulator:
     def __init__(self, config: SimConfig | None = None, protocols: list[Protocol] | None = None) -> None:
         self.config = config or SimConfig()
+        parse_rates(self.config.fault_rates)  # fail early on unknown fault items
         self.protocols = {p.path: p for p in (protocols or default_protocols())}
         self.planner = FaultPlanner(rates=dict(self.config.fault_rates), seed=self.config.seed)
         self.stats = Stats()
+        self.pacer = Pacer()
 
     async def handle(self, request: Request, out: Responder) -> None:
-        if request.path == "/_sim/stats":
+        protocol = self.protocols.get(request.path)
+        if protocol is None:
+            await self._control(request, out)
+        elif request.method != "POST":
+            await out.send_json(405, {"error": {"message": "use POST", "type": "invalid_request_error"}})
+        else:
+            await self._serve(protocol, request, out)
+
+    async def _control(self, request: Request, out: Responder) -> None:
+        path, method = request.path, request.method
+        if path == "/_sim/stats":
             await out.send_json(200, self.stats.as_json())
-            return
-        if request.path == "/_sim/reset" and request.method == "POST":
+        elif path == "/_sim/reset" and method == "POST":
             self.stats = Stats()
             self.planner.reset()
             await out.send_json(200, {"ok": True})
-            return
-        if request.path in ("/", "/health", "/healthz"):
+        elif path in ("/_sim/streams", "/_sim/requests"):
+            job = request.query_params().get("job")
+            await out.send_json(200, self.stats.records(job, streams_only=path == "/_sim/streams"))
+        elif path == "/_sim/config":
+            if method == "POST":
+                try:
+                    self._update_config(request.json())
+                except (ValueError, TypeError) as exc:
+                    await out.send_json(400, {"error": {"message": str(exc), "type": "invalid_request_error"}})
+                    return
+            await out.send_json(200, asdict(self.config))
+        elif path in ("/", "/health", "/healthz", "/_sim/health"):
             await out.send_json(200, {"ok": True, "paths": sorted(self.protocols)})
-            return
-        protocol = self.protocols.get(request.path)
-        if protocol is None:
-            await out.send_json(404, {"error": {"message": f"no route {request.path}", "type": "not_found"}})
-            return
-        if request.method != "POST":
-            await out.send_json(405, {"error": {"message": "use POST", "type": "invalid_request_error"}})
-            return
+        else:
+            await out.send_json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+
+    def _update_config(self, changes: object) -> None:
+        if not isinstance(changes, dict):
+            raise ValueError("config must be a JSON object")
+        current = asdict(self.config)
+        unknown = set(changes) - set(current)
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        rates = changes.get("fault_rates", self.config.fault_rates)
+        if not isinstance(rates, dict):
+            raise ValueError("fault_rates must be an object")
+        parse_rates(rates)
+        new = SimConfig(**{**current, **changes, "fault_rates": dict(rates)})
+        if new.latency < 0 or new.tokens_per_s < 0 or new.completion_tokens < 0:
+            raise ValueError("latency, tokens_per_s and completion_tokens must be >= 0")
+        self.config = new
+        self.planner.rates = dict(new.fault_rates)
+        if "seed" in changes:
+            self.planner.seed = new.seed
+            self.planner.reset()
+
+    async def _serve(self, protocol: Protocol, request: Request, out: Responder) -> None:
+        headers = request.headers
+        job = headers.get("x-llmq-job-id", "")
+        stats = self.stats
+        stats.count_request(request.path, job)
         try:
+            protocol.check(headers)
             payload = request.json()
             if not isinstance(payload, dict):
-                raise ValueError("body must be a JSON object")
-            parsed = protocol.parse(payload)
-        except (ValueError, KeyError, TypeError) as exc:
-            await out.send_json(400, {"error": {"message": f"invalid request: {exc}", "type": "invalid_request_error"}})
+                raise RequestError("body must be a JSON object")
+            req = protocol.parse(payload)
+            tokens = _header_number(headers, "x-llmq-sim-tokens", integer=True)
+            latency = _header_number(headers, "x-llmq-sim-latency")
+            tps = _header_number(headers, "x-llmq-sim-tokens-per-s")
+            fault = self.planner.choose(req.model, headers.get("x-llmq-sim-fault"), job, request.path)
+        except RequestError as exc:
+            await self._invalid(protocol, exc, out)
             return
-        job = request.headers.get("x-llmq-job-id", "")
-        self.stats.requests += 1
-        self.stats.by_path[request.path] += 1
-        self.stats.by_model[parsed.model] += 1
-        if job:
-            self.stats.by_job[job] += 1
-        fault = self.planner.choose(parsed.model, request.headers.get("x-llmq-sim-fault"), job)
-        await self._answer(protocol, parsed, fault, out)
-
-    def _script(self, parsed: ParsedRequest, fault: Fault) -> Script:
-        count = max(1, min(self.config.completion_tokens, parsed.max_tokens))
-        script = Script(tokens=words_for(parsed.prompt_text, count), prompt_tokens=prompt_tokens_for(parsed))
-        if fault.kind == "tools" and parsed.tool_names:
-            script.tool_call = (parsed.tool_names[0], json.dumps({"query": parsed.prompt_text[-40:]}))
-            script.tokens = []
-        return script
-
-    async def _answer(self, protocol: Protocol, parsed: ParsedRequest, fault: Fault, out: Responder) -> None:
-        if fault.kind not in _STREAM_FAULTS and fault.kind != "ok":
-            status, headers, body = protocol.error(fault)
-            self.stats.by_outcome[f"error_{fault.kind}"] += 1
-            await out.send(status, body, headers=headers)
+        except (ValueError, TypeError, KeyError) as exc:  # bad JSON, bad fault plan
+            await self._invalid(protocol, RequestError(f"invalid request: {exc}"), out)
             return
-        script = self._script(parsed, fault)
-        count = len(script.tokens)
-        finish = "tool_calls" if script.tool_call else ("length" if count >= parsed.max_tokens else "stop")
-        delay = self.config.latency + (fault.arg or 0.0 if fault.kind == "slow" else 0.0)
-        if not parsed.stream:
-            if delay:
-                await asyncio.sleep(delay + (count / self.config.tokens_per_s if self.config.tokens_per_s else 0))
-            self.stats.by_outcome["ok"] += 1
-            await out.send(200, protocol.complete_body(parsed, script, finish))
+        stats.by_model[req.model] += 1
+        if fault.is_http_error:
+            record = stats.begin(request.path, req.model, job, False, str(fault))
+            stats.finish(record, f"error_{fault.kind}")
+            await send_error(protocol, fault, req, out)
             return
-        await self._stream(protocol, parsed, script, fault, finish, delay, out)
-
-    async def _stream(
-        self,
-        protocol: Protocol,
-        parsed: ParsedRequest,
-        script: Script,
-        fault: Fault,
-        finish: str,
-        delay: float,
-        out: Responder,
-    ) -> None:
-        stats = self.stats
-        stats.open_streams += 1
-        gap = 1.0 / self.config.tokens_per_s if self.config.tokens_per_s > 0 else 0.0
-        break_at = max(1, len(script.tokens) // 2)
+        config = self.config
+        tps = config.tokens_per_s if tps is None else tps
+        answer = Answer(
+            protocol=protocol,
+            req=req,
+            script=self._script(protocol, req, fault, config.completion_tokens if tokens is None else int(tokens)),
+            fault=fault,
+            latency=(config.latency if latency is None else latency)
+            + ((fault.arg or 0.0) if fault.kind == "slow" else 0),
+            gap=1.0 / tps if tps > 0 else 0.0,
+            pacer=self.pacer,
+        )
+        record = stats.begin(request.path, req.model, job, req.stream, str(fault))
         try:
-            await out.start_stream(protocol.stream_content_type)
-            out.write_chunk(protocol.stream_head(parsed, script))
-            await out.flush()
-            if delay:
-                await asyncio.sleep(delay)
-            for i, token in enumerate(script.tokens):
-                if i == break_at and fault.kind in _STREAM_FAULTS:
-                    if await self._mid_stream_fault(protocol, parsed, fault, out):
-                        return
-                out.write_chunk(protocol.stream_token(parsed, token))
-                if gap:
-                    await out.flush()
-                    await asyncio.sleep(gap)
-            if script.tool_call:
-                out.write_chunk(protocol.stream_tool_call(parsed, *script.tool_call))
-            out.write_chunk(protocol.stream_tail(parsed, script, finish, usage=fault.kind != "nousage"))
-            await out.end_stream()
-            stats.by_outcome["ok"] += 1
-        except (ConnectionError, asyncio.CancelledError):
-            stats.closed_early += 1
-            out.abort()
-            raise ConnectionResetError from None
-        finally:
-            stats.open_streams -= 1
+            outcome = await (send_stream if req.stream else send_once)(answer, out)
+        except (asyncio.CancelledError, ConnectionError):
+            stats.finish(record, "closed_early")
+            raise
+        except BaseException:
+            stats.finish(record, "simulator_error")
+            raise
+        stats.finish(record, outcome)
 
-    async def _mid_stream_fault(self, protocol: Protocol, parsed: ParsedRequest, fault: Fault, out: Responder) -> bool:
-        """Inject a mid-stream fault; True when the stream is over."""
-        self.stats.by_outcome[f"stream_{fault.kind}"] += 1
-        if fault.kind == "midstream":
-            out.write_chunk(protocol.stream_error(parsed, fault))
-            await out.end_stream()
-            return True
-        if fault.kind == "cut":
-            await out.flush()
-            out.abort()
-            return True
-        if fault.kind == "malformed":
-            out.write_chunk(protocol.malformed())
-            await out.flush()
-            return False
-        if fault.kind == "stall":
-            await out.flush()
-            await asyncio.sleep(fault.arg if fault.arg is not None else 3600.0)
-        return False
+    async def _invalid(self, protocol: Protocol, err: RequestError, out: Responder) -> None:
+        self.stats.by_outcome["invalid"] += 1
+        status, headers, body = protocol.invalid(err)
+        await out.send(status, body, protocol.content_type, headers)
 
-
-_STREAM_FAULTS = frozenset({"midstream", "cut", "malformed", "stall", "slow", "nousage", "tools"})
+    def _script(self, protocol: Protocol, req: ParsedRequest, fault: Fault, wanted: int) -> Script:
+        limit = req.max_tokens
+        count = wanted if limit is None else min(wanted, limit)
+        script = Script(tokens=_words(req.prompt_text, count), prompt_tokens=protocol.prompt_tokens(req))
+        if limit is not None and wanted > limit:
+            script.finish = "length"
+        if fault.kind == "tools" and req.tools:
+            n = max(1, int(fault.arg or 1))
+            script.tool_calls = [
+                ToolCall(t.name, tool_arguments(t.schema, req.prompt_text)) for t in islice(cycle(req.tools), n)
+            ]
+            script.tokens = ()
+            script.finish = "tool"
+        return script
 
 
 async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8790) -> None:
+    """Run a simulator until SIGTERM/SIGINT (the ``llmq simulate`` command)."""
     sim = Simulator(config)
     server = HTTPServer(sim.handle, host, port)
     await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     print(f"llmq simulator listening on http://{host}:{server.port}", flush=True)
-    await server.serve_forever()
+    await stop.wait()
+    await server.close()
 
 
 class SimulatorThread:
@@ -227,21 +243,31 @@ class SimulatorThread:
         asyncio.set_event_loop(self._loop)
         self._loop.run_until_complete(self._server.start())
         self._ready.set()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             self._loop.run_forever()
+        finally:
+            self._loop.close()
 
     def start(self) -> SimulatorThread:
         self._thread.start()
-        self._ready.wait(10)
+        if not self._ready.wait(10):
+            raise RuntimeError("simulator did not start")
         return self
+
+    async def _shutdown(self) -> None:
+        await self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def stop(self) -> None:
         if self._loop.is_running():
-            fut = asyncio.run_coroutine_threadsafe(self._server.close(), self._loop)
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
             with contextlib.suppress(Exception):
-                fut.result(3)
+                fut.result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(3)
+        self._thread.join(5)
 
     def __enter__(self) -> SimulatorThread:
         return self.start()

@@ -3,27 +3,43 @@
 Faults are chosen per request, three ways:
 
 * in the model name, after a ``~``: ``gpt-4o~503,503`` answers 503 to the first two requests
-  of a job (keyed by the ``x-llmq-job-id`` header, else by the model string) and succeeds after;
+  of a job (keyed by the ``x-llmq-job-id`` header, the path and the model string; without a
+  job id the position is shared by all requests for that path and model) and succeeds after;
   a trailing ``*`` repeats the last item forever (``gpt-4o~503*``);
-* in an ``x-llmq-sim-fault`` request header, same syntax;
+* in an ``x-llmq-sim-fault`` request header, same syntax (it wins over the model suffix);
 * by rates given on the command line (``--fault-rate 429=0.05,503=0.02``), seeded, so runs repeat.
 
-Fault items: ``ok``, ``429`` (retry-after 1 s), ``429@S`` (retry-after S s), ``429ms@MS``
-(retry-after-ms), ``quota`` (429 insufficient_quota), ``400``, ``401``, ``403``, ``404``,
-``context`` (400 context_length_exceeded), ``500``, ``502``, ``503``, ``529``, ``midstream``
-(an error event after a few deltas), ``stall@S`` (stop sending for S s mid-stream), ``cut`` (close
-the connection mid-stream without the terminator), ``malformed`` (a broken line mid-stream),
-``slow@S`` (first token after S s), ``nousage`` (stream without a usage chunk), ``tools`` (answer
-with a tool call for the first declared tool).
+Fault items (what each looks like on the wire, per protocol, is in ``simulator/README.md``):
+``ok``; HTTP errors ``429`` (retry-after 1 s), ``429@S`` (retry-after S s), ``429ms@MS``
+(retry-after-ms), ``quota`` (insufficient quota), ``context`` (prompt too long), ``400``, ``401``,
+``403``, ``404``, ``500``, ``502``, ``503``, ``529`` and any other 4xx/5xx number; stream faults
+``midstream`` (an error event after half the tokens), ``stall@S`` (S s of silence mid-stream,
+default an hour), ``cut`` (connection closed mid-stream, no terminator), ``malformed`` (a broken
+line mid-stream), ``slow@S`` (first token S s late), ``nousage`` (no token counts where the format
+allows), ``tools`` / ``tools@N`` (N tool calls instead of text, cycling over the declared tools).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Fault", "FaultPlanner", "Script", "parse_fault", "split_model", "words_for"]
+__all__ = [
+    "HTTP_FAULTS",
+    "OK",
+    "STREAM_FAULTS",
+    "Fault",
+    "FaultPlanner",
+    "Script",
+    "ToolCall",
+    "parse_fault",
+    "split_model",
+    "tool_arguments",
+    "words_for",
+]
 
 _VOCAB = (
     "the queue runs every job once and streams each token to its subscribers while the ledger "
@@ -31,17 +47,34 @@ _VOCAB = (
     "the provider asks before a fallback model answers the request quickly"
 ).split()
 
+#: Faults answered with an HTTP error status instead of a completion.
+HTTP_FAULTS = frozenset({"429", "429ms", "quota", "context", "400", "401", "403", "404", "500", "502", "503", "529"})
+#: Faults that shape a successful (200) answer.
+STREAM_FAULTS = frozenset({"midstream", "cut", "malformed", "stall", "slow", "nousage", "tools"})
+#: Cap on remembered per-job sequences (oldest forgotten first).
+MAX_SEQUENCES = 50_000
+
 
 @dataclass(frozen=True, slots=True)
 class Fault:
     kind: str  # "ok" or a fault item name
     arg: float | None = None
 
+    @property
+    def is_http_error(self) -> bool:
+        return self.kind in HTTP_FAULTS or self.kind.isdigit()
+
+    def __str__(self) -> str:
+        if self.arg is None:
+            return self.kind
+        return f"{self.kind}@{int(self.arg) if self.arg == int(self.arg) else self.arg}"
+
 
 OK = Fault("ok")
 
 
 def parse_fault(item: str) -> Fault:
+    """One fault item; ``ValueError`` for anything the simulator does not know."""
     item = item.strip().lower()
     if not item:
         return OK
@@ -50,6 +83,11 @@ def parse_fault(item: str) -> Fault:
         value = float(arg) if arg else None
     except ValueError as exc:
         raise ValueError(f"bad fault argument in {item!r}") from exc
+    if value is not None and value < 0:
+        raise ValueError(f"negative fault argument in {item!r}")
+    known = name == "ok" or name in HTTP_FAULTS or name in STREAM_FAULTS
+    if not known and not (name.isdigit() and 400 <= int(name) <= 599):
+        raise ValueError(f"unknown fault item {item!r}")
     return Fault(name, value)
 
 
@@ -72,10 +110,18 @@ class _Sequence:
         return self.items[-1] if self.repeat_last and self.items else OK
 
 
-def _parse_plan(plan: str) -> _Sequence:
+def parse_plan(plan: str) -> _Sequence:
     repeat = plan.endswith("*")
     items = [parse_fault(p) for p in plan.rstrip("*").split(",") if p.strip()]
     return _Sequence(items, repeat)
+
+
+def parse_rates(rates: dict[str, float]) -> list[tuple[Fault, float]]:
+    """Validate ``{"429": 0.05, ...}`` into faults; ``ValueError`` on unknown items or bad rates."""
+    out = [(parse_fault(item), float(rate)) for item, rate in rates.items()]
+    if any(rate < 0 for _, rate in out) or sum(rate for _, rate in out) > 1.0 + 1e-9:
+        raise ValueError("fault rates must be >= 0 and add up to at most 1")
+    return out
 
 
 @dataclass(slots=True)
@@ -86,6 +132,7 @@ class FaultPlanner:
     seed: int = 7
     _sequences: dict[str, _Sequence] = field(default_factory=dict)
     _rng: random.Random = field(init=False)
+    _parsed_rates: tuple[dict[str, float], list[tuple[Fault, float]]] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -94,22 +141,32 @@ class FaultPlanner:
         self._sequences.clear()
         self._rng = random.Random(self.seed)
 
-    def choose(self, model: str, header: str | None, key: str | None) -> Fault:
+    def choose(self, model: str, header: str | None, key: str | None, path: str = "") -> Fault:
+        """The fault for one request; ``ValueError`` when the plan names an unknown item.
+
+        A plan's position is kept per (job key, path, model, plan): each upstream endpoint and
+        model of a job walks its own copy of the sequence.
+        """
         _, plan = split_model(model)
         plan = header or plan
         if plan:
-            seq_key = f"{key or ''}|{model}|{plan}"
+            seq_key = f"{key or ''}|{path}|{model}|{plan}"
             seq = self._sequences.get(seq_key)
             if seq is None:
-                seq = self._sequences[seq_key] = _parse_plan(plan)
+                seq = parse_plan(plan)
+                if len(self._sequences) >= MAX_SEQUENCES:
+                    del self._sequences[next(iter(self._sequences))]
+                self._sequences[seq_key] = seq
             return seq.next()
         if self.rates:
+            if self._parsed_rates is None or self._parsed_rates[0] != self.rates:
+                self._parsed_rates = (dict(self.rates), parse_rates(self.rates))
             roll = self._rng.random()
             acc = 0.0
-            for item, rate in self.rates.items():
+            for fault, rate in self._parsed_rates[1]:
                 acc += rate
                 if roll < acc:
-                    return parse_fault(item)
+                    return fault
         return OK
 
 
@@ -128,13 +185,49 @@ def estimate_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
+_SAMPLES: dict[str, object] = {"integer": 42, "number": 1.5, "boolean": True, "array": [], "object": {}, "null": None}
+
+
+def tool_arguments(schema: object, prompt: str) -> dict[str, object]:
+    """Plausible arguments for a JSON schema: one value per property (strings quote the prompt)."""
+    if not isinstance(schema, dict):
+        return {}
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return {}
+    out: dict[str, object] = {}
+    for name, spec in props.items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "string")
+        if isinstance(spec, dict) and isinstance(spec.get("enum"), list) and spec["enum"]:
+            out[name] = spec["enum"][0]
+        elif kind in _SAMPLES:
+            out[name] = _SAMPLES[kind]
+        else:
+            out[name] = prompt[-40:].strip() or "simulated"
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, object]
+
+    @property
+    def arguments_json(self) -> str:
+        return json.dumps(self.arguments, separators=(",", ":")) if self.arguments else "{}"
+
+
 @dataclass(slots=True)
 class Script:
     """The planned answer to one request."""
 
-    tokens: list[str]
+    tokens: Sequence[str]
     prompt_tokens: int
-    tool_call: tuple[str, str] | None = None  # (name, arguments JSON)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    #: ``stop``, ``length`` or ``tool`` (each protocol spells it its own way).
+    finish: str = "stop"
 
     @property
     def text(self) -> str:
@@ -142,4 +235,6 @@ class Script:
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.tokens) if self.tool_call is None else max(1, estimate_tokens(self.tool_call[1]))
+        if not self.tool_calls:
+            return len(self.tokens)
+        return len(self.tokens) + sum(estimate_tokens(c.name + c.arguments_json) for c in self.tool_calls)

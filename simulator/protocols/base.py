@@ -1,58 +1,173 @@
-"""What a simulated wire protocol must provide: parse a request, render answers and errors."""
+"""What a simulated wire protocol must provide: parse a request, render answers and errors.
+
+Streams are rendered by a per-request :class:`StreamRenderer` built once per stream, so that
+everything constant (ids, model name, JSON around a text delta) is encoded once and the per-token
+path is a few byte concatenations (see :func:`jstr`).
+"""
 
 from __future__ import annotations
 
+import itertools
+import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
-from simulator.script import Fault, Script
+from simulator.script import Fault, Script, ToolCall, estimate_tokens, split_model
 
-__all__ = ["ParsedRequest", "Protocol"]
+__all__ = ["ParsedRequest", "Protocol", "Reply", "RequestError", "StreamRenderer", "ToolSpec", "jstr", "request_id"]
+
+#: status, headers, body
+Reply = tuple[int, list[tuple[str, str]], bytes]
+
+_ids = itertools.count(1)
+
+
+def request_id(prefix: str = "req_sim_") -> str:
+    return f"{prefix}{next(_ids):012d}"
+
+
+@lru_cache(maxsize=8192)
+def jstr(text: str) -> bytes:
+    """A JSON string literal, cached: the simulator's tokens come from a small vocabulary."""
+    return json.dumps(text, ensure_ascii=False).encode()
+
+
+class RequestError(ValueError):
+    """The request is invalid the way the real API would reject it."""
+
+    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    name: str
+    schema: object = None
 
 
 @dataclass(slots=True)
 class ParsedRequest:
+    #: The model as sent, including any ``~fault`` suffix.
     model: str
     prompt_text: str
-    max_tokens: int
+    #: ``None`` when the request sets no limit.
+    max_tokens: int | None
     stream: bool
-    tool_names: list[str] = field(default_factory=list)
+    tools: list[ToolSpec] = field(default_factory=list)
     include_usage: bool = True
     message_count: int = 1
 
+    @property
+    def base_model(self) -> str:
+        return split_model(self.model)[0]
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t.name for t in self.tools]
+
+
+class StreamRenderer(ABC):
+    """Bytes of one streamed answer, in order: head, tokens, tool calls, tail (or error)."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def head(self) -> bytes: ...
+
+    @abstractmethod
+    def token(self, text: str) -> bytes: ...
+
+    def tokens(self, texts: Iterable[str]) -> bytes:
+        return b"".join(map(self.token, texts))
+
+    @abstractmethod
+    def tool_calls(self, calls: list[ToolCall]) -> bytes: ...
+
+    @abstractmethod
+    def tail(self, usage: bool) -> bytes:
+        """Finish reason, usage (unless ``usage`` is false) and the protocol's terminator."""
+
+    @abstractmethod
+    def error(self) -> bytes:
+        """An error payload inside a 200 stream (the stream ends after it)."""
+
+    @abstractmethod
+    def malformed(self) -> bytes:
+        """A broken line: framing intact, payload not parseable."""
+
 
 class Protocol(ABC):
+    #: ``openai``, ``anthropic``, ``ollama``.
+    name: str
     #: Request path served, e.g. ``/v1/chat/completions``.
     path: str
     #: ``text/event-stream`` or ``application/x-ndjson``.
     stream_content_type: str
+    content_type: str = "application/json"
+    #: The HTTP error a *non-stream* request gets for the ``midstream`` fault.
+    midstream_fault: Fault = Fault("500")
+
+    #: Headers the real API insists on (400 without them).
+    required_headers: tuple[str, ...] = ()
+
+    def check(self, headers: Mapping[str, str]) -> None:
+        """Reject requests the real API rejects for their headers (raise :class:`RequestError`)."""
+        for name in self.required_headers:
+            if not headers.get(name):
+                raise RequestError(f"{name}: header is required")
 
     @abstractmethod
-    def parse(self, payload: dict) -> ParsedRequest: ...
+    def parse(self, payload: dict) -> ParsedRequest:
+        """Read a request body; raise :class:`RequestError` (or ``ValueError``) when invalid."""
 
     @abstractmethod
-    def error(self, fault: Fault) -> tuple[int, list[tuple[str, str]], bytes]:
-        """An HTTP error response for a fault: status, headers, body."""
+    def invalid(self, err: RequestError) -> Reply:
+        """The API's answer to an invalid request."""
 
     @abstractmethod
-    def complete_body(self, req: ParsedRequest, script: Script, finish: str) -> bytes: ...
+    def error(self, fault: Fault, req: ParsedRequest) -> Reply:
+        """An HTTP error response for a fault."""
+
+    def success_headers(self) -> list[tuple[str, str]]:
+        return []
 
     @abstractmethod
-    def stream_head(self, req: ParsedRequest, script: Script) -> bytes: ...
+    def complete_body(self, req: ParsedRequest, script: Script, usage: bool) -> bytes: ...
 
     @abstractmethod
-    def stream_token(self, req: ParsedRequest, token: str) -> bytes: ...
+    def open_stream(self, req: ParsedRequest, script: Script) -> StreamRenderer: ...
 
-    @abstractmethod
-    def stream_tool_call(self, req: ParsedRequest, name: str, arguments: str) -> bytes: ...
+    def prompt_tokens(self, req: ParsedRequest) -> int:
+        return estimate_tokens(req.prompt_text) + 3 * req.message_count + 3
 
-    @abstractmethod
-    def stream_tail(self, req: ParsedRequest, script: Script, finish: str, usage: bool) -> bytes:
-        """Finish reason, usage (when asked and ``usage``) and the terminator."""
 
-    @abstractmethod
-    def stream_error(self, req: ParsedRequest, fault: Fault) -> bytes:
-        """An error payload inside a 200 stream."""
+def content_text(content: object) -> str:
+    """Text of a message ``content``: a string, or a list of blocks/parts with text in them."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, dict):
+                text = block.get("text")
+                if isinstance(text, str):
+                    parts.append(text)
+                elif "content" in block:  # tool results
+                    parts.append(content_text(block["content"]))
+                elif "input" in block:  # tool use
+                    parts.append(json.dumps(block["input"]))
+            elif isinstance(block, str):
+                parts.append(block)
+        return " ".join(parts)
+    return "" if content is None else str(content)
 
-    def malformed(self) -> bytes:
-        return b'data: {"choices": [{"delta": {"content": "bro\n\n'
+
+def positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError(f"{name}: must be a positive integer")
+    return value

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
-from simulator.protocols.base import ParsedRequest, Protocol
-from simulator.script import Fault, Script, estimate_tokens
+from simulator.protocols.base import (
+    ParsedRequest,
+    Protocol,
+    Reply,
+    RequestError,
+    StreamRenderer,
+    ToolSpec,
+    content_text,
+    jstr,
+    positive_int,
+    request_id,
+)
+from simulator.script import Fault, Script, ToolCall
 
 __all__ = ["OpenAIProtocol"]
 
-_ERRORS: dict[str, tuple[int, str, str, str]] = {
+_ERRORS: dict[str, tuple[int, str, str | None, str]] = {
     # kind: (status, type, code, message)
     "429": (429, "requests", "rate_limit_exceeded", "Rate limit reached for requests per min (RPM). Please try again."),
-    "429ms": (429, "tokens", "rate_limit_exceeded", "Rate limit reached for tokens per min (TPM)."),
+    "429ms": (429, "tokens", "rate_limit_exceeded", "Rate limit reached for tokens per min (TPM). Please try again."),
     "quota": (
         429,
         "insufficient_quota",
@@ -21,124 +33,175 @@ _ERRORS: dict[str, tuple[int, str, str, str]] = {
         "You exceeded your current quota, please check your plan and billing details.",
     ),
     "400": (400, "invalid_request_error", "invalid_value", "Invalid value for 'messages'."),
-    "context": (
-        400,
-        "invalid_request_error",
-        "context_length_exceeded",
-        "This model's maximum context length is 128000 tokens. Please reduce the length of the messages.",
-    ),
-    "401": (401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    "401": (401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided: sk-sim***."),
     "403": (403, "invalid_request_error", "unsupported_country_region_territory", "Country not supported."),
-    "404": (
-        404,
-        "invalid_request_error",
-        "model_not_found",
-        "The model does not exist or you do not have access to it.",
-    ),
-    "500": (500, "server_error", "server_error", "The server had an error while processing your request."),
-    "502": (502, "server_error", "bad_gateway", "Bad gateway."),
-    "503": (503, "server_error", "service_unavailable", "The engine is currently overloaded, please try again later."),
-    "529": (529, "overloaded_error", "overloaded", "Overloaded"),
+    "500": (500, "server_error", None, "The server had an error while processing your request. Sorry about that!"),
+    "502": (502, "server_error", None, "Bad gateway."),
+    "503": (503, "server_error", None, "The engine is currently overloaded, please try again later."),
+    "529": (529, "server_error", None, "The server is overloaded, please try again later."),
 }
+_FINISH = {"stop": "stop", "length": "length", "tool": "tool_calls"}
 
 
-def _chunk_id(req: ParsedRequest) -> str:
-    return "chatcmpl-sim" + format(abs(hash(req.prompt_text)) % 10**12, "012d")
+def _error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return json.dumps(body, indent=4).encode() + b"\n"
 
 
 class OpenAIProtocol(Protocol):
+    name = "openai"
     path = "/v1/chat/completions"
     stream_content_type = "text/event-stream; charset=utf-8"
 
     def parse(self, payload: dict) -> ParsedRequest:
+        if not payload.get("model"):
+            raise RequestError("you must provide a model parameter")
         messages = payload.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise ValueError("'messages' must be a non-empty array")
-        text = " ".join(str(m.get("content") or "") for m in messages if isinstance(m, dict))
-        tools = [t["function"]["name"] for t in payload.get("tools") or [] if isinstance(t, dict) and "function" in t]
+            raise RequestError("'messages' must be a non-empty array")
+        text = " ".join(content_text(m.get("content")) for m in messages if isinstance(m, dict))
+        tools = [
+            ToolSpec(t["function"]["name"], t["function"].get("parameters"))
+            for t in payload.get("tools") or []
+            if isinstance(t, dict) and isinstance(t.get("function"), dict) and "name" in t["function"]
+        ]
+        limit = payload.get("max_completion_tokens", payload.get("max_tokens"))
         options = payload.get("stream_options") or {}
         return ParsedRequest(
-            model=str(payload.get("model") or ""),
+            model=str(payload["model"]),
             prompt_text=text,
-            max_tokens=int(payload.get("max_tokens") or payload.get("max_completion_tokens") or 16),
+            max_tokens=None if limit is None else positive_int(limit, "max_tokens"),
             stream=bool(payload.get("stream")),
-            tool_names=tools,
+            tools=tools,
             include_usage=bool(options.get("include_usage")),
             message_count=len(messages),
         )
 
-    def error(self, fault: Fault) -> tuple[int, list[tuple[str, str]], bytes]:
-        status, kind, code, message = _ERRORS.get(fault.kind, _ERRORS["500"])
-        headers: list[tuple[str, str]] = [("x-request-id", f"req_sim_{time.monotonic_ns()}")]
-        if fault.kind == "429":
+    def invalid(self, err: RequestError) -> Reply:
+        return err.status, [("x-request-id", request_id())], _error_body(err.message, err.kind, None)
+
+    def error(self, fault: Fault, req: ParsedRequest) -> Reply:
+        headers: list[tuple[str, str]] = [("x-request-id", request_id())]
+        kind = fault.kind
+        if kind == "context":
+            used = self.prompt_tokens(req)
+            message = (
+                f"This model's maximum context length is 128000 tokens. However, your messages resulted in "
+                f"{max(used, 128001)} tokens. Please reduce the length of the messages."
+            )
+            return 400, headers, _error_body(message, "invalid_request_error", "context_length_exceeded", "messages")
+        if kind == "404":
+            message = f"The model `{req.base_model}` does not exist or you do not have access to it."
+            return 404, headers, _error_body(message, "invalid_request_error", "model_not_found")
+        if kind in _ERRORS:
+            status, etype, code, message = _ERRORS[kind]
+        else:  # any other status number
+            status = int(kind)
+            etype = "server_error" if status >= 500 else "invalid_request_error"
+            code, message = None, f"Simulated HTTP {status}."
+        if kind == "429":
             headers.append(("retry-after", str(int(fault.arg)) if fault.arg is not None else "1"))
-        elif fault.kind == "429ms":
-            headers.append(("retry-after-ms", str(int(fault.arg if fault.arg is not None else 500))))
-        body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}, indent=4)
-        return status, headers, body.encode() + b"\n"
+        elif kind == "429ms":
+            ms = fault.arg if fault.arg is not None else 500.0
+            headers += [("retry-after-ms", str(int(ms))), ("retry-after", str(math.ceil(ms / 1000)))]
+        return status, headers, _error_body(message, etype, code)
 
-    def complete_body(self, req: ParsedRequest, script: Script, finish: str) -> bytes:
+    def success_headers(self) -> list[tuple[str, str]]:
+        return [("x-request-id", request_id())]
+
+    def complete_body(self, req: ParsedRequest, script: Script, usage: bool) -> bytes:
         message: dict[str, object] = {"role": "assistant", "content": script.text or None, "refusal": None}
-        if script.tool_call:
-            name, args = script.tool_call
+        if script.tool_calls:
             message["tool_calls"] = [
-                {"id": "call_sim0", "type": "function", "function": {"name": name, "arguments": args}}
+                {"id": f"call_sim{i}", "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
+                for i, c in enumerate(script.tool_calls)
             ]
-        return json.dumps(
-            {
-                "id": _chunk_id(req),
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": req.model,
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-                "usage": _usage(script),
-            }
-        ).encode()
-
-    def _chunk(self, req: ParsedRequest, delta: dict, finish: str | None = None) -> bytes:
-        payload = {
-            "id": _chunk_id(req),
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": req.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        body: dict[str, object] = {
+            "id": _completion_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": req.base_model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _FINISH[script.finish]}],
         }
-        return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+        if usage:
+            body["usage"] = _usage(script)
+        body["system_fingerprint"] = "fp_sim"
+        return json.dumps(body).encode()
 
-    def stream_head(self, req: ParsedRequest, script: Script) -> bytes:
-        return self._chunk(req, {"role": "assistant", "content": "", "refusal": None})
+    def open_stream(self, req: ParsedRequest, script: Script) -> StreamRenderer:
+        return _OpenAIStream(req, script)
 
-    def stream_token(self, req: ParsedRequest, token: str) -> bytes:
-        return self._chunk(req, {"content": token})
 
-    def stream_tool_call(self, req: ParsedRequest, name: str, arguments: str) -> bytes:
-        half = len(arguments) // 2
-        first = {"index": 0, "id": "call_sim0", "type": "function", "function": {"name": name, "arguments": ""}}
-        return (
-            self._chunk(req, {"tool_calls": [first]})
-            + self._chunk(req, {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]})
-            + self._chunk(req, {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]})
+class _OpenAIStream(StreamRenderer):
+    __slots__ = ("_head", "_post", "_pre", "_script", "_tok_post", "_tok_pre", "_usage_field", "_wants_usage")
+
+    def __init__(self, req: ParsedRequest, script: Script) -> None:
+        self._script = script
+        self._wants_usage = req.include_usage
+        self._usage_field = b',"usage":null' if req.include_usage else b""
+        self._head = b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,%s' % (
+            _completion_id().encode(),
+            int(time.time()),
+            jstr(req.base_model),
+            b'"system_fingerprint":"fp_sim",',
         )
+        self._pre = self._head + b'"choices":[{"index":0,"delta":'
+        self._post = b',"logprobs":null,"finish_reason":null}]' + self._usage_field + b"}\n\n"
+        self._tok_pre = self._pre + b'{"content":'
+        self._tok_post = b"}" + self._post
 
-    def stream_tail(self, req: ParsedRequest, script: Script, finish: str, usage: bool) -> bytes:
-        out = self._chunk(req, {}, finish)
-        if usage and req.include_usage:
-            payload = {
-                "id": _chunk_id(req),
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": req.model,
-                "choices": [],
-                "usage": _usage(script),
+    def _chunk(self, delta: dict[str, object]) -> bytes:
+        return self._pre + json.dumps(delta, separators=(",", ":")).encode() + self._post
+
+    def head(self) -> bytes:
+        return self._pre + b'{"role":"assistant","content":"","refusal":null}' + self._post
+
+    def token(self, text: str) -> bytes:
+        return self._tok_pre + jstr(text) + self._tok_post
+
+    def tool_calls(self, calls: list[ToolCall]) -> bytes:
+        out = []
+        for i, call in enumerate(calls):
+            first = {
+                "index": i,
+                "id": f"call_sim{i}",
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
             }
-            out += b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+            out.append(self._chunk({"tool_calls": [first]}))
+            args = call.arguments_json
+            half = len(args) // 2 if len(args) > 2 else len(args)
+            for piece in (args[:half], args[half:]):
+                if piece:
+                    out.append(self._chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+        return b"".join(out)
+
+    def tail(self, usage: bool) -> bytes:
+        finish = _FINISH[self._script.finish]
+        out = (
+            self._pre
+            + b'{},"logprobs":null,"finish_reason":"'
+            + finish.encode()
+            + b'"}]'
+            + self._usage_field
+            + b"}\n\n"
+        )
+        if usage and self._wants_usage:
+            # the usage chunk is the finish chunk's prefix with an empty choices list
+            out += self._head + b'"choices":[],"usage":' + json.dumps(_usage(self._script)).encode() + b"}\n\n"
         return out + b"data: [DONE]\n\n"
 
-    def stream_error(self, req: ParsedRequest, fault: Fault) -> bytes:
-        payload = {
-            "error": {"message": "The server had an error while processing your request.", "type": "server_error"}
-        }
+    def error(self) -> bytes:
+        message = "The server had an error while processing your request. Sorry about that!"
+        payload = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
         return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    def malformed(self) -> bytes:
+        return self._tok_pre + b'"bro\n\n'
+
+
+def _completion_id() -> str:
+    return "chatcmpl-" + request_id("sim")
 
 
 def _usage(script: Script) -> dict[str, int]:
@@ -147,7 +210,3 @@ def _usage(script: Script) -> dict[str, int]:
         "completion_tokens": script.completion_tokens,
         "total_tokens": script.prompt_tokens + script.completion_tokens,
     }
-
-
-def prompt_tokens_for(req: ParsedRequest) -> int:
-    return estimate_tokens(req.prompt_text) + 3 * req.message_count + 3
