@@ -216,7 +216,7 @@ class Ledger:
 
     def _scope_keys(self, month: str, scope: str) -> list[str]:
         base = f"{self.prefix}:{month}:{scope}"
-        return [base, f"{base}:leases", f"{base}:amounts"]
+        return [base, f"{base}:leases"]
 
     def _settled_key(self, job_id: str, attempt: int) -> str:
         return f"{self.prefix}:settled:{job_id}#{attempt}"
@@ -362,15 +362,15 @@ class Ledger:
         scopes = sorted({GLOBAL_SCOPE} | {_s(m) for m in members} | set(limits), key=lambda s: (s != GLOBAL_SCOPE, s))
         pipe = self.client.pipeline(transaction=False)
         for scope in scopes:
-            counters, leases, amounts = self._scope_keys(month, scope)
-            pipe.hget(counters, "spent").zrangebyscore(leases, f"({now_ms}", "+inf").hgetall(amounts)
+            state, leases = self._scope_keys(month, scope)
+            pipe.hgetall(state).zrangebyscore(leases, f"({now_ms}", "+inf")
         replies = pipe.execute()
         statuses = []
         for i, scope in enumerate(scopes):
-            spent_raw, live, amounts = replies[3 * i : 3 * i + 3]
-            held = {_s(k): int(v) for k, v in amounts.items()}
-            reserved = sum(held.get(_s(r), 0) for r in live)
-            statuses.append(self._status(scope, int(spent_raw or 0), reserved, limits.get(scope)))
+            fields, live = replies[2 * i], replies[2 * i + 1]
+            state = {_s(k): int(v) for k, v in fields.items()}
+            reserved = sum(state.get(f"r:{_s(r)}", 0) for r in live)  # expired leases excluded
+            statuses.append(self._status(scope, state.get("spent", 0), reserved, limits.get(scope)))
         return BudgetSnapshot(month=month, kill_ratio=self.kill_ratio, scopes=statuses)
 
     def _status(self, scope: str, spent: int, reserved: int, limit: int | None) -> ScopeStatus:

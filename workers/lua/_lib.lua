@@ -1,7 +1,7 @@
 -- Shared by every ledger script (prepended when the script is loaded; see workers/budget.py).
--- Money is integer micro-USD. Per scope and UTC month there are three keys:
---   counters HASH {spent, reserved}, leases ZSET (reservation id -> expiry ms),
---   amounts HASH (reservation id -> micro-USD). `reserved` is the sum of live amounts.
+-- Money is integer micro-USD. Per scope and UTC month there are two keys:
+--   state HASH {spent, reserved, r:<reservation id> -> amount held},
+--   leases ZSET (reservation id -> expiry, ms). `reserved` is the sum of the live r: fields.
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -9,36 +9,37 @@ local function now_ms()
 end
 
 -- Give back the amounts of leases that expired (a worker died holding them).
-local function purge(counters, leases, amounts, now)
+local function purge(state, leases, now)
   while true do
     local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 256)
     if #expired == 0 then
       return
     end
+    local fields = {}
+    for i, id in ipairs(expired) do
+      fields[i] = 'r:' .. id
+    end
     local freed = 0
-    local held = redis.call('HMGET', amounts, unpack(expired))
-    for _, amount in ipairs(held) do
+    for _, amount in ipairs(redis.call('HMGET', state, unpack(fields))) do
       if amount then
         freed = freed + tonumber(amount)
       end
     end
-    redis.call('HDEL', amounts, unpack(expired))
+    redis.call('HDEL', state, unpack(fields))
     redis.call('ZREM', leases, unpack(expired))
-    redis.call('HINCRBY', counters, 'reserved', -freed)
+    redis.call('HINCRBY', state, 'reserved', -freed)
   end
-end
-
--- Remove one reservation's lease; returns the amount it held (0 if none).
-local function drop_lease(counters, leases, amounts, id)
-  local held = tonumber(redis.call('HGET', amounts, id) or '0')
-  if held ~= 0 then
-    redis.call('HINCRBY', counters, 'reserved', -held)
-  end
-  redis.call('HDEL', amounts, id)
-  redis.call('ZREM', leases, id)
-  return held
 end
 
 local function num(value)
   return tonumber(value or '0') or 0
+end
+
+-- The limit of scope i: stored (HMGET reply) else the caller's default ('' = unlimited => -1).
+local function limit_of(stored, default)
+  local limit = stored or default
+  if limit == '' then
+    return -1
+  end
+  return tonumber(limit)
 end
