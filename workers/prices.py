@@ -39,6 +39,7 @@ __all__ = ["LOCAL_PROVIDERS", "ModelPrice", "PriceBook", "PriceOverride", "Unpri
 UnpricedPolicy = Literal["reject", "allow_unpriced"]
 #: Providers that run on our own hardware: cost 0 unless the config prices them.
 LOCAL_PROVIDERS = frozenset({"ollama"})
+_CACHE_MAX = 4096
 _ZERO = Decimal(0)
 _MTOK = Decimal(1_000_000)
 
@@ -151,9 +152,9 @@ class PriceBook:
             price = self._cache[model]
         except KeyError:
             with self._lock:
-                if model not in self._cache:
-                    self._cache[model] = self._resolve(model)
-                price = self._cache[model]
+                price = self._cache[model] if model in self._cache else self._resolve(model)
+                if len(self._cache) < _CACHE_MAX:  # model ids come from jobs: bound the memory
+                    self._cache[model] = price
         if price is None:  # only cached under "reject"; a fresh error each time
             provider, name = split_model_id(model)
             raise ConfigurationError(

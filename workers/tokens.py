@@ -70,6 +70,8 @@ _FUNC_INIT, _PROP_INIT, _PROP_KEY, _ENUM_INIT, _ENUM_ITEM, _FUNC_END = 7, 3, 3, 
 #: Per tool call in an assistant message, on top of its encoded name and arguments.
 TOOL_CALL_OVERHEAD = 8
 
+_PLANS_MAX = 4096
+
 _seed_lock = threading.Lock()
 _seeded_dirs: set[str] = set()
 
@@ -225,7 +227,8 @@ class TokenCounter:
 
             with contextlib.suppress(KeyError):  # a name tiktoken does not know: estimate
                 plan = (tiktoken.model.encoding_name_for_model(name), False, 1.0)
-        self._plans[model] = plan
+        if len(self._plans) < _PLANS_MAX:  # model ids come from jobs: bound the memory
+            self._plans[model] = plan
         return plan
 
     # counting
