@@ -40,7 +40,7 @@ def cookbook_messages(messages: list[dict[str, str]], model: str) -> int:
     for message in messages:
         num_tokens += tokens_per_message
         for key, value in message.items():
-            num_tokens += len(encoding.encode(value))
+            num_tokens += len(encoding.encode(value, disallowed_special=()))  # user text is never special
             if key == "name":
                 num_tokens += tokens_per_name
     return num_tokens + 3  # every reply is primed with <|start|>assistant<|message|>
@@ -313,3 +313,15 @@ def test_encodings_load_with_the_network_path_failing(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["10", "10"]
     assert {p.name for p in fresh.iterdir()} == {cache_name(n) for n in BUNDLED_ENCODINGS}
+
+
+@pytest.mark.parametrize("poison", [False, True])
+def test_long_conversations_count_exactly(counter: TokenCounter, poison: bool) -> None:
+    # > 48 strings: the single-call join path; a literal "<|endoftext|>" forces the per-part path
+    raw = [
+        {"role": "user" if i % 2 else "assistant", "content": f"turn {i}: naïve café 東京 {i * 7919}"}
+        for i in range(80)
+    ]
+    if poison:
+        raw[40]["content"] = "look: <|endoftext|> is just text here"
+    assert counter.count("openai:gpt-4o", as_messages(raw)).tokens == cookbook_messages(raw, "gpt-4o")
