@@ -8,6 +8,8 @@ that fails the job before any request is made.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from workers.config import LLMQConfig
 from workers.contract import CompletionJob, split_model_id
 from workers.llm.errors import ConfigurationError
@@ -55,10 +57,19 @@ def build_chain(
     ctx: RunContext,
     *,
     skip: SkipCheck | None = None,
+    meter: Callable[[ChatModel], ChatModel] | None = None,
 ) -> ChatModel:
+    """``Fallback( Retry( meter( Provider model ))) ...``.
+
+    ``meter`` wraps each model inside its retry loop, so every attempt is pre-counted, gated on
+    the context window and reserved against the budget before its HTTP request.
+    """
     models: list[ChatModel] = []
     for model_id in chain:
         provider_name, native = split_model_id(model_id)
         provider = registry.get(provider_name)
-        models.append(RetryingModel(ProviderModel(provider, model_id, native), retry_policy_for(model_id, config), ctx))
+        model: ChatModel = ProviderModel(provider, model_id, native)
+        if meter is not None:
+            model = meter(model)
+        models.append(RetryingModel(model, retry_policy_for(model_id, config), ctx))
     return FallbackModel(models, ctx, skip=skip)

@@ -24,7 +24,16 @@ SkipCheck = Callable[[ChatModel], str | None]
 
 
 class SkipModel(Exception):
-    """Raised by a model (or a guard around it) to pass the turn to the next model untried."""
+    """Raised by a model (or a guard around it) to pass the turn to the next model untried.
+
+    ``error`` is what the job fails with when no model is left to try (for example the
+    context-window or budget error that made the model unusable).
+    """
+
+    def __init__(self, reason: str, error: LLMQError | None = None) -> None:
+        super().__init__(reason, error)
+        self.reason = reason
+        self.error = error
 
 
 class FallbackModel(ChatModel):
@@ -36,6 +45,7 @@ class FallbackModel(ChatModel):
         self.ctx = ctx
         self._skip = skip
         self.errors: list[LLMQError] = []
+        self.skip_errors: list[LLMQError] = []
 
     def _skipped(self, model: ChatModel) -> bool:
         reason = self._skip(model) if self._skip else None
@@ -51,7 +61,15 @@ class FallbackModel(ChatModel):
             return True
         return not exc.falls_back or last
 
-    def _all_failed(self) -> AllModelsFailedError:
+    def _skipped_by(self, model: ChatModel, exc: SkipModel) -> None:
+        self.ctx.attempts.append(Attempt(model=model.model_id, status="skipped", message=exc.reason[:300]))
+        if exc.error is not None:
+            self.skip_errors.append(exc.error)
+
+    def _all_failed(self) -> LLMQError:
+        if not self.errors and self.skip_errors:
+            # nothing was tried: every model was unusable, for a typed reason (window, budget)
+            return self.skip_errors[-1]
         tried = "; ".join(
             f"{a.model}: {a.error_type or a.status}"
             + (f" ({a.message})" if a.message and a.status == "skipped" else "")
@@ -75,7 +93,7 @@ class FallbackModel(ChatModel):
             try:
                 completion = model.complete(request)
             except SkipModel as exc:
-                self.ctx.attempts.append(Attempt(model=model.model_id, status="skipped", message=str(exc)))
+                self._skipped_by(model, exc)
                 continue
             except LLMQError as exc:
                 if self._give_up(exc, last):
@@ -111,7 +129,7 @@ class _FallbackStream(WrappedStream):
                 iterator = iter(inner)
                 first = next(iterator, None)
             except SkipModel as exc:
-                owner.ctx.attempts.append(Attempt(model=model.model_id, status="skipped", message=str(exc)))
+                owner._skipped_by(model, exc)
                 continue
             except LLMQError as exc:
                 if inner is not None:

@@ -27,6 +27,8 @@ class ModelRequest:
     tools: list[Tool] = field(default_factory=list)
     temperature: float | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: The pre-counted prompt tokens for the model being called (set by the metering wrapper).
+    prompt_tokens: int | None = None
 
 
 def _no_sleep(seconds: float) -> None:
@@ -47,6 +49,8 @@ class RunContext:
     max_inworker_wait_s: float = 10.0
     #: Set by the pipeline once a delta was published; no retry or fallback after that.
     committed: bool = False
+    #: Provider calls numbered so far (the ledger settles each number once).
+    calls: int = 0
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - self.clock()
