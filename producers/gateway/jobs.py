@@ -1,0 +1,163 @@
+"""``/v1/jobs``: enqueue a CompletionJob, read its status and result, cancel it, follow its events.
+
+Job ids and tenants: a server-made id (``job_`` + 128 random bits) is unguessable. An id the
+client chooses (its idempotency key) is stored as ``<tenant>:<id>``, so two tenants can use the
+same key without colliding and without learning that the other did; ``job_`` is reserved for
+server ids. Every lookup also checks the tenant recorded in the job's metadata, and another
+tenant's job is a 404, exactly like a job that does not exist.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from producers.client import InvalidJobError
+from producers.gateway.body import problems_error, read_json_object
+from producers.gateway.errors import GatewayError, scrub_result
+from producers.gateway.sse import EventStreamResponse, JobEventsRenderer
+from producers.gateway.state import gateway_of
+
+__all__ = ["cancel_job", "get_job", "job_events", "resolve_id", "storage_id", "submit_job"]
+
+_SERVER_ID = re.compile(r"^job_[0-9a-f]{32}$")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+_ANY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def storage_id(tenant: str, requested: object) -> str | None:
+    """The id a job is stored under; None lets the job model generate a random one."""
+    if requested is None:
+        return None
+    if not isinstance(requested, str):
+        raise GatewayError(400, "id must be a string", param="id")
+    if requested.startswith("job_"):
+        raise GatewayError(400, "ids starting with 'job_' are reserved for ids the gateway generates", param="id")
+    limit = 127 - len(tenant)
+    if not _CLIENT_ID.match(requested) or len(requested) > limit:
+        raise GatewayError(
+            400,
+            f"id must be 1-{limit} letters, digits, '_', '.', ':' or '-', starting with a letter or digit",
+            param="id",
+        )
+    return f"{tenant}:{requested}"
+
+
+def resolve_id(tenant: str, path_id: str) -> str:
+    """The stored id for an id in a URL: a server id or a full ``tenant:key`` as is, else this tenant's key."""
+    if _SERVER_ID.match(path_id) or ":" in path_id:
+        return path_id
+    return f"{tenant}:{path_id}"
+
+
+def _links(job_id: str) -> dict[str, str]:
+    base = f"/v1/jobs/{job_id}"
+    return {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"}
+
+
+async def _lookup(request: Request) -> tuple[str, dict[str, str]]:
+    tenant: str = request.state.tenant
+    path_id: str = request.path_params["job_id"]
+    job_id = resolve_id(tenant, path_id)
+    meta = await gateway_of(request).client.status(job_id) if _ANY_ID.match(job_id) else None
+    if not meta or meta.get("tenant") != tenant:
+        raise GatewayError(404, f"No job with id {path_id!r}.", code="job_not_found")
+    return job_id, meta
+
+
+async def submit_job(request: Request) -> Response:
+    gw = gateway_of(request)
+    tenant: str = request.state.tenant
+    data: dict[str, Any] = await read_json_object(request, gw.settings.max_body_bytes)
+    if data.get("tenant", tenant) != tenant:
+        raise GatewayError(403, "The tenant is set by your API key: omit 'tenant' or send your own.", param="tenant")
+    for field in ("reply_to", "submitted_at"):
+        if field in data:
+            raise GatewayError(400, f"{field!r} cannot be set through the gateway", param=field)
+    job_id = storage_id(tenant, data.pop("id", None))
+    if job_id is not None:
+        data["id"] = job_id
+    data["tenant"] = tenant
+    try:
+        handle = await gw.client.submit(data)
+    except InvalidJobError as exc:
+        raise problems_error(exc.errors, "job") from None
+    if handle.enqueued:
+        gw.metrics.jobs_submitted.labels("jobs").inc()
+    body = {
+        "id": handle.id,
+        "object": "llmq.job",
+        "enqueued": handle.enqueued,
+        "status": "queued" if handle.enqueued else None,
+        "links": _links(handle.id),
+    }
+    if not handle.enqueued:
+        meta = await gw.client.status(handle.id) or {}
+        body["status"] = meta.get("state")
+    headers = {"location": f"/v1/jobs/{handle.id}"}
+    return JSONResponse(body, status_code=202 if handle.enqueued else 200, headers=headers)
+
+
+async def get_job(request: Request) -> Response:
+    job_id, meta = await _lookup(request)
+    result = await gateway_of(request).client.get_result(job_id)
+    clean = scrub_result(result)
+    return JSONResponse(
+        {
+            "id": job_id,
+            "object": "llmq.job",
+            "status": meta.get("state"),
+            "submitted_at": float(meta["submitted_at"]) if meta.get("submitted_at") else None,
+            "runs": int(meta.get("runs", 0)),
+            "result": clean.model_dump(mode="json") if clean is not None else None,
+            "links": _links(job_id),
+        }
+    )
+
+
+async def cancel_job(request: Request) -> Response:
+    job_id, _ = await _lookup(request)
+    accepted = await gateway_of(request).client.cancel(job_id)
+    return JSONResponse({"id": job_id, "object": "llmq.job.cancel", "cancel_requested": accepted})
+
+
+def _resume_from(request: Request) -> int:
+    """The first seq to send: after ``Last-Event-ID`` (a reconnecting EventSource), or ``?from_seq``."""
+    last = request.headers.get("last-event-id")
+    raw = request.query_params.get("from_seq")
+    try:
+        if last not in (None, ""):
+            value = int(last) + 1
+        else:
+            value = int(raw) if raw is not None else 0
+    except ValueError:
+        raise GatewayError(400, "Last-Event-ID and from_seq must be integers", param="from_seq") from None
+    if value < 0:
+        raise GatewayError(400, "Last-Event-ID and from_seq must not be negative", param="from_seq")
+    return value
+
+
+async def job_events(request: Request) -> Response:
+    gw = gateway_of(request)
+    job_id, _ = await _lookup(request)
+    from_seq = _resume_from(request)
+    policy = request.query_params.get("on_disconnect", gw.settings.events_on_disconnect)
+    if policy not in ("cancel", "finish"):
+        raise GatewayError(400, "on_disconnect must be 'cancel' or 'finish'", param="on_disconnect")
+
+    async def gone(reason: str) -> None:
+        await gw.client_gone(job_id, policy, reason)  # type: ignore[arg-type]
+
+    s = gw.settings
+    return EventStreamResponse(
+        gw.feed(job_id, from_seq=from_seq),
+        JobEventsRenderer(),
+        metrics=gw.metrics,
+        heartbeat_s=s.heartbeat_s,
+        write_timeout_s=s.write_timeout_s,
+        on_client_gone=gone,
+        headers={"x-llmq-job-id": job_id},
+    )  # type: ignore[return-value]

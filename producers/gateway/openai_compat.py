@@ -1,0 +1,297 @@
+"""OpenAI Chat Completions on top of the queue: request -> CompletionJob, events -> OpenAI's shapes.
+
+Requests are validated like OpenAI validates them (unknown arguments are a 400 naming the
+argument). Sampling knobs the providers behind the queue do not get (``top_p``, penalties,
+``seed``, ...) are accepted and ignored; arguments whose silent omission would change what the
+caller gets back (``n`` > 1, ``stop``, ``logprobs``, structured ``response_format``, audio) are
+rejected. The tenant always comes from the bearer token, never from the body.
+
+Responses follow the ``chat.completion`` / ``chat.completion.chunk`` objects exactly, including
+``tool_calls`` deltas (one chunk per call, with the whole arguments string), the trailing usage
+chunk when ``stream_options.include_usage`` is set, and ``data: [DONE]``. A job failing after the
+stream started becomes a ``data: {"error": ...}`` event, which the SDKs raise as ``APIError``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from starlette.responses import Response
+
+from producers.gateway.body import validation_error
+from producers.gateway.errors import GatewayError, error_for_job
+from producers.gateway.feed import FeedError
+from producers.gateway.sse import Item, sse_frame
+from workers.contract import CompletionResult, StreamEvent, Usage
+
+__all__ = ["ChatCompletionRequest", "ChatStreamRenderer", "completion_body", "parse_request", "to_job"]
+
+_IGNORED = (
+    "top_p", "presence_penalty", "frequency_penalty", "seed", "logit_bias", "parallel_tool_calls",
+    "service_tier", "store", "top_logprobs", "prompt_cache_key", "safety_identifier", "reasoning_effort",
+    "verbosity",
+)  # fmt: skip
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+    include_obfuscation: bool | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    messages: list[dict[str, JsonValue]] = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    tools: list[dict[str, JsonValue]] | None = None
+    tool_choice: str | dict[str, JsonValue] | None = None
+    n: int | None = None
+    stop: str | list[str] | None = None
+    logprobs: bool | None = None
+    response_format: dict[str, JsonValue] | None = None
+    modalities: list[str] | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+def _text_of(content: JsonValue, where: str) -> str | None:
+    """OpenAI content: a string, null, or a list of parts of which only text is supported."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for i, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise GatewayError(
+                    400, f"{where}.content.{i}: content parts of type {kind!r} are not supported (text only)",
+                    param=f"{where}.content", code="unsupported_content",
+                )  # fmt: skip
+            texts.append(str(part.get("text", "")))
+        return "".join(texts)
+    raise GatewayError(400, f"{where}.content must be a string or a list of text parts", param=f"{where}.content")
+
+
+def _message(raw: dict[str, JsonValue], index: int) -> dict[str, Any]:
+    where = f"messages.{index}"
+    role = raw.get("role")
+    if role == "developer":
+        role = "system"
+    if role not in ("system", "user", "assistant", "tool"):
+        raise GatewayError(
+            400,
+            f"{where}.role: {role!r} is not supported (system, developer, user, assistant, tool)",
+            param=f"{where}.role",
+        )
+    message: dict[str, Any] = {"role": role, "content": _text_of(raw.get("content"), where)}
+    for key in ("name", "tool_call_id", "tool_calls"):
+        if raw.get(key) is not None:
+            message[key] = raw[key]
+    if role == "assistant" and message["content"] is None and not message.get("tool_calls"):
+        message["content"] = ""  # OpenAI accepts an empty assistant turn (e.g. a refusal)
+    return message
+
+
+def to_job(req: ChatCompletionRequest, *, tenant: str) -> dict[str, Any]:
+    """The CompletionJob (as a dict, validated by the client) for a chat completion request."""
+    unknown = sorted(set(req.model_extra or {}) - set(_IGNORED))
+    if unknown:
+        raise GatewayError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0])
+    if req.n not in (None, 1):
+        raise GatewayError(400, "n > 1 is not supported by this gateway", param="n")
+    if req.stop:
+        raise GatewayError(400, "stop sequences are not supported by this gateway", param="stop")
+    if req.logprobs:
+        raise GatewayError(400, "logprobs are not supported by this gateway", param="logprobs")
+    if req.response_format and req.response_format.get("type") not in (None, "text"):
+        raise GatewayError(400, "only response_format type 'text' is supported", param="response_format")
+    if req.modalities and set(req.modalities) != {"text"}:
+        raise GatewayError(400, "only the 'text' modality is supported", param="modalities")
+    tools = req.tools or []
+    if req.tool_choice not in (None, "auto", "none"):
+        raise GatewayError(400, "tool_choice must be 'auto' or 'none' here", param="tool_choice")
+    if req.tool_choice == "none":
+        tools = []
+    metadata = dict(req.metadata or {})
+    if req.user:
+        metadata["user"] = req.user
+    job: dict[str, Any] = {
+        "model": req.model,
+        "messages": [_message(m, i) for i, m in enumerate(req.messages)],
+        "tools": tools,
+        "tenant": tenant,
+        "metadata": metadata,
+        # Always streamed upstream, even for stream=false: a streamed provider call is the one the
+        # worker can abort when the client goes away.
+        "stream": True,
+    }
+    limit = req.max_completion_tokens or req.max_tokens
+    if limit is not None:
+        job["max_tokens"] = limit
+    if req.temperature is not None:
+        job["temperature"] = req.temperature
+    return job
+
+
+def parse_request(data: dict[str, Any]) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+# --- responses --------------------------------------------------------------------------------------
+
+
+def completion_id(job_id: str) -> str:
+    return "chatcmpl-" + job_id.removeprefix("job_")
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _tool_calls(result: CompletionResult) -> list[dict[str, Any]]:
+    return [call.model_dump(mode="json") for call in result.tool_calls]
+
+
+def _finish(result: CompletionResult) -> str:
+    return result.finish_reason or ("tool_calls" if result.tool_calls else "stop")
+
+
+def completion_body(result: CompletionResult, *, model: str, created: int) -> dict[str, Any]:
+    """A ``chat.completion`` object for a succeeded job."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": result.content if (result.content or not result.tool_calls) else None,
+        "refusal": None,
+        "annotations": [],
+    }
+    if result.tool_calls:
+        message["tool_calls"] = _tool_calls(result)
+    return {
+        "id": completion_id(result.id),
+        "object": "chat.completion",
+        "created": created,
+        "model": result.model_used or model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(result)}],
+        "usage": _usage(result.usage),
+        "service_tier": None,
+        "system_fingerprint": None,
+    }
+
+
+def _dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class ChatStreamRenderer:
+    """Job events -> ``chat.completion.chunk`` SSE frames."""
+
+    prelude = b""
+
+    def __init__(self, job_id: str, *, model: str, include_usage: bool, created: int | None = None) -> None:
+        self.job_id = job_id
+        self.id = completion_id(job_id)
+        self.model = model
+        self.include_usage = include_usage
+        self.created = created or int(time.time())
+        self._role_sent = False
+        self._tools = 0
+        self._usage: Usage | None = None
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "service_tier": None,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        return sse_frame(_dumps(chunk))
+
+    def _role(self, delta: dict[str, Any]) -> dict[str, Any]:
+        if not self._role_sent:
+            self._role_sent = True
+            return {"role": "assistant", **delta}
+        return delta
+
+    def frames(self, item: Item) -> bytes:
+        if isinstance(item, FeedError):
+            return self._error({"message": item.message, "type": "server_error", "param": None, "code": "gateway"})
+        event: StreamEvent = item
+        if event.type in ("start", "usage"):
+            if event.type == "usage":
+                self._usage = event.usage
+            return b""
+        if event.type == "delta":
+            return self._chunk(self._role({"content": event.text}))
+        if event.type == "tool_call":
+            call = event.tool_call
+            delta = {
+                "tool_calls": [
+                    {
+                        "index": self._tools,
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.function.name, "arguments": call.function.arguments},
+                    }
+                ]
+            }
+            self._tools += 1
+            return self._chunk(self._role({"content": None, **delta} if not self._role_sent else delta))
+        if event.type == "done":
+            result = event.result
+            out = b"" if self._role_sent else self._chunk(self._role({"content": ""}))
+            out += self._chunk({}, _finish(result))
+            if self.include_usage:
+                usage = self._usage or result.usage
+                chunk = {
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "service_tier": None,
+                    "system_fingerprint": None,
+                    "choices": [],
+                    "usage": _usage(usage),
+                }
+                out += sse_frame(_dumps(chunk))
+            return out + b"data: [DONE]\n\n"
+        if event.type == "error":
+            return self._error(error_for_job(event.error, self.job_id).body()["error"])
+        info = event.result.error if event.result is not None else None
+        cancelled = GatewayError(
+            499, info.message if info else "the job was cancelled", type="cancelled", code="cancelled"
+        )
+        return self._error(cancelled.body()["error"])
+
+    def _error(self, error: dict[str, Any]) -> bytes:
+        return sse_frame(_dumps({"error": error}))
+
+    def early_response(self, item: Item) -> Response | None:
+        """Before any content: a failed or cancelled job is an HTTP error status, like OpenAI's."""
+        if isinstance(item, FeedError):
+            return GatewayError(503, item.message, code="gateway").response()
+        if item.type == "error":
+            return error_for_job(item.error, self.job_id).response()
+        if item.type == "cancelled":
+            return GatewayError(499, "the job was cancelled", type="cancelled", code="cancelled").response()
+        return None

@@ -1,0 +1,86 @@
+"""What the request handlers share: settings, the queue client, the pub/sub hub and the metrics."""
+
+from __future__ import annotations
+
+import logging
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+
+from producers.aclient import AsyncClient
+from producers.client import default_redis_url
+from producers.gateway.feed import JobFeed, LiveHub
+from producers.gateway.metrics import GatewayMetrics
+from producers.gateway.settings import GatewaySettings, OnDisconnect
+
+__all__ = ["Gateway", "gateway_of"]
+
+log = logging.getLogger("llmq.gateway")
+
+
+class Gateway:
+    """What the request handlers share: settings, the queue client, the pub/sub hub, metrics."""
+
+    def __init__(self, settings: GatewaySettings, client: AsyncClient | None, metrics: GatewayMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._client = client
+        self._owns_client = client is None
+        self._hub: LiveHub | None = None
+
+    @property
+    def client(self) -> AsyncClient:
+        if self._client is None:
+            raise RuntimeError("the gateway has not started (lifespan)")
+        return self._client
+
+    async def start(self) -> None:
+        if self._client is None:
+            s = self.settings
+            self._client = AsyncClient(
+                s.redis_url or default_redis_url(),
+                queue=s.queue,
+                result_ttl_s=s.result_ttl_s,
+                max_connections=s.redis_max_connections,
+            )
+        self._hub = LiveHub(self._client.redis)
+        await self._hub.start()
+
+    async def close(self) -> None:
+        if self._hub is not None:
+            await self._hub.close()
+            self._hub = None
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def feed(self, job_id: str, *, from_seq: int = 0, skip_deltas: bool = False) -> JobFeed:
+        if self._hub is None:
+            raise RuntimeError("the gateway has not started (lifespan)")
+        s = self.settings
+        return JobFeed(
+            self.client.redis,
+            self._hub,
+            job_id,
+            from_seq=from_seq,
+            maxsize=s.sse_queue_size,
+            idle_check_s=s.idle_check_s,
+            skip_deltas=skip_deltas,
+            on_catch_up=self.metrics.sse_catchups.inc,
+        )
+
+    async def client_gone(self, job_id: str, policy: OnDisconnect, reason: str) -> None:
+        """The client of a running job left (or was dropped): cancel the job unless told to finish it."""
+        if policy != "cancel":
+            log.info("client of job %s gone (%s); the job runs to its end", job_id, reason)
+            return
+        try:
+            if await self.client.cancel(job_id):
+                self.metrics.disconnect_cancels.inc()
+                log.info("client of job %s gone (%s); job cancelled", job_id, reason)
+        except RedisError as exc:
+            log.warning("could not cancel job %s after its client left: %s", job_id, exc)
+
+
+def gateway_of(request: Request) -> Gateway:
+    return request.app.state.gateway
