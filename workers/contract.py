@@ -51,6 +51,7 @@ __all__ = [
     "ToolFunction",
     "Usage",
     "UsageEvent",
+    "base_model_name",
     "new_job_id",
     "parse_event",
     "split_model_id",
@@ -80,6 +81,15 @@ def split_model_id(model: str) -> tuple[str, str]:
     if not sep:
         raise ValueError(f"{model!r} is a route alias, not a provider:model id")
     return provider, name
+
+
+def base_model_name(name: str) -> str:
+    """A model name without its ``~variant`` tag: ``gpt-4o~eu`` is priced and counted as ``gpt-4o``.
+
+    Real provider model names never contain ``~``; the tag lets one model appear several times in
+    routes (and selects the simulator's scripted faults, e.g. ``gpt-4o~429@2``).
+    """
+    return name.partition("~")[0]
 
 
 def _template_fields(template: str) -> set[str]:

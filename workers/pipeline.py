@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import redis
@@ -35,7 +35,7 @@ from workers.contract import (
     UsageEvent,
 )
 from workers.jobstore import ClaimOutcome
-from workers.llm.base import Completion
+from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import (
     BadRequestError,
     DeadlineExceededError,
@@ -46,6 +46,7 @@ from workers.llm.errors import (
     error_type_name,
 )
 from workers.llm.model import ChatModel, ModelRequest, RunContext
+from workers.metering import Meter, MeteredModel
 from workers.prompts import render_messages
 from workers.resources import WorkerResources
 from workers.streaming import EventPublisher, last_seq
@@ -78,6 +79,7 @@ class _Run:
     text_parts: list[str] = field(default_factory=list)
     token: str = ""
     cancelled_at_start: bool = False
+    meter: Meter | None = None
 
 
 class JobRunner:
@@ -118,10 +120,15 @@ class JobRunner:
             deadline=self._deadline(job),
             max_inworker_wait_s=res.config.max_inworker_wait_s,
         )
+        # call numbers continue across re-queues, so the ledger settles each call exactly once
+        ctx.calls = sum(1 for a in ctx.attempts if a.status != "skipped")
         run = _Run(job, keys, publisher, ctx, started_wall=time.time(), started=self._clock(), token=token)
         run.cancelled_at_start = claim.cancelled
         try:
-            return self._execute(run)
+            outcome = self._execute(run)
+            if outcome.result is not None:
+                res.metrics.jobs.record(outcome.result)
+            return outcome
         finally:
             res.store.release(keys, token)
             if res.cancel_watcher is not None:
@@ -151,7 +158,12 @@ class JobRunner:
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceededError("the job's deadline passed while it was queued")
             chain = resolve_chain(job, self.res.config, self.res.settings.default_model)
-            model = build_chain(chain, self.res.registry, self.res.config, run.ctx)
+            meter = run.meter = Meter(
+                job, self.res.counter, self.res.prices, self.res.ledger, run.ctx, self.res.metrics.usage
+            )
+            model = build_chain(
+                chain, self.res.registry, self.res.config, run.ctx, meter=lambda m: MeteredModel(m, meter)
+            )
             request = ModelRequest(
                 messages=render_messages(job),
                 max_tokens=job.max_tokens,
@@ -183,9 +195,10 @@ class JobRunner:
         watcher = self.res.cancel_watcher
         if watcher is not None:
             watcher.register(run.job.id, stream.close)
+        deltas = iter(stream)
         try:
             parts = run.text_parts
-            for text in stream:
+            for text in deltas:
                 parts.append(text)
                 if run.ttft_s is None:
                     run.ttft_s = self._clock() - run.started
@@ -194,10 +207,10 @@ class JobRunner:
                 if publisher.cancelled:
                     raise JobCancelledError("cancelled while streaming")
         except JobCancelledError:
-            stream.close()
+            _abort(stream, deltas)
             raise
         except LLMQError as exc:
-            stream.close()
+            _abort(stream, deltas)
             if publisher.cancelled or self.res.store.is_cancelled(run.keys):
                 raise JobCancelledError("cancelled while streaming") from exc
             if run.ttft_s is not None:
@@ -218,7 +231,11 @@ class JobRunner:
     def _base_result(self, run: _Run, status: str) -> CompletionResult:
         job = run.job
         queued = max(0.0, run.started_wall - job.submitted_at) if job.submitted_at else None
+        meter = run.meter
         return CompletionResult(
+            usage=(meter.last_usage if meter and meter.last_usage else Usage()),
+            cost_usd=float(meter.cost_usd) if meter and meter.cost_usd is not None else None,
+            truncated_messages=meter.dropped if meter else 0,
             id=job.id,
             status=status,  # type: ignore[arg-type]
             attempts=run.ctx.attempts,
@@ -234,7 +251,8 @@ class JobRunner:
 
     def _finish_succeeded(self, run: _Run, completion: Completion) -> CompletionResult:
         job = run.job
-        usage = completion.usage or self._estimate_usage(run, completion)
+        # the metering wrapper always sets usage: the provider's, or our labelled estimate
+        usage = completion.usage or Usage(estimated=True)
         result = self._base_result(run, "succeeded")
         result.content = completion.text
         result.tool_calls = completion.tool_calls
@@ -244,15 +262,6 @@ class JobRunner:
         events.append(UsageEvent(job_id=job.id, seq=0, usage=usage))
         self._terminal(run, DoneEvent(job_id=job.id, seq=0, result=result), result, before=events)
         return result
-
-    def _estimate_usage(self, run: _Run, completion: Completion) -> Usage:
-        # Replaced by the token counter's estimate once wired; never a silent zero.
-        prompt_chars = sum(len(m.content or "") for m in (run.job.messages or []))
-        return Usage(
-            prompt_tokens=max(1, prompt_chars // 4),
-            completion_tokens=max(1, len(completion.text) // 4) if completion.text else 0,
-            estimated=True,
-        )
 
     def _finish_failed(self, run: _Run, exc: LLMQError) -> CompletionResult:
         result = self._base_result(run, "failed")
@@ -313,3 +322,11 @@ class JobRunner:
             time.sleep(min(left, 0.25))
             if self.res.store.is_cancelled(keys):
                 raise JobCancelledError("cancelled while waiting to retry")
+
+
+def _abort(stream: ChatStream, deltas: Iterator[str]) -> None:
+    """Stop a stream now: close the generator chain (wrappers settle what was used) and the response."""
+    close = getattr(deltas, "close", None)
+    if close is not None:
+        close()
+    stream.close()

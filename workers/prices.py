@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workers.contract import Usage, split_model_id
+from workers.contract import Usage, base_model_name, split_model_id
 from workers.llm.errors import ConfigurationError
 
 __all__ = ["LOCAL_PROVIDERS", "ModelPrice", "PriceBook", "PriceOverride", "UnpricedPolicy"]
@@ -172,9 +172,15 @@ class PriceBook:
 
     def _resolve(self, model: str) -> ModelPrice | None:
         provider, name = split_model_id(model)
-        o = self._overrides.get(model) or self._overrides.get(f"{provider}:*") or _NO_OVERRIDE
+        base = f"{provider}:{base_model_name(name)}"
+        o = (
+            self._overrides.get(model)
+            or self._overrides.get(base)
+            or self._overrides.get(f"{provider}:*")
+            or _NO_OVERRIDE
+        )
         local = provider in self.local_providers
-        known = None if local else _genai_lookup(provider, name)
+        known = None if local else _genai_lookup(provider, base_model_name(name))
         if known is not None:
             price = replace(known, model=model)
         elif local:

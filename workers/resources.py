@@ -15,14 +15,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import redis
+from prometheus_client import CollectorRegistry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from workers.budget import Ledger
 from workers.config import LLMQConfig, load_config
 from workers.jobstore import JobStore
 from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
+from workers.observability import WorkerMetrics, build_worker_metrics
+from workers.prices import PriceBook
 from workers.settings import Settings
+from workers.tokens import TokenCounter
 
-__all__ = ["CANCEL_CHANNEL", "CancelWatcher", "WorkerResources", "redis_client_for"]
+__all__ = ["CANCEL_CHANNEL", "CancelWatcher", "WorkerResources", "build_ledger", "redis_client_for"]
 
 log = logging.getLogger("llmq.worker")
 
@@ -93,6 +100,25 @@ class CancelWatcher:
             self._thread.join(3)
 
 
+def build_ledger(settings: Settings, config: LLMQConfig, client: redis.Redis | None = None) -> Ledger:
+    """The ledger with its defaults: ``LLMQ_MONTHLY_BUDGET_USD`` wins over ``[budget] monthly_usd``.
+
+    Its Redis client retries a failed command once, without backoff: an unreachable ledger must
+    refuse quickly (fail closed), not after redis-py's default ~13 s of retries.
+    """
+    if client is None:
+        client = redis.Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 1), socket_connect_timeout=2)
+    budget = config.budget
+    monthly = settings.monthly_budget_usd if settings.monthly_budget_usd is not None else budget.monthly_usd
+    return Ledger(
+        client,
+        monthly_limit_usd=monthly,
+        tenant_limits_usd=budget.tenants,
+        kill_ratio=budget.kill_switch_ratio,
+        lease_s=float(settings.task_time_limit),
+    )
+
+
 @dataclass
 class WorkerResources:
     settings: Settings
@@ -101,12 +127,21 @@ class WorkerResources:
     registry: ProviderRegistry
     config: LLMQConfig
     store: JobStore
+    counter: TokenCounter
+    prices: PriceBook
+    ledger: Ledger
+    metrics: WorkerMetrics
     cancel_watcher: CancelWatcher | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def build(
-        cls, settings: Settings, *, watch_cancels: bool = True, provider_env: Mapping[str, str] | None = None
+        cls,
+        settings: Settings,
+        *,
+        watch_cancels: bool = True,
+        provider_env: Mapping[str, str] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> WorkerResources:
         config = load_config(settings.config)
         client = redis_client_for(settings)
@@ -119,6 +154,16 @@ class WorkerResources:
                 http2=settings.http2,
             )
         )
+        counter = TokenCounter()
+        counter.preload()  # seeds tiktoken's cache from the bundled files: works offline
+        prices = PriceBook(config.models, unpriced=config.budget.unpriced)
+        ledger_client = redis.Redis(
+            connection_pool=redis.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=settings.concurrency + 10, timeout=20, socket_connect_timeout=2
+            ),
+            retry=Retry(NoBackoff(), 1),
+        )
+        metrics = build_worker_metrics(registry or CollectorRegistry(), client=client, queues=[settings.queue])
         watcher = CancelWatcher(client) if watch_cancels else None
         if watcher is not None:
             watcher.start()
@@ -129,6 +174,10 @@ class WorkerResources:
             registry=build_registry(http, provider_env),
             config=config,
             store=JobStore(client, result_ttl_s=settings.result_ttl_s, claim_lease_s=settings.claim_lease_s),
+            counter=counter,
+            prices=prices,
+            ledger=build_ledger(settings, config, ledger_client),
+            metrics=metrics,
             cancel_watcher=watcher,
         )
 
@@ -139,3 +188,4 @@ class WorkerResources:
         self.http.close()
         self.redis.close()
         self.redis.connection_pool.disconnect()
+        self.ledger.client.close()

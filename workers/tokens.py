@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from workers.contract import Message, Tool, ToolCall, Usage, split_model_id
+from workers.contract import Message, Tool, ToolCall, Usage, base_model_name, split_model_id
 from workers.llm.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -229,7 +229,7 @@ class TokenCounter:
             import tiktoken.model
 
             with contextlib.suppress(KeyError):  # a name tiktoken does not know: estimate
-                plan = (tiktoken.model.encoding_name_for_model(name), False, 1.0)
+                plan = (tiktoken.model.encoding_name_for_model(base_model_name(name)), False, 1.0)
         if len(self._plans) < _PLANS_MAX:  # model ids come from jobs: bound the memory
             self._plans[model] = plan
         return plan

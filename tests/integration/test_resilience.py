@@ -72,9 +72,10 @@ def test_primary_always_503_falls_back(worker, client: Client, simulator: Simula
 
 
 def test_every_model_failing_names_each_attempt(worker, client: Client, simulator: SimulatorThread) -> None:
-    _, events, result = _run(client, "openai:a~503*", fallbacks=("openai:b~529*",), stream=False)
+    _, events, result = _run(client, "openai:gpt-4o~503*", fallbacks=("openai:gpt-4o-mini~529*",), stream=False)
     assert result.status == "failed" and result.error.type == "all_models_failed"
-    assert "openai:a~503*" in result.error.message and "openai:b~529*" in result.error.message
+    assert "openai:gpt-4o~503*: server_error" in result.error.message
+    assert "openai:gpt-4o-mini~529*: overloaded" in result.error.message
     assert len(result.attempts) == 8
     assert events[-1].type == "error"
 
