@@ -29,6 +29,7 @@ from workers.llm.base import (
     ResponseBody,
     ResponseStream,
     ToolCallAccumulator,
+    decode_json,
     iter_lines,
     normalize_arguments,
     sse_continuation,
@@ -263,7 +264,7 @@ class AnthropicStream(ResponseStream):
         self.ratelimit = parse_ratelimit(response.headers)
 
     def __iter__(self) -> Iterator[str]:
-        loads = json.loads
+        decode = decode_json
         parts = self.text_parts
         thinking: list[str] = []
         tools = ToolCallAccumulator()
@@ -274,11 +275,11 @@ class AnthropicStream(ResponseStream):
                 if not line.startswith(b"data:"):
                     continue  # "event:" names repeat the payload's type; blank lines end events
                 try:
-                    event = loads(line[5:])
+                    event = decode(line[5:].decode())
                 except ValueError:
                     data = sse_continuation(line[5:], lines)
                     try:
-                        event = loads(data)
+                        event = decode(data.decode())
                     except ValueError:
                         raise self._malformed(data) from None
                 kind = event["type"]

@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import NoReturn
+from typing import Any, NoReturn
 from typing import Protocol as _Protocol
 
 from workers.contract import FunctionCall, Message, Tool, ToolCall, Usage
@@ -39,10 +39,17 @@ __all__ = [
     "ResponseBody",
     "ResponseStream",
     "ToolCallAccumulator",
+    "decode_json",
     "iter_lines",
     "iter_sse",
     "sse_continuation",
 ]
+
+
+#: ``str`` -> JSON value, for the stream parsers' hot loops: they decode each line's UTF-8
+#: themselves, which skips ``json.loads``'s pure-Python encoding sniffing of ``bytes`` (about a
+#: quarter of the CPU per chunk); validation is the same (``ValueError`` on anything malformed).
+decode_json: Callable[[str], Any] = json.JSONDecoder().decode
 
 
 @dataclass(slots=True)

@@ -30,6 +30,7 @@ from workers.llm.base import (
     Provider,
     ResponseBody,
     ResponseStream,
+    decode_json,
     iter_lines,
     normalize_arguments,
 )
@@ -230,7 +231,7 @@ class OllamaStream(ResponseStream):
         super().__init__(response, provider=provider, model=model)
 
     def __iter__(self) -> Iterator[str]:
-        loads = json.loads
+        decode = decode_json
         parts = self.text_parts
         thinking: list[str] = []
         calls: list[ToolCall] = []
@@ -240,7 +241,7 @@ class OllamaStream(ResponseStream):
                 if not line:
                     continue
                 try:
-                    obj = loads(line)
+                    obj = decode(line.decode())
                 except ValueError:
                     raise self._malformed(line) from None
                 if first:

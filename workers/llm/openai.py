@@ -24,6 +24,7 @@ from workers.llm.base import (
     ResponseBody,
     ResponseStream,
     ToolCallAccumulator,
+    decode_json,
     iter_lines,
     normalize_arguments,
     sse_continuation,
@@ -227,7 +228,7 @@ class OpenAIStream(ResponseStream):
         self.ratelimit = parse_ratelimit(response.headers)
 
     def __iter__(self) -> Iterator[str]:
-        loads = json.loads
+        decode = decode_json
         parts = self.text_parts
         tools = ToolCallAccumulator()
         first = True
@@ -241,11 +242,11 @@ class OpenAIStream(ResponseStream):
                     self.completed = True
                     break
                 try:
-                    chunk = loads(data)
+                    chunk = decode(data.decode())
                 except ValueError:
                     data = sse_continuation(data, lines)  # a data field spread over several lines
                     try:
-                        chunk = loads(data)
+                        chunk = decode(data.decode())
                     except ValueError:
                         raise self._malformed(data) from None
                 if "error" in chunk:
