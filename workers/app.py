@@ -31,6 +31,9 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
     app = Celery("llmqueue", set_as_current=False)
     transport = {
         "visibility_timeout": settings.visibility_timeout,
+        # sweep for abandoned (unacked, timed-out) messages every ~10 s, not kombu's ~100 s
+        "unacked_restore_interval": min(10, settings.visibility_timeout),
+        "unacked_restore_throttle": 1,
         "max_connections": settings.concurrency + 20,
         "socket_keepalive": True,
         "health_check_interval": 30,

@@ -31,13 +31,13 @@ class Settings(BaseSettings):
     #: None = 2 for gevent (avoids the refill stall), 1 for threads (notes §2).
     prefetch_multiplier: int | None = Field(default=None, ge=1)
     #: Seconds before an unacked job is redelivered; far above the longest job (notes §3).
-    visibility_timeout: int = Field(default=3600, ge=60)
+    visibility_timeout: int = Field(default=3600, ge=1)
     #: Hard per-job limit enforced by the gevent pool; above the provider read timeout.
     task_time_limit: int = Field(default=900, ge=10)
     #: Grace period for running jobs on a warm shutdown.
     soft_shutdown_timeout: float = 60.0
     #: Lease of the per-job claim that keeps two workers from running one job at once.
-    claim_lease_s: int = Field(default=60, ge=5)
+    claim_lease_s: int = Field(default=60, ge=1)
 
     # --- streaming and results ------------------------------------------------------------------
     #: Deltas are buffered until this much time passed since the first unflushed one...

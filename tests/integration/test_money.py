@@ -1,0 +1,133 @@
+"""Tokens and money through the real queue: budget under concurrency, window gate, estimates."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis
+
+from producers import Client
+from simulator.app import SimulatorThread
+from workers.budget import GLOBAL_SCOPE, Ledger, to_micros
+from workers.contract import Usage
+from workers.prices import PriceBook
+from workers.settings import Settings
+
+MODEL = "openai:gpt-4o-mini"
+PROMPT = [{"role": "user", "content": "how much does this cost"}]
+
+
+def _global(redis_url: str, monthly: float | None = None) -> tuple[float, float, float | None]:
+    ledger = Ledger(redis.Redis.from_url(redis_url), monthly_limit_usd=monthly)
+    status = next(s for s in ledger.show().scopes if s.scope == GLOBAL_SCOPE)
+    ledger.client.close()
+    return status.spent_usd, status.reserved_usd, status.limit_usd
+
+
+def _job_cost() -> Decimal:
+    """What one job costs: the simulator answers 20 tokens; max_tokens = 20 makes worst case = actual."""
+    from workers.contract import Message
+    from workers.tokens import TokenCounter
+
+    prompt = TokenCounter().count(MODEL, [Message(**PROMPT[0])]).tokens
+    cost = PriceBook().lookup(MODEL).cost(Usage(prompt_tokens=prompt, completion_tokens=20))
+    assert cost is not None
+    return cost
+
+
+class TestBudgetUnderConcurrency:
+    BUDGET_JOBS = 50
+
+    @pytest.fixture
+    def worker_settings(self, redis_url: str) -> Settings:
+        budget = float(_job_cost() * self.BUDGET_JOBS)
+        return Settings(
+            redis_url=redis_url, pool="threads", concurrency=32, claim_lease_s=10, monthly_budget_usd=budget
+        )
+
+    def test_spend_never_passes_the_budget(
+        self, worker, client: Client, simulator: SimulatorThread, redis_url: str, worker_settings: Settings
+    ) -> None:
+        reply = "llmq:reply:budget-test"
+        for i in range(200):
+            client.submit(
+                {"model": MODEL, "messages": PROMPT, "max_tokens": 20, "stream": i % 2 == 0, "reply_to": reply}
+            )
+        listener = redis.Redis.from_url(redis_url)
+        results = []
+        for _ in range(200):
+            item = listener.blpop([reply], timeout=60)
+            assert item is not None, f"only {len(results)} of 200 jobs ended"
+            results.append(item[1])
+        listener.close()
+        succeeded = sum(1 for r in results if b'"status":"succeeded"' in r)
+        refused = sum(1 for r in results if b'"type":"budget_exceeded"' in r)
+        assert succeeded + refused == 200
+        spent, reserved, limit = _global(redis_url, worker_settings.monthly_budget_usd)
+        assert limit == pytest.approx(worker_settings.monthly_budget_usd)
+        assert spent <= limit and reserved == 0
+        # the kill switch stops new jobs at 90 %; up to the in-flight reservations may land past it
+        assert 0.85 * self.BUDGET_JOBS <= succeeded <= self.BUDGET_JOBS
+        # every admitted job made exactly one upstream request; refused jobs made none
+        assert simulator.simulator.stats.requests == succeeded
+        # each settle is rounded up to a whole micro-dollar (never under-charged)
+        assert spent == pytest.approx(to_micros(_job_cost()) * succeeded / 1e6, rel=1e-6)
+
+
+class TestContextWindow:
+    @pytest.fixture
+    def worker_settings(self, redis_url: str, tmp_path: Path) -> Settings:
+        config = tmp_path / "llmq.toml"
+        config.write_text('[models."openai:gpt-4o-mini"]\ncontext_window = 300\n')
+        return Settings(redis_url=redis_url, pool="threads", concurrency=8, config=str(config))
+
+    def _conversation(self) -> list[dict[str, str]]:
+        turns = [{"role": "system", "content": "You are terse."}]
+        for i in range(12):
+            turns.append({"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 30})
+        turns.append({"role": "user", "content": "and finally?"})
+        return turns
+
+    def test_over_the_window_is_refused_before_any_request(
+        self, worker, client: Client, simulator: SimulatorThread
+    ) -> None:
+        handle = client.submit({"model": MODEL, "messages": self._conversation(), "max_tokens": 50})
+        result = handle.result(timeout=30)
+        assert result.status == "failed" and result.error.type == "context_length_exceeded"
+        assert not result.error.retryable and "300-token context window" in result.error.message
+        assert simulator.simulator.stats.requests == 0
+
+    def test_sliding_window_trims_and_succeeds(self, worker, client: Client, simulator: SimulatorThread) -> None:
+        handle = client.submit(
+            {"model": MODEL, "messages": self._conversation(), "max_tokens": 50, "truncate": "sliding_window"}
+        )
+        result = handle.result(timeout=30)
+        assert result.status == "succeeded"
+        assert result.truncated_messages > 0
+        assert simulator.simulator.stats.requests == 1
+
+
+def test_stream_without_usage_is_settled_with_a_labelled_estimate(
+    worker, client: Client, simulator: SimulatorThread, redis_url: str
+) -> None:
+    result = client.submit({"model": f"{MODEL}~nousage", "messages": PROMPT, "max_tokens": 64}).result(timeout=30)
+    assert result.status == "succeeded"
+    assert result.usage.estimated and result.usage.completion_tokens >= 20 and result.usage.prompt_tokens > 0
+    assert result.cost_usd and result.cost_usd > 0
+    spent, reserved, _ = _global(redis_url)
+    assert spent == pytest.approx(result.cost_usd, abs=2e-6) and reserved == 0
+
+
+def test_cost_is_recorded_for_priced_models(worker, client: Client, redis_url: str) -> None:
+    result = client.submit({"model": MODEL, "messages": PROMPT, "max_tokens": 20}).result(timeout=30)
+    assert result.cost_usd == pytest.approx(float(_job_cost()), rel=1e-6)
+    assert not result.usage.estimated
+    assert _global(redis_url)[0] == pytest.approx(result.cost_usd, abs=2e-6)
+
+
+def test_unpriced_model_is_refused_by_policy(worker, client: Client, simulator: SimulatorThread) -> None:
+    result = client.submit({"model": "openai:my-private-finetune", "messages": PROMPT}).result(timeout=30)
+    assert result.status == "failed" and result.error.code == "unpriced_model"
+    assert simulator.simulator.stats.requests == 0
