@@ -16,7 +16,7 @@ import threading
 from collections.abc import Mapping
 
 from celery import Celery
-from celery.signals import worker_shutdown
+from celery.signals import worker_init, worker_shutdown
 
 from workers.contract import DEFAULT_QUEUE, TASK_NAME
 from workers.settings import Settings, get_settings
@@ -102,6 +102,22 @@ def close_runner(app: Celery) -> None:
 app = create_app()
 
 
+@worker_init.connect
+def _on_worker_init(sender: object = None, **_: object) -> None:
+    """Build the worker's resources before the first job, redact secrets in logs, serve metrics."""
+    worker_app = getattr(sender, "app", None)
+    if worker_app is None or not hasattr(worker_app, "llmq_settings"):
+        return
+    from workers.observability import install_log_redaction, serve_metrics
+
+    install_log_redaction()
+    runner = runner_for(worker_app)
+    port = worker_app.llmq_settings.metrics_port
+    if port:
+        serve_metrics(runner.res.metrics.registry, port)
+
+
 @worker_shutdown.connect
 def _on_shutdown(sender: object = None, **_: object) -> None:
-    close_runner(app)
+    worker_app = getattr(sender, "app", None)
+    close_runner(worker_app if worker_app is not None and hasattr(worker_app, "llmq_settings") else app)

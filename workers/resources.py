@@ -76,7 +76,7 @@ class CancelWatcher:
             try:
                 pubsub.subscribe(CANCEL_CHANNEL)
                 while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=1.0)
+                    message = pubsub.get_message(timeout=0.25)
                     if message and message.get("type") == "message":
                         self._fire(message["data"])
             except redis.RedisError as exc:
@@ -157,6 +157,8 @@ class WorkerResources:
         counter = TokenCounter()
         counter.preload()  # seeds tiktoken's cache from the bundled files: works offline
         prices = PriceBook(config.models, unpriced=config.budget.unpriced)
+        with contextlib.suppress(Exception):  # warm genai-prices' data (~0.4 s) before the first job
+            prices.lookup(settings.default_model)
         ledger_client = redis.Redis(
             connection_pool=redis.BlockingConnectionPool.from_url(
                 settings.redis_url, max_connections=settings.concurrency + 10, timeout=20, socket_connect_timeout=2

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     #: Seconds results, replay streams and job metadata are kept.
     result_ttl_s: int = Field(default=86_400, ge=60)
 
+    #: Serve this worker process's Prometheus metrics on this port (one port per process).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
     # --- HTTP to providers ----------------------------------------------------------------------
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 120.0
