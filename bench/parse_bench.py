@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--conformance", type=Path, default=Path(default_dir))
     ap.add_argument("--chunks", type=int, default=10_000)
-    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--sdk-runs", type=int, default=3, help="rounds that also time the (slow) SDK path")
     ap.add_argument("--delivery", default="event,bulk")
     ap.add_argument("--bulk-size", type=int, default=65536)
