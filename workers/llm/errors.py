@@ -18,7 +18,8 @@
     │       ├── AuthenticationError        401
     │       ├── PermissionDeniedError      403
     │       ├── ModelNotFoundError         404 model (falls back)
-    │       └── InsufficientQuotaError     429 insufficient_quota (falls back)
+    │       ├── InsufficientQuotaError     429 insufficient_quota (falls back)
+    │       └── FirstTokenTimeoutError     no first token within the TTFT limit (falls back)
     ├── BudgetExceededError                the ledger refused the reservation
     ├── ConfigurationError                 unknown provider/route, missing key, bad config
     ├── JobCancelledError                  a consumer cancelled the job
@@ -48,6 +49,7 @@ __all__ = [
     "ContentFilteredError",
     "ContextLengthExceededError",
     "DeadlineExceededError",
+    "FirstTokenTimeoutError",
     "IncompleteStreamError",
     "InsufficientQuotaError",
     "JobCancelledError",
@@ -202,6 +204,16 @@ class ModelNotFoundError(ProviderError):
 class InsufficientQuotaError(ProviderError):
     falls_back = True
     type_name = "insufficient_quota"
+
+
+class FirstTokenTimeoutError(ProviderError):
+    """The model sent no first token within its time-to-first-token limit; we closed the response.
+
+    Not retried (the same model is likely to be as slow again), but the chain falls back.
+    """
+
+    falls_back = True
+    type_name = "first_token_timeout"
 
 
 class BudgetExceededError(LLMQError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from workers.contract import Attempt, Message, Tool
 from workers.llm.base import ChatRequest, ChatStream, Completion, Provider
 
-__all__ = ["ChatModel", "ModelRequest", "ProviderModel", "RunContext", "WrappedStream"]
+__all__ = ["ChainHooks", "ChatModel", "ModelRequest", "ProviderModel", "RunContext", "WrappedStream"]
 
 
 @dataclass(slots=True)
@@ -35,6 +35,34 @@ def _no_sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
+class ChainHooks:
+    """No-op callbacks the chain's wrappers call; a metrics adapter overrides what it counts.
+
+    Called by :class:`~workers.llm.guarded.GuardedModel`, which sits inside the retry wrapper, so
+    every upstream attempt passes it. Retries and fallbacks are visible in ``RunContext.attempts``
+    (one entry per attempt or skip, in order). Keep implementations cheap and non-raising: they
+    run on the request path. ``model`` is a ``provider:model`` id; never label metrics by job.
+    """
+
+    def on_attempt(self, model: str, error_type: str | None) -> None:
+        """One upstream request ended: ``error_type`` None on success, else the error's type name."""
+
+    def on_wait(self, model: str, reason: str, seconds: float) -> None:
+        """The worker slept ``seconds`` before a request (``reason``: ``not_before``, ``rate_limit``)."""
+
+    def on_requeue(self, model: str, reason: str, seconds: float) -> None:
+        """A shared wait was longer than a worker slot may be held: the job is re-queued."""
+
+    def on_skip(self, model: str, reason: str) -> None:
+        """The model was passed over untried (``breaker_open``, ``breaker_probe_busy``, ``too_large``)."""
+
+    def on_breaker(self, model: str, state: str) -> None:
+        """This worker moved the model's shared circuit breaker to ``state`` (``open``, ``closed``)."""
+
+
+NO_HOOKS = ChainHooks()
+
+
 @dataclass(slots=True)
 class RunContext:
     """What every wrapper of one job shares: the attempt log, the clock, sleep and deadline."""
@@ -49,6 +77,8 @@ class RunContext:
     max_inworker_wait_s: float = 10.0
     #: Set by the pipeline once a delta was published; no retry or fallback after that.
     committed: bool = False
+    #: Metrics callbacks (no-ops by default).
+    hooks: ChainHooks = NO_HOOKS
     #: Provider calls numbered so far (the ledger settles each number once).
     calls: int = 0
 
