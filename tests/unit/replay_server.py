@@ -12,13 +12,18 @@ away, then set ``disconnected``).
 
 from __future__ import annotations
 
+import contextlib
 import http
+import os
 import socketserver
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["CapturedRequest", "ReplayServer", "Reply"]
+from workers.llm._http import HTTPClient, HTTPSettings
+
+__all__ = ["CapturedRequest", "ReplayServer", "Reply", "local_client"]
 
 #: Piece sizes used, in turn, to cut a chunked body: small and odd on purpose.
 PIECES = (1, 7, 61, 3, 200, 13, 1024)
@@ -164,3 +169,21 @@ class ReplayServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def local_client(read_timeout: float = 10.0) -> Iterator[HTTPClient]:
+    """Our HTTP client as a worker builds it (small pool), never routed through a proxy."""
+    saved = os.environ.get("NO_PROXY")
+    os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+    try:  # the client reads proxy settings when it is built
+        client = HTTPClient(HTTPSettings(max_connections=8, connect_timeout=2.0, read_timeout=read_timeout))
+    finally:
+        if saved is None:
+            del os.environ["NO_PROXY"]
+        else:
+            os.environ["NO_PROXY"] = saved
+    try:
+        yield client
+    finally:
+        client.close()

@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from replay_server import ReplayServer, Reply
+from conformance_cases import CONFORMANCE, Case, Outcome, assert_no_key, error_files, run_case, transcripts
+from replay_server import ReplayServer, local_client
 
-from workers.contract import Message
-from workers.llm._http import HTTPClient, HTTPSettings
-from workers.llm.anthropic import AnthropicProvider
-from workers.llm.base import ChatRequest, ChatStream, Completion, Provider
+from workers.llm._http import HTTPClient
+from workers.llm.base import Completion
 from workers.llm.errormap import _timestamp
 from workers.llm.errors import (
     AuthenticationError,
@@ -39,17 +35,9 @@ from workers.llm.errors import (
     RateLimitedError,
     ServerError,
 )
-from workers.llm.ollama import OllamaProvider
-from workers.llm.openai import OpenAIProvider
 
-CONFORMANCE = Path(
-    os.environ.get("LLMQ_CONFORMANCE_DIR") or Path(__file__).parents[2].parent / "shared" / "conformance"
-)
 if not (CONFORMANCE / "transcripts").is_dir() and not (CONFORMANCE / "errors").is_dir():
     pytest.skip(f"conformance folder not found at {CONFORMANCE} (set LLMQ_CONFORMANCE_DIR)", allow_module_level=True)
-
-API_KEY = "sk-llmq-conformance-0123456789abcdef"
-ENDPOINTS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages", "ollama": "/api/chat"}
 
 #: Sidecar fields that describe the recording rather than anything our parse produces.
 INFORMATIONAL = {
@@ -69,54 +57,6 @@ INFORMATIONAL = {
 }
 
 
-@dataclass
-class Case:
-    provider: str
-    name: str
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    expected: dict[str, Any]
-    stream: bool
-    request_model: str
-
-
-def _transcripts() -> Iterator[Any]:
-    for sidecar in sorted(CONFORMANCE.glob("transcripts/*/*.expected.json")):
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        summary = (meta.get("request") or {}).get("body_summary") or {}
-        case = Case(
-            provider=meta["provider"],
-            name=sidecar.name.removesuffix(".expected.json"),
-            status=meta["response"]["status"],
-            headers=[(k, v) for k, v in meta["response"]["headers"]],
-            body=(sidecar.parent / meta["body_file"]).read_bytes(),
-            expected=meta["expected"],
-            stream=meta["kind"] == "stream",
-            request_model=summary.get("model") or "test-model",
-        )
-        yield pytest.param(case, id=f"{case.provider}/{case.name}")
-
-
-def _error_files() -> Iterator[Any]:
-    for path in sorted(CONFORMANCE.glob("errors/*/*.json")):
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        summary = (meta.get("request") or {}).get("body_summary") or {}
-        modes = ("complete",) if meta["response"]["status"] < 300 else ("complete", "stream")
-        for mode in modes:
-            case = Case(
-                provider=meta["provider"],
-                name=path.stem,
-                status=meta["response"]["status"],
-                headers=[(k, v) for k, v in meta["response"]["headers"]],
-                body=meta["response"]["body"].encode("utf-8"),
-                expected=meta["expected"],
-                stream=mode == "stream",
-                request_model=summary.get("model") or "test-model",
-            )
-            yield pytest.param(case, id=f"{case.provider}/{case.name}[{mode}]")
-
-
 # --- serving -------------------------------------------------------------------------------------
 
 
@@ -128,82 +68,8 @@ def server() -> Iterator[ReplayServer]:
 
 @pytest.fixture(scope="module")
 def http() -> Iterator[HTTPClient]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
-        client = HTTPClient(HTTPSettings(max_connections=8, connect_timeout=2.0, read_timeout=10.0))
-    yield client
-    client.close()
-
-
-def make_provider(name: str, http: HTTPClient, base: str) -> Provider:
-    if name == "openai":
-        return OpenAIProvider(http, api_key=API_KEY, base_url=f"{base}/v1")
-    if name == "anthropic":
-        return AnthropicProvider(http, api_key=API_KEY, base_url=base)
-    if name == "ollama":
-        return OllamaProvider(http, host=base, api_key=API_KEY)
-    raise AssertionError(f"no provider for {name!r}")
-
-
-@dataclass
-class Outcome:
-    completion: Completion | None
-    stream: ChatStream | None
-    error: LLMQError | None
-
-
-def run_case(case: Case, server: ReplayServer, http: HTTPClient) -> Outcome:
-    declared = [int(v) for k, v in case.headers if k.lower() == "content-length"]
-    assert all(n == len(case.body) for n in declared), f"{case.name}: Content-Length {declared} != {len(case.body)}"
-    key = f"{case.provider}-{case.name}-{'s' if case.stream else 'c'}"
-    base = server.add(key, Reply(case.status, case.headers, case.body))
-    provider = make_provider(case.provider, http, base)
-    request = ChatRequest(model=case.request_model, messages=[Message(role="user", content="hi")], max_tokens=64)
-    stream: ChatStream | None = None
-    try:
-        if case.stream:
-            stream = provider.stream(request)
-            with stream:
-                for _ in stream:
-                    pass
-            outcome = Outcome(stream.to_completion(), stream, None)
-        else:
-            outcome = Outcome(provider.complete(request), None, None)
-    except LLMQError as exc:
-        outcome = Outcome(stream.to_completion() if stream else None, stream, exc)
-    check_request(case, server.requests[key])
-    return outcome
-
-
-def check_request(case: Case, captured: list[Any]) -> None:
-    assert len(captured) == 1, "exactly one upstream request"
-    request = captured[0]
-    assert (request.method, request.path) == ("POST", ENDPOINTS[case.provider])
-    body = json.loads(request.body)
-    assert body["model"] == case.request_model
-    if case.provider == "openai":
-        assert request.headers["authorization"] == f"Bearer {API_KEY}"
-        assert body.get("stream", False) is case.stream
-        if case.stream:
-            assert body["stream_options"] == {"include_usage": True}
-    elif case.provider == "anthropic":
-        assert request.headers["x-api-key"] == API_KEY
-        assert request.headers["anthropic-version"]
-        assert body["max_tokens"] == 64
-        assert body.get("stream", False) is case.stream
-    else:
-        assert body["stream"] is case.stream
-        assert body["options"]["num_predict"] == 64
-
-
-def assert_no_key(outcome: Outcome, logs: str) -> None:
-    """The API key must not leak into errors, results or logs."""
-    texts = [logs]
-    if outcome.error is not None:
-        texts += [str(outcome.error), repr(outcome.error.args)]
-    if outcome.completion is not None:
-        texts.append(repr(outcome.completion))
-    assert not any(API_KEY in t for t in texts)
+    with local_client() as client:
+        yield client
 
 
 # --- expectations: transcripts ---------------------------------------------------------------------
@@ -241,24 +107,17 @@ def check_tool_calls(expected: list[dict[str, Any]], o: Outcome, case: Case) -> 
 
 
 def check_usage(expected: dict[str, Any], o: Outcome, case: Case) -> None:
+    """The provider's own usage object: counts under its own names."""
     usage = _c(o).usage
-    if case.provider == "openai":
-        assert usage is not None
-        assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
-            expected["prompt_tokens"],
-            expected["completion_tokens"],
-            expected["total_tokens"],
-        )
-        return
-    prompt_key, completion_key = (
-        ("input_tokens", "output_tokens") if case.provider == "anthropic" else ("prompt_eval_count", "eval_count")
-    )
-    if expected[prompt_key] is None and expected[completion_key] is None:
+    names = {"openai": ("prompt_tokens", "completion_tokens"), "anthropic": ("input_tokens", "output_tokens")}
+    keys = names.get(case.provider, ("prompt_eval_count", "eval_count"))
+    if all(expected[k] is None for k in keys):
         assert usage is None
         return
     assert usage is not None
-    assert usage.prompt_tokens == expected[prompt_key]
-    assert usage.completion_tokens == expected[completion_key]
+    assert (usage.prompt_tokens, usage.completion_tokens) == tuple(expected[k] for k in keys)
+    if "total_tokens" in expected:
+        assert usage.total_tokens == expected["total_tokens"]
 
 
 def check_usage_normalized(expected: dict[str, Any], o: Outcome, case: Case) -> None:
@@ -375,7 +234,7 @@ def check_fields(expected: dict[str, Any], checks: dict[str, Check], o: Outcome,
                 raise AssertionError(f"expected.{name}: {exc}") from exc
 
 
-@pytest.mark.parametrize("case", list(_transcripts()))
+@pytest.mark.parametrize("case", list(transcripts()))
 def test_transcript(case: Case, server: ReplayServer, http: HTTPClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     outcome = run_case(case, server, http)
@@ -472,7 +331,7 @@ ERROR_CHECKS: dict[str, Check] = {
 }
 
 
-@pytest.mark.parametrize("case", list(_error_files()))
+@pytest.mark.parametrize("case", list(error_files()))
 def test_error_file(case: Case, server: ReplayServer, http: HTTPClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     outcome = run_case(case, server, http)

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from replay_server import ReplayServer, Reply
+from replay_server import ReplayServer, Reply, local_client
 
 from workers.contract import FunctionCall, Message, Tool, ToolCall, ToolFunction
-from workers.llm._http import HTTPClient, HTTPSettings
+from workers.llm._http import HTTPClient
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.base import ChatRequest, Provider
 from workers.llm.errors import BadRequestError, ConfigurationError
@@ -55,11 +55,8 @@ def server() -> Iterator[ReplayServer]:
 
 @pytest.fixture(scope="module")
 def http() -> Iterator[HTTPClient]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
-        client = HTTPClient(HTTPSettings(max_connections=4, connect_timeout=2.0, read_timeout=10.0))
-    yield client
-    client.close()
+    with local_client() as client:
+        yield client
 
 
 def sent(server: ReplayServer, key: str, provider: Provider, request: ChatRequest) -> tuple[dict[str, str], Any]:

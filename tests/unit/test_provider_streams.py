@@ -12,10 +12,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from replay_server import ReplayServer, Reply
+from replay_server import ReplayServer, Reply, local_client
 
 from workers.contract import Message
-from workers.llm._http import HTTPClient, HTTPSettings
+from workers.llm._http import HTTPClient
 from workers.llm.anthropic import AnthropicProvider, AnthropicStream
 from workers.llm.base import ChatRequest, ChatStream, Provider, ResponseStream
 from workers.llm.errors import (
@@ -90,17 +90,10 @@ def server() -> Iterator[ReplayServer]:
         yield srv
 
 
-def _client(read_timeout: float = 10.0) -> HTTPClient:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
-        return HTTPClient(HTTPSettings(max_connections=4, connect_timeout=2.0, read_timeout=read_timeout))
-
-
 @pytest.fixture(scope="module")
 def http() -> Iterator[HTTPClient]:
-    client = _client()
-    yield client
-    client.close()
+    with local_client() as client:
+        yield client
 
 
 def provider_for(name: str, http: HTTPClient, base: str) -> Provider:
@@ -170,14 +163,11 @@ def test_a_malformed_line_is_incomplete(name: str, server: ReplayServer, http: H
 def test_a_stalled_stream_times_out(name: str, server: ReplayServer) -> None:
     head, deltas, _, _ = wire(name)
     base = serve(server, f"stall-{name}", name, head + deltas, stall=True)
-    client = _client(read_timeout=0.3)
-    try:
+    with local_client(read_timeout=0.3) as client:
         stream = provider_for(name, client, base).stream(REQUEST)
         with pytest.raises(ProviderTimeoutError):
             drain(stream)
         assert stream.text == "".join(TEXTS)
-    finally:
-        client.close()
 
 
 def test_connection_refused(http: HTTPClient) -> None:
