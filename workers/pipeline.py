@@ -162,7 +162,12 @@ class JobRunner:
                 job, self.res.counter, self.res.prices, self.res.ledger, run.ctx, self.res.metrics.usage
             )
             model = build_chain(
-                chain, self.res.registry, self.res.config, run.ctx, meter=lambda m: MeteredModel(m, meter)
+                chain,
+                self.res.registry,
+                self.res.config,
+                run.ctx,
+                meter=lambda m: MeteredModel(m, meter),
+                guards=self.res.guards,
             )
             request = ModelRequest(
                 messages=render_messages(job),

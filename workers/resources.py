@@ -21,6 +21,7 @@ from redis.retry import Retry
 
 from workers.budget import Ledger
 from workers.config import LLMQConfig, load_config
+from workers.guards import SharedGuards
 from workers.jobstore import JobStore
 from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
@@ -132,6 +133,8 @@ class WorkerResources:
     ledger: Ledger
     metrics: WorkerMetrics
     cancel_watcher: CancelWatcher | None = None
+    #: Breaker, not-before times and RPM/TPM buckets shared with every worker (workers/guards.py).
+    guards: SharedGuards | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -169,6 +172,8 @@ class WorkerResources:
         watcher = CancelWatcher(client) if watch_cancels else None
         if watcher is not None:
             watcher.start()
+        guards = SharedGuards(client, config)
+        guards.start()
         return cls(
             settings=settings,
             redis=client,
@@ -181,11 +186,14 @@ class WorkerResources:
             ledger=build_ledger(settings, config, ledger_client),
             metrics=metrics,
             cancel_watcher=watcher,
+            guards=guards,
         )
 
     def close(self) -> None:
         if self.cancel_watcher is not None:
             self.cancel_watcher.stop()
+        if self.guards is not None:
+            self.guards.stop()
         self.registry.close()
         self.http.close()
         self.redis.close()
