@@ -26,7 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
     p.add_argument("--write-timeout", type=float, default=10.0, help="seconds before a stalled SSE client is dropped")
+    p.add_argument("--sse-queue-size", type=int, default=16, help="events buffered per SSE client (default 16)")
     p.add_argument("--heartbeat", type=float, default=15.0, help="seconds between SSE heartbeats while idle")
+    p.add_argument(
+        "--sndbuf",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="pin each connection's kernel send buffer (bounds kernel memory per slow SSE client; default: autotuned)",
+    )
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=run)
 
@@ -73,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             write_timeout_s=args.write_timeout,
             heartbeat_s=args.heartbeat,
+            sse_queue_size=args.sse_queue_size,
         )
     except ValidationError as exc:  # messages only: the input (tokens) is never printed
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
@@ -85,5 +94,5 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    serve(create_gateway(settings), host=args.host, port=args.port, log_level=args.log_level)
+    serve(create_gateway(settings), host=args.host, port=args.port, log_level=args.log_level, sndbuf=args.sndbuf)
     return 0

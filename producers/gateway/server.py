@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 
 import uvicorn
 from starlette.applications import Starlette
 
-__all__ = ["GatewayThread", "serve", "uvicorn_config"]
+__all__ = ["GatewayThread", "listen_socket", "serve", "uvicorn_config"]
 
 
 def uvicorn_config(
@@ -34,19 +35,47 @@ def uvicorn_config(
     )
 
 
-def serve(app: Starlette, *, host: str, port: int, log_level: str = "info") -> None:
+def listen_socket(host: str, port: int, *, sndbuf: int | None = None) -> socket.socket:
+    """A bound listening socket; ``sndbuf`` pins the kernel send buffer of accepted connections.
+
+    Connections inherit SO_SNDBUF from the listening socket. Left alone, Linux autotunes each send
+    buffer up to ``net.ipv4.tcp_wmem``'s maximum (4 MiB by default; megabytes quickly on loopback),
+    which is kernel memory held for every slow client; a pinned buffer bounds it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    sock.bind((host, port))
+    return sock
+
+
+def serve(app: Starlette, *, host: str, port: int, log_level: str = "info", sndbuf: int | None = None) -> None:
     """Run until SIGINT/SIGTERM."""
-    uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level)).run()
+    sock = listen_socket(host, port, sndbuf=sndbuf)
+    uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level)).run(sockets=[sock])
 
 
 class GatewayThread:
-    """The gateway on 127.0.0.1 (a free port by default), on its own event loop in a daemon thread."""
+    """The gateway on 127.0.0.1 (a free port by default), on its own event loop in a daemon thread.
 
-    def __init__(self, app: Starlette, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+    ``sndbuf``: see :func:`listen_socket`. On loopback, with its 64 KiB MSS, Linux autotunes send
+    buffers to megabytes, so a test of a stalled client would have to push megabytes before
+    ``send`` ever waits; a pinned buffer behaves like a connection over a real network.
+    """
+
+    def __init__(
+        self,
+        app: Starlette,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        sndbuf: int | None = None,
+    ) -> None:
         self.app = app
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
+        self._sock = listen_socket(host, port, sndbuf=sndbuf)
         self.host, self.port = self._sock.getsockname()[:2]
         self.server = uvicorn.Server(uvicorn_config(app, host=self.host, port=self.port, log_level=log_level))
         self._thread = threading.Thread(target=self._run, name="llmq-gateway", daemon=True)
@@ -66,15 +95,13 @@ class GatewayThread:
 
     def start(self, timeout: float = 15.0) -> GatewayThread:
         self._thread.start()
-        deadline = threading.Event()
-        waited = 0.0
+        deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self._thread.is_alive():
                 raise RuntimeError("the gateway thread exited during startup")
-            if waited >= timeout:
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"the gateway did not start within {timeout}s")
-            deadline.wait(0.02)
-            waited += 0.02
+            time.sleep(0.02)
         return self
 
     def stop(self) -> None:
