@@ -295,6 +295,8 @@ class BatchRunner:
     def _finish_note(self) -> str:
         s = self.summary
         note = f"\n  output: {s.output}  errors: {s.errors}  batch id: {s.batch_id}"
+        if s.reused:
+            note += f"\n  {s.reused} job(s) from an earlier run were picked up, not sent again ({s.resent} re-queued)"
         if not s.complete:
             note += (
                 f"\n  {s.left_in_flight} job(s) were still in flight and keep running on the workers; "
