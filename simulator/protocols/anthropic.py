@@ -239,11 +239,9 @@ class _AnthropicStream(StreamRenderer):
 
     def tail(self, usage: bool) -> bytes:
         s = self._script
-        counts = ""
-        if usage:
-            counts = (
-                f',"usage":{{"input_tokens":{s.prompt_tokens},{_CACHE_USAGE},"output_tokens":{s.completion_tokens}}}'
-            )
+        # output_tokens is required by the format: ``nousage`` drops only the optional input/cache counts
+        counts = f'"input_tokens":{s.prompt_tokens},{_CACHE_USAGE},' if usage else ""
+        counts = f',"usage":{{{counts}"output_tokens":{s.completion_tokens}}}'
         finish = _FINISH[s.finish]
         delta = f'{{"type":"message_delta","delta":{{"stop_reason":"{finish}","stop_sequence":null}}{counts}}}'
         return self._close_text() + _event("message_delta", delta) + _event("message_stop", '{"type":"message_stop"}')
