@@ -43,7 +43,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import httpx
 import httpx2
@@ -122,16 +121,9 @@ def synthesize(conformance: Path, provider: str, name: str, target: int) -> Synt
     assert "".join(texts) == (expected["text"] or "")
     reps = max(1, round((target - len(head) - len(tail)) / len(middle)))
     synthetic = head + middle * reps + tail
-    counted = [e for e in synthetic if _payload(provider, e) is not None]
-    return Synth(
-        provider,
-        synthetic,
-        b"".join(synthetic),
-        len(counted),
-        reps,
-        (expected["text"] or "") * reps,
-        expected[REASON_KEY[provider]],
-    )
+    counted = sum(1 for e in synthetic if _payload(provider, e) is not None)
+    text, reason = (expected["text"] or "") * reps, expected[REASON_KEY[provider]]
+    return Synth(provider, synthetic, b"".join(synthetic), counted, reps, text, reason)
 
 
 def deliveries(s: Synth, mode: str, bulk: int) -> list[bytes]:
@@ -142,11 +134,7 @@ def deliveries(s: Synth, mode: str, bulk: int) -> list[bytes]:
 
 
 def floor_parse(provider: str, chunks: Iterable[bytes], as_str: bool = False) -> tuple[str, str | None]:
-    json_loads, str_decode = json.loads, json.JSONDecoder().decode
-
-    def loads(raw: bytes) -> Any:
-        return str_decode(raw.decode()) if as_str else json_loads(raw)
-
+    loads, decode = json.loads, json.JSONDecoder().decode
     buf = b""
     out: list[str] = []
     reason = None
@@ -158,7 +146,7 @@ def floor_parse(provider: str, chunks: Iterable[bytes], as_str: bool = False) ->
             if provider == "ollama":
                 if not line:
                     continue
-                obj = loads(line)
+                obj = decode(line.decode()) if as_str else loads(line)
                 if obj["message"]["content"]:
                     out.append(obj["message"]["content"])
                 if obj.get("done"):
@@ -170,13 +158,13 @@ def floor_parse(provider: str, chunks: Iterable[bytes], as_str: bool = False) ->
                 payload = line[5:].strip()
                 if payload == b"[DONE]":
                     return "".join(out), reason
-                for choice in loads(payload)["choices"]:
+                for choice in (decode(payload.decode()) if as_str else loads(payload))["choices"]:
                     if choice["delta"].get("content"):
                         out.append(choice["delta"]["content"])
                     if choice.get("finish_reason"):
                         reason = choice["finish_reason"]
             else:
-                obj = loads(line[5:])
+                obj = decode(line[5:].decode()) if as_str else loads(line[5:])
                 kind = obj["type"]
                 if kind == "content_block_delta" and obj["delta"]["type"] == "text_delta":
                     out.append(obj["delta"]["text"])
@@ -240,24 +228,13 @@ def path_ours_raw(s: Synth, chunks: list[bytes]) -> Run:
     return run
 
 
-def path_floor(s: Synth, chunks: list[bytes]) -> Run:
+def path_floor(s: Synth, chunks: list[bytes], as_str: bool = False) -> Run:
     client = httpx2.Client(transport=_mock(httpx2, chunks, CTYPE[s.provider]))
     body = json.dumps({"model": MODEL[s.provider], "stream": True}).encode()
 
     def run() -> tuple[str, str | None]:
         with client.stream("POST", "http://127.0.0.1:9/x", content=body) as response:
-            return floor_parse(s.provider, response.iter_raw())
-
-    return run
-
-
-def path_floor_str(s: Synth, chunks: list[bytes]) -> Run:
-    client = httpx2.Client(transport=_mock(httpx2, chunks, CTYPE[s.provider]))
-    body = json.dumps({"model": MODEL[s.provider], "stream": True}).encode()
-
-    def run() -> tuple[str, str | None]:
-        with client.stream("POST", "http://127.0.0.1:9/x", content=body) as response:
-            return floor_parse(s.provider, response.iter_raw(), as_str=True)
+            return floor_parse(s.provider, response.iter_raw(), as_str)
 
     return run
 
@@ -267,40 +244,27 @@ def path_floor_raw(s: Synth, chunks: list[bytes]) -> Run:
 
 
 def path_sdk(s: Synth, chunks: list[bytes]) -> Run:
+    """The official client's streaming call, consumed the way its README shows."""
     messages = [{"role": "user", "content": "hi"}]
-    if s.provider == "openai":
-        import openai
+    if s.provider == "ollama":
+        import ollama
 
-        oa = openai.OpenAI(
-            api_key="sk-bench",
-            base_url="http://127.0.0.1:9/v1",
-            max_retries=0,
-            http_client=httpx2.Client(transport=_mock(httpx2, chunks, CTYPE["openai"])),
-        )
+        ol = ollama.Client(host="http://127.0.0.1:9", transport=_mock(httpx, chunks, CTYPE["ollama"]))
 
-        def run_openai() -> tuple[str, str | None]:
+        def run_ollama() -> tuple[str, str | None]:
             out, reason = [], None
-            stream = oa.chat.completions.create(
-                model="gpt-4o", messages=messages, stream=True, stream_options={"include_usage": True}
-            )
-            for chunk in stream:
-                for choice in chunk.choices:
-                    if choice.delta.content:
-                        out.append(choice.delta.content)
-                    if choice.finish_reason:
-                        reason = choice.finish_reason
+            for part in ol.chat(model=MODEL["ollama"], messages=messages, stream=True):
+                out.append(part.message.content or "")
+                reason = part.done_reason if part.done else reason
             return "".join(out), reason
 
-        return run_openai
-    if s.provider == "anthropic":
-        import anthropic
+        return run_ollama
+    import anthropic
+    import openai
 
-        an = anthropic.Anthropic(
-            api_key="sk-bench",
-            base_url="http://127.0.0.1:9",
-            max_retries=0,
-            http_client=httpx2.Client(transport=_mock(httpx2, chunks, CTYPE["anthropic"])),
-        )
+    http = httpx2.Client(transport=_mock(httpx2, chunks, CTYPE[s.provider]))
+    if s.provider == "anthropic":
+        an = anthropic.Anthropic(api_key="sk-bench", base_url="http://127.0.0.1:9", max_retries=0, http_client=http)
 
         def run_anthropic() -> tuple[str, str | None]:
             out, reason = [], None
@@ -312,27 +276,25 @@ def path_sdk(s: Synth, chunks: list[bytes]) -> Run:
             return "".join(out), reason
 
         return run_anthropic
-    import ollama
+    oa = openai.OpenAI(api_key="sk-bench", base_url="http://127.0.0.1:9/v1", max_retries=0, http_client=http)
 
-    ol = ollama.Client(host="http://127.0.0.1:9", transport=_mock(httpx, chunks, CTYPE["ollama"]))
-
-    def run_ollama() -> tuple[str, str | None]:
+    def run_openai() -> tuple[str, str | None]:
         out, reason = [], None
-        for part in ol.chat(model=MODEL["ollama"], messages=messages, stream=True):
-            if part.message.content:
-                out.append(part.message.content)
-            if part.done:
-                reason = part.done_reason
+        options = {"include_usage": True}
+        for chunk in oa.chat.completions.create(model="gpt-4o", messages=messages, stream=True, stream_options=options):
+            for choice in chunk.choices:
+                out.append(choice.delta.content or "")
+                reason = choice.finish_reason or reason
         return "".join(out), reason
 
-    return run_ollama
+    return run_openai
 
 
 PATHS: dict[str, Callable[[Synth, list[bytes]], Run]] = {
     "sdk": path_sdk,
     "ours": path_ours,
     "floor": path_floor,
-    "floor-str": path_floor_str,
+    "floor-str": lambda s, chunks: path_floor(s, chunks, as_str=True),
     "ours-raw": path_ours_raw,
     "floor-raw": path_floor_raw,
 }
@@ -375,13 +337,8 @@ def _paired(a: list[float], b: list[float]) -> float:
 
 
 def versions() -> str:
-    found = []
-    for pkg in ("openai", "anthropic", "ollama", "httpx", "httpx2"):
-        try:
-            found.append(f"{pkg} {metadata.version(pkg)}")
-        except metadata.PackageNotFoundError:
-            found.append(f"{pkg} -")
-    return f"Python {platform.python_version()} ({platform.machine()}); " + ", ".join(found)
+    found = ", ".join(f"{pkg} {metadata.version(pkg)}" for pkg in ("openai", "anthropic", "ollama", "httpx", "httpx2"))
+    return f"Python {platform.python_version()} ({platform.machine()}); {found}"
 
 
 def main(argv: list[str] | None = None) -> int:
