@@ -92,8 +92,8 @@ def _graceful_stop(runner: BatchRunner) -> Iterator[None]:
         return
 
     def handler(signum: int, frame: object) -> None:
-        if runner.stop_requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if not runner.submitting or (runner.stop_requested and signum == signal.SIGINT):
+            raise KeyboardInterrupt  # still validating (nothing enqueued yet), or asked twice
         runner.stop_requested = True
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

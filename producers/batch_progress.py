@@ -8,6 +8,7 @@ readable. :meth:`BatchProgress.finish` prints the final summary either way.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -97,7 +98,8 @@ class BatchProgress:
             return
         self._last = now
         if self.tty:
-            self.stream.write("\r" + self.line(c) + "\x1b[K")
+            width = shutil.get_terminal_size().columns - 1  # a wrapped line could not be redrawn
+            self.stream.write("\r" + self.line(c)[:width] + "\x1b[K")
             self._drawn = True
         else:
             self.stream.write("llmq batch: " + self.line(c) + "\n")

@@ -58,6 +58,8 @@ class BatchSummary:
     stalled: bool = False
     #: jobs still running when the run stopped early (a rerun collects them)
     left_in_flight: int = 0
+    #: the most jobs in flight at once (never above the window)
+    max_in_flight: int = 0
 
     @property
     def complete(self) -> bool:
@@ -102,6 +104,9 @@ class BatchRunner:
         #: job id -> (custom_id, input line); never more than ``window`` entries
         self.in_flight: dict[str, tuple[str, int]] = {}
         self.stop_requested = False
+        #: True once jobs may have been enqueued (before that, Ctrl-C can simply abort)
+        self.submitting = False
+        self._exhausted = False
         self._stall_s: float | None = None
         self._last_result = time.monotonic()
         self._last_sweep = time.monotonic()
@@ -137,6 +142,7 @@ class BatchRunner:
             if self._err is None:
                 self._err = JsonlAppender(s.errors)
             self._last_result = self._last_sweep = time.monotonic()
+            self.submitting = True
             self._submit_all(input_path, model, tenant, resume, report.invalid_lines)
             self._drain()
         finally:
@@ -147,7 +153,7 @@ class BatchRunner:
                     appender.close()
             if self._celery is not None:
                 self._celery.close()
-        s.interrupted = self.stop_requested and not s.stalled
+        s.interrupted = self.stop_requested and not s.stalled and not (self._exhausted and not self.in_flight)
         self.progress.finish(self.counters, interrupted=not s.complete, extra=self._finish_note())
         return s
 
@@ -190,15 +196,18 @@ class BatchRunner:
             handle = self.client.submit(job)
             s.submitted += 1
             self.in_flight[job.id] = (parsed.custom_id, number)
+            s.max_in_flight = max(s.max_in_flight, len(self.in_flight))
             if not handle.enqueued:
                 s.reused += 1
                 self._resume_job(job)
             if len(self.in_flight) >= self.window:
                 while len(self.in_flight) >= self.window and not self.stop_requested:
                     self._collect(block=True)
+                    self._tick()
             elif s.submitted % 16 == 0:
                 self._collect(block=False)
             self._tick()
+        self._exhausted = True
 
     def _resume_job(self, job: CompletionJob) -> None:
         """A job an earlier run submitted: take its stored result, or make sure it will run.
