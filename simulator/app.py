@@ -31,7 +31,7 @@ from simulator.http import HTTPServer, Request, Responder
 from simulator.pacer import Pacer
 from simulator.protocols.base import ParsedRequest, Protocol, RequestError
 from simulator.protocols.openai import OpenAIProtocol
-from simulator.script import Fault, FaultPlanner, Script, ToolCall, parse_rates, split_model, tool_arguments, words_for
+from simulator.script import Fault, FaultPlanner, Script, ToolCall, parse_rates, tool_arguments, words_for
 from simulator.stats import Stats
 
 __all__ = ["SimConfig", "Simulator", "SimulatorThread", "default_protocols", "serve"]
@@ -234,6 +234,7 @@ class SimulatorThread:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="llmq-simulator", daemon=True)
         self._ready = threading.Event()
+        self._error: BaseException | None = None
 
     @property
     def url(self) -> str:
@@ -241,7 +242,13 @@ class SimulatorThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._server.start())
+        try:
+            self._loop.run_until_complete(self._server.start())
+        except BaseException as exc:  # e.g. the port is taken: report it to start()
+            self._error = exc
+            self._ready.set()
+            self._loop.close()
+            return
         self._ready.set()
         try:
             self._loop.run_forever()
@@ -252,6 +259,8 @@ class SimulatorThread:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("simulator did not start")
+        if self._error is not None:
+            raise self._error
         return self
 
     async def _shutdown(self) -> None:
@@ -274,7 +283,3 @@ class SimulatorThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def model_base(model: str) -> str:
-    return split_model(model)[0]

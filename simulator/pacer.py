@@ -92,7 +92,13 @@ class Pacer:
         pop, push = heapq.heappop, heapq.heappush
         while heap and heap[0][0] <= horizon:
             due, order, run = pop(heap)
-            if run.step():
+            try:
+                more = run.step()
+            except Exception as exc:  # one broken stream must not stop the others
+                if not run.done.done():
+                    run.done.set_exception(exc)
+                continue
+            if more:
                 push(heap, (due + run.gap, order, run))
         if heap:
             self._timer_due = heap[0][0]
