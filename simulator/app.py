@@ -23,7 +23,6 @@ import math
 import signal
 import threading
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from itertools import cycle, islice
 
 from simulator.answer import Answer, send_error, send_once, send_stream
@@ -57,11 +56,6 @@ class SimConfig:
     completion_tokens: int = 20
     fault_rates: dict[str, float] = field(default_factory=dict)
     seed: int = 7
-
-
-@lru_cache(maxsize=4096)
-def _words(prompt: str, count: int) -> tuple[str, ...]:
-    return tuple(words_for(prompt, count))
 
 
 def _header_number(headers: dict[str, str], name: str, integer: bool = False) -> float | None:
@@ -197,7 +191,7 @@ class Simulator:
     def _script(self, protocol: Protocol, req: ParsedRequest, fault: Fault, wanted: int) -> Script:
         limit = req.max_tokens
         count = wanted if limit is None else min(wanted, limit)
-        script = Script(tokens=_words(req.prompt_text, count), prompt_tokens=protocol.prompt_tokens(req))
+        script = Script(tokens=words_for(req.prompt_text, count), prompt_tokens=protocol.prompt_tokens(req))
         if limit is not None and wanted > limit:
             script.finish = "length"
         if fault.kind == "tools" and req.tools:

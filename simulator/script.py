@@ -26,6 +26,7 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 __all__ = [
     "HTTP_FAULTS",
@@ -170,15 +171,16 @@ class FaultPlanner:
         return OK
 
 
-def words_for(prompt: str, count: int) -> list[str]:
+def words_for(prompt: str, count: int) -> tuple[str, ...]:
     """``count`` deterministic tokens for a prompt: same prompt, same answer."""
     digest = hashlib.blake2b(prompt.encode(), digest_size=8).digest()
-    start = int.from_bytes(digest, "big") % len(_VOCAB)
-    out = []
-    for i in range(count):
-        word = _VOCAB[(start + i * 7) % len(_VOCAB)]
-        out.append(word if i == 0 else " " + word)
-    return out
+    return _words(int.from_bytes(digest, "big") % len(_VOCAB), count)
+
+
+@lru_cache(maxsize=2048)
+def _words(start: int, count: int) -> tuple[str, ...]:
+    words = [_VOCAB[(start + i * 7) % len(_VOCAB)] for i in range(count)]
+    return tuple(word if i == 0 else " " + word for i, word in enumerate(words))
 
 
 def estimate_tokens(text: str) -> int:
