@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -59,21 +60,32 @@ def _mapped(provider: str, model: str, *, mid_stream: bool = False) -> Iterator[
 
 
 class StreamingResponse:
-    """An open 2xx response whose body is read incrementally. Always closed by its owner."""
+    """An open 2xx response whose body is read incrementally. Always closed by its owner.
 
-    __slots__ = ("_closed", "_model", "_provider", "_response", "headers", "status")
+    :meth:`close` may come from another thread or greenlet while one reads (a job's cancel);
+    it then makes sure the upstream learns of it and the blocked read wakes, both for HTTP/1.1
+    (socket shutdown) and HTTP/2 (``RST_STREAM``), see :meth:`_abandon`.
+    """
+
+    __slots__ = ("_closed", "_model", "_provider", "_reader", "_response", "headers", "status")
 
     def __init__(self, response: httpx.Response, provider: str, model: str) -> None:
         self._response = response
         self._provider = provider
         self._model = model
         self._closed = False
+        #: Which thread (greenlet, under gevent's patching) is inside iter_bytes, if any.
+        self._reader: int | None = None
         self.status = response.status_code
         self.headers: Mapping[str, str] = response.headers
 
     def iter_bytes(self) -> Iterator[bytes]:
-        with _mapped(self._provider, self._model, mid_stream=True):
-            yield from self._response.iter_raw() if self._raw_ok() else self._response.iter_bytes()
+        self._reader = threading.get_ident()
+        try:
+            with _mapped(self._provider, self._model, mid_stream=True):
+                yield from self._response.iter_raw() if self._raw_ok() else self._response.iter_bytes()
+        finally:
+            self._reader = None
 
     def _raw_ok(self) -> bool:
         # iter_raw skips the decoder machinery; only safe when the body is not content-encoded.
@@ -85,28 +97,66 @@ class StreamingResponse:
 
     def close(self) -> None:
         """Close the response; safe to call from another thread or greenlet (a job's cancel)."""
+        elsewhere = self._reader is not None and self._reader != threading.get_ident()
         if not self._closed:
             self._closed = True
-            if not self._response.is_closed:  # still ours: not yet released to the pool
-                self._interrupt()
-            with contextlib.suppress(Exception):
-                self._response.close()
+            # still ours (not yet released to the pool) and unfinished: tell the upstream
+            if not self._response.is_closed and self._abandon(wake=elsewhere) and elsewhere:
+                return  # the reader wakes on the reset and releases the response itself
+        with contextlib.suppress(Exception):
+            self._response.close()
 
-    def _interrupt(self) -> None:
-        """Wake a read blocked in another thread on a silent upstream.
+    def _abandon(self, *, wake: bool) -> bool:
+        """Let the upstream know we stopped reading; ``True`` if an HTTP/2 stream was reset.
 
-        Closing a socket does not wake a thread blocked in ``recv`` on it (the read would sit until
-        the read timeout); shutting it down does. Only for HTTP/1.1, where an unfinished response's
-        connection is discarded anyway; an HTTP/2 connection is shared by other streams. (Under
-        gevent, closing alone already wakes the reading greenlet.)
+        HTTP/1.1: shut the socket down. Closing alone does not wake a thread blocked in ``recv``
+        (the read would sit until the read timeout); the connection is discarded anyway.
+
+        HTTP/2: httpcore2 (2.16) closes an unfinished stream without telling the server, which
+        then keeps generating (and billing) into the void, and the data it still sends is never
+        acknowledged, so the shared connection's flow-control window shrinks with every
+        abandoned stream until the connection stalls. We send ``RST_STREAM(CANCEL)`` ourselves,
+        the way httpcore2 drives h2 (under its state lock, then a flush); h2 acknowledges data
+        arriving on a reset stream. To wake a reader blocked on this stream elsewhere, a reset
+        event is queued for it and a PING makes the server answer. Best effort through httpcore2's
+        internals (the version is pinned; ``test_provider_http2`` checks it): when their shape
+        differs, nothing happens and the response is merely closed, as before.
         """
-        if self._response.http_version != "HTTP/1.1":
-            return
-        stream = self._response.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        if self._response.http_version == "HTTP/1.1":
+            stream = self._response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            return False
+        h2_stream: object = self._response.stream
+        for attr in ("_stream", "_httpcore_stream", "_stream"):
+            h2_stream = getattr(h2_stream, attr, None)
+        conn = getattr(h2_stream, "_connection", None)
+        stream_id, request = getattr(h2_stream, "_stream_id", None), getattr(h2_stream, "_request", None)
+        state, lock, events = (getattr(conn, name, None) for name in ("_h2_state", "_state_lock", "_events"))
+        if None in (state, lock, events, stream_id, request):
+            return False
+        try:
+            import h2.events
+
+            with lock:  # type: ignore[union-attr]
+                state.reset_stream(stream_id, error_code=_H2_CANCEL)  # type: ignore[union-attr]
+                if wake:
+                    pending = events.get(stream_id)  # type: ignore[union-attr]
+                    if pending is not None:
+                        pending.append(
+                            h2.events.StreamReset(stream_id=stream_id, error_code=_H2_CANCEL, remote_reset=False)
+                        )
+                    state.ping(b"llmq-rst")  # type: ignore[union-attr]
+            conn._write_outgoing_data(request)  # type: ignore[union-attr]
+        except Exception:  # closed meanwhile, connection gone: the plain close below is all we can do
+            return False
+        return True
+
+
+#: HTTP/2 error code CANCEL (RFC 9113 section 7): "the stream is no longer needed".
+_H2_CANCEL = 0x8
 
 
 class HTTPClient:
