@@ -324,6 +324,7 @@ class AnthropicStream(ResponseStream):
                         self.usage = _usage(usage, estimated=True)
                 elif kind == "message_stop":
                     self.completed = True
+                    self._drain(lines)
                     break
                 elif kind == "error":
                     error = event.get("error") or {}

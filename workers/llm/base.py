@@ -199,6 +199,17 @@ class ResponseStream(ChatStream):
             )
         return exc
 
+    @staticmethod
+    def _drain(rest: Iterator[object], limit: int = 8) -> None:
+        """Read what follows the terminator (normally just the end of the body, bounded).
+
+        A response read to its end goes back to the connection pool on close; one closed early
+        is discarded, so every job would pay a new TCP (and TLS) handshake.
+        """
+        for i, _ in enumerate(rest):
+            if i >= limit:
+                break
+
     def _finish(self, terminator: str) -> None:
         """After the read loop: anything but a seen terminator is an error."""
         if not self.completed:

@@ -237,7 +237,8 @@ class OllamaStream(ResponseStream):
         calls: list[ToolCall] = []
         first = True
         try:
-            for line in iter_lines(self._begin()):
+            lines = iter_lines(self._begin())
+            for line in lines:
                 if not line:
                     continue
                 try:
@@ -264,6 +265,7 @@ class OllamaStream(ResponseStream):
                     self.completed = True
                     self.finish_reason, self.native_finish_reason = _finish(obj, bool(calls))
                     self.usage = _usage(obj)
+                    self._drain(lines)
                     break
         except Exception as exc:
             self._raise_failed(exc)

@@ -240,6 +240,7 @@ class OpenAIStream(ResponseStream):
                 data = line[6:] if line.startswith(b"data: ") else line[5:]
                 if data == b"[DONE]":
                     self.completed = True
+                    self._drain(lines)
                     break
                 try:
                     chunk = decode(data.decode())
