@@ -8,6 +8,7 @@ ids remembered (:class:`IdSet`, ~17 bytes each), never on the size of the files.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -118,11 +119,19 @@ class IdSet:
 
 
 class JsonlAppender:
-    """Appends JSON lines; each line is one ``os.write`` of the whole line, fsynced periodically."""
+    """Appends JSON lines; each line is one ``os.write`` of the whole line, fsynced periodically.
+    Holds an exclusive ``flock`` on the file while open (released when closed or on exit)."""
 
-    def __init__(self, path: str | Path, *, fsync_every_s: float = 2.0) -> None:
+    def __init__(self, path: str | Path, *, fsync_every_s: float = 2.0, exclusive: bool = True) -> None:
         self.path = Path(path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if exclusive:
+            # two runs of one batch would both write every line: the second one stops here
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._fd)
+                raise BatchFileError(f"{self.path} is being written by another process (llmq batch?)") from None
         self._fsync_every_s = fsync_every_s
         self._last_sync = time.monotonic()
         self._dirty = False

@@ -335,6 +335,14 @@ def test_read_outputs_cuts_a_torn_line_and_refuses_corruption(tmp_path: Path) ->
         read_outputs(out)
 
 
+def test_one_writer_per_output_file(tmp_path: Path) -> None:
+    with JsonlAppender(tmp_path / "out.jsonl"), pytest.raises(BatchFileError, match="another process"):
+        JsonlAppender(tmp_path / "out.jsonl")
+    with JsonlAppender(tmp_path / "out.jsonl") as appender:  # released on close
+        appender.write({"custom_id": "a"})
+    assert (tmp_path / "out.jsonl").read_text() == '{"custom_id":"a"}\n'
+
+
 def _issues_for_line(line: int) -> list[Any]:
     with pytest.raises(LineError) as info:
         parse_line("{", line)
