@@ -4,16 +4,20 @@ State lives in Redis and each operation is one Lua script, so N workers together
 would: no read-modify-write races, no per-process limits multiplied by the worker count.
 
 **Buckets.** Each limit is a token bucket written as GCRA (one number per bucket: the theoretical
-arrival time ``tat``), refilled at ``limit / 60`` per second with capacity ``burst``. For any
-interval of ``t`` seconds the admitted amount is at most ``burst + limit * t / 60``, so:
+arrival time ``tat``) with capacity ``burst``; in any ``t`` seconds it admits at most
+``burst + rate * t``.
 
-* RPM uses ``burst = 1`` by default: requests are spaced ``60 / rpm`` seconds apart and no
-  60-second window ever holds more than ``rpm`` requests (what the issue asks; providers also
-  enforce RPM over sub-minute slices).
-* TPM uses ``burst = tpm`` by default: one request may carry many tokens, so the bucket holds a
-  minute's worth (the provider's own bucket has the same shape). A request needing more tokens
-  than ``burst`` can never be admitted: :meth:`RateLimiter.acquire` says so (``too_large``) and
-  the guard skips the model instead of waiting forever.
+* RPM: ``burst`` defaults to 100 ms worth of requests (``rpm // 600``, at least 1) and the bucket
+  refills at ``(rpm - burst + 1) / 60`` per second, so **no 60-second window ever holds more than
+  ``rpm`` requests** (GCRA admits at most ``burst - 1 + ceil(T / interval)`` in a window of ``T``).
+  Below 1200 RPM that is a burst of 1 and requests spaced exactly ``60 / rpm`` s apart; above, the
+  burst spares concurrent jobs sub-millisecond waits at a long-run cost of at most 0.17% of the
+  limit. Providers also enforce RPM over sub-minute slices, which this shape respects.
+* TPM: ``burst`` defaults to ``tpm`` (one request may carry many tokens, so the bucket holds a
+  minute's worth, as the provider's own bucket does), refilled at ``tpm / 60`` per second: the
+  long-run rate is exact, a cold start may use one extra minute's worth. A request needing more
+  tokens than ``burst`` can never be admitted: :meth:`RateLimiter.acquire` says so
+  (``too_large``) and the guard skips the model instead of waiting forever.
 
 A request's TPM cost is its pre-counted prompt tokens plus ``max_tokens``, charged up front and
 not refunded (OpenAI counts ``max_tokens`` the same way).
@@ -21,7 +25,8 @@ not refunded (OpenAI counts ``max_tokens`` the same way).
 **Reservations.** :meth:`acquire` does not make callers poll: when the buckets are short it
 reserves the earliest slot at which both would admit the request, up to ``max_wait_s`` ahead, and
 returns the wait. The caller sleeps that long and sends; waiters are thus spaced out instead of
-stampeding. A wait beyond ``max_wait_s`` reserves nothing (the job is re-queued instead).
+stampeding. A wait beyond ``max_wait_s`` reserves nothing (the job is re-queued instead). Waits
+under 50 µs are returned as 0: far below network jitter, and they absorb float rounding.
 
 **Not before.** A 429's wait is stored per model (``llmq:nb:{model}``) and published on
 :data:`GUARD_CHANNEL`; :meth:`acquire` never admits a request before it, and guards of models
@@ -95,15 +100,16 @@ if ti > 0 then
   if t > at then at, why = t, 3 end
 end
 local wait = at - now
+if wait < 0.05 then wait = 0 end  -- under 50 us: float noise at ms-since-epoch scale, or far below jitter
 local code = 4 * math.ceil(wait * 1000) + why
 if wait > tonumber(ARGV[7]) then return -2 - code end
 if ri > 0 then
   local tat = math.max(rtat, at) + ri
-  redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1)
+  redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX', math.ceil(tat - now) + 1)
 end
 if ti > 0 then
   local tat = math.max(ttat, at) + cost * ti
-  redis.call('SET', KEYS[2], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1)
+  redis.call('SET', KEYS[2], string.format('%.17g', tat), 'PX', math.ceil(tat - now) + 1)
 end
 return code
 """
@@ -149,16 +155,16 @@ class RateLimits:
 
     rpm: int | None = None
     tpm: int | None = None
-    rpm_burst: int = 1
+    rpm_burst: int | None = None
     tpm_burst: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("rpm", "tpm", "tpm_burst"):
+        for name in ("rpm", "tpm", "rpm_burst", "tpm_burst"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0")
-        if self.rpm_burst < 1:
-            raise ValueError("rpm_burst must be >= 1")
+        if self.rpm and self.rpm_burst and self.rpm_burst > self.rpm:
+            raise ValueError("rpm_burst must be <= rpm")
 
     @property
     def active(self) -> bool:
@@ -166,10 +172,12 @@ class RateLimits:
 
     def script_args(self) -> tuple[float, int, float, int]:
         """(ms between requests, rpm burst, ms per token, tpm burst); 0 interval = no limit."""
-        rpm_interval = 60_000.0 / self.rpm if self.rpm else 0.0
+        rpm_burst = self.rpm_burst or max(1, (self.rpm or 0) // 600)
+        # refill so that burst + one minute of refill never exceeds rpm (see the module docstring)
+        rpm_interval = 60_000.0 / (self.rpm - rpm_burst + 1) if self.rpm else 0.0
         tpm_interval = 60_000.0 / self.tpm if self.tpm else 0.0
         tpm_burst = self.tpm_burst or self.tpm or 0
-        return rpm_interval, self.rpm_burst, tpm_interval, tpm_burst
+        return rpm_interval, rpm_burst, tpm_interval, tpm_burst
 
 
 _REASONS = ("", "not_before", "rpm", "tpm")
@@ -207,17 +215,31 @@ class RateLimiter:
         self._acquire = client.register_script(_ACQUIRE)
         self._hold_off = client.register_script(_HOLD_OFF)
         self._not_before = client.register_script(_NOT_BEFORE)
+        self._statics: dict[str, tuple[RateLimits, tuple[bytes, ...]]] = {}
 
     def _now(self) -> str:
         return "" if self._clock is None else repr(self._clock() * 1000.0)
 
+    def _static(self, model_id: str, limits: RateLimits) -> tuple[bytes, ...]:
+        """The keys and limit arguments of a model's acquire call, encoded once (hot path)."""
+        cached = self._statics.get(model_id)
+        if cached is not None and cached[0] is limits:
+            return cached[1]
+        rpm_i, rpm_b, tpm_i, tpm_b = limits.script_args()
+        static = tuple(
+            str(x).encode() for x in (*rate_keys(model_id), not_before_key(model_id), rpm_i, rpm_b, tpm_i, tpm_b)
+        )
+        if len(self._statics) >= 4096:
+            self._statics.clear()
+        self._statics[model_id] = (limits, static)
+        return static
+
     def acquire(self, model_id: str, limits: RateLimits, tokens: int, max_wait_s: float) -> Grant:
         """Reserve one request of ``tokens`` tokens, sending no earlier than the not-before time."""
-        rpm_i, rpm_b, tpm_i, tpm_b = limits.script_args()
-        rpm_key, tpm_key = rate_keys(model_id)
-        keys = (rpm_key, tpm_key, not_before_key(model_id))
-        args = (self._now(), rpm_i, rpm_b, tpm_i, tpm_b, max(int(tokens), 0), max(max_wait_s, 0.0) * 1000.0)
-        code = int(self._acquire(keys=keys, args=args))
+        rpm_key, tpm_key, nb_key, rpm_i, rpm_b, tpm_i, tpm_b = self._static(model_id, limits)
+        wait_ms = max(max_wait_s, 0.0) * 1000.0
+        args = (self._now(), rpm_i, rpm_b, tpm_i, tpm_b, max(int(tokens), 0), wait_ms)
+        code = int(self._acquire(keys=(rpm_key, tpm_key, nb_key), args=args))
         if code == 0:
             return _NOW_GRANT
         if code == -1:

@@ -88,8 +88,9 @@ def test_many_threads_never_get_more_than_the_bucket(redis_client: redis.Redis, 
 
     with ThreadPoolExecutor(32) as ex:
         admitted = sorted(w for ws in ex.map(hit, range(32)) for w in ws)
-    # burst now, then one slot per second up to 4.5 s ahead, each given to exactly one caller
-    assert admitted == sorted([0.0] * burst + [float(s) for s in range(1, 5)])
+    # the burst now, then one slot per interval up to 4.5 s ahead, each given to exactly one caller
+    interval = 60 / (60 - burst + 1)  # refilled so that no minute holds more than 60
+    assert admitted == pytest.approx([0.0] * burst + [interval * k for k in range(1, 5)], abs=1e-5)
 
 
 def test_random_arrivals_respect_burst_plus_rate_in_every_window(redis_client: redis.Redis) -> None:
@@ -114,6 +115,24 @@ def test_random_arrivals_respect_burst_plus_rate_in_every_window(redis_client: r
     assert len(sends) > 0.9 * rate * (sends[-1] - sends[0])  # and the limit is actually used
 
 
+@pytest.mark.parametrize(("rpm", "burst"), [(60, 1), (1200, 2), (3000, 5)])
+def test_no_minute_ever_holds_more_than_rpm_with_the_default_burst(
+    redis_client: redis.Redis, rpm: int, burst: int
+) -> None:
+    """Worst case: a full bucket, and more than two minutes of demand offered at one instant."""
+    limiter = _limiter(redis_client, FakeClock())
+    limits = RateLimits(rpm=rpm)
+    assert limits.script_args()[1] == burst  # 100 ms of requests, at least 1
+    sends = []
+    for _ in range(int(rpm * 2.2)):
+        grant = limiter.acquire(MODEL, limits, 1, max_wait_s=600.0)
+        assert grant.admitted
+        sends.append(grant.wait_s)
+    in_window = [sum(1 for t in sends[i:] if t < start + 60.0) for i, start in enumerate(sends[: len(sends) // 2])]
+    assert max(in_window) == rpm  # reached, never exceeded
+    assert sends[burst] > 0 and sends[burst - 1] == 0  # the burst goes at once, the rest is spaced
+
+
 def test_not_before_holds_every_caller_and_never_shrinks(redis_client: redis.Redis) -> None:
     clock = FakeClock()
     limiter = _limiter(redis_client, clock)
@@ -122,10 +141,11 @@ def test_not_before_holds_every_caller_and_never_shrinks(redis_client: redis.Red
     assert limiter.hold_off(MODEL, 1.0) == 3.0  # a shorter wait does not shorten it
     clock.now += 1
     assert limiter.not_before(MODEL) == pytest.approx(2.0)
-    grant = limiter.acquire(MODEL, RateLimits(rpm=6000), 1, max_wait_s=10)
+    smooth = RateLimits(rpm=6000, rpm_burst=1)
+    grant = limiter.acquire(MODEL, smooth, 1, max_wait_s=10)
     assert grant.admitted and grant.reason == "not_before" and grant.wait_s == pytest.approx(2.0)
     # the request reserved at the not-before time: the next one queues behind it
-    assert limiter.acquire(MODEL, RateLimits(rpm=6000), 1, max_wait_s=10).wait_s == pytest.approx(2.01)
+    assert limiter.acquire(MODEL, smooth, 1, max_wait_s=10).wait_s == pytest.approx(2.01)
 
 
 def test_two_workers_share_one_redis_clock(redis_client: redis.Redis, redis_url: str) -> None:
@@ -172,4 +192,7 @@ def test_limits_validate() -> None:
         RateLimits(rpm=0)
     with pytest.raises(ValueError):
         RateLimits(rpm=10, rpm_burst=0)
+    with pytest.raises(ValueError):
+        RateLimits(rpm=10, rpm_burst=11)
     assert not RateLimits().active and RateLimits(tpm=5).script_args() == (0.0, 1, 12_000.0, 5)
+    assert RateLimits(rpm=60).script_args()[:2] == (1000.0, 1)
