@@ -27,7 +27,8 @@ __all__ = [
 ]
 
 _SECRETS = re.compile(
-    r"(?i)(\bbearer\s+|\b(?:api[_-]?key|x-api-key|authorization|token|secret|password)\s*[=:]\s*)[^\s,;\"']+"
+    r"(?i)(\b(?:api[_-]?key|x-api-key|authorization|token|secret|password)\s*[=:]\s*(?:bearer\s+)?|\bbearer\s+)"
+    r"[^\s,;\"']+"
     r"|\b(?:sk|pk|rk)-[A-Za-z0-9_*.-]{3,}"
 )
 

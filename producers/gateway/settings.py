@@ -49,7 +49,7 @@ def parse_tokens(raw: str | None) -> dict[str, str]:
 class GatewaySettings(BaseModel):
     """Everything the HTTP gateway needs; build it explicitly (tests) or from the command line."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     #: Redis of the queue (``None``: ``LLMQ_REDIS_URL`` or the local default, read when the app starts).
     redis_url: str | None = None
@@ -81,8 +81,9 @@ class GatewaySettings(BaseModel):
     #: How long a non-streaming chat completion waits for its job.
     result_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     result_ttl_s: Annotated[int, Field(ge=60)] = 86_400
-    #: Redis connections of the gateway's client (SSE clients share one pub/sub connection).
-    redis_max_connections: Annotated[int, Field(ge=4)] = 256
+    #: Redis connections of the gateway (SSE clients share one pub/sub connection; other commands
+    #: are short). Requests wait for a free one rather than opening hundreds at once under a burst.
+    redis_max_connections: Annotated[int, Field(ge=4)] = 64
 
     @field_validator("tokens")
     @classmethod

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
@@ -82,7 +83,7 @@ class JobEventsRenderer:
 
     def frames(self, item: Item) -> bytes:
         if isinstance(item, FeedError):
-            return sse_frame(b'{"type":"gateway_error","message":"%s"}' % item.message.encode(), event="gateway_error")
+            return sse_frame(json.dumps({"type": "gateway_error", "message": item.message}), event="gateway_error")
         return sse_frame(scrub_event(item).model_dump_json(), event=item.type, id=item.seq)
 
     def early_response(self, item: Item) -> Response | None:
@@ -141,6 +142,11 @@ class EventStreamResponse:
                     reason = "finished"
                 elif isinstance(exc, _WriteTimeoutError):
                     reason = "write_timeout"
+                    log.warning(
+                        "dropping the SSE client of job %s: no write progress for %gs",
+                        self.feed.keys.job_id,
+                        self.write_timeout_s,
+                    )
                 else:
                     log.error("SSE stream of job %s failed", self.feed.keys.job_id, exc_info=exc)
             else:
