@@ -6,7 +6,8 @@ of each model's breaker state and not-before time. The mirror is what keeps the 
 
 * a call to a model with no RPM/TPM limit costs **no** Redis round trip (breaker closed, no
   not-before time: both read from the mirror); with limits, exactly one (the bucket script, which
-  also enforces the not-before time atomically); a success costs none in count mode;
+  also enforces the not-before time atomically). A success costs none either: successes are
+  counted here and reported to the breaker with this process's next failure of the model;
 * the mirror is kept fresh by pub/sub: every transition and every not-before time is published
   by the script that makes it (:data:`~workers.ratelimit.GUARD_CHANNEL`) and applied here by one
   listener thread, within a millisecond or so. Entries are re-read from Redis when first used,
@@ -32,59 +33,19 @@ from typing import TypeVar
 import redis
 
 from workers.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Permit
-from workers.config import LLMQConfig, ModelConfig
-from workers.llm.errors import (
-    FirstTokenTimeoutError,
-    IncompleteStreamError,
-    InsufficientQuotaError,
-    LLMQError,
-    ModelNotFoundError,
-    OverloadedError,
-    ProviderConnectionError,
-    ProviderTimeoutError,
-    RateLimitedError,
-    ServerError,
-)
+from workers.config import LLMQConfig
+from workers.guardpolicy import breaker_policy_for, counts_against_model, describe, rate_limits_for, skip_error
+from workers.llm.errors import LLMQError, RateLimitedError
 from workers.llm.guarded import Admission, GuardSkip
 from workers.llm.watchdog import Watchdog
 from workers.ratelimit import GUARD_CHANNEL, RateLimiter, RateLimits, parse_announcement
 
-__all__ = ["ModelGuard", "SharedGuards", "breaker_policy_for", "counts_against_model", "rate_limits_for"]
+__all__ = ["ModelGuard", "SharedGuards"]
 
 log = logging.getLogger("llmq.guards")
 
-#: Errors that say the model (or its provider) is unhealthy; they count toward its breaker.
-#: 429s set the not-before time instead; errors caused by the request itself count for nothing.
-_UNHEALTHY: tuple[type[LLMQError], ...] = (
-    ServerError,
-    OverloadedError,
-    ProviderTimeoutError,
-    ProviderConnectionError,
-    IncompleteStreamError,
-    FirstTokenTimeoutError,
-    ModelNotFoundError,
-    InsufficientQuotaError,
-)
 _MAX_ENTRIES = 4096
 _T = TypeVar("_T")
-_DEFAULT_BREAKER = BreakerPolicy()
-
-
-def counts_against_model(exc: LLMQError) -> bool:
-    return isinstance(exc, _UNHEALTHY)
-
-
-def rate_limits_for(mc: ModelConfig) -> RateLimits:
-    return RateLimits(rpm=mc.rpm, tpm=mc.tpm)
-
-
-def breaker_policy_for(mc: ModelConfig) -> BreakerPolicy:
-    base = _DEFAULT_BREAKER
-    return BreakerPolicy(
-        failures=mc.breaker_failures or base.failures,
-        window_s=mc.breaker_window_s or base.window_s,
-        cooldown_s=mc.breaker_cooldown_s or base.cooldown_s,
-    )
 
 
 @dataclass(slots=True)
@@ -97,6 +58,8 @@ class _View:
     #: Another caller holds the half-open probe: skip without asking Redis until then.
     busy_until: float = 0.0
     version: int = -1
+    #: While open: what opened it (``describe()`` JSON).
+    why: str = ""
     fetched: float = -1e18
     epoch: int = -1
 
@@ -105,6 +68,7 @@ class _View:
             return
         self.version = state.version
         self.open_until = None if state.state == "closed" else now + state.retry_in_s
+        self.why = state.why
         self.busy_until = 0.0
 
 
@@ -141,14 +105,15 @@ class ModelGuard:
         """Skip while open; once the cooldown is over, ask Redis for the single probe."""
         assert view.open_until is not None
         if now < view.open_until:
-            raise GuardSkip("breaker_open", f"circuit breaker open for {view.open_until - now:.1f}s more")
+            raise self._skip("breaker_open", f"circuit breaker open for {view.open_until - now:.1f}s more", view.why)
         if now < view.busy_until:
-            raise GuardSkip("breaker_probe_busy", "circuit breaker half-open; another call is the probe")
+            raise self._skip("breaker_probe_busy", "circuit breaker half-open; another call is the probe", view.why)
         shared = self._shared
         permit = shared.breaker.allow(self.model_id, self.policy)
         with shared.lock:
             if permit.version >= view.version:
                 view.version = permit.version
+                view.why = permit.why
                 if permit.kind == "closed":
                     view.open_until = None
                 elif permit.kind == "open":
@@ -156,10 +121,13 @@ class ModelGuard:
                 elif permit.kind == "busy":
                     view.busy_until = now + min(permit.retry_in_s, 1.0)
         if permit.kind == "open":
-            raise GuardSkip("breaker_open", f"circuit breaker open for {permit.retry_in_s:.1f}s more")
+            raise self._skip("breaker_open", f"circuit breaker open for {permit.retry_in_s:.1f}s more", permit.why)
         if permit.kind == "busy":
-            raise GuardSkip("breaker_probe_busy", "circuit breaker half-open; another call is the probe")
+            raise self._skip("breaker_probe_busy", "circuit breaker half-open; another call is the probe", permit.why)
         return permit if permit.kind == "probe" else None
+
+    def _skip(self, kind: str, reason: str, why: str) -> GuardSkip:
+        return GuardSkip(kind, reason, skip_error(self.model_id, why) if why else None)
 
     def _wait(self, view: _View, now: float, tokens: int, max_wait_s: float) -> Admission:
         limits = self.limits
@@ -188,10 +156,17 @@ class ModelGuard:
             if permit is not None:
                 shared.breaker.release(self.model_id, permit)
             return None
-        failed = error is not None
-        if not failed and permit is None and not self.policy.counts_successes:
-            return None  # count mode: a success while closed needs no Redis call
-        state = shared.breaker.record(self.model_id, self.policy, failed=failed, probe=permit is not None)
+        if error is None and permit is None:
+            shared.count_success(self.model_id)  # reported with the next failure: no Redis call now
+            return None
+        state = shared.breaker.record(
+            self.model_id,
+            self.policy,
+            failed=error is not None,
+            probe=permit is not None,
+            successes=shared.take_successes(self.model_id, self.policy.window_s),
+            why=describe(error) if error is not None else "",
+        )
         shared.observe(self.model_id, state)
         return state.state if state.changed else None
 
@@ -229,6 +204,8 @@ class SharedGuards:
         self._rng = rng or random.Random()
         self._views: dict[str, _View] = {}
         self._guards: dict[str, ModelGuard] = {}
+        #: model -> [successes not yet reported to its breaker, local time the count started]
+        self._successes: dict[str, list[float]] = {}
         self._epoch = 0
         self._live = False
         self._stop = threading.Event()
@@ -283,6 +260,24 @@ class SharedGuards:
             view = self._views.get(model_id)
             if view is not None:
                 view.not_before = max(view.not_before, self.local_clock() + wait)
+
+    def count_success(self, model_id: str) -> None:
+        with self.lock:
+            entry = self._successes.get(model_id)
+            if entry is None:
+                _bounded_put(self._successes, model_id, [1.0, self.local_clock()])
+            else:
+                entry[0] += 1
+
+    def take_successes(self, model_id: str, window_s: float) -> int:
+        """Successes counted since the last report, scaled down to one window if older."""
+        with self.lock:
+            entry = self._successes.pop(model_id, None)
+        if entry is None:
+            return 0
+        count, since = entry
+        age = self.local_clock() - since
+        return int(count if age <= window_s else count * window_s / age)
 
     def jitter(self, wait: float) -> float:
         return self._rng.uniform(0, min(1.0, wait * 0.1))
@@ -344,7 +339,7 @@ class SharedGuards:
             elif msg.get("k") == "cb":
                 version = int(msg.get("v") or 0)  # type: ignore[call-overload]
                 state = "closed" if msg.get("st") == "closed" else "open"
-                view.apply_breaker(BreakerState(state, seconds, version), now)
+                view.apply_breaker(BreakerState(state, seconds, version, why=str(msg.get("why") or "")), now)
 
     def stop(self) -> None:
         self._stop.set()

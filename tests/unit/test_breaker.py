@@ -14,6 +14,7 @@ from workers.ratelimit import GUARD_CHANNEL
 
 MODEL = "anthropic:claude-sonnet-4-5"
 POLICY = BreakerPolicy(failures=3, window_s=10.0, cooldown_s=5.0, probe_timeout_s=20.0)
+COUNT_ONLY = BreakerPolicy(failures=3, window_s=10.0, cooldown_s=5.0, failure_ratio=None)
 
 
 class FakeClock:
@@ -44,11 +45,24 @@ def _fail(breaker: CircuitBreaker, n: int = 1, probe: bool = False):
 def test_opens_after_the_threshold_within_the_window(breaker: CircuitBreaker, clock: FakeClock) -> None:
     assert breaker.allow(MODEL, POLICY).kind == "closed"
     assert _fail(breaker, 2).state == "closed"
-    breaker.record(MODEL, POLICY, failed=False)  # successes do not reset a count-mode window
-    opened = _fail(breaker)
+    opened = breaker.record(MODEL, POLICY, failed=True, why='{"t": "server_error"}')
     assert opened.state == "open" and opened.changed and opened.retry_in_s == 5.0
     permit = breaker.allow(MODEL, POLICY)
     assert permit.kind == "open" and not permit.go and permit.retry_in_s == 5.0
+    assert permit.why == '{"t": "server_error"}' == breaker.state(MODEL).why  # what opened it
+
+
+def test_a_busy_model_with_a_few_errors_stays_closed(breaker: CircuitBreaker) -> None:
+    """Successes, counted by each process and reported with its next failure, keep the share low."""
+    for _ in range(10):
+        assert breaker.record(MODEL, POLICY, failed=True, successes=30).state == "closed"  # 10 of 310
+    assert breaker.record(MODEL, COUNT_ONLY, failed=True).state == "open"  # the count alone would open
+
+
+def test_it_opens_when_most_calls_fail(breaker: CircuitBreaker) -> None:
+    assert breaker.record(MODEL, POLICY, failed=True, successes=2).state == "closed"
+    assert _fail(breaker, 6).state == "closed"  # 7 failures of 9 calls: 78% < 80%
+    assert _fail(breaker).state == "open"  # 8 of 10
 
 
 def test_failures_older_than_the_window_do_not_count(breaker: CircuitBreaker, clock: FakeClock) -> None:
@@ -111,17 +125,6 @@ def test_late_results_while_open_are_not_counted(breaker: CircuitBreaker, clock:
     assert breaker.allow(MODEL, POLICY).kind == "probe"
 
 
-def test_failure_ratio_mode(breaker: CircuitBreaker) -> None:
-    policy = BreakerPolicy(failures=100, window_s=60, cooldown_s=5, failure_ratio=0.5, min_calls=10)
-    assert policy.counts_successes
-    for _ in range(4):
-        breaker.record(MODEL, policy, failed=False)
-    for _ in range(4):
-        assert breaker.record(MODEL, policy, failed=True).state == "closed"  # 8 calls < min_calls
-    breaker.record(MODEL, policy, failed=False)
-    assert breaker.record(MODEL, policy, failed=True).state == "open"  # 5 of 10 failed
-
-
 def test_only_one_of_many_concurrent_callers_gets_the_probe(redis_client: redis.Redis, clock: FakeClock) -> None:
     breaker = CircuitBreaker(redis_client, clock=clock)
     _fail(breaker, 3)
@@ -150,8 +153,8 @@ def test_transitions_are_announced_with_versions(redis_client: redis.Redis, brea
     finally:
         pubsub.close()
     assert messages == [
-        {"k": "cb", "m": MODEL, "st": "open", "ms": 5000, "v": 1},
-        {"k": "cb", "m": MODEL, "st": "closed", "ms": 0, "v": 2},
+        {"k": "cb", "m": MODEL, "st": "open", "ms": 5000, "v": 1, "why": ""},
+        {"k": "cb", "m": MODEL, "st": "closed", "ms": 0, "v": 2, "why": ""},
     ]
     assert redis_client.pttl(breaker_key(MODEL)) > 0  # state expires once idle
 

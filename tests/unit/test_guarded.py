@@ -22,6 +22,7 @@ from workers.llm.errors import (
     BadRequestError,
     DeadlineExceededError,
     FirstTokenTimeoutError,
+    InsufficientQuotaError,
     JobCancelledError,
     LLMQError,
     RateLimitedError,
@@ -207,15 +208,34 @@ def test_half_open_probe_success_closes_the_breaker(make_guards, clock) -> None:
     assert guards.breaker.state(A).state == "closed" and ("breaker", A, "closed") in hooks.events
 
 
-def test_a_breaker_skip_on_the_only_model_fails_typed(make_guards, clock) -> None:
-    guards = make_guards(_config(openai_a=ModelConfig(breaker_failures=1)))
+def test_a_breaker_skip_on_the_only_model_fails_with_the_error_that_opened_it(make_guards, clock) -> None:
+    guards = make_guards(_config(openai_a=ModelConfig(breaker_failures=2)))
+    quota = InsufficientQuotaError("You exceeded your current quota", "openai", "a", 429, "insufficient_quota")
+    for _ in range(2):
+        ctx, _ = _ctx(clock)
+        with pytest.raises(InsufficientQuotaError):
+            _chain(ctx, guards, ScriptedModel(A, [quota])).complete(REQ)
     ctx, _ = _ctx(clock)
-    with pytest.raises(AllModelsFailedError):
-        _chain(ctx, guards, ScriptedModel(A, [ServerError("x")])).complete(REQ)
+    a = ScriptedModel(A, [["never"]])
+    with pytest.raises(InsufficientQuotaError) as info:  # typed like the real thing, without a request
+        _chain(ctx, guards, a).complete(REQ)
+    assert a.calls == 0 and (info.value.status, info.value.code) == (429, "insufficient_quota")
+    assert "circuit breaker open" in str(info.value) and "exceeded your current quota" in str(info.value)
+    # with a model left to try, the chain moves on; if every model fails, the error names each
     ctx, _ = _ctx(clock)
-    with pytest.raises(AllModelsFailedError) as info:
-        _chain(ctx, guards, ScriptedModel(A, [["never"]])).complete(REQ)
-    assert "circuit breaker open" in str(info.value)
+    with pytest.raises(AllModelsFailedError) as failed:
+        _chain(ctx, guards, ScriptedModel(B, [ServerError("down")]), ScriptedModel(A, [["never"]])).complete(REQ)
+    assert "openai:b: server_error" in str(failed.value) and "circuit breaker open" in str(failed.value)
+
+
+def test_scattered_failures_on_a_busy_model_do_not_open_it(make_guards, clock) -> None:
+    guards = make_guards(_config(openai_a=ModelConfig(breaker_failures=2)))
+    for i in range(60):
+        ctx, _ = _ctx(clock)
+        outcome: Outcome = ServerError("blip") if i % 10 == 9 else ["ok"]
+        model = ScriptedModel(A, [outcome, ["ok"]])
+        assert _chain(ctx, guards, model).complete(REQ).text == "ok"  # 10% failures, retried
+    assert guards.breaker.state(A).state == "closed"
 
 
 def test_requests_that_say_nothing_about_the_model_do_not_trip_it(make_guards, clock) -> None:

@@ -45,10 +45,11 @@ __all__ = ["Admission", "Guard", "GuardSkip", "GuardedModel", "request_tokens"]
 
 
 class GuardSkip(SkipModel):
-    """A guard passes the model over; ``kind`` is a short label for metrics."""
+    """A guard passes the model over; ``kind`` is a short label for metrics, ``error`` what the job
+    fails with if no model is left (for an open breaker: the error that opened it)."""
 
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, kind: str, reason: str, error: LLMQError | None = None) -> None:
+        super().__init__(reason, error)
         self.kind = kind
 
 
