@@ -26,6 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
     p.add_argument("--write-timeout", type=float, default=10.0, help="seconds before a stalled SSE client is dropped")
+    p.add_argument(
+        "--hold-headers",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="a streamed chat completion waits up to S seconds for content before sending its headers (default 10)",
+    )
     p.add_argument("--sse-queue-size", type=int, default=16, help="events buffered per SSE client (default 16)")
     p.add_argument("--heartbeat", type=float, default=15.0, help="seconds between SSE heartbeats while idle")
     p.add_argument(
@@ -82,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             write_timeout_s=args.write_timeout,
             heartbeat_s=args.heartbeat,
             sse_queue_size=args.sse_queue_size,
+            hold_headers_s=args.hold_headers,
         )
     except ValidationError as exc:  # messages only: the input (tokens) is never printed
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
