@@ -12,6 +12,7 @@ import redis.asyncio as aredis
 from producers.client import (
     _REGISTER_LUA,
     CANCEL_CHANNEL,
+    RESEND_AFTER_S,
     ResultTimeoutError,
     default_redis_url,
     make_celery,
@@ -72,7 +73,9 @@ class AsyncClient:
         if valid.submitted_at is None:
             valid.submitted_at = time.time()
         keys = JobKeys(valid.id)
-        fresh = await self._register(keys=[keys.meta], args=[valid.tenant, valid.submitted_at, self.result_ttl_s])
+        fresh = await self._register(
+            keys=[keys.meta], args=[valid.tenant, valid.submitted_at, self.result_ttl_s, RESEND_AFTER_S]
+        )
         if not fresh:
             return AsyncJobHandle(valid.id, False, self)
         payload = valid.model_dump(mode="json", exclude_none=True)
@@ -82,8 +85,10 @@ class AsyncClient:
                 self._celery.send_task, TASK_NAME, args=[payload], task_id=valid.id, queue=self.queue
             )
         except Exception:
-            await self.redis.delete(keys.meta)
+            if fresh == 1:
+                await self.redis.delete(keys.meta)
             raise
+        await self.redis.hset(keys.meta, "sent", 1)
         return AsyncJobHandle(valid.id, True, self)
 
     async def get_result(self, job_id: str) -> CompletionResult | None:

@@ -47,13 +47,27 @@ __all__ = [
 #: Must match ``workers.resources.CANCEL_CHANNEL`` (a test pins them together).
 CANCEL_CHANNEL = "llmq:cancel"
 
-# KEYS: meta. ARGV: tenant, submitted_at, ttl. 1 = newly registered, 0 = duplicate id.
+# KEYS: meta. ARGV: tenant, submitted_at, ttl, resend_after_s.
+# 1 = newly registered; 0 = duplicate id (already sent); 2 = registered earlier but its message was
+# never confirmed sent (the producer died in between) and is old enough: send it again (the
+# worker's claim still runs a job once).
 _REGISTER_LUA = """
-if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'submitted_at', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
+if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 1 then
+  redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'submitted_at', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if redis.call('HEXISTS', KEYS[1], 'sent') == 0 then
+  local at = tonumber(redis.call('HGET', KEYS[1], 'submitted_at') or '0')
+  if tonumber(ARGV[2]) - at > tonumber(ARGV[4]) then
+    redis.call('HSET', KEYS[1], 'submitted_at', ARGV[2])
+    return 2
+  end
+end
+return 0
 """
+#: A registration without a confirmed send is retried by a later submit after this long.
+RESEND_AFTER_S = 30
 
 
 class InvalidJobError(ValueError):
@@ -152,7 +166,9 @@ class Client:
         if valid.submitted_at is None:
             valid.submitted_at = time.time()
         keys = JobKeys(valid.id)
-        fresh = self._register(keys=[keys.meta], args=[valid.tenant, valid.submitted_at, self.result_ttl_s])
+        fresh = self._register(
+            keys=[keys.meta], args=[valid.tenant, valid.submitted_at, self.result_ttl_s, RESEND_AFTER_S]
+        )
         if not fresh:
             return JobHandle(valid.id, False, self)
         try:
@@ -163,8 +179,10 @@ class Client:
                 queue=self.queue,
             )
         except Exception:
-            self.redis.delete(keys.meta)  # let the caller retry the same id
+            if fresh == 1:
+                self.redis.delete(keys.meta)  # let the caller retry the same id
             raise
+        self.redis.hset(keys.meta, "sent", 1)
         return JobHandle(valid.id, True, self)
 
     # --- read -------------------------------------------------------------------------------------

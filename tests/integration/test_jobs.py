@@ -169,3 +169,13 @@ def test_job_keys_expire(worker, client: Client, redis_client) -> None:
     keys = JobKeys(handle.id)
     for key in (keys.result, keys.events, keys.meta):
         assert 0 < redis_client.ttl(key) <= 86_400
+
+
+def test_a_registration_whose_send_was_lost_is_sent_again(worker, client: Client, redis_client) -> None:
+    # a producer died between registering the id and sending the message
+    keys = JobKeys("lost-send-1")
+    redis_client.hset(keys.meta, mapping={"state": "queued", "tenant": "default", "submitted_at": time.time() - 120})
+    handle = client.submit(_job(id="lost-send-1"))
+    assert handle.enqueued
+    assert handle.result(timeout=30).status == "succeeded"
+    assert not client.submit(_job(id="lost-send-1")).enqueued  # sent now: never again
