@@ -176,17 +176,13 @@ def test_slow_readers_keep_gateway_memory_bounded(redis_url: str, gateway_proces
     catchups = next(
         float(line.split()[1]) for line in metrics.splitlines() if line.startswith("llmq_gateway_sse_catchups_total")
     )
-    full = next(
-        float(line.split()[1])
-        for line in metrics.splitlines()
-        if line.startswith('llmq_gateway_sse_queue_depth_bucket{le="16.0"}')
+    observed = next(
+        float(line.split()[1]) for line in metrics.splitlines() if line.startswith("llmq_gateway_sse_queue_depth_count")
     )
-    below = next(
-        float(line.split()[1])
-        for line in metrics.splitlines()
-        if line.startswith('llmq_gateway_sse_queue_depth_bucket{le="8.0"}')
-    )
-    assert catchups >= CLIENTS and full > below  # clients fell behind and the queues did fill up
+    # every client fell behind (a catch-up from the replay Stream happens only when its bounded
+    # queue was full) and the queue depth was observed at the writes; how deep the queue was at
+    # the moment of a write depends on scheduling, so it is not asserted
+    assert catchups >= CLIENTS and observed > 0
 
     for reader in readers:  # now read fast: every event arrives, in order, nothing skipped
         reader.slow.clear()
