@@ -349,8 +349,10 @@ def main() -> int:
                 measured["redis"] = [stack.redis.process]
             results: dict[str, dict[str, float]] = {}
             cpu: dict[str, dict[str, float]] = {}
-            for path in args.paths.split(","):
+            for run, path in enumerate(args.paths.split(",")):
                 kind, url, headers = targets[path]
+                if path in results:  # a repeated path gets its own row
+                    path = f"{path}#{run + 1}"
                 before = {name: sum(map(_cpu, ps)) for name, ps in measured.items()}
                 client_before = _own_cpu()
                 machine_before = _machine_cpu()
@@ -375,12 +377,12 @@ def main() -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for path, r in results.items():
-        print(_row(names[path], r))
+        print(_row(names[path.split("#")[0]] + (f" (run {path.split('#')[1]})" if "#" in path else ""), r))
     print()
     base = results.get("direct")
     for path, r in results.items():
         line = f"{path}: first token p50 {r['first_token_p50_s']:.2f} s (last stream {r['first_token_max_s']:.2f} s), wall {r['wall_s']:.0f} s"
-        if base is not None and path != "direct":
+        if base is not None and not path.startswith("direct"):
             line += (
                 f"; vs direct p50 {r['p50_ms'] - base['p50_ms']:+.1f} ms, p99 {r['p99_ms'] - base['p99_ms']:+.1f} ms"
             )

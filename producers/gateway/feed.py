@@ -14,8 +14,10 @@ pubsub``) until it drops the connection, and a blocked reader holds a pool conne
 
 The worker appends each event to the Stream *before* publishing it (one Lua script), so a live
 event the feed dropped while behind is always found by the catch-up; the highest seq seen live
-tells the feed whether another catch-up round is needed. An idle feed also looks in the Stream
-every ``idle_check_s``, so a lost live message (Redis reconnect) costs at most that long.
+tells the feed whether another catch-up round is needed. When Redis confirms a channel's
+subscription (at the start, and again after a reconnect) its feeds catch up once more, which
+closes the window in which an event was published before the subscription took effect. As a
+last resort an idle feed also looks in the Stream every ``idle_check_s``.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class LiveHub:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=False)
         await self._pubsub.subscribe(_HUB_CHANNEL)
         self._task = asyncio.create_task(self._run(), name="llmq-gateway-hub")
 
@@ -97,7 +99,7 @@ class LiveHub:
         assert self._pubsub is not None
         while True:
             try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
             except (RedisError, OSError) as exc:
                 log.warning("gateway pub/sub connection failed (%s); streams catch up from Redis Streams", exc)
                 for subs in list(self._feeds.values()):
@@ -105,10 +107,19 @@ class LiveHub:
                         feed.wake()
                 await asyncio.sleep(0.5)
                 continue
-            if message is None or message.get("type") != "message":
+            if message is None:
                 continue
             subs = self._feeds.get(message["channel"])
             if not subs:
+                continue
+            if message["type"] == "subscribe":
+                # From now on every event of the channel arrives live; one more look in the
+                # Stream covers what was published while the SUBSCRIBE was on its way (also
+                # after a reconnect, when redis-py subscribes again).
+                for feed in tuple(subs):
+                    feed.wake()
+                continue
+            if message["type"] != "message":
                 continue
             try:
                 event = parse_event(message["data"])
@@ -130,7 +141,7 @@ class JobFeed:
         *,
         from_seq: int = 0,
         maxsize: int = 16,
-        idle_check_s: float = 1.0,
+        idle_check_s: float = 5.0,
         skip_deltas: bool = False,
         on_catch_up: Callable[[], None] | None = None,
     ) -> None:

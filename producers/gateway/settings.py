@@ -68,8 +68,9 @@ class GatewaySettings(BaseModel):
     write_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     #: An SSE comment is sent after this many idle seconds (keeps proxies and clients from timing out).
     heartbeat_s: Annotated[float, Field(gt=0)] = 15.0
-    #: A stream with no live message for this long looks in the job's replay Stream.
-    idle_check_s: Annotated[float, Field(gt=0)] = 1.0
+    #: A stream with no live message for this long looks in the job's replay Stream (a safety net:
+    #: subscription confirmations and reconnects already trigger a catch-up).
+    idle_check_s: Annotated[float, Field(gt=0)] = 5.0
     #: A chat completion whose client goes away: cancel its job (abort the provider call) or finish it.
     on_disconnect: OnDisconnect = "cancel"
     #: The same for ``GET /v1/jobs/{id}/events`` (a watcher may come back with Last-Event-ID), unless
