@@ -44,46 +44,21 @@ def _tree_cpu(proc: psutil.Process) -> float:
     return total
 
 
-def run_raw(stack: LocalStack, jobs: int, concurrency: int) -> dict[str, float]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "_raw_client.py"),
-            "--url",
-            f"{stack.simulator_url}/v1/chat/completions",
-            "--redis",
-            stack.redis_url,
-            "--jobs",
-            str(jobs),
-            "--concurrency",
-            str(concurrency),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def _run_baseline(script: str, url_flag: str, url: str, stack: LocalStack, jobs: int, concurrency: int) -> dict:
+    """Run one baseline client script as its own process and read its JSON line."""
+    argv = [sys.executable, str(HERE / script), url_flag, url, "--redis", stack.redis_url]
+    argv += ["--jobs", str(jobs), "--concurrency", str(concurrency)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_direct(stack: LocalStack, jobs: int, concurrency: int) -> dict[str, float]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "_direct_client.py"),
-            "--base-url",
-            f"{stack.simulator_url}/v1",
-            "--redis",
-            stack.redis_url,
-            "--jobs",
-            str(jobs),
-            "--concurrency",
-            str(concurrency),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_raw(stack: LocalStack, jobs: int, concurrency: int) -> dict:
+    url = f"{stack.simulator_url}/v1/chat/completions"
+    return _run_baseline("_raw_client.py", "--url", url, stack, jobs, concurrency)
+
+
+def run_direct(stack: LocalStack, jobs: int, concurrency: int) -> dict:
+    return _run_baseline("_direct_client.py", "--base-url", f"{stack.simulator_url}/v1", stack, jobs, concurrency)
 
 
 def run_queue(stack: LocalStack, jobs: int, concurrency: int, worker: subprocess.Popen[bytes]) -> dict[str, float]:
