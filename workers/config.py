@@ -32,10 +32,11 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workers.contract import split_model_id
 from workers.llm.errors import ConfigurationError
+from workers.ratelimit import RateLimits
 
 __all__ = ["BudgetConfig", "LLMQConfig", "ModelConfig", "load_config"]
 
@@ -52,6 +53,12 @@ class ModelConfig(_Strict):
     ttft_limit_s: Annotated[float, Field(gt=0)] | None = None
     rpm: Annotated[int, Field(gt=0)] | None = None
     tpm: Annotated[int, Field(gt=0)] | None = None
+    #: Requests / tokens that may go at once (defaults: 100 ms of ``rpm``; a minute of ``tpm``).
+    rpm_burst: Annotated[int, Field(gt=0)] | None = None
+    tpm_burst: Annotated[int, Field(gt=0)] | None = None
+    #: How long a worker may hold RPM/TPM capacity it took ahead of use (0 = never take any);
+    #: only used for rpm >= 1200 or TPM-only limits. See ``workers/ratelease.py``.
+    rate_lease_ms: Annotated[int, Field(ge=0, le=1000)] = 100
     input_per_mtok: Annotated[float, Field(ge=0)] | None = None
     output_per_mtok: Annotated[float, Field(ge=0)] | None = None
     context_window: Annotated[int, Field(gt=0)] | None = None
@@ -59,6 +66,22 @@ class ModelConfig(_Strict):
     breaker_failures: Annotated[int, Field(gt=0)] | None = None
     breaker_window_s: Annotated[float, Field(gt=0)] | None = None
     breaker_cooldown_s: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _bucket_shape(self) -> ModelConfig:
+        if self.rpm_burst is not None and self.rpm is None:
+            raise ValueError("rpm_burst needs rpm")
+        if self.tpm_burst is not None and self.tpm is None:
+            raise ValueError("tpm_burst needs tpm")
+        # the limiter's own checks (burst <= rpm, room left for refill): one source of truth
+        RateLimits(
+            rpm=self.rpm,
+            tpm=self.tpm,
+            rpm_burst=self.rpm_burst,
+            tpm_burst=self.tpm_burst,
+            lease_s=self.rate_lease_ms / 1000.0,
+        )
+        return self
 
 
 class BudgetConfig(_Strict):

@@ -74,7 +74,8 @@ def skip_error(model_id: str, why: str) -> LLMQError | None:
 
 
 def rate_limits_for(mc: ModelConfig) -> RateLimits:
-    return RateLimits(rpm=mc.rpm, tpm=mc.tpm)
+    lease_s = mc.rate_lease_ms / 1000.0
+    return RateLimits(rpm=mc.rpm, tpm=mc.tpm, rpm_burst=mc.rpm_burst, tpm_burst=mc.tpm_burst, lease_s=lease_s)
 
 
 def breaker_policy_for(mc: ModelConfig) -> BreakerPolicy:

@@ -5,8 +5,9 @@ the not-before time after a 429), the :class:`CircuitBreaker`, the TTFT watchdog
 of each model's breaker state and not-before time. The mirror is what keeps the happy path cheap:
 
 * a call to a model with no RPM/TPM limit costs **no** Redis round trip (breaker closed, no
-  not-before time: both read from the mirror); with limits, exactly one (the bucket script, which
-  also enforces the not-before time atomically). A success costs none either: successes are
+  not-before time: both read from the mirror); with limits, one (the bucket script, which also
+  enforces the not-before time atomically), or none while a lease of capacity taken ahead of use
+  lasts (``workers/ratelease.py``; high RPM and TPM-only limits). A success costs none either: successes are
   counted here and reported to the breaker with this process's next failure of the model;
 * the mirror is kept fresh by pub/sub: every transition and every not-before time is published
   by the script that makes it (:data:`~workers.ratelimit.GUARD_CHANNEL`) and applied here by one
@@ -38,6 +39,7 @@ from workers.guardpolicy import breaker_policy_for, counts_against_model, descri
 from workers.llm.errors import LLMQError, RateLimitedError
 from workers.llm.guarded import Admission, GuardSkip
 from workers.llm.watchdog import Watchdog
+from workers.ratelease import RateLeases
 from workers.ratelimit import GUARD_CHANNEL, RateLimiter, RateLimits, parse_announcement
 
 __all__ = ["ModelGuard", "SharedGuards"]
@@ -132,7 +134,8 @@ class ModelGuard:
     def _wait(self, view: _View, now: float, tokens: int, max_wait_s: float) -> Admission:
         limits = self.limits
         if limits.active:
-            grant = self._shared.limiter.acquire(self.model_id, limits, tokens, max_wait_s)
+            gate_open = view.not_before <= now
+            grant = self._shared.leases.acquire(self.model_id, limits, tokens, max_wait_s, gate_open=gate_open)
             if grant.too_large:
                 raise GuardSkip(
                     "too_large", f"needs {tokens} tokens, more than the {limits.tpm}-token TPM bucket holds"
@@ -195,6 +198,7 @@ class SharedGuards:
         self.config = config
         self.limiter = RateLimiter(client, clock=clock, channel=channel)
         self.breaker = CircuitBreaker(client, clock=clock, channel=channel)
+        self.leases = RateLeases(self.limiter, local_clock=local_clock)
         self.watchdog = watchdog or Watchdog()
         self.local_clock = local_clock
         self.refresh_s = refresh_s

@@ -19,6 +19,10 @@ arrival time ``tat``) with capacity ``burst``; in any ``t`` seconds it admits at
   tokens than ``burst`` can never be admitted: :meth:`RateLimiter.acquire` says so
   (``too_large``) and the guard skips the model instead of waiting forever.
 
+**Leases.** At high rates a worker may take a few more slots and tokens with a request and admit
+its next requests from them without a round trip; ``workers/ratelease.py`` explains how that
+stays within the limits (``RateLimits.lease_s``, :data:`LEASE_MIN_RPM`).
+
 A request's TPM cost is its pre-counted prompt tokens plus ``max_tokens``, charged up front and
 not refunded (OpenAI counts ``max_tokens`` the same way).
 
@@ -52,6 +56,7 @@ import redis
 
 __all__ = [
     "GUARD_CHANNEL",
+    "LEASE_MIN_RPM",
     "LUA_NOW",
     "Grant",
     "RateLimiter",
@@ -75,16 +80,19 @@ end
 
 # KEYS: rpm tat, tpm tat, not-before
 # ARGV: now_ms|'', rpm interval ms (0 = no limit), rpm burst, ms per token (0 = none), tpm burst,
-#       tokens, max wait ms
-# Returns 4 * (microseconds to wait) + why (0 none, 1 not-before, 2 rpm, 3 tpm) when the slot is
-# reserved; -1 when tokens > tpm burst (never fits); when refused (nothing reserved),
-# -2 - (4 * microseconds + why).
+#       tokens, max wait ms, extra slots wanted, extra tokens wanted, tokens given back
+# Returns {code, extra slots, extra tokens}. code: 4 * (microseconds to wait) + why (0 none,
+# 1 not-before, 2 rpm, 3 tpm) when the slot is reserved; -1 when tokens > tpm burst (never fits);
+# when refused (nothing reserved), -2 - (4 * microseconds + why). Extras (a lease, see
+# RateLimiter.acquire) are only granted from what both buckets hold right now, and only when the
+# request itself goes now; given-back tokens are credited first.
 _ACQUIRE = (
     LUA_NOW
     + """
 local ri, rb = tonumber(ARGV[2]), tonumber(ARGV[3])
 local ti, tb, cost = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-if ti > 0 and cost > tb then return -1 end
+local xs, xt, back = tonumber(ARGV[8]) or 0, tonumber(ARGV[9]) or 0, tonumber(ARGV[10]) or 0
+if ti > 0 and cost > tb then return {-1, 0, 0} end
 local at, why = now, 0
 local nb = tonumber(redis.call('GET', KEYS[3]))
 if nb and nb > at then at, why = nb, 1 end
@@ -96,22 +104,40 @@ if ri > 0 then
 end
 if ti > 0 then
   ttat = math.max(tonumber(redis.call('GET', KEYS[2])) or now, now)
+  if back > 0 then ttat = math.max(ttat - back * ti, now) end
   local t = ttat + (cost - tb) * ti
   if t > at then at, why = t, 3 end
 end
 local wait = at - now
 if wait < 0.05 then wait = 0 end  -- under 50 us: float noise at ms-since-epoch scale, or far below jitter
 local code = 4 * math.ceil(wait * 1000) + why
-if wait > tonumber(ARGV[7]) then return -2 - code end
+if wait > tonumber(ARGV[7]) then
+  if back > 0 and ti > 0 then
+    redis.call('SET', KEYS[2], string.format('%.17g', ttat), 'PX', math.ceil(ttat - now) + 1)
+  end
+  return {-2 - code, 0, 0}
+end
+local rnew, tnew, gs, gt = 0, 0, 0, 0
+if ri > 0 then rnew = math.max(rtat, at) + ri end
+if ti > 0 then tnew = math.max(ttat, at) + cost * ti end
+if wait == 0 then
+  if ri > 0 and xs > 0 then
+    gs = math.max(0, math.min(xs, math.floor(rb + (now - rnew) / ri)))
+    rnew = rnew + gs * ri
+  end
+  if ti > 0 and xt > 0 and (ri == 0 or gs > 0) then
+    gt = math.max(0, math.min(xt, math.floor(tb + (now - tnew) / ti)))
+    if ri > 0 and gs < xs then gt = math.min(gt, math.floor(xt * gs / xs)) end
+    tnew = tnew + gt * ti
+  end
+end
 if ri > 0 then
-  local tat = math.max(rtat, at) + ri
-  redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX', math.ceil(tat - now) + 1)
+  redis.call('SET', KEYS[1], string.format('%.17g', rnew), 'PX', math.ceil(rnew - now) + 1)
 end
 if ti > 0 then
-  local tat = math.max(ttat, at) + cost * ti
-  redis.call('SET', KEYS[2], string.format('%.17g', tat), 'PX', math.ceil(tat - now) + 1)
+  redis.call('SET', KEYS[2], string.format('%.17g', tnew), 'PX', math.ceil(tnew - now) + 1)
 end
-return code
+return {code, gs, gt}
 """
 )
 
@@ -149,14 +175,25 @@ def not_before_key(model_id: str) -> str:
     return f"llmq:nb:{{{model_id}}}"
 
 
+#: Leases are used for RPM limits of at least this many requests per second (below, a round
+#: trip per request costs nothing worth saving, and a lease's share of the limit would be large).
+LEASE_MIN_RPM = 1200
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimits:
-    """A model's limits; ``None`` = unlimited. Bursts default as the module docstring explains."""
+    """A model's limits; ``None`` = unlimited. Bursts default as the module docstring explains.
+
+    ``lease_s`` is how long a worker may hold capacity it took ahead of use (see
+    ``workers/ratelease.py``); 0 turns leases off. It is part of the bucket's shape: the RPM
+    refill leaves room for requests sent up to ``lease_s`` after their slot was taken.
+    """
 
     rpm: int | None = None
     tpm: int | None = None
     rpm_burst: int | None = None
     tpm_burst: int | None = None
+    lease_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "rpm_burst", "tpm_burst"):
@@ -165,19 +202,40 @@ class RateLimits:
                 raise ValueError(f"{name} must be > 0")
         if self.rpm and self.rpm_burst and self.rpm_burst > self.rpm:
             raise ValueError("rpm_burst must be <= rpm")
+        if not 0 <= self.lease_s <= 1.0:
+            raise ValueError("lease_s must be between 0 and 1 second")
+        if self.rpm and self._per_minute() < 1:
+            raise ValueError("rpm_burst leaves no refill: lower it")
 
     @property
     def active(self) -> bool:
         return bool(self.rpm or self.tpm)
 
+    @property
+    def leased(self) -> bool:
+        """Whether workers may take this model's capacity ahead of use (a lease)."""
+        if self.lease_s <= 0 or not self.active:
+            return False
+        return self.rpm is None or self.rpm >= LEASE_MIN_RPM
+
+    def lease_slots(self) -> int:
+        """RPM slots a lease may delay by up to ``lease_s``: what the refill leaves room for."""
+        return math.ceil(self.rpm * self.lease_s / 60.0) if self.rpm and self.leased else 0
+
     def script_args(self) -> tuple[float, int, float, int]:
         """(ms between requests, rpm burst, ms per token, tpm burst); 0 interval = no limit."""
-        rpm_burst = self.rpm_burst or max(1, (self.rpm or 0) // 600)
-        # refill so that burst + one minute of refill never exceeds rpm (see the module docstring)
-        rpm_interval = 60_000.0 / (self.rpm - rpm_burst + 1) if self.rpm else 0.0
+        rpm_interval = 60_000.0 / self._per_minute() if self.rpm else 0.0
         tpm_interval = 60_000.0 / self.tpm if self.tpm else 0.0
         tpm_burst = self.tpm_burst or self.tpm or 0
-        return rpm_interval, rpm_burst, tpm_interval, tpm_burst
+        return rpm_interval, self._rpm_burst(), tpm_interval, tpm_burst
+
+    def _rpm_burst(self) -> int:
+        return self.rpm_burst or max(1, (self.rpm or 0) // 600)
+
+    def _per_minute(self) -> int:
+        # refill so that burst + one minute of refill never exceeds rpm (see the module
+        # docstring), counting the requests a lease may send up to lease_s after their slot
+        return (self.rpm or 0) - self._rpm_burst() + 1 - self.lease_slots()
 
 
 _REASONS = ("", "not_before", "rpm", "tpm")
@@ -194,6 +252,9 @@ class Grant:
     reason: str = ""
     #: The request needs more tokens than the TPM bucket holds: it can never be sent here.
     too_large: bool = False
+    #: Capacity taken beyond this request (a lease): further requests and TPM tokens.
+    extra_slots: int = 0
+    extra_tokens: int = 0
 
 
 _NOW_GRANT = Grant(0.0, True)
@@ -234,21 +295,48 @@ class RateLimiter:
         self._statics[model_id] = (limits, static)
         return static
 
-    def acquire(self, model_id: str, limits: RateLimits, tokens: int, max_wait_s: float) -> Grant:
-        """Reserve one request of ``tokens`` tokens, sending no earlier than the not-before time."""
+    def acquire(
+        self,
+        model_id: str,
+        limits: RateLimits,
+        tokens: int,
+        max_wait_s: float,
+        *,
+        extra_slots: int = 0,
+        extra_tokens: int = 0,
+        give_back: int = 0,
+    ) -> Grant:
+        """Reserve one request of ``tokens`` tokens, sending no earlier than the not-before time.
+
+        When the request can go now, also take up to ``extra_slots`` further requests and
+        ``extra_tokens`` TPM tokens, as far as the buckets hold them right now (never a future
+        slot); the grant says how many were taken. ``give_back`` returns TPM tokens taken
+        earlier and not used. Leases are built on this: ``workers/ratelease.py``.
+        """
         rpm_key, tpm_key, nb_key, rpm_i, rpm_b, tpm_i, tpm_b = self._static(model_id, limits)
         wait_ms = max(max_wait_s, 0.0) * 1000.0
-        args = (self._now(), rpm_i, rpm_b, tpm_i, tpm_b, max(int(tokens), 0), wait_ms)
-        code = int(self._acquire(keys=(rpm_key, tpm_key, nb_key), args=args))
+        args = (
+            self._now(),
+            rpm_i,
+            rpm_b,
+            tpm_i,
+            tpm_b,
+            max(int(tokens), 0),
+            wait_ms,
+            max(extra_slots, 0),
+            max(extra_tokens, 0),
+            max(give_back, 0),
+        )
+        code, slots, more = (int(x) for x in self._acquire(keys=(rpm_key, tpm_key, nb_key), args=args))
         if code == 0:
-            return _NOW_GRANT
+            return Grant(0.0, True, extra_slots=slots, extra_tokens=more) if slots or more else _NOW_GRANT
         if code == -1:
             return Grant(math.inf, False, "tpm", too_large=True)
         admitted = code > 0
         if not admitted:
             code = -code - 2
         micros, why = divmod(code, 4)
-        return Grant(micros / 1e6, admitted, _REASONS[why])
+        return Grant(micros / 1e6, admitted, _REASONS[why], extra_slots=slots, extra_tokens=more)
 
     def hold_off(self, model_id: str, seconds: float) -> float:
         """Make every worker wait ``seconds`` before the next request to the model (a 429's wait).
