@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from producers.localredis import ManagedRedis, free_port, ping
+from simulator.env import provider_env
 
 __all__ = ["LocalStack", "wait_http"]
 
@@ -89,13 +90,7 @@ class LocalStack:
 
     def provider_env(self) -> dict[str, str]:
         """Point every provider at the simulator (when one runs)."""
-        if not self.simulator_url:
-            return {}
-        return {
-            "OPENAI_BASE_URL": f"{self.simulator_url}/v1",
-            "ANTHROPIC_BASE_URL": self.simulator_url,
-            "OLLAMA_HOST": self.simulator_url,
-        }
+        return provider_env(self.simulator_url) if self.simulator_url else {}
 
     def start_worker(
         self,

@@ -103,6 +103,9 @@ class LLMQConfig(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     #: Seconds a retry may sleep inside the worker; longer waits re-queue the job.
     max_inworker_wait_s: Annotated[float, Field(ge=0)] = 10.0
+    #: Re-queues a job may take for such waits; one more ends it failed (``requeue_limit``), so a
+    #: job without a deadline cannot circle forever behind a model that keeps saying "later".
+    max_requeues: Annotated[int, Field(ge=0)] = 20
 
     @field_validator("routes")
     @classmethod

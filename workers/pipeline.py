@@ -42,6 +42,7 @@ from workers.llm.errors import (
     JobCancelledError,
     LLMQError,
     MidStreamError,
+    RequeueLimitError,
     RetryLaterError,
     error_type_name,
 )
@@ -305,6 +306,16 @@ class JobRunner:
         run.publisher.emit_many([*(before or []), event], extra=persist)
 
     def _requeue(self, run: _Run, exc: RetryLaterError) -> JobOutcome:
+        limit = self.res.config.max_requeues
+        if self.res.redis.hincrby(run.keys.meta, "requeues", 1) > limit:
+            final = RequeueLimitError(
+                f"gave up after {limit} re-queues (max_requeues); the last: {exc.message}",
+                exc.provider,
+                exc.model,
+                exc.status,
+                exc.code,
+            )
+            return JobOutcome(result=self._finish_failed(run, final))
         attempts = _ATTEMPTS.dump_json(run.ctx.attempts)
         self.res.redis.hset(run.keys.meta, mapping={"state": "queued", "attempts": attempts})
         return JobOutcome(requeue_after_s=exc.retry_after or 1.0)

@@ -9,16 +9,9 @@ from celery.contrib.testing.worker import start_worker
 
 from producers import Client
 from simulator.app import SimulatorThread
+from simulator.env import provider_env
 from workers.app import close_runner, create_app
 from workers.settings import Settings
-
-
-def provider_env_for(sim: SimulatorThread) -> dict[str, str]:
-    return {
-        "OPENAI_BASE_URL": f"{sim.url}/v1",
-        "ANTHROPIC_BASE_URL": sim.url,
-        "OLLAMA_HOST": sim.url,
-    }
 
 
 @pytest.fixture
@@ -28,7 +21,7 @@ def worker_settings(redis_url: str) -> Settings:
 
 @pytest.fixture
 def worker(worker_settings: Settings, simulator: SimulatorThread) -> Iterator[object]:
-    app = create_app(worker_settings, provider_env=provider_env_for(simulator))
+    app = create_app(worker_settings, provider_env=provider_env(simulator.url))
     with start_worker(
         app, pool="threads", concurrency=worker_settings.concurrency, perform_ping_check=False, shutdown_timeout=10
     ) as w:

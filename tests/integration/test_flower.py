@@ -21,6 +21,7 @@ from producers import Client
 from producers.devstack import LocalStack, wait_http
 from producers.localredis import free_port
 from simulator.app import SimulatorThread
+from simulator.env import provider_env
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +36,7 @@ def stack(redis_url: str, simulator: SimulatorThread, tmp_path: Path) -> Iterato
     (tmp_path / "logs").mkdir()
     with LocalStack(env=env, log_dir=str(tmp_path / "logs")) as s:
         s.start_redis()
-        sim = {
-            "OPENAI_BASE_URL": f"{simulator.url}/v1",
-            "ANTHROPIC_BASE_URL": simulator.url,
-            "OLLAMA_HOST": simulator.url,
-        }
-        worker_env = {**sim, "OPENAI_API_KEY": SECRET, "ANTHROPIC_API_KEY": SECRET}
+        worker_env = {**provider_env(simulator.url), "OPENAI_API_KEY": SECRET, "ANTHROPIC_API_KEY": SECRET}
         s.start_worker(pool="threads", concurrency=4, name="flowerw", extra_env=worker_env)
         s.wait_for_workers(1)
         yield s

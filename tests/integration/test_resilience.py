@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from celery.contrib.testing.worker import start_worker
 
 from producers import Client
 from simulator.app import SimulatorThread
+from simulator.env import provider_env
+from workers.app import close_runner, create_app
+from workers.settings import Settings
 
 
 def _run(client: Client, model: str, *, fallbacks: tuple[str, ...] = (), stream: bool = True):
@@ -89,3 +93,26 @@ def test_failure_after_first_delta_is_terminal(worker, client: Client, simulator
     text = "".join(e.text for e in events if e.type == "delta")
     assert text and result.content == text  # the partial text, once, never repeated
     assert simulator.simulator.stats.by_model.get("gpt-4o-mini", 0) == 0
+
+
+def test_a_job_told_to_wait_again_and_again_fails_after_max_requeues(
+    redis_url: str, client: Client, simulator: SimulatorThread, tmp_path
+) -> None:
+    """No deadline, a model that answers 429 + retry-after 1 s forever, waits over the in-worker
+    cap: the job is re-queued twice (max_requeues = 2), then ends failed, typed, never circling."""
+    config = tmp_path / "llmq.toml"
+    config.write_text("max_inworker_wait_s = 0.2\nmax_requeues = 2\n")
+    settings = Settings(
+        redis_url=redis_url, pool="threads", concurrency=4, coalesce_ms=20.0, claim_lease_s=10, config=str(config)
+    )
+    app = create_app(settings, provider_env=provider_env(simulator.url))
+    try:
+        with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=10):
+            handle, events, result = _run(client, "openai:gpt-4o~429@1*")
+    finally:
+        close_runner(app)
+    assert result.status == "failed" and result.error.type == "requeue_limit"
+    assert "after 2 re-queues" in result.error.message
+    assert _requests(simulator, handle.id) == 3  # one request per run: sent, told to wait, re-queued
+    assert [a.error_type for a in result.attempts].count("rate_limited") == 3
+    assert events[-1].type == "error"

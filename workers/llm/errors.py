@@ -24,6 +24,7 @@
     ├── ConfigurationError                 unknown provider/route, missing key, bad config
     ├── JobCancelledError                  a consumer cancelled the job
     ├── DeadlineExceededError              the job's deadline passed
+    ├── RequeueLimitError                  re-queued max_requeues times, still could not be sent
     ├── MidStreamError                     failed after deltas were published (never retried)
     └── AllModelsFailedError               every model in the chain failed
 
@@ -62,6 +63,7 @@ __all__ = [
     "ProviderError",
     "ProviderTimeoutError",
     "RateLimitedError",
+    "RequeueLimitError",
     "RetryLaterError",
     "RetryableProviderError",
     "ServerError",
@@ -230,6 +232,12 @@ class JobCancelledError(LLMQError):
 
 class DeadlineExceededError(LLMQError):
     type_name = "deadline_exceeded"
+
+
+class RequeueLimitError(LLMQError):
+    """The job was re-queued ``max_requeues`` times (long waits) and still could not be sent."""
+
+    type_name = "requeue_limit"
 
 
 class MidStreamError(LLMQError):
