@@ -23,6 +23,7 @@ from workers.llm.errors import (
     ServerError,
 )
 from workers.ratelimit import RateLimits
+from workers.redaction import redact
 
 __all__ = ["breaker_policy_for", "counts_against_model", "describe", "rate_limits_for", "skip_error"]
 
@@ -55,7 +56,7 @@ _ERROR_TYPES = _error_types()
 
 def describe(exc: LLMQError) -> str:
     """What the breaker keeps about the failure that opened it (small JSON)."""
-    return json.dumps({"t": exc.type_name, "s": exc.status, "c": exc.code, "m": (exc.message or "")[:200]})
+    return json.dumps({"t": exc.type_name, "s": exc.status, "c": exc.code, "m": redact(exc.message or "")[:200]})
 
 
 def skip_error(model_id: str, why: str) -> LLMQError | None:

@@ -18,7 +18,6 @@ come from configuration); job ids go to logs only. Logs never carry secrets: the
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -29,8 +28,9 @@ from prometheus_client.registry import Collector
 
 from workers.contract import CompletionResult
 from workers.metrics import UsageMetrics, build_usage_metrics
+from workers.redaction import redact
 
-__all__ = ["JobMetrics", "RedactingFilter", "WorkerMetrics", "build_worker_metrics", "install_log_redaction"]
+__all__ = ["JobMetrics", "RedactingFilter", "WorkerMetrics", "build_worker_metrics", "install_log_redaction", "redact"]
 
 _TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60)
 _DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
@@ -115,16 +115,6 @@ def build_worker_metrics(
 def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> None:
     """Expose ``/metrics`` for this worker process (``LLMQ_METRICS_PORT``)."""
     start_http_server(port, addr=addr, registry=registry)
-
-
-_SECRET = re.compile(
-    r"(sk-[A-Za-z0-9_-]{8,}|sk-ant-[A-Za-z0-9_-]{8,}|(?i:bearer)\s+[A-Za-z0-9._~+/-]{8,}=*|"
-    r"(?i:(?:api[_-]?key|x-api-key|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{6,})"
-)
-
-
-def redact(text: str) -> str:
-    return _SECRET.sub("[REDACTED]", text)
 
 
 class RedactingFilter(logging.Filter):

@@ -8,13 +8,13 @@ Messages are passed through :func:`redact` on the way out: a provider error that
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from workers.contract import CompletionResult, ErrorInfo, StreamEvent
+from workers.redaction import redact
 
 __all__ = [
     "GatewayError",
@@ -25,12 +25,6 @@ __all__ = [
     "scrub_info",
     "scrub_result",
 ]
-
-_SECRETS = re.compile(
-    r"(?i)(\b(?:api[_-]?key|x-api-key|authorization|token|secret|password)\s*[=:]\s*(?:bearer\s+)?|\bbearer\s+)"
-    r"[^\s,;\"']+"
-    r"|\b(?:sk|pk|rk)-[A-Za-z0-9_*.-]{3,}"
-)
 
 #: OpenAI's error ``type`` for a status (the SDKs pick the exception class by status).
 _TYPES = {
@@ -69,11 +63,6 @@ _JOB_STATUS = {
     "timeout": 504,
     "deadline_exceeded": 504,
 }
-
-
-def redact(text: str) -> str:
-    """``text`` with anything that looks like a credential replaced by ``[redacted]``."""
-    return _SECRETS.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
 
 
 class GatewayError(Exception):

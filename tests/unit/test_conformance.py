@@ -339,3 +339,9 @@ def test_error_file(case: Case, server: ReplayServer, http: HTTPClient, caplog: 
         assert _exc(outcome).code == case.expected["error_type"]  # Anthropic has only a type
     check_fields(case.expected, ERROR_CHECKS, outcome, case)
     assert_no_key(outcome, caplog.text)
+    if outcome.error is not None:
+        # what a job's result and events carry: the provider's message minus any key it echoed
+        info = outcome.error.to_info()
+        assert "***" not in info.message
+        if "API key provided" in (case.expected.get("message") or ""):
+            assert info.message.startswith("Incorrect API key provided: [redacted]")

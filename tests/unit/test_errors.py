@@ -34,6 +34,7 @@ from workers.llm.errors import (
     RateLimitedError,
     ServerError,
 )
+from workers.redaction import redact as pattern_redact
 
 ALL_ERRORS = sorted(
     (cls for _, cls in inspect.getmembers(errors, inspect.isclass) if issubclass(cls, LLMQError)),
@@ -286,3 +287,19 @@ def test_redact() -> None:
     assert redact(f"Incorrect API key provided: {key}.", key, None) == "Incorrect API key provided: [redacted]."
     assert redact("nothing here", key) == "nothing here"
     assert redact("a b c", "", None) == "a b c"
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        ("Incorrect API key provided: invalid-*****2345. You can", "Incorrect API key provided: [redacted]. You can"),
+        ("Incorrect API key provided: sk-proj-********abcd.", "Incorrect API key provided: [redacted]"),
+        ('{"api_key": "abcdef123456"}', '{"api_key": "[redacted]"}'),
+        ("Authorization: Bearer abc.def", "Authorization: Bearer [redacted]"),
+        ("max_tokens=64 and 3 tokens: ok", "max_tokens=64 and 3 tokens: ok"),
+    ],
+)
+def test_messages_leaving_the_worker_are_scrubbed(text: str, clean: str) -> None:
+    assert pattern_redact(text) == clean
+    info = AuthenticationError(text, "openai", "gpt-4o", 401).to_info()
+    assert info.message == pattern_redact(text)

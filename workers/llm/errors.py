@@ -40,6 +40,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from workers.contract import ErrorInfo
+from workers.redaction import redact
 
 __all__ = [
     "AllModelsFailedError",
@@ -133,7 +134,7 @@ class LLMQError(Exception):
     def to_info(self) -> ErrorInfo:
         return ErrorInfo(
             type=self.type_name,
-            message=self.message or type(self).__name__,
+            message=redact(self.message) if self.message else type(self).__name__,
             retryable=self.is_retryable,
             code=self.code,
             status=self.status,

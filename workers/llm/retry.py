@@ -18,6 +18,7 @@ from workers.contract import Attempt
 from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import DeadlineExceededError, LLMQError, RetryLaterError, error_type_name
 from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
+from workers.redaction import redact
 
 __all__ = ["RetryPolicy", "RetryingModel", "retry_delay"]
 
@@ -51,7 +52,7 @@ def _record(ctx: RunContext, model_id: str, exc: LLMQError | None, wait: float) 
             error_type=error_type_name(exc),
             http_status=exc.status,
             wait_s=round(wait, 3),
-            message=exc.message[:300] if exc.message else None,
+            message=redact(exc.message)[:300] if exc.message else None,
         )
     )
 
