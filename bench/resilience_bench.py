@@ -7,14 +7,16 @@ interleaved round by round so load from other processes falls on every side of a
 * ``wrappers`` — ``build_chain`` per job without shared state: Fallback( Retry( Guarded )) with
   the TTFT limit armed on the watchdog (the pure-Python cost of the layers);
 * ``full``     — ``build_chain`` per job with the process's ``SharedGuards``, as the pipeline does:
-  breaker and not-before time from the pub/sub mirror, RPM/TPM buckets (one Lua script per call),
+  breaker and not-before time from the pub/sub mirror, RPM/TPM buckets (a Lua script per call,
+  or none while the process's lease lasts: ``workers/ratelease.py``),
   TTFT watchdog, retry and a two-model fallback chain;
 * ``wrap+get`` — ``wrappers`` plus one plain Redis ``GET`` per job: a control showing what any
   single Redis round trip costs inside a job, next to the limiter's one.
 
 Every job streams 20 tokens from the primary model. Limits are set far above the bench's rate
 (a binding limit is, by design, not the happy path); the number of guard waits is printed to show
-none happened. CPU is this process's CPU minus the simulator thread's (the guards' listener and
+none happened. CPU is this process's CPU minus the simulator thread's, both read from nanosecond
+clocks (``time.process_time`` and the thread's ``pthread_getcpuclockid``; the guards' listener and
 watchdog threads are counted); redis-server CPU and Redis calls per job are printed beside it.
 
 Before anything else it prints the layers' pure-Python cost: the same chains around an in-memory
@@ -107,8 +109,8 @@ def _run_threads(job: Callable[[], None], jobs: int, threads: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jobs", type=int, default=800, help="jobs per variant per round")
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--jobs", type=int, default=400, help="jobs per variant per round")
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=8, help="concurrent jobs (worker concurrency)")
     ap.add_argument("--pipeline-jobs", type=int, default=400, help="jobs per variant per round through JobRunner")
     ap.add_argument("--external-sim", action="store_true", help="run the simulator as its own process")
@@ -182,25 +184,24 @@ def main() -> None:
 
     jobs = {"bare": bare, "wrappers": wrappers, "full": chained(guards), "wrap+get": wrap_get}
     sim_thread = next((t for t in threading.enumerate() if t.name == "llmq-simulator"), None)
-    me = psutil.Process()
+    # nanosecond clocks (psutil's per-process and per-thread times tick in 10 ms): the whole
+    # process's CPU, and the simulator thread's own clock to subtract
+    sim_clock = time.pthread_getcpuclockid(sim_thread.ident) if sim_thread and sim_thread.ident else None
 
     def sim_cpu() -> float:
-        if sim_thread is None:
-            return 0.0
-        for t in me.threads():
-            if t.id == sim_thread.native_id:
-                return t.user_time + t.system_time
-        return 0.0
+        return time.clock_gettime(sim_clock) if sim_clock is not None else 0.0
+
+    def process_cpu() -> float:
+        return time.process_time() - sim_cpu()
 
     def measure(name: str, n: int) -> dict[str, float]:
-        c0, s0, r0 = me.cpu_times(), sim_cpu(), redis_proc.cpu_times() if redis_proc else None
+        c0, r0 = process_cpu(), redis_proc.cpu_times() if redis_proc else None
         scripts0, commands0 = _redis_calls(client)
         t0 = time.perf_counter()
         _run_threads(jobs[name], n, args.threads)
         wall = time.perf_counter() - t0
-        c1, s1 = me.cpu_times(), sim_cpu()
+        cpu = process_cpu() - c0
         scripts1, commands1 = _redis_calls(client)
-        cpu = (c1.user + c1.system - c0.user - c0.system) - (s1 - s0)
         out = {
             "jobs_s": n / wall,
             "cpu_us": cpu / n * 1e6,
@@ -260,7 +261,7 @@ def main() -> None:
         "the limits are far above the bench's rate"
     )
     if args.pipeline_jobs:
-        summary["pipeline"] = _pipeline(url, sim_url, args, measure_cpu=lambda: me_cpu(me, sim_cpu))
+        summary["pipeline"] = _pipeline(url, sim_url, args, measure_cpu=process_cpu)
     if args.json:
         Path(args.json).write_text(json.dumps({"rounds": rounds, "summary": summary}, indent=2))
 
@@ -321,11 +322,6 @@ def _python_floor(config: LLMQConfig, calls: int = 5000) -> dict[str, float]:
                 fn()
             out[name].append((time.thread_time() - t) / calls * 1e6)
     return {k: statistics.median(v) for k, v in out.items()}
-
-
-def me_cpu(me: psutil.Process, sim_cpu: Callable[[], float]) -> float:
-    t = me.cpu_times()
-    return t.user + t.system - sim_cpu()
 
 
 def _pipeline(url: str, sim_url: str, args: argparse.Namespace, measure_cpu: Callable[[], float]) -> dict:

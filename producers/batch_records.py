@@ -74,6 +74,7 @@ def result_record(result: CompletionResult, custom_id: str, line: int | None = N
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
                 "total_tokens": usage.total_tokens,
+                "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
             },
             "system_fingerprint": None,
         }

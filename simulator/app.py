@@ -201,6 +201,10 @@ class Simulator:
             ]
             script.tokens = ()
             script.finish = "tool"
+        elif fault.kind == "cache":
+            script.cached_tokens = min(int(fault.arg or 0), script.prompt_tokens)
+        elif fault.kind == "cachew":
+            script.cache_write_tokens = min(int(fault.arg or 0), script.prompt_tokens)
         return script
 
 

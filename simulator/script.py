@@ -16,7 +16,9 @@ Fault items (what each looks like on the wire, per protocol, is in ``simulator/R
 ``midstream`` (an error event after half the tokens), ``stall@S`` (S s of silence mid-stream,
 default an hour), ``cut`` (connection closed mid-stream, no terminator), ``malformed`` (a broken
 line mid-stream), ``slow@S`` (first token S s late), ``nousage`` (no token counts where the format
-allows), ``tools`` / ``tools@N`` (N tool calls instead of text, cycling over the declared tools).
+allows), ``tools`` / ``tools@N`` (N tool calls instead of text, cycling over the declared tools),
+``cache@N`` (N of the prompt's tokens reported as read from the prompt cache; ``cachew@N``: written
+to it, Anthropic only).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ _VOCAB = (
 #: Faults answered with an HTTP error status instead of a completion.
 HTTP_FAULTS = frozenset({"429", "429ms", "quota", "context", "400", "401", "403", "404", "500", "502", "503", "529"})
 #: Faults that shape a successful (200) answer.
-STREAM_FAULTS = frozenset({"midstream", "cut", "malformed", "stall", "slow", "nousage", "tools"})
+STREAM_FAULTS = frozenset({"midstream", "cut", "malformed", "stall", "slow", "nousage", "tools", "cache", "cachew"})
 #: Cap on remembered per-job sequences (oldest forgotten first).
 MAX_SEQUENCES = 50_000
 
@@ -230,6 +232,9 @@ class Script:
     tool_calls: list[ToolCall] = field(default_factory=list)
     #: ``stop``, ``length`` or ``tool`` (each protocol spells it its own way).
     finish: str = "stop"
+    #: Of ``prompt_tokens``: reported as read from / written to the provider's prompt cache.
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def text(self) -> str:

@@ -61,6 +61,9 @@ class ModelConfig(_Strict):
     rate_lease_ms: Annotated[int, Field(ge=0, le=1000)] = 100
     input_per_mtok: Annotated[float, Field(ge=0)] | None = None
     output_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    #: Prompt-cache rates (default: genai-prices', else the input rate).
+    cache_read_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    cache_write_per_mtok: Annotated[float, Field(ge=0)] | None = None
     context_window: Annotated[int, Field(gt=0)] | None = None
     #: Circuit breaker: open after this many failures within ``breaker_window_s``.
     breaker_failures: Annotated[int, Field(gt=0)] | None = None

@@ -236,8 +236,13 @@ class CompletionJob(_Wire):
 
 
 class Usage(_Wire):
+    #: Every prompt token, including those read from or written to the provider's prompt cache.
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Of ``prompt_tokens``: read from the provider's prompt cache (billed at its cache-read rate).
+    cached_tokens: int = 0
+    #: Of ``prompt_tokens``: written to the prompt cache (Anthropic; billed at its cache-write rate).
+    cache_write_tokens: int = 0
     #: True when the provider did not report usage and these are our own counts.
     estimated: bool = False
 

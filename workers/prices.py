@@ -53,6 +53,8 @@ class PriceOverride(BaseModel):
 
     input_per_mtok: float | None = Field(default=None, ge=0)
     output_per_mtok: float | None = Field(default=None, ge=0)
+    cache_read_per_mtok: float | None = Field(default=None, ge=0)
+    cache_write_per_mtok: float | None = Field(default=None, ge=0)
     context_window: int | None = Field(default=None, gt=0)
 
 
@@ -62,7 +64,9 @@ class ModelPrice:
 
     ``source`` is ``"genai-prices"``, ``"config"``, ``"local"`` or ``"unpriced"``. Tiers are
     genai-prices' threshold tiers: once the prompt exceeds ``start`` tokens, that rate applies
-    to every token of the request.
+    to every token of the request. Prompt-cache rates (``cache_read``/``cache_write``, each a
+    base rate and its tiers) apply to the tokens :class:`Usage` reports as read from or written
+    to the cache; ``None`` bills those at the input rate.
     """
 
     model: str
@@ -74,6 +78,8 @@ class ModelPrice:
     resolved_id: str | None = None
     input_tiers: Tiers = ()
     output_tiers: Tiers = ()
+    cache_read: tuple[Decimal, Tiers] | None = None
+    cache_write: tuple[Decimal, Tiers] | None = None
 
     def rates(self, prompt_tokens: int) -> tuple[Decimal, Decimal]:
         """``(input, output)`` USD/MTok applicable to a request with ``prompt_tokens``."""
@@ -81,20 +87,35 @@ class ModelPrice:
             self.output_per_mtok, self.output_tiers, prompt_tokens
         )
 
-    def token_cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal | None:
-        """USD for these counts, or None when the model is unpriced."""
+    def token_cost(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> Decimal | None:
+        """USD for these counts, or None when the model is unpriced.
+
+        ``cached_tokens`` and ``cache_write_tokens`` are part of ``prompt_tokens``; the tier is
+        chosen by the whole prompt.
+        """
         if not self.priced:
             return None
         rate_in, rate_out = self.rates(prompt_tokens)
-        return (prompt_tokens * rate_in + completion_tokens * rate_out) / _MTOK
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        written = min(max(cache_write_tokens, 0), prompt_tokens - cached)
+        total = (prompt_tokens - cached - written) * rate_in + completion_tokens * rate_out
+        if cached:
+            total += cached * (_tier(*self.cache_read, prompt_tokens) if self.cache_read else rate_in)
+        if written:
+            total += written * (_tier(*self.cache_write, prompt_tokens) if self.cache_write else rate_in)
+        return total / _MTOK
 
     def worst_case_cost(self, prompt_tokens: int, max_tokens: int) -> Decimal | None:
-        """What a call can cost at most: the whole prompt plus ``max_tokens`` of output."""
+        """What a call can cost at most: the whole prompt (nothing cached) plus ``max_tokens`` of output."""
         return self.token_cost(prompt_tokens, max_tokens)
 
     def cost(self, usage: Usage) -> Decimal | None:
         """USD for actual (or estimated) usage; None when the model is unpriced."""
-        return self.token_cost(usage.prompt_tokens, usage.completion_tokens)
+        return self.token_cost(
+            usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens
+        )
 
 
 def _tier(base: Decimal, tiers: Tiers, prompt_tokens: int) -> Decimal:
@@ -205,6 +226,10 @@ class PriceBook:
             changes.update(input_per_mtok=Decimal(str(o.input_per_mtok)), input_tiers=(), source="config")
         if o.output_per_mtok is not None:
             changes.update(output_per_mtok=Decimal(str(o.output_per_mtok)), output_tiers=(), source="config")
+        if o.cache_read_per_mtok is not None:
+            changes.update(cache_read=(Decimal(str(o.cache_read_per_mtok)), ()), source="config")
+        if o.cache_write_per_mtok is not None:
+            changes.update(cache_write=(Decimal(str(o.cache_write_per_mtok)), ()), source="config")
         if o.context_window is not None:
             changes["context_window"] = o.context_window
         return replace(price, **changes) if changes else price
@@ -225,6 +250,7 @@ def _genai_lookup(provider: str, name: str) -> ModelPrice | None:
         return None
     base_in, tiers_in = _split(input_raw)
     base_out, tiers_out = _split(output_raw)
+    read, write = getattr(mp, "cache_read_mtok", None), getattr(mp, "cache_write_mtok", None)
     return ModelPrice(
         f"{provider}:{name}",
         base_in,
@@ -235,4 +261,6 @@ def _genai_lookup(provider: str, name: str) -> ModelPrice | None:
         calc.model.id,
         tiers_in,
         tiers_out,
+        _split(read) if read is not None else None,
+        _split(write) if write is not None else None,
     )

@@ -55,7 +55,15 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
     "529": (529, "overloaded_error", "Overloaded"),
 }
 _FINISH = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use"}
-_CACHE_USAGE = '"cache_creation_input_tokens":0,"cache_read_input_tokens":0'
+
+
+def _input_counts(s: Script) -> str:
+    """Anthropic's input counts: ``input_tokens`` excludes what the prompt cache read or wrote."""
+    fresh = s.prompt_tokens - s.cached_tokens - s.cache_write_tokens
+    return (
+        f'"input_tokens":{fresh},"cache_creation_input_tokens":{s.cache_write_tokens},'
+        f'"cache_read_input_tokens":{s.cached_tokens}'
+    )
 
 
 def _body(kind: str, message: str, rid: str) -> bytes:
@@ -159,9 +167,9 @@ class AnthropicProtocol(Protocol):
             "stop_reason": _FINISH[script.finish],
             "stop_sequence": None,
             "usage": {
-                "input_tokens": script.prompt_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
+                "input_tokens": script.prompt_tokens - script.cached_tokens - script.cache_write_tokens,
+                "cache_creation_input_tokens": script.cache_write_tokens,
+                "cache_read_input_tokens": script.cached_tokens,
                 "output_tokens": script.completion_tokens,
                 "service_tier": "standard",
             },
@@ -193,7 +201,7 @@ class _AnthropicStream(StreamRenderer):
         start = (
             f'{{"type":"message_start","message":{{"model":{json.dumps(self._model)},"id":"{_message_id()}",'
             f'"type":"message","role":"assistant","content":[],"stop_reason":null,"stop_sequence":null,'
-            f'"usage":{{"input_tokens":{s.prompt_tokens},{_CACHE_USAGE},"output_tokens":1,"service_tier":"standard"}}}}}}'
+            f'"usage":{{{_input_counts(s)},"output_tokens":1,"service_tier":"standard"}}}}}}'
         )
         out = _event("message_start", start)
         if s.tokens:
@@ -240,7 +248,7 @@ class _AnthropicStream(StreamRenderer):
     def tail(self, usage: bool) -> bytes:
         s = self._script
         # output_tokens is required by the format: ``nousage`` drops only the optional input/cache counts
-        counts = f'"input_tokens":{s.prompt_tokens},{_CACHE_USAGE},' if usage else ""
+        counts = f"{_input_counts(s)}," if usage else ""
         counts = f',"usage":{{{counts}"output_tokens":{s.completion_tokens}}}'
         finish = _FINISH[s.finish]
         delta = f'{{"type":"message_delta","delta":{{"stop_reason":"{finish}","stop_sequence":null}}{counts}}}'

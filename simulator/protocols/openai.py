@@ -204,9 +204,10 @@ def _completion_id() -> str:
     return "chatcmpl-" + request_id("sim")
 
 
-def _usage(script: Script) -> dict[str, int]:
+def _usage(script: Script) -> dict[str, object]:
     return {
         "prompt_tokens": script.prompt_tokens,
         "completion_tokens": script.completion_tokens,
         "total_tokens": script.prompt_tokens + script.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": script.cached_tokens, "audio_tokens": 0},
     }

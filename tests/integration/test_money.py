@@ -127,6 +127,18 @@ def test_cost_is_recorded_for_priced_models(worker, client: Client, redis_url: s
     assert _global(redis_url)[0] == pytest.approx(result.cost_usd, abs=2e-6)
 
 
+def test_prompt_cache_reads_are_billed_at_the_cache_rate(worker, client: Client, redis_url: str) -> None:
+    """The simulator reports 5 of the prompt's tokens as cache reads (``~cache@5``): the result says
+    so, and the ledger charges them at gpt-4o-mini's cache-read rate, not the input rate."""
+    result = client.submit({"model": f"{MODEL}~cache@5", "messages": PROMPT, "max_tokens": 20}).result(timeout=30)
+    assert result.status == "succeeded" and result.usage.cached_tokens == 5
+    usage = Usage(prompt_tokens=result.usage.prompt_tokens, completion_tokens=20, cached_tokens=5)
+    want = PriceBook().lookup(MODEL).cost(usage)
+    assert want is not None and want < _job_cost()
+    assert result.cost_usd == pytest.approx(float(want), rel=1e-6)
+    assert _global(redis_url)[0] == pytest.approx(result.cost_usd, abs=2e-6)
+
+
 def test_unpriced_model_is_refused_by_policy(worker, client: Client, simulator: SimulatorThread) -> None:
     result = client.submit({"model": "openai:my-private-finetune", "messages": PROMPT}).result(timeout=30)
     assert result.status == "failed" and result.error.code == "unpriced_model"

@@ -50,6 +50,27 @@ def test_costs_are_exact_decimals() -> None:
     assert price.cost(Usage()) == 0
 
 
+def test_prompt_cache_reads_and_writes_are_billed_at_their_own_rates() -> None:
+    gpt = PriceBook().lookup("openai:gpt-4o")  # input 2.5, cache read 1.25, output 10 per MTok
+    full = gpt.cost(Usage(prompt_tokens=1000, completion_tokens=100))
+    cached = gpt.cost(Usage(prompt_tokens=1000, completion_tokens=100, cached_tokens=800))
+    assert cached == (200 * Decimal("2.5") + 800 * Decimal("1.25") + 100 * Decimal(10)) / 1_000_000
+    assert cached < full == gpt.worst_case_cost(1000, 100)  # the worst case assumes no cache
+    claude = PriceBook().lookup("anthropic:claude-sonnet-4-5")  # 3 in, 0.3 read, 3.75 write, 15 out
+    usage = Usage(prompt_tokens=1000, completion_tokens=10, cached_tokens=500, cache_write_tokens=400)
+    want = 100 * Decimal(3) + 500 * Decimal("0.3") + 400 * Decimal("3.75") + 10 * Decimal(15)
+    assert claude.cost(usage) == want / 1_000_000
+    # the config can price the cache; without a cache rate, cached tokens cost the input rate
+    book = PriceBook(
+        {
+            "openai:gpt-4o": {"cache_read_per_mtok": 0.5},
+            "openai:house": {"input_per_mtok": 1, "output_per_mtok": 2},
+        }
+    )
+    assert book.lookup("openai:gpt-4o").cost(Usage(prompt_tokens=1000, cached_tokens=1000)) == Decimal("0.0005")
+    assert book.lookup("openai:house").cost(Usage(prompt_tokens=1000, cached_tokens=1000)) == Decimal("0.001")
+
+
 def test_tiered_prices_apply_above_the_threshold() -> None:
     price = PriceBook().lookup("anthropic:claude-sonnet-4-5")
     assert price.rates(200_000) == (Decimal(3), Decimal(15))

@@ -66,6 +66,28 @@ def test_answers_streamed_and_whole(name: str, http: HTTPClient, simulator: Simu
     assert whole.text == stream.text and whole.finish_reason == "stop" and whole.usage == stream.usage
 
 
+@pytest.mark.parametrize(
+    ("name", "fault", "read", "written"),
+    [("openai", "cache@3", 3, 0), ("anthropic", "cache@3", 3, 0), ("anthropic", "cachew@2", 0, 2)],
+)
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
+def test_prompt_cache_counts(
+    name: str, fault: str, read: int, written: int, stream: bool, http: HTTPClient, simulator: SimulatorThread
+) -> None:
+    """Cache reads/writes are part of ``prompt_tokens`` (Anthropic's ``input_tokens`` excludes them)."""
+    provider = provider_for(name, http, simulator)
+    plain = provider.complete(request()).usage
+    if stream:
+        with provider.stream(request(fault)) as s:
+            list(s)
+        usage = s.usage
+    else:
+        usage = provider.complete(request(fault)).usage
+    assert plain is not None and usage is not None and plain.cached_tokens == plain.cache_write_tokens == 0
+    assert usage.prompt_tokens == plain.prompt_tokens
+    assert (usage.cached_tokens, usage.cache_write_tokens) == (read, written)
+
+
 @pytest.mark.parametrize("name", PROVIDERS)
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
 def test_tool_calls(name: str, stream: bool, http: HTTPClient, simulator: SimulatorThread) -> None:

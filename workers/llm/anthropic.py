@@ -208,11 +208,25 @@ class AnthropicProvider(Provider):
         return AnthropicStream(response, provider=self.name, model=request.model, secret=self._api_key)
 
 
-def _usage(raw: Mapping[str, object], prompt: int = 0, *, estimated: bool = False) -> Usage:
-    """``input_tokens`` (else ``prompt``, known from ``message_start``) and ``output_tokens``."""
+def _usage(raw: Mapping[str, object], prev: Usage | None = None, *, estimated: bool = False) -> Usage:
+    """Anthropic's ``input_tokens`` excludes cache reads and writes; our ``prompt_tokens`` is all three.
+
+    A ``message_delta`` usage may leave the input counts out: they are kept from ``prev``
+    (``message_start``'s).
+    """
+
+    def count(key: str, before: int) -> int:
+        value = raw.get(key)
+        return int(value) if isinstance(value, int | float) and value else before  # type: ignore[arg-type]
+
+    fresh = count("input_tokens", prev.prompt_tokens - prev.cached_tokens - prev.cache_write_tokens if prev else 0)
+    cached = count("cache_read_input_tokens", prev.cached_tokens if prev else 0)
+    written = count("cache_creation_input_tokens", prev.cache_write_tokens if prev else 0)
     return Usage(
-        prompt_tokens=int(raw.get("input_tokens") or prompt),  # type: ignore[call-overload]
-        completion_tokens=int(raw.get("output_tokens") or 0),  # type: ignore[call-overload]
+        prompt_tokens=fresh + cached + written,
+        completion_tokens=count("output_tokens", 0),
+        cached_tokens=cached,
+        cache_write_tokens=written,
         estimated=estimated,
     )
 
@@ -314,7 +328,7 @@ class AnthropicStream(ResponseStream):
                         self.finish_reason = FINISH_REASONS.get(reason, reason)
                     usage = event.get("usage")
                     if usage:
-                        self.usage = _usage(usage, self.usage.prompt_tokens if self.usage else 0)
+                        self.usage = _usage(usage, self.usage)
                 elif kind == "message_start":
                     message = event["message"]
                     self.response_id = message.get("id")

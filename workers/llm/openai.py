@@ -212,10 +212,15 @@ def parse_completion(content: bytes, *, request_id: str | None = None) -> Comple
 
 
 def _usage(raw: object) -> Usage | None:
+    """``prompt_tokens`` already includes ``prompt_tokens_details.cached_tokens``."""
     if not isinstance(raw, dict):
         return None
+    details = raw.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Usage(
-        prompt_tokens=int(raw.get("prompt_tokens") or 0), completion_tokens=int(raw.get("completion_tokens") or 0)
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+        cached_tokens=int(cached or 0),
     )
 
 
