@@ -30,7 +30,7 @@ class Deadline:
 
     def __init__(self, at: float, callback: Callable[[], None]) -> None:
         self.at = at
-        self.callback = callback
+        self.callback: Callable[[], None] | None = callback
         self.state = _PENDING
 
 
@@ -42,6 +42,8 @@ class Watchdog:
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._stopped = False
+        #: Cancelled deadlines still in the heap (most are: a first token usually arrives in time).
+        self._cancelled = 0
 
     def schedule(self, delay_s: float, callback: Callable[[], None]) -> Deadline:
         """Run ``callback`` (on the watchdog thread) after ``delay_s`` unless cancelled first."""
@@ -55,10 +57,22 @@ class Watchdog:
         return deadline
 
     def cancel(self, deadline: Deadline) -> bool:
-        """True when the callback will not run; False when it ran or is running."""
+        """True when the callback will not run; False when it ran or is running.
+
+        The callback is dropped at once (it usually holds a whole response), and cancelled
+        entries are swept out of the heap once they are most of it: a heap of limits that are
+        seconds long would otherwise hold every call of the last few seconds.
+        """
         with self._cond:
             if deadline.state == _PENDING:
                 deadline.state = _CANCELLED
+                deadline.callback = None
+                self._cancelled += 1
+                heap = self._heap
+                if self._cancelled > 256 and self._cancelled * 2 > len(heap):
+                    heap[:] = [entry for entry in heap if entry[2].state == _PENDING]
+                    heapq.heapify(heap)
+                    self._cancelled = 0
                 return True
             return deadline.state == _CANCELLED
 
@@ -78,8 +92,10 @@ class Watchdog:
                     timeout = self._heap[0][0] - self._clock() if self._heap else None
                     cond.wait(timeout)
                     continue
+            callback, due.callback = due.callback, None
             try:
-                due.callback()
+                if callback is not None:
+                    callback()
             except Exception:  # a failing callback must not stop every other deadline
                 log.exception("watchdog callback failed")
 
@@ -91,6 +107,7 @@ class Watchdog:
             at, _, deadline = heap[0]
             if deadline.state == _CANCELLED:
                 heapq.heappop(heap)
+                self._cancelled = max(self._cancelled - 1, 0)
                 continue
             if at > now:
                 return None
@@ -103,6 +120,7 @@ class Watchdog:
         with self._cond:
             self._stopped = True
             self._heap.clear()
+            self._cancelled = 0
             self._cond.notify()
             thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():

@@ -1,0 +1,54 @@
+"""The TTFT watchdog: fires what is due, cancels what is not, and keeps nothing it no longer needs."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import weakref
+
+from workers.llm.watchdog import Watchdog
+
+
+class _Stream:
+    """Stands in for a response the callback would close."""
+
+    def expire(self) -> None:  # pragma: no cover - never due in these tests
+        raise AssertionError("cancelled deadline fired")
+
+
+def test_a_due_deadline_fires_and_a_cancelled_one_does_not() -> None:
+    dog = Watchdog()
+    fired = threading.Event()
+    try:
+        soon = dog.schedule(0.05, fired.set)
+        later = dog.schedule(0.05, _Stream().expire)
+        assert dog.cancel(later)
+        assert fired.wait(2)
+        assert not dog.cancel(soon)  # it ran: the caller must treat the deadline as expired
+        time.sleep(0.1)
+    finally:
+        dog.stop()
+
+
+def test_cancelled_deadlines_let_go_of_their_callbacks_and_leave_the_heap() -> None:
+    """A limit of seconds, thousands of calls a second: the heap must not keep every response."""
+    dog = Watchdog()
+    try:
+        refs = []
+        for _ in range(5000):
+            stream = _Stream()
+            refs.append(weakref.ref(stream))
+            assert dog.cancel(dog.schedule(30.0, stream.expire))
+            del stream
+        gc.collect()
+        assert sum(1 for r in refs if r() is not None) == 0
+        assert len(dog._heap) <= 600  # swept once cancelled entries are most of it
+        # pending deadlines survive a sweep and still fire
+        fired = threading.Event()
+        dog.schedule(0.05, fired.set)
+        for _ in range(2000):
+            dog.cancel(dog.schedule(30.0, _Stream().expire))
+        assert fired.wait(2)
+    finally:
+        dog.stop()
