@@ -1,15 +1,21 @@
 """One timer thread per process that fires callbacks at deadlines (time-to-first-token limits).
 
-A ``threading.Timer`` per stream would start an OS thread per request; this keeps one heap and
-one thread (a greenlet under gevent's monkey-patching), so arming and disarming a deadline costs
-a lock and a heap push. :meth:`Watchdog.cancel` tells the caller whether it won the race against
-the callback: ``False`` means the callback ran or is running, and the caller must treat the
-deadline as expired.
+Every streamed job arms a deadline and almost every one is cancelled a few milliseconds later,
+when its first token arrives; so arming and cancelling must cost next to nothing, under threads
+and under gevent alike. Here they take no lock at all: a deadline is one entry in a dict (a
+single, atomic dict operation under the GIL), and the timer thread (a greenlet under gevent's
+monkey-patching) ticks every ``tick_s`` while deadlines are pending, firing those that are due.
+A deadline therefore fires up to ``tick_s`` (50 ms) late, which is noise next to a limit of
+seconds. After ``linger_s`` without deadlines the thread parks until the next one is armed.
+
+Whoever removes an entry from the dict owns it: :meth:`Watchdog.cancel` says whether the caller
+won the race against the callback; ``False`` means the callback ran or is running, and the
+caller must treat the deadline as expired. A cancelled deadline drops its callback at once, so a
+finished response is never kept alive by its timer.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import threading
@@ -26,103 +32,103 @@ _PENDING, _FIRED, _CANCELLED = 0, 1, 2
 class Deadline:
     """A scheduled callback; hand it back to :meth:`Watchdog.cancel`."""
 
-    __slots__ = ("at", "callback", "state")
+    __slots__ = ("at", "callback", "key", "state")
 
-    def __init__(self, at: float, callback: Callable[[], None]) -> None:
+    def __init__(self, at: float, callback: Callable[[], None], key: int) -> None:
         self.at = at
         self.callback: Callable[[], None] | None = callback
+        self.key = key
         self.state = _PENDING
 
 
 class Watchdog:
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, tick_s: float = 0.05, linger_s: float = 2.0
+    ) -> None:
         self._clock = clock
-        self._heap: list[tuple[float, int, Deadline]] = []
-        self._seq = itertools.count()
-        self._cond = threading.Condition(threading.Lock())
-        self._thread: threading.Thread | None = None
+        self.tick_s = tick_s
+        self.linger_s = linger_s
+        self._pending: dict[int, Deadline] = {}
+        self._keys = itertools.count()
+        self._wake = threading.Event()
+        self._parked = True
         self._stopped = False
-        #: Cancelled deadlines still in the heap (most are: a first token usually arrives in time).
-        self._cancelled = 0
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     def schedule(self, delay_s: float, callback: Callable[[], None]) -> Deadline:
-        """Run ``callback`` (on the watchdog thread) after ``delay_s`` unless cancelled first."""
-        deadline = Deadline(self._clock() + delay_s, callback)
-        with self._cond:
-            if self._thread is None:
-                self._start()
-            heapq.heappush(self._heap, (deadline.at, next(self._seq), deadline))
-            if self._heap[0][2] is deadline:
-                self._cond.notify()
+        """Run ``callback`` (on the watchdog thread) within ``tick_s`` after ``delay_s`` unless cancelled first."""
+        deadline = Deadline(self._clock() + delay_s, callback, next(self._keys))
+        self._pending[deadline.key] = deadline
+        if self._parked:  # read after the insert: a thread about to park re-checks the dict
+            self._unpark()
         return deadline
 
     def cancel(self, deadline: Deadline) -> bool:
-        """True when the callback will not run; False when it ran or is running.
+        """True when the callback will not run; False when it ran or is running."""
+        if self._pending.pop(deadline.key, None) is not None:
+            deadline.state = _CANCELLED
+            deadline.callback = None
+            return True
+        return deadline.state == _CANCELLED
 
-        The callback is dropped at once (it usually holds a whole response), and cancelled
-        entries are swept out of the heap once they are most of it: a heap of limits that are
-        seconds long would otherwise hold every call of the last few seconds.
-        """
-        with self._cond:
-            if deadline.state == _PENDING:
-                deadline.state = _CANCELLED
-                deadline.callback = None
-                self._cancelled += 1
-                heap = self._heap
-                if self._cancelled > 256 and self._cancelled * 2 > len(heap):
-                    heap[:] = [entry for entry in heap if entry[2].state == _PENDING]
-                    heapq.heapify(heap)
-                    self._cancelled = 0
-                return True
-            return deadline.state == _CANCELLED
+    @property
+    def pending(self) -> int:
+        """Deadlines armed and neither fired nor cancelled."""
+        return len(self._pending)
 
-    def _start(self) -> None:
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="llmq-watchdog", daemon=True)
-        self._thread.start()
+    def _unpark(self) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._stopped = False
+                    self._parked = False
+                    self._thread = threading.Thread(target=self._run, name="llmq-watchdog", daemon=True)
+                    self._thread.start()
+                    return
+        self._parked = False
+        self._wake.set()
 
     def _run(self) -> None:
-        cond = self._cond
-        while True:
-            with cond:
-                due = self._pop_due()
-                if due is None:
-                    if self._stopped:
-                        return
-                    timeout = self._heap[0][0] - self._clock() if self._heap else None
-                    cond.wait(timeout)
+        pending = self._pending
+        idle_since: float | None = None
+        while not self._stopped:
+            if not pending:
+                now = self._clock()
+                idle_since = now if idle_since is None else idle_since
+                if now - idle_since >= self.linger_s:
+                    self._parked = True
+                    self._wake.clear()
+                    if not pending and not self._stopped:  # schedule() inserts before it reads _parked
+                        self._wake.wait()
+                    self._parked = False
+                    idle_since = None
                     continue
-            callback, due.callback = due.callback, None
+            else:
+                idle_since = None
+                self._fire_due()
+            time.sleep(self.tick_s)
+
+    def _fire_due(self) -> None:
+        now = self._clock()
+        for key, deadline in list(self._pending.items()):  # a copy made atomically under the GIL
+            if deadline.at > now or self._pending.pop(key, None) is None:
+                continue
+            deadline.state = _FIRED
+            callback, deadline.callback = deadline.callback, None
             try:
                 if callback is not None:
                     callback()
             except Exception:  # a failing callback must not stop every other deadline
                 log.exception("watchdog callback failed")
 
-    def _pop_due(self) -> Deadline | None:
-        """The next due, still pending deadline (marked fired), dropping cancelled ones. Locked."""
-        heap = self._heap
-        now = self._clock()
-        while heap:
-            at, _, deadline = heap[0]
-            if deadline.state == _CANCELLED:
-                heapq.heappop(heap)
-                self._cancelled = max(self._cancelled - 1, 0)
-                continue
-            if at > now:
-                return None
-            heapq.heappop(heap)
-            deadline.state = _FIRED
-            return deadline
-        return None
-
     def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._heap.clear()
-            self._cancelled = 0
-            self._cond.notify()
+        self._stopped = True
+        self._pending.clear()
+        self._wake.set()
+        with self._start_lock:
             thread, self._thread = self._thread, None
+        self._parked = True
         if thread is not None and thread is not threading.current_thread():
             thread.join(2)
 
