@@ -81,11 +81,13 @@ class JobStore:
         return CompletionResult.model_validate_json(raw) if raw else None
 
     def store_result(self, pipe: redis.client.Pipeline, keys: JobKeys, result: CompletionResult) -> None:
-        """Queue the commands that store a final result (run inside the terminal event's flush)."""
+        """Queue the commands that store a final result (run inside the terminal event's flush).
+
+        The event stream's TTL is set by that flush's script, after its last XADD.
+        """
         pipe.set(keys.result, result.model_dump_json(), ex=self.result_ttl_s)
         pipe.hset(keys.meta, mapping={"state": result.status, "tenant": result.tenant})
         pipe.expire(keys.meta, self.result_ttl_s)
-        pipe.expire(keys.events, self.result_ttl_s)
 
     def notify(self, pipe: redis.client.Pipeline, reply_to: str, result: CompletionResult) -> None:
         """Push the result to the producer's reply list (see ``CompletionJob.reply_to``)."""

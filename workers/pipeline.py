@@ -131,7 +131,8 @@ class JobRunner:
                 res.metrics.jobs.record(outcome.result)
             return outcome
         finally:
-            res.store.release(keys, token)
+            if run.token:  # not released with the terminal write (re-queued, or that write failed)
+                res.store.release(keys, run.token)
             if res.cancel_watcher is not None:
                 res.cancel_watcher.unregister(job.id)
 
@@ -304,6 +305,7 @@ class JobRunner:
 
         run.publisher.refresh_ttl()
         run.publisher.emit_many([*(before or []), event], extra=persist)
+        run.token = ""  # released in that same round trip
 
     def _requeue(self, run: _Run, exc: RetryLaterError) -> JobOutcome:
         limit = self.res.config.max_requeues
