@@ -12,6 +12,7 @@ wrapper is the only one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -43,6 +44,11 @@ class HTTPSettings:
     pool_timeout: float = 120.0
     #: Use HTTP/2 where the upstream offers it over TLS (ALPN); plain http stays HTTP/1.1.
     http2: bool = True
+    #: Independent connection pools requests are spread over (0 = one per 32 connections). The
+    #: library's pool re-checks every pooled connection on every request and every response
+    #: close (a ``poll`` of each idle socket; through the event loop under gevent), so one pool
+    #: of 200 connections costs O(200) per request; shards keep that to ~32.
+    pool_shards: int = 0
 
 
 @contextlib.contextmanager
@@ -175,13 +181,26 @@ class HTTPClient:
             write=settings.write_timeout,
             pool=settings.pool_timeout,
         )
-        self._client = httpx.Client(
-            limits=limits,
-            timeout=timeout,
-            http2=settings.http2 and transport is None and _h2_available(),
-            transport=transport,
-            trust_env=True,
-        )
+        shards = 1 if transport is not None else settings.pool_shards or -(-settings.max_connections // 32)
+        # every shard may use the full limit: a job holds one connection at a time, so the
+        # worker's concurrency bounds the total, and no job waits on a full shard beside idle ones
+        self._clients = [
+            httpx.Client(
+                limits=limits,
+                timeout=timeout,
+                http2=settings.http2 and transport is None and _h2_available(),
+                transport=transport,
+                trust_env=True,
+            )
+            for _ in range(max(shards, 1))
+        ]
+        self._turn = itertools.count()
+
+    @property
+    def _client(self) -> httpx.Client:
+        """The pool for the next request (round robin)."""
+        clients = self._clients
+        return clients[next(self._turn) % len(clients)] if len(clients) > 1 else clients[0]
 
     def post(
         self,
@@ -212,9 +231,10 @@ class HTTPClient:
         error_mapper: ErrorMapper,
     ) -> StreamingResponse:
         """POST and return the open response once its status line and headers arrived."""
-        request = self._client.build_request("POST", url, headers=headers, content=body)
+        client = self._client
+        request = client.build_request("POST", url, headers=headers, content=body)
         with _mapped(provider, model):
-            response = self._client.send(request, stream=True)
+            response = client.send(request, stream=True)
         if response.status_code >= 300:
             try:
                 with _mapped(provider, model):
@@ -225,7 +245,8 @@ class HTTPClient:
         return StreamingResponse(response, provider, model)
 
     def close(self) -> None:
-        self._client.close()
+        for client in self._clients:
+            client.close()
 
 
 def _h2_available() -> bool:
