@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from celery import Celery
 from celery.signals import worker_init, worker_shutdown
 
+from workers.broker import transport_for
 from workers.contract import DEFAULT_QUEUE, TASK_NAME
 from workers.settings import Settings, get_settings
 
@@ -55,8 +56,10 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         worker_prefetch_multiplier=settings.effective_prefetch,
         task_time_limit=settings.task_time_limit,
         worker_soft_shutdown_timeout=settings.soft_shutdown_timeout,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Flower's feed; ~10% of a queued job's worker CPU (bench/RESULTS-queue.md): LLMQ_TASK_EVENTS=0
+        # turns them off (Flower can still switch them on at run time with `enable_events`)
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         task_default_queue=settings.queue or DEFAULT_QUEUE,
         task_routes={TASK_NAME: {"queue": settings.queue or DEFAULT_QUEUE}},
         worker_hijack_root_logger=False,
@@ -104,10 +107,16 @@ app = create_app()
 
 @worker_init.connect
 def _on_worker_init(sender: object = None, **_: object) -> None:
-    """Build the worker's resources before the first job, redact secrets in logs, serve metrics."""
+    """Build the worker's resources before the first job, redact secrets in logs, serve metrics.
+
+    Also picks the worker's broker transport (``workers/broker.py``) before its consumer connects;
+    only here, so producers and Flower keep plain ``redis://`` URIs.
+    """
     worker_app = getattr(sender, "app", None)
     if worker_app is None or not hasattr(worker_app, "llmq_settings"):
         return
+    if not worker_app.conf.broker_transport:
+        worker_app.conf.broker_transport = transport_for(worker_app.conf.broker_url)
     from workers.observability import install_log_redaction, serve_metrics
 
     install_log_redaction()

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
 
     #: Serve this worker process's Prometheus metrics on this port (one port per process).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Celery task events (what Flower shows). Off saves ~10% of a queued job's worker CPU;
+    #: Flower can still turn them on at run time (its ``enable_events``).
+    task_events: bool = True
 
     # --- HTTP to providers ----------------------------------------------------------------------
     http_connect_timeout: float = 5.0

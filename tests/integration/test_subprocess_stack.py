@@ -83,3 +83,15 @@ def test_cli_stream_and_subscribe(stack: LocalStack) -> None:
     as_json = _llmq(stack, "subscribe", "cli-stream-1", "--json")
     types = [json.loads(line)["type"] for line in as_json.stdout.splitlines()]
     assert types[0] == "start" and types[-1] == "done"
+
+
+def test_the_worker_consumes_through_the_shared_client_transport(stack: LocalStack) -> None:
+    """``workers/broker.py`` is what the worker runs on; producers keep kombu's plain transport."""
+    from workers.app import create_app
+    from workers.settings import Settings
+
+    app = create_app(Settings(redis_url=stack.redis_url))
+    stats = app.control.inspect(timeout=5).stats() or {}
+    assert stats, "no worker answered"
+    assert {s["broker"]["transport"] for s in stats.values()} == {"workers.broker:Transport"}
+    assert app.connection().as_uri().startswith("redis://")  # what Flower reads queue lengths from
