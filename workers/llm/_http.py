@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import httpcore2
 import httpx2 as httpx
 
 from workers.llm.errors import (
@@ -182,6 +183,7 @@ class HTTPClient:
             pool=settings.pool_timeout,
         )
         shards = 1 if transport is not None else settings.pool_shards or -(-settings.max_connections // 32)
+        probe = _native_probe()
         # every shard may use the full limit: a job holds one connection at a time, so the
         # worker's concurrency bounds the total, and no job waits on a full shard beside idle ones
         self._clients = [
@@ -194,6 +196,9 @@ class HTTPClient:
             )
             for _ in range(max(shards, 1))
         ]
+        if transport is None and probe is not None:
+            for client in self._clients:
+                _use_backend(client, _ProbingBackend(probe))
         self._turn = itertools.count()
 
     @property
@@ -247,6 +252,93 @@ class HTTPClient:
     def close(self) -> None:
         for client in self._clients:
             client.close()
+
+
+Probe = Callable[[socket.socket], bool]
+
+
+def _native_probe() -> Probe | None:
+    """A zero-timeout readability check on the OS's own ``poll``, even under gevent.
+
+    The pool checks every idle connection this way on each request and each response close
+    (a server-closed keep-alive socket reads as "readable"). gevent's patched ``select.poll``
+    turns each check into an event-loop round (watchers, a timeout, a greenlet switch): tens of
+    µs, times the pool's size, twice per request. A zero-timeout poll never blocks, so the
+    unpatched one is safe in every pool.
+    """
+    import select
+
+    poll = getattr(select, "poll", None)
+    try:
+        from gevent import monkey
+
+        if monkey.is_module_patched("select"):
+            poll = monkey.get_original("select", "poll")
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        pass
+    if poll is None:  # pragma: no cover - no poll on this platform: keep the library's check
+        return None
+    pollin = select.POLLIN
+
+    def readable(sock: socket.socket) -> bool:
+        fd = sock.fileno()
+        if fd < 0:
+            return True
+        p = poll()
+        p.register(fd, pollin)
+        return bool(p.poll(0))
+
+    return readable
+
+
+class _ProbingStream(httpcore2.NetworkStream):
+    """The library's stream, with "is_readable" answered by :func:`_native_probe`'s check."""
+
+    def __init__(self, inner: httpcore2.NetworkStream, probe: Probe) -> None:
+        self._inner = inner
+        self._probe = probe
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):  # type: ignore[no-untyped-def]
+        return _ProbingStream(self._inner.start_tls(ssl_context, server_hostname, timeout), self._probe)
+
+    def get_extra_info(self, info: str) -> object:
+        if info == "is_readable":
+            sock = self._inner.get_extra_info("socket")
+            if isinstance(sock, socket.socket):
+                return self._probe(sock)
+        return self._inner.get_extra_info(info)
+
+
+class _ProbingBackend(httpcore2.SyncBackend):
+    def __init__(self, probe: Probe) -> None:
+        self._probe = probe
+
+    def connect_tcp(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return _ProbingStream(super().connect_tcp(*args, **kwargs), self._probe)
+
+    def connect_unix_socket(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return _ProbingStream(super().connect_unix_socket(*args, **kwargs), self._probe)
+
+
+def _use_backend(client: httpx.Client, backend: httpcore2.NetworkBackend) -> None:
+    """Give the client's connection pool our network backend.
+
+    httpx2's transport does not take one, so this sets the pool's attribute; when a library
+    update moves it, nothing changes (the library's own check stays) and
+    ``test_pools_probe_idle_connections_with_the_native_poll`` says so.
+    """
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    if isinstance(pool, httpcore2.ConnectionPool) and hasattr(pool, "_network_backend"):
+        pool._network_backend = backend
 
 
 def _h2_available() -> bool:
