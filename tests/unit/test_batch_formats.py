@@ -254,7 +254,14 @@ def test_success_record_has_the_shape_of_a_real_openai_output_line() -> None:
     body, real_body = ours["response"]["body"], real["response"]["body"]
     assert set(ours) == set(real) and set(ours["response"]) == set(real["response"])
     assert set(body) == set(real_body) and set(body["choices"][0]) == set(real_body["choices"][0])
-    assert body["usage"] == {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}
+    assert body["usage"] == {
+        "prompt_tokens": 20,
+        "completion_tokens": 10,
+        "total_tokens": 30,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+    assert set(body["usage"]) <= set(real_body["usage"])
+    assert set(body["usage"]["prompt_tokens_details"]) <= set(real_body["usage"]["prompt_tokens_details"])
     assert body["object"] == "chat.completion" and body["model"] == "gpt-4o-mini"
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello!", "refusal": None}
 
