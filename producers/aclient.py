@@ -18,6 +18,7 @@ from producers.client import (
     make_celery,
     validate_job,
 )
+from producers.cursor import GAP, EventCursor
 from workers.contract import (
     DEFAULT_QUEUE,
     TASK_NAME,
@@ -122,36 +123,27 @@ class AsyncClient:
         deltas: bool = True,
     ) -> AsyncIterator[StreamEvent]:
         keys = JobKeys(job_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        cursor = EventCursor(job_id, from_seq=from_seq, deltas=deltas, timeout=timeout, idle_check_s=idle_check_s)
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(keys.channel)
-        last = from_seq - 1
         try:
             while True:
-                async for event in self._replay(keys, last + 1):
-                    last = event.seq
-                    if deltas or event.type != "delta":
-                        yield event
-                    if event.type in TERMINAL_EVENT_TYPES:
+                async for event in self._replay(keys, cursor.next_seq):
+                    out = cursor.replayed(event)
+                    if out is not None:
+                        yield out
+                    if cursor.done:
                         return
                 while True:
-                    wait = idle_check_s
-                    if deadline is not None:
-                        wait = min(wait, deadline - time.monotonic())
-                        if wait <= 0:
-                            raise ResultTimeoutError(f"no terminal event for job {job_id} within {timeout}s")
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=cursor.wait_s())
                     if message is None:
                         break
-                    event = parse_event(message["data"])
-                    if event.seq <= last:
-                        continue
-                    if event.seq > last + 1:
+                    out = cursor.live(message["data"])
+                    if out is GAP:
                         break
-                    last = event.seq
-                    if deltas or event.type != "delta":
-                        yield event
-                    if event.type in TERMINAL_EVENT_TYPES:
+                    if out is not None:
+                        yield out
+                    if cursor.done:
                         return
         finally:
             await pubsub.aclose()

@@ -21,6 +21,7 @@ import redis
 from celery import Celery
 from pydantic import ValidationError
 
+from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from workers.contract import (
     DEFAULT_QUEUE,
     TASK_NAME,
@@ -76,10 +77,6 @@ class InvalidJobError(ValueError):
     def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
-
-
-class ResultTimeoutError(TimeoutError):
-    pass
 
 
 class JobNotFoundError(LookupError):
@@ -222,40 +219,28 @@ class Client:
     ) -> Iterator[StreamEvent]:
         """Every event of the job from ``from_seq`` on, in seq order, ending with the terminal one."""
         keys = JobKeys(job_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        cursor = EventCursor(job_id, from_seq=from_seq, deltas=deltas, timeout=timeout, idle_check_s=idle_check_s)
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(keys.channel)
-        last = from_seq - 1
         try:
             while True:
                 # replay (first pass) and gap filling (later passes) from the Stream
-                for event in self._replay(keys, last + 1):
-                    last = event.seq
-                    if deltas or event.type != "delta":
-                        yield event
-                    if event.type in TERMINAL_EVENT_TYPES:
+                for event in self._replay(keys, cursor.next_seq):
+                    out = cursor.replayed(event)
+                    if out is not None:
+                        yield out
+                    if cursor.done:
                         return
                 while True:
-                    wait = idle_check_s
-                    if deadline is not None:
-                        wait = min(wait, deadline - time.monotonic())
-                        if wait <= 0:
-                            raise ResultTimeoutError(f"no terminal event for job {job_id} within {timeout}s")
-                    message = pubsub.get_message(timeout=wait)
+                    message = pubsub.get_message(timeout=cursor.wait_s())
                     if message is None:
                         break  # idle: look in the Stream for anything missed
-                    raw = message["data"]
-                    if not deltas and b'"type":"delta"' in raw[:24]:
-                        last = max(last, _seq_of_delta(raw, last))
-                        continue
-                    event = parse_event(raw)
-                    if event.seq <= last:
-                        continue
-                    if event.seq > last + 1:
-                        break  # a gap: fill it from the Stream
-                    last = event.seq
-                    yield event
-                    if event.type in TERMINAL_EVENT_TYPES:
+                    out = cursor.live(message["data"])
+                    if out is GAP:
+                        break  # fill it from the Stream
+                    if out is not None:
+                        yield out
+                    if cursor.done:
                         return
         finally:
             pubsub.close()
@@ -292,15 +277,3 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _seq_of_delta(raw: bytes, fallback: int) -> int:
-    """The seq of a hand-encoded delta event without a full parse."""
-    start = raw.find(b'"seq":')
-    if start < 0:
-        return fallback
-    end = raw.find(b",", start)
-    try:
-        return int(raw[start + 6 : end])
-    except ValueError:
-        return fallback

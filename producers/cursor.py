@@ -1,0 +1,106 @@
+"""The ordering rules of one job's event feed, shared by the sync and async clients (no I/O).
+
+A consumer reads two sources: the job's replay Stream (``XRANGE``: complete and in order) and
+live pub/sub messages (which a slow or reconnecting subscriber can miss, and which repeat what a
+replay already gave). :class:`EventCursor` keeps the last seq handed on and decides, for each
+item, whether it goes to the consumer, is a repeat, or shows a gap (read the Stream again); it
+hides deltas from consumers that do not want them (without parsing them) and says when the
+terminal event was seen and how long the next live wait may be.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Final
+
+from workers.contract import TERMINAL_EVENT_TYPES, StreamEvent, parse_event
+
+__all__ = ["GAP", "EventCursor", "ResultTimeoutError"]
+
+
+class ResultTimeoutError(TimeoutError):
+    """No terminal event (or result) within the consumer's timeout."""
+
+
+class _Gap:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "GAP"
+
+
+#: :meth:`EventCursor.live` found a seq beyond the next one: events were missed.
+GAP: Final = _Gap()
+
+
+class EventCursor:
+    def __init__(
+        self,
+        job_id: str,
+        *,
+        from_seq: int = 0,
+        deltas: bool = True,
+        timeout: float | None = None,
+        idle_check_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.job_id = job_id
+        self.last = from_seq - 1
+        self.deltas = deltas
+        self.done = False
+        self.idle_check_s = idle_check_s
+        self.timeout = timeout
+        self._clock = clock
+        self._deadline = None if timeout is None else clock() + timeout
+
+    @property
+    def next_seq(self) -> int:
+        return self.last + 1
+
+    def replayed(self, event: StreamEvent) -> StreamEvent | None:
+        """An event read from the Stream (in order, from :attr:`next_seq`): what to hand on."""
+        self.last = event.seq
+        self.done = event.type in TERMINAL_EVENT_TYPES
+        return event if self.deltas or event.type != "delta" else None
+
+    def live(self, raw: bytes | str) -> StreamEvent | _Gap | None:
+        """A pub/sub message: the event to hand on, ``None`` (a repeat or a hidden delta), or :data:`GAP`."""
+        if not self.deltas and isinstance(raw, bytes) and b'"type":"delta"' in raw[:24]:
+            seq = _seq_of_delta(raw)
+            if seq is not None:
+                return self._advance(seq, None)
+        event = parse_event(raw)
+        return self._advance(event.seq, event)
+
+    def _advance(self, seq: int, event: StreamEvent | None) -> StreamEvent | _Gap | None:
+        if seq <= self.last:
+            return None
+        if seq > self.last + 1:
+            return GAP  # a missed event may be one the consumer wants: fill from the Stream
+        self.last = seq
+        if event is None:
+            return None
+        self.done = event.type in TERMINAL_EVENT_TYPES
+        return event if self.deltas or event.type != "delta" else None
+
+    def wait_s(self) -> float:
+        """How long the next live read may block (raises :class:`ResultTimeoutError` once the timeout passed)."""
+        if self._deadline is None:
+            return self.idle_check_s
+        left = self._deadline - self._clock()
+        if left <= 0:
+            raise ResultTimeoutError(f"no terminal event for job {self.job_id} within {self.timeout}s")
+        return min(self.idle_check_s, left)
+
+
+def _seq_of_delta(raw: bytes) -> int | None:
+    """The seq of a delta event without a full parse (None when it cannot be read)."""
+    start = raw.find(b'"seq":')
+    if start < 0:
+        return None
+    end = raw.find(b",", start)
+    try:
+        return int(raw[start + 6 : end])
+    except ValueError:
+        return None
