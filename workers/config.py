@@ -69,6 +69,8 @@ class ModelConfig(_Strict):
     breaker_failures: Annotated[int, Field(gt=0)] | None = None
     breaker_window_s: Annotated[float, Field(gt=0)] | None = None
     breaker_cooldown_s: Annotated[float, Field(gt=0)] | None = None
+    #: ...and at least this share of the window's calls failed (default 0.8; 0 = the count alone).
+    breaker_failure_ratio: Annotated[float, Field(ge=0, le=1)] | None = None
 
     @model_validator(mode="after")
     def _bucket_shape(self) -> ModelConfig:

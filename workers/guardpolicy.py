@@ -85,4 +85,5 @@ def breaker_policy_for(mc: ModelConfig) -> BreakerPolicy:
         failures=mc.breaker_failures or base.failures,
         window_s=mc.breaker_window_s or base.window_s,
         cooldown_s=mc.breaker_cooldown_s or base.cooldown_s,
+        failure_ratio=base.failure_ratio if mc.breaker_failure_ratio is None else (mc.breaker_failure_ratio or None),
     )
