@@ -1,4 +1,4 @@
-"""The config examples the README and the config module show are valid configs."""
+"""Config files: the examples shown in the docs load, and per-model settings reach what uses them."""
 
 from __future__ import annotations
 
