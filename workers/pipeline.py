@@ -35,6 +35,7 @@ from workers.contract import (
     UsageEvent,
 )
 from workers.jobstore import ClaimOutcome
+from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import (
     BadRequestError,
@@ -177,6 +178,8 @@ class JobRunner:
                 tools=job.tools,
                 temperature=job.temperature,
                 headers={"x-llmq-job-id": job.id},
+                # a whole-body call has no stream to close: a cancel aborts it through this
+                abort=None if job.stream else AbortSignal(),
             )
             run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0]))
             completion = self._call(run, model, request)
@@ -194,6 +197,9 @@ class JobRunner:
 
     def _call(self, run: _Run, model: ChatModel, request: ModelRequest) -> Completion:
         if not run.job.stream:
+            watcher = self.res.cancel_watcher
+            if watcher is not None and request.abort is not None:
+                watcher.register(run.job.id, request.abort.fire)
             completion = model.complete(request)
             run.model_used = getattr(model, "model_id", None)
             return completion

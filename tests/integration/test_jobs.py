@@ -151,6 +151,28 @@ def test_cancel_mid_stream_aborts_the_upstream_read(worker, client: Client, simu
     assert simulator.simulator.stats.closed_early >= 1
 
 
+def test_cancel_aborts_a_whole_body_call_in_flight(worker, client: Client, simulator: SimulatorThread) -> None:
+    """``stream: false``: no stream to close, yet a cancel ends the blocked call at once (the
+    upstream would answer 20 s later) and starts no retry or fallback."""
+    handle = client.submit(
+        {
+            "model": "openai:gpt-4o-mini~stall@20",
+            "fallbacks": ["openai:gpt-4o"],
+            "stream": False,
+            "messages": [{"role": "user", "content": "long answer"}],
+        }
+    )
+    deadline = time.monotonic() + 10
+    while simulator.simulator.stats.requests < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    started = time.monotonic()
+    assert handle.cancel()
+    result = handle.result(timeout=10)
+    assert result.status == "cancelled" and time.monotonic() - started < 5
+    assert simulator.simulator.stats.requests == 1
+    assert [(a.model, a.error_type) for a in result.attempts] == [("openai:gpt-4o-mini~stall@20", "cancelled")]
+
+
 def test_templates_render_into_messages(worker, client: Client) -> None:
     handle = client.submit({"model": "openai:gpt-4o-mini", "template": "Summarize {text}", "variables": {"text": "x"}})
     assert handle.result(timeout=30).status == "succeeded"

@@ -95,3 +95,17 @@ def test_the_worker_consumes_through_the_shared_client_transport(stack: LocalSta
     assert stats, "no worker answered"
     assert {s["broker"]["transport"] for s in stats.values()} == {"workers.broker:Transport"}
     assert app.connection().as_uri().startswith("redis://")  # what Flower reads queue lengths from
+
+
+def test_a_gevent_worker_aborts_a_cancelled_whole_body_call(stack: LocalStack) -> None:
+    import time
+
+    with Client(stack.redis_url) as client:
+        handle = client.submit(
+            {"model": "openai:gpt-4o-mini~stall@30", "stream": False, "messages": [{"role": "user", "content": "x"}]}
+        )
+        time.sleep(1.0)  # the worker is blocked waiting for the answer
+        started = time.monotonic()
+        assert handle.cancel()
+        result = handle.result(timeout=15)
+        assert result.status == "cancelled" and time.monotonic() - started < 5

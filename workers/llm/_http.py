@@ -12,6 +12,7 @@ wrapper is the only one.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import socket
 import threading
@@ -22,8 +23,10 @@ from urllib.parse import urlsplit
 import httpcore2
 import httpx2 as httpx
 
+from workers.llm.abort import AbortSignal
 from workers.llm.errors import (
     IncompleteStreamError,
+    JobCancelledError,
     LLMQError,
     ProviderConnectionError,
     ProviderTimeoutError,
@@ -216,14 +219,53 @@ class HTTPClient:
         provider: str,
         model: str,
         error_mapper: ErrorMapper,
+        abort: AbortSignal | None = None,
     ) -> tuple[Mapping[str, str], bytes]:
-        """POST and read the whole 2xx body; any other status raises the mapped error."""
-        with _mapped(provider, model):
-            response = self._client.post(url, headers=headers, content=body)
-            content = response.content
+        """POST and read the whole 2xx body; any other status raises the mapped error.
+
+        ``abort`` (see ``workers/llm/abort.py``) lets another thread or greenlet end the call:
+        the read stops at once and :class:`JobCancelledError` is raised.
+        """
+        if abort is None:
+            with _mapped(provider, model):
+                response = self._client.post(url, headers=headers, content=body)
+                content = response.content
+        else:
+            response, content = self._post_abortable(url, headers, body, provider, model, abort)
         if response.status_code >= 300:
             raise error_mapper(response.status_code, response.headers, content)
         return response.headers, content
+
+    def _post_abortable(
+        self, url: str, headers: Mapping[str, str], body: bytes, provider: str, model: str, abort: AbortSignal
+    ) -> tuple[httpx.Response, bytes]:
+        if abort.fired:
+            raise JobCancelledError("cancelled before the request was sent", provider, model)
+        client = self._client
+        request = client.build_request("POST", url, headers=headers, content=body)
+        # HTTP/1.1: every socket read of this call (the wait for the status line included) is
+        # armed on the signal by _ProbingStream; HTTP/2 streams share their socket, so there the
+        # body read is armed through the response (a stream reset), once the headers are in
+        token = _READ_ABORT.set(abort)
+        try:
+            with _mapped(provider, model):
+                response = client.send(request, stream=True)
+            reader = StreamingResponse(response, provider, model)
+            try:
+                if response.http_version != "HTTP/1.1" and not abort.arm(reader.close):
+                    raise JobCancelledError("cancelled while waiting for the answer", provider, model)
+                with _mapped(provider, model):
+                    content = response.read()
+            finally:
+                abort.disarm()
+                reader.close()
+        except LLMQError as exc:
+            if abort.fired and not isinstance(exc, JobCancelledError):
+                raise JobCancelledError("cancelled while waiting for the answer", provider, model) from None
+            raise
+        finally:
+            _READ_ABORT.reset(token)
+        return response, content
 
     def open_stream(
         self,
@@ -291,15 +333,43 @@ def _native_probe() -> Probe | None:
     return readable
 
 
+#: The abort signal of the whole-body call this thread or greenlet is making (see ``post``).
+_READ_ABORT: contextvars.ContextVar[AbortSignal | None] = contextvars.ContextVar("llmq_read_abort", default=None)
+
+
 class _ProbingStream(httpcore2.NetworkStream):
-    """The library's stream, with "is_readable" answered by :func:`_native_probe`'s check."""
+    """The library's stream, with "is_readable" answered by :func:`_native_probe`'s check, and
+    HTTP/1.1 reads that an :class:`AbortSignal` can end (the socket is shut down, which wakes a
+    blocked ``recv`` in any thread or greenlet; the connection is discarded afterwards)."""
 
     def __init__(self, inner: httpcore2.NetworkStream, probe: Probe) -> None:
         self._inner = inner
         self._probe = probe
+        self._h2: bool | None = None
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, timeout)
+        abort = _READ_ABORT.get()
+        if abort is None or self._shared():
+            return self._inner.read(max_bytes, timeout)
+        if not abort.arm(self._shutdown):
+            return b""  # fired already: end of stream, which the caller maps to a cancel
+        try:
+            return self._inner.read(max_bytes, timeout)
+        finally:
+            abort.disarm()
+
+    def _shared(self) -> bool:
+        """HTTP/2 (ALPN "h2"): the socket carries other calls' streams too; never shut it down."""
+        if self._h2 is None:
+            ssl_object = self._inner.get_extra_info("ssl_object")
+            self._h2 = bool(ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2")
+        return self._h2
+
+    def _shutdown(self) -> None:
+        sock = self._inner.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._inner.write(buffer, timeout)

@@ -186,6 +186,7 @@ class AnthropicProvider(Provider):
             provider=self.name,
             model=request.model,
             error_mapper=self._mapper(request.model),
+            abort=request.abort,
         )
         try:
             completion = parse_message(content, request_id=headers.get("request-id"))

@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 from typing import Protocol as _Protocol
 
 from workers.contract import FunctionCall, Message, Tool, ToolCall, Usage
+from workers.llm.abort import AbortSignal
 from workers.llm.errors import IncompleteStreamError, JobCancelledError, LLMQError
 
 __all__ = [
@@ -63,6 +64,8 @@ class ChatRequest:
     temperature: float | None = None
     #: Opaque per-request headers for the upstream (the simulator's fault selector, tracing).
     extra_headers: dict[str, str] = field(default_factory=dict)
+    #: Lets a canceller end a whole-body call in flight (``workers/llm/abort.py``).
+    abort: AbortSignal | None = None
 
 
 @dataclass(slots=True)

@@ -184,10 +184,16 @@ class GuardedModel(ChatModel):
     def complete(self, request: ModelRequest) -> Completion:
         if self.ttft_limit_s:
             stream = self.stream(request)
+            abort = request.abort
             try:
+                if abort is not None and not abort.arm(stream.close):
+                    provider, model = split_model_id(self.model_id)
+                    raise JobCancelledError("cancelled before the request was sent", provider, model)
                 for _ in stream:
                     pass
             finally:
+                if abort is not None:
+                    abort.disarm()
                 stream.close()
             return stream.to_completion()
         admission = self._admit(request)

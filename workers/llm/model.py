@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from workers.contract import Attempt, Message, Tool
+from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatRequest, ChatStream, Completion, Provider
 
 __all__ = ["ChainHooks", "ChatModel", "ModelRequest", "ProviderModel", "RunContext", "WrappedStream"]
@@ -29,6 +30,8 @@ class ModelRequest:
     headers: dict[str, str] = field(default_factory=dict)
     #: The pre-counted prompt tokens for the model being called (set by the metering wrapper).
     prompt_tokens: int | None = None
+    #: Lets a canceller end a whole-body call in flight (``workers/llm/abort.py``).
+    abort: AbortSignal | None = None
 
 
 def _no_sleep(seconds: float) -> None:
@@ -111,6 +114,7 @@ class ProviderModel(ChatModel):
             tools=request.tools,
             temperature=request.temperature,
             extra_headers=request.headers,
+            abort=request.abort,
         )
 
     def complete(self, request: ModelRequest) -> Completion:
@@ -132,6 +136,8 @@ class WrappedStream(ChatStream):
     def adopt(self, inner: ChatStream) -> None:
         self.inner = inner
         self.request_id = inner.request_id
+        if self.closed:  # closed from outside before this attempt opened: it ends at its first read
+            inner.close()
 
     def finish_from_inner(self) -> None:
         inner = self.inner
@@ -149,6 +155,7 @@ class WrappedStream(ChatStream):
             self.model_id = inner.model_id  # type: ignore[attr-defined]
 
     def close(self) -> None:
+        self.closed = True
         if self.inner is not None:
             self.inner.close()
 

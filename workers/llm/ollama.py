@@ -158,6 +158,7 @@ class OllamaProvider(Provider):
             provider=self.name,
             model=request.model,
             error_mapper=self._mapper(request.model),
+            abort=request.abort,
         )
         try:
             return parse_chat_response(content, provider=self.name, model=request.model)

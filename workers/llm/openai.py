@@ -162,6 +162,7 @@ class OpenAIProvider(Provider):
             provider=self.name,
             model=request.model,
             error_mapper=self._mapper(request.model),
+            abort=request.abort,
         )
         try:
             completion = parse_completion(content, request_id=headers.get("x-request-id"))

@@ -1,0 +1,72 @@
+"""Aborting whole-body calls in flight (``stream: false`` jobs), against the real simulator."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from replay_server import local_client
+
+from simulator.app import SimulatorThread
+from workers.contract import Message
+from workers.llm._http import HTTPClient
+from workers.llm.abort import AbortSignal
+from workers.llm.anthropic import AnthropicProvider
+from workers.llm.base import ChatRequest, Provider
+from workers.llm.errors import JobCancelledError
+from workers.llm.ollama import OllamaProvider
+from workers.llm.openai import OpenAIProvider
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[HTTPClient]:
+    with local_client(read_timeout=30.0) as client:
+        yield client
+
+
+def _provider(name: str, http: HTTPClient, sim: SimulatorThread) -> Provider:
+    if name == "openai":
+        return OpenAIProvider(http, api_key="sk-sim", base_url=f"{sim.url}/v1")
+    if name == "anthropic":
+        return AnthropicProvider(http, api_key="sk-sim", base_url=sim.url)
+    return OllamaProvider(http, host=sim.url)
+
+
+def test_the_signal_closes_what_is_armed_and_stays_fired() -> None:
+    signal = AbortSignal()
+    closed: list[str] = []
+    assert signal.arm(lambda: closed.append("a"))
+    signal.disarm()
+    signal.fire()
+    assert closed == [] and signal.fired  # nothing was armed when it fired
+    assert not signal.arm(lambda: closed.append("b"))  # fired: what is armed now is closed at once
+    assert closed == ["b"]
+    other = AbortSignal()
+    other.arm(lambda: closed.append("c"))
+    other.fire()
+    other.fire()
+    assert closed == ["b", "c"]
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic", "ollama"])
+def test_a_fired_signal_ends_a_blocked_whole_body_read(name: str, http: HTTPClient, simulator: SimulatorThread) -> None:
+    provider = _provider(name, http, simulator)
+    signal = AbortSignal()
+    request = ChatRequest(
+        model="m",
+        messages=[Message(role="user", content="wait")],
+        max_tokens=20,
+        extra_headers={"x-llmq-sim-fault": "stall@20"},  # the answer would come 20 s late
+        abort=signal,
+    )
+    threading.Timer(0.3, signal.fire).start()
+    started = time.monotonic()
+    with pytest.raises(JobCancelledError):
+        provider.complete(request)
+    assert time.monotonic() - started < 5
+    assert simulator.simulator.stats.requests == 1
+    with pytest.raises(JobCancelledError, match="before the request was sent"):
+        provider.complete(request)  # a retry after the cancel never reaches the upstream
+    assert simulator.simulator.stats.requests == 1
