@@ -8,6 +8,7 @@
 ``llm_job_duration_seconds``       histogram  ``{model}`` job run time on the worker
 ``llmq_jobs_total``                counter    ``{status}`` succeeded | failed | cancelled
 ``llmq_queue_length``              gauge      ``{queue}`` read from Redis on each scrape
+``llmq_rate_admissions_total``     counter    ``{via}`` lease | redis: RPM/TPM admissions
 =================================  =========  ==================================================
 
 plus the token, cost and budget families of :mod:`workers.metrics`. Labels are bounded (model ids
@@ -18,12 +19,12 @@ come from configuration); job ids go to logs only. Logs never carry secrets: the
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from workers.contract import CompletionResult
@@ -80,6 +81,23 @@ class QueueLengthCollector(Collector):
                 family.add_metric([queue], float(self._client.llen(queue)))
             except redis.RedisError:
                 continue
+        yield family
+
+
+class RateAdmissionsCollector(Collector):
+    """``llmq_rate_admissions_total{via}``: RPM/TPM admissions served from this process's leases
+    (``lease``, no Redis call) or by the shared buckets' script (``redis``); read when scraped."""
+
+    def __init__(self, stats: Callable[[], tuple[int, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        local, calls = self._stats()
+        family = CounterMetricFamily(
+            "llmq_rate_admissions", "Rate-limited admissions by where they were decided.", labels=["via"]
+        )
+        family.add_metric(["lease"], float(local))
+        family.add_metric(["redis"], float(calls))
         yield family
 
 

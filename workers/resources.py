@@ -25,7 +25,7 @@ from workers.guards import SharedGuards
 from workers.jobstore import JobStore
 from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
-from workers.observability import WorkerMetrics, build_worker_metrics
+from workers.observability import RateAdmissionsCollector, WorkerMetrics, build_worker_metrics
 from workers.prices import PriceBook
 from workers.settings import Settings
 from workers.tokens import TokenCounter
@@ -174,6 +174,8 @@ class WorkerResources:
             watcher.start()
         guards = SharedGuards(client, config)
         guards.start()
+        lease_stats = guards.leases.stats
+        metrics.registry.register(RateAdmissionsCollector(lambda: (lease_stats.local, lease_stats.calls)))
         return cls(
             settings=settings,
             redis=client,

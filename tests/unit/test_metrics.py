@@ -63,3 +63,18 @@ def test_registries_are_independent_and_labels_bounded() -> None:
     assert "llm_tokens_total{" in generate_latest(first).decode()
     label_names = {name for family in first.collect() for sample in family.samples for name in sample.labels}
     assert label_names == {"model", "type"}  # bounded: no job ids, no tenants on token metrics
+
+
+def test_rate_admissions_are_read_from_the_lease_counters_when_scraped() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from workers.observability import RateAdmissionsCollector
+    from workers.ratelease import LeaseStats
+
+    stats = LeaseStats()
+    registry = CollectorRegistry()
+    registry.register(RateAdmissionsCollector(lambda: (stats.local, stats.calls)))
+    stats.local, stats.calls = 97, 3
+    text = generate_latest(registry).decode()
+    assert 'llmq_rate_admissions_total{via="lease"} 97.0' in text
+    assert 'llmq_rate_admissions_total{via="redis"} 3.0' in text
