@@ -21,6 +21,7 @@ COMMANDS = (
     "subscribe",
     "demo",
     "budget",
+    "limits",
     "batch",
     "flower",
     "gateway",

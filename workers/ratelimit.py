@@ -347,6 +347,28 @@ class RateLimiter:
         keys = (not_before_key(model_id),)
         return int(self._hold_off(keys=keys, args=(self._now(), ms, self.channel, model_id))) / 1000.0
 
+    def available(self, model_id: str, limits: RateLimits) -> tuple[int | None, int | None]:
+        """(requests, tokens) the buckets would admit right now; None where there is no limit.
+
+        A read for operators (``llmq limits``): it reserves nothing, and the answer is stale as
+        soon as another worker admits a request.
+        """
+        rpm_i, rpm_b, tpm_i, tpm_b = limits.script_args()
+        pipe = self._client.pipeline(transaction=False)
+        pipe.time()
+        for key in rate_keys(model_id):
+            pipe.get(key)
+        (sec, usec), rpm_tat, tpm_tat = pipe.execute()
+        now = self._clock() * 1000.0 if self._clock is not None else sec * 1000.0 + usec / 1000.0
+
+        def level(raw: bytes | None, interval: float, burst: int) -> int | None:
+            if interval <= 0:
+                return None
+            tat = max(float(raw) if raw else now, now)
+            return max(0, min(burst, math.floor(burst + (now - tat) / interval)))
+
+        return level(rpm_tat, rpm_i, rpm_b), level(tpm_tat, tpm_i, tpm_b)
+
     def not_before(self, model_id: str) -> float:
         """Seconds until requests to the model may be sent again (0 = now)."""
         return int(self._not_before(keys=(not_before_key(model_id),), args=(self._now(),))) / 1000.0
