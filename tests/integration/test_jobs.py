@@ -165,10 +165,9 @@ def test_cancel_aborts_a_whole_body_call_in_flight(worker, client: Client, simul
     deadline = time.monotonic() + 10
     while simulator.simulator.stats.requests < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
-    started = time.monotonic()
     assert handle.cancel()
-    result = handle.result(timeout=10)
-    assert result.status == "cancelled" and time.monotonic() - started < 5
+    result = handle.result(timeout=10)  # the upstream would answer only after 20 s
+    assert result.status == "cancelled"
     assert simulator.simulator.stats.requests == 1
     assert [(a.model, a.error_type) for a in result.attempts] == [("openai:gpt-4o-mini~stall@20", "cancelled")]
 

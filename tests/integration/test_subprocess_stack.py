@@ -105,7 +105,6 @@ def test_a_gevent_worker_aborts_a_cancelled_whole_body_call(stack: LocalStack) -
             {"model": "openai:gpt-4o-mini~stall@30", "stream": False, "messages": [{"role": "user", "content": "x"}]}
         )
         time.sleep(1.0)  # the worker is blocked waiting for the answer
-        started = time.monotonic()
         assert handle.cancel()
-        result = handle.result(timeout=15)
-        assert result.status == "cancelled" and time.monotonic() - started < 5
+        result = handle.result(timeout=15)  # the upstream would answer only after 30 s
+        assert result.status == "cancelled"

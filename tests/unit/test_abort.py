@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -62,10 +61,8 @@ def test_a_fired_signal_ends_a_blocked_whole_body_read(name: str, http: HTTPClie
         abort=signal,
     )
     threading.Timer(0.3, signal.fire).start()
-    started = time.monotonic()
-    with pytest.raises(JobCancelledError):
+    with pytest.raises(JobCancelledError):  # without the abort the answer would arrive, 20 s on
         provider.complete(request)
-    assert time.monotonic() - started < 5
     assert simulator.simulator.stats.requests == 1
     with pytest.raises(JobCancelledError, match="before the request was sent"):
         provider.complete(request)  # a retry after the cancel never reaches the upstream
