@@ -6,31 +6,21 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from doubles import provider_for
 from replay_server import local_client
 
 from simulator.app import SimulatorThread
 from workers.contract import Message
 from workers.llm._http import HTTPClient
 from workers.llm.abort import AbortSignal
-from workers.llm.anthropic import AnthropicProvider
-from workers.llm.base import ChatRequest, Provider
+from workers.llm.base import ChatRequest
 from workers.llm.errors import JobCancelledError
-from workers.llm.ollama import OllamaProvider
-from workers.llm.openai import OpenAIProvider
 
 
 @pytest.fixture(scope="module")
 def http() -> Iterator[HTTPClient]:
     with local_client(read_timeout=30.0) as client:
         yield client
-
-
-def _provider(name: str, http: HTTPClient, sim: SimulatorThread) -> Provider:
-    if name == "openai":
-        return OpenAIProvider(http, api_key="sk-sim", base_url=f"{sim.url}/v1")
-    if name == "anthropic":
-        return AnthropicProvider(http, api_key="sk-sim", base_url=sim.url)
-    return OllamaProvider(http, host=sim.url)
 
 
 def test_the_signal_closes_what_is_armed_and_stays_fired() -> None:
@@ -51,7 +41,7 @@ def test_the_signal_closes_what_is_armed_and_stays_fired() -> None:
 
 @pytest.mark.parametrize("name", ["openai", "anthropic", "ollama"])
 def test_a_fired_signal_ends_a_blocked_whole_body_read(name: str, http: HTTPClient, simulator: SimulatorThread) -> None:
-    provider = _provider(name, http, simulator)
+    provider = provider_for(name, http, simulator.url, api_key="sk-sim")
     signal = AbortSignal()
     request = ChatRequest(
         model="m",

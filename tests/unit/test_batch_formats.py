@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from doubles import FakeClock
 
 from producers.batch import default_errors_path, job_id_for, validate_file
 from producers.batch_formats import LineError, parse_line
@@ -361,16 +362,8 @@ def test_default_errors_path() -> None:
     assert default_errors_path("results") == Path("results.errors.jsonl")
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_progress_plain_lines_when_not_a_terminal() -> None:
-    stream, clock = io.StringIO(), FakeClock()
+    stream, clock = io.StringIO(), FakeClock(100.0)
     progress = BatchProgress(stream, tty=False, plain_interval_s=10, clock=clock)
     counters = BatchCounters(todo=100, succeeded=10, failed=2, in_flight=5, prompt_tokens=1500, cost_usd=0.5)
     progress.update(counters)
@@ -386,7 +379,7 @@ def test_progress_plain_lines_when_not_a_terminal() -> None:
 
 
 def test_progress_redraws_one_line_on_a_terminal() -> None:
-    stream, clock = io.StringIO(), FakeClock()
+    stream, clock = io.StringIO(), FakeClock(100.0)
     progress = BatchProgress(stream, tty=True, clock=clock)
     counters = BatchCounters(todo=10)
     for i in range(3):

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+from doubles import FakeClock
 
 from workers.breaker import BreakerPolicy, CircuitBreaker, breaker_key
 from workers.ratelimit import GUARD_CHANNEL
@@ -17,17 +18,9 @@ POLICY = BreakerPolicy(failures=3, window_s=10.0, cooldown_s=5.0, probe_timeout_
 COUNT_ONLY = BreakerPolicy(failures=3, window_s=10.0, cooldown_s=5.0, failure_ratio=None)
 
 
-class FakeClock:
-    def __init__(self, start: float = 2_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(2_000_000.0)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+from doubles import FakeClock
 
 from workers.chain import build_chain
 from workers.config import LLMQConfig, ModelConfig
@@ -38,14 +39,6 @@ from workers.llm.watchdog import Watchdog
 
 A, B = "openai:a", "openai:b"
 REQ = ModelRequest(messages=[], max_tokens=10, prompt_tokens=90)
-
-
-class FakeClock:
-    def __init__(self, start: float = 5_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class ListStream(ChatStream):
@@ -126,7 +119,7 @@ def _config(**models: ModelConfig) -> LLMQConfig:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(5_000_000.0)
 
 
 @pytest.fixture

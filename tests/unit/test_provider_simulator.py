@@ -6,12 +6,12 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from doubles import provider_for
 from replay_server import local_client
 
 from simulator.app import SimulatorThread
 from workers.contract import Message, Tool, ToolFunction
 from workers.llm._http import HTTPClient
-from workers.llm.anthropic import AnthropicProvider
 from workers.llm.base import ChatRequest, Provider
 from workers.llm.errors import (
     AuthenticationError,
@@ -26,8 +26,6 @@ from workers.llm.errors import (
     RetryableProviderError,
     ServerError,
 )
-from workers.llm.ollama import OllamaProvider
-from workers.llm.openai import OpenAIProvider
 
 PROVIDERS = ["openai", "anthropic", "ollama"]
 LOOKUP = Tool(
@@ -41,12 +39,8 @@ def http() -> Iterator[HTTPClient]:
         yield client
 
 
-def provider_for(name: str, http: HTTPClient, sim: SimulatorThread) -> Provider:
-    if name == "openai":
-        return OpenAIProvider(http, api_key="sk-sim", base_url=f"{sim.url}/v1")
-    if name == "anthropic":
-        return AnthropicProvider(http, api_key="sk-sim", base_url=sim.url)
-    return OllamaProvider(http, host=sim.url)
+def sim_provider(name: str, http: HTTPClient, sim: SimulatorThread) -> Provider:
+    return provider_for(name, http, sim.url, api_key="sk-sim")
 
 
 def request(fault: str | None = None, **fields: object) -> ChatRequest:
@@ -57,7 +51,7 @@ def request(fault: str | None = None, **fields: object) -> ChatRequest:
 
 @pytest.mark.parametrize("name", PROVIDERS)
 def test_answers_streamed_and_whole(name: str, http: HTTPClient, simulator: SimulatorThread) -> None:
-    provider = provider_for(name, http, simulator)
+    provider = sim_provider(name, http, simulator)
     with provider.stream(request()) as stream:
         deltas = list(stream)
     assert len(deltas) > 1 and stream.completed and stream.finish_reason == "stop"
@@ -75,7 +69,7 @@ def test_prompt_cache_counts(
     name: str, fault: str, read: int, written: int, stream: bool, http: HTTPClient, simulator: SimulatorThread
 ) -> None:
     """Cache reads/writes are part of ``prompt_tokens`` (Anthropic's ``input_tokens`` excludes them)."""
-    provider = provider_for(name, http, simulator)
+    provider = sim_provider(name, http, simulator)
     plain = provider.complete(request()).usage
     if stream:
         with provider.stream(request(fault)) as s:
@@ -91,7 +85,7 @@ def test_prompt_cache_counts(
 @pytest.mark.parametrize("name", PROVIDERS)
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
 def test_tool_calls(name: str, stream: bool, http: HTTPClient, simulator: SimulatorThread) -> None:
-    provider = provider_for(name, http, simulator)
+    provider = sim_provider(name, http, simulator)
     req = request("tools@2", tools=[LOOKUP])
     if stream:
         with provider.stream(req) as s:
@@ -121,7 +115,7 @@ HTTP_FAULTS: list[tuple[str, type[LLMQError]]] = [
 def test_http_faults(
     name: str, fault: str, cls: type[LLMQError], stream: bool, http: HTTPClient, simulator: SimulatorThread
 ) -> None:
-    provider = provider_for(name, http, simulator)
+    provider = sim_provider(name, http, simulator)
     with pytest.raises(LLMQError) as info:
         if stream:
             list(provider.stream(request(fault)))
@@ -147,7 +141,7 @@ STREAM_FAULTS: list[tuple[str, type[LLMQError]]] = [
 def test_stream_faults(
     name: str, fault: str, cls: type[LLMQError], http: HTTPClient, simulator: SimulatorThread
 ) -> None:
-    stream = provider_for(name, http, simulator).stream(request(fault))
+    stream = sim_provider(name, http, simulator).stream(request(fault))
     with pytest.raises(cls):
         list(stream)
     assert stream.text and not stream.completed  # partial text seen before the failure

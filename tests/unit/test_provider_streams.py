@@ -12,12 +12,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from doubles import provider_for
 from replay_server import ReplayServer, Reply, local_client
 
 from workers.contract import Message
 from workers.llm._http import HTTPClient
-from workers.llm.anthropic import AnthropicProvider, AnthropicStream
-from workers.llm.base import ChatRequest, ChatStream, Provider, ResponseStream
+from workers.llm.anthropic import AnthropicStream
+from workers.llm.base import ChatRequest, ChatStream, ResponseStream
 from workers.llm.errors import (
     IncompleteStreamError,
     InsufficientQuotaError,
@@ -28,7 +29,7 @@ from workers.llm.errors import (
     RateLimitedError,
     ServerError,
 )
-from workers.llm.ollama import OllamaProvider, OllamaStream
+from workers.llm.ollama import OllamaStream
 from workers.llm.openai import OpenAIProvider, OpenAIStream
 
 PROVIDERS = ["openai", "anthropic", "ollama"]
@@ -94,14 +95,6 @@ def server() -> Iterator[ReplayServer]:
 def http() -> Iterator[HTTPClient]:
     with local_client() as client:
         yield client
-
-
-def provider_for(name: str, http: HTTPClient, base: str) -> Provider:
-    if name == "openai":
-        return OpenAIProvider(http, api_key="sk-test", base_url=f"{base}/v1")
-    if name == "anthropic":
-        return AnthropicProvider(http, api_key="sk-test", base_url=base)
-    return OllamaProvider(http, host=base)
 
 
 def serve(server: ReplayServer, key: str, provider: str, body: bytes, **reply: object) -> str:

@@ -11,19 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from doubles import FakeClock
 
 from workers.ratelease import RateLeases
 from workers.ratelimit import RateLimiter, RateLimits
 
 MODEL = "openai:gpt-4o"
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _script_calls(client: redis.Redis) -> int:

@@ -9,18 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+from doubles import FakeClock
 
 from workers.ratelimit import GUARD_CHANNEL, RateLimiter, RateLimits, not_before_key, rate_keys
 
 MODEL = "openai:gpt-4o"
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _limiter(client: redis.Redis, clock: FakeClock | None = None) -> RateLimiter:
