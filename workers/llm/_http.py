@@ -134,10 +134,8 @@ class StreamingResponse:
         """
         if self._response.http_version == "HTTP/1.1":
             stream = self._response.extensions.get("network_stream")
-            sock = stream.get_extra_info("socket") if stream is not None else None
-            if isinstance(sock, socket.socket):
-                with contextlib.suppress(OSError):
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            if stream is not None:
+                _shut_down(stream)
             return False
         h2_stream: object = self._response.stream
         for attr in ("_stream", "_httpcore_stream", "_stream"):
@@ -163,6 +161,15 @@ class StreamingResponse:
         except Exception:  # closed meanwhile, connection gone: the plain close below is all we can do
             return False
         return True
+
+
+def _shut_down(stream: httpcore2.NetworkStream) -> None:
+    """Shut an HTTP/1.1 connection's socket down: unlike a close, this wakes a ``recv`` blocked
+    on it in another thread or greenlet. The connection is not reused afterwards."""
+    sock = stream.get_extra_info("socket")
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 #: HTTP/2 error code CANCEL (RFC 9113 section 7): "the stream is no longer needed".
@@ -236,20 +243,24 @@ class HTTPClient:
             raise error_mapper(response.status_code, response.headers, content)
         return response.headers, content
 
+    def _send(self, url: str, headers: Mapping[str, str], body: bytes, provider: str, model: str) -> httpx.Response:
+        """POST; returns once the status line and headers are in, the body still to be read."""
+        client = self._client
+        request = client.build_request("POST", url, headers=headers, content=body)
+        with _mapped(provider, model):
+            return client.send(request, stream=True)
+
     def _post_abortable(
         self, url: str, headers: Mapping[str, str], body: bytes, provider: str, model: str, abort: AbortSignal
     ) -> tuple[httpx.Response, bytes]:
         if abort.fired:
             raise JobCancelledError("cancelled before the request was sent", provider, model)
-        client = self._client
-        request = client.build_request("POST", url, headers=headers, content=body)
         # HTTP/1.1: every socket read of this call (the wait for the status line included) is
         # armed on the signal by _ProbingStream; HTTP/2 streams share their socket, so there the
         # body read is armed through the response (a stream reset), once the headers are in
         token = _READ_ABORT.set(abort)
         try:
-            with _mapped(provider, model):
-                response = client.send(request, stream=True)
+            response = self._send(url, headers, body, provider, model)
             reader = StreamingResponse(response, provider, model)
             try:
                 if response.http_version != "HTTP/1.1" and not abort.arm(reader.close):
@@ -278,10 +289,7 @@ class HTTPClient:
         error_mapper: ErrorMapper,
     ) -> StreamingResponse:
         """POST and return the open response once its status line and headers arrived."""
-        client = self._client
-        request = client.build_request("POST", url, headers=headers, content=body)
-        with _mapped(provider, model):
-            response = client.send(request, stream=True)
+        response = self._send(url, headers, body, provider, model)
         if response.status_code >= 300:
             try:
                 with _mapped(provider, model):
@@ -366,10 +374,7 @@ class _ProbingStream(httpcore2.NetworkStream):
         return self._h2
 
     def _shutdown(self) -> None:
-        sock = self._inner.get_extra_info("socket")
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        _shut_down(self._inner)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._inner.write(buffer, timeout)
