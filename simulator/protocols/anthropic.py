@@ -57,13 +57,18 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
 _FINISH = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use"}
 
 
-def _input_counts(s: Script) -> str:
+def _input_usage(s: Script) -> dict[str, int]:
     """Anthropic's input counts: ``input_tokens`` excludes what the prompt cache read or wrote."""
-    fresh = s.prompt_tokens - s.cached_tokens - s.cache_write_tokens
-    return (
-        f'"input_tokens":{fresh},"cache_creation_input_tokens":{s.cache_write_tokens},'
-        f'"cache_read_input_tokens":{s.cached_tokens}'
-    )
+    return {
+        "input_tokens": s.prompt_tokens - s.cached_tokens - s.cache_write_tokens,
+        "cache_creation_input_tokens": s.cache_write_tokens,
+        "cache_read_input_tokens": s.cached_tokens,
+    }
+
+
+def _input_counts(s: Script) -> str:
+    """:func:`_input_usage` as the members of a JSON object, for the hand-built stream events."""
+    return json.dumps(_input_usage(s), separators=(",", ":"))[1:-1]
 
 
 def _body(kind: str, message: str, rid: str) -> bytes:
@@ -167,9 +172,7 @@ class AnthropicProtocol(Protocol):
             "stop_reason": _FINISH[script.finish],
             "stop_sequence": None,
             "usage": {
-                "input_tokens": script.prompt_tokens - script.cached_tokens - script.cache_write_tokens,
-                "cache_creation_input_tokens": script.cache_write_tokens,
-                "cache_read_input_tokens": script.cached_tokens,
+                **_input_usage(script),
                 "output_tokens": script.completion_tokens,
                 "service_tier": "standard",
             },
