@@ -196,8 +196,8 @@ class JobRunner:
         return JobOutcome(result=self._finish_succeeded(run, completion))
 
     def _call(self, run: _Run, model: ChatModel, request: ModelRequest) -> Completion:
+        watcher = self.res.cancel_watcher
         if not run.job.stream:
-            watcher = self.res.cancel_watcher
             if watcher is not None and request.abort is not None:
                 watcher.register(run.job.id, request.abort.fire)
             completion = model.complete(request)
@@ -205,7 +205,6 @@ class JobRunner:
             return completion
         stream = model.stream(request)
         publisher = run.publisher
-        watcher = self.res.cancel_watcher
         if watcher is not None:
             watcher.register(run.job.id, stream.close)
         deltas = iter(stream)
