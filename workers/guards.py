@@ -29,10 +29,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import redis
 
+from workers.boundedcache import bounded_put
 from workers.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Permit
 from workers.config import LLMQConfig
 from workers.guardpolicy import breaker_policy_for, counts_against_model, describe, rate_limits_for, skip_error
@@ -45,9 +45,6 @@ from workers.ratelimit import GUARD_CHANNEL, RateLimiter, RateLimits, parse_anno
 __all__ = ["ModelGuard", "SharedGuards"]
 
 log = logging.getLogger("llmq.guards")
-
-_MAX_ENTRIES = 4096
-_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -223,7 +220,7 @@ class SharedGuards:
             mc = self.config.model(model_id)
             guard = ModelGuard(self, model_id, rate_limits_for(mc), breaker_policy_for(mc))
             with self.lock:
-                _bounded_put(self._guards, model_id, guard)
+                bounded_put(self._guards, model_id, guard)
         return guard
 
     def view(self, model_id: str, now: float) -> _View:
@@ -240,7 +237,7 @@ class SharedGuards:
             view = self._views.get(model_id)
             if view is None:
                 view = _View()
-                _bounded_put(self._views, model_id, view)
+                bounded_put(self._views, model_id, view)
         state = self.breaker.state(model_id)
         wait = self.limiter.not_before(model_id)
         with self.lock:
@@ -269,7 +266,7 @@ class SharedGuards:
         with self.lock:
             entry = self._successes.get(model_id)
             if entry is None:
-                _bounded_put(self._successes, model_id, [1.0, self.local_clock()])
+                bounded_put(self._successes, model_id, [1.0, self.local_clock()])
             else:
                 entry[0] += 1
 
@@ -351,10 +348,3 @@ class SharedGuards:
         if thread is not None:
             thread.join(3)
         self.watchdog.stop()
-
-
-def _bounded_put(cache: dict[str, _T], key: str, value: _T) -> None:
-    """Insert into a dict used as a bounded cache (model ids come from jobs); drops the oldest."""
-    if key not in cache and len(cache) >= _MAX_ENTRIES:
-        del cache[next(iter(cache))]
-    cache[key] = value

@@ -31,12 +31,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from workers.boundedcache import bounded_put
 from workers.ratelimit import Grant, RateLimiter, RateLimits
 
 __all__ = ["LeaseStats", "RateLeases"]
 
 _NOW = Grant(0.0, True)
-_MAX_MODELS = 4096
 
 
 @dataclass(slots=True)
@@ -92,9 +92,8 @@ class RateLeases:
         with self._lock:
             lease = self._leases.get(model_id)
             if lease is None:
-                if len(self._leases) >= _MAX_MODELS:
-                    del self._leases[next(iter(self._leases))]
-                lease = self._leases[model_id] = _Lease(avg_tokens=float(tokens))
+                lease = _Lease(avg_tokens=float(tokens))
+                bounded_put(self._leases, model_id, lease)
             else:
                 lease.avg_tokens += (tokens - lease.avg_tokens) * 0.1
             fresh = now < lease.expires
@@ -130,7 +129,7 @@ class RateLeases:
                 give_back=give_back,
             )
         except BaseException:
-            with self._lock:  # the give-back was not applied: keep the tokens (until they expire)
+            with self._lock:  # the give-back was not applied: keep the tokens to give back next time
                 lease.tokens += give_back
             raise
         if grant.extra_slots or grant.extra_tokens:
