@@ -16,6 +16,8 @@ import re
 import sys
 from typing import Any
 
+from producers.commands.table import print_table
+
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # as CompletionJob.tenant
 
@@ -96,13 +98,7 @@ def _print_table(snapshot: Any) -> None:
                 s.state,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            ).rstrip()
-        )
+    print_table(rows, numeric=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ import re
 import sys
 from typing import Any
 
+from producers.commands.table import print_table
+
 _TAGGED = re.compile(rb"^llmq:(?:cb|nb|rl):\{(.+?)\}")
 
 
@@ -84,9 +86,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
                 f"{_cell(r['tpm_available'])}/{_cell(r['tpm'])}" if r["tpm"] else "-",
             )
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(table)
 
 
 def run(args: argparse.Namespace) -> int:
