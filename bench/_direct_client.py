@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 
 from workers.contract import JobKeys, Message
+from workers.jobs.events import EventPublisher
 from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.base import ChatRequest
 from workers.llm.openai import OpenAIProvider
-from workers.streaming import EventPublisher
 
 
 def main(args: argparse.Namespace) -> None:

@@ -34,10 +34,10 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from producers.batch_formats import parse_line  # noqa: E402
-from producers.batch_io import iter_lines  # noqa: E402
+from llmq.devstack import LocalStack  # noqa: E402
+from producers.batch.files import iter_lines  # noqa: E402
+from producers.batch.formats import parse_line  # noqa: E402
 from producers.client import Client  # noqa: E402
-from producers.devstack import LocalStack  # noqa: E402
 
 
 def write_input(path: Path, lines: int) -> None:
@@ -95,7 +95,7 @@ def _vm_hwm(pid: int) -> int:
 
 
 def run_batch(stack: LocalStack, source: Path, out: Path, window: int) -> dict[str, float]:
-    argv = [sys.executable, "-m", "producers.cli", "batch", str(source), "-o", str(out), "-q"]
+    argv = [sys.executable, "-m", "llmq.cli", "batch", str(source), "-o", str(out), "-q"]
     argv += ["--model", "openai:gpt-4o-mini", "--window", str(window)]
     peak_sampled = high_water = 0
     stop = threading.Event()

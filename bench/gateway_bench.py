@@ -33,8 +33,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from producers.devstack import LocalStack, wait_http  # noqa: E402
-from producers.localredis import free_port  # noqa: E402
+from llmq.devstack import LocalStack, wait_http  # noqa: E402
+from llmq.localredis import free_port  # noqa: E402
 
 TOKEN = "bench-token"
 STAMP = re.compile(r"t(\d{16})")
@@ -320,7 +320,7 @@ def main() -> int:
                 [
                     sys.executable,
                     "-m",
-                    "producers.cli",
+                    "llmq.cli",
                     "gateway",
                     "--port",
                     str(gateway_port),

@@ -28,10 +28,10 @@ sys.path.insert(0, str(HERE.parent))
 
 import redis  # noqa: E402
 
-from producers.localredis import ManagedRedis  # noqa: E402
-from workers.budget import Ledger  # noqa: E402
+from llmq.localredis import ManagedRedis  # noqa: E402
+from workers.accounting.ledger import Ledger  # noqa: E402
+from workers.accounting.tokens import TokenCounter  # noqa: E402
 from workers.contract import FunctionCall, Message, Tool, ToolCall, ToolFunction  # noqa: E402
-from workers.tokens import TokenCounter  # noqa: E402
 
 MODEL = "openai:gpt-4o"
 WORDS = (

@@ -29,8 +29,8 @@ import redis
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from llmq.devstack import LocalStack  # noqa: E402
 from producers.client import Client  # noqa: E402
-from producers.devstack import LocalStack  # noqa: E402
 
 
 def _tree_cpu(proc: psutil.Process) -> float:

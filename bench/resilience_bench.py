@@ -8,7 +8,7 @@ interleaved round by round so load from other processes falls on every side of a
   the TTFT limit armed on the watchdog (the pure-Python cost of the layers);
 * ``full``     — ``build_chain`` per job with the process's ``SharedGuards``, as the pipeline does:
   breaker and not-before time from the pub/sub mirror, RPM/TPM buckets (a Lua script per call,
-  or none while the process's lease lasts: ``workers/ratelease.py``),
+  or none while the process's lease lasts: ``workers/guards/leases.py``),
   TTFT watchdog, retry and a two-model fallback chain;
 * ``wrap+get`` — ``wrappers`` plus one plain Redis ``GET`` per job: a control showing what any
   single Redis round trip costs inside a job, next to the limiter's one.
@@ -47,15 +47,15 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from producers.localredis import ManagedRedis
+from llmq.localredis import ManagedRedis
 from simulator.app import SimConfig, SimulatorThread
-from workers.chain import build_chain
-from workers.config import LLMQConfig, ModelConfig
 from workers.contract import Message
-from workers.guards import SharedGuards
+from workers.guards.shared import SharedGuards
+from workers.jobs.chain import build_chain
 from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.model import ChainHooks, ModelRequest, ProviderModel, RunContext
 from workers.llm.registry import build_registry
+from workers.routes import LLMQConfig, ModelConfig
 
 PRIMARY, FALLBACK = "openai:gpt-4o-mini", "openai:gpt-4o"
 VARIANTS = ("bare", "wrappers", "full", "wrap+get")
@@ -128,7 +128,7 @@ def main() -> None:
     client.flushdb()
     stack = None
     if args.external_sim:  # the simulator in its own process: no GIL shared with the jobs
-        from producers.devstack import LocalStack
+        from llmq.devstack import LocalStack
 
         stack = LocalStack()
         sim_url = stack.start_simulator()
@@ -329,8 +329,8 @@ def _pipeline(url: str, sim_url: str, args: argparse.Namespace, measure_cpu: Cal
     import tempfile
 
     from workers.contract import CompletionJob
-    from workers.pipeline import JobRunner
-    from workers.resources import WorkerResources
+    from workers.jobs.pipeline import JobRunner
+    from workers.runtime.resources import WorkerResources
     from workers.settings import Settings
 
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:

@@ -45,7 +45,7 @@ __all__ = [
     "validate_job",
 ]
 
-#: Must match ``workers.resources.CANCEL_CHANNEL`` (a test pins them together).
+#: Must match ``workers.runtime.resources.CANCEL_CHANNEL`` (a test pins them together).
 CANCEL_CHANNEL = "llmq:cancel"
 
 # KEYS: meta. ARGV: tenant, submitted_at, ttl, resend_after_s.

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "producers.cli", "simulate", "--port", str(port)]
+    cmd = [sys.executable, "-m", "llmq.cli", "simulate", "--port", str(port)]
     cmd += ["--completion-tokens", str(args.tokens), "--tokens-per-s", str(args.tokens_per_s)]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:

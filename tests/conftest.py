@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Redis server of our own and the provider simulator.
+"""Shared fixtures: a real Redis server of our own, the provider simulator, an in-process worker.
 
 Redis: ``LLMQ_TEST_REDIS_URL`` if set, else a dedicated ``redis-server`` child on a free port
 (the same launcher the demo uses), so tests can flush freely without touching anyone's data.
@@ -11,9 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from celery.contrib.testing.worker import start_worker
 
-from producers.localredis import ManagedRedis
+from llmq.localredis import ManagedRedis
+from producers import Client
 from simulator.app import SimConfig, SimulatorThread
+from simulator.env import provider_env
+from workers.runtime.app import close_runner, create_app
+from workers.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +64,25 @@ def simulator(simulator_session: SimulatorThread) -> SimulatorThread:
     sim.stats = type(sim.stats)()
     sim.planner.reset()
     return simulator_session
+
+
+# An in-process Celery worker (threads pool) wired to the test Redis and the simulator.
+@pytest.fixture
+def worker_settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, pool="threads", concurrency=16, coalesce_ms=20.0, claim_lease_s=10)
+
+
+@pytest.fixture
+def worker(worker_settings: Settings, simulator: SimulatorThread) -> Iterator[object]:
+    app = create_app(worker_settings, provider_env=provider_env(simulator.url))
+    with start_worker(
+        app, pool="threads", concurrency=worker_settings.concurrency, perform_ping_check=False, shutdown_timeout=10
+    ) as w:
+        yield w
+    close_runner(app)
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[Client]:
+    with Client(redis_url) as c:
+        yield c

@@ -1,6 +1,6 @@
 """One scrubber for credentials in text that leaves a worker or the gateway.
 
-Used on log records (``workers/observability.py``), on every error message a job's result or
+Used on log records (``workers/runtime/telemetry.py``), on every error message a job's result or
 events carry (:meth:`LLMQError.to_info`), and on gateway error bodies. It catches:
 
 * provider keys (``sk-...``, ``sk-ant-...``, ``pk-``/``rk-``), whole or partly masked;

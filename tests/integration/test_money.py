@@ -10,9 +10,9 @@ import redis
 
 from producers import Client
 from simulator.app import SimulatorThread
-from workers.budget import GLOBAL_SCOPE, Ledger, to_micros
+from workers.accounting.ledger import GLOBAL_SCOPE, Ledger, to_micros
+from workers.accounting.prices import PriceBook
 from workers.contract import Usage
-from workers.prices import PriceBook
 from workers.settings import Settings
 
 MODEL = "openai:gpt-4o-mini"
@@ -28,8 +28,8 @@ def _global(redis_url: str, monthly: float | None = None) -> tuple[float, float,
 
 def _job_cost() -> Decimal:
     """What one job costs: the simulator answers 20 tokens; max_tokens = 20 makes worst case = actual."""
+    from workers.accounting.tokens import TokenCounter
     from workers.contract import Message
-    from workers.tokens import TokenCounter
 
     prompt = TokenCounter().count(MODEL, [Message(**PROMPT[0])]).tokens
     cost = PriceBook().lookup(MODEL).cost(Usage(prompt_tokens=prompt, completion_tokens=20))

@@ -12,8 +12,8 @@ from prometheus_client import generate_latest
 
 from producers import Client
 from simulator.app import SimulatorThread
-from workers.app import close_runner, create_app, runner_for
-from workers.observability import RedactingFilter, redact
+from workers.runtime.app import close_runner, create_app, runner_for
+from workers.runtime.telemetry import RedactingFilter, redact
 from workers.settings import Settings
 
 SECRET = "sk-proj-THIS_IS_A_SECRET_KEY_0123456789"

@@ -8,7 +8,7 @@ from celery.contrib.testing.worker import start_worker
 from producers import Client
 from simulator.app import SimulatorThread
 from simulator.env import provider_env
-from workers.app import close_runner, create_app
+from workers.runtime.app import close_runner, create_app
 from workers.settings import Settings
 
 

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from llmq.devstack import LocalStack
 from producers import Client
-from producers.devstack import LocalStack
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from llmq.devstack import LocalStack
 from producers import Client
-from producers.devstack import LocalStack
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def stack(redis_server_url: str) -> Iterator[LocalStack]:
 def _llmq(stack: LocalStack, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**stack.env, **stack.provider_env()}
     return subprocess.run(
-        [sys.executable, "-m", "producers.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "llmq.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -86,14 +86,14 @@ def test_cli_stream_and_subscribe(stack: LocalStack) -> None:
 
 
 def test_the_worker_consumes_through_the_shared_client_transport(stack: LocalStack) -> None:
-    """``workers/broker.py`` is what the worker runs on; producers keep kombu's plain transport."""
-    from workers.app import create_app
+    """``workers/runtime/broker.py`` is what the worker runs on; producers keep kombu's plain transport."""
+    from workers.runtime.app import create_app
     from workers.settings import Settings
 
     app = create_app(Settings(redis_url=stack.redis_url))
     stats = app.control.inspect(timeout=5).stats() or {}
     assert stats, "no worker answered"
-    assert {s["broker"]["transport"] for s in stats.values()} == {"workers.broker:Transport"}
+    assert {s["broker"]["transport"] for s in stats.values()} == {"workers.runtime.broker:Transport"}
     assert app.connection().as_uri().startswith("redis://")  # what Flower reads queue lengths from
 
 

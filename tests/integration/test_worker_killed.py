@@ -9,12 +9,12 @@ import time
 import pytest
 import redis
 
+from llmq.devstack import LocalStack
 from producers import Client
-from producers.devstack import LocalStack
-from workers.budget import GLOBAL_SCOPE, Ledger, to_micros
+from workers.accounting.ledger import GLOBAL_SCOPE, Ledger, to_micros
+from workers.accounting.prices import PriceBook
+from workers.accounting.tokens import TokenCounter
 from workers.contract import Message, Usage
-from workers.prices import PriceBook
-from workers.tokens import TokenCounter
 
 pytestmark = pytest.mark.slow
 

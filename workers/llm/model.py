@@ -2,7 +2,7 @@
 
 :class:`ChatModel` is what the pipeline calls; :class:`ProviderModel` binds ``openai:gpt-4o`` to
 the OpenAI provider; retry, fallback and instrumentation are :class:`ChatModel` wrappers
-(``retry.py``, ``fallback.py``) composed in one factory (``workers/chain.py``).
+(``retry.py``, ``fallback.py``) composed in one factory (``workers/jobs/chain.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _no_sleep(seconds: float) -> None:
 class ChainHooks:
     """No-op callbacks the chain's wrappers call; a metrics adapter overrides what it counts.
 
-    Called by :class:`~workers.llm.guarded.GuardedModel`, which sits inside the retry wrapper, so
+    Called by :class:`~workers.guards.model.GuardedModel`, which sits inside the retry wrapper, so
     every upstream attempt passes it. Retries and fallbacks are visible in ``RunContext.attempts``
     (one entry per attempt or skip, in order). Keep implementations cheap and non-raising: they
     run on the request path. ``model`` is a ``provider:model`` id; never label metrics by job.

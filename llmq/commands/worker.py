@@ -1,0 +1,60 @@
+"""``llmq worker``: a Celery worker process for llmqueue jobs (gevent by default)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run a worker process (one per core)")
+    p.add_argument("--pool", choices=("gevent", "threads"), default=os.environ.get("LLMQ_POOL", "gevent"))
+    p.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=int(os.environ.get("LLMQ_CONCURRENCY", "100")),
+        help="concurrent jobs in this process; size it by CPU budget, not 1000 (default 100)",
+    )
+    p.add_argument("--queue", "-Q", default=os.environ.get("LLMQ_QUEUE", "llmq"))
+    p.add_argument("--loglevel", "-l", default="INFO")
+    p.add_argument("--hostname", "-n", default=None, help="worker node name (default llmq-<pid>@%%h)")
+    p.set_defaults(func=run)
+
+
+def command(args: argparse.Namespace) -> list[str]:
+    """The celery command line this worker runs (also used by tests and the demo)."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.runtime.app",
+        "worker",
+        "-P",
+        args.pool,
+        "-c",
+        str(args.concurrency),
+        "-Q",
+        args.queue,
+        "-E",
+        "-l",
+        args.loglevel,
+        "-n",
+        args.hostname or f"llmq-{os.getpid()}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    # The app reads these through its settings, so slots, pools and prefetch agree with -P/-c.
+    os.environ["LLMQ_POOL"] = args.pool
+    os.environ["LLMQ_CONCURRENCY"] = str(args.concurrency)
+    os.environ["LLMQ_QUEUE"] = args.queue
+    argv = command(args)
+    # exec: signals (Ctrl-C, SIGTERM for a warm shutdown) go straight to Celery, and gevent
+    # patches the process before anything else is imported.
+    os.execv(argv[0], argv)
+    return 0  # pragma: no cover

@@ -1,0 +1,140 @@
+"""A real nginx (Debian package, 127.0.0.1) running ops/nginx.conf in front of the gateway.
+
+Checks that events arrive spread out in time, as the job produces them, not in one burst at the
+end: the first delta reaches the client before the last one was even published, and the
+arrivals span most of the upstream stream's duration. The gateway's ``X-Accel-Buffering: no``
+keeps even an nginx with ``proxy_buffering on`` and gzip for ``text/event-stream`` streaming
+(without the header that nginx holds everything to the end: notes/offline-deps.md §5, and this
+test fails if the gateway stops sending it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+from llmq.localredis import free_port
+from producers.gateway import GatewaySettings, create_gateway
+from producers.gateway.server import GatewayThread
+from producers.gateway.sse import SSEParser
+from simulator.app import SimulatorThread
+
+ROOT = Path(__file__).resolve().parents[3]
+TOKEN = "edge-token-6b4f0d"
+JOB = {"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "through the proxy"}]}
+
+
+def render(text: str, *, upstream_port: int, listen_port: int, prefix: Path) -> str:
+    """ops/nginx.conf on 127.0.0.1 (the same substitutions ops/README.md describes)."""
+    for old, new in {
+        "server gateway:8000;": f"server 127.0.0.1:{upstream_port};",
+        "listen 8080;": f"listen 127.0.0.1:{listen_port};",
+        "/var/run/": f"{prefix}/",
+        "/var/cache/nginx/": f"{prefix}/",
+        "access_log /dev/stdout;": "access_log off;",
+    }.items():
+        assert old in text, f"ops/nginx.conf no longer contains {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+@contextlib.contextmanager
+def nginx_in_front(upstream_port: int, prefix: Path, conf_text: str) -> Iterator[str]:
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if binary is None:
+        pytest.skip("nginx not installed (apt-get install -y --no-install-recommends nginx)")
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(render(conf_text, upstream_port=upstream_port, listen_port=port, prefix=prefix))
+    argv = [binary, "-e", "stderr", "-p", f"{prefix}/", "-c", str(conf), "-g", "daemon off;"]
+    log = prefix / "nginx.stderr"
+    with log.open("wb") as stderr, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr) as proc:
+        try:
+            for _ in range(200):
+                assert proc.poll() is None, log.read_text()
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"nginx did not listen: {log.read_text()}")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture
+def gw(redis_url: str) -> Iterator[GatewayThread]:
+    with GatewayThread(create_gateway(GatewaySettings(redis_url=redis_url, tokens={TOKEN: "edge"}))) as server:
+        yield server
+
+
+def _upstream_duration(sim: SimulatorThread, job_id: str) -> float:
+    record = httpx2.get(f"{sim.url}/_sim/streams", params={"job": job_id}).json()[-1]
+    return record["ended"] - record["started"]
+
+
+@pytest.mark.parametrize("config", ["ops", "hostile"], ids=["ops-config", "buffering-and-gzip-on"])
+def test_job_events_arrive_through_nginx_as_they_happen(
+    gw: GatewayThread, worker, simulator: SimulatorThread, tmp_path: Path, config: str
+) -> None:
+    simulator.simulator.config.tokens_per_s = 10
+    simulator.simulator.config.completion_tokens = 15  # ~1.5 s of deltas, ~0.1 s apart
+    conf = (ROOT / "ops" / "nginx.conf").read_text()
+    if config == "hostile":  # what the header must survive: buffering on and gzip for event streams
+        conf = conf.replace("proxy_buffering off;", "proxy_buffering on;")
+        conf = conf.replace("gzip off;", "gzip on; gzip_types text/event-stream; gzip_min_length 1;")
+    with (
+        nginx_in_front(gw.port, tmp_path, conf) as edge,
+        httpx2.Client(base_url=edge, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30) as http,
+    ):
+        created = http.post("/v1/jobs", json=JOB)
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        parser = SSEParser()
+        arrivals: list[tuple[float, dict]] = []
+        with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert "x-accel-buffering" not in response.headers  # nginx consumes it
+            for chunk in response.iter_bytes():
+                now = time.time()
+                arrivals += [(now, json.loads(data)) for _, _, data in parser.feed(chunk)]
+    deltas = [(at, event) for at, event in arrivals if event["type"] == "delta"]
+    assert len(deltas) >= 10 and arrivals[-1][1]["type"] == "done"
+    first_arrival, last_published = deltas[0][0], deltas[-1][1]["ts"]
+    assert first_arrival < last_published  # not held back until the end
+    done_published = arrivals[-1][1]["ts"]
+    early = [at for at, _ in deltas if at < done_published]
+    assert len(early) >= len(deltas) - 1  # every delta (but perhaps the last) arrived before the job ended
+    spread = deltas[-1][0] - deltas[0][0]
+    assert spread > 0.5 * _upstream_duration(simulator, job_id)
+
+
+def test_openai_sdk_streams_through_nginx(
+    gw: GatewayThread, worker, simulator: SimulatorThread, tmp_path: Path
+) -> None:
+    simulator.simulator.config.tokens_per_s = 10
+    simulator.simulator.config.completion_tokens = 15
+    with nginx_in_front(gw.port, tmp_path, (ROOT / "ops" / "nginx.conf").read_text()) as edge:
+        client = openai.OpenAI(base_url=f"{edge}/v1", api_key=TOKEN, max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model=JOB["model"], messages=JOB["messages"], stream=True
+        )
+        times, text = [], ""
+        for chunk in raw.parse():
+            if chunk.choices and chunk.choices[0].delta.content:
+                times.append(time.monotonic())
+                text += chunk.choices[0].delta.content
+        client.close()
+    assert len(text.split()) == 15 and len(times) >= 10
+    assert times[-1] - times[0] > 0.5 * _upstream_duration(simulator, raw.headers["x-llmq-job-id"])

@@ -1,0 +1,388 @@
+"""The guard wrapper inside the retry loop: shared breaker, not-before, buckets and the TTFT limit.
+
+Scripted fake models (fakes over mocks) under the real retry and fallback wrappers, with the real
+Redis-backed :class:`SharedGuards`; clocks are injected and ``ctx.sleep`` advances them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from tests.support.doubles import FakeClock
+from workers.guards.model import GuardedModel
+from workers.guards.shared import SharedGuards
+from workers.jobs.chain import build_chain
+from workers.llm.base import ChatRequest, ChatStream, Completion, Provider
+from workers.llm.errors import (
+    AllModelsFailedError,
+    BadRequestError,
+    DeadlineExceededError,
+    FirstTokenTimeoutError,
+    InsufficientQuotaError,
+    JobCancelledError,
+    LLMQError,
+    RateLimitedError,
+    RetryLaterError,
+    ServerError,
+)
+from workers.llm.fallback import FallbackModel
+from workers.llm.model import ChainHooks, ChatModel, ModelRequest, ProviderModel, RunContext
+from workers.llm.registry import ProviderRegistry
+from workers.llm.retry import RetryingModel, RetryPolicy
+from workers.llm.watchdog import Watchdog
+from workers.routes import LLMQConfig, ModelConfig
+
+A, B = "openai:a", "openai:b"
+REQ = ModelRequest(messages=[], max_tokens=10, prompt_tokens=90)
+
+
+class ListStream(ChatStream):
+    """Yields its parts; waits ``delay`` s before the first unless closed (then fails as a real
+    stream closed from outside does)."""
+
+    def __init__(self, parts: list[str | LLMQError], delay: float = 0.0) -> None:
+        super().__init__()
+        self._parts = parts
+        self._delay = delay
+        self._gone = threading.Event()
+
+    def __iter__(self) -> Iterator[str]:
+        if self._delay and self._gone.wait(self._delay):
+            raise JobCancelledError("the stream was closed while it was read")
+        for part in self._parts:
+            if isinstance(part, LLMQError):
+                raise part
+            self.text_parts.append(part)
+            yield part
+        self.completed = True
+
+    def close(self) -> None:
+        self.closed = True
+        self._gone.set()
+
+
+Outcome = LLMQError | list[str | LLMQError] | Callable[[], ChatStream]
+
+
+class ScriptedModel(ChatModel):
+    def __init__(self, model_id: str, outcomes: list[Outcome]) -> None:
+        self.model_id = model_id
+        self.outcomes = list(outcomes)
+        self.calls = 0
+        self.streams: list[ChatStream] = []
+
+    def _next(self) -> ChatStream:
+        self.calls += 1
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        if isinstance(outcome, LLMQError):
+            raise outcome
+        stream = outcome() if callable(outcome) else ListStream(outcome)
+        self.streams.append(stream)
+        return stream
+
+    def complete(self, request: ModelRequest) -> Completion:
+        stream = self._next()
+        return Completion(text="".join(stream))
+
+    def stream(self, request: ModelRequest) -> ChatStream:
+        return self._next()
+
+
+class CountingHooks(ChainHooks):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def on_attempt(self, model: str, error_type: str | None) -> None:
+        self.events.append(("attempt", model, str(error_type)))
+
+    def on_wait(self, model: str, reason: str, seconds: float) -> None:
+        self.events.append(("wait", model, reason))
+
+    def on_requeue(self, model: str, reason: str, seconds: float) -> None:
+        self.events.append(("requeue", model, reason))
+
+    def on_skip(self, model: str, reason: str) -> None:
+        self.events.append(("skip", model, reason))
+
+    def on_breaker(self, model: str, state: str) -> None:
+        self.events.append(("breaker", model, state))
+
+
+def _config(**models: ModelConfig) -> LLMQConfig:
+    return LLMQConfig(models={k.replace("_", ":"): v for k, v in models.items()})
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(5_000_000.0)
+
+
+@pytest.fixture
+def make_guards(redis_url: str, clock: FakeClock) -> Iterator[Callable[[LLMQConfig], SharedGuards]]:
+    """A worker process's guards: own Redis client, shared (fake) clock."""
+    made: list[tuple[SharedGuards, redis.Redis]] = []
+
+    def make(config: LLMQConfig, start: bool = False) -> SharedGuards:
+        client = redis.Redis.from_url(redis_url)
+        guards = SharedGuards(client, config, clock=clock, local_clock=clock)
+        made.append((guards, client))
+        if start:
+            guards.start()
+            assert guards.wait_live()
+        return guards
+
+    yield make
+    for guards, client in made:
+        guards.stop()
+        client.close()
+
+
+def _ctx(clock: FakeClock, *, advance: bool = True, **kw: object) -> tuple[RunContext, list[float]]:
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if advance:
+            clock.now += seconds
+
+    return RunContext(sleep=sleep, clock=clock, **kw), slept
+
+
+def _chain(ctx: RunContext, guards: SharedGuards | None, *models: ChatModel, ttft: float | None = None) -> ChatModel:
+    wrapped = [
+        RetryingModel(
+            GuardedModel(m, ctx, guard=guards.for_model(m.model_id) if guards else None, ttft_limit_s=ttft),
+            RetryPolicy(max_retries=2, initial_backoff_s=0.01),
+            ctx,
+        )
+        for m in models
+    ]
+    return FallbackModel(wrapped, ctx)
+
+
+def test_an_open_breaker_sends_every_worker_straight_to_the_next_model(make_guards, clock) -> None:
+    config = _config(openai_a=ModelConfig(breaker_failures=2, breaker_cooldown_s=30))
+    worker1, worker2 = make_guards(config), make_guards(config, start=True)
+    ctx, _ = _ctx(clock)
+    ctx.hooks = hooks = CountingHooks()
+    a, b = ScriptedModel(A, [ServerError("down")]), ScriptedModel(B, [["hi"]])
+    assert _chain(ctx, worker1, a, b).complete(REQ).text == "hi"
+    assert a.calls == 2  # the second failure opened the breaker: the retry that followed was skipped
+    assert [(x.model, x.status, x.error_type) for x in ctx.attempts] == [
+        (A, "failed", "server_error"),
+        (A, "failed", "server_error"),
+        (A, "skipped", None),
+        (B, "succeeded", None),
+    ]
+    assert ("breaker", A, "open") in hooks.events and ("skip", A, "breaker_open") in hooks.events
+
+    ctx2, _ = _ctx(clock)
+    a2, b2 = ScriptedModel(A, [["never"]]), ScriptedModel(B, [["hi"]])
+    assert "".join(_chain(ctx2, worker2, a2, b2).stream(REQ)) == "hi"
+    assert a2.calls == 0 and ctx2.attempts[0].status == "skipped"
+
+
+def test_half_open_probe_success_closes_the_breaker(make_guards, clock) -> None:
+    config = _config(openai_a=ModelConfig(breaker_failures=1, breaker_cooldown_s=10))
+    guards = make_guards(config)
+    ctx, _ = _ctx(clock)
+    _chain(ctx, guards, ScriptedModel(A, [ServerError("x")]), ScriptedModel(B, [["b"]])).complete(REQ)
+    assert guards.breaker.state(A).state == "open"
+    clock.now += 10
+    ctx, _ = _ctx(clock)
+    ctx.hooks = hooks = CountingHooks()
+    a = ScriptedModel(A, [["back"]])
+    assert _chain(ctx, guards, a, ScriptedModel(B, [["b"]])).complete(REQ).text == "back"
+    assert guards.breaker.state(A).state == "closed" and ("breaker", A, "closed") in hooks.events
+
+
+def test_a_breaker_skip_on_the_only_model_fails_with_the_error_that_opened_it(make_guards, clock) -> None:
+    guards = make_guards(_config(openai_a=ModelConfig(breaker_failures=2)))
+    quota = InsufficientQuotaError("You exceeded your current quota", "openai", "a", 429, "insufficient_quota")
+    for _ in range(2):
+        ctx, _ = _ctx(clock)
+        with pytest.raises(InsufficientQuotaError):
+            _chain(ctx, guards, ScriptedModel(A, [quota])).complete(REQ)
+    ctx, _ = _ctx(clock)
+    a = ScriptedModel(A, [["never"]])
+    with pytest.raises(InsufficientQuotaError) as info:  # typed like the real thing, without a request
+        _chain(ctx, guards, a).complete(REQ)
+    assert a.calls == 0 and (info.value.status, info.value.code) == (429, "insufficient_quota")
+    assert "circuit breaker open" in str(info.value) and "exceeded your current quota" in str(info.value)
+    # with a model left to try, the chain moves on; if every model fails, the error names each
+    ctx, _ = _ctx(clock)
+    with pytest.raises(AllModelsFailedError) as failed:
+        _chain(ctx, guards, ScriptedModel(B, [ServerError("down")]), ScriptedModel(A, [["never"]])).complete(REQ)
+    assert "openai:b: server_error" in str(failed.value) and "circuit breaker open" in str(failed.value)
+
+
+def test_scattered_failures_on_a_busy_model_do_not_open_it(make_guards, clock) -> None:
+    guards = make_guards(_config(openai_a=ModelConfig(breaker_failures=2)))
+    for i in range(60):
+        ctx, _ = _ctx(clock)
+        outcome: Outcome = ServerError("blip") if i % 10 == 9 else ["ok"]
+        model = ScriptedModel(A, [outcome, ["ok"]])
+        assert _chain(ctx, guards, model).complete(REQ).text == "ok"  # 10% failures, retried
+    assert guards.breaker.state(A).state == "closed"
+
+
+def test_requests_that_say_nothing_about_the_model_do_not_trip_it(make_guards, clock) -> None:
+    guards = make_guards(_config(openai_a=ModelConfig(breaker_failures=1)))
+    ctx, _ = _ctx(clock)
+    with pytest.raises(BadRequestError):
+        _chain(ctx, guards, ScriptedModel(A, [BadRequestError("bad")])).complete(REQ)
+    with pytest.raises(RetryLaterError):  # 429 with a long wait: not-before, not a breaker failure
+        _chain(ctx, guards, ScriptedModel(A, [RateLimitedError("slow", retry_after=60.0)])).complete(REQ)
+    assert guards.breaker.state(A).state == "closed"
+
+
+@pytest.mark.parametrize("rpm", [None, 6000])
+def test_a_429_makes_the_other_worker_wait_too(make_guards, clock, rpm: int | None) -> None:
+    config = _config(openai_a=ModelConfig(rpm=rpm))
+    worker1, worker2 = make_guards(config), make_guards(config, start=True)
+    ctx2, slept2 = _ctx(clock)
+    assert _chain(ctx2, worker2, ScriptedModel(A, [["warm"]])).complete(REQ).text == "warm"  # mirrored
+    clock.now += 1.0
+
+    ctx1, slept1 = _ctx(clock, advance=False)  # worker 1's sleep is its own; the clock stays
+    a1 = ScriptedModel(A, [RateLimitedError("slow down", retry_after=3.0), ["ok"]])
+    assert _chain(ctx1, worker1, a1).complete(REQ).text == "ok"
+    # the retry slept the 429's wait (then, on this frozen clock, the guard waited it out once more)
+    assert slept1[0] == 3.0 and a1.calls == 2
+
+    # worker 2's mirror learns of the 429 by pub/sub, without reading Redis
+    fetched = worker2.view(A, clock()).fetched
+    deadline = time.monotonic() + 2
+    while worker2.view(A, clock()).not_before <= clock() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker2.view(A, clock()).fetched == fetched
+    clock.now += 1.0  # worker 2 starts a job 1 s after the 429: it waits the other 2 s
+    ctx2, slept2 = _ctx(clock)
+    ctx2.hooks = hooks = CountingHooks()
+    a2 = ScriptedModel(A, [["later"]])
+    assert _chain(ctx2, worker2, a2).complete(REQ).text == "later"
+    assert a2.calls == 1 and len(slept2) == 1
+    # without a bucket: up to 10% jitter; with one (burst 10 at 6000 RPM): exactly the not-before time
+    assert 2.0 <= slept2[0] <= 2.0 + (0.2 if rpm is None else 0.0)
+    assert hooks.events[0] == ("wait", A, "not_before")
+
+
+def test_a_long_shared_wait_requeues_without_a_request(make_guards, clock) -> None:
+    guards = make_guards(_config())
+    guards.limiter.hold_off(A, 30.0)
+    ctx, slept = _ctx(clock, max_inworker_wait_s=10.0)
+    ctx.hooks = hooks = CountingHooks()
+    a, b = ScriptedModel(A, [["never"]]), ScriptedModel(B, [["never"]])
+    with pytest.raises(RetryLaterError) as info:
+        list(_chain(ctx, guards, a, b).stream(REQ))
+    assert a.calls == 0 and b.calls == 0 and slept == []
+    assert 30.0 <= info.value.retry_after <= 31.0 and info.value.code == "not_before"
+    assert [(x.model, x.error_type) for x in ctx.attempts] == [(A, "retry_later")]  # not retried
+    assert ("requeue", A, "not_before") in hooks.events
+
+
+def test_the_deadline_stops_a_shared_wait(make_guards, clock) -> None:
+    guards = make_guards(_config())
+    guards.limiter.hold_off(A, 5.0)
+    ctx, slept = _ctx(clock, deadline=clock() + 3.0)
+    with pytest.raises(DeadlineExceededError):
+        _chain(ctx, guards, ScriptedModel(A, [["never"]])).complete(REQ)
+    assert slept == []
+
+
+def test_rpm_waits_inside_the_worker_and_tpm_skips_what_never_fits(make_guards, clock) -> None:
+    guards = make_guards(_config(openai_a=ModelConfig(rpm=60, tpm=1000)))
+    ctx, slept = _ctx(clock)
+    a = ScriptedModel(A, [["x"]])
+    chain = _chain(ctx, guards, a)
+    chain.complete(REQ)
+    chain.complete(REQ)
+    assert slept == [1.0] and a.calls == 2  # 60 RPM: the second request waited its slot
+    big = ModelRequest(messages=[], max_tokens=500, prompt_tokens=501)
+    ctx, _ = _ctx(clock)
+    b = ScriptedModel(B, [["fits elsewhere"]])
+    assert _chain(ctx, guards, ScriptedModel(A, [["never"]]), b).complete(big).text == "fits elsewhere"
+    assert ctx.attempts[0].status == "skipped" and "TPM" in (ctx.attempts[0].message or "")
+
+
+def test_slow_first_token_closes_the_stream_and_falls_back_without_retrying(clock) -> None:
+    ctx, _ = _ctx(clock)
+    slow = ListStream(["late"], delay=30.0)
+    a, b = ScriptedModel(A, [lambda: slow]), ScriptedModel(B, [["fast"]])
+    started = time.monotonic()
+    stream = _chain(ctx, None, a, b, ttft=0.2).stream(REQ)
+    assert "".join(stream) == "fast" and stream.model_id == B
+    assert time.monotonic() - started < 5 and slow.closed
+    assert a.calls == 1  # FirstTokenTimeoutError is not retried
+    assert [(x.model, x.error_type) for x in ctx.attempts] == [(A, "first_token_timeout"), (B, None)]
+
+
+def test_ttft_limit_applies_to_complete_and_not_after_the_first_token(clock) -> None:
+    ctx, _ = _ctx(clock)
+    a = ScriptedModel(A, [lambda: ListStream(["late"], delay=30.0)])
+    with pytest.raises(FirstTokenTimeoutError):
+        _chain(ctx, None, a, ttft=0.1).complete(REQ)
+    ctx, _ = _ctx(clock)
+    a = ScriptedModel(A, [lambda: ListStream(["quick", " answer"])])
+    assert _chain(ctx, None, a, ttft=0.1).complete(REQ).text == "quick answer"
+
+
+def test_ttft_does_not_mistake_a_consumer_cancel_for_slowness(clock) -> None:
+    ctx, _ = _ctx(clock)
+    slow = ListStream(["late"], delay=30.0)
+    stream = _chain(ctx, None, ScriptedModel(A, [lambda: slow]), ttft=20.0).stream(REQ)
+    threading.Timer(0.1, stream.close).start()
+    with pytest.raises(JobCancelledError):
+        list(stream)
+
+
+def test_watchdog_cancel_races() -> None:
+    dog = Watchdog()
+    fired: list[int] = []
+    try:
+        early = dog.schedule(0.05, lambda: fired.append(1))
+        late = dog.schedule(5.0, lambda: fired.append(2))
+        time.sleep(0.3)
+        assert fired == [1] and not dog.cancel(early)  # ran: the caller must treat it as expired
+        assert dog.cancel(late) and dog.cancel(late)
+    finally:
+        dog.stop()
+    assert fired == [1]
+
+
+class _NullProvider(Provider):
+    name = "openai"
+
+    def complete(self, request: ChatRequest) -> Completion:  # pragma: no cover - never called
+        raise NotImplementedError
+
+    def stream(self, request: ChatRequest) -> ChatStream:  # pragma: no cover
+        raise NotImplementedError
+
+
+def test_build_chain_puts_the_guard_inside_the_meter_inside_the_retry(make_guards, clock) -> None:
+    registry = ProviderRegistry({"openai": _NullProvider()})
+    config = _config(openai_b=ModelConfig(ttft_limit_s=5))
+    ctx = RunContext()
+    guards = make_guards(config)
+    metered: list[ChatModel] = []
+
+    def meter(model: ChatModel) -> ChatModel:
+        metered.append(model)
+        return model
+
+    chain = build_chain([A, B], registry, config, ctx, meter=meter, guards=guards)
+    assert isinstance(chain, FallbackModel)
+    for retry in chain.models:
+        assert isinstance(retry, RetryingModel) and isinstance(retry.wrapped, GuardedModel)
+        assert isinstance(retry.wrapped.wrapped, ProviderModel)
+    assert metered == [r.wrapped for r in chain.models]
+    assert [r.wrapped.ttft_limit_s for r in chain.models] == [None, 5]
+    # without shared guards only a model with a TTFT limit is wrapped
+    bare = build_chain([A, B], registry, config, ctx)
+    assert [type(r.wrapped).__name__ for r in bare.models] == ["ProviderModel", "GuardedModel"]

@@ -1,0 +1,59 @@
+"""Aborting whole-body calls in flight (``stream: false`` jobs), against the real simulator."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from simulator.app import SimulatorThread
+from tests.support.doubles import provider_for
+from tests.support.replay_server import local_client
+from workers.contract import Message
+from workers.llm._http import HTTPClient
+from workers.llm.abort import AbortSignal
+from workers.llm.base import ChatRequest
+from workers.llm.errors import JobCancelledError
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[HTTPClient]:
+    with local_client(read_timeout=30.0) as client:
+        yield client
+
+
+def test_the_signal_closes_what_is_armed_and_stays_fired() -> None:
+    signal = AbortSignal()
+    closed: list[str] = []
+    assert signal.arm(lambda: closed.append("a"))
+    signal.disarm()
+    signal.fire()
+    assert closed == [] and signal.fired  # nothing was armed when it fired
+    assert not signal.arm(lambda: closed.append("b"))  # fired: what is armed now is closed at once
+    assert closed == ["b"]
+    other = AbortSignal()
+    other.arm(lambda: closed.append("c"))
+    other.fire()
+    other.fire()
+    assert closed == ["b", "c"]
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic", "ollama"])
+def test_a_fired_signal_ends_a_blocked_whole_body_read(name: str, http: HTTPClient, simulator: SimulatorThread) -> None:
+    provider = provider_for(name, http, simulator.url, api_key="sk-sim")
+    signal = AbortSignal()
+    request = ChatRequest(
+        model="m",
+        messages=[Message(role="user", content="wait")],
+        max_tokens=20,
+        extra_headers={"x-llmq-sim-fault": "stall@20"},  # the answer would come 20 s late
+        abort=signal,
+    )
+    threading.Timer(0.3, signal.fire).start()
+    with pytest.raises(JobCancelledError):  # without the abort the answer would arrive, 20 s on
+        provider.complete(request)
+    assert simulator.simulator.stats.requests == 1
+    with pytest.raises(JobCancelledError, match="before the request was sent"):
+        provider.complete(request)  # a retry after the cancel never reaches the upstream
+    assert simulator.simulator.stats.requests == 1

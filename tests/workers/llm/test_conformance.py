@@ -1,0 +1,355 @@
+"""Our providers against recorded provider traffic (``../shared/conformance``), over real HTTP.
+
+Every transcript and error file is served byte for byte (status, headers, body) by a local
+server, read by the real provider through the real HTTP client, and our parse is checked against
+every field its sidecar's ``expected`` states. A field no check knows fails the test: a new kind of
+expectation must be handled (or listed in ``INFORMATIONAL`` with the reason it is not ours to
+check). New files dropped into the folder are picked up without code changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.conformance_cases import (
+    CONFORMANCE,
+    Case,
+    Outcome,
+    assert_no_key,
+    error_files,
+    run_case,
+    transcripts,
+)
+from tests.support.replay_server import ReplayServer, local_client
+from workers.llm._http import HTTPClient
+from workers.llm.base import Completion
+from workers.llm.errormap import _timestamp
+from workers.llm.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ContentFilteredError,
+    ContextLengthExceededError,
+    InsufficientQuotaError,
+    LLMQError,
+    ModelNotFoundError,
+    OverloadedError,
+    PermissionDeniedError,
+    ProviderError,
+    RateLimitedError,
+    ServerError,
+)
+
+if not (CONFORMANCE / "transcripts").is_dir() and not (CONFORMANCE / "errors").is_dir():
+    pytest.skip(f"conformance folder not found at {CONFORMANCE} (set LLMQ_CONFORMANCE_DIR)", allow_module_level=True)
+
+#: Sidecar fields that describe the recording rather than anything our parse produces.
+INFORMATIONAL = {
+    "usage_raw": "provider's full usage object; Usage keeps the normalized counts only",
+    "n_data_chunks_excluding_done": "wire statistic (events on the wire)",
+    "n_lines": "wire statistic (NDJSON lines on the wire)",
+    "event_counts": "wire statistic (SSE events by type)",
+    "content_block_types": "wire structure; text, tool calls and thinking are checked",
+    "thinking_signature_lengths": "signatures are not kept (the contract has no thinking turns)",
+    "stop_sequence": "we never send stop sequences",
+    "note": "prose",
+    "why_not_retryable": "prose; 'retryable' is checked",
+    "retry_after_seconds_rule": "prose; 'retry_after_seconds' is checked",
+    "retry_after_header": "raw header; the parsed wait is checked as 'retry_after_seconds'",
+    "retry_after_ms_header": "raw header; the parsed wait is checked as 'retry_after_seconds'",
+    "body_is_json": "property of the recording",
+}
+
+
+# --- serving -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ReplayServer]:
+    with ReplayServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[HTTPClient]:
+    with local_client() as client:
+        yield client
+
+
+# --- expectations: transcripts ---------------------------------------------------------------------
+
+#: Sidecar stop/done reasons -> our normalized finish_reason.
+ANTHROPIC_FINISH = {"end_turn": "stop", "max_tokens": "length", "tool_use": "tool_calls", "stop_sequence": "stop"}
+IN_STREAM_ERROR_CLASS = {"overloaded_error": OverloadedError, None: ServerError}
+
+Check = Callable[[Any, Outcome, Case], None]
+
+
+def _c(o: Outcome) -> Completion:
+    assert o.completion is not None, f"no parse result (error: {o.error!r})"
+    return o.completion
+
+
+def check_tool_calls(expected: list[dict[str, Any]], o: Outcome, case: Case) -> None:
+    calls = _c(o).tool_calls if o.error is None else []
+    assert len(calls) == len(expected)
+    for call, want in zip(calls, expected, strict=True):
+        if want.get("id"):
+            assert call.id == want["id"]
+        else:
+            assert call.id  # synthesized when the wire has none
+        assert call.function.name == want["name"]
+        parsed = json.loads(call.function.arguments)
+        if "arguments" in want:
+            assert parsed == want["arguments"]
+        if "input" in want:
+            assert parsed == want["input"]
+        if "arguments_raw" in want:
+            assert call.function.arguments == want["arguments_raw"]  # byte-exact
+        if "partial_json_concat" in want:
+            assert call.function.arguments == (want["partial_json_concat"] or "{}")
+
+
+def check_usage(expected: dict[str, Any], o: Outcome, case: Case) -> None:
+    """The provider's own usage object: counts under its own names."""
+    usage = _c(o).usage
+    names = {"openai": ("prompt_tokens", "completion_tokens"), "anthropic": ("input_tokens", "output_tokens")}
+    keys = names.get(case.provider, ("prompt_eval_count", "eval_count"))
+    if all(expected[k] is None for k in keys):
+        assert usage is None
+        return
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == tuple(expected[k] for k in keys)
+    if "total_tokens" in expected:
+        assert usage.total_tokens == expected["total_tokens"]
+
+
+def check_usage_normalized(expected: dict[str, Any], o: Outcome, case: Case) -> None:
+    usage = _c(o).usage
+    prompt, completion = expected["prompt_tokens"], expected["completion_tokens"]
+    if prompt is None and completion is None:
+        assert usage is None
+    elif completion is None:  # only the prompt count is known (error before the final count)
+        assert usage is not None and usage.estimated and usage.prompt_tokens == prompt
+    else:
+        assert usage is not None and not usage.estimated
+        assert (usage.prompt_tokens, usage.completion_tokens) == (prompt, completion)
+
+
+def check_finish_reason(expected: str | None, o: Outcome, case: Case) -> None:
+    assert _c(o).finish_reason == expected
+    assert _c(o).native_finish_reason == expected
+
+
+def check_stop_reason(expected: str | None, o: Outcome, case: Case) -> None:
+    assert _c(o).native_finish_reason == expected
+    assert _c(o).finish_reason == ANTHROPIC_FINISH.get(expected, expected)
+
+
+def check_done_reason(expected: str | None, o: Outcome, case: Case) -> None:
+    c = _c(o)
+    assert c.native_finish_reason == expected
+    if o.error is not None:
+        assert c.finish_reason is None
+    elif expected in (None, "stop"):  # Ollama says "stop" (or nothing) after a tool call too
+        assert c.finish_reason == ("tool_calls" if c.tool_calls else "stop")
+    else:
+        assert c.finish_reason == expected
+
+
+def check_completed(expected: bool, o: Outcome, case: Case) -> None:
+    if o.stream is not None:
+        assert o.stream.completed is expected
+    else:
+        assert expected and o.error is None
+
+
+def check_outcome(expected: str, o: Outcome, case: Case) -> None:
+    if expected == "complete":
+        assert o.error is None, f"unexpected error {o.error!r}"
+        assert o.stream is None or o.stream.completed
+    else:
+        assert expected == "error" and o.error is not None
+
+
+def check_stream_error(expected: dict[str, Any], o: Outcome, case: Case) -> None:
+    exc = o.error
+    assert exc is not None
+    assert type(exc) is IN_STREAM_ERROR_CLASS[expected.get("type")]
+    assert exc.details and exc.details["in_stream"] is True
+    assert exc.is_retryable
+    assert exc.message == expected["message"]
+    if "type" in expected:
+        assert exc.code == expected["type"]
+    if "equivalent_http_status" in expected:
+        assert exc.status == expected["equivalent_http_status"]
+
+
+def check_stream_errors(expected: list[Any], o: Outcome, case: Case) -> None:
+    assert len(expected) <= 1, "a stream stops at its first error"
+    if not expected:
+        assert o.error is None
+        return
+    want = expected[0] if isinstance(expected[0], dict) else {"message": expected[0]}
+    assert o.error is not None and o.error.message == want["message"]
+    if want.get("type"):
+        assert o.error.code == want["type"]
+
+
+def check_thinking(expected: list[str] | str | None, o: Outcome, case: Case) -> None:
+    joined = "".join(expected) if isinstance(expected, list) else expected or ""
+    assert _c(o).thinking == joined
+
+
+TRANSCRIPT_CHECKS: dict[str, Check] = {
+    "id": lambda v, o, c: _assert_eq(_c(o).response_id, v),
+    "model": lambda v, o, c: _assert_eq(_c(o).response_model, v),
+    "text": lambda v, o, c: _assert_eq(_c(o).text, v or ""),
+    "text_blocks": lambda v, o, c: _assert_eq(_c(o).text, "".join(v)),
+    "refusal": lambda v, o, c: _assert_eq(_c(o).refusal, v),
+    "thinking": check_thinking,
+    "tool_calls": check_tool_calls,
+    "usage": check_usage,
+    "usage_normalized": check_usage_normalized,
+    "finish_reason": check_finish_reason,
+    "stop_reason": check_stop_reason,
+    "done_reason": check_done_reason,
+    "done": check_completed,
+    "message_stop_seen": check_completed,
+    "terminated_by_done_sentinel": check_completed,
+    "outcome": check_outcome,
+    "error": check_stream_error,
+    "errors": check_stream_errors,
+}
+
+
+def _assert_eq(got: object, want: object) -> None:
+    assert got == want
+
+
+def check_fields(expected: dict[str, Any], checks: dict[str, Check], o: Outcome, case: Case) -> None:
+    unknown = sorted(set(expected) - set(checks) - set(INFORMATIONAL))
+    assert not unknown, f"sidecar fields without a check: {unknown} (add a check or an INFORMATIONAL reason)"
+    for name, check in checks.items():
+        if name in expected:
+            try:
+                check(expected[name], o, case)
+            except AssertionError as exc:
+                raise AssertionError(f"expected.{name}: {exc}") from exc
+
+
+@pytest.mark.parametrize("case", list(transcripts()))
+def test_transcript(case: Case, server: ReplayServer, http: HTTPClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    outcome = run_case(case, server, http)
+    check_fields(case.expected, TRANSCRIPT_CHECKS, outcome, case)
+    assert_no_key(outcome, caplog.text)
+
+
+# --- expectations: error files ---------------------------------------------------------------------
+
+
+def expected_error_class(expected: dict[str, Any]) -> type[ProviderError]:
+    """The class the issue's error tree prescribes for what the sidecar describes."""
+    status, code, kind = expected["http_status"], expected.get("error_code"), expected.get("error_type")
+    message = expected.get("message") or expected.get("error_message") or ""
+    if status == 429:
+        return InsufficientQuotaError if "insufficient_quota" in (code, kind) else RateLimitedError
+    if status == 529 or kind == "overloaded_error":
+        return OverloadedError
+    if status >= 500:
+        return ServerError
+    classes = {401: AuthenticationError, 403: PermissionDeniedError, 404: ModelNotFoundError}
+    if status in classes:
+        return classes[status]
+    if code == "context_length_exceeded" or "prompt is too long" in message:
+        return ContextLengthExceededError
+    if code in ("content_filter", "invalid_prompt"):
+        return ContentFilteredError
+    return BadRequestError
+
+
+def _ratelimit_expectation(key: str, value: Any, headers: list[tuple[str, str]]) -> tuple[str, float]:
+    """A sidecar ratelimit entry as our normalized key and value.
+
+    OpenAI sidecars say ``limit_requests``/``reset_requests_seconds``; Anthropic ones say
+    ``requests_limit``/``requests_reset`` (an RFC 3339 time, which we report as seconds from the
+    response's ``Date``).
+    """
+    if key.startswith("reset_") and key.endswith("_seconds"):
+        return f"{key[6:-8]}_reset_s", value
+    for field_name in ("limit", "remaining"):
+        if key.startswith(field_name + "_"):
+            return f"{key[len(field_name) + 1 :]}_{field_name}", value
+    if key.endswith("_reset"):
+        date = next(v for k, v in headers if k.lower() == "date")
+        at, origin = _timestamp(value), _timestamp(date)
+        assert at is not None and origin is not None
+        return f"{key}_s", max(at - origin, 0.0)
+    return key, value
+
+
+def check_ratelimit(expected: dict[str, Any], o: Outcome, case: Case) -> None:
+    got = o.error.ratelimit if o.error is not None else _c(o).ratelimit
+    assert got is not None
+    for key, value in expected.items():
+        ours, want = _ratelimit_expectation(key, value, case.headers)
+        assert got.get(ours) == pytest.approx(want), f"{key} -> {ours}"
+
+
+def _exc(o: Outcome) -> LLMQError:
+    assert o.error is not None, "expected an error"
+    return o.error
+
+
+def check_http_status(expected: int, o: Outcome, case: Case) -> None:
+    if expected < 300:
+        assert o.error is None and o.completion is not None
+        return
+    exc = _exc(o)
+    assert exc.status == expected
+    assert type(exc) is expected_error_class(case.expected), f"{type(exc).__name__}"
+    assert exc.provider == case.provider and exc.model == case.request_model
+
+
+def check_request_id(expected: str, o: Outcome, case: Case) -> None:
+    got = o.error.request_id if o.error is not None else _c(o).request_id
+    assert got == expected
+
+
+ERROR_CHECKS: dict[str, Check] = {
+    "http_status": check_http_status,
+    "error_type": lambda v, o, c: _assert_eq((_exc(o).details or {}).get("type"), v),
+    "error_code": lambda v, o, c: _assert_eq(_exc(o).code, v),
+    "error_param": lambda v, o, c: _assert_eq((_exc(o).details or {}).get("param"), v),
+    "message": lambda v, o, c: _assert_eq(_exc(o).message, v),
+    "error_message": lambda v, o, c: _assert_eq(_exc(o).message, v),
+    "retryable": lambda v, o, c: _assert_eq(_exc(o).is_retryable, v),
+    "retry_after_seconds": lambda v, o, c: _assert_eq(_exc(o).retry_after, pytest.approx(v)),
+    "x_should_retry_header": lambda v, o, c: _assert_eq(_exc(o).should_retry, v == "true"),
+    "request_id": check_request_id,
+    "ratelimit": check_ratelimit,
+    "prompt_tokens_reported": lambda v, o, c: _assert_eq((_exc(o).details or {}).get("prompt_tokens"), v),
+    "context_limit_tokens": lambda v, o, c: _assert_eq((_exc(o).details or {}).get("context_limit_tokens"), v),
+    "requested_tokens": lambda v, o, c: _assert_eq((_exc(o).details or {}).get("requested_tokens"), v),
+}
+
+
+@pytest.mark.parametrize("case", list(error_files()))
+def test_error_file(case: Case, server: ReplayServer, http: HTTPClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    outcome = run_case(case, server, http)
+    if case.provider == "anthropic" and "error_type" in case.expected:
+        assert _exc(outcome).code == case.expected["error_type"]  # Anthropic has only a type
+    check_fields(case.expected, ERROR_CHECKS, outcome, case)
+    assert_no_key(outcome, caplog.text)
+    if outcome.error is not None:
+        # what a job's result and events carry: the provider's message minus any key it echoed
+        info = outcome.error.to_info()
+        assert "***" not in info.message
+        if "API key provided" in (case.expected.get("message") or ""):
+            assert info.message.startswith("Incorrect API key provided: [redacted]")

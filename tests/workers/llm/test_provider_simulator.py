@@ -1,0 +1,147 @@
+"""All three providers against the built-in simulator: answers, tool calls and every fault it scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from simulator.app import SimulatorThread
+from tests.support.doubles import provider_for
+from tests.support.replay_server import local_client
+from workers.contract import Message, Tool, ToolFunction
+from workers.llm._http import HTTPClient
+from workers.llm.base import ChatRequest, Provider
+from workers.llm.errors import (
+    AuthenticationError,
+    ContextLengthExceededError,
+    IncompleteStreamError,
+    InsufficientQuotaError,
+    LLMQError,
+    ModelNotFoundError,
+    OverloadedError,
+    ProviderTimeoutError,
+    RateLimitedError,
+    RetryableProviderError,
+    ServerError,
+)
+
+PROVIDERS = ["openai", "anthropic", "ollama"]
+LOOKUP = Tool(
+    function=ToolFunction(name="lookup", parameters={"type": "object", "properties": {"q": {"type": "string"}}})
+)
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[HTTPClient]:
+    with local_client(read_timeout=2.0) as client:
+        yield client
+
+
+def sim_provider(name: str, http: HTTPClient, sim: SimulatorThread) -> Provider:
+    return provider_for(name, http, sim.url, api_key="sk-sim")
+
+
+def request(fault: str | None = None, **fields: object) -> ChatRequest:
+    headers = {"x-llmq-sim-fault": fault} if fault else {}
+    base: dict[str, object] = {"model": "m", "messages": [Message(role="user", content="Say hello")]}
+    return ChatRequest(**(base | {"max_tokens": 50, "extra_headers": headers} | fields))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+def test_answers_streamed_and_whole(name: str, http: HTTPClient, simulator: SimulatorThread) -> None:
+    provider = sim_provider(name, http, simulator)
+    with provider.stream(request()) as stream:
+        deltas = list(stream)
+    assert len(deltas) > 1 and stream.completed and stream.finish_reason == "stop"
+    assert stream.usage is not None and not stream.usage.estimated and stream.usage.completion_tokens > 0
+    whole = provider.complete(request())
+    assert whole.text == stream.text and whole.finish_reason == "stop" and whole.usage == stream.usage
+
+
+@pytest.mark.parametrize(
+    ("name", "fault", "read", "written"),
+    [("openai", "cache@3", 3, 0), ("anthropic", "cache@3", 3, 0), ("anthropic", "cachew@2", 0, 2)],
+)
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
+def test_prompt_cache_counts(
+    name: str, fault: str, read: int, written: int, stream: bool, http: HTTPClient, simulator: SimulatorThread
+) -> None:
+    """Cache reads/writes are part of ``prompt_tokens`` (Anthropic's ``input_tokens`` excludes them)."""
+    provider = sim_provider(name, http, simulator)
+    plain = provider.complete(request()).usage
+    if stream:
+        with provider.stream(request(fault)) as s:
+            list(s)
+        usage = s.usage
+    else:
+        usage = provider.complete(request(fault)).usage
+    assert plain is not None and usage is not None and plain.cached_tokens == plain.cache_write_tokens == 0
+    assert usage.prompt_tokens == plain.prompt_tokens
+    assert (usage.cached_tokens, usage.cache_write_tokens) == (read, written)
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
+def test_tool_calls(name: str, stream: bool, http: HTTPClient, simulator: SimulatorThread) -> None:
+    provider = sim_provider(name, http, simulator)
+    req = request("tools@2", tools=[LOOKUP])
+    if stream:
+        with provider.stream(req) as s:
+            list(s)
+        completion = s.to_completion()
+    else:
+        completion = provider.complete(req)
+    assert completion.finish_reason == "tool_calls"
+    assert [c.function.name for c in completion.tool_calls] == ["lookup", "lookup"]
+    assert all(isinstance(json.loads(c.function.arguments), dict) and c.id for c in completion.tool_calls)
+
+
+HTTP_FAULTS: list[tuple[str, type[LLMQError]]] = [
+    ("429", RateLimitedError),
+    ("quota", InsufficientQuotaError),
+    ("context", ContextLengthExceededError),
+    ("401", AuthenticationError),
+    ("404", ModelNotFoundError),
+    ("503", ServerError),
+    ("529", OverloadedError),
+]
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+@pytest.mark.parametrize(("fault", "cls"), HTTP_FAULTS, ids=[f for f, _ in HTTP_FAULTS])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
+def test_http_faults(
+    name: str, fault: str, cls: type[LLMQError], stream: bool, http: HTTPClient, simulator: SimulatorThread
+) -> None:
+    provider = sim_provider(name, http, simulator)
+    with pytest.raises(LLMQError) as info:
+        if stream:
+            list(provider.stream(request(fault)))
+        else:
+            provider.complete(request(fault))
+    exc = info.value
+    assert isinstance(exc, cls), repr(exc)
+    if fault == "429":
+        assert exc.retry_after == pytest.approx(1.0)
+    assert "sk-sim" not in repr(exc.args)
+
+
+STREAM_FAULTS: list[tuple[str, type[LLMQError]]] = [
+    ("midstream", RetryableProviderError),
+    ("cut", IncompleteStreamError),
+    ("malformed", IncompleteStreamError),
+    ("stall@10", ProviderTimeoutError),
+]
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+@pytest.mark.parametrize(("fault", "cls"), STREAM_FAULTS, ids=[f for f, _ in STREAM_FAULTS])
+def test_stream_faults(
+    name: str, fault: str, cls: type[LLMQError], http: HTTPClient, simulator: SimulatorThread
+) -> None:
+    stream = sim_provider(name, http, simulator).stream(request(fault))
+    with pytest.raises(cls):
+        list(stream)
+    assert stream.text and not stream.completed  # partial text seen before the failure

@@ -1,0 +1,46 @@
+"""Config files: the examples shown in the docs load, and per-model settings reach what uses them."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import workers.routes
+from workers.routes import LLMQConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_readme_routes_file_example_loads() -> None:
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert blocks
+    for block in blocks:
+        LLMQConfig.model_validate(tomllib.loads(block))
+
+
+def test_the_config_module_example_loads() -> None:
+    doc = workers.routes.__doc__ or ""
+    example = doc.split("Example::", 1)[1].split("Every table forbids", 1)[0]
+    LLMQConfig.model_validate(tomllib.loads("\n".join(line[4:] for line in example.splitlines())))
+
+
+def test_per_model_guard_settings_reach_the_breaker_and_the_buckets() -> None:
+    from workers.guards.policy import breaker_policy_for, rate_limits_for
+    from workers.routes import ModelConfig
+
+    default = breaker_policy_for(ModelConfig())
+    assert (default.failures, default.window_s, default.failure_ratio, default.cooldown_s) == (5, 60.0, 0.8, 30.0)
+    tuned = ModelConfig(breaker_failures=3, breaker_window_s=10, breaker_failure_ratio=0.5, breaker_cooldown_s=5)
+    policy = breaker_policy_for(tuned)
+    assert (policy.failures, policy.window_s, policy.failure_ratio, policy.cooldown_s) == (3, 10, 0.5, 5)
+    assert breaker_policy_for(ModelConfig(breaker_failure_ratio=0)).failure_ratio is None  # the count alone
+    limits = rate_limits_for(ModelConfig(rpm=6000, rpm_burst=20, tpm=10_000, tpm_burst=5000, rate_lease_ms=0))
+    assert (limits.rpm, limits.rpm_burst, limits.tpm, limits.tpm_burst, limits.leased) == (
+        6000,
+        20,
+        10_000,
+        5000,
+        False,
+    )
+    assert rate_limits_for(ModelConfig(rpm=6000)).lease_s == 0.1

@@ -1,0 +1,175 @@
+"""The money wrapper: pre-count, context-window gate and budget reservation around every call.
+
+``Fallback( Retry( Metered( [guards]( Provider model ))))``: each attempt of each model
+1. plans the call once per model (price, pre-count, window gate or sliding-window trim),
+2. reserves the worst case (prompt tokens x input price + max_tokens x output price) in every
+   budget scope at once (one Lua script), before any HTTP request,
+3. settles the actual cost afterwards, idempotently per job id and call number: with the
+   provider's usage, or with our estimate (``usage.estimated``) when a stream omitted it, when the
+   consumer cancelled, or when it failed after the first delta; a call that failed before any
+   output releases its reservation.
+
+A model that cannot hold the prompt, or whose worst case does not fit the remaining budget, is
+skipped before dispatch (the fallback chain moves on; with no model left the job fails with that
+typed, non-retryable error). The kill switch and an unreachable ledger stop the job at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from workers.accounting.ledger import Ledger, Reservation
+from workers.accounting.metrics import UsageMetrics
+from workers.accounting.preflight import CallPlan, plan_call
+from workers.accounting.prices import PriceBook
+from workers.accounting.tokens import TokenCounter
+from workers.contract import CompletionJob, Usage
+from workers.llm.base import ChatStream, Completion
+from workers.llm.errors import BudgetExceededError, ContextLengthExceededError
+from workers.llm.fallback import SkipModel
+from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
+
+__all__ = ["Meter", "MeteredModel"]
+
+
+@dataclass
+class Meter:
+    """Per-job accounting shared by the metered models of one chain."""
+
+    job: CompletionJob
+    counter: TokenCounter
+    prices: PriceBook
+    ledger: Ledger | None
+    ctx: RunContext
+    metrics: UsageMetrics | None = None
+    #: Total settled cost of the job's calls; None while every call was unpriced.
+    cost_usd: Decimal | None = None
+    #: Messages the sliding window dropped for the model that answered.
+    dropped: int = 0
+    #: Usage of the last settled call (the answer's, or the partial output of a cut/cancel).
+    last_usage: Usage | None = None
+    _plans: dict[str, CallPlan] = field(default_factory=dict)
+
+    def plan(self, model_id: str, request: ModelRequest) -> CallPlan:
+        plan = self._plans.get(model_id)
+        if plan is None:
+            try:
+                plan = plan_call(
+                    model_id,
+                    request.messages,
+                    counter=self.counter,
+                    prices=self.prices,
+                    max_tokens=request.max_tokens,
+                    tools=request.tools,
+                    truncate=self.job.truncate,
+                )
+            except ContextLengthExceededError as exc:
+                raise SkipModel(exc.message, exc) from exc
+            self._plans[model_id] = plan
+        return plan
+
+    def reserve(self, plan: CallPlan) -> Reservation | None:
+        if self.ledger is None:
+            return None
+        while True:
+            self.ctx.calls += 1
+            try:
+                reservation = self.ledger.reserve(
+                    self.job.id, self.ctx.calls, self.job.tenant, plan.worst_case_usd or 0
+                )
+            except BudgetExceededError as exc:
+                if exc.code == "budget_limit":
+                    raise SkipModel(exc.message, exc) from exc
+                raise
+            if not reservation.already_settled:
+                break
+            # this call number was settled by an earlier run of a redelivered job: a new call is
+            # a new charge, under the next number
+        if self.metrics is not None:
+            self.metrics.record_scopes(reservation.scopes)
+        return reservation
+
+    def release(self, reservation: Reservation | None) -> None:
+        if reservation is not None and self.ledger is not None:
+            self.ledger.release(reservation)
+
+    def settle(self, reservation: Reservation | None, plan: CallPlan, usage: Usage) -> Decimal | None:
+        self.last_usage = usage
+        cost = plan.cost(usage)
+        if cost is not None:
+            self.cost_usd = (self.cost_usd or Decimal(0)) + cost
+        if reservation is not None and self.ledger is not None:
+            settlement = self.ledger.settle(reservation, cost or 0)
+            if self.metrics is not None:
+                self.metrics.record_scopes(settlement.scopes)
+        if self.metrics is not None:
+            self.metrics.record_usage(plan.model, usage, cost)
+        return cost
+
+    def usage(self, plan: CallPlan, reported: Usage | None, text: str, tool_calls: list) -> Usage:
+        return plan.usage(reported, text, tool_calls, self.counter)
+
+
+class MeteredModel(ChatModel):
+    def __init__(self, wrapped: ChatModel, meter: Meter) -> None:
+        self.wrapped = wrapped
+        self.model_id = wrapped.model_id
+        self.meter = meter
+
+    def _prepared(self, plan: CallPlan, request: ModelRequest) -> ModelRequest:
+        return dataclasses.replace(request, messages=plan.messages, prompt_tokens=plan.prompt.tokens)
+
+    def complete(self, request: ModelRequest) -> Completion:
+        meter = self.meter
+        plan = meter.plan(self.model_id, request)
+        reservation = meter.reserve(plan)
+        try:
+            completion = self.wrapped.complete(self._prepared(plan, request))
+        except BaseException:
+            meter.release(reservation)
+            raise
+        completion.usage = meter.usage(plan, completion.usage, completion.text, completion.tool_calls)
+        meter.settle(reservation, plan, completion.usage)
+        meter.dropped = plan.dropped
+        return completion
+
+    def stream(self, request: ModelRequest) -> ChatStream:
+        return _MeteredStream(self, request)
+
+
+class _MeteredStream(WrappedStream):
+    def __init__(self, owner: MeteredModel, request: ModelRequest) -> None:
+        super().__init__()
+        self._owner = owner
+        self._request = request
+        self.model_id = owner.model_id
+
+    def __iter__(self) -> Iterator[str]:
+        meter = self._owner.meter
+        plan = meter.plan(self.model_id, self._request)
+        reservation = meter.reserve(plan)
+        parts: list[str] = []
+        settled = False
+        try:
+            inner = self._owner.wrapped.stream(self._owner._prepared(plan, self._request))
+            self.adopt(inner)
+            for text in inner:
+                parts.append(text)
+                yield text
+            self.finish_from_inner()
+            self.usage = meter.usage(plan, inner.usage, "".join(parts), inner.tool_calls)
+            meter.settle(reservation, plan, self.usage)
+            meter.dropped = plan.dropped
+            settled = True
+        finally:
+            if not settled:
+                if parts:
+                    # output was produced (cut, mid-stream error, cancel): the provider bills it
+                    partial = meter.usage(plan, None, "".join(parts), [])
+                    self.usage = partial
+                    meter.settle(reservation, plan, partial)
+                else:
+                    meter.release(reservation)

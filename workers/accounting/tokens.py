@@ -1,0 +1,385 @@
+"""Token pre-counts: exact for OpenAI models, labelled estimates for everyone else.
+
+Every provider call is pre-counted so the context-window gate and the ledger's worst-case
+reservation happen *before* any HTTP request. Counting follows OpenAI's cookbook
+(``num_tokens_from_messages`` / ``num_tokens_for_tools``): 3 tokens per message, the encoded role
+and every string value, +1 for a ``name``, +3 to prime the reply, and the cookbook's per-function
+constants for tool definitions. Tool *calls* inside assistant messages are not covered by the
+cookbook; we count their name and arguments plus :data:`TOOL_CALL_OVERHEAD`, a deliberately
+generous constant (an over-count only makes the gate stricter).
+
+Anthropic, Ollama and OpenAI model names tiktoken does not know are counted with ``cl100k_base``
+(its smaller vocabulary gives *more* tokens than ``o200k_base``, which is the safe side for
+tokenizers we cannot run) and multiplied by a safety margin; the result says ``estimated=True``.
+
+Offline: tiktoken downloads BPE files on first use. :func:`seed_tiktoken_cache` writes our bundled,
+sha256-checked copies (``workers/accounting/data/*.tiktoken.gz``, byte-identical to OpenAI's) into whatever
+cache directory tiktoken will read, before the first ``get_encoding``; see notes/offline-deps.md §1.
+Nothing happens at import time: encodings load lazily, once per process, under a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import math
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from workers.contract import Message, Tool, ToolCall, Usage, base_model_name, split_model_id
+from workers.llm.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import tiktoken
+
+__all__ = [
+    "BUNDLED_ENCODINGS",
+    "ESTIMATE_ENCODING",
+    "TOOL_CALL_OVERHEAD",
+    "MessageBreakdown",
+    "TokenCount",
+    "TokenCounter",
+    "default_counter",
+    "estimate_completion_tokens",
+    "estimate_usage",
+    "seed_tiktoken_cache",
+    "tiktoken_cache_dir",
+]
+
+_URL = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
+#: sha256 of the *decompressed* BPE files; the same hashes tiktoken itself checks.
+BUNDLED_ENCODINGS: Mapping[str, str] = {
+    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+}
+#: The encoding used for estimates (non-OpenAI models, unknown OpenAI names).
+ESTIMATE_ENCODING = "cl100k_base"
+
+# OpenAI cookbook constants (gpt-3.5-turbo-0613 onwards, gpt-4*, gpt-4o*).
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3
+_FUNC_INIT, _PROP_INIT, _PROP_KEY, _ENUM_INIT, _ENUM_ITEM, _FUNC_END = 7, 3, 3, -3, 3, 12
+#: Per tool call in an assistant message, on top of its encoded name and arguments.
+TOOL_CALL_OVERHEAD = 8
+
+_PLANS_MAX = 4096
+_SEP = "<|endoftext|>"
+_SEP_ALLOWED = frozenset({_SEP})
+_JOIN_MIN_PARTS = 48
+
+_seed_lock = threading.Lock()
+_seeded_dirs: set[str] = set()
+
+
+# --- offline seeding ------------------------------------------------------------------------------
+
+
+def tiktoken_cache_dir() -> str:
+    """The directory tiktoken will read (same order as ``tiktoken.load.read_file_cached``)."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        return os.environ["TIKTOKEN_CACHE_DIR"]
+    if "DATA_GYM_CACHE_DIR" in os.environ:
+        return os.environ["DATA_GYM_CACHE_DIR"]
+    return os.path.join(tempfile.gettempdir(), "data-gym-cache")
+
+
+def _sha256_file(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def seed_tiktoken_cache(names: Iterable[str] = BUNDLED_ENCODINGS, *, force: bool = False) -> list[str]:
+    """Write bundled BPE files into tiktoken's cache where missing or corrupt.
+
+    Returns the encodings written. Idempotent; after the first call per cache dir it returns at
+    once unless ``force`` (then existing files are hash-checked again).
+    Raises :class:`ConfigurationError` if a bundled file fails its hash check or the cache
+    directory cannot be written (tiktoken would otherwise try the network, with no timeout).
+    """
+    cache = tiktoken_cache_dir()
+    if cache == "":  # the user disabled tiktoken's cache; nothing we can seed
+        return []
+    written: list[str] = []
+    with _seed_lock:
+        if cache in _seeded_dirs and not force:
+            return written
+        for name in names:
+            expected = BUNDLED_ENCODINGS[name]
+            target = os.path.join(cache, hashlib.sha1(_URL.format(name).encode()).hexdigest())
+            if _sha256_file(target) == expected:
+                continue
+            data = gzip.decompress(
+                (resources.files("workers.accounting") / "data" / f"{name}.tiktoken.gz").read_bytes()
+            )
+            if hashlib.sha256(data).hexdigest() != expected:
+                raise ConfigurationError(f"bundled {name}.tiktoken.gz fails its sha256 check; reinstall llmqueue")
+            tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
+            try:
+                os.makedirs(cache, exist_ok=True)
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot seed tiktoken's cache at {cache!r} ({exc}); set TIKTOKEN_CACHE_DIR to a writable directory"
+                ) from exc
+            written.append(name)
+        _seeded_dirs.add(cache)
+    return written
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCount:
+    """A pre-count. ``estimated`` is True unless the model's own tokenizer was used."""
+
+    tokens: int
+    estimated: bool
+    encoding: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageBreakdown:
+    """Per-message raw counts, for the sliding-window trimmer.
+
+    ``per_message[i]`` includes message ``i``'s overhead; ``fixed`` is the reply priming plus the
+    tool definitions. Raw counts are unscaled: :meth:`total` applies the safety margin.
+    """
+
+    per_message: tuple[int, ...]
+    fixed: int
+    margin: float
+    estimated: bool
+    encoding: str
+
+    def scaled(self, message_tokens: int) -> int:
+        """The prompt count for messages whose raw counts sum to ``message_tokens``."""
+        raw = self.fixed + message_tokens
+        return math.ceil(raw * self.margin) if self.estimated else raw
+
+    def total(self, indices: Iterable[int] | None = None) -> int:
+        """The prompt count of the messages at ``indices`` (default: all)."""
+        per = self.per_message
+        return self.scaled(sum(per) if indices is None else sum(per[i] for i in indices))
+
+
+# --- the counter ----------------------------------------------------------------------------------
+
+
+class TokenCounter:
+    """Counts prompts for any ``provider:model`` id. Thread-safe; share one per process.
+
+    ``safety_margin`` multiplies estimates (non-OpenAI models); ``margins`` overrides it per
+    provider, e.g. ``{"anthropic": 1.2}``.
+    """
+
+    def __init__(self, *, safety_margin: float = 1.1, margins: Mapping[str, float] | None = None) -> None:
+        if safety_margin < 1.0 or any(m < 1.0 for m in (margins or {}).values()):
+            raise ConfigurationError("token safety margins must be >= 1.0")
+        self.safety_margin = safety_margin
+        self.margins = dict(margins or {})
+        self._lock = threading.Lock()
+        self._encodings: dict[str, tiktoken.Encoding] = {}
+        self._roles: dict[str, dict[str, int]] = {}
+        self._plans: dict[str, tuple[str, bool, float]] = {}
+
+    # encodings
+
+    def encoding(self, name: str) -> tiktoken.Encoding:
+        """The tiktoken encoding ``name``, loaded once per process from the seeded cache."""
+        enc = self._encodings.get(name)
+        if enc is not None:
+            return enc
+        with self._lock:
+            enc = self._encodings.get(name)
+            if enc is None:
+                import tiktoken
+
+                if name in BUNDLED_ENCODINGS:
+                    seed_tiktoken_cache()
+                enc = tiktoken.get_encoding(name)
+                self._roles[name] = {r: len(enc.encode_ordinary(r)) for r in ("system", "user", "assistant", "tool")}
+                self._encodings[name] = enc
+        return enc
+
+    def preload(self) -> None:
+        """Load both bundled encodings now (call from ``worker_process_init``)."""
+        for name in BUNDLED_ENCODINGS:
+            self.encoding(name)
+
+    def plan(self, model: str) -> tuple[str, bool, float]:
+        """``(encoding name, estimated, margin)`` for a ``provider:model`` id."""
+        cached = self._plans.get(model)
+        if cached is not None:
+            return cached
+        provider, name = split_model_id(model)
+        plan: tuple[str, bool, float] = (ESTIMATE_ENCODING, True, self.margins.get(provider, self.safety_margin))
+        if provider == "openai":
+            import tiktoken.model
+
+            with contextlib.suppress(KeyError):  # a name tiktoken does not know: estimate
+                plan = (tiktoken.model.encoding_name_for_model(base_model_name(name)), False, 1.0)
+        if len(self._plans) < _PLANS_MAX:  # model ids come from jobs: bound the memory
+            self._plans[model] = plan
+        return plan
+
+    # counting
+
+    def count(self, model: str, messages: Sequence[Message], tools: Sequence[Tool] = ()) -> TokenCount:
+        """The prompt's token count: messages with overhead, tool calls, tool definitions."""
+        enc_name, estimated, margin = self.plan(model)
+        enc = self.encoding(enc_name)
+        roles = self._roles[enc_name]
+        parts: list[str] = []
+        append = parts.append
+        overhead = REPLY_PRIMING + TOKENS_PER_MESSAGE * len(messages)
+        for m in messages:  # the hot loop: plain attribute reads, no model dumps
+            overhead += roles[m.role]
+            if m.content:
+                append(m.content)
+            if m.tool_calls:
+                overhead += _tool_call_parts(m.tool_calls, parts)
+            if m.name:
+                append(m.name)
+                overhead += TOKENS_PER_NAME
+            if m.tool_call_id:
+                append(m.tool_call_id)
+        raw = overhead + _encoded_len(enc, parts) + (self._tools_tokens(enc, tools) if tools else 0)
+        return TokenCount(math.ceil(raw * margin) if estimated else raw, estimated, enc_name)
+
+    def breakdown(self, model: str, messages: Sequence[Message], tools: Sequence[Tool] = ()) -> MessageBreakdown:
+        """Per-message counts (slower than :meth:`count`; only needed to trim)."""
+        enc_name, estimated, margin = self.plan(model)
+        enc = self.encoding(enc_name)
+        return MessageBreakdown(
+            per_message=tuple(self._message_tokens(enc, enc_name, m) for m in messages),
+            fixed=REPLY_PRIMING + (self._tools_tokens(enc, tools) if tools else 0),
+            margin=margin,
+            estimated=estimated,
+            encoding=enc_name,
+        )
+
+    def count_text(self, model: str, text: str) -> TokenCount:
+        """Tokens of plain text (no message overhead), scaled when estimated."""
+        enc_name, estimated, margin = self.plan(model)
+        raw = len(self.encoding(enc_name).encode_ordinary(text)) if text else 0
+        return TokenCount(math.ceil(raw * margin) if estimated else raw, estimated, enc_name)
+
+    def _message_tokens(self, enc: tiktoken.Encoding, enc_name: str, m: Message) -> int:
+        parts: list[str] = []
+        n = TOKENS_PER_MESSAGE + self._roles[enc_name][m.role]
+        if m.content:
+            parts.append(m.content)
+        if m.name:
+            parts.append(m.name)
+            n += TOKENS_PER_NAME
+        if m.tool_call_id:
+            parts.append(m.tool_call_id)
+        if m.tool_calls:
+            n += _tool_call_parts(m.tool_calls, parts)
+        return n + _encoded_len(enc, parts)
+
+    @staticmethod
+    def _tools_tokens(enc: tiktoken.Encoding, tools: Sequence[Tool]) -> int:
+        """The cookbook's ``num_tokens_for_tools``; schema beyond flat typed properties is
+        counted as its JSON text (an over-count, never an under-count, for nested schemas)."""
+        n = 0
+        for tool in tools:
+            f = tool.function
+            n += _FUNC_INIT + len(enc.encode_ordinary(f"{f.name}:{(f.description or '').removesuffix('.')}"))
+            params = f.parameters if isinstance(f.parameters, dict) else {}
+            props = params.get("properties")
+            if isinstance(props, dict) and props:
+                n += _PROP_INIT
+                for key, spec in props.items():
+                    n += _PROP_KEY
+                    spec = spec if isinstance(spec, dict) else {}
+                    enum = spec.get("enum")
+                    if isinstance(enum, list):
+                        n += _ENUM_INIT
+                        for item in enum:
+                            n += _ENUM_ITEM + len(enc.encode_ordinary(str(item)))
+                    desc = str(spec.get("description", "")).removesuffix(".")
+                    n += len(enc.encode_ordinary(f"{key}:{spec.get('type', '')}:{desc}"))
+                    extra = {k: v for k, v in spec.items() if k not in ("type", "description", "enum")}
+                    if extra:
+                        n += len(enc.encode_ordinary(json.dumps(extra, separators=(",", ":"))))
+        return n + _FUNC_END
+
+
+def _tool_call_parts(calls: Sequence[ToolCall], parts: list[str]) -> int:
+    for call in calls:
+        parts.append(call.function.name)
+        parts.append(call.function.arguments)
+    return TOOL_CALL_OVERHEAD * len(calls)
+
+
+def _encoded_len(enc: tiktoken.Encoding, parts: list[str]) -> int:
+    """Sum of ``len(encode_ordinary(p))`` over ``parts``, exactly.
+
+    Many parts are joined around ``<|endoftext|>`` and encoded in one call: tiktoken splits on
+    allowed special tokens first and runs BPE on each segment alone, so the sum is unchanged and
+    the per-call overhead is paid once. For a few long parts one call each measured cheaper
+    (the join pays an extra special-token scan). A part containing the separator text itself
+    falls back to per-part encoding.
+    """
+    if len(parts) <= _JOIN_MIN_PARTS:
+        return sum(map(len, map(enc.encode_ordinary, parts)))
+    text = _SEP.join(parts)
+    if text.count(_SEP) != len(parts) - 1:
+        return sum(map(len, map(enc.encode_ordinary, parts)))
+    return len(enc.encode(text, allowed_special=_SEP_ALLOWED, disallowed_special=())) - (len(parts) - 1)
+
+
+# --- usage estimates for streams without usage ----------------------------------------------------
+
+_default_lock = threading.Lock()
+_default: TokenCounter | None = None
+
+
+def default_counter() -> TokenCounter:
+    """A process-wide counter with default margins, created on first use."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = TokenCounter()
+    return _default
+
+
+def estimate_completion_tokens(
+    text: str, model: str, tool_calls: Sequence[ToolCall] = (), *, counter: TokenCounter | None = None
+) -> int:
+    """Completion tokens of generated ``text`` (and tool calls), for a stream that reported none."""
+    counter = counter or default_counter()
+    enc_name, estimated, margin = counter.plan(model)
+    parts = [text] if text else []
+    raw = _tool_call_parts(tool_calls, parts) if tool_calls else 0
+    raw += _encoded_len(counter.encoding(enc_name), parts)
+    return math.ceil(raw * margin) if estimated else raw
+
+
+def estimate_usage(
+    prompt: TokenCount,
+    text: str,
+    model: str,
+    tool_calls: Sequence[ToolCall] = (),
+    *,
+    counter: TokenCounter | None = None,
+) -> Usage:
+    """``Usage(estimated=True)`` from the pre-count and the generated text; settle with this."""
+    completion = estimate_completion_tokens(text, model, tool_calls, counter=counter)
+    return Usage(prompt_tokens=prompt.tokens, completion_tokens=completion, estimated=True)

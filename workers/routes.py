@@ -1,0 +1,155 @@
+"""The routes file (TOML, path from ``LLMQ_CONFIG``): aliases, per-model limits, prices, budget.
+
+Example::
+
+    [routes]
+    default = ["openai:gpt-4o", "anthropic:claude-sonnet-4-5", "openai:gpt-4o-mini"]
+    cheap = ["openai:gpt-4o-mini"]
+
+    [models."openai:gpt-4o"]
+    max_retries = 3
+    ttft_limit_s = 20
+    rpm = 500
+    tpm = 200000
+    input_per_mtok = 2.5        # price overrides (USD per million tokens)
+    output_per_mtok = 10.0
+    context_window = 128000
+
+    [budget]
+    monthly_usd = 500
+    kill_switch_ratio = 0.9
+    unpriced = "reject"         # or "allow_unpriced"
+
+    [gateway.tokens]
+    "secret-token-a" = "team-a"
+
+Every table forbids unknown keys, so a typo fails at start-up with the key's dotted path.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workers.contract import split_model_id
+from workers.guards.ratelimit import RateLimits
+from workers.llm.errors import ConfigurationError
+
+__all__ = ["BudgetConfig", "LLMQConfig", "ModelConfig", "load_config"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    max_retries: Annotated[int, Field(ge=0, le=10)] | None = None
+    initial_backoff_s: Annotated[float, Field(gt=0)] | None = None
+    max_backoff_s: Annotated[float, Field(gt=0)] | None = None
+    #: Time-to-first-token limit: a slower first token falls back to the next model.
+    ttft_limit_s: Annotated[float, Field(gt=0)] | None = None
+    rpm: Annotated[int, Field(gt=0)] | None = None
+    tpm: Annotated[int, Field(gt=0)] | None = None
+    #: Requests / tokens that may go at once (defaults: 100 ms of ``rpm``; a minute of ``tpm``).
+    rpm_burst: Annotated[int, Field(gt=0)] | None = None
+    tpm_burst: Annotated[int, Field(gt=0)] | None = None
+    #: How long a worker may hold RPM/TPM capacity it took ahead of use (0 = never take any);
+    #: only used for rpm >= 1200 or TPM-only limits. See ``workers/guards/leases.py``.
+    rate_lease_ms: Annotated[int, Field(ge=0, le=1000)] = 100
+    input_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    output_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    #: Prompt-cache rates (default: genai-prices', else the input rate).
+    cache_read_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    cache_write_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    context_window: Annotated[int, Field(gt=0)] | None = None
+    #: Circuit breaker: open after this many failures within ``breaker_window_s``.
+    breaker_failures: Annotated[int, Field(gt=0)] | None = None
+    breaker_window_s: Annotated[float, Field(gt=0)] | None = None
+    breaker_cooldown_s: Annotated[float, Field(gt=0)] | None = None
+    #: ...and at least this share of the window's calls failed (default 0.8; 0 = the count alone).
+    breaker_failure_ratio: Annotated[float, Field(ge=0, le=1)] | None = None
+
+    @model_validator(mode="after")
+    def _bucket_shape(self) -> ModelConfig:
+        if self.rpm_burst is not None and self.rpm is None:
+            raise ValueError("rpm_burst needs rpm")
+        if self.tpm_burst is not None and self.tpm is None:
+            raise ValueError("tpm_burst needs tpm")
+        # the limiter's own checks (burst <= rpm, room left for refill): one source of truth
+        RateLimits(
+            rpm=self.rpm,
+            tpm=self.tpm,
+            rpm_burst=self.rpm_burst,
+            tpm_burst=self.tpm_burst,
+            lease_s=self.rate_lease_ms / 1000.0,
+        )
+        return self
+
+
+class BudgetConfig(_Strict):
+    monthly_usd: Annotated[float, Field(ge=0)] | None = None
+    kill_switch_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9
+    unpriced: Literal["reject", "allow_unpriced"] = "reject"
+    tenants: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+
+
+class GatewayConfig(_Strict):
+    #: bearer token -> tenant
+    tokens: dict[str, str] = Field(default_factory=dict)
+
+
+class LLMQConfig(_Strict):
+    routes: dict[str, list[str]] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    #: Seconds a retry may sleep inside the worker; longer waits re-queue the job.
+    max_inworker_wait_s: Annotated[float, Field(ge=0)] = 10.0
+    #: Re-queues a job may take for such waits; one more ends it failed (``requeue_limit``), so a
+    #: job without a deadline cannot circle forever behind a model that keeps saying "later".
+    max_requeues: Annotated[int, Field(ge=0)] = 20
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, routes: dict[str, list[str]]) -> dict[str, list[str]]:
+        for alias, chain in routes.items():
+            if not chain:
+                raise ValueError(f"route {alias!r} is empty")
+            for model in chain:
+                split_model_id(model)  # raises for a non provider:model entry
+        return routes
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, models: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        for model in models:
+            split_model_id(model)
+        return models
+
+    def model(self, model_id: str) -> ModelConfig:
+        return self.models.get(model_id) or _EMPTY_MODEL
+
+
+_EMPTY_MODEL = ModelConfig()
+
+
+def load_config(path: str | Path | None) -> LLMQConfig:
+    """Parse and validate the routes file; ``None`` gives the defaults."""
+    if path is None:
+        return LLMQConfig()
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigurationError(f"config file {path} (LLMQ_CONFIG) does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        return LLMQConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid config file {path}: {problems}") from None

@@ -1,0 +1,132 @@
+"""The Celery application, built from settings: ``celery -A workers.runtime.app worker -P gevent``.
+
+Configured for long, I/O-bound jobs as measured in ``notes/celery-at-scale.md``: late acks (a job
+lost with its worker runs again; jobs are idempotent by id), prefetch 2 with gevent (1 with
+threads), a visibility timeout far above the longest job, kombu's Redis pool sized above the
+concurrency (its default of 10 loses acks under gevent and runs jobs twice), JSON only, task
+events on for Flower, and no Celery result backend: results live in our own store.
+
+Importing this module builds the app object (which connects to nothing); the per-process
+resources (HTTP client, Redis pool, providers) are built on the first job.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+from celery import Celery
+from celery.signals import worker_init, worker_shutdown
+
+from workers.contract import DEFAULT_QUEUE, TASK_NAME
+from workers.runtime.broker import transport_for
+from workers.settings import Settings, get_settings
+
+__all__ = ["app", "create_app", "runner_for"]
+
+
+def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, str] | None = None) -> Celery:
+    """Build the Celery app. ``provider_env`` replaces ``os.environ`` as the source of provider
+    keys and base URLs (a seam for tests and embedding; it is never serialized)."""
+    settings = settings or get_settings()
+    app = Celery("llmqueue", set_as_current=False)
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        # sweep for abandoned (unacked, timed-out) messages every ~10 s, not kombu's ~100 s
+        "unacked_restore_interval": min(10, settings.visibility_timeout),
+        "unacked_restore_throttle": 1,
+        "max_connections": settings.concurrency + 20,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+    }
+    app.conf.update(
+        broker_url=settings.redis_url,
+        broker_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        broker_pool_limit=max(10, settings.concurrency // 4),
+        result_backend=None,
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        task_ignore_result=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure=True,
+        worker_prefetch_multiplier=settings.effective_prefetch,
+        task_time_limit=settings.task_time_limit,
+        worker_soft_shutdown_timeout=settings.soft_shutdown_timeout,
+        # Flower's feed; ~10% of a queued job's worker CPU (bench/RESULTS-queue.md): LLMQ_TASK_EVENTS=0
+        # turns them off (Flower can still switch them on at run time with `enable_events`)
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
+        task_default_queue=settings.queue or DEFAULT_QUEUE,
+        task_routes={TASK_NAME: {"queue": settings.queue or DEFAULT_QUEUE}},
+        worker_hijack_root_logger=False,
+        worker_concurrency=settings.concurrency,
+        worker_pool="gevent" if settings.pool == "gevent" else "threads",
+    )
+    app.llmq_settings = settings  # type: ignore[attr-defined]
+    app.llmq_provider_env = provider_env  # type: ignore[attr-defined]
+    app.llmq_runner = None  # type: ignore[attr-defined]
+    app.llmq_lock = threading.Lock()  # type: ignore[attr-defined]
+
+    from workers.runtime.task import register_tasks
+
+    register_tasks(app)
+    return app
+
+
+def runner_for(app: Celery):
+    """The app's JobRunner, built once per process on first use (after any fork or patching)."""
+    runner = app.llmq_runner  # type: ignore[attr-defined]
+    if runner is not None:
+        return runner
+    with app.llmq_lock:  # type: ignore[attr-defined]
+        if app.llmq_runner is None:  # type: ignore[attr-defined]
+            from workers.jobs.pipeline import JobRunner
+            from workers.runtime.resources import WorkerResources
+
+            resources = WorkerResources.build(
+                app.llmq_settings,  # type: ignore[attr-defined]
+                provider_env=app.llmq_provider_env,  # type: ignore[attr-defined]
+            )
+            app.llmq_runner = JobRunner(resources)  # type: ignore[attr-defined]
+        return app.llmq_runner  # type: ignore[attr-defined]
+
+
+def close_runner(app: Celery) -> None:
+    runner = getattr(app, "llmq_runner", None)
+    if runner is not None:
+        app.llmq_runner = None  # type: ignore[attr-defined]
+        runner.res.close()
+
+
+app = create_app()
+
+
+@worker_init.connect
+def _on_worker_init(sender: object = None, **_: object) -> None:
+    """Build the worker's resources before the first job, redact secrets in logs, serve metrics.
+
+    Also picks the worker's broker transport (``workers/runtime/broker.py``) before its consumer connects;
+    only here, so producers and Flower keep plain ``redis://`` URIs.
+    """
+    worker_app = getattr(sender, "app", None)
+    if worker_app is None or not hasattr(worker_app, "llmq_settings"):
+        return
+    if not worker_app.conf.broker_transport:
+        worker_app.conf.broker_transport = transport_for(worker_app.conf.broker_url)
+    from workers.runtime.telemetry import install_log_redaction, serve_metrics
+
+    install_log_redaction()
+    runner = runner_for(worker_app)
+    port = worker_app.llmq_settings.metrics_port
+    if port:
+        serve_metrics(runner.res.metrics.registry, port)
+
+
+@worker_shutdown.connect
+def _on_shutdown(sender: object = None, **_: object) -> None:
+    worker_app = getattr(sender, "app", None)
+    close_runner(worker_app if worker_app is not None and hasattr(worker_app, "llmq_settings") else app)

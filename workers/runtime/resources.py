@@ -1,0 +1,203 @@
+"""Everything a worker process builds once and shares between its jobs.
+
+Built in ``worker_process_init`` (after any fork, on the process's own pool implementation), never
+at import time: one HTTP client sized to the concurrency, one Redis client over a *blocking*
+connection pool (redis-py 8's default pool raises instead of waiting past 100 connections; see
+``notes/celery-at-scale.md`` §3), the providers, the routes config, and the cancel watcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import redis
+from prometheus_client import CollectorRegistry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from workers.accounting.ledger import Ledger
+from workers.accounting.prices import PriceBook
+from workers.accounting.tokens import TokenCounter
+from workers.guards.shared import SharedGuards
+from workers.jobs.store import JobStore
+from workers.llm._http import HTTPClient, HTTPSettings
+from workers.llm.registry import ProviderRegistry, build_registry
+from workers.routes import LLMQConfig, load_config
+from workers.runtime.telemetry import RateAdmissionsCollector, WorkerMetrics, build_worker_metrics
+from workers.settings import Settings
+
+__all__ = ["CANCEL_CHANNEL", "CancelWatcher", "WorkerResources", "build_ledger", "redis_client_for"]
+
+log = logging.getLogger("llmq.worker")
+
+#: Producers PUBLISH a job id here after setting its cancel key; workers abort its upstream read.
+CANCEL_CHANNEL = "llmq:cancel"
+
+
+def redis_client_for(settings: Settings, max_connections: int | None = None) -> redis.Redis:
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=max_connections or settings.concurrency + 10,
+        timeout=20,
+        socket_keepalive=True,
+        health_check_interval=30,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+class CancelWatcher:
+    """Listens on :data:`CANCEL_CHANNEL` and calls the abort hook of a job running here."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._hooks: dict[str, Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def register(self, job_id: str, abort: Callable[[], None]) -> None:
+        with self._lock:
+            self._hooks[job_id] = abort
+
+    def unregister(self, job_id: str) -> None:
+        with self._lock:
+            self._hooks.pop(job_id, None)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="llmq-cancel-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(CANCEL_CHANNEL)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.25)
+                    if message and message.get("type") == "message":
+                        self._fire(message["data"])
+            except redis.RedisError as exc:
+                log.warning("cancel watcher lost Redis (%s); reconnecting", exc)
+                self._stop.wait(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+
+    def _fire(self, raw: bytes | str) -> None:
+        job_id = raw.decode() if isinstance(raw, bytes) else raw
+        with self._lock:
+            hook = self._hooks.get(job_id)
+        if hook is not None:
+            with contextlib.suppress(Exception):
+                hook()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(3)
+
+
+def build_ledger(settings: Settings, config: LLMQConfig, client: redis.Redis | None = None) -> Ledger:
+    """The ledger with its defaults: ``LLMQ_MONTHLY_BUDGET_USD`` wins over ``[budget] monthly_usd``.
+
+    Its Redis client retries a failed command once, without backoff: an unreachable ledger must
+    refuse quickly (fail closed), not after redis-py's default ~13 s of retries.
+    """
+    if client is None:
+        client = redis.Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 1), socket_connect_timeout=2)
+    budget = config.budget
+    monthly = settings.monthly_budget_usd if settings.monthly_budget_usd is not None else budget.monthly_usd
+    return Ledger(
+        client,
+        monthly_limit_usd=monthly,
+        tenant_limits_usd=budget.tenants,
+        kill_ratio=budget.kill_switch_ratio,
+        lease_s=float(settings.task_time_limit),
+    )
+
+
+@dataclass
+class WorkerResources:
+    settings: Settings
+    redis: redis.Redis
+    http: HTTPClient
+    registry: ProviderRegistry
+    config: LLMQConfig
+    store: JobStore
+    counter: TokenCounter
+    prices: PriceBook
+    ledger: Ledger
+    metrics: WorkerMetrics
+    cancel_watcher: CancelWatcher | None = None
+    #: Breaker, not-before times and RPM/TPM buckets shared with every worker (workers/guards/shared.py).
+    guards: SharedGuards | None = None
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        watch_cancels: bool = True,
+        provider_env: Mapping[str, str] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> WorkerResources:
+        config = load_config(settings.config)
+        client = redis_client_for(settings)
+        http = HTTPClient(
+            HTTPSettings(
+                max_connections=settings.concurrency,
+                connect_timeout=settings.http_connect_timeout,
+                read_timeout=settings.http_read_timeout,
+                pool_timeout=settings.http_read_timeout,
+                http2=settings.http2,
+            )
+        )
+        counter = TokenCounter()
+        counter.preload()  # seeds tiktoken's cache from the bundled files: works offline
+        prices = PriceBook(config.models, unpriced=config.budget.unpriced)
+        with contextlib.suppress(Exception):  # warm genai-prices' data (~0.4 s) before the first job
+            prices.lookup(settings.default_model)
+        ledger_client = redis.Redis(
+            connection_pool=redis.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=settings.concurrency + 10, timeout=20, socket_connect_timeout=2
+            ),
+            retry=Retry(NoBackoff(), 1),
+        )
+        metrics = build_worker_metrics(registry or CollectorRegistry(), client=client, queues=[settings.queue])
+        watcher = CancelWatcher(client) if watch_cancels else None
+        if watcher is not None:
+            watcher.start()
+        guards = SharedGuards(client, config)
+        guards.start()
+        lease_stats = guards.leases.stats
+        metrics.registry.register(RateAdmissionsCollector(lambda: (lease_stats.local, lease_stats.calls)))
+        return cls(
+            settings=settings,
+            redis=client,
+            http=http,
+            registry=build_registry(http, provider_env),
+            config=config,
+            store=JobStore(client, result_ttl_s=settings.result_ttl_s, claim_lease_s=settings.claim_lease_s),
+            counter=counter,
+            prices=prices,
+            ledger=build_ledger(settings, config, ledger_client),
+            metrics=metrics,
+            cancel_watcher=watcher,
+            guards=guards,
+        )
+
+    def close(self) -> None:
+        if self.cancel_watcher is not None:
+            self.cancel_watcher.stop()
+        if self.guards is not None:
+            self.guards.stop()
+        self.registry.close()
+        self.http.close()
+        self.redis.close()
+        self.redis.connection_pool.disconnect()
+        self.ledger.client.close()

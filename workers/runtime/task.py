@@ -1,0 +1,41 @@
+"""The one Celery task: validate the job, run the pipeline, re-queue when the pipeline says so.
+
+Thin on purpose: everything that matters happens in :mod:`workers.jobs.pipeline`. A payload that does
+not validate still ends with a stored failed result and an ``error`` event when it carries a
+usable job id, so its consumers do not wait forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from pydantic import ValidationError
+
+from workers.contract import TASK_NAME, CompletionJob
+
+__all__ = ["register_tasks"]
+
+log = logging.getLogger("llmq.tasks")
+
+
+def register_tasks(app: Celery) -> None:
+    @app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True, max_retries=None, shared=False)
+    def run_job(self: Task, job: dict[str, Any]) -> str:
+        from workers.runtime.app import runner_for
+
+        runner = runner_for(app)
+        try:
+            parsed = CompletionJob.model_validate(job)
+        except ValidationError as exc:
+            job_id = job.get("id") if isinstance(job, dict) else None
+            log.error("rejected invalid job %r: %s", job_id, exc.errors(include_url=False)[:3])
+            runner.reject_invalid(job_id, exc)
+            return "invalid"
+        outcome = runner.run(parsed)
+        if outcome.requeue_after_s is not None:
+            raise self.retry(countdown=outcome.requeue_after_s, args=(job,))
+        if outcome.skipped:
+            return f"skipped: {outcome.skipped}"
+        return outcome.result.status if outcome.result else "unknown"

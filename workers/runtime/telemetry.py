@@ -1,0 +1,155 @@
+"""Worker metrics and logging: built per process on an injected registry, never at import.
+
+=================================  =========  ==================================================
+``llm_requests_total``             counter    ``{model, status}`` upstream attempts, ok | error
+``llm_retries_total``              counter    ``{model, error_type}`` attempts that were retried
+``llm_fallbacks_total``            counter    ``{from_model, to_model}``
+``llm_ttft_seconds``               histogram  ``{model}`` job start to first delta
+``llm_job_duration_seconds``       histogram  ``{model}`` job run time on the worker
+``llmq_jobs_total``                counter    ``{status}`` succeeded | failed | cancelled
+``llmq_queue_length``              gauge      ``{queue}`` read from Redis on each scrape
+``llmq_rate_admissions_total``     counter    ``{via}`` lease | redis: RPM/TPM admissions
+=================================  =========  ==================================================
+
+plus the token, cost and budget families of :mod:`workers.accounting.metrics`. Labels are bounded (model ids
+come from configuration); job ids go to logs only. Logs never carry secrets: the
+:class:`RedactingFilter` masks anything that looks like an API key or bearer token.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from workers.accounting.metrics import UsageMetrics, build_usage_metrics
+from workers.contract import CompletionResult
+from workers.redaction import redact
+
+__all__ = ["JobMetrics", "RedactingFilter", "WorkerMetrics", "build_worker_metrics", "install_log_redaction", "redact"]
+
+_TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60)
+_DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
+
+
+@dataclass(frozen=True, slots=True)
+class JobMetrics:
+    requests: Counter
+    retries: Counter
+    fallbacks: Counter
+    ttft: Histogram
+    duration: Histogram
+    jobs: Counter
+
+    def record(self, result: CompletionResult) -> None:
+        """Everything one finished job tells: attempts, fallbacks, latency, outcome."""
+        self.jobs.labels(status=result.status).inc()
+        attempts = [a for a in result.attempts if a.status != "skipped"]
+        for i, attempt in enumerate(attempts):
+            ok = attempt.status == "succeeded"
+            self.requests.labels(model=attempt.model, status="ok" if ok else "error").inc()
+            nxt = attempts[i + 1] if i + 1 < len(attempts) else None
+            if nxt is None:
+                continue
+            if nxt.model == attempt.model:
+                self.retries.labels(model=attempt.model, error_type=attempt.error_type or "unknown").inc()
+            else:
+                self.fallbacks.labels(from_model=attempt.model, to_model=nxt.model).inc()
+        model = result.model_used or (attempts[-1].model if attempts else "none")
+        if result.timings.ttft_s is not None:
+            self.ttft.labels(model=model).observe(result.timings.ttft_s)
+        if result.timings.total_s is not None:
+            self.duration.labels(model=model).observe(result.timings.total_s)
+
+
+class QueueLengthCollector(Collector):
+    """``llmq_queue_length{queue}``: LLEN of each Celery queue, read when Prometheus scrapes."""
+
+    def __init__(self, client: redis.Redis, queues: Iterable[str]) -> None:
+        self._client = client
+        self._queues = list(queues)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("llmq_queue_length", "Jobs waiting in the broker queue.", labels=["queue"])
+        for queue in self._queues:
+            try:
+                family.add_metric([queue], float(self._client.llen(queue)))
+            except redis.RedisError:
+                continue
+        yield family
+
+
+class RateAdmissionsCollector(Collector):
+    """``llmq_rate_admissions_total{via}``: RPM/TPM admissions served from this process's leases
+    (``lease``, no Redis call) or by the shared buckets' script (``redis``); read when scraped."""
+
+    def __init__(self, stats: Callable[[], tuple[int, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        local, calls = self._stats()
+        family = CounterMetricFamily(
+            "llmq_rate_admissions", "Rate-limited admissions by where they were decided.", labels=["via"]
+        )
+        family.add_metric(["lease"], float(local))
+        family.add_metric(["redis"], float(calls))
+        yield family
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerMetrics:
+    registry: CollectorRegistry
+    jobs: JobMetrics
+    usage: UsageMetrics
+
+
+def build_worker_metrics(
+    registry: CollectorRegistry, *, client: redis.Redis | None = None, queues: Iterable[str] = ()
+) -> WorkerMetrics:
+    jobs = JobMetrics(
+        requests=Counter("llm_requests_total", "Upstream attempts by outcome.", ["model", "status"], registry=registry),
+        retries=Counter("llm_retries_total", "Attempts that were retried.", ["model", "error_type"], registry=registry),
+        fallbacks=Counter(
+            "llm_fallbacks_total", "Moves to the next model of a chain.", ["from_model", "to_model"], registry=registry
+        ),
+        ttft=Histogram(
+            "llm_ttft_seconds", "Job start to first delta.", ["model"], buckets=_TTFT_BUCKETS, registry=registry
+        ),
+        duration=Histogram(
+            "llm_job_duration_seconds", "Job run time.", ["model"], buckets=_DURATION_BUCKETS, registry=registry
+        ),
+        jobs=Counter("llmq_jobs_total", "Finished jobs by status.", ["status"], registry=registry),
+    )
+    if client is not None and queues:
+        registry.register(QueueLengthCollector(client, queues))
+    return WorkerMetrics(registry=registry, jobs=jobs, usage=build_usage_metrics(registry))
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> None:
+    """Expose ``/metrics`` for this worker process (``LLMQ_METRICS_PORT``)."""
+    start_http_server(port, addr=addr, registry=registry)
+
+
+class RedactingFilter(logging.Filter):
+    """Masks API keys and bearer tokens in every record that passes through a handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg = cleaned
+            record.args = ()
+        return True
+
+
+def install_log_redaction() -> None:
+    """Add the filter to every handler of the root logger (called when a worker starts)."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
