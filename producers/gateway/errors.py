@@ -13,8 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from workers.contract import CompletionResult, ErrorInfo, StreamEvent
-from workers.redaction import redact
+from workers.contract import CompletionResult, ErrorInfo, StreamEvent, redact
 
 __all__ = [
     "GatewayError",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from workers.contract import split_model_id
+from workers.contract import redact, split_model_id
 from workers.guards.breaker import BreakerPolicy
 from workers.guards.ratelimit import RateLimits
 from workers.llm import errors
@@ -22,7 +22,6 @@ from workers.llm.errors import (
     ProviderTimeoutError,
     ServerError,
 )
-from workers.redaction import redact
 from workers.routes import ModelConfig
 
 __all__ = ["breaker_policy_for", "counts_against_model", "describe", "rate_limits_for", "skip_error"]

@@ -39,8 +39,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from workers.contract import ErrorInfo
-from workers.redaction import redact
+from workers.contract import ErrorInfo, redact
 
 __all__ = [
     "AllModelsFailedError",

@@ -14,11 +14,10 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from workers.contract import Attempt
+from workers.contract import Attempt, redact
 from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import DeadlineExceededError, LLMQError, RetryLaterError, error_type_name
 from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
-from workers.redaction import redact
 
 __all__ = ["RetryPolicy", "RetryingModel", "retry_delay"]
 

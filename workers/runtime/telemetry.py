@@ -28,8 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from workers.accounting.metrics import UsageMetrics, build_usage_metrics
-from workers.contract import CompletionResult
-from workers.redaction import redact
+from workers.contract import CompletionResult, redact
 
 __all__ = ["JobMetrics", "RedactingFilter", "WorkerMetrics", "build_worker_metrics", "install_log_redaction", "redact"]
 

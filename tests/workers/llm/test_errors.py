@@ -9,6 +9,7 @@ import pytest
 from celery import Celery
 from kombu.utils import json as kombu_json
 
+from workers.contract import redact as pattern_redact
 from workers.llm import errors
 from workers.llm.errormap import (
     error_for_status,
@@ -34,7 +35,6 @@ from workers.llm.errors import (
     RateLimitedError,
     ServerError,
 )
-from workers.redaction import redact as pattern_redact
 
 ALL_ERRORS = sorted(
     (cls for _, cls in inspect.getmembers(errors, inspect.isclass) if issubclass(cls, LLMQError)),

@@ -1,0 +1,61 @@
+"""The wire contract shared by producers and workers.
+
+Everything that crosses Redis is one of the pydantic models below, serialized as JSON (never
+pickle). Producers import this package and nothing else from ``workers``; keep it import-light
+(pydantic and the standard library only) and free of side effects.
+
+Redis key layout (all per job, all derived from the job id) lives here too, so that the two
+sides can never disagree on where a result or an event stream is.
+"""
+
+from __future__ import annotations
+
+from workers.contract.base import DEFAULT_QUEUE, SCHEMA_VERSION, TASK_NAME, base_model_name, new_job_id, split_model_id
+from workers.contract.events import (
+    TERMINAL_EVENT_TYPES,
+    CancelledEvent,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    StartEvent,
+    StreamEvent,
+    ToolCallEvent,
+    UsageEvent,
+    parse_event,
+)
+from workers.contract.job import CompletionJob, FunctionCall, Message, Tool, ToolCall, ToolFunction
+from workers.contract.keys import JobKeys
+from workers.contract.redaction import redact
+from workers.contract.result import Attempt, CompletionResult, ErrorInfo, Timings, Usage
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "SCHEMA_VERSION",
+    "TASK_NAME",
+    "TERMINAL_EVENT_TYPES",
+    "Attempt",
+    "CancelledEvent",
+    "CompletionJob",
+    "CompletionResult",
+    "DeltaEvent",
+    "DoneEvent",
+    "ErrorEvent",
+    "ErrorInfo",
+    "FunctionCall",
+    "JobKeys",
+    "Message",
+    "StartEvent",
+    "StreamEvent",
+    "Timings",
+    "Tool",
+    "ToolCall",
+    "ToolCallEvent",
+    "ToolFunction",
+    "Usage",
+    "UsageEvent",
+    "base_model_name",
+    "new_job_id",
+    "parse_event",
+    "redact",
+    "split_model_id",
+]

@@ -1,0 +1,56 @@
+"""Names, ids and the base of every wire object."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from pydantic import BaseModel, ConfigDict
+
+#: Bumped on any incompatible change of the models below.
+SCHEMA_VERSION = 1
+#: The single Celery task name; producers send by name and never import the task.
+TASK_NAME = "llmq.run_job"
+#: Default Celery queue for jobs.
+DEFAULT_QUEUE = "llmq"
+
+_MODEL_ID = re.compile(r"^[a-z][a-z0-9_-]*:[^\s:][^\s]*$")
+_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+_SECRET_KEY = re.compile(r"(?i)(api[_-]?key|authorization|secret|password|passwd|bearer|access[_-]?token)")
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def new_job_id() -> str:
+    """An unguessable job id (128 bits of randomness)."""
+    return "job_" + secrets.token_hex(16)
+
+
+def split_model_id(model: str) -> tuple[str, str]:
+    """``"openai:gpt-4o"`` -> ``("openai", "gpt-4o")``; an alias has no provider."""
+    provider, sep, name = model.partition(":")
+    if not sep:
+        raise ValueError(f"{model!r} is a route alias, not a provider:model id")
+    return provider, name
+
+
+def base_model_name(name: str) -> str:
+    """A model name without its ``~variant`` tag: ``gpt-4o~eu`` is priced and counted as ``gpt-4o``.
+
+    Real provider model names never contain ``~``; the tag lets one model appear several times in
+    routes (and selects the simulator's scripted faults, e.g. ``gpt-4o~429@2``).
+    """
+    return name.partition("~")[0]
+
+
+def _check_model_ref(value: str) -> str:
+    if _MODEL_ID.match(value) or _ALIAS.match(value):
+        return value
+    raise ValueError(
+        f"model {value!r} must be 'provider:model' (e.g. 'openai:gpt-4o') or a route alias (e.g. 'default')"
+    )
+
+
+class _Wire(BaseModel):
+    """Base of every wire object: unknown fields are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)

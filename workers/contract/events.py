@@ -1,0 +1,70 @@
+"""Stream events, one JSON object each, ordered by ``seq``."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from workers.contract.base import _Wire
+from workers.contract.job import ToolCall
+from workers.contract.result import CompletionResult, ErrorInfo, Usage
+
+
+class _Event(_Wire):
+    job_id: str
+    seq: int = Field(ge=0)
+    #: Which execution of the job produced the event (a redelivered job runs again).
+    run: int = 1
+    ts: float = Field(default_factory=time.time)
+
+
+class StartEvent(_Event):
+    type: Literal["start"] = "start"
+    model: str
+
+
+class DeltaEvent(_Event):
+    type: Literal["delta"] = "delta"
+    text: str
+
+
+class ToolCallEvent(_Event):
+    type: Literal["tool_call"] = "tool_call"
+    tool_call: ToolCall
+
+
+class UsageEvent(_Event):
+    type: Literal["usage"] = "usage"
+    usage: Usage
+
+
+class DoneEvent(_Event):
+    type: Literal["done"] = "done"
+    result: CompletionResult
+
+
+class ErrorEvent(_Event):
+    type: Literal["error"] = "error"
+    error: ErrorInfo
+    result: CompletionResult | None = None
+
+
+class CancelledEvent(_Event):
+    type: Literal["cancelled"] = "cancelled"
+    result: CompletionResult | None = None
+
+
+StreamEvent = Annotated[
+    StartEvent | DeltaEvent | ToolCallEvent | UsageEvent | DoneEvent | ErrorEvent | CancelledEvent,
+    Field(discriminator="type"),
+]
+TERMINAL_EVENT_TYPES = frozenset({"done", "error", "cancelled"})
+
+_EVENT_ADAPTER: TypeAdapter[StreamEvent] = TypeAdapter(StreamEvent)
+
+
+def parse_event(raw: str | bytes) -> StreamEvent:
+    """Validate one JSON-encoded stream event."""
+    return _EVENT_ADAPTER.validate_json(raw)

@@ -1,0 +1,27 @@
+"""Redis key layout: every key and channel of one job, derived from its id."""
+
+from __future__ import annotations
+
+
+class JobKeys:
+    """Every Redis key and channel that belongs to one job."""
+
+    __slots__ = ("cancel", "channel", "claim", "events", "job_id", "meta", "result")
+
+    PREFIX = "llmq:job:"
+
+    def __init__(self, job_id: str) -> None:
+        base = f"{self.PREFIX}{job_id}"
+        self.job_id = job_id
+        #: Pub/sub channel for live events.
+        self.channel = f"{base}:live"
+        #: Capped Redis Stream holding every event for replay (entry id = ``<seq>-1``).
+        self.events = f"{base}:events"
+        #: Hash: state, tenant, submitted_at; created once at submission (the idempotency guard).
+        self.meta = f"{base}:meta"
+        #: The final CompletionResult JSON, with a TTL.
+        self.result = f"{base}:result"
+        #: Present when a consumer asked for cancellation.
+        self.cancel = f"{base}:cancel"
+        #: Lease held by the worker currently running the job.
+        self.claim = f"{base}:claim"

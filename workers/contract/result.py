@@ -1,0 +1,72 @@
+"""What a worker answers: the result, its usage, attempts and error."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from workers.contract.base import SCHEMA_VERSION, _Wire
+from workers.contract.job import ToolCall
+
+
+class Usage(_Wire):
+    #: Every prompt token, including those read from or written to the provider's prompt cache.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: Of ``prompt_tokens``: read from the provider's prompt cache (billed at its cache-read rate).
+    cached_tokens: int = 0
+    #: Of ``prompt_tokens``: written to the prompt cache (Anthropic; billed at its cache-write rate).
+    cache_write_tokens: int = 0
+    #: True when the provider did not report usage and these are our own counts.
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class ErrorInfo(_Wire):
+    type: str
+    message: str
+    retryable: bool = False
+    code: str | None = None
+    status: int | None = None
+    provider: str | None = None
+    model: str | None = None
+    retry_after_s: float | None = None
+
+
+class Attempt(_Wire):
+    model: str
+    status: Literal["succeeded", "failed", "skipped"]
+    error_type: str | None = None
+    http_status: int | None = None
+    #: Seconds waited before the next attempt because of this one (Retry-After or backoff).
+    wait_s: float = 0.0
+    message: str | None = None
+
+
+class Timings(_Wire):
+    queued_s: float | None = None
+    ttft_s: float | None = None
+    total_s: float | None = None
+
+
+class CompletionResult(_Wire):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: str
+    status: Literal["succeeded", "failed", "cancelled"]
+    content: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    model_used: str | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+    cost_usd: float | None = None
+    error: ErrorInfo | None = None
+    timings: Timings = Field(default_factory=Timings)
+    tenant: str = "default"
+    metadata: dict[str, str] = Field(default_factory=dict)
+    #: Messages dropped by ``truncate: sliding_window`` to fit the context window.
+    truncated_messages: int = 0
