@@ -13,12 +13,14 @@ from producers.client import (
     _REGISTER_LUA,
     CANCEL_CHANNEL,
     RESEND_AFTER_S,
+    InvalidJobError,
     ResultTimeoutError,
     default_redis_url,
     make_celery,
     validate_job,
 )
 from producers.cursor import GAP, EventCursor
+from producers.tools import LiveTools, missing_tools_error
 from workers.contract import (
     DEFAULT_QUEUE,
     TASK_NAME,
@@ -68,9 +70,13 @@ class AsyncClient:
         )
         self._celery = make_celery(self.redis_url, queue)
         self._register = self.redis.register_script(_REGISTER_LUA)
+        self._tools = LiveTools()
 
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
         valid = validate_job(job, **overrides)
+        missing = await self._tools.missing_async(self.redis, valid.worker_tools)
+        if missing:
+            raise InvalidJobError(*missing_tools_error(valid, missing))
         if valid.submitted_at is None:
             valid.submitted_at = time.time()
         keys = JobKeys(valid.id)

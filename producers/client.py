@@ -22,6 +22,7 @@ from celery import Celery
 from pydantic import ValidationError
 
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
+from producers.tools import LiveTools, missing_tools_error
 from workers.contract import (
     DEFAULT_QUEUE,
     TASK_NAME,
@@ -154,12 +155,16 @@ class Client:
         )
         self._celery = make_celery(self.redis_url, queue)
         self._register = self.redis.register_script(_REGISTER_LUA)
+        self._tools = LiveTools()
 
     # --- submit ---------------------------------------------------------------------------------
 
     def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> JobHandle:
         """Validate and enqueue ``job``; a second submit of the same id does not run it twice."""
         valid = validate_job(job, **overrides)
+        missing = self._tools.missing(self.redis, valid.worker_tools)
+        if missing:
+            raise InvalidJobError(*missing_tools_error(valid, missing))
         if valid.submitted_at is None:
             valid.submitted_at = time.time()
         keys = JobKeys(valid.id)

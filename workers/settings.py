@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     default_model: str = "openai:gpt-4o-mini"
     monthly_budget_usd: float | None = Field(default=None, ge=0)
 
+    # --- tools ------------------------------------------------------------------------------------
+    #: Comma-separated import paths of tool modules the worker imports at start (their ``@tool``
+    #: functions become worker tools); the routes file's ``[tools] modules`` adds to them.
+    tools: str = ""
+
     @property
     def effective_prefetch(self) -> int:
         if self.prefetch_multiplier is not None:

@@ -24,6 +24,7 @@ from simulator.protocols.base import (
     content_text,
     jstr,
     request_id,
+    trailing_tool_results,
 )
 from simulator.script import Fault, Script, ToolCall
 
@@ -100,6 +101,7 @@ class OllamaProtocol(Protocol):
             stream=payload.get("stream", True) is not False,
             tools=tools,
             message_count=max(1, len(messages)),
+            tool_results=trailing_tool_results(messages),
         )
 
     def invalid(self, err: RequestError) -> Reply:

@@ -17,6 +17,7 @@ from simulator.protocols.base import (
     jstr,
     positive_int,
     request_id,
+    trailing_tool_results,
 )
 from simulator.script import Fault, Script, ToolCall
 
@@ -75,6 +76,7 @@ class OpenAIProtocol(Protocol):
             tools=tools,
             include_usage=bool(options.get("include_usage")),
             message_count=len(messages),
+            tool_results=trailing_tool_results(messages),
         )
 
     def invalid(self, err: RequestError) -> Reply:

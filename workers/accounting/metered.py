@@ -71,6 +71,10 @@ class Meter:
             self._plans[model_id] = plan
         return plan
 
+    def forget_plans(self) -> None:
+        """Plan the next call afresh (a tool loop's next turn sends a longer conversation)."""
+        self._plans.clear()
+
     def reserve(self, plan: CallPlan) -> Reservation | None:
         if self.ledger is None:
             return None

@@ -48,6 +48,10 @@ class Tool(_Wire):
     function: ToolFunction
 
 
+#: A worker tool, named by a string in a job's ``tools`` (registered with ``@tool`` on the workers).
+ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
 class Message(_Wire):
     """An OpenAI-style chat message (system, user, assistant with tool calls, tool result)."""
 
@@ -83,7 +87,11 @@ class CompletionJob(_Wire):
     messages: list[Message] | None = None
     template: str | None = None
     variables: dict[str, str] = Field(default_factory=dict)
-    tools: list[Tool] = Field(default_factory=list)
+    #: Client tools (objects, passed through to the model; their calls end the job with
+    #: ``finish_reason: tool_calls``) and worker tools (names; the worker runs their calls).
+    tools: list[Tool | ToolName] = Field(default_factory=list)
+    #: Model turns the worker's tool loop may take (default 10); more ends the job ``max_turns``.
+    max_turns: Annotated[int, Field(ge=1, le=100)] | None = None
     max_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 1024
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     stream: bool = True
@@ -135,11 +143,25 @@ class CompletionJob(_Wire):
             raise ValueError("give either 'messages' or 'template', not both")
         if self.messages is not None and not self.messages:
             raise ValueError("messages must not be empty")
+        names = [t if isinstance(t, str) else t.function.name for t in self.tools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"tools named more than once: {', '.join(duplicates)}")
         if self.template is not None:
             missing = _template_fields(self.template) - set(self.variables)
             if missing:
                 raise ValueError(f"template variables without a value: {', '.join(sorted(missing))}")
         return self
+
+    @property
+    def client_tools(self) -> list[Tool]:
+        """The tool definitions passed through to the model as they are."""
+        return [t for t in self.tools if isinstance(t, Tool)]
+
+    @property
+    def worker_tools(self) -> list[str]:
+        """The names of the worker tools this job may use (the worker runs their calls)."""
+        return [t for t in self.tools if isinstance(t, str)]
 
     @property
     def chain(self) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from workers.contract.base import SCHEMA_VERSION, _Wire
-from workers.contract.job import ToolCall
+from workers.contract.job import Message, ToolCall
 
 
 class Usage(_Wire):
@@ -45,6 +45,8 @@ class Attempt(_Wire):
     #: Seconds waited before the next attempt because of this one (Retry-After or backoff).
     wait_s: float = 0.0
     message: str | None = None
+    #: The model turn of a tool-loop job this attempt belongs to (1-based).
+    turn: int | None = None
 
 
 class Timings(_Wire):
@@ -70,3 +72,8 @@ class CompletionResult(_Wire):
     metadata: dict[str, str] = Field(default_factory=dict)
     #: Messages dropped by ``truncate: sliding_window`` to fit the context window.
     truncated_messages: int = 0
+    #: Model turns of the worker's tool loop (0 for a job without worker tools).
+    turns: int = 0
+    #: What the tool loop added to the conversation: each turn's assistant message and tool
+    #: results, then the final answer (empty for a job without worker tools).
+    messages: list[Message] = Field(default_factory=list)

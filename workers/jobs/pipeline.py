@@ -37,6 +37,7 @@ from workers.contract import (
 from workers.jobs.chain import build_chain, resolve_chain
 from workers.jobs.events import EventPublisher, last_seq
 from workers.jobs.store import ClaimOutcome
+from workers.jobs.toolloop import ToolLoopState, run_tool_loop
 from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import (
@@ -82,6 +83,8 @@ class _Run:
     token: str = ""
     cancelled_at_start: bool = False
     meter: Meter | None = None
+    #: The tool loop's turns, messages and summed usage (jobs naming worker tools).
+    tools: ToolLoopState | None = None
 
 
 class JobRunner:
@@ -175,14 +178,17 @@ class JobRunner:
             request = ModelRequest(
                 messages=render_messages(job),
                 max_tokens=job.max_tokens,
-                tools=job.tools,
+                tools=job.client_tools,
                 temperature=job.temperature,
                 headers={"x-llmq-job-id": job.id},
                 # a whole-body call has no stream to close: a cancel aborts it through this
                 abort=None if job.stream else AbortSignal(),
             )
             run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0]))
-            completion = self._call(run, model, request)
+            if job.worker_tools:
+                completion = run_tool_loop(self, run, model, request)
+            else:
+                completion = self._call(run, model, request)
         except RetryLaterError as exc:
             return self._requeue(run, exc)
         except JobCancelledError as exc:
@@ -244,7 +250,7 @@ class JobRunner:
         job = run.job
         queued = max(0.0, run.started_wall - job.submitted_at) if job.submitted_at else None
         meter = run.meter
-        return CompletionResult(
+        result = CompletionResult(
             usage=(meter.last_usage if meter and meter.last_usage else Usage()),
             cost_usd=float(meter.cost_usd) if meter and meter.cost_usd is not None else None,
             truncated_messages=meter.dropped if meter else 0,
@@ -260,6 +266,9 @@ class JobRunner:
                 total_s=round(self._clock() - run.started, 4),
             ),
         )
+        if run.tools is not None:
+            run.tools.fill(result)
+        return result
 
     def _finish_succeeded(self, run: _Run, completion: Completion) -> CompletionResult:
         job = run.job

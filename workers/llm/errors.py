@@ -26,7 +26,13 @@
     ├── DeadlineExceededError              the job's deadline passed
     ├── RequeueLimitError                  re-queued max_requeues times, still could not be sent
     ├── MidStreamError                     failed after deltas were published (never retried)
-    └── AllModelsFailedError               every model in the chain failed
+    ├── AllModelsFailedError               every model in the chain failed
+    └── ToolLoopError                      the worker's tool loop ended the job (workers/tools/)
+        ├── ToolArgumentsError             a tool got invalid arguments max_invalid times
+        ├── MaxTurnsError                  still calling tools after max_turns model turns
+        ├── ToolInterruptedError           a non-idempotent call started but was never journaled
+        ├── UnknownToolError               the job names a tool this worker has not registered
+        └── JournalFencedError             this run lost its claim: it may no longer journal
 
 Retryability is a property of the type, except that the provider's ``x-should-retry`` header
 overrides it (kept in ``should_retry``). Every class takes only positional parameters that are
@@ -54,7 +60,9 @@ __all__ = [
     "IncompleteStreamError",
     "InsufficientQuotaError",
     "JobCancelledError",
+    "JournalFencedError",
     "LLMQError",
+    "MaxTurnsError",
     "MidStreamError",
     "ModelNotFoundError",
     "OverloadedError",
@@ -67,6 +75,10 @@ __all__ = [
     "RetryLaterError",
     "RetryableProviderError",
     "ServerError",
+    "ToolArgumentsError",
+    "ToolInterruptedError",
+    "ToolLoopError",
+    "UnknownToolError",
     "error_type_name",
     "is_retryable",
 ]
@@ -258,6 +270,42 @@ class RetryLaterError(LLMQError):
 
     retryable = True
     type_name = "retry_later"
+
+
+class ToolLoopError(LLMQError):
+    """Base of the errors that end a job from inside the worker's tool loop."""
+
+    type_name = "tool_loop_error"
+
+
+class ToolArgumentsError(ToolLoopError):
+    """The model called one tool with invalid arguments ``max_invalid`` times."""
+
+    type_name = "tool_arguments"
+
+
+class MaxTurnsError(ToolLoopError):
+    """The model still called tools after the job's ``max_turns`` model turns."""
+
+    type_name = "max_turns"
+
+
+class ToolInterruptedError(ToolLoopError):
+    """A call of a non-idempotent tool started in an earlier run that died before journaling it."""
+
+    type_name = "tool_interrupted"
+
+
+class UnknownToolError(ToolLoopError):
+    """The job names a worker tool that is not registered on the worker running it."""
+
+    type_name = "unknown_tool"
+
+
+class JournalFencedError(ToolLoopError):
+    """This run lost its claim on the job (another run owns it now): it may not journal or go on."""
+
+    type_name = "fenced"
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -12,6 +12,7 @@ resources (HTTP client, Redis pool, providers) are built on the first job.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 
@@ -120,7 +121,15 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
     from workers.runtime.telemetry import install_log_redaction, serve_metrics
 
     install_log_redaction()
-    runner = runner_for(worker_app)
+    from workers.llm.errors import ConfigurationError
+
+    try:
+        runner = runner_for(worker_app)
+    except ConfigurationError as exc:
+        # Celery logs and swallows a signal handler's exceptions; a worker that cannot load its
+        # configuration or tool modules must not start taking jobs
+        logging.getLogger("llmq.worker").critical("worker cannot start: %s", exc)
+        raise SystemExit(f"llmq worker cannot start: {exc}") from exc
     port = worker_app.llmq_settings.metrics_port
     if port:
         serve_metrics(runner.res.metrics.registry, port)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -29,6 +32,8 @@ from workers.llm.registry import ProviderRegistry, build_registry
 from workers.routes import LLMQConfig, load_config
 from workers.runtime.telemetry import RateAdmissionsCollector, WorkerMetrics, build_worker_metrics
 from workers.settings import Settings
+from workers.tools.publish import RegistryPublisher
+from workers.tools.toolbox import Toolbox
 
 __all__ = ["CANCEL_CHANNEL", "CancelWatcher", "WorkerResources", "build_ledger", "redis_client_for"]
 
@@ -135,6 +140,9 @@ class WorkerResources:
     cancel_watcher: CancelWatcher | None = None
     #: Breaker, not-before times and RPM/TPM buckets shared with every worker (workers/guards/shared.py).
     guards: SharedGuards | None = None
+    #: The worker tools this process imported, and the thread publishing them to Redis.
+    tools: Toolbox | None = None
+    tools_publisher: RegistryPublisher | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -147,6 +155,8 @@ class WorkerResources:
         registry: CollectorRegistry | None = None,
     ) -> WorkerResources:
         config = load_config(settings.config)
+        # first: a tool module that does not import stops the worker before it takes any job
+        tools = Toolbox.build(settings.tools, config.tools)
         client = redis_client_for(settings)
         http = HTTPClient(
             HTTPSettings(
@@ -174,6 +184,11 @@ class WorkerResources:
             watcher.start()
         guards = SharedGuards(client, config)
         guards.start()
+        publisher = None
+        if len(tools.registry):
+            worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            publisher = RegistryPublisher(client, worker_id, tools.infos())
+            publisher.start()
         lease_stats = guards.leases.stats
         metrics.registry.register(RateAdmissionsCollector(lambda: (lease_stats.local, lease_stats.calls)))
         return cls(
@@ -189,9 +204,13 @@ class WorkerResources:
             metrics=metrics,
             cancel_watcher=watcher,
             guards=guards,
+            tools=tools,
+            tools_publisher=publisher,
         )
 
     def close(self) -> None:
+        if self.tools_publisher is not None:
+            self.tools_publisher.stop()
         if self.cancel_watcher is not None:
             self.cancel_watcher.stop()
         if self.guards is not None:
