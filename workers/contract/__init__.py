@@ -25,6 +25,16 @@ from workers.contract.events import (
 )
 from workers.contract.job import CompletionJob, FunctionCall, Message, Tool, ToolCall, ToolFunction
 from workers.contract.keys import JobKeys
+from workers.contract.prompt import (
+    LabelTarget,
+    PromptDefaults,
+    PromptInfo,
+    PromptKeys,
+    PromptLabel,
+    PromptMessage,
+    PromptRef,
+    PromptVersion,
+)
 from workers.contract.redaction import redact
 from workers.contract.result import Attempt, CompletionResult, ErrorInfo, Timings, Usage
 
@@ -43,7 +53,15 @@ __all__ = [
     "ErrorInfo",
     "FunctionCall",
     "JobKeys",
+    "LabelTarget",
     "Message",
+    "PromptDefaults",
+    "PromptInfo",
+    "PromptKeys",
+    "PromptLabel",
+    "PromptMessage",
+    "PromptRef",
+    "PromptVersion",
     "StartEvent",
     "StreamEvent",
     "Timings",

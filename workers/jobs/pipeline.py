@@ -27,6 +27,7 @@ from workers.contract import (
     ErrorEvent,
     ErrorInfo,
     JobKeys,
+    PromptInfo,
     StartEvent,
     StreamEvent,
     Timings,
@@ -50,7 +51,7 @@ from workers.llm.errors import (
     error_type_name,
 )
 from workers.llm.model import ChatModel, ModelRequest, RunContext
-from workers.prompts.render import render_messages
+from workers.prompts.render import render_job
 from workers.runtime.resources import WorkerResources
 
 __all__ = ["JobOutcome", "JobRunner"]
@@ -82,6 +83,7 @@ class _Run:
     token: str = ""
     cancelled_at_start: bool = False
     meter: Meter | None = None
+    prompt: PromptInfo | None = None
 
 
 class JobRunner:
@@ -172,8 +174,10 @@ class JobRunner:
                 meter=lambda m: MeteredModel(m, meter),
                 guards=self.res.guards,
             )
+            rendered = render_job(job, self.res.redis, max_chars=self.res.settings.prompt_max_chars)
+            run.prompt = rendered.prompt
             request = ModelRequest(
-                messages=render_messages(job),
+                messages=rendered.messages,
                 max_tokens=job.max_tokens,
                 tools=job.tools,
                 temperature=job.temperature,
@@ -181,7 +185,7 @@ class JobRunner:
                 # a whole-body call has no stream to close: a cancel aborts it through this
                 abort=None if job.stream else AbortSignal(),
             )
-            run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0]))
+            run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0], prompt=run.prompt))
             completion = self._call(run, model, request)
         except RetryLaterError as exc:
             return self._requeue(run, exc)
@@ -248,6 +252,7 @@ class JobRunner:
             usage=(meter.last_usage if meter and meter.last_usage else Usage()),
             cost_usd=float(meter.cost_usd) if meter and meter.cost_usd is not None else None,
             truncated_messages=meter.dropped if meter else 0,
+            prompt=run.prompt,
             id=job.id,
             status=status,  # type: ignore[arg-type]
             attempts=run.ctx.attempts,
