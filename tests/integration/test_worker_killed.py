@@ -112,7 +112,7 @@ def _start_and_pick_victim(client: Client, url: str, job_id: str) -> str:
 
 
 def test_sigkill_mid_stream_moves_the_job_with_default_settings(two_workers) -> None:
-    stack, workers, url = two_workers
+    _, workers, url = two_workers
     with Client(url) as client:
         ledger = Ledger(redis.Redis.from_url(url), monthly_limit_usd=10)
         victim = _start_and_pick_victim(client, url, "crash-1")
@@ -135,7 +135,7 @@ def test_sigkill_mid_stream_moves_the_job_with_default_settings(two_workers) -> 
 
 
 def test_a_frozen_worker_woken_after_its_job_moved_writes_nothing(two_workers) -> None:
-    stack, workers, url = two_workers
+    _, workers, url = two_workers
     with Client(url) as client:
         ledger = Ledger(redis.Redis.from_url(url), monthly_limit_usd=10)
         victim = _start_and_pick_victim(client, url, "frozen-1")

@@ -25,6 +25,7 @@ other schemes (``sentinel://``) keep kombu's own transport.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -109,10 +110,8 @@ class Channel(kombu_redis.Channel):
     ) -> None:
         """Restore under a fresh delivery tag: the run that lost the message (frozen, cut off) may
         still ack its old tag later, which must not remove the new holder's unacked entry."""
-        try:
+        with contextlib.suppress(KeyError, TypeError):
             payload["properties"]["delivery_tag"] = self._next_delivery_tag()
-        except (KeyError, TypeError):
-            pass
         super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
 
     def close(self) -> None:
