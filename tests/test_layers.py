@@ -1,9 +1,11 @@
 """The import layers: no cycles between modules, and every import runs the way the architecture does.
 
 Every module of ``workers/``, ``producers/``, ``llmq/`` and ``simulator/`` is read with :mod:`ast`;
-every ``import`` counts, wherever it stands (module level, inside a function, under
-``if TYPE_CHECKING:``): a lazy import is still a dependency, and a cycle hidden in a function body
-still breaks the day someone moves the import to the top.
+every ``import`` counts, wherever it stands (module level or inside a function): a lazy import is
+still a dependency, and a cycle hidden in a function body still breaks the day someone moves the
+import to the top. Imports under ``if TYPE_CHECKING:`` count for the layers (a type is a
+dependency too) but not for cycles: they never run, and they are how a module names a type of a
+module that imports it.
 
 The rules:
 
@@ -28,7 +30,7 @@ The rules:
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,7 @@ class Edge:
     source: str  # importing module
     target: str  # imported module (or package, for a name that is not a submodule)
     where: str  # path:line of the import statement
+    typing_only: bool = False  # under `if TYPE_CHECKING:`
 
     def __str__(self) -> str:
         return f"{self.source} -> {self.target}  ({self.where})"
@@ -78,6 +81,26 @@ def _resolve(module: str, path: Path, node: ast.ImportFrom) -> str:
     return ".".join([*base, *([node.module] if node.module else [])])
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Every import statement in the tree, and whether it sits under ``if TYPE_CHECKING:``."""
+    pending: list[tuple[ast.AST, bool]] = [(tree, False)]
+    while pending:
+        node, typing_only = pending.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node, typing_only
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            pending.extend((child, True) for child in node.body)
+            pending.extend((child, typing_only) for child in node.orelse)
+            continue
+        pending.extend((child, typing_only) for child in ast.iter_child_nodes(node))
+
+
 def import_edges(root: Path, modules: Mapping[str, Path], packages: Iterable[str] = PACKAGES) -> list[Edge]:
     """Every import between the given packages' modules, function-level ones included.
 
@@ -87,18 +110,15 @@ def import_edges(root: Path, modules: Mapping[str, Path], packages: Iterable[str
     edges: set[Edge] = set()
     for module, path in modules.items():
         rel = path.relative_to(root)
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            targets: list[str] = []
+        for node, typing_only in _imports(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
+            else:
                 base = _resolve(module, path, node)
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
-            else:
-                continue
             for target in targets:
                 if target.split(".")[0] in tops and target != module:
-                    edges.add(Edge(module, target, f"{rel}:{node.lineno}"))
+                    edges.add(Edge(module, target, f"{rel}:{node.lineno}", typing_only))
     return sorted(edges, key=lambda e: (e.source, e.target, e.where))
 
 
@@ -144,9 +164,12 @@ def layer_violations(edges: Iterable[Edge]) -> list[str]:
 
 
 def find_cycles(edges: Iterable[Edge]) -> list[list[Edge]]:
-    """One cycle (as the edges that close it) per strongly connected group of modules."""
+    """One cycle (as the edges that close it) per strongly connected group of modules; imports
+    under ``if TYPE_CHECKING:`` never run and are left out."""
     graph: dict[str, list[Edge]] = {}
     for edge in edges:
+        if edge.typing_only:
+            continue
         graph.setdefault(edge.source, []).append(edge)
         graph.setdefault(edge.target, [])
     index: dict[str, int] = {}
@@ -244,13 +267,15 @@ def test_the_checks_catch_upward_imports_cycles_and_leaks(tmp_path: Path) -> Non
         tmp_path,
         {
             "workers/__init__.py": "",
-            "workers/contract/__init__.py": "",
+            "workers/contract/__init__.py": "import typing\nif typing.TYPE_CHECKING:\n    import workers.routes\n",
             "workers/routes.py": "def f():\n    from workers.guards import ratelimit\n",
             "workers/guards/__init__.py": "",
             "workers/guards/ratelimit.py": "from workers.routes import f\n",
             "workers/runtime/__init__.py": "",
             "workers/runtime/app.py": "from . import task\n",
             "workers/runtime/task.py": "def g():\n    from workers.runtime.app import x\n",
+            "workers/runtime/state.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from workers.runtime import broker\n",
+            "workers/runtime/broker.py": "from workers.runtime.state import y\n",
             "producers/__init__.py": "",
             "producers/gateway/__init__.py": "",
             "producers/gateway/errors.py": "from workers.contract import redact\nimport workers.llm.errors\n",
@@ -258,8 +283,9 @@ def test_the_checks_catch_upward_imports_cycles_and_leaks(tmp_path: Path) -> Non
     )
     edges = import_edges(tmp_path, find_modules(tmp_path))
     problems = layer_violations(edges)
-    assert len(problems) == 2, problems
+    assert len(problems) == 3, problems
     assert problems[0].startswith("producers.gateway.errors -> workers.llm.errors  (producers/gateway/errors.py:2)")
-    assert problems[1].startswith("workers.routes -> workers.guards.ratelimit  (workers/routes.py:2): layer 2")
+    assert problems[1].startswith("workers.contract -> workers.routes  (workers/contract/__init__.py:3): layer 0")
+    assert problems[2].startswith("workers.routes -> workers.guards.ratelimit  (workers/routes.py:2): layer 2")
     cycles = {tuple(e.source for e in cycle) for cycle in find_cycles(edges)}
     assert cycles == {("workers.guards.ratelimit", "workers.routes"), ("workers.runtime.app", "workers.runtime.task")}
