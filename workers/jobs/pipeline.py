@@ -47,6 +47,7 @@ from workers.contract.capabilities import problems as capability_problems
 from workers.jobs import structured
 from workers.jobs.chain import build_chain, resolve_chain
 from workers.jobs.events import EventPublisher, last_seq
+from workers.jobs.resources import JobResources
 from workers.jobs.store import ClaimOutcome
 from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatStream, Completion
@@ -63,7 +64,6 @@ from workers.llm.errors import (
 )
 from workers.llm.model import ChatModel, ModelRequest, RunContext
 from workers.prompts.render import render_job
-from workers.runtime.resources import WorkerResources
 
 __all__ = ["JobOutcome", "JobRunner"]
 
@@ -114,7 +114,7 @@ class JobRunner:
 
     def __init__(
         self,
-        resources: WorkerResources,
+        resources: JobResources,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
