@@ -256,6 +256,12 @@ class SharedGuards:
         wait = self.view(model_id, now).not_before - now
         return wait if wait > 0 else None
 
+    def breakers_open(self) -> dict[str, bool]:
+        """Model -> breaker not closed (open or half-open), as this process last saw it; the
+        announcements keep it fresh (``llm_breaker_open`` reads it at each scrape)."""
+        with self.lock:
+            return {model: view.open_until is not None for model, view in self._views.items()}
+
     def observe(self, model_id: str, state: BreakerState) -> None:
         with self.lock:
             view = self._views.get(model_id)

@@ -25,6 +25,8 @@ from workers.contract import Attempt
 from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import (
     AllModelsFailedError,
+    BudgetExceededError,
+    ContextLengthExceededError,
     DeadlineExceededError,
     LLMQError,
     RetryLaterError,
@@ -32,7 +34,7 @@ from workers.llm.errors import (
 )
 from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
 
-__all__ = ["FallbackModel", "HoldCheck", "SkipModel", "is_hold"]
+__all__ = ["FallbackModel", "HoldCheck", "SkipModel", "is_hold", "skip_kind"]
 
 #: Returns a reason to skip a model before dispatch (e.g. "context window 8192 < 9000"), or None.
 SkipCheck = Callable[[ChatModel], str | None]
@@ -56,6 +58,20 @@ class SkipModel(Exception):
         super().__init__(reason, error)
         self.reason = reason
         self.error = error
+
+
+def skip_kind(exc: SkipModel) -> str:
+    """A bounded label for a skip: the guard's own kind (``breaker_open``, ``too_large``...), else
+    ``window`` or ``budget`` from the error that made the model unusable."""
+    kind = getattr(exc, "kind", None)
+    if isinstance(kind, str):
+        return kind
+    error = exc.error
+    if isinstance(error, ContextLengthExceededError):
+        return "window"
+    if isinstance(error, BudgetExceededError):
+        return "budget"
+    return "skipped"
 
 
 class FallbackModel(ChatModel):
@@ -83,6 +99,7 @@ class FallbackModel(ChatModel):
         reason = self._skip(model) if self._skip else None
         if reason:
             self.ctx.attempts.append(Attempt(model=model.model_id, status="skipped", message=reason))
+            self.ctx.hooks.on_skip(model.model_id, "check")
             return True
         return self._held_now(model)
 
@@ -122,7 +139,13 @@ class FallbackModel(ChatModel):
             )
         )
         self.holds.append(hold)
+        ctx.hooks.on_skip(model.model_id, "held")
         return True
+
+    def _moved_on(self, index: int, why: str) -> None:
+        """Model ``index`` failed or was skipped and the chain goes on: tell the hooks where to."""
+        if index + 1 < len(self.models):
+            self.ctx.hooks.on_fallback(self.models[index].model_id, self.models[index + 1].model_id, why)
 
     def _give_up(self, exc: LLMQError, last: bool) -> bool:
         """True when ``exc`` ends the chain (raised by the caller), False to try the next model."""
@@ -150,6 +173,7 @@ class FallbackModel(ChatModel):
 
     def _skipped_by(self, model: ChatModel, exc: SkipModel) -> None:
         self.ctx.attempts.append(Attempt(model=model.model_id, status="skipped", message=exc.reason[:300]))
+        self.ctx.hooks.on_skip(model.model_id, skip_kind(exc))
         if exc.error is not None:
             self.skip_errors.append(exc.error)
 
@@ -181,6 +205,7 @@ class FallbackModel(ChatModel):
                 completion = model.complete(request)
             except SkipModel as exc:
                 self._skipped_by(model, exc)
+                self._moved_on(i, skip_kind(exc))
                 continue
             except LLMQError as exc:
                 if self._give_up(exc, last):
@@ -188,6 +213,7 @@ class FallbackModel(ChatModel):
                     if ended is exc:
                         raise
                     raise ended from exc
+                self._moved_on(i, error_type_name(exc))
                 continue
             self.model_id = model.model_id
             return completion
@@ -218,6 +244,7 @@ class _FallbackStream(WrappedStream):
                 first = next(iterator, None)
             except SkipModel as exc:
                 owner._skipped_by(model, exc)
+                owner._moved_on(i, skip_kind(exc))
                 continue
             except LLMQError as exc:
                 if inner is not None:
@@ -227,6 +254,7 @@ class _FallbackStream(WrappedStream):
                     if ended is exc:
                         raise
                     raise ended from exc
+                owner._moved_on(i, error_type_name(exc))
                 continue
             self.model_id = owner.model_id = model.model_id
             if first is not None:

@@ -141,6 +141,7 @@ class OpenAIProvider(Provider):
             body["temperature"] = request.temperature
         if request.tools:
             body["tools"] = [t.model_dump(exclude_none=True) for t in request.tools]
+        _add_params(body, request)
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -185,6 +186,27 @@ class OpenAIProvider(Provider):
         return OpenAIStream(response, provider=self.name, model=request.model, secret=self._api_key)
 
 
+def _add_params(body: dict[str, object], request: ChatRequest) -> None:
+    """The optional request parameters, in Chat Completions' own shapes (the contract's)."""
+    if request.response_format is not None and request.response_format.type != "text":
+        body["response_format"] = request.response_format.model_dump(mode="json", exclude_none=True)
+    choice = request.tool_choice
+    if choice is not None:
+        body["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump(mode="json")
+    if request.parallel_tool_calls is not None and request.tools:
+        body["parallel_tool_calls"] = request.parallel_tool_calls
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.user is not None:
+        body["user"] = request.user
+    if request.reasoning is not None and request.reasoning.effort is not None:
+        body["reasoning_effort"] = request.reasoning.effort
+
+
 def parse_completion(content: bytes, *, request_id: str | None = None) -> Completion:
     payload = json.loads(content)
     choice = (payload.get("choices") or [{}])[0]
@@ -218,10 +240,13 @@ def _usage(raw: object) -> Usage | None:
         return None
     details = raw.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    out_details = raw.get("completion_tokens_details")
+    reasoning = out_details.get("reasoning_tokens") if isinstance(out_details, dict) else None
     return Usage(
         prompt_tokens=int(raw.get("prompt_tokens") or 0),
         completion_tokens=int(raw.get("completion_tokens") or 0),
         cached_tokens=int(cached or 0),
+        reasoning_tokens=int(reasoning or 0),
     )
 
 
