@@ -61,6 +61,7 @@ __all__ = [
     "ModelNotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
+    "PromptError",
     "ProviderConnectionError",
     "ProviderError",
     "ProviderTimeoutError",
@@ -278,3 +279,9 @@ def is_retryable(exc: BaseException) -> bool:
 
 def error_type_name(exc: BaseException) -> str:
     return exc.type_name if isinstance(exc, LLMQError) else "internal_error"
+
+
+class PromptError(LLMQError):
+    """A published prompt could not be rendered: not published, hash mismatch, sandbox refusal, size cap."""
+
+    type_name = "prompt_error"
