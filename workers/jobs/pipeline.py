@@ -228,10 +228,10 @@ class JobRunner:
             if run.ttft_s is not None:
                 raise MidStreamError(
                     f"{error_type_name(exc)} after the first delta: {exc.message}",
-                    exc.provider,
-                    exc.model,
-                    exc.status,
-                    error_type_name(exc),
+                    provider=exc.provider,
+                    model=exc.model,
+                    status=exc.status,
+                    code=error_type_name(exc),
                 ) from exc
             raise
         publisher.flush()
@@ -317,10 +317,10 @@ class JobRunner:
         if self.res.redis.hincrby(run.keys.meta, "requeues", 1) > limit:
             final = RequeueLimitError(
                 f"gave up after {limit} re-queues (max_requeues); the last: {exc.message}",
-                exc.provider,
-                exc.model,
-                exc.status,
-                exc.code,
+                provider=exc.provider,
+                model=exc.model,
+                status=exc.status,
+                code=exc.code,
             )
             return JobOutcome(result=self._finish_failed(run, final))
         attempts = _ATTEMPTS.dump_json(run.ctx.attempts)

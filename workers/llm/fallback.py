@@ -79,10 +79,8 @@ class FallbackModel(ChatModel):
         last = self.errors[-1] if self.errors else None
         return AllModelsFailedError(
             f"every model in the chain failed: {tried}",
-            None,
-            None,
-            last.status if last else None,
-            error_type_name(last) if last else "skipped",
+            status=last.status if last else None,
+            code=error_type_name(last) if last else "skipped",
         )
 
     def complete(self, request: ModelRequest) -> Completion:
@@ -109,12 +107,7 @@ class FallbackModel(ChatModel):
         return _FallbackStream(self, request)
 
 
-class _FallbackStream(WrappedStream):
-    def __init__(self, owner: FallbackModel, request: ModelRequest) -> None:
-        super().__init__()
-        self._owner = owner
-        self._request = request
-
+class _FallbackStream(WrappedStream["FallbackModel"]):
     def __iter__(self) -> Iterator[str]:
         owner = self._owner
         models = owner.models
