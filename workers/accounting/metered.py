@@ -71,6 +71,10 @@ class Meter:
             self._plans[model_id] = plan
         return plan
 
+    def new_turn(self) -> None:
+        """The next call sends different messages (a repair or tool turn): plan every model again."""
+        self._plans.clear()
+
     def reserve(self, plan: CallPlan) -> Reservation | None:
         if self.ledger is None:
             return None
@@ -109,8 +113,15 @@ class Meter:
             self.metrics.record_usage(plan.model, usage, cost)
         return cost
 
-    def usage(self, plan: CallPlan, reported: Usage | None, text: str, tool_calls: list) -> Usage:
-        return plan.usage(reported, text, tool_calls, self.counter)
+    def usage(self, plan: CallPlan, reported: Usage | None, text: str, tool_calls: list, thinking: str = "") -> Usage:
+        usage = plan.usage(reported, text, tool_calls, self.counter)
+        if thinking and not usage.reasoning_tokens:
+            # Anthropic and Ollama bill thinking as output without a separate count: estimate it
+            thought = self.counter.count_text(plan.model, thinking).tokens
+            if reported is None:
+                usage.completion_tokens += thought
+            usage.reasoning_tokens = min(thought, usage.completion_tokens)
+        return usage
 
 
 class MeteredModel(ChatModel):
@@ -131,7 +142,9 @@ class MeteredModel(ChatModel):
         except BaseException:
             meter.release(reservation)
             raise
-        completion.usage = meter.usage(plan, completion.usage, completion.text, completion.tool_calls)
+        completion.usage = meter.usage(
+            plan, completion.usage, completion.text, completion.tool_calls, completion.thinking
+        )
         meter.settle(reservation, plan, completion.usage)
         meter.dropped = plan.dropped
         return completion
@@ -154,7 +167,7 @@ class _MeteredStream(WrappedStream["MeteredModel"]):
                 parts.append(text)
                 yield text
             self.finish_from_inner()
-            self.usage = meter.usage(plan, inner.usage, "".join(parts), inner.tool_calls)
+            self.usage = meter.usage(plan, inner.usage, "".join(parts), inner.tool_calls, inner.thinking)
             meter.settle(reservation, plan, self.usage)
             meter.dropped = plan.dropped
             settled = True

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from workers.accounting.image_tokens import image_tokens
 from workers.contract import Message, Tool, ToolCall, Usage, base_model_name, split_model_id
 from workers.llm.errors import ConfigurationError
 
@@ -248,8 +249,13 @@ class TokenCounter:
         overhead = REPLY_PRIMING + TOKENS_PER_MESSAGE * len(messages)
         for m in messages:  # the hot loop: plain attribute reads, no model dumps
             overhead += roles[m.role]
-            if m.content:
-                append(m.content)
+            content = m.content
+            if content:
+                if isinstance(content, str):
+                    append(content)
+                else:
+                    append(m.text)
+                    overhead += _images_tokens(model, m)
             if m.tool_calls:
                 overhead += _tool_call_parts(m.tool_calls, parts)
             if m.name:
@@ -265,7 +271,7 @@ class TokenCounter:
         enc_name, estimated, margin = self.plan(model)
         enc = self.encoding(enc_name)
         return MessageBreakdown(
-            per_message=tuple(self._message_tokens(enc, enc_name, m) for m in messages),
+            per_message=tuple(self._message_tokens(enc, enc_name, m, model) for m in messages),
             fixed=REPLY_PRIMING + (self._tools_tokens(enc, tools) if tools else 0),
             margin=margin,
             estimated=estimated,
@@ -278,11 +284,13 @@ class TokenCounter:
         raw = len(self.encoding(enc_name).encode_ordinary(text)) if text else 0
         return TokenCount(math.ceil(raw * margin) if estimated else raw, estimated, enc_name)
 
-    def _message_tokens(self, enc: tiktoken.Encoding, enc_name: str, m: Message) -> int:
+    def _message_tokens(self, enc: tiktoken.Encoding, enc_name: str, m: Message, model: str) -> int:
         parts: list[str] = []
         n = TOKENS_PER_MESSAGE + self._roles[enc_name][m.role]
         if m.content:
-            parts.append(m.content)
+            parts.append(m.text)
+            if not isinstance(m.content, str):
+                n += _images_tokens(model, m)
         if m.name:
             parts.append(m.name)
             n += TOKENS_PER_NAME
@@ -318,6 +326,12 @@ class TokenCounter:
                     if extra:
                         n += len(enc.encode_ordinary(json.dumps(extra, separators=(",", ":"))))
         return n + _FUNC_END
+
+
+def _images_tokens(model: str, message: Message) -> int:
+    """The documented image tokens of a message's image parts (``image_tokens.py``)."""
+    provider = model.partition(":")[0]
+    return sum(image_tokens(provider, part) for part in message.images)
 
 
 def _tool_call_parts(calls: Sequence[ToolCall], parts: list[str]) -> int:

@@ -40,6 +40,17 @@ class UsageEvent(_Event):
     usage: Usage
 
 
+class RepairEvent(_Event):
+    """The answer so far failed ``response_format``: its text is discarded and the model asked again.
+
+    A consumer that joins ``delta`` texts starts over after this event.
+    """
+
+    type: Literal["repair"] = "repair"
+    attempt: int = Field(ge=1)
+    errors: list[str] = Field(default_factory=list)
+
+
 class DoneEvent(_Event):
     type: Literal["done"] = "done"
     result: CompletionResult
@@ -57,7 +68,7 @@ class CancelledEvent(_Event):
 
 
 StreamEvent = Annotated[
-    StartEvent | DeltaEvent | ToolCallEvent | UsageEvent | DoneEvent | ErrorEvent | CancelledEvent,
+    StartEvent | DeltaEvent | ToolCallEvent | UsageEvent | RepairEvent | DoneEvent | ErrorEvent | CancelledEvent,
     Field(discriminator="type"),
 ]
 TERMINAL_EVENT_TYPES = frozenset({"done", "error", "cancelled"})

@@ -15,6 +15,15 @@ from workers.contract.base import (
     _Wire,
     new_job_id,
 )
+from workers.contract.params import (
+    ContentPart,
+    ImagePart,
+    NamedToolChoice,
+    Reasoning,
+    ResponseFormat,
+    TextPart,
+    ToolChoice,
+)
 
 
 def _template_fields(template: str) -> set[str]:
@@ -52,7 +61,8 @@ class Message(_Wire):
     """An OpenAI-style chat message (system, user, assistant with tool calls, tool result)."""
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: str | None = None
+    #: Text, or a list of content parts (``text``; ``image_url`` in user messages only).
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
@@ -67,7 +77,22 @@ class Message(_Wire):
             raise ValueError("tool_calls are only allowed on 'assistant' messages")
         if self.content is None and not self.tool_calls:
             raise ValueError(f"a '{self.role}' message needs content")
+        if isinstance(self.content, list) and self.role != "user" and self.images:
+            raise ValueError(f"image parts are only allowed in 'user' messages, not '{self.role}'")
         return self
+
+    @property
+    def text(self) -> str:
+        """The message's text: the content string, or its text parts joined."""
+        content = self.content
+        if content is None or isinstance(content, str):
+            return content or ""
+        return "".join(p.text for p in content if isinstance(p, TextPart))
+
+    @property
+    def images(self) -> list[ImagePart]:
+        content = self.content
+        return [p for p in content if isinstance(p, ImagePart)] if isinstance(content, list) else []
 
 
 class CompletionJob(_Wire):
@@ -98,6 +123,20 @@ class CompletionJob(_Wire):
     #: producer with many jobs in flight (batch runs) wait on one BLPOP instead of one
     #: subscription per job.
     reply_to: Annotated[str, Field(pattern=r"^llmq:reply:[A-Za-z0-9_.:-]{1,128}$")] | None = None
+    #: ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {name, schema, strict}}``:
+    #: the worker validates the answer, repairs it up to ``max_repairs`` times, sets ``result.parsed``.
+    response_format: ResponseFormat | None = None
+    #: Repair turns (each a full, metered model call) after an answer that fails the schema.
+    max_repairs: Annotated[int, Field(ge=0, le=3)] = 1
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    #: Up to 4 stop sequences.
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(default=None, max_length=4)
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    seed: int | None = None
+    #: The end user (OpenAI's ``user``; Anthropic's ``metadata.user_id``); kept in telemetry.
+    user: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    reasoning: Reasoning | None = None
 
     @field_validator("id")
     @classmethod
@@ -122,6 +161,11 @@ class CompletionJob(_Wire):
                 )
         return value
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
     @field_validator("fallbacks")
     @classmethod
     def _fallbacks(cls, value: list[str]) -> list[str]:
@@ -139,6 +183,24 @@ class CompletionJob(_Wire):
             missing = _template_fields(self.template) - set(self.variables)
             if missing:
                 raise ValueError(f"template variables without a value: {', '.join(sorted(missing))}")
+        return self
+
+    @model_validator(mode="after")
+    def _params(self) -> CompletionJob:
+        from workers.contract.capabilities import check_job
+
+        choice = self.tool_choice
+        if choice in ("required",) or isinstance(choice, NamedToolChoice):
+            if not self.tools:
+                raise ValueError("tool_choice 'required' or a named function needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in self.tools}:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not one of the job's tools")
+        if self.reasoning is not None:
+            if self.reasoning.effort is None and self.reasoning.budget_tokens is None:
+                raise ValueError("reasoning needs 'effort' or 'budget_tokens'")
+            if self.reasoning.budget_tokens is not None and self.reasoning.budget_tokens >= self.max_tokens:
+                raise ValueError("reasoning.budget_tokens must be below max_tokens (thinking counts toward it)")
+        check_job(self, [m for m in self.chain if ":" in m])
         return self
 
     @property

@@ -100,7 +100,7 @@ def request_tokens(request: ModelRequest) -> int:
 def _estimate(messages: list[Message]) -> int:
     chars = 0
     for m in messages:
-        chars += len(m.content or "")
+        chars += len(m.text)
         for call in m.tool_calls or ():
             chars += len(call.function.name) + len(call.function.arguments)
     return chars // 4 + 4 * len(messages)

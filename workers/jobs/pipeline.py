@@ -8,6 +8,7 @@ published; a failure after that is a terminal ``error`` (no duplicated text).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -27,6 +28,10 @@ from workers.contract import (
     ErrorEvent,
     ErrorInfo,
     JobKeys,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    Message,
+    RepairEvent,
     StartEvent,
     StreamEvent,
     Timings,
@@ -34,6 +39,8 @@ from workers.contract import (
     Usage,
     UsageEvent,
 )
+from workers.contract.capabilities import problems as capability_problems
+from workers.jobs import structured
 from workers.jobs.chain import build_chain, resolve_chain
 from workers.jobs.events import EventPublisher, last_seq
 from workers.jobs.store import ClaimOutcome
@@ -82,6 +89,8 @@ class _Run:
     token: str = ""
     cancelled_at_start: bool = False
     meter: Meter | None = None
+    parsed: object = None
+    repairs: int = 0
 
 
 class JobRunner:
@@ -161,6 +170,7 @@ class JobRunner:
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceededError("the job's deadline passed while it was queued")
             chain = resolve_chain(job, self.res.config, self.res.settings.default_model)
+            _check_capabilities(job, chain)
             meter = run.meter = Meter(
                 job, self.res.counter, self.res.prices, self.res.ledger, run.ctx, self.res.metrics.usage
             )
@@ -180,9 +190,19 @@ class JobRunner:
                 headers={"x-llmq-job-id": job.id},
                 # a whole-body call has no stream to close: a cancel aborts it through this
                 abort=None if job.stream else AbortSignal(),
+                response_format=job.response_format,
+                tool_choice=job.tool_choice,
+                parallel_tool_calls=job.parallel_tool_calls,
+                stop=job.stop,
+                top_p=job.top_p,
+                seed=job.seed,
+                user=job.user,
+                reasoning=job.reasoning,
             )
             run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0]))
             completion = self._call(run, model, request)
+            if isinstance(job.response_format, JsonObjectFormat | JsonSchemaFormat):
+                completion = self._structured(run, model, request, completion)
         except RetryLaterError as exc:
             return self._requeue(run, exc)
         except JobCancelledError as exc:
@@ -194,6 +214,26 @@ class JobRunner:
             internal = LLMQError(f"internal error: {type(exc).__name__}: {exc}")
             return JobOutcome(result=self._finish_failed(run, internal))
         return JobOutcome(result=self._finish_succeeded(run, completion))
+
+    def _structured(self, run: _Run, model: ChatModel, request: ModelRequest, completion: Completion) -> Completion:
+        """Validate the answer against ``response_format``; repair turns go through the whole chain."""
+
+        def repair(turn: int, errors: list[str]) -> None:
+            run.publisher.emit(RepairEvent(job_id=run.job.id, seq=0, attempt=turn, errors=errors))
+            run.text_parts = []
+            run.ctx.committed = False  # a new turn: its own retries and fallback before its first delta
+            if run.meter is not None:
+                run.meter.new_turn()
+
+        def call(messages: list[Message]) -> Completion:
+            turn = self._call(run, model, dataclasses.replace(request, messages=messages))
+            run.text_parts = [turn.text]  # an invalid last answer is kept in the failed result
+            return turn
+
+        run.text_parts = [completion.text]
+        outcome = structured.enforce(run.job, request.messages, completion, call, repair)
+        run.parsed, run.repairs = outcome.parsed, outcome.repairs
+        return outcome.completion
 
     def _call(self, run: _Run, model: ChatModel, request: ModelRequest) -> Completion:
         watcher = self.res.cancel_watcher
@@ -270,6 +310,7 @@ class JobRunner:
         result.tool_calls = completion.tool_calls
         result.finish_reason = completion.finish_reason
         result.usage = usage
+        result.parsed, result.repairs, result.refusal = run.parsed, run.repairs, completion.refusal  # type: ignore[assignment]
         events: list[StreamEvent] = [ToolCallEvent(job_id=job.id, seq=0, tool_call=c) for c in completion.tool_calls]
         events.append(UsageEvent(job_id=job.id, seq=0, usage=usage))
         self._terminal(run, DoneEvent(job_id=job.id, seq=0, result=result), result, before=events)
@@ -345,6 +386,16 @@ class JobRunner:
             time.sleep(min(left, 0.25))
             if self.res.store.is_cancelled(keys):
                 raise JobCancelledError("cancelled while waiting to retry")
+
+
+def _check_capabilities(job: CompletionJob, chain: list[str]) -> None:
+    """The contract's capability table again, now that route aliases are resolved."""
+    for model_id in chain:
+        found = capability_problems(job, model_id)
+        if found:
+            raise BadRequestError(
+                str(found[0]), provider=found[0].provider, model=model_id, code="unsupported_parameter"
+            )
 
 
 def _abort(stream: ChatStream, deltas: Iterator[str]) -> None:

@@ -26,6 +26,7 @@
     ├── DeadlineExceededError              the job's deadline passed
     ├── RequeueLimitError                  re-queued max_requeues times, still could not be sent
     ├── MidStreamError                     failed after deltas were published (never retried)
+    ├── InvalidOutputError                 the answer failed response_format after the repair turns
     └── AllModelsFailedError               every model in the chain failed
 
 Retryability is a property of the type, except that the provider's ``x-should-retry`` header
@@ -55,6 +56,7 @@ __all__ = [
     "FirstTokenTimeoutError",
     "IncompleteStreamError",
     "InsufficientQuotaError",
+    "InvalidOutputError",
     "JobCancelledError",
     "LLMQError",
     "MidStreamError",
@@ -272,6 +274,16 @@ class MidStreamError(LLMQError):
     """A failure after the first delta was published: terminal, never retried or fallen back."""
 
     type_name = "mid_stream_error"
+
+
+class InvalidOutputError(LLMQError):
+    """The answer is not valid JSON for the job's ``response_format``, repairs included.
+
+    ``details["errors"]`` lists the validation errors of the last answer; the job's result keeps
+    that answer's raw content.
+    """
+
+    type_name = "invalid_output"
 
 
 class AllModelsFailedError(LLMQError):

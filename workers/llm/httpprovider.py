@@ -62,12 +62,12 @@ class HTTPProvider(Provider, Generic[StreamT]):
         """An HTTP error response mapped onto the error tree (secrets redacted)."""
 
     @abstractmethod
-    def parse_completion(self, headers: Mapping[str, str], content: bytes, *, model: str) -> Completion:
-        """A whole-body answer; raises ``ValueError``/``KeyError``... on an unexpected shape."""
+    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
+        """A whole-body answer to ``request``; raises ``ValueError``/``KeyError``... on an unexpected shape."""
 
     @abstractmethod
-    def open_response_stream(self, response: ResponseBody, *, model: str) -> StreamT:
-        """The provider's stream parser over an open 2xx response."""
+    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> StreamT:
+        """The provider's stream parser over an open 2xx response to ``request``."""
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """How the key is sent; a bearer token unless the provider says otherwise."""
@@ -107,7 +107,7 @@ class HTTPProvider(Provider, Generic[StreamT]):
             abort=request.abort,
         )
         try:
-            return self.parse_completion(headers, content, model=request.model)
+            return self.parse_completion(headers, content, request)
         except _MALFORMED as exc:
             raise error_in_stream(
                 provider=self.name, model=request.model, message=f"malformed response: {exc}"
@@ -122,4 +122,4 @@ class HTTPProvider(Provider, Generic[StreamT]):
             model=request.model,
             error_mapper=self._mapper(request.model),
         )
-        return self.open_response_stream(response, model=request.model)
+        return self.open_response_stream(response, request)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from workers.contract import Attempt, Message, Tool
+from workers.contract import Attempt, Message, Reasoning, ResponseFormat, Tool, ToolChoice
 from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatRequest, ChatStream, Completion, Provider
 
@@ -33,6 +33,14 @@ class ModelRequest:
     prompt_tokens: int | None = None
     #: Lets a canceller end a whole-body call in flight (``workers/llm/abort.py``).
     abort: AbortSignal | None = None
+    response_format: ResponseFormat | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    stop: list[str] | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    user: str | None = None
+    reasoning: Reasoning | None = None
 
 
 def _no_sleep(seconds: float) -> None:
@@ -116,6 +124,14 @@ class ProviderModel(ChatModel):
             temperature=request.temperature,
             extra_headers=request.headers,
             abort=request.abort,
+            response_format=request.response_format,
+            tool_choice=request.tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls,
+            stop=request.stop,
+            top_p=request.top_p,
+            seed=request.seed,
+            user=request.user,
+            reasoning=request.reasoning,
         )
 
     def complete(self, request: ModelRequest) -> Completion:

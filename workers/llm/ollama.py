@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterator, Mapping
 from urllib.parse import urlsplit
 
-from workers.contract import FunctionCall, Message, ToolCall, Usage
+from workers.contract import FunctionCall, JsonObjectFormat, JsonSchemaFormat, Message, ToolCall, Usage
 from workers.llm._http import HTTPClient
 from workers.llm.base import (
     ChatRequest,
@@ -88,7 +88,10 @@ def ollama_error_from_body(
 
 
 def _message(message: Message, tool_names: Mapping[str, str]) -> dict[str, object]:
-    out: dict[str, object] = {"role": message.role, "content": message.content or ""}
+    out: dict[str, object] = {"role": message.role, "content": message.text}
+    images = [part.image_url.info.data for part in message.images]
+    if images:
+        out["images"] = images  # base64 only (the capability check refused links)
     if message.tool_calls:
         calls = []
         for call in message.tool_calls:
@@ -116,8 +119,21 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
         "stream": stream,
         "options": options,
     }
-    if request.tools:
+    if request.tools and request.tool_choice != "none":
         body["tools"] = [t.model_dump(exclude_none=True) for t in request.tools]
+    if request.stop:
+        options["stop"] = list(request.stop)
+    if request.top_p is not None:
+        options["top_p"] = request.top_p
+    if request.seed is not None:
+        options["seed"] = request.seed
+    fmt = request.response_format
+    if isinstance(fmt, JsonSchemaFormat):
+        body["format"] = fmt.json_schema.schema_
+    elif isinstance(fmt, JsonObjectFormat):
+        body["format"] = "json"
+    if request.reasoning is not None:
+        body["think"] = request.reasoning.effort
     return body
 
 
@@ -140,11 +156,11 @@ class OllamaProvider(HTTPProvider["OllamaStream"]):
     def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
         return ollama_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
 
-    def parse_completion(self, headers: Mapping[str, str], content: bytes, *, model: str) -> Completion:
-        return parse_chat_response(content, provider=self.name, model=model)
+    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
+        return parse_chat_response(content, provider=self.name, model=request.model)
 
-    def open_response_stream(self, response: ResponseBody, *, model: str) -> OllamaStream:
-        return OllamaStream(response, provider=self.name, model=model)
+    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> OllamaStream:
+        return OllamaStream(response, provider=self.name, model=request.model)
 
 
 def _tool_call(raw: Mapping[str, object], position: int) -> ToolCall:

@@ -134,6 +134,7 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
             body["temperature"] = request.temperature
         if request.tools:
             body["tools"] = [t.model_dump(exclude_none=True) for t in request.tools]
+        _add_params(body, request)
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -142,13 +143,34 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
     def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
         return openai_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
 
-    def parse_completion(self, headers: Mapping[str, str], content: bytes, *, model: str) -> Completion:
+    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
         completion = parse_completion(content, request_id=headers.get("x-request-id"))
         completion.ratelimit = parse_ratelimit(headers)
         return completion
 
-    def open_response_stream(self, response: ResponseBody, *, model: str) -> OpenAIStream:
-        return OpenAIStream(response, provider=self.name, model=model, secret=self._api_key)
+    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> OpenAIStream:
+        return OpenAIStream(response, provider=self.name, model=request.model, secret=self._api_key)
+
+
+def _add_params(body: dict[str, object], request: ChatRequest) -> None:
+    """The optional request parameters, in Chat Completions' own shapes (the contract's)."""
+    if request.response_format is not None and request.response_format.type != "text":
+        body["response_format"] = request.response_format.model_dump(mode="json", exclude_none=True)
+    choice = request.tool_choice
+    if choice is not None:
+        body["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump(mode="json")
+    if request.parallel_tool_calls is not None and request.tools:
+        body["parallel_tool_calls"] = request.parallel_tool_calls
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.user is not None:
+        body["user"] = request.user
+    if request.reasoning is not None and request.reasoning.effort is not None:
+        body["reasoning_effort"] = request.reasoning.effort
 
 
 def parse_completion(content: bytes, *, request_id: str | None = None) -> Completion:
@@ -184,10 +206,13 @@ def _usage(raw: object) -> Usage | None:
         return None
     details = raw.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    out_details = raw.get("completion_tokens_details")
+    reasoning = out_details.get("reasoning_tokens") if isinstance(out_details, dict) else None
     return Usage(
         prompt_tokens=int(raw.get("prompt_tokens") or 0),
         completion_tokens=int(raw.get("completion_tokens") or 0),
         cached_tokens=int(cached or 0),
+        reasoning_tokens=int(reasoning or 0),
     )
 
 
