@@ -19,6 +19,7 @@ from producers.client import (
     validate_job,
 )
 from producers.cursor import GAP, EventCursor
+from producers.prompts import AsyncPromptResolver, job_data
 from workers.contract import (
     DEFAULT_QUEUE,
     TASK_NAME,
@@ -68,9 +69,10 @@ class AsyncClient:
         )
         self._celery = make_celery(self.redis_url, queue)
         self._register = self.redis.register_script(_REGISTER_LUA)
+        self.prompts = AsyncPromptResolver(self.redis)
 
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
-        valid = validate_job(job, **overrides)
+        valid = validate_job(await self.prompts.prepare(job_data(job, overrides)))
         if valid.submitted_at is None:
             valid.submitted_at = time.time()
         keys = JobKeys(valid.id)

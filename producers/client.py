@@ -22,6 +22,8 @@ from celery import Celery
 from pydantic import ValidationError
 
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
+from producers.errors import InvalidJobError
+from producers.prompts import PromptResolver, job_data
 from workers.contract import (
     DEFAULT_QUEUE,
     TASK_NAME,
@@ -69,14 +71,6 @@ return 0
 """
 #: A registration without a confirmed send is retried by a later submit after this long.
 RESEND_AFTER_S = 30
-
-
-class InvalidJobError(ValueError):
-    """The job did not validate; nothing was enqueued. ``errors`` lists each problem."""
-
-    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
-        self.errors = errors or []
 
 
 class JobNotFoundError(LookupError):
@@ -154,12 +148,18 @@ class Client:
         )
         self._celery = make_celery(self.redis_url, queue)
         self._register = self.redis.register_script(_REGISTER_LUA)
+        #: Resolves ``prompt`` labels and validates prompt variables (published versions are cached).
+        self.prompts = PromptResolver(self.redis)
 
     # --- submit ---------------------------------------------------------------------------------
 
     def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> JobHandle:
-        """Validate and enqueue ``job``; a second submit of the same id does not run it twice."""
-        valid = validate_job(job, **overrides)
+        """Validate and enqueue ``job``; a second submit of the same id does not run it twice.
+
+        A job with a ``prompt`` gets its label resolved to a version and its variables checked
+        against that version's schema here, before anything is enqueued.
+        """
+        valid = validate_job(self.prompts.prepare(job_data(job, overrides)))
         if valid.submitted_at is None:
             valid.submitted_at = time.time()
         keys = JobKeys(valid.id)

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     default_model: str = "openai:gpt-4o-mini"
     monthly_budget_usd: float | None = Field(default=None, ge=0)
 
+    # --- prompts --------------------------------------------------------------------------------
+    #: The prompt library (``<name>/v<N>.yaml`` + ``golden/``) the ``llmq prompts`` commands use.
+    prompts_dir: str = "./prompts"
+    #: Cap on a job's rendered prompt (all messages, in characters): a clear error past it.
+    prompt_max_chars: int = Field(default=1_000_000, ge=1_000)
+
     @property
     def effective_prefetch(self) -> int:
         if self.prefetch_multiplier is not None:

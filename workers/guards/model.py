@@ -133,11 +133,8 @@ class GuardedModel(ChatModel):
         hooks = ctx.hooks
         remaining = ctx.remaining()
         max_wait = ctx.max_inworker_wait_s if remaining is None else max(0.0, min(ctx.max_inworker_wait_s, remaining))
-        try:
-            admission = guard.admit(request_tokens(request), max_wait)
-        except SkipModel as exc:
-            hooks.on_skip(self.model_id, exc.kind if isinstance(exc, GuardSkip) else "skipped")
-            raise
+        # a skip (SkipModel) is reported to the hooks by the fallback wrapper, with its kind
+        admission = guard.admit(request_tokens(request), max_wait)
         if admission.refused:
             raise self._too_long(admission, remaining)
         if admission.wait_s > 0:

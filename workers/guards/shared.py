@@ -246,6 +246,12 @@ class SharedGuards:
             view.fetched, view.epoch = now, epoch
         return view
 
+    def breakers_open(self) -> dict[str, bool]:
+        """Model -> breaker not closed (open or half-open), as this process last saw it; the
+        announcements keep it fresh (``llm_breaker_open`` reads it at each scrape)."""
+        with self.lock:
+            return {model: view.open_until is not None for model, view in self._views.items()}
+
     def observe(self, model_id: str, state: BreakerState) -> None:
         with self.lock:
             view = self._views.get(model_id)

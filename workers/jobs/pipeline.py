@@ -31,6 +31,7 @@ from workers.contract import (
     JsonObjectFormat,
     JsonSchemaFormat,
     Message,
+    PromptInfo,
     RepairEvent,
     StartEvent,
     StreamEvent,
@@ -57,7 +58,7 @@ from workers.llm.errors import (
     error_type_name,
 )
 from workers.llm.model import ChatModel, ModelRequest, RunContext
-from workers.prompts.render import render_messages
+from workers.prompts.render import render_job
 from workers.runtime.resources import WorkerResources
 
 __all__ = ["JobOutcome", "JobRunner"]
@@ -89,6 +90,7 @@ class _Run:
     token: str = ""
     cancelled_at_start: bool = False
     meter: Meter | None = None
+    prompt: PromptInfo | None = None
     parsed: object = None
     repairs: int = 0
 
@@ -182,8 +184,10 @@ class JobRunner:
                 meter=lambda m: MeteredModel(m, meter),
                 guards=self.res.guards,
             )
+            rendered = render_job(job, self.res.redis, max_chars=self.res.settings.prompt_max_chars)
+            run.prompt = rendered.prompt
             request = ModelRequest(
-                messages=render_messages(job),
+                messages=rendered.messages,
                 max_tokens=job.max_tokens,
                 tools=job.tools,
                 temperature=job.temperature,
@@ -199,7 +203,7 @@ class JobRunner:
                 user=job.user,
                 reasoning=job.reasoning,
             )
-            run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0]))
+            run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0], prompt=run.prompt))
             completion = self._call(run, model, request)
             if isinstance(job.response_format, JsonObjectFormat | JsonSchemaFormat):
                 completion = self._structured(run, model, request, completion)
@@ -288,6 +292,7 @@ class JobRunner:
             usage=(meter.last_usage if meter and meter.last_usage else Usage()),
             cost_usd=float(meter.cost_usd) if meter and meter.cost_usd is not None else None,
             truncated_messages=meter.dropped if meter else 0,
+            prompt=run.prompt,
             id=job.id,
             status=status,  # type: ignore[arg-type]
             attempts=run.ctx.attempts,

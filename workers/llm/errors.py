@@ -63,6 +63,7 @@ __all__ = [
     "ModelNotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
+    "PromptError",
     "ProviderConnectionError",
     "ProviderError",
     "ProviderTimeoutError",
@@ -306,3 +307,9 @@ def is_retryable(exc: BaseException) -> bool:
 
 def error_type_name(exc: BaseException) -> str:
     return exc.type_name if isinstance(exc, LLMQError) else "internal_error"
+
+
+class PromptError(LLMQError):
+    """A published prompt could not be rendered: not published, hash mismatch, sandbox refusal, size cap."""
+
+    type_name = "prompt_error"

@@ -14,10 +14,17 @@ from collections.abc import Callable, Iterator, Sequence
 
 from workers.contract import Attempt
 from workers.llm.base import ChatStream, Completion
-from workers.llm.errors import AllModelsFailedError, LLMQError, RetryLaterError, error_type_name
+from workers.llm.errors import (
+    AllModelsFailedError,
+    BudgetExceededError,
+    ContextLengthExceededError,
+    LLMQError,
+    RetryLaterError,
+    error_type_name,
+)
 from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
 
-__all__ = ["FallbackModel", "SkipModel"]
+__all__ = ["FallbackModel", "SkipModel", "skip_kind"]
 
 #: Returns a reason to skip a model before dispatch (e.g. "context window 8192 < 9000"), or None.
 SkipCheck = Callable[[ChatModel], str | None]
@@ -36,6 +43,20 @@ class SkipModel(Exception):
         self.error = error
 
 
+def skip_kind(exc: SkipModel) -> str:
+    """A bounded label for a skip: the guard's own kind (``breaker_open``, ``too_large``...), else
+    ``window`` or ``budget`` from the error that made the model unusable."""
+    kind = getattr(exc, "kind", None)
+    if isinstance(kind, str):
+        return kind
+    error = exc.error
+    if isinstance(error, ContextLengthExceededError):
+        return "window"
+    if isinstance(error, BudgetExceededError):
+        return "budget"
+    return "skipped"
+
+
 class FallbackModel(ChatModel):
     def __init__(self, models: Sequence[ChatModel], ctx: RunContext, skip: SkipCheck | None = None) -> None:
         if not models:
@@ -51,8 +72,14 @@ class FallbackModel(ChatModel):
         reason = self._skip(model) if self._skip else None
         if reason:
             self.ctx.attempts.append(Attempt(model=model.model_id, status="skipped", message=reason))
+            self.ctx.hooks.on_skip(model.model_id, "check")
             return True
         return False
+
+    def _moved_on(self, index: int, why: str) -> None:
+        """Model ``index`` failed or was skipped and the chain goes on: tell the hooks where to."""
+        if index + 1 < len(self.models):
+            self.ctx.hooks.on_fallback(self.models[index].model_id, self.models[index + 1].model_id, why)
 
     def _give_up(self, exc: LLMQError, last: bool) -> bool:
         """True when ``exc`` ends the chain (re-raised as is), False to try the next model."""
@@ -63,6 +90,7 @@ class FallbackModel(ChatModel):
 
     def _skipped_by(self, model: ChatModel, exc: SkipModel) -> None:
         self.ctx.attempts.append(Attempt(model=model.model_id, status="skipped", message=exc.reason[:300]))
+        self.ctx.hooks.on_skip(model.model_id, skip_kind(exc))
         if exc.error is not None:
             self.skip_errors.append(exc.error)
 
@@ -92,12 +120,14 @@ class FallbackModel(ChatModel):
                 completion = model.complete(request)
             except SkipModel as exc:
                 self._skipped_by(model, exc)
+                self._moved_on(i, skip_kind(exc))
                 continue
             except LLMQError as exc:
                 if self._give_up(exc, last):
                     if len(self.models) > 1 and exc.falls_back and not isinstance(exc, RetryLaterError):
                         raise self._all_failed() from exc
                     raise
+                self._moved_on(i, error_type_name(exc))
                 continue
             self.model_id = model.model_id
             return completion
@@ -123,6 +153,7 @@ class _FallbackStream(WrappedStream["FallbackModel"]):
                 first = next(iterator, None)
             except SkipModel as exc:
                 owner._skipped_by(model, exc)
+                owner._moved_on(i, skip_kind(exc))
                 continue
             except LLMQError as exc:
                 if inner is not None:
@@ -131,6 +162,7 @@ class _FallbackStream(WrappedStream["FallbackModel"]):
                     if len(models) > 1 and exc.falls_back and not isinstance(exc, RetryLaterError):
                         raise owner._all_failed() from exc
                     raise
+                owner._moved_on(i, error_type_name(exc))
                 continue
             self.model_id = owner.model_id = model.model_id
             if first is not None:

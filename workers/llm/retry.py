@@ -81,6 +81,7 @@ class RetryingModel(ChatModel):
                 model=exc.model,
             ) from exc
         _record(self.ctx, self.model_id, exc, delay)
+        self.ctx.hooks.on_retry(self.model_id, error_type_name(exc), retry_index + 1, delay)
         if delay > self.ctx.max_inworker_wait_s:
             raise RetryLaterError(
                 f"upstream asked to wait {delay:.1f}s; re-queued instead of holding a worker slot",
