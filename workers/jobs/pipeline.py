@@ -44,6 +44,7 @@ from workers.contract.capabilities import problems as capability_problems
 from workers.jobs import structured
 from workers.jobs.chain import build_chain, resolve_chain
 from workers.jobs.events import EventPublisher, last_seq
+from workers.jobs.resources import JobResources
 from workers.jobs.store import ClaimOutcome
 from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatStream, Completion
@@ -59,7 +60,6 @@ from workers.llm.errors import (
 )
 from workers.llm.model import ChatModel, ModelRequest, RunContext
 from workers.prompts.render import render_job
-from workers.runtime.resources import WorkerResources
 
 __all__ = ["JobOutcome", "JobRunner"]
 
@@ -98,7 +98,7 @@ class _Run:
 class JobRunner:
     """Runs jobs with the process's shared resources. Thread- and greenlet-safe per job."""
 
-    def __init__(self, resources: WorkerResources, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, resources: JobResources, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.res = resources
         self._clock = clock
 

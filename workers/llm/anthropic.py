@@ -442,6 +442,8 @@ class AnthropicStream(ResponseStream):
                 self.thinking = "".join(thinking)
         if tools:
             self.tool_calls = tools.build(id_prefix="toolu_")
+        if answer_blocks and not parts:
+            parts.append("{}")  # a tool input streamed as a lone "" fragment is {}
         if self.native_finish_reason == "refusal":
             self.refusal = self.text or "the model declined to answer"
             self.text_parts = []

@@ -10,22 +10,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery, Task
+from celery import Task
 from pydantic import ValidationError
 
 from workers.contract import TASK_NAME, CompletionJob
+from workers.runtime.state import LLMQCelery
 
 __all__ = ["register_tasks"]
 
 log = logging.getLogger("llmq.tasks")
 
 
-def register_tasks(app: Celery) -> None:
+def register_tasks(app: LLMQCelery) -> None:
     @app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True, max_retries=None, shared=False)
     def run_job(self: Task, job: dict[str, Any]) -> str:
-        from workers.runtime.app import runner_for
-
-        runner = runner_for(app)
+        runner = app.llmq.runner()
         try:
             parsed = CompletionJob.model_validate(job)
         except ValidationError as exc:
