@@ -106,6 +106,12 @@ class Meter:
         if cost is not None:
             self.cost_usd = (self.cost_usd or Decimal(0)) + cost
         if reservation is not None and self.ledger is not None:
+            if self.ctx.fenced:
+                # the job moved to another run, which charges the calls it makes; this run's
+                # late settle would charge a job it no longer owns (the lost run's call is
+                # the price of at-least-once delivery, paid by the provider account, not the ledger)
+                self.ledger.release(reservation)
+                return cost
             settlement = self.ledger.settle(reservation, cost or 0)
             if self.metrics is not None:
                 self.metrics.record_scopes(settlement.scopes)

@@ -9,9 +9,10 @@ state shared by all workers) for an :class:`Admission`:
 * the request needs more tokens than the model's TPM bucket holds: :class:`SkipModel` too;
 * a wait (the model's shared not-before time after a 429, or the RPM/TPM buckets) up to the
   worker's in-slot cap is slept here, cancel-aware (``ctx.sleep``); a longer one raises
-  :class:`RetryLaterError` (the job is re-queued with that countdown, keeping its attempts), or
-  :class:`DeadlineExceededError` when the job's deadline comes first. The ``RetryLaterError`` is
-  marked ``should_retry=False`` so the retry loop records it and passes it up instead of retrying.
+  :class:`RetryLaterError` (the model is held: the fallback chain tries the next model, and the job
+  is re-queued with the shortest such wait only when no model can serve), or
+  :class:`DeadlineExceededError` (carrying the wait) when the job's deadline comes first. The
+  ``RetryLaterError`` is marked ``should_retry=False`` so the retry loop records it and passes it up instead of retrying.
 
 After the request it reports the outcome (breaker counts, a 429's wait as the shared not-before
 time). The time-to-first-token limit is enforced on streams here too: when no first delta came
@@ -154,15 +155,16 @@ class GuardedModel(ChatModel):
                 f"{self.model_id}: the shared {admission.reason} wait of {wait:.1f}s is past the job's deadline",
                 provider=provider,
                 model=model,
+                retry_after=wait,  # a hold: the fallback chain tries the next model
             )
         self.ctx.hooks.on_requeue(self.model_id, admission.reason, wait)
         return RetryLaterError(
-            f"not sent: {self.model_id} is held by the shared {admission.reason} for {wait:.1f}s; job re-queued",
+            f"not sent: {self.model_id} is held by the shared {admission.reason} for {wait:.1f}s",
             provider=provider,
             model=model,
             code=admission.reason,
             retry_after=wait,
-            should_retry=False,  # the retry loop passes it up, the task re-queues the job
+            should_retry=False,  # the retry loop passes it up, the fallback chain moves on
         )
 
     def _settle(self, admission: Admission, error: LLMQError | None, verdict: bool = True) -> None:

@@ -254,6 +254,16 @@ class SharedGuards:
             view.fetched, view.epoch = now, epoch
         return view
 
+    def held_for(self, model_id: str) -> float | None:
+        """Seconds left of the model's shared not-before time (a 429's wait), or None.
+
+        Read from the mirror (no Redis round trip while it is live), so the fallback chain can
+        pass over a held model before reserving anything for it.
+        """
+        now = self.local_clock()
+        wait = self.view(model_id, now).not_before - now
+        return wait if wait > 0 else None
+
     def breakers_open(self) -> dict[str, bool]:
         """Model -> breaker not closed (open or half-open), as this process last saw it; the
         announcements keep it fresh (``llm_breaker_open`` reads it at each scrape)."""

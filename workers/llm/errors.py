@@ -23,6 +23,7 @@
     ├── BudgetExceededError                the ledger refused the reservation
     ├── ConfigurationError                 unknown provider/route, missing key, bad config
     ├── JobCancelledError                  a consumer cancelled the job
+    ├── RunFencedError                     this run lost the job's claim (another run owns it now)
     ├── DeadlineExceededError              the job's deadline passed
     ├── RequeueLimitError                  re-queued max_requeues times, still could not be sent
     ├── MidStreamError                     failed after deltas were published (never retried)
@@ -71,6 +72,7 @@ __all__ = [
     "RequeueLimitError",
     "RetryLaterError",
     "RetryableProviderError",
+    "RunFencedError",
     "ServerError",
     "error_type_name",
     "is_retryable",
@@ -259,6 +261,14 @@ class ConfigurationError(LLMQError):
 
 class JobCancelledError(LLMQError):
     type_name = "cancelled"
+
+
+class RunFencedError(LLMQError):
+    """Control flow: this run no longer holds the job's claim (it was paused or cut off long enough
+    for the job to move to another worker). The run stops at once: it publishes nothing more,
+    stores no result and charges nothing; the run that holds the claim ends the job."""
+
+    type_name = "fenced"
 
 
 class DeadlineExceededError(LLMQError):

@@ -126,6 +126,8 @@ class RunContext:
     tracer: Tracer = NO_TRACER
     #: Provider calls numbered so far (the ledger settles each number once).
     calls: int = 0
+    #: Set when this run lost the job's claim (the job moved to another run): it charges nothing more.
+    fenced: bool = False
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - self.clock()

@@ -3,8 +3,10 @@
 Decisions follow the official SDKs (``notes/style-anchors.md`` §4): only retryable types (or an
 explicit ``x-should-retry: true``) are retried; the wait is the provider's own (``retry-after-ms``,
 ``retry-after``) when it is positive and under ``max_retry_after_s``, else full-jitter exponential
-backoff. A wait longer than the worker may hold a slot for raises :class:`RetryLaterError`, which
-the task turns into a re-queue with a countdown. Streams are retried only until their first text
+backoff. A wait longer than the worker may hold a slot for raises :class:`RetryLaterError` (longer
+than the job's deadline allows: :class:`DeadlineExceededError` with that wait): the model is held,
+the fallback chain moves on to the next model, and only when none can serve is the job re-queued
+with a countdown (``workers/llm/fallback.py``). Streams are retried only until their first text
 delta has been handed out; after that an error propagates unchanged.
 """
 
@@ -79,6 +81,7 @@ class RetryingModel(ChatModel):
                 f"the job's deadline leaves {max(remaining, 0):.1f}s, the next attempt needs a {delay:.1f}s wait",
                 provider=exc.provider,
                 model=exc.model,
+                retry_after=delay,  # a hold: the fallback chain tries the next model
             ) from exc
         _record(self.ctx, self.model_id, exc, delay)
         self.ctx.hooks.on_retry(self.model_id, error_type_name(exc), retry_index + 1, delay)
