@@ -97,8 +97,8 @@ def test_celery_result_backend_round_trip(cls: type[LLMQError]) -> None:
 
 def test_fields_are_keyword_arguments() -> None:
     with pytest.raises(TypeError, match="keyword arguments"):
-        errors.ServerError("boom", provider="openai")  # type: ignore[arg-type]
-    keywords_win = errors.ServerError("boom", provider={"status": 500, "model": "a"}, status=503)
+        errors.ServerError("boom", "openai")  # type: ignore[arg-type]
+    keywords_win = errors.ServerError("boom", {"status": 500, "model": "a"}, status=503)
     assert (keywords_win.status, keywords_win.model) == (503, "a")
 
 
