@@ -159,13 +159,7 @@ class MeteredModel(ChatModel):
         return _MeteredStream(self, request)
 
 
-class _MeteredStream(WrappedStream):
-    def __init__(self, owner: MeteredModel, request: ModelRequest) -> None:
-        super().__init__()
-        self._owner = owner
-        self._request = request
-        self.model_id = owner.model_id
-
+class _MeteredStream(WrappedStream["MeteredModel"]):
     def __iter__(self) -> Iterator[str]:
         meter = self._owner.meter
         plan = meter.plan(self.model_id, self._request)

@@ -382,10 +382,10 @@ class JobRunner:
             if run.ttft_s is not None:
                 raise MidStreamError(
                     f"{error_type_name(exc)} after the first delta: {exc.message}",
-                    exc.provider,
-                    exc.model,
-                    exc.status,
-                    error_type_name(exc),
+                    provider=exc.provider,
+                    model=exc.model,
+                    status=exc.status,
+                    code=error_type_name(exc),
                 ) from exc
             raise
         except BaseException:
@@ -481,10 +481,10 @@ class JobRunner:
         if self.res.redis.hincrby(run.keys.meta, "requeues", 1) > limit:
             final = RequeueLimitError(
                 f"gave up after {limit} re-queues (max_requeues); the last: {exc.message}",
-                exc.provider,
-                exc.model,
-                exc.status,
-                exc.code,
+                provider=exc.provider,
+                model=exc.model,
+                status=exc.status,
+                code=exc.code,
             )
             return self._end_failed(run, final)
         attempts = _ATTEMPTS.dump_json(run.ctx.attempts)
@@ -516,7 +516,9 @@ def _check_capabilities(job: CompletionJob, chain: list[str]) -> None:
     for model_id in chain:
         found = capability_problems(job, model_id)
         if found:
-            raise BadRequestError(str(found[0]), found[0].provider, model_id, code="unsupported_parameter")
+            raise BadRequestError(
+                str(found[0]), provider=found[0].provider, model=model_id, code="unsupported_parameter"
+            )
 
 
 def _abort(stream: ChatStream, deltas: Iterator[str]) -> None:
