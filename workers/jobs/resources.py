@@ -20,6 +20,7 @@ from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.contract import CompletionResult
 from workers.guards.shared import SharedGuards
+from workers.jobs.heartbeat import ClaimHeartbeat
 from workers.jobs.store import JobStore
 from workers.llm.registry import ProviderRegistry
 from workers.routes import LLMQConfig
@@ -83,3 +84,6 @@ class JobResources(Protocol):
 
     @property
     def guards(self) -> SharedGuards | None: ...
+
+    @property
+    def heartbeat(self) -> ClaimHeartbeat | None: ...

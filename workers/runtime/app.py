@@ -2,7 +2,8 @@
 
 Configured for long, I/O-bound jobs as measured in ``notes/celery-at-scale.md``: late acks (a job
 lost with its worker runs again; jobs are idempotent by id), prefetch 2 with gevent (1 with
-threads), a visibility timeout far above the longest job, kombu's Redis pool sized above the
+threads), a short visibility timeout backed by heartbeats (a dead worker's jobs move within
+seconds, however long a job runs), kombu's Redis pool sized above the
 concurrency (its default of 10 loses acks under gevent and runs jobs twice), JSON only, task
 events on for Flower, and no Celery result backend: results live in our own store.
 
@@ -35,10 +36,15 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
     settings = settings or get_settings()
     app = LLMQCelery("llmqueue", set_as_current=False)
     transport = {
+        # held messages are re-scored every heartbeat (workers/runtime/broker.py): this is how long a
+        # dead worker's jobs wait, not a bound on job length
         "visibility_timeout": settings.visibility_timeout,
-        # sweep for abandoned (unacked, timed-out) messages every ~10 s, not kombu's ~100 s
-        "unacked_restore_interval": min(10, settings.visibility_timeout),
+        "heartbeat_interval": settings.heartbeat_s,
+        # sweep for abandoned (unacked, timed-out) messages every few seconds, not kombu's ~100 s
+        "unacked_restore_interval": max(1, min(5, settings.visibility_timeout // 3)),
         "unacked_restore_throttle": 1,
+        # a worker killed inside a sweep leaves its mutex behind: kombu's 300 s would stall recovery
+        "unacked_mutex_expire": max(10, settings.visibility_timeout),
         "max_connections": settings.concurrency + 20,
         "socket_keepalive": True,
         "health_check_interval": 30,
