@@ -20,6 +20,7 @@ from producers.client import (
     validate_job,
 )
 from producers.cursor import GAP, EventCursor
+from producers.prompts import AsyncPromptResolver, job_data
 from producers.tools import LiveTools, missing_tools_error
 from workers.contract import (
     DEFAULT_QUEUE,
@@ -70,10 +71,12 @@ class AsyncClient:
         )
         self._celery = make_celery(self.redis_url, queue)
         self._register = self.redis.register_script(_REGISTER_LUA)
+        self.prompts = AsyncPromptResolver(self.redis)
+
         self._tools = LiveTools()
 
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
-        valid = validate_job(job, **overrides)
+        valid = validate_job(await self.prompts.prepare(job_data(job, overrides)))
         missing = await self._tools.missing_async(self.redis, valid.worker_tools)
         if missing:
             raise InvalidJobError(*missing_tools_error(valid, missing))

@@ -27,6 +27,7 @@ from simulator.protocols.base import (
     trailing_tool_results,
 )
 from simulator.script import Fault, Script, ToolCall
+from simulator.structured import ollama_params
 
 __all__ = ["OllamaProtocol"]
 
@@ -102,6 +103,7 @@ class OllamaProtocol(Protocol):
             tools=tools,
             message_count=max(1, len(messages)),
             tool_results=trailing_tool_results(messages),
+            params=ollama_params(payload, options if isinstance(options, dict) else {}),
         )
 
     def invalid(self, err: RequestError) -> Reply:

@@ -28,7 +28,13 @@ from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.contract import CompletionJob, Usage
 from workers.llm.base import ChatStream, Completion
-from workers.llm.errors import BudgetExceededError, ContextLengthExceededError
+from workers.llm.errors import (
+    BudgetExceededError,
+    ContextLengthExceededError,
+    LLMQError,
+    PreparationError,
+    must_propagate,
+)
 from workers.llm.fallback import SkipModel
 from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
 
@@ -68,11 +74,22 @@ class Meter:
                 )
             except ContextLengthExceededError as exc:
                 raise SkipModel(exc.message, exc) from exc
+            except LLMQError:
+                raise
+            except BaseException as exc:  # a tokenizer panic, a pricing bug: typed, terminal
+                if must_propagate(exc):
+                    raise
+                provider, _, native = model_id.partition(":")
+                raise PreparationError(
+                    f"could not pre-count or price the request for {model_id}: {type(exc).__name__}: {exc}"[:1000],
+                    provider=provider,
+                    model=native,
+                ) from exc
             self._plans[model_id] = plan
         return plan
 
-    def forget_plans(self) -> None:
-        """Plan the next call afresh (a tool loop's next turn sends a longer conversation)."""
+    def new_turn(self) -> None:
+        """The next call sends different messages (a repair or tool turn): plan every model again."""
         self._plans.clear()
 
     def reserve(self, plan: CallPlan) -> Reservation | None:
@@ -106,6 +123,12 @@ class Meter:
         if cost is not None:
             self.cost_usd = (self.cost_usd or Decimal(0)) + cost
         if reservation is not None and self.ledger is not None:
+            if self.ctx.fenced:
+                # the job moved to another run, which charges the calls it makes; this run's
+                # late settle would charge a job it no longer owns (the lost run's call is
+                # the price of at-least-once delivery, paid by the provider account, not the ledger)
+                self.ledger.release(reservation)
+                return cost
             settlement = self.ledger.settle(reservation, cost or 0)
             if self.metrics is not None:
                 self.metrics.record_scopes(settlement.scopes)
@@ -113,8 +136,15 @@ class Meter:
             self.metrics.record_usage(plan.model, usage, cost)
         return cost
 
-    def usage(self, plan: CallPlan, reported: Usage | None, text: str, tool_calls: list) -> Usage:
-        return plan.usage(reported, text, tool_calls, self.counter)
+    def usage(self, plan: CallPlan, reported: Usage | None, text: str, tool_calls: list, thinking: str = "") -> Usage:
+        usage = plan.usage(reported, text, tool_calls, self.counter)
+        if thinking and not usage.reasoning_tokens:
+            # Anthropic and Ollama bill thinking as output without a separate count: estimate it
+            thought = self.counter.count_text(plan.model, thinking).tokens
+            if reported is None:
+                usage.completion_tokens += thought
+            usage.reasoning_tokens = min(thought, usage.completion_tokens)
+        return usage
 
 
 class MeteredModel(ChatModel):
@@ -135,7 +165,9 @@ class MeteredModel(ChatModel):
         except BaseException:
             meter.release(reservation)
             raise
-        completion.usage = meter.usage(plan, completion.usage, completion.text, completion.tool_calls)
+        completion.usage = meter.usage(
+            plan, completion.usage, completion.text, completion.tool_calls, completion.thinking
+        )
         meter.settle(reservation, plan, completion.usage)
         meter.dropped = plan.dropped
         return completion
@@ -144,13 +176,7 @@ class MeteredModel(ChatModel):
         return _MeteredStream(self, request)
 
 
-class _MeteredStream(WrappedStream):
-    def __init__(self, owner: MeteredModel, request: ModelRequest) -> None:
-        super().__init__()
-        self._owner = owner
-        self._request = request
-        self.model_id = owner.model_id
-
+class _MeteredStream(WrappedStream["MeteredModel"]):
     def __iter__(self) -> Iterator[str]:
         meter = self._owner.meter
         plan = meter.plan(self.model_id, self._request)
@@ -164,7 +190,7 @@ class _MeteredStream(WrappedStream):
                 parts.append(text)
                 yield text
             self.finish_from_inner()
-            self.usage = meter.usage(plan, inner.usage, "".join(parts), inner.tool_calls)
+            self.usage = meter.usage(plan, inner.usage, "".join(parts), inner.tool_calls, inner.thinking)
             meter.settle(reservation, plan, self.usage)
             meter.dropped = plan.dropped
             settled = True

@@ -9,6 +9,7 @@ from pydantic import Field, TypeAdapter
 
 from workers.contract.base import _Wire
 from workers.contract.job import ToolCall
+from workers.contract.prompt import PromptInfo
 from workers.contract.result import CompletionResult, ErrorInfo, Usage
 
 
@@ -23,6 +24,8 @@ class _Event(_Wire):
 class StartEvent(_Event):
     type: Literal["start"] = "start"
     model: str
+    #: The published prompt version the messages were rendered from, if any.
+    prompt: PromptInfo | None = None
 
 
 class DeltaEvent(_Event):
@@ -59,6 +62,17 @@ class UsageEvent(_Event):
     usage: Usage
 
 
+class RepairEvent(_Event):
+    """The answer so far failed ``response_format``: its text is discarded and the model asked again.
+
+    A consumer that joins ``delta`` texts starts over after this event.
+    """
+
+    type: Literal["repair"] = "repair"
+    attempt: int = Field(ge=1)
+    errors: list[str] = Field(default_factory=list)
+
+
 class DoneEvent(_Event):
     type: Literal["done"] = "done"
     result: CompletionResult
@@ -76,7 +90,15 @@ class CancelledEvent(_Event):
 
 
 StreamEvent = Annotated[
-    StartEvent | DeltaEvent | ToolCallEvent | ToolResultEvent | UsageEvent | DoneEvent | ErrorEvent | CancelledEvent,
+    StartEvent
+    | DeltaEvent
+    | ToolCallEvent
+    | ToolResultEvent
+    | UsageEvent
+    | RepairEvent
+    | DoneEvent
+    | ErrorEvent
+    | CancelledEvent,
     Field(discriminator="type"),
 ]
 TERMINAL_EVENT_TYPES = frozenset({"done", "error", "cancelled"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from typing import Annotated, Literal
 
@@ -15,13 +16,42 @@ from workers.contract.base import (
     _Wire,
     new_job_id,
 )
+from workers.contract.params import (
+    ContentPart,
+    ImagePart,
+    NamedToolChoice,
+    Reasoning,
+    ResponseFormat,
+    TextPart,
+    ToolChoice,
+)
+from workers.contract.prompt import PromptRef
+
+#: The inline ``template`` is one line of plain ``{name}`` placeholders: no format specs (a spec such
+#: as ``{x:>300000000}`` would make the worker build a 300 MB string), no conversions, no attribute
+#: or index access. Named, versioned, sandboxed prompts (``prompt``) are the real templating.
+TEMPLATE_MAX_CHARS = 4_000
+_PLACEHOLDER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
-def _template_fields(template: str) -> set[str]:
+def template_fields(template: str) -> list[tuple[str, str | None]]:
+    """``template`` as (literal, placeholder) pairs; ValueError for anything but plain ``{name}``."""
     try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise ValueError(f"template is not a valid format string: {exc}") from None
+    parts: list[tuple[str, str | None]] = []
+    for literal, name, spec, conversion in parsed:
+        if name is not None:
+            if spec or conversion:
+                raise ValueError(
+                    f"template placeholder {{{name}}} has a format spec or conversion; only plain {{name}} "
+                    "placeholders are allowed (use a published prompt for formatting)"
+                )
+            if not _PLACEHOLDER.match(name):
+                raise ValueError(f"template placeholder {{{name}}} must be a plain variable name")
+        parts.append((literal, name))
+    return parts
 
 
 class FunctionCall(_Wire):
@@ -56,7 +86,8 @@ class Message(_Wire):
     """An OpenAI-style chat message (system, user, assistant with tool calls, tool result)."""
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: str | None = None
+    #: Text, or a list of content parts (``text``; ``image_url`` in user messages only).
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
@@ -71,7 +102,22 @@ class Message(_Wire):
             raise ValueError("tool_calls are only allowed on 'assistant' messages")
         if self.content is None and not self.tool_calls:
             raise ValueError(f"a '{self.role}' message needs content")
+        if isinstance(self.content, list) and self.role != "user" and self.images:
+            raise ValueError(f"image parts are only allowed in 'user' messages, not '{self.role}'")
         return self
+
+    @property
+    def text(self) -> str:
+        """The message's text: the content string, or its text parts joined."""
+        content = self.content
+        if content is None or isinstance(content, str):
+            return content or ""
+        return "".join(p.text for p in content if isinstance(p, TextPart))
+
+    @property
+    def images(self) -> list[ImagePart]:
+        content = self.content
+        return [p for p in content if isinstance(p, ImagePart)] if isinstance(content, list) else []
 
 
 class CompletionJob(_Wire):
@@ -85,8 +131,11 @@ class CompletionJob(_Wire):
     #: Models tried in order when ``model`` fails with a fallback-eligible error.
     fallbacks: list[str] = Field(default_factory=list, max_length=8)
     messages: list[Message] | None = None
-    template: str | None = None
+    #: One line of plain ``{name}`` placeholders filled from ``variables`` (one user message).
+    template: Annotated[str, Field(max_length=TEMPLATE_MAX_CHARS)] | None = None
     variables: dict[str, str] = Field(default_factory=dict)
+    #: A published prompt (``name``, ``version`` or ``label``, ``variables``) instead of messages.
+    prompt: PromptRef | None = None
     #: Client tools (objects, passed through to the model; their calls end the job with
     #: ``finish_reason: tool_calls``) and worker tools (names; the worker runs their calls).
     tools: list[Tool | ToolName] = Field(default_factory=list)
@@ -106,6 +155,20 @@ class CompletionJob(_Wire):
     #: producer with many jobs in flight (batch runs) wait on one BLPOP instead of one
     #: subscription per job.
     reply_to: Annotated[str, Field(pattern=r"^llmq:reply:[A-Za-z0-9_.:-]{1,128}$")] | None = None
+    #: ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {name, schema, strict}}``:
+    #: the worker validates the answer, repairs it up to ``max_repairs`` times, sets ``result.parsed``.
+    response_format: ResponseFormat | None = None
+    #: Repair turns (each a full, metered model call) after an answer that fails the schema.
+    max_repairs: Annotated[int, Field(ge=0, le=3)] = 1
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    #: Up to 4 stop sequences.
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(default=None, max_length=4)
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    seed: int | None = None
+    #: The end user (OpenAI's ``user``; Anthropic's ``metadata.user_id``); kept in telemetry.
+    user: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    reasoning: Reasoning | None = None
 
     @field_validator("id")
     @classmethod
@@ -130,6 +193,11 @@ class CompletionJob(_Wire):
                 )
         return value
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
     @field_validator("fallbacks")
     @classmethod
     def _fallbacks(cls, value: list[str]) -> list[str]:
@@ -137,10 +205,11 @@ class CompletionJob(_Wire):
 
     @model_validator(mode="after")
     def _prompt(self) -> CompletionJob:
-        if self.messages is None and self.template is None:
-            raise ValueError("a job needs 'messages' or 'template'")
-        if self.messages is not None and self.template is not None:
-            raise ValueError("give either 'messages' or 'template', not both")
+        given = [f for f in ("messages", "template", "prompt") if getattr(self, f) is not None]
+        if not given:
+            raise ValueError("a job needs 'messages', 'prompt' or 'template'")
+        if len(given) > 1:
+            raise ValueError(f"give one of 'messages', 'prompt' or 'template', not {' and '.join(given)}")
         if self.messages is not None and not self.messages:
             raise ValueError("messages must not be empty")
         names = [t if isinstance(t, str) else t.function.name for t in self.tools]
@@ -148,9 +217,30 @@ class CompletionJob(_Wire):
         if duplicates:
             raise ValueError(f"tools named more than once: {', '.join(duplicates)}")
         if self.template is not None:
-            missing = _template_fields(self.template) - set(self.variables)
+            used = {name for _, name in template_fields(self.template) if name is not None}
+            missing = used - set(self.variables)
             if missing:
                 raise ValueError(f"template variables without a value: {', '.join(sorted(missing))}")
+        return self
+
+    @model_validator(mode="after")
+    def _params(self) -> CompletionJob:
+        from workers.contract.capabilities import check_job
+
+        choice = self.tool_choice
+        if choice in ("required",) or isinstance(choice, NamedToolChoice):
+            if not self.tools:
+                raise ValueError("tool_choice 'required' or a named function needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {
+            t if isinstance(t, str) else t.function.name for t in self.tools
+        }:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not one of the job's tools")
+        if self.reasoning is not None:
+            if self.reasoning.effort is None and self.reasoning.budget_tokens is None:
+                raise ValueError("reasoning needs 'effort' or 'budget_tokens'")
+            if self.reasoning.budget_tokens is not None and self.reasoning.budget_tokens >= self.max_tokens:
+                raise ValueError("reasoning.budget_tokens must be below max_tokens (thinking counts toward it)")
+        check_job(self, [m for m in self.chain if ":" in m])
         return self
 
     @property

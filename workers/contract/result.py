@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, JsonValue
 
 from workers.contract.base import SCHEMA_VERSION, _Wire
 from workers.contract.job import Message, ToolCall
+from workers.contract.prompt import PromptInfo
 
 
 class Usage(_Wire):
@@ -18,6 +19,9 @@ class Usage(_Wire):
     cached_tokens: int = 0
     #: Of ``prompt_tokens``: written to the prompt cache (Anthropic; billed at its cache-write rate).
     cache_write_tokens: int = 0
+    #: Of ``completion_tokens``: spent thinking (OpenAI reasoning, Anthropic extended thinking);
+    #: billed at the output rate like the rest of the completion.
+    reasoning_tokens: int = 0
     #: True when the provider did not report usage and these are our own counts.
     estimated: bool = False
 
@@ -72,6 +76,15 @@ class CompletionResult(_Wire):
     metadata: dict[str, str] = Field(default_factory=dict)
     #: Messages dropped by ``truncate: sliding_window`` to fit the context window.
     truncated_messages: int = 0
+    #: The published prompt version the messages were rendered from, if any.
+    prompt: PromptInfo | None = None
+    #: With ``response_format``: the answer parsed as JSON (and valid for the schema).
+    parsed: JsonValue | None = None
+    #: The model declined to answer (OpenAI's ``refusal``, Anthropic's ``refusal`` stop): the
+    #: explanation is here, ``content`` stays empty and ``parsed`` None.
+    refusal: str | None = None
+    #: Repair turns the structured-output check needed (each one a full, charged model call).
+    repairs: int = 0
     #: Model turns of the worker's tool loop (0 for a job without worker tools).
     turns: int = 0
     #: What the tool loop added to the conversation: each turn's assistant message and tool

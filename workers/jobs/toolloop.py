@@ -45,6 +45,7 @@ from workers.llm.base import Completion
 from workers.llm.errors import (
     JobCancelledError,
     MaxTurnsError,
+    RunFencedError,
     ToolArgumentsError,
     ToolInterruptedError,
     UnknownToolError,
@@ -216,7 +217,7 @@ class ToolLoop:
     def _model_turn(self, turn: int, conversation: list[Message]) -> tuple[TurnRecord, Completion]:
         run, ctx, meter = self.run, self.run.ctx, self.run.meter
         if meter is not None:
-            meter.forget_plans()
+            meter.new_turn()
         ctx.committed = False  # retry and fallback are allowed again until this turn's first delta
         cost_before = meter.cost_usd if meter is not None else None
         first_attempt = len(ctx.attempts)
@@ -331,6 +332,8 @@ class ToolLoop:
         watcher = self.res.cancel_watcher
         if watcher is not None:
             watcher.register(self.job.id, self._on_cancel)
+        self.run.abort = self._on_cancel  # the claim heartbeat fires it when the job moved away
+        own_beat = self.res.heartbeat is None  # else the process's claim heartbeat renews the lease
         beat_s = max(0.05, self.res.store.claim_lease_ms / 3000.0)
         next_beat = clock() + beat_s
         next_poll = clock() + CANCEL_POLL_S
@@ -353,18 +356,23 @@ class ToolLoop:
                     next_poll = now + CANCEL_POLL_S
                     if self.res.store.is_cancelled(self.run.keys):
                         self._cancel.set()
+                if self.run.ctx.fenced:
+                    for _, rc in running.values():
+                        rc.token.cancel("the job moved to another run")
+                    raise RunFencedError("the job moved to another run while its tools ran")
                 if self._cancel.is_set() or self.run.publisher.cancelled:
                     for _, rc in running.values():
                         rc.token.cancel("the job was cancelled")
                     names = ", ".join(sorted({item.spec.name for item, _ in running.values()}))
                     raise JobCancelledError(f"cancelled while tools ran ({names})")
-                if now >= next_beat:
+                if own_beat and now >= next_beat:
                     self.journal.heartbeat()
                     next_beat = now + beat_s
                 soonest = min(rc.deadline for _, rc in running.values())
                 wake.wait(max(0.0, min(soonest, next_beat, next_poll) - now))
         finally:
             self._wake = None
+            self.run.abort = None
             if watcher is not None:
                 watcher.unregister(self.job.id)
         return out

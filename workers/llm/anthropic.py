@@ -20,12 +20,22 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 
-from workers.contract import FunctionCall, Message, ToolCall, Usage
-from workers.llm._http import ErrorMapper, HTTPClient
+from workers.contract import (
+    FunctionCall,
+    ImagePart,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    Message,
+    NamedToolChoice,
+    TextPart,
+    ToolCall,
+    Usage,
+)
+from workers.contract.capabilities import anthropic_native_structured
+from workers.llm._http import HTTPClient
 from workers.llm.base import (
     ChatRequest,
     Completion,
-    Provider,
     ResponseBody,
     ResponseStream,
     ToolCallAccumulator,
@@ -35,13 +45,25 @@ from workers.llm.base import (
     sse_continuation,
 )
 from workers.llm.errormap import error_for_status, error_in_stream, parse_ratelimit, redact
-from workers.llm.errors import BadRequestError, ConfigurationError, LLMQError
+from workers.llm.errors import BadRequestError, LLMQError
+from workers.llm.httpprovider import HTTPProvider
 
-__all__ = ["AnthropicProvider", "AnthropicStream", "anthropic_error_from_body", "parse_message"]
+__all__ = [
+    "STRUCTURED_TOOL",
+    "AnthropicProvider",
+    "AnthropicStream",
+    "anthropic_error_from_body",
+    "build_body",
+    "parse_message",
+    "structured_tool",
+]
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 MAX_TEMPERATURE = 1.0
+#: The forced tool that carries a ``response_format`` answer on models without native structured
+#: outputs; its input is the answer (reported as the completion's text, never as a tool call).
+STRUCTURED_TOOL = "structured_output"
 
 #: Anthropic ``stop_reason`` -> our (OpenAI) ``finish_reason``.
 FINISH_REASONS = {
@@ -93,22 +115,84 @@ def _tool_input(call: ToolCall) -> dict[str, object]:
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", "anthropic")
+        raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", provider="anthropic")
     return value
 
 
 def _blocks(message: Message) -> tuple[str, list[dict[str, object]]]:
     """One contract message as an Anthropic ``(role, content blocks)``."""
     if message.role == "tool":
-        return "user", [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content or ""}]
+        return "user", [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text}]
     if message.role == "assistant":
         blocks: list[dict[str, object]] = []
-        if message.content:
-            blocks.append({"type": "text", "text": message.content})
+        if message.text:
+            blocks.append({"type": "text", "text": message.text})
         for call in message.tool_calls or []:
             blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": _tool_input(call)})
         return "assistant", blocks
+    if isinstance(message.content, list):
+        return "user", [_part(p) for p in message.content]
     return "user", [{"type": "text", "text": message.content or ""}]
+
+
+def _part(part: TextPart | ImagePart) -> dict[str, object]:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    info = part.image_url.info
+    if info.data is not None:
+        source: dict[str, object] = {"type": "base64", "media_type": info.media_type, "data": info.data}
+    else:
+        source = {"type": "url", "url": part.image_url.url}
+    return {"type": "image", "source": source}
+
+
+def structured_tool(request: ChatRequest) -> str | None:
+    """The forced tool's name when ``response_format`` goes through a tool call, else None."""
+    fmt = request.response_format
+    if isinstance(fmt, JsonSchemaFormat) and anthropic_native_structured(request.model):
+        return None
+    return STRUCTURED_TOOL if isinstance(fmt, JsonObjectFormat | JsonSchemaFormat) else None
+
+
+def _add_params(body: dict[str, object], request: ChatRequest) -> None:
+    tools: list[dict[str, object]] = body.setdefault("tools", [])  # type: ignore[assignment]
+    choice: dict[str, object] | None = None
+    if request.tool_choice == "auto":
+        choice = {"type": "auto"}
+    elif request.tool_choice == "none":
+        choice = {"type": "none"}
+    elif request.tool_choice == "required":
+        choice = {"type": "any"}
+    elif isinstance(request.tool_choice, NamedToolChoice):
+        choice = {"type": "tool", "name": request.tool_choice.function.name}
+    fmt = request.response_format
+    forced = structured_tool(request)
+    if isinstance(fmt, JsonSchemaFormat) and forced is None:
+        body["output_config"] = {"format": {"type": "json_schema", "schema": fmt.json_schema.schema_}}
+    elif forced is not None:
+        schema = fmt.json_schema.schema_ if isinstance(fmt, JsonSchemaFormat) else {"type": "object"}
+        tools.append(
+            {
+                "name": forced,
+                "description": "Give your answer by calling this tool; its input is the answer.",
+                "input_schema": schema,
+            }
+        )
+        choice = {"type": "tool", "name": forced}
+    if request.parallel_tool_calls is False and tools:
+        choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+    if choice is not None and (tools or choice["type"] == "none"):
+        body["tool_choice"] = choice
+    if not tools:
+        del body["tools"]
+    if request.stop:
+        body["stop_sequences"] = list(request.stop)
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.user is not None:
+        body["metadata"] = {"user_id": request.user}
+    if request.reasoning is not None:
+        body["thinking"] = {"type": "enabled", "budget_tokens": request.reasoning.anthropic_budget()}
 
 
 def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
@@ -116,7 +200,7 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
     turns: list[dict[str, object]] = []
     for message in request.messages:
         if message.role == "system":
-            system.append(message.content or "")
+            system.append(message.text)
             continue
         role, blocks = _blocks(message)
         if turns and turns[-1]["role"] == role:
@@ -137,76 +221,51 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
             }
             for t in request.tools
         ]
+    _add_params(body, request)
     if stream:
         body["stream"] = True
     return body
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(HTTPProvider["AnthropicStream"]):
     name = "anthropic"
+    key_env = "ANTHROPIC_API_KEY"
 
     def __init__(self, http: HTTPClient, *, api_key: str | None, base_url: str | None = None) -> None:
-        self._http = http
-        self._api_key = api_key
-        self._url = (base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages"
-        self._official = base_url is None or base_url.rstrip("/") == DEFAULT_BASE_URL
+        super().__init__(
+            http,
+            url=(base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages",
+            api_key=api_key,
+            key_required=base_url is None or base_url.rstrip("/") == DEFAULT_BASE_URL,
+            static_headers={"anthropic-version": API_VERSION},
+        )
 
     @classmethod
     def from_env(cls, http: HTTPClient, env: Mapping[str, str] = os.environ) -> AnthropicProvider:
         return cls(http, api_key=env.get("ANTHROPIC_API_KEY") or None, base_url=env.get("ANTHROPIC_BASE_URL") or None)
 
-    def _headers(self, request: ChatRequest, *, stream: bool) -> dict[str, str]:
-        if self._api_key is None and self._official:
-            raise ConfigurationError(
-                "ANTHROPIC_API_KEY is not set in the worker's environment", self.name, request.model
-            )
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "anthropic-version": API_VERSION,
-        }
-        headers.update(request.extra_headers)
-        if self._api_key:
-            headers["x-api-key"] = self._api_key
-        return headers
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"x-api-key": api_key}
 
-    def _mapper(self, model: str) -> ErrorMapper:
-        def mapper(status: int, headers: Mapping[str, str], body: bytes) -> LLMQError:
-            return anthropic_error_from_body(
-                status, headers, body, provider=self.name, model=model, secret=self._api_key
-            )
+    def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+        return build_body(request, stream=stream)
 
-        return mapper
+    def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
+        return anthropic_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
 
-    def complete(self, request: ChatRequest) -> Completion:
-        headers, content = self._http.post(
-            self._url,
-            headers=self._headers(request, stream=False),
-            body=json.dumps(build_body(request, stream=False)).encode(),
-            provider=self.name,
-            model=request.model,
-            error_mapper=self._mapper(request.model),
-            abort=request.abort,
-        )
-        try:
-            completion = parse_message(content, request_id=headers.get("request-id"))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise error_in_stream(
-                provider=self.name, model=request.model, message=f"malformed response: {exc}"
-            ) from exc
+    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
+        completion = parse_message(content, request_id=headers.get("request-id"), structured=structured_tool(request))
         completion.ratelimit = parse_ratelimit(headers)
         return completion
 
-    def stream(self, request: ChatRequest) -> AnthropicStream:
-        response = self._http.open_stream(
-            self._url,
-            headers=self._headers(request, stream=True),
-            body=json.dumps(build_body(request, stream=True)).encode(),
+    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> AnthropicStream:
+        return AnthropicStream(
+            response,
             provider=self.name,
             model=request.model,
-            error_mapper=self._mapper(request.model),
+            secret=self._api_key,
+            structured=structured_tool(request),
         )
-        return AnthropicStream(response, provider=self.name, model=request.model, secret=self._api_key)
 
 
 def _usage(raw: Mapping[str, object], prev: Usage | None = None, *, estimated: bool = False) -> Usage:
@@ -232,7 +291,8 @@ def _usage(raw: Mapping[str, object], prev: Usage | None = None, *, estimated: b
     )
 
 
-def parse_message(content: bytes, *, request_id: str | None = None) -> Completion:
+def parse_message(content: bytes, *, request_id: str | None = None, structured: str | None = None) -> Completion:
+    """A Messages response; with ``structured``, that forced tool's input is the answer text."""
     payload = json.loads(content)
     text: list[str] = []
     thinking: list[str] = []
@@ -241,6 +301,8 @@ def parse_message(content: bytes, *, request_id: str | None = None) -> Completio
         kind = block.get("type")
         if kind == "text":
             text.append(block.get("text") or "")
+        elif kind == "tool_use" and structured is not None and block.get("name") == structured:
+            text.append(normalize_arguments(block.get("input")))
         elif kind == "tool_use":
             calls.append(
                 ToolCall(
@@ -252,10 +314,15 @@ def parse_message(content: bytes, *, request_id: str | None = None) -> Completio
             thinking.append(block.get("thinking") or "")
     reason = payload.get("stop_reason")
     usage = payload.get("usage")
+    finish = FINISH_REASONS.get(reason, reason)
+    if structured is not None and reason == "tool_use" and not calls:
+        finish = "stop"
+    refused = reason == "refusal"
     return Completion(
-        text="".join(text),
+        text="" if refused else "".join(text),
+        refusal=("".join(text) or "the model declined to answer") if refused else None,
         tool_calls=calls,
-        finish_reason=FINISH_REASONS.get(reason, reason),
+        finish_reason=finish,
         usage=_usage(usage) if isinstance(usage, dict) else None,
         thinking="".join(thinking),
         response_model=payload.get("model"),
@@ -273,9 +340,18 @@ class AnthropicStream(ResponseStream):
     error it still carries the prompt tokens the provider reported.
     """
 
-    def __init__(self, response: ResponseBody, *, provider: str, model: str, secret: str | None = None) -> None:
+    def __init__(
+        self,
+        response: ResponseBody,
+        *,
+        provider: str,
+        model: str,
+        secret: str | None = None,
+        structured: str | None = None,
+    ) -> None:
         super().__init__(response, provider=provider, model=model, request_id=response.headers.get("request-id"))
         self._secret = secret
+        self._structured = structured
         self.ratelimit = parse_ratelimit(response.headers)
 
     def __iter__(self) -> Iterator[str]:
@@ -284,6 +360,7 @@ class AnthropicStream(ResponseStream):
         thinking: list[str] = []
         tools = ToolCallAccumulator()
         tool_blocks: set[int] = set()  # indices of tool_use blocks (server tools are not ours)
+        answer_blocks: set[int] = set()  # the forced structured-output tool: its input is the text
         try:
             lines = iter_lines(self._begin())
             for line in lines:
@@ -310,6 +387,9 @@ class AnthropicStream(ResponseStream):
                         index = event["index"]
                         if index in tool_blocks:
                             tools.add_arguments(index, delta["partial_json"])
+                        elif index in answer_blocks and delta["partial_json"]:
+                            parts.append(delta["partial_json"])
+                            yield delta["partial_json"]
                     elif dtype == "thinking_delta":
                         thinking.append(delta["thinking"])
                     # signature_delta, citations_delta: nothing we keep
@@ -317,7 +397,9 @@ class AnthropicStream(ResponseStream):
                     continue
                 elif kind == "content_block_start":
                     block = event["content_block"]
-                    if block.get("type") == "tool_use":
+                    if block.get("type") == "tool_use" and block.get("name") == self._structured:
+                        answer_blocks.add(event["index"])
+                    elif block.get("type") == "tool_use":
                         # a streamed tool_use block starts with input {}; the input follows in deltas
                         tools.start(event["index"], block.get("id"), block.get("name"))
                         tool_blocks.add(event["index"])
@@ -327,6 +409,8 @@ class AnthropicStream(ResponseStream):
                     if reason:
                         self.native_finish_reason = reason
                         self.finish_reason = FINISH_REASONS.get(reason, reason)
+                        if reason == "tool_use" and answer_blocks and not tool_blocks:
+                            self.finish_reason = "stop"
                     usage = event.get("usage")
                     if usage:
                         self.usage = _usage(usage, self.usage)
@@ -358,4 +442,9 @@ class AnthropicStream(ResponseStream):
                 self.thinking = "".join(thinking)
         if tools:
             self.tool_calls = tools.build(id_prefix="toolu_")
+        if answer_blocks and not parts:
+            parts.append("{}")  # a tool input streamed as a lone "" fragment is {}
+        if self.native_finish_reason == "refusal":
+            self.refusal = self.text or "the model declined to answer"
+            self.text_parts = []
         self._finish("message_stop")

@@ -27,7 +27,16 @@ from types import TracebackType
 from typing import Any, NoReturn
 from typing import Protocol as _Protocol
 
-from workers.contract import FunctionCall, Message, Tool, ToolCall, Usage
+from workers.contract import (
+    FunctionCall,
+    Message,
+    Reasoning,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    Usage,
+)
 from workers.llm.abort import AbortSignal
 from workers.llm.errors import IncompleteStreamError, JobCancelledError, LLMQError
 
@@ -66,6 +75,16 @@ class ChatRequest:
     extra_headers: dict[str, str] = field(default_factory=dict)
     #: Lets a canceller end a whole-body call in flight (``workers/llm/abort.py``).
     abort: AbortSignal | None = None
+    # Request parameters (``workers/contract/params.py``); each provider module translates them
+    # to its own fields. The contract's capability table already refused what one cannot do.
+    response_format: ResponseFormat | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    stop: list[str] | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    user: str | None = None
+    reasoning: Reasoning | None = None
 
 
 @dataclass(slots=True)
@@ -198,7 +217,7 @@ class ResponseStream(ChatStream):
             return self._cancelled()
         if isinstance(exc, (AttributeError, IndexError, KeyError, TypeError, ValueError)):
             return IncompleteStreamError(
-                f"unexpected stream payload ({type(exc).__name__}: {exc})", self._provider, self._model
+                f"unexpected stream payload ({type(exc).__name__}: {exc})", provider=self._provider, model=self._model
             )
         return exc
 
@@ -218,13 +237,17 @@ class ResponseStream(ChatStream):
         if not self.completed:
             if self.closed:
                 raise self._cancelled()
-            raise IncompleteStreamError(f"stream ended without {terminator}", self._provider, self._model)
+            raise IncompleteStreamError(
+                f"stream ended without {terminator}", provider=self._provider, model=self._model
+            )
 
     def _cancelled(self) -> JobCancelledError:
-        return JobCancelledError("the stream was closed while it was read", self._provider, self._model)
+        return JobCancelledError("the stream was closed while it was read", provider=self._provider, model=self._model)
 
     def _malformed(self, data: bytes) -> IncompleteStreamError:
-        return IncompleteStreamError(f"malformed stream data: {data[:80]!r}", self._provider, self._model)
+        return IncompleteStreamError(
+            f"malformed stream data: {data[:80]!r}", provider=self._provider, model=self._model
+        )
 
 
 class Provider(ABC):

@@ -11,12 +11,16 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-from workers.contract import Attempt, Message, Tool
+from opentelemetry.trace import Tracer
+
+from workers.contract import Attempt, Message, Reasoning, ResponseFormat, Tool, ToolChoice, Usage
 from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatRequest, ChatStream, Completion, Provider
+from workers.llm.tracing import NO_TRACER
 
-__all__ = ["ChainHooks", "ChatModel", "ModelRequest", "ProviderModel", "RunContext", "WrappedStream"]
+__all__ = ["CallReport", "ChainHooks", "ChatModel", "ModelRequest", "ProviderModel", "RunContext", "WrappedStream"]
 
 
 @dataclass(slots=True)
@@ -32,19 +36,43 @@ class ModelRequest:
     prompt_tokens: int | None = None
     #: Lets a canceller end a whole-body call in flight (``workers/llm/abort.py``).
     abort: AbortSignal | None = None
+    response_format: ResponseFormat | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    stop: list[str] | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    user: str | None = None
+    reasoning: Reasoning | None = None
 
 
 def _no_sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-class ChainHooks:
-    """No-op callbacks the chain's wrappers call; a metrics adapter overrides what it counts.
+@dataclass(frozen=True, slots=True)
+class CallReport:
+    """One HTTP attempt as the instrumented wrapper saw it (``workers/llm/instrumented.py``)."""
 
-    Called by :class:`~workers.guards.model.GuardedModel`, which sits inside the retry wrapper, so
-    every upstream attempt passes it. Retries and fallbacks are visible in ``RunContext.attempts``
-    (one entry per attempt or skip, in order). Keep implementations cheap and non-raising: they
-    run on the request path. ``model`` is a ``provider:model`` id; never label metrics by job.
+    model: str
+    provider: str
+    duration_s: float
+    #: Request start to the first delta; None for a whole-body call or when none came.
+    ttft_s: float | None = None
+    usage: Usage | None = None
+    error_type: str | None = None
+
+
+class ChainHooks:
+    """No-op callbacks the chain's wrappers call; the worker's observer (``workers/runtime/observe.py``)
+    turns them into Prometheus metrics, span events and decision log lines.
+
+    ``on_attempt``/``on_wait``/``on_requeue``/``on_breaker`` come from
+    :class:`~workers.guards.model.GuardedModel` (inside the retry wrapper, so every upstream attempt
+    passes it), ``on_retry`` from the retry wrapper, ``on_fallback``/``on_skip`` from the fallback
+    wrapper, ``on_call`` from the instrumented wrapper, ``on_tool`` from the tool loop. Keep
+    implementations cheap and non-raising: they run on the request path. ``model`` is a
+    ``provider:model`` id; never label metrics by job.
     """
 
     def on_attempt(self, model: str, error_type: str | None) -> None:
@@ -61,6 +89,18 @@ class ChainHooks:
 
     def on_breaker(self, model: str, state: str) -> None:
         """This worker moved the model's shared circuit breaker to ``state`` (``open``, ``closed``)."""
+
+    def on_retry(self, model: str, error_type: str, attempt: int, wait_s: float) -> None:
+        """Attempt number ``attempt`` (1-based) of ``model`` failed and is retried after ``wait_s``."""
+
+    def on_fallback(self, from_model: str, to_model: str, error_type: str) -> None:
+        """``from_model`` failed (or was skipped): the chain moves on to ``to_model``."""
+
+    def on_call(self, report: CallReport) -> None:
+        """One HTTP attempt ended (duration, time to first chunk, tokens)."""
+
+    def on_tool(self, name: str, outcome: str, seconds: float) -> None:
+        """A tool call ended: ``outcome`` is ``ok``, ``error``, ``timeout``, ``invalid`` or ``unknown``."""
 
 
 NO_HOOKS = ChainHooks()
@@ -80,10 +120,14 @@ class RunContext:
     max_inworker_wait_s: float = 10.0
     #: Set by the pipeline once a delta was published; no retry or fallback after that.
     committed: bool = False
-    #: Metrics callbacks (no-ops by default).
+    #: Metrics, span-event and decision-log callbacks (no-ops by default).
     hooks: ChainHooks = NO_HOOKS
+    #: Spans of this job's attempts and tools (``workers/llm/tracing.py``); no-op by default.
+    tracer: Tracer = NO_TRACER
     #: Provider calls numbered so far (the ledger settles each number once).
     calls: int = 0
+    #: Set when this run lost the job's claim (the job moved to another run): it charges nothing more.
+    fenced: bool = False
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - self.clock()
@@ -115,6 +159,14 @@ class ProviderModel(ChatModel):
             temperature=request.temperature,
             extra_headers=request.headers,
             abort=request.abort,
+            response_format=request.response_format,
+            tool_choice=request.tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls,
+            stop=request.stop,
+            top_p=request.top_p,
+            seed=request.seed,
+            user=request.user,
+            reasoning=request.reasoning,
         )
 
     def complete(self, request: ModelRequest) -> Completion:
@@ -124,14 +176,24 @@ class ProviderModel(ChatModel):
         return self.provider.stream(self._request(request))
 
 
-class WrappedStream(ChatStream):
-    """A stream produced by a wrapper: it copies the final fields from the inner stream it used."""
+OwnerT = TypeVar("OwnerT", bound=ChatModel)
 
-    def __init__(self) -> None:
+
+class WrappedStream(ChatStream, Generic[OwnerT]):
+    """A stream produced by a wrapper (retry, fallback, guard, meter) around its owner's model.
+
+    Built by the owner's ``stream()`` as ``SomeStream(self, request)``: it keeps the owner and the
+    request, answers for the owner's model until an inner stream says otherwise, and copies the
+    final fields from the inner stream it used (:meth:`finish_from_inner`).
+    """
+
+    def __init__(self, owner: OwnerT, request: ModelRequest) -> None:
         super().__init__()
+        self._owner = owner
+        self._request = request
         self.inner: ChatStream | None = None
         #: The model that actually answered.
-        self.model_id: str | None = None
+        self.model_id: str | None = owner.model_id
 
     def adopt(self, inner: ChatStream) -> None:
         self.inner = inner

@@ -26,6 +26,7 @@ from workers.accounting.ledger import Ledger
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.guards.shared import SharedGuards
+from workers.jobs.heartbeat import ClaimHeartbeat
 from workers.jobs.store import JobStore
 from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
@@ -140,6 +141,8 @@ class WorkerResources:
     cancel_watcher: CancelWatcher | None = None
     #: Breaker, not-before times and RPM/TPM buckets shared with every worker (workers/guards/shared.py).
     guards: SharedGuards | None = None
+    #: Renews the claims of the jobs running here (proof of life; workers/jobs/heartbeat.py).
+    heartbeat: ClaimHeartbeat | None = None
     #: The worker tools this process imported, and the thread publishing them to Redis.
     tools: Toolbox | None = None
     tools_publisher: RegistryPublisher | None = None
@@ -184,6 +187,9 @@ class WorkerResources:
             watcher.start()
         guards = SharedGuards(client, config)
         guards.start()
+        store = JobStore(client, result_ttl_s=settings.result_ttl_s, claim_lease_s=settings.claim_lease_s)
+        heartbeat = ClaimHeartbeat(store, interval=settings.heartbeat_s)
+        heartbeat.start()
         publisher = None
         if len(tools.registry):
             worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -197,13 +203,14 @@ class WorkerResources:
             http=http,
             registry=build_registry(http, provider_env),
             config=config,
-            store=JobStore(client, result_ttl_s=settings.result_ttl_s, claim_lease_s=settings.claim_lease_s),
+            store=store,
             counter=counter,
             prices=prices,
             ledger=build_ledger(settings, config, ledger_client),
             metrics=metrics,
             cancel_watcher=watcher,
             guards=guards,
+            heartbeat=heartbeat,
             tools=tools,
             tools_publisher=publisher,
         )
@@ -211,6 +218,8 @@ class WorkerResources:
     def close(self) -> None:
         if self.tools_publisher is not None:
             self.tools_publisher.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         if self.cancel_watcher is not None:
             self.cancel_watcher.stop()
         if self.guards is not None:

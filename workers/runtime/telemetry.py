@@ -47,7 +47,8 @@ class JobMetrics:
 
     def record(self, result: CompletionResult) -> None:
         """Everything one finished job tells: attempts, fallbacks, latency, outcome."""
-        self.jobs.labels(status=result.status).inc()
+        # ``prompt`` is ``name@version`` of a published prompt (bounded: pushed versions), else ""
+        self.jobs.labels(status=result.status, prompt=result.prompt.label if result.prompt else "").inc()
         attempts = [a for a in result.attempts if a.status != "skipped"]
         for i, attempt in enumerate(attempts):
             ok = attempt.status == "succeeded"
@@ -122,7 +123,9 @@ def build_worker_metrics(
         duration=Histogram(
             "llm_job_duration_seconds", "Job run time.", ["model"], buckets=_DURATION_BUCKETS, registry=registry
         ),
-        jobs=Counter("llmq_jobs_total", "Finished jobs by status.", ["status"], registry=registry),
+        jobs=Counter(
+            "llmq_jobs_total", "Finished jobs by status and prompt version.", ["status", "prompt"], registry=registry
+        ),
     )
     if client is not None and queues:
         registry.register(QueueLengthCollector(client, queues))

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from workers.contract import Attempt, JobKeys, Message, Usage
 from workers.contract.base import _Wire
-from workers.llm.errors import JournalFencedError
+from workers.llm.errors import RunFencedError
 
 __all__ = ["CallRecord", "JournalState", "ToolJournal", "TurnRecord"]
 
@@ -105,7 +105,7 @@ class ToolJournal:
             keys=[self._keys.claim, self._keys.tools], args=[self._token, self._ttl_s, self._lease_ms, *fields]
         )
         if not ok:
-            raise JournalFencedError(
+            raise RunFencedError(
                 "this run lost its claim on the job (another run owns it now): it stopped without journaling"
             )
 

@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from workers.contract import FunctionCall, JobKeys, Message, ToolCall, Usage
-from workers.llm.errors import JournalFencedError
+from workers.llm.errors import RunFencedError
 from workers.tools.journal import CallRecord, ToolJournal, TurnRecord
 
 
@@ -39,9 +39,9 @@ def test_a_run_that_lost_its_claim_cannot_journal(redis_client: redis.Redis) -> 
     keys = JobKeys("journal-2")
     redis_client.set(keys.claim, "run-2")
     stale = _journal(redis_client, keys, "run-1")
-    with pytest.raises(JournalFencedError):
+    with pytest.raises(RunFencedError):
         stale.started(1, [0])
-    with pytest.raises(JournalFencedError):
+    with pytest.raises(RunFencedError):
         stale.heartbeat()
     assert not redis_client.exists(keys.tools)
 

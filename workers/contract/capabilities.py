@@ -1,0 +1,162 @@
+"""What each provider can do with a job's parameters: a combination one cannot do is refused.
+
+Checked at submit (``CompletionJob`` validation, for every ``provider:model`` in the job's chain)
+and again on the worker once route aliases are resolved, so a parameter is never silently dropped:
+the error names the provider and the field. Providers not listed here (custom registrations) are
+not checked.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from workers.contract.base import base_model_name
+from workers.contract.params import JsonObjectFormat, JsonSchemaFormat, NamedToolChoice
+
+if TYPE_CHECKING:
+    from workers.contract.job import CompletionJob
+
+__all__ = [
+    "ANTHROPIC_MAX_IMAGES",
+    "ANTHROPIC_MAX_IMAGE_BYTES",
+    "CapabilityError",
+    "anthropic_native_structured",
+    "check_job",
+    "problems",
+]
+
+ANTHROPIC_MAX_IMAGE_BYTES = 5 * 1024 * 1024
+ANTHROPIC_MAX_IMAGES = 100
+OLLAMA_EFFORTS = ("low", "medium", "high")
+
+_CLAUDE_VERSION = re.compile(r"^claude-(opus|sonnet|haiku)-(\d+)-(\d+)(?:$|-)")
+
+
+class CapabilityError(ValueError):
+    """``provider`` cannot do what ``field`` asks (a ``ValueError``, so pydantic reports it)."""
+
+    def __init__(self, provider: str, field: str, message: str) -> None:
+        super().__init__(f"{provider} does not support {field}: {message}")
+        self.provider = provider
+        self.field = field
+
+
+def anthropic_native_structured(model: str) -> bool:
+    """Whether an Anthropic model has native structured outputs (``output_config.format``).
+
+    Claude Sonnet 4.5, Haiku 4.5, Opus 4.1 and newer; older models get a forced tool call.
+    """
+    match = _CLAUDE_VERSION.match(base_model_name(model))
+    if match is None:
+        return False
+    family, major, minor = match.group(1), int(match.group(2)), int(match.group(3))
+    if major > 4:
+        return True
+    return major == 4 and (minor >= 5 or (family == "opus" and minor >= 1))
+
+
+def problems(job: CompletionJob, model_id: str) -> list[CapabilityError]:
+    """Every parameter of ``job`` that ``model_id``'s provider cannot do (empty: all fine)."""
+    provider, _, name = model_id.partition(":")
+    check = _CHECKS.get(provider)
+    return check(job, name) if check is not None else []
+
+
+def check_job(job: CompletionJob, model_ids: list[str]) -> None:
+    """Raise the first :class:`CapabilityError` of any model in ``model_ids``."""
+    for model_id in model_ids:
+        found = problems(job, model_id)
+        if found:
+            raise found[0]
+
+
+def _structured(job: CompletionJob) -> bool:
+    return isinstance(job.response_format, JsonObjectFormat | JsonSchemaFormat)
+
+
+def _images(job: CompletionJob) -> list[tuple[int, object]]:
+    out: list[tuple[int, object]] = []
+    for i, m in enumerate(job.messages or []):
+        out.extend((i, part.image_url.info) for part in m.images)
+    return out
+
+
+def _openai(job: CompletionJob, model: str) -> list[CapabilityError]:
+    found: list[CapabilityError] = []
+    if job.reasoning is not None and job.reasoning.budget_tokens is not None:
+        found.append(
+            CapabilityError("openai", "reasoning.budget_tokens", "OpenAI takes reasoning.effort, not a token budget")
+        )
+    return found
+
+
+def _anthropic(job: CompletionJob, model: str) -> list[CapabilityError]:
+    p = "anthropic"
+    found: list[CapabilityError] = []
+    if job.seed is not None:
+        found.append(CapabilityError(p, "seed", "the Messages API has no seed"))
+    forced_tool = _structured(job) and not (
+        isinstance(job.response_format, JsonSchemaFormat) and anthropic_native_structured(model)
+    )
+    choice = job.tool_choice
+    fmt = job.response_format
+    if forced_tool and isinstance(fmt, JsonSchemaFormat) and fmt.json_schema.schema_.get("type") != "object":
+        found.append(
+            CapabilityError(
+                p, "response_format", f"{model} answers through a tool call, whose schema must be of type 'object'"
+            )
+        )
+    if forced_tool and (choice in ("required", "none") or isinstance(choice, NamedToolChoice)):
+        found.append(CapabilityError(p, "tool_choice", f"{model} answers response_format through a forced tool call"))
+    if job.reasoning is not None:
+        if job.temperature is not None and job.temperature != 1.0:
+            found.append(CapabilityError(p, "temperature", "extended thinking runs at temperature 1 only"))
+        if job.top_p is not None and job.top_p < 0.95:
+            found.append(CapabilityError(p, "top_p", "extended thinking needs top_p of at least 0.95"))
+        if choice == "required" or isinstance(choice, NamedToolChoice):
+            found.append(CapabilityError(p, "tool_choice", "extended thinking allows only 'auto' or 'none'"))
+        if forced_tool:
+            found.append(
+                CapabilityError(p, "response_format", f"{model} needs a forced tool call, which thinking forbids")
+            )
+        if job.reasoning.anthropic_budget() >= job.max_tokens:
+            found.append(
+                CapabilityError(p, "reasoning", "the thinking budget must be below max_tokens (raise max_tokens)")
+            )
+    images = _images(job)
+    if len(images) > ANTHROPIC_MAX_IMAGES:
+        found.append(CapabilityError(p, "image_url", f"at most {ANTHROPIC_MAX_IMAGES} images per request"))
+    for i, info in images:
+        size = getattr(info, "size_bytes", None)
+        if size is not None and size > ANTHROPIC_MAX_IMAGE_BYTES:
+            found.append(
+                CapabilityError(
+                    p, f"messages[{i}].image_url", f"the image is {size} bytes; the limit is 5 MB per image"
+                )
+            )
+    return found
+
+
+def _ollama(job: CompletionJob, model: str) -> list[CapabilityError]:
+    p = "ollama"
+    found: list[CapabilityError] = []
+    choice = job.tool_choice
+    if choice == "required" or isinstance(choice, NamedToolChoice):
+        found.append(CapabilityError(p, "tool_choice", "Ollama cannot force a tool call ('auto' or 'none' only)"))
+    if job.parallel_tool_calls is False:
+        found.append(CapabilityError(p, "parallel_tool_calls", "Ollama cannot limit a turn to one tool call"))
+    if job.reasoning is not None:
+        if job.reasoning.budget_tokens is not None:
+            found.append(CapabilityError(p, "reasoning.budget_tokens", "Ollama's think takes no token budget"))
+        elif job.reasoning.effort not in OLLAMA_EFFORTS:
+            found.append(CapabilityError(p, "reasoning.effort", "Ollama's think takes low, medium or high"))
+    for i, info in _images(job):
+        if getattr(info, "kind", None) == "url":
+            found.append(
+                CapabilityError(p, f"messages[{i}].image_url", "Ollama takes images as base64 data URLs, not links")
+            )
+    return found
+
+
+_CHECKS = {"openai": _openai, "anthropic": _anthropic, "ollama": _ollama}
