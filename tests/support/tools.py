@@ -113,3 +113,18 @@ def reset() -> None:
     CALLS.clear()
     ACTIVE.update(now=0, max=0)
     RENDEZVOUS.reset()
+
+
+STARTED_KEY = "llmq:test:started"
+
+
+@tool
+def slow_visit(place: Annotated[str, Field(examples=["museum"])], cancel: CancelToken) -> str:
+    """Counts its starts in Redis, then takes a minute (a worker can die while it runs)."""
+    client = _visits()
+    try:
+        client.incr(STARTED_KEY)
+    finally:
+        client.close()
+    cancel.wait(60)
+    return f"slow visit to {place}"
