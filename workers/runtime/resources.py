@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import redis
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -26,8 +28,10 @@ from workers.guards.shared import SharedGuards
 from workers.jobs.store import JobStore
 from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
+from workers.llm.tracing import NO_TRACER
 from workers.routes import LLMQConfig, load_config
-from workers.runtime.telemetry import RateAdmissionsCollector, WorkerMetrics, build_worker_metrics
+from workers.runtime.telemetry import BreakerCollector, RateAdmissionsCollector, WorkerMetrics, build_worker_metrics
+from workers.runtime.tracing import build_tracer_provider
 from workers.settings import Settings
 
 __all__ = ["CANCEL_CHANNEL", "CancelWatcher", "WorkerResources", "build_ledger", "redis_client_for"]
@@ -136,6 +140,14 @@ class WorkerResources:
     #: Breaker, not-before times and RPM/TPM buckets shared with every worker (workers/guards/shared.py).
     guards: SharedGuards | None = None
     extras: dict[str, object] = field(default_factory=dict)
+    #: The process's span exporter pipeline, from the OTEL_* variables (None: tracing is off).
+    tracer_provider: TracerProvider | None = None
+
+    @property
+    def tracer(self) -> Tracer:
+        """The tracer jobs use: the provider's, or a no-op (``workers/runtime/tracing.py``)."""
+        provider = self.tracer_provider
+        return NO_TRACER if provider is None else provider.get_tracer("llmq.worker")
 
     @classmethod
     def build(
@@ -176,6 +188,7 @@ class WorkerResources:
         guards.start()
         lease_stats = guards.leases.stats
         metrics.registry.register(RateAdmissionsCollector(lambda: (lease_stats.local, lease_stats.calls)))
+        metrics.registry.register(BreakerCollector(guards.breakers_open))
         return cls(
             settings=settings,
             redis=client,
@@ -189,9 +202,12 @@ class WorkerResources:
             metrics=metrics,
             cancel_watcher=watcher,
             guards=guards,
+            tracer_provider=build_tracer_provider(),
         )
 
     def close(self) -> None:
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # flushes the spans still batched
         if self.cancel_watcher is not None:
             self.cancel_watcher.stop()
         if self.guards is not None:
