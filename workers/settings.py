@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     log_slow_s: float = Field(default=30.0, ge=0.0)
     #: Record (redacted) message content on ``chat`` spans: off unless turned on.
     trace_content: bool = False
+    #: Show full job arguments (message text, variables) in Celery task events and Flower;
+    #: off: they show ``monitor_repr`` (ids, model, tenant, sizes).
+    monitor_content: bool = False
 
     # --- HTTP to providers ----------------------------------------------------------------------
     http_connect_timeout: float = 5.0

@@ -56,7 +56,17 @@ class JsonFormatter(logging.Formatter):
 
 
 class _LLMQHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Marks the handler we installed, so configuring twice replaces it."""
+    """Our root handler (configuring twice replaces it). Without an explicit stream it writes to
+    whatever ``sys.stderr`` is at the time of each record (test runners swap it)."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        super().__init__(stream or sys.stderr)
+        self._follow = stream is None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._follow:
+            self.stream = sys.stderr
+        super().emit(record)
 
 
 def configure_logging(
@@ -64,9 +74,8 @@ def configure_logging(
 ) -> logging.Handler:
     """Install the worker's root handler (idempotent). ``fmt``: ``json``, ``text`` or None for
     JSON unless ``stream`` is a terminal."""
-    stream = stream or sys.stderr
     if fmt is None:
-        fmt = "text" if getattr(stream, "isatty", lambda: False)() else "json"
+        fmt = "text" if getattr(stream or sys.stderr, "isatty", lambda: False)() else "json"
     handler = _LLMQHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
     handler.addFilter(RedactingFilter())
@@ -76,5 +85,5 @@ def configure_logging(
     root.addHandler(handler)
     if root.level > level or root.level == logging.NOTSET:
         root.setLevel(level)
-    logging.getLogger("llmq").setLevel(level)
+    logging.getLogger("llmq").setLevel(min(level, logging.INFO))  # job and decision lines are INFO
     return handler
