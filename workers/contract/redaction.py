@@ -56,6 +56,9 @@ def monitor_repr(job: Mapping[str, Any]) -> str:
         "max_tokens": job.get("max_tokens"),
         "stream": job.get("stream", True),
     }
+    metadata = job.get("metadata")
+    if metadata:  # caller's tags (custom_id...): credential-like keys are rejected at validation
+        summary["metadata"] = metadata
     prompt = job.get("prompt")
     if isinstance(prompt, Mapping):
         summary["prompt"] = prompt.get("name")
