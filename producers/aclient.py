@@ -21,6 +21,7 @@ from producers.client import (
     validate_job,
 )
 from producers.cursor import GAP, EventCursor
+from producers.prompts import AsyncPromptResolver, job_data
 from producers.tracing import monitor_content, producer_tracer, send_options, submit_span
 from workers.contract import (
     DEFAULT_QUEUE,
@@ -75,9 +76,10 @@ class AsyncClient:
         #: Submit spans (``producers/tracing.py``): the OTEL_* configured tracer, or a no-op.
         self.tracer = tracer or producer_tracer()
         self._monitor_content = monitor_content()
+        self.prompts = AsyncPromptResolver(self.redis)
 
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
-        valid = validate_job(job, **overrides)
+        valid = validate_job(await self.prompts.prepare(job_data(job, overrides)))
         if valid.submitted_at is None:
             valid.submitted_at = time.time()
         keys = JobKeys(valid.id)

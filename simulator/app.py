@@ -32,6 +32,7 @@ from simulator.protocols.base import ParsedRequest, Protocol, RequestError
 from simulator.protocols.openai import OpenAIProtocol
 from simulator.script import Fault, FaultPlanner, Script, ToolCall, parse_rates, tool_arguments, words_for
 from simulator.stats import Stats
+from simulator.structured import plan_params
 
 __all__ = ["SimConfig", "Simulator", "SimulatorThread", "default_protocols", "serve"]
 
@@ -144,6 +145,7 @@ class Simulator:
             if not isinstance(payload, dict):
                 raise RequestError("body must be a JSON object")
             req = protocol.parse(payload)
+            req.protocol_name = protocol.name
             tokens = _header_number(headers, "x-llmq-sim-tokens", integer=True)
             latency = _header_number(headers, "x-llmq-sim-latency")
             tps = _header_number(headers, "x-llmq-sim-tokens-per-s")
@@ -156,7 +158,9 @@ class Simulator:
             return
         stats.by_model[req.model] += 1
         if fault.is_http_error:
-            record = stats.begin(request.path, req.model, job, False, str(fault))
+            record = stats.begin(
+                request.path, req.model, job, False, str(fault), prompt=req.prompt_text, messages=req.message_count
+            )
             stats.finish(record, f"error_{fault.kind}")
             await send_error(protocol, fault, req, out)
             return
@@ -172,7 +176,9 @@ class Simulator:
             gap=1.0 / tps if tps > 0 else 0.0,
             pacer=self.pacer,
         )
-        record = stats.begin(request.path, req.model, job, req.stream, str(fault))
+        record = stats.begin(
+            request.path, req.model, job, req.stream, str(fault), prompt=req.prompt_text, messages=req.message_count
+        )
         try:
             outcome = await (send_stream if req.stream else send_once)(answer, out)
         except (asyncio.CancelledError, ConnectionError):
@@ -205,7 +211,7 @@ class Simulator:
             script.cached_tokens = min(int(fault.arg or 0), script.prompt_tokens)
         elif fault.kind == "cachew":
             script.cache_write_tokens = min(int(fault.arg or 0), script.prompt_tokens)
-        return script
+        return plan_params(script, req, fault)
 
 
 async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8790) -> None:

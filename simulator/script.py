@@ -18,7 +18,9 @@ default an hour), ``cut`` (connection closed mid-stream, no terminator), ``malfo
 line mid-stream), ``slow@S`` (first token S s late), ``nousage`` (no token counts where the format
 allows), ``tools`` / ``tools@N`` (N tool calls instead of text, cycling over the declared tools),
 ``cache@N`` (N of the prompt's tokens reported as read from the prompt cache; ``cachew@N``: written
-to it, Anthropic only).
+to it, Anthropic only), ``badjson`` (an answer that is not valid JSON / not valid for the requested
+schema; plan ``badjson,badjson`` for two in a row), ``refusal`` (the model declines: OpenAI's
+``refusal``, Anthropic's ``refusal`` stop reason).
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ _VOCAB = (
 #: Faults answered with an HTTP error status instead of a completion.
 HTTP_FAULTS = frozenset({"429", "429ms", "quota", "context", "400", "401", "403", "404", "500", "502", "503", "529"})
 #: Faults that shape a successful (200) answer.
-STREAM_FAULTS = frozenset({"midstream", "cut", "malformed", "stall", "slow", "nousage", "tools", "cache", "cachew"})
+STREAM_FAULTS = frozenset(
+    {"midstream", "cut", "malformed", "stall", "slow", "nousage", "tools", "cache", "cachew", "badjson", "refusal"}
+)
 #: Cap on remembered per-job sequences (oldest forgotten first).
 MAX_SEQUENCES = 50_000
 
@@ -235,6 +239,8 @@ class Script:
     #: Of ``prompt_tokens``: reported as read from / written to the provider's prompt cache.
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    #: The model declines (the ``refusal`` fault): OpenAI sends this as ``refusal``.
+    refusal: str | None = None
 
     @property
     def text(self) -> str:

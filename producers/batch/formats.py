@@ -334,6 +334,13 @@ def _from_plain(draft: _Draft, data: dict[str, Any]) -> None:
         draft.message_paths.append("system")
     if "prompt" in data and "messages" in data:
         draft.issue("conflicting_fields", "give either prompt or messages, not both", "prompt")
+    elif isinstance(data.get("prompt"), dict):  # a published prompt: {name, version|label, variables}
+        draft.set("prompt", data["prompt"], "prompt")
+        if messages or "messages" in data:
+            draft.issue(
+                "conflicting_fields", "a published prompt brings its own messages (no system/messages)", "prompt"
+            )
+        return
     elif "prompt" in data:
         if not isinstance(data["prompt"], str) or not data["prompt"]:
             draft.issue("invalid_prompt", "prompt must be a non-empty string", "prompt")

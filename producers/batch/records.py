@@ -48,6 +48,8 @@ def result_record(result: CompletionResult, custom_id: str, line: int | None = N
         "cost_usd": result.cost_usd,
         "usage_estimated": usage.estimated,
     }
+    if result.prompt is not None:
+        extra["prompt"] = result.prompt.model_dump(mode="json")
     record: dict[str, Any] = {"id": f"batch_req_{_hex(result.id, 32)}", "custom_id": custom_id}
     if result.status == "succeeded":
         message: dict[str, Any] = {

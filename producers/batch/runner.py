@@ -25,6 +25,7 @@ from producers.batch.progress import BatchCounters, BatchProgress
 from producers.batch.records import invalid_record, result_record
 from producers.batch.validate import BatchValidationError, validate_file
 from producers.client import Client, make_celery
+from producers.errors import InvalidJobError
 from producers.tracing import send_options
 from workers.contract import TASK_NAME, CompletionJob, CompletionResult, JobKeys
 
@@ -194,7 +195,16 @@ class BatchRunner:
             job.metadata["line"] = str(number)
             if tenant:
                 job.tenant = tenant
-            handle = self.client.submit(job)
+            try:
+                handle = self.client.submit(job)
+            except InvalidJobError as exc:  # a prompt's variables, checked against the published version
+                assert self._err is not None
+                s.invalid += 1
+                message = str(exc).removeprefix("invalid job: ")
+                self._err.write(
+                    invalid_record([LineIssue(number, "invalid_prompt", message, "prompt", parsed.custom_id)])
+                )
+                continue
             s.submitted += 1
             self.in_flight[job.id] = (parsed.custom_id, number)
             s.max_in_flight = max(s.max_in_flight, len(self.in_flight))

@@ -28,6 +28,7 @@ from simulator.protocols.base import (
     request_id,
 )
 from simulator.script import Fault, Script, ToolCall
+from simulator.structured import anthropic_params
 
 __all__ = ["AnthropicProtocol"]
 
@@ -54,7 +55,7 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
     "503": (503, "api_error", "Service unavailable"),
     "529": (529, "overloaded_error", "Overloaded"),
 }
-_FINISH = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use"}
+_FINISH = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use", "refusal": "refusal"}
 
 
 def _input_usage(s: Script) -> dict[str, int]:
@@ -106,13 +107,15 @@ class AnthropicProtocol(Protocol):
             for t in payload.get("tools") or []
             if isinstance(t, dict) and isinstance(t.get("name"), str)
         ]
+        max_tokens = positive_int(payload["max_tokens"], "max_tokens")
         return ParsedRequest(
             model=str(payload["model"]),
             prompt_text=" ".join(parts),
-            max_tokens=positive_int(payload["max_tokens"], "max_tokens"),
+            max_tokens=max_tokens,
             stream=bool(payload.get("stream")),
             tools=tools,
             message_count=len(messages),
+            params=anthropic_params(payload, [t.name for t in tools], max_tokens),
         )
 
     def _reply(self, status: int, kind: str, message: str, extra: list[tuple[str, str]] | None = None) -> Reply:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from simulator.script import Fault, Script, ToolCall, estimate_tokens, split_model
+from simulator.structured import RequestError, RequestParams
 
 __all__ = ["ParsedRequest", "Protocol", "Reply", "RequestError", "StreamRenderer", "ToolSpec", "jstr", "request_id"]
 
@@ -34,16 +35,6 @@ def jstr(text: str) -> bytes:
     return json.dumps(text, ensure_ascii=False).encode()
 
 
-class RequestError(ValueError):
-    """The request is invalid the way the real API would reject it."""
-
-    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.kind = kind
-
-
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
     name: str
@@ -61,6 +52,11 @@ class ParsedRequest:
     tools: list[ToolSpec] = field(default_factory=list)
     include_usage: bool = True
     message_count: int = 1
+    #: Response format, forced tool, stop sequences, image count (``simulator/structured.py``).
+    params: RequestParams = field(default_factory=RequestParams)
+
+    #: The wire format that sent it (``openai``, ``anthropic``, ``ollama``).
+    protocol_name: str = ""
 
     @property
     def base_model(self) -> str:
@@ -143,7 +139,8 @@ class Protocol(ABC):
     def open_stream(self, req: ParsedRequest, script: Script) -> StreamRenderer: ...
 
     def prompt_tokens(self, req: ParsedRequest) -> int:
-        return estimate_tokens(req.prompt_text) + 3 * req.message_count + 3
+        # an image costs what OpenAI charges for a 512x512 high-detail one (85 + 170)
+        return estimate_tokens(req.prompt_text) + 3 * req.message_count + 3 + 255 * req.params.images
 
 
 def content_text(content: object) -> str:

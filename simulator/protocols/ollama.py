@@ -26,6 +26,7 @@ from simulator.protocols.base import (
     request_id,
 )
 from simulator.script import Fault, Script, ToolCall
+from simulator.structured import ollama_params
 
 __all__ = ["OllamaProtocol"]
 
@@ -100,6 +101,7 @@ class OllamaProtocol(Protocol):
             stream=payload.get("stream", True) is not False,
             tools=tools,
             message_count=max(1, len(messages)),
+            params=ollama_params(payload, options if isinstance(options, dict) else {}),
         )
 
     def invalid(self, err: RequestError) -> Reply:

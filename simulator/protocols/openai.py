@@ -19,6 +19,7 @@ from simulator.protocols.base import (
     request_id,
 )
 from simulator.script import Fault, Script, ToolCall
+from simulator.structured import openai_params
 
 __all__ = ["OpenAIProtocol"]
 
@@ -40,7 +41,7 @@ _ERRORS: dict[str, tuple[int, str, str | None, str]] = {
     "503": (503, "server_error", None, "The engine is currently overloaded, please try again later."),
     "529": (529, "server_error", None, "The server is overloaded, please try again later."),
 }
-_FINISH = {"stop": "stop", "length": "length", "tool": "tool_calls"}
+_FINISH = {"stop": "stop", "length": "length", "tool": "tool_calls", "refusal": "stop"}
 
 
 def _error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
@@ -75,6 +76,7 @@ class OpenAIProtocol(Protocol):
             tools=tools,
             include_usage=bool(options.get("include_usage")),
             message_count=len(messages),
+            params=openai_params(payload, [t.name for t in tools]),
         )
 
     def invalid(self, err: RequestError) -> Reply:
@@ -110,7 +112,7 @@ class OpenAIProtocol(Protocol):
         return [("x-request-id", request_id())]
 
     def complete_body(self, req: ParsedRequest, script: Script, usage: bool) -> bytes:
-        message: dict[str, object] = {"role": "assistant", "content": script.text or None, "refusal": None}
+        message: dict[str, object] = {"role": "assistant", "content": script.text or None, "refusal": script.refusal}
         if script.tool_calls:
             message["tool_calls"] = [
                 {"id": f"call_sim{i}", "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
@@ -178,8 +180,10 @@ class _OpenAIStream(StreamRenderer):
 
     def tail(self, usage: bool) -> bytes:
         finish = _FINISH[self._script.finish]
+        refusal = self._chunk({"refusal": self._script.refusal}) if self._script.refusal else b""
         out = (
-            self._pre
+            refusal
+            + self._pre
             + b'{},"logprobs":null,"finish_reason":"'
             + finish.encode()
             + b'"}]'

@@ -40,6 +40,16 @@ from workers.contract.params import (
     TextPart,
     ToolChoice,
 )
+from workers.contract.prompt import (
+    LabelTarget,
+    PromptDefaults,
+    PromptInfo,
+    PromptKeys,
+    PromptLabel,
+    PromptMessage,
+    PromptRef,
+    PromptVersion,
+)
 from workers.contract.redaction import monitor_repr, redact
 from workers.contract.result import Attempt, CompletionResult, ErrorInfo, Timings, Usage
 
@@ -64,8 +74,16 @@ __all__ = [
     "JsonObjectFormat",
     "JsonSchemaFormat",
     "JsonSchemaSpec",
+    "LabelTarget",
     "Message",
     "NamedToolChoice",
+    "PromptDefaults",
+    "PromptInfo",
+    "PromptKeys",
+    "PromptLabel",
+    "PromptMessage",
+    "PromptRef",
+    "PromptVersion",
     "Reasoning",
     "RepairEvent",
     "ResponseFormat",

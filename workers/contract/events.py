@@ -9,6 +9,7 @@ from pydantic import Field, TypeAdapter
 
 from workers.contract.base import _Wire
 from workers.contract.job import ToolCall
+from workers.contract.prompt import PromptInfo
 from workers.contract.result import CompletionResult, ErrorInfo, Usage
 
 
@@ -23,6 +24,8 @@ class _Event(_Wire):
 class StartEvent(_Event):
     type: Literal["start"] = "start"
     model: str
+    #: The published prompt version the messages were rendered from, if any.
+    prompt: PromptInfo | None = None
 
 
 class DeltaEvent(_Event):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from typing import Annotated, Literal
 
@@ -24,13 +25,33 @@ from workers.contract.params import (
     TextPart,
     ToolChoice,
 )
+from workers.contract.prompt import PromptRef
+
+#: The inline ``template`` is one line of plain ``{name}`` placeholders: no format specs (a spec such
+#: as ``{x:>300000000}`` would make the worker build a 300 MB string), no conversions, no attribute
+#: or index access. Named, versioned, sandboxed prompts (``prompt``) are the real templating.
+TEMPLATE_MAX_CHARS = 4_000
+_PLACEHOLDER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
-def _template_fields(template: str) -> set[str]:
+def template_fields(template: str) -> list[tuple[str, str | None]]:
+    """``template`` as (literal, placeholder) pairs; ValueError for anything but plain ``{name}``."""
     try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise ValueError(f"template is not a valid format string: {exc}") from None
+    parts: list[tuple[str, str | None]] = []
+    for literal, name, spec, conversion in parsed:
+        if name is not None:
+            if spec or conversion:
+                raise ValueError(
+                    f"template placeholder {{{name}}} has a format spec or conversion; only plain {{name}} "
+                    "placeholders are allowed (use a published prompt for formatting)"
+                )
+            if not _PLACEHOLDER.match(name):
+                raise ValueError(f"template placeholder {{{name}}} must be a plain variable name")
+        parts.append((literal, name))
+    return parts
 
 
 class FunctionCall(_Wire):
@@ -106,8 +127,11 @@ class CompletionJob(_Wire):
     #: Models tried in order when ``model`` fails with a fallback-eligible error.
     fallbacks: list[str] = Field(default_factory=list, max_length=8)
     messages: list[Message] | None = None
-    template: str | None = None
+    #: One line of plain ``{name}`` placeholders filled from ``variables`` (one user message).
+    template: Annotated[str, Field(max_length=TEMPLATE_MAX_CHARS)] | None = None
     variables: dict[str, str] = Field(default_factory=dict)
+    #: A published prompt (``name``, ``version`` or ``label``, ``variables``) instead of messages.
+    prompt: PromptRef | None = None
     tools: list[Tool] = Field(default_factory=list)
     max_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 1024
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
@@ -177,14 +201,16 @@ class CompletionJob(_Wire):
 
     @model_validator(mode="after")
     def _prompt(self) -> CompletionJob:
-        if self.messages is None and self.template is None:
-            raise ValueError("a job needs 'messages' or 'template'")
-        if self.messages is not None and self.template is not None:
-            raise ValueError("give either 'messages' or 'template', not both")
+        given = [f for f in ("messages", "template", "prompt") if getattr(self, f) is not None]
+        if not given:
+            raise ValueError("a job needs 'messages', 'prompt' or 'template'")
+        if len(given) > 1:
+            raise ValueError(f"give one of 'messages', 'prompt' or 'template', not {' and '.join(given)}")
         if self.messages is not None and not self.messages:
             raise ValueError("messages must not be empty")
         if self.template is not None:
-            missing = _template_fields(self.template) - set(self.variables)
+            used = {name for _, name in template_fields(self.template) if name is not None}
+            missing = used - set(self.variables)
             if missing:
                 raise ValueError(f"template variables without a value: {', '.join(sorted(missing))}")
         return self

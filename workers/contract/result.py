@@ -8,6 +8,7 @@ from pydantic import Field, JsonValue
 
 from workers.contract.base import SCHEMA_VERSION, _Wire
 from workers.contract.job import ToolCall
+from workers.contract.prompt import PromptInfo
 
 
 class Usage(_Wire):
@@ -73,6 +74,8 @@ class CompletionResult(_Wire):
     metadata: dict[str, str] = Field(default_factory=dict)
     #: Messages dropped by ``truncate: sliding_window`` to fit the context window.
     truncated_messages: int = 0
+    #: The published prompt version the messages were rendered from, if any.
+    prompt: PromptInfo | None = None
     #: With ``response_format``: the answer parsed as JSON (and valid for the schema).
     parsed: JsonValue | None = None
     #: The model declined to answer (OpenAI's ``refusal``, Anthropic's ``refusal`` stop): the

@@ -14,17 +14,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from workers.contract import CompletionJob, CompletionResult
+from workers.jobs.decisions import DecisionMetrics
 from workers.llm.model import CallReport, ChainHooks
 from workers.llm.tracing import GenAI
-
-if TYPE_CHECKING:
-    from workers.runtime.telemetry import DecisionMetrics
 
 __all__ = ["JobObserver", "sampled"]
 

@@ -45,8 +45,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from workers.accounting.metrics import UsageMetrics, build_usage_metrics
-from workers.contract import CompletionResult, redact, split_model_id
-from workers.llm.model import CallReport
+from workers.contract import CompletionResult, redact
+from workers.jobs.decisions import DecisionMetrics, build_decision_metrics
 
 __all__ = [
     "BreakerCollector",
@@ -60,10 +60,6 @@ __all__ = [
 ]
 
 _TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60)
-# the GenAI conventions' advised boundaries
-_GENAI_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
-_GENAI_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
-_GENAI = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
 _DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
 
 
@@ -78,7 +74,8 @@ class JobMetrics:
 
     def record(self, result: CompletionResult) -> None:
         """Everything one finished job tells: attempts, fallbacks, latency, outcome."""
-        self.jobs.labels(status=result.status).inc()
+        # ``prompt`` is ``name@version`` of a published prompt (bounded: pushed versions), else ""
+        self.jobs.labels(status=result.status, prompt=result.prompt.label if result.prompt else "").inc()
         attempts = [a for a in result.attempts if a.status != "skipped"]
         for i, attempt in enumerate(attempts):
             ok = attempt.status == "succeeded"
@@ -131,67 +128,6 @@ class RateAdmissionsCollector(Collector):
         yield family
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionMetrics:
-    """The chain's decisions, fed by the per-job observer (``workers/jobs/observe.py``)."""
-
-    skips: Counter
-    waits: Counter
-    wait_seconds: Counter
-    breaker: Counter
-    requeues: Counter
-    tools: Counter
-    duration: Histogram
-    ttfc: Histogram
-    tokens: Histogram
-
-    def record_call(self, report: CallReport) -> None:
-        _, native = split_model_id(report.model)
-        labels = ("chat", report.provider, native)
-        self.duration.labels(*labels, report.error_type or "").observe(report.duration_s)
-        if report.ttft_s is not None:
-            self.ttfc.labels(*labels).observe(report.ttft_s)
-        usage = report.usage
-        if usage is not None and not usage.estimated:
-            self.tokens.labels(*labels, "input").observe(usage.prompt_tokens)
-            self.tokens.labels(*labels, "output").observe(usage.completion_tokens)
-
-
-def build_decision_metrics(registry: CollectorRegistry) -> DecisionMetrics:
-    def counter(name: str, doc: str, labels: list[str]) -> Counter:
-        return Counter(name, doc, labels, registry=registry)
-
-    return DecisionMetrics(
-        skips=counter("llm_skips_total", "Models passed over untried, by reason.", ["model", "reason"]),
-        waits=counter("llm_waits_total", "In-worker holds before a request, by reason.", ["model", "reason"]),
-        wait_seconds=counter("llm_wait_seconds_total", "Seconds slept in those holds.", ["model", "reason"]),
-        breaker=counter("llm_breaker_transitions_total", "Breaker moves made by this worker.", ["model", "state"]),
-        requeues=counter("llmq_requeues_total", "Jobs re-queued with a countdown, by reason.", ["reason"]),
-        tools=counter("llm_tool_calls_total", "Tool runs by outcome.", ["tool", "outcome"]),
-        duration=Histogram(
-            "gen_ai_client_operation_duration_seconds",
-            "GenAI operation duration (one HTTP attempt).",
-            [*_GENAI, "error_type"],
-            buckets=_GENAI_DURATION_BUCKETS,
-            registry=registry,
-        ),
-        ttfc=Histogram(
-            "gen_ai_client_time_to_first_chunk_seconds",
-            "Request start to the first streamed chunk.",
-            _GENAI,
-            buckets=_GENAI_DURATION_BUCKETS,
-            registry=registry,
-        ),
-        tokens=Histogram(
-            "gen_ai_client_token_usage",
-            "Tokens per GenAI operation.",
-            [*_GENAI, "gen_ai_token_type"],
-            buckets=_GENAI_TOKEN_BUCKETS,
-            registry=registry,
-        ),
-    )
-
-
 class BreakerCollector(Collector):
     """``llm_breaker_open{model}``: this process's mirror of the shared breakers, read at scrape."""
 
@@ -230,7 +166,9 @@ def build_worker_metrics(
         duration=Histogram(
             "llm_job_duration_seconds", "Job run time.", ["model"], buckets=_DURATION_BUCKETS, registry=registry
         ),
-        jobs=Counter("llmq_jobs_total", "Finished jobs by status.", ["status"], registry=registry),
+        jobs=Counter(
+            "llmq_jobs_total", "Finished jobs by status and prompt version.", ["status", "prompt"], registry=registry
+        ),
     )
     if client is not None and queues:
         registry.register(QueueLengthCollector(client, queues))

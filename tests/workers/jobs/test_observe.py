@@ -18,7 +18,7 @@ from workers.contract import Attempt, CompletionJob, CompletionResult, ErrorInfo
 from workers.jobs.observe import JobObserver, sampled
 from workers.llm.model import CallReport
 from workers.runtime.logs import JsonFormatter
-from workers.runtime.telemetry import DecisionMetrics, build_decision_metrics
+from workers.jobs.decisions import DecisionMetrics, build_decision_metrics
 
 SECRET = "sk-ant-api03-VERYSECRETvalue0123456789"
 
