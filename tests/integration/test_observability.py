@@ -201,7 +201,8 @@ def test_metrics_count_every_decision_after_real_jobs(traced_worker: Any, produc
     assert value("llm_retries_total", model=a, error_type="server_error") == 1
     assert value("llm_retries_total", model=b, error_type="rate_limited") == 1
     assert value("llm_fallbacks_total", from_model=b, to_model=mini) == 1
-    assert value("llmq_jobs_total", status="succeeded") == 2 and value("llmq_jobs_total", status="failed") == 1
+    assert value("llmq_jobs_total", status="succeeded", prompt="") == 2
+    assert value("llmq_jobs_total", status="failed", prompt="") == 1
     genai = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai"}
     assert (
         value(

@@ -9,7 +9,6 @@ That costs one Redis round trip per job, only while tracing records.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
 import redis
 from opentelemetry.trace import Span, SpanContext, SpanKind, TraceFlags, Tracer
@@ -29,14 +28,13 @@ _LAST_RUN = "span"
 
 
 def _prompt_attributes(job: CompletionJob) -> dict[str, AttributeValue]:
-    prompt: Any = getattr(job, "prompt", None)
-    name = getattr(prompt, "name", None)
-    if not name:
+    """``gen_ai.prompt.name``/``version`` of a published prompt (the producer resolved the label)."""
+    prompt = job.prompt
+    if prompt is None:
         return {}
-    attrs: dict[str, AttributeValue] = {GenAI.PROMPT_NAME: str(name)}
-    version = getattr(prompt, "version", None)
-    if version is not None:
-        attrs[GenAI.PROMPT_VERSION] = str(version)
+    attrs: dict[str, AttributeValue] = {GenAI.PROMPT_NAME: prompt.name}
+    if prompt.version is not None:
+        attrs[GenAI.PROMPT_VERSION] = str(prompt.version)
     return attrs
 
 

@@ -15,10 +15,10 @@ from opentelemetry.trace import INVALID_SPAN
 from prometheus_client import CollectorRegistry
 
 from workers.contract import Attempt, CompletionJob, CompletionResult, ErrorInfo, Timings, Usage, monitor_repr
+from workers.jobs.decisions import DecisionMetrics, build_decision_metrics
 from workers.jobs.observe import JobObserver, sampled
 from workers.llm.model import CallReport
 from workers.runtime.logs import JsonFormatter
-from workers.jobs.decisions import DecisionMetrics, build_decision_metrics
 
 SECRET = "sk-ant-api03-VERYSECRETvalue0123456789"
 
