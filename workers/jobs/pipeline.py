@@ -495,6 +495,17 @@ class JobRunner:
         run.token = ""  # released in that same round trip
 
     def _requeue(self, run: _Run, exc: RetryLaterError) -> JobOutcome:
+        wait = exc.retry_after or 1.0
+        remaining = run.ctx.remaining()
+        if remaining is not None and wait >= remaining:
+            late = DeadlineExceededError(
+                f"the job's deadline leaves {max(remaining, 0):.1f}s, the next try needs a {wait:.1f}s wait: "
+                f"{exc.message}",
+                provider=exc.provider,
+                model=exc.model,
+                code=exc.code,
+            )
+            return self._end_failed(run, late)
         limit = self.res.config.max_requeues
         if self.res.redis.hincrby(run.keys.meta, "requeues", 1) > limit:
             final = RequeueLimitError(
@@ -507,7 +518,7 @@ class JobRunner:
             return self._end_failed(run, final)
         attempts = _ATTEMPTS.dump_json(run.ctx.attempts)
         self.res.redis.hset(run.keys.meta, mapping={"state": "queued", "attempts": attempts})
-        return JobOutcome(requeue_after_s=exc.retry_after or 1.0, requeue_reason=exc.code or error_type_name(exc))
+        return JobOutcome(requeue_after_s=wait, requeue_reason=exc.code or error_type_name(exc))
 
     # --- helpers --------------------------------------------------------------------------------------
 
