@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BAD_JSON",
+    "RequestError",
     "RequestParams",
     "anthropic_params",
     "cut_at_stop",
@@ -133,9 +134,18 @@ def cut_at_stop(tokens: tuple[str, ...], stop: list[str]) -> tuple[tuple[str, ..
 # --- reading each wire format's parameters -------------------------------------------------------
 
 
-def _error(message: str) -> ValueError:
-    from simulator.protocols.base import RequestError
+class RequestError(ValueError):
+    """The request is invalid the way the real API would reject it (defined here, below the
+    protocols, which all raise it; ``simulator.protocols.base`` re-exports it)."""
 
+    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.kind = kind
+
+
+def _error(message: str) -> ValueError:
     return RequestError(message)
 
 

@@ -35,7 +35,6 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workers.contract import split_model_id
-from workers.guards.ratelimit import RateLimits
 from workers.llm.errors import ConfigurationError
 
 __all__ = ["BudgetConfig", "LLMQConfig", "ModelConfig", "load_config"]
@@ -78,14 +77,8 @@ class ModelConfig(_Strict):
             raise ValueError("rpm_burst needs rpm")
         if self.tpm_burst is not None and self.tpm is None:
             raise ValueError("tpm_burst needs tpm")
-        # the limiter's own checks (burst <= rpm, room left for refill): one source of truth
-        RateLimits(
-            rpm=self.rpm,
-            tpm=self.tpm,
-            rpm_burst=self.rpm_burst,
-            tpm_burst=self.tpm_burst,
-            lease_s=self.rate_lease_ms / 1000.0,
-        )
+        # the buckets' own shape (burst <= rpm, room left for refill) is the limiter's to judge:
+        # workers.guards.policy.check_limits, run when a worker's guards start
         return self
 
 

@@ -30,14 +30,23 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=100, ge=1, le=2000)
     #: None = 2 for gevent (avoids the refill stall), 1 for threads (notes §2).
     prefetch_multiplier: int | None = Field(default=None, ge=1)
-    #: Seconds before an unacked job is redelivered; far above the longest job (notes §3).
-    visibility_timeout: int = Field(default=3600, ge=1)
+    #: Seconds without proof of life before an unacked job is redelivered. Workers refresh the
+    #: broker entries of the jobs they hold every ``heartbeat_s`` (workers/runtime/broker.py), so
+    #: this need not exceed the longest job: it is how long a dead worker's jobs wait.
+    visibility_timeout: int = Field(default=15, ge=1)
     #: Hard per-job limit enforced by the gevent pool; above the provider read timeout.
     task_time_limit: int = Field(default=900, ge=10)
     #: Grace period for running jobs on a warm shutdown.
     soft_shutdown_timeout: float = 60.0
-    #: Lease of the per-job claim that keeps two workers from running one job at once.
-    claim_lease_s: int = Field(default=60, ge=1)
+    #: Lease of the per-job claim that keeps two workers from running one job at once; renewed
+    #: every ``heartbeat_s`` while the job runs, so a dead worker's claim lapses within this.
+    claim_lease_s: int = Field(default=15, ge=1)
+    #: Seconds between heartbeats (broker entries and claims); None = a fifth of the shorter of
+    #: the visibility timeout and the claim lease.
+    heartbeat_interval: float | None = Field(default=None, gt=0)
+    #: How long a running job waits for Redis to come back (reconnecting with backoff) before it
+    #: gives up; it then runs again from the start.
+    redis_outage_s: float = Field(default=300.0, ge=0)
 
     # --- streaming and results ------------------------------------------------------------------
     #: Deltas are buffered until this much time passed since the first unflushed one...
@@ -72,6 +81,12 @@ class Settings(BaseSettings):
     prompts_dir: str = "./prompts"
     #: Cap on a job's rendered prompt (all messages, in characters): a clear error past it.
     prompt_max_chars: int = Field(default=1_000_000, ge=1_000)
+
+    @property
+    def heartbeat_s(self) -> float:
+        if self.heartbeat_interval is not None:
+            return self.heartbeat_interval
+        return max(0.2, min(self.visibility_timeout, self.claim_lease_s) / 5)
 
     @property
     def effective_prefetch(self) -> int:

@@ -44,7 +44,7 @@ def _known_models(client: Any, config: Any) -> list[str]:
 def describe_model(model_id: str, config: Any, limiter: Any, breaker: Any) -> dict[str, Any]:
     from workers.guards.policy import rate_limits_for
 
-    limits = rate_limits_for(config.model(model_id))
+    limits = rate_limits_for(config.model(model_id), model_id)
     state = breaker.state(model_id)
     why: dict[str, Any] = {}
     if state.why:

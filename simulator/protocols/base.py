@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from simulator.script import Fault, Script, ToolCall, estimate_tokens, split_model
-from simulator.structured import RequestParams
+from simulator.structured import RequestError, RequestParams
 
 __all__ = ["ParsedRequest", "Protocol", "Reply", "RequestError", "StreamRenderer", "ToolSpec", "jstr", "request_id"]
 
@@ -33,16 +33,6 @@ def request_id(prefix: str = "req_sim_") -> str:
 def jstr(text: str) -> bytes:
     """A JSON string literal, cached: the simulator's tokens come from a small vocabulary."""
     return json.dumps(text, ensure_ascii=False).encode()
-
-
-class RequestError(ValueError):
-    """The request is invalid the way the real API would reject it."""
-
-    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)

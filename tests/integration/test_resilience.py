@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import redis
 from celery.contrib.testing.worker import start_worker
 
 from producers import Client
 from simulator.app import SimulatorThread
 from simulator.env import provider_env
+from workers.contract import JobKeys
 from workers.runtime.app import close_runner, create_app
 from workers.settings import Settings
 
@@ -93,6 +95,26 @@ def test_failure_after_first_delta_is_terminal(worker, client: Client, simulator
     text = "".join(e.text for e in events if e.type == "delta")
     assert text and result.content == text  # the partial text, once, never repeated
     assert simulator.simulator.stats.by_model.get("gpt-4o-mini", 0) == 0
+
+
+def test_a_429_with_a_long_retry_after_falls_back_at_once(
+    worker, client: Client, simulator: SimulatorThread, redis_url: str
+) -> None:
+    """retry-after 30 s is over the in-worker cap (10 s): the fallback serves the job in this run."""
+    handle, events, result = _run(client, "openai:gpt-4o~429@30*", fallbacks=("openai:gpt-4o-mini",))
+    assert result.status == "succeeded" and result.model_used == "openai:gpt-4o-mini"
+    assert [(a.model, a.error_type, a.wait_s) for a in result.attempts] == [
+        ("openai:gpt-4o~429@30*", "rate_limited", 30.0),
+        ("openai:gpt-4o-mini", None, 0.0),
+    ]
+    assert _requests(simulator, handle.id) == 2
+    meta = redis.Redis.from_url(redis_url).hget(JobKeys(handle.id).meta, "requeues")
+    assert meta is None  # never re-queued
+    assert [e.type for e in events].count("done") == 1
+    # the next job does not even ask the held model: its shared not-before time applies to everyone
+    handle, _, result = _run(client, "openai:gpt-4o~429@30*", fallbacks=("openai:gpt-4o-mini",))
+    assert result.status == "succeeded" and _requests(simulator, handle.id) == 1
+    assert (result.attempts[0].status, result.attempts[0].error_type) == ("skipped", "retry_later")
 
 
 def test_a_job_told_to_wait_again_and_again_fails_after_max_requeues(

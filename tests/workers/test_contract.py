@@ -77,12 +77,12 @@ def test_ids_are_unguessable_and_keys_derive_from_them() -> None:
     assert len(ids) == 1000 and all(len(i) == 36 for i in ids)
     keys = JobKeys("abc")
     assert {keys.channel, keys.events, keys.result, keys.meta, keys.cancel, keys.claim} == {
-        "llmq:job:abc:live",
-        "llmq:job:abc:events",
-        "llmq:job:abc:result",
-        "llmq:job:abc:meta",
-        "llmq:job:abc:cancel",
-        "llmq:job:abc:claim",
+        "llmq:job:{abc}:live",
+        "llmq:job:{abc}:events",
+        "llmq:job:{abc}:result",
+        "llmq:job:{abc}:meta",
+        "llmq:job:{abc}:cancel",
+        "llmq:job:{abc}:claim",
     }
 
 

@@ -6,6 +6,9 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
+import redis
+
 import workers.routes
 from workers.routes import LLMQConfig
 
@@ -44,3 +47,22 @@ def test_per_model_guard_settings_reach_the_breaker_and_the_buckets() -> None:
         False,
     )
     assert rate_limits_for(ModelConfig(rpm=6000)).lease_s == 0.1
+
+
+def test_limits_no_bucket_can_meet_stop_the_guards_naming_the_model() -> None:
+    from workers.guards.policy import check_limits, rate_limits_for
+    from workers.guards.shared import SharedGuards
+    from workers.llm.errors import ConfigurationError
+    from workers.routes import ModelConfig
+
+    # the routes file parses (its keys and types are right) ...
+    config = LLMQConfig.model_validate({"models": {"openai:gpt-4o": {"rpm": 10, "rpm_burst": 11}}})
+    # ... but no bucket can admit a burst above the limit: the guards refuse to start
+    with pytest.raises(ConfigurationError, match=r'\[models\."openai:gpt-4o"\]: rpm_burst must be <= rpm'):
+        check_limits(config)
+    client = redis.Redis.from_url("redis://127.0.0.1:1")  # never contacted: the check comes first
+    with pytest.raises(ConfigurationError, match="openai:gpt-4o"):
+        SharedGuards(client, config)
+    with pytest.raises(ConfigurationError, match="no refill"):
+        rate_limits_for(ModelConfig(rpm=1200, rpm_burst=1200, rate_lease_ms=100))
+    check_limits(LLMQConfig.model_validate({"models": {"openai:gpt-4o": {"rpm": 10, "rpm_burst": 10}}}))

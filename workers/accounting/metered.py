@@ -28,7 +28,13 @@ from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.contract import CompletionJob, Usage
 from workers.llm.base import ChatStream, Completion
-from workers.llm.errors import BudgetExceededError, ContextLengthExceededError
+from workers.llm.errors import (
+    BudgetExceededError,
+    ContextLengthExceededError,
+    LLMQError,
+    PreparationError,
+    must_propagate,
+)
 from workers.llm.fallback import SkipModel
 from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
 
@@ -68,6 +74,17 @@ class Meter:
                 )
             except ContextLengthExceededError as exc:
                 raise SkipModel(exc.message, exc) from exc
+            except LLMQError:
+                raise
+            except BaseException as exc:  # a tokenizer panic, a pricing bug: typed, terminal
+                if must_propagate(exc):
+                    raise
+                provider, _, native = model_id.partition(":")
+                raise PreparationError(
+                    f"could not pre-count or price the request for {model_id}: {type(exc).__name__}: {exc}"[:1000],
+                    provider=provider,
+                    model=native,
+                ) from exc
             self._plans[model_id] = plan
         return plan
 
@@ -106,6 +123,12 @@ class Meter:
         if cost is not None:
             self.cost_usd = (self.cost_usd or Decimal(0)) + cost
         if reservation is not None and self.ledger is not None:
+            if self.ctx.fenced:
+                # the job moved to another run, which charges the calls it makes; this run's
+                # late settle would charge a job it no longer owns (the lost run's call is
+                # the price of at-least-once delivery, paid by the provider account, not the ledger)
+                self.ledger.release(reservation)
+                return cost
             settlement = self.ledger.settle(reservation, cost or 0)
             if self.metrics is not None:
                 self.metrics.record_scopes(settlement.scopes)
@@ -153,13 +176,7 @@ class MeteredModel(ChatModel):
         return _MeteredStream(self, request)
 
 
-class _MeteredStream(WrappedStream):
-    def __init__(self, owner: MeteredModel, request: ModelRequest) -> None:
-        super().__init__()
-        self._owner = owner
-        self._request = request
-        self.model_id = owner.model_id
-
+class _MeteredStream(WrappedStream["MeteredModel"]):
     def __iter__(self) -> Iterator[str]:
         meter = self._owner.meter
         plan = meter.plan(self.model_id, self._request)

@@ -1,4 +1,9 @@
-"""Redis key layout: every key and channel of one job, derived from its id."""
+"""Redis key layout: every key and channel of one job, derived from its id.
+
+The id is a Redis Cluster hash tag (``llmq:job:{<id>}:events``): every key of one job hashes to
+one slot, so the scripts that touch several of them at once (claim, flush, terminal write) would
+stay valid on a sharded deployment. The ledger's keys share the ``{budget}`` tag the same way.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ class JobKeys:
     PREFIX = "llmq:job:"
 
     def __init__(self, job_id: str) -> None:
-        base = f"{self.PREFIX}{job_id}"
+        base = f"{self.PREFIX}{{{job_id}}}"
         self.job_id = job_id
         #: Pub/sub channel for live events.
         self.channel = f"{base}:live"

@@ -11,6 +11,7 @@ from workers.guards.breaker import BreakerPolicy
 from workers.guards.ratelimit import RateLimits
 from workers.llm import errors
 from workers.llm.errors import (
+    ConfigurationError,
     FirstTokenTimeoutError,
     IncompleteStreamError,
     InsufficientQuotaError,
@@ -22,9 +23,16 @@ from workers.llm.errors import (
     ProviderTimeoutError,
     ServerError,
 )
-from workers.routes import ModelConfig
+from workers.routes import LLMQConfig, ModelConfig
 
-__all__ = ["breaker_policy_for", "counts_against_model", "describe", "rate_limits_for", "skip_error"]
+__all__ = [
+    "breaker_policy_for",
+    "check_limits",
+    "counts_against_model",
+    "describe",
+    "rate_limits_for",
+    "skip_error",
+]
 
 #: Errors that say the model (or its provider) is unhealthy; they count toward its breaker.
 #: 429s set the not-before time instead; errors caused by the request itself count for nothing.
@@ -70,12 +78,34 @@ def skip_error(model_id: str, why: str) -> LLMQError | None:
     provider, model = split_model_id(model_id)
     message = f"not sent: circuit breaker open for {model_id} after repeated {cls.type_name} ({info.get('m') or ''})"
     status, code = info.get("s"), info.get("c")
-    return cls(message, provider, model, status if isinstance(status, int) else None, code if code else None)
+    return cls(
+        message,
+        provider=provider,
+        model=model,
+        status=status if isinstance(status, int) else None,
+        code=str(code) if code else None,
+    )
 
 
-def rate_limits_for(mc: ModelConfig) -> RateLimits:
+def rate_limits_for(mc: ModelConfig, model_id: str = "") -> RateLimits:
+    """The RPM/TPM buckets a model's config gives (``[models."<id>"]``: rpm, tpm, bursts, lease).
+
+    Raises :class:`ConfigurationError` naming the model when the limits cannot be met (a burst
+    above ``rpm``, no room left for refill).
+    """
     lease_s = mc.rate_lease_ms / 1000.0
-    return RateLimits(rpm=mc.rpm, tpm=mc.tpm, rpm_burst=mc.rpm_burst, tpm_burst=mc.tpm_burst, lease_s=lease_s)
+    try:
+        return RateLimits(rpm=mc.rpm, tpm=mc.tpm, rpm_burst=mc.rpm_burst, tpm_burst=mc.tpm_burst, lease_s=lease_s)
+    except ValueError as exc:
+        where = f'[models."{model_id}"]' if model_id else "model config"
+        raise ConfigurationError(message=f"invalid rate limits in {where}: {exc}") from None
+
+
+def check_limits(config: LLMQConfig) -> None:
+    """Raise :class:`ConfigurationError` for the first configured model whose limits cannot be met
+    (run when a worker's guards start, so a bad routes file stops the worker at start-up)."""
+    for model_id, mc in config.models.items():
+        rate_limits_for(mc, model_id)
 
 
 def breaker_policy_for(mc: ModelConfig) -> BreakerPolicy:

@@ -36,7 +36,14 @@ from workers.guards.boundedcache import bounded_put
 from workers.guards.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Permit
 from workers.guards.leases import RateLeases
 from workers.guards.model import Admission, GuardSkip
-from workers.guards.policy import breaker_policy_for, counts_against_model, describe, rate_limits_for, skip_error
+from workers.guards.policy import (
+    breaker_policy_for,
+    check_limits,
+    counts_against_model,
+    describe,
+    rate_limits_for,
+    skip_error,
+)
 from workers.guards.ratelimit import GUARD_CHANNEL, RateLimiter, RateLimits, parse_announcement
 from workers.llm.errors import LLMQError, RateLimitedError
 from workers.llm.watchdog import Watchdog
@@ -191,6 +198,7 @@ class SharedGuards:
         rng: random.Random | None = None,
         channel: str = GUARD_CHANNEL,
     ) -> None:
+        check_limits(config)
         self._client = client
         self.config = config
         self.limiter = RateLimiter(client, clock=clock, channel=channel)
@@ -218,7 +226,7 @@ class SharedGuards:
         guard = self._guards.get(model_id)
         if guard is None:
             mc = self.config.model(model_id)
-            guard = ModelGuard(self, model_id, rate_limits_for(mc), breaker_policy_for(mc))
+            guard = ModelGuard(self, model_id, rate_limits_for(mc, model_id), breaker_policy_for(mc))
             with self.lock:
                 bounded_put(self._guards, model_id, guard)
         return guard
@@ -245,6 +253,16 @@ class SharedGuards:
             view.not_before = max(view.not_before, now + wait) if wait > 0 else view.not_before
             view.fetched, view.epoch = now, epoch
         return view
+
+    def held_for(self, model_id: str) -> float | None:
+        """Seconds left of the model's shared not-before time (a 429's wait), or None.
+
+        Read from the mirror (no Redis round trip while it is live), so the fallback chain can
+        pass over a held model before reserving anything for it.
+        """
+        now = self.local_clock()
+        wait = self.view(model_id, now).not_before - now
+        return wait if wait > 0 else None
 
     def breakers_open(self) -> dict[str, bool]:
         """Model -> breaker not closed (open or half-open), as this process last saw it; the

@@ -95,4 +95,5 @@ def build_chain(
         if meter is not None:
             model = meter(model)
         models.append(RetryingModel(model, retry_policy_for(model_id, config), ctx))
-    return FallbackModel(models, ctx, skip=skip)
+    held = (lambda m: guards.held_for(m.model_id)) if guards is not None else None
+    return FallbackModel(models, ctx, skip=skip, held=held)

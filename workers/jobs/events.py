@@ -18,23 +18,26 @@ from collections.abc import Callable
 import redis
 
 from workers.contract import JobKeys, StreamEvent
+from workers.llm.errors import RunFencedError
 
 __all__ = ["EventPublisher", "last_seq"]
 
-# One round trip per flush, whatever the number of events: append each event to the replay
-# Stream (entry id <seq>-1), publish it live, keep the Stream's TTL and the worker's claim lease,
-# and report whether the job was cancelled.
+# One round trip per flush, whatever the number of events: check that this run still holds the
+# job's claim (fencing: a run that lost it writes nothing), append each event to the replay
+# Stream (entry id <seq>-1), publish it live, keep the Stream's TTL and the claim's lease, and
+# report whether the job was cancelled (-1: fenced).
 # KEYS: events, channel, cancel, claim. ARGV: maxlen, ttl (0 = keep), lease_ms (0 = none), n,
-# then n pairs of (entry id, payload).
+# token ('' = unfenced), then n pairs of (entry id, payload).
 _PUBLISH_LUA = """
+if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then return -1 end
 local n = tonumber(ARGV[4])
 for i = 0, n - 1 do
-  local payload = ARGV[6 + 2 * i]
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[5 + 2 * i], 'e', payload)
+  local payload = ARGV[7 + 2 * i]
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[6 + 2 * i], 'e', payload)
   redis.call('PUBLISH', KEYS[2], payload)
 end
 if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
+if ARGV[3] ~= '0' and ARGV[5] ~= '' then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
 return redis.call('EXISTS', KEYS[3])
 """
 
@@ -62,6 +65,7 @@ class EventPublisher:
         maxlen: int = 10_000,
         ttl_s: int = 86_400,
         claim_lease_ms: int | None = None,
+        token: str = "",
         publish_deltas: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -74,6 +78,8 @@ class EventPublisher:
         self._maxlen = maxlen
         self._ttl_s = ttl_s
         self._lease_ms = claim_lease_ms
+        #: The run's claim token: every write checks that the claim still holds it ("" = no check).
+        self._token = token
         self._publish_deltas = publish_deltas
         self._clock = clock
         self._publish = client.register_script(_PUBLISH_LUA)
@@ -163,6 +169,7 @@ class EventPublisher:
             0 if self._ttl_set else self._ttl_s,
             self._lease_ms or 0,
             len(payloads),
+            self._token,
         ]
         for seq, raw in payloads:
             argv.append(f"{seq}-1")
@@ -172,10 +179,9 @@ class EventPublisher:
         if extra is None:
             cancelled = self._publish(keys=script_keys, args=argv)
         else:
-            pipe = self._client.pipeline(transaction=False)
-            extra(pipe)
-            self._publish(keys=script_keys, args=argv, client=pipe)
-            cancelled = pipe.execute()[-1]
+            cancelled = self._send_with(extra, script_keys, argv)
+        if cancelled == -1:
+            raise RunFencedError(f"run {self._run} of job {keys.job_id} lost its claim; it writes nothing more")
         if cancelled:
             self.cancelled = True
         if self._pending_flushed_delta:
@@ -183,6 +189,36 @@ class EventPublisher:
             # event (or after a quiet period) always goes out at once
             self._last_flush = self._clock()
             self._pending_flushed_delta = False
+
+    def _send_with(
+        self, extra: Callable[[redis.client.Pipeline], None], script_keys: list[str], argv: list[object]
+    ) -> int:
+        """``extra``'s writes and the flush in one transaction, only while this run holds the claim.
+
+        Unfenced (no token): one pipelined round trip. Fenced: WATCH the claim, check it holds our
+        token, then MULTI/EXEC; a change of the claim in between (our own lease renewal included)
+        aborts the EXEC and the check runs again.
+        """
+        if not self._token:
+            pipe = self._client.pipeline(transaction=False)
+            extra(pipe)
+            self._publish(keys=script_keys, args=argv, client=pipe)
+            return int(pipe.execute()[-1])
+        claim = self._keys.claim
+        with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(claim)
+                    held = pipe.get(claim)
+                    if (held.decode() if isinstance(held, bytes) else held) != self._token:
+                        pipe.unwatch()
+                        return -1
+                    pipe.multi()
+                    extra(pipe)  # may release the claim: the WATCH already fences this transaction
+                    self._publish(keys=script_keys, args=[*argv[:4], "", *argv[5:]], client=pipe)
+                    return int(pipe.execute()[-1])
+                except redis.WatchError:
+                    continue
 
     def refresh_ttl(self) -> None:
         """Make the replay stream live as long as the result (called with the terminal event)."""

@@ -2,7 +2,9 @@
 
 Every job ends with exactly one terminal event (``done``, ``error`` or ``cancelled``) and a stored
 :class:`CompletionResult`, whatever goes wrong, so no consumer ever waits on a job that silently
-died. Retries and fallback happen inside the model chain and only before the first delta is
+died. Two exceptions, both of which leave the job to a run that will end it: a run that lost its
+claim (fenced: the job moved to another run) stops without writing, and a run that lost Redis
+(restart, fail-over) waits for it with backoff and runs the job again from the start. Retries and fallback happen inside the model chain and only before the first delta is
 published; a failure after that is a terminal ``error`` (no duplicated text).
 """
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 import redis
 from pydantic import TypeAdapter
 
+from workers.accounting.ledger import LedgerUnavailableError
 from workers.accounting.metered import Meter, MeteredModel
 from workers.contract import (
     Attempt,
@@ -44,26 +47,37 @@ from workers.contract.capabilities import problems as capability_problems
 from workers.jobs import structured
 from workers.jobs.chain import build_chain, resolve_chain
 from workers.jobs.events import EventPublisher, last_seq
+from workers.jobs.resources import JobResources
 from workers.jobs.store import ClaimOutcome
 from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import (
     BadRequestError,
     DeadlineExceededError,
+    InternalError,
     JobCancelledError,
     LLMQError,
     MidStreamError,
     RequeueLimitError,
     RetryLaterError,
+    RunFencedError,
     error_type_name,
+    must_propagate,
 )
 from workers.llm.model import ChatModel, ModelRequest, RunContext
 from workers.prompts.render import render_job
-from workers.runtime.resources import WorkerResources
 
 __all__ = ["JobOutcome", "JobRunner"]
 
 log = logging.getLogger("llmq.pipeline")
+#: Redis went away (restart, fail-over, network): the run waits for it and starts again.
+#: A demoted master refuses writes (ReadOnlyError) until the client follows the fail-over.
+REDIS_DOWN: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    redis.ReadOnlyError,
+)
 _ATTEMPTS: TypeAdapter[list[Attempt]] = TypeAdapter(list[Attempt])
 
 
@@ -90,6 +104,8 @@ class _Run:
     token: str = ""
     cancelled_at_start: bool = False
     meter: Meter | None = None
+    #: Stops the upstream call now (set while a call runs; the claim heartbeat fires it when fenced).
+    abort: Callable[[], None] | None = None
     prompt: PromptInfo | None = None
     parsed: object = None
     repairs: int = 0
@@ -98,21 +114,65 @@ class _Run:
 class JobRunner:
     """Runs jobs with the process's shared resources. Thread- and greenlet-safe per job."""
 
-    def __init__(self, resources: WorkerResources, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        resources: JobResources,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.res = resources
         self._clock = clock
+        self._sleep_for = sleep
 
     # --- entry point ----------------------------------------------------------------------------
 
     def run(self, job: CompletionJob) -> JobOutcome:
+        """Run ``job`` to its end. A lost Redis is waited for (backoff, up to ``redis_outage_s``)
+        and the job runs again under the same claim token; past that the error propagates."""
+        token = uuid.uuid4().hex
+        waited = 0.0
+        delay = 0.25
+        while True:
+            try:
+                return self._run_once(job, token)
+            except REDIS_DOWN as exc:
+                limit = self.res.settings.redis_outage_s
+                if waited >= limit:
+                    log.error("job %s: Redis unavailable for %.0f s, giving up this delivery: %s", job.id, waited, exc)
+                    raise
+                log.warning(
+                    "job %s: lost Redis (%s: %s); waiting for it, then running again", job.id, type(exc).__name__, exc
+                )
+                waited += self._wait_for_redis(delay, limit - waited)
+                delay = min(delay * 2, 5.0)
+
+    def _wait_for_redis(self, delay: float, budget: float) -> float:
+        """Sleep with backoff until Redis answers PING (or ``budget`` seconds passed); returns the time slept."""
+        slept = 0.0
+        while True:
+            pause = min(delay, max(0.0, budget - slept))
+            self._sleep_for(pause)
+            slept += pause
+            try:
+                if self.res.redis.ping():
+                    return slept
+            except REDIS_DOWN:
+                pass
+            if slept >= budget:
+                return slept
+            delay = min(delay * 2, 5.0)
+
+    def _run_once(self, job: CompletionJob, token: str) -> JobOutcome:
         res = self.res
         keys = JobKeys(job.id)
-        token = uuid.uuid4().hex
         claim = res.store.claim(keys, token)
         if claim.run == ClaimOutcome.DONE:
             return JobOutcome(result=res.store.load_result(keys), skipped="already finished")
         if claim.run == ClaimOutcome.BUSY:
-            return JobOutcome(skipped="running on another worker")
+            # another run holds the claim (a duplicate delivery): try again once its lease could
+            # have lapsed, so the job is not dropped if that run dies
+            return JobOutcome(skipped="running on another worker", requeue_after_s=float(res.settings.claim_lease_s))
         settings = res.settings
         publisher = EventPublisher(
             res.redis,
@@ -124,6 +184,7 @@ class JobRunner:
             maxlen=settings.events_maxlen,
             ttl_s=settings.result_ttl_s,
             claim_lease_ms=res.store.claim_lease_ms,
+            token=token,
             publish_deltas=job.stream,
         )
         ctx = RunContext(
@@ -137,16 +198,27 @@ class JobRunner:
         ctx.calls = sum(1 for a in ctx.attempts if a.status != "skipped")
         run = _Run(job, keys, publisher, ctx, started_wall=time.time(), started=self._clock(), token=token)
         run.cancelled_at_start = claim.cancelled
+        if res.heartbeat is not None:
+            res.heartbeat.hold(keys, token, lambda: self._fence(run))
         try:
             outcome = self._execute(run)
             if outcome.result is not None:
                 res.metrics.jobs.record(outcome.result)
             return outcome
         finally:
-            if run.token:  # not released with the terminal write (re-queued, or that write failed)
-                res.store.release(keys, run.token)
+            if res.heartbeat is not None:
+                res.heartbeat.drop(token)
             if res.cancel_watcher is not None:
                 res.cancel_watcher.unregister(job.id)
+            if run.token:  # not released with the terminal write (re-queued, fenced, or that write failed)
+                res.store.release(keys, run.token)
+
+    def _fence(self, run: _Run) -> None:
+        """The claim heartbeat found another run holding the job: stop this one's upstream call."""
+        run.ctx.fenced = True
+        abort = run.abort
+        if abort is not None:
+            abort()
 
     def reject_invalid(self, job_id: object, exc: Exception) -> None:
         """End a job whose payload failed validation on the worker (stored result + error event)."""
@@ -207,17 +279,45 @@ class JobRunner:
             completion = self._call(run, model, request)
             if isinstance(job.response_format, JsonObjectFormat | JsonSchemaFormat):
                 completion = self._structured(run, model, request, completion)
+        except RunFencedError as exc:
+            return self._fenced(run, exc)
+        except LedgerUnavailableError as exc:
+            if isinstance(exc.__cause__, REDIS_DOWN):
+                raise exc.__cause__ from exc  # Redis is away: wait for it, run again
+            return self._end_failed(run, exc)
+        except REDIS_DOWN:
+            raise
         except RetryLaterError as exc:
             return self._requeue(run, exc)
         except JobCancelledError as exc:
-            return JobOutcome(result=self._finish_cancelled(run, exc))
+            try:
+                return JobOutcome(result=self._finish_cancelled(run, exc))
+            except RunFencedError as fenced:
+                return self._fenced(run, fenced)
         except LLMQError as exc:
-            return JobOutcome(result=self._finish_failed(run, exc))
-        except Exception as exc:  # a bug must still end the job, never hang its consumers
+            return self._end_failed(run, exc)
+        except BaseException as exc:  # a bug (or a native panic) must still end the job, never hang it
+            if must_propagate(exc):
+                raise
             log.exception("job %s failed with an internal error", job.id)
-            internal = LLMQError(f"internal error: {type(exc).__name__}: {exc}")
-            return JobOutcome(result=self._finish_failed(run, internal))
-        return JobOutcome(result=self._finish_succeeded(run, completion))
+            internal = InternalError(f"internal error: {type(exc).__name__}: {exc}"[:2000])
+            return self._end_failed(run, internal)
+        try:
+            return JobOutcome(result=self._finish_succeeded(run, completion))
+        except RunFencedError as exc:
+            return self._fenced(run, exc)
+
+    def _end_failed(self, run: _Run, exc: LLMQError) -> JobOutcome:
+        try:
+            return JobOutcome(result=self._finish_failed(run, exc))
+        except RunFencedError as fenced:
+            return self._fenced(run, fenced)
+
+    def _fenced(self, run: _Run, exc: RunFencedError) -> JobOutcome:
+        """This run lost the claim: the run holding it ends the job; this one leaves no trace."""
+        log.warning("job %s: %s", run.job.id, exc.message)
+        run.token = ""  # not ours to release
+        return JobOutcome(skipped="fenced: the job moved to another run")
 
     def _structured(self, run: _Run, model: ChatModel, request: ModelRequest, completion: Completion) -> Completion:
         """Validate the answer against ``response_format``; repair turns go through the whole chain."""
@@ -242,13 +342,23 @@ class JobRunner:
     def _call(self, run: _Run, model: ChatModel, request: ModelRequest) -> Completion:
         watcher = self.res.cancel_watcher
         if not run.job.stream:
-            if watcher is not None and request.abort is not None:
-                watcher.register(run.job.id, request.abort.fire)
-            completion = model.complete(request)
+            if request.abort is not None:
+                run.abort = request.abort.fire
+                if watcher is not None:
+                    watcher.register(run.job.id, request.abort.fire)
+            try:
+                completion = model.complete(request)
+            except RunFencedError:
+                raise
+            except LLMQError:
+                if run.ctx.fenced:  # the heartbeat aborted the call: the job moved to another run
+                    raise RunFencedError("the job moved to another run during the call") from None
+                raise
             run.model_used = getattr(model, "model_id", None)
             return completion
         stream = model.stream(request)
         publisher = run.publisher
+        run.abort = stream.close
         if watcher is not None:
             watcher.register(run.job.id, stream.close)
         deltas = iter(stream)
@@ -262,21 +372,33 @@ class JobRunner:
                 publisher.delta(text)
                 if publisher.cancelled:
                     raise JobCancelledError("cancelled while streaming")
-        except JobCancelledError:
+        except (JobCancelledError, RunFencedError) as exc:
+            if isinstance(exc, RunFencedError):
+                run.ctx.fenced = True  # nothing of this run is charged any more
             _abort(stream, deltas)
             raise
         except LLMQError as exc:
             _abort(stream, deltas)
+            if run.ctx.fenced:
+                raise RunFencedError("the job moved to another run while streaming") from exc
             if publisher.cancelled or self.res.store.is_cancelled(run.keys):
                 raise JobCancelledError("cancelled while streaming") from exc
             if run.ttft_s is not None:
                 raise MidStreamError(
                     f"{error_type_name(exc)} after the first delta: {exc.message}",
-                    exc.provider,
-                    exc.model,
-                    exc.status,
-                    error_type_name(exc),
+                    provider=exc.provider,
+                    model=exc.model,
+                    status=exc.status,
+                    code=error_type_name(exc),
                 ) from exc
+            raise
+        except BaseException:
+            # Redis went away mid-stream (or worse): close the upstream call; settling what it used
+            # may fail too (the ledger is on the same Redis), its reservation lease then lapses
+            try:
+                _abort(stream, deltas)
+            except Exception as exc:
+                log.warning("job %s: closing the stream after a failure: %s", run.job.id, exc)
             raise
         publisher.flush()
         run.model_used = getattr(stream, "model_id", None)
@@ -363,12 +485,12 @@ class JobRunner:
         if self.res.redis.hincrby(run.keys.meta, "requeues", 1) > limit:
             final = RequeueLimitError(
                 f"gave up after {limit} re-queues (max_requeues); the last: {exc.message}",
-                exc.provider,
-                exc.model,
-                exc.status,
-                exc.code,
+                provider=exc.provider,
+                model=exc.model,
+                status=exc.status,
+                code=exc.code,
             )
-            return JobOutcome(result=self._finish_failed(run, final))
+            return self._end_failed(run, final)
         attempts = _ATTEMPTS.dump_json(run.ctx.attempts)
         self.res.redis.hset(run.keys.meta, mapping={"state": "queued", "attempts": attempts})
         return JobOutcome(requeue_after_s=exc.retry_after or 1.0)
@@ -398,7 +520,9 @@ def _check_capabilities(job: CompletionJob, chain: list[str]) -> None:
     for model_id in chain:
         found = capability_problems(job, model_id)
         if found:
-            raise BadRequestError(str(found[0]), found[0].provider, model_id, code="unsupported_parameter")
+            raise BadRequestError(
+                str(found[0]), provider=found[0].provider, model=model_id, code="unsupported_parameter"
+            )
 
 
 def _abort(stream: ChatStream, deltas: Iterator[str]) -> None:

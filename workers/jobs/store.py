@@ -2,9 +2,12 @@
 
 At-least-once delivery (late acks) means a job can arrive twice: after a worker crash (it must run
 again) or through a broker hiccup while the first run is still going (it must not). The claim is
-a lease (``SET NX PX``) refreshed by every event flush; a job whose result is already stored is
-never run again, and a job claimed by a live worker is skipped. A crashed worker's lease simply
-expires, so the redelivered job runs (as run 2, which consumers can see on its events).
+a lease (``SET NX PX``) holding a token of the run, renewed by every event flush and by the worker's
+claim heartbeat (``workers/jobs/heartbeat.py``); a job whose result is already stored is never run
+again, and a job claimed by a live worker is not run twice at once. A crashed worker's lease
+simply expires, so the redelivered job runs (as run 2, which consumers can see on its events).
+The token fences a run: every later write of that run (flush, result, charge) checks that the
+claim still holds it, so a run that was paused past its lease cannot write into the job.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from workers.contract import CompletionResult, JobKeys
 
 __all__ = ["Claim", "ClaimOutcome", "JobStore"]
 
-# KEYS: claim, result, meta, events, cancel. ARGV: lease_ms, token.
+# KEYS: claim, result, meta, events, cancel. ARGV: lease_ms, token (a claim already holding the same
+# token is ours: a run that lost Redis for a moment claims again with its token).
 # Returns {-2} (done), {-1} (busy) or {run, last seq, cancelled, attempts json}: one round trip
 # gives the worker everything it needs to start.
 _CLAIM_LUA = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {-2} end
-if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[1]) then return {-1} end
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[2] then return {-1} end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
 local run = redis.call('HINCRBY', KEYS[3], 'runs', 1)
 redis.call('HSET', KEYS[3], 'state', 'running')
 local last = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
@@ -35,6 +41,13 @@ return {run, seq, redis.call('EXISTS', KEYS[5]), attempts}
 # KEYS: claim. ARGV: token. Deletes the claim only if we still hold it.
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+# KEYS: claim. ARGV: token, lease_ms. Renews the lease only if we still hold it (1), else 0.
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -59,6 +72,7 @@ class JobStore:
         self.claim_lease_ms = claim_lease_s * 1000
         self._claim = client.register_script(_CLAIM_LUA)
         self._release = client.register_script(_RELEASE_LUA)
+        self._renew = client.register_script(_RENEW_LUA)
 
     def claim(self, keys: JobKeys, token: str) -> Claim:
         """``Claim.run`` >= 1 if we may run the job now, else ``ClaimOutcome.DONE``/``BUSY``."""
@@ -72,6 +86,20 @@ class JobStore:
 
     def release(self, keys: JobKeys, token: str, pipe: redis.client.Pipeline | None = None) -> None:
         self._release(keys=[keys.claim], args=[token], client=pipe)
+
+    def holds(self, keys: JobKeys, token: str) -> bool:
+        """True while the claim still holds ``token`` (this run may write into the job)."""
+        held = self._client.get(keys.claim)
+        return held is not None and (held.decode() if isinstance(held, bytes) else held) == token
+
+    def renew_many(self, claims: list[tuple[JobKeys, str]]) -> list[bool]:
+        """Renew each (job, token) claim we still hold, in one round trip; False where it was lost."""
+        if not claims:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for keys, token in claims:
+            self._renew(keys=[keys.claim], args=[token, self.claim_lease_ms], client=pipe)
+        return [bool(r) for r in pipe.execute()]
 
     def is_cancelled(self, keys: JobKeys) -> bool:
         return bool(self._client.exists(keys.cancel))

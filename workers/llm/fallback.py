@@ -6,6 +6,15 @@ pre-dispatch check skips it (context window, open breaker, budget). Errors that 
 model (bad request, authentication, budget) end the chain at once. Once a stream has handed out
 its first delta, failures propagate unchanged: text is never duplicated by a second model. When
 every model fails, :class:`AllModelsFailedError` names each attempt.
+
+A model that is **held** -- it asked for a wait longer than a worker slot may be held (a 429 with
+a long ``retry-after``, the shared not-before time such a 429 left, RPM/TPM buckets, budget
+reservations in flight: :class:`RetryLaterError`), or longer than the job's deadline allows
+(:class:`DeadlineExceededError` carrying that wait) -- is passed over for the next model that is
+not. ``held`` (optional) answers "is this model held, for how long?" from shared state before any
+work is done for it, so a held model costs no reservation. Only when no model of the chain could
+serve and at least one was merely held does the chain raise the shortest hold: the job is
+re-queued for that wait (or, when every hold is past the deadline, fails ``deadline_exceeded``).
 """
 
 from __future__ import annotations
@@ -18,16 +27,24 @@ from workers.llm.errors import (
     AllModelsFailedError,
     BudgetExceededError,
     ContextLengthExceededError,
+    DeadlineExceededError,
     LLMQError,
     RetryLaterError,
     error_type_name,
 )
 from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
 
-__all__ = ["FallbackModel", "SkipModel", "skip_kind"]
+__all__ = ["FallbackModel", "HoldCheck", "SkipModel", "is_hold", "skip_kind"]
 
 #: Returns a reason to skip a model before dispatch (e.g. "context window 8192 < 9000"), or None.
 SkipCheck = Callable[[ChatModel], str | None]
+#: Seconds a model is held for (a shared not-before time), or None; read before dispatch.
+HoldCheck = Callable[[ChatModel], float | None]
+
+
+def is_hold(exc: LLMQError) -> bool:
+    """``exc`` says "this model cannot be called now, try later", not "this model failed"."""
+    return isinstance(exc, RetryLaterError) or (isinstance(exc, DeadlineExceededError) and exc.retry_after is not None)
 
 
 class SkipModel(Exception):
@@ -58,15 +75,25 @@ def skip_kind(exc: SkipModel) -> str:
 
 
 class FallbackModel(ChatModel):
-    def __init__(self, models: Sequence[ChatModel], ctx: RunContext, skip: SkipCheck | None = None) -> None:
+    def __init__(
+        self,
+        models: Sequence[ChatModel],
+        ctx: RunContext,
+        skip: SkipCheck | None = None,
+        *,
+        held: HoldCheck | None = None,
+    ) -> None:
         if not models:
             raise ValueError("a fallback chain needs at least one model")
         self.models = list(models)
         self.model_id = self.models[0].model_id
         self.ctx = ctx
         self._skip = skip
+        self._held = held
         self.errors: list[LLMQError] = []
         self.skip_errors: list[LLMQError] = []
+        #: Models passed over because they must wait (RetryLaterError / DeadlineExceededError).
+        self.holds: list[LLMQError] = []
 
     def _skipped(self, model: ChatModel) -> bool:
         reason = self._skip(model) if self._skip else None
@@ -74,7 +101,47 @@ class FallbackModel(ChatModel):
             self.ctx.attempts.append(Attempt(model=model.model_id, status="skipped", message=reason))
             self.ctx.hooks.on_skip(model.model_id, "check")
             return True
-        return False
+        return self._held_now(model)
+
+    def _held_now(self, model: ChatModel) -> bool:
+        """Pass over a model whose shared not-before time is longer than this job may wait here."""
+        wait = self._held(model) if self._held else None
+        if wait is None or wait <= 0:
+            return False
+        ctx = self.ctx
+        remaining = ctx.remaining()
+        provider, _, native = model.model_id.partition(":")
+        hold: LLMQError
+        if remaining is not None and wait >= remaining:
+            hold = DeadlineExceededError(
+                f"{model.model_id} is held for {wait:.1f}s, past the job's deadline",
+                provider=provider,
+                model=native,
+                retry_after=wait,
+            )
+        elif wait > ctx.max_inworker_wait_s:
+            hold = RetryLaterError(
+                f"{model.model_id} is held by the shared not_before for {wait:.1f}s",
+                provider=provider,
+                model=native,
+                code="not_before",
+                retry_after=wait,
+                should_retry=False,
+            )
+        else:
+            return False  # short enough: the model's guard sleeps it out
+        ctx.attempts.append(
+            Attempt(
+                model=model.model_id,
+                status="skipped",
+                error_type=error_type_name(hold),
+                wait_s=round(wait, 3),
+                message=f"held for {wait:.1f}s",
+            )
+        )
+        self.holds.append(hold)
+        ctx.hooks.on_skip(model.model_id, "held")
+        return True
 
     def _moved_on(self, index: int, why: str) -> None:
         """Model ``index`` failed or was skipped and the chain goes on: tell the hooks where to."""
@@ -82,11 +149,28 @@ class FallbackModel(ChatModel):
             self.ctx.hooks.on_fallback(self.models[index].model_id, self.models[index + 1].model_id, why)
 
     def _give_up(self, exc: LLMQError, last: bool) -> bool:
-        """True when ``exc`` ends the chain (re-raised as is), False to try the next model."""
+        """True when ``exc`` ends the chain (raised by the caller), False to try the next model."""
+        if is_hold(exc):
+            self.holds.append(exc)
+            return last
         self.errors.append(exc)
-        if isinstance(exc, RetryLaterError):
-            return True
         return not exc.falls_back or last
+
+    def _ended(self, exc: LLMQError) -> LLMQError:
+        """What to raise when ``exc`` ended the chain (the last model's error, or one that would
+        fail on any model)."""
+        if is_hold(exc) or (exc.falls_back and self.holds):
+            return self._shortest_hold()
+        if len(self.models) > 1 and exc.falls_back:
+            return self._all_failed()
+        return exc
+
+    def _shortest_hold(self) -> LLMQError:
+        """No model could serve now; re-queue for the shortest wait that fits the deadline."""
+        later = [h for h in self.holds if isinstance(h, RetryLaterError)]
+        if not later:
+            return self.holds[0]  # every model is held past the job's deadline
+        return min(later, key=lambda h: h.retry_after or 0.0)
 
     def _skipped_by(self, model: ChatModel, exc: SkipModel) -> None:
         self.ctx.attempts.append(Attempt(model=model.model_id, status="skipped", message=exc.reason[:300]))
@@ -107,10 +191,8 @@ class FallbackModel(ChatModel):
         last = self.errors[-1] if self.errors else None
         return AllModelsFailedError(
             f"every model in the chain failed: {tried}",
-            None,
-            None,
-            last.status if last else None,
-            error_type_name(last) if last else "skipped",
+            status=last.status if last else None,
+            code=error_type_name(last) if last else "skipped",
         )
 
     def complete(self, request: ModelRequest) -> Completion:
@@ -126,25 +208,21 @@ class FallbackModel(ChatModel):
                 continue
             except LLMQError as exc:
                 if self._give_up(exc, last):
-                    if len(self.models) > 1 and exc.falls_back and not isinstance(exc, RetryLaterError):
-                        raise self._all_failed() from exc
-                    raise
+                    ended = self._ended(exc)
+                    if ended is exc:
+                        raise
+                    raise ended from exc
                 self._moved_on(i, error_type_name(exc))
                 continue
             self.model_id = model.model_id
             return completion
-        raise self._all_failed()
+        raise self._shortest_hold() if self.holds else self._all_failed()
 
     def stream(self, request: ModelRequest) -> ChatStream:
         return _FallbackStream(self, request)
 
 
-class _FallbackStream(WrappedStream):
-    def __init__(self, owner: FallbackModel, request: ModelRequest) -> None:
-        super().__init__()
-        self._owner = owner
-        self._request = request
-
+class _FallbackStream(WrappedStream["FallbackModel"]):
     def __iter__(self) -> Iterator[str]:
         owner = self._owner
         models = owner.models
@@ -166,9 +244,10 @@ class _FallbackStream(WrappedStream):
                 if inner is not None:
                     inner.close()
                 if owner._give_up(exc, last):
-                    if len(models) > 1 and exc.falls_back and not isinstance(exc, RetryLaterError):
-                        raise owner._all_failed() from exc
-                    raise
+                    ended = owner._ended(exc)
+                    if ended is exc:
+                        raise
+                    raise ended from exc
                 owner._moved_on(i, error_type_name(exc))
                 continue
             self.model_id = owner.model_id = model.model_id
@@ -178,4 +257,4 @@ class _FallbackStream(WrappedStream):
             self.finish_from_inner()
             self.model_id = model.model_id
             return
-        raise owner._all_failed()
+        raise owner._shortest_hold() if owner.holds else owner._all_failed()

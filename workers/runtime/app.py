@@ -2,7 +2,8 @@
 
 Configured for long, I/O-bound jobs as measured in ``notes/celery-at-scale.md``: late acks (a job
 lost with its worker runs again; jobs are idempotent by id), prefetch 2 with gevent (1 with
-threads), a visibility timeout far above the longest job, kombu's Redis pool sized above the
+threads), a short visibility timeout backed by heartbeats (a dead worker's jobs move within
+seconds, however long a job runs), kombu's Redis pool sized above the
 concurrency (its default of 10 loses acks under gevent and runs jobs twice), JSON only, task
 events on for Flower, and no Celery result backend: results live in our own store.
 
@@ -12,29 +13,38 @@ resources (HTTP client, Redis pool, providers) are built on the first job.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from celery import Celery
 from celery.signals import worker_init, worker_shutdown
 
 from workers.contract import DEFAULT_QUEUE, TASK_NAME
 from workers.runtime.broker import transport_for
+from workers.runtime.state import AppState, LLMQCelery
+from workers.runtime.task import register_tasks
 from workers.settings import Settings, get_settings
 
-__all__ = ["app", "create_app", "runner_for"]
+if TYPE_CHECKING:
+    from workers.jobs.pipeline import JobRunner
+
+__all__ = ["LLMQCelery", "app", "close_runner", "create_app", "runner_for"]
 
 
-def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, str] | None = None) -> Celery:
+def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, str] | None = None) -> LLMQCelery:
     """Build the Celery app. ``provider_env`` replaces ``os.environ`` as the source of provider
     keys and base URLs (a seam for tests and embedding; it is never serialized)."""
     settings = settings or get_settings()
-    app = Celery("llmqueue", set_as_current=False)
+    app = LLMQCelery("llmqueue", set_as_current=False)
     transport = {
+        # held messages are re-scored every heartbeat (workers/runtime/broker.py): this is how long a
+        # dead worker's jobs wait, not a bound on job length
         "visibility_timeout": settings.visibility_timeout,
-        # sweep for abandoned (unacked, timed-out) messages every ~10 s, not kombu's ~100 s
-        "unacked_restore_interval": min(10, settings.visibility_timeout),
+        "heartbeat_interval": settings.heartbeat_s,
+        # sweep for abandoned (unacked, timed-out) messages every few seconds, not kombu's ~100 s
+        "unacked_restore_interval": max(1, min(5, settings.visibility_timeout // 3)),
         "unacked_restore_throttle": 1,
+        # a worker killed inside a sweep leaves its mutex behind: kombu's 300 s would stall recovery
+        "unacked_mutex_expire": max(10, settings.visibility_timeout),
         "max_connections": settings.concurrency + 20,
         "socket_keepalive": True,
         "health_check_interval": 30,
@@ -66,40 +76,18 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         worker_concurrency=settings.concurrency,
         worker_pool="gevent" if settings.pool == "gevent" else "threads",
     )
-    app.llmq_settings = settings  # type: ignore[attr-defined]
-    app.llmq_provider_env = provider_env  # type: ignore[attr-defined]
-    app.llmq_runner = None  # type: ignore[attr-defined]
-    app.llmq_lock = threading.Lock()  # type: ignore[attr-defined]
-
-    from workers.runtime.task import register_tasks
-
+    app.llmq = AppState(settings, provider_env=provider_env)
     register_tasks(app)
     return app
 
 
-def runner_for(app: Celery):
+def runner_for(app: LLMQCelery) -> JobRunner:
     """The app's JobRunner, built once per process on first use (after any fork or patching)."""
-    runner = app.llmq_runner  # type: ignore[attr-defined]
-    if runner is not None:
-        return runner
-    with app.llmq_lock:  # type: ignore[attr-defined]
-        if app.llmq_runner is None:  # type: ignore[attr-defined]
-            from workers.jobs.pipeline import JobRunner
-            from workers.runtime.resources import WorkerResources
-
-            resources = WorkerResources.build(
-                app.llmq_settings,  # type: ignore[attr-defined]
-                provider_env=app.llmq_provider_env,  # type: ignore[attr-defined]
-            )
-            app.llmq_runner = JobRunner(resources)  # type: ignore[attr-defined]
-        return app.llmq_runner  # type: ignore[attr-defined]
+    return app.llmq.runner()
 
 
-def close_runner(app: Celery) -> None:
-    runner = getattr(app, "llmq_runner", None)
-    if runner is not None:
-        app.llmq_runner = None  # type: ignore[attr-defined]
-        runner.res.close()
+def close_runner(app: LLMQCelery) -> None:
+    app.llmq.close()
 
 
 app = create_app()
@@ -113,20 +101,20 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
     only here, so producers and Flower keep plain ``redis://`` URIs.
     """
     worker_app = getattr(sender, "app", None)
-    if worker_app is None or not hasattr(worker_app, "llmq_settings"):
+    if not isinstance(worker_app, LLMQCelery):
         return
     if not worker_app.conf.broker_transport:
         worker_app.conf.broker_transport = transport_for(worker_app.conf.broker_url)
     from workers.runtime.telemetry import install_log_redaction, serve_metrics
 
     install_log_redaction()
-    runner = runner_for(worker_app)
-    port = worker_app.llmq_settings.metrics_port
+    resources = worker_app.llmq.resources()
+    port = worker_app.llmq.settings.metrics_port
     if port:
-        serve_metrics(runner.res.metrics.registry, port)
+        serve_metrics(resources.metrics.registry, port)
 
 
 @worker_shutdown.connect
 def _on_shutdown(sender: object = None, **_: object) -> None:
     worker_app = getattr(sender, "app", None)
-    close_runner(worker_app if worker_app is not None and hasattr(worker_app, "llmq_settings") else app)
+    close_runner(worker_app if isinstance(worker_app, LLMQCelery) else app)

@@ -23,6 +23,7 @@ from workers.accounting.ledger import Ledger
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.guards.shared import SharedGuards
+from workers.jobs.heartbeat import ClaimHeartbeat
 from workers.jobs.store import JobStore
 from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
@@ -135,6 +136,8 @@ class WorkerResources:
     cancel_watcher: CancelWatcher | None = None
     #: Breaker, not-before times and RPM/TPM buckets shared with every worker (workers/guards/shared.py).
     guards: SharedGuards | None = None
+    #: Renews the claims of the jobs running here (proof of life; workers/jobs/heartbeat.py).
+    heartbeat: ClaimHeartbeat | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -174,6 +177,9 @@ class WorkerResources:
             watcher.start()
         guards = SharedGuards(client, config)
         guards.start()
+        store = JobStore(client, result_ttl_s=settings.result_ttl_s, claim_lease_s=settings.claim_lease_s)
+        heartbeat = ClaimHeartbeat(store, interval=settings.heartbeat_s)
+        heartbeat.start()
         lease_stats = guards.leases.stats
         metrics.registry.register(RateAdmissionsCollector(lambda: (lease_stats.local, lease_stats.calls)))
         return cls(
@@ -182,16 +188,19 @@ class WorkerResources:
             http=http,
             registry=build_registry(http, provider_env),
             config=config,
-            store=JobStore(client, result_ttl_s=settings.result_ttl_s, claim_lease_s=settings.claim_lease_s),
+            store=store,
             counter=counter,
             prices=prices,
             ledger=build_ledger(settings, config, ledger_client),
             metrics=metrics,
             cancel_watcher=watcher,
             guards=guards,
+            heartbeat=heartbeat,
         )
 
     def close(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         if self.cancel_watcher is not None:
             self.cancel_watcher.stop()
         if self.guards is not None:

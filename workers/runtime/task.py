@@ -10,27 +10,31 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery, Task
+from celery import Task
 from pydantic import ValidationError
 
 from workers.contract import TASK_NAME, CompletionJob
+from workers.runtime.state import LLMQCelery
 
 __all__ = ["register_tasks"]
 
 log = logging.getLogger("llmq.tasks")
 
 
-def register_tasks(app: Celery) -> None:
+def register_tasks(app: LLMQCelery) -> None:
     @app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True, max_retries=None, shared=False)
     def run_job(self: Task, job: dict[str, Any]) -> str:
-        from workers.runtime.app import runner_for
-
-        runner = runner_for(app)
+        runner = app.llmq.runner()
         try:
             parsed = CompletionJob.model_validate(job)
         except ValidationError as exc:
             job_id = job.get("id") if isinstance(job, dict) else None
             log.error("rejected invalid job %r: %s", job_id, exc.errors(include_url=False)[:3])
+            runner.reject_invalid(job_id, exc)
+            return "invalid"
+        except Exception as exc:  # not a ValidationError (a recursion limit...): still rejected, typed
+            job_id = job.get("id") if isinstance(job, dict) else None
+            log.error("rejected unreadable job %r: %s: %s", job_id, type(exc).__name__, str(exc)[:200])
             runner.reject_invalid(job_id, exc)
             return "invalid"
         outcome = runner.run(parsed)

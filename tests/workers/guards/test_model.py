@@ -153,7 +153,13 @@ def _ctx(clock: FakeClock, *, advance: bool = True, **kw: object) -> tuple[RunCo
     return RunContext(sleep=sleep, clock=clock, **kw), slept
 
 
-def _chain(ctx: RunContext, guards: SharedGuards | None, *models: ChatModel, ttft: float | None = None) -> ChatModel:
+def _chain(
+    ctx: RunContext,
+    guards: SharedGuards | None,
+    *models: ChatModel,
+    ttft: float | None = None,
+    held: SharedGuards | None = None,
+) -> ChatModel:
     wrapped = [
         RetryingModel(
             GuardedModel(m, ctx, guard=guards.for_model(m.model_id) if guards else None, ttft_limit_s=ttft),
@@ -162,7 +168,7 @@ def _chain(ctx: RunContext, guards: SharedGuards | None, *models: ChatModel, ttf
         )
         for m in models
     ]
-    return FallbackModel(wrapped, ctx)
+    return FallbackModel(wrapped, ctx, held=(lambda m: held.held_for(m.model_id)) if held else None)
 
 
 def test_an_open_breaker_sends_every_worker_straight_to_the_next_model(make_guards, clock) -> None:
@@ -203,7 +209,9 @@ def test_half_open_probe_success_closes_the_breaker(make_guards, clock) -> None:
 
 def test_a_breaker_skip_on_the_only_model_fails_with_the_error_that_opened_it(make_guards, clock) -> None:
     guards = make_guards(_config(openai_a=ModelConfig(breaker_failures=2)))
-    quota = InsufficientQuotaError("You exceeded your current quota", "openai", "a", 429, "insufficient_quota")
+    quota = InsufficientQuotaError(
+        "You exceeded your current quota", provider="openai", model="a", status=429, code="insufficient_quota"
+    )
     for _ in range(2):
         ctx, _ = _ctx(clock)
         with pytest.raises(InsufficientQuotaError):
@@ -272,18 +280,77 @@ def test_a_429_makes_the_other_worker_wait_too(make_guards, clock, rpm: int | No
     assert hooks.events[0] == ("wait", A, "not_before")
 
 
-def test_a_long_shared_wait_requeues_without_a_request(make_guards, clock) -> None:
+def test_a_model_held_by_a_long_shared_wait_is_passed_to_the_next_model(make_guards, clock) -> None:
     guards = make_guards(_config())
     guards.limiter.hold_off(A, 30.0)
     ctx, slept = _ctx(clock, max_inworker_wait_s=10.0)
     ctx.hooks = hooks = CountingHooks()
+    a, b = ScriptedModel(A, [["never"]]), ScriptedModel(B, [["served"]])
+    stream = _chain(ctx, guards, a, b).stream(REQ)
+    assert "".join(stream) == "served" and stream.model_id == B
+    assert a.calls == 0 and b.calls == 1 and slept == []
+    assert [(x.model, x.status, x.error_type) for x in ctx.attempts] == [
+        (A, "failed", "retry_later"),
+        (B, "succeeded", None),
+    ]
+    assert ("requeue", A, "not_before") in hooks.events  # the hook still says A was held
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("precheck", [True, False])
+def test_every_model_held_requeues_for_the_shortest_wait(make_guards, clock, stream: bool, precheck: bool) -> None:
+    guards = make_guards(_config())
+    guards.limiter.hold_off(A, 30.0)
+    guards.limiter.hold_off(B, 20.0)
+    ctx, slept = _ctx(clock, max_inworker_wait_s=10.0)
     a, b = ScriptedModel(A, [["never"]]), ScriptedModel(B, [["never"]])
+    chain = _chain(ctx, guards, a, b, held=guards if precheck else None)
     with pytest.raises(RetryLaterError) as info:
-        list(_chain(ctx, guards, a, b).stream(REQ))
+        if stream:
+            list(chain.stream(REQ))
+        else:
+            chain.complete(REQ)
     assert a.calls == 0 and b.calls == 0 and slept == []
-    assert 30.0 <= info.value.retry_after <= 31.0 and info.value.code == "not_before"
-    assert [(x.model, x.error_type) for x in ctx.attempts] == [(A, "retry_later")]  # not retried
-    assert ("requeue", A, "not_before") in hooks.events
+    assert 20.0 <= info.value.retry_after <= 21.0 and info.value.code == "not_before"
+    assert [(x.model, x.error_type) for x in ctx.attempts] == [(A, "retry_later"), (B, "retry_later")]
+    assert [x.status for x in ctx.attempts] == (["skipped", "skipped"] if precheck else ["failed", "failed"])
+
+
+def test_a_429_with_a_long_wait_falls_back_at_once_and_holds_the_model_for_everyone(make_guards, clock) -> None:
+    config = _config()
+    worker1, worker2 = make_guards(config), make_guards(config)
+    ctx, slept = _ctx(clock, max_inworker_wait_s=10.0)
+    a = ScriptedModel(A, [RateLimitedError("slow down", retry_after=30.0), ["never"]])
+    b = ScriptedModel(B, [["from b"]])
+    assert _chain(ctx, worker1, a, b, held=worker1).complete(REQ).text == "from b"
+    assert (a.calls, b.calls) == (1, 1) and slept == []  # no in-worker wait, no re-queue
+    assert [(x.model, x.error_type, x.wait_s) for x in ctx.attempts] == [
+        (A, "rate_limited", 30.0),
+        (B, None, 0.0),
+    ]
+    # the 429's wait is A's shared not-before time: the next job (another worker) skips A untried
+    ctx2, slept2 = _ctx(clock, max_inworker_wait_s=10.0)
+    a2, b2 = ScriptedModel(A, [["never"]]), ScriptedModel(B, [["b again"]])
+    assert _chain(ctx2, worker2, a2, b2, held=worker2).complete(REQ).text == "b again"
+    assert (a2.calls, b2.calls) == (0, 1) and slept2 == []
+    assert (ctx2.attempts[0].model, ctx2.attempts[0].status, ctx2.attempts[0].error_type) == (
+        A,
+        "skipped",
+        "retry_later",
+    )
+    assert 29.0 <= (ctx2.attempts[0].wait_s or 0) <= 30.0
+
+
+def test_a_hold_past_the_deadline_falls_back_and_fails_deadline_only_when_all_are(make_guards, clock) -> None:
+    guards = make_guards(_config())
+    guards.limiter.hold_off(A, 30.0)
+    ctx, _ = _ctx(clock, deadline=clock() + 5.0)
+    b = ScriptedModel(B, [["in time"]])
+    assert _chain(ctx, guards, ScriptedModel(A, [["never"]]), b).complete(REQ).text == "in time"
+    guards.limiter.hold_off(B, 30.0)
+    ctx, _ = _ctx(clock, deadline=clock() + 5.0)
+    with pytest.raises(DeadlineExceededError):
+        _chain(ctx, guards, ScriptedModel(A, [["never"]]), ScriptedModel(B, [["never"]])).complete(REQ)
 
 
 def test_the_deadline_stops_a_shared_wait(make_guards, clock) -> None:

@@ -1,0 +1,291 @@
+"""The import layers: no cycles between modules, and every import runs the way the architecture does.
+
+Every module of ``workers/``, ``producers/``, ``llmq/`` and ``simulator/`` is read with :mod:`ast`;
+every ``import`` counts, wherever it stands (module level or inside a function): a lazy import is
+still a dependency, and a cycle hidden in a function body still breaks the day someone moves the
+import to the top. Imports under ``if TYPE_CHECKING:`` count for the layers (a type is a
+dependency too) but not for cycles: they never run, and they are how a module names a type of a
+module that imports it.
+
+The rules:
+
+* **Worker layers**, lowest first (a module may import its own layer and the ones below)::
+
+      contract  <-  llm  <-  settings, routes  <-  guards, accounting, tools, prompts  <-  jobs  <-  runtime
+
+  ``settings`` and ``routes`` (the environment and the routes file) sit just above the contract,
+  above ``llm`` only because the routes file reports a bad file with the error tree's
+  ``ConfigurationError`` (``workers.llm.errors``); nothing in ``llm`` reads configuration, its
+  modules get what they need injected. ``guards``, ``accounting``, ``tools`` and ``prompts`` are
+  one layer: they may use each other (no cycles), ``jobs`` composes them.
+* ``workers`` imports nothing of ``producers``, ``llmq`` or ``simulator``.
+* ``producers`` (gateway and batch included) import nothing of ``workers`` but ``workers.contract``
+  and its submodules, and nothing of ``llmq`` or ``simulator``.
+* ``simulator`` imports nothing of ``workers`` but ``workers.contract``, and nothing of
+  ``producers`` or ``llmq``.
+* ``llmq`` (the CLI and the local dev stack) is the top: it may import every side; nothing imports it.
+* No import cycle between any two modules.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("workers", "producers", "llmq", "simulator")
+
+#: The worker side's layers, lowest first; each entry lists module prefixes (a package and its submodules).
+WORKER_LAYERS: tuple[tuple[str, ...], ...] = (
+    ("workers.contract",),
+    ("workers.llm",),
+    ("workers.settings", "workers.routes"),
+    ("workers.guards", "workers.accounting", "workers.tools", "workers.prompts"),
+    ("workers.jobs",),
+    ("workers.runtime",),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    source: str  # importing module
+    target: str  # imported module (or package, for a name that is not a submodule)
+    where: str  # path:line of the import statement
+    typing_only: bool = False  # under `if TYPE_CHECKING:`
+
+    def __str__(self) -> str:
+        return f"{self.source} -> {self.target}  ({self.where})"
+
+
+def find_modules(root: Path, packages: Iterable[str] = PACKAGES) -> dict[str, Path]:
+    """Dotted module name -> file, for every ``.py`` file under the given top-level packages."""
+    modules: dict[str, Path] = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _resolve(module: str, path: Path, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Every import statement in the tree, and whether it sits under ``if TYPE_CHECKING:``."""
+    pending: list[tuple[ast.AST, bool]] = [(tree, False)]
+    while pending:
+        node, typing_only = pending.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node, typing_only
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            pending.extend((child, True) for child in node.body)
+            pending.extend((child, typing_only) for child in node.orelse)
+            continue
+        pending.extend((child, typing_only) for child in ast.iter_child_nodes(node))
+
+
+def import_edges(root: Path, modules: Mapping[str, Path], packages: Iterable[str] = PACKAGES) -> list[Edge]:
+    """Every import between the given packages' modules, function-level ones included.
+
+    ``from pkg import name`` points at ``pkg.name`` when that is a module, else at ``pkg`` itself.
+    """
+    tops = set(packages)
+    edges: set[Edge] = set()
+    for module, path in modules.items():
+        rel = path.relative_to(root)
+        for node, typing_only in _imports(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                base = _resolve(module, path, node)
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            for target in targets:
+                if target.split(".")[0] in tops and target != module:
+                    edges.add(Edge(module, target, f"{rel}:{node.lineno}", typing_only))
+    return sorted(edges, key=lambda e: (e.source, e.target, e.where))
+
+
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def worker_layer(module: str) -> int | None:
+    for level, prefixes in enumerate(WORKER_LAYERS):
+        if any(_within(module, p) for p in prefixes):
+            return level
+    return None
+
+
+def layer_violations(edges: Iterable[Edge]) -> list[str]:
+    """Why each offending edge is wrong, one line each (empty when every import runs the right way)."""
+    problems: list[str] = []
+    for edge in edges:
+        src_top, dst_top = edge.source.split(".")[0], edge.target.split(".")[0]
+        if dst_top == "llmq" and src_top != "llmq":
+            problems.append(f"{edge}: nothing imports the CLI (llmq is the top layer)")
+        elif src_top == "workers":
+            if dst_top != "workers":
+                problems.append(f"{edge}: workers import nothing of {dst_top}")
+                continue
+            src, dst = worker_layer(edge.source), worker_layer(edge.target)
+            if src is None and edge.source != "workers":
+                problems.append(f"{edge}: {edge.source} is in no layer (add its room to WORKER_LAYERS)")
+            elif dst is None and edge.target != "workers":
+                problems.append(f"{edge}: {edge.target} is in no layer (add its room to WORKER_LAYERS)")
+            elif src is not None and dst is not None and dst > src:
+                problems.append(
+                    f"{edge}: layer {src} {WORKER_LAYERS[src]} may not import layer {dst} {WORKER_LAYERS[dst]}"
+                )
+        elif src_top in ("producers", "simulator"):
+            if dst_top == "workers" and not _within(edge.target, "workers.contract"):
+                problems.append(f"{edge}: {src_top} import nothing of workers but workers.contract")
+            elif src_top == "simulator" and dst_top == "producers":
+                problems.append(f"{edge}: the simulator imports nothing of producers")
+            elif src_top == "producers" and dst_top == "simulator":
+                problems.append(f"{edge}: producers import nothing of the simulator")
+    return problems
+
+
+def find_cycles(edges: Iterable[Edge]) -> list[list[Edge]]:
+    """One cycle (as the edges that close it) per strongly connected group of modules; imports
+    under ``if TYPE_CHECKING:`` never run and are left out."""
+    graph: dict[str, list[Edge]] = {}
+    for edge in edges:
+        if edge.typing_only:
+            continue
+        graph.setdefault(edge.source, []).append(edge)
+        graph.setdefault(edge.target, [])
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[set[str]] = []
+
+    def connect(node: str) -> None:  # Tarjan; the graph has a few hundred nodes, recursion is fine
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for edge in graph[node]:
+            if edge.target not in index:
+                connect(edge.target)
+                low[node] = min(low[node], low[edge.target])
+            elif edge.target in on_stack:
+                low[node] = min(low[node], index[edge.target])
+        if low[node] == index[node]:
+            group: set[str] = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.add(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return [_cycle_in(graph, group) for group in groups]
+
+
+def _cycle_in(graph: Mapping[str, list[Edge]], group: set[str]) -> list[Edge]:
+    """A shortest cycle through the group's first module (breadth-first back to it)."""
+    start = min(group)
+    came_by: dict[str, Edge] = {}
+    frontier = [start]
+    while frontier:
+        following: list[str] = []
+        for node in frontier:
+            for edge in graph[node]:
+                if edge.target == start:
+                    path = [edge]
+                    while path[0].source != start:
+                        path.insert(0, came_by[path[0].source])
+                    return path
+                if edge.target in group and edge.target not in came_by:
+                    came_by[edge.target] = edge
+                    following.append(edge.target)
+        frontier = following
+    raise AssertionError(f"no cycle through {start}")  # pragma: no cover - Tarjan said there is one
+
+
+@pytest.fixture(scope="module")
+def edges() -> list[Edge]:
+    return import_edges(ROOT, find_modules(ROOT))
+
+
+def test_the_reader_sees_the_imports_that_matter(edges: list[Edge]) -> None:
+    seen = {(e.source, e.target) for e in edges}
+    # module level, a plain `import`, and imports inside function bodies
+    assert ("workers.runtime.app", "workers.settings") in seen
+    assert ("producers.client", "workers.contract") in seen
+    assert any(e.source == "llmq.commands.limits" and e.target == "workers.routes" for e in edges)
+
+
+def test_no_import_runs_against_the_layers(edges: list[Edge]) -> None:
+    problems = layer_violations(edges)
+    assert not problems, "imports against the layers:\n" + "\n".join(problems)
+
+
+def test_no_import_cycles(edges: list[Edge]) -> None:
+    cycles = find_cycles(edges)
+    described = ["\n".join(f"  {edge}" for edge in cycle) for cycle in cycles]
+    assert not cycles, "import cycles:\n" + "\n\n".join(described)
+
+
+def test_every_worker_module_sits_in_a_layer() -> None:
+    unplaced = [m for m in find_modules(ROOT, ["workers"]) if m != "workers" and worker_layer(m) is None]
+    assert not unplaced, f"worker modules in no layer (add their room to WORKER_LAYERS): {unplaced}"
+
+
+def _write(root: Path, files: Mapping[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_the_checks_catch_upward_imports_cycles_and_leaks(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "workers/__init__.py": "",
+            "workers/contract/__init__.py": "import typing\nif typing.TYPE_CHECKING:\n    import workers.routes\n",
+            "workers/routes.py": "def f():\n    from workers.guards import ratelimit\n",
+            "workers/guards/__init__.py": "",
+            "workers/guards/ratelimit.py": "from workers.routes import f\n",
+            "workers/runtime/__init__.py": "",
+            "workers/runtime/app.py": "from . import task\n",
+            "workers/runtime/task.py": "def g():\n    from workers.runtime.app import x\n",
+            "workers/runtime/state.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from workers.runtime import broker\n",
+            "workers/runtime/broker.py": "from workers.runtime.state import y\n",
+            "producers/__init__.py": "",
+            "producers/gateway/__init__.py": "",
+            "producers/gateway/errors.py": "from workers.contract import redact\nimport workers.llm.errors\n",
+        },
+    )
+    edges = import_edges(tmp_path, find_modules(tmp_path))
+    problems = layer_violations(edges)
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("producers.gateway.errors -> workers.llm.errors  (producers/gateway/errors.py:2)")
+    assert problems[1].startswith("workers.contract -> workers.routes  (workers/contract/__init__.py:3): layer 0")
+    assert problems[2].startswith("workers.routes -> workers.guards.ratelimit  (workers/routes.py:2): layer 2")
+    cycles = {tuple(e.source for e in cycle) for cycle in find_cycles(edges)}
+    assert cycles == {("workers.guards.ratelimit", "workers.routes"), ("workers.runtime.app", "workers.runtime.task")}

@@ -1,0 +1,89 @@
+"""What a job needs from its worker process, as the pipeline sees it.
+
+The runtime builds the process's resources once and shares them between jobs
+(``workers/runtime/resources.py``, :class:`~workers.runtime.resources.WorkerResources`, which
+satisfies :class:`JobResources`). The pipeline describes here what it uses of them, so the jobs
+room never imports the runtime that runs it; a test or an embedding can hand it any object of
+this shape. A new resource the pipeline uses is added to both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import redis
+
+from workers.accounting.ledger import Ledger
+from workers.accounting.metrics import UsageMetrics
+from workers.accounting.prices import PriceBook
+from workers.accounting.tokens import TokenCounter
+from workers.contract import CompletionResult
+from workers.guards.shared import SharedGuards
+from workers.jobs.heartbeat import ClaimHeartbeat
+from workers.jobs.store import JobStore
+from workers.llm.registry import ProviderRegistry
+from workers.routes import LLMQConfig
+from workers.settings import Settings
+
+__all__ = ["CancelHooks", "JobMetricsSink", "JobRecorder", "JobResources"]
+
+
+class CancelHooks(Protocol):
+    """Calls a running job's abort hook when its cancel arrives (the runtime's cancel watcher)."""
+
+    def register(self, job_id: str, abort: Callable[[], None]) -> None: ...
+
+    def unregister(self, job_id: str) -> None: ...
+
+
+class JobRecorder(Protocol):
+    def record(self, result: CompletionResult) -> None: ...
+
+
+class JobMetricsSink(Protocol):
+    @property
+    def jobs(self) -> JobRecorder: ...
+
+    @property
+    def usage(self) -> UsageMetrics: ...
+
+
+class JobResources(Protocol):
+    """The process's shared resources a job runs with (read-only from the pipeline's side)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def redis(self) -> redis.Redis: ...
+
+    @property
+    def registry(self) -> ProviderRegistry: ...
+
+    @property
+    def config(self) -> LLMQConfig: ...
+
+    @property
+    def store(self) -> JobStore: ...
+
+    @property
+    def counter(self) -> TokenCounter: ...
+
+    @property
+    def prices(self) -> PriceBook: ...
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def metrics(self) -> JobMetricsSink: ...
+
+    @property
+    def cancel_watcher(self) -> CancelHooks | None: ...
+
+    @property
+    def guards(self) -> SharedGuards | None: ...
+
+    @property
+    def heartbeat(self) -> ClaimHeartbeat | None: ...
