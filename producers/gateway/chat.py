@@ -34,6 +34,7 @@ from producers.gateway.openai_compat import (
 )
 from producers.gateway.sse import EventStreamResponse, Item, is_last
 from producers.gateway.state import gateway_of
+from producers.tracing import incoming_trace
 
 __all__ = ["chat_completions"]
 
@@ -78,7 +79,7 @@ async def chat_completions(request: Request) -> Response:
     tenant: str = request.state.tenant
     req = parse_request(await read_json_object(request, settings.max_body_bytes))
     try:
-        handle = await gw.client.submit(to_job(req, tenant=tenant))
+        handle = await gw.client.submit(to_job(req, tenant=tenant), **incoming_trace(request.headers))
     except InvalidJobError as exc:
         raise problems_error(exc.errors) from None
     job_id = handle.id
