@@ -28,6 +28,7 @@ from producers.gateway.feed import FeedError, JobFeed
 from producers.gateway.openai_compat import ChatStreamRenderer, completion_body, parse_request, to_job
 from producers.gateway.sse import EventStreamResponse, Item, is_last
 from producers.gateway.state import gateway_of
+from producers.tracing import incoming_trace
 
 __all__ = ["chat_completions"]
 
@@ -72,7 +73,7 @@ async def chat_completions(request: Request) -> Response:
     tenant: str = request.state.tenant
     req = parse_request(await read_json_object(request, settings.max_body_bytes))
     try:
-        handle = await gw.client.submit(to_job(req, tenant=tenant))
+        handle = await gw.client.submit(to_job(req, tenant=tenant), **incoming_trace(request.headers))
     except InvalidJobError as exc:
         raise problems_error(exc.errors) from None
     job_id = handle.id

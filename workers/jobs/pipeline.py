@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import redis
+from opentelemetry.trace import use_span
 from pydantic import TypeAdapter
 
 from workers.accounting.ledger import LedgerUnavailableError
@@ -48,7 +49,9 @@ from workers.contract.capabilities import problems as capability_problems
 from workers.jobs import structured
 from workers.jobs.chain import build_chain, resolve_chain
 from workers.jobs.events import EventPublisher, last_seq
+from workers.jobs.observe import JobObserver
 from workers.jobs.resources import JobResources
+from workers.jobs.spans import instrumentation, start_job_span
 from workers.jobs.store import ClaimOutcome
 from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatStream, Completion
@@ -89,6 +92,7 @@ class JobOutcome:
     result: CompletionResult | None = None
     requeue_after_s: float | None = None
     skipped: str | None = None
+    requeue_reason: str | None = None
     #: The worker is shutting down and stopped this run: its message goes back to the queue.
     handed_back: bool = False
 
@@ -205,14 +209,23 @@ class JobRunner:
         ctx.calls = sum(1 for a in ctx.attempts if a.status != "skipped")
         run = _Run(job, keys, publisher, ctx, started_wall=time.time(), started=self._clock(), token=token)
         run.cancelled_at_start = claim.cancelled
+        span = start_job_span(res.tracer, job, settings.queue, claim.run, res.redis, keys)
+        observer = ctx.hooks = JobObserver(
+            job, span, metrics=res.metrics.decisions, sample=settings.log_sample, slow_s=settings.log_slow_s
+        )
+        ctx.tracer = res.tracer
         if res.heartbeat is not None:
             res.heartbeat.hold(keys, token, lambda: self._fence(run))
         with self._running_lock:
             self._running[token] = run
         try:
-            outcome = self._execute(run)
-            if outcome.result is not None:
-                res.metrics.jobs.record(outcome.result)
+            with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+                outcome = self._execute(run)
+                if outcome.result is not None:
+                    res.metrics.jobs.record(outcome.result)
+                    observer.finished(outcome.result)
+                elif outcome.requeue_after_s is not None:
+                    observer.requeued(outcome.requeue_reason or "unknown", outcome.requeue_after_s)
             return outcome
         finally:
             with self._running_lock:
@@ -282,6 +295,7 @@ class JobRunner:
                 run.ctx,
                 meter=lambda m: MeteredModel(m, meter),
                 guards=self.res.guards,
+                instrument=instrumentation(job, self.res.prices, self.res.settings.trace_content),
             )
             rendered = render_job(job, self.res.redis, max_chars=self.res.settings.prompt_max_chars)
             run.prompt = rendered.prompt
@@ -514,6 +528,17 @@ class JobRunner:
         run.token = ""  # released in that same round trip
 
     def _requeue(self, run: _Run, exc: RetryLaterError) -> JobOutcome:
+        wait = exc.retry_after or 1.0
+        remaining = run.ctx.remaining()
+        if remaining is not None and wait >= remaining:
+            late = DeadlineExceededError(
+                f"the job's deadline leaves {max(remaining, 0):.1f}s, the next try needs a {wait:.1f}s wait: "
+                f"{exc.message}",
+                provider=exc.provider,
+                model=exc.model,
+                code=exc.code,
+            )
+            return self._end_failed(run, late)
         limit = self.res.config.max_requeues
         if self.res.redis.hincrby(run.keys.meta, "requeues", 1) > limit:
             final = RequeueLimitError(
@@ -526,7 +551,7 @@ class JobRunner:
             return self._end_failed(run, final)
         attempts = _ATTEMPTS.dump_json(run.ctx.attempts)
         self.res.redis.hset(run.keys.meta, mapping={"state": "queued", "attempts": attempts})
-        return JobOutcome(requeue_after_s=exc.retry_after or 1.0)
+        return JobOutcome(requeue_after_s=wait, requeue_reason=exc.code or error_type_name(exc))
 
     # --- helpers --------------------------------------------------------------------------------------
 

@@ -13,10 +13,11 @@ resources (HTTP client, Redis pool, providers) are built on the first job.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from celery.signals import worker_init, worker_shutdown
+from celery.signals import setup_logging, worker_init, worker_shutdown
 
 from workers.contract import DEFAULT_QUEUE, TASK_NAME
 from workers.runtime.broker import transport_for
@@ -113,6 +114,17 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
     port = worker_app.llmq.settings.metrics_port
     if port:
         serve_metrics(resources.metrics.registry, port)
+
+
+@setup_logging.connect
+def _on_setup_logging(loglevel: object = None, **_: object) -> None:
+    """Our handler instead of Celery's: JSON lines (``LLMQ_LOG_FORMAT``) with trace ids, redacted.
+
+    Connecting here is what tells Celery not to configure logging itself."""
+    from workers.runtime.logs import configure_logging
+
+    level = loglevel if isinstance(loglevel, int) else logging.INFO
+    configure_logging(get_settings().log_format, level=level)
 
 
 @worker_shutdown.connect

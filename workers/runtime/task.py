@@ -14,7 +14,7 @@ from celery import Task
 from celery.exceptions import Reject
 from pydantic import ValidationError
 
-from workers.contract import TASK_NAME, CompletionJob
+from workers.contract import TASK_NAME, CompletionJob, monitor_repr
 from workers.runtime.state import LLMQCelery
 
 __all__ = ["register_tasks"]
@@ -42,7 +42,9 @@ def register_tasks(app: LLMQCelery) -> None:
         if outcome.handed_back:
             raise Reject("handed back at shutdown", requeue=True)
         if outcome.requeue_after_s is not None:
-            raise self.retry(countdown=outcome.requeue_after_s, args=(job,))
+            # the re-sent message keeps Flower's short view of the job (no content)
+            shown = {} if runner.res.settings.monitor_content else {"argsrepr": monitor_repr(job), "kwargsrepr": "{}"}
+            raise self.retry(countdown=outcome.requeue_after_s, args=(job,), **shown)
         if outcome.skipped:
             return f"skipped: {outcome.skipped}"
         return outcome.result.status if outcome.result else "unknown"
