@@ -51,7 +51,7 @@ from workers.contract.prompt import (
     PromptRef,
     PromptVersion,
 )
-from workers.contract.redaction import redact
+from workers.contract.redaction import monitor_repr, redact
 from workers.contract.result import Attempt, CompletionResult, ErrorInfo, Timings, Usage
 from workers.contract.tools import TOOL_WORKERS_KEY, ToolInfo, WorkerTools, worker_tools_key
 
@@ -107,6 +107,7 @@ __all__ = [
     "UsageEvent",
     "WorkerTools",
     "base_model_name",
+    "monitor_repr",
     "new_job_id",
     "parse_event",
     "redact",

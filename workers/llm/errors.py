@@ -56,6 +56,7 @@ __all__ = [
     "AllModelsFailedError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetBusyError",
     "BudgetExceededError",
     "ConfigurationError",
     "ContentFilteredError",
@@ -80,6 +81,7 @@ __all__ = [
     "ProviderTimeoutError",
     "RateLimitedError",
     "RequeueLimitError",
+    "ResponseTooLargeError",
     "RetryLaterError",
     "RetryableProviderError",
     "RunFencedError",
@@ -393,3 +395,23 @@ def must_propagate(exc: BaseException) -> bool:
         return True
     module = type(exc).__module__ or ""
     return module.partition(".")[0] in ("gevent", "greenlet")
+
+
+class BudgetBusyError(RetryLaterError):
+    """The call's worst case fits the budget, but not beside the reservations in flight.
+
+    A hold, not a failure: the fallback chain tries the next model (a cheaper one may fit now),
+    and when none can be served the job is re-queued with a short, growing countdown (no worker
+    slot held) until those reservations settle -- bounded by its deadline and ``max_requeues``.
+    """
+
+    type_name = "budget_wait"
+
+
+class ResponseTooLargeError(ProviderError):
+    """The upstream sent more than we accept: a stream line over the line cap (1 MiB), or a whole
+    response over ``max_response_bytes``. The attempt ends at once (memory stays bounded); it is
+    not retried (the same upstream would do it again), but another model of the chain may serve."""
+
+    falls_back = True
+    type_name = "response_too_large"

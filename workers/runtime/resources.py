@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import redis
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -30,8 +32,10 @@ from workers.jobs.heartbeat import ClaimHeartbeat
 from workers.jobs.store import JobStore
 from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
+from workers.llm.tracing import NO_TRACER
 from workers.routes import LLMQConfig, load_config
-from workers.runtime.telemetry import RateAdmissionsCollector, WorkerMetrics, build_worker_metrics
+from workers.runtime.telemetry import BreakerCollector, RateAdmissionsCollector, WorkerMetrics, build_worker_metrics
+from workers.runtime.tracing import build_tracer_provider
 from workers.settings import Settings
 from workers.tools.publish import RegistryPublisher
 from workers.tools.toolbox import Toolbox
@@ -147,6 +151,14 @@ class WorkerResources:
     tools: Toolbox | None = None
     tools_publisher: RegistryPublisher | None = None
     extras: dict[str, object] = field(default_factory=dict)
+    #: The process's span exporter pipeline, from the OTEL_* variables (None: tracing is off).
+    tracer_provider: TracerProvider | None = None
+
+    @property
+    def tracer(self) -> Tracer:
+        """The tracer jobs use: the provider's, or a no-op (``workers/runtime/tracing.py``)."""
+        provider = self.tracer_provider
+        return NO_TRACER if provider is None else provider.get_tracer("llmq.worker")
 
     @classmethod
     def build(
@@ -167,6 +179,8 @@ class WorkerResources:
                 connect_timeout=settings.http_connect_timeout,
                 read_timeout=settings.http_read_timeout,
                 pool_timeout=settings.http_read_timeout,
+                request_timeout=settings.http_request_timeout,
+                max_response_bytes=settings.http_max_response_bytes,
                 http2=settings.http2,
             )
         )
@@ -197,6 +211,7 @@ class WorkerResources:
             publisher.start()
         lease_stats = guards.leases.stats
         metrics.registry.register(RateAdmissionsCollector(lambda: (lease_stats.local, lease_stats.calls)))
+        metrics.registry.register(BreakerCollector(guards.breakers_open))
         return cls(
             settings=settings,
             redis=client,
@@ -213,6 +228,7 @@ class WorkerResources:
             heartbeat=heartbeat,
             tools=tools,
             tools_publisher=publisher,
+            tracer_provider=build_tracer_provider(),
         )
 
     def close(self) -> None:
@@ -220,6 +236,8 @@ class WorkerResources:
             self.tools_publisher.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # flushes the spans still batched
         if self.cancel_watcher is not None:
             self.cancel_watcher.stop()
         if self.guards is not None:
