@@ -103,7 +103,9 @@ def test_recorded_tool_calls_run_once_and_their_results_reach_the_provider(
         return handler
 
     names = sorted({c["name"] for c in recorded})
+    shadowed = [spec for n in names if (spec := REGISTRY.get(n)) is not None]  # e.g. tests.support.tools
     for name in names:
+        REGISTRY.remove(name)
         register_tool(name, f"recorded tool {name}", {"type": "object"}, handler_for(name))
     # the in-process worker shares this registry; publish it as a worker does at start
     publisher = RegistryPublisher(
@@ -130,6 +132,8 @@ def test_recorded_tool_calls_run_once_and_their_results_reach_the_provider(
         publisher.stop()
         for name in names:
             REGISTRY.remove(name)
+        for spec in shadowed:
+            REGISTRY.add(spec)
 
     assert result.status == "succeeded", result.error
     assert result.turns == 2
