@@ -17,7 +17,7 @@ typed, non-retryable error). The kill switch and an unreachable ledger stop the 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -26,7 +26,7 @@ from workers.accounting.metrics import UsageMetrics
 from workers.accounting.preflight import CallPlan, plan_call
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
-from workers.contract import CompletionJob, Usage
+from workers.contract import CompletionJob, ToolCall, Usage
 from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import BudgetExceededError, ContextLengthExceededError
 from workers.llm.fallback import SkipModel
@@ -119,7 +119,9 @@ class Meter:
             self.metrics.record_usage(plan.model, usage, cost)
         return cost
 
-    def usage(self, plan: CallPlan, reported: Usage | None, text: str, tool_calls: list, thinking: str = "") -> Usage:
+    def usage(
+        self, plan: CallPlan, reported: Usage | None, text: str, tool_calls: Sequence[ToolCall], thinking: str = ""
+    ) -> Usage:
         usage = plan.usage(reported, text, tool_calls, self.counter)
         if thinking and not usage.reasoning_tokens:
             # Anthropic and Ollama bill thinking as output without a separate count: estimate it
@@ -168,7 +170,7 @@ class _MeteredStream(WrappedStream):
 
     def __iter__(self) -> Iterator[str]:
         meter = self._owner.meter
-        plan = meter.plan(self.model_id, self._request)
+        plan = meter.plan(self._owner.model_id, self._request)
         reservation = meter.reserve(plan)
         parts: list[str] = []
         settled = False

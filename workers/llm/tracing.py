@@ -135,7 +135,7 @@ def add_event(name: str, attributes: Mapping[str, AttributeValue], span: Span | 
 
 def content_attributes(messages: Sequence[Message], output: str | None) -> dict[str, AttributeValue]:
     """Opt-in message content for a ``chat`` span, redacted (``LLMQ_TRACE_CONTENT=1``)."""
-    inputs = [f"{m.role}: {redact(m.content or '')}" for m in messages]
+    inputs = [f"{m.role}: {redact(m.text)}" for m in messages]
     attrs: dict[str, AttributeValue] = {GenAI.INPUT_MESSAGES: inputs}
     if output is not None:
         attrs[GenAI.OUTPUT_MESSAGES] = [redact(output)]

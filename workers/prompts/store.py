@@ -61,7 +61,7 @@ class PromptStore:
         return max(numbers, default=0) + 1
 
     def names(self) -> list[str]:
-        return sorted(m.decode() for m in self.redis.smembers(PromptKeys.INDEX))
+        return sorted(_text(m) for m in self.redis.smembers(PromptKeys.INDEX))
 
     def versions(self, name: str) -> list[PromptVersion]:
         raw = self.redis.hgetall(PromptKeys(name).versions)
@@ -75,7 +75,7 @@ class PromptStore:
 
     def labels(self, name: str) -> dict[str, PromptLabel]:
         raw = self.redis.hgetall(PromptKeys(name).labels)
-        return {k.decode(): PromptLabel.model_validate_json(v) for k, v in sorted(raw.items())}
+        return {_text(k): PromptLabel.model_validate_json(v) for k, v in sorted(raw.items())}
 
     def label(self, name: str, label: str) -> PromptLabel:
         raw = self.redis.hget(PromptKeys(name).labels, label)
@@ -113,3 +113,7 @@ class PromptStore:
             if len(target.targets) == 1
             else max(target.targets, key=lambda t: t.weight).version,
         )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -23,7 +23,7 @@ log = logging.getLogger("llmq.tasks")
 
 def register_tasks(app: LLMQCelery) -> None:
     @app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True, max_retries=None, shared=False)
-    def run_job(self: Task, job: dict[str, Any]) -> str:
+    def run_job(self: Task[[dict[str, Any]], str], job: dict[str, Any]) -> str:
         runner = app.llmq.runner()
         try:
             parsed = CompletionJob.model_validate(job)
