@@ -11,6 +11,7 @@ the Stream, so a subscriber that joins late, or reconnects with ``from_seq``, mi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -69,6 +70,8 @@ if redis.call('HEXISTS', KEYS[1], 'sent') == 0 then
 end
 return 0
 """
+#: Redis restarting or failing over: readers reconnect with backoff instead of failing.
+_REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 #: A registration without a confirmed send is retried by a later submit after this long.
 RESEND_AFTER_S = 30
 
@@ -195,18 +198,29 @@ class Client:
         return {k.decode(): v.decode() for k, v in meta.items()}
 
     def result(self, job_id: str, timeout: float | None = None) -> CompletionResult:
-        """Wait for the job's final result (raises :class:`ResultTimeoutError`)."""
-        existing = self.get_result(job_id)
-        if existing is not None:
-            return existing
+        """Wait for the job's final result (raises :class:`ResultTimeoutError`); rides out a Redis restart."""
+        with contextlib.suppress(*_REDIS_DOWN):  # else the stream below waits for Redis
+            existing = self.get_result(job_id)
+            if existing is not None:
+                return existing
         for event in self.stream(job_id, timeout=timeout, deltas=False):
             if event.type in TERMINAL_EVENT_TYPES:
-                stored = self.get_result(job_id)
+                stored = self._get_result_riding_out(job_id, timeout)
                 if stored is not None:
                     return stored
                 if event.result is not None:
                     return event.result
         raise ResultTimeoutError(f"job {job_id} has no result yet")
+
+    def _get_result_riding_out(self, job_id: str, timeout: float | None) -> CompletionResult | None:
+        deadline = time.monotonic() + (timeout if timeout is not None else 60.0)
+        while True:
+            try:
+                return self.get_result(job_id)
+            except _REDIS_DOWN:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
 
     def stream(
         self,
@@ -220,9 +234,21 @@ class Client:
         """Every event of the job from ``from_seq`` on, in seq order, ending with the terminal one."""
         keys = JobKeys(job_id)
         cursor = EventCursor(job_id, from_seq=from_seq, deltas=deltas, timeout=timeout, idle_check_s=idle_check_s)
+        backoff = 0.1
+        while True:
+            try:
+                yield from self._follow(keys, cursor)
+                return
+            except _REDIS_DOWN:
+                # Redis restarted or failed over: wait (bounded by the timeout), then subscribe
+                # again and replay from the next seq, so nothing is missed or repeated
+                time.sleep(min(backoff, cursor.wait_s()))
+                backoff = min(backoff * 2, 2.0)
+
+    def _follow(self, keys: JobKeys, cursor: EventCursor) -> Iterator[StreamEvent]:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(keys.channel)
         try:
+            pubsub.subscribe(keys.channel)
             while True:
                 # replay (first pass) and gap filling (later passes) from the Stream
                 for event in self._replay(keys, cursor.next_seq):
@@ -243,7 +269,8 @@ class Client:
                     if cursor.done:
                         return
         finally:
-            pubsub.close()
+            with contextlib.suppress(redis.RedisError):
+                pubsub.close()
 
     def _replay(self, keys: JobKeys, from_seq: int) -> Iterator[StreamEvent]:
         start = f"{from_seq}-0"

@@ -51,7 +51,7 @@ def _error(
         f"prompt of {kind}{prompt_tokens} tokens + max_tokens {max_tokens} exceeds the "
         f"{window}-token context window of {model}{detail}"
     )
-    return ContextLengthExceededError(message, provider, name, None, "context_length_exceeded")
+    return ContextLengthExceededError(message, provider=provider, model=name, code="context_length_exceeded")
 
 
 def check_fit(model: str, prompt: TokenCount, max_tokens: int, window: int | None) -> None:

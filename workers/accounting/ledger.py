@@ -271,12 +271,12 @@ class Ledger:
                 f"${from_micros(limit)} limit for {month}; new jobs are refused until the limit is raised "
                 "or the month rolls over"
             )
-            raise BudgetExceededError(message, None, None, None, "kill_switch", None, None, None, details)
+            raise BudgetExceededError(message, code="kill_switch", details=details)
         message = (
             f"budget {scope} for {month}: reserving ${from_micros(amount)} would exceed the "
             f"${from_micros(limit)} limit (spent ${from_micros(spent)}, reserved ${from_micros(reserved)})"
         )
-        raise BudgetExceededError(message, None, None, None, "budget_limit", None, None, None, details)
+        raise BudgetExceededError(message, code="budget_limit", details=details)
 
     def settle(self, reservation: Reservation, actual_usd: Decimal | float | int) -> Settlement:
         """Charge the actual cost once per job attempt and free the lease; a repeat is a no-op."""
@@ -315,10 +315,7 @@ class Ledger:
             raise LedgerUnavailableError(
                 f"budget ledger unavailable during {op} ({type(exc).__name__}: {exc}); "
                 "refusing to spend without accounting",
-                None,
-                None,
-                None,
-                "ledger_unavailable",
+                code="ledger_unavailable",
             ) from exc
 
     # --- administration (CLI) ---------------------------------------------------------------------

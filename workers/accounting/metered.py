@@ -28,7 +28,13 @@ from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.contract import CompletionJob, ToolCall, Usage
 from workers.llm.base import ChatStream, Completion
-from workers.llm.errors import BudgetExceededError, ContextLengthExceededError
+from workers.llm.errors import (
+    BudgetExceededError,
+    ContextLengthExceededError,
+    LLMQError,
+    PreparationError,
+    must_propagate,
+)
 from workers.llm.fallback import SkipModel
 from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
 
@@ -68,6 +74,17 @@ class Meter:
                 )
             except ContextLengthExceededError as exc:
                 raise SkipModel(exc.message, exc) from exc
+            except LLMQError:
+                raise
+            except BaseException as exc:  # a tokenizer panic, a pricing bug: typed, terminal
+                if must_propagate(exc):
+                    raise
+                provider, _, native = model_id.partition(":")
+                raise PreparationError(
+                    f"could not pre-count or price the request for {model_id}: {type(exc).__name__}: {exc}"[:1000],
+                    provider=provider,
+                    model=native,
+                ) from exc
             self._plans[model_id] = plan
         return plan
 
@@ -161,13 +178,7 @@ class MeteredModel(ChatModel):
         return _MeteredStream(self, request)
 
 
-class _MeteredStream(WrappedStream):
-    def __init__(self, owner: MeteredModel, request: ModelRequest) -> None:
-        super().__init__()
-        self._owner = owner
-        self._request = request
-        self.model_id = owner.model_id
-
+class _MeteredStream(WrappedStream["MeteredModel"]):
     def __iter__(self) -> Iterator[str]:
         meter = self._owner.meter
         plan = meter.plan(self._owner.model_id, self._request)

@@ -181,10 +181,9 @@ class PriceBook:
             raise ConfigurationError(
                 f"no price known for {model}: add input_per_mtok/output_per_mtok under "
                 f'[models."{model}"] in the config, or set [budget] unpriced = "allow_unpriced"',
-                provider,
-                name,
-                None,
-                "unpriced_model",
+                provider=provider,
+                model=name,
+                code="unpriced_model",
             )
         return price
 
@@ -212,10 +211,9 @@ class PriceBook:
             raise ConfigurationError(
                 f"price override for {model} needs both input_per_mtok and output_per_mtok "
                 "(genai-prices does not know the model)",
-                provider,
-                name,
-                None,
-                "invalid_price_override",
+                provider=provider,
+                model=name,
+                code="invalid_price_override",
             )
         elif self.unpriced == "allow_unpriced":
             price = ModelPrice(model, _ZERO, _ZERO, None, False, "unpriced")

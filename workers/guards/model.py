@@ -153,20 +153,18 @@ class GuardedModel(ChatModel):
         if remaining is not None and wait >= remaining:
             return DeadlineExceededError(
                 f"{self.model_id}: the shared {admission.reason} wait of {wait:.1f}s is past the job's deadline",
-                provider,
-                model,
+                provider=provider,
+                model=model,
                 retry_after=wait,  # a hold: the fallback chain tries the next model
             )
         self.ctx.hooks.on_requeue(self.model_id, admission.reason, wait)
         return RetryLaterError(
             f"not sent: {self.model_id} is held by the shared {admission.reason} for {wait:.1f}s",
-            provider,
-            model,
-            None,
-            admission.reason,
-            wait,
-            None,
-            False,  # should_retry: the retry loop passes it up, the fallback chain moves on
+            provider=provider,
+            model=model,
+            code=admission.reason,
+            retry_after=wait,
+            should_retry=False,  # the retry loop passes it up, the fallback chain moves on
         )
 
     def _settle(self, admission: Admission, error: LLMQError | None, verdict: bool = True) -> None:
@@ -187,7 +185,7 @@ class GuardedModel(ChatModel):
             try:
                 if abort is not None and not abort.arm(stream.close):
                     provider, model = split_model_id(self.model_id)
-                    raise JobCancelledError("cancelled before the request was sent", provider, model)
+                    raise JobCancelledError("cancelled before the request was sent", provider=provider, model=model)
                 for _ in stream:
                     pass
             finally:
@@ -214,17 +212,14 @@ class GuardedModel(ChatModel):
         provider, model = split_model_id(self.model_id)
         return FirstTokenTimeoutError(
             f"no first token within {self.ttft_limit_s:g}s (time-to-first-token limit); response closed",
-            provider,
-            model,
+            provider=provider,
+            model=model,
         )
 
 
-class _GuardedStream(WrappedStream):
+class _GuardedStream(WrappedStream["GuardedModel"]):
     def __init__(self, owner: GuardedModel, request: ModelRequest) -> None:
-        super().__init__()
-        self._owner = owner
-        self._request = request
-        self.model_id = owner.model_id
+        super().__init__(owner, request)
         self._expired = False
 
     def _expire(self) -> None:

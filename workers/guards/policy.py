@@ -78,7 +78,13 @@ def skip_error(model_id: str, why: str) -> LLMQError | None:
     provider, model = split_model_id(model_id)
     message = f"not sent: circuit breaker open for {model_id} after repeated {cls.type_name} ({info.get('m') or ''})"
     status, code = info.get("s"), info.get("c")
-    return cls(message, provider, model, status if isinstance(status, int) else None, code if code else None)
+    return cls(
+        message,
+        provider=provider,
+        model=model,
+        status=status if isinstance(status, int) else None,
+        code=str(code) if code else None,
+    )
 
 
 def rate_limits_for(mc: ModelConfig, model_id: str = "") -> RateLimits:

@@ -55,6 +55,7 @@ from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import (
     BadRequestError,
     DeadlineExceededError,
+    InternalError,
     JobCancelledError,
     LLMQError,
     MidStreamError,
@@ -62,6 +63,7 @@ from workers.llm.errors import (
     RetryLaterError,
     RunFencedError,
     error_type_name,
+    must_propagate,
 )
 from workers.llm.model import ChatModel, ModelRequest, RunContext
 from workers.prompts.render import render_job
@@ -295,9 +297,11 @@ class JobRunner:
                 return self._fenced(run, fenced)
         except LLMQError as exc:
             return self._end_failed(run, exc)
-        except Exception as exc:  # a bug must still end the job, never hang its consumers
+        except BaseException as exc:  # a bug (or a native panic) must still end the job, never hang it
+            if must_propagate(exc):
+                raise
             log.exception("job %s failed with an internal error", job.id)
-            internal = LLMQError(f"internal error: {type(exc).__name__}: {exc}")
+            internal = InternalError(f"internal error: {type(exc).__name__}: {exc}"[:2000])
             return self._end_failed(run, internal)
         try:
             return JobOutcome(result=self._finish_succeeded(run, completion))
@@ -383,10 +387,10 @@ class JobRunner:
             if run.ttft_s is not None:
                 raise MidStreamError(
                     f"{error_type_name(exc)} after the first delta: {exc.message}",
-                    exc.provider,
-                    exc.model,
-                    exc.status,
-                    error_type_name(exc),
+                    provider=exc.provider,
+                    model=exc.model,
+                    status=exc.status,
+                    code=error_type_name(exc),
                 ) from exc
             raise
         except BaseException:
@@ -482,10 +486,10 @@ class JobRunner:
         if self.res.redis.hincrby(run.keys.meta, "requeues", 1) > limit:
             final = RequeueLimitError(
                 f"gave up after {limit} re-queues (max_requeues); the last: {exc.message}",
-                exc.provider,
-                exc.model,
-                exc.status,
-                exc.code,
+                provider=exc.provider,
+                model=exc.model,
+                status=exc.status,
+                code=exc.code,
             )
             return self._end_failed(run, final)
         attempts = _ATTEMPTS.dump_json(run.ctx.attempts)
@@ -517,7 +521,9 @@ def _check_capabilities(job: CompletionJob, chain: list[str]) -> None:
     for model_id in chain:
         found = capability_problems(job, model_id)
         if found:
-            raise BadRequestError(str(found[0]), found[0].provider, model_id, code="unsupported_parameter")
+            raise BadRequestError(
+                str(found[0]), provider=found[0].provider, model=model_id, code="unsupported_parameter"
+            )
 
 
 def _abort(stream: ChatStream, deltas: Iterator[str]) -> None:

@@ -63,13 +63,15 @@ def _mapped(provider: str, model: str, *, mid_stream: bool = False) -> Iterator[
     try:
         yield
     except httpx.TimeoutException as exc:
-        raise ProviderTimeoutError(f"{type(exc).__name__}: upstream did not answer in time", provider, model) from None
+        raise ProviderTimeoutError(
+            f"{type(exc).__name__}: upstream did not answer in time", provider=provider, model=model
+        ) from None
     except httpx.RemoteProtocolError as exc:
         cls = IncompleteStreamError if mid_stream else ProviderConnectionError
-        raise cls(f"upstream closed the connection: {exc}", provider, model) from None
+        raise cls(f"upstream closed the connection: {exc}", provider=provider, model=model) from None
     except httpx.TransportError as exc:
         cls = IncompleteStreamError if mid_stream else ProviderConnectionError
-        raise cls(f"{type(exc).__name__}: {exc}", provider, model) from None
+        raise cls(f"{type(exc).__name__}: {exc}", provider=provider, model=model) from None
 
 
 class StreamingResponse:
@@ -257,7 +259,7 @@ class HTTPClient:
         self, url: str, headers: Mapping[str, str], body: bytes, provider: str, model: str, abort: AbortSignal
     ) -> tuple[httpx.Response, bytes]:
         if abort.fired:
-            raise JobCancelledError("cancelled before the request was sent", provider, model)
+            raise JobCancelledError("cancelled before the request was sent", provider=provider, model=model)
         # HTTP/1.1: every socket read of this call (the wait for the status line included) is
         # armed on the signal by _ProbingStream; HTTP/2 streams share their socket, so there the
         # body read is armed through the response (a stream reset), once the headers are in
@@ -267,7 +269,7 @@ class HTTPClient:
             reader = StreamingResponse(response, provider, model)
             try:
                 if response.http_version != "HTTP/1.1" and not abort.arm(reader.close):
-                    raise JobCancelledError("cancelled while waiting for the answer", provider, model)
+                    raise JobCancelledError("cancelled while waiting for the answer", provider=provider, model=model)
                 with _mapped(provider, model):
                     content = response.read()
             finally:
@@ -275,7 +277,9 @@ class HTTPClient:
                 reader.close()
         except LLMQError as exc:
             if abort.fired and not isinstance(exc, JobCancelledError):
-                raise JobCancelledError("cancelled while waiting for the answer", provider, model) from None
+                raise JobCancelledError(
+                    "cancelled while waiting for the answer", provider=provider, model=model
+                ) from None
             raise
         finally:
             _READ_ABORT.reset(token)

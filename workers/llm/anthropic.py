@@ -32,11 +32,10 @@ from workers.contract import (
     Usage,
 )
 from workers.contract.capabilities import anthropic_native_structured
-from workers.llm._http import ErrorMapper, HTTPClient
+from workers.llm._http import HTTPClient
 from workers.llm.base import (
     ChatRequest,
     Completion,
-    Provider,
     ResponseBody,
     ResponseStream,
     ToolCallAccumulator,
@@ -46,7 +45,8 @@ from workers.llm.base import (
     sse_continuation,
 )
 from workers.llm.errormap import error_for_status, error_in_stream, parse_ratelimit, redact
-from workers.llm.errors import BadRequestError, ConfigurationError, LLMQError
+from workers.llm.errors import BadRequestError, LLMQError
+from workers.llm.httpprovider import HTTPProvider
 
 __all__ = [
     "STRUCTURED_TOOL",
@@ -115,7 +115,7 @@ def _tool_input(call: ToolCall) -> dict[str, object]:
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", "anthropic")
+        raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", provider="anthropic")
     return value
 
 
@@ -230,72 +230,38 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
     return body
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(HTTPProvider["AnthropicStream"]):
     name = "anthropic"
+    key_env = "ANTHROPIC_API_KEY"
 
     def __init__(self, http: HTTPClient, *, api_key: str | None, base_url: str | None = None) -> None:
-        self._http = http
-        self._api_key = api_key
-        self._url = (base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages"
-        self._official = base_url is None or base_url.rstrip("/") == DEFAULT_BASE_URL
+        super().__init__(
+            http,
+            url=(base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages",
+            api_key=api_key,
+            key_required=base_url is None or base_url.rstrip("/") == DEFAULT_BASE_URL,
+            static_headers={"anthropic-version": API_VERSION},
+        )
 
     @classmethod
     def from_env(cls, http: HTTPClient, env: Mapping[str, str] = os.environ) -> AnthropicProvider:
         return cls(http, api_key=env.get("ANTHROPIC_API_KEY") or None, base_url=env.get("ANTHROPIC_BASE_URL") or None)
 
-    def _headers(self, request: ChatRequest, *, stream: bool) -> dict[str, str]:
-        if self._api_key is None and self._official:
-            raise ConfigurationError(
-                "ANTHROPIC_API_KEY is not set in the worker's environment", self.name, request.model
-            )
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "anthropic-version": API_VERSION,
-        }
-        headers.update(request.extra_headers)
-        if self._api_key:
-            headers["x-api-key"] = self._api_key
-        return headers
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"x-api-key": api_key}
 
-    def _mapper(self, model: str) -> ErrorMapper:
-        def mapper(status: int, headers: Mapping[str, str], body: bytes) -> LLMQError:
-            return anthropic_error_from_body(
-                status, headers, body, provider=self.name, model=model, secret=self._api_key
-            )
+    def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+        return build_body(request, stream=stream)
 
-        return mapper
+    def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
+        return anthropic_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
 
-    def complete(self, request: ChatRequest) -> Completion:
-        headers, content = self._http.post(
-            self._url,
-            headers=self._headers(request, stream=False),
-            body=json.dumps(build_body(request, stream=False)).encode(),
-            provider=self.name,
-            model=request.model,
-            error_mapper=self._mapper(request.model),
-            abort=request.abort,
-        )
-        try:
-            completion = parse_message(
-                content, request_id=headers.get("request-id"), structured=structured_tool(request)
-            )
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise error_in_stream(
-                provider=self.name, model=request.model, message=f"malformed response: {exc}"
-            ) from exc
+    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
+        completion = parse_message(content, request_id=headers.get("request-id"), structured=structured_tool(request))
         completion.ratelimit = parse_ratelimit(headers)
         return completion
 
-    def stream(self, request: ChatRequest) -> AnthropicStream:
-        response = self._http.open_stream(
-            self._url,
-            headers=self._headers(request, stream=True),
-            body=json.dumps(build_body(request, stream=True)).encode(),
-            provider=self.name,
-            model=request.model,
-            error_mapper=self._mapper(request.model),
-        )
+    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> AnthropicStream:
         return AnthropicStream(
             response,
             provider=self.name,

@@ -217,7 +217,7 @@ class ResponseStream(ChatStream):
             return self._cancelled()
         if isinstance(exc, (AttributeError, IndexError, KeyError, TypeError, ValueError)):
             return IncompleteStreamError(
-                f"unexpected stream payload ({type(exc).__name__}: {exc})", self._provider, self._model
+                f"unexpected stream payload ({type(exc).__name__}: {exc})", provider=self._provider, model=self._model
             )
         return exc
 
@@ -237,13 +237,17 @@ class ResponseStream(ChatStream):
         if not self.completed:
             if self.closed:
                 raise self._cancelled()
-            raise IncompleteStreamError(f"stream ended without {terminator}", self._provider, self._model)
+            raise IncompleteStreamError(
+                f"stream ended without {terminator}", provider=self._provider, model=self._model
+            )
 
     def _cancelled(self) -> JobCancelledError:
-        return JobCancelledError("the stream was closed while it was read", self._provider, self._model)
+        return JobCancelledError("the stream was closed while it was read", provider=self._provider, model=self._model)
 
     def _malformed(self, data: bytes) -> IncompleteStreamError:
-        return IncompleteStreamError(f"malformed stream data: {data[:80]!r}", self._provider, self._model)
+        return IncompleteStreamError(
+            f"malformed stream data: {data[:80]!r}", provider=self._provider, model=self._model
+        )
 
 
 class Provider(ABC):

@@ -286,14 +286,14 @@ def error_for_status(
         details.update(_context_numbers(message))
     return cls(
         message or f"HTTP {status}",
-        provider,
-        model,
-        status,
-        code or kind,
-        retry_after,
-        request_id,
-        should_retry,
-        details or None,
+        provider=provider,
+        model=model,
+        status=status,
+        code=code or kind,
+        retry_after=retry_after,
+        request_id=request_id,
+        should_retry=should_retry,
+        details=details or None,
     )
 
 

@@ -28,17 +28,21 @@
     ├── RequeueLimitError                  re-queued max_requeues times, still could not be sent
     ├── MidStreamError                     failed after deltas were published (never retried)
     ├── InvalidOutputError                 the answer failed response_format after the repair turns
+    ├── PreparationError                   pre-count / pricing / request building failed on the input
+    ├── InternalError                      an unexpected failure in the worker (a bug)
     └── AllModelsFailedError               every model in the chain failed
 
 Retryability is a property of the type, except that the provider's ``x-should-retry`` header
-overrides it (kept in ``should_retry``). Every class takes only positional parameters that are
-passed on to ``Exception.__init__`` unchanged, so ``cls(*exc.args)`` rebuilds it exactly: that is
-how Celery's JSON serializer round-trips exceptions. For the same reason ``details`` holds JSON
-values only (str, int, float, bool, None, lists and str-keyed dicts of those).
+overrides it (kept in ``should_retry``). Errors are built with keyword arguments; ``args`` is
+``(message, {field: value})`` and the constructor takes that same pair positionally, so
+``cls(*exc.args)`` rebuilds it exactly: that is how Celery's JSON serializer round-trips
+exceptions. For the same reason ``details`` holds JSON values only (str, int, float, bool, None,
+lists and str-keyed dicts of those).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from workers.contract import ErrorInfo, redact
@@ -55,6 +59,7 @@ __all__ = [
     "FirstTokenTimeoutError",
     "IncompleteStreamError",
     "InsufficientQuotaError",
+    "InternalError",
     "InvalidOutputError",
     "JobCancelledError",
     "LLMQError",
@@ -62,6 +67,7 @@ __all__ = [
     "ModelNotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
+    "PreparationError",
     "PromptError",
     "ProviderConnectionError",
     "ProviderError",
@@ -74,18 +80,29 @@ __all__ = [
     "ServerError",
     "error_type_name",
     "is_retryable",
+    "must_propagate",
 ]
 
 
-class LLMQError(Exception):
-    """Base of every llmqueue error.
+#: The fields an error carries besides its message, in ``args[1]`` order.
+FIELDS = ("provider", "model", "status", "code", "retry_after", "request_id", "should_retry", "details")
 
-    Parameters (all positional-capable, all kept in ``args``): message, provider, model,
-    status (HTTP; for an error inside a 200 stream, the status the provider gives the same error
-    outside a stream), code (provider error code/type), retry_after (seconds the provider asked
-    us to wait), request_id, should_retry (the ``x-should-retry`` header, if sent), details
-    (JSON-only extras: the provider's error ``type`` and ``param``, ``ratelimit`` hints parsed
-    from the rate-limit headers, ``in_stream``, context-window numbers from the message).
+
+class LLMQError(Exception):
+    """Base of every llmqueue error. Build it with keywords::
+
+        ServerError("upstream 503", provider="openai", model="gpt-4o", status=503)
+
+    Fields: ``provider``, ``model``, ``status`` (HTTP; for an error inside a 200 stream, the
+    status the provider gives the same error outside a stream), ``code`` (provider error
+    code/type), ``retry_after`` (seconds the provider asked us to wait), ``request_id``,
+    ``should_retry`` (the ``x-should-retry`` header, if sent), ``details`` (JSON-only extras: the
+    provider's error ``type`` and ``param``, ``ratelimit`` hints parsed from the rate-limit
+    headers, ``in_stream``, context-window numbers from the message).
+
+    ``args`` is ``(message, fields)`` with ``fields`` the dict of the fields that are set, and the
+    constructor takes exactly that pair positionally, so ``cls(*exc.args)`` rebuilds the error
+    (what Celery's JSON serializer does; pickle goes through :meth:`__reduce__` the same way).
     """
 
     retryable: ClassVar[bool] = False
@@ -96,6 +113,9 @@ class LLMQError(Exception):
     def __init__(
         self,
         message: str = "",
+        fields: Mapping[str, Any] | None = None,
+        /,
+        *,
         provider: str | None = None,
         model: str | None = None,
         status: int | None = None,
@@ -105,16 +125,29 @@ class LLMQError(Exception):
         should_retry: bool | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(message, provider, model, status, code, retry_after, request_id, should_retry, details)
+        if fields is not None and not isinstance(fields, Mapping):
+            raise TypeError(f"{type(self).__name__}: pass provider, model, status ... as keyword arguments")
+        given = {
+            "provider": provider,
+            "model": model,
+            "status": status,
+            "code": code,
+            "retry_after": retry_after,
+            "request_id": request_id,
+            "should_retry": should_retry,
+            "details": details,
+        }
+        merged = {name: given[name] if given[name] is not None else (fields or {}).get(name) for name in FIELDS}
+        super().__init__(message, {name: value for name, value in merged.items() if value is not None})
         self.message = message
-        self.provider = provider
-        self.model = model
-        self.status = status
-        self.code = code
-        self.retry_after = retry_after
-        self.request_id = request_id
-        self.should_retry = should_retry
-        self.details = details
+        self.provider: str | None = merged["provider"]
+        self.model: str | None = merged["model"]
+        self.status: int | None = merged["status"]
+        self.code: str | None = merged["code"]
+        self.retry_after: float | None = merged["retry_after"]
+        self.request_id: str | None = merged["request_id"]
+        self.should_retry: bool | None = merged["should_retry"]
+        self.details: dict[str, Any] | None = merged["details"]
 
     @property
     def ratelimit(self) -> dict[str, float] | None:
@@ -295,3 +328,28 @@ class PromptError(LLMQError):
     """A published prompt could not be rendered: not published, hash mismatch, sandbox refusal, size cap."""
 
     type_name = "prompt_error"
+
+
+class PreparationError(LLMQError):
+    """The job could not be prepared for the upstream call: the pre-count, pricing or request
+    building failed on its input (including a ``BaseException`` such as a tokenizer panic).
+    Terminal and never retried: the same input fails the same way on every model."""
+
+    type_name = "preparation_failed"
+
+
+class InternalError(LLMQError):
+    """An unexpected failure inside the worker (a bug); the job still ends with a terminal event."""
+
+    type_name = "internal_error"
+
+
+def must_propagate(exc: BaseException) -> bool:
+    """True for the ``BaseException`` kinds that stop a process or a greenlet and must never be
+    swallowed (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``, gevent's ``GreenletExit``
+    and ``Timeout``). Everything else -- a ``pyo3_runtime.PanicException`` from a native library
+    included -- ends the job with a typed error instead of killing it silently."""
+    if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+        return True
+    module = type(exc).__module__ or ""
+    return module.partition(".")[0] in ("gevent", "greenlet")

@@ -114,18 +114,19 @@ class FallbackModel(ChatModel):
         hold: LLMQError
         if remaining is not None and wait >= remaining:
             hold = DeadlineExceededError(
-                f"{model.model_id} is held for {wait:.1f}s, past the job's deadline", provider, native, retry_after=wait
+                f"{model.model_id} is held for {wait:.1f}s, past the job's deadline",
+                provider=provider,
+                model=native,
+                retry_after=wait,
             )
         elif wait > ctx.max_inworker_wait_s:
             hold = RetryLaterError(
                 f"{model.model_id} is held by the shared not_before for {wait:.1f}s",
-                provider,
-                native,
-                None,
-                "not_before",
-                wait,
-                None,
-                False,
+                provider=provider,
+                model=native,
+                code="not_before",
+                retry_after=wait,
+                should_retry=False,
             )
         else:
             return False  # short enough: the model's guard sleeps it out
@@ -190,10 +191,8 @@ class FallbackModel(ChatModel):
         last = self.errors[-1] if self.errors else None
         return AllModelsFailedError(
             f"every model in the chain failed: {tried}",
-            None,
-            None,
-            last.status if last else None,
-            error_type_name(last) if last else "skipped",
+            status=last.status if last else None,
+            code=error_type_name(last) if last else "skipped",
         )
 
     def complete(self, request: ModelRequest) -> Completion:
@@ -223,12 +222,7 @@ class FallbackModel(ChatModel):
         return _FallbackStream(self, request)
 
 
-class _FallbackStream(WrappedStream):
-    def __init__(self, owner: FallbackModel, request: ModelRequest) -> None:
-        super().__init__()
-        self._owner = owner
-        self._request = request
-
+class _FallbackStream(WrappedStream["FallbackModel"]):
     def __iter__(self) -> Iterator[str]:
         owner = self._owner
         models = owner.models

@@ -11,6 +11,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from opentelemetry.trace import Tracer
 
@@ -175,14 +176,24 @@ class ProviderModel(ChatModel):
         return self.provider.stream(self._request(request))
 
 
-class WrappedStream(ChatStream):
-    """A stream produced by a wrapper: it copies the final fields from the inner stream it used."""
+OwnerT = TypeVar("OwnerT", bound=ChatModel)
 
-    def __init__(self) -> None:
+
+class WrappedStream(ChatStream, Generic[OwnerT]):
+    """A stream produced by a wrapper (retry, fallback, guard, meter) around its owner's model.
+
+    Built by the owner's ``stream()`` as ``SomeStream(self, request)``: it keeps the owner and the
+    request, answers for the owner's model until an inner stream says otherwise, and copies the
+    final fields from the inner stream it used (:meth:`finish_from_inner`).
+    """
+
+    def __init__(self, owner: OwnerT, request: ModelRequest) -> None:
         super().__init__()
+        self._owner = owner
+        self._request = request
         self.inner: ChatStream | None = None
         #: The model that actually answered.
-        self.model_id: str | None = None
+        self.model_id: str | None = owner.model_id
 
     def adopt(self, inner: ChatStream) -> None:
         self.inner = inner

@@ -23,11 +23,10 @@ from collections.abc import Iterator, Mapping
 from urllib.parse import urlsplit
 
 from workers.contract import FunctionCall, JsonObjectFormat, JsonSchemaFormat, Message, ToolCall, Usage
-from workers.llm._http import ErrorMapper, HTTPClient
+from workers.llm._http import HTTPClient
 from workers.llm.base import (
     ChatRequest,
     Completion,
-    Provider,
     ResponseBody,
     ResponseStream,
     decode_json,
@@ -36,6 +35,7 @@ from workers.llm.base import (
 )
 from workers.llm.errormap import error_for_status, error_in_stream, redact
 from workers.llm.errors import BadRequestError, LLMQError
+from workers.llm.httpprovider import HTTPProvider
 
 __all__ = ["OllamaProvider", "OllamaStream", "ollama_error_from_body", "parse_chat_response", "parse_host"]
 
@@ -100,7 +100,7 @@ def _message(message: Message, tool_names: Mapping[str, str]) -> dict[str, objec
             except ValueError:
                 arguments = None
             if not isinstance(arguments, dict):
-                raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", "ollama")
+                raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", provider="ollama")
             calls.append({"function": {"name": call.function.name, "arguments": arguments}})
         out["tool_calls"] = calls
     if message.role == "tool" and message.tool_call_id is not None and message.tool_call_id in tool_names:
@@ -137,61 +137,29 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
     return body
 
 
-class OllamaProvider(Provider):
+class OllamaProvider(HTTPProvider["OllamaStream"]):
     name = "ollama"
+    stream_media_type = "application/x-ndjson"
+    key_env = "OLLAMA_API_KEY"
 
     def __init__(self, http: HTTPClient, *, host: str | None = None, api_key: str | None = None) -> None:
-        self._http = http
-        self._url = parse_host(host) + "/api/chat"
         #: Only Ollama's cloud (and authenticating proxies) want a key; local servers need none.
-        self._api_key = api_key
+        super().__init__(http, url=parse_host(host) + "/api/chat", api_key=api_key)
 
     @classmethod
     def from_env(cls, http: HTTPClient, env: Mapping[str, str] = os.environ) -> OllamaProvider:
         return cls(http, host=env.get("OLLAMA_HOST") or None, api_key=env.get("OLLAMA_API_KEY") or None)
 
-    def _headers(self, request: ChatRequest, *, stream: bool) -> dict[str, str]:
-        headers = {
-            "content-type": "application/json",
-            "accept": "application/x-ndjson" if stream else "application/json",
-        }
-        headers.update(request.extra_headers)
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key}"
-        return headers
+    def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+        return build_body(request, stream=stream)
 
-    def _mapper(self, model: str) -> ErrorMapper:
-        def mapper(status: int, headers: Mapping[str, str], body: bytes) -> LLMQError:
-            return ollama_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
+    def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
+        return ollama_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
 
-        return mapper
+    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
+        return parse_chat_response(content, provider=self.name, model=request.model)
 
-    def complete(self, request: ChatRequest) -> Completion:
-        _, content = self._http.post(
-            self._url,
-            headers=self._headers(request, stream=False),
-            body=json.dumps(build_body(request, stream=False)).encode(),
-            provider=self.name,
-            model=request.model,
-            error_mapper=self._mapper(request.model),
-            abort=request.abort,
-        )
-        try:
-            return parse_chat_response(content, provider=self.name, model=request.model)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise error_in_stream(
-                provider=self.name, model=request.model, message=f"malformed response: {exc}"
-            ) from exc
-
-    def stream(self, request: ChatRequest) -> OllamaStream:
-        response = self._http.open_stream(
-            self._url,
-            headers=self._headers(request, stream=True),
-            body=json.dumps(build_body(request, stream=True)).encode(),
-            provider=self.name,
-            model=request.model,
-            error_mapper=self._mapper(request.model),
-        )
+    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> OllamaStream:
         return OllamaStream(response, provider=self.name, model=request.model)
 
 

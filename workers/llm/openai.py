@@ -16,11 +16,10 @@ import os
 from collections.abc import Iterator, Mapping
 
 from workers.contract import FunctionCall, ToolCall, Usage
-from workers.llm._http import ErrorMapper, HTTPClient
+from workers.llm._http import HTTPClient
 from workers.llm.base import (
     ChatRequest,
     Completion,
-    Provider,
     ResponseBody,
     ResponseStream,
     ToolCallAccumulator,
@@ -30,7 +29,8 @@ from workers.llm.base import (
     sse_continuation,
 )
 from workers.llm.errormap import error_for_status, error_in_stream, parse_ratelimit, redact
-from workers.llm.errors import ConfigurationError, LLMQError
+from workers.llm.errors import LLMQError
+from workers.llm.httpprovider import HTTPProvider
 
 __all__ = ["OpenAIProvider", "OpenAIStream", "openai_error_from_body", "parse_completion"]
 
@@ -86,8 +86,9 @@ def _stream_error(payload: object, provider: str, model: str, secret: str | None
     )
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(HTTPProvider["OpenAIStream"]):
     name = "openai"
+    key_env = "OPENAI_API_KEY"
 
     def __init__(
         self,
@@ -98,16 +99,20 @@ class OpenAIProvider(Provider):
         organization: str | None = None,
         project: str | None = None,
     ) -> None:
-        self._http = http
-        self._api_key = api_key
-        self._url = (base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
-        self._official = base_url is None or base_url.rstrip("/") == DEFAULT_BASE_URL
-        self._max_tokens_field = "max_completion_tokens" if self._official else "max_tokens"
-        self._static_headers = {"content-type": "application/json"}
+        official = base_url is None or base_url.rstrip("/") == DEFAULT_BASE_URL
+        static_headers: dict[str, str] = {}
         if organization:
-            self._static_headers["openai-organization"] = organization
+            static_headers["openai-organization"] = organization
         if project:
-            self._static_headers["openai-project"] = project
+            static_headers["openai-project"] = project
+        super().__init__(
+            http,
+            url=(base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions",
+            api_key=api_key,
+            key_required=official,
+            static_headers=static_headers,
+        )
+        self._max_tokens_field = "max_completion_tokens" if official else "max_tokens"
 
     @classmethod
     def from_env(cls, http: HTTPClient, env: Mapping[str, str] = os.environ) -> OpenAIProvider:
@@ -118,18 +123,6 @@ class OpenAIProvider(Provider):
             organization=env.get("OPENAI_ORG_ID") or None,
             project=env.get("OPENAI_PROJECT_ID") or None,
         )
-
-    # --- request -----------------------------------------------------------------------------
-
-    def _headers(self, request: ChatRequest, *, stream: bool) -> dict[str, str]:
-        if self._api_key is None and self._official:
-            raise ConfigurationError("OPENAI_API_KEY is not set in the worker's environment", self.name, request.model)
-        headers = dict(self._static_headers)
-        headers["accept"] = "text/event-stream" if stream else "application/json"
-        headers.update(request.extra_headers)
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key}"
-        return headers
 
     def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
         body: dict[str, object] = {
@@ -147,42 +140,15 @@ class OpenAIProvider(Provider):
             body["stream_options"] = {"include_usage": True}
         return body
 
-    def _mapper(self, model: str) -> ErrorMapper:
-        def mapper(status: int, headers: Mapping[str, str], body: bytes) -> LLMQError:
-            return openai_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
+    def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
+        return openai_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
 
-        return mapper
-
-    # --- calls -------------------------------------------------------------------------------
-
-    def complete(self, request: ChatRequest) -> Completion:
-        headers, content = self._http.post(
-            self._url,
-            headers=self._headers(request, stream=False),
-            body=json.dumps(self.build_body(request, stream=False)).encode(),
-            provider=self.name,
-            model=request.model,
-            error_mapper=self._mapper(request.model),
-            abort=request.abort,
-        )
-        try:
-            completion = parse_completion(content, request_id=headers.get("x-request-id"))
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
-            raise error_in_stream(
-                provider=self.name, model=request.model, message=f"malformed response: {exc}"
-            ) from exc
+    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
+        completion = parse_completion(content, request_id=headers.get("x-request-id"))
         completion.ratelimit = parse_ratelimit(headers)
         return completion
 
-    def stream(self, request: ChatRequest) -> OpenAIStream:
-        response = self._http.open_stream(
-            self._url,
-            headers=self._headers(request, stream=True),
-            body=json.dumps(self.build_body(request, stream=True)).encode(),
-            provider=self.name,
-            model=request.model,
-            error_mapper=self._mapper(request.model),
-        )
+    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> OpenAIStream:
         return OpenAIStream(response, provider=self.name, model=request.model, secret=self._api_key)
 
 

@@ -40,7 +40,7 @@ class ProviderRegistry:
             return self._providers[name]
         except KeyError:
             known = ", ".join(sorted(self._providers)) or "none"
-            raise ConfigurationError(f"unknown provider {name!r} (known: {known})", name) from None
+            raise ConfigurationError(f"unknown provider {name!r} (known: {known})", provider=name) from None
 
     def names(self) -> list[str]:
         return sorted(self._providers)

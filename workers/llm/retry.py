@@ -79,20 +79,20 @@ class RetryingModel(ChatModel):
             _record(self.ctx, self.model_id, exc, 0.0)
             raise DeadlineExceededError(
                 f"the job's deadline leaves {max(remaining, 0):.1f}s, the next attempt needs a {delay:.1f}s wait",
-                exc.provider,
-                exc.model,
+                provider=exc.provider,
+                model=exc.model,
                 retry_after=delay,  # a hold: the fallback chain tries the next model
             ) from exc
         _record(self.ctx, self.model_id, exc, delay)
         self.ctx.hooks.on_retry(self.model_id, error_type_name(exc), retry_index + 1, delay)
         if delay > self.ctx.max_inworker_wait_s:
             raise RetryLaterError(
-                f"upstream asked to wait {delay:.1f}s; re-queued instead of holding a worker slot",
-                exc.provider,
-                exc.model,
-                exc.status,
-                exc.code,
-                delay,
+                f"upstream asked to wait {delay:.1f}s, longer than a worker slot may be held",
+                provider=exc.provider,
+                model=exc.model,
+                status=exc.status,
+                code=exc.code,
+                retry_after=delay,
             ) from exc
         if delay > 0:
             self.ctx.sleep(delay)
@@ -113,13 +113,7 @@ class RetryingModel(ChatModel):
         return _RetryingStream(self, request)
 
 
-class _RetryingStream(WrappedStream):
-    def __init__(self, owner: RetryingModel, request: ModelRequest) -> None:
-        super().__init__()
-        self._owner = owner
-        self._request = request
-        self.model_id = owner.model_id
-
+class _RetryingStream(WrappedStream["RetryingModel"]):
     def __iter__(self) -> Iterator[str]:
         owner = self._owner
         retry_index = 0

@@ -257,7 +257,7 @@ def test_budget_errors_survive_the_celery_json_round_trip(make_ledger: Callable[
     err = info.value
     rebuilt = type(err)(*err.args)
     assert (rebuilt.message, rebuilt.code, rebuilt.details) == (err.message, err.code, err.details)
-    unavailable = LedgerUnavailableError("down", None, None, None, "ledger_unavailable")
+    unavailable = LedgerUnavailableError("down", code="ledger_unavailable")
     assert type(unavailable)(*unavailable.args).to_info().type == "ledger_unavailable"
 
 

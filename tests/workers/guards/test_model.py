@@ -209,7 +209,9 @@ def test_half_open_probe_success_closes_the_breaker(make_guards, clock) -> None:
 
 def test_a_breaker_skip_on_the_only_model_fails_with_the_error_that_opened_it(make_guards, clock) -> None:
     guards = make_guards(_config(openai_a=ModelConfig(breaker_failures=2)))
-    quota = InsufficientQuotaError("You exceeded your current quota", "openai", "a", 429, "insufficient_quota")
+    quota = InsufficientQuotaError(
+        "You exceeded your current quota", provider="openai", model="a", status=429, code="insufficient_quota"
+    )
     for _ in range(2):
         ctx, _ = _ctx(clock)
         with pytest.raises(InsufficientQuotaError):

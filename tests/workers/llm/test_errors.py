@@ -40,17 +40,17 @@ ALL_ERRORS = sorted(
     (cls for _, cls in inspect.getmembers(errors, inspect.isclass) if issubclass(cls, LLMQError)),
     key=lambda cls: cls.__name__,
 )
-FULL_ARGS = (
-    "Rate limit reached",
-    "openai",
-    "gpt-4o",
-    429,
-    "rate_limit_exceeded",
-    26.604,
-    "req_123",
-    True,
-    {"type": "tokens", "ratelimit": {"tokens_remaining": 652, "tokens_reset_s": 26.604}, "in_stream": True},
-)
+MESSAGE = "Rate limit reached"
+FULL_FIELDS: dict[str, object] = {
+    "provider": "openai",
+    "model": "gpt-4o",
+    "status": 429,
+    "code": "rate_limit_exceeded",
+    "retry_after": 26.604,
+    "request_id": "req_123",
+    "should_retry": True,
+    "details": {"type": "tokens", "ratelimit": {"tokens_remaining": 652, "tokens_reset_s": 26.604}, "in_stream": True},
+}
 ATTRS = ("message", "provider", "model", "status", "code", "retry_after", "request_id", "should_retry", "details")
 
 
@@ -60,17 +60,26 @@ def _same(a: LLMQError, b: LLMQError) -> None:
     assert str(a) == str(b) and a.is_retryable == b.is_retryable
 
 
+def _full(cls: type[LLMQError]) -> LLMQError:
+    return cls(MESSAGE, **FULL_FIELDS)  # type: ignore[arg-type]  # a dict of mixed field types
+
+
 @pytest.mark.parametrize("cls", ALL_ERRORS, ids=lambda c: c.__name__)
-@pytest.mark.parametrize("args", [FULL_ARGS, ("only a message",), ()], ids=["full", "message", "empty"])
-def test_args_rebuild_the_exception(cls: type[LLMQError], args: tuple[object, ...]) -> None:
-    exc = cls(*args)
+@pytest.mark.parametrize(
+    ("message", "fields"),
+    [(MESSAGE, FULL_FIELDS), ("only a message", {}), ("", {}), ("some", {"status": 0, "should_retry": False})],
+    ids=["full", "message", "empty", "falsy"],
+)
+def test_args_rebuild_the_exception(cls: type[LLMQError], message: str, fields: dict[str, object]) -> None:
+    exc = cls(message, **fields)  # type: ignore[arg-type]
+    assert exc.args == (message, fields)  # constructor params == args: (message, the fields set)
     _same(cls(*exc.args), exc)
     _same(pickle.loads(pickle.dumps(exc)), exc)
 
 
 @pytest.mark.parametrize("cls", ALL_ERRORS, ids=lambda c: c.__name__)
 def test_kombu_json_round_trip(cls: type[LLMQError]) -> None:
-    exc = cls(*FULL_ARGS)
+    exc = _full(cls)
     name, args = kombu_json.loads(kombu_json.dumps((type(exc).__name__, exc.args)))
     _same(getattr(errors, name)(*args), exc)
 
@@ -81,9 +90,16 @@ def test_celery_result_backend_round_trip(cls: type[LLMQError]) -> None:
     app = Celery(set_as_current=False)
     app.conf.result_serializer = "json"
     backend = app.backend
-    exc = cls(*FULL_ARGS)
+    exc = _full(cls)
     stored = kombu_json.loads(kombu_json.dumps(backend.prepare_exception(exc)))
     _same(backend.exception_to_python(stored), exc)
+
+
+def test_fields_are_keyword_arguments() -> None:
+    with pytest.raises(TypeError, match="keyword arguments"):
+        errors.ServerError("boom", "openai")  # type: ignore[arg-type]
+    keywords_win = errors.ServerError("boom", {"status": 500, "model": "a"}, status=503)
+    assert (keywords_win.status, keywords_win.model) == (503, "a")
 
 
 @pytest.mark.parametrize(
@@ -301,5 +317,5 @@ def test_redact() -> None:
 )
 def test_messages_leaving_the_worker_are_scrubbed(text: str, clean: str) -> None:
     assert pattern_redact(text) == clean
-    info = AuthenticationError(text, "openai", "gpt-4o", 401).to_info()
+    info = AuthenticationError(text, provider="openai", model="gpt-4o", status=401).to_info()
     assert info.message == pattern_redact(text)

@@ -1,0 +1,125 @@
+"""The plumbing every HTTP provider shares: one JSON ``POST`` endpoint, whole-body or streamed.
+
+:class:`HTTPProvider` owns the request cycle (headers, the missing-key check, the error mapper
+handed to the HTTP edge, malformed whole-body answers, wrapping an open response in the
+provider's stream parser), so that a provider module only translates its wire format: it
+implements :meth:`~HTTPProvider.build_body`, :meth:`~HTTPProvider.error_from_body`,
+:meth:`~HTTPProvider.parse_completion` and :meth:`~HTTPProvider.open_response_stream`.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import ClassVar, Generic, TypeVar
+
+from workers.llm._http import ErrorMapper, HTTPClient
+from workers.llm.base import ChatRequest, Completion, Provider, ResponseBody, ResponseStream
+from workers.llm.errormap import error_in_stream
+from workers.llm.errors import ConfigurationError, LLMQError
+
+__all__ = ["HTTPProvider"]
+
+StreamT = TypeVar("StreamT", bound=ResponseStream)
+
+#: What a whole-body parser raises on a payload of an unexpected shape.
+_MALFORMED = (ValueError, TypeError, KeyError, AttributeError, IndexError)
+
+
+class HTTPProvider(Provider, Generic[StreamT]):
+    """A provider spoken over one JSON endpoint (``url``), authenticated by an optional key."""
+
+    #: ``accept`` of a streamed call: SSE, or NDJSON for Ollama.
+    stream_media_type: ClassVar[str] = "text/event-stream"
+    #: The worker environment variable the key comes from, named when it is missing.
+    key_env: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        http: HTTPClient,
+        *,
+        url: str,
+        api_key: str | None,
+        key_required: bool = False,
+        static_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._http = http
+        self._url = url
+        self._api_key = api_key
+        #: The official API refuses unauthenticated calls: fail before sending one.
+        self._key_required = key_required
+        self._static_headers = dict(static_headers or {})
+
+    # --- what a provider module translates ------------------------------------------------------
+
+    @abstractmethod
+    def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+        """The request body in the provider's wire format."""
+
+    @abstractmethod
+    def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
+        """An HTTP error response mapped onto the error tree (secrets redacted)."""
+
+    @abstractmethod
+    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
+        """A whole-body answer to ``request``; raises ``ValueError``/``KeyError``... on an unexpected shape."""
+
+    @abstractmethod
+    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> StreamT:
+        """The provider's stream parser over an open 2xx response to ``request``."""
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """How the key is sent; a bearer token unless the provider says otherwise."""
+        return {"authorization": f"Bearer {api_key}"}
+
+    # --- the shared request cycle ----------------------------------------------------------------
+
+    def headers(self, request: ChatRequest, *, stream: bool) -> dict[str, str]:
+        if self._api_key is None and self._key_required:
+            raise ConfigurationError(
+                f"{self.key_env} is not set in the worker's environment", provider=self.name, model=request.model
+            )
+        headers = {
+            "content-type": "application/json",
+            "accept": self.stream_media_type if stream else "application/json",
+            **self._static_headers,
+        }
+        headers.update(request.extra_headers)
+        if self._api_key:
+            headers.update(self.auth_headers(self._api_key))
+        return headers
+
+    def _mapper(self, model: str) -> ErrorMapper:
+        def mapper(status: int, headers: Mapping[str, str], body: bytes) -> LLMQError:
+            return self.error_from_body(status, headers, body, model=model)
+
+        return mapper
+
+    def complete(self, request: ChatRequest) -> Completion:
+        headers, content = self._http.post(
+            self._url,
+            headers=self.headers(request, stream=False),
+            body=json.dumps(self.build_body(request, stream=False)).encode(),
+            provider=self.name,
+            model=request.model,
+            error_mapper=self._mapper(request.model),
+            abort=request.abort,
+        )
+        try:
+            return self.parse_completion(headers, content, request)
+        except _MALFORMED as exc:
+            raise error_in_stream(
+                provider=self.name, model=request.model, message=f"malformed response: {exc}"
+            ) from exc
+
+    def stream(self, request: ChatRequest) -> StreamT:
+        response = self._http.open_stream(
+            self._url,
+            headers=self.headers(request, stream=True),
+            body=json.dumps(self.build_body(request, stream=True)).encode(),
+            provider=self.name,
+            model=request.model,
+            error_mapper=self._mapper(request.model),
+        )
+        return self.open_response_stream(response, request)
