@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aredis
+from opentelemetry.trace import Tracer
 
 from producers.client import (
     _REGISTER_LUA,
@@ -20,6 +22,7 @@ from producers.client import (
 )
 from producers.cursor import GAP, EventCursor
 from producers.prompts import AsyncPromptResolver, job_data
+from producers.tracing import monitor_content, producer_tracer, send_options, submit_span
 from workers.contract import (
     DEFAULT_QUEUE,
     TASK_NAME,
@@ -58,6 +61,7 @@ class AsyncClient:
         queue: str = DEFAULT_QUEUE,
         result_ttl_s: int = 86_400,
         max_connections: int = 256,
+        tracer: Tracer | None = None,
     ) -> None:
         self.redis_url = redis_url or default_redis_url()
         self.queue = queue
@@ -69,6 +73,9 @@ class AsyncClient:
         )
         self._celery = make_celery(self.redis_url, queue)
         self._register = self.redis.register_script(_REGISTER_LUA)
+        #: Submit spans (``producers/tracing.py``): the OTEL_* configured tracer, or a no-op.
+        self.tracer = tracer or producer_tracer()
+        self._monitor_content = monitor_content()
         self.prompts = AsyncPromptResolver(self.redis)
 
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
@@ -76,21 +83,27 @@ class AsyncClient:
         if valid.submitted_at is None:
             valid.submitted_at = time.time()
         keys = JobKeys(valid.id)
-        fresh = await self._register(
-            keys=[keys.meta], args=[valid.tenant, valid.submitted_at, self.result_ttl_s, RESEND_AFTER_S]
-        )
-        if not fresh:
-            return AsyncJobHandle(valid.id, False, self)
-        payload = valid.model_dump(mode="json", exclude_none=True)
-        try:
-            # kombu is synchronous; keep the event loop free while it talks to the broker
-            await asyncio.to_thread(
-                self._celery.send_task, TASK_NAME, args=[payload], task_id=valid.id, queue=self.queue
+        with submit_span(self.tracer, valid, self.queue) as span:
+            fresh = await self._register(
+                keys=[keys.meta], args=[valid.tenant, valid.submitted_at, self.result_ttl_s, RESEND_AFTER_S]
             )
-        except Exception:
-            if fresh == 1:
-                await self.redis.delete(keys.meta)
-            raise
+            if not fresh:
+                if span.is_recording():
+                    span.set_attribute("llmq.duplicate", True)
+                return AsyncJobHandle(valid.id, False, self)
+            payload = valid.model_dump(mode="json", exclude_none=True)
+            options = send_options(payload, content=self._monitor_content)
+            try:
+                # kombu is synchronous; keep the event loop free while it talks to the broker
+                await asyncio.to_thread(
+                    functools.partial(
+                        self._celery.send_task, TASK_NAME, args=[payload], task_id=valid.id, queue=self.queue, **options
+                    )
+                )
+            except Exception:
+                if fresh == 1:
+                    await self.redis.delete(keys.meta)
+                raise
         await self.redis.hset(keys.meta, "sent", 1)
         return AsyncJobHandle(valid.id, True, self)
 

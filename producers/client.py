@@ -20,11 +20,13 @@ from typing import Any
 
 import redis
 from celery import Celery
+from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import PromptResolver, job_data
+from producers.tracing import monitor_content, producer_tracer, send_options, submit_span
 from workers.contract import (
     DEFAULT_QUEUE,
     TASK_NAME,
@@ -142,8 +144,12 @@ class Client:
         queue: str = DEFAULT_QUEUE,
         result_ttl_s: int = 86_400,
         redis_client: redis.Redis | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.redis_url = redis_url or default_redis_url()
+        #: Submit spans (``producers/tracing.py``): the OTEL_* configured tracer, or a no-op.
+        self.tracer = tracer or producer_tracer()
+        self._monitor_content = monitor_content()
         self.queue = queue
         self.result_ttl_s = result_ttl_s
         self.redis = redis_client or redis.Redis(
@@ -166,22 +172,27 @@ class Client:
         if valid.submitted_at is None:
             valid.submitted_at = time.time()
         keys = JobKeys(valid.id)
-        fresh = self._register(
-            keys=[keys.meta], args=[valid.tenant, valid.submitted_at, self.result_ttl_s, RESEND_AFTER_S]
-        )
-        if not fresh:
-            return JobHandle(valid.id, False, self)
-        try:
-            self._celery.send_task(
-                TASK_NAME,
-                args=[valid.model_dump(mode="json", exclude_none=True)],
-                task_id=valid.id,
-                queue=self.queue,
+        with submit_span(self.tracer, valid, self.queue) as span:
+            fresh = self._register(
+                keys=[keys.meta], args=[valid.tenant, valid.submitted_at, self.result_ttl_s, RESEND_AFTER_S]
             )
-        except Exception:
-            if fresh == 1:
-                self.redis.delete(keys.meta)  # let the caller retry the same id
-            raise
+            if not fresh:
+                if span.is_recording():
+                    span.set_attribute("llmq.duplicate", True)
+                return JobHandle(valid.id, False, self)
+            payload = valid.model_dump(mode="json", exclude_none=True)
+            try:
+                self._celery.send_task(
+                    TASK_NAME,
+                    args=[payload],
+                    task_id=valid.id,
+                    queue=self.queue,
+                    **send_options(payload, content=self._monitor_content),
+                )
+            except Exception:
+                if fresh == 1:
+                    self.redis.delete(keys.meta)  # let the caller retry the same id
+                raise
         self.redis.hset(keys.meta, "sent", 1)
         return JobHandle(valid.id, True, self)
 

@@ -51,6 +51,7 @@ __all__ = [
     "AllModelsFailedError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetBusyError",
     "BudgetExceededError",
     "ConfigurationError",
     "ContentFilteredError",
@@ -353,3 +354,14 @@ def must_propagate(exc: BaseException) -> bool:
         return True
     module = type(exc).__module__ or ""
     return module.partition(".")[0] in ("gevent", "greenlet")
+
+
+class BudgetBusyError(RetryLaterError):
+    """The call's worst case fits the budget, but not beside the reservations in flight.
+
+    A hold, not a failure: the fallback chain tries the next model (a cheaper one may fit now),
+    and when none can be served the job is re-queued with a short, growing countdown (no worker
+    slot held) until those reservations settle -- bounded by its deadline and ``max_requeues``.
+    """
+
+    type_name = "budget_wait"

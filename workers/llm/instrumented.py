@@ -171,9 +171,6 @@ def _response_attributes(span: Span, result: Completion | ChatStream) -> None:
 
 
 class _InstrumentedStream(WrappedStream["InstrumentedModel"]):
-    def __init__(self, owner: InstrumentedModel, request: ModelRequest) -> None:
-        super().__init__(owner, request)
-
     def __iter__(self) -> Iterator[str]:
         owner = self._owner
         span = owner._start(self._request, True)

@@ -17,6 +17,10 @@ from workers.contract import PromptKeys, PromptLabel, PromptVersion
 __all__ = ["PromptStore", "PublishConflictError", "Published", "UnknownPromptError"]
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class PublishConflictError(ValueError):
     """A published version's content cannot change: a change is a new version."""
 
