@@ -135,7 +135,8 @@ class Meter:
         """Countdown before trying again when the budget is busy with reservations in flight:
         jittered, doubling with each earlier wait of this job (its attempts survive re-queues)."""
         waits = sum(1 for a in self.ctx.attempts if a.error_type == BudgetBusyError.type_name)
-        return round(min(BUDGET_WAIT_MAX_S, BUDGET_WAIT_BASE_S * 2**waits) * random.uniform(0.5, 1.0), 3)
+        backoff: float = min(BUDGET_WAIT_MAX_S, BUDGET_WAIT_BASE_S * 2**waits)
+        return round(backoff * random.uniform(0.5, 1.0), 3)
 
     def release(self, reservation: Reservation | None) -> None:
         if reservation is not None and self.ledger is not None:

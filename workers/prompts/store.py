@@ -117,7 +117,3 @@ class PromptStore:
             if len(target.targets) == 1
             else max(target.targets, key=lambda t: t.weight).version,
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
