@@ -74,6 +74,7 @@ class GenAI:
     FALLBACK_INDEX = "llmq.fallback_index"
     JOB_ID = "llmq.job_id"
     TENANT = "llmq.tenant"
+    USER_ID = "user.id"
 
 
 def set_prompt(span: Span, name: str, version: int | str | None) -> None:
