@@ -25,6 +25,7 @@ COMMANDS = (
     "batch",
     "flower",
     "gateway",
+    "prompts",
 )
 
 

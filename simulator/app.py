@@ -158,7 +158,9 @@ class Simulator:
             return
         stats.by_model[req.model] += 1
         if fault.is_http_error:
-            record = stats.begin(request.path, req.model, job, False, str(fault))
+            record = stats.begin(
+                request.path, req.model, job, False, str(fault), prompt=req.prompt_text, messages=req.message_count
+            )
             stats.finish(record, f"error_{fault.kind}")
             await send_error(protocol, fault, req, out)
             return
@@ -174,7 +176,9 @@ class Simulator:
             gap=1.0 / tps if tps > 0 else 0.0,
             pacer=self.pacer,
         )
-        record = stats.begin(request.path, req.model, job, req.stream, str(fault))
+        record = stats.begin(
+            request.path, req.model, job, req.stream, str(fault), prompt=req.prompt_text, messages=req.message_count
+        )
         try:
             outcome = await (send_stream if req.stream else send_once)(answer, out)
         except (asyncio.CancelledError, ConnectionError):

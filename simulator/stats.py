@@ -19,6 +19,10 @@ MAX_HISTORY = 10_000
 MAX_JOBS = 50_000
 
 
+#: Characters of each request's prompt text kept in its record.
+PROMPT_CHARS = 4_000
+
+
 @dataclass(slots=True)
 class Record:
     path: str
@@ -29,6 +33,9 @@ class Record:
     started: float
     ended: float | None = None
     outcome: str = "open"
+    #: The request's message texts joined by spaces (capped): what a test checks reached the provider.
+    prompt: str = ""
+    messages: int = 0
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -40,6 +47,8 @@ class Record:
             "started": self.started,
             "ended": self.ended,
             "outcome": self.outcome,
+            "prompt": self.prompt,
+            "messages": self.messages,
         }
 
 
@@ -64,8 +73,10 @@ class Stats:
                 del by_job[next(iter(by_job))]
             by_job[job] += 1
 
-    def begin(self, path: str, model: str, job: str, stream: bool, fault: str) -> Record:
-        record = Record(path, model, job, stream, fault, time.time())
+    def begin(
+        self, path: str, model: str, job: str, stream: bool, fault: str, *, prompt: str = "", messages: int = 0
+    ) -> Record:
+        record = Record(path, model, job, stream, fault, time.time(), prompt=prompt[:PROMPT_CHARS], messages=messages)
         self.history.append(record)
         if fault != "ok":
             self.by_fault[fault] += 1

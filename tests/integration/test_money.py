@@ -12,7 +12,7 @@ from producers import Client
 from simulator.app import SimulatorThread
 from workers.accounting.ledger import GLOBAL_SCOPE, Ledger, to_micros
 from workers.accounting.prices import PriceBook
-from workers.contract import Usage
+from workers.contract import CompletionResult, JobKeys, Usage
 from workers.settings import Settings
 
 MODEL = "openai:gpt-4o-mini"
@@ -74,6 +74,67 @@ class TestBudgetUnderConcurrency:
         assert simulator.simulator.stats.requests == succeeded
         # each settle is rounded up to a whole micro-dollar (never under-charged)
         assert spent == pytest.approx(to_micros(_job_cost()) * succeeded / 1e6, rel=1e-6)
+
+
+class TestBudgetBackpressure:
+    """Worst cases that do not fit the budget together, real costs that do: jobs wait, none fails."""
+
+    JOBS = 40
+    SLOTS = 3  # worst cases that fit the budget at once; 16 worker threads want more
+
+    @staticmethod
+    def _worst_case() -> Decimal:
+        from workers.accounting.tokens import TokenCounter
+        from workers.contract import Message
+
+        prompt = TokenCounter().count(MODEL, [Message(**PROMPT[0])]).tokens
+        worst = PriceBook().lookup(MODEL).worst_case_cost(prompt, 1000)
+        assert worst is not None
+        return worst
+
+    @pytest.fixture
+    def worker_settings(self, redis_url: str) -> Settings:
+        budget = float(self._worst_case() * self.SLOTS)
+        assert (
+            self.JOBS * _job_cost() < Decimal(budget) * Decimal("0.9") / 2
+        )  # real costs fit, far below the kill switch
+        return Settings(
+            redis_url=redis_url, pool="threads", concurrency=16, claim_lease_s=10, monthly_budget_usd=budget
+        )
+
+    def test_jobs_wait_for_reservations_in_flight_instead_of_failing(
+        self, worker, client: Client, simulator: SimulatorThread, redis_url: str, worker_settings: Settings
+    ) -> None:
+        simulator.simulator.config.latency = 0.3  # calls overlap: more worst cases in flight than fit
+        reply = "llmq:reply:backpressure"
+        for i in range(self.JOBS):
+            client.submit(
+                {"model": MODEL, "messages": PROMPT, "max_tokens": 1000, "stream": i % 2 == 0, "reply_to": reply}
+            )
+        listener = redis.Redis.from_url(redis_url)
+        results = []
+        for _ in range(self.JOBS):
+            item = listener.blpop([reply], timeout=120)
+            assert item is not None, f"only {len(results)} of {self.JOBS} jobs ended"
+            results.append(CompletionResult.model_validate_json(item[1]))
+        listener.close()
+        assert [r.status for r in results] == ["succeeded"] * self.JOBS, [r.error for r in results if r.error]
+        spent, reserved, limit = _global(redis_url, worker_settings.monthly_budget_usd)
+        assert limit is not None and spent <= limit and reserved == 0
+        assert simulator.simulator.stats.requests == self.JOBS  # one upstream request per job, none wasted
+        waits = [a for r in results for a in r.attempts if a.error_type == "budget_wait"]
+        assert waits and all(a.status == "failed" and a.http_status is None for a in waits)
+
+    def test_a_job_whose_own_worst_case_cannot_fit_fails_at_once(
+        self, worker, client: Client, simulator: SimulatorThread, redis_url: str
+    ) -> None:
+        handle = client.submit({"model": MODEL, "messages": PROMPT, "max_tokens": 100_000})
+        result = handle.result(timeout=30)
+        assert result.status == "failed" and result.error is not None and result.error.type == "budget_exceeded"
+        assert simulator.simulator.stats.requests == 0
+        assert redis.Redis.from_url(redis_url).hget(JobKeys(handle.id).meta, "requeues") is None  # no waiting
+        _, reserved, _ = _global(redis_url)
+        assert reserved == 0
 
 
 class TestContextWindow:

@@ -216,6 +216,20 @@ def test_worker_environment_defaults_to_the_simulator(model: dict) -> None:
         assert model["services"][name]["environment"]["LLMQ_REDIS_URL"] == env["LLMQ_REDIS_URL"]
     redis_command = model["services"]["redis"]["command"]
     assert redis_command[redis_command.index("--maxmemory-policy") + 1] == "noeviction"
+    # durable: AOF fsynced every second, on a volume that outlives the container
+    assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
+    assert redis_command[redis_command.index("--appendfsync") + 1] == "everysec"
+    assert any(v["target"] == "/data" and v["type"] == "volume" for v in model["services"]["redis"]["volumes"])
+
+
+def test_shipped_redis_conf_is_durable() -> None:
+    conf = {}
+    for line in (ROOT / "ops" / "redis.conf").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            conf[key] = value
+    assert conf["appendonly"] == "yes" and conf["appendfsync"] in ("everysec", "always")
+    assert conf["maxmemory-policy"] == "noeviction"
 
 
 def test_bind_mounts_exist(model: dict) -> None:

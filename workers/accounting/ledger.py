@@ -7,14 +7,18 @@ all scopes change together or not at all, and concurrent workers can never joint
 Scopes: ``global`` (the whole deployment) and ``tenant:<name>``, each per UTC calendar month
 (``YYYY-MM`` in the keys; the month comes from an injectable clock). Per scope:
 
-- **hard limit**: a reservation is refused when ``spent + reserved + amount > limit``;
+- **hard limit**: a reservation is refused when ``spent + reserved + amount > limit``. Refused
+  *for good* (``budget_limit``) when settled spend plus the amount alone passes the limit; refused
+  *for now* (:class:`BudgetBusyError`, ``budget_busy``) when it would fit once the reservations in
+  flight settle: the job waits for them (re-queued, holding no worker slot) instead of failing;
 - **kill switch**: once *settled* spend reaches ``kill_ratio × limit`` (0.9 by default), every new
   reservation in that scope is refused, whatever its size. It uses settled spend, not
   reservations, so a burst of in-flight worst cases cannot trip it falsely (LiteLLM #36926).
   It applies to tenant scopes too: same rule everywhere.
 
-Both refusals raise :class:`BudgetExceededError` (non-retryable) with ``code`` ``kill_switch`` or
-``budget_limit`` (the latter may fit a cheaper model: the fallback chain can try the next one).
+The kill switch and the hard limit raise :class:`BudgetExceededError` (non-retryable) with
+``code`` ``kill_switch`` or ``budget_limit`` (the latter may fit a cheaper model: the fallback
+chain can try the next one); a busy budget raises :class:`BudgetBusyError`.
 Limits live in Redis (``Ledger.set_limit`` / ``llmq budget set``) and win over the defaults given
 to the constructor (``LLMQ_MONTHLY_BUDGET_USD`` or the config); a scope with neither is
 accounted but unlimited; a limit of 0 refuses everything.
@@ -43,7 +47,7 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel
 
-from workers.llm.errors import BudgetExceededError
+from workers.llm.errors import BudgetBusyError, BudgetExceededError
 
 __all__ = [
     "GLOBAL_SCOPE",
@@ -265,6 +269,13 @@ class Ledger:
             "limit_usd": float(from_micros(limit)),
             "amount_usd": float(from_micros(amount)),
         }
+        if status == "busy":
+            message = (
+                f"budget {scope} for {month}: ${from_micros(amount)} fits the ${from_micros(limit)} limit "
+                f"(spent ${from_micros(spent)}) but not beside the ${from_micros(reserved)} reserved in flight; "
+                "waiting for those reservations to settle"
+            )
+            raise BudgetBusyError(message, code="budget_busy", details=details)
         if status == "kill_switch":
             message = (
                 f"kill switch: {scope} spend ${from_micros(spent)} has reached {self.kill_ratio:.0%} of its "

@@ -9,14 +9,18 @@
    consumer cancelled, or when it failed after the first delta; a call that failed before any
    output releases its reservation.
 
-A model that cannot hold the prompt, or whose worst case does not fit the remaining budget, is
-skipped before dispatch (the fallback chain moves on; with no model left the job fails with that
-typed, non-retryable error). The kill switch and an unreachable ledger stop the job at once.
+A model that cannot hold the prompt, or whose worst case does not fit the budget even with no
+reservation in flight, is skipped before dispatch (the fallback chain moves on; with no model left
+the job fails with that typed, non-retryable error). A worst case that fits once the reservations
+in flight settle is a hold (:class:`BudgetBusyError`): the next model is tried, and when none can
+be served the job is re-queued with a short jittered countdown (``budget_wait_s``), holding no
+worker slot. The kill switch and an unreachable ledger stop the job at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -28,11 +32,22 @@ from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.contract import CompletionJob, Usage
 from workers.llm.base import ChatStream, Completion
-from workers.llm.errors import BudgetExceededError, ContextLengthExceededError
+from workers.llm.errors import (
+    BudgetBusyError,
+    BudgetExceededError,
+    ContextLengthExceededError,
+    LLMQError,
+    PreparationError,
+    must_propagate,
+)
 from workers.llm.fallback import SkipModel
 from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
 
-__all__ = ["Meter", "MeteredModel"]
+__all__ = ["BUDGET_WAIT_BASE_S", "BUDGET_WAIT_MAX_S", "Meter", "MeteredModel"]
+
+#: First countdown when the budget is busy with in-flight reservations; doubles per wait, capped.
+BUDGET_WAIT_BASE_S = 0.25
+BUDGET_WAIT_MAX_S = 5.0
 
 
 @dataclass
@@ -68,6 +83,17 @@ class Meter:
                 )
             except ContextLengthExceededError as exc:
                 raise SkipModel(exc.message, exc) from exc
+            except LLMQError:
+                raise
+            except BaseException as exc:  # a tokenizer panic, a pricing bug: typed, terminal
+                if must_propagate(exc):
+                    raise
+                provider, _, native = model_id.partition(":")
+                raise PreparationError(
+                    f"could not pre-count or price the request for {model_id}: {type(exc).__name__}: {exc}"[:1000],
+                    provider=provider,
+                    model=native,
+                ) from exc
             self._plans[model_id] = plan
         return plan
 
@@ -84,6 +110,15 @@ class Meter:
                 reservation = self.ledger.reserve(
                     self.job.id, self.ctx.calls, self.job.tenant, plan.worst_case_usd or 0
                 )
+            except BudgetBusyError as exc:
+                self.ctx.calls -= 1  # nothing was reserved under this number
+                raise BudgetBusyError(
+                    exc.message,
+                    code=exc.code,
+                    retry_after=self.budget_wait_s(),
+                    should_retry=False,  # not slept in the worker: the chain moves on, else a re-queue
+                    details=exc.details,
+                ) from exc
             except BudgetExceededError as exc:
                 if exc.code == "budget_limit":
                     raise SkipModel(exc.message, exc) from exc
@@ -95,6 +130,12 @@ class Meter:
         if self.metrics is not None:
             self.metrics.record_scopes(reservation.scopes)
         return reservation
+
+    def budget_wait_s(self) -> float:
+        """Countdown before trying again when the budget is busy with reservations in flight:
+        jittered, doubling with each earlier wait of this job (its attempts survive re-queues)."""
+        waits = sum(1 for a in self.ctx.attempts if a.error_type == BudgetBusyError.type_name)
+        return round(min(BUDGET_WAIT_MAX_S, BUDGET_WAIT_BASE_S * 2**waits) * random.uniform(0.5, 1.0), 3)
 
     def release(self, reservation: Reservation | None) -> None:
         if reservation is not None and self.ledger is not None:

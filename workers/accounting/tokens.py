@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from workers.accounting.bounded import bounded_len
 from workers.accounting.image_tokens import image_tokens
 from workers.contract import Message, Tool, ToolCall, Usage, base_model_name, split_model_id
 from workers.llm.errors import ConfigurationError
@@ -72,9 +73,6 @@ _FUNC_INIT, _PROP_INIT, _PROP_KEY, _ENUM_INIT, _ENUM_ITEM, _FUNC_END = 7, 3, 3, 
 TOOL_CALL_OVERHEAD = 8
 
 _PLANS_MAX = 4096
-_SEP = "<|endoftext|>"
-_SEP_ALLOWED = frozenset({_SEP})
-_JOIN_MIN_PARTS = 48
 
 _seed_lock = threading.Lock()
 _seeded_dirs: set[str] = set()
@@ -263,7 +261,9 @@ class TokenCounter:
                 overhead += TOKENS_PER_NAME
             if m.tool_call_id:
                 append(m.tool_call_id)
-        raw = overhead + _encoded_len(enc, parts) + (self._tools_tokens(enc, tools) if tools else 0)
+        text_tokens, exact = bounded_len(enc, parts)
+        raw = overhead + text_tokens + (self._tools_tokens(enc, tools) if tools else 0)
+        estimated = estimated or not exact  # a hard cut or the size cap (bounded.py): not exact
         return TokenCount(math.ceil(raw * margin) if estimated else raw, estimated, enc_name)
 
     def breakdown(self, model: str, messages: Sequence[Message], tools: Sequence[Tool] = ()) -> MessageBreakdown:
@@ -281,7 +281,8 @@ class TokenCounter:
     def count_text(self, model: str, text: str) -> TokenCount:
         """Tokens of plain text (no message overhead), scaled when estimated."""
         enc_name, estimated, margin = self.plan(model)
-        raw = len(self.encoding(enc_name).encode_ordinary(text)) if text else 0
+        raw, exact = bounded_len(self.encoding(enc_name), [text]) if text else (0, True)
+        estimated = estimated or not exact
         return TokenCount(math.ceil(raw * margin) if estimated else raw, estimated, enc_name)
 
     def _message_tokens(self, enc: tiktoken.Encoding, enc_name: str, m: Message, model: str) -> int:
@@ -307,7 +308,7 @@ class TokenCounter:
         n = 0
         for tool in tools:
             f = tool.function
-            n += _FUNC_INIT + len(enc.encode_ordinary(f"{f.name}:{(f.description or '').removesuffix('.')}"))
+            n += _FUNC_INIT + _encoded_len(enc, [f"{f.name}:{(f.description or '').removesuffix('.')}"])
             params = f.parameters if isinstance(f.parameters, dict) else {}
             props = params.get("properties")
             if isinstance(props, dict) and props:
@@ -319,12 +320,12 @@ class TokenCounter:
                     if isinstance(enum, list):
                         n += _ENUM_INIT
                         for item in enum:
-                            n += _ENUM_ITEM + len(enc.encode_ordinary(str(item)))
+                            n += _ENUM_ITEM + _encoded_len(enc, [str(item)])
                     desc = str(spec.get("description", "")).removesuffix(".")
-                    n += len(enc.encode_ordinary(f"{key}:{spec.get('type', '')}:{desc}"))
+                    n += _encoded_len(enc, [f"{key}:{spec.get('type', '')}:{desc}"])
                     extra = {k: v for k, v in spec.items() if k not in ("type", "description", "enum")}
                     if extra:
-                        n += len(enc.encode_ordinary(json.dumps(extra, separators=(",", ":"))))
+                        n += _encoded_len(enc, [json.dumps(extra, separators=(",", ":"))])
         return n + _FUNC_END
 
 
@@ -342,20 +343,8 @@ def _tool_call_parts(calls: Sequence[ToolCall], parts: list[str]) -> int:
 
 
 def _encoded_len(enc: tiktoken.Encoding, parts: list[str]) -> int:
-    """Sum of ``len(encode_ordinary(p))`` over ``parts``, exactly.
-
-    Many parts are joined around ``<|endoftext|>`` and encoded in one call: tiktoken splits on
-    allowed special tokens first and runs BPE on each segment alone, so the sum is unchanged and
-    the per-call overhead is paid once. For a few long parts one call each measured cheaper
-    (the join pays an extra special-token scan). A part containing the separator text itself
-    falls back to per-part encoding.
-    """
-    if len(parts) <= _JOIN_MIN_PARTS:
-        return sum(map(len, map(enc.encode_ordinary, parts)))
-    text = _SEP.join(parts)
-    if text.count(_SEP) != len(parts) - 1:
-        return sum(map(len, map(enc.encode_ordinary, parts)))
-    return len(enc.encode(text, allowed_special=_SEP_ALLOWED, disallowed_special=())) - (len(parts) - 1)
+    """Summed token counts of ``parts``, bounded in time on hostile text (``bounded.py``)."""
+    return bounded_len(enc, parts)[0]
 
 
 # --- usage estimates for streams without usage ----------------------------------------------------

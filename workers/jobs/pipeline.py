@@ -54,6 +54,7 @@ from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import (
     BadRequestError,
     DeadlineExceededError,
+    InternalError,
     JobCancelledError,
     LLMQError,
     MidStreamError,
@@ -61,6 +62,7 @@ from workers.llm.errors import (
     RetryLaterError,
     RunFencedError,
     error_type_name,
+    must_propagate,
 )
 from workers.llm.model import ChatModel, ModelRequest, RunContext
 from workers.prompts.render import render_job
@@ -294,9 +296,11 @@ class JobRunner:
                 return self._fenced(run, fenced)
         except LLMQError as exc:
             return self._end_failed(run, exc)
-        except Exception as exc:  # a bug must still end the job, never hang its consumers
+        except BaseException as exc:  # a bug (or a native panic) must still end the job, never hang it
+            if must_propagate(exc):
+                raise
             log.exception("job %s failed with an internal error", job.id)
-            internal = LLMQError(f"internal error: {type(exc).__name__}: {exc}")
+            internal = InternalError(f"internal error: {type(exc).__name__}: {exc}"[:2000])
             return self._end_failed(run, internal)
         try:
             return JobOutcome(result=self._finish_succeeded(run, completion))
@@ -477,6 +481,17 @@ class JobRunner:
         run.token = ""  # released in that same round trip
 
     def _requeue(self, run: _Run, exc: RetryLaterError) -> JobOutcome:
+        wait = exc.retry_after or 1.0
+        remaining = run.ctx.remaining()
+        if remaining is not None and wait >= remaining:
+            late = DeadlineExceededError(
+                f"the job's deadline leaves {max(remaining, 0):.1f}s, the next try needs a {wait:.1f}s wait: "
+                f"{exc.message}",
+                provider=exc.provider,
+                model=exc.model,
+                code=exc.code,
+            )
+            return self._end_failed(run, late)
         limit = self.res.config.max_requeues
         if self.res.redis.hincrby(run.keys.meta, "requeues", 1) > limit:
             final = RequeueLimitError(
@@ -489,7 +504,7 @@ class JobRunner:
             return self._end_failed(run, final)
         attempts = _ATTEMPTS.dump_json(run.ctx.attempts)
         self.res.redis.hset(run.keys.meta, mapping={"state": "queued", "attempts": attempts})
-        return JobOutcome(requeue_after_s=exc.retry_after or 1.0)
+        return JobOutcome(requeue_after_s=wait)
 
     # --- helpers --------------------------------------------------------------------------------------
 

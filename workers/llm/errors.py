@@ -28,6 +28,8 @@
     ├── RequeueLimitError                  re-queued max_requeues times, still could not be sent
     ├── MidStreamError                     failed after deltas were published (never retried)
     ├── InvalidOutputError                 the answer failed response_format after the repair turns
+    ├── PreparationError                   pre-count / pricing / request building failed on the input
+    ├── InternalError                      an unexpected failure in the worker (a bug)
     └── AllModelsFailedError               every model in the chain failed
 
 Retryability is a property of the type, except that the provider's ``x-should-retry`` header
@@ -49,6 +51,7 @@ __all__ = [
     "AllModelsFailedError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetBusyError",
     "BudgetExceededError",
     "ConfigurationError",
     "ContentFilteredError",
@@ -57,6 +60,7 @@ __all__ = [
     "FirstTokenTimeoutError",
     "IncompleteStreamError",
     "InsufficientQuotaError",
+    "InternalError",
     "InvalidOutputError",
     "JobCancelledError",
     "LLMQError",
@@ -64,6 +68,7 @@ __all__ = [
     "ModelNotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
+    "PreparationError",
     "PromptError",
     "ProviderConnectionError",
     "ProviderError",
@@ -76,6 +81,7 @@ __all__ = [
     "ServerError",
     "error_type_name",
     "is_retryable",
+    "must_propagate",
 ]
 
 
@@ -323,3 +329,39 @@ class PromptError(LLMQError):
     """A published prompt could not be rendered: not published, hash mismatch, sandbox refusal, size cap."""
 
     type_name = "prompt_error"
+
+
+class PreparationError(LLMQError):
+    """The job could not be prepared for the upstream call: the pre-count, pricing or request
+    building failed on its input (including a ``BaseException`` such as a tokenizer panic).
+    Terminal and never retried: the same input fails the same way on every model."""
+
+    type_name = "preparation_failed"
+
+
+class InternalError(LLMQError):
+    """An unexpected failure inside the worker (a bug); the job still ends with a terminal event."""
+
+    type_name = "internal_error"
+
+
+def must_propagate(exc: BaseException) -> bool:
+    """True for the ``BaseException`` kinds that stop a process or a greenlet and must never be
+    swallowed (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``, gevent's ``GreenletExit``
+    and ``Timeout``). Everything else -- a ``pyo3_runtime.PanicException`` from a native library
+    included -- ends the job with a typed error instead of killing it silently."""
+    if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+        return True
+    module = type(exc).__module__ or ""
+    return module.partition(".")[0] in ("gevent", "greenlet")
+
+
+class BudgetBusyError(RetryLaterError):
+    """The call's worst case fits the budget, but not beside the reservations in flight.
+
+    A hold, not a failure: the fallback chain tries the next model (a cheaper one may fit now),
+    and when none can be served the job is re-queued with a short, growing countdown (no worker
+    slot held) until those reservations settle -- bounded by its deadline and ``max_requeues``.
+    """
+
+    type_name = "budget_wait"

@@ -87,7 +87,7 @@ class RetryingModel(ChatModel):
         self.ctx.hooks.on_retry(self.model_id, error_type_name(exc), retry_index + 1, delay)
         if delay > self.ctx.max_inworker_wait_s:
             raise RetryLaterError(
-                f"upstream asked to wait {delay:.1f}s; re-queued instead of holding a worker slot",
+                f"upstream asked to wait {delay:.1f}s, longer than a worker slot may be held",
                 provider=exc.provider,
                 model=exc.model,
                 status=exc.status,

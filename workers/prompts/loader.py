@@ -18,7 +18,7 @@ from typing import Any
 
 import jsonschema
 import yaml
-from jinja2 import meta
+from jinja2 import TemplateError, meta
 from pydantic import ValidationError
 
 from workers.contract import PromptVersion
@@ -55,9 +55,12 @@ def template_variables(sandbox: PromptSandbox, sources: list[str]) -> set[str]:
     for source in sources:
         try:
             ast = sandbox.env.parse(source)
-        except Exception as exc:  # jinja2.TemplateSyntaxError
+        except TemplateError as exc:
             raise SandboxError(f"template does not parse: {exc}") from None
-        names |= meta.find_undeclared_variables(ast)
+        try:
+            names |= meta.find_undeclared_variables(ast)
+        except TemplateError as exc:  # e.g. an unknown (or removed, like ``attr``) filter
+            raise SandboxError(f"template does not compile: {exc}") from None
     return names - set(sandbox.env.globals)
 
 

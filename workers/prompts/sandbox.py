@@ -120,9 +120,9 @@ def _join(value: Iterable[Any], d: str = "", attribute: str | int | None = None)
 
 
 def _indent(s: str, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
-    pad = width if isinstance(width, str) else " " * min(int(width), _MAX_WIDTH)
-    if isinstance(width, str) and len(width) > _MAX_WIDTH:
+    if (len(width) if isinstance(width, str) else int(width)) > _MAX_WIDTH:
         raise SandboxError(f"indent() width over {_MAX_WIDTH} characters")
+    pad = width if isinstance(width, str) else " " * int(width)
     lines = str(s).split("\n")
     _check_size(len(str(s)) + len(pad) * len(lines), "indent()")
     out = [(pad + line) if (blank or line.strip()) else line for line in lines]
@@ -168,7 +168,13 @@ class PromptSandbox:
 
     def __init__(self, *, max_chars: int = DEFAULT_MAX_CHARS, cache_size: int = 512) -> None:
         self.max_chars = max_chars
-        self.env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        self.env = _Environment(
+            undefined=StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
         for name in _REMOVED_FILTERS:
             self.env.filters.pop(name, None)
         self.env.filters.update(replace=_replace, join=_join, indent=_indent)

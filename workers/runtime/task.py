@@ -32,6 +32,11 @@ def register_tasks(app: LLMQCelery) -> None:
             log.error("rejected invalid job %r: %s", job_id, exc.errors(include_url=False)[:3])
             runner.reject_invalid(job_id, exc)
             return "invalid"
+        except Exception as exc:  # not a ValidationError (a recursion limit...): still rejected, typed
+            job_id = job.get("id") if isinstance(job, dict) else None
+            log.error("rejected unreadable job %r: %s: %s", job_id, type(exc).__name__, str(exc)[:200])
+            runner.reject_invalid(job_id, exc)
+            return "invalid"
         outcome = runner.run(parsed)
         if outcome.requeue_after_s is not None:
             raise self.retry(countdown=outcome.requeue_after_s, args=(job,))

@@ -22,7 +22,7 @@ from workers.accounting.ledger import (
     from_micros,
     to_micros,
 )
-from workers.llm.errors import BudgetExceededError, is_retryable
+from workers.llm.errors import BudgetBusyError, BudgetExceededError, is_retryable
 
 
 class Clock:
@@ -91,7 +91,7 @@ def test_re_reserving_an_attempt_replaces_its_lease(make_ledger: Callable[..., L
 def test_release_frees_without_charging(make_ledger: Callable[..., Ledger]) -> None:
     ledger = make_ledger(monthly_limit_usd=1)
     r = ledger.reserve("job-1", 1, "t", 0.8)
-    with pytest.raises(BudgetExceededError):
+    with pytest.raises(BudgetBusyError):  # fits once job-1's reservation is gone
         ledger.reserve("job-2", 1, "t", 0.3)
     assert ledger.release(r) == 800_000 and ledger.release(r) == 0
     assert spent(ledger) == (0.0, 0.0)
@@ -110,7 +110,7 @@ def test_concurrent_reservations_never_exceed_the_limit(make_ledger: Callable[..
         for i in range(20):
             try:
                 r = ledger.reserve(f"job-{n}-{i}", 1, f"tenant{n % 3}", Decimal("0.03"))
-            except BudgetExceededError as exc:
+            except (BudgetExceededError, BudgetBusyError) as exc:
                 with lock:
                     refused.append(exc.code or "")
             else:
@@ -123,9 +123,28 @@ def test_concurrent_reservations_never_exceed_the_limit(make_ledger: Callable[..
     for t in threads:
         t.join()
     assert len(accepted) == 33  # floor(1 / 0.03): not one more
-    assert set(refused) == {"budget_limit"} and len(refused) == 16 * 20 - 33
+    # nothing settled: every refusal is "wait for the reservations in flight", none "never fits"
+    assert set(refused) == {"budget_busy"} and len(refused) == 16 * 20 - 33
     assert max(s.reserved_micros for r in accepted for s in r.scopes if s.scope == GLOBAL_SCOPE) <= 1_000_000
     assert spent(ledger) == (0.0, 0.99)
+
+
+def test_never_fits_is_told_from_busy_with_reservations_in_flight(make_ledger: Callable[..., Ledger]) -> None:
+    ledger = make_ledger(monthly_limit_usd=1, tenant_limits_usd={"small": 0.5})
+    ledger.settle(ledger.reserve("done", 1, "small", 0.3), 0.3)  # settled: 0.3 of both limits
+    held = ledger.reserve("in-flight", 1, "other", 0.6)  # global: 0.3 spent + 0.6 reserved
+    with pytest.raises(BudgetBusyError) as busy:  # 0.3 + 0.2 <= 1 once the 0.6 settles
+        ledger.reserve("waits", 1, "other", 0.2)
+    assert busy.value.code == "budget_busy" and busy.value.details["reserved_usd"] == 0.6  # type: ignore[index]
+    with pytest.raises(BudgetExceededError) as never:  # 0.3 spent + 0.8 > 1 whatever settles
+        ledger.reserve("too-big", 1, "other", 0.8)
+    assert never.value.code == "budget_limit"
+    # the most severe refusal over the scopes wins: global busy, tenant:small never fits -> limit
+    with pytest.raises(BudgetExceededError) as both:
+        ledger.reserve("small-job", 1, "small", 0.25)
+    assert both.value.code == "budget_limit" and both.value.details["scope"] == "tenant:small"  # type: ignore[index]
+    ledger.settle(held, 0.01)
+    ledger.reserve("waits", 1, "other", 0.2)  # fits now
 
 
 def test_concurrent_reserve_and_settle_never_overspend(make_ledger: Callable[..., Ledger]) -> None:
@@ -135,7 +154,7 @@ def test_concurrent_reserve_and_settle_never_overspend(make_ledger: Callable[...
         for i in range(25):
             try:
                 r = ledger.reserve(f"job-{n}-{i}", 1, "t", Decimal("0.05"))
-            except BudgetExceededError:
+            except (BudgetExceededError, BudgetBusyError):
                 continue
             ledger.settle(r, Decimal("0.04"))  # actual below the worst case, as usual
 
@@ -152,7 +171,7 @@ def test_concurrent_reserve_and_settle_never_overspend(make_ledger: Callable[...
 def test_expired_leases_free_themselves(make_ledger: Callable[..., Ledger]) -> None:
     ledger = make_ledger(monthly_limit_usd=1)
     dead = ledger.reserve("crashed-job", 1, "t", 0.9, lease_s=0.5)  # its worker dies: never settled
-    with pytest.raises(BudgetExceededError):
+    with pytest.raises(BudgetBusyError):
         ledger.reserve("job-2", 1, "t", 0.5)
     time.sleep(0.7)
     assert spent(ledger) == (0.0, 0.0)  # show() already excludes the expired lease
@@ -204,7 +223,7 @@ def test_month_rollover_by_utc_calendar(make_ledger: Callable[..., Ledger]) -> N
     ledger = make_ledger(monthly_limit_usd=1, clock=clock)
     ledger.settle(ledger.reserve("job-1", 1, "t", 1), 0.85)
     late = ledger.reserve("job-2", 1, "t", 0.1)  # reserved in January...
-    with pytest.raises(BudgetExceededError):
+    with pytest.raises(BudgetBusyError):
         ledger.reserve("job-3", 1, "t", 0.1)
     clock.now = datetime(2026, 2, 1, 0, 0, 0, tzinfo=UTC)
     assert ledger.month() == "2026-02"

@@ -5,7 +5,10 @@
 --       then per scope: name, default limit ('' = unlimited).
 -- Returns {'ok', expires_ms, spent, reserved, limit, ...per scope} (limit -1 = unlimited),
 --         {'settled', charged} when this attempt was already settled, or
---         {'kill_switch' | 'limit', scope, spent, reserved, limit} on refusal (nothing written).
+--         {'kill_switch' | 'limit' | 'busy', scope, spent, reserved, limit} on refusal (nothing written):
+--         'limit' = settled spend + this amount alone passes the limit (it cannot fit, ever, this month);
+--         'busy'  = it would fit once reservations in flight settle (spent + amount <= limit).
+--         The most severe refusal over all scopes wins: kill_switch, then limit, then busy.
 local id, amount, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local ratio, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local field = 'r:' .. id
@@ -23,6 +26,8 @@ end
 local stored = redis.call('HMGET', KEYS[1], unpack(names))
 local now = now_ms()
 local seen = {}
+local refusal = nil
+local severity = {busy = 1, limit = 2, kill_switch = 3}
 for i = 1, n do
   local state, leases = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   purge(state, leases, now)
@@ -31,14 +36,22 @@ for i = 1, n do
   local spent, reserved = num(row[1]), num(row[2]) - num(row[3])
   local limit = limit_of(stored[i], ARGV[5 + 2 * i])
   if limit >= 0 then
+    local why = nil
     if spent >= limit * ratio then
-      return {'kill_switch', names[i], spent, reserved, limit}
+      why = 'kill_switch'
+    elseif spent + amount > limit then
+      why = 'limit'
+    elseif spent + reserved + amount > limit then
+      why = 'busy'
     end
-    if spent + reserved + amount > limit then
-      return {'limit', names[i], spent, reserved, limit}
+    if why and (refusal == nil or severity[why] > severity[refusal[1]]) then
+      refusal = {why, names[i], spent, reserved, limit}
     end
   end
   seen[i] = {spent, reserved + amount, limit}
+end
+if refusal then
+  return refusal
 end
 
 local expires = now + lease_ms

@@ -1,0 +1,113 @@
+"""A durable Redis (AOF, as shipped) SIGKILLed and restarted in the middle of 50 jobs.
+
+Real parts only: a ``redis-server`` with ``appendonly yes / appendfsync everysec``, two worker
+processes, the simulator and a producer. Jobs that were running when Redis died lose their
+connection mid-stream: they must wait for Redis and run again (or end with a terminal event),
+never be acknowledged and forgotten. Asserted: every job ends exactly once, the ledger's spend
+survives the restart, and no served call is charged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+
+import pytest
+import redis
+
+from llmq.devstack import LocalStack
+from llmq.localredis import ManagedRedis
+from producers import Client
+from workers.accounting.ledger import GLOBAL_SCOPE, Ledger, to_micros
+from workers.accounting.prices import PriceBook
+from workers.accounting.tokens import TokenCounter
+from workers.contract import TERMINAL_EVENT_TYPES, Message, Usage
+
+pytestmark = pytest.mark.slow
+
+MODEL = "openai:gpt-4o-mini"
+JOBS = 50
+PROMPT = [{"role": "user", "content": "ride out a restart"}]
+HANG_GUARD_S = 300
+
+
+def _spent(url: str) -> float:
+    client = redis.Redis.from_url(url)
+    try:
+        status = next(s for s in Ledger(client).show().scopes if s.scope == GLOBAL_SCOPE)
+        return status.spent_usd
+    finally:
+        client.close()
+
+
+def _served_calls(simulator_url: str) -> int:
+    with urllib.request.urlopen(simulator_url + "/_sim/stats", timeout=10) as reply:
+        stats = json.load(reply)
+    return int(stats["requests"])
+
+
+def _finished(url: str, ids: list[str]) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(f"llmq:job:{{{job_id}}}:result")
+        return sum(pipe.execute())
+    except redis.RedisError:
+        return 0
+    finally:
+        client.close()
+
+
+def test_durable_redis_killed_and_restarted_mid_run_loses_no_job() -> None:
+    server = ManagedRedis(durable=True)
+    server.start()
+    url = server.url
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
+    env.update({"LLMQ_REDIS_URL": url, "LLMQ_MONTHLY_BUDGET_USD": "100"})
+    try:
+        with LocalStack(env=env) as stack, Client(url) as client:
+            stack.start_redis()  # adopts ours (LLMQ_REDIS_URL answers)
+            sim = stack.start_simulator(tokens_per_s=8)  # 20 tokens in ~2.5 s
+            for name in ("w1", "w2"):
+                stack.start_worker(pool="threads", concurrency=8, name=name)
+            stack.wait_for_workers(2)
+            ids = [f"restart-{i}" for i in range(JOBS)]
+            for job_id in ids:
+                client.submit({"model": MODEL, "messages": PROMPT, "max_tokens": 20, "id": job_id})
+
+            # kill Redis once some jobs finished and others are still queued or running
+            deadline = time.monotonic() + HANG_GUARD_S
+            while _finished(url, ids) < 5:
+                assert time.monotonic() < deadline, "no job finished"
+                time.sleep(0.1)
+            spent_before = _spent(url)
+            assert spent_before > 0
+            server.kill()
+            time.sleep(1.0)  # down for a moment (not a timing assertion: any length would do)
+            server.start()
+            assert _spent(url) >= spent_before  # the AOF kept every acknowledged charge
+            finished_at_restart = _finished(url, ids)
+            assert finished_at_restart < JOBS, "every job had finished: the restart hit nothing"
+
+            results = {job_id: client.result(job_id, timeout=HANG_GUARD_S) for job_id in ids}
+            for job_id, result in results.items():
+                events = list(client.stream(job_id, timeout=30))
+                terminal = [e for e in events if e.type in TERMINAL_EVENT_TYPES]
+                assert len(terminal) == 1 and events[-1] is terminal[0], (job_id, [e.type for e in events])
+                assert terminal[0].result is not None and terminal[0].result.status == result.status
+            statuses = [r.status for r in results.values()]
+            print(f"{finished_at_restart} of {JOBS} done before the restart; statuses {sorted(set(statuses))}")
+            assert statuses == ["succeeded"] * JOBS  # a run that lost Redis waited for it and ran again
+
+            prompt = TokenCounter().count(MODEL, [Message(**PROMPT[0])]).tokens
+            one_call = to_micros(PriceBook().lookup(MODEL).cost(Usage(prompt_tokens=prompt, completion_tokens=20)))
+            spent = _spent(url)
+            succeeded = statuses.count("succeeded")
+            assert spent >= spent_before
+            assert spent >= succeeded * one_call / 1e6 - 1e-9  # every answered job was charged
+            assert spent <= _served_calls(sim) * one_call / 1e6 + 1e-9  # no served call charged twice
+    finally:
+        server.stop()
