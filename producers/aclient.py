@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aredis
+from opentelemetry.trace import Tracer
 
 from producers.core import REGISTER_LUA, REPLAY_PAGE, ClientCore
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.prompts import AsyncPromptResolver, job_data
 from producers.settings import ProducerSettings
+from producers.tracing import submit_span
 from workers.contract import TERMINAL_EVENT_TYPES, CompletionJob, CompletionResult, JobKeys, StreamEvent
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
@@ -43,9 +45,10 @@ class AsyncClient(ClientCore):
         queue: str | None = None,
         result_ttl_s: int | None = None,
         settings: ProducerSettings | None = None,
+        tracer: Tracer | None = None,
         max_connections: int = 256,
     ) -> None:
-        super().__init__(redis_url, queue=queue, result_ttl_s=result_ttl_s, settings=settings)
+        super().__init__(redis_url, queue=queue, result_ttl_s=result_ttl_s, settings=settings, tracer=tracer)
         self.redis = aredis.Redis(
             connection_pool=aredis.BlockingConnectionPool.from_url(
                 self.redis_url,
@@ -60,16 +63,19 @@ class AsyncClient(ClientCore):
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
         valid = self.stamped(await self.prompts.prepare(job_data(job, overrides)))
         keys, args = self.register_args(valid)
-        fresh = await self._register(keys=keys, args=args)
-        if not fresh:
-            return AsyncJobHandle(valid.id, False, self)
-        try:
-            # kombu is synchronous; keep the event loop free while it talks to the broker
-            await asyncio.to_thread(self.send, valid)
-        except Exception:
-            if fresh == 1:
-                await self.redis.delete(*keys)
-            raise
+        with submit_span(self.tracer, valid, self.queue) as span:
+            fresh = await self._register(keys=keys, args=args)
+            if not fresh:
+                if span.is_recording():
+                    span.set_attribute("llmq.duplicate", True)
+                return AsyncJobHandle(valid.id, False, self)
+            try:
+                # kombu is synchronous; keep the event loop free while it talks to the broker
+                await asyncio.to_thread(self.send, valid)
+            except Exception:
+                if fresh == 1:
+                    await self.redis.delete(*keys)
+                raise
         await self.redis.hset(keys[0], "sent", 1)
         return AsyncJobHandle(valid.id, True, self)
 

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from opentelemetry.trace import Tracer
 
 from producers.core import CANCEL_CHANNEL, REGISTER_LUA, REPLAY_PAGE, ClientCore, make_celery, validate_job
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import PromptResolver, job_data
-from producers.settings import ProducerSettings, producer_settings
+from producers.settings import ProducerSettings
+from producers.tracing import producer_settings, submit_span
 from workers.contract import TERMINAL_EVENT_TYPES, CompletionJob, CompletionResult, JobKeys, StreamEvent
 
 __all__ = [
@@ -77,9 +79,10 @@ class Client(ClientCore):
         queue: str | None = None,
         result_ttl_s: int | None = None,
         settings: ProducerSettings | None = None,
+        tracer: Tracer | None = None,
         redis_client: redis.Redis | None = None,
     ) -> None:
-        super().__init__(redis_url, queue=queue, result_ttl_s=result_ttl_s, settings=settings)
+        super().__init__(redis_url, queue=queue, result_ttl_s=result_ttl_s, settings=settings, tracer=tracer)
         self.redis = redis_client or redis.Redis(
             connection_pool=redis.BlockingConnectionPool.from_url(
                 self.redis_url,
@@ -102,15 +105,18 @@ class Client(ClientCore):
         """
         valid = self.stamped(self.prompts.prepare(job_data(job, overrides)))
         keys, args = self.register_args(valid)
-        fresh = self._register(keys=keys, args=args)
-        if not fresh:
-            return JobHandle(valid.id, False, self)
-        try:
-            self.send(valid)
-        except Exception:
-            if fresh == 1:
-                self.redis.delete(*keys)  # let the caller retry the same id
-            raise
+        with submit_span(self.tracer, valid, self.queue) as span:
+            fresh = self._register(keys=keys, args=args)
+            if not fresh:
+                if span.is_recording():
+                    span.set_attribute("llmq.duplicate", True)
+                return JobHandle(valid.id, False, self)
+            try:
+                self.send(valid)
+            except Exception:
+                if fresh == 1:
+                    self.redis.delete(*keys)  # let the caller retry the same id
+                raise
         self.redis.hset(keys[0], "sent", 1)
         return JobHandle(valid.id, True, self)
 

@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Celery
+from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 
 from producers.errors import InvalidJobError
 from producers.settings import ProducerSettings, producer_settings
+from producers.tracing import monitor_content, producer_tracer, send_options
 from workers.contract import (
     DEFAULT_QUEUE,
     TASK_NAME,
@@ -104,6 +106,7 @@ class ClientCore:
         queue: str | None = None,
         result_ttl_s: int | None = None,
         settings: ProducerSettings | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         base = settings or producer_settings()
         #: Explicit arguments win over ``settings``, which win over the environment.
@@ -113,6 +116,9 @@ class ClientCore:
         self.queue = self.settings.queue
         self.result_ttl_s = self.settings.result_ttl_s
         self.celery = make_celery(self.redis_url, self.queue)
+        #: Submit spans (``producers/tracing.py``): the OTEL_* configured tracer, or a no-op.
+        self.tracer = tracer or producer_tracer()
+        self._monitor_content = monitor_content()
 
     # --- submit ---------------------------------------------------------------------------------
 
@@ -130,8 +136,13 @@ class ClientCore:
 
     def send(self, job: CompletionJob) -> None:
         """Send the job's Celery message (synchronous: kombu has no asyncio API)."""
+        payload = job.model_dump(mode="json", exclude_none=True)
         self.celery.send_task(
-            TASK_NAME, args=[job.model_dump(mode="json", exclude_none=True)], task_id=job.id, queue=self.queue
+            TASK_NAME,
+            args=[payload],
+            task_id=job.id,
+            queue=self.queue,
+            **send_options(payload, content=self._monitor_content),
         )
 
     # --- read -------------------------------------------------------------------------------------

@@ -64,6 +64,19 @@ class Settings(BaseSettings):
     #: Flower can still turn them on at run time (its ``enable_events``).
     task_events: bool = True
 
+    # --- logs and traces (tracing itself is configured by the standard OTEL_* variables) ------
+    #: ``json`` (one object per line, with trace ids) or ``text``; default: JSON unless on a terminal.
+    log_format: Literal["json", "text"] | None = None
+    #: Share of *successful* jobs whose lines are logged, decided per trace; failures always are.
+    log_sample: float = Field(default=1.0, ge=0.0, le=1.0)
+    #: Jobs running at least this long are always logged.
+    log_slow_s: float = Field(default=30.0, ge=0.0)
+    #: Record (redacted) message content on ``chat`` spans: off unless turned on.
+    trace_content: bool = False
+    #: Show full job arguments (message text, variables) in Celery task events and Flower;
+    #: off: they show ``monitor_repr`` (ids, model, tenant, sizes).
+    monitor_content: bool = False
+
     # --- HTTP to providers ----------------------------------------------------------------------
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 120.0

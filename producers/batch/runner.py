@@ -26,6 +26,7 @@ from producers.batch.records import invalid_record, result_record
 from producers.batch.validate import BatchValidationError, validate_file
 from producers.client import Client, make_celery
 from producers.errors import InvalidJobError
+from producers.tracing import send_options
 from workers.contract import TASK_NAME, CompletionJob, CompletionResult, JobKeys
 
 __all__ = ["BatchRunner", "BatchSummary", "batch_id_for", "default_errors_path", "job_id_for"]
@@ -237,7 +238,9 @@ class BatchRunner:
             self._celery = make_celery(self.client.redis_url, self.client.queue)
         job.submitted_at = job.submitted_at or time.time()
         payload = job.model_dump(mode="json", exclude_none=True)
-        self._celery.send_task(TASK_NAME, args=[payload], task_id=job.id, queue=self.client.queue)
+        self._celery.send_task(
+            TASK_NAME, args=[payload], task_id=job.id, queue=self.client.queue, **send_options(payload)
+        )
         self.summary.resent += 1
 
     def _drain(self) -> None:

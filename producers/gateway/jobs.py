@@ -20,6 +20,7 @@ from producers.gateway.body import problems_error, read_json_object
 from producers.gateway.errors import GatewayError, scrub_result
 from producers.gateway.sse import EventStreamResponse, JobEventsRenderer
 from producers.gateway.state import gateway_of
+from producers.tracing import incoming_trace
 
 __all__ = ["cancel_job", "get_job", "job_events", "resolve_id", "storage_id", "submit_job"]
 
@@ -81,6 +82,7 @@ async def submit_job(request: Request) -> Response:
     if job_id is not None:
         data["id"] = job_id
     data["tenant"] = tenant
+    data.update(incoming_trace(request.headers))  # continue the caller's trace
     try:
         handle = await gw.client.submit(data)
     except InvalidJobError as exc:

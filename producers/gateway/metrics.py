@@ -39,6 +39,12 @@ class GatewayMetrics:
             buckets=[b for b in buckets if b >= 0],
             registry=r,
         )
+        self.sse_queue_capacity = Gauge(
+            "llmq_gateway_sse_queue_capacity",
+            "Size of each SSE client's event queue (alerts compare depth to it)",
+            registry=r,
+        )
+        self.sse_queue_capacity.set(queue_size)
         self.sse_open = Gauge("llmq_gateway_sse_streams", "SSE responses being streamed", registry=r)
         self.sse_ended = Counter(
             "llmq_gateway_sse_ended",

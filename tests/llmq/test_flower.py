@@ -141,9 +141,10 @@ def test_flower_lists_the_worker_and_completed_tasks_without_secrets(stack: Loca
         assert tasks, "Flower did not list the completed tasks"
         for task in tasks.values():
             assert task["name"] == "llmq.run_job"
-            # readable arguments (Celery elides the long middle of the repr, e.g. the messages)
+            # a short summary of the job (workers.contract.monitor_repr), never the message text
             args = str(task["args"])
-            assert task["uuid"] in args and "openai:gpt-4o-mini" in args and "'custom_id': 'flower-" in args
+            assert task["uuid"] in args and "openai:gpt-4o-mini" in args and '"custom_id":"flower-' in args
+            assert '"messages":1' in args and "visible prompt" not in args
             assert isinstance(task["runtime"], float) and task["worker"].startswith("flowerw@")
 
         status, info = get(f"{url}/api/task/info/{handles[0].id}")

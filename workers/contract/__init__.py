@@ -50,7 +50,7 @@ from workers.contract.prompt import (
     PromptRef,
     PromptVersion,
 )
-from workers.contract.redaction import redact
+from workers.contract.redaction import monitor_repr, redact
 from workers.contract.result import Attempt, CompletionResult, ErrorInfo, Timings, Usage
 
 __all__ = [
@@ -100,6 +100,7 @@ __all__ = [
     "Usage",
     "UsageEvent",
     "base_model_name",
+    "monitor_repr",
     "new_job_id",
     "parse_event",
     "redact",

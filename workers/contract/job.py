@@ -147,6 +147,10 @@ class CompletionJob(_Wire):
     #: producer with many jobs in flight (batch runs) wait on one BLPOP instead of one
     #: subscription per job.
     reply_to: Annotated[str, Field(pattern=r"^llmq:reply:[A-Za-z0-9_.:-]{1,128}$")] | None = None
+    #: W3C trace context of the submit span (set by the producer): the worker's job span is its
+    #: child, across re-queues and redeliveries.
+    traceparent: Annotated[str, Field(pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")] | None = None
+    tracestate: Annotated[str, Field(max_length=512)] | None = None
     #: ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {name, schema, strict}}``:
     #: the worker validates the answer, repairs it up to ``max_repairs`` times, sets ``result.parsed``.
     response_format: ResponseFormat | None = None

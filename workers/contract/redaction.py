@@ -15,9 +15,12 @@ pattern net behind it, for keys we do not hold (a caller's) and for masked forms
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["redact"]
+__all__ = ["monitor_repr", "redact"]
 
 _SECRETS = re.compile(
     r"(?i)(\b(?:api[_-]?key|x-api-key|authorization|token|secret|password)[\"']?\s*[=:]\s*[\"']?(?:bearer\s+)?"
@@ -32,3 +35,31 @@ def redact(text: str) -> str:
     if not text:
         return text
     return _SECRETS.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+
+
+def monitor_repr(job: Mapping[str, Any]) -> str:
+    """What Flower and Celery task events show of a job (``argsrepr``): ids and sizes, no content.
+
+    Message text, template variables and tool arguments stay out of the monitors unless a
+    deployment turns content on (``LLMQ_MONITOR_CONTENT=1``).
+    """
+    messages = job.get("messages") or []
+    chars = sum(len(str(m.get("content") or "")) for m in messages if isinstance(m, Mapping))
+    summary = {
+        "id": job.get("id"),
+        "model": job.get("model"),
+        "fallbacks": job.get("fallbacks") or [],
+        "tenant": job.get("tenant", "default"),
+        "messages": len(messages),
+        "chars": chars,
+        "tools": len(job.get("tools") or []),
+        "max_tokens": job.get("max_tokens"),
+        "stream": job.get("stream", True),
+    }
+    metadata = job.get("metadata")
+    if metadata:  # caller's tags (custom_id...): credential-like keys are rejected at validation
+        summary["metadata"] = metadata
+    prompt = job.get("prompt")
+    if isinstance(prompt, Mapping):
+        summary["prompt"] = prompt.get("name")
+    return "(" + json.dumps(summary, separators=(",", ":")) + ",)"

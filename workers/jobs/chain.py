@@ -1,6 +1,6 @@
 """The one factory that composes a job's model chain.
 
-``Fallback( Retry( [Metered]( [Guarded]( Provider model 1 ))), Retry( ... model 2 ), ... )``:
+``Fallback( Retry( [Metered]( [Guarded]( Instrumented( Provider model 1 )))), Retry( ... model 2 ), ... )``:
 every layer a :class:`~workers.llm.model.ChatModel` wrapper, built per job from process-wide
 parts (providers, config, shared guards). Both the meter and the guard sit inside the retry loop,
 so every attempt is pre-counted and reserved, then admitted by the shared limits and breaker, and
@@ -10,13 +10,17 @@ configuration error that fails the job before any request is made.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from opentelemetry.util.types import AttributeValue
 
 from workers.contract import CompletionJob, split_model_id
 from workers.guards.model import GuardedModel
 from workers.llm.errors import ConfigurationError
 from workers.llm.fallback import FallbackModel, SkipCheck
+from workers.llm.instrumented import InstrumentedModel, PriceFn
 from workers.llm.model import ChatModel, ProviderModel, RunContext
 from workers.llm.registry import ProviderRegistry
 from workers.llm.retry import RetryingModel, RetryPolicy
@@ -26,7 +30,7 @@ from workers.routes import LLMQConfig
 if TYPE_CHECKING:
     from workers.guards.shared import SharedGuards
 
-__all__ = ["build_chain", "resolve_chain", "retry_policy_for"]
+__all__ = ["Instrumentation", "build_chain", "resolve_chain", "retry_policy_for"]
 
 
 def resolve_chain(job: CompletionJob, config: LLMQConfig, default_model: str) -> list[str]:
@@ -58,6 +62,15 @@ def retry_policy_for(model_id: str, config: LLMQConfig) -> RetryPolicy:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Instrumentation:
+    """What the per-attempt spans carry besides the request: cost, job attributes, content."""
+
+    price: PriceFn | None = None
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    record_content: bool = False
+
+
 def build_chain(
     chain: list[str],
     registry: ProviderRegistry,
@@ -68,6 +81,7 @@ def build_chain(
     meter: Callable[[ChatModel], ChatModel] | None = None,
     guards: SharedGuards | None = None,
     watchdog: Watchdog | None = None,
+    instrument: Instrumentation | None = None,
 ) -> ChatModel:
     """``Fallback( Retry( meter( Guarded( Provider model ))))`` ...
 
@@ -77,12 +91,24 @@ def build_chain(
     the not-before time and the RPM/TPM buckets inside the meter, where the pre-count is known.
     A model with a ``ttft_limit_s`` is guarded even without shared state (``watchdog`` times it;
     default: the guards' or the process's own).
+    Innermost, :class:`~workers.llm.instrumented.InstrumentedModel` makes each HTTP attempt a
+    ``chat {model}`` span and reports it to ``ctx.hooks`` (``instrument`` adds cost, span
+    attributes such as the job id, and opt-in content).
     """
+    instrument = instrument or Instrumentation()
     models: list[ChatModel] = []
     for model_id in chain:
         provider_name, native = split_model_id(model_id)
         provider = registry.get(provider_name)
-        model: ChatModel = ProviderModel(provider, model_id, native)
+        model: ChatModel = InstrumentedModel(
+            ProviderModel(provider, model_id, native),
+            ctx,
+            fallback_index=len(models),
+            price=instrument.price,
+            server_url=getattr(provider, "_url", None),
+            attributes=instrument.attributes,
+            record_content=instrument.record_content,
+        )
         ttft = config.model(model_id).ttft_limit_s
         if guards is not None or ttft:
             model = GuardedModel(

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import redis
+from opentelemetry.trace import Tracer
 
 from workers.accounting.ledger import Ledger
 from workers.accounting.metrics import UsageMetrics
@@ -20,6 +21,7 @@ from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.contract import CompletionResult
 from workers.guards.shared import SharedGuards
+from workers.jobs.decisions import DecisionMetrics
 from workers.jobs.heartbeat import ClaimHeartbeat
 from workers.jobs.store import JobStore
 from workers.llm.registry import ProviderRegistry
@@ -47,6 +49,9 @@ class JobMetricsSink(Protocol):
 
     @property
     def usage(self) -> UsageMetrics: ...
+
+    @property
+    def decisions(self) -> DecisionMetrics: ...
 
 
 class JobResources(Protocol):
@@ -78,6 +83,9 @@ class JobResources(Protocol):
 
     @property
     def metrics(self) -> JobMetricsSink: ...
+
+    @property
+    def tracer(self) -> Tracer: ...
 
     @property
     def cancel_watcher(self) -> CancelHooks | None: ...

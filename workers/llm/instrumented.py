@@ -170,13 +170,7 @@ def _response_attributes(span: Span, result: Completion | ChatStream) -> None:
             span.set_attribute(GenAI.CACHE_WRITE_TOKENS, usage.cache_write_tokens)
 
 
-class _InstrumentedStream(WrappedStream):
-    def __init__(self, owner: InstrumentedModel, request: ModelRequest) -> None:
-        super().__init__()
-        self._owner = owner
-        self._request = request
-        self.model_id = owner.model_id
-
+class _InstrumentedStream(WrappedStream["InstrumentedModel"]):
     def __iter__(self) -> Iterator[str]:
         owner = self._owner
         span = owner._start(self._request, True)

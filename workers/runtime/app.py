@@ -13,10 +13,11 @@ resources (HTTP client, Redis pool, providers) are built on the first job.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from celery.signals import worker_init, worker_shutdown
+from celery.signals import setup_logging, worker_init, worker_shutdown
 
 from workers.contract import DEFAULT_QUEUE, TASK_NAME
 from workers.runtime.broker import transport_for
@@ -74,7 +75,8 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         task_routes={TASK_NAME: {"queue": settings.queue or DEFAULT_QUEUE}},
         worker_hijack_root_logger=False,
         worker_concurrency=settings.concurrency,
-        worker_pool="gevent" if settings.pool == "gevent" else "threads",
+        # threads: ours, which can hand running jobs back when a graceful shutdown's window ends
+        worker_pool="gevent" if settings.pool == "gevent" else "workers.runtime.pool:ThreadPool",
     )
     app.llmq = AppState(settings, provider_env=provider_env)
     register_tasks(app)
@@ -112,6 +114,17 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
     port = worker_app.llmq.settings.metrics_port
     if port:
         serve_metrics(resources.metrics.registry, port)
+
+
+@setup_logging.connect
+def _on_setup_logging(loglevel: object = None, **_: object) -> None:
+    """Our handler instead of Celery's: JSON lines (``LLMQ_LOG_FORMAT``) with trace ids, redacted.
+
+    Connecting here is what tells Celery not to configure logging itself."""
+    from workers.runtime.logs import configure_logging
+
+    level = loglevel if isinstance(loglevel, int) else logging.INFO
+    configure_logging(get_settings().log_format, level=level)
 
 
 @worker_shutdown.connect

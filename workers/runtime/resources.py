@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import redis
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -27,8 +29,10 @@ from workers.jobs.heartbeat import ClaimHeartbeat
 from workers.jobs.store import JobStore
 from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
+from workers.llm.tracing import NO_TRACER
 from workers.routes import LLMQConfig, load_config
-from workers.runtime.telemetry import RateAdmissionsCollector, WorkerMetrics, build_worker_metrics
+from workers.runtime.telemetry import BreakerCollector, RateAdmissionsCollector, WorkerMetrics, build_worker_metrics
+from workers.runtime.tracing import build_tracer_provider
 from workers.settings import Settings
 
 __all__ = ["CANCEL_CHANNEL", "CancelWatcher", "WorkerResources", "build_ledger", "redis_client_for"]
@@ -139,6 +143,14 @@ class WorkerResources:
     #: Renews the claims of the jobs running here (proof of life; workers/jobs/heartbeat.py).
     heartbeat: ClaimHeartbeat | None = None
     extras: dict[str, object] = field(default_factory=dict)
+    #: The process's span exporter pipeline, from the OTEL_* variables (None: tracing is off).
+    tracer_provider: TracerProvider | None = None
+
+    @property
+    def tracer(self) -> Tracer:
+        """The tracer jobs use: the provider's, or a no-op (``workers/runtime/tracing.py``)."""
+        provider = self.tracer_provider
+        return NO_TRACER if provider is None else provider.get_tracer("llmq.worker")
 
     @classmethod
     def build(
@@ -182,6 +194,7 @@ class WorkerResources:
         heartbeat.start()
         lease_stats = guards.leases.stats
         metrics.registry.register(RateAdmissionsCollector(lambda: (lease_stats.local, lease_stats.calls)))
+        metrics.registry.register(BreakerCollector(guards.breakers_open))
         return cls(
             settings=settings,
             redis=client,
@@ -196,11 +209,14 @@ class WorkerResources:
             cancel_watcher=watcher,
             guards=guards,
             heartbeat=heartbeat,
+            tracer_provider=build_tracer_provider(),
         )
 
     def close(self) -> None:
         if self.heartbeat is not None:
             self.heartbeat.stop()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # flushes the spans still batched
         if self.cancel_watcher is not None:
             self.cancel_watcher.stop()
         if self.guards is not None:

@@ -11,9 +11,10 @@ import logging
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 from pydantic import ValidationError
 
-from workers.contract import TASK_NAME, CompletionJob
+from workers.contract import TASK_NAME, CompletionJob, monitor_repr
 from workers.runtime.state import LLMQCelery
 
 __all__ = ["register_tasks"]
@@ -38,8 +39,12 @@ def register_tasks(app: LLMQCelery) -> None:
             runner.reject_invalid(job_id, exc)
             return "invalid"
         outcome = runner.run(parsed)
+        if outcome.handed_back:
+            raise Reject("handed back at shutdown", requeue=True)
         if outcome.requeue_after_s is not None:
-            raise self.retry(countdown=outcome.requeue_after_s, args=(job,))
+            # the re-sent message keeps Flower's short view of the job (no content)
+            shown = {} if runner.res.settings.monitor_content else {"argsrepr": monitor_repr(job), "kwargsrepr": "{}"}
+            raise self.retry(countdown=outcome.requeue_after_s, args=(job,), **shown)
         if outcome.skipped:
             return f"skipped: {outcome.skipped}"
         return outcome.result.status if outcome.result else "unknown"

@@ -9,7 +9,24 @@
 ``llmq_jobs_total``                counter    ``{status}`` succeeded | failed | cancelled
 ``llmq_queue_length``              gauge      ``{queue}`` read from Redis on each scrape
 ``llmq_rate_admissions_total``     counter    ``{via}`` lease | redis: RPM/TPM admissions
+``llm_skips_total``                counter    ``{model, reason}`` models passed over untried:
+                                              window | budget | breaker_open |
+                                              breaker_probe_busy | too_large | check
+``llm_waits_total``                counter    ``{model, reason}`` in-worker holds before a request:
+                                              not_before (a shared 429 hold) | rate_limit
+``llm_wait_seconds_total``         counter    ``{model, reason}`` seconds slept in those holds
+``llm_breaker_transitions_total``  counter    ``{model, state}`` breaker moves made by this worker
+``llm_breaker_open``               gauge      ``{model}`` 1 while the shared breaker is not closed
+``llmq_requeues_total``            counter    ``{reason}`` jobs re-queued with a countdown
+``llm_tool_calls_total``           counter    ``{tool, outcome}`` tool runs: ok | error | timeout |
+                                              invalid | unknown
+``gen_ai_client_operation_duration_seconds``    histogram  per HTTP attempt (GenAI semconv)
+``gen_ai_client_time_to_first_chunk_seconds``   histogram  per streamed attempt
+``gen_ai_client_token_usage``                   histogram  ``gen_ai_token_type`` input | output
 =================================  =========  ==================================================
+
+The GenAI histograms are labelled ``gen_ai_operation_name``, ``gen_ai_provider_name``,
+``gen_ai_request_model`` (and ``error_type`` on the duration), as the conventions name them.
 
 plus the token, cost and budget families of :mod:`workers.accounting.metrics`. Labels are bounded (model ids
 come from configuration); job ids go to logs only. Logs never carry secrets: the
@@ -29,8 +46,18 @@ from prometheus_client.registry import Collector
 
 from workers.accounting.metrics import UsageMetrics, build_usage_metrics
 from workers.contract import CompletionResult, redact
+from workers.jobs.decisions import DecisionMetrics, build_decision_metrics
 
-__all__ = ["JobMetrics", "RedactingFilter", "WorkerMetrics", "build_worker_metrics", "install_log_redaction", "redact"]
+__all__ = [
+    "BreakerCollector",
+    "DecisionMetrics",
+    "JobMetrics",
+    "RedactingFilter",
+    "WorkerMetrics",
+    "build_worker_metrics",
+    "install_log_redaction",
+    "redact",
+]
 
 _TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60)
 _DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
@@ -101,11 +128,27 @@ class RateAdmissionsCollector(Collector):
         yield family
 
 
+class BreakerCollector(Collector):
+    """``llm_breaker_open{model}``: this process's mirror of the shared breakers, read at scrape."""
+
+    def __init__(self, states: Callable[[], dict[str, bool]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "llm_breaker_open", "1 while the model's shared circuit breaker is open or half-open.", labels=["model"]
+        )
+        for model, is_open in sorted(self._states().items()):
+            family.add_metric([model], 1.0 if is_open else 0.0)
+        yield family
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerMetrics:
     registry: CollectorRegistry
     jobs: JobMetrics
     usage: UsageMetrics
+    decisions: DecisionMetrics
 
 
 def build_worker_metrics(
@@ -129,7 +172,9 @@ def build_worker_metrics(
     )
     if client is not None and queues:
         registry.register(QueueLengthCollector(client, queues))
-    return WorkerMetrics(registry=registry, jobs=jobs, usage=build_usage_metrics(registry))
+    return WorkerMetrics(
+        registry=registry, jobs=jobs, usage=build_usage_metrics(registry), decisions=build_decision_metrics(registry)
+    )
 
 
 def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> None:

@@ -31,6 +31,7 @@ from workers.llm.errors import (
     ServerError,
 )
 from workers.llm.fallback import FallbackModel
+from workers.llm.instrumented import InstrumentedModel
 from workers.llm.model import ChainHooks, ChatModel, ModelRequest, ProviderModel, RunContext
 from workers.llm.registry import ProviderRegistry
 from workers.llm.retry import RetryingModel, RetryPolicy
@@ -395,9 +396,11 @@ def test_build_chain_puts_the_guard_inside_the_meter_inside_the_retry(make_guard
     assert isinstance(chain, FallbackModel)
     for retry in chain.models:
         assert isinstance(retry, RetryingModel) and isinstance(retry.wrapped, GuardedModel)
-        assert isinstance(retry.wrapped.wrapped, ProviderModel)
+        # innermost: the per-attempt span around the provider (workers/llm/instrumented.py)
+        assert isinstance(retry.wrapped.wrapped, InstrumentedModel)
+        assert isinstance(retry.wrapped.wrapped.wrapped, ProviderModel)
     assert metered == [r.wrapped for r in chain.models]
     assert [r.wrapped.ttft_limit_s for r in chain.models] == [None, 5]
     # without shared guards only a model with a TTFT limit is wrapped
     bare = build_chain([A, B], registry, config, ctx)
-    assert [type(r.wrapped).__name__ for r in bare.models] == ["ProviderModel", "GuardedModel"]
+    assert [type(r.wrapped).__name__ for r in bare.models] == ["InstrumentedModel", "GuardedModel"]

@@ -1,0 +1,89 @@
+"""Worker logging: one JSON object per line (``LLMQ_LOG_FORMAT=json``, the default off a terminal)
+or plain text, always through the credential scrubber.
+
+Each JSON line has ``ts``, ``level``, ``logger``, ``msg``, ``trace_id``/``span_id`` (the record's
+own, set by the job observer, else the current span's) and the structured fields of the job and
+decision lines (``event``, ``job_id``, ``model``, ``attempt``, ``backoff_s``...). Which job lines are
+written at all is the observer's choice (``workers/jobs/observe.py``: per-trace sampling).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from opentelemetry import trace
+
+from workers.contract import redact
+from workers.runtime.telemetry import RedactingFilter
+
+__all__ = ["JsonFormatter", "configure_logging"]
+
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _clean(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": redact(record.getMessage()),
+        }
+        trace_id = getattr(record, "trace_id", None)
+        span_id = getattr(record, "span_id", None)
+        if trace_id is None:
+            context = trace.get_current_span().get_span_context()
+            if context.is_valid:
+                trace_id, span_id = format(context.trace_id, "032x"), format(context.span_id, "016x")
+        if trace_id:
+            out["trace_id"] = trace_id
+            out["span_id"] = span_id
+        fields = getattr(record, "llmq", None)
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                out.setdefault(key, _clean(value))
+        if record.exc_info:
+            out["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+class _LLMQHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Our root handler (configuring twice replaces it). Without an explicit stream it writes to
+    whatever ``sys.stderr`` is at the time of each record (test runners swap it)."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        super().__init__(stream or sys.stderr)
+        self._follow = stream is None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._follow:
+            self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging(
+    fmt: str | None = None, *, level: int = logging.INFO, stream: IO[str] | None = None
+) -> logging.Handler:
+    """Install the worker's root handler (idempotent). ``fmt``: ``json``, ``text`` or None for
+    JSON unless ``stream`` is a terminal."""
+    if fmt is None:
+        fmt = "text" if getattr(stream or sys.stderr, "isatty", lambda: False)() else "json"
+    handler = _LLMQHandler(stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _LLMQHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    if root.level > level or root.level == logging.NOTSET:
+        root.setLevel(level)
+    logging.getLogger("llmq").setLevel(min(level, logging.INFO))  # job and decision lines are INFO
+    return handler
