@@ -114,12 +114,17 @@ class AsyncClient(ClientCore):
         await pubsub.subscribe(keys.channel)
         try:
             while True:
-                async for event in self._replay(keys, cursor.next_seq):
-                    out = cursor.replayed(event)
-                    if out is not None:
-                        yield out
-                    if cursor.done:
-                        return
+                # replay (first pass) and gap filling (later passes) from the Stream, a page at a
+                # time (no inner async generator: one left unfinished is only closed by the GC)
+                start = self.replay_start(cursor.next_seq)
+                while entries := await self.redis.xrange(keys.events, min=start, count=REPLAY_PAGE):
+                    events, start = self.parse_page(entries)
+                    for event in events:
+                        out = cursor.replayed(event)
+                        if out is not None:
+                            yield out
+                        if cursor.done:
+                            return
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=cursor.wait_s())
                     if message is None:
@@ -133,16 +138,6 @@ class AsyncClient(ClientCore):
                         return
         finally:
             await pubsub.aclose()
-
-    async def _replay(self, keys: JobKeys, from_seq: int) -> AsyncIterator[StreamEvent]:
-        start = self.replay_start(from_seq)
-        while True:
-            entries = await self.redis.xrange(keys.events, min=start, count=REPLAY_PAGE)
-            if not entries:
-                return
-            events, start = self.parse_page(entries)
-            for event in events:
-                yield event
 
     async def cancel(self, job_id: str) -> bool:
         """Ask for cancellation; True unless the job already finished. The worker aborts its call."""

@@ -27,8 +27,8 @@ from producers.core import CANCEL_CHANNEL, REGISTER_LUA, REPLAY_PAGE, ClientCore
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import PromptResolver, job_data
-from producers.settings import ProducerSettings
-from producers.tracing import producer_settings, submit_span
+from producers.settings import ProducerSettings, producer_settings
+from producers.tracing import submit_span
 from workers.contract import TERMINAL_EVENT_TYPES, CompletionJob, CompletionResult, JobKeys, StreamEvent
 
 __all__ = [
