@@ -90,7 +90,7 @@ def _ref(data: dict[str, Any]) -> PromptRef:
     try:
         return PromptRef.model_validate(raw)
     except ValidationError as exc:
-        errors = [{**e, "loc": ("prompt", *e["loc"])} for e in exc.errors(include_url=False)]
+        errors: list[dict[str, Any]] = [{**e, "loc": ("prompt", *e["loc"])} for e in exc.errors(include_url=False)]
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
         raise InvalidJobError(f"invalid job: {problems}", errors) from None
 
@@ -122,13 +122,13 @@ def _start(data: dict[str, Any]) -> tuple[dict[str, Any], PromptRef]:
     return data, ref
 
 
-def _label(name: str, label: str, raw: bytes | None) -> PromptLabel:
+def _label(name: str, label: str, raw: bytes | str | None) -> PromptLabel:
     if raw is None:
         raise _invalid(("prompt", "label"), f"prompt {name!r} has no label {label!r}")
     return PromptLabel.model_validate_json(raw)
 
 
-def _version(name: str, number: int, raw: bytes | None) -> PromptVersion:
+def _version(name: str, number: int, raw: bytes | str | None) -> PromptVersion:
     if raw is None:
         raise _invalid(("prompt", "version"), f"prompt {name!r} has no published version {number}")
     return PromptVersion.model_validate_json(raw)

@@ -25,7 +25,7 @@ from llmq.commands.table import print_table
 __all__ = ["parse_label", "parse_vars", "register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("prompts", help="versioned prompts: test, push, label, list, show, render")
     psub = p.add_subparsers(dest="prompts_command", required=True, metavar="SUBCOMMAND")
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
+from llmq.commands.params import add_param_args, apply_params
 from producers.client import Client, InvalidJobError, ResultTimeoutError
 
 
@@ -22,15 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the CompletionResult as one JSON object")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--no-wait", action="store_true", help="print the job id and exit")
+    add_param_args(p)
     p.set_defaults(func=run)
 
 
-def build_job(args: argparse.Namespace) -> dict[str, object]:
+def build_job(args: argparse.Namespace) -> dict[str, Any]:
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
     messages.append({"role": "user", "content": args.prompt})
-    job: dict[str, object] = {
+    job: dict[str, Any] = {
         "model": args.model,
         "fallbacks": args.fallback,
         "messages": messages,
@@ -42,7 +45,7 @@ def build_job(args: argparse.Namespace) -> dict[str, object]:
         job["temperature"] = args.temperature
     if args.id:
         job["id"] = args.id
-    return job
+    return apply_params(args, job)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(result.model_dump_json())
     elif not args.stream:
-        print(result.content)
+        print(result.content if result.refusal is None else f"(refused) {result.refusal}")
     if result.status != "succeeded":
         error = result.error
         detail = f"{error.type}: {error.message}" if error else result.status

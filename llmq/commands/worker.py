@@ -33,7 +33,9 @@ def command(args: argparse.Namespace) -> list[str]:
         "workers.runtime.app",
         "worker",
         "-P",
-        args.pool,
+        # threads: ours (workers/runtime/pool.py), which hands running jobs back at the end of a
+        # graceful shutdown; Celery loads it as its "custom" pool
+        "custom" if args.pool == "threads" else args.pool,
         "-c",
         str(args.concurrency),
         "-Q",
@@ -53,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
     os.environ["LLMQ_POOL"] = args.pool
     os.environ["LLMQ_CONCURRENCY"] = str(args.concurrency)
     os.environ["LLMQ_QUEUE"] = args.queue
+    # SIGTERM (what Docker, Kubernetes and systemd send) starts Celery's cold shutdown with its
+    # soft window: stop taking jobs, let running streams finish for LLMQ_SOFT_SHUTDOWN_TIMEOUT
+    # seconds, then hand the rest back to the queue (late acks: their messages are restored).
+    # Celery's own SIGTERM (warm shutdown) would wait for every job however long it runs.
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    os.environ["CELERY_CUSTOM_WORKER_POOL"] = "workers.runtime.pool:ThreadPool"
     argv = command(args)
     # exec: signals (Ctrl-C, SIGTERM for a warm shutdown) go straight to Celery, and gevent
     # patches the process before anything else is imported.

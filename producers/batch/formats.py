@@ -10,8 +10,13 @@ Three line shapes are accepted, told apart by their keys:
 * Plain: ``{"custom_id", "prompt", "model"?, "system"?, "max_tokens"?, "temperature"?, ...}``
   (or ``messages`` instead of ``prompt``); ``model`` is an llmqueue model id or route alias.
 
+Request parameters travel in each shape's own spelling: OpenAI ``response_format``,
+``tool_choice``, ``parallel_tool_calls``, ``stop``, ``top_p``, ``seed``, ``user``, ``reasoning_effort``
+and ``image_url`` parts; Anthropic ``tool_choice`` (``auto``/``any``/``tool``/``none``,
+``disable_parallel_tool_use``), ``stop_sequences``, ``top_p``, ``metadata.user_id``, ``thinking``,
+``output_config.format`` and ``image`` blocks; plain lines use the job's own field names.
 A field we cannot honour is an error, not silently dropped; fields that change nothing for a
-batch run (``stream``, ``user``, ``n: 1`` ...) are ignored. Errors carry the input line number and
+batch run (``stream``, ``n: 1`` ...) are ignored. Errors carry the input line number and
 a field path in the input's own terms (``body.messages[2].content``), so they can be fixed.
 """
 
@@ -32,14 +37,20 @@ _PROVIDERS = ("openai:", "anthropic:", "ollama:")
 _MAX_CUSTOM_ID = 256
 
 # body/params fields that have no effect on a batch run
-_OPENAI_IGNORED = {"stream", "stream_options", "user", "store", "service_tier", "parallel_tool_calls", "n"}
-_OPENAI_KNOWN = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "tools", "tool_choice"}
-_OPENAI_KNOWN |= {"metadata"} | _OPENAI_IGNORED
-_ANTHROPIC_IGNORED = {"stream", "metadata"}
+_OPENAI_IGNORED = {"stream", "stream_options", "store", "service_tier", "n"}
+#: OpenAI body fields that are job fields of the same name and shape
+_OPENAI_PARAMS = ("response_format", "tool_choice", "parallel_tool_calls", "stop", "top_p", "seed", "user")
+_OPENAI_KNOWN = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "tools"}
+_OPENAI_KNOWN |= {"metadata", "reasoning_effort", *_OPENAI_PARAMS} | _OPENAI_IGNORED
+_ANTHROPIC_IGNORED = {"stream"}
 _ANTHROPIC_KNOWN = {"model", "max_tokens", "messages", "system", "temperature", "tools", "tool_choice"}
-_ANTHROPIC_KNOWN |= _ANTHROPIC_IGNORED
-_PLAIN_KNOWN = {"custom_id", "prompt", "messages", "model", "system", "max_tokens", "temperature", "metadata"}
-_PLAIN_KNOWN |= {"tenant", "fallbacks"}
+_ANTHROPIC_KNOWN |= {"stop_sequences", "top_p", "metadata", "thinking", "output_config"} | _ANTHROPIC_IGNORED
+#: Plain-line fields that are job fields as they are
+_PLAIN_PARAMS = ("model", "max_tokens", "temperature", "metadata", "tenant", "fallbacks", "tools", "max_repairs")
+_PLAIN_PARAMS += ("response_format", "tool_choice", "parallel_tool_calls", "stop", "top_p", "seed", "user", "reasoning")
+_PLAIN_KNOWN = {"custom_id", "prompt", "messages", "system", *_PLAIN_PARAMS}
+#: pydantic's names for the branches of a union in an error location (not input fields)
+_UNION_TAGS = {"str", "int", "float", "bool", "dict", "list"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +188,11 @@ def _from_openai(draft: _Draft, data: dict[str, Any]) -> None:
     _check_keys(draft, body, _OPENAI_KNOWN, "body.")
     if body.get("n", 1) != 1:
         draft.issue("unsupported_value", "only n=1 is supported", "body.n")
-    if body.get("tool_choice", "auto") not in ("auto", None):
-        draft.issue("unsupported_value", "only tool_choice 'auto' is supported", "body.tool_choice")
+    for name in _OPENAI_PARAMS:
+        if body.get(name) is not None:
+            draft.set(name, body[name], f"body.{name}")
+    if body.get("reasoning_effort") is not None:
+        draft.set("reasoning", {"effort": body["reasoning_effort"]}, "body.reasoning_effort")
     if "model" in body:
         draft.set("model", _provider_model(body["model"], "openai"), "body.model")
     for name in ("max_completion_tokens", "max_tokens", "temperature", "metadata"):
@@ -206,7 +220,7 @@ def _strip_strict(tool: Any) -> Any:
 
 
 def _openai_message(draft: _Draft, message: Any, path: str) -> Any:
-    """Text-part arrays become one string; ``developer`` is ``system``; the rest is validated later."""
+    """Text-part arrays become one string (image parts stay parts); ``developer`` is ``system``."""
     if not isinstance(message, dict):
         return message
     out = dict(message)
@@ -214,18 +228,21 @@ def _openai_message(draft: _Draft, message: Any, path: str) -> Any:
         out["role"] = "system"
     content = out.get("content")
     if isinstance(content, list):
-        texts = []
+        parts: list[dict[str, Any]] = []
         for j, part in enumerate(content):
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if isinstance(part, dict) and kind == "text" and isinstance(part.get("text"), str):
+                parts.append({"type": "text", "text": part["text"]})
+            elif isinstance(part, dict) and kind == "image_url" and out.get("role") == "user":
+                parts.append({"type": "image_url", "image_url": part.get("image_url")})
             else:
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 draft.issue(
                     "unsupported_content",
-                    f"only text content parts are supported, not {kind!r}",
+                    f"only text (and, in user messages, image_url) content parts are supported, not {kind!r}",
                     f"{path}.content[{j}]",
                 )
-        out["content"] = "".join(texts)
+        texts_only = all(p["type"] == "text" for p in parts)
+        out["content"] = "".join(p["text"] for p in parts) if texts_only else parts
     out.pop("refusal", None)
     return out
 
@@ -237,9 +254,7 @@ def _from_anthropic(draft: _Draft, data: dict[str, Any]) -> None:
         draft.issue("missing_params", "params must be an object (the Messages request)", "params")
         return
     _check_keys(draft, params, _ANTHROPIC_KNOWN, "params.")
-    choice = params.get("tool_choice")
-    if choice is not None and not (isinstance(choice, dict) and choice.get("type") == "auto"):
-        draft.issue("unsupported_value", "only tool_choice {'type': 'auto'} is supported", "params.tool_choice")
+    _anthropic_params(draft, params)
     if "model" in params:
         draft.set("model", _provider_model(params["model"], "anthropic"), "params.model")
     for name in ("max_tokens", "temperature"):
@@ -264,6 +279,52 @@ def _from_anthropic(draft: _Draft, data: dict[str, Any]) -> None:
     draft.fields["messages"] = messages
 
 
+def _anthropic_params(draft: _Draft, params: dict[str, Any]) -> None:
+    """Anthropic's spellings of the request parameters -> the job's fields."""
+    choice = params.get("tool_choice")
+    if choice is not None:
+        kind = choice.get("type") if isinstance(choice, dict) else None
+        mapped: Any = {"auto": "auto", "any": "required", "none": "none"}.get(str(kind))
+        if kind == "tool":
+            mapped = {"type": "function", "function": {"name": choice.get("name")}}
+        if mapped is None:
+            draft.issue("unsupported_value", "tool_choice type must be auto, any, tool or none", "params.tool_choice")
+        else:
+            draft.set("tool_choice", mapped, "params.tool_choice")
+        if isinstance(choice, dict) and choice.get("disable_parallel_tool_use"):
+            draft.set("parallel_tool_calls", False, "params.tool_choice.disable_parallel_tool_use")
+    for name, target in (("stop_sequences", "stop"), ("top_p", "top_p")):
+        if params.get(name) is not None:
+            draft.set(target, params[name], f"params.{name}")
+    metadata = params.get("metadata")
+    if isinstance(metadata, dict) and metadata.get("user_id") is not None:
+        draft.set("user", metadata["user_id"], "params.metadata.user_id")
+    thinking = params.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        draft.set("reasoning", {"budget_tokens": thinking.get("budget_tokens")}, "params.thinking")
+    config = params.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if isinstance(fmt, dict):
+        schema = fmt.get("schema")
+        draft.set(
+            "response_format",
+            {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}},
+            "params.output_config.format",
+        )
+
+
+def _anthropic_image(draft: _Draft, block: dict[str, Any], where: str) -> dict[str, Any] | None:
+    source = block.get("source")
+    if isinstance(source, dict) and source.get("type") == "base64":
+        url = f"data:{source.get('media_type')};base64,{source.get('data')}"
+    elif isinstance(source, dict) and source.get("type") == "url":
+        url = str(source.get("url"))
+    else:
+        draft.issue("unsupported_content", "an image block needs a base64 or url source", where)
+        return None
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
 def _blocks_text(draft: _Draft, content: Any, path: str) -> Any:
     if not isinstance(content, list):
         return content
@@ -282,6 +343,7 @@ def _anthropic_message(draft: _Draft, message: Any, path: str) -> list[Any]:
         return [message]
     role = message.get("role")
     texts: list[str] = []
+    images: list[dict[str, Any]] = []
     tool_calls: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
     for j, block in enumerate(message["content"]):
@@ -291,6 +353,10 @@ def _anthropic_message(draft: _Draft, message: Any, path: str) -> list[Any]:
             texts.append(block["text"])
         elif kind == "text":
             draft.issue("invalid_value", "a text block needs a string 'text'", f"{where}.text")
+        elif kind == "image" and role == "user":
+            image = _anthropic_image(draft, block, where)
+            if image is not None:
+                images.append(image)
         elif kind == "tool_use" and role == "assistant":
             arguments = json.dumps(block.get("input", {}), separators=(",", ":"))
             tool_calls.append({"id": block.get("id"), "function": {"name": block.get("name"), "arguments": arguments}})
@@ -300,7 +366,9 @@ def _anthropic_message(draft: _Draft, message: Any, path: str) -> list[Any]:
         else:
             draft.issue("unsupported_content", f"content block {kind!r} is not supported in a {role!r} message", where)
     out: list[Any] = list(results)
-    if texts or tool_calls or not results:
+    if images:
+        out.append({"role": role, "content": [*({"type": "text", "text": t} for t in texts), *images]})
+    elif texts or tool_calls or not results:
         converted: dict[str, Any] = {"role": role, "content": "".join(texts) if texts or not tool_calls else None}
         if tool_calls:
             converted["tool_calls"] = tool_calls
@@ -325,7 +393,7 @@ def _anthropic_tools(draft: _Draft, tools: Any) -> Any:
 
 def _from_plain(draft: _Draft, data: dict[str, Any]) -> None:
     _check_keys(draft, data, _PLAIN_KNOWN, "")
-    for name in ("model", "max_tokens", "temperature", "metadata", "tenant", "fallbacks"):
+    for name in _PLAIN_PARAMS:
         if data.get(name) is not None:
             draft.set(name, data[name], name)
     messages: list[Any] = []
@@ -359,9 +427,13 @@ def _from_plain(draft: _Draft, data: dict[str, Any]) -> None:
 
 def _map_errors(draft: _Draft, exc: ValidationError) -> list[LineIssue]:
     issues = []
+    seen: set[str | None] = set()
     for error in exc.errors(include_url=False):
-        loc = list(error["loc"])
+        loc = [p for p in error["loc"] if not (isinstance(p, str) and (p in _UNION_TAGS or "[" in p))]
         param = _input_path(draft, loc)
+        if param in seen and param is not None:
+            continue  # one problem per field (a union reports each of its branches)
+        seen.add(param)
         message = str(error["msg"]).removeprefix("Value error, ")
         issues.append(LineIssue(draft.line, "invalid_value", message, param, draft.custom_id))
     return issues

@@ -25,7 +25,13 @@ from producers.client import InvalidJobError
 from producers.gateway.body import problems_error, read_json_object
 from producers.gateway.errors import GatewayError, error_for_job
 from producers.gateway.feed import FeedError, JobFeed
-from producers.gateway.openai_compat import ChatStreamRenderer, completion_body, parse_request, to_job
+from producers.gateway.openai_compat import (
+    ChatStreamRenderer,
+    completion_body,
+    is_structured,
+    parse_request,
+    to_job,
+)
 from producers.gateway.sse import EventStreamResponse, Item, is_last
 from producers.gateway.state import gateway_of
 from producers.tracing import incoming_trace
@@ -89,7 +95,9 @@ async def chat_completions(request: Request) -> Response:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return EventStreamResponse(
             gw.feed(job_id),
-            ChatStreamRenderer(job_id, model=req.model, include_usage=include_usage, created=created),
+            ChatStreamRenderer(
+                job_id, model=req.model, include_usage=include_usage, created=created, hold_content=is_structured(req)
+            ),
             metrics=gw.metrics,
             heartbeat_s=settings.heartbeat_s,
             write_timeout_s=settings.write_timeout_s,

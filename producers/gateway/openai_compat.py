@@ -1,15 +1,20 @@
 """OpenAI Chat Completions on top of the queue: request -> CompletionJob, events -> OpenAI's shapes.
 
 Requests are validated like OpenAI validates them (unknown arguments are a 400 naming the
-argument). Sampling knobs the providers behind the queue do not get (``top_p``, penalties,
-``seed``, ...) are accepted and ignored; arguments whose silent omission would change what the
-caller gets back (``n`` > 1, ``stop``, ``logprobs``, structured ``response_format``, audio) are
-rejected. The tenant always comes from the bearer token, never from the body.
+argument). ``response_format`` (JSON object / JSON schema), ``tool_choice``, ``parallel_tool_calls``,
+``stop``, ``top_p``, ``seed``, ``user``, ``reasoning_effort`` and ``image_url`` content parts become
+the job's own fields; a combination the job's provider cannot do is a 400 naming the provider and
+the field (the contract's capability table). Penalties and other knobs no provider behind the
+queue takes are accepted and ignored; arguments whose silent omission would change what the caller
+gets back (``n`` > 1, ``logprobs``, audio) are rejected. The tenant always comes from the bearer
+token, never from the body.
 
 Responses follow the ``chat.completion`` / ``chat.completion.chunk`` objects exactly, including
-``tool_calls`` deltas (one chunk per call, with the whole arguments string), the trailing usage
-chunk when ``stream_options.include_usage`` is set, and ``data: [DONE]``. A job failing after the
-stream started becomes a ``data: {"error": ...}`` event, which the SDKs raise as ``APIError``.
+``tool_calls`` deltas (one chunk per call, with the whole arguments string), ``refusal``, the
+trailing usage chunk when ``stream_options.include_usage`` is set, and ``data: [DONE]``. A stream
+with a structured ``response_format`` sends its content once the worker validated it (a repair
+turn cannot unsend text already sent). A job failing after the stream started becomes a
+``data: {"error": ...}`` event, which the SDKs raise as ``APIError``.
 """
 
 from __future__ import annotations
@@ -27,12 +32,11 @@ from producers.gateway.feed import FeedError
 from producers.gateway.sse import Item, sse_frame
 from workers.contract import CompletionResult, StreamEvent, Usage
 
-__all__ = ["ChatCompletionRequest", "ChatStreamRenderer", "completion_body", "parse_request", "to_job"]
+__all__ = ["ChatCompletionRequest", "ChatStreamRenderer", "completion_body", "is_structured", "parse_request", "to_job"]
 
 _IGNORED = (
-    "top_p", "presence_penalty", "frequency_penalty", "seed", "logit_bias", "parallel_tool_calls",
-    "service_tier", "store", "top_logprobs", "prompt_cache_key", "safety_identifier", "reasoning_effort",
-    "verbosity",
+    "presence_penalty", "frequency_penalty", "logit_bias", "service_tier", "store", "top_logprobs",
+    "prompt_cache_key", "safety_identifier", "verbosity",
 )  # fmt: skip
 
 
@@ -61,24 +65,34 @@ class ChatCompletionRequest(BaseModel):
     modalities: list[str] | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = None
 
 
-def _text_of(content: JsonValue, where: str) -> str | None:
-    """OpenAI content: a string, null, or a list of parts of which only text is supported."""
+def _content_of(content: JsonValue, where: str, *, images: bool) -> str | list[dict[str, Any]] | None:
+    """OpenAI content: a string, null, or a list of text (and, in user messages, ``image_url``) parts."""
     if content is None or isinstance(content, str):
         return content
     if isinstance(content, list):
-        texts = []
+        parts: list[dict[str, Any]] = []
         for i, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if isinstance(part, dict) and kind in ("text", "input_text"):
+                parts.append({"type": "text", "text": str(part.get("text", ""))})
+            elif isinstance(part, dict) and kind == "image_url" and images:
+                parts.append({"type": "image_url", "image_url": part.get("image_url")})
+            else:
                 raise GatewayError(
-                    400, f"{where}.content.{i}: content parts of type {kind!r} are not supported (text only)",
+                    400, f"{where}.content.{i}: content parts of type {kind!r} are not supported here"
+                    " (text; image_url in user messages)",
                     param=f"{where}.content", code="unsupported_content",
                 )  # fmt: skip
-            texts.append(str(part.get("text", "")))
-        return "".join(texts)
-    raise GatewayError(400, f"{where}.content must be a string or a list of text parts", param=f"{where}.content")
+        if all(p["type"] == "text" for p in parts):
+            return "".join(p["text"] for p in parts)
+        return parts
+    raise GatewayError(400, f"{where}.content must be a string or a list of content parts", param=f"{where}.content")
 
 
 def _message(raw: dict[str, JsonValue], index: int) -> dict[str, Any]:
@@ -92,7 +106,7 @@ def _message(raw: dict[str, JsonValue], index: int) -> dict[str, Any]:
             f"{where}.role: {role!r} is not supported (system, developer, user, assistant, tool)",
             param=f"{where}.role",
         )
-    message: dict[str, Any] = {"role": role, "content": _text_of(raw.get("content"), where)}
+    message: dict[str, Any] = {"role": role, "content": _content_of(raw.get("content"), where, images=role == "user")}
     for key in ("name", "tool_call_id", "tool_calls"):
         if raw.get(key) is not None:
             message[key] = raw[key]
@@ -108,19 +122,11 @@ def to_job(req: ChatCompletionRequest, *, tenant: str) -> dict[str, Any]:
         raise GatewayError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0])
     if req.n not in (None, 1):
         raise GatewayError(400, "n > 1 is not supported by this gateway", param="n")
-    if req.stop:
-        raise GatewayError(400, "stop sequences are not supported by this gateway", param="stop")
     if req.logprobs:
         raise GatewayError(400, "logprobs are not supported by this gateway", param="logprobs")
-    if req.response_format and req.response_format.get("type") not in (None, "text"):
-        raise GatewayError(400, "only response_format type 'text' is supported", param="response_format")
     if req.modalities and set(req.modalities) != {"text"}:
         raise GatewayError(400, "only the 'text' modality is supported", param="modalities")
     tools = req.tools or []
-    if req.tool_choice not in (None, "auto", "none"):
-        raise GatewayError(400, "tool_choice must be 'auto' or 'none' here", param="tool_choice")
-    if req.tool_choice == "none":
-        tools = []
     metadata = dict(req.metadata or {})
     if req.user:
         metadata["user"] = req.user
@@ -139,7 +145,25 @@ def to_job(req: ChatCompletionRequest, *, tenant: str) -> dict[str, Any]:
         job["max_tokens"] = limit
     if req.temperature is not None:
         job["temperature"] = req.temperature
+    if req.response_format and req.response_format.get("type") != "text":
+        job["response_format"] = req.response_format
+    if req.reasoning_effort is not None:
+        job["reasoning"] = {"effort": req.reasoning_effort}
+    optional = {
+        "tool_choice": req.tool_choice,
+        "parallel_tool_calls": req.parallel_tool_calls,
+        "stop": req.stop,
+        "top_p": req.top_p,
+        "seed": req.seed,
+        "user": req.user,
+    }
+    job.update({k: v for k, v in optional.items() if v is not None})
     return job
+
+
+def is_structured(req: ChatCompletionRequest) -> bool:
+    """Whether the request asks for JSON (its stream is sent once validated)."""
+    return bool(req.response_format) and (req.response_format or {}).get("type") in ("json_object", "json_schema")
 
 
 def parse_request(data: dict[str, Any]) -> ChatCompletionRequest:
@@ -177,8 +201,8 @@ def completion_body(result: CompletionResult, *, model: str, created: int) -> di
     """A ``chat.completion`` object for a succeeded job."""
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": result.content if (result.content or not result.tool_calls) else None,
-        "refusal": None,
+        "content": result.content if (result.content or not (result.tool_calls or result.refusal)) else None,
+        "refusal": result.refusal,
         "annotations": [],
     }
     if result.tool_calls:
@@ -204,8 +228,13 @@ class ChatStreamRenderer:
 
     prelude = b""
 
-    def __init__(self, job_id: str, *, model: str, include_usage: bool, created: int | None = None) -> None:
+    def __init__(
+        self, job_id: str, *, model: str, include_usage: bool, created: int | None = None, hold_content: bool = False
+    ) -> None:
         self.job_id = job_id
+        #: Structured output: content waits for the worker's validation (a repair restarts it).
+        self.hold_content = hold_content
+        self._held: list[str] = []
         self.id = completion_id(job_id)
         self.model = model
         self.include_usage = include_usage
@@ -243,7 +272,13 @@ class ChatStreamRenderer:
                 self._usage = event.usage
             return b""
         if event.type == "delta":
+            if self.hold_content:
+                self._held.append(event.text)
+                return b""
             return self._chunk(self._role({"content": event.text}))
+        if event.type == "repair":
+            self._held.clear()
+            return b""
         if event.type == "tool_call":
             call = event.tool_call
             delta = {
@@ -260,7 +295,13 @@ class ChatStreamRenderer:
             return self._chunk(self._role({"content": None, **delta} if not self._role_sent else delta))
         if event.type == "done":
             result = event.result
-            out = b"" if self._role_sent else self._chunk(self._role({"content": ""}))
+            out = b""
+            if self._held:
+                out += self._chunk(self._role({"content": "".join(self._held)}))
+                self._held.clear()
+            if result.refusal:
+                out += self._chunk(self._role({"content": None, "refusal": result.refusal}))
+            out += b"" if self._role_sent else self._chunk(self._role({"content": ""}))
             out += self._chunk({}, _finish(result))
             if self.include_usage:
                 usage = self._usage or result.usage

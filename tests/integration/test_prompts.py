@@ -146,3 +146,27 @@ def test_the_padding_attack_cannot_reach_a_worker(
     result = client.result("pad-raw", timeout=60)
     assert result.status == "failed" and "format spec" in (result.error.message if result.error else "")
     assert sim_requests(simulator, "pad-raw") == []
+
+
+def test_batch_lines_name_a_published_prompt(
+    worker: object, client: Client, simulator: SimulatorThread, summarize: dict[int, PromptVersion], tmp_path: Path
+) -> None:
+    import json
+
+    from producers.batch import run_batch
+
+    lines = [
+        {"custom_id": "ok-1", "prompt": {"name": "summarize", "label": "production", "variables": variables(1)}},
+        {"custom_id": "bad-1", "prompt": {"name": "summarize", "version": 1, "variables": {"text": "x"}}},
+        {"custom_id": "ok-2", "model": "openai:gpt-4o-mini", "prompt": {"name": "summarize", "version": 2,
+         "variables": variables(2)}},
+    ]  # fmt: skip
+    source, out, errors = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "err.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = run_batch(source, out, errors_path=errors, model="default", client=client, handle_signals=False)
+    assert (summary.succeeded, summary.invalid) == (2, 1)
+    records = {r["custom_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert records["ok-1"]["x_llmqueue"]["prompt"] == summarize[1].info.model_dump(mode="json")
+    assert records["ok-2"]["x_llmqueue"]["prompt"] == summarize[2].info.model_dump(mode="json")
+    [bad] = map(json.loads, errors.read_text().splitlines())
+    assert bad["custom_id"] == "bad-1" and "prompt.variables.sentences" in json.dumps(bad)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -92,6 +93,8 @@ class JobOutcome:
     requeue_after_s: float | None = None
     skipped: str | None = None
     requeue_reason: str | None = None
+    #: The worker is shutting down and stopped this run: its message goes back to the queue.
+    handed_back: bool = False
 
 
 @dataclass
@@ -110,6 +113,8 @@ class _Run:
     meter: Meter | None = None
     #: Stops the upstream call now (set while a call runs; the claim heartbeat fires it when fenced).
     abort: Callable[[], None] | None = None
+    #: Set when the worker's shutdown window ran out: the run stops and its job goes back to the queue.
+    handed_back: bool = False
     prompt: PromptInfo | None = None
     parsed: object = None
     repairs: int = 0
@@ -128,6 +133,8 @@ class JobRunner:
         self.res = resources
         self._clock = clock
         self._sleep_for = sleep
+        self._running: dict[str, _Run] = {}
+        self._running_lock = threading.Lock()
 
     # --- entry point ----------------------------------------------------------------------------
 
@@ -209,6 +216,8 @@ class JobRunner:
         ctx.tracer = res.tracer
         if res.heartbeat is not None:
             res.heartbeat.hold(keys, token, lambda: self._fence(run))
+        with self._running_lock:
+            self._running[token] = run
         try:
             with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
                 outcome = self._execute(run)
@@ -219,12 +228,30 @@ class JobRunner:
                     observer.requeued(outcome.requeue_reason or "unknown", outcome.requeue_after_s)
             return outcome
         finally:
+            with self._running_lock:
+                self._running.pop(token, None)
             if res.heartbeat is not None:
                 res.heartbeat.drop(token)
             if res.cancel_watcher is not None:
                 res.cancel_watcher.unregister(job.id)
             if run.token:  # not released with the terminal write (re-queued, fenced, or that write failed)
                 res.store.release(keys, run.token)
+
+    def hand_back_all(self) -> int:
+        """Stop every running job of this process without ending it (graceful shutdown's window ran
+        out): each run writes no terminal event, frees its claim, and its task re-queues the job.
+        What a stopped call already used is settled as usual. Returns how many runs were stopped."""
+        with self._running_lock:
+            runs = list(self._running.values())
+        for run in runs:
+            run.handed_back = True
+            abort = run.abort
+            if abort is not None:
+                try:
+                    abort()
+                except Exception:
+                    log.exception("job %s: stopping it for the shutdown failed", run.job.id)
+        return len(runs)
 
     def _fence(self, run: _Run) -> None:
         """The claim heartbeat found another run holding the job: stop this one's upstream call."""
@@ -304,6 +331,8 @@ class JobRunner:
         except RetryLaterError as exc:
             return self._requeue(run, exc)
         except JobCancelledError as exc:
+            if run.handed_back or run.ctx.fenced:  # our own abort closed the call, not a consumer
+                return self._fenced(run, RunFencedError("the call was stopped: the job moved or is handed back"))
             try:
                 return JobOutcome(result=self._finish_cancelled(run, exc))
             except RunFencedError as fenced:
@@ -328,7 +357,11 @@ class JobRunner:
             return self._fenced(run, fenced)
 
     def _fenced(self, run: _Run, exc: RunFencedError) -> JobOutcome:
-        """This run lost the claim: the run holding it ends the job; this one leaves no trace."""
+        """This run lost the claim (the run holding it ends the job) or was handed back at shutdown
+        (the next run ends it): either way this one writes no ending."""
+        if run.handed_back:
+            log.warning("job %s: stopped by the worker's shutdown; handing it back to the queue", run.job.id)
+            return JobOutcome(skipped="handed back at shutdown", handed_back=True)  # the claim is released
         log.warning("job %s: %s", run.job.id, exc.message)
         run.token = ""  # not ours to release
         return JobOutcome(skipped="fenced: the job moved to another run")
@@ -365,8 +398,8 @@ class JobRunner:
             except RunFencedError:
                 raise
             except LLMQError:
-                if run.ctx.fenced:  # the heartbeat aborted the call: the job moved to another run
-                    raise RunFencedError("the job moved to another run during the call") from None
+                if run.ctx.fenced or run.handed_back:  # aborted by the heartbeat or the shutdown
+                    raise RunFencedError("the call was stopped: the job moved or is handed back") from None
                 raise
             run.model_used = getattr(model, "model_id", None)
             return completion
@@ -393,8 +426,8 @@ class JobRunner:
             raise
         except LLMQError as exc:
             _abort(stream, deltas)
-            if run.ctx.fenced:
-                raise RunFencedError("the job moved to another run while streaming") from exc
+            if run.ctx.fenced or run.handed_back:
+                raise RunFencedError("the stream was stopped: the job moved or is handed back") from exc
             if publisher.cancelled or self.res.store.is_cancelled(run.keys):
                 raise JobCancelledError("cancelled while streaming") from exc
             if run.ttft_s is not None:

@@ -17,6 +17,10 @@ from workers.contract import PromptKeys, PromptLabel, PromptVersion
 __all__ = ["PromptStore", "PublishConflictError", "Published", "UnknownPromptError"]
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class PublishConflictError(ValueError):
     """A published version's content cannot change: a change is a new version."""
 
@@ -61,7 +65,7 @@ class PromptStore:
         return max(numbers, default=0) + 1
 
     def names(self) -> list[str]:
-        return sorted(m.decode() for m in self.redis.smembers(PromptKeys.INDEX))
+        return sorted(_text(m) for m in self.redis.smembers(PromptKeys.INDEX))
 
     def versions(self, name: str) -> list[PromptVersion]:
         raw = self.redis.hgetall(PromptKeys(name).versions)
@@ -75,7 +79,7 @@ class PromptStore:
 
     def labels(self, name: str) -> dict[str, PromptLabel]:
         raw = self.redis.hgetall(PromptKeys(name).labels)
-        return {k.decode(): PromptLabel.model_validate_json(v) for k, v in sorted(raw.items())}
+        return {_text(k): PromptLabel.model_validate_json(v) for k, v in sorted(raw.items())}
 
     def label(self, name: str, label: str) -> PromptLabel:
         raw = self.redis.hget(PromptKeys(name).labels, label)

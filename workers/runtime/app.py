@@ -75,7 +75,8 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         task_routes={TASK_NAME: {"queue": settings.queue or DEFAULT_QUEUE}},
         worker_hijack_root_logger=False,
         worker_concurrency=settings.concurrency,
-        worker_pool="gevent" if settings.pool == "gevent" else "threads",
+        # threads: ours, which can hand running jobs back when a graceful shutdown's window ends
+        worker_pool="gevent" if settings.pool == "gevent" else "workers.runtime.pool:ThreadPool",
     )
     app.llmq = AppState(settings, provider_env=provider_env)
     register_tasks(app)

@@ -170,6 +170,8 @@ class WorkerResources:
                 connect_timeout=settings.http_connect_timeout,
                 read_timeout=settings.http_read_timeout,
                 pool_timeout=settings.http_read_timeout,
+                request_timeout=settings.http_request_timeout,
+                max_response_bytes=settings.http_max_response_bytes,
                 http2=settings.http2,
             )
         )

@@ -33,6 +33,11 @@ class AppState:
     _built: tuple[WorkerResources, JobRunner] | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
+    @property
+    def built(self) -> bool:
+        """True once this process built its resources (a job ran, or the worker started)."""
+        return self._built is not None
+
     def runner(self) -> JobRunner:
         """The process's JobRunner, built once on first use."""
         return self._build()[1]

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 from pydantic import ValidationError
 
 from workers.contract import TASK_NAME, CompletionJob, monitor_repr
@@ -38,6 +39,8 @@ def register_tasks(app: LLMQCelery) -> None:
             runner.reject_invalid(job_id, exc)
             return "invalid"
         outcome = runner.run(parsed)
+        if outcome.handed_back:
+            raise Reject("handed back at shutdown", requeue=True)
         if outcome.requeue_after_s is not None:
             # the re-sent message keeps Flower's short view of the job (no content)
             shown = {} if runner.res.settings.monitor_content else {"argsrepr": monitor_repr(job), "kwargsrepr": "{}"}

@@ -1,0 +1,82 @@
+"""Request-parameter flags shared by the commands that build a job (``llmq submit``).
+
+``--json-schema FILE`` (a JSON Schema file, or an OpenAI ``json_schema`` object with ``name`` and
+``schema``), ``--json-object``, ``--max-repairs``, ``--stop`` (repeatable), ``--top-p``, ``--seed``,
+``--user``, ``--tool-choice``, ``--reasoning-effort``, ``--thinking-budget`` and ``--image`` (a file,
+sent as a data URL, or an https URL; repeatable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_param_args", "apply_params", "image_part"]
+
+
+def add_param_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("request parameters")
+    g.add_argument("--json-schema", metavar="FILE", help="answer JSON valid for this JSON Schema (result.parsed)")
+    g.add_argument("--json-object", action="store_true", help="answer a JSON object")
+    g.add_argument("--max-repairs", type=int, help="repair turns for an invalid answer (default 1)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop sequence (up to 4)")
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--user", help="the end user (OpenAI's user field; kept in telemetry)")
+    g.add_argument("--tool-choice", help="auto, none, required, or a tool name")
+    g.add_argument("--reasoning-effort", choices=["minimal", "low", "medium", "high"])
+    g.add_argument("--thinking-budget", type=int, metavar="TOKENS", help="Anthropic extended thinking budget")
+    g.add_argument("--image", action="append", default=[], metavar="FILE|URL", help="attach an image (repeatable)")
+
+
+def image_part(ref: str) -> dict[str, Any]:
+    """An ``image_url`` content part for a local file (as a data URL) or an https URL."""
+    if ref.startswith(("https://", "http://", "data:")):
+        return {"type": "image_url", "image_url": {"url": ref}}
+    path = Path(ref)
+    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{data}"}}
+
+
+def _schema_format(path: str) -> dict[str, Any]:
+    doc = json.loads(Path(path).read_text())
+    if isinstance(doc, dict) and "schema" in doc and "name" in doc:
+        return {"type": "json_schema", "json_schema": doc}
+    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(path).stem)[:64] or "output"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": doc}}
+
+
+def apply_params(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, Any]:
+    """Add the flags that were given to ``job`` (a dict validated later by the client)."""
+    if args.json_schema:
+        job["response_format"] = _schema_format(args.json_schema)
+    elif args.json_object:
+        job["response_format"] = {"type": "json_object"}
+    if args.max_repairs is not None:
+        job["max_repairs"] = args.max_repairs
+    if args.stop:
+        job["stop"] = list(args.stop)
+    for name in ("top_p", "seed", "user"):
+        if getattr(args, name) is not None:
+            job[name] = getattr(args, name)
+    if args.tool_choice:
+        choice = args.tool_choice
+        job["tool_choice"] = (
+            choice if choice in ("auto", "none", "required") else {"type": "function", "function": {"name": choice}}
+        )
+    if args.reasoning_effort or args.thinking_budget:
+        reasoning: dict[str, Any] = {}
+        if args.reasoning_effort:
+            reasoning["effort"] = args.reasoning_effort
+        if args.thinking_budget:
+            reasoning["budget_tokens"] = args.thinking_budget
+        job["reasoning"] = reasoning
+    if args.image:
+        user = job["messages"][-1]
+        user["content"] = [{"type": "text", "text": user["content"]}, *(image_part(i) for i in args.image)]
+    return job

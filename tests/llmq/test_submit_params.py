@@ -1,0 +1,74 @@
+"""``llmq submit`` with request-parameter flags, as a subprocess, through a real worker and the simulator."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from simulator.app import SimulatorThread
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
+def submit(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
+    environ["LLMQ_REDIS_URL"] = redis_url
+    return subprocess.run(
+        [sys.executable, "-m", "llmq.cli", "submit", *args],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_json_schema_and_the_other_flags(worker, simulator: SimulatorThread, redis_url: str, tmp_path: Path) -> None:
+    schema = tmp_path / "place.json"
+    schema.write_text(json.dumps(SCHEMA))
+    image = tmp_path / "dot.png"
+    image.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 4, 4) + b"\x08\x02\0\0\0"
+    )
+    proc = submit(
+        redis_url,
+        "Where?",
+        "--model", "openai:gpt-4o-mini~badjson",
+        "--json-schema", str(schema),
+        "--stop", "never-there",
+        "--top-p", "0.5",
+        "--seed", "4",
+        "--user", "cli-user",
+        "--image", str(image),
+        "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["status"] == "succeeded" and result["repairs"] == 1
+    assert set(result["parsed"]) == {"city"}
+
+
+def test_a_provider_that_cannot_is_refused_before_submit(redis_url: str) -> None:
+    proc = submit(redis_url, "hi", "--model", "anthropic:claude-sonnet-4-5", "--seed", "1", "--no-wait")
+    assert proc.returncode == 2
+    assert "anthropic does not support seed" in proc.stderr
+
+
+def test_image_flag_reads_a_file_as_a_data_url(tmp_path: Path) -> None:
+    from llmq.commands.params import image_part
+
+    path = tmp_path / "a.png"
+    path.write_bytes(b"abc")
+    assert image_part(str(path))["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(b"abc").decode()
+    assert image_part("https://x/y.png")["image_url"]["url"] == "https://x/y.png"
