@@ -10,6 +10,7 @@ once), the providers, the routes config, and the cancel watcher.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -147,7 +148,7 @@ class WorkerResources:
     #: The process's span exporter pipeline, from the OTEL_* variables (None: tracing is off).
     tracer_provider: TracerProvider | None = None
 
-    @property
+    @functools.cached_property
     def tracer(self) -> Tracer:
         """The tracer jobs use: the provider's, or a no-op (``workers/runtime/tracing.py``)."""
         provider = self.tracer_provider
