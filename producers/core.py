@@ -77,7 +77,7 @@ def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> Compl
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors(include_url=False)
         )
-        raise InvalidJobError(f"invalid job: {problems}", list(exc.errors(include_url=False))) from None
+        raise InvalidJobError(f"invalid job: {problems}", [dict(e) for e in exc.errors(include_url=False)]) from None
 
 
 def make_celery(redis_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
