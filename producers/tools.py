@@ -8,6 +8,7 @@ tool no live worker has registered, before anything is enqueued. The layout is t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -21,8 +22,11 @@ __all__ = ["LiveTools", "live_workers", "live_workers_async", "missing_tools_err
 CACHE_S = 5.0
 
 
-def _parse(ids: list[bytes], raws: list[bytes | None]) -> tuple[list[WorkerTools], list[bytes]]:
-    alive, dead = [], []
+def _parse(
+    ids: Sequence[bytes | str], raws: Sequence[bytes | str | None]
+) -> tuple[list[WorkerTools], list[bytes | str]]:
+    alive: list[WorkerTools] = []
+    dead: list[bytes | str] = []
     for worker_id, raw in zip(ids, raws, strict=True):
         if raw is None:
             dead.append(worker_id)
@@ -84,7 +88,7 @@ def missing_tools_error(job: CompletionJob, missing: list[str]) -> tuple[str, li
 class LiveTools:
     """A producer's view of the live tool names, cached for :data:`CACHE_S` seconds."""
 
-    def __init__(self, *, clock: Any = time.monotonic) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._names: frozenset[str] = frozenset()
         self._at = -1e18

@@ -101,6 +101,11 @@ class _Item:
     args: dict[str, Any]
 
 
+def _text(message: Message) -> str:
+    """The text of an assistant message the loop journaled (always a string or nothing)."""
+    return message.content if isinstance(message.content, str) else ""
+
+
 def _history_call(call: ToolCall) -> ToolCall:
     """A call as it goes back to the provider: arguments that are not a JSON object become ``{}``
     (Anthropic and Ollama reject anything else; the error result tells the model what was wrong)."""
@@ -193,7 +198,7 @@ class ToolLoop:
                 conversation.append(tool_message)
             if client_calls:
                 return Completion(
-                    text=record.message.content or "",
+                    text=_text(record.message),
                     tool_calls=client_calls,
                     finish_reason="tool_calls",
                     usage=self.state.usage.model_copy(),
@@ -254,7 +259,7 @@ class ToolLoop:
     def _final(self, record: TurnRecord, completion: Completion | None) -> Completion:
         usage = self.state.usage.model_copy()
         if completion is None:  # journaled by an earlier run that died before storing the result
-            return Completion(text=record.message.content or "", finish_reason=record.finish_reason, usage=usage)
+            return Completion(text=_text(record.message), finish_reason=record.finish_reason, usage=usage)
         completion.usage = usage
         return completion
 

@@ -1,14 +1,16 @@
 """Everything a worker process builds once and shares between its jobs.
 
-Built in ``worker_process_init`` (after any fork, on the process's own pool implementation), never
-at import time: one HTTP client sized to the concurrency, one Redis client over a *blocking*
-connection pool (redis-py 8's default pool raises instead of waiting past 100 connections; see
-``notes/celery-at-scale.md`` §3), the providers, the routes config, and the cancel watcher.
+Built when the worker starts (Celery's ``worker_init``, see ``workers/runtime/app.py``) or on the
+first job, after the pool is set up and never at import time: one HTTP client sized to the
+concurrency, one Redis client over a *blocking* connection pool (redis-py 8's default pool raises
+instead of waiting once 100 connections are out, which a worker running more jobs than that hits at
+once), the providers, the routes config, and the cancel watcher.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -154,7 +156,7 @@ class WorkerResources:
     #: The process's span exporter pipeline, from the OTEL_* variables (None: tracing is off).
     tracer_provider: TracerProvider | None = None
 
-    @property
+    @functools.cached_property
     def tracer(self) -> Tracer:
         """The tracer jobs use: the provider's, or a no-op (``workers/runtime/tracing.py``)."""
         provider = self.tracer_provider
