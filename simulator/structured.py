@@ -11,6 +11,7 @@ stop sequence, or a forced tool call. The ``badjson`` fault answers invalid JSON
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -82,15 +83,16 @@ def sample(schema: object, text: str = "simulated", root: object = None, depth: 
             for name, spec in props.items():
                 out[name] = sample(spec, text, top, depth + 1)
         return out
+    least, most, minimum = schema.get("minItems"), schema.get("maxItems"), schema.get("minimum")
     if kind == "array":
-        count = max(1, int(schema.get("minItems", 1) or 1))
-        if isinstance(schema.get("maxItems"), int):
-            count = min(count, int(schema["maxItems"]))  # type: ignore[call-overload]
+        count = max(1, least) if isinstance(least, int) else 1
+        if isinstance(most, int):
+            count = min(count, most)
         return [sample(schema.get("items"), text, top, depth + 1) for _ in range(count)]
     if kind == "integer":
-        return int(schema.get("minimum", 42)) if isinstance(schema.get("minimum"), int | float) else 42  # type: ignore[call-overload]
+        return math.ceil(minimum) if isinstance(minimum, int | float) else 42
     if kind == "number":
-        return float(schema["minimum"]) if isinstance(schema.get("minimum"), int | float) else 1.5  # type: ignore[arg-type]
+        return float(minimum) if isinstance(minimum, int | float) else 1.5
     if kind == "boolean":
         return True
     if kind == "null":

@@ -30,7 +30,7 @@ from workers.accounting.metrics import UsageMetrics
 from workers.accounting.preflight import CallPlan, plan_call
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
-from workers.contract import CompletionJob, Usage
+from workers.contract import CompletionJob, ToolCall, Usage
 from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import (
     BudgetBusyError,
@@ -160,7 +160,9 @@ class Meter:
             self.metrics.record_usage(plan.model, usage, cost)
         return cost
 
-    def usage(self, plan: CallPlan, reported: Usage | None, text: str, tool_calls: list, thinking: str = "") -> Usage:
+    def usage(
+        self, plan: CallPlan, reported: Usage | None, text: str, tool_calls: list[ToolCall], thinking: str = ""
+    ) -> Usage:
         usage = plan.usage(reported, text, tool_calls, self.counter)
         if thinking and not usage.reasoning_tokens:
             # Anthropic and Ollama bill thinking as output without a separate count: estimate it
