@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # --- HTTP to providers ----------------------------------------------------------------------
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 120.0
+    #: Whole-request deadline of an upstream call (headers and the entire body, streamed or not).
+    http_request_timeout: float = Field(default=600.0, gt=0)
+    #: Largest upstream response accepted; a stream line is capped at 1 MiB on top of this.
+    http_max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     http2: bool = True
 
     # --- routing, budget ------------------------------------------------------------------------

@@ -75,6 +75,7 @@ __all__ = [
     "ProviderTimeoutError",
     "RateLimitedError",
     "RequeueLimitError",
+    "ResponseTooLargeError",
     "RetryLaterError",
     "RetryableProviderError",
     "RunFencedError",
@@ -365,3 +366,12 @@ class BudgetBusyError(RetryLaterError):
     """
 
     type_name = "budget_wait"
+
+
+class ResponseTooLargeError(ProviderError):
+    """The upstream sent more than we accept: a stream line over the line cap (1 MiB), or a whole
+    response over ``max_response_bytes``. The attempt ends at once (memory stays bounded); it is
+    not retried (the same upstream would do it again), but another model of the chain may serve."""
+
+    falls_back = True
+    type_name = "response_too_large"

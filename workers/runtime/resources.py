@@ -9,6 +9,7 @@ connection pool (redis-py 8's default pool raises instead of waiting past 100 co
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -146,7 +147,7 @@ class WorkerResources:
     #: The process's span exporter pipeline, from the OTEL_* variables (None: tracing is off).
     tracer_provider: TracerProvider | None = None
 
-    @property
+    @functools.cached_property
     def tracer(self) -> Tracer:
         """The tracer jobs use: the provider's, or a no-op (``workers/runtime/tracing.py``)."""
         provider = self.tracer_provider
@@ -169,6 +170,8 @@ class WorkerResources:
                 connect_timeout=settings.http_connect_timeout,
                 read_timeout=settings.http_read_timeout,
                 pool_timeout=settings.http_read_timeout,
+                request_timeout=settings.http_request_timeout,
+                max_response_bytes=settings.http_max_response_bytes,
                 http2=settings.http2,
             )
         )
