@@ -10,7 +10,7 @@ from llmq.commands.params import add_param_args, apply_params
 from producers.client import Client, InvalidJobError, ResultTimeoutError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("submit", help="submit one prompt and wait for its result")
     p.add_argument("prompt")
     p.add_argument("--model", "-m", default="default", help="provider:model or a route alias")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -135,7 +135,8 @@ class Meter:
         """Countdown before trying again when the budget is busy with reservations in flight:
         jittered, doubling with each earlier wait of this job (its attempts survive re-queues)."""
         waits = sum(1 for a in self.ctx.attempts if a.error_type == BudgetBusyError.type_name)
-        return round(min(BUDGET_WAIT_MAX_S, BUDGET_WAIT_BASE_S * 2**waits) * random.uniform(0.5, 1.0), 3)
+        backoff: float = min(BUDGET_WAIT_MAX_S, BUDGET_WAIT_BASE_S * 2**waits)
+        return round(backoff * random.uniform(0.5, 1.0), 3)
 
     def release(self, reservation: Reservation | None) -> None:
         if reservation is not None and self.ledger is not None:
@@ -161,7 +162,7 @@ class Meter:
         return cost
 
     def usage(
-        self, plan: CallPlan, reported: Usage | None, text: str, tool_calls: list[ToolCall], thinking: str = ""
+        self, plan: CallPlan, reported: Usage | None, text: str, tool_calls: Sequence[ToolCall], thinking: str = ""
     ) -> Usage:
         usage = plan.usage(reported, text, tool_calls, self.counter)
         if thinking and not usage.reasoning_tokens:
@@ -205,7 +206,7 @@ class MeteredModel(ChatModel):
 class _MeteredStream(WrappedStream["MeteredModel"]):
     def __iter__(self) -> Iterator[str]:
         meter = self._owner.meter
-        plan = meter.plan(self.model_id, self._request)
+        plan = meter.plan(self._owner.model_id, self._request)
         reservation = meter.reserve(plan)
         parts: list[str] = []
         settled = False

@@ -61,7 +61,8 @@ class ImagePart(_Wire):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-_OBJECT_SCHEMA: dict[str, JsonValue] = {"type": "object"}
+def _object_schema() -> dict[str, JsonValue]:
+    return {"type": "object"}
 
 
 class JsonSchemaSpec(_Wire):
@@ -70,7 +71,7 @@ class JsonSchemaSpec(_Wire):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str | None = None
     #: The JSON Schema (Draft 2020-12) the answer must satisfy.
-    schema_: dict[str, JsonValue] = Field(alias="schema", default_factory=lambda: _OBJECT_SCHEMA.copy())
+    schema_: dict[str, JsonValue] = Field(alias="schema", default_factory=_object_schema)
     strict: bool | None = None
 
 
