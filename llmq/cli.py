@@ -26,6 +26,7 @@ COMMANDS = (
     "flower",
     "gateway",
     "prompts",
+    "tools",
 )
 
 

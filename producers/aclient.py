@@ -11,10 +11,20 @@ from opentelemetry.trace import Tracer
 
 from producers.core import REGISTER_LUA, REPLAY_PAGE, ClientCore
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
+from producers.errors import InvalidJobError
 from producers.prompts import AsyncPromptResolver, job_data
 from producers.settings import ProducerSettings
+from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
-from workers.contract import TERMINAL_EVENT_TYPES, CompletionJob, CompletionResult, JobKeys, StreamEvent
+from workers.contract import (
+    CancelledEvent,
+    CompletionJob,
+    CompletionResult,
+    DoneEvent,
+    ErrorEvent,
+    JobKeys,
+    StreamEvent,
+)
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
 
@@ -59,9 +69,13 @@ class AsyncClient(ClientCore):
         )
         self._register = self.redis.register_script(REGISTER_LUA)
         self.prompts = AsyncPromptResolver(self.redis)
+        self._tools = LiveTools()
 
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
         valid = self.stamped(await self.prompts.prepare(job_data(job, overrides)))
+        missing = await self._tools.missing_async(self.redis, valid.worker_tools)
+        if missing:
+            raise InvalidJobError(*missing_tools_error(valid, missing))
         keys, args = self.register_args(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
             fresh = await self._register(keys=keys, args=args)
@@ -91,7 +105,7 @@ class AsyncClient(ClientCore):
         if existing is not None:
             return existing
         async for event in self.stream(job_id, timeout=timeout, deltas=False):
-            if event.type in TERMINAL_EVENT_TYPES:
+            if isinstance(event, DoneEvent | ErrorEvent | CancelledEvent):  # the terminal events
                 stored = await self.get_result(job_id)
                 if stored is not None:
                     return stored
@@ -129,11 +143,11 @@ class AsyncClient(ClientCore):
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=cursor.wait_s())
                     if message is None:
                         break
-                    out = cursor.live(message["data"])
-                    if out is GAP:
-                        break
-                    if out is not None:
-                        yield out
+                    got = cursor.live(message["data"])
+                    if got is GAP:
+                        break  # fill it from the Stream
+                    if got is not None:
+                        yield got
                     if cursor.done:
                         return
         finally:

@@ -28,8 +28,17 @@ from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import PromptResolver, job_data
 from producers.settings import ProducerSettings, producer_settings
+from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
-from workers.contract import TERMINAL_EVENT_TYPES, CompletionJob, CompletionResult, JobKeys, StreamEvent
+from workers.contract import (
+    CancelledEvent,
+    CompletionJob,
+    CompletionResult,
+    DoneEvent,
+    ErrorEvent,
+    JobKeys,
+    StreamEvent,
+)
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -94,6 +103,7 @@ class Client(ClientCore):
         self._register = self.redis.register_script(REGISTER_LUA)
         #: Resolves ``prompt`` labels and validates prompt variables (published versions are cached).
         self.prompts = PromptResolver(self.redis)
+        self._tools = LiveTools()
 
     # --- submit ---------------------------------------------------------------------------------
 
@@ -104,6 +114,9 @@ class Client(ClientCore):
         against that version's schema here, before anything is enqueued.
         """
         valid = self.stamped(self.prompts.prepare(job_data(job, overrides)))
+        missing = self._tools.missing(self.redis, valid.worker_tools)
+        if missing:
+            raise InvalidJobError(*missing_tools_error(valid, missing))
         keys, args = self.register_args(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
             fresh = self._register(keys=keys, args=args)
@@ -136,7 +149,7 @@ class Client(ClientCore):
             if existing is not None:
                 return existing
         for event in self.stream(job_id, timeout=timeout, deltas=False):
-            if event.type in TERMINAL_EVENT_TYPES:
+            if isinstance(event, DoneEvent | ErrorEvent | CancelledEvent):  # the terminal events
                 stored = self._get_result_riding_out(job_id, timeout)
                 if stored is not None:
                     return stored
@@ -193,11 +206,11 @@ class Client(ClientCore):
                     message = pubsub.get_message(timeout=cursor.wait_s())
                     if message is None:
                         break  # idle: look in the Stream for anything missed
-                    out = cursor.live(message["data"])
-                    if out is GAP:
+                    got = cursor.live(message["data"])
+                    if got is GAP:
                         break  # fill it from the Stream
-                    if out is not None:
-                        yield out
+                    if got is not None:
+                        yield got
                     if cursor.done:
                         return
         finally:
