@@ -14,7 +14,15 @@ from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.prompts import AsyncPromptResolver, job_data
 from producers.settings import ProducerSettings
 from producers.tracing import submit_span
-from workers.contract import TERMINAL_EVENT_TYPES, CompletionJob, CompletionResult, JobKeys, StreamEvent
+from workers.contract import (
+    CancelledEvent,
+    CompletionJob,
+    CompletionResult,
+    DoneEvent,
+    ErrorEvent,
+    JobKeys,
+    StreamEvent,
+)
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
 
@@ -91,7 +99,7 @@ class AsyncClient(ClientCore):
         if existing is not None:
             return existing
         async for event in self.stream(job_id, timeout=timeout, deltas=False):
-            if event.type in TERMINAL_EVENT_TYPES:
+            if isinstance(event, DoneEvent | ErrorEvent | CancelledEvent):  # the terminal events
                 stored = await self.get_result(job_id)
                 if stored is not None:
                     return stored
@@ -129,11 +137,11 @@ class AsyncClient(ClientCore):
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=cursor.wait_s())
                     if message is None:
                         break
-                    out = cursor.live(message["data"])
-                    if out is GAP:
-                        break
-                    if out is not None:
-                        yield out
+                    got = cursor.live(message["data"])
+                    if got is GAP:
+                        break  # fill it from the Stream
+                    if got is not None:
+                        yield got
                     if cursor.done:
                         return
         finally:

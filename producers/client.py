@@ -29,7 +29,15 @@ from producers.errors import InvalidJobError
 from producers.prompts import PromptResolver, job_data
 from producers.settings import ProducerSettings, producer_settings
 from producers.tracing import submit_span
-from workers.contract import TERMINAL_EVENT_TYPES, CompletionJob, CompletionResult, JobKeys, StreamEvent
+from workers.contract import (
+    CancelledEvent,
+    CompletionJob,
+    CompletionResult,
+    DoneEvent,
+    ErrorEvent,
+    JobKeys,
+    StreamEvent,
+)
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -136,7 +144,7 @@ class Client(ClientCore):
             if existing is not None:
                 return existing
         for event in self.stream(job_id, timeout=timeout, deltas=False):
-            if event.type in TERMINAL_EVENT_TYPES:
+            if isinstance(event, DoneEvent | ErrorEvent | CancelledEvent):  # the terminal events
                 stored = self._get_result_riding_out(job_id, timeout)
                 if stored is not None:
                     return stored
@@ -193,11 +201,11 @@ class Client(ClientCore):
                     message = pubsub.get_message(timeout=cursor.wait_s())
                     if message is None:
                         break  # idle: look in the Stream for anything missed
-                    out = cursor.live(message["data"])
-                    if out is GAP:
+                    got = cursor.live(message["data"])
+                    if got is GAP:
                         break  # fill it from the Stream
-                    if out is not None:
-                        yield out
+                    if got is not None:
+                        yield got
                     if cursor.done:
                         return
         finally:

@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 from opentelemetry.trace import Tracer
 from pydantic import ValidationError
+from redis.typing import EncodableT
 
 from producers.errors import InvalidJobError
 from producers.settings import ProducerSettings, producer_settings
@@ -77,7 +78,7 @@ def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> Compl
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors(include_url=False)
         )
-        raise InvalidJobError(f"invalid job: {problems}", list(exc.errors(include_url=False))) from None
+        raise InvalidJobError(f"invalid job: {problems}", [dict(e) for e in exc.errors(include_url=False)]) from None
 
 
 def make_celery(redis_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
@@ -130,8 +131,10 @@ class ClientCore:
             valid.submitted_at = time.time()
         return valid
 
-    def register_args(self, job: CompletionJob) -> tuple[list[str], list[object]]:
-        """``(keys, args)`` of :data:`REGISTER_LUA` for ``job``."""
+    def register_args(self, job: CompletionJob) -> tuple[list[str], list[EncodableT]]:
+        """``(keys, args)`` of :data:`REGISTER_LUA` for ``job`` (a :meth:`stamped` one)."""
+        if job.submitted_at is None:
+            raise ValueError(f"job {job.id} is not stamped with its submission time")
         return [JobKeys(job.id).meta], [job.tenant, job.submitted_at, self.result_ttl_s, RESEND_AFTER_S]
 
     def send(self, job: CompletionJob) -> None:
@@ -148,22 +151,27 @@ class ClientCore:
     # --- read -------------------------------------------------------------------------------------
 
     @staticmethod
-    def parse_result(raw: bytes | None) -> CompletionResult | None:
+    def parse_result(raw: bytes | str | None) -> CompletionResult | None:
         return CompletionResult.model_validate_json(raw) if raw else None
 
     @staticmethod
-    def parse_status(meta: Mapping[bytes, bytes]) -> dict[str, str] | None:
+    def parse_status(meta: Mapping[bytes | str, bytes | str]) -> dict[str, str] | None:
         """The job's metadata hash as text; ``None`` for a job nobody submitted (or expired)."""
-        return {k.decode(): v.decode() for k, v in meta.items()} if meta else None
+        return {_text(k): _text(v) for k, v in meta.items()} if meta else None
 
     @staticmethod
     def replay_start(from_seq: int) -> str:
         return f"{from_seq}-0"
 
     @staticmethod
-    def parse_page(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> tuple[list[StreamEvent], str]:
+    def parse_page(
+        entries: Sequence[tuple[bytes | str | None, Mapping[bytes | str, bytes | str] | None]],
+    ) -> tuple[list[StreamEvent], str]:
         """One page of the job's replay Stream: its events, and where the next page starts."""
-        return [parse_event(fields[b"e"]) for _, fields in entries], "(" + entries[-1][0].decode()
+        last_id = entries[-1][0]
+        if last_id is None:  # redis-py's types allow it; XRANGE entries always have an id
+            raise ValueError("a replay Stream entry without an id")
+        return [parse_event(fields[b"e"]) for _, fields in entries if fields is not None], "(" + _text(last_id)
 
     # --- control --------------------------------------------------------------------------------
 
@@ -184,3 +192,7 @@ class ClientCore:
 
     def close(self) -> None:
         self.celery.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

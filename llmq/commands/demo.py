@@ -17,7 +17,7 @@ from llmq.devstack import LocalStack, sigterm_as_keyboard_interrupt
 from producers.client import Client
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the whole stack locally with example jobs, then stop it")
     p.add_argument("--pool", choices=("gevent", "threads"), default="threads")
     p.add_argument("--keep-logs", action="store_true", help="print where the logs are")

@@ -12,7 +12,7 @@ from producers.client import Client, InvalidJobError, ResultTimeoutError
 from workers.contract import JobKeys
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("submit", help="submit one prompt and wait for its result")
     p.add_argument("prompt")
     p.add_argument("--model", "-m", default="default", help="provider:model or a route alias")

@@ -30,7 +30,7 @@ from producers.gateway.body import validation_error
 from producers.gateway.errors import GatewayError, error_for_job
 from producers.gateway.feed import FeedError
 from producers.gateway.sse import Item, sse_frame
-from workers.contract import CompletionResult, StreamEvent, Usage
+from workers.contract import CancelledEvent, CompletionResult, StreamEvent, Usage
 
 __all__ = ["ChatCompletionRequest", "ChatStreamRenderer", "completion_body", "is_structured", "parse_request", "to_job"]
 
@@ -319,7 +319,7 @@ class ChatStreamRenderer:
             return out + b"data: [DONE]\n\n"
         if event.type == "error":
             return self._error(error_for_job(event.error, self.job_id).body()["error"])
-        info = event.result.error if event.result is not None else None
+        info = event.result.error if isinstance(event, CancelledEvent) and event.result is not None else None
         cancelled = GatewayError(
             499, info.message if info else "the job was cancelled", type="cancelled", code="cancelled"
         )

@@ -14,6 +14,7 @@ import json
 import math
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from simulator.protocols.base import (
     ParsedRequest,
@@ -90,7 +91,7 @@ class AnthropicProtocol(Protocol):
 
     required_headers = ("anthropic-version",)
 
-    def parse(self, payload: dict) -> ParsedRequest:
+    def parse(self, payload: dict[str, Any]) -> ParsedRequest:
         if not payload.get("model"):
             raise RequestError("model: Field required")
         if "max_tokens" not in payload:

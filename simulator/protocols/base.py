@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from simulator.script import Fault, Script, ToolCall, estimate_tokens, split_model
 from simulator.structured import RequestError, RequestParams
@@ -118,7 +119,7 @@ class Protocol(ABC):
                 raise RequestError(f"{name}: header is required")
 
     @abstractmethod
-    def parse(self, payload: dict) -> ParsedRequest:
+    def parse(self, payload: dict[str, Any]) -> ParsedRequest:
         """Read a request body; raise :class:`RequestError` (or ``ValueError``) when invalid."""
 
     @abstractmethod

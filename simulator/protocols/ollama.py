@@ -13,6 +13,7 @@ import json
 import math
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from simulator.protocols.base import (
     ParsedRequest,
@@ -79,7 +80,7 @@ class OllamaProtocol(Protocol):
     def __init__(self) -> None:
         self.clock = _Clock()
 
-    def parse(self, payload: dict) -> ParsedRequest:
+    def parse(self, payload: dict[str, Any]) -> ParsedRequest:
         if not payload.get("model"):
             raise RequestError("model is required")
         messages = payload.get("messages") or []

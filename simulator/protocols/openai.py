@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from typing import Any
 
 from simulator.protocols.base import (
     ParsedRequest,
@@ -54,7 +55,7 @@ class OpenAIProtocol(Protocol):
     path = "/v1/chat/completions"
     stream_content_type = "text/event-stream; charset=utf-8"
 
-    def parse(self, payload: dict) -> ParsedRequest:
+    def parse(self, payload: dict[str, Any]) -> ParsedRequest:
         if not payload.get("model"):
             raise RequestError("you must provide a model parameter")
         messages = payload.get("messages")

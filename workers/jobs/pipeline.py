@@ -17,10 +17,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import redis
 from opentelemetry.trace import use_span
-from pydantic import TypeAdapter
+from pydantic import JsonValue, TypeAdapter
 
 from workers.accounting.ledger import LedgerUnavailableError
 from workers.accounting.metered import Meter, MeteredModel
@@ -116,7 +117,7 @@ class _Run:
     #: Set when the worker's shutdown window ran out: the run stops and its job goes back to the queue.
     handed_back: bool = False
     prompt: PromptInfo | None = None
-    parsed: object = None
+    parsed: JsonValue | None = None
     repairs: int = 0
 
 
@@ -453,7 +454,7 @@ class JobRunner:
 
     # --- endings ------------------------------------------------------------------------------------
 
-    def _base_result(self, run: _Run, status: str) -> CompletionResult:
+    def _base_result(self, run: _Run, status: Literal["succeeded", "failed", "cancelled"]) -> CompletionResult:
         job = run.job
         queued = max(0.0, run.started_wall - job.submitted_at) if job.submitted_at else None
         meter = run.meter
@@ -463,7 +464,7 @@ class JobRunner:
             truncated_messages=meter.dropped if meter else 0,
             prompt=run.prompt,
             id=job.id,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             attempts=run.ctx.attempts,
             tenant=job.tenant,
             metadata=job.metadata,
@@ -484,7 +485,7 @@ class JobRunner:
         result.tool_calls = completion.tool_calls
         result.finish_reason = completion.finish_reason
         result.usage = usage
-        result.parsed, result.repairs, result.refusal = run.parsed, run.repairs, completion.refusal  # type: ignore[assignment]
+        result.parsed, result.repairs, result.refusal = run.parsed, run.repairs, completion.refusal
         events: list[StreamEvent] = [ToolCallEvent(job_id=job.id, seq=0, tool_call=c) for c in completion.tool_calls]
         events.append(UsageEvent(job_id=job.id, seq=0, usage=usage))
         self._terminal(run, DoneEvent(job_id=job.id, seq=0, result=result), result, before=events)

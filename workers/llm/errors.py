@@ -129,7 +129,7 @@ class LLMQError(Exception):
     ) -> None:
         if fields is not None and not isinstance(fields, Mapping):
             raise TypeError(f"{type(self).__name__}: pass provider, model, status ... as keyword arguments")
-        given = {
+        given: dict[str, Any] = {
             "provider": provider,
             "model": model,
             "status": status,

@@ -1,6 +1,6 @@
 """The Celery application, built from settings: ``celery -A workers.runtime.app worker -P gevent``.
 
-Configured for long, I/O-bound jobs as measured in ``notes/celery-at-scale.md``: late acks (a job
+Configured for long, I/O-bound jobs: late acks (a job
 lost with its worker runs again; jobs are idempotent by id), prefetch 2 with gevent (1 with
 threads), a short visibility timeout backed by heartbeats (a dead worker's jobs move within
 seconds, however long a job runs), kombu's Redis pool sized above the

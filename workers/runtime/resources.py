@@ -1,9 +1,10 @@
 """Everything a worker process builds once and shares between its jobs.
 
-Built in ``worker_process_init`` (after any fork, on the process's own pool implementation), never
-at import time: one HTTP client sized to the concurrency, one Redis client over a *blocking*
-connection pool (redis-py 8's default pool raises instead of waiting past 100 connections; see
-``notes/celery-at-scale.md`` §3), the providers, the routes config, and the cancel watcher.
+Built when the worker starts (Celery's ``worker_init``, see ``workers/runtime/app.py``) or on the
+first job, after the pool is set up and never at import time: one HTTP client sized to the
+concurrency, one Redis client over a *blocking* connection pool (redis-py 8's default pool raises
+instead of waiting once 100 connections are out, which a worker running more jobs than that hits at
+once), the providers, the routes config, and the cancel watcher.
 """
 
 from __future__ import annotations

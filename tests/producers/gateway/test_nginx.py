@@ -4,8 +4,8 @@ Checks that events arrive spread out in time, as the job produces them, not in o
 end: the first delta reaches the client before the last one was even published, and the
 arrivals span most of the upstream stream's duration. The gateway's ``X-Accel-Buffering: no``
 keeps even an nginx with ``proxy_buffering on`` and gzip for ``text/event-stream`` streaming
-(without the header that nginx holds everything to the end: notes/offline-deps.md §5, and this
-test fails if the gateway stops sending it).
+(without the header such an nginx holds everything to the end, and this test fails if the gateway
+stops sending it).
 """
 
 from __future__ import annotations
