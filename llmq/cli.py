@@ -29,6 +29,7 @@ COMMANDS = (
     "flower",
     "gateway",
     "prompts",
+    "tools",
 )
 
 

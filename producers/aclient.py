@@ -11,8 +11,10 @@ from opentelemetry.trace import Tracer
 
 from producers.core import REGISTER_LUA, REPLAY_PAGE, ClientCore
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
+from producers.errors import InvalidJobError
 from producers.prompts import AsyncPromptResolver, job_data
 from producers.settings import ProducerSettings
+from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
 from workers.contract import (
     CancelledEvent,
@@ -67,9 +69,13 @@ class AsyncClient(ClientCore):
         )
         self._register = self.redis.register_script(REGISTER_LUA)
         self.prompts = AsyncPromptResolver(self.redis)
+        self._tools = LiveTools()
 
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
         valid = self.stamped(await self.prompts.prepare(job_data(job, overrides)))
+        missing = await self._tools.missing_async(self.redis, valid.worker_tools)
+        if missing:
+            raise InvalidJobError(*missing_tools_error(valid, missing))
         keys, args = self.register_args(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
             fresh = await self._register(keys=keys, args=args)

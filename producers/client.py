@@ -28,6 +28,7 @@ from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import PromptResolver, job_data
 from producers.settings import ProducerSettings, producer_settings
+from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
 from workers.contract import (
     CancelledEvent,
@@ -102,6 +103,7 @@ class Client(ClientCore):
         self._register = self.redis.register_script(REGISTER_LUA)
         #: Resolves ``prompt`` labels and validates prompt variables (published versions are cached).
         self.prompts = PromptResolver(self.redis)
+        self._tools = LiveTools()
 
     # --- submit ---------------------------------------------------------------------------------
 
@@ -112,6 +114,9 @@ class Client(ClientCore):
         against that version's schema here, before anything is enqueued.
         """
         valid = self.stamped(self.prompts.prepare(job_data(job, overrides)))
+        missing = self._tools.missing(self.redis, valid.worker_tools)
+        if missing:
+            raise InvalidJobError(*missing_tools_error(valid, missing))
         keys, args = self.register_args(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
             fresh = self._register(keys=keys, args=args)

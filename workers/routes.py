@@ -23,6 +23,10 @@ Example::
     [gateway.tokens]
     "secret-token-a" = "team-a"
 
+    [tools]
+    modules = ["workers.tools.examples"]   # imported at worker start (also LLMQ_TOOLS)
+    timeout_s = 30
+
 Every table forbids unknown keys, so a typo fails at start-up with the key's dotted path.
 """
 
@@ -36,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workers.contract import split_model_id
 from workers.llm.errors import ConfigurationError
+from workers.tools.config import ToolsConfig
 
 __all__ = ["BudgetConfig", "LLMQConfig", "ModelConfig", "load_config"]
 
@@ -99,6 +104,8 @@ class LLMQConfig(_Strict):
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    #: Worker tools: modules to import, timeouts, loop limits (``workers/tools/config.py``).
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
     #: Seconds a retry may sleep inside the worker; longer waits re-queue the job.
     max_inworker_wait_s: Annotated[float, Field(ge=0)] = 10.0
     #: Re-queues a job may take for such waits; one more ends it failed (``requeue_limit``), so a

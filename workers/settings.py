@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     #: Cap on a job's rendered prompt (all messages, in characters): a clear error past it.
     prompt_max_chars: int = Field(default=1_000_000, ge=1_000)
 
+    # --- tools ------------------------------------------------------------------------------------
+    #: Comma-separated import paths of tool modules the worker imports at start (their ``@tool``
+    #: functions become worker tools); the routes file's ``[tools] modules`` adds to them.
+    tools: str = ""
+
     @property
     def heartbeat_s(self) -> float:
         if self.heartbeat_interval is not None:

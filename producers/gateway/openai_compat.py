@@ -267,6 +267,8 @@ class ChatStreamRenderer:
         if isinstance(item, FeedError):
             return self._error({"message": item.message, "type": "server_error", "param": None, "code": "gateway"})
         event: StreamEvent = item
+        if event.type == "tool_result" or (event.type == "tool_call" and event.turn is not None):
+            return b""  # the worker's own tool loop: not calls for the client to answer
         if event.type in ("start", "usage"):
             if event.type == "usage":
                 self._usage = event.usage

@@ -53,6 +53,8 @@ class ParsedRequest:
     tools: list[ToolSpec] = field(default_factory=list)
     include_usage: bool = True
     message_count: int = 1
+    #: Texts of the tool results the request ends with (the answer quotes them).
+    tool_results: list[str] = field(default_factory=list)
     #: Response format, forced tool, stop sequences, image count (``simulator/structured.py``).
     params: RequestParams = field(default_factory=RequestParams)
 
@@ -163,6 +165,16 @@ def content_text(content: object) -> str:
                 parts.append(block)
         return " ".join(parts)
     return "" if content is None else str(content)
+
+
+def trailing_tool_results(messages: list[object], role: str = "tool") -> list[str]:
+    """Contents of the ``role`` messages at the end of an OpenAI/Ollama-style message list."""
+    out: list[str] = []
+    for m in reversed(messages):
+        if not isinstance(m, dict) or m.get("role") != role:
+            break
+        out.append(content_text(m.get("content")))
+    return out[::-1]
 
 
 def positive_int(value: object, name: str) -> int:

@@ -25,6 +25,7 @@ from simulator.protocols.base import (
     content_text,
     jstr,
     request_id,
+    trailing_tool_results,
 )
 from simulator.script import Fault, Script, ToolCall
 from simulator.structured import ollama_params
@@ -102,6 +103,7 @@ class OllamaProtocol(Protocol):
             stream=payload.get("stream", True) is not False,
             tools=tools,
             message_count=max(1, len(messages)),
+            tool_results=trailing_tool_results(messages),
             params=ollama_params(payload, options if isinstance(options, dict) else {}),
         )
 

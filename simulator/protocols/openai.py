@@ -18,6 +18,7 @@ from simulator.protocols.base import (
     jstr,
     positive_int,
     request_id,
+    trailing_tool_results,
 )
 from simulator.script import Fault, Script, ToolCall
 from simulator.structured import openai_params
@@ -77,6 +78,7 @@ class OpenAIProtocol(Protocol):
             tools=tools,
             include_usage=bool(options.get("include_usage")),
             message_count=len(messages),
+            tool_results=trailing_tool_results(messages),
             params=openai_params(payload, [t.name for t in tools]),
         )
 

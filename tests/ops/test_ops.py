@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.tools import need_module, need_tool
+from tests.support.external import need_module, need_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"

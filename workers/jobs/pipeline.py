@@ -54,6 +54,7 @@ from workers.jobs.observe import JobObserver
 from workers.jobs.resources import JobResources
 from workers.jobs.spans import instrumentation, start_job_span
 from workers.jobs.store import ClaimOutcome
+from workers.jobs.toolloop import ToolLoopState, run_tool_loop
 from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import (
@@ -119,6 +120,8 @@ class _Run:
     prompt: PromptInfo | None = None
     parsed: JsonValue | None = None
     repairs: int = 0
+    #: The tool loop's turns, messages and summed usage (jobs naming worker tools).
+    tools: ToolLoopState | None = None
 
 
 class JobRunner:
@@ -303,7 +306,7 @@ class JobRunner:
             request = ModelRequest(
                 messages=rendered.messages,
                 max_tokens=job.max_tokens,
-                tools=job.tools,
+                tools=job.client_tools,
                 temperature=job.temperature,
                 headers={"x-llmq-job-id": job.id},
                 # a whole-body call has no stream to close: a cancel aborts it through this
@@ -318,7 +321,10 @@ class JobRunner:
                 reasoning=job.reasoning,
             )
             run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0], prompt=run.prompt))
-            completion = self._call(run, model, request)
+            if job.worker_tools:
+                completion = run_tool_loop(self, run, model, request)
+            else:
+                completion = self._call(run, model, request)
             if isinstance(job.response_format, JsonObjectFormat | JsonSchemaFormat):
                 completion = self._structured(run, model, request, completion)
         except RunFencedError as exc:
@@ -458,7 +464,7 @@ class JobRunner:
         job = run.job
         queued = max(0.0, run.started_wall - job.submitted_at) if job.submitted_at else None
         meter = run.meter
-        return CompletionResult(
+        result = CompletionResult(
             usage=(meter.last_usage if meter and meter.last_usage else Usage()),
             cost_usd=float(meter.cost_usd) if meter and meter.cost_usd is not None else None,
             truncated_messages=meter.dropped if meter else 0,
@@ -475,6 +481,9 @@ class JobRunner:
                 total_s=round(self._clock() - run.started, 4),
             ),
         )
+        if run.tools is not None:
+            run.tools.fill(result)
+        return result
 
     def _finish_succeeded(self, run: _Run, completion: Completion) -> CompletionResult:
         job = run.job

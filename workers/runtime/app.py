@@ -110,7 +110,15 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
     from workers.runtime.telemetry import install_log_redaction, serve_metrics
 
     install_log_redaction()
-    resources = worker_app.llmq.resources()
+    from workers.llm.errors import ConfigurationError
+
+    try:
+        resources = worker_app.llmq.resources()
+    except ConfigurationError as exc:
+        # Celery logs and swallows a signal handler's exceptions; a worker that cannot load its
+        # configuration or tool modules must not start taking jobs
+        logging.getLogger("llmq.worker").critical("worker cannot start: %s", exc)
+        raise SystemExit(f"llmq worker cannot start: {exc}") from exc
     port = worker_app.llmq.settings.metrics_port
     if port:
         serve_metrics(resources.metrics.registry, port)

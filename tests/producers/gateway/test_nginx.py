@@ -28,7 +28,7 @@ from producers.gateway import GatewaySettings, create_gateway
 from producers.gateway.server import GatewayThread
 from producers.gateway.sse import SSEParser
 from simulator.app import SimulatorThread
-from tests.support.tools import need_tool
+from tests.support.external import need_tool
 from workers.contract import JobKeys
 
 ROOT = Path(__file__).resolve().parents[3]
