@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import httpx2
@@ -180,6 +181,11 @@ def test_cancel_interrupts_a_running_tool(worker: object, client: Client) -> Non
     result = handle.result(timeout=30)
     assert result.status == "cancelled"
     assert T.CALLS["patient"] == 1
+    for _ in range(200):  # the handler saw its CancelToken set and stopped (a hang guard, not a timing)
+        if T.CALLS["patient_cancelled"]:
+            break
+        time.sleep(0.05)
+    assert T.CALLS["patient_cancelled"] == 1
 
 
 def test_producer_refuses_a_tool_no_live_worker_has(worker: object, client: Client) -> None:
@@ -208,3 +214,17 @@ def test_the_gateway_streams_tool_events_and_refuses_unknown_tools(redis_url: st
         assert names.index("tool_call") < names.index("tool_result") < names.index("done") == len(names) - 1
         tool_result = json.loads(next(data for _, name, data in events if name == "tool_result"))
         assert (tool_result["name"], tool_result["ok"], tool_result["preview"]) == ("get_capital", True, "Paris")
+
+
+def test_a_requeued_job_resumes_after_the_journaled_turn(
+    worker: object, client: Client, simulator: SimulatorThread
+) -> None:
+    # turn 2 gets a 429 asking for 11 s (> max_inworker_wait_s 10): the job is re-queued, and runs again
+    result, events = _run(client, model="openai:gpt-4o-mini~tools,429@11", tools=["get_capital"])
+    assert result.status == "succeeded", result.error
+    assert T.CALLS["get_capital"] == 1  # not run again
+    assert result.turns == 2 and "[1] Paris" in result.content
+    faults = [r["fault"] for r in simulator.simulator.stats.records(result.id)]
+    assert faults.count("tools") == 1  # turn 1's model call was not repeated
+    assert [(a.turn, a.status) for a in result.attempts] == [(1, "succeeded"), (2, "failed"), (2, "succeeded")]
+    assert {e.run for e in events} == {1, 2}
