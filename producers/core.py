@@ -182,6 +182,14 @@ class ClientCore:
         pipe.set(keys.cancel, "1", ex=self.result_ttl_s)
         pipe.publish(CANCEL_CHANNEL, job_id)
 
+    def queue_consumers(self, *, timeout: float = 1.0) -> list[str]:
+        """Names of the live workers consuming this client's queue (a Celery broadcast, ~``timeout`` s).
+
+        Blocking; cheap enough for a one-off check, not for a loop.
+        """
+        replies = self.celery.control.inspect(timeout=timeout).active_queues() or {}
+        return sorted(worker for worker, queues in replies.items() if any(q.get("name") == self.queue for q in queues))
+
     def close(self) -> None:
         self.celery.close()
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator
 
+import httpx2
 import pytest
 
 from producers import Client, InvalidJobError
+from producers.gateway import GatewaySettings, create_gateway
+from producers.gateway.server import GatewayThread
+from producers.gateway.sse import SSEParser
 from simulator.app import SimulatorThread
 from tests.support import tools as T
 from workers.contract import CompletionResult, StreamEvent
@@ -106,22 +112,30 @@ def test_timeout_is_an_error_result_and_the_job_goes_on(worker: object, client: 
     assert again.status == "succeeded"
 
 
-def test_handler_exception_is_an_error_result_with_the_key_scrubbed(worker: object, client: Client) -> None:
+def test_handler_exception_is_an_error_result_with_the_key_scrubbed(
+    worker: object, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     result, events = _run(client, model="openai:gpt-4o-mini~tools", tools=["boom"])
     assert result.status == "succeeded", result.error
     tool_result = next(e for e in events if e.type == "tool_result")
     assert not tool_result.ok and tool_result.error.startswith("RuntimeError: kaboom")
     everything = result.model_dump_json() + "".join(e.model_dump_json() for e in events)
     assert T.LEAKED_KEY not in everything and "[redacted]" in everything
+    assert T.LEAKED_KEY not in caplog.text
 
 
-def test_a_tool_returning_a_provider_key_has_it_scrubbed(worker: object, client: Client) -> None:
+def test_a_tool_returning_a_provider_key_has_it_scrubbed(
+    worker: object, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     result, events = _run(client, model="openai:gpt-4o-mini~tools", tools=["leak_key"])
     assert result.status == "succeeded", result.error
     assert T.CALLS["leak_key"] == 1
     everything = result.model_dump_json() + "".join(e.model_dump_json() for e in events)
     assert T.LEAKED_KEY not in everything
     assert "the key is [redacted]" in result.messages[1].content
+    assert T.LEAKED_KEY not in caplog.text  # nor in any log line of the worker, at any level
 
 
 def test_max_turns_ends_the_job(worker: object, client: Client) -> None:
@@ -172,3 +186,25 @@ def test_producer_refuses_a_tool_no_live_worker_has(worker: object, client: Clie
     with pytest.raises(InvalidJobError, match="no_such_tool"):
         client.submit({"model": "openai:gpt-4o-mini", "messages": PROMPT, "tools": ["get_capital", "no_such_tool"]})
     assert not client.redis.keys("llmq:job:*")  # nothing was registered or enqueued
+
+
+def test_the_gateway_streams_tool_events_and_refuses_unknown_tools(redis_url: str, worker: object) -> None:
+    token = "tok-tools-5e1f0a9c3b7d"
+    settings = GatewaySettings(redis_url=redis_url, tokens={token: "team-t"}, heartbeat_s=0.2)
+    with (
+        GatewayThread(create_gateway(settings)) as gw,
+        httpx2.Client(base_url=gw.url, headers={"authorization": f"Bearer {token}"}, timeout=30) as http,
+    ):
+        job = {"model": "openai:gpt-4o-mini~tools", "messages": PROMPT}
+        refused = http.post("/v1/jobs", json={**job, "tools": ["get_capital", "no_such_tool"]})
+        assert refused.status_code == 400 and "no_such_tool" in refused.text
+        accepted = http.post("/v1/jobs", json={**job, "tools": ["get_capital"]})
+        assert accepted.status_code == 202, accepted.text
+        parser, events = SSEParser(), []
+        with http.stream("GET", f"/v1/jobs/{accepted.json()['id']}/events") as response:
+            for chunk in response.iter_bytes():
+                events += parser.feed(chunk)
+        names = [name for _, name, _ in events]
+        assert names.index("tool_call") < names.index("tool_result") < names.index("done") == len(names) - 1
+        tool_result = json.loads(next(data for _, name, data in events if name == "tool_result"))
+        assert (tool_result["name"], tool_result["ok"], tool_result["preview"]) == ("get_capital", True, "Paris")

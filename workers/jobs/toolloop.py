@@ -444,7 +444,9 @@ class ToolLoop:
         return record
 
     def _check_cancelled(self) -> None:
-        if self._cancel.is_set() or self.run.publisher.cancelled or self.res.store.is_cancelled(self.run.keys):
+        # no Redis call: the last flush (each tool result's event) reported the cancel key, and the
+        # cancel channel sets ``_cancel`` at once
+        if self._cancel.is_set() or self.run.publisher.cancelled:
             raise JobCancelledError("cancelled between tool-loop turns")
 
 
