@@ -208,3 +208,24 @@ def test_the_gateway_streams_tool_events_and_refuses_unknown_tools(redis_url: st
         assert names.index("tool_call") < names.index("tool_result") < names.index("done") == len(names) - 1
         tool_result = json.loads(next(data for _, name, data in events if name == "tool_result"))
         assert (tool_result["name"], tool_result["ok"], tool_result["preview"]) == ("get_capital", True, "Paris")
+
+
+def test_a_structured_answer_after_tool_turns_is_repaired_in_the_same_conversation(
+    worker: object, client: Client, simulator: SimulatorThread
+) -> None:
+    schema = {"type": "object", "properties": {"capital": {"type": "string"}}, "required": ["capital"]}
+    result, events = _run(
+        client,
+        model="openai:gpt-4o-mini~tools,badjson",
+        tools=["get_capital"],
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+    )
+    assert result.status == "succeeded", result.error
+    assert result.repairs == 1 and isinstance(result.parsed, dict) and "capital" in result.parsed
+    assert _sim_requests(simulator, result.id) == 3  # tool turn, invalid answer, repair
+    # the repair turn continues the tool conversation: it holds the tool turn and the repair request
+    prompts = [str(r["prompt"]) for r in simulator.simulator.stats.records(result.id)]
+    assert "not valid for the required response format" in prompts[2]
+    assert prompts[1] in prompts[2] or len(prompts[2]) > len(prompts[1])
+    assert result.turns == 2 and result.usage.prompt_tokens > 0
+    assert [e.type for e in events].count("repair") == 1

@@ -101,8 +101,9 @@ def test_sigkill_after_a_tool_ran_resumes_without_repeating_it(redis_server_url:
     data.close()
 
 
-def test_a_non_idempotent_call_interrupted_by_a_crash_is_not_run_again(redis_server_url: str) -> None:
-    url = redis_server_url.replace("/0", "/7")
+@pytest.mark.parametrize(("tool", "db"), [("slow_visit", 7), ("slow_visit_idempotent", 8)])
+def test_a_call_interrupted_by_a_crash_runs_again_only_if_idempotent(redis_server_url: str, tool: str, db: int) -> None:
+    url = redis_server_url.replace("/0", f"/{db}")
     data = redis.Redis.from_url(url)
     data.flushdb()
     with _stack(url) as stack, Client(url) as client:
@@ -110,7 +111,7 @@ def test_a_non_idempotent_call_interrupted_by_a_crash_is_not_run_again(redis_ser
         stack.start_simulator()
         victim = stack.start_worker(pool="threads", concurrency=4, name="victim")
         stack.wait_for_workers(1)
-        job = {"model": "openai:gpt-4o-mini~tools", "messages": PROMPT, "tools": ["slow_visit"], "id": "crash-slow"}
+        job = {"model": "openai:gpt-4o-mini~tools", "messages": PROMPT, "tools": [tool], "id": "crash-slow"}
         client.submit(job)
         _wait(lambda: int(data.get(STARTED_KEY) or 0) == 1, 60, "the tool to start")
         os.killpg(victim.pid, signal.SIGKILL)
@@ -118,8 +119,13 @@ def test_a_non_idempotent_call_interrupted_by_a_crash_is_not_run_again(redis_ser
 
         stack.start_worker(pool="threads", concurrency=4, name="rescuer")
         result = client.result("crash-slow", timeout=90)
-        assert result.status == "failed"
-        assert result.error is not None and result.error.type == "tool_interrupted"
-        assert "slow_visit" in result.error.message and "not idempotent" in result.error.message
-        assert int(data.get(STARTED_KEY) or 0) == 1  # never started again
+        if tool == "slow_visit":
+            assert result.status == "failed"
+            assert result.error is not None and result.error.type == "tool_interrupted"
+            assert "slow_visit" in result.error.message and "not idempotent" in result.error.message
+            assert int(data.get(STARTED_KEY) or 0) == 1  # never started again
+        else:
+            assert result.status == "succeeded", result.error
+            assert int(data.get(STARTED_KEY) or 0) == 2  # an idempotent tool is simply run again
+            assert "[1] visited park (start 2)" in result.content
     data.close()

@@ -103,12 +103,6 @@ def count_visit(place: Annotated[str, Field(examples=["museum"])]) -> str:
     return f"visit {n} to {place}"
 
 
-@tool(idempotent=True)
-def count_visit_idempotent(place: Annotated[str, Field(examples=["park"])]) -> str:
-    """Like count_visit, but safe to run again."""
-    return count_visit(place)
-
-
 def reset() -> None:
     CALLS.clear()
     ACTIVE.update(now=0, max=0)
@@ -128,3 +122,16 @@ def slow_visit(place: Annotated[str, Field(examples=["museum"])], cancel: Cancel
         client.close()
     cancel.wait(60)
     return f"slow visit to {place}"
+
+
+@tool(idempotent=True)
+def slow_visit_idempotent(place: Annotated[str, Field(examples=["park"])], cancel: CancelToken) -> str:
+    """Like slow_visit but safe to run again: the second start returns at once."""
+    client = _visits()
+    try:
+        starts = int(client.incr(STARTED_KEY))
+    finally:
+        client.close()
+    if starts == 1:
+        cancel.wait(60)
+    return f"visited {place} (start {starts})"

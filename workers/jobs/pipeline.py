@@ -383,13 +383,19 @@ class JobRunner:
             if run.meter is not None:
                 run.meter.new_turn()
 
+        loop = run.tools  # after a tool loop: continue its conversation, offer its tools
+        history = loop.conversation[:-1] if loop is not None and loop.conversation else request.messages
+        tools = loop.definitions if loop is not None and loop.conversation else request.tools
+
         def call(messages: list[Message]) -> Completion:
-            turn = self._call(run, model, dataclasses.replace(request, messages=messages))
+            turn = self._call(run, model, dataclasses.replace(request, messages=messages, tools=tools))
             run.text_parts = [turn.text]  # an invalid last answer is kept in the failed result
+            if loop is not None and loop.turns:
+                loop.add_usage(turn.usage or Usage(estimated=True))  # the loop's usage is the result's
             return turn
 
         run.text_parts = [completion.text]
-        outcome = structured.enforce(run.job, request.messages, completion, call, repair)
+        outcome = structured.enforce(run.job, history, completion, call, repair)
         run.parsed, run.repairs = outcome.parsed, outcome.repairs
         return outcome.completion
 

@@ -34,6 +34,7 @@ from workers.contract import (
     CompletionResult,
     FunctionCall,
     Message,
+    Tool,
     ToolCall,
     ToolCallEvent,
     ToolResultEvent,
@@ -75,6 +76,10 @@ class ToolLoopState:
     turns: int = 0
     messages: list[Message] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    #: What the model was sent on the last turn plus its answer, and the tools it was offered:
+    #: a structured-output repair turn continues this conversation (``workers/jobs/structured.py``).
+    conversation: list[Message] = field(default_factory=list)
+    definitions: list[Tool] = field(default_factory=list)
 
     def add_usage(self, usage: Usage) -> None:
         u = self.usage
@@ -83,6 +88,7 @@ class ToolLoopState:
             completion_tokens=u.completion_tokens + usage.completion_tokens,
             cached_tokens=u.cached_tokens + usage.cached_tokens,
             cache_write_tokens=u.cache_write_tokens + usage.cache_write_tokens,
+            reasoning_tokens=u.reasoning_tokens + usage.reasoning_tokens,
             estimated=u.estimated or usage.estimated,
         )
 
@@ -167,7 +173,8 @@ class ToolLoop:
     def run_loop(self) -> Completion:
         journal = self.journal.load()
         self._restore(journal)
-        conversation = list(self.request.messages)
+        conversation = self.state.conversation = list(self.request.messages)
+        self.state.definitions = self.definitions
         turn = 0
         while True:
             turn += 1
