@@ -64,7 +64,7 @@ class CallReport:
 
 
 class ChainHooks:
-    """No-op callbacks the chain's wrappers call; the worker's observer (``workers/runtime/observe.py``)
+    """No-op callbacks the chain's wrappers call; the worker's observer (``workers/jobs/observe.py``)
     turns them into Prometheus metrics, span events and decision log lines.
 
     ``on_attempt``/``on_wait``/``on_requeue``/``on_breaker`` come from
