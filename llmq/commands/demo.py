@@ -68,18 +68,22 @@ def _tool_loop(client: Client, model: str) -> None:
             "messages": [{"role": "user", "content": "Where is order A-1001, and what is 2 * (3 + 4)?"}],
         }
     )
-    print("   ", end="", flush=True)
+    midline = False  # a streamed answer is being printed on the current line
     for event in handle.stream(timeout=120):
+        if event.type in ("tool_call", "tool_result") and midline:
+            print()
+            midline = False
         if event.type == "tool_call":
             call = event.tool_call.function
-            print(f"\n   turn {event.turn}: tool_call {call.name}({call.arguments})", flush=True)
+            print(f"   turn {event.turn}: tool_call {call.name}({call.arguments})", flush=True)
         elif event.type == "tool_result":
             outcome = "ok" if event.ok else f"error: {event.error}"
             print(f"   turn {event.turn}: tool_result {event.name} [{outcome}] {event.preview}", flush=True)
-            print("   ", end="", flush=True)
         elif event.type == "delta":
-            print(event.text, end="", flush=True)
-    print()
+            print(event.text if midline else f"   {event.text}", end="", flush=True)
+            midline = True
+    if midline:
+        print()
     result = handle.result(timeout=30)
     print(f"   turns={result.turns}")
     _show_result(result)
