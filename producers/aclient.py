@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import redis.asyncio as aredis
 from opentelemetry.trace import Tracer
 
 from producers.client import (
@@ -22,6 +21,7 @@ from producers.client import (
 )
 from producers.cursor import GAP, EventCursor
 from producers.prompts import AsyncPromptResolver, job_data
+from producers.redisconn import async_redis_client
 from producers.tracing import monitor_content, producer_tracer, send_options, submit_span
 from workers.contract import (
     DEFAULT_QUEUE,
@@ -66,11 +66,7 @@ class AsyncClient:
         self.redis_url = redis_url or default_redis_url()
         self.queue = queue
         self.result_ttl_s = result_ttl_s
-        self.redis = aredis.Redis(
-            connection_pool=aredis.BlockingConnectionPool.from_url(
-                self.redis_url, max_connections=max_connections, timeout=20
-            )
-        )
+        self.redis = async_redis_client(self.redis_url, max_connections=max_connections)
         self._celery = make_celery(self.redis_url, queue)
         self._register = self.redis.register_script(_REGISTER_LUA)
         #: Submit spans (``producers/tracing.py``): the OTEL_* configured tracer, or a no-op.

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import PromptResolver, job_data
+from producers.redisconn import redis_client as make_redis
 from producers.tracing import monitor_content, producer_tracer, send_options, submit_span
 from workers.contract import (
     DEFAULT_QUEUE,
@@ -37,6 +38,7 @@ from workers.contract import (
     StreamEvent,
     parse_event,
 )
+from workers.contract.redisurl import sentinel_target
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -102,15 +104,21 @@ def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> Compl
 
 
 def make_celery(redis_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
-    """A send-only Celery app matching the worker's wire settings (JSON, same queue)."""
-    app = Celery("llmqueue-producer", broker=redis_url, set_as_current=False)
+    """A send-only Celery app matching the worker's wire settings (JSON, same queue); a
+    ``sentinel://`` URL (``workers/contract/redisurl.py``) reaches the master through the sentinels."""
+    target = sentinel_target(redis_url)
+    broker = target.broker_url() if target is not None else redis_url
+    transport: dict[str, object] = {"visibility_timeout": 3600, "max_connections": 64}
+    if target is not None:
+        transport.update(target.transport_options())
+    app = Celery("llmqueue-producer", broker=broker, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=queue,
         task_send_sent_event=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 3600, "max_connections": 64},
+        broker_transport_options=transport,
         result_backend=None,
         task_ignore_result=True,
     )
@@ -152,9 +160,7 @@ class Client:
         self._monitor_content = monitor_content()
         self.queue = queue
         self.result_ttl_s = result_ttl_s
-        self.redis = redis_client or redis.Redis(
-            connection_pool=redis.BlockingConnectionPool.from_url(self.redis_url, max_connections=64, timeout=20)
-        )
+        self.redis = redis_client or make_redis(self.redis_url, max_connections=64)
         self._celery = make_celery(self.redis_url, queue)
         self._register = self.redis.register_script(_REGISTER_LUA)
         #: Resolves ``prompt`` labels and validates prompt variables (published versions are cached).
