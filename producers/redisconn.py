@@ -6,7 +6,7 @@ settings are in ``workers/contract/redisurl.py``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
@@ -31,9 +31,10 @@ def redis_client(url: str, *, max_connections: int = 64, timeout: float = 20, **
         pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout, **kwargs)
         return redis.Redis(connection_pool=pool)
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target))
-    return sentinel.master_for(
+    client = sentinel.master_for(
         target.master, db=target.db, password=target.password, max_connections=max(2 * max_connections, 100), **kwargs
     )
+    return cast("redis.Redis", client)
 
 
 def async_redis_client(url: str, *, max_connections: int = 64, timeout: float = 20, **kwargs: Any) -> aredis.Redis:
@@ -42,6 +43,7 @@ def async_redis_client(url: str, *, max_connections: int = 64, timeout: float = 
         pool = aredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout, **kwargs)
         return aredis.Redis(connection_pool=pool)
     sentinel = AsyncSentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target))
-    return sentinel.master_for(
+    client = sentinel.master_for(
         target.master, db=target.db, password=target.password, max_connections=max(2 * max_connections, 100), **kwargs
     )
+    return cast("aredis.Redis", client)

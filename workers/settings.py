@@ -8,7 +8,7 @@ environment when the worker process starts, so a key can never be serialized wit
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # --- HTTP to providers ----------------------------------------------------------------------
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 120.0
+    #: Whole-request deadline of an upstream call (headers and the entire body, streamed or not).
+    http_request_timeout: float = Field(default=600.0, gt=0)
+    #: Largest upstream response accepted; a stream line is capped at 1 MiB on top of this.
+    http_max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     http2: bool = True
 
     # --- routing, budget ------------------------------------------------------------------------
@@ -95,6 +99,11 @@ class Settings(BaseSettings):
     #: Cap on a job's rendered prompt (all messages, in characters): a clear error past it.
     prompt_max_chars: int = Field(default=1_000_000, ge=1_000)
 
+    # --- tools ------------------------------------------------------------------------------------
+    #: Comma-separated import paths of tool modules the worker imports at start (their ``@tool``
+    #: functions become worker tools); the routes file's ``[tools] modules`` adds to them.
+    tools: str = ""
+
     @property
     def heartbeat_s(self) -> float:
         if self.heartbeat_interval is not None:
@@ -108,6 +117,6 @@ class Settings(BaseSettings):
         return 2 if self.pool == "gevent" else 1
 
 
-def get_settings(**overrides: object) -> Settings:
-    """Settings from the environment, with explicit overrides winning."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+def get_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with explicit overrides winning (any field, by name)."""
+    return Settings(**overrides)

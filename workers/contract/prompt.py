@@ -28,6 +28,7 @@ __all__ = [
     "PromptRef",
     "PromptVersion",
     "content_hash",
+    "normalize_schema",
     "split_bucket",
 ]
 
@@ -111,6 +112,11 @@ class PromptVersion(_Wire):
     cases: dict[str, dict[str, JsonValue]] = Field(default_factory=dict)
     hash: str = ""
 
+    @field_validator("input")
+    @classmethod
+    def _input(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        return normalize_schema(value)
+
     @model_validator(mode="after")
     def _hashed(self) -> PromptVersion:
         expected = content_hash(self)
@@ -122,6 +128,22 @@ class PromptVersion(_Wire):
     @property
     def info(self) -> PromptInfo:
         return PromptInfo(name=self.name, version=self.version, hash=self.hash)
+
+
+def normalize_schema(schema: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    """An ``input`` schema with its defaults: an object, every property required, no extras.
+
+    Only what the schema leaves unsaid is filled: a schema with its own ``required`` or
+    ``additionalProperties`` keeps them.
+    """
+    out: dict[str, JsonValue] = dict(schema)
+    out.setdefault("type", "object")
+    properties = out.setdefault("properties", {})
+    if "required" not in out:
+        required: list[JsonValue] = [name for name in sorted(properties)] if isinstance(properties, dict) else []
+        out["required"] = required
+    out.setdefault("additionalProperties", False)
+    return out
 
 
 def content_hash(version: PromptVersion) -> str:

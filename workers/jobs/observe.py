@@ -77,7 +77,13 @@ class JobObserver(ChainHooks):
         if not self._logging:
             return
         extra = {
-            "llmq": {"event": event, "job_id": self.job.id, "tenant": self.job.tenant, **fields},
+            "llmq": {
+                "event": event,
+                "job_id": self.job.id,
+                "tenant": self.job.tenant,
+                **({"user": self.job.user} if self.job.user else {}),
+                **fields,
+            },
             "trace_id": self.trace_id,
             "span_id": self.span_id,
         }

@@ -39,7 +39,10 @@ def _prompt_attributes(job: CompletionJob) -> dict[str, AttributeValue]:
 
 
 def job_attributes(job: CompletionJob) -> dict[str, AttributeValue]:
-    return {GenAI.JOB_ID: job.id, GenAI.TENANT: job.tenant, **_prompt_attributes(job)}
+    attrs: dict[str, AttributeValue] = {GenAI.JOB_ID: job.id, GenAI.TENANT: job.tenant, **_prompt_attributes(job)}
+    if job.user:  # the end user the producer named (OpenAI's ``user``), OpenTelemetry's ``user.id``
+        attrs[GenAI.USER_ID] = job.user
+    return attrs
 
 
 def instrumentation(job: CompletionJob, prices: PriceBook, record_content: bool) -> Instrumentation:

@@ -1,8 +1,9 @@
 """The HTTP edge: the only module that imports the HTTP client library.
 
-One :class:`HTTPClient` per worker process (built in ``worker_process_init``), with pool limits
-sized to the worker's concurrency: the library's defaults (100 connections, 20 keep-alive, 5 s
-pool timeout) starve long streams (``notes/celery-at-scale.md`` §6). Transport failures are
+One :class:`HTTPClient` per worker process (built with the worker's resources,
+``workers/runtime/resources.py``), with pool limits sized to the worker's concurrency: the
+library's defaults (100 connections, 20 keep-alive, 5 s pool timeout) starve long streams, whose
+connections stay checked out for minutes while new calls time out waiting for one. Transport failures are
 mapped to our error tree here; HTTP error statuses are mapped by the provider's own
 ``error_mapper`` (each provider has its own error body), also called from here, so that nothing
 above this module ever sees a library exception. There is no retry loop in this layer: the retry
@@ -15,9 +16,12 @@ import contextlib
 import contextvars
 import itertools
 import socket
+import ssl
 import threading
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpcore2
@@ -30,7 +34,9 @@ from workers.llm.errors import (
     LLMQError,
     ProviderConnectionError,
     ProviderTimeoutError,
+    ResponseTooLargeError,
 )
+from workers.llm.watchdog import Deadline, Watchdog, shared_watchdog
 
 __all__ = ["ErrorMapper", "HTTPClient", "HTTPSettings", "StreamingResponse"]
 
@@ -48,6 +54,11 @@ class HTTPSettings:
     pool_timeout: float = 120.0
     #: Use HTTP/2 where the upstream offers it over TLS (ALPN); plain http stays HTTP/1.1.
     http2: bool = True
+    #: Whole-request deadline: headers and the entire body, however slowly it trickles in (the
+    #: timeouts above bound each read only). The response is closed when it passes.
+    request_timeout: float = 600.0
+    #: Largest response body accepted (streamed or not); more ends the attempt, typed.
+    max_response_bytes: int = 64 * 1024 * 1024
     #: Independent connection pools requests are spread over (0 = one per 32 connections). The
     #: library's pool re-checks every pooled connection on every request and every response
     #: close (a ``poll`` of each idle socket; through the event loop under gevent), so one pool
@@ -79,25 +90,95 @@ class StreamingResponse:
     (socket shutdown) and HTTP/2 (``RST_STREAM``), see :meth:`_abandon`.
     """
 
-    __slots__ = ("_closed", "_model", "_provider", "_reader", "_response", "headers", "status")
+    __slots__ = (
+        "_closed",
+        "_expired",
+        "_max_bytes",
+        "_model",
+        "_provider",
+        "_reader",
+        "_response",
+        "_timeout",
+        "_timer",
+        "_watchdog",
+        "headers",
+        "status",
+    )
 
-    def __init__(self, response: httpx.Response, provider: str, model: str) -> None:
+    def __init__(
+        self,
+        response: httpx.Response,
+        provider: str,
+        model: str,
+        *,
+        max_bytes: int | None = None,
+        timeout_s: float | None = None,
+        watchdog: Watchdog | None = None,
+    ) -> None:
         self._response = response
         self._provider = provider
         self._model = model
         self._closed = False
+        self._expired = False
+        self._max_bytes = max_bytes
         #: Which thread (greenlet, under gevent's patching) is inside iter_bytes, if any.
         self._reader: int | None = None
         self.status = response.status_code
         self.headers: Mapping[str, str] = response.headers
+        # the whole-request deadline: the watchdog closes the response when it passes, which
+        # wakes a read blocked on a server that trickles bytes just inside the read timeout
+        self._timeout = timeout_s
+        self._watchdog = watchdog
+        self._timer: Deadline | None = None
+        if timeout_s is not None and watchdog is not None:
+            self._timer = watchdog.schedule(max(timeout_s, 0.0), self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self.close()
+
+    def _too_slow(self) -> ProviderTimeoutError:
+        return ProviderTimeoutError(
+            f"the whole request took longer than its {self._timeout:g}s deadline; response closed",
+            provider=self._provider,
+            model=self._model,
+            code="request_timeout",
+        )
 
     def iter_bytes(self) -> Iterator[bytes]:
         self._reader = threading.get_ident()
+        limit = self._max_bytes
+        seen = 0
         try:
             with _mapped(self._provider, self._model, mid_stream=True):
-                yield from self._response.iter_raw() if self._raw_ok() else self._response.iter_bytes()
+                chunks = self._response.iter_raw() if self._raw_ok() else self._response.iter_bytes()
+                if limit is None:
+                    yield from chunks
+                else:
+                    for chunk in chunks:
+                        seen += len(chunk)
+                        if seen > limit:
+                            raise ResponseTooLargeError(
+                                f"the response passed {limit} bytes (max_response_bytes); attempt ended",
+                                provider=self._provider,
+                                model=self._model,
+                            )
+                        yield chunk
+        except LLMQError as exc:
+            if self._expired and not isinstance(exc, ResponseTooLargeError):
+                raise self._too_slow() from None
+            raise
         finally:
             self._reader = None
+        if self._expired:
+            raise self._too_slow()
+
+    def read_all(self) -> bytes:
+        """The whole body (bounded by ``max_bytes`` and the deadline); closes the response."""
+        try:
+            return b"".join(self.iter_bytes())
+        finally:
+            self.close()
 
     def _raw_ok(self) -> bool:
         # iter_raw skips the decoder machinery; only safe when the body is not content-encoded.
@@ -109,6 +190,9 @@ class StreamingResponse:
 
     def close(self) -> None:
         """Close the response; safe to call from another thread or greenlet (a job's cancel)."""
+        timer, self._timer = self._timer, None
+        if timer is not None and self._watchdog is not None:
+            self._watchdog.cancel(timer)
         elsewhere = self._reader is not None and self._reader != threading.get_ident()
         if not self._closed:
             self._closed = True
@@ -145,21 +229,21 @@ class StreamingResponse:
         conn = getattr(h2_stream, "_connection", None)
         stream_id, request = getattr(h2_stream, "_stream_id", None), getattr(h2_stream, "_request", None)
         state, lock, events = (getattr(conn, name, None) for name in ("_h2_state", "_state_lock", "_events"))
-        if None in (state, lock, events, stream_id, request):
+        if conn is None or state is None or lock is None or events is None or stream_id is None or request is None:
             return False
         try:
             import h2.events
 
-            with lock:  # type: ignore[union-attr]
-                state.reset_stream(stream_id, error_code=_H2_CANCEL)  # type: ignore[union-attr]
+            with lock:
+                state.reset_stream(stream_id, error_code=_H2_CANCEL)
                 if wake:
-                    pending = events.get(stream_id)  # type: ignore[union-attr]
+                    pending = events.get(stream_id)
                     if pending is not None:
                         pending.append(
                             h2.events.StreamReset(stream_id=stream_id, error_code=_H2_CANCEL, remote_reset=False)
                         )
-                    state.ping(b"llmq-rst")  # type: ignore[union-attr]
-            conn._write_outgoing_data(request)  # type: ignore[union-attr]
+                    state.ping(b"llmq-rst")
+            conn._write_outgoing_data(request)
         except Exception:  # closed meanwhile, connection gone: the plain close below is all we can do
             return False
         return True
@@ -181,7 +265,13 @@ _H2_CANCEL = 0x8
 class HTTPClient:
     """A pooled HTTP client shared by every job of a worker process."""
 
-    def __init__(self, settings: HTTPSettings | None = None, *, transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        settings: HTTPSettings | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        watchdog: Watchdog | None = None,
+    ):
         self.settings = settings = settings or HTTPSettings()
         limits = httpx.Limits(
             max_connections=settings.max_connections,
@@ -212,6 +302,7 @@ class HTTPClient:
             for client in self._clients:
                 _use_backend(client, _ProbingBackend(probe))
         self._turn = itertools.count()
+        self._watchdog = watchdog or shared_watchdog()
 
     @property
     def _client(self) -> httpx.Client:
@@ -236,14 +327,26 @@ class HTTPClient:
         the read stops at once and :class:`JobCancelledError` is raised.
         """
         if abort is None:
-            with _mapped(provider, model):
-                response = self._client.post(url, headers=headers, content=body)
-                content = response.content
+            started = time.monotonic()
+            response = self._send(url, headers, body, provider, model)
+            content = self._reader(response, provider, model, started).read_all()
         else:
             response, content = self._post_abortable(url, headers, body, provider, model, abort)
         if response.status_code >= 300:
             raise error_mapper(response.status_code, response.headers, content)
         return response.headers, content
+
+    def _reader(self, response: httpx.Response, provider: str, model: str, started: float) -> StreamingResponse:
+        """The response's body reader, bounded in size and by the whole-request deadline."""
+        settings = self.settings
+        return StreamingResponse(
+            response,
+            provider,
+            model,
+            max_bytes=settings.max_response_bytes,
+            timeout_s=settings.request_timeout - (time.monotonic() - started),
+            watchdog=self._watchdog,
+        )
 
     def _send(self, url: str, headers: Mapping[str, str], body: bytes, provider: str, model: str) -> httpx.Response:
         """POST; returns once the status line and headers are in, the body still to be read."""
@@ -262,13 +365,13 @@ class HTTPClient:
         # body read is armed through the response (a stream reset), once the headers are in
         token = _READ_ABORT.set(abort)
         try:
+            started = time.monotonic()
             response = self._send(url, headers, body, provider, model)
-            reader = StreamingResponse(response, provider, model)
+            reader = self._reader(response, provider, model, started)
             try:
                 if response.http_version != "HTTP/1.1" and not abort.arm(reader.close):
                     raise JobCancelledError("cancelled while waiting for the answer", provider=provider, model=model)
-                with _mapped(provider, model):
-                    content = response.read()
+                content = reader.read_all()
             finally:
                 abort.disarm()
                 reader.close()
@@ -293,15 +396,12 @@ class HTTPClient:
         error_mapper: ErrorMapper,
     ) -> StreamingResponse:
         """POST and return the open response once its status line and headers arrived."""
+        started = time.monotonic()
         response = self._send(url, headers, body, provider, model)
+        reader = self._reader(response, provider, model, started)
         if response.status_code >= 300:
-            try:
-                with _mapped(provider, model):
-                    content = response.read()
-            finally:
-                response.close()
-            raise error_mapper(response.status_code, response.headers, content)
-        return StreamingResponse(response, provider, model)
+            raise error_mapper(response.status_code, response.headers, reader.read_all())
+        return reader
 
     def close(self) -> None:
         for client in self._clients:
@@ -386,7 +486,9 @@ class _ProbingStream(httpcore2.NetworkStream):
     def close(self) -> None:
         self._inner.close()
 
-    def start_tls(self, ssl_context, server_hostname=None, timeout=None):  # type: ignore[no-untyped-def]
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore2.NetworkStream:
         return _ProbingStream(self._inner.start_tls(ssl_context, server_hostname, timeout), self._probe)
 
     def get_extra_info(self, info: str) -> object:
@@ -401,11 +503,20 @@ class _ProbingBackend(httpcore2.SyncBackend):
     def __init__(self, probe: Probe) -> None:
         self._probe = probe
 
-    def connect_tcp(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return _ProbingStream(super().connect_tcp(*args, **kwargs), self._probe)
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.NetworkStream:
+        return _ProbingStream(super().connect_tcp(host, port, timeout, local_address, socket_options), self._probe)
 
-    def connect_unix_socket(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return _ProbingStream(super().connect_unix_socket(*args, **kwargs), self._probe)
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore2.NetworkStream:
+        return _ProbingStream(super().connect_unix_socket(path, timeout, socket_options), self._probe)
 
 
 def _use_backend(client: httpx.Client, backend: httpcore2.NetworkBackend) -> None:

@@ -38,9 +38,10 @@ from workers.contract import (
     Usage,
 )
 from workers.llm.abort import AbortSignal
-from workers.llm.errors import IncompleteStreamError, JobCancelledError, LLMQError
+from workers.llm.errors import IncompleteStreamError, JobCancelledError, LLMQError, ResponseTooLargeError
 
 __all__ = [
+    "MAX_LINE_BYTES",
     "ChatRequest",
     "ChatStream",
     "Completion",
@@ -210,6 +211,8 @@ class ResponseStream(ChatStream):
         A cancel wins over the read error it caused; a payload of an unexpected shape (the
         provider changed its wire format) is a broken stream, not a crash of the worker.
         """
+        if isinstance(exc, ResponseTooLargeError) and exc.provider is None:
+            return ResponseTooLargeError(exc.message, provider=self._provider, model=self._model)
         if isinstance(exc, LLMQError):
             in_stream = bool(exc.details and exc.details.get("in_stream"))
             return self._cancelled() if self.closed and not in_stream else exc
@@ -319,23 +322,51 @@ def normalize_arguments(raw: str | dict[str, object] | None) -> str:
     return raw if raw.strip() else "{}"
 
 
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+#: Longest stream line (or multi-line SSE event) accepted from an upstream: 1 MiB.
+MAX_LINE_BYTES = 1 << 20
+
+
+def _line_too_long(limit: int) -> ResponseTooLargeError:
+    return ResponseTooLargeError(f"a stream line passed {limit} bytes; attempt ended")
+
+
+def iter_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[bytes]:
     """Split a byte stream into lines (``\\n``-terminated; a trailing ``\\r`` is stripped).
 
-    A final line without a newline is still yielded. Kept deliberately small: this is the
-    innermost loop of every stream we read.
+    A final line without a newline is still yielded. A line longer than ``max_line`` bytes raises
+    :class:`ResponseTooLargeError` as soon as that many bytes of it arrived: an upstream that never
+    sends a newline cannot grow the worker's memory. The pieces of an unfinished line are kept in
+    a list and joined once, so a line trickling in byte by byte costs linear time. Kept small:
+    this is the innermost loop of every stream we read; the length checks cost nothing per line
+    unless a chunk is itself near the limit.
     """
-    buf = b""
+    pending: list[bytes] = []
+    held = 0
     for chunk in chunks:
-        if buf:
-            chunk = buf + chunk
         lines = chunk.split(b"\n")
-        buf = lines.pop()
+        if len(lines) == 1:  # no newline: more of the line being read
+            if chunk:
+                held += len(chunk)
+                if held > max_line:
+                    raise _line_too_long(max_line)
+                pending.append(chunk)
+            continue
+        if pending:
+            pending.append(lines[0])
+            lines[0] = b"".join(pending)
+        tail = lines.pop()
+        if held + len(chunk) > max_line and max(map(len, lines)) > max_line:
+            raise _line_too_long(max_line)
         for line in lines:
             if line.endswith(b"\r"):
                 line = line[:-1]
             yield line
-    if buf:
+        held = len(tail)
+        if held > max_line:
+            raise _line_too_long(max_line)
+        pending = [tail] if tail else []
+    if pending:
+        buf = b"".join(pending)
         yield buf[:-1] if buf.endswith(b"\r") else buf
 
 
@@ -372,10 +403,14 @@ def sse_continuation(first: bytes, lines: Iterator[bytes]) -> bytes:
     and join the pieces with ``\n`` as the SSE spec says. Costs nothing on the common path.
     """
     parts = [first]
+    size = len(first)
     for line in lines:
         if not line:
             break
         if line.startswith(b"data:"):
             value = line[5:]
             parts.append(value[1:] if value.startswith(b" ") else value)
+            size += len(value)
+            if size > MAX_LINE_BYTES:  # an event of endless data: lines: bounded like one line
+                raise _line_too_long(MAX_LINE_BYTES)
     return b"\n".join(parts)

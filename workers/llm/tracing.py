@@ -74,6 +74,7 @@ class GenAI:
     FALLBACK_INDEX = "llmq.fallback_index"
     JOB_ID = "llmq.job_id"
     TENANT = "llmq.tenant"
+    USER_ID = "user.id"
 
 
 def set_prompt(span: Span, name: str, version: int | str | None) -> None:
@@ -135,7 +136,7 @@ def add_event(name: str, attributes: Mapping[str, AttributeValue], span: Span | 
 
 def content_attributes(messages: Sequence[Message], output: str | None) -> dict[str, AttributeValue]:
     """Opt-in message content for a ``chat`` span, redacted (``LLMQ_TRACE_CONTENT=1``)."""
-    inputs = [f"{m.role}: {redact(m.content or '')}" for m in messages]
+    inputs = [f"{m.role}: {redact(m.text)}" for m in messages]
     attrs: dict[str, AttributeValue] = {GenAI.INPUT_MESSAGES: inputs}
     if output is not None:
         attrs[GenAI.OUTPUT_MESSAGES] = [redact(output)]

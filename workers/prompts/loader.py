@@ -22,6 +22,7 @@ from jinja2 import TemplateError, meta
 from pydantic import ValidationError
 
 from workers.contract import PromptVersion
+from workers.contract.prompt import normalize_schema
 from workers.prompts.sandbox import PromptSandbox, SandboxError
 
 __all__ = ["PromptFileError", "load_file", "load_library", "normalize_schema", "template_variables"]
@@ -37,16 +38,6 @@ class PromptFileError(ValueError):
         self.path = path
         self.name = name
         self.problem = problem
-
-
-def normalize_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The ``input`` schema with the defaults above filled in (all required, nothing extra)."""
-    out = dict(schema)
-    out.setdefault("type", "object")
-    properties = out.setdefault("properties", {})
-    out.setdefault("required", sorted(properties))
-    out.setdefault("additionalProperties", False)
-    return out
 
 
 def template_variables(sandbox: PromptSandbox, sources: list[str]) -> set[str]:
@@ -77,8 +68,6 @@ def load_file(path: Path, *, sandbox: PromptSandbox | None = None) -> PromptVers
         raise PromptFileError(where, name, f"not readable YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise PromptFileError(where, name, "the file must be a YAML mapping")
-    if isinstance(raw.get("input"), dict):
-        raw["input"] = normalize_schema(raw["input"])
     try:
         version = PromptVersion.model_validate(raw)
     except ValidationError as exc:

@@ -17,6 +17,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import jsonschema
+import jsonschema.exceptions
 import redis
 
 from workers.contract import CompletionJob, Message, PromptInfo, PromptRef, PromptVersion
@@ -68,6 +70,7 @@ class PromptRenderer:
         self.max_chars = max_chars
         self.sandbox = PromptSandbox(max_chars=max_chars)
         self._versions: OrderedDict[tuple[str, int], PromptVersion] = OrderedDict()
+        self._validators: OrderedDict[str, jsonschema.Draft202012Validator] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
@@ -94,11 +97,29 @@ class PromptRenderer:
                 f"prompt {ref.name} v{ref.version} in Redis (hash {version.hash[:12]}) is not the one the job was "
                 f"submitted with (hash {ref.hash[:12]})"
             )
+        problem = self._invalid_variables(version, ref.variables)
+        if problem:  # the producer checked them; a payload sent past it is checked here too
+            raise PromptError(f"prompt {ref.name} v{ref.version}: {problem}")
         try:
             messages = render_version(version, ref.variables, self.sandbox)
         except SandboxError as exc:
             raise PromptError(f"prompt {ref.name} v{ref.version}: {exc}") from None
         return Rendered(messages, version.info)
+
+    def _invalid_variables(self, version: PromptVersion, variables: Mapping[str, object]) -> str | None:
+        with self._lock:
+            validator = self._validators.get(version.hash)
+        if validator is None:
+            validator = jsonschema.Draft202012Validator(dict(version.input))
+            with self._lock:
+                self._validators[version.hash] = validator
+                while len(self._validators) > self._cache_size:
+                    self._validators.popitem(last=False)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(dict(variables)))
+        if error is None:
+            return None
+        where = ".".join(str(p) for p in error.absolute_path)
+        return f"variables{'.' + where if where else ''}: {error.message}"
 
     def _version(self, name: str, number: int) -> PromptVersion:
         key = (name, number)

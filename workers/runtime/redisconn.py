@@ -8,7 +8,7 @@ is sized well above the concurrency instead). See ``workers/contract/redisurl.py
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.sentinel import Sentinel
@@ -31,10 +31,11 @@ def redis_client(url: str, *, max_connections: int, timeout: float = 20, **kwarg
     if target.sentinel_password:
         sentinel_kwargs["password"] = target.sentinel_password
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
-    return sentinel.master_for(
+    client = sentinel.master_for(
         target.master,
         db=target.db,
         password=target.password,
         max_connections=max(2 * max_connections, 100),
         **kwargs,
     )
+    return cast("redis.Redis", client)

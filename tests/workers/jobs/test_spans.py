@@ -43,3 +43,12 @@ def test_a_no_op_tracer_costs_no_redis_round_trip(redis_client: redis.Redis) -> 
     span = start_job_span(NoOpTracer(), job, "llmq", 1, redis_client, JobKeys(job.id))
     assert not span.is_recording()
     assert not redis_client.exists(JobKeys(job.id).meta)
+
+
+def test_the_end_user_is_kept_in_telemetry() -> None:
+    from workers.jobs.spans import job_attributes
+
+    job = CompletionJob(model="openai:gpt-4o", messages=[{"role": "user", "content": "x"}], user="end-user-9")
+    assert job_attributes(job)["user.id"] == "end-user-9"
+    anonymous = CompletionJob(model="openai:gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert "user.id" not in job_attributes(anonymous)

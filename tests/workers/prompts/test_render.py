@@ -60,7 +60,9 @@ def test_a_hash_other_than_the_one_submitted_is_an_error(redis_client: redis.Red
     [
         ({"label": "production", "variables": {}}, "was not resolved to a version"),
         ({"version": 7, "variables": {}}, "summary v7 is not published"),
-        ({"version": 1, "variables": {"text": "a"}}, "'n' is undefined"),
+        ({"version": 1, "variables": {"text": "a"}}, "'n' is a required property"),
+        ({"version": 1, "variables": {"text": "a", "n": "two"}}, r"variables\.n: 'two' is not of type 'integer'"),
+        ({"version": 1, "variables": {"text": "a", "n": 1, "x": 1}}, "Additional properties are not allowed"),
     ],
 )
 def test_jobs_that_cannot_render_fail_with_a_prompt_error(
