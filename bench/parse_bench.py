@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/parse_bench.py [--chunks 10000] [--runs 5] [--delivery event,bulk]
 
-Method (that of ``shared/notes/peer-bench/sdk-parse``): for each provider one recorded transcript
+Method: for each provider one recorded transcript
 from ``../shared/conformance/transcripts`` (or ``--conformance`` / ``LLMQ_CONFORMANCE_DIR``) is made
 long and still valid by keeping its head and tail events byte for byte and repeating the block of
 middle events (text deltas and the pings among them) to about ``--chunks`` events. The same bytes

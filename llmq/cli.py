@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
+
+import redis
 
 __all__ = ["build_parser", "main"]
 
@@ -26,6 +29,7 @@ COMMANDS = (
     "flower",
     "gateway",
     "prompts",
+    "tools",
 )
 
 
@@ -43,14 +47,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that cannot do anything without Redis: checked before they start, so that one which
+#: would otherwise retry quietly (a Celery worker, a subscriber riding out restarts) says so at once.
+NEEDS_REDIS = frozenset({"worker", "submit", "subscribe", "budget", "limits", "batch", "flower", "gateway"})
+
+
+def _shown(url: str) -> str:
+    """A Redis URL fit for a terminal: its password masked."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def redis_unreachable(exc: Exception) -> str:
+    """The one line a command prints when Redis does not answer (no traceback)."""
+    from producers.settings import producer_settings
+
+    url = _shown(producer_settings().redis_url)
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return (
+        f"llmq: cannot reach Redis at {url} ({reason}); start Redis (redis-server, or ./dev demo) "
+        "or point LLMQ_REDIS_URL at a running one"
+    )
+
+
+def _ping() -> None:
+    from producers.settings import producer_settings
+
+    settings = producer_settings()
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        socket_timeout=settings.redis_connect_timeout_s,
+    )
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in NEEDS_REDIS:
+            _ping()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # every command, one message
+        print(redis_unreachable(exc), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

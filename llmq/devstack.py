@@ -34,7 +34,7 @@ def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | N
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
         try:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=1)
+            conn = http.client.HTTPConnection(parts.hostname or "localhost", parts.port, timeout=1)
             conn.request("GET", parts.path or "/")
             conn.getresponse().read()
             conn.close()

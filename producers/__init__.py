@@ -8,9 +8,9 @@ from producers.client import (
     Client,
     InvalidJobError,
     JobHandle,
-    JobNotFoundError,
     ResultTimeoutError,
 )
+from producers.settings import ProducerSettings
 from workers.contract import CompletionJob, CompletionResult, Message, StreamEvent
 
 __all__ = [
@@ -21,8 +21,8 @@ __all__ = [
     "CompletionResult",
     "InvalidJobError",
     "JobHandle",
-    "JobNotFoundError",
     "Message",
+    "ProducerSettings",
     "ResultTimeoutError",
     "StreamEvent",
 ]

@@ -3,35 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aredis
 from opentelemetry.trace import Tracer
 
-from producers.client import (
-    _REGISTER_LUA,
-    CANCEL_CHANNEL,
-    RESEND_AFTER_S,
-    ResultTimeoutError,
-    default_redis_url,
-    make_celery,
-    validate_job,
-)
-from producers.cursor import GAP, EventCursor
+from producers.core import REGISTER_LUA, REPLAY_PAGE, ClientCore
+from producers.cursor import GAP, EventCursor, ResultTimeoutError
+from producers.errors import InvalidJobError
 from producers.prompts import AsyncPromptResolver, job_data
-from producers.tracing import monitor_content, producer_tracer, send_options, submit_span
+from producers.settings import ProducerSettings
+from producers.tools import LiveTools, missing_tools_error
+from producers.tracing import submit_span
 from workers.contract import (
-    DEFAULT_QUEUE,
-    TASK_NAME,
-    TERMINAL_EVENT_TYPES,
+    CancelledEvent,
     CompletionJob,
     CompletionResult,
+    DoneEvent,
+    ErrorEvent,
     JobKeys,
     StreamEvent,
-    parse_event,
 )
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
@@ -53,74 +45,67 @@ class AsyncJobHandle:
         return await self.client.cancel(self.id)
 
 
-class AsyncClient:
+class AsyncClient(ClientCore):
+    """The asyncio producer client; one per event loop. Same settings and semantics as ``Client``."""
+
     def __init__(
         self,
         redis_url: str | None = None,
         *,
-        queue: str = DEFAULT_QUEUE,
-        result_ttl_s: int = 86_400,
-        max_connections: int = 256,
+        queue: str | None = None,
+        result_ttl_s: int | None = None,
+        settings: ProducerSettings | None = None,
         tracer: Tracer | None = None,
+        max_connections: int = 256,
     ) -> None:
-        self.redis_url = redis_url or default_redis_url()
-        self.queue = queue
-        self.result_ttl_s = result_ttl_s
+        super().__init__(redis_url, queue=queue, result_ttl_s=result_ttl_s, settings=settings, tracer=tracer)
         self.redis = aredis.Redis(
             connection_pool=aredis.BlockingConnectionPool.from_url(
-                self.redis_url, max_connections=max_connections, timeout=20
+                self.redis_url,
+                max_connections=max_connections,
+                timeout=20,
+                socket_connect_timeout=self.settings.redis_connect_timeout_s,
             )
         )
-        self._celery = make_celery(self.redis_url, queue)
-        self._register = self.redis.register_script(_REGISTER_LUA)
-        #: Submit spans (``producers/tracing.py``): the OTEL_* configured tracer, or a no-op.
-        self.tracer = tracer or producer_tracer()
-        self._monitor_content = monitor_content()
+        self._register = self.redis.register_script(REGISTER_LUA)
         self.prompts = AsyncPromptResolver(self.redis)
+        self._tools = LiveTools()
 
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
-        valid = validate_job(await self.prompts.prepare(job_data(job, overrides)))
-        if valid.submitted_at is None:
-            valid.submitted_at = time.time()
-        keys = JobKeys(valid.id)
+        valid = self.stamped(await self.prompts.prepare(job_data(job, overrides)))
+        missing = await self._tools.missing_async(self.redis, valid.worker_tools)
+        if missing:
+            raise InvalidJobError(*missing_tools_error(valid, missing))
+        keys, args = self.register_args(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
-            fresh = await self._register(
-                keys=[keys.meta], args=[valid.tenant, valid.submitted_at, self.result_ttl_s, RESEND_AFTER_S]
-            )
+            fresh = await self._register(keys=keys, args=args)
             if not fresh:
                 if span.is_recording():
                     span.set_attribute("llmq.duplicate", True)
                 return AsyncJobHandle(valid.id, False, self)
-            payload = valid.model_dump(mode="json", exclude_none=True)
-            options = send_options(payload, content=self._monitor_content)
             try:
                 # kombu is synchronous; keep the event loop free while it talks to the broker
-                await asyncio.to_thread(
-                    functools.partial(
-                        self._celery.send_task, TASK_NAME, args=[payload], task_id=valid.id, queue=self.queue, **options
-                    )
-                )
+                await asyncio.to_thread(self.send, valid)
             except Exception:
                 if fresh == 1:
-                    await self.redis.delete(keys.meta)
+                    await self.redis.delete(*keys)
                 raise
-        await self.redis.hset(keys.meta, "sent", 1)
+        await self.redis.hset(keys[0], "sent", 1)
         return AsyncJobHandle(valid.id, True, self)
 
     async def get_result(self, job_id: str) -> CompletionResult | None:
-        raw = await self.redis.get(JobKeys(job_id).result)
-        return CompletionResult.model_validate_json(raw) if raw else None
+        return self.parse_result(await self.redis.get(JobKeys(job_id).result))
 
     async def status(self, job_id: str) -> dict[str, str] | None:
-        meta = await self.redis.hgetall(JobKeys(job_id).meta)
-        return {k.decode(): v.decode() for k, v in meta.items()} if meta else None
+        """The job's metadata (``state``, ``tenant``, ``submitted_at`` ...); ``None`` for an unknown job."""
+        return self.parse_status(await self.redis.hgetall(JobKeys(job_id).meta))
 
     async def result(self, job_id: str, timeout: float | None = None) -> CompletionResult:
         existing = await self.get_result(job_id)
         if existing is not None:
             return existing
         async for event in self.stream(job_id, timeout=timeout, deltas=False):
-            if event.type in TERMINAL_EVENT_TYPES:
+            if isinstance(event, DoneEvent | ErrorEvent | CancelledEvent):  # the terminal events
                 stored = await self.get_result(job_id)
                 if stored is not None:
                     return stored
@@ -143,48 +128,41 @@ class AsyncClient:
         await pubsub.subscribe(keys.channel)
         try:
             while True:
-                async for event in self._replay(keys, cursor.next_seq):
-                    out = cursor.replayed(event)
-                    if out is not None:
-                        yield out
-                    if cursor.done:
-                        return
+                # replay (first pass) and gap filling (later passes) from the Stream, a page at a
+                # time (no inner async generator: one left unfinished is only closed by the GC)
+                start = self.replay_start(cursor.next_seq)
+                while entries := await self.redis.xrange(keys.events, min=start, count=REPLAY_PAGE):
+                    events, start = self.parse_page(entries)
+                    for event in events:
+                        out = cursor.replayed(event)
+                        if out is not None:
+                            yield out
+                        if cursor.done:
+                            return
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=cursor.wait_s())
                     if message is None:
                         break
-                    out = cursor.live(message["data"])
-                    if out is GAP:
-                        break
-                    if out is not None:
-                        yield out
+                    got = cursor.live(message["data"])
+                    if got is GAP:
+                        break  # fill it from the Stream
+                    if got is not None:
+                        yield got
                     if cursor.done:
                         return
         finally:
             await pubsub.aclose()
 
-    async def _replay(self, keys: JobKeys, from_seq: int) -> AsyncIterator[StreamEvent]:
-        start = f"{from_seq}-0"
-        while True:
-            entries = await self.redis.xrange(keys.events, min=start, count=500)
-            if not entries:
-                return
-            for _, fields in entries:
-                yield parse_event(fields[b"e"])
-            start = "(" + entries[-1][0].decode()
-
     async def cancel(self, job_id: str) -> bool:
-        keys = JobKeys(job_id)
+        """Ask for cancellation; True unless the job already finished. The worker aborts its call."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(keys.result)
-        pipe.set(keys.cancel, "1", ex=self.result_ttl_s)
-        pipe.publish(CANCEL_CHANNEL, job_id)
+        self.cancel_commands(pipe, job_id)
         done, _, _ = await pipe.execute()
         return not done
 
     async def aclose(self) -> None:
         await self.redis.aclose()
-        self._celery.close()
+        self.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -3,6 +3,9 @@
 Imports only :mod:`workers.contract` from the worker side. Jobs are validated here, before
 anything is enqueued, and sent to Celery by task name as JSON. Submitting the same job id twice
 enqueues it once: the job's metadata hash is created with ``HSETNX`` before the message is sent.
+Settings (Redis URL, queue, TTL) come from :class:`~producers.settings.ProducerSettings`
+(``LLMQ_REDIS_URL``, ``LLMQ_QUEUE`` ...) unless given; the I/O-free half shared with
+:class:`~producers.aclient.AsyncClient` is :class:`~producers.core.ClientCore`.
 
 ``stream()`` subscribes to the job's live channel *first*, then replays the job's Redis Stream,
 then follows live messages, skipping what the replay already delivered and filling any gap from
@@ -12,30 +15,29 @@ the Stream, so a subscriber that joins late, or reconnects with ``from_seq``, mi
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from celery import Celery
 from opentelemetry.trace import Tracer
-from pydantic import ValidationError
 
+from producers.core import CANCEL_CHANNEL, REGISTER_LUA, REPLAY_PAGE, ClientCore, make_celery, validate_job
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import PromptResolver, job_data
-from producers.tracing import monitor_content, producer_tracer, send_options, submit_span
+from producers.settings import ProducerSettings, producer_settings
+from producers.tools import LiveTools, missing_tools_error
+from producers.tracing import submit_span
 from workers.contract import (
-    DEFAULT_QUEUE,
-    TASK_NAME,
-    TERMINAL_EVENT_TYPES,
+    CancelledEvent,
     CompletionJob,
     CompletionResult,
+    DoneEvent,
+    ErrorEvent,
     JobKeys,
     StreamEvent,
-    parse_event,
 )
 
 __all__ = [
@@ -43,78 +45,20 @@ __all__ = [
     "Client",
     "InvalidJobError",
     "JobHandle",
-    "JobNotFoundError",
     "ResultTimeoutError",
     "default_redis_url",
     "make_celery",
     "validate_job",
 ]
 
-#: Must match ``workers.runtime.resources.CANCEL_CHANNEL`` (a test pins them together).
-CANCEL_CHANNEL = "llmq:cancel"
 
-# KEYS: meta. ARGV: tenant, submitted_at, ttl, resend_after_s.
-# 1 = newly registered; 0 = duplicate id (already sent); 2 = registered earlier but its message was
-# never confirmed sent (the producer died in between) and is old enough: send it again (the
-# worker's claim still runs a job once).
-_REGISTER_LUA = """
-if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 1 then
-  redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'submitted_at', ARGV[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  return 1
-end
-if redis.call('HEXISTS', KEYS[1], 'sent') == 0 then
-  local at = tonumber(redis.call('HGET', KEYS[1], 'submitted_at') or '0')
-  if tonumber(ARGV[2]) - at > tonumber(ARGV[4]) then
-    redis.call('HSET', KEYS[1], 'submitted_at', ARGV[2])
-    return 2
-  end
-end
-return 0
-"""
 #: Redis restarting or failing over: readers reconnect with backoff instead of failing.
 _REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
-#: A registration without a confirmed send is retried by a later submit after this long.
-RESEND_AFTER_S = 30
-
-
-class JobNotFoundError(LookupError):
-    pass
 
 
 def default_redis_url() -> str:
-    return os.environ.get("LLMQ_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> CompletionJob:
-    """A validated job (a dict is validated; overrides are applied and re-validated)."""
-    try:
-        if isinstance(job, CompletionJob):
-            data = job.model_dump(exclude_unset=False) | overrides
-        else:
-            data = {**job, **overrides}
-        return CompletionJob.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise InvalidJobError(f"invalid job: {problems}", exc.errors(include_url=False)) from None
-
-
-def make_celery(redis_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
-    """A send-only Celery app matching the worker's wire settings (JSON, same queue)."""
-    app = Celery("llmqueue-producer", broker=redis_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        task_default_queue=queue,
-        task_send_sent_event=True,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 3600, "max_connections": 64},
-        result_backend=None,
-        task_ignore_result=True,
-    )
-    return app
+    """``LLMQ_REDIS_URL``, else the local default (read now, from the environment)."""
+    return producer_settings().redis_url
 
 
 @dataclass(frozen=True)
@@ -134,31 +78,32 @@ class JobHandle:
         return self.client.cancel(self.id)
 
 
-class Client:
+class Client(ClientCore):
     """Synchronous producer client. Thread-safe; create one per process and reuse it."""
 
     def __init__(
         self,
         redis_url: str | None = None,
         *,
-        queue: str = DEFAULT_QUEUE,
-        result_ttl_s: int = 86_400,
-        redis_client: redis.Redis | None = None,
+        queue: str | None = None,
+        result_ttl_s: int | None = None,
+        settings: ProducerSettings | None = None,
         tracer: Tracer | None = None,
+        redis_client: redis.Redis | None = None,
     ) -> None:
-        self.redis_url = redis_url or default_redis_url()
-        #: Submit spans (``producers/tracing.py``): the OTEL_* configured tracer, or a no-op.
-        self.tracer = tracer or producer_tracer()
-        self._monitor_content = monitor_content()
-        self.queue = queue
-        self.result_ttl_s = result_ttl_s
+        super().__init__(redis_url, queue=queue, result_ttl_s=result_ttl_s, settings=settings, tracer=tracer)
         self.redis = redis_client or redis.Redis(
-            connection_pool=redis.BlockingConnectionPool.from_url(self.redis_url, max_connections=64, timeout=20)
+            connection_pool=redis.BlockingConnectionPool.from_url(
+                self.redis_url,
+                max_connections=64,
+                timeout=20,
+                socket_connect_timeout=self.settings.redis_connect_timeout_s,
+            )
         )
-        self._celery = make_celery(self.redis_url, queue)
-        self._register = self.redis.register_script(_REGISTER_LUA)
+        self._register = self.redis.register_script(REGISTER_LUA)
         #: Resolves ``prompt`` labels and validates prompt variables (published versions are cached).
         self.prompts = PromptResolver(self.redis)
+        self._tools = LiveTools()
 
     # --- submit ---------------------------------------------------------------------------------
 
@@ -168,45 +113,34 @@ class Client:
         A job with a ``prompt`` gets its label resolved to a version and its variables checked
         against that version's schema here, before anything is enqueued.
         """
-        valid = validate_job(self.prompts.prepare(job_data(job, overrides)))
-        if valid.submitted_at is None:
-            valid.submitted_at = time.time()
-        keys = JobKeys(valid.id)
+        valid = self.stamped(self.prompts.prepare(job_data(job, overrides)))
+        missing = self._tools.missing(self.redis, valid.worker_tools)
+        if missing:
+            raise InvalidJobError(*missing_tools_error(valid, missing))
+        keys, args = self.register_args(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
-            fresh = self._register(
-                keys=[keys.meta], args=[valid.tenant, valid.submitted_at, self.result_ttl_s, RESEND_AFTER_S]
-            )
+            fresh = self._register(keys=keys, args=args)
             if not fresh:
                 if span.is_recording():
                     span.set_attribute("llmq.duplicate", True)
                 return JobHandle(valid.id, False, self)
-            payload = valid.model_dump(mode="json", exclude_none=True)
             try:
-                self._celery.send_task(
-                    TASK_NAME,
-                    args=[payload],
-                    task_id=valid.id,
-                    queue=self.queue,
-                    **send_options(payload, content=self._monitor_content),
-                )
+                self.send(valid)
             except Exception:
                 if fresh == 1:
-                    self.redis.delete(keys.meta)  # let the caller retry the same id
+                    self.redis.delete(*keys)  # let the caller retry the same id
                 raise
-        self.redis.hset(keys.meta, "sent", 1)
+        self.redis.hset(keys[0], "sent", 1)
         return JobHandle(valid.id, True, self)
 
     # --- read -------------------------------------------------------------------------------------
 
     def get_result(self, job_id: str) -> CompletionResult | None:
-        raw = self.redis.get(JobKeys(job_id).result)
-        return CompletionResult.model_validate_json(raw) if raw else None
+        return self.parse_result(self.redis.get(JobKeys(job_id).result))
 
-    def status(self, job_id: str) -> dict[str, str]:
-        meta = self.redis.hgetall(JobKeys(job_id).meta)
-        if not meta:
-            raise JobNotFoundError(job_id)
-        return {k.decode(): v.decode() for k, v in meta.items()}
+    def status(self, job_id: str) -> dict[str, str] | None:
+        """The job's metadata (``state``, ``tenant``, ``submitted_at`` ...); ``None`` for an unknown job."""
+        return self.parse_status(self.redis.hgetall(JobKeys(job_id).meta))
 
     def result(self, job_id: str, timeout: float | None = None) -> CompletionResult:
         """Wait for the job's final result (raises :class:`ResultTimeoutError`); rides out a Redis restart."""
@@ -215,7 +149,7 @@ class Client:
             if existing is not None:
                 return existing
         for event in self.stream(job_id, timeout=timeout, deltas=False):
-            if event.type in TERMINAL_EVENT_TYPES:
+            if isinstance(event, DoneEvent | ErrorEvent | CancelledEvent):  # the terminal events
                 stored = self._get_result_riding_out(job_id, timeout)
                 if stored is not None:
                     return stored
@@ -272,11 +206,11 @@ class Client:
                     message = pubsub.get_message(timeout=cursor.wait_s())
                     if message is None:
                         break  # idle: look in the Stream for anything missed
-                    out = cursor.live(message["data"])
-                    if out is GAP:
+                    got = cursor.live(message["data"])
+                    if got is GAP:
                         break  # fill it from the Stream
-                    if out is not None:
-                        yield out
+                    if got is not None:
+                        yield got
                     if cursor.done:
                         return
         finally:
@@ -284,31 +218,26 @@ class Client:
                 pubsub.close()
 
     def _replay(self, keys: JobKeys, from_seq: int) -> Iterator[StreamEvent]:
-        start = f"{from_seq}-0"
+        start = self.replay_start(from_seq)
         while True:
-            entries = self.redis.xrange(keys.events, min=start, count=500)
+            entries = self.redis.xrange(keys.events, min=start, count=REPLAY_PAGE)
             if not entries:
                 return
-            for _, fields in entries:
-                yield parse_event(fields[b"e"])
-            last_id = entries[-1][0].decode()
-            start = "(" + last_id
+            events, start = self.parse_page(entries)
+            yield from events
 
     # --- control --------------------------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
         """Ask for cancellation; True unless the job already finished. The worker aborts its call."""
-        keys = JobKeys(job_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(keys.result)
-        pipe.set(keys.cancel, "1", ex=self.result_ttl_s)
-        pipe.publish(CANCEL_CHANNEL, job_id)
+        self.cancel_commands(pipe, job_id)
         done, _, _ = pipe.execute()
         return not done
 
     def close(self) -> None:
         self.redis.close()
-        self._celery.close()
+        super().close()
 
     def __enter__(self) -> Client:
         return self

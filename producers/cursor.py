@@ -10,6 +10,7 @@ terminal event was seen and how long the next live wait may be.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable
 from typing import Final
@@ -23,15 +24,15 @@ class ResultTimeoutError(TimeoutError):
     """No terminal event (or result) within the consumer's timeout."""
 
 
-class _Gap:
-    __slots__ = ()
+class _Gap(enum.Enum):
+    GAP = "gap"  # the only value (an enum member, so ``x is GAP`` narrows a type)
 
     def __repr__(self) -> str:
         return "GAP"
 
 
 #: :meth:`EventCursor.live` found a seq beyond the next one: events were missed.
-GAP: Final = _Gap()
+GAP: Final = _Gap.GAP
 
 
 class EventCursor:

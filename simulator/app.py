@@ -30,7 +30,17 @@ from simulator.http import HTTPServer, Request, Responder
 from simulator.pacer import Pacer
 from simulator.protocols.base import ParsedRequest, Protocol, RequestError
 from simulator.protocols.openai import OpenAIProtocol
-from simulator.script import Fault, FaultPlanner, Script, ToolCall, parse_rates, tool_arguments, words_for
+from simulator.script import (
+    Fault,
+    FaultPlanner,
+    Script,
+    ToolCall,
+    bad_tool_arguments,
+    parse_rates,
+    quote_tool_results,
+    tool_arguments,
+    words_for,
+)
 from simulator.stats import Stats
 from simulator.structured import plan_params
 
@@ -200,13 +210,23 @@ class Simulator:
         script = Script(tokens=words_for(req.prompt_text, count), prompt_tokens=protocol.prompt_tokens(req))
         if limit is not None and wanted > limit:
             script.finish = "length"
-        if fault.kind == "tools" and req.tools:
+        if fault.kind in ("tools", "badargs") and req.tools:
             n = max(1, int(fault.arg or 1))
             script.tool_calls = [
-                ToolCall(t.name, tool_arguments(t.schema, req.prompt_text)) for t in islice(cycle(req.tools), n)
+                ToolCall(
+                    t.name,
+                    bad_tool_arguments(t.schema)
+                    if fault.kind == "badargs"
+                    else tool_arguments(t.schema, req.prompt_text),
+                )
+                for t in islice(cycle(req.tools), n)
             ]
             script.tokens = ()
             script.finish = "tool"
+        elif req.tool_results:
+            quoted = quote_tool_results(req.tool_results)
+            script.tokens = quoted if limit is None else quoted[:limit]
+            script.finish = "length" if limit is not None and len(quoted) > limit else "stop"
         elif fault.kind == "cache":
             script.cached_tokens = min(int(fault.arg or 0), script.prompt_tokens)
         elif fault.kind == "cachew":

@@ -201,11 +201,10 @@ class HTTPServer:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = writer.transport.get_protocol()
-        if isinstance(conn, _Connection):
+        protocol = writer.transport.get_protocol()
+        conn = protocol if isinstance(protocol, _Connection) else None  # only our factory creates them
+        if conn is not None:
             conn.task = asyncio.current_task()
-        else:  # pragma: no cover - only our factory creates connections
-            conn = None
         try:
             while True:
                 request = await _read_request(reader)

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import psutil
 
@@ -24,7 +25,7 @@ from simulator.wire import parse_reply
 
 __all__ = ["main"]
 
-_BODIES = {
+_BODIES: dict[str, tuple[str, dict[str, Any]]] = {
     "openai": (
         "/v1/chat/completions",
         {"model": "gpt-4o", "stream": True, "stream_options": {"include_usage": True}},

@@ -20,7 +20,13 @@ allows), ``tools`` / ``tools@N`` (N tool calls instead of text, cycling over the
 ``cache@N`` (N of the prompt's tokens reported as read from the prompt cache; ``cachew@N``: written
 to it, Anthropic only), ``badjson`` (an answer that is not valid JSON / not valid for the requested
 schema; plan ``badjson,badjson`` for two in a row), ``refusal`` (the model declines: OpenAI's
-``refusal``, Anthropic's ``refusal`` stop reason).
+``refusal``, Anthropic's ``refusal`` stop reason), ``badargs`` / ``badargs@N`` (like ``tools``, but
+every call's arguments violate its schema: ``gpt-4o~badargs,tools`` is a model that corrects
+itself on the next turn).
+
+A request whose last messages are tool results (and whose fault calls no tools) is answered with
+text quoting every one of them (``Tool results: [1] ... [2] ...``), in all three wire formats,
+so a test can see that a result reached the model; ``tools*`` keeps calling tools forever.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ __all__ = [
     "FaultPlanner",
     "Script",
     "ToolCall",
+    "bad_tool_arguments",
     "parse_fault",
+    "quote_tool_results",
     "split_model",
     "tool_arguments",
     "words_for",
@@ -56,7 +64,20 @@ _VOCAB = (
 HTTP_FAULTS = frozenset({"429", "429ms", "quota", "context", "400", "401", "403", "404", "500", "502", "503", "529"})
 #: Faults that shape a successful (200) answer.
 STREAM_FAULTS = frozenset(
-    {"midstream", "cut", "malformed", "stall", "slow", "nousage", "tools", "cache", "cachew", "badjson", "refusal"}
+    {
+        "midstream",
+        "cut",
+        "malformed",
+        "stall",
+        "slow",
+        "nousage",
+        "tools",
+        "badargs",
+        "cache",
+        "cachew",
+        "badjson",
+        "refusal",
+    }
 )
 #: Cap on remembered per-job sequences (oldest forgotten first).
 MAX_SEQUENCES = 50_000
@@ -210,11 +231,39 @@ def tool_arguments(schema: object, prompt: str) -> dict[str, object]:
             kind = next((k for k in kind if k != "null"), "string")
         if isinstance(spec, dict) and isinstance(spec.get("enum"), list) and spec["enum"]:
             out[name] = spec["enum"][0]
+        elif isinstance(spec, dict) and isinstance(spec.get("examples"), list) and spec["examples"]:
+            out[name] = spec["examples"][0]
+        elif isinstance(spec, dict) and "default" in spec:
+            out[name] = spec["default"]
         elif kind in _SAMPLES:
             out[name] = _SAMPLES[kind]
         else:
             out[name] = prompt[-40:].strip() or "simulated"
     return out
+
+
+#: A value of the wrong JSON type for each schema type (strings get a number, the rest a string).
+_WRONG: dict[str, object] = {"string": 12345, "integer": "not a number", "number": "not a number"}
+
+
+def bad_tool_arguments(schema: object) -> dict[str, object]:
+    """Arguments that violate a JSON schema: every property gets a value of the wrong type."""
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(props, dict) or not props:
+        return {"__unexpected__": True}
+    out: dict[str, object] = {}
+    for name, spec in props.items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        kind = kind[0] if isinstance(kind, list) and kind else kind
+        out[name] = _WRONG.get(kind, 12345) if isinstance(kind, str) else "wrong"
+    return out
+
+
+def quote_tool_results(results: Sequence[str]) -> tuple[str, ...]:
+    """The answer to a turn ending with tool results: text quoting each result, as tokens."""
+    text = "Tool results: " + " ".join(f"[{i}] {r}" for i, r in enumerate(results, 1))
+    words = text.split(" ")
+    return tuple(w if i == 0 else " " + w for i, w in enumerate(words))
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,14 +83,17 @@ def sample(schema: object, text: str = "simulated", root: object = None, depth: 
                 out[name] = sample(spec, text, top, depth + 1)
         return out
     if kind == "array":
-        count = max(1, int(schema.get("minItems", 1) or 1))
-        if isinstance(schema.get("maxItems"), int):
-            count = min(count, int(schema["maxItems"]))  # type: ignore[call-overload]
+        min_items, max_items = schema.get("minItems"), schema.get("maxItems")
+        count = max(1, int(min_items) if isinstance(min_items, int | float | str) and min_items else 1)
+        if isinstance(max_items, int):
+            count = min(count, max_items)
         return [sample(schema.get("items"), text, top, depth + 1) for _ in range(count)]
     if kind == "integer":
-        return int(schema.get("minimum", 42)) if isinstance(schema.get("minimum"), int | float) else 42  # type: ignore[call-overload]
+        minimum = schema.get("minimum")
+        return int(minimum) if isinstance(minimum, int | float) else 42
     if kind == "number":
-        return float(schema["minimum"]) if isinstance(schema.get("minimum"), int | float) else 1.5  # type: ignore[arg-type]
+        minimum = schema.get("minimum")
+        return float(minimum) if isinstance(minimum, int | float) else 1.5
     if kind == "boolean":
         return True
     if kind == "null":
@@ -166,6 +169,11 @@ def _named(tool: object, names: list[str], where: str) -> str:
     return tool
 
 
+def _messages(payload: dict[str, object]) -> list[object]:
+    messages = payload.get("messages")
+    return messages if isinstance(messages, list) else []
+
+
 def openai_params(payload: dict[str, object], tool_names: list[str]) -> RequestParams:
     params = RequestParams(stop=_stop(payload.get("stop"), "stop", 4))
     fmt = payload.get("response_format")
@@ -187,7 +195,7 @@ def openai_params(payload: dict[str, object], tool_names: list[str]) -> RequestP
     elif isinstance(choice, dict):
         fn = choice.get("function")
         params.tool_required = _named(fn.get("name") if isinstance(fn, dict) else None, tool_names, "tool_choice")
-    for m in payload.get("messages") or []:  # type: ignore[attr-defined]
+    for m in _messages(payload):
         content = m.get("content") if isinstance(m, dict) else None
         for part in content if isinstance(content, list) else []:
             if isinstance(part, dict) and part.get("type") == "image_url":
@@ -223,7 +231,7 @@ def anthropic_params(payload: dict[str, object], tool_names: list[str], max_toke
             raise _error("temperature may only be set to 1 when thinking is enabled")
         if params.tool_required is not None:
             raise _error("Thinking may not be enabled when tool_choice forces tool use.")
-    for m in payload.get("messages") or []:  # type: ignore[attr-defined]
+    for m in _messages(payload):
         content = m.get("content") if isinstance(m, dict) else None
         for block in content if isinstance(content, list) else []:
             if isinstance(block, dict) and block.get("type") == "image":
@@ -247,7 +255,7 @@ def ollama_params(payload: dict[str, object], options: dict[str, object]) -> Req
         params.schema = fmt
     elif fmt not in (None, ""):
         raise _error('invalid format: expected "json" or a JSON schema')
-    for m in payload.get("messages") or []:  # type: ignore[attr-defined]
+    for m in _messages(payload):
         images = m.get("images") if isinstance(m, dict) else None
         if images is None:
             continue

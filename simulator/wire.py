@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Reply", "parse_reply"]
 
@@ -23,7 +24,7 @@ class Reply:
     #: The protocol's own end marker was seen (``[DONE]``, ``message_stop``, ``done: true``).
     terminated: bool = False
     text: str = ""
-    tool_calls: list[tuple[str, dict]] = field(default_factory=list)
+    tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     finish: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

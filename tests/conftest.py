@@ -6,6 +6,7 @@ Redis: ``LLMQ_TEST_REDIS_URL`` if set, else a dedicated ``redis-server`` child o
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 
@@ -19,6 +20,15 @@ from simulator.app import SimConfig, SimulatorThread
 from simulator.env import provider_env
 from workers.runtime.app import close_runner, create_app
 from workers.settings import Settings
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish() -> None:
+    """Collect the tests' garbage before pytest's end-of-run plugins import (and assertion-rewrite)
+    their modules: on CPython 3.11, a collection that finalizes coroutines and frames left by the
+    asyncio Redis client in the middle of ``ast.parse`` fails it ("AST constructor recursion depth
+    mismatch") and with it the whole run."""
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

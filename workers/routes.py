@@ -23,6 +23,10 @@ Example::
     [gateway.tokens]
     "secret-token-a" = "team-a"
 
+    [tools]
+    modules = ["workers.tools.examples"]   # imported at worker start (also LLMQ_TOOLS)
+    timeout_s = 30
+
 Every table forbids unknown keys, so a typo fails at start-up with the key's dotted path.
 """
 
@@ -37,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from workers.contract import split_model_id
 from workers.llm.errors import ConfigurationError
 
-__all__ = ["BudgetConfig", "LLMQConfig", "ModelConfig", "load_config"]
+__all__ = ["BudgetConfig", "LLMQConfig", "ModelConfig", "ToolsConfig", "load_config"]
 
 
 class _Strict(BaseModel):
@@ -94,11 +98,39 @@ class GatewayConfig(_Strict):
     tokens: dict[str, str] = Field(default_factory=dict)
 
 
+class ToolsConfig(_Strict):
+    """The ``[tools]`` table: which modules to import, limits of the tool loop.
+
+    Example::
+
+        [tools]
+        modules = ["myapp.tools", "workers.tools.examples"]
+        timeout_s = 30              # per call, unless the tool or [tools.timeouts] says otherwise
+        max_result_bytes = 65536    # a longer result is cut (and says so)
+        max_parallel = 4            # calls of one turn running at once, per job
+        max_turns = 10              # model turns per job, unless the job sets max_turns
+        max_invalid = 2             # invalid calls of one tool before the job fails (tool_arguments)
+
+        [tools.timeouts]
+        get_weather = 5
+    """
+
+    modules: list[str] = Field(default_factory=list)
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    max_result_bytes: Annotated[int, Field(ge=256)] = 64 * 1024
+    max_parallel: Annotated[int, Field(ge=1, le=64)] = 4
+    max_turns: Annotated[int, Field(ge=1, le=100)] = 10
+    max_invalid: Annotated[int, Field(ge=1)] = 2
+    timeouts: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+
+
 class LLMQConfig(_Strict):
     routes: dict[str, list[str]] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    #: Worker tools: modules to import, timeouts, loop limits (:class:`ToolsConfig`).
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
     #: Seconds a retry may sleep inside the worker; longer waits re-queue the job.
     max_inworker_wait_s: Annotated[float, Field(ge=0)] = 10.0
     #: Re-queues a job may take for such waits; one more ends it failed (``requeue_limit``), so a

@@ -8,7 +8,7 @@ environment when the worker process starts, so a key can never be serialized wit
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     #: Cap on a job's rendered prompt (all messages, in characters): a clear error past it.
     prompt_max_chars: int = Field(default=1_000_000, ge=1_000)
 
+    # --- tools ------------------------------------------------------------------------------------
+    #: Comma-separated import paths of tool modules the worker imports at start (their ``@tool``
+    #: functions become worker tools); the routes file's ``[tools] modules`` adds to them.
+    tools: str = ""
+
     @property
     def heartbeat_s(self) -> float:
         if self.heartbeat_interval is not None:
@@ -112,6 +117,6 @@ class Settings(BaseSettings):
         return 2 if self.pool == "gevent" else 1
 
 
-def get_settings(**overrides: object) -> Settings:
-    """Settings from the environment, with explicit overrides winning."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+def get_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with explicit overrides winning (any field, by name)."""
+    return Settings(**overrides)

@@ -14,7 +14,7 @@ import sys
 from producers.batch import BatchFileError, BatchProgress, BatchValidationError, run_batch
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "batch",
         help="run a JSONL prompt file and write OpenAI Batch output (resumable)",

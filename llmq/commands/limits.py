@@ -22,7 +22,7 @@ from llmq.commands.table import print_table
 _TAGGED = re.compile(rb"^llmq:(?:cb|nb|rl):\{(.+?)\}")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("limits", help="circuit breakers, 429 holds and rate buckets per model")
     p.add_argument("models", nargs="*", metavar="MODEL", help="provider:model (default: all known)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

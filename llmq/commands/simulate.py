@@ -39,7 +39,7 @@ def parse_rates(raw: str | None) -> dict[str, float]:
     return rates
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "simulate",
         help="run the provider simulator",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from typing import Any
 
 from llmq.commands.params import add_param_args, apply_params
 from producers.client import Client, InvalidJobError, ResultTimeoutError
+from workers.contract import JobKeys
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("submit", help="submit one prompt and wait for its result")
     p.add_argument("prompt")
     p.add_argument("--model", "-m", default="default", help="provider:model or a route alias")
@@ -48,6 +50,35 @@ def build_job(args: argparse.Namespace) -> dict[str, Any]:
     return apply_params(args, job)
 
 
+def watch_for_workers(client: Client, job_id: str, after_s: float, timeout: float) -> threading.Event:
+    """After ``after_s`` without the job starting, say on stderr if no worker consumes its queue.
+
+    Runs on a daemon thread; set the returned event to stop it. It only speaks: the submit keeps
+    waiting until its own timeout (a worker may still come).
+    """
+    done = threading.Event()
+
+    def check() -> None:
+        if done.wait(after_s):
+            return
+        try:
+            if client.redis.exists(JobKeys(job_id).events):
+                return  # a worker started it
+            consumers = client.queue_consumers()
+        except Exception:  # a hint only; the wait itself reports real failures
+            return
+        if not consumers and not done.is_set():
+            print(
+                f"llmq: no worker is consuming queue {client.queue!r} (start one: llmq worker, with the same "
+                f"LLMQ_QUEUE); still waiting up to {timeout:g}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    threading.Thread(target=check, name="llmq-worker-check", daemon=True).start()
+    return done
+
+
 def run(args: argparse.Namespace) -> int:
     with Client() as client:
         try:
@@ -58,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         if args.no_wait:
             print(handle.id)
             return 0
+        watching = watch_for_workers(client, handle.id, client.settings.worker_check_s, args.timeout)
         try:
             if args.stream and not args.json:
                 for event in handle.stream(timeout=args.timeout):
@@ -69,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         except ResultTimeoutError as exc:
             print(f"llmq: {exc}", file=sys.stderr)
             return 3
+        finally:
+            watching.set()
     if args.json:
         print(result.model_dump_json())
     elif not args.stream:

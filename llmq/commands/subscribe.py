@@ -8,7 +8,7 @@ import sys
 from producers.client import Client, ResultTimeoutError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("subscribe", help="follow a job's events until its terminal event")
     p.add_argument("job_id")
     p.add_argument("--from-seq", type=int, default=0, help="resume after a disconnect")

@@ -7,7 +7,7 @@ import os
 import sys
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("worker", help="run a worker process (one per core)")
     p.add_argument("--pool", choices=("gevent", "threads"), default=os.environ.get("LLMQ_POOL", "gevent"))
     p.add_argument(

@@ -46,7 +46,8 @@ _ANTHROPIC_IGNORED = {"stream"}
 _ANTHROPIC_KNOWN = {"model", "max_tokens", "messages", "system", "temperature", "tools", "tool_choice"}
 _ANTHROPIC_KNOWN |= {"stop_sequences", "top_p", "metadata", "thinking", "output_config"} | _ANTHROPIC_IGNORED
 #: Plain-line fields that are job fields as they are
-_PLAIN_PARAMS = ("model", "max_tokens", "temperature", "metadata", "tenant", "fallbacks", "tools", "max_repairs")
+_PLAIN_PARAMS: tuple[str, ...] = ("model", "max_tokens", "temperature", "metadata", "tenant", "fallbacks", "tools")
+_PLAIN_PARAMS += ("max_repairs",)
 _PLAIN_PARAMS += ("response_format", "tool_choice", "parallel_tool_calls", "stop", "top_p", "seed", "user", "reasoning")
 _PLAIN_KNOWN = {"custom_id", "prompt", "messages", "system", *_PLAIN_PARAMS}
 #: pydantic's names for the branches of a union in an error location (not input fields)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -65,7 +66,7 @@ class BatchProgress:
         tty_interval_s: float = 0.1,
         plain_interval_s: float = 10.0,
         enabled: bool = True,
-        clock: object = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
@@ -77,7 +78,7 @@ class BatchProgress:
         self._drawn = False
 
     def _now(self) -> float:
-        return self._clock()  # type: ignore[operator]
+        return self._clock()
 
     def line(self, c: BatchCounters) -> str:
         elapsed = max(1e-9, self._now() - self._started)

@@ -251,13 +251,13 @@ class BatchRunner:
     # --- results --------------------------------------------------------------------------------
 
     def _collect(self, *, block: bool) -> None:
-        raw: list[bytes] = []
+        raw: list[bytes | str] = []
         if block:
             got = self.redis.blpop([self.reply_to], timeout=1)
             if got is not None:
                 raw.append(got[1])
         more = self.redis.lpop(self.reply_to, 500)
-        if more:
+        if isinstance(more, list):  # with a count: a list, or None when empty
             raw.extend(more)
         for item in raw:
             try:

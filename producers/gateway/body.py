@@ -7,7 +7,7 @@ The limit is enforced on the bytes actually received, so a chunked body or a lyi
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -71,7 +71,7 @@ def _loc(loc: Sequence[Any]) -> str:
     return ".".join(str(part) for part in loc) or "body"
 
 
-def problems_error(errors: Sequence[dict[str, Any]], what: str = "request") -> GatewayError:
+def problems_error(errors: Sequence[Mapping[str, Any]], what: str = "request") -> GatewayError:
     """A 400 listing every validation problem; ``param`` is the first problem's location."""
     problems = [f"{_loc(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors]
     first = _loc(errors[0].get("loc", ())) if errors else None

@@ -73,7 +73,7 @@ async def wait_for_terminal(feed: JobFeed, receive: Receive, timeout: float) -> 
     raise TimeoutError
 
 
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request) -> Response | EventStreamResponse:
     gw = gateway_of(request)
     settings = gw.settings
     tenant: str = request.state.tenant
@@ -104,7 +104,7 @@ async def chat_completions(request: Request) -> Response:
             hold_headers_s=settings.hold_headers_s,
             on_client_gone=gone,
             headers=headers,
-        )  # type: ignore[return-value]
+        )
 
     try:
         item = await wait_for_terminal(gw.feed(job_id, skip_deltas=True), request.receive, settings.result_timeout_s)

@@ -102,8 +102,8 @@ class LiveHub:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
             except (RedisError, OSError) as exc:
                 log.warning("gateway pub/sub connection failed (%s); streams catch up from Redis Streams", exc)
-                for subs in list(self._feeds.values()):
-                    for feed in subs:
+                for waiting in list(self._feeds.values()):
+                    for feed in waiting:
                         feed.wake()
                 await asyncio.sleep(0.5)
                 continue
@@ -223,6 +223,8 @@ class JobFeed:
             if not entries:
                 break
             for _, fields in entries:
+                if fields is None:  # an entry deleted meanwhile
+                    continue
                 event = parse_event(fields[b"e"])
                 if event.seq <= self._last:
                     continue

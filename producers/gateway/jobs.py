@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from producers.client import InvalidJobError
 from producers.gateway.body import problems_error, read_json_object
 from producers.gateway.errors import GatewayError, scrub_result
+from producers.gateway.settings import OnDisconnect
 from producers.gateway.sse import EventStreamResponse, JobEventsRenderer
 from producers.gateway.state import gateway_of
 from producers.tracing import incoming_trace
@@ -142,16 +143,21 @@ def _resume_from(request: Request) -> int:
     return value
 
 
-async def job_events(request: Request) -> Response:
+async def job_events(request: Request) -> EventStreamResponse:
     gw = gateway_of(request)
     job_id, _ = await _lookup(request)
     from_seq = _resume_from(request)
-    policy = request.query_params.get("on_disconnect", gw.settings.events_on_disconnect)
-    if policy not in ("cancel", "finish"):
+    choice = request.query_params.get("on_disconnect", gw.settings.events_on_disconnect)
+    policy: OnDisconnect
+    if choice == "cancel":
+        policy = "cancel"
+    elif choice == "finish":
+        policy = "finish"
+    else:
         raise GatewayError(400, "on_disconnect must be 'cancel' or 'finish'", param="on_disconnect")
 
     async def gone(reason: str) -> None:
-        await gw.client_gone(job_id, policy, reason)  # type: ignore[arg-type]
+        await gw.client_gone(job_id, policy, reason)
 
     s = gw.settings
     return EventStreamResponse(
@@ -162,4 +168,4 @@ async def job_events(request: Request) -> Response:
         write_timeout_s=s.write_timeout_s,
         on_client_gone=gone,
         headers={"x-llmq-job-id": job_id},
-    )  # type: ignore[return-value]
+    )

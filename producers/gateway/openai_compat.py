@@ -30,7 +30,7 @@ from producers.gateway.body import validation_error
 from producers.gateway.errors import GatewayError, error_for_job
 from producers.gateway.feed import FeedError
 from producers.gateway.sse import Item, sse_frame
-from workers.contract import CompletionResult, StreamEvent, Usage
+from workers.contract import CancelledEvent, CompletionResult, StreamEvent, Usage
 
 __all__ = ["ChatCompletionRequest", "ChatStreamRenderer", "completion_body", "is_structured", "parse_request", "to_job"]
 
@@ -267,6 +267,8 @@ class ChatStreamRenderer:
         if isinstance(item, FeedError):
             return self._error({"message": item.message, "type": "server_error", "param": None, "code": "gateway"})
         event: StreamEvent = item
+        if event.type == "tool_result" or (event.type == "tool_call" and event.turn is not None):
+            return b""  # the worker's own tool loop: not calls for the client to answer
         if event.type in ("start", "usage"):
             if event.type == "usage":
                 self._usage = event.usage
@@ -319,7 +321,7 @@ class ChatStreamRenderer:
             return out + b"data: [DONE]\n\n"
         if event.type == "error":
             return self._error(error_for_job(event.error, self.job_id).body()["error"])
-        info = event.result.error if event.result is not None else None
+        info = event.result.error if isinstance(event, CancelledEvent) and event.result is not None else None
         cancelled = GatewayError(
             499, info.message if info else "the job was cancelled", type="cancelled", code="cancelled"
         )

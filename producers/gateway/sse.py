@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -163,7 +163,7 @@ class EventStreamResponse:
 
     # --- writer -------------------------------------------------------------------------------------
 
-    async def _send(self, send: Send, message: dict) -> None:
+    async def _send(self, send: Send, message: dict[str, Any]) -> None:
         try:
             async with asyncio.timeout(self.write_timeout_s):
                 await send(message)

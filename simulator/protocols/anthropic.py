@@ -14,6 +14,7 @@ import json
 import math
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from simulator.protocols.base import (
     ParsedRequest,
@@ -90,7 +91,7 @@ class AnthropicProtocol(Protocol):
 
     required_headers = ("anthropic-version",)
 
-    def parse(self, payload: dict) -> ParsedRequest:
+    def parse(self, payload: dict[str, Any]) -> ParsedRequest:
         if not payload.get("model"):
             raise RequestError("model: Field required")
         if "max_tokens" not in payload:
@@ -115,6 +116,7 @@ class AnthropicProtocol(Protocol):
             stream=bool(payload.get("stream")),
             tools=tools,
             message_count=len(messages),
+            tool_results=_trailing_tool_results(messages),
             params=anthropic_params(payload, [t.name for t in tools], max_tokens),
         )
 
@@ -275,3 +277,15 @@ def _message_id() -> str:
 
 def _tool_id(i: int) -> str:
     return f"toolu_sim{i:02d}" + request_id("")
+
+
+def _trailing_tool_results(messages: list[object]) -> list[str]:
+    """The ``tool_result`` blocks of the last message, when it is a user turn answering tool calls."""
+    last = messages[-1] if messages else None
+    if not isinstance(last, dict) or last.get("role") != "user" or not isinstance(last.get("content"), list):
+        return []
+    return [
+        content_text(b.get("content"))
+        for b in last["content"]
+        if isinstance(b, dict) and b.get("type") == "tool_result"
+    ]

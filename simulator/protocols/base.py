@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from simulator.script import Fault, Script, ToolCall, estimate_tokens, split_model
 from simulator.structured import RequestError, RequestParams
@@ -52,6 +53,8 @@ class ParsedRequest:
     tools: list[ToolSpec] = field(default_factory=list)
     include_usage: bool = True
     message_count: int = 1
+    #: Texts of the tool results the request ends with (the answer quotes them).
+    tool_results: list[str] = field(default_factory=list)
     #: Response format, forced tool, stop sequences, image count (``simulator/structured.py``).
     params: RequestParams = field(default_factory=RequestParams)
 
@@ -118,7 +121,7 @@ class Protocol(ABC):
                 raise RequestError(f"{name}: header is required")
 
     @abstractmethod
-    def parse(self, payload: dict) -> ParsedRequest:
+    def parse(self, payload: dict[str, Any]) -> ParsedRequest:
         """Read a request body; raise :class:`RequestError` (or ``ValueError``) when invalid."""
 
     @abstractmethod
@@ -162,6 +165,16 @@ def content_text(content: object) -> str:
                 parts.append(block)
         return " ".join(parts)
     return "" if content is None else str(content)
+
+
+def trailing_tool_results(messages: list[object], role: str = "tool") -> list[str]:
+    """Contents of the ``role`` messages at the end of an OpenAI/Ollama-style message list."""
+    out: list[str] = []
+    for m in reversed(messages):
+        if not isinstance(m, dict) or m.get("role") != role:
+            break
+        out.append(content_text(m.get("content")))
+    return out[::-1]
 
 
 def positive_int(value: object, name: str) -> int:

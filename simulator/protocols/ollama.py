@@ -13,6 +13,7 @@ import json
 import math
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from simulator.protocols.base import (
     ParsedRequest,
@@ -24,6 +25,7 @@ from simulator.protocols.base import (
     content_text,
     jstr,
     request_id,
+    trailing_tool_results,
 )
 from simulator.script import Fault, Script, ToolCall
 from simulator.structured import ollama_params
@@ -79,7 +81,7 @@ class OllamaProtocol(Protocol):
     def __init__(self) -> None:
         self.clock = _Clock()
 
-    def parse(self, payload: dict) -> ParsedRequest:
+    def parse(self, payload: dict[str, Any]) -> ParsedRequest:
         if not payload.get("model"):
             raise RequestError("model is required")
         messages = payload.get("messages") or []
@@ -101,6 +103,7 @@ class OllamaProtocol(Protocol):
             stream=payload.get("stream", True) is not False,
             tools=tools,
             message_count=max(1, len(messages)),
+            tool_results=trailing_tool_results(messages),
             params=ollama_params(payload, options if isinstance(options, dict) else {}),
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from typing import Any
 
 from simulator.protocols.base import (
     ParsedRequest,
@@ -17,6 +18,7 @@ from simulator.protocols.base import (
     jstr,
     positive_int,
     request_id,
+    trailing_tool_results,
 )
 from simulator.script import Fault, Script, ToolCall
 from simulator.structured import openai_params
@@ -54,7 +56,7 @@ class OpenAIProtocol(Protocol):
     path = "/v1/chat/completions"
     stream_content_type = "text/event-stream; charset=utf-8"
 
-    def parse(self, payload: dict) -> ParsedRequest:
+    def parse(self, payload: dict[str, Any]) -> ParsedRequest:
         if not payload.get("model"):
             raise RequestError("you must provide a model parameter")
         messages = payload.get("messages")
@@ -76,6 +78,7 @@ class OpenAIProtocol(Protocol):
             tools=tools,
             include_usage=bool(options.get("include_usage")),
             message_count=len(messages),
+            tool_results=trailing_tool_results(messages),
             params=openai_params(payload, [t.name for t in tools]),
         )
 

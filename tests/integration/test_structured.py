@@ -193,3 +193,21 @@ def test_tool_choice_required_forces_a_call(worker, client: Client, simulator: S
         assert result.status == "succeeded", result.error
         assert [c.function.name for c in result.tool_calls] == ["get_weather"], model
         assert "city" in json.loads(result.tool_calls[0].function.arguments)
+
+
+def test_async_client_structured_output_and_refusal_of_what_a_provider_cannot(worker, redis_url: str) -> None:
+    import asyncio
+
+    from producers import AsyncClient, InvalidJobError
+
+    async def main() -> None:
+        async with AsyncClient(redis_url) as client:
+            handle = await client.submit(_job("anthropic:claude-sonnet-4-5", stop=["never"], top_p=0.9, user="u"))
+            events = [e async for e in handle.stream(timeout=30)]
+            result = await handle.result(timeout=5)
+            assert result.status == "succeeded" and events[-1].type == "done"
+            Draft202012Validator(SCHEMA).validate(result.parsed)
+            with pytest.raises(InvalidJobError, match="anthropic does not support seed"):
+                await client.submit(_job("anthropic:claude-sonnet-4-5", seed=1))
+
+    asyncio.run(main())

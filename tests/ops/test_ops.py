@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import importlib.util
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests.support.external import need_module, need_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
@@ -60,24 +60,12 @@ SECRET_LITERAL = re.compile(r"sk-[A-Za-z0-9_-]{16,}|xox[bp]-|AKIA[0-9A-Z]{16}|--
 # --- tools -----------------------------------------------------------------------------------
 
 
-def _missing(what: str) -> None:
-    """Skip locally, fail in CI (``CI=true``): a CI run without the tool proves nothing."""
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(f"{what} (required when CI=true)")
-    pytest.skip(what)
-
-
 def _tool(name: str, install: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        _missing(f"{name} not on PATH (install: {install})")
-    return str(path)
+    return need_tool(name, install)
 
 
 def _module(name: str, install: str):
-    if importlib.util.find_spec(name) is None:
-        _missing(f"python module {name} not installed (install: {install})")
-    return importlib.import_module(name)
+    return need_module(name, install)
 
 
 def _yaml(path: Path):

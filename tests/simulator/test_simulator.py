@@ -222,7 +222,8 @@ def test_stall_slow_and_latency_delay_but_complete(simulator: SimulatorThread, p
     for i, (fault, extra) in enumerate([("stall@0.3", {}), ("slow@0.3", {}), (None, {"x-llmq-sim-latency": "0.3"})]):
         started = time.monotonic()
         reply = call(simulator, protocol, fault=fault, extra=extra, job=str(i))
-        assert time.monotonic() - started >= 0.3 and reply.terminated and reply.completion_tokens == 20
+        # a lower bound only (load makes it longer), less the event loop's timer granularity
+        assert time.monotonic() - started >= 0.25 and reply.terminated and reply.completion_tokens == 20
 
 
 def _closed_early_record(sim: SimulatorThread, job: str) -> dict:

@@ -85,7 +85,8 @@ class _Handler(socketserver.StreamRequestHandler):
         key, _, rest = target.lstrip("/").partition("/")
         owner = self.server.owner
         owner.requests[key].append(CapturedRequest(method, "/" + rest, headers, body))
-        reply = owner.replies.get(key)
+        queued = owner.sequences.get(key)
+        reply = (queued.pop(0) if len(queued) > 1 else queued[0]) if queued else owner.replies.get(key)
         if reply is None:
             reply = Reply(404, [("Content-Length", "0")], b"")
         try:
@@ -144,6 +145,8 @@ class ReplayServer:
 
     def __init__(self) -> None:
         self.replies: dict[str, Reply] = {}
+        #: Replies served in turn under one key (the last one again once the others were used).
+        self.sequences: dict[str, list[Reply]] = {}
         self.requests: defaultdict[str, list[CapturedRequest]] = defaultdict(list)
         self._server = _Server(self)
         self._thread = threading.Thread(target=self._server.serve_forever, name="replay-server", daemon=True)
@@ -157,6 +160,13 @@ class ReplayServer:
         """Serve ``reply`` under ``key``; returns the base URL ``http://127.0.0.1:<port>/<key>``."""
         assert "/" not in key
         self.replies[key] = reply
+        self.requests.pop(key, None)
+        return f"{self.origin}/{key}"
+
+    def add_sequence(self, key: str, replies: list[Reply]) -> str:
+        """Serve ``replies`` one per request under ``key`` (a multi-turn exchange); the base URL."""
+        assert "/" not in key and replies
+        self.sequences[key] = list(replies)
         self.requests.pop(key, None)
         return f"{self.origin}/{key}"
 

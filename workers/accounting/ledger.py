@@ -362,7 +362,9 @@ class Ledger:
         """Spend, live reservations and limits per scope for ``month`` (default: now). Read-only."""
         month = month or self.month()
         pipe = self.client.pipeline(transaction=False)
-        pipe.time().smembers(self._scopes_key(month)).hgetall(self._limits_key)
+        pipe.time()
+        pipe.smembers(self._scopes_key(month))
+        pipe.hgetall(self._limits_key)
         (secs, usecs), members, stored = pipe.execute()
         now_ms = int(secs) * 1000 + int(usecs) // 1000
         limits = {scope: int(v) for scope, v in self._defaults.items()}
@@ -370,8 +372,9 @@ class Ledger:
         scopes = sorted({GLOBAL_SCOPE} | {_s(m) for m in members} | set(limits), key=lambda s: (s != GLOBAL_SCOPE, s))
         pipe = self.client.pipeline(transaction=False)
         for scope in scopes:
-            state, leases = self._scope_keys(month, scope)
-            pipe.hgetall(state).zrangebyscore(leases, f"({now_ms}", "+inf")
+            state_key, leases_key = self._scope_keys(month, scope)
+            pipe.hgetall(state_key)
+            pipe.zrangebyscore(leases_key, f"({now_ms}", "+inf")
         replies = pipe.execute()
         statuses = []
         for i, scope in enumerate(scopes):
@@ -382,6 +385,7 @@ class Ledger:
         return BudgetSnapshot(month=month, kill_ratio=self.kill_ratio, scopes=statuses)
 
     def _status(self, scope: str, spent: int, reserved: int, limit: int | None) -> ScopeStatus:
+        state: Literal["ok", "kill_switch", "exhausted", "unlimited"]
         if limit is None:
             state, kill, remaining = "unlimited", None, None
         else:
@@ -395,7 +399,7 @@ class Ledger:
             limit_usd=None if limit is None else float(from_micros(limit)),
             kill_switch_usd=kill,
             remaining_usd=remaining,
-            state=state,  # type: ignore[arg-type]
+            state=state,
         )
 
 

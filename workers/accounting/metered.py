@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -30,7 +30,7 @@ from workers.accounting.metrics import UsageMetrics
 from workers.accounting.preflight import CallPlan, plan_call
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
-from workers.contract import CompletionJob, Usage
+from workers.contract import CompletionJob, ToolCall, Usage
 from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import (
     BudgetBusyError,
@@ -135,7 +135,8 @@ class Meter:
         """Countdown before trying again when the budget is busy with reservations in flight:
         jittered, doubling with each earlier wait of this job (its attempts survive re-queues)."""
         waits = sum(1 for a in self.ctx.attempts if a.error_type == BudgetBusyError.type_name)
-        return round(min(BUDGET_WAIT_MAX_S, BUDGET_WAIT_BASE_S * 2**waits) * random.uniform(0.5, 1.0), 3)
+        backoff: float = min(BUDGET_WAIT_MAX_S, BUDGET_WAIT_BASE_S * 2**waits)
+        return round(backoff * random.uniform(0.5, 1.0), 3)
 
     def release(self, reservation: Reservation | None) -> None:
         if reservation is not None and self.ledger is not None:
@@ -160,7 +161,9 @@ class Meter:
             self.metrics.record_usage(plan.model, usage, cost)
         return cost
 
-    def usage(self, plan: CallPlan, reported: Usage | None, text: str, tool_calls: list, thinking: str = "") -> Usage:
+    def usage(
+        self, plan: CallPlan, reported: Usage | None, text: str, tool_calls: Sequence[ToolCall], thinking: str = ""
+    ) -> Usage:
         usage = plan.usage(reported, text, tool_calls, self.counter)
         if thinking and not usage.reasoning_tokens:
             # Anthropic and Ollama bill thinking as output without a separate count: estimate it
@@ -203,7 +206,7 @@ class MeteredModel(ChatModel):
 class _MeteredStream(WrappedStream["MeteredModel"]):
     def __iter__(self) -> Iterator[str]:
         meter = self._owner.meter
-        plan = meter.plan(self.model_id, self._request)
+        plan = meter.plan(self._owner.model_id, self._request)
         reservation = meter.reserve(plan)
         parts: list[str] = []
         settled = False

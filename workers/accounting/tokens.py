@@ -14,7 +14,8 @@ tokenizers we cannot run) and multiplied by a safety margin; the result says ``e
 
 Offline: tiktoken downloads BPE files on first use. :func:`seed_tiktoken_cache` writes our bundled,
 sha256-checked copies (``workers/accounting/data/*.tiktoken.gz``, byte-identical to OpenAI's) into whatever
-cache directory tiktoken will read, before the first ``get_encoding``; see notes/offline-deps.md §1.
+cache directory tiktoken will read, before the first ``get_encoding``, so a worker without network
+access counts tokens exactly as one with it.
 Nothing happens at import time: encodings load lazily, once per process, under a lock.
 """
 
@@ -215,7 +216,7 @@ class TokenCounter:
         return enc
 
     def preload(self) -> None:
-        """Load both bundled encodings now (call from ``worker_process_init``)."""
+        """Load both bundled encodings now (the worker does, when it builds its resources)."""
         for name in BUNDLED_ENCODINGS:
             self.encoding(name)
 

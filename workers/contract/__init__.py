@@ -21,10 +21,11 @@ from workers.contract.events import (
     StartEvent,
     StreamEvent,
     ToolCallEvent,
+    ToolResultEvent,
     UsageEvent,
     parse_event,
 )
-from workers.contract.job import CompletionJob, FunctionCall, Message, Tool, ToolCall, ToolFunction
+from workers.contract.job import CompletionJob, FunctionCall, Message, Tool, ToolCall, ToolFunction, ToolName
 from workers.contract.keys import JobKeys
 from workers.contract.params import (
     ContentPart,
@@ -52,12 +53,14 @@ from workers.contract.prompt import (
 )
 from workers.contract.redaction import monitor_repr, redact
 from workers.contract.result import Attempt, CompletionResult, ErrorInfo, Timings, Usage
+from workers.contract.tools import TOOL_WORKERS_KEY, ToolInfo, WorkerTools, worker_tools_key
 
 __all__ = [
     "DEFAULT_QUEUE",
     "SCHEMA_VERSION",
     "TASK_NAME",
     "TERMINAL_EVENT_TYPES",
+    "TOOL_WORKERS_KEY",
     "Attempt",
     "CancelledEvent",
     "CompletionJob",
@@ -97,12 +100,17 @@ __all__ = [
     "ToolCallEvent",
     "ToolChoice",
     "ToolFunction",
+    "ToolInfo",
+    "ToolName",
+    "ToolResultEvent",
     "Usage",
     "UsageEvent",
+    "WorkerTools",
     "base_model_name",
     "monitor_repr",
     "new_job_id",
     "parse_event",
     "redact",
     "split_model_id",
+    "worker_tools_key",
 ]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import secrets
+from typing import Final
 
 from pydantic import BaseModel, ConfigDict
 
 #: Bumped on any incompatible change of the models below.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 #: The single Celery task name; producers send by name and never import the task.
 TASK_NAME = "llmq.run_job"
 #: Default Celery queue for jobs.

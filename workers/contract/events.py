@@ -34,8 +34,27 @@ class DeltaEvent(_Event):
 
 
 class ToolCallEvent(_Event):
+    """A tool call: run by the worker's tool loop (``turn`` set), or a client call in the result."""
+
     type: Literal["tool_call"] = "tool_call"
     tool_call: ToolCall
+    #: The model turn (1-based) whose answer made the call; None for a client tool call.
+    turn: int | None = None
+
+
+class ToolResultEvent(_Event):
+    """The outcome of one worker tool call, fed back to the model as a ``tool`` message."""
+
+    type: Literal["tool_result"] = "tool_result"
+    turn: int
+    call_id: str
+    name: str
+    ok: bool
+    #: Why the call failed (``unknown tool``, invalid arguments, timeout, the handler's error).
+    error: str | None = None
+    #: The start of the (redacted) result text.
+    preview: str = ""
+    duration_s: float = 0.0
 
 
 class UsageEvent(_Event):
@@ -71,7 +90,15 @@ class CancelledEvent(_Event):
 
 
 StreamEvent = Annotated[
-    StartEvent | DeltaEvent | ToolCallEvent | UsageEvent | RepairEvent | DoneEvent | ErrorEvent | CancelledEvent,
+    StartEvent
+    | DeltaEvent
+    | ToolCallEvent
+    | ToolResultEvent
+    | UsageEvent
+    | RepairEvent
+    | DoneEvent
+    | ErrorEvent
+    | CancelledEvent,
     Field(discriminator="type"),
 ]
 TERMINAL_EVENT_TYPES = frozenset({"done", "error", "cancelled"})

@@ -66,16 +66,24 @@ class ToolCall(_Wire):
     function: FunctionCall
 
 
+def _empty_object_schema() -> dict[str, JsonValue]:
+    return {"type": "object", "properties": {}}
+
+
 class ToolFunction(_Wire):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str | None = None
     #: JSON Schema of the arguments.
-    parameters: dict[str, JsonValue] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    parameters: dict[str, JsonValue] = Field(default_factory=_empty_object_schema)
 
 
 class Tool(_Wire):
     type: Literal["function"] = "function"
     function: ToolFunction
+
+
+#: A worker tool, named by a string in a job's ``tools`` (registered with ``@tool`` on the workers).
+ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class Message(_Wire):
@@ -132,7 +140,11 @@ class CompletionJob(_Wire):
     variables: dict[str, str] = Field(default_factory=dict)
     #: A published prompt (``name``, ``version`` or ``label``, ``variables``) instead of messages.
     prompt: PromptRef | None = None
-    tools: list[Tool] = Field(default_factory=list)
+    #: Client tools (objects, passed through to the model; their calls end the job with
+    #: ``finish_reason: tool_calls``) and worker tools (names; the worker runs their calls).
+    tools: list[Tool | ToolName] = Field(default_factory=list)
+    #: Model turns the worker's tool loop may take (default 10); more ends the job ``max_turns``.
+    max_turns: Annotated[int, Field(ge=1, le=100)] | None = None
     max_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 1024
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     stream: bool = True
@@ -208,6 +220,10 @@ class CompletionJob(_Wire):
             raise ValueError(f"give one of 'messages', 'prompt' or 'template', not {' and '.join(given)}")
         if self.messages is not None and not self.messages:
             raise ValueError("messages must not be empty")
+        names = [t if isinstance(t, str) else t.function.name for t in self.tools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"tools named more than once: {', '.join(duplicates)}")
         if self.template is not None:
             used = {name for _, name in template_fields(self.template) if name is not None}
             missing = used - set(self.variables)
@@ -223,7 +239,9 @@ class CompletionJob(_Wire):
         if choice in ("required",) or isinstance(choice, NamedToolChoice):
             if not self.tools:
                 raise ValueError("tool_choice 'required' or a named function needs tools")
-        if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in self.tools}:
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {
+            t if isinstance(t, str) else t.function.name for t in self.tools
+        }:
             raise ValueError(f"tool_choice names {choice.function.name!r}, which is not one of the job's tools")
         if self.reasoning is not None:
             if self.reasoning.effort is None and self.reasoning.budget_tokens is None:
@@ -232,6 +250,16 @@ class CompletionJob(_Wire):
                 raise ValueError("reasoning.budget_tokens must be below max_tokens (thinking counts toward it)")
         check_job(self, [m for m in self.chain if ":" in m])
         return self
+
+    @property
+    def client_tools(self) -> list[Tool]:
+        """The tool definitions passed through to the model as they are."""
+        return [t for t in self.tools if isinstance(t, Tool)]
+
+    @property
+    def worker_tools(self) -> list[str]:
+        """The names of the worker tools this job may use (the worker runs their calls)."""
+        return [t for t in self.tools if isinstance(t, str)]
 
     @property
     def chain(self) -> list[str]:

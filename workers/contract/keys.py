@@ -11,7 +11,7 @@ from __future__ import annotations
 class JobKeys:
     """Every Redis key and channel that belongs to one job."""
 
-    __slots__ = ("cancel", "channel", "claim", "events", "job_id", "meta", "result")
+    __slots__ = ("cancel", "channel", "claim", "events", "job_id", "meta", "result", "tools")
 
     PREFIX = "llmq:job:"
 
@@ -30,3 +30,5 @@ class JobKeys:
         self.cancel = f"{base}:cancel"
         #: Lease held by the worker currently running the job.
         self.claim = f"{base}:claim"
+        #: Hash: the tool loop's journal (each turn's answer, started calls, results).
+        self.tools = f"{base}:tools"

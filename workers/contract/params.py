@@ -61,13 +61,17 @@ class ImagePart(_Wire):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
+def _object_schema() -> dict[str, JsonValue]:
+    return {"type": "object"}
+
+
 class JsonSchemaSpec(_Wire):
     model_config = ConfigDict(extra="forbid", serialize_by_alias=True, validate_by_name=True, validate_by_alias=True)
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str | None = None
     #: The JSON Schema (Draft 2020-12) the answer must satisfy.
-    schema_: dict[str, JsonValue] = Field(alias="schema", default_factory=lambda: {"type": "object"})
+    schema_: dict[str, JsonValue] = Field(alias="schema", default_factory=_object_schema)
     strict: bool | None = None
 
 

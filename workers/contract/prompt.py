@@ -136,11 +136,12 @@ def normalize_schema(schema: dict[str, JsonValue]) -> dict[str, JsonValue]:
     Only what the schema leaves unsaid is filled: a schema with its own ``required`` or
     ``additionalProperties`` keeps them.
     """
-    out = dict(schema)
+    out: dict[str, JsonValue] = dict(schema)
     out.setdefault("type", "object")
     properties = out.setdefault("properties", {})
     if "required" not in out:
-        out["required"] = sorted(properties) if isinstance(properties, dict) else []
+        required: list[JsonValue] = [name for name in sorted(properties)] if isinstance(properties, dict) else []
+        out["required"] = required
     out.setdefault("additionalProperties", False)
     return out
 

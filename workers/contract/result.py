@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, JsonValue
 
 from workers.contract.base import SCHEMA_VERSION, _Wire
-from workers.contract.job import ToolCall
+from workers.contract.job import Message, ToolCall
 from workers.contract.prompt import PromptInfo
 
 
@@ -49,6 +49,8 @@ class Attempt(_Wire):
     #: Seconds waited before the next attempt because of this one (Retry-After or backoff).
     wait_s: float = 0.0
     message: str | None = None
+    #: The model turn of a tool-loop job this attempt belongs to (1-based).
+    turn: int | None = None
 
 
 class Timings(_Wire):
@@ -83,3 +85,8 @@ class CompletionResult(_Wire):
     refusal: str | None = None
     #: Repair turns the structured-output check needed (each one a full, charged model call).
     repairs: int = 0
+    #: Model turns of the worker's tool loop (0 for a job without worker tools).
+    turns: int = 0
+    #: What the tool loop added to the conversation: each turn's assistant message and tool
+    #: results, then the final answer (empty for a job without worker tools).
+    messages: list[Message] = Field(default_factory=list)

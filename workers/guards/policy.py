@@ -98,7 +98,7 @@ def rate_limits_for(mc: ModelConfig, model_id: str = "") -> RateLimits:
         return RateLimits(rpm=mc.rpm, tpm=mc.tpm, rpm_burst=mc.rpm_burst, tpm_burst=mc.tpm_burst, lease_s=lease_s)
     except ValueError as exc:
         where = f'[models."{model_id}"]' if model_id else "model config"
-        raise ConfigurationError(message=f"invalid rate limits in {where}: {exc}") from None
+        raise ConfigurationError(f"invalid rate limits in {where}: {exc}") from None
 
 
 def check_limits(config: LLMQConfig) -> None:

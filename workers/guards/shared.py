@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import redis
 
@@ -358,12 +359,12 @@ class SharedGuards:
             view = self._views.get(str(msg["m"]))
             if view is None:
                 return  # not used in this process yet: read from Redis on first use
-            seconds = float(msg.get("ms") or 0) / 1000.0  # type: ignore[arg-type]
+            seconds = _number(msg.get("ms"), float) / 1000.0
             if msg.get("k") == "nb":
                 view.not_before = max(view.not_before, now + seconds)
             elif msg.get("k") == "cb":
-                version = int(msg.get("v") or 0)  # type: ignore[call-overload]
-                state = "closed" if msg.get("st") == "closed" else "open"
+                version = _number(msg.get("v"), int)
+                state: Literal["closed", "open"] = "closed" if msg.get("st") == "closed" else "open"
                 view.apply_breaker(BreakerState(state, seconds, version, why=str(msg.get("why") or "")), now)
 
     def stop(self) -> None:
@@ -372,3 +373,11 @@ class SharedGuards:
         if thread is not None:
             thread.join(3)
         self.watchdog.stop()
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _number(value: object, kind: type[_N]) -> _N:
+    """A number field of an announcement (absent: 0)."""
+    return kind(value) if isinstance(value, int | float | str) and value else kind(0)

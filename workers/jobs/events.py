@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import redis
+from redis.typing import EncodableT
 
 from workers.contract import JobKeys, StreamEvent
 from workers.llm.errors import RunFencedError
@@ -47,8 +48,8 @@ def last_seq(client: redis.Redis, keys: JobKeys) -> int:
     entries = client.xrevrange(keys.events, count=1)
     if not entries:
         return -1
-    entry_id = entries[0][0]
-    entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    raw_id = entries[0][0]
+    entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
     return int(entry_id.split("-", 1)[0])
 
 
@@ -164,7 +165,7 @@ class EventPublisher:
 
     def _send(self, payloads: list[tuple[int, str]], extra: Callable[[redis.client.Pipeline], None] | None) -> None:
         keys = self._keys
-        argv: list[object] = [
+        argv: list[EncodableT] = [
             self._maxlen,
             0 if self._ttl_set else self._ttl_s,
             self._lease_ms or 0,
@@ -191,7 +192,7 @@ class EventPublisher:
             self._pending_flushed_delta = False
 
     def _send_with(
-        self, extra: Callable[[redis.client.Pipeline], None], script_keys: list[str], argv: list[object]
+        self, extra: Callable[[redis.client.Pipeline], None], script_keys: list[str], argv: list[EncodableT]
     ) -> int:
         """``extra``'s writes and the flush in one transaction, only while this run holds the claim.
 

@@ -17,10 +17,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import redis
 from opentelemetry.trace import use_span
-from pydantic import TypeAdapter
+from pydantic import JsonValue, TypeAdapter
 
 from workers.accounting.ledger import LedgerUnavailableError
 from workers.accounting.metered import Meter, MeteredModel
@@ -53,6 +54,7 @@ from workers.jobs.observe import JobObserver
 from workers.jobs.resources import JobResources
 from workers.jobs.spans import instrumentation, start_job_span
 from workers.jobs.store import ClaimOutcome
+from workers.jobs.toolloop import ToolLoopState, run_tool_loop
 from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import (
@@ -116,8 +118,10 @@ class _Run:
     #: Set when the worker's shutdown window ran out: the run stops and its job goes back to the queue.
     handed_back: bool = False
     prompt: PromptInfo | None = None
-    parsed: object = None
+    parsed: JsonValue | None = None
     repairs: int = 0
+    #: The tool loop's turns, messages and summed usage (jobs naming worker tools).
+    tools: ToolLoopState | None = None
 
 
 class JobRunner:
@@ -302,7 +306,7 @@ class JobRunner:
             request = ModelRequest(
                 messages=rendered.messages,
                 max_tokens=job.max_tokens,
-                tools=job.tools,
+                tools=job.client_tools,
                 temperature=job.temperature,
                 headers={"x-llmq-job-id": job.id},
                 # a whole-body call has no stream to close: a cancel aborts it through this
@@ -317,7 +321,10 @@ class JobRunner:
                 reasoning=job.reasoning,
             )
             run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0], prompt=run.prompt))
-            completion = self._call(run, model, request)
+            if job.worker_tools:
+                completion = run_tool_loop(self, run, model, request)
+            else:
+                completion = self._call(run, model, request)
             if isinstance(job.response_format, JsonObjectFormat | JsonSchemaFormat):
                 completion = self._structured(run, model, request, completion)
         except RunFencedError as exc:
@@ -376,13 +383,19 @@ class JobRunner:
             if run.meter is not None:
                 run.meter.new_turn()
 
+        loop = run.tools  # after a tool loop: continue its conversation, offer its tools
+        history = loop.conversation[:-1] if loop is not None and loop.conversation else request.messages
+        tools = loop.definitions if loop is not None and loop.conversation else request.tools
+
         def call(messages: list[Message]) -> Completion:
-            turn = self._call(run, model, dataclasses.replace(request, messages=messages))
+            turn = self._call(run, model, dataclasses.replace(request, messages=messages, tools=tools))
             run.text_parts = [turn.text]  # an invalid last answer is kept in the failed result
+            if loop is not None and loop.turns:
+                loop.add_usage(turn.usage or Usage(estimated=True))  # the loop's usage is the result's
             return turn
 
         run.text_parts = [completion.text]
-        outcome = structured.enforce(run.job, request.messages, completion, call, repair)
+        outcome = structured.enforce(run.job, history, completion, call, repair)
         run.parsed, run.repairs = outcome.parsed, outcome.repairs
         return outcome.completion
 
@@ -453,17 +466,17 @@ class JobRunner:
 
     # --- endings ------------------------------------------------------------------------------------
 
-    def _base_result(self, run: _Run, status: str) -> CompletionResult:
+    def _base_result(self, run: _Run, status: Literal["succeeded", "failed", "cancelled"]) -> CompletionResult:
         job = run.job
         queued = max(0.0, run.started_wall - job.submitted_at) if job.submitted_at else None
         meter = run.meter
-        return CompletionResult(
+        result = CompletionResult(
             usage=(meter.last_usage if meter and meter.last_usage else Usage()),
             cost_usd=float(meter.cost_usd) if meter and meter.cost_usd is not None else None,
             truncated_messages=meter.dropped if meter else 0,
             prompt=run.prompt,
             id=job.id,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             attempts=run.ctx.attempts,
             tenant=job.tenant,
             metadata=job.metadata,
@@ -474,6 +487,9 @@ class JobRunner:
                 total_s=round(self._clock() - run.started, 4),
             ),
         )
+        if run.tools is not None:
+            run.tools.fill(result)
+        return result
 
     def _finish_succeeded(self, run: _Run, completion: Completion) -> CompletionResult:
         job = run.job
@@ -484,7 +500,7 @@ class JobRunner:
         result.tool_calls = completion.tool_calls
         result.finish_reason = completion.finish_reason
         result.usage = usage
-        result.parsed, result.repairs, result.refusal = run.parsed, run.repairs, completion.refusal  # type: ignore[assignment]
+        result.parsed, result.repairs, result.refusal = run.parsed, run.repairs, completion.refusal
         events: list[StreamEvent] = [ToolCallEvent(job_id=job.id, seq=0, tool_call=c) for c in completion.tool_calls]
         events.append(UsageEvent(job_id=job.id, seq=0, usage=usage))
         self._terminal(run, DoneEvent(job_id=job.id, seq=0, result=result), result, before=events)

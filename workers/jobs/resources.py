@@ -27,6 +27,7 @@ from workers.jobs.store import JobStore
 from workers.llm.registry import ProviderRegistry
 from workers.routes import LLMQConfig
 from workers.settings import Settings
+from workers.tools.toolbox import Toolbox
 
 __all__ = ["CancelHooks", "JobMetricsSink", "JobRecorder", "JobResources"]
 
@@ -95,3 +96,6 @@ class JobResources(Protocol):
 
     @property
     def heartbeat(self) -> ClaimHeartbeat | None: ...
+
+    @property
+    def tools(self) -> Toolbox | None: ...

@@ -1,8 +1,9 @@
 """The HTTP edge: the only module that imports the HTTP client library.
 
-One :class:`HTTPClient` per worker process (built in ``worker_process_init``), with pool limits
-sized to the worker's concurrency: the library's defaults (100 connections, 20 keep-alive, 5 s
-pool timeout) starve long streams (``notes/celery-at-scale.md`` §6). Transport failures are
+One :class:`HTTPClient` per worker process (built with the worker's resources,
+``workers/runtime/resources.py``), with pool limits sized to the worker's concurrency: the
+library's defaults (100 connections, 20 keep-alive, 5 s pool timeout) starve long streams, whose
+connections stay checked out for minutes while new calls time out waiting for one. Transport failures are
 mapped to our error tree here; HTTP error statuses are mapped by the provider's own
 ``error_mapper`` (each provider has its own error body), also called from here, so that nothing
 above this module ever sees a library exception. There is no retry loop in this layer: the retry
@@ -15,10 +16,12 @@ import contextlib
 import contextvars
 import itertools
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpcore2
@@ -226,21 +229,21 @@ class StreamingResponse:
         conn = getattr(h2_stream, "_connection", None)
         stream_id, request = getattr(h2_stream, "_stream_id", None), getattr(h2_stream, "_request", None)
         state, lock, events = (getattr(conn, name, None) for name in ("_h2_state", "_state_lock", "_events"))
-        if None in (state, lock, events, stream_id, request):
+        if conn is None or state is None or lock is None or events is None or stream_id is None or request is None:
             return False
         try:
             import h2.events
 
-            with lock:  # type: ignore[union-attr]
-                state.reset_stream(stream_id, error_code=_H2_CANCEL)  # type: ignore[union-attr]
+            with lock:
+                state.reset_stream(stream_id, error_code=_H2_CANCEL)
                 if wake:
-                    pending = events.get(stream_id)  # type: ignore[union-attr]
+                    pending = events.get(stream_id)
                     if pending is not None:
                         pending.append(
                             h2.events.StreamReset(stream_id=stream_id, error_code=_H2_CANCEL, remote_reset=False)
                         )
-                    state.ping(b"llmq-rst")  # type: ignore[union-attr]
-            conn._write_outgoing_data(request)  # type: ignore[union-attr]
+                    state.ping(b"llmq-rst")
+            conn._write_outgoing_data(request)
         except Exception:  # closed meanwhile, connection gone: the plain close below is all we can do
             return False
         return True
@@ -483,7 +486,9 @@ class _ProbingStream(httpcore2.NetworkStream):
     def close(self) -> None:
         self._inner.close()
 
-    def start_tls(self, ssl_context, server_hostname=None, timeout=None):  # type: ignore[no-untyped-def]
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore2.NetworkStream:
         return _ProbingStream(self._inner.start_tls(ssl_context, server_hostname, timeout), self._probe)
 
     def get_extra_info(self, info: str) -> object:
@@ -498,11 +503,20 @@ class _ProbingBackend(httpcore2.SyncBackend):
     def __init__(self, probe: Probe) -> None:
         self._probe = probe
 
-    def connect_tcp(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return _ProbingStream(super().connect_tcp(*args, **kwargs), self._probe)
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.NetworkStream:
+        return _ProbingStream(super().connect_tcp(host, port, timeout, local_address, socket_options), self._probe)
 
-    def connect_unix_socket(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return _ProbingStream(super().connect_unix_socket(*args, **kwargs), self._probe)
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore2.NetworkStream:
+        return _ProbingStream(super().connect_unix_socket(path, timeout, socket_options), self._probe)
 
 
 def _use_backend(client: httpx.Client, backend: httpcore2.NetworkBackend) -> None:

@@ -155,7 +155,9 @@ def structured_tool(request: ChatRequest) -> str | None:
 
 
 def _add_params(body: dict[str, object], request: ChatRequest) -> None:
-    tools: list[dict[str, object]] = body.setdefault("tools", [])  # type: ignore[assignment]
+    existing = body.get("tools")
+    tools: list[dict[str, object]] = existing if isinstance(existing, list) else []
+    body["tools"] = tools
     choice: dict[str, object] | None = None
     if request.tool_choice == "auto":
         choice = {"type": "auto"}
@@ -203,8 +205,9 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
             system.append(message.text)
             continue
         role, blocks = _blocks(message)
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)  # type: ignore[union-attr]
+        previous = turns[-1]["content"] if turns and turns[-1]["role"] == role else None
+        if isinstance(previous, list):  # consecutive turns of one role merge (Anthropic alternates)
+            previous.extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
     body: dict[str, object] = {"model": request.model, "max_tokens": request.max_tokens, "messages": turns}
@@ -277,7 +280,7 @@ def _usage(raw: Mapping[str, object], prev: Usage | None = None, *, estimated: b
 
     def count(key: str, before: int) -> int:
         value = raw.get(key)
-        return int(value) if isinstance(value, int | float) and value else before  # type: ignore[arg-type]
+        return int(value) if isinstance(value, int | float) and value else before
 
     fresh = count("input_tokens", prev.prompt_tokens - prev.cached_tokens - prev.cache_write_tokens if prev else 0)
     cached = count("cache_read_input_tokens", prev.cached_tokens if prev else 0)

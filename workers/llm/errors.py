@@ -30,7 +30,12 @@
     ├── InvalidOutputError                 the answer failed response_format after the repair turns
     ├── PreparationError                   pre-count / pricing / request building failed on the input
     ├── InternalError                      an unexpected failure in the worker (a bug)
-    └── AllModelsFailedError               every model in the chain failed
+    ├── AllModelsFailedError               every model in the chain failed
+    └── ToolLoopError                      the worker's tool loop ended the job (workers/tools/)
+        ├── ToolArgumentsError             a tool got invalid arguments max_invalid times
+        ├── MaxTurnsError                  still calling tools after max_turns model turns
+        ├── ToolInterruptedError           a non-idempotent call started but was never journaled
+        └── UnknownToolError               the job names a tool this worker has not registered
 
 Retryability is a property of the type, except that the provider's ``x-should-retry`` header
 overrides it (kept in ``should_retry``). Errors are built with keyword arguments; ``args`` is
@@ -64,6 +69,7 @@ __all__ = [
     "InvalidOutputError",
     "JobCancelledError",
     "LLMQError",
+    "MaxTurnsError",
     "MidStreamError",
     "ModelNotFoundError",
     "OverloadedError",
@@ -80,6 +86,10 @@ __all__ = [
     "RetryableProviderError",
     "RunFencedError",
     "ServerError",
+    "ToolArgumentsError",
+    "ToolInterruptedError",
+    "ToolLoopError",
+    "UnknownToolError",
     "error_type_name",
     "is_retryable",
     "must_propagate",
@@ -129,7 +139,7 @@ class LLMQError(Exception):
     ) -> None:
         if fields is not None and not isinstance(fields, Mapping):
             raise TypeError(f"{type(self).__name__}: pass provider, model, status ... as keyword arguments")
-        given = {
+        given: dict[str, Any] = {
             "provider": provider,
             "model": model,
             "status": status,
@@ -316,6 +326,36 @@ class RetryLaterError(LLMQError):
 
     retryable = True
     type_name = "retry_later"
+
+
+class ToolLoopError(LLMQError):
+    """Base of the errors that end a job from inside the worker's tool loop."""
+
+    type_name = "tool_loop_error"
+
+
+class ToolArgumentsError(ToolLoopError):
+    """The model called one tool with invalid arguments ``max_invalid`` times."""
+
+    type_name = "tool_arguments"
+
+
+class MaxTurnsError(ToolLoopError):
+    """The model still called tools after the job's ``max_turns`` model turns."""
+
+    type_name = "max_turns"
+
+
+class ToolInterruptedError(ToolLoopError):
+    """A call of a non-idempotent tool started in an earlier run that died before journaling it."""
+
+    type_name = "tool_interrupted"
+
+
+class UnknownToolError(ToolLoopError):
+    """The job names a worker tool that is not registered on the worker running it."""
+
+    type_name = "unknown_tool"
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -64,7 +64,7 @@ class CallReport:
 
 
 class ChainHooks:
-    """No-op callbacks the chain's wrappers call; the worker's observer (``workers/runtime/observe.py``)
+    """No-op callbacks the chain's wrappers call; the worker's observer (``workers/jobs/observe.py``)
     turns them into Prometheus metrics, span events and decision log lines.
 
     ``on_attempt``/``on_wait``/``on_requeue``/``on_breaker`` come from
@@ -213,8 +213,9 @@ class WrappedStream(ChatStream, Generic[OwnerT]):
         self.refusal = inner.refusal
         self.response_model = inner.response_model
         self.completed = inner.completed
-        if getattr(inner, "model_id", None):
-            self.model_id = inner.model_id  # type: ignore[attr-defined]
+        model_id = getattr(inner, "model_id", None)  # set by wrapped streams, absent on a provider's
+        if model_id:
+            self.model_id = model_id
 
     def close(self) -> None:
         self.closed = True

@@ -103,7 +103,7 @@ def _message(message: Message, tool_names: Mapping[str, str]) -> dict[str, objec
                 raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", provider="ollama")
             calls.append({"function": {"name": call.function.name, "arguments": arguments}})
         out["tool_calls"] = calls
-    if message.role == "tool" and message.tool_call_id in tool_names:
+    if message.role == "tool" and message.tool_call_id is not None and message.tool_call_id in tool_names:
         out["tool_name"] = tool_names[message.tool_call_id]
     return out
 
@@ -188,7 +188,11 @@ def _usage(done: Mapping[str, object]) -> Usage | None:
     if prompt is None and completion is None:
         return None
     # Older servers omit prompt_eval_count when the whole prompt came from the cache.
-    return Usage(prompt_tokens=int(prompt or 0), completion_tokens=int(completion or 0))  # type: ignore[call-overload]
+    return Usage(prompt_tokens=_count(prompt), completion_tokens=_count(completion))
+
+
+def _count(value: object) -> int:
+    return int(value) if isinstance(value, int | float | str) and value else 0
 
 
 def parse_chat_response(content: bytes, *, provider: str = "ollama", model: str = "") -> Completion:

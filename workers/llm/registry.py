@@ -11,8 +11,11 @@ import os
 from collections.abc import Callable, Mapping
 
 from workers.llm._http import HTTPClient
+from workers.llm.anthropic import AnthropicProvider
 from workers.llm.base import Provider
 from workers.llm.errors import ConfigurationError
+from workers.llm.ollama import OllamaProvider
+from workers.llm.openai import OpenAIProvider
 
 __all__ = ["ProviderRegistry", "build_registry", "provider_builders"]
 
@@ -21,22 +24,11 @@ Builder = Callable[[HTTPClient, Mapping[str, str]], Provider]
 
 def provider_builders() -> dict[str, Builder]:
     """Name -> builder for every provider shipped with llmqueue."""
-    from workers.llm.openai import OpenAIProvider
-
-    builders: dict[str, Builder] = {"openai": OpenAIProvider.from_env}
-    try:
-        from workers.llm.anthropic import AnthropicProvider
-
-        builders["anthropic"] = AnthropicProvider.from_env
-    except ImportError:  # pragma: no cover - until the module exists
-        pass
-    try:
-        from workers.llm.ollama import OllamaProvider
-
-        builders["ollama"] = OllamaProvider.from_env
-    except ImportError:  # pragma: no cover
-        pass
-    return builders
+    return {
+        "openai": OpenAIProvider.from_env,
+        "anthropic": AnthropicProvider.from_env,
+        "ollama": OllamaProvider.from_env,
+    }
 
 
 class ProviderRegistry:

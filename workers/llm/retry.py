@@ -1,6 +1,6 @@
 """The retry wrapper: the one and only retry loop for an upstream call.
 
-Decisions follow the official SDKs (``notes/style-anchors.md`` §4): only retryable types (or an
+Decisions follow the official OpenAI and Anthropic SDKs: only retryable types (or an
 explicit ``x-should-retry: true``) are retried; the wait is the provider's own (``retry-after-ms``,
 ``retry-after``) when it is positive and under ``max_retry_after_s``, else full-jitter exponential
 backoff. A wait longer than the worker may hold a slot for raises :class:`RetryLaterError` (longer

@@ -111,8 +111,14 @@ class Watchdog:
 
     def _fire_due(self) -> None:
         now = self._clock()
-        for key, deadline in list(self._pending.items()):  # a copy made atomically under the GIL
-            if deadline.at > now or self._pending.pop(key, None) is None:
+        pending = self._pending
+        # Snapshot the keys, not the entries: ``tuple(dict)`` of int keys allocates once, so no
+        # garbage collection (whose finalizers may switch threads) runs in the middle of it and
+        # the copy is atomic under the GIL; and the tick thread never holds a batch of entries
+        # (each with its callback, and through it a response) while other threads cancel them.
+        for key in tuple(pending):
+            deadline = pending.get(key)
+            if deadline is None or deadline.at > now or pending.pop(key, None) is None:
                 continue
             deadline.state = _FIRED
             callback, deadline.callback = deadline.callback, None
@@ -121,6 +127,9 @@ class Watchdog:
                     callback()
             except Exception:  # a failing callback must not stop every other deadline
                 log.exception("watchdog callback failed")
+            finally:
+                # drop the fired entry and callback now, not when the next tick rebinds them
+                del deadline, callback
 
     def stop(self) -> None:
         self._stopped = True

@@ -1,6 +1,6 @@
 """The Celery application, built from settings: ``celery -A workers.runtime.app worker -P gevent``.
 
-Configured for long, I/O-bound jobs as measured in ``notes/celery-at-scale.md``: late acks (a job
+Configured for long, I/O-bound jobs: late acks (a job
 lost with its worker runs again; jobs are idempotent by id), prefetch 2 with gevent (1 with
 threads), a short visibility timeout backed by heartbeats (a dead worker's jobs move within
 seconds, however long a job runs), kombu's Redis pool sized above the
@@ -110,7 +110,15 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
     from workers.runtime.telemetry import install_log_redaction, serve_metrics
 
     install_log_redaction()
-    resources = worker_app.llmq.resources()
+    from workers.llm.errors import ConfigurationError
+
+    try:
+        resources = worker_app.llmq.resources()
+    except ConfigurationError as exc:
+        # Celery logs and swallows a signal handler's exceptions; a worker that cannot load its
+        # configuration or tool modules must not start taking jobs
+        logging.getLogger("llmq.worker").critical("worker cannot start: %s", exc)
+        raise SystemExit(f"llmq worker cannot start: {exc}") from exc
     port = worker_app.llmq.settings.metrics_port
     if port:
         serve_metrics(resources.metrics.registry, port)

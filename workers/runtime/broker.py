@@ -43,6 +43,8 @@ _SCHEMES = {"redis", "rediss", "unix", "redis+socket"}
 
 
 class QoS(kombu_redis.QoS):
+    channel: Channel
+
     def append(self, message: Any, delivery_tag: str) -> None:
         super().append(message, delivery_tag)
         self.channel.start_heartbeat()
@@ -51,7 +53,7 @@ class QoS(kombu_redis.QoS):
         """The delivery tags this channel holds now (copied: the consumer mutates the dict)."""
         for _ in range(10):
             try:
-                return list(self._delivered)
+                return list(self._delivered or ())
             except RuntimeError:  # changed size during the copy
                 continue
         return []
@@ -85,7 +87,8 @@ class Channel(kombu_redis.Channel):
 
     def refresh_unacked(self, now: float | None = None) -> int:
         """Re-score every held message's ``unacked_index`` entry to ``now``; returns how many were held."""
-        tags = self.qos.held_tags()
+        qos = self.qos
+        tags = qos.held_tags() if isinstance(qos, QoS) else []
         if not tags:
             return 0
         stamp = time.time() if now is None else now
@@ -112,7 +115,7 @@ class Channel(kombu_redis.Channel):
         still ack its old tag later, which must not remove the new holder's unacked entry."""
         with contextlib.suppress(KeyError, TypeError):
             payload["properties"]["delivery_tag"] = self._next_delivery_tag()
-        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)  # type: ignore[misc]  # private kombu method the stubs omit
 
     def close(self) -> None:
         if self._beat_stop is not None:
@@ -121,10 +124,10 @@ class Channel(kombu_redis.Channel):
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
-            return super()._create_client(asynchronous=True)
+            return super()._create_client(asynchronous=True)  # type: ignore[misc]  # private kombu method the stubs omit
         client = self._shared_client
         if client is None:
-            client = self._shared_client = super()._create_client()
+            client = self._shared_client = super()._create_client()  # type: ignore[misc]  # private kombu method the stubs omit
         return client
 
 

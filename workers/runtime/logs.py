@@ -55,7 +55,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, separators=(",", ":"))
 
 
-class _LLMQHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _LLMQHandler(logging.StreamHandler[IO[str]]):
     """Our root handler (configuring twice replaces it). Without an explicit stream it writes to
     whatever ``sys.stderr`` is at the time of each record (test runners swap it)."""
 

@@ -1,16 +1,21 @@
 """Everything a worker process builds once and shares between its jobs.
 
-Built in ``worker_process_init`` (after any fork, on the process's own pool implementation), never
-at import time: one HTTP client sized to the concurrency, one Redis client over a *blocking*
-connection pool (redis-py 8's default pool raises instead of waiting past 100 connections; see
-``notes/celery-at-scale.md`` §3), the providers, the routes config, and the cancel watcher.
+Built when the worker starts (Celery's ``worker_init``, see ``workers/runtime/app.py``) or on the
+first job, after the pool is set up and never at import time: one HTTP client sized to the
+concurrency, one Redis client over a *blocking* connection pool (redis-py 8's default pool raises
+instead of waiting once 100 connections are out, which a worker running more jobs than that hits at
+once), the providers, the routes config, and the cancel watcher.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -34,6 +39,8 @@ from workers.routes import LLMQConfig, load_config
 from workers.runtime.telemetry import BreakerCollector, RateAdmissionsCollector, WorkerMetrics, build_worker_metrics
 from workers.runtime.tracing import build_tracer_provider
 from workers.settings import Settings
+from workers.tools.publish import RegistryPublisher
+from workers.tools.toolbox import Toolbox
 
 __all__ = ["CANCEL_CHANNEL", "CancelWatcher", "WorkerResources", "build_ledger", "redis_client_for"]
 
@@ -142,11 +149,14 @@ class WorkerResources:
     guards: SharedGuards | None = None
     #: Renews the claims of the jobs running here (proof of life; workers/jobs/heartbeat.py).
     heartbeat: ClaimHeartbeat | None = None
+    #: The worker tools this process imported, and the thread publishing them to Redis.
+    tools: Toolbox | None = None
+    tools_publisher: RegistryPublisher | None = None
     extras: dict[str, object] = field(default_factory=dict)
     #: The process's span exporter pipeline, from the OTEL_* variables (None: tracing is off).
     tracer_provider: TracerProvider | None = None
 
-    @property
+    @functools.cached_property
     def tracer(self) -> Tracer:
         """The tracer jobs use: the provider's, or a no-op (``workers/runtime/tracing.py``)."""
         provider = self.tracer_provider
@@ -162,6 +172,8 @@ class WorkerResources:
         registry: CollectorRegistry | None = None,
     ) -> WorkerResources:
         config = load_config(settings.config)
+        # first: a tool module that does not import stops the worker before it takes any job
+        tools = Toolbox.build(settings.tools, config.tools)
         client = redis_client_for(settings)
         http = HTTPClient(
             HTTPSettings(
@@ -194,6 +206,11 @@ class WorkerResources:
         store = JobStore(client, result_ttl_s=settings.result_ttl_s, claim_lease_s=settings.claim_lease_s)
         heartbeat = ClaimHeartbeat(store, interval=settings.heartbeat_s)
         heartbeat.start()
+        publisher = None
+        if len(tools.registry):
+            worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            publisher = RegistryPublisher(client, worker_id, tools.infos())
+            publisher.start()
         lease_stats = guards.leases.stats
         metrics.registry.register(RateAdmissionsCollector(lambda: (lease_stats.local, lease_stats.calls)))
         metrics.registry.register(BreakerCollector(guards.breakers_open))
@@ -211,10 +228,14 @@ class WorkerResources:
             cancel_watcher=watcher,
             guards=guards,
             heartbeat=heartbeat,
+            tools=tools,
+            tools_publisher=publisher,
             tracer_provider=build_tracer_provider(),
         )
 
     def close(self) -> None:
+        if self.tools_publisher is not None:
+            self.tools_publisher.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self.tracer_provider is not None:

@@ -24,7 +24,7 @@ log = logging.getLogger("llmq.tasks")
 
 def register_tasks(app: LLMQCelery) -> None:
     @app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True, max_retries=None, shared=False)
-    def run_job(self: Task, job: dict[str, Any]) -> str:
+    def run_job(self: Task[[dict[str, Any]], str], job: dict[str, Any]) -> str:
         runner = app.llmq.runner()
         try:
             parsed = CompletionJob.model_validate(job)
@@ -43,7 +43,10 @@ def register_tasks(app: LLMQCelery) -> None:
             raise Reject("handed back at shutdown", requeue=True)
         if outcome.requeue_after_s is not None:
             # the re-sent message keeps Flower's short view of the job (no content)
-            shown = {} if runner.res.settings.monitor_content else {"argsrepr": monitor_repr(job), "kwargsrepr": "{}"}
+            # (message options Celery passes on to apply_async; its stubs list only retry's own)
+            shown: dict[str, Any] = (
+                {} if runner.res.settings.monitor_content else {"argsrepr": monitor_repr(job), "kwargsrepr": "{}"}
+            )
             raise self.retry(countdown=outcome.requeue_after_s, args=(job,), **shown)
         if outcome.skipped:
             return f"skipped: {outcome.skipped}"

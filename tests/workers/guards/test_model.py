@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from tests.support.doubles import FakeClock
+from tests.support.scripted import ListStream, Outcome, ScriptedModel
 from workers.guards.model import GuardedModel
 from workers.guards.shared import SharedGuards
 from workers.jobs.chain import build_chain
@@ -25,7 +26,6 @@ from workers.llm.errors import (
     FirstTokenTimeoutError,
     InsufficientQuotaError,
     JobCancelledError,
-    LLMQError,
     RateLimitedError,
     RetryLaterError,
     ServerError,
@@ -40,58 +40,6 @@ from workers.routes import LLMQConfig, ModelConfig
 
 A, B = "openai:a", "openai:b"
 REQ = ModelRequest(messages=[], max_tokens=10, prompt_tokens=90)
-
-
-class ListStream(ChatStream):
-    """Yields its parts; waits ``delay`` s before the first unless closed (then fails as a real
-    stream closed from outside does)."""
-
-    def __init__(self, parts: list[str | LLMQError], delay: float = 0.0) -> None:
-        super().__init__()
-        self._parts = parts
-        self._delay = delay
-        self._gone = threading.Event()
-
-    def __iter__(self) -> Iterator[str]:
-        if self._delay and self._gone.wait(self._delay):
-            raise JobCancelledError("the stream was closed while it was read")
-        for part in self._parts:
-            if isinstance(part, LLMQError):
-                raise part
-            self.text_parts.append(part)
-            yield part
-        self.completed = True
-
-    def close(self) -> None:
-        self.closed = True
-        self._gone.set()
-
-
-Outcome = LLMQError | list[str | LLMQError] | Callable[[], ChatStream]
-
-
-class ScriptedModel(ChatModel):
-    def __init__(self, model_id: str, outcomes: list[Outcome]) -> None:
-        self.model_id = model_id
-        self.outcomes = list(outcomes)
-        self.calls = 0
-        self.streams: list[ChatStream] = []
-
-    def _next(self) -> ChatStream:
-        self.calls += 1
-        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
-        if isinstance(outcome, LLMQError):
-            raise outcome
-        stream = outcome() if callable(outcome) else ListStream(outcome)
-        self.streams.append(stream)
-        return stream
-
-    def complete(self, request: ModelRequest) -> Completion:
-        stream = self._next()
-        return Completion(text="".join(stream))
-
-    def stream(self, request: ModelRequest) -> ChatStream:
-        return self._next()
 
 
 class CountingHooks(ChainHooks):

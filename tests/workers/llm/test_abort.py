@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -50,7 +51,14 @@ def test_a_fired_signal_ends_a_blocked_whole_body_read(name: str, http: HTTPClie
         extra_headers={"x-llmq-sim-fault": "stall@20"},  # the answer would come 20 s late
         abort=signal,
     )
-    threading.Timer(0.3, signal.fire).start()
+
+    def fire_once_sent() -> None:  # order, not a delay: cancel while the upstream holds the request
+        deadline = time.monotonic() + 20  # a hang guard only
+        while simulator.simulator.stats.requests < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.fire()
+
+    threading.Thread(target=fire_once_sent, daemon=True).start()
     with pytest.raises(JobCancelledError):  # without the abort the answer would arrive, 20 s on
         provider.complete(request)
     assert simulator.simulator.stats.requests == 1

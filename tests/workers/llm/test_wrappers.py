@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import pytest
 
-from workers.llm.base import ChatStream, Completion
+from tests.support.scripted import ScriptedModel
 from workers.llm.errors import (
     AllModelsFailedError,
     AuthenticationError,
@@ -20,55 +19,10 @@ from workers.llm.errors import (
     ServerError,
 )
 from workers.llm.fallback import FallbackModel
-from workers.llm.model import ChatModel, ModelRequest, RunContext
+from workers.llm.model import ModelRequest, RunContext
 from workers.llm.retry import RetryingModel, RetryPolicy, retry_delay
 
 REQ = ModelRequest(messages=[], max_tokens=10)
-
-
-class _FakeStream(ChatStream):
-    def __init__(self, parts: list[str | LLMQError]) -> None:
-        super().__init__()
-        self._parts = parts
-        self.closed = False
-
-    def __iter__(self) -> Iterator[str]:
-        for part in self._parts:
-            if isinstance(part, LLMQError):
-                raise part
-            self.text_parts.append(part)
-            yield part
-        self.completed = True
-        self.finish_reason = "stop"
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class ScriptedModel(ChatModel):
-    """Each call takes the next outcome: an exception, or a list of deltas (which may end in one)."""
-
-    def __init__(self, model_id: str, outcomes: list[LLMQError | list[str | LLMQError]]) -> None:
-        self.model_id = model_id
-        self.outcomes = list(outcomes)
-        self.calls = 0
-
-    def _next(self) -> list[str | LLMQError]:
-        self.calls += 1
-        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
-        if isinstance(outcome, LLMQError):
-            raise outcome
-        return outcome
-
-    def complete(self, request: ModelRequest) -> Completion:
-        parts = self._next()
-        for p in parts:
-            if isinstance(p, LLMQError):
-                raise p
-        return Completion(text="".join(p for p in parts if isinstance(p, str)), finish_reason="stop")
-
-    def stream(self, request: ModelRequest) -> ChatStream:
-        return _FakeStream(self._next())
 
 
 def _ctx(**kw: object) -> tuple[RunContext, list[float]]:

@@ -1,0 +1,198 @@
+"""What :class:`~producers.client.Client` and :class:`~producers.aclient.AsyncClient` share.
+
+Everything but the I/O: settings and key handling, job validation, the registration script and
+its arguments, the Celery message, and parsing of results, status hashes and replayed events.
+The two clients only add ``await`` (or not) around the same Redis calls, so they behave alike by
+construction; ``tests/producers/test_client_parity.py`` runs the same scenarios on both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from celery import Celery
+from opentelemetry.trace import Tracer
+from pydantic import ValidationError
+from redis.typing import EncodableT
+
+from producers.errors import InvalidJobError
+from producers.settings import ProducerSettings, producer_settings
+from producers.tracing import monitor_content, producer_tracer, send_options
+from workers.contract import (
+    DEFAULT_QUEUE,
+    TASK_NAME,
+    CompletionJob,
+    CompletionResult,
+    JobKeys,
+    StreamEvent,
+    parse_event,
+)
+
+__all__ = [
+    "CANCEL_CHANNEL",
+    "RESEND_AFTER_S",
+    "ClientCore",
+    "make_celery",
+    "validate_job",
+]
+
+#: Must match ``workers.runtime.resources.CANCEL_CHANNEL`` (a test pins them together).
+CANCEL_CHANNEL = "llmq:cancel"
+
+# KEYS: meta. ARGV: tenant, submitted_at, ttl, resend_after_s.
+# 1 = newly registered; 0 = duplicate id (already sent); 2 = registered earlier but its message was
+# never confirmed sent (the producer died in between) and is old enough: send it again (the
+# worker's claim still runs a job once).
+REGISTER_LUA = """
+if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 1 then
+  redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'submitted_at', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if redis.call('HEXISTS', KEYS[1], 'sent') == 0 then
+  local at = tonumber(redis.call('HGET', KEYS[1], 'submitted_at') or '0')
+  if tonumber(ARGV[2]) - at > tonumber(ARGV[4]) then
+    redis.call('HSET', KEYS[1], 'submitted_at', ARGV[2])
+    return 2
+  end
+end
+return 0
+"""
+#: A registration without a confirmed send is retried by a later submit after this long.
+RESEND_AFTER_S = 30
+#: Entries read from a job's replay Stream per round trip.
+REPLAY_PAGE = 500
+
+
+def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> CompletionJob:
+    """A validated job (a dict is validated; overrides are applied and re-validated)."""
+    try:
+        if isinstance(job, CompletionJob):
+            data = job.model_dump(exclude_unset=False) | overrides
+        else:
+            data = {**job, **overrides}
+        return CompletionJob.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise InvalidJobError(f"invalid job: {problems}", [dict(e) for e in exc.errors(include_url=False)]) from None
+
+
+def make_celery(redis_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
+    """A send-only Celery app matching the worker's wire settings (JSON, same queue)."""
+    app = Celery("llmqueue-producer", broker=redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=queue,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 3600, "max_connections": 64},
+        result_backend=None,
+        task_ignore_result=True,
+    )
+    return app
+
+
+class ClientCore:
+    """The I/O-free half of a producer client: settings, keys, messages and parsing."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        queue: str | None = None,
+        result_ttl_s: int | None = None,
+        settings: ProducerSettings | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
+        base = settings or producer_settings()
+        #: Explicit arguments win over ``settings``, which win over the environment.
+        given = {"redis_url": redis_url, "queue": queue, "result_ttl_s": result_ttl_s}
+        self.settings = ProducerSettings(**(base.model_dump() | {k: v for k, v in given.items() if v is not None}))
+        self.redis_url = self.settings.redis_url
+        self.queue = self.settings.queue
+        self.result_ttl_s = self.settings.result_ttl_s
+        self.celery = make_celery(self.redis_url, self.queue)
+        #: Submit spans (``producers/tracing.py``): the OTEL_* configured tracer, or a no-op.
+        self.tracer = tracer or producer_tracer()
+        self._monitor_content = monitor_content()
+
+    # --- submit ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def stamped(job: dict[str, Any]) -> CompletionJob:
+        """The validated job (prompts already resolved), with its submission time set."""
+        valid = validate_job(job)
+        if valid.submitted_at is None:
+            valid.submitted_at = time.time()
+        return valid
+
+    def register_args(self, job: CompletionJob) -> tuple[list[str], list[EncodableT]]:
+        """``(keys, args)`` of :data:`REGISTER_LUA` for ``job`` (a :meth:`stamped` one)."""
+        if job.submitted_at is None:
+            raise ValueError(f"job {job.id} is not stamped with its submission time")
+        return [JobKeys(job.id).meta], [job.tenant, job.submitted_at, self.result_ttl_s, RESEND_AFTER_S]
+
+    def send(self, job: CompletionJob) -> None:
+        """Send the job's Celery message (synchronous: kombu has no asyncio API)."""
+        payload = job.model_dump(mode="json", exclude_none=True)
+        self.celery.send_task(
+            TASK_NAME,
+            args=[payload],
+            task_id=job.id,
+            queue=self.queue,
+            **send_options(payload, content=self._monitor_content),
+        )
+
+    # --- read -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def parse_result(raw: bytes | str | None) -> CompletionResult | None:
+        return CompletionResult.model_validate_json(raw) if raw else None
+
+    @staticmethod
+    def parse_status(meta: Mapping[bytes | str, bytes | str]) -> dict[str, str] | None:
+        """The job's metadata hash as text; ``None`` for a job nobody submitted (or expired)."""
+        return {_text(k): _text(v) for k, v in meta.items()} if meta else None
+
+    @staticmethod
+    def replay_start(from_seq: int) -> str:
+        return f"{from_seq}-0"
+
+    @staticmethod
+    def parse_page(
+        entries: Sequence[tuple[bytes | str | None, Mapping[bytes | str, bytes | str] | None]],
+    ) -> tuple[list[StreamEvent], str]:
+        """One page of the job's replay Stream: its events, and where the next page starts."""
+        last_id = entries[-1][0]
+        if last_id is None:  # redis-py's types allow it; XRANGE entries always have an id
+            raise ValueError("a replay Stream entry without an id")
+        return [parse_event(fields[b"e"]) for _, fields in entries if fields is not None], "(" + _text(last_id)
+
+    # --- control --------------------------------------------------------------------------------
+
+    def cancel_commands(self, pipe: Any, job_id: str) -> None:
+        """Queue a cancel on ``pipe`` (sync or asyncio pipeline): ``[result exists, set, publish]``."""
+        keys = JobKeys(job_id)
+        pipe.exists(keys.result)
+        pipe.set(keys.cancel, "1", ex=self.result_ttl_s)
+        pipe.publish(CANCEL_CHANNEL, job_id)
+
+    def queue_consumers(self, *, timeout: float = 1.0) -> list[str]:
+        """Names of the live workers consuming this client's queue (a Celery broadcast, ~``timeout`` s).
+
+        Blocking; cheap enough for a one-off check, not for a loop.
+        """
+        replies = self.celery.control.inspect(timeout=timeout).active_queues() or {}
+        return sorted(worker for worker, queues in replies.items() if any(q.get("name") == self.queue for q in queues))
+
+    def close(self) -> None:
+        self.celery.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

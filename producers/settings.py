@@ -1,0 +1,40 @@
+"""Producer-side settings, from ``LLMQ_*`` environment variables: one object for every entry point.
+
+``Client``, ``AsyncClient``, ``llmq submit``, ``llmq batch`` and the gateway read the Redis URL
+and the queue from here, so a producer sends to the queue the worker (``LLMQ_QUEUE``, the same
+variable) consumes. Nothing is read at import time: :func:`producer_settings` reads the
+environment when called; explicit values (tests, the CLI's flags) win over it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.contract import DEFAULT_QUEUE
+
+__all__ = ["DEFAULT_REDIS_URL", "ProducerSettings", "producer_settings"]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class ProducerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMQ_", extra="ignore", frozen=True)
+
+    #: Broker, event streams and results (``LLMQ_REDIS_URL``).
+    redis_url: str = DEFAULT_REDIS_URL
+    #: Celery queue jobs are sent to; the worker consumes ``LLMQ_QUEUE`` too (``LLMQ_QUEUE``).
+    queue: str = Field(default=DEFAULT_QUEUE, min_length=1)
+    #: Seconds job metadata is kept (``LLMQ_RESULT_TTL_S``, shared with the worker).
+    result_ttl_s: int = Field(default=86_400, ge=1)
+    #: Seconds a connection attempt to Redis may take before the producer reports it unreachable.
+    redis_connect_timeout_s: float = Field(default=5.0, gt=0)
+    #: ``llmq submit``: seconds without a sign of a worker on the queue before it says so on stderr.
+    worker_check_s: float = Field(default=3.0, gt=0)
+
+
+def producer_settings(**overrides: Any) -> ProducerSettings:
+    """The environment's settings; ``None`` overrides are ignored (an unset CLI flag)."""
+    return ProducerSettings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,115 @@
+"""Which worker tools live workers have: read from the registry workers publish to Redis.
+
+Producers (``Client``, ``AsyncClient``, so the gateway and batch runs too) refuse a job naming a
+tool no live worker has registered, before anything is enqueued. The layout is the contract's
+(``workers/contract/tools.py``): a set of worker ids and one expiring key per worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from workers.contract import TOOL_WORKERS_KEY, CompletionJob, ToolInfo, WorkerTools, worker_tools_key
+
+__all__ = ["LiveTools", "live_workers", "live_workers_async", "missing_tools_error"]
+
+#: Seconds a producer trusts the names it saw (a name it has not seen is always looked up again).
+CACHE_S = 5.0
+
+
+def _parse(
+    ids: Sequence[bytes | str], raws: Sequence[bytes | str | None]
+) -> tuple[list[WorkerTools], list[bytes | str]]:
+    alive: list[WorkerTools] = []
+    dead: list[bytes | str] = []
+    for worker_id, raw in zip(ids, raws, strict=True):
+        if raw is None:
+            dead.append(worker_id)
+        else:
+            alive.append(WorkerTools.model_validate_json(raw))
+    return alive, dead
+
+
+def live_workers(client: redis.Redis) -> list[WorkerTools]:
+    """The tool registries of the workers alive now (dead workers' ids are dropped from the set)."""
+    ids = sorted(client.smembers(TOOL_WORKERS_KEY))
+    if not ids:
+        return []
+    raws = client.mget([worker_tools_key(i.decode() if isinstance(i, bytes) else i) for i in ids])
+    alive, dead = _parse(ids, raws)
+    if dead:
+        client.srem(TOOL_WORKERS_KEY, *dead)
+    return alive
+
+
+async def live_workers_async(client: aredis.Redis) -> list[WorkerTools]:
+    ids = sorted(await client.smembers(TOOL_WORKERS_KEY))
+    if not ids:
+        return []
+    raws = await client.mget([worker_tools_key(i.decode() if isinstance(i, bytes) else i) for i in ids])
+    alive, dead = _parse(ids, raws)
+    if dead:
+        await client.srem(TOOL_WORKERS_KEY, *dead)
+    return alive
+
+
+def tools_by_name(workers: list[WorkerTools]) -> dict[str, tuple[ToolInfo, list[str]]]:
+    """Each tool name -> (its description from one worker, the workers that have it)."""
+    out: dict[str, tuple[ToolInfo, list[str]]] = {}
+    for worker in workers:
+        for info in worker.tools:
+            entry = out.setdefault(info.name, (info, []))
+            entry[1].append(worker.worker)
+    return out
+
+
+def missing_tools_error(job: CompletionJob, missing: list[str]) -> tuple[str, list[dict[str, Any]]]:
+    """The message and per-field errors of an ``InvalidJobError`` for tools no live worker has."""
+    errors: list[dict[str, Any]] = []
+    for index, entry in enumerate(job.tools):
+        if isinstance(entry, str) and entry in missing:
+            errors.append(
+                {
+                    "type": "unknown_tool",
+                    "loc": ("tools", index),
+                    "msg": f"no live worker has registered the tool {entry!r}",
+                    "input": entry,
+                }
+            )
+    names = ", ".join(repr(n) for n in missing)
+    return f"invalid job: tools: no live worker has registered {names}", errors
+
+
+class LiveTools:
+    """A producer's view of the live tool names, cached for :data:`CACHE_S` seconds."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._names: frozenset[str] = frozenset()
+        self._at = -1e18
+
+    def _fresh(self) -> bool:
+        return self._clock() - self._at < CACHE_S
+
+    def _set(self, workers: list[WorkerTools]) -> None:
+        self._names = frozenset(info.name for w in workers for info in w.tools)
+        self._at = self._clock()
+
+    def missing(self, client: redis.Redis, names: list[str]) -> list[str]:
+        if not names:
+            return []
+        if not (self._fresh() and set(names) <= self._names):
+            self._set(live_workers(client))
+        return [n for n in names if n not in self._names]
+
+    async def missing_async(self, client: aredis.Redis, names: list[str]) -> list[str]:
+        if not names:
+            return []
+        if not (self._fresh() and set(names) <= self._names):
+            self._set(await live_workers_async(client))
+        return [n for n in names if n not in self._names]

@@ -1,0 +1,45 @@
+"""The worker's log handler: JSON lines with the current trace id, through the scrubber."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from workers.runtime.logs import configure_logging
+
+
+@pytest.fixture
+def root_handlers() -> Iterator[None]:
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    yield
+    root.handlers = saved
+    root.setLevel(level)
+
+
+def test_json_lines_carry_the_current_trace_and_no_secret(root_handlers: None) -> None:
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    configure_logging("json", stream=stream)  # idempotent: one handler, one line per record
+    tracer = TracerProvider().get_tracer("t")
+    with tracer.start_as_current_span("process llmq") as span:
+        logging.getLogger("llmq.test").warning("upstream said %s", "Authorization: Bearer sk-abcdefghijklmnop1234")
+    (line,) = stream.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "warning" and record["logger"] == "llmq.test"
+    assert record["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert "sk-abcdefghijklmnop1234" not in line and "[redacted]" in record["msg"]
+
+
+def test_text_format_and_info_lines_of_llmq(root_handlers: None) -> None:
+    stream = io.StringIO()
+    configure_logging("text", level=logging.WARNING, stream=stream)
+    logging.getLogger("llmq.jobs").info("job j1 succeeded")
+    logging.getLogger("other").info("not shown")
+    assert stream.getvalue().splitlines()[-1].endswith("INFO llmq.jobs: job j1 succeeded")
+    assert "not shown" not in stream.getvalue()
