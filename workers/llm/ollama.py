@@ -272,4 +272,4 @@ def _text(value: object) -> str:
     """A text field of a stream event; anything else is a malformed event (typed by the read loop)."""
     if value.__class__ is not str:
         raise TypeError(f"expected text, got {type(value).__name__}")
-    return value  # type: ignore[return-value]
+    return value
