@@ -384,6 +384,8 @@ class AnthropicStream(ResponseStream):
                     if dtype == "text_delta":
                         text = delta["text"]
                         if text:
+                            if text.__class__ is not str:
+                                raise TypeError(f"text_delta is {type(text).__name__}")
                             parts.append(text)
                             yield text
                     elif dtype == "input_json_delta":
@@ -391,10 +393,12 @@ class AnthropicStream(ResponseStream):
                         if index in tool_blocks:
                             tools.add_arguments(index, delta["partial_json"])
                         elif index in answer_blocks and delta["partial_json"]:
+                            if delta["partial_json"].__class__ is not str:
+                                raise TypeError("partial_json is not text")
                             parts.append(delta["partial_json"])
                             yield delta["partial_json"]
                     elif dtype == "thinking_delta":
-                        thinking.append(delta["thinking"])
+                        thinking.append(_text(delta["thinking"]))
                     # signature_delta, citations_delta: nothing we keep
                 elif kind == "ping" or kind == "content_block_stop":
                     continue
@@ -451,3 +455,10 @@ class AnthropicStream(ResponseStream):
             self.refusal = self.text or "the model declined to answer"
             self.text_parts = []
         self._finish("message_stop")
+
+
+def _text(value: object) -> str:
+    """A text field of a stream event; anything else is a malformed event (typed by the read loop)."""
+    if value.__class__ is not str:
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
