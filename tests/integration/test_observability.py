@@ -343,3 +343,36 @@ def test_tool_calls_are_spans_under_the_job_span_metrics_and_log_lines(
     ]
     assert all(line["trace_id"] == job.trace_id for line in tool_lines)
     assert T.LEAKED_KEY not in json_lines.getvalue()
+
+
+def test_a_timed_out_and_a_cancelled_tool_call_end_their_spans_with_bounded_outcomes(
+    traced_worker: Any, producer: Client, receiver: OTLPReceiver
+) -> None:
+    # Given: a tool that outlives its 1 s timeout, and a job cancelled while its tool waits
+    T.reset()
+    slow = producer.submit(_job("openai:gpt-4o-mini~tools", tools=["sleepy"])).result(timeout=60)
+    assert slow.status == "succeeded", slow.error
+    handle = producer.submit(_job("openai:gpt-4o-mini~tools", tools=["patient"]))
+    for event in handle.stream(timeout=30):
+        if event.type == "tool_call":
+            break
+    handle.cancel()
+    assert handle.result(timeout=30).status == "cancelled"
+    # Then: each call's span ended once, under its job span, with its outcome
+    spans = receiver.wait_for(
+        lambda s: (
+            {"execute_tool sleepy", "execute_tool patient"} <= {x.name for x in s}
+            and sum(1 for x in s if x.name == "process llmq") >= 2
+        )
+    )
+    jobs = {x.attributes["llmq.job_id"]: x for x in spans if x.name == "process llmq"}
+    (timed_out,) = [x for x in spans if x.name == "execute_tool sleepy"]
+    (cancelled,) = [x for x in spans if x.name == "execute_tool patient"]
+    assert timed_out.parent_span_id == jobs[slow.id].span_id
+    assert timed_out.attributes["llmq.tool.outcome"] == "timeout" and timed_out.attributes["error.type"] == "timeout"
+    assert cancelled.parent_span_id == jobs[handle.id].span_id
+    assert cancelled.attributes["llmq.tool.outcome"] == "cancelled"
+    assert cancelled.attributes["error.type"] == "JobCancelledError" and cancelled.status_code == 2
+    samples = _scrape(traced_worker)
+    assert samples[("llm_tool_calls_total", (("outcome", "timeout"), ("tool", "sleepy")))] == 1
+    assert samples[("llm_tool_calls_total", (("outcome", "cancelled"), ("tool", "patient")))] == 1
