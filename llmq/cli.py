@@ -70,11 +70,13 @@ def redis_unreachable(exc: Exception) -> str:
 
 
 def _ping() -> None:
+    from producers.redisconn import redis_client
     from producers.settings import producer_settings
 
     settings = producer_settings()
-    client = redis.Redis.from_url(
+    client = redis_client(
         settings.redis_url,
+        max_connections=2,
         socket_connect_timeout=settings.redis_connect_timeout_s,
         socket_timeout=settings.redis_connect_timeout_s,
     )

@@ -6,13 +6,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import redis.asyncio as aredis
 from opentelemetry.trace import Tracer
 
 from producers.core import REGISTER_LUA, REPLAY_PAGE, ClientCore
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import AsyncPromptResolver, job_data
+from producers.redisconn import async_redis_client
 from producers.settings import ProducerSettings
 from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
@@ -59,13 +59,10 @@ class AsyncClient(ClientCore):
         max_connections: int = 256,
     ) -> None:
         super().__init__(redis_url, queue=queue, result_ttl_s=result_ttl_s, settings=settings, tracer=tracer)
-        self.redis = aredis.Redis(
-            connection_pool=aredis.BlockingConnectionPool.from_url(
-                self.redis_url,
-                max_connections=max_connections,
-                timeout=20,
-                socket_connect_timeout=self.settings.redis_connect_timeout_s,
-            )
+        self.redis = async_redis_client(
+            self.redis_url,
+            max_connections=max_connections,
+            socket_connect_timeout=self.settings.redis_connect_timeout_s,
         )
         self._register = self.redis.register_script(REGISTER_LUA)
         self.prompts = AsyncPromptResolver(self.redis)

@@ -27,6 +27,7 @@ from producers.core import CANCEL_CHANNEL, REGISTER_LUA, REPLAY_PAGE, ClientCore
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import PromptResolver, job_data
+from producers.redisconn import redis_client as make_redis
 from producers.settings import ProducerSettings, producer_settings
 from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
@@ -92,13 +93,8 @@ class Client(ClientCore):
         redis_client: redis.Redis | None = None,
     ) -> None:
         super().__init__(redis_url, queue=queue, result_ttl_s=result_ttl_s, settings=settings, tracer=tracer)
-        self.redis = redis_client or redis.Redis(
-            connection_pool=redis.BlockingConnectionPool.from_url(
-                self.redis_url,
-                max_connections=64,
-                timeout=20,
-                socket_connect_timeout=self.settings.redis_connect_timeout_s,
-            )
+        self.redis = redis_client or make_redis(
+            self.redis_url, max_connections=64, socket_connect_timeout=self.settings.redis_connect_timeout_s
         )
         self._register = self.redis.register_script(REGISTER_LUA)
         #: Resolves ``prompt`` labels and validates prompt variables (published versions are cached).

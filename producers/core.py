@@ -29,6 +29,7 @@ from workers.contract import (
     StreamEvent,
     parse_event,
 )
+from workers.contract.redisurl import sentinel_target
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -82,15 +83,21 @@ def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> Compl
 
 
 def make_celery(redis_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
-    """A send-only Celery app matching the worker's wire settings (JSON, same queue)."""
-    app = Celery("llmqueue-producer", broker=redis_url, set_as_current=False)
+    """A send-only Celery app matching the worker's wire settings (JSON, same queue); a
+    ``sentinel://`` URL (``workers/contract/redisurl.py``) reaches the master through the sentinels."""
+    target = sentinel_target(redis_url)
+    broker = target.broker_url() if target is not None else redis_url
+    transport: dict[str, object] = {"visibility_timeout": 3600, "max_connections": 64}
+    if target is not None:
+        transport.update(target.transport_options())
+    app = Celery("llmqueue-producer", broker=broker, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=queue,
         task_send_sent_event=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 3600, "max_connections": 64},
+        broker_transport_options=transport,
         result_backend=None,
         task_ignore_result=True,
     )

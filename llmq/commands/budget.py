@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from llmq.commands.table import print_table
+from producers.redisconn import redis_client
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # as CompletionJob.tenant
@@ -110,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
     from workers.settings import get_settings
 
     url = get_settings().redis_url
-    client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 1))
+    client = redis_client(
+        url, max_connections=8, socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 1)
+    )
     try:
         ledger = build_ledger(client)
         if args.budget_command == "show":

@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from llmq.commands.table import print_table
+from producers.redisconn import redis_client
 
 _TAGGED = re.compile(rb"^llmq:(?:cb|nb|rl):\{(.+?)\}")
 
@@ -102,8 +103,12 @@ def run(args: argparse.Namespace) -> int:
     from workers.settings import get_settings
 
     settings = get_settings()
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 1)
+    client = redis_client(
+        settings.redis_url,
+        max_connections=8,
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,
+        retry=Retry(NoBackoff(), 1),
     )
     try:
         config = load_config(settings.config)

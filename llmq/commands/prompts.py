@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmq.commands.table import print_table
+from producers.redisconn import redis_client
 
 __all__ = ["parse_label", "parse_vars", "register"]
 
@@ -109,12 +110,13 @@ def _library(arg: str | None) -> Path:
 
 
 def _store() -> Any:
-    import redis
 
     from workers.prompts.store import PromptStore
     from workers.settings import get_settings
 
-    return PromptStore(redis.Redis.from_url(get_settings().redis_url, socket_connect_timeout=2.0, socket_timeout=5.0))
+    return PromptStore(
+        redis_client(get_settings().redis_url, max_connections=8, socket_connect_timeout=2.0, socket_timeout=5.0)
+    )
 
 
 def _fail(message: str) -> int:

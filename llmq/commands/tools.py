@@ -35,11 +35,11 @@ def rows(client: Any) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import redis
 
     from producers.client import default_redis_url
+    from producers.redisconn import redis_client
 
-    client = redis.Redis.from_url(default_redis_url())
+    client = redis_client(default_redis_url(), max_connections=4)
     try:
         found = rows(client)
     finally:

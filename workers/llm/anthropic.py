@@ -412,6 +412,8 @@ class AnthropicStream(ResponseStream):
                     if dtype == "text_delta":
                         text = delta["text"]
                         if text:
+                            if text.__class__ is not str:
+                                raise TypeError(f"text_delta is {type(text).__name__}")
                             parts.append(text)
                             yield text
                     elif dtype == "input_json_delta":
@@ -419,13 +421,16 @@ class AnthropicStream(ResponseStream):
                         if index in tool_blocks:
                             tools.add_arguments(index, delta["partial_json"])
                         elif index in answer_blocks and delta["partial_json"]:
+                            if delta["partial_json"].__class__ is not str:
+                                raise TypeError("partial_json is not text")
                             parts.append(delta["partial_json"])
                             yield delta["partial_json"]
                     elif dtype == "thinking_delta":
-                        thinking.append(delta["thinking"])
-                        thought[event["index"]][0].append(delta["thinking"])
+                        thought_text = _text(delta["thinking"])
+                        thinking.append(thought_text)
+                        thought[event["index"]][0].append(thought_text)
                     elif dtype == "signature_delta":
-                        thought[event["index"]][1].append(delta["signature"])
+                        thought[event["index"]][1].append(_text(delta["signature"]))
                     # citations_delta: nothing we keep
                 elif kind == "ping" or kind == "content_block_stop":
                     continue
@@ -438,9 +443,12 @@ class AnthropicStream(ResponseStream):
                         tools.start(event["index"], block.get("id"), block.get("name"))
                         tool_blocks.add(event["index"])
                     elif block.get("type") == "thinking":
-                        thought[event["index"]] = ([block.get("thinking") or ""], [block.get("signature") or ""])
+                        thought[event["index"]] = (
+                            [_text(block.get("thinking") or "")],
+                            [_text(block.get("signature") or "")],
+                        )
                     elif block.get("type") == "redacted_thinking":
-                        redacted[event["index"]] = block["data"]
+                        redacted[event["index"]] = _text(block["data"])
                 elif kind == "message_delta":
                     delta = event.get("delta") or {}
                     reason = delta.get("stop_reason")
@@ -479,7 +487,10 @@ class AnthropicStream(ResponseStream):
             if thinking:
                 self.thinking = "".join(thinking)
         if thought or redacted:
-            self.reasoning_blocks = _reasoning_blocks(thought, redacted)
+            try:
+                self.reasoning_blocks = _reasoning_blocks(thought, redacted)
+            except ValueError as exc:  # a thinking block without its signature cannot be sent back
+                self._raise_failed(exc)
         if tools:
             self.tool_calls = tools.build(id_prefix="toolu_")
         if answer_blocks and not parts:
@@ -488,3 +499,10 @@ class AnthropicStream(ResponseStream):
             self.refusal = self.text or "the model declined to answer"
             self.text_parts = []
         self._finish("message_stop")
+
+
+def _text(value: object) -> str:
+    """A text field of a stream event; anything else is a malformed event (typed by the read loop)."""
+    if value.__class__ is not str:
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value

@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from typing import Protocol as _Protocol
 
 from workers.contract import (
@@ -51,6 +51,7 @@ __all__ = [
     "ResponseBody",
     "ResponseStream",
     "ToolCallAccumulator",
+    "check_completion",
     "decode_json",
     "iter_lines",
     "iter_sse",
@@ -241,13 +242,20 @@ class ResponseStream(ChatStream):
                 break
 
     def _finish(self, terminator: str) -> None:
-        """After the read loop: anything but a seen terminator is an error."""
+        """After the read loop: anything but a seen terminator, or fields of the wrong type, is an error."""
         if not self.completed:
             if self.closed:
                 raise self._cancelled()
             raise IncompleteStreamError(
                 f"stream ended without {terminator}", provider=self._provider, model=self._model
             )
+        try:
+            check_completion(self)
+        except TypeError as exc:
+            self.completed = False
+            raise IncompleteStreamError(
+                f"malformed stream: {exc}", provider=self._provider, model=self._model
+            ) from None
 
     def _cancelled(self) -> JobCancelledError:
         return JobCancelledError("the stream was closed while it was read", provider=self._provider, model=self._model)
@@ -256,6 +264,28 @@ class ResponseStream(ChatStream):
         return IncompleteStreamError(
             f"malformed stream data: {data[:80]!r}", provider=self._provider, model=self._model
         )
+
+
+_C = TypeVar("_C", Completion, ChatStream)
+
+
+def check_completion(answer: _C) -> _C:
+    """Raise ``TypeError`` when a parsed answer's fields have the wrong types (a JSON ``null``,
+    number or list where text belongs): it would otherwise fail later, outside the provider,
+    as an untyped crash while the result is stored."""
+    text = answer.text
+    if not isinstance(text, str) or not isinstance(answer.thinking, str):
+        raise TypeError(f"content is {type(text).__name__}, not text")
+    for name in ("finish_reason", "refusal", "response_model", "response_id", "native_finish_reason"):
+        value = getattr(answer, name)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} is {type(value).__name__}, not text")
+    calls = answer.tool_calls
+    if not isinstance(calls, list) or not all(isinstance(c, ToolCall) for c in calls):
+        raise TypeError("tool_calls are not tool calls")
+    if answer.usage is not None and not isinstance(answer.usage, Usage):
+        raise TypeError("usage is not usage")
+    return answer
 
 
 class Provider(ABC):
@@ -287,6 +317,10 @@ class ToolCallAccumulator:
         self._calls: dict[int, list[str]] = {}
 
     def start(self, index: int, call_id: str | None, name: str | None) -> None:
+        if index.__class__ is not int:
+            raise TypeError("a tool call's index must be an integer")  # raised in the read loop: typed
+        if not (call_id is None or call_id.__class__ is str) or not (name is None or name.__class__ is str):
+            raise TypeError("a tool call's id and name must be text")
         slot = self._calls.get(index)
         if slot is None:
             self._calls[index] = [call_id or "", name or "", ""]
@@ -297,6 +331,8 @@ class ToolCallAccumulator:
             slot[1] = name
 
     def add_arguments(self, index: int, fragment: str) -> None:
+        if fragment.__class__ is not str or index.__class__ is not int:
+            raise TypeError("tool call arguments must be text, at an integer index")
         slot = self._calls.get(index)
         if slot is None:
             slot = self._calls[index] = ["", "", ""]

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import ClassVar, Generic, TypeVar
 
 from workers.llm._http import ErrorMapper, HTTPClient
-from workers.llm.base import ChatRequest, Completion, Provider, ResponseBody, ResponseStream
+from workers.llm.base import ChatRequest, Completion, Provider, ResponseBody, ResponseStream, check_completion
 from workers.llm.errormap import error_in_stream
 from workers.llm.errors import ConfigurationError, LLMQError
 
@@ -107,7 +107,7 @@ class HTTPProvider(Provider, Generic[StreamT]):
             abort=request.abort,
         )
         try:
-            return self.parse_completion(headers, content, request)
+            return check_completion(self.parse_completion(headers, content, request))
         except _MALFORMED as exc:
             raise error_in_stream(
                 provider=self.name, model=request.model, message=f"malformed response: {exc}"

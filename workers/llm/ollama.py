@@ -241,11 +241,13 @@ class OllamaStream(ResponseStream):
                 if message:
                     text = message.get("content")
                     if text:
+                        if text.__class__ is not str:
+                            raise TypeError(f"message content is {type(text).__name__}")
                         parts.append(text)
                         yield text
                     if len(message) > 2:  # more than role + content: thinking, tool calls
                         if message.get("thinking"):
-                            thinking.append(message["thinking"])
+                            thinking.append(_text(message["thinking"]))
                         for raw in message.get("tool_calls") or ():
                             calls.append(_tool_call(raw, len(calls)))
                 elif "error" in obj:
@@ -264,3 +266,10 @@ class OllamaStream(ResponseStream):
                 self.thinking = "".join(thinking)
         self.tool_calls = calls
         self._finish("a done: true line")
+
+
+def _text(value: object) -> str:
+    """A text field of a stream event; anything else is a malformed event (typed by the read loop)."""
+    if value.__class__ is not str:
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value

@@ -260,6 +260,8 @@ class OpenAIStream(ResponseStream):
                     if delta:
                         text = delta.get("content")
                         if text:
+                            if text.__class__ is not str:
+                                raise TypeError(f"delta content is {type(text).__name__}")
                             parts.append(text)
                             yield text
                         if len(delta) > 1 or not text:  # role, tool calls, refusal: rare

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from celery.signals import setup_logging, worker_init, worker_shutdown
 
 from workers.contract import DEFAULT_QUEUE, TASK_NAME
+from workers.contract.redisurl import sentinel_target
 from workers.runtime.broker import transport_for
 from workers.runtime.state import AppState, LLMQCelery
 from workers.runtime.task import register_tasks
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
     keys and base URLs (a seam for tests and embedding; it is never serialized)."""
     settings = settings or get_settings()
     app = LLMQCelery("llmqueue", set_as_current=False)
-    transport = {
+    transport: dict[str, object] = {
         # held messages are re-scored every heartbeat (workers/runtime/broker.py): this is how long a
         # dead worker's jobs wait, not a bound on job length
         "visibility_timeout": settings.visibility_timeout,
@@ -50,8 +51,13 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         "socket_keepalive": True,
         "health_check_interval": 30,
     }
+    broker_url = settings.redis_url
+    target = sentinel_target(broker_url)
+    if target is not None:  # Redis Sentinel (workers/contract/redisurl.py): kombu asks it for the master
+        broker_url = target.broker_url()
+        transport.update(target.transport_options())
     app.conf.update(
-        broker_url=settings.redis_url,
+        broker_url=broker_url,
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
         broker_pool_limit=max(10, settings.concurrency // 4),

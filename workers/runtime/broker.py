@@ -19,8 +19,8 @@ response-callback table, which measured ~6% of a queued job's worker CPU. This c
 that client once and reuses it (``redis.Redis`` is safe to share: every command borrows a pooled
 connection). Everything else (visibility timeout, unacked restore, priorities) is kombu's.
 
-Selected by :func:`transport_for` for ``redis://``, ``rediss://`` and ``unix://`` broker URLs;
-other schemes (``sentinel://``) keep kombu's own transport.
+Selected by :func:`transport_for` for ``redis://``, ``rediss://`` and ``unix://`` broker URLs, and
+in its Sentinel form for ``sentinel://``; other schemes (``amqp://``) keep kombu's own transport.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import redis
 from kombu.transport import redis as kombu_redis
 
-__all__ = ["Channel", "QoS", "Transport", "transport_for"]
+__all__ = ["Channel", "QoS", "SentinelChannel", "SentinelTransport", "Transport", "transport_for"]
 
 log = logging.getLogger("llmq.broker")
 
@@ -135,6 +135,21 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The same heartbeat over kombu's Sentinel channel (``sentinel://`` broker URLs)."""
+
+    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options, "heartbeat_interval")
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
 def transport_for(broker_url: str) -> str | None:
-    """The ``broker_transport`` setting for a URL: ours for plain Redis, else None (kombu's)."""
-    return f"{__name__}:Transport" if urlsplit(broker_url).scheme in _SCHEMES else None
+    """The ``broker_transport`` setting for a URL: ours for Redis and Sentinel, else None (kombu's)."""
+    scheme = urlsplit(broker_url.split(";", 1)[0]).scheme
+    if scheme in _SCHEMES:
+        return f"{__name__}:Transport"
+    if scheme == "sentinel":
+        return f"{__name__}:SentinelTransport"
+    return None

@@ -36,6 +36,7 @@ from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
 from workers.llm.tracing import NO_TRACER
 from workers.routes import LLMQConfig, load_config
+from workers.runtime.redisconn import redis_client
 from workers.runtime.telemetry import BreakerCollector, RateAdmissionsCollector, WorkerMetrics, build_worker_metrics
 from workers.runtime.tracing import build_tracer_provider
 from workers.settings import Settings
@@ -51,14 +52,13 @@ CANCEL_CHANNEL = "llmq:cancel"
 
 
 def redis_client_for(settings: Settings, max_connections: int | None = None) -> redis.Redis:
-    pool = redis.BlockingConnectionPool.from_url(
+    """The worker's Redis client (plain URL or Sentinel, ``workers/runtime/redisconn.py``)."""
+    return redis_client(
         settings.redis_url,
         max_connections=max_connections or settings.concurrency + 10,
-        timeout=20,
         socket_keepalive=True,
         health_check_interval=30,
     )
-    return redis.Redis(connection_pool=pool)
 
 
 class CancelWatcher:
@@ -120,7 +120,9 @@ def build_ledger(settings: Settings, config: LLMQConfig, client: redis.Redis | N
     refuse quickly (fail closed), not after redis-py's default ~13 s of retries.
     """
     if client is None:
-        client = redis.Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 1), socket_connect_timeout=2)
+        client = redis_client(
+            settings.redis_url, max_connections=20, retry=Retry(NoBackoff(), 1), socket_connect_timeout=2
+        )
     budget = config.budget
     monthly = settings.monthly_budget_usd if settings.monthly_budget_usd is not None else budget.monthly_usd
     return Ledger(
@@ -191,10 +193,10 @@ class WorkerResources:
         prices = PriceBook(config.models, unpriced=config.budget.unpriced)
         with contextlib.suppress(Exception):  # warm genai-prices' data (~0.4 s) before the first job
             prices.lookup(settings.default_model)
-        ledger_client = redis.Redis(
-            connection_pool=redis.BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=settings.concurrency + 10, timeout=20, socket_connect_timeout=2
-            ),
+        ledger_client = redis_client(
+            settings.redis_url,
+            max_connections=settings.concurrency + 10,
+            socket_connect_timeout=2,
             retry=Retry(NoBackoff(), 1),
         )
         metrics = build_worker_metrics(registry or CollectorRegistry(), client=client, queues=[settings.queue])
