@@ -21,7 +21,12 @@ from workers.settings import Settings
 @pytest.fixture
 def worker_settings(redis_url: str) -> Settings:
     return Settings(
-        redis_url=redis_url, pool="threads", concurrency=2, coalesce_ms=20.0, claim_lease_s=10, tools="tests.support.tools"
+        redis_url=redis_url,
+        pool="threads",
+        concurrency=2,
+        coalesce_ms=20.0,
+        claim_lease_s=10,
+        tools="tests.support.tools",
     )
 
 

@@ -16,6 +16,7 @@ from workers.contract import CompletionJob, CompletionResult, Message, Reasoning
 from workers.llm._http import HTTPClient
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.base import ChatRequest, Completion
+from workers.llm.errors import IncompleteStreamError
 from workers.llm.ollama import OllamaProvider
 from workers.llm.openai import OpenAIProvider
 
@@ -255,3 +256,13 @@ def test_the_contract_field() -> None:
         ).model_dump_json()
     )
     assert job.messages is not None and job.messages[1].reasoning_blocks == EXPECTED_BLOCKS
+
+
+def test_a_streamed_thinking_block_without_its_signature_is_an_incomplete_stream(
+    server: ReplayServer, http: HTTPClient
+) -> None:
+    unsigned = STREAM.replace(_delta(0, {"type": "signature_delta", "signature": SIGNATURE}), b"")
+    base = server.add(f"unsigned-{next(_counter)}", Reply(200, [("Content-Type", "text/event-stream")], unsigned))
+    stream = AnthropicProvider(http, api_key="sk", base_url=base).stream(_request([QUESTION]))
+    with stream, pytest.raises(IncompleteStreamError, match="signature"):
+        list(stream)
