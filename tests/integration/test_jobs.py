@@ -134,6 +134,35 @@ def test_invalid_payload_reaching_the_worker_still_ends(worker, client: Client, 
     assert "invalid job payload" in result.error.message
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"messages": [{"role": "user", "content": "hi \ud800 there"}]},
+        {"messages": [{"role": "user", "content": "hi"}], "metadata": {"k": "\udfff"}},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud83d"}]}]},
+    ],
+)
+def test_text_that_is_not_unicode_is_refused_at_submit_and_still_ends_on_the_worker(
+    bad: dict[str, object], worker, client: Client, redis_url: str
+) -> None:
+    # A lone surrogate is legal in JSON and in a Python str, but no result or event holding it
+    # could be serialized: the producer refuses it, naming the field ...
+    job = {"id": "surrogate-1", "model": "openai:gpt-4o-mini"} | bad
+    with pytest.raises(InvalidJobError, match="not valid Unicode"):
+        client.submit(job)
+    # ... and a payload sent past the producer still ends with a failed result and an error event.
+    from producers.client import make_celery
+
+    app = make_celery(redis_url)
+    app.send_task("llmq.run_job", args=[job], queue="llmq")
+    app.close()
+    result = client.result("surrogate-1", timeout=30)
+    assert result.status == "failed" and result.error is not None and result.error.type == "bad_request"
+    assert "not valid Unicode" in result.error.message
+    events = list(client.stream("surrogate-1", timeout=30))
+    assert [e.type for e in events][-1] == "error"
+
+
 def test_cancel_mid_stream_aborts_the_upstream_read(worker, client: Client, simulator: SimulatorThread) -> None:
     simulator.simulator.config.tokens_per_s = 5  # 4 s of streaming unless cancelled
     handle = client.submit(_job())

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from producers import Client
 from simulator.app import SimulatorThread
 from simulator.env import provider_env
+from tests.support import tools as T
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
 from workers.runtime.app import close_runner, create_app, runner_for
 from workers.runtime.logs import JsonFormatter
@@ -48,7 +49,14 @@ def traced_worker(
     monkeypatch.setenv("OTEL_SERVICE_NAME", "llmq-worker-test")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
     monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
-    settings = Settings(redis_url=redis_url, pool="threads", concurrency=4, coalesce_ms=5.0, claim_lease_s=10)
+    settings = Settings(
+        redis_url=redis_url,
+        pool="threads",
+        concurrency=4,
+        coalesce_ms=5.0,
+        claim_lease_s=10,
+        tools="tests.support.tools",
+    )
     env = {**provider_env(simulator.url), "OPENAI_API_KEY": SECRET}
     app = create_app(settings, provider_env=env)
     with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=10) as w:
@@ -258,3 +266,113 @@ def test_the_gateway_continues_the_callers_traceparent(
     send = next(s for s in mine if s.name == "send llmq")
     job = next(s for s in mine if s.name == "process llmq")
     assert send.parent_span_id == caller_span and job.parent_span_id == send.span_id
+
+
+def _scrape(app: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The worker's registry served over HTTP by prometheus_client, parsed back."""
+    registry = runner_for(app).res.metrics.registry
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    finally:
+        server.shutdown()
+        thread.join(5)
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_tool_calls_are_spans_under_the_job_span_metrics_and_log_lines(
+    traced_worker: Any, producer: Client, receiver: OTLPReceiver, json_lines: io.StringIO
+) -> None:
+    # Given: a model whose first call has schema-violating arguments, then a valid call (then text),
+    # and a model that calls a tool whose handler raises with a credential in its message
+    T.reset()
+    fixed = producer.submit(_job("openai:gpt-4o-mini~badargs,tools", tools=["get_capital"])).result(timeout=60)
+    failing = producer.submit(_job("openai:gpt-4o-mini~tools", tools=["boom"])).result(timeout=60)
+    assert fixed.status == "succeeded" and failing.status == "succeeded", (fixed.error, failing.error)
+    assert fixed.turns == 3 and failing.turns == 2
+
+    def job_and_tools(job_id: str, count: int) -> tuple[ReceivedSpan, list[ReceivedSpan]]:
+        def ready(spans: list[ReceivedSpan]) -> bool:
+            job = next((x for x in spans if x.name == "process llmq" and x.attributes["llmq.job_id"] == job_id), None)
+            return job is not None and sum(1 for x in spans if x.parent_span_id == job.span_id) >= count
+
+        spans = receiver.wait_for(ready)
+        job = next(x for x in spans if x.name == "process llmq" and x.attributes["llmq.job_id"] == job_id)
+        return job, [x for x in _trace(spans, job.trace_id) if x.name.startswith("execute_tool ")]
+
+    # Then: one execute_tool span per call, a child of the job span, with the call's id and outcome
+    job, tools = job_and_tools(fixed.id, 2 + 3)  # 2 tool spans + 3 chat spans
+    call_ids = [m.tool_calls[0].id for m in fixed.messages if m.tool_calls]
+    assert [s.name for s in tools] == ["execute_tool get_capital", "execute_tool get_capital"]
+    assert all(s.parent_span_id == job.span_id and s.kind == "INTERNAL" for s in tools)
+    assert [s.attributes["gen_ai.tool.call.id"] for s in tools] == call_ids
+    assert all(s.attributes["gen_ai.operation.name"] == "execute_tool" for s in tools)
+    assert all(s.attributes["gen_ai.tool.name"] == "get_capital" for s in tools)
+    invalid, ok = tools
+    assert invalid.attributes["llmq.tool.outcome"] == "invalid"
+    assert invalid.attributes["error.type"] == "invalid_arguments" and invalid.status_code == 2  # ERROR
+    assert ok.attributes["llmq.tool.outcome"] == "ok" and "error.type" not in ok.attributes
+    # no arguments or results in spans without LLMQ_TRACE_CONTENT
+    assert not any(k.startswith("gen_ai.tool.call.a") or k == "gen_ai.tool.call.result" for k in ok.attributes)
+    boom_job, (boom,) = job_and_tools(failing.id, 1 + 2)
+    assert boom.parent_span_id == boom_job.span_id
+    assert boom.attributes["gen_ai.tool.call.id"] == failing.messages[0].tool_calls[0].id
+    assert boom.attributes["llmq.tool.outcome"] == "error" and boom.attributes["error.type"] == "RuntimeError"
+    assert T.LEAKED_KEY not in repr([(s.attributes, s.events) for s in receiver.spans])
+    # and /metrics counts each call once by tool and outcome
+    samples = _scrape(traced_worker)
+
+    def calls(tool: str, outcome: str) -> float:
+        return samples.get(("llm_tool_calls_total", (("outcome", outcome), ("tool", tool))), 0.0)
+
+    assert calls("get_capital", "ok") == 1
+    assert calls("get_capital", "invalid") == 1
+    assert calls("boom", "error") == 1
+    assert sum(v for (name, _), v in samples.items() if name == "llm_tool_calls_total") == 3
+    # and each call is a `tool` decision line of its job, with the job's trace id, in call order
+    lines = [json.loads(line) for line in json_lines.getvalue().splitlines()]
+    tool_lines = [line for line in lines if line.get("job_id") == fixed.id and line["event"] == "tool"]
+    assert [(line["tool"], line["outcome"]) for line in tool_lines] == [
+        ("get_capital", "invalid"),
+        ("get_capital", "ok"),
+    ]
+    assert all(line["trace_id"] == job.trace_id for line in tool_lines)
+    assert T.LEAKED_KEY not in json_lines.getvalue()
+
+
+def test_a_timed_out_and_a_cancelled_tool_call_end_their_spans_with_bounded_outcomes(
+    traced_worker: Any, producer: Client, receiver: OTLPReceiver
+) -> None:
+    # Given: a tool that outlives its 1 s timeout, and a job cancelled while its tool waits
+    T.reset()
+    slow = producer.submit(_job("openai:gpt-4o-mini~tools", tools=["sleepy"])).result(timeout=60)
+    assert slow.status == "succeeded", slow.error
+    handle = producer.submit(_job("openai:gpt-4o-mini~tools", tools=["patient"]))
+    for event in handle.stream(timeout=30):
+        if event.type == "tool_call":
+            break
+    handle.cancel()
+    assert handle.result(timeout=30).status == "cancelled"
+    # Then: each call's span ended once, under its job span, with its outcome
+    spans = receiver.wait_for(
+        lambda s: (
+            {"execute_tool sleepy", "execute_tool patient"} <= {x.name for x in s}
+            and sum(1 for x in s if x.name == "process llmq") >= 2
+        )
+    )
+    jobs = {x.attributes["llmq.job_id"]: x for x in spans if x.name == "process llmq"}
+    (timed_out,) = [x for x in spans if x.name == "execute_tool sleepy"]
+    (cancelled,) = [x for x in spans if x.name == "execute_tool patient"]
+    assert timed_out.parent_span_id == jobs[slow.id].span_id
+    assert timed_out.attributes["llmq.tool.outcome"] == "timeout" and timed_out.attributes["error.type"] == "timeout"
+    assert cancelled.parent_span_id == jobs[handle.id].span_id
+    assert cancelled.attributes["llmq.tool.outcome"] == "cancelled"
+    assert cancelled.attributes["error.type"] == "JobCancelledError" and cancelled.status_code == 2
+    samples = _scrape(traced_worker)
+    assert samples[("llm_tool_calls_total", (("outcome", "timeout"), ("tool", "sleepy")))] == 1
+    assert samples[("llm_tool_calls_total", (("outcome", "cancelled"), ("tool", "patient")))] == 1

@@ -55,3 +55,33 @@ class _Wire(BaseModel):
     """Base of every wire object: unknown fields are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
+
+
+def unencodable_text_path(value: object, path: str = "") -> str | None:
+    """Where in a raw (JSON-like) value a string cannot be written as UTF-8, or ``None``.
+
+    JSON lets a caller send a lone surrogate (``"\\ud800"``); Python accepts it in a ``str``, but no
+    event, result or log line holding it could ever be serialized, so such a job would end with no
+    terminal event. It is refused at validation instead, naming the field.
+    """
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "(job)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = unencodable_text_path(key, path) or unencodable_text_path(
+                item, f"{path}.{key}" if path else str(key)
+            )
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = unencodable_text_path(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None

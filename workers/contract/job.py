@@ -15,6 +15,7 @@ from workers.contract.base import (
     _check_model_ref,
     _Wire,
     new_job_id,
+    unencodable_text_path,
 )
 from workers.contract.params import (
     ContentPart,
@@ -209,6 +210,14 @@ class CompletionJob(_Wire):
     #: The end user (OpenAI's ``user``; Anthropic's ``metadata.user_id``); kept in telemetry.
     user: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     reasoning: Reasoning | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable(cls, data: object) -> object:
+        where = unencodable_text_path(data)
+        if where:
+            raise ValueError(f"{where} holds text that is not valid Unicode (a lone surrogate such as \\ud800)")
+        return data
 
     @field_validator("id")
     @classmethod

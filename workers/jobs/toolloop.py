@@ -16,6 +16,13 @@ ends the job. A call of a *client* tool (an object in ``tools``) ends the job as
 tools (``finish_reason: tool_calls``), after the same turn's worker calls ran. Each answer and each
 result is journaled (``workers/tools/journal.py``) before the loop moves on, so a redelivered job
 resumes where its last run stopped and repeats neither a model call nor a tool run.
+
+Every call this run decides on is observed once, with a bounded outcome (``ok``, ``error``,
+``timeout``, ``invalid``, ``unknown``, ``cancelled``, ``interrupted``): an ``execute_tool {name}``
+span, a child of the job span even though the handler runs on its own thread (the job's context
+is captured on the job's thread and passed explicitly; the handler's thread runs inside the call's
+span), ``ChainHooks.on_tool`` (``llm_tool_calls_total{tool,outcome}`` and a ``tool`` decision
+log line). Arguments and results go on the span only with ``LLMQ_TRACE_CONTENT`` (redacted, capped).
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from workers.contract import (
     CompletionResult,
@@ -52,6 +63,7 @@ from workers.llm.errors import (
     UnknownToolError,
 )
 from workers.llm.model import ChatModel, ModelRequest
+from workers.llm.tracing import end_tool_span, start_tool_span
 from workers.tools.execute import RunningCall, render_error, render_value, start
 from workers.tools.journal import CallRecord, JournalState, ToolJournal, TurnRecord
 from workers.tools.registry import ToolCancelledError, ToolSpec
@@ -165,6 +177,11 @@ class ToolLoop:
         )
         self.state = ToolLoopState()
         self.invalid: Counter[str] = Counter()
+        self.tracer = run.ctx.tracer
+        self.hooks = run.ctx.hooks
+        self.trace_content = res.settings.trace_content
+        # built on the job's thread, inside the job span: tool spans parent on it from any thread
+        self.parent = otel_context.get_current()
         self._cancel = threading.Event()
         self._wake: threading.Event | None = None
 
@@ -294,12 +311,14 @@ class ToolLoop:
             spec = self.specs.get(name)
             if spec is None:
                 known = ", ".join(sorted(self.specs)) or "none"
-                out[index] = self._record(turn, index, call, error=f"unknown tool {name!r} (available: {known})")
+                out[index] = self._record(
+                    turn, index, call, error=f"unknown tool {name!r} (available: {known})", outcome="unknown"
+                )
                 continue
             args, errors = check_arguments(spec, call.function.arguments)
             if args is None:
                 out[index] = self._record(
-                    turn, index, call, error="invalid arguments: " + "; ".join(errors), invalid=True
+                    turn, index, call, error="invalid arguments: " + "; ".join(errors), invalid=True, outcome="invalid"
                 )
                 self.invalid[name] += 1
                 limit = self.toolbox.max_invalid(spec)
@@ -311,11 +330,13 @@ class ToolLoop:
                     )
                 continue
             if (turn, index) in journal.started and not spec.idempotent:
-                raise ToolInterruptedError(
+                interrupted = ToolInterruptedError(
                     f"call {call.id} of tool {name!r} (turn {turn}) was running when an earlier run of this job "
                     f"died; {name!r} is not idempotent, so it is not run again",
                     code="tool_interrupted",
                 )
+                self._observe(call, "interrupted", 0.0, error_type="tool_interrupted", message=interrupted.message)
+                raise interrupted
             items.append(_Item(index, call, spec, args))
         for batch in self._batches(items):
             out.update(self._run_batch(turn, batch))
@@ -343,9 +364,17 @@ class ToolLoop:
         wake = self._wake = threading.Event()
         clock = self.clock
         running: dict[int, tuple[_Item, RunningCall]] = {}
+        spans: dict[int, Span] = {}
         for item in batch:
             timeout = self.toolbox.timeout_s(item.spec)
-            running[item.index] = (item, start(item.spec, item.args, timeout_s=timeout, wake=wake, clock=clock))
+            span = spans[item.index] = start_tool_span(
+                self.tracer, item.spec.name, call_id=item.call.id, parent=self.parent
+            )
+            handler_context = trace.set_span_in_context(span, self.parent)
+            running[item.index] = (
+                item,
+                start(item.spec, item.args, timeout_s=timeout, wake=wake, clock=clock, context=handler_context),
+            )
         watcher = self.res.cancel_watcher
         if watcher is not None:
             watcher.register(self.job.id, self._on_cancel)
@@ -360,13 +389,21 @@ class ToolLoop:
                 wake.clear()
                 for index in [i for i, (_, rc) in running.items() if rc.done]:
                     item, rc = running.pop(index)
-                    out[index] = self._finished(turn, item, rc)
+                    out[index] = self._finished(turn, item, rc, spans.pop(index))
                 now = clock()
                 for index in [i for i, (_, rc) in running.items() if now >= rc.deadline]:
                     item, rc = running.pop(index)
                     rc.token.cancel("timeout")
                     error = f"timed out after {rc.timeout_s:g} s"
-                    out[index] = self._record(turn, index, item.call, error=error, duration_s=now - rc.started)
+                    out[index] = self._record(
+                        turn,
+                        index,
+                        item.call,
+                        error=error,
+                        duration_s=now - rc.started,
+                        outcome="timeout",
+                        span=spans.pop(index),
+                    )
                 if not running:
                     break
                 if now >= next_poll:
@@ -387,6 +424,22 @@ class ToolLoop:
                     next_beat = now + beat_s
                 soonest = min(rc.deadline for _, rc in running.values())
                 wake.wait(max(0.0, min(soonest, next_beat, next_poll) - now))
+        except BaseException as exc:
+            # calls left running when the job stops waiting for them (cancelled, fenced, handed back,
+            # or the loop's own failure): their spans end and they are counted, once
+            outcome = "cancelled" if isinstance(exc, JobCancelledError) else "interrupted"
+            now = clock()
+            for index, (item, rc) in running.items():
+                left = spans.pop(index, None)
+                self._observe(
+                    item.call,
+                    outcome,
+                    now - rc.started,
+                    error_type=type(exc).__name__,
+                    message=str(exc),
+                    span=left,
+                )
+            raise
         finally:
             self._wake = None
             self.run.abort = None
@@ -400,19 +453,39 @@ class ToolLoop:
         if wake is not None:
             wake.set()
 
-    def _finished(self, turn: int, item: _Item, rc: RunningCall) -> CallRecord:
+    def _finished(self, turn: int, item: _Item, rc: RunningCall, span: Span) -> CallRecord:
         duration = self.clock() - rc.started
         if rc.error is not None:
             if isinstance(rc.error, ToolCancelledError):
                 error = f"cancelled: {rc.error}" if str(rc.error) else "cancelled"
+                outcome = "cancelled"
             else:
                 error = render_error(rc.error)
-            return self._record(turn, item.index, item.call, error=error, duration_s=duration)
+                outcome = "error"
+            return self._record(
+                turn,
+                item.index,
+                item.call,
+                error=error,
+                duration_s=duration,
+                outcome=outcome,
+                error_type=type(rc.error).__name__,
+                span=span,
+            )
         try:
             content = render_value(rc.value, self.toolbox.config.max_result_bytes)
         except Exception as exc:  # a value that cannot be rendered is the tool's error, not ours
-            return self._record(turn, item.index, item.call, error=render_error(exc), duration_s=duration)
-        return self._record(turn, item.index, item.call, content=content, duration_s=duration)
+            return self._record(
+                turn,
+                item.index,
+                item.call,
+                error=render_error(exc),
+                duration_s=duration,
+                outcome="error",
+                error_type=type(exc).__name__,
+                span=span,
+            )
+        return self._record(turn, item.index, item.call, content=content, duration_s=duration, span=span)
 
     def _record(
         self,
@@ -424,8 +497,12 @@ class ToolLoop:
         error: str | None = None,
         invalid: bool = False,
         duration_s: float = 0.0,
+        outcome: str = "ok",
+        error_type: str | None = None,
+        span: Span | None = None,
     ) -> CallRecord:
-        """Journal one call's outcome, then publish its ``tool_result`` event."""
+        """Journal one call's outcome, publish its ``tool_result`` event, then observe it
+        (:meth:`_observe`; a call that never ran gets a span of its own here)."""
         ok = error is None
         text = content if ok and content is not None else f"error: {error}"
         record = CallRecord(
@@ -453,13 +530,53 @@ class ToolLoop:
                 duration_s=record.duration_s,
             )
         )
+        self._observe(
+            call,
+            outcome,
+            record.duration_s,
+            error_type=None if ok else (error_type or _ERROR_TYPES.get(outcome, outcome)),
+            message=error,
+            result=text,
+            span=span,
+        )
         return record
+
+    def _observe(
+        self,
+        call: ToolCall,
+        outcome: str,
+        seconds: float,
+        *,
+        error_type: str | None = None,
+        message: str | None = None,
+        result: str | None = None,
+        span: Span | None = None,
+    ) -> None:
+        """End the call's ``execute_tool`` span (started now for a call that did not run) and
+        report it to the chain hooks (metrics, decision log line)."""
+        name = call.function.name
+        if span is None:
+            span = start_tool_span(self.tracer, name, call_id=call.id, parent=self.parent)
+        content = self.trace_content
+        end_tool_span(
+            span,
+            outcome,
+            error_type=error_type,
+            message=message,
+            arguments=call.function.arguments if content else None,
+            result=result if content else None,
+        )
+        self.hooks.on_tool(name, outcome, max(0.0, seconds))
 
     def _check_cancelled(self) -> None:
         # no Redis call: the last flush (each tool result's event) reported the cancel key, and the
         # cancel channel sets ``_cancel`` at once
         if self._cancel.is_set() or self.run.publisher.cancelled:
             raise JobCancelledError("cancelled between tool-loop turns")
+
+
+#: ``error.type`` of a failed call whose outcome has no exception class behind it.
+_ERROR_TYPES = {"unknown": "unknown_tool", "invalid": "invalid_arguments", "timeout": "timeout"}
 
 
 def _redacted(call: ToolCall) -> ToolCall:

@@ -100,7 +100,9 @@ class ChainHooks:
         """One HTTP attempt ended (duration, time to first chunk, tokens)."""
 
     def on_tool(self, name: str, outcome: str, seconds: float) -> None:
-        """A tool call ended: ``outcome`` is ``ok``, ``error``, ``timeout``, ``invalid`` or ``unknown``."""
+        """A tool call ended: ``outcome`` is ``ok``, ``error``, ``timeout``, ``invalid``, ``unknown``,
+        ``cancelled`` (the handler or the job was cancelled) or ``interrupted`` (not run again after a
+        crash, or left running when the run lost the job)."""
 
 
 NO_HOOKS = ChainHooks()

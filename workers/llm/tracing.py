@@ -10,7 +10,8 @@ The spans of one job (all children of its ``process`` span):
 
 * ``chat {model}`` (CLIENT): one per HTTP attempt, retries and fallbacks as siblings
   (``workers/llm/instrumented.py``);
-* ``execute_tool {name}`` (INTERNAL): one per tool run, :func:`tool_span`;
+* ``execute_tool {name}`` (INTERNAL): one per tool call, :func:`tool_span`, or
+  :func:`start_tool_span`/:func:`end_tool_span` when the call runs on another thread;
 * waits, skips, breaker changes and re-queues: span events on the job span.
 
 Message content never goes into a span: :func:`content_attributes` is opt-in
@@ -23,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
@@ -30,16 +32,21 @@ from workers.contract import Message, redact
 
 __all__ = [
     "NO_TRACER",
+    "TOOL_CONTENT_CHARS",
     "GenAI",
     "add_event",
     "content_attributes",
+    "end_tool_span",
     "record_error",
     "set_prompt",
+    "start_tool_span",
     "tool_span",
 ]
 
 #: The tracer used when the process configured none: spans are non-recording no-ops.
 NO_TRACER: Tracer = NoOpTracer()
+#: Characters of a tool call's arguments or result recorded on its span (``LLMQ_TRACE_CONTENT`` only).
+TOOL_CONTENT_CHARS = 4096
 
 
 class GenAI:
@@ -63,6 +70,8 @@ class GenAI:
     PROMPT_VERSION = "gen_ai.prompt.version"
     TOOL_NAME = "gen_ai.tool.name"
     TOOL_CALL_ID = "gen_ai.tool.call.id"
+    TOOL_ARGUMENTS = "gen_ai.tool.call.arguments"
+    TOOL_RESULT = "gen_ai.tool.call.result"
     INPUT_MESSAGES = "gen_ai.input.messages"
     OUTPUT_MESSAGES = "gen_ai.output.messages"
     ERROR_TYPE = "error.type"
@@ -74,6 +83,7 @@ class GenAI:
     FALLBACK_INDEX = "llmq.fallback_index"
     JOB_ID = "llmq.job_id"
     TENANT = "llmq.tenant"
+    TOOL_OUTCOME = "llmq.tool.outcome"
     USER_ID = "user.id"
 
 
@@ -83,6 +93,14 @@ def set_prompt(span: Span, name: str, version: int | str | None) -> None:
         span.set_attribute(GenAI.PROMPT_NAME, name)
         if version is not None:
             span.set_attribute(GenAI.PROMPT_VERSION, str(version))
+
+
+def _tool_attributes(span: Span, name: str, call_id: str | None) -> None:
+    if span.is_recording():
+        span.set_attribute(GenAI.OPERATION, "execute_tool")
+        span.set_attribute(GenAI.TOOL_NAME, name)
+        if call_id:
+            span.set_attribute(GenAI.TOOL_CALL_ID, call_id)
 
 
 @contextmanager
@@ -99,18 +117,47 @@ def tool_span(
     with tracer.start_as_current_span(
         f"execute_tool {name}", kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False
     ) as span:
-        if span.is_recording():
-            span.set_attribute(GenAI.OPERATION, "execute_tool")
-            span.set_attribute(GenAI.TOOL_NAME, name)
-            if call_id:
-                span.set_attribute(GenAI.TOOL_CALL_ID, call_id)
-            if attributes:
-                span.set_attributes(attributes)
+        _tool_attributes(span, name, call_id)
+        if attributes and span.is_recording():
+            span.set_attributes(attributes)
         try:
             yield span
         except BaseException as exc:
             record_error(span, exc)
             raise
+
+
+def start_tool_span(tracer: Tracer, name: str, *, call_id: str | None, parent: Context | None) -> Span:
+    """``execute_tool {name}`` started (not activated) under ``parent``, for a call that runs on
+    another thread: the tool loop starts it on the job's thread with the job span's context, the
+    handler's thread attaches it, and :func:`end_tool_span` ends it with the call's outcome."""
+    span = tracer.start_span(f"execute_tool {name}", context=parent, kind=SpanKind.INTERNAL)
+    _tool_attributes(span, name, call_id)
+    return span
+
+
+def end_tool_span(
+    span: Span,
+    outcome: str,
+    *,
+    error_type: str | None = None,
+    message: str | None = None,
+    arguments: str | None = None,
+    result: str | None = None,
+) -> None:
+    """End a :func:`start_tool_span` span: ``llmq.tool.outcome`` (bounded), and for a failure
+    ``error.type`` plus an ERROR status with the (redacted, capped) message. ``arguments`` and
+    ``result`` are recorded only when given (``LLMQ_TRACE_CONTENT``), redacted and capped."""
+    if span.is_recording():
+        span.set_attribute(GenAI.TOOL_OUTCOME, outcome)
+        if arguments is not None:
+            span.set_attribute(GenAI.TOOL_ARGUMENTS, redact(arguments)[:TOOL_CONTENT_CHARS])
+        if result is not None:
+            span.set_attribute(GenAI.TOOL_RESULT, redact(result)[:TOOL_CONTENT_CHARS])
+        if error_type is not None:
+            span.set_attribute(GenAI.ERROR_TYPE, error_type)
+            span.set_status(Status(StatusCode.ERROR, redact(message)[:500] if message else None))
+    span.end()
 
 
 def record_error(span: Span, exc: BaseException | str) -> None:

@@ -18,8 +18,8 @@
 ``llm_breaker_transitions_total``  counter    ``{model, state}`` breaker moves made by this worker
 ``llm_breaker_open``               gauge      ``{model}`` 1 while the shared breaker is not closed
 ``llmq_requeues_total``            counter    ``{reason}`` jobs re-queued with a countdown
-``llm_tool_calls_total``           counter    ``{tool, outcome}`` tool runs: ok | error | timeout |
-                                              invalid | unknown
+``llm_tool_calls_total``           counter    ``{tool, outcome}`` tool calls: ok | error | timeout |
+                                              invalid | unknown | cancelled | interrupted
 ``gen_ai_client_operation_duration_seconds``    histogram  per HTTP attempt (GenAI semconv)
 ``gen_ai_client_time_to_first_chunk_seconds``   histogram  per streamed attempt
 ``gen_ai_client_token_usage``                   histogram  ``gen_ai_token_type`` input | output

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
 from pydantic import BaseModel
 
 from workers.contract import redact
@@ -70,15 +72,18 @@ class RunningCall:
         self.error: BaseException | None = None
         self.finished = threading.Event()
 
-    def _run(self, wake: threading.Event) -> None:
+    def _run(self, wake: threading.Event, context: Context | None = None) -> None:
         kwargs = dict(self.args)
         if self.spec.cancel_param:
             kwargs[self.spec.cancel_param] = self.token
+        attached = otel_context.attach(context) if context is not None else None
         try:
             self.value = self.spec.handler(**kwargs)
         except BaseException as exc:  # a handler's failure is a tool result, never a dead job
             self.error = exc
         finally:
+            if attached is not None:
+                otel_context.detach(attached)
             self.finished.set()
             wake.set()
 
@@ -98,9 +103,13 @@ def start(
     timeout_s: float,
     wake: threading.Event,
     clock: Callable[[], float] = time.monotonic,
+    context: Context | None = None,
 ) -> RunningCall:
-    """Start ``spec``'s handler with ``args`` on a daemon thread; ``wake`` is set when it ends."""
+    """Start ``spec``'s handler with ``args`` on a daemon thread; ``wake`` is set when it ends.
+
+    ``context`` (an OpenTelemetry context, e.g. one holding the call's ``execute_tool`` span) is
+    attached on that thread, so spans the handler starts are children of the call's span."""
     call = RunningCall(spec, args, timeout_s=timeout_s, clock=clock)
-    thread = threading.Thread(target=call._run, args=(wake,), name=f"llmq-tool-{spec.name}", daemon=True)
+    thread = threading.Thread(target=call._run, args=(wake, context), name=f"llmq-tool-{spec.name}", daemon=True)
     thread.start()
     return call
