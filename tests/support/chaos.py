@@ -140,6 +140,18 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(30)
 
 
+def _stuck(client: Client, ids: list[str]) -> dict[str, list[tuple[str, int]]]:
+    """The unfinished jobs and their events (type, run): what a hang report needs."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for job_id in [job_id for job_id in ids if client.get_result(job_id) is None][:5]:
+        seen = out.setdefault(job_id, [])
+        try:
+            seen.extend((e.type, e.run) for e in client.stream(job_id, timeout=2))
+        except Exception as exc:  # the report is for a human: keep what was read
+            seen.append((type(exc).__name__, -1))
+    return out
+
+
 def run_chaos(config: ChaosConfig, *, log: bool = True) -> ChaosReport:
     report = ChaosReport(jobs=config.jobs, budget_usd=config.budget_usd, one_call_usd=one_call_usd())
     server = ManagedRedis(durable=True)
@@ -173,7 +185,8 @@ def run_chaos(config: ChaosConfig, *, log: bool = True) -> ChaosReport:
                     continue
                 if done != last:
                     last, last_change = done, time.monotonic()
-                assert time.monotonic() - last_change < config.stall_guard_s, f"stuck at {done} finished"
+                if time.monotonic() - last_change >= config.stall_guard_s:
+                    raise AssertionError(f"stuck at {done} finished: {_stuck(client, ids)} (logs in {stack.log_dir})")
                 if done >= config.jobs:
                     break
                 if kills and done >= kills[0]:
