@@ -290,6 +290,9 @@ class Script:
     cache_write_tokens: int = 0
     #: The model declines (the ``refusal`` fault): OpenAI sends this as ``refusal``.
     refusal: str | None = None
+    #: Extended thinking (Anthropic): sent as a signed ``thinking`` block before the answer; its
+    #: tokens count as output, as the real API bills them.
+    thinking: str = ""
 
     @property
     def text(self) -> str:
@@ -297,6 +300,7 @@ class Script:
 
     @property
     def completion_tokens(self) -> int:
+        thought = estimate_tokens(self.thinking) if self.thinking else 0
         if not self.tool_calls:
-            return len(self.tokens)
-        return len(self.tokens) + sum(estimate_tokens(c.name + c.arguments_json) for c in self.tool_calls)
+            return len(self.tokens) + thought
+        return len(self.tokens) + thought + sum(estimate_tokens(c.name + c.arguments_json) for c in self.tool_calls)

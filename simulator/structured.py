@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BAD_JSON",
+    "THINKING",
     "RequestError",
     "RequestParams",
     "anthropic_params",
@@ -35,6 +36,8 @@ __all__ = [
 #: What the ``badjson`` fault answers: not JSON at all.
 BAD_JSON = '{"answer": "the queue runs every job once'
 REFUSAL = "I'm sorry, but I can't help with that request."
+#: What the model "thinks" when extended thinking is on (a signed ``thinking`` block).
+THINKING = "Let me think about this step by step before I answer."
 
 
 @dataclass(slots=True)
@@ -45,6 +48,8 @@ class RequestParams:
     tool_required: str | None = None
     stop: list[str] = field(default_factory=list)
     images: int = 0
+    #: Anthropic extended thinking is on: the answer starts with a signed thinking block.
+    thinking: bool = False
 
 
 def _resolve(schema: dict[str, object], root: dict[str, object]) -> dict[str, object]:
@@ -231,6 +236,7 @@ def anthropic_params(payload: dict[str, object], tool_names: list[str], max_toke
             raise _error("temperature may only be set to 1 when thinking is enabled")
         if params.tool_required is not None:
             raise _error("Thinking may not be enabled when tool_choice forces tool use.")
+        params.thinking = True
     for m in _messages(payload):
         content = m.get("content") if isinstance(m, dict) else None
         for block in content if isinstance(content, list) else []:
@@ -276,6 +282,8 @@ def plan_params(script: Script, req: ParsedRequest, fault: Fault) -> Script:
             script.tokens = tuple(t if i == 0 else " " + t for i, t in enumerate(script.tokens))
             script.refusal = None
         return script
+    if params.thinking:
+        script.thinking = THINKING
     if params.tool_required is not None and req.tools and not script.tool_calls:
         wanted = params.tool_required
         tool = next((t for t in req.tools if t.name == wanted), req.tools[0])

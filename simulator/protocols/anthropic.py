@@ -4,12 +4,17 @@ Streams follow the real event sequence: ``message_start`` (with ``usage.input_to
 ``content_block_start``/``content_block_delta`` (``text_delta``)/``content_block_stop``, a ``ping``,
 ``tool_use`` blocks fed by ``input_json_delta`` fragments (the first one always
 ``partial_json: ""``), ``message_delta`` (``stop_reason`` and ``usage.output_tokens``) and
-``message_stop``. Errors use the ``{"type":"error","error":{...},"request_id":...}`` envelope
+``message_stop``. With ``thinking`` enabled the answer starts with a ``thinking`` block
+(``thinking_delta`` then ``signature_delta`` when streamed) whose signature covers its text; like
+the real API, a request whose last turn carries tool results is refused (400) unless the assistant
+turn before it starts with that thinking block, unchanged. Errors use the ``{"type":"error","error":{...},"request_id":...}`` envelope
 with a ``request-id`` header and ``x-should-retry``.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 import time
@@ -109,6 +114,9 @@ class AnthropicProtocol(Protocol):
             if isinstance(t, dict) and isinstance(t.get("name"), str)
         ]
         max_tokens = positive_int(payload["max_tokens"], "max_tokens")
+        params = anthropic_params(payload, [t.name for t in tools], max_tokens)
+        if params.thinking:
+            _check_thinking_turn(messages)
         return ParsedRequest(
             model=str(payload["model"]),
             prompt_text=" ".join(parts),
@@ -117,7 +125,7 @@ class AnthropicProtocol(Protocol):
             tools=tools,
             message_count=len(messages),
             tool_results=_trailing_tool_results(messages),
-            params=anthropic_params(payload, [t.name for t in tools], max_tokens),
+            params=params,
         )
 
     def _reply(self, status: int, kind: str, message: str, extra: list[tuple[str, str]] | None = None) -> Reply:
@@ -163,7 +171,11 @@ class AnthropicProtocol(Protocol):
         return [("request-id", request_id("req_sim"))]
 
     def complete_body(self, req: ParsedRequest, script: Script, usage: bool) -> bytes:
-        content: list[dict[str, object]] = [{"type": "text", "text": script.text}] if script.tokens else []
+        content: list[dict[str, object]] = []
+        if script.thinking:
+            content.append({"type": "thinking", "thinking": script.thinking, "signature": signature(script.thinking)})
+        if script.tokens:
+            content.append({"type": "text", "text": script.text})
         content += [
             {"type": "tool_use", "id": _tool_id(i), "name": c.name, "input": c.arguments}
             for i, c in enumerate(script.tool_calls)
@@ -188,21 +200,29 @@ class AnthropicProtocol(Protocol):
         return _AnthropicStream(req, script)
 
 
-_TOKEN_PRE = (
-    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
-)
+def _token_pre(index: int) -> bytes:
+    return (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":'
+        % index
+    )
+
+
+_TOKEN_PRE = _token_pre(0)
+_TOKEN_PRE_AFTER_THINKING = _token_pre(1)
 _TOKEN_POST = b"}}\n\n"
 _PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 
 
 class _AnthropicStream(StreamRenderer):
-    __slots__ = ("_model", "_next_index", "_script", "_text_open")
+    __slots__ = ("_model", "_next_index", "_pre", "_script", "_text_index", "_text_open")
 
     def __init__(self, req: ParsedRequest, script: Script) -> None:
         self._model = req.base_model
         self._script = script
         self._text_open = False
         self._next_index = 0
+        self._text_index = 1 if script.thinking else 0
+        self._pre = _TOKEN_PRE_AFTER_THINKING if script.thinking else _TOKEN_PRE
 
     def head(self) -> bytes:
         s = self._script
@@ -212,21 +232,24 @@ class _AnthropicStream(StreamRenderer):
             f'"usage":{{{_input_counts(s)},"output_tokens":1,"service_tier":"standard"}}}}}}'
         )
         out = _event("message_start", start)
+        if s.thinking:
+            out += _thinking_events(s.thinking)
+            self._next_index = 1
         if s.tokens:
             self._text_open = True
-            self._next_index = 1
-            block = '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'
+            self._next_index = self._text_index + 1
+            block = f'{{"type":"content_block_start","index":{self._text_index},"content_block":{{"type":"text","text":""}}}}'
             out += _event("content_block_start", block)
         return out + _PING
 
     def token(self, text: str) -> bytes:
-        return _TOKEN_PRE + jstr(text) + _TOKEN_POST
+        return self._pre + jstr(text) + _TOKEN_POST
 
     def _close_text(self) -> bytes:
         if not self._text_open:
             return b""
         self._text_open = False
-        return _event("content_block_stop", '{"type":"content_block_stop","index":0}')
+        return _event("content_block_stop", f'{{"type":"content_block_stop","index":{self._text_index}}}')
 
     def tool_calls(self, calls: list[ToolCall]) -> bytes:
         out = [self._close_text()]
@@ -269,6 +292,64 @@ class _AnthropicStream(StreamRenderer):
 
     def malformed(self) -> bytes:
         return _TOKEN_PRE + b'"bro\n\n'
+
+
+def signature(thinking: str) -> str:
+    """The simulator's signature of a thinking text (the real one is opaque and verified the same way)."""
+    return base64.b64encode(hashlib.sha256(b"llmq-sim-thinking:" + thinking.encode()).digest()).decode()
+
+
+def _thinking_events(thinking: str) -> bytes:
+    """A streamed thinking block at index 0: start, text in two deltas, the signature, stop."""
+    half = len(thinking) // 2
+    out = [
+        _event(
+            "content_block_start",
+            '{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}',
+        )
+    ]
+    for piece in (thinking[:half], thinking[half:]):
+        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": piece}}
+        out.append(_event("content_block_delta", json.dumps(delta)))
+    sig = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "signature_delta", "signature": signature(thinking)},
+    }
+    out.append(_event("content_block_delta", json.dumps(sig)))
+    out.append(_event("content_block_stop", '{"type":"content_block_stop","index":0}'))
+    return b"".join(out)
+
+
+def _check_thinking_turn(messages: list[object]) -> None:
+    """With thinking on, a turn of tool results needs the assistant turn before it to start with
+    its thinking block, sent back unchanged (what the real API checks, with its wording)."""
+    if len(messages) < 2 or not _trailing_tool_results(messages):
+        return
+    position = len(messages) - 2
+    assistant = messages[position]
+    if not isinstance(assistant, dict) or assistant.get("role") != "assistant":
+        return
+    content = assistant.get("content")
+    first = content[0] if isinstance(content, list) and content else None
+    kind = first.get("type") if isinstance(first, dict) else "text"
+    if not isinstance(first, dict) or kind not in ("thinking", "redacted_thinking"):
+        raise RequestError(
+            f"messages.{position}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{kind}`. "
+            "When `thinking` is enabled, a final `assistant` message must start with a thinking block "
+            "(preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you include "
+            "thinking blocks from previous turns. To avoid this requirement, disable `thinking`. Please consult "
+            "our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+        )
+    for i, block in enumerate(content if isinstance(content, list) else []):
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "thinking":
+            text = block.get("thinking")
+            if not isinstance(text, str) or block.get("signature") != signature(text):
+                raise RequestError(f"messages.{position}.content.{i}: Invalid `signature` in `thinking` block")
+        elif block.get("type") == "redacted_thinking" and not (isinstance(block.get("data"), str) and block["data"]):
+            raise RequestError(f"messages.{position}.content.{i}.data: Field required")
 
 
 def _message_id() -> str:

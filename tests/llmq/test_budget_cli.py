@@ -92,7 +92,9 @@ def test_bad_arguments_and_unreachable_redis_are_clear(redis_url: str) -> None:
     assert "not a tenant name" in llmq(redis_url, "set", "--monthly", "1", "--tenant", "a b").stderr
     assert "not a month" in llmq(redis_url, "show", "--month", "2026-13").stderr
     down = llmq(f"redis://127.0.0.1:{free_port()}/0", "show")
-    assert down.returncode == 1 and "is not reachable" in down.stderr and "Traceback" not in down.stderr
+    # the one first-error line every command gives: the URL, and what to do (exit 2)
+    assert down.returncode == 2 and "cannot reach Redis at" in down.stderr and "LLMQ_REDIS_URL" in down.stderr
+    assert "Traceback" not in down.stderr and len(down.stderr.strip().splitlines()) == 1
 
 
 def test_the_command_module_imports_no_worker_code() -> None:

@@ -25,7 +25,16 @@ from workers.contract.events import (
     UsageEvent,
     parse_event,
 )
-from workers.contract.job import CompletionJob, FunctionCall, Message, Tool, ToolCall, ToolFunction, ToolName
+from workers.contract.job import (
+    CompletionJob,
+    FunctionCall,
+    Message,
+    ReasoningBlock,
+    Tool,
+    ToolCall,
+    ToolFunction,
+    ToolName,
+)
 from workers.contract.keys import JobKeys
 from workers.contract.params import (
     ContentPart,
@@ -88,6 +97,7 @@ __all__ = [
     "PromptRef",
     "PromptVersion",
     "Reasoning",
+    "ReasoningBlock",
     "RepairEvent",
     "ResponseFormat",
     "StartEvent",

@@ -87,6 +87,33 @@ class Tool(_Wire):
 ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
+class ReasoningBlock(_Wire):
+    """A thinking block of an Anthropic answer (extended thinking), kept to be sent back unchanged.
+
+    With thinking on, Anthropic wants the previous assistant turn's thinking blocks, verbatim and
+    first in its content, when a tool loop continues: ``thinking`` blocks with their ``signature``,
+    ``redacted_thinking`` blocks with their encrypted ``data``. Other providers never see them.
+    """
+
+    type: Literal["thinking", "redacted_thinking"]
+    #: The thinking text (``thinking`` blocks).
+    thinking: str | None = None
+    #: The provider's signature over the thinking text (``thinking`` blocks).
+    signature: str | None = None
+    #: The encrypted thinking (``redacted_thinking`` blocks).
+    data: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> ReasoningBlock:
+        if self.type == "thinking" and (self.thinking is None or not self.signature or self.data is not None):
+            raise ValueError("a 'thinking' block needs 'thinking' and 'signature' (and no 'data')")
+        if self.type == "redacted_thinking" and (
+            not self.data or self.thinking is not None or self.signature is not None
+        ):
+            raise ValueError("a 'redacted_thinking' block needs 'data' (and no 'thinking' or 'signature')")
+        return self
+
+
 class Message(_Wire):
     """An OpenAI-style chat message (system, user, assistant with tool calls, tool result)."""
 
@@ -96,6 +123,9 @@ class Message(_Wire):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    #: Assistant messages only: the answer's thinking blocks (Anthropic extended thinking), sent
+    #: back first and unchanged when the conversation continues on Anthropic; dropped for others.
+    reasoning_blocks: list[ReasoningBlock] | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> Message:
@@ -105,6 +135,8 @@ class Message(_Wire):
             raise ValueError("tool_call_id is only allowed on 'tool' messages")
         if self.tool_calls and self.role != "assistant":
             raise ValueError("tool_calls are only allowed on 'assistant' messages")
+        if self.reasoning_blocks and self.role != "assistant":
+            raise ValueError("reasoning_blocks are only allowed on 'assistant' messages")
         if self.content is None and not self.tool_calls:
             raise ValueError(f"a '{self.role}' message needs content")
         if isinstance(self.content, list) and self.role != "user" and self.images:

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, JsonValue
 
 from workers.contract.base import SCHEMA_VERSION, _Wire
-from workers.contract.job import Message, ToolCall
+from workers.contract.job import Message, ReasoningBlock, ToolCall
 from workers.contract.prompt import PromptInfo
 
 
@@ -65,6 +65,9 @@ class CompletionResult(_Wire):
     status: Literal["succeeded", "failed", "cancelled"]
     content: str = ""
     tool_calls: list[ToolCall] = Field(default_factory=list)
+    #: The final answer's thinking blocks (Anthropic extended thinking): put them on the assistant
+    #: message (``reasoning_blocks``) of a follow-up job that answers ``tool_calls``.
+    reasoning_blocks: list[ReasoningBlock] = Field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage = Field(default_factory=Usage)
     model_used: str | None = None

@@ -498,6 +498,7 @@ class JobRunner:
         result = self._base_result(run, "succeeded")
         result.content = completion.text
         result.tool_calls = completion.tool_calls
+        result.reasoning_blocks = list(completion.reasoning_blocks)
         result.finish_reason = completion.finish_reason
         result.usage = usage
         result.parsed, result.repairs, result.refusal = run.parsed, run.repairs, completion.refusal

@@ -136,7 +136,11 @@ def enforce(
         on_repair(repairs, errors)
         messages = [
             *messages,
-            Message(role="assistant", content=completion.text or ""),
+            Message(
+                role="assistant",
+                content=completion.text or "",
+                reasoning_blocks=list(completion.reasoning_blocks) or None,
+            ),
             Message(role="user", content=repair_prompt(errors)),
         ]
         completion = call(messages)

@@ -224,6 +224,7 @@ class ToolLoop:
                 return Completion(
                     text=_text(record.message),
                     tool_calls=client_calls,
+                    reasoning_blocks=list(record.message.reasoning_blocks or []),
                     finish_reason="tool_calls",
                     usage=self.state.usage.model_copy(),
                 )
@@ -266,7 +267,11 @@ class ToolLoop:
         cost = None if cost_after is None else cost_after - (cost_before or Decimal(0))
         calls = list(completion.tool_calls)
         message = Message(
-            role="assistant", content=(completion.text or None) if calls else completion.text, tool_calls=calls or None
+            role="assistant",
+            content=(completion.text or None) if calls else completion.text,
+            tool_calls=calls or None,
+            # Anthropic wants this turn's thinking blocks back, unchanged, before its tool results
+            reasoning_blocks=list(completion.reasoning_blocks) or None,
         )
         record = TurnRecord(
             turn=turn,

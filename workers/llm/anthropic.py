@@ -9,7 +9,9 @@ the next user turn); tools are sent with ``input_schema``; ``max_tokens`` is alw
 Wire quirks handled here: the ``data:`` payload carries the event ``type`` (the ``event:`` line is
 redundant and skipped); ``ping`` events; padding spaces inside the JSON; ``input_json_delta``
 fragments split anywhere, and a tool whose only fragment is ``""`` has input ``{}``;
-``thinking_delta``/``signature_delta`` in thinking blocks; the final ``output_tokens`` (and, in
+``thinking_delta``/``signature_delta`` in thinking blocks (kept, with ``redacted_thinking`` blocks, as
+``reasoning_blocks`` and sent back first in the assistant turn, as the API requires when a tool loop
+continues with thinking on); the final ``output_tokens`` (and, in
 newer versions only, ``input_tokens``) arrive in ``message_delta``; ``event: error`` (e.g.
 ``overloaded_error``) inside a 200 stream; the stream is complete only after ``message_stop``.
 """
@@ -27,6 +29,7 @@ from workers.contract import (
     JsonSchemaFormat,
     Message,
     NamedToolChoice,
+    ReasoningBlock,
     TextPart,
     ToolCall,
     Usage,
@@ -124,7 +127,8 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, object]]]:
     if message.role == "tool":
         return "user", [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text}]
     if message.role == "assistant":
-        blocks: list[dict[str, object]] = []
+        # thinking blocks first and verbatim: the API checks their signatures
+        blocks: list[dict[str, object]] = [b.model_dump(exclude_none=True) for b in message.reasoning_blocks or []]
         if message.text:
             blocks.append({"type": "text", "text": message.text})
         for call in message.tool_calls or []:
@@ -299,6 +303,7 @@ def parse_message(content: bytes, *, request_id: str | None = None, structured: 
     payload = json.loads(content)
     text: list[str] = []
     thinking: list[str] = []
+    reasoning: list[ReasoningBlock] = []
     calls: list[ToolCall] = []
     for block in payload.get("content") or []:
         kind = block.get("type")
@@ -315,6 +320,11 @@ def parse_message(content: bytes, *, request_id: str | None = None, structured: 
             )
         elif kind == "thinking":
             thinking.append(block.get("thinking") or "")
+            reasoning.append(
+                ReasoningBlock(type="thinking", thinking=block.get("thinking") or "", signature=block["signature"])
+            )
+        elif kind == "redacted_thinking":
+            reasoning.append(ReasoningBlock(type="redacted_thinking", data=block["data"]))
     reason = payload.get("stop_reason")
     usage = payload.get("usage")
     finish = FINISH_REASONS.get(reason, reason)
@@ -328,11 +338,26 @@ def parse_message(content: bytes, *, request_id: str | None = None, structured: 
         finish_reason=finish,
         usage=_usage(usage) if isinstance(usage, dict) else None,
         thinking="".join(thinking),
+        reasoning_blocks=reasoning,
         response_model=payload.get("model"),
         request_id=request_id or payload.get("request_id"),
         response_id=payload.get("id"),
         native_finish_reason=reason,
     )
+
+
+def _reasoning_blocks(
+    thought: dict[int, tuple[list[str], list[str]]], redacted: dict[int, str]
+) -> list[ReasoningBlock]:
+    """A stream's thinking and redacted-thinking blocks, in their order in the answer."""
+    blocks: list[ReasoningBlock] = []
+    for index in sorted({*thought, *redacted}):
+        if index in redacted:
+            blocks.append(ReasoningBlock(type="redacted_thinking", data=redacted[index]))
+        else:
+            parts, signature = thought[index]
+            blocks.append(ReasoningBlock(type="thinking", thinking="".join(parts), signature="".join(signature)))
+    return blocks
 
 
 class AnthropicStream(ResponseStream):
@@ -361,6 +386,9 @@ class AnthropicStream(ResponseStream):
         decode = decode_json
         parts = self.text_parts
         thinking: list[str] = []
+        #: index -> the block's thinking parts, signature / redacted data (sent back unchanged)
+        thought: dict[int, tuple[list[str], list[str]]] = {}
+        redacted: dict[int, str] = {}
         tools = ToolCallAccumulator()
         tool_blocks: set[int] = set()  # indices of tool_use blocks (server tools are not ours)
         answer_blocks: set[int] = set()  # the forced structured-output tool: its input is the text
@@ -398,8 +426,12 @@ class AnthropicStream(ResponseStream):
                             parts.append(delta["partial_json"])
                             yield delta["partial_json"]
                     elif dtype == "thinking_delta":
-                        thinking.append(_text(delta["thinking"]))
-                    # signature_delta, citations_delta: nothing we keep
+                        thought_text = _text(delta["thinking"])
+                        thinking.append(thought_text)
+                        thought[event["index"]][0].append(thought_text)
+                    elif dtype == "signature_delta":
+                        thought[event["index"]][1].append(_text(delta["signature"]))
+                    # citations_delta: nothing we keep
                 elif kind == "ping" or kind == "content_block_stop":
                     continue
                 elif kind == "content_block_start":
@@ -410,6 +442,13 @@ class AnthropicStream(ResponseStream):
                         # a streamed tool_use block starts with input {}; the input follows in deltas
                         tools.start(event["index"], block.get("id"), block.get("name"))
                         tool_blocks.add(event["index"])
+                    elif block.get("type") == "thinking":
+                        thought[event["index"]] = (
+                            [_text(block.get("thinking") or "")],
+                            [_text(block.get("signature") or "")],
+                        )
+                    elif block.get("type") == "redacted_thinking":
+                        redacted[event["index"]] = _text(block["data"])
                 elif kind == "message_delta":
                     delta = event.get("delta") or {}
                     reason = delta.get("stop_reason")
@@ -447,6 +486,11 @@ class AnthropicStream(ResponseStream):
             self._response.close()
             if thinking:
                 self.thinking = "".join(thinking)
+        if thought or redacted:
+            try:
+                self.reasoning_blocks = _reasoning_blocks(thought, redacted)
+            except ValueError as exc:  # a thinking block without its signature cannot be sent back
+                self._raise_failed(exc)
         if tools:
             self.tool_calls = tools.build(id_prefix="toolu_")
         if answer_blocks and not parts:

@@ -31,6 +31,7 @@ from workers.contract import (
     FunctionCall,
     Message,
     Reasoning,
+    ReasoningBlock,
     ResponseFormat,
     Tool,
     ToolCall,
@@ -96,6 +97,8 @@ class Completion:
     finish_reason: str | None = None
     usage: Usage | None = None
     thinking: str = ""
+    #: Thinking blocks to send back unchanged when the conversation continues (Anthropic).
+    reasoning_blocks: list[ReasoningBlock] = field(default_factory=list)
     refusal: str | None = None
     response_model: str | None = None
     request_id: str | None = None
@@ -126,6 +129,7 @@ class ChatStream(ABC):
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.thinking: str = ""
+        self.reasoning_blocks: list[ReasoningBlock] = []
         self.refusal: str | None = None
         self.response_model: str | None = None
         self.request_id: str | None = None
@@ -153,6 +157,7 @@ class ChatStream(ABC):
             finish_reason=self.finish_reason,
             usage=self.usage,
             thinking=self.thinking,
+            reasoning_blocks=self.reasoning_blocks,
             refusal=self.refusal,
             response_model=self.response_model,
             request_id=self.request_id,

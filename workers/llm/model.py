@@ -212,6 +212,7 @@ class WrappedStream(ChatStream, Generic[OwnerT]):
         self.usage = inner.usage
         self.finish_reason = inner.finish_reason
         self.thinking = inner.thinking
+        self.reasoning_blocks = inner.reasoning_blocks
         self.refusal = inner.refusal
         self.response_model = inner.response_model
         self.completed = inner.completed

@@ -127,7 +127,7 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
     def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
         body: dict[str, object] = {
             "model": request.model,
-            "messages": [m.model_dump(exclude_none=True) for m in request.messages],
+            "messages": [m.model_dump(exclude_none=True, exclude={"reasoning_blocks"}) for m in request.messages],
             self._max_tokens_field: request.max_tokens,
         }
         if request.temperature is not None:
