@@ -19,6 +19,7 @@ from pathlib import Path
 
 from llmq.localredis import ManagedRedis, free_port, ping
 from simulator.env import provider_env
+from workers.contract import DEFAULT_QUEUE
 
 __all__ = ["LocalStack", "wait_http"]
 
@@ -110,7 +111,9 @@ class LocalStack:
         """Block until ``count`` workers answer a Celery ping."""
         from producers.client import make_celery
 
-        app = make_celery(self.redis_url)
+        app = make_celery(
+            self.env.get("LLMQ_BROKER_URL") or self.redis_url, self.env.get("LLMQ_QUEUE") or DEFAULT_QUEUE
+        )
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:

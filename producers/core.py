@@ -29,6 +29,7 @@ from workers.contract import (
     StreamEvent,
     parse_event,
 )
+from workers.contract.brokerurl import amqp_conf, is_amqp
 from workers.contract.redisurl import sentinel_target
 
 __all__ = [
@@ -82,22 +83,27 @@ def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> Compl
         raise InvalidJobError(f"invalid job: {problems}", [dict(e) for e in exc.errors(include_url=False)]) from None
 
 
-def make_celery(redis_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
+def make_celery(broker_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
     """A send-only Celery app matching the worker's wire settings (JSON, same queue); a
-    ``sentinel://`` URL (``workers/contract/redisurl.py``) reaches the master through the sentinels."""
-    target = sentinel_target(redis_url)
-    broker = target.broker_url() if target is not None else redis_url
-    transport: dict[str, object] = {"visibility_timeout": 3600, "max_connections": 64}
-    if target is not None:
-        transport.update(target.transport_options())
-    app = Celery("llmqueue-producer", broker=broker, set_as_current=False)
+    ``sentinel://`` URL (``workers/contract/redisurl.py``) reaches the master through the sentinels;
+    an ``amqp://`` URL (``LLMQ_BROKER_URL``) sends to the quorum queue the worker declares
+    (``workers/contract/brokerurl.py``)."""
+    if is_amqp(broker_url):
+        app = Celery("llmqueue-producer", broker=broker_url, set_as_current=False)
+        app.conf.update(amqp_conf(queue))
+    else:
+        target = sentinel_target(broker_url)
+        broker = target.broker_url() if target is not None else broker_url
+        transport: dict[str, object] = {"visibility_timeout": 3600, "max_connections": 64}
+        if target is not None:
+            transport.update(target.transport_options())
+        app = Celery("llmqueue-producer", broker=broker, set_as_current=False)
+        app.conf.update(task_default_queue=queue, broker_transport_options=transport)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
-        task_default_queue=queue,
         task_send_sent_event=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options=transport,
         result_backend=None,
         task_ignore_result=True,
     )
@@ -123,7 +129,9 @@ class ClientCore:
         self.redis_url = self.settings.redis_url
         self.queue = self.settings.queue
         self.result_ttl_s = self.settings.result_ttl_s
-        self.celery = make_celery(self.redis_url, self.queue)
+        #: Where jobs are sent: ``LLMQ_BROKER_URL``, else the Redis URL.
+        self.broker_url = self.settings.broker
+        self.celery = make_celery(self.broker_url, self.queue)
         #: Submit spans (``producers/tracing.py``): the OTEL_* configured tracer, or a no-op.
         self.tracer = tracer or producer_tracer()
         self._monitor_content = monitor_content()

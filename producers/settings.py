@@ -25,6 +25,9 @@ class ProducerSettings(BaseSettings):
 
     #: Broker, event streams and results (``LLMQ_REDIS_URL``).
     redis_url: str = DEFAULT_REDIS_URL
+    #: Where the job queue lives when not in Redis: an ``amqp://`` RabbitMQ URL (``LLMQ_BROKER_URL``);
+    #: unset, the Redis URL. Results, events and everything else stay in Redis either way.
+    broker_url: str | None = None
     #: Celery queue jobs are sent to; the worker consumes ``LLMQ_QUEUE`` too (``LLMQ_QUEUE``).
     queue: str = Field(default=DEFAULT_QUEUE, min_length=1)
     #: Seconds job metadata is kept (``LLMQ_RESULT_TTL_S``, shared with the worker).
@@ -33,6 +36,11 @@ class ProducerSettings(BaseSettings):
     redis_connect_timeout_s: float = Field(default=5.0, gt=0)
     #: ``llmq submit``: seconds without a sign of a worker on the queue before it says so on stderr.
     worker_check_s: float = Field(default=3.0, gt=0)
+
+    @property
+    def broker(self) -> str:
+        """The Celery broker URL: ``broker_url`` or, unset, ``redis_url``."""
+        return self.broker_url or self.redis_url
 
 
 def producer_settings(**overrides: Any) -> ProducerSettings:

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
+import socket
+import subprocess
+import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -16,8 +21,11 @@ from celery.contrib.testing.worker import start_worker
 
 from llmq.localredis import ManagedRedis
 from producers import Client
+from producers.settings import ProducerSettings
 from simulator.app import SimConfig, SimulatorThread
 from simulator.env import provider_env
+from tests.support.brokers import Broker, amqp_worker
+from workers.contract import DEFAULT_QUEUE
 from workers.runtime.app import close_runner, create_app
 from workers.settings import Settings
 
@@ -76,23 +84,87 @@ def simulator(simulator_session: SimulatorThread) -> SimulatorThread:
     return simulator_session
 
 
-# An in-process Celery worker (threads pool) wired to the test Redis and the simulator.
+#: The RabbitMQ the amqp-parametrized tests use (``LLMQ_TEST_AMQP_URL``; a private vhost is made on it).
+DEFAULT_TEST_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def _rabbitmqctl(*args: str) -> bool:
+    if shutil.which("rabbitmqctl") is None:
+        return False
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60, check=False)
+    return done.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def amqp_server_url() -> Iterator[str]:
+    """A RabbitMQ URL on a vhost of this test run's own (deleted after), so leftovers and other runs'
+    workers (Celery's control messages share a vhost) cannot interfere. Where ``rabbitmqctl`` cannot
+    make one, the configured vhost, with unique queue names per test. No RabbitMQ: skipped, but
+    under ``CI=true`` the test fails (``.ci/run`` starts one)."""
+    base = os.environ.get("LLMQ_TEST_AMQP_URL", DEFAULT_TEST_AMQP_URL)
+    parts = urlsplit(base)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=2).close()
+    except OSError as exc:
+        message = f"RabbitMQ at {parts.hostname}:{parts.port or 5672} is not reachable ({exc})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    vhost = f"llmq-test-{uuid.uuid4().hex[:10]}"
+    user = parts.username or "guest"
+    if not (_rabbitmqctl("add_vhost", vhost) and _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")):
+        yield base
+        return
+    try:
+        yield parts._replace(path=f"/{vhost}").geturl()
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
 @pytest.fixture
-def worker_settings(redis_url: str) -> Settings:
-    return Settings(redis_url=redis_url, pool="threads", concurrency=16, coalesce_ms=20.0, claim_lease_s=10)
+def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Broker]:
+    """The job queue: Redis by default; ``@pytest.mark.parametrize("broker", ["redis", "amqp"],
+    indirect=True)`` runs a test on both. On RabbitMQ each test gets a queue of its own, deleted after."""
+    kind = getattr(request, "param", "redis")
+    if kind == "redis":
+        yield Broker(kind, redis_url, DEFAULT_QUEUE)
+        return
+    assert kind == "amqp", kind
+    url = request.getfixturevalue("amqp_server_url")
+    queue = f"llmq-test-{uuid.uuid4().hex[:10]}"
+    yield Broker(kind, url, queue)
+    from kombu import Connection
+
+    with Connection(url) as conn:
+        conn.default_channel.queue_delete(queue)
+
+
+# An in-process Celery worker (threads pool) wired to the test Redis, the test's broker and the simulator.
+@pytest.fixture
+def worker_settings(redis_url: str, broker: Broker) -> Settings:
+    return Settings(
+        redis_url=redis_url, broker_url=broker.url, queue=broker.queue,
+        pool="threads", concurrency=16, coalesce_ms=20.0, claim_lease_s=10,
+    )  # fmt: skip
 
 
 @pytest.fixture
 def worker(worker_settings: Settings, simulator: SimulatorThread) -> Iterator[object]:
     app = create_app(worker_settings, provider_env=provider_env(simulator.url))
     with start_worker(
-        app, pool="threads", concurrency=worker_settings.concurrency, perform_ping_check=False, shutdown_timeout=10
+        app,
+        pool="threads",
+        concurrency=worker_settings.concurrency,
+        perform_ping_check=False,
+        shutdown_timeout=10,
+        without_heartbeat=not amqp_worker(worker_settings),
     ) as w:
         yield w
     close_runner(app)
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[Client]:
-    with Client(redis_url) as c:
+def client(redis_url: str, broker: Broker) -> Iterator[Client]:
+    settings = ProducerSettings(redis_url=redis_url, broker_url=broker.url, queue=broker.queue)
+    with Client(settings=settings) as c:
         yield c

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
 
     #: Broker, event streams, results and the ledger.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Where the job queue lives when not in Redis: an ``amqp://`` RabbitMQ URL, declared as a quorum
+    #: queue (``LLMQ_BROKER_URL``); unset, the Redis URL. Results, events, the ledger and the guards
+    #: stay in Redis either way.
+    broker_url: str | None = None
     #: Celery queue jobs are sent to.
     queue: str = "llmq"
 

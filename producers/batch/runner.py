@@ -235,7 +235,7 @@ class BatchRunner:
         if self.redis.hexists(JobKeys(job.id).meta, "runs"):
             return  # claimed by a worker: its result will come to the reply list
         if self._celery is None:
-            self._celery = make_celery(self.client.redis_url, self.client.queue)
+            self._celery = make_celery(self.client.broker_url, self.client.queue)
         job.submitted_at = job.submitted_at or time.time()
         payload = job.model_dump(mode="json", exclude_none=True)
         self._celery.send_task(

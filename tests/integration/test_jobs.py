@@ -1,16 +1,29 @@
-"""Jobs end to end: producer -> real Redis -> in-process Celery worker -> simulator -> subscriber."""
+"""Jobs end to end: producer -> real Redis -> in-process Celery worker -> simulator -> subscriber.
+
+Tests marked ``BOTH_BROKERS`` run twice: with the job queue in Redis and in a RabbitMQ quorum queue
+(``LLMQ_BROKER_URL``; results and events stay in Redis either way)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx2
 import pytest
+from celery.contrib.testing.worker import start_worker
 
 from producers import Client, InvalidJobError
+from producers.client import make_celery
 from simulator.app import SimulatorThread
+from simulator.env import provider_env
+from tests.support.brokers import Broker, amqp_worker
 from workers.contract import JobKeys
+from workers.runtime.app import close_runner, create_app
+from workers.settings import Settings
+
+BOTH_BROKERS = pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
 
 
 def _job(model: str = "openai:gpt-4o-mini", **extra: object) -> dict[str, object]:
@@ -28,6 +41,7 @@ def _assert_well_formed(events: list) -> None:
     assert len(terminal) == 1 and events[-1] is terminal[0]
 
 
+@BOTH_BROKERS
 @pytest.mark.parametrize("stream", [True, False])
 def test_job_completes_through_the_queue(worker, client: Client, simulator: SimulatorThread, stream: bool) -> None:
     handle = client.submit(_job(stream=stream))
@@ -122,12 +136,11 @@ def test_unknown_provider_fails_on_the_worker_without_hanging(worker, client: Cl
     assert result.status == "failed" and result.error is not None and not result.error.retryable
 
 
-def test_invalid_payload_reaching_the_worker_still_ends(worker, client: Client, redis_url: str) -> None:
+@BOTH_BROKERS
+def test_invalid_payload_reaching_the_worker_still_ends(worker, client: Client, broker: Broker) -> None:
     # a producer that bypasses validation (another language, an old version) still gets an answer
-    from producers.client import make_celery
-
-    app = make_celery(redis_url)
-    app.send_task("llmq.run_job", args=[{"id": "bad-1", "model": "openai:x", "messages": "nope"}], queue="llmq")
+    app = make_celery(broker.url, broker.queue)
+    app.send_task("llmq.run_job", args=[{"id": "bad-1", "model": "openai:x", "messages": "nope"}], queue=broker.queue)
     app.close()
     result = client.result("bad-1", timeout=30)
     assert result.status == "failed" and result.error.type == "bad_request"
@@ -229,3 +242,36 @@ def test_a_registration_whose_send_was_lost_is_sent_again(worker, client: Client
     assert handle.enqueued
     assert handle.result(timeout=30).status == "succeeded"
     assert not client.submit(_job(id="lost-send-1")).enqueued  # sent now: never again
+
+
+@pytest.fixture
+def requeue_worker(worker_settings: Settings, simulator: SimulatorThread, tmp_path: Path) -> Iterator[object]:
+    """A worker that re-queues any wait over 0.2 s (a 429 with retry-after 1 s re-queues the job)."""
+    config = tmp_path / "llmq.toml"
+    config.write_text("max_inworker_wait_s = 0.2\nmax_requeues = 3\n")
+    settings = worker_settings.model_copy(update={"config": str(config), "concurrency": 4})
+    app = create_app(settings, provider_env=provider_env(simulator.url))
+    try:
+        with start_worker(
+            app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=10,
+            without_heartbeat=not amqp_worker(settings),
+        ) as w:  # fmt: skip
+            yield w
+    finally:
+        close_runner(app)
+
+
+@BOTH_BROKERS
+def test_a_rate_limited_job_is_requeued_with_a_countdown_and_then_succeeds(
+    requeue_worker: object, client: Client, redis_client, simulator: SimulatorThread
+) -> None:
+    # on RabbitMQ the countdown travels through Celery's native delayed delivery (quorum queues hold no ETA)
+    handle = client.submit(_job("openai:gpt-4o~429@1"))  # first request: 429 retry-after 1 s; then ok
+    events = list(handle.stream(timeout=60))
+    result = handle.result(timeout=10)
+    assert result.status == "succeeded", result.error
+    assert [a.error_type for a in result.attempts] == ["rate_limited", None]
+    assert redis_client.hget(JobKeys(handle.id).meta, "requeues") == b"1"  # re-queued once, not slept
+    assert _requests_for(simulator, handle.id) == 2
+    assert [e.type for e in events].count("done") == 1 and events[-1].type == "done"
+    _assert_well_formed(events)

@@ -13,13 +13,17 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 import redis
+from celery import Celery
 
 from llmq.devstack import LocalStack
 from producers import Client
 from producers.client import make_celery
+from producers.settings import ProducerSettings
+from tests.support.brokers import Broker
 from workers.accounting.ledger import GLOBAL_SCOPE, Ledger, to_micros
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
@@ -54,13 +58,36 @@ def _one_call_usd() -> float:
     return to_micros(cost) / 1e6
 
 
+@dataclass(frozen=True)
+class Stack:
+    stack: LocalStack
+    workers: dict[str, subprocess.Popen[bytes]]
+    url: str  # Redis: results, events, ledger
+    broker: str  # the job queue: the same Redis, or RabbitMQ
+    queue: str
+
+    def client(self) -> Client:
+        return Client(settings=ProducerSettings(redis_url=self.url, broker_url=self.broker, queue=self.queue))
+
+    def celery(self) -> Celery:
+        return make_celery(self.broker, self.queue)
+
+
 @pytest.fixture
-def two_workers(redis_server_url: str) -> Iterator[tuple[LocalStack, dict[str, subprocess.Popen[bytes]], str]]:
+def two_workers(redis_server_url: str, broker: Broker) -> Iterator[Stack]:
     url = redis_server_url.replace("/0", "/5")
     redis.Redis.from_url(url).flushdb()
+    broker_url = broker.url if broker.kind == "amqp" else url
     # the shipped defaults: no visibility timeout, claim lease or heartbeat override
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
-    env.update({"LLMQ_REDIS_URL": url, "LLMQ_MONTHLY_BUDGET_USD": "10"})
+    env.update(
+        {
+            "LLMQ_REDIS_URL": url,
+            "LLMQ_BROKER_URL": broker_url,
+            "LLMQ_QUEUE": broker.queue,
+            "LLMQ_MONTHLY_BUDGET_USD": "10",
+        }
+    )
     defaults = Settings(redis_url=url)
     assert defaults.visibility_timeout <= 30 and defaults.claim_lease_s <= 30
     with LocalStack(env=env) as stack:
@@ -69,16 +96,16 @@ def two_workers(redis_server_url: str) -> Iterator[tuple[LocalStack, dict[str, s
         workers = {name: stack.start_worker(pool="threads", concurrency=4, name=name) for name in ("w1", "w2")}
         stack.wait_for_workers(2)
         try:
-            yield stack, workers, url
+            yield Stack(stack, workers, url, broker_url, broker.queue)
         finally:
             for proc in workers.values():  # a frozen worker cannot handle the stack's SIGTERM
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGCONT)
 
 
-def _holder(url: str, job_id: str) -> str:
+def _holder(s: Stack, job_id: str) -> str:
     """The worker name (``w1``/``w2``) whose active tasks include ``job_id``."""
-    app = make_celery(url)
+    app = s.celery()
     deadline = time.monotonic() + HANG_GUARD_S
     try:
         while time.monotonic() < deadline:
@@ -91,8 +118,8 @@ def _holder(url: str, job_id: str) -> str:
     raise AssertionError(f"no worker reports {job_id} as active")
 
 
-def _active_on(url: str, name: str) -> list[object] | None:
-    app = make_celery(url)
+def _active_on(s: Stack, name: str) -> list[object] | None:
+    app = s.celery()
     try:
         replies = app.control.inspect(timeout=2).active() or {}
     finally:
@@ -103,19 +130,23 @@ def _active_on(url: str, name: str) -> list[object] | None:
     return None  # did not answer
 
 
-def _start_and_pick_victim(client: Client, url: str, job_id: str) -> str:
+def _start_and_pick_victim(client: Client, s: Stack, job_id: str) -> str:
     handle = client.submit({"model": MODEL, "messages": PROMPT, "max_tokens": 20, "id": job_id})
     for event in handle.stream(timeout=HANG_GUARD_S):
         if event.type == "delta":
             break
-    return _holder(url, job_id)
+    return _holder(s, job_id)
 
 
-def test_sigkill_mid_stream_moves_the_job_with_default_settings(two_workers) -> None:
-    _, workers, url = two_workers
-    with Client(url) as client:
+@pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
+def test_sigkill_mid_stream_moves_the_job_with_default_settings(two_workers: Stack) -> None:
+    # on RabbitMQ the killed worker's connection drops and the broker redelivers at once; the new run
+    # finds the dead run's claim until its lease lapses and re-queues itself with a countdown
+    s = two_workers
+    workers, url = s.workers, s.url
+    with s.client() as client:
         ledger = Ledger(redis.Redis.from_url(url), monthly_limit_usd=10)
-        victim = _start_and_pick_victim(client, url, "crash-1")
+        victim = _start_and_pick_victim(client, s, "crash-1")
         assert _scope(ledger)[1] > 0  # the worst case is reserved while the call runs
         killed_at = time.monotonic()
         os.killpg(workers[victim].pid, signal.SIGKILL)
@@ -134,11 +165,13 @@ def test_sigkill_mid_stream_moves_the_job_with_default_settings(two_workers) -> 
         ledger.client.close()
 
 
-def test_a_frozen_worker_woken_after_its_job_moved_writes_nothing(two_workers) -> None:
-    _, workers, url = two_workers
-    with Client(url) as client:
+def test_a_frozen_worker_woken_after_its_job_moved_writes_nothing(two_workers: Stack) -> None:
+    # Redis only: RabbitMQ keeps a frozen (not dead) consumer's messages until its AMQP heartbeat lapses
+    s = two_workers
+    workers, url = s.workers, s.url
+    with s.client() as client:
         ledger = Ledger(redis.Redis.from_url(url), monthly_limit_usd=10)
-        victim = _start_and_pick_victim(client, url, "frozen-1")
+        victim = _start_and_pick_victim(client, s, "frozen-1")
         os.killpg(workers[victim].pid, signal.SIGSTOP)
 
         result = client.result("frozen-1", timeout=HANG_GUARD_S)  # finished by the other worker
@@ -148,7 +181,7 @@ def test_a_frozen_worker_woken_after_its_job_moved_writes_nothing(two_workers) -
 
         os.killpg(workers[victim].pid, signal.SIGCONT)
         # the woken run notices (heartbeat or its next write) and stops; its task then ends
-        _wait(lambda: _active_on(url, victim) == [], "the woken worker to drop the job")
+        _wait(lambda: _active_on(s, victim) == [], "the woken worker to drop the job")
 
         after = list(client.stream("frozen-1", timeout=10))
         assert after == before  # not one event written by the woken run

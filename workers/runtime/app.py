@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from celery.signals import setup_logging, worker_init, worker_shutdown
 
 from workers.contract import DEFAULT_QUEUE, TASK_NAME
+from workers.contract.brokerurl import amqp_conf, is_amqp
 from workers.contract.redisurl import sentinel_target
 from workers.runtime.broker import transport_for
 from workers.runtime.state import AppState, LLMQCelery
@@ -51,11 +52,19 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         "socket_keepalive": True,
         "health_check_interval": 30,
     }
-    broker_url = settings.redis_url
-    target = sentinel_target(broker_url)
-    if target is not None:  # Redis Sentinel (workers/contract/redisurl.py): kombu asks it for the master
-        broker_url = target.broker_url()
-        transport.update(target.transport_options())
+    broker_url = settings.broker_url or settings.redis_url
+    queue = settings.queue or DEFAULT_QUEUE
+    if is_amqp(broker_url):
+        # RabbitMQ (workers/contract/brokerurl.py): a quorum queue; a dead consumer's unacked messages
+        # return when its connection drops, so none of the Redis transport's options apply
+        transport = {}
+        app.conf.update(amqp_conf(queue), broker_native_delayed_delivery_queue_type="quorum")
+    else:
+        target = sentinel_target(broker_url)
+        if target is not None:  # Redis Sentinel (workers/contract/redisurl.py): kombu asks it for the master
+            broker_url = target.broker_url()
+            transport.update(target.transport_options())
+        app.conf.update(task_default_queue=queue)
     app.conf.update(
         broker_url=broker_url,
         broker_transport_options=transport,
@@ -77,8 +86,7 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         # turns them off (Flower can still switch them on at run time with `enable_events`)
         worker_send_task_events=settings.task_events,
         task_send_sent_event=settings.task_events,
-        task_default_queue=settings.queue or DEFAULT_QUEUE,
-        task_routes={TASK_NAME: {"queue": settings.queue or DEFAULT_QUEUE}},
+        task_routes={TASK_NAME: {"queue": queue}},
         worker_hijack_root_logger=False,
         worker_concurrency=settings.concurrency,
         # threads: ours, which can hand running jobs back when a graceful shutdown's window ends
