@@ -1,4 +1,4 @@
-"""The chaos run shared by ``bench/chaos_bench.py`` (2,000 jobs) and ``tests/integration/test_chaos.py``.
+"""The chaos run of ``bench/chaos_bench.py`` (2,000 jobs; smaller runs via ``ChaosConfig(jobs=...)``).
 
 Real parts only: a durable ``redis-server`` (AOF, as shipped), ``llmq simulate`` with seeded fault
 rates (429, 503, cut streams), three ``llmq worker`` processes and a producer. While the jobs run,
