@@ -201,10 +201,15 @@ def _start_workers(
 
 
 def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    """Every job of theirs has ended (acked): a cold shutdown, then SIGKILL if it lingers."""
     for w in workers:
-        os.killpg(w.pid, signal.SIGTERM)
+        os.killpg(w.pid, signal.SIGQUIT)
     for w in workers:
-        w.wait(30)
+        try:
+            w.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(w.pid, signal.SIGKILL)
+            w.wait(10)
 
 
 # --- one configuration --------------------------------------------------------------------------------
@@ -295,6 +300,7 @@ def print_config(cfg: dict[str, Any]) -> None:
         print(
             f"{name:<10}{row['ok']:>6}{row['jobs_per_s']:>9}{row['jobs_per_s_per_core']:>8}"
             f"{row['cpu_ms_per_job']:>12}{row['cpu_pct_of_core']:>7}{row['peak_rss_mb']:>13}  {row['errors'] or ''}"
+            + (f"  worker run p50 {row['run_s_p50']} s" if row.get("run_s_p50") is not None else "")
         )
     print("  ".join(f"{k}={v}" for k, v in cfg["ratios"].items()), flush=True)
 
