@@ -254,12 +254,21 @@ def run_config(
             paths["direct"] = _summary(run_direct(stack, args.jobs, concurrency, procs), procs)
         paths["queue"] = _summary(run_queue(stack, args.jobs, workers), procs)
         if args.compare_env:
-            # the same queue path again with other worker settings (or code: PYTHONPATH=<an older tree>)
-            _stop_workers(workers)
+            # the same queue path with other worker settings (or code: PYTHONPATH=<an older tree>), A and
+            # B alternating --rounds times on fresh workers so drift on a shared machine hits both alike
             other = {**worker_env, **dict(kv.split("=", 1) for kv in args.compare_env)}
-            workers = _start_workers(stack, args, concurrency, procs, other, "benchworkerb")
-            run_queue(stack, min(100 * procs, args.jobs), workers)
-            paths["queue_b"] = _summary(run_queue(stack, args.jobs, workers), procs)
+            runs: dict[str, list[dict[str, Any]]] = {"queue": [paths["queue"]], "queue_b": []}
+            for k in range(args.rounds):
+                for name, env_ in (("queue_b", other), ("queue", worker_env)):
+                    if name == "queue" and k == 0:
+                        continue  # round 1 of A is the run above
+                    _stop_workers(workers)
+                    workers = _start_workers(stack, args, concurrency, procs, env_, f"bench{name}{k}")
+                    run_queue(stack, min(100 * procs, args.jobs), workers)
+                    runs[name].append(_summary(run_queue(stack, args.jobs, workers), procs))
+            for name, rows in runs.items():
+                best = sorted(rows, key=lambda r: r["cpu_ms_per_job"])[len(rows) // 2]  # the median run
+                paths[name] = {**best, "cpu_ms_per_job_runs": [r["cpu_ms_per_job"] for r in rows]}
         if python is not None and "litellm" in args.paths:
             paths["litellm"] = _summary(run_litellm(stack, args.jobs, concurrency, procs, python), procs)
     q, raw, direct, lite = paths["queue"], paths.get("raw"), paths.get("direct"), paths.get("litellm")
@@ -360,6 +369,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="run the queue path a second time (queue_b) with these worker settings, e.g. PYTHONPATH=<older tree>",
     )
+    p.add_argument("--rounds", type=int, default=1, help="with --compare-env: A/B rounds (median reported)")
     p.add_argument("--json", help="also write the whole result to this file")
     args = p.parse_args()
     if args.quick:
