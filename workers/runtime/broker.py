@@ -81,11 +81,13 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 
 __all__ = [
+    "CLAIM_LUA",
     "FETCH_LUA",
     "MALFORMED_KEY",
+    "SET_ASIDE_LUA",
     "Channel",
     "QoS",
     "SentinelChannel",
@@ -103,14 +105,16 @@ MALFORMED_KEY = "llmq.broker.malformed"
 #: A key nothing writes: the consumer's timed wait while Redis refuses ``BLMOVE`` (out of memory).
 _IDLE_KEY = "llmq.broker.idle"
 
-#: Take the first message of KEYS[4..] (queue lists, in order) into the unacked bookkeeping.
-#: KEYS[1] unacked hash, KEYS[2] unacked_index, KEYS[3] malformed list; ARGV[1] the worker's clock.
-#: Returns {list key, payload, delivery tag}, {list key, payload} for a malformed payload, or nil.
-#: The pop comes first: at ``maxmemory`` Redis refuses a script's growing writes only before its
-#: first write, so an out-of-memory refusal can never leave the message popped and unrecorded.
+#: Take the first message of KEYS[3..] (queue lists, in order) into the unacked bookkeeping.
+#: KEYS[1] unacked hash, KEYS[2] unacked_index; ARGV[1] the worker's clock. Returns {list key, payload, delivery tag}, nil when all lists are
+#: empty, or {list key, payload} without taking it when Lua's cjson cannot read the payload (it
+#: refuses, for one, a lone UTF-16 surrogate escape that Python's json writes): Python reads it and
+#: takes it with :data:`CLAIM_LUA`. The pop is the first write: at ``maxmemory`` Redis refuses a
+#: script's growing writes only before its first write, so a refusal never leaves a message popped
+#: and unrecorded.
 FETCH_LUA = """
-for i = 4, #KEYS do
-  local item = redis.call('RPOP', KEYS[i])
+for i = 3, #KEYS do
+  local item = redis.call('LINDEX', KEYS[i], -1)
   if item then
     local ok, msg = pcall(cjson.decode, item)
     local props = ok and type(msg) == 'table' and msg['properties']
@@ -120,11 +124,11 @@ for i = 4, #KEYS do
       info = props['delivery_info']
     end
     if type(tag) ~= 'string' or type(info) ~= 'table'
-        or info['exchange'] == nil or info['routing_key'] == nil then
-      redis.call('LPUSH', KEYS[3], item)
+        or type(info['exchange']) ~= 'string' or type(info['routing_key']) ~= 'string' then
       return {KEYS[i], item}
     end
-    local entry = '[' .. item .. ',' .. cjson.encode(info['exchange']) .. ','
+    redis.call('RPOP', KEYS[i])
+    local entry = '[' .. item .. ', ' .. cjson.encode(info['exchange']) .. ', '
       .. cjson.encode(info['routing_key']) .. ']'
     redis.call('HSET', KEYS[1], tag, entry)
     redis.call('ZADD', KEYS[2], ARGV[1], tag)
@@ -132,6 +136,27 @@ for i = 4, #KEYS do
   end
 end
 return nil
+"""
+
+#: Take one given payload (ARGV[1], read by Python) from the tail end of list KEYS[3] into the
+#: bookkeeping: unacked[ARGV[2]] = ARGV[3], unacked_index[ARGV[2]] = ARGV[4]. 1 if taken, 0 if it
+#: is gone (another consumer took it).
+CLAIM_LUA = """
+if redis.call('LREM', KEYS[3], -1, ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+return 1
+"""
+
+#: Move one given payload (ARGV[1]) that no one can read from list KEYS[1] to KEYS[2].
+SET_ASIDE_LUA = """
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
 """
 
 
@@ -159,7 +184,6 @@ class QoS(kombu_redis.QoS):
 class Channel(kombu_redis.Channel):
     QoS = QoS
     _shared_client: Any = None
-    _fetch_script: Any = None
     #: The wait's command in flight (``BLMOVE``, or ``BLPOP`` while Redis refuses ``BLMOVE``).
     _wait_command = "BLMOVE"
     _wait_refused = False
@@ -181,6 +205,7 @@ class Channel(kombu_redis.Channel):
             raise ValueError("llmqueue's broker transport does not support kombu's global_keyprefix")
         #: Delivery tags the fetch script recorded and ``QoS.append`` has not taken yet.
         self._fetched: set[str] = set()
+        self._scripts: dict[str, Any] = {}
         super().__init__(connection, **kwargs)
 
     def clock(self) -> float:
@@ -201,34 +226,50 @@ class Channel(kombu_redis.Channel):
             return False
         return True
 
+    def _script(self, source: str) -> Any:
+        scripts = self._scripts
+        script = scripts.get(source)
+        if script is None:  # registered once per channel client; redis-py reloads it on NOSCRIPT
+            script = scripts[source] = self._create_client().register_script(source)
+        return script
+
     def fetch(self, queues: Sequence[str]) -> tuple[str, bytes] | None:
         """Take the first message of ``queues`` (each priority step, then each queue) into the
         unacked bookkeeping in one script; returns (queue, payload), or None when all are empty."""
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
         if not keys:
             return None
-        client = self._create_client()
-        script = self._fetch_script
-        if script is None:
-            script = self._fetch_script = client.register_script(FETCH_LUA)
-        reply = script(keys=[self.unacked_key, self.unacked_index_key, MALFORMED_KEY, *keys], args=[repr(self.clock())])
+        bookkeeping = [self.unacked_key, self.unacked_index_key]
+        reply = self._script(FETCH_LUA)(keys=[*bookkeeping, *keys], args=[repr(self.clock())])
         if not reply:
             return None
         key = bytes_to_str(reply[0])
         payload: bytes = reply[1]
-        queue = key.rsplit(self.sep, 1)[0]
-        if len(reply) < 3:
-            log.error(
-                "broker: a message on %r is not a readable kombu payload; moved to %s: %.200r",
-                queue,
-                MALFORMED_KEY,
-                payload,
-            )
-            return None
-        tag = bytes_to_str(reply[2])
+        if len(reply) >= 3:
+            tag = bytes_to_str(reply[2])
+        else:  # Lua could not read it: read it here, then take exactly that payload
+            try:
+                props = loads(bytes_to_str(payload))["properties"]
+                tag, info = props["delivery_tag"], props["delivery_info"]
+                entry = f"[{bytes_to_str(payload)}, {dumps(info['exchange'])}, {dumps(info['routing_key'])}]"
+                if not isinstance(tag, str):
+                    raise TypeError("delivery_tag is not a string")
+            except (ValueError, KeyError, TypeError) as exc:
+                if self._script(SET_ASIDE_LUA)(keys=[key, MALFORMED_KEY], args=[payload]):
+                    log.error(
+                        "broker: a message on %r is not a readable kombu payload (%s); moved to %s: %.200r",
+                        key,
+                        exc,
+                        MALFORMED_KEY,
+                        payload,
+                    )
+                return None
+            claim = self._script(CLAIM_LUA)
+            if not claim(keys=[*bookkeeping, key], args=[payload, tag, entry, repr(self.clock())]):
+                return None  # another consumer took it first
         self._fetched.add(tag)
         self.on_fetched(tag)
-        return queue, payload
+        return key.rsplit(self.sep, 1)[0], payload
 
     def on_fetched(self, delivery_tag: str) -> None:
         """Called right after the fetch script took a message, before it is delivered: a seam for

@@ -41,10 +41,16 @@ def _connection(url: str, transport: type[Transport] = Transport, **options: Any
     return Connection(url, transport=transport, transport_options={"visibility_timeout": 10, **options})
 
 
-def _publish(url: str, body: object, *, priority: int | None = None) -> None:
+def _publish(url: str, body: object, *, priority: int | None = None, headers: dict[str, str] | None = None) -> None:
     with _connection(url) as conn, conn.Producer() as producer:
         producer.publish(
-            body, exchange=EXCHANGE, routing_key=QUEUE, declare=[KOMBU_QUEUE], serializer="json", priority=priority
+            body,
+            exchange=EXCHANGE,
+            routing_key=QUEUE,
+            declare=[KOMBU_QUEUE],
+            serializer="json",
+            priority=priority,
+            headers=headers,
         )
 
 
@@ -197,3 +203,19 @@ def test_a_full_redis_refuses_the_wait_but_the_fetch_still_takes(url: str, redis
             for _, message in got:  # type: ignore[misc]
                 message.ack()  # (kombu's acks are MULTI pipelines, which a full Redis refuses too)
     assert redis_client.hlen("unacked") == 0
+
+
+def test_a_payload_lua_cannot_read_is_taken_by_python(url: str, redis_client: redis.Redis) -> None:
+    # Python's json writes a lone surrogate as an escape that Redis's cjson refuses (Celery's
+    # argsrepr of a job with such text, which the worker must still take and end)
+    _publish(url, {"n": 1}, headers={"argsrepr": "\udfff"})
+    assert b"\\udfff" in (redis_client.lindex(QUEUE, 0) or b"")
+    with _connection(url) as conn:
+        message = conn.channel().basic_get(QUEUE)
+        assert message is not None and message.payload == {"n": 1}
+        assert message.headers["argsrepr"] == "\udfff"
+        assert redis_client.llen(QUEUE) == 0 and redis_client.hexists("unacked", message.delivery_tag)
+        payload, exchange, _ = json.loads(redis_client.hget("unacked", message.delivery_tag) or b"")
+        assert payload["headers"]["argsrepr"] == "\udfff" and exchange == QUEUE
+        message.ack()
+    assert redis_client.hlen("unacked") == 0 and redis_client.zcard("unacked_index") == 0
