@@ -5,7 +5,7 @@ messages, and without a client object per operation. Needs Redis >= 6.2 (``BLMOV
 records it as held (the ``unacked`` hash and the ``unacked_index`` sorted set) only afterwards, in a
 separate pipeline: a worker SIGKILLed between the two, or a Redis that dies after the pop and
 before the bookkeeping (which then fails), lost the message for good. Here a fetch is one Lua
-script (:data:`FETCH_LUA`, ``EVALSHA`` with redis-py's ``NOSCRIPT`` fallback): it ``RPOP``\\ s the
+script (:data:`FETCH_LUA`, ``EVALSHA`` with redis-py's ``NOSCRIPT`` fallback): it pops the
 first message of the channel's queue lists (kombu's order: each priority step, each queue of the
 round-robin cycle) and, in the same script, stores it in ``unacked`` (``[payload, exchange,
 routing_key]``, exactly what kombu's ``QoS.append`` stores and ``restore_by_tag`` reads, the
@@ -15,7 +15,8 @@ to replicas as one ``MULTI``/``EXEC`` block, so at every instant, in memory and 
 message is either in a queue list or in ``unacked`` + ``unacked_index``; from there kombu's restore
 of aged entries returns it to its queue unless a live holder keeps its entry fresh (below).
 ``QoS.append`` therefore writes nothing for a fetched message (only the in-process ``_delivered``
-map and the heartbeat); acks, rejects and restores are kombu's.
+map and the heartbeat); acks, rejects, restores, prefetch credit and the round-robin rotation of
+queues are kombu's, unchanged.
 
 Waiting is apart from taking: the consumer's blocking command is ``BLMOVE q q RIGHT RIGHT
 <brpop_timeout>`` on the base list of the first queue of the cycle. It returns as soon as that
@@ -24,15 +25,18 @@ the fetch script then takes a message, or finds none because another consumer wa
 ``Empty``: the wait starts again). The script also runs when a wait times out, so messages on the
 lists no ``BLMOVE`` watches (priority lists, a second queue of ``-Q a,b``) are taken within
 ``brpop_timeout`` (1 s). llmqueue sends no message priorities (everything lands on the base list)
-and consumes one queue, so in practice each message wakes the waiting consumers at once; kombu's
-``priority_steps`` stay as they are, so a prioritised message sent by other code is still taken.
-Every consumer blocked on the list wakes for each message (``BLMOVE`` leaves it in place) and one
-wins: a fetch costs one script call per idle worker, fine for tens of workers. At ``maxmemory``
-with ``noeviction`` Redis refuses ``BLMOVE`` (it may grow memory) but runs the script (its pop
-comes first); the consumer then waits with a ``BLPOP`` on a key nobody writes, sweeping once per
-``brpop_timeout``, since nothing can be queued meanwhile anyway. ``basic_get`` takes the same way
-(with ``no_ack`` it pops plainly, as nothing would ever ack it). A payload the script cannot read
-(not JSON, no delivery tag) is moved to the ``llmq.broker.malformed`` list and logged.
+and a worker consumes one queue, so in practice the watched list is the only one that ever holds
+messages and a message is taken the moment it arrives; kombu's ``priority_steps`` stay as they are,
+so a prioritised message sent by other code (or restored with its priority) is still taken. Every
+consumer blocked on the list wakes for each message (``BLMOVE`` leaves it in place) and one wins: a
+message costs one script call per idle consumer, fine for tens of workers. At ``maxmemory`` with
+``noeviction`` Redis refuses ``BLMOVE`` (it may grow memory) but runs the script (its pop is its
+first write); the consumer then waits with a ``BLPOP`` on a key nobody writes, sweeping once per
+``brpop_timeout``, as nothing can be queued meanwhile anyway. ``basic_get`` takes the same way
+(with ``no_ack`` it pops plainly, as nothing would ever ack it). A payload Lua's cjson cannot read
+(a lone surrogate escape, which Python's json writes) is read in Python and that exact payload taken
+with a second script (:data:`CLAIM_LUA`); one nobody can read (not JSON, no delivery tag) is moved
+to the ``llmq.broker.malformed`` list and logged, where kombu dropped it.
 
 What a crash can lose. A worker killed at any point: its fetched messages sit in ``unacked``, no
 heartbeat refreshes them, they are restored after ``visibility_timeout``. Redis killed after the
