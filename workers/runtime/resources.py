@@ -29,6 +29,7 @@ from redis.retry import Retry
 from workers.accounting.ledger import Ledger
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
+from workers.contract.redisclient import redis_client
 from workers.guards.shared import SharedGuards
 from workers.jobs.heartbeat import ClaimHeartbeat
 from workers.jobs.store import JobStore
@@ -36,7 +37,6 @@ from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
 from workers.llm.tracing import NO_TRACER
 from workers.routes import LLMQConfig, load_config
-from workers.runtime.redisconn import redis_client
 from workers.runtime.telemetry import BreakerCollector, RateAdmissionsCollector, WorkerMetrics, build_worker_metrics
 from workers.runtime.tracing import build_tracer_provider
 from workers.settings import Settings
@@ -52,7 +52,7 @@ CANCEL_CHANNEL = "llmq:cancel"
 
 
 def redis_client_for(settings: Settings, max_connections: int | None = None) -> redis.Redis:
-    """The worker's Redis client (plain URL or Sentinel, ``workers/runtime/redisconn.py``)."""
+    """The worker's Redis client (plain URL or Sentinel, ``workers/contract/redisclient.py``)."""
     return redis_client(
         settings.redis_url,
         max_connections=max_connections or settings.concurrency + 10,
