@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 
 import httpx2
 import pytest
@@ -16,29 +15,19 @@ from producers.gateway.server import GatewayThread
 from producers.gateway.sse import SSEParser
 from simulator.app import SimulatorThread
 from tests.support import tools as T
+from tests.support.tools import tools_worker_settings
 from workers.contract import CompletionResult, StreamEvent
 from workers.settings import Settings
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
+pytestmark = pytest.mark.usefixtures("fresh_tools")
+
+
 @pytest.fixture
 def worker_settings(redis_url: str) -> Settings:
-    return Settings(
-        redis_url=redis_url,
-        pool="threads",
-        concurrency=4,
-        coalesce_ms=20.0,
-        claim_lease_s=10,
-        tools="tests.support.tools",
-    )
-
-
-@pytest.fixture(autouse=True)
-def _reset_tools() -> Iterator[None]:
-    T.reset()
-    yield
-    T.reset()
+    return tools_worker_settings(redis_url, concurrency=4)
 
 
 def _run(client: Client, **job: object) -> tuple[CompletionResult, list[StreamEvent]]:
