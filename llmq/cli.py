@@ -70,8 +70,8 @@ def redis_unreachable(exc: Exception) -> str:
 
 
 def _ping() -> None:
-    from producers.redisconn import redis_client
     from producers.settings import producer_settings
+    from workers.contract.redisclient import redis_client
 
     settings = producer_settings()
     client = redis_client(

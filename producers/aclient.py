@@ -12,7 +12,6 @@ from producers.core import REGISTER_LUA, REPLAY_PAGE, ClientCore
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import AsyncPromptResolver, job_data
-from producers.redisconn import async_redis_client
 from producers.settings import ProducerSettings
 from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
@@ -25,6 +24,7 @@ from workers.contract import (
     JobKeys,
     StreamEvent,
 )
+from workers.contract.redisclient import async_redis_client
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
 

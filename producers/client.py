@@ -27,7 +27,6 @@ from producers.core import CANCEL_CHANNEL, REGISTER_LUA, REPLAY_PAGE, ClientCore
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import PromptResolver, job_data
-from producers.redisconn import redis_client as make_redis
 from producers.settings import ProducerSettings, producer_settings
 from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
@@ -40,6 +39,7 @@ from workers.contract import (
     JobKeys,
     StreamEvent,
 )
+from workers.contract.redisclient import redis_client as make_redis
 
 __all__ = [
     "CANCEL_CHANNEL",

@@ -30,7 +30,7 @@ from workers.contract import (
     parse_event,
 )
 from workers.contract.brokerurl import amqp_conf, is_amqp
-from workers.contract.redisurl import sentinel_target
+from workers.contract.redisurl import kombu_broker
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -92,11 +92,8 @@ def make_celery(broker_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
         app = Celery("llmqueue-producer", broker=broker_url, set_as_current=False)
         app.conf.update(amqp_conf(queue))
     else:
-        target = sentinel_target(broker_url)
-        broker = target.broker_url() if target is not None else broker_url
-        transport: dict[str, object] = {"visibility_timeout": 3600, "max_connections": 64}
-        if target is not None:
-            transport.update(target.transport_options())
+        broker, options = kombu_broker(broker_url)
+        transport: dict[str, object] = {"visibility_timeout": 3600, "max_connections": 64, **options}
         app = Celery("llmqueue-producer", broker=broker, set_as_current=False)
         app.conf.update(task_default_queue=queue, broker_transport_options=transport)
     app.conf.update(

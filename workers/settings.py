@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     #: What a bare ``default`` model resolves to when no config file says otherwise.
     default_model: str = "openai:gpt-4o-mini"
     monthly_budget_usd: float | None = Field(default=None, ge=0)
+    #: Replicas a ledger reservation or settlement waits for (``WAIT``) before the job goes on; None
+    #: = 1 when ``LLMQ_REDIS_URL`` is Sentinel, else 0 (no wait). Fewer in time: logged and counted
+    #: (``llmq_ledger_replica_waits_total{outcome="short"}``), never a job failure.
+    ledger_wait_replicas: int | None = Field(default=None, ge=0)
+    #: How long that wait may take, in milliseconds (each settle waits this long while no replica answers).
+    ledger_wait_ms: int = Field(default=250, ge=1)
 
     # --- prompts --------------------------------------------------------------------------------
     #: The prompt library (``<name>/v<N>.yaml`` + ``golden/``) the ``llmq prompts`` commands use.
@@ -113,6 +119,13 @@ class Settings(BaseSettings):
         if self.heartbeat_interval is not None:
             return self.heartbeat_interval
         return max(0.2, min(self.visibility_timeout, self.claim_lease_s) / 5)
+
+    @property
+    def ledger_replicas(self) -> int:
+        """How many replicas the ledger waits for (``ledger_wait_replicas``, or its Sentinel default)."""
+        if self.ledger_wait_replicas is not None:
+            return self.ledger_wait_replicas
+        return 1 if self.redis_url.strip().lower().startswith("sentinel://") else 0
 
     @property
     def effective_prefetch(self) -> int:
