@@ -78,11 +78,16 @@ class AsyncClient(ClientCore):
         self.prompts = AsyncPromptResolver(self.redis)
         self._tools = LiveTools()
 
-    async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
+    async def validate(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> CompletionJob:
+        """Every check :meth:`submit` makes, nothing enqueued (see ``Client.validate``)."""
         valid = self.stamped(await self.prompts.prepare(job_data(job, overrides)))
         missing = await self._tools.missing_async(self.redis, valid.worker_tools)
         if missing:
             raise InvalidJobError(*missing_tools_error(valid, missing))
+        return valid
+
+    async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
+        valid = await self.validate(job, **overrides)
         keys, args = self.register_args(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
             fresh = await self._register(keys=keys, args=args)

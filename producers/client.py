@@ -113,16 +113,26 @@ class Client(ClientCore):
 
     # --- submit ---------------------------------------------------------------------------------
 
+    def validate(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> CompletionJob:
+        """Every check :meth:`submit` makes, nothing enqueued: the job as it would be sent.
+
+        Resolves a ``prompt`` label (for the job's id, so a traffic split picks what submit would),
+        checks the variables against that version's schema and that the worker tools it names are
+        registered by a live worker. Raises :class:`InvalidJobError` naming each field.
+        """
+        valid = self.stamped(self.prompts.prepare(job_data(job, overrides)))
+        missing = self._tools.missing(self.redis, valid.worker_tools)
+        if missing:
+            raise InvalidJobError(*missing_tools_error(valid, missing))
+        return valid
+
     def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> JobHandle:
         """Validate and enqueue ``job``; a second submit of the same id does not run it twice.
 
         A job with a ``prompt`` gets its label resolved to a version and its variables checked
         against that version's schema here, before anything is enqueued.
         """
-        valid = self.stamped(self.prompts.prepare(job_data(job, overrides)))
-        missing = self._tools.missing(self.redis, valid.worker_tools)
-        if missing:
-            raise InvalidJobError(*missing_tools_error(valid, missing))
+        valid = self.validate(job, **overrides)
         keys, args = self.register_args(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
             fresh = self._register(keys=keys, args=args)
