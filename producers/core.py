@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import redis
 from celery import Celery
 from opentelemetry.trace import Tracer
 from pydantic import ValidationError
@@ -34,6 +35,7 @@ from workers.contract.redisurl import kombu_broker
 
 __all__ = [
     "CANCEL_CHANNEL",
+    "REDIS_DOWN",
     "RESEND_AFTER_S",
     "ClientCore",
     "make_celery",
@@ -66,6 +68,19 @@ return 0
 RESEND_AFTER_S = 30
 #: Entries read from a job's replay Stream per round trip.
 REPLAY_PAGE = 500
+
+#: What a Redis restart or fail-over looks like to a client (redis.asyncio raises the same classes):
+#: ``stream()`` and ``result()`` wait and reconnect on these, any other error is raised.
+REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+#: Reconnect backoff of a consumer that lost Redis: first wait, growth, cap (seconds).
+RECONNECT_FIRST_S, RECONNECT_CAP_S = 0.1, 2.0
+#: How long ``result()`` keeps retrying to read a result whose terminal event it saw (no timeout given).
+RESULT_RIDE_OUT_S = 60.0
+
+
+def next_backoff(wait_s: float) -> float:
+    """The wait after ``wait_s``: doubled, capped at :data:`RECONNECT_CAP_S`."""
+    return min(wait_s * 2, RECONNECT_CAP_S)
 
 
 def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> CompletionJob:
