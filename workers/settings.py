@@ -8,10 +8,13 @@ environment when the worker process starts, so a key can never be serialized wit
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.contract.brokerurl import check_broker_url
+from workers.contract.redisurl import check_redis_url
 
 __all__ = ["Settings", "get_settings"]
 
@@ -20,11 +23,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMQ_", extra="ignore", frozen=True)
 
     #: Broker, event streams, results and the ledger.
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: Annotated[str, AfterValidator(check_redis_url)] = "redis://127.0.0.1:6379/0"
     #: Where the job queue lives when not in Redis: an ``amqp://`` RabbitMQ URL, declared as a quorum
     #: queue (``LLMQ_BROKER_URL``); unset, the Redis URL. Results, events, the ledger and the guards
     #: stay in Redis either way.
-    broker_url: str | None = None
+    broker_url: Annotated[str | None, AfterValidator(check_broker_url)] = None
     #: Celery queue jobs are sent to.
     queue: str = "llmq"
 

@@ -18,9 +18,32 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["DEFAULT_SENTINEL_MASTER", "SentinelTarget", "is_sentinel_url", "kombu_broker", "sentinel_target"]
+__all__ = [
+    "DEFAULT_SENTINEL_MASTER",
+    "REDIS_SCHEMES",
+    "SentinelTarget",
+    "check_redis_url",
+    "is_sentinel_url",
+    "kombu_broker",
+    "sentinel_target",
+]
 
 DEFAULT_SENTINEL_MASTER = "mymaster"
+#: What ``LLMQ_REDIS_URL`` may start with.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+
+
+def check_redis_url(url: str) -> str:
+    """``url`` stripped, or ``ValueError`` saying what a Redis URL looks like (settings validate with it)."""
+    url = url.strip()
+    scheme = urlsplit(url.split(";", 1)[0]).scheme.lower()
+    if scheme not in REDIS_SCHEMES:
+        given = f"{scheme}://" if scheme else "no scheme"
+        raise ValueError(
+            f"a Redis URL starts with redis://, rediss://, unix:// or sentinel:// (got {given}); "
+            "e.g. redis://127.0.0.1:6379/0"
+        )
+    return url
 
 
 @dataclass(frozen=True)
