@@ -14,13 +14,13 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
 from llmq.devstack import LocalStack
 from llmq.localredis import ManagedRedis, ping
 from producers import AsyncClient, Client
+from tests.support.waits import until
 from workers.contract import TERMINAL_EVENT_TYPES, StreamEvent
 
 pytestmark = pytest.mark.slow
@@ -30,14 +30,6 @@ HANG_GUARD_S = 180
 #: How long Redis stays down: past redis-py's own reconnect retries, so the clients' ride-out runs
 #: (a length, not an assertion: any outage must be ridden out).
 OUTAGE_S = 3.0
-
-
-def _until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Consumer(threading.Thread):
@@ -85,7 +77,7 @@ def test_a_streaming_consumer_rides_out_a_redis_restart(flavour: str) -> None:
             consumer = Consumer(url, job_id, flavour)
             consumer.start()
 
-            _until(lambda: any(e.type == "delta" for e in consumer.events), "the first delta")
+            until(lambda: any(e.type == "delta" for e in consumer.events), "the first delta", guard_s=HANG_GUARD_S)
             seen_before = [e.type for e in consumer.events]
             server.kill()
             time.sleep(OUTAGE_S)

@@ -23,9 +23,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +36,7 @@ from producers import Client
 from producers.client import make_celery
 from simulator.env import provider_env
 from tests.support.netns import Partition, need_partition
+from tests.support.waits import until
 from workers.accounting.ledger import GLOBAL_SCOPE, Ledger, to_micros
 from workers.contract import TERMINAL_EVENT_TYPES, JobKeys, StreamEvent
 
@@ -44,14 +44,6 @@ pytestmark = pytest.mark.slow
 
 MODEL = "openai:gpt-4o-mini"
 HANG_GUARD_S = 240
-
-
-def _until(predicate: Callable[[], bool], what: str, guard: float = HANG_GUARD_S) -> None:
-    deadline = time.monotonic() + guard
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _events(client: Client, job_id: str) -> list[StreamEvent]:
@@ -136,7 +128,7 @@ def test_a_partitioned_worker_is_replaced_and_fenced(partition: Partition, tmp_p
                 env,
             )
             inside_sim = f"http://{partition.ns_ip}:{sim_port}"
-            _until(lambda: _answers(inside_sim + "/health"), "the namespaced simulator", guard=30)
+            until(lambda: _answers(inside_sim + "/health"), "the namespaced simulator", guard_s=30)
             cut_env = {
                 **env,
                 **provider_env(f"http://127.0.0.1:{sim_port}"),
@@ -150,7 +142,11 @@ def test_a_partitioned_worker_is_replaced_and_fenced(partition: Partition, tmp_p
             job_id = "partitioned-1"
             prompt = [{"role": "user", "content": "cut me off"}]
             client.submit({"model": MODEL, "messages": prompt, "max_tokens": 40, "id": job_id})
-            _until(lambda: any(e.type == "delta" for e in _events(client, job_id)), "the cut-off run's first delta")
+            until(
+                lambda: any(e.type == "delta" for e in _events(client, job_id)),
+                "the cut-off run's first delta",
+                guard_s=HANG_GUARD_S,
+            )
             first_run = _events(client, job_id)[0].run
 
             partition.cut(mode)
@@ -165,7 +161,7 @@ def test_a_partitioned_worker_is_replaced_and_fenced(partition: Partition, tmp_p
             partition.heal()
             # the cut-off run carries on (stalled writes arrive, or it finds Redis again and claims
             # again): whatever it writes is fenced by the claim; wait until its task has ended
-            _until(lambda: _idle(control, cut_name), "the cut-off worker's run to end")
+            until(lambda: _idle(control, cut_name), "the cut-off worker's run to end", guard_s=HANG_GUARD_S)
             assert _served(inside_sim) == 1  # its call was served (and must not be charged)
 
             after = _events(client, job_id)

@@ -6,8 +6,7 @@ reservation and settlement still succeed on the master."""
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -15,6 +14,7 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from llmq.localredis import ManagedRedis
+from tests.support.waits import until
 from workers.accounting.ledger import GLOBAL_SCOPE, Ledger, ReplicaWait
 from workers.routes import load_config
 from workers.runtime.resources import build_ledger
@@ -23,14 +23,6 @@ from workers.settings import Settings
 
 #: Bound on waiting for the replica to attach (a hang guard, not a timing assertion).
 ATTACH_GUARD_S = 30
-
-
-def _until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + ATTACH_GUARD_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _attached(master: redis.Redis, replica: redis.Redis) -> bool:
@@ -46,7 +38,11 @@ def pair() -> Iterator[tuple[ManagedRedis, ManagedRedis]]:
     master = ManagedRedis(durable=True).start()
     replica = ManagedRedis(durable=True, extra_args=["--replicaof", "127.0.0.1", str(master.port)]).start()
     try:
-        _until(lambda: _attached(redis.Redis(port=master.port), redis.Redis(port=replica.port)), "the replica")
+        until(
+            lambda: _attached(redis.Redis(port=master.port), redis.Redis(port=replica.port)),
+            "the replica",
+            guard_s=ATTACH_GUARD_S,
+        )
         yield master, replica
     finally:
         replica.stop()
