@@ -56,7 +56,8 @@ async def main(args: argparse.Namespace) -> None:
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     await rds.aclose()
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    print(json.dumps({"ok": len(done), "errors": errors, "wall_s": wall, "cpu_s": cpu}), flush=True)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"ok": len(done), "errors": errors, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": rss}), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ finished jobs, one Redis SIGKILL + restart half-way, simulator faults (429, 503,
 Prints the summary (jobs, kills, restarts, terminal events per job, runs per job, spend vs the
 results' cost, the served-call bound and the budget) and asserts the run's promises: every job
 exactly one terminal event, no job's superseded run writing after its successor, each served call
-charged once, spend within the budget. The implementation is ``tests/support/chaos.py`` (a
-250-job slow test over it is held back until the lost job it finds is fixed: see the README).
+charged once, spend within the budget. The implementation is ``tests/support/chaos.py``, shared
+with the 250-job slow test ``tests/integration/test_chaos.py``.
 
     .venv/bin/python bench/chaos_bench.py [--jobs 2000] [--workers 3] [--concurrency 4]
 """

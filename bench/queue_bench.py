@@ -1,72 +1,152 @@
-"""Queue path vs direct call vs raw asyncio client, same simulator, same run.
+"""Queue path vs raw asyncio client, direct call and LiteLLM Router: same simulator, same run, one JSON line.
 
-For each upstream latency (0 s and 1 s, 20 deltas per answer) it runs, one after another:
+For each configuration (upstream latency, concurrency, worker processes) it starts one Redis and
+one simulator (20 deltas per answer, spread over the latency; 0 s sends them at once) and runs,
+one after another, each path on the same job count:
 
-* ``raw``    — one asyncio process, aiohttp + redis.asyncio PUBLISH per delta (the notes' limit);
-* ``direct`` — our provider + HTTP client + coalescing publisher in a thread pool, no queue;
-* ``queue``  — producer -> Redis -> one ``celery worker -P gevent`` process -> simulator, results
-  collected through a reply list.
+* ``raw``     — one asyncio process, aiohttp + redis.asyncio PUBLISH per delta (the notes' limit);
+* ``direct``  — our provider + HTTP client + coalescing publisher in a thread pool, no queue;
+* ``queue``   — producer -> Redis -> ``celery worker -P gevent`` process(es) -> simulator, results
+  collected through a reply list; CPU and peak RSS are the worker's;
+* ``litellm`` — LiteLLM's Router (two deployments, ``num_retries=2``, a fallback) streaming from the
+  same simulator, as the shared peer harness runs it (``_peer_client.py``). LiteLLM is installed by
+  this script into its own virtualenv under a cache directory (``--peer-venv``, default
+  ``~/.cache/llmqueue-bench/peers``), never into the project's; its process refuses every
+  non-loopback connection. It does not publish its deltas anywhere (the others do).
 
-It prints jobs/s and CPU ms per job of the process doing the work (the worker for ``queue``), and
-the ratios queue/raw and queue/direct. Each path is one process, so it is also "per worker core".
+With ``--procs 2`` every path runs as two processes splitting the jobs (two workers for ``queue``),
+concurrency per process as given. CPU per job is the sum over the path's processes; peak RSS is the
+largest single process. ``--scaling`` runs the curve (1 s upstream: concurrency 50, 200, 1,000 on one
+process, then 200 on each of two) and can draw it (``--plot``, matplotlib from the same scratch venv).
 
-    .venv/bin/python bench/queue_bench.py [--jobs 1000] [--concurrency 200] [--latencies 0,1]
+The last line printed is one JSON object: per configuration, per path ``jobs_per_s``,
+``cpu_ms_per_job``, ``peak_rss_mb``, and the ratios ``queue_over_raw_jobs_per_s``,
+``queue_over_litellm_jobs_per_s``, ``queue_over_litellm_cpu_per_job``, ``queue_rss_over_litellm``;
+with the machine's load average before and after (the machine is shared: compare ratios).
+
+    .venv/bin/python bench/queue_bench.py                  # 1,000 jobs, concurrency 200, upstream 0 s and 1 s
+    .venv/bin/python bench/queue_bench.py --quick          # smoke: 150 jobs, concurrency 50
+    .venv/bin/python bench/queue_bench.py --scaling --plot bench/scaling.png
+    .venv/bin/python bench/queue_bench.py --worker-env LLMQ_TASK_EVENTS=0   # A/B a worker setting
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import redis
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from _measure import load_average, proc_peak_rss_mb  # noqa: E402
 
 from llmq.devstack import LocalStack  # noqa: E402
 from producers.client import Client  # noqa: E402
 
+#: What the scratch virtualenv holds (pinned: the version the shared peer figures were taken with).
+PEER_REQUIREMENTS = ["litellm==1.110.2", "aiohttp>=3.13,<4", "matplotlib>=3.8,<4"]
+PATHS = ("raw", "direct", "queue", "litellm")
 
-def _tree_cpu(proc: psutil.Process) -> float:
+
+# --- the scratch virtualenv --------------------------------------------------------------------------
+
+
+def peer_python(venv: Path) -> Path:
+    """The scratch venv's Python, created and filled on first use (a stamp skips pip afterwards)."""
+    python = venv / "bin" / "python"
+    stamp = venv / ".bench-requirements"
+    want = hashlib.sha256("\n".join(PEER_REQUIREMENTS).encode()).hexdigest()[:16]
+    if python.exists() and stamp.exists() and stamp.read_text() == want:
+        return python
+    print(f"installing {', '.join(PEER_REQUIREMENTS)} into {venv} (once; a few minutes)", flush=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_REQUIREMENTS], check=True)
+    stamp.write_text(want)
+    return python
+
+
+# --- the paths ---------------------------------------------------------------------------------------
+
+
+def _split(jobs: int, procs: int) -> list[int]:
+    return [jobs // procs + (1 if i < jobs % procs else 0) for i in range(procs)]
+
+
+def _run_children(argvs: list[list[str]]) -> dict[str, Any]:
+    """Run client processes side by side; merge their JSON lines (wall = the slowest)."""
+    children = [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for a in argvs]
+    rows = []
+    for child in children:
+        out, err = child.communicate(timeout=1800)
+        if child.returncode != 0:
+            raise RuntimeError(f"{argvs[0][1]} failed ({child.returncode}):\n{err[-2000:]}")
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    merged: dict[str, Any] = {
+        "ok": sum(r["ok"] for r in rows),
+        "wall_s": max(r["wall_s"] for r in rows),
+        "cpu_s": sum(r["cpu_s"] for r in rows),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
+        "errors": {},
+    }
+    for r in rows:
+        for k, v in r["errors"].items():
+            merged["errors"][k] = merged["errors"].get(k, 0) + v
+        for k in ("deltas_per_job", "nonlocal_attempts", "litellm_version"):
+            if k in r:
+                merged[k] = r[k]
+    return merged
+
+
+def run_raw(stack: LocalStack, jobs: int, concurrency: int, procs: int) -> dict[str, Any]:
+    url = f"{stack.simulator_url}/v1/chat/completions"
+    head = [sys.executable, str(HERE / "_raw_client.py"), "--url", url, "--redis", stack.redis_url]
+    return _run_children([[*head, "--jobs", str(n), "--concurrency", str(concurrency)] for n in _split(jobs, procs)])
+
+
+def run_direct(stack: LocalStack, jobs: int, concurrency: int, procs: int) -> dict[str, Any]:
+    base = f"{stack.simulator_url}/v1"
+    head = [sys.executable, str(HERE / "_direct_client.py"), "--base-url", base, "--redis", stack.redis_url]
+    return _run_children([[*head, "--jobs", str(n), "--concurrency", str(concurrency)] for n in _split(jobs, procs)])
+
+
+def run_litellm(stack: LocalStack, jobs: int, concurrency: int, procs: int, python: Path) -> dict[str, Any]:
+    base = f"{stack.simulator_url}/v1"
+    env_free = [str(python), str(HERE / "_peer_client.py"), "--base-url", base]
+    return _run_children(
+        [[*env_free, "--jobs", str(n), "--concurrency", str(concurrency)] for n in _split(jobs, procs)]
+    )
+
+
+def _workers_cpu(workers: list[psutil.Process]) -> float:
     total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
+    for w in workers:
         try:
-            t = p.cpu_times()
+            t = w.cpu_times()
             total += t.user + t.system
         except psutil.NoSuchProcess:
             pass
     return total
 
 
-def _run_baseline(script: str, url_flag: str, url: str, stack: LocalStack, jobs: int, concurrency: int) -> dict:
-    """Run one baseline client script as its own process and read its JSON line."""
-    argv = [sys.executable, str(HERE / script), url_flag, url, "--redis", stack.redis_url]
-    argv += ["--jobs", str(jobs), "--concurrency", str(concurrency)]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def run_raw(stack: LocalStack, jobs: int, concurrency: int) -> dict:
-    url = f"{stack.simulator_url}/v1/chat/completions"
-    return _run_baseline("_raw_client.py", "--url", url, stack, jobs, concurrency)
-
-
-def run_direct(stack: LocalStack, jobs: int, concurrency: int) -> dict:
-    return _run_baseline("_direct_client.py", "--base-url", f"{stack.simulator_url}/v1", stack, jobs, concurrency)
-
-
-def run_queue(stack: LocalStack, jobs: int, concurrency: int, worker: subprocess.Popen[bytes]) -> dict[str, float]:
-    proc = psutil.Process(worker.pid)
+def run_queue(stack: LocalStack, jobs: int, workers: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
+    procs = [psutil.Process(w.pid) for w in workers]
     reply = f"llmq:reply:bench-{time.time_ns()}"
     client = Client(stack.redis_url)
     listener = redis.Redis.from_url(stack.redis_url)
-    cpu0 = _tree_cpu(proc)
+    cpu0 = _workers_cpu(procs)
     t0 = time.perf_counter()
     for i in range(jobs):
         client.submit(
@@ -87,21 +167,133 @@ def run_queue(stack: LocalStack, jobs: int, concurrency: int, worker: subprocess
         else:
             errors += 1
     wall = time.perf_counter() - t0
-    cpu = _tree_cpu(proc) - cpu0
+    cpu = _workers_cpu(procs) - cpu0
     client.close()
     listener.close()
-    return {"ok": ok, "errors": {"failed": errors} if errors else {}, "wall_s": wall, "cpu_s": cpu}
-
-
-def _row(name: str, r: dict) -> dict:
-    ok = max(1, int(r["ok"]))
     return {
-        "path": name,
+        "ok": ok,
+        "errors": {"failed": errors} if errors else {},
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_mb": max(proc_peak_rss_mb(w.pid) for w in workers),
+    }
+
+
+# --- one configuration --------------------------------------------------------------------------------
+
+
+def _summary(r: dict[str, Any], procs: int) -> dict[str, Any]:
+    ok = max(1, int(r["ok"]))
+    row = {
         "ok": int(r["ok"]),
         "errors": r["errors"],
-        "jobs_s": round(r["ok"] / r["wall_s"], 1),
-        "cpu_ms_job": round(1000 * r["cpu_s"] / ok, 2),
+        "jobs_per_s": round(r["ok"] / r["wall_s"], 1),
+        "jobs_per_s_per_core": round(r["ok"] / r["wall_s"] / procs, 1),
+        "cpu_ms_per_job": round(1000 * r["cpu_s"] / ok, 2),
+        "peak_rss_mb": round(r["peak_rss_mb"], 1),
     }
+    for k in ("deltas_per_job", "nonlocal_attempts", "litellm_version"):
+        if k in r:
+            row[k] = r[k]
+    return row
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def run_config(
+    args: argparse.Namespace, latency: float, concurrency: int, procs: int, python: Path | None
+) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k != "LLMQ_REDIS_URL"}
+    worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
+    paths: dict[str, dict[str, Any]] = {}
+    load0 = load_average()
+    with LocalStack(env=env) as stack:
+        stack.start_redis()
+        stack.start_simulator(tokens_per_s=20.0 / latency if latency else 0.0)
+        workers = [
+            stack.start_worker(pool=args.pool, concurrency=concurrency, name=f"benchworker{i}", extra_env=worker_env)
+            for i in range(procs)
+        ]
+        stack.wait_for_workers(procs)
+        run_queue(stack, min(100 * procs, args.jobs), workers)  # warm-up: imports, pools, connections
+        paths["raw"] = _summary(run_raw(stack, args.jobs, concurrency, procs), procs)
+        paths["direct"] = _summary(run_direct(stack, args.jobs, concurrency, procs), procs)
+        paths["queue"] = _summary(run_queue(stack, args.jobs, workers), procs)
+        if python is not None:
+            paths["litellm"] = _summary(run_litellm(stack, args.jobs, concurrency, procs, python), procs)
+    q, raw, lite = paths["queue"], paths["raw"], paths.get("litellm")
+    ratios = {
+        "queue_over_raw_jobs_per_s": _ratio(q["jobs_per_s"], raw["jobs_per_s"]),
+        "queue_over_raw_cpu_per_job": _ratio(q["cpu_ms_per_job"], raw["cpu_ms_per_job"]),
+        "queue_over_direct_cpu_per_job": _ratio(q["cpu_ms_per_job"], paths["direct"]["cpu_ms_per_job"]),
+    }
+    if lite is not None:
+        ratios.update(
+            queue_over_litellm_jobs_per_s=_ratio(q["jobs_per_s"], lite["jobs_per_s"]),
+            queue_over_litellm_cpu_per_job=_ratio(q["cpu_ms_per_job"], lite["cpu_ms_per_job"]),
+            queue_rss_over_litellm=_ratio(q["peak_rss_mb"], lite["peak_rss_mb"]),
+        )
+    return {
+        "upstream_s": latency,
+        "concurrency": concurrency,
+        "procs": procs,
+        "jobs": args.jobs,
+        "deltas_per_job": 20,
+        "load_before": load0,
+        "load_after": load_average(),
+        "paths": paths,
+        "ratios": ratios,
+    }
+
+
+def print_config(cfg: dict[str, Any]) -> None:
+    print(
+        f"\nupstream {cfg['upstream_s']:g} s, {cfg['jobs']} jobs, concurrency {cfg['concurrency']} x "
+        f"{cfg['procs']} process(es), 20 deltas/job, load {cfg['load_before']} -> {cfg['load_after']}"
+    )
+    print(f"{'path':<10}{'ok':>6}{'jobs/s':>9}{'/core':>8}{'CPU ms/job':>12}{'peak RSS MB':>13}  errors")
+    for name, row in cfg["paths"].items():
+        print(
+            f"{name:<10}{row['ok']:>6}{row['jobs_per_s']:>9}{row['jobs_per_s_per_core']:>8}"
+            f"{row['cpu_ms_per_job']:>12}{row['peak_rss_mb']:>13}  {row['errors'] or ''}"
+        )
+    print("  ".join(f"{k}={v}" for k, v in cfg["ratios"].items()), flush=True)
+
+
+def plot(configs: list[dict[str, Any]], python: Path, out: Path) -> None:
+    """Draw jobs/s per core and CPU ms/job against the configuration, with the scratch venv's matplotlib."""
+    data = [
+        {
+            "label": f"c={c['concurrency']}" + (f" x{c['procs']}" if c["procs"] > 1 else ""),
+            "paths": {n: [r["jobs_per_s_per_core"], r["cpu_ms_per_job"]] for n, r in c["paths"].items()},
+        }
+        for c in configs
+    ]
+    script = r"""
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+data, out = json.loads(sys.argv[1]), sys.argv[2]
+labels = [d["label"] for d in data]
+fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+for name in data[0]["paths"]:
+    a1.plot(labels, [d["paths"][name][0] for d in data], marker="o", label=name)
+    a2.plot(labels, [d["paths"][name][1] for d in data], marker="o", label=name)
+a1.set_title("jobs/s per worker core (1 s upstream, 20 deltas)")
+a2.set_title("CPU ms per job")
+a2.set_yscale("log")
+for a in (a1, a2):
+    a.set_xlabel("concurrency per process x processes")
+    a.grid(alpha=0.3)
+    a.legend()
+fig.tight_layout()
+fig.savefig(out, dpi=100)
+"""
+    subprocess.run([str(python), "-c", script, json.dumps(data), str(out)], check=True)
+    print(f"plot written to {out}")
 
 
 def main() -> None:
@@ -109,36 +301,42 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--latencies", default="0,1")
-    p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--procs", type=int, default=1, help="processes per path (workers for the queue path)")
+    p.add_argument("--pool", default="gevent", help="the worker's pool (llmq worker --pool)")
+    p.add_argument("--quick", action="store_true", help="smoke size: 150 jobs, concurrency 50")
+    p.add_argument("--scaling", action="store_true", help="1 s upstream at concurrency 50, 200, 1000, and 200 x 2")
+    p.add_argument("--plot", help="with --scaling: write a PNG of the curve here")
+    p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM path (no scratch venv)")
+    p.add_argument("--peer-venv", default=str(Path.home() / ".cache" / "llmqueue-bench" / "peers"))
+    p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE", help="extra worker setting")
+    p.add_argument("--json", help="also write the whole result to this file")
     args = p.parse_args()
-    rows = []
-    for latency in [float(x) for x in args.latencies.split(",")]:
-        env = {k: v for k, v in os.environ.items() if k != "LLMQ_REDIS_URL"}
-        with LocalStack(env=env) as stack:
-            stack.start_redis()
-            # 20 deltas spread over the latency (0 = all at once)
-            stack.start_simulator(tokens_per_s=20.0 / latency if latency else 0.0)
-            worker = stack.start_worker(pool="gevent", concurrency=args.concurrency, name="benchworker")
-            stack.wait_for_workers(1)
-            run_queue(stack, min(100, args.jobs), args.concurrency, worker)  # warm-up
-            raw = _row("raw asyncio (aiohttp)", run_raw(stack, args.jobs, args.concurrency))
-            direct = _row("direct (no queue)", run_direct(stack, args.jobs, args.concurrency))
-            queue = _row("queue (celery gevent)", run_queue(stack, args.jobs, args.concurrency, worker))
-        for row in (raw, direct, queue):
-            row["latency_s"] = latency
-            rows.append(row)
-        print(f"\nupstream latency {latency:.0f} s, {args.jobs} jobs, concurrency {args.concurrency}, 20 deltas/job")
-        print(f"{'path':<24}{'ok':>6}{'jobs/s':>9}{'CPU ms/job':>12}  errors")
-        for row in (raw, direct, queue):
-            print(f"{row['path']:<24}{row['ok']:>6}{row['jobs_s']:>9}{row['cpu_ms_job']:>12}  {row['errors'] or ''}")
-        print(
-            f"queue/raw: {queue['jobs_s'] / raw['jobs_s']:.2f}x jobs/s, {queue['cpu_ms_job'] / raw['cpu_ms_job']:.2f}x CPU/job;"
-            f"  queue/direct: {queue['jobs_s'] / direct['jobs_s']:.2f}x jobs/s, "
-            f"{queue['cpu_ms_job'] / direct['cpu_ms_job']:.2f}x CPU/job",
-            flush=True,
-        )
+    if args.quick:
+        args.jobs, args.concurrency = 150, 50
+    python = None if args.no_litellm else peer_python(Path(args.peer_venv).expanduser())
+    if args.scaling:
+        plan = [(1.0, 50, 1), (1.0, 200, 1), (1.0, 1000, 1), (1.0, 200, 2)]
+    else:
+        plan = [(float(x), args.concurrency, args.procs) for x in args.latencies.split(",")]
+    jobs = args.jobs
+    configs = []
+    for latency, concurrency, procs in plan:
+        # enough jobs for several waves of the widest configuration
+        args.jobs = max(jobs, 2 * concurrency * procs) if args.scaling else jobs
+        cfg = run_config(args, latency, concurrency, procs, python)
+        print_config(cfg)
+        configs.append(cfg)
+    if args.plot and python is not None:
+        plot(configs, python, Path(args.plot))
+    summary = {
+        "bench": "queue_bench",
+        "worker_env": args.worker_env,
+        "pool": args.pool,
+        "configs": {f"{c['upstream_s']:g}s_c{c['concurrency']}x{c['procs']}": c for c in configs},
+    }
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, separators=(",", ":")), flush=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 
 import redis
+from kombu.exceptions import OperationalError
+from pydantic import ValidationError
 
 __all__ = ["build_parser", "main"]
 
@@ -57,21 +59,37 @@ def _shown(url: str) -> str:
     return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
+def _reason(exc: BaseException) -> str:
+    """An exception's first line, without the client reprs redis-py appends (`` : <redis.client...>``)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split(" : <", 1)[0]
+
+
 def redis_unreachable(exc: Exception) -> str:
     """The one line a command prints when Redis does not answer (no traceback)."""
     from producers.settings import producer_settings
 
     url = _shown(producer_settings().redis_url)
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = _reason(exc)
     return (
         f"llmq: cannot reach Redis at {url} ({reason}); start Redis (redis-server, or ./dev demo) "
         "or point LLMQ_REDIS_URL at a running one"
     )
 
 
-def _ping() -> None:
-    from producers.redisconn import redis_client
+def broker_unreachable(exc: Exception) -> str:
+    """The one line a command prints when the job queue's broker (RabbitMQ or Redis) does not answer."""
     from producers.settings import producer_settings
+
+    return (
+        f"llmq: cannot reach the job queue's broker at {_shown(producer_settings().broker)} ({_reason(exc)}); "
+        "start it or point LLMQ_BROKER_URL at a running one (unset, the queue is in LLMQ_REDIS_URL)"
+    )
+
+
+def _ping() -> None:
+    from producers.settings import producer_settings
+    from workers.contract.redisclient import redis_client
 
     settings = producer_settings()
     client = redis_client(
@@ -98,6 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (redis.ConnectionError, redis.TimeoutError) as exc:  # every command, one message
         print(redis_unreachable(exc), file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a setting from the environment (LLMQ_REDIS_URL=http://...)
+        for error in exc.errors(include_url=False, include_input=False):
+            name = "LLMQ_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"llmq: {name}: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    except OperationalError as exc:  # kombu: the broker (LLMQ_BROKER_URL) did not answer
+        print(broker_unreachable(exc), file=sys.stderr)
         return 2
 
 

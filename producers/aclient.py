@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from opentelemetry.trace import Tracer
 
-from producers.core import REGISTER_LUA, REPLAY_PAGE, ClientCore
+from producers.core import (
+    RECONNECT_FIRST_S,
+    REDIS_DOWN,
+    REGISTER_LUA,
+    REPLAY_PAGE,
+    RESULT_RIDE_OUT_S,
+    ClientCore,
+    next_backoff,
+)
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import AsyncPromptResolver, job_data
-from producers.redisconn import async_redis_client
 from producers.settings import ProducerSettings
 from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
@@ -25,6 +34,7 @@ from workers.contract import (
     JobKeys,
     StreamEvent,
 )
+from workers.contract.redisclient import async_redis_client
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
 
@@ -68,11 +78,16 @@ class AsyncClient(ClientCore):
         self.prompts = AsyncPromptResolver(self.redis)
         self._tools = LiveTools()
 
-    async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
+    async def validate(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> CompletionJob:
+        """Every check :meth:`submit` makes, nothing enqueued (see ``Client.validate``)."""
         valid = self.stamped(await self.prompts.prepare(job_data(job, overrides)))
         missing = await self._tools.missing_async(self.redis, valid.worker_tools)
         if missing:
             raise InvalidJobError(*missing_tools_error(valid, missing))
+        return valid
+
+    async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
+        valid = await self.validate(job, **overrides)
         keys, args = self.register_args(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
             fresh = await self._register(keys=keys, args=args)
@@ -98,17 +113,29 @@ class AsyncClient(ClientCore):
         return self.parse_status(await self.redis.hgetall(JobKeys(job_id).meta))
 
     async def result(self, job_id: str, timeout: float | None = None) -> CompletionResult:
-        existing = await self.get_result(job_id)
-        if existing is not None:
-            return existing
+        """Wait for the job's final result (raises :class:`ResultTimeoutError`); rides out a Redis restart."""
+        with contextlib.suppress(*REDIS_DOWN):  # else the stream below waits for Redis
+            existing = await self.get_result(job_id)
+            if existing is not None:
+                return existing
         async for event in self.stream(job_id, timeout=timeout, deltas=False):
             if isinstance(event, DoneEvent | ErrorEvent | CancelledEvent):  # the terminal events
-                stored = await self.get_result(job_id)
+                stored = await self._get_result_riding_out(job_id, timeout)
                 if stored is not None:
                     return stored
                 if event.result is not None:
                     return event.result
         raise ResultTimeoutError(f"job {job_id} has no result yet")
+
+    async def _get_result_riding_out(self, job_id: str, timeout: float | None) -> CompletionResult | None:
+        deadline = time.monotonic() + (timeout if timeout is not None else RESULT_RIDE_OUT_S)
+        while True:
+            try:
+                return await self.get_result(job_id)
+            except REDIS_DOWN:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     async def stream(
         self,
@@ -119,36 +146,48 @@ class AsyncClient(ClientCore):
         idle_check_s: float = 1.0,
         deltas: bool = True,
     ) -> AsyncIterator[StreamEvent]:
+        """Every event of the job from ``from_seq`` on, in seq order, ending with the terminal one.
+
+        Rides out a Redis restart or fail-over like ``Client.stream``: it waits with backoff (bounded
+        by ``timeout``), subscribes again and replays from the next seq, so nothing is missed or
+        repeated. One generator, no inner one: an async generator left unfinished inside another is
+        only closed by the GC, and its pub/sub connection with it.
+        """
         keys = JobKeys(job_id)
         cursor = EventCursor(job_id, from_seq=from_seq, deltas=deltas, timeout=timeout, idle_check_s=idle_check_s)
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(keys.channel)
-        try:
-            while True:
-                # replay (first pass) and gap filling (later passes) from the Stream, a page at a
-                # time (no inner async generator: one left unfinished is only closed by the GC)
-                start = self.replay_start(cursor.next_seq)
-                while entries := await self.redis.xrange(keys.events, min=start, count=REPLAY_PAGE):
-                    events, start = self.parse_page(entries)
-                    for event in events:
-                        out = cursor.replayed(event)
-                        if out is not None:
-                            yield out
+        backoff = RECONNECT_FIRST_S
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(keys.channel)
+                while True:
+                    # replay (first pass) and gap filling (later passes) from the Stream, a page at a time
+                    start = self.replay_start(cursor.next_seq)
+                    while entries := await self.redis.xrange(keys.events, min=start, count=REPLAY_PAGE):
+                        events, start = self.parse_page(entries)
+                        for event in events:
+                            out = cursor.replayed(event)
+                            if out is not None:
+                                yield out
+                            if cursor.done:
+                                return
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=cursor.wait_s())
+                        if message is None:
+                            break  # idle: look in the Stream for anything missed
+                        got = cursor.live(message["data"])
+                        if got is GAP:
+                            break  # fill it from the Stream
+                        if got is not None:
+                            yield got
                         if cursor.done:
                             return
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=cursor.wait_s())
-                    if message is None:
-                        break
-                    got = cursor.live(message["data"])
-                    if got is GAP:
-                        break  # fill it from the Stream
-                    if got is not None:
-                        yield got
-                    if cursor.done:
-                        return
-        finally:
-            await pubsub.aclose()
+            except REDIS_DOWN:
+                await asyncio.sleep(min(backoff, cursor.wait_s()))
+                backoff = next_backoff(backoff)
+            finally:
+                with contextlib.suppress(*REDIS_DOWN, OSError):
+                    await pubsub.aclose()
 
     async def cancel(self, job_id: str) -> bool:
         """Ask for cancellation; True unless the job already finished. The worker aborts its call."""

@@ -23,11 +23,21 @@ from typing import Any
 import redis
 from opentelemetry.trace import Tracer
 
-from producers.core import CANCEL_CHANNEL, REGISTER_LUA, REPLAY_PAGE, ClientCore, make_celery, validate_job
+from producers.core import (
+    CANCEL_CHANNEL,
+    RECONNECT_FIRST_S,
+    REDIS_DOWN,
+    REGISTER_LUA,
+    REPLAY_PAGE,
+    RESULT_RIDE_OUT_S,
+    ClientCore,
+    make_celery,
+    next_backoff,
+    validate_job,
+)
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import PromptResolver, job_data
-from producers.redisconn import redis_client as make_redis
 from producers.settings import ProducerSettings, producer_settings
 from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
@@ -40,6 +50,7 @@ from workers.contract import (
     JobKeys,
     StreamEvent,
 )
+from workers.contract.redisclient import redis_client as make_redis
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -54,7 +65,6 @@ __all__ = [
 
 
 #: Redis restarting or failing over: readers reconnect with backoff instead of failing.
-_REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
 def default_redis_url() -> str:
@@ -103,16 +113,26 @@ class Client(ClientCore):
 
     # --- submit ---------------------------------------------------------------------------------
 
+    def validate(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> CompletionJob:
+        """Every check :meth:`submit` makes, nothing enqueued: the job as it would be sent.
+
+        Resolves a ``prompt`` label (for the job's id, so a traffic split picks what submit would),
+        checks the variables against that version's schema and that the worker tools it names are
+        registered by a live worker. Raises :class:`InvalidJobError` naming each field.
+        """
+        valid = self.stamped(self.prompts.prepare(job_data(job, overrides)))
+        missing = self._tools.missing(self.redis, valid.worker_tools)
+        if missing:
+            raise InvalidJobError(*missing_tools_error(valid, missing))
+        return valid
+
     def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> JobHandle:
         """Validate and enqueue ``job``; a second submit of the same id does not run it twice.
 
         A job with a ``prompt`` gets its label resolved to a version and its variables checked
         against that version's schema here, before anything is enqueued.
         """
-        valid = self.stamped(self.prompts.prepare(job_data(job, overrides)))
-        missing = self._tools.missing(self.redis, valid.worker_tools)
-        if missing:
-            raise InvalidJobError(*missing_tools_error(valid, missing))
+        valid = self.validate(job, **overrides)
         keys, args = self.register_args(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
             fresh = self._register(keys=keys, args=args)
@@ -140,7 +160,7 @@ class Client(ClientCore):
 
     def result(self, job_id: str, timeout: float | None = None) -> CompletionResult:
         """Wait for the job's final result (raises :class:`ResultTimeoutError`); rides out a Redis restart."""
-        with contextlib.suppress(*_REDIS_DOWN):  # else the stream below waits for Redis
+        with contextlib.suppress(*REDIS_DOWN):  # else the stream below waits for Redis
             existing = self.get_result(job_id)
             if existing is not None:
                 return existing
@@ -154,11 +174,11 @@ class Client(ClientCore):
         raise ResultTimeoutError(f"job {job_id} has no result yet")
 
     def _get_result_riding_out(self, job_id: str, timeout: float | None) -> CompletionResult | None:
-        deadline = time.monotonic() + (timeout if timeout is not None else 60.0)
+        deadline = time.monotonic() + (timeout if timeout is not None else RESULT_RIDE_OUT_S)
         while True:
             try:
                 return self.get_result(job_id)
-            except _REDIS_DOWN:
+            except REDIS_DOWN:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.2)
@@ -175,16 +195,16 @@ class Client(ClientCore):
         """Every event of the job from ``from_seq`` on, in seq order, ending with the terminal one."""
         keys = JobKeys(job_id)
         cursor = EventCursor(job_id, from_seq=from_seq, deltas=deltas, timeout=timeout, idle_check_s=idle_check_s)
-        backoff = 0.1
+        backoff = RECONNECT_FIRST_S
         while True:
             try:
                 yield from self._follow(keys, cursor)
                 return
-            except _REDIS_DOWN:
+            except REDIS_DOWN:
                 # Redis restarted or failed over: wait (bounded by the timeout), then subscribe
                 # again and replay from the next seq, so nothing is missed or repeated
                 time.sleep(min(backoff, cursor.wait_s()))
-                backoff = min(backoff * 2, 2.0)
+                backoff = next_backoff(backoff)
 
     def _follow(self, keys: JobKeys, cursor: EventCursor) -> Iterator[StreamEvent]:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import redis
 from celery import Celery
 from opentelemetry.trace import Tracer
 from pydantic import ValidationError
@@ -30,10 +31,11 @@ from workers.contract import (
     parse_event,
 )
 from workers.contract.brokerurl import amqp_conf, is_amqp
-from workers.contract.redisurl import sentinel_target
+from workers.contract.redisurl import kombu_broker
 
 __all__ = [
     "CANCEL_CHANNEL",
+    "REDIS_DOWN",
     "RESEND_AFTER_S",
     "ClientCore",
     "make_celery",
@@ -67,6 +69,19 @@ RESEND_AFTER_S = 30
 #: Entries read from a job's replay Stream per round trip.
 REPLAY_PAGE = 500
 
+#: What a Redis restart or fail-over looks like to a client (redis.asyncio raises the same classes):
+#: ``stream()`` and ``result()`` wait and reconnect on these, any other error is raised.
+REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+#: Reconnect backoff of a consumer that lost Redis: first wait, growth, cap (seconds).
+RECONNECT_FIRST_S, RECONNECT_CAP_S = 0.1, 2.0
+#: How long ``result()`` keeps retrying to read a result whose terminal event it saw (no timeout given).
+RESULT_RIDE_OUT_S = 60.0
+
+
+def next_backoff(wait_s: float) -> float:
+    """The wait after ``wait_s``: doubled, capped at :data:`RECONNECT_CAP_S`."""
+    return min(wait_s * 2, RECONNECT_CAP_S)
+
 
 def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> CompletionJob:
     """A validated job (a dict is validated; overrides are applied and re-validated)."""
@@ -92,11 +107,8 @@ def make_celery(broker_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
         app = Celery("llmqueue-producer", broker=broker_url, set_as_current=False)
         app.conf.update(amqp_conf(queue))
     else:
-        target = sentinel_target(broker_url)
-        broker = target.broker_url() if target is not None else broker_url
-        transport: dict[str, object] = {"visibility_timeout": 3600, "max_connections": 64}
-        if target is not None:
-            transport.update(target.transport_options())
+        broker, options = kombu_broker(broker_url)
+        transport: dict[str, object] = {"visibility_timeout": 3600, "max_connections": 64, **options}
         app = Celery("llmqueue-producer", broker=broker, set_as_current=False)
         app.conf.update(task_default_queue=queue, broker_transport_options=transport)
     app.conf.update(

@@ -8,12 +8,14 @@ environment when called; explicit values (tests, the CLI's flags) win over it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.contract import DEFAULT_QUEUE
+from workers.contract.brokerurl import check_broker_url
+from workers.contract.redisurl import check_redis_url
 
 __all__ = ["DEFAULT_REDIS_URL", "ProducerSettings", "producer_settings"]
 
@@ -24,10 +26,10 @@ class ProducerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMQ_", extra="ignore", frozen=True)
 
     #: Broker, event streams and results (``LLMQ_REDIS_URL``).
-    redis_url: str = DEFAULT_REDIS_URL
+    redis_url: Annotated[str, AfterValidator(check_redis_url)] = DEFAULT_REDIS_URL
     #: Where the job queue lives when not in Redis: an ``amqp://`` RabbitMQ URL (``LLMQ_BROKER_URL``);
     #: unset, the Redis URL. Results, events and everything else stay in Redis either way.
-    broker_url: str | None = None
+    broker_url: Annotated[str | None, AfterValidator(check_broker_url)] = None
     #: Celery queue jobs are sent to; the worker consumes ``LLMQ_QUEUE`` too (``LLMQ_QUEUE``).
     queue: str = Field(default=DEFAULT_QUEUE, min_length=1)
     #: Seconds job metadata is kept (``LLMQ_RESULT_TTL_S``, shared with the worker).

@@ -164,6 +164,16 @@ def worker(worker_settings: Settings, simulator: SimulatorThread) -> Iterator[ob
 
 
 @pytest.fixture
+def fresh_tools() -> Iterator[None]:
+    """The test tool module's call counters and barriers (``tests/support/tools.py``), reset around a test."""
+    from tests.support import tools
+
+    tools.reset()
+    yield
+    tools.reset()
+
+
+@pytest.fixture
 def client(redis_url: str, broker: Broker) -> Iterator[Client]:
     settings = ProducerSettings(redis_url=redis_url, broker_url=broker.url, queue=broker.queue)
     with Client(settings=settings) as c:

@@ -8,10 +8,13 @@ environment when the worker process starts, so a key can never be serialized wit
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.contract.brokerurl import check_broker_url
+from workers.contract.redisurl import check_redis_url
 
 __all__ = ["Settings", "get_settings"]
 
@@ -20,11 +23,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMQ_", extra="ignore", frozen=True)
 
     #: Broker, event streams, results and the ledger.
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: Annotated[str, AfterValidator(check_redis_url)] = "redis://127.0.0.1:6379/0"
     #: Where the job queue lives when not in Redis: an ``amqp://`` RabbitMQ URL, declared as a quorum
     #: queue (``LLMQ_BROKER_URL``); unset, the Redis URL. Results, events, the ledger and the guards
     #: stay in Redis either way.
-    broker_url: str | None = None
+    broker_url: Annotated[str | None, AfterValidator(check_broker_url)] = None
     #: Celery queue jobs are sent to.
     queue: str = "llmq"
 
@@ -96,6 +99,12 @@ class Settings(BaseSettings):
     #: What a bare ``default`` model resolves to when no config file says otherwise.
     default_model: str = "openai:gpt-4o-mini"
     monthly_budget_usd: float | None = Field(default=None, ge=0)
+    #: Replicas a ledger reservation or settlement waits for (``WAIT``) before the job goes on; None
+    #: = 1 when ``LLMQ_REDIS_URL`` is Sentinel, else 0 (no wait). Fewer in time: logged and counted
+    #: (``llmq_ledger_replica_waits_total{outcome="short"}``), never a job failure.
+    ledger_wait_replicas: int | None = Field(default=None, ge=0)
+    #: How long that wait may take, in milliseconds (each settle waits this long while no replica answers).
+    ledger_wait_ms: int = Field(default=250, ge=1)
 
     # --- prompts --------------------------------------------------------------------------------
     #: The prompt library (``<name>/v<N>.yaml`` + ``golden/``) the ``llmq prompts`` commands use.
@@ -113,6 +122,13 @@ class Settings(BaseSettings):
         if self.heartbeat_interval is not None:
             return self.heartbeat_interval
         return max(0.2, min(self.visibility_timeout, self.claim_lease_s) / 5)
+
+    @property
+    def ledger_replicas(self) -> int:
+        """How many replicas the ledger waits for (``ledger_wait_replicas``, or its Sentinel default)."""
+        if self.ledger_wait_replicas is not None:
+            return self.ledger_wait_replicas
+        return 1 if self.redis_url.strip().lower().startswith("sentinel://") else 0
 
     @property
     def effective_prefetch(self) -> int:

@@ -1,20 +1,28 @@
-"""``llmq submit``: enqueue one prompt, print its deltas live (``--stream``) and its result."""
+"""``llmq submit``: enqueue one prompt, print its deltas live (``--stream``) and its result.
+
+The prompt is a text (one user message, with ``--system``) or a published prompt:
+``llmq submit --use summarize@production --var text=...`` (``NAME``, ``NAME@3`` or ``NAME@label``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from llmq.commands.params import add_param_args, apply_params
+from llmq.commands.prompts import parse_vars
 from producers.client import Client, InvalidJobError, ResultTimeoutError
 from workers.contract import JobKeys
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("submit", help="submit one prompt and wait for its result")
-    p.add_argument("prompt")
+    p.add_argument("prompt", nargs="?", help="the user message (or --use a published prompt)")
+    p.add_argument("--use", metavar="NAME[@N|@label]", help="a published prompt (llmq prompts push) instead of text")
+    p.add_argument("--var", action="append", default=[], metavar="K=V", help="a --use variable (JSON for non-strings)")
     p.add_argument("--model", "-m", default="default", help="provider:model or a route alias")
     p.add_argument("--fallback", action="append", default=[], metavar="MODEL", help="repeatable")
     p.add_argument("--system", help="a system message")
@@ -30,19 +38,42 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def build_job(args: argparse.Namespace) -> dict[str, Any]:
-    messages = []
-    if args.system:
-        messages.append({"role": "system", "content": args.system})
-    messages.append({"role": "user", "content": args.prompt})
+#: A published prompt's version number and variable schema for ``(name, ref)`` (ref: a number, a label or None).
+SchemaLookup = Callable[[str, "str | None"], tuple[int, dict[str, Any]]]
+
+
+def build_job(args: argparse.Namespace, schema_for: SchemaLookup | None = None) -> dict[str, Any]:
+    """The job for the command line; ``ValueError`` for a contradictory one."""
     job: dict[str, Any] = {
         "model": args.model,
         "fallbacks": args.fallback,
-        "messages": messages,
         "max_tokens": args.max_tokens,
         "tenant": args.tenant,
         "stream": bool(args.stream) or not args.json,
     }
+    if args.use:
+        if args.prompt is not None or args.system:
+            raise ValueError("--use sends a published prompt's own messages: give no PROMPT text or --system")
+        name, _, which = args.use.partition("@")
+        number, schema = schema_for(name, which or None) if schema_for is not None else (None, {})
+        ref: dict[str, Any] = {"name": name, "variables": parse_vars(args.var, schema)}
+        if which and not which.isdigit() and which != "latest":
+            ref["label"] = which  # resolved per job id by the client (a label may split traffic)
+        else:
+            ref["version"] = int(which) if which.isdigit() else number
+        job["prompt"] = ref
+        if args.model == "default":
+            del job["model"]  # the version's defaults may name one
+    else:
+        if args.prompt is None:
+            raise ValueError("give the PROMPT text, or --use NAME[@N|@label] for a published prompt")
+        if args.var:
+            raise ValueError("--var fills a published prompt's variables: use it with --use")
+        messages = []
+        if args.system:
+            messages.append({"role": "system", "content": args.system})
+        messages.append({"role": "user", "content": args.prompt})
+        job["messages"] = messages
     if args.temperature is not None:
         job["temperature"] = args.temperature
     if args.id:
@@ -79,11 +110,24 @@ def watch_for_workers(client: Client, job_id: str, after_s: float, timeout: floa
     return done
 
 
+def published_schema(client: Client) -> SchemaLookup:
+    """The schema of the version ``llmq prompts show NAME@REF`` would show (for typing ``--var`` values)."""
+    from workers.prompts.store import PromptStore
+
+    store = PromptStore(client.redis)
+
+    def lookup(name: str, ref: str | None) -> tuple[int, dict[str, Any]]:
+        version = store.resolve(name, ref)
+        return version.version, dict(version.input)
+
+    return lookup
+
+
 def run(args: argparse.Namespace) -> int:
     with Client() as client:
         try:
-            handle = client.submit(build_job(args))
-        except InvalidJobError as exc:
+            handle = client.submit(build_job(args, published_schema(client)))
+        except (InvalidJobError, LookupError, ValueError) as exc:
             print(f"llmq: {exc}", file=sys.stderr)
             return 2
         if args.no_wait:

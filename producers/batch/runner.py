@@ -20,7 +20,7 @@ from celery import Celery
 from pydantic import ValidationError
 
 from producers.batch.files import JsonlAppender, ResumeState, iter_lines, read_outputs
-from producers.batch.formats import LineError, LineIssue, parse_line
+from producers.batch.formats import LineError, LineIssue, ParsedLine, parse_line
 from producers.batch.progress import BatchCounters, BatchProgress
 from producers.batch.records import invalid_record, result_record
 from producers.batch.validate import BatchValidationError, validate_file
@@ -66,6 +66,18 @@ class BatchSummary:
     @property
     def complete(self) -> bool:
         return not (self.interrupted or self.stalled)
+
+
+def job_issue(line: int, custom_id: str, exc: InvalidJobError) -> LineIssue:
+    """A producer-side refusal as a batch line issue, in the input's terms."""
+    first = exc.errors[0] if exc.errors else {}
+    loc = [str(part) for part in first.get("loc", ())]
+    param = ".".join(loc) or None
+    if loc[:1] == ["prompt"]:
+        code = "invalid_prompt"
+    else:
+        code = "unknown_tool" if first.get("type") == "unknown_tool" else "invalid_job"
+    return LineIssue(line, code, str(exc).removeprefix("invalid job: "), param or "prompt", custom_id)
 
 
 def default_errors_path(output: str | Path) -> Path:
@@ -130,7 +142,11 @@ class BatchRunner:
         self._err = JsonlAppender(s.errors) if skip_invalid else None
         try:
             report = validate_file(
-                input_path, model=model, done=resume.done, on_invalid=self._invalid_writer(resume, skip_invalid)
+                input_path,
+                model=model,
+                done=resume.done,
+                on_invalid=self._invalid_writer(resume, skip_invalid),
+                check=self._producer_checks,
             )
             s.lines, s.valid, s.invalid = report.lines, report.valid, report.invalid_count
             if report.invalid_count and not skip_invalid:
@@ -158,6 +174,17 @@ class BatchRunner:
         s.interrupted = self.stop_requested and not s.stalled and not (self._exhausted and not self.in_flight)
         self.progress.finish(self.counters, interrupted=not s.complete, extra=self._finish_note())
         return s
+
+    def _producer_checks(self, parsed: ParsedLine) -> list[LineIssue]:
+        """What ``Client.submit`` would refuse (prompt variables, unknown worker tools), for pass one."""
+        if parsed.job.prompt is None and not parsed.job.tools:
+            return []
+        job = parsed.job.model_copy(update={"id": job_id_for(self.summary.batch_id, parsed.custom_id)})
+        try:
+            self.client.validate(job)
+        except InvalidJobError as exc:
+            return [job_issue(parsed.line, parsed.custom_id, exc)]
+        return []
 
     def _invalid_writer(self, resume: ResumeState, skip_invalid: bool) -> Callable[[list[LineIssue]], None] | None:
         if not skip_invalid:
@@ -197,13 +224,10 @@ class BatchRunner:
                 job.tenant = tenant
             try:
                 handle = self.client.submit(job)
-            except InvalidJobError as exc:  # a prompt's variables, checked against the published version
+            except InvalidJobError as exc:  # checked in pass one; a label may have moved since
                 assert self._err is not None
                 s.invalid += 1
-                message = str(exc).removeprefix("invalid job: ")
-                self._err.write(
-                    invalid_record([LineIssue(number, "invalid_prompt", message, "prompt", parsed.custom_id)])
-                )
+                self._err.write(invalid_record([job_issue(number, parsed.custom_id, exc)]))
                 continue
             s.submitted += 1
             self.in_flight[job.id] = (parsed.custom_id, number)

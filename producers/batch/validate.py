@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from producers.batch.files import IdSet, iter_lines
-from producers.batch.formats import LineError, LineIssue, parse_line
+from producers.batch.formats import LineError, LineIssue, ParsedLine, parse_line
 
 __all__ = ["MAX_REPORTED_ISSUES", "BatchValidationError", "ValidationReport", "validate_file"]
 
@@ -49,8 +49,14 @@ def validate_file(
     model: str | None = None,
     done: IdSet | None = None,
     on_invalid: Callable[[list[LineIssue]], None] | None = None,
+    check: Callable[[ParsedLine], list[LineIssue]] | None = None,
 ) -> ValidationReport:
-    """Validate every line of ``path`` (streaming); ``on_invalid`` sees each invalid line's issues."""
+    """Validate every line of ``path`` (streaming); ``on_invalid`` sees each invalid line's issues.
+
+    ``check`` runs on each well-formed line still to do and returns its further issues: the batch
+    runner passes the producer's own checks (a published prompt's variables against its version's
+    schema, worker tools registered), so those are found here too, before anything is enqueued.
+    """
     report = ValidationReport()
     seen = IdSet()
     for number, raw in iter_lines(path):
@@ -67,9 +73,13 @@ def validate_file(
             if first is not None:
                 message = f"duplicate custom_id {custom_id!r} (first on line {first})"
                 issues.append(LineIssue(number, "duplicate_custom_id", message, "custom_id", custom_id))
+        todo = parsed is not None and (done is None or parsed.custom_id not in done)
+        if not issues and todo and check is not None:
+            assert parsed is not None
+            issues = check(parsed)
         if not issues:
             report.valid += 1
-            if done is None or (parsed is not None and parsed.custom_id not in done):
+            if todo:
                 report.todo += 1
             continue
         report.invalid_count += 1

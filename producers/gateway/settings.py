@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from workers.contract.redisurl import check_redis_url
 
 __all__ = ["DEFAULT_TENANT", "GatewaySettings", "parse_tokens"]
 
@@ -52,7 +54,7 @@ class GatewaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     #: Redis of the queue (``None``: ``LLMQ_REDIS_URL`` or the local default, read when the app starts).
-    redis_url: str | None = None
+    redis_url: Annotated[str, AfterValidator(check_redis_url)] | None = None
     #: Celery queue jobs are sent to.
     queue: str = "llmq"
     #: bearer token -> tenant.

@@ -153,7 +153,8 @@ def test_batch_lines_name_a_published_prompt(
 ) -> None:
     import json
 
-    from producers.batch import run_batch
+    from producers.batch import BatchValidationError, run_batch
+    from producers.batch.runner import batch_id_for, job_id_for
 
     lines = [
         {"custom_id": "ok-1", "prompt": {"name": "summarize", "label": "production", "variables": variables(1)}},
@@ -163,7 +164,19 @@ def test_batch_lines_name_a_published_prompt(
     ]  # fmt: skip
     source, out, errors = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "err.jsonl"
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    summary = run_batch(source, out, errors_path=errors, model="default", client=client, handle_signals=False)
+    # pass one checks each line's variables against its published version: nothing is enqueued
+    with pytest.raises(BatchValidationError) as refused:
+        run_batch(source, out, errors_path=errors, model="default", client=client, handle_signals=False)
+    [issue] = refused.value.report.issues
+    assert (issue.line, issue.code, issue.custom_id) == (2, "invalid_prompt", "bad-1")
+    assert issue.param == "prompt.variables.sentences", issue
+    batch_id = batch_id_for(source, out)
+    assert [client.status(job_id_for(batch_id, c)) for c in ("ok-1", "ok-2")] == [None, None]
+    assert not out.exists()
+    # with skip_invalid the bad line goes to the errors file and the others run
+    summary = run_batch(
+        source, out, errors_path=errors, model="default", client=client, handle_signals=False, skip_invalid=True
+    )
     assert (summary.succeeded, summary.invalid) == (2, 1)
     records = {r["custom_id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert records["ok-1"]["x_llmqueue"]["prompt"] == summarize[1].info.model_dump(mode="json")

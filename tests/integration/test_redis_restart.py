@@ -61,13 +61,9 @@ def _finished(url: str, ids: list[str]) -> int:
         client.close()
 
 
-# Known bug, issue #12 (open): kombu's Redis transport takes a message with BRPOP and records it as
-# held only after the reply arrives; a Redis SIGKILL after the pop was written to the AOF but before
-# the reply reached the worker loses that one message (seen once in ~5 clean-clone runs: one of the 50
-# jobs never ran). The chaos run (bench/chaos_bench.py) finds the same window with worker kills. The
-# fix is a reliable fetch (BLMOVE into a per-consumer in-flight list recovered when its owner dies).
-# Until it lands the test still runs and reports, but that window does not fail CI.
-@pytest.mark.xfail(reason="issue #12: a message popped by BRPOP is lost if Redis dies before the reply", strict=False)
+# Issue #12's last window is closed: the worker's fetch (workers/runtime/broker.py) pops a message and
+# records it as held in one Lua script, so a Redis SIGKILL at any instant leaves every message either
+# queued or held (and restored once its holder stops refreshing it), in memory and in the AOF alike.
 def test_durable_redis_killed_and_restarted_mid_run_loses_no_job() -> None:
     server = ManagedRedis(durable=True)
     server.start()

@@ -5,8 +5,6 @@ would fail on its second turn."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from producers import Client
@@ -14,27 +12,16 @@ from simulator.app import SimulatorThread
 from simulator.protocols.anthropic import signature
 from simulator.structured import THINKING
 from tests.support import tools as T
+from tests.support.tools import tools_worker_settings
 from workers.contract import ReasoningBlock
 from workers.settings import Settings
+
+pytestmark = pytest.mark.usefixtures("fresh_tools")
 
 
 @pytest.fixture
 def worker_settings(redis_url: str) -> Settings:
-    return Settings(
-        redis_url=redis_url,
-        pool="threads",
-        concurrency=2,
-        coalesce_ms=20.0,
-        claim_lease_s=10,
-        tools="tests.support.tools",
-    )
-
-
-@pytest.fixture(autouse=True)
-def _reset_tools() -> Iterator[None]:
-    T.reset()
-    yield
-    T.reset()
+    return tools_worker_settings(redis_url, concurrency=2)
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "body"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -16,29 +16,19 @@ from producers.gateway.server import GatewayThread
 from producers.gateway.sse import SSEParser
 from simulator.app import SimulatorThread
 from tests.support import tools as T
+from tests.support.tools import tools_worker_settings
 from workers.contract import CompletionResult, StreamEvent
 from workers.settings import Settings
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
+pytestmark = pytest.mark.usefixtures("fresh_tools")
+
+
 @pytest.fixture
 def worker_settings(redis_url: str) -> Settings:
-    return Settings(
-        redis_url=redis_url,
-        pool="threads",
-        concurrency=4,
-        coalesce_ms=20.0,
-        claim_lease_s=10,
-        tools="tests.support.tools",
-    )
-
-
-@pytest.fixture(autouse=True)
-def _reset_tools() -> Iterator[None]:
-    T.reset()
-    yield
-    T.reset()
+    return tools_worker_settings(redis_url, concurrency=4)
 
 
 def _run(client: Client, **job: object) -> tuple[CompletionResult, list[StreamEvent]]:
@@ -192,6 +182,24 @@ def test_producer_refuses_a_tool_no_live_worker_has(worker: object, client: Clie
     with pytest.raises(InvalidJobError, match="no_such_tool"):
         client.submit({"model": "openai:gpt-4o-mini", "messages": PROMPT, "tools": ["get_capital", "no_such_tool"]})
     assert not client.redis.keys("llmq:job:*")  # nothing was registered or enqueued
+
+
+def test_a_batch_naming_a_tool_no_live_worker_has_is_refused_before_anything_runs(
+    worker: object, client: Client, tmp_path: Path
+) -> None:
+    from producers.batch import BatchValidationError, run_batch
+
+    lines = [
+        {"custom_id": "fine", "model": "openai:gpt-4o-mini~tools", "prompt": "capital?", "tools": ["get_capital"]},
+        {"custom_id": "typo", "model": "openai:gpt-4o-mini~tools", "prompt": "capital?", "tools": ["get_capitol"]},
+    ]
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(BatchValidationError) as refused:
+        run_batch(source, out, client=client, handle_signals=False)
+    [issue] = refused.value.report.issues
+    assert (issue.line, issue.code, issue.param, issue.custom_id) == (2, "unknown_tool", "tools.0", "typo")
+    assert T.CALLS["get_capital"] == 0 and not out.exists()
 
 
 def test_the_gateway_streams_tool_events_and_refuses_unknown_tools(redis_url: str, worker: object) -> None:

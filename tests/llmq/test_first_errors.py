@@ -31,6 +31,33 @@ def _llmq(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.Co
 
 
 @pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"LLMQ_REDIS_URL": "http://127.0.0.1:6379"}, ["LLMQ_REDIS_URL", "redis://", "got http://"]),
+        ({"LLMQ_REDIS_URL": "127.0.0.1:6379"}, ["LLMQ_REDIS_URL", "redis://"]),
+        ({"LLMQ_BROKER_URL": "ftp://h/"}, ["LLMQ_BROKER_URL", "amqp://", "got ftp://"]),
+        (
+            {"LLMQ_REDIS_URL": "sentinel://:hunter2@127.0.0.1:{port}/0"},
+            ["cannot reach Redis", "sentinel://:***@127.0.0.1", "No master found for 'mymaster'"],
+        ),
+        (
+            {"LLMQ_BROKER_URL": "amqp://guest:hunter2@127.0.0.1:{port}//"},
+            ["cannot reach the job queue's broker", "amqp://guest:***@127.0.0.1", "LLMQ_BROKER_URL"],
+        ),
+    ],
+    ids=["http-scheme", "no-scheme", "broker-scheme", "no-sentinel", "no-rabbitmq"],
+)
+def test_a_wrong_url_is_one_line_naming_the_setting(env: dict[str, str], says: list[str], redis_url: str) -> None:
+    port = str(free_port())  # nothing listens there
+    env = {"LLMQ_REDIS_URL": redis_url} | {k: v.replace("{port}", port) for k, v in env.items()}
+    out = _llmq("submit", "hello", "--no-wait", env=env)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr and "hunter2" not in out.stderr, out.stderr
+    assert all(part in lines[0] for part in says), lines[0]
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ("submit", "hello"),

@@ -72,3 +72,51 @@ def test_image_flag_reads_a_file_as_a_data_url(tmp_path: Path) -> None:
     path.write_bytes(b"abc")
     assert image_part(str(path))["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(b"abc").decode()
     assert image_part("https://x/y.png")["image_url"]["url"] == "https://x/y.png"
+
+
+def test_submit_uses_a_published_prompt_by_label_with_typed_variables(
+    worker, simulator: SimulatorThread, redis_url: str, tmp_path: Path
+) -> None:
+    import httpx2
+    import yaml
+
+    body = {
+        "name": "greet",
+        "version": 1,
+        "description": "Say hello",
+        "input": {"type": "object", "properties": {"who": {"type": "string"}, "times": {"type": "integer"}}},
+        "messages": [{"role": "user", "content": "Greet {{ who }} {{ times }} times."}],
+        "defaults": {"model": "openai:gpt-4o-mini"},
+        "cases": {"ada": {"who": "Ada", "times": 2}},
+    }
+    lib = tmp_path / "lib"
+    for version in (1, 2):
+        path = lib / "greet" / f"v{version}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = body["messages"][0]["content"] if version == 1 else "Say hi to {{ who }}, {{ times }}x."
+        path.write_text(yaml.safe_dump(body | {"version": version, "messages": [{"role": "user", "content": text}]}))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")} | {"LLMQ_REDIS_URL": redis_url}
+    for argv in (["prompts", "push", str(lib)], ["prompts", "label", "greet", "production=2"]):
+        done = subprocess.run([sys.executable, "-m", "llmq.cli", *argv], cwd=REPO, env=environ, capture_output=True)
+        assert done.returncode == 0, done.stderr
+
+    # "007" stays a string (the schema says so); "3" becomes the integer the schema asks for
+    proc = submit(redis_url, "--use", "greet@production", "--var", "who=007", "--var", "times=3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["status"] == "succeeded" and result["prompt"]["version"] == 2
+    [sent] = httpx2.get(f"{simulator.url}/_sim/requests", params={"job": result["id"]}).json()
+    assert "Say hi to 007, 3x." in sent["prompt"]
+
+    # a pinned version, and the refusals: a missing variable, text and --use together, --var alone
+    pinned = json.loads(submit(redis_url, "--use", "greet@1", "--var", "who=Ada", "--var", "times=2", "--json").stdout)
+    assert pinned["prompt"]["version"] == 1
+    for argv, says in [
+        (["--use", "greet@production", "--var", "who=Ada", "--var", "times=x"], "times"),
+        (["hello", "--use", "greet"], "--use"),
+        (["hello", "--var", "who=Ada"], "--var"),
+        (["--use", "nope@production"], "nope"),
+    ]:
+        refused = submit(redis_url, *argv)
+        assert refused.returncode == 2 and says in refused.stderr, (argv, refused.stderr)
+        assert "Traceback" not in refused.stderr

@@ -19,14 +19,15 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from llmq.localredis import free_port
 from tests.support.external import need_module, need_tool
+from tests.support.nginx import nginx_binary, render_conf, running_nginx
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
@@ -380,7 +381,6 @@ def test_dashboard_is_consistent_and_queries_known_metrics() -> None:
 
 # --- nginx -----------------------------------------------------------------------------------
 
-NGINX_INSTALL = "apt-get install -y --no-install-recommends nginx"
 SSE_DIRECTIVES = {
     ("proxy_buffering", "off"), ("proxy_http_version", "1.1"), ("proxy_set_header", "Connection", '""'),
     ("proxy_read_timeout", "1h"), ("gzip", "off"),
@@ -438,32 +438,12 @@ def test_nginx_streams_sse_locations_and_keeps_headers_everywhere() -> None:
     assert ("client_max_body_size", ["1m"], None) in server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def render_nginx_conf(text: str, *, upstream_port: int, listen_port: int, prefix: Path) -> str:
-    """ops/nginx.conf for 127.0.0.1: upstream, listen address and runtime paths replaced."""
-    replacements = {
-        "server gateway:8000;": f"server 127.0.0.1:{upstream_port};",
-        "listen 8080;": f"listen 127.0.0.1:{listen_port};",
-        "/var/run/": f"{prefix}/",
-        "/var/cache/nginx/": f"{prefix}/",
-    }
-    for old, new in replacements.items():
-        assert old in text, f"ops/nginx.conf no longer contains {old!r}: update ops/README.md and this test"
-        text = text.replace(old, new)
-    return text
-
-
 def test_nginx_config_test_passes(tmp_path: Path) -> None:
-    nginx = _tool("nginx", NGINX_INSTALL)
+    nginx = nginx_binary()
     conf = tmp_path / "nginx.conf"
     conf.write_text(
-        render_nginx_conf(
-            (OPS / "nginx.conf").read_text(), upstream_port=_free_port(), listen_port=_free_port(), prefix=tmp_path
+        render_conf(
+            (OPS / "nginx.conf").read_text(), upstream_port=free_port(), listen_port=free_port(), prefix=tmp_path
         )
     )
     proc = subprocess.run(
@@ -513,29 +493,6 @@ def gateway() -> Iterator[type[_Gateway]]:
     thread.join(5)
 
 
-@contextlib.contextmanager
-def _nginx(conf_text: str, upstream_port: int, prefix: Path) -> Iterator[int]:
-    nginx = _tool("nginx", NGINX_INSTALL)
-    port = _free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(render_nginx_conf(conf_text, upstream_port=upstream_port, listen_port=port, prefix=prefix))
-    argv = [nginx, "-e", "stderr", "-p", f"{prefix}/", "-c", str(conf), "-g", "daemon off;"]
-    log = prefix / "nginx.stderr"
-    with log.open("wb") as stderr, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr) as proc:
-        try:
-            for _ in range(100):
-                assert proc.poll() is None, log.read_text()
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
-                    break
-                time.sleep(0.05)
-            else:
-                raise AssertionError(f"nginx did not listen on {port}: {log.read_text()}")
-            yield port
-        finally:
-            proc.terminate()
-            proc.wait(10)
-
-
 def _request(port: int, raw: bytes, *, until: bytes, timeout: float) -> bytes:
     """Send a raw HTTP/1.0 request and read until ``until`` shows up (or timeout / EOF)."""
     received = b""
@@ -551,7 +508,7 @@ SSE_REQUEST = b"GET /jobs/abc/events HTTP/1.0\r\nHost: llmq.test\r\nAccept: text
 
 
 def test_nginx_delivers_sse_events_as_they_are_sent(tmp_path: Path, gateway: type[_Gateway]) -> None:
-    with _nginx((OPS / "nginx.conf").read_text(), gateway.port, tmp_path) as port:
+    with running_nginx((OPS / "nginx.conf").read_text(), gateway.port, tmp_path) as port:
         # The gateway holds "two" until released, so "one" can only arrive if nginx passed it on.
         first = _request(port, SSE_REQUEST, until=b"data: one", timeout=5)
         assert b" 200 " in first and b"data: one" in first and b"data: two" not in first, first
@@ -569,6 +526,6 @@ def test_nginx_delivers_sse_events_as_they_are_sent(tmp_path: Path, gateway: typ
 def test_buffering_nginx_is_caught(tmp_path: Path, gateway: type[_Gateway]) -> None:
     """Negative control: with proxy buffering on, the first event is held back."""
     buffering = (OPS / "nginx.conf").read_text().replace("proxy_buffering off;", "proxy_buffering on;")
-    with _nginx(buffering, gateway.port, tmp_path) as port:
+    with running_nginx(buffering, gateway.port, tmp_path) as port:
         held = _request(port, SSE_REQUEST, until=b"data: one", timeout=1)
         assert b"data: one" not in held, held

@@ -15,6 +15,7 @@ from typing import Annotated
 import redis
 from pydantic import Field
 
+from workers.settings import Settings
 from workers.tools import CancelToken, tool
 
 CALLS: Counter[str] = Counter()
@@ -107,6 +108,14 @@ def reset() -> None:
     CALLS.clear()
     ACTIVE.update(now=0, max=0)
     RENDEZVOUS.reset()
+
+
+def tools_worker_settings(redis_url: str, *, concurrency: int) -> Settings:
+    """An in-process threads worker that loads this tool module."""
+    return Settings(
+        redis_url=redis_url, pool="threads", concurrency=concurrency, coalesce_ms=20.0, claim_lease_s=10,
+        tools="tests.support.tools",
+    )  # fmt: skip
 
 
 STARTED_KEY = "llmq:test:started"

@@ -32,11 +32,22 @@ amounts are rounded *up* to the micro-dollar.
 
 Redis unreachable (or any Redis error) ⇒ :class:`LedgerUnavailableError`, a
 ``BudgetExceededError``: we fail closed rather than spend without accounting.
+
+With a replica to lose writes to (Redis Sentinel), each reservation and settlement can be followed,
+on the same connection and in the same round trip, by ``WAIT numreplicas timeout_ms``
+(:class:`ReplicaWait`): the call returns once that many replicas hold the write, or when the timeout
+passes. Fewer acknowledgements are logged and counted (``ReplicaWait.short``), never an error: the
+money was accounted on the master, and failing the job would not un-spend it. WAIT narrows the
+window in which a fail-over forgets a settlement to (almost) nothing; it is not strong consistency:
+a replica that acknowledged may still not be the one promoted, and a write the timeout left
+unacknowledged is lost if the master dies before it reaches a replica.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,6 +65,7 @@ __all__ = [
     "BudgetSnapshot",
     "Ledger",
     "LedgerUnavailableError",
+    "ReplicaWait",
     "Reservation",
     "ScopeState",
     "ScopeStatus",
@@ -62,6 +74,8 @@ __all__ = [
     "tenant_scope",
     "to_micros",
 ]
+
+log = logging.getLogger("llmq.ledger")
 
 GLOBAL_SCOPE = "global"
 MICROS = 1_000_000
@@ -164,6 +178,38 @@ class BudgetSnapshot(BaseModel):
     scopes: list[ScopeStatus]
 
 
+class ReplicaWait:
+    """``WAIT replicas timeout_ms`` after every reservation and settlement, and what it returned.
+
+    ``acked`` counts the writes at least ``replicas`` replicas acknowledged in time, ``short`` the
+    ones fewer did (a replica down or lagging: logged, counted, not an error). Thread-safe.
+    """
+
+    def __init__(self, replicas: int, timeout_ms: int) -> None:
+        if replicas < 1 or timeout_ms < 1:
+            raise ValueError("WAIT needs at least one replica and a timeout of at least 1 ms (0 would block)")
+        self.replicas = replicas
+        self.timeout_ms = timeout_ms
+        self.acked = 0
+        self.short = 0
+        self._lock = threading.Lock()
+
+    def record(self, op: str, acknowledged: int, what: str) -> None:
+        with self._lock:
+            if acknowledged >= self.replicas:
+                self.acked += 1
+                return
+            self.short += 1
+        log.warning(
+            "ledger %s of %s reached %d of %d replicas within %d ms; a fail-over now could lose it",
+            op,
+            what,
+            acknowledged,
+            self.replicas,
+            self.timeout_ms,
+        )
+
+
 def _load_script(client: redis.Redis, name: str) -> Any:
     lua = resources.files("workers.accounting") / "lua"
     return client.register_script((lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text())
@@ -186,6 +232,7 @@ class Ledger:
         lease_s: float = 900.0,
         clock: Callable[[], datetime] = _utcnow,
         prefix: str = "llmq:{budget}",
+        replica_wait: ReplicaWait | None = None,
     ) -> None:
         if not 0 < kill_ratio <= 1:
             raise ValueError("kill_ratio must be in (0, 1]")
@@ -194,6 +241,8 @@ class Ledger:
         self.lease_s = lease_s
         self.clock = clock
         self.prefix = prefix  # the {hash tag} keeps every ledger key in one Redis Cluster slot
+        #: WAIT for replicas after reservations and settlements (None: do not wait).
+        self.replica_wait = replica_wait
         self._defaults: dict[str, int] = {}
         if monthly_limit_usd is not None:
             self._defaults[GLOBAL_SCOPE] = to_micros(monthly_limit_usd)
@@ -253,7 +302,7 @@ class Ledger:
         for scope in scopes:
             keys += self._scope_keys(month, scope)
             args += [scope, self._default(scope)]
-        reply = self._run(self._reserve, keys, args, "reserve")
+        reply = self._run(self._reserve, keys, args, "reserve", replicate=True)
         status = _s(reply[0])
         if status == "ok":
             states = _states(scopes, reply[2:])
@@ -305,7 +354,7 @@ class Ledger:
         for scope in scopes:
             keys += self._scope_keys(month, scope)
             args += [scope, self._default(scope)]
-        reply = self._run(self._settle, keys, args, "settle")
+        reply = self._run(self._settle, keys, args, "settle", replicate=True)
         if _s(reply[0]) == "duplicate":
             return Settlement(False, int(reply[1]))
         return Settlement(True, actual, _states(scopes, reply[1:]))
@@ -319,8 +368,10 @@ class Ledger:
             keys += self._scope_keys(reservation.month, scope)
         return int(self._run(self._release, keys, [reservation.id], "release"))
 
-    def _run(self, script: Any, keys: list[str], args: list[Any], op: str) -> Any:
+    def _run(self, script: Any, keys: list[str], args: list[Any], op: str, *, replicate: bool = False) -> Any:
         try:
+            if replicate and self.replica_wait is not None:
+                return self._run_replicated(script, keys, args, op, self.replica_wait)
             return script(keys=keys, args=args)
         except redis.RedisError as exc:
             raise LedgerUnavailableError(
@@ -328,6 +379,22 @@ class Ledger:
                 "refusing to spend without accounting",
                 code="ledger_unavailable",
             ) from exc
+
+    def _run_replicated(self, script: Any, keys: list[str], args: list[Any], op: str, wait: ReplicaWait) -> Any:
+        """The script, then WAIT on the same connection (WAIT covers that connection's writes), in one
+        round trip. EVALSHA directly: a pipeline running a ``Script`` asks SCRIPT EXISTS first, every time."""
+        for _ in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.wait(wait.replicas, wait.timeout_ms)
+            try:
+                reply, acknowledged = pipe.execute()
+            except redis.exceptions.NoScriptError:  # a restarted or new master: load it, once
+                script.sha = self.client.script_load(script.script)
+                continue
+            wait.record(op, int(acknowledged), str(args[0]))
+            return reply
+        raise redis.exceptions.NoScriptError(f"the ledger's {op} script could not be loaded")
 
     # --- administration (CLI) ---------------------------------------------------------------------
 

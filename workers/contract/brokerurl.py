@@ -13,10 +13,29 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-__all__ = ["AMQP_SCHEMES", "QUORUM_ARGUMENTS", "amqp_conf", "is_amqp"]
+from workers.contract.redisurl import check_redis_url
+
+__all__ = ["AMQP_SCHEMES", "QUORUM_ARGUMENTS", "amqp_conf", "check_broker_url", "is_amqp"]
 
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 QUORUM_ARGUMENTS: dict[str, object] = {"x-queue-type": "quorum"}
+
+
+def check_broker_url(url: str | None) -> str | None:
+    """``LLMQ_BROKER_URL`` checked: unset, a RabbitMQ URL or a Redis one; else ``ValueError`` naming both."""
+    if url is None or not url.strip():
+        return None
+    url = url.strip()
+    if is_amqp(url):
+        return url
+    try:
+        return check_redis_url(url)
+    except ValueError:
+        scheme = urlsplit(url).scheme
+        raise ValueError(
+            f"a broker URL is amqp:// (RabbitMQ) or a Redis URL (redis://, rediss://, unix://, sentinel://); "
+            f"got {scheme + '://' if scheme else 'no scheme'}"
+        ) from None
 
 
 def is_amqp(url: str) -> bool:

@@ -6,9 +6,9 @@ last entry), with the monitored master's name in ``LLMQ_REDIS_SENTINEL_MASTER`` 
 ``mymaster``). ``LLMQ_REDIS_PASSWORD`` is the password of the master and its replicas (else the
 one in the URL); ``LLMQ_REDIS_SENTINEL_PASSWORD`` the sentinels' own (if they require one).
 
-Pure parsing, no client here: the workers (``workers/runtime/redisconn.py``) and the producers
-(``producers/redisconn.py``) build their clients from it, so the broker, ledger, events, results,
-guards, producers, gateway and Flower all follow the same fail-over.
+Pure parsing, no client here: ``workers/contract/redisclient.py`` builds every Redis client from
+it, and :func:`kombu_broker` gives the broker (workers, producers, Flower) the same target, so the
+broker, ledger, events, results, guards, producers, gateway and Flower all follow the same fail-over.
 """
 
 from __future__ import annotations
@@ -18,9 +18,32 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["DEFAULT_SENTINEL_MASTER", "SentinelTarget", "is_sentinel_url", "sentinel_target"]
+__all__ = [
+    "DEFAULT_SENTINEL_MASTER",
+    "REDIS_SCHEMES",
+    "SentinelTarget",
+    "check_redis_url",
+    "is_sentinel_url",
+    "kombu_broker",
+    "sentinel_target",
+]
 
 DEFAULT_SENTINEL_MASTER = "mymaster"
+#: What ``LLMQ_REDIS_URL`` may start with.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+
+
+def check_redis_url(url: str) -> str:
+    """``url`` stripped, or ``ValueError`` saying what a Redis URL looks like (settings validate with it)."""
+    url = url.strip()
+    scheme = urlsplit(url.split(";", 1)[0]).scheme.lower()
+    if scheme not in REDIS_SCHEMES:
+        given = f"{scheme}://" if scheme else "no scheme"
+        raise ValueError(
+            f"a Redis URL starts with redis://, rediss://, unix:// or sentinel:// (got {given}); "
+            "e.g. redis://127.0.0.1:6379/0"
+        )
+    return url
 
 
 @dataclass(frozen=True)
@@ -78,3 +101,13 @@ def sentinel_target(url: str, env: Mapping[str, str] | None = None) -> SentinelT
         password=env.get("LLMQ_REDIS_PASSWORD") or password,
         sentinel_password=env.get("LLMQ_REDIS_SENTINEL_PASSWORD") or None,
     )
+
+
+def kombu_broker(url: str, env: Mapping[str, str] | None = None) -> tuple[str, dict[str, object]]:
+    """The broker URL and extra transport options kombu needs for a Redis ``url``: unchanged with no
+    options for a plain URL; for Sentinel, every sentinel with the master's password, and the
+    master's name (and the sentinels' password) as options."""
+    target = sentinel_target(url, env)
+    if target is None:
+        return url, {}
+    return target.broker_url(), target.transport_options()

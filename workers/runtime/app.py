@@ -21,7 +21,7 @@ from celery.signals import setup_logging, worker_init, worker_shutdown
 
 from workers.contract import DEFAULT_QUEUE, TASK_NAME
 from workers.contract.brokerurl import amqp_conf, is_amqp
-from workers.contract.redisurl import sentinel_target
+from workers.contract.redisurl import kombu_broker
 from workers.runtime.broker import transport_for
 from workers.runtime.state import AppState, LLMQCelery
 from workers.runtime.task import register_tasks
@@ -60,10 +60,9 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         transport = {}
         app.conf.update(amqp_conf(queue), broker_native_delayed_delivery_queue_type="quorum")
     else:
-        target = sentinel_target(broker_url)
-        if target is not None:  # Redis Sentinel (workers/contract/redisurl.py): kombu asks it for the master
-            broker_url = target.broker_url()
-            transport.update(target.transport_options())
+        # Redis Sentinel (workers/contract/redisurl.py): kombu asks the sentinels for the master
+        broker_url, options = kombu_broker(broker_url)
+        transport.update(options)
         app.conf.update(task_default_queue=queue)
     app.conf.update(
         broker_url=broker_url,

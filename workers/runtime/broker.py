@@ -1,5 +1,51 @@
-"""The Celery broker transport: kombu's Redis transport, with proof of life for held messages and
-without a client object per operation.
+"""The Celery broker transport: kombu's Redis transport, with an atomic fetch, proof of life for held
+messages, and without a client object per operation. Needs Redis >= 6.2 (``BLMOVE``).
+
+**Atomic fetch.** kombu takes a message with ``BRPOP``, which removes it from the queue list, and
+records it as held (the ``unacked`` hash and the ``unacked_index`` sorted set) only afterwards, in a
+separate pipeline: a worker SIGKILLed between the two, or a Redis that dies after the pop and
+before the bookkeeping (which then fails), lost the message for good. Here a fetch is one Lua
+script (:data:`FETCH_LUA`, ``EVALSHA`` with redis-py's ``NOSCRIPT`` fallback): it pops the
+first message of the channel's queue lists (kombu's order: each priority step, each queue of the
+round-robin cycle) and, in the same script, stores it in ``unacked`` (``[payload, exchange,
+routing_key]``, exactly what kombu's ``QoS.append`` stores and ``restore_by_tag`` reads, the
+payload byte for byte) and in ``unacked_index`` scored with the worker's clock (kombu's restore
+compares against the worker's ``time()``). A script runs atomically and is written to the AOF and
+to replicas as one ``MULTI``/``EXEC`` block, so at every instant, in memory and in the AOF, a
+message is either in a queue list or in ``unacked`` + ``unacked_index``; from there kombu's restore
+of aged entries returns it to its queue unless a live holder keeps its entry fresh (below).
+``QoS.append`` therefore writes nothing for a fetched message (only the in-process ``_delivered``
+map and the heartbeat); acks, rejects, restores, prefetch credit and the round-robin rotation of
+queues are kombu's, unchanged.
+
+Waiting is apart from taking: the consumer's blocking command is ``BLMOVE q q RIGHT RIGHT
+<brpop_timeout>`` on the base list of the first queue of the cycle. It returns as soon as that
+list holds a message and moves nothing (tail to tail of the same list: atomic, order unchanged);
+the fetch script then takes a message, or finds none because another consumer was faster (kombu's
+``Empty``: the wait starts again). The script also runs when a wait times out, so messages on the
+lists no ``BLMOVE`` watches (priority lists, a second queue of ``-Q a,b``) are taken within
+``brpop_timeout`` (1 s). llmqueue sends no message priorities (everything lands on the base list)
+and a worker consumes one queue, so in practice the watched list is the only one that ever holds
+messages and a message is taken the moment it arrives; kombu's ``priority_steps`` stay as they are,
+so a prioritised message sent by other code (or restored with its priority) is still taken. Every
+consumer blocked on the list wakes for each message (``BLMOVE`` leaves it in place) and one wins: a
+message costs one script call per idle consumer, fine for tens of workers. At ``maxmemory`` with
+``noeviction`` Redis refuses ``BLMOVE`` (it may grow memory) but runs the script (its pop is its
+first write); the consumer then waits with a ``BLPOP`` on a key nobody writes, sweeping once per
+``brpop_timeout``, as nothing can be queued meanwhile anyway. ``basic_get`` takes the same way
+(with ``no_ack`` it pops plainly, as nothing would ever ack it). A payload Lua's cjson cannot read
+(a lone surrogate escape, which Python's json writes) is read in Python and that exact payload taken
+with a second script (:data:`CLAIM_LUA`); one nobody can read (not JSON, no delivery tag) is moved
+to the ``llmq.broker.malformed`` list and logged, where kombu dropped it.
+
+What a crash can lose. A worker killed at any point: its fetched messages sit in ``unacked``, no
+heartbeat refreshes them, they are restored after ``visibility_timeout``. Redis killed after the
+script ran but before its reply reached the worker: the same (the entry has no holder and ages
+out). With ``appendfsync everysec`` a Redis crash loses up to the last second of writes, as a
+suffix of the AOF: a lost fetch puts the message back in its queue (the held run then also runs,
+and the job's claim keeps the two from overlapping), a lost ack runs a finished job again (its
+result is kept by job id), but a lost publish (``LPUSH`` acknowledged to the producer) is gone:
+only ``appendfsync always`` closes that. The script is never half applied.
 
 **Heartbeat.** kombu keeps every message a worker holds (running or prefetched, with late acks) in
 the ``unacked_index`` sorted set, scored by the time it was fetched, and any consumer restores
@@ -21,6 +67,7 @@ connection). Everything else (visibility timeout, unacked restore, priorities) i
 
 Selected by :func:`transport_for` for ``redis://``, ``rediss://`` and ``unix://`` broker URLs, and
 in its Sentinel form for ``sentinel://``; other schemes (``amqp://``) keep kombu's own transport.
+kombu's ``global_keyprefix`` option is refused (the fetch does not prefix its keys).
 """
 
 from __future__ import annotations
@@ -29,24 +76,103 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
+from queue import Empty
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
 
-__all__ = ["Channel", "QoS", "SentinelChannel", "SentinelTransport", "Transport", "transport_for"]
+__all__ = [
+    "CLAIM_LUA",
+    "FETCH_LUA",
+    "MALFORMED_KEY",
+    "SET_ASIDE_LUA",
+    "Channel",
+    "QoS",
+    "SentinelChannel",
+    "SentinelTransport",
+    "Transport",
+    "transport_for",
+]
 
 log = logging.getLogger("llmq.broker")
 
 _SCHEMES = {"redis", "rediss", "unix", "redis+socket"}
+
+#: Where the fetch moves a queued payload it cannot read (not JSON, no delivery tag or exchange).
+MALFORMED_KEY = "llmq.broker.malformed"
+#: A key nothing writes: the consumer's timed wait while Redis refuses ``BLMOVE`` (out of memory).
+_IDLE_KEY = "llmq.broker.idle"
+
+#: Take the first message of KEYS[3..] (queue lists, in order) into the unacked bookkeeping.
+#: KEYS[1] unacked hash, KEYS[2] unacked_index; ARGV[1] the worker's clock. Returns {list key, payload, delivery tag}, nil when all lists are
+#: empty, or {list key, payload} without taking it when Lua's cjson cannot read the payload (it
+#: refuses, for one, a lone UTF-16 surrogate escape that Python's json writes): Python reads it and
+#: takes it with :data:`CLAIM_LUA`. The pop is the first write: at ``maxmemory`` Redis refuses a
+#: script's growing writes only before its first write, so a refusal never leaves a message popped
+#: and unrecorded.
+FETCH_LUA = """
+for i = 3, #KEYS do
+  local item = redis.call('LINDEX', KEYS[i], -1)
+  if item then
+    local ok, msg = pcall(cjson.decode, item)
+    local props = ok and type(msg) == 'table' and msg['properties']
+    local tag, info = nil, nil
+    if type(props) == 'table' then
+      tag = props['delivery_tag']
+      info = props['delivery_info']
+    end
+    if type(tag) ~= 'string' or type(info) ~= 'table'
+        or type(info['exchange']) ~= 'string' or type(info['routing_key']) ~= 'string' then
+      return {KEYS[i], item}
+    end
+    redis.call('RPOP', KEYS[i])
+    local entry = '[' .. item .. ', ' .. cjson.encode(info['exchange']) .. ', '
+      .. cjson.encode(info['routing_key']) .. ']'
+    redis.call('HSET', KEYS[1], tag, entry)
+    redis.call('ZADD', KEYS[2], ARGV[1], tag)
+    return {KEYS[i], item, tag}
+  end
+end
+return nil
+"""
+
+#: Take one given payload (ARGV[1], read by Python) from the tail end of list KEYS[3] into the
+#: bookkeeping: unacked[ARGV[2]] = ARGV[3], unacked_index[ARGV[2]] = ARGV[4]. 1 if taken, 0 if it
+#: is gone (another consumer took it).
+CLAIM_LUA = """
+if redis.call('LREM', KEYS[3], -1, ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+return 1
+"""
+
+#: Move one given payload (ARGV[1]) that no one can read from list KEYS[1] to KEYS[2].
+SET_ASIDE_LUA = """
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
 
 
 class QoS(kombu_redis.QoS):
     channel: Channel
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        super().append(message, delivery_tag)
+        if self.channel.take_fetched(delivery_tag):
+            # the fetch script already stored it in unacked + unacked_index: only remember it here
+            virtual.QoS.append(self, message, delivery_tag)
+        else:  # not fetched by the script (kombu's own paths): kombu's bookkeeping
+            super().append(message, delivery_tag)
         self.channel.start_heartbeat()
 
     def held_tags(self) -> list[str]:
@@ -62,12 +188,160 @@ class QoS(kombu_redis.QoS):
 class Channel(kombu_redis.Channel):
     QoS = QoS
     _shared_client: Any = None
+    #: The wait's command in flight (``BLMOVE``, or ``BLPOP`` while Redis refuses ``BLMOVE``).
+    _wait_command = "BLMOVE"
+    _wait_refused = False
+    # kombu's, which its stubs omit (annotations only: nothing is shadowed)
+    _queue_cycle: Any
+    connection_errors: tuple[type[BaseException], ...]
+    _q_for_pri: Callable[[str, int], str]
+    _flush_brpop_reauth: Callable[[], None]
+    _maybe_update_queues_expire: Callable[[Any, str], None]
     #: Seconds between re-scores of the held messages; None = a fifth of the visibility timeout.
     heartbeat_interval: float | None = None
     from_transport_options = (*kombu_redis.Channel.from_transport_options, "heartbeat_interval")
     _beat_thread: threading.Thread | None = None
     _beat_stop: threading.Event | None = None
     _beat_lock = threading.Lock()
+
+    def __init__(self, connection: Any, **kwargs: Any) -> None:
+        if connection.client.transport_options.get("global_keyprefix"):
+            raise ValueError("llmqueue's broker transport does not support kombu's global_keyprefix")
+        #: Delivery tags the fetch script recorded and ``QoS.append`` has not taken yet.
+        self._fetched: set[str] = set()
+        self._scripts: dict[str, Any] = {}
+        super().__init__(connection, **kwargs)
+
+    def clock(self) -> float:
+        """The score of a fetched message's ``unacked_index`` entry (kombu's restore compares it
+        with this process's ``time()``); a seam for tests."""
+        return time.time()
+
+    @property
+    def atomic_fetch(self) -> bool:
+        """Fetch with the script: only with kombu's ack emulation (else nothing would ever ack it)."""
+        return bool(self.ack_emulation)
+
+    def take_fetched(self, delivery_tag: str) -> bool:
+        """True once for a tag the fetch script recorded (``QoS.append`` then writes nothing)."""
+        try:
+            self._fetched.remove(delivery_tag)
+        except KeyError:
+            return False
+        return True
+
+    def _script(self, source: str) -> Any:
+        scripts = self._scripts
+        script = scripts.get(source)
+        if script is None:  # registered once per channel client; redis-py reloads it on NOSCRIPT
+            script = scripts[source] = self._create_client().register_script(source)
+        return script
+
+    def fetch(self, queues: Sequence[str]) -> tuple[str, bytes] | None:
+        """Take the first message of ``queues`` (each priority step, then each queue) into the
+        unacked bookkeeping in one script; returns (queue, payload), or None when all are empty."""
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        if not keys:
+            return None
+        bookkeeping = [self.unacked_key, self.unacked_index_key]
+        reply = self._script(FETCH_LUA)(keys=[*bookkeeping, *keys], args=[repr(self.clock())])
+        if not reply:
+            return None
+        key = bytes_to_str(reply[0])
+        payload: bytes = reply[1]
+        if len(reply) >= 3:
+            tag = bytes_to_str(reply[2])
+        else:  # Lua could not read it: read it here, then take exactly that payload
+            try:
+                props = loads(bytes_to_str(payload))["properties"]
+                tag, info = props["delivery_tag"], props["delivery_info"]
+                entry = f"[{bytes_to_str(payload)}, {dumps(info['exchange'])}, {dumps(info['routing_key'])}]"
+                if not isinstance(tag, str):
+                    raise TypeError("delivery_tag is not a string")
+            except (ValueError, KeyError, TypeError) as exc:
+                if self._script(SET_ASIDE_LUA)(keys=[key, MALFORMED_KEY], args=[payload]):
+                    log.error(
+                        "broker: a message on %r is not a readable kombu payload (%s); moved to %s: %.200r",
+                        key,
+                        exc,
+                        MALFORMED_KEY,
+                        payload,
+                    )
+                return None
+            claim = self._script(CLAIM_LUA)
+            if not claim(keys=[*bookkeeping, key], args=[payload, tag, entry, repr(self.clock())]):
+                return None  # another consumer took it first
+        self._fetched.add(tag)
+        self.on_fetched(tag)
+        return key.rsplit(self.sep, 1)[0], payload
+
+    def on_fetched(self, delivery_tag: str) -> None:
+        """Called right after the fetch script took a message, before it is delivered: a seam for
+        tests (a subclass kills the process or Redis here to prove the window is closed)."""
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if not self.atomic_fetch:
+            super()._brpop_start(timeout)  # type: ignore[misc]  # private kombu method the stubs omit
+            return None
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return None
+        if self._wait_refused:  # out of memory: wait without BLMOVE, then sweep (see the module doc)
+            self._wait_refused = False
+            args: list[Any] = ["BLPOP", _IDLE_KEY, timeout or 0]
+        else:  # wakes when the list holds a message; takes nothing
+            args = ["BLMOVE", queues[0], queues[0], "RIGHT", "RIGHT", timeout or 0]
+        self._wait_command = args[0]
+        connection = self.client.connection
+        self._in_poll = connection
+        self._brpop_sent_at = time.monotonic()
+        connection.send_command(*args)
+        return None
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if not self.atomic_fetch:
+            return bool(super()._brpop_read(**options))  # type: ignore[misc]  # private kombu method the stubs omit
+        try:
+            connection = self.client.connection
+            try:
+                self.client.parse_response(connection, self._wait_command, **options)
+            except self.connection_errors:
+                connection.disconnect()  # the next poll reconnects
+                raise
+            except redis.exceptions.OutOfMemoryError:
+                self._wait_refused = True
+            # a message arrived, the wait timed out (unwatched lists are swept), or Redis is full
+            fetched = self.fetch(self._queue_cycle.consume(len(self.active_queues)))
+            if fetched is None:
+                raise Empty()
+            queue, payload = fetched
+            self._queue_cycle.rotate(queue)
+            self.connection._deliver(loads(bytes_to_str(payload)), queue)
+            return True
+        finally:
+            self._fetched.clear()  # appended by now, or never (the entry then ages out: restored)
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
+        if not self.atomic_fetch:
+            return super()._get(queue)
+        fetched = self.fetch([queue])
+        with self.conn_or_acquire() as client:
+            self._maybe_update_queues_expire(client, queue)
+        if fetched is None:
+            raise Empty()
+        return loads(bytes_to_str(fetched[1]))
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        if no_ack and self.atomic_fetch:  # a plain pop: nothing would ever ack a recorded entry
+            try:
+                return self.Message(kombu_redis.Channel._get(self, queue), channel=self)
+            except Empty:
+                return None
+        return super().basic_get(queue, no_ack=no_ack, **kwargs)
 
     @property
     def beat_interval(self) -> float:

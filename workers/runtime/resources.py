@@ -26,9 +26,10 @@ from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from workers.accounting.ledger import Ledger
+from workers.accounting.ledger import Ledger, ReplicaWait
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
+from workers.contract.redisclient import redis_client
 from workers.guards.shared import SharedGuards
 from workers.jobs.heartbeat import ClaimHeartbeat
 from workers.jobs.store import JobStore
@@ -36,8 +37,13 @@ from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
 from workers.llm.tracing import NO_TRACER
 from workers.routes import LLMQConfig, load_config
-from workers.runtime.redisconn import redis_client
-from workers.runtime.telemetry import BreakerCollector, RateAdmissionsCollector, WorkerMetrics, build_worker_metrics
+from workers.runtime.telemetry import (
+    BreakerCollector,
+    RateAdmissionsCollector,
+    ReplicaWaitCollector,
+    WorkerMetrics,
+    build_worker_metrics,
+)
 from workers.runtime.tracing import build_tracer_provider
 from workers.settings import Settings
 from workers.tools.publish import RegistryPublisher
@@ -52,7 +58,7 @@ CANCEL_CHANNEL = "llmq:cancel"
 
 
 def redis_client_for(settings: Settings, max_connections: int | None = None) -> redis.Redis:
-    """The worker's Redis client (plain URL or Sentinel, ``workers/runtime/redisconn.py``)."""
+    """The worker's Redis client (plain URL or Sentinel, ``workers/contract/redisclient.py``)."""
     return redis_client(
         settings.redis_url,
         max_connections=max_connections or settings.concurrency + 10,
@@ -125,12 +131,14 @@ def build_ledger(settings: Settings, config: LLMQConfig, client: redis.Redis | N
         )
     budget = config.budget
     monthly = settings.monthly_budget_usd if settings.monthly_budget_usd is not None else budget.monthly_usd
+    replicas = settings.ledger_replicas
     return Ledger(
         client,
         monthly_limit_usd=monthly,
         tenant_limits_usd=budget.tenants,
         kill_ratio=budget.kill_switch_ratio,
         lease_s=float(settings.task_time_limit),
+        replica_wait=ReplicaWait(replicas, settings.ledger_wait_ms) if replicas else None,
     )
 
 
@@ -216,6 +224,9 @@ class WorkerResources:
         lease_stats = guards.leases.stats
         metrics.registry.register(RateAdmissionsCollector(lambda: (lease_stats.local, lease_stats.calls)))
         metrics.registry.register(BreakerCollector(guards.breakers_open))
+        ledger = build_ledger(settings, config, ledger_client)
+        if ledger.replica_wait is not None:
+            metrics.registry.register(ReplicaWaitCollector(ledger.replica_wait))
         return cls(
             settings=settings,
             redis=client,
@@ -225,7 +236,7 @@ class WorkerResources:
             store=store,
             counter=counter,
             prices=prices,
-            ledger=build_ledger(settings, config, ledger_client),
+            ledger=ledger,
             metrics=metrics,
             cancel_watcher=watcher,
             guards=guards,

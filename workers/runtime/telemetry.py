@@ -9,6 +9,10 @@
 ``llmq_jobs_total``                counter    ``{status}`` succeeded | failed | cancelled
 ``llmq_queue_length``              gauge      ``{queue}`` read from Redis on each scrape
 ``llmq_rate_admissions_total``     counter    ``{via}`` lease | redis: RPM/TPM admissions
+``llmq_ledger_replica_waits_total`` counter   ``{outcome}`` acked | short: ledger writes whose
+                                              WAIT reached the replicas in time (only when
+                                              the ledger waits: Sentinel or
+                                              ``LLMQ_LEDGER_WAIT_REPLICAS``)
 ``llm_skips_total``                counter    ``{model, reason}`` models passed over untried:
                                               window | budget | breaker_open |
                                               breaker_probe_busy | too_large | check
@@ -44,6 +48,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from workers.accounting.ledger import ReplicaWait
 from workers.accounting.metrics import UsageMetrics, build_usage_metrics
 from workers.contract import CompletionResult, redact
 from workers.jobs.decisions import DecisionMetrics, build_decision_metrics
@@ -53,6 +58,7 @@ __all__ = [
     "DecisionMetrics",
     "JobMetrics",
     "RedactingFilter",
+    "ReplicaWaitCollector",
     "WorkerMetrics",
     "build_worker_metrics",
     "install_log_redaction",
@@ -125,6 +131,24 @@ class RateAdmissionsCollector(Collector):
         )
         family.add_metric(["lease"], float(local))
         family.add_metric(["redis"], float(calls))
+        yield family
+
+
+class ReplicaWaitCollector(Collector):
+    """``llmq_ledger_replica_waits_total{outcome}``: ledger writes whose ``WAIT`` reached the replicas
+    asked for in time (``acked``) or not (``short``: a fail-over then could lose them); read when scraped."""
+
+    def __init__(self, wait: ReplicaWait) -> None:
+        self._wait = wait
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "llmq_ledger_replica_waits",
+            "Ledger reservations and settlements by whether enough replicas acknowledged them in time.",
+            labels=["outcome"],
+        )
+        family.add_metric(["acked"], float(self._wait.acked))
+        family.add_metric(["short"], float(self._wait.short))
         yield family
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +21,11 @@ import openai
 import pytest
 import redis
 
-from llmq.localredis import free_port
 from producers.gateway import GatewaySettings, create_gateway
 from producers.gateway.server import GatewayThread
 from producers.gateway.sse import SSEParser
 from simulator.app import SimulatorThread
-from tests.support.external import need_tool
+from tests.support.nginx import running_nginx
 from workers.contract import JobKeys
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -36,41 +33,10 @@ TOKEN = "edge-token-6b4f0d"
 JOB = {"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "through the proxy"}]}
 
 
-def render(text: str, *, upstream_port: int, listen_port: int, prefix: Path) -> str:
-    """ops/nginx.conf on 127.0.0.1 (the same substitutions ops/README.md describes)."""
-    for old, new in {
-        "server gateway:8000;": f"server 127.0.0.1:{upstream_port};",
-        "listen 8080;": f"listen 127.0.0.1:{listen_port};",
-        "/var/run/": f"{prefix}/",
-        "/var/cache/nginx/": f"{prefix}/",
-        "access_log /dev/stdout;": "access_log off;",
-    }.items():
-        assert old in text, f"ops/nginx.conf no longer contains {old!r}"
-        text = text.replace(old, new)
-    return text
-
-
 @contextlib.contextmanager
 def nginx_in_front(upstream_port: int, prefix: Path, conf_text: str) -> Iterator[str]:
-    binary = need_tool("nginx", "apt-get install -y --no-install-recommends nginx", also=("/usr/sbin/nginx",))
-    port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(render(conf_text, upstream_port=upstream_port, listen_port=port, prefix=prefix))
-    argv = [binary, "-e", "stderr", "-p", f"{prefix}/", "-c", str(conf), "-g", "daemon off;"]
-    log = prefix / "nginx.stderr"
-    with log.open("wb") as stderr, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr) as proc:
-        try:
-            for _ in range(200):
-                assert proc.poll() is None, log.read_text()
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
-                    break
-                time.sleep(0.05)
-            else:
-                raise AssertionError(f"nginx did not listen: {log.read_text()}")
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with running_nginx(conf_text, upstream_port, prefix, access_log=False) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

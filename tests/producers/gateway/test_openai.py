@@ -6,16 +6,13 @@ Every request runs as a queued job: SDK -> gateway -> Redis -> in-process worker
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import openai
 import pytest
 
-from producers.gateway import GatewaySettings, create_gateway
 from producers.gateway.server import GatewayThread
 from simulator.app import SimulatorThread
 
-TOKEN = "sdk-token-5d1e0c2b"
 MODEL = "openai:gpt-4o-mini"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about queues."}]
 WEATHER = {
@@ -32,21 +29,7 @@ WEATHER = {
 }
 
 
-@pytest.fixture
-def gw(redis_url: str) -> Iterator[GatewayThread]:
-    settings = GatewaySettings(redis_url=redis_url, tokens={TOKEN: "sdk-team"})
-    with GatewayThread(create_gateway(settings)) as server:
-        yield server
-
-
-@pytest.fixture
-def sdk(gw: GatewayThread, worker) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=TOKEN, max_retries=0, timeout=60)
-    yield client
-    client.close()
-
-
-def test_non_streaming_completion(sdk: openai.OpenAI, gw: GatewayThread) -> None:
+def test_non_streaming_completion(sdk: openai.OpenAI, sdk_gateway: GatewayThread) -> None:
     raw = sdk.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES, max_tokens=50)
     completion = raw.parse()
     assert completion.object == "chat.completion" and completion.id.startswith("chatcmpl-")
@@ -121,16 +104,16 @@ def test_tool_calls_streaming(sdk: openai.OpenAI) -> None:
     assert [c.function.name for c in final.choices[0].message.tool_calls] == ["get_weather", "get_weather"]
 
 
-async def test_async_client_streams(gw: GatewayThread, worker) -> None:
-    async with openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=TOKEN, max_retries=0) as client:
+async def test_async_client_streams(sdk: openai.OpenAI) -> None:
+    async with openai.AsyncOpenAI(base_url=sdk.base_url, api_key=sdk.api_key, max_retries=0) as client:
         stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
         text = "".join([c.choices[0].delta.content or "" async for c in stream])
     assert len(text.split()) == 20
 
 
-def test_errors_map_to_the_sdk_exceptions(sdk: openai.OpenAI, gw: GatewayThread) -> None:
+def test_errors_map_to_the_sdk_exceptions(sdk: openai.OpenAI, sdk_gateway: GatewayThread) -> None:
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{gw.url}/v1", api_key="not-a-token", max_retries=0).models.list()
+        openai.OpenAI(base_url=f"{sdk_gateway.url}/v1", api_key="not-a-token", max_retries=0).models.list()
     with pytest.raises(openai.BadRequestError, match="Unrecognized request argument supplied: bogus"):
         sdk.chat.completions.create(model=MODEL, messages=MESSAGES, extra_body={"bogus": 1})
     with pytest.raises(openai.BadRequestError) as info:

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import Iterator
 
 import openai
 import pytest
 from pydantic import BaseModel
 
-from producers.gateway import GatewaySettings, create_gateway
 from producers.gateway.server import GatewayThread
 from simulator.app import SimulatorThread
 
-TOKEN = "sdk-token-params"
 MESSAGES = [{"role": "user", "content": "Extract the event: lunch with Alice on Friday."}]
 
 
@@ -32,20 +29,6 @@ class Event(BaseModel):
     title: str
     day: str
     attendees: list[Person]
-
-
-@pytest.fixture
-def gw(redis_url: str) -> Iterator[GatewayThread]:
-    settings = GatewaySettings(redis_url=redis_url, tokens={TOKEN: "sdk-team"})
-    with GatewayThread(create_gateway(settings)) as server:
-        yield server
-
-
-@pytest.fixture
-def sdk(gw: GatewayThread, worker) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=TOKEN, max_retries=0, timeout=60)
-    yield client
-    client.close()
 
 
 @pytest.mark.parametrize("model", ["openai:gpt-4o-mini", "anthropic:claude-sonnet-4-5", "ollama:llama3.1"])
@@ -104,7 +87,9 @@ def test_streaming_refusal(sdk: openai.OpenAI, simulator: SimulatorThread) -> No
     assert final.choices[0].message.refusal and final.choices[0].message.parsed is None
 
 
-def test_request_parameters_reach_the_job(sdk: openai.OpenAI, gw: GatewayThread, simulator: SimulatorThread) -> None:
+def test_request_parameters_reach_the_job(
+    sdk: openai.OpenAI, sdk_gateway: GatewayThread, simulator: SimulatorThread
+) -> None:
     tool = {
         "type": "function",
         "function": {

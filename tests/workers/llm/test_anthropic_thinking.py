@@ -5,13 +5,12 @@ of the next request; other providers never see them. Served and captured over re
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from tests.support.replay_server import ReplayServer, Reply, local_client
+from tests.support.replay_server import ReplayServer, Reply
 from workers.contract import CompletionJob, CompletionResult, Message, ReasoningBlock, Tool, ToolFunction
 from workers.llm._http import HTTPClient
 from workers.llm.anthropic import AnthropicProvider
@@ -102,18 +101,6 @@ BODY = json.dumps(
         "usage": {"input_tokens": 40, "output_tokens": 60},
     }
 ).encode()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ReplayServer]:
-    with ReplayServer() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[HTTPClient]:
-    with local_client() as client:
-        yield client
 
 
 _counter = iter(range(1_000_000))

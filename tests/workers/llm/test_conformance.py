@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,7 +25,7 @@ from tests.support.conformance_cases import (
     run_case,
     transcripts,
 )
-from tests.support.replay_server import ReplayServer, local_client
+from tests.support.replay_server import ReplayServer
 from workers.llm._http import HTTPClient
 from workers.llm.base import Completion
 from workers.llm.errormap import _timestamp
@@ -66,18 +66,6 @@ INFORMATIONAL = {
 
 
 # --- serving -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ReplayServer]:
-    with ReplayServer() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[HTTPClient]:
-    with local_client() as client:
-        yield client
 
 
 # --- expectations: transcripts ---------------------------------------------------------------------

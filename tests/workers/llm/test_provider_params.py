@@ -11,12 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support.replay_server import ReplayServer, Reply, local_client
+from tests.support.replay_server import ReplayServer, Reply
 from workers.contract import CompletionJob, Message, Tool, ToolFunction
 from workers.llm._http import HTTPClient
 from workers.llm.anthropic import STRUCTURED_TOOL, AnthropicProvider
@@ -48,18 +47,6 @@ PICTURE = Message(
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
     ],
 )
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ReplayServer]:
-    with ReplayServer() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[HTTPClient]:
-    with local_client() as client:
-        yield client
 
 
 def _request(model: str, **job: Any) -> ChatRequest:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support.replay_server import ReplayServer, Reply, local_client
+from tests.support.replay_server import ReplayServer, Reply
 from workers.contract import FunctionCall, Message, Tool, ToolCall, ToolFunction
 from workers.llm._http import HTTPClient
 from workers.llm.anthropic import AnthropicProvider
@@ -45,18 +44,6 @@ CONVERSATION = [
     Message(role="tool", tool_call_id="call_2", content="24C"),
     Message(role="user", content="Thanks, and in F?"),
 ]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ReplayServer]:
-    with ReplayServer() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[HTTPClient]:
-    with local_client() as client:
-        yield client
 
 
 def sent(server: ReplayServer, key: str, provider: Provider, request: ChatRequest) -> tuple[dict[str, str], Any]:

@@ -85,18 +85,6 @@ def wire(provider: str, texts: list[str] = TEXTS) -> tuple[bytes, bytes, bytes, 
 CONTENT_TYPE = {"openai": "text/event-stream", "anthropic": "text/event-stream", "ollama": "application/x-ndjson"}
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ReplayServer]:
-    with ReplayServer() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[HTTPClient]:
-    with local_client() as client:
-        yield client
-
-
 def serve(server: ReplayServer, key: str, provider: str, body: bytes, **reply: object) -> str:
     return server.add(key, Reply(200, [("Content-Type", CONTENT_TYPE[provider])], body, **reply))  # type: ignore[arg-type]
 

@@ -1,0 +1,23 @@
+"""A small chaos run (the 2,000-job version is ``bench/chaos_bench.py``; both use tests/support/chaos.py).
+
+250 jobs, three worker processes of which one is SIGKILLed and replaced three times, one Redis
+SIGKILL + restart, simulator faults (429, 503, cut streams). Asserted (``check``): every job exactly
+one terminal event, no job's superseded run writing after its successor, the ledger's spend equal
+to the results' cost and bounded by the served calls, spend within the budget. No timing asserts.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.chaos import ChaosConfig, check, run_chaos
+
+pytestmark = pytest.mark.slow
+
+
+def test_chaos_run_loses_nothing_and_charges_once() -> None:
+    config = ChaosConfig(jobs=250, kill_at=(0.1, 0.35, 0.65), redis_restart_at=0.5, budget_usd=5.0)
+    report = run_chaos(config)
+    print(report.summary())
+    check(report)
+    assert report.kills == 3 and report.redis_restarts == 1

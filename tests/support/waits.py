@@ -1,0 +1,17 @@
+"""Bounded waits on conditions: how tests wait for real processes (never a sleep as an assertion)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+__all__ = ["until"]
+
+
+def until(predicate: Callable[[], bool], what: str, guard_s: float, poll_s: float = 0.05) -> None:
+    """Return once ``predicate()`` holds; fail naming ``what`` after ``guard_s`` (a hang guard, not a timing check)."""
+    deadline = time.monotonic() + guard_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll_s)

@@ -1,0 +1,83 @@
+"""The one builder of Redis clients from ``LLMQ_REDIS_URL``: plain or Sentinel, sync or asyncio.
+
+Workers, producers, the gateway and the CLI all build their clients here, so every one follows
+the same fail-over (the URL grammar and the sentinel settings: ``workers/contract/redisurl.py``;
+the broker and Flower reach the same target through kombu, ``SentinelTarget.broker_url``).
+
+- A plain URL gets a *blocking* pool of ``max_connections`` (waiting up to ``timeout`` s for a
+  free connection): redis-py's default pool raises past its size instead, which a worker running
+  more jobs than that at once hits (``notes/celery-at-scale.md`` §3).
+- A ``sentinel://`` URL gets a master client that asks the sentinels where the master is, and asks
+  again after a fail-over. Its pool cannot block, so it is sized well above ``max_connections``.
+
+The sync and the asyncio client are built by one function from one description of the target;
+only the redis-py classes differ (:class:`_Flavour`). The only contract module that imports
+redis-py: the wire contract's other modules stay pydantic only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.sentinel import Sentinel
+
+from workers.contract.redisurl import SentinelTarget, sentinel_target
+
+__all__ = ["async_redis_client", "redis_client"]
+
+#: Sentinel clients get at least this many connections (their pool raises when it runs out).
+SENTINEL_MIN_CONNECTIONS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class _Flavour:
+    """The redis-py classes of one API (sync or asyncio): the same constructors, the same arguments."""
+
+    client: type[Any]
+    pool: type[Any]
+    sentinel: type[Any]
+
+
+_SYNC = _Flavour(redis.Redis, redis.BlockingConnectionPool, Sentinel)
+_ASYNC = _Flavour(aredis.Redis, aredis.BlockingConnectionPool, AsyncSentinel)
+
+
+def _sentinel_kwargs(target: SentinelTarget) -> dict[str, Any]:
+    """How to talk to the sentinels themselves (short timeouts: a dead one is skipped quickly)."""
+    kwargs: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2}
+    if target.sentinel_password:
+        kwargs["password"] = target.sentinel_password
+    return kwargs
+
+
+def _build(flavour: _Flavour, url: str, max_connections: int, timeout: float, kwargs: dict[str, Any]) -> Any:
+    """One client of ``flavour`` for ``url``: the only place a target becomes a pool."""
+    target = sentinel_target(url)
+    if target is None:
+        # every option (a ``retry`` policy too) goes to the pool's connections: redis-py 8 retries
+        # with the connection's policy and ignores the client's when it is given a pool
+        pool = flavour.pool.from_url(url, max_connections=max_connections, timeout=timeout, **kwargs)
+        return flavour.client(connection_pool=pool)
+    sentinel = flavour.sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target))
+    return sentinel.master_for(
+        target.master,
+        db=target.db,
+        password=target.password,
+        max_connections=max(2 * max_connections, SENTINEL_MIN_CONNECTIONS),
+        **kwargs,
+    )
+
+
+def redis_client(url: str, *, max_connections: int = 64, timeout: float = 20, **kwargs: Any) -> redis.Redis:
+    """A sync client for ``url``; ``kwargs`` are redis-py connection options (``socket_timeout``,
+    ``retry`` ...)."""
+    return cast("redis.Redis", _build(_SYNC, url, max_connections, timeout, dict(kwargs)))
+
+
+def async_redis_client(url: str, *, max_connections: int = 64, timeout: float = 20, **kwargs: Any) -> aredis.Redis:
+    """The asyncio twin of :func:`redis_client`: the same target, pool rules and options."""
+    return cast("aredis.Redis", _build(_ASYNC, url, max_connections, timeout, dict(kwargs)))
