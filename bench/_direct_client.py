@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> None:
     errors: dict[str, int] = {}
 
     def one(i: int) -> bool:
-        keys = JobKeys(f"bench-direct-{i}")
+        keys = JobKeys(f"bench-direct-{args.tag}-{i}")
         pub = EventPublisher(client, keys, run=1, start_seq=-1, ttl_s=600)
         request = ChatRequest(
             model="gpt-4o-mini", messages=[Message(role="user", content=f"direct {i}")], max_tokens=64
@@ -63,4 +63,5 @@ if __name__ == "__main__":
     p.add_argument("--redis", required=True)
     p.add_argument("--jobs", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--tag", default="0", help="job id prefix (processes side by side use different ones)")
     main(p.parse_args())

@@ -36,6 +36,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -119,7 +120,12 @@ def run_raw(stack: LocalStack, jobs: int, concurrency: int, procs: int) -> dict[
 def run_direct(stack: LocalStack, jobs: int, concurrency: int, procs: int) -> dict[str, Any]:
     base = f"{stack.simulator_url}/v1"
     head = [sys.executable, str(HERE / "_direct_client.py"), "--base-url", base, "--redis", stack.redis_url]
-    return _run_children([[*head, "--jobs", str(n), "--concurrency", str(concurrency)] for n in _split(jobs, procs)])
+    return _run_children(
+        [
+            [*head, "--jobs", str(n), "--concurrency", str(concurrency), "--tag", f"{time.time_ns()}-{k}"]
+            for k, n in enumerate(_split(jobs, procs))
+        ]
+    )
 
 
 def run_litellm(stack: LocalStack, jobs: int, concurrency: int, procs: int, python: Path) -> dict[str, Any]:
@@ -158,12 +164,14 @@ def run_queue(stack: LocalStack, jobs: int, workers: list[subprocess.Popen[bytes
             }
         )
     ok = errors = 0
+    run_s: list[float] = []
     while ok + errors < jobs:
         item = listener.blpop([reply], timeout=120)
         if item is None:
             break
         if b'"status":"succeeded"' in item[1]:
             ok += 1
+            run_s.append(json.loads(item[1])["timings"]["total_s"])
         else:
             errors += 1
     wall = time.perf_counter() - t0
@@ -176,7 +184,32 @@ def run_queue(stack: LocalStack, jobs: int, workers: list[subprocess.Popen[bytes
         "wall_s": wall,
         "cpu_s": cpu,
         "peak_rss_mb": max(proc_peak_rss_mb(w.pid) for w in workers),
+        # a job's time in the worker (claim to result): ~the upstream's when the worker keeps up
+        "run_s_p50": round(sorted(run_s)[len(run_s) // 2], 3) if run_s else None,
     }
+
+
+def _start_workers(
+    stack: LocalStack, args: argparse.Namespace, concurrency: int, procs: int, env: dict[str, str], name: str
+) -> list[subprocess.Popen[bytes]]:
+    workers = [
+        stack.start_worker(pool=args.pool, concurrency=concurrency, name=f"{name}{i}", extra_env=env)
+        for i in range(procs)
+    ]
+    stack.wait_for_workers(procs)
+    return workers
+
+
+def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    """Every job of theirs has ended (acked): a cold shutdown, then SIGKILL if it lingers."""
+    for w in workers:
+        os.killpg(w.pid, signal.SIGQUIT)
+    for w in workers:
+        try:
+            w.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(w.pid, signal.SIGKILL)
+            w.wait(10)
 
 
 # --- one configuration --------------------------------------------------------------------------------
@@ -191,8 +224,9 @@ def _summary(r: dict[str, Any], procs: int) -> dict[str, Any]:
         "jobs_per_s_per_core": round(r["ok"] / r["wall_s"] / procs, 1),
         "cpu_ms_per_job": round(1000 * r["cpu_s"] / ok, 2),
         "peak_rss_mb": round(r["peak_rss_mb"], 1),
+        "cpu_pct_of_core": round(100 * r["cpu_s"] / r["wall_s"] / procs),
     }
-    for k in ("deltas_per_job", "nonlocal_attempts", "litellm_version"):
+    for k in ("deltas_per_job", "nonlocal_attempts", "litellm_version", "run_s_p50"):
         if k in r:
             row[k] = r[k]
     return row
@@ -212,23 +246,40 @@ def run_config(
     with LocalStack(env=env) as stack:
         stack.start_redis()
         stack.start_simulator(tokens_per_s=20.0 / latency if latency else 0.0)
-        workers = [
-            stack.start_worker(pool=args.pool, concurrency=concurrency, name=f"benchworker{i}", extra_env=worker_env)
-            for i in range(procs)
-        ]
-        stack.wait_for_workers(procs)
+        workers = _start_workers(stack, args, concurrency, procs, worker_env, "benchworker")
         run_queue(stack, min(100 * procs, args.jobs), workers)  # warm-up: imports, pools, connections
-        paths["raw"] = _summary(run_raw(stack, args.jobs, concurrency, procs), procs)
-        paths["direct"] = _summary(run_direct(stack, args.jobs, concurrency, procs), procs)
+        if "raw" in args.paths:
+            paths["raw"] = _summary(run_raw(stack, args.jobs, concurrency, procs), procs)
+        if "direct" in args.paths:
+            paths["direct"] = _summary(run_direct(stack, args.jobs, concurrency, procs), procs)
         paths["queue"] = _summary(run_queue(stack, args.jobs, workers), procs)
-        if python is not None:
+        if args.compare_env:
+            # the same queue path with other worker settings (or code: PYTHONPATH=<an older tree>), A and
+            # B alternating --rounds times on fresh workers so drift on a shared machine hits both alike
+            other = {**worker_env, **dict(kv.split("=", 1) for kv in args.compare_env)}
+            runs: dict[str, list[dict[str, Any]]] = {"queue": [paths["queue"]], "queue_b": []}
+            for k in range(args.rounds):
+                for name, env_ in (("queue_b", other), ("queue", worker_env)):
+                    if name == "queue" and k == 0:
+                        continue  # round 1 of A is the run above
+                    _stop_workers(workers)
+                    workers = _start_workers(stack, args, concurrency, procs, env_, f"bench{name}{k}")
+                    run_queue(stack, min(100 * procs, args.jobs), workers)
+                    runs[name].append(_summary(run_queue(stack, args.jobs, workers), procs))
+            for name, rows in runs.items():
+                best = sorted(rows, key=lambda r: r["cpu_ms_per_job"])[len(rows) // 2]  # the median run
+                paths[name] = {**best, "cpu_ms_per_job_runs": [r["cpu_ms_per_job"] for r in rows]}
+        if python is not None and "litellm" in args.paths:
             paths["litellm"] = _summary(run_litellm(stack, args.jobs, concurrency, procs, python), procs)
-    q, raw, lite = paths["queue"], paths["raw"], paths.get("litellm")
-    ratios = {
-        "queue_over_raw_jobs_per_s": _ratio(q["jobs_per_s"], raw["jobs_per_s"]),
-        "queue_over_raw_cpu_per_job": _ratio(q["cpu_ms_per_job"], raw["cpu_ms_per_job"]),
-        "queue_over_direct_cpu_per_job": _ratio(q["cpu_ms_per_job"], paths["direct"]["cpu_ms_per_job"]),
-    }
+    q, raw, direct, lite = paths["queue"], paths.get("raw"), paths.get("direct"), paths.get("litellm")
+    ratios: dict[str, float | None] = {}
+    if raw is not None:
+        ratios["queue_over_raw_jobs_per_s"] = _ratio(q["jobs_per_s"], raw["jobs_per_s"])
+        ratios["queue_over_raw_cpu_per_job"] = _ratio(q["cpu_ms_per_job"], raw["cpu_ms_per_job"])
+    if direct is not None:
+        ratios["queue_over_direct_cpu_per_job"] = _ratio(q["cpu_ms_per_job"], direct["cpu_ms_per_job"])
+    if "queue_b" in paths:
+        ratios["queue_b_over_queue_cpu_per_job"] = _ratio(paths["queue_b"]["cpu_ms_per_job"], q["cpu_ms_per_job"])
     if lite is not None:
         ratios.update(
             queue_over_litellm_jobs_per_s=_ratio(q["jobs_per_s"], lite["jobs_per_s"]),
@@ -253,11 +304,12 @@ def print_config(cfg: dict[str, Any]) -> None:
         f"\nupstream {cfg['upstream_s']:g} s, {cfg['jobs']} jobs, concurrency {cfg['concurrency']} x "
         f"{cfg['procs']} process(es), 20 deltas/job, load {cfg['load_before']} -> {cfg['load_after']}"
     )
-    print(f"{'path':<10}{'ok':>6}{'jobs/s':>9}{'/core':>8}{'CPU ms/job':>12}{'peak RSS MB':>13}  errors")
+    print(f"{'path':<10}{'ok':>6}{'jobs/s':>9}{'/core':>8}{'CPU ms/job':>12}{'CPU %':>7}{'peak RSS MB':>13}  errors")
     for name, row in cfg["paths"].items():
         print(
             f"{name:<10}{row['ok']:>6}{row['jobs_per_s']:>9}{row['jobs_per_s_per_core']:>8}"
-            f"{row['cpu_ms_per_job']:>12}{row['peak_rss_mb']:>13}  {row['errors'] or ''}"
+            f"{row['cpu_ms_per_job']:>12}{row['cpu_pct_of_core']:>7}{row['peak_rss_mb']:>13}  {row['errors'] or ''}"
+            + (f"  worker run p50 {row['run_s_p50']} s" if row.get("run_s_p50") is not None else "")
         )
     print("  ".join(f"{k}={v}" for k, v in cfg["ratios"].items()), flush=True)
 
@@ -307,13 +359,22 @@ def main() -> None:
     p.add_argument("--scaling", action="store_true", help="1 s upstream at concurrency 50, 200, 1000, and 200 x 2")
     p.add_argument("--plot", help="with --scaling: write a PNG of the curve here")
     p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM path (no scratch venv)")
+    p.add_argument("--paths", default=",".join(PATHS), help="paths to run (queue always runs)")
     p.add_argument("--peer-venv", default=str(Path.home() / ".cache" / "llmqueue-bench" / "peers"))
     p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE", help="extra worker setting")
+    p.add_argument(
+        "--compare-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run the queue path a second time (queue_b) with these worker settings, e.g. PYTHONPATH=<older tree>",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="with --compare-env: A/B rounds (median reported)")
     p.add_argument("--json", help="also write the whole result to this file")
     args = p.parse_args()
     if args.quick:
         args.jobs, args.concurrency = 150, 50
-    python = None if args.no_litellm else peer_python(Path(args.peer_venv).expanduser())
+    python = None if args.no_litellm or "litellm" not in args.paths else peer_python(Path(args.peer_venv).expanduser())
     if args.scaling:
         plan = [(1.0, 50, 1), (1.0, 200, 1), (1.0, 1000, 1), (1.0, 200, 2)]
     else:

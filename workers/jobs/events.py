@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis
 from redis.typing import EncodableT
@@ -21,24 +21,39 @@ from redis.typing import EncodableT
 from workers.contract import JobKeys, StreamEvent
 from workers.llm.errors import RunFencedError
 
-__all__ = ["EventPublisher", "last_seq"]
+__all__ = ["EventPublisher", "Write", "last_seq"]
+
+#: A Redis command the flush script runs before publishing its events: ``("SET", key, value, ...)``.
+Write = tuple[EncodableT, ...]
 
 # One round trip per flush, whatever the number of events: check that this run still holds the
-# job's claim (fencing: a run that lost it writes nothing), append each event to the replay
-# Stream (entry id <seq>-1), publish it live, keep the Stream's TTL and the claim's lease, and
-# report whether the job was cancelled (-1: fenced).
+# job's claim (fencing: a run that lost it writes nothing), run the flush's writes (the terminal
+# flush stores the result and notifies the producer this way, before its events go out), append
+# each event to the replay Stream (entry id <seq>-1), publish it live, keep the Stream's TTL and
+# the claim's lease (or release the claim: the run's last write), and report whether the job was
+# cancelled (-1: fenced).
 # KEYS: events, channel, cancel, claim. ARGV: maxlen, ttl (0 = keep), lease_ms (0 = none), n,
-# token ('' = unfenced), then n pairs of (entry id, payload).
+# token ('' = unfenced), release ('1' = delete the claim instead of renewing it), w (number of
+# writes), then n pairs of (entry id, payload), then w writes, each as (argc, command, args...).
 _PUBLISH_LUA = """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then return -1 end
 local n = tonumber(ARGV[4])
+local at = 8 + 2 * n
+for _ = 1, tonumber(ARGV[7]) do
+  local argc = tonumber(ARGV[at])
+  redis.call(unpack(ARGV, at + 1, at + argc))
+  at = at + argc + 1
+end
 for i = 0, n - 1 do
-  local payload = ARGV[7 + 2 * i]
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[6 + 2 * i], 'e', payload)
+  local payload = ARGV[9 + 2 * i]
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[8 + 2 * i], 'e', payload)
   redis.call('PUBLISH', KEYS[2], payload)
 end
 if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-if ARGV[3] ~= '0' and ARGV[5] ~= '' then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
+if ARGV[5] ~= '' then
+  if ARGV[6] == '1' then redis.call('DEL', KEYS[4])
+  elseif ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
+end
 return redis.call('EXISTS', KEYS[3])
 """
 
@@ -134,17 +149,17 @@ class EventPublisher:
 
     # --- other events -----------------------------------------------------------------------------
 
-    def emit(self, event: StreamEvent, *, extra: Callable[[redis.client.Pipeline], None] | None = None) -> None:
+    def emit(self, event: StreamEvent, *, writes: Sequence[Write] = (), release_claim: bool = False) -> None:
         """Flush pending deltas, then publish ``event`` with the next seq (set here).
 
-        ``extra`` adds commands to the same round trip, before the event is published: the
-        terminal event uses it to store the result first, so a consumer that sees ``done`` can
-        always read the result.
+        ``writes`` run in the same round trip, after the fencing check and before the event is
+        published: the terminal event stores the result this way, so a consumer that sees ``done``
+        can always read the result. ``release_claim`` ends the run's claim in that round trip too.
         """
-        self.emit_many([event], extra=extra)
+        self.emit_many([event], writes=writes, release_claim=release_claim)
 
     def emit_many(
-        self, events: list[StreamEvent], *, extra: Callable[[redis.client.Pipeline], None] | None = None
+        self, events: list[StreamEvent], *, writes: Sequence[Write] = (), release_claim: bool = False
     ) -> None:
         """Like :meth:`emit` for several events, still one round trip."""
         payloads = []
@@ -156,14 +171,15 @@ class EventPublisher:
             event.seq = self._seq
             event.run = self._run
             payloads.append((self._seq, event.model_dump_json()))
-        self._send(payloads, extra)
+        self._send(payloads, writes, release_claim)
 
     def flush(self) -> None:
         pending = self._take_pending()
         if pending is not None:
-            self._send([pending], None)
+            self._send([pending])
 
-    def _send(self, payloads: list[tuple[int, str]], extra: Callable[[redis.client.Pipeline], None] | None) -> None:
+    def _send(self, payloads: list[tuple[int, str]], writes: Sequence[Write] = (), release: bool = False) -> None:
+        """One script call: fencing check, ``writes``, the events, TTL and lease (or release)."""
         keys = self._keys
         argv: list[EncodableT] = [
             self._maxlen,
@@ -171,16 +187,17 @@ class EventPublisher:
             self._lease_ms or 0,
             len(payloads),
             self._token,
+            "1" if release else "0",
+            len(writes),
         ]
         for seq, raw in payloads:
             argv.append(f"{seq}-1")
             argv.append(raw)
+        for write in writes:
+            argv.append(len(write))
+            argv.extend(write)
         self._ttl_set = True
-        script_keys = [keys.events, keys.channel, keys.cancel, keys.claim]
-        if extra is None:
-            cancelled = self._publish(keys=script_keys, args=argv)
-        else:
-            cancelled = self._send_with(extra, script_keys, argv)
+        cancelled = self._publish(keys=[keys.events, keys.channel, keys.cancel, keys.claim], args=argv)
         if cancelled == -1:
             raise RunFencedError(f"run {self._run} of job {keys.job_id} lost its claim; it writes nothing more")
         if cancelled:
@@ -190,36 +207,6 @@ class EventPublisher:
             # event (or after a quiet period) always goes out at once
             self._last_flush = self._clock()
             self._pending_flushed_delta = False
-
-    def _send_with(
-        self, extra: Callable[[redis.client.Pipeline], None], script_keys: list[str], argv: list[EncodableT]
-    ) -> int:
-        """``extra``'s writes and the flush in one transaction, only while this run holds the claim.
-
-        Unfenced (no token): one pipelined round trip. Fenced: WATCH the claim, check it holds our
-        token, then MULTI/EXEC; a change of the claim in between (our own lease renewal included)
-        aborts the EXEC and the check runs again.
-        """
-        if not self._token:
-            pipe = self._client.pipeline(transaction=False)
-            extra(pipe)
-            self._publish(keys=script_keys, args=argv, client=pipe)
-            return int(pipe.execute()[-1])
-        claim = self._keys.claim
-        with self._client.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(claim)
-                    held = pipe.get(claim)
-                    if (held.decode() if isinstance(held, bytes) else held) != self._token:
-                        pipe.unwatch()
-                        return -1
-                    pipe.multi()
-                    extra(pipe)  # may release the claim: the WATCH already fences this transaction
-                    self._publish(keys=script_keys, args=[*argv[:4], "", *argv[5:]], client=pipe)
-                    return int(pipe.execute()[-1])
-                except redis.WatchError:
-                    continue
 
     def refresh_ttl(self) -> None:
         """Make the replay stream live as long as the result (called with the terminal event)."""

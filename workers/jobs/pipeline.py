@@ -529,19 +529,11 @@ class JobRunner:
         result: CompletionResult,
         before: list[StreamEvent] | None = None,
     ) -> None:
-        """Publish the last events and store the result in one round trip (result first)."""
-        store = self.res.store
-        reply_to = run.job.reply_to
-
-        def persist(pipe: redis.client.Pipeline) -> None:
-            store.store_result(pipe, run.keys, result)
-            if reply_to:
-                store.notify(pipe, reply_to, result)
-            if run.token:
-                store.release(run.keys, run.token, pipe)
-
+        """Publish the last events, store the result and release the claim in one round trip
+        (the result first, so a consumer that sees the terminal event can read it)."""
+        writes = self.res.store.result_writes(run.keys, result, run.job.reply_to)
         run.publisher.refresh_ttl()
-        run.publisher.emit_many([*(before or []), event], extra=persist)
+        run.publisher.emit_many([*(before or []), event], writes=writes, release_claim=bool(run.token))
         run.token = ""  # released in that same round trip
 
     def _requeue(self, run: _Run, exc: RetryLaterError) -> JobOutcome:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import redis
 
 from workers.contract import CompletionResult, JobKeys
+from workers.jobs.events import Write
 
 __all__ = ["Claim", "ClaimOutcome", "JobStore"]
 
@@ -108,16 +109,19 @@ class JobStore:
         raw = self._client.get(keys.result)
         return CompletionResult.model_validate_json(raw) if raw else None
 
-    def store_result(self, pipe: redis.client.Pipeline, keys: JobKeys, result: CompletionResult) -> None:
-        """Queue the commands that store a final result (run inside the terminal event's flush).
+    def result_writes(self, keys: JobKeys, result: CompletionResult, reply_to: str | None = None) -> list[Write]:
+        """The writes that store a final result (and push it to the producer's reply list, see
+        ``CompletionJob.reply_to``), run inside the terminal event's flush, before its events.
 
         The event stream's TTL is set by that flush's script, after its last XADD.
         """
-        pipe.set(keys.result, result.model_dump_json(), ex=self.result_ttl_s)
-        pipe.hset(keys.meta, mapping={"state": result.status, "tenant": result.tenant})
-        pipe.expire(keys.meta, self.result_ttl_s)
-
-    def notify(self, pipe: redis.client.Pipeline, reply_to: str, result: CompletionResult) -> None:
-        """Push the result to the producer's reply list (see ``CompletionJob.reply_to``)."""
-        pipe.rpush(reply_to, result.model_dump_json())
-        pipe.expire(reply_to, self.result_ttl_s)
+        raw = result.model_dump_json()
+        ttl = self.result_ttl_s
+        writes: list[Write] = [
+            ("SET", keys.result, raw, "EX", ttl),
+            ("HSET", keys.meta, "state", result.status, "tenant", result.tenant),
+            ("EXPIRE", keys.meta, ttl),
+        ]
+        if reply_to:
+            writes += [("RPUSH", reply_to, raw), ("EXPIRE", reply_to, ttl)]
+        return writes

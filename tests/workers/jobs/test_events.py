@@ -6,6 +6,7 @@ import redis
 
 from workers.contract import CompletionResult, DoneEvent, JobKeys, StartEvent, parse_event
 from workers.jobs.events import EventPublisher, last_seq
+from workers.llm.errors import RunFencedError
 
 
 class Clock:
@@ -88,3 +89,45 @@ def test_non_streaming_jobs_publish_no_deltas(redis_client: redis.Redis) -> None
     pub.delta("hidden")
     pub.flush()
     assert redis_client.xlen(keys.events) == 0
+
+
+def test_terminal_flush_writes_first_releases_the_claim_and_is_fenced(redis_client: redis.Redis) -> None:
+    """The terminal flush is one script: the writes (the result) land before its events, the claim
+    is released by it, and a run that no longer holds the claim writes nothing at all."""
+    keys = JobKeys("j-term")
+    redis_client.set(keys.claim, "tok-1", px=60_000)
+    pub = EventPublisher(redis_client, keys, run=1, start_seq=-1, coalesce_s=0, token="tok-1", claim_lease_ms=60_000)
+    pub.emit(StartEvent(job_id="j-term", seq=0, model="openai:m"))
+    assert redis_client.get(keys.claim) == b"tok-1"  # an ordinary flush renews, never releases
+    pub.delta("hi")
+    # the result first: a subscriber woken by the live "done" can always read it
+    seen: list[bytes | None] = []
+    sub = redis_client.pubsub()
+    sub.subscribe(keys.channel)
+    sub.get_message(timeout=1)
+    done = DoneEvent(job_id="j-term", seq=0, result=CompletionResult(id="j-term", status="succeeded"))
+    writes = [("SET", keys.result, "stored", "EX", 60), ("RPUSH", "llmq:reply:t", "r"), ("EXPIRE", "llmq:reply:t", 60)]
+    pub.emit_many([done], writes=writes, release_claim=True)
+    for _ in range(2):
+        message = sub.get_message(timeout=1)
+        if message and message["type"] == "message":
+            seen.append(redis_client.get(keys.result))
+    sub.close()
+    assert seen and all(v == b"stored" for v in seen)
+    assert redis_client.lrange("llmq:reply:t", 0, -1) == [b"r"]
+    assert redis_client.get(keys.claim) is None
+    assert [e.type for e in _events(redis_client, keys)] == ["start", "delta", "done"]
+
+    # run 2 lost its claim to run 3: its terminal flush writes no result, no event, no release
+    other = JobKeys("j-fenced")
+    redis_client.set(other.claim, "tok-3", px=60_000)
+    stale = EventPublisher(redis_client, other, run=2, start_seq=-1, coalesce_s=0, token="tok-2")
+    try:
+        stale.emit_many([done], writes=[("SET", other.result, "stale")], release_claim=True)
+    except RunFencedError:
+        pass
+    else:
+        raise AssertionError("a fenced run's terminal flush must raise RunFencedError")
+    assert redis_client.get(other.result) is None
+    assert redis_client.xlen(other.events) == 0
+    assert redis_client.get(other.claim) == b"tok-3"
