@@ -7,11 +7,13 @@ and the worker's ``/metrics`` is read over HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,34 +43,56 @@ def receiver() -> Iterator[OTLPReceiver]:
         yield r
 
 
+TracedWorker = Callable[..., Any]
+
+
 @pytest.fixture
-def traced_worker(
+def start_traced_worker(
     redis_url: str, simulator: SimulatorThread, receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Any]:
+) -> Iterator[TracedWorker]:
+    """Starts an in-process worker exporting to ``receiver`` (``config``: an optional routes file)."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
     monkeypatch.setenv("OTEL_SERVICE_NAME", "llmq-worker-test")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
     monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
-    settings = Settings(
-        redis_url=redis_url,
-        pool="threads",
-        concurrency=4,
-        coalesce_ms=5.0,
-        claim_lease_s=10,
-        tools="tests.support.tools",
-    )
-    env = {**provider_env(simulator.url), "OPENAI_API_KEY": SECRET}
-    app = create_app(settings, provider_env=env)
-    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=10) as w:
-        yield app
-    close_runner(app)
-    _ = w
+    with contextlib.ExitStack() as stack:
+
+        def start(config: Path | None = None) -> Any:
+            settings = Settings(
+                redis_url=redis_url,
+                pool="threads",
+                concurrency=4,
+                coalesce_ms=5.0,
+                claim_lease_s=10,
+                tools="tests.support.tools",
+                config=str(config) if config else None,
+            )
+            env = {**provider_env(simulator.url), "OPENAI_API_KEY": SECRET}
+            app = create_app(settings, provider_env=env)
+            stack.callback(close_runner, app)
+            stack.enter_context(
+                start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=10)
+            )
+            return app
+
+        yield start
+
+
+@pytest.fixture
+def traced_worker(start_traced_worker: TracedWorker) -> Any:
+    return start_traced_worker()
+
+
+def _otlp_provider(receiver: OTLPReceiver, service: str) -> TracerProvider:
+    """A producer-side provider exporting OTLP/HTTP to ``receiver`` through a batch processor."""
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{receiver.url}/v1/traces")))
+    return provider
 
 
 @pytest.fixture
 def producer_provider(receiver: OTLPReceiver) -> Iterator[TracerProvider]:
-    provider = TracerProvider(resource=Resource.create({"service.name": "llmq-producer-test"}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{receiver.url}/v1/traces")))
+    provider = _otlp_provider(receiver, "llmq-producer-test")
     yield provider
     provider.shutdown()
 
@@ -106,6 +130,31 @@ def _job(model: str, fallbacks: list[str] | None = None, **extra: Any) -> dict[s
 
 def _trace(spans: list[ReceivedSpan], trace_id: str) -> list[ReceivedSpan]:
     return sorted((s for s in spans if s.trace_id == trace_id), key=lambda s: s.start_ns)
+
+
+def _metrics_text(app: Any) -> str:
+    """The worker's registry served over HTTP by prometheus_client."""
+    registry = runner_for(app).res.metrics.registry
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=10) as r:
+            return r.read().decode()
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _scrape(app: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The worker's ``/metrics``, parsed back."""
+    return _samples(_metrics_text(app))
 
 
 def test_one_trace_from_producer_through_retry_and_fallback(
@@ -183,19 +232,8 @@ def test_metrics_count_every_decision_after_real_jobs(traced_worker: Any, produc
     ]
     results = [producer.submit(j).result(timeout=60) for j in jobs]
     assert [r.status for r in results] == ["succeeded", "succeeded", "failed"]
-    registry = runner_for(traced_worker).res.metrics.registry
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=10) as r:
-            text = r.read().decode()
-    finally:
-        server.shutdown()
-        thread.join(5)
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    text = _metrics_text(traced_worker)
+    samples = _samples(text)
 
     def value(name: str, **labels: str) -> float:
         return samples.get((name, tuple(sorted(labels.items()))), 0.0)
@@ -246,8 +284,7 @@ def test_the_gateway_continues_the_callers_traceparent(
     from producers.gateway.app import create_gateway
     from producers.gateway.settings import GatewaySettings
 
-    provider = TracerProvider(resource=Resource.create({"service.name": "llmq-gateway-test"}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{receiver.url}/v1/traces")))
+    provider = _otlp_provider(receiver, "llmq-gateway-test")
     caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     settings = GatewaySettings(redis_url=redis_url, tokens={"tok-test": "default"})
     client = AsyncClient(redis_url, tracer=provider.get_tracer("gateway"))
@@ -266,23 +303,6 @@ def test_the_gateway_continues_the_callers_traceparent(
     send = next(s for s in mine if s.name == "send llmq")
     job = next(s for s in mine if s.name == "process llmq")
     assert send.parent_span_id == caller_span and job.parent_span_id == send.span_id
-
-
-def _scrape(app: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The worker's registry served over HTTP by prometheus_client, parsed back."""
-    registry = runner_for(app).res.metrics.registry
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=10) as r:
-            text = r.read().decode()
-    finally:
-        server.shutdown()
-        thread.join(5)
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def test_tool_calls_are_spans_under_the_job_span_metrics_and_log_lines(
@@ -376,3 +396,28 @@ def test_a_timed_out_and_a_cancelled_tool_call_end_their_spans_with_bounded_outc
     samples = _scrape(traced_worker)
     assert samples[("llm_tool_calls_total", (("outcome", "timeout"), ("tool", "sleepy")))] == 1
     assert samples[("llm_tool_calls_total", (("outcome", "cancelled"), ("tool", "patient")))] == 1
+
+
+def test_a_requeued_run_links_to_the_run_before_it(
+    start_traced_worker: TracedWorker, producer: Client, receiver: OTLPReceiver, tmp_path: Path
+) -> None:
+    # Given a worker that re-queues any wait over 0.2 s, and a job whose first request is told to
+    # come back in 1 s: the job runs twice, as two deliveries
+    config = tmp_path / "llmq.toml"
+    config.write_text("max_inworker_wait_s = 0.2\nmax_requeues = 3\n")
+    start_traced_worker(config)
+    handle = producer.submit(_job("openai:gpt-4o~429@1"))
+    assert handle.result(timeout=60).status == "succeeded"
+    # Then both runs are job spans of the one trace, children of the submit span
+    spans = receiver.wait_for(
+        lambda s: sum(1 for x in s if x.name == "process llmq" and x.attributes["llmq.job_id"] == handle.id) >= 2
+    )
+    first, second = sorted(
+        (x for x in spans if x.name == "process llmq" and x.attributes["llmq.job_id"] == handle.id),
+        key=lambda x: x.attributes["llmq.run"],
+    )
+    assert (first.attributes["llmq.run"], second.attributes["llmq.run"]) == (1, 2)
+    assert first.trace_id == second.trace_id and first.parent_span_id == second.parent_span_id
+    assert "llmq.requeue" in [name for name, _ in first.events]
+    # and the second links to the first: the span the earlier run really exported
+    assert first.links == [] and second.links == [(first.trace_id, first.span_id)]

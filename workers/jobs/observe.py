@@ -185,10 +185,10 @@ class JobObserver(ChainHooks):
                 attrs[GenAI.OUTPUT_TOKENS] = usage.completion_tokens
             if result.cost_usd is not None:
                 attrs[GenAI.COST_USD] = result.cost_usd
-            span.set_attributes(attrs)
             if result.status == "failed":
-                span.set_attribute(GenAI.ERROR_TYPE, error_type or "error")
+                attrs[GenAI.ERROR_TYPE] = error_type or "error"
                 span.set_status(Status(StatusCode.ERROR))
+            span.set_attributes(attrs)
         total = result.timings.total_s or 0.0
         keep = self.sampled or result.status == "failed" or total >= self.slow_s
         fields = {

@@ -213,7 +213,7 @@ class JobRunner:
         ctx.calls = sum(1 for a in ctx.attempts if a.status != "skipped")
         run = _Run(job, keys, publisher, ctx, started_wall=time.time(), started=self._clock(), token=token)
         run.cancelled_at_start = claim.cancelled
-        span = start_job_span(res.tracer, job, settings.queue, claim.run, res.redis, keys)
+        span = start_job_span(res.tracer, job, settings.queue, claim.run)
         observer = ctx.hooks = JobObserver(
             job, span, metrics=res.metrics.decisions, sample=settings.log_sample, slow_s=settings.log_slow_s
         )

@@ -1,30 +1,66 @@
 """The job span: ``process {queue}`` (CONSUMER), a child of the producer's submit span.
 
 The parent comes from the job's own ``traceparent`` (not from Celery headers), so it survives
-re-queues and redelivery. Each run records its span context in the job's metadata hash; a later
-run of the same job (re-queued, or redelivered after a worker died) links to the run before it.
-That costs one Redis round trip per job, only while tracing records.
+re-queues and redelivery. A later run of the same job (re-queued, or redelivered after a worker
+died) links to the run before it without asking Redis: a run's span id is derived from the job id
+and its run number (the claim counts runs), by :class:`JobSpanIds`, the id generator of the
+worker's tracer provider, so run ``n`` knows run ``n - 1``'s span context. A job without a
+``traceparent`` gets a trace id derived from its id, so all its runs share one trace.
 """
 
 from __future__ import annotations
 
+import hashlib
+from contextvars import ContextVar
 from decimal import Decimal
 
-import redis
-from opentelemetry.trace import Span, SpanContext, SpanKind, TraceFlags, Tracer
+from opentelemetry import trace
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import Link, NoOpTracer, Span, SpanContext, SpanKind, TraceFlags, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
 from workers.accounting.prices import PriceBook
-from workers.contract import CompletionJob, JobKeys, Usage
+from workers.contract import CompletionJob, Usage
 from workers.jobs.chain import Instrumentation
 from workers.llm.tracing import GenAI
 
-__all__ = ["instrumentation", "job_attributes", "start_job_span"]
+__all__ = ["JobSpanIds", "instrumentation", "job_attributes", "job_trace_id", "run_span_id", "start_job_span"]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-#: Field of the job's metadata hash holding the last run's span context (``trace_id:span_id``).
-_LAST_RUN = "span"
+#: The ids the next span started on this thread/greenlet takes: set by :func:`start_job_span`
+#: around its ``start_span`` call only, so every other span keeps random ids.
+_JOB_SPAN_IDS: ContextVar[tuple[int, int] | None] = ContextVar("llmq_job_span_ids", default=None)
+#: The link's attribute on a later run's job span.
+PREVIOUS_RUN: dict[str, AttributeValue] = {"llmq.link": "previous_run"}
+
+
+def _derived(text: str, size: int, person: bytes) -> int:
+    value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=size, person=person).digest(), "big")
+    return value or 1  # all-zero ids are invalid
+
+
+def run_span_id(job_id: str, run: int) -> int:
+    """The span id of run ``run`` (1, 2, …) of job ``job_id``: the same in every worker process."""
+    return _derived(f"{job_id}\x00{run}", 8, b"llmq-run")
+
+
+def job_trace_id(job_id: str) -> int:
+    """The trace id of a job that came without a ``traceparent``: all its runs share it."""
+    return _derived(job_id, 16, b"llmq-trace")
+
+
+class JobSpanIds(RandomIdGenerator):
+    """Random ids, except for a job span: :func:`start_job_span` sets its derived ids for the
+    one ``start_span`` call (the trace id is used only when the span has no parent)."""
+
+    def generate_span_id(self) -> int:
+        ids = _JOB_SPAN_IDS.get()
+        return super().generate_span_id() if ids is None else ids[1]
+
+    def generate_trace_id(self) -> int:
+        ids = _JOB_SPAN_IDS.get()
+        return super().generate_trace_id() if ids is None else ids[0]
 
 
 def _prompt_attributes(job: CompletionJob) -> dict[str, AttributeValue]:
@@ -57,45 +93,38 @@ def instrumentation(job: CompletionJob, prices: PriceBook, record_content: bool)
     return Instrumentation(price=price, attributes=job_attributes(job), record_content=record_content)
 
 
-def start_job_span(
-    tracer: Tracer, job: CompletionJob, queue: str, run: int, client: redis.Redis, keys: JobKeys
-) -> Span:
-    """Start (not activate) the job span of this run."""
+def start_job_span(tracer: Tracer, job: CompletionJob, queue: str, run: int) -> Span:
+    """Start (not activate) the job span of run ``run``, linked to run ``run - 1``'s span.
+
+    The ids are the derived ones when ``tracer`` comes from a provider built with
+    :class:`JobSpanIds` (the worker's, ``workers/runtime/tracing.py``); the link assumes so."""
     parent = None
     if job.traceparent:
         carrier = {"traceparent": job.traceparent}
         if job.tracestate:
             carrier["tracestate"] = job.tracestate
         parent = _PROPAGATOR.extract(carrier)
-    span = tracer.start_span(f"process {queue}", context=parent, kind=SpanKind.CONSUMER)
-    if not span.is_recording():
-        return span
-    span.set_attributes(
-        {
-            "messaging.system": "celery",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": queue,
-            "messaging.message.id": job.id,
-            GenAI.REQUEST_MODEL: job.model,
-            "llmq.run": run,
-            **job_attributes(job),
-        }
-    )
-    context = span.get_span_context()
-    mine = f"{context.trace_id:032x}:{context.span_id:016x}"
+    name = f"process {queue}"
+    if isinstance(tracer, NoOpTracer):  # tracing off: no attribute is built
+        return tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER)
+    parent_context = trace.get_current_span(parent).get_span_context() if parent is not None else None
+    trace_id = parent_context.trace_id if parent_context is not None and parent_context.is_valid else 0
+    trace_id = trace_id or job_trace_id(job.id)
+    links: tuple[Link, ...] = ()
+    if run > 1:
+        earlier = SpanContext(trace_id, run_span_id(job.id, run - 1), is_remote=True, trace_flags=TraceFlags(1))
+        links = (Link(earlier, PREVIOUS_RUN),)
+    attributes: dict[str, AttributeValue] = {
+        "messaging.system": "celery",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": queue,
+        "messaging.message.id": job.id,
+        GenAI.REQUEST_MODEL: job.model,
+        "llmq.run": run,
+        **job_attributes(job),
+    }
+    token = _JOB_SPAN_IDS.set((trace_id, run_span_id(job.id, run)))
     try:
-        pipe = client.pipeline(transaction=False)
-        pipe.hget(keys.meta, _LAST_RUN)
-        pipe.hset(keys.meta, _LAST_RUN, mine)
-        previous = pipe.execute()[0]
-    except redis.RedisError:
-        return span
-    if previous:
-        trace_hex, _, span_hex = (previous.decode() if isinstance(previous, bytes) else str(previous)).partition(":")
-        try:
-            earlier = SpanContext(int(trace_hex, 16), int(span_hex, 16), is_remote=True, trace_flags=TraceFlags(1))
-        except ValueError:
-            return span
-        if earlier.is_valid:
-            span.add_link(earlier, {"llmq.link": "previous_run"})
-    return span
+        return tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes, links=links)
+    finally:
+        _JOB_SPAN_IDS.reset(token)

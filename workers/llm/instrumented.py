@@ -19,14 +19,14 @@ from decimal import Decimal
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import NoOpTracer, Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from workers.contract import Usage, split_model_id
 from workers.llm.base import ChatStream, Completion
 from workers.llm.errors import LLMQError, error_type_name
 from workers.llm.model import CallReport, ChatModel, ModelRequest, RunContext, WrappedStream
-from workers.llm.tracing import GenAI, content_attributes, record_error
+from workers.llm.tracing import GenAI, content_attributes, error_status
 
 __all__ = ["InstrumentedModel", "PriceFn", "server_of"]
 
@@ -66,31 +66,36 @@ class InstrumentedModel(ChatModel):
         self.attributes = dict(attributes or {})
         self.record_content = record_content
         self.clock = clock
+        self.span_name = f"chat {self.native}"
+        # what every attempt's span carries, built once per model and job (not per attempt)
+        static: dict[str, AttributeValue] = {
+            GenAI.OPERATION: "chat",
+            GenAI.PROVIDER: self.provider,
+            GenAI.REQUEST_MODEL: self.native,
+            GenAI.FALLBACK_INDEX: fallback_index,
+        }
+        host, port = self.server
+        if host:
+            static[GenAI.SERVER_ADDRESS] = host
+        if port:
+            static[GenAI.SERVER_PORT] = port
+        static.update(self.attributes)
+        self._static = static
 
     # --- the span ---------------------------------------------------------------------------------
 
     def _start(self, request: ModelRequest, stream: bool) -> Span:
-        span = self.ctx.tracer.start_span(f"chat {self.native}", kind=SpanKind.CLIENT)
-        if span.is_recording():
-            attrs: dict[str, AttributeValue] = {
-                GenAI.OPERATION: "chat",
-                GenAI.PROVIDER: self.provider,
-                GenAI.REQUEST_MODEL: self.native,
-                GenAI.REQUEST_MAX_TOKENS: request.max_tokens,
-                GenAI.REQUEST_STREAM: stream,
-                GenAI.ATTEMPT: sum(1 for a in self.ctx.attempts if a.status != "skipped") + 1,
-                GenAI.FALLBACK_INDEX: self.fallback_index,
-                **self.attributes,
-            }
-            if request.temperature is not None:
-                attrs[GenAI.REQUEST_TEMPERATURE] = request.temperature
-            host, port = self.server
-            if host:
-                attrs[GenAI.SERVER_ADDRESS] = host
-            if port:
-                attrs[GenAI.SERVER_PORT] = port
-            span.set_attributes(attrs)
-        return span
+        tracer = self.ctx.tracer
+        if isinstance(tracer, NoOpTracer):  # tracing off: no attribute is built
+            return tracer.start_span(self.span_name, kind=SpanKind.CLIENT)
+        # all request attributes at the span's start, in one mapping (one validation pass, no lock per key)
+        attrs = dict(self._static)
+        attrs[GenAI.REQUEST_MAX_TOKENS] = request.max_tokens
+        attrs[GenAI.REQUEST_STREAM] = stream
+        attrs[GenAI.ATTEMPT] = sum(1 for a in self.ctx.attempts if a.status != "skipped") + 1
+        if request.temperature is not None:
+            attrs[GenAI.REQUEST_TEMPERATURE] = request.temperature
+        return tracer.start_span(self.span_name, kind=SpanKind.CLIENT, attributes=attrs)
 
     def _finish(
         self,
@@ -118,20 +123,23 @@ class InstrumentedModel(ChatModel):
         if not span.is_recording():
             span.end()
             return
+        # the response's attributes in one mapping, set once
+        attrs: dict[str, AttributeValue] = {}
         if ttft_s is not None:
-            span.set_attribute(GenAI.RESPONSE_TTFC, ttft_s)
+            attrs[GenAI.RESPONSE_TTFC] = ttft_s
         if result is not None:
-            _response_attributes(span, result)
+            _response_attributes(attrs, result)
             if usage is not None and self.price is not None:
                 cost = self.price(self.model_id, usage)
                 if cost is not None:
-                    span.set_attribute(GenAI.COST_USD, float(cost))
+                    attrs[GenAI.COST_USD] = float(cost)
             if self.record_content and error is None:
-                text = result.text
-                span.set_attributes(content_attributes(request.messages, text))
+                attrs.update(content_attributes(request.messages, result.text))
         if error is not None:
-            record_error(span, error)
-            span.set_attribute(GenAI.ERROR_TYPE, error_type or "error")
+            attrs[GenAI.ERROR_TYPE] = error_type or "error"
+            span.set_status(error_status(error))
+        if attrs:
+            span.set_attributes(attrs)
         span.end()
 
     # --- calls ------------------------------------------------------------------------------------
@@ -152,22 +160,22 @@ class InstrumentedModel(ChatModel):
         return _InstrumentedStream(self, request)
 
 
-def _response_attributes(span: Span, result: Completion | ChatStream) -> None:
+def _response_attributes(attrs: dict[str, AttributeValue], result: Completion | ChatStream) -> None:
     if result.response_model:
-        span.set_attribute(GenAI.RESPONSE_MODEL, result.response_model)
+        attrs[GenAI.RESPONSE_MODEL] = result.response_model
     response_id = result.response_id or result.request_id
     if response_id:
-        span.set_attribute(GenAI.RESPONSE_ID, response_id)
+        attrs[GenAI.RESPONSE_ID] = response_id
     if result.finish_reason:
-        span.set_attribute(GenAI.RESPONSE_FINISH_REASONS, [result.finish_reason])
+        attrs[GenAI.RESPONSE_FINISH_REASONS] = [result.finish_reason]
     usage = result.usage
     if usage is not None and not usage.estimated:
-        span.set_attribute(GenAI.INPUT_TOKENS, usage.prompt_tokens)
-        span.set_attribute(GenAI.OUTPUT_TOKENS, usage.completion_tokens)
+        attrs[GenAI.INPUT_TOKENS] = usage.prompt_tokens
+        attrs[GenAI.OUTPUT_TOKENS] = usage.completion_tokens
         if usage.cached_tokens:
-            span.set_attribute(GenAI.CACHE_READ_TOKENS, usage.cached_tokens)
+            attrs[GenAI.CACHE_READ_TOKENS] = usage.cached_tokens
         if usage.cache_write_tokens:
-            span.set_attribute(GenAI.CACHE_WRITE_TOKENS, usage.cache_write_tokens)
+            attrs[GenAI.CACHE_WRITE_TOKENS] = usage.cache_write_tokens
 
 
 class _InstrumentedStream(WrappedStream["InstrumentedModel"]):

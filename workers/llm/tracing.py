@@ -37,6 +37,7 @@ __all__ = [
     "add_event",
     "content_attributes",
     "end_tool_span",
+    "error_status",
     "record_error",
     "set_prompt",
     "start_tool_span",
@@ -160,9 +161,16 @@ def end_tool_span(
     span.end()
 
 
+def error_status(exc: BaseException) -> Status:
+    """An ERROR status with the error's message redacted and capped (provider error bodies can
+    echo request content)."""
+    message = getattr(exc, "message", None) or str(exc)
+    return Status(StatusCode.ERROR, redact(message)[:500])
+
+
 def record_error(span: Span, exc: BaseException | str) -> None:
     """``error.type`` (the error's class name, bounded) and an ERROR status; never the message
-    unredacted (provider error bodies can echo request content)."""
+    unredacted."""
     if not span.is_recording():
         return
     if isinstance(exc, str):
@@ -170,8 +178,7 @@ def record_error(span: Span, exc: BaseException | str) -> None:
         span.set_status(Status(StatusCode.ERROR))
         return
     span.set_attribute(GenAI.ERROR_TYPE, type(exc).__name__)
-    message = getattr(exc, "message", None) or str(exc)
-    span.set_status(Status(StatusCode.ERROR, redact(message)[:500]))
+    span.set_status(error_status(exc))
 
 
 def add_event(name: str, attributes: Mapping[str, AttributeValue], span: Span | None = None) -> None:

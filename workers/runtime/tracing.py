@@ -17,6 +17,8 @@ from collections.abc import Mapping
 
 from opentelemetry.sdk.trace import TracerProvider
 
+from workers.jobs.spans import JobSpanIds
+
 __all__ = ["build_tracer_provider", "tracing_configured"]
 
 
@@ -38,6 +40,8 @@ def build_tracer_provider(service_name: str = "llmq-worker") -> TracerProvider |
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
-    provider = TracerProvider(resource=Resource.create(attributes))
+    # job spans take ids derived from job id and run, so a redelivered run links to the one
+    # before it without a Redis read (workers/jobs/spans.py)
+    provider = TracerProvider(resource=Resource.create(attributes), id_generator=JobSpanIds())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
