@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,42 +20,15 @@ import redis
 from llmq.devstack import LocalStack
 from llmq.localredis import ManagedRedis
 from producers import Client
-from workers.accounting.ledger import GLOBAL_SCOPE, Ledger, to_micros
-from workers.accounting.prices import PriceBook
-from workers.accounting.tokens import TokenCounter
-from workers.contract import DEFAULT_QUEUE, TERMINAL_EVENT_TYPES, Message, Usage
+from tests.support.spend import global_spent_usd, one_call_usd
+from tests.support.waits import until
+from workers.contract import DEFAULT_QUEUE, TERMINAL_EVENT_TYPES
 
 pytestmark = pytest.mark.slow
 
 MODEL = "openai:gpt-4o-mini"
 PROMPT = [{"role": "user", "content": "survive a crash"}]
 HANG_GUARD_S = 180
-
-
-def _one_call_usd() -> float:
-    prompt = TokenCounter().count(MODEL, [Message(**PROMPT[0])]).tokens
-    return to_micros(PriceBook().lookup(MODEL).cost(Usage(prompt_tokens=prompt, completion_tokens=20))) / 1e6
-
-
-def _spent(url: str) -> float:
-    client = redis.Redis.from_url(url)
-    try:
-        return next(s for s in Ledger(client).show().scopes if s.scope == GLOBAL_SCOPE).spent_usd
-    finally:
-        client.close()
-
-
-def _wait(predicate: object, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + HANG_GUARD_S
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except redis.RedisError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("mode", ["kill-worker", "kill-redis"])
@@ -97,8 +69,14 @@ def test_a_death_right_after_the_fetch_loses_no_job(mode: str, tmp_path: Path) -
             events = list(client.stream("seam-1", timeout=30))
             terminal = [e for e in events if e.type in TERMINAL_EVENT_TYPES]
             assert len(terminal) == 1 and events[-1] is terminal[0], [e.type for e in events]
-            _wait(lambda: r.hlen("unacked") == 0 and r.llen(DEFAULT_QUEUE) == 0, "the ack")
-            assert _spent(url) == pytest.approx(_one_call_usd())  # charged once
+            until(
+                lambda: r.hlen("unacked") == 0 and r.llen(DEFAULT_QUEUE) == 0,
+                "the ack",
+                HANG_GUARD_S,
+                poll_s=0.1,
+                tolerate=(redis.RedisError,),
+            )
+            assert global_spent_usd(url) == pytest.approx(one_call_usd(MODEL, PROMPT, 20))  # charged once
             if mode == "kill-redis":
                 assert seam.poll() is None  # the worker rode out the restart itself
     finally:

@@ -15,15 +15,12 @@ import time
 import urllib.request
 
 import pytest
-import redis
 
 from llmq.devstack import LocalStack
 from llmq.localredis import ManagedRedis
 from producers import Client
-from workers.accounting.ledger import GLOBAL_SCOPE, Ledger, to_micros
-from workers.accounting.prices import PriceBook
-from workers.accounting.tokens import TokenCounter
-from workers.contract import TERMINAL_EVENT_TYPES, Message, Usage
+from tests.support.spend import global_spent_usd, one_call_usd, results_stored
+from workers.contract import TERMINAL_EVENT_TYPES
 
 pytestmark = pytest.mark.slow
 
@@ -33,32 +30,10 @@ PROMPT = [{"role": "user", "content": "ride out a restart"}]
 HANG_GUARD_S = 300
 
 
-def _spent(url: str) -> float:
-    client = redis.Redis.from_url(url)
-    try:
-        status = next(s for s in Ledger(client).show().scopes if s.scope == GLOBAL_SCOPE)
-        return status.spent_usd
-    finally:
-        client.close()
-
-
 def _served_calls(simulator_url: str) -> int:
     with urllib.request.urlopen(simulator_url + "/_sim/stats", timeout=10) as reply:
         stats = json.load(reply)
     return int(stats["requests"])
-
-
-def _finished(url: str, ids: list[str]) -> int:
-    client = redis.Redis.from_url(url)
-    try:
-        pipe = client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.exists(f"llmq:job:{{{job_id}}}:result")
-        return sum(pipe.execute())
-    except redis.RedisError:
-        return 0
-    finally:
-        client.close()
 
 
 # Issue #12's last window is closed: the worker's fetch (workers/runtime/broker.py) pops a message and
@@ -83,16 +58,16 @@ def test_durable_redis_killed_and_restarted_mid_run_loses_no_job() -> None:
 
             # kill Redis once some jobs finished and others are still queued or running
             deadline = time.monotonic() + HANG_GUARD_S
-            while _finished(url, ids) < 5:
+            while (results_stored(url, ids) or 0) < 5:
                 assert time.monotonic() < deadline, "no job finished"
                 time.sleep(0.1)
-            spent_before = _spent(url)
+            spent_before = global_spent_usd(url)
             assert spent_before > 0
             server.kill()
             time.sleep(1.0)  # down for a moment (not a timing assertion: any length would do)
             server.start()
-            assert _spent(url) >= spent_before  # the AOF kept every acknowledged charge
-            finished_at_restart = _finished(url, ids)
+            assert global_spent_usd(url) >= spent_before  # the AOF kept every acknowledged charge
+            finished_at_restart = results_stored(url, ids) or 0
             assert finished_at_restart < JOBS, "every job had finished: the restart hit nothing"
 
             results = {job_id: client.result(job_id, timeout=HANG_GUARD_S) for job_id in ids}
@@ -105,12 +80,11 @@ def test_durable_redis_killed_and_restarted_mid_run_loses_no_job() -> None:
             print(f"{finished_at_restart} of {JOBS} done before the restart; statuses {sorted(set(statuses))}")
             assert statuses == ["succeeded"] * JOBS  # a run that lost Redis waited for it and ran again
 
-            prompt = TokenCounter().count(MODEL, [Message(**PROMPT[0])]).tokens
-            one_call = to_micros(PriceBook().lookup(MODEL).cost(Usage(prompt_tokens=prompt, completion_tokens=20)))
-            spent = _spent(url)
+            one_call = one_call_usd(MODEL, PROMPT, 20)
+            spent = global_spent_usd(url)
             succeeded = statuses.count("succeeded")
             assert spent >= spent_before
-            assert spent >= succeeded * one_call / 1e6 - 1e-9  # every answered job was charged
-            assert spent <= _served_calls(sim) * one_call / 1e6 + 1e-9  # no served call charged twice
+            assert spent >= succeeded * one_call - 1e-9  # every answered job was charged
+            assert spent <= _served_calls(sim) * one_call + 1e-9  # no served call charged twice
     finally:
         server.stop()

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ import redis
 from llmq.devstack import LocalStack
 from producers import Client
 from tests.support.tools import STARTED_KEY, VISITS_KEY
+from tests.support.waits import until
 from workers.accounting.ledger import GLOBAL_SCOPE, Ledger
 
 pytestmark = pytest.mark.slow
@@ -33,15 +32,6 @@ FAST = {
     "LLMQ_MONTHLY_BUDGET_USD": "10",
     "LLMQ_TOOLS": "tests.support.tools",
 }
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _scope(ledger: Ledger) -> tuple[float, float]:
@@ -92,7 +82,7 @@ def test_sigkill_after_a_tool_ran_resumes_without_repeating_it(redis_server_url:
         assert sum(1 for r in _sim_requests(stack, "crash-tools") if r["fault"] == "tools") == 1  # turn 1: once
 
         # the dead run's turn-2 reservation expires by itself; each turn is charged exactly once
-        _wait(lambda: _scope(ledger)[1] == 0, 30, "the abandoned reservation to expire")
+        until(lambda: _scope(ledger)[1] == 0, "the abandoned reservation to expire", 30)
         spent, _ = _scope(ledger)
         assert result.cost_usd is not None and result.cost_usd > 0
         assert spent == pytest.approx(result.cost_usd, abs=2e-6)
@@ -113,7 +103,7 @@ def test_a_call_interrupted_by_a_crash_runs_again_only_if_idempotent(redis_serve
         stack.wait_for_workers(1)
         job = {"model": "openai:gpt-4o-mini~tools", "messages": PROMPT, "tools": [tool], "id": "crash-slow"}
         client.submit(job)
-        _wait(lambda: int(data.get(STARTED_KEY) or 0) == 1, 60, "the tool to start")
+        until(lambda: int(data.get(STARTED_KEY) or 0) == 1, "the tool to start", 60)
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait(10)
 

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -24,10 +24,9 @@ from producers import Client
 from producers.client import make_celery
 from producers.settings import ProducerSettings
 from tests.support.brokers import Broker
-from workers.accounting.ledger import GLOBAL_SCOPE, Ledger, to_micros
-from workers.accounting.prices import PriceBook
-from workers.accounting.tokens import TokenCounter
-from workers.contract import Message, Usage
+from tests.support.spend import one_call_usd
+from tests.support.waits import until
+from workers.accounting.ledger import GLOBAL_SCOPE, Ledger
 from workers.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -41,21 +40,6 @@ HANG_GUARD_S = 180
 def _scope(ledger: Ledger) -> tuple[float, float]:
     status = next(s for s in ledger.show().scopes if s.scope == GLOBAL_SCOPE)
     return status.spent_usd, status.reserved_usd
-
-
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = HANG_GUARD_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _one_call_usd() -> float:
-    prompt = TokenCounter().count(MODEL, [Message(**PROMPT[0])]).tokens
-    cost = PriceBook().lookup(MODEL).cost(Usage(prompt_tokens=prompt, completion_tokens=20))
-    return to_micros(cost) / 1e6
 
 
 @dataclass(frozen=True)
@@ -161,7 +145,7 @@ def test_sigkill_mid_stream_moves_the_job_with_default_settings(two_workers: Sta
 
         spent, reserved = _scope(ledger)
         assert reserved == 0  # the live run took over the dead run's reservation (same call)
-        assert spent == pytest.approx(_one_call_usd())  # charged exactly once
+        assert spent == pytest.approx(one_call_usd(MODEL, PROMPT, 20))  # charged exactly once
         ledger.client.close()
 
 
@@ -181,7 +165,7 @@ def test_a_frozen_worker_woken_after_its_job_moved_writes_nothing(two_workers: S
 
         os.killpg(workers[victim].pid, signal.SIGCONT)
         # the woken run notices (heartbeat or its next write) and stops; its task then ends
-        _wait(lambda: _active_on(s, victim) == [], "the woken worker to drop the job")
+        until(lambda: _active_on(s, victim) == [], "the woken worker to drop the job", HANG_GUARD_S, poll_s=0.2)
 
         after = list(client.stream("frozen-1", timeout=10))
         assert after == before  # not one event written by the woken run
@@ -189,7 +173,7 @@ def test_a_frozen_worker_woken_after_its_job_moved_writes_nothing(two_workers: S
         assert [e.run for e in after if e.type == "start"] == [1, 2]
         assert all(e.run == 2 for e in after[after.index(next(e for e in after if e.run == 2)) :])
         spent, reserved = _scope(ledger)
-        assert spent == spent_before == pytest.approx(_one_call_usd())  # charged once
+        assert spent == spent_before == pytest.approx(one_call_usd(MODEL, PROMPT, 20))  # charged once
         assert reserved == 0
         assert client.get_result("frozen-1") == result
         ledger.client.close()

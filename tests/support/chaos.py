@@ -30,15 +30,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import redis
-
 from llmq.devstack import LocalStack
 from llmq.localredis import ManagedRedis
 from producers import Client
-from workers.accounting.ledger import GLOBAL_SCOPE, Ledger, to_micros
-from workers.accounting.prices import PriceBook
-from workers.accounting.tokens import TokenCounter
-from workers.contract import TERMINAL_EVENT_TYPES, Message, Usage
+from tests.support.spend import global_spent_usd, one_call_usd, results_stored
+from workers.contract import TERMINAL_EVENT_TYPES
 
 __all__ = ["ChaosConfig", "ChaosReport", "check", "run_chaos"]
 
@@ -102,33 +98,6 @@ class ChaosReport:
         )
 
 
-def one_call_usd() -> float:
-    prompt = TokenCounter().count(MODEL, [Message(**PROMPT[0])]).tokens
-    cost = PriceBook().lookup(MODEL).cost(Usage(prompt_tokens=prompt, completion_tokens=TOKENS))
-    return to_micros(cost) / 1e6
-
-
-def _spent(url: str) -> float:
-    client = redis.Redis.from_url(url)
-    try:
-        return next(s for s in Ledger(client).show().scopes if s.scope == GLOBAL_SCOPE).spent_usd
-    finally:
-        client.close()
-
-
-def _finished(url: str, ids: list[str]) -> int | None:
-    client = redis.Redis.from_url(url, socket_timeout=10)
-    try:
-        pipe = client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.exists(f"llmq:job:{{{job_id}}}:result")
-        return int(sum(pipe.execute()))
-    except redis.RedisError:
-        return None  # Redis is restarting
-    finally:
-        client.close()
-
-
 def _sim_stats(simulator_url: str) -> dict[str, object]:
     with urllib.request.urlopen(simulator_url + "/_sim/stats", timeout=30) as reply:
         stats: dict[str, object] = json.load(reply)
@@ -153,7 +122,9 @@ def _stuck(client: Client, ids: list[str]) -> dict[str, list[tuple[str, int]]]:
 
 
 def run_chaos(config: ChaosConfig, *, log: bool = True) -> ChaosReport:
-    report = ChaosReport(jobs=config.jobs, budget_usd=config.budget_usd, one_call_usd=one_call_usd())
+    report = ChaosReport(
+        jobs=config.jobs, budget_usd=config.budget_usd, one_call_usd=one_call_usd(MODEL, PROMPT, TOKENS)
+    )
     server = ManagedRedis(durable=True)
     server.start()
     url = server.url
@@ -179,7 +150,7 @@ def run_chaos(config: ChaosConfig, *, log: bool = True) -> ChaosReport:
             restarted = False
             last, last_change = -1, time.monotonic()
             while True:
-                done = _finished(url, ids)
+                done = results_stored(url, ids)
                 if done is None:
                     time.sleep(0.5)
                     continue
@@ -226,7 +197,7 @@ def run_chaos(config: ChaosConfig, *, log: bool = True) -> ChaosReport:
                 if not terminal or events[-1] is not terminal[-1] or terminal[-1].run != max(runs):
                     report.bad_terminal.append(job_id)
             report.results_cost_usd = results_cost
-            report.spent_usd = _spent(url)
+            report.spent_usd = global_spent_usd(url)
             stats = _sim_stats(sim)
             outcomes = stats.get("by_outcome", {})
             assert isinstance(outcomes, dict)
