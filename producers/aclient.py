@@ -16,6 +16,7 @@ from producers.core import (
     REGISTER_LUA,
     REPLAY_PAGE,
     RESULT_RIDE_OUT_S,
+    SUBMIT_RIDE_OUT_S,
     ClientCore,
     next_backoff,
 )
@@ -90,7 +91,7 @@ class AsyncClient(ClientCore):
         valid = await self.validate(job, **overrides)
         keys, args = self.register_args(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
-            fresh = await self._register(keys=keys, args=args)
+            fresh = await self._register_riding_out(keys, args)
             if not fresh:
                 if span.is_recording():
                     span.set_attribute("llmq.duplicate", True)
@@ -104,6 +105,19 @@ class AsyncClient(ClientCore):
                 raise
         await self.redis.hset(keys[0], "sent", 1)
         return AsyncJobHandle(valid.id, True, self)
+
+    async def _register_riding_out(self, keys: list[str], args: list[Any]) -> int:
+        """Register, riding out a Redis restart or fail-over (see ``Client._register_riding_out``)."""
+        deadline = time.monotonic() + SUBMIT_RIDE_OUT_S
+        backoff = RECONNECT_FIRST_S
+        while True:
+            try:
+                return int(await self._register(keys=keys, args=args))
+            except REDIS_DOWN:
+                if time.monotonic() + backoff >= deadline:
+                    raise
+                await asyncio.sleep(backoff)
+                backoff = next_backoff(backoff)
 
     async def get_result(self, job_id: str) -> CompletionResult | None:
         return self.parse_result(await self.redis.get(JobKeys(job_id).result))

@@ -30,6 +30,7 @@ from producers.core import (
     REGISTER_LUA,
     REPLAY_PAGE,
     RESULT_RIDE_OUT_S,
+    SUBMIT_RIDE_OUT_S,
     ClientCore,
     make_celery,
     next_backoff,
@@ -135,7 +136,7 @@ class Client(ClientCore):
         valid = self.validate(job, **overrides)
         keys, args = self.register_args(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
-            fresh = self._register(keys=keys, args=args)
+            fresh = self._register_riding_out(keys, args)
             if not fresh:
                 if span.is_recording():
                     span.set_attribute("llmq.duplicate", True)
@@ -148,6 +149,23 @@ class Client(ClientCore):
                 raise
         self.redis.hset(keys[0], "sent", 1)
         return JobHandle(valid.id, True, self)
+
+    def _register_riding_out(self, keys: list[str], args: list[Any]) -> int:
+        """Register the job, riding out a Redis restart or fail-over for up to :data:`SUBMIT_RIDE_OUT_S`.
+
+        Safe to repeat: the script takes a registration carrying this submit's own stamp as this
+        caller's (its reply was lost), not as a duplicate.
+        """
+        deadline = time.monotonic() + SUBMIT_RIDE_OUT_S
+        backoff = RECONNECT_FIRST_S
+        while True:
+            try:
+                return int(self._register(keys=keys, args=args))
+            except REDIS_DOWN:
+                if time.monotonic() + backoff >= deadline:
+                    raise
+                time.sleep(backoff)
+                backoff = next_backoff(backoff)
 
     # --- read -------------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ __all__ = [
     "CANCEL_CHANNEL",
     "REDIS_DOWN",
     "RESEND_AFTER_S",
+    "SUBMIT_RIDE_OUT_S",
     "ClientCore",
     "make_celery",
     "validate_job",
@@ -56,7 +57,10 @@ if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 1 then
   return 1
 end
 if redis.call('HEXISTS', KEYS[1], 'sent') == 0 then
-  local at = tonumber(redis.call('HGET', KEYS[1], 'submitted_at') or '0')
+  local stamp = redis.call('HGET', KEYS[1], 'submitted_at')
+  -- the same submit retried after a lost reply (a restart or fail-over): still this caller's registration
+  if stamp == ARGV[2] then return 1 end
+  local at = tonumber(stamp or '0')
   if tonumber(ARGV[2]) - at > tonumber(ARGV[4]) then
     redis.call('HSET', KEYS[1], 'submitted_at', ARGV[2])
     return 2
@@ -76,6 +80,8 @@ REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutE
 RECONNECT_FIRST_S, RECONNECT_CAP_S = 0.1, 2.0
 #: How long ``result()`` keeps retrying to read a result whose terminal event it saw (no timeout given).
 RESULT_RIDE_OUT_S = 60.0
+#: How long ``submit()`` keeps retrying its registration through a Redis restart or fail-over.
+SUBMIT_RIDE_OUT_S = 30.0
 
 
 def next_backoff(wait_s: float) -> float:
