@@ -4,7 +4,7 @@ Credentials come from ``FLOWER_BASIC_AUTH=user:password`` (several pairs separat
 which Flower reads from its environment itself, so the password never appears on a command line
 (``ps``). Without it the command refuses to start unless ``--no-auth`` is given explicitly; with
 ``--no-auth`` the HTTP API is opened too (``FLOWER_UNAUTHENTICATED_API``), so bind it to
-127.0.0.1 only. Workers send task events already (``-E`` and ``worker_send_task_events``), so
+127.0.0.1 only. Workers send task events already (``worker_send_task_events``, ``LLMQ_TASK_EVENTS``), so
 tasks, their states, runtimes and the ``llmq`` queue length show up; job payloads carry no
 credentials (``CompletionJob`` rejects secret-looking metadata, provider keys stay in the
 workers' environment). ``/metrics`` and ``/healthcheck`` are always served without auth.

@@ -40,7 +40,8 @@ def command(args: argparse.Namespace) -> list[str]:
         str(args.concurrency),
         "-Q",
         args.queue,
-        "-E",
+        # no -E: it would override the app's worker_send_task_events, so LLMQ_TASK_EVENTS=0 could not
+        # turn task events off (workers/runtime/app.py sets them from the settings, on by default)
         "-l",
         args.loglevel,
         "-n",
