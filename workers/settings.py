@@ -67,9 +67,12 @@ class Settings(BaseSettings):
 
     #: Serve this worker process's Prometheus metrics on this port (one port per process).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    #: Celery task events (what Flower shows). Off saves ~10% of a queued job's worker CPU;
-    #: Flower can still turn them on at run time (its ``enable_events``).
+    #: Celery task events (what Flower shows). Sent in batches (below) their cost is within measurement
+    #: noise (bench/RESULTS-queue.md); off, Flower can still turn them on at run time (``enable_events``).
     task_events: bool = True
+    #: Task events are kept and sent in batches (one ``task.multi`` message per flush) at least
+    #: this often, in milliseconds; 0: each event its own publish (workers/runtime/taskevents.py).
+    task_events_flush_ms: int = Field(default=250, ge=0, le=5000)
 
     # --- logs and traces (tracing itself is configured by the standard OTEL_* variables) ------
     #: ``json`` (one object per line, with trace ids) or ``text``; default: JSON unless on a terminal.

@@ -25,6 +25,7 @@ from workers.contract.redisurl import kombu_broker
 from workers.runtime.broker import transport_for
 from workers.runtime.state import AppState, LLMQCelery
 from workers.runtime.task import register_tasks
+from workers.runtime.taskevents import TaskEventBatching
 from workers.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -81,8 +82,8 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         worker_prefetch_multiplier=settings.effective_prefetch,
         task_time_limit=settings.task_time_limit,
         worker_soft_shutdown_timeout=settings.soft_shutdown_timeout,
-        # Flower's feed; ~10% of a queued job's worker CPU (bench/RESULTS-queue.md): LLMQ_TASK_EVENTS=0
-        # turns them off (Flower can still switch them on at run time with `enable_events`)
+        # Flower's feed, sent in batches (workers/runtime/taskevents.py, LLMQ_TASK_EVENTS_FLUSH_MS);
+        # LLMQ_TASK_EVENTS=0 turns them off (Flower can still switch them on at run time with `enable_events`)
         worker_send_task_events=settings.task_events,
         task_send_sent_event=settings.task_events,
         task_routes={TASK_NAME: {"queue": queue}},
@@ -92,6 +93,8 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         worker_pool="gevent" if settings.pool == "gevent" else "workers.runtime.pool:ThreadPool",
     )
     app.llmq = AppState(settings, provider_env=provider_env)
+    # task events in batches, one publish per flush period instead of one per event (any pool)
+    app.steps["consumer"].add(TaskEventBatching)
     register_tasks(app)
     return app
 
