@@ -1,0 +1,130 @@
+"""Redis commands per queued job, counted with MONITOR, for two worker settings side by side (A/B).
+
+One Redis, one simulator, one ``celery worker -P gevent`` (started as ``queue_bench.py`` starts them).
+For each variant (A: the worker as configured; B: with ``--compare-env`` settings), alternating
+``--rounds`` times on fresh workers: a warm-up, then ``--jobs`` jobs through the queue path while a
+MONITOR connection counts every command a client sent (commands run inside Lua scripts, MONITOR's
+``client_type`` ``lua``, are left out: a script call is one round trip), of all clients together
+(producer, reply listener, worker). Also the worker's CPU over the same jobs, but MONITOR slows
+Redis: take CPU from ``queue_bench.py --compare-env`` instead. Prints, per variant, commands per job
+by name and the publishes to Celery's event exchange, then one JSON line.
+
+    .venv/bin/python bench/redis_commands_bench.py --compare-env LLMQ_TASK_EVENTS_FLUSH_MS=0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import redis
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from queue_bench import _start_workers, _stop_workers, run_queue  # noqa: E402
+
+from llmq.devstack import LocalStack  # noqa: E402
+
+STOP = "llmq-bench-monitor-stop"
+
+
+class Monitor:
+    """Counts the commands clients send (not those of Lua scripts) until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.commands: Counter[str] = Counter()
+        self.event_publishes = 0
+        self.event_messages: Counter[str] = Counter()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        client = redis.Redis.from_url(self.url)
+        with client.monitor() as m:
+            self._ready.set()
+            for entry in m.listen():
+                command: str = entry["command"]
+                if STOP in command:
+                    break
+                if entry.get("client_type") == "lua":
+                    continue
+                name = command.split(" ", 1)[0].upper()
+                self.commands[name] += 1
+                if name == "PUBLISH" and ".celeryev/" in command:
+                    self.event_publishes += 1
+                    self.event_messages[command.split(" ", 2)[1].rsplit("/", 1)[-1]] += 1
+        client.close()
+
+    def __enter__(self) -> Monitor:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        client = redis.Redis.from_url(self.url)
+        client.echo(STOP)
+        client.close()
+        self._thread.join(30)
+
+
+def measure(stack: LocalStack, args: argparse.Namespace, env: dict[str, str], name: str) -> dict[str, Any]:
+    workers = _start_workers(stack, args, args.concurrency, 1, env, name)
+    try:
+        run_queue(stack, 50, workers)  # warm-up: imports, pools, connections
+        with Monitor(stack.redis_url) as monitor:
+            r = run_queue(stack, args.jobs, workers)
+    finally:
+        _stop_workers(workers)
+    jobs = max(1, r["ok"])
+    return {
+        "ok": r["ok"],
+        "commands_per_job": round(sum(monitor.commands.values()) / jobs, 2),
+        "event_publishes_per_job": round(monitor.event_publishes / jobs, 3),
+        "event_messages": dict(monitor.event_messages),
+        "by_command": {k: round(v / jobs, 2) for k, v in monitor.commands.most_common()},
+        "cpu_ms_per_job_with_monitor": round(1000 * r["cpu_s"] / jobs, 2),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--latency", type=float, default=0.0, help="upstream seconds per answer (20 deltas)")
+    p.add_argument("--pool", default="gevent")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--compare-env", action="append", default=[], metavar="KEY=VALUE", required=True)
+    args = p.parse_args()
+    other = dict(kv.split("=", 1) for kv in args.compare_env)
+    runs: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+    with LocalStack(env={k: v for k, v in os.environ.items() if k != "LLMQ_REDIS_URL"}) as stack:
+        stack.start_redis()
+        stack.start_simulator(tokens_per_s=20.0 / args.latency if args.latency else 0.0)
+        for k in range(args.rounds):
+            for variant, env in (("a", {}), ("b", other)):
+                row = measure(stack, args, env, f"cmd{variant}{k}")
+                runs[variant].append(row)
+                print(variant, json.dumps(row), flush=True)
+    summary = {
+        "bench": "redis_commands_bench",
+        "b_env": args.compare_env,
+        "jobs": args.jobs,
+        "concurrency": args.concurrency,
+        "upstream_s": args.latency,
+        "commands_per_job": {v: [r["commands_per_job"] for r in rows] for v, rows in runs.items()},
+        "event_publishes_per_job": {v: [r["event_publishes_per_job"] for r in rows] for v, rows in runs.items()},
+    }
+    print(json.dumps(summary, separators=(",", ":")), flush=True)
+
+
+if __name__ == "__main__":
+    main()
