@@ -286,7 +286,11 @@ def run_config(
                     runs[name].append(_summary(run_queue(stack, args.jobs, workers), procs))
             for name, rows in runs.items():
                 best = sorted(rows, key=lambda r: r["cpu_ms_per_job"])[len(rows) // 2]  # the median run
-                paths[name] = {**best, "cpu_ms_per_job_runs": [r["cpu_ms_per_job"] for r in rows]}
+                paths[name] = {
+                    **best,
+                    "cpu_ms_per_job_runs": [r["cpu_ms_per_job"] for r in rows],
+                    "run_s_p50_runs": [r.get("run_s_p50") for r in rows],
+                }
         if python is not None and "litellm" in args.paths:
             paths["litellm"] = _summary(run_litellm(stack, args.jobs, concurrency, procs, python), procs)
     q, raw, direct, lite = paths["queue"], paths.get("raw"), paths.get("direct"), paths.get("litellm")
