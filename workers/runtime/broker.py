@@ -18,56 +18,59 @@ of aged entries returns it to its queue unless a live holder keeps its entry fre
 map and the heartbeat); acks, rejects, restores, prefetch credit and the round-robin rotation of
 queues are kombu's, unchanged.
 
-**Batches.** One fetch takes up to N messages and one read of the wait delivers them all: N is the
-channel's prefetch credit (kombu's ``can_consume_max_estimate``: the prefetch count minus the
-messages held; no limit when the count is 0), at most the transport option ``fetch_batch`` (32;
-1 = a message per fetch, as before batches). Under a burst a message then costs a fraction of a
-script call and of a wait, and a gevent worker's consumer admits up to N jobs per turn instead of
-one. The script takes them in the order N fetches of one would: each is the tail of the first
-non-empty list (priority step, then queue), and with kombu's round-robin cycle the queue that gave
-one goes last (the Python side rotates the cycle once per delivered message, ending where N
-single fetches would). A payload Lua cannot read ends the batch: the readable ones before it are
-delivered, then it is taken or set aside as below (the messages behind it stay queued for the next
-fetch). From the script on, every fetched tag is in the channel's ``_fetched`` set until
-``QoS.append`` holds it (it adds the tag to ``_delivered`` before removing it from ``_fetched``),
-and the heartbeat re-scores both, so a message waiting behind its batch's earlier deliveries (a
-gevent pool's ``spawn`` blocks for a free slot) keeps its entry fresh. A worker killed mid-batch
-leaves the undelivered ones in ``unacked`` with no heartbeat: they age out and are restored like
-any orphan. If a delivery raises, that message stays recorded and ages out (``visibility_timeout``,
-then restored: a poison message is retried at that pace, not in a loop), and the batch's later
-messages, never handed to anyone, are given back to their queues at once (kombu's
-``restore_by_tag``, order kept, flagged redelivered); should that fail too (Redis gone) they stay
-recorded and age out the same way. Nothing is ever lost or held past ``visibility_timeout``. A
-channel that is closing reads its wait's reply and takes nothing. ``basic_get`` takes one.
-
 Waiting is apart from taking: the consumer's blocking command is ``BLMOVE q q RIGHT RIGHT
-<brpop_timeout>`` on the base list of the first queue of the cycle. It returns as soon as that
-list holds a message and moves nothing (tail to tail of the same list: atomic, order unchanged);
-the fetch script then takes what is there (up to N), or finds none because another consumer was
-faster (kombu's ``Empty``: the wait starts again). The script also runs when a wait times out, so messages on the
-lists no ``BLMOVE`` watches (priority lists, a second queue of ``-Q a,b``) are taken within
+<brpop_timeout>`` on the base list of the first queue of the cycle. It returns as soon as that list
+holds a message and moves nothing (tail to tail of the same list: atomic, order unchanged); the
+fetch script then takes what is there (up to N), or finds none because another consumer was faster
+(kombu's ``Empty``: the wait starts again). The script also runs when a wait times out, so messages
+on the lists no ``BLMOVE`` watches (priority lists, a second queue of ``-Q a,b``) are taken within
 ``brpop_timeout`` (1 s). llmqueue sends no message priorities (everything lands on the base list)
 and a worker consumes one queue, so in practice the watched list is the only one that ever holds
 messages and a message is taken the moment it arrives; kombu's ``priority_steps`` stay as they are,
 so a prioritised message sent by other code (or restored with its priority) is still taken. Every
 consumer blocked on the list wakes for each message (``BLMOVE`` leaves it in place) and one wins: a
-message arriving at an idle queue costs one script call per idle consumer, fine for tens of
-workers. At ``maxmemory`` with
-``noeviction`` Redis refuses ``BLMOVE`` (it may grow memory) but runs the script (its pop is its
-first write); the consumer then waits with a ``BLPOP`` on a key nobody writes, sweeping once per
-``brpop_timeout``, as nothing can be queued meanwhile anyway. ``basic_get`` takes the same way
-(with ``no_ack`` it pops plainly, as nothing would ever ack it). A payload Lua's cjson cannot read
-(a lone surrogate escape, which Python's json writes) is read in Python and that exact payload taken
-with a second script (:data:`CLAIM_LUA`); one nobody can read (not JSON, no delivery tag) is moved
-to the ``llmq.broker.malformed`` list and logged, where kombu dropped it.
+message arriving at an idle queue costs one script call per idle consumer, fine for tens of workers.
+At ``maxmemory`` with ``noeviction`` Redis refuses ``BLMOVE`` (it may grow memory) but runs the
+script (its pop is its first write); the consumer then waits with a ``BLPOP`` on a key nobody
+writes, sweeping once per ``brpop_timeout``, as nothing can be queued meanwhile anyway.
+``basic_get`` takes the same way (with ``no_ack`` it pops plainly, as nothing would ever ack it). A
+payload Lua's cjson cannot read (a lone surrogate escape, which Python's json writes) is read in
+Python and that exact payload taken with a second script (:data:`CLAIM_LUA`); one nobody can read
+(not JSON, no delivery tag) is moved to the ``llmq.broker.malformed`` list and logged, where kombu
+dropped it.
+
+**Batches.** One fetch takes up to N messages and one read of the wait delivers them all: N is the
+channel's prefetch credit (kombu's ``can_consume_max_estimate``: the prefetch count minus the
+messages held; no limit when the count is 0), at most the transport option ``fetch_batch`` (32; 1 =
+a message per fetch, as before batches). Under a burst a message then costs a fraction of a script
+call and of a wait, and a gevent worker's consumer admits up to N jobs per turn instead of one. The
+script takes them in the order N fetches of one would: each is the tail of the first non-empty list
+(priority step, then queue), and with kombu's round-robin cycle the queue that gave one goes last
+(the Python side rotates the cycle once per delivered message, ending where N single fetches would).
+A payload Lua cannot read ends the batch: the readable ones before it are delivered, then it is
+taken or set aside as above (the messages behind it stay queued for the next fetch). From the script
+on, every fetched tag is in the channel's ``_fetched`` set until ``QoS.append`` holds it (it adds
+the tag to ``_delivered`` before removing it from ``_fetched``), and the heartbeat re-scores both,
+so a message waiting behind its batch's earlier deliveries (a gevent pool's ``spawn`` blocks for a
+free slot) keeps its entry fresh. A worker killed mid-batch leaves the undelivered ones in
+``unacked`` with no heartbeat: they age out and are restored like any orphan. If a delivery raises,
+the message it was delivering is left as before batches: held by the channel if ``QoS.append`` took
+it (kombu's ack, reject or close-time restore then applies), else recorded with no heartbeat, so it
+ages out and is restored after ``visibility_timeout`` (a poison message is retried at that pace, not
+in a loop). The batch's later messages, never handed to anyone, are given back to their queues at
+once (kombu's ``restore_by_tag``, the first of them next in line, flagged redelivered); if that
+fails (Redis gone: the first failure stops it) the rest stay recorded with no heartbeat and age out
+the same way. So none is lost, and none waits past ``visibility_timeout``. A channel that is closing
+reads its wait's reply and takes nothing (before batches it took and delivered one there).
+``basic_get`` takes one message.
 
 What a crash can lose. A worker killed at any point (mid-batch too): its fetched messages sit in
-``unacked``, no heartbeat refreshes them, they are restored after ``visibility_timeout``. Redis killed after the
-script ran but before its reply reached the worker: the same (the entry has no holder and ages
-out). With ``appendfsync everysec`` a Redis crash loses up to the last second of writes, as a
-suffix of the AOF: a lost fetch puts the message back in its queue (the held run then also runs,
-and the job's claim keeps the two from overlapping), a lost ack runs a finished job again (its
-result is kept by job id), but a lost publish (``LPUSH`` acknowledged to the producer) is gone:
+``unacked``, no heartbeat refreshes them, they are restored after ``visibility_timeout``. Redis
+killed after the script ran but before its reply reached the worker: the same (the entry has no
+holder and ages out). With ``appendfsync everysec`` a Redis crash loses up to the last second of
+writes, as a suffix of the AOF: a lost fetch puts the message back in its queue (the held run then
+also runs, and the job's claim keeps the two from overlapping), a lost ack runs a finished job again
+(its result is kept by job id), but a lost publish (``LPUSH`` acknowledged to the producer) is gone:
 only ``appendfsync always`` closes that. The script is never half applied.
 
 **Heartbeat.** kombu keeps every message a worker holds (running or prefetched, with late acks) in
@@ -76,11 +79,11 @@ entries older than ``visibility_timeout`` to the queue: it cannot tell a long jo
 worker, so the timeout had to exceed the longest job and a SIGKILLed worker's jobs waited an hour.
 Here each channel that holds messages runs a thread that re-scores its held entries (and those of
 messages fetched and not yet delivered) to "now" every ``heartbeat_interval`` seconds (``ZADD XX``:
-an entry acked meanwhile is not revived).
-Entries of a live worker therefore never age; a dead, frozen or cut-off worker's entries age out
-after ``visibility_timeout`` seconds and its jobs move to a live worker. Should a live worker
-miss its beats (starved past the timeout), its job is delivered twice: the job's claim keeps the
-two runs from overlapping and fences the one that lost it (``workers/jobs/store.py``).
+an entry acked meanwhile is not revived). Entries of a live worker therefore never age; a dead,
+frozen or cut-off worker's entries age out after ``visibility_timeout`` seconds and its jobs move to
+a live worker. Should a live worker miss its beats (starved past the timeout), its job is delivered
+twice: the job's claim keeps the two runs from overlapping and fences the one that lost it
+(``workers/jobs/store.py``).
 
 kombu (5.7) builds a fresh ``redis.Redis`` for every ack and unacked-index update
 (``Channel.conn_or_acquire`` -> ``_create_client``). They all share the channel's connection
@@ -435,8 +438,8 @@ class Channel(kombu_redis.Channel):
 
     def _deliver_all(self, taken: Sequence[Fetched]) -> None:
         """Deliver fetched messages in order (each rotates the cycle, as kombu's one-message read
-        does). If a delivery raises, that message stays recorded (it ages out and is restored, as
-        before batches) and the ones after it, never handed to anyone, go back to their queues now."""
+        does). If a delivery raises, its message is left as before batches (see the module doc) and
+        the ones after it, never handed to anyone, go back to their queues now."""
         for i, fetched in enumerate(taken):
             try:
                 self._queue_cycle.rotate(fetched.queue)
@@ -447,16 +450,20 @@ class Channel(kombu_redis.Channel):
 
     def _give_back(self, tags: Sequence[str]) -> None:
         """Restore fetched, never delivered messages to their queues (kombu's ``restore_by_tag``,
-        the last first: the first ends at the tail, taken next); any that fails stays recorded,
-        unheartbeated, and is restored when its entry ages past ``visibility_timeout``."""
+        the last first: the first ends at the tail, taken next). After a failure (Redis gone: one
+        timeout is enough) the rest are left recorded, unheartbeated: restored once they age past
+        ``visibility_timeout``."""
         qos = self.qos
         assert isinstance(qos, QoS)
-        for tag in reversed(tags):
-            self._fetched.discard(tag)
+        self._fetched.difference_update(tags)
+        for i, tag in enumerate(reversed(tags)):
             try:
                 qos.restore_by_tag(tag)
             except Exception as exc:
-                log.warning("broker: could not give back fetched message %s (%s); restored once it ages", tag, exc)
+                log.warning(
+                    "broker: could not give back %d fetched messages (%s); restored once they age", len(tags) - i, exc
+                )
+                return
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         if not self.atomic_fetch:
@@ -552,9 +559,13 @@ class Transport(kombu_redis.Transport):
 
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):
-    """The same heartbeat over kombu's Sentinel channel (``sentinel://`` broker URLs)."""
+    """The same fetch and heartbeat over kombu's Sentinel channel (``sentinel://`` broker URLs)."""
 
-    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options, "heartbeat_interval")
+    from_transport_options = (
+        *kombu_redis.SentinelChannel.from_transport_options,
+        "heartbeat_interval",
+        "fetch_batch",
+    )
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):
