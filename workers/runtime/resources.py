@@ -197,7 +197,7 @@ class WorkerResources:
             )
         )
         counter = TokenCounter()
-        counter.preload()  # seeds tiktoken's cache from the bundled files: works offline
+        counter.preload(compact=True)  # seeds tiktoken's cache from the bundled files (offline); ~45 MB less RSS
         prices = PriceBook(config.models, unpriced=config.budget.unpriced)
         with contextlib.suppress(Exception):  # warm genai-prices' data (~0.4 s) before the first job
             prices.lookup(settings.default_model)
