@@ -1,6 +1,7 @@
 """Worker CPU per job with tracing off, tracing on, and JSON logs; ratios against "off", same run.
 
-One Redis, one simulator (0 s upstream, 20 deltas per answer); for each mode a fresh
+One Redis, one simulator (20 deltas per answer, sent at once by default, or spread over
+``--upstream-s`` seconds: 1.0 is ``bench/queue_bench.py``'s job shape); for each mode a fresh
 ``celery worker -P gevent`` process is started with that mode's environment, warmed up, and timed
 on the same number of jobs submitted through the producer (results collected through a reply list):
 
@@ -13,6 +14,7 @@ on the same number of jobs submitted through the producer (results collected thr
 The modes run round-robin ``--rounds`` times so load drift on a shared machine hits them alike.
 
     .venv/bin/python bench/observability_bench.py [--jobs 500] [--concurrency 100] [--rounds 2]
+    .venv/bin/python bench/observability_bench.py --upstream-s 1 --concurrency 200 --jobs 1000   # the queue bench's shape
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=500)
     p.add_argument("--concurrency", type=int, default=100)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--upstream-s",
+        type=float,
+        default=0.0,
+        help="simulated answer time (20 deltas spread over it); 1.0 is bench/queue_bench.py's shape, 0 the worst case",
+    )
     args = p.parse_args()
     with OTLPReceiver() as receiver:
         modes = {
@@ -90,7 +98,7 @@ def main() -> None:
         cpu_ms: dict[str, list[float]] = {m: [] for m in modes}
         with LocalStack(env=env) as stack:
             stack.start_redis()
-            stack.start_simulator(tokens_per_s=0.0)
+            stack.start_simulator(tokens_per_s=20.0 / args.upstream_s if args.upstream_s else 0.0)
             for round_no in range(args.rounds):
                 for mode, extra in modes.items():
                     name = f"worker-{mode}-{round_no}"
@@ -98,14 +106,10 @@ def main() -> None:
                     stack.wait_for_workers(1)
                     run_jobs(stack, min(100, args.jobs), worker)  # warm-up
                     ok, wall, cpu = run_jobs(stack, args.jobs, worker)
-                    worker.terminate()
-                    try:
-                        worker.wait(90)
-                    except subprocess.TimeoutExpired:
-                        # Celery's soft shutdown waits up to 60 s for a held (re-queued) task; the
-                        # CPU was read before the stop, so a hard stop changes no figure
-                        worker.kill()
-                        worker.wait(30)
+                    # every job has ended and the CPU was read: a hard stop changes no figure (a soft
+                    # one can wait up to a minute on Celery's shutdown of its consumer)
+                    worker.kill()
+                    worker.wait(30)
                     # forget it, so the next mode's wait_for_workers does not see a dead worker
                     stack.processes[:] = [(n, proc) for n, proc in stack.processes if proc is not worker]
                     cpu_ms[mode].append(1000 * cpu / max(1, ok))
@@ -116,7 +120,8 @@ def main() -> None:
         spans = len(receiver.spans)
     base = statistics.median(cpu_ms["off"])
     print(
-        f"\n{args.jobs} jobs x {args.rounds} rounds, gevent concurrency {args.concurrency}, 0 s upstream; spans received: {spans}"
+        f"\n{args.jobs} jobs x {args.rounds} rounds, gevent concurrency {args.concurrency}, {args.upstream_s:g} s upstream;"
+        f" spans received: {spans}"
     )
     print(f"{'mode':<10}{'CPU ms/job (median)':>22}{'vs off':>9}")
     for mode, values in cpu_ms.items():

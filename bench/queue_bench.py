@@ -152,6 +152,7 @@ def run_queue(stack: LocalStack, jobs: int, workers: list[subprocess.Popen[bytes
     reply = f"llmq:reply:bench-{time.time_ns()}"
     client = Client(stack.redis_url)
     listener = redis.Redis.from_url(stack.redis_url)
+    io0 = _redis_io(listener)
     cpu0 = _workers_cpu(procs)
     t0 = time.perf_counter()
     for i in range(jobs):
@@ -176,6 +177,7 @@ def run_queue(stack: LocalStack, jobs: int, workers: list[subprocess.Popen[bytes
             errors += 1
     wall = time.perf_counter() - t0
     cpu = _workers_cpu(procs) - cpu0
+    io = {k: v - io0[k] for k, v in _redis_io(listener).items()}
     client.close()
     listener.close()
     return {
@@ -186,7 +188,16 @@ def run_queue(stack: LocalStack, jobs: int, workers: list[subprocess.Popen[bytes
         "peak_rss_mb": max(proc_peak_rss_mb(w.pid) for w in workers),
         # a job's time in the worker (claim to result): ~the upstream's when the worker keeps up
         "run_s_p50": round(sorted(run_s)[len(run_s) // 2], 3) if run_s else None,
+        # the whole Redis server's (producer, broker, workers): reads ~ client round trips
+        "redis_reads_per_job": round(io["total_reads_processed"] / max(1, jobs), 1),
+        "redis_commands_per_job": round(io["total_commands_processed"] / max(1, jobs), 1),
     }
+
+
+def _redis_io(client: redis.Redis) -> dict[str, int]:
+    """The server's read events (one per batch of commands a client's socket delivered) and commands."""
+    stats = client.info("stats")
+    return {k: int(stats.get(k, 0)) for k in ("total_reads_processed", "total_commands_processed")}
 
 
 def _start_workers(
@@ -226,7 +237,14 @@ def _summary(r: dict[str, Any], procs: int) -> dict[str, Any]:
         "peak_rss_mb": round(r["peak_rss_mb"], 1),
         "cpu_pct_of_core": round(100 * r["cpu_s"] / r["wall_s"] / procs),
     }
-    for k in ("deltas_per_job", "nonlocal_attempts", "litellm_version", "run_s_p50"):
+    for k in (
+        "deltas_per_job",
+        "nonlocal_attempts",
+        "litellm_version",
+        "run_s_p50",
+        "redis_reads_per_job",
+        "redis_commands_per_job",
+    ):
         if k in r:
             row[k] = r[k]
     return row
@@ -268,7 +286,11 @@ def run_config(
                     runs[name].append(_summary(run_queue(stack, args.jobs, workers), procs))
             for name, rows in runs.items():
                 best = sorted(rows, key=lambda r: r["cpu_ms_per_job"])[len(rows) // 2]  # the median run
-                paths[name] = {**best, "cpu_ms_per_job_runs": [r["cpu_ms_per_job"] for r in rows]}
+                paths[name] = {
+                    **best,
+                    "cpu_ms_per_job_runs": [r["cpu_ms_per_job"] for r in rows],
+                    "run_s_p50_runs": [r.get("run_s_p50") for r in rows],
+                }
         if python is not None and "litellm" in args.paths:
             paths["litellm"] = _summary(run_litellm(stack, args.jobs, concurrency, procs, python), procs)
     q, raw, direct, lite = paths["queue"], paths.get("raw"), paths.get("direct"), paths.get("litellm")

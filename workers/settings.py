@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     coalesce_ms: float = Field(default=100.0, ge=0)
     #: ...or this many characters are buffered, whichever comes first.
     coalesce_chars: int = Field(default=512, ge=1)
+    #: The event flushes of all the jobs a process runs share Redis round trips (one pipelined
+    #: batch at a time, each job still gets its own reply: ``workers/jobs/flushbatch.py``).
+    batch_flushes: bool = True
     #: Approximate cap of each job's replay stream (XADD MAXLEN ~).
     events_maxlen: int = Field(default=10_000, ge=10)
     #: Seconds results, replay streams and job metadata are kept.

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from celery.contrib.testing.worker import start_worker
 
 from producers import Client
@@ -63,6 +65,11 @@ def _key(item: tuple[str, dict[str, Any]]) -> str:
 
 @pytest.fixture(scope="module")
 def stack(redis_server_url: str) -> Iterator[tuple[ReplayServer, Client]]:
+    # a database and a queue of this module's own, emptied first: a job another module left queued
+    # or held on the shared test Redis must not reach this worker and eat a scripted reply
+    url = redis_server_url.rsplit("/", 1)[0] + "/9"
+    queue = f"conformance-tools-{uuid.uuid4().hex[:8]}"
+    redis.Redis.from_url(url).flushdb()
     with ReplayServer() as server:
         base = f"{server.origin}/{KEY}"
         env = {
@@ -74,12 +81,12 @@ def stack(redis_server_url: str) -> Iterator[tuple[ReplayServer, Client]]:
             "NO_PROXY": "127.0.0.1,localhost",
         }
         settings = Settings(
-            redis_url=redis_server_url, pool="threads", concurrency=2, coalesce_ms=20.0, claim_lease_s=10
+            redis_url=url, queue=queue, pool="threads", concurrency=2, coalesce_ms=20.0, claim_lease_s=10
         )
         app = create_app(settings, provider_env=env)
         with (
             start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=10),
-            Client(redis_server_url) as client,
+            Client(url, queue=queue) as client,
         ):
             yield server, client
         close_runner(app)

@@ -1,12 +1,18 @@
 """Publishing one job's events: numbered, coalesced, live (pub/sub) and replayable (Stream).
 
-Every flush is one Redis round trip (one Lua script): ``XADD`` to the job's capped Stream with
-the entry id ``<seq>-1`` (so replay from seq N is ``XRANGE N-0 +``), ``PUBLISH`` of the same
-payloads to the job's channel, ``EXISTS`` of the cancel key and a refresh of the worker's claim
-lease. Deltas are coalesced: the first delta after a quiet period goes out
+Every flush is one Lua script call (one Redis round trip, or a share of one: below): ``XADD`` to
+the job's capped Stream with the entry id ``<seq>-1`` (so replay from seq N is ``XRANGE N-0 +``),
+``PUBLISH`` of the same payloads to the job's channel, ``EXISTS`` of the cancel key and a refresh
+of the worker's claim lease. Deltas are coalesced: the first delta after a quiet period goes out
 at once (time to first token is not delayed); deltas arriving within ``coalesce_s`` of the last
 flush are buffered until the window has passed or ``coalesce_chars`` are pending. Publishing per
 delta was ~70 % of a raw client's per-job CPU in the notes' measurements; this is the lever.
+
+With a :class:`~workers.jobs.flushbatch.FlushBatcher` (the worker's default, ``LLMQ_BATCH_FLUSHES``),
+the script calls of all the process's running jobs share round trips: each flush still waits for
+its own reply (fencing, cancel, its own errors). Every flush goes through it, the start, tool and
+terminal events too (the same script, the same per-caller outcome and retry policy, so equally
+safe); without one, each flush is a direct call.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ import redis
 from redis.typing import EncodableT
 
 from workers.contract import JobKeys, StreamEvent
+from workers.jobs.flushbatch import FlushBatcher
 from workers.llm.errors import RunFencedError
 
-__all__ = ["EventPublisher", "Write", "last_seq"]
+__all__ = ["EventPublisher", "Write", "flush_batcher", "last_seq"]
 
 #: A Redis command the flush script runs before publishing its events: ``("SET", key, value, ...)``.
 Write = tuple[EncodableT, ...]
@@ -58,6 +65,11 @@ return redis.call('EXISTS', KEYS[3])
 """
 
 
+def flush_batcher(client: redis.Redis, *, max_batch: int = 128, drain_s: float = 5.0) -> FlushBatcher:
+    """The process's batcher of publish-script calls (one per process, shared by its publishers)."""
+    return FlushBatcher(client, _PUBLISH_LUA, max_batch=max_batch, drain_s=drain_s)
+
+
 def last_seq(client: redis.Redis, keys: JobKeys) -> int:
     """The seq of the newest event already in the job's stream, or -1."""
     entries = client.xrevrange(keys.events, count=1)
@@ -84,6 +96,7 @@ class EventPublisher:
         token: str = "",
         publish_deltas: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        flusher: FlushBatcher | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -98,6 +111,8 @@ class EventPublisher:
         self._token = token
         self._publish_deltas = publish_deltas
         self._clock = clock
+        #: Shares the flushes' round trips with the process's other jobs (None: a direct call each).
+        self._flusher = flusher
         self._publish = client.register_script(_PUBLISH_LUA)
         self._pending: list[str] = []
         self._pending_chars = 0
@@ -197,7 +212,11 @@ class EventPublisher:
             argv.append(len(write))
             argv.extend(write)
         self._ttl_set = True
-        cancelled = self._publish(keys=[keys.events, keys.channel, keys.cancel, keys.claim], args=argv)
+        script_keys = [keys.events, keys.channel, keys.cancel, keys.claim]
+        if self._flusher is not None:
+            cancelled = self._flusher.call(script_keys, argv)
+        else:
+            cancelled = self._publish(keys=script_keys, args=argv)
         if cancelled == -1:
             raise RunFencedError(f"run {self._run} of job {keys.job_id} lost its claim; it writes nothing more")
         if cancelled:

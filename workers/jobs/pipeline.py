@@ -201,6 +201,7 @@ class JobRunner:
             claim_lease_ms=res.store.claim_lease_ms,
             token=token,
             publish_deltas=job.stream,
+            flusher=res.flusher,
         )
         ctx = RunContext(
             attempts=_ATTEMPTS.validate_json(claim.attempts_json) if claim.attempts_json else [],

@@ -22,6 +22,7 @@ from workers.accounting.tokens import TokenCounter
 from workers.contract import CompletionResult
 from workers.guards.shared import SharedGuards
 from workers.jobs.decisions import DecisionMetrics
+from workers.jobs.flushbatch import FlushBatcher
 from workers.jobs.heartbeat import ClaimHeartbeat
 from workers.jobs.store import JobStore
 from workers.llm.registry import ProviderRegistry
@@ -99,3 +100,8 @@ class JobResources(Protocol):
 
     @property
     def tools(self) -> Toolbox | None: ...
+
+    @property
+    def flusher(self) -> FlushBatcher | None:
+        """Batches the event flushes of the process's jobs (None: each flush is a direct call)."""
+        ...

@@ -5,9 +5,9 @@ messages, and without a client object per operation. Needs Redis >= 6.2 (``BLMOV
 records it as held (the ``unacked`` hash and the ``unacked_index`` sorted set) only afterwards, in a
 separate pipeline: a worker SIGKILLed between the two, or a Redis that dies after the pop and
 before the bookkeeping (which then fails), lost the message for good. Here a fetch is one Lua
-script (:data:`FETCH_LUA`, ``EVALSHA`` with redis-py's ``NOSCRIPT`` fallback): it pops the
-first message of the channel's queue lists (kombu's order: each priority step, each queue of the
-round-robin cycle) and, in the same script, stores it in ``unacked`` (``[payload, exchange,
+script (:data:`FETCH_LUA`, ``EVALSHA`` with redis-py's ``NOSCRIPT`` fallback): it pops messages
+from the tails of the channel's queue lists (kombu's order: each priority step, each queue of the
+round-robin cycle) and, in the same script, stores each in ``unacked`` (``[payload, exchange,
 routing_key]``, exactly what kombu's ``QoS.append`` stores and ``restore_by_tag`` reads, the
 payload byte for byte) and in ``unacked_index`` scored with the worker's clock (kombu's restore
 compares against the worker's ``time()``). A script runs atomically and is written to the AOF and
@@ -19,44 +19,71 @@ map and the heartbeat); acks, rejects, restores, prefetch credit and the round-r
 queues are kombu's, unchanged.
 
 Waiting is apart from taking: the consumer's blocking command is ``BLMOVE q q RIGHT RIGHT
-<brpop_timeout>`` on the base list of the first queue of the cycle. It returns as soon as that
-list holds a message and moves nothing (tail to tail of the same list: atomic, order unchanged);
-the fetch script then takes a message, or finds none because another consumer was faster (kombu's
-``Empty``: the wait starts again). The script also runs when a wait times out, so messages on the
-lists no ``BLMOVE`` watches (priority lists, a second queue of ``-Q a,b``) are taken within
+<brpop_timeout>`` on the base list of the first queue of the cycle. It returns as soon as that list
+holds a message and moves nothing (tail to tail of the same list: atomic, order unchanged); the
+fetch script then takes what is there (up to N), or finds none because another consumer was faster
+(kombu's ``Empty``: the wait starts again). The script also runs when a wait times out, so messages
+on the lists no ``BLMOVE`` watches (priority lists, a second queue of ``-Q a,b``) are taken within
 ``brpop_timeout`` (1 s). llmqueue sends no message priorities (everything lands on the base list)
 and a worker consumes one queue, so in practice the watched list is the only one that ever holds
 messages and a message is taken the moment it arrives; kombu's ``priority_steps`` stay as they are,
 so a prioritised message sent by other code (or restored with its priority) is still taken. Every
 consumer blocked on the list wakes for each message (``BLMOVE`` leaves it in place) and one wins: a
-message costs one script call per idle consumer, fine for tens of workers. At ``maxmemory`` with
-``noeviction`` Redis refuses ``BLMOVE`` (it may grow memory) but runs the script (its pop is its
-first write); the consumer then waits with a ``BLPOP`` on a key nobody writes, sweeping once per
-``brpop_timeout``, as nothing can be queued meanwhile anyway. ``basic_get`` takes the same way
-(with ``no_ack`` it pops plainly, as nothing would ever ack it). A payload Lua's cjson cannot read
-(a lone surrogate escape, which Python's json writes) is read in Python and that exact payload taken
-with a second script (:data:`CLAIM_LUA`); one nobody can read (not JSON, no delivery tag) is moved
-to the ``llmq.broker.malformed`` list and logged, where kombu dropped it.
+message arriving at an idle queue costs one script call per idle consumer, fine for tens of workers.
+At ``maxmemory`` with ``noeviction`` Redis refuses ``BLMOVE`` (it may grow memory) but runs the
+script (its pop is its first write); the consumer then waits with a ``BLPOP`` on a key nobody
+writes, sweeping once per ``brpop_timeout``, as nothing can be queued meanwhile anyway.
+``basic_get`` takes the same way (with ``no_ack`` it pops plainly, as nothing would ever ack it). A
+payload Lua's cjson cannot read (a lone surrogate escape, which Python's json writes) is read in
+Python and that exact payload taken with a second script (:data:`CLAIM_LUA`); one nobody can read
+(not JSON, no delivery tag) is moved to the ``llmq.broker.malformed`` list and logged, where kombu
+dropped it.
 
-What a crash can lose. A worker killed at any point: its fetched messages sit in ``unacked``, no
-heartbeat refreshes them, they are restored after ``visibility_timeout``. Redis killed after the
-script ran but before its reply reached the worker: the same (the entry has no holder and ages
-out). With ``appendfsync everysec`` a Redis crash loses up to the last second of writes, as a
-suffix of the AOF: a lost fetch puts the message back in its queue (the held run then also runs,
-and the job's claim keeps the two from overlapping), a lost ack runs a finished job again (its
-result is kept by job id), but a lost publish (``LPUSH`` acknowledged to the producer) is gone:
+**Batches.** One fetch takes up to N messages and one read of the wait delivers them all: N is the
+channel's prefetch credit (kombu's ``can_consume_max_estimate``: the prefetch count minus the
+messages held; no limit when the count is 0), at most the transport option ``fetch_batch`` (32; 1 =
+a message per fetch, as before batches). Under a burst a message then costs a fraction of a script
+call and of a wait, and a gevent worker's consumer admits up to N jobs per turn instead of one. The
+script takes them in the order N fetches of one would: each is the tail of the first non-empty list
+(priority step, then queue), and with kombu's round-robin cycle the queue that gave one goes last
+(the Python side rotates the cycle once per delivered message, ending where N single fetches would).
+A payload Lua cannot read ends the batch: the readable ones before it are delivered, then it is
+taken or set aside as above (the messages behind it stay queued for the next fetch). From the script
+on, every fetched tag is in the channel's ``_fetched`` set until ``QoS.append`` holds it (it adds
+the tag to ``_delivered`` before removing it from ``_fetched``), and the heartbeat re-scores both,
+so a message waiting behind its batch's earlier deliveries (a gevent pool's ``spawn`` blocks for a
+free slot) keeps its entry fresh. A worker killed mid-batch leaves the undelivered ones in
+``unacked`` with no heartbeat: they age out and are restored like any orphan. If a delivery raises,
+the message it was delivering is left as before batches: held by the channel if ``QoS.append`` took
+it (kombu's ack, reject or close-time restore then applies), else recorded with no heartbeat, so it
+ages out and is restored after ``visibility_timeout`` (a poison message is retried at that pace, not
+in a loop). The batch's later messages, never handed to anyone, are given back to their queues at
+once (kombu's ``restore_by_tag``, the first of them next in line, flagged redelivered); if that
+fails (Redis gone: the first failure stops it) the rest stay recorded with no heartbeat and age out
+the same way. So none is lost, and none waits past ``visibility_timeout``. A channel that is closing
+reads its wait's reply and takes nothing (before batches it took and delivered one there).
+``basic_get`` takes one message.
+
+What a crash can lose. A worker killed at any point (mid-batch too): its fetched messages sit in
+``unacked``, no heartbeat refreshes them, they are restored after ``visibility_timeout``. Redis
+killed after the script ran but before its reply reached the worker: the same (the entry has no
+holder and ages out). With ``appendfsync everysec`` a Redis crash loses up to the last second of
+writes, as a suffix of the AOF: a lost fetch puts the message back in its queue (the held run then
+also runs, and the job's claim keeps the two from overlapping), a lost ack runs a finished job again
+(its result is kept by job id), but a lost publish (``LPUSH`` acknowledged to the producer) is gone:
 only ``appendfsync always`` closes that. The script is never half applied.
 
 **Heartbeat.** kombu keeps every message a worker holds (running or prefetched, with late acks) in
 the ``unacked_index`` sorted set, scored by the time it was fetched, and any consumer restores
 entries older than ``visibility_timeout`` to the queue: it cannot tell a long job from a dead
 worker, so the timeout had to exceed the longest job and a SIGKILLed worker's jobs waited an hour.
-Here each channel that holds messages runs a thread that re-scores its held entries to "now"
-every ``heartbeat_interval`` seconds (``ZADD XX``: an entry acked meanwhile is not revived).
-Entries of a live worker therefore never age; a dead, frozen or cut-off worker's entries age out
-after ``visibility_timeout`` seconds and its jobs move to a live worker. Should a live worker
-miss its beats (starved past the timeout), its job is delivered twice: the job's claim keeps the
-two runs from overlapping and fences the one that lost it (``workers/jobs/store.py``).
+Here each channel that holds messages runs a thread that re-scores its held entries (and those of
+messages fetched and not yet delivered) to "now" every ``heartbeat_interval`` seconds (``ZADD XX``:
+an entry acked meanwhile is not revived). Entries of a live worker therefore never age; a dead,
+frozen or cut-off worker's entries age out after ``visibility_timeout`` seconds and its jobs move to
+a live worker. Should a live worker miss its beats (starved past the timeout), its job is delivered
+twice: the job's claim keeps the two runs from overlapping and fences the one that lost it
+(``workers/jobs/store.py``).
 
 kombu (5.7) builds a fresh ``redis.Redis`` for every ack and unacked-index update
 (``Channel.conn_or_acquire`` -> ``_create_client``). They all share the channel's connection
@@ -76,9 +103,9 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from queue import Empty
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import redis
@@ -86,6 +113,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from kombu.utils.scheduling import round_robin_cycle
 
 __all__ = [
     "CLAIM_LUA",
@@ -93,6 +121,7 @@ __all__ = [
     "MALFORMED_KEY",
     "SET_ASIDE_LUA",
     "Channel",
+    "Fetched",
     "QoS",
     "SentinelChannel",
     "SentinelTransport",
@@ -109,37 +138,60 @@ MALFORMED_KEY = "llmq.broker.malformed"
 #: A key nothing writes: the consumer's timed wait while Redis refuses ``BLMOVE`` (out of memory).
 _IDLE_KEY = "llmq.broker.idle"
 
-#: Take the first message of KEYS[3..] (queue lists, in order) into the unacked bookkeeping.
-#: KEYS[1] unacked hash, KEYS[2] unacked_index; ARGV[1] the worker's clock. Returns {list key, payload, delivery tag}, nil when all lists are
-#: empty, or {list key, payload} without taking it when Lua's cjson cannot read the payload (it
-#: refuses, for one, a lone UTF-16 surrogate escape that Python's json writes): Python reads it and
-#: takes it with :data:`CLAIM_LUA`. The pop is the first write: at ``maxmemory`` Redis refuses a
-#: script's growing writes only before its first write, so a refusal never leaves a message popped
-#: and unrecorded.
+#: Take up to ARGV[2] messages from KEYS[3..] (queue lists: each priority step, then each queue of
+#: the cycle) into the unacked bookkeeping. KEYS[1] unacked hash, KEYS[2] unacked_index; ARGV[1] the
+#: worker's clock, ARGV[3] the number of queues, ARGV[4] '1' when the cycle is round-robin (a queue
+#: that gave a message goes last, as kombu's ``rotate`` does after each delivery). Each message is the
+#: tail of the first non-empty list, exactly the one a fetch of one would take next. Returns a list of
+#: {list key, payload, delivery tag}, in delivery order (empty when all lists are empty), whose last
+#: row is {list key, payload} without taking it when Lua's cjson cannot read that payload (it refuses,
+#: for one, a lone UTF-16 surrogate escape that Python's json writes): the batch ends there, Python
+#: reads it and takes it with :data:`CLAIM_LUA`. The first pop is the first write: at ``maxmemory``
+#: Redis refuses a script's growing writes only before its first write, so a refusal never leaves a
+#: message popped and unrecorded.
 FETCH_LUA = """
-for i = 3, #KEYS do
-  local item = redis.call('LINDEX', KEYS[i], -1)
-  if item then
-    local ok, msg = pcall(cjson.decode, item)
-    local props = ok and type(msg) == 'table' and msg['properties']
-    local tag, info = nil, nil
-    if type(props) == 'table' then
-      tag = props['delivery_tag']
-      info = props['delivery_info']
+local limit, nq = tonumber(ARGV[2]), tonumber(ARGV[3])
+local rotate = ARGV[4] == '1'
+local steps = (#KEYS - 2) / nq
+local order, empty, taken = {}, {}, {}
+for q = 1, nq do order[q] = q end
+while #taken < limit do
+  local key, item, at = nil, nil, nil
+  for p = 0, steps - 1 do
+    for j = 1, nq do
+      local k = 2 + p * nq + order[j]
+      if not empty[k] then
+        item = redis.call('LINDEX', KEYS[k], -1)
+        if item then key, at = KEYS[k], j break end
+        empty[k] = true
+      end
     end
-    if type(tag) ~= 'string' or type(info) ~= 'table'
-        or type(info['exchange']) ~= 'string' or type(info['routing_key']) ~= 'string' then
-      return {KEYS[i], item}
-    end
-    redis.call('RPOP', KEYS[i])
-    local entry = '[' .. item .. ', ' .. cjson.encode(info['exchange']) .. ', '
-      .. cjson.encode(info['routing_key']) .. ']'
-    redis.call('HSET', KEYS[1], tag, entry)
-    redis.call('ZADD', KEYS[2], ARGV[1], tag)
-    return {KEYS[i], item, tag}
+    if key then break end
+  end
+  if not key then break end
+  local ok, msg = pcall(cjson.decode, item)
+  local props = ok and type(msg) == 'table' and msg['properties']
+  local tag, info = nil, nil
+  if type(props) == 'table' then
+    tag = props['delivery_tag']
+    info = props['delivery_info']
+  end
+  if type(tag) ~= 'string' or type(info) ~= 'table'
+      or type(info['exchange']) ~= 'string' or type(info['routing_key']) ~= 'string' then
+    taken[#taken + 1] = {key, item}
+    break
+  end
+  redis.call('RPOP', key)
+  local entry = '[' .. item .. ', ' .. cjson.encode(info['exchange']) .. ', '
+    .. cjson.encode(info['routing_key']) .. ']'
+  redis.call('HSET', KEYS[1], tag, entry)
+  redis.call('ZADD', KEYS[2], ARGV[1], tag)
+  taken[#taken + 1] = {key, item, tag}
+  if rotate then
+    table.insert(order, table.remove(order, at))
   end
 end
-return nil
+return taken
 """
 
 #: Take one given payload (ARGV[1], read by Python) from the tail end of list KEYS[3] into the
@@ -164,25 +216,41 @@ return 0
 """
 
 
+class Fetched(NamedTuple):
+    """A message the fetch took: its queue, its payload as queued, its delivery tag."""
+
+    queue: str
+    payload: bytes
+    tag: str
+
+
 class QoS(kombu_redis.QoS):
     channel: Channel
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        if self.channel.take_fetched(delivery_tag):
-            # the fetch script already stored it in unacked + unacked_index: only remember it here
+        channel = self.channel
+        if delivery_tag in channel._fetched:
+            # the fetch script already stored it in unacked + unacked_index: only remember it here,
+            # held first and then no longer "fetched", so the heartbeat sees it at every instant
             virtual.QoS.append(self, message, delivery_tag)
+            channel._fetched.discard(delivery_tag)
         else:  # not fetched by the script (kombu's own paths): kombu's bookkeeping
             super().append(message, delivery_tag)
-        self.channel.start_heartbeat()
+        channel.start_heartbeat()
 
     def held_tags(self) -> list[str]:
         """The delivery tags this channel holds now (copied: the consumer mutates the dict)."""
-        for _ in range(10):
-            try:
-                return list(self._delivered or ())
-            except RuntimeError:  # changed size during the copy
-                continue
-        return []
+        return _copy(self._delivered or ())
+
+
+def _copy(tags: Iterable[str]) -> list[str]:
+    """A copy of a dict's keys or a set the consumer mutates meanwhile (from the heartbeat thread)."""
+    for _ in range(10):
+        try:
+            return list(tags)
+        except RuntimeError:  # changed size during the copy
+            continue
+    return []
 
 
 class Channel(kombu_redis.Channel):
@@ -191,15 +259,20 @@ class Channel(kombu_redis.Channel):
     #: The wait's command in flight (``BLMOVE``, or ``BLPOP`` while Redis refuses ``BLMOVE``).
     _wait_command = "BLMOVE"
     _wait_refused = False
+    #: The tag ``_get`` fetched for ``basic_get`` (forgotten once ``basic_get`` returns).
+    _got: str | None = None
     # kombu's, which its stubs omit (annotations only: nothing is shadowed)
     _queue_cycle: Any
+    _closing: bool
     connection_errors: tuple[type[BaseException], ...]
     _q_for_pri: Callable[[str, int], str]
     _flush_brpop_reauth: Callable[[], None]
     _maybe_update_queues_expire: Callable[[Any, str], None]
     #: Seconds between re-scores of the held messages; None = a fifth of the visibility timeout.
     heartbeat_interval: float | None = None
-    from_transport_options = (*kombu_redis.Channel.from_transport_options, "heartbeat_interval")
+    #: Most messages one fetch takes (never more than the prefetch credit); 1 = one per fetch.
+    fetch_batch: int = 32
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "heartbeat_interval", "fetch_batch")
     _beat_thread: threading.Thread | None = None
     _beat_stop: threading.Event | None = None
     _beat_lock = threading.Lock()
@@ -207,7 +280,8 @@ class Channel(kombu_redis.Channel):
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         if connection.client.transport_options.get("global_keyprefix"):
             raise ValueError("llmqueue's broker transport does not support kombu's global_keyprefix")
-        #: Delivery tags the fetch script recorded and ``QoS.append`` has not taken yet.
+        #: Delivery tags the fetch script recorded and ``QoS.append`` has not taken yet (the
+        #: heartbeat re-scores them too: a batch's later messages wait while earlier ones deliver).
         self._fetched: set[str] = set()
         self._scripts: dict[str, Any] = {}
         super().__init__(connection, **kwargs)
@@ -222,13 +296,16 @@ class Channel(kombu_redis.Channel):
         """Fetch with the script: only with kombu's ack emulation (else nothing would ever ack it)."""
         return bool(self.ack_emulation)
 
-    def take_fetched(self, delivery_tag: str) -> bool:
-        """True once for a tag the fetch script recorded (``QoS.append`` then writes nothing)."""
-        try:
-            self._fetched.remove(delivery_tag)
-        except KeyError:
-            return False
-        return True
+    def fetched_tags(self) -> list[str]:
+        """Tags fetched and not yet delivered (copied: the consumer mutates the set)."""
+        return _copy(self._fetched)
+
+    def fetch_limit(self) -> int:
+        """How many messages the next fetch may take: the prefetch credit (kombu's estimate: None
+        when the channel has no prefetch limit), at most ``fetch_batch``."""
+        batch = max(1, int(self.fetch_batch or 1))
+        credit = self.qos.can_consume_max_estimate()
+        return batch if credit is None else max(0, min(batch, int(credit)))
 
     def _script(self, source: str) -> Any:
         scripts = self._scripts
@@ -237,47 +314,73 @@ class Channel(kombu_redis.Channel):
             script = scripts[source] = self._create_client().register_script(source)
         return script
 
-    def fetch(self, queues: Sequence[str]) -> tuple[str, bytes] | None:
-        """Take the first message of ``queues`` (each priority step, then each queue) into the
-        unacked bookkeeping in one script; returns (queue, payload), or None when all are empty."""
+    def fetch_many(self, queues: Sequence[str], limit: int) -> tuple[list[Fetched], tuple[str, bytes] | None]:
+        """Take up to ``limit`` messages of ``queues`` (each priority step, then each queue of the
+        cycle) into the unacked bookkeeping in one script. Returns the taken messages in delivery
+        order, and the (list key, payload) the batch stopped at because Lua cannot read it (taken,
+        or set aside, by :meth:`take_unreadable`), or None."""
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        if not keys:
+        if not keys or limit < 1:
+            return [], None
+        rotates = type(self._queue_cycle).rotate is round_robin_cycle.rotate
+        args = [repr(self.clock()), limit, len(queues), int(rotates)]
+        reply = self._script(FETCH_LUA)(keys=[self.unacked_key, self.unacked_index_key, *keys], args=args)
+        taken: list[Fetched] = []
+        unreadable: tuple[str, bytes] | None = None
+        for row in reply or ():
+            key = bytes_to_str(row[0])
+            if len(row) < 3:
+                unreadable = (key, row[1])
+            else:
+                taken.append(Fetched(key.rsplit(self.sep, 1)[0], row[1], bytes_to_str(row[2])))
+        self._fetched.update(fetched.tag for fetched in taken)
+        for fetched in taken:
+            self.on_fetched(fetched.tag)
+        return taken, unreadable
+
+    def take_unreadable(self, key: str, payload: bytes) -> Fetched | None:
+        """Read a payload Lua could not in Python, then take exactly that payload from list ``key``
+        (:data:`CLAIM_LUA`); one nobody can read is moved to :data:`MALFORMED_KEY`. None when set
+        aside or taken by another consumer first."""
+        try:
+            props = loads(bytes_to_str(payload))["properties"]
+            tag, info = props["delivery_tag"], props["delivery_info"]
+            entry = f"[{bytes_to_str(payload)}, {dumps(info['exchange'])}, {dumps(info['routing_key'])}]"
+            if not isinstance(tag, str):
+                raise TypeError("delivery_tag is not a string")
+        except (ValueError, KeyError, TypeError) as exc:
+            if self._script(SET_ASIDE_LUA)(keys=[key, MALFORMED_KEY], args=[payload]):
+                log.error(
+                    "broker: a message on %r is not a readable kombu payload (%s); moved to %s: %.200r",
+                    key,
+                    exc,
+                    MALFORMED_KEY,
+                    payload,
+                )
             return None
         bookkeeping = [self.unacked_key, self.unacked_index_key]
-        reply = self._script(FETCH_LUA)(keys=[*bookkeeping, *keys], args=[repr(self.clock())])
-        if not reply:
-            return None
-        key = bytes_to_str(reply[0])
-        payload: bytes = reply[1]
-        if len(reply) >= 3:
-            tag = bytes_to_str(reply[2])
-        else:  # Lua could not read it: read it here, then take exactly that payload
-            try:
-                props = loads(bytes_to_str(payload))["properties"]
-                tag, info = props["delivery_tag"], props["delivery_info"]
-                entry = f"[{bytes_to_str(payload)}, {dumps(info['exchange'])}, {dumps(info['routing_key'])}]"
-                if not isinstance(tag, str):
-                    raise TypeError("delivery_tag is not a string")
-            except (ValueError, KeyError, TypeError) as exc:
-                if self._script(SET_ASIDE_LUA)(keys=[key, MALFORMED_KEY], args=[payload]):
-                    log.error(
-                        "broker: a message on %r is not a readable kombu payload (%s); moved to %s: %.200r",
-                        key,
-                        exc,
-                        MALFORMED_KEY,
-                        payload,
-                    )
-                return None
-            claim = self._script(CLAIM_LUA)
-            if not claim(keys=[*bookkeeping, key], args=[payload, tag, entry, repr(self.clock())]):
-                return None  # another consumer took it first
+        if not self._script(CLAIM_LUA)(keys=[*bookkeeping, key], args=[payload, tag, entry, repr(self.clock())]):
+            return None  # another consumer took it first
         self._fetched.add(tag)
         self.on_fetched(tag)
-        return key.rsplit(self.sep, 1)[0], payload
+        return Fetched(key.rsplit(self.sep, 1)[0], payload, tag)
+
+    def fetch(self, queues: Sequence[str]) -> tuple[str, bytes] | None:
+        """Take the first message of ``queues`` into the unacked bookkeeping; returns (queue,
+        payload), or None when all are empty (or the first could not be read: set aside)."""
+        fetched = self._fetch_one(queues)
+        return None if fetched is None else (fetched.queue, fetched.payload)
+
+    def _fetch_one(self, queues: Sequence[str]) -> Fetched | None:
+        taken, unreadable = self.fetch_many(queues, 1)
+        if taken:
+            return taken[0]
+        return None if unreadable is None else self.take_unreadable(*unreadable)
 
     def on_fetched(self, delivery_tag: str) -> None:
-        """Called right after the fetch script took a message, before it is delivered: a seam for
-        tests (a subclass kills the process or Redis here to prove the window is closed)."""
+        """Called for each message right after the fetch script took it (for a batch: for all of
+        them, before the first is delivered): a seam for tests (a subclass kills the process or
+        Redis here to prove the window is closed)."""
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self.atomic_fetch:
@@ -312,28 +415,66 @@ class Channel(kombu_redis.Channel):
                 raise
             except redis.exceptions.OutOfMemoryError:
                 self._wait_refused = True
-            # a message arrived, the wait timed out (unwatched lists are swept), or Redis is full
-            fetched = self.fetch(self._queue_cycle.consume(len(self.active_queues)))
-            if fetched is None:
+            limit = self.fetch_limit()
+            if self._closing or not limit:  # the wait took nothing: nothing to hand over
                 raise Empty()
-            queue, payload = fetched
-            self._queue_cycle.rotate(queue)
-            self.connection._deliver(loads(bytes_to_str(payload)), queue)
+            # a message arrived, the wait timed out (unwatched lists are swept), or Redis is full
+            taken, unreadable = self.fetch_many(self._queue_cycle.consume(len(self.active_queues)), limit)
+            if taken:
+                self.start_heartbeat()
+                self._deliver_all(taken)
+            if unreadable is not None:  # the batch stopped there: taken now, as a fetch of one would
+                claimed = self.take_unreadable(*unreadable)
+                if claimed is not None:
+                    self._deliver_all([claimed])
+                    return True
+            if not taken:
+                raise Empty()
             return True
         finally:
             self._fetched.clear()  # appended by now, or never (the entry then ages out: restored)
             self._in_poll = None
             self._flush_brpop_reauth()
 
+    def _deliver_all(self, taken: Sequence[Fetched]) -> None:
+        """Deliver fetched messages in order (each rotates the cycle, as kombu's one-message read
+        does). If a delivery raises, its message is left as before batches (see the module doc) and
+        the ones after it, never handed to anyone, go back to their queues now."""
+        for i, fetched in enumerate(taken):
+            try:
+                self._queue_cycle.rotate(fetched.queue)
+                self.connection._deliver(loads(bytes_to_str(fetched.payload)), fetched.queue)
+            except Exception:
+                self._give_back([later.tag for later in taken[i + 1 :]])
+                raise
+
+    def _give_back(self, tags: Sequence[str]) -> None:
+        """Restore fetched, never delivered messages to their queues (kombu's ``restore_by_tag``,
+        the last first: the first ends at the tail, taken next). After a failure (Redis gone: one
+        timeout is enough) the rest are left recorded, unheartbeated: restored once they age past
+        ``visibility_timeout``."""
+        qos = self.qos
+        assert isinstance(qos, QoS)
+        self._fetched.difference_update(tags)
+        for i, tag in enumerate(reversed(tags)):
+            try:
+                qos.restore_by_tag(tag)
+            except Exception as exc:
+                log.warning(
+                    "broker: could not give back %d fetched messages (%s); restored once they age", len(tags) - i, exc
+                )
+                return
+
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         if not self.atomic_fetch:
             return super()._get(queue)
-        fetched = self.fetch([queue])
+        fetched = self._fetch_one([queue])
         with self.conn_or_acquire() as client:
             self._maybe_update_queues_expire(client, queue)
         if fetched is None:
             raise Empty()
-        return loads(bytes_to_str(fetched[1]))
+        self._got = fetched.tag
+        return loads(bytes_to_str(fetched.payload))
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         if no_ack and self.atomic_fetch:  # a plain pop: nothing would ever ack a recorded entry
@@ -341,7 +482,12 @@ class Channel(kombu_redis.Channel):
                 return self.Message(kombu_redis.Channel._get(self, queue), channel=self)
             except Empty:
                 return None
-        return super().basic_get(queue, no_ack=no_ack, **kwargs)
+        try:
+            return super().basic_get(queue, no_ack=no_ack, **kwargs)
+        finally:
+            if self._got is not None:  # held by now, or never (the entry then ages out: restored)
+                self._fetched.discard(self._got)
+                self._got = None
 
     @property
     def beat_interval(self) -> float:
@@ -360,9 +506,12 @@ class Channel(kombu_redis.Channel):
                 self._beat_thread = thread
 
     def refresh_unacked(self, now: float | None = None) -> int:
-        """Re-score every held message's ``unacked_index`` entry to ``now``; returns how many were held."""
+        """Re-score the ``unacked_index`` entry of every message held or fetched (not yet
+        delivered) to ``now``; returns how many there were."""
         qos = self.qos
-        tags = qos.held_tags() if isinstance(qos, QoS) else []
+        # fetched first: QoS.append holds a tag before it stops being fetched (never in neither)
+        fetched = self.fetched_tags()
+        tags = list(dict.fromkeys([*fetched, *(qos.held_tags() if isinstance(qos, QoS) else ())]))
         if not tags:
             return 0
         stamp = time.time() if now is None else now
@@ -410,9 +559,13 @@ class Transport(kombu_redis.Transport):
 
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):
-    """The same heartbeat over kombu's Sentinel channel (``sentinel://`` broker URLs)."""
+    """The same fetch and heartbeat over kombu's Sentinel channel (``sentinel://`` broker URLs)."""
 
-    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options, "heartbeat_interval")
+    from_transport_options = (
+        *kombu_redis.SentinelChannel.from_transport_options,
+        "heartbeat_interval",
+        "fetch_batch",
+    )
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):

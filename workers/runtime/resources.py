@@ -31,6 +31,8 @@ from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.contract.redisclient import redis_client
 from workers.guards.shared import SharedGuards
+from workers.jobs.events import flush_batcher
+from workers.jobs.flushbatch import FlushBatcher
 from workers.jobs.heartbeat import ClaimHeartbeat
 from workers.jobs.store import JobStore
 from workers.llm._http import HTTPClient, HTTPSettings
@@ -162,6 +164,8 @@ class WorkerResources:
     #: The worker tools this process imported, and the thread publishing them to Redis.
     tools: Toolbox | None = None
     tools_publisher: RegistryPublisher | None = None
+    #: The jobs' event flushes, pipelined together (``LLMQ_BATCH_FLUSHES``; its thread starts on the first flush).
+    flusher: FlushBatcher | None = None
     extras: dict[str, object] = field(default_factory=dict)
     #: The process's span exporter pipeline, from the OTEL_* variables (None: tracing is off).
     tracer_provider: TracerProvider | None = None
@@ -197,7 +201,7 @@ class WorkerResources:
             )
         )
         counter = TokenCounter()
-        counter.preload()  # seeds tiktoken's cache from the bundled files: works offline
+        counter.preload(compact=True)  # seeds tiktoken's cache from the bundled files (offline); ~45 MB less RSS
         prices = PriceBook(config.models, unpriced=config.budget.unpriced)
         with contextlib.suppress(Exception):  # warm genai-prices' data (~0.4 s) before the first job
             prices.lookup(settings.default_model)
@@ -243,6 +247,7 @@ class WorkerResources:
             heartbeat=heartbeat,
             tools=tools,
             tools_publisher=publisher,
+            flusher=flush_batcher(client) if settings.batch_flushes else None,
             tracer_provider=build_tracer_provider(),
         )
 
@@ -257,6 +262,8 @@ class WorkerResources:
             self.cancel_watcher.stop()
         if self.guards is not None:
             self.guards.stop()
+        if self.flusher is not None:
+            self.flusher.close()  # before the client: what is queued still goes out
         self.registry.close()
         self.http.close()
         self.redis.close()

@@ -19,8 +19,10 @@ from workers.accounting.tokens import (
     BUNDLED_ENCODINGS,
     TOOL_CALL_OVERHEAD,
     TokenCounter,
+    compact_encoding,
     estimate_completion_tokens,
     estimate_usage,
+    release_free_heap,
     seed_tiktoken_cache,
     tiktoken_cache_dir,
 )
@@ -325,3 +327,29 @@ def test_long_conversations_count_exactly(counter: TokenCounter, poison: bool) -
     if poison:
         raw[40]["content"] = "look: <|endoftext|> is just text here"
     assert counter.count("openai:gpt-4o", as_messages(raw)).tokens == cookbook_messages(raw, "gpt-4o")
+
+
+@pytest.mark.parametrize("name", BUNDLED_ENCODINGS)
+def test_a_compacted_encoding_encodes_exactly_as_a_full_one(name: str) -> None:
+    """The worker drops each encoding's Python copy of its merge ranks (~29 MB for o200k_base):
+    two separate instances, one compacted, give the same tokens for ordinary, special, non-Latin
+    and adversarial text."""
+    from tiktoken_ext import openai_public
+
+    seed_tiktoken_cache()
+    full = tiktoken.Encoding(**getattr(openai_public, name)())
+    compacted = tiktoken.Encoding(**getattr(openai_public, name)())
+    compact_encoding(compacted)
+    release_free_heap()
+    assert compacted._mergeable_ranks == {} and len(full._mergeable_ranks) > 90_000
+    samples = [
+        "hello offline world",
+        "Ünïcödé — 中文字符 — русский — emoji 🎉🎉 — \t\n  spaces   ",
+        "<|endoftext|> is special",
+        " " * 5000,
+        "a" * 3000 + "\u0000" + json.dumps({"tool": [1, 2.5, None]}),
+    ]
+    for text in samples:
+        assert compacted.encode(text, allowed_special="all") == full.encode(text, allowed_special="all")
+        assert compacted.encode_ordinary(text) == full.encode_ordinary(text)
+    assert compacted.decode(full.encode("round trip ✓")) == "round trip ✓"

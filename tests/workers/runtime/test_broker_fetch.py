@@ -2,8 +2,10 @@
 
 A fetched message is in ``unacked`` + ``unacked_index`` and no longer in its queue, in one step; a
 channel that took a message and died before delivering it leaves it there, and kombu's restore of
-aged entries returns it; a live holder's heartbeat keeps it. Entries are aged through the channel's
-clock seam, not by sleeping: the tests assert counts and contents, never durations.
+aged entries returns it; a live holder's heartbeat keeps it. One fetch takes a batch (up to the
+prefetch credit, at most ``fetch_batch``) in the order single fetches would, and every message of it
+stays recorded, and heartbeated until delivered. Entries are aged through the channel's clock seam,
+not by sleeping: the tests assert counts and contents, never durations.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Queue
 
-from workers.runtime.broker import MALFORMED_KEY, Channel, Transport
+from workers.runtime.broker import FETCH_LUA, MALFORMED_KEY, Channel, Transport
 
 QUEUE = "fetch-test"
 EXCHANGE = Exchange(QUEUE, "direct", durable=True)
@@ -218,4 +220,274 @@ def test_a_payload_lua_cannot_read_is_taken_by_python(url: str, redis_client: re
         payload, exchange, _ = json.loads(redis_client.hget("unacked", message.delivery_tag) or b"")
         assert payload["headers"]["argsrepr"] == "\udfff" and exchange == QUEUE
         message.ack()
+    assert redis_client.hlen("unacked") == 0 and redis_client.zcard("unacked_index") == 0
+
+
+# -- batches: one fetch takes up to the prefetch credit (at most ``fetch_batch``) ---------------------
+
+#: the heartbeat only when a test calls ``refresh_unacked`` (its thread would re-score aged entries)
+NO_BEAT = {"heartbeat_interval": 3600}
+
+
+def _script_calls(r: redis.Redis) -> int:
+    """How many fetch scripts Redis ran (``EVALSHA``; the script is loaded first, so no fallback)."""
+    return int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))  # type: ignore[union-attr]
+
+
+def _bodies(got: list[tuple[Any, Any]]) -> list[Any]:
+    return [body for body, _ in got]
+
+
+def _consumer(channel: Any, got: list[tuple[Any, Any]], *, prefetch: int | None = None, queues: Any = None) -> Consumer:
+    return Consumer(
+        channel,
+        queues or [KOMBU_QUEUE],
+        callbacks=[lambda body, message: got.append((body, message))],
+        prefetch_count=prefetch,
+    )
+
+
+def test_a_batch_takes_the_credit_in_order_and_leaves_the_rest_queued(url: str, redis_client: redis.Redis) -> None:
+    for n in range(10):
+        _publish(url, {"n": n})
+    redis_client.script_load(FETCH_LUA)
+    got: list[tuple[Any, Any]] = []
+    with _connection(url, **NO_BEAT) as conn:
+        channel = conn.channel()
+        with _consumer(channel, got, prefetch=3):
+            calls = _script_calls(redis_client)
+            conn.drain_events(timeout=10)  # one read of the wait: one script, the whole credit
+            assert _script_calls(redis_client) - calls == 1
+            assert _bodies(got) == [{"n": 0}, {"n": 1}, {"n": 2}]
+            assert redis_client.llen(QUEUE) == 7
+            assert redis_client.hlen("unacked") == 3 and redis_client.zcard("unacked_index") == 3
+            assert list(channel.qos._delivered) == [m.delivery_tag for _, m in got]
+            got[0][1].ack()  # one credit back: the next fetch takes exactly one
+            conn.drain_events(timeout=10)
+            assert _bodies(got)[3:] == [{"n": 3}] and redis_client.llen(QUEUE) == 6
+            for _, message in got[1:]:
+                message.ack()
+            got.clear()
+            conn.drain_events(timeout=10)
+            assert _bodies(got) == [{"n": n} for n in (4, 5, 6)] and redis_client.llen(QUEUE) == 3
+            for _, message in got:
+                message.ack()
+    assert redis_client.hlen("unacked") == 0  # nothing held at close
+
+
+def test_without_a_prefetch_limit_a_batch_is_fetch_batch(url: str, redis_client: redis.Redis) -> None:
+    for n in range(10):
+        _publish(url, {"n": n})
+    got: list[tuple[Any, Any]] = []
+    with _connection(url, fetch_batch=4, **NO_BEAT) as conn:
+        channel = conn.channel()
+        assert channel.qos.can_consume_max_estimate() is None  # prefetch 0: no credit limit
+        with _consumer(channel, got):
+            conn.drain_events(timeout=10)
+            assert _bodies(got) == [{"n": n} for n in range(4)] and redis_client.llen(QUEUE) == 6
+            for _, message in got:
+                message.ack()
+
+
+def test_fetch_batch_1_takes_one_message_per_fetch(url: str, redis_client: redis.Redis) -> None:
+    for n in range(4):
+        _publish(url, {"n": n})
+    redis_client.script_load(FETCH_LUA)
+    got: list[tuple[Any, Any]] = []
+    with _connection(url, fetch_batch=1, **NO_BEAT) as conn:
+        channel = conn.channel()
+        with _consumer(channel, got, prefetch=10):
+            for n in range(4):
+                calls = _script_calls(redis_client)
+                conn.drain_events(timeout=10)
+                assert _script_calls(redis_client) - calls == 1
+                assert _bodies(got) == [{"n": i} for i in range(n + 1)]
+                assert redis_client.llen(QUEUE) == 3 - n
+            for _, message in got:
+                message.ack()
+
+
+def _two_queues_order(url: str, r: redis.Redis, fetch_batch: int) -> tuple[list[tuple[str, Any]], int]:
+    """Publish the same mix (two queues, a prioritised message) and consume it all: the order of
+    delivery and how many reads of the wait it took."""
+    queues = [Queue(name, EXCHANGE, routing_key=name, durable=True) for name in ("fa", "fb")]
+    with _connection(url) as conn, conn.Producer() as producer:
+        for name, n, priority in [("fa", 0, None), ("fb", 0, None), ("fa", 1, None), ("fa", 2, 9), ("fa", 3, None)]:
+            body = {"q": name, "n": n}
+            producer.publish(body, exchange=EXCHANGE, routing_key=name, declare=queues, priority=priority)
+        for n in (1, 2):
+            producer.publish({"q": "fb", "n": n}, exchange=EXCHANGE, routing_key="fb", declare=queues)
+    got: list[tuple[Any, Any]] = []
+    reads = 0
+    options = {"fetch_batch": fetch_batch, "polling_interval": 0.05, **NO_BEAT}
+    with _connection(url, **options) as conn:
+        channel = conn.channel()
+        with _consumer(channel, got, queues=queues):
+            while len(got) < 7:
+                conn.drain_events(timeout=10)
+                reads += 1
+        order = [(m.delivery_info["routing_key"], body["n"]) for body, m in got]
+        for _, message in got:
+            message.ack()
+    assert r.hlen("unacked") == 0 and r.llen("fa") == 0 and r.llen("fb") == 0
+    return order, reads
+
+
+def test_a_batch_takes_the_order_single_fetches_take(url: str, redis_client: redis.Redis) -> None:
+    single, single_reads = _two_queues_order(url, redis_client, fetch_batch=1)
+    batched, batched_reads = _two_queues_order(url, redis_client, fetch_batch=32)
+    assert batched == single  # priority steps, then the queues of the round-robin cycle, FIFO in each
+    assert ("fa", 0) in single and ("fb", 2) in single and len(set(single)) == 7
+    assert single_reads >= 7 and batched_reads == 1
+
+
+def test_a_channel_that_died_after_fetching_a_batch_gets_all_of_it_restored(
+    url: str, redis_client: redis.Redis
+) -> None:
+    for n in range(5):
+        _publish(url, {"n": n})
+    with _connection(url, DyingTransport, **NO_BEAT) as dying:
+        channel = dying.channel()
+        _aged(channel)
+        with _consumer(channel, [], prefetch=10), pytest.raises(Died):
+            dying.drain_events(timeout=10)
+        # the instant after the script: all five recorded, none queued, none held
+        assert redis_client.llen(QUEUE) == 0
+        assert redis_client.hlen("unacked") == 5 and redis_client.zcard("unacked_index") == 5
+        assert not channel.qos._delivered and not channel.fetched_tags()  # no heartbeat keeps them
+        channel.do_restore = False  # it died: no restore at close
+    _assert_all_restored(url, redis_client, 5)
+
+
+def _assert_all_restored(url: str, r: redis.Redis, count: int) -> None:
+    with _connection(url) as conn:
+        channel = conn.channel()
+        channel.qos.restore_visible(num=10, interval=1)  # what every consumer runs every few seconds
+        assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
+        assert r.llen(QUEUE) == count
+        bodies = []
+        for _ in range(count):
+            message = channel.basic_get(QUEUE)
+            assert message is not None and message.delivery_info["redelivered"] is True
+            bodies.append(message.payload)
+            message.ack()
+        assert sorted(body["n"] for body in bodies) == list(range(count))
+
+
+def test_a_process_killed_mid_batch_leaves_the_undelivered_ones_to_age_and_be_restored(
+    url: str, redis_client: redis.Redis
+) -> None:
+    for n in range(5):
+        _publish(url, {"n": n})
+    seen: list[Any] = []
+
+    def dies_at_the_second(body: Any, message: Any) -> None:
+        seen.append(body)
+        if len(seen) == 2:
+            raise Died()  # a SIGKILL while the batch is being delivered: nothing after it runs
+
+    with _connection(url, **NO_BEAT) as conn:
+        channel = conn.channel()
+        _aged(channel)
+        consumer = Consumer(channel, [KOMBU_QUEUE], callbacks=[dies_at_the_second], prefetch_count=10)
+        with consumer, pytest.raises(Died):
+            conn.drain_events(timeout=10)
+        assert seen == [{"n": 0}, {"n": 1}]
+        assert redis_client.llen(QUEUE) == 0 and redis_client.hlen("unacked") == 5  # 2 delivered, 3 not
+        channel.do_restore = False
+    _assert_all_restored(url, redis_client, 5)
+
+
+def test_the_heartbeat_covers_a_batchs_messages_not_yet_delivered(url: str, redis_client: redis.Redis) -> None:
+    for n in range(4):
+        _publish(url, {"n": n})
+    seen: list[tuple[int, int, int, int]] = []
+    with _connection(url, **NO_BEAT) as conn, _connection(url) as other:
+        channel = conn.channel()
+        _aged(channel)  # fetched entries score an hour ago: without a beat, a restore takes them
+
+        def delivering(body: Any, message: Any) -> None:
+            # mid-batch: this one is held, the later ones are fetched and waiting to be delivered
+            waiting = len(channel.fetched_tags())
+            beaten = channel.refresh_unacked()
+            other.channel().qos.restore_visible(num=10, interval=1)
+            seen.append((waiting, beaten, redis_client.llen(QUEUE), redis_client.hlen("unacked")))
+            message.ack()
+
+        with Consumer(channel, [KOMBU_QUEUE], callbacks=[delivering], prefetch_count=10):
+            conn.drain_events(timeout=10)
+    # at each delivery: 3, 2, 1, 0 still waiting, all re-scored with the one being delivered (the
+    # acked ones are gone), and the restore took none of them
+    assert seen == [(3, 4, 0, 4), (2, 3, 0, 3), (1, 2, 0, 2), (0, 1, 0, 1)]
+
+
+def test_a_delivery_that_raises_gives_the_rest_of_the_batch_back_in_order(url: str, redis_client: redis.Redis) -> None:
+    for n in range(5):
+        _publish(url, {"n": n})
+    got: list[tuple[Any, Any]] = []
+
+    def fails_at_the_second(body: Any, message: Any) -> None:
+        got.append((body, message))
+        if len(got) == 2:
+            raise RuntimeError("delivery failed")
+
+    with _connection(url, **NO_BEAT) as conn:
+        channel = conn.channel()
+        with Consumer(channel, [KOMBU_QUEUE], callbacks=[fails_at_the_second], prefetch_count=10):
+            with pytest.raises(RuntimeError):
+                conn.drain_events(timeout=10)
+            assert _bodies(got) == [{"n": 0}, {"n": 1}]
+            # the two handed over stay recorded; the three never handed over are queued again
+            assert redis_client.hlen("unacked") == 2 and redis_client.llen(QUEUE) == 3
+            assert not channel.fetched_tags()
+            conn.drain_events(timeout=10)
+        assert _bodies(got)[2:] == [{"n": 2}, {"n": 3}, {"n": 4}]  # next, in their order
+        assert all(m.delivery_info["redelivered"] for _, m in got[2:])
+        for _, message in got:
+            message.ack()
+    assert redis_client.hlen("unacked") == 0 and redis_client.llen(QUEUE) == 0
+
+
+def test_an_unreadable_payload_mid_batch_ends_it_and_is_set_aside(url: str, redis_client: redis.Redis) -> None:
+    for n in range(2):
+        _publish(url, {"n": n})
+    redis_client.lpush(QUEUE, b"not json")  # the head end: behind 0 and 1, before 2 and 3
+    for n in range(2, 4):
+        _publish(url, {"n": n})
+    got: list[tuple[Any, Any]] = []
+    with _connection(url, **NO_BEAT) as conn:
+        channel = conn.channel()
+        with _consumer(channel, got, prefetch=10):
+            conn.drain_events(timeout=10)
+            assert _bodies(got) == [{"n": 0}, {"n": 1}]  # the ones before it
+            assert redis_client.lrange(MALFORMED_KEY, 0, -1) == [b"not json"]
+            assert redis_client.llen(QUEUE) == 2 and redis_client.hlen("unacked") == 2  # the rest: queued
+            conn.drain_events(timeout=10)
+            assert _bodies(got)[2:] == [{"n": 2}, {"n": 3}]  # taken by the next fetch
+            for _, message in got:
+                message.ack()
+    assert redis_client.hlen("unacked") == 0 and redis_client.llen(QUEUE) == 0
+
+
+def test_a_payload_lua_cannot_read_mid_batch_is_claimed_after_the_ones_before(
+    url: str, redis_client: redis.Redis
+) -> None:
+    for n in range(2):
+        _publish(url, {"n": n})
+    _publish(url, {"n": 2}, headers={"argsrepr": "\udfff"})  # cjson refuses it; Python reads it
+    for n in range(3, 5):
+        _publish(url, {"n": n})
+    got: list[tuple[Any, Any]] = []
+    with _connection(url, **NO_BEAT) as conn:
+        channel = conn.channel()
+        with _consumer(channel, got, prefetch=10):
+            conn.drain_events(timeout=10)
+            assert _bodies(got) == [{"n": 0}, {"n": 1}, {"n": 2}]  # claimed and delivered last
+            assert got[2][1].headers["argsrepr"] == "\udfff"
+            assert redis_client.llen(QUEUE) == 2 and redis_client.hlen("unacked") == 3
+            assert redis_client.llen(MALFORMED_KEY) == 0
+            conn.drain_events(timeout=10)
+            assert _bodies(got)[3:] == [{"n": 3}, {"n": 4}]
+            for _, message in got:
+                message.ack()
     assert redis_client.hlen("unacked") == 0 and redis_client.zcard("unacked_index") == 0
