@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(default=15, ge=1)
     #: Hard per-job limit enforced by the gevent pool; above the provider read timeout.
     task_time_limit: int = Field(default=900, ge=10)
-    #: Grace period for running jobs on a warm shutdown.
+    #: On SIGTERM (``llmq worker``), the most seconds running jobs get to finish before they are handed
+    #: back; the worker stops as soon as none runs (workers/runtime/shutdown.py).
     soft_shutdown_timeout: float = 60.0
     #: Lease of the per-job claim that keeps two workers from running one job at once; renewed
     #: every ``heartbeat_s`` while the job runs, so a dead worker's claim lapses within this.

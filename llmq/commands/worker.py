@@ -57,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
     os.environ["LLMQ_CONCURRENCY"] = str(args.concurrency)
     os.environ["LLMQ_QUEUE"] = args.queue
     # SIGTERM (what Docker, Kubernetes and systemd send) starts Celery's cold shutdown with its
-    # soft window: stop taking jobs, let running streams finish for LLMQ_SOFT_SHUTDOWN_TIMEOUT
-    # seconds, then hand the rest back to the queue (late acks: their messages are restored).
+    # soft window: stop taking jobs, let running streams finish for up to LLMQ_SOFT_SHUTDOWN_TIMEOUT
+    # seconds (it stops as soon as none runs), then hand the rest back to the queue (late acks: their
+    # messages are restored). The app's worker class makes this work under gevent too
+    # (workers/runtime/shutdown.py).
     # Celery's own SIGTERM (warm shutdown) would wait for every job however long it runs.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     os.environ["CELERY_CUSTOM_WORKER_POOL"] = "workers.runtime.pool:ThreadPool"

@@ -1,10 +1,16 @@
 """SIGTERM on a worker process: it stops taking jobs, lets running streams finish within the
-soft-shutdown window, and hands back what it cannot finish (nothing lost, nothing run twice at once)."""
+soft-shutdown window, and hands back what it cannot finish (nothing lost, nothing run twice at once).
+
+Under both pools ``llmq worker`` offers (workers/runtime/shutdown.py): the worker exits by itself, with
+0, as soon as no job runs (a bounded wait well under the window proves it, not a duration); a job
+submitted after the signal is not started by it; a second SIGTERM hands the running jobs back at once.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -12,13 +18,19 @@ import redis
 
 from llmq.devstack import LocalStack
 from producers import Client
-from workers.contract import TERMINAL_EVENT_TYPES
+from tests.support.waits import until
+from workers.contract import TERMINAL_EVENT_TYPES, JobKeys
 
 pytestmark = pytest.mark.slow
 
 MODEL = "openai:gpt-4o-mini"
 PROMPT = [{"role": "user", "content": "finish before you go"}]
 HANG_GUARD_S = 180
+#: The soft window of the tests that must see the worker stop before it ends ...
+LONG_WINDOW_S = "120"
+#: ... and how long they wait for it: well under the window (a hang guard, not a timing check).
+EARLY_EXIT_GUARD_S = 40
+POOLS = ("threads", "gevent")
 
 
 @pytest.fixture
@@ -38,6 +50,24 @@ def _first_delta(client: Client, job_id: str) -> None:
             return
 
 
+def _signalled(stack: LocalStack, name: str, worker: subprocess.Popen[bytes]) -> None:
+    """SIGTERM ``worker`` and wait until it handled it (its soft shutdown logged its start)."""
+    os.kill(worker.pid, signal.SIGTERM)
+    until(lambda: "soft shutdown: waiting" in _log(stack, name), f"{name} to start its soft shutdown", HANG_GUARD_S)
+
+
+def _log(stack: LocalStack, name: str) -> str:
+    return (stack.log_dir / f"{name}.log").read_text(errors="replace")
+
+
+def _assert_clean_log(stack: LocalStack, name: str) -> None:
+    """No crash in the worker's log; the one traceback allowed is Celery's note of a job handed back."""
+    log = _log(stack, name)
+    assert "BlockingSwitchOutError" not in log, log[-3000:]
+    for line in log.splitlines():
+        assert "Traceback" not in line or "reject requeue=True: handed back at shutdown" in line, line
+
+
 def _one_terminal(client: Client, job_id: str) -> list[int]:
     events = list(client.stream(job_id, timeout=30))
     terminal = [e for e in events if e.type in TERMINAL_EVENT_TYPES]
@@ -45,32 +75,68 @@ def _one_terminal(client: Client, job_id: str) -> list[int]:
     return sorted({e.run for e in events})
 
 
-def test_sigterm_lets_the_running_stream_finish(stack: LocalStack) -> None:
-    stack.start_simulator(tokens_per_s=4)  # ~5 s per job, well inside the 60 s soft window
-    worker = stack.start_worker(pool="threads", concurrency=2, name="leaving")
+@pytest.mark.parametrize("pool", POOLS)
+def test_sigterm_lets_the_running_stream_finish(stack: LocalStack, pool: str) -> None:
+    stack.start_simulator(tokens_per_s=4)  # ~5 s per job, well inside the soft window
+    worker = stack.start_worker(
+        pool=pool, concurrency=2, name="leaving", extra_env={"LLMQ_SOFT_SHUTDOWN_TIMEOUT": LONG_WINDOW_S}
+    )
     stack.wait_for_workers(1)
     with Client(stack.redis_url) as client:
         client.submit({"model": MODEL, "messages": PROMPT, "max_tokens": 20, "id": "term-finish"})
         _first_delta(client, "term-finish")
-        os.kill(worker.pid, signal.SIGTERM)
-        assert worker.wait(HANG_GUARD_S) == 0  # it waited for the job, then exited cleanly
+        _signalled(stack, "leaving", worker)
+        # sent after the signal: the leaving worker must not start it
+        client.submit({"model": MODEL, "messages": PROMPT, "max_tokens": 20, "id": "term-later"})
+        # it stops once its job ended, long before its 120 s window would
+        until(lambda: worker.poll() is not None, "the worker to exit by itself", EARLY_EXIT_GUARD_S)
+        assert worker.returncode == 0
+        _assert_clean_log(stack, "leaving")
         result = client.result("term-finish", timeout=10)
         assert result.status == "succeeded" and len(result.content.split()) == 20
         assert _one_terminal(client, "term-finish") == [1]  # finished by the run that had it
+        assert client.redis.xlen(JobKeys("term-later").events) == 0  # never started
+        stack.start_worker(pool=pool, concurrency=2, name="staying")
+        later = client.result("term-later", timeout=HANG_GUARD_S)
+        assert later.status == "succeeded" and len(later.content.split()) == 20
+        assert _one_terminal(client, "term-later") == [1]  # its first run, on the other worker
 
 
-def test_sigterm_hands_back_what_the_window_cannot_finish(stack: LocalStack) -> None:
-    stack.start_simulator(tokens_per_s=1)  # 20 s per job: longer than the 1 s window below
+@pytest.mark.parametrize("pool", POOLS)
+def test_sigterm_hands_back_what_the_window_cannot_finish(stack: LocalStack, pool: str) -> None:
+    stack.start_simulator(tokens_per_s=1)  # 20 s per job: longer than the 2 s window below
     leaving = stack.start_worker(
-        pool="threads", concurrency=2, name="leaving", extra_env={"LLMQ_SOFT_SHUTDOWN_TIMEOUT": "1"}
+        pool=pool, concurrency=2, name="leaving", extra_env={"LLMQ_SOFT_SHUTDOWN_TIMEOUT": "2"}
     )
     stack.wait_for_workers(1)
     with Client(stack.redis_url) as client:
         client.submit({"model": MODEL, "messages": PROMPT, "max_tokens": 20, "id": "term-handback"})
         _first_delta(client, "term-handback")
-        os.kill(leaving.pid, signal.SIGTERM)
-        leaving.wait(HANG_GUARD_S)
-        stack.start_worker(pool="threads", concurrency=2, name="staying")
+        _signalled(stack, "leaving", leaving)
+        assert leaving.wait(HANG_GUARD_S) == 0
+        _assert_clean_log(stack, "leaving")
+        stack.start_worker(pool=pool, concurrency=2, name="staying")
         result = client.result("term-handback", timeout=HANG_GUARD_S)
         assert result.status == "succeeded" and len(result.content.split()) == 20
         assert _one_terminal(client, "term-handback") == [1, 2]  # handed back, run again once
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_second_sigterm_hands_back_at_once(stack: LocalStack, pool: str) -> None:
+    stack.start_simulator(tokens_per_s=2)  # 10 s per job: it would finish inside the 120 s window
+    leaving = stack.start_worker(
+        pool=pool, concurrency=2, name="leaving", extra_env={"LLMQ_SOFT_SHUTDOWN_TIMEOUT": LONG_WINDOW_S}
+    )
+    stack.wait_for_workers(1)
+    with Client(stack.redis_url) as client:
+        client.submit({"model": MODEL, "messages": PROMPT, "max_tokens": 20, "id": "term-twice"})
+        _first_delta(client, "term-twice")
+        _signalled(stack, "leaving", leaving)
+        os.kill(leaving.pid, signal.SIGTERM)  # the cold path: running jobs are handed back now
+        leaving.wait(HANG_GUARD_S)
+        _assert_clean_log(stack, "leaving")
+        stack.start_worker(pool=pool, concurrency=2, name="staying")
+        result = client.result("term-twice", timeout=HANG_GUARD_S)
+        assert result.status == "succeeded" and len(result.content.split()) == 20
+        # handed back by the second signal, not finished in the window: run again, once
+        assert _one_terminal(client, "term-twice") == [1, 2]

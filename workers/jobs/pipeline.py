@@ -139,12 +139,17 @@ class JobRunner:
         self._sleep_for = sleep
         self._running: dict[str, _Run] = {}
         self._running_lock = threading.Lock()
+        self._taking = True
 
     # --- entry point ----------------------------------------------------------------------------
 
     def run(self, job: CompletionJob) -> JobOutcome:
         """Run ``job`` to its end. A lost Redis is waited for (backoff, up to ``redis_outage_s``)
         and the job runs again under the same claim token; past that the error propagates."""
+        if not self._taking:
+            # the worker is shutting down: the job goes back to the queue as it came, unclaimed
+            log.info("job %s: handed back before it started, the worker is shutting down", job.id)
+            return JobOutcome(handed_back=True)
         token = uuid.uuid4().hex
         waited = 0.0
         delay = 0.25
@@ -241,6 +246,12 @@ class JobRunner:
                 res.cancel_watcher.unregister(job.id)
             if run.token:  # not released with the terminal write (re-queued, fenced, or that write failed)
                 res.store.release(keys, run.token)
+
+    def stop_taking_jobs(self) -> None:
+        """The worker is shutting down: a job that starts from now on is handed back before it is
+        claimed (no event, no run number, no charge), so its task re-queues it for another worker.
+        Runs already under way are not affected (see :meth:`hand_back_all`)."""
+        self._taking = False
 
     def hand_back_all(self) -> int:
         """Stop every running job of this process without ending it (graceful shutdown's window ran

@@ -1,27 +1,40 @@
-"""The threads pool, able to hand running jobs back at the end of a graceful shutdown.
+"""The worker pools, able to hand running jobs back at the end of a graceful shutdown.
 
-Celery's cold shutdown (SIGTERM under ``llmq worker``) lets running jobs finish for
-``worker_soft_shutdown_timeout`` seconds, then cancels what is left through the pool's
-``terminate_job``, which Celery's threads pool does not implement (a thread cannot be killed).
-Here it stops every running job of the process through the runner (``JobRunner.hand_back_all``):
-each run ends its upstream call, writes no ending, frees its claim, and its task re-queues the
-job (late acks), so another worker runs it. The gevent pool kills its greenlets itself; the same
-hand-back then happens through the task's cleanup and the unacked restore.
+Celery's cold shutdown (SIGTERM under ``llmq worker``) lets running jobs finish for up to
+``worker_soft_shutdown_timeout`` seconds (``workers/runtime/shutdown.py``), then cancels what is left
+through the pool's ``terminate_job`` (a second SIGTERM does so at once). Celery's threads pool does not
+implement it (a thread cannot be killed), and Celery's gevent pool kills the job's greenlet: the kill
+ends the task as if it had returned, so Celery acks its message and the job is lost. Here both stop
+every running job of the process through the runner (``JobRunner.hand_back_all``): each run ends its
+upstream call, writes no ending, frees its claim, and its task re-queues the job (late acks), so another
+worker runs it. ``-P gevent`` gets :class:`GeventPool` from the worker class
+(``LLMQWorker.on_init_blueprint``), as the command line names Celery's own.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from celery.concurrency.gevent import TaskPool as CeleryGeventPool
 from celery.concurrency.thread import TaskPool as CeleryThreadPool
 
-__all__ = ["ThreadPool"]
+__all__ = ["GeventPool", "ThreadPool"]
+
+
+def _hand_back_all() -> None:
+    from workers.runtime.app import app
+
+    state = app.llmq
+    if state.built:
+        state.runner().hand_back_all()
 
 
 class ThreadPool(CeleryThreadPool):
     def terminate_job(self, pid: Any, signal: Any = None) -> None:
-        from workers.runtime.app import app
+        _hand_back_all()
 
-        state = app.llmq
-        if state.built:
-            state.runner().hand_back_all()
+
+class GeventPool(CeleryGeventPool):
+    def terminate_job(self, pid: Any, signal: Any = None) -> None:
+        # the greenlets end by themselves once their runs stopped (the pool's stop waits for them)
+        _hand_back_all()

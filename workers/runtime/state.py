@@ -4,7 +4,8 @@
 set once by :func:`workers.runtime.app.create_app`: the settings the app was built from, the provider
 environment seam, and the process's :class:`~workers.jobs.pipeline.JobRunner`, built on first use
 (after any fork or monkey-patching) and closed at worker shutdown. The task and the app's signal
-handlers both reach the runner through it, so neither module imports the other.
+handlers both reach the runner through it, so neither module imports the other. Its ``Worker`` (what
+``celery worker`` builds) is :class:`workers.runtime.shutdown.LLMQWorker`, imported when first used.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from celery import Celery
@@ -19,6 +21,8 @@ from celery import Celery
 from workers.settings import Settings
 
 if TYPE_CHECKING:
+    from celery.apps.worker import Worker as CeleryWorker
+
     from workers.jobs.pipeline import JobRunner
     from workers.runtime.resources import WorkerResources
 
@@ -70,6 +74,15 @@ class AppState:
 
 
 class LLMQCelery(Celery):
-    """The Celery app of llmqueue workers: Celery plus :attr:`llmq`."""
+    """The Celery app of llmqueue workers: Celery plus :attr:`llmq`, and its own worker program."""
 
     llmq: AppState
+
+    @cached_property
+    def Worker(self) -> type[CeleryWorker]:
+        """What ``celery worker`` runs: Celery's, with a soft shutdown that ends once no job runs and
+        is safe under gevent (``workers/runtime/shutdown.py``)."""
+        from workers.runtime.shutdown import LLMQWorker
+
+        worker: type[CeleryWorker] = self.subclass_with_self(LLMQWorker)
+        return worker
