@@ -141,7 +141,10 @@ class Settings(BaseSettings):
     def effective_prefetch(self) -> int:
         if self.prefetch_multiplier is not None:
             return self.prefetch_multiplier
-        return 2 if self.pool == "gevent" else 1
+        # 1 for every pool: a worker holds no more jobs than it can run, so a burst spreads over
+        # the workers instead of queueing behind one worker's long streams; the refill stall that
+        # once made gevent prefetch 2 is gone (workers/runtime/broker.py, Poller)
+        return 1
 
 
 def get_settings(**overrides: Any) -> Settings:

@@ -1,8 +1,8 @@
 """The Celery application, built from settings: ``celery -A workers.runtime.app worker -P gevent``.
 
 Configured for long, I/O-bound jobs: late acks (a job
-lost with its worker runs again; jobs are idempotent by id), prefetch 2 with gevent (1 with
-threads), a short visibility timeout backed by heartbeats (a dead worker's jobs move within
+lost with its worker runs again; jobs are idempotent by id), prefetch 1 (a worker holds no more
+jobs than it can run; its transport refills a freed slot within 50 ms), a short visibility timeout backed by heartbeats (a dead worker's jobs move within
 seconds, however long a job runs), kombu's Redis pool sized above the
 concurrency (its default of 10 loses acks under gevent and runs jobs twice), JSON only, task
 events on for Flower, and no Celery result backend: results live in our own store.

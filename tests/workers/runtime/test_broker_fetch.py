@@ -11,6 +11,7 @@ not by sleeping: the tests assert counts and contents, never durations.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Queue
 
-from workers.runtime.broker import FETCH_LUA, MALFORMED_KEY, Channel, Transport
+from workers.runtime.broker import FETCH_LUA, MALFORMED_KEY, REFILL_POLL_S, Channel, Poller, Transport
 
 QUEUE = "fetch-test"
 EXCHANGE = Exchange(QUEUE, "direct", durable=True)
@@ -491,3 +492,48 @@ def test_a_payload_lua_cannot_read_mid_batch_is_claimed_after_the_ones_before(
             for _, message in got:
                 message.ack()
     assert redis_client.hlen("unacked") == 0 and redis_client.zcard("unacked_index") == 0
+
+
+# -- a full prefetch window is re-checked within REFILL_POLL_S, not after the caller's timeout ----------
+
+
+class _RecordingPoll:
+    """kombu's poll object with every timeout it was asked to wait recorded."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.timeouts: list[float | None] = []
+
+    def poll(self, timeout: float | None = None) -> Any:
+        self.timeouts.append(timeout)
+        return self.inner.poll(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_full_window_is_rechecked_within_the_refill_bound(url: str, redis_client: redis.Redis) -> None:
+    """Celery's gevent loop drains with a 2 s timeout; with every slot busy kombu used to wait all of it
+    before looking at its credit again, so a freed slot stayed empty for up to 2 s (why gevent
+    prefetched twice its slots). The transport's poller waits at most REFILL_POLL_S while the window
+    is full, and the message after an ack is taken by the next drain."""
+    for n in range(2):
+        _publish(url, {"n": n})
+    got: list[tuple[Any, Any]] = []
+    with _connection(url, **NO_BEAT) as conn:
+        channel = conn.channel()
+        assert isinstance(conn.transport.cycle, Poller)
+        with _consumer(channel, got, prefetch=1):
+            conn.drain_events(timeout=10)
+            assert _bodies(got) == [{"n": 0}] and not channel.qos.can_consume()
+            recorder = _RecordingPoll(conn.transport.cycle.poller)
+            conn.transport.cycle.poller = recorder
+            with pytest.raises(socket.timeout):
+                conn.drain_events(timeout=0.3)  # full: nothing is taken, the wait is re-checked
+            assert _bodies(got) == [{"n": 0}] and redis_client.llen(QUEUE) == 1
+            waits = [t for t in recorder.timeouts if t is not None]
+            assert waits and max(waits) <= REFILL_POLL_S
+            got[0][1].ack()
+            conn.drain_events(timeout=10)
+            assert _bodies(got) == [{"n": 0}, {"n": 1}]
+            got[1][1].ack()
