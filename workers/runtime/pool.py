@@ -13,28 +13,30 @@ worker runs it. ``-P gevent`` gets :class:`GeventPool` from the worker class
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.concurrency.gevent import TaskPool as CeleryGeventPool
 from celery.concurrency.thread import TaskPool as CeleryThreadPool
 
+if TYPE_CHECKING:
+    from workers.runtime.state import AppState
+
 __all__ = ["GeventPool", "ThreadPool"]
 
 
-def _hand_back_all() -> None:
-    from workers.runtime.app import app
-
-    state = app.llmq
-    if state.built:
+def _hand_back_all(app: Any) -> None:
+    """Stop the runs of ``app``'s process (the worker's app, which Celery gives its pool)."""
+    state: AppState | None = getattr(app, "llmq", None)
+    if state is not None and state.built:
         state.runner().hand_back_all()
 
 
 class ThreadPool(CeleryThreadPool):
     def terminate_job(self, pid: Any, signal: Any = None) -> None:
-        _hand_back_all()
+        _hand_back_all(self.app)
 
 
 class GeventPool(CeleryGeventPool):
     def terminate_job(self, pid: Any, signal: Any = None) -> None:
         # the greenlets end by themselves once their runs stopped (the pool's stop waits for them)
-        _hand_back_all()
+        _hand_back_all(self.app)
