@@ -164,15 +164,19 @@ def run_queue(stack: LocalStack, jobs: int, workers: list[subprocess.Popen[bytes
                 "reply_to": reply,
             }
         )
+    submit_s = time.perf_counter() - t0
     ok = errors = 0
     run_s: list[float] = []
+    queued_s: list[float] = []
     while ok + errors < jobs:
         item = listener.blpop([reply], timeout=120)
         if item is None:
             break
         if b'"status":"succeeded"' in item[1]:
             ok += 1
-            run_s.append(json.loads(item[1])["timings"]["total_s"])
+            timings = json.loads(item[1])["timings"]
+            run_s.append(timings["total_s"])
+            queued_s.append(timings["queued_s"] or 0.0)
         else:
             errors += 1
     wall = time.perf_counter() - t0
@@ -188,16 +192,26 @@ def run_queue(stack: LocalStack, jobs: int, workers: list[subprocess.Popen[bytes
         "peak_rss_mb": max(proc_peak_rss_mb(w.pid) for w in workers),
         # a job's time in the worker (claim to result): ~the upstream's when the worker keeps up
         "run_s_p50": round(sorted(run_s)[len(run_s) // 2], 3) if run_s else None,
+        # how many slots held a running job on average (Little's law: the runs' total over the wall
+        # time): the worker's concurrency when it is never short of jobs
+        "in_flight_mean": round(sum(run_s) / wall, 1),
+        # submit to claim, and how long the producer took to submit them all
+        "queued_s_p50": round(sorted(queued_s)[len(queued_s) // 2], 3) if queued_s else None,
+        "queued_s_max": round(max(queued_s), 3) if queued_s else None,
+        "submit_s": round(submit_s, 3),
         # the whole Redis server's (producer, broker, workers): reads ~ client round trips
         "redis_reads_per_job": round(io["total_reads_processed"] / max(1, jobs), 1),
         "redis_commands_per_job": round(io["total_commands_processed"] / max(1, jobs), 1),
+        # new connections the server accepted (producer, broker, workers): ~0 once pools are warm
+        "redis_connections": io["total_connections_received"],
     }
 
 
 def _redis_io(client: redis.Redis) -> dict[str, int]:
     """The server's read events (one per batch of commands a client's socket delivered) and commands."""
     stats = client.info("stats")
-    return {k: int(stats.get(k, 0)) for k in ("total_reads_processed", "total_commands_processed")}
+    keys = ("total_reads_processed", "total_commands_processed", "total_connections_received")
+    return {k: int(stats.get(k, 0)) for k in keys}
 
 
 def _start_workers(
@@ -242,8 +256,13 @@ def _summary(r: dict[str, Any], procs: int) -> dict[str, Any]:
         "nonlocal_attempts",
         "litellm_version",
         "run_s_p50",
+        "in_flight_mean",
+        "queued_s_p50",
+        "queued_s_max",
+        "submit_s",
         "redis_reads_per_job",
         "redis_commands_per_job",
+        "redis_connections",
     ):
         if k in r:
             row[k] = r[k]
