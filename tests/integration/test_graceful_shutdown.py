@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,7 @@ import redis
 
 from llmq.devstack import LocalStack
 from producers import Client
+from producers.settings import ProducerSettings
 from tests.support.waits import until
 from workers.contract import TERMINAL_EVENT_TYPES, JobKeys
 
@@ -140,3 +142,59 @@ def test_a_second_sigterm_hands_back_at_once(stack: LocalStack, pool: str) -> No
         assert result.status == "succeeded" and len(result.content.split()) == 20
         # handed back by the second signal, not finished in the window: run again, once
         assert _one_terminal(client, "term-twice") == [1, 2]
+
+
+@pytest.fixture
+def amqp_stack(redis_server_url: str, amqp_server_url: str) -> Iterator[LocalStack]:
+    """The ``stack`` with its job queue on RabbitMQ (this run's vhost, a queue of this test's own)."""
+    url = redis_server_url.replace("/0", "/6")
+    redis.Redis.from_url(url).flushdb()
+    queue = f"llmq-term-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
+    env |= {"LLMQ_REDIS_URL": url, "LLMQ_BROKER_URL": amqp_server_url, "LLMQ_QUEUE": queue}
+    with LocalStack(env=env) as s:
+        s.start_redis()
+        yield s
+    from kombu import Connection
+
+    with Connection(amqp_server_url) as conn:
+        conn.default_channel.queue_delete(queue)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_sigterm_on_rabbitmq_hands_back_what_the_window_cannot_finish(amqp_stack: LocalStack, pool: str) -> None:
+    """The same hand-back with the queue on RabbitMQ: the unfinished jobs are rejected back to the quorum
+    queue (no visibility timeout there: a job not handed back would wait for the connection to drop)
+    and the next worker runs each once more; the one submitted after the signal is not started."""
+    stack = amqp_stack
+    stack.start_simulator(tokens_per_s=1)  # 20 s per job: longer than the 2 s window below
+    leaving = stack.start_worker(
+        pool=pool, concurrency=2, name="leaving", extra_env={"LLMQ_SOFT_SHUTDOWN_TIMEOUT": "2"}
+    )
+    stack.wait_for_workers(1)
+    ids = ["amqp-handback-1", "amqp-handback-2"]
+    with Client(settings=ProducerSettings(**_producer_env(stack))) as client:
+        for job_id in ids:
+            client.submit({"model": MODEL, "messages": PROMPT, "max_tokens": 20, "id": job_id})
+        for job_id in ids:
+            _first_delta(client, job_id)
+        _signalled(stack, "leaving", leaving)
+        client.submit({"model": MODEL, "messages": PROMPT, "max_tokens": 20, "id": "amqp-later"})
+        assert leaving.wait(HANG_GUARD_S) == 0
+        _assert_clean_log(stack, "leaving")
+        assert client.redis.xlen(JobKeys("amqp-later").events) == 0  # never started
+        stack.start_worker(pool=pool, concurrency=4, name="staying")
+        for job_id in ids:
+            result = client.result(job_id, timeout=HANG_GUARD_S)
+            assert result.status == "succeeded" and len(result.content.split()) == 20
+            assert _one_terminal(client, job_id) == [1, 2]  # handed back, run again once
+        later = client.result("amqp-later", timeout=HANG_GUARD_S)
+        assert later.status == "succeeded" and _one_terminal(client, "amqp-later") == [1]
+
+
+def _producer_env(stack: LocalStack) -> dict[str, str]:
+    return {
+        "redis_url": stack.env["LLMQ_REDIS_URL"],
+        "broker_url": stack.env["LLMQ_BROKER_URL"],
+        "queue": stack.env["LLMQ_QUEUE"],
+    }
