@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 from collections.abc import Sequence
 
-import redis
-from kombu.exceptions import OperationalError
 from pydantic import ValidationError
+
+from llmq.preflight import check_broker, explain, ping_redis
 
 __all__ = ["build_parser", "main"]
 
@@ -52,78 +51,52 @@ def build_parser() -> argparse.ArgumentParser:
 #: Commands that cannot do anything without Redis: checked before they start, so that one which
 #: would otherwise retry quietly (a Celery worker, a subscriber riding out restarts) says so at once.
 NEEDS_REDIS = frozenset({"worker", "submit", "subscribe", "budget", "limits", "batch", "flower", "gateway"})
+#: Commands that consume or serve the job queue for as long as they run: a RabbitMQ broker
+#: (``LLMQ_BROKER_URL``) is checked before they start too (a worker would retry it for minutes).
+NEEDS_BROKER = frozenset({"worker", "gateway", "flower"})
 
 
-def _shown(url: str) -> str:
-    """A Redis URL fit for a terminal: its password masked."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
-def _reason(exc: BaseException) -> str:
-    """An exception's first line, without the client reprs redis-py appends (`` : <redis.client...>``)."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text.split(" : <", 1)[0]
-
-
-def redis_unreachable(exc: Exception) -> str:
-    """The one line a command prints when Redis does not answer (no traceback)."""
+def _preflight(command: str) -> None:
     from producers.settings import producer_settings
-
-    url = _shown(producer_settings().redis_url)
-    reason = _reason(exc)
-    return (
-        f"llmq: cannot reach Redis at {url} ({reason}); start Redis (redis-server, or ./dev demo) "
-        "or point LLMQ_REDIS_URL at a running one"
-    )
-
-
-def broker_unreachable(exc: Exception) -> str:
-    """The one line a command prints when the job queue's broker (RabbitMQ or Redis) does not answer."""
-    from producers.settings import producer_settings
-
-    return (
-        f"llmq: cannot reach the job queue's broker at {_shown(producer_settings().broker)} ({_reason(exc)}); "
-        "start it or point LLMQ_BROKER_URL at a running one (unset, the queue is in LLMQ_REDIS_URL)"
-    )
-
-
-def _ping() -> None:
-    from producers.settings import producer_settings
-    from workers.contract.redisclient import redis_client
+    from workers.contract.brokerurl import is_amqp
 
     settings = producer_settings()
-    client = redis_client(
-        settings.redis_url,
-        max_connections=2,
-        socket_connect_timeout=settings.redis_connect_timeout_s,
-        socket_timeout=settings.redis_connect_timeout_s,
-    )
+    if command in NEEDS_REDIS:
+        ping_redis(settings.redis_url, settings.redis_connect_timeout_s)
+    if command in NEEDS_BROKER and is_amqp(settings.broker):
+        check_broker(settings.broker, settings.redis_connect_timeout_s)
+
+
+def _explained(exc: Exception) -> str | None:
+    """The one line for a Redis or broker failure (``llmq/preflight.py``), or None."""
+    from producers.settings import producer_settings
+
     try:
-        client.ping()
-    finally:
-        client.close()
+        settings = producer_settings()
+    except ValidationError:
+        return None
+    return explain(exc, redis_url=settings.redis_url, broker_url=settings.broker)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command in NEEDS_REDIS:
-            _ping()
+        _preflight(args.command)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (redis.ConnectionError, redis.TimeoutError) as exc:  # every command, one message
-        print(redis_unreachable(exc), file=sys.stderr)
-        return 2
     except ValidationError as exc:  # a setting from the environment (LLMQ_REDIS_URL=http://...)
         for error in exc.errors(include_url=False, include_input=False):
             name = "LLMQ_" + "_".join(str(part) for part in error["loc"]).upper()
             print(f"llmq: {name}: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
-    except OperationalError as exc:  # kombu: the broker (LLMQ_BROKER_URL) did not answer
-        print(broker_unreachable(exc), file=sys.stderr)
+    except Exception as exc:  # Redis or the broker (every command, one line each); anything else is a bug
+        line = _explained(exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
         return 2
 
 

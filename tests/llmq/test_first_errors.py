@@ -7,14 +7,18 @@ worker consuming a non-default queue.
 from __future__ import annotations
 
 import os
+import socketserver
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 
-from llmq.localredis import free_port
+from llmq.localredis import ManagedRedis, free_port
 from producers import Client
 from simulator.app import SimulatorThread
 from workers.settings import Settings
@@ -126,3 +130,95 @@ def test_llmq_queue_takes_client_and_cli_jobs_to_the_worker_on_that_queue(
     out = _llmq("submit", "hi", "--model", "openai:gpt-4o-mini", "--json", "--timeout", "60", env={})
     assert out.returncode == 0, out.stderr
     assert "no worker" not in out.stderr
+
+
+@pytest.fixture(scope="module")
+def locked_redis() -> Iterator[str]:
+    """A Redis of its own that requires a password (``hunter2``); its URL without one."""
+    with ManagedRedis() as server:
+        redis.Redis.from_url(server.url).config_set("requirepass", "hunter2")
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def not_redis() -> Iterator[int]:
+    """A port where something else listens: it answers any request with an HTTP error (as a web
+    server, or RabbitMQ's protocol header, would); its port."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _HTTPErrorHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+class _HTTPErrorHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while self.request.recv(4096):
+            self.request.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+
+#: Each way a first start meets a Redis it cannot use, what the one line must say (``{port}``: the
+#: Redis that requires a password; ``{other}``: a port where HTTP answers, not Redis).
+REDIS_CASES = {
+    "no-password": ("redis://127.0.0.1:{port}/0", ["Redis at redis://127.0.0.1:", "refused the login", "password"]),
+    "wrong-password": ("redis://:wrong@127.0.0.1:{port}/0", ["redis://:***@127.0.0.1:", "refused the login"]),
+    "no-such-db": ("{redis}/99", ["has no such database", "DB index is out of range", "LLMQ_REDIS_URL"]),
+    "not-redis": ("redis://127.0.0.1:{other}/0", ["is not Redis", "host and port in LLMQ_REDIS_URL"]),
+}
+#: The commands an operator starts first: the producer, the worker and the gateway.
+FIRST_COMMANDS = {
+    "submit": ("submit", "hello", "--no-wait"),
+    "worker": ("worker", "--concurrency", "2"),
+    "gateway": ("gateway", "--allow-anonymous", "--port", "0"),
+}
+
+
+def _one_line(out: subprocess.CompletedProcess[str], says: list[str]) -> None:
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert all(part in lines[0] for part in says), lines[0]
+    assert "wrong" not in lines[0] and "hunter2" not in lines[0]  # no password shown
+
+
+@pytest.mark.parametrize("command", FIRST_COMMANDS)
+@pytest.mark.parametrize("case", REDIS_CASES)
+def test_a_redis_it_cannot_use_is_one_line_naming_the_cause(
+    case: str, command: str, locked_redis: str, redis_url: str, not_redis: int
+) -> None:
+    template, says = REDIS_CASES[case]
+    port = locked_redis.rsplit(":", 1)[1].split("/")[0]
+    url = template.format(port=port, other=not_redis, redis=redis_url.rsplit("/", 1)[0])
+    out = _llmq(*FIRST_COMMANDS[command], env={"LLMQ_REDIS_URL": url})
+    _one_line(out, says)
+
+
+AMQP_CASES = {
+    "refused": (lambda url: _with(url, port=free_port()), ["cannot reach the job queue's broker", "LLMQ_BROKER_URL"]),
+    "wrong-password": (lambda url: _with(url, password="wrong"), ["refused the login", "LLMQ_BROKER_URL"]),
+    "no-vhost": (
+        lambda url: _with(url, vhost="llmq-no-such-vhost"),
+        ["vhost llmq-no-such-vhost not found", "add_vhost"],
+    ),
+}
+
+
+def _with(url: str, *, port: int | None = None, password: str | None = None, vhost: str | None = None) -> str:
+    parts = urlsplit(url)
+    user = parts.username or "guest"
+    netloc = f"{user}:{password or parts.password or 'guest'}@{parts.hostname}:{port or parts.port or 5672}"
+    return parts._replace(netloc=netloc, path=f"/{vhost}" if vhost else parts.path).geturl()
+
+
+@pytest.mark.parametrize("command", FIRST_COMMANDS)
+@pytest.mark.parametrize("case", AMQP_CASES)
+def test_a_rabbitmq_it_cannot_use_is_one_line_at_once(
+    case: str, command: str, amqp_server_url: str, redis_url: str
+) -> None:
+    """Before: the worker retried a broker that refused connections for minutes (Celery's start-up
+    retries), and a refused login or a missing vhost was a traceback from every command."""
+    make, says = AMQP_CASES[case]
+    out = _llmq(*FIRST_COMMANDS[command], env={"LLMQ_REDIS_URL": redis_url, "LLMQ_BROKER_URL": make(amqp_server_url)})
+    _one_line(out, says)

@@ -1,0 +1,119 @@
+"""Before a command starts: Redis answers, the job queue's broker answers; and the one line a command
+prints when either does not (the URL with its password masked, the cause, the setting to fix).
+
+Each failure an operator meets on a first start gets its own sentence, because the fix differs:
+nothing listening or nothing answering (start it, or fix the URL), a login refused (the password in
+the URL), a Redis database number the server does not have, a port where something else than Redis
+listens (redis-py reports a protocol error), and on RabbitMQ a refused login or a missing vhost.
+:func:`explain` maps an exception to that line, or ``None`` when it is none of these (a bug: the
+traceback is the right output then).
+"""
+
+from __future__ import annotations
+
+import re
+
+import redis
+from kombu.exceptions import OperationalError
+
+__all__ = ["broker_line", "check_broker", "explain", "ping_redis", "redis_line", "shown"]
+
+#: RabbitMQ reply codes (AMQP 0-9-1) whose fix is not "start it".
+_AMQP_ACCESS_REFUSED = 403
+_AMQP_NOT_ALLOWED = 530  # e.g. the vhost does not exist, or the user has no permission on it
+
+
+def shown(url: str) -> str:
+    """A URL fit for a terminal: its password masked."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's first line, without the client reprs redis-py appends (`` : <redis.client...>``)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split(" : <", 1)[0]
+
+
+def redis_line(exc: BaseException, url: str) -> str:
+    """The one line for a Redis client error at ``url`` (any of redis-py's), naming what to do."""
+    where, why = shown(url), _reason(exc)
+    if why.startswith(("NOAUTH", "HELLO must be called with the client already authenticated")):
+        why = "it requires a password"  # redis-py's NOAUTH text is a paragraph about HELLO
+    if isinstance(exc, redis.AuthenticationError) or why.startswith("WRONGPASS") or why == "it requires a password":
+        return (
+            f"llmq: Redis at {where} refused the login ({why}); put its password in LLMQ_REDIS_URL "
+            "(redis://[user]:PASSWORD@host:6379/0; under Sentinel, LLMQ_REDIS_PASSWORD)"
+        )
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return (
+            f"llmq: cannot reach Redis at {where} ({why}); start Redis (redis-server, or ./dev demo) "
+            "or point LLMQ_REDIS_URL at a running one"
+        )
+    if isinstance(exc, redis.InvalidResponse):
+        return (
+            f"llmq: what answers at {where} is not Redis ({why}); check the host and port in LLMQ_REDIS_URL "
+            "(Redis listens on 6379 by default)"
+        )
+    if "DB index is out of range" in why:
+        return (
+            f"llmq: Redis at {where} has no such database ({why}); use a database number below its "
+            "`databases` setting (16 by default) at the end of LLMQ_REDIS_URL"
+        )
+    return f"llmq: Redis at {where} refused the command ({why}); check LLMQ_REDIS_URL and the server's log"
+
+
+def broker_line(exc: BaseException, url: str) -> str:
+    """The one line for a failure of the job queue's broker at ``url`` (RabbitMQ, or Redis through kombu)."""
+    where, why = shown(url), _reason(exc)
+    code = getattr(exc, "reply_code", None) or getattr(exc, "code", None)
+    if code == _AMQP_ACCESS_REFUSED:
+        return (
+            f"llmq: the job queue's broker at {where} refused the login ({why}); "
+            "check the user and password in LLMQ_BROKER_URL"
+        )
+    if code == _AMQP_NOT_ALLOWED:
+        return (
+            f"llmq: the job queue's broker at {where} refused the virtual host ({why}); create it "
+            "(rabbitmqctl add_vhost NAME; rabbitmqctl set_permissions -p NAME USER '.*' '.*' '.*') "
+            "or fix the vhost at the end of LLMQ_BROKER_URL"
+        )
+    return (
+        f"llmq: cannot reach the job queue's broker at {where} ({why}); "
+        "start it or point LLMQ_BROKER_URL at a running one (unset, the queue is in LLMQ_REDIS_URL)"
+    )
+
+
+def _is_amqp_error(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".", 1)[0] == "amqp"
+
+
+def explain(exc: BaseException, *, redis_url: str, broker_url: str) -> str | None:
+    """The one line a command prints for ``exc``, or ``None`` when it is not a Redis or broker failure."""
+    if isinstance(exc, OperationalError) or _is_amqp_error(exc):
+        return broker_line(exc, broker_url)
+    if isinstance(exc, redis.RedisError):
+        return redis_line(exc, redis_url)
+    return None
+
+
+def ping_redis(url: str, timeout_s: float) -> None:
+    """PING ``url`` once (plain or Sentinel); raises what redis-py raises."""
+    from workers.contract.redisclient import redis_client
+
+    client = redis_client(url, max_connections=2, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def check_broker(url: str, timeout_s: float) -> None:
+    """Connect to the job queue's broker once (no retry); raises kombu's or amqp's error.
+
+    A command that consumes or serves the queue (a worker, the gateway, Flower) calls this before it
+    starts, so a wrong ``LLMQ_BROKER_URL`` is one line at once, not a worker retrying for minutes or
+    a gateway that starts and fails each request."""
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=timeout_s) as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=max(1, round(timeout_s)))
