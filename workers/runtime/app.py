@@ -116,7 +116,8 @@ app = create_app()
 def _on_worker_init(sender: object = None, **_: object) -> None:
     """Build the worker's resources before the first job, redact secrets in logs, serve metrics.
 
-    Also picks the worker's broker transport (``workers/runtime/broker.py``) before its consumer connects;
+    Refuses a Redis older than the job queue needs (``workers/runtime/redischeck.py``). Also picks
+    the worker's broker transport (``workers/runtime/broker.py``) before its consumer connects;
     only here, so producers and Flower keep plain ``redis://`` URIs.
     """
     worker_app = getattr(sender, "app", None)
@@ -128,15 +129,19 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
 
     install_log_redaction()
     from workers.llm.errors import ConfigurationError
+    from workers.runtime.redischeck import check_broker_redis
 
+    settings = worker_app.llmq.settings
     try:
+        # a Redis too old for the queue's BLMOVE: refused here, not a worker that fails every wait
+        check_broker_redis(settings.broker_url or settings.redis_url)
         resources = worker_app.llmq.resources()
     except ConfigurationError as exc:
         # Celery logs and swallows a signal handler's exceptions; a worker that cannot load its
         # configuration or tool modules must not start taking jobs
         logging.getLogger("llmq.worker").critical("worker cannot start: %s", exc)
         raise SystemExit(f"llmq worker cannot start: {exc}") from exc
-    port = worker_app.llmq.settings.metrics_port
+    port = settings.metrics_port
     if port:
         serve_metrics(resources.metrics.registry, port)
     # Everything built so far lives as long as the process: move it out of the collector's sight,

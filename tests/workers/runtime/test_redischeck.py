@@ -1,0 +1,71 @@
+"""The worker refuses a Redis older than 6.2 (no ``BLMOVE``) at start, naming the version.
+
+The judgement is a function of the ``INFO server`` reply (tested with any version); the start path is
+tested with a real ``llmq worker`` against a real Redis behind a proxy that reports 6.0
+(``tests/support/redisproxy.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from tests.support.redisproxy import VersionProxy
+from workers.llm.errors import ConfigurationError
+from workers.runtime.redischeck import RedisVersionError, check_broker_redis, check_redis_version
+
+
+@pytest.mark.parametrize("version", ["5.0.14", "6.0.16", "6.1.9", "2.8.24"])
+def test_a_redis_older_than_6_2_is_refused_naming_its_version(version: str) -> None:
+    with pytest.raises(RedisVersionError) as caught:
+        check_redis_version({"redis_version": version, "redis_mode": "standalone"}, url="redis://:pw@h:6379/0")
+    message = str(caught.value)
+    assert f"version {version}" in message and ">= 6.2" in message and "BLMOVE" in message
+    assert "redis://:***@h:6379/0" in message and "pw" not in message.replace("upgrade", "")
+    assert isinstance(caught.value, ConfigurationError)  # what the worker's start turns into an exit
+    assert type(caught.value)(*caught.value.args).args == caught.value.args  # survives Celery's JSON
+
+
+@pytest.mark.parametrize("version", ["6.2.0", "6.2.14", "7.0.15", "7.2.4-rc1", "8.0.0", ""])
+def test_6_2_and_newer_pass_and_an_unreadable_version_is_not_judged(version: str) -> None:
+    check_redis_version({"redis_version": version}, url="redis://h:6379/0")
+    check_redis_version({}, url="redis://h:6379/0")
+
+
+def test_the_check_reads_the_server_it_is_given(redis_url: str) -> None:
+    check_broker_redis(redis_url)  # the test Redis is new enough
+    check_broker_redis("amqp://guest:guest@127.0.0.1:1//")  # RabbitMQ holds the queue: nothing to read
+    check_broker_redis("redis://127.0.0.1:1/0", timeout_s=0.5)  # not answering: left to the consumer
+    with VersionProxy(redis_url) as old, pytest.raises(RedisVersionError, match=r"version 6\.0\."):
+        check_broker_redis(old)
+
+
+def test_the_proxy_changes_only_the_version(redis_url: str) -> None:
+    with VersionProxy(redis_url) as old:
+        client = redis.Redis.from_url(old)
+        client.set("k", "redis_version:x")
+        assert client.get("k") == b"redis_version:x"
+        assert str(client.info("server")["redis_version"]).startswith("6.0.")
+        client.close()
+
+
+def test_llmq_worker_refuses_an_old_redis_at_start(redis_url: str) -> None:
+    """The start path (Celery's ``worker_init``) runs the check: the worker exits before taking jobs,
+    with the version in one line and no traceback."""
+    with VersionProxy(redis_url) as old:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")} | {"LLMQ_REDIS_URL": old}
+        out = subprocess.run(
+            [sys.executable, "-m", "llmq.cli", "worker", "--pool", "threads", "--concurrency", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert out.returncode != 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    refusal = [line for line in out.stderr.splitlines() if "llmq worker cannot start" in line]
+    assert len(refusal) == 1 and "is version 6.0." in refusal[0] and ">= 6.2" in refusal[0], out.stderr[-3000:]

@@ -1,0 +1,80 @@
+"""The worker refuses a Redis too old for its job queue, at start, with one line naming the version.
+
+The broker transport (``workers/runtime/broker.py``) waits for jobs with ``BLMOVE``, which Redis has
+since 6.2. On an older server every wait would fail with "unknown command" and the worker would
+retry forever while looking started; so the worker reads ``INFO server`` once before it takes jobs
+and stops with :class:`RedisVersionError` instead. :func:`check_redis_version` judges an ``INFO
+server`` reply (a seam: tests hand it any version); :func:`check_broker_redis` is what the worker's
+start (``workers/runtime/app.py``, Celery's ``worker_init``) calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+
+import redis
+
+from workers.contract.brokerurl import is_amqp
+from workers.contract.redisclient import redis_client
+from workers.llm.errors import ConfigurationError
+
+__all__ = ["MIN_REDIS_VERSION", "RedisVersionError", "check_broker_redis", "check_redis_version"]
+
+log = logging.getLogger("llmq.worker")
+
+#: The oldest Redis the job queue runs on: ``BLMOVE`` (6.2).
+MIN_REDIS_VERSION = (6, 2, 0)
+
+
+class RedisVersionError(ConfigurationError):
+    """The Redis that holds the job queue is older than :data:`MIN_REDIS_VERSION`."""
+
+    type_name = "redis_version"
+
+
+def _shown(url: str) -> str:
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """``"6.0.16"`` -> ``(6, 0, 16)``; the leading numbers only (``7.2.4-rc1`` -> ``(7, 2, 4)``)."""
+    parts: list[int] = []
+    for piece in text.split("."):
+        digits = re.match(r"\d+", piece)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts)
+
+
+def check_redis_version(info: Mapping[str, object], *, url: str) -> None:
+    """Raise :class:`RedisVersionError` when ``info`` (an ``INFO server`` reply as redis-py parses it)
+    reports a Redis older than :data:`MIN_REDIS_VERSION`. A reply without a readable version passes:
+    a Redis-compatible server that does not say is given the benefit of the doubt."""
+    reported = str(info.get("redis_version", "") or "")
+    version = _version(reported)
+    if not version or version >= MIN_REDIS_VERSION:
+        return
+    needed = ".".join(map(str, MIN_REDIS_VERSION[:2]))
+    raise RedisVersionError(
+        f"Redis at {_shown(url)} is version {reported}; the job queue needs Redis >= {needed} (BLMOVE): "
+        "upgrade Redis, or move the queue to RabbitMQ with LLMQ_BROKER_URL=amqp://..."
+    )
+
+
+def check_broker_redis(broker_url: str, *, timeout_s: float = 5.0) -> None:
+    """Check the Redis that holds the job queue (nothing to check on RabbitMQ). A Redis that does
+    not answer is not judged here: the consumer's own connection retries report and ride it out."""
+    if is_amqp(broker_url):
+        return
+    client = redis_client(broker_url, max_connections=1, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        info = client.info("server")
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("could not read the Redis version at %s before start (%s)", _shown(broker_url), exc)
+        return
+    finally:
+        client.close()
+    check_redis_version(info, url=broker_url)
