@@ -1,9 +1,9 @@
 """The worker refuses a Redis too old for its job queue, at start, with one line naming the version.
 
 The broker transport (``workers/runtime/broker.py``) waits for jobs with ``BLMOVE``, which Redis has
-since 6.2. On an older server every wait would fail with "unknown command" and the worker would
-retry forever while looking started; so the worker reads ``INFO server`` once before it takes jobs
-and stops with :class:`RedisVersionError` instead. :func:`check_redis_version` judges an ``INFO
+since 6.2. On an older server the worker would start and then fail its first wait ("unknown
+command"); so it reads ``INFO server`` once before it takes jobs and stops with
+:class:`RedisVersionError` instead. :func:`check_redis_version` judges an ``INFO
 server`` reply (a seam: tests hand it any version); :func:`check_broker_redis` is what the worker's
 start (``workers/runtime/app.py``, Celery's ``worker_init``) calls.
 """
