@@ -15,12 +15,13 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from celery.exceptions import Reject
 from opentelemetry import trace
 
 from workers.contract import redact
 from workers.runtime.telemetry import RedactingFilter
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "QuietRejects", "configure_logging"]
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -55,6 +56,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, separators=(",", ":"))
 
 
+class QuietRejects(logging.Filter):
+    """A job handed back to the queue is one line, without a traceback.
+
+    The task hands a job back (a graceful shutdown's window ended before it did) by raising Celery's
+    ``Reject(requeue=True)``, the one way to re-queue a late-acked message; Celery then logs
+    ``Task llmq.run_job[<id>] reject requeue=True: handed back at shutdown`` at WARNING with the
+    traceback of that ``raise`` (``celery/app/trace.py``, its log policy for ``Reject``). The
+    traceback says nothing about the job and reads like a crash; the line stays, the traceback goes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], Reject):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 class _LLMQHandler(logging.StreamHandler[IO[str]]):
     """Our root handler (configuring twice replaces it). Without an explicit stream it writes to
     whatever ``sys.stderr`` is at the time of each record (test runners swap it)."""
@@ -79,6 +97,7 @@ def configure_logging(
     handler = _LLMQHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
     handler.addFilter(RedactingFilter())
+    handler.addFilter(QuietRejects())
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _LLMQHandler)]:
         root.removeHandler(old)

@@ -43,3 +43,38 @@ def test_text_format_and_info_lines_of_llmq(root_handlers: None) -> None:
     logging.getLogger("other").info("not shown")
     assert stream.getvalue().splitlines()[-1].endswith("INFO llmq.jobs: job j1 succeeded")
     assert "not shown" not in stream.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_job_handed_back_is_one_line_without_a_traceback(root_handlers: None, fmt: str) -> None:
+    """What Celery logs when the task raises ``Reject`` (a job handed back at shutdown), produced by
+    Celery's own code: the line naming the job stays, the traceback of the ``raise`` goes."""
+    from celery import Celery
+    from celery.app.task import Context
+    from celery.app.trace import TraceInfo
+    from celery.exceptions import Reject
+
+    stream = io.StringIO()
+    configure_logging(fmt, stream=stream)
+    app = Celery("t", set_as_current=False)
+
+    @app.task(name="llmq.run_job", shared=False)
+    def run_job() -> None: ...
+
+    request = Context(id="job-7", hostname="w@h", args=[], kwargs={})
+    try:
+        raise Reject("handed back at shutdown", requeue=True)
+    except Reject:
+        TraceInfo("REJECTED").handle_reject(run_job, request)
+    (line,) = stream.getvalue().splitlines()
+    assert "Traceback" not in line and "raise Reject" not in line
+    assert "llmq.run_job[job-7]" in line and "handed back at shutdown" in line
+    if fmt == "json":
+        record = json.loads(line)
+        assert record["level"] == "warning" and "exc" not in record
+    # other errors keep their traceback
+    try:
+        raise ValueError("a bug")
+    except ValueError:
+        logging.getLogger("celery.app.trace").exception("Task failed")
+    assert "Traceback" in stream.getvalue() or '"exc":' in stream.getvalue()
