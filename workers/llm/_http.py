@@ -454,12 +454,26 @@ class _ProbingStream(httpcore2.NetworkStream):
     HTTP/1.1 reads that an :class:`AbortSignal` can end (the socket is shut down, which wakes a
     blocked ``recv`` in any thread or greenlet; the connection is discarded afterwards)."""
 
+    #: A "not readable" answer is reused for this long (seconds) while the connection stays unused.
+    #: The pool probes *every* idle connection on each request and each response close, so when a
+    #: wave of jobs ends and the next starts, each idle socket is polled dozens of times within a
+    #: few milliseconds; other clients (urllib3, aiohttp) check only the connection they hand out.
+    #: A server's keep-alive close comes after seconds of idleness, and a close that lands in the
+    #: window is the race every pooled client has between its check and its send (the request
+    #: fails as a connection error, which is retried).
+    PROBE_REUSE_S = 0.01
+    #: The clock of that window (a seam for tests).
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+
     def __init__(self, inner: httpcore2.NetworkStream, probe: Probe) -> None:
         self._inner = inner
         self._probe = probe
         self._h2: bool | None = None
+        #: When the socket last probed "not readable" (monotonic); 0.0 = no such answer to reuse.
+        self._quiet_at = 0.0
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._quiet_at = 0.0
         abort = _READ_ABORT.get()
         if abort is None or self._shared():
             return self._inner.read(max_bytes, timeout)
@@ -481,6 +495,7 @@ class _ProbingStream(httpcore2.NetworkStream):
         _shut_down(self._inner)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._quiet_at = 0.0
         self._inner.write(buffer, timeout)
 
     def close(self) -> None:
@@ -495,7 +510,12 @@ class _ProbingStream(httpcore2.NetworkStream):
         if info == "is_readable":
             sock = self._inner.get_extra_info("socket")
             if isinstance(sock, socket.socket):
-                return self._probe(sock)
+                now = self.clock()
+                if self._quiet_at and now - self._quiet_at < self.PROBE_REUSE_S:
+                    return False
+                readable = self._probe(sock)
+                self._quiet_at = 0.0 if readable else now
+                return readable
         return self._inner.get_extra_info(info)
 
 
