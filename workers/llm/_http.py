@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import httpcore2
 import httpx2 as httpx
 
+from workers.contract.socketcheck import Probe, native_probe
 from workers.llm.abort import AbortSignal
 from workers.llm.errors import (
     IncompleteStreamError,
@@ -285,7 +286,7 @@ class HTTPClient:
             pool=settings.pool_timeout,
         )
         shards = 1 if transport is not None else settings.pool_shards or -(-settings.max_connections // 32)
-        probe = _native_probe()
+        probe = native_probe()
         # every shard may use the full limit: a job holds one connection at a time, so the
         # worker's concurrency bounds the total, and no job waits on a full shard beside idle ones
         self._clients = [
@@ -408,49 +409,12 @@ class HTTPClient:
             client.close()
 
 
-Probe = Callable[[socket.socket], bool]
-
-
-def _native_probe() -> Probe | None:
-    """A zero-timeout readability check on the OS's own ``poll``, even under gevent.
-
-    The pool checks every idle connection this way on each request and each response close
-    (a server-closed keep-alive socket reads as "readable"). gevent's patched ``select.poll``
-    turns each check into an event-loop round (watchers, a timeout, a greenlet switch): tens of
-    µs, times the pool's size, twice per request. A zero-timeout poll never blocks, so the
-    unpatched one is safe in every pool.
-    """
-    import select
-
-    poll = getattr(select, "poll", None)
-    try:
-        from gevent import monkey
-
-        if monkey.is_module_patched("select"):
-            poll = monkey.get_original("select", "poll")
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        pass
-    if poll is None:  # pragma: no cover - no poll on this platform: keep the library's check
-        return None
-    pollin = select.POLLIN
-
-    def readable(sock: socket.socket) -> bool:
-        fd = sock.fileno()
-        if fd < 0:
-            return True
-        p = poll()
-        p.register(fd, pollin)
-        return bool(p.poll(0))
-
-    return readable
-
-
 #: The abort signal of the whole-body call this thread or greenlet is making (see ``post``).
 _READ_ABORT: contextvars.ContextVar[AbortSignal | None] = contextvars.ContextVar("llmq_read_abort", default=None)
 
 
 class _ProbingStream(httpcore2.NetworkStream):
-    """The library's stream, with "is_readable" answered by :func:`_native_probe`'s check, and
+    """The library's stream, with "is_readable" answered by :func:`~workers.contract.socketcheck.native_probe`'s check, and
     HTTP/1.1 reads that an :class:`AbortSignal` can end (the socket is shut down, which wakes a
     blocked ``recv`` in any thread or greenlet; the connection is discarded afterwards)."""
 
