@@ -5,6 +5,9 @@ of the same target (``kombu_broker``)."""
 from __future__ import annotations
 
 import asyncio
+import select
+import socket
+from typing import ClassVar
 
 import redis
 import redis.asyncio as aredis
@@ -13,8 +16,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
-from workers.contract.redisclient import async_redis_client, redis_client
+from workers.contract.redisclient import QuickCheckParser, async_redis_client, redis_client
 from workers.contract.redisurl import kombu_broker
+from workers.contract.socketcheck import Probe
 
 SENTINELS = "sentinel://:pw@127.0.0.1:1;sentinel://127.0.0.1:2/3"  # never contacted: nothing is sent
 
@@ -71,3 +75,56 @@ def test_the_broker_sees_the_same_target() -> None:
     url, options = kombu_broker(SENTINELS, env={"LLMQ_REDIS_SENTINEL_MASTER": "primary"})
     assert url == "sentinel://:pw@127.0.0.1:1;sentinel://:pw@127.0.0.1:2/3"
     assert options == {"master_name": "primary"}
+
+
+class _Counted(QuickCheckParser):
+    """The parser with its readiness check counted (the OS poll, as in production)."""
+
+    checks: ClassVar[list[bool]] = []
+
+    @staticmethod
+    def _count(sock: socket.socket) -> bool:
+        real = QuickCheckParser.probe
+        assert real is not None
+        answer = real(sock)
+        _Counted.checks.append(answer)
+        return answer
+
+    probe: ClassVar[Probe | None] = _count
+
+
+def test_sync_clients_check_a_lent_connection_with_the_os_poll(redis_url: str) -> None:
+    client = redis_client(redis_url)
+    assert client.connection_pool.connection_kwargs["parser_class"] is QuickCheckParser
+    client.close()
+    _Counted.checks.clear()
+    client = redis_client(redis_url, max_connections=1, parser_class=_Counted)
+    try:
+        for n in range(3):
+            assert client.incr("quick-check") == n + 1
+        # a quiet pooled connection is answered by the quick check alone
+        assert _Counted.checks and not any(_Counted.checks)
+    finally:
+        client.close()
+
+
+def test_a_connection_the_server_closed_is_still_noticed_and_replaced(redis_url: str) -> None:
+    _Counted.checks.clear()
+    client = redis_client(redis_url, max_connections=1, parser_class=_Counted, retry=Retry(NoBackoff(), 0))
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        client.client_setname("quick-check-victim")
+        victim = next(c for c in admin.client_list() if c["name"] == "quick-check-victim")
+        conn = client.connection_pool.get_connection()
+        sock = conn._sock
+        client.connection_pool.release(conn)
+        assert admin.client_kill_filter(_id=victim["id"]) == 1
+        assert select.select([sock], [], [], 10)[0]  # the server's close has reached the socket
+        _Counted.checks.clear()
+        # no retry allowed: only the lend-time check can keep this from failing on the dead socket
+        assert client.set("after-kill", 1)
+        assert _Counted.checks[0] is True  # the closed socket read as readable: hiredis' check ran
+        assert client.get("after-kill") == b"1"
+    finally:
+        client.close()
+        admin.close()

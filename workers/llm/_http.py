@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import httpcore2
 import httpx2 as httpx
 
+from workers.contract.socketcheck import Probe, native_probe
 from workers.llm.abort import AbortSignal
 from workers.llm.errors import (
     IncompleteStreamError,
@@ -64,6 +65,10 @@ class HTTPSettings:
     #: close (a ``poll`` of each idle socket; through the event loop under gevent), so one pool
     #: of 200 connections costs O(200) per request; shards keep that to ~32.
     pool_shards: int = 0
+
+
+#: Most distinct request URLs :class:`HTTPClient` keeps parsed.
+_URL_CACHE_SIZE = 256
 
 
 @contextlib.contextmanager
@@ -285,7 +290,7 @@ class HTTPClient:
             pool=settings.pool_timeout,
         )
         shards = 1 if transport is not None else settings.pool_shards or -(-settings.max_connections // 32)
-        probe = _native_probe()
+        probe = native_probe()
         # every shard may use the full limit: a job holds one connection at a time, so the
         # worker's concurrency bounds the total, and no job waits on a full shard beside idle ones
         self._clients = [
@@ -302,6 +307,9 @@ class HTTPClient:
             for client in self._clients:
                 _use_backend(client, _ProbingBackend(probe))
         self._turn = itertools.count()
+        #: Parsed request URLs (a worker posts to a handful of endpoints; parsing one, host
+        #: address included, was ~1.5 % of a short job's CPU). Bounded: cleared when full.
+        self._urls: dict[str, httpx.URL] = {}
         self._watchdog = watchdog or shared_watchdog()
 
     @property
@@ -351,7 +359,12 @@ class HTTPClient:
     def _send(self, url: str, headers: Mapping[str, str], body: bytes, provider: str, model: str) -> httpx.Response:
         """POST; returns once the status line and headers are in, the body still to be read."""
         client = self._client
-        request = client.build_request("POST", url, headers=headers, content=body)
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            parsed = self._urls[url] = httpx.URL(url)
+        request = client.build_request("POST", parsed, headers=headers, content=body)
         with _mapped(provider, model):
             return client.send(request, stream=True)
 
@@ -408,58 +421,35 @@ class HTTPClient:
             client.close()
 
 
-Probe = Callable[[socket.socket], bool]
-
-
-def _native_probe() -> Probe | None:
-    """A zero-timeout readability check on the OS's own ``poll``, even under gevent.
-
-    The pool checks every idle connection this way on each request and each response close
-    (a server-closed keep-alive socket reads as "readable"). gevent's patched ``select.poll``
-    turns each check into an event-loop round (watchers, a timeout, a greenlet switch): tens of
-    µs, times the pool's size, twice per request. A zero-timeout poll never blocks, so the
-    unpatched one is safe in every pool.
-    """
-    import select
-
-    poll = getattr(select, "poll", None)
-    try:
-        from gevent import monkey
-
-        if monkey.is_module_patched("select"):
-            poll = monkey.get_original("select", "poll")
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        pass
-    if poll is None:  # pragma: no cover - no poll on this platform: keep the library's check
-        return None
-    pollin = select.POLLIN
-
-    def readable(sock: socket.socket) -> bool:
-        fd = sock.fileno()
-        if fd < 0:
-            return True
-        p = poll()
-        p.register(fd, pollin)
-        return bool(p.poll(0))
-
-    return readable
-
-
 #: The abort signal of the whole-body call this thread or greenlet is making (see ``post``).
 _READ_ABORT: contextvars.ContextVar[AbortSignal | None] = contextvars.ContextVar("llmq_read_abort", default=None)
 
 
 class _ProbingStream(httpcore2.NetworkStream):
-    """The library's stream, with "is_readable" answered by :func:`_native_probe`'s check, and
+    """The library's stream, with "is_readable" answered by :func:`~workers.contract.socketcheck.native_probe`'s check, and
     HTTP/1.1 reads that an :class:`AbortSignal` can end (the socket is shut down, which wakes a
     blocked ``recv`` in any thread or greenlet; the connection is discarded afterwards)."""
+
+    #: A "not readable" answer is reused for this long (seconds) while the connection stays unused.
+    #: The pool probes *every* idle connection on each request and each response close, so when a
+    #: wave of jobs ends and the next starts, each idle socket is polled dozens of times within a
+    #: few milliseconds; other clients (urllib3, aiohttp) check only the connection they hand out.
+    #: A server's keep-alive close comes after seconds of idleness, and a close that lands in the
+    #: window is the race every pooled client has between its check and its send (the request
+    #: fails as a connection error, which is retried).
+    PROBE_REUSE_S = 0.01
+    #: The clock of that window (a seam for tests).
+    clock: Callable[[], float] = staticmethod(time.monotonic)
 
     def __init__(self, inner: httpcore2.NetworkStream, probe: Probe) -> None:
         self._inner = inner
         self._probe = probe
         self._h2: bool | None = None
+        #: When the socket last probed "not readable" (monotonic); 0.0 = no such answer to reuse.
+        self._quiet_at = 0.0
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._quiet_at = 0.0
         abort = _READ_ABORT.get()
         if abort is None or self._shared():
             return self._inner.read(max_bytes, timeout)
@@ -481,6 +471,7 @@ class _ProbingStream(httpcore2.NetworkStream):
         _shut_down(self._inner)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._quiet_at = 0.0
         self._inner.write(buffer, timeout)
 
     def close(self) -> None:
@@ -495,7 +486,12 @@ class _ProbingStream(httpcore2.NetworkStream):
         if info == "is_readable":
             sock = self._inner.get_extra_info("socket")
             if isinstance(sock, socket.socket):
-                return self._probe(sock)
+                now = self.clock()
+                if self._quiet_at and now - self._quiet_at < self.PROBE_REUSE_S:
+                    return False
+                readable = self._probe(sock)
+                self._quiet_at = 0.0 if readable else now
+                return readable
         return self._inner.get_extra_info(info)
 
 

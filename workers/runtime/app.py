@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import setup_logging, worker_init, worker_shutdown
 
 from workers.contract import DEFAULT_QUEUE, TASK_NAME
@@ -83,6 +85,11 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         worker_prefetch_multiplier=settings.effective_prefetch,
         task_time_limit=settings.task_time_limit,
         worker_soft_shutdown_timeout=settings.soft_shutdown_timeout,
+        # a lost broker connection does not cancel running jobs: they ride the outage out (their own
+        # Redis calls retry, their claims fence a second run of a job restored meanwhile), and an
+        # ack the old connection could not send only re-runs a finished job, which stops at its stored
+        # result. Set explicitly, which is also Celery 6's announced default to refuse.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         # Flower's feed, sent in batches (workers/runtime/taskevents.py, LLMQ_TASK_EVENTS_FLUSH_MS);
         # LLMQ_TASK_EVENTS=0 turns them off (Flower can still switch them on at run time with `enable_events`)
         worker_send_task_events=settings.task_events,
@@ -111,6 +118,9 @@ def close_runner(app: LLMQCelery) -> None:
 
 app = create_app()
 
+#: Celery's warning at each broker connection loss while the setting is False (any wording around it).
+_CANCEL_ON_LOSS_NOTICE = r"(?s).*worker_cancel_long_running_tasks_on_connection_loss"
+
 
 @worker_init.connect
 def _on_worker_init(sender: object = None, **_: object) -> None:
@@ -128,6 +138,9 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
     from workers.runtime.telemetry import install_log_redaction, serve_metrics
 
     install_log_redaction()
+    # the choice above is deliberate: Celery's notice about its future default would be printed to
+    # the operator at every broker reconnect
+    warnings.filterwarnings("ignore", _CANCEL_ON_LOSS_NOTICE, CPendingDeprecationWarning)
     from workers.llm.errors import ConfigurationError
     from workers.runtime.redischeck import check_broker_redis
 

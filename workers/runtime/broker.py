@@ -115,6 +115,8 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from kombu.utils.scheduling import round_robin_cycle
 
+from workers.contract.redisclient import sync_parser_options
+
 __all__ = [
     "CLAIM_LUA",
     "FETCH_LUA",
@@ -545,6 +547,12 @@ class Channel(kombu_redis.Channel):
         if self._beat_stop is not None:
             self._beat_stop.set()
         super().close()
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        params = super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]  # private kombu method the stubs omit
+        if not asynchronous:  # acks, fetch scripts, heartbeat: the quick check of a lent connection
+            params.update(sync_parser_options())
+        return params
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:

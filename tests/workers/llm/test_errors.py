@@ -319,3 +319,23 @@ def test_messages_leaving_the_worker_are_scrubbed(text: str, clean: str) -> None
     assert pattern_redact(text) == clean
     info = AuthenticationError(text, provider="openai", model="gpt-4o", status=401).to_info()
     assert info.message == pattern_redact(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        # the quick pass (ASCII text without any trigger is returned as it is) misses no case
+        ("KEY: SK-LIVE-ABCDEF123", "KEY: [redacted]"),
+        ("X-API-KEY=abc123", "X-API-KEY=[redacted]"),
+        ("authorization: BEARER abc", "authorization: BEARER [redacted]"),
+        ("PASSWORD: hunter2!", "PASSWORD: [redacted]"),
+        ("Token=t0k3n", "Token=[redacted]"),
+        ("masked Pk-abc and rK-def", "masked [redacted] and [redacted]"),
+        ("job_1 model=openai:gpt-4o-mini status=succeeded", "job_1 model=openai:gpt-4o-mini status=succeeded"),
+        # not ASCII: the pattern alone decides (its case-insensitive match folds more than lower())
+        ("ſk-abcdef123 é", "[redacted] é"),
+        ("clé=valeur, api_key=abc", "clé=valeur, api_key=[redacted]"),
+    ],
+)
+def test_the_scrubber_catches_every_casing(text: str, clean: str) -> None:
+    assert pattern_redact(text) == clean

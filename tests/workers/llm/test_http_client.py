@@ -7,9 +7,10 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpcore2
 import pytest
 
-from workers.llm._http import HTTPClient, HTTPSettings, _ProbingBackend
+from workers.llm._http import HTTPClient, HTTPSettings, _ProbingBackend, _ProbingStream
 from workers.llm.errors import LLMQError
 
 BODY = b'{"ok":true}'
@@ -85,3 +86,51 @@ def test_requests_are_spread_over_the_pool_shards() -> None:
         assert len({id(client._client) for _ in range(14)}) == 7
     finally:
         client.close()
+
+
+class _IdleStream(httpcore2.NetworkStream):
+    """A pooled connection's stream as the probe sees it: a socket, reads and writes that do nothing."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return b""
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def get_extra_info(self, info: str) -> object:
+        return self.sock if info == "socket" else None
+
+
+def test_a_quiet_socket_is_probed_once_per_window_and_again_after_any_use() -> None:
+    answers = [False, False, True, False, False]
+    probes: list[int] = []
+
+    def probe(sock: socket.socket) -> bool:
+        probes.append(sock.fileno())
+        return answers[len(probes) - 1]
+
+    now = [100.0]
+    a, b = socket.socketpair()
+    try:
+        stream = _ProbingStream(_IdleStream(a), probe)
+        stream.clock = lambda: now[0]
+        # a burst of checks on an idle connection (one per request the pool assigns): one poll
+        assert [stream.get_extra_info("is_readable") for _ in range(5)] == [False] * 5
+        assert len(probes) == 1
+        now[0] += _ProbingStream.PROBE_REUSE_S  # the window has passed: polled again
+        assert stream.get_extra_info("is_readable") is False and len(probes) == 2
+        stream.write(b"request")  # used: what the socket said before no longer counts
+        assert stream.get_extra_info("is_readable") is True and len(probes) == 3
+        # "readable" (the server hung up) is never reused: the next check polls again
+        assert stream.get_extra_info("is_readable") is False and len(probes) == 4
+        stream.read(10)
+        assert stream.get_extra_info("is_readable") is False and len(probes) == 5
+    finally:
+        a.close()
+        b.close()
