@@ -47,6 +47,8 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         # dead worker's jobs wait, not a bound on job length
         "visibility_timeout": settings.visibility_timeout,
         "heartbeat_interval": settings.heartbeat_s,
+        # acks leave Redis in batches (their credit comes back at once)
+        "ack_flush_ms": settings.ack_flush_ms,
         # sweep for abandoned (unacked, timed-out) messages every few seconds, not kombu's ~100 s
         "unacked_restore_interval": max(1, min(5, settings.visibility_timeout // 3)),
         "unacked_restore_throttle": 1,
