@@ -544,9 +544,7 @@ def _held(redis_client: redis.Redis) -> tuple[int, int]:
     return int(redis_client.hlen("unacked")), int(redis_client.zcard("unacked_index"))
 
 
-def test_batched_acks_free_the_credit_at_once_and_leave_redis_in_one_flush(
-    url: str, redis_client: redis.Redis
-) -> None:
+def test_batched_acks_free_the_credit_at_once_and_leave_redis_in_one_flush(url: str, redis_client: redis.Redis) -> None:
     for n in range(3):
         _publish(url, {"n": n})
     # a long window: the test flushes by hand, so nothing here depends on the flusher's timing
