@@ -76,6 +76,9 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         broker_connection_retry_on_startup=True,
         broker_pool_limit=max(10, settings.concurrency // 4),
         result_backend=None,
+        # Celery's (disabled) result backend is built per thread unless marked thread-safe, and
+        # gevent makes every job a thread: one backend object per job was ~3 % of a short job's CPU
+        result_backend_thread_safe=True,
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         task_ignore_result=True,
         task_serializer="json",
