@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     #: Task events are kept and sent in batches (one ``task.multi`` message per flush) at least
     #: this often, in milliseconds; 0: each event its own publish (workers/runtime/taskevents.py).
     task_events_flush_ms: int = Field(default=250, ge=0, le=5000)
+    #: A Redis broker's acks leave Redis in batches, at most this many milliseconds after a job
+    #: ended (its slot is free at once); 0: one round trip per ack (workers/runtime/broker.py).
+    ack_flush_ms: int = Field(default=50, ge=0, le=1000)
 
     # --- logs and traces (tracing itself is configured by the standard OTEL_* variables) ------
     #: ``json`` (one object per line, with trace ids) or ``text``; default: JSON unless on a terminal.

@@ -13,13 +13,16 @@ from pathlib import Path
 import httpx2
 import pytest
 from celery.contrib.testing.worker import start_worker
+from celery.worker import state as worker_state
 
 from producers import Client, InvalidJobError
 from producers.client import make_celery
 from simulator.app import SimulatorThread
 from simulator.env import provider_env
 from tests.support.brokers import Broker, amqp_worker
-from workers.contract import JobKeys
+from tests.support.spend import global_spent_usd
+from tests.support.waits import until
+from workers.contract import TASK_NAME, JobKeys
 from workers.runtime.app import close_runner, create_app
 from workers.settings import Settings
 
@@ -101,6 +104,34 @@ def test_same_id_twice_runs_once(worker, client: Client, simulator: SimulatorThr
     assert first.result(timeout=30).status == "succeeded"
     time.sleep(0.3)  # give a (wrongly) duplicated message time to be picked up
     assert _requests_for(simulator, "order-42") == 1
+
+
+def test_a_finished_job_delivered_again_stops_at_its_stored_result(
+    worker, client: Client, simulator: SimulatorThread, redis_url: str, redis_client
+) -> None:
+    # what a restore sends when a worker died after a job ended and before its ack left (a batched
+    # ack, LLMQ_ACK_FLUSH_MS, or an ack lost with Redis): the same job's message once more
+    handle = client.submit(_job(id="order-77"))
+    assert handle.result(timeout=30).status == "succeeded"
+    spent = global_spent_usd(redis_url)
+    events = list(handle.stream(timeout=5))
+    ran = worker_state.total_count[TASK_NAME]  # tasks this process's (in-process) worker ended
+    client.send(client.stamped(_job(id="order-77")))
+    # the task ran and ended; its message was queued, then held (never neither), then acked and gone
+    until(
+        lambda: (
+            worker_state.total_count[TASK_NAME] == ran + 1
+            and redis_client.llen("llmq") == 0
+            and redis_client.hlen("unacked") == 0
+        ),
+        "the second delivery was taken, ended and acked",
+        30,
+    )
+    assert _requests_for(simulator, "order-77") == 1  # no second call
+    assert global_spent_usd(redis_url) == spent  # no second charge
+    again = list(handle.stream(timeout=5))
+    assert [(e.seq, e.type) for e in again] == [(e.seq, e.type) for e in events]  # no second ending
+    _assert_well_formed(again)
 
 
 @pytest.mark.parametrize(

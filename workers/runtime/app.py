@@ -47,6 +47,8 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         # dead worker's jobs wait, not a bound on job length
         "visibility_timeout": settings.visibility_timeout,
         "heartbeat_interval": settings.heartbeat_s,
+        # acks leave Redis in batches (their credit comes back at once)
+        "ack_flush_ms": settings.ack_flush_ms,
         # sweep for abandoned (unacked, timed-out) messages every few seconds, not kombu's ~100 s
         "unacked_restore_interval": max(1, min(5, settings.visibility_timeout // 3)),
         "unacked_restore_throttle": 1,
@@ -74,6 +76,9 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         broker_connection_retry_on_startup=True,
         broker_pool_limit=max(10, settings.concurrency // 4),
         result_backend=None,
+        # Celery's (disabled) result backend is built per thread unless marked thread-safe, and
+        # gevent makes every job a thread: one backend object per job was ~3 % of a short job's CPU
+        result_backend_thread_safe=True,
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         task_ignore_result=True,
         task_serializer="json",

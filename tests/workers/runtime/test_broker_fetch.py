@@ -20,6 +20,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Queue
 
+from tests.support.waits import until
 from workers.runtime.broker import FETCH_LUA, MALFORMED_KEY, REFILL_POLL_S, Channel, Poller, Transport
 
 QUEUE = "fetch-test"
@@ -537,3 +538,80 @@ def test_a_full_window_is_rechecked_within_the_refill_bound(url: str, redis_clie
             conn.drain_events(timeout=10)
             assert _bodies(got) == [{"n": 0}, {"n": 1}]
             got[1][1].ack()
+
+
+def _held(redis_client: redis.Redis) -> tuple[int, int]:
+    return int(redis_client.hlen("unacked")), int(redis_client.zcard("unacked_index"))
+
+
+def test_batched_acks_free_the_credit_at_once_and_leave_redis_in_one_flush(url: str, redis_client: redis.Redis) -> None:
+    for n in range(3):
+        _publish(url, {"n": n})
+    # a long window: the test flushes by hand, so nothing here depends on the flusher's timing
+    with _connection(url, ack_flush_ms=60_000) as conn:
+        channel = conn.channel()
+        channel.basic_qos(prefetch_count=3)
+        messages = [channel.basic_get(QUEUE) for _ in range(3)]
+        assert all(m is not None for m in messages) and _held(redis_client) == (3, 3)
+        assert not channel.qos.can_consume()
+        messages[0].ack()
+        messages[1].ack()
+        # the credit is back, the bookkeeping waits for the flush
+        assert channel.qos.can_consume() and set(channel.qos.held_tags()) == {messages[2].delivery_tag}
+        assert channel.pending_acks() == [messages[0].delivery_tag, messages[1].delivery_tag]
+        assert _held(redis_client) == (3, 3)
+        assert channel.refresh_unacked() == 1  # the heartbeat no longer re-scores the acked ones
+        commands0 = int(redis_client.info("stats")["total_commands_processed"])
+        assert channel.flush_acks() == 2
+        # one MULTI: ZREM + HDEL for both (+ MULTI/EXEC), and the test's own INFO
+        assert int(redis_client.info("stats")["total_commands_processed"]) - commands0 == 5
+        assert _held(redis_client) == (1, 1) and channel.pending_acks() == []
+        assert redis_client.hexists("unacked", messages[2].delivery_tag)
+        messages[2].ack()
+        assert channel.pending_acks() == [messages[2].delivery_tag]
+    # closing the channel flushed the rest
+    assert _held(redis_client) == (0, 0)
+
+
+def test_the_flusher_writes_batched_acks_without_being_asked(url: str, redis_client: redis.Redis) -> None:
+    _publish(url, {"n": 1})
+    with _connection(url, ack_flush_ms=1) as conn:
+        channel = conn.channel()
+        message = channel.basic_get(QUEUE)
+        assert message is not None
+        message.ack()
+        until(lambda: _held(redis_client) == (0, 0), "the flusher removed the acked entry", 10)
+        assert channel.pending_acks() == []
+
+
+def test_a_flush_redis_refuses_keeps_its_acks_for_the_next(url: str, redis_client: redis.Redis) -> None:
+    for n in range(2):
+        _publish(url, {"n": n})
+    with _connection(url, ack_flush_ms=60_000) as conn:
+        channel = conn.channel()
+        first, second = channel.basic_get(QUEUE), channel.basic_get(QUEUE)
+        assert first is not None and second is not None
+        first.ack()
+        client = channel._shared_client
+        dead = socket.socket()
+        dead.bind(("127.0.0.1", 0))  # a port nobody listens on
+        channel._shared_client = redis.Redis(port=dead.getsockname()[1], socket_connect_timeout=1)
+        try:
+            with pytest.raises(redis.ConnectionError):
+                channel.flush_acks()
+        finally:
+            channel._shared_client = client
+            dead.close()
+        second.ack()
+        assert channel.pending_acks() == [first.delivery_tag, second.delivery_tag]  # kept, in order
+        assert channel.flush_acks() == 2 and _held(redis_client) == (0, 0)
+
+
+def test_without_a_window_each_ack_leaves_redis_at_once(url: str, redis_client: redis.Redis) -> None:
+    _publish(url, {"n": 1})
+    with _connection(url) as conn:
+        channel = conn.channel()
+        message = channel.basic_get(QUEUE)
+        assert message is not None
+        message.ack()
+        assert channel.pending_acks() == [] and _held(redis_client) == (0, 0)
