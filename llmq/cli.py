@@ -51,19 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
 #: Commands that cannot do anything without Redis: checked before they start, so that one which
 #: would otherwise retry quietly (a Celery worker, a subscriber riding out restarts) says so at once.
 NEEDS_REDIS = frozenset({"worker", "submit", "subscribe", "budget", "limits", "batch", "flower", "gateway"})
-#: Commands that consume or serve the job queue for as long as they run: a RabbitMQ broker
+#: Commands that consume or serve the job queue for as long as they run: a broker of its own
 #: (``LLMQ_BROKER_URL``) is checked before they start too (a worker would retry it for minutes).
 NEEDS_BROKER = frozenset({"worker", "gateway", "flower"})
 
 
 def _preflight(command: str) -> None:
     from producers.settings import producer_settings
-    from workers.contract.brokerurl import is_amqp
 
     settings = producer_settings()
     if command in NEEDS_REDIS:
         ping_redis(settings.redis_url, settings.redis_connect_timeout_s)
-    if command in NEEDS_BROKER and is_amqp(settings.broker):
+    if command in NEEDS_BROKER and settings.broker != settings.redis_url:
         check_broker(settings.broker, settings.redis_connect_timeout_s)
 
 

@@ -16,7 +16,7 @@ import re
 import redis
 from kombu.exceptions import OperationalError
 
-__all__ = ["broker_line", "check_broker", "explain", "ping_redis", "redis_line", "shown"]
+__all__ = ["Unusable", "broker_line", "check_broker", "explain", "ping_redis", "redis_line", "shown"]
 
 #: RabbitMQ reply codes (AMQP 0-9-1) whose fix is not "start it".
 _AMQP_ACCESS_REFUSED = 403
@@ -34,32 +34,37 @@ def _reason(exc: BaseException) -> str:
     return text.split(" : <", 1)[0]
 
 
-def redis_line(exc: BaseException, url: str) -> str:
-    """The one line for a Redis client error at ``url`` (any of redis-py's), naming what to do."""
+class Unusable(Exception):
+    """A failure already turned into its one line (``str(exc)``)."""
+
+
+def redis_line(exc: BaseException, url: str, setting: str = "LLMQ_REDIS_URL") -> str:
+    """The one line for a Redis client error at ``url`` (any of redis-py's), naming what to do;
+    ``setting``: where that URL comes from."""
     where, why = shown(url), _reason(exc)
     if why.startswith(("NOAUTH", "HELLO must be called with the client already authenticated")):
         why = "it requires a password"  # redis-py's NOAUTH text is a paragraph about HELLO
     if isinstance(exc, redis.AuthenticationError) or why.startswith("WRONGPASS") or why == "it requires a password":
         return (
-            f"llmq: Redis at {where} refused the login ({why}); put its password in LLMQ_REDIS_URL "
+            f"llmq: Redis at {where} refused the login ({why}); put its password in {setting} "
             "(redis://[user]:PASSWORD@host:6379/0; under Sentinel, LLMQ_REDIS_PASSWORD)"
         )
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         return (
             f"llmq: cannot reach Redis at {where} ({why}); start Redis (redis-server, or ./dev demo) "
-            "or point LLMQ_REDIS_URL at a running one"
+            f"or point {setting} at a running one"
         )
     if isinstance(exc, redis.InvalidResponse):
         return (
-            f"llmq: what answers at {where} is not Redis ({why}); check the host and port in LLMQ_REDIS_URL "
+            f"llmq: what answers at {where} is not Redis ({why}); check the host and port in {setting} "
             "(Redis listens on 6379 by default)"
         )
     if "DB index is out of range" in why:
         return (
             f"llmq: Redis at {where} has no such database ({why}); use a database number below its "
-            "`databases` setting (16 by default) at the end of LLMQ_REDIS_URL"
+            f"`databases` setting (16 by default) at the end of {setting}"
         )
-    return f"llmq: Redis at {where} refused the command ({why}); check LLMQ_REDIS_URL and the server's log"
+    return f"llmq: Redis at {where} refused the command ({why}); check {setting} and the server's log"
 
 
 def broker_line(exc: BaseException, url: str) -> str:
@@ -89,6 +94,8 @@ def _is_amqp_error(exc: BaseException) -> bool:
 
 def explain(exc: BaseException, *, redis_url: str, broker_url: str) -> str | None:
     """The one line a command prints for ``exc``, or ``None`` when it is not a Redis or broker failure."""
+    if isinstance(exc, Unusable):
+        return str(exc)
     if isinstance(exc, OperationalError) or _is_amqp_error(exc):
         return broker_line(exc, broker_url)
     if isinstance(exc, redis.RedisError):
@@ -108,12 +115,22 @@ def ping_redis(url: str, timeout_s: float) -> None:
 
 
 def check_broker(url: str, timeout_s: float) -> None:
-    """Connect to the job queue's broker once (no retry); raises kombu's or amqp's error.
+    """Connect to the job queue's broker once (no retry): RabbitMQ raises kombu's or amqp's error, a
+    Redis of its own :class:`Unusable` (its line names ``LLMQ_BROKER_URL``).
 
     A command that consumes or serves the queue (a worker, the gateway, Flower) calls this before it
     starts, so a wrong ``LLMQ_BROKER_URL`` is one line at once, not a worker retrying for minutes or
     a gateway that starts and fails each request."""
     from kombu import Connection
+
+    from workers.contract.brokerurl import is_amqp
+
+    if not is_amqp(url):
+        try:
+            ping_redis(url, timeout_s)
+        except redis.RedisError as exc:
+            raise Unusable(redis_line(exc, url, "LLMQ_BROKER_URL")) from exc
+        return
 
     with Connection(url, connect_timeout=timeout_s) as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=max(1, round(timeout_s)))

@@ -222,3 +222,12 @@ def test_a_rabbitmq_it_cannot_use_is_one_line_at_once(
     make, says = AMQP_CASES[case]
     out = _llmq(*FIRST_COMMANDS[command], env={"LLMQ_REDIS_URL": redis_url, "LLMQ_BROKER_URL": make(amqp_server_url)})
     _one_line(out, says)
+
+
+@pytest.mark.parametrize("command", FIRST_COMMANDS)
+def test_a_queue_redis_of_its_own_is_checked_like_the_main_one(command: str, redis_url: str) -> None:
+    """``LLMQ_BROKER_URL`` may name a Redis apart from ``LLMQ_REDIS_URL``: before, a worker retried it for
+    minutes and a gateway served without it."""
+    broker = f"redis://:hunter2@127.0.0.1:{free_port()}/0"  # nothing listens there
+    out = _llmq(*FIRST_COMMANDS[command], env={"LLMQ_REDIS_URL": redis_url, "LLMQ_BROKER_URL": broker})
+    _one_line(out, [broker.replace("hunter2", "***"), "LLMQ_BROKER_URL"])
