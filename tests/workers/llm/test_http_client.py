@@ -123,7 +123,7 @@ def test_a_quiet_socket_is_probed_once_per_window_and_again_after_any_use() -> N
         # a burst of checks on an idle connection (one per request the pool assigns): one poll
         assert [stream.get_extra_info("is_readable") for _ in range(5)] == [False] * 5
         assert len(probes) == 1
-        now[0] += _ProbingStream.PROBE_REUSE_S  # the window has passed: polled again
+        now[0] += 1.5 * _ProbingStream.PROBE_REUSE_S  # the window has passed: polled again
         assert stream.get_extra_info("is_readable") is False and len(probes) == 2
         stream.write(b"request")  # used: what the socket said before no longer counts
         assert stream.get_extra_info("is_readable") is True and len(probes) == 3
