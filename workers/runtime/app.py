@@ -125,6 +125,9 @@ app = create_app()
 
 #: Celery's warning at each broker connection loss while the setting is False (any wording around it).
 _CANCEL_ON_LOSS_NOTICE = r"(?s).*worker_cancel_long_running_tasks_on_connection_loss"
+#: Celery's warning, at every gevent worker's start, that the ``worker_pool`` setting selects gevent
+#: too late to patch the process: it fires whenever the setting names gevent, even under ``-P gevent``.
+_POOL_SETTING_NOTICE = r"\s*The worker_pool setting shouldn't be used to select the eventlet/gevent"
 
 
 @worker_init.connect
@@ -146,6 +149,12 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
     # the choice above is deliberate: Celery's notice about its future default would be printed to
     # the operator at every broker reconnect
     warnings.filterwarnings("ignore", _CANCEL_ON_LOSS_NOTICE, CPendingDeprecationWarning)
+    from kombu.utils.compat import detect_environment
+
+    if detect_environment() == "gevent":
+        # patched already, so started with -P gevent (``llmq worker``): the warning does not apply (a
+        # bare ``celery worker`` without -P, which it is for, is not patched here and still gets it)
+        warnings.filterwarnings("ignore", _POOL_SETTING_NOTICE, UserWarning)
     from workers.llm.errors import ConfigurationError
     from workers.runtime.redischeck import check_broker_redis
 
