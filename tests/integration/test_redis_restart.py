@@ -88,3 +88,33 @@ def test_durable_redis_killed_and_restarted_mid_run_loses_no_job() -> None:
             assert spent <= _served_calls(sim) * one_call + 1e-9  # no served call charged twice
     finally:
         server.stop()
+
+
+def test_a_gevent_worker_rides_out_a_restart_without_a_traceback() -> None:
+    """An idle ``llmq worker -P gevent`` whose Redis restarts: its log says so in lines, without the
+    tracebacks gevent printed when Celery's remote-control loop died with the connection, and it runs
+    the next job."""
+    server = ManagedRedis(durable=True)
+    server.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")} | {"LLMQ_REDIS_URL": server.url}
+    try:
+        with LocalStack(env=env) as stack, Client(server.url) as client:
+            stack.start_redis()
+            stack.start_simulator()
+            stack.start_worker(pool="gevent", concurrency=4, name="green")
+            stack.wait_for_workers(1)
+            log = stack.log_dir / "green.log"
+            server.kill()
+            deadline = time.monotonic() + HANG_GUARD_S
+            while "Connection to broker lost" not in log.read_text(errors="replace"):
+                assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+                time.sleep(0.2)
+            time.sleep(2.0)  # down a while, so its loops meet the refused reconnects (not a timing check)
+            server.start()
+            job = {"model": MODEL, "messages": PROMPT, "max_tokens": 20, "id": "after-restart"}
+            assert client.submit(job).result(timeout=HANG_GUARD_S).status == "succeeded"
+            text = log.read_text(errors="replace")
+            assert "Traceback" not in text, text[-4000:]
+            assert "remote control lost the broker" in text, text[-4000:]
+    finally:
+        server.stop()

@@ -13,6 +13,8 @@ worker runs it. ``-P gevent`` gets :class:`GeventPool` from the worker class
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery.concurrency.gevent import TaskPool as CeleryGeventPool
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from workers.runtime.state import AppState
 
 __all__ = ["GeventPool", "ThreadPool"]
+
+log = logging.getLogger("llmq.worker")
 
 
 def _hand_back_all(app: Any) -> None:
@@ -37,6 +41,34 @@ class ThreadPool(CeleryThreadPool):
 
 
 class GeventPool(CeleryGeventPool):
+    """Celery's gevent pool that hands jobs back, and whose background loop dies quietly with the broker.
+
+    Celery runs one loop beside the jobs with ``spawn_n``: the remote-control (pidbox) loop
+    (``celery/worker/pidbox.py``, ``gPidbox.loop``). When the broker connection drops (a Redis restart),
+    that loop ends with the connection error and gevent's hub prints its three chained tracebacks to
+    stderr, although nothing is wrong: the consumer reconnects and starts a new loop. Here it ends with
+    one warning line instead; any other error still propagates (and is printed) as before.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from gevent import spawn_raw
+
+        super().__init__(*args, **kwargs)
+        self.spawn_n = lambda fn, *a, **kw: spawn_raw(self._quiet_on_broker_loss, fn, *a, **kw)
+
+    def _quiet_on_broker_loss(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        errors = self._broker_errors()
+        try:
+            return fn(*args, **kwargs)
+        except errors as exc:
+            log.warning("remote control lost the broker (%s); it comes back with the consumer's reconnection", exc)
+            return None
+
+    def _broker_errors(self) -> tuple[type[BaseException], ...]:
+        """The broker transport's connection errors (what kombu's reconnect handles)."""
+        with self.app.connection_for_read() as conn:  # builds the transport, connects nothing
+            return tuple(conn.connection_errors)
+
     def terminate_job(self, pid: Any, signal: Any = None) -> None:
         # the greenlets end by themselves once their runs stopped (the pool's stop waits for them)
         _hand_back_all(self.app)
