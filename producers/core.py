@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from redis.typing import EncodableT
 
 from producers.errors import InvalidJobError
+from producers.sentevents import SentEvents
 from producers.settings import ProducerSettings, producer_settings
 from producers.tracing import monitor_content, producer_tracer, send_options
 from workers.contract import (
@@ -150,6 +151,11 @@ class ClientCore:
         #: Where jobs are sent: ``LLMQ_BROKER_URL``, else the Redis URL.
         self.broker_url = self.settings.broker
         self.celery = make_celery(self.broker_url, self.queue)
+        self.celery.conf.task_send_sent_event = self.settings.task_events
+        #: ``task-sent`` events in batches (None: Celery publishes each with its job).
+        self.sent_events: SentEvents | None = None
+        if self.settings.task_events and self.settings.task_events_flush_ms > 0:
+            self.sent_events = SentEvents(self.celery, period_s=self.settings.task_events_flush_ms / 1000)
         #: Submit spans (``producers/tracing.py``): the OTEL_* configured tracer, or a no-op.
         self.tracer = tracer or producer_tracer()
         self._monitor_content = monitor_content()
@@ -178,6 +184,7 @@ class ClientCore:
             args=[payload],
             task_id=job.id,
             queue=self.queue,
+            event_dispatcher=self.sent_events,
             **send_options(payload, content=self._monitor_content),
         )
 
@@ -224,6 +231,8 @@ class ClientCore:
         return sorted(worker for worker, queues in replies.items() if any(q.get("name") == self.queue for q in queues))
 
     def close(self) -> None:
+        if self.sent_events is not None:
+            self.sent_events.close()
         self.celery.close()
 
 

@@ -38,6 +38,12 @@ class ProducerSettings(BaseSettings):
     redis_connect_timeout_s: float = Field(default=5.0, gt=0)
     #: ``llmq submit``: seconds without a sign of a worker on the queue before it says so on stderr.
     worker_check_s: float = Field(default=3.0, gt=0)
+    #: Send a Celery ``task-sent`` event with each job, for Flower (``LLMQ_TASK_EVENTS``, shared with
+    #: the worker's task events).
+    task_events: bool = True
+    #: ``task-sent`` events are kept and published in batches at least this often, in milliseconds
+    #: (``LLMQ_TASK_EVENTS_FLUSH_MS``, as for workers); 0: each its own publish (``producers/sentevents.py``).
+    task_events_flush_ms: int = Field(default=250, ge=0, le=5000)
 
     @property
     def broker(self) -> str:

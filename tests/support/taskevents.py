@@ -87,7 +87,7 @@ class EventCapture:
         return [e for _, es in self.messages for e in es]
 
     def task_messages(self) -> list[tuple[bool, list[dict[str, Any]]]]:
-        """Messages with the workers' task events (``task-sent`` comes from producers, one message each)."""
+        """Messages with the workers' task events (``task-sent`` comes from producers, in batches of its own)."""
         return [(b, es) for b, es in self.messages if any(_from_worker(e) for e in es)]
 
     def task_events(self, job_ids: set[str] | None = None) -> dict[str, list[str]]:

@@ -1,0 +1,100 @@
+"""A producer's ``task-sent`` events (Flower's view of queued jobs) in batches (producers/sentevents.py).
+
+Real parts: the tests' Redis as broker, Celery's own ``EventReceiver`` subscribed to it
+(tests/support/taskevents.py), no worker (the jobs stay queued). Publishing is driven by the client's
+close, the buffer limit or the flusher; the tests wait for counts, never for durations.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from producers import Client
+from producers.sentevents import BUFFER_LIMIT
+from producers.settings import ProducerSettings
+from tests.support.taskevents import EventCapture
+from tests.support.waits import until
+from workers.contract import DEFAULT_QUEUE
+
+SECRET_TEXT = "my medical history is"
+
+
+def _client(redis_url: str, **settings: Any) -> Client:
+    return Client(settings=ProducerSettings(redis_url=redis_url, **settings))
+
+
+def _submit(client: Client, n: int) -> list[str]:
+    job = {"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": f"{SECRET_TEXT} ..."}]}
+    return [client.submit(job).id for _ in range(n)]
+
+
+def _sent(capture: EventCapture) -> list[tuple[bool, list[dict[str, Any]]]]:
+    return [(b, es) for b, es in capture.messages if any(e.get("type") == "task-sent" for e in es)]
+
+
+def test_task_sent_events_leave_in_one_message_at_close(redis_url: str) -> None:
+    with EventCapture(redis_url) as capture:
+        client = _client(redis_url, task_events_flush_ms=5000)  # the flusher stays out of the way
+        ids = _submit(client, 5)
+        capture.sync()  # everything published so far has arrived: nothing yet
+        assert _sent(capture) == []
+        assert client.sent_events is not None and client.sent_events.buffered() == 5
+        client.close()
+        capture.sync()
+        messages = _sent(capture)
+        assert [batched for batched, _ in messages] == [True]  # one task.multi message
+        events = messages[0][1]
+        assert [e["uuid"] for e in events] == ids  # in submit order
+        assert {e["type"] for e in events} == {"task-sent"} and {e["queue"] for e in events} == {DEFAULT_QUEUE}
+        for event in events:  # Celery's own fields, with the short argsrepr (no content)
+            assert event["name"] == "llmq.run_job" and json.loads(event["args"][1:-2])["id"] == event["uuid"]
+        assert SECRET_TEXT not in json.dumps(events)
+
+
+def test_a_full_buffer_is_published_by_the_submit_that_fills_it(redis_url: str) -> None:
+    with EventCapture(redis_url) as capture:
+        client = _client(redis_url, task_events_flush_ms=5000)
+        try:
+            ids = _submit(client, BUFFER_LIMIT + 3)
+            capture.sync()
+            messages = _sent(capture)
+            assert [len(es) for _, es in messages] == [BUFFER_LIMIT]
+            assert [e["uuid"] for e in messages[0][1]] == ids[:BUFFER_LIMIT]
+        finally:
+            client.close()
+        capture.sync()
+        assert [len(es) for _, es in _sent(capture)] == [BUFFER_LIMIT, 3]
+
+
+def test_the_flusher_publishes_without_being_asked(redis_url: str) -> None:
+    with EventCapture(redis_url) as capture:
+        client = _client(redis_url, task_events_flush_ms=20)
+        try:
+            ids = _submit(client, 3)
+            until(
+                lambda: [e["uuid"] for _, es in _sent(capture) for e in es] == ids,
+                "the flusher published the task-sent events",
+                guard_s=30,
+            )
+            assert all(batched for batched, _ in _sent(capture))
+        finally:
+            client.close()
+
+
+def test_unbatched_each_job_sends_its_own_event(redis_url: str) -> None:
+    with EventCapture(redis_url) as capture, _client(redis_url, task_events_flush_ms=0) as client:
+        assert client.sent_events is None
+        ids = _submit(client, 3)
+        capture.sync()
+        messages = _sent(capture)
+        assert [(batched, [e["uuid"] for e in es]) for batched, es in messages] == [(False, [i]) for i in ids]
+
+
+def test_no_task_sent_events_when_task_events_are_off(redis_url: str) -> None:
+    with EventCapture(redis_url) as capture:
+        with _client(redis_url, task_events=False) as client:
+            assert client.sent_events is None
+            _submit(client, 3)
+        capture.sync()
+        assert _sent(capture) == []
