@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from producers import Client
-from producers.sentevents import BUFFER_LIMIT
+from producers.sentevents import BUFFER_LIMIT, SentEvents
 from producers.settings import ProducerSettings
 from tests.support.taskevents import EventCapture
 from tests.support.waits import until
@@ -22,6 +22,13 @@ SECRET_TEXT = "my medical history is"
 
 def _client(redis_url: str, **settings: Any) -> Client:
     return Client(settings=ProducerSettings(redis_url=redis_url, **settings))
+
+
+def _client_without_flusher(redis_url: str) -> Client:
+    """A client whose events leave only when its buffer fills or it closes (the flusher waits an hour)."""
+    client = _client(redis_url)
+    client.sent_events = SentEvents(client.celery, period_s=3600)
+    return client
 
 
 def _submit(client: Client, n: int) -> list[str]:
@@ -35,7 +42,7 @@ def _sent(capture: EventCapture) -> list[tuple[bool, list[dict[str, Any]]]]:
 
 def test_task_sent_events_leave_in_one_message_at_close(redis_url: str) -> None:
     with EventCapture(redis_url) as capture:
-        client = _client(redis_url, task_events_flush_ms=5000)  # the flusher stays out of the way
+        client = _client_without_flusher(redis_url)
         ids = _submit(client, 5)
         capture.sync()  # everything published so far has arrived: nothing yet
         assert _sent(capture) == []
@@ -54,7 +61,7 @@ def test_task_sent_events_leave_in_one_message_at_close(redis_url: str) -> None:
 
 def test_a_full_buffer_is_published_by_the_submit_that_fills_it(redis_url: str) -> None:
     with EventCapture(redis_url) as capture:
-        client = _client(redis_url, task_events_flush_ms=5000)
+        client = _client_without_flusher(redis_url)
         try:
             ids = _submit(client, BUFFER_LIMIT + 3)
             capture.sync()
