@@ -11,10 +11,10 @@ traceback is the right output then).
 
 from __future__ import annotations
 
-import re
-
 import redis
 from kombu.exceptions import OperationalError
+
+from workers.contract.redaction import shown_url
 
 __all__ = ["Unusable", "broker_line", "check_broker", "explain", "ping_redis", "redis_line", "shown"]
 
@@ -23,9 +23,8 @@ _AMQP_ACCESS_REFUSED = 403
 _AMQP_NOT_ALLOWED = 530  # e.g. the vhost does not exist, or the user has no permission on it
 
 
-def shown(url: str) -> str:
-    """A URL fit for a terminal: its password masked."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+#: A URL fit for a terminal: its password masked (the workers' scrubber's, one rule for both).
+shown = shown_url
 
 
 def _reason(exc: BaseException) -> str:

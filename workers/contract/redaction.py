@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["monitor_repr", "redact"]
+__all__ = ["monitor_repr", "redact", "shown_url"]
 
 _SECRETS = re.compile(
     r"(?i)(\b(?:api[_-]?key|x-api-key|authorization|token|secret|password)[\"']?\s*[=:]\s*[\"']?(?:bearer\s+)?"
@@ -45,6 +45,11 @@ def redact(text: str) -> str:
         if not any(trigger in low for trigger in _TRIGGERS):
             return text
     return _SECRETS.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit for a terminal or a log line: the password of its ``user:password@`` part masked."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def monitor_repr(job: Mapping[str, Any]) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import redis
 
 from workers.contract.brokerurl import is_amqp
+from workers.contract.redaction import shown_url
 from workers.contract.redisclient import redis_client
 from workers.llm.errors import ConfigurationError
 
@@ -32,10 +33,6 @@ class RedisVersionError(ConfigurationError):
     """The Redis that holds the job queue is older than :data:`MIN_REDIS_VERSION`."""
 
     type_name = "redis_version"
-
-
-def _shown(url: str) -> str:
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -59,7 +56,7 @@ def check_redis_version(info: Mapping[str, object], *, url: str) -> None:
         return
     needed = ".".join(map(str, MIN_REDIS_VERSION[:2]))
     raise RedisVersionError(
-        f"Redis at {_shown(url)} is version {reported}; the job queue needs Redis >= {needed} (BLMOVE): "
+        f"Redis at {shown_url(url)} is version {reported}; the job queue needs Redis >= {needed} (BLMOVE): "
         "upgrade Redis, or move the queue to RabbitMQ with LLMQ_BROKER_URL=amqp://..."
     )
 
@@ -73,7 +70,7 @@ def check_broker_redis(broker_url: str, *, timeout_s: float = 5.0) -> None:
     try:
         info = client.info("server")
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        log.warning("could not read the Redis version at %s before start (%s)", _shown(broker_url), exc)
+        log.warning("could not read the Redis version at %s before start (%s)", shown_url(broker_url), exc)
         return
     finally:
         client.close()
