@@ -65,13 +65,14 @@ class SentEvents:
 
     def buffered(self) -> int:
         """Events waiting for the next flush (in this process)."""
-        dispatcher = self._dispatcher if self._pid == os.getpid() else None
+        dispatcher = self._mine()
         return sum(len(events) for events in dispatcher._group_buffer.values()) if dispatcher is not None else 0
 
     def flush(self) -> None:
-        """Publish what is buffered (one ``task.multi`` message); never raises."""
-        dispatcher = self._dispatcher if self._pid == os.getpid() else None
-        if dispatcher is None or not any(dispatcher._group_buffer.values()):
+        """Publish what is buffered (one ``task.multi`` message), and what an earlier publish that
+        failed left in the dispatcher's offline buffer; never raises."""
+        dispatcher = self._mine()
+        if dispatcher is None or not (dispatcher._outbound_buffer or any(dispatcher._group_buffer.values())):
             return
         try:
             dispatcher.flush(errors=True, groups=True)
@@ -96,6 +97,10 @@ class SentEvents:
                 dispatcher.close()
             finally:
                 connection.release()
+
+    def _mine(self) -> Any:
+        """This process's dispatcher if it has made one (a forked child's parent's is not its own)."""
+        return self._dispatcher if self._pid == os.getpid() else None
 
     def _current(self) -> Any:
         """This process's dispatcher (made, with its flusher, on first use); None once closed."""
