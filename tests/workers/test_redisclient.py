@@ -18,7 +18,7 @@ from redis.sentinel import SentinelConnectionPool
 
 from workers.contract.redisclient import QuickCheckParser, async_redis_client, redis_client
 from workers.contract.redisurl import kombu_broker
-from workers.contract.socketcheck import Probe
+from workers.contract.socketcheck import Probe, native_probe
 
 SENTINELS = "sentinel://:pw@127.0.0.1:1;sentinel://127.0.0.1:2/3"  # never contacted: nothing is sent
 
@@ -84,7 +84,7 @@ class _Counted(QuickCheckParser):
 
     @staticmethod
     def _count(sock: socket.socket) -> bool:
-        real = QuickCheckParser.probe
+        real = native_probe()
         assert real is not None
         answer = real(sock)
         _Counted.checks.append(answer)

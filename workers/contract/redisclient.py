@@ -17,6 +17,7 @@ redis-py: the wire contract's other modules stay pydantic only.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -42,16 +43,22 @@ class QuickCheckParser(_HiredisParser):
     reader or the TLS layer, nothing to read on the socket) is answered at once; anything else
     goes through hiredis' own check, which tells pending data from a closed connection."""
 
-    #: The readiness check (a seam for tests); None = always redis-py's.
-    probe: ClassVar[Probe | None] = native_probe()
+    #: The readiness check (a seam for tests); None = :func:`native_probe`'s, found on first use.
+    probe: ClassVar[Probe | None] = None
 
     def can_read(self, timeout: float = 0) -> bool:
-        probe, reader, sock = type(self).probe, self._reader, self._sock
+        probe, reader, sock = type(self).probe or _os_probe(), self._reader, self._sock
         if not timeout and probe is not None and reader is not None and sock is not None:
             pending = getattr(sock, "pending", None)
             if not reader.has_data() and not (pending is not None and pending()) and not probe(sock):
                 return False
         return bool(super().can_read(timeout))
+
+
+@functools.cache
+def _os_probe() -> Probe | None:
+    """:func:`native_probe`, looked up once (not at import: a producer may never lend a connection)."""
+    return native_probe()
 
 
 def sync_parser_options() -> dict[str, Any]:
