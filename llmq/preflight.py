@@ -104,7 +104,7 @@ def explain(exc: BaseException, *, redis_url: str, broker_url: str) -> str | Non
 
 def ping_redis(url: str, timeout_s: float) -> None:
     """PING ``url`` once (plain or Sentinel); raises what redis-py raises."""
-    from workers.contract.redisclient import redis_client
+    from workers.connections.redisclient import redis_client
 
     client = redis_client(url, max_connections=2, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
@@ -122,7 +122,7 @@ def check_broker(url: str, timeout_s: float) -> None:
     a gateway that starts and fails each request."""
     from kombu import Connection
 
-    from workers.contract.brokerurl import is_amqp
+    from workers.connections.brokerurl import is_amqp
 
     if not is_amqp(url):
         try:

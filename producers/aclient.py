@@ -26,6 +26,7 @@ from producers.prompts import AsyncPromptResolver, job_data
 from producers.settings import ProducerSettings
 from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
+from workers.connections.redisclient import async_redis_client
 from workers.contract import (
     CancelledEvent,
     CompletionJob,
@@ -35,7 +36,6 @@ from workers.contract import (
     JobKeys,
     StreamEvent,
 )
-from workers.contract.redisclient import async_redis_client
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
 

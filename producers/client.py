@@ -42,6 +42,7 @@ from producers.prompts import PromptResolver, job_data
 from producers.settings import ProducerSettings, producer_settings
 from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
+from workers.connections.redisclient import redis_client as make_redis
 from workers.contract import (
     CancelledEvent,
     CompletionJob,
@@ -51,7 +52,6 @@ from workers.contract import (
     JobKeys,
     StreamEvent,
 )
-from workers.contract.redisclient import redis_client as make_redis
 
 __all__ = [
     "CANCEL_CHANNEL",

@@ -22,6 +22,8 @@ from producers.errors import InvalidJobError
 from producers.sentevents import SentEvents
 from producers.settings import ProducerSettings, producer_settings
 from producers.tracing import monitor_content, producer_tracer, send_options
+from workers.connections.brokerurl import amqp_conf, is_amqp
+from workers.connections.redisurl import kombu_broker
 from workers.contract import (
     DEFAULT_QUEUE,
     TASK_NAME,
@@ -31,8 +33,6 @@ from workers.contract import (
     StreamEvent,
     parse_event,
 )
-from workers.contract.brokerurl import amqp_conf, is_amqp
-from workers.contract.redisurl import kombu_broker
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -107,9 +107,9 @@ def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> Compl
 
 def make_celery(broker_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
     """A send-only Celery app matching the worker's wire settings (JSON, same queue); a
-    ``sentinel://`` URL (``workers/contract/redisurl.py``) reaches the master through the sentinels;
+    ``sentinel://`` URL (``workers/connections/redisurl.py``) reaches the master through the sentinels;
     an ``amqp://`` URL (``LLMQ_BROKER_URL``) sends to the quorum queue the worker declares
-    (``workers/contract/brokerurl.py``)."""
+    (``workers/connections/brokerurl.py``)."""
     if is_amqp(broker_url):
         app = Celery("llmqueue-producer", broker=broker_url, set_as_current=False)
         app.conf.update(amqp_conf(queue))

@@ -13,9 +13,9 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.connections.brokerurl import check_broker_url
+from workers.connections.redisurl import check_redis_url
 from workers.contract import DEFAULT_QUEUE
-from workers.contract.brokerurl import check_broker_url
-from workers.contract.redisurl import check_redis_url
 
 __all__ = ["DEFAULT_REDIS_URL", "ProducerSettings", "producer_settings"]
 

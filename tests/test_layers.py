@@ -1,26 +1,28 @@
 """The import layers: no cycles between modules, and every import runs the way the architecture does.
 
 Every module of ``workers/``, ``producers/``, ``llmq/`` and ``simulator/`` is read with :mod:`ast`;
-every ``import`` counts, wherever it stands (module level or inside a function): a lazy import is
+every ``import`` counts, wherever it stands: module level, inside a function (a lazy import is
 still a dependency, and a cycle hidden in a function body still breaks the day someone moves the
-import to the top. Imports under ``if TYPE_CHECKING:`` count for the layers (a type is a
-dependency too) but not for cycles: they never run, and they are how a module names a type of a
-module that imports it.
+import to the top). Imports under ``if TYPE_CHECKING:`` count for the layers (a type is a
+dependency too) but not for cycles.
 
 The rules:
 
 * **Worker layers**, lowest first (a module may import its own layer and the ones below)::
 
-      contract  <-  llm  <-  settings, routes  <-  guards, accounting, tools, prompts  <-  jobs  <-  runtime
+      contract, connections  <-  llm  <-  settings, routes  <-  guards, accounting, tools, prompts  <-  jobs  <-  runtime
 
+  ``contract`` (the wire contract: pydantic models) and ``connections`` (how both sides reach Redis
+  and the broker) are the bottom, shared with the producers; they import nothing of ``workers``
+  but themselves, and the contract nothing outside the standard library but pydantic.
   ``settings`` and ``routes`` (the environment and the routes file) sit just above the contract,
   above ``llm`` only because the routes file reports a bad file with the error tree's
   ``ConfigurationError`` (``workers.llm.errors``); nothing in ``llm`` reads configuration, its
   modules get what they need injected. ``guards``, ``accounting``, ``tools`` and ``prompts`` are
   one layer: they may use each other (no cycles), ``jobs`` composes them.
 * ``workers`` imports nothing of ``producers``, ``llmq`` or ``simulator``.
-* ``producers`` (gateway and batch included) import nothing of ``workers`` but ``workers.contract``
-  and its submodules, and nothing of ``llmq`` or ``simulator``.
+* ``producers`` (gateway and batch included) import nothing of ``workers`` but ``workers.contract``,
+  ``workers.connections`` and their submodules, and nothing of ``llmq`` or ``simulator``.
 * ``simulator`` imports nothing of ``workers`` but ``workers.contract``, and nothing of
   ``producers`` or ``llmq``.
 * ``llmq`` (the CLI and the local dev stack) is the top: it may import every side; nothing imports it.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import ast
 import gc
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +42,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("workers", "producers", "llmq", "simulator")
+#: The bottom of the worker side, shared with the producers; each imports nothing of workers but itself.
+SHARED = ("workers.contract", "workers.connections")
+#: What the wire contract may import from outside the project besides the standard library.
+CONTRACT_THIRD_PARTY = frozenset({"pydantic"})
 
 #: The worker side's layers, lowest first; each entry lists module prefixes (a package and its submodules).
 WORKER_LAYERS: tuple[tuple[str, ...], ...] = (
-    ("workers.contract",),
+    ("workers.contract", "workers.connections"),
     ("workers.llm",),
     ("workers.settings", "workers.routes"),
     ("workers.guards", "workers.accounting", "workers.tools", "workers.prompts"),
@@ -116,12 +123,12 @@ def _parse(path: Path) -> ast.Module:
             gc.enable()
 
 
-def import_edges(root: Path, modules: Mapping[str, Path], packages: Iterable[str] = PACKAGES) -> list[Edge]:
-    """Every import between the given packages' modules, function-level ones included.
+def all_imports(root: Path, modules: Mapping[str, Path]) -> list[Edge]:
+    """Every import of the given modules, function-level and ``TYPE_CHECKING`` ones included,
+    outside the project too (the target is then the imported module's dotted name).
 
     ``from pkg import name`` points at ``pkg.name`` when that is a module, else at ``pkg`` itself.
     """
-    tops = set(packages)
     edges: set[Edge] = set()
     for module, path in modules.items():
         rel = path.relative_to(root)
@@ -132,9 +139,15 @@ def import_edges(root: Path, modules: Mapping[str, Path], packages: Iterable[str
                 base = _resolve(module, path, node)
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             for target in targets:
-                if target.split(".")[0] in tops and target != module:
+                if target != module:
                     edges.add(Edge(module, target, f"{rel}:{node.lineno}", typing_only))
     return sorted(edges, key=lambda e: (e.source, e.target, e.where))
+
+
+def import_edges(root: Path, modules: Mapping[str, Path], packages: Iterable[str] = PACKAGES) -> list[Edge]:
+    """Every import between the given packages' modules (see :func:`all_imports`)."""
+    tops = set(packages)
+    return [e for e in all_imports(root, modules) if e.target.split(".")[0] in tops]
 
 
 def _within(module: str, prefix: str) -> bool:
@@ -160,7 +173,10 @@ def layer_violations(edges: Iterable[Edge]) -> list[str]:
                 problems.append(f"{edge}: workers import nothing of {dst_top}")
                 continue
             src, dst = worker_layer(edge.source), worker_layer(edge.target)
-            if src is None and edge.source != "workers":
+            shared = next((p for p in SHARED if _within(edge.source, p)), None)
+            if shared is not None and not _within(edge.target, shared) and edge.target != "workers":
+                problems.append(f"{edge}: {shared} imports nothing of workers but itself")
+            elif src is None and edge.source != "workers":
                 problems.append(f"{edge}: {edge.source} is in no layer (add its room to WORKER_LAYERS)")
             elif dst is None and edge.target != "workers":
                 problems.append(f"{edge}: {edge.target} is in no layer (add its room to WORKER_LAYERS)")
@@ -169,12 +185,26 @@ def layer_violations(edges: Iterable[Edge]) -> list[str]:
                     f"{edge}: layer {src} {WORKER_LAYERS[src]} may not import layer {dst} {WORKER_LAYERS[dst]}"
                 )
         elif src_top in ("producers", "simulator"):
-            if dst_top == "workers" and not _within(edge.target, "workers.contract"):
-                problems.append(f"{edge}: {src_top} import nothing of workers but workers.contract")
+            allowed = SHARED if src_top == "producers" else ("workers.contract",)
+            if dst_top == "workers" and not any(_within(edge.target, p) for p in allowed):
+                problems.append(f"{edge}: {src_top} import nothing of workers but {' and '.join(allowed)}")
             elif src_top == "simulator" and dst_top == "producers":
                 problems.append(f"{edge}: the simulator imports nothing of producers")
             elif src_top == "producers" and dst_top == "simulator":
                 problems.append(f"{edge}: producers import nothing of the simulator")
+    return problems
+
+
+def contract_leaks(edges: Iterable[Edge]) -> list[str]:
+    """Imports of the wire contract from outside the project that are neither the standard library
+    nor pydantic (a client library, a socket helper: those belong in ``workers.connections``)."""
+    problems: list[str] = []
+    for edge in edges:
+        top = edge.target.split(".")[0]
+        if not _within(edge.source, "workers.contract") or top in PACKAGES:
+            continue
+        if top not in sys.stdlib_module_names and top != "__future__" and top not in CONTRACT_THIRD_PARTY:
+            problems.append(f"{edge}: the wire contract imports pydantic and the standard library only")
     return problems
 
 
@@ -259,6 +289,11 @@ def test_no_import_runs_against_the_layers(edges: list[Edge]) -> None:
     assert not problems, "imports against the layers:\n" + "\n".join(problems)
 
 
+def test_the_contract_is_pydantic_and_the_standard_library() -> None:
+    problems = contract_leaks(all_imports(ROOT, find_modules(ROOT, ["workers"])))
+    assert not problems, "\n".join(problems)
+
+
 def test_no_import_cycles(edges: list[Edge]) -> None:
     cycles = find_cycles(edges)
     described = ["\n".join(f"  {edge}" for edge in cycle) for cycle in cycles]
@@ -283,6 +318,10 @@ def test_the_checks_catch_upward_imports_cycles_and_leaks(tmp_path: Path) -> Non
         {
             "workers/__init__.py": "",
             "workers/contract/__init__.py": "import typing\nif typing.TYPE_CHECKING:\n    import workers.routes\n",
+            "workers/contract/keys.py": "import json\nimport redis\nfrom pydantic import BaseModel\n",
+            "workers/contract/job.py": "from workers.connections import redisurl\n",
+            "workers/connections/__init__.py": "",
+            "workers/connections/redisurl.py": "import redis\n",
             "workers/routes.py": "def f():\n    from workers.guards import ratelimit\n",
             "workers/guards/__init__.py": "",
             "workers/guards/ratelimit.py": "from workers.routes import f\n",
@@ -292,15 +331,30 @@ def test_the_checks_catch_upward_imports_cycles_and_leaks(tmp_path: Path) -> Non
             "workers/runtime/state.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from workers.runtime import broker\n",
             "workers/runtime/broker.py": "from workers.runtime.state import y\n",
             "producers/__init__.py": "",
+            "producers/client.py": "from workers.connections.redisurl import x\n",
             "producers/gateway/__init__.py": "",
             "producers/gateway/errors.py": "from workers.contract import redact\nimport workers.llm.errors\n",
+            "simulator/__init__.py": "from workers.connections import redisurl\n",
         },
     )
     edges = import_edges(tmp_path, find_modules(tmp_path))
     problems = layer_violations(edges)
-    assert len(problems) == 3, problems
+    assert len(problems) == 5, problems
     assert problems[0].startswith("producers.gateway.errors -> workers.llm.errors  (producers/gateway/errors.py:2)")
-    assert problems[1].startswith("workers.contract -> workers.routes  (workers/contract/__init__.py:3): layer 0")
-    assert problems[2].startswith("workers.routes -> workers.guards.ratelimit  (workers/routes.py:2): layer 2")
+    assert problems[1].startswith("simulator -> workers.connections.redisurl  (simulator/__init__.py:1): simulator")
+    assert problems[2] == (
+        "workers.contract -> workers.routes  (workers/contract/__init__.py:3): workers.contract imports nothing of "
+        "workers but itself"
+    )
+    assert problems[3].startswith("workers.contract.job -> workers.connections.redisurl  (workers/contract/job.py:1)")
+    assert problems[4].startswith("workers.routes -> workers.guards.ratelimit  (workers/routes.py:2): layer 2")
+    leaks = contract_leaks(all_imports(tmp_path, find_modules(tmp_path, ["workers"])))
+    assert leaks == [
+        "workers.contract.keys -> redis  (workers/contract/keys.py:2): the wire contract imports pydantic and "
+        "the standard library only"
+    ]
     cycles = {tuple(e.source for e in cycle) for cycle in find_cycles(edges)}
-    assert cycles == {("workers.guards.ratelimit", "workers.routes"), ("workers.runtime.app", "workers.runtime.task")}
+    assert cycles == {
+        ("workers.guards.ratelimit", "workers.routes"),
+        ("workers.runtime.app", "workers.runtime.task"),
+    }

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workers.contract.brokerurl import check_broker_url
-from workers.contract.redisurl import check_redis_url
+from workers.connections.brokerurl import check_broker_url
+from workers.connections.redisurl import check_redis_url
 
 __all__ = ["Settings", "get_settings"]
 

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from llmq.commands.table import print_table
-from workers.contract.redisclient import redis_client
+from workers.connections.redisclient import redis_client
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # as CompletionJob.tenant

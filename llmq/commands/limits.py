@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from llmq.commands.table import print_table
-from workers.contract.redisclient import redis_client
+from workers.connections.redisclient import redis_client
 
 _TAGGED = re.compile(rb"^llmq:(?:cb|nb|rl):\{(.+?)\}")
 

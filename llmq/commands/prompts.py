@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmq.commands.table import print_table
-from workers.contract.redisclient import redis_client
+from workers.connections.redisclient import redis_client
 
 __all__ = ["parse_label", "parse_vars", "register"]
 

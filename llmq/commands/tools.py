@@ -37,7 +37,7 @@ def rows(client: Any) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
 
     from producers.client import default_redis_url
-    from workers.contract.redisclient import redis_client
+    from workers.connections.redisclient import redis_client
 
     client = redis_client(default_redis_url(), max_connections=4)
     try:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from workers.contract.redisurl import check_redis_url
+from workers.connections.redisurl import check_redis_url
 
 __all__ = ["DEFAULT_TENANT", "GatewaySettings", "parse_tokens"]
 

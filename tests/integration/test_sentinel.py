@@ -17,8 +17,8 @@ import redis
 from llmq.devstack import LocalStack
 from llmq.localredis import ManagedRedis, find_redis_server, free_port, ping
 from producers import Client
+from workers.connections.redisurl import sentinel_target
 from workers.contract import TERMINAL_EVENT_TYPES
-from workers.contract.redisurl import sentinel_target
 
 pytestmark = pytest.mark.slow
 

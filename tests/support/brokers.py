@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workers.contract.brokerurl import is_amqp
+from workers.connections.brokerurl import is_amqp
 from workers.settings import Settings
 
 __all__ = ["Broker", "amqp_worker"]

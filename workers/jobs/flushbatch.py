@@ -24,7 +24,7 @@ Semantics kept per job, as a direct call would have them:
   connection and those commands sent again (as redis-py's ``Script`` does; no ``SCRIPT EXISTS``
   per batch, which ``Pipeline.execute`` with registered scripts would add).
 - Connection errors follow the connection's retry policy, the one a direct call uses
-  (``conn.retry``; the worker's client has none: ``workers/contract/redisclient.py`` hands every
+  (``conn.retry``; the worker's client has none: ``workers/connections/redisclient.py`` hands every
   option to the pool's connections, and redis-py's connection default is no retry). Replies read
   before the connection broke are delivered (those flushes were applied: a direct call would have
   returned them); the unanswered commands fail with the error, or, under a retry policy, are sent

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import httpcore2
 import httpx2 as httpx
 
-from workers.contract.socketcheck import Probe, native_probe
+from workers.connections.socketcheck import Probe, native_probe
 from workers.llm.abort import AbortSignal
 from workers.llm.errors import (
     IncompleteStreamError,
@@ -426,7 +426,7 @@ _READ_ABORT: contextvars.ContextVar[AbortSignal | None] = contextvars.ContextVar
 
 
 class _ProbingStream(httpcore2.NetworkStream):
-    """The library's stream, with "is_readable" answered by :func:`~workers.contract.socketcheck.native_probe`'s check, and
+    """The library's stream, with "is_readable" answered by :func:`~workers.connections.socketcheck.native_probe`'s check, and
     HTTP/1.1 reads that an :class:`AbortSignal` can end (the socket is shut down, which wakes a
     blocked ``recv`` in any thread or greenlet; the connection is discarded afterwards)."""
 

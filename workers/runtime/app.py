@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import setup_logging, worker_init, worker_shutdown
 
+from workers.connections.brokerurl import amqp_conf, is_amqp
+from workers.connections.redisurl import kombu_broker
 from workers.contract import DEFAULT_QUEUE, TASK_NAME
-from workers.contract.brokerurl import amqp_conf, is_amqp
-from workers.contract.redisurl import kombu_broker
 from workers.runtime.broker import transport_for
 from workers.runtime.state import AppState, LLMQCelery
 from workers.runtime.task import register_tasks
@@ -61,12 +61,12 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
     broker_url = settings.broker_url or settings.redis_url
     queue = settings.queue or DEFAULT_QUEUE
     if is_amqp(broker_url):
-        # RabbitMQ (workers/contract/brokerurl.py): a quorum queue; a dead consumer's unacked messages
+        # RabbitMQ (workers/connections/brokerurl.py): a quorum queue; a dead consumer's unacked messages
         # return when its connection drops, so none of the Redis transport's options apply
         transport = {}
         app.conf.update(amqp_conf(queue), broker_native_delayed_delivery_queue_type="quorum")
     else:
-        # Redis Sentinel (workers/contract/redisurl.py): kombu asks the sentinels for the master
+        # Redis Sentinel (workers/connections/redisurl.py): kombu asks the sentinels for the master
         broker_url, options = kombu_broker(broker_url)
         transport.update(options)
         app.conf.update(task_default_queue=queue)

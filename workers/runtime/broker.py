@@ -115,7 +115,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from kombu.utils.scheduling import round_robin_cycle
 
-from workers.contract.redisclient import sync_parser_options
+from workers.connections.redisclient import sync_parser_options
 
 __all__ = [
     "CLAIM_LUA",

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 
 import redis
 
-from workers.contract.brokerurl import is_amqp
+from workers.connections.brokerurl import is_amqp
+from workers.connections.redisclient import redis_client
 from workers.contract.redaction import shown_url
-from workers.contract.redisclient import redis_client
 from workers.llm.errors import ConfigurationError
 
 __all__ = ["MIN_REDIS_VERSION", "RedisVersionError", "check_broker_redis", "check_redis_version"]

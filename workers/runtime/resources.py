@@ -29,7 +29,7 @@ from redis.retry import Retry
 from workers.accounting.ledger import Ledger, ReplicaWait
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
-from workers.contract.redisclient import redis_client
+from workers.connections.redisclient import redis_client
 from workers.guards.shared import SharedGuards
 from workers.jobs.events import flush_batcher
 from workers.jobs.flushbatch import FlushBatcher
@@ -60,7 +60,7 @@ CANCEL_CHANNEL = "llmq:cancel"
 
 
 def redis_client_for(settings: Settings, max_connections: int | None = None) -> redis.Redis:
-    """The worker's Redis client (plain URL or Sentinel, ``workers/contract/redisclient.py``)."""
+    """The worker's Redis client (plain URL or Sentinel, ``workers/connections/redisclient.py``)."""
     return redis_client(
         settings.redis_url,
         max_connections=max_connections or settings.concurrency + 10,

@@ -110,12 +110,14 @@ def test_anonymous_mode_serves_requests_without_a_token(redis_url: str) -> None:
         assert httpx2.get(f"{gw.url}/v1/jobs/x", headers={"authorization": "Bearer nope"}).status_code == 401
 
 
-def test_the_gateway_imports_only_the_contract_from_workers() -> None:
+def test_the_gateway_imports_only_the_contract_and_connections_from_workers() -> None:
     code = (
         "import sys, producers.gateway, producers.gateway.server, llmq.commands.gateway; "
         "print(','.join(sorted(m for m in sys.modules if m.startswith('workers'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert {
-        m for m in out.strip().split(",") if m != "workers" and m.split(".")[:2] != ["workers", "contract"]
+        m
+        for m in out.strip().split(",")
+        if m != "workers" and m.split(".")[:2] not in (["workers", "contract"], ["workers", "connections"])
     } == set()

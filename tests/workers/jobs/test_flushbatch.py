@@ -20,8 +20,8 @@ import redis
 
 from llmq.localredis import ManagedRedis
 from tests.support.waits import until
+from workers.connections.redisclient import redis_client
 from workers.contract import CompletionResult, DoneEvent, JobKeys, StartEvent, parse_event
-from workers.contract.redisclient import redis_client
 from workers.jobs.events import EventPublisher, flush_batcher
 from workers.jobs.flushbatch import FlushBatcher, FlushBatcherClosedError
 from workers.llm.errors import RunFencedError

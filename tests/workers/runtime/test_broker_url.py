@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from producers.client import make_celery
-from workers.contract.brokerurl import is_amqp
+from workers.connections.brokerurl import is_amqp
 from workers.runtime.app import create_app
 from workers.runtime.broker import transport_for
 from workers.settings import Settings

@@ -1,7 +1,7 @@
 """The one builder of Redis clients from ``LLMQ_REDIS_URL``: plain or Sentinel, sync or asyncio.
 
 Workers, producers, the gateway and the CLI all build their clients here, so every one follows
-the same fail-over (the URL grammar and the sentinel settings: ``workers/contract/redisurl.py``;
+the same fail-over (the URL grammar and the sentinel settings: ``workers/connections/redisurl.py``;
 the broker and Flower reach the same target through kombu, ``SentinelTarget.broker_url``).
 
 - A plain URL gets a *blocking* pool of ``max_connections`` (waiting up to ``timeout`` s for a
@@ -11,8 +11,7 @@ the broker and Flower reach the same target through kombu, ``SentinelTarget.brok
   again after a fail-over. Its pool cannot block, so it is sized well above ``max_connections``.
 
 The sync and the asyncio client are built by one function from one description of the target;
-only the redis-py classes differ (:class:`_Flavour`). The only contract module that imports
-redis-py: the wire contract's other modules stay pydantic only.
+only the redis-py classes differ (:class:`_Flavour`).
 """
 
 from __future__ import annotations
@@ -28,8 +27,8 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 from redis.utils import HIREDIS_AVAILABLE
 
-from workers.contract.redisurl import SentinelTarget, sentinel_target
-from workers.contract.socketcheck import Probe, native_probe
+from workers.connections.redisurl import SentinelTarget, sentinel_target
+from workers.connections.socketcheck import Probe, native_probe
 
 __all__ = ["QuickCheckParser", "async_redis_client", "redis_client", "sync_parser_options"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from workers.contract.redisurl import check_redis_url
+from workers.connections.redisurl import check_redis_url
 
 __all__ = ["AMQP_SCHEMES", "QUORUM_ARGUMENTS", "amqp_conf", "check_broker_url", "is_amqp"]
 

@@ -1,4 +1,4 @@
-"""The one Redis client builder (``workers/contract/redisclient.py``): sync and asyncio clients from
+"""The one Redis client builder (``workers/connections/redisclient.py``): sync and asyncio clients from
 one description of the target, plain or Sentinel, with the same pool rules; and the broker's view
 of the same target (``kombu_broker``)."""
 
@@ -16,9 +16,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
-from workers.contract.redisclient import QuickCheckParser, async_redis_client, redis_client
-from workers.contract.redisurl import kombu_broker
-from workers.contract.socketcheck import Probe, native_probe
+from workers.connections.redisclient import QuickCheckParser, async_redis_client, redis_client
+from workers.connections.redisurl import kombu_broker
+from workers.connections.socketcheck import Probe, native_probe
 
 SENTINELS = "sentinel://:pw@127.0.0.1:1;sentinel://127.0.0.1:2/3"  # never contacted: nothing is sent
 

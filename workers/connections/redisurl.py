@@ -6,7 +6,7 @@ last entry), with the monitored master's name in ``LLMQ_REDIS_SENTINEL_MASTER`` 
 ``mymaster``). ``LLMQ_REDIS_PASSWORD`` is the password of the master and its replicas (else the
 one in the URL); ``LLMQ_REDIS_SENTINEL_PASSWORD`` the sentinels' own (if they require one).
 
-Pure parsing, no client here: ``workers/contract/redisclient.py`` builds every Redis client from
+Pure parsing, no client here: ``workers/connections/redisclient.py`` builds every Redis client from
 it, and :func:`kombu_broker` gives the broker (workers, producers, Flower) the same target, so the
 broker, ledger, events, results, guards, producers, gateway and Flower all follow the same fail-over.
 """
