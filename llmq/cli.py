@@ -1,7 +1,7 @@
 """The ``llmq`` command. Each subcommand lives in ``llmq/commands/<name>.py``.
 
 Commands import worker-side modules lazily, inside their ``run`` functions, so that importing
-``producers`` stays light (only ``workers.contract`` from the worker side).
+``producers`` stays light (only ``workers.contract`` and ``workers.connections`` from the worker side).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What a calling service uses: submit jobs, wait for results, follow streams, cancel.
 
-Imports only :mod:`workers.contract` from the worker side. Jobs are validated here, before
-anything is enqueued, and sent to Celery by task name as JSON. Submitting the same job id twice
+Imports only :mod:`workers.contract` and :mod:`workers.connections` from the worker side. Jobs are
+validated here, before anything is enqueued, and sent to Celery by task name as JSON. Submitting the same job id twice
 enqueues it once: the job's metadata hash is created with ``HSETNX`` before the message is sent.
 Settings (Redis URL, queue, TTL) come from :class:`~producers.settings.ProducerSettings`
 (``LLMQ_REDIS_URL``, ``LLMQ_QUEUE`` ...) unless given; the I/O-free half shared with

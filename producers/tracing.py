@@ -1,6 +1,6 @@
 """The submit span and the trace context a job carries to the worker (W3C ``traceparent``).
 
-Producers import nothing of workers but the contract, so this is the producers' own small
+Producers import nothing of workers but the contract and the connections, so this is the producers' own small
 OpenTelemetry set-up, configured by the standard ``OTEL_*`` variables only:
 
 * an application that installed its own SDK tracer provider (``trace.set_tracer_provider``) gets
