@@ -38,6 +38,10 @@ rpm = 60
 breaker_failures = 2
 breaker_cooldown_s = 60
 
+[models."openai:gpt-4o~503,503"]
+breaker_failures = 2
+breaker_cooldown_s = 2
+
 [models."openai:gpt-4o~slow@5"]
 ttft_limit_s = 0.5
 """
@@ -142,6 +146,28 @@ def test_a_breaker_opened_on_one_worker_skips_the_model_on_the_other(
     assert two.status == "succeeded" and two.model_used == "openai:gpt-4o"
     assert two.attempts[0].status == "skipped" and "circuit breaker open" in (two.attempts[0].message or "")
     assert [r["model"] for r in _history(stack, handle.id)] == ["gpt-4o"]
+
+
+def test_a_job_whose_only_model_is_behind_an_open_breaker_waits_for_it_instead_of_failing(
+    stack: LocalStack, clients: tuple[Client, Client]
+) -> None:
+    """Two 503s open the model's breaker (cooldown 2 s); the job has no other model, so it is
+    re-queued for the cooldown, becomes the half-open probe and succeeds: a short outage costs a
+    wait, not the job (and not one request more than the probe)."""
+    handle = clients[1].submit(_job("openai:gpt-4o~503,503", "outage"))
+    result = handle.result(timeout=60)
+    assert result.status == "succeeded", result.error
+    assert [(a.status, a.error_type) for a in result.attempts] == [
+        ("failed", "server_error"),
+        ("failed", "server_error"),  # this failure opened the breaker...
+        ("skipped", None),  # ...so the retry was not sent: the job went back to the queue
+        ("succeeded", None),  # the half-open probe, after the cooldown
+    ]
+    assert [r["outcome"] for r in sorted(_history(stack, handle.id), key=lambda r: r["started"])] == [
+        "error_503",
+        "error_503",
+        "ok",
+    ]
 
 
 def test_a_slow_first_token_falls_back_and_closes_the_upstream(

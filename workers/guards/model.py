@@ -47,10 +47,14 @@ __all__ = ["Admission", "Guard", "GuardSkip", "GuardedModel", "request_tokens"]
 
 class GuardSkip(SkipModel):
     """A guard passes the model over; ``kind`` is a short label for metrics, ``error`` what the job
-    fails with if no model is left (for an open breaker: the error that opened it)."""
+    fails with if no model is left (for an open breaker: the error that opened it), ``retry_after``
+    the wait after which the model may serve again (a breaker opened by an outage: the job is
+    re-queued for it instead)."""
 
-    def __init__(self, kind: str, reason: str, error: LLMQError | None = None) -> None:
-        super().__init__(reason, error)
+    def __init__(
+        self, kind: str, reason: str, error: LLMQError | None = None, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(reason, error, retry_after)
         self.kind = kind
 
 

@@ -46,13 +46,16 @@ from workers.guards.policy import (
     skip_error,
 )
 from workers.guards.ratelimit import GUARD_CHANNEL, RateLimiter, RateLimits, parse_announcement
-from workers.llm.errors import LLMQError, RateLimitedError
+from workers.llm.errors import FirstTokenTimeoutError, LLMQError, RateLimitedError
 from workers.llm.watchdog import Watchdog
 from workers.routes import LLMQConfig
 
 __all__ = ["ModelGuard", "SharedGuards"]
 
 log = logging.getLogger("llmq.guards")
+#: A job skipping a model whose half-open probe is in flight is re-queued for at most this long:
+#: the probe's verdict usually comes within one call, its lease (the worst case) is much longer.
+_PROBE_BUSY_WAIT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -112,9 +115,15 @@ class ModelGuard:
         """Skip while open; once the cooldown is over, ask Redis for the single probe."""
         assert view.open_until is not None
         if now < view.open_until:
-            raise self._skip("breaker_open", f"circuit breaker open for {view.open_until - now:.1f}s more", view.why)
+            wait = view.open_until - now
+            raise self._skip("breaker_open", f"circuit breaker open for {wait:.1f}s more", view.why, wait)
         if now < view.busy_until:
-            raise self._skip("breaker_probe_busy", "circuit breaker half-open; another call is the probe", view.why)
+            raise self._skip(
+                "breaker_probe_busy",
+                "circuit breaker half-open; another call is the probe",
+                view.why,
+                min(view.busy_until - now, _PROBE_BUSY_WAIT_S),
+            )
         shared = self._shared
         permit = shared.breaker.allow(self.model_id, self.policy)
         with shared.lock:
@@ -128,13 +137,25 @@ class ModelGuard:
                 elif permit.kind == "busy":
                     view.busy_until = now + min(permit.retry_in_s, 1.0)
         if permit.kind == "open":
-            raise self._skip("breaker_open", f"circuit breaker open for {permit.retry_in_s:.1f}s more", permit.why)
+            wait = permit.retry_in_s
+            raise self._skip("breaker_open", f"circuit breaker open for {wait:.1f}s more", permit.why, wait)
         if permit.kind == "busy":
-            raise self._skip("breaker_probe_busy", "circuit breaker half-open; another call is the probe", permit.why)
+            raise self._skip(
+                "breaker_probe_busy",
+                "circuit breaker half-open; another call is the probe",
+                permit.why,
+                min(permit.retry_in_s, _PROBE_BUSY_WAIT_S),
+            )
         return permit if permit.kind == "probe" else None
 
-    def _skip(self, kind: str, reason: str, why: str) -> GuardSkip:
-        return GuardSkip(kind, reason, skip_error(self.model_id, why) if why else None)
+    def _skip(self, kind: str, reason: str, why: str, wait_s: float) -> GuardSkip:
+        """Pass the model over while its breaker is open. When what opened it passes with time (5xx,
+        overload, timeouts, cut streams), the skip carries the wait until a call may go through
+        again, so a job with no other model is re-queued for it rather than failed; when it does not
+        (model not found, no quota, a refused key), the job fails at once with that error."""
+        error = skip_error(self.model_id, why) if why else None
+        transient = error is None or error.is_retryable or isinstance(error, FirstTokenTimeoutError)
+        return GuardSkip(kind, reason, error, retry_after=wait_s if transient else None)
 
     def _wait(self, view: _View, now: float, tokens: int, max_wait_s: float) -> Admission:
         limits = self.limits

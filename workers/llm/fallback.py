@@ -51,13 +51,17 @@ class SkipModel(Exception):
     """Raised by a model (or a guard around it) to pass the turn to the next model untried.
 
     ``error`` is what the job fails with when no model is left to try (for example the
-    context-window or budget error that made the model unusable).
+    context-window or budget error that made the model unusable). ``retry_after`` (seconds) says
+    the model may serve again after that wait (an open circuit breaker whose cooldown ends): the
+    chain treats the skip as a hold, so a job left with no other model is re-queued for the wait
+    instead of failing.
     """
 
-    def __init__(self, reason: str, error: LLMQError | None = None) -> None:
-        super().__init__(reason, error)
+    def __init__(self, reason: str, error: LLMQError | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason, error, retry_after)
         self.reason = reason
         self.error = error
+        self.retry_after = retry_after
 
 
 def skip_kind(exc: SkipModel) -> str:
@@ -106,31 +110,10 @@ class FallbackModel(ChatModel):
     def _held_now(self, model: ChatModel) -> bool:
         """Pass over a model whose shared not-before time is longer than this job may wait here."""
         wait = self._held(model) if self._held else None
-        if wait is None or wait <= 0:
-            return False
-        ctx = self.ctx
-        remaining = ctx.remaining()
-        provider, _, native = model.model_id.partition(":")
-        hold: LLMQError
-        if remaining is not None and wait >= remaining:
-            hold = DeadlineExceededError(
-                f"{model.model_id} is held for {wait:.1f}s, past the job's deadline",
-                provider=provider,
-                model=native,
-                retry_after=wait,
-            )
-        elif wait > ctx.max_inworker_wait_s:
-            hold = RetryLaterError(
-                f"{model.model_id} is held by the shared not_before for {wait:.1f}s",
-                provider=provider,
-                model=native,
-                code="not_before",
-                retry_after=wait,
-                should_retry=False,
-            )
-        else:
+        if wait is None or wait <= 0 or not self._must_wait(wait):
             return False  # short enough: the model's guard sleeps it out
-        ctx.attempts.append(
+        hold = self._hold(model.model_id, wait, "not_before")
+        self.ctx.attempts.append(
             Attempt(
                 model=model.model_id,
                 status="skipped",
@@ -140,8 +123,34 @@ class FallbackModel(ChatModel):
             )
         )
         self.holds.append(hold)
-        ctx.hooks.on_skip(model.model_id, "held")
+        self.ctx.hooks.on_skip(model.model_id, "held")
         return True
+
+    def _must_wait(self, wait: float) -> bool:
+        """A wait the job cannot sleep out in this worker slot (too long here, or past its deadline)."""
+        remaining = self.ctx.remaining()
+        return wait > self.ctx.max_inworker_wait_s or (remaining is not None and wait >= remaining)
+
+    def _hold(self, model_id: str, wait: float, why: str) -> LLMQError:
+        """The hold a model that can serve only after ``wait`` seconds puts on the job: re-queue for
+        the wait, or, past the job's deadline, ``deadline_exceeded`` carrying it."""
+        remaining = self.ctx.remaining()
+        provider, _, native = model_id.partition(":")
+        if remaining is not None and wait >= remaining:
+            return DeadlineExceededError(
+                f"{model_id} is held for {wait:.1f}s, past the job's deadline",
+                provider=provider,
+                model=native,
+                retry_after=wait,
+            )
+        return RetryLaterError(
+            f"{model_id} is held by the shared {why} for {wait:.1f}s",
+            provider=provider,
+            model=native,
+            code=why,
+            retry_after=wait,
+            should_retry=False,
+        )
 
     def _moved_on(self, index: int, why: str) -> None:
         """Model ``index`` failed or was skipped and the chain goes on: tell the hooks where to."""
@@ -175,7 +184,11 @@ class FallbackModel(ChatModel):
     def _skipped_by(self, model: ChatModel, exc: SkipModel) -> None:
         self.ctx.attempts.append(Attempt(model=model.model_id, status="skipped", message=exc.reason[:300]))
         self.ctx.hooks.on_skip(model.model_id, skip_kind(exc))
-        if exc.error is not None:
+        if exc.retry_after is not None:
+            # the model serves again after the wait (a breaker's cooldown): a job left with no
+            # other model waits for it, re-queued without a slot, instead of failing
+            self.holds.append(self._hold(model.model_id, max(exc.retry_after, 0.0), skip_kind(exc)))
+        elif exc.error is not None:
             self.skip_errors.append(exc.error)
 
     def _all_failed(self) -> LLMQError:

@@ -178,6 +178,62 @@ def test_a_breaker_skip_on_the_only_model_fails_with_the_error_that_opened_it(ma
     assert "openai:b: server_error" in str(failed.value) and "circuit breaker open" in str(failed.value)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_breaker_opened_by_an_outage_requeues_a_job_with_no_other_model_until_the_cooldown(
+    make_guards, clock, stream: bool
+) -> None:
+    """An open breaker is a wait, not a verdict on the job: what opened it (5xx, overload, cut
+    streams) passes with time, so a job left with no other model is re-queued for the cooldown
+    (no slot held, no request sent) and runs when the breaker lets a probe through."""
+    guards = make_guards(_config(openai_a=ModelConfig(breaker_failures=2, breaker_cooldown_s=30)))
+
+    def run(model: ScriptedModel, ctx: RunContext) -> str:
+        chain = _chain(ctx, guards, model)
+        return "".join(chain.stream(REQ)) if stream else chain.complete(REQ).text
+
+    ctx, _ = _ctx(clock)
+    ctx.hooks = hooks = CountingHooks()
+    with pytest.raises(RetryLaterError) as held:  # two failures open it; the retry is not sent
+        run(ScriptedModel(A, [ServerError("down")]), ctx)
+    assert held.value.code == "breaker_open" and held.value.retry_after == pytest.approx(30.0, abs=0.1)
+    assert [(x.status, x.error_type) for x in ctx.attempts] == [
+        ("failed", "server_error"),
+        ("failed", "server_error"),
+        ("skipped", None),
+    ]
+    assert ("skip", A, "breaker_open") in hooks.events
+
+    clock.now += 12  # a job of another worker meets the open breaker: held for what is left
+    ctx, _ = _ctx(clock)
+    a = ScriptedModel(A, [["never"]])
+    with pytest.raises(RetryLaterError) as held:
+        run(a, ctx)
+    assert a.calls == 0 and held.value.retry_after == pytest.approx(18.0, abs=0.1)
+
+    ctx, _ = _ctx(clock, deadline=clock.now + 10)  # the cooldown outlasts this job's deadline
+    with pytest.raises(DeadlineExceededError):
+        run(ScriptedModel(A, [["never"]]), ctx)
+
+    clock.now += 18  # cooldown over: the re-queued job is the probe, and its success closes it
+    ctx, _ = _ctx(clock)
+    assert run(ScriptedModel(A, [["back"]]), ctx) == "back"
+    assert guards.breaker.state(A).state == "closed"
+
+
+def test_a_job_meeting_a_half_open_probe_in_flight_is_requeued_briefly(make_guards, clock) -> None:
+    guards = make_guards(_config(openai_a=ModelConfig(breaker_failures=1, breaker_cooldown_s=10)))
+    ctx, _ = _ctx(clock)
+    with pytest.raises(RetryLaterError):
+        _chain(ctx, guards, ScriptedModel(A, [ServerError("down")])).complete(REQ)
+    clock.now += 10
+    probe = guards.breaker.allow(A, guards.for_model(A).policy)  # another worker's call is the probe
+    assert probe.kind == "probe"
+    ctx, _ = _ctx(clock)
+    with pytest.raises(RetryLaterError) as held:
+        _chain(ctx, guards, ScriptedModel(A, [["never"]])).complete(REQ)
+    assert held.value.code == "breaker_probe_busy" and 0 < (held.value.retry_after or 0) <= 5.0
+
+
 def test_scattered_failures_on_a_busy_model_do_not_open_it(make_guards, clock) -> None:
     guards = make_guards(_config(openai_a=ModelConfig(breaker_failures=2)))
     for i in range(60):
