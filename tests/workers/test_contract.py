@@ -22,13 +22,13 @@ from workers.contract import (
 )
 
 
-def test_producers_import_only_the_contract_from_workers() -> None:
+def test_producers_import_only_the_contract_and_connections_from_workers() -> None:
     code = "import sys, producers, producers.client, producers.aclient; print(sorted(m for m in sys.modules if m.startswith('workers')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert {
         m
         for m in json.loads(out.replace("'", '"'))
-        if m not in ("workers", "workers.contract") and not m.startswith("workers.contract.")
+        if m != "workers" and m.split(".")[:2] not in (["workers", "contract"], ["workers", "connections"])
     } == set()
 
 
