@@ -31,6 +31,7 @@ COMMANDS = (
     "gateway",
     "prompts",
     "tools",
+    "jobs",
 )
 
 
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Commands that cannot do anything without Redis: checked before they start, so that one which
 #: would otherwise retry quietly (a Celery worker, a subscriber riding out restarts) says so at once.
-NEEDS_REDIS = frozenset({"worker", "submit", "subscribe", "budget", "limits", "batch", "flower", "gateway"})
+NEEDS_REDIS = frozenset({"worker", "submit", "subscribe", "budget", "limits", "batch", "flower", "gateway", "jobs"})
 #: Commands that consume or serve the job queue for as long as they run: a broker of its own
 #: (``LLMQ_BROKER_URL``) is checked before they start too (a worker would retry it for minutes).
 NEEDS_BROKER = frozenset({"worker", "gateway", "flower"})

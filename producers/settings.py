@@ -34,6 +34,9 @@ class ProducerSettings(BaseSettings):
     queue: str = Field(default=DEFAULT_QUEUE, min_length=1)
     #: Seconds job metadata is kept (``LLMQ_RESULT_TTL_S``, shared with the worker).
     result_ttl_s: int = Field(default=86_400, ge=1)
+    #: Days of job history the workers keep (``LLMQ_HISTORY_DAYS``, shared with the worker): how far
+    #: back ``llmq jobs`` and ``GET /v1/jobs`` look.
+    history_days: int = Field(default=7, ge=0, le=366)
     #: Seconds a connection attempt to Redis may take before the producer reports it unreachable.
     redis_connect_timeout_s: float = Field(default=5.0, gt=0)
     #: ``llmq submit``: seconds without a sign of a worker on the queue before it says so on stderr.

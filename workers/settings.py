@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     events_maxlen: int = Field(default=10_000, ge=10)
     #: Seconds results, replay streams and job metadata are kept.
     result_ttl_s: int = Field(default=86_400, ge=60)
+    #: Whole days every ended job stays in the history (``llmq jobs``, dead letters, replay) after the
+    #: day it ended; 0 turns the history off (``workers/contract/history.py``).
+    history_days: int = Field(default=7, ge=0, le=366)
 
     #: Serve this worker process's Prometheus metrics on this port (one port per process).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)

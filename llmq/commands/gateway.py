@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from producers.gateway import GatewaySettings, create_gateway
     from producers.gateway.server import serve
+    from producers.settings import producer_settings
 
     try:
         tokens = load_tokens()
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             heartbeat_s=args.heartbeat,
             sse_queue_size=args.sse_queue_size,
             hold_headers_s=args.hold_headers,
+            history_days=producer_settings().history_days,
         )
     except ValidationError as exc:  # messages only: the input (tokens) is never printed
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))

@@ -5,6 +5,7 @@ server's own event loop (the Redis client, the shared pub/sub hub). Routes:
 
 * ``POST /v1/jobs``, ``GET /v1/jobs/{id}``, ``POST /v1/jobs/{id}/cancel``,
   ``GET /v1/jobs/{id}/events`` (SSE, resumable with ``Last-Event-ID``) - :mod:`.jobs`;
+* ``GET /v1/jobs`` (the caller's history, filtered), ``POST /v1/jobs/{id}/replay`` - :mod:`.history`;
 * ``POST /v1/chat/completions`` (OpenAI-compatible, streaming or not) - :mod:`.chat`;
 * ``GET /metrics`` (Prometheus) and ``GET /healthz``, without a token: Prometheus and health
   checks reach the gateway directly; ``ops/nginx.conf`` does not publish ``/metrics``.
@@ -30,6 +31,7 @@ from producers.gateway.auth import AuthMiddleware, TokenAuth
 from producers.gateway.body import ClientGoneError
 from producers.gateway.chat import chat_completions
 from producers.gateway.errors import GatewayError, error_response
+from producers.gateway.history import list_jobs, replay_job
 from producers.gateway.jobs import cancel_job, get_job, job_events, submit_job
 from producers.gateway.metrics import GatewayMetrics, MetricsMiddleware
 from producers.gateway.settings import GatewaySettings
@@ -72,8 +74,10 @@ def create_gateway(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/v1/jobs", submit_job, methods=["POST"]),
+            Route("/v1/jobs", list_jobs, methods=["GET"]),
             Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
             Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+            Route("/v1/jobs/{job_id}/replay", replay_job, methods=["POST"]),
             Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         ],

@@ -18,6 +18,8 @@ from starlette.responses import JSONResponse, Response
 from producers.client import InvalidJobError
 from producers.gateway.body import problems_error, read_json_object
 from producers.gateway.errors import GatewayError, scrub_result
+from producers.gateway.history import entry_json, own_entry
+from producers.gateway.ids import ANY_ID, resolve_id
 from producers.gateway.settings import OnDisconnect
 from producers.gateway.sse import EventStreamResponse, JobEventsRenderer
 from producers.gateway.state import gateway_of
@@ -25,9 +27,7 @@ from producers.tracing import incoming_trace
 
 __all__ = ["cancel_job", "get_job", "job_events", "resolve_id", "storage_id", "submit_job"]
 
-_SERVER_ID = re.compile(r"^job_[0-9a-f]{32}$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
-_ANY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
 def storage_id(tenant: str, requested: object) -> str | None:
@@ -48,13 +48,6 @@ def storage_id(tenant: str, requested: object) -> str | None:
     return f"{tenant}:{requested}"
 
 
-def resolve_id(tenant: str, path_id: str) -> str:
-    """The stored id for an id in a URL: a server id or a full ``tenant:key`` as is, else this tenant's key."""
-    if _SERVER_ID.match(path_id) or ":" in path_id:
-        return path_id
-    return f"{tenant}:{path_id}"
-
-
 def _links(job_id: str) -> dict[str, str]:
     base = f"/v1/jobs/{job_id}"
     return {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"}
@@ -64,7 +57,7 @@ async def _lookup(request: Request) -> tuple[str, dict[str, str]]:
     tenant: str = request.state.tenant
     path_id: str = request.path_params["job_id"]
     job_id = resolve_id(tenant, path_id)
-    meta = await gateway_of(request).client.status(job_id) if _ANY_ID.match(job_id) else None
+    meta = await gateway_of(request).client.status(job_id) if ANY_ID.match(job_id) else None
     if not meta or meta.get("tenant") != tenant:
         raise GatewayError(404, f"No job with id {path_id!r}.", code="job_not_found")
     return job_id, meta
@@ -105,17 +98,31 @@ async def submit_job(request: Request) -> Response:
 
 
 async def get_job(request: Request) -> Response:
-    job_id, meta = await _lookup(request)
-    result = await gateway_of(request).client.get_result(job_id)
-    clean = scrub_result(result)
+    """The job's state and result while they are kept (``LLMQ_RESULT_TTL_S``), and its history
+    summary (attempts, cost, error, replay links) for ``LLMQ_HISTORY_DAYS`` once it ended."""
+    gw = gateway_of(request)
+    path_id: str = request.path_params["job_id"]
+    job_id = resolve_id(request.state.tenant, path_id)
+    known = bool(ANY_ID.match(job_id))
+    meta = await gw.client.status(job_id) if known else None
+    if meta is not None and meta.get("tenant") != request.state.tenant:
+        meta = None
+    entry = await own_entry(request, job_id) if known else None
+    if meta is None and entry is None:
+        raise GatewayError(404, f"No job with id {path_id!r}.", code="job_not_found")
+    clean = scrub_result(await gw.client.get_result(job_id)) if meta is not None else None
+    summary = entry.summary if entry is not None else None
+    meta = meta or {}
+    submitted = meta.get("submitted_at")
     return JSONResponse(
         {
             "id": job_id,
             "object": "llmq.job",
-            "status": meta.get("state"),
-            "submitted_at": float(meta["submitted_at"]) if meta.get("submitted_at") else None,
-            "runs": int(meta.get("runs", 0)),
+            "status": meta.get("state") or (summary.status if summary else None),
+            "submitted_at": float(submitted) if submitted else (summary.submitted_at if summary else None),
+            "runs": int(meta.get("runs", 0)) or (summary.run if summary else 0),
             "result": clean.model_dump(mode="json") if clean is not None else None,
+            "history": entry_json(entry) if entry is not None else None,
             "links": _links(job_id),
         }
     )

@@ -84,6 +84,8 @@ class GatewaySettings(BaseModel):
     #: How long a non-streaming chat completion waits for its job.
     result_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     result_ttl_s: Annotated[int, Field(ge=60)] = 86_400
+    #: Days of job history the workers keep (``LLMQ_HISTORY_DAYS``): how far back ``GET /v1/jobs`` looks.
+    history_days: Annotated[int, Field(ge=0, le=366)] = 7
     #: Redis connections of the gateway (SSE clients share one pub/sub connection; other commands
     #: are short). Requests wait for a free one rather than opening hundreds at once under a burst.
     redis_max_connections: Annotated[int, Field(ge=4)] = 64

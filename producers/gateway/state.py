@@ -12,6 +12,7 @@ from producers.client import default_redis_url
 from producers.gateway.feed import JobFeed, LiveHub
 from producers.gateway.metrics import GatewayMetrics
 from producers.gateway.settings import GatewaySettings, OnDisconnect
+from producers.history import AsyncJobHistory
 
 __all__ = ["Gateway", "gateway_of"]
 
@@ -27,6 +28,14 @@ class Gateway:
         self._client = client
         self._owns_client = client is None
         self._hub: LiveHub | None = None
+        self._history: AsyncJobHistory | None = None
+
+    @property
+    def history(self) -> AsyncJobHistory:
+        """The job history (``GET /v1/jobs``, replay), read through the client's Redis."""
+        if self._history is None:
+            self._history = AsyncJobHistory(self.client.redis, days=self.settings.history_days)
+        return self._history
 
     @property
     def client(self) -> AsyncClient:

@@ -210,6 +210,8 @@ class CompletionJob(_Wire):
     #: The end user (OpenAI's ``user``; Anthropic's ``metadata.user_id``); kept in telemetry.
     user: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     reasoning: Reasoning | None = None
+    #: The id of the failed job this one re-runs (set by ``llmq jobs replay``; shown in the history).
+    replay_of: Annotated[str, Field(min_length=1, max_length=128)] | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -128,6 +128,11 @@ class EventPublisher:
     def seq(self) -> int:
         return self._seq
 
+    @property
+    def run(self) -> int:
+        """Which execution of the job this publisher numbers events for."""
+        return self._run
+
     # --- deltas ---------------------------------------------------------------------------------
 
     def delta(self, text: str) -> None:

@@ -543,7 +543,7 @@ class JobRunner:
     ) -> None:
         """Publish the last events, store the result and release the claim in one round trip
         (the result first, so a consumer that sees the terminal event can read it)."""
-        writes = self.res.store.result_writes(run.keys, result, run.job.reply_to)
+        writes = self.res.store.result_writes(run.keys, result, run.job, run=run.publisher.run)
         run.publisher.refresh_ttl()
         run.publisher.emit_many([*(before or []), event], writes=writes, release_claim=bool(run.token))
         run.token = ""  # released in that same round trip

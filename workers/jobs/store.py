@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import redis
 
-from workers.contract import CompletionResult, JobKeys
+from workers.contract import CompletionJob, CompletionResult, JobKeys
 from workers.jobs.events import Write
+from workers.jobs.history import HistoryWriter
 
 __all__ = ["Claim", "ClaimOutcome", "JobStore"]
 
@@ -67,8 +68,17 @@ class Claim:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, *, result_ttl_s: int, claim_lease_s: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        result_ttl_s: int,
+        claim_lease_s: int,
+        history: HistoryWriter | None = None,
+    ) -> None:
         self._client = client
+        #: Indexes every ended job for ``LLMQ_HISTORY_DAYS`` (None: no history).
+        self.history = history
         self.result_ttl_s = result_ttl_s
         self.claim_lease_ms = claim_lease_s * 1000
         self._claim = client.register_script(_CLAIM_LUA)
@@ -109,9 +119,12 @@ class JobStore:
         raw = self._client.get(keys.result)
         return CompletionResult.model_validate_json(raw) if raw else None
 
-    def result_writes(self, keys: JobKeys, result: CompletionResult, reply_to: str | None = None) -> list[Write]:
-        """The writes that store a final result (and push it to the producer's reply list, see
-        ``CompletionJob.reply_to``), run inside the terminal event's flush, before its events.
+    def result_writes(
+        self, keys: JobKeys, result: CompletionResult, job: CompletionJob, *, run: int = 1
+    ) -> list[Write]:
+        """The writes that store a final result, push it to the producer's reply list (see
+        ``CompletionJob.reply_to``) and index the job in the history, run inside the terminal
+        event's flush, before its events: a job whose ending was written is always indexed.
 
         The event stream's TTL is set by that flush's script, after its last XADD.
         """
@@ -122,6 +135,8 @@ class JobStore:
             ("HSET", keys.meta, "state", result.status, "tenant", result.tenant),
             ("EXPIRE", keys.meta, ttl),
         ]
-        if reply_to:
-            writes += [("RPUSH", reply_to, raw), ("EXPIRE", reply_to, ttl)]
+        if job.reply_to:
+            writes += [("RPUSH", job.reply_to, raw), ("EXPIRE", job.reply_to, ttl)]
+        if self.history is not None:
+            writes += self.history.writes(job, result, run=run)
         return writes

@@ -34,6 +34,7 @@ from workers.guards.shared import SharedGuards
 from workers.jobs.events import flush_batcher
 from workers.jobs.flushbatch import FlushBatcher
 from workers.jobs.heartbeat import ClaimHeartbeat
+from workers.jobs.history import HistoryWriter
 from workers.jobs.store import JobStore
 from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
@@ -217,7 +218,12 @@ class WorkerResources:
             watcher.start()
         guards = SharedGuards(client, config)
         guards.start()
-        store = JobStore(client, result_ttl_s=settings.result_ttl_s, claim_lease_s=settings.claim_lease_s)
+        store = JobStore(
+            client,
+            result_ttl_s=settings.result_ttl_s,
+            claim_lease_s=settings.claim_lease_s,
+            history=HistoryWriter(settings.history_days) if settings.history_days else None,
+        )
         heartbeat = ClaimHeartbeat(store, interval=settings.heartbeat_s)
         heartbeat.start()
         publisher = None

@@ -1,0 +1,233 @@
+"""Reading the job history the workers write (``workers/contract/history.py``): list, show, requests.
+
+The query logic is written once, as generators that yield Redis calls and receive their replies
+(:func:`list_steps`, :func:`get_steps`); :class:`JobHistory` drives them with a sync client (the
+CLI), :class:`AsyncJobHistory` with an asyncio one (the gateway). A list reads one day per script
+call, newest first, each call bounded in the entries it scans.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from workers.contract import CompletionJob
+from workers.contract.history import HISTORY_QUERY_LUA, HistoryKeys, JobSummary, days_back
+
+__all__ = ["AsyncJobHistory", "HistoryEntry", "HistoryQuery", "JobHistory", "adrive", "drive", "parse_since"]
+
+#: Entries one script call may scan (the script runs inside Redis: its work stays small).
+SCAN_CAP = 5_000
+_SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``2h``, ``30m``, ``7d``, ``1w`` (ago) or an ISO date/time (UTC unless it says) -> unix time."""
+    now = time.time() if now is None else now
+    match = _SINCE.match(text.strip())
+    if match:
+        return now - float(match.group(1)) * _UNIT_S[match.group(2)]
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration (2h, 30m, 7d) nor an ISO date/time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    tenant: str | None = None
+    status: str | None = None
+    model: str | None = None
+    error: str | None = None
+    #: Only jobs that ended at or after this unix time.
+    since: float | None = None
+    #: Only jobs that ended before this unix time (the next page's cursor).
+    before: float | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    summary: JobSummary
+    #: The UTC day the job ended (its history's day).
+    day: str
+    #: The id of the copy a replay submitted for this job, if any.
+    replayed_as: str | None = None
+
+
+#: One step's I/O: ``("script", keys, args)`` (the history query), ``("pipe", [(method, *args), ...])``
+#: (Redis commands in one round trip; the reply is their list of replies) or ``("submit", job dict)``
+#: (the reply is the submit's handle).
+Call = tuple[Any, ...]
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _filter_sets(keys: HistoryKeys, query: HistoryQuery) -> list[str]:
+    sets = []
+    if query.tenant:
+        sets.append(keys.tenant(query.tenant))
+    if query.status:
+        sets.append(keys.status(query.status))
+    if query.model:
+        sets.append(keys.model(query.model))
+    if query.error:
+        sets.append(keys.error(query.error))
+    return sets or [keys.all]
+
+
+def list_steps(query: HistoryQuery, now: float, days: int) -> Generator[Call, Any, list[HistoryEntry]]:
+    found: list[HistoryEntry] = []
+    for day in days_back(now, days, query.since):
+        keys = HistoryKeys(day)
+        sets = _filter_sets(keys, query)
+        cursor = f"({query.before!r}" if query.before is not None else "+inf"
+        low = repr(query.since) if query.since is not None else "-inf"
+        while cursor and len(found) < query.limit:
+            args = [cursor, low, query.limit - len(found), SCAN_CAP]
+            reply = yield ("script", [keys.jobs, keys.replays, *sets], args)
+            cursor = _text(reply[0])
+            for at in range(1, len(reply), 4):
+                raw = reply[at + 2]
+                if not raw:
+                    continue  # indexed but its summary is gone (a partial expiry): skip it
+                summary = JobSummary.model_validate_json(raw)
+                found.append(HistoryEntry(summary, day, _text(reply[at + 3]) or None))
+        if len(found) >= query.limit:
+            break
+    return found
+
+
+def get_steps(job_id: str, now: float, days: int) -> Generator[Call, Any, HistoryEntry | None]:
+    day_list = days_back(now, days)
+    calls = [(HistoryKeys(d).jobs, job_id) for d in day_list] + [(HistoryKeys(d).replays, job_id) for d in day_list]
+    replies = yield ("pipe", [("hget", key, field) for key, field in calls])
+    for index, day in enumerate(day_list):
+        raw = replies[index]
+        if raw:
+            copy = _text(replies[len(day_list) + index]) or None
+            return HistoryEntry(JobSummary.model_validate_json(raw), day, copy)
+    return None
+
+
+def drive(steps: Generator[Call, Any, Any], client: redis.Redis, script: Any, submit: Any = None) -> Any:
+    """Run ``steps`` with a synchronous Redis client (``submit``: a ``Client.submit``)."""
+    try:
+        call = next(steps)
+        while True:
+            kind = call[0]
+            try:
+                if kind == "script":
+                    reply = script(keys=call[1], args=call[2])
+                elif kind == "submit":
+                    reply = submit(call[1])
+                else:
+                    pipe = client.pipeline(transaction=False)
+                    for method, *args in call[1]:
+                        getattr(pipe, method)(*args)
+                    reply = pipe.execute()
+            except Exception as exc:  # the steps decide (a refused submit is an outcome)
+                call = steps.throw(exc)
+                continue
+            call = steps.send(reply)
+    except StopIteration as done:
+        return done.value
+
+
+async def adrive(steps: Generator[Call, Any, Any], client: aredis.Redis, script: Any, submit: Any = None) -> Any:
+    """Run ``steps`` with an asyncio Redis client (``submit``: an ``AsyncClient.submit``)."""
+    try:
+        call = next(steps)
+        while True:
+            kind = call[0]
+            try:
+                if kind == "script":
+                    reply = await script(keys=call[1], args=call[2])
+                elif kind == "submit":
+                    reply = await submit(call[1])
+                else:
+                    pipe = client.pipeline(transaction=False)
+                    for method, *args in call[1]:
+                        getattr(pipe, method)(*args)
+                    reply = await pipe.execute()
+            except Exception as exc:  # the steps decide (a refused submit is an outcome)
+                call = steps.throw(exc)
+                continue
+            call = steps.send(reply)
+    except StopIteration as done:
+        return done.value
+
+
+def request_steps(entry: HistoryEntry) -> Generator[Call, Any, CompletionJob | None]:
+    (raw,) = yield ("pipe", [("hget", HistoryKeys(entry.day).requests, entry.summary.id)])
+    return CompletionJob.model_validate_json(raw) if raw else None
+
+
+class JobHistory:
+    """The history, read with a synchronous Redis client (the CLI)."""
+
+    def __init__(self, client: redis.Redis, *, days: int = 7, clock: Callable[[], float] = time.time) -> None:
+        self.redis = client
+        self.days = days
+        self._clock = clock
+        self.script = client.register_script(HISTORY_QUERY_LUA)
+
+    def list(self, query: HistoryQuery) -> list[HistoryEntry]:
+        """Ended jobs matching every filter given, newest first, at most ``query.limit``."""
+        if self.days < 1:
+            return []
+        found: list[HistoryEntry] = drive(list_steps(query, self._clock(), self.days), self.redis, self.script)
+        return found
+
+    def get(self, job_id: str) -> HistoryEntry | None:
+        if self.days < 1:
+            return None
+        entry: HistoryEntry | None = drive(get_steps(job_id, self._clock(), self.days), self.redis, self.script)
+        return entry
+
+    def request(self, entry: HistoryEntry) -> CompletionJob | None:
+        """The kept request of a failed job (what a replay re-submits), or None."""
+        job: CompletionJob | None = drive(request_steps(entry), self.redis, self.script)
+        return job
+
+
+class AsyncJobHistory:
+    """The history, read with an asyncio Redis client (the gateway)."""
+
+    def __init__(self, client: aredis.Redis, *, days: int = 7, clock: Callable[[], float] = time.time) -> None:
+        self.redis = client
+        self.days = days
+        self._clock = clock
+        self.script = client.register_script(HISTORY_QUERY_LUA)
+
+    async def list(self, query: HistoryQuery) -> list[HistoryEntry]:
+        if self.days < 1:
+            return []
+        found: list[HistoryEntry] = await adrive(list_steps(query, self._clock(), self.days), self.redis, self.script)
+        return found
+
+    async def get(self, job_id: str) -> HistoryEntry | None:
+        if self.days < 1:
+            return None
+        steps = get_steps(job_id, self._clock(), self.days)
+        entry: HistoryEntry | None = await adrive(steps, self.redis, self.script)
+        return entry
+
+    async def request(self, entry: HistoryEntry) -> CompletionJob | None:
+        job: CompletionJob | None = await adrive(request_steps(entry), self.redis, self.script)
+        return job

@@ -1,0 +1,154 @@
+"""Job history, dead letters and replay end to end: 100 jobs with mixed outcomes through a real worker,
+then ``llmq jobs`` (a subprocess) and the history reader see exactly the right sets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import redis
+
+from producers import Client
+from producers.history import HistoryQuery, JobHistory
+from simulator.app import SimulatorThread
+from workers.contract import CompletionJob, CompletionResult, ErrorInfo
+from workers.contract.history import HistoryKeys, day_of
+from workers.jobs.history import HistoryWriter
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def llmq(client: Client, *args: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
+    environ.update(LLMQ_REDIS_URL=client.redis_url, LLMQ_BROKER_URL=client.broker_url, LLMQ_QUEUE=client.queue)
+    return subprocess.run(
+        [sys.executable, "-m", "llmq.cli", "jobs", *args],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def lines(proc: subprocess.CompletedProcess[str]) -> list[dict]:
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _job(model: str, tenant: str) -> dict[str, object]:
+    return {"model": model, "tenant": tenant, "messages": [{"role": "user", "content": "secret words"}]}
+
+
+def test_hundred_jobs_filtered_dead_lettered_and_replayed_once(
+    worker, client: Client, simulator: SimulatorThread
+) -> None:
+    plan = (
+        [("openai:gpt-4o-mini", "team-a", "ok")] * 30
+        + [("openai:gpt-4o-mini", "team-b", "ok")] * 20
+        + [("openai:gpt-4o-mini~400*", "team-a", "bad")] * 10
+        + [("openai:gpt-4o-mini~400*", "team-b", "bad")] * 10
+        + [("openai:gpt-4o-mini~429ms@5*", "team-a", "limited")] * 20
+        + [("openai:gpt-4o-mini~slow@60", "team-b", "cancel")] * 10
+    )
+    ids: dict[str, set[str]] = {"ok": set(), "bad": set(), "limited": set(), "cancel": set()}
+    tenant_of: dict[str, str] = {}
+    for model, tenant, kind in plan:
+        handle = client.submit(_job(model, tenant))
+        ids[kind].add(handle.id)
+        tenant_of[handle.id] = tenant
+    for job_id in ids["cancel"]:
+        for event in client.stream(job_id, timeout=60):
+            if event.type == "start":
+                break
+        client.cancel(job_id)
+    results = {job_id: client.result(job_id, timeout=120) for group in ids.values() for job_id in group}
+    assert Counter(r.status for r in results.values()) == {"succeeded": 50, "failed": 40, "cancelled": 10}
+    assert {results[i].error.type for i in ids["limited"]} == {"rate_limited"}  # type: ignore[union-attr]
+
+    history = JobHistory(client.redis)
+
+    def found(**filters: object) -> set[str]:
+        return {e.summary.id for e in history.list(HistoryQuery(limit=1000, **filters))}  # type: ignore[arg-type]
+
+    failed = ids["bad"] | ids["limited"]
+    assert found() == set(tenant_of)
+    assert found(status="failed") == failed
+    assert found(status="cancelled") == ids["cancel"]
+    assert found(error="rate_limited") == ids["limited"]
+    assert found(tenant="team-b") == {i for i, t in tenant_of.items() if t == "team-b"}
+    assert found(tenant="team-b", status="failed") == {i for i in ids["bad"] if tenant_of[i] == "team-b"}
+    assert found(model="openai:gpt-4o-mini~400*") == ids["bad"]
+    assert found(since=time.time() + 60) == set()
+    newest = history.list(HistoryQuery(limit=7))
+    assert len(newest) == 7
+    assert [e.summary.finished_at for e in newest] == sorted((e.summary.finished_at for e in newest), reverse=True)
+    rest = history.list(HistoryQuery(limit=1000, before=newest[-1].summary.finished_at))
+    assert {e.summary.id for e in newest} | {e.summary.id for e in rest} == set(tenant_of)
+    assert len(rest) == 93
+
+    # the CLI: the same sets, no message text anywhere
+    listed = lines(llmq(client, "list", "--status", "failed", "--error", "rate_limited", "--json", "--limit", "500"))
+    assert {d["id"] for d in listed} == ids["limited"]
+    assert all(d["error"]["type"] == "rate_limited" and d["replayable"] for d in listed)
+    everything = llmq(client, "list", "--json", "--limit", "500")
+    assert len(lines(everything)) == 100 and "secret words" not in everything.stdout
+    shown = lines(llmq(client, "show", next(iter(ids["bad"])), "--json"))[0]
+    assert shown["status"] == "failed" and shown["request"]["messages"] == 1
+    assert [e["type"] for e in shown["events"]][-1] == "error"
+    text = llmq(client, "show", next(iter(ids["ok"])))
+    assert text.returncode == 0 and "succeeded" in text.stdout and "secret words" not in text.stdout
+
+    # replay: a dry run submits nothing; two replays submit each failed job exactly once
+    dry = lines(llmq(client, "replay", "--json", "--dry-run", "--limit", "500"))
+    assert {d["id"] for d in dry} == failed and {d["outcome"] for d in dry} == {"would_submit"}
+    assert found(status="failed") == failed  # nothing ran
+    first = lines(llmq(client, "replay", "--json", "--limit", "500"))
+    assert {d["id"] for d in first} == failed and {d["outcome"] for d in first} == {"submitted"}
+    copies = {d["id"]: d["copy"] for d in first}
+    assert len(set(copies.values())) == 40
+    for copy in copies.values():
+        client.result(copy, timeout=120)
+    second = lines(llmq(client, "replay", "--json", "--limit", "500"))
+    # the copies failed too (same faults) and are dead letters of their own: the originals are not sent again
+    again = {d["id"]: d for d in second}
+    assert all(again[o]["outcome"] == "already_replayed" and again[o]["copy"] == c for o, c in copies.items())
+    replayed_copies = {d["copy"] for d in second if d["id"] in copies.values()}
+    assert all(d["outcome"] == "submitted" for d in second if d["id"] in copies.values())
+    for copy in replayed_copies:
+        client.result(copy, timeout=120)
+
+    runs = Counter(e.summary.replay_of for e in history.list(HistoryQuery(limit=1000)) if e.summary.replay_of)
+    assert runs == {**dict.fromkeys(copies, 1), **dict.fromkeys(copies.values(), 1)}
+    for original, copy in copies.items():
+        entry = history.get(copy)
+        assert entry is not None and entry.summary.replay_of == original
+        assert history.get(original).replayed_as == copy  # type: ignore[union-attr]
+    # each 400 copy reached the simulator once (400 is not retried): it ran once
+    for original in ids["bad"]:
+        assert simulator.simulator.stats.by_job.get(copies[original], 0) == 1
+
+
+def test_retention_drops_days_past_it(redis_client: redis.Redis) -> None:
+    """A day's keys expire ``days`` whole days after it ended: a job indexed long enough ago is gone."""
+    now = time.time()
+    job = CompletionJob(model="openai:gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    result = CompletionResult(id=job.id, status="failed", error=ErrorInfo(type="timeout", message="slow"))
+    for age_days, days in ((9, 7), (3, 7), (0, 1)):
+        writer = HistoryWriter(days, clock=lambda age=age_days: now - age * 86_400)
+        for write in writer.writes(job.model_copy(update={"id": f"job-{age_days}"}), result):
+            redis_client.execute_command(*write)
+    history = JobHistory(redis_client, days=30)
+    assert {e.summary.id for e in history.list(HistoryQuery())} == {"job-3", "job-0"}
+    assert not redis_client.exists(HistoryKeys(day_of(now - 9 * 86_400)).jobs)
+    old = HistoryKeys(day_of(now - 3 * 86_400))
+    ttl = redis_client.ttl(old.all)
+    assert 0 < ttl <= 5 * 86_400  # 3 days ago + 7 days, counted from the end of that day
+    assert redis_client.hexists(old.requests, "job-3")  # a failed job's request is kept for replay
+    # a reader configured with fewer days does not look further back
+    assert {e.summary.id for e in JobHistory(redis_client, days=1).list(HistoryQuery())} == {"job-0"}
