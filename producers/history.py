@@ -18,8 +18,9 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from workers.contract import CompletionJob
+from workers.contract import CompletionJob, JobKeys
 from workers.contract.history import HISTORY_QUERY_LUA, HistoryKeys, JobSummary, days_back
+from workers.contract.webhooks import DeliveryAttempt, DeliveryRecord
 
 __all__ = ["AsyncJobHistory", "HistoryEntry", "HistoryQuery", "JobHistory", "adrive", "drive", "parse_since"]
 
@@ -178,6 +179,18 @@ def request_steps(entry: HistoryEntry) -> Generator[Call, Any, CompletionJob | N
     return CompletionJob.model_validate_json(raw) if raw else None
 
 
+def delivery_steps(job_id: str) -> Generator[Call, Any, dict[str, Any] | None]:
+    """The job's webhook delivery (``workers/contract/webhooks.py``: record without its body, and
+    the attempts' log), or None for a job without a webhook."""
+    keys = JobKeys(job_id)
+    raw, entries = yield ("pipe", [("hgetall", keys.webhook), ("lrange", keys.webhook_log, 0, -1)])
+    if not raw:
+        return None
+    record = DeliveryRecord.model_validate({_text(k): _text(v) for k, v in raw.items() if _text(k) != "body"})
+    attempts = [DeliveryAttempt.model_validate_json(e).model_dump(exclude_none=True) for e in entries]
+    return {**record.model_dump(exclude_none=True), "log": attempts}
+
+
 class JobHistory:
     """The history, read with a synchronous Redis client (the CLI)."""
 
@@ -205,6 +218,11 @@ class JobHistory:
         job: CompletionJob | None = drive(request_steps(entry), self.redis, self.script)
         return job
 
+    def delivery(self, job_id: str) -> dict[str, Any] | None:
+        """The job's webhook delivery record and log (see :func:`delivery_steps`)."""
+        found: dict[str, Any] | None = drive(delivery_steps(job_id), self.redis, self.script)
+        return found
+
 
 class AsyncJobHistory:
     """The history, read with an asyncio Redis client (the gateway)."""
@@ -231,3 +249,7 @@ class AsyncJobHistory:
     async def request(self, entry: HistoryEntry) -> CompletionJob | None:
         job: CompletionJob | None = await adrive(request_steps(entry), self.redis, self.script)
         return job
+
+    async def delivery(self, job_id: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await adrive(delivery_steps(job_id), self.redis, self.script)
+        return found

@@ -32,6 +32,7 @@ Every table forbids unknown keys, so a typo fails at start-up with the key's dot
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -124,6 +125,64 @@ class ToolsConfig(_Strict):
     timeouts: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
 
 
+class WebhookEndpoint(_Strict):
+    """A named webhook: ``[webhooks.endpoints.<name>]``."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/@]+(/\S*)?$")]
+    #: The environment variable holding its secret (``whsec_<base64>``)...
+    secret_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    #: ...or the secret itself (the config file is then as secret as the gateway tokens in it).
+    secret: str | None = Field(default=None, min_length=1, repr=False)
+
+
+class WebhooksConfig(_Strict):
+    """The ``[webhooks]`` table: named endpoints, per-tenant defaults, delivery policy.
+
+    Example::
+
+        [webhooks]
+        secret_env = "LLMQ_WEBHOOK_SECRET"   # signs deliveries to URLs given in jobs (the default)
+        allow_networks = ["10.20.0.0/16"]    # private ranges deliveries may reach (default: none)
+        timeout_s = 10
+        max_age_s = 86400                    # retries stop this long after the job ended
+        backoff_s = [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800]   # the last repeats
+
+        [webhooks.endpoints.billing]
+        url = "https://hooks.example.com/llmq"
+        secret_env = "BILLING_WEBHOOK_SECRET"
+
+        [webhooks.tenants]
+        team-a = "billing"                   # every team-a job without a webhook of its own
+    """
+
+    endpoints: dict[str, WebhookEndpoint] = Field(default_factory=dict)
+    tenants: dict[str, str] = Field(default_factory=dict)
+    secret_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "LLMQ_WEBHOOK_SECRET"
+    #: Networks (CIDR) a delivery may connect to although they are loopback, private or link-local.
+    allow_networks: list[str] = Field(default_factory=list)
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    max_age_s: Annotated[float, Field(gt=0)] = 86_400.0
+    backoff_s: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0], min_length=1
+    )
+    #: Deliveries in flight at once per worker process.
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for net in networks:
+            ipaddress.ip_network(net, strict=False)  # ValueError names the bad entry
+        return networks
+
+    @model_validator(mode="after")
+    def _tenants_known(self) -> WebhooksConfig:
+        for tenant, name in self.tenants.items():
+            if name not in self.endpoints:
+                raise ValueError(f"tenant {tenant!r} names webhook {name!r}, which is not in [webhooks.endpoints]")
+        return self
+
+
 class LLMQConfig(_Strict):
     routes: dict[str, list[str]] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
@@ -131,6 +190,8 @@ class LLMQConfig(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     #: Worker tools: modules to import, timeouts, loop limits (:class:`ToolsConfig`).
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    #: Webhooks: named endpoints, per-tenant defaults, retries (:class:`WebhooksConfig`).
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     #: Seconds a retry may sleep inside the worker; longer waits re-queue the job.
     max_inworker_wait_s: Annotated[float, Field(ge=0)] = 10.0
     #: Re-queues a job may take for such waits; one more ends it failed (``requeue_limit``), so a

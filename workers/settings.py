@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     #: Whole days every ended job stays in the history (``llmq jobs``, dead letters, replay) after the
     #: day it ended; 0 turns the history off (``workers/contract/history.py``).
     history_days: int = Field(default=7, ge=0, le=366)
+    #: Comma-separated networks (CIDR) webhook deliveries may reach although they are loopback,
+    #: private or link-local (added to ``[webhooks] allow_networks``); e.g. ``127.0.0.0/8`` on a dev box.
+    webhook_allow_networks: str = ""
 
     #: Serve this worker process's Prometheus metrics on this port (one port per process).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)

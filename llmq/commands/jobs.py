@@ -105,9 +105,11 @@ def _show(client: Client, history: JobHistory, job_id: str, as_json: bool) -> in
     entries = client.redis.xrange(JobKeys(job_id).events, count=10_000)
     if entries:
         events, _ = client.parse_page(entries)
+    delivery = history.delivery(job_id)
     if as_json:
         data = json.loads(_entry_json(entry))
         data["events"] = [{"seq": e.seq, "type": e.type, "run": e.run, "ts": e.ts} for e in events]
+        data["webhook"] = delivery
         print(json.dumps(data))
         return 0
     s = entry.summary
@@ -144,6 +146,10 @@ def _show(client: Client, history: JobHistory, job_id: str, as_json: bool) -> in
         print("events     " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
     else:
         print("events     (expired with the result)")
+    if delivery is not None:
+        print(f"webhook    {delivery['target']}: {delivery['state']} after {delivery['attempts']} attempt(s)")
+        for a in delivery["log"]:
+            print(f"  - #{a['attempt']} {_when(a['at'])} {a['outcome']} {a.get('status') or a.get('error') or ''}")
     return 0
 
 

@@ -123,6 +123,7 @@ async def get_job(request: Request) -> Response:
             "runs": int(meta.get("runs", 0)) or (summary.run if summary else 0),
             "result": clean.model_dump(mode="json") if clean is not None else None,
             "history": entry_json(entry) if entry is not None else None,
+            "webhook": await gw.history.delivery(job_id),
             "links": _links(job_id),
         }
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import string
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, JsonValue, field_validator, model_validator
 
@@ -27,6 +28,7 @@ from workers.contract.params import (
     ToolChoice,
 )
 from workers.contract.prompt import PromptRef
+from workers.contract.webhooks import WEBHOOK_NAME
 
 #: The inline ``template`` is one line of plain ``{name}`` placeholders: no format specs (a spec such
 #: as ``{x:>300000000}`` would make the worker build a 300 MB string), no conversions, no attribute
@@ -212,6 +214,10 @@ class CompletionJob(_Wire):
     reasoning: Reasoning | None = None
     #: The id of the failed job this one re-runs (set by ``llmq jobs replay``; shown in the history).
     replay_of: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    #: Where to POST the result when the job ends (Standard Webhooks signatures): the name of a
+    #: webhook in the workers' config (``[webhooks.endpoints.<name>]``) or an http(s) URL, signed
+    #: with the workers' default secret. Secrets never travel in jobs; a URL with credentials is refused.
+    webhook: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -232,6 +238,18 @@ class CompletionJob(_Wire):
     @classmethod
     def _model(cls, value: str) -> str:
         return _check_model_ref(value)
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        if value is None or WEBHOOK_NAME.match(value):
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("webhook must be a configured webhook's name or an http(s) URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("a webhook URL must not carry credentials (the workers sign deliveries instead)")
+        return value
 
     @field_validator("metadata")
     @classmethod

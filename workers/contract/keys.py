@@ -11,7 +11,7 @@ from __future__ import annotations
 class JobKeys:
     """Every Redis key and channel that belongs to one job."""
 
-    __slots__ = ("cancel", "channel", "claim", "events", "job_id", "meta", "result", "tools")
+    __slots__ = ("cancel", "channel", "claim", "events", "job_id", "meta", "result", "tools", "webhook", "webhook_log")
 
     PREFIX = "llmq:job:"
 
@@ -32,3 +32,7 @@ class JobKeys:
         self.claim = f"{base}:claim"
         #: Hash: the tool loop's journal (each turn's answer, started calls, results).
         self.tools = f"{base}:tools"
+        #: Hash: the job's webhook delivery (``workers/contract/webhooks.py``, DeliveryRecord).
+        self.webhook = f"{base}:webhook"
+        #: List: one DeliveryAttempt JSON per delivery attempt (the last 50).
+        self.webhook_log = f"{base}:webhook_log"

@@ -56,9 +56,8 @@ def summary_json(
         request["response_format"] = fmt.type
     if job.metadata:
         request["metadata"] = job.metadata
-    webhook = getattr(job, "webhook", None)
-    if webhook is not None:
-        request["webhook"] = webhook
+    if job.webhook is not None:
+        request["webhook"] = job.webhook
     head: dict[str, object] = {
         "id": job.id,
         "tenant": job.tenant,

@@ -19,6 +19,7 @@ import redis
 from workers.contract import CompletionJob, CompletionResult, JobKeys
 from workers.jobs.events import Write
 from workers.jobs.history import HistoryWriter
+from workers.jobs.webhooks import WebhookQueue
 
 __all__ = ["Claim", "ClaimOutcome", "JobStore"]
 
@@ -75,10 +76,13 @@ class JobStore:
         result_ttl_s: int,
         claim_lease_s: int,
         history: HistoryWriter | None = None,
+        webhooks: WebhookQueue | None = None,
     ) -> None:
         self._client = client
         #: Indexes every ended job for ``LLMQ_HISTORY_DAYS`` (None: no history).
         self.history = history
+        #: Queues the webhook delivery of a job that has one (None: webhooks are not delivered).
+        self.webhooks = webhooks
         self.result_ttl_s = result_ttl_s
         self.claim_lease_ms = claim_lease_s * 1000
         self._claim = client.register_script(_CLAIM_LUA)
@@ -123,8 +127,9 @@ class JobStore:
         self, keys: JobKeys, result: CompletionResult, job: CompletionJob, *, run: int = 1
     ) -> list[Write]:
         """The writes that store a final result, push it to the producer's reply list (see
-        ``CompletionJob.reply_to``) and index the job in the history, run inside the terminal
-        event's flush, before its events: a job whose ending was written is always indexed.
+        ``CompletionJob.reply_to``), index the job in the history and queue its webhook, run
+        inside the terminal event's flush, before its events: a job whose ending was written is
+        always indexed, and its webhook always queued.
 
         The event stream's TTL is set by that flush's script, after its last XADD.
         """
@@ -139,4 +144,6 @@ class JobStore:
             writes += [("RPUSH", job.reply_to, raw), ("EXPIRE", job.reply_to, ttl)]
         if self.history is not None:
             writes += self.history.writes(job, result, run=run)
+        if self.webhooks is not None:
+            writes += self.webhooks.writes(keys, job, result.status, raw)
         return writes

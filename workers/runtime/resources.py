@@ -36,6 +36,7 @@ from workers.jobs.flushbatch import FlushBatcher
 from workers.jobs.heartbeat import ClaimHeartbeat
 from workers.jobs.history import HistoryWriter
 from workers.jobs.store import JobStore
+from workers.jobs.webhooks import WebhookQueue
 from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
 from workers.llm.tracing import NO_TRACER
@@ -48,6 +49,7 @@ from workers.runtime.telemetry import (
     build_worker_metrics,
 )
 from workers.runtime.tracing import build_tracer_provider
+from workers.runtime.webhooks import WebhookDeliverer, WebhookMetrics
 from workers.settings import Settings
 from workers.tools.publish import RegistryPublisher
 from workers.tools.toolbox import Toolbox
@@ -165,6 +167,8 @@ class WorkerResources:
     #: The worker tools this process imported, and the thread publishing them to Redis.
     tools: Toolbox | None = None
     tools_publisher: RegistryPublisher | None = None
+    #: Delivers the webhooks of ended jobs, off the jobs' path (workers/runtime/webhooks.py).
+    deliverer: WebhookDeliverer | None = None
     #: The jobs' event flushes, pipelined together (``LLMQ_BATCH_FLUSHES``; its thread starts on the first flush).
     flusher: FlushBatcher | None = None
     extras: dict[str, object] = field(default_factory=dict)
@@ -223,7 +227,15 @@ class WorkerResources:
             result_ttl_s=settings.result_ttl_s,
             claim_lease_s=settings.claim_lease_s,
             history=HistoryWriter(settings.history_days) if settings.history_days else None,
+            webhooks=WebhookQueue(config.webhooks, keep_s=settings.result_ttl_s),
         )
+        deliverer = WebhookDeliverer(
+            client,
+            config.webhooks,
+            metrics=WebhookMetrics(metrics.registry),
+            allow_networks=[n.strip() for n in settings.webhook_allow_networks.split(",") if n.strip()],
+        )
+        deliverer.start()
         heartbeat = ClaimHeartbeat(store, interval=settings.heartbeat_s)
         heartbeat.start()
         publisher = None
@@ -253,11 +265,14 @@ class WorkerResources:
             heartbeat=heartbeat,
             tools=tools,
             tools_publisher=publisher,
+            deliverer=deliverer,
             flusher=flush_batcher(client) if settings.batch_flushes else None,
             tracer_provider=build_tracer_provider(),
         )
 
     def close(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.stop()
         if self.tools_publisher is not None:
             self.tools_publisher.stop()
         if self.heartbeat is not None:

@@ -1,0 +1,136 @@
+"""Webhooks on the wire: the payload, its Standard Webhooks signature, the delivery record and queue.
+
+A job that names a webhook (``CompletionJob.webhook``: a configured name or a URL), or whose tenant
+has one in the config, gets its result POSTed when it ends. Each delivery carries the three headers
+of the Standard Webhooks specification:
+
+* ``webhook-id``: ``msg_`` + the job id, the same on every attempt (receivers de-duplicate on it);
+* ``webhook-timestamp``: the attempt's time, integer unix seconds;
+* ``webhook-signature``: ``v1,`` + base64 of HMAC-SHA256 over ``{id}.{timestamp}.{body}``, keyed
+  with the secret's bytes (a secret is written ``whsec_`` + base64 of its bytes).
+
+The body is JSON: ``{"type": "job.succeeded" | "job.failed" | "job.cancelled", "timestamp": ISO 8601,
+"data": <CompletionResult>}``, built once when the job ends, so every attempt sends the same bytes.
+
+Redis: the due deliveries are one sorted set, ``llmq:webhooks:{deliveries}:due`` (job id -> when
+the next attempt is due, unix seconds); each job's delivery record is the hash
+``llmq:job:{<id>}:webhook`` (:class:`DeliveryRecord`'s fields) and its log the list
+``llmq:job:{<id>}:webhook_log`` (one :class:`DeliveryAttempt` JSON per attempt, the last 50).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import Field
+
+from workers.contract.base import _Wire
+
+__all__ = [
+    "DUE_KEY",
+    "WEBHOOK_NAME",
+    "DeliveryAttempt",
+    "DeliveryRecord",
+    "WebhookSignatureError",
+    "decode_secret",
+    "message_id",
+    "sign",
+    "signature_headers",
+    "verify",
+]
+
+#: The sorted set of due deliveries (its own hash tag: one slot for the delivery queue).
+DUE_KEY = "llmq:webhooks:{deliveries}:due"
+#: A configured webhook's name (``[webhooks.endpoints.<name>]``); anything with ``://`` is a URL.
+WEBHOOK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: How far a ``webhook-timestamp`` may be from the receiver's clock (the specification's 5 minutes).
+TOLERANCE_S = 300
+
+
+class WebhookSignatureError(ValueError):
+    """A delivery whose headers are missing, too old or too new, or whose signature does not match."""
+
+
+def message_id(job_id: str) -> str:
+    """The ``webhook-id`` of a job's delivery: stable across attempts and redeliveries."""
+    return f"msg_{job_id}"
+
+
+def decode_secret(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret (a secret without the prefix is base64 too)."""
+    raw = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except ValueError:
+        raise ValueError("a webhook secret is whsec_ followed by base64") from None
+    if len(key) < 16:
+        raise ValueError("a webhook secret needs at least 16 bytes (24 and more are recommended)")
+    return key
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256 of '{msg_id}.{timestamp}.{body}'>``."""
+    digest = hmac.new(decode_secret(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signature_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+    }
+
+
+def verify(secret: str, headers: Mapping[str, str], body: bytes, *, now: float | None = None) -> None:
+    """Check a delivery as a receiver should (raises :class:`WebhookSignatureError`)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    msg_id, stamp, signatures = (lower.get(h) for h in ("webhook-id", "webhook-timestamp", "webhook-signature"))
+    if not (msg_id and stamp and signatures):
+        raise WebhookSignatureError("missing webhook-id, webhook-timestamp or webhook-signature")
+    try:
+        timestamp = int(stamp)
+    except ValueError:
+        raise WebhookSignatureError("webhook-timestamp is not integer unix seconds") from None
+    if abs((time.time() if now is None else now) - timestamp) > TOLERANCE_S:
+        raise WebhookSignatureError("webhook-timestamp is more than 5 minutes away")
+    expected = sign(secret, msg_id, timestamp, body)
+    if not any(hmac.compare_digest(expected, given) for given in signatures.split(" ")):
+        raise WebhookSignatureError("no matching signature")
+
+
+class DeliveryRecord(_Wire):
+    """The hash ``llmq:job:{<id>}:webhook``: one job's delivery, as the deliverer keeps it."""
+
+    #: The webhook's configured name, or the URL the job gave.
+    target: str
+    msg_id: str
+    state: Literal["pending", "delivered", "failed", "refused"] = "pending"
+    attempts: int = 0
+    #: When the job ended and the delivery was queued (unix seconds); retries stop after the
+    #: configured window (24 h by default) counted from here.
+    created_at: float
+    next_at: float | None = None
+    delivered_at: float | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+
+
+class DeliveryAttempt(_Wire):
+    """One entry of ``llmq:job:{<id>}:webhook_log``."""
+
+    attempt: int = Field(ge=1)
+    at: float
+    outcome: Literal["delivered", "retry", "failed", "refused"]
+    #: The receiver's HTTP status, if it answered.
+    status: int | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+    #: The address connected to (after the private-address check).
+    address: str | None = None

@@ -1,0 +1,104 @@
+"""Outbound connections to addresses users choose (webhook URLs), refused for internal networks.
+
+A webhook URL comes from a job; without a guard, anyone who can submit a job could make the
+workers POST to services inside the network (a cloud metadata endpoint, an admin port on
+loopback). The guard resolves the name itself, keeps only addresses outside loopback, private,
+link-local, shared, multicast and reserved ranges (unless a configured network allows them), and
+connects to exactly such an address, then checks the address the socket is connected to again.
+There is no second lookup between the check and the connection (DNS rebinding), no proxy, and
+redirects are not followed by the caller.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import socket
+import ssl
+from collections.abc import Sequence
+
+__all__ = ["BlockedAddressError", "GuardedHTTPConnection", "NetGuard"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class BlockedAddressError(OSError):
+    """The name resolves only to addresses the guard refuses (or the connected peer is one)."""
+
+
+class NetGuard:
+    def __init__(self, allow: Sequence[str] = ()) -> None:
+        self.allow: list[IPNetwork] = [ipaddress.ip_network(net, strict=False) for net in allow]
+
+    def blocked(self, address: IPAddress) -> bool:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if any(address in net for net in self.allow):
+            return False
+        return (
+            address.is_loopback
+            or address.is_private
+            or address.is_link_local
+            or address.is_multicast
+            or address.is_reserved
+            or address.is_unspecified
+            or (isinstance(address, ipaddress.IPv4Address) and address in _SHARED)
+        )
+
+    def resolve(self, host: str, port: int) -> list[tuple[int, str]]:
+        """``(family, address)`` of every address of ``host`` the guard allows; raises when there is none."""
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        allowed: list[tuple[int, str]] = []
+        refused: list[tuple[int, str]] = []
+        for family, _, _, _, sockaddr in infos:
+            text = str(sockaddr[0]).split("%", 1)[0]
+            (refused if self.blocked(ipaddress.ip_address(text)) else allowed).append((family, text))
+        if not allowed:
+            shown = ", ".join(sorted({a for _, a in refused})) or "nothing"
+            raise BlockedAddressError(
+                f"{host} resolves to {shown}: loopback, private or link-local addresses are refused "
+                "(allow a network with [webhooks] allow_networks or LLMQ_WEBHOOK_ALLOW_NETWORKS)"
+            )
+        return list(dict.fromkeys(allowed))
+
+    def connect(self, host: str, port: int, timeout: float) -> socket.socket:
+        """A TCP connection to an allowed address of ``host`` (tried in order)."""
+        last: OSError | None = None
+        for family, address in self.resolve(host, port):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect((address, port))
+                peer = ipaddress.ip_address(str(sock.getpeername()[0]).split("%", 1)[0])
+                if self.blocked(peer):
+                    raise BlockedAddressError(f"connected to {peer}, which is refused")
+                return sock
+            except OSError as exc:
+                sock.close()
+                if isinstance(exc, BlockedAddressError):
+                    raise
+                last = exc
+        raise last or OSError(f"could not connect to {host}:{port}")
+
+
+#: 100.64.0.0/10 (carrier-grade NAT), which Python does not count as private.
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+
+
+class GuardedHTTPConnection(http.client.HTTPSConnection):
+    """``http.client`` over :meth:`NetGuard.connect` (TLS with the URL's host name when ``tls``)."""
+
+    def __init__(self, host: str, port: int, *, guard: NetGuard, timeout: float, tls: bool) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context() if tls else None)
+        self._guard = guard
+        self._tls = tls
+        #: The address connected to (for the delivery log).
+        self.address: str | None = None
+
+    def connect(self) -> None:
+        sock = self._guard.connect(self.host, self.port, self.timeout or 10.0)
+        self.address = str(sock.getpeername()[0])
+        if self._tls:
+            sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+        self.sock = sock
