@@ -16,7 +16,7 @@ from kombu.exceptions import OperationalError
 
 from workers.contract.redaction import shown_url
 
-__all__ = ["Unusable", "broker_line", "check_broker", "explain", "ping_redis", "redis_line", "shown"]
+__all__ = ["Unusable", "broker_line", "check_broker", "explain", "ping_redis", "probe_not_redis", "redis_line", "shown"]
 
 #: RabbitMQ reply codes (AMQP 0-9-1) whose fix is not "start it".
 _AMQP_ACCESS_REFUSED = 403
@@ -47,6 +47,11 @@ def redis_line(exc: BaseException, url: str, setting: str = "LLMQ_REDIS_URL") ->
         return (
             f"llmq: Redis at {where} refused the login ({why}); put its password in {setting} "
             "(redis://[user]:PASSWORD@host:6379/0; under Sentinel, LLMQ_REDIS_PASSWORD)"
+        )
+    if isinstance(exc, redis.TimeoutError) and why.startswith("Timeout reading"):
+        return (
+            f"llmq: what listens at {where} took the connection but did not answer PING ({why}); it is not "
+            f"a Redis that works: check the host and port in {setting} (Redis listens on 6379 by default)"
         )
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         return (
@@ -102,15 +107,56 @@ def explain(exc: BaseException, *, redis_url: str, broker_url: str) -> str | Non
     return None
 
 
-def ping_redis(url: str, timeout_s: float) -> None:
-    """PING ``url`` once (plain or Sentinel); raises what redis-py raises."""
+def ping_redis(url: str, timeout_s: float, setting: str = "LLMQ_REDIS_URL") -> None:
+    """PING ``url`` once (plain or Sentinel); raises what redis-py raises, or :class:`Unusable` when a
+    quick look shows that what listens there is not Redis (:func:`probe_not_redis`)."""
     from workers.connections.redisclient import redis_client
 
+    line = probe_not_redis(url, min(timeout_s, 2.0), setting)
+    if line is not None:
+        raise Unusable(line)
     client = redis_client(url, max_connections=2, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         client.ping()
     finally:
         client.close()
+
+
+def probe_not_redis(url: str, timeout_s: float, setting: str = "LLMQ_REDIS_URL") -> str | None:
+    """The one line when a plain ``redis://`` URL's port is served by something that is not Redis, else None.
+
+    An HTTP server (the simulator, the gateway, any web server) waits for the end of a request's
+    headers, so redis-py's PING is met by silence and, seconds later, read as "cannot reach Redis".
+    ``PING / HTTP/1.0`` and an empty line is a complete request to both: Redis answers an error
+    (``-ERR wrong number of arguments``, or ``-NOAUTH``) and skips the empty line, an HTTP server
+    answers with a status line. Anything else (nothing listening, a silent server) is left to the
+    PING that follows, whose error says which.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or not parts.hostname:
+        return None
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 6379), timeout=timeout_s) as sock:
+            sock.sendall(b"PING / HTTP/1.0\r\n\r\n")
+            reply = sock.recv(64)
+    except OSError:  # refused, unreachable or silent: redis-py's own error says which
+        return None
+    if reply[:1] in (b"+", b"-"):
+        return None  # Redis (answering, or asking for a password)
+    first = reply.split(b"\r\n", 1)[0].decode("ascii", "replace")
+    if reply.startswith(b"HTTP/"):
+        what = f"an HTTP server ({first})"
+    elif reply:
+        what = f"something that answered {first[:40]!r}"
+    else:
+        what = "something that hung up without a word (a Redis that wants TLS needs rediss://)"
+    return (
+        f"llmq: what answers at {shown(url)} is not Redis but {what}; check the host and port in {setting} "
+        "(Redis listens on 6379 by default; llmq simulate on 8790, llmq gateway on 8000)"
+    )
 
 
 def check_broker(url: str, timeout_s: float) -> None:
@@ -126,7 +172,7 @@ def check_broker(url: str, timeout_s: float) -> None:
 
     if not is_amqp(url):
         try:
-            ping_redis(url, timeout_s)
+            ping_redis(url, timeout_s, "LLMQ_BROKER_URL")
         except redis.RedisError as exc:
             raise Unusable(redis_line(exc, url, "LLMQ_BROKER_URL")) from exc
         return

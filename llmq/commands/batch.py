@@ -1,6 +1,7 @@
 """``llmq batch IN.jsonl -o OUT.jsonl``: run a prompt file (OpenAI Batch, Anthropic or plain lines).
 
-Exit status: 0 every line succeeded; 1 some lines failed or were invalid (see the errors file);
+Exit status: 0 every line of the file has a successful result (of this run or an earlier one); 1 some
+lines failed or were invalid, in this run or an earlier one (see the errors file);
 2 the input did not validate (nothing was enqueued) or a file cannot be resumed from;
 3 stopped by ``--stall-timeout``; 130 interrupted (rerun the same command to continue).
 """
@@ -69,4 +70,4 @@ def run(args: argparse.Namespace) -> int:
         return 3
     if summary.interrupted:
         return 130
-    return 1 if summary.failed or summary.invalid else 0
+    return 0 if summary.all_succeeded else 1

@@ -172,6 +172,8 @@ class ResumeState:
     """What earlier runs already wrote: custom_ids with a result, and input lines reported invalid."""
 
     done: IdSet = field(default_factory=IdSet)
+    #: those of them whose result is a failure (in the errors file)
+    failed_ids: IdSet = field(default_factory=IdSet)
     #: input line numbers already written to the errors file as invalid
     invalid_lines: set[int] = field(default_factory=set)
     succeeded: int = 0
@@ -208,6 +210,7 @@ def read_outputs(*paths: str | Path) -> ResumeState:
                     state.succeeded += 1
                 else:
                     state.failed += 1
+                    state.failed_ids.add(custom_id)
     return state
 
 

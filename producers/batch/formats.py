@@ -63,9 +63,12 @@ class LineIssue:
     message: str
     param: str | None = None
     custom_id: str | None = None
+    #: 1-based column in the input line (JSON syntax errors)
+    column: int | None = None
 
     def __str__(self) -> str:
-        where = f"line {self.line}" + (f", {self.param}" if self.param else "")
+        where = f"line {self.line}" + (f", column {self.column}" if self.column else "")
+        where += f", {self.param}" if self.param else ""
         return f"{where}: {self.message}"
 
     def as_json(self) -> dict[str, Any]:
@@ -112,8 +115,13 @@ class _Draft:
 def parse_line(raw: bytes | str, line: int, *, default_model: str | None = None) -> ParsedLine:
     """Parse and validate one input line; :class:`LineError` lists everything wrong with it."""
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
+        # without the line's own newline, json's position is a column of this line (an error at
+        # the end of a cut-off line is not "line 2 column 1")
+        data = json.loads(raw.rstrip(b"\r\n") if isinstance(raw, bytes) else raw.rstrip("\r\n"))
+    except json.JSONDecodeError as exc:
+        issue = LineIssue(line, "invalid_json", f"not valid JSON: {exc.msg}", column=exc.colno)
+        raise LineError([issue]) from None
+    except ValueError as exc:  # not UTF-8
         raise LineError([LineIssue(line, "invalid_json", f"not valid JSON: {exc}")]) from None
     if not isinstance(data, dict):
         raise LineError([LineIssue(line, "invalid_json", "a line must be a JSON object")])

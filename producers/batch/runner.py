@@ -52,6 +52,8 @@ class BatchSummary:
     resent: int = 0
     succeeded: int = 0
     failed: int = 0
+    #: lines an earlier run wrote to the errors file as failed: they have no successful result
+    earlier_failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -66,6 +68,11 @@ class BatchSummary:
     @property
     def complete(self) -> bool:
         return not (self.interrupted or self.stalled)
+
+    @property
+    def all_succeeded(self) -> bool:
+        """Every line of the input has a successful result (this run's or an earlier one's)."""
+        return self.complete and not (self.failed or self.invalid or self.earlier_failed)
 
 
 def job_issue(line: int, custom_id: str, exc: InvalidJobError) -> LineIssue:
@@ -145,6 +152,7 @@ class BatchRunner:
                 input_path,
                 model=model,
                 done=resume.done,
+                failed=resume.failed_ids,
                 on_invalid=self._invalid_writer(resume, skip_invalid),
                 check=self._producer_checks,
             )
@@ -154,6 +162,7 @@ class BatchRunner:
             c = self.counters
             c.todo, c.invalid = report.todo, report.invalid_count
             c.resumed = s.resumed = report.valid - report.todo
+            s.earlier_failed = report.earlier_failed
             if resume.repaired_bytes:
                 self.progress.message(f"llmq batch: cut a torn last line ({resume.repaired_bytes} bytes) off")
             self._out = JsonlAppender(s.output)
@@ -341,6 +350,12 @@ class BatchRunner:
     def _finish_note(self) -> str:
         s = self.summary
         note = f"\n  output: {s.output}  errors: {s.errors}  batch id: {s.batch_id}"
+        if s.earlier_failed:
+            note += (
+                f"\n  {s.earlier_failed} line(s) failed in an earlier run (in {s.errors}) and are not run again; "
+                "to retry them, take their records out of that file and rerun with a new --batch-id "
+                "(this batch's jobs keep their results)"
+            )
         if s.reused:
             note += f"\n  {s.reused} job(s) from an earlier run were picked up, not sent again ({s.resent} re-queued)"
         if not s.complete:

@@ -37,6 +37,8 @@ class ValidationReport:
     valid: int = 0
     #: valid lines whose custom_id is not in the outputs yet
     todo: int = 0
+    #: valid lines an earlier run wrote to the errors file as failed (not run again)
+    earlier_failed: int = 0
     invalid_count: int = 0
     invalid_lines: set[int] = field(default_factory=set)
     #: the first :data:`MAX_REPORTED_ISSUES` issues
@@ -48,10 +50,14 @@ def validate_file(
     *,
     model: str | None = None,
     done: IdSet | None = None,
+    failed: IdSet | None = None,
     on_invalid: Callable[[list[LineIssue]], None] | None = None,
     check: Callable[[ParsedLine], list[LineIssue]] | None = None,
 ) -> ValidationReport:
     """Validate every line of ``path`` (streaming); ``on_invalid`` sees each invalid line's issues.
+
+    ``done`` holds the custom_ids earlier runs wrote (not to do again), ``failed`` those of them that
+    failed (counted in :attr:`ValidationReport.earlier_failed`).
 
     ``check`` runs on each well-formed line still to do and returns its further issues: the batch
     runner passes the producer's own checks (a published prompt's variables against its version's
@@ -81,6 +87,8 @@ def validate_file(
             report.valid += 1
             if todo:
                 report.todo += 1
+            elif failed is not None and parsed is not None and parsed.custom_id in failed:
+                report.earlier_failed += 1
             continue
         report.invalid_count += 1
         report.invalid_lines.add(number)

@@ -153,6 +153,24 @@ def not_redis() -> Iterator[int]:
     server.server_close()
 
 
+@pytest.fixture(scope="module")
+def silent_port() -> Iterator[int]:
+    """A port whose server takes connections and never says anything."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SilentHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+class _SilentHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while self.request.recv(4096):
+            pass
+
+
 class _HTTPErrorHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         while self.request.recv(4096):
@@ -166,6 +184,10 @@ REDIS_CASES = {
     "wrong-password": ("redis://:wrong@127.0.0.1:{port}/0", ["redis://:***@127.0.0.1:", "refused the login"]),
     "no-such-db": ("{redis}/99", ["has no such database", "DB index is out of range", "LLMQ_REDIS_URL"]),
     "not-redis": ("redis://127.0.0.1:{other}/0", ["is not Redis", "host and port in LLMQ_REDIS_URL"]),
+    # a real HTTP server waits for the end of a request's headers: redis-py's PING alone met silence
+    # and, after its timeout, read as "cannot reach Redis ... start Redis"
+    "http-server": ("redis://127.0.0.1:{http}/0", ["is not Redis but an HTTP server", "port in LLMQ_REDIS_URL"]),
+    "silent": ("redis://127.0.0.1:{silent}/0", ["did not answer PING", "not a Redis that works", "LLMQ_REDIS_URL"]),
 }
 #: The commands an operator starts first: the producer, the worker and the gateway.
 FIRST_COMMANDS = {
@@ -186,13 +208,21 @@ def _one_line(out: subprocess.CompletedProcess[str], says: list[str]) -> None:
 @pytest.mark.parametrize("command", FIRST_COMMANDS)
 @pytest.mark.parametrize("case", REDIS_CASES)
 def test_a_redis_it_cannot_use_is_one_line_naming_the_cause(
-    case: str, command: str, locked_redis: str, redis_url: str, not_redis: int
+    case: str,
+    command: str,
+    locked_redis: str,
+    redis_url: str,
+    not_redis: int,
+    simulator: SimulatorThread,
+    silent_port: int,
 ) -> None:
     template, says = REDIS_CASES[case]
     port = locked_redis.rsplit(":", 1)[1].split("/")[0]
-    url = template.format(port=port, other=not_redis, redis=redis_url.rsplit("/", 1)[0])
-    out = _llmq(*FIRST_COMMANDS[command], env={"LLMQ_REDIS_URL": url})
+    http = urlsplit(simulator.url).port
+    url = template.format(port=port, other=not_redis, redis=redis_url.rsplit("/", 1)[0], http=http, silent=silent_port)
+    out = _llmq(*FIRST_COMMANDS[command], env={"LLMQ_REDIS_URL": url, "LLMQ_REDIS_CONNECT_TIMEOUT_S": "1"})
     _one_line(out, says)
+    assert "start Redis" not in out.stderr or case not in ("http-server", "silent")
 
 
 AMQP_CASES = {

@@ -9,6 +9,11 @@ events carry (:meth:`LLMQError.to_info`), and on gateway error bodies. It catche
 * masked echoes of a key, as providers quote them back (OpenAI's 401 says
   ``Incorrect API key provided: invalid-*****2345``): a word with a run of ``***`` in it.
 
+It leaves instructions alone: the word after a bare ``Bearer`` when it is a plain lowercase word
+(``using Bearer auth``), and placeholders after a label (``Authorization: Bearer YOUR_KEY``,
+``api_key=$OPENAI_API_KEY``, ``<token>``, ``...``, an earlier ``[redacted]``), so a message that
+tells a caller how to send a key still reads as written.
+
 The provider clients also replace their exact configured key (``errormap.redact``); this is the
 pattern net behind it, for keys we do not hold (a caller's) and for masked forms.
 """
@@ -23,11 +28,20 @@ from typing import Any
 __all__ = ["monitor_repr", "redact", "shown_url"]
 
 _SECRETS = re.compile(
-    r"(?i)(\b(?:api[_-]?key|x-api-key|authorization|token|secret|password)[\"']?\s*[=:]\s*[\"']?(?:bearer\s+)?"
-    r"|\bbearer\s+)[^\s,;\"'}]+"
+    r"(?i)(?:(\b(?:api[_-]?key|x-api-key|authorization|token|secret|password)[\"']?\s*[=:]\s*[\"']?(?:bearer\s+)?)"
+    r"|(\bbearer\s+))([^\s,;\"'}]+)"
     r"|\b(?:sk|pk|rk)-[A-Za-z0-9_*.-]{3,}"
     r"|[A-Za-z0-9_-]+\*{3,}[A-Za-z0-9_-]*|\*{3,}[A-Za-z0-9_-]+"
 )
+#: What stands for a credential in an instruction, not a credential: a capitalised name with a word
+#: such as KEY or TOKEN in it (``YOUR_KEY``, ``$OPENAI_API_KEY``, ``${TOKEN}``; an ``AKIA...`` key id
+#: has none), ``<...>``, ``{...}``, ``...``, ``xxx``, an earlier ``[redacted]``; never with a digit in it.
+_PLACEHOLDER = re.compile(
+    r"\$?\{?(?:[A-Z]+_)*(?:KEY|TOKEN|SECRET|PASSWORD|CREDENTIALS?|YOUR)(?:_[A-Z]+)*\}?"
+    r"|<[^<>]*>?|\{[^{}]*\}|\.{3}|…|x{3,}|X{3,}|\[redacted\]?"
+)
+#: Punctuation that ends a sentence around a value (``Bearer YOUR_KEY).``): not part of it.
+_TRAILING = ").,:;!?]"
 
 
 #: Every match of :data:`_SECRETS` contains one of these (ASCII text, lowercased): text without
@@ -44,7 +58,19 @@ def redact(text: str) -> str:
         low = text.lower()
         if not any(trigger in low for trigger in _TRIGGERS):
             return text
-    return _SECRETS.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+    return _SECRETS.sub(_scrub, text)
+
+
+def _scrub(match: re.Match[str]) -> str:
+    labelled, bare, value = match.group(1, 2, 3)
+    if value is None:  # a key by its own shape (sk-...) or a masked echo
+        return "[redacted]"
+    word = value.rstrip(_TRAILING) or value
+    if bare and word.isascii() and word.isalpha() and word.islower():
+        return match.group(0)  # a word after a bare "Bearer" ("using Bearer auth"), not a token
+    if not any(c.isdigit() for c in word) and _PLACEHOLDER.fullmatch(word):
+        return match.group(0)  # an instruction ("Authorization: Bearer YOUR_KEY"), not a credential
+    return (labelled or bare) + "[redacted]"
 
 
 def shown_url(url: str) -> str:

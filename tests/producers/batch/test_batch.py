@@ -140,7 +140,9 @@ def test_malformed_lines_are_reported_with_line_numbers_and_nothing_is_enqueued(
 
     assert done.returncode == 2, done.stderr
     assert "4 invalid line(s), nothing was enqueued" in done.stderr
-    assert "line 2: not valid JSON" in done.stderr
+    # the file's line and the column within it (the end of the cut-off line), once: not json's own
+    # "line 2 column 1" after it
+    assert f"line 2, column {len(lines[1]) + 1}: not valid JSON: Expecting value\n" in done.stderr
     assert "line 4, custom_id: custom_id is required" in done.stderr
     assert "line 5, url: url must be '/v1/chat/completions', not '/v1/embeddings'" in done.stderr
     assert "line 7, custom_id: duplicate custom_id 'a' (first on line 1)" in done.stderr
@@ -240,3 +242,29 @@ def test_jobs_of_an_earlier_run_are_picked_up_not_run_again(
     by_job = simulator.simulator.stats.by_job
     assert [by_job[job_id_for(batch, f"req-{i}")] for i in range(20)] == [1] * 20
     assert len(read_jsonl(out)) == 20
+
+
+def test_a_rerun_exits_nonzero_while_a_line_has_no_successful_result(
+    worker: object, redis_url: str, tmp_path: Path
+) -> None:
+    lines = [mixed_line(2), mixed_line(5, plan="~400*"), mixed_line(8)]  # plain lines; the second fails
+    source, out, err = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "err.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    args = ("batch", str(source), "-o", str(out), "--errors", str(err), "--model", "openai:gpt-4o-mini")
+
+    first = llmq(redis_url, *args)
+    assert first.returncode == 1, first.stderr
+    assert "2 succeeded, 1 failed" in first.stderr
+
+    again = llmq(redis_url, *args)  # nothing left to run, and still one line without a result
+    assert again.returncode == 1, again.stderr
+    assert "0 succeeded, 0 failed, 0 invalid, 3 already done earlier" in again.stderr
+    assert "1 line(s) failed in an earlier run" in again.stderr
+
+    assert "rerun with a new --batch-id" in again.stderr
+    # what it says to do: the failed line's record out of the errors file, a new batch id (new job ids)
+    err.write_text("")
+    source.write_text("".join(json.dumps(line) + "\n" for line in [mixed_line(2), mixed_line(5), mixed_line(8)]))
+    last = llmq(redis_url, *args, "--batch-id", "retry-1")
+    assert last.returncode == 0, last.stderr
+    assert "1 succeeded, 0 failed, 0 invalid, 2 already done earlier" in last.stderr
