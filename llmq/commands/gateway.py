@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from producers.gateway.state import Panels
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,6 +64,27 @@ def load_tokens(environ: dict[str, str] | os._Environ[str] = os.environ) -> dict
     return tokens
 
 
+def panels() -> Panels:
+    """The browser view's budget source: the ledger, read in a thread (the gateway does not import
+    the worker side; this command may). Queue depths: the gateway's default (the queue's length)."""
+    import asyncio
+
+    from llmq.commands.budget import build_ledger
+    from producers.gateway.state import Panels
+    from producers.settings import producer_settings
+    from workers.connections.redisclient import redis_client
+
+    ledger = build_ledger(
+        redis_client(os.environ.get("LLMQ_REDIS_URL") or producer_settings().redis_url, max_connections=4)
+    )
+
+    async def budget(tenant: str) -> dict[str, Any] | None:
+        snapshot = await asyncio.to_thread(ledger.show)
+        return dict(snapshot.model_dump(mode="json"))
+
+    return Panels(budget=budget)
+
+
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -92,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             sse_queue_size=args.sse_queue_size,
             hold_headers_s=args.hold_headers,
             history_days=producer_settings().history_days,
+            ui_content=os.environ.get("LLMQ_UI_CONTENT", "") in ("1", "true", "yes"),
         )
     except ValidationError as exc:  # messages only: the input (tokens) is never printed
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
@@ -104,5 +130,11 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    serve(create_gateway(settings), host=args.host, port=args.port, log_level=args.log_level, sndbuf=args.sndbuf)
+    serve(
+        create_gateway(settings, panels=panels()),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        sndbuf=args.sndbuf,
+    )
     return 0

@@ -6,6 +6,9 @@ server's own event loop (the Redis client, the shared pub/sub hub). Routes:
 * ``POST /v1/jobs``, ``GET /v1/jobs/{id}``, ``POST /v1/jobs/{id}/cancel``,
   ``GET /v1/jobs/{id}/events`` (SSE, resumable with ``Last-Event-ID``) - :mod:`.jobs`;
 * ``GET /v1/jobs`` (the caller's history, filtered), ``POST /v1/jobs/{id}/replay`` - :mod:`.history`;
+* ``GET /v1/queues``, ``GET /v1/budget`` (the browser view's panels) - :mod:`.panels`;
+* ``GET /ui`` (the browser job view: a page and a script, no token needed to load it; every
+  ``/v1/`` call it makes carries the token the user gives it) - :mod:`.ui`;
 * ``POST /v1/chat/completions`` (OpenAI-compatible, streaming or not) - :mod:`.chat`;
 * ``GET /metrics`` (Prometheus) and ``GET /healthz``, without a token: Prometheus and health
   checks reach the gateway directly; ``ops/nginx.conf`` does not publish ``/metrics``.
@@ -34,8 +37,10 @@ from producers.gateway.errors import GatewayError, error_response
 from producers.gateway.history import list_jobs, replay_job
 from producers.gateway.jobs import cancel_job, get_job, job_events, submit_job
 from producers.gateway.metrics import GatewayMetrics, MetricsMiddleware
+from producers.gateway.panels import budget, queues, whoami
 from producers.gateway.settings import GatewaySettings
-from producers.gateway.state import Gateway, gateway_of
+from producers.gateway.state import Gateway, Panels, gateway_of
+from producers.gateway.ui import asset, page, ui_config
 
 __all__ = ["create_gateway"]
 
@@ -53,10 +58,15 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 
 def create_gateway(
-    settings: GatewaySettings, client: AsyncClient | None = None, *, metrics_: GatewayMetrics | None = None
+    settings: GatewaySettings,
+    client: AsyncClient | None = None,
+    *,
+    metrics_: GatewayMetrics | None = None,
+    panels: Panels | None = None,
 ) -> Starlette:
-    """The ASGI app. ``client`` is a seam for tests and embedding (else one is built at startup)."""
-    gateway = Gateway(settings, client, metrics_ or GatewayMetrics(queue_size=settings.sse_queue_size))
+    """The ASGI app. ``client`` is a seam for tests and embedding (else one is built at startup);
+    ``panels`` gives the browser view its queue and budget sources (``llmq gateway`` wires them)."""
+    gateway = Gateway(settings, client, metrics_ or GatewayMetrics(queue_size=settings.sse_queue_size), panels)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -80,6 +90,12 @@ def create_gateway(
             Route("/v1/jobs/{job_id}/replay", replay_job, methods=["POST"]),
             Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/queues", queues, methods=["GET"]),
+            Route("/v1/budget", budget, methods=["GET"]),
+            Route("/v1/whoami", whoami, methods=["GET"]),
+            Route("/ui", page, methods=["GET"]),
+            Route("/ui/config.json", ui_config, methods=["GET"]),
+            Route("/ui/{name}", asset, methods=["GET"]),
         ],
         middleware=[Middleware(MetricsMiddleware, metrics=gateway.metrics), Middleware(AuthMiddleware, auth=auth)],
         exception_handlers={

@@ -23,6 +23,7 @@ from producers.gateway.ids import ANY_ID, resolve_id
 from producers.gateway.settings import OnDisconnect
 from producers.gateway.sse import EventStreamResponse, JobEventsRenderer
 from producers.gateway.state import gateway_of
+from producers.gateway.ui import strip_result_text, strip_text
 from producers.tracing import incoming_trace
 
 __all__ = ["cancel_job", "get_job", "job_events", "resolve_id", "storage_id", "submit_job"]
@@ -111,6 +112,8 @@ async def get_job(request: Request) -> Response:
     if meta is None and entry is None:
         raise GatewayError(404, f"No job with id {path_id!r}.", code="job_not_found")
     clean = scrub_result(await gw.client.get_result(job_id)) if meta is not None else None
+    if not _with_text(request):
+        clean = strip_result_text(clean)
     summary = entry.summary if entry is not None else None
     meta = meta or {}
     submitted = meta.get("submitted_at")
@@ -133,6 +136,11 @@ async def cancel_job(request: Request) -> Response:
     job_id, _ = await _lookup(request)
     accepted = await gateway_of(request).client.cancel(job_id)
     return JSONResponse({"id": job_id, "object": "llmq.job.cancel", "cancel_requested": accepted})
+
+
+def _with_text(request: Request) -> bool:
+    """``?text=0`` leaves message text out (deltas, the answer, tool arguments): the browser view."""
+    return request.query_params.get("text", "1") not in ("0", "false")
 
 
 def _resume_from(request: Request) -> int:
@@ -170,7 +178,7 @@ async def job_events(request: Request) -> EventStreamResponse:
     s = gw.settings
     return EventStreamResponse(
         gw.feed(job_id, from_seq=from_seq),
-        JobEventsRenderer(),
+        JobEventsRenderer(None if _with_text(request) else strip_text),
         metrics=gw.metrics,
         heartbeat_s=s.heartbeat_s,
         write_timeout_s=s.write_timeout_s,

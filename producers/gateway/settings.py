@@ -86,6 +86,8 @@ class GatewaySettings(BaseModel):
     result_ttl_s: Annotated[int, Field(ge=60)] = 86_400
     #: Days of job history the workers keep (``LLMQ_HISTORY_DAYS``): how far back ``GET /v1/jobs`` looks.
     history_days: Annotated[int, Field(ge=0, le=366)] = 7
+    #: The browser view (``/ui``) shows message text (deltas, answers, tool arguments): ``LLMQ_UI_CONTENT=1``.
+    ui_content: bool = False
     #: Redis connections of the gateway (SSE clients share one pub/sub connection; other commands
     #: are short). Requests wait for a free one rather than opening hundreds at once under a burst.
     redis_max_connections: Annotated[int, Field(ge=4)] = 64

@@ -81,10 +81,17 @@ class JobEventsRenderer:
 
     prelude = b"retry: 2000\n\n"
 
+    def __init__(self, transform: Callable[[StreamEvent], StreamEvent] | None = None) -> None:
+        #: Applied to every event after the scrubbing (the browser view's ``?text=0`` strips message text).
+        self._transform = transform
+
     def frames(self, item: Item) -> bytes:
         if isinstance(item, FeedError):
             return sse_frame(json.dumps({"type": "gateway_error", "message": item.message}), event="gateway_error")
-        return sse_frame(scrub_event(item).model_dump_json(), event=item.type, id=item.seq)
+        event = scrub_event(item)
+        if self._transform is not None:
+            event = self._transform(event)
+        return sse_frame(event.model_dump_json(), event=item.type, id=item.seq)
 
     def early_response(self, item: Item) -> Response | None:
         return None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
@@ -14,7 +17,21 @@ from producers.gateway.metrics import GatewayMetrics
 from producers.gateway.settings import GatewaySettings, OnDisconnect
 from producers.history import AsyncJobHistory
 
-__all__ = ["Gateway", "gateway_of"]
+#: ``tenant -> rows`` of ``{"queue", "class", "tenant", "depth"}`` (``class``/``tenant`` None: all of them).
+QueueSource = Callable[[str], Awaitable[list[dict[str, Any]]]]
+#: ``tenant -> {"month", "kill_ratio", "scopes": [...]}`` (the ledger's snapshot), or None.
+BudgetSource = Callable[[str], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass
+class Panels:
+    """Where ``/v1/queues`` and ``/v1/budget`` read (``producers/gateway/panels.py``); None: the defaults."""
+
+    queues: QueueSource | None = None
+    budget: BudgetSource | None = None
+
+
+__all__ = ["BudgetSource", "Gateway", "Panels", "QueueSource", "gateway_of"]
 
 log = logging.getLogger("llmq.gateway")
 
@@ -22,8 +39,16 @@ log = logging.getLogger("llmq.gateway")
 class Gateway:
     """What the request handlers share: settings, the queue client, the pub/sub hub, metrics."""
 
-    def __init__(self, settings: GatewaySettings, client: AsyncClient | None, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        client: AsyncClient | None,
+        metrics: GatewayMetrics,
+        panels: Panels | None = None,
+    ) -> None:
         self.settings = settings
+        #: Where ``/v1/queues`` and ``/v1/budget`` read (``producers/gateway/panels.py``).
+        self.panels = panels or Panels()
         self.metrics = metrics
         self._client = client
         self._owns_client = client is None
