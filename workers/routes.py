@@ -2,8 +2,14 @@
 
 Example::
 
+    [providers.azure-eu]                 # named providers: workers/contract/providers.py
+    type = "azure"
+    base_url = "https://my-resource.openai.azure.com"
+    api_key_env = "AZURE_EU_API_KEY"
+    api_version = "2024-10-21"
+
     [routes]
-    default = ["openai:gpt-4o", "anthropic:claude-sonnet-4-5", "openai:gpt-4o-mini"]
+    default = ["azure-eu:gpt-4o", "openai:gpt-4o", "anthropic:claude-sonnet-4-5"]
     cheap = ["openai:gpt-4o-mini"]
 
     [models."openai:gpt-4o"]
@@ -40,6 +46,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workers.contract import split_model_id
+from workers.contract.providers import ProviderSpec, check_provider_names
 from workers.llm.errors import ConfigurationError
 
 __all__ = ["BudgetConfig", "LLMQConfig", "ModelConfig", "ToolsConfig", "load_config"]
@@ -184,6 +191,8 @@ class WebhooksConfig(_Strict):
 
 
 class LLMQConfig(_Strict):
+    #: Named providers (``workers/contract/providers.py``): ``<name>:<model>`` ids use them.
+    providers: dict[str, ProviderSpec] = Field(default_factory=dict)
     routes: dict[str, list[str]] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
@@ -207,6 +216,12 @@ class LLMQConfig(_Strict):
             for model in chain:
                 split_model_id(model)  # raises for a non provider:model entry
         return routes
+
+    @field_validator("providers")
+    @classmethod
+    def _providers(cls, providers: dict[str, ProviderSpec]) -> dict[str, ProviderSpec]:
+        check_provider_names(providers)
+        return providers
 
     @field_validator("models")
     @classmethod

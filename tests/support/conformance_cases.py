@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -18,8 +20,12 @@ from tests.support.replay_server import ReplayServer, Reply
 from workers.contract import Message
 from workers.llm._http import HTTPClient
 from workers.llm.anthropic import AnthropicProvider
+from workers.llm.aws import load_aws
+from workers.llm.azure import AzureOpenAIProvider
 from workers.llm.base import ChatRequest, ChatStream, Completion, Provider
+from workers.llm.bedrock import BedrockProvider
 from workers.llm.errors import LLMQError
+from workers.llm.gemini import GeminiProvider
 from workers.llm.ollama import OllamaProvider
 from workers.llm.openai import OpenAIProvider
 
@@ -29,7 +35,20 @@ CONFORMANCE = Path(
     os.environ.get("LLMQ_CONFORMANCE_DIR") or Path(__file__).parents[2].parent / "shared" / "conformance"
 )
 API_KEY = "sk-llmq-conformance-0123456789abcdef"
-ENDPOINTS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages", "ollama": "/api/chat"}
+#: Signing credentials of the Bedrock cases (the secret must not leak either).
+AWS_KEY_ID, AWS_SECRET = "AKIDLLMQCONFORMANCE0", "llmq-conformance-aws-secret-0123456789abcdef"
+AZURE_API_VERSION = "2024-12-01-preview"
+ENDPOINTS = {
+    "openai": "/v1/chat/completions",
+    "openai-compatible": "/v1/chat/completions",
+    "azure": "/openai/deployments/{model}/chat/completions?api-version=" + AZURE_API_VERSION,
+    "anthropic": "/v1/messages",
+    "ollama": "/api/chat",
+    "gemini": "/v1beta/models/{model}:generateContent",
+    "gemini-stream": "/v1beta/models/{model}:streamGenerateContent?alt=sse",
+    "bedrock": "/model/{model}/converse",
+    "bedrock-stream": "/model/{model}/converse-stream",
+}
 
 
 @dataclass
@@ -48,8 +67,14 @@ def _case(meta: dict[str, Any], name: str, body: bytes, stream: bool) -> Case:
     summary = (meta.get("request") or {}).get("body_summary") or {}
     response = meta["response"]
     headers = [(k, v) for k, v in response["headers"]]
-    model = summary.get("model") or "test-model"
+    model = summary.get("model") or _model_in_url(str((meta.get("request") or {}).get("url") or "")) or "test-model"
     return Case(meta["provider"], name, response["status"], headers, body, meta["expected"], stream, model)
+
+
+def _model_in_url(url: str) -> str | None:
+    """The model a Gemini (``/models/<m>:...``) or Bedrock (``/model/<m>/...``) request names in its path."""
+    match = re.search(r"/models/([^/:?<>]+):", url) or re.search(r"/model/([^/?<>]+)/converse", url)
+    return unquote(match.group(1)) if match else None
 
 
 def transcripts() -> Iterator[Any]:
@@ -73,10 +98,20 @@ def error_files() -> Iterator[Any]:
 def make_provider(name: str, http: HTTPClient, base: str) -> Provider:
     if name == "openai":
         return OpenAIProvider(http, api_key=API_KEY, base_url=f"{base}/v1")
+    if name == "openai-compatible":
+        return OpenAIProvider(http, api_key=API_KEY, base_url=f"{base}/v1", name=name, key_env="COMPAT_API_KEY")
+    if name == "azure":
+        return AzureOpenAIProvider(http, api_key=API_KEY, base_url=base, api_version=AZURE_API_VERSION)
     if name == "anthropic":
         return AnthropicProvider(http, api_key=API_KEY, base_url=base)
     if name == "ollama":
         return OllamaProvider(http, host=base, api_key=API_KEY)
+    if name == "gemini":
+        return GeminiProvider(http, api_key=API_KEY, base_url=f"{base}/v1beta")
+    if name == "bedrock":
+        aws = load_aws(name)
+        credentials = aws.static_credentials(AWS_KEY_ID, AWS_SECRET)
+        return BedrockProvider(http, aws=aws, region="us-east-1", base_url=base, credentials=credentials)
     raise AssertionError(f"no provider for {name!r}")
 
 
@@ -113,11 +148,28 @@ def run_case(case: Case, server: ReplayServer, http: HTTPClient) -> Outcome:
 def check_request(case: Case, captured: list[Any]) -> None:
     assert len(captured) == 1, "exactly one upstream request"
     request = captured[0]
-    assert (request.method, request.path) == ("POST", ENDPOINTS[case.provider])
+    endpoint = ENDPOINTS.get(f"{case.provider}-stream" if case.stream else "", ENDPOINTS[case.provider])
+    model = quote(case.request_model, safe="")
+    assert (request.method, request.path) == ("POST", endpoint.format(model=model))
     body = json.loads(request.body)
+    if case.provider == "gemini":
+        assert request.headers["x-goog-api-key"] == API_KEY
+        assert body["contents"] == [{"role": "user", "parts": [{"text": "hi"}]}]
+        assert body["generationConfig"]["maxOutputTokens"] == 64
+        return
+    if case.provider == "bedrock":
+        assert request.headers["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={AWS_KEY_ID}/")
+        assert "/us-east-1/bedrock/aws4_request" in request.headers["authorization"]
+        assert request.headers["x-amz-date"]
+        assert body["messages"] == [{"role": "user", "content": [{"text": "hi"}]}]
+        assert body["inferenceConfig"]["maxTokens"] == 64
+        return
     assert body["model"] == case.request_model
-    if case.provider == "openai":
-        assert request.headers["authorization"] == f"Bearer {API_KEY}"
+    if case.provider in ("openai", "openai-compatible", "azure"):
+        if case.provider == "azure":
+            assert request.headers["api-key"] == API_KEY
+        else:
+            assert request.headers["authorization"] == f"Bearer {API_KEY}"
         assert body.get("stream", False) is case.stream
         if case.stream:
             assert body["stream_options"] == {"include_usage": True}
@@ -138,4 +190,4 @@ def assert_no_key(outcome: Outcome, logs: str) -> None:
         texts += [str(outcome.error), repr(outcome.error.args)]
     if outcome.completion is not None:
         texts.append(repr(outcome.completion))
-    assert not any(API_KEY in t for t in texts)
+    assert not any(API_KEY in t or AWS_SECRET in t for t in texts)

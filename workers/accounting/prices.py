@@ -10,6 +10,9 @@ Resolution order for a model id:
 2. local providers (``ollama`` by default) cost 0;
 3. genai-prices, by ``provider_id`` = our provider prefix and ``model_ref`` = the model name
    (it resolves dated and undated names: ``claude-sonnet-4-5-20250929`` -> ``claude-sonnet-4-5``);
+   a named provider (``[providers.<name>]``) is looked up by its type's genai-prices provider
+   (azure, google, aws for Bedrock, anthropic) or, for an OpenAI-compatible server, by its base
+   URL (genai-prices knows Groq, DeepSeek, Mistral, OpenRouter, Together ... by their API URL);
 4. otherwise the model is *unpriced*, and the policy decides: ``"reject"`` (default) raises
    :class:`ConfigurationError` with code ``unpriced_model``; ``"allow_unpriced"`` returns a
    :class:`ModelPrice` with ``priced=False`` whose costs are ``None`` — never a silent 0.
@@ -34,7 +37,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from workers.contract import Usage, base_model_name, split_model_id
 from workers.llm.errors import ConfigurationError
 
-__all__ = ["LOCAL_PROVIDERS", "ModelPrice", "PriceBook", "PriceOverride", "UnpricedPolicy"]
+__all__ = [
+    "LOCAL_PROVIDERS",
+    "ModelPrice",
+    "PriceBook",
+    "PriceOverride",
+    "PriceSource",
+    "UnpricedPolicy",
+    "price_sources",
+]
 
 UnpricedPolicy = Literal["reject", "allow_unpriced"]
 #: Providers that run on our own hardware: cost 0 unless the config prices them.
@@ -137,6 +148,33 @@ def _split(price: Any) -> tuple[Decimal, Tiers]:
 _NO_OVERRIDE = PriceOverride()
 
 
+@dataclass(frozen=True, slots=True)
+class PriceSource:
+    """Where genai-prices has a provider's prices: its provider id, or the API URL it matches."""
+
+    provider_id: str | None = None
+    api_url: str | None = None
+    #: Runs on our own hardware: costs 0 unless the config prices it.
+    local: bool = False
+
+
+#: A provider type -> genai-prices' provider id (``openai`` also matches compatible servers by URL).
+_GENAI_PROVIDER = {"openai": "openai", "azure": "azure", "anthropic": "anthropic", "gemini": "google", "bedrock": "aws"}
+
+
+def price_sources(specs: Mapping[str, Any]) -> dict[str, PriceSource]:
+    """The price source of each ``[providers.<name>]`` entry (``ProviderSpec``-like: type, base_url)."""
+    out: dict[str, PriceSource] = {}
+    for name, spec in specs.items():
+        if spec.type == "ollama":
+            out[name] = PriceSource(local=True)
+        elif spec.type == "openai" and spec.base_url:
+            out[name] = PriceSource(api_url=spec.base_url)
+        else:
+            out[name] = PriceSource(provider_id=_GENAI_PROVIDER[spec.type])
+    return out
+
+
 class PriceBook:
     """Looks up and caches :class:`ModelPrice` per model id. Thread-safe; one per process.
 
@@ -151,11 +189,14 @@ class PriceBook:
         *,
         unpriced: UnpricedPolicy = "reject",
         local_providers: frozenset[str] = LOCAL_PROVIDERS,
+        sources: Mapping[str, PriceSource] | None = None,
     ) -> None:
         if unpriced not in ("reject", "allow_unpriced"):
             raise ConfigurationError(f"unpriced policy must be 'reject' or 'allow_unpriced', not {unpriced!r}")
         self.unpriced = unpriced
         self.local_providers = local_providers
+        #: Named providers' price sources (``price_sources``); others are looked up by their name.
+        self._sources = dict(sources or {})
         self._overrides: dict[str, PriceOverride] = {}
         for key, value in (overrides or {}).items():
             try:
@@ -199,8 +240,9 @@ class PriceBook:
             or self._overrides.get(f"{provider}:*")
             or _NO_OVERRIDE
         )
-        local = provider in self.local_providers
-        known = None if local else _genai_lookup(provider, base_model_name(name))
+        source = self._sources.get(provider) or PriceSource(provider_id=provider)
+        local = source.local or (provider in self.local_providers and provider not in self._sources)
+        known = None if local else _genai_lookup(source, base_model_name(name))
         if known is not None:
             price = replace(known, model=model)
         elif local:
@@ -233,15 +275,20 @@ class PriceBook:
         return replace(price, **changes) if changes else price
 
 
-def _genai_lookup(provider: str, name: str) -> ModelPrice | None:
+def _genai_lookup(source: PriceSource, name: str) -> ModelPrice | None:
     """The bundled genai-prices entry, via its public ``calc_price`` (zero usage), or None."""
     from genai_prices import Usage as GenaiUsage
     from genai_prices import calc_price
 
     try:
-        calc = calc_price(GenaiUsage(input_tokens=0, output_tokens=0), model_ref=name, provider_id=provider)
+        usage = GenaiUsage(input_tokens=0, output_tokens=0)
+        if source.provider_id is None and source.api_url:  # an OpenAI-compatible server, by its URL
+            calc = calc_price(usage, model_ref=name, provider_api_url=source.api_url)
+        else:
+            calc = calc_price(usage, model_ref=name, provider_id=source.provider_id)
     except LookupError:
         return None
+    provider = source.provider_id or calc.provider.id
     mp = calc.model_price
     input_raw, output_raw = getattr(mp, "input_mtok", None), getattr(mp, "output_mtok", None)
     if input_raw is None and output_raw is None:

@@ -90,14 +90,19 @@ ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 
 
 class ReasoningBlock(_Wire):
-    """A thinking block of an Anthropic answer (extended thinking), kept to be sent back unchanged.
+    """A thinking block of an answer, kept to be sent back unchanged when a tool loop continues.
 
-    With thinking on, Anthropic wants the previous assistant turn's thinking blocks, verbatim and
-    first in its content, when a tool loop continues: ``thinking`` blocks with their ``signature``,
-    ``redacted_thinking`` blocks with their encrypted ``data``. Other providers never see them.
+    With thinking on, Anthropic (and Claude on Bedrock) wants the previous assistant turn's
+    thinking blocks, verbatim and first in its content: ``thinking`` blocks with their
+    ``signature``, ``redacted_thinking`` blocks with their encrypted ``data``. Gemini wants each
+    part's ``thoughtSignature`` back on that part: a ``thought_signature`` block, ``data`` naming
+    the tool call it belongs to (None: the turn's text). ``provider`` is the type of provider
+    that made it (None: Anthropic); other providers never see a block.
     """
 
-    type: Literal["thinking", "redacted_thinking"]
+    type: Literal["thinking", "redacted_thinking", "thought_signature"]
+    #: ``anthropic``, ``bedrock`` or ``gemini``; None for blocks of Anthropic's own API.
+    provider: str | None = None
     #: The thinking text (``thinking`` blocks).
     thinking: str | None = None
     #: The provider's signature over the thinking text (``thinking`` blocks).
@@ -113,6 +118,8 @@ class ReasoningBlock(_Wire):
             not self.data or self.thinking is not None or self.signature is not None
         ):
             raise ValueError("a 'redacted_thinking' block needs 'data' (and no 'thinking' or 'signature')")
+        if self.type == "thought_signature" and (not self.signature or self.thinking is not None):
+            raise ValueError("a 'thought_signature' block needs 'signature' (and no 'thinking')")
         return self
 
 

@@ -328,18 +328,20 @@ class HTTPClient:
         model: str,
         error_mapper: ErrorMapper,
         abort: AbortSignal | None = None,
+        timeout_s: float | None = None,
     ) -> tuple[Mapping[str, str], bytes]:
         """POST and read the whole 2xx body; any other status raises the mapped error.
 
         ``abort`` (see ``workers/llm/abort.py``) lets another thread or greenlet end the call:
-        the read stops at once and :class:`JobCancelledError` is raised.
+        the read stops at once and :class:`JobCancelledError` is raised. ``timeout_s`` (a
+        provider's own ``timeout_s``) caps the connect, write and read timeouts of this call.
         """
         if abort is None:
             started = time.monotonic()
-            response = self._send(url, headers, body, provider, model)
+            response = self._send(url, headers, body, provider, model, timeout_s)
             content = self._reader(response, provider, model, started).read_all()
         else:
-            response, content = self._post_abortable(url, headers, body, provider, model, abort)
+            response, content = self._post_abortable(url, headers, body, provider, model, abort, timeout_s)
         if response.status_code >= 300:
             raise error_mapper(response.status_code, response.headers, content)
         return response.headers, content
@@ -356,7 +358,15 @@ class HTTPClient:
             watchdog=self._watchdog,
         )
 
-    def _send(self, url: str, headers: Mapping[str, str], body: bytes, provider: str, model: str) -> httpx.Response:
+    def _send(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        provider: str,
+        model: str,
+        limit_s: float | None = None,
+    ) -> httpx.Response:
         """POST; returns once the status line and headers are in, the body still to be read."""
         client = self._client
         parsed = self._urls.get(url)
@@ -364,12 +374,29 @@ class HTTPClient:
             if len(self._urls) >= _URL_CACHE_SIZE:
                 self._urls.clear()
             parsed = self._urls[url] = httpx.URL(url)
-        request = client.build_request("POST", parsed, headers=headers, content=body)
+        if limit_s is None:
+            request = client.build_request("POST", parsed, headers=headers, content=body)
+        else:
+            s = self.settings
+            timeout = httpx.Timeout(
+                connect=min(s.connect_timeout, limit_s),
+                read=min(s.read_timeout, limit_s),
+                write=min(s.write_timeout, limit_s),
+                pool=s.pool_timeout,
+            )
+            request = client.build_request("POST", parsed, headers=headers, content=body, timeout=timeout)
         with _mapped(provider, model):
             return client.send(request, stream=True)
 
     def _post_abortable(
-        self, url: str, headers: Mapping[str, str], body: bytes, provider: str, model: str, abort: AbortSignal
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        provider: str,
+        model: str,
+        abort: AbortSignal,
+        limit_s: float | None = None,
     ) -> tuple[httpx.Response, bytes]:
         if abort.fired:
             raise JobCancelledError("cancelled before the request was sent", provider=provider, model=model)
@@ -379,7 +406,7 @@ class HTTPClient:
         token = _READ_ABORT.set(abort)
         try:
             started = time.monotonic()
-            response = self._send(url, headers, body, provider, model)
+            response = self._send(url, headers, body, provider, model, limit_s)
             reader = self._reader(response, provider, model, started)
             try:
                 if response.http_version != "HTTP/1.1" and not abort.arm(reader.close):
@@ -407,10 +434,11 @@ class HTTPClient:
         provider: str,
         model: str,
         error_mapper: ErrorMapper,
+        timeout_s: float | None = None,
     ) -> StreamingResponse:
         """POST and return the open response once its status line and headers arrived."""
         started = time.monotonic()
-        response = self._send(url, headers, body, provider, model)
+        response = self._send(url, headers, body, provider, model, timeout_s)
         reader = self._reader(response, provider, model, started)
         if response.status_code >= 300:
             raise error_mapper(response.status_code, response.headers, reader.read_all())

@@ -128,7 +128,9 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, object]]]:
         return "user", [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text}]
     if message.role == "assistant":
         # thinking blocks first and verbatim: the API checks their signatures
-        blocks: list[dict[str, object]] = [b.model_dump(exclude_none=True) for b in message.reasoning_blocks or []]
+        blocks: list[dict[str, object]] = [
+            b.model_dump(exclude_none=True) for b in message.reasoning_blocks or [] if b.provider is None
+        ]
         if message.text:
             blocks.append({"type": "text", "text": message.text})
         for call in message.tool_calls or []:
@@ -238,13 +240,26 @@ class AnthropicProvider(HTTPProvider["AnthropicStream"]):
     name = "anthropic"
     key_env = "ANTHROPIC_API_KEY"
 
-    def __init__(self, http: HTTPClient, *, api_key: str | None, base_url: str | None = None) -> None:
+    def __init__(
+        self,
+        http: HTTPClient,
+        *,
+        api_key: str | None,
+        base_url: str | None = None,
+        name: str | None = None,
+        key_env: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
         super().__init__(
             http,
             url=(base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages",
             api_key=api_key,
-            key_required=base_url is None or base_url.rstrip("/") == DEFAULT_BASE_URL,
-            static_headers={"anthropic-version": API_VERSION},
+            key_required=base_url is None or base_url.rstrip("/") == DEFAULT_BASE_URL or key_env is not None,
+            static_headers={"anthropic-version": API_VERSION, **(headers or {})},
+            name=name,
+            key_env=key_env,
+            timeout_s=timeout_s,
         )
 
     @classmethod

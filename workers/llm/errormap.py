@@ -262,15 +262,21 @@ def error_for_status(
     param: str | None = None,
     in_stream: bool = False,
     now: float | None = None,
+    error_class: type[ProviderError] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> LLMQError:
-    """Pick the error class for an HTTP error; ``code``/``kind`` are the body's code and type."""
+    """Pick the error class for an HTTP error; ``code``/``kind`` are the body's code and type.
+
+    ``error_class`` overrides the guess from status and wording (a provider whose error type is
+    authoritative, e.g. Bedrock's ``x-amzn-ErrorType``); ``extra`` adds JSON values to ``details``.
+    """
     hints = " ".join(x for x in (code or "", kind or "", message[:300]) if x).lower()
     request_id = request_id or headers.get("x-request-id") or headers.get("request-id")
     should_retry = parse_should_retry(headers)
     if retry_after is None:
         retry_after = parse_retry_after(headers, now=now)
-    cls = _error_class(status, hints, code, kind)
-    details: dict[str, Any] = {}
+    cls = error_class or _error_class(status, hints, code, kind)
+    details: dict[str, Any] = dict(extra or {})
     if kind:
         details["type"] = kind
     if param:
@@ -305,14 +311,19 @@ def error_in_stream(
     code: str | None = None,
     kind: str | None = None,
     request_id: str | None = None,
+    status: int | None = None,
+    details: dict[str, Any] | None = None,
 ) -> LLMQError:
     """An error payload inside a 200 stream, classified like the same error outside a stream.
 
     Anthropic's in-stream ``overloaded_error`` is an :class:`OverloadedError` (529 semantics),
     so it is retried (before the first delta) instead of surfacing as a success or a bad request.
-    An error without a recognised type (Ollama's ``{"error": "..."}``) is a server error.
+    An error without a recognised type (Ollama's ``{"error": "..."}``) is a server error. A
+    payload that states its HTTP status (Groq's ``status_code``, OpenRouter's integer ``code``)
+    is classified by that status.
     """
-    status = _KIND_STATUS.get(code or "") or _KIND_STATUS.get(kind or "") or 500
+    if status is None or not 400 <= status < 600:
+        status = _KIND_STATUS.get(code or "") or _KIND_STATUS.get(kind or "") or 500
     return error_for_status(
         status,
         {},
@@ -323,4 +334,5 @@ def error_in_stream(
         kind=kind,
         request_id=request_id,
         in_stream=True,
+        extra=details,
     )

@@ -33,7 +33,7 @@ class HTTPProvider(Provider, Generic[StreamT]):
     #: ``accept`` of a streamed call: SSE, or NDJSON for Ollama.
     stream_media_type: ClassVar[str] = "text/event-stream"
     #: The worker environment variable the key comes from, named when it is missing.
-    key_env: ClassVar[str] = ""
+    key_env: str = ""
 
     def __init__(
         self,
@@ -43,6 +43,9 @@ class HTTPProvider(Provider, Generic[StreamT]):
         api_key: str | None,
         key_required: bool = False,
         static_headers: Mapping[str, str] | None = None,
+        name: str | None = None,
+        key_env: str | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self._http = http
         self._url = url
@@ -50,6 +53,12 @@ class HTTPProvider(Provider, Generic[StreamT]):
         #: The official API refuses unauthenticated calls: fail before sending one.
         self._key_required = key_required
         self._static_headers = dict(static_headers or {})
+        if name is not None:  # a [providers.<name>] entry: its name prefixes model ids and errors
+            self.name = name
+        if key_env is not None:
+            self.key_env = key_env
+        #: Per-provider cap on one call (``timeout_s`` of its config entry); None: the worker's.
+        self._timeout_s = timeout_s
 
     # --- what a provider module translates ------------------------------------------------------
 
@@ -72,6 +81,14 @@ class HTTPProvider(Provider, Generic[StreamT]):
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """How the key is sent; a bearer token unless the provider says otherwise."""
         return {"authorization": f"Bearer {api_key}"}
+
+    def endpoint(self, request: ChatRequest, *, stream: bool) -> str:
+        """The URL of one call; the same for every call unless the model is part of the path."""
+        return self._url
+
+    def sign(self, url: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
+        """The final headers of a request (a provider that signs requests adds its signature)."""
+        return headers
 
     # --- the shared request cycle ----------------------------------------------------------------
 
@@ -97,14 +114,17 @@ class HTTPProvider(Provider, Generic[StreamT]):
         return mapper
 
     def complete(self, request: ChatRequest) -> Completion:
+        url = self.endpoint(request, stream=False)
+        body = json.dumps(self.build_body(request, stream=False)).encode()
         headers, content = self._http.post(
-            self._url,
-            headers=self.headers(request, stream=False),
-            body=json.dumps(self.build_body(request, stream=False)).encode(),
+            url,
+            headers=self.sign(url, self.headers(request, stream=False), body),
+            body=body,
             provider=self.name,
             model=request.model,
             error_mapper=self._mapper(request.model),
             abort=request.abort,
+            timeout_s=self._timeout_s,
         )
         try:
             return check_completion(self.parse_completion(headers, content, request))
@@ -114,12 +134,15 @@ class HTTPProvider(Provider, Generic[StreamT]):
             ) from exc
 
     def stream(self, request: ChatRequest) -> StreamT:
+        url = self.endpoint(request, stream=True)
+        body = json.dumps(self.build_body(request, stream=True)).encode()
         response = self._http.open_stream(
-            self._url,
-            headers=self.headers(request, stream=True),
-            body=json.dumps(self.build_body(request, stream=True)).encode(),
+            url,
+            headers=self.sign(url, self.headers(request, stream=True), body),
+            body=body,
             provider=self.name,
             model=request.model,
             error_mapper=self._mapper(request.model),
+            timeout_s=self._timeout_s,
         )
         return self.open_response_stream(response, request)

@@ -142,9 +142,25 @@ class OllamaProvider(HTTPProvider["OllamaStream"]):
     stream_media_type = "application/x-ndjson"
     key_env = "OLLAMA_API_KEY"
 
-    def __init__(self, http: HTTPClient, *, host: str | None = None, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        http: HTTPClient,
+        *,
+        host: str | None = None,
+        api_key: str | None = None,
+        name: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
         #: Only Ollama's cloud (and authenticating proxies) want a key; local servers need none.
-        super().__init__(http, url=parse_host(host) + "/api/chat", api_key=api_key)
+        super().__init__(
+            http,
+            url=parse_host(host) + "/api/chat",
+            api_key=api_key,
+            static_headers=headers,
+            name=name,
+            timeout_s=timeout_s,
+        )
 
     @classmethod
     def from_env(cls, http: HTTPClient, env: Mapping[str, str] = os.environ) -> OllamaProvider:

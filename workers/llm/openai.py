@@ -29,10 +29,10 @@ from workers.llm.base import (
     sse_continuation,
 )
 from workers.llm.errormap import error_for_status, error_in_stream, parse_ratelimit, redact
-from workers.llm.errors import LLMQError
+from workers.llm.errors import ContentFilteredError, LLMQError
 from workers.llm.httpprovider import HTTPProvider
 
-__all__ = ["OpenAIProvider", "OpenAIStream", "openai_error_from_body", "parse_completion"]
+__all__ = ["OpenAIProvider", "OpenAIStream", "content_filtered", "openai_error_from_body", "parse_completion"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -49,6 +49,9 @@ def openai_error_from_body(
     provider: str = "openai",
     model: str = "",
     secret: str | None = None,
+    retry_after: float | None = None,
+    extra: Mapping[str, object] | None = None,
+    request_id: str | None = None,
 ) -> LLMQError:
     """``{"error": {"message", "type", "param", "code"}}`` (Azure: ``type`` null) -> our tree."""
     message, code, kind, param = "", None, None, None
@@ -71,22 +74,47 @@ def openai_error_from_body(
         code=code,
         kind=kind,
         param=param,
+        retry_after=retry_after,
+        extra=extra,
+        request_id=request_id,
     )
 
 
 def _stream_error(payload: object, provider: str, model: str, secret: str | None = None) -> LLMQError:
-    """An ``{"error": ...}`` object inside a 200 stream, mapped onto the same tree."""
+    """An ``{"error": ...}`` object inside a 200 stream, mapped onto the same tree.
+
+    Compatible servers add the status the same error has outside a stream: Groq as
+    ``status_code``, OpenRouter as an integer ``code``.
+    """
     error = payload if isinstance(payload, dict) else {"message": str(payload)}
+    code = error.get("code")
+    status = error.get("status_code")
+    if isinstance(code, int) and not isinstance(code, bool):
+        status, code = status or code, str(code)
     return error_in_stream(
         provider=provider,
         model=model,
         message=redact(str(error.get("message") or ""), secret),
-        code=_str_or_none(error.get("code")),
+        code=_str_or_none(code),
         kind=_str_or_none(error.get("type")),
+        status=status if isinstance(status, int) and not isinstance(status, bool) else None,
+    )
+
+
+def content_filtered(provider: str, model: str, text: str, request_id: str | None = None) -> LLMQError:
+    """``finish_reason: "content_filter"``: the provider's filter stopped the answer (not retried)."""
+    return ContentFilteredError(
+        "the provider's content filter stopped the answer" + (f" after {len(text)} characters" if text else ""),
+        provider=provider,
+        model=model,
+        code="content_filter",
+        request_id=request_id,
     )
 
 
 class OpenAIProvider(HTTPProvider["OpenAIStream"]):
+    """OpenAI itself, or any server that speaks Chat Completions (vLLM, Groq, DeepSeek, ...)."""
+
     name = "openai"
     key_env = "OPENAI_API_KEY"
 
@@ -98,6 +126,11 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
         base_url: str | None = None,
         organization: str | None = None,
         project: str | None = None,
+        name: str | None = None,
+        key_env: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        url: str | None = None,
     ) -> None:
         official = base_url is None or base_url.rstrip("/") == DEFAULT_BASE_URL
         static_headers: dict[str, str] = {}
@@ -105,12 +138,16 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
             static_headers["openai-organization"] = organization
         if project:
             static_headers["openai-project"] = project
+        static_headers.update(headers or {})
         super().__init__(
             http,
-            url=(base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions",
+            url=url or (base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions",
             api_key=api_key,
-            key_required=official,
+            key_required=official or key_env is not None,
             static_headers=static_headers,
+            name=name,
+            key_env=key_env,
+            timeout_s=timeout_s,
         )
         self._max_tokens_field = "max_completion_tokens" if official else "max_tokens"
 
@@ -144,12 +181,23 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
         return openai_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
 
     def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
-        completion = parse_completion(content, request_id=headers.get("x-request-id"))
+        completion = parse_completion(content, request_id=self.request_id(headers))
         completion.ratelimit = parse_ratelimit(headers)
+        if completion.finish_reason == "content_filter":
+            raise content_filtered(self.name, request.model, completion.text, completion.request_id)
         return completion
 
+    def request_id(self, headers: Mapping[str, str]) -> str | None:
+        return headers.get("x-request-id")
+
     def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> OpenAIStream:
-        return OpenAIStream(response, provider=self.name, model=request.model, secret=self._api_key)
+        return OpenAIStream(
+            response,
+            provider=self.name,
+            model=request.model,
+            secret=self._api_key,
+            request_id=self.request_id(response.headers),
+        )
 
 
 def _add_params(body: dict[str, object], request: ChatRequest) -> None:
@@ -174,7 +222,9 @@ def _add_params(body: dict[str, object], request: ChatRequest) -> None:
 
 
 def parse_completion(content: bytes, *, request_id: str | None = None) -> Completion:
-    payload = json.loads(content)
+    payload = json.loads(content)  # leading whitespace (OpenRouter) is fine for JSON
+    if "error" in payload and not payload.get("choices"):
+        raise _stream_error(payload["error"], "openai", str(payload.get("model") or ""))
     choice = (payload.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     calls = [
@@ -186,18 +236,47 @@ def parse_completion(content: bytes, *, request_id: str | None = None) -> Comple
         )
         for i, c in enumerate(message.get("tool_calls") or [])
     ]
+    text, thinking = _content(message.get("content"))
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str):
+        thinking += reasoning
     reason = choice.get("finish_reason")
+    native = choice.get("native_finish_reason")
+    usage = payload.get("usage") or (payload.get("x_groq") or {}).get("usage")
     return Completion(
-        text=message.get("content") or "",
+        text=text,
         tool_calls=calls,
         finish_reason=reason,
-        usage=_usage(payload.get("usage")),
+        usage=_usage(usage),
+        thinking=thinking,
         refusal=message.get("refusal"),
         response_model=payload.get("model"),
         request_id=request_id,
         response_id=payload.get("id"),
-        native_finish_reason=reason,
+        native_finish_reason=native if isinstance(native, str) else reason,
     )
+
+
+def _content(value: object) -> tuple[str, str]:
+    """``(text, thinking)`` of a message's ``content``: a string, or (Mistral) a list of typed chunks
+    (``text``, and ``thinking`` chunks whose own ``thinking`` is a list of text chunks)."""
+    if value is None or isinstance(value, str):
+        return value or "", ""
+    if not isinstance(value, list):
+        raise TypeError(f"content is {type(value).__name__}")
+    text: list[str] = []
+    thinking: list[str] = []
+    for part in value:
+        kind = part.get("type")
+        if kind == "text":
+            text.append(part["text"])
+        elif kind == "thinking":
+            inner = part.get("thinking")
+            if isinstance(inner, str):
+                thinking.append(inner)
+            else:
+                thinking.extend(p["text"] for p in inner or () if p.get("type") == "text")
+    return "".join(text), "".join(thinking)
 
 
 def _usage(raw: object) -> Usage | None:
@@ -217,18 +296,40 @@ def _usage(raw: object) -> Usage | None:
 
 
 class OpenAIStream(ResponseStream):
-    """Chat Completions SSE: every ``data:`` line is one JSON chunk; ``[DONE]`` ends it."""
+    """Chat Completions SSE: every ``data:`` line is one JSON chunk; ``[DONE]`` ends it.
 
-    def __init__(self, response: ResponseBody, *, provider: str, model: str, secret: str | None = None) -> None:
-        super().__init__(response, provider=provider, model=model, request_id=response.headers.get("x-request-id"))
+    Compatible servers add: ``:`` comment lines (OpenRouter's keep-alives, skipped like every
+    non-``data:`` line); reasoning text as ``delta.reasoning_content`` (DeepSeek) or
+    ``delta.reasoning`` (Groq, OpenRouter), or ``content`` as a list of typed chunks (Mistral):
+    kept as thinking, never as text; usage on the finish chunk or in ``x_groq.usage`` (Groq);
+    ``native_finish_reason`` (OpenRouter); an ``error`` chunk that also carries the usage.
+    """
+
+    def __init__(
+        self,
+        response: ResponseBody,
+        *,
+        provider: str,
+        model: str,
+        secret: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            response,
+            provider=provider,
+            model=model,
+            request_id=request_id if request_id is not None else response.headers.get("x-request-id"),
+        )
         self._secret = secret
         self.ratelimit = parse_ratelimit(response.headers)
 
     def __iter__(self) -> Iterator[str]:
         decode = decode_json
         parts = self.text_parts
+        thinking: list[str] = []
         tools = ToolCallAccumulator()
         first = True
+        vendor_usage: object = None
         try:
             lines = iter_lines(self._begin())
             for line in lines:
@@ -248,11 +349,16 @@ class OpenAIStream(ResponseStream):
                     except ValueError:
                         raise self._malformed(data) from None
                 if "error" in chunk:
-                    raise _stream_error(chunk["error"], self._provider, self._model, self._secret)
-                if first:
+                    usage = chunk.get("usage")
+                    if usage:
+                        self.usage = _usage(usage)
+                    error = _stream_error(chunk["error"], self._provider, self._model, self._secret)
+                    self._read_to_done(lines)
+                    raise error
+                if first and chunk.get("id"):  # Azure's first chunk has an empty id and model
                     first = False
-                    self.response_id = chunk.get("id")
-                    self.response_model = chunk.get("model")
+                    self.response_id = chunk["id"]
+                    self.response_model = chunk.get("model") or None
                 choices = chunk.get("choices")
                 if choices:
                     choice = choices[0]
@@ -261,10 +367,13 @@ class OpenAIStream(ResponseStream):
                         text = delta.get("content")
                         if text:
                             if text.__class__ is not str:
-                                raise TypeError(f"delta content is {type(text).__name__}")
-                            parts.append(text)
-                            yield text
-                        if len(delta) > 1 or not text:  # role, tool calls, refusal: rare
+                                text, thought = _content(text)
+                                if thought:
+                                    thinking.append(thought)
+                            if text:
+                                parts.append(text)
+                                yield text
+                        if len(delta) > 1 or not text:  # role, tool calls, refusal, reasoning: rare
                             calls = delta.get("tool_calls")
                             if calls:
                                 for call in calls:
@@ -277,16 +386,48 @@ class OpenAIStream(ResponseStream):
                             refusal = delta.get("refusal")
                             if refusal:
                                 self.refusal = (self.refusal or "") + refusal
+                            thought = delta.get("reasoning_content") or delta.get("reasoning")
+                            if thought:
+                                thinking.append(_text(thought))
                     reason = choice.get("finish_reason")
                     if reason:
-                        self.finish_reason = self.native_finish_reason = reason
+                        self.finish_reason = reason
+                        native = choice.get("native_finish_reason")
+                        self.native_finish_reason = native if native.__class__ is str else reason
                 usage = chunk.get("usage")
                 if usage:
                     self.usage = _usage(usage)
+                elif "x_groq" in chunk:
+                    vendor_usage = chunk["x_groq"].get("usage") or vendor_usage
         except Exception as exc:
             self._raise_failed(exc)
         finally:
             self._response.close()
+            if thinking:
+                self.thinking = "".join(thinking)
         if tools:
             self.tool_calls = tools.build()
+        if self.usage is None and vendor_usage:
+            self.usage = _usage(vendor_usage)
         self._finish("data: [DONE]")
+        if self.finish_reason == "content_filter":
+            self.completed = False
+            raise content_filtered(self._provider, self._model, self.text, self.request_id)
+
+    def _read_to_done(self, lines: Iterator[bytes], limit: int = 8) -> None:
+        """After an error chunk: read on to ``[DONE]`` if it follows (OpenRouter sends one), so the
+        response ends cleanly and its connection is reused; ``completed`` says whether it came."""
+        for i, line in enumerate(lines):
+            if line in (b"data: [DONE]", b"data:[DONE]"):
+                self.completed = True
+                self._drain(lines)
+                return
+            if i >= limit:
+                return
+
+
+def _text(value: object) -> str:
+    """A text field of a stream chunk; anything else is a malformed chunk (typed by the read loop)."""
+    if value.__class__ is not str:
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value

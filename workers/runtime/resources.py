@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from workers.accounting.ledger import Ledger, ReplicaWait
-from workers.accounting.prices import PriceBook
+from workers.accounting.prices import PriceBook, price_sources
 from workers.accounting.tokens import TokenCounter
 from workers.connections.redisclient import redis_client
 from workers.guards.shared import SharedGuards
@@ -205,9 +205,16 @@ class WorkerResources:
                 http2=settings.http2,
             )
         )
+        # before anything starts a thread: a provider entry that cannot work stops the worker here
+        try:
+            providers = build_registry(http, provider_env, config.providers)
+        except BaseException:
+            http.close()
+            client.close()
+            raise
         counter = TokenCounter()
         counter.preload(compact=True)  # seeds tiktoken's cache from the bundled files (offline); ~45 MB less RSS
-        prices = PriceBook(config.models, unpriced=config.budget.unpriced)
+        prices = PriceBook(config.models, unpriced=config.budget.unpriced, sources=price_sources(config.providers))
         with contextlib.suppress(Exception):  # warm genai-prices' data (~0.4 s) before the first job
             prices.lookup(settings.default_model)
         ledger_client = redis_client(
@@ -253,7 +260,7 @@ class WorkerResources:
             settings=settings,
             redis=client,
             http=http,
-            registry=build_registry(http, provider_env),
+            registry=providers,
             config=config,
             store=store,
             counter=counter,

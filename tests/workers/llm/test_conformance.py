@@ -26,6 +26,7 @@ from tests.support.conformance_cases import (
     transcripts,
 )
 from tests.support.replay_server import ReplayServer
+from workers.contract import Usage
 from workers.llm._http import HTTPClient
 from workers.llm.base import Completion
 from workers.llm.errormap import _timestamp
@@ -62,6 +63,27 @@ INFORMATIONAL = {
     "retry_after_header": "raw header; the parsed wait is checked as 'retry_after_seconds'",
     "retry_after_ms_header": "raw header; the parsed wait is checked as 'retry_after_seconds'",
     "body_is_json": "property of the recording",
+    # the providers added later (Azure, Gemini, Bedrock, OpenAI-compatible servers)
+    "vendor": "which OpenAI-compatible vendor recorded the file (its name says so too)",
+    "sse_comment_lines": "wire statistic (':' comment lines, which are skipped)",
+    "provider": "OpenRouter's upstream provider: routing metadata, not part of an answer",
+    "thought_part_count": "wire statistic (thought parts); the thinking text is checked",
+    "n_chunks": "wire statistic (SSE events on the wire)",
+    "sse_line_terminators": "wire statistic (CRLF or LF); both are parsed",
+    "unterminated_tail": "wire statistic; a stream that ends inside an event is checked by 'outcome'",
+    "finish_message": "Gemini's prose about the finish; the finish reason is checked",
+    "safety_ratings": "per-category scores; a block is checked as 'blocked' and 'outcome'",
+    "create_time": "Vertex AI's timestamp of the response",
+    "role": "always the assistant's",
+    "metrics": "Bedrock's own latency measurement",
+    "n_frames": "wire statistic (event-stream frames)",
+    "events": "wire structure (one entry per frame); text, tool calls, reasoning, usage and errors are checked",
+    "every_event_payload_has_p_padding": "property of the recording (the 'p' field is ignored)",
+    "extra_top_level_keys": "fields of the response we do not use (trace, performance config)",
+    "error_type_header_raw": "raw header; the parsed type is checked as 'error_type'",
+    "details_types": "the error's detail messages; those we use (ErrorInfo's reason, RetryInfo) are checked",
+    "retry_delay": "raw RetryInfo value; the parsed wait is checked as 'retry_delay_seconds'",
+    "content_type_is_event_stream_but_body_is_plain_json": "property of the recording; the body's error is checked",
 }
 
 
@@ -78,6 +100,14 @@ Check = Callable[[Any, Outcome, Case], None]
 
 
 def _c(o: Outcome) -> Completion:
+    """The parse result; for a whole-body call that failed (a Gemini block), what a failed job's
+    result carries: no text, no calls, the usage and finish reason the error reports."""
+    if o.completion is None and o.error is not None and o.error.details and "usage" in o.error.details:
+        counts = o.error.details["usage"]
+        return Completion(
+            usage=Usage(prompt_tokens=counts["prompt_tokens"], completion_tokens=counts["completion_tokens"]),
+            native_finish_reason=o.error.details.get("finish_reason"),
+        )
     assert o.completion is not None, f"no parse result (error: {o.error!r})"
     return o.completion
 
@@ -85,9 +115,10 @@ def _c(o: Outcome) -> Completion:
 def check_tool_calls(expected: list[dict[str, Any]], o: Outcome, case: Case) -> None:
     calls = _c(o).tool_calls if o.error is None else []
     assert len(calls) == len(expected)
+    signed = {b.data for b in _c(o).reasoning_blocks if b.type == "thought_signature"}
     for call, want in zip(calls, expected, strict=True):
-        if want.get("id"):
-            assert call.id == want["id"]
+        if want.get("id") or want.get("toolUseId"):
+            assert call.id == (want.get("id") or want["toolUseId"])
         else:
             assert call.id  # synthesized when the wire has none
         assert call.function.name == want["name"]
@@ -96,28 +127,55 @@ def check_tool_calls(expected: list[dict[str, Any]], o: Outcome, case: Case) -> 
             assert parsed == want["arguments"]
         if "input" in want:
             assert parsed == want["input"]
+        if "args" in want:  # Gemini: an object on the wire
+            assert parsed == want["args"]
+        if "input_raw" in want:  # Bedrock: the streamed JSON string, byte-exact
+            assert call.function.arguments == (want["input_raw"] or "{}")
+        if "has_thought_signature" in want:  # kept, to be sent back on this call's part
+            assert (call.id in signed) is want["has_thought_signature"]
         if "arguments_raw" in want:
             assert call.function.arguments == want["arguments_raw"]  # byte-exact
         if "partial_json_concat" in want:
             assert call.function.arguments == (want["partial_json_concat"] or "{}")
 
 
-def check_usage(expected: dict[str, Any], o: Outcome, case: Case) -> None:
+def check_usage(expected: dict[str, Any] | None, o: Outcome, case: Case) -> None:
     """The provider's own usage object: counts under its own names."""
     usage = _c(o).usage
-    names = {"openai": ("prompt_tokens", "completion_tokens"), "anthropic": ("input_tokens", "output_tokens")}
+    if expected is None:  # no usage on the wire (an Azure stream without include_usage)
+        assert usage is None
+        return
+    if case.provider == "gemini":  # output = candidates + thoughts; missing counts are 0
+        assert usage is not None and not usage.estimated
+        assert usage.prompt_tokens == expected.get("promptTokenCount", 0)
+        assert usage.completion_tokens == expected.get("candidatesTokenCount", 0) + expected.get(
+            "thoughtsTokenCount", 0
+        )
+        assert usage.total_tokens == expected.get("totalTokenCount", 0)
+        return
+    names = {
+        "openai": ("prompt_tokens", "completion_tokens"),
+        "openai-compatible": ("prompt_tokens", "completion_tokens"),
+        "azure": ("prompt_tokens", "completion_tokens"),
+        "anthropic": ("input_tokens", "output_tokens"),
+        "bedrock": ("inputTokens", "outputTokens"),
+    }
     keys = names.get(case.provider, ("prompt_eval_count", "eval_count"))
     if all(expected[k] is None for k in keys):
         assert usage is None
         return
     assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens) == tuple(expected[k] for k in keys)
-    if "total_tokens" in expected:
-        assert usage.total_tokens == expected["total_tokens"]
+    for total in ("total_tokens", "totalTokens"):
+        if total in expected:
+            assert usage.total_tokens == expected[total]
 
 
-def check_usage_normalized(expected: dict[str, Any], o: Outcome, case: Case) -> None:
+def check_usage_normalized(expected: dict[str, Any] | None, o: Outcome, case: Case) -> None:
     usage = _c(o).usage
+    if expected is None:
+        assert usage is None
+        return
     prompt, completion = expected["prompt_tokens"], expected["completion_tokens"]
     if prompt is None and completion is None:
         assert usage is None
@@ -128,9 +186,22 @@ def check_usage_normalized(expected: dict[str, Any], o: Outcome, case: Case) -> 
         assert (usage.prompt_tokens, usage.completion_tokens) == (prompt, completion)
 
 
+#: Gemini finish reasons -> ours (there is no tool-call reason: STOP after calls is tool_calls).
+GEMINI_FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
+
+
 def check_finish_reason(expected: str | None, o: Outcome, case: Case) -> None:
-    assert _c(o).finish_reason == expected
-    assert _c(o).native_finish_reason == expected
+    c = _c(o)
+    if case.provider != "gemini":
+        assert c.finish_reason == expected
+        if "native_finish_reason" not in case.expected:
+            assert c.native_finish_reason == expected
+        return
+    assert c.native_finish_reason == expected
+    if expected is not None and expected not in GEMINI_FINISH:  # a filter stop: a typed error
+        assert isinstance(o.error, ContentFilteredError) and o.error.code == expected
+    elif o.error is None:
+        assert c.finish_reason == ("tool_calls" if c.tool_calls else GEMINI_FINISH.get(expected or ""))
 
 
 def check_stop_reason(expected: str | None, o: Outcome, case: Case) -> None:
@@ -160,17 +231,41 @@ def check_outcome(expected: str, o: Outcome, case: Case) -> None:
     if expected == "complete":
         assert o.error is None, f"unexpected error {o.error!r}"
         assert o.stream is None or o.stream.completed
+    elif expected == "blocked":  # Gemini: prompt blocked, or the answer stopped by a filter
+        assert isinstance(o.error, ContentFilteredError) and not o.error.is_retryable
     else:
         assert expected == "error" and o.error is not None
+
+
+#: Bedrock exception frames -> our classes (the same as the exceptions as HTTP errors).
+BEDROCK_EXCEPTIONS = {"serviceUnavailableException": ServerError, "throttlingException": RateLimitedError}
 
 
 def check_stream_error(expected: dict[str, Any], o: Outcome, case: Case) -> None:
     exc = o.error
     assert exc is not None
-    assert type(exc) is IN_STREAM_ERROR_CLASS[expected.get("type")]
     assert exc.details and exc.details["in_stream"] is True
-    assert exc.is_retryable
     assert exc.message == expected["message"]
+    if "exception_type" in expected:  # a Bedrock exception frame
+        assert type(exc) is BEDROCK_EXCEPTIONS[expected["exception_type"]]
+        assert exc.code == expected["exception_type"] and exc.is_retryable
+        return
+    # a compatible server states the status the error has outside a stream (Groq's status_code,
+    # OpenRouter's integer code): classified as that status would be
+    status = expected.get("status_code") or (expected["code"] if isinstance(expected.get("code"), int) else None)
+    if status is not None:
+        assert exc.status == status
+        code = expected.get("code")
+        want = {"http_status": status, "error_code": code if isinstance(code, str) else None, "message": exc.message}
+        assert type(exc) is expected_error_class(want)
+        assert exc.is_retryable is (status >= 500 or status == 429)
+        if isinstance(code, str):
+            assert exc.code == code
+        if expected.get("type"):
+            assert (exc.details or {}).get("type") == expected["type"]
+        return
+    assert type(exc) is IN_STREAM_ERROR_CLASS[expected.get("type")]
+    assert exc.is_retryable
     if "type" in expected:
         assert exc.code == expected["type"]
     if "equivalent_http_status" in expected:
@@ -183,6 +278,8 @@ def check_stream_errors(expected: list[Any], o: Outcome, case: Case) -> None:
         assert o.error is None
         return
     want = expected[0] if isinstance(expected[0], dict) else {"message": expected[0]}
+    if "exception_type" in want:  # Bedrock: {exception_type, payload}
+        want = {"message": want["payload"]["message"], "type": want["exception_type"]}
     assert o.error is not None and o.error.message == want["message"]
     if want.get("type"):
         assert o.error.code == want["type"]
@@ -191,6 +288,48 @@ def check_stream_errors(expected: list[Any], o: Outcome, case: Case) -> None:
 def check_thinking(expected: list[str] | str | None, o: Outcome, case: Case) -> None:
     joined = "".join(expected) if isinstance(expected, list) else expected or ""
     assert _c(o).thinking == joined
+
+
+def _filtered(value: object) -> bool:
+    """Whether an Azure filter-results structure says anything was filtered."""
+    if isinstance(value, dict):
+        return value.get("filtered") is True or any(_filtered(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_filtered(v) for v in value)
+    return False
+
+
+def check_azure_filter(expected: object, o: Outcome, case: Case) -> None:
+    """Azure's filter annotations: nothing filtered -> an ordinary answer; filtered -> our error."""
+    if expected is True or expected is False:  # content_filter_results_seen
+        return
+    if _filtered(expected):
+        assert isinstance(o.error, ContentFilteredError) and not o.error.is_retryable
+    else:
+        assert not isinstance(o.error, ContentFilteredError)
+        assert _c(o).finish_reason != "content_filter"
+
+
+def _signatures(kind: str, measure: Callable[[list[Any]], Any]) -> Check:
+    """Reasoning kept to be sent back (Bedrock's thinking blocks with their signatures and its
+    redacted blocks, Gemini's thought signatures), each block tagged with its provider."""
+
+    def check(expected: Any, o: Outcome, case: Case) -> None:
+        blocks = _c(o).reasoning_blocks
+        assert all(b.provider == case.provider for b in blocks)
+        found = measure([b for b in blocks if b.type == kind])
+        assert found == (expected or ([] if isinstance(found, list) else 0))
+
+    return check
+
+
+def check_prompt_feedback(expected: dict[str, Any] | None, o: Outcome, case: Case) -> None:
+    if expected and expected.get("blockReason"):
+        assert isinstance(o.error, ContentFilteredError) and o.error.code == expected["blockReason"]
+        if expected.get("blockReasonMessage"):
+            assert o.error.message == expected["blockReasonMessage"]
+    elif o.error is not None:
+        assert not (o.error.details or {}).get("block_reason")
 
 
 TRANSCRIPT_CHECKS: dict[str, Check] = {
@@ -212,6 +351,28 @@ TRANSCRIPT_CHECKS: dict[str, Check] = {
     "outcome": check_outcome,
     "error": check_stream_error,
     "errors": check_stream_errors,
+    # Azure, Gemini, Bedrock, OpenAI-compatible servers
+    "reasoning": check_thinking,
+    "native_finish_reason": lambda v, o, c: _assert_eq(_c(o).native_finish_reason, v),
+    "x_groq_usage": lambda v, o, c: _assert_eq(
+        (_c(o).usage.prompt_tokens, _c(o).usage.completion_tokens),  # type: ignore[union-attr]
+        (v["prompt_tokens"], v["completion_tokens"]),
+    ),
+    "prompt_filter_results": check_azure_filter,
+    "content_filter_results": check_azure_filter,
+    "content_filter_results_seen": check_azure_filter,
+    "response_id": lambda v, o, c: _assert_eq(_c(o).response_id if o.completion is not None else v, v),
+    "model_version": lambda v, o, c: _assert_eq(_c(o).response_model if o.completion is not None else v, v),
+    "blocked": lambda v, o, c: _assert_eq(isinstance(o.error, ContentFilteredError), v),
+    "prompt_feedback": check_prompt_feedback,
+    "thoughts_token_count": lambda v, o, c: _assert_eq(_c(o).usage.reasoning_tokens, v or 0),  # type: ignore[union-attr]
+    "cached_content_token_count": lambda v, o, c: _assert_eq(_c(o).usage.cached_tokens, v or 0),  # type: ignore[union-attr]
+    "thought_signature_count": _signatures("thought_signature", len),
+    "reasoning_signature_lengths": _signatures("thinking", lambda bs: [len(b.signature) for b in bs]),
+    "redacted_reasoning_blocks": _signatures("redacted_thinking", len),
+    "all_frames_crc_valid": lambda v, o, c: _assert_eq(
+        v and o.error is not None and "malformed stream data" in o.error.message, False
+    ),
 }
 
 
@@ -251,6 +412,8 @@ def expected_error_class(expected: dict[str, Any]) -> type[ProviderError]:
         return OverloadedError
     if status >= 500:
         return ServerError
+    if expected.get("error_info_reason") == "API_KEY_INVALID":  # Gemini: a 400 with the reason in details
+        return AuthenticationError
     classes = {401: AuthenticationError, 403: PermissionDeniedError, 404: ModelNotFoundError}
     if status in classes:
         return classes[status]
@@ -309,10 +472,33 @@ def check_request_id(expected: str, o: Outcome, case: Case) -> None:
     assert got == expected
 
 
+def check_error_code(expected: str | int | None, o: Outcome, case: Case) -> None:
+    if isinstance(expected, int):  # Gemini: the HTTP-like number; its status string is the code
+        assert _exc(o).status == expected
+    else:
+        assert _exc(o).code == expected
+
+
+def check_retry_hint(expected: float | None, o: Outcome, case: Case) -> None:
+    """The wait the provider asked for, however it said it (header, reset header, RetryInfo)."""
+    if expected is None:
+        assert _exc(o).retry_after is None
+    else:
+        assert _exc(o).retry_after == pytest.approx(expected)
+
+
 ERROR_CHECKS: dict[str, Check] = {
     "http_status": check_http_status,
     "error_type": lambda v, o, c: _assert_eq((_exc(o).details or {}).get("type"), v),
-    "error_code": lambda v, o, c: _assert_eq(_exc(o).code, v),
+    "error_code": check_error_code,
+    "error_status": lambda v, o, c: _assert_eq(_exc(o).code, v),
+    "error_info_reason": lambda v, o, c: _assert_eq((_exc(o).details or {}).get("reason"), v),
+    "retry_delay_seconds": check_retry_hint,
+    "retry_hint_seconds": check_retry_hint,
+    "inner_error_code": lambda v, o, c: _assert_eq((_exc(o).details or {}).get("inner_error_code"), v),
+    "content_filter_category_filtered": lambda v, o, c: _assert_eq(
+        v in (_exc(o).details or {}).get("filtered_categories", []), True
+    ),
     "error_param": lambda v, o, c: _assert_eq((_exc(o).details or {}).get("param"), v),
     "message": lambda v, o, c: _assert_eq(_exc(o).message, v),
     "error_message": lambda v, o, c: _assert_eq(_exc(o).message, v),

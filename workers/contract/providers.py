@@ -1,0 +1,179 @@
+"""Named providers: the ``[providers.<name>]`` entries of the config file, shared by both sides.
+
+A model id is ``<name>:<model>``; ``<name>`` is one of the built-ins (``openai``, ``anthropic``,
+``ollama``, configured from the worker's environment as the official SDKs are) or an entry of the
+config file (``LLMQ_CONFIG``)::
+
+    [providers.azure-eu]
+    type = "azure"
+    base_url = "https://my-resource.openai.azure.com"
+    api_key_env = "AZURE_EU_API_KEY"      # the NAME of the variable; never a key in the file
+    api_version = "2024-10-21"
+
+    [providers.groq]
+    type = "openai"                       # an OpenAI-compatible server
+    base_url = "https://api.groq.com/openai/v1"
+    api_key_env = "GROQ_API_KEY"
+    params = ["temperature", "top_p", "stop", "seed", "tools", "tool_choice", "response_format"]
+
+    [providers.claude-aws]
+    type = "bedrock"
+    region = "us-east-1"                  # credentials: the standard AWS chain
+
+Producers import this module (never the worker's provider code): workers publish what they
+configured (:class:`ProviderInfo`, no secrets) under :data:`PROVIDERS_KEY`, and
+:func:`read_provider_infos` reads it back; a producer sharing the config file can use
+:func:`load_provider_specs` instead. The capability table (``capabilities.py``) checks a named
+provider by its ``type`` and refuses the parameters its ``params`` list leaves out.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "BUILTIN_PROVIDERS",
+    "OPTIONAL_PARAMS",
+    "PROVIDERS_KEY",
+    "PROVIDER_TYPES",
+    "ProviderInfo",
+    "ProviderSpec",
+    "ProviderType",
+    "check_provider_names",
+    "load_provider_specs",
+    "provider_infos",
+    "read_provider_infos",
+]
+
+ProviderType = Literal["openai", "azure", "anthropic", "gemini", "bedrock", "ollama"]
+PROVIDER_TYPES: tuple[str, ...] = ("openai", "azure", "anthropic", "gemini", "bedrock", "ollama")
+#: The names that work without a config entry (from the worker's environment).
+BUILTIN_PROVIDERS: dict[str, str] = {"openai": "openai", "anthropic": "anthropic", "ollama": "ollama"}
+#: Redis hash: provider name -> :class:`ProviderInfo` JSON, written by every worker at start.
+PROVIDERS_KEY = "llmq:providers"
+#: Job fields a ``params`` list may name (the optional request parameters).
+OPTIONAL_PARAMS = (
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "user",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "reasoning",
+    "images",
+)
+_NAME = r"^[a-z][a-z0-9_-]*$"
+
+
+class ProviderSpec(BaseModel):
+    """One ``[providers.<name>]`` entry. Unknown keys are errors (a typo fails at start)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: ProviderType
+    base_url: str | None = None
+    #: The environment variable holding the key (its name, never the key).
+    api_key_env: str | None = None
+    #: Extra headers sent with every request (not secrets: they are shown in logs and `llmq`).
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: Connect/read timeout of one request, seconds (default: the worker's HTTP settings).
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    #: Azure: the ``api-version`` of deployment URLs; unset or ``"v1"``: the v1 path.
+    api_version: str | None = None
+    #: Bedrock: the AWS region (required), and optionally a profile of the shared AWS files.
+    region: str | None = None
+    profile: str | None = None
+    #: Azure/Gemini: send the key as a bearer token (an Entra ID or Google OAuth token).
+    auth: Literal["key", "bearer"] = "key"
+    #: OpenAI-compatible servers: the optional parameters the server accepts (None: all).
+    params: list[str] | None = None
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or not value.replace("_", "").isalnum() or value[0].isdigit()):
+            raise ValueError(f"api_key_env must name an environment variable (like OPENAI_API_KEY), got {value!r}")
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(value or ()) - set(OPTIONAL_PARAMS))
+        if unknown:
+            raise ValueError(f"unknown parameters {unknown} (known: {', '.join(OPTIONAL_PARAMS)})")
+        return value
+
+    @model_validator(mode="after")
+    def _per_type(self) -> ProviderSpec:
+        if self.type == "bedrock" and not self.region:
+            raise ValueError("a bedrock provider needs 'region'")
+        if self.type == "azure" and not self.base_url:
+            raise ValueError("an azure provider needs 'base_url' (https://<resource>.openai.azure.com)")
+        if self.region is not None and self.type != "bedrock":
+            raise ValueError("'region' is a bedrock setting")
+        if self.api_version is not None and self.type != "azure":
+            raise ValueError("'api_version' is an azure setting")
+        if self.params is not None and self.type != "openai":
+            raise ValueError("'params' lists what an OpenAI-compatible server accepts (type 'openai')")
+        return self
+
+
+class ProviderInfo(BaseModel):
+    """What producers see of a configured provider: no key, no headers."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    type: ProviderType
+    params: list[str] | None = None
+
+
+def provider_infos(specs: dict[str, ProviderSpec]) -> dict[str, ProviderInfo]:
+    """The built-ins and ``specs`` as producers see them (a spec may replace a built-in)."""
+    infos = {name: ProviderInfo(name=name, type=kind) for name, kind in BUILTIN_PROVIDERS.items()}  # type: ignore[arg-type]
+    for name, spec in specs.items():
+        infos[name] = ProviderInfo(name=name, type=spec.type, params=spec.params)
+    return infos
+
+
+def check_provider_names(specs: dict[str, Any]) -> None:
+    """Provider names are model-id prefixes: lowercase letters, digits, ``-`` and ``_``."""
+    for name in specs:
+        if not re.match(_NAME, name):
+            raise ValueError(f"provider name {name!r} must match {_NAME} (it prefixes model ids)")
+
+
+def load_provider_specs(path: str | Path | None) -> dict[str, ProviderSpec]:
+    """The ``[providers.*]`` entries of a config file (for a producer sharing the workers' file)."""
+    if path is None:
+        return {}
+    raw = tomllib.loads(Path(path).read_text()).get("providers") or {}
+    check_provider_names(raw)
+    try:
+        return {name: ProviderSpec.model_validate(entry) for name, entry in raw.items()}
+    except ValidationError as exc:
+        raise ValueError(f"invalid [providers] in {path}: {exc}") from None
+
+
+class _HashReader(Protocol):
+    def hgetall(self, name: str) -> Any: ...
+
+
+def read_provider_infos(client: _HashReader) -> dict[str, ProviderInfo]:
+    """The providers the workers configured, as they published them (empty: no worker yet)."""
+    out: dict[str, ProviderInfo] = {}
+    for raw in (client.hgetall(PROVIDERS_KEY) or {}).values():
+        try:
+            info = ProviderInfo.model_validate_json(raw)
+        except ValidationError:
+            continue  # written by a newer worker: skip what this version cannot read
+        out[info.name] = info
+    return dict(sorted(out.items()))
