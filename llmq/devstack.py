@@ -8,6 +8,7 @@ Ctrl-C and SIGTERM of the parent, so nothing is left running.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from llmq.localredis import ManagedRedis, free_port, ping
-from simulator.env import provider_env
+from simulator.env import provider_config, provider_env
 from workers.contract import DEFAULT_QUEUE
 
 __all__ = ["LocalStack", "wait_http"]
@@ -90,8 +91,18 @@ class LocalStack:
         return self.simulator_url
 
     def provider_env(self) -> dict[str, str]:
-        """Point every provider at the simulator (when one runs)."""
-        return provider_env(self.simulator_url) if self.simulator_url else {}
+        """Point every provider at the simulator (when one runs): the built-ins by their variables,
+        Azure, Gemini and Bedrock (when botocore is installed) by a config file of
+        ``[providers.*]`` entries, unless ``LLMQ_CONFIG`` names one of the caller's own."""
+        if not self.simulator_url:
+            return {}
+        env = provider_env(self.simulator_url)
+        if not self.env.get("LLMQ_CONFIG"):
+            path = self.log_dir / "simulated-providers.toml"
+            bedrock = importlib.util.find_spec("botocore") is not None  # the optional AWS extra
+            path.write_text(provider_config(self.simulator_url, bedrock=bedrock))
+            env["LLMQ_CONFIG"] = str(path)
+        return env
 
     def start_worker(
         self,

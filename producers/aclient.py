@@ -23,6 +23,7 @@ from producers.core import (
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import AsyncPromptResolver, job_data
+from producers.providers import LiveProviders, capability_error
 from producers.settings import ProducerSettings
 from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
@@ -78,6 +79,7 @@ class AsyncClient(ClientCore):
         self._register = self.redis.register_script(REGISTER_LUA)
         self.prompts = AsyncPromptResolver(self.redis)
         self._tools = LiveTools()
+        self._providers = LiveProviders()
 
     async def validate(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> CompletionJob:
         """Every check :meth:`submit` makes, nothing enqueued (see ``Client.validate``)."""
@@ -85,6 +87,9 @@ class AsyncClient(ClientCore):
         missing = await self._tools.missing_async(self.redis, valid.worker_tools)
         if missing:
             raise InvalidJobError(*missing_tools_error(valid, missing))
+        refused = await self._providers.check_async(self.redis, valid)
+        if refused is not None:
+            raise InvalidJobError(*capability_error(valid, refused))
         return valid
 
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:

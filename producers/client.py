@@ -39,6 +39,7 @@ from producers.core import (
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError
 from producers.prompts import PromptResolver, job_data
+from producers.providers import LiveProviders, capability_error
 from producers.settings import ProducerSettings, producer_settings
 from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
@@ -111,6 +112,7 @@ class Client(ClientCore):
         #: Resolves ``prompt`` labels and validates prompt variables (published versions are cached).
         self.prompts = PromptResolver(self.redis)
         self._tools = LiveTools()
+        self._providers = LiveProviders()
 
     # --- submit ---------------------------------------------------------------------------------
 
@@ -125,6 +127,9 @@ class Client(ClientCore):
         missing = self._tools.missing(self.redis, valid.worker_tools)
         if missing:
             raise InvalidJobError(*missing_tools_error(valid, missing))
+        refused = self._providers.check(self.redis, valid)
+        if refused is not None:
+            raise InvalidJobError(*capability_error(valid, refused))
         return valid
 
     def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> JobHandle:

@@ -1,4 +1,4 @@
-"""The provider simulator: an OpenAI/Anthropic/Ollama-compatible server with scripted faults.
+"""The provider simulator: an OpenAI/Anthropic/Ollama/Azure/Gemini/Bedrock-compatible server with scripted faults.
 
 It answers any model name with deterministic text, paced by ``latency`` (time to first token)
 and ``tokens_per_s``, and counts every request it serves so tests can assert "exactly one
@@ -51,10 +51,13 @@ def default_protocols() -> list[Protocol]:
     protocols: list[Protocol] = [OpenAIProtocol()]
     try:  # the other wire formats are optional modules of the simulator
         from simulator.protocols.anthropic import AnthropicProtocol
+        from simulator.protocols.azure import AzureProtocol
+        from simulator.protocols.bedrock import BedrockProtocol
+        from simulator.protocols.gemini import GeminiProtocol
         from simulator.protocols.ollama import OllamaProtocol
     except ImportError:
         return protocols
-    return [*protocols, AnthropicProtocol(), OllamaProtocol()]
+    return [*protocols, AnthropicProtocol(), OllamaProtocol(), AzureProtocol(), GeminiProtocol(), BedrockProtocol()]
 
 
 @dataclass(slots=True)
@@ -87,18 +90,27 @@ class Simulator:
         self.config = config or SimConfig()
         parse_rates(self.config.fault_rates)  # fail early on unknown fault items
         self.protocols = {p.path: p for p in (protocols or default_protocols())}
+        #: Protocols whose paths name the model (tried in turn when no fixed path matched).
+        self.routed = [p for p in self.protocols.values() if type(p).route is not Protocol.route]
         self.planner = FaultPlanner(rates=dict(self.config.fault_rates), seed=self.config.seed)
         self.stats = Stats()
         self.pacer = Pacer()
 
     async def handle(self, request: Request, out: Responder) -> None:
         protocol = self.protocols.get(request.path)
+        route: dict[str, str] | None = None
+        if protocol is None:
+            for candidate in self.routed:
+                route = candidate.route(request.path)
+                if route is not None:
+                    protocol = candidate
+                    break
         if protocol is None:
             await self._control(request, out)
         elif request.method != "POST":
             await out.send_json(405, {"error": {"message": "use POST", "type": "invalid_request_error"}})
         else:
-            await self._serve(protocol, request, out)
+            await self._serve(protocol, request, out, route)
 
     async def _control(self, request: Request, out: Responder) -> None:
         path, method = request.path, request.method
@@ -144,17 +156,22 @@ class Simulator:
             self.planner.seed = new.seed
             self.planner.reset()
 
-    async def _serve(self, protocol: Protocol, request: Request, out: Responder) -> None:
+    async def _serve(
+        self, protocol: Protocol, request: Request, out: Responder, route: dict[str, str] | None = None
+    ) -> None:
         headers = request.headers
         job = headers.get("x-llmq-job-id", "")
         stats = self.stats
-        stats.count_request(request.path, job)
+        stats.count_request(protocol.path if route is not None else request.path, job)
         try:
             protocol.check(headers)
             payload = request.json()
             if not isinstance(payload, dict):
                 raise RequestError("body must be a JSON object")
-            req = protocol.parse(payload)
+            if route is None:
+                req = protocol.parse(payload)
+            else:
+                req = protocol.parse_routed(payload, route, request.query_params())
             req.protocol_name = protocol.name
             tokens = _header_number(headers, "x-llmq-sim-tokens", integer=True)
             latency = _header_number(headers, "x-llmq-sim-latency")

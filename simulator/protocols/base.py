@@ -114,6 +114,15 @@ class Protocol(ABC):
     #: Headers the real API insists on (400 without them).
     required_headers: tuple[str, ...] = ()
 
+    def route(self, path: str) -> dict[str, str] | None:
+        """For a protocol whose paths carry the model (Gemini, Bedrock, Azure deployments): what
+        ``path`` says (``model``, ``method``...), or None when it is not one of its paths."""
+        return None
+
+    def parse_routed(self, payload: dict[str, Any], route: dict[str, str], query: dict[str, str]) -> ParsedRequest:
+        """Read a request that came in on a :meth:`route` path (default: the body says it all)."""
+        return self.parse(payload)
+
     def check(self, headers: Mapping[str, str]) -> None:
         """Reject requests the real API rejects for their headers (raise :class:`RequestError`)."""
         for name in self.required_headers:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from workers.llm._http import HTTPClient
 from workers.llm.anthropic import AnthropicProvider
+from workers.llm.aws import load_aws
+from workers.llm.azure import AzureOpenAIProvider
 from workers.llm.base import Provider
+from workers.llm.bedrock import BedrockProvider
+from workers.llm.gemini import GeminiProvider
 from workers.llm.ollama import OllamaProvider
 from workers.llm.openai import OpenAIProvider
 
@@ -21,10 +25,23 @@ class FakeClock:
         return self.now
 
 
+#: Signing credentials of the Bedrock doubles (any pair: servers here do not check signatures).
+AWS_TEST_KEY_ID, AWS_TEST_SECRET = "AKIDLLMQTEST00000000", "llmq-test-aws-secret-key-0123456789abcdef"
+
+
 def provider_for(name: str, http: HTTPClient, base: str, *, api_key: str = "sk-test") -> Provider:
-    """The ``openai``, ``anthropic`` or ``ollama`` provider talking to ``base`` (a server's root URL)."""
+    """A provider of type ``name`` (``openai``, ``anthropic``, ``ollama``, ``azure``, ``gemini``,
+    ``bedrock``) talking to ``base`` (a server's root URL, e.g. the simulator's)."""
     if name == "openai":
         return OpenAIProvider(http, api_key=api_key, base_url=f"{base}/v1")
     if name == "anthropic":
         return AnthropicProvider(http, api_key=api_key, base_url=base)
+    if name == "azure":
+        return AzureOpenAIProvider(http, api_key=api_key, base_url=base, api_version="2024-10-21")
+    if name == "gemini":
+        return GeminiProvider(http, api_key=api_key, base_url=f"{base}/v1beta")
+    if name == "bedrock":
+        aws = load_aws(name)
+        credentials = aws.static_credentials(AWS_TEST_KEY_ID, AWS_TEST_SECRET)
+        return BedrockProvider(http, aws=aws, region="us-east-1", base_url=base, credentials=credentials)
     return OllamaProvider(http, host=base)

@@ -6,6 +6,7 @@
   Documented examples: 1024x1024 high -> 765; 2048x4096 high -> 1105; 4096x8192 low -> 85.
 * Anthropic: ``width * height / 750`` after the image is scaled to at most 1568 px on its long edge,
   at most about 1600 tokens. Documented examples: 200x200 -> 54; 1000x1000 -> 1334; 1092x1092 -> 1590.
+* Gemini and Bedrock (Claude, Nova, Llama ... behind one API): the larger of the two, as an estimate.
 * Ollama and any other provider: the OpenAI rule, as an estimate.
 
 An image whose dimensions are unknown (an https URL: nothing is fetched before the call) costs the
@@ -58,4 +59,6 @@ def image_tokens(provider: str, part: ImagePart) -> int:
     info = part.image_url.info
     if provider == "anthropic":
         return anthropic_tokens(info.width, info.height)
+    if provider in ("gemini", "bedrock"):  # other rules (or other models): the larger of the two
+        return max(anthropic_tokens(info.width, info.height), openai_tokens(info.width, info.height, "high"))
     return openai_tokens(info.width, info.height, part.image_url.detail)

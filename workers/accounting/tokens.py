@@ -8,9 +8,12 @@ constants for tool definitions. Tool *calls* inside assistant messages are not c
 cookbook; we count their name and arguments plus :data:`TOOL_CALL_OVERHEAD`, a deliberately
 generous constant (an over-count only makes the gate stricter).
 
-Anthropic, Ollama and OpenAI model names tiktoken does not know are counted with ``cl100k_base``
-(its smaller vocabulary gives *more* tokens than ``o200k_base``, which is the safe side for
-tokenizers we cannot run) and multiplied by a safety margin; the result says ``estimated=True``.
+Anthropic, Gemini, Bedrock, Ollama and OpenAI-compatible servers, and OpenAI model names tiktoken
+does not know, are counted with ``cl100k_base`` (its smaller vocabulary gives *more* tokens than
+``o200k_base``, which is the safe side for tokenizers we cannot run offline) and multiplied by a
+safety margin (default 1.1); the result says ``estimated=True``. A named provider
+(``[providers.<name>]``) is counted by its type: ``azure`` and ``openai`` entries serving a model
+tiktoken knows (``gpt-4o``...) are exact, everything else is such an estimate.
 
 Offline: tiktoken downloads BPE files on first use. :func:`seed_tiktoken_cache` writes our bundled,
 sha256-checked copies (``workers/accounting/data/*.tiktoken.gz``, byte-identical to OpenAI's) into whatever
@@ -211,14 +214,22 @@ class TokenCounter:
     """Counts prompts for any ``provider:model`` id. Thread-safe; share one per process.
 
     ``safety_margin`` multiplies estimates (non-OpenAI models); ``margins`` overrides it per
-    provider, e.g. ``{"anthropic": 1.2}``.
+    provider name or type, e.g. ``{"anthropic": 1.2}``. ``types`` maps named providers to their
+    type (``{"azure-eu": "azure"}``); other names are their own type.
     """
 
-    def __init__(self, *, safety_margin: float = 1.1, margins: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        safety_margin: float = 1.1,
+        margins: Mapping[str, float] | None = None,
+        types: Mapping[str, str] | None = None,
+    ) -> None:
         if safety_margin < 1.0 or any(m < 1.0 for m in (margins or {}).values()):
             raise ConfigurationError("token safety margins must be >= 1.0")
         self.safety_margin = safety_margin
         self.margins = dict(margins or {})
+        self.types = dict(types or {})
         self._lock = threading.Lock()
         self._encodings: dict[str, tiktoken.Encoding] = {}
         self._roles: dict[str, dict[str, int]] = {}
@@ -264,8 +275,10 @@ class TokenCounter:
         if cached is not None:
             return cached
         provider, name = split_model_id(model)
-        plan: tuple[str, bool, float] = (ESTIMATE_ENCODING, True, self.margins.get(provider, self.safety_margin))
-        if provider == "openai":
+        kind = self.types.get(provider, provider)
+        margin = self.margins.get(provider) or self.margins.get(kind) or self.safety_margin
+        plan: tuple[str, bool, float] = (ESTIMATE_ENCODING, True, margin)
+        if kind in ("openai", "azure"):  # OpenAI's models, wherever they are served
             import tiktoken.model
 
             with contextlib.suppress(KeyError):  # a name tiktoken does not know: estimate
@@ -273,6 +286,11 @@ class TokenCounter:
         if len(self._plans) < _PLANS_MAX:  # model ids come from jobs: bound the memory
             self._plans[model] = plan
         return plan
+
+    def type_of(self, model: str) -> str:
+        """The provider type of a ``provider:model`` id (a named provider's, else its own name)."""
+        provider = model.partition(":")[0]
+        return self.types.get(provider, provider)
 
     # counting
 
@@ -292,7 +310,7 @@ class TokenCounter:
                     append(content)
                 else:
                     append(m.text)
-                    overhead += _images_tokens(model, m)
+                    overhead += _images_tokens(self.type_of(model), m)
             if m.tool_calls:
                 overhead += _tool_call_parts(m.tool_calls, parts)
             if m.name:
@@ -330,7 +348,7 @@ class TokenCounter:
         if m.content:
             parts.append(m.text)
             if not isinstance(m.content, str):
-                n += _images_tokens(model, m)
+                n += _images_tokens(self.type_of(model), m)
         if m.name:
             parts.append(m.name)
             n += TOKENS_PER_NAME
@@ -368,10 +386,9 @@ class TokenCounter:
         return n + _FUNC_END
 
 
-def _images_tokens(model: str, message: Message) -> int:
+def _images_tokens(kind: str, message: Message) -> int:
     """The documented image tokens of a message's image parts (``image_tokens.py``)."""
-    provider = model.partition(":")[0]
-    return sum(image_tokens(provider, part) for part in message.images)
+    return sum(image_tokens(kind, part) for part in message.images)
 
 
 def _tool_call_parts(calls: Sequence[ToolCall], parts: list[str]) -> int:

@@ -2,17 +2,21 @@
 
 Checked at submit (``CompletionJob`` validation, for every ``provider:model`` in the job's chain)
 and again on the worker once route aliases are resolved, so a parameter is never silently dropped:
-the error names the provider and the field. Providers not listed here (custom registrations) are
-not checked.
+the error names the provider and the field. A named provider (``[providers.<name>]``) is checked
+by its type, and an OpenAI-compatible server's ``params`` list refuses what it leaves out; the
+producer knows them from what the workers published (``providers.py``), the worker from its
+config. Providers not listed here (custom registrations) are not checked.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from workers.contract.base import base_model_name
-from workers.contract.params import JsonObjectFormat, JsonSchemaFormat, NamedToolChoice
+from workers.contract.params import JsonObjectFormat, JsonSchemaFormat, NamedToolChoice, TextFormat
+from workers.contract.providers import BUILTIN_PROVIDERS, ProviderInfo
 
 if TYPE_CHECKING:
     from workers.contract.job import CompletionJob
@@ -40,6 +44,7 @@ class CapabilityError(ValueError):
         super().__init__(f"{provider} does not support {field}: {message}")
         self.provider = provider
         self.field = field
+        self.reason = message
 
 
 def anthropic_native_structured(model: str) -> bool:
@@ -56,19 +61,59 @@ def anthropic_native_structured(model: str) -> bool:
     return major == 4 and (minor >= 5 or (family == "opus" and minor >= 1))
 
 
-def problems(job: CompletionJob, model_id: str) -> list[CapabilityError]:
-    """Every parameter of ``job`` that ``model_id``'s provider cannot do (empty: all fine)."""
+def problems(
+    job: CompletionJob, model_id: str, providers: Mapping[str, ProviderInfo] | None = None
+) -> list[CapabilityError]:
+    """Every parameter of ``job`` that ``model_id``'s provider cannot do (empty: all fine).
+
+    ``providers``: the named providers (``[providers.<name>]``) and their types; a name it does
+    not list is its own type (``openai``, ``anthropic``, ``gemini``...).
+    """
     provider, _, name = model_id.partition(":")
-    check = _CHECKS.get(provider)
-    return check(job, name) if check is not None else []
+    info = (providers or {}).get(provider)
+    kind = info.type if info is not None else BUILTIN_PROVIDERS.get(provider, provider)
+    check = _CHECKS.get(kind)
+    found = check(job, name) if check is not None else []
+    if provider != kind:  # errors name the provider as configured
+        found = [CapabilityError(provider, e.field, e.reason) for e in found]
+    if info is not None and info.params is not None:
+        found += _accepted(job, provider, info.params)
+    return found
 
 
-def check_job(job: CompletionJob, model_ids: list[str]) -> None:
+def check_job(job: CompletionJob, model_ids: list[str], providers: Mapping[str, ProviderInfo] | None = None) -> None:
     """Raise the first :class:`CapabilityError` of any model in ``model_ids``."""
     for model_id in model_ids:
-        found = problems(job, model_id)
+        found = problems(job, model_id, providers)
         if found:
             raise found[0]
+
+
+def _set_params(job: CompletionJob) -> list[str]:
+    """The optional parameters ``job`` uses (``providers.OPTIONAL_PARAMS`` names)."""
+    used = [name for name in ("temperature", "top_p", "seed", "user", "reasoning") if getattr(job, name) is not None]
+    if job.stop:
+        used.append("stop")
+    if job.tools:
+        used.append("tools")
+    if job.tool_choice is not None:
+        used.append("tool_choice")
+    if job.parallel_tool_calls is not None:
+        used.append("parallel_tool_calls")
+    if job.response_format is not None and not isinstance(job.response_format, TextFormat):
+        used.append("response_format")
+    if _images(job):
+        used.append("images")
+    return used
+
+
+def _accepted(job: CompletionJob, provider: str, accepted: list[str]) -> list[CapabilityError]:
+    """An OpenAI-compatible server takes only the parameters its ``params`` list names."""
+    return [
+        CapabilityError(provider, name, f"the server does not accept it (not in [providers.{provider}] params)")
+        for name in _set_params(job)
+        if name not in accepted
+    ]
 
 
 def _structured(job: CompletionJob) -> bool:
@@ -159,4 +204,58 @@ def _ollama(job: CompletionJob, model: str) -> list[CapabilityError]:
     return found
 
 
-_CHECKS = {"openai": _openai, "anthropic": _anthropic, "ollama": _ollama}
+def _links(job: CompletionJob, p: str, why: str) -> list[CapabilityError]:
+    return [
+        CapabilityError(p, f"messages[{i}].image_url", why)
+        for i, info in _images(job)
+        if getattr(info, "kind", None) == "url"
+    ]
+
+
+def _has_ref(schema: object) -> bool:
+    if isinstance(schema, dict):
+        return "$ref" in schema or any(_has_ref(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_has_ref(v) for v in schema)
+    return False
+
+
+def _gemini(job: CompletionJob, model: str) -> list[CapabilityError]:
+    p = "gemini"
+    found: list[CapabilityError] = []
+    if job.parallel_tool_calls is False:
+        found.append(CapabilityError(p, "parallel_tool_calls", "Gemini cannot limit a turn to one tool call"))
+    if job.user is not None:
+        found.append(CapabilityError(p, "user", "the Gemini API has no end-user field"))
+    fmt = job.response_format
+    if isinstance(fmt, JsonSchemaFormat) and _has_ref(fmt.json_schema.schema_):
+        found.append(CapabilityError(p, "response_format", "Gemini's responseSchema cannot resolve $ref"))
+    found += _links(job, p, "Gemini takes images as base64 data URLs, not links")
+    return found
+
+
+def _bedrock(job: CompletionJob, model: str) -> list[CapabilityError]:
+    p = "bedrock"
+    found: list[CapabilityError] = []
+    if job.seed is not None:
+        found.append(CapabilityError(p, "seed", "Converse has no seed"))
+    if job.user is not None:
+        found.append(CapabilityError(p, "user", "Converse has no end-user field"))
+    if job.parallel_tool_calls is False:
+        found.append(CapabilityError(p, "parallel_tool_calls", "Converse cannot limit a turn to one tool call"))
+    if job.tool_choice == "none" and job.tools:
+        found.append(CapabilityError(p, "tool_choice", "Converse has no 'none' (leave the tools out instead)"))
+    if job.reasoning is not None and "anthropic.claude" not in model:
+        found.append(CapabilityError(p, "reasoning", f"{model}: reasoning on Bedrock is Claude's extended thinking"))
+    found += _links(job, p, "Converse takes images as bytes (base64 data URLs), not links")
+    return found
+
+
+_CHECKS = {
+    "openai": _openai,
+    "azure": _openai,
+    "anthropic": _anthropic,
+    "ollama": _ollama,
+    "gemini": _gemini,
+    "bedrock": _bedrock,
+}

@@ -22,7 +22,7 @@ config file (``LLMQ_CONFIG``)::
 
 Producers import this module (never the worker's provider code): workers publish what they
 configured (:class:`ProviderInfo`, no secrets) under :data:`PROVIDERS_KEY`, and
-:func:`read_provider_infos` reads it back; a producer sharing the config file can use
+:func:`parse_provider_infos` reads it back (from ``HGETALL``); a producer sharing the config file can use
 :func:`load_provider_specs` instead. The capability table (``capabilities.py``) checks a named
 provider by its ``type`` and refuses the parameters its ``params`` list leaves out.
 """
@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -46,8 +47,8 @@ __all__ = [
     "ProviderType",
     "check_provider_names",
     "load_provider_specs",
+    "parse_provider_infos",
     "provider_infos",
-    "read_provider_infos",
 ]
 
 ProviderType = Literal["openai", "azure", "anthropic", "gemini", "bedrock", "ollama"]
@@ -100,7 +101,8 @@ class ProviderSpec(BaseModel):
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
         if value is not None and (not value or not value.replace("_", "").isalnum() or value[0].isdigit()):
-            raise ValueError(f"api_key_env must name an environment variable (like OPENAI_API_KEY), got {value!r}")
+            # the value is not echoed: a key pasted here by mistake must not reach a log
+            raise ValueError("api_key_env must be the NAME of an environment variable (like GROQ_API_KEY), not a key")
         return value
 
     @field_validator("params")
@@ -136,7 +138,7 @@ class ProviderInfo(BaseModel):
     params: list[str] | None = None
 
 
-def provider_infos(specs: dict[str, ProviderSpec]) -> dict[str, ProviderInfo]:
+def provider_infos(specs: Mapping[str, ProviderSpec]) -> dict[str, ProviderInfo]:
     """The built-ins and ``specs`` as producers see them (a spec may replace a built-in)."""
     infos = {name: ProviderInfo(name=name, type=kind) for name, kind in BUILTIN_PROVIDERS.items()}  # type: ignore[arg-type]
     for name, spec in specs.items():
@@ -163,14 +165,11 @@ def load_provider_specs(path: str | Path | None) -> dict[str, ProviderSpec]:
         raise ValueError(f"invalid [providers] in {path}: {exc}") from None
 
 
-class _HashReader(Protocol):
-    def hgetall(self, name: str) -> Any: ...
-
-
-def read_provider_infos(client: _HashReader) -> dict[str, ProviderInfo]:
-    """The providers the workers configured, as they published them (empty: no worker yet)."""
+def parse_provider_infos(published: Mapping[Any, Any]) -> dict[str, ProviderInfo]:
+    """The providers the workers configured, from the hash they publish: read it with
+    ``HGETALL`` of :data:`PROVIDERS_KEY` (empty: no worker published yet)."""
     out: dict[str, ProviderInfo] = {}
-    for raw in (client.hgetall(PROVIDERS_KEY) or {}).values():
+    for raw in published.values():
         try:
             info = ProviderInfo.model_validate_json(raw)
         except ValidationError:

@@ -106,6 +106,7 @@ def build_chain(
             fallback_index=len(models),
             price=instrument.price,
             server_url=getattr(provider, "_url", None),
+            provider_name=provider.genai_name,
             attributes=instrument.attributes,
             record_content=instrument.record_content,
         )

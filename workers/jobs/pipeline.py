@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,6 +47,7 @@ from workers.contract import (
     UsageEvent,
 )
 from workers.contract.capabilities import problems as capability_problems
+from workers.contract.providers import ProviderInfo, provider_infos
 from workers.jobs import structured
 from workers.jobs.chain import build_chain, resolve_chain
 from workers.jobs.events import EventPublisher, last_seq
@@ -140,6 +141,8 @@ class JobRunner:
         self._running: dict[str, _Run] = {}
         self._running_lock = threading.Lock()
         self._taking = True
+        #: The named providers' types and accepted parameters, for the capability check.
+        self._providers = provider_infos(resources.config.providers)
 
     # --- entry point ----------------------------------------------------------------------------
 
@@ -300,7 +303,7 @@ class JobRunner:
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceededError("the job's deadline passed while it was queued")
             chain = resolve_chain(job, self.res.config, self.res.settings.default_model)
-            _check_capabilities(job, chain)
+            _check_capabilities(job, chain, self._providers)
             meter = run.meter = Meter(
                 job, self.res.counter, self.res.prices, self.res.ledger, run.ctx, self.res.metrics.usage
             )
@@ -594,10 +597,11 @@ class JobRunner:
                 raise JobCancelledError("cancelled while waiting to retry")
 
 
-def _check_capabilities(job: CompletionJob, chain: list[str]) -> None:
-    """The contract's capability table again, now that route aliases are resolved."""
+def _check_capabilities(job: CompletionJob, chain: list[str], providers: Mapping[str, ProviderInfo]) -> None:
+    """The contract's capability table again, now that route aliases are resolved (named
+    providers by their type and ``params`` list)."""
     for model_id in chain:
-        found = capability_problems(job, model_id)
+        found = capability_problems(job, model_id, providers)
         if found:
             raise BadRequestError(
                 str(found[0]), provider=found[0].provider, model=model_id, code="unsupported_parameter"

@@ -269,6 +269,10 @@ class AnthropicProvider(HTTPProvider["AnthropicStream"]):
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}
 
+    @property
+    def genai_name(self) -> str:
+        return "anthropic"
+
     def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
         return build_body(request, stream=stream)
 

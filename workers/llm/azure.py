@@ -125,6 +125,10 @@ class AzureOpenAIProvider(OpenAIProvider):
         deployment = quote(request.model, safe="")
         return f"{self._base}/openai/deployments/{deployment}/chat/completions?api-version={self._api_version}"
 
+    @property
+    def genai_name(self) -> str:
+        return "azure.ai.openai"
+
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"} if self._bearer else {"api-key": api_key}
 

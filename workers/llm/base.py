@@ -303,6 +303,11 @@ class Provider(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the provider holds (it does not own the shared HTTP client)."""
 
+    @property
+    def genai_name(self) -> str:
+        """``gen_ai.provider.name`` of OpenTelemetry's GenAI conventions (spans and metric labels)."""
+        return self.name
+
 
 #: Builds a provider from the worker's environment; registered per provider name.
 ProviderFactory = Callable[..., Provider]

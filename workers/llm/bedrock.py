@@ -49,6 +49,7 @@ from workers.llm.errors import (
     InsufficientQuotaError,
     LLMQError,
     ModelNotFoundError,
+    OverloadedError,
     PermissionDeniedError,
     ProviderError,
     ProviderTimeoutError,
@@ -73,7 +74,7 @@ FILTERED = frozenset({"guardrail_intervened", "content_filtered"})
 ERROR_TYPES: dict[str, tuple[int, type[ProviderError] | None]] = {
     "ThrottlingException": (429, RateLimitedError),
     "ServiceUnavailableException": (503, ServerError),
-    "ModelNotReadyException": (429, ServerError),
+    "ModelNotReadyException": (429, OverloadedError),
     "ModelTimeoutException": (408, ProviderTimeoutError),
     "InternalServerException": (500, ServerError),
     "ModelErrorException": (424, ServerError),
@@ -463,6 +464,10 @@ class BedrockProvider(HTTPProvider[BedrockStream]):
         self._region = region
         self._credentials = credentials
         self._profile = profile
+
+    @property
+    def genai_name(self) -> str:
+        return "aws.bedrock"
 
     def endpoint(self, request: ChatRequest, *, stream: bool) -> str:
         return f"{self._url}/model/{quote(request.model, safe='')}/{'converse-stream' if stream else 'converse'}"

@@ -50,6 +50,8 @@ _CONTEXT_MARKERS = (
     "maximum context",
     "too many tokens",
     "exceeds the context window",
+    "exceeds the maximum number of tokens",  # Gemini
+    "input is too long",  # Bedrock
 )
 _FILTER_MARKERS = ("content_filter", "content_policy", "invalid_prompt", "flagged", "responsibleaipolicy")
 _QUOTA_MARKERS = ("insufficient_quota", "billing", "credit balance")

@@ -48,6 +48,7 @@ from workers.llm.errors import (
     AuthenticationError,
     BadRequestError,
     ContentFilteredError,
+    InsufficientQuotaError,
     LLMQError,
     ProviderError,
     RateLimitedError,
@@ -106,7 +107,7 @@ def gemini_error_from_body(
     secret: str | None = None,
 ) -> LLMQError:
     """``{"error": {"code", "message", "status", "details": [...]}}`` -> our tree."""
-    message, kind, reason, retry_after = "", None, None, None
+    message, kind, reason, retry_after, daily = "", None, None, None, False
     try:
         payload = json.loads(body)
         if isinstance(payload, list) and payload:  # streaming endpoints may wrap it in a list
@@ -123,11 +124,19 @@ def gemini_error_from_body(
                     reason = detail["reason"]
                 elif at.endswith("google.rpc.RetryInfo"):
                     retry_after = parse_duration(str(detail.get("retryDelay") or ""))
+                elif at.endswith("google.rpc.QuotaFailure"):
+                    daily = daily or any(
+                        "PerDay" in str(v.get("quotaId") or "")
+                        for v in detail.get("violations") or ()
+                        if isinstance(v, dict)
+                    )
     except ValueError:
         message = body[:500].decode("utf-8", "replace")
     cls: type[ProviderError] | None = None
     if status == 429:
-        cls = RateLimitedError  # RESOURCE_EXHAUSTED: "check your plan and billing" is boilerplate
+        # RESOURCE_EXHAUSTED ("check your plan and billing" is boilerplate): a per-minute limit is
+        # waited out; a daily quota (a QuotaFailure ...PerDay...) will not come back for this job
+        cls = InsufficientQuotaError if daily and retry_after is None else RateLimitedError
     elif reason in ("API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED") or kind == "UNAUTHENTICATED":
         cls = AuthenticationError
     return error_for_status(
@@ -515,6 +524,10 @@ class GeminiProvider(HTTPProvider[GeminiStream]):
         if stream:
             return f"{self._url}/models/{model}:streamGenerateContent?alt=sse"
         return f"{self._url}/models/{model}:generateContent"
+
+    @property
+    def genai_name(self) -> str:
+        return "gcp.vertex_ai" if "aiplatform.googleapis.com" in self._url else "gcp.gemini"
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"} if self._bearer else {"x-goog-api-key": api_key}

@@ -54,12 +54,17 @@ class InstrumentedModel(ChatModel):
         server_url: str | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
         record_content: bool = False,
+        provider_name: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.wrapped = wrapped
         self.model_id = wrapped.model_id
         self.ctx = ctx
         self.provider, self.native = split_model_id(self.model_id)
+        #: ``gen_ai.provider.name``: the provider's (``azure.ai.openai``, ``aws.bedrock``...), not
+        #: the configured name that prefixes the model id.
+        if provider_name:
+            self.provider = provider_name
         self.fallback_index = fallback_index
         self.price = price
         self.server = server_of(server_url)

@@ -166,6 +166,10 @@ class OllamaProvider(HTTPProvider["OllamaStream"]):
     def from_env(cls, http: HTTPClient, env: Mapping[str, str] = os.environ) -> OllamaProvider:
         return cls(http, host=env.get("OLLAMA_HOST") or None, api_key=env.get("OLLAMA_API_KEY") or None)
 
+    @property
+    def genai_name(self) -> str:
+        return "ollama"
+
     def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
         return build_body(request, stream=stream)
 

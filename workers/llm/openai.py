@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
+from urllib.parse import urlsplit
 
 from workers.contract import FunctionCall, ToolCall, Usage
 from workers.llm._http import HTTPClient
@@ -35,6 +36,15 @@ from workers.llm.httpprovider import HTTPProvider
 __all__ = ["OpenAIProvider", "OpenAIStream", "content_filtered", "openai_error_from_body", "parse_completion"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+#: ``gen_ai.provider.name`` of the compatible servers the conventions name, by API host.
+GENAI_NAMES = {
+    "api.openai.com": "openai",
+    "api.groq.com": "groq",
+    "api.deepseek.com": "deepseek",
+    "api.mistral.ai": "mistral_ai",
+    "api.x.ai": "x_ai",
+    "api.perplexity.ai": "perplexity",
+}
 
 
 def _str_or_none(value: object) -> str | None:
@@ -189,6 +199,12 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
 
     def request_id(self, headers: Mapping[str, str]) -> str | None:
         return headers.get("x-request-id")
+
+    @property
+    def genai_name(self) -> str:
+        """``openai`` for OpenAI; a compatible server's vendor when the conventions name it, else
+        the provider's configured name."""
+        return GENAI_NAMES.get(urlsplit(self._url).hostname or "", self.name)
 
     def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> OpenAIStream:
         return OpenAIStream(

@@ -109,18 +109,26 @@ def build_provider(
 
         assert spec.region is not None  # the spec's validator requires it
         aws = aws_loader(name)  # without the extra: one line naming the provider and the extra
-        static = None
-        if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):  # else the rest of the chain
-            static = aws.static_credentials(
+        credentials = None
+        if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+            credentials = aws.static_credentials(
                 env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN") or None
             )
+        elif key is None:  # the rest of the standard chain (files, SSO, container, instance role), now
+            credentials = aws.default_credentials(spec.profile)
+            if credentials is None:
+                raise ConfigurationError(
+                    f"providers.{name} (type bedrock): no AWS credentials found (AWS_ACCESS_KEY_ID/"
+                    "AWS_SECRET_ACCESS_KEY, a profile, SSO, or an instance role), and no api_key_env",
+                    provider=name,
+                )
         return BedrockProvider(
             http,
             aws=aws,
             region=spec.region,
             base_url=base_url,
             api_key=key,
-            credentials=static,
+            credentials=credentials,
             profile=spec.profile,
             name=name,
             key_env=variable,

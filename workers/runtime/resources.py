@@ -30,6 +30,7 @@ from workers.accounting.ledger import Ledger, ReplicaWait
 from workers.accounting.prices import PriceBook, price_sources
 from workers.accounting.tokens import TokenCounter
 from workers.connections.redisclient import redis_client
+from workers.contract.providers import PROVIDERS_KEY, ProviderSpec, provider_infos
 from workers.guards.shared import SharedGuards
 from workers.jobs.events import flush_batcher
 from workers.jobs.flushbatch import FlushBatcher
@@ -147,6 +148,17 @@ def build_ledger(settings: Settings, config: LLMQConfig, client: redis.Redis | N
     )
 
 
+def publish_providers(client: redis.Redis, specs: Mapping[str, ProviderSpec]) -> None:
+    """Tell producers which providers this worker has (names, types, accepted parameters; never a
+    key): ``PROVIDERS_KEY`` in ``workers/contract/providers.py``. Each worker writes its own entries
+    at start; a name configured differently on two workers shows the last one started."""
+    infos = provider_infos(specs)
+    try:
+        client.hset(PROVIDERS_KEY, mapping={name: info.model_dump_json() for name, info in infos.items()})
+    except redis.RedisError as exc:  # producers then check less at submit; the worker checks every job
+        logging.getLogger("llmq.worker").warning("could not publish the provider list: %s", exc)
+
+
 @dataclass
 class WorkerResources:
     settings: Settings
@@ -212,7 +224,7 @@ class WorkerResources:
             http.close()
             client.close()
             raise
-        counter = TokenCounter()
+        counter = TokenCounter(types={name: spec.type for name, spec in config.providers.items()})
         counter.preload(compact=True)  # seeds tiktoken's cache from the bundled files (offline); ~45 MB less RSS
         prices = PriceBook(config.models, unpriced=config.budget.unpriced, sources=price_sources(config.providers))
         with contextlib.suppress(Exception):  # warm genai-prices' data (~0.4 s) before the first job
@@ -245,6 +257,7 @@ class WorkerResources:
         deliverer.start()
         heartbeat = ClaimHeartbeat(store, interval=settings.heartbeat_s)
         heartbeat.start()
+        publish_providers(client, config.providers)
         publisher = None
         if len(tools.registry):
             worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

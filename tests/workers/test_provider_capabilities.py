@@ -1,0 +1,77 @@
+"""The capability table for named providers: checked by type, and by an OpenAI-compatible server's
+``params`` list; at submit (from what the workers published) and on the worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+from producers import Client, InvalidJobError
+from workers.contract import CompletionJob
+from workers.contract.capabilities import CapabilityError, problems
+from workers.contract.providers import PROVIDERS_KEY, ProviderSpec, parse_provider_infos, provider_infos
+from workers.runtime.resources import publish_providers
+
+SPECS = {
+    "groq": ProviderSpec(type="openai", base_url="https://api.groq.com/openai/v1", params=["temperature", "tools"]),
+    "azure-eu": ProviderSpec(type="azure", base_url="https://x.openai.azure.com"),
+    "vertex": ProviderSpec(type="gemini"),
+    "aws": ProviderSpec(type="bedrock", region="us-east-1"),
+}
+INFOS = provider_infos(SPECS)
+
+
+def _job(**fields: Any) -> CompletionJob:
+    return CompletionJob.model_validate({"model": "default", "messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+def _fields(model_id: str, **fields: Any) -> list[tuple[str, str]]:
+    return [(e.provider, e.field) for e in problems(_job(**fields), model_id, INFOS)]
+
+
+def test_a_compatible_server_refuses_what_its_params_list_leaves_out() -> None:
+    assert _fields("groq:llama-3.3-70b-versatile", temperature=0.2) == []
+    assert _fields("groq:llama-3.3-70b-versatile", seed=7, top_p=0.5) == [("groq", "top_p"), ("groq", "seed")]
+    fmt = {"type": "json_object"}
+    assert _fields("groq:llama-3.3-70b-versatile", response_format=fmt) == [("groq", "response_format")]
+    # an OpenAI-type entry without a list takes everything OpenAI takes
+    assert problems(_job(seed=7), "openai:gpt-4o", INFOS) == []
+
+
+def test_named_providers_are_checked_by_their_type_and_named_as_configured() -> None:
+    assert _fields("aws:us.amazon.nova-micro-v1:0", seed=7) == [("aws", "seed")]
+    assert _fields("vertex:gemini-2.5-flash", user="u-1") == [("vertex", "user")]
+    assert _fields("azure-eu:gpt-4o", reasoning={"budget_tokens": 2048}, max_tokens=4096) == [
+        ("azure-eu", "reasoning.budget_tokens")
+    ]
+    link = [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+    job = {"messages": [{"role": "user", "content": link}]}
+    assert _fields("aws:us.anthropic.claude-sonnet-4-5-20250929-v1:0", **job) == [("aws", "messages[0].image_url")]
+    thinking = {"reasoning": {"effort": "low"}, "max_tokens": 4096}
+    assert _fields("aws:us.anthropic.claude-sonnet-4-5-20250929-v1:0", **thinking) == []
+    assert _fields("aws:us.amazon.nova-micro-v1:0", **thinking) == [("aws", "reasoning")]
+    error = problems(_job(seed=7), "aws:m", INFOS)[0]
+    assert isinstance(error, CapabilityError) and str(error).startswith("aws does not support seed: ")
+
+
+def test_the_published_list_round_trips_without_secrets(redis_client: redis.Redis) -> None:
+    redis_client.delete(PROVIDERS_KEY)
+    publish_providers(redis_client, SPECS)
+    published = parse_provider_infos(redis_client.hgetall(PROVIDERS_KEY))
+    assert published == dict(sorted(INFOS.items()))
+    assert {"anthropic", "openai", "ollama", "groq", "azure-eu", "vertex", "aws"} == set(published)
+
+
+def test_submit_refuses_a_parameter_a_named_provider_does_not_take(redis_url: str, redis_client: redis.Redis) -> None:
+    redis_client.delete(PROVIDERS_KEY)
+    publish_providers(redis_client, SPECS)
+    with Client(redis_url, queue="capabilities-test") as client:
+        with pytest.raises(InvalidJobError) as info:
+            client.validate(_job(model="openai:gpt-4o", fallbacks=["groq:llama-3.3-70b-versatile"], seed=3))
+        assert "groq does not support seed" in str(info.value)
+        assert info.value.errors[0]["loc"] == ("seed",)
+        # what the server takes passes; so does a provider no worker published (the worker checks it)
+        client.validate(_job(model="groq:llama-3.3-70b-versatile", temperature=0.1))
+        client.validate(_job(model="elsewhere:some-model", seed=3))
