@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens-per-s", type=float, default=40.0)
     parser.add_argument("--faults", default="429=0.03,503=0.03,cut=0.03")
     parser.add_argument("--budget", type=float, default=100.0)
+    parser.add_argument(
+        "--models",
+        default="openai:gpt-4o-mini",
+        help="comma-separated models the jobs go to in turn, e.g. openai:gpt-4o-mini,azure:gpt-4o,"
+        "gemini:gemini-2.5-flash,bedrock:us.amazon.nova-micro-v1:0 (every wire format the simulator speaks)",
+    )
     args = parser.parse_args(argv)
     config = ChaosConfig(
         jobs=args.jobs,
@@ -37,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens_per_s=args.tokens_per_s,
         fault_rates=args.faults,
         budget_usd=args.budget,
+        models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
     )
     report = run_chaos(config)
     print(report.summary())

@@ -56,6 +56,9 @@ class ChaosConfig:
     fault_rates: str = "429=0.03,503=0.03,cut=0.03"
     seed: int = 7
     budget_usd: float = 100.0
+    #: The models jobs go to, in turn: any provider the simulator serves (named ones through
+    #: ``simulator.env.provider_config``, which the stack writes for the workers).
+    models: Sequence[str] = (MODEL,)
     #: Hang guard only (seconds without a finished job before the run is declared stuck).
     stall_guard_s: float = 240.0
 
@@ -74,10 +77,16 @@ class ChaosReport:
     spent_usd: float = 0.0
     results_cost_usd: float = 0.0
     budget_usd: float = 0.0
-    one_call_usd: float = 0.0
+    #: What one served call costs, per model (the simulator's answers are deterministic).
+    one_call_usd: dict[str, float] = field(default_factory=dict)
+    succeeded_by_model: Counter[str] = field(default_factory=Counter)
     served_calls: int = 0
     sim_outcomes: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
+
+    @property
+    def max_call_usd(self) -> float:
+        return max(self.one_call_usd.values(), default=0.0)
 
     def summary(self) -> str:
         hist = ", ".join(f"{n} terminal: {c} jobs" for n, c in sorted(self.terminal_per_job.items()))
@@ -92,8 +101,8 @@ class ChaosReport:
                 f"{len(self.bad_terminal)}",
                 f"spend ${self.spent_usd:.6f} (ledger) vs ${self.results_cost_usd:.6f} (sum of results' cost_usd) "
                 f"vs budget ${self.budget_usd:.2f}",
-                f"simulator: {self.served_calls} served calls (x ${self.one_call_usd:.6f} = "
-                f"${self.served_calls * self.one_call_usd:.6f} upper bound); outcomes {self.sim_outcomes}",
+                f"simulator: {self.served_calls} served calls (x ${self.max_call_usd:.6f} = "
+                f"${self.served_calls * self.max_call_usd:.6f} upper bound); outcomes {self.sim_outcomes}",
             ]
         )
 
@@ -123,7 +132,9 @@ def _stuck(client: Client, ids: list[str]) -> dict[str, list[tuple[str, int]]]:
 
 def run_chaos(config: ChaosConfig, *, log: bool = True) -> ChaosReport:
     report = ChaosReport(
-        jobs=config.jobs, budget_usd=config.budget_usd, one_call_usd=one_call_usd(MODEL, PROMPT, TOKENS)
+        jobs=config.jobs,
+        budget_usd=config.budget_usd,
+        one_call_usd={m: one_call_usd(m, PROMPT, TOKENS) for m in config.models},
     )
     server = ManagedRedis(durable=True)
     server.start()
@@ -142,8 +153,9 @@ def run_chaos(config: ChaosConfig, *, log: bool = True) -> ChaosReport:
             ]
             stack.wait_for_workers(config.workers, timeout=120)
             ids = [f"chaos-{i}" for i in range(config.jobs)]
+            models = {job_id: config.models[i % len(config.models)] for i, job_id in enumerate(ids)}
             for job_id in ids:
-                client.submit({"model": MODEL, "messages": PROMPT, "max_tokens": TOKENS, "id": job_id})
+                client.submit({"model": models[job_id], "messages": PROMPT, "max_tokens": TOKENS, "id": job_id})
 
             kills = sorted(int(f * config.jobs) for f in config.kill_at)
             restart_at = int(config.redis_restart_at * config.jobs)
@@ -186,6 +198,8 @@ def run_chaos(config: ChaosConfig, *, log: bool = True) -> ChaosReport:
             for job_id in ids:
                 result = client.result(job_id, timeout=60)
                 report.statuses[result.status] += 1
+                if result.status == "succeeded":
+                    report.succeeded_by_model[models[job_id]] += 1
                 results_cost += result.cost_usd or 0.0
                 events = list(client.stream(job_id, timeout=30))
                 terminal = [e for e in events if e.type in TERMINAL_EVENT_TYPES]
@@ -218,6 +232,7 @@ def check(report: ChaosReport) -> None:
     eps = 1e-9 * max(1, report.jobs)
     # every result's own charge is in the ledger (the ledger also holds what runs cut short spent)
     assert report.results_cost_usd <= report.spent_usd + eps, (report.spent_usd, report.results_cost_usd)
-    assert report.spent_usd >= report.statuses["succeeded"] * report.one_call_usd - eps
-    assert report.spent_usd <= report.served_calls * report.one_call_usd + eps
+    least = sum(n * report.one_call_usd[model] for model, n in report.succeeded_by_model.items())
+    assert report.spent_usd >= least - eps, (report.spent_usd, least)
+    assert report.spent_usd <= report.served_calls * report.max_call_usd + eps
     assert report.spent_usd <= report.budget_usd

@@ -2,22 +2,64 @@
 
 from __future__ import annotations
 
+import tomllib
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
+from simulator.env import provider_config
+from simulator.protocols.azure import AzureProtocol
+from simulator.protocols.bedrock import BedrockProtocol
+from simulator.protocols.gemini import GeminiProtocol
 from workers.accounting.ledger import GLOBAL_SCOPE, Ledger, to_micros
-from workers.accounting.prices import PriceBook
+from workers.accounting.prices import PriceBook, price_sources
 from workers.accounting.tokens import TokenCounter
 from workers.contract import Message, Usage
+from workers.contract.providers import ProviderSpec
+from workers.llm.base import ChatRequest
+from workers.llm.bedrock import build_body as bedrock_body
+from workers.llm.gemini import build_body as gemini_body
+from workers.llm.openai import OpenAIProvider
 
 __all__ = ["global_spent_usd", "one_call_usd", "results_stored"]
 
 
+def _openai_body(request: ChatRequest) -> dict[str, Any]:
+    return OpenAIProvider(None, api_key=None, base_url="http://sim/v1").build_body(request, stream=True)  # type: ignore[arg-type]
+
+
+def load_provider_specs_text(text: str) -> dict[str, ProviderSpec]:
+    return {name: ProviderSpec.model_validate(entry) for name, entry in tomllib.loads(text)["providers"].items()}
+
+
+#: The simulated named providers: the simulator's protocol, our request body, the route's method.
+SIMULATED: dict[str, tuple[Any, Callable[[ChatRequest], dict[str, Any]], dict[str, str]]] = {
+    "azure": (AzureProtocol(), _openai_body, {}),
+    "gemini": (GeminiProtocol(), gemini_body, {"method": "streamGenerateContent"}),
+    "bedrock": (BedrockProtocol(), bedrock_body, {"method": "converse-stream"}),
+}
+
+
 def one_call_usd(model: str, prompt: list[dict[str, Any]], completion_tokens: int) -> float:
-    """What the ledger charges for one served call of ``prompt`` answered with ``completion_tokens`` tokens."""
-    prompt_tokens = TokenCounter().count(model, [Message(**m) for m in prompt]).tokens
-    cost = PriceBook().lookup(model).cost(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+    """What the ledger charges for one served call of ``prompt`` answered with ``completion_tokens`` tokens.
+
+    A built-in provider's prompt is counted with its tokenizer (what the simulator reports too); a
+    simulated named provider's (``simulator.env.provider_config``: azure, gemini, bedrock) is what the
+    simulator reports for the very body our provider sends, priced by that provider's type.
+    """
+    provider, _, name = model.partition(":")
+    messages = [Message(**m) for m in prompt]
+    if provider in SIMULATED:
+        protocol, build, route = SIMULATED[provider]
+        body = build(ChatRequest(model=name, messages=messages, max_tokens=completion_tokens))
+        parsed = protocol.parse_routed(body, {"model": name, "deployment": name, **route}, {"api-version": "v"})
+        prompt_tokens = protocol.prompt_tokens(parsed)
+        prices = PriceBook(sources=price_sources(load_provider_specs_text(provider_config("http://sim"))))
+    else:
+        prompt_tokens = TokenCounter().count(model, messages).tokens
+        prices = PriceBook()
+    cost = prices.lookup(model).cost(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
     return to_micros(cost) / 1e6
 
 

@@ -49,7 +49,8 @@ class AWSLibrary:
         self._eventstream = modules["botocore.eventstream"]
         self._exceptions = modules["botocore.exceptions"]
         self._lock = threading.Lock()
-        self._chain: Any = None
+        #: The credential chain's answer per profile (None: the default profile), resolved once.
+        self._chains: dict[str | None, Any] = {}
 
     # --- credentials ------------------------------------------------------------------------------
 
@@ -60,10 +61,9 @@ class AWSLibrary:
         """The standard AWS credential chain (environment, shared files, SSO, container, instance
         role), resolved once; refreshing credentials refresh themselves. None when it finds none."""
         with self._lock:
-            if self._chain is None:
-                session = self._session.Session(profile=profile)
-                self._chain = session.get_credentials() or False
-            return self._chain or None
+            if profile not in self._chains:
+                self._chains[profile] = self._session.Session(profile=profile).get_credentials()
+            return self._chains[profile]
 
     # --- signing ------------------------------------------------------------------------------------
 

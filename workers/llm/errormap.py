@@ -314,7 +314,6 @@ def error_in_stream(
     kind: str | None = None,
     request_id: str | None = None,
     status: int | None = None,
-    details: dict[str, Any] | None = None,
 ) -> LLMQError:
     """An error payload inside a 200 stream, classified like the same error outside a stream.
 
@@ -336,5 +335,4 @@ def error_in_stream(
         kind=kind,
         request_id=request_id,
         in_stream=True,
-        extra=details,
     )

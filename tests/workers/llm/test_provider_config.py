@@ -179,3 +179,27 @@ def test_the_worker_refuses_to_start_with_a_missing_key_variable_in_one_line(tmp
     refusal = [line for line in out.stderr.splitlines() if "llmq worker cannot start" in line]
     assert len(refusal) == 1, out.stderr[-3000:]
     assert "providers.azure-eu.api_key_env" in refusal[0] and "AZURE_EU_KEY" in refusal[0]
+
+
+def test_spans_and_metrics_name_the_provider_as_the_conventions_do(tmp_path: Path, http: HTTPClient) -> None:
+    """``gen_ai.provider.name`` is the provider's (``azure.ai.openai``...), not the configured name."""
+    from workers.jobs.chain import build_chain
+    from workers.llm.instrumented import InstrumentedModel
+    from workers.llm.model import RunContext
+
+    config = load_config(_config(tmp_path, CONFIG))
+    registry = build_registry(http, ENV, config.providers)
+    chain = [
+        "azure-eu:gpt-4o",
+        "groq:llama-3.3-70b-versatile",
+        "gemini:gemini-2.5-flash",
+        "claude-aws:m",
+        "openai:gpt-4o",
+    ]
+    fallback = build_chain(chain, registry, config, RunContext())
+    names = []
+    for retrying in fallback.models:  # type: ignore[attr-defined]
+        model = retrying.wrapped
+        assert isinstance(model, InstrumentedModel)
+        names.append(model.provider)
+    assert names == ["azure.ai.openai", "groq", "gcp.gemini", "aws.bedrock", "openai"]
