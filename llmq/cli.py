@@ -25,6 +25,7 @@ COMMANDS = (
     "subscribe",
     "demo",
     "budget",
+    "spend",
     "limits",
     "batch",
     "flower",
@@ -51,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Commands that cannot do anything without Redis: checked before they start, so that one which
 #: would otherwise retry quietly (a Celery worker, a subscriber riding out restarts) says so at once.
-NEEDS_REDIS = frozenset({"worker", "submit", "subscribe", "budget", "limits", "batch", "flower", "gateway", "jobs"})
+NEEDS_REDIS = frozenset(
+    {"worker", "submit", "subscribe", "budget", "spend", "limits", "batch", "flower", "gateway", "jobs"}
+)
 #: Commands that consume or serve the job queue for as long as they run: a broker of its own
 #: (``LLMQ_BROKER_URL``) is checked before they start too (a worker would retry it for minutes).
 NEEDS_BROKER = frozenset({"worker", "gateway", "flower"})

@@ -26,6 +26,14 @@ Example::
     kill_switch_ratio = 0.9
     unpriced = "reject"         # or "allow_unpriced"
 
+    [budget.tags]               # monthly limits per tag and per end user (also: llmq budget set --tag)
+    checkout = 100
+    [budget.users]
+    "u-42" = 5
+
+    [spend]                     # rows of their own per day and month in `llmq spend` (the rest: other)
+    users = 1000
+
     [gateway.tokens]
     "secret-token-a" = "team-a"
 
@@ -49,7 +57,7 @@ from workers.contract import split_model_id
 from workers.contract.providers import ProviderSpec, check_provider_names
 from workers.llm.errors import ConfigurationError
 
-__all__ = ["BudgetConfig", "LLMQConfig", "ModelConfig", "ToolsConfig", "load_config"]
+__all__ = ["BudgetConfig", "LLMQConfig", "ModelConfig", "SpendConfig", "ToolsConfig", "load_config"]
 
 
 class _Strict(BaseModel):
@@ -99,6 +107,21 @@ class BudgetConfig(_Strict):
     kill_switch_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9
     unpriced: Literal["reject", "allow_unpriced"] = "reject"
     tenants: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    #: Monthly limits per tag and per end user (``llmq budget set --tag/--user`` stores one in Redis).
+    tags: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    users: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+
+
+class SpendConfig(_Strict):
+    """The ``[spend]`` table: how many values of each dimension keep a row of their own in the spend
+    report per day and month (the rest is summed as ``other``), and how long day rows are kept.
+    See ``workers/accounting/spendreport.py``."""
+
+    tenants: Annotated[int, Field(ge=1)] = 1000
+    models: Annotated[int, Field(ge=1)] = 200
+    tags: Annotated[int, Field(ge=1)] = 500
+    users: Annotated[int, Field(ge=1)] = 1000
+    days: Annotated[int, Field(ge=1, le=400)] = 120
 
 
 class GatewayConfig(_Strict):
@@ -196,6 +219,7 @@ class LLMQConfig(_Strict):
     routes: dict[str, list[str]] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    spend: SpendConfig = Field(default_factory=SpendConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     #: Worker tools: modules to import, timeouts, loop limits (:class:`ToolsConfig`).
     tools: ToolsConfig = Field(default_factory=ToolsConfig)

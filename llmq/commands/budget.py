@@ -1,11 +1,13 @@
 """``llmq budget``: show, set and reset the monthly budget ledger.
 
     llmq budget show [--json] [--month YYYY-MM]
-    llmq budget set --monthly USD [--tenant T]      (USD = none removes the stored limit)
-    llmq budget reset [--tenant T] [--month YYYY-MM]
+    llmq budget set --monthly USD [--tenant T | --tag T | --user U]   (USD = none removes the stored limit)
+    llmq budget reset [--tenant T | --tag T | --user U] [--month YYYY-MM]
 
 Redis is ``LLMQ_REDIS_URL``. Limits set here are stored in Redis and win over the defaults:
-``LLMQ_MONTHLY_BUDGET_USD``, else ``[budget] monthly_usd`` / ``[budget.tenants]`` in ``LLMQ_CONFIG``.
+``LLMQ_MONTHLY_BUDGET_USD``, else ``[budget] monthly_usd`` / ``[budget.tenants]`` / ``[budget.tags]`` /
+``[budget.users]`` in ``LLMQ_CONFIG``. A tag or user limit is enforced by the same reservation as
+the global and tenant ones; what tags and users spent without one: ``llmq spend``.
 Worker-side modules are imported inside :func:`run`, never at import time.
 """
 
@@ -16,11 +18,12 @@ import re
 import sys
 from typing import Any
 
-from llmq.commands.table import print_table
+from llmq.commands.table import print_table, usd
 from workers.connections.redisclient import redis_client
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # as CompletionJob.tenant
+_TAG = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")  # as CompletionJob.tags
 
 
 def _usd_or_none(raw: str) -> float | None:
@@ -35,7 +38,8 @@ def _usd_or_none(raw: str) -> float | None:
     return value
 
 
-def _month(raw: str) -> str:
+def parse_month(raw: str) -> str:
+    """An argparse type: a UTC month like ``2026-01``."""
     if not _MONTH.match(raw):
         raise argparse.ArgumentTypeError(f"{raw!r} is not a month like 2026-01")
     return raw
@@ -47,41 +51,55 @@ def _tenant(raw: str) -> str:
     return raw
 
 
+def _tag(raw: str) -> str:
+    if not _TAG.match(raw):
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a tag (1-64 of letters, digits, '_', '.', ':', '/', '-')")
+    return raw
+
+
+def _user(raw: str) -> str:
+    if not 1 <= len(raw) <= 256:  # as CompletionJob.user
+        raise argparse.ArgumentTypeError("a user is 1-256 characters")
+    return raw
+
+
+def _scope_args(p: argparse.ArgumentParser, verb: str) -> None:
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--tenant", type=_tenant, help=f"{verb} one tenant instead of the whole deployment")
+    which.add_argument("--tag", type=_tag, help=f"{verb} one tag")
+    which.add_argument("--user", type=_user, help=f"{verb} one end user")
+
+
+def _scope(args: argparse.Namespace) -> str:
+    for kind in ("tenant", "tag", "user"):
+        if getattr(args, kind) is not None:
+            return f"{kind}:{getattr(args, kind)}"
+    return "global"
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("budget", help="show, set or reset the monthly budget")
     actions = p.add_subparsers(dest="budget_command", required=True, metavar="ACTION")
     show = actions.add_parser("show", help="spend, reservations and limit per scope")
     show.add_argument("--json", action="store_true", help="machine-readable output")
-    show.add_argument("--month", type=_month, help="a past UTC month (default: the current one)")
+    show.add_argument("--month", type=parse_month, help="a past UTC month (default: the current one)")
     set_ = actions.add_parser("set", help="store a monthly limit in USD")
     set_.add_argument("--monthly", type=_usd_or_none, required=True, metavar="USD", help="limit, or 'none'")
-    set_.add_argument("--tenant", type=_tenant, help="limit one tenant instead of the whole deployment")
+    _scope_args(set_, "limit")
     reset = actions.add_parser("reset", help="forget a month's spend and reservations (limits stay)")
-    reset.add_argument("--tenant", type=_tenant, help="reset one tenant only")
-    reset.add_argument("--month", type=_month, help="default: the current UTC month")
+    _scope_args(reset, "reset")
+    reset.add_argument("--month", type=parse_month, help="default: the current UTC month")
     p.set_defaults(func=run)
 
 
 def build_ledger(client: Any) -> Any:
     """A :class:`~workers.accounting.ledger.Ledger` with the defaults from the environment and config."""
-    from workers.accounting.ledger import Ledger
+    from workers.accounting.ledger import configured_ledger
     from workers.routes import load_config
     from workers.settings import get_settings
 
     settings = get_settings()
-    budget = load_config(settings.config).budget
-    monthly = settings.monthly_budget_usd if settings.monthly_budget_usd is not None else budget.monthly_usd
-    return Ledger(
-        client, monthly_limit_usd=monthly, tenant_limits_usd=budget.tenants, kill_ratio=budget.kill_switch_ratio
-    )
-
-
-def _fmt(value: float | None) -> str:
-    """``$1,234.50``, ``$0.000125``: cents always, micro-dollars when there are any."""
-    if value is None:
-        return "-"
-    whole, _, frac = f"{value:,.6f}".partition(".")
-    return f"${whole}.{frac.rstrip('0').ljust(2, '0')}"
+    return configured_ledger(client, settings, load_config(settings.config))
 
 
 def _print_table(snapshot: Any) -> None:
@@ -91,11 +109,11 @@ def _print_table(snapshot: Any) -> None:
         rows.append(
             (
                 s.scope,
-                _fmt(s.spent_usd),
-                _fmt(s.reserved_usd),
-                _fmt(s.limit_usd),
-                _fmt(s.kill_switch_usd),
-                _fmt(s.remaining_usd),
+                usd(s.spent_usd),
+                usd(s.reserved_usd),
+                usd(s.limit_usd),
+                usd(s.kill_switch_usd),
+                usd(s.remaining_usd),
                 s.state,
             )
         )
@@ -123,12 +141,12 @@ def run(args: argparse.Namespace) -> int:
             else:
                 _print_table(snapshot)
         elif args.budget_command == "set":
-            ledger.set_limit(args.monthly, tenant=args.tenant)
-            scope = f"tenant:{args.tenant}" if args.tenant else "global"
-            what = "removed (defaults apply)" if args.monthly is None else f"set to {_fmt(args.monthly)}"
+            ledger.set_limit(args.monthly, tenant=args.tenant, tag=args.tag, user=args.user)
+            scope = _scope(args)
+            what = "removed (defaults apply)" if args.monthly is None else f"set to {usd(args.monthly)}"
             print(f"monthly limit for {scope} {what}")
         else:
-            scopes = ledger.reset(tenant=args.tenant, month=args.month)
+            scopes = ledger.reset(tenant=args.tenant, month=args.month, tag=args.tag, user=args.user)
             print(f"reset {args.month or ledger.month()} spend and reservations of: {', '.join(scopes)}")
     except redis.RedisError as exc:
         print(f"llmq budget: Redis at {url} is not reachable: {exc}", file=sys.stderr)

@@ -26,7 +26,7 @@ def add_param_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop sequence (up to 4)")
     g.add_argument("--top-p", type=float)
     g.add_argument("--seed", type=int)
-    g.add_argument("--user", help="the end user (OpenAI's user field; kept in telemetry)")
+    g.add_argument("--user", help="the end user (OpenAI's user field): in telemetry and llmq spend --by user")
     g.add_argument("--tool-choice", help="auto, none, required, or a tool name")
     g.add_argument("--reasoning-effort", choices=["minimal", "low", "medium", "high"])
     g.add_argument("--thinking-budget", type=int, metavar="TOKENS", help="Anthropic extended thinking budget")

@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--temperature", type=float)
     p.add_argument("--tenant", default="default")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="a spend tag (repeatable)")
     p.add_argument("--id", help="job id (idempotency key)")
     p.add_argument("--stream", action="store_true", help="print deltas as they arrive")
     p.add_argument("--json", action="store_true", help="print the CompletionResult as one JSON object")
@@ -51,6 +52,8 @@ def build_job(args: argparse.Namespace, schema_for: SchemaLookup | None = None) 
         "tenant": args.tenant,
         "stream": bool(args.stream) or not args.json,
     }
+    if args.tag:
+        job["tags"] = list(args.tag)
     if args.use:
         if args.prompt is not None or args.system:
             raise ValueError("--use sends a published prompt's own messages: give no PROMPT text or --system")

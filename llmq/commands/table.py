@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["print_table"]
+__all__ = ["print_table", "usd"]
 
 
 def print_table(rows: Sequence[Sequence[str]], *, numeric: bool = False) -> None:
@@ -16,3 +16,11 @@ def print_table(rows: Sequence[Sequence[str]], *, numeric: bool = False) -> None
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         )
         print("  ".join(cells).rstrip())
+
+
+def usd(value: float | None) -> str:
+    """``$1,234.50``, ``$0.000125``: cents always, micro-dollars when there are any; ``-`` for None."""
+    if value is None:
+        return "-"
+    whole, _, frac = f"{value:,.6f}".partition(".")
+    return f"${whole}.{frac.rstrip('0').ljust(2, '0')}"

@@ -34,6 +34,7 @@ from producers.gateway.openai_compat import (
 )
 from producers.gateway.sse import EventStreamResponse, Item, is_last
 from producers.gateway.state import gateway_of
+from producers.gateway.tags import with_header_tags
 from producers.tracing import incoming_trace
 
 __all__ = ["chat_completions"]
@@ -79,7 +80,8 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
     tenant: str = request.state.tenant
     req = parse_request(await read_json_object(request, settings.max_body_bytes))
     try:
-        handle = await gw.client.submit(to_job(req, tenant=tenant), **incoming_trace(request.headers))
+        job = with_header_tags(to_job(req, tenant=tenant), request.headers)
+        handle = await gw.client.submit(job, **incoming_trace(request.headers))
     except InvalidJobError as exc:
         raise problems_error(exc.errors) from None
     job_id = handle.id

@@ -23,6 +23,7 @@ from producers.gateway.ids import ANY_ID, resolve_id
 from producers.gateway.settings import OnDisconnect
 from producers.gateway.sse import EventStreamResponse, JobEventsRenderer
 from producers.gateway.state import gateway_of
+from producers.gateway.tags import with_header_tags
 from producers.gateway.ui import strip_result_text, strip_text
 from producers.tracing import incoming_trace
 
@@ -78,6 +79,7 @@ async def submit_job(request: Request) -> Response:
         data["id"] = job_id
     data["tenant"] = tenant
     data.update(incoming_trace(request.headers))  # continue the caller's trace
+    with_header_tags(data, request.headers)
     try:
         handle = await gw.client.submit(data)
     except InvalidJobError as exc:

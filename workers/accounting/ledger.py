@@ -4,8 +4,13 @@ Every job attempt goes through ``reserve -> provider call -> settle`` (or ``rele
 call failed before anything was billed). Each operation is one Lua script (``workers/accounting/lua``), so
 all scopes change together or not at all, and concurrent workers can never jointly overshoot.
 
-Scopes: ``global`` (the whole deployment) and ``tenant:<name>``, each per UTC calendar month
-(``YYYY-MM`` in the keys; the month comes from an injectable clock). Per scope:
+Scopes: ``global`` (the whole deployment), ``tenant:<name>``, ``tag:<tag>`` and ``user:<end user>``,
+each per UTC calendar month (``YYYY-MM`` in the keys; the month comes from an injectable clock). Every
+job reserves in ``global`` and its tenant; a job's tags and user take part in the same reservation
+(same script, same round trip, same rules) only while they have a limit: without one they keep no
+budget state at all, so a job without tags or user does exactly what it did before, and millions of
+end users cost no keys. Every settlement also adds its cost to the spend report's rows (tenant,
+model, tags, user; per day and month; :mod:`workers.accounting.spendreport`). Per scope:
 
 - **hard limit**: a reservation is refused when ``spent + reserved + amount > limit``. Refused
   *for good* (``budget_limit``) when settled spend plus the amount alone passes the limit; refused
@@ -14,7 +19,7 @@ Scopes: ``global`` (the whole deployment) and ``tenant:<name>``, each per UTC ca
 - **kill switch**: once *settled* spend reaches ``kill_ratio × limit`` (0.9 by default), every new
   reservation in that scope is refused, whatever its size. It uses settled spend, not
   reservations, so a burst of in-flight worst cases cannot trip it falsely (LiteLLM #36926).
-  It applies to tenant scopes too: same rule everywhere.
+  It applies to tenant, tag and user scopes too: same rule everywhere.
 
 The kill switch and the hard limit raise :class:`BudgetExceededError` (non-retryable) with
 ``code`` ``kill_switch`` or ``budget_limit`` (the latter may fit a cheaper model: the fallback
@@ -45,20 +50,31 @@ unacknowledged is lost if the master dies before it reaches a replica.
 
 from __future__ import annotations
 
-import logging
 import math
-import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import ROUND_CEILING, Decimal
-from importlib import resources
-from typing import Any, Literal
+from decimal import Decimal
+from typing import Any
 
 import redis
-from pydantic import BaseModel
 
+from workers.accounting.budgetbook import MONTH_TTL_S, BudgetBook, load_script
+from workers.accounting.money import (
+    GLOBAL_SCOPE,
+    BudgetSnapshot,
+    Reservation,
+    ScopeState,
+    ScopeStatus,
+    Settlement,
+    from_micros,
+    tenant_scope,
+    to_micros,
+)
+from workers.accounting.replicas import ReplicaWait
+from workers.accounting.spendreport import DEFAULT_DAYS, Dimension, other_key, rows_key
 from workers.llm.errors import BudgetBusyError, BudgetExceededError
+from workers.routes import LLMQConfig
+from workers.settings import Settings
 
 __all__ = [
     "GLOBAL_SCOPE",
@@ -70,17 +86,12 @@ __all__ = [
     "ScopeState",
     "ScopeStatus",
     "Settlement",
+    "configured_ledger",
     "from_micros",
     "tenant_scope",
     "to_micros",
 ]
 
-log = logging.getLogger("llmq.ledger")
-
-GLOBAL_SCOPE = "global"
-MICROS = 1_000_000
-#: Month keys outlive their month so ``llmq budget show --month`` can look back a year.
-MONTH_TTL_S = 400 * 86_400
 #: How long "job X attempt N was settled" is remembered (any redelivery comes far sooner).
 SETTLED_TTL_S = 62 * 86_400
 
@@ -91,22 +102,6 @@ class LedgerUnavailableError(BudgetExceededError):
     type_name = "ledger_unavailable"
 
 
-def to_micros(amount_usd: Decimal | float | int) -> int:
-    """USD -> integer micro-USD, rounded up (a reservation never under-covers)."""
-    value = amount_usd if isinstance(amount_usd, Decimal) else Decimal(str(amount_usd))
-    if value < 0 or not value.is_finite():
-        raise ValueError(f"amount must be a finite, non-negative number of USD, not {amount_usd!r}")
-    return int((value * MICROS).to_integral_value(rounding=ROUND_CEILING))
-
-
-def from_micros(micros: int) -> Decimal:
-    return Decimal(micros) / MICROS
-
-
-def tenant_scope(tenant: str) -> str:
-    return f"tenant:{tenant}"
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -115,111 +110,14 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-@dataclass(frozen=True, slots=True)
-class ScopeState:
-    """One scope right after an operation; ``limit_micros`` None = unlimited."""
-
-    scope: str
-    spent_micros: int
-    reserved_micros: int
-    limit_micros: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """A held worst-case amount. Pass it back to :meth:`Ledger.settle` or :meth:`Ledger.release`.
-
-    ``already_settled``: this job attempt was settled before (a redelivery); nothing is held and
-    ``settled_micros`` says what was charged then.
-    """
-
-    job_id: str
-    attempt: int
-    tenant: str
-    month: str
-    amount_micros: int
-    expires_at_ms: int = 0
-    scopes: tuple[ScopeState, ...] = ()
-    already_settled: bool = False
-    settled_micros: int | None = None
-
-    @property
-    def id(self) -> str:
-        return f"{self.job_id}#{self.attempt}"
-
-    @property
-    def amount_usd(self) -> Decimal:
-        return from_micros(self.amount_micros)
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """``charged`` False means a duplicate: ``amount_micros`` was charged by the first settle."""
-
-    charged: bool
-    amount_micros: int
-    scopes: tuple[ScopeState, ...] = ()
-
-
-class ScopeStatus(BaseModel):
-    scope: str
-    spent_usd: float
-    reserved_usd: float
-    limit_usd: float | None
-    #: Spend at which the kill switch refuses new jobs (None when unlimited).
-    kill_switch_usd: float | None
-    remaining_usd: float | None
-    state: Literal["ok", "kill_switch", "exhausted", "unlimited"]
-
-
-class BudgetSnapshot(BaseModel):
-    month: str
-    kill_ratio: float
-    scopes: list[ScopeStatus]
-
-
-class ReplicaWait:
-    """``WAIT replicas timeout_ms`` after every reservation and settlement, and what it returned.
-
-    ``acked`` counts the writes at least ``replicas`` replicas acknowledged in time, ``short`` the
-    ones fewer did (a replica down or lagging: logged, counted, not an error). Thread-safe.
-    """
-
-    def __init__(self, replicas: int, timeout_ms: int) -> None:
-        if replicas < 1 or timeout_ms < 1:
-            raise ValueError("WAIT needs at least one replica and a timeout of at least 1 ms (0 would block)")
-        self.replicas = replicas
-        self.timeout_ms = timeout_ms
-        self.acked = 0
-        self.short = 0
-        self._lock = threading.Lock()
-
-    def record(self, op: str, acknowledged: int, what: str) -> None:
-        with self._lock:
-            if acknowledged >= self.replicas:
-                self.acked += 1
-                return
-            self.short += 1
-        log.warning(
-            "ledger %s of %s reached %d of %d replicas within %d ms; a fail-over now could lose it",
-            op,
-            what,
-            acknowledged,
-            self.replicas,
-            self.timeout_ms,
-        )
-
-
-def _load_script(client: redis.Redis, name: str) -> Any:
-    lua = resources.files("workers.accounting") / "lua"
-    return client.register_script((lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text())
-
-
-class Ledger:
+class Ledger(BudgetBook):
     """The ledger over one redis-py client (sync; safe to share between threads and greenlets).
 
-    ``monthly_limit_usd`` and ``tenant_limits_usd`` are defaults used while Redis holds no limit
-    for the scope; ``clock`` returns the current time (aware, or naive UTC) and picks the month.
+    ``monthly_limit_usd``, ``tenant_limits_usd``, ``tag_limits_usd`` and ``user_limits_usd`` are
+    defaults used while Redis holds no limit for the scope; ``clock`` returns the current time
+    (aware, or naive UTC) and picks the month and day. ``report_rows`` (per dimension) and
+    ``report_days`` bound the spend report (:mod:`workers.accounting.spendreport`). Limits, resets
+    and the reads of ``llmq budget`` and ``llmq spend`` are :class:`BudgetBook`'s.
     """
 
     def __init__(
@@ -228,132 +126,119 @@ class Ledger:
         *,
         monthly_limit_usd: float | Decimal | None = None,
         tenant_limits_usd: Mapping[str, float | Decimal] | None = None,
+        tag_limits_usd: Mapping[str, float | Decimal] | None = None,
+        user_limits_usd: Mapping[str, float | Decimal] | None = None,
         kill_ratio: float = 0.9,
         lease_s: float = 900.0,
         clock: Callable[[], datetime] = _utcnow,
         prefix: str = "llmq:{budget}",
         replica_wait: ReplicaWait | None = None,
+        report_rows: Mapping[Dimension, int] | None = None,
+        report_days: int = DEFAULT_DAYS,
     ) -> None:
-        if not 0 < kill_ratio <= 1:
-            raise ValueError("kill_ratio must be in (0, 1]")
-        self.client = client
-        self.kill_ratio = kill_ratio
+        super().__init__(
+            client,
+            monthly_limit_usd=monthly_limit_usd,
+            limits_usd={"tenant": tenant_limits_usd or {}, "tag": tag_limits_usd or {}, "user": user_limits_usd or {}},
+            kill_ratio=kill_ratio,
+            clock=clock,
+            prefix=prefix,
+            report_rows=report_rows,
+            report_days=report_days,
+        )
         self.lease_s = lease_s
-        self.clock = clock
-        self.prefix = prefix  # the {hash tag} keeps every ledger key in one Redis Cluster slot
         #: WAIT for replicas after reservations and settlements (None: do not wait).
         self.replica_wait = replica_wait
-        self._defaults: dict[str, int] = {}
-        if monthly_limit_usd is not None:
-            self._defaults[GLOBAL_SCOPE] = to_micros(monthly_limit_usd)
-        for tenant, usd in (tenant_limits_usd or {}).items():
-            self._defaults[tenant_scope(tenant)] = to_micros(usd)
-        self._reserve = _load_script(client, "reserve")
-        self._settle = _load_script(client, "settle")
-        self._release = _load_script(client, "release")
-
-    # --- keys -------------------------------------------------------------------------------------
-
-    def month(self) -> str:
-        now = self.clock()
-        if now.tzinfo is not None:
-            now = now.astimezone(UTC)
-        return f"{now:%Y-%m}"
-
-    @property
-    def _limits_key(self) -> str:
-        return f"{self.prefix}:limits"
-
-    def _scopes_key(self, month: str) -> str:
-        return f"{self.prefix}:{month}:scopes"
-
-    def _scope_keys(self, month: str, scope: str) -> list[str]:
-        base = f"{self.prefix}:{month}:{scope}"
-        return [base, f"{base}:leases"]
+        self._reserve = load_script(client, "reserve")
+        self._settle = load_script(client, "settle")
+        self._release = load_script(client, "release")
 
     def _settled_key(self, job_id: str, attempt: int) -> str:
         return f"{self.prefix}:settled:{job_id}#{attempt}"
 
-    @staticmethod
-    def scopes_for(tenant: str) -> tuple[str, str]:
-        return GLOBAL_SCOPE, tenant_scope(tenant)
-
-    def _default(self, scope: str) -> str:
-        value = self._defaults.get(scope)
-        return "" if value is None else str(value)
+    def _scope_args(self, month: str, scopes: Sequence[str]) -> tuple[list[str], list[Any]]:
+        """Per scope: its two keys, and its name, default limit and whether it always holds a lease
+        (global and tenant do; a tag or user only while it has a limit)."""
+        keys: list[str] = []
+        args: list[Any] = []
+        for i, scope in enumerate(scopes):
+            keys += self._scope_keys(month, scope)
+            args += [scope, self._default(scope), "1" if i < 2 else "0"]
+        return keys, args
 
     # --- the three operations ---------------------------------------------------------------------
 
     def reserve(
-        self, job_id: str, attempt: int, tenant: str, amount_usd: Decimal | float | int, lease_s: float | None = None
+        self,
+        job_id: str,
+        attempt: int,
+        tenant: str,
+        amount_usd: Decimal | float | int,
+        lease_s: float | None = None,
+        *,
+        tags: Sequence[str] = (),
+        user: str | None = None,
+        model: str = "",
     ) -> Reservation:
-        """Hold ``amount_usd`` (the worst case) in every scope of ``tenant``, or raise.
+        """Hold ``amount_usd`` (the worst case) in every scope of ``tenant`` (and of ``tags`` and
+        ``user`` that have a limit), or raise.
 
         ``attempt`` numbers provider calls within the job (1-based; retries and fallbacks each
-        take the next number). Reserving the same job attempt again replaces its lease.
+        take the next number). Reserving the same job attempt again replaces its lease. ``model``
+        is the model called: the spend report counts the settled cost for it.
         """
         if attempt < 1:
             raise ValueError("attempt numbers start at 1")
-        month, amount = self.month(), to_micros(amount_usd)
+        now = self._now()
+        month, day, amount = f"{now:%Y-%m}", f"{now:%Y-%m-%d}", to_micros(amount_usd)
         lease_ms = max(1, math.ceil((self.lease_s if lease_s is None else lease_s) * 1000))
-        scopes = self.scopes_for(tenant)
-        keys = [self._limits_key, self._settled_key(job_id, attempt), self._scopes_key(month)]
-        args: list[Any] = [f"{job_id}#{attempt}", amount, lease_ms, repr(self.kill_ratio), MONTH_TTL_S]
-        for scope in scopes:
-            keys += self._scope_keys(month, scope)
-            args += [scope, self._default(scope)]
+        scopes = self.scopes_for(tenant, tags, user)
+        scope_keys, scope_args = self._scope_args(month, scopes)
+        keys = [self._limits_key, self._settled_key(job_id, attempt), self._scopes_key(month), *scope_keys]
+        args: list[Any] = [f"{job_id}#{attempt}", amount, lease_ms, repr(self.kill_ratio), MONTH_TTL_S, *scope_args]
         reply = self._run(self._reserve, keys, args, "reserve", replicate=True)
         status = _s(reply[0])
         if status == "ok":
-            states = _states(scopes, reply[2:])
-            return Reservation(job_id, attempt, tenant, month, amount, int(reply[1]), states)
+            return Reservation(
+                job_id, attempt, tenant, month, amount, int(reply[1]), _states(scopes, reply[2:]),
+                tags=tuple(tags), user=user, model=model, day=day,
+            )  # fmt: skip
         if status == "settled":
-            return Reservation(job_id, attempt, tenant, month, 0, already_settled=True, settled_micros=int(reply[1]))
-        scope, spent, reserved, limit = _s(reply[1]), int(reply[2]), int(reply[3]), int(reply[4])
-        details = {
-            "scope": scope,
-            "month": month,
-            "spent_usd": float(from_micros(spent)),
-            "reserved_usd": float(from_micros(reserved)),
-            "limit_usd": float(from_micros(limit)),
-            "amount_usd": float(from_micros(amount)),
-        }
-        if status == "busy":
-            message = (
-                f"budget {scope} for {month}: ${from_micros(amount)} fits the ${from_micros(limit)} limit "
-                f"(spent ${from_micros(spent)}) but not beside the ${from_micros(reserved)} reserved in flight; "
-                "waiting for those reservations to settle"
-            )
-            raise BudgetBusyError(message, code="budget_busy", details=details)
-        if status == "kill_switch":
-            message = (
-                f"kill switch: {scope} spend ${from_micros(spent)} has reached {self.kill_ratio:.0%} of its "
-                f"${from_micros(limit)} limit for {month}; new jobs are refused until the limit is raised "
-                "or the month rolls over"
-            )
-            raise BudgetExceededError(message, code="kill_switch", details=details)
-        message = (
-            f"budget {scope} for {month}: reserving ${from_micros(amount)} would exceed the "
-            f"${from_micros(limit)} limit (spent ${from_micros(spent)}, reserved ${from_micros(reserved)})"
-        )
-        raise BudgetExceededError(message, code="budget_limit", details=details)
+            return Reservation(
+                job_id, attempt, tenant, month, 0, already_settled=True, settled_micros=int(reply[1]),
+                tags=tuple(tags), user=user, model=model, day=day,
+            )  # fmt: skip
+        raise _refusal(status, reply, month, amount, self.kill_ratio)
 
     def settle(self, reservation: Reservation, actual_usd: Decimal | float | int) -> Settlement:
-        """Charge the actual cost once per job attempt and free the lease; a repeat is a no-op."""
+        """Charge the actual cost once per job attempt, free the lease and add the cost to the spend
+        report's rows; a repeat is a no-op."""
         actual = to_micros(actual_usd)
         if reservation.already_settled:
             return Settlement(False, reservation.settled_micros or 0)
-        scopes = self.scopes_for(reservation.tenant)
-        month = reservation.month
+        r = reservation
+        scopes = self.scopes_for(r.tenant, r.tags, r.user)
+        month, day = r.month, r.day or f"{self._now():%Y-%m-%d}"
+        scope_keys, scope_args = self._scope_args(month, scopes)
         keys = [
-            self._settled_key(reservation.job_id, reservation.attempt),
+            self._settled_key(r.job_id, r.attempt),
             self._scopes_key(month),
             self._limits_key,
+            other_key(self.prefix, day),
+            other_key(self.prefix, month),
+            *scope_keys,
         ]
-        args: list[Any] = [reservation.id, actual, SETTLED_TTL_S, MONTH_TTL_S]
-        for scope in scopes:
-            keys += self._scope_keys(month, scope)
-            args += [scope, self._default(scope)]
+        day_ttl = (self.report_days + 1) * 86_400
+        args: list[Any] = [r.id, actual, SETTLED_TTL_S, MONTH_TTL_S, day_ttl, len(scopes), *scope_args]
+        rows: list[tuple[Dimension, str, str]] = [("tenant", r.tenant, "1")]
+        if r.model:
+            rows.append(("model", r.model, "0"))
+        rows += [("tag", t, "1") for t in r.tags]
+        if r.user is not None:
+            rows.append(("user", r.user, "1"))
+        for dimension, value, pinnable in rows:
+            keys += [rows_key(self.prefix, day, dimension), rows_key(self.prefix, month, dimension)]
+            args += [dimension, value, self.report_rows[dimension], pinnable]
         reply = self._run(self._settle, keys, args, "settle", replicate=True)
         if _s(reply[0]) == "duplicate":
             return Settlement(False, int(reply[1]))
@@ -361,10 +246,11 @@ class Ledger:
 
     def release(self, reservation: Reservation) -> int:
         """Free the lease without charging; returns the micro-USD it held (0 if already gone)."""
-        if reservation.already_settled:
+        r = reservation
+        if r.already_settled:
             return 0
         keys: list[str] = []
-        for scope in self.scopes_for(reservation.tenant):
+        for scope in r.held or self.scopes_for(r.tenant, r.tags, r.user):  # held: those the reserve wrote
             keys += self._scope_keys(reservation.month, scope)
         return int(self._run(self._release, keys, [reservation.id], "release"))
 
@@ -396,84 +282,67 @@ class Ledger:
             return reply
         raise redis.exceptions.NoScriptError(f"the ledger's {op} script could not be loaded")
 
-    # --- administration (CLI) ---------------------------------------------------------------------
 
-    def set_limit(self, usd: Decimal | float | int | None, tenant: str | None = None) -> None:
-        """Store a monthly limit for the global scope or a tenant; None removes it (defaults apply)."""
-        scope = GLOBAL_SCOPE if tenant is None else tenant_scope(tenant)
-        if usd is None:
-            self.client.hdel(self._limits_key, scope)
-        else:
-            self.client.hset(self._limits_key, scope, to_micros(usd))
-
-    def reset(self, tenant: str | None = None, month: str | None = None) -> list[str]:
-        """Forget a month's spend and reservations (every scope, or one tenant's); limits stay.
-
-        Settlement markers stay too, so a job settled before the reset is not charged again.
-        """
-        month = month or self.month()
-        if tenant is not None:
-            scopes = [tenant_scope(tenant)]
-        else:
-            scopes = sorted({GLOBAL_SCOPE} | {_s(s) for s in self.client.smembers(self._scopes_key(month))})
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(*[k for scope in scopes for k in self._scope_keys(month, scope)])
-        if tenant is None:
-            pipe.delete(self._scopes_key(month))
-        else:
-            pipe.srem(self._scopes_key(month), scopes[0])
-        pipe.execute()
-        return scopes
-
-    def show(self, month: str | None = None) -> BudgetSnapshot:
-        """Spend, live reservations and limits per scope for ``month`` (default: now). Read-only."""
-        month = month or self.month()
-        pipe = self.client.pipeline(transaction=False)
-        pipe.time()
-        pipe.smembers(self._scopes_key(month))
-        pipe.hgetall(self._limits_key)
-        (secs, usecs), members, stored = pipe.execute()
-        now_ms = int(secs) * 1000 + int(usecs) // 1000
-        limits = {scope: int(v) for scope, v in self._defaults.items()}
-        limits.update({_s(k): int(v) for k, v in stored.items()})
-        scopes = sorted({GLOBAL_SCOPE} | {_s(m) for m in members} | set(limits), key=lambda s: (s != GLOBAL_SCOPE, s))
-        pipe = self.client.pipeline(transaction=False)
-        for scope in scopes:
-            state_key, leases_key = self._scope_keys(month, scope)
-            pipe.hgetall(state_key)
-            pipe.zrangebyscore(leases_key, f"({now_ms}", "+inf")
-        replies = pipe.execute()
-        statuses = []
-        for i, scope in enumerate(scopes):
-            fields, live = replies[2 * i], replies[2 * i + 1]
-            state = {_s(k): int(v) for k, v in fields.items()}
-            reserved = sum(state.get(f"r:{_s(r)}", 0) for r in live)  # expired leases excluded
-            statuses.append(self._status(scope, state.get("spent", 0), reserved, limits.get(scope)))
-        return BudgetSnapshot(month=month, kill_ratio=self.kill_ratio, scopes=statuses)
-
-    def _status(self, scope: str, spent: int, reserved: int, limit: int | None) -> ScopeStatus:
-        state: Literal["ok", "kill_switch", "exhausted", "unlimited"]
-        if limit is None:
-            state, kill, remaining = "unlimited", None, None
-        else:
-            kill = float(from_micros(limit)) * self.kill_ratio
-            remaining = float(from_micros(max(0, limit - spent - reserved)))
-            state = "exhausted" if spent >= limit else "kill_switch" if spent >= limit * self.kill_ratio else "ok"
-        return ScopeStatus(
-            scope=scope,
-            spent_usd=float(from_micros(spent)),
-            reserved_usd=float(from_micros(reserved)),
-            limit_usd=None if limit is None else float(from_micros(limit)),
-            kill_switch_usd=kill,
-            remaining_usd=remaining,
-            state=state,
-        )
-
-
-def _states(scopes: tuple[str, ...], flat: list[Any]) -> tuple[ScopeState, ...]:
+def _states(scopes: Sequence[str], flat: list[Any]) -> tuple[ScopeState, ...]:
+    """``[index, spent, reserved, limit, ...]`` of the scopes a script wrote (index 1-based)."""
     return tuple(
         ScopeState(
-            scope, int(flat[3 * i]), int(flat[3 * i + 1]), None if int(flat[3 * i + 2]) < 0 else int(flat[3 * i + 2])
+            scopes[int(flat[i]) - 1],
+            int(flat[i + 1]),
+            int(flat[i + 2]),
+            None if int(flat[i + 3]) < 0 else int(flat[i + 3]),
         )
-        for i, scope in enumerate(scopes)
+        for i in range(0, len(flat), 4)
+    )
+
+
+def _refusal(
+    status: str, reply: list[Any], month: str, amount: int, kill_ratio: float
+) -> BudgetExceededError | BudgetBusyError:
+    """The typed error for a refused reservation (``busy``, ``kill_switch`` or ``limit``)."""
+    scope, spent, reserved, limit = _s(reply[1]), int(reply[2]), int(reply[3]), int(reply[4])
+    details = {
+        "scope": scope,
+        "month": month,
+        "spent_usd": float(from_micros(spent)),
+        "reserved_usd": float(from_micros(reserved)),
+        "limit_usd": float(from_micros(limit)),
+        "amount_usd": float(from_micros(amount)),
+    }
+    if status == "busy":
+        message = (
+            f"budget {scope} for {month}: ${from_micros(amount)} fits the ${from_micros(limit)} limit "
+            f"(spent ${from_micros(spent)}) but not beside the ${from_micros(reserved)} reserved in flight; "
+            "waiting for those reservations to settle"
+        )
+        return BudgetBusyError(message, code="budget_busy", details=details)
+    if status == "kill_switch":
+        message = (
+            f"kill switch: {scope} spend ${from_micros(spent)} has reached {kill_ratio:.0%} of its "
+            f"${from_micros(limit)} limit for {month}; new jobs are refused until the limit is raised "
+            "or the month rolls over"
+        )
+        return BudgetExceededError(message, code="kill_switch", details=details)
+    message = (
+        f"budget {scope} for {month}: reserving ${from_micros(amount)} would exceed the "
+        f"${from_micros(limit)} limit (spent ${from_micros(spent)}, reserved ${from_micros(reserved)})"
+    )
+    return BudgetExceededError(message, code="budget_limit", details=details)
+
+
+def configured_ledger(client: redis.Redis, settings: Settings, config: LLMQConfig, **options: Any) -> Ledger:
+    """The ledger with the limits and report bounds of the environment and config file
+    (``LLMQ_MONTHLY_BUDGET_USD`` wins over ``[budget] monthly_usd``); ``options`` go to :class:`Ledger`."""
+    budget, spend = config.budget, config.spend
+    monthly = settings.monthly_budget_usd if settings.monthly_budget_usd is not None else budget.monthly_usd
+    return Ledger(
+        client,
+        monthly_limit_usd=monthly,
+        tenant_limits_usd=budget.tenants,
+        tag_limits_usd=budget.tags,
+        user_limits_usd=budget.users,
+        kill_ratio=budget.kill_switch_ratio,
+        report_rows={"tenant": spend.tenants, "model": spend.models, "tag": spend.tags, "user": spend.users},
+        report_days=spend.days,
+        **options,
     )

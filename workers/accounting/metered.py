@@ -108,7 +108,13 @@ class Meter:
             self.ctx.calls += 1
             try:
                 reservation = self.ledger.reserve(
-                    self.job.id, self.ctx.calls, self.job.tenant, plan.worst_case_usd or 0
+                    self.job.id,
+                    self.ctx.calls,
+                    self.job.tenant,
+                    plan.worst_case_usd or 0,
+                    tags=self.job.tags,
+                    user=self.job.user,
+                    model=plan.model,
                 )
             except BudgetBusyError as exc:
                 self.ctx.calls -= 1  # nothing was reserved under this number

@@ -85,6 +85,11 @@ class Tool(_Wire):
     function: ToolFunction
 
 
+#: How many tags a job may carry: each one is a budget scope and a row of the spend report.
+MAX_TAGS = 8
+#: A tag: 1-64 of letters, digits, ``_ . : / -`` (it is part of Redis key names and report rows).
+TagName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$")]
+
 #: A worker tool, named by a string in a job's ``tools`` (registered with ``@tool`` on the workers).
 ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
@@ -192,6 +197,9 @@ class CompletionJob(_Wire):
     stream: bool = True
     tenant: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = "default"
     metadata: dict[str, str] = Field(default_factory=dict)
+    #: A few short labels (a feature, a team, an experiment) the ledger keeps spend by
+    #: (``llmq spend --by tag``) and that budgets may cap (``llmq budget set --tag T``).
+    tags: list[TagName] = Field(default_factory=list, max_length=MAX_TAGS)
     truncate: Literal["error", "sliding_window"] = "error"
     #: Seconds from submission after which the job is abandoned (no further attempts).
     deadline_s: Annotated[float, Field(gt=0)] | None = None
@@ -268,6 +276,11 @@ class CompletionJob(_Wire):
                     "worker's environment, never in jobs"
                 )
         return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))  # a repeated tag counts once
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -77,6 +77,9 @@ class CompletionResult(_Wire):
     timings: Timings = Field(default_factory=Timings)
     tenant: str = "default"
     metadata: dict[str, str] = Field(default_factory=dict)
+    #: The job's tags and end user, as the ledger counted its spend.
+    tags: list[str] = Field(default_factory=list)
+    user: str | None = None
     #: Messages dropped by ``truncate: sliding_window`` to fit the context window.
     truncated_messages: int = 0
     #: The published prompt version the messages were rendered from, if any.

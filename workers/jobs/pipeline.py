@@ -495,6 +495,8 @@ class JobRunner:
             attempts=run.ctx.attempts,
             tenant=job.tenant,
             metadata=job.metadata,
+            tags=job.tags,
+            user=job.user,
             model_used=run.model_used,
             timings=Timings(
                 queued_s=round(queued, 4) if queued is not None else None,

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from workers.accounting.ledger import Ledger, ReplicaWait
+from workers.accounting.ledger import Ledger, ReplicaWait, configured_ledger
 from workers.accounting.prices import PriceBook, price_sources
 from workers.accounting.tokens import TokenCounter
 from workers.connections.redisclient import redis_client
@@ -135,14 +135,11 @@ def build_ledger(settings: Settings, config: LLMQConfig, client: redis.Redis | N
         client = redis_client(
             settings.redis_url, max_connections=20, retry=Retry(NoBackoff(), 1), socket_connect_timeout=2
         )
-    budget = config.budget
-    monthly = settings.monthly_budget_usd if settings.monthly_budget_usd is not None else budget.monthly_usd
     replicas = settings.ledger_replicas
-    return Ledger(
+    return configured_ledger(
         client,
-        monthly_limit_usd=monthly,
-        tenant_limits_usd=budget.tenants,
-        kill_ratio=budget.kill_switch_ratio,
+        settings,
+        config,
         lease_s=float(settings.task_time_limit),
         replica_wait=ReplicaWait(replicas, settings.ledger_wait_ms) if replicas else None,
     )

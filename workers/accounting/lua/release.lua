@@ -1,5 +1,5 @@
 -- Free a reservation without charging (the call failed before the provider billed anything).
--- KEYS: per scope: state, leases. ARGV: [1] reservation id.
+-- KEYS: per scope that held it: state, leases. ARGV: [1] reservation id.
 -- Returns the amount that was held (0 when the lease was already settled, released or expired).
 local id = ARGV[1]
 local field = 'r:' .. id
