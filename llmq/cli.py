@@ -33,6 +33,7 @@ COMMANDS = (
     "prompts",
     "tools",
     "jobs",
+    "schemas",
 )
 
 

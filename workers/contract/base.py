@@ -19,6 +19,8 @@ _MODEL_ID = re.compile(r"^[a-z][a-z0-9_-]*:[^\s:][^\s]*$")
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 _SECRET_KEY = re.compile(r"(?i)(api[_-]?key|authorization|secret|password|passwd|bearer|access[_-]?token)")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+#: A configured webhook's name (``[webhooks.endpoints.<name>]``); anything with ``://`` is a URL.
+WEBHOOK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def new_job_id() -> str:

@@ -13,6 +13,7 @@ from workers.contract.base import (
     _JOB_ID,
     _SECRET_KEY,
     SCHEMA_VERSION,
+    WEBHOOK_NAME,
     _check_model_ref,
     _Wire,
     new_job_id,
@@ -28,7 +29,6 @@ from workers.contract.params import (
     ToolChoice,
 )
 from workers.contract.prompt import PromptRef
-from workers.contract.webhooks import WEBHOOK_NAME
 
 #: The inline ``template`` is one line of plain ``{name}`` placeholders: no format specs (a spec such
 #: as ``{x:>300000000}`` would make the worker build a 300 MB string), no conversions, no attribute

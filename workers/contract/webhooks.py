@@ -23,20 +23,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import re
 import time
 from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field
 
-from workers.contract.base import _Wire
+from workers.contract.base import WEBHOOK_NAME, _Wire
+from workers.contract.result import CompletionResult
 
 __all__ = [
     "DUE_KEY",
     "WEBHOOK_NAME",
     "DeliveryAttempt",
     "DeliveryRecord",
+    "WebhookPayload",
     "WebhookSignatureError",
     "decode_secret",
     "message_id",
@@ -47,8 +48,6 @@ __all__ = [
 
 #: The sorted set of due deliveries (its own hash tag: one slot for the delivery queue).
 DUE_KEY = "llmq:webhooks:{deliveries}:due"
-#: A configured webhook's name (``[webhooks.endpoints.<name>]``); anything with ``://`` is a URL.
-WEBHOOK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 #: How far a ``webhook-timestamp`` may be from the receiver's clock (the specification's 5 minutes).
 TOLERANCE_S = 300
 
@@ -134,3 +133,12 @@ class DeliveryAttempt(_Wire):
     duration_s: float = 0.0
     #: The address connected to (after the private-address check).
     address: str | None = None
+
+
+class WebhookPayload(_Wire):
+    """The JSON body of a webhook delivery (what the signature covers, byte for byte)."""
+
+    type: Literal["job.succeeded", "job.failed", "job.cancelled"]
+    #: When the job ended (ISO 8601, UTC).
+    timestamp: str
+    data: CompletionResult
