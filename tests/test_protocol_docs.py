@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -47,6 +48,12 @@ def test_checked_in_schemas_are_the_generated_ones() -> None:
         )
         jsonschema.Draft202012Validator.check_schema(schema)
         assert f"schemas/{name}" in DOC.read_text()  # the doc names every schema
+    # the command integrators (and anyone who changes the contract) run says the same
+    check = subprocess.run(
+        [sys.executable, "-m", "llmq.cli", "schemas", "--check", str(SCHEMAS)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr
 
 
 @pytest.fixture
@@ -119,3 +126,14 @@ def test_a_node_program_follows_the_protocol(worker, client: Client, gw: Gateway
         assert seen["types"][0] == "start" and seen["types"][-1] == last
         if status == "succeeded":
             assert "delta" in seen["types"] and "usage" in seen["types"]
+
+
+def test_the_check_names_a_stale_schema(tmp_path: Path) -> None:
+    for path in SCHEMAS.glob("*.json"):
+        (tmp_path / path.name).write_text(path.read_text())
+    (tmp_path / "result.json").write_text("{}\n")
+    check = subprocess.run(
+        [sys.executable, "-m", "llmq.cli", "schemas", "--check", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 1 and "result.json" in check.stderr and "--write" in check.stderr
