@@ -1,6 +1,6 @@
 """The 'direct call' baseline: our provider, HTTP client and event publisher, in threads, no queue.
 
-Same simulator, same HTTP client (httpx2 via ``workers.llm._http``), same coalescing publisher
+Same simulator, same HTTP client (httpx2 via ``workers.llm.httpclient``), same coalescing publisher
 as the worker, but called straight from a thread pool instead of through Redis and Celery: the
 difference to the queue path is what the queue costs. Prints one JSON line.
 """
@@ -17,8 +17,8 @@ import redis
 
 from workers.contract import JobKeys, Message
 from workers.jobs.events import EventPublisher
-from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.base import ChatRequest
+from workers.llm.httpclient import HTTPClient, HTTPSettings
 from workers.llm.openai import OpenAIProvider
 
 

@@ -50,9 +50,9 @@ import httpx2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers.contract import Message
-from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.anthropic import AnthropicProvider, AnthropicStream
 from workers.llm.base import ChatRequest, ResponseStream
+from workers.llm.httpclient import HTTPClient, HTTPSettings
 from workers.llm.ollama import OllamaProvider, OllamaStream
 from workers.llm.openai import OpenAIProvider, OpenAIStream
 

@@ -52,7 +52,7 @@ from simulator.app import SimConfig, SimulatorThread
 from workers.contract import Message
 from workers.guards.shared import SharedGuards
 from workers.jobs.chain import build_chain
-from workers.llm._http import HTTPClient, HTTPSettings
+from workers.llm.httpclient import HTTPClient, HTTPSettings
 from workers.llm.model import ChainHooks, ModelRequest, ProviderModel, RunContext
 from workers.llm.registry import build_registry
 from workers.routes import LLMQConfig, ModelConfig

@@ -19,7 +19,7 @@ import redis
 import redis.asyncio as aredis
 
 from workers.contract import CompletionJob
-from workers.contract.capabilities import CapabilityError, problems
+from workers.contract.capabilities import CapabilityError
 from workers.contract.providers import BUILTIN_PROVIDERS, PROVIDERS_KEY, ProviderInfo, parse_provider_infos
 
 __all__ = ["CACHE_S", "LiveProviders", "capability_error"]
@@ -51,7 +51,7 @@ class LiveProviders:
     def _first(self, job: CompletionJob) -> CapabilityError | None:
         for model_id in job.chain:
             if ":" in model_id:
-                found = problems(job, model_id, self._infos)
+                found = job.capability_problems(model_id, self._infos)
                 if found:
                     return found[0]
         return None

@@ -1,6 +1,6 @@
 """What the simulator reads from a request beyond the prompt, and the JSON it answers with.
 
-Each protocol's ``parse`` fills a :class:`RequestParams` from its own fields (OpenAI
+Each protocol's ``parse`` fills a :class:`~simulator.request.RequestParams` from its own fields (OpenAI
 ``response_format``/``tool_choice``/``stop``, Anthropic ``output_config``/``tool_choice``/
 ``stop_sequences``, Ollama ``format``/``options.stop``); the app then plans the answer the same way
 for all three: a JSON document valid for the requested schema (:func:`sample`), cut at the first
@@ -11,19 +11,13 @@ stop sequence, or a forced tool call. The ``badjson`` fault answers invalid JSON
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from simulator.request import ParsedRequest, RequestError, RequestParams
 from simulator.script import Fault, Script, ToolCall
-
-if TYPE_CHECKING:
-    from simulator.protocols.base import ParsedRequest
 
 __all__ = [
     "BAD_JSON",
     "THINKING",
-    "RequestError",
-    "RequestParams",
     "anthropic_params",
     "cut_at_stop",
     "json_tokens",
@@ -31,6 +25,7 @@ __all__ = [
     "openai_params",
     "plan_params",
     "sample",
+    "stop_sequences",
 ]
 
 #: What the ``badjson`` fault answers: not JSON at all.
@@ -38,18 +33,6 @@ BAD_JSON = '{"answer": "the queue runs every job once'
 REFUSAL = "I'm sorry, but I can't help with that request."
 #: What the model "thinks" when extended thinking is on (a signed ``thinking`` block).
 THINKING = "Let me think about this step by step before I answer."
-
-
-@dataclass(slots=True)
-class RequestParams:
-    #: The JSON schema the answer must satisfy (``{"type": "object"}`` for a JSON-object mode).
-    schema: object = None
-    #: A tool call is forced: ``"*"`` for any tool, else the tool's name.
-    tool_required: str | None = None
-    stop: list[str] = field(default_factory=list)
-    images: int = 0
-    #: Anthropic extended thinking is on: the answer starts with a signed thinking block.
-    thinking: bool = False
 
 
 def _resolve(schema: dict[str, object], root: dict[str, object]) -> dict[str, object]:
@@ -142,22 +125,12 @@ def cut_at_stop(tokens: tuple[str, ...], stop: list[str]) -> tuple[tuple[str, ..
 # --- reading each wire format's parameters -------------------------------------------------------
 
 
-class RequestError(ValueError):
-    """The request is invalid the way the real API would reject it (defined here, below the
-    protocols, which all raise it; ``simulator.protocols.base`` re-exports it)."""
-
-    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.kind = kind
-
-
 def _error(message: str) -> ValueError:
     return RequestError(message)
 
 
-def _stop(value: object, name: str, limit: int | None) -> list[str]:
+def stop_sequences(value: object, name: str, limit: int | None) -> list[str]:
+    """A request's stop sequences (a string or a list of them; at most ``limit``), checked as the real APIs do."""
     if value is None:
         return []
     items = [value] if isinstance(value, str) else value
@@ -180,7 +153,7 @@ def _messages(payload: dict[str, object]) -> list[object]:
 
 
 def openai_params(payload: dict[str, object], tool_names: list[str]) -> RequestParams:
-    params = RequestParams(stop=_stop(payload.get("stop"), "stop", 4))
+    params = RequestParams(stop=stop_sequences(payload.get("stop"), "stop", 4))
     fmt = payload.get("response_format")
     if isinstance(fmt, dict):
         if fmt.get("type") == "json_object":
@@ -212,7 +185,7 @@ def openai_params(payload: dict[str, object], tool_names: list[str]) -> RequestP
 
 
 def anthropic_params(payload: dict[str, object], tool_names: list[str], max_tokens: int) -> RequestParams:
-    params = RequestParams(stop=_stop(payload.get("stop_sequences"), "stop_sequences", None))
+    params = RequestParams(stop=stop_sequences(payload.get("stop_sequences"), "stop_sequences", None))
     config = payload.get("output_config")
     fmt = config.get("format") if isinstance(config, dict) else None
     if isinstance(fmt, dict):
@@ -253,7 +226,7 @@ def anthropic_params(payload: dict[str, object], tool_names: list[str], max_toke
 
 
 def ollama_params(payload: dict[str, object], options: dict[str, object]) -> RequestParams:
-    params = RequestParams(stop=_stop(options.get("stop"), "stop", None))
+    params = RequestParams(stop=stop_sequences(options.get("stop"), "stop", None))
     fmt = payload.get("format")
     if fmt == "json":
         params.schema = {"type": "object"}

@@ -3,8 +3,8 @@
 Every module of ``workers/``, ``producers/``, ``llmq/`` and ``simulator/`` is read with :mod:`ast`;
 every ``import`` counts, wherever it stands: module level, inside a function (a lazy import is
 still a dependency, and a cycle hidden in a function body still breaks the day someone moves the
-import to the top). Imports under ``if TYPE_CHECKING:`` count for the layers (a type is a
-dependency too) but not for cycles.
+import to the top) and under ``if TYPE_CHECKING:`` (a type is a dependency too: a module that
+names a type of a module importing it is half of a cycle; the shared type belongs below both).
 
 The rules:
 
@@ -27,6 +27,8 @@ The rules:
   ``producers`` or ``llmq``.
 * ``llmq`` (the CLI and the local dev stack) is the top: it may import every side; nothing imports it.
 * No import cycle between any two modules.
+* No module imports another module's private names (``from m import _name``), nor a private module
+  (``pkg._mod``) from outside its package.
 """
 
 from __future__ import annotations
@@ -63,7 +65,6 @@ class Edge:
     source: str  # importing module
     target: str  # imported module (or package, for a name that is not a submodule)
     where: str  # path:line of the import statement
-    typing_only: bool = False  # under `if TYPE_CHECKING:`
 
     def __str__(self) -> str:
         return f"{self.source} -> {self.target}  ({self.where})"
@@ -89,24 +90,11 @@ def _resolve(module: str, path: Path, node: ast.ImportFrom) -> str:
     return ".".join([*base, *([node.module] if node.module else [])])
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _imports(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
-    """Every import statement in the tree, and whether it sits under ``if TYPE_CHECKING:``."""
-    pending: list[tuple[ast.AST, bool]] = [(tree, False)]
-    while pending:
-        node, typing_only = pending.pop()
+def _imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement in the tree: module level, in functions, under ``if TYPE_CHECKING:``."""
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import | ast.ImportFrom):
-            yield node, typing_only
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            pending.extend((child, True) for child in node.body)
-            pending.extend((child, typing_only) for child in node.orelse)
-            continue
-        pending.extend((child, typing_only) for child in ast.iter_child_nodes(node))
+            yield node
 
 
 def _parse(path: Path) -> ast.Module:
@@ -132,7 +120,7 @@ def all_imports(root: Path, modules: Mapping[str, Path]) -> list[Edge]:
     edges: set[Edge] = set()
     for module, path in modules.items():
         rel = path.relative_to(root)
-        for node, typing_only in _imports(_parse(path)):
+        for node in _imports(_parse(path)):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -140,7 +128,7 @@ def all_imports(root: Path, modules: Mapping[str, Path]) -> list[Edge]:
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             for target in targets:
                 if target != module:
-                    edges.add(Edge(module, target, f"{rel}:{node.lineno}", typing_only))
+                    edges.add(Edge(module, target, f"{rel}:{node.lineno}"))
     return sorted(edges, key=lambda e: (e.source, e.target, e.where))
 
 
@@ -195,6 +183,38 @@ def layer_violations(edges: Iterable[Edge]) -> list[str]:
     return problems
 
 
+def private_imports(root: Path, modules: Mapping[str, Path]) -> list[str]:
+    """``from m import _name`` of another of our modules, and ``pkg._mod`` imported from outside ``pkg``."""
+    problems: list[str] = []
+    for module, path in modules.items():
+        rel = path.relative_to(root)
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in _imports(_parse(path)):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                base = _resolve(module, path, node)
+                if base.split(".")[0] not in PACKAGES or base == module:
+                    continue
+                targets = [base]
+                for alias in node.names:
+                    full = f"{base}.{alias.name}"
+                    if full in modules:
+                        targets.append(full)
+                    elif alias.name.startswith("_") and not alias.name.startswith("__"):
+                        problems.append(f"{module} imports {alias.name} of {base}  ({rel}:{node.lineno})")
+            for target in targets:
+                if target.split(".")[0] not in PACKAGES:
+                    continue
+                parts = target.split(".")
+                for i, part in enumerate(parts):
+                    owner = ".".join(parts[:i])
+                    if part.startswith("_") and not part.startswith("__") and not _within(package, owner):
+                        problems.append(f"{module} imports the private module {target}  ({rel}:{node.lineno})")
+                        break
+    return problems
+
+
 def contract_leaks(edges: Iterable[Edge]) -> list[str]:
     """Imports of the wire contract from outside the project that are neither the standard library
     nor pydantic (a client library, a socket helper: those belong in ``workers.connections``)."""
@@ -209,12 +229,9 @@ def contract_leaks(edges: Iterable[Edge]) -> list[str]:
 
 
 def find_cycles(edges: Iterable[Edge]) -> list[list[Edge]]:
-    """One cycle (as the edges that close it) per strongly connected group of modules; imports
-    under ``if TYPE_CHECKING:`` never run and are left out."""
+    """One cycle (as the edges that close it) per strongly connected group of modules."""
     graph: dict[str, list[Edge]] = {}
     for edge in edges:
-        if edge.typing_only:
-            continue
         graph.setdefault(edge.source, []).append(edge)
         graph.setdefault(edge.target, [])
     index: dict[str, int] = {}
@@ -294,6 +311,11 @@ def test_the_contract_is_pydantic_and_the_standard_library() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_no_module_imports_private_names_of_another() -> None:
+    problems = private_imports(ROOT, find_modules(ROOT))
+    assert not problems, "\n".join(problems)
+
+
 def test_no_import_cycles(edges: list[Edge]) -> None:
     cycles = find_cycles(edges)
     described = ["\n".join(f"  {edge}" for edge in cycle) for cycle in cycles]
@@ -335,8 +357,16 @@ def test_the_checks_catch_upward_imports_cycles_and_leaks(tmp_path: Path) -> Non
             "producers/gateway/__init__.py": "",
             "producers/gateway/errors.py": "from workers.contract import redact\nimport workers.llm.errors\n",
             "simulator/__init__.py": "from workers.connections import redisurl\n",
+            "workers/llm/__init__.py": "",
+            "workers/llm/_http.py": "_POOL = 1\n",
+            "workers/llm/openai.py": "from workers.llm._http import Client\nfrom . import _http\n",
+            "workers/guards/model.py": "from workers.llm._http import Client\nfrom workers.llm.openai import _parse\n",
         },
     )
+    assert private_imports(tmp_path, find_modules(tmp_path)) == [
+        "workers.guards.model imports the private module workers.llm._http  (workers/guards/model.py:1)",
+        "workers.guards.model imports _parse of workers.llm.openai  (workers/guards/model.py:2)",
+    ]
     edges = import_edges(tmp_path, find_modules(tmp_path))
     problems = layer_violations(edges)
     assert len(problems) == 5, problems
@@ -357,4 +387,5 @@ def test_the_checks_catch_upward_imports_cycles_and_leaks(tmp_path: Path) -> Non
     assert cycles == {
         ("workers.guards.ratelimit", "workers.routes"),
         ("workers.runtime.app", "workers.runtime.task"),
+        ("workers.runtime.broker", "workers.runtime.state"),  # one side only under TYPE_CHECKING: still a cycle
     }

@@ -11,12 +11,11 @@ import itertools
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from simulator.script import Fault, Script, ToolCall, estimate_tokens, split_model
-from simulator.structured import RequestError, RequestParams
+from simulator.request import ParsedRequest, RequestError, ToolSpec
+from simulator.script import Fault, Script, ToolCall, estimate_tokens
 
 __all__ = ["ParsedRequest", "Protocol", "Reply", "RequestError", "StreamRenderer", "ToolSpec", "jstr", "request_id"]
 
@@ -34,40 +33,6 @@ def request_id(prefix: str = "req_sim_") -> str:
 def jstr(text: str) -> bytes:
     """A JSON string literal, cached: the simulator's tokens come from a small vocabulary."""
     return json.dumps(text, ensure_ascii=False).encode()
-
-
-@dataclass(frozen=True, slots=True)
-class ToolSpec:
-    name: str
-    schema: object = None
-
-
-@dataclass(slots=True)
-class ParsedRequest:
-    #: The model as sent, including any ``~fault`` suffix.
-    model: str
-    prompt_text: str
-    #: ``None`` when the request sets no limit.
-    max_tokens: int | None
-    stream: bool
-    tools: list[ToolSpec] = field(default_factory=list)
-    include_usage: bool = True
-    message_count: int = 1
-    #: Texts of the tool results the request ends with (the answer quotes them).
-    tool_results: list[str] = field(default_factory=list)
-    #: Response format, forced tool, stop sequences, image count (``simulator/structured.py``).
-    params: RequestParams = field(default_factory=RequestParams)
-
-    #: The wire format that sent it (``openai``, ``anthropic``, ``ollama``).
-    protocol_name: str = ""
-
-    @property
-    def base_model(self) -> str:
-        return split_model(self.model)[0]
-
-    @property
-    def tool_names(self) -> list[str]:
-        return [t.name for t in self.tools]
 
 
 class StreamRenderer(ABC):

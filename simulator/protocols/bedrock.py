@@ -32,8 +32,9 @@ from simulator.protocols.base import (
     positive_int,
     request_id,
 )
+from simulator.request import RequestParams
 from simulator.script import Fault, Script, ToolCall
-from simulator.structured import RequestParams, _stop
+from simulator.structured import stop_sequences
 
 __all__ = ["BedrockProtocol", "frame"]
 
@@ -130,7 +131,7 @@ class BedrockProtocol(Protocol):
             for s in specs
             if isinstance(s, dict) and s.get("name")
         ]
-        params = RequestParams(stop=_stop(config.get("stopSequences"), "stopSequences", 4))
+        params = RequestParams(stop=stop_sequences(config.get("stopSequences"), "stopSequences", 4))
         choice = (payload.get("toolConfig") or {}).get("toolChoice") or {}
         if "any" in choice:
             params.tool_required = "*"

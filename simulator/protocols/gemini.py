@@ -29,8 +29,9 @@ from simulator.protocols.base import (
     positive_int,
     request_id,
 )
+from simulator.request import RequestParams
 from simulator.script import Fault, Script, ToolCall
-from simulator.structured import THINKING, RequestParams, _stop
+from simulator.structured import THINKING, stop_sequences
 
 __all__ = ["GeminiProtocol"]
 
@@ -116,7 +117,7 @@ class GeminiProtocol(Protocol):
             if isinstance(d, dict) and d.get("name")
         ]
         tools = [ToolSpec(d["name"], d.get("parameters") or d.get("parametersJsonSchema")) for d in declarations]
-        params = RequestParams(stop=_stop(config.get("stopSequences"), "stopSequences", 5))
+        params = RequestParams(stop=stop_sequences(config.get("stopSequences"), "stopSequences", 5))
         if config.get("responseMimeType") == "application/json":
             params.schema = config.get("responseSchema") or config.get("responseJsonSchema") or {"type": "object"}
         calling = ((payload.get("toolConfig") or {}).get("functionCallingConfig") or {}).get("mode")

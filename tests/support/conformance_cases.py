@@ -18,7 +18,6 @@ import pytest
 
 from tests.support.replay_server import ReplayServer, Reply
 from workers.contract import Message
-from workers.llm._http import HTTPClient
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.aws import load_aws
 from workers.llm.azure import AzureOpenAIProvider
@@ -26,6 +25,7 @@ from workers.llm.base import ChatRequest, ChatStream, Completion, Provider
 from workers.llm.bedrock import BedrockProvider
 from workers.llm.errors import LLMQError
 from workers.llm.gemini import GeminiProvider
+from workers.llm.httpclient import HTTPClient
 from workers.llm.ollama import OllamaProvider
 from workers.llm.openai import OpenAIProvider
 

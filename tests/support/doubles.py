@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from workers.llm._http import HTTPClient
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.aws import load_aws
 from workers.llm.azure import AzureOpenAIProvider
 from workers.llm.base import Provider
 from workers.llm.bedrock import BedrockProvider
 from workers.llm.gemini import GeminiProvider
+from workers.llm.httpclient import HTTPClient
 from workers.llm.ollama import OllamaProvider
 from workers.llm.openai import OpenAIProvider
 

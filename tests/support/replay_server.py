@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from workers.llm._http import HTTPClient, HTTPSettings
+from workers.llm.httpclient import HTTPClient, HTTPSettings
 
 __all__ = ["CapturedRequest", "ReplayServer", "Reply", "local_client"]
 

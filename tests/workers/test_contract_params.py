@@ -12,7 +12,7 @@ from producers.client import InvalidJobError, validate_job
 from workers.accounting.image_tokens import anthropic_tokens, image_tokens, openai_tokens
 from workers.accounting.tokens import TokenCounter
 from workers.contract import CompletionJob, ImagePart, Message
-from workers.contract.capabilities import anthropic_native_structured, problems
+from workers.contract.capabilities import anthropic_native_structured
 from workers.contract.images import MAX_IMAGE_BYTES, image_info
 
 
@@ -166,9 +166,9 @@ def test_capabilities_name_the_provider_and_the_field(model: str, extra: dict[st
 
 def test_route_aliases_are_checked_on_the_worker_only() -> None:
     j = validate_job(job("default", seed=1))
-    assert problems(j, "anthropic:claude-sonnet-4-5")[0].field == "seed"
-    assert problems(j, "openai:gpt-4o") == []
-    assert problems(j, "custom:anything") == []  # providers outside the table are not checked
+    assert j.capability_problems("anthropic:claude-sonnet-4-5")[0].field == "seed"
+    assert j.capability_problems("openai:gpt-4o") == []
+    assert j.capability_problems("custom:anything") == []  # providers outside the table are not checked
 
 
 def test_anthropic_native_structured_outputs_by_model() -> None:

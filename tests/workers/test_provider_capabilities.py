@@ -10,7 +10,7 @@ import redis
 
 from producers import Client, InvalidJobError
 from workers.contract import CompletionJob
-from workers.contract.capabilities import CapabilityError, problems
+from workers.contract.capabilities import CapabilityError
 from workers.contract.providers import PROVIDERS_KEY, ProviderSpec, parse_provider_infos, provider_infos
 from workers.runtime.resources import publish_providers
 
@@ -28,7 +28,7 @@ def _job(**fields: Any) -> CompletionJob:
 
 
 def _fields(model_id: str, **fields: Any) -> list[tuple[str, str]]:
-    return [(e.provider, e.field) for e in problems(_job(**fields), model_id, INFOS)]
+    return [(e.provider, e.field) for e in _job(**fields).capability_problems(model_id, INFOS)]
 
 
 def test_a_compatible_server_refuses_what_its_params_list_leaves_out() -> None:
@@ -37,7 +37,7 @@ def test_a_compatible_server_refuses_what_its_params_list_leaves_out() -> None:
     fmt = {"type": "json_object"}
     assert _fields("groq:llama-3.3-70b-versatile", response_format=fmt) == [("groq", "response_format")]
     # an OpenAI-type entry without a list takes everything OpenAI takes
-    assert problems(_job(seed=7), "openai:gpt-4o", INFOS) == []
+    assert _job(seed=7).capability_problems("openai:gpt-4o", INFOS) == []
 
 
 def test_named_providers_are_checked_by_their_type_and_named_as_configured() -> None:
@@ -52,7 +52,7 @@ def test_named_providers_are_checked_by_their_type_and_named_as_configured() -> 
     thinking = {"reasoning": {"effort": "low"}, "max_tokens": 4096}
     assert _fields("aws:us.anthropic.claude-sonnet-4-5-20250929-v1:0", **thinking) == []
     assert _fields("aws:us.amazon.nova-micro-v1:0", **thinking) == [("aws", "reasoning")]
-    error = problems(_job(seed=7), "aws:m", INFOS)[0]
+    error = _job(seed=7).capability_problems("aws:m", INFOS)[0]
     assert isinstance(error, CapabilityError) and str(error).startswith("aws does not support seed: ")
 
 

@@ -6,7 +6,7 @@ request and each response close, redis-py each connection it lends. Under gevent
 is patched and each check becomes an event-loop round (watchers, a timeout, a greenlet switch):
 tens of µs, which a streaming worker paid dozens of times per job (py-spy: ~4 % of its CPU for
 the HTTP pools, ~3 % for Redis). A zero-timeout ``poll`` never blocks, so the unpatched one is
-safe in every pool. Used by ``workers/llm/_http.py`` and :mod:`workers.connections.redisclient`.
+safe in every pool. Used by ``workers/llm/httpclient.py`` and :mod:`workers.connections.redisclient`.
 """
 
 from __future__ import annotations

@@ -25,17 +25,9 @@ from workers.contract.events import (
     UsageEvent,
     parse_event,
 )
-from workers.contract.job import (
-    CompletionJob,
-    FunctionCall,
-    Message,
-    ReasoningBlock,
-    Tool,
-    ToolCall,
-    ToolFunction,
-    ToolName,
-)
+from workers.contract.job import CompletionJob
 from workers.contract.keys import JobKeys
+from workers.contract.messages import FunctionCall, Message, ReasoningBlock, Tool, ToolCall, ToolFunction, ToolName
 from workers.contract.params import (
     ContentPart,
     ImagePart,
@@ -45,6 +37,7 @@ from workers.contract.params import (
     JsonSchemaSpec,
     NamedToolChoice,
     Reasoning,
+    RequestParams,
     ResponseFormat,
     TextFormat,
     TextPart,
@@ -99,6 +92,7 @@ __all__ = [
     "Reasoning",
     "ReasoningBlock",
     "RepairEvent",
+    "RequestParams",
     "ResponseFormat",
     "StartEvent",
     "StreamEvent",

@@ -15,10 +15,14 @@ TASK_NAME = "llmq.run_job"
 #: Default Celery queue for jobs.
 DEFAULT_QUEUE = "llmq"
 
-_MODEL_ID = re.compile(r"^[a-z][a-z0-9_-]*:[^\s:][^\s]*$")
-_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
-_SECRET_KEY = re.compile(r"(?i)(api[_-]?key|authorization|secret|password|passwd|bearer|access[_-]?token)")
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+#: ``provider:model``.
+MODEL_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*:[^\s:][^\s]*$")
+#: A route alias (``default``, ``cheap``).
+ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+#: A metadata key that looks like a credential (refused: keys never travel in jobs).
+SECRET_KEY_PATTERN = re.compile(r"(?i)(api[_-]?key|authorization|secret|password|passwd|bearer|access[_-]?token)")
+#: A job id (the idempotency key; it names the job's Redis keys).
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 #: A configured webhook's name (``[webhooks.endpoints.<name>]``); anything with ``://`` is a URL.
 WEBHOOK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -45,16 +49,16 @@ def base_model_name(name: str) -> str:
     return name.partition("~")[0]
 
 
-def _check_model_ref(value: str) -> str:
-    if _MODEL_ID.match(value) or _ALIAS.match(value):
+def check_model_ref(value: str) -> str:
+    if MODEL_ID_PATTERN.match(value) or ALIAS_PATTERN.match(value):
         return value
     raise ValueError(
         f"model {value!r} must be 'provider:model' (e.g. 'openai:gpt-4o') or a route alias (e.g. 'default')"
     )
 
 
-class _Wire(BaseModel):
-    """Base of every wire object: unknown fields are errors, values are validated on assignment."""
+class WireModel(BaseModel):
+    """Base of every wire object: unknown fields are errors (values assigned later are not re-validated)."""
 
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
 

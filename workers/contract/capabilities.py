@@ -1,7 +1,8 @@
-"""What each provider can do with a job's parameters: a combination one cannot do is refused.
+"""What each provider can do with a request's parameters: one it cannot do is refused.
 
-Checked at submit (``CompletionJob`` validation, for every ``provider:model`` in the job's chain)
-and again on the worker once route aliases are resolved, so a parameter is never silently dropped:
+Checked at submit (``CompletionJob`` validation, for every ``provider:model`` in the job's chain;
+:meth:`~workers.contract.job.CompletionJob.capability_problems`) and again on the worker once route
+aliases are resolved, so a parameter is never silently dropped:
 the error names the provider and the field. A named provider (``[providers.<name>]``) is checked
 by its type, and an OpenAI-compatible server's ``params`` list refuses what it leaves out; the
 producer knows them from what the workers published (``providers.py``), the worker from its
@@ -11,22 +12,19 @@ config. Providers not listed here (custom registrations) are not checked.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
 
 from workers.contract.base import base_model_name
-from workers.contract.params import JsonObjectFormat, JsonSchemaFormat, NamedToolChoice, TextFormat
+from workers.contract.images import ImageInfo
+from workers.contract.messages import Message
+from workers.contract.params import JsonObjectFormat, JsonSchemaFormat, NamedToolChoice, RequestParams, TextFormat
 from workers.contract.providers import BUILTIN_PROVIDERS, ProviderInfo
-
-if TYPE_CHECKING:
-    from workers.contract.job import CompletionJob
 
 __all__ = [
     "ANTHROPIC_MAX_IMAGES",
     "ANTHROPIC_MAX_IMAGE_BYTES",
     "CapabilityError",
     "anthropic_native_structured",
-    "check_job",
     "problems",
 ]
 
@@ -61,10 +59,21 @@ def anthropic_native_structured(model: str) -> bool:
     return major == 4 and (minor >= 5 or (family == "opus" and minor >= 1))
 
 
+#: The images of a request: (index of the message, what the contract read of the image).
+Images = list[tuple[int, ImageInfo]]
+
+
 def problems(
-    job: CompletionJob, model_id: str, providers: Mapping[str, ProviderInfo] | None = None
+    params: RequestParams,
+    model_id: str,
+    providers: Mapping[str, ProviderInfo] | None = None,
+    *,
+    messages: Sequence[Message],
+    tools: bool,
 ) -> list[CapabilityError]:
-    """Every parameter of ``job`` that ``model_id``'s provider cannot do (empty: all fine).
+    """Every parameter in ``params`` (and image in ``messages``; ``tools``: the request offers tools)
+    that ``model_id``'s provider cannot do (empty: all fine). A job asks with
+    :meth:`~workers.contract.job.CompletionJob.capability_problems`.
 
     ``providers``: the named providers (``[providers.<name>]``) and their types; a name it does
     not list is its own type (``openai``, ``anthropic``, ``gemini``...).
@@ -73,61 +82,56 @@ def problems(
     info = (providers or {}).get(provider)
     kind = info.type if info is not None else BUILTIN_PROVIDERS.get(provider, provider)
     check = _CHECKS.get(kind)
-    found = check(job, name) if check is not None else []
+    images = _images(messages)
+    found = check(params, name, images, tools) if check is not None else []
     if provider != kind:  # errors name the provider as configured
         found = [CapabilityError(provider, e.field, e.reason) for e in found]
     if info is not None and info.params is not None:
-        found += _accepted(job, provider, info.params)
+        found += _accepted(params, images, tools, provider, info.params)
     return found
 
 
-def check_job(job: CompletionJob, model_ids: list[str], providers: Mapping[str, ProviderInfo] | None = None) -> None:
-    """Raise the first :class:`CapabilityError` of any model in ``model_ids``."""
-    for model_id in model_ids:
-        found = problems(job, model_id, providers)
-        if found:
-            raise found[0]
-
-
-def _set_params(job: CompletionJob) -> list[str]:
-    """The optional parameters ``job`` uses (``providers.OPTIONAL_PARAMS`` names)."""
-    used = [name for name in ("temperature", "top_p", "seed", "user", "reasoning") if getattr(job, name) is not None]
-    if job.stop:
+def _set_params(params: RequestParams, images: Images, tools: bool) -> list[str]:
+    """The optional parameters a request uses (``providers.OPTIONAL_PARAMS`` names)."""
+    used = [n for n in ("temperature", "top_p", "seed", "user", "reasoning") if getattr(params, n) is not None]
+    if params.stop:
         used.append("stop")
-    if job.tools:
+    if tools:
         used.append("tools")
-    if job.tool_choice is not None:
+    if params.tool_choice is not None:
         used.append("tool_choice")
-    if job.parallel_tool_calls is not None:
+    if params.parallel_tool_calls is not None:
         used.append("parallel_tool_calls")
-    if job.response_format is not None and not isinstance(job.response_format, TextFormat):
+    if params.response_format is not None and not isinstance(params.response_format, TextFormat):
         used.append("response_format")
-    if _images(job):
+    if images:
         used.append("images")
     return used
 
 
-def _accepted(job: CompletionJob, provider: str, accepted: list[str]) -> list[CapabilityError]:
+def _accepted(
+    params: RequestParams, images: Images, tools: bool, provider: str, accepted: list[str]
+) -> list[CapabilityError]:
     """An OpenAI-compatible server takes only the parameters its ``params`` list names."""
     return [
         CapabilityError(provider, name, f"the server does not accept it (not in [providers.{provider}] params)")
-        for name in _set_params(job)
+        for name in _set_params(params, images, tools)
         if name not in accepted
     ]
 
 
-def _structured(job: CompletionJob) -> bool:
-    return isinstance(job.response_format, JsonObjectFormat | JsonSchemaFormat)
+def _structured(params: RequestParams) -> bool:
+    return isinstance(params.response_format, JsonObjectFormat | JsonSchemaFormat)
 
 
-def _images(job: CompletionJob) -> list[tuple[int, object]]:
-    out: list[tuple[int, object]] = []
-    for i, m in enumerate(job.messages or []):
+def _images(messages: Sequence[Message]) -> Images:
+    out: Images = []
+    for i, m in enumerate(messages):
         out.extend((i, part.image_url.info) for part in m.images)
     return out
 
 
-def _openai(job: CompletionJob, model: str) -> list[CapabilityError]:
+def _openai(job: RequestParams, model: str, images: Images, tools: bool) -> list[CapabilityError]:
     found: list[CapabilityError] = []
     if job.reasoning is not None and job.reasoning.budget_tokens is not None:
         found.append(
@@ -136,7 +140,7 @@ def _openai(job: CompletionJob, model: str) -> list[CapabilityError]:
     return found
 
 
-def _anthropic(job: CompletionJob, model: str) -> list[CapabilityError]:
+def _anthropic(job: RequestParams, model: str, images: Images, tools: bool) -> list[CapabilityError]:
     p = "anthropic"
     found: list[CapabilityError] = []
     if job.seed is not None:
@@ -169,11 +173,10 @@ def _anthropic(job: CompletionJob, model: str) -> list[CapabilityError]:
             found.append(
                 CapabilityError(p, "reasoning", "the thinking budget must be below max_tokens (raise max_tokens)")
             )
-    images = _images(job)
     if len(images) > ANTHROPIC_MAX_IMAGES:
         found.append(CapabilityError(p, "image_url", f"at most {ANTHROPIC_MAX_IMAGES} images per request"))
     for i, info in images:
-        size = getattr(info, "size_bytes", None)
+        size = info.size_bytes
         if size is not None and size > ANTHROPIC_MAX_IMAGE_BYTES:
             found.append(
                 CapabilityError(
@@ -183,7 +186,7 @@ def _anthropic(job: CompletionJob, model: str) -> list[CapabilityError]:
     return found
 
 
-def _ollama(job: CompletionJob, model: str) -> list[CapabilityError]:
+def _ollama(job: RequestParams, model: str, images: Images, tools: bool) -> list[CapabilityError]:
     p = "ollama"
     found: list[CapabilityError] = []
     choice = job.tool_choice
@@ -196,20 +199,16 @@ def _ollama(job: CompletionJob, model: str) -> list[CapabilityError]:
             found.append(CapabilityError(p, "reasoning.budget_tokens", "Ollama's think takes no token budget"))
         elif job.reasoning.effort not in OLLAMA_EFFORTS:
             found.append(CapabilityError(p, "reasoning.effort", "Ollama's think takes low, medium or high"))
-    for i, info in _images(job):
-        if getattr(info, "kind", None) == "url":
+    for i, info in images:
+        if info.kind == "url":
             found.append(
                 CapabilityError(p, f"messages[{i}].image_url", "Ollama takes images as base64 data URLs, not links")
             )
     return found
 
 
-def _links(job: CompletionJob, p: str, why: str) -> list[CapabilityError]:
-    return [
-        CapabilityError(p, f"messages[{i}].image_url", why)
-        for i, info in _images(job)
-        if getattr(info, "kind", None) == "url"
-    ]
+def _links(images: Images, p: str, why: str) -> list[CapabilityError]:
+    return [CapabilityError(p, f"messages[{i}].image_url", why) for i, info in images if info.kind == "url"]
 
 
 def _has_ref(schema: object) -> bool:
@@ -220,7 +219,7 @@ def _has_ref(schema: object) -> bool:
     return False
 
 
-def _gemini(job: CompletionJob, model: str) -> list[CapabilityError]:
+def _gemini(job: RequestParams, model: str, images: Images, tools: bool) -> list[CapabilityError]:
     p = "gemini"
     found: list[CapabilityError] = []
     if job.parallel_tool_calls is False:
@@ -230,11 +229,11 @@ def _gemini(job: CompletionJob, model: str) -> list[CapabilityError]:
     fmt = job.response_format
     if isinstance(fmt, JsonSchemaFormat) and _has_ref(fmt.json_schema.schema_):
         found.append(CapabilityError(p, "response_format", "Gemini's responseSchema cannot resolve $ref"))
-    found += _links(job, p, "Gemini takes images as base64 data URLs, not links")
+    found += _links(images, p, "Gemini takes images as base64 data URLs, not links")
     return found
 
 
-def _bedrock(job: CompletionJob, model: str) -> list[CapabilityError]:
+def _bedrock(job: RequestParams, model: str, images: Images, tools: bool) -> list[CapabilityError]:
     p = "bedrock"
     found: list[CapabilityError] = []
     if job.seed is not None:
@@ -243,11 +242,11 @@ def _bedrock(job: CompletionJob, model: str) -> list[CapabilityError]:
         found.append(CapabilityError(p, "user", "Converse has no end-user field"))
     if job.parallel_tool_calls is False:
         found.append(CapabilityError(p, "parallel_tool_calls", "Converse cannot limit a turn to one tool call"))
-    if job.tool_choice == "none" and job.tools:
+    if job.tool_choice == "none" and tools:
         found.append(CapabilityError(p, "tool_choice", "Converse has no 'none' (leave the tools out instead)"))
     if job.reasoning is not None and "anthropic.claude" not in model:
         found.append(CapabilityError(p, "reasoning", f"{model}: reasoning on Bedrock is Claude's extended thinking"))
-    found += _links(job, p, "Converse takes images as bytes (base64 data URLs), not links")
+    found += _links(images, p, "Converse takes images as bytes (base64 data URLs), not links")
     return found
 
 

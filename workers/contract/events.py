@@ -7,13 +7,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from workers.contract.base import _Wire
-from workers.contract.job import ToolCall
+from workers.contract.base import WireModel
+from workers.contract.messages import ToolCall
 from workers.contract.prompt import PromptInfo
 from workers.contract.result import CompletionResult, ErrorInfo, Usage
 
 
-class _Event(_Wire):
+class _Event(WireModel):
     job_id: str
     seq: int = Field(ge=0)
     #: Which execution of the job produced the event (a redelivered job runs again).

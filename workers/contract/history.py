@@ -19,7 +19,7 @@ import re
 
 from pydantic import Field
 
-from workers.contract.base import _Wire
+from workers.contract.base import WireModel
 from workers.contract.result import Attempt, ErrorInfo, Timings, Usage
 
 __all__ = [
@@ -103,7 +103,7 @@ class HistoryKeys:
         return f"{self.base}:error:{_name(error_type)}"
 
 
-class RequestSummary(_Wire):
+class RequestSummary(WireModel):
     """What was asked, without message text."""
 
     messages: int = 0
@@ -120,7 +120,7 @@ class RequestSummary(_Wire):
     webhook: str | None = None
 
 
-class JobSummary(_Wire):
+class JobSummary(WireModel):
     """One ended job in the history (``llmq jobs show``, ``GET /v1/jobs/{id}``): no message text."""
 
     id: str

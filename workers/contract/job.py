@@ -1,34 +1,29 @@
-"""What a producer sends: the job, its messages and tools."""
+"""What a producer sends: the job (its conversation or prompt, tools, request parameters, routing)."""
 
 from __future__ import annotations
 
 import re
 import string
+from collections.abc import Mapping
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, JsonValue, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from workers.contract.base import (
-    _JOB_ID,
-    _SECRET_KEY,
+    JOB_ID_PATTERN,
     SCHEMA_VERSION,
+    SECRET_KEY_PATTERN,
     WEBHOOK_NAME,
-    _check_model_ref,
-    _Wire,
+    check_model_ref,
     new_job_id,
     unencodable_text_path,
 )
-from workers.contract.params import (
-    ContentPart,
-    ImagePart,
-    NamedToolChoice,
-    Reasoning,
-    ResponseFormat,
-    TextPart,
-    ToolChoice,
-)
+from workers.contract.capabilities import CapabilityError, problems
+from workers.contract.messages import Message, Tool, ToolName
+from workers.contract.params import NamedToolChoice, RequestParams
 from workers.contract.prompt import PromptRef
+from workers.contract.providers import ProviderInfo
 
 #: The inline ``template`` is one line of plain ``{name}`` placeholders: no format specs (a spec such
 #: as ``{x:>300000000}`` would make the worker build a 300 MB string), no conversions, no attribute
@@ -57,122 +52,19 @@ def template_fields(template: str) -> list[tuple[str, str | None]]:
     return parts
 
 
-class FunctionCall(_Wire):
-    name: str = Field(min_length=1)
-    #: The arguments as a JSON string, exactly as OpenAI sends them.
-    arguments: str = "{}"
-
-
-class ToolCall(_Wire):
-    id: str = Field(min_length=1)
-    type: Literal["function"] = "function"
-    function: FunctionCall
-
-
-def _empty_object_schema() -> dict[str, JsonValue]:
-    return {"type": "object", "properties": {}}
-
-
-class ToolFunction(_Wire):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    description: str | None = None
-    #: JSON Schema of the arguments.
-    parameters: dict[str, JsonValue] = Field(default_factory=_empty_object_schema)
-
-
-class Tool(_Wire):
-    type: Literal["function"] = "function"
-    function: ToolFunction
-
-
 #: How many tags a job may carry: each one is a budget scope and a row of the spend report.
 MAX_TAGS = 8
 #: A tag: 1-64 of letters, digits, ``_ . : / -`` (it is part of Redis key names and report rows).
 TagName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$")]
 
-#: A worker tool, named by a string in a job's ``tools`` (registered with ``@tool`` on the workers).
-ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
+class CompletionJob(RequestParams):
+    """One completion request, as enqueued by a producer.
 
-class ReasoningBlock(_Wire):
-    """A thinking block of an answer, kept to be sent back unchanged when a tool loop continues.
-
-    With thinking on, Anthropic (and Claude on Bedrock) wants the previous assistant turn's
-    thinking blocks, verbatim and first in its content: ``thinking`` blocks with their
-    ``signature``, ``redacted_thinking`` blocks with their encrypted ``data``. Gemini wants each
-    part's ``thoughtSignature`` back on that part: a ``thought_signature`` block, ``data`` naming
-    the tool call it belongs to (None: the turn's text). ``provider`` is the type of provider
-    that made it (None: Anthropic); other providers never see a block.
+    A job is its own :class:`~workers.contract.params.RequestParams` (``max_tokens``, ``temperature``,
+    ``response_format`` ... are fields of the job on the wire): the worker hands the job itself to the
+    provider adapters as the request's parameters, no copy in between.
     """
-
-    type: Literal["thinking", "redacted_thinking", "thought_signature"]
-    #: ``anthropic``, ``bedrock`` or ``gemini``; None for blocks of Anthropic's own API.
-    provider: str | None = None
-    #: The thinking text (``thinking`` blocks).
-    thinking: str | None = None
-    #: The provider's signature over the thinking text (``thinking`` blocks).
-    signature: str | None = None
-    #: The encrypted thinking (``redacted_thinking`` blocks).
-    data: str | None = None
-
-    @model_validator(mode="after")
-    def _shape(self) -> ReasoningBlock:
-        if self.type == "thinking" and (self.thinking is None or not self.signature or self.data is not None):
-            raise ValueError("a 'thinking' block needs 'thinking' and 'signature' (and no 'data')")
-        if self.type == "redacted_thinking" and (
-            not self.data or self.thinking is not None or self.signature is not None
-        ):
-            raise ValueError("a 'redacted_thinking' block needs 'data' (and no 'thinking' or 'signature')")
-        if self.type == "thought_signature" and (not self.signature or self.thinking is not None):
-            raise ValueError("a 'thought_signature' block needs 'signature' (and no 'thinking')")
-        return self
-
-
-class Message(_Wire):
-    """An OpenAI-style chat message (system, user, assistant with tool calls, tool result)."""
-
-    role: Literal["system", "user", "assistant", "tool"]
-    #: Text, or a list of content parts (``text``; ``image_url`` in user messages only).
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-    tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = None
-    #: Assistant messages only: the answer's thinking blocks (Anthropic extended thinking), sent
-    #: back first and unchanged when the conversation continues on Anthropic; dropped for others.
-    reasoning_blocks: list[ReasoningBlock] | None = None
-
-    @model_validator(mode="after")
-    def _shape(self) -> Message:
-        if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a 'tool' message needs tool_call_id")
-        if self.role != "tool" and self.tool_call_id is not None:
-            raise ValueError("tool_call_id is only allowed on 'tool' messages")
-        if self.tool_calls and self.role != "assistant":
-            raise ValueError("tool_calls are only allowed on 'assistant' messages")
-        if self.reasoning_blocks and self.role != "assistant":
-            raise ValueError("reasoning_blocks are only allowed on 'assistant' messages")
-        if self.content is None and not self.tool_calls:
-            raise ValueError(f"a '{self.role}' message needs content")
-        if isinstance(self.content, list) and self.role != "user" and self.images:
-            raise ValueError(f"image parts are only allowed in 'user' messages, not '{self.role}'")
-        return self
-
-    @property
-    def text(self) -> str:
-        """The message's text: the content string, or its text parts joined."""
-        content = self.content
-        if content is None or isinstance(content, str):
-            return content or ""
-        return "".join(p.text for p in content if isinstance(p, TextPart))
-
-    @property
-    def images(self) -> list[ImagePart]:
-        content = self.content
-        return [p for p in content if isinstance(p, ImagePart)] if isinstance(content, list) else []
-
-
-class CompletionJob(_Wire):
-    """One completion request, as enqueued by a producer."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     #: Idempotency key. Set it yourself to make resubmission safe; defaults to a random id.
@@ -192,8 +84,6 @@ class CompletionJob(_Wire):
     tools: list[Tool | ToolName] = Field(default_factory=list)
     #: Model turns the worker's tool loop may take (default 10); more ends the job ``max_turns``.
     max_turns: Annotated[int, Field(ge=1, le=100)] | None = None
-    max_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 1024
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     stream: bool = True
     tenant: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = "default"
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -213,20 +103,8 @@ class CompletionJob(_Wire):
     #: child, across re-queues and redeliveries.
     traceparent: Annotated[str, Field(pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")] | None = None
     tracestate: Annotated[str, Field(max_length=512)] | None = None
-    #: ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {name, schema, strict}}``:
-    #: the worker validates the answer, repairs it up to ``max_repairs`` times, sets ``result.parsed``.
-    response_format: ResponseFormat | None = None
-    #: Repair turns (each a full, metered model call) after an answer that fails the schema.
+    #: Repair turns (each a full, metered model call) after an answer that fails ``response_format``.
     max_repairs: Annotated[int, Field(ge=0, le=3)] = 1
-    tool_choice: ToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    #: Up to 4 stop sequences.
-    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(default=None, max_length=4)
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    seed: int | None = None
-    #: The end user (OpenAI's ``user``; Anthropic's ``metadata.user_id``); kept in telemetry.
-    user: Annotated[str, Field(min_length=1, max_length=256)] | None = None
-    reasoning: Reasoning | None = None
     #: The id of the failed job this one re-runs (set by ``llmq jobs replay``; shown in the history).
     replay_of: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     #: Where to POST the result when the job ends (Standard Webhooks signatures): the name of a
@@ -245,14 +123,14 @@ class CompletionJob(_Wire):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        if not _JOB_ID.match(value):
+        if not JOB_ID_PATTERN.match(value):
             raise ValueError("id must be 1-128 chars of letters, digits, '_', '.', ':' or '-'")
         return value
 
     @field_validator("model")
     @classmethod
     def _model(cls, value: str) -> str:
-        return _check_model_ref(value)
+        return check_model_ref(value)
 
     @field_validator("webhook")
     @classmethod
@@ -270,7 +148,7 @@ class CompletionJob(_Wire):
     @classmethod
     def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            if _SECRET_KEY.search(key):
+            if SECRET_KEY_PATTERN.search(key):
                 raise ValueError(
                     f"metadata key {key!r} looks like a credential; provider keys belong in the "
                     "worker's environment, never in jobs"
@@ -282,15 +160,10 @@ class CompletionJob(_Wire):
     def _tags(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))  # a repeated tag counts once
 
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _stop(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
-
     @field_validator("fallbacks")
     @classmethod
     def _fallbacks(cls, value: list[str]) -> list[str]:
-        return [_check_model_ref(v) for v in value]
+        return [check_model_ref(v) for v in value]
 
     @model_validator(mode="after")
     def _prompt(self) -> CompletionJob:
@@ -314,8 +187,6 @@ class CompletionJob(_Wire):
 
     @model_validator(mode="after")
     def _params(self) -> CompletionJob:
-        from workers.contract.capabilities import check_job
-
         choice = self.tool_choice
         if choice in ("required",) or isinstance(choice, NamedToolChoice):
             if not self.tools:
@@ -324,13 +195,19 @@ class CompletionJob(_Wire):
             t if isinstance(t, str) else t.function.name for t in self.tools
         }:
             raise ValueError(f"tool_choice names {choice.function.name!r}, which is not one of the job's tools")
-        if self.reasoning is not None:
-            if self.reasoning.effort is None and self.reasoning.budget_tokens is None:
-                raise ValueError("reasoning needs 'effort' or 'budget_tokens'")
-            if self.reasoning.budget_tokens is not None and self.reasoning.budget_tokens >= self.max_tokens:
-                raise ValueError("reasoning.budget_tokens must be below max_tokens (thinking counts toward it)")
-        check_job(self, [m for m in self.chain if ":" in m])
+        for model_id in self.chain:
+            if ":" in model_id:  # a route alias is checked on the worker, once resolved
+                found = self.capability_problems(model_id)
+                if found:
+                    raise found[0]
         return self
+
+    def capability_problems(
+        self, model_id: str, providers: Mapping[str, ProviderInfo] | None = None
+    ) -> list[CapabilityError]:
+        """What ``model_id``'s provider cannot do of this job (the capability table; ``providers``:
+        the named providers and their types, ``[providers.<name>]``)."""
+        return problems(self, model_id, providers, messages=self.messages or (), tools=bool(self.tools))
 
     @property
     def client_tools(self) -> list[Tool]:

@@ -1,17 +1,22 @@
-"""Request parameters beyond the prompt: content parts, response format, tool choice, reasoning.
+"""Request parameters beyond the prompt: :class:`RequestParams`, and the shapes of its fields
+(content parts, response format, tool choice, reasoning).
 
-The shapes are OpenAI's Chat Completions shapes (what callers already send); each provider module
-on the worker translates them to its own fields, and :mod:`workers.contract.capabilities` refuses
-at submit a combination a provider cannot do.
+The shapes are OpenAI's Chat Completions shapes (what callers already send). One
+:class:`RequestParams` travels unchanged from the job to the provider adapters (a
+:class:`~workers.contract.job.CompletionJob` *is* one: its parameters are its own fields on the
+wire); each adapter on the worker translates the fields its API has, and
+:mod:`workers.contract.capabilities` refuses, at submit and again on the worker, a parameter or a
+combination a provider cannot do. Adding a parameter: a field here, a line in the capability table
+for every provider that lacks it, and the translation in the adapters that have it.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, JsonValue, field_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
-from workers.contract.base import _Wire
+from workers.contract.base import WireModel
 from workers.contract.images import ImageInfo, image_info
 
 __all__ = [
@@ -23,6 +28,7 @@ __all__ = [
     "JsonSchemaSpec",
     "NamedToolChoice",
     "Reasoning",
+    "RequestParams",
     "ResponseFormat",
     "TextFormat",
     "TextPart",
@@ -31,12 +37,12 @@ __all__ = [
 ]
 
 
-class TextPart(_Wire):
+class TextPart(WireModel):
     type: Literal["text"] = "text"
     text: str
 
 
-class ImageURL(_Wire):
+class ImageURL(WireModel):
     #: ``https://...`` or ``data:image/<png|jpeg|gif|webp>;base64,...``.
     url: str = Field(min_length=1)
     #: OpenAI's detail level; it decides the image's token count (low: a flat 85).
@@ -53,7 +59,7 @@ class ImageURL(_Wire):
         return image_info(self.url)
 
 
-class ImagePart(_Wire):
+class ImagePart(WireModel):
     type: Literal["image_url"] = "image_url"
     image_url: ImageURL
 
@@ -65,7 +71,7 @@ def _object_schema() -> dict[str, JsonValue]:
     return {"type": "object"}
 
 
-class JsonSchemaSpec(_Wire):
+class JsonSchemaSpec(WireModel):
     model_config = ConfigDict(extra="forbid", serialize_by_alias=True, validate_by_name=True, validate_by_alias=True)
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
@@ -75,15 +81,15 @@ class JsonSchemaSpec(_Wire):
     strict: bool | None = None
 
 
-class TextFormat(_Wire):
+class TextFormat(WireModel):
     type: Literal["text"] = "text"
 
 
-class JsonObjectFormat(_Wire):
+class JsonObjectFormat(WireModel):
     type: Literal["json_object"] = "json_object"
 
 
-class JsonSchemaFormat(_Wire):
+class JsonSchemaFormat(WireModel):
     type: Literal["json_schema"] = "json_schema"
     json_schema: JsonSchemaSpec
 
@@ -91,11 +97,11 @@ class JsonSchemaFormat(_Wire):
 ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
-class ToolChoiceFunction(_Wire):
+class ToolChoiceFunction(WireModel):
     name: str = Field(min_length=1, max_length=64)
 
 
-class NamedToolChoice(_Wire):
+class NamedToolChoice(WireModel):
     type: Literal["function"] = "function"
     function: ToolChoiceFunction
 
@@ -103,7 +109,7 @@ class NamedToolChoice(_Wire):
 ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
 
 
-class Reasoning(_Wire):
+class Reasoning(WireModel):
     """Let the model think before it answers.
 
     ``effort`` is OpenAI's ``reasoning_effort``; ``budget_tokens`` is Anthropic's extended-thinking
@@ -118,3 +124,41 @@ class Reasoning(_Wire):
         if self.budget_tokens is not None:
             return self.budget_tokens
         return {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}[self.effort or "medium"]
+
+
+class RequestParams(WireModel):
+    """What a caller asks of the model beyond the conversation and the tools.
+
+    Every field's "not set" is ``None`` (``max_tokens`` always has a value): an adapter translates
+    what is set, and the capability table refuses what a provider cannot do, so no parameter is
+    ever dropped silently. Adapters read these fields; nothing between the job and them copies them.
+    """
+
+    max_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 1024
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    #: Up to 4 stop sequences.
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(default=None, max_length=4)
+    seed: int | None = None
+    #: The end user (OpenAI's ``user``; Anthropic's ``metadata.user_id``); kept in telemetry.
+    user: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    #: ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {name, schema, strict}}``:
+    #: the worker validates the answer, repairs it up to ``max_repairs`` times, sets ``result.parsed``.
+    response_format: ResponseFormat | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning: Reasoning | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _reasoning(self) -> RequestParams:
+        if self.reasoning is not None:
+            if self.reasoning.effort is None and self.reasoning.budget_tokens is None:
+                raise ValueError("reasoning needs 'effort' or 'budget_tokens'")
+            if self.reasoning.budget_tokens is not None and self.reasoning.budget_tokens >= self.max_tokens:
+                raise ValueError("reasoning.budget_tokens must be below max_tokens (thinking counts toward it)")
+        return self

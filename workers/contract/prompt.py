@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, JsonValue, field_validator, model_validator
 
-from workers.contract.base import _Wire
+from workers.contract.base import WireModel
 
 __all__ = [
     "PROMPT_NAME",
@@ -43,7 +43,7 @@ PromptName = Annotated[str, Field(pattern=PROMPT_NAME.pattern)]
 LabelName = Annotated[str, Field(pattern=_LABEL.pattern)]
 
 
-class PromptRef(_Wire):
+class PromptRef(WireModel):
     """A job's prompt: which published prompt, which version (or label), with what variables.
 
     A producer sends ``label`` (or ``version``); the producer client resolves the label, checks the
@@ -70,7 +70,7 @@ class PromptRef(_Wire):
         return PromptInfo(name=self.name, version=self.version, hash=self.hash)
 
 
-class PromptInfo(_Wire):
+class PromptInfo(WireModel):
     """Which prompt version produced a job's messages (on the result and the ``start`` event)."""
 
     name: PromptName
@@ -83,13 +83,13 @@ class PromptInfo(_Wire):
         return f"{self.name}@{self.version}"
 
 
-class PromptMessage(_Wire):
+class PromptMessage(WireModel):
     role: Literal["system", "user", "assistant"]
     #: A Jinja2 template, rendered in the worker's sandbox.
     content: str = Field(min_length=1)
 
 
-class PromptDefaults(_Wire):
+class PromptDefaults(WireModel):
     """Job fields a version fills when the job leaves them unset."""
 
     model: str | None = None
@@ -98,7 +98,7 @@ class PromptDefaults(_Wire):
     tools: list[dict[str, JsonValue]] | None = None
 
 
-class PromptVersion(_Wire):
+class PromptVersion(WireModel):
     """One published, immutable version: what ``prompts/<name>/v<N>.yaml`` holds, plus its hash."""
 
     name: PromptName
@@ -153,12 +153,12 @@ def content_hash(version: PromptVersion) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class LabelTarget(_Wire):
+class LabelTarget(WireModel):
     version: Annotated[int, Field(ge=1)]
     weight: Annotated[int, Field(ge=1, le=_BUCKETS)] = 100
 
 
-class PromptLabel(_Wire):
+class PromptLabel(WireModel):
     """A movable pointer: one version, or a weighted split chosen by job id."""
 
     targets: list[LabelTarget] = Field(min_length=1, max_length=16)

@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import Field, JsonValue
 
-from workers.contract.base import SCHEMA_VERSION, _Wire
-from workers.contract.job import Message, ReasoningBlock, ToolCall
+from workers.contract.base import SCHEMA_VERSION, WireModel
+from workers.contract.messages import Message, ReasoningBlock, ToolCall
 from workers.contract.prompt import PromptInfo
 
 
-class Usage(_Wire):
+class Usage(WireModel):
     #: Every prompt token, including those read from or written to the provider's prompt cache.
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -29,8 +29,19 @@ class Usage(_Wire):
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def __add__(self, other: Usage) -> Usage:
+        """The usage of two calls together (estimated if either was)."""
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            estimated=self.estimated or other.estimated,
+        )
 
-class ErrorInfo(_Wire):
+
+class ErrorInfo(WireModel):
     type: str
     message: str
     retryable: bool = False
@@ -41,7 +52,7 @@ class ErrorInfo(_Wire):
     retry_after_s: float | None = None
 
 
-class Attempt(_Wire):
+class Attempt(WireModel):
     model: str
     status: Literal["succeeded", "failed", "skipped"]
     error_type: str | None = None
@@ -53,13 +64,13 @@ class Attempt(_Wire):
     turn: int | None = None
 
 
-class Timings(_Wire):
+class Timings(WireModel):
     queued_s: float | None = None
     ttft_s: float | None = None
     total_s: float | None = None
 
 
-class CompletionResult(_Wire):
+class CompletionResult(WireModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     id: str
     status: Literal["succeeded", "failed", "cancelled"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field, JsonValue
 
-from workers.contract.base import _Wire
+from workers.contract.base import WireModel
 
 __all__ = ["TOOL_WORKERS_KEY", "ToolInfo", "WorkerTools", "worker_tools_key"]
 
@@ -23,7 +23,7 @@ def worker_tools_key(worker_id: str) -> str:
     return f"llmq:tools:worker:{worker_id}"
 
 
-class ToolInfo(_Wire):
+class ToolInfo(WireModel):
     name: str
     description: str | None = None
     #: JSON Schema (Draft 2020-12) of the arguments.
@@ -34,7 +34,7 @@ class ToolInfo(_Wire):
     sequential: bool = False
 
 
-class WorkerTools(_Wire):
+class WorkerTools(WireModel):
     worker: str
     tools: list[ToolInfo] = Field(default_factory=list)
     #: Unix time of the last refresh.

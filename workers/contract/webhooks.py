@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from workers.contract.base import WEBHOOK_NAME, _Wire
+from workers.contract.base import WEBHOOK_NAME, WireModel
 from workers.contract.result import CompletionResult
 
 __all__ = [
@@ -104,7 +104,7 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, *, now: float |
         raise WebhookSignatureError("no matching signature")
 
 
-class DeliveryRecord(_Wire):
+class DeliveryRecord(WireModel):
     """The hash ``llmq:job:{<id>}:webhook``: one job's delivery, as the deliverer keeps it."""
 
     #: The webhook's configured name, or the URL the job gave.
@@ -121,7 +121,7 @@ class DeliveryRecord(_Wire):
     last_error: str | None = None
 
 
-class DeliveryAttempt(_Wire):
+class DeliveryAttempt(WireModel):
     """One entry of ``llmq:job:{<id>}:webhook_log``."""
 
     attempt: int = Field(ge=1)
@@ -135,7 +135,7 @@ class DeliveryAttempt(_Wire):
     address: str | None = None
 
 
-class WebhookPayload(_Wire):
+class WebhookPayload(WireModel):
     """The JSON body of a webhook delivery (what the signature covers, byte for byte)."""
 
     type: Literal["job.succeeded", "job.failed", "job.cancelled"]

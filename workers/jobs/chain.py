@@ -105,7 +105,7 @@ def build_chain(
             ctx,
             fallback_index=len(models),
             price=instrument.price,
-            server_url=getattr(provider, "_url", None),
+            server_url=provider.server_url,
             provider_name=provider.genai_name,
             attributes=instrument.attributes,
             record_content=instrument.record_content,

@@ -10,13 +10,12 @@ published; a failure after that is a terminal ``error`` (no duplicated text).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 import redis
@@ -36,9 +35,7 @@ from workers.contract import (
     JobKeys,
     JsonObjectFormat,
     JsonSchemaFormat,
-    Message,
     PromptInfo,
-    RepairEvent,
     StartEvent,
     StreamEvent,
     Timings,
@@ -46,7 +43,6 @@ from workers.contract import (
     Usage,
     UsageEvent,
 )
-from workers.contract.capabilities import problems as capability_problems
 from workers.contract.providers import ProviderInfo, provider_infos
 from workers.jobs import structured
 from workers.jobs.chain import build_chain, resolve_chain
@@ -55,23 +51,23 @@ from workers.jobs.observe import JobObserver
 from workers.jobs.resources import JobResources
 from workers.jobs.spans import instrumentation, start_job_span
 from workers.jobs.store import ClaimOutcome
-from workers.jobs.toolloop import ToolLoopState, run_tool_loop
+from workers.jobs.toolloop import ToolLoop, ToolLoopState
+from workers.jobs.turn import JobRun, Turns
 from workers.llm.abort import AbortSignal
-from workers.llm.base import ChatStream, Completion
+from workers.llm.base import Completion
 from workers.llm.errors import (
     BadRequestError,
     DeadlineExceededError,
     InternalError,
     JobCancelledError,
     LLMQError,
-    MidStreamError,
     RequeueLimitError,
     RetryLaterError,
     RunFencedError,
     error_type_name,
     must_propagate,
 )
-from workers.llm.model import ChatModel, ModelRequest, RunContext
+from workers.llm.model import ModelRequest, RunContext
 from workers.prompts.render import render_job
 
 __all__ = ["JobOutcome", "JobRunner"]
@@ -101,23 +97,12 @@ class JobOutcome:
 
 
 @dataclass
-class _Run:
-    job: CompletionJob
-    keys: JobKeys
-    publisher: EventPublisher
-    ctx: RunContext
-    started_wall: float
-    started: float
-    model_used: str | None = None
-    ttft_s: float | None = None
-    text_parts: list[str] = field(default_factory=list)
-    token: str = ""
+class _Run(JobRun):
+    """A run as the pipeline sees it: the turns' shared state plus what only its ending reads."""
+
+    #: Wall-clock start (queue time is measured against the job's ``submitted_at``).
+    started_wall: float = 0.0
     cancelled_at_start: bool = False
-    meter: Meter | None = None
-    #: Stops the upstream call now (set while a call runs; the claim heartbeat fires it when fenced).
-    abort: Callable[[], None] | None = None
-    #: Set when the worker's shutdown window ran out: the run stops and its job goes back to the queue.
-    handed_back: bool = False
     prompt: PromptInfo | None = None
     parsed: JsonValue | None = None
     repairs: int = 0
@@ -336,12 +321,16 @@ class JobRunner:
                 reasoning=job.reasoning,
             )
             run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0], prompt=run.prompt))
+            turns = Turns(run, model, store=self.res.store, cancel_watcher=self.res.cancel_watcher, clock=self._clock)
             if job.worker_tools:
-                completion = run_tool_loop(self, run, model, request)
+                loop = ToolLoop(self.res, run, turns, request)
+                run.tools = loop.state
+                completion = loop.run_loop()
             else:
-                completion = self._call(run, model, request)
+                completion = turns.take(request)
             if isinstance(job.response_format, JsonObjectFormat | JsonSchemaFormat):
-                completion = self._structured(run, model, request, completion)
+                outcome = structured.enforce(run, turns, request, completion, run.tools)
+                completion, run.parsed, run.repairs = outcome.completion, outcome.parsed, outcome.repairs
         except RunFencedError as exc:
             return self._fenced(run, exc)
         except LedgerUnavailableError as exc:
@@ -387,97 +376,6 @@ class JobRunner:
         log.warning("job %s: %s", run.job.id, exc.message)
         run.token = ""  # not ours to release
         return JobOutcome(skipped="fenced: the job moved to another run")
-
-    def _structured(self, run: _Run, model: ChatModel, request: ModelRequest, completion: Completion) -> Completion:
-        """Validate the answer against ``response_format``; repair turns go through the whole chain."""
-
-        def repair(turn: int, errors: list[str]) -> None:
-            run.publisher.emit(RepairEvent(job_id=run.job.id, seq=0, attempt=turn, errors=errors))
-            run.text_parts = []
-            run.ctx.committed = False  # a new turn: its own retries and fallback before its first delta
-            if run.meter is not None:
-                run.meter.new_turn()
-
-        loop = run.tools  # after a tool loop: continue its conversation, offer its tools
-        history = loop.conversation[:-1] if loop is not None and loop.conversation else request.messages
-        tools = loop.definitions if loop is not None and loop.conversation else request.tools
-
-        def call(messages: list[Message]) -> Completion:
-            turn = self._call(run, model, dataclasses.replace(request, messages=messages, tools=tools))
-            run.text_parts = [turn.text]  # an invalid last answer is kept in the failed result
-            if loop is not None and loop.turns:
-                loop.add_usage(turn.usage or Usage(estimated=True))  # the loop's usage is the result's
-            return turn
-
-        run.text_parts = [completion.text]
-        outcome = structured.enforce(run.job, history, completion, call, repair)
-        run.parsed, run.repairs = outcome.parsed, outcome.repairs
-        return outcome.completion
-
-    def _call(self, run: _Run, model: ChatModel, request: ModelRequest) -> Completion:
-        watcher = self.res.cancel_watcher
-        if not run.job.stream:
-            if request.abort is not None:
-                run.abort = request.abort.fire
-                if watcher is not None:
-                    watcher.register(run.job.id, request.abort.fire)
-            try:
-                completion = model.complete(request)
-            except RunFencedError:
-                raise
-            except LLMQError:
-                if run.ctx.fenced or run.handed_back:  # aborted by the heartbeat or the shutdown
-                    raise RunFencedError("the call was stopped: the job moved or is handed back") from None
-                raise
-            run.model_used = getattr(model, "model_id", None)
-            return completion
-        stream = model.stream(request)
-        publisher = run.publisher
-        run.abort = stream.close
-        if watcher is not None:
-            watcher.register(run.job.id, stream.close)
-        deltas = iter(stream)
-        try:
-            parts = run.text_parts
-            for text in deltas:
-                parts.append(text)
-                if run.ttft_s is None:
-                    run.ttft_s = self._clock() - run.started
-                    run.ctx.committed = True
-                publisher.delta(text)
-                if publisher.cancelled:
-                    raise JobCancelledError("cancelled while streaming")
-        except (JobCancelledError, RunFencedError) as exc:
-            if isinstance(exc, RunFencedError):
-                run.ctx.fenced = True  # nothing of this run is charged any more
-            _abort(stream, deltas)
-            raise
-        except LLMQError as exc:
-            _abort(stream, deltas)
-            if run.ctx.fenced or run.handed_back:
-                raise RunFencedError("the stream was stopped: the job moved or is handed back") from exc
-            if publisher.cancelled or self.res.store.is_cancelled(run.keys):
-                raise JobCancelledError("cancelled while streaming") from exc
-            if run.ttft_s is not None:
-                raise MidStreamError(
-                    f"{error_type_name(exc)} after the first delta: {exc.message}",
-                    provider=exc.provider,
-                    model=exc.model,
-                    status=exc.status,
-                    code=error_type_name(exc),
-                ) from exc
-            raise
-        except BaseException:
-            # Redis went away mid-stream (or worse): close the upstream call; settling what it used
-            # may fail too (the ledger is on the same Redis), its reservation lease then lapses
-            try:
-                _abort(stream, deltas)
-            except Exception as exc:
-                log.warning("job %s: closing the stream after a failure: %s", run.job.id, exc)
-            raise
-        publisher.flush()
-        run.model_used = getattr(stream, "model_id", None)
-        return stream.to_completion()
 
     # --- endings ------------------------------------------------------------------------------------
 
@@ -603,16 +501,8 @@ def _check_capabilities(job: CompletionJob, chain: list[str], providers: Mapping
     """The contract's capability table again, now that route aliases are resolved (named
     providers by their type and ``params`` list)."""
     for model_id in chain:
-        found = capability_problems(job, model_id, providers)
+        found = job.capability_problems(model_id, providers)
         if found:
             raise BadRequestError(
                 str(found[0]), provider=found[0].provider, model=model_id, code="unsupported_parameter"
             )
-
-
-def _abort(stream: ChatStream, deltas: Iterator[str]) -> None:
-    """Stop a stream now: close the generator chain (wrappers settle what was used) and the response."""
-    close = getattr(deltas, "close", None)
-    if close is not None:
-        close()
-    stream.close()

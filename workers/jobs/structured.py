@@ -3,9 +3,10 @@
 With ``response_format`` (``json_object`` or ``json_schema``) the final answer of a job must be
 JSON (and, for a schema, valid for it by JSON Schema Draft 2020-12). An invalid answer gets up to
 ``job.max_repairs`` repair turns: the answer and its validation errors go back to the model as
-one more assistant + user exchange, and the model is called again through the full chain (each
-turn pre-counted, reserved and charged like the first). When no turn produced a valid answer the
-job fails ``invalid_output``; the last answer's raw content is kept in the result.
+one more assistant + user exchange, and the model is called again through the full chain (a model
+turn of ``workers/jobs/turn.py``: pre-counted, reserved and charged like the first). When no turn
+produced a valid answer the job fails ``invalid_output``; the last answer's raw content is kept in
+the result.
 
 A refusal (OpenAI's ``refusal``, Anthropic's ``refusal`` stop) is not validated: it is its own
 outcome (``result.refusal``). A stream still streams each turn's deltas; validation happens at the
@@ -14,8 +15,8 @@ end of a turn, and a ``repair`` event tells consumers to discard the text so far
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -23,9 +24,12 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from workers.contract import CompletionJob, JsonObjectFormat, JsonSchemaFormat, Message, Usage
+from workers.contract import CompletionJob, JsonObjectFormat, JsonSchemaFormat, Message, RepairEvent, Usage
+from workers.jobs.toolloop import ToolLoopState
+from workers.jobs.turn import JobRun, Turns
 from workers.llm.base import Completion
 from workers.llm.errors import BadRequestError, InvalidOutputError
+from workers.llm.model import ModelRequest
 
 __all__ = ["StructuredOutcome", "enforce", "repair_prompt", "validate_answer", "validator_for"]
 
@@ -88,33 +92,25 @@ def repair_prompt(errors: list[str]) -> str:
     )
 
 
-def _add(total: Usage | None, more: Usage | None) -> Usage | None:
-    if total is None or more is None:
-        return more or total
-    return Usage(
-        prompt_tokens=total.prompt_tokens + more.prompt_tokens,
-        completion_tokens=total.completion_tokens + more.completion_tokens,
-        cached_tokens=total.cached_tokens + more.cached_tokens,
-        cache_write_tokens=total.cache_write_tokens + more.cache_write_tokens,
-        reasoning_tokens=total.reasoning_tokens + more.reasoning_tokens,
-        estimated=total.estimated or more.estimated,
-    )
-
-
 def enforce(
-    job: CompletionJob,
-    messages: list[Message],
-    completion: Completion,
-    call: Callable[[list[Message]], Completion],
-    on_repair: Callable[[int, list[str]], None],
+    run: JobRun, turns: Turns, request: ModelRequest, completion: Completion, loop: ToolLoopState | None
 ) -> StructuredOutcome:
-    """Validate ``completion``; call ``call(messages)`` for each repair turn; raise when out of turns.
+    """Validate ``completion`` (the job's answer); take a repair turn (``turns``) per failed check;
+    raise :class:`InvalidOutputError` when out of turns.
 
-    ``usage`` of the returned completion is the sum over every turn (all of them were charged).
+    A repair continues the conversation the answer came from: the request's, or after a tool loop
+    (``loop``) the loop's last one, offering its tools. ``usage`` of the returned completion is the
+    sum over every turn (all of them were charged); the loop's usage, the result's after a loop,
+    counts the repair turns too.
     """
+    job = run.job
     validator_for(job)  # an invalid schema fails the job before anything is judged against it
+    continued = loop is not None and bool(loop.conversation)
+    messages = loop.conversation[:-1] if loop is not None and continued else request.messages
+    tools = loop.definitions if loop is not None and continued else request.tools
     usage = completion.usage
     repairs = 0
+    run.text_parts = [completion.text]  # an invalid last answer is kept in the failed result
     while True:
         if completion.refusal:
             completion.usage = usage
@@ -133,7 +129,9 @@ def enforce(
                 details={"errors": errors, "repairs": repairs},
             )
         repairs += 1
-        on_repair(repairs, errors)
+        run.publisher.emit(RepairEvent(job_id=job.id, seq=0, attempt=repairs, errors=errors))
+        run.text_parts = []
+        turns.begin_next()
         messages = [
             *messages,
             Message(
@@ -143,5 +141,9 @@ def enforce(
             ),
             Message(role="user", content=repair_prompt(errors)),
         ]
-        completion = call(messages)
-        usage = _add(usage, completion.usage)
+        completion = turns.take(dataclasses.replace(request, messages=messages, tools=tools))
+        run.text_parts = [completion.text]
+        if loop is not None and loop.turns:
+            loop.add_usage(completion.usage or Usage(estimated=True))
+        if completion.usage is not None:
+            usage = completion.usage if usage is None else usage + completion.usage

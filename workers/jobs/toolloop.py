@@ -1,7 +1,7 @@
 """The worker's tool loop: model turn -> check each call -> run it -> tool messages -> next turn.
 
 Runs when a job names worker tools (strings in ``tools``). Every model turn goes through the
-whole chain (``JobRunner._call``: pre-count of the grown conversation, budget reservation and
+whole chain (``workers/jobs/turn.py``: pre-count of the grown conversation, budget reservation and
 settlement, rate limits, retry, fallback, streaming of its deltas). For each call of a turn:
 
 * a name the job did not give the model -> an error result (``unknown tool``), not executed;
@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -52,6 +52,8 @@ from workers.contract import (
     Usage,
     redact,
 )
+from workers.jobs.resources import JobResources
+from workers.jobs.turn import JobRun, Turns
 from workers.llm.abort import AbortSignal
 from workers.llm.base import Completion
 from workers.llm.errors import (
@@ -62,7 +64,7 @@ from workers.llm.errors import (
     ToolInterruptedError,
     UnknownToolError,
 )
-from workers.llm.model import ChatModel, ModelRequest
+from workers.llm.model import ModelRequest
 from workers.llm.tracing import end_tool_span, start_tool_span
 from workers.tools.execute import RunningCall, render_error, render_value, start
 from workers.tools.journal import CallRecord, JournalState, ToolJournal, TurnRecord
@@ -70,10 +72,7 @@ from workers.tools.registry import ToolCancelledError, ToolSpec
 from workers.tools.toolbox import Toolbox
 from workers.tools.validate import check_arguments
 
-if TYPE_CHECKING:
-    from workers.jobs.pipeline import JobRunner, _Run
-
-__all__ = ["PREVIEW_CHARS", "ToolLoop", "ToolLoopState", "run_tool_loop"]
+__all__ = ["PREVIEW_CHARS", "ToolLoop", "ToolLoopState"]
 
 #: Characters of a result shown in its ``tool_result`` event.
 PREVIEW_CHARS = 200
@@ -94,15 +93,7 @@ class ToolLoopState:
     definitions: list[Tool] = field(default_factory=list)
 
     def add_usage(self, usage: Usage) -> None:
-        u = self.usage
-        self.usage = Usage(
-            prompt_tokens=u.prompt_tokens + usage.prompt_tokens,
-            completion_tokens=u.completion_tokens + usage.completion_tokens,
-            cached_tokens=u.cached_tokens + usage.cached_tokens,
-            cache_write_tokens=u.cache_write_tokens + usage.cache_write_tokens,
-            reasoning_tokens=u.reasoning_tokens + usage.reasoning_tokens,
-            estimated=u.estimated or usage.estimated,
-        )
+        self.usage += usage
 
     def fill(self, result: CompletionResult) -> None:
         result.turns = self.turns
@@ -143,20 +134,21 @@ def _history(message: Message) -> Message:
 
 
 class ToolLoop:
+    """The loop of one run; :attr:`state` goes into the job's result however the loop ends."""
+
     def __init__(
         self,
-        runner: JobRunner,
-        run: _Run,
-        model: ChatModel,
+        res: JobResources,
+        run: JobRun,
+        turns: Turns,
         request: ModelRequest,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.runner = runner
-        self.res = res = runner.res
+        self.res = res
         self.run = run
         self.job = job = run.job
-        self.model = model
+        self.turns = turns
         self.request = request
         self.clock = clock
         toolbox: Toolbox | None = res.tools
@@ -246,9 +238,7 @@ class ToolLoop:
 
     def _model_turn(self, turn: int, conversation: list[Message]) -> tuple[TurnRecord, Completion]:
         run, ctx, meter = self.run, self.run.ctx, self.run.meter
-        if meter is not None:
-            meter.new_turn()
-        ctx.committed = False  # retry and fallback are allowed again until this turn's first delta
+        self.turns.begin_next()
         cost_before = meter.cost_usd if meter is not None else None
         first_attempt = len(ctx.attempts)
         request = dataclasses.replace(
@@ -258,7 +248,7 @@ class ToolLoop:
             abort=AbortSignal() if self.request.abort is not None else None,
         )
         try:
-            completion = self.runner._call(run, self.model, request)
+            completion = self.turns.take(request)
         finally:
             for attempt in ctx.attempts[first_attempt:]:
                 if attempt.turn is None:
@@ -583,10 +573,3 @@ def _redacted(call: ToolCall) -> ToolCall:
     return ToolCall(
         id=call.id, function=FunctionCall(name=call.function.name, arguments=redact(call.function.arguments))
     )
-
-
-def run_tool_loop(runner: JobRunner, run: _Run, model: ChatModel, request: ModelRequest) -> Completion:
-    """Run the job's tool loop (the job names worker tools); its state goes into the result."""
-    loop = ToolLoop(runner, run, model, request)
-    run.tools = loop.state
-    return loop.run_loop()

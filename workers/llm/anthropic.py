@@ -35,7 +35,6 @@ from workers.contract import (
     Usage,
 )
 from workers.contract.capabilities import anthropic_native_structured
-from workers.llm._http import HTTPClient
 from workers.llm.base import (
     ChatRequest,
     Completion,
@@ -49,6 +48,7 @@ from workers.llm.base import (
 )
 from workers.llm.errormap import error_for_status, error_in_stream, parse_ratelimit, redact
 from workers.llm.errors import BadRequestError, LLMQError
+from workers.llm.httpclient import HTTPClient
 from workers.llm.httpprovider import HTTPProvider
 
 __all__ = [

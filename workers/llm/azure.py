@@ -21,9 +21,9 @@ import json
 from collections.abc import Mapping
 from urllib.parse import quote
 
-from workers.llm._http import HTTPClient
 from workers.llm.base import ChatRequest
 from workers.llm.errors import LLMQError
+from workers.llm.httpclient import HTTPClient
 from workers.llm.openai import OpenAIProvider, openai_error_from_body
 
 __all__ = ["AzureOpenAIProvider", "azure_error_from_body"]

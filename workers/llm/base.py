@@ -111,7 +111,7 @@ class Completion:
 
 
 class ResponseBody(_Protocol):
-    """What a stream reads from: an open 2xx response (``_http.StreamingResponse``) or a fake."""
+    """What a stream reads from: an open 2xx response (``httpclient.StreamingResponse``) or a fake."""
 
     headers: Mapping[str, str]
 
@@ -293,6 +293,8 @@ class Provider(ABC):
 
     #: The provider prefix in model ids, e.g. ``"openai"``.
     name: str
+    #: Where requests go (a span's ``server.address``); None when there is no one URL to name.
+    server_url: str | None = None
 
     @abstractmethod
     def complete(self, request: ChatRequest) -> Completion: ...

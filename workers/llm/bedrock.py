@@ -37,7 +37,6 @@ from workers.contract import (
     ToolCall,
     Usage,
 )
-from workers.llm._http import HTTPClient
 from workers.llm.aws import AWSLibrary, FrameError
 from workers.llm.base import ChatRequest, Completion, ResponseBody, ResponseStream, ToolCallAccumulator
 from workers.llm.errormap import error_for_status, error_in_stream, redact
@@ -56,6 +55,7 @@ from workers.llm.errors import (
     RateLimitedError,
     ServerError,
 )
+from workers.llm.httpclient import HTTPClient
 from workers.llm.httpprovider import HTTPProvider
 
 __all__ = ["BedrockProvider", "BedrockStream", "bedrock_error_from_body", "build_body", "parse_converse"]

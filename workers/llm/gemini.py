@@ -41,7 +41,6 @@ from workers.contract import (
     ToolCall,
     Usage,
 )
-from workers.llm._http import HTTPClient
 from workers.llm.base import ChatRequest, Completion, ResponseBody, ResponseStream, decode_json, iter_sse
 from workers.llm.errormap import error_for_status, parse_duration, redact
 from workers.llm.errors import (
@@ -54,6 +53,7 @@ from workers.llm.errors import (
     RateLimitedError,
     ServerError,
 )
+from workers.llm.httpclient import HTTPClient
 from workers.llm.httpprovider import HTTPProvider
 
 __all__ = ["GeminiProvider", "GeminiStream", "build_body", "gemini_error_from_body", "parse_response"]

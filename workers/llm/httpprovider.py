@@ -14,10 +14,10 @@ from abc import abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar, Generic, TypeVar
 
-from workers.llm._http import ErrorMapper, HTTPClient
 from workers.llm.base import ChatRequest, Completion, Provider, ResponseBody, ResponseStream, check_completion
 from workers.llm.errormap import error_in_stream
 from workers.llm.errors import ConfigurationError, LLMQError
+from workers.llm.httpclient import ErrorMapper, HTTPClient
 
 __all__ = ["HTTPProvider"]
 
@@ -49,6 +49,7 @@ class HTTPProvider(Provider, Generic[StreamT]):
     ) -> None:
         self._http = http
         self._url = url
+        self.server_url = url
         self._api_key = api_key
         #: The official API refuses unauthenticated calls: fail before sending one.
         self._key_required = key_required

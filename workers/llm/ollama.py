@@ -23,7 +23,6 @@ from collections.abc import Iterator, Mapping
 from urllib.parse import urlsplit
 
 from workers.contract import FunctionCall, JsonObjectFormat, JsonSchemaFormat, Message, ToolCall, Usage
-from workers.llm._http import HTTPClient
 from workers.llm.base import (
     ChatRequest,
     Completion,
@@ -35,6 +34,7 @@ from workers.llm.base import (
 )
 from workers.llm.errormap import error_for_status, error_in_stream, redact
 from workers.llm.errors import BadRequestError, LLMQError
+from workers.llm.httpclient import HTTPClient
 from workers.llm.httpprovider import HTTPProvider
 
 __all__ = ["OllamaProvider", "OllamaStream", "ollama_error_from_body", "parse_chat_response", "parse_host"]

@@ -17,7 +17,6 @@ from collections.abc import Iterator, Mapping
 from urllib.parse import urlsplit
 
 from workers.contract import FunctionCall, ToolCall, Usage
-from workers.llm._http import HTTPClient
 from workers.llm.base import (
     ChatRequest,
     Completion,
@@ -31,6 +30,7 @@ from workers.llm.base import (
 )
 from workers.llm.errormap import error_for_status, error_in_stream, parse_ratelimit, redact
 from workers.llm.errors import ContentFilteredError, LLMQError
+from workers.llm.httpclient import HTTPClient
 from workers.llm.httpprovider import HTTPProvider
 
 __all__ = ["OpenAIProvider", "OpenAIStream", "content_filtered", "openai_error_from_body", "parse_completion"]

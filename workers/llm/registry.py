@@ -15,13 +15,13 @@ import os
 from collections.abc import Callable, Mapping
 
 from workers.contract.providers import ProviderSpec
-from workers.llm._http import HTTPClient
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.aws import AWSLibrary, load_aws
 from workers.llm.azure import AzureOpenAIProvider
 from workers.llm.base import Provider
 from workers.llm.errors import ConfigurationError
 from workers.llm.gemini import GeminiProvider
+from workers.llm.httpclient import HTTPClient
 from workers.llm.ollama import OllamaProvider
 from workers.llm.openai import OpenAIProvider
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.concurrency.gevent import TaskPool as CeleryGeventPool
 from celery.concurrency.thread import TaskPool as CeleryThreadPool
 
-if TYPE_CHECKING:
-    from workers.runtime.state import AppState
+from workers.runtime.handback import running_jobs
 
 __all__ = ["GeventPool", "ThreadPool"]
 
@@ -29,10 +28,9 @@ log = logging.getLogger("llmq.worker")
 
 
 def _hand_back_all(app: Any) -> None:
-    """Stop the runs of ``app``'s process (the worker's app, which Celery gives its pool)."""
-    state: AppState | None = getattr(app, "llmq", None)
-    if state is not None and state.built:
-        state.runner().hand_back_all()
+    jobs = running_jobs(app)
+    if jobs is not None:
+        jobs.hand_back_all()
 
 
 class ThreadPool(CeleryThreadPool):

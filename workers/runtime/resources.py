@@ -38,7 +38,7 @@ from workers.jobs.heartbeat import ClaimHeartbeat
 from workers.jobs.history import HistoryWriter
 from workers.jobs.store import JobStore
 from workers.jobs.webhooks import WebhookQueue
-from workers.llm._http import HTTPClient, HTTPSettings
+from workers.llm.httpclient import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
 from workers.llm.tracing import NO_TRACER
 from workers.routes import LLMQConfig, load_config

@@ -42,14 +42,13 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.apps.worker import Worker
 from celery.worker import state as worker_state
 from kombu.utils.compat import detect_environment
 
-if TYPE_CHECKING:
-    from workers.runtime.state import AppState
+from workers.runtime.handback import running_jobs
 
 __all__ = ["SHUTDOWN_SIGNALS", "GreenSignals", "LLMQWorker"]
 
@@ -158,11 +157,10 @@ class LLMQWorker(Worker):
         return True
 
     def _stop_taking_jobs(self) -> None:
-        # (the app is an LLMQCelery, whose Worker this class is: workers/runtime/state.py)
-        llmq: AppState | None = getattr(self.app, "llmq", None)
-        if llmq is not None and llmq.built:
+        jobs = running_jobs(self.app)
+        if jobs is not None:
             # jobs already received (prefetched, or waiting for a pool slot) go back untouched
-            llmq.runner().stop_taking_jobs()
+            jobs.stop_taking_jobs()
         consumer = getattr(self, "consumer", None)
         if consumer is None or consumer.hub is not None:
             # with an event loop (threads) the loop waits for this handler: nothing is fetched meanwhile

@@ -65,6 +65,18 @@ class AppState:
                 self._built = (resources, JobRunner(resources))
             return self._built
 
+    def stop_taking_jobs(self) -> None:
+        """The worker is shutting down: a job that starts from now on is handed back before it is
+        claimed (nothing to do in a process that never ran one)."""
+        built = self._built
+        if built is not None:
+            built[1].stop_taking_jobs()
+
+    def hand_back_all(self) -> int:
+        """Stop this process's running jobs without ending them (their tasks re-queue them)."""
+        built = self._built
+        return built[1].hand_back_all() if built is not None else 0
+
     def close(self) -> None:
         """Close the resources, if they were built; the next :meth:`runner` builds anew."""
         with self._lock:

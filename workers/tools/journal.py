@@ -22,7 +22,7 @@ import redis
 from pydantic import Field
 
 from workers.contract import Attempt, JobKeys, Message, Usage
-from workers.contract.base import _Wire
+from workers.contract.base import WireModel
 from workers.llm.errors import RunFencedError
 
 __all__ = ["CallRecord", "JournalState", "ToolJournal", "TurnRecord"]
@@ -40,7 +40,7 @@ return 1
 """
 
 
-class TurnRecord(_Wire):
+class TurnRecord(WireModel):
     """One model turn's answer."""
 
     turn: int
@@ -52,7 +52,7 @@ class TurnRecord(_Wire):
     attempts: list[Attempt] = Field(default_factory=list)
 
 
-class CallRecord(_Wire):
+class CallRecord(WireModel):
     """The outcome of one tool call, as fed back to the model."""
 
     turn: int

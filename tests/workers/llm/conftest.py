@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.replay_server import ReplayServer, local_client
-from workers.llm._http import HTTPClient
+from workers.llm.httpclient import HTTPClient
 
 
 @pytest.fixture(scope="module")

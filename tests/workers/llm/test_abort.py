@@ -12,10 +12,10 @@ from simulator.app import SimulatorThread
 from tests.support.doubles import provider_for
 from tests.support.replay_server import local_client
 from workers.contract import Message
-from workers.llm._http import HTTPClient
 from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatRequest
 from workers.llm.errors import JobCancelledError
+from workers.llm.httpclient import HTTPClient
 
 
 @pytest.fixture(scope="module")

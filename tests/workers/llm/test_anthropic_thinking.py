@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from tests.support.replay_server import ReplayServer, Reply
 from workers.contract import CompletionJob, CompletionResult, Message, ReasoningBlock, Tool, ToolFunction
-from workers.llm._http import HTTPClient
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.base import ChatRequest, Completion
 from workers.llm.errors import IncompleteStreamError
+from workers.llm.httpclient import HTTPClient
 from workers.llm.ollama import OllamaProvider
 from workers.llm.openai import OpenAIProvider
 

@@ -17,10 +17,10 @@ from botocore.credentials import Credentials
 
 from tests.support.replay_server import CapturedRequest, ReplayServer, Reply, local_client
 from workers.contract import Message
-from workers.llm._http import HTTPClient
 from workers.llm.aws import load_aws
 from workers.llm.base import ChatRequest
 from workers.llm.bedrock import BedrockProvider
+from workers.llm.httpclient import HTTPClient
 
 KEY_ID, SECRET = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"  # AWS's documented example pair
 ANSWER = b'{"output":{"message":{"role":"assistant","content":[{"text":"hi"}]}},"stopReason":"end_turn","usage":{"inputTokens":3,"outputTokens":1,"totalTokens":4}}'

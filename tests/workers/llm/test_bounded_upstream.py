@@ -15,10 +15,10 @@ import pytest
 
 from tests.support.hostile_server import HostileServer
 from workers.contract import Message
-from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.base import MAX_LINE_BYTES, ChatRequest, Provider, iter_lines
 from workers.llm.errors import ProviderTimeoutError, ResponseTooLargeError
+from workers.llm.httpclient import HTTPClient, HTTPSettings
 from workers.llm.ollama import OllamaProvider
 from workers.llm.openai import OpenAIProvider
 

@@ -27,7 +27,6 @@ from tests.support.conformance_cases import (
 )
 from tests.support.replay_server import ReplayServer
 from workers.contract import Usage
-from workers.llm._http import HTTPClient
 from workers.llm.base import Completion
 from workers.llm.errormap import _timestamp
 from workers.llm.errors import (
@@ -44,6 +43,7 @@ from workers.llm.errors import (
     RateLimitedError,
     ServerError,
 )
+from workers.llm.httpclient import HTTPClient
 
 if not (CONFORMANCE / "transcripts").is_dir() and not (CONFORMANCE / "errors").is_dir():
     pytest.skip(f"conformance folder not found at {CONFORMANCE} (set LLMQ_CONFORMANCE_DIR)", allow_module_level=True)

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workers.contract import Message
-from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.base import ChatRequest
 from workers.llm.errors import LLMQError
+from workers.llm.httpclient import HTTPClient, HTTPSettings
 from workers.llm.httpprovider import HTTPProvider
 from workers.llm.ollama import OllamaProvider
 from workers.llm.openai import OpenAIProvider

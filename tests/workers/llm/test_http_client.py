@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import httpcore2
 import pytest
 
-from workers.llm._http import HTTPClient, HTTPSettings, _ProbingBackend, _ProbingStream
 from workers.llm.errors import LLMQError
+from workers.llm.httpclient import HTTPClient, HTTPSettings, _ProbingBackend, _ProbingStream
 
 BODY = b'{"ok":true}'
 

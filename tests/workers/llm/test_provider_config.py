@@ -13,12 +13,12 @@ import pytest
 
 from tests.support.replay_server import local_client
 from workers.contract.providers import ProviderSpec, load_provider_specs, provider_infos
-from workers.llm._http import HTTPClient
 from workers.llm.aws import load_aws
 from workers.llm.azure import AzureOpenAIProvider
 from workers.llm.bedrock import BedrockProvider
 from workers.llm.errors import ConfigurationError
 from workers.llm.gemini import GeminiProvider
+from workers.llm.httpclient import HTTPClient
 from workers.llm.openai import OpenAIProvider
 from workers.llm.registry import build_registry
 from workers.routes import load_config

@@ -21,9 +21,9 @@ import h2.events
 import pytest
 
 from workers.contract import Message
-from workers.llm._http import HTTPClient, HTTPSettings
 from workers.llm.base import ChatRequest
 from workers.llm.errors import JobCancelledError
+from workers.llm.httpclient import HTTPClient, HTTPSettings
 from workers.llm.openai import OpenAIProvider
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for a test certificate")

@@ -17,9 +17,9 @@ import pytest
 
 from tests.support.replay_server import ReplayServer, Reply
 from workers.contract import CompletionJob, Message, Tool, ToolFunction
-from workers.llm._http import HTTPClient
 from workers.llm.anthropic import STRUCTURED_TOOL, AnthropicProvider
 from workers.llm.base import ChatRequest, Provider
+from workers.llm.httpclient import HTTPClient
 from workers.llm.ollama import OllamaProvider
 from workers.llm.openai import OpenAIProvider
 

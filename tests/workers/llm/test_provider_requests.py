@@ -9,10 +9,10 @@ import pytest
 
 from tests.support.replay_server import ReplayServer, Reply
 from workers.contract import FunctionCall, Message, Tool, ToolCall, ToolFunction
-from workers.llm._http import HTTPClient
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.base import ChatRequest, Provider
 from workers.llm.errors import BadRequestError, ConfigurationError
+from workers.llm.httpclient import HTTPClient
 from workers.llm.ollama import OllamaProvider, parse_host
 from workers.llm.openai import OpenAIProvider
 from workers.llm.registry import build_registry

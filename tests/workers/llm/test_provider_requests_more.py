@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from workers.llm._http import HTTPClient
+
 from tests.support.replay_server import ReplayServer, Reply
 from tests.workers.llm.test_provider_requests import CONVERSATION, JSON, OPENAI_OK, WEATHER, request, sent
 from workers.contract import JsonSchemaFormat, NamedToolChoice, Reasoning, ReasoningBlock
 from workers.contract.params import ToolChoiceFunction
-from workers.llm._http import HTTPClient
 from workers.llm.aws import load_aws
 from workers.llm.azure import AzureOpenAIProvider
 from workers.llm.bedrock import BedrockProvider

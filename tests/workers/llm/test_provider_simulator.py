@@ -11,7 +11,6 @@ from simulator.app import SimulatorThread
 from tests.support.doubles import provider_for
 from tests.support.replay_server import local_client
 from workers.contract import Message, Tool, ToolFunction
-from workers.llm._http import HTTPClient
 from workers.llm.base import ChatRequest, Provider
 from workers.llm.errors import (
     AuthenticationError,
@@ -26,6 +25,7 @@ from workers.llm.errors import (
     RetryableProviderError,
     ServerError,
 )
+from workers.llm.httpclient import HTTPClient
 
 PROVIDERS = ["openai", "anthropic", "ollama", "azure", "gemini", "bedrock"]
 LOOKUP = Tool(

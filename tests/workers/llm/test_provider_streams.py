@@ -16,7 +16,6 @@ import pytest
 from tests.support.doubles import provider_for
 from tests.support.replay_server import ReplayServer, Reply, local_client
 from workers.contract import Message
-from workers.llm._http import HTTPClient
 from workers.llm.anthropic import AnthropicStream
 from workers.llm.base import ChatRequest, ChatStream, ResponseStream
 from workers.llm.errors import (
@@ -29,6 +28,7 @@ from workers.llm.errors import (
     RateLimitedError,
     ServerError,
 )
+from workers.llm.httpclient import HTTPClient
 from workers.llm.ollama import OllamaStream
 from workers.llm.openai import OpenAIProvider, OpenAIStream
 

@@ -1,0 +1,172 @@
+"""One model turn: a request through the job's whole chain, its deltas published, cancel and fence
+honoured, what it used settled.
+
+A job takes one turn, or several: the tool loop (``workers/jobs/toolloop.py``) one per model answer,
+the structured-output repair (``workers/jobs/structured.py``) one per repair. Each goes through
+:meth:`Turns.take`, which owns everything a call needs from the run:
+
+* **call**: a whole-body call (``stream: false``) can be ended from outside through its
+  :class:`~workers.llm.abort.AbortSignal`; a stream is read delta by delta and each delta goes to
+  the job's publisher (coalesced there). The first delta commits the turn: no retry or fallback
+  after it, and a later failure is a :class:`~workers.llm.errors.MidStreamError`.
+* **cancel**: the cancel watcher and the publisher's view of the cancel key stop the call; the
+  turn ends with :class:`~workers.llm.errors.JobCancelledError`.
+* **fence**: a run that lost the job (the claim heartbeat fired :attr:`JobRun.abort`) or is handed
+  back at shutdown raises :class:`~workers.llm.errors.RunFencedError`; it charges nothing more.
+* **settle**: however a stream ends, its generator chain is closed, so the metered wrapper settles
+  what was used (or releases the reservation) before the turn returns or raises.
+
+:class:`JobRun` is what one run of a job shares between its turns, the tool loop, the repair and
+the pipeline (``workers/jobs/pipeline.py``), which creates it, and ends the job from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from workers.accounting.metered import Meter
+from workers.contract import CompletionJob, JobKeys
+from workers.jobs.events import EventPublisher
+from workers.jobs.resources import CancelHooks
+from workers.jobs.store import JobStore
+from workers.llm.base import ChatStream, Completion
+from workers.llm.errors import JobCancelledError, LLMQError, MidStreamError, RunFencedError, error_type_name
+from workers.llm.model import ChatModel, ModelRequest, RunContext
+
+__all__ = ["JobRun", "Turns", "abort_stream"]
+
+log = logging.getLogger("llmq.pipeline")
+
+
+@dataclass
+class JobRun:
+    """One run of one job: what its turns, its tool loop, its repair and its ending share."""
+
+    job: CompletionJob
+    keys: JobKeys
+    publisher: EventPublisher
+    ctx: RunContext
+    #: Monotonic start of the run (time to first delta is measured from it).
+    started: float
+    #: The claim token this run holds ("" once released, or when it is not this run's to release).
+    token: str = ""
+    meter: Meter | None = None
+    #: The model that answered the last turn.
+    model_used: str | None = None
+    ttft_s: float | None = None
+    #: The text streamed so far (kept in a failed or cancelled result).
+    text_parts: list[str] = field(default_factory=list)
+    #: Stops the upstream call now (set while a call runs; the claim heartbeat fires it when fenced).
+    abort: Callable[[], None] | None = None
+    #: Set when the worker's shutdown window ran out: the run stops and its job goes back to the queue.
+    handed_back: bool = False
+
+
+class Turns:
+    """The model turns of one run, each through the whole chain (``model``)."""
+
+    def __init__(
+        self,
+        run: JobRun,
+        model: ChatModel,
+        *,
+        store: JobStore,
+        cancel_watcher: CancelHooks | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.run = run
+        self.model = model
+        self._store = store
+        self._watcher = cancel_watcher
+        self._clock = clock
+
+    def begin_next(self) -> None:
+        """A later turn starts (a tool-loop or repair turn): its messages differ, so every model is
+        planned again, and retries and fallback are allowed again until its first delta."""
+        run = self.run
+        run.ctx.committed = False
+        if run.meter is not None:
+            run.meter.new_turn()
+
+    def take(self, request: ModelRequest) -> Completion:
+        """One turn: the answer to ``request``, its deltas published (module docstring)."""
+        if not self.run.job.stream:
+            return self._whole(request)
+        return self._streamed(request)
+
+    def _whole(self, request: ModelRequest) -> Completion:
+        run = self.run
+        if request.abort is not None:
+            run.abort = request.abort.fire
+            if self._watcher is not None:
+                self._watcher.register(run.job.id, request.abort.fire)
+        try:
+            completion = self.model.complete(request)
+        except RunFencedError:
+            raise
+        except LLMQError:
+            if run.ctx.fenced or run.handed_back:  # aborted by the heartbeat or the shutdown
+                raise RunFencedError("the call was stopped: the job moved or is handed back") from None
+            raise
+        run.model_used = getattr(self.model, "model_id", None)
+        return completion
+
+    def _streamed(self, request: ModelRequest) -> Completion:
+        run = self.run
+        stream = self.model.stream(request)
+        publisher = run.publisher
+        run.abort = stream.close
+        if self._watcher is not None:
+            self._watcher.register(run.job.id, stream.close)
+        deltas = iter(stream)
+        try:
+            parts = run.text_parts
+            for text in deltas:
+                parts.append(text)
+                if run.ttft_s is None:
+                    run.ttft_s = self._clock() - run.started
+                    run.ctx.committed = True
+                publisher.delta(text)
+                if publisher.cancelled:
+                    raise JobCancelledError("cancelled while streaming")
+        except (JobCancelledError, RunFencedError) as exc:
+            if isinstance(exc, RunFencedError):
+                run.ctx.fenced = True  # nothing of this run is charged any more
+            abort_stream(stream, deltas)
+            raise
+        except LLMQError as exc:
+            abort_stream(stream, deltas)
+            if run.ctx.fenced or run.handed_back:
+                raise RunFencedError("the stream was stopped: the job moved or is handed back") from exc
+            if publisher.cancelled or self._store.is_cancelled(run.keys):
+                raise JobCancelledError("cancelled while streaming") from exc
+            if run.ttft_s is not None:
+                raise MidStreamError(
+                    f"{error_type_name(exc)} after the first delta: {exc.message}",
+                    provider=exc.provider,
+                    model=exc.model,
+                    status=exc.status,
+                    code=error_type_name(exc),
+                ) from exc
+            raise
+        except BaseException:
+            # Redis went away mid-stream (or worse): close the upstream call; settling what it used
+            # may fail too (the ledger is on the same Redis), its reservation lease then lapses
+            try:
+                abort_stream(stream, deltas)
+            except Exception as exc:
+                log.warning("job %s: closing the stream after a failure: %s", run.job.id, exc)
+            raise
+        publisher.flush()
+        run.model_used = getattr(stream, "model_id", None)
+        return stream.to_completion()
+
+
+def abort_stream(stream: ChatStream, deltas: Iterator[str]) -> None:
+    """Stop a stream now: close the generator chain (wrappers settle what was used) and the response."""
+    close = getattr(deltas, "close", None)
+    if close is not None:
+        close()
+    stream.close()
