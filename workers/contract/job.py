@@ -58,13 +58,11 @@ MAX_TAGS = 8
 TagName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$")]
 
 
+# A job is its own RequestParams (params.py): ``max_tokens``, ``temperature``, ``response_format`` ...
+# are fields of the job on the wire, and the worker hands the job itself to the provider adapters as
+# the request's parameters, no copy in between.
 class CompletionJob(RequestParams):
-    """One completion request, as enqueued by a producer.
-
-    A job is its own :class:`~workers.contract.params.RequestParams` (``max_tokens``, ``temperature``,
-    ``response_format`` ... are fields of the job on the wire): the worker hands the job itself to the
-    provider adapters as the request's parameters, no copy in between.
-    """
+    """One completion request, as enqueued by a producer."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     #: Idempotency key. Set it yourself to make resubmission safe; defaults to a random id.
