@@ -15,6 +15,7 @@ at once. Every attempt is logged in the job's delivery log and counted in the me
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import random
@@ -170,7 +171,7 @@ class WebhookDeliverer:
             outcome, error = "refused", str(exc)
         except BlockedAddressError as exc:
             outcome, error = "refused", str(exc)
-        except (OSError, ValueError) as exc:  # connection, TLS, timeout, a malformed answer
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # connection, TLS, timeout, a malformed answer
             outcome, error = "retry", f"{type(exc).__name__}: {exc}"[:500]
         ended = self._clock()
         next_at = None
