@@ -101,7 +101,10 @@ class HistoryWriter:
         now = self._clock()
         day = day_of(now)
         keys = HistoryKeys(day)
-        failed = result.status == "failed" and job.model != "invalid"
+        # a failed job's request is kept for replay (not a payload the worker could not even read:
+        # ``reject_invalid`` ends those with a stand-in job that has nothing to send again)
+        has_request = job.messages is not None or job.prompt is not None or job.template is not None
+        failed = result.status == "failed" and has_request
         summary = summary_json(job, result, finished_at=now, run=run, replayable=failed)
         job_id = job.id
         sets = {keys.all, keys.tenant(job.tenant), keys.status(result.status), keys.model(job.model)}

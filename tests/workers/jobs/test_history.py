@@ -119,3 +119,14 @@ def test_writes_index_each_dimension_with_the_days_expiry() -> None:
     assert not any(w[1] == keys.requests for w in succeeded)  # only failed jobs keep their request
     assert not any(str(w[1]).startswith(f"{keys.base}:error:") for w in succeeded)
     assert all(w[1].startswith("llmq:history:{") for w in writes)  # one hash tag per day
+
+
+def test_an_unreadable_payloads_stand_in_is_indexed_but_not_replayable() -> None:
+    """``JobRunner.reject_invalid`` ends a payload the worker could not read with a stand-in job."""
+    stand_in = CompletionJob.model_construct(id="job_bad", model="invalid", stream=True, tenant="default", metadata={})
+    result = CompletionResult(id="job_bad", status="failed", error=ErrorInfo(type="bad_request", message="invalid"))
+    writes = HistoryWriter(1, clock=lambda: 1_765_000_000.0).writes(stand_in, result)
+    keys = HistoryKeys(day_of(1_765_000_000.0))
+    assert not any(w[1] == keys.requests for w in writes)
+    summary = JobSummary.model_validate_json(next(w[3] for w in writes if w[0] == "HSET" and w[1] == keys.jobs))
+    assert summary.status == "failed" and not summary.replayable and summary.error.type == "bad_request"  # type: ignore[union-attr]
