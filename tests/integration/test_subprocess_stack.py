@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -13,13 +14,23 @@ import redis
 
 from llmq.devstack import LocalStack
 from producers import Client
+from tests.support.receiver import Receiver
+from tests.support.waits import until
+from workers.contract.webhooks import verify
 
 pytestmark = pytest.mark.slow
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"gevent-worker-webhook-secret-32!").decode()
 
 
 @pytest.fixture(scope="module")
 def stack(redis_server_url: str) -> Iterator[LocalStack]:
-    env = {**os.environ, "LLMQ_REDIS_URL": redis_server_url.replace("/0", "/3")}
+    env = {
+        **os.environ,
+        "LLMQ_REDIS_URL": redis_server_url.replace("/0", "/3"),
+        # webhook deliveries to the tests' receivers on 127.0.0.1
+        "LLMQ_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
+        "LLMQ_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    }
     redis.Redis.from_url(env["LLMQ_REDIS_URL"]).flushdb()
     with LocalStack(env=env) as s:
         s.start_redis()
@@ -111,3 +122,21 @@ def test_a_gevent_worker_aborts_a_cancelled_whole_body_call(stack: LocalStack) -
         assert handle.cancel()
         result = handle.result(timeout=15)  # the upstream would answer only after 30 s
         assert result.status == "cancelled"
+
+
+def test_a_gevent_workers_deliverer_is_not_held_up_by_a_hanging_receiver(stack: LocalStack) -> None:
+    """Under gevent the deliverer's pool is greenlets: receivers that never answer tie up some of its
+    slots, while jobs keep running and another receiver gets its signed deliveries."""
+    with Receiver(lambda _id, _n: 0) as hanging, Receiver() as good, Client(stack.redis_url) as client:
+        job = {"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        stuck = [client.submit({**job, "webhook": hanging.url}).id for _ in range(3)]
+        until(lambda: hanging.hanging == 3, "three deliveries hanging", 60)
+        plain = [client.submit(job).id for _ in range(20)]
+        hooked = [client.submit({**job, "webhook": good.url}).id for _ in range(5)]
+        for job_id in stuck + plain + hooked:
+            assert client.result(job_id, timeout=60).status == "succeeded"
+        until(lambda: len(good.answered(200)) == 5, "the good receiver's deliveries", 60)
+        assert hanging.hanging == 3 and not hanging.answered(200)
+    assert {d.headers["webhook-id"] for d in good.deliveries} == {f"msg_{i}" for i in hooked}
+    for delivery in good.deliveries:
+        verify(WEBHOOK_SECRET, delivery.headers, delivery.body)
