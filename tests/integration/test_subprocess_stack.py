@@ -136,7 +136,8 @@ def test_a_gevent_workers_deliverer_is_not_held_up_by_a_hanging_receiver(stack: 
         for job_id in stuck + plain + hooked:
             assert client.result(job_id, timeout=60).status == "succeeded"
         until(lambda: len(good.answered(200)) == 5, "the good receiver's deliveries", 60)
-        assert hanging.hanging == 3 and not hanging.answered(200)
+        # (an attempt times out after 10 s and is tried again: more may be hanging by now)
+        assert hanging.hanging >= 3 and not hanging.answered(200)
     assert {d.headers["webhook-id"] for d in good.deliveries} == {f"msg_{i}" for i in hooked}
     for delivery in good.deliveries:
         verify(WEBHOOK_SECRET, delivery.headers, delivery.body)

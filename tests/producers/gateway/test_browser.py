@@ -99,9 +99,9 @@ def test_job_list_live_job_and_tenant_isolation(
         assert driver.find_element("css selector", "#jobs-table tbody tr").get_attribute("data-id") == failed
         screenshot(driver, "ui-list-failed")
 
-        # one job live: the deltas arrive while the job runs (5 tokens/s: the stream lasts seconds)
-        simulator.simulator.config.tokens_per_s = 5.0
-        simulator.simulator.config.completion_tokens = 25
+        # one job live: the deltas arrive while the job runs (2 tokens/s: the stream lasts 20 s)
+        simulator.simulator.config.tokens_per_s = 2.0
+        simulator.simulator.config.completion_tokens = 40
         live = _submit(gw, TOKEN_A)
         driver.get(f"{gw.url}/ui#/job/{live}")
         until(lambda: int(_text(driver, "delta-count") or 0) >= 1, "the first delta", 60)
