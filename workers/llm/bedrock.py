@@ -396,7 +396,9 @@ class BedrockStream(ResponseStream):
                     if use:
                         tools.start(data["contentBlockIndex"], use.get("toolUseId"), use.get("name"))
                 elif event == "messageStop":
-                    reason = str(data.get("stopReason"))
+                    reason = data["stopReason"]
+                    if reason.__class__ is not str:
+                        raise TypeError(f"stopReason is {type(reason).__name__}")
                     self.native_finish_reason = reason
                     if reason in FILTERED:
                         raise _filtered(reason, self._provider, self._model)
