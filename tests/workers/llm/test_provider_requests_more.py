@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workers.llm._http import HTTPClient
-
 from tests.support.replay_server import ReplayServer, Reply
 from tests.workers.llm.test_provider_requests import CONVERSATION, JSON, OPENAI_OK, WEATHER, request, sent
 from workers.contract import JsonSchemaFormat, NamedToolChoice, Reasoning, ReasoningBlock
@@ -15,6 +13,7 @@ from workers.llm.aws import load_aws
 from workers.llm.azure import AzureOpenAIProvider
 from workers.llm.bedrock import BedrockProvider
 from workers.llm.gemini import GeminiProvider
+from workers.llm.httpclient import HTTPClient
 from workers.llm.openai import OpenAIProvider
 
 GEMINI_OK = b'{"candidates":[{"content":{"parts":[{"text":"ok"}],"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":1}}'
