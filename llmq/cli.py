@@ -14,8 +14,13 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from llmq.preflight import check_broker, explain, ping_redis
+from producers.errors import SubmitRefusedError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_REFUSED", "build_parser", "main"]
+
+#: The exit status of a command whose submit the queue refused for now (Redis full, a quota): the
+#: same command later may work. ``EX_TEMPFAIL`` of sysexits.h.
+EXIT_REFUSED = 75
 
 #: Modules under ``llmq.commands`` that each define ``register(subparsers)``.
 COMMANDS = (
@@ -91,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SubmitRefusedError as exc:  # nothing was enqueued; try again later (the line says when)
+        print(f"llmq: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except ValidationError as exc:  # a setting from the environment (LLMQ_REDIS_URL=http://...)
         for error in exc.errors(include_url=False, include_input=False):
             name = "LLMQ_" + "_".join(str(part) for part in error["loc"]).upper()

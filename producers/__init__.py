@@ -8,7 +8,9 @@ from producers.client import (
     Client,
     InvalidJobError,
     JobHandle,
+    RedisFullError,
     ResultTimeoutError,
+    SubmitRefusedError,
 )
 from producers.settings import ProducerSettings
 from workers.contract import CompletionJob, CompletionResult, Message, StreamEvent
@@ -23,6 +25,8 @@ __all__ = [
     "JobHandle",
     "Message",
     "ProducerSettings",
+    "RedisFullError",
     "ResultTimeoutError",
     "StreamEvent",
+    "SubmitRefusedError",
 ]

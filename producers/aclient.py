@@ -8,6 +8,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import redis
+import redis.asyncio as aredis
 from opentelemetry.trace import Tracer
 
 from producers.core import (
@@ -21,12 +23,13 @@ from producers.core import (
     next_backoff,
 )
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
-from producers.errors import InvalidJobError
+from producers.errors import InvalidJobError, RedisFullError
 from producers.prompts import AsyncPromptResolver, job_data
 from producers.providers import LiveProviders, capability_error
 from producers.settings import ProducerSettings
 from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
+from producers.watermark import MemoryWatermark, is_out_of_memory
 from workers.connections.redisclient import async_redis_client
 from workers.contract import (
     CancelledEvent,
@@ -77,6 +80,7 @@ class AsyncClient(ClientCore):
             socket_connect_timeout=self.settings.redis_connect_timeout_s,
         )
         self._register = self.redis.register_script(REGISTER_LUA)
+        self._broker_redis: aredis.Redis | None = None
         self.prompts = AsyncPromptResolver(self.redis)
         self._tools = LiveTools()
         self._providers = LiveProviders()
@@ -93,10 +97,17 @@ class AsyncClient(ClientCore):
         return valid
 
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
+        """Validate and enqueue ``job`` (see ``Client.submit``; raises :class:`RedisFullError` alike)."""
         valid = await self.validate(job, **overrides)
         keys, args = self.register_args(valid)
+        await self._admit(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
-            fresh = await self._register_riding_out(keys, args)
+            try:
+                fresh = await self._register_riding_out(keys, args)
+            except redis.RedisError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                raise await self._full(self.memory, self.redis, "registering the job") from exc
             if not fresh:
                 if span.is_recording():
                     span.set_attribute("llmq.duplicate", True)
@@ -104,12 +115,59 @@ class AsyncClient(ClientCore):
             try:
                 # kombu is synchronous; keep the event loop free while it talks to the broker
                 await asyncio.to_thread(self.send, valid)
-            except Exception:
-                if fresh == 1:
-                    await self.redis.delete(*keys)
-                raise
-        await self.redis.hset(keys[0], "sent", 1)
+            except Exception as exc:
+                await self._unregister(keys, fresh)
+                if not is_out_of_memory(exc):
+                    raise
+                mark, client = self._watched()[-1]  # the Redis holding the queue
+                raise await self._full(mark, client, "queueing the job") from exc
+        await self._mark_sent(keys[0])
         return AsyncJobHandle(valid.id, True, self)
+
+    # --- the memory watermark (producers/watermark.py), as in Client ---------------------------------
+
+    async def _admit(self, job: CompletionJob) -> None:
+        size = self.job_bytes(job)
+        for mark, client in self._watched():
+            if mark.due(size):
+                await self._read_memory(mark, client)
+            mark.admit(size)
+
+    def _watched(self) -> list[tuple[MemoryWatermark, aredis.Redis]]:
+        watched = [(self.memory, self.redis)]
+        if self.broker_memory is not None:
+            if self._broker_redis is None:
+                self._broker_redis = async_redis_client(self.broker_url, max_connections=4)
+            watched.append((self.broker_memory, self._broker_redis))
+        return watched
+
+    @staticmethod
+    async def _read_memory(mark: MemoryWatermark, client: aredis.Redis) -> None:
+        mark.begin()
+        try:
+            mark.record(await client.info("memory"))
+        except redis.RedisError as exc:
+            mark.failed(exc)
+        finally:
+            mark.end()
+
+    async def _full(self, mark: MemoryWatermark, client: aredis.Redis, refused: str) -> RedisFullError:
+        await self._read_memory(mark, client)
+        return mark.full_error(refused_by=refused)
+
+    async def _unregister(self, keys: list[str], fresh: int) -> None:
+        with contextlib.suppress(redis.RedisError):
+            if fresh == 1:
+                await self.redis.delete(*keys)
+            elif fresh == 2:
+                await self.redis.hdel(keys[0], "submitted_at")
+
+    async def _mark_sent(self, meta: str) -> None:
+        try:
+            await self.redis.hset(meta, "sent", 1)
+        except redis.RedisError as exc:
+            if not is_out_of_memory(exc):
+                raise
 
     async def _register_riding_out(self, keys: list[str], args: list[Any]) -> int:
         """Register, riding out a Redis restart or fail-over (see ``Client._register_riding_out``)."""
@@ -217,6 +275,8 @@ class AsyncClient(ClientCore):
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+        if self._broker_redis is not None:
+            await self._broker_redis.aclose()
         self.close()
 
     async def __aenter__(self) -> AsyncClient:

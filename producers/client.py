@@ -37,12 +37,13 @@ from producers.core import (
     validate_job,
 )
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
-from producers.errors import InvalidJobError
+from producers.errors import InvalidJobError, RedisFullError, SubmitRefusedError
 from producers.prompts import PromptResolver, job_data
 from producers.providers import LiveProviders, capability_error
 from producers.settings import ProducerSettings, producer_settings
 from producers.tools import LiveTools, missing_tools_error
 from producers.tracing import submit_span
+from producers.watermark import MemoryWatermark, is_out_of_memory
 from workers.connections.redisclient import redis_client as make_redis
 from workers.contract import (
     CancelledEvent,
@@ -59,7 +60,9 @@ __all__ = [
     "Client",
     "InvalidJobError",
     "JobHandle",
+    "RedisFullError",
     "ResultTimeoutError",
+    "SubmitRefusedError",
     "default_redis_url",
     "make_celery",
     "validate_job",
@@ -109,6 +112,8 @@ class Client(ClientCore):
             self.redis_url, max_connections=64, socket_connect_timeout=self.settings.redis_connect_timeout_s
         )
         self._register = self.redis.register_script(REGISTER_LUA)
+        #: The job queue's own Redis (``LLMQ_BROKER_URL=redis://...``), for its memory watermark.
+        self._broker_redis: redis.Redis | None = None
         #: Resolves ``prompt`` labels and validates prompt variables (published versions are cached).
         self.prompts = PromptResolver(self.redis)
         self._tools = LiveTools()
@@ -136,24 +141,85 @@ class Client(ClientCore):
         """Validate and enqueue ``job``; a second submit of the same id does not run it twice.
 
         A job with a ``prompt`` gets its label resolved to a version and its variables checked
-        against that version's schema here, before anything is enqueued.
+        against that version's schema here, before anything is enqueued. Raises
+        :class:`RedisFullError` (nothing registered: the same submit works later) when Redis is
+        above its high watermark or refuses the job's writes at ``maxmemory``.
         """
         valid = self.validate(job, **overrides)
         keys, args = self.register_args(valid)
+        self._admit(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
-            fresh = self._register_riding_out(keys, args)
+            try:
+                fresh = self._register_riding_out(keys, args)
+            except redis.RedisError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                raise self._full(self.memory, self.redis, "registering the job") from exc
             if not fresh:
                 if span.is_recording():
                     span.set_attribute("llmq.duplicate", True)
                 return JobHandle(valid.id, False, self)
             try:
                 self.send(valid)
-            except Exception:
-                if fresh == 1:
-                    self.redis.delete(*keys)  # let the caller retry the same id
-                raise
-        self.redis.hset(keys[0], "sent", 1)
+            except Exception as exc:
+                self._unregister(keys, fresh)  # let the caller retry the same id
+                if not is_out_of_memory(exc):
+                    raise
+                mark, client = self._watched()[-1]  # the Redis holding the queue
+                raise self._full(mark, client, "queueing the job") from exc
+        self._mark_sent(keys[0])
         return JobHandle(valid.id, True, self)
+
+    # --- the memory watermark (producers/watermark.py) ------------------------------------------
+
+    def _admit(self, job: CompletionJob) -> None:
+        """Refuse ``job`` (:class:`RedisFullError`) when Redis is above its high watermark."""
+        size = self.job_bytes(job)
+        for mark, client in self._watched():
+            if mark.due(size):
+                self._read_memory(mark, client)
+            mark.admit(size)
+
+    def _watched(self) -> list[tuple[MemoryWatermark, redis.Redis]]:
+        watched = [(self.memory, self.redis)]
+        if self.broker_memory is not None:
+            if self._broker_redis is None:
+                self._broker_redis = make_redis(self.broker_url, max_connections=4)
+            watched.append((self.broker_memory, self._broker_redis))
+        return watched
+
+    @staticmethod
+    def _read_memory(mark: MemoryWatermark, client: redis.Redis) -> None:
+        mark.begin()
+        try:
+            mark.record(client.info("memory"))
+        except redis.RedisError as exc:
+            mark.failed(exc)
+        finally:
+            mark.end()
+
+    def _full(self, mark: MemoryWatermark, client: redis.Redis, refused: str) -> RedisFullError:
+        """The error for a write Redis refused at ``maxmemory``, with fresh figures (reads still work)."""
+        self._read_memory(mark, client)
+        return mark.full_error(refused_by=refused)
+
+    def _unregister(self, keys: list[str], fresh: int) -> None:
+        """Undo a registration whose message was not sent: a later submit of the id sends it."""
+        with contextlib.suppress(redis.RedisError):
+            if fresh == 1:
+                self.redis.delete(*keys)
+            elif fresh == 2:  # re-registered an unsent job: make the next submit send it again at once
+                self.redis.hdel(keys[0], "submitted_at")
+
+    def _mark_sent(self, meta: str) -> None:
+        """Record the send. A Redis at ``maxmemory`` refusing this small write does not undo the send:
+        the job is queued; a later submit of the same id may only send it again (the worker's claim
+        runs it once)."""
+        try:
+            self.redis.hset(meta, "sent", 1)
+        except redis.RedisError as exc:
+            if not is_out_of_memory(exc):
+                raise
 
     def _register_riding_out(self, keys: list[str], args: list[Any]) -> int:
         """Register the job, riding out a Redis restart or fail-over for up to :data:`SUBMIT_RIDE_OUT_S`.
@@ -276,6 +342,8 @@ class Client(ClientCore):
 
     def close(self) -> None:
         self.redis.close()
+        if self._broker_redis is not None:
+            self._broker_redis.close()
         super().close()
 
     def __enter__(self) -> Client:

@@ -22,6 +22,7 @@ from producers.errors import InvalidJobError
 from producers.sentevents import SentEvents
 from producers.settings import ProducerSettings, producer_settings
 from producers.tracing import monitor_content, producer_tracer, send_options
+from producers.watermark import MemoryWatermark, is_out_of_memory, queued_bytes
 from workers.connections.brokerurl import amqp_conf, is_amqp
 from workers.connections.redisurl import kombu_broker
 from workers.contract import (
@@ -159,6 +160,13 @@ class ClientCore:
         #: Submit spans (``producers/tracing.py``): the OTEL_* configured tracer, or a no-op.
         self.tracer = tracer or producer_tracer()
         self._monitor_content = monitor_content()
+        #: Redis's memory against the high watermark (``producers/watermark.py``); a job queue on a
+        #: Redis of its own (``LLMQ_BROKER_URL=redis://...``) is watched too: queued jobs live there.
+        high, every = self.settings.redis_high_watermark, self.settings.redis_memory_check_s
+        self.memory = MemoryWatermark(high, setting="LLMQ_REDIS_URL", interval_s=every)
+        self.broker_memory: MemoryWatermark | None = None
+        if self.broker_url != self.redis_url and not is_amqp(self.broker_url):
+            self.broker_memory = MemoryWatermark(high, setting="LLMQ_BROKER_URL", interval_s=every)
 
     # --- submit ---------------------------------------------------------------------------------
 
@@ -176,17 +184,31 @@ class ClientCore:
             raise ValueError(f"job {job.id} is not stamped with its submission time")
         return [JobKeys(job.id).meta], [job.tenant, job.submitted_at, self.result_ttl_s, RESEND_AFTER_S]
 
+    def job_bytes(self, job: CompletionJob) -> int:
+        """The Redis memory ``job`` will take once queued, estimated; 0 when no watermark needs it
+        (no ``maxmemory``: the JSON is not made for nothing)."""
+        marks = (self.memory, self.broker_memory)
+        if not any(mark is not None and mark.sized for mark in marks):
+            return 0
+        return queued_bytes(len(job.model_dump_json(exclude_none=True)))
+
     def send(self, job: CompletionJob) -> None:
-        """Send the job's Celery message (synchronous: kombu has no asyncio API)."""
+        """Send the job's Celery message (synchronous: kombu has no asyncio API). A Redis queue at
+        ``maxmemory`` refusing it is :class:`RedisFullError` (kombu raises its ``OperationalError``)."""
         payload = job.model_dump(mode="json", exclude_none=True)
-        self.celery.send_task(
-            TASK_NAME,
-            args=[payload],
-            task_id=job.id,
-            queue=self.queue,
-            event_dispatcher=self.sent_events,
-            **send_options(payload, content=self._monitor_content),
-        )
+        try:
+            self.celery.send_task(
+                TASK_NAME,
+                args=[payload],
+                task_id=job.id,
+                queue=self.queue,
+                event_dispatcher=self.sent_events,
+                **send_options(payload, content=self._monitor_content),
+            )
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise (self.broker_memory or self.memory).full_error(refused_by="queueing the job") from exc
+            raise
 
     # --- read -------------------------------------------------------------------------------------
 

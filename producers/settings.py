@@ -47,6 +47,13 @@ class ProducerSettings(BaseSettings):
     #: ``task-sent`` events are kept and published in batches at least this often, in milliseconds
     #: (``LLMQ_TASK_EVENTS_FLUSH_MS``, as for workers); 0: each its own publish (``producers/sentevents.py``).
     task_events_flush_ms: int = Field(default=250, ge=0, le=5000)
+    #: Submits are refused (``RedisFullError``) once Redis uses this share of its ``maxmemory``, so
+    #: running jobs keep room to finish (``LLMQ_REDIS_HIGH_WATERMARK``); 0: no check (a write Redis
+    #: refuses at ``maxmemory`` is still ``RedisFullError``). ``producers/watermark.py``.
+    redis_high_watermark: float = Field(default=0.9, ge=0, le=1)
+    #: Seconds a client reuses its last reading of Redis's memory (``LLMQ_REDIS_MEMORY_CHECK_S``); 0:
+    #: read before every submit (one more round trip each).
+    redis_memory_check_s: float = Field(default=1.0, ge=0, le=60)
 
     @property
     def broker(self) -> str:

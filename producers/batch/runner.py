@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from celery import Celery
 from pydantic import ValidationError
 
 from producers.batch.files import JsonlAppender, ResumeState, iter_lines, read_outputs
@@ -24,10 +23,9 @@ from producers.batch.formats import LineError, LineIssue, ParsedLine, parse_line
 from producers.batch.progress import BatchCounters, BatchProgress
 from producers.batch.records import invalid_record, result_record
 from producers.batch.validate import BatchValidationError, validate_file
-from producers.client import Client, make_celery
-from producers.errors import InvalidJobError
-from producers.tracing import send_options
-from workers.contract import TASK_NAME, CompletionJob, CompletionResult, JobKeys
+from producers.client import Client
+from producers.errors import InvalidJobError, SubmitRefusedError
+from workers.contract import CompletionJob, CompletionResult, JobKeys
 
 __all__ = ["BatchRunner", "BatchSummary", "batch_id_for", "default_errors_path", "job_id_for"]
 
@@ -64,6 +62,9 @@ class BatchSummary:
     left_in_flight: int = 0
     #: the most jobs in flight at once (never above the window)
     max_in_flight: int = 0
+    #: times the queue refused a line (Redis full ...) and the run paused, and seconds spent paused
+    pauses: int = 0
+    paused_s: float = 0.0
 
     @property
     def complete(self) -> bool:
@@ -111,6 +112,8 @@ def job_id_for(batch_id: str, custom_id: str) -> str:
 class BatchRunner:
     #: a blocked wait this long without results triggers a look at the job store
     SWEEP_AFTER_S = 10.0
+    #: a paused run tries the refused line again after this long when the refusal names no time
+    REFUSED_RETRY_S = 5.0
 
     def __init__(
         self, client: Client, batch_id: str, output: Path, errors: Path, window: int, progress: BatchProgress
@@ -132,7 +135,6 @@ class BatchRunner:
         self._last_result = time.monotonic()
         self._last_sweep = time.monotonic()
         self._out: JsonlAppender | None = None
-        self._celery: Celery | None = None
         self._err: JsonlAppender | None = None
 
     # --- the two passes -----------------------------------------------------------------------
@@ -178,8 +180,6 @@ class BatchRunner:
             for appender in (self._out, self._err):
                 if appender is not None:
                     appender.close()
-            if self._celery is not None:
-                self._celery.close()
         s.interrupted = self.stop_requested and not s.stalled and not (self._exhausted and not self.in_flight)
         self.progress.finish(self.counters, interrupted=not s.complete, extra=self._finish_note())
         return s
@@ -232,18 +232,19 @@ class BatchRunner:
             if tenant:
                 job.tenant = tenant
             try:
-                handle = self.client.submit(job)
+                enqueued = self._submit_or_pause(job, number)
             except InvalidJobError as exc:  # checked in pass one; a label may have moved since
                 assert self._err is not None
                 s.invalid += 1
                 self._err.write(invalid_record([job_issue(number, parsed.custom_id, exc)]))
                 continue
+            if enqueued is None:
+                return  # stopped while paused: this line was not sent, a rerun sends it
             s.submitted += 1
             self.in_flight[job.id] = (parsed.custom_id, number)
             s.max_in_flight = max(s.max_in_flight, len(self.in_flight))
-            if not handle.enqueued:
+            if not enqueued:
                 s.reused += 1
-                self._resume_job(job)
             if len(self.in_flight) >= self.window:
                 while len(self.in_flight) >= self.window and not self.stop_requested:
                     self._collect(block=True)
@@ -252,6 +253,42 @@ class BatchRunner:
                 self._collect(block=False)
             self._tick()
         self._exhausted = True
+
+    def _submit_or_pause(self, job: CompletionJob, line: int) -> bool | None:
+        """Submit ``job`` (an id an earlier run submitted is resumed instead); whether it was enqueued.
+
+        While the queue refuses it (:class:`SubmitRefusedError`: Redis full ...) the run pauses on
+        this line: it keeps collecting results, tries the same line again after the refusal's
+        ``retry_after_s``, and goes on from there, so no line is skipped or sent twice. None when
+        it was stopped (Ctrl-C) while paused.
+        """
+        paused_at: float | None = None
+        while True:
+            try:
+                handle = self.client.submit(job)
+                if not handle.enqueued:
+                    self._resume_job(job)
+            except SubmitRefusedError as exc:
+                if paused_at is None:
+                    paused_at = time.monotonic()
+                    self.summary.pauses += 1
+                    self.progress.message(f"llmq batch: paused at line {line}: {exc}")
+                self._wait(exc.retry_after_s if exc.retry_after_s is not None else self.REFUSED_RETRY_S)
+                if self.stop_requested:
+                    return None
+                continue
+            if paused_at is not None:
+                waited = time.monotonic() - paused_at
+                self.summary.paused_s += waited
+                self.progress.message(f"llmq batch: resumed at line {line} after {waited:.0f}s")
+            return handle.enqueued
+
+    def _wait(self, seconds: float) -> None:
+        """Collect results for ``seconds`` (or until stopped): a paused run still writes what ends."""
+        until = time.monotonic() + seconds
+        while not self.stop_requested and time.monotonic() < until:
+            self._collect(block=True)
+            self._tick()
 
     def _resume_job(self, job: CompletionJob) -> None:
         """A job an earlier run submitted: take its stored result, or make sure it will run.
@@ -267,13 +304,8 @@ class BatchRunner:
             return
         if self.redis.hexists(JobKeys(job.id).meta, "runs"):
             return  # claimed by a worker: its result will come to the reply list
-        if self._celery is None:
-            self._celery = make_celery(self.client.broker_url, self.client.queue)
         job.submitted_at = job.submitted_at or time.time()
-        payload = job.model_dump(mode="json", exclude_none=True)
-        self._celery.send_task(
-            TASK_NAME, args=[payload], task_id=job.id, queue=self.client.queue, **send_options(payload)
-        )
+        self.client.send(job)  # a Redis at maxmemory refusing it pauses the run (_submit_or_pause)
         self.summary.resent += 1
 
     def _drain(self) -> None:
@@ -358,6 +390,8 @@ class BatchRunner:
             )
         if s.reused:
             note += f"\n  {s.reused} job(s) from an earlier run were picked up, not sent again ({s.resent} re-queued)"
+        if s.pauses:
+            note += f"\n  paused {s.pauses} time(s), {s.paused_s:.0f}s in all, while the queue refused new jobs"
         if not s.complete:
             note += (
                 f"\n  {s.left_in_flight} job(s) were still in flight and keep running on the workers; "

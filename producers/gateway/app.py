@@ -30,10 +30,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from producers.aclient import AsyncClient
+from producers.errors import SubmitRefusedError
 from producers.gateway.auth import AuthMiddleware, TokenAuth
 from producers.gateway.body import ClientGoneError
 from producers.gateway.chat import chat_completions
-from producers.gateway.errors import GatewayError, error_response
+from producers.gateway.errors import GatewayError, error_for_refusal, error_response
 from producers.gateway.history import list_jobs, replay_job
 from producers.gateway.jobs import cancel_job, get_job, job_events, submit_job
 from producers.gateway.metrics import GatewayMetrics, MetricsMiddleware
@@ -55,6 +56,14 @@ async def metrics(request: Request) -> Response:
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=499)
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    """A submit the queue refused for now (``producers.errors.SubmitRefusedError``): 503 or 429 with
+    ``Retry-After``, counted by its code."""
+    assert isinstance(exc, SubmitRefusedError)
+    gateway_of(request).metrics.submits_refused.labels(exc.code).inc()
+    return error_for_refusal(exc).response()
 
 
 def create_gateway(
@@ -102,6 +111,7 @@ def create_gateway(
             GatewayError: error_response,
             HTTPException: error_response,
             ClientGoneError: _client_gone,
+            SubmitRefusedError: _refused,
             Exception: error_response,
         },
         lifespan=lifespan,

@@ -8,16 +8,19 @@ Messages are passed through :func:`redact` on the way out: a provider error that
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from producers.errors import SubmitRefusedError
 from workers.contract import CompletionResult, ErrorInfo, StreamEvent, redact
 
 __all__ = [
     "GatewayError",
     "error_for_job",
+    "error_for_refusal",
     "error_response",
     "redact",
     "scrub_event",
@@ -104,6 +107,15 @@ def error_for_job(info: ErrorInfo | None, job_id: str) -> GatewayError:
     if info.retry_after_s is not None and status in (429, 503):
         headers["retry-after"] = str(max(1, round(info.retry_after_s)))
     return GatewayError(status, info.message, type=kind, code=info.type, headers=headers)
+
+
+def error_for_refusal(exc: SubmitRefusedError) -> GatewayError:
+    """A submit the queue refused for now (Redis full: 503, a quota: 429), with ``Retry-After``
+    (whole seconds, at least 1) so the SDKs' own retry waits that long."""
+    headers = {}
+    if exc.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
+    return GatewayError(exc.http_status, exc.message, code=exc.code, headers=headers)
 
 
 async def error_response(request: Request, exc: Exception) -> JSONResponse:

@@ -58,6 +58,12 @@ class GatewayMetrics:
         self.jobs_submitted = Counter(
             "llmq_gateway_jobs_submitted", "Jobs enqueued, by endpoint", ["endpoint"], registry=r
         )
+        self.submits_refused = Counter(
+            "llmq_gateway_submits_refused",
+            "Submits the queue refused for now (answered 503/429 with Retry-After), by code: redis_full ...",
+            ["code"],
+            registry=r,
+        )
         self.disconnect_cancels = Counter(
             "llmq_gateway_disconnect_cancels", "Jobs cancelled because their client went away", registry=r
         )

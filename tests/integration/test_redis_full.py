@@ -1,0 +1,315 @@
+"""A Redis that fills up: producers are pushed back with one typed error, nothing half-registered.
+
+Real parts only: a private ``redis-server`` with a small ``maxmemory`` and ``noeviction`` (as
+shipped), filled with ballast to the level a test needs (``tests/support/fullredis.py``), the
+simulator, an in-process worker on that Redis, the gateway over real HTTP, the CLI in-process.
+
+* Above the high watermark (90 % of ``maxmemory``) every producer refuses new jobs with
+  ``RedisFullError`` - ``Client``, ``AsyncClient``, ``llmq submit`` (one line, exit 75), the gateway
+  (503, ``Retry-After``, OpenAI's error shape) - while jobs already running finish; ``llmq batch``
+  pauses and resumes, every line once.
+* A write Redis refuses at ``maxmemory`` (the registration, or the queued message itself) is the
+  same error, never redis-py's or kombu's, and leaves nothing registered: the same id submitted
+  later runs once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+from celery.contrib.testing.worker import start_worker
+
+from llmq.cli import EXIT_REFUSED, main
+from producers import AsyncClient, Client, RedisFullError
+from producers.batch import BatchProgress, run_batch
+from producers.batch.progress import BatchCounters
+from producers.gateway import GatewaySettings, create_gateway
+from producers.gateway.server import GatewayThread
+from producers.settings import ProducerSettings
+from simulator.app import SimulatorThread
+from simulator.env import provider_env
+from tests.support.fullredis import FullRedis
+from tests.support.waits import until
+from workers.contract import DEFAULT_QUEUE, JobKeys
+from workers.runtime.app import close_runner, create_app
+from workers.settings import Settings
+
+MODEL = "openai:gpt-4o-mini"
+HANG_GUARD_S = 120
+TOKEN = "tok-full-3c9a1e"
+
+
+def _job(job_id: str, content: str = "hello") -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 20, "id": job_id}
+
+
+@pytest.fixture
+def full() -> Iterator[FullRedis]:
+    with FullRedis(maxmemory_mb=32) as server:
+        yield server
+
+
+def _settings(full: FullRedis, **overrides: Any) -> ProducerSettings:
+    """A producer that reads Redis's memory before every submit (the default reuses a reading for 1 s:
+    a test filling Redis between two submits must not depend on how long the fill took)."""
+    return ProducerSettings(redis_url=full.url, **{"redis_memory_check_s": 0, **overrides})
+
+
+@pytest.fixture
+def full_worker(full: FullRedis, simulator: SimulatorThread) -> Iterator[object]:
+    settings = Settings(
+        redis_url=full.url, queue=DEFAULT_QUEUE, pool="threads", concurrency=8, coalesce_ms=20.0, claim_lease_s=10
+    )
+    app = create_app(settings, provider_env=provider_env(simulator.url))
+    with start_worker(
+        app, pool="threads", concurrency=8, perform_ping_check=False, shutdown_timeout=10, without_heartbeat=True
+    ) as w:
+        yield w
+    close_runner(app)
+
+
+def _registered(full: FullRedis, job_id: str) -> bool:
+    return bool(full.redis.exists(JobKeys(job_id).meta))
+
+
+def _queued(full: FullRedis) -> int:
+    return int(full.redis.llen(DEFAULT_QUEUE))
+
+
+# --- the watermark ------------------------------------------------------------------------------------
+
+
+def test_above_the_watermark_the_sync_client_refuses_and_registers_nothing(full: FullRedis) -> None:
+    with Client(settings=_settings(full)) as client:
+        assert client.submit(_job("before")).enqueued
+        share = full.fill(0.93)
+        with pytest.raises(RedisFullError) as caught:
+            client.submit(_job("refused"))
+        err = caught.value
+        assert err.max_bytes == 32 * 1_048_576 and err.used_bytes is not None
+        assert err.used_bytes >= 0.9 * err.max_bytes and abs(err.used_bytes / err.max_bytes - share) < 0.02
+        assert err.retry_after_s is not None and err.retry_after_s > 0
+        assert "above the 90% high watermark" in str(err)
+        assert not _registered(full, "refused") and _queued(full) == 1
+
+        full.free()  # memory frees: the same id goes through, once
+        assert client.submit(_job("refused")).enqueued
+        assert not client.submit(_job("refused")).enqueued
+        assert _queued(full) == 2
+
+
+def test_above_the_watermark_the_async_client_refuses_and_registers_nothing(full: FullRedis) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(settings=_settings(full)) as client:
+            assert (await client.submit(_job("before"))).enqueued
+            full.fill(0.93)
+            with pytest.raises(RedisFullError):
+                await client.submit(_job("refused"))
+            assert not _registered(full, "refused") and _queued(full) == 1
+            full.free()
+            assert (await client.submit(_job("refused"))).enqueued
+            assert _queued(full) == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_configured_watermark_moves_the_line(full: FullRedis) -> None:
+    full.fill(0.6)
+    with Client(settings=_settings(full, redis_high_watermark=0.5)) as strict:
+        with pytest.raises(RedisFullError) as caught:
+            strict.submit(_job("strict"))
+        assert "above the 50% high watermark" in str(caught.value)
+    with Client(settings=_settings(full)) as default:
+        assert default.submit(_job("default")).enqueued
+
+
+def test_one_fast_producer_does_not_run_past_the_watermark(full: FullRedis) -> None:
+    """Large jobs submitted faster than the reading interval: the client counts what it stored since
+    its last reading and reads again before crossing, so it stops at the watermark, not at maxmemory."""
+    with Client(settings=_settings(full, redis_memory_check_s=60)) as client:
+        big = "x" * 200_000
+        accepted = 0
+        with pytest.raises(RedisFullError):
+            for i in range(1000):
+                client.submit(_job(f"big-{i}", big))
+                accepted += 1
+    assert accepted > 10
+    assert 0.85 < full.used_share() < 0.95  # stopped near the watermark; Redis still takes writes
+
+
+# --- writes refused at maxmemory ----------------------------------------------------------------------
+
+
+def test_a_registration_refused_at_maxmemory_is_the_typed_error(full: FullRedis) -> None:
+    with Client(settings=_settings(full, redis_high_watermark=0)) as client:  # no watermark: Redis refuses
+        full.fill_until_refused()
+        with pytest.raises(RedisFullError) as caught:
+            client.submit(_job("oom"))
+        assert "refused a write (registering the job)" in str(caught.value)
+        assert caught.value.used_bytes is not None and caught.value.used_bytes > caught.value.max_bytes  # type: ignore[operator]
+        assert not _registered(full, "oom")
+        full.free()
+        assert client.submit(_job("oom")).enqueued
+        assert _queued(full) == 1
+
+
+def test_a_queued_message_refused_at_maxmemory_unregisters_the_job(full: FullRedis) -> None:
+    """The registration fits, the large message does not: kombu's OperationalError becomes the typed
+    error and the registration is undone, so the same id submitted later is sent."""
+    with Client(settings=_settings(full, redis_high_watermark=0)) as client:
+        full.fill(0.99)
+        with pytest.raises(RedisFullError) as caught:
+            client.submit(_job("large", "y" * 600_000))
+        assert "refused a write (queueing the job)" in str(caught.value)
+        assert not _registered(full, "large") and _queued(full) == 0
+        full.free()
+        assert client.submit(_job("large", "y" * 600_000)).enqueued
+        assert _queued(full) == 1
+
+
+def test_the_async_client_maps_refused_writes_too(full: FullRedis) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(settings=_settings(full, redis_high_watermark=0)) as client:
+            full.fill(0.99)
+            with pytest.raises(RedisFullError, match="queueing the job"):
+                await client.submit(_job("large", "y" * 600_000))
+            full.fill_until_refused()
+            with pytest.raises(RedisFullError, match="registering the job"):
+                await client.submit(_job("small"))
+            assert not _registered(full, "large") and not _registered(full, "small")
+
+    asyncio.run(scenario())
+
+
+# --- the CLI and the gateway ----------------------------------------------------------------------------
+
+
+def test_llmq_submit_says_it_in_one_line_and_exits_75(
+    full: FullRedis, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LLMQ_REDIS_URL", full.url)
+    full.fill(0.95)
+    assert main(["submit", "hello", "--model", MODEL, "--no-wait", "--id", "cli-full"]) == EXIT_REFUSED == 75
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llmq: Redis (LLMQ_REDIS_URL) is full: "), err
+    assert "Traceback" not in err and not _registered(full, "cli-full")
+
+
+@pytest.fixture
+def full_gateway(full: FullRedis) -> Iterator[GatewayThread]:
+    settings = GatewaySettings(redis_url=full.url, tokens={TOKEN: "team"})
+    with GatewayThread(create_gateway(settings)) as server:
+        yield server
+
+
+def test_the_gateway_answers_503_with_retry_after(full: FullRedis, full_gateway: GatewayThread) -> None:
+    full.fill(0.95)
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx2.Client(base_url=full_gateway.url, headers=headers, timeout=30) as http:
+        for path, body in (("/v1/jobs", _job("gw")), ("/v1/chat/completions", chat)):
+            response = http.post(path, json=body)
+            assert response.status_code == 503, response.text
+            assert int(response.headers["retry-after"]) >= 1
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"}
+            assert error["code"] == "redis_full" and error["type"] == "server_error"
+            assert "is full" in error["message"]
+        metrics = http.get("/metrics").text
+    assert 'llmq_gateway_submits_refused_total{code="redis_full"} 2.0' in metrics
+    assert not _registered(full, "team:gw")
+
+    sdk = openai.OpenAI(base_url=f"{full_gateway.url}/v1", api_key=TOKEN, max_retries=0, timeout=30)
+    try:
+        with pytest.raises(openai.InternalServerError) as caught:
+            sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert caught.value.status_code == 503 and caught.value.response.headers["retry-after"]
+    finally:
+        sdk.close()
+
+
+# --- with a worker: running jobs finish, a batch pauses and resumes -----------------------------------------
+
+
+def test_at_the_watermark_running_jobs_finish_while_new_submits_are_refused(
+    full: FullRedis, full_worker: object, simulator: SimulatorThread
+) -> None:
+    simulator.simulator.config.tokens_per_s = 20  # ~1 s per job: they are running when Redis fills
+    with Client(settings=_settings(full)) as client:
+        handles = [client.submit(_job(f"run-{i}")) for i in range(8)]
+        until(lambda: all(full.redis.exists(JobKeys(h.id).events) for h in handles), "every job started", HANG_GUARD_S)
+        full.fill(0.92)
+        with pytest.raises(RedisFullError):
+            client.submit(_job("late"))
+        results = [h.result(timeout=HANG_GUARD_S) for h in handles]
+        assert [r.status for r in results] == ["succeeded"] * 8
+        assert full.used_share() < 1.0  # they had the room above the watermark
+        assert not _registered(full, "late")
+
+
+class _Recorder(BatchProgress):
+    """The batch's progress as a test sees it: its messages, and a hook on its counters."""
+
+    def __init__(self, on_update: Any) -> None:
+        super().__init__(io.StringIO(), tty=False, enabled=False)
+        self.messages: list[str] = []
+        self._on_update = on_update
+
+    def update(self, c: BatchCounters, *, force: bool = False) -> None:
+        self._on_update(c)
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+def test_a_batch_pauses_at_the_watermark_and_resumes_every_line_once(
+    full: FullRedis, full_worker: object, tmp_path: Path
+) -> None:
+    lines = 40
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"custom_id": f"c{i}", "prompt": f"line {i}"}) + "\n" for i in range(lines)))
+    output = tmp_path / "out.jsonl"
+    filled = threading.Event()
+
+    def fill_midway(c: BatchCounters) -> None:  # runs on the batch's thread, between submits
+        if c.succeeded >= 10 and not filled.is_set():
+            full.fill(0.93)
+            filled.set()
+
+    progress = _Recorder(fill_midway)
+    outcome: dict[str, Any] = {}
+    with Client(settings=_settings(full)) as client:
+        client.memory.retry_after_s = 0.2  # retry quickly once memory frees (the default is 5 s)
+
+        def run() -> None:
+            try:
+                outcome["summary"] = run_batch(
+                    source, output, model=MODEL, window=4, client=client, progress=progress, handle_signals=False
+                )
+            except BaseException as exc:  # reported by the test
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        until(lambda: any("paused at line" in m for m in progress.messages), "the batch to pause", HANG_GUARD_S)
+        full.free()
+        thread.join(HANG_GUARD_S)
+        assert not thread.is_alive() and "error" not in outcome, outcome
+    summary = outcome["summary"]
+    assert summary.complete and summary.succeeded == lines and summary.pauses >= 1
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert sorted(r["custom_id"] for r in records) == sorted(f"c{i}" for i in range(lines))  # each once
+    assert any("resumed at line" in m for m in progress.messages)
+    paused = next(m for m in progress.messages if "paused at line" in m)
+    assert "is full" in paused and 10 < int(paused.split("paused at line ")[1].split(":")[0]) < lines
