@@ -18,7 +18,7 @@ from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 from redis.typing import EncodableT
 
-from producers.errors import InvalidJobError
+from producers.errors import InvalidJobError, in_cause_chain
 from producers.sentevents import SentEvents
 from producers.settings import ProducerSettings, producer_settings
 from producers.tracing import monitor_content, producer_tracer, send_options
@@ -165,7 +165,8 @@ class ClientCore:
         high, every = self.settings.redis_high_watermark, self.settings.redis_memory_check_s
         self.memory = MemoryWatermark(high, setting="LLMQ_REDIS_URL", interval_s=every)
         self.broker_memory: MemoryWatermark | None = None
-        if self.broker_url != self.redis_url and not is_amqp(self.broker_url):
+        self._amqp = is_amqp(self.broker_url)
+        if self.broker_url != self.redis_url and not self._amqp:
             self.broker_memory = MemoryWatermark(high, setting="LLMQ_BROKER_URL", interval_s=every)
 
     # --- submit ---------------------------------------------------------------------------------
@@ -194,21 +195,46 @@ class ClientCore:
 
     def send(self, job: CompletionJob) -> None:
         """Send the job's Celery message (synchronous: kombu has no asyncio API). A Redis queue at
-        ``maxmemory`` refusing it is :class:`RedisFullError` (kombu raises its ``OperationalError``)."""
+        ``maxmemory`` refusing it is :class:`RedisFullError`.
+
+        On a Redis broker kombu's own publish retry is off and this method rides out a restart
+        itself (for up to :data:`SUBMIT_RIDE_OUT_S`, like the registration): kombu retries a refused
+        write as a lost connection, and when the refusal hits its declaration of the queue (a write:
+        the binding) it closes the channel the publish goes on to use, which then fails with an
+        ``AttributeError`` instead of the refusal. RabbitMQ keeps kombu's retry.
+        """
         payload = job.model_dump(mode="json", exclude_none=True)
-        try:
-            self.celery.send_task(
-                TASK_NAME,
-                args=[payload],
-                task_id=job.id,
-                queue=self.queue,
-                event_dispatcher=self.sent_events,
-                **send_options(payload, content=self._monitor_content),
-            )
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                raise (self.broker_memory or self.memory).full_error(refused_by="queueing the job") from exc
-            raise
+        options = send_options(payload, content=self._monitor_content)
+        if self._amqp:
+            self._send_task(job, payload, options, retry=True)
+            return
+        deadline = time.monotonic() + SUBMIT_RIDE_OUT_S
+        backoff = RECONNECT_FIRST_S
+        while True:
+            try:
+                self._send_task(job, payload, options, retry=False)
+                return
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise (self.broker_memory or self.memory).full_error(refused_by="queueing the job") from exc
+                if (
+                    not in_cause_chain(exc, lambda e: isinstance(e, REDIS_DOWN))
+                    or time.monotonic() + backoff >= deadline
+                ):
+                    raise
+            time.sleep(backoff)
+            backoff = next_backoff(backoff)
+
+    def _send_task(self, job: CompletionJob, payload: dict[str, Any], options: dict[str, Any], *, retry: bool) -> None:
+        self.celery.send_task(
+            TASK_NAME,
+            args=[payload],
+            task_id=job.id,
+            queue=self.queue,
+            event_dispatcher=self.sent_events,
+            retry=retry,
+            **options,
+        )
 
     # --- read -------------------------------------------------------------------------------------
 

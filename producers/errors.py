@@ -8,9 +8,10 @@ batch`` pauses on it, the gateway answers it with ``Retry-After``, the CLI exits
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-__all__ = ["InvalidJobError", "RedisFullError", "SubmitRefusedError"]
+__all__ = ["InvalidJobError", "RedisFullError", "SubmitRefusedError", "in_cause_chain"]
 
 
 class InvalidJobError(ValueError):
@@ -59,3 +60,16 @@ class RedisFullError(SubmitRefusedError):
         self.used_bytes = used_bytes
         self.max_bytes = max_bytes
         self.setting = setting
+
+
+def in_cause_chain(exc: BaseException, match: Callable[[BaseException], bool]) -> bool:
+    """True when ``match`` holds for ``exc`` or anything it was raised from or during (kombu and
+    Celery wrap redis-py's errors in their own)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if match(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

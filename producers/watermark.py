@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from producers.errors import RedisFullError
+from producers.errors import RedisFullError, in_cause_chain
 
 __all__ = [
     "REDIS_FULL_RETRY_AFTER_S",
@@ -58,14 +58,7 @@ _OOM_TEXT = "> 'maxmemory'"
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True when ``exc`` (or anything in its cause chain) is Redis refusing a write at ``maxmemory``."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, redis.OutOfMemoryError) or _OOM_TEXT in str(current):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return in_cause_chain(exc, lambda e: isinstance(e, redis.OutOfMemoryError) or _OOM_TEXT in str(e))
 
 
 @dataclass(frozen=True, slots=True)

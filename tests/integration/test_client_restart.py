@@ -16,12 +16,14 @@ import threading
 import time
 
 import pytest
+import redis
 
 from llmq.devstack import LocalStack
 from llmq.localredis import ManagedRedis, ping
 from producers import AsyncClient, Client
+from producers.settings import ProducerSettings
 from tests.support.waits import until
-from workers.contract import TERMINAL_EVENT_TYPES, StreamEvent
+from workers.contract import DEFAULT_QUEUE, TERMINAL_EVENT_TYPES, JobKeys, StreamEvent
 
 pytestmark = pytest.mark.slow
 
@@ -100,3 +102,38 @@ def test_a_streaming_consumer_rides_out_a_redis_restart(flavour: str) -> None:
             assert result.status == "succeeded"
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_submit_rides_out_its_job_queue_restarting_between_registration_and_send(flavour: str) -> None:
+    """The job queue on a Redis of its own (``LLMQ_BROKER_URL``) is down when the message is sent (the
+    registration, in ``LLMQ_REDIS_URL``, went through): the submit waits for it and sends once."""
+    state = ManagedRedis().start()
+    broker = ManagedRedis(durable=True).start()
+    broker.kill()  # down; started again on the same port below
+    restarter = threading.Timer(OUTAGE_S, broker.start)
+    try:
+        settings = ProducerSettings(redis_url=state.url, broker_url=broker.url)
+        job = {"model": MODEL, "messages": [{"role": "user", "content": "go"}], "id": f"send-{flavour}"}
+        restarter.start()
+        if flavour == "sync":
+            with Client(settings=settings) as client:
+                assert client.submit(job).enqueued
+        else:
+
+            async def submit() -> bool:
+                async with AsyncClient(settings=settings) as client:
+                    return (await client.submit(job)).enqueued
+
+            assert asyncio.run(submit())
+        restarter.join()
+        queued = redis.Redis.from_url(broker.url)
+        assert queued.llen(DEFAULT_QUEUE) == 1  # sent once
+        queued.close()
+        meta = redis.Redis.from_url(state.url)
+        assert meta.hget(JobKeys(job["id"]).meta, "sent") == b"1"
+        meta.close()
+    finally:
+        restarter.cancel()
+        broker.stop()
+        state.stop()
