@@ -20,6 +20,7 @@ from producers.core import (
     RESULT_RIDE_OUT_S,
     SUBMIT_RIDE_OUT_S,
     ClientCore,
+    models_error,
     next_backoff,
 )
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
@@ -91,10 +92,17 @@ class AsyncClient(ClientCore):
         missing = await self._tools.missing_async(self.redis, valid.worker_tools)
         if missing:
             raise InvalidJobError(*missing_tools_error(valid, missing))
+        await self.check_models(valid)
         refused = await self._providers.check_async(self.redis, valid)
         if refused is not None:
             raise InvalidJobError(*capability_error(valid, refused))
         return valid
+
+    async def check_models(self, job: CompletionJob) -> None:
+        """Refuse model names the workers do not accept (see ``Client.check_models``)."""
+        problems = await self.catalog.problems_async(self.redis, job)
+        if problems:
+            raise models_error(problems)
 
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
         """Validate and enqueue ``job`` (see ``Client.submit``; raises :class:`RedisFullError` alike)."""

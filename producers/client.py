@@ -33,6 +33,7 @@ from producers.core import (
     SUBMIT_RIDE_OUT_S,
     ClientCore,
     make_celery,
+    models_error,
     next_backoff,
     validate_job,
 )
@@ -125,17 +126,27 @@ class Client(ClientCore):
         """Every check :meth:`submit` makes, nothing enqueued: the job as it would be sent.
 
         Resolves a ``prompt`` label (for the job's id, so a traffic split picks what submit would),
-        checks the variables against that version's schema and that the worker tools it names are
-        registered by a live worker. Raises :class:`InvalidJobError` naming each field.
+        checks the variables against that version's schema, that the worker tools it names are
+        registered by a live worker, and that the workers accept its model names (provider names,
+        route aliases, bare names, prices: :meth:`check_models`). Raises :class:`InvalidJobError`
+        naming each field.
         """
         valid = self.stamped(self.prompts.prepare(job_data(job, overrides)))
         missing = self._tools.missing(self.redis, valid.worker_tools)
         if missing:
             raise InvalidJobError(*missing_tools_error(valid, missing))
+        self.check_models(valid)
         refused = self._providers.check(self.redis, valid)
         if refused is not None:
             raise InvalidJobError(*capability_error(valid, refused))
         return valid
+
+    def check_models(self, job: CompletionJob) -> None:
+        """Refuse model names the workers do not accept (:class:`InvalidJobError`, with the nearest
+        known names); cheap: the workers' catalog is cached (``producers/catalog.py``)."""
+        problems = self.catalog.problems(self.redis, job)
+        if problems:
+            raise models_error(problems)
 
     def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> JobHandle:
         """Validate and enqueue ``job``; a second submit of the same id does not run it twice.

@@ -18,6 +18,7 @@ from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 from redis.typing import EncodableT
 
+from producers.catalog import LiveCatalog
 from producers.errors import InvalidJobError, in_cause_chain
 from producers.sentevents import SentEvents
 from producers.settings import ProducerSettings, producer_settings
@@ -42,6 +43,7 @@ __all__ = [
     "SUBMIT_RIDE_OUT_S",
     "ClientCore",
     "make_celery",
+    "models_error",
     "validate_job",
 ]
 
@@ -106,6 +108,12 @@ def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> Compl
         raise InvalidJobError(f"invalid job: {problems}", [dict(e) for e in exc.errors(include_url=False)]) from None
 
 
+def models_error(problems: list[dict[str, Any]]) -> InvalidJobError:
+    """The ``InvalidJobError`` for model names the workers refuse (``producers/catalog.py``)."""
+    text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in problems)
+    return InvalidJobError(f"invalid job: {text}", problems)
+
+
 def make_celery(broker_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
     """A send-only Celery app matching the worker's wire settings (JSON, same queue); a
     ``sentinel://`` URL (``workers/connections/redisurl.py``) reaches the master through the sentinels;
@@ -157,6 +165,10 @@ class ClientCore:
         self.sent_events: SentEvents | None = None
         if self.settings.task_events and self.settings.task_events_flush_ms > 0:
             self.sent_events = SentEvents(self.celery, period_s=self.settings.task_events_flush_ms / 1000)
+        #: The model names the workers of this queue accept, checked before anything is enqueued.
+        self.catalog = LiveCatalog(
+            self.queue, config_path=self.settings.config, default_model=self.settings.default_model
+        )
         #: Submit spans (``producers/tracing.py``): the OTEL_* configured tracer, or a no-op.
         self.tracer = tracer or producer_tracer()
         self._monitor_content = monitor_content()

@@ -39,6 +39,11 @@ class ProducerSettings(BaseSettings):
     history_days: int = Field(default=7, ge=0, le=366)
     #: Seconds a connection attempt to Redis may take before the producer reports it unreachable.
     redis_connect_timeout_s: float = Field(default=5.0, gt=0)
+    #: The workers' config file (``LLMQ_CONFIG``): read for the model names it allows while no worker
+    #: has published its own (``producers/catalog.py``).
+    config: str | None = None
+    #: What ``default`` means to the workers (``LLMQ_DEFAULT_MODEL``, the same variable).
+    default_model: str = "openai:gpt-4o-mini"
     #: ``llmq submit``: seconds without a sign of a worker on the queue before it says so on stderr.
     worker_check_s: float = Field(default=3.0, gt=0)
     #: Send a Celery ``task-sent`` event with each job, for Flower (``LLMQ_TASK_EVENTS``, shared with

@@ -41,19 +41,28 @@ Example::
     modules = ["workers.tools.examples"]   # imported at worker start (also LLMQ_TOOLS)
     timeout_s = 30
 
-Every table forbids unknown keys, so a typo fails at start-up with the key's dotted path.
+    [model_families]              # a bare model name -> the provider that serves it (first match wins,
+    "llama*" = "ollama"           # then the built-in gpt-*, chatgpt-*, o[0-9]* -> openai, claude-* -> anthropic)
+
+Every table forbids unknown keys, so a typo fails at start-up with the key's dotted path and the
+nearest known key ("did you mean max_retries?").
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
+import types
+import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workers.contract import split_model_id
+from workers.contract.catalog import close_names
 from workers.contract.providers import ProviderSpec, check_provider_names
 from workers.llm.errors import ConfigurationError
 
@@ -225,6 +234,9 @@ class LLMQConfig(_Strict):
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     #: Webhooks: named endpoints, per-tenant defaults, retries (:class:`WebhooksConfig`).
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    #: Bare model names -> provider, by ``fnmatch`` pattern, before the built-in families
+    #: (``workers/contract/catalog.py``): ``"llama*" = "ollama"``.
+    model_families: dict[str, str] = Field(default_factory=dict)
     #: Seconds a retry may sleep inside the worker; longer waits re-queue the job.
     max_inworker_wait_s: Annotated[float, Field(ge=0)] = 10.0
     #: Re-queues a job may take for such waits; one more ends it failed (``requeue_limit``), so a
@@ -254,11 +266,61 @@ class LLMQConfig(_Strict):
             split_model_id(model)
         return models
 
+    @field_validator("model_families")
+    @classmethod
+    def _families(cls, families: dict[str, str]) -> dict[str, str]:
+        for pattern, provider in families.items():
+            if not pattern.strip():
+                raise ValueError("a model family's pattern must not be empty")
+            if not _PROVIDER.match(provider):
+                raise ValueError(f"{pattern!r} = {provider!r}: the value must be a provider name such as 'openai'")
+        return families
+
     def model(self, model_id: str) -> ModelConfig:
         return self.models.get(model_id) or _EMPTY_MODEL
 
 
 _EMPTY_MODEL = ModelConfig()
+_PROVIDER = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``Annotated[X, ...]`` and ``X | None`` -> ``X``."""
+    while typing.get_origin(annotation) in (Annotated, typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _table_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
+    """The keys the table at ``loc`` (an unknown key's location, without the key) may hold."""
+    annotation: Any = model
+    for part in loc:
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]  # ``part`` is a key of the mapping
+        else:
+            return []
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _problem(err: Any) -> str:
+    """One validation error as ``dotted.path: message``, an unknown key with the nearest known one."""
+    loc = err["loc"]
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden" and loc:
+        close = close_names(str(loc[-1]), _table_keys(LLMQConfig, loc[:-1]))
+        if close:
+            return f"{where}: unknown key (did you mean {close[0]!r}?)"
+        return f"{where}: unknown key"
+    return f"{where}: {err['msg']}"
 
 
 def load_config(path: str | Path | None) -> LLMQConfig:
@@ -274,7 +336,5 @@ def load_config(path: str | Path | None) -> LLMQConfig:
     try:
         return LLMQConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigurationError(f"invalid config file {path}: {problems}") from None

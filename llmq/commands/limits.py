@@ -1,6 +1,6 @@
 """``llmq limits``: what the shared guards say about each model right now.
 
-    llmq limits [--json] [MODEL ...]
+    llmq limits [--json] [MODEL ...]     (provider:model, a route alias or a bare name, resolved as jobs are)
 
 For every model in ``LLMQ_CONFIG`` (its ``[models]`` and routes) and every model with guard state
 in Redis (or just the ones named): the circuit breaker (closed / open / half-open, for how long,
@@ -25,7 +25,12 @@ _TAGGED = re.compile(rb"^llmq:(?:cb|nb|rl):\{(.+?)\}")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("limits", help="circuit breakers, 429 holds and rate buckets per model")
-    p.add_argument("models", nargs="*", metavar="MODEL", help="provider:model (default: all known)")
+    p.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="provider:model, a route alias or a bare model name (default: all known)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -95,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from workers.contract import split_model_id
+    from workers.contract.catalog import UnknownModelError, catalog_from_config
     from workers.guards.breaker import CircuitBreaker
     from workers.guards.ratelimit import RateLimiter
     from workers.llm.errors import ConfigurationError
@@ -112,15 +117,15 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         config = load_config(settings.config)
-        for model in args.models:
-            split_model_id(model)
-        models = args.models or _known_models(client, config)
+        catalog = catalog_from_config(config.model_dump(), default_model=settings.default_model)
+        named = [model_id for name in args.models for model_id in catalog.resolve(name)]  # the jobs' own rule
+        models = list(dict.fromkeys(named)) or _known_models(client, config)
         limiter, breaker = RateLimiter(client), CircuitBreaker(client)
         rows = [describe_model(m, config, limiter, breaker) for m in models]
     except redis.RedisError as exc:
         print(f"llmq limits: Redis at {settings.redis_url} is not reachable: {exc}", file=sys.stderr)
         return 1
-    except (ConfigurationError, ValueError) as exc:
+    except (ConfigurationError, UnknownModelError, ValueError) as exc:
         print(f"llmq limits: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -2,13 +2,16 @@
 
 Three line shapes are accepted, told apart by their keys:
 
-* OpenAI Batch: ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {...}}``;
-  a bare ``body.model`` is an OpenAI model (``gpt-4o-mini`` -> ``openai:gpt-4o-mini``).
-* Anthropic Message Batches request entry: ``{"custom_id", "params": {...}}``; a bare
-  ``params.model`` is an Anthropic model. ``system``, text blocks, ``tool_use`` and
-  ``tool_result`` blocks are translated to OpenAI-style messages.
+* OpenAI Batch: ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {...}}``.
+* Anthropic Message Batches request entry: ``{"custom_id", "params": {...}}``. ``system``, text
+  blocks, ``tool_use`` and ``tool_result`` blocks are translated to OpenAI-style messages.
 * Plain: ``{"custom_id", "prompt", "model"?, "system"?, "max_tokens"?, "temperature"?, ...}``
-  (or ``messages`` instead of ``prompt``); ``model`` is an llmqueue model id or route alias.
+  (or ``messages`` instead of ``prompt``).
+
+A model is named as everywhere else (``workers/contract/catalog.py``): ``provider:model``, a route
+alias, or a bare name of a model family (``gpt-4o-mini`` -> ``openai:gpt-4o-mini``,
+``claude-sonnet-4-5`` -> ``anthropic:claude-sonnet-4-5``), checked against the workers' catalog in
+the validation pass.
 
 Request parameters travel in each shape's own spelling: OpenAI ``response_format``,
 ``tool_choice``, ``parallel_tool_calls``, ``stop``, ``top_p``, ``seed``, ``user``, ``reasoning_effort``
@@ -33,7 +36,6 @@ from workers.contract import CompletionJob
 __all__ = ["CHAT_COMPLETIONS_URL", "LineError", "LineIssue", "ParsedLine", "parse_line"]
 
 CHAT_COMPLETIONS_URL = "/v1/chat/completions"
-_PROVIDERS = ("openai:", "anthropic:", "ollama:")
 _MAX_CUSTOM_ID = 256
 
 # body/params fields that have no effect on a batch run
@@ -178,12 +180,6 @@ def _check_keys(draft: _Draft, obj: dict[str, Any], known: set[str], prefix: str
             draft.issue("unsupported_field", f"{prefix}{key} is not supported by llmqueue", f"{prefix}{key}")
 
 
-def _provider_model(value: Any, provider: str) -> Any:
-    if isinstance(value, str) and value and not value.startswith(_PROVIDERS):
-        return f"{provider}:{value}"
-    return value
-
-
 def _from_openai(draft: _Draft, data: dict[str, Any]) -> None:
     _check_keys(draft, data, {"custom_id", "method", "url", "body"}, "")
     if data.get("method", "POST") != "POST":
@@ -203,7 +199,7 @@ def _from_openai(draft: _Draft, data: dict[str, Any]) -> None:
     if body.get("reasoning_effort") is not None:
         draft.set("reasoning", {"effort": body["reasoning_effort"]}, "body.reasoning_effort")
     if "model" in body:
-        draft.set("model", _provider_model(body["model"], "openai"), "body.model")
+        draft.set("model", body["model"], "body.model")
     for name in ("max_completion_tokens", "max_tokens", "temperature", "metadata"):
         if body.get(name) is not None:
             target = "max_tokens" if name == "max_completion_tokens" else name
@@ -265,7 +261,7 @@ def _from_anthropic(draft: _Draft, data: dict[str, Any]) -> None:
     _check_keys(draft, params, _ANTHROPIC_KNOWN, "params.")
     _anthropic_params(draft, params)
     if "model" in params:
-        draft.set("model", _provider_model(params["model"], "anthropic"), "params.model")
+        draft.set("model", params["model"], "params.model")
     for name in ("max_tokens", "temperature"):
         if params.get(name) is not None:
             draft.set(name, params[name], f"params.{name}")

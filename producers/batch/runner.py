@@ -83,8 +83,12 @@ def job_issue(line: int, custom_id: str, exc: InvalidJobError) -> LineIssue:
     param = ".".join(loc) or None
     if loc[:1] == ["prompt"]:
         code = "invalid_prompt"
+    elif first.get("type") == "unknown_tool":
+        code = "unknown_tool"
+    elif first.get("type") in ("unknown_model", "unknown_provider", "unpriced_model"):
+        return LineIssue(line, str(first["type"]), str(first["msg"]), param, custom_id)  # the model, named once
     else:
-        code = "unknown_tool" if first.get("type") == "unknown_tool" else "invalid_job"
+        code = "invalid_job"
     return LineIssue(line, code, str(exc).removeprefix("invalid job: "), param or "prompt", custom_id)
 
 
@@ -185,11 +189,14 @@ class BatchRunner:
         return s
 
     def _producer_checks(self, parsed: ParsedLine) -> list[LineIssue]:
-        """What ``Client.submit`` would refuse (prompt variables, unknown worker tools), for pass one."""
-        if parsed.job.prompt is None and not parsed.job.tools:
-            return []
-        job = parsed.job.model_copy(update={"id": job_id_for(self.summary.batch_id, parsed.custom_id)})
+        """What ``Client.submit`` would refuse (model names, prompt variables, unknown worker tools), for
+        pass one; the model names of every line (cheap: the workers' catalog is cached), the rest only
+        for lines that use a prompt or tools."""
         try:
+            if parsed.job.prompt is None and not parsed.job.tools:
+                self.client.check_models(parsed.job)
+                return []
+            job = parsed.job.model_copy(update={"id": job_id_for(self.summary.batch_id, parsed.custom_id)})
             self.client.validate(job)
         except InvalidJobError as exc:
             return [job_issue(parsed.line, parsed.custom_id, exc)]

@@ -10,6 +10,7 @@ server's own event loop (the Redis client, the shared pub/sub hub). Routes:
 * ``GET /ui`` (the browser job view: a page and a script, no token needed to load it; every
   ``/v1/`` call it makes carries the token the user gives it) - :mod:`.ui`;
 * ``POST /v1/chat/completions`` (OpenAI-compatible, streaming or not) - :mod:`.chat`;
+* ``GET /v1/models``, ``GET /v1/models/{model}`` (what the workers accept, in OpenAI's shape) - :mod:`.models`;
 * ``GET /metrics`` (Prometheus) and ``GET /healthz``, without a token: Prometheus and health
   checks reach the gateway directly; ``ops/nginx.conf`` does not publish ``/metrics``.
 
@@ -38,6 +39,7 @@ from producers.gateway.errors import GatewayError, error_for_refusal, error_resp
 from producers.gateway.history import list_jobs, replay_job
 from producers.gateway.jobs import cancel_job, get_job, job_events, submit_job
 from producers.gateway.metrics import GatewayMetrics, MetricsMiddleware
+from producers.gateway.models import list_models, retrieve_model
 from producers.gateway.panels import budget, queues, whoami
 from producers.gateway.settings import GatewaySettings
 from producers.gateway.state import Gateway, Panels, gateway_of
@@ -105,6 +107,8 @@ def create_gateway(
             Route("/ui", page, methods=["GET"]),
             Route("/ui/config.json", ui_config, methods=["GET"]),
             Route("/ui/{name}", asset, methods=["GET"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         ],
         middleware=[Middleware(MetricsMiddleware, metrics=gateway.metrics), Middleware(AuthMiddleware, auth=auth)],
         exception_handlers={

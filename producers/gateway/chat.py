@@ -25,6 +25,7 @@ from producers.client import InvalidJobError
 from producers.gateway.body import problems_error, read_json_object
 from producers.gateway.errors import GatewayError, error_for_job
 from producers.gateway.feed import FeedError, JobFeed
+from producers.gateway.models import model_not_found
 from producers.gateway.openai_compat import (
     ChatStreamRenderer,
     completion_body,
@@ -38,6 +39,9 @@ from producers.gateway.tags import with_header_tags
 from producers.tracing import incoming_trace
 
 __all__ = ["chat_completions"]
+
+#: Refusals of the requested model itself (``producers/catalog.py``).
+_UNKNOWN = ("unknown_model", "unknown_provider", "unpriced_model")
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -83,6 +87,9 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
         job = with_header_tags(to_job(req, tenant=tenant), request.headers)
         handle = await gw.client.submit(job, **incoming_trace(request.headers))
     except InvalidJobError as exc:
+        unknown = [e for e in exc.errors if e.get("type") in _UNKNOWN and tuple(e.get("loc", ())) == ("model",)]
+        if unknown:  # as OpenAI answers a model it does not have: 404, code model_not_found
+            raise model_not_found(unknown[0]["msg"]) from None
         raise problems_error(exc.errors) from None
     job_id = handle.id
     gw.metrics.jobs_submitted.labels("chat").inc()

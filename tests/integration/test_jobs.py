@@ -156,14 +156,23 @@ def test_invalid_job_is_rejected_by_the_producer(client: Client, redis_client, j
     assert not redis_client.keys("llmq:job:*")
 
 
-def test_unknown_provider_fails_on_the_worker_without_hanging(worker, client: Client) -> None:
-    handle = client.submit(_job("nosuch:model-1"))
-    events = list(handle.stream(timeout=30))
+def test_unknown_provider_fails_on_the_worker_without_hanging(worker, client: Client, broker: Broker) -> None:
+    # the producer refuses it before enqueueing, knowing what the live workers accept...
+    with pytest.raises(InvalidJobError, match="unknown provider 'nosuch'"):
+        client.submit(_job("nosuch:model-1"))
+    # ...and one sent around that check (another language, an old version) still ends on the worker
+    app = make_celery(broker.url, broker.queue)
+    app.send_task(
+        TASK_NAME, args=[{**_job("nosuch:model-1"), "id": "nosuch-1"}], task_id="nosuch-1", queue=broker.queue
+    )
+    app.close()
+    handle = client.stream("nosuch-1", timeout=30)
+    events = list(handle)
     _assert_well_formed(events)
     assert events[-1].type == "error"
     assert events[-1].error.type == "configuration_error"
     assert "unknown provider 'nosuch'" in events[-1].error.message
-    result = handle.result(timeout=5)
+    result = client.result("nosuch-1", timeout=5)
     assert result.status == "failed" and result.error is not None and not result.error.retryable
 
 

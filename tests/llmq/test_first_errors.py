@@ -6,6 +6,7 @@ worker consuming a non-default queue.
 
 from __future__ import annotations
 
+import json
 import os
 import socketserver
 import subprocess
@@ -261,3 +262,30 @@ def test_a_queue_redis_of_its_own_is_checked_like_the_main_one(command: str, red
     broker = f"redis://:hunter2@127.0.0.1:{free_port()}/0"  # nothing listens there
     out = _llmq(*FIRST_COMMANDS[command], env={"LLMQ_REDIS_URL": redis_url, "LLMQ_BROKER_URL": broker})
     _one_line(out, [broker.replace("hunter2", "***"), "LLMQ_BROKER_URL"])
+
+
+def test_a_model_typo_is_refused_by_submit_and_batch_before_anything_runs(
+    worker: object, redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    env = {"LLMQ_REDIS_URL": redis_url, "LLMQ_QUEUE": "elsewhere"}  # (this module's worker consumes "elsewhere")
+    out = _llmq("submit", "hello", "--model", "gtp-4o-mini", "--no-wait", env=env)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown model 'gtp-4o-mini'" in lines[0] and "did you mean 'gpt-4o-mini'?" in lines[0]
+
+    source = tmp_path / "in.jsonl"
+    body = {"model": "gpt-4o-mni", "messages": [{"role": "user", "content": "hi"}]}
+    good = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {**body, "model": "gpt-4o"}}
+    bad = {
+        "custom_id": "b",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {**body, "model": "opneai:gpt-4o"},
+    }
+    source.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    batch = _llmq("batch", str(source), "-o", str(tmp_path / "out.jsonl"), env=env)
+    assert batch.returncode == 2, batch.stderr
+    assert (
+        "line 2, model: unknown provider 'opneai'" in batch.stderr and "did you mean 'openai:gpt-4o'?" in batch.stderr
+    )
+    assert not list(redis_client.scan_iter(match="llmq:job:*"))  # nothing enqueued by either

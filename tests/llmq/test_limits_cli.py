@@ -57,3 +57,15 @@ def test_limits_shows_what_every_worker_sees(redis_client: redis.Redis, redis_ur
     table = _limits(redis_url, config)
     assert table.returncode == 0 and "open" in table.stdout and "(server_error)" in table.stdout
     assert _limits(redis_url, config, "nonsense").returncode == 2
+
+
+def test_limits_reads_model_names_as_jobs_do(redis_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "llmq.toml"
+    config.write_text(CONFIG)
+    rows = json.loads(_limits(redis_url, config, "--json", "default", "gpt-4o-mini").stdout)
+    assert [r["model"] for r in rows] == ["openai:gpt-4o", "anthropic:claude-sonnet-4-5", "openai:gpt-4o-mini"]
+
+    typo = _limits(redis_url, config, "gtp-4o")
+    assert typo.returncode == 2
+    assert "is a route alias" not in typo.stderr
+    assert "unknown model 'gtp-4o'" in typo.stderr and "did you mean 'gpt-4o'?" in typo.stderr, typo.stderr

@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from workers.contract import Usage, base_model_name, split_model_id
+from workers.contract.catalog import PriceMatch, PriceTable, close_names
 from workers.llm.errors import ConfigurationError
 
 __all__ = [
@@ -219,14 +220,42 @@ class PriceBook:
                     self._cache[model] = price
         if price is None:  # only cached under "reject"; a fresh error each time
             provider, name = split_model_id(model)
+            close = close_names(base_model_name(name).lower(), self.table(provider).names, cutoff=0.8)
+            hint = f" (did you mean {provider}:{close[0]}?)" if close else ""
             raise ConfigurationError(
-                f"no price known for {model}: add input_per_mtok/output_per_mtok under "
-                f'[models."{model}"] in the config, or set [budget] unpriced = "allow_unpriced"',
+                f"no price known for {model}{hint}: a model the price table does not know needs "
+                f'input_per_mtok/output_per_mtok under [models."{model}"] in the config, or [budget] '
+                'unpriced = "allow_unpriced"',
                 provider=provider,
                 model=name,
                 code="unpriced_model",
             )
         return price
+
+    def table(self, provider: str) -> PriceTable:
+        """What this book knows of ``provider``'s model names (for suggestions, and producers' checks)."""
+        names = [key.partition(":")[2] for key in self._overrides if key.startswith(f"{provider}:")]
+        matches = [PriceMatch(kind="equals", text=name) for name in names if name != "*"]
+        genai = _genai_table(self._source(provider))
+        return PriceTable(names=sorted({*names, *genai.names} - {"*"}), matches=[*matches, *genai.matches])
+
+    def free_providers(self, providers: list[str]) -> list[str]:
+        """Those of ``providers`` whose every model has a price (local, or a ``provider:*`` price)."""
+        out = []
+        for provider in providers:
+            wildcard = self._overrides.get(f"{provider}:*")
+            priced = (
+                wildcard is not None and wildcard.input_per_mtok is not None and wildcard.output_per_mtok is not None
+            )
+            if self._is_local(provider) or priced:
+                out.append(provider)
+        return out
+
+    def _source(self, provider: str) -> PriceSource:
+        return self._sources.get(provider) or PriceSource(provider_id=provider)
+
+    def _is_local(self, provider: str) -> bool:
+        return self._source(provider).local or (provider in self.local_providers and provider not in self._sources)
 
     def context_window(self, model: str) -> int | None:
         return self.lookup(model).context_window
@@ -240,8 +269,8 @@ class PriceBook:
             or self._overrides.get(f"{provider}:*")
             or _NO_OVERRIDE
         )
-        source = self._sources.get(provider) or PriceSource(provider_id=provider)
-        local = source.local or (provider in self.local_providers and provider not in self._sources)
+        source = self._source(provider)
+        local = self._is_local(provider)
         known = None if local else _genai_lookup(source, base_model_name(name))
         if known is not None:
             price = replace(known, model=model)
@@ -273,6 +302,47 @@ class PriceBook:
         if o.context_window is not None:
             changes["context_window"] = o.context_window
         return replace(price, **changes) if changes else price
+
+
+def _genai_table(source: PriceSource) -> PriceTable:
+    """genai-prices' model ids for a price source and its match rules, flattened (empty when unknown)."""
+    from genai_prices import data_snapshot
+
+    if source.local:
+        return PriceTable()
+    try:
+        found = data_snapshot.get_snapshot().find_provider(None, source.provider_id, source.api_url)
+    except LookupError:
+        return PriceTable()
+    rules: list[PriceMatch] = []
+    for model in found.models:
+        _flatten(model.match, rules)
+    return PriceTable(names=sorted({m.id for m in found.models}), matches=rules)
+
+
+_CLAUSE_FIELDS = (
+    ("equals", "equals"),
+    ("starts_with", "starts_with"),
+    ("ends_with", "ends_with"),
+    ("contains", "contains"),
+    ("regex", "regex"),
+)
+
+
+def _flatten(clause: Any, out: list[PriceMatch]) -> None:
+    """A genai-prices clause tree as flat rules (``or`` and ``and`` alike: looser, never stricter)."""
+    for attr in ("or_", "and_"):
+        parts = getattr(clause, attr, None)
+        if parts is not None:
+            for part in parts:
+                _flatten(part, out)
+            return
+    for attr, kind in _CLAUSE_FIELDS:
+        text = getattr(clause, attr, None)
+        if isinstance(text, str):
+            out.append(PriceMatch(kind=kind, text=text))  # type: ignore[arg-type]
+            return
+    out.append(PriceMatch(kind="regex", text=""))  # a clause of a kind unknown here matches every name
 
 
 def _genai_lookup(source: PriceSource, name: str) -> ModelPrice | None:

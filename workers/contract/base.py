@@ -17,8 +17,9 @@ DEFAULT_QUEUE = "llmq"
 
 #: ``provider:model``.
 MODEL_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*:[^\s:][^\s]*$")
-#: A route alias (``default``, ``cheap``).
-ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+#: A route alias or a bare model name (``gpt-4o-mini``, ``llama3.1:8b``, ``gpt-4o~429@2``): resolved
+#: by the catalog (``workers/contract/catalog.py``), which refuses what nobody knows; never ending in ``:``.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9](?:[^\s]{0,198}[^\s:])?$")
 #: A metadata key that looks like a credential (refused: keys never travel in jobs).
 SECRET_KEY_PATTERN = re.compile(r"(?i)(api[_-]?key|authorization|secret|password|passwd|bearer|access[_-]?token)")
 #: A job id (the idempotency key; it names the job's Redis keys).
@@ -33,10 +34,10 @@ def new_job_id() -> str:
 
 
 def split_model_id(model: str) -> tuple[str, str]:
-    """``"openai:gpt-4o"`` -> ``("openai", "gpt-4o")``; an alias has no provider."""
+    """``"openai:gpt-4o"`` -> ``("openai", "gpt-4o")``; ValueError for a name without a provider."""
     provider, sep, name = model.partition(":")
-    if not sep:
-        raise ValueError(f"{model!r} is a route alias, not a provider:model id")
+    if not sep or not provider or not name:
+        raise ValueError(f"{model!r} is not a provider:model id (e.g. 'openai:gpt-4o')")
     return provider, name
 
 
@@ -50,10 +51,11 @@ def base_model_name(name: str) -> str:
 
 
 def check_model_ref(value: str) -> str:
-    if MODEL_ID_PATTERN.match(value) or ALIAS_PATTERN.match(value):
+    if MODEL_ID_PATTERN.match(value) or NAME_PATTERN.match(value):
         return value
     raise ValueError(
-        f"model {value!r} must be 'provider:model' (e.g. 'openai:gpt-4o') or a route alias (e.g. 'default')"
+        f"model {value!r} must be 'provider:model' (e.g. 'openai:gpt-4o'), a route alias (e.g. 'default') "
+        "or a model name (e.g. 'gpt-4o-mini')"
     )
 
 

@@ -4,8 +4,8 @@
 every layer a :class:`~workers.llm.model.ChatModel` wrapper, built per job from process-wide
 parts (providers, config, shared guards). Both the meter and the guard sit inside the retry loop,
 so every attempt is pre-counted and reserved, then admitted by the shared limits and breaker, and
-its outcome reported back. Route aliases are resolved here; an unknown provider or alias is a
-configuration error that fails the job before any request is made.
+its outcome reported back. Route aliases and bare names are resolved here (the contract's rule);
+an unknown provider, alias or name is a configuration error that fails the job before any request.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from opentelemetry.util.types import AttributeValue
 
 from workers.contract import CompletionJob, split_model_id
+from workers.contract.catalog import ModelCatalog, UnknownModelError
 from workers.guards.model import GuardedModel
 from workers.llm.errors import ConfigurationError
 from workers.llm.fallback import FallbackModel, SkipCheck
@@ -33,19 +34,15 @@ if TYPE_CHECKING:
 __all__ = ["Instrumentation", "build_chain", "resolve_chain", "retry_policy_for"]
 
 
-def resolve_chain(job: CompletionJob, config: LLMQConfig, default_model: str) -> list[str]:
-    """The job's ``provider:model`` ids in order, aliases expanded, duplicates dropped."""
+def resolve_chain(job: CompletionJob, catalog: ModelCatalog) -> list[str]:
+    """The job's ``provider:model`` ids in order (aliases and bare names resolved by the contract's one
+    rule, :meth:`ModelCatalog.resolve`), duplicates dropped; an unknown name is a ConfigurationError."""
     chain: list[str] = []
     for ref in job.chain:
-        if ":" in ref:
-            expanded = [ref]
-        elif ref in config.routes:
-            expanded = config.routes[ref]
-        elif ref == "default":
-            expanded = [default_model]
-        else:
-            known = ", ".join(sorted({*config.routes, "default"}))
-            raise ConfigurationError(f"unknown route alias {ref!r} (known: {known})")
+        try:
+            expanded = catalog.resolve(ref)
+        except UnknownModelError as exc:
+            raise ConfigurationError(str(exc), code=exc.code) from None
         for model_id in expanded:
             if model_id not in chain:
                 chain.append(model_id)

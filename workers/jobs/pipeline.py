@@ -287,7 +287,7 @@ class JobRunner:
             remaining = run.ctx.remaining()
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceededError("the job's deadline passed while it was queued")
-            chain = resolve_chain(job, self.res.config, self.res.settings.default_model)
+            chain = resolve_chain(job, self.res.catalog)
             _check_capabilities(job, chain, self._providers)
             meter = run.meter = Meter(
                 job, self.res.counter, self.res.prices, self.res.ledger, run.ctx, self.res.metrics.usage

@@ -20,6 +20,7 @@ from workers.accounting.metrics import UsageMetrics
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.contract import CompletionResult
+from workers.contract.catalog import ModelCatalog
 from workers.guards.shared import SharedGuards
 from workers.jobs.decisions import DecisionMetrics
 from workers.jobs.flushbatch import FlushBatcher
@@ -85,6 +86,11 @@ class JobResources(Protocol):
 
     @property
     def metrics(self) -> JobMetricsSink: ...
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        """The model names this worker accepts: what resolves a job's aliases and bare names."""
+        ...
 
     @property
     def tracer(self) -> Tracer: ...

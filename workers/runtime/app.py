@@ -165,9 +165,10 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
         resources = worker_app.llmq.resources()
     except ConfigurationError as exc:
         # Celery logs and swallows a signal handler's exceptions; a worker that cannot load its
-        # configuration or tool modules must not start taking jobs
-        logging.getLogger("llmq.worker").critical("worker cannot start: %s", exc)
-        raise SystemExit(f"llmq worker cannot start: {exc}") from exc
+        # configuration or tool modules must not start taking jobs. Said once, by the log line (a
+        # SystemExit message would print it again); the exit status says it failed.
+        logging.getLogger("llmq.worker").critical("llmq worker cannot start: %s", exc)
+        raise SystemExit(1) from exc
     port = settings.metrics_port
     if port:
         serve_metrics(resources.metrics.registry, port)

@@ -30,8 +30,10 @@ from workers.accounting.ledger import Ledger, ReplicaWait, configured_ledger
 from workers.accounting.prices import PriceBook, price_sources
 from workers.accounting.tokens import TokenCounter
 from workers.connections.redisclient import redis_client
+from workers.contract.catalog import ModelCatalog
 from workers.contract.providers import PROVIDERS_KEY, ProviderSpec, provider_infos
 from workers.guards.shared import SharedGuards
+from workers.jobs.catalog import worker_catalog
 from workers.jobs.events import flush_batcher
 from workers.jobs.flushbatch import FlushBatcher
 from workers.jobs.heartbeat import ClaimHeartbeat
@@ -42,6 +44,7 @@ from workers.llm.httpclient import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
 from workers.llm.tracing import NO_TRACER
 from workers.routes import LLMQConfig, load_config
+from workers.runtime.presence import PresencePublisher
 from workers.runtime.telemetry import (
     BreakerCollector,
     RateAdmissionsCollector,
@@ -168,6 +171,8 @@ class WorkerResources:
     prices: PriceBook
     ledger: Ledger
     metrics: WorkerMetrics
+    #: The model names this worker accepts (workers/jobs/catalog.py), published with its presence.
+    catalog: ModelCatalog
     cancel_watcher: CancelWatcher | None = None
     #: Breaker, not-before times and RPM/TPM buckets shared with every worker (workers/guards/shared.py).
     guards: SharedGuards | None = None
@@ -176,6 +181,8 @@ class WorkerResources:
     #: The worker tools this process imported, and the thread publishing them to Redis.
     tools: Toolbox | None = None
     tools_publisher: RegistryPublisher | None = None
+    #: Keeps this worker's queue and catalog in Redis for producers (workers/runtime/presence.py).
+    presence: PresencePublisher | None = None
     #: Delivers the webhooks of ended jobs, off the jobs' path (workers/runtime/webhooks.py).
     deliverer: WebhookDeliverer | None = None
     #: The jobs' event flushes, pipelined together (``LLMQ_BATCH_FLUSHES``; its thread starts on the first flush).
@@ -226,6 +233,13 @@ class WorkerResources:
         prices = PriceBook(config.models, unpriced=config.budget.unpriced, sources=price_sources(config.providers))
         with contextlib.suppress(Exception):  # warm genai-prices' data (~0.4 s) before the first job
             prices.lookup(settings.default_model)
+        try:  # a [model_families] entry naming no provider stops the worker here
+            catalog = worker_catalog(config, providers, prices, settings.default_model)
+        except BaseException:
+            providers.close()
+            http.close()
+            client.close()
+            raise
         ledger_client = redis_client(
             settings.redis_url,
             max_connections=settings.concurrency + 10,
@@ -255,11 +269,13 @@ class WorkerResources:
         heartbeat = ClaimHeartbeat(store, interval=settings.heartbeat_s)
         heartbeat.start()
         publish_providers(client, config.providers)
+        worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         publisher = None
         if len(tools.registry):
-            worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
             publisher = RegistryPublisher(client, worker_id, tools.infos())
             publisher.start()
+        presence = PresencePublisher(client, worker_id, [settings.queue], catalog)
+        presence.start()
         lease_stats = guards.leases.stats
         metrics.registry.register(RateAdmissionsCollector(lambda: (lease_stats.local, lease_stats.calls)))
         metrics.registry.register(BreakerCollector(guards.breakers_open))
@@ -277,11 +293,13 @@ class WorkerResources:
             prices=prices,
             ledger=ledger,
             metrics=metrics,
+            catalog=catalog,
             cancel_watcher=watcher,
             guards=guards,
             heartbeat=heartbeat,
             tools=tools,
             tools_publisher=publisher,
+            presence=presence,
             deliverer=deliverer,
             flusher=flush_batcher(client) if settings.batch_flushes else None,
             tracer_provider=build_tracer_provider(),
@@ -292,6 +310,8 @@ class WorkerResources:
             self.deliverer.stop()
         if self.tools_publisher is not None:
             self.tools_publisher.stop()
+        if self.presence is not None:
+            self.presence.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self.tracer_provider is not None:

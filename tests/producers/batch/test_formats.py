@@ -16,6 +16,7 @@ from producers.batch.progress import BatchCounters, BatchProgress
 from producers.batch.records import invalid_record, result_record
 from tests.support.doubles import FakeClock
 from workers.contract import Attempt, CompletionJob, CompletionResult, ErrorInfo, ToolCall, Usage
+from workers.contract.catalog import ModelCatalog
 
 CONFORMANCE = Path("/work/shared/conformance/batch")
 needs_conformance = pytest.mark.skipif(not CONFORMANCE.exists(), reason="conformance files not available")
@@ -44,7 +45,8 @@ def test_real_openai_batch_input_files_parse() -> None:
     expected = json.loads((CONFORMANCE / "openai_batch.expected.json").read_text())["openai_batch_input_01.jsonl"]
     parsed = [parse_line(raw, n) for n, raw in iter_lines(CONFORMANCE / "openai_batch_input_01.jsonl")]
     assert [p.custom_id for p in parsed] == expected["custom_ids"]  # the trailing blank line is skipped
-    assert all(p.kind == "openai" and p.job.model == "openai:gpt-4o-mini" for p in parsed)
+    assert all(p.kind == "openai" and p.job.model == "gpt-4o-mini" for p in parsed)
+    assert ModelCatalog().resolve(parsed[0].job.model) == ["openai:gpt-4o-mini"]  # the one rule, at run time
     assert parsed[0].job.max_tokens == 10 and [m.role for m in parsed[0].job.messages or []] == ["system", "user"]
     spec = [parse_line(raw, n) for n, raw in iter_lines(CONFORMANCE / "openai_batch_input_02_spec_example.jsonl")]
     assert spec[0].job.max_tokens == CompletionJob.model_fields["max_tokens"].default
@@ -56,7 +58,8 @@ def test_real_anthropic_request_entries_parse() -> None:
     parsed = [parse_line(json.dumps(r), i) for i, r in enumerate(body["requests"], 1)]
     assert [p.custom_id for p in parsed] == ["my-first-request", "my-second-request"]
     job = parsed[0].job
-    assert parsed[0].kind == "anthropic" and job.model == "anthropic:claude-3-5-sonnet-20240620"
+    assert parsed[0].kind == "anthropic" and job.model == "claude-3-5-sonnet-20240620"
+    assert ModelCatalog().resolve(job.model) == ["anthropic:claude-3-5-sonnet-20240620"]
     assert job.max_tokens == 1024 and job.messages is not None and job.messages[0].content == "Hello, world"
     assert job.metadata == {"custom_id": "my-first-request"}
 
@@ -74,20 +77,21 @@ def test_three_formats_give_the_same_job() -> None:
     ]
     dumps = [j.model_dump(exclude={"id", "model"}) for j in jobs]
     assert dumps[0] == dumps[1] == dumps[2]
-    assert [j.model for j in jobs] == ["openai:gpt-4o-mini", "anthropic:gpt-4o-mini", "openai:gpt-4o-mini"]
+    # a bare name means the same in every format (and everywhere else): no per-format provider
+    assert [j.model for j in jobs] == ["gpt-4o-mini", "gpt-4o-mini", "openai:gpt-4o-mini"]
 
 
 def test_model_rules() -> None:
     body = OPENAI_LINE["body"]
     with_fault = {**OPENAI_LINE, "body": {**body, "model": "gpt-4o-mini~401*"}}
-    assert parse_line(json.dumps(with_fault), 1).job.model == "openai:gpt-4o-mini~401*"
+    assert parse_line(json.dumps(with_fault), 1).job.model == "gpt-4o-mini~401*"
     explicit = {**OPENAI_LINE, "body": {**body, "model": "anthropic:claude-x"}}
     assert parse_line(json.dumps(explicit), 1).job.model == "anthropic:claude-x"
     no_model = {**OPENAI_LINE, "body": {"messages": body["messages"]}}
     assert parse_line(json.dumps(no_model), 1, default_model="cheap").job.model == "cheap"
     assert issues_of(no_model) == [("missing_model", "body.model")]
     # --model only fills in: it never replaces a line's own model
-    assert parse_line(json.dumps(OPENAI_LINE), 1, default_model="cheap").job.model == "openai:gpt-4o-mini"
+    assert parse_line(json.dumps(OPENAI_LINE), 1, default_model="cheap").job.model == "gpt-4o-mini"
 
 
 def test_openai_content_parts_developer_role_and_strict_tools() -> None:

@@ -105,7 +105,10 @@ def test_an_unknown_provider_type_names_the_setting(tmp_path: Path) -> None:
     [
         ('[providers.x]\ntype = "bedrock"\n', ["providers.x", "region"]),
         ('[providers.x]\ntype = "azure"\napi_key_env = "K"\n', ["providers.x", "base_url"]),
-        ('[providers.x]\ntype = "openai"\napi_key = "sk-secret"\n', ["providers.x.api_key", "not permitted"]),
+        (
+            '[providers.x]\ntype = "openai"\napi_key = "sk-secret"\n',
+            ["providers.x.api_key", "unknown key (did you mean 'api_key_env'?)"],
+        ),
         ('[providers.x]\ntype = "openai"\napi_key_env = "sk-1234 5678"\n', ["providers.x.api_key_env"]),
         (
             '[providers.x]\ntype = "openai"\nparams = ["temperature", "logit_bias"]\n',

@@ -1,0 +1,61 @@
+"""What an OpenAI SDK user does first: list the models, then call one by its bare name.
+
+The official ``openai`` SDK, unchanged, against the gateway; a real in-process worker with a config
+file behind it publishes what it accepts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.support.brokers import Broker
+from workers.settings import Settings
+
+
+@pytest.fixture
+def worker_settings(redis_url: str, broker: Broker, tmp_path: Path) -> Settings:
+    config = tmp_path / "llmq.toml"
+    config.write_text('[routes]\ncheap = ["openai:gpt-4o-mini"]\n\n[models."anthropic:claude-haiku-4-5"]\nrpm = 50\n')
+    return Settings(
+        redis_url=redis_url, broker_url=broker.url, queue=broker.queue, config=str(config),
+        pool="threads", concurrency=8, coalesce_ms=20.0,
+    )  # fmt: skip
+
+
+def test_models_list_shows_aliases_and_configured_models(sdk: openai.OpenAI) -> None:
+    models = list(sdk.models.list())
+    assert [(m.id, m.owned_by, m.object) for m in models] == [
+        ("cheap", "llmqueue", "model"),
+        ("default", "llmqueue", "model"),
+        ("anthropic:claude-haiku-4-5", "anthropic", "model"),
+        ("openai:gpt-4o-mini", "openai", "model"),
+    ]
+    assert sdk.models.retrieve("gpt-4o-mini").owned_by == "openai"  # a bare name of a family exists
+    assert sdk.models.retrieve("cheap").owned_by == "llmqueue"
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.models.retrieve("gtp-4o-mini")
+    assert missing.value.code == "model_not_found" and "did you mean 'gpt-4o-mini'?" in missing.value.message
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku-4-5", "cheap"])
+def test_a_chat_call_with_a_bare_name_works(sdk: openai.OpenAI, model: str) -> None:
+    completion = sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+    assert completion.choices[0].finish_reason == "stop" and completion.choices[0].message.content
+
+
+def test_a_model_typo_is_a_404_naming_the_model_meant(sdk: openai.OpenAI) -> None:
+    for model, meant in [("gtp-4o-mini", "'gpt-4o-mini'"), ("opneai:gpt-4o", "'openai:gpt-4o'"), ("cheep", "'cheap'")]:
+        with pytest.raises(openai.NotFoundError) as missing:
+            sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert missing.value.code == "model_not_found" and missing.value.param == "model"
+        assert f"did you mean {meant}?" in missing.value.message, missing.value.message
+
+
+def test_the_models_list_needs_a_token(sdk_gateway: object, sdk: openai.OpenAI) -> None:
+    anonymous = openai.OpenAI(base_url=str(sdk.base_url), api_key="not-a-token", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        list(anonymous.models.list())
+    anonymous.close()
