@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from workers.contract import JobKeys, Message
+from workers.contract import JobKeys, Message, RequestParams
 from workers.jobs.events import EventPublisher
 from workers.llm.base import ChatRequest
 from workers.llm.httpclient import HTTPClient, HTTPSettings
@@ -34,10 +34,10 @@ def main(args: argparse.Namespace) -> None:
         keys = JobKeys(f"bench-direct-{args.tag}-{i}")
         pub = EventPublisher(client, keys, run=1, start_seq=-1, ttl_s=600)
         request = ChatRequest(
-            model="gpt-4o-mini", messages=[Message(role="user", content=f"direct {i}")], max_tokens=64
+            messages=[Message(role="user", content=f"direct {i}")], params=RequestParams(max_tokens=64)
         )
         try:
-            with provider.stream(request) as stream:
+            with provider.stream("gpt-4o-mini", request) as stream:
                 for text in stream:
                     pub.delta(text)
             pub.flush()

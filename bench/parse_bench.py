@@ -49,7 +49,7 @@ import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workers.contract import Message
+from workers.contract import Message, RequestParams
 from workers.llm.anthropic import AnthropicProvider, AnthropicStream
 from workers.llm.base import ChatRequest, ResponseStream
 from workers.llm.httpclient import HTTPClient, HTTPSettings
@@ -190,10 +190,10 @@ def path_ours(s: Synth, chunks: list[bytes]) -> Run:
         "anthropic": lambda: AnthropicProvider(http, api_key="sk-bench", base_url=origin),
         "ollama": lambda: OllamaProvider(http, host=origin),
     }[s.provider]()
-    request = ChatRequest(MODEL[s.provider], [Message(role="user", content="hi")], max_tokens=1024)
+    request = ChatRequest(messages=[Message(role="user", content="hi")], params=RequestParams(max_tokens=1024))
 
     def run() -> tuple[str, str | None]:
-        stream = provider.stream(request)
+        stream = provider.stream(MODEL[s.provider], request)
         for _ in stream:
             pass
         return stream.text, stream.native_finish_reason

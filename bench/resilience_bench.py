@@ -49,11 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmq.localredis import ManagedRedis
 from simulator.app import SimConfig, SimulatorThread
-from workers.contract import Message
+from workers.contract import Message, RequestParams
 from workers.guards.shared import SharedGuards
 from workers.jobs.chain import build_chain
+from workers.llm.base import ChatRequest
 from workers.llm.httpclient import HTTPClient, HTTPSettings
-from workers.llm.model import ChainHooks, ModelRequest, ProviderModel, RunContext
+from workers.llm.model import ChainHooks, ProviderModel, RunContext
 from workers.llm.registry import build_registry
 from workers.routes import LLMQConfig, ModelConfig
 
@@ -148,7 +149,7 @@ def main() -> None:
     hooks = _Waits()
     bare_model = ProviderModel(registry.get("openai"), PRIMARY, PRIMARY.split(":", 1)[1])
     messages = [Message(role="user", content="How does the queue keep every worker under the limit?")]
-    request = ModelRequest(messages=messages, max_tokens=64, prompt_tokens=18)
+    request = ChatRequest(messages=messages, params=RequestParams(max_tokens=64), prompt_tokens=18)
 
     def consume(stream) -> None:
         n = sum(1 for _ in stream)
@@ -296,14 +297,16 @@ def _python_floor(config: LLMQConfig, calls: int = 5000) -> dict[str, float]:
     class MemoryProvider(Provider):
         name = "openai"
 
-        def complete(self, request: ChatRequest) -> Completion:  # pragma: no cover - unused
+        def complete(self, model: str, request: ChatRequest) -> Completion:  # pragma: no cover - unused
             return Completion(text="".join(words))
 
-        def stream(self, request: ChatRequest) -> ChatStream:
+        def stream(self, model: str, request: ChatRequest) -> ChatStream:
             return MemoryStream()
 
     registry = ProviderRegistry({"openai": MemoryProvider()})
-    request = ModelRequest(messages=[Message(role="user", content="x")], max_tokens=64, prompt_tokens=18)
+    request = ChatRequest(
+        messages=[Message(role="user", content="x")], params=RequestParams(max_tokens=64), prompt_tokens=18
+    )
     bare = ProviderModel(registry.get("openai"), PRIMARY, PRIMARY.split(":", 1)[1])
     plain = LLMQConfig()
     variants = {

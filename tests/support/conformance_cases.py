@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote
 import pytest
 
 from tests.support.replay_server import ReplayServer, Reply
-from workers.contract import Message
+from workers.contract import Message, RequestParams
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.aws import load_aws
 from workers.llm.azure import AzureOpenAIProvider
@@ -128,17 +128,18 @@ def run_case(case: Case, server: ReplayServer, http: HTTPClient) -> Outcome:
     key = f"{case.provider}-{case.name}-{'s' if case.stream else 'c'}"
     base = server.add(key, Reply(case.status, case.headers, case.body))
     provider = make_provider(case.provider, http, base)
-    request = ChatRequest(model=case.request_model, messages=[Message(role="user", content="hi")], max_tokens=64)
+    model = case.request_model
+    request = ChatRequest(messages=[Message(role="user", content="hi")], params=RequestParams(max_tokens=64))
     stream: ChatStream | None = None
     try:
         if case.stream:
-            stream = provider.stream(request)
+            stream = provider.stream(model, request)
             with stream:
                 for _ in stream:
                     pass
             outcome = Outcome(stream.to_completion(), stream, None)
         else:
-            outcome = Outcome(provider.complete(request), None, None)
+            outcome = Outcome(provider.complete(model, request), None, None)
     except LLMQError as exc:
         outcome = Outcome(stream.to_completion() if stream else None, stream, exc)
     check_request(case, server.requests[key])

@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 
-from workers.llm.base import ChatStream, Completion
+from workers.llm.base import ChatRequest, ChatStream, Completion
 from workers.llm.errors import JobCancelledError, LLMQError
-from workers.llm.model import ChatModel, ModelRequest
+from workers.llm.model import ChatModel
 
 __all__ = ["ListStream", "Outcome", "ScriptedModel"]
 
@@ -64,10 +64,10 @@ class ScriptedModel(ChatModel):
         self.streams.append(stream)
         return stream
 
-    def complete(self, request: ModelRequest) -> Completion:
+    def complete(self, request: ChatRequest) -> Completion:
         stream = self._next()
         text = "".join(stream)
         return Completion(text=text, finish_reason=stream.finish_reason)
 
-    def stream(self, request: ModelRequest) -> ChatStream:
+    def stream(self, request: ChatRequest) -> ChatStream:
         return self._next()

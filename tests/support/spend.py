@@ -15,7 +15,7 @@ from simulator.protocols.gemini import GeminiProtocol
 from workers.accounting.ledger import GLOBAL_SCOPE, Ledger, to_micros
 from workers.accounting.prices import PriceBook, price_sources
 from workers.accounting.tokens import TokenCounter
-from workers.contract import Message, Usage
+from workers.contract import Message, RequestParams, Usage
 from workers.contract.providers import ProviderSpec
 from workers.llm.base import ChatRequest
 from workers.llm.bedrock import build_body as bedrock_body
@@ -25,8 +25,9 @@ from workers.llm.openai import OpenAIProvider
 __all__ = ["global_spent_usd", "one_call_usd", "results_stored"]
 
 
-def _openai_body(request: ChatRequest) -> dict[str, Any]:
-    return OpenAIProvider(None, api_key=None, base_url="http://sim/v1").build_body(request, stream=True)  # type: ignore[arg-type]
+def _openai_body(model: str, request: ChatRequest) -> dict[str, Any]:
+    provider = OpenAIProvider(None, api_key=None, base_url="http://sim/v1")  # type: ignore[arg-type]
+    return provider.build_body(model, request, stream=True)
 
 
 def load_provider_specs_text(text: str) -> dict[str, ProviderSpec]:
@@ -34,10 +35,10 @@ def load_provider_specs_text(text: str) -> dict[str, ProviderSpec]:
 
 
 #: The simulated named providers: the simulator's protocol, our request body, the route's method.
-SIMULATED: dict[str, tuple[Any, Callable[[ChatRequest], dict[str, Any]], dict[str, str]]] = {
+SIMULATED: dict[str, tuple[Any, Callable[[str, ChatRequest], dict[str, Any]], dict[str, str]]] = {
     "azure": (AzureProtocol(), _openai_body, {}),
-    "gemini": (GeminiProtocol(), gemini_body, {"method": "streamGenerateContent"}),
-    "bedrock": (BedrockProtocol(), bedrock_body, {"method": "converse-stream"}),
+    "gemini": (GeminiProtocol(), lambda _, request: gemini_body(request), {"method": "streamGenerateContent"}),
+    "bedrock": (BedrockProtocol(), lambda _, request: bedrock_body(request), {"method": "converse-stream"}),
 }
 
 
@@ -52,7 +53,7 @@ def one_call_usd(model: str, prompt: list[dict[str, Any]], completion_tokens: in
     messages = [Message(**m) for m in prompt]
     if provider in SIMULATED:
         protocol, build, route = SIMULATED[provider]
-        body = build(ChatRequest(model=name, messages=messages, max_tokens=completion_tokens))
+        body = build(name, ChatRequest(messages=messages, params=RequestParams(max_tokens=completion_tokens)))
         parsed = protocol.parse_routed(body, {"model": name, "deployment": name, **route}, {"api-version": "v"})
         prompt_tokens = protocol.prompt_tokens(parsed)
         prices = PriceBook(sources=price_sources(load_provider_specs_text(provider_config("http://sim"))))

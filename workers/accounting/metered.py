@@ -31,7 +31,7 @@ from workers.accounting.preflight import CallPlan, plan_call
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.contract import CompletionJob, ToolCall, Usage
-from workers.llm.base import ChatStream, Completion
+from workers.llm.base import ChatRequest, ChatStream, Completion
 from workers.llm.errors import (
     BudgetBusyError,
     BudgetExceededError,
@@ -41,7 +41,7 @@ from workers.llm.errors import (
     must_propagate,
 )
 from workers.llm.fallback import SkipModel
-from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
+from workers.llm.model import ChatModel, RunContext, WrappedStream
 
 __all__ = ["BUDGET_WAIT_BASE_S", "BUDGET_WAIT_MAX_S", "Meter", "MeteredModel"]
 
@@ -68,7 +68,7 @@ class Meter:
     last_usage: Usage | None = None
     _plans: dict[str, CallPlan] = field(default_factory=dict)
 
-    def plan(self, model_id: str, request: ModelRequest) -> CallPlan:
+    def plan(self, model_id: str, request: ChatRequest) -> CallPlan:
         plan = self._plans.get(model_id)
         if plan is None:
             try:
@@ -77,7 +77,7 @@ class Meter:
                     request.messages,
                     counter=self.counter,
                     prices=self.prices,
-                    max_tokens=request.max_tokens,
+                    max_tokens=request.params.max_tokens,
                     tools=request.tools,
                     truncate=self.job.truncate,
                 )
@@ -186,10 +186,10 @@ class MeteredModel(ChatModel):
         self.model_id = wrapped.model_id
         self.meter = meter
 
-    def _prepared(self, plan: CallPlan, request: ModelRequest) -> ModelRequest:
+    def _prepared(self, plan: CallPlan, request: ChatRequest) -> ChatRequest:
         return dataclasses.replace(request, messages=plan.messages, prompt_tokens=plan.prompt.tokens)
 
-    def complete(self, request: ModelRequest) -> Completion:
+    def complete(self, request: ChatRequest) -> Completion:
         meter = self.meter
         plan = meter.plan(self.model_id, request)
         reservation = meter.reserve(plan)
@@ -205,7 +205,7 @@ class MeteredModel(ChatModel):
         meter.dropped = plan.dropped
         return completion
 
-    def stream(self, request: ModelRequest) -> ChatStream:
+    def stream(self, request: ChatRequest) -> ChatStream:
         return _MeteredStream(self, request)
 
 

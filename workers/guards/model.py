@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from workers.contract import Message, split_model_id
-from workers.llm.base import ChatStream, Completion
+from workers.llm.base import ChatRequest, ChatStream, Completion
 from workers.llm.errors import (
     DeadlineExceededError,
     FirstTokenTimeoutError,
@@ -39,7 +39,7 @@ from workers.llm.errors import (
     error_type_name,
 )
 from workers.llm.fallback import SkipModel
-from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
+from workers.llm.model import ChatModel, RunContext, WrappedStream
 from workers.llm.watchdog import Deadline, Watchdog, shared_watchdog
 
 __all__ = ["Admission", "Guard", "GuardSkip", "GuardedModel", "request_tokens"]
@@ -90,7 +90,7 @@ class Guard(Protocol):
         ...
 
 
-def request_tokens(request: ModelRequest) -> int:
+def request_tokens(request: ChatRequest) -> int:
     """TPM cost of a request: its pre-counted prompt plus ``max_tokens``.
 
     Without a pre-count (unit tests, or a chain without the metering wrapper) the prompt is
@@ -99,7 +99,7 @@ def request_tokens(request: ModelRequest) -> int:
     prompt = request.prompt_tokens
     if prompt is None:
         prompt = _estimate(request.messages)
-    return prompt + request.max_tokens
+    return prompt + request.params.max_tokens
 
 
 def _estimate(messages: list[Message]) -> int:
@@ -130,7 +130,7 @@ class GuardedModel(ChatModel):
 
     # --- before and after each attempt -------------------------------------------------------------
 
-    def _admit(self, request: ModelRequest) -> Admission:
+    def _admit(self, request: ChatRequest) -> Admission:
         guard = self.guard
         if guard is None:
             return ADMIT_NOW
@@ -182,7 +182,7 @@ class GuardedModel(ChatModel):
 
     # --- calls ------------------------------------------------------------------------------------
 
-    def complete(self, request: ModelRequest) -> Completion:
+    def complete(self, request: ChatRequest) -> Completion:
         if self.ttft_limit_s:
             stream = self.stream(request)
             abort = request.abort
@@ -209,7 +209,7 @@ class GuardedModel(ChatModel):
         self._settle(admission, None)
         return completion
 
-    def stream(self, request: ModelRequest) -> ChatStream:
+    def stream(self, request: ChatRequest) -> ChatStream:
         return _GuardedStream(self, request)
 
     def _first_token_timeout(self) -> FirstTokenTimeoutError:
@@ -222,7 +222,7 @@ class GuardedModel(ChatModel):
 
 
 class _GuardedStream(WrappedStream["GuardedModel"]):
-    def __init__(self, owner: GuardedModel, request: ModelRequest) -> None:
+    def __init__(self, owner: GuardedModel, request: ChatRequest) -> None:
         super().__init__(owner, request)
         self._expired = False
 

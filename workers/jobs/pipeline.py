@@ -54,7 +54,7 @@ from workers.jobs.store import ClaimOutcome
 from workers.jobs.toolloop import ToolLoop, ToolLoopState
 from workers.jobs.turn import JobRun, Turns
 from workers.llm.abort import AbortSignal
-from workers.llm.base import Completion
+from workers.llm.base import ChatRequest, Completion
 from workers.llm.errors import (
     BadRequestError,
     DeadlineExceededError,
@@ -67,7 +67,7 @@ from workers.llm.errors import (
     error_type_name,
     must_propagate,
 )
-from workers.llm.model import ModelRequest, RunContext
+from workers.llm.model import RunContext
 from workers.prompts.render import render_job
 
 __all__ = ["JobOutcome", "JobRunner"]
@@ -303,22 +303,13 @@ class JobRunner:
             )
             rendered = render_job(job, self.res.redis, max_chars=self.res.settings.prompt_max_chars)
             run.prompt = rendered.prompt
-            request = ModelRequest(
+            request = ChatRequest(
                 messages=rendered.messages,
-                max_tokens=job.max_tokens,
+                params=job,  # the job is its own RequestParams: the adapters read them from it
                 tools=job.client_tools,
-                temperature=job.temperature,
                 headers={"x-llmq-job-id": job.id},
                 # a whole-body call has no stream to close: a cancel aborts it through this
                 abort=None if job.stream else AbortSignal(),
-                response_format=job.response_format,
-                tool_choice=job.tool_choice,
-                parallel_tool_calls=job.parallel_tool_calls,
-                stop=job.stop,
-                top_p=job.top_p,
-                seed=job.seed,
-                user=job.user,
-                reasoning=job.reasoning,
             )
             run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0], prompt=run.prompt))
             turns = Turns(run, model, store=self.res.store, cancel_watcher=self.res.cancel_watcher, clock=self._clock)

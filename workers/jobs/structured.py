@@ -27,9 +27,8 @@ from jsonschema.exceptions import SchemaError
 from workers.contract import CompletionJob, JsonObjectFormat, JsonSchemaFormat, Message, RepairEvent, Usage
 from workers.jobs.toolloop import ToolLoopState
 from workers.jobs.turn import JobRun, Turns
-from workers.llm.base import Completion
+from workers.llm.base import ChatRequest, Completion
 from workers.llm.errors import BadRequestError, InvalidOutputError
-from workers.llm.model import ModelRequest
 
 __all__ = ["StructuredOutcome", "enforce", "repair_prompt", "validate_answer", "validator_for"]
 
@@ -93,7 +92,7 @@ def repair_prompt(errors: list[str]) -> str:
 
 
 def enforce(
-    run: JobRun, turns: Turns, request: ModelRequest, completion: Completion, loop: ToolLoopState | None
+    run: JobRun, turns: Turns, request: ChatRequest, completion: Completion, loop: ToolLoopState | None
 ) -> StructuredOutcome:
     """Validate ``completion`` (the job's answer); take a repair turn (``turns``) per failed check;
     raise :class:`InvalidOutputError` when out of turns.

@@ -55,7 +55,7 @@ from workers.contract import (
 from workers.jobs.resources import JobResources
 from workers.jobs.turn import JobRun, Turns
 from workers.llm.abort import AbortSignal
-from workers.llm.base import Completion
+from workers.llm.base import ChatRequest, Completion
 from workers.llm.errors import (
     JobCancelledError,
     MaxTurnsError,
@@ -64,7 +64,6 @@ from workers.llm.errors import (
     ToolInterruptedError,
     UnknownToolError,
 )
-from workers.llm.model import ModelRequest
 from workers.llm.tracing import end_tool_span, start_tool_span
 from workers.tools.execute import RunningCall, render_error, render_value, start
 from workers.tools.journal import CallRecord, JournalState, ToolJournal, TurnRecord
@@ -141,7 +140,7 @@ class ToolLoop:
         res: JobResources,
         run: JobRun,
         turns: Turns,
-        request: ModelRequest,
+        request: ChatRequest,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

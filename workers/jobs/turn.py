@@ -31,9 +31,9 @@ from workers.contract import CompletionJob, JobKeys
 from workers.jobs.events import EventPublisher
 from workers.jobs.resources import CancelHooks
 from workers.jobs.store import JobStore
-from workers.llm.base import ChatStream, Completion
+from workers.llm.base import ChatRequest, ChatStream, Completion
 from workers.llm.errors import JobCancelledError, LLMQError, MidStreamError, RunFencedError, error_type_name
-from workers.llm.model import ChatModel, ModelRequest, RunContext
+from workers.llm.model import ChatModel, RunContext
 
 __all__ = ["JobRun", "Turns", "abort_stream"]
 
@@ -90,13 +90,13 @@ class Turns:
         if run.meter is not None:
             run.meter.new_turn()
 
-    def take(self, request: ModelRequest) -> Completion:
+    def take(self, request: ChatRequest) -> Completion:
         """One turn: the answer to ``request``, its deltas published (module docstring)."""
         if not self.run.job.stream:
             return self._whole(request)
         return self._streamed(request)
 
-    def _whole(self, request: ModelRequest) -> Completion:
+    def _whole(self, request: ChatRequest) -> Completion:
         run = self.run
         if request.abort is not None:
             run.abort = request.abort.fire
@@ -113,7 +113,7 @@ class Turns:
         run.model_used = getattr(self.model, "model_id", None)
         return completion
 
-    def _streamed(self, request: ModelRequest) -> Completion:
+    def _streamed(self, request: ChatRequest) -> Completion:
         run = self.run
         stream = self.model.stream(request)
         publisher = run.publisher

@@ -30,6 +30,7 @@ from workers.contract import (
     Message,
     NamedToolChoice,
     ReasoningBlock,
+    RequestParams,
     TextPart,
     ToolCall,
     Usage,
@@ -152,29 +153,29 @@ def _part(part: TextPart | ImagePart) -> dict[str, object]:
     return {"type": "image", "source": source}
 
 
-def structured_tool(request: ChatRequest) -> str | None:
-    """The forced tool's name when ``response_format`` goes through a tool call, else None."""
-    fmt = request.response_format
-    if isinstance(fmt, JsonSchemaFormat) and anthropic_native_structured(request.model):
+def structured_tool(model: str, params: RequestParams) -> str | None:
+    """The forced tool's name when ``response_format`` goes through a tool call on ``model``, else None."""
+    fmt = params.response_format
+    if isinstance(fmt, JsonSchemaFormat) and anthropic_native_structured(model):
         return None
     return STRUCTURED_TOOL if isinstance(fmt, JsonObjectFormat | JsonSchemaFormat) else None
 
 
-def _add_params(body: dict[str, object], request: ChatRequest) -> None:
+def _add_params(body: dict[str, object], model: str, p: RequestParams) -> None:
     existing = body.get("tools")
     tools: list[dict[str, object]] = existing if isinstance(existing, list) else []
     body["tools"] = tools
     choice: dict[str, object] | None = None
-    if request.tool_choice == "auto":
+    if p.tool_choice == "auto":
         choice = {"type": "auto"}
-    elif request.tool_choice == "none":
+    elif p.tool_choice == "none":
         choice = {"type": "none"}
-    elif request.tool_choice == "required":
+    elif p.tool_choice == "required":
         choice = {"type": "any"}
-    elif isinstance(request.tool_choice, NamedToolChoice):
-        choice = {"type": "tool", "name": request.tool_choice.function.name}
-    fmt = request.response_format
-    forced = structured_tool(request)
+    elif isinstance(p.tool_choice, NamedToolChoice):
+        choice = {"type": "tool", "name": p.tool_choice.function.name}
+    fmt = p.response_format
+    forced = structured_tool(model, p)
     if isinstance(fmt, JsonSchemaFormat) and forced is None:
         body["output_config"] = {"format": {"type": "json_schema", "schema": fmt.json_schema.schema_}}
     elif forced is not None:
@@ -187,23 +188,23 @@ def _add_params(body: dict[str, object], request: ChatRequest) -> None:
             }
         )
         choice = {"type": "tool", "name": forced}
-    if request.parallel_tool_calls is False and tools:
+    if p.parallel_tool_calls is False and tools:
         choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
     if choice is not None and (tools or choice["type"] == "none"):
         body["tool_choice"] = choice
     if not tools:
         del body["tools"]
-    if request.stop:
-        body["stop_sequences"] = list(request.stop)
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
-    if request.user is not None:
-        body["metadata"] = {"user_id": request.user}
-    if request.reasoning is not None:
-        body["thinking"] = {"type": "enabled", "budget_tokens": request.reasoning.anthropic_budget()}
+    if p.stop:
+        body["stop_sequences"] = list(p.stop)
+    if p.top_p is not None:
+        body["top_p"] = p.top_p
+    if p.user is not None:
+        body["metadata"] = {"user_id": p.user}
+    if p.reasoning is not None:
+        body["thinking"] = {"type": "enabled", "budget_tokens": p.reasoning.anthropic_budget()}
 
 
-def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
+def build_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str, object]:
     system: list[str] = []
     turns: list[dict[str, object]] = []
     for message in request.messages:
@@ -216,11 +217,12 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
             previous.extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
-    body: dict[str, object] = {"model": request.model, "max_tokens": request.max_tokens, "messages": turns}
+    p = request.params
+    body: dict[str, object] = {"model": model, "max_tokens": p.max_tokens, "messages": turns}
     if system:
         body["system"] = "\n\n".join(system)
-    if request.temperature is not None:
-        body["temperature"] = min(request.temperature, MAX_TEMPERATURE)
+    if p.temperature is not None:
+        body["temperature"] = min(p.temperature, MAX_TEMPERATURE)
     if request.tools:
         body["tools"] = [
             {
@@ -230,7 +232,7 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
             }
             for t in request.tools
         ]
-    _add_params(body, request)
+    _add_params(body, model, p)
     if stream:
         body["stream"] = True
     return body
@@ -273,24 +275,28 @@ class AnthropicProvider(HTTPProvider["AnthropicStream"]):
     def genai_name(self) -> str:
         return "anthropic"
 
-    def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
-        return build_body(request, stream=stream)
+    def build_body(self, model: str, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+        return build_body(model, request, stream=stream)
 
     def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
         return anthropic_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
 
-    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
-        completion = parse_message(content, request_id=headers.get("request-id"), structured=structured_tool(request))
+    def parse_completion(
+        self, model: str, request: ChatRequest, headers: Mapping[str, str], content: bytes
+    ) -> Completion:
+        completion = parse_message(
+            content, request_id=headers.get("request-id"), structured=structured_tool(model, request.params)
+        )
         completion.ratelimit = parse_ratelimit(headers)
         return completion
 
-    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> AnthropicStream:
+    def open_response_stream(self, model: str, request: ChatRequest, response: ResponseBody) -> AnthropicStream:
         return AnthropicStream(
             response,
             provider=self.name,
-            model=request.model,
+            model=model,
             secret=self._api_key,
-            structured=structured_tool(request),
+            structured=structured_tool(model, request.params),
         )
 
 

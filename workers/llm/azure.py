@@ -21,7 +21,6 @@ import json
 from collections.abc import Mapping
 from urllib.parse import quote
 
-from workers.llm.base import ChatRequest
 from workers.llm.errors import LLMQError
 from workers.llm.httpclient import HTTPClient
 from workers.llm.openai import OpenAIProvider, openai_error_from_body
@@ -119,10 +118,10 @@ class AzureOpenAIProvider(OpenAIProvider):
         new_enough = self._api_version is None or self._api_version >= _COMPLETION_TOKENS_SINCE
         self._max_tokens_field = "max_completion_tokens" if new_enough else "max_tokens"
 
-    def endpoint(self, request: ChatRequest, *, stream: bool) -> str:
+    def endpoint(self, model: str, *, stream: bool) -> str:
         if self._api_version is None:
             return self._url
-        deployment = quote(request.model, safe="")
+        deployment = quote(model, safe="")
         return f"{self._base}/openai/deployments/{deployment}/chat/completions?api-version={self._api_version}"
 
     @property

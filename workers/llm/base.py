@@ -1,4 +1,4 @@
-"""The provider abstraction: one request type, ``complete()`` and ``stream()``.
+"""The provider abstraction: one request type, ``complete(model, request)`` and ``stream(model, request)``.
 
 A provider module only translates our contract into its wire format and back. Everything that
 cuts across providers (retries, fallback, rate limits, metrics) wraps a :class:`Provider` from the
@@ -27,17 +27,7 @@ from types import TracebackType
 from typing import Any, NoReturn, TypeVar
 from typing import Protocol as _Protocol
 
-from workers.contract import (
-    FunctionCall,
-    Message,
-    Reasoning,
-    ReasoningBlock,
-    ResponseFormat,
-    Tool,
-    ToolCall,
-    ToolChoice,
-    Usage,
-)
+from workers.contract import FunctionCall, Message, ReasoningBlock, RequestParams, Tool, ToolCall, Usage
 from workers.llm.abort import AbortSignal
 from workers.llm.errors import IncompleteStreamError, JobCancelledError, LLMQError, ResponseTooLargeError
 
@@ -67,27 +57,26 @@ decode_json: Callable[[str], Any] = json.JSONDecoder().decode
 
 @dataclass(slots=True)
 class ChatRequest:
-    """A provider-neutral chat request. ``model`` is the provider's own model name."""
+    """One request, the same for every model of a fallback chain: the chain's wrappers pass it down,
+    and a provider gets it with the model's own name beside it (``complete(model, request)``).
 
-    model: str
+    ``params`` is the contract's :class:`~workers.contract.params.RequestParams`; on the worker, the
+    job itself. A provider adapter reads the fields its API has from it (``request.params.top_p``)
+    and translates them; nothing between the job and the adapter copies a parameter, and the
+    capability table refused at submit what the provider cannot do.
+    """
+
     messages: list[Message]
-    max_tokens: int
+    params: RequestParams
+    #: The tool definitions offered on this turn (the job's client tools, plus its worker tools'
+    #: in a tool loop).
     tools: list[Tool] = field(default_factory=list)
-    temperature: float | None = None
     #: Opaque per-request headers for the upstream (the simulator's fault selector, tracing).
-    extra_headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
     #: Lets a canceller end a whole-body call in flight (``workers/llm/abort.py``).
     abort: AbortSignal | None = None
-    # Request parameters (``workers/contract/params.py``); each provider module translates them
-    # to its own fields. The contract's capability table already refused what one cannot do.
-    response_format: ResponseFormat | None = None
-    tool_choice: ToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    stop: list[str] | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    user: str | None = None
-    reasoning: Reasoning | None = None
+    #: The pre-counted prompt tokens for the model being called (set by the metering wrapper).
+    prompt_tokens: int | None = None
 
 
 @dataclass(slots=True)
@@ -297,10 +286,12 @@ class Provider(ABC):
     server_url: str | None = None
 
     @abstractmethod
-    def complete(self, request: ChatRequest) -> Completion: ...
+    def complete(self, model: str, request: ChatRequest) -> Completion:
+        """``request`` to ``model`` (the provider's own name for it), answered whole."""
 
     @abstractmethod
-    def stream(self, request: ChatRequest) -> ChatStream: ...
+    def stream(self, model: str, request: ChatRequest) -> ChatStream:
+        """``request`` to ``model``, streamed."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the provider holds (it does not own the shared HTTP client)."""

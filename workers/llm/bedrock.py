@@ -33,6 +33,7 @@ from workers.contract import (
     Message,
     NamedToolChoice,
     ReasoningBlock,
+    RequestParams,
     TextPart,
     ToolCall,
     Usage,
@@ -195,8 +196,8 @@ def _part(part: TextPart | ImagePart) -> dict[str, object]:
     return {"image": {"format": image_format, "source": {"bytes": info.data}}}
 
 
-def _tool_choice(request: ChatRequest) -> dict[str, object] | None:
-    choice = request.tool_choice
+def _tool_choice(p: RequestParams) -> dict[str, object] | None:
+    choice = p.tool_choice
     if isinstance(choice, NamedToolChoice):
         return {"tool": {"name": choice.function.name}}
     if choice == "auto":
@@ -219,17 +220,18 @@ def build_body(request: ChatRequest) -> dict[str, object]:
             previous.extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
-    config: dict[str, object] = {"maxTokens": request.max_tokens}
-    if request.temperature is not None:
-        config["temperature"] = request.temperature
-    if request.top_p is not None:
-        config["topP"] = request.top_p
-    if request.stop:
-        config["stopSequences"] = list(request.stop)
+    p = request.params
+    config: dict[str, object] = {"maxTokens": p.max_tokens}
+    if p.temperature is not None:
+        config["temperature"] = p.temperature
+    if p.top_p is not None:
+        config["topP"] = p.top_p
+    if p.stop:
+        config["stopSequences"] = list(p.stop)
     body: dict[str, object] = {"messages": turns, "inferenceConfig": config}
     if system:
         body["system"] = system
-    if request.tools and request.tool_choice != "none":
+    if request.tools and p.tool_choice != "none":
         tools: dict[str, object] = {
             "tools": [
                 {
@@ -242,11 +244,11 @@ def build_body(request: ChatRequest) -> dict[str, object]:
                 for t in request.tools
             ]
         }
-        choice = _tool_choice(request)
+        choice = _tool_choice(p)
         if choice is not None:
             tools["toolChoice"] = choice
         body["toolConfig"] = tools
-    fmt = request.response_format
+    fmt = p.response_format
     if isinstance(fmt, JsonSchemaFormat | JsonObjectFormat):
         schema = fmt.json_schema.schema_ if isinstance(fmt, JsonSchemaFormat) else {"type": "object"}
         name = fmt.json_schema.name if isinstance(fmt, JsonSchemaFormat) else "answer"
@@ -256,8 +258,8 @@ def build_body(request: ChatRequest) -> dict[str, object]:
                 "structure": {"jsonSchema": {"schema": json.dumps(schema), "name": name}},
             }
         }
-    if request.reasoning is not None:
-        budget = request.reasoning.anthropic_budget()
+    if p.reasoning is not None:
+        budget = p.reasoning.anthropic_budget()
         body["additionalModelRequestFields"] = {"thinking": {"type": "enabled", "budget_tokens": budget}}
     return body
 
@@ -471,8 +473,8 @@ class BedrockProvider(HTTPProvider[BedrockStream]):
     def genai_name(self) -> str:
         return "aws.bedrock"
 
-    def endpoint(self, request: ChatRequest, *, stream: bool) -> str:
-        return f"{self._url}/model/{quote(request.model, safe='')}/{'converse-stream' if stream else 'converse'}"
+    def endpoint(self, model: str, *, stream: bool) -> str:
+        return f"{self._url}/model/{quote(model, safe='')}/{'converse-stream' if stream else 'converse'}"
 
     def credentials(self) -> Any:
         """The signing credentials: given, or the standard AWS chain's (resolved once)."""
@@ -492,16 +494,16 @@ class BedrockProvider(HTTPProvider[BedrockStream]):
             )
         return self._aws.sign(credentials, region=self._region, url=url, headers=headers, body=body)
 
-    def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+    def build_body(self, model: str, request: ChatRequest, *, stream: bool) -> dict[str, object]:
         return build_body(request)
 
     def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
         return bedrock_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
 
-    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
-        return parse_converse(
-            content, provider=self.name, model=request.model, request_id=headers.get("x-amzn-requestid")
-        )
+    def parse_completion(
+        self, model: str, request: ChatRequest, headers: Mapping[str, str], content: bytes
+    ) -> Completion:
+        return parse_converse(content, provider=self.name, model=model, request_id=headers.get("x-amzn-requestid"))
 
-    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> BedrockStream:
-        return BedrockStream(response, provider=self.name, model=request.model, aws=self._aws)
+    def open_response_stream(self, model: str, request: ChatRequest, response: ResponseBody) -> BedrockStream:
+        return BedrockStream(response, provider=self.name, model=model, aws=self._aws)

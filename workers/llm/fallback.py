@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 from workers.contract import Attempt
-from workers.llm.base import ChatStream, Completion
+from workers.llm.base import ChatRequest, ChatStream, Completion
 from workers.llm.errors import (
     AllModelsFailedError,
     BudgetExceededError,
@@ -32,7 +32,7 @@ from workers.llm.errors import (
     RetryLaterError,
     error_type_name,
 )
-from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
+from workers.llm.model import ChatModel, RunContext, WrappedStream
 
 __all__ = ["FallbackModel", "HoldCheck", "SkipModel", "is_hold", "skip_kind"]
 
@@ -208,7 +208,7 @@ class FallbackModel(ChatModel):
             code=error_type_name(last) if last else "skipped",
         )
 
-    def complete(self, request: ModelRequest) -> Completion:
+    def complete(self, request: ChatRequest) -> Completion:
         for i, model in enumerate(self.models):
             last = i == len(self.models) - 1
             if self._skipped(model):
@@ -231,7 +231,7 @@ class FallbackModel(ChatModel):
             return completion
         raise self._shortest_hold() if self.holds else self._all_failed()
 
-    def stream(self, request: ModelRequest) -> ChatStream:
+    def stream(self, request: ChatRequest) -> ChatStream:
         return _FallbackStream(self, request)
 
 

@@ -37,6 +37,7 @@ from workers.contract import (
     Message,
     NamedToolChoice,
     ReasoningBlock,
+    RequestParams,
     TextPart,
     ToolCall,
     Usage,
@@ -234,8 +235,8 @@ def _content_part(part: TextPart | ImagePart) -> dict[str, object]:
     return {"fileData": {"mimeType": info.media_type or "image/jpeg", "fileUri": part.image_url.url}}
 
 
-def _tool_config(request: ChatRequest) -> dict[str, object] | None:
-    choice = request.tool_choice
+def _tool_config(p: RequestParams) -> dict[str, object] | None:
+    choice = p.tool_choice
     if choice is None:
         return None
     if isinstance(choice, NamedToolChoice):
@@ -259,23 +260,24 @@ def build_body(request: ChatRequest) -> dict[str, object]:
             previous.extend(parts)
         else:
             contents.append({"role": role, "parts": parts})
-    config: dict[str, object] = {"maxOutputTokens": request.max_tokens}
-    if request.temperature is not None:
-        config["temperature"] = request.temperature
-    if request.top_p is not None:
-        config["topP"] = request.top_p
-    if request.stop:
-        config["stopSequences"] = list(request.stop)
-    if request.seed is not None:
-        config["seed"] = request.seed
-    fmt = request.response_format
+    p = request.params
+    config: dict[str, object] = {"maxOutputTokens": p.max_tokens}
+    if p.temperature is not None:
+        config["temperature"] = p.temperature
+    if p.top_p is not None:
+        config["topP"] = p.top_p
+    if p.stop:
+        config["stopSequences"] = list(p.stop)
+    if p.seed is not None:
+        config["seed"] = p.seed
+    fmt = p.response_format
     if isinstance(fmt, JsonSchemaFormat):
         config["responseMimeType"] = "application/json"
         config["responseSchema"] = gemini_schema(fmt.json_schema.schema_)
     elif isinstance(fmt, JsonObjectFormat):
         config["responseMimeType"] = "application/json"
-    if request.reasoning is not None:
-        config["thinkingConfig"] = {"thinkingBudget": request.reasoning.anthropic_budget(), "includeThoughts": True}
+    if p.reasoning is not None:
+        config["thinkingConfig"] = {"thinkingBudget": p.reasoning.anthropic_budget(), "includeThoughts": True}
     body: dict[str, object] = {"contents": contents, "generationConfig": config}
     if system:
         body["systemInstruction"] = {"parts": system}
@@ -292,7 +294,7 @@ def build_body(request: ChatRequest) -> dict[str, object]:
                 ]
             }
         ]
-        tool_config = _tool_config(request)
+        tool_config = _tool_config(p)
         if tool_config is not None:
             body["toolConfig"] = tool_config
     return body
@@ -519,8 +521,8 @@ class GeminiProvider(HTTPProvider[GeminiStream]):
         )
         self._bearer = bearer
 
-    def endpoint(self, request: ChatRequest, *, stream: bool) -> str:
-        model = quote(request.model, safe="")
+    def endpoint(self, model: str, *, stream: bool) -> str:
+        model = quote(model, safe="")
         if stream:
             return f"{self._url}/models/{model}:streamGenerateContent?alt=sse"
         return f"{self._url}/models/{model}:generateContent"
@@ -532,14 +534,16 @@ class GeminiProvider(HTTPProvider[GeminiStream]):
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"} if self._bearer else {"x-goog-api-key": api_key}
 
-    def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+    def build_body(self, model: str, request: ChatRequest, *, stream: bool) -> dict[str, object]:
         return build_body(request)
 
     def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
         return gemini_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
 
-    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
-        return parse_response(content, provider=self.name, model=request.model)
+    def parse_completion(
+        self, model: str, request: ChatRequest, headers: Mapping[str, str], content: bytes
+    ) -> Completion:
+        return parse_response(content, provider=self.name, model=model)
 
-    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> GeminiStream:
-        return GeminiStream(response, provider=self.name, model=request.model)
+    def open_response_stream(self, model: str, request: ChatRequest, response: ResponseBody) -> GeminiStream:
+        return GeminiStream(response, provider=self.name, model=model)

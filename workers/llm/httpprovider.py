@@ -64,26 +64,29 @@ class HTTPProvider(Provider, Generic[StreamT]):
     # --- what a provider module translates ------------------------------------------------------
 
     @abstractmethod
-    def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
-        """The request body in the provider's wire format."""
+    def build_body(self, model: str, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+        """The body of ``request`` to ``model`` in the provider's wire format (its parameters:
+        ``request.params``)."""
 
     @abstractmethod
     def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
         """An HTTP error response mapped onto the error tree (secrets redacted)."""
 
     @abstractmethod
-    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
+    def parse_completion(
+        self, model: str, request: ChatRequest, headers: Mapping[str, str], content: bytes
+    ) -> Completion:
         """A whole-body answer to ``request``; raises ``ValueError``/``KeyError``... on an unexpected shape."""
 
     @abstractmethod
-    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> StreamT:
+    def open_response_stream(self, model: str, request: ChatRequest, response: ResponseBody) -> StreamT:
         """The provider's stream parser over an open 2xx response to ``request``."""
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """How the key is sent; a bearer token unless the provider says otherwise."""
         return {"authorization": f"Bearer {api_key}"}
 
-    def endpoint(self, request: ChatRequest, *, stream: bool) -> str:
+    def endpoint(self, model: str, *, stream: bool) -> str:
         """The URL of one call; the same for every call unless the model is part of the path."""
         return self._url
 
@@ -93,17 +96,17 @@ class HTTPProvider(Provider, Generic[StreamT]):
 
     # --- the shared request cycle ----------------------------------------------------------------
 
-    def headers(self, request: ChatRequest, *, stream: bool) -> dict[str, str]:
+    def headers(self, model: str, request: ChatRequest, *, stream: bool) -> dict[str, str]:
         if self._api_key is None and self._key_required:
             raise ConfigurationError(
-                f"{self.key_env} is not set in the worker's environment", provider=self.name, model=request.model
+                f"{self.key_env} is not set in the worker's environment", provider=self.name, model=model
             )
         headers = {
             "content-type": "application/json",
             "accept": self.stream_media_type if stream else "application/json",
             **self._static_headers,
         }
-        headers.update(request.extra_headers)
+        headers.update(request.headers)
         if self._api_key:
             headers.update(self.auth_headers(self._api_key))
         return headers
@@ -114,36 +117,34 @@ class HTTPProvider(Provider, Generic[StreamT]):
 
         return mapper
 
-    def complete(self, request: ChatRequest) -> Completion:
-        url = self.endpoint(request, stream=False)
-        body = json.dumps(self.build_body(request, stream=False)).encode()
+    def complete(self, model: str, request: ChatRequest) -> Completion:
+        url = self.endpoint(model, stream=False)
+        body = json.dumps(self.build_body(model, request, stream=False)).encode()
         headers, content = self._http.post(
             url,
-            headers=self.sign(url, self.headers(request, stream=False), body),
+            headers=self.sign(url, self.headers(model, request, stream=False), body),
             body=body,
             provider=self.name,
-            model=request.model,
-            error_mapper=self._mapper(request.model),
+            model=model,
+            error_mapper=self._mapper(model),
             abort=request.abort,
             timeout_s=self._timeout_s,
         )
         try:
-            return check_completion(self.parse_completion(headers, content, request))
+            return check_completion(self.parse_completion(model, request, headers, content))
         except _MALFORMED as exc:
-            raise error_in_stream(
-                provider=self.name, model=request.model, message=f"malformed response: {exc}"
-            ) from exc
+            raise error_in_stream(provider=self.name, model=model, message=f"malformed response: {exc}") from exc
 
-    def stream(self, request: ChatRequest) -> StreamT:
-        url = self.endpoint(request, stream=True)
-        body = json.dumps(self.build_body(request, stream=True)).encode()
+    def stream(self, model: str, request: ChatRequest) -> StreamT:
+        url = self.endpoint(model, stream=True)
+        body = json.dumps(self.build_body(model, request, stream=True)).encode()
         response = self._http.open_stream(
             url,
-            headers=self.sign(url, self.headers(request, stream=True), body),
+            headers=self.sign(url, self.headers(model, request, stream=True), body),
             body=body,
             provider=self.name,
-            model=request.model,
-            error_mapper=self._mapper(request.model),
+            model=model,
+            error_mapper=self._mapper(model),
             timeout_s=self._timeout_s,
         )
-        return self.open_response_stream(response, request)
+        return self.open_response_stream(model, request, response)

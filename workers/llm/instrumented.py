@@ -23,9 +23,9 @@ from opentelemetry.trace import NoOpTracer, Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from workers.contract import Usage, split_model_id
-from workers.llm.base import ChatStream, Completion
+from workers.llm.base import ChatRequest, ChatStream, Completion
 from workers.llm.errors import LLMQError, error_type_name
-from workers.llm.model import CallReport, ChatModel, ModelRequest, RunContext, WrappedStream
+from workers.llm.model import CallReport, ChatModel, RunContext, WrappedStream
 from workers.llm.tracing import GenAI, content_attributes, error_status
 
 __all__ = ["InstrumentedModel", "PriceFn", "server_of"]
@@ -89,23 +89,23 @@ class InstrumentedModel(ChatModel):
 
     # --- the span ---------------------------------------------------------------------------------
 
-    def _start(self, request: ModelRequest, stream: bool) -> Span:
+    def _start(self, request: ChatRequest, stream: bool) -> Span:
         tracer = self.ctx.tracer
         if isinstance(tracer, NoOpTracer):  # tracing off: no attribute is built
             return tracer.start_span(self.span_name, kind=SpanKind.CLIENT)
         # all request attributes at the span's start, in one mapping (one validation pass, no lock per key)
         attrs = dict(self._static)
-        attrs[GenAI.REQUEST_MAX_TOKENS] = request.max_tokens
+        attrs[GenAI.REQUEST_MAX_TOKENS] = request.params.max_tokens
         attrs[GenAI.REQUEST_STREAM] = stream
         attrs[GenAI.ATTEMPT] = sum(1 for a in self.ctx.attempts if a.status != "skipped") + 1
-        if request.temperature is not None:
-            attrs[GenAI.REQUEST_TEMPERATURE] = request.temperature
+        if request.params.temperature is not None:
+            attrs[GenAI.REQUEST_TEMPERATURE] = request.params.temperature
         return tracer.start_span(self.span_name, kind=SpanKind.CLIENT, attributes=attrs)
 
     def _finish(
         self,
         span: Span,
-        request: ModelRequest,
+        request: ChatRequest,
         started: float,
         ttft_s: float | None,
         result: Completion | ChatStream | None,
@@ -149,7 +149,7 @@ class InstrumentedModel(ChatModel):
 
     # --- calls ------------------------------------------------------------------------------------
 
-    def complete(self, request: ModelRequest) -> Completion:
+    def complete(self, request: ChatRequest) -> Completion:
         span = self._start(request, False)
         started = self.clock()
         try:
@@ -161,7 +161,7 @@ class InstrumentedModel(ChatModel):
         self._finish(span, request, started, None, completion, None)
         return completion
 
-    def stream(self, request: ModelRequest) -> ChatStream:
+    def stream(self, request: ChatRequest) -> ChatStream:
         return _InstrumentedStream(self, request)
 
 

@@ -1,7 +1,8 @@
 """A model bound to its provider, and the per-job context the wrappers around it share.
 
 :class:`ChatModel` is what the pipeline calls; :class:`ProviderModel` binds ``openai:gpt-4o`` to
-the OpenAI provider; retry, fallback and instrumentation are :class:`ChatModel` wrappers
+the OpenAI provider (which gets each :class:`~workers.llm.base.ChatRequest` with ``gpt-4o`` beside
+it: the request itself is the one the pipeline built, never converted); retry, fallback and instrumentation are :class:`ChatModel` wrappers
 (``retry.py``, ``fallback.py``) composed in one factory (``workers/jobs/chain.py``).
 """
 
@@ -15,35 +16,11 @@ from typing import Generic, TypeVar
 
 from opentelemetry.trace import Tracer
 
-from workers.contract import Attempt, Message, Reasoning, ResponseFormat, Tool, ToolChoice, Usage
-from workers.llm.abort import AbortSignal
+from workers.contract import Attempt, Usage
 from workers.llm.base import ChatRequest, ChatStream, Completion, Provider
 from workers.llm.tracing import NO_TRACER
 
-__all__ = ["CallReport", "ChainHooks", "ChatModel", "ModelRequest", "ProviderModel", "RunContext", "WrappedStream"]
-
-
-@dataclass(slots=True)
-class ModelRequest:
-    """A provider-neutral request: the same for every model of a fallback chain."""
-
-    messages: list[Message]
-    max_tokens: int
-    tools: list[Tool] = field(default_factory=list)
-    temperature: float | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    #: The pre-counted prompt tokens for the model being called (set by the metering wrapper).
-    prompt_tokens: int | None = None
-    #: Lets a canceller end a whole-body call in flight (``workers/llm/abort.py``).
-    abort: AbortSignal | None = None
-    response_format: ResponseFormat | None = None
-    tool_choice: ToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    stop: list[str] | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    user: str | None = None
-    reasoning: Reasoning | None = None
+__all__ = ["CallReport", "ChainHooks", "ChatModel", "ProviderModel", "RunContext", "WrappedStream"]
 
 
 def _no_sleep(seconds: float) -> None:
@@ -140,10 +117,10 @@ class ChatModel(ABC):
     model_id: str
 
     @abstractmethod
-    def complete(self, request: ModelRequest) -> Completion: ...
+    def complete(self, request: ChatRequest) -> Completion: ...
 
     @abstractmethod
-    def stream(self, request: ModelRequest) -> ChatStream: ...
+    def stream(self, request: ChatRequest) -> ChatStream: ...
 
 
 class ProviderModel(ChatModel):
@@ -152,30 +129,11 @@ class ProviderModel(ChatModel):
         self.model_id = model_id
         self.native_name = native_name
 
-    def _request(self, request: ModelRequest) -> ChatRequest:
-        return ChatRequest(
-            model=self.native_name,
-            messages=request.messages,
-            max_tokens=request.max_tokens,
-            tools=request.tools,
-            temperature=request.temperature,
-            extra_headers=request.headers,
-            abort=request.abort,
-            response_format=request.response_format,
-            tool_choice=request.tool_choice,
-            parallel_tool_calls=request.parallel_tool_calls,
-            stop=request.stop,
-            top_p=request.top_p,
-            seed=request.seed,
-            user=request.user,
-            reasoning=request.reasoning,
-        )
+    def complete(self, request: ChatRequest) -> Completion:
+        return self.provider.complete(self.native_name, request)
 
-    def complete(self, request: ModelRequest) -> Completion:
-        return self.provider.complete(self._request(request))
-
-    def stream(self, request: ModelRequest) -> ChatStream:
-        return self.provider.stream(self._request(request))
+    def stream(self, request: ChatRequest) -> ChatStream:
+        return self.provider.stream(self.native_name, request)
 
 
 OwnerT = TypeVar("OwnerT", bound=ChatModel)
@@ -189,7 +147,7 @@ class WrappedStream(ChatStream, Generic[OwnerT]):
     final fields from the inner stream it used (:meth:`finish_from_inner`).
     """
 
-    def __init__(self, owner: OwnerT, request: ModelRequest) -> None:
+    def __init__(self, owner: OwnerT, request: ChatRequest) -> None:
         super().__init__()
         self._owner = owner
         self._request = request

@@ -108,32 +108,33 @@ def _message(message: Message, tool_names: Mapping[str, str]) -> dict[str, objec
     return out
 
 
-def build_body(request: ChatRequest, *, stream: bool) -> dict[str, object]:
+def build_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+    p = request.params
     tool_names = {c.id: c.function.name for m in request.messages for c in m.tool_calls or []}
-    options: dict[str, object] = {"num_predict": request.max_tokens}
-    if request.temperature is not None:
-        options["temperature"] = request.temperature
+    options: dict[str, object] = {"num_predict": p.max_tokens}
+    if p.temperature is not None:
+        options["temperature"] = p.temperature
     body: dict[str, object] = {
-        "model": request.model,
+        "model": model,
         "messages": [_message(m, tool_names) for m in request.messages],
         "stream": stream,
         "options": options,
     }
-    if request.tools and request.tool_choice != "none":
+    if request.tools and p.tool_choice != "none":
         body["tools"] = [t.model_dump(exclude_none=True) for t in request.tools]
-    if request.stop:
-        options["stop"] = list(request.stop)
-    if request.top_p is not None:
-        options["top_p"] = request.top_p
-    if request.seed is not None:
-        options["seed"] = request.seed
-    fmt = request.response_format
+    if p.stop:
+        options["stop"] = list(p.stop)
+    if p.top_p is not None:
+        options["top_p"] = p.top_p
+    if p.seed is not None:
+        options["seed"] = p.seed
+    fmt = p.response_format
     if isinstance(fmt, JsonSchemaFormat):
         body["format"] = fmt.json_schema.schema_
     elif isinstance(fmt, JsonObjectFormat):
         body["format"] = "json"
-    if request.reasoning is not None:
-        body["think"] = request.reasoning.effort
+    if p.reasoning is not None:
+        body["think"] = p.reasoning.effort
     return body
 
 
@@ -170,17 +171,19 @@ class OllamaProvider(HTTPProvider["OllamaStream"]):
     def genai_name(self) -> str:
         return "ollama"
 
-    def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
-        return build_body(request, stream=stream)
+    def build_body(self, model: str, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+        return build_body(model, request, stream=stream)
 
     def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
         return ollama_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
 
-    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
-        return parse_chat_response(content, provider=self.name, model=request.model)
+    def parse_completion(
+        self, model: str, request: ChatRequest, headers: Mapping[str, str], content: bytes
+    ) -> Completion:
+        return parse_chat_response(content, provider=self.name, model=model)
 
-    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> OllamaStream:
-        return OllamaStream(response, provider=self.name, model=request.model)
+    def open_response_stream(self, model: str, request: ChatRequest, response: ResponseBody) -> OllamaStream:
+        return OllamaStream(response, provider=self.name, model=model)
 
 
 def _tool_call(raw: Mapping[str, object], position: int) -> ToolCall:

@@ -171,14 +171,14 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
             project=env.get("OPENAI_PROJECT_ID") or None,
         )
 
-    def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, object]:
+    def build_body(self, model: str, request: ChatRequest, *, stream: bool) -> dict[str, object]:
         body: dict[str, object] = {
-            "model": request.model,
+            "model": model,
             "messages": [m.model_dump(exclude_none=True, exclude={"reasoning_blocks"}) for m in request.messages],
-            self._max_tokens_field: request.max_tokens,
+            self._max_tokens_field: request.params.max_tokens,
         }
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
+        if request.params.temperature is not None:
+            body["temperature"] = request.params.temperature
         if request.tools:
             body["tools"] = [t.model_dump(exclude_none=True) for t in request.tools]
         _add_params(body, request)
@@ -190,11 +190,13 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
     def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
         return openai_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)
 
-    def parse_completion(self, headers: Mapping[str, str], content: bytes, request: ChatRequest) -> Completion:
+    def parse_completion(
+        self, model: str, request: ChatRequest, headers: Mapping[str, str], content: bytes
+    ) -> Completion:
         completion = parse_completion(content, request_id=self.request_id(headers))
         completion.ratelimit = parse_ratelimit(headers)
         if completion.finish_reason == "content_filter":
-            raise content_filtered(self.name, request.model, completion.text, completion.request_id)
+            raise content_filtered(self.name, model, completion.text, completion.request_id)
         return completion
 
     def request_id(self, headers: Mapping[str, str]) -> str | None:
@@ -206,11 +208,11 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
         the provider's configured name."""
         return GENAI_NAMES.get(urlsplit(self._url).hostname or "", self.name)
 
-    def open_response_stream(self, response: ResponseBody, request: ChatRequest) -> OpenAIStream:
+    def open_response_stream(self, model: str, request: ChatRequest, response: ResponseBody) -> OpenAIStream:
         return OpenAIStream(
             response,
             provider=self.name,
-            model=request.model,
+            model=model,
             secret=self._api_key,
             request_id=self.request_id(response.headers),
         )
@@ -218,23 +220,24 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
 
 def _add_params(body: dict[str, object], request: ChatRequest) -> None:
     """The optional request parameters, in Chat Completions' own shapes (the contract's)."""
-    if request.response_format is not None and request.response_format.type != "text":
-        body["response_format"] = request.response_format.model_dump(mode="json", exclude_none=True)
-    choice = request.tool_choice
+    p = request.params
+    if p.response_format is not None and p.response_format.type != "text":
+        body["response_format"] = p.response_format.model_dump(mode="json", exclude_none=True)
+    choice = p.tool_choice
     if choice is not None:
         body["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump(mode="json")
-    if request.parallel_tool_calls is not None and request.tools:
-        body["parallel_tool_calls"] = request.parallel_tool_calls
-    if request.stop:
-        body["stop"] = list(request.stop)
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
-    if request.seed is not None:
-        body["seed"] = request.seed
-    if request.user is not None:
-        body["user"] = request.user
-    if request.reasoning is not None and request.reasoning.effort is not None:
-        body["reasoning_effort"] = request.reasoning.effort
+    if p.parallel_tool_calls is not None and request.tools:
+        body["parallel_tool_calls"] = p.parallel_tool_calls
+    if p.stop:
+        body["stop"] = list(p.stop)
+    if p.top_p is not None:
+        body["top_p"] = p.top_p
+    if p.seed is not None:
+        body["seed"] = p.seed
+    if p.user is not None:
+        body["user"] = p.user
+    if p.reasoning is not None and p.reasoning.effort is not None:
+        body["reasoning_effort"] = p.reasoning.effort
 
 
 def parse_completion(content: bytes, *, request_id: str | None = None) -> Completion:

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from workers.contract import Attempt, redact
-from workers.llm.base import ChatStream, Completion
+from workers.llm.base import ChatRequest, ChatStream, Completion
 from workers.llm.errors import DeadlineExceededError, LLMQError, RetryLaterError, error_type_name
-from workers.llm.model import ChatModel, ModelRequest, RunContext, WrappedStream
+from workers.llm.model import ChatModel, RunContext, WrappedStream
 
 __all__ = ["RetryPolicy", "RetryingModel", "retry_delay"]
 
@@ -97,7 +97,7 @@ class RetryingModel(ChatModel):
         if delay > 0:
             self.ctx.sleep(delay)
 
-    def complete(self, request: ModelRequest) -> Completion:
+    def complete(self, request: ChatRequest) -> Completion:
         retry_index = 0
         while True:
             try:
@@ -109,7 +109,7 @@ class RetryingModel(ChatModel):
             _record(self.ctx, self.model_id, None, 0.0)
             return completion
 
-    def stream(self, request: ModelRequest) -> ChatStream:
+    def stream(self, request: ChatRequest) -> ChatStream:
         return _RetryingStream(self, request)
 
 

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from workers.accounting.bounded import CHUNK_CHARS, bounded_len, chunks
 from workers.accounting.tokens import TokenCounter
-from workers.contract import Message
+from workers.contract import Message, RequestParams
+from workers.llm.base import ChatRequest
 
 PROSE = (
     "The quick brown fox jumps over the lazy dog; it's 2026 and queues still matter.\n"
@@ -87,7 +88,7 @@ def test_a_panic_while_pre_counting_ends_the_call_with_a_typed_error(stream: boo
     from workers.contract import CompletionJob
     from workers.llm.errors import PreparationError
     from workers.llm.fallback import FallbackModel
-    from workers.llm.model import ModelRequest, RunContext
+    from workers.llm.model import RunContext
     from workers.llm.retry import RetryingModel, RetryPolicy
 
     job = CompletionJob(model="openai:gpt-4o", messages=[Message(role="user", content="hi")])
@@ -98,7 +99,7 @@ def test_a_panic_while_pre_counting_ends_the_call_with_a_typed_error(stream: boo
 
     a, b = ScriptedModel("openai:gpt-4o", [["never"]]), ScriptedModel("openai:gpt-4o-mini", [["never"]])
     chain = FallbackModel([RetryingModel(MeteredModel(m, meter), RetryPolicy(), ctx) for m in (a, b)], ctx)
-    request = ModelRequest(messages=list(job.messages or []), max_tokens=10)
+    request = ChatRequest(messages=list(job.messages or []), params=RequestParams(max_tokens=10))
     with pytest.raises(PreparationError) as info:
         if stream:
             list(chain.stream(request))

@@ -7,9 +7,9 @@ from decimal import Decimal
 from workers.accounting.metered import Meter, MeteredModel
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
-from workers.contract import CompletionJob, Usage
-from workers.llm.base import ChatStream, Completion
-from workers.llm.model import ChatModel, ModelRequest, RunContext
+from workers.contract import CompletionJob, RequestParams, Usage
+from workers.llm.base import ChatRequest, ChatStream, Completion
+from workers.llm.model import ChatModel, RunContext
 
 THOUGHT = "Let me think about the queue, the ledger and the budget before I answer. " * 20
 
@@ -21,10 +21,10 @@ class Answering(ChatModel):
         self.model_id = model_id
         self.completion = completion
 
-    def complete(self, request: ModelRequest) -> Completion:
+    def complete(self, request: ChatRequest) -> Completion:
         return self.completion
 
-    def stream(self, request: ModelRequest) -> ChatStream:  # pragma: no cover - not used here
+    def stream(self, request: ChatRequest) -> ChatStream:  # pragma: no cover - not used here
         raise NotImplementedError
 
 
@@ -41,7 +41,7 @@ def test_anthropic_thinking_is_counted_from_its_text_and_priced_as_output() -> N
     # Anthropic's output_tokens already include the thinking; it reports no separate count
     reported = Usage(prompt_tokens=10, completion_tokens=400)
     model, meter = _metered("anthropic:claude-sonnet-4-5", Completion(text="ok", thinking=THOUGHT, usage=reported))
-    completion = model.complete(ModelRequest(messages=meter.job.messages or [], max_tokens=8000))
+    completion = model.complete(ChatRequest(messages=meter.job.messages or [], params=RequestParams(max_tokens=8000)))
     assert completion.usage is not None
     assert 0 < completion.usage.reasoning_tokens <= completion.usage.completion_tokens == 400
     price = PriceBook().lookup("anthropic:claude-sonnet-4-5")
@@ -50,7 +50,7 @@ def test_anthropic_thinking_is_counted_from_its_text_and_priced_as_output() -> N
 
 def test_without_reported_usage_the_thinking_is_added_to_the_estimate() -> None:
     model, meter = _metered("anthropic:claude-sonnet-4-5", Completion(text="ok", thinking=THOUGHT))
-    completion = model.complete(ModelRequest(messages=meter.job.messages or [], max_tokens=8000))
+    completion = model.complete(ChatRequest(messages=meter.job.messages or [], params=RequestParams(max_tokens=8000)))
     usage = completion.usage
     assert usage is not None and usage.estimated
     thought = TokenCounter().count_text("anthropic:claude-sonnet-4-5", THOUGHT).tokens
@@ -65,5 +65,5 @@ def test_openai_reports_its_own_reasoning_tokens() -> None:
     meter.job = CompletionJob(
         model=job_model, messages=[{"role": "user", "content": "hi"}], reasoning={"effort": "high"}
     )
-    completion = model.complete(ModelRequest(messages=meter.job.messages or [], max_tokens=1000))
+    completion = model.complete(ChatRequest(messages=meter.job.messages or [], params=RequestParams(max_tokens=1000)))
     assert completion.usage is not None and completion.usage.reasoning_tokens == 256

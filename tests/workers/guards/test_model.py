@@ -15,6 +15,7 @@ import redis
 
 from tests.support.doubles import FakeClock
 from tests.support.scripted import ListStream, Outcome, ScriptedModel
+from workers.contract import RequestParams
 from workers.guards.model import GuardedModel
 from workers.guards.shared import SharedGuards
 from workers.jobs.chain import build_chain
@@ -32,14 +33,14 @@ from workers.llm.errors import (
 )
 from workers.llm.fallback import FallbackModel
 from workers.llm.instrumented import InstrumentedModel
-from workers.llm.model import ChainHooks, ChatModel, ModelRequest, ProviderModel, RunContext
+from workers.llm.model import ChainHooks, ChatModel, ProviderModel, RunContext
 from workers.llm.registry import ProviderRegistry
 from workers.llm.retry import RetryingModel, RetryPolicy
 from workers.llm.watchdog import Watchdog
 from workers.routes import LLMQConfig, ModelConfig
 
 A, B = "openai:a", "openai:b"
-REQ = ModelRequest(messages=[], max_tokens=10, prompt_tokens=90)
+REQ = ChatRequest(messages=[], params=RequestParams(max_tokens=10), prompt_tokens=90)
 
 
 class CountingHooks(ChainHooks):
@@ -375,7 +376,7 @@ def test_rpm_waits_inside_the_worker_and_tpm_skips_what_never_fits(make_guards, 
     chain.complete(REQ)
     chain.complete(REQ)
     assert slept == [1.0] and a.calls == 2  # 60 RPM: the second request waited its slot
-    big = ModelRequest(messages=[], max_tokens=500, prompt_tokens=501)
+    big = ChatRequest(messages=[], params=RequestParams(max_tokens=500), prompt_tokens=501)
     ctx, _ = _ctx(clock)
     b = ScriptedModel(B, [["fits elsewhere"]])
     assert _chain(ctx, guards, ScriptedModel(A, [["never"]]), b).complete(big).text == "fits elsewhere"
@@ -430,10 +431,10 @@ def test_watchdog_cancel_races() -> None:
 class _NullProvider(Provider):
     name = "openai"
 
-    def complete(self, request: ChatRequest) -> Completion:  # pragma: no cover - never called
+    def complete(self, model: str, request: ChatRequest) -> Completion:  # pragma: no cover - never called
         raise NotImplementedError
 
-    def stream(self, request: ChatRequest) -> ChatStream:  # pragma: no cover
+    def stream(self, model: str, request: ChatRequest) -> ChatStream:  # pragma: no cover
         raise NotImplementedError
 
 

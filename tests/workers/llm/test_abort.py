@@ -11,7 +11,7 @@ import pytest
 from simulator.app import SimulatorThread
 from tests.support.doubles import provider_for
 from tests.support.replay_server import local_client
-from workers.contract import Message
+from workers.contract import Message, RequestParams
 from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatRequest
 from workers.llm.errors import JobCancelledError
@@ -45,11 +45,10 @@ def test_a_fired_signal_ends_a_blocked_whole_body_read(name: str, http: HTTPClie
     provider = provider_for(name, http, simulator.url, api_key="sk-sim")
     signal = AbortSignal()
     request = ChatRequest(
-        model="m",
         messages=[Message(role="user", content="wait")],
-        max_tokens=20,
-        extra_headers={"x-llmq-sim-fault": "stall@20"},  # the answer would come 20 s late
+        params=RequestParams(max_tokens=20),
         abort=signal,
+        headers={"x-llmq-sim-fault": "stall@20"},
     )
 
     def fire_once_sent() -> None:  # order, not a delay: cancel while the upstream holds the request
@@ -60,8 +59,8 @@ def test_a_fired_signal_ends_a_blocked_whole_body_read(name: str, http: HTTPClie
 
     threading.Thread(target=fire_once_sent, daemon=True).start()
     with pytest.raises(JobCancelledError):  # without the abort the answer would arrive, 20 s on
-        provider.complete(request)
+        provider.complete("m", request)
     assert simulator.simulator.stats.requests == 1
     with pytest.raises(JobCancelledError, match="before the request was sent"):
-        provider.complete(request)  # a retry after the cancel never reaches the upstream
+        provider.complete("m", request)  # a retry after the cancel never reaches the upstream
     assert simulator.simulator.stats.requests == 1

@@ -106,21 +106,18 @@ BODY = json.dumps(
 _counter = iter(range(1_000_000))
 
 
-def _request(messages: list[Message]) -> ChatRequest:
+def _request(messages: list[Message], *, thinking: bool = True) -> ChatRequest:
     job = CompletionJob(
         model="anthropic:claude-sonnet-4-5",
         messages=messages,
         tools=[WEATHER],
         max_tokens=4096,
-        reasoning={"budget_tokens": 2048},
+        reasoning={"budget_tokens": 2048} if thinking else None,
     )
-    return ChatRequest(
-        model="claude-sonnet-4-5",
-        messages=list(job.messages or []),
-        max_tokens=job.max_tokens,
-        tools=job.client_tools,
-        reasoning=job.reasoning,
-    )
+    return ChatRequest(messages=list(job.messages or []), params=job, tools=job.client_tools)
+
+
+MODEL = "claude-sonnet-4-5"
 
 
 QUESTION = Message(role="user", content="Weather in Paris?")
@@ -132,8 +129,8 @@ def _answer(server: ReplayServer, http: HTTPClient, *, stream: bool) -> Completi
     base = server.add(key, Reply(200, [("Content-Type", content_type)], STREAM if stream else BODY))
     provider = AnthropicProvider(http, api_key="sk", base_url=base)
     if not stream:
-        return provider.complete(_request([QUESTION]))
-    with provider.stream(_request([QUESTION])) as s:
+        return provider.complete(MODEL, _request([QUESTION]))
+    with provider.stream(MODEL, _request([QUESTION])) as s:
         assert list(s) == ["Checking."]
         return s.to_completion()
 
@@ -155,19 +152,15 @@ def _sent(server: ReplayServer, http: HTTPClient, kind: str, messages: list[Mess
     key = f"{kind}-{next(_counter)}"
     if kind == "anthropic":
         base = server.add(key, Reply(200, [("Content-Type", "application/json")], OK))
-        AnthropicProvider(http, api_key="sk", base_url=base).complete(_request(messages))
+        AnthropicProvider(http, api_key="sk", base_url=base).complete(MODEL, _request(messages))
     elif kind == "openai":
         reply = b'{"id":"c","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}'
         base = server.add(key, Reply(200, [("Content-Type", "application/json")], reply))
-        request = _request(messages)
-        request.reasoning = None
-        OpenAIProvider(http, api_key="sk", base_url=f"{base}/v1").complete(request)
+        OpenAIProvider(http, api_key="sk", base_url=f"{base}/v1").complete("m", _request(messages, thinking=False))
     else:
         reply = b'{"model":"m","message":{"role":"assistant","content":"ok"},"done":true,"done_reason":"stop"}'
         base = server.add(key, Reply(200, [("Content-Type", "application/json")], reply))
-        request = _request(messages)
-        request.reasoning = None
-        OllamaProvider(http, host=base).complete(request)
+        OllamaProvider(http, host=base).complete("m", _request(messages, thinking=False))
     (captured,) = server.requests[key]
     return json.loads(captured.body)
 
@@ -250,6 +243,6 @@ def test_a_streamed_thinking_block_without_its_signature_is_an_incomplete_stream
 ) -> None:
     unsigned = STREAM.replace(_delta(0, {"type": "signature_delta", "signature": SIGNATURE}), b"")
     base = server.add(f"unsigned-{next(_counter)}", Reply(200, [("Content-Type", "text/event-stream")], unsigned))
-    stream = AnthropicProvider(http, api_key="sk", base_url=base).stream(_request([QUESTION]))
+    stream = AnthropicProvider(http, api_key="sk", base_url=base).stream(MODEL, _request([QUESTION]))
     with stream, pytest.raises(IncompleteStreamError, match="signature"):
         list(stream)

@@ -16,7 +16,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tests.support.replay_server import CapturedRequest, ReplayServer, Reply, local_client
-from workers.contract import Message
+from workers.contract import Message, RequestParams
 from workers.llm.aws import load_aws
 from workers.llm.base import ChatRequest
 from workers.llm.bedrock import BedrockProvider
@@ -87,8 +87,8 @@ def _signed_request(http: HTTPClient, model: str, stream: bool = False) -> tuple
         provider = BedrockProvider(
             http, aws=aws, region="eu-west-3", base_url=base, credentials=aws.static_credentials(KEY_ID, SECRET)
         )
-        request = ChatRequest(model=model, messages=[Message(role="user", content="héllo")], max_tokens=16)
-        assert provider.complete(request).text == "hi"
+        request = ChatRequest(messages=[Message(role="user", content="héllo")], params=RequestParams(max_tokens=16))
+        assert provider.complete(model, request).text == "hi"
         (captured,) = server.requests["signed"]
     return captured, "/signed"
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.hostile_server import HostileServer
-from workers.contract import Message
+from workers.contract import Message, RequestParams
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.base import MAX_LINE_BYTES, ChatRequest, Provider, iter_lines
 from workers.llm.errors import ProviderTimeoutError, ResponseTooLargeError
@@ -22,7 +22,7 @@ from workers.llm.httpclient import HTTPClient, HTTPSettings
 from workers.llm.ollama import OllamaProvider
 from workers.llm.openai import OpenAIProvider
 
-REQUEST = ChatRequest(model="m", messages=[Message(role="user", content="hi")], max_tokens=16)
+REQUEST = ChatRequest(messages=[Message(role="user", content="hi")], params=RequestParams(max_tokens=16))
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_an_endless_line_ends_the_stream_typed_with_memory_bounded(server: Hosti
     model = _provider(provider, server.url)
     tracemalloc.start()
     try:
-        with pytest.raises(ResponseTooLargeError) as info, model.stream(REQUEST) as stream:
+        with pytest.raises(ResponseTooLargeError) as info, model.stream("m", REQUEST) as stream:
             for _ in stream:
                 pass
         _, peak = tracemalloc.get_traced_memory()
@@ -71,7 +71,7 @@ def test_an_endless_stream_ends_at_the_response_cap(server: HostileServer) -> No
     before = server.hangups()
     model = _provider("openai", server.url, max_response_bytes=2 * 1024 * 1024)
     deltas = 0
-    with pytest.raises(ResponseTooLargeError, match="max_response_bytes"), model.stream(REQUEST) as stream:
+    with pytest.raises(ResponseTooLargeError, match="max_response_bytes"), model.stream("m", REQUEST) as stream:
         for _ in stream:
             deltas += 1
     assert deltas > 1000  # it was read as a stream until the cap, not refused up front
@@ -85,7 +85,7 @@ def test_an_endless_whole_body_ends_at_the_response_cap(server: HostileServer) -
     tracemalloc.start()
     try:
         with pytest.raises(ResponseTooLargeError):
-            model.complete(REQUEST)
+            model.complete("m", REQUEST)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -101,11 +101,11 @@ def test_a_trickling_upstream_is_cut_by_the_whole_request_deadline(server: Hosti
     model = _provider("openai", server.url, request_timeout=0.5)
     with pytest.raises(ProviderTimeoutError) as info:
         if stream:
-            with model.stream(REQUEST) as s:
+            with model.stream("m", REQUEST) as s:
                 for _ in s:
                     pass
         else:
-            model.complete(REQUEST)
+            model.complete("m", REQUEST)
     assert info.value.code == "request_timeout" and info.value.is_retryable
     _wait_for_hangup(server, before)
 

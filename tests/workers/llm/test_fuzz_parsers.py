@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers.contract import Message
+from workers.contract import Message, RequestParams
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.base import ChatRequest
 from workers.llm.errors import LLMQError
@@ -24,7 +24,7 @@ from workers.llm.httpprovider import HTTPProvider
 from workers.llm.ollama import OllamaProvider
 from workers.llm.openai import OpenAIProvider
 
-REQUEST = ChatRequest(model="m", messages=[Message(role="user", content="hi")], max_tokens=16)
+REQUEST = ChatRequest(messages=[Message(role="user", content="hi")], params=RequestParams(max_tokens=16))
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(
@@ -130,7 +130,7 @@ PROVIDERS = _providers(HTTPClient(HTTPSettings(http2=False)))
 def test_stream_bytes_end_in_a_result_or_a_typed_error(name: str, data: st.DataObject) -> None:
     chunks = data.draw(stream_bytes(ndjson=name == "ollama"))
     body = _Body(chunks)
-    stream = PROVIDERS[name].open_response_stream(body, REQUEST)  # type: ignore[arg-type]
+    stream = PROVIDERS[name].open_response_stream("m", REQUEST, body)  # type: ignore[arg-type]
     try:
         text = "".join(stream)
     except LLMQError as exc:
@@ -165,7 +165,7 @@ def test_whole_bodies_and_error_bodies_end_in_a_result_or_a_typed_error(
 
     provider = _providers(HTTPClient(HTTPSettings(http2=False), transport=httpx2.MockTransport(answer)))[name]
     try:
-        completion = provider.complete(REQUEST)
+        completion = provider.complete("m", REQUEST)
     except LLMQError as exc:
         assert exc.to_info().type
     else:

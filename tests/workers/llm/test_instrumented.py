@@ -10,10 +10,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.workers.llm.test_wrappers import ScriptedModel
-from workers.contract import Message, Usage
+from workers.contract import Message, RequestParams, Usage
+from workers.llm.base import ChatRequest
 from workers.llm.errors import RateLimitedError
 from workers.llm.instrumented import InstrumentedModel, server_of
-from workers.llm.model import CallReport, ChainHooks, ModelRequest, RunContext
+from workers.llm.model import CallReport, ChainHooks, RunContext
 from workers.llm.retry import RetryingModel, RetryPolicy
 
 SECRET = "sk-proj-CONTENTsecret0123456789abcdef"
@@ -44,7 +45,9 @@ def test_each_attempt_is_a_sibling_chat_span_with_error_type(stream: bool) -> No
         RetryPolicy(),
         ctx,
     )
-    request = ModelRequest(messages=[Message(role="user", content="hi")], max_tokens=10, temperature=0.2)
+    request = ChatRequest(
+        messages=[Message(role="user", content="hi")], params=RequestParams(max_tokens=10, temperature=0.2)
+    )
     if stream:
         s = model.stream(request)
         assert "".join(s) == "ab"
@@ -64,7 +67,9 @@ def test_each_attempt_is_a_sibling_chat_span_with_error_type(stream: bool) -> No
 
 def test_content_is_recorded_only_when_turned_on_and_then_redacted() -> None:
     exporter, ctx, _ = _setup()
-    request = ModelRequest(messages=[Message(role="user", content=f"my key is {SECRET}")], max_tokens=10)
+    request = ChatRequest(
+        messages=[Message(role="user", content=f"my key is {SECRET}")], params=RequestParams(max_tokens=10)
+    )
     InstrumentedModel(ScriptedModel("openai:m", [["fine"]]), ctx).complete(request)
     InstrumentedModel(ScriptedModel("openai:m", [["fine"]]), ctx, record_content=True).complete(request)
     off, on = exporter.get_finished_spans()
@@ -81,14 +86,14 @@ def test_usage_and_cost_land_on_the_span() -> None:
     model = InstrumentedModel(fake, ctx, price=lambda m, u: Decimal("0.5") if u.prompt_tokens == 3 else None)
     original = fake.complete
 
-    def with_usage(request: ModelRequest):  # type: ignore[no-untyped-def]
+    def with_usage(request: ChatRequest):  # type: ignore[no-untyped-def]
         completion = original(request)
         completion.usage = Usage(prompt_tokens=3, completion_tokens=1, cached_tokens=2)
         completion.response_model = "claude-x-2026"
         return completion
 
     fake.complete = with_usage  # type: ignore[method-assign]
-    model.complete(ModelRequest(messages=[], max_tokens=5))
+    model.complete(ChatRequest(messages=[], params=RequestParams(max_tokens=5)))
     (span,) = exporter.get_finished_spans()
     attrs = span.attributes
     assert attrs is not None

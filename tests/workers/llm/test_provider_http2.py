@@ -20,7 +20,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from workers.contract import Message
+from workers.contract import Message, RequestParams
 from workers.llm.base import ChatRequest
 from workers.llm.errors import JobCancelledError
 from workers.llm.httpclient import HTTPClient, HTTPSettings
@@ -28,7 +28,7 @@ from workers.llm.openai import OpenAIProvider
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for a test certificate")
 
-REQUEST = ChatRequest("m", [Message(role="user", content="hi")], max_tokens=8)
+REQUEST = ChatRequest(messages=[Message(role="user", content="hi")], params=RequestParams(max_tokens=8))
 CHUNK = b'data: {"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"%s"}}]}\n\n'
 TAIL = b'data: {"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
 
@@ -113,7 +113,7 @@ def tls_client(h2_server: H2Server, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_http2_is_negotiated_over_tls(h2_server: H2Server, tls_client: HTTPClient) -> None:
     provider = OpenAIProvider(tls_client, api_key="k", base_url=f"https://127.0.0.1:{h2_server.port}/v1")
-    with provider.stream(REQUEST) as stream:
+    with provider.stream("m", REQUEST) as stream:
         assert list(stream) == ["Hello", " h2"]
     assert stream.completed and stream.finish_reason == "stop"
     assert h2_server.alpn == ["h2"] and h2_server.paths == ["/v1/chat/completions"]
@@ -122,11 +122,11 @@ def test_http2_is_negotiated_over_tls(h2_server: H2Server, tls_client: HTTPClien
 def test_an_early_close_resets_only_its_stream(h2_server: H2Server, tls_client: HTTPClient) -> None:
     base = f"https://127.0.0.1:{h2_server.port}"
     hanging = OpenAIProvider(tls_client, api_key="k", base_url=f"{base}/hang/v1")
-    for text in hanging.stream(REQUEST):
+    for text in hanging.stream("m", REQUEST):
         assert text == "first"
         break  # the upstream never finishes this one; dropping the iterator closes it
     fine = OpenAIProvider(tls_client, api_key="k", base_url=f"{base}/v1")
-    with fine.stream(REQUEST) as stream:
+    with fine.stream("m", REQUEST) as stream:
         assert "".join(stream) == "Hello h2"
     assert h2_server.alpn == ["h2"], "one connection, still usable after the early close"
     assert h2_server.resets == 1
@@ -134,7 +134,7 @@ def test_an_early_close_resets_only_its_stream(h2_server: H2Server, tls_client: 
 
 def test_a_cancel_from_another_thread_wakes_a_blocked_http2_read(h2_server: H2Server, tls_client: HTTPClient) -> None:
     base = f"https://127.0.0.1:{h2_server.port}"
-    stream = OpenAIProvider(tls_client, api_key="k", base_url=f"{base}/hang/v1").stream(REQUEST)
+    stream = OpenAIProvider(tls_client, api_key="k", base_url=f"{base}/hang/v1").stream("m", REQUEST)
     errors: list[BaseException] = []
     first = threading.Event()
 
@@ -154,6 +154,6 @@ def test_a_cancel_from_another_thread_wakes_a_blocked_http2_read(h2_server: H2Se
     assert not reader.is_alive(), "the blocked HTTP/2 read was not woken"
     assert len(errors) == 1 and type(errors[0]) is JobCancelledError
     fine = OpenAIProvider(tls_client, api_key="k", base_url=f"{base}/v1")
-    with fine.stream(REQUEST) as again:
+    with fine.stream("m", REQUEST) as again:
         assert "".join(again) == "Hello h2"
     assert h2_server.alpn == ["h2"] and h2_server.resets == 1

@@ -49,31 +49,19 @@ PICTURE = Message(
 )
 
 
-def _request(model: str, **job: Any) -> ChatRequest:
-    """The ChatRequest the worker builds for a job (validated by the contract first)."""
+def _request(model: str, **job: Any) -> tuple[str, ChatRequest]:
+    """The model and the ChatRequest the worker builds for a job: the job is the request's parameters."""
     fields = {"model": f"x:{model}", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4096} | job
     j = CompletionJob(**fields)
-    return ChatRequest(
-        model=model,
-        messages=list(j.messages or []),
-        max_tokens=j.max_tokens,
-        tools=j.tools,
-        temperature=j.temperature,
-        response_format=j.response_format,
-        tool_choice=j.tool_choice,
-        parallel_tool_calls=j.parallel_tool_calls,
-        stop=j.stop,
-        top_p=j.top_p,
-        seed=j.seed,
-        user=j.user,
-        reasoning=j.reasoning,
-    )
+    return model, ChatRequest(messages=list(j.messages or []), params=j, tools=j.client_tools)
 
 
 _counter = iter(range(1_000_000))
 
 
-def _sent(server: ReplayServer, http: HTTPClient, kind: str, request: ChatRequest, reply: bytes = b"") -> Any:
+def _sent(
+    server: ReplayServer, http: HTTPClient, kind: str, request: tuple[str, ChatRequest], reply: bytes = b""
+) -> Any:
     key = f"{kind}-{next(_counter)}"
     base = server.add(
         key, Reply(200, JSON, reply or {"openai": OPENAI_OK, "anthropic": ANTHROPIC_OK}.get(kind, OLLAMA_OK))
@@ -85,7 +73,7 @@ def _sent(server: ReplayServer, http: HTTPClient, kind: str, request: ChatReques
         provider = AnthropicProvider(http, api_key="sk", base_url=base)
     else:
         provider = OllamaProvider(http, host=base)
-    completion = provider.complete(request)
+    completion = provider.complete(*request)
     (captured,) = server.requests[key]
     return json.loads(captured.body), completion
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from tests.support.replay_server import ReplayServer, Reply
-from workers.contract import FunctionCall, Message, Tool, ToolCall, ToolFunction
+from tests.support.requests import chat_request
+from workers.contract import FunctionCall, Message, RequestParams, Tool, ToolCall, ToolFunction
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.base import ChatRequest, Provider
 from workers.llm.errors import BadRequestError, ConfigurationError
@@ -46,21 +47,23 @@ CONVERSATION = [
 ]
 
 
-def sent(server: ReplayServer, key: str, provider: Provider, request: ChatRequest) -> tuple[dict[str, str], Any]:
-    provider.complete(request)
+def sent(
+    server: ReplayServer, key: str, provider: Provider, request: ChatRequest, *, model: str = "m"
+) -> tuple[dict[str, str], Any]:
+    provider.complete(model, request)
     (captured,) = server.requests[key]
     return captured.headers, json.loads(captured.body)
 
 
-def request(**overrides: Any) -> ChatRequest:
-    fields: dict[str, Any] = {"model": "m", "messages": CONVERSATION, "max_tokens": 100, "tools": [WEATHER]}
-    return ChatRequest(**(fields | overrides))
+def request(messages: list[Message] = CONVERSATION, **overrides: Any) -> ChatRequest:
+    fields: dict[str, Any] = {"max_tokens": 100, "tools": [WEATHER]}
+    return chat_request(messages, **(fields | overrides))
 
 
 def test_openai_request(server: ReplayServer, http: HTTPClient) -> None:
     base = server.add("oa-req", Reply(200, JSON, OPENAI_OK))
     provider = OpenAIProvider(http, api_key="sk-a", base_url=f"{base}/v1", organization="org-1", project="proj-1")
-    headers, body = sent(server, "oa-req", provider, request(temperature=1.5, extra_headers={"x-llmq-job-id": "job-1"}))
+    headers, body = sent(server, "oa-req", provider, request(temperature=1.5, headers={"x-llmq-job-id": "job-1"}))
     assert headers["authorization"] == "Bearer sk-a"
     assert (headers["openai-organization"], headers["openai-project"]) == ("org-1", "proj-1")
     assert headers["x-llmq-job-id"] == "job-1"
@@ -81,7 +84,7 @@ def test_openai_request(server: ReplayServer, http: HTTPClient) -> None:
 
 def test_openai_official_api_gets_max_completion_tokens(http: HTTPClient) -> None:
     provider = OpenAIProvider(http, api_key="sk-a")
-    body = provider.build_body(request(), stream=True)
+    body = provider.build_body("m", request(), stream=True)
     assert body["max_completion_tokens"] == 100 and "max_tokens" not in body
     assert body["stream_options"] == {"include_usage": True}
 
@@ -126,7 +129,12 @@ def test_anthropic_request(server: ReplayServer, http: HTTPClient) -> None:
 def test_anthropic_without_system_or_temperature(server: ReplayServer, http: HTTPClient) -> None:
     base = server.add("an-min", Reply(200, JSON, ANTHROPIC_OK))
     provider = AnthropicProvider(http, api_key="k", base_url=base)
-    _, body = sent(server, "an-min", provider, ChatRequest("m", [Message(role="user", content="hi")], max_tokens=5))
+    _, body = sent(
+        server,
+        "an-min",
+        provider,
+        ChatRequest(messages=[Message(role="user", content="hi")], params=RequestParams(max_tokens=5)),
+    )
     assert body == {
         "model": "m",
         "max_tokens": 5,
@@ -141,7 +149,9 @@ def test_tool_arguments_must_be_a_json_object(provider_cls: type[Provider], http
     )
     provider = provider_cls(http, api_key="k")  # type: ignore[call-arg]
     with pytest.raises(BadRequestError, match="not a JSON object"):
-        provider.complete(ChatRequest("m", [Message(role="user", content="hi"), bad], max_tokens=5))
+        provider.complete(
+            "m", ChatRequest(messages=[Message(role="user", content="hi"), bad], params=RequestParams(max_tokens=5))
+        )
 
 
 def test_ollama_request(server: ReplayServer, http: HTTPClient) -> None:
@@ -195,7 +205,9 @@ def test_keys_and_urls_come_from_the_worker_environment(server: ReplayServer, ht
     auth = {"openai": ("authorization", "Bearer sk-env-openai"), "anthropic": ("x-api-key", "sk-env-anthropic")}
     auth["ollama"] = ("authorization", "Bearer ol-env")
     for name, key in [("openai", "env-oa"), ("anthropic", "env-an"), ("ollama", "env-ol")]:
-        completion = registry.get(name).complete(ChatRequest("m", [Message(role="user", content="hi")], max_tokens=5))
+        completion = registry.get(name).complete(
+            "m", ChatRequest(messages=[Message(role="user", content="hi")], params=RequestParams(max_tokens=5))
+        )
         assert completion.text == "ok" and completion.finish_reason == "stop"
         header, value = auth[name]
         assert server.requests[key][0].headers[header] == value
@@ -207,4 +219,6 @@ def test_a_missing_key_for_the_official_api_is_a_configuration_error(
 ) -> None:
     provider = provider_cls.from_env(http, {})  # type: ignore[attr-defined]
     with pytest.raises(ConfigurationError, match="API_KEY is not set"):
-        provider.stream(ChatRequest("m", [Message(role="user", content="hi")], max_tokens=5))
+        provider.stream(
+            "m", ChatRequest(messages=[Message(role="user", content="hi")], params=RequestParams(max_tokens=5))
+        )

@@ -34,17 +34,17 @@ def _format() -> JsonSchemaFormat:
 def test_azure_deployment_and_v1_urls_and_the_api_key_header(server: ReplayServer, http: HTTPClient) -> None:
     base = server.add("az-req", Reply(200, JSON, OPENAI_OK))
     dated = AzureOpenAIProvider(http, api_key="az-key", base_url=base, api_version="2024-10-21")
-    headers, body = sent(server, "az-req", dated, request(model="my gpt4o"))
+    headers, body = sent(server, "az-req", dated, request(), model="my gpt4o")
     assert server.requests["az-req"][0].path == "/openai/deployments/my%20gpt4o/chat/completions?api-version=2024-10-21"
     assert headers["api-key"] == "az-key" and "authorization" not in headers
     assert body["max_completion_tokens"] == 100
     base = server.add("az-v1", Reply(200, JSON, OPENAI_OK))
     v1 = AzureOpenAIProvider(http, api_key="entra-token", base_url=base + "/openai/v1", bearer=True)
-    headers, body = sent(server, "az-v1", v1, request(model="gpt-4o"))
+    headers, body = sent(server, "az-v1", v1, request(), model="gpt-4o")
     assert server.requests["az-v1"][0].path == "/openai/v1/chat/completions"
     assert headers["authorization"] == "Bearer entra-token" and body["model"] == "gpt-4o"
     old = AzureOpenAIProvider(http, api_key="k", base_url=base, api_version="2023-05-15")
-    assert old.build_body(request(), stream=False)["max_tokens"] == 100  # before max_completion_tokens existed
+    assert old.build_body("m", request(), stream=False)["max_tokens"] == 100  # before max_completion_tokens existed
 
 
 def test_a_compatible_server_gets_max_tokens_and_its_extra_headers(server: ReplayServer, http: HTTPClient) -> None:
@@ -119,7 +119,7 @@ def test_gemini_streams_with_alt_sse_and_thinking_budget(server: ReplayServer, h
     stream = b'data: {"candidates": [{"content": {"parts": [{"text": "ok"}],"role": "model"},"finishReason": "STOP"}]}\r\n\r\n'
     base = server.add("gm-stream", Reply(200, [("Content-Type", "text/event-stream")], stream))
     provider = GeminiProvider(http, api_key="k", base_url=f"{base}/v1beta")
-    with provider.stream(request(reasoning=Reasoning(effort="medium"), tools=[])) as s:
+    with provider.stream("m", request(reasoning=Reasoning(effort="medium"), tools=[])) as s:
         assert list(s) == ["ok"]
     captured = server.requests["gm-stream"][0]
     assert captured.path == "/v1beta/models/m:streamGenerateContent?alt=sse"
@@ -141,13 +141,8 @@ def test_bedrock_request(server: ReplayServer, http: HTTPClient) -> None:
         server,
         "br-req",
         provider,
-        request(
-            model="us.anthropic.claude-sonnet-4-5-v1:0",
-            messages=messages,
-            top_p=0.9,
-            tool_choice="required",
-            response_format=_format(),
-        ),
+        request(messages, top_p=0.9, tool_choice="required", response_format=_format()),
+        model="us.anthropic.claude-sonnet-4-5-v1:0",
     )
     assert server.requests["br-req"][0].path == "/model/us.anthropic.claude-sonnet-4-5-v1%3A0/converse"
     assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKID/")

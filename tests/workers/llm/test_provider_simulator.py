@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from simulator.app import SimulatorThread
 from tests.support.doubles import provider_for
 from tests.support.replay_server import local_client
+from tests.support.requests import chat_request
 from workers.contract import Message, Tool, ToolFunction
 from workers.llm.base import ChatRequest, Provider
 from workers.llm.errors import (
@@ -43,20 +45,19 @@ def sim_provider(name: str, http: HTTPClient, sim: SimulatorThread) -> Provider:
     return provider_for(name, http, sim.url, api_key="sk-sim")
 
 
-def request(fault: str | None = None, **fields: object) -> ChatRequest:
+def request(fault: str | None = None, **fields: Any) -> ChatRequest:
     headers = {"x-llmq-sim-fault": fault} if fault else {}
-    base: dict[str, object] = {"model": "m", "messages": [Message(role="user", content="Say hello")]}
-    return ChatRequest(**(base | {"max_tokens": 50, "extra_headers": headers} | fields))  # type: ignore[arg-type]
+    return chat_request([Message(role="user", content="Say hello")], headers=headers, **({"max_tokens": 50} | fields))
 
 
 @pytest.mark.parametrize("name", PROVIDERS)
 def test_answers_streamed_and_whole(name: str, http: HTTPClient, simulator: SimulatorThread) -> None:
     provider = sim_provider(name, http, simulator)
-    with provider.stream(request()) as stream:
+    with provider.stream("m", request()) as stream:
         deltas = list(stream)
     assert len(deltas) > 1 and stream.completed and stream.finish_reason == "stop"
     assert stream.usage is not None and not stream.usage.estimated and stream.usage.completion_tokens > 0
-    whole = provider.complete(request())
+    whole = provider.complete("m", request())
     assert whole.text == stream.text and whole.finish_reason == "stop" and whole.usage == stream.usage
 
 
@@ -70,13 +71,13 @@ def test_prompt_cache_counts(
 ) -> None:
     """Cache reads/writes are part of ``prompt_tokens`` (Anthropic's ``input_tokens`` excludes them)."""
     provider = sim_provider(name, http, simulator)
-    plain = provider.complete(request()).usage
+    plain = provider.complete("m", request()).usage
     if stream:
-        with provider.stream(request(fault)) as s:
+        with provider.stream("m", request(fault)) as s:
             list(s)
         usage = s.usage
     else:
-        usage = provider.complete(request(fault)).usage
+        usage = provider.complete("m", request(fault)).usage
     assert plain is not None and usage is not None and plain.cached_tokens == plain.cache_write_tokens == 0
     assert usage.prompt_tokens == plain.prompt_tokens
     assert (usage.cached_tokens, usage.cache_write_tokens) == (read, written)
@@ -88,11 +89,11 @@ def test_tool_calls(name: str, stream: bool, http: HTTPClient, simulator: Simula
     provider = sim_provider(name, http, simulator)
     req = request("tools@2", tools=[LOOKUP])
     if stream:
-        with provider.stream(req) as s:
+        with provider.stream("m", req) as s:
             list(s)
         completion = s.to_completion()
     else:
-        completion = provider.complete(req)
+        completion = provider.complete("m", req)
     assert completion.finish_reason == "tool_calls"
     assert [c.function.name for c in completion.tool_calls] == ["lookup", "lookup"]
     assert all(isinstance(json.loads(c.function.arguments), dict) and c.id for c in completion.tool_calls)
@@ -118,9 +119,9 @@ def test_http_faults(
     provider = sim_provider(name, http, simulator)
     with pytest.raises(LLMQError) as info:
         if stream:
-            list(provider.stream(request(fault)))
+            list(provider.stream("m", request(fault)))
         else:
-            provider.complete(request(fault))
+            provider.complete("m", request(fault))
     exc = info.value
     # Gemini has no 529: an overloaded model is a 503 UNAVAILABLE there
     assert isinstance(exc, ServerError if (name, fault) == ("gemini", "529") else cls), repr(exc)
@@ -142,7 +143,7 @@ STREAM_FAULTS: list[tuple[str, type[LLMQError]]] = [
 def test_stream_faults(
     name: str, fault: str, cls: type[LLMQError], http: HTTPClient, simulator: SimulatorThread
 ) -> None:
-    stream = sim_provider(name, http, simulator).stream(request(fault))
+    stream = sim_provider(name, http, simulator).stream("m", request(fault))
     with pytest.raises(cls):
         list(stream)
     assert stream.text and not stream.completed  # partial text seen before the failure

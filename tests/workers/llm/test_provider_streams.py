@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.doubles import provider_for
 from tests.support.replay_server import ReplayServer, Reply, local_client
-from workers.contract import Message
+from workers.contract import Message, RequestParams
 from workers.llm.anthropic import AnthropicStream
 from workers.llm.base import ChatRequest, ChatStream, ResponseStream
 from workers.llm.errors import (
@@ -34,7 +34,7 @@ from workers.llm.openai import OpenAIProvider, OpenAIStream
 
 PROVIDERS = ["openai", "anthropic", "ollama"]
 TEXTS = ["Hel", "lo", " wörld"]
-REQUEST = ChatRequest("m", [Message(role="user", content="hi")], max_tokens=16)
+REQUEST = ChatRequest(messages=[Message(role="user", content="hi")], params=RequestParams(max_tokens=16))
 
 
 def _sse(event: str | None, payload: object) -> bytes:
@@ -97,7 +97,7 @@ def drain(stream: ChatStream) -> list[str]:
 @pytest.mark.parametrize("name", PROVIDERS)
 def test_a_complete_stream(name: str, server: ReplayServer, http: HTTPClient) -> None:
     base = serve(server, f"ok-{name}", name, b"".join(wire(name)))
-    stream = provider_for(name, http, base).stream(REQUEST)
+    stream = provider_for(name, http, base).stream("m", REQUEST)
     assert drain(stream) == TEXTS
     assert stream.completed and stream.finish_reason == "stop"
     assert stream.usage is not None and (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (3, 2)
@@ -106,7 +106,7 @@ def test_a_complete_stream(name: str, server: ReplayServer, http: HTTPClient) ->
 @pytest.mark.parametrize("name", PROVIDERS)
 def test_crlf_line_endings(name: str, server: ReplayServer, http: HTTPClient) -> None:
     base = serve(server, f"crlf-{name}", name, b"".join(wire(name)).replace(b"\n", b"\r\n"))
-    stream = provider_for(name, http, base).stream(REQUEST)
+    stream = provider_for(name, http, base).stream("m", REQUEST)
     assert drain(stream) == TEXTS and stream.completed
 
 
@@ -114,7 +114,7 @@ def test_crlf_line_endings(name: str, server: ReplayServer, http: HTTPClient) ->
 def test_a_stream_without_its_terminator_is_incomplete(name: str, server: ReplayServer, http: HTTPClient) -> None:
     head, deltas, tail, _ = wire(name)
     base = serve(server, f"noterm-{name}", name, head + deltas + tail)
-    stream = provider_for(name, http, base).stream(REQUEST)
+    stream = provider_for(name, http, base).stream("m", REQUEST)
     with pytest.raises(IncompleteStreamError, match="stream ended without") as info:
         drain(stream)
     assert info.value.is_retryable and info.value.provider == name
@@ -126,7 +126,7 @@ def test_a_cut_connection_is_incomplete(name: str, server: ReplayServer, http: H
     body = b"".join(wire(name))
     base = serve(server, f"cut-{name}", name, body, cut=len(body) // 2)
     with pytest.raises(IncompleteStreamError):
-        drain(provider_for(name, http, base).stream(REQUEST))
+        drain(provider_for(name, http, base).stream("m", REQUEST))
 
 
 @pytest.mark.parametrize("name", PROVIDERS)
@@ -134,7 +134,7 @@ def test_a_malformed_line_is_incomplete(name: str, server: ReplayServer, http: H
     head, deltas, tail, end = wire(name)
     broken = b'data: {"choices": [{"delta": {"content": "bro\n\n' if name != "ollama" else b'{"message": {"cont\n'
     base = serve(server, f"malformed-{name}", name, head + deltas + broken + tail + end)
-    stream = provider_for(name, http, base).stream(REQUEST)
+    stream = provider_for(name, http, base).stream("m", REQUEST)
     with pytest.raises(IncompleteStreamError, match="malformed"):
         drain(stream)
     assert stream.text == "".join(TEXTS)
@@ -145,7 +145,7 @@ def test_a_stalled_stream_times_out(name: str, server: ReplayServer) -> None:
     head, deltas, _, _ = wire(name)
     base = serve(server, f"stall-{name}", name, head + deltas, stall=True)
     with local_client(read_timeout=0.3) as client:
-        stream = provider_for(name, client, base).stream(REQUEST)
+        stream = provider_for(name, client, base).stream("m", REQUEST)
         with pytest.raises(ProviderTimeoutError):
             drain(stream)
         assert stream.text == "".join(TEXTS)
@@ -156,7 +156,7 @@ def test_connection_refused(http: HTTPClient) -> None:
         origin = gone.origin
     provider = OpenAIProvider(http, api_key="k", base_url=f"{origin}/v1")
     with pytest.raises(ProviderConnectionError):
-        provider.stream(REQUEST)
+        provider.stream("m", REQUEST)
 
 
 @pytest.mark.parametrize("name", PROVIDERS)
@@ -164,7 +164,7 @@ def test_a_consumer_that_stops_early_closes_the_response(name: str, server: Repl
     head, deltas, _, _ = wire(name)
     reply = Reply(200, [("Content-Type", CONTENT_TYPE[name])], head + deltas, endless=DELTA[name]("more "))
     base = server.add(f"early-{name}", reply)
-    for text in provider_for(name, http, base).stream(REQUEST):
+    for text in provider_for(name, http, base).stream("m", REQUEST):
         assert text == TEXTS[0]
         break  # no close(), no with: dropping the iterator must be enough
     assert reply.disconnected.wait(5), "the upstream connection was left open"
@@ -177,7 +177,7 @@ def test_closing_from_another_thread_cancels(name: str, endless: bool, server: R
     head, deltas, _, _ = wire(name)
     more = DELTA[name]("more ") if endless else None
     base = serve(server, f"cancel-{name}-{endless}", name, head + deltas, endless=more, stall=not endless)
-    stream = provider_for(name, http, base).stream(REQUEST)
+    stream = provider_for(name, http, base).stream("m", REQUEST)
     errors: list[BaseException] = []
 
     def read() -> None:

@@ -7,6 +7,8 @@ import random
 import pytest
 
 from tests.support.scripted import ScriptedModel
+from workers.contract import RequestParams
+from workers.llm.base import ChatRequest
 from workers.llm.errors import (
     AllModelsFailedError,
     AuthenticationError,
@@ -19,10 +21,10 @@ from workers.llm.errors import (
     ServerError,
 )
 from workers.llm.fallback import FallbackModel
-from workers.llm.model import ModelRequest, RunContext
+from workers.llm.model import RunContext
 from workers.llm.retry import RetryingModel, RetryPolicy, retry_delay
 
-REQ = ModelRequest(messages=[], max_tokens=10)
+REQ = ChatRequest(messages=[], params=RequestParams(max_tokens=10))
 
 
 def _ctx(**kw: object) -> tuple[RunContext, list[float]]:
