@@ -359,12 +359,12 @@ def test_the_checks_catch_upward_imports_cycles_and_leaks(tmp_path: Path) -> Non
             "simulator/__init__.py": "from workers.connections import redisurl\n",
             "workers/llm/__init__.py": "",
             "workers/llm/_http.py": "_POOL = 1\n",
-            "workers/llm/openai.py": "from workers.llm.httpclient import Client\nfrom . import _http\n",
-            "workers/guards/model.py": "from workers.llm.httpclient import Client\nfrom workers.llm.openai import _parse\n",
+            "workers/llm/openai.py": "from workers.llm._http import Client\nfrom . import _http\n",
+            "workers/guards/model.py": "from workers.llm._http import Client\nfrom workers.llm.openai import _parse\n",
         },
     )
     assert private_imports(tmp_path, find_modules(tmp_path)) == [
-        "workers.guards.model imports the private module workers.llm.httpclient  (workers/guards/model.py:1)",
+        "workers.guards.model imports the private module workers.llm._http  (workers/guards/model.py:1)",
         "workers.guards.model imports _parse of workers.llm.openai  (workers/guards/model.py:2)",
     ]
     edges = import_edges(tmp_path, find_modules(tmp_path))
