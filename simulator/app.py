@@ -10,6 +10,10 @@ upstream request". Control endpoints:
   outcome; ``GET /_sim/requests?job=ID`` - the same for every answered request;
 * ``GET /_sim/config`` / ``POST /_sim/config`` - read or change pacing and fault rates live.
 
+The provider batch APIs (OpenAI Files + Batch, Anthropic Message Batches) are served too, answering
+each line as the live endpoint would (``simulator/batches.py``); their counters are ``batches`` in
+the stats.
+
 Per-request overrides (headers): ``x-llmq-sim-fault`` (fault plan), ``x-llmq-sim-tokens``
 (answer length), ``x-llmq-sim-latency`` (seconds to the first token), ``x-llmq-sim-tokens-per-s``.
 Sequences are keyed by the ``x-llmq-job-id`` header.
@@ -26,6 +30,9 @@ from dataclasses import asdict, dataclass, field
 from itertools import cycle, islice
 
 from simulator.answer import Answer, send_error, send_once, send_stream
+from simulator.batches import BatchEngine, LineAnswer
+from simulator.batchfiles import FileStore
+from simulator.batchroutes import BatchRoutes, is_batch_path
 from simulator.http import HTTPServer, Request, Responder
 from simulator.pacer import Pacer
 from simulator.protocols.base import ParsedRequest, Protocol, RequestError
@@ -70,6 +77,14 @@ class SimConfig:
     completion_tokens: int = 20
     fault_rates: dict[str, float] = field(default_factory=dict)
     seed: int = 7
+    #: Provider batches: seconds from creation until every line is answered (spread evenly).
+    batch_processing_s: float = 0.0
+    #: Provider batches: the completion window; lines not answered within it expire.
+    batch_window_s: float = 86_400.0
+    #: Provider batches: seconds an upload's / a batch creation's reply is held after the object
+    #: exists (a client killed meanwhile leaves an object it never learned of).
+    batch_upload_delay_s: float = 0.0
+    batch_create_delay_s: float = 0.0
 
 
 def _header_number(headers: dict[str, str], name: str, integer: bool = False) -> float | None:
@@ -95,8 +110,22 @@ class Simulator:
         self.planner = FaultPlanner(rates=dict(self.config.fault_rates), seed=self.config.seed)
         self.stats = Stats()
         self.pacer = Pacer()
+        self.batches = self._batch_routes()
+
+    def _batch_routes(self) -> BatchRoutes:
+        files = FileStore()
+        engine = BatchEngine(
+            files,
+            self.answer_line,
+            config=lambda: (self.config.batch_processing_s, self.config.batch_window_s),
+            seed=self.config.seed,
+        )
+        return BatchRoutes(files, engine, lambda: (self.config.batch_upload_delay_s, self.config.batch_create_delay_s))
 
     async def handle(self, request: Request, out: Responder) -> None:
+        if is_batch_path(request.path):
+            await self.batches.handle(request, out)
+            return
         protocol = self.protocols.get(request.path)
         route: dict[str, str] | None = None
         if protocol is None:
@@ -115,10 +144,11 @@ class Simulator:
     async def _control(self, request: Request, out: Responder) -> None:
         path, method = request.path, request.method
         if path == "/_sim/stats":
-            await out.send_json(200, self.stats.as_json())
+            await out.send_json(200, {**self.stats.as_json(), "batches": self.batches.engine.as_json()})
         elif path == "/_sim/reset" and method == "POST":
             self.stats = Stats()
             self.planner.reset()
+            self.batches = self._batch_routes()
             await out.send_json(200, {"ok": True})
         elif path in ("/_sim/streams", "/_sim/requests"):
             job = request.query_params().get("job")
@@ -150,6 +180,9 @@ class Simulator:
         new = SimConfig(**{**current, **changes, "fault_rates": dict(rates)})
         if new.latency < 0 or new.tokens_per_s < 0 or new.completion_tokens < 0:
             raise ValueError("latency, tokens_per_s and completion_tokens must be >= 0")
+        timings = (new.batch_processing_s, new.batch_window_s, new.batch_upload_delay_s, new.batch_create_delay_s)
+        if any(not isinstance(t, int | float) or t < 0 for t in timings):
+            raise ValueError("the batch_* settings must be numbers >= 0")
         self.config = new
         self.planner.rates = dict(new.fault_rates)
         if "seed" in changes:
@@ -220,6 +253,28 @@ class Simulator:
         self.stats.by_outcome["invalid"] += 1
         status, headers, body = protocol.invalid(err)
         await out.send(status, body, protocol.content_type, headers)
+
+    def answer_line(self, api: str, payload: dict[str, object], key: str) -> LineAnswer:
+        """One line of a provider batch, answered as the live endpoint would answer its body
+        (``api``: ``openai`` or ``anthropic``; ``key`` keys the line's fault sequence)."""
+        protocol = self.protocols["/v1/messages" if api == "anthropic" else "/v1/chat/completions"]
+        try:
+            req = protocol.parse(payload)
+            req.protocol_name = protocol.name
+            fault = self.planner.choose(req.model, None, key, f"batch:{protocol.path}")
+        except RequestError as exc:
+            status, _, body = protocol.invalid(exc)
+            return LineAnswer(status, body)
+        except (ValueError, TypeError, KeyError) as exc:
+            status, _, body = protocol.invalid(RequestError(f"invalid request: {exc}"))
+            return LineAnswer(status, body)
+        if fault.kind == "expire":
+            return LineAnswer(0, b"")
+        if fault.is_http_error or fault.kind == "midstream":
+            status, _, body = protocol.error(fault if fault.is_http_error else protocol.midstream_fault, req)
+            return LineAnswer(status, body)
+        script = self._script(protocol, req, fault, self.config.completion_tokens)
+        return LineAnswer(200, protocol.complete_body(req, script, fault.kind != "nousage"))
 
     def _script(self, protocol: Protocol, req: ParsedRequest, fault: Fault, wanted: int) -> Script:
         limit = req.max_tokens

@@ -22,7 +22,7 @@ to it, Anthropic only), ``badjson`` (an answer that is not valid JSON / not vali
 schema; plan ``badjson,badjson`` for two in a row), ``refusal`` (the model declines: OpenAI's
 ``refusal``, Anthropic's ``refusal`` stop reason), ``badargs`` / ``badargs@N`` (like ``tools``, but
 every call's arguments violate its schema: ``gpt-4o~badargs,tools`` is a model that corrects
-itself on the next turn).
+itself on the next turn); ``expire`` (a provider batch's line expires; see ``simulator/batches.py``).
 
 A request whose last messages are tool results (and whose fault calls no tools) is answered with
 text quoting every one of them (``Tool results: [1] ... [2] ...``), in all three wire formats,
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 __all__ = [
+    "BATCH_FAULTS",
     "HTTP_FAULTS",
     "OK",
     "STREAM_FAULTS",
@@ -79,6 +80,8 @@ STREAM_FAULTS = frozenset(
         "refusal",
     }
 )
+#: Faults of a provider batch's line only (a live request answers as if none was planned).
+BATCH_FAULTS = frozenset({"expire"})
 #: Cap on remembered per-job sequences (oldest forgotten first).
 MAX_SEQUENCES = 50_000
 
@@ -113,7 +116,7 @@ def parse_fault(item: str) -> Fault:
         raise ValueError(f"bad fault argument in {item!r}") from exc
     if value is not None and value < 0:
         raise ValueError(f"negative fault argument in {item!r}")
-    known = name == "ok" or name in HTTP_FAULTS or name in STREAM_FAULTS
+    known = name == "ok" or name in HTTP_FAULTS or name in STREAM_FAULTS or name in BATCH_FAULTS
     if not known and not (name.isdigit() and 400 <= int(name) <= 599):
         raise ValueError(f"unknown fault item {item!r}")
     return Fault(name, value)

@@ -57,14 +57,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="random faults, e.g. 429=0.05,503=0.02,cut=0.01,midstream=0.01 (seeded)",
     )
     p.add_argument("--seed", type=int, default=7, help="seed for --fault-rate draws")
+    p.add_argument(
+        "--batch-processing-s",
+        type=float,
+        default=0.0,
+        help="provider batches: seconds until every line is answered (default 0: at the first poll)",
+    )
+    p.add_argument(
+        "--batch-window-s",
+        type=float,
+        default=86_400.0,
+        help="provider batches: the completion window; lines not answered within it expire (default 24 h)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from simulator.app import SimConfig, serve
 
-    if args.latency < 0 or args.tokens_per_s < 0 or args.completion_tokens < 0:
-        print("llmq simulate: --latency, --tokens-per-s and --completion-tokens must be >= 0", file=sys.stderr)
+    if min(args.latency, args.tokens_per_s, args.completion_tokens, args.batch_processing_s, args.batch_window_s) < 0:
+        print(
+            "llmq simulate: --latency, --tokens-per-s, --completion-tokens and --batch-* must be >= 0", file=sys.stderr
+        )
         return 2
     config = SimConfig(
         latency=args.latency,
@@ -72,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         completion_tokens=args.completion_tokens,
         fault_rates=args.fault_rate,
         seed=args.seed,
+        batch_processing_s=args.batch_processing_s,
+        batch_window_s=args.batch_window_s,
     )
     try:
         with contextlib.suppress(KeyboardInterrupt):
