@@ -407,7 +407,13 @@ class BatchEngine:
 
     def as_json(self) -> dict[str, Any]:
         repeated = sum(1 for count in self.answered.values() if count > 1)
-        return {**self.stats, "files": self.stats["files"], "lines_answered_twice": repeated}
+        counters = ("files", "openai_batches", "anthropic_batches", "lines", "cancels", "file_downloads")
+        return {
+            **{k: 0 for k in counters},
+            **self.stats,
+            "result_downloads": self.stats["result_downloads"],
+            "lines_answered_twice": repeated,
+        }
 
 
 def _jsonl(lines: list[bytes]) -> bytes:

@@ -263,6 +263,8 @@ class AnthropicProvider(HTTPProvider["AnthropicStream"]):
             key_env=key_env,
             timeout_s=timeout_s,
         )
+        #: The API root: Message Batches live beside Messages.
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
 
     @classmethod
     def from_env(cls, http: HTTPClient, env: Mapping[str, str] = os.environ) -> AnthropicProvider:

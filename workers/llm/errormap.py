@@ -35,6 +35,7 @@ from workers.llm.errors import (
 
 __all__ = [
     "error_for_status",
+    "error_in_batch",
     "error_in_stream",
     "parse_duration",
     "parse_ratelimit",
@@ -335,4 +336,29 @@ def error_in_stream(
         kind=kind,
         request_id=request_id,
         in_stream=True,
+    )
+
+
+def error_in_batch(
+    *,
+    provider: str,
+    model: str,
+    message: str,
+    code: str | None = None,
+    kind: str | None = None,
+    request_id: str | None = None,
+) -> LLMQError:
+    """The error a provider batch reports for one of its lines without an HTTP status (Anthropic's
+    ``errored`` result), classified like the same error of a live call, by its type or code."""
+    status = _KIND_STATUS.get(code or "") or _KIND_STATUS.get(kind or "") or 500
+    return error_for_status(
+        status,
+        {},
+        provider=provider,
+        model=model,
+        message=message,
+        code=code,
+        kind=kind,
+        request_id=request_id,
+        extra={"batch": True},
     )

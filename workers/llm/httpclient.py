@@ -362,12 +362,13 @@ class HTTPClient:
         self,
         url: str,
         headers: Mapping[str, str],
-        body: bytes,
+        body: bytes | None,
         provider: str,
         model: str,
         limit_s: float | None = None,
+        method: str = "POST",
     ) -> httpx.Response:
-        """POST; returns once the status line and headers are in, the body still to be read."""
+        """Send; returns once the status line and headers are in, the body still to be read."""
         client = self._client
         parsed = self._urls.get(url)
         if parsed is None:
@@ -375,7 +376,7 @@ class HTTPClient:
                 self._urls.clear()
             parsed = self._urls[url] = httpx.URL(url)
         if limit_s is None:
-            request = client.build_request("POST", parsed, headers=headers, content=body)
+            request = client.build_request(method, parsed, headers=headers, content=body)
         else:
             s = self.settings
             timeout = httpx.Timeout(
@@ -384,7 +385,7 @@ class HTTPClient:
                 write=min(s.write_timeout, limit_s),
                 pool=s.pool_timeout,
             )
-            request = client.build_request("POST", parsed, headers=headers, content=body, timeout=timeout)
+            request = client.build_request(method, parsed, headers=headers, content=body, timeout=timeout)
         with _mapped(provider, model):
             return client.send(request, stream=True)
 
@@ -440,6 +441,51 @@ class HTTPClient:
         started = time.monotonic()
         response = self._send(url, headers, body, provider, model, timeout_s)
         reader = self._reader(response, provider, model, started)
+        if response.status_code >= 300:
+            raise error_mapper(response.status_code, response.headers, reader.read_all())
+        return reader
+
+    def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+        provider: str,
+        model: str = "",
+        error_mapper: ErrorMapper,
+        timeout_s: float | None = None,
+    ) -> tuple[Mapping[str, str], bytes]:
+        """Any other call of a provider's API (``GET``, ``DELETE``, an upload): the whole 2xx body,
+        or the mapped error; bounded like :meth:`post`."""
+        started = time.monotonic()
+        response = self._send(url, headers, body, provider, model, timeout_s, method)
+        content = self._reader(response, provider, model, started).read_all()
+        if response.status_code >= 300:
+            raise error_mapper(response.status_code, response.headers, content)
+        return response.headers, content
+
+    def download(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        provider: str,
+        model: str = "",
+        error_mapper: ErrorMapper,
+        max_bytes: int | None = None,
+        timeout_s: float | None = None,
+    ) -> StreamingResponse:
+        """``GET`` a body too large to hold (a provider batch's results), read incrementally: the
+        caller closes it. ``max_bytes`` and ``timeout_s`` (whole download) replace the limits of a
+        call (``None``: no size limit; the worker's request deadline)."""
+        started = time.monotonic()
+        response = self._send(url, headers, None, provider, model, None, "GET")
+        deadline = (timeout_s or self.settings.request_timeout) - (time.monotonic() - started)
+        reader = StreamingResponse(
+            response, provider, model, max_bytes=max_bytes, timeout_s=deadline, watchdog=self._watchdog
+        )
         if response.status_code >= 300:
             raise error_mapper(response.status_code, response.headers, reader.read_all())
         return reader

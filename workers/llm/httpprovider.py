@@ -96,11 +96,22 @@ class HTTPProvider(Provider, Generic[StreamT]):
 
     # --- the shared request cycle ----------------------------------------------------------------
 
-    def headers(self, model: str, request: ChatRequest, *, stream: bool) -> dict[str, str]:
+    def _check_key(self, model: str) -> None:
         if self._api_key is None and self._key_required:
             raise ConfigurationError(
                 f"{self.key_env} is not set in the worker's environment", provider=self.name, model=model
             )
+
+    def api_headers(self, model: str = "") -> dict[str, str]:
+        """The headers of the provider's other calls (files, batches): its static headers and its key."""
+        self._check_key(model)
+        headers = dict(self._static_headers)
+        if self._api_key:
+            headers.update(self.auth_headers(self._api_key))
+        return headers
+
+    def headers(self, model: str, request: ChatRequest, *, stream: bool) -> dict[str, str]:
+        self._check_key(model)
         headers = {
             "content-type": "application/json",
             "accept": self.stream_media_type if stream else "application/json",
@@ -119,7 +130,7 @@ class HTTPProvider(Provider, Generic[StreamT]):
 
     def complete(self, model: str, request: ChatRequest) -> Completion:
         url = self.endpoint(model, stream=False)
-        body = json.dumps(self.build_body(model, request, stream=False)).encode()
+        body = self.body_bytes(model, request)
         headers, content = self._http.post(
             url,
             headers=self.sign(url, self.headers(model, request, stream=False), body),
@@ -130,10 +141,19 @@ class HTTPProvider(Provider, Generic[StreamT]):
             abort=request.abort,
             timeout_s=self._timeout_s,
         )
+        return self.answer(model, request, headers, content)
+
+    def answer(self, model: str, request: ChatRequest, headers: Mapping[str, str], content: bytes) -> Completion:
+        """A whole-body answer to ``request`` (a live call's, or a provider batch's line), checked;
+        a body of an unexpected shape is a typed error."""
         try:
             return check_completion(self.parse_completion(model, request, headers, content))
         except _MALFORMED as exc:
             raise error_in_stream(provider=self.name, model=model, message=f"malformed response: {exc}") from exc
+
+    def body_bytes(self, model: str, request: ChatRequest) -> bytes:
+        """The JSON body of a whole-body call of ``request``: the bytes :meth:`complete` sends."""
+        return json.dumps(self.build_body(model, request, stream=False)).encode()
 
     def stream(self, model: str, request: ChatRequest) -> StreamT:
         url = self.endpoint(model, stream=True)

@@ -160,6 +160,8 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
             timeout_s=timeout_s,
         )
         self._max_tokens_field = "max_completion_tokens" if official else "max_tokens"
+        #: The API root (``.../v1``): the Files and Batch APIs live beside Chat Completions.
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
 
     @classmethod
     def from_env(cls, http: HTTPClient, env: Mapping[str, str] = os.environ) -> OpenAIProvider:
