@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -96,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
     except SubmitRefusedError as exc:  # nothing was enqueued; try again later (the line says when)
         print(f"llmq: {exc}", file=sys.stderr)
         return EXIT_REFUSED
@@ -110,6 +113,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(line, file=sys.stderr)
         return 2
+
+
+#: A command whose reader went away ends as Unix tools do when SIGPIPE kills them (128 + 13).
+EXIT_PIPE_CLOSED = 141
+
+
+def _reader_gone() -> int:
+    """The reader of our stdout went away (``llmq subscribe --json ID | head``): stop quietly.
+
+    What is still buffered for stdout cannot be written; pointing stdout at /dev/null keeps the
+    interpreter's final flush from printing a second BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":  # pragma: no cover

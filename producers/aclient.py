@@ -12,6 +12,7 @@ import redis
 import redis.asyncio as aredis
 from opentelemetry.trace import Tracer
 
+from producers.catalog import live_presences_async
 from producers.core import (
     RECONNECT_FIRST_S,
     REDIS_DOWN,
@@ -256,6 +257,10 @@ class AsyncClient(ClientCore):
                                 yield out
                             if cursor.done:
                                 return
+                    if cursor.waiting_past_start and cursor.ended_before(
+                        self.last_event(await self.redis.xrevrange(keys.events, count=1))
+                    ):
+                        return  # the job ended before the seq this consumer asked for
                     while True:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=cursor.wait_s())
                         if message is None:
@@ -268,11 +273,32 @@ class AsyncClient(ClientCore):
                         if cursor.done:
                             return
             except REDIS_DOWN:
-                await asyncio.sleep(min(backoff, cursor.wait_s()))
+                try:
+                    wait = cursor.wait_s()
+                except ResultTimeoutError as exc:
+                    raise ResultTimeoutError(await self.why_not_ended(job_id, str(exc))) from None
+                await asyncio.sleep(min(backoff, wait))
                 backoff = next_backoff(backoff)
+            except ResultTimeoutError as exc:
+                raise ResultTimeoutError(await self.why_not_ended(job_id, str(exc))) from None
             finally:
                 with contextlib.suppress(*REDIS_DOWN, OSError):
                     await pubsub.aclose()
+
+    async def why_not_ended(self, job_id: str, what: str) -> str:
+        """``what`` (a timeout) with what is true of the job (see ``Client.why_not_ended``)."""
+        keys = JobKeys(job_id)
+        try:
+            meta = await self.status(job_id)
+            last = self.last_event(await self.redis.xrevrange(keys.events, count=1))
+            workers = await self.queue_workers()
+        except redis.RedisError:
+            return what
+        return self.timeout_reason(what, meta, last, workers)
+
+    async def queue_workers(self) -> list[str]:
+        """The live workers consuming this client's queue (see ``Client.queue_workers``)."""
+        return self.workers_of(await live_presences_async(self.redis))
 
     async def cancel(self, job_id: str) -> bool:
         """Ask for cancellation; True unless the job already finished. The worker aborts its call."""

@@ -33,7 +33,7 @@ from workers.contract import CompletionJob
 from workers.contract.catalog import Judgement, ModelCatalog, catalog_from_config
 from workers.contract.presence import WORKERS_KEY, WorkerPresence, catalog_key, worker_key
 
-__all__ = ["CACHE_S", "LiveCatalog", "catalog_problems", "parse_presences"]
+__all__ = ["CACHE_S", "LiveCatalog", "catalog_problems", "live_presences", "live_presences_async", "parse_presences"]
 
 #: Seconds a producer trusts the catalog it read.
 CACHE_S = 5.0
@@ -59,6 +59,27 @@ def parse_presences(
 
 def _keys(ids: Sequence[bytes | str]) -> list[str]:
     return [worker_key(i.decode() if isinstance(i, bytes) else i) for i in ids]
+
+
+def live_presences(client: redis.Redis) -> list[WorkerPresence]:
+    """What the workers alive now published (dead workers' ids are dropped from the set)."""
+    ids = sorted(client.smembers(WORKERS_KEY))
+    if not ids:
+        return []
+    alive, dead = parse_presences(ids, client.mget(_keys(ids)))
+    if dead:
+        client.srem(WORKERS_KEY, *dead)
+    return alive
+
+
+async def live_presences_async(client: aredis.Redis) -> list[WorkerPresence]:
+    ids = sorted(await client.smembers(WORKERS_KEY))
+    if not ids:
+        return []
+    alive, dead = parse_presences(ids, await client.mget(_keys(ids)))
+    if dead:
+        await client.srem(WORKERS_KEY, *dead)
+    return alive
 
 
 def catalog_problems(
@@ -145,10 +166,7 @@ class LiveCatalog:
     def get(self, client: redis.Redis, *, fresh: bool = False) -> ModelCatalog | None:
         """The catalog (cached :data:`CACHE_S`); None when nothing says what the workers accept."""
         if fresh or not self._fresh():
-            ids = sorted(client.smembers(WORKERS_KEY))
-            alive, dead = parse_presences(ids, client.mget(_keys(ids))) if ids else ([], [])
-            if dead:
-                client.srem(WORKERS_KEY, *dead)
+            alive = live_presences(client)
             missing = self._missing_digests(alive)
             if missing:
                 self._store(missing, client.mget([catalog_key(d) for d in missing]))
@@ -157,10 +175,7 @@ class LiveCatalog:
 
     async def get_async(self, client: aredis.Redis, *, fresh: bool = False) -> ModelCatalog | None:
         if fresh or not self._fresh():
-            ids = sorted(await client.smembers(WORKERS_KEY))
-            alive, dead = parse_presences(ids, await client.mget(_keys(ids))) if ids else ([], [])
-            if dead:
-                await client.srem(WORKERS_KEY, *dead)
+            alive = await live_presences_async(client)
             missing = self._missing_digests(alive)
             if missing:
                 self._store(missing, await client.mget([catalog_key(d) for d in missing]))

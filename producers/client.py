@@ -23,6 +23,7 @@ from typing import Any
 import redis
 from opentelemetry.trace import Tracer
 
+from producers.catalog import live_presences
 from producers.core import (
     CANCEL_CHANNEL,
     RECONNECT_FIRST_S,
@@ -296,15 +297,33 @@ class Client(ClientCore):
         keys = JobKeys(job_id)
         cursor = EventCursor(job_id, from_seq=from_seq, deltas=deltas, timeout=timeout, idle_check_s=idle_check_s)
         backoff = RECONNECT_FIRST_S
-        while True:
-            try:
-                yield from self._follow(keys, cursor)
-                return
-            except REDIS_DOWN:
-                # Redis restarted or failed over: wait (bounded by the timeout), then subscribe
-                # again and replay from the next seq, so nothing is missed or repeated
-                time.sleep(min(backoff, cursor.wait_s()))
-                backoff = next_backoff(backoff)
+        try:
+            while True:
+                try:
+                    yield from self._follow(keys, cursor)
+                    return
+                except REDIS_DOWN:
+                    # Redis restarted or failed over: wait (bounded by the timeout), then subscribe
+                    # again and replay from the next seq, so nothing is missed or repeated
+                    time.sleep(min(backoff, cursor.wait_s()))
+                    backoff = next_backoff(backoff)
+        except ResultTimeoutError as exc:
+            raise ResultTimeoutError(self.why_not_ended(job_id, str(exc))) from None
+
+    def why_not_ended(self, job_id: str, what: str) -> str:
+        """``what`` (a timeout) with what is true of the job: unknown, queued with no worker, running."""
+        keys = JobKeys(job_id)
+        try:
+            meta = self.status(job_id)
+            last = self.last_event(self.redis.xrevrange(keys.events, count=1))
+            workers = self.queue_workers()
+        except redis.RedisError:
+            return what
+        return self.timeout_reason(what, meta, last, workers)
+
+    def queue_workers(self) -> list[str]:
+        """The live workers consuming this client's queue (what they publish: one round trip or two)."""
+        return self.workers_of(live_presences(self.redis))
 
     def _follow(self, keys: JobKeys, cursor: EventCursor) -> Iterator[StreamEvent]:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
@@ -318,6 +337,10 @@ class Client(ClientCore):
                         yield out
                     if cursor.done:
                         return
+                if cursor.waiting_past_start and cursor.ended_before(
+                    self.last_event(self.redis.xrevrange(keys.events, count=1))
+                ):
+                    return  # the job ended before the seq this consumer asked for
                 while True:
                     message = pubsub.get_message(timeout=cursor.wait_s())
                     if message is None:

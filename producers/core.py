@@ -35,6 +35,8 @@ from workers.contract import (
     StreamEvent,
     parse_event,
 )
+from workers.contract.presence import WorkerPresence
+from workers.contract.redaction import shown_url
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -282,13 +284,39 @@ class ClientCore:
         pipe.set(keys.cancel, "1", ex=self.result_ttl_s)
         pipe.publish(CANCEL_CHANNEL, job_id)
 
-    def queue_consumers(self, *, timeout: float = 1.0) -> list[str]:
-        """Names of the live workers consuming this client's queue (a Celery broadcast, ~``timeout`` s).
+    def workers_of(self, presences: Sequence[WorkerPresence]) -> list[str]:
+        """The ids of the workers (of ``presences``, what live workers publish) consuming this client's queue."""
+        return sorted(p.worker for p in presences if self.queue in p.queues)
 
-        Blocking; cheap enough for a one-off check, not for a loop.
-        """
-        replies = self.celery.control.inspect(timeout=timeout).active_queues() or {}
-        return sorted(worker for worker, queues in replies.items() if any(q.get("name") == self.queue for q in queues))
+    @staticmethod
+    def last_event(
+        entries: Sequence[tuple[Any, Mapping[bytes | str, bytes | str] | None]] | None,
+    ) -> StreamEvent | None:
+        """The event of an ``XREVRANGE ... COUNT 1`` reply: the job's latest, or None."""
+        for _, fields in entries or ():
+            if fields is not None:
+                return parse_event(fields[b"e"])
+        return None
+
+    def timeout_reason(
+        self, what: str, meta: Mapping[str, str] | None, last: StreamEvent | None, workers: Sequence[str]
+    ) -> str:
+        """A wait's timeout (``what``) with what is true of the job and its queue."""
+        queue = repr(self.queue)
+        if meta is None and last is None:
+            return (
+                f"{what}: no job with this id was submitted to this Redis ({shown_url(self.redis_url)}), "
+                "or its records expired (LLMQ_RESULT_TTL_S)"
+            )
+        if last is None and not workers:
+            return (
+                f"{what}: the job is still queued and no worker consumes queue {queue} (start one: llmq worker, "
+                "with the same LLMQ_QUEUE and LLMQ_REDIS_URL)"
+            )
+        if last is None:
+            return f"{what}: the job is still queued; {len(workers)} live worker(s) consume queue {queue}, all busy"
+        running = f"{what}: the job started (its last event is {last.type}, seq {last.seq}) and has not ended"
+        return running if workers else f"{running}, and no live worker consumes queue {queue} now"
 
     def close(self) -> None:
         if self.sent_events is not None:

@@ -5,7 +5,8 @@ live pub/sub messages (which a slow or reconnecting subscriber can miss, and whi
 replay already gave). :class:`EventCursor` keeps the last seq handed on and decides, for each
 item, whether it goes to the consumer, is a repeat, or shows a gap (read the Stream again); it
 hides deltas from consumers that do not want them (without parsing them) and says when the
-terminal event was seen and how long the next live wait may be.
+terminal event was seen (or, for a consumer starting past it, that the job ended before its seq)
+and how long the next live wait may be.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class EventCursor:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.job_id = job_id
+        self.from_seq = from_seq
         self.last = from_seq - 1
         self.deltas = deltas
         self.done = False
@@ -74,8 +76,22 @@ class EventCursor:
         event = parse_event(raw)
         return self._advance(event.seq, event)
 
+    @property
+    def waiting_past_start(self) -> bool:
+        """Nothing handed on yet to a consumer that started past seq 0 (the job may have ended before it)."""
+        return self.from_seq > 0 and self.last == self.from_seq - 1
+
+    def ended_before(self, last: StreamEvent | None) -> bool:
+        """Whether the Stream's last event shows the job ended before :attr:`next_seq` (a consumer that
+        asked for ``from_seq`` past the end): then nothing more will come, and :attr:`done` is set."""
+        if last is not None and last.type in TERMINAL_EVENT_TYPES and last.seq < self.next_seq:
+            self.done = True
+        return self.done
+
     def _advance(self, seq: int, event: StreamEvent | None) -> StreamEvent | _Gap | None:
         if seq <= self.last:
+            if event is not None and event.type in TERMINAL_EVENT_TYPES:
+                self.done = True  # the job ended before the seq this consumer started from
             return None
         if seq > self.last + 1:
             return GAP  # a missed event may be one the consumer wants: fill from the Stream

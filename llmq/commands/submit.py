@@ -98,7 +98,7 @@ def watch_for_workers(client: Client, job_id: str, after_s: float, timeout: floa
         try:
             if client.redis.exists(JobKeys(job_id).events):
                 return  # a worker started it
-            consumers = client.queue_consumers()
+            consumers = client.queue_workers()
         except Exception:  # a hint only; the wait itself reports real failures
             return
         if not consumers and not done.is_set():

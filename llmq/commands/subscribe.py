@@ -1,4 +1,10 @@
-"""``llmq subscribe JOB_ID``: follow a job's events (replayed from the start, then live)."""
+"""``llmq subscribe JOB_ID``: follow a job's events (replayed from the start, then live).
+
+Exit status: 0 the job succeeded; 1 it failed or was cancelled; 3 ``--timeout`` passed first (the
+message says whether the job is still queued with no worker on its queue, or running);
+4 no such job in this Redis (never submitted there, or its records expired). A reader that goes
+away (``llmq subscribe --json ID | head``) ends it quietly (``llmq/cli.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,11 @@ import argparse
 import sys
 
 from producers.client import Client, ResultTimeoutError
+from workers.contract import JobKeys
+from workers.contract.redaction import shown_url
+
+#: The job id names no job in this Redis.
+EXIT_UNKNOWN_JOB = 4
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,9 +28,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
+def _exists(client: Client, job_id: str) -> bool:
+    keys = JobKeys(job_id)
+    return client.status(job_id) is not None or bool(client.redis.exists(keys.events, keys.result))
+
+
 def run(args: argparse.Namespace) -> int:
-    status = 0
     with Client() as client:
+        if not _exists(client, args.job_id):
+            hint = (
+                ""
+                if ":" in args.job_id
+                else " (a job submitted through the gateway with an id of yours is '<tenant>:<id>')"
+            )
+            print(
+                f"llmq: no job {args.job_id!r} in Redis at {shown_url(client.redis_url)}: it was never submitted there, "
+                f"or its records expired (LLMQ_RESULT_TTL_S){hint}",
+                file=sys.stderr,
+            )
+            return EXIT_UNKNOWN_JOB
+        status: int | None = None
         try:
             for event in client.stream(args.job_id, from_seq=args.from_seq, timeout=args.timeout):
                 if args.json:
@@ -29,13 +57,19 @@ def run(args: argparse.Namespace) -> int:
                     sys.stdout.flush()
                 elif event.type == "error":
                     print(f"\nllmq: error {event.error.type}: {event.error.message}", file=sys.stderr)
-                    status = 1
                 elif event.type == "cancelled":
                     print("\nllmq: cancelled", file=sys.stderr)
-                    status = 1
-                elif event.type == "done" and not args.json:
+                elif event.type == "done":
                     sys.stdout.write("\n")
+                if event.type in ("done", "error", "cancelled"):
+                    status = 0 if event.type == "done" else 1
         except ResultTimeoutError as exc:
             print(f"llmq: {exc}", file=sys.stderr)
             return 3
-    return status
+        if status is not None:
+            return status
+        # nothing from --from-seq on: the job had ended before it
+        result = client.get_result(args.job_id)
+        state = result.status if result is not None else "ended"
+        print(f"llmq: job {args.job_id} {state} before seq {args.from_seq}: nothing more to show", file=sys.stderr)
+        return 0 if result is not None and result.status == "succeeded" else 1

@@ -49,3 +49,13 @@ def test_wait_is_bounded_by_the_timeout_then_raises() -> None:
     with pytest.raises(ResultTimeoutError, match=r"job-7 within 2\.5s"):
         cursor.wait_s()
     assert EventCursor("j").wait_s() == 1.0  # no timeout: the idle check interval
+
+
+def test_a_consumer_starting_past_the_end_learns_the_job_ended_before_its_seq() -> None:
+    cursor = EventCursor("j", from_seq=20)
+    assert cursor.waiting_past_start
+    assert not cursor.ended_before(None) and not cursor.ended_before(DeltaEvent(job_id="j", seq=7, text="x"))
+    assert cursor.ended_before(_done(7)) and cursor.done  # the Stream's last event: the end, before seq 20
+    live = EventCursor("j", from_seq=20)
+    assert live.live(_raw(_done(15))) is None and live.done  # the end arriving live, below the start
+    assert not EventCursor("j").waiting_past_start  # from seq 0 the replay shows the end itself

@@ -1,0 +1,73 @@
+"""A wait that times out says what is true: no such job, queued with no worker on its queue, or running.
+
+Real Redis; workers are real (the in-process one) or stand in by publishing a presence.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from producers import AsyncClient, Client, ResultTimeoutError
+from producers.settings import ProducerSettings
+from simulator.app import SimulatorThread
+from tests.support.waits import until
+from workers.contract.catalog import ModelCatalog
+from workers.runtime.presence import PresencePublisher
+
+JOB = {"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def test_no_worker_on_the_queue_is_said(redis_url: str) -> None:
+    with Client(redis_url, queue="nobody-home") as client:
+        handle = client.submit(JOB)
+        with pytest.raises(ResultTimeoutError) as waited:
+            handle.result(timeout=0.5)
+        assert "the job is still queued and no worker consumes queue 'nobody-home'" in str(waited.value)
+        assert "llmq worker" in str(waited.value)
+        with pytest.raises(ResultTimeoutError) as streamed:
+            list(handle.stream(timeout=0.5))
+        assert "no worker consumes queue 'nobody-home'" in str(streamed.value)
+
+
+async def test_the_async_client_says_the_same(redis_url: str) -> None:
+    async with AsyncClient(redis_url, queue="nobody-home") as client:
+        handle = await client.submit(JOB)
+        with pytest.raises(ResultTimeoutError, match="no worker consumes queue 'nobody-home'"):
+            await handle.result(timeout=0.5)
+        with pytest.raises(ResultTimeoutError, match="no job with this id was submitted"):
+            await client.result("never-submitted", timeout=0.5)
+
+
+def test_an_unknown_job_is_said(redis_url: str) -> None:
+    with Client(redis_url) as client, pytest.raises(ResultTimeoutError) as waited:
+        client.result("never-submitted", timeout=0.5)
+    assert "no job with this id was submitted to this Redis (redis://" in str(waited.value)
+
+
+def test_busy_workers_are_not_absent_workers(redis_url: str, redis_client: redis.Redis) -> None:
+    stand_in = PresencePublisher(redis_client, "busy-worker", ["busy-queue"], ModelCatalog())
+    stand_in.start()  # a worker of that queue that takes nothing (all its slots busy)
+    try:
+        with Client(redis_url, queue="busy-queue") as client:
+            handle = client.submit(JOB)
+            with pytest.raises(ResultTimeoutError, match="still queued; 1 live worker"):
+                handle.result(timeout=0.5)
+    finally:
+        stand_in.stop()
+
+
+def test_a_running_job_is_said_to_run(worker: object, client: Client, simulator: SimulatorThread) -> None:
+    simulator.simulator.config.tokens_per_s = 10  # 20 tokens: ~2 s of stream
+    handle = client.submit(JOB)
+    until(lambda: client.redis.exists(f"llmq:job:{{{handle.id}}}:events") == 1, "the job to start", 60)
+    with pytest.raises(ResultTimeoutError) as waited:
+        handle.result(timeout=0.2)
+    assert "the job started (its last event is" in str(waited.value) and "has not ended" in str(waited.value)
+    assert handle.result(timeout=60).status == "succeeded"
+
+
+def test_a_settings_object_names_its_queue_in_the_message(redis_url: str) -> None:
+    settings = ProducerSettings(redis_url=redis_url, queue="from-settings")
+    with Client(settings=settings) as client, pytest.raises(ResultTimeoutError, match="queue 'from-settings'"):
+        client.submit(JOB).result(timeout=0.3)
