@@ -1,11 +1,15 @@
-"""The per-job flow: claim -> prepare -> call the model chain -> publish -> store the result.
+"""The per-job flow: claim -> prepare -> take the model turns -> end the job.
 
 Every job ends with exactly one terminal event (``done``, ``error`` or ``cancelled``) and a stored
 :class:`CompletionResult`, whatever goes wrong, so no consumer ever waits on a job that silently
 died. Two exceptions, both of which leave the job to a run that will end it: a run that lost its
 claim (fenced: the job moved to another run) stops without writing, and a run that lost Redis
-(restart, fail-over) waits for it with backoff and runs the job again from the start. Retries and fallback happen inside the model chain and only before the first delta is
-published; a failure after that is a terminal ``error`` (no duplicated text).
+(restart, fail-over) waits for it with backoff and runs the job again from the start.
+
+The pipeline composes, each below it: the run's shared state (``run.py``), one model turn through
+the chain (``turn.py``: retries and fallback only before the first delta is published, a failure
+after it is a terminal ``error``), the tool loop (``toolloop.py``), the structured-output repair
+(``structured.py``) and the ending (``ending.py``).
 """
 
 from __future__ import annotations
@@ -16,45 +20,36 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import redis
 from opentelemetry.trace import use_span
-from pydantic import JsonValue, TypeAdapter
+from pydantic import TypeAdapter
 
 from workers.accounting.ledger import LedgerUnavailableError
 from workers.accounting.metered import Meter, MeteredModel
 from workers.contract import (
     Attempt,
-    CancelledEvent,
     CompletionJob,
     CompletionResult,
-    DoneEvent,
-    ErrorEvent,
-    ErrorInfo,
     JobKeys,
     JsonObjectFormat,
     JsonSchemaFormat,
-    PromptInfo,
     StartEvent,
-    StreamEvent,
-    Timings,
-    ToolCallEvent,
-    Usage,
-    UsageEvent,
 )
 from workers.contract.providers import ProviderInfo, provider_infos
 from workers.jobs import structured
 from workers.jobs.chain import build_chain, resolve_chain
+from workers.jobs.ending import Endings
 from workers.jobs.events import EventPublisher, last_seq
 from workers.jobs.observe import JobObserver
 from workers.jobs.resources import JobResources
+from workers.jobs.run import JobRun
 from workers.jobs.spans import instrumentation, start_job_span
 from workers.jobs.store import ClaimOutcome
-from workers.jobs.toolloop import ToolLoop, ToolLoopState
-from workers.jobs.turn import JobRun, Turns
+from workers.jobs.toolloop import ToolLoop
+from workers.jobs.turn import Turns
 from workers.llm.abort import AbortSignal
-from workers.llm.base import ChatRequest, Completion
+from workers.llm.base import ChatRequest
 from workers.llm.errors import (
     BadRequestError,
     DeadlineExceededError,
@@ -96,20 +91,6 @@ class JobOutcome:
     handed_back: bool = False
 
 
-@dataclass
-class _Run(JobRun):
-    """A run as the pipeline sees it: the turns' shared state plus what only its ending reads."""
-
-    #: Wall-clock start (queue time is measured against the job's ``submitted_at``).
-    started_wall: float = 0.0
-    cancelled_at_start: bool = False
-    prompt: PromptInfo | None = None
-    parsed: JsonValue | None = None
-    repairs: int = 0
-    #: The tool loop's turns, messages and summed usage (jobs naming worker tools).
-    tools: ToolLoopState | None = None
-
-
 class JobRunner:
     """Runs jobs with the process's shared resources. Thread- and greenlet-safe per job."""
 
@@ -123,9 +104,10 @@ class JobRunner:
         self.res = resources
         self._clock = clock
         self._sleep_for = sleep
-        self._running: dict[str, _Run] = {}
+        self._running: dict[str, JobRun] = {}
         self._running_lock = threading.Lock()
         self._taking = True
+        self._endings = Endings(resources.store, clock)
         #: The named providers' types and accepted parameters, for the capability check.
         self._providers = provider_infos(resources.config.providers)
 
@@ -205,7 +187,7 @@ class JobRunner:
         )
         # call numbers continue across re-queues, so the ledger settles each call exactly once
         ctx.calls = sum(1 for a in ctx.attempts if a.status != "skipped")
-        run = _Run(job, keys, publisher, ctx, started_wall=time.time(), started=self._clock(), token=token)
+        run = JobRun(job, keys, publisher, ctx, started_wall=time.time(), started=self._clock(), token=token)
         run.cancelled_at_start = claim.cancelled
         span = start_job_span(res.tracer, job, settings.queue, claim.run)
         observer = ctx.hooks = JobObserver(
@@ -257,7 +239,7 @@ class JobRunner:
                     log.exception("job %s: stopping it for the shutdown failed", run.job.id)
         return len(runs)
 
-    def _fence(self, run: _Run) -> None:
+    def _fence(self, run: JobRun) -> None:
         """The claim heartbeat found another run holding the job: stop this one's upstream call."""
         run.ctx.fenced = True
         abort = run.abort
@@ -274,12 +256,12 @@ class JobRunner:
             return
         job = CompletionJob.model_construct(id=job_id, model="invalid", stream=True, tenant="default", metadata={})
         publisher = EventPublisher(self.res.redis, keys, run=1, start_seq=last_seq(self.res.redis, keys))
-        run = _Run(job, keys, publisher, RunContext(), started_wall=time.time(), started=self._clock())
-        self._finish_failed(run, BadRequestError(f"invalid job payload: {exc}"[:2000]))
+        run = JobRun(job, keys, publisher, RunContext(), started_wall=time.time(), started=self._clock())
+        self._endings.failed(run, BadRequestError(f"invalid job payload: {exc}"[:2000]))
 
     # --- the flow -------------------------------------------------------------------------------
 
-    def _execute(self, run: _Run) -> JobOutcome:
+    def _execute(self, run: JobRun) -> JobOutcome:
         job = run.job
         try:
             if run.cancelled_at_start:
@@ -336,7 +318,7 @@ class JobRunner:
             if run.handed_back or run.ctx.fenced:  # our own abort closed the call, not a consumer
                 return self._fenced(run, RunFencedError("the call was stopped: the job moved or is handed back"))
             try:
-                return JobOutcome(result=self._finish_cancelled(run, exc))
+                return JobOutcome(result=self._endings.cancelled(run, exc))
             except RunFencedError as fenced:
                 return self._fenced(run, fenced)
         except LLMQError as exc:
@@ -348,17 +330,17 @@ class JobRunner:
             internal = InternalError(f"internal error: {type(exc).__name__}: {exc}"[:2000])
             return self._end_failed(run, internal)
         try:
-            return JobOutcome(result=self._finish_succeeded(run, completion))
+            return JobOutcome(result=self._endings.succeeded(run, completion))
         except RunFencedError as exc:
             return self._fenced(run, exc)
 
-    def _end_failed(self, run: _Run, exc: LLMQError) -> JobOutcome:
+    def _end_failed(self, run: JobRun, exc: LLMQError) -> JobOutcome:
         try:
-            return JobOutcome(result=self._finish_failed(run, exc))
+            return JobOutcome(result=self._endings.failed(run, exc))
         except RunFencedError as fenced:
             return self._fenced(run, fenced)
 
-    def _fenced(self, run: _Run, exc: RunFencedError) -> JobOutcome:
+    def _fenced(self, run: JobRun, exc: RunFencedError) -> JobOutcome:
         """This run lost the claim (the run holding it ends the job) or was handed back at shutdown
         (the next run ends it): either way this one writes no ending."""
         if run.handed_back:
@@ -368,81 +350,7 @@ class JobRunner:
         run.token = ""  # not ours to release
         return JobOutcome(skipped="fenced: the job moved to another run")
 
-    # --- endings ------------------------------------------------------------------------------------
-
-    def _base_result(self, run: _Run, status: Literal["succeeded", "failed", "cancelled"]) -> CompletionResult:
-        job = run.job
-        queued = max(0.0, run.started_wall - job.submitted_at) if job.submitted_at else None
-        meter = run.meter
-        result = CompletionResult(
-            usage=(meter.last_usage if meter and meter.last_usage else Usage()),
-            cost_usd=float(meter.cost_usd) if meter and meter.cost_usd is not None else None,
-            truncated_messages=meter.dropped if meter else 0,
-            prompt=run.prompt,
-            id=job.id,
-            status=status,
-            attempts=run.ctx.attempts,
-            tenant=job.tenant,
-            metadata=job.metadata,
-            tags=job.tags,
-            user=job.user,
-            model_used=run.model_used,
-            timings=Timings(
-                queued_s=round(queued, 4) if queued is not None else None,
-                ttft_s=round(run.ttft_s, 4) if run.ttft_s is not None else None,
-                total_s=round(self._clock() - run.started, 4),
-            ),
-        )
-        if run.tools is not None:
-            run.tools.fill(result)
-        return result
-
-    def _finish_succeeded(self, run: _Run, completion: Completion) -> CompletionResult:
-        job = run.job
-        # the metering wrapper always sets usage: the provider's, or our labelled estimate
-        usage = completion.usage or Usage(estimated=True)
-        result = self._base_result(run, "succeeded")
-        result.content = completion.text
-        result.tool_calls = completion.tool_calls
-        result.reasoning_blocks = list(completion.reasoning_blocks)
-        result.finish_reason = completion.finish_reason
-        result.usage = usage
-        result.parsed, result.repairs, result.refusal = run.parsed, run.repairs, completion.refusal
-        events: list[StreamEvent] = [ToolCallEvent(job_id=job.id, seq=0, tool_call=c) for c in completion.tool_calls]
-        events.append(UsageEvent(job_id=job.id, seq=0, usage=usage))
-        self._terminal(run, DoneEvent(job_id=job.id, seq=0, result=result), result, before=events)
-        return result
-
-    def _finish_failed(self, run: _Run, exc: LLMQError) -> CompletionResult:
-        result = self._base_result(run, "failed")
-        info = exc.to_info()
-        result.content = "".join(run.text_parts)
-        result.error = info
-        self._terminal(run, ErrorEvent(job_id=run.job.id, seq=0, error=info, result=result), result)
-        return result
-
-    def _finish_cancelled(self, run: _Run, exc: JobCancelledError) -> CompletionResult:
-        result = self._base_result(run, "cancelled")
-        result.content = "".join(run.text_parts)
-        result.error = ErrorInfo(type="cancelled", message=exc.message or "cancelled")
-        self._terminal(run, CancelledEvent(job_id=run.job.id, seq=0, result=result), result)
-        return result
-
-    def _terminal(
-        self,
-        run: _Run,
-        event: DoneEvent | ErrorEvent | CancelledEvent,
-        result: CompletionResult,
-        before: list[StreamEvent] | None = None,
-    ) -> None:
-        """Publish the last events, store the result and release the claim in one round trip
-        (the result first, so a consumer that sees the terminal event can read it)."""
-        writes = self.res.store.result_writes(run.keys, result, run.job, run=run.publisher.run)
-        run.publisher.refresh_ttl()
-        run.publisher.emit_many([*(before or []), event], writes=writes, release_claim=bool(run.token))
-        run.token = ""  # released in that same round trip
-
-    def _requeue(self, run: _Run, exc: RetryLaterError) -> JobOutcome:
+    def _requeue(self, run: JobRun, exc: RetryLaterError) -> JobOutcome:
         wait = exc.retry_after or 1.0
         remaining = run.ctx.remaining()
         if remaining is not None and wait >= remaining:

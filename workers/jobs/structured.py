@@ -25,8 +25,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from workers.contract import CompletionJob, JsonObjectFormat, JsonSchemaFormat, Message, RepairEvent, Usage
-from workers.jobs.toolloop import ToolLoopState
-from workers.jobs.turn import JobRun, Turns
+from workers.jobs.run import JobRun, ToolLoopState
+from workers.jobs.turn import Turns
 from workers.llm.base import ChatRequest, Completion
 from workers.llm.errors import BadRequestError, InvalidOutputError
 

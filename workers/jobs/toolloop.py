@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -42,10 +42,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from workers.contract import (
-    CompletionResult,
     FunctionCall,
     Message,
-    Tool,
     ToolCall,
     ToolCallEvent,
     ToolResultEvent,
@@ -53,7 +51,8 @@ from workers.contract import (
     redact,
 )
 from workers.jobs.resources import JobResources
-from workers.jobs.turn import JobRun, Turns
+from workers.jobs.run import JobRun, ToolLoopState
+from workers.jobs.turn import Turns
 from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatRequest, Completion
 from workers.llm.errors import (
@@ -71,34 +70,12 @@ from workers.tools.registry import ToolCancelledError, ToolSpec
 from workers.tools.toolbox import Toolbox
 from workers.tools.validate import check_arguments
 
-__all__ = ["PREVIEW_CHARS", "ToolLoop", "ToolLoopState"]
+__all__ = ["PREVIEW_CHARS", "ToolLoop"]
 
 #: Characters of a result shown in its ``tool_result`` event.
 PREVIEW_CHARS = 200
 #: Seconds between checks of the cancel key while tools run (the cancel channel is immediate).
 CANCEL_POLL_S = 1.0
-
-
-@dataclass
-class ToolLoopState:
-    """What the loop adds to the job's result, whichever way the job ends."""
-
-    turns: int = 0
-    messages: list[Message] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-    #: What the model was sent on the last turn plus its answer, and the tools it was offered:
-    #: a structured-output repair turn continues this conversation (``workers/jobs/structured.py``).
-    conversation: list[Message] = field(default_factory=list)
-    definitions: list[Tool] = field(default_factory=list)
-
-    def add_usage(self, usage: Usage) -> None:
-        self.usage += usage
-
-    def fill(self, result: CompletionResult) -> None:
-        result.turns = self.turns
-        result.messages = list(self.messages)
-        if self.turns:
-            result.usage = self.usage.model_copy()
 
 
 @dataclass

@@ -16,52 +16,25 @@ the structured-output repair (``workers/jobs/structured.py``) one per repair. Ea
 * **settle**: however a stream ends, its generator chain is closed, so the metered wrapper settles
   what was used (or releases the reservation) before the turn returns or raises.
 
-:class:`JobRun` is what one run of a job shares between its turns, the tool loop, the repair and
-the pipeline (``workers/jobs/pipeline.py``), which creates it, and ends the job from it.
+The turns work on the run's shared state (:class:`~workers.jobs.run.JobRun`: its publisher, its
+context, the text so far, the abort hook the heartbeat and the shutdown fire).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
-from workers.accounting.metered import Meter
-from workers.contract import CompletionJob, JobKeys
-from workers.jobs.events import EventPublisher
 from workers.jobs.resources import CancelHooks
+from workers.jobs.run import JobRun
 from workers.jobs.store import JobStore
 from workers.llm.base import ChatRequest, ChatStream, Completion
 from workers.llm.errors import JobCancelledError, LLMQError, MidStreamError, RunFencedError, error_type_name
-from workers.llm.model import ChatModel, RunContext
+from workers.llm.model import ChatModel
 
-__all__ = ["JobRun", "Turns", "abort_stream"]
+__all__ = ["Turns", "abort_stream"]
 
 log = logging.getLogger("llmq.pipeline")
-
-
-@dataclass
-class JobRun:
-    """One run of one job: what its turns, its tool loop, its repair and its ending share."""
-
-    job: CompletionJob
-    keys: JobKeys
-    publisher: EventPublisher
-    ctx: RunContext
-    #: Monotonic start of the run (time to first delta is measured from it).
-    started: float
-    #: The claim token this run holds ("" once released, or when it is not this run's to release).
-    token: str = ""
-    meter: Meter | None = None
-    #: The model that answered the last turn.
-    model_used: str | None = None
-    ttft_s: float | None = None
-    #: The text streamed so far (kept in a failed or cancelled result).
-    text_parts: list[str] = field(default_factory=list)
-    #: Stops the upstream call now (set while a call runs; the claim heartbeat fires it when fenced).
-    abort: Callable[[], None] | None = None
-    #: Set when the worker's shutdown window ran out: the run stops and its job goes back to the queue.
-    handed_back: bool = False
 
 
 class Turns:
