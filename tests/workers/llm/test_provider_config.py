@@ -212,17 +212,17 @@ def test_timeout_s_bounds_the_reads_of_that_provider_only() -> None:
     """A silent upstream: the entry's ``timeout_s`` ends the call (the worker's read timeout, a
     minute here, would have waited for the server to give up on its own: a cut body, not a timeout)."""
     from tests.support.replay_server import ReplayServer, Reply
-    from workers.contract import Message
+    from workers.contract import Message, RequestParams
     from workers.llm.base import ChatRequest
     from workers.llm.errors import ProviderTimeoutError
 
     head = b'data: {"id":"c","model":"m","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
-    request = ChatRequest(model="m", messages=[Message(role="user", content="hi")], max_tokens=8)
+    request = ChatRequest(messages=[Message(role="user", content="hi")], params=RequestParams(max_tokens=8))
     with ReplayServer() as server, local_client(read_timeout=60.0) as client:
         base = server.add("silent", Reply(200, [("Content-Type", "text/event-stream")], head, stall=True))
         quick = OpenAIProvider(client, api_key="k", base_url=base, name="quick", timeout_s=0.5)
-        with pytest.raises(ProviderTimeoutError), quick.stream(request) as stream:
+        with pytest.raises(ProviderTimeoutError), quick.stream("m", request) as stream:
             list(stream)
         assert stream.text == "hi"
         with pytest.raises(ProviderTimeoutError):
-            quick.complete(request)
+            quick.complete("m", request)
