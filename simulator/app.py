@@ -33,6 +33,7 @@ from simulator.answer import Answer, send_error, send_once, send_stream
 from simulator.batches import BatchEngine, LineAnswer
 from simulator.batchfiles import FileStore
 from simulator.batchroutes import BatchRoutes, is_batch_path
+from simulator.env import worker_env
 from simulator.http import HTTPServer, Request, Responder
 from simulator.pacer import Pacer
 from simulator.protocols.base import ParsedRequest, Protocol, RequestError
@@ -50,6 +51,7 @@ from simulator.script import (
 )
 from simulator.stats import Stats
 from simulator.structured import plan_params
+from workers.contract.providers import SIMULATOR_URL_ENV
 
 __all__ = ["SimConfig", "Simulator", "SimulatorThread", "default_protocols", "serve"]
 
@@ -164,7 +166,9 @@ class Simulator:
         elif path in ("/", "/health", "/healthz", "/_sim/health"):
             await out.send_json(200, {"ok": True, "paths": sorted(self.protocols)})
         else:
-            await out.send_json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+            await out.send_json(
+                404, {"error": {"message": _no_route(path, sorted(self.protocols)), "type": "not_found"}}
+            )
 
     def _update_config(self, changes: object) -> None:
         if not isinstance(changes, dict):
@@ -316,9 +320,28 @@ async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8790) ->
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    print(f"llmq simulator listening on http://{host}:{server.port}", flush=True)
+    print(worker_instructions(host, server.port), flush=True)
     await stop.wait()
     await server.close()
+
+
+def _no_route(path: str, served: list[str]) -> str:
+    """The 404 message: for OpenAI's paths without their ``/v1``, what the base URL lacks."""
+    if "/v1" + path in served or path.startswith(("/chat/", "/batches", "/files")):
+        return f"no route {path}: OpenAI's paths are under /v1 (a worker needs OPENAI_BASE_URL=<simulator>/v1)"
+    return f"no route {path} (this simulator serves {', '.join(served)})"
+
+
+def worker_instructions(host: str, port: int) -> str:
+    """What ``llmq simulate`` prints at start: where it listens, and the variables a worker needs to use it."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    url = f"http://{shown}:{port}"
+    exports = "\n".join(f"  export {name}={value}" for name, value in worker_env(url).items())
+    return (
+        f"llmq simulator listening on http://{host}:{port}\n"
+        f"A worker uses it with these in its environment (OpenAI's base URL ends in /v1):\n{exports}\n"
+        f"  # or, for every provider without a key or base URL of its own: export {SIMULATOR_URL_ENV}={url}"
+    )
 
 
 class SimulatorThread:

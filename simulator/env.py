@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-__all__ = ["SIM_AWS_KEY_ID", "SIM_AWS_SECRET", "SIM_KEY", "provider_config", "provider_env"]
+from workers.contract.providers import BUILTIN_ENV
+
+__all__ = ["SIM_AWS_KEY_ID", "SIM_AWS_SECRET", "SIM_KEY", "provider_config", "provider_env", "worker_env"]
 
 #: The key every simulated provider accepts (the simulator checks that one is sent, not its value).
 SIM_KEY = "sk-llmq-simulator"
@@ -11,13 +13,16 @@ SIM_KEY = "sk-llmq-simulator"
 SIM_AWS_KEY_ID, SIM_AWS_SECRET = "AKIDLLMQSIMULATOR000", "llmq-simulator-not-a-real-aws-secret"
 
 
+def worker_env(url: str) -> dict[str, str]:
+    """The base-URL variables that point a worker's built-in providers at a simulator at ``url``."""
+    return {base: f"{url}{suffix}" for _, base, suffix in BUILTIN_ENV.values()}
+
+
 def provider_env(url: str) -> dict[str, str]:
     """The environment that points every built-in provider of a worker at a simulator at ``url``,
     plus the keys the :func:`provider_config` entries name."""
     return {
-        "OPENAI_BASE_URL": f"{url}/v1",
-        "ANTHROPIC_BASE_URL": url,
-        "OLLAMA_HOST": url,
+        **worker_env(url),
         "LLMQ_SIM_API_KEY": SIM_KEY,
         "AWS_ACCESS_KEY_ID": SIM_AWS_KEY_ID,
         "AWS_SECRET_ACCESS_KEY": SIM_AWS_SECRET,

@@ -207,11 +207,38 @@ def test_no_secret_literals_in_compose(raw_model: dict) -> None:
                 assert re.fullmatch(rf"\$\{{{key}(:-|:\?[^}}]*)?\}}", value or ""), f"{name}: {key}={value}"
 
 
+def _worker_providers(host_env: dict[str, str]) -> dict[str, str | None]:
+    """Where each built-in provider of the compose worker sends its jobs, for these host variables:
+    the compose file's interpolation, then the worker's own reading (``workers/runtime/providerenv.py``)."""
+    from workers.runtime.providerenv import provider_environment
+
+    proc = _compose("config", "--format", "json", env={**REQUIRED_ENV, **host_env})
+    assert proc.returncode == 0, proc.stderr
+    env = provider_environment(json.loads(proc.stdout)["services"]["worker"]["environment"])
+    return {name: env.get(var) or None for name, var in [("openai", "OPENAI_BASE_URL"), ("anthropic", "ANTHROPIC_BASE_URL"), ("ollama", "OLLAMA_HOST")]}  # fmt: skip
+
+
+def test_worker_providers_use_the_simulator_unless_a_key_is_set(model: dict) -> None:
+    """What the compose file's comment says: the real API whenever a key (or base URL) is set on the
+    host, the simulator otherwise (before: a set key still went to the simulator)."""
+    assert _worker_providers({}) == {
+        "openai": "http://simulator:8790/v1",
+        "anthropic": "http://simulator:8790",
+        "ollama": "http://simulator:8790",
+    }
+    with_key = _worker_providers({"OPENAI_API_KEY": "not-a-real-key"})
+    assert with_key["openai"] is None  # the provider's own default: the real API, with the key
+    assert with_key["anthropic"] == "http://simulator:8790"
+    assert _worker_providers({"ANTHROPIC_BASE_URL": "https://proxy.internal"})["anthropic"] == "https://proxy.internal"
+    text = COMPOSE_FILE.read_text()
+    assert "real API when its key" in text and "to the simulator when\n# neither is" in text
+
+
 def test_worker_environment_defaults_to_the_simulator(model: dict) -> None:
     env = model["services"]["worker"]["environment"]
     assert env["LLMQ_REDIS_URL"] == "redis://redis:6379/0"
-    assert env["OPENAI_BASE_URL"] == "http://simulator:8790/v1"
-    assert env["ANTHROPIC_BASE_URL"] == env["OLLAMA_HOST"] == "http://simulator:8790"
+    assert env["LLMQ_SIMULATOR_URL"] == "http://simulator:8790"
+    assert env["OPENAI_BASE_URL"] == env["ANTHROPIC_BASE_URL"] == env["OLLAMA_HOST"] == ""
     assert env["OPENAI_API_KEY"] == env["ANTHROPIC_API_KEY"] == ""
     for name in ("flower", "gateway"):
         assert model["services"][name]["environment"]["LLMQ_REDIS_URL"] == env["LLMQ_REDIS_URL"]

@@ -38,10 +38,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "BUILTIN_ENV",
     "BUILTIN_PROVIDERS",
     "OPTIONAL_PARAMS",
     "PROVIDERS_KEY",
     "PROVIDER_TYPES",
+    "SIMULATOR_URL_ENV",
     "ProviderInfo",
     "ProviderSpec",
     "ProviderType",
@@ -55,6 +57,16 @@ ProviderType = Literal["openai", "azure", "anthropic", "gemini", "bedrock", "oll
 PROVIDER_TYPES: tuple[str, ...] = ("openai", "azure", "anthropic", "gemini", "bedrock", "ollama")
 #: The names that work without a config entry (from the worker's environment).
 BUILTIN_PROVIDERS: dict[str, str] = {"openai": "openai", "anthropic": "anthropic", "ollama": "ollama"}
+#: Each built-in's variables, as its official SDK names them: (key, base URL, the path a server
+#: root needs after it: OpenAI's API lives under ``/v1``).
+BUILTIN_ENV: dict[str, tuple[str, str, str]] = {
+    "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL", "/v1"),
+    "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", ""),
+    "ollama": ("OLLAMA_API_KEY", "OLLAMA_HOST", ""),
+}
+#: A simulator's root URL: every built-in provider without a key or base URL of its own talks to it
+#: (``docker-compose.yml``: the real API whenever a key is set, the simulator otherwise).
+SIMULATOR_URL_ENV = "LLMQ_SIMULATOR_URL"
 #: Redis hash: provider name -> :class:`ProviderInfo` JSON, written by every worker at start.
 PROVIDERS_KEY = "llmq:providers"
 #: Job fields a ``params`` list may name (the optional request parameters).

@@ -45,6 +45,7 @@ from workers.llm.registry import ProviderRegistry, build_registry
 from workers.llm.tracing import NO_TRACER
 from workers.routes import LLMQConfig, load_config
 from workers.runtime.presence import PresencePublisher
+from workers.runtime.providerenv import provider_environment
 from workers.runtime.telemetry import (
     BreakerCollector,
     RateAdmissionsCollector,
@@ -223,7 +224,8 @@ class WorkerResources:
         )
         # before anything starts a thread: a provider entry that cannot work stops the worker here
         try:
-            providers = build_registry(http, provider_env, config.providers)
+            env = provider_environment(os.environ if provider_env is None else provider_env)
+            providers = build_registry(http, env, config.providers)
         except BaseException:
             http.close()
             client.close()
