@@ -28,6 +28,7 @@ with the machine's load average before and after (the machine is shared: compare
     .venv/bin/python bench/queue_bench.py --quick          # smoke: 150 jobs, concurrency 50
     .venv/bin/python bench/queue_bench.py --scaling --plot bench/scaling.png
     .venv/bin/python bench/queue_bench.py --worker-env LLMQ_TASK_EVENTS=0   # A/B a worker setting
+    .venv/bin/python bench/queue_bench.py --compare-job '{"cache": {"ttl_s": 60}}' --rounds 3   # A/B job fields
 """
 
 from __future__ import annotations
@@ -147,9 +148,13 @@ def _workers_cpu(workers: list[psutil.Process]) -> float:
     return total
 
 
-def run_queue(stack: LocalStack, jobs: int, workers: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
+def run_queue(
+    stack: LocalStack, jobs: int, workers: list[subprocess.Popen[bytes]], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``jobs`` distinct jobs (their prompts never repeat, across runs too) with ``extra`` job fields."""
     procs = [psutil.Process(w.pid) for w in workers]
-    reply = f"llmq:reply:bench-{time.time_ns()}"
+    nonce = time.time_ns()
+    reply = f"llmq:reply:bench-{nonce}"
     client = Client(stack.redis_url)
     listener = redis.Redis.from_url(stack.redis_url)
     io0 = _redis_io(listener)
@@ -159,9 +164,10 @@ def run_queue(stack: LocalStack, jobs: int, workers: list[subprocess.Popen[bytes
         client.submit(
             {
                 "model": "openai:gpt-4o-mini",
-                "messages": [{"role": "user", "content": f"queue {i}"}],
+                "messages": [{"role": "user", "content": f"queue {nonce} {i}"}],
                 "max_tokens": 64,
                 "reply_to": reply,
+                **(extra or {}),
             }
         )
     submit_s = time.perf_counter() - t0
@@ -289,7 +295,21 @@ def run_config(
             paths["raw"] = _summary(run_raw(stack, args.jobs, concurrency, procs), procs)
         if "direct" in args.paths:
             paths["direct"] = _summary(run_direct(stack, args.jobs, concurrency, procs), procs)
-        paths["queue"] = _summary(run_queue(stack, args.jobs, workers), procs)
+        job_a = json.loads(args.job_extra) if args.job_extra else None
+        paths["queue"] = _summary(run_queue(stack, args.jobs, workers, job_a), procs)
+        if args.compare_job:
+            # the same workers, jobs with other fields (e.g. a cache option: every job a miss), A and B
+            # alternating --rounds times
+            job_b = json.loads(args.compare_job)
+            runs_ab: dict[str, list[dict[str, Any]]] = {"queue": [paths["queue"]], "queue_b": []}
+            for k in range(args.rounds):
+                for name, extra in (("queue_b", job_b), ("queue", job_a)):
+                    if name == "queue" and k == 0:
+                        continue
+                    runs_ab[name].append(_summary(run_queue(stack, args.jobs, workers, extra), procs))
+            for name, rows in runs_ab.items():
+                best = sorted(rows, key=lambda r: r["cpu_ms_per_job"])[len(rows) // 2]
+                paths[name] = {**best, "cpu_ms_per_job_runs": [r["cpu_ms_per_job"] for r in rows]}
         if args.compare_env:
             # the same queue path with other worker settings (or code: PYTHONPATH=<an older tree>), A and
             # B alternating --rounds times on fresh workers so drift on a shared machine hits both alike
@@ -410,7 +430,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="run the queue path a second time (queue_b) with these worker settings, e.g. PYTHONPATH=<older tree>",
     )
-    p.add_argument("--rounds", type=int, default=1, help="with --compare-env: A/B rounds (median reported)")
+    p.add_argument("--rounds", type=int, default=1, help="with --compare-env/--compare-job: A/B rounds (median)")
+    p.add_argument("--job-extra", metavar="JSON", help='fields added to every queued job, e.g. \'{"tags": ["x"]}\'')
+    p.add_argument(
+        "--compare-job",
+        metavar="JSON",
+        help='run the queue path again (queue_b) with these job fields, e.g. \'{"cache": {"ttl_s": 60}}\'',
+    )
     p.add_argument("--json", help="also write the whole result to this file")
     args = p.parse_args()
     if args.quick:

@@ -36,6 +36,7 @@ from simulator.batchroutes import BatchRoutes, is_batch_path
 from simulator.env import worker_env
 from simulator.http import HTTPServer, Request, Responder
 from simulator.pacer import Pacer
+from simulator.promptcache import PromptCache
 from simulator.protocols.base import ParsedRequest, Protocol, RequestError
 from simulator.protocols.openai import OpenAIProtocol
 from simulator.script import (
@@ -112,6 +113,8 @@ class Simulator:
         self.planner = FaultPlanner(rates=dict(self.config.fault_rates), seed=self.config.seed)
         self.stats = Stats()
         self.pacer = Pacer()
+        #: What the providers' prompt caches hold (Anthropic's breakpoints, OpenAI's automatic prefixes).
+        self.prompt_cache = PromptCache()
         self.batches = self._batch_routes()
 
     def _batch_routes(self) -> BatchRoutes:
@@ -150,6 +153,7 @@ class Simulator:
         elif path == "/_sim/reset" and method == "POST":
             self.stats = Stats()
             self.planner.reset()
+            self.prompt_cache.clear()
             self.batches = self._batch_routes()
             await out.send_json(200, {"ok": True})
         elif path in ("/_sim/streams", "/_sim/requests"):
@@ -286,6 +290,7 @@ class Simulator:
         script = Script(tokens=words_for(req.prompt_text, count), prompt_tokens=protocol.prompt_tokens(req))
         if limit is not None and wanted > limit:
             script.finish = "length"
+        self._prompt_cache(protocol, req, script)
         if fault.kind in ("tools", "badargs") and req.tools:
             n = max(1, int(fault.arg or 1))
             script.tool_calls = [
@@ -303,11 +308,29 @@ class Simulator:
             quoted = quote_tool_results(req.tool_results)
             script.tokens = quoted if limit is None else quoted[:limit]
             script.finish = "length" if limit is not None and len(quoted) > limit else "stop"
-        elif fault.kind == "cache":
+        if fault.kind == "cache":  # the faults say what was read or written, whatever the rules say
             script.cached_tokens = min(int(fault.arg or 0), script.prompt_tokens)
+            script.cache_write_tokens = script.cache_write_1h_tokens = 0
         elif fault.kind == "cachew":
             script.cache_write_tokens = min(int(fault.arg or 0), script.prompt_tokens)
+            script.cached_tokens = script.cache_write_1h_tokens = 0
         return plan_params(script, req, fault)
+
+    def _prompt_cache(self, protocol: Protocol, req: ParsedRequest, script: Script) -> None:
+        """Reads and writes of the provider's prompt cache, by its rules (``simulator/promptcache.py``)."""
+        if not req.cache_blocks:
+            return
+        model = req.base_model
+        if protocol.name == "anthropic":
+            use = self.prompt_cache.anthropic(model, req.cache_blocks, 2048 if "haiku" in model else 1024)
+        elif protocol.name == "openai":
+            use = self.prompt_cache.openai(model, req.cache_blocks)
+        else:
+            return
+        total = script.prompt_tokens
+        script.cached_tokens = min(use.read, total)
+        script.cache_write_tokens = min(use.write_5m + use.write_1h, total - script.cached_tokens)
+        script.cache_write_1h_tokens = min(use.write_1h, script.cache_write_tokens)
 
 
 async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8790) -> None:

@@ -9,6 +9,7 @@ these types.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from simulator.script import split_model
 
@@ -62,6 +63,9 @@ class ParsedRequest:
 
     #: The wire format that sent it (``openai``, ``anthropic``, ``ollama``).
     protocol_name: str = ""
+    #: The prompt's block boundaries for the prompt cache (``simulator/promptcache.py``); empty for
+    #: a wire format whose provider bills no prompt caching here.
+    cache_blocks: list[Any] = field(default_factory=list)
 
     @property
     def base_model(self) -> str:

@@ -291,6 +291,8 @@ class Script:
     #: Of ``prompt_tokens``: reported as read from / written to the provider's prompt cache.
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    #: Of ``cache_write_tokens``: written with a 1-hour TTL (Anthropic).
+    cache_write_1h_tokens: int = 0
     #: The model declines (the ``refusal`` fault): OpenAI sends this as ``refusal``.
     refusal: str | None = None
     #: Extended thinking (Anthropic): sent as a signed ``thinking`` block before the answer; its

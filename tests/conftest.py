@@ -81,6 +81,7 @@ def simulator(simulator_session: SimulatorThread) -> SimulatorThread:
     sim.planner.rates = {}
     sim.stats = type(sim.stats)()
     sim.planner.reset()
+    sim.prompt_cache.clear()
     return simulator_session
 
 

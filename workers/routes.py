@@ -61,12 +61,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from workers.contract import split_model_id
+from workers.contract import CacheSpec, split_model_id
 from workers.contract.catalog import close_names
 from workers.contract.providers import ProviderSpec, check_provider_names
 from workers.llm.errors import ConfigurationError
 
-__all__ = ["BudgetConfig", "LLMQConfig", "ModelConfig", "SpendConfig", "ToolsConfig", "load_config"]
+__all__ = ["BudgetConfig", "CacheConfig", "LLMQConfig", "ModelConfig", "SpendConfig", "ToolsConfig", "load_config"]
 
 
 class _Strict(BaseModel):
@@ -92,6 +92,8 @@ class ModelConfig(_Strict):
     #: Prompt-cache rates (default: genai-prices', else the input rate).
     cache_read_per_mtok: Annotated[float, Field(ge=0)] | None = None
     cache_write_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    #: 1-hour prompt-cache writes (default: twice the input rate, Anthropic's rule).
+    cache_write_1h_per_mtok: Annotated[float, Field(ge=0)] | None = None
     context_window: Annotated[int, Field(gt=0)] | None = None
     #: Circuit breaker: open after this many failures within ``breaker_window_s``.
     breaker_failures: Annotated[int, Field(gt=0)] | None = None
@@ -131,6 +133,29 @@ class SpendConfig(_Strict):
     tags: Annotated[int, Field(ge=1)] = 500
     users: Annotated[int, Field(ge=1)] = 1000
     days: Annotated[int, Field(ge=1, le=400)] = 120
+
+
+class CacheConfig(_Strict):
+    """The ``[cache]`` table: the response cache's bounds, and routes whose jobs are cached.
+
+    Example::
+
+        [cache]
+        max_bytes = 67108864        # all stored answers together (the oldest-expiring go first)
+        max_entry_bytes = 1048576   # a larger answer is not stored
+        [cache.routes]
+        cheap = { ttl_s = 600 }     # every job sent to the `cheap` alias, unless it says otherwise
+    """
+
+    max_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    max_entry_bytes: Annotated[int, Field(ge=256)] = 1024 * 1024
+    routes: dict[str, CacheSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _entry_fits(self) -> CacheConfig:
+        if self.max_entry_bytes > self.max_bytes:
+            raise ValueError("max_entry_bytes must not exceed max_bytes")
+        return self
 
 
 class GatewayConfig(_Strict):
@@ -229,6 +254,8 @@ class LLMQConfig(_Strict):
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     spend: SpendConfig = Field(default_factory=SpendConfig)
+    #: The response cache: bounds and cached routes (:class:`CacheConfig`).
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     #: Worker tools: modules to import, timeouts, loop limits (:class:`ToolsConfig`).
     tools: ToolsConfig = Field(default_factory=ToolsConfig)

@@ -45,7 +45,8 @@ def parse_month(raw: str) -> str:
     return raw
 
 
-def _tenant(raw: str) -> str:
+def parse_tenant(raw: str) -> str:
+    """An argparse type: a tenant name, as jobs carry it."""
     if not _TENANT.match(raw):
         raise argparse.ArgumentTypeError(f"{raw!r} is not a tenant name (1-64 of letters, digits, '_', '.', '-')")
     return raw
@@ -65,7 +66,7 @@ def _user(raw: str) -> str:
 
 def _scope_args(p: argparse.ArgumentParser, verb: str) -> None:
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--tenant", type=_tenant, help=f"{verb} one tenant instead of the whole deployment")
+    which.add_argument("--tenant", type=parse_tenant, help=f"{verb} one tenant instead of the whole deployment")
     which.add_argument("--tag", type=_tag, help=f"{verb} one tag")
     which.add_argument("--user", type=_user, help=f"{verb} one end user")
 

@@ -21,6 +21,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from simulator.promptcache import anthropic_blocks
 from simulator.protocols.base import (
     ParsedRequest,
     Protocol,
@@ -64,12 +65,16 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
 _FINISH = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use", "refusal": "refusal"}
 
 
-def _input_usage(s: Script) -> dict[str, int]:
+def _input_usage(s: Script) -> dict[str, object]:
     """Anthropic's input counts: ``input_tokens`` excludes what the prompt cache read or wrote."""
     return {
         "input_tokens": s.prompt_tokens - s.cached_tokens - s.cache_write_tokens,
         "cache_creation_input_tokens": s.cache_write_tokens,
         "cache_read_input_tokens": s.cached_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": s.cache_write_tokens - s.cache_write_1h_tokens,
+            "ephemeral_1h_input_tokens": s.cache_write_1h_tokens,
+        },
     }
 
 
@@ -126,6 +131,7 @@ class AnthropicProtocol(Protocol):
             message_count=len(messages),
             tool_results=_trailing_tool_results(messages),
             params=params,
+            cache_blocks=anthropic_blocks(payload),
         )
 
     def _reply(self, status: int, kind: str, message: str, extra: list[tuple[str, str]] | None = None) -> Reply:

@@ -7,6 +7,7 @@ import math
 import time
 from typing import Any
 
+from simulator.promptcache import openai_blocks
 from simulator.protocols.base import (
     ParsedRequest,
     Protocol,
@@ -80,6 +81,7 @@ class OpenAIProtocol(Protocol):
             message_count=len(messages),
             tool_results=trailing_tool_results(messages),
             params=openai_params(payload, [t.name for t in tools]),
+            cache_blocks=openai_blocks(payload),
         )
 
     def invalid(self, err: RequestError) -> Reply:

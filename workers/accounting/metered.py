@@ -31,6 +31,7 @@ from workers.accounting.preflight import CallPlan, plan_call
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.contract import CompletionJob, ToolCall, Usage
+from workers.contract.messages import cache_breakpoints
 from workers.llm.base import ChatRequest, ChatStream, Completion
 from workers.llm.errors import (
     BudgetBusyError,
@@ -80,6 +81,9 @@ class Meter:
                     max_tokens=request.params.max_tokens,
                     tools=request.tools,
                     truncate=self.job.truncate,
+                    # a request that marks cache breakpoints may pay the write premium on its prompt
+                    cache_writes=request.params.prompt_cache is not None
+                    or bool(cache_breakpoints(request.tools, request.messages)),
                 )
             except ContextLengthExceededError as exc:
                 raise SkipModel(exc.message, exc) from exc

@@ -5,7 +5,7 @@ and tests use a fresh ``CollectorRegistry`` each. Labels are bounded: ``model`` 
 ``provider:model`` id, ``scope`` is ``global`` or ``tenant:<name>``; job ids belong in logs.
 
 ==================================  =======  =================================================
-``llm_tokens_total``                counter  ``{model, type}``, type = ``prompt`` | ``completion`` | ``cached`` | ``cache_write`` (the last two are part of ``prompt``)
+``llm_tokens_total``                counter  ``{model, type}``, type = ``prompt`` | ``completion`` | ``cached`` | ``cache_write`` | ``cache_write_1h`` (the last three are part of ``prompt``)
 ``llm_cost_dollars_total``          counter  ``{model}``, priced calls only
 ``llm_unpriced_requests_total``     counter  ``{model}``, calls of unpriced models (allowed by policy)
 ``llm_estimated_usage_total``       counter  ``{model}``, calls whose usage we estimated (no provider usage)
@@ -54,6 +54,8 @@ class UsageMetrics:
             self.tokens.labels(model=model, type="cached").inc(usage.cached_tokens)
         if usage.cache_write_tokens:
             self.tokens.labels(model=model, type="cache_write").inc(usage.cache_write_tokens)
+        if usage.cache_write_1h_tokens:  # part of "cache_write"
+            self.tokens.labels(model=model, type="cache_write_1h").inc(usage.cache_write_1h_tokens)
         if cost_usd is None:
             self.unpriced.labels(model=model).inc()
         else:

@@ -53,6 +53,7 @@ def plan_call(
     max_tokens: int,
     tools: Sequence[Tool] = (),
     truncate: Literal["error", "sliding_window"] = "error",
+    cache_writes: bool = False,
 ) -> CallPlan:
     """Price, count and fit ``messages`` for ``model`` (a ``provider:model`` id, not an alias)."""
     price = prices.lookup(model)
@@ -65,5 +66,5 @@ def plan_call(
         tools=tools,
         truncate=truncate,
     )
-    worst = price.worst_case_cost(fit.prompt.tokens, max_tokens)
+    worst = price.worst_case_cost(fit.prompt.tokens, max_tokens, cache_writes=cache_writes)
     return CallPlan(model, price, fit.messages, fit.prompt, fit.dropped, max_tokens, worst)

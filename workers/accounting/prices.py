@@ -67,6 +67,7 @@ class PriceOverride(BaseModel):
     output_per_mtok: float | None = Field(default=None, ge=0)
     cache_read_per_mtok: float | None = Field(default=None, ge=0)
     cache_write_per_mtok: float | None = Field(default=None, ge=0)
+    cache_write_1h_per_mtok: float | None = Field(default=None, ge=0)
     context_window: int | None = Field(default=None, gt=0)
 
 
@@ -92,6 +93,9 @@ class ModelPrice:
     output_tiers: Tiers = ()
     cache_read: tuple[Decimal, Tiers] | None = None
     cache_write: tuple[Decimal, Tiers] | None = None
+    #: The 1-hour write rate; None: twice the input rate (Anthropic's rule: 2x input for a 1-hour
+    #: write, 1.25x for a 5-minute one).
+    cache_write_1h: tuple[Decimal, Tiers] | None = None
 
     def rates(self, prompt_tokens: int) -> tuple[Decimal, Decimal]:
         """``(input, output)`` USD/MTok applicable to a request with ``prompt_tokens``."""
@@ -100,7 +104,12 @@ class ModelPrice:
         )
 
     def token_cost(
-        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
     ) -> Decimal | None:
         """USD for these counts, or None when the model is unpriced.
 
@@ -115,18 +124,40 @@ class ModelPrice:
         total = (prompt_tokens - cached - written) * rate_in + completion_tokens * rate_out
         if cached:
             total += cached * (_tier(*self.cache_read, prompt_tokens) if self.cache_read else rate_in)
-        if written:
-            total += written * (_tier(*self.cache_write, prompt_tokens) if self.cache_write else rate_in)
+        long = min(max(cache_write_1h_tokens, 0), written)
+        if written - long:
+            total += (written - long) * self.write_rate(prompt_tokens)
+        if long:
+            total += long * self.write_1h_rate(prompt_tokens)
         return total / _MTOK
 
-    def worst_case_cost(self, prompt_tokens: int, max_tokens: int) -> Decimal | None:
-        """What a call can cost at most: the whole prompt (nothing cached) plus ``max_tokens`` of output."""
-        return self.token_cost(prompt_tokens, max_tokens)
+    def write_rate(self, prompt_tokens: int) -> Decimal:
+        """USD/MTok of a 5-minute cache write (the input rate when unknown)."""
+        rate_in = self.rates(prompt_tokens)[0]
+        return _tier(*self.cache_write, prompt_tokens) if self.cache_write else rate_in
+
+    def write_1h_rate(self, prompt_tokens: int) -> Decimal:
+        """USD/MTok of a 1-hour cache write (twice the input rate unless priced)."""
+        return _tier(*self.cache_write_1h, prompt_tokens) if self.cache_write_1h else 2 * self.rates(prompt_tokens)[0]
+
+    def worst_case_cost(self, prompt_tokens: int, max_tokens: int, *, cache_writes: bool = False) -> Decimal | None:
+        """What a call can cost at most: the whole prompt (nothing cached) plus ``max_tokens`` of output;
+        with ``cache_writes`` (the request marks prompt-cache breakpoints) the whole prompt written
+        to the cache at the dearest write rate."""
+        if not cache_writes or not self.priced:
+            return self.token_cost(prompt_tokens, max_tokens)
+        rate_in, rate_out = self.rates(prompt_tokens)
+        dearest = max(rate_in, self.write_rate(prompt_tokens), self.write_1h_rate(prompt_tokens))
+        return (prompt_tokens * dearest + max_tokens * rate_out) / _MTOK
 
     def cost(self, usage: Usage) -> Decimal | None:
         """USD for actual (or estimated) usage; None when the model is unpriced."""
         return self.token_cost(
-            usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+            usage.cache_write_tokens,
+            usage.cache_write_1h_tokens,
         )
 
 
@@ -299,6 +330,8 @@ class PriceBook:
             changes.update(cache_read=(Decimal(str(o.cache_read_per_mtok)), ()), source="config")
         if o.cache_write_per_mtok is not None:
             changes.update(cache_write=(Decimal(str(o.cache_write_per_mtok)), ()), source="config")
+        if o.cache_write_1h_per_mtok is not None:
+            changes.update(cache_write_1h=(Decimal(str(o.cache_write_1h_per_mtok)), ()), source="config")
         if o.context_window is not None:
             changes["context_window"] = o.context_window
         return replace(price, **changes) if changes else price

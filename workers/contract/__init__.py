@@ -11,6 +11,7 @@ sides can never disagree on where a result or an event stream is.
 from __future__ import annotations
 
 from workers.contract.base import DEFAULT_QUEUE, SCHEMA_VERSION, TASK_NAME, base_model_name, new_job_id, split_model_id
+from workers.contract.caching import CacheSpec
 from workers.contract.events import (
     TERMINAL_EVENT_TYPES,
     CancelledEvent,
@@ -64,6 +65,7 @@ __all__ = [
     "TERMINAL_EVENT_TYPES",
     "TOOL_WORKERS_KEY",
     "Attempt",
+    "CacheSpec",
     "CancelledEvent",
     "CompletionJob",
     "CompletionResult",

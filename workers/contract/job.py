@@ -19,8 +19,9 @@ from workers.contract.base import (
     new_job_id,
     unencodable_text_path,
 )
+from workers.contract.caching import CacheSpec
 from workers.contract.capabilities import CapabilityError, problems
-from workers.contract.messages import Message, Tool, ToolName
+from workers.contract.messages import MAX_CACHE_BREAKPOINTS, Message, Tool, ToolName, cache_breakpoints
 from workers.contract.params import NamedToolChoice, RequestParams
 from workers.contract.prompt import PromptRef
 from workers.contract.providers import ProviderInfo
@@ -89,6 +90,9 @@ class CompletionJob(RequestParams):
     #: (``llmq spend --by tag``) and that budgets may cap (``llmq budget set --tag T``).
     tags: list[TagName] = Field(default_factory=list, max_length=MAX_TAGS)
     truncate: Literal["error", "sliding_window"] = "error"
+    #: Serve an identical earlier request's answer from the response cache, store this one there,
+    #: and share one upstream call with identical jobs in flight (``workers/contract/caching.py``).
+    cache: CacheSpec | None = None
     #: Seconds from submission after which the job is abandoned (no further attempts).
     deadline_s: Annotated[float, Field(gt=0)] | None = None
     #: Set by the producer at submission (unix seconds); used for queue time and deadlines.
@@ -181,6 +185,18 @@ class CompletionJob(RequestParams):
             missing = used - set(self.variables)
             if missing:
                 raise ValueError(f"template variables without a value: {', '.join(sorted(missing))}")
+        return self
+
+    @model_validator(mode="after")
+    def _cache_breakpoints(self) -> CompletionJob:
+        marks = cache_breakpoints(self.client_tools, self.messages or [])
+        if len(marks) > MAX_CACHE_BREAKPOINTS:
+            raise ValueError(
+                f"{len(marks)} cache_control breakpoints; Anthropic takes at most {MAX_CACHE_BREAKPOINTS} per request"
+            )
+        first_short = marks.index("5m") if "5m" in marks else len(marks)
+        if "1h" in marks[first_short:]:
+            raise ValueError("a 1h cache_control breakpoint must come before every 5m one (tools, system, messages)")
         return self
 
     @model_validator(mode="after")

@@ -3,12 +3,13 @@ tool definitions, and the thinking blocks an Anthropic answer carries back."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import Field, JsonValue, model_validator
 
 from workers.contract.base import WireModel
-from workers.contract.params import ContentPart, ImagePart, TextPart
+from workers.contract.params import CacheControl, ContentPart, ImagePart, TextPart
 
 __all__ = ["FunctionCall", "Message", "ReasoningBlock", "Tool", "ToolCall", "ToolFunction", "ToolName"]
 
@@ -39,6 +40,8 @@ class ToolFunction(WireModel):
 class Tool(WireModel):
     type: Literal["function"] = "function"
     function: ToolFunction
+    #: A prompt-cache breakpoint after this tool's definition (Anthropic; others ignore it).
+    cache_control: CacheControl | None = None
 
 
 #: A worker tool, named by a string in a job's ``tools`` (registered with ``@tool`` on the workers).
@@ -91,6 +94,9 @@ class Message(WireModel):
     #: Assistant messages only: the answer's thinking blocks (Anthropic extended thinking), sent
     #: back first and unchanged when the conversation continues on Anthropic; dropped for others.
     reasoning_blocks: list[ReasoningBlock] | None = None
+    #: A prompt-cache breakpoint at the end of this message (Anthropic; others ignore it): the
+    #: prompt up to here is cached. On one content part instead: ``TextPart.cache_control``.
+    cache_control: CacheControl | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> Message:
@@ -120,3 +126,28 @@ class Message(WireModel):
     def images(self) -> list[ImagePart]:
         content = self.content
         return [p for p in content if isinstance(p, ImagePart)] if isinstance(content, list) else []
+
+
+#: Anthropic's limit of ``cache_control`` breakpoints per request.
+MAX_CACHE_BREAKPOINTS = 4
+
+
+def message_breakpoints(message: Message) -> list[str]:
+    """The TTLs of the cache breakpoints on ``message`` (its parts', then its own), in order."""
+    marks: list[str] = []
+    if isinstance(message.content, list):
+        marks = [p.cache_control.ttl for p in message.content if p.cache_control is not None]
+    if message.cache_control is not None:
+        marks.append(message.cache_control.ttl)
+    return marks
+
+
+def cache_breakpoints(tools: Sequence[Tool], messages: Sequence[Message]) -> list[str]:
+    """The TTLs of a request's cache breakpoints in the order a prompt cache reads them: tools,
+    then system messages, then the others."""
+    marks: list[str] = [t.cache_control.ttl for t in tools if t.cache_control is not None]
+    for system in (True, False):
+        for m in messages:
+            if (m.role == "system") == system:
+                marks += message_breakpoints(m)
+    return marks

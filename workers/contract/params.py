@@ -20,6 +20,7 @@ from workers.contract.base import WireModel
 from workers.contract.images import ImageInfo, image_info
 
 __all__ = [
+    "CacheControl",
     "ContentPart",
     "ImagePart",
     "ImageURL",
@@ -37,9 +38,20 @@ __all__ = [
 ]
 
 
+class CacheControl(WireModel):
+    """A prompt-cache breakpoint (Anthropic's ``cache_control``): the prompt up to and including the
+    part, message or tool it is on is cached for ``ttl`` (``5m``, or ``1h`` at a higher write price).
+    Sent to Anthropic as it is; other providers ignore it (OpenAI and Gemini cache prefixes on their
+    own, Ollama bills nothing)."""
+
+    type: Literal["ephemeral"] = "ephemeral"
+    ttl: Literal["5m", "1h"] = "5m"
+
+
 class TextPart(WireModel):
     type: Literal["text"] = "text"
     text: str
+    cache_control: CacheControl | None = None
 
 
 class ImageURL(WireModel):
@@ -62,6 +74,7 @@ class ImageURL(WireModel):
 class ImagePart(WireModel):
     type: Literal["image_url"] = "image_url"
     image_url: ImageURL
+    cache_control: CacheControl | None = None
 
 
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
@@ -148,6 +161,13 @@ class RequestParams(WireModel):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     reasoning: Reasoning | None = None
+    #: ``"auto"``: the worker marks the longest stable prefix for the provider's prompt cache
+    #: (tools and system, and each turn's conversation so far, so every later turn of the tool
+    #: loop reads it); Anthropic only, others cache prefixes on their own.
+    prompt_cache: Literal["auto"] | None = None
+    #: OpenAI's ``prompt_cache_key`` (routes requests that share a prefix together); passed to
+    #: OpenAI-type providers, ignored by others.
+    prompt_cache_key: Annotated[str, Field(min_length=1, max_length=256)] | None = None
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -19,6 +19,9 @@ class Usage(WireModel):
     cached_tokens: int = 0
     #: Of ``prompt_tokens``: written to the prompt cache (Anthropic; billed at its cache-write rate).
     cache_write_tokens: int = 0
+    #: Of ``cache_write_tokens``: written with a 1-hour TTL (Anthropic; billed at its 1-hour write
+    #: rate, the rest at the 5-minute one).
+    cache_write_1h_tokens: int = 0
     #: Of ``completion_tokens``: spent thinking (OpenAI reasoning, Anthropic extended thinking);
     #: billed at the output rate like the rest of the completion.
     reasoning_tokens: int = 0
@@ -36,6 +39,7 @@ class Usage(WireModel):
             completion_tokens=self.completion_tokens + other.completion_tokens,
             cached_tokens=self.cached_tokens + other.cached_tokens,
             cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens,
             reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
             estimated=self.estimated or other.estimated,
         )
@@ -84,6 +88,9 @@ class CompletionResult(WireModel):
     model_used: str | None = None
     attempts: list[Attempt] = Field(default_factory=list)
     cost_usd: float | None = None
+    #: The answer came from the response cache or from an identical job's call in flight (cost 0;
+    #: ``usage`` is that answer's).
+    cached: bool = False
     error: ErrorInfo | None = None
     timings: Timings = Field(default_factory=Timings)
     tenant: str = "default"

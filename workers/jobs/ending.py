@@ -3,8 +3,8 @@
 Every job ends with exactly one terminal event (``done``, ``error`` or ``cancelled``) and a stored
 :class:`~workers.contract.CompletionResult`. :meth:`Endings.succeeded`, :meth:`Endings.failed` and
 :meth:`Endings.cancelled` build the result from the run (``workers/jobs/run.py``) and write it the
-one way there is (:meth:`Endings._terminal`): the result, the history entry and the producer's
-reply first, then the last events, then the claim released, all in the run's fenced flush (a run
+one way there is (:meth:`Endings._terminal`): the result, the history entry, the producer's reply
+and (a cache leader's clean answer) the response cache entry first, then the last events, then the claim released, all in the run's fenced flush (a run
 that lost the job writes none of it: :class:`~workers.llm.errors.RunFencedError`).
 """
 
@@ -25,6 +25,7 @@ from workers.contract import (
     Usage,
     UsageEvent,
 )
+from workers.jobs.cachedrun import Served, served_result
 from workers.jobs.run import JobRun
 from workers.jobs.store import JobStore
 from workers.llm.base import Completion
@@ -53,6 +54,19 @@ class Endings:
         result.parsed, result.repairs, result.refusal = run.parsed, run.repairs, completion.refusal
         events: list[StreamEvent] = [ToolCallEvent(job_id=job.id, seq=0, tool_call=c) for c in completion.tool_calls]
         events.append(UsageEvent(job_id=job.id, seq=0, usage=usage))
+        self._terminal(run, DoneEvent(job_id=job.id, seq=0, result=result), result, before=events)
+        return result
+
+    def served(self, run: JobRun, served: Served) -> CompletionResult:
+        """End the job with an answer it did not call for (``cached``, cost 0), the events a live run
+        sends: a hit's text as one delta (a follower republished the leader's deltas already)."""
+        job = run.job
+        result = served_result(self._result(run, "succeeded"), served)
+        run.model_used = result.model_used
+        if served.source == "hit" and result.content:
+            run.publisher.delta(result.content)
+        events: list[StreamEvent] = [ToolCallEvent(job_id=job.id, seq=0, tool_call=c) for c in result.tool_calls]
+        events.append(UsageEvent(job_id=job.id, seq=0, usage=result.usage))
         self._terminal(run, DoneEvent(job_id=job.id, seq=0, result=result), result, before=events)
         return result
 
@@ -108,6 +122,8 @@ class Endings:
         """Publish the last events, store the result and release the claim in one round trip
         (the result first, so a consumer that sees the terminal event can read it)."""
         writes = self._store.result_writes(run.keys, result, run.job, run=run.publisher.run)
+        if run.cached is not None:  # a leader's clean answer goes into the cache in the same round trip
+            writes += run.cached.terminal_writes(result)
         run.publisher.refresh_ttl()
         run.publisher.emit_many([*(before or []), event], writes=writes, release_claim=bool(run.token))
         run.token = ""  # released in that same round trip

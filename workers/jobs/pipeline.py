@@ -34,16 +34,20 @@ from workers.contract import (
     JobKeys,
     JsonObjectFormat,
     JsonSchemaFormat,
+    Message,
     StartEvent,
 )
 from workers.contract.providers import ProviderInfo, provider_infos
 from workers.jobs import structured
+from workers.jobs.cachedrun import CachedRun, Served
+from workers.jobs.cachekey import cache_key, cache_spec
 from workers.jobs.chain import build_chain, resolve_chain
 from workers.jobs.ending import Endings
 from workers.jobs.events import EventPublisher, last_seq
 from workers.jobs.observe import JobObserver
 from workers.jobs.resources import JobResources
 from workers.jobs.run import JobRun
+from workers.jobs.singleflight import Follower
 from workers.jobs.spans import instrumentation, start_job_span
 from workers.jobs.store import ClaimOutcome
 from workers.jobs.toolloop import ToolLoop
@@ -156,7 +160,16 @@ class JobRunner:
     def _run_once(self, job: CompletionJob, token: str) -> JobOutcome:
         res = self.res
         keys = JobKeys(job.id)
-        claim = res.store.claim(keys, token)
+        cached = self._cache_probe(job)
+        if cached is None:
+            claim = res.store.claim(keys, token)
+        else:  # the cache lookup rides along with the claim: a miss costs no extra round trip
+            claim, reply = res.store.claim_with(keys, token, *cached.cache.begin_call(cached.key, job.id))
+            cached.first = cached.cache.parse_begin(reply)
+            if cached.first.kind == "lead":
+                cached.leading = True
+            if claim.run < 1:
+                cached.end(None)  # not this run's to lead
         if claim.run == ClaimOutcome.DONE:
             return JobOutcome(result=res.store.load_result(keys), skipped="already finished")
         if claim.run == ClaimOutcome.BUSY:
@@ -188,6 +201,7 @@ class JobRunner:
         # call numbers continue across re-queues, so the ledger settles each call exactly once
         ctx.calls = sum(1 for a in ctx.attempts if a.status != "skipped")
         run = JobRun(job, keys, publisher, ctx, started_wall=time.time(), started=self._clock(), token=token)
+        run.cached = cached
         run.cancelled_at_start = claim.cancelled
         span = start_job_span(res.tracer, job, settings.queue, claim.run)
         observer = ctx.hooks = JobObserver(
@@ -198,6 +212,7 @@ class JobRunner:
             res.heartbeat.hold(keys, token, lambda: self._fence(run))
         with self._running_lock:
             self._running[token] = run
+        outcome: JobOutcome | None = None
         try:
             with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
                 outcome = self._execute(run)
@@ -208,6 +223,8 @@ class JobRunner:
                     observer.requeued(outcome.requeue_reason or "unknown", outcome.requeue_after_s)
             return outcome
         finally:
+            if run.cached is not None:  # a lead its terminal write did not end
+                run.cached.end(outcome.result if outcome is not None else None)
             with self._running_lock:
                 self._running.pop(token, None)
             if res.heartbeat is not None:
@@ -271,6 +288,12 @@ class JobRunner:
                 raise DeadlineExceededError("the job's deadline passed while it was queued")
             chain = resolve_chain(job, self.res.catalog)
             _check_capabilities(job, chain, self._providers)
+            rendered = render_job(job, self.res.redis, max_chars=self.res.settings.prompt_max_chars)
+            run.prompt = rendered.prompt
+            run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0], prompt=run.prompt))
+            served = self._from_cache(run, chain, rendered.messages)
+            if served is not None:
+                return JobOutcome(result=self._endings.served(run, served))
             meter = run.meter = Meter(
                 job, self.res.counter, self.res.prices, self.res.ledger, run.ctx, self.res.metrics.usage
             )
@@ -283,8 +306,6 @@ class JobRunner:
                 guards=self.res.guards,
                 instrument=instrumentation(job, self.res.prices, self.res.settings.trace_content),
             )
-            rendered = render_job(job, self.res.redis, max_chars=self.res.settings.prompt_max_chars)
-            run.prompt = rendered.prompt
             request = ChatRequest(
                 messages=rendered.messages,
                 params=job,  # the job is its own RequestParams: the adapters read them from it
@@ -293,7 +314,6 @@ class JobRunner:
                 # a whole-body call has no stream to close: a cancel aborts it through this
                 abort=None if job.stream else AbortSignal(),
             )
-            run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0], prompt=run.prompt))
             turns = Turns(run, model, store=self.res.store, cancel_watcher=self.res.cancel_watcher, clock=self._clock)
             if job.worker_tools:
                 loop = ToolLoop(self.res, run, turns, request)
@@ -333,6 +353,44 @@ class JobRunner:
             return JobOutcome(result=self._endings.succeeded(run, completion))
         except RunFencedError as exc:
             return self._fenced(run, exc)
+
+    def _from_cache(self, run: JobRun, chain: list[str], messages: list[Message]) -> Served | None:
+        """For a job that asks to be cached: the stored answer, or an identical job's in flight
+        (followed, its deltas republished); None when this job calls (``workers/jobs/cachedrun.py``)."""
+        cache = self.res.response_cache
+        if run.cached is None:  # not looked up with the claim (a published prompt's job): now
+            spec = None if cache is None else cache_spec(run.job, self.res.config)
+            if cache is None or spec is None:
+                return None
+            run.cached = CachedRun(cache, cache_key(run.job, spec, chain, messages), run.job.id)
+        follower = Follower(
+            self.res.redis,
+            run.job.id,
+            run.publisher,
+            cancelled=lambda: self.res.store.is_cancelled(run.keys),
+            remaining=run.ctx.remaining,
+        )
+        return run.cached.begin(follower.follow)
+
+    def _cache_probe(self, job: CompletionJob) -> CachedRun | None:
+        """The cache part of a job that asks to be cached and whose key needs no Redis (messages or a
+        template: no published prompt to read), so its lookup can go with the claim; else None (the
+        pipeline then looks up after rendering, or finds the job's error there)."""
+        cache = self.res.response_cache
+        if cache is None or job.prompt is not None or (job.cache is None and not self.res.config.cache.routes):
+            return None
+        spec = cache_spec(job, self.res.config)
+        if spec is None:
+            return None
+        try:
+            chain = resolve_chain(job, self.res.catalog)
+            if job.messages is not None:
+                messages = job.messages
+            else:
+                messages = render_job(job, self.res.redis, max_chars=self.res.settings.prompt_max_chars).messages
+        except LLMQError:
+            return None
+        return CachedRun(cache, cache_key(job, spec, chain, messages), job.id)
 
     def _end_failed(self, run: JobRun, exc: LLMQError) -> JobOutcome:
         try:

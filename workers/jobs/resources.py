@@ -25,6 +25,7 @@ from workers.guards.shared import SharedGuards
 from workers.jobs.decisions import DecisionMetrics
 from workers.jobs.flushbatch import FlushBatcher
 from workers.jobs.heartbeat import ClaimHeartbeat
+from workers.jobs.responsecache import ResponseCache
 from workers.jobs.store import JobStore
 from workers.llm.registry import ProviderRegistry
 from workers.routes import LLMQConfig
@@ -103,6 +104,9 @@ class JobResources(Protocol):
 
     @property
     def heartbeat(self) -> ClaimHeartbeat | None: ...
+
+    @property
+    def response_cache(self) -> ResponseCache | None: ...
 
     @property
     def tools(self) -> Toolbox | None: ...

@@ -14,6 +14,7 @@ from pydantic import JsonValue
 
 from workers.accounting.metered import Meter
 from workers.contract import CompletionJob, CompletionResult, JobKeys, Message, PromptInfo, Tool, Usage
+from workers.jobs.cachedrun import CachedRun
 from workers.jobs.events import EventPublisher
 from workers.llm.model import RunContext
 
@@ -75,3 +76,5 @@ class JobRun:
     repairs: int = 0
     #: The tool loop's turns, messages and summed usage (jobs naming worker tools).
     tools: ToolLoopState | None = None
+    #: A job that asks to be cached: its key, and whether it leads its single flight.
+    cached: CachedRun | None = None

@@ -13,6 +13,7 @@ claim still holds it, so a run that was paused past its lease cannot write into 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -94,10 +95,27 @@ class JobStore:
         reply = self._claim(
             keys=[keys.claim, keys.result, keys.meta, keys.events, keys.cancel], args=[self.claim_lease_ms, token]
         )
-        if len(reply) == 1:
-            return Claim(int(reply[0]))
-        run, seq, cancelled, attempts = reply
-        return Claim(int(run), int(seq), bool(cancelled), attempts or b"")
+        return _claim_of(reply)
+
+    def claim_with(
+        self, keys: JobKeys, token: str, script: Any, script_keys: list[str], script_args: list[Any]
+    ) -> tuple[Claim, Any]:
+        """:meth:`claim`, and another script (keys of any slot) in the same round trip: its reply."""
+        claim_keys = [keys.claim, keys.result, keys.meta, keys.events, keys.cancel]
+        for _ in range(2):
+            pipe = self._client.pipeline(transaction=False)
+            # EVALSHA directly: a pipeline running a Script object asks SCRIPT EXISTS first, every time
+            pipe.evalsha(self._claim.sha, len(claim_keys), *claim_keys, self.claim_lease_ms, token)
+            pipe.evalsha(script.sha, len(script_keys), *script_keys, *script_args)
+            replies = pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                break
+            for loaded in (self._claim, script):  # a restarted or new master: load them, once
+                loaded.sha = self._client.script_load(loaded.script)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return _claim_of(replies[0]), replies[1]
 
     def release(self, keys: JobKeys, token: str, pipe: redis.client.Pipeline | None = None) -> None:
         self._release(keys=[keys.claim], args=[token], client=pipe)
@@ -147,3 +165,10 @@ class JobStore:
         if self.webhooks is not None:
             writes += self.webhooks.writes(keys, job, result.status, raw)
         return writes
+
+
+def _claim_of(reply: Any) -> Claim:
+    if len(reply) == 1:
+        return Claim(int(reply[0]))
+    run, seq, cancelled, attempts = reply
+    return Claim(int(run), int(seq), bool(cancelled), attempts or b"")

@@ -36,6 +36,8 @@ from workers.contract import (
     Usage,
 )
 from workers.contract.capabilities import anthropic_native_structured
+from workers.contract.messages import MAX_CACHE_BREAKPOINTS
+from workers.contract.params import CacheControl
 from workers.llm.base import (
     ChatRequest,
     Completion,
@@ -124,7 +126,20 @@ def _tool_input(call: ToolCall) -> dict[str, object]:
 
 
 def _blocks(message: Message) -> tuple[str, list[dict[str, object]]]:
-    """One contract message as an Anthropic ``(role, content blocks)``."""
+    """One contract message as an Anthropic ``(role, content blocks)``, its ``cache_control`` on the
+    last block."""
+    role, blocks = _plain_blocks(message)
+    if message.cache_control is not None and blocks:
+        blocks[-1]["cache_control"] = _cache_control(message.cache_control)
+    return role, blocks
+
+
+def _cache_control(mark: CacheControl) -> dict[str, object]:
+    """Anthropic's form: ``{"type": "ephemeral"}``, with ``"ttl": "1h"`` only when asked (5m is the default)."""
+    return {"type": "ephemeral", "ttl": "1h"} if mark.ttl == "1h" else {"type": "ephemeral"}
+
+
+def _plain_blocks(message: Message) -> tuple[str, list[dict[str, object]]]:
     if message.role == "tool":
         return "user", [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text}]
     if message.role == "assistant":
@@ -143,6 +158,13 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, object]]]:
 
 
 def _part(part: TextPart | ImagePart) -> dict[str, object]:
+    block = _plain_part(part)
+    if part.cache_control is not None:
+        block["cache_control"] = _cache_control(part.cache_control)
+    return block
+
+
+def _plain_part(part: TextPart | ImagePart) -> dict[str, object]:
     if isinstance(part, TextPart):
         return {"type": "text", "text": part.text}
     info = part.image_url.info
@@ -205,11 +227,11 @@ def _add_params(body: dict[str, object], model: str, p: RequestParams) -> None:
 
 
 def build_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str, object]:
-    system: list[str] = []
+    system: list[dict[str, object]] = []
     turns: list[dict[str, object]] = []
     for message in request.messages:
         if message.role == "system":
-            system.append(message.text)
+            system += _blocks(message)[1]
             continue
         role, blocks = _blocks(message)
         previous = turns[-1]["content"] if turns and turns[-1]["role"] == role else None
@@ -219,8 +241,10 @@ def build_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str, o
             turns.append({"role": role, "content": blocks})
     p = request.params
     body: dict[str, object] = {"model": model, "max_tokens": p.max_tokens, "messages": turns}
-    if system:
-        body["system"] = "\n\n".join(system)
+    if system and any("cache_control" in b for b in system):
+        body["system"] = system  # blocks, so each keeps its breakpoint
+    elif system:
+        body["system"] = "\n\n".join(str(b.get("text", "")) for b in system)
     if p.temperature is not None:
         body["temperature"] = min(p.temperature, MAX_TEMPERATURE)
     if request.tools:
@@ -229,13 +253,60 @@ def build_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str, o
                 "name": t.function.name,
                 **({"description": t.function.description} if t.function.description else {}),
                 "input_schema": t.function.parameters,
+                **({"cache_control": _cache_control(t.cache_control)} if t.cache_control is not None else {}),
             }
             for t in request.tools
         ]
     _add_params(body, model, p)
+    if p.prompt_cache == "auto":
+        mark_stable_prefix(body)
     if stream:
         body["stream"] = True
     return body
+
+
+def _marks(body: dict[str, object]) -> list[dict[str, object]]:
+    """Every block of ``body`` that may carry a breakpoint, in the order the cache reads them."""
+    out: list[dict[str, object]] = []
+    tools, system, turns = body.get("tools"), body.get("system"), body.get("messages")
+    for group in (tools, system):
+        if isinstance(group, list):
+            out += [b for b in group if isinstance(b, dict)]
+    for turn in turns if isinstance(turns, list) else []:
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if isinstance(content, list):
+            out += [b for b in content if isinstance(b, dict)]
+    return out
+
+
+def mark_stable_prefix(body: dict[str, object]) -> None:
+    """``prompt_cache: "auto"``: breakpoints on the longest stable prefix, within Anthropic's four.
+
+    One after the tools and system prompt (the last system block, else the last tool): they are the
+    same on every turn of a job and across jobs sharing them. One on the last block of the last
+    message: the conversation so far, which the next turn of a tool loop (or a follow-up job)
+    resends and reads from the cache, paying the write premium only for what it adds. Breakpoints
+    the caller set stay; none is added past four. Prefixes under the model's minimum (1,024 tokens,
+    2,048 for Haiku) are simply not cached by Anthropic.
+    """
+    taken = sum(1 for b in _marks(body) if "cache_control" in b)
+    system = body.get("system")
+    if isinstance(system, str) and system:
+        body["system"] = system = [{"type": "text", "text": system}]
+    tools = body.get("tools")
+    stable = system if isinstance(system, list) and system else tools if isinstance(tools, list) and tools else None
+    wanted: list[dict[str, object]] = []
+    if isinstance(stable, list) and isinstance(stable[-1], dict):
+        wanted.append(stable[-1])
+    turns = body.get("messages")
+    if isinstance(turns, list) and turns:
+        content = turns[-1].get("content") if isinstance(turns[-1], dict) else None
+        if isinstance(content, list) and content and isinstance(content[-1], dict):
+            wanted.append(content[-1])
+    for block in wanted:
+        if "cache_control" not in block and taken < MAX_CACHE_BREAKPOINTS:
+            block["cache_control"] = {"type": "ephemeral"}
+            taken += 1
 
 
 class AnthropicProvider(HTTPProvider["AnthropicStream"]):
@@ -316,11 +387,16 @@ def _usage(raw: Mapping[str, object], prev: Usage | None = None, *, estimated: b
     fresh = count("input_tokens", prev.prompt_tokens - prev.cached_tokens - prev.cache_write_tokens if prev else 0)
     cached = count("cache_read_input_tokens", prev.cached_tokens if prev else 0)
     written = count("cache_creation_input_tokens", prev.cache_write_tokens if prev else 0)
+    # ``cache_creation`` splits the writes by TTL (ephemeral_5m_input_tokens / ephemeral_1h_input_tokens)
+    split = raw.get("cache_creation")
+    long = split.get("ephemeral_1h_input_tokens") if isinstance(split, Mapping) else None
+    written_1h = int(long) if isinstance(long, int | float) and long else (prev.cache_write_1h_tokens if prev else 0)
     return Usage(
         prompt_tokens=fresh + cached + written,
         completion_tokens=count("output_tokens", 0),
         cached_tokens=cached,
         cache_write_tokens=written,
+        cache_write_1h_tokens=min(written_1h, written),
         estimated=estimated,
     )
 

@@ -181,6 +181,8 @@ def _response_attributes(attrs: dict[str, AttributeValue], result: Completion | 
             attrs[GenAI.CACHE_READ_TOKENS] = usage.cached_tokens
         if usage.cache_write_tokens:
             attrs[GenAI.CACHE_WRITE_TOKENS] = usage.cache_write_tokens
+        if usage.cache_write_1h_tokens:
+            attrs[GenAI.CACHE_WRITE_1H_TOKENS] = usage.cache_write_1h_tokens
 
 
 class _InstrumentedStream(WrappedStream["InstrumentedModel"]):

@@ -121,7 +121,7 @@ def build_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str, o
         "options": options,
     }
     if request.tools and p.tool_choice != "none":
-        body["tools"] = [t.model_dump(exclude_none=True) for t in request.tools]
+        body["tools"] = [t.model_dump(exclude_none=True, exclude={"cache_control"}) for t in request.tools]
     if p.stop:
         options["stop"] = list(p.stop)
     if p.top_p is not None:

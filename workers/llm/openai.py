@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from workers.contract import FunctionCall, ToolCall, Usage
@@ -176,13 +177,13 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
     def build_body(self, model: str, request: ChatRequest, *, stream: bool) -> dict[str, object]:
         body: dict[str, object] = {
             "model": model,
-            "messages": [m.model_dump(exclude_none=True, exclude={"reasoning_blocks"}) for m in request.messages],
+            "messages": [m.model_dump(exclude_none=True, exclude=_NOT_SENT) for m in request.messages],
             self._max_tokens_field: request.params.max_tokens,
         }
         if request.params.temperature is not None:
             body["temperature"] = request.params.temperature
         if request.tools:
-            body["tools"] = [t.model_dump(exclude_none=True) for t in request.tools]
+            body["tools"] = [t.model_dump(exclude_none=True, exclude={"cache_control"}) for t in request.tools]
         _add_params(body, request)
         if stream:
             body["stream"] = True
@@ -220,6 +221,11 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
         )
 
 
+#: Message fields OpenAI does not take: Anthropic's thinking blocks and cache breakpoints (OpenAI caches
+#: prompt prefixes on its own; ``prompt_cache_key`` is how a caller steers it).
+_NOT_SENT: Any = {"reasoning_blocks": True, "cache_control": True, "content": {"__all__": {"cache_control"}}}
+
+
 def _add_params(body: dict[str, object], request: ChatRequest) -> None:
     """The optional request parameters, in Chat Completions' own shapes (the contract's)."""
     p = request.params
@@ -236,6 +242,8 @@ def _add_params(body: dict[str, object], request: ChatRequest) -> None:
         body["top_p"] = p.top_p
     if p.seed is not None:
         body["seed"] = p.seed
+    if p.prompt_cache_key is not None:
+        body["prompt_cache_key"] = p.prompt_cache_key
     if p.user is not None:
         body["user"] = p.user
     if p.reasoning is not None and p.reasoning.effort is not None:

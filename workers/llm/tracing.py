@@ -67,6 +67,8 @@ class GenAI:
     OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
     CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
     CACHE_WRITE_TOKENS = "gen_ai.usage.cache_write.input_tokens"
+    #: Of the cache writes, those with a 1-hour TTL (not in the conventions: our own name).
+    CACHE_WRITE_1H_TOKENS = "llmq.usage.cache_write_1h.input_tokens"
     PROMPT_NAME = "gen_ai.prompt.name"
     PROMPT_VERSION = "gen_ai.prompt.version"
     TOOL_NAME = "gen_ai.tool.name"

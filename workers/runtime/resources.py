@@ -38,6 +38,7 @@ from workers.jobs.events import flush_batcher
 from workers.jobs.flushbatch import FlushBatcher
 from workers.jobs.heartbeat import ClaimHeartbeat
 from workers.jobs.history import HistoryWriter
+from workers.jobs.responsecache import ResponseCache, build_cache_metrics
 from workers.jobs.store import JobStore
 from workers.jobs.webhooks import WebhookQueue
 from workers.llm.httpclient import HTTPClient, HTTPSettings
@@ -186,6 +187,8 @@ class WorkerResources:
     presence: PresencePublisher | None = None
     #: Delivers the webhooks of ended jobs, off the jobs' path (workers/runtime/webhooks.py).
     deliverer: WebhookDeliverer | None = None
+    #: Answers of jobs that ask to be cached, and the leads of their single flights.
+    response_cache: ResponseCache | None = None
     #: The jobs' event flushes, pipelined together (``LLMQ_BATCH_FLUSHES``; its thread starts on the first flush).
     flusher: FlushBatcher | None = None
     extras: dict[str, object] = field(default_factory=dict)
@@ -304,6 +307,13 @@ class WorkerResources:
             presence=presence,
             deliverer=deliverer,
             flusher=flush_batcher(client) if settings.batch_flushes else None,
+            response_cache=ResponseCache(
+                client,
+                max_bytes=config.cache.max_bytes,
+                max_entry_bytes=config.cache.max_entry_bytes,
+                lead_ttl_ms=settings.task_time_limit * 1000,
+                metrics=build_cache_metrics(metrics.registry),
+            ),
             tracer_provider=build_tracer_provider(),
         )
 

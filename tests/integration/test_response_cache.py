@@ -1,0 +1,171 @@
+"""The response cache and single flight through the real queue: producer -> Redis -> worker(s) -> simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from llmq.devstack import LocalStack
+from producers import Client
+from simulator.app import SimulatorThread
+from tests.support.spend import global_spent_usd
+from tests.support.waits import until
+from workers.contract import CompletionResult
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "openai:gpt-4o-mini"
+PROMPT = [{"role": "user", "content": "what is the capital of the queue"}]
+CACHE = {"ttl_s": 600}
+
+
+def _job(**extra: object) -> dict[str, object]:
+    return {"model": MODEL, "messages": PROMPT, "max_tokens": 20, "cache": CACHE, **extra}
+
+
+def _answer(r: CompletionResult) -> tuple[object, ...]:
+    return (r.status, r.content, r.finish_reason, r.model_used, r.usage.prompt_tokens, r.usage.completion_tokens)
+
+
+def _configure(simulator: SimulatorThread, changes: dict[str, object]) -> None:
+    """Change the simulator's pacing and fault rates live (``POST /_sim/config``)."""
+    request = urllib.request.Request(
+        f"{simulator.url}/_sim/config", data=json.dumps(changes).encode(), method="POST",
+        headers={"content-type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+def _entries(redis_url: str) -> int:
+    return int(redis.Redis.from_url(redis_url).zcard("llmq:{cache}:index"))
+
+
+def test_the_same_request_twice_makes_one_call_and_the_second_costs_nothing(
+    worker, client: Client, simulator: SimulatorThread, redis_url: str
+) -> None:
+    first = client.submit(_job(tags=["faq"])).result(timeout=30)
+    assert first.status == "succeeded" and not first.cached and first.cost_usd and first.cost_usd > 0
+    spent = global_spent_usd(redis_url)
+    handle = client.submit(_job(stream=True, tags=["faq"]))
+    events = list(handle.stream(timeout=30))
+    second = handle.result(timeout=5)
+    assert simulator.simulator.stats.requests == 1
+    assert second.cached and second.cost_usd == 0 and _answer(second) == _answer(first)
+    assert second.id != first.id and second.tags == ["faq"]
+    # the same events a live run sends: start, the text, usage, done
+    assert [e.type for e in events] == ["start", "delta", "usage", "done"]
+    assert "".join(e.text for e in events if e.type == "delta") == first.content
+    assert global_spent_usd(redis_url) == spent  # nothing charged for the hit
+    # an alias resolving to the same chain is the same request
+    via_route = client.submit(_job(model="default")).result(timeout=30)
+    assert via_route.cached and simulator.simulator.stats.requests == 1
+
+
+def test_what_is_not_clean_is_not_stored(worker, client: Client, simulator: SimulatorThread, redis_url: str) -> None:
+    refused = [client.submit(_job(model=f"{MODEL}~refusal")).result(timeout=30) for _ in range(2)]
+    assert [r.refusal is not None and not r.cached for r in refused] == [True, True]
+    failed = [client.submit(_job(model=f"{MODEL}~400")).result(timeout=30) for _ in range(2)]
+    assert [r.status for r in failed] == ["failed", "failed"]
+    cut = [client.submit(_job(model=f"{MODEL}~midstream")).result(timeout=30) for _ in range(2)]
+    assert [r.status for r in cut] == ["failed", "failed"]
+    assert simulator.simulator.stats.requests == 6 and _entries(redis_url) == 0
+    # sampled answers only when the job says so
+    warm = [client.submit(_job(temperature=0.7)).result(timeout=30) for _ in range(2)]
+    assert not any(r.cached for r in warm) and simulator.simulator.stats.requests == 8
+    shared = [client.submit(_job(temperature=0.7, cache={"ttl_s": 60, "sampled": True})).result(timeout=30)
+              for _ in range(2)]  # fmt: skip
+    assert [r.cached for r in shared] == [False, True] and simulator.simulator.stats.requests == 9
+
+
+def test_tenant_scope_keeps_tenants_apart_and_global_scope_shares(
+    worker, client: Client, simulator: SimulatorThread
+) -> None:
+    a = client.submit(_job(tenant="a")).result(timeout=30)
+    b = client.submit(_job(tenant="b")).result(timeout=30)
+    assert not a.cached and not b.cached and simulator.simulator.stats.requests == 2
+    assert client.submit(_job(tenant="a")).result(timeout=30).cached
+    glob = {"ttl_s": 600, "scope": "global"}
+    assert not client.submit(_job(tenant="c", cache=glob)).result(timeout=30).cached
+    assert client.submit(_job(tenant="d", cache=glob)).result(timeout=30).cached
+    assert simulator.simulator.stats.requests == 3
+
+
+def test_ttl_and_purge(worker, client: Client, simulator: SimulatorThread, redis_url: str) -> None:
+    client.submit(_job(cache={"ttl_s": 1}, tenant="short")).result(timeout=30)
+    r = redis.Redis.from_url(redis_url)
+    until(lambda: not r.exists(f"llmq:{{cache}}:e:{r.zrange('llmq:{cache}:index', 0, 0)[0].decode()}"), "expiry", 10)
+    assert not client.submit(_job(cache={"ttl_s": 600}, tenant="short")).result(timeout=30).cached
+    for tenant in ("a", "b"):
+        client.submit(_job(tenant=tenant)).result(timeout=30)
+    calls = simulator.simulator.stats.requests
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}, "LLMQ_REDIS_URL": redis_url}
+    purge = subprocess.run([sys.executable, "-m", "llmq.cli", "cache", "purge", "--tenant", "a"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert purge.returncode == 0 and purge.stdout.strip() == "purged 1 response cache entries of tenant a"
+    assert not client.submit(_job(tenant="a")).result(timeout=30).cached
+    assert client.submit(_job(tenant="b")).result(timeout=30).cached
+    assert simulator.simulator.stats.requests == calls + 1
+    everything = subprocess.run([sys.executable, "-m", "llmq.cli", "cache", "purge"],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert everything.returncode == 0 and _entries(redis_url) == 0
+
+
+def test_a_failed_leader_lets_a_waiting_duplicate_run(
+    worker, client: Client, simulator: SimulatorThread, redis_url: str
+) -> None:
+    """Two identical jobs at once: one leads, its stream fails half way (the simulator's midstream
+    fault, for requests made while it is on); the one following it takes over and answers."""
+    sim = simulator.simulator
+    _configure(simulator, {"fault_rates": {"midstream": 1.0}, "tokens_per_s": 4.0})
+    handles = [client.submit(_job()) for _ in range(2)]
+    until(lambda: sim.stats.requests >= 1, "the leader's request", 30)
+    _configure(simulator, {"fault_rates": {}})
+    results = {h.id: h.result(timeout=60) for h in handles}
+    statuses = sorted(r.status for r in results.values())
+    assert statuses == ["failed", "succeeded"] and sim.stats.requests == 2
+    winner = next(h for h in handles if results[h.id].status == "succeeded")
+    events = list(winner.stream(timeout=5))
+    # it showed the leader's text, then started over with its own answer
+    kinds = [e.type for e in events]
+    assert kinds[0] == "start" and "repair" in kinds and kinds[-1] == "done"
+    after = kinds.index("repair")
+    assert "".join(e.text for e in events[after:] if e.type == "delta") == results[winner.id].content
+    assert not results[winner.id].cached and _entries(redis_url) == 1
+
+
+# --- across two worker processes ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_workers(redis_server_url: str) -> Iterator[LocalStack]:
+    env = {**os.environ, "LLMQ_REDIS_URL": redis_server_url.rsplit("/", 1)[0] + "/6"}
+    redis.Redis.from_url(env["LLMQ_REDIS_URL"]).flushdb()
+    with LocalStack(env=env) as stack:
+        stack.start_redis()
+        stack.start_simulator(tokens_per_s=10.0)  # 2 s per answer: every job arrives while it runs
+        for name in ("cache-a", "cache-b"):
+            stack.start_worker(concurrency=32, name=name)
+        stack.wait_for_workers(2)
+        yield stack
+
+
+def test_fifty_identical_jobs_across_two_workers_make_one_call(two_workers: LocalStack) -> None:
+    with Client(two_workers.redis_url) as client:
+        handles = [client.submit(_job(tenant=f"t{i % 5}", cache={"ttl_s": 600, "scope": "global"})) for i in range(50)]
+        results = [h.result(timeout=120) for h in handles]
+    assert all(r.status == "succeeded" for r in results), [r.error for r in results if r.error]
+    with urllib.request.urlopen(f"{two_workers.simulator_url}/_sim/stats", timeout=5) as response:
+        stats = json.loads(response.read())
+    assert stats["requests"] == 1
+    assert sum(1 for r in results if not r.cached) == 1
+    assert len({_answer(r) for r in results}) == 1
+    paid = [r.cost_usd for r in results if not r.cached]
+    assert paid[0] and paid[0] > 0 and all(r.cost_usd == 0 for r in results if r.cached)

@@ -1,0 +1,93 @@
+"""The response cache's key and its Redis side (entries, size bound, leads, purge) against a real Redis."""
+
+from __future__ import annotations
+
+import redis
+
+from workers.contract import CacheSpec, CompletionJob, CompletionResult, Message
+from workers.jobs.cachekey import cache_key, cache_spec
+from workers.jobs.responsecache import ResponseCache
+from workers.routes import LLMQConfig
+
+MESSAGES = [Message(role="user", content="hi")]
+
+
+def _job(**extra: object) -> CompletionJob:
+    return CompletionJob.model_validate({"model": "cheap", "messages": [{"role": "user", "content": "hi"}], **extra})
+
+
+def _key(job: CompletionJob, chain: tuple[str, ...] = ("openai:gpt-4o-mini",)) -> str:
+    spec = job.cache or CacheSpec()
+    return cache_key(job, spec, list(chain), MESSAGES).member
+
+
+def test_the_key_is_the_request_after_resolution_and_nothing_else() -> None:
+    base = _job(cache={"ttl_s": 60})
+    same = [
+        _job(cache={"ttl_s": 999}, id="other-id", stream=False, metadata={"a": "b"}, tags=["x"], user="u"),
+        _job(model="openai:gpt-4o-mini", cache={"ttl_s": 60}),  # the alias resolved the same way
+    ]
+    assert {_key(j) for j in same} == {_key(base)}
+    different = [
+        _job(cache={"ttl_s": 60}, max_tokens=5),
+        _job(cache={"ttl_s": 60}, temperature=0),
+        _job(cache={"ttl_s": 60}, response_format={"type": "json_object"}),
+        _job(cache={"ttl_s": 60}, tenant="other"),
+        _job(cache={"ttl_s": 60}, tools=["get_weather"]),
+    ]
+    keys = {_key(j) for j in different} | {_key(base, ("openai:gpt-4o",))}
+    assert len(keys) == len(different) + 1 and _key(base) not in keys
+    glob = _job(cache={"ttl_s": 60, "scope": "global"})
+    assert _key(glob).startswith("g:") and _key(glob) == _key(_job(cache={"scope": "global"}, tenant="b"))
+    assert _key(base).startswith("t:default:")
+
+
+def test_who_is_cached() -> None:
+    config = LLMQConfig.model_validate({"cache": {"routes": {"cheap": {"ttl_s": 5}}}})
+    assert cache_spec(_job(), config) == CacheSpec(ttl_s=5)  # the route's
+    assert cache_spec(_job(model="openai:gpt-4o-mini"), config) is None
+    assert cache_spec(_job(cache={"ttl_s": 9}), config) == CacheSpec(ttl_s=9)  # the job's own wins
+    assert cache_spec(_job(temperature=0.5), config) is None  # sampled: only when asked
+    assert cache_spec(_job(top_p=0.5, cache={"sampled": True}), config) is not None
+    assert cache_spec(_job(temperature=0), config) is not None
+
+
+def _result(job_id: str, text: str) -> CompletionResult:
+    return CompletionResult(id=job_id, status="succeeded", content=text, cost_usd=0.01)
+
+
+def test_leads_hits_and_take_overs(redis_client: redis.Redis) -> None:
+    cache = ResponseCache(redis_client)
+    key = cache_key(_job(), CacheSpec(ttl_s=60), ["openai:gpt-4o-mini"], MESSAGES)
+    assert cache.begin(key, "job-a").kind == "lead"
+    assert cache.begin(key, "job-a").kind == "lead"  # a redelivered leader still leads
+    follow = cache.begin(key, "job-b")
+    assert (follow.kind, follow.leader) == ("follow", "job-a")
+    assert cache.begin(key, "job-c", taking_over="job-x").leader == "job-a"  # not the leader it saw
+    assert cache.begin(key, "job-b", taking_over="job-a").kind == "lead"  # job-a failed: job-b leads
+    assert cache.begin(key, "job-c", taking_over="job-a").leader == "job-b"  # only one takes over
+    cache.release(key, "job-a")  # no longer job-a's lead: nothing happens
+    assert cache.begin(key, "job-c").leader == "job-b"
+    assert cache.put(key, _result("job-b", "answer")) and cache.stats().entries == 1
+    hit = cache.begin(key, "job-d")
+    assert hit.kind == "hit" and hit.hit is not None and hit.hit.content == "answer"
+    assert not redis_client.exists(f"llmq:{{cache}}:lead:{key.member}")
+
+
+def test_the_size_bound_evicts_what_expires_first_and_purge_by_tenant(redis_client: redis.Redis) -> None:
+    one = len(_result("j", "x" * 1000).model_dump_json())
+    cache = ResponseCache(redis_client, max_bytes=int(one * 3.5), max_entry_bytes=one * 2)
+    keys = []
+    for i, ttl in enumerate((100, 50, 300, 200)):  # four entries pass 3.5 x: the one expiring first goes
+        job = _job(tenant=f"t{i % 2}", max_tokens=10 + i)
+        key = cache_key(job, CacheSpec(ttl_s=ttl), ["openai:gpt-4o-mini"], MESSAGES)
+        keys.append(key)
+        assert cache.begin(key, f"job-{i}").kind == "lead"
+        assert cache.put(key, _result(f"job-{i}", "x" * 1000))
+    assert cache.stats().entries == 4  # over the bound until the next lookup keeps it
+    assert [cache.begin(k, "probe").kind for k in keys] == ["hit", "lead", "hit", "hit"]  # ttl 50 went
+    assert cache.stats().entries == 3 and cache.stats().bytes <= cache.max_bytes
+    assert not cache.put(keys[1], _result("job-1", "x" * 3 * one))  # over max_entry_bytes
+    assert cache.stats().entries == 3
+    assert cache.purge("t0") == 2 and cache.stats().entries == 1  # entries 0 and 2 were t0's
+    assert cache.purge() == 1 and cache.stats() == type(cache.stats())(0, 0)

@@ -1,0 +1,137 @@
+"""One cacheable job's dealings with the response cache: served, shared, or leading and storing.
+
+The pipeline asks :meth:`CachedRun.begin` once the job's chain is resolved and its messages
+rendered, before any call: it returns the answer to serve (from the cache, or from an identical
+job in flight that this one followed), or None when this job leads and calls upstream itself.
+A clean answer (succeeded, no refusal, no content filter) is stored by :meth:`terminal_writes`
+inside the job's terminal flush, which also ends the lead; any other ending ends the lead through
+:meth:`end`, so followers never wait on a job that is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import redis
+
+from workers.contract import CompletionResult
+from workers.jobs.cachekey import CacheKey
+from workers.jobs.events import Write
+from workers.jobs.responsecache import Begin, ResponseCache
+
+__all__ = ["CachedRun", "Served", "storable"]
+
+log = logging.getLogger("llmq.cache")
+
+
+def storable(result: CompletionResult) -> bool:
+    """An answer worth serving again: it succeeded, came from a call (not the cache), is not a
+    refusal and was not stopped by a content filter. Errors, cut streams and invalid structured
+    outputs end failed and are never here."""
+    return (
+        result.status == "succeeded"
+        and not result.cached
+        and result.refusal is None
+        and result.finish_reason != "content_filter"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """An answer this job serves without calling: ``hit`` (stored) or ``shared`` (followed)."""
+
+    result: CompletionResult
+    source: Literal["hit", "shared"]
+
+
+class CachedRun:
+    def __init__(self, cache: ResponseCache, key: CacheKey, job_id: str) -> None:
+        self.cache = cache
+        self.key = key
+        self.job_id = job_id
+        #: This job holds the key's lead (it calls upstream; its ending must end the lead).
+        self.leading = False
+        #: The first lookup's answer when it was sent with the job's claim (one round trip less).
+        self.first: Begin | None = None
+
+    def begin(self, follow: Callable[[str], CompletionResult | None]) -> Served | None:
+        """The answer to serve, or None: this job leads. ``follow(leader)`` follows a leader's
+        stream and returns its answer, or None when that leader failed or is gone."""
+        taking_over: str | None = None
+        metrics = self.cache.metrics
+        while True:
+            begun, self.first = self.first or self.cache.begin(self.key, self.job_id, taking_over=taking_over), None
+            if begun.kind == "hit" and begun.hit is not None:
+                if metrics is not None:
+                    metrics.served(begun.hit, "hit")
+                return Served(begun.hit, "hit")
+            if begun.kind == "lead":
+                self.leading = True
+                if metrics is not None:
+                    metrics.lookups.labels(outcome="miss").inc()
+                return None
+            assert begun.leader is not None
+            shared = follow(begun.leader)
+            if shared is not None:
+                if metrics is not None:
+                    metrics.served(shared, "shared")
+                return Served(shared, "shared")
+            log.info(
+                "job %s: the job answering the same request (%s) failed or is gone; trying", self.job_id, begun.leader
+            )
+            taking_over = begun.leader
+
+    def terminal_writes(self, result: CompletionResult) -> list[Write]:
+        """The writes that store ``result`` and end the lead, for the leader's terminal flush; none
+        when this job does not lead or the answer is not storable."""
+        if not self.leading or not storable(result):
+            return []
+        writes = self.cache.store_writes(self.key, result.model_dump_json(), int(time.time() * 1000))
+        metrics = self.cache.metrics
+        if metrics is not None:
+            metrics.stores.labels(outcome="stored" if writes is not None else "too_large").inc()
+        if writes is None:
+            return []
+        self.leading = False  # the flush ends the lead
+        return writes
+
+    def end(self, result: CompletionResult | None) -> None:
+        """The job ended with ``result`` (None: it did not end here: re-queued, fenced, handed back)
+        without storing it: end the lead, so a follower takes over at once. Never raises."""
+        if not self.leading:
+            return
+        self.leading = False
+        metrics = self.cache.metrics
+        if metrics is not None and result is not None:
+            metrics.stores.labels(outcome="not_storable").inc()
+        try:
+            self.cache.release(self.key, self.job_id)
+        except redis.RedisError as exc:  # followers take the lead over once this job's claim is gone
+            log.warning("job %s: could not end its response cache lead: %s", self.job_id, exc)
+
+
+def served_result(result: CompletionResult, served: Served) -> CompletionResult:
+    """``result`` (this job's own: id, tenant, timings...) with the served answer in it: cost 0,
+    ``cached``, the answer's usage (what it took when it was called)."""
+    answer = served.result
+    return result.model_copy(
+        update={
+            "content": answer.content,
+            "tool_calls": answer.tool_calls,
+            "reasoning_blocks": answer.reasoning_blocks,
+            "finish_reason": answer.finish_reason,
+            "usage": answer.usage,
+            "model_used": answer.model_used,
+            "parsed": answer.parsed,
+            "repairs": answer.repairs,
+            "turns": answer.turns,
+            "messages": answer.messages,
+            "truncated_messages": answer.truncated_messages,
+            "cost_usd": 0.0,
+            "cached": True,
+        }
+    )
