@@ -193,7 +193,8 @@ class WebhookEndpoint(_Strict):
     """A named webhook: ``[webhooks.endpoints.<name>]``."""
 
     url: Annotated[str, Field(pattern=r"^https?://[^\s/@]+(/\S*)?$")]
-    #: The environment variable holding its secret (``whsec_<base64>``)...
+    #: The environment variable holding its secret (``whsec_<base64>``; during a rotation the new
+    #: and the old one, space-separated: deliveries carry a signature of each)...
     secret_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     #: ...or the secret itself (the config file is then as secret as the gateway tokens in it).
     secret: str | None = Field(default=None, min_length=1, repr=False)

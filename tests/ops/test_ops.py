@@ -44,6 +44,7 @@ COUNTERS_AND_GAUGES = {
     "flower_worker_number_of_currently_executing_tasks",
     "llm_skips_total", "llm_waits_total", "llm_wait_seconds_total", "llm_breaker_transitions_total",
     "llm_breaker_open", "llmq_requeues_total", "llm_tool_calls_total", "llmq_gateway_sse_queue_capacity",
+    "llmq_webhook_due", "llmq_webhook_queued", "llmq_webhook_attempts_total", "llmq_webhook_in_flight",
 }  # fmt: skip
 HISTOGRAMS = {
     "llm_ttft_seconds", "llm_job_duration_seconds", "llmq_gateway_sse_queue_depth",

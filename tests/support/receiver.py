@@ -1,7 +1,8 @@
 """A webhook receiver for tests: a real HTTP server on 127.0.0.1 that records every delivery.
 
 Its behaviour per delivery is a function of the ``webhook-id`` and how many times it was seen:
-answer a status, or hang until released (a dead receiver that keeps connections open).
+answer a status (with headers, e.g. ``Retry-After``), or hang until released (a dead receiver that
+keeps connections open).
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ class Delivery:
     status: int | None  # None: the receiver hung
 
 
-class Receiver:
-    """``answer(msg_id, nth) -> status`` (nth counts from 1); a status of 0 hangs until :meth:`release`."""
+Answer = int | tuple[int, dict[str, str]]
 
-    def __init__(self, answer: Callable[[str, int], int] = lambda _id, _n: 200) -> None:
+
+class Receiver:
+    """``answer(msg_id, nth) -> status`` or ``(status, headers)`` (nth counts from 1); a status of 0
+    hangs until :meth:`release`."""
+
+    def __init__(self, answer: Callable[[str, int], Answer] = lambda _id, _n: 200) -> None:
         self.answer = answer
         self.deliveries: list[Delivery] = []
         self.hanging = 0
@@ -40,7 +45,8 @@ class Receiver:
                 msg_id = headers.get("webhook-id", "")
                 with receiver._lock:
                     nth = receiver._seen[msg_id] = receiver._seen.get(msg_id, 0) + 1
-                status = receiver.answer(msg_id, nth)
+                answer = receiver.answer(msg_id, nth)
+                status, extra = answer if isinstance(answer, tuple) else (answer, {})
                 if status == 0:
                     with receiver._lock:
                         receiver.hanging += 1
@@ -50,6 +56,8 @@ class Receiver:
                 with receiver._lock:
                     receiver.deliveries.append(Delivery(headers, body, status))
                 self.send_response(status)
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("content-length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")

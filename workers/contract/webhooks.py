@@ -7,7 +7,10 @@ of the Standard Webhooks specification:
 * ``webhook-id``: ``msg_`` + the job id, the same on every attempt (receivers de-duplicate on it);
 * ``webhook-timestamp``: the attempt's time, integer unix seconds;
 * ``webhook-signature``: ``v1,`` + base64 of HMAC-SHA256 over ``{id}.{timestamp}.{body}``, keyed
-  with the secret's bytes (a secret is written ``whsec_`` + base64 of its bytes).
+  with the secret's bytes (a secret is written ``whsec_`` + base64 of its bytes). While a secret is
+  rotated, the configured value holds the new and the old secret separated by whitespace, and the
+  header carries one signature per secret, space-separated, as the specification's rotation form
+  says: a receiver holding either secret verifies the delivery.
 
 The body is JSON: ``{"type": "job.succeeded" | "job.failed" | "job.cancelled", "timestamp": ISO 8601,
 "data": <CompletionResult>}``, built once when the job ends, so every attempt sends the same bytes.
@@ -43,6 +46,7 @@ __all__ = [
     "message_id",
     "sign",
     "signature_headers",
+    "split_secrets",
     "verify",
 ]
 
@@ -73,6 +77,17 @@ def decode_secret(secret: str) -> bytes:
     return key
 
 
+def split_secrets(value: str) -> list[str]:
+    """The secrets of a configured value: one, or several separated by whitespace (a rotation, the
+    new one first); each is checked (:func:`decode_secret`), so a bad one is refused before use."""
+    secrets = value.split()
+    if not secrets:
+        raise ValueError("a webhook secret is whsec_ followed by base64")
+    for secret in secrets:
+        decode_secret(secret)
+    return secrets
+
+
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """``v1,<base64 HMAC-SHA256 of '{msg_id}.{timestamp}.{body}'>``."""
     digest = hmac.new(decode_secret(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
@@ -80,15 +95,18 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 def signature_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The three headers; ``secret`` may hold several secrets (a rotation): one signature each."""
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, msg_id, timestamp, body),
+        "webhook-signature": " ".join(sign(s, msg_id, timestamp, body) for s in split_secrets(secret)),
     }
 
 
 def verify(secret: str, headers: Mapping[str, str], body: bytes, *, now: float | None = None) -> None:
-    """Check a delivery as a receiver should (raises :class:`WebhookSignatureError`)."""
+    """Check a delivery as a receiver should (raises :class:`WebhookSignatureError`): any of the
+    header's signatures made with ``secret`` (or, during a receiver's own rotation, with any of the
+    whitespace-separated secrets it holds) passes."""
     lower = {k.lower(): v for k, v in headers.items()}
     msg_id, stamp, signatures = (lower.get(h) for h in ("webhook-id", "webhook-timestamp", "webhook-signature"))
     if not (msg_id and stamp and signatures):
@@ -99,8 +117,8 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, *, now: float |
         raise WebhookSignatureError("webhook-timestamp is not integer unix seconds") from None
     if abs((time.time() if now is None else now) - timestamp) > TOLERANCE_S:
         raise WebhookSignatureError("webhook-timestamp is more than 5 minutes away")
-    expected = sign(secret, msg_id, timestamp, body)
-    if not any(hmac.compare_digest(expected, given) for given in signatures.split(" ")):
+    expected = [sign(s, msg_id, timestamp, body) for s in split_secrets(secret)]
+    if not any(hmac.compare_digest(e, given) for e in expected for given in signatures.split(" ")):
         raise WebhookSignatureError("no matching signature")
 
 

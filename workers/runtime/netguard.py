@@ -11,6 +11,7 @@ redirects are not followed by the caller.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import socket
@@ -95,10 +96,25 @@ class GuardedHTTPConnection(http.client.HTTPSConnection):
         self._tls = tls
         #: The address connected to (for the delivery log).
         self.address: str | None = None
+        self._raw: socket.socket | None = None
+        #: Whether :meth:`abort` ended the exchange (what the reader's error then means).
+        self.aborted = False
 
     def connect(self) -> None:
         sock = self._guard.connect(self.host, self.port, self.timeout or 10.0)
+        self._raw = sock
+        if self.aborted:  # the deadline passed while connecting
+            self.abort()
         self.address = str(sock.getpeername()[0])
         if self._tls:
             sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
         self.sock = sock
+
+    def abort(self) -> None:
+        """End the exchange from another thread: whatever waits on the socket sees its end at once
+        (the TCP socket is shut down under any TLS layer, which is left to the reader to close)."""
+        self.aborted = True
+        raw = self._raw
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_RDWR)

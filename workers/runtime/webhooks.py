@@ -7,14 +7,21 @@ itself if this process dies), and a small pool of its own threads POSTs them. A 
 receiver ties up at most that pool (``[webhooks] concurrency``, ``timeout_s``), never a job slot.
 
 Each attempt is signed anew (Standard Webhooks, ``workers/contract/webhooks.py``) with the same
-``webhook-id``; a 2xx ends the delivery, anything else is retried after ``[webhooks] backoff_s``
-(the last step repeats, with jitter) until ``max_age_s`` (24 h) after the job ended. A target that
-cannot be delivered to (an unknown name, no secret, an address the guard refuses) is ``refused``
-at once. Every attempt is logged in the job's delivery log and counted in the metrics.
+``webhook-id``, and ends within ``timeout_s`` however slowly the receiver answers (a deadline over
+connect, send and read, below the lease). As the specification suggests: a 2xx ends the delivery;
+``410 Gone`` ends it too (the receiver wants no more), as ``failed``; anything else is retried after
+``[webhooks] backoff_s`` (the last step repeats, with jitter), or after the receiver's
+``Retry-After`` when that is longer, until ``max_age_s`` (24 h) after the job ended. A target that
+cannot be delivered to (an unknown name, no secret or a malformed one, an address the guard
+refuses) is ``refused`` at once. An attempt's record is written only if no other attempt was
+recorded since it began (a compare-and-set on the attempt count), so an attempt that outlived its
+lease cannot log a second success. Every attempt is logged in the job's delivery log and counted
+in the metrics; ``llmq_webhook_queued`` / ``llmq_webhook_due`` say how many deliveries wait.
 """
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import logging
 import os
@@ -23,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import redis
@@ -31,7 +39,7 @@ from redis.typing import EncodableT
 
 from workers.contract import JobKeys
 from workers.contract.redaction import shown_url
-from workers.contract.webhooks import DUE_KEY, DeliveryAttempt, signature_headers
+from workers.contract.webhooks import DUE_KEY, DeliveryAttempt, signature_headers, split_secrets
 from workers.routes import WebhooksConfig
 from workers.runtime.netguard import BlockedAddressError, GuardedHTTPConnection, NetGuard
 
@@ -45,8 +53,49 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id) end
 return due
 """
+# KEYS: the job's webhook hash, its log. ARGV: the attempt count the attempt began with, the log
+# entry, how many entries to keep, then field/value pairs. Records the attempt only if the delivery
+# is still pending at that count (no other attempt was recorded meanwhile); 1 if it did.
+_RECORD_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') ~= tonumber(ARGV[1]) then return 0 end
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+local ttl = redis.call('TTL', KEYS[1])
+if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+return 1
+"""
 #: Entries kept in a job's delivery log.
 LOG_KEEP = 50
+#: Seconds between two readings of the delivery queue's size (the backlog gauges).
+BACKLOG_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a receiver answered one attempt."""
+
+    status: int
+    address: str | None
+    #: Its ``Retry-After`` in seconds from now, if it sent one.
+    retry_after_s: float | None = None
+
+
+def retry_after_s(value: str | None, now: float) -> float | None:
+    """``Retry-After`` (delay seconds or an HTTP date) as seconds from ``now``; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
 
 
 class RefusedError(Exception):
@@ -68,6 +117,16 @@ class WebhookMetrics:
             registry=registry,
         )
         self.in_flight = Gauge("llmq_webhook_in_flight", "Webhook deliveries being attempted.", registry=registry)
+        self.queued = Gauge(
+            "llmq_webhook_queued",
+            "Webhook deliveries not ended yet (due now or retrying later), in the whole queue.",
+            registry=registry,
+        )
+        self.due = Gauge(
+            "llmq_webhook_due",
+            "Webhook deliveries due now and not being attempted: a lasting value means deliverers fall behind.",
+            registry=registry,
+        )
 
 
 class WebhookDeliverer:
@@ -90,6 +149,8 @@ class WebhookDeliverer:
         self._poll_s = poll_s
         self._clock = clock
         self._take = client.register_script(_TAKE_LUA)
+        self._record_script = client.register_script(_RECORD_LUA)
+        self._backlog_at = 0.0
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="llmq-webhook")
         self._free = threading.Semaphore(config.concurrency)
         self._stop = threading.Event()
@@ -112,6 +173,7 @@ class WebhookDeliverer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                self._read_backlog()
                 taken = self.take_due()
             except redis.RedisError as exc:
                 log.warning("webhook deliverer: Redis unavailable (%s); trying again", exc)
@@ -136,6 +198,19 @@ class WebhookDeliverer:
             self._pool.submit(self._attempt_guarded, job_id)
         return len(ids)
 
+    def _read_backlog(self) -> None:
+        """Every few seconds: the queue's size and what is due now (the whole queue, any process)."""
+        now = self._clock()
+        if now - self._backlog_at < BACKLOG_EVERY_S:
+            return
+        self._backlog_at = now
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zcard(DUE_KEY)
+        pipe.zcount(DUE_KEY, "-inf", now)
+        queued, due = pipe.execute()
+        self.metrics.queued.set(queued)
+        self.metrics.due.set(due)
+
     def _attempt_guarded(self, job_id: str) -> None:
         self.metrics.in_flight.inc()
         try:
@@ -156,30 +231,48 @@ class WebhookDeliverer:
         if not record or record.get("state") != "pending":
             self._client.zrem(DUE_KEY, job_id)  # delivered or expired meanwhile
             return "gone"
-        number = int(record.get("attempts", 0)) + 1
+        began_with = int(record.get("attempts", 0))
+        number = began_with + 1
         started = self._clock()
         status: int | None = None
         address: str | None = None
         error: str | None = None
+        wait: float | None = None
         try:
             url, secret = self._resolve(record["target"])
-            status, address = self._post(url, secret, record["msg_id"], record["body"].encode())
-            outcome = "delivered" if 200 <= status < 300 else "retry"
-            if outcome == "retry":
-                error = f"HTTP {status}"
-        except RefusedError as exc:
-            outcome, error = "refused", str(exc)
-        except BlockedAddressError as exc:
+            answer = self._post(url, secret, record["msg_id"], record["body"].encode())
+            status, address = answer.status, answer.address
+            if 200 <= status < 300:
+                outcome = "delivered"
+            elif status == 410:
+                outcome, error = "failed", "HTTP 410 Gone: the receiver wants no more deliveries"
+            else:
+                outcome, error, wait = "retry", f"HTTP {status}", answer.retry_after_s
+        except (RefusedError, BlockedAddressError) as exc:
             outcome, error = "refused", str(exc)
         except (OSError, ValueError, http.client.HTTPException) as exc:  # connection, TLS, timeout, a malformed answer
             outcome, error = "retry", f"{type(exc).__name__}: {exc}"[:500]
         ended = self._clock()
         next_at = None
         if outcome == "retry":
-            next_at = ended + self._backoff(number)
+            # a receiver's Retry-After may delay the next attempt, up to the longest backoff step
+            # (a huge value would otherwise end the delivery early)
+            asked = min(wait or 0.0, max(self.config.backoff_s))
+            next_at = ended + max(self._backoff(number), asked)
             if next_at > float(record["created_at"]) + self.config.max_age_s:
                 outcome, next_at = "failed", None
-        self._record(keys, job_id, number, outcome, status, error, started, ended, address, next_at)
+        entry = DeliveryAttempt(
+            attempt=number,
+            at=started,
+            outcome=outcome,  # type: ignore[arg-type]
+            status=status,
+            error=error,
+            duration_s=round(ended - started, 4),
+            address=address,
+        )
+        if not self._record(keys, job_id, began_with, entry, next_at):
+            log.info("webhook of job %s: attempt %d ended after another was recorded; not logged", job_id, number)
+            return "superseded"
         self.metrics.attempts.labels(outcome).inc()
         self.metrics.duration.observe(max(0.0, ended - started))
         if outcome != "delivered":
@@ -206,9 +299,17 @@ class WebhookDeliverer:
             secret = self._env.get(variable)
         if not secret:
             raise RefusedError(f"no secret to sign with: set {variable or 'a secret'} for {shown_url(url)}")
+        try:
+            split_secrets(secret)
+        except ValueError as exc:
+            raise RefusedError(
+                f"the secret {variable or 'configured'} for {shown_url(url)} is unusable: {exc}"
+            ) from None
         return url, secret
 
-    def _post(self, url: str, secret: str, msg_id: str, body: bytes) -> tuple[int, str | None]:
+    def _post(self, url: str, secret: str, msg_id: str, body: bytes) -> Answer:
+        """POST the delivery; the whole exchange ends within ``timeout_s`` (a receiver trickling its
+        answer is cut off at the deadline: the socket's own timeout only bounds each read)."""
         parts = urlsplit(url)
         tls = parts.scheme == "https"
         host = parts.hostname or ""
@@ -219,59 +320,48 @@ class WebhookDeliverer:
             "user-agent": "llmqueue-webhooks",
             **signature_headers(secret, msg_id, int(self._clock()), body),
         }
-        conn = GuardedHTTPConnection(host, port, guard=self.guard, timeout=self.config.timeout_s, tls=tls)
+        timeout = self.config.timeout_s
+        conn = GuardedHTTPConnection(host, port, guard=self.guard, timeout=timeout, tls=tls)
+        deadline = threading.Timer(timeout, conn.abort)
+        deadline.daemon = True
+        deadline.start()
         try:
             conn.request("POST", path, body=body, headers=headers)
             response = conn.getresponse()
             response.read(64 * 1024)  # a receiver's answer is not kept
-            return response.status, conn.address
+            wait = retry_after_s(response.getheader("retry-after"), self._clock())
+            return Answer(response.status, conn.address, wait)
+        except (OSError, http.client.HTTPException) as exc:
+            if conn.aborted:
+                raise TimeoutError(f"no complete answer within {timeout:g} s") from exc
+            raise
         finally:
+            deadline.cancel()
             conn.close()
 
     def _record(
-        self,
-        keys: JobKeys,
-        job_id: str,
-        number: int,
-        outcome: str,
-        status: int | None,
-        error: str | None,
-        started: float,
-        ended: float,
-        address: str | None,
-        next_at: float | None,
-    ) -> None:
-        entry = DeliveryAttempt(
-            attempt=number,
-            at=started,
-            outcome=outcome,  # type: ignore[arg-type]
-            status=status,
-            error=error,
-            duration_s=round(ended - started, 4),
-            address=address,
-        )
-        state = {"retry": "pending", "delivered": "delivered", "failed": "failed", "refused": "refused"}[outcome]
-        fields: dict[EncodableT, EncodableT] = {"state": state, "attempts": number}
-        if status is not None:
-            fields["last_status"] = status
-        if error is not None:
-            fields["last_error"] = error
-        if outcome == "delivered":
-            fields["delivered_at"] = ended
+        self, keys: JobKeys, job_id: str, began_with: int, entry: DeliveryAttempt, next_at: float | None
+    ) -> bool:
+        """Write the attempt (record, log, due set) unless another attempt was recorded since it began."""
+        state = {"retry": "pending", "delivered": "delivered", "failed": "failed", "refused": "refused"}[entry.outcome]
+        fields: dict[str, EncodableT] = {"state": state, "attempts": entry.attempt}
+        if entry.status is not None:
+            fields["last_status"] = entry.status
+        if entry.error is not None:
+            fields["last_error"] = entry.error
+        if entry.outcome == "delivered":
+            fields["delivered_at"] = entry.at + entry.duration_s
         if next_at is not None:
             fields["next_at"] = next_at
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hset(keys.webhook, mapping=fields)
-        pipe.rpush(keys.webhook_log, entry.model_dump_json(exclude_none=True))
-        pipe.ltrim(keys.webhook_log, -LOG_KEEP, -1)
-        ttl = self._client.ttl(keys.webhook)
-        if ttl and ttl > 0:
-            pipe.expire(keys.webhook_log, ttl)
+        pairs = [x for pair in fields.items() for x in pair]
+        args = [began_with, entry.model_dump_json(exclude_none=True), LOG_KEEP, *pairs]
+        if not self._record_script(keys=[keys.webhook, keys.webhook_log], args=args):
+            return False
         if next_at is not None:
-            pipe.zadd(DUE_KEY, {job_id: next_at}, xx=True)
+            self._client.zadd(DUE_KEY, {job_id: next_at}, xx=True)
         else:
-            pipe.zrem(DUE_KEY, job_id)
-        pipe.execute()
+            self._client.zrem(DUE_KEY, job_id)
+        return True
 
 
 def _text(value: bytes | str) -> str:
