@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--window",
         type=int,
-        default=int(os.environ.get("LLMQ_BATCH_WINDOW", "256")),
+        default=os.environ.get("LLMQ_BATCH_WINDOW", "256"),
         help="jobs in flight at most (default 256); keep it above the workers' total concurrency",
     )
     p.add_argument("--skip-invalid", action="store_true", help="write invalid lines to the errors file and go on")

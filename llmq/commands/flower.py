@@ -21,7 +21,7 @@ _AUTH_ENV = "FLOWER_BASIC_AUTH"
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("flower", help="run Flower (task monitor) against LLMQ_REDIS_URL, with basic auth")
-    p.add_argument("--port", type=int, default=int(os.environ.get("FLOWER_PORT", "5555")))
+    p.add_argument("--port", type=int, default=os.environ.get("FLOWER_PORT", "5555"))
     p.add_argument(
         "--address",
         default=os.environ.get("FLOWER_ADDRESS", "127.0.0.1"),

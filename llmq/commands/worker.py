@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--concurrency",
         "-c",
         type=int,
-        default=int(os.environ.get("LLMQ_CONCURRENCY", "100")),
+        default=os.environ.get("LLMQ_CONCURRENCY", "100"),
         help="concurrent jobs in this process; size it by CPU budget, not 1000 (default 100)",
     )
     p.add_argument("--queue", "-Q", default=os.environ.get("LLMQ_QUEUE", "llmq"))

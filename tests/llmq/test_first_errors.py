@@ -289,3 +289,19 @@ def test_a_model_typo_is_refused_by_submit_and_batch_before_anything_runs(
         "line 2, model: unknown provider 'opneai'" in batch.stderr and "did you mean 'openai:gpt-4o'?" in batch.stderr
     )
     assert not list(redis_client.scan_iter(match="llmq:job:*"))  # nothing enqueued by either
+
+
+@pytest.mark.parametrize(
+    ("variable", "command", "option"),
+    [("LLMQ_CONCURRENCY", "worker", "--concurrency"), ("LLMQ_BATCH_WINDOW", "batch", "--window")],
+)
+def test_a_bad_number_in_the_environment_is_that_commands_usage_error(
+    variable: str, command: str, option: str, redis_url: str
+) -> None:
+    """Read as the option's default: the command that uses it refuses with its usage error (exit 2),
+    every other command works (it used to be a traceback of the whole parser, whatever the command)."""
+    env = {"LLMQ_REDIS_URL": redis_url, variable: "abc"}
+    out = _llmq(command, *(["in.jsonl", "-o", "out.jsonl"] if command == "batch" else []), env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"{option}" in out.stderr and "invalid int value: 'abc'" in out.stderr
+    assert _llmq("submit", "--help", env=env).returncode == 0

@@ -165,10 +165,11 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
         resources = worker_app.llmq.resources()
     except ConfigurationError as exc:
         # Celery logs and swallows a signal handler's exceptions; a worker that cannot load its
-        # configuration or tool modules must not start taking jobs. Said once, by the log line (a
-        # SystemExit message would print it again); the exit status says it failed.
+        # configuration or tool modules must not start taking jobs. The reason is the log line (in the
+        # log format the operator chose); the exit status says "refused to start", as every llmq
+        # command's does: 2, no second copy of the reason
         logging.getLogger("llmq.worker").critical("llmq worker cannot start: %s", exc)
-        raise SystemExit(1) from exc
+        raise SystemExit(2) from exc
     port = settings.metrics_port
     if port:
         serve_metrics(resources.metrics.registry, port)

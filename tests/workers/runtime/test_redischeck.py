@@ -53,19 +53,39 @@ def test_the_proxy_changes_only_the_version(redis_url: str) -> None:
         client.close()
 
 
-def test_llmq_worker_refuses_an_old_redis_at_start(redis_url: str) -> None:
+@pytest.mark.parametrize("pool", ["threads", "gevent"])
+def test_llmq_worker_refuses_an_old_redis_at_start(redis_url: str, pool: str) -> None:
     """The start path (Celery's ``worker_init``) runs the check: the worker exits before taking jobs,
-    with the version in one line and no traceback."""
+    with exit status 2 (as every llmq command that refuses to start), the reason in one line, once,
+    and no traceback."""
     with VersionProxy(redis_url) as old:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")} | {"LLMQ_REDIS_URL": old}
         out = subprocess.run(
-            [sys.executable, "-m", "llmq.cli", "worker", "--pool", "threads", "--concurrency", "2"],
+            [sys.executable, "-m", "llmq.cli", "worker", "--pool", pool, "--concurrency", "2"],
             env=env,
             capture_output=True,
             text=True,
             timeout=120,
         )
-    assert out.returncode != 0, out.stderr[-3000:]
+    assert out.returncode == 2, out.stderr[-3000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
-    refusal = [line for line in out.stderr.splitlines() if "llmq worker cannot start" in line]
-    assert len(refusal) == 1 and "is version 6.0." in refusal[0] and ">= 6.2" in refusal[0], out.stderr[-3000:]
+    refusal = [line for line in out.stderr.splitlines() if "cannot start" in line]
+    assert len(refusal) == 1, out.stderr[-3000:]
+    assert "llmq worker cannot start" in refusal[0] and "is version 6.0." in refusal[0] and ">= 6.2" in refusal[0]
+
+
+def test_llmq_worker_refuses_a_tool_module_that_does_not_import(redis_url: str) -> None:
+    """Another refusal of the same start path (a configuration error): the same one line and exit 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
+    env |= {"LLMQ_REDIS_URL": redis_url, "LLMQ_TOOLS": "tests.support.no_such_tools"}
+    out = subprocess.run(
+        [sys.executable, "-m", "llmq.cli", "worker", "--pool", "gevent", "--concurrency", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    refusal = [line for line in out.stderr.splitlines() if "cannot start" in line]
+    assert len(refusal) == 1 and "tests.support.no_such_tools" in refusal[0], out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
