@@ -298,6 +298,8 @@ class Channel(kombu_redis.Channel):
     )
     _beat_thread: threading.Thread | None = None
     _beat_stop: threading.Event | None = None
+    #: False once the worker stops taking jobs (:meth:`stop_taking`): waits end without a fetch.
+    taking = True
     _beat_lock = threading.Lock()
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
@@ -405,6 +407,13 @@ class Channel(kombu_redis.Channel):
             return taken[0]
         return None if unreadable is None else self.take_unreadable(*unreadable)
 
+    def stop_taking(self) -> None:
+        """Take no more messages (the worker is shutting down): a wait that ends from now on fetches
+        nothing, so what the worker hands back to the queue stays there for another worker instead of
+        being fetched again by this one before its consumer is cancelled. Safe from any thread or
+        greenlet (a flag the consumer's loop reads)."""
+        self.taking = False
+
     def on_fetched(self, delivery_tag: str) -> None:
         """Called for each message right after the fetch script took it (for a batch: for all of
         them, before the first is delivered): a seam for tests (a subclass kills the process or
@@ -444,7 +453,7 @@ class Channel(kombu_redis.Channel):
             except redis.exceptions.OutOfMemoryError:
                 self._wait_refused = True
             limit = self.fetch_limit()
-            if self._closing or not limit:  # the wait took nothing: nothing to hand over
+            if self._closing or not self.taking or not limit:  # the wait took nothing: nothing to hand over
                 raise Empty()
             # a message arrived, the wait timed out (unwatched lists are swept), or Redis is full
             taken, unreadable = self.fetch_many(self._queue_cycle.consume(len(self.active_queues)), limit)

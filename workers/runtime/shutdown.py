@@ -162,7 +162,15 @@ class LLMQWorker(Worker):
             # jobs already received (prefetched, or waiting for a pool slot) go back untouched
             jobs.stop_taking_jobs()
         consumer = getattr(self, "consumer", None)
-        if consumer is None or consumer.hub is not None:
+        if consumer is None:
+            return
+        # the broker's fetch takes nothing from now on (workers/runtime/broker.py): a job handed back
+        # below (the window ran out, or a second signal) is not fetched again by this leaving worker
+        task_consumer = getattr(consumer, "task_consumer", None)
+        stop_taking = getattr(getattr(task_consumer, "channel", None), "stop_taking", None)
+        if stop_taking is not None:
+            stop_taking()
+        if consumer.hub is not None:
             # with an event loop (threads) the loop waits for this handler: nothing is fetched meanwhile
             return
 

@@ -104,6 +104,25 @@ def test_a_consumer_fetches_through_the_wait_and_the_script(url: str, redis_clie
         assert redis_client.hlen("unacked") == 0 and redis_client.zcard("unacked_index") == 0
 
 
+def test_a_channel_that_stopped_taking_leaves_what_arrives_in_the_queue(url: str, redis_client: redis.Redis) -> None:
+    """A leaving worker (``stop_taking``, its shutdown) wakes on a message, e.g. the job it has just
+    handed back, and leaves it queued for another worker; it still holds what it took before."""
+    _publish(url, {"n": 0})
+    got: list[object] = []
+    with _connection(url) as conn:
+        channel = conn.channel()
+        with Consumer(channel, [KOMBU_QUEUE], callbacks=[lambda body, message: got.append(body)]):
+            conn.drain_events(timeout=10)
+            assert got == [{"n": 0}] and redis_client.hlen("unacked") == 1
+            channel.stop_taking()
+            _publish(url, {"n": 1})
+            with pytest.raises(socket.timeout):
+                for _ in range(3):  # the wait wakes on the message (BLMOVE) and takes nothing
+                    conn.drain_events(timeout=1)
+        assert got == [{"n": 0}]
+        assert redis_client.llen(QUEUE) == 1 and redis_client.hlen("unacked") == 1
+
+
 def test_a_channel_that_died_after_the_fetch_gets_its_message_restored(url: str, redis_client: redis.Redis) -> None:
     _publish(url, {"job": "survives"})
     with _connection(url, DyingTransport) as dying:
