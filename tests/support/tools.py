@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Annotated
 
 import redis
@@ -144,3 +145,41 @@ def slow_visit_idempotent(place: Annotated[str, Field(examples=["park"])], cance
     if starts == 1:
         cancel.wait(60)
     return f"visited {place} (start {starts})"
+
+
+#: Where the spinning tools write their pid and look for ``release`` (a directory of the test's).
+SPIN_DIR_ENV = "LLMQ_TEST_SPIN_DIR"
+
+
+def _spin(tag: str) -> str:
+    """CPU-bound until the test drops a ``release`` file: never yields to gevent, has no token to check."""
+    folder = Path(os.environ[SPIN_DIR_ENV])
+    (folder / f"{tag}.pid").write_text(str(os.getpid()))
+    while not (folder / "release").exists():
+        pass
+    (folder / f"{tag}.done").write_text("")
+    return f"{tag} spun"
+
+
+@tool(timeout_s=2, isolation="thread")
+def spin_thread() -> str:
+    """Spins on an OS thread until released, far past its 2 s timeout."""
+    return _spin("thread")
+
+
+@tool(timeout_s=2, isolation="process")
+def spin_process() -> str:
+    """Spins in a process of its own until released, far past its 2 s timeout (killed at it)."""
+    return _spin("process")
+
+
+@tool(isolation="process")
+def runner_pid(cancel: CancelToken) -> dict[str, object]:
+    """The process it runs in, and whether its token is set (never, in a process of its own)."""
+    return {"pid": os.getpid(), "cancelled": cancel.cancelled}
+
+
+@tool(isolation="process")
+def process_boom() -> str:
+    """Fails in its process, with a key in the message."""
+    raise ValueError(f"boom in a process with {LEAKED_KEY}")

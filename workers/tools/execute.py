@@ -1,11 +1,13 @@
-"""Running tool calls: each handler in its own thread, with a timeout and a cancel signal.
+"""Running tool calls: each handler on a thread (or in a process) of its own, with a timeout and a cancel signal.
 
 :func:`start` launches one validated call and returns a :class:`RunningCall`; the tool loop waits
 on a turn's calls together (one :class:`threading.Event` wakes it whenever any of them ends) and
 stops waiting for a call at its timeout. A timed-out or cancelled call gets its
 :class:`~workers.tools.registry.CancelToken` set; a handler that ignores it is left to finish on
-its own thread (a daemon), while the job goes on with an error result. What a handler returns or
-raises is rendered to text, scrubbed of credentials and capped before it goes anywhere.
+its own thread (a daemon), or killed when it runs in a process of its own (its tool's
+``isolation``, ``workers/tools/isolation.py``), while the job goes on with an error result. What a
+handler returns or raises is rendered to text, scrubbed of credentials and capped before it goes
+anywhere.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from opentelemetry.context import Context
 from pydantic import BaseModel
 
 from workers.contract import redact
+from workers.tools.isolation import run_in_os_thread, run_in_process, run_in_thread
 from workers.tools.registry import CancelToken, ToolCancelledError, ToolSpec
 
 __all__ = ["MAX_ERROR_CHARS", "RunningCall", "cap_text", "render_error", "render_value", "start"]
@@ -59,7 +62,7 @@ def render_error(exc: BaseException) -> str:
 
 
 class RunningCall:
-    """One handler running on its own thread."""
+    """One handler running where its tool's isolation puts it (``workers/tools/isolation.py``)."""
 
     def __init__(self, spec: ToolSpec, args: dict[str, Any], *, timeout_s: float, clock: Callable[[], float]) -> None:
         self.spec = spec
@@ -71,21 +74,6 @@ class RunningCall:
         self.value: Any = None
         self.error: BaseException | None = None
         self.finished = threading.Event()
-
-    def _run(self, wake: threading.Event, context: Context | None = None) -> None:
-        kwargs = dict(self.args)
-        if self.spec.cancel_param:
-            kwargs[self.spec.cancel_param] = self.token
-        attached = otel_context.attach(context) if context is not None else None
-        try:
-            self.value = self.spec.handler(**kwargs)
-        except BaseException as exc:  # a handler's failure is a tool result, never a dead job
-            self.error = exc
-        finally:
-            if attached is not None:
-                otel_context.detach(attached)
-            self.finished.set()
-            wake.set()
 
     @property
     def done(self) -> bool:
@@ -105,11 +93,33 @@ def start(
     clock: Callable[[], float] = time.monotonic,
     context: Context | None = None,
 ) -> RunningCall:
-    """Start ``spec``'s handler with ``args`` on a daemon thread; ``wake`` is set when it ends.
+    """Start ``spec``'s handler with ``args`` where its isolation says; ``wake`` is set when it ends.
 
     ``context`` (an OpenTelemetry context, e.g. one holding the call's ``execute_tool`` span) is
-    attached on that thread, so spans the handler starts are children of the call's span."""
+    attached on the handler's thread, so spans the handler starts are children of the call's span
+    (not in a child process: its spans would have nowhere to go)."""
     call = RunningCall(spec, args, timeout_s=timeout_s, clock=clock)
-    thread = threading.Thread(target=call._run, args=(wake, context), name=f"llmq-tool-{spec.name}", daemon=True)
-    thread.start()
+
+    def done(value: Any, error: BaseException | None) -> None:
+        call.value, call.error = value, error
+        call.finished.set()
+        wake.set()
+
+    if spec.isolation == "process":
+        run_in_process(spec, dict(args), call.token, done)
+        return call
+    kwargs = dict(args)
+    if spec.cancel_param:
+        kwargs[spec.cancel_param] = call.token
+
+    def invoke() -> Any:
+        attached = otel_context.attach(context) if context is not None else None
+        try:
+            return spec.handler(**kwargs)
+        finally:
+            if attached is not None:
+                otel_context.detach(attached)
+
+    run = run_in_os_thread if spec.isolation == "thread" else run_in_thread
+    run(invoke, done, f"llmq-tool-{spec.name}")
     return call

@@ -21,7 +21,7 @@ import threading
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
@@ -30,7 +30,23 @@ from pydantic.fields import FieldInfo
 
 from workers.contract import Tool, ToolFunction, ToolInfo
 
-__all__ = ["REGISTRY", "CancelToken", "ToolCancelledError", "ToolRegistry", "ToolSpec", "register_tool", "tool"]
+__all__ = [
+    "ISOLATIONS",
+    "REGISTRY",
+    "CancelToken",
+    "Isolation",
+    "ToolCancelledError",
+    "ToolRegistry",
+    "ToolSpec",
+    "register_tool",
+    "tool",
+]
+
+#: Where a call runs (``workers/tools/isolation.py``): None, the pool's own (an OS thread under
+#: ``-P threads``, a greenlet under ``-P gevent``); ``"thread"`` an OS thread under either; ``"process"``
+#: a child process, killed at the timeout (the one way to stop a handler that ignores its token).
+Isolation = Literal["thread", "process"]
+ISOLATIONS: tuple[Isolation, ...] = ("thread", "process")
 
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,6 +62,7 @@ class CancelToken:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.reason = ""
+        self._callbacks: list[Callable[[], None]] = []
 
     @property
     def cancelled(self) -> bool:
@@ -55,6 +72,15 @@ class CancelToken:
         if not self._event.is_set():
             self.reason = reason
             self._event.set()
+            for callback in self._callbacks:
+                callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the token is set (at once if it is): how the worker stops a call it
+        runs in a child process."""
+        self._callbacks.append(callback)
+        if self._event.is_set():
+            callback()
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``, waking at once on cancel; True when cancelled."""
@@ -86,6 +112,8 @@ class ToolSpec:
     cancel_param: str | None = None
     #: For ``@tool`` functions: the pydantic model the arguments are converted with.
     model: type[BaseModel] | None = None
+    #: Where a call runs: None (the pool's own), ``"thread"`` or ``"process"`` (see :data:`Isolation`).
+    isolation: Isolation | None = None
     validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -216,6 +244,7 @@ def tool(
     max_invalid: int | None = None,
     idempotent: bool = False,
     sequential: bool = False,
+    isolation: Isolation | None = None,
     registry: ToolRegistry | None = None,
 ) -> Callable[[F], F]: ...
 
@@ -229,16 +258,18 @@ def tool(
     max_invalid: int | None = None,
     idempotent: bool = False,
     sequential: bool = False,
+    isolation: Isolation | None = None,
     registry: ToolRegistry | None = None,
 ) -> F | Callable[[F], F]:
-    """Register a typed function as a worker tool (``@tool`` or ``@tool(timeout_s=5, ...)``)."""
+    """Register a typed function as a worker tool (``@tool`` or ``@tool(timeout_s=5, ...)``);
+    ``isolation="thread"|"process"`` for a handler that may not return in time (:data:`Isolation`)."""
 
     def register(func: F) -> F:
         tool_name = name or func.__name__
         _check_name(tool_name)
         model, cancel_param = _signature_model(func, tool_name)
         parameters = _strip_titles(model.model_json_schema())
-        _check_options(tool_name, timeout_s, max_invalid)
+        _check_options(tool_name, timeout_s, max_invalid, isolation)
         (REGISTRY if registry is None else registry).add(
             ToolSpec(
                 name=tool_name,
@@ -251,6 +282,7 @@ def tool(
                 sequential=sequential,
                 cancel_param=cancel_param,
                 model=model,
+                isolation=isolation,
             )
         )
         return func
@@ -268,6 +300,7 @@ def register_tool(
     max_invalid: int | None = None,
     idempotent: bool = False,
     sequential: bool = False,
+    isolation: Isolation | None = None,
     registry: ToolRegistry | None = None,
 ) -> ToolSpec:
     """Register ``handler`` under ``name`` with a JSON Schema (Draft 2020-12) of its arguments.
@@ -283,7 +316,7 @@ def register_tool(
         raise ValueError(f"tool {name!r}: parameters are not a valid JSON Schema: {exc.message}") from None
     if schema.get("type") != "object":
         raise ValueError(f'tool {name!r}: parameters must describe an object ("type": "object")')
-    _check_options(name, timeout_s, max_invalid)
+    _check_options(name, timeout_s, max_invalid, isolation)
     return (REGISTRY if registry is None else registry).add(
         ToolSpec(
             name=name,
@@ -295,11 +328,14 @@ def register_tool(
             idempotent=idempotent,
             sequential=sequential,
             cancel_param=_cancel_param_of(handler),
+            isolation=isolation,
         )
     )
 
 
-def _check_options(name: str, timeout_s: float | None, max_invalid: int | None) -> None:
+def _check_options(name: str, timeout_s: float | None, max_invalid: int | None, isolation: object) -> None:
+    if isolation is not None and isolation not in ISOLATIONS:
+        raise ValueError(f"tool {name!r}: isolation must be 'thread' or 'process' (or None: the pool's own)")
     if timeout_s is not None and not timeout_s > 0:
         raise ValueError(f"tool {name!r}: timeout_s must be > 0")
     if max_invalid is not None and max_invalid < 1:
