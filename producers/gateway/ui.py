@@ -67,6 +67,13 @@ def strip_result_text(result: CompletionResult | None) -> CompletionResult | Non
     return result.model_copy(update=update)
 
 
+def _error_kind(error: str | None) -> str | None:
+    """A tool call's error without what the tool said (its output is message text): the part
+    before the first colon, e.g. ``ValueError`` of ``ValueError: no such city 'Oslo'``,
+    ``invalid arguments``, ``cancelled``; ``timed out after 5 s`` as it is."""
+    return error.split(":", 1)[0] if error else error
+
+
 def strip_text(event: StreamEvent) -> StreamEvent:
     """The event without message text (``?text=0``): a delta keeps its seq, its text is emptied."""
     if event.type == "delta":
@@ -79,7 +86,7 @@ def strip_text(event: StreamEvent) -> StreamEvent:
             }
         )
     if event.type == "tool_result":
-        return event.model_copy(update={"preview": ""})
+        return event.model_copy(update={"preview": "", "error": _error_kind(event.error)})
     if event.type in ("done", "error", "cancelled"):
         return event.model_copy(update={"result": strip_result_text(event.result)})
     return event

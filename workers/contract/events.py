@@ -50,7 +50,8 @@ class ToolResultEvent(_Event):
     call_id: str
     name: str
     ok: bool
-    #: Why the call failed (``unknown tool``, invalid arguments, timeout, the handler's error).
+    #: Why the call failed (``unknown tool``, invalid arguments, timeout, the handler's error as
+    #: ``<ExceptionClass>: <message>``; ``?text=0`` keeps the part before the first colon).
     error: str | None = None
     #: The start of the (redacted) result text.
     preview: str = ""

@@ -29,6 +29,7 @@ from workers.jobs.run import JobRun, ToolLoopState
 from workers.jobs.turn import Turns
 from workers.llm.base import ChatRequest, Completion
 from workers.llm.errors import BadRequestError, InvalidOutputError
+from workers.tools.validate import schema_message
 
 __all__ = ["StructuredOutcome", "enforce", "repair_prompt", "validate_answer", "validator_for"]
 
@@ -76,7 +77,7 @@ def validate_answer(job: CompletionJob, text: str) -> tuple[Any, list[str]]:
         errors = sorted(validator.iter_errors(parsed), key=lambda e: list(e.absolute_path))
         if errors:
             return None, [
-                f"at {'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"[:500]
+                f"at {'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {schema_message(e)}"[:500]
                 for e in errors[:MAX_ERRORS]
             ]
     return parsed, []

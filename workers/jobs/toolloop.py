@@ -278,7 +278,7 @@ class ToolLoop:
             if spec is None:
                 known = ", ".join(sorted(self.specs)) or "none"
                 out[index] = self._record(
-                    turn, index, call, error=f"unknown tool {name!r} (available: {known})", outcome="unknown"
+                    turn, index, call, error=f"unknown tool {name!r}; the tools are {known}", outcome="unknown"
                 )
                 continue
             args, errors = check_arguments(spec, call.function.arguments)
