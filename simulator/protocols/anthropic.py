@@ -120,6 +120,7 @@ class AnthropicProtocol(Protocol):
         ]
         max_tokens = positive_int(payload["max_tokens"], "max_tokens")
         params = anthropic_params(payload, [t.name for t in tools], max_tokens)
+        _check_tool_use_ids(messages)
         if params.thinking:
             _check_thinking_turn(messages)
         return ParsedRequest(
@@ -325,6 +326,18 @@ def _thinking_events(thinking: str) -> bytes:
     out.append(_event("content_block_delta", json.dumps(sig)))
     out.append(_event("content_block_stop", '{"type":"content_block_stop","index":0}'))
     return b"".join(out)
+
+
+def _check_tool_use_ids(messages: list[object]) -> None:
+    """A conversation repeating a ``tool_use`` id is refused, with the real API's wording."""
+    seen: set[object] = set()
+    for position, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        for i, block in enumerate(content if isinstance(content, list) else []):
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                if block.get("id") in seen:
+                    raise RequestError(f"messages.{position}.content.{i}: `tool_use` ids must be unique")
+                seen.add(block.get("id"))
 
 
 def _check_thinking_turn(messages: list[object]) -> None:

@@ -97,6 +97,11 @@ def _text(blocks: object) -> str:
     return " ".join(out)
 
 
+def _tool_use_id(i: int) -> str:
+    """A toolUse id: unique in any conversation, as the real API's are."""
+    return f"tooluse_sim{i}" + request_id("_")
+
+
 class BedrockProtocol(Protocol):
     name = "bedrock"
     path = "/model/{modelId}/converse"
@@ -188,7 +193,7 @@ class BedrockProtocol(Protocol):
         if script.text:
             content.append({"text": script.text})
         content += [
-            {"toolUse": {"toolUseId": f"tooluse_sim{i}", "name": c.name, "input": c.arguments}}
+            {"toolUse": {"toolUseId": _tool_use_id(i), "name": c.name, "input": c.arguments}}
             for i, c in enumerate(script.tool_calls)
         ]
         body: dict[str, object] = {
@@ -255,7 +260,7 @@ class _BedrockStream(StreamRenderer):
         out = [self._close_text()]
         for i, call in enumerate(calls):
             index = self._block
-            start = {"toolUse": {"toolUseId": f"tooluse_sim{i}", "name": call.name}}
+            start = {"toolUse": {"toolUseId": _tool_use_id(i), "name": call.name}}
             out.append(_event("contentBlockStart", {"contentBlockIndex": index, "start": start}))
             args = call.arguments_json
             half = len(args) // 2

@@ -52,6 +52,11 @@ def _error_body(message: str, kind: str, code: str | None, param: str | None = N
     return json.dumps(body, indent=4).encode() + b"\n"
 
 
+def _call_id(i: int) -> str:
+    """A tool call's id: unique in any conversation, as the real API's are."""
+    return f"call_sim{i}" + request_id("_")
+
+
 class OpenAIProtocol(Protocol):
     name = "openai"
     path = "/v1/chat/completions"
@@ -120,7 +125,7 @@ class OpenAIProtocol(Protocol):
         message: dict[str, object] = {"role": "assistant", "content": script.text or None, "refusal": script.refusal}
         if script.tool_calls:
             message["tool_calls"] = [
-                {"id": f"call_sim{i}", "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
+                {"id": _call_id(i), "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
                 for i, c in enumerate(script.tool_calls)
             ]
         body: dict[str, object] = {
@@ -171,7 +176,7 @@ class _OpenAIStream(StreamRenderer):
         for i, call in enumerate(calls):
             first = {
                 "index": i,
-                "id": f"call_sim{i}",
+                "id": _call_id(i),
                 "type": "function",
                 "function": {"name": call.name, "arguments": ""},
             }

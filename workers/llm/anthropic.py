@@ -46,6 +46,7 @@ from workers.llm.base import (
     ToolCallAccumulator,
     decode_json,
     iter_lines,
+    new_call_id,
     normalize_arguments,
     sse_continuation,
 )
@@ -417,7 +418,7 @@ def parse_message(content: bytes, *, request_id: str | None = None, structured: 
         elif kind == "tool_use":
             calls.append(
                 ToolCall(
-                    id=block.get("id") or f"toolu_{len(calls)}",
+                    id=block.get("id") or new_call_id("toolu_"),
                     function=FunctionCall(name=block["name"], arguments=normalize_arguments(block.get("input"))),
                 )
             )

@@ -20,6 +20,7 @@ keeps the provider's own value (Anthropic ``end_turn``, Ollama ``done_reason``).
 from __future__ import annotations
 
 import json
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ __all__ = [
     "decode_json",
     "iter_lines",
     "iter_sse",
+    "new_call_id",
     "sse_continuation",
 ]
 
@@ -306,6 +308,17 @@ class Provider(ABC):
 ProviderFactory = Callable[..., Provider]
 
 
+def new_call_id(prefix: str = "call_") -> str:
+    """An id for a tool call its provider sent without one (Gemini, Ollama, some compatible servers).
+
+    Unique within any conversation, as the providers' own ids are: results are matched to calls by
+    id (Gemini's ``functionResponse`` names, Ollama's ``tool_name``), and Anthropic refuses a
+    conversation that repeats a ``tool_use`` id, which a fallback hands it. A counter per answer
+    (``call_0``) would repeat in every turn.
+    """
+    return prefix + secrets.token_hex(12)
+
+
 class ToolCallAccumulator:
     """Assembles streamed tool-call fragments by index; arguments may arrive in many pieces."""
 
@@ -345,7 +358,7 @@ class ToolCallAccumulator:
             call_id, name, args = self._calls[index]
             calls.append(
                 ToolCall(
-                    id=call_id or f"{id_prefix}{index}",
+                    id=call_id or new_call_id(id_prefix),
                     function=FunctionCall(name=name or "unknown", arguments=normalize_arguments(args)),
                 )
             )

@@ -39,7 +39,14 @@ from workers.contract import (
     Usage,
 )
 from workers.llm.aws import AWSLibrary, FrameError
-from workers.llm.base import ChatRequest, Completion, ResponseBody, ResponseStream, ToolCallAccumulator
+from workers.llm.base import (
+    ChatRequest,
+    Completion,
+    ResponseBody,
+    ResponseStream,
+    ToolCallAccumulator,
+    new_call_id,
+)
 from workers.llm.errormap import error_for_status, error_in_stream, redact
 from workers.llm.errors import (
     AuthenticationError,
@@ -309,7 +316,7 @@ def parse_converse(
             use = block["toolUse"]
             calls.append(
                 ToolCall(
-                    id=use.get("toolUseId") or f"tooluse_{len(calls)}",
+                    id=use.get("toolUseId") or new_call_id("tooluse_"),
                     function=FunctionCall(
                         name=use["name"],
                         arguments=json.dumps(use.get("input") or {}, separators=(",", ":"), ensure_ascii=False),

@@ -42,7 +42,15 @@ from workers.contract import (
     ToolCall,
     Usage,
 )
-from workers.llm.base import ChatRequest, Completion, ResponseBody, ResponseStream, decode_json, iter_sse
+from workers.llm.base import (
+    ChatRequest,
+    Completion,
+    ResponseBody,
+    ResponseStream,
+    decode_json,
+    iter_sse,
+    new_call_id,
+)
 from workers.llm.errormap import error_for_status, parse_duration, redact
 from workers.llm.errors import (
     AuthenticationError,
@@ -373,7 +381,7 @@ class _Answer:
                 fn = part["functionCall"]
                 args = fn.get("args")
                 call = ToolCall(
-                    id=fn.get("id") or f"call_{len(self.calls)}",
+                    id=fn.get("id") or new_call_id(),
                     function=FunctionCall(
                         name=fn["name"], arguments=json.dumps(args or {}, separators=(",", ":"), ensure_ascii=False)
                     ),

@@ -30,6 +30,7 @@ from workers.llm.base import (
     ResponseStream,
     decode_json,
     iter_lines,
+    new_call_id,
     normalize_arguments,
 )
 from workers.llm.errormap import error_for_status, error_in_stream, redact
@@ -192,7 +193,7 @@ def _tool_call(raw: Mapping[str, object], position: int) -> ToolCall:
         fn = {}
     call_id = raw.get("id")
     return ToolCall(
-        id=call_id if isinstance(call_id, str) and call_id else f"call_{position}",
+        id=call_id if isinstance(call_id, str) and call_id else new_call_id(),
         function=FunctionCall(name=fn.get("name") or "unknown", arguments=normalize_arguments(fn.get("arguments"))),
     )
 

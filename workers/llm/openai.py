@@ -26,6 +26,7 @@ from workers.llm.base import (
     ToolCallAccumulator,
     decode_json,
     iter_lines,
+    new_call_id,
     normalize_arguments,
     sse_continuation,
 )
@@ -258,7 +259,7 @@ def parse_completion(content: bytes, *, request_id: str | None = None) -> Comple
     message = choice.get("message") or {}
     calls = [
         ToolCall(
-            id=c.get("id") or f"call_{i}",
+            id=c.get("id") or new_call_id(),
             function=FunctionCall(
                 name=c["function"]["name"], arguments=normalize_arguments(c["function"].get("arguments"))
             ),

@@ -7,6 +7,7 @@ is an error of our tree; stopping early or cancelling always closes the response
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -314,5 +315,6 @@ def test_ollama_tool_call_without_id_and_thinking() -> None:
     stream, _ = fake_stream("ollama", b"".join(json.dumps(x).encode() + b"\n" for x in lines))
     assert list(stream) == []
     assert stream.thinking == "Hmm." and stream.finish_reason == "tool_calls" and stream.native_finish_reason is None
-    assert [(c.id, c.function.name, c.function.arguments) for c in stream.tool_calls] == [("call_0", "f", '{"a":1}')]
+    assert [(c.function.name, c.function.arguments) for c in stream.tool_calls] == [("f", '{"a":1}')]
+    assert re.fullmatch(r"call_[0-9a-f]{24}", stream.tool_calls[0].id)  # synthesized: unique (new_call_id)
     assert stream.usage is not None and (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (0, 5)
