@@ -3,16 +3,19 @@
     llmq jobs list [--status failed] [--error rate_limited] [--tenant T] [--model M] [--since 2h] [--limit N] [--json]
     llmq jobs dead [same filters]                 (the failed jobs, with their cause and replay state)
     llmq jobs show ID [--json]                    (request summary without message text, attempts, events, cost, trace id)
-    llmq jobs replay [same filters] [--dry-run] [--json]
+    llmq jobs replay [same filters] [--dry-run] [--include-copies] [--json]
 
 The workers index every ended job for ``LLMQ_HISTORY_DAYS`` days (``workers/contract/history.py``).
 ``replay`` re-submits copies of the matching *failed* jobs with new ids linked to the originals
-(``replay_of``); each original is replayed once, however often the command runs.
+(``replay_of``); each original is replayed once, however often the command runs. A copy that failed
+too is left alone unless ``--include-copies`` is given: running the same replay twice sends nothing
+the second time, even when the copies failed again in between.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import sys
@@ -54,6 +57,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     replay = actions.add_parser("replay", help="re-submit the matching failed jobs once each, as linked copies")
     _filters(replay, status=False)
     replay.add_argument("--dry-run", action="store_true", help="say what would be submitted, submit nothing")
+    replay.add_argument(
+        "--include-copies", action="store_true", help="also replay failed copies of earlier replays (their own copy)"
+    )
     p.set_defaults(func=run)
 
 
@@ -153,26 +159,56 @@ def _show(client: Client, history: JobHistory, job_id: str, as_json: bool) -> in
     return 0
 
 
+def _originals(history: JobHistory, query: HistoryQuery) -> tuple[list[HistoryEntry], int]:
+    """Up to ``query.limit`` matching jobs that are not replays' copies, and how many copies were passed over."""
+    found: list[HistoryEntry] = []
+    copies = 0
+    page_query = query
+    while len(found) < query.limit:
+        page = history.list(page_query)
+        for entry in page:
+            if entry.summary.replay_of:
+                copies += 1
+            elif len(found) < query.limit:
+                found.append(entry)
+        if len(page) < page_query.limit:
+            break
+        page_query = dataclasses.replace(page_query, before=page[-1].summary.finished_at)
+    return found, copies
+
+
+def _replay(client: Client, history: JobHistory, args: argparse.Namespace) -> int:
+    query = _query(args, "failed")
+    if args.include_copies:
+        entries, copies = history.list(query), 0
+    else:
+        entries, copies = _originals(history, query)
+    failed = 0
+    for entry in entries:
+        steps = replay_steps(entry, now=time.time(), days=history.days, dry_run=args.dry_run)
+        outcome = drive(steps, client.redis, history.script, client.submit)
+        failed += outcome.outcome == "refused"
+        if args.json:
+            print(json.dumps(outcome.as_dict()))
+        else:
+            copy = f" -> {outcome.copy}" if outcome.copy else ""
+            detail = f" ({outcome.detail})" if outcome.detail else ""
+            print(f"{outcome.original}{copy}: {outcome.outcome.replace('_', ' ')}{detail}")
+    if copies:
+        print(f"llmq: {copies} failed cop{'y' if copies == 1 else 'ies'} of earlier replays left alone "
+              "(--include-copies replays them)", file=sys.stderr)  # fmt: skip
+    return 1 if failed else 0
+
+
 def run(args: argparse.Namespace) -> int:
     with Client() as client:
         history = JobHistory(client.redis, days=client.settings.history_days)
         if args.jobs_command == "show":
             return _show(client, history, args.job_id, args.json)
-        status = "failed" if args.jobs_command in ("dead", "replay") else args.status
-        entries = history.list(_query(args, status))
         if args.jobs_command == "replay":
-            failed = 0
-            for entry in entries:
-                steps = replay_steps(entry, now=time.time(), days=history.days, dry_run=args.dry_run)
-                outcome = drive(steps, client.redis, history.script, client.submit)
-                failed += outcome.outcome == "refused"
-                if args.json:
-                    print(json.dumps(outcome.as_dict()))
-                else:
-                    copy = f" -> {outcome.copy}" if outcome.copy else ""
-                    detail = f" ({outcome.detail})" if outcome.detail else ""
-                    print(f"{outcome.original}{copy}: {outcome.outcome.replace('_', ' ')}{detail}")
-            return 1 if failed else 0
+            return _replay(client, history, args)
+        status = "failed" if args.jobs_command == "dead" else args.status
+        entries = history.list(_query(args, status))
         if args.json:
             for entry in entries:
                 print(_entry_json(entry))

@@ -114,14 +114,27 @@ def test_hundred_jobs_filtered_dead_lettered_and_replayed_once(
     assert len(set(copies.values())) == 40
     for copy in copies.values():
         client.result(copy, timeout=120)
-    second = lines(llmq(client, "replay", "--json", "--limit", "500"))
-    # the copies failed too (same faults) and are dead letters of their own: the originals are not sent again
-    again = {d["id"]: d for d in second}
+    # the copies failed too (same faults): the same replay again sends nothing, neither the
+    # originals nor copies of the failed copies
+    second = llmq(client, "replay", "--json", "--limit", "500")
+    again = {d["id"]: d for d in lines(second)}
+    assert set(again) == failed
     assert all(again[o]["outcome"] == "already_replayed" and again[o]["copy"] == c for o, c in copies.items())
-    replayed_copies = {d["copy"] for d in second if d["id"] in copies.values()}
-    assert all(d["outcome"] == "submitted" for d in second if d["id"] in copies.values())
+    assert "40 failed copies of earlier replays left alone" in second.stderr
+    # default limit: the 40 newer failed copies do not crowd the originals out of the page
+    page = {d["id"] for d in lines(llmq(client, "replay", "--json", "--limit", "10"))}
+    assert len(page) == 10 and page <= failed
+    # asked for, the failed copies are dead letters of their own: each replayed once
+    third = lines(llmq(client, "replay", "--json", "--limit", "500", "--include-copies"))
+    replayed_copies = {d["copy"] for d in third if d["id"] in copies.values()}
+    assert all(d["outcome"] == "submitted" for d in third if d["id"] in copies.values())
+    assert len(replayed_copies) == 40
     for copy in replayed_copies:
         client.result(copy, timeout=120)
+    fourth = {
+        d["id"]: d for d in lines(llmq(client, "replay", "--json", "--limit", "500", "--include-copies", "--dry-run"))
+    }
+    assert all(fourth[c]["outcome"] == "already_replayed" for c in copies.values())
 
     runs = Counter(e.summary.replay_of for e in history.list(HistoryQuery(limit=1000)) if e.summary.replay_of)
     assert runs == {**dict.fromkeys(copies, 1), **dict.fromkeys(copies.values(), 1)}
