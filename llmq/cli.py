@@ -41,6 +41,7 @@ COMMANDS = (
     "tools",
     "jobs",
     "schemas",
+    "queues",
 )
 
 
@@ -61,7 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
 #: Commands that cannot do anything without Redis: checked before they start, so that one which
 #: would otherwise retry quietly (a Celery worker, a subscriber riding out restarts) says so at once.
 NEEDS_REDIS = frozenset(
-    {"worker", "submit", "subscribe", "budget", "spend", "cache", "limits", "batch", "flower", "gateway", "jobs"}
+    {
+        "worker",
+        "submit",
+        "subscribe",
+        "budget",
+        "spend",
+        "cache",
+        "limits",
+        "batch",
+        "flower",
+        "gateway",
+        "jobs",
+        "queues",
+    }
 )
 #: Commands that consume or serve the job queue for as long as they run: a broker of its own
 #: (``LLMQ_BROKER_URL``) is checked before they start too (a worker would retry it for minutes).

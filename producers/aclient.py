@@ -112,7 +112,7 @@ class AsyncClient(ClientCore):
         await self._admit(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
             try:
-                fresh = await self._register_riding_out(keys, args)
+                fresh = self.registered(await self._register_riding_out(keys, args), valid)
             except redis.RedisError as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -125,7 +125,7 @@ class AsyncClient(ClientCore):
                 # kombu is synchronous; keep the event loop free while it talks to the broker
                 await asyncio.to_thread(self.send, valid)
             except Exception as exc:
-                await self._unregister(keys, fresh)
+                await self._unregister(valid, keys, fresh)
                 if not is_out_of_memory(exc):
                     raise
                 mark, client = self._watched()[-1]  # the Redis holding the queue
@@ -164,10 +164,12 @@ class AsyncClient(ClientCore):
         await self._read_memory(mark, client)
         return mark.full_error(refused_by=refused)
 
-    async def _unregister(self, keys: list[str], fresh: int) -> None:
+    async def _unregister(self, job: CompletionJob, keys: list[str], fresh: int) -> None:
         with contextlib.suppress(redis.RedisError):
             if fresh == 1:
-                await self.redis.delete(*keys)
+                pipe = self.redis.pipeline(transaction=False)
+                self.unregister_commands(pipe, job)
+                await pipe.execute()
             elif fresh == 2:
                 await self.redis.hdel(keys[0], "submitted_at")
 
@@ -178,13 +180,13 @@ class AsyncClient(ClientCore):
             if not is_out_of_memory(exc):
                 raise
 
-    async def _register_riding_out(self, keys: list[str], args: list[Any]) -> int:
+    async def _register_riding_out(self, keys: list[str], args: list[Any]) -> Any:
         """Register, riding out a Redis restart or fail-over (see ``Client._register_riding_out``)."""
         deadline = time.monotonic() + SUBMIT_RIDE_OUT_S
         backoff = RECONNECT_FIRST_S
         while True:
             try:
-                return int(await self._register(keys=keys, args=args))
+                return await self._register(keys=keys, args=args)
             except REDIS_DOWN:
                 if time.monotonic() + backoff >= deadline:
                     raise

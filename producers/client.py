@@ -162,7 +162,7 @@ class Client(ClientCore):
         self._admit(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
             try:
-                fresh = self._register_riding_out(keys, args)
+                fresh = self.registered(self._register_riding_out(keys, args), valid)
             except redis.RedisError as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -174,7 +174,7 @@ class Client(ClientCore):
             try:
                 self.send(valid)
             except Exception as exc:
-                self._unregister(keys, fresh)  # let the caller retry the same id
+                self._unregister(valid, keys, fresh)  # let the caller retry the same id
                 if not is_out_of_memory(exc):
                     raise
                 mark, client = self._watched()[-1]  # the Redis holding the queue
@@ -215,11 +215,13 @@ class Client(ClientCore):
         self._read_memory(mark, client)
         return mark.full_error(refused_by=refused)
 
-    def _unregister(self, keys: list[str], fresh: int) -> None:
+    def _unregister(self, job: CompletionJob, keys: list[str], fresh: int) -> None:
         """Undo a registration whose message was not sent: a later submit of the id sends it."""
         with contextlib.suppress(redis.RedisError):
             if fresh == 1:
-                self.redis.delete(*keys)
+                pipe = self.redis.pipeline(transaction=False)
+                self.unregister_commands(pipe, job)
+                pipe.execute()
             elif fresh == 2:  # re-registered an unsent job: make the next submit send it again at once
                 self.redis.hdel(keys[0], "submitted_at")
 
@@ -233,7 +235,7 @@ class Client(ClientCore):
             if not is_out_of_memory(exc):
                 raise
 
-    def _register_riding_out(self, keys: list[str], args: list[Any]) -> int:
+    def _register_riding_out(self, keys: list[str], args: list[Any]) -> Any:
         """Register the job, riding out a Redis restart or fail-over for up to :data:`SUBMIT_RIDE_OUT_S`.
 
         Safe to repeat: the script takes a registration carrying this submit's own stamp as this
@@ -243,7 +245,7 @@ class Client(ClientCore):
         backoff = RECONNECT_FIRST_S
         while True:
             try:
-                return int(self._register(keys=keys, args=args))
+                return self._register(keys=keys, args=args)
             except REDIS_DOWN:
                 if time.monotonic() + backoff >= deadline:
                     raise

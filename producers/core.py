@@ -19,13 +19,15 @@ from pydantic import ValidationError
 from redis.typing import EncodableT
 
 from producers.catalog import LiveCatalog
-from producers.errors import InvalidJobError, in_cause_chain
+from producers.errors import InvalidJobError, QueueFullError, in_cause_chain
 from producers.sentevents import SentEvents
 from producers.settings import ProducerSettings, producer_settings
 from producers.tracing import monitor_content, producer_tracer, send_options
 from producers.watermark import MemoryWatermark, is_out_of_memory, queued_bytes
 from workers.connections.brokerurl import amqp_conf, is_amqp
 from workers.connections.redisurl import kombu_broker
+from workers.connections.schedtransport import producer_transport
+from workers.connections.schedule import REGISTER, queue_prefix, script
 from workers.contract import (
     DEFAULT_QUEUE,
     TASK_NAME,
@@ -37,6 +39,7 @@ from workers.contract import (
 )
 from workers.contract.presence import WorkerPresence
 from workers.contract.redaction import shown_url
+from workers.contract.schedule import SCHED_HEADER, class_queue, sched_header
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -52,28 +55,12 @@ __all__ = [
 #: Must match ``workers.runtime.resources.CANCEL_CHANNEL`` (a test pins them together).
 CANCEL_CHANNEL = "llmq:cancel"
 
-# KEYS: meta. ARGV: tenant, submitted_at, ttl, resend_after_s.
-# 1 = newly registered; 0 = duplicate id (already sent); 2 = registered earlier but its message was
-# never confirmed sent (the producer died in between) and is old enough: send it again (the
-# worker's claim still runs a job once).
-REGISTER_LUA = """
-if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 1 then
-  redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'submitted_at', ARGV[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  return 1
-end
-if redis.call('HEXISTS', KEYS[1], 'sent') == 0 then
-  local stamp = redis.call('HGET', KEYS[1], 'submitted_at')
-  -- the same submit retried after a lost reply (a restart or fail-over): still this caller's registration
-  if stamp == ARGV[2] then return 1 end
-  local at = tonumber(stamp or '0')
-  if tonumber(ARGV[2]) - at > tonumber(ARGV[4]) then
-    redis.call('HSET', KEYS[1], 'submitted_at', ARGV[2])
-    return 2
-  end
-end
-return 0
-"""
+#: Registers a job and admits it under its tenant's ``max_queued`` in one step (a refused submit
+#: writes nothing): ``workers/connections/lua/register.lua``. 1 = newly registered; 0 = duplicate id
+#: (already sent); 2 = registered earlier but its message was never confirmed sent (the producer died in
+#: between) and is old enough: send it again (the worker's claim still runs a job once); a list
+#: ``[-1, queued, max_queued, retry_after_s]`` = refused (:class:`QueueFullError`).
+REGISTER_LUA = script(REGISTER)
 #: A registration without a confirmed send is retried by a later submit after this long.
 RESEND_AFTER_S = 30
 #: Entries read from a job's replay Stream per round trip.
@@ -128,7 +115,10 @@ def make_celery(broker_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
         broker, options = kombu_broker(broker_url)
         transport: dict[str, object] = {"visibility_timeout": 3600, "max_connections": 64, **options}
         app = Celery("llmqueue-producer", broker=broker, set_as_current=False)
-        app.conf.update(task_default_queue=queue, broker_transport_options=transport)
+        # messages go into the queue's schedule (workers/connections/schedtransport.py)
+        app.conf.update(
+            task_default_queue=queue, broker_transport_options=transport, broker_transport=producer_transport(broker)
+        )
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -182,6 +172,9 @@ class ClientCore:
         self._amqp = is_amqp(self.broker_url)
         if self.broker_url != self.redis_url and not self._amqp:
             self.broker_memory = MemoryWatermark(high, setting="LLMQ_BROKER_URL", interval_s=every)
+        #: The queue's schedule is in this client's Redis: ``max_queued`` is checked as jobs register
+        #: (not on RabbitMQ, nor with the queue on a Redis of its own: ``docs/scheduling.md``).
+        self.admits = not self._amqp and self.broker_url == self.redis_url
 
     # --- submit ---------------------------------------------------------------------------------
 
@@ -194,10 +187,28 @@ class ClientCore:
         return valid
 
     def register_args(self, job: CompletionJob) -> tuple[list[str], list[EncodableT]]:
-        """``(keys, args)`` of :data:`REGISTER_LUA` for ``job`` (a :meth:`stamped` one)."""
+        """``(keys, args)`` of :data:`REGISTER_LUA` for ``job`` (a :meth:`stamped` one); the queue's
+        schedule, where ``max_queued`` counts, when it is in this Redis (:attr:`admits`)."""
         if job.submitted_at is None:
             raise ValueError(f"job {job.id} is not stamped with its submission time")
-        return [JobKeys(job.id).meta], [job.tenant, job.submitted_at, self.result_ttl_s, RESEND_AFTER_S]
+        schedule = queue_prefix(self.queue) if self.admits else ""
+        args: list[EncodableT] = [job.tenant, job.submitted_at, self.result_ttl_s, RESEND_AFTER_S, job.id]
+        return [JobKeys(job.id).meta, schedule], args
+
+    @staticmethod
+    def registered(reply: Any, job: CompletionJob) -> int:
+        """The register script's reply as 0, 1 or 2; raises :class:`QueueFullError` for a refusal."""
+        if isinstance(reply, list):
+            _, queued, limit, retry_after = reply
+            raise QueueFullError(job.tenant, int(queued), int(limit), float(retry_after))
+        return int(reply)
+
+    def unregister_commands(self, pipe: Any, job: CompletionJob) -> None:
+        """Queue on ``pipe`` what undoes a registration whose message could not be sent: the caller
+        may retry the same id, and the job no longer counts toward ``max_queued``."""
+        pipe.delete(JobKeys(job.id).meta)
+        if self.admits:
+            pipe.zrem(f"{queue_prefix(self.queue)}pending:{job.tenant}", job.id)
 
     def job_bytes(self, job: CompletionJob) -> int:
         """The Redis memory ``job`` will take once queued, estimated; 0 when no watermark needs it
@@ -216,6 +227,9 @@ class ClientCore:
         write as a lost connection, and when the refusal hits its declaration of the queue (a write:
         the binding) it closes the channel the publish goes on to use, which then fails with an
         ``AttributeError`` instead of the refusal. RabbitMQ keeps kombu's retry.
+
+        On Redis the job goes into its class and tenant's place of the queue's schedule
+        (``workers/connections/schedtransport.py``), on RabbitMQ to its class's queue.
         """
         payload = job.model_dump(mode="json", exclude_none=True)
         options = send_options(payload, content=self._monitor_content)
@@ -244,11 +258,16 @@ class ClientCore:
             TASK_NAME,
             args=[payload],
             task_id=job.id,
-            queue=self.queue,
+            queue=self.queue_for(job),
             event_dispatcher=self.sent_events,
             retry=retry,
+            headers={SCHED_HEADER: sched_header_of(job)},
             **options,
         )
+
+    def queue_for(self, job: CompletionJob) -> str:
+        """The broker queue of a job: the job queue; on RabbitMQ its class's queue."""
+        return class_queue(self.queue, job.priority) if self._amqp else self.queue
 
     # --- read -------------------------------------------------------------------------------------
 
@@ -326,3 +345,8 @@ class ClientCore:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def sched_header_of(job: CompletionJob) -> dict[str, object]:
+    """The scheduling header of a job's Celery message (``workers/contract/schedule.py``)."""
+    return sched_header(job.priority, job.tenant, job.concurrency_key, job.submitted_at)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-__all__ = ["InvalidJobError", "RedisFullError", "SubmitRefusedError", "in_cause_chain"]
+__all__ = ["InvalidJobError", "QueueFullError", "RedisFullError", "SubmitRefusedError", "in_cause_chain"]
 
 
 class InvalidJobError(ValueError):
@@ -60,6 +60,24 @@ class RedisFullError(SubmitRefusedError):
         self.used_bytes = used_bytes
         self.max_bytes = max_bytes
         self.setting = setting
+
+
+class QueueFullError(SubmitRefusedError):
+    """The tenant already has ``max_queued`` jobs waiting (``[tenants.<name>] max_queued``): the gateway
+    answers 429 with ``Retry-After``; ``llmq batch`` pauses and resumes."""
+
+    http_status: ClassVar[int] = 429
+    code: ClassVar[str] = "queue_full"
+
+    def __init__(self, tenant: str, queued: int, max_queued: int, retry_after_s: float | None = None) -> None:
+        message = f"queue full: tenant {tenant!r} has {queued} jobs queued (max_queued {max_queued})"
+        if retry_after_s is not None:
+            message += f"; retry in {retry_after_s:g} s"
+        super().__init__(message, retry_after_s)
+        self.args = (tenant, queued, max_queued, retry_after_s)
+        self.tenant = tenant
+        self.queued = queued
+        self.max_queued = max_queued
 
 
 def in_cause_chain(exc: BaseException, match: Callable[[BaseException], bool]) -> bool:

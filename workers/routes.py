@@ -41,6 +41,14 @@ Example::
     modules = ["workers.tools.examples"]   # imported at worker start (also LLMQ_TOOLS)
     timeout_s = 30
 
+    [scheduling]                  # workers/contract/schedule.py, docs/scheduling.md
+    weights = { interactive = 8, normal = 4, bulk = 1 }
+
+    [tenants.acme]
+    weight = 3                    # share of its class against other tenants (unknown tenants weigh 1)
+    max_concurrency = 20          # running at once, across all workers
+    max_queued = 50000            # a submit past this is refused (QueueFullError, HTTP 429)
+
     [model_families]              # a bare model name -> the provider that serves it (first match wins,
     "llama*" = "ollama"           # then the built-in gpt-*, chatgpt-*, o[0-9]* -> openai, claude-* -> anthropic)
 
@@ -64,6 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from workers.contract import CacheSpec, split_model_id
 from workers.contract.catalog import close_names
 from workers.contract.providers import ProviderSpec, check_provider_names
+from workers.contract.schedule import TENANT_NAME, SchedulingConfig, TenantConfig
 from workers.llm.errors import ConfigurationError
 
 __all__ = ["BudgetConfig", "CacheConfig", "LLMQConfig", "ModelConfig", "SpendConfig", "ToolsConfig", "load_config"]
@@ -262,6 +271,10 @@ class LLMQConfig(_Strict):
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     #: Webhooks: named endpoints, per-tenant defaults, retries (:class:`WebhooksConfig`).
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    #: Class weights and concurrency-key caps (``workers/contract/schedule.py``).
+    scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)
+    #: Per tenant: weight, max_concurrency, max_queued, key_concurrency (``"*"``: the defaults).
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
     #: Bare model names -> provider, by ``fnmatch`` pattern, before the built-in families
     #: (``workers/contract/catalog.py``): ``"llama*" = "ollama"``.
     model_families: dict[str, str] = Field(default_factory=dict)
@@ -286,6 +299,14 @@ class LLMQConfig(_Strict):
     def _providers(cls, providers: dict[str, ProviderSpec]) -> dict[str, ProviderSpec]:
         check_provider_names(providers)
         return providers
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenants(cls, tenants: dict[str, TenantConfig]) -> dict[str, TenantConfig]:
+        for name in tenants:
+            if not TENANT_NAME.match(name):
+                raise ValueError(f"{name!r} is not a tenant name (1-64 letters, digits, '_', '.', '-') or '*'")
+        return tenants
 
     @field_validator("models")
     @classmethod

@@ -13,6 +13,7 @@ import os
 import sys
 
 from producers.batch import BatchFileError, BatchProgress, BatchValidationError, run_batch
+from workers.contract.schedule import PRIORITIES
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,6 +39,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--skip-invalid", action="store_true", help="write invalid lines to the errors file and go on")
     p.add_argument("--batch-id", help="names the batch's jobs (default: derived from the IN and OUT paths)")
     p.add_argument("--tenant", help="tenant for every job (budget scope)")
+    p.add_argument(
+        "--priority",
+        choices=PRIORITIES,
+        default="bulk",
+        help="scheduling class of lines that name none (a line's 'priority' field wins; default bulk)",
+    )
     p.add_argument("--stall-timeout", type=float, metavar="S", help="stop when no result arrives for S seconds")
     p.add_argument("--progress-interval", type=float, default=10.0, metavar="S", help="seconds between plain lines")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress, no summary")
@@ -56,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             skip_invalid=args.skip_invalid,
             batch_id=args.batch_id,
             tenant=args.tenant,
+            priority=args.priority,
             progress=progress,
             stall_timeout_s=args.stall_timeout,
         )

@@ -16,6 +16,7 @@ from llmq.commands.params import add_param_args, apply_params
 from llmq.commands.prompts import parse_vars
 from producers.client import Client, InvalidJobError, ResultTimeoutError
 from workers.contract import JobKeys
+from workers.contract.schedule import PRIORITIES
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,6 +31,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--temperature", type=float)
     p.add_argument("--tenant", default="default")
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="a spend tag (repeatable)")
+    p.add_argument(
+        "--priority", choices=PRIORITIES, default="normal", help="scheduling class (classes share workers by weight)"
+    )
+    p.add_argument("--concurrency-key", metavar="KEY", help="jobs with one key run at most N at once (config)")
     p.add_argument("--id", help="job id (idempotency key)")
     p.add_argument("--stream", action="store_true", help="print deltas as they arrive")
     p.add_argument("--json", action="store_true", help="print the CompletionResult as one JSON object")
@@ -50,10 +55,13 @@ def build_job(args: argparse.Namespace, schema_for: SchemaLookup | None = None) 
         "fallbacks": args.fallback,
         "max_tokens": args.max_tokens,
         "tenant": args.tenant,
+        "priority": args.priority,
         "stream": bool(args.stream) or not args.json,
     }
     if args.tag:
         job["tags"] = list(args.tag)
+    if args.concurrency_key:
+        job["concurrency_key"] = args.concurrency_key
     if args.use:
         if args.prompt is not None or args.system:
             raise ValueError("--use sends a published prompt's own messages: give no PROMPT text or --system")

@@ -39,7 +39,7 @@ def command(args: argparse.Namespace) -> list[str]:
         "-c",
         str(args.concurrency),
         "-Q",
-        args.queue,
+        consumed_queues(args.queue),
         # no -E: it would override the app's worker_send_task_events, so LLMQ_TASK_EVENTS=0 could not
         # turn task events off (workers/runtime/app.py sets them from the settings, on by default)
         "-l",
@@ -49,6 +49,17 @@ def command(args: argparse.Namespace) -> list[str]:
         "--without-mingle",
         "--without-gossip",
     ]
+
+
+def consumed_queues(queue: str) -> str:
+    """What ``-Q`` names: the job queue (on Redis, one schedule of every class); on RabbitMQ its
+    class queues (``workers/contract/schedule.py``), which the worker takes from by weight."""
+    from workers.connections.brokerurl import is_amqp
+    from workers.contract.schedule import class_queues
+
+    if is_amqp(os.environ.get("LLMQ_BROKER_URL") or ""):
+        return ",".join(class_queues(queue).values())
+    return queue
 
 
 def run(args: argparse.Namespace) -> int:

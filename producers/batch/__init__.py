@@ -57,6 +57,7 @@ def run_batch(
     skip_invalid: bool = False,
     batch_id: str | None = None,
     tenant: str | None = None,
+    priority: str = "bulk",
     client: Client | None = None,
     redis_url: str | None = None,
     progress: BatchProgress | None = None,
@@ -78,7 +79,7 @@ def run_batch(
     runner = BatchRunner(client, bid, Path(output_path), errors, window, progress or BatchProgress(enabled=False))
     try:
         with _graceful_stop(runner) if handle_signals else contextlib.nullcontext():
-            return runner.run(Path(input_path), model, skip_invalid, tenant, stall_timeout_s)
+            return runner.run(Path(input_path), model, skip_invalid, tenant, stall_timeout_s, priority)
     finally:
         if own_client:
             client.close()

@@ -51,7 +51,10 @@ _ANTHROPIC_KNOWN |= {"stop_sequences", "top_p", "metadata", "thinking", "output_
 _PLAIN_PARAMS: tuple[str, ...] = ("model", "max_tokens", "temperature", "metadata", "tenant", "fallbacks", "tools")
 _PLAIN_PARAMS += ("max_repairs",)
 _PLAIN_PARAMS += ("response_format", "tool_choice", "parallel_tool_calls", "stop", "top_p", "seed", "user", "reasoning")
-_PLAIN_KNOWN = {"custom_id", "prompt", "messages", "system", *_PLAIN_PARAMS}
+#: A line's scheduling fields, next to ``custom_id`` in every format (the batch's ``--priority``,
+#: ``bulk`` by default, for a line without one).
+_SCHEDULING = ("priority", "concurrency_key")
+_PLAIN_KNOWN = {"custom_id", "prompt", "messages", "system", *_PLAIN_PARAMS, *_SCHEDULING}
 #: pydantic's names for the branches of a union in an error location (not input fields)
 _UNION_TAGS = {"str", "int", "float", "bool", "dict", "list"}
 
@@ -152,6 +155,9 @@ def parse_line(raw: bytes | str, line: int, *, default_model: str | None = None)
             "unrecognised line: expected 'body' (OpenAI Batch), 'params' (Anthropic Message Batches) or 'prompt'",
         )
         raise LineError(draft.issues)
+    for name in _SCHEDULING:
+        if data.get(name) is not None:
+            draft.set(name, data[name], name)
     if "model" not in draft.fields:
         if default_model:
             draft.set("model", default_model, "--model")
@@ -181,7 +187,7 @@ def _check_keys(draft: _Draft, obj: dict[str, Any], known: set[str], prefix: str
 
 
 def _from_openai(draft: _Draft, data: dict[str, Any]) -> None:
-    _check_keys(draft, data, {"custom_id", "method", "url", "body"}, "")
+    _check_keys(draft, data, {"custom_id", "method", "url", "body", *_SCHEDULING}, "")
     if data.get("method", "POST") != "POST":
         draft.issue("invalid_method", f"method must be POST, not {data.get('method')!r}", "method")
     if data.get("url") != CHAT_COMPLETIONS_URL:
@@ -253,7 +259,7 @@ def _openai_message(draft: _Draft, message: Any, path: str) -> Any:
 
 
 def _from_anthropic(draft: _Draft, data: dict[str, Any]) -> None:
-    _check_keys(draft, data, {"custom_id", "params"}, "")
+    _check_keys(draft, data, {"custom_id", "params", *_SCHEDULING}, "")
     params = data["params"]
     if not isinstance(params, dict):
         draft.issue("missing_params", "params must be an object (the Messages request)", "params")

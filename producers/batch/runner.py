@@ -144,7 +144,13 @@ class BatchRunner:
     # --- the two passes -----------------------------------------------------------------------
 
     def run(
-        self, input_path: Path, model: str | None, skip_invalid: bool, tenant: str | None, stall_s: float | None
+        self,
+        input_path: Path,
+        model: str | None,
+        skip_invalid: bool,
+        tenant: str | None,
+        stall_s: float | None,
+        priority: str = "bulk",
     ) -> BatchSummary:
         started = time.monotonic()
         s = self.summary
@@ -176,7 +182,7 @@ class BatchRunner:
                 self._err = JsonlAppender(s.errors)
             self._last_result = self._last_sweep = time.monotonic()
             self.submitting = True
-            self._submit_all(input_path, model, tenant, resume, report.invalid_lines)
+            self._submit_all(input_path, model, tenant, resume, report.invalid_lines, priority)
             self._drain()
         finally:
             s.left_in_flight = len(self.in_flight)
@@ -214,7 +220,13 @@ class BatchRunner:
         return write
 
     def _submit_all(
-        self, input_path: Path, model: str | None, tenant: str | None, resume: ResumeState, invalid: set[int]
+        self,
+        input_path: Path,
+        model: str | None,
+        tenant: str | None,
+        resume: ResumeState,
+        invalid: set[int],
+        priority: str,
     ) -> None:
         s = self.summary
         for number, raw in iter_lines(input_path):
@@ -238,6 +250,8 @@ class BatchRunner:
             job.metadata["line"] = str(number)
             if tenant:
                 job.tenant = tenant
+            if "priority" not in job.model_fields_set:  # the line's own class wins
+                job.priority = priority  # type: ignore[assignment]  # checked by the client's validation
             try:
                 enqueued = self._submit_or_pause(job, number)
             except InvalidJobError as exc:  # checked in pass one; a label may have moved since

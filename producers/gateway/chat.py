@@ -33,6 +33,7 @@ from producers.gateway.openai_compat import (
     parse_request,
     to_job,
 )
+from producers.gateway.priority import scheduling_fields
 from producers.gateway.sse import EventStreamResponse, Item, is_last
 from producers.gateway.state import gateway_of
 from producers.gateway.tags import with_header_tags
@@ -85,6 +86,7 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
     req = parse_request(await read_json_object(request, settings.max_body_bytes))
     try:
         job = with_header_tags(to_job(req, tenant=tenant), request.headers)
+        job.update(scheduling_fields(request.headers, job, "interactive"))
         handle = await gw.client.submit(job, **incoming_trace(request.headers))
     except InvalidJobError as exc:
         unknown = [e for e in exc.errors if e.get("type") in _UNKNOWN and tuple(e.get("loc", ())) == ("model",)]

@@ -20,6 +20,7 @@ from producers.gateway.body import problems_error, read_json_object
 from producers.gateway.errors import GatewayError, scrub_result
 from producers.gateway.history import entry_json, own_entry
 from producers.gateway.ids import ANY_ID, resolve_id
+from producers.gateway.priority import scheduling_fields
 from producers.gateway.settings import OnDisconnect
 from producers.gateway.sse import EventStreamResponse, JobEventsRenderer
 from producers.gateway.state import gateway_of
@@ -78,6 +79,7 @@ async def submit_job(request: Request) -> Response:
     if job_id is not None:
         data["id"] = job_id
     data["tenant"] = tenant
+    data.update(scheduling_fields(request.headers, data, None))
     data.update(incoming_trace(request.headers))  # continue the caller's trace
     with_header_tags(data, request.headers)
     try:

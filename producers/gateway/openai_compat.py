@@ -69,6 +69,11 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: str | None = None
+    #: llmqueue's extensions (``extra_body`` in the SDKs): the scheduling class (default
+    #: ``interactive``) and a concurrency key; also the ``X-LLMQ-Priority`` and
+    #: ``X-LLMQ-Concurrency-Key`` headers (``producers/gateway/priority.py``).
+    priority: str | None = None
+    concurrency_key: str | None = None
 
 
 def _content_of(content: JsonValue, where: str, *, images: bool) -> str | list[dict[str, Any]] | None:
@@ -150,6 +155,8 @@ def to_job(req: ChatCompletionRequest, *, tenant: str) -> dict[str, Any]:
     if req.reasoning_effort is not None:
         job["reasoning"] = {"effort": req.reasoning_effort}
     optional = {
+        "priority": req.priority,
+        "concurrency_key": req.concurrency_key,
         "tool_choice": req.tool_choice,
         "parallel_tool_calls": req.parallel_tool_calls,
         "stop": req.stop,

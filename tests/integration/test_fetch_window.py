@@ -20,6 +20,7 @@ import redis
 from llmq.devstack import LocalStack
 from llmq.localredis import ManagedRedis
 from producers import Client
+from tests.support.brokers import queued_count
 from tests.support.spend import global_spent_usd, one_call_usd
 from tests.support.waits import until
 from workers.contract import DEFAULT_QUEUE, TERMINAL_EVENT_TYPES
@@ -56,13 +57,13 @@ def test_a_death_right_after_the_fetch_loses_no_job(mode: str, tmp_path: Path) -
             if mode == "kill-worker":
                 assert seam.wait(HANG_GUARD_S) == -9  # killed itself at the seam
                 # the instant after the script: recorded as held (by nobody), not queued
-                assert r.llen(DEFAULT_QUEUE) == 0 and r.hlen("unacked") == 1 and r.zcard("unacked_index") == 1
+                assert queued_count(r, DEFAULT_QUEUE) == 0 and r.hlen("unacked") == 1 and r.zcard("unacked_index") == 1
                 stack.start_worker(pool="threads", concurrency=2, name="w2")  # restores it once it ages
             else:
                 server.process.wait(HANG_GUARD_S)  # killed by the worker at the seam
                 server.process = None
                 server.start()  # same port, same AOF
-                assert r.llen(DEFAULT_QUEUE) + r.hlen("unacked") == 1  # queued or held: never neither
+                assert queued_count(r, DEFAULT_QUEUE) + r.hlen("unacked") == 1  # queued or held: never neither
 
             result = client.result("seam-1", timeout=HANG_GUARD_S)
             assert result.status == "succeeded"
@@ -70,7 +71,7 @@ def test_a_death_right_after_the_fetch_loses_no_job(mode: str, tmp_path: Path) -
             terminal = [e for e in events if e.type in TERMINAL_EVENT_TYPES]
             assert len(terminal) == 1 and events[-1] is terminal[0], [e.type for e in events]
             until(
-                lambda: r.hlen("unacked") == 0 and r.llen(DEFAULT_QUEUE) == 0,
+                lambda: r.hlen("unacked") == 0 and queued_count(r, DEFAULT_QUEUE) == 0,
                 "the ack",
                 HANG_GUARD_S,
                 poll_s=0.1,

@@ -19,7 +19,7 @@ from producers import Client, InvalidJobError
 from producers.client import make_celery
 from simulator.app import SimulatorThread
 from simulator.env import provider_env
-from tests.support.brokers import Broker, amqp_worker
+from tests.support.brokers import Broker, amqp_worker, queued_count
 from tests.support.spend import global_spent_usd
 from tests.support.waits import until
 from workers.contract import TASK_NAME, JobKeys
@@ -121,7 +121,7 @@ def test_a_finished_job_delivered_again_stops_at_its_stored_result(
     until(
         lambda: (
             worker_state.total_count[TASK_NAME] >= ran + 1  # (the first run may be counted late)
-            and redis_client.llen("llmq") == 0
+            and queued_count(redis_client, "llmq") == 0
             and redis_client.hlen("unacked") == 0
         ),
         "the second delivery was taken, ended and acked",
@@ -152,7 +152,7 @@ def test_invalid_job_is_rejected_by_the_producer(client: Client, redis_client, j
     with pytest.raises(InvalidJobError) as info:
         client.submit(job)
     assert problem in str(info.value)
-    assert redis_client.llen("llmq") == 0
+    assert queued_count(redis_client, "llmq") == 0
     assert not redis_client.keys("llmq:job:*")
 
 

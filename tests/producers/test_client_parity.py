@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from producers import AsyncClient, Client, InvalidJobError, ProducerSettings, ResultTimeoutError
+from tests.support.brokers import queued_count
 from workers.contract import CompletionResult, DeltaEvent, DoneEvent, JobKeys, StartEvent, StreamEvent
 
 JOB = {"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -98,9 +99,13 @@ def test_submit_registers_once_and_sends_to_the_settings_queue(producer: Produce
     status = producer.status("job-parity-1")
     assert status is not None and status["state"] == "queued" and status["sent"] == "1"
     assert status["tenant"] == "default" and float(status["submitted_at"]) > 0
-    assert producer.queue == "parity" and redis_client.llen("parity") == 1 and redis_client.llen("llmq") == 0
+    assert (
+        producer.queue == "parity"
+        and queued_count(redis_client, "parity") == 1
+        and queued_count(redis_client, "llmq") == 0
+    )
     again = producer.submit({**JOB, "id": "job-parity-1"})
-    assert not again.enqueued and redis_client.llen("parity") == 1
+    assert not again.enqueued and queued_count(redis_client, "parity") == 1
 
 
 def test_an_unknown_job_has_no_status_and_no_result(producer: Producer) -> None:

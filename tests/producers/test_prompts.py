@@ -20,6 +20,7 @@ from producers.client import Client, InvalidJobError
 from producers.gateway import GatewaySettings, create_gateway
 from producers.gateway.server import GatewayThread
 from producers.prompts import PromptResolver
+from tests.support.brokers import queued_payloads
 from workers.contract import DEFAULT_QUEUE, JobKeys, LabelTarget, PromptLabel, PromptVersion
 from workers.prompts.store import PromptStore
 
@@ -53,7 +54,7 @@ def label(client: redis.Redis, name: str = "greet", **labels: list[tuple[int, in
 def queued_jobs(client: redis.Redis) -> list[dict]:
     """The job payloads waiting in the broker queue (kombu's Redis transport: JSON, base64 body)."""
     jobs = []
-    for raw in client.lrange(DEFAULT_QUEUE, 0, -1):
+    for raw in queued_payloads(client, DEFAULT_QUEUE):
         message = json.loads(raw)
         args, _, _ = json.loads(base64.b64decode(message["body"]))
         jobs.append(args[0])

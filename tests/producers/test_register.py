@@ -19,14 +19,14 @@ def register(redis_url: str) -> Iterator[tuple[redis.Redis, object]]:
 
 
 def _args(stamp: float) -> list[object]:
-    return ["tenant-a", stamp, 3600, RESEND_AFTER_S]
+    return ["tenant-a", stamp, 3600, RESEND_AFTER_S, "reg-1"]
 
 
 def test_a_retried_submit_is_still_its_callers_registration_and_another_submit_is_a_duplicate(
     register: tuple[redis.Redis, object],
 ) -> None:
     client, script = register
-    keys = [JobKeys("reg-1").meta]
+    keys = [JobKeys("reg-1").meta, ""]
     assert script(keys=keys, args=_args(1000.5)) == 1  # fresh
     assert script(keys=keys, args=_args(1000.5)) == 1  # the same submit, its reply lost: still ours
     assert script(keys=keys, args=_args(1001.0)) == 0  # another submit of the same id: a duplicate
@@ -34,3 +34,4 @@ def test_a_retried_submit_is_still_its_callers_registration_and_another_submit_i
     client.hset(keys[0], "sent", 1)
     assert script(keys=keys, args=_args(1000.5 + RESEND_AFTER_S + 1)) == 0  # sent: never again
     assert client.hget(keys[0], "tenant") == b"tenant-a"
+    assert client.hget(keys[0], "state") == b"queued"

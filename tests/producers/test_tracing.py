@@ -12,10 +12,12 @@ from opentelemetry.trace import NoOpTracer, SpanKind
 
 from producers import Client
 from producers.tracing import incoming_trace
+from tests.support.brokers import queued_payloads
+from workers.connections.schedule import tenant_list
 
 
 def _queued(client: redis.Redis) -> dict:
-    (raw,) = client.lrange("llmq", 0, -1)
+    (raw,) = queued_payloads(client, "llmq")
     return json.loads(raw)
 
 
@@ -48,7 +50,7 @@ def test_without_tracing_the_job_carries_no_trace_and_the_caller_trace_passes_th
     with Client(redis_url, tracer=NoOpTracer()) as client:
         client.submit({"model": "openai:gpt-4o", "messages": [{"role": "user", "content": "x"}]})
         first = _queued(redis_client)
-        redis_client.delete("llmq")
+        redis_client.delete(tenant_list("llmq", "normal", "default"))
         client.submit({"model": "openai:gpt-4o", "messages": [{"role": "user", "content": "x"}]}, traceparent=caller)
         second = _queued(redis_client)
     decode = lambda m: json.loads(__import__("base64").b64decode(m["body"]))[0][0]  # noqa: E731

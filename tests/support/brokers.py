@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis
+
 from workers.connections.brokerurl import is_amqp
+from workers.connections.schedule import queue_prefix
 from workers.settings import Settings
 
-__all__ = ["Broker", "amqp_worker"]
+__all__ = ["Broker", "amqp_worker", "queued_count", "queued_payloads"]
 
 
 @dataclass(frozen=True)
@@ -23,3 +26,16 @@ def amqp_worker(settings: Settings) -> bool:
     """True when the worker's queue is on RabbitMQ: its test worker then needs Celery's event heartbeat,
     whose timer is what wakes the otherwise idle amqp event loop to notice the end of the test."""
     return is_amqp(settings.broker_url or settings.redis_url)
+
+
+def queued_payloads(r: redis.Redis, queue: str) -> list[bytes]:
+    """Every message a Redis queue holds, not taken by a worker: its kombu list (a producer without the
+    scheduling transport), then its schedule's lists and parked messages (workers/connections/schedule.py)."""
+    pattern = "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in queue_prefix(queue))
+    keys = [queue, *sorted(r.scan_iter(match=f"{pattern}l:*")), *sorted(r.scan_iter(match=f"{pattern}park:*"))]
+    return [bytes(item) for key in keys for item in r.lrange(key, 0, -1)]
+
+
+def queued_count(r: redis.Redis, queue: str) -> int:
+    """How many messages a Redis queue holds, not taken by a worker."""
+    return len(queued_payloads(r, queue))

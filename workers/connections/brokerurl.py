@@ -14,6 +14,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from workers.connections.redisurl import check_redis_url
+from workers.contract.schedule import class_queues
 
 __all__ = ["AMQP_SCHEMES", "QUORUM_ARGUMENTS", "amqp_conf", "check_broker_url", "is_amqp"]
 
@@ -44,19 +45,23 @@ def is_amqp(url: str) -> bool:
 
 
 def amqp_conf(queue: str) -> dict[str, object]:
-    """Celery settings declaring the job queue on RabbitMQ: durable, quorum, on a durable topic
-    exchange of its name (Celery's native delayed delivery, which carries countdown re-queues on
-    quorum queues, skips direct exchanges). Plain data (Celery builds the kombu ``Queue``)."""
+    """Celery settings declaring the job queues on RabbitMQ: one per scheduling class (the job queue
+    itself for ``normal``, ``<queue>.interactive`` and ``<queue>.bulk``,
+    ``workers/contract/schedule.py``), each durable and quorum, all on one durable topic exchange
+    named after the job queue, bound by their own names (Celery's native delayed delivery, which
+    carries countdown re-queues on quorum queues, skips direct exchanges). Plain data (Celery builds
+    the kombu ``Queue``)."""
     return {
         "task_queues": {
-            queue: {
+            name: {
                 "exchange": queue,
                 "exchange_type": "topic",
                 "exchange_durable": True,
-                "routing_key": queue,
+                "routing_key": name,
                 "durable": True,
                 "queue_arguments": dict(QUORUM_ARGUMENTS),
             }
+            for name in class_queues(queue).values()
         },
         "task_default_queue": queue,
         "task_default_exchange": queue,

@@ -25,6 +25,7 @@ from workers.contract.messages import MAX_CACHE_BREAKPOINTS, Message, Tool, Tool
 from workers.contract.params import NamedToolChoice, RequestParams
 from workers.contract.prompt import PromptRef
 from workers.contract.providers import ProviderInfo
+from workers.contract.schedule import CONCURRENCY_KEY_PATTERN, DEFAULT_PRIORITY, Priority
 
 #: The inline ``template`` is one line of plain ``{name}`` placeholders: no format specs (a spec such
 #: as ``{x:>300000000}`` would make the worker build a 300 MB string), no conversions, no attribute
@@ -85,6 +86,12 @@ class CompletionJob(RequestParams):
     max_turns: Annotated[int, Field(ge=1, le=100)] | None = None
     stream: bool = True
     tenant: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = "default"
+    #: Scheduling class: ``interactive`` (the gateway's default), ``normal`` or ``bulk`` (``llmq
+    #: batch``'s). Classes share the workers by weight, never strictly (``docs/scheduling.md``).
+    priority: Priority = DEFAULT_PRIORITY
+    #: Jobs of one tenant with the same key (a user, a document) run at most N at once across all
+    #: workers (``key_concurrency`` in ``[scheduling]`` / ``[tenants.<name>]``; 1 unless configured).
+    concurrency_key: Annotated[str, Field(pattern=CONCURRENCY_KEY_PATTERN)] | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     #: A few short labels (a feature, a team, an experiment) the ledger keeps spend by
     #: (``llmq spend --by tag``) and that budgets may cap (``llmq budget set --tag T``).

@@ -213,6 +213,8 @@ class JobRunner:
         with self._running_lock:
             self._running[token] = run
         outcome: JobOutcome | None = None
+        first_run_wait = max(0.0, run.started_wall - job.submitted_at) if job.submitted_at and claim.run == 1 else None
+        res.metrics.jobs.started(job.priority, first_run_wait)
         try:
             with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
                 outcome = self._execute(run)
@@ -225,6 +227,7 @@ class JobRunner:
         finally:
             if run.cached is not None:  # a lead its terminal write did not end
                 run.cached.end(outcome.result if outcome is not None else None)
+            res.metrics.jobs.ended(job.priority)
             with self._running_lock:
                 self._running.pop(token, None)
             if res.heartbeat is not None:

@@ -46,6 +46,10 @@ class CancelHooks(Protocol):
 class JobRecorder(Protocol):
     def record(self, result: CompletionResult) -> None: ...
 
+    def started(self, priority: str, queued_s: float | None) -> None: ...
+
+    def ended(self, priority: str) -> None: ...
+
 
 class JobMetricsSink(Protocol):
     @property

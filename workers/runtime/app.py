@@ -25,7 +25,7 @@ from celery.signals import setup_logging, worker_init, worker_shutdown
 from workers.connections.brokerurl import amqp_conf, is_amqp
 from workers.connections.redisurl import kombu_broker
 from workers.contract import DEFAULT_QUEUE, TASK_NAME
-from workers.runtime.broker import transport_for
+from workers.runtime.broker import install_transport, transport_for
 from workers.runtime.state import AppState, LLMQCelery
 from workers.runtime.task import register_tasks
 from workers.runtime.taskevents import TaskEventBatching
@@ -143,6 +143,7 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
         return
     if not worker_app.conf.broker_transport:
         worker_app.conf.broker_transport = transport_for(worker_app.conf.broker_url)
+    install_transport()  # also where a fail-over to the next broker URL would pick kombu's own
     from workers.runtime.telemetry import install_log_redaction, serve_metrics
 
     install_log_redaction()
@@ -163,6 +164,10 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
         # a Redis too old for the queue's BLMOVE: refused here, not a worker that fails every wait
         check_broker_redis(settings.broker_url or settings.redis_url)
         resources = worker_app.llmq.resources()
+        # the schedule's weights and caps, where the broker's scripts read them (workers/runtime/schedconf.py)
+        from workers.runtime.schedconf import publish_schedule
+
+        publish_schedule(settings, resources.config)
     except ConfigurationError as exc:
         # Celery logs and swallows a signal handler's exceptions; a worker that cannot load its
         # configuration or tool modules must not start taking jobs. The reason is the log line (in the

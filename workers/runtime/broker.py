@@ -1,42 +1,43 @@
-"""The Celery broker transport: kombu's Redis transport, with an atomic fetch, proof of life for held
-messages, and without a client object per operation. Needs Redis >= 6.2 (``BLMOVE``).
+"""The Celery broker transport: kombu's Redis transport whose queue is a schedule, with an atomic
+fetch that decides who runs next, proof of life for held messages, and without a client object
+per operation. Needs Redis >= 6.2.
 
-**Atomic fetch.** kombu takes a message with ``BRPOP``, which removes it from the queue list, and
-records it as held (the ``unacked`` hash and the ``unacked_index`` sorted set) only afterwards, in a
-separate pipeline: a worker SIGKILLed between the two, or a Redis that dies after the pop and
-before the bookkeeping (which then fails), lost the message for good. Here a fetch is one Lua
-script (:data:`FETCH_LUA`, ``EVALSHA`` with redis-py's ``NOSCRIPT`` fallback): it pops messages
-from the tails of the channel's queue lists (kombu's order: each priority step, each queue of the
-round-robin cycle) and, in the same script, stores each in ``unacked`` (``[payload, exchange,
-routing_key]``, exactly what kombu's ``QoS.append`` stores and ``restore_by_tag`` reads, the
-payload byte for byte) and in ``unacked_index`` scored with the worker's clock (kombu's restore
-compares against the worker's ``time()``). A script runs atomically and is written to the AOF and
-to replicas as one ``MULTI``/``EXEC`` block, so at every instant, in memory and in the AOF, a
-message is either in a queue list or in ``unacked`` + ``unacked_index``; from there kombu's restore
-of aged entries returns it to its queue unless a live holder keeps its entry fresh (below).
-``QoS.append`` therefore writes nothing for a fetched message (only the in-process ``_delivered``
-map and the heartbeat); acks, rejects, restores, prefetch credit and the round-robin rotation of
-queues are kombu's, unchanged.
+**Scheduled, atomic fetch.** A queue is not one list but a schedule (``workers/connections/
+schedule.py``; the algorithm and its guarantees: ``docs/scheduling.md``): producers queue each job
+on its class and tenant's list (``workers/connections/schedtransport.py``, which this channel
+extends). A fetch is one Lua script (``workers/connections/lua/fetch.lua``, ``EVALSHA`` with
+redis-py's ``NOSCRIPT`` fallback) that, for each message it takes, picks the class and then the
+tenant whose turn it is (stride scheduling by weight), skips a tenant running its
+``max_concurrency`` and parks a message whose concurrency key is at its cap, pops the message and,
+in the same script, stores it in ``unacked`` (``[payload, exchange, routing_key]``, exactly what
+kombu's ``QoS.append`` stores and ``restore_by_tag`` reads, the payload byte for byte), in
+``unacked_index`` scored with the worker's clock (kombu's restore compares against the worker's
+``time()``), and as holding a slot of its tenant and key. kombu took a message with ``BRPOP`` and
+recorded it only afterwards, in a separate pipeline: a worker SIGKILLed between the two, or a Redis
+that died after the pop and before the bookkeeping, lost the message for good. A script runs
+atomically and is written to the AOF and to replicas as one ``MULTI``/``EXEC`` block, so at every
+instant, in memory and in the AOF, a message is either queued (a list of the schedule, parked
+included) or in ``unacked`` + ``unacked_index``; from there kombu's restore of aged entries returns
+it to its list (:meth:`SchedulingChannel._do_restore_message`, which frees its slot in the same
+transaction) unless a live holder keeps its entry fresh (below). ``QoS.append`` therefore writes
+nothing for a fetched message (only the in-process ``_delivered`` map and the heartbeat). An ack
+(:meth:`Channel.release`, batched) removes the entries and frees the slots in one script, and notes
+a freed slot someone waits for; the next fetch acts on the note first. Messages a producer without
+the scheduling transport pushed on the queue's own list are moved into the schedule by the fetch.
 
-Waiting is apart from taking: the consumer's blocking command is ``BLMOVE q q RIGHT RIGHT
-<brpop_timeout>`` on the base list of the first queue of the cycle. It returns as soon as that list
-holds a message and moves nothing (tail to tail of the same list: atomic, order unchanged); the
-fetch script then takes what is there (up to N), or finds none because another consumer was faster
-(kombu's ``Empty``: the wait starts again). The script also runs when a wait times out, so messages
-on the lists no ``BLMOVE`` watches (priority lists, a second queue of ``-Q a,b``) are taken within
-``brpop_timeout`` (1 s). llmqueue sends no message priorities (everything lands on the base list)
-and a worker consumes one queue, so in practice the watched list is the only one that ever holds
-messages and a message is taken the moment it arrives; kombu's ``priority_steps`` stay as they are,
-so a prioritised message sent by other code (or restored with its priority) is still taken. Every
-consumer blocked on the list wakes for each message (``BLMOVE`` leaves it in place) and one wins: a
-message arriving at an idle queue costs one script call per idle consumer, fine for tens of workers.
-At ``maxmemory`` with ``noeviction`` Redis refuses ``BLMOVE`` (it may grow memory) but runs the
-script (its pop is its first write); the consumer then waits with a ``BLPOP`` on a key nobody
-writes, sweeping once per ``brpop_timeout``, as nothing can be queued meanwhile anyway.
-``basic_get`` takes the same way (with ``no_ack`` it pops plainly, as nothing would ever ack it). A
+Waiting is apart from taking: the consumer's blocking command is ``BLPOP`` on the bells of its
+queues (``workers/connections/schedule.py``: one token while there may be work to take). A producer
+rings when it queues, a release when it frees a slot something waits for, and a fetch that leaves
+work behind (past its credit) rings again for the next consumer with room; the wait takes the token
+and the fetch script then takes what is there (up to N), or finds none because another consumer was
+faster (kombu's ``Empty``: the wait starts again). The script also runs when a wait times out
+(``brpop_timeout``, 1 s), a sweep that covers a token lost with a closing channel. ``BLPOP`` only
+removes, so a Redis at ``maxmemory`` (``noeviction``) still serves the wait, and every path of the
+fetch makes a removal its first write, which a full Redis allows. ``basic_get`` takes the same way
+(with ``no_ack`` the message is taken and released at once, as nothing would ever ack it). A
 payload Lua's cjson cannot read (a lone surrogate escape, which Python's json writes) is read in
-Python and that exact payload taken with a second script (:data:`CLAIM_LUA`); one nobody can read
-(not JSON, no delivery tag) is moved to the ``llmq.broker.malformed`` list and logged, where kombu
+Python and that exact payload taken with a second script (``claim.lua``); one nobody can read (not
+JSON, no delivery tag) is moved to the ``llmq.broker.malformed`` list and logged, where kombu
 dropped it.
 
 **Batches.** One fetch takes up to N messages and one read of the wait delivers them all: N is the
@@ -44,9 +45,9 @@ channel's prefetch credit (kombu's ``can_consume_max_estimate``: the prefetch co
 messages held; no limit when the count is 0), at most the transport option ``fetch_batch`` (32; 1 =
 a message per fetch, as before batches). Under a burst a message then costs a fraction of a script
 call and of a wait, and a gevent worker's consumer admits up to N jobs per turn instead of one. The
-script takes them in the order N fetches of one would: each is the tail of the first non-empty list
-(priority step, then queue), and with kombu's round-robin cycle the queue that gave one goes last
-(the Python side rotates the cycle once per delivered message, ending where N single fetches would).
+script takes them in the order N fetches of one would (the schedule's picks; with several queues in
+kombu's round-robin cycle, the queue that gave one goes last: the Python side rotates the cycle
+once per delivered message, ending where N single fetches would).
 A payload Lua cannot read ends the batch: the readable ones before it are delivered, then it is
 taken or set aside as above (the messages behind it stay queued for the next fetch). From the script
 on, every fetched tag is in the channel's ``_fetched`` set until ``QoS.append`` holds it (it adds
@@ -70,7 +71,7 @@ killed after the script ran but before its reply reached the worker: the same (t
 holder and ages out). With ``appendfsync everysec`` a Redis crash loses up to the last second of
 writes, as a suffix of the AOF: a lost fetch puts the message back in its queue (the held run then
 also runs, and the job's claim keeps the two from overlapping), a lost ack runs a finished job again
-(its result is kept by job id), but a lost publish (``LPUSH`` acknowledged to the producer) is gone:
+(its result is kept by job id), but a lost push (the script acknowledged to the producer) is gone:
 only ``appendfsync always`` closes that. The script is never half applied.
 
 **Heartbeat.** kombu keeps every message a worker holds (running or prefetched, with late acks) in
@@ -90,7 +91,8 @@ kombu (5.7) builds a fresh ``redis.Redis`` for every ack and unacked-index updat
 pool, so they are interchangeable; but with redis-py 8 each construction fills a ~200-entry
 response-callback table, which measured ~6% of a queued job's worker CPU. This channel builds
 that client once and reuses it (``redis.Redis`` is safe to share: every command borrows a pooled
-connection). Everything else (visibility timeout, unacked restore, priorities) is kombu's.
+connection). Everything else (visibility timeout, unacked restore) is kombu's; its message
+priorities are not used (the schedule's classes are llmqueue's priorities).
 
 Selected by :func:`transport_for` for ``redis://``, ``rediss://`` and ``unix://`` broker URLs, and
 in its Sentinel form for ``sentinel://``; other schemes (``amqp://``) keep kombu's own transport.
@@ -99,7 +101,6 @@ kombu's ``global_keyprefix`` option is refused (the fetch does not prefix its ke
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -116,10 +117,10 @@ from kombu.utils.json import dumps, loads
 from kombu.utils.scheduling import round_robin_cycle
 
 from workers.connections.redisclient import sync_parser_options
+from workers.connections.schedtransport import SchedulingChannel
+from workers.connections.schedule import CLAIM, FETCH, RELEASE, attributes_of, bell_key, queue_prefix
 
 __all__ = [
-    "CLAIM_LUA",
-    "FETCH_LUA",
     "MALFORMED_KEY",
     "SET_ASIDE_LUA",
     "Channel",
@@ -129,6 +130,7 @@ __all__ = [
     "SentinelChannel",
     "SentinelTransport",
     "Transport",
+    "install_transport",
     "transport_for",
 ]
 
@@ -138,76 +140,6 @@ _SCHEMES = {"redis", "rediss", "unix", "redis+socket"}
 
 #: Where the fetch moves a queued payload it cannot read (not JSON, no delivery tag or exchange).
 MALFORMED_KEY = "llmq.broker.malformed"
-#: A key nothing writes: the consumer's timed wait while Redis refuses ``BLMOVE`` (out of memory).
-_IDLE_KEY = "llmq.broker.idle"
-
-#: Take up to ARGV[2] messages from KEYS[3..] (queue lists: each priority step, then each queue of
-#: the cycle) into the unacked bookkeeping. KEYS[1] unacked hash, KEYS[2] unacked_index; ARGV[1] the
-#: worker's clock, ARGV[3] the number of queues, ARGV[4] '1' when the cycle is round-robin (a queue
-#: that gave a message goes last, as kombu's ``rotate`` does after each delivery). Each message is the
-#: tail of the first non-empty list, exactly the one a fetch of one would take next. Returns a list of
-#: {list key, payload, delivery tag}, in delivery order (empty when all lists are empty), whose last
-#: row is {list key, payload} without taking it when Lua's cjson cannot read that payload (it refuses,
-#: for one, a lone UTF-16 surrogate escape that Python's json writes): the batch ends there, Python
-#: reads it and takes it with :data:`CLAIM_LUA`. The first pop is the first write: at ``maxmemory``
-#: Redis refuses a script's growing writes only before its first write, so a refusal never leaves a
-#: message popped and unrecorded.
-FETCH_LUA = """
-local limit, nq = tonumber(ARGV[2]), tonumber(ARGV[3])
-local rotate = ARGV[4] == '1'
-local steps = (#KEYS - 2) / nq
-local order, empty, taken = {}, {}, {}
-for q = 1, nq do order[q] = q end
-while #taken < limit do
-  local key, item, at = nil, nil, nil
-  for p = 0, steps - 1 do
-    for j = 1, nq do
-      local k = 2 + p * nq + order[j]
-      if not empty[k] then
-        item = redis.call('LINDEX', KEYS[k], -1)
-        if item then key, at = KEYS[k], j break end
-        empty[k] = true
-      end
-    end
-    if key then break end
-  end
-  if not key then break end
-  local ok, msg = pcall(cjson.decode, item)
-  local props = ok and type(msg) == 'table' and msg['properties']
-  local tag, info = nil, nil
-  if type(props) == 'table' then
-    tag = props['delivery_tag']
-    info = props['delivery_info']
-  end
-  if type(tag) ~= 'string' or type(info) ~= 'table'
-      or type(info['exchange']) ~= 'string' or type(info['routing_key']) ~= 'string' then
-    taken[#taken + 1] = {key, item}
-    break
-  end
-  redis.call('RPOP', key)
-  local entry = '[' .. item .. ', ' .. cjson.encode(info['exchange']) .. ', '
-    .. cjson.encode(info['routing_key']) .. ']'
-  redis.call('HSET', KEYS[1], tag, entry)
-  redis.call('ZADD', KEYS[2], ARGV[1], tag)
-  taken[#taken + 1] = {key, item, tag}
-  if rotate then
-    table.insert(order, table.remove(order, at))
-  end
-end
-return taken
-"""
-
-#: Take one given payload (ARGV[1], read by Python) from the tail end of list KEYS[3] into the
-#: bookkeeping: unacked[ARGV[2]] = ARGV[3], unacked_index[ARGV[2]] = ARGV[4]. 1 if taken, 0 if it
-#: is gone (another consumer took it).
-CLAIM_LUA = """
-if redis.call('LREM', KEYS[3], -1, ARGV[1]) == 0 then
-  return 0
-end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
-return 1
-"""
 
 #: Move one given payload (ARGV[1]) that no one can read from list KEYS[1] to KEYS[2].
 SET_ASIDE_LUA = """
@@ -251,10 +183,16 @@ class QoS(kombu_redis.QoS):
     def ack(self, delivery_tag: str) -> None:
         channel = self.channel
         if not channel.ack_flush_ms:
-            super().ack(delivery_tag)
-            return
-        # the credit comes back now; the bookkeeping entries leave Redis with the next flush of acks
-        channel.defer_ack(delivery_tag)
+            channel.release([delivery_tag])
+        else:  # the credit comes back now; the bookkeeping entries leave Redis with the next flush of acks
+            channel.defer_ack(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:  # kombu's restore (the channel's _do_restore_message releases the slot)
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        else:
+            self.channel.release([delivery_tag])
         virtual.QoS.ack(self, delivery_tag)
 
 
@@ -268,12 +206,11 @@ def _copy(tags: Iterable[str]) -> list[str]:
     return []
 
 
-class Channel(kombu_redis.Channel):
+class Channel(SchedulingChannel):
     QoS = QoS
     _shared_client: Any = None
-    #: The wait's command in flight (``BLMOVE``, or ``BLPOP`` while Redis refuses ``BLMOVE``).
-    _wait_command = "BLMOVE"
-    _wait_refused = False
+    #: The wait's command in flight (``BLPOP`` on the bells).
+    _wait_command = "BLPOP"
     #: The tag ``_get`` fetched for ``basic_get`` (forgotten once ``basic_get`` returns).
     _got: str | None = None
     # kombu's, which its stubs omit (annotations only: nothing is shadowed)
@@ -345,16 +282,18 @@ class Channel(kombu_redis.Channel):
         return script
 
     def fetch_many(self, queues: Sequence[str], limit: int) -> tuple[list[Fetched], tuple[str, bytes] | None]:
-        """Take up to ``limit`` messages of ``queues`` (each priority step, then each queue of the
-        cycle) into the unacked bookkeeping in one script. Returns the taken messages in delivery
-        order, and the (list key, payload) the batch stopped at because Lua cannot read it (taken,
-        or set aside, by :meth:`take_unreadable`), or None."""
-        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        if not keys or limit < 1:
+        """Decide who runs next and take up to ``limit`` messages of ``queues`` (each queue's schedule,
+        in the cycle's order) into the unacked bookkeeping, in one script (the scheduler's fetch,
+        ``workers/connections/lua/fetch.lua``). Returns the taken messages in delivery order, and the
+        (list key, payload) the batch stopped at because Lua cannot read it (taken, or set aside, by
+        :meth:`take_unreadable`), or None."""
+        if not queues or limit < 1:
             return [], None
+        keys = [key for queue in queues for key in (queue, queue_prefix(queue))]
         rotates = type(self._queue_cycle).rotate is round_robin_cycle.rotate
         args = [repr(self.clock()), limit, len(queues), int(rotates)]
-        reply = self._script(FETCH_LUA)(keys=[self.unacked_key, self.unacked_index_key, *keys], args=args)
+        bookkeeping = [self.unacked_key, self.unacked_index_key]
+        reply = self.sched_script(FETCH)(keys=[*bookkeeping, *keys], args=args, client=self._create_client())
         taken: list[Fetched] = []
         unreadable: tuple[str, bytes] | None = None
         for row in reply or ():
@@ -362,18 +301,19 @@ class Channel(kombu_redis.Channel):
             if len(row) < 3:
                 unreadable = (key, row[1])
             else:
-                taken.append(Fetched(key.rsplit(self.sep, 1)[0], row[1], bytes_to_str(row[2])))
+                taken.append(Fetched(key, row[1], bytes_to_str(row[2])))
         self._fetched.update(fetched.tag for fetched in taken)
         for fetched in taken:
             self.on_fetched(fetched.tag)
         return taken, unreadable
 
-    def take_unreadable(self, key: str, payload: bytes) -> Fetched | None:
-        """Read a payload Lua could not in Python, then take exactly that payload from list ``key``
-        (:data:`CLAIM_LUA`); one nobody can read is moved to :data:`MALFORMED_KEY`. None when set
-        aside or taken by another consumer first."""
+    def take_unreadable(self, key: str, payload: bytes, queues: Sequence[str] = ()) -> Fetched | None:
+        """Read a payload Lua could not in Python, then take exactly that payload from list ``key`` of
+        a queue's schedule (the scheduler's claim script); one nobody can read is moved to
+        :data:`MALFORMED_KEY`. None when set aside or taken by another consumer first."""
         try:
-            props = loads(bytes_to_str(payload))["properties"]
+            message = loads(bytes_to_str(payload))
+            props = message["properties"]
             tag, info = props["delivery_tag"], props["delivery_info"]
             entry = f"[{bytes_to_str(payload)}, {dumps(info['exchange'])}, {dumps(info['routing_key'])}]"
             if not isinstance(tag, str):
@@ -388,12 +328,17 @@ class Channel(kombu_redis.Channel):
                     payload,
                 )
             return None
-        bookkeeping = [self.unacked_key, self.unacked_index_key]
-        if not self._script(CLAIM_LUA)(keys=[*bookkeeping, key], args=[payload, tag, entry, repr(self.clock())]):
+        queue = next((q for q in (*queues, *self._queue_cycle.items) if key.startswith(queue_prefix(q))), None)
+        if queue is None:
+            return None  # not a list of this consumer's queues
+        found = attributes_of(message)
+        args = [key, payload, tag, entry, repr(self.clock()), queue_prefix(queue)]
+        args += [found.priority, found.tenant, found.key or ""]
+        if not self.sched_script(CLAIM)(keys=[self.unacked_key, self.unacked_index_key], args=args):
             return None  # another consumer took it first
         self._fetched.add(tag)
         self.on_fetched(tag)
-        return Fetched(key.rsplit(self.sep, 1)[0], payload, tag)
+        return Fetched(queue, payload, tag)
 
     def fetch(self, queues: Sequence[str]) -> tuple[str, bytes] | None:
         """Take the first message of ``queues`` into the unacked bookkeeping; returns (queue,
@@ -405,7 +350,7 @@ class Channel(kombu_redis.Channel):
         taken, unreadable = self.fetch_many(queues, 1)
         if taken:
             return taken[0]
-        return None if unreadable is None else self.take_unreadable(*unreadable)
+        return None if unreadable is None else self.take_unreadable(*unreadable, queues)
 
     def stop_taking(self) -> None:
         """Take no more messages (the worker is shutting down): a wait that ends from now on fetches
@@ -428,12 +373,8 @@ class Channel(kombu_redis.Channel):
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return None
-        if self._wait_refused:  # out of memory: wait without BLMOVE, then sweep (see the module doc)
-            self._wait_refused = False
-            args: list[Any] = ["BLPOP", _IDLE_KEY, timeout or 0]
-        else:  # wakes when the list holds a message; takes nothing
-            args = ["BLMOVE", queues[0], queues[0], "RIGHT", "RIGHT", timeout or 0]
-        self._wait_command = args[0]
+        # wakes when a queue's bell holds its token (taking it): there may be work to take
+        args: list[Any] = ["BLPOP", *(bell_key(queue) for queue in queues), timeout or 0]
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()
@@ -450,8 +391,6 @@ class Channel(kombu_redis.Channel):
             except self.connection_errors:
                 connection.disconnect()  # the next poll reconnects
                 raise
-            except redis.exceptions.OutOfMemoryError:
-                self._wait_refused = True
             limit = self.fetch_limit()
             if self._closing or not self.taking or not limit:  # the wait took nothing: nothing to hand over
                 raise Empty()
@@ -514,11 +453,13 @@ class Channel(kombu_redis.Channel):
         return loads(bytes_to_str(fetched.payload))
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
-        if no_ack and self.atomic_fetch:  # a plain pop: nothing would ever ack a recorded entry
-            try:
-                return self.Message(kombu_redis.Channel._get(self, queue), channel=self)
-            except Empty:
+        if no_ack and self.atomic_fetch:  # taken and released at once: nothing would ever ack it
+            fetched = self._fetch_one([queue])
+            if fetched is None:
                 return None
+            self._fetched.discard(fetched.tag)
+            self.release([fetched.tag])
+            return self.Message(loads(bytes_to_str(fetched.payload)), channel=self)
         try:
             return super().basic_get(queue, no_ack=no_ack, **kwargs)
         finally:
@@ -568,14 +509,14 @@ class Channel(kombu_redis.Channel):
             except Exception:  # never let the heartbeat die silently
                 log.exception("broker heartbeat failed; retrying")
 
-    def _do_restore_message(
-        self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
-    ) -> None:
-        """Restore under a fresh delivery tag: the run that lost the message (frozen, cut off) may
-        still ack its old tag later, which must not remove the new holder's unacked entry."""
-        with contextlib.suppress(KeyError, TypeError):
-            payload["properties"]["delivery_tag"] = self._next_delivery_tag()
-        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)  # type: ignore[misc]  # private kombu method the stubs omit
+    def release(self, tags: Sequence[str]) -> int:
+        """Remove acked (or dropped) messages' bookkeeping and free the slots they held, in one
+        script (``workers/connections/lua/release.lua``); returns how many."""
+        if not tags:
+            return 0
+        keys = [self.unacked_key, self.unacked_index_key]
+        self.sched_script(RELEASE)(keys=keys, args=list(tags), client=self._create_client())
+        return len(tags)
 
     def defer_ack(self, delivery_tag: str) -> None:
         """Queue an acked message's bookkeeping removal for the next flush (``ack_flush_ms``).
@@ -612,8 +553,7 @@ class Channel(kombu_redis.Channel):
         if not tags:
             return 0
         try:
-            pipe = self._create_client().pipeline()
-            pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
+            self.release(tags)
         except BaseException:
             with self._ack_lock:  # kept, in order, ahead of those acked meanwhile
                 self._acked[:0] = tags
@@ -719,6 +659,25 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cycle = Poller()
+
+
+def install_transport() -> None:
+    """Make this transport kombu's for ``redis://``, ``rediss://`` and ``sentinel://`` URLs in this
+    process (a worker's, at start). Setting ``broker_transport`` alone does not last: when a connection
+    fails over to the next URL of a ``;``-separated list (every Sentinel URL is one), kombu switches
+    to the transport the URL's scheme names, and a worker on kombu's own transport would wait on the
+    queue's plain list while producers queue into its schedule."""
+    from kombu import transport as kombu_transport
+
+    ours = {
+        "redis": f"{__name__}:Transport",
+        "rediss": f"{__name__}:Transport",
+        "sentinel": f"{__name__}:SentinelTransport",
+    }
+    kombu_transport.TRANSPORT_ALIASES.update(ours)
+    cache = getattr(kombu_transport, "_transport_cache", {})  # kombu's, which its stubs omit
+    for alias in ours:  # resolved before (the app's own checks): resolved again, to ours
+        cache.pop(alias, None)
 
 
 def transport_for(broker_url: str) -> str | None:

@@ -14,13 +14,18 @@ worker runs it. ``-P gevent`` gets :class:`GeventPool` from the worker class
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from celery.concurrency.gevent import TaskPool as CeleryGeventPool
 from celery.concurrency.thread import TaskPool as CeleryThreadPool
 
+from workers.connections.brokerurl import is_amqp
+from workers.routes import load_config
+from workers.runtime.classpool import ClassDispatcher, priority_of
 from workers.runtime.handback import running_jobs
+from workers.settings import Settings
 
 __all__ = ["GeventPool", "ThreadPool"]
 
@@ -33,7 +38,39 @@ def _hand_back_all(app: Any) -> None:
         jobs.hand_back_all()
 
 
+def _class_dispatcher(app: Any, acquire: Callable[[], object]) -> ClassDispatcher | None:
+    """On RabbitMQ, the dispatcher that starts held jobs by class weight (``classpool.py``); None on
+    Redis, whose broker already decided (and a worker holds no more jobs than its slots)."""
+    settings: Settings | None = getattr(getattr(app, "llmq", None), "settings", None)
+    if settings is None or not is_amqp(settings.broker_url or settings.redis_url):
+        return None
+    weights = {str(c): w for c, w in load_config(settings.config).scheduling.weights.items()}
+    return ClassDispatcher(weights, acquire=acquire)
+
+
 class ThreadPool(CeleryThreadPool):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.Semaphore(self.limit)
+        self.dispatcher = _class_dispatcher(self.app, self._slots.acquire)
+
+    def on_apply(self, target: Any, args: Any = None, kwargs: Any = None, *more: Any, **options: Any) -> Any:
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            return super().on_apply(target, args, kwargs, *more, **options)
+
+        def start() -> None:
+            result = super(ThreadPool, self).on_apply(target, args, kwargs, *more, **options)
+            result.f.add_done_callback(lambda _: self._slots.release())
+
+        dispatcher.submit(priority_of(args), start)
+        return None
+
+    def on_stop(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+        super().on_stop()
+
     def terminate_job(self, pid: Any, signal: Any = None) -> None:
         _hand_back_all(self.app)
 
@@ -53,6 +90,27 @@ class GeventPool(CeleryGeventPool):
 
         super().__init__(*args, **kwargs)
         self.spawn_n = lambda fn, *a, **kw: spawn_raw(self._quiet_on_broker_loss, fn, *a, **kw)
+        self.dispatcher: ClassDispatcher | None = None
+
+    def on_start(self) -> None:
+        super().on_start()
+        # the gevent pool exists from here on: wait for one of its slots before choosing the next job
+        pool = self._pool  # type: ignore[attr-defined]  # Celery's, which its stubs omit
+        self.dispatcher = _class_dispatcher(self.app, pool.wait_available)
+
+    def on_apply(self, target: Any, args: Any = None, kwargs: Any = None, *more: Any, **options: Any) -> Any:
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            return super().on_apply(target, args, kwargs, *more, **options)
+        dispatcher.submit(
+            priority_of(args), lambda: super(GeventPool, self).on_apply(target, args, kwargs, *more, **options)
+        )
+        return None
+
+    def on_stop(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+        super().on_stop()
 
     def _quiet_on_broker_loss(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         errors = self._broker_errors()

@@ -47,6 +47,7 @@ from workers.llm.tracing import NO_TRACER
 from workers.routes import LLMQConfig, load_config
 from workers.runtime.presence import PresencePublisher
 from workers.runtime.providerenv import provider_environment
+from workers.runtime.schedmetrics import schedule_collector
 from workers.runtime.telemetry import (
     BreakerCollector,
     RateAdmissionsCollector,
@@ -251,7 +252,9 @@ class WorkerResources:
             socket_connect_timeout=2,
             retry=Retry(NoBackoff(), 1),
         )
-        metrics = build_worker_metrics(registry or CollectorRegistry(), client=client, queues=[settings.queue])
+        metrics = build_worker_metrics(
+            registry or CollectorRegistry(), schedule=schedule_collector(settings, config, client)
+        )
         watcher = CancelWatcher(client) if watch_cancels else None
         if watcher is not None:
             watcher.start()

@@ -7,7 +7,10 @@
 ``llm_ttft_seconds``               histogram  ``{model}`` job start to first delta
 ``llm_job_duration_seconds``       histogram  ``{model}`` job run time on the worker
 ``llmq_jobs_total``                counter    ``{status}`` succeeded | failed | cancelled
-``llmq_queue_length``              gauge      ``{queue}`` read from Redis on each scrape
+``llmq_jobs_running``              gauge      ``{priority}`` jobs this process runs, by class
+``llmq_queue_wait_seconds``        histogram  ``{priority}`` submit to start of a job's first run
+``llmq_queue_*``                   gauges     the schedule, read from Redis on each scrape
+                                              (``workers/runtime/schedmetrics.py``)
 ``llmq_rate_admissions_total``     counter    ``{via}`` lease | redis: RPM/TPM admissions
 ``llmq_ledger_replica_waits_total`` counter   ``{outcome}`` acked | short: ledger writes whose
                                               WAIT reached the replicas in time (only when
@@ -40,11 +43,10 @@ come from configuration); job ids go to logs only. Logs never carry secrets: the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -67,6 +69,7 @@ __all__ = [
 
 _TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60)
 _DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
+_WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,17 @@ class JobMetrics:
     ttft: Histogram
     duration: Histogram
     jobs: Counter
+    running: Gauge
+    queue_wait: Histogram
+
+    def started(self, priority: str, queued_s: float | None) -> None:
+        """A job's run starts: one more running in its class; its wait, for a first run."""
+        self.running.labels(priority=priority).inc()
+        if queued_s is not None:
+            self.queue_wait.labels(priority=priority).observe(queued_s)
+
+    def ended(self, priority: str) -> None:
+        self.running.labels(priority=priority).dec()
 
     def record(self, result: CompletionResult) -> None:
         """Everything one finished job tells: attempts, fallbacks, latency, outcome."""
@@ -98,23 +112,6 @@ class JobMetrics:
             self.ttft.labels(model=model).observe(result.timings.ttft_s)
         if result.timings.total_s is not None:
             self.duration.labels(model=model).observe(result.timings.total_s)
-
-
-class QueueLengthCollector(Collector):
-    """``llmq_queue_length{queue}``: LLEN of each Celery queue, read when Prometheus scrapes."""
-
-    def __init__(self, client: redis.Redis, queues: Iterable[str]) -> None:
-        self._client = client
-        self._queues = list(queues)
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("llmq_queue_length", "Jobs waiting in the broker queue.", labels=["queue"])
-        for queue in self._queues:
-            try:
-                family.add_metric([queue], float(self._client.llen(queue)))
-            except redis.RedisError:
-                continue
-        yield family
 
 
 class RateAdmissionsCollector(Collector):
@@ -175,9 +172,8 @@ class WorkerMetrics:
     decisions: DecisionMetrics
 
 
-def build_worker_metrics(
-    registry: CollectorRegistry, *, client: redis.Redis | None = None, queues: Iterable[str] = ()
-) -> WorkerMetrics:
+def build_worker_metrics(registry: CollectorRegistry, *, schedule: Collector | None = None) -> WorkerMetrics:
+    """The worker's metrics on ``registry``; ``schedule``: the queue's collector (``schedmetrics.py``)."""
     jobs = JobMetrics(
         requests=Counter("llm_requests_total", "Upstream attempts by outcome.", ["model", "status"], registry=registry),
         retries=Counter("llm_retries_total", "Attempts that were retried.", ["model", "error_type"], registry=registry),
@@ -193,9 +189,17 @@ def build_worker_metrics(
         jobs=Counter(
             "llmq_jobs_total", "Finished jobs by status and prompt version.", ["status", "prompt"], registry=registry
         ),
+        running=Gauge("llmq_jobs_running", "Jobs this process runs, by class.", ["priority"], registry=registry),
+        queue_wait=Histogram(
+            "llmq_queue_wait_seconds",
+            "Submit to the start of a job's first run, by class.",
+            ["priority"],
+            buckets=_WAIT_BUCKETS,
+            registry=registry,
+        ),
     )
-    if client is not None and queues:
-        registry.register(QueueLengthCollector(client, queues))
+    if schedule is not None:
+        registry.register(schedule)
     return WorkerMetrics(
         registry=registry, jobs=jobs, usage=build_usage_metrics(registry), decisions=build_decision_metrics(registry)
     )

@@ -19,9 +19,12 @@ from typing import Any
 import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Queue
+from kombu.transport import redis as kombu_redis
 
 from tests.support.waits import until
-from workers.runtime.broker import FETCH_LUA, MALFORMED_KEY, REFILL_POLL_S, Channel, Poller, Transport
+from workers.connections.schedtransport import SchedulingTransport
+from workers.connections.schedule import FETCH, script, tenant_list
+from workers.runtime.broker import MALFORMED_KEY, REFILL_POLL_S, Channel, Poller, Transport
 
 QUEUE = "fetch-test"
 EXCHANGE = Exchange(QUEUE, "direct", durable=True)
@@ -45,17 +48,30 @@ def _connection(url: str, transport: type[Transport] = Transport, **options: Any
     return Connection(url, transport=transport, transport_options={"visibility_timeout": 10, **options})
 
 
-def _publish(url: str, body: object, *, priority: int | None = None, headers: dict[str, str] | None = None) -> None:
-    with _connection(url) as conn, conn.Producer() as producer:
+def _publish(url: str, body: object, *, headers: dict[str, object] | None = None, plain: bool = False) -> None:
+    """Send a job as producers do (into the queue's schedule), or with kombu's own transport (``plain``:
+    onto the queue's list, as a producer without the scheduling transport would)."""
+    transport = kombu_redis.Transport if plain else SchedulingTransport
+    headers = {"llmq": {"priority": "normal", "tenant": "default"}, **(headers or {})}
+    with Connection(url, transport=transport) as conn, conn.Producer() as producer:
         producer.publish(
-            body,
-            exchange=EXCHANGE,
-            routing_key=QUEUE,
-            declare=[KOMBU_QUEUE],
-            serializer="json",
-            priority=priority,
-            headers=headers,
+            body, exchange=EXCHANGE, routing_key=QUEUE, declare=[KOMBU_QUEUE], serializer="json", headers=headers
         )
+
+
+#: The schedule's list of the test's messages (class normal, tenant default).
+DEFAULT_LIST = tenant_list(QUEUE, "normal", "default")
+
+
+def _queued(r: redis.Redis, queue: str = QUEUE) -> int:
+    """Messages the queue holds (its schedule and its list), as kombu's queue size reports them."""
+    with Connection(_url(r), transport=Transport) as conn:
+        return int(conn.default_channel._size(queue))
+
+
+def _url(r: redis.Redis) -> str:
+    kwargs = r.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
 
 
 @pytest.fixture
@@ -70,13 +86,13 @@ def _aged(channel: Channel) -> None:
 
 def test_a_fetched_message_is_in_unacked_and_not_in_the_queue(url: str, redis_client: redis.Redis) -> None:
     _publish(url, {"n": 1})
-    assert redis_client.llen(QUEUE) == 1
+    assert _queued(redis_client) == 1
     with _connection(url) as conn:
         channel = conn.channel()
         message = channel.basic_get(QUEUE)
         assert message is not None and message.payload == {"n": 1}
         tag = message.delivery_tag
-        assert redis_client.llen(QUEUE) == 0
+        assert _queued(redis_client) == 0
         assert redis_client.zscore("unacked_index", tag) is not None
         payload, exchange, routing_key = json.loads(redis_client.hget("unacked", tag) or b"")
         # what kombu's QoS.append stores: the payload as queued, its exchange and routing key
@@ -98,7 +114,7 @@ def test_a_consumer_fetches_through_the_wait_and_the_script(url: str, redis_clie
                 conn.drain_events(timeout=10)
         bodies = [body for body, _ in got]  # type: ignore[misc]
         assert bodies == [{"n": 0}, {"n": 1}, {"n": 2}]  # FIFO, as with BRPOP
-        assert redis_client.llen(QUEUE) == 0 and redis_client.hlen("unacked") == 3
+        assert _queued(redis_client) == 0 and redis_client.hlen("unacked") == 3
         for _, message in got:  # type: ignore[misc]
             message.ack()
         assert redis_client.hlen("unacked") == 0 and redis_client.zcard("unacked_index") == 0
@@ -132,7 +148,7 @@ def test_a_channel_that_died_after_the_fetch_gets_its_message_restored(url: str,
             dying.drain_events(timeout=10)
         tag = str(died.value)
         # the instant after the script: in the bookkeeping, in no queue, held by nobody
-        assert redis_client.llen(QUEUE) == 0
+        assert _queued(redis_client) == 0
         assert redis_client.hexists("unacked", tag) and redis_client.zscore("unacked_index", tag) is not None
         assert not channel.qos._delivered
         channel.do_restore = False  # it died: no restore at close
@@ -140,7 +156,7 @@ def test_a_channel_that_died_after_the_fetch_gets_its_message_restored(url: str,
         channel = conn.channel()
         channel.qos.restore_visible(num=10, interval=1)  # what every consumer runs every few seconds
         assert redis_client.hlen("unacked") == 0 and redis_client.zcard("unacked_index") == 0
-        assert redis_client.llen(QUEUE) == 1
+        assert _queued(redis_client) == 1
         message = channel.basic_get(QUEUE)
         assert message is not None and message.payload == {"job": "survives"}
         assert message.delivery_info["redelivered"] is True
@@ -157,7 +173,7 @@ def test_a_live_holder_keeps_its_message_through_a_restore(url: str, redis_clien
         assert message is not None
         assert held.refresh_unacked() == 1  # the heartbeat: the aged entry is re-scored to now
         other.channel().qos.restore_visible(num=10, interval=1)
-        assert redis_client.llen(QUEUE) == 0 and redis_client.hlen("unacked") == 1
+        assert _queued(redis_client) == 0 and redis_client.hlen("unacked") == 1
         message.ack()
 
 
@@ -167,28 +183,28 @@ def test_one_message_two_fetchers_one_wins(url: str, redis_client: redis.Redis) 
         first, second = a.channel(), b.channel()
         assert first.fetch([QUEUE]) is not None
         assert second.fetch([QUEUE]) is None
-        assert redis_client.hlen("unacked") == 1 and redis_client.llen(QUEUE) == 0
+        assert redis_client.hlen("unacked") == 1 and _queued(redis_client) == 0
 
 
-def test_a_prioritised_message_on_an_unwatched_list_is_still_taken(url: str, redis_client: redis.Redis) -> None:
-    _publish(url, {"urgent": False}, priority=0)
-    _publish(url, {"urgent": True}, priority=9)  # kombu's Redis priorities: a list of its own
-    assert redis_client.llen(QUEUE) == 1
+def test_a_message_on_the_queues_own_list_joins_the_schedule_and_is_taken(url: str, redis_client: redis.Redis) -> None:
+    _publish(url, {"scheduled": False}, plain=True)  # a producer without the scheduling transport
+    _publish(url, {"scheduled": True})
+    assert redis_client.llen(QUEUE) == 1 and redis_client.llen(DEFAULT_LIST) == 1
     got: list[object] = []
     with _connection(url) as conn:
         channel = conn.channel()
         with Consumer(channel, [KOMBU_QUEUE], callbacks=[lambda body, message: got.append((body, message))]):
             while len(got) < 2:
                 conn.drain_events(timeout=10)
-        assert sorted(str(body) for body, _ in got) == ["{'urgent': False}", "{'urgent': True}"]  # type: ignore[misc]
-        assert redis_client.hlen("unacked") == 2
+        assert sorted(str(body) for body, _ in got) == ["{'scheduled': False}", "{'scheduled': True}"]  # type: ignore[misc]
+        assert redis_client.hlen("unacked") == 2 and redis_client.llen(QUEUE) == 0
         for _, message in got:  # type: ignore[misc]
             message.ack()
 
 
 def test_an_unreadable_payload_is_set_aside_not_lost(url: str, redis_client: redis.Redis) -> None:
     _publish(url, {"n": 1})
-    redis_client.rpush(QUEUE, b"not json")  # the tail: taken first
+    redis_client.rpush(DEFAULT_LIST, b"not json")  # the tail: taken first
     with _connection(url) as conn:
         channel = conn.channel()
         assert channel.fetch([QUEUE]) is None
@@ -203,7 +219,7 @@ def test_no_ack_get_records_nothing(url: str, redis_client: redis.Redis) -> None
     with _connection(url) as conn:
         message = conn.channel().basic_get(QUEUE, no_ack=True)
         assert message is not None and message.payload == {"n": 1}
-    assert redis_client.hlen("unacked") == 0 and redis_client.llen(QUEUE) == 0
+    assert redis_client.hlen("unacked") == 0 and _queued(redis_client) == 0
 
 
 def test_a_full_redis_refuses_the_wait_but_the_fetch_still_takes(url: str, redis_client: redis.Redis) -> None:
@@ -220,7 +236,7 @@ def test_a_full_redis_refuses_the_wait_but_the_fetch_still_takes(url: str, redis
                 while len(got) < 2:
                     conn.drain_events(timeout=10)
                 assert [body for body, _ in got] == [{"n": 0}, {"n": 1}]  # type: ignore[misc]
-                assert redis_client.hlen("unacked") == 2 and redis_client.llen(QUEUE) == 0
+                assert redis_client.hlen("unacked") == 2 and _queued(redis_client) == 0
             finally:
                 redis_client.config_set("maxmemory", 0)
             for _, message in got:  # type: ignore[misc]
@@ -232,12 +248,12 @@ def test_a_payload_lua_cannot_read_is_taken_by_python(url: str, redis_client: re
     # Python's json writes a lone surrogate as an escape that Redis's cjson refuses (Celery's
     # argsrepr of a job with such text, which the worker must still take and end)
     _publish(url, {"n": 1}, headers={"argsrepr": "\udfff"})
-    assert b"\\udfff" in (redis_client.lindex(QUEUE, 0) or b"")
+    assert b"\\udfff" in (redis_client.lindex(DEFAULT_LIST, 0) or b"")
     with _connection(url) as conn:
         message = conn.channel().basic_get(QUEUE)
         assert message is not None and message.payload == {"n": 1}
         assert message.headers["argsrepr"] == "\udfff"
-        assert redis_client.llen(QUEUE) == 0 and redis_client.hexists("unacked", message.delivery_tag)
+        assert _queued(redis_client) == 0 and redis_client.hexists("unacked", message.delivery_tag)
         payload, exchange, _ = json.loads(redis_client.hget("unacked", message.delivery_tag) or b"")
         assert payload["headers"]["argsrepr"] == "\udfff" and exchange == QUEUE
         message.ack()
@@ -271,7 +287,7 @@ def _consumer(channel: Any, got: list[tuple[Any, Any]], *, prefetch: int | None 
 def test_a_batch_takes_the_credit_in_order_and_leaves_the_rest_queued(url: str, redis_client: redis.Redis) -> None:
     for n in range(10):
         _publish(url, {"n": n})
-    redis_client.script_load(FETCH_LUA)
+    redis_client.script_load(script(FETCH))
     got: list[tuple[Any, Any]] = []
     with _connection(url, **NO_BEAT) as conn:
         channel = conn.channel()
@@ -280,17 +296,17 @@ def test_a_batch_takes_the_credit_in_order_and_leaves_the_rest_queued(url: str, 
             conn.drain_events(timeout=10)  # one read of the wait: one script, the whole credit
             assert _script_calls(redis_client) - calls == 1
             assert _bodies(got) == [{"n": 0}, {"n": 1}, {"n": 2}]
-            assert redis_client.llen(QUEUE) == 7
+            assert _queued(redis_client) == 7
             assert redis_client.hlen("unacked") == 3 and redis_client.zcard("unacked_index") == 3
             assert list(channel.qos._delivered) == [m.delivery_tag for _, m in got]
             got[0][1].ack()  # one credit back: the next fetch takes exactly one
             conn.drain_events(timeout=10)
-            assert _bodies(got)[3:] == [{"n": 3}] and redis_client.llen(QUEUE) == 6
+            assert _bodies(got)[3:] == [{"n": 3}] and _queued(redis_client) == 6
             for _, message in got[1:]:
                 message.ack()
             got.clear()
             conn.drain_events(timeout=10)
-            assert _bodies(got) == [{"n": n} for n in (4, 5, 6)] and redis_client.llen(QUEUE) == 3
+            assert _bodies(got) == [{"n": n} for n in (4, 5, 6)] and _queued(redis_client) == 3
             for _, message in got:
                 message.ack()
     assert redis_client.hlen("unacked") == 0  # nothing held at close
@@ -305,7 +321,7 @@ def test_without_a_prefetch_limit_a_batch_is_fetch_batch(url: str, redis_client:
         assert channel.qos.can_consume_max_estimate() is None  # prefetch 0: no credit limit
         with _consumer(channel, got):
             conn.drain_events(timeout=10)
-            assert _bodies(got) == [{"n": n} for n in range(4)] and redis_client.llen(QUEUE) == 6
+            assert _bodies(got) == [{"n": n} for n in range(4)] and _queued(redis_client) == 6
             for _, message in got:
                 message.ack()
 
@@ -313,7 +329,7 @@ def test_without_a_prefetch_limit_a_batch_is_fetch_batch(url: str, redis_client:
 def test_fetch_batch_1_takes_one_message_per_fetch(url: str, redis_client: redis.Redis) -> None:
     for n in range(4):
         _publish(url, {"n": n})
-    redis_client.script_load(FETCH_LUA)
+    redis_client.script_load(script(FETCH))
     got: list[tuple[Any, Any]] = []
     with _connection(url, fetch_batch=1, **NO_BEAT) as conn:
         channel = conn.channel()
@@ -323,19 +339,19 @@ def test_fetch_batch_1_takes_one_message_per_fetch(url: str, redis_client: redis
                 conn.drain_events(timeout=10)
                 assert _script_calls(redis_client) - calls == 1
                 assert _bodies(got) == [{"n": i} for i in range(n + 1)]
-                assert redis_client.llen(QUEUE) == 3 - n
+                assert _queued(redis_client) == 3 - n
             for _, message in got:
                 message.ack()
 
 
 def _two_queues_order(url: str, r: redis.Redis, fetch_batch: int) -> tuple[list[tuple[str, Any]], int]:
-    """Publish the same mix (two queues, a prioritised message) and consume it all: the order of
-    delivery and how many reads of the wait it took."""
+    """Publish the same mix (two queues) and consume it all: the order of delivery and how many reads
+    of the wait it took."""
     queues = [Queue(name, EXCHANGE, routing_key=name, durable=True) for name in ("fa", "fb")]
     with _connection(url) as conn, conn.Producer() as producer:
-        for name, n, priority in [("fa", 0, None), ("fb", 0, None), ("fa", 1, None), ("fa", 2, 9), ("fa", 3, None)]:
+        for name, n in [("fa", 0), ("fb", 0), ("fa", 1), ("fa", 2), ("fa", 3)]:
             body = {"q": name, "n": n}
-            producer.publish(body, exchange=EXCHANGE, routing_key=name, declare=queues, priority=priority)
+            producer.publish(body, exchange=EXCHANGE, routing_key=name, declare=queues, headers={"llmq": {}})
         for n in (1, 2):
             producer.publish({"q": "fb", "n": n}, exchange=EXCHANGE, routing_key="fb", declare=queues)
     got: list[tuple[Any, Any]] = []
@@ -350,14 +366,14 @@ def _two_queues_order(url: str, r: redis.Redis, fetch_batch: int) -> tuple[list[
         order = [(m.delivery_info["routing_key"], body["n"]) for body, m in got]
         for _, message in got:
             message.ack()
-    assert r.hlen("unacked") == 0 and r.llen("fa") == 0 and r.llen("fb") == 0
+    assert r.hlen("unacked") == 0 and _queued(r, "fa") == 0 and _queued(r, "fb") == 0
     return order, reads
 
 
 def test_a_batch_takes_the_order_single_fetches_take(url: str, redis_client: redis.Redis) -> None:
     single, single_reads = _two_queues_order(url, redis_client, fetch_batch=1)
     batched, batched_reads = _two_queues_order(url, redis_client, fetch_batch=32)
-    assert batched == single  # priority steps, then the queues of the round-robin cycle, FIFO in each
+    assert batched == single  # the queues of the round-robin cycle, FIFO in each
     assert ("fa", 0) in single and ("fb", 2) in single and len(set(single)) == 7
     assert single_reads >= 7 and batched_reads == 1
 
@@ -373,7 +389,7 @@ def test_a_channel_that_died_after_fetching_a_batch_gets_all_of_it_restored(
         with _consumer(channel, [], prefetch=10), pytest.raises(Died):
             dying.drain_events(timeout=10)
         # the instant after the script: all five recorded, none queued, none held
-        assert redis_client.llen(QUEUE) == 0
+        assert _queued(redis_client) == 0
         assert redis_client.hlen("unacked") == 5 and redis_client.zcard("unacked_index") == 5
         assert not channel.qos._delivered and not channel.fetched_tags()  # no heartbeat keeps them
         channel.do_restore = False  # it died: no restore at close
@@ -385,7 +401,7 @@ def _assert_all_restored(url: str, r: redis.Redis, count: int) -> None:
         channel = conn.channel()
         channel.qos.restore_visible(num=10, interval=1)  # what every consumer runs every few seconds
         assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
-        assert r.llen(QUEUE) == count
+        assert _queued(r) == count
         bodies = []
         for _ in range(count):
             message = channel.basic_get(QUEUE)
@@ -414,7 +430,7 @@ def test_a_process_killed_mid_batch_leaves_the_undelivered_ones_to_age_and_be_re
         with consumer, pytest.raises(Died):
             conn.drain_events(timeout=10)
         assert seen == [{"n": 0}, {"n": 1}]
-        assert redis_client.llen(QUEUE) == 0 and redis_client.hlen("unacked") == 5  # 2 delivered, 3 not
+        assert _queued(redis_client) == 0 and redis_client.hlen("unacked") == 5  # 2 delivered, 3 not
         channel.do_restore = False
     _assert_all_restored(url, redis_client, 5)
 
@@ -432,7 +448,7 @@ def test_the_heartbeat_covers_a_batchs_messages_not_yet_delivered(url: str, redi
             waiting = len(channel.fetched_tags())
             beaten = channel.refresh_unacked()
             other.channel().qos.restore_visible(num=10, interval=1)
-            seen.append((waiting, beaten, redis_client.llen(QUEUE), redis_client.hlen("unacked")))
+            seen.append((waiting, beaten, _queued(redis_client), redis_client.hlen("unacked")))
             message.ack()
 
         with Consumer(channel, [KOMBU_QUEUE], callbacks=[delivering], prefetch_count=10):
@@ -459,20 +475,20 @@ def test_a_delivery_that_raises_gives_the_rest_of_the_batch_back_in_order(url: s
                 conn.drain_events(timeout=10)
             assert _bodies(got) == [{"n": 0}, {"n": 1}]
             # the two handed over stay recorded; the three never handed over are queued again
-            assert redis_client.hlen("unacked") == 2 and redis_client.llen(QUEUE) == 3
+            assert redis_client.hlen("unacked") == 2 and _queued(redis_client) == 3
             assert not channel.fetched_tags()
             conn.drain_events(timeout=10)
         assert _bodies(got)[2:] == [{"n": 2}, {"n": 3}, {"n": 4}]  # next, in their order
         assert all(m.delivery_info["redelivered"] for _, m in got[2:])
         for _, message in got:
             message.ack()
-    assert redis_client.hlen("unacked") == 0 and redis_client.llen(QUEUE) == 0
+    assert redis_client.hlen("unacked") == 0 and _queued(redis_client) == 0
 
 
 def test_an_unreadable_payload_mid_batch_ends_it_and_is_set_aside(url: str, redis_client: redis.Redis) -> None:
     for n in range(2):
         _publish(url, {"n": n})
-    redis_client.lpush(QUEUE, b"not json")  # the head end: behind 0 and 1, before 2 and 3
+    redis_client.lpush(DEFAULT_LIST, b"not json")  # the head end: behind 0 and 1, before 2 and 3
     for n in range(2, 4):
         _publish(url, {"n": n})
     got: list[tuple[Any, Any]] = []
@@ -482,12 +498,12 @@ def test_an_unreadable_payload_mid_batch_ends_it_and_is_set_aside(url: str, redi
             conn.drain_events(timeout=10)
             assert _bodies(got) == [{"n": 0}, {"n": 1}]  # the ones before it
             assert redis_client.lrange(MALFORMED_KEY, 0, -1) == [b"not json"]
-            assert redis_client.llen(QUEUE) == 2 and redis_client.hlen("unacked") == 2  # the rest: queued
+            assert _queued(redis_client) == 2 and redis_client.hlen("unacked") == 2  # the rest: queued
             conn.drain_events(timeout=10)
             assert _bodies(got)[2:] == [{"n": 2}, {"n": 3}]  # taken by the next fetch
             for _, message in got:
                 message.ack()
-    assert redis_client.hlen("unacked") == 0 and redis_client.llen(QUEUE) == 0
+    assert redis_client.hlen("unacked") == 0 and _queued(redis_client) == 0
 
 
 def test_a_payload_lua_cannot_read_mid_batch_is_claimed_after_the_ones_before(
@@ -505,7 +521,7 @@ def test_a_payload_lua_cannot_read_mid_batch_is_claimed_after_the_ones_before(
             conn.drain_events(timeout=10)
             assert _bodies(got) == [{"n": 0}, {"n": 1}, {"n": 2}]  # claimed and delivered last
             assert got[2][1].headers["argsrepr"] == "\udfff"
-            assert redis_client.llen(QUEUE) == 2 and redis_client.hlen("unacked") == 3
+            assert _queued(redis_client) == 2 and redis_client.hlen("unacked") == 3
             assert redis_client.llen(MALFORMED_KEY) == 0
             conn.drain_events(timeout=10)
             assert _bodies(got)[3:] == [{"n": 3}, {"n": 4}]
@@ -550,7 +566,7 @@ def test_a_full_window_is_rechecked_within_the_refill_bound(url: str, redis_clie
             conn.transport.cycle.poller = recorder
             with pytest.raises(socket.timeout):
                 conn.drain_events(timeout=0.3)  # full: nothing is taken, the wait is re-checked
-            assert _bodies(got) == [{"n": 0}] and redis_client.llen(QUEUE) == 1
+            assert _bodies(got) == [{"n": 0}] and _queued(redis_client) == 1
             waits = [t for t in recorder.timeouts if t is not None]
             assert waits and max(waits) <= REFILL_POLL_S
             got[0][1].ack()
@@ -560,9 +576,9 @@ def test_a_full_window_is_rechecked_within_the_refill_bound(url: str, redis_clie
 
 
 def _calls(redis_client: redis.Redis) -> dict[str, int]:
-    """ZREM and HDEL calls the server has run so far (``INFO commandstats``)."""
+    """Scripts (the release) and ZREM calls the server has run so far (``INFO commandstats``)."""
     stats = redis_client.info("commandstats")
-    return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("zrem", "hdel")}
+    return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "zrem")}
 
 
 def _held(redis_client: redis.Redis) -> tuple[int, int]:
@@ -588,8 +604,8 @@ def test_batched_acks_free_the_credit_at_once_and_leave_redis_in_one_flush(url: 
         assert channel.refresh_unacked() == 1  # the heartbeat no longer re-scores the acked ones
         calls0 = _calls(redis_client)
         assert channel.flush_acks() == 2
-        # one ZREM and one HDEL for both (the heartbeat thread only ever sends ZADD)
-        assert {k: v - calls0.get(k, 0) for k, v in _calls(redis_client).items()} == {"zrem": 1, "hdel": 1}
+        # one release script for both, removing each entry (the heartbeat thread only ever sends ZADD)
+        assert {k: v - calls0.get(k, 0) for k, v in _calls(redis_client).items()} == {"evalsha": 1, "zrem": 2}
         assert _held(redis_client) == (1, 1) and channel.pending_acks() == []
         assert redis_client.hexists("unacked", messages[2].delivery_tag)
         messages[2].ack()

@@ -1,0 +1,371 @@
+"""The scheduler in Redis (workers/connections/lua) on a real Redis, through the transports' own calls.
+
+Messages are queued as producers queue them (the scheduling transport) and taken as workers take
+them (the worker channel's fetch): the tests assert which messages a fetch takes, in what order and
+how many, and what stays queued, parked or held. Weights give exact proportions (stride
+scheduling picks deterministically), so the proportions are asserted exactly, not statistically.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+
+from producers.core import REGISTER_LUA, RESEND_AFTER_S
+from workers.connections.schedtransport import SchedulingTransport
+from workers.connections.schedule import (
+    CONF_KEY,
+    HELD_KEY,
+    conf_fields,
+    publish_conf,
+    queue_prefix,
+    script,
+    tenant_list,
+)
+from workers.contract import JobKeys
+from workers.runtime.broker import Channel, Fetched, Transport
+
+QUEUE = "sched-test"
+P = queue_prefix(QUEUE)
+EXCHANGE = Exchange(QUEUE, "direct", durable=True)
+KOMBU_QUEUE = Queue(QUEUE, EXCHANGE, routing_key=QUEUE, durable=True)
+
+
+def _conf(r: redis.Redis, *, tenants: dict[str, dict[str, Any]] | None = None, **scheduling: Any) -> None:
+    publish_conf(
+        r,
+        conf_fields(
+            weights=scheduling.get("weights", {}),
+            key_concurrency=scheduling.get("key_concurrency", 1),
+            keys=scheduling.get("keys", {}),
+            retry_after_s=scheduling.get("retry_after_s", 2.0),
+            tenants=tenants or {},
+        ),
+    )
+
+
+class Sender:
+    """Queues messages as a producer does: scheduling header, job id, into the queue's schedule."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = Connection(url, transport=SchedulingTransport)
+        self.producer = self.conn.Producer()
+        self.count = 0
+
+    def send(self, tenant: str, priority: str = "normal", key: str | None = None, job_id: str | None = None) -> str:
+        self.count += 1
+        job_id = job_id or f"{tenant}-{priority}-{self.count}"
+        header: dict[str, Any] = {"priority": priority, "tenant": tenant}
+        if key is not None:
+            header["concurrency_key"] = key
+        self.producer.publish(
+            {"id": job_id},
+            exchange=EXCHANGE,
+            routing_key=QUEUE,
+            declare=[KOMBU_QUEUE],
+            serializer="json",
+            headers={"llmq": header, "id": job_id},
+        )
+        return job_id
+
+    def close(self) -> None:
+        self.producer.close()
+        self.conn.close()
+
+
+@pytest.fixture
+def sender(redis_url: str) -> Iterator[Sender]:
+    s = Sender(redis_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def channel(redis_url: str) -> Iterator[Channel]:
+    with Connection(redis_url, transport=Transport, transport_options={"visibility_timeout": 3600}) as conn:
+        ch = conn.channel()
+        assert isinstance(ch, Channel)
+        ch.do_restore = False  # held messages stay held at close: the tests look at them
+        yield ch
+
+
+def _ids(taken: list[Fetched]) -> list[str]:
+    return [json.loads(f.payload)["headers"]["id"] for f in taken]
+
+
+def _take(channel: Channel, n: int) -> list[Fetched]:
+    taken, unreadable = channel.fetch_many([QUEUE], n)
+    assert unreadable is None
+    channel._fetched.clear()
+    return taken
+
+
+def _tenants(taken: list[Fetched]) -> list[str]:
+    return [json.loads(f.payload)["headers"]["llmq"]["tenant"] for f in taken]
+
+
+def _classes(taken: list[Fetched]) -> list[str]:
+    return [json.loads(f.payload)["headers"]["llmq"]["priority"] for f in taken]
+
+
+# --- shares -----------------------------------------------------------------------------------------
+
+
+def test_tenants_share_a_class_by_weight_interleaved(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    _conf(redis_client, tenants={"big": {"weight": 3}})
+    for _ in range(60):
+        sender.send("big")
+    for _ in range(60):
+        sender.send("small")  # unknown in the config: weight 1
+    taken = _tenants(_take(channel, 40))
+    assert Counter(taken) == {"big": 30, "small": 10}
+    # interleaved, not in runs: every window of 4 picks holds 3 of one and 1 of the other
+    for i in range(0, 40, 4):
+        assert Counter(taken[i : i + 4]) == {"big": 3, "small": 1}, taken[i : i + 4]
+
+
+def test_whatever_order_and_volume_a_tenant_submitted_in(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    for _ in range(500):
+        sender.send("flood")  # queued first, and far more
+    for _ in range(5):
+        sender.send("late")
+    taken = _tenants(_take(channel, 10))
+    assert Counter(taken) == {"flood": 5, "late": 5}  # equal weights: equal shares from its first pick on
+
+
+def test_classes_share_by_weight_never_strictly(redis_client: redis.Redis, sender: Sender, channel: Channel) -> None:
+    for _ in range(100):
+        sender.send("t", "bulk")
+    for _ in range(100):
+        sender.send("t", "interactive")
+    taken = _classes(_take(channel, 90))
+    assert Counter(taken) == {"interactive": 80, "bulk": 10}  # 8 : 1 (the default weights)
+
+
+def test_configured_class_weights_and_three_classes(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    _conf(redis_client, weights={"interactive": 2, "normal": 2, "bulk": 1})
+    for priority in ("bulk", "normal", "interactive"):
+        for _ in range(50):
+            sender.send("t", priority)
+    taken = _classes(_take(channel, 50))
+    assert Counter(taken) == {"interactive": 20, "normal": 20, "bulk": 10}
+
+
+def test_capacity_a_class_does_not_use_goes_to_the_others(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    for _ in range(20):
+        sender.send("t", "bulk")
+    sender.send("t", "interactive")
+    taken = _classes(_take(channel, 21))
+    assert taken.count("bulk") == 20 and taken.count("interactive") == 1
+    assert _take(channel, 5) == []  # nothing left: a tenant or class with nothing queued takes nothing
+
+
+def test_an_interactive_job_behind_a_bulk_backlog_is_next(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    for _ in range(600):
+        sender.send("bulk-tenant", "bulk")
+    _take(channel, 30)  # the backlog runs
+    web = sender.send("web", "interactive")
+    assert _ids(_take(channel, 1)) == [web]
+
+
+def test_a_tenant_gets_no_credit_for_the_time_it_had_nothing_queued(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    for _ in range(100):
+        sender.send("a")
+    sender.send("b")
+    _take(channel, 60)  # b's one job among them; then b has nothing queued while a runs on
+    for _ in range(20):
+        sender.send("b")
+    taken = _tenants(_take(channel, 10))
+    assert Counter(taken) == {"a": 5, "b": 5}  # b does not catch up on what a ran meanwhile
+
+
+# --- caps ---------------------------------------------------------------------------------------------
+
+
+def test_max_concurrency_leaves_the_tenant_out_until_a_slot_frees(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    _conf(redis_client, tenants={"capped": {"max_concurrency": 2}})
+    for _ in range(10):
+        sender.send("capped")
+    for _ in range(10):
+        sender.send("other")
+    taken = _take(channel, 8)
+    assert Counter(_tenants(taken)) == {"capped": 2, "other": 6}  # the others take the remaining slots
+    assert redis_client.scard(f"{P}run:t:capped") == 2
+    assert redis_client.smembers(f"{P}blk:capped") == {b"normal"}
+    assert Counter(_tenants(_take(channel, 10))) == {"other": 4}
+    capped = [f.tag for f in taken if b'"capped"' in f.payload]
+    redis_client.delete(f"{P}bell")
+    channel.release(capped[:1])  # one slot frees: a note for the next fetch, and the bell rings
+    assert redis_client.llen(f"{P}bell") == 1
+    assert _tenants(_take(channel, 10)) == ["capped"]  # exactly one more
+    channel.release(capped[1:])
+    assert _tenants(_take(channel, 10)) == ["capped"]
+
+
+def test_a_concurrency_key_parks_its_jobs_and_wakes_them_in_order(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    doc = [sender.send("t", key="doc-1") for _ in range(3)]
+    free = [sender.send("t") for _ in range(2)]
+    taken = _take(channel, 10)
+    assert _ids(taken) == [doc[0], *free]  # the two others ran past the parked ones
+    assert redis_client.llen(f"{P}park:t:doc-1") == 2 and redis_client.hget(f"{P}parked", "t") == b"2"
+    assert channel._size(QUEUE) == 2  # parked jobs are still queued
+    redis_client.delete(f"{P}bell")
+    channel.release([taken[0].tag])
+    assert redis_client.llen(f"{P}bell") == 1  # woken, not polled
+    first = _take(channel, 10)
+    assert _ids(first) == [doc[1]]
+    channel.release([first[0].tag])
+    assert _ids(_take(channel, 10)) == [doc[2]]
+    assert redis_client.hget(f"{P}parked", "t") == b"0" and not redis_client.exists(f"{P}park:t:doc-1")
+
+
+def test_key_caps_come_from_the_key_the_pattern_the_tenant_and_the_default(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    _conf(
+        redis_client,
+        key_concurrency=2,
+        keys={"vip": 4, "doc:*": 3, "doc:big*": 5},
+        tenants={"wide": {"key_concurrency": 6}},
+    )
+    for key, tenant in [("vip", "t"), ("doc:1", "t"), ("doc:big-1", "t"), ("user-1", "t"), ("user-1", "wide")]:
+        for _ in range(10):
+            sender.send(tenant, key=key)
+    taken = _take(channel, 50)
+    keys = Counter(
+        (json.loads(f.payload)["headers"]["llmq"]["concurrency_key"], t)
+        for f, t in zip(taken, _tenants(taken), strict=True)
+    )
+    assert keys == {
+        ("vip", "t"): 4,
+        ("doc:1", "t"): 3,
+        ("doc:big-1", "t"): 5,
+        ("user-1", "t"): 2,
+        ("user-1", "wide"): 6,
+    }
+
+
+def test_one_key_of_two_tenants_is_two_keys(redis_client: redis.Redis, sender: Sender, channel: Channel) -> None:
+    for tenant in ("a", "b"):
+        for _ in range(3):
+            sender.send(tenant, key="same")
+    assert Counter(_tenants(_take(channel, 10))) == {"a": 1, "b": 1}
+
+
+def test_a_restored_message_frees_its_slot_and_is_taken_next(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    _conf(redis_client, tenants={"capped": {"max_concurrency": 1}})
+    first = sender.send("capped")
+    second = sender.send("capped")
+    taken = _take(channel, 5)
+    assert _ids(taken) == [first]
+    channel.qos.restore_by_tag(taken[0].tag)  # what kombu does with a dead worker's aged entry
+    assert redis_client.scard(f"{P}run:t:capped") == 0 and not redis_client.hexists(HELD_KEY, taken[0].tag)
+    again = _take(channel, 5)
+    assert _ids(again) == [first]  # back at the tail of its list: next, under a new tag
+    assert again[0].tag != taken[0].tag
+    channel.release([again[0].tag])
+    assert _ids(_take(channel, 5)) == [second]
+
+
+def test_held_and_running_bookkeeping_leaves_with_the_ack(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    sender.send("t", key="k")
+    taken = _take(channel, 1)
+    tag = taken[0].tag
+    assert redis_client.hget(HELD_KEY, tag) == f"{P}\tnormal\tt\tk".encode()
+    channel.release([tag])
+    assert not redis_client.hexists("unacked", tag) and not redis_client.zscore("unacked_index", tag)
+    assert not redis_client.hexists(HELD_KEY, tag)
+    assert not redis_client.exists(f"{P}run:t:t") and not redis_client.exists(f"{P}run:k:t:k")
+
+
+# --- admission --------------------------------------------------------------------------------------
+
+
+def _register(r: redis.Redis, job_id: str, tenant: str, stamp: float = 1000.0) -> Any:
+    return r.register_script(REGISTER_LUA)(
+        keys=[JobKeys(job_id).meta, P], args=[tenant, stamp, 3600, RESEND_AFTER_S, job_id]
+    )
+
+
+def test_max_queued_refuses_without_writing_anything(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    _conf(redis_client, tenants={"t": {"max_queued": 3}}, retry_after_s=1.5)
+    for n in range(2):
+        assert _register(redis_client, f"q{n}", "t") == 1
+        sender.send("t", job_id=f"q{n}")  # pushed: no longer pending, queued
+    assert _register(redis_client, "q2", "t") == 1  # registered, its message not pushed yet: counts
+    assert redis_client.zcard(f"{P}pending:t") == 1
+    before = {k: redis_client.dump(k) for k in redis_client.keys("*")}
+    assert _register(redis_client, "q3", "t") == [-1, 3, 3, b"1.5"]
+    assert {k: redis_client.dump(k) for k in redis_client.keys("*")} == before  # nothing written
+    assert _register(redis_client, "other-1", "other") == 1  # another tenant is not limited
+    _take(channel, 1)  # one starts: room for one more
+    assert _register(redis_client, "q3", "t") == 1
+
+
+def test_a_registration_never_pushed_stops_counting(redis_client: redis.Redis) -> None:
+    _conf(redis_client, tenants={"*": {"max_queued": 1}})
+    redis_client.zadd(f"{P}pending:t", {"lost": 1.0})  # a producer died between register and send, long ago
+    assert _register(redis_client, "fresh", "t") == 1
+
+
+def test_register_for_a_queue_not_in_this_redis_skips_admission(redis_client: redis.Redis) -> None:
+    _conf(redis_client, tenants={"t": {"max_queued": 1}})
+    script_ = redis_client.register_script(REGISTER_LUA)
+    for n in range(3):
+        assert script_(keys=[JobKeys(f"r{n}").meta, ""], args=["t", 1000.0, 3600, RESEND_AFTER_S, f"r{n}"]) == 1
+
+
+# --- robustness -------------------------------------------------------------------------------------
+
+
+def test_a_full_redis_still_takes_and_releases(redis_client: redis.Redis, sender: Sender, channel: Channel) -> None:
+    _conf(redis_client, tenants={"capped": {"max_concurrency": 1}})
+    for _ in range(3):
+        sender.send("capped", key="k")
+    sender.send("free")
+    redis_client.config_set("maxmemory", 1)  # noeviction: growing writes are refused
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            redis_client.lpush("x", "y")
+        taken = _take(channel, 10)  # a pick's first write is a removal: allowed
+        assert sorted(_tenants(taken)) == ["capped", "free"]
+        channel.release([f.tag for f in taken])  # so is a release's
+        assert redis_client.hlen("unacked") == 0 and redis_client.hlen(HELD_KEY) == 0
+        assert len(_take(channel, 10)) == 1  # the freed slot is taken
+    finally:
+        redis_client.config_set("maxmemory", 0)
+
+
+def test_the_scripts_and_python_name_the_same_keys() -> None:
+    lib = script("push")
+    assert f"local CONF = '{CONF_KEY}'" in lib and f"local HELD = '{HELD_KEY}'" in lib
+    assert "local PENDING_S = 30 " in lib and RESEND_AFTER_S == 30
+    assert tenant_list("q", "bulk", "t") == "llmq:sched:{q}:l:bulk:t"
