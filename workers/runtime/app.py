@@ -60,9 +60,14 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
     }
     broker_url = settings.broker_url or settings.redis_url
     queue = settings.queue or DEFAULT_QUEUE
+    prefetch = settings.effective_prefetch
     if is_amqp(broker_url):
-        # RabbitMQ (workers/connections/brokerurl.py): a quorum queue; a dead consumer's unacked messages
-        # return when its connection drops, so none of the Redis transport's options apply
+        # RabbitMQ (workers/connections/brokerurl.py): a quorum queue per class; a dead consumer's unacked
+        # messages return when its connection drops, so none of the Redis transport's options apply.
+        # Each class queue's consumer holds up to two windows (unless set), so that when a slot frees
+        # the worker still holds a job of the class whose turn it is (workers/runtime/classpool.py);
+        # RabbitMQ hands each consumer's messages out round-robin, so a burst still spreads over workers
+        prefetch = settings.prefetch_multiplier or 2
         transport = {}
         app.conf.update(amqp_conf(queue), broker_native_delayed_delivery_queue_type="quorum")
     else:
@@ -87,7 +92,7 @@ def create_app(settings: Settings | None = None, *, provider_env: Mapping[str, s
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure=True,
-        worker_prefetch_multiplier=settings.effective_prefetch,
+        worker_prefetch_multiplier=prefetch,
         task_time_limit=settings.task_time_limit,
         worker_soft_shutdown_timeout=settings.soft_shutdown_timeout,
         # a lost broker connection does not cancel running jobs: they ride the outage out (their own
