@@ -66,7 +66,7 @@ def load_tokens(environ: dict[str, str] | os._Environ[str] = os.environ) -> dict
 
 def panels() -> Panels:
     """The browser view's budget source: the ledger, read in a thread (the gateway does not import
-    the worker side; this command may). Queue depths: the gateway's default (the queue's length)."""
+    the worker side; this command may). Queue depths: the gateway's default (the queue's schedule)."""
     import asyncio
 
     from llmq.commands.budget import build_ledger

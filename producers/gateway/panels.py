@@ -3,12 +3,15 @@
 Both read through sources the gateway is given (:class:`Panels`), because what they read belongs to
 other rooms: queue depths to the broker transport (priority classes, per-tenant lists), the budget
 to the ledger on the worker side, which producers do not import. ``llmq gateway`` wires the real
-ones (``llmq/commands/gateway.py``); the defaults here are the broker queue's length and no budget.
+ones (``llmq/commands/gateway.py``); the defaults here are the queue's schedule on a Redis broker (per
+class, and per tenant: ``workers/connections/schedview.py``), else its length, and no budget.
 A tenant sees aggregate rows (``tenant`` null) and its own rows, never another tenant's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Any
 
 import redis.asyncio as aredis
@@ -16,8 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from producers.gateway.state import QueueSource, gateway_of
+from workers.connections.brokerurl import is_amqp
+from workers.connections.redisclient import redis_client
+from workers.connections.schedview import queue_view
 
-__all__ = ["budget", "default_queue_source", "queues", "whoami"]
+__all__ = ["budget", "default_queue_source", "queues", "schedule_queue_source", "whoami"]
 
 
 def default_queue_source(client: aredis.Redis, queue: str) -> QueueSource:
@@ -30,10 +36,33 @@ def default_queue_source(client: aredis.Redis, queue: str) -> QueueSource:
     return rows
 
 
+@functools.cache
+def schedule_queue_source(broker_url: str, queue: str) -> QueueSource:
+    """The queue's schedule on a Redis broker: a row per class (every tenant summed: ``tenant`` null)
+    and a row per tenant and class, read in a thread with a client of its own (made once)."""
+    client = redis_client(broker_url, max_connections=2)
+
+    async def rows(tenant: str) -> list[dict[str, Any]]:
+        view = await asyncio.to_thread(queue_view, client, queue)
+        out: list[dict[str, Any]] = [
+            {"queue": queue, "class": c.priority, "tenant": None, "depth": c.queued} for c in view.classes
+        ]
+        out += [{"queue": queue, "class": t.priority, "tenant": t.tenant, "depth": t.queued} for t in view.tenants]
+        return out
+
+    return rows
+
+
 async def queues(request: Request) -> Response:
     gw = gateway_of(request)
     tenant: str = request.state.tenant
-    source = gw.panels.queues or default_queue_source(gw.client.redis, gw.settings.queue)
+    source = gw.panels.queues
+    if source is None:
+        broker = gw.client.broker_url
+        queue = gw.settings.queue
+        source = (
+            default_queue_source(gw.client.redis, queue) if is_amqp(broker) else schedule_queue_source(broker, queue)
+        )
     rows = [r for r in await source(tenant) if r.get("tenant") in (None, tenant)]
     return JSONResponse({"object": "list", "data": rows})
 
