@@ -22,6 +22,7 @@ from llmq.devstack import LocalStack
 from llmq.localredis import ManagedRedis, ping
 from producers import AsyncClient, Client
 from producers.settings import ProducerSettings
+from tests.support.brokers import queued_count
 from tests.support.waits import until
 from workers.contract import DEFAULT_QUEUE, TERMINAL_EVENT_TYPES, JobKeys, StreamEvent
 
@@ -128,7 +129,7 @@ def test_a_submit_rides_out_its_job_queue_restarting_between_registration_and_se
             assert asyncio.run(submit())
         restarter.join()
         queued = redis.Redis.from_url(broker.url)
-        assert queued.llen(DEFAULT_QUEUE) == 1  # sent once
+        assert queued_count(queued, DEFAULT_QUEUE) == 1  # sent once
         queued.close()
         meta = redis.Redis.from_url(state.url)
         assert meta.hget(JobKeys(job["id"]).meta, "sent") == b"1"

@@ -37,6 +37,7 @@ from producers.gateway.server import GatewayThread
 from producers.settings import ProducerSettings
 from simulator.app import SimulatorThread
 from simulator.env import provider_env
+from tests.support.brokers import queued_count
 from tests.support.fullredis import FullRedis
 from tests.support.waits import until
 from workers.contract import DEFAULT_QUEUE, JobKeys
@@ -82,7 +83,7 @@ def _registered(full: FullRedis, job_id: str) -> bool:
 
 
 def _queued(full: FullRedis) -> int:
-    return int(full.redis.llen(DEFAULT_QUEUE))
+    return queued_count(full.redis, DEFAULT_QUEUE)
 
 
 # --- the watermark ------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ scheduling picks deterministically), so the proportions are asserted exactly, no
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +29,7 @@ from workers.connections.schedule import (
     script,
     tenant_list,
 )
+from workers.connections.schedview import queue_view
 from workers.contract import JobKeys
 from workers.runtime.broker import Channel, Fetched, Transport
 
@@ -61,7 +63,7 @@ class Sender:
     def send(self, tenant: str, priority: str = "normal", key: str | None = None, job_id: str | None = None) -> str:
         self.count += 1
         job_id = job_id or f"{tenant}-{priority}-{self.count}"
-        header: dict[str, Any] = {"priority": priority, "tenant": tenant}
+        header: dict[str, Any] = {"priority": priority, "tenant": tenant, "submitted_at": time.time()}
         if key is not None:
             header["concurrency_key"] = key
         self.producer.publish(
@@ -369,3 +371,29 @@ def test_the_scripts_and_python_name_the_same_keys() -> None:
     assert f"local CONF = '{CONF_KEY}'" in lib and f"local HELD = '{HELD_KEY}'" in lib
     assert "local PENDING_S = 30 " in lib and RESEND_AFTER_S == 30
     assert tenant_list("q", "bulk", "t") == "llmq:sched:{q}:l:bulk:t"
+
+
+# --- the view (llmq queues, metrics) ------------------------------------------------------------------
+
+
+def test_the_view_counts_queued_running_parked_and_blocked_per_class_and_tenant(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    _conf(redis_client, tenants={"capped": {"max_concurrency": 1}})
+    for _ in range(3):
+        sender.send("capped", "bulk")
+    for _ in range(2):
+        sender.send("t", "interactive", key="k")
+    sender.send("t", "normal")
+    _take(channel, 10)  # capped: 1 running, then blocked; t: 1 keyed running, 1 parked, 1 normal running
+    view = queue_view(redis_client, QUEUE, now=time.time() + 5)
+    rows = {(r.priority, r.tenant): r for r in view.tenants}
+    capped, keyed, normal = rows["bulk", "capped"], rows["interactive", "t"], rows["normal", "t"]
+    assert (capped.queued, capped.running, capped.parked, capped.at_limit) == (2, 1, 0, True)
+    assert (keyed.queued, keyed.running, keyed.parked, keyed.at_limit) == (1, 1, 1, False)
+    assert (normal.queued, normal.running) == (0, 1)
+    assert capped.oldest_wait_s is not None and capped.oldest_wait_s >= 5
+    classes = {c.priority: (c.queued, c.running) for c in view.classes}
+    assert classes == {"interactive": (1, 1), "normal": (0, 1), "bulk": (2, 1)}
+    assert view.queued == 3 == channel._size(QUEUE)
+    assert view.as_json()["queued"] == 3
