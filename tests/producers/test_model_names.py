@@ -16,7 +16,7 @@ from producers import AsyncClient, Client, InvalidJobError
 from producers.catalog import LiveCatalog
 from producers.settings import ProducerSettings
 from simulator.app import SimulatorThread
-from tests.support.brokers import Broker
+from tests.support.brokers import Broker, queued_count
 from tests.support.doubles import FakeClock
 from workers.contract.catalog import ModelCatalog, catalog_from_config
 from workers.contract.presence import WORKERS_KEY
@@ -49,7 +49,7 @@ def worker_settings(redis_url: str, broker: Broker, config_file: Path) -> Settin
 
 
 def _queued(redis_client: redis.Redis, queue: str) -> int:
-    return int(redis_client.llen(queue)) + len(list(redis_client.scan_iter(match="llmq:job:*")))
+    return queued_count(redis_client, queue) + len(list(redis_client.scan_iter(match="llmq:job:*")))
 
 
 @pytest.mark.parametrize(
