@@ -94,16 +94,17 @@ class AsyncClient(ClientCore):
         if missing:
             raise InvalidJobError(*missing_tools_error(valid, missing))
         await self.check_models(valid)
-        refused = await self._providers.check_async(self.redis, valid)
-        if refused is not None:
-            raise InvalidJobError(*capability_error(valid, refused))
         return valid
 
     async def check_models(self, job: CompletionJob) -> None:
-        """Refuse model names the workers do not accept (see ``Client.check_models``)."""
+        """Refuse model names the workers do not accept, and parameters a named provider of the
+        chain cannot take (see ``Client.check_models``)."""
         problems = await self.catalog.problems_async(self.redis, job)
         if problems:
             raise models_error(problems)
+        refused = await self._providers.check_async(self.redis, job, self.catalog.chain(job))
+        if refused is not None:
+            raise InvalidJobError(*capability_error(job, refused))
 
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
         """Validate and enqueue ``job`` (see ``Client.submit``; raises :class:`RedisFullError` alike)."""

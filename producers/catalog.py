@@ -32,6 +32,7 @@ import redis.asyncio as aredis
 from workers.contract import CompletionJob
 from workers.contract.catalog import Judgement, ModelCatalog, catalog_from_config
 from workers.contract.presence import WORKERS_KEY, WorkerPresence, catalog_key, worker_key
+from workers.contract.providers import ProviderInfo
 
 __all__ = ["CACHE_S", "LiveCatalog", "catalog_problems", "live_presences", "live_presences_async", "parse_presences"]
 
@@ -89,6 +90,7 @@ def catalog_problems(
 
     ``judge``: the catalog's :meth:`~ModelCatalog.judge`, or a cache of it (:class:`LiveCatalog`'s)."""
     judge = judge or catalog.judge
+    infos: dict[str, ProviderInfo] | None = None  # a route's named providers are checked by their type
     errors: list[dict[str, Any]] = []
     refs: list[tuple[tuple[str | int, ...], str]] = [(("model",), job.model)]
     refs += [(("fallbacks", i), ref) for i, ref in enumerate(job.fallbacks)] if job.fallbacks else []
@@ -102,9 +104,10 @@ def catalog_problems(
             errors.append({"type": "unpriced_model", "loc": loc, "msg": message, "input": ref})
         for model_id in model_ids:
             if ":" not in ref:  # an explicit id's parameters were checked with the job itself
+                infos = infos if infos is not None else catalog.provider_infos()
                 errors += [
                     {"type": "unsupported_parameter", "loc": loc, "msg": str(p), "input": ref}
-                    for p in job.capability_problems(model_id)
+                    for p in job.capability_problems(model_id, infos)
                 ]
     return errors
 
@@ -143,6 +146,17 @@ class LiveCatalog:
         if found and self._clock() - self._at >= RECHECK_S:
             found = self._problems(await self.get_async(client, fresh=True), job)
         return found
+
+    def chain(self, job: CompletionJob) -> list[str]:
+        """``job``'s chain as ``provider:model`` ids, route aliases and bare names resolved by the
+        catalog :meth:`problems` last read (a name it cannot resolve is left as it is)."""
+        if self._catalog is None:
+            return job.chain
+        out: list[str] = []
+        for ref in job.chain:
+            ids = self._judge(ref).ids
+            out.extend(ids or [ref])
+        return out
 
     def _problems(self, catalog: ModelCatalog | None, job: CompletionJob) -> list[dict[str, Any]]:
         return [] if catalog is None else catalog_problems(job, catalog, self._judge)

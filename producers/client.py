@@ -137,17 +137,19 @@ class Client(ClientCore):
         if missing:
             raise InvalidJobError(*missing_tools_error(valid, missing))
         self.check_models(valid)
-        refused = self._providers.check(self.redis, valid)
-        if refused is not None:
-            raise InvalidJobError(*capability_error(valid, refused))
         return valid
 
     def check_models(self, job: CompletionJob) -> None:
         """Refuse model names the workers do not accept (:class:`InvalidJobError`, with the nearest
-        known names); cheap: the workers' catalog is cached (``producers/catalog.py``)."""
+        known names), and parameters a named provider of the chain cannot take (route aliases
+        resolved); cheap: the workers' catalog and providers are cached (``producers/catalog.py``,
+        ``producers/providers.py``)."""
         problems = self.catalog.problems(self.redis, job)
         if problems:
             raise models_error(problems)
+        refused = self._providers.check(self.redis, job, self.catalog.chain(job))
+        if refused is not None:
+            raise InvalidJobError(*capability_error(job, refused))
 
     def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> JobHandle:
         """Validate and enqueue ``job``; a second submit of the same id does not run it twice.

@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from producers import Client, InvalidJobError
+from producers import AsyncClient, Client, InvalidJobError
 from workers.contract import CompletionJob
 from workers.contract.capabilities import CapabilityError
+from workers.contract.catalog import catalog_from_config
 from workers.contract.providers import PROVIDERS_KEY, ProviderSpec, parse_provider_infos, provider_infos
+from workers.runtime.presence import PresencePublisher
 from workers.runtime.resources import publish_providers
 
 SPECS = {
@@ -75,3 +79,69 @@ def test_submit_refuses_a_parameter_a_named_provider_does_not_take(redis_url: st
         # what the server takes passes; so does a provider no worker published (the worker checks it)
         client.validate(_job(model="groq:llama-3.3-70b-versatile", temperature=0.1))
         client.validate(_job(model="elsewhere:some-model", seed=3))
+
+
+#: A deployment whose route aliases and model families reach named providers.
+ROUTED = catalog_from_config(
+    {
+        "routes": {
+            "fast": ["openai:gpt-4o-mini", "groq:llama-3.3-70b-versatile"],
+            "eu": ["aws:eu.amazon.nova-pro-v1:0"],
+        },
+        "model_families": {"llama*": "groq"},
+        "providers": {name: {"type": spec.type} for name, spec in SPECS.items()},
+    }
+)
+
+
+@pytest.fixture
+def routed_queue(redis_client: redis.Redis) -> Iterator[str]:
+    """A queue whose (stand-in) worker published ROUTED as its catalog and SPECS as its providers."""
+    redis_client.delete(PROVIDERS_KEY)
+    publish_providers(redis_client, SPECS)
+    queue = f"routed-{uuid.uuid4().hex[:8]}"
+    publisher = PresencePublisher(redis_client, f"w-{queue}", [queue], ROUTED)
+    publisher.start()
+    try:
+        yield queue
+    finally:
+        publisher.stop()
+
+
+#: (job fields, the refusal): a named provider reached through a route alias or a bare name.
+ROUTED_REFUSALS = [
+    ({"model": "fast", "seed": 3}, "groq does not support seed"),  # the params list, through an alias
+    ({"model": "gpt-4o", "fallbacks": ["llama-3.3-70b"], "seed": 3}, "groq does not support seed"),  # a family
+    ({"model": "eu", "user": "u-1"}, "aws does not support user"),  # the provider's type, through an alias
+]
+
+
+@pytest.mark.parametrize(("fields", "says"), ROUTED_REFUSALS, ids=["alias-params", "family-params", "alias-type"])
+def test_route_aliases_and_bare_names_are_checked_against_the_providers_they_reach(
+    redis_url: str, redis_client: redis.Redis, routed_queue: str, fields: dict[str, Any], says: str
+) -> None:
+    job = _job(**fields)
+    with Client(redis_url, queue=routed_queue) as client:
+        with pytest.raises(InvalidJobError, match=says):
+            client.validate(job)
+        with pytest.raises(InvalidJobError, match=says):
+            client.check_models(job)  # what llmq batch checks every line with before enqueueing any
+        # what the providers take passes, through the same names
+        client.validate(job.model_copy(update={"seed": None, "user": None, "temperature": 0.2}))
+    # with nothing published but the catalog, a provider's type still refuses what it cannot do
+    redis_client.delete(PROVIDERS_KEY)
+    with Client(redis_url, queue=routed_queue) as client:
+        if "aws" in says:
+            with pytest.raises(InvalidJobError, match=says):
+                client.validate(job)
+        else:
+            client.validate(job)  # no params list known here: the worker checks it
+
+
+@pytest.mark.parametrize(("fields", "says"), ROUTED_REFUSALS, ids=["alias-params", "family-params", "alias-type"])
+async def test_the_async_client_the_gateway_submits_with_refuses_the_same(
+    redis_url: str, routed_queue: str, fields: dict[str, Any], says: str
+) -> None:
+    async with AsyncClient(redis_url, queue=routed_queue) as client:
+        with pytest.raises(InvalidJobError, match=says):
+            await client.validate(_job(**fields))

@@ -1,8 +1,8 @@
 """What each provider can do with a request's parameters: one it cannot do is refused.
 
 Checked at submit (``CompletionJob`` validation, for every ``provider:model`` in the job's chain;
-:meth:`~workers.contract.job.CompletionJob.capability_problems`) and again on the worker once route
-aliases are resolved, so a parameter is never silently dropped:
+:meth:`~workers.contract.job.CompletionJob.capability_problems`; producers also for the ids a route
+alias or bare name resolves to) and again on the worker, so a parameter is never silently dropped:
 the error names the provider and the field. A named provider (``[providers.<name>]``) is checked
 by its type, and an OpenAI-compatible server's ``params`` list refuses what it leaves out; the
 producer knows them from what the workers published (``providers.py``), the worker from its

@@ -33,7 +33,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import Field
 
 from workers.contract.base import WireModel, base_model_name
-from workers.contract.providers import BUILTIN_PROVIDERS
+from workers.contract.providers import BUILTIN_PROVIDERS, PROVIDER_TYPES, ProviderInfo
 
 __all__ = [
     "DEFAULT_FAMILIES",
@@ -194,6 +194,15 @@ class ModelCatalog(WireModel):
             ids, error = [], exc
         near = [(model_id, n) for model_id in ids if (n := self.unpriced_near_miss(model_id)) is not None]
         return Judgement(ids, error, near)
+
+    def provider_infos(self) -> dict[str, ProviderInfo]:
+        """The providers as the capability table reads them: each name with its type (an entry's
+        ``params`` list is not part of the catalog: producers read it from ``llmq:providers``)."""
+        return {
+            name: ProviderInfo(name=name, type=kind)  # type: ignore[arg-type]
+            for name, kind in self.providers.items()
+            if kind in PROVIDER_TYPES
+        }
 
     def family_of(self, name: str) -> ModelFamily | None:
         return next((f for f in self.families if f.matches(name)), None)
