@@ -4,6 +4,10 @@ The query logic is written once, as generators that yield Redis calls and receiv
 (:func:`list_steps`, :func:`get_steps`); :class:`JobHistory` drives them with a sync client (the
 CLI), :class:`AsyncJobHistory` with an asyncio one (the gateway). A list reads one day per script
 call, newest first, each call bounded in the entries it scans.
+
+Which days exist is asked of Redis (one round trip), not derived from the reader's own
+``LLMQ_HISTORY_DAYS``: the workers' retention decides what is kept, and a CLI or gateway configured
+with fewer (or more) days, or a retention changed since, still sees exactly what is there.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ __all__ = ["AsyncJobHistory", "HistoryEntry", "HistoryQuery", "JobHistory", "adr
 
 #: Entries one script call may scan (the script runs inside Redis: its work stays small).
 SCAN_CAP = 5_000
+#: How far back a reader looks for days of history: the longest retention settings allow.
+MAX_DAYS_BACK = 366
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 
@@ -92,9 +98,16 @@ def _filter_sets(keys: HistoryKeys, query: HistoryQuery) -> list[str]:
     return sets or [keys.all]
 
 
-def list_steps(query: HistoryQuery, now: float, days: int) -> Generator[Call, Any, list[HistoryEntry]]:
+def day_steps(now: float, since: float | None = None) -> Generator[Call, Any, list[str]]:
+    """The days that hold history (from ``since`` on), newest first: one pipelined ``EXISTS`` per day."""
+    candidates = days_back(now, MAX_DAYS_BACK, since)
+    replies = yield ("pipe", [("exists", HistoryKeys(day).all) for day in candidates])
+    return [day for day, exists in zip(candidates, replies, strict=True) if exists]
+
+
+def list_steps(query: HistoryQuery, now: float) -> Generator[Call, Any, list[HistoryEntry]]:
     found: list[HistoryEntry] = []
-    for day in days_back(now, days, query.since):
+    for day in (yield from day_steps(now, query.since)):
         keys = HistoryKeys(day)
         sets = _filter_sets(keys, query)
         cursor = f"({query.before!r}" if query.before is not None else "+inf"
@@ -114,8 +127,10 @@ def list_steps(query: HistoryQuery, now: float, days: int) -> Generator[Call, An
     return found
 
 
-def get_steps(job_id: str, now: float, days: int) -> Generator[Call, Any, HistoryEntry | None]:
-    day_list = days_back(now, days)
+def get_steps(job_id: str, now: float) -> Generator[Call, Any, HistoryEntry | None]:
+    day_list = yield from day_steps(now)
+    if not day_list:
+        return None
     calls = [(HistoryKeys(d).jobs, job_id) for d in day_list] + [(HistoryKeys(d).replays, job_id) for d in day_list]
     replies = yield ("pipe", [("hget", key, field) for key, field in calls])
     for index, day in enumerate(day_list):
@@ -192,7 +207,9 @@ def delivery_steps(job_id: str) -> Generator[Call, Any, dict[str, Any] | None]:
 
 
 class JobHistory:
-    """The history, read with a synchronous Redis client (the CLI)."""
+    """The history, read with a synchronous Redis client (the CLI). ``days`` is the reader's
+    ``LLMQ_HISTORY_DAYS``: 0 reads nothing (history off here); any other value reads every day the
+    workers' retention kept."""
 
     def __init__(self, client: redis.Redis, *, days: int = 7, clock: Callable[[], float] = time.time) -> None:
         self.redis = client
@@ -204,13 +221,13 @@ class JobHistory:
         """Ended jobs matching every filter given, newest first, at most ``query.limit``."""
         if self.days < 1:
             return []
-        found: list[HistoryEntry] = drive(list_steps(query, self._clock(), self.days), self.redis, self.script)
+        found: list[HistoryEntry] = drive(list_steps(query, self._clock()), self.redis, self.script)
         return found
 
     def get(self, job_id: str) -> HistoryEntry | None:
         if self.days < 1:
             return None
-        entry: HistoryEntry | None = drive(get_steps(job_id, self._clock(), self.days), self.redis, self.script)
+        entry: HistoryEntry | None = drive(get_steps(job_id, self._clock()), self.redis, self.script)
         return entry
 
     def request(self, entry: HistoryEntry) -> CompletionJob | None:
@@ -225,7 +242,7 @@ class JobHistory:
 
 
 class AsyncJobHistory:
-    """The history, read with an asyncio Redis client (the gateway)."""
+    """The history, read with an asyncio Redis client (the gateway); ``days`` as :class:`JobHistory`'s."""
 
     def __init__(self, client: aredis.Redis, *, days: int = 7, clock: Callable[[], float] = time.time) -> None:
         self.redis = client
@@ -236,13 +253,13 @@ class AsyncJobHistory:
     async def list(self, query: HistoryQuery) -> list[HistoryEntry]:
         if self.days < 1:
             return []
-        found: list[HistoryEntry] = await adrive(list_steps(query, self._clock(), self.days), self.redis, self.script)
+        found: list[HistoryEntry] = await adrive(list_steps(query, self._clock()), self.redis, self.script)
         return found
 
     async def get(self, job_id: str) -> HistoryEntry | None:
         if self.days < 1:
             return None
-        steps = get_steps(job_id, self._clock(), self.days)
+        steps = get_steps(job_id, self._clock())
         entry: HistoryEntry | None = await adrive(steps, self.redis, self.script)
         return entry
 

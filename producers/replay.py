@@ -42,9 +42,7 @@ class ReplayOutcome:
         return {"id": self.original, "outcome": self.outcome, "copy": self.copy, "detail": self.detail}
 
 
-def replay_steps(
-    entry: HistoryEntry, *, now: float, days: int, dry_run: bool = False
-) -> Generator[Call, Any, ReplayOutcome]:
+def replay_steps(entry: HistoryEntry, *, now: float, dry_run: bool = False) -> Generator[Call, Any, ReplayOutcome]:
     """The steps of replaying one history entry (run by ``producers.history.drive``/``adrive``)."""
     original = entry.summary.id
     if not entry.summary.replayable:
@@ -63,7 +61,7 @@ def replay_steps(
     copy = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
     if not created:
         (registered,) = yield ("pipe", [("exists", JobKeys(copy).meta)])
-        ended = yield from get_steps(copy, now, days)
+        ended = yield from get_steps(copy, now)
         if registered or ended is not None:
             return ReplayOutcome(original, "already_replayed", copy)
         # an earlier replay recorded this copy but died before submitting it: submit it now

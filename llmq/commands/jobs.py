@@ -103,7 +103,7 @@ def _show(client: Client, history: JobHistory, job_id: str, as_json: bool) -> in
     if entry is None:
         state = client.status(job_id)
         if state is None:
-            print(f"llmq: no job {job_id} in the last {history.days} days of history", file=sys.stderr)
+            print(f"llmq: no job {job_id} in the history or in Redis", file=sys.stderr)
             return 1
         print(f"{job_id}: {state.get('state')} (not ended yet)")
         return 0
@@ -128,7 +128,12 @@ def _show(client: Client, history: JobHistory, job_id: str, as_json: bool) -> in
         print(f"fallbacks  {', '.join(s.fallbacks)}")
     print(f"submitted  {_when(s.submitted_at)}   ended {_when(s.finished_at)}   run {s.run}")
     t = s.timings
-    print(f"timings    queued {t.queued_s} s, first token {t.ttft_s} s, total {t.total_s} s")
+    spans = [
+        (name, v)
+        for name, v in (("queued", t.queued_s), ("first token", t.ttft_s), ("total", t.total_s))
+        if v is not None
+    ]
+    print("timings    " + (", ".join(f"{name} {v} s" for name, v in spans) or "-"))
     u = s.usage
     cost = f"${s.cost_usd:.6f}" if s.cost_usd is not None else "-"
     print(f"usage      {u.prompt_tokens} prompt + {u.completion_tokens} completion tokens, cost {cost}")
@@ -185,7 +190,7 @@ def _replay(client: Client, history: JobHistory, args: argparse.Namespace) -> in
         entries, copies = _originals(history, query)
     failed = 0
     for entry in entries:
-        steps = replay_steps(entry, now=time.time(), days=history.days, dry_run=args.dry_run)
+        steps = replay_steps(entry, now=time.time(), dry_run=args.dry_run)
         outcome = drive(steps, client.redis, history.script, client.submit)
         failed += outcome.outcome == "refused"
         if args.json:

@@ -100,7 +100,7 @@ async def replay_job(request: Request) -> Response:
         raise GatewayError(404, f"No ended job with id {path_id!r}.", code="job_not_found")
     dry_run = request.query_params.get("dry_run") in ("1", "true")
     history = gw.history
-    steps = replay_steps(entry, now=time.time(), days=history.days, dry_run=dry_run)
+    steps = replay_steps(entry, now=time.time(), dry_run=dry_run)
     outcome = await adrive(steps, history.redis, history.script, gw.client.submit)
     if outcome.outcome == "not_replayable":
         raise GatewayError(409, f"Job {path_id!r} cannot be replayed: {outcome.detail}.", code="not_replayable")

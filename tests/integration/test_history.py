@@ -14,7 +14,7 @@ from pathlib import Path
 import redis
 
 from producers import Client
-from producers.history import HistoryQuery, JobHistory
+from producers.history import HistoryQuery, JobHistory, parse_since
 from simulator.app import SimulatorThread
 from workers.contract import CompletionJob, CompletionResult, ErrorInfo
 from workers.contract.history import HistoryKeys, day_of
@@ -163,5 +163,39 @@ def test_retention_drops_days_past_it(redis_client: redis.Redis) -> None:
     ttl = redis_client.ttl(old.all)
     assert 0 < ttl <= 5 * 86_400  # 3 days ago + 7 days, counted from the end of that day
     assert redis_client.hexists(old.requests, "job-3")  # a failed job's request is kept for replay
-    # a reader configured with fewer days does not look further back
-    assert {e.summary.id for e in JobHistory(redis_client, days=1).list(HistoryQuery())} == {"job-0"}
+    # what is kept is what the workers' retention kept: a reader configured with other days sees
+    # the same (and a --since before the retention finds nothing older); 0 turns reading off
+    for days in (1, 7, 366):
+        reader = JobHistory(redis_client, days=days)
+        assert {e.summary.id for e in reader.list(HistoryQuery())} == {"job-3", "job-0"}
+        assert reader.get("job-3") is not None and reader.get("job-9") is None
+    assert {e.summary.id for e in history.list(HistoryQuery(since=now - 2 * 86_400))} == {"job-0"}
+    assert JobHistory(redis_client, days=0).list(HistoryQuery()) == []
+
+
+def test_history_across_midnight_utc_and_since_boundaries(redis_client: redis.Redis) -> None:
+    """Two jobs one second apart across 00:00 UTC land in two days; lists, ``since`` (inclusive)
+    and paging treat them as one timeline, and ``--since 2h`` parses against the reader's clock."""
+    midnight = 1_796_601_600.0  # 2026-12-07 00:00:00 UTC
+    assert day_of(midnight - 0.5) != day_of(midnight + 0.5)
+    job = CompletionJob(model="openai:gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    result = CompletionResult(id=job.id, status="failed", error=ErrorInfo(type="timeout", message="slow"))
+    for name, at in (("before-midnight", midnight - 0.5), ("after-midnight", midnight + 0.5)):
+        for write in HistoryWriter(7, clock=lambda at=at: at).writes(job.model_copy(update={"id": name}), result):
+            redis_client.execute_command(*write)
+    now = midnight + 1800
+    history = JobHistory(redis_client, clock=lambda: now)
+
+    def ids(**query: object) -> list[str]:
+        return [e.summary.id for e in history.list(HistoryQuery(**query))]  # type: ignore[arg-type]
+
+    assert ids() == ["after-midnight", "before-midnight"]
+    assert ids(since=parse_since("2h", now)) == ["after-midnight", "before-midnight"]
+    assert ids(since=parse_since("30m", now)) == ["after-midnight"]  # 00:00:00 exactly: not the one before
+    assert ids(since=midnight - 0.5) == ["after-midnight", "before-midnight"]  # since is inclusive
+    assert ids(since=parse_since("2026-12-07", now)) == ["after-midnight"]  # an ISO date: 00:00 UTC
+    assert ids(status="failed", error="timeout", limit=1) == ["after-midnight"]
+    assert ids(limit=1, before=midnight + 0.5) == ["before-midnight"]  # the next page crosses the day
+    entries = {e.summary.id: e.day for e in history.list(HistoryQuery())}
+    assert entries == {"after-midnight": "2026-12-07", "before-midnight": "2026-12-06"}
+    assert history.get("before-midnight") is not None and history.get("after-midnight") is not None

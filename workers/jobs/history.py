@@ -18,8 +18,9 @@ from pydantic import TypeAdapter
 from workers.contract import Attempt, CompletionJob, CompletionResult
 from workers.contract.history import HistoryKeys, day_of, expire_at
 from workers.jobs.events import Write
+from workers.jobs.spans import job_trace_id
 
-__all__ = ["HistoryWriter", "summary_json"]
+__all__ = ["HistoryWriter", "summary_json", "trace_id_of"]
 
 
 _ATTEMPTS: TypeAdapter[list[Attempt]] = TypeAdapter(list[Attempt])
@@ -33,8 +34,22 @@ def _prompt_name(job: CompletionJob) -> str | None:
     return f"{info.name}@{which}" if which is not None else info.name
 
 
+def trace_id_of(job: CompletionJob, *, traced: bool) -> str | None:
+    """The trace the job's spans are in: its ``traceparent``'s, else (when the worker traces) the
+    one derived from its id (``workers/jobs/spans.py``); None when there is no trace."""
+    if job.traceparent:
+        return job.traceparent.split("-")[1]
+    return format(job_trace_id(job.id), "032x") if traced else None
+
+
 def summary_json(
-    job: CompletionJob, result: CompletionResult, *, finished_at: float, run: int = 1, replayable: bool = False
+    job: CompletionJob,
+    result: CompletionResult,
+    *,
+    finished_at: float,
+    run: int = 1,
+    replayable: bool = False,
+    trace_id: str | None = None,
 ) -> str:
     """The :class:`~workers.contract.history.JobSummary` of one ended job, as JSON: counts, names
     and numbers, no message text. Built by hand on the hot path (every job ends here): about a
@@ -71,7 +86,7 @@ def summary_json(
         "model_used": result.model_used,
         "cost_usd": result.cost_usd,
         "submitted_at": job.submitted_at,
-        "trace_id": job.traceparent.split("-")[1] if job.traceparent else None,
+        "trace_id": trace_id,
         "replay_of": job.replay_of,
         "fallbacks": job.fallbacks or None,
         "replayable": replayable or None,
@@ -89,12 +104,14 @@ def summary_json(
 
 
 class HistoryWriter:
-    """Builds the history writes of ended jobs; ``days`` whole days of retention after the day ended."""
+    """Builds the history writes of ended jobs; ``days`` whole days of retention after the day ended.
+    ``traced``: the worker exports spans, so a job without a ``traceparent`` has a derived trace id."""
 
-    def __init__(self, days: int, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, days: int, *, traced: bool = False, clock: Callable[[], float] = time.time) -> None:
         if days < 1:
             raise ValueError("history needs at least one day of retention (LLMQ_HISTORY_DAYS=0 turns it off)")
         self.days = days
+        self.traced = traced
         self._clock = clock
 
     def writes(self, job: CompletionJob, result: CompletionResult, *, run: int = 1) -> list[Write]:
@@ -105,7 +122,8 @@ class HistoryWriter:
         # ``reject_invalid`` ends those with a stand-in job that has nothing to send again)
         has_request = job.messages is not None or job.prompt is not None or job.template is not None
         failed = result.status == "failed" and has_request
-        summary = summary_json(job, result, finished_at=now, run=run, replayable=failed)
+        trace_id = trace_id_of(job, traced=self.traced)
+        summary = summary_json(job, result, finished_at=now, run=run, replayable=failed, trace_id=trace_id)
         job_id = job.id
         sets = {keys.all, keys.tenant(job.tenant), keys.status(result.status), keys.model(job.model)}
         if result.model_used:

@@ -55,7 +55,7 @@ from workers.runtime.telemetry import (
     WorkerMetrics,
     build_worker_metrics,
 )
-from workers.runtime.tracing import build_tracer_provider
+from workers.runtime.tracing import build_tracer_provider, tracing_configured
 from workers.runtime.webhooks import WebhookDeliverer, WebhookMetrics
 from workers.settings import Settings
 from workers.tools.publish import RegistryPublisher
@@ -264,7 +264,9 @@ class WorkerResources:
             client,
             result_ttl_s=settings.result_ttl_s,
             claim_lease_s=settings.claim_lease_s,
-            history=HistoryWriter(settings.history_days) if settings.history_days else None,
+            history=HistoryWriter(settings.history_days, traced=tracing_configured())
+            if settings.history_days
+            else None,
             webhooks=WebhookQueue(config.webhooks, keep_s=settings.result_ttl_s),
         )
         deliverer = WebhookDeliverer(

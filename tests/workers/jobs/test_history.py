@@ -6,7 +6,8 @@ import pytest
 
 from workers.contract import Attempt, CompletionJob, CompletionResult, ErrorInfo, Timings, Usage
 from workers.contract.history import HistoryKeys, JobSummary, RequestSummary, day_of, expire_at
-from workers.jobs.history import HistoryWriter, summary_json
+from workers.jobs.history import HistoryWriter, summary_json, trace_id_of
+from workers.jobs.spans import job_trace_id
 
 SECRET = "the launch code is xyzzy"
 
@@ -88,7 +89,8 @@ def test_summary_is_the_contract_model_without_text(index: int) -> None:
     job = _jobs()[index]
     for result in _results(job):
         for replayable in (False, True):
-            raw = summary_json(job, result, finished_at=42.0, run=2, replayable=replayable)
+            trace_id = trace_id_of(job, traced=False)
+            raw = summary_json(job, result, finished_at=42.0, run=2, replayable=replayable, trace_id=trace_id)
             assert SECRET not in raw and "xyzzy" not in raw
             assert JobSummary.model_validate_json(raw) == _expected(job, result, replayable)
 
@@ -130,3 +132,19 @@ def test_an_unreadable_payloads_stand_in_is_indexed_but_not_replayable() -> None
     assert not any(w[1] == keys.requests for w in writes)
     summary = JobSummary.model_validate_json(next(w[3] for w in writes if w[0] == "HSET" and w[1] == keys.jobs))
     assert summary.status == "failed" and not summary.replayable and summary.error.type == "bad_request"  # type: ignore[union-attr]
+
+
+def test_the_summary_names_the_trace_the_jobs_spans_are_in() -> None:
+    """A job sent with a ``traceparent`` is in its caller's trace; one sent without is in the trace
+    derived from its id when the worker traces (``llmq jobs show`` prints it), in none otherwise."""
+    plain, traced_job = _jobs()[0], _jobs()[1]
+    result = _results(plain)[0]
+
+    def trace(job: CompletionJob, traced: bool) -> str | None:
+        writes = HistoryWriter(1, traced=traced, clock=lambda: 1_765_000_000.0).writes(job, result)
+        raw = next(w[3] for w in writes if w[0] == "HSET")
+        return JobSummary.model_validate_json(str(raw)).trace_id
+
+    assert trace(plain, traced=True) == format(job_trace_id(plain.id), "032x")
+    assert trace(plain, traced=False) is None
+    assert trace(traced_job, traced=True) == trace(traced_job, traced=False) == "0af7651916cd43dd8448eb211c80319c"
