@@ -89,6 +89,8 @@ class LLMQCelery(Celery):
     """The Celery app of llmqueue workers: Celery plus :attr:`llmq`, and its own worker program."""
 
     llmq: AppState
+    #: Worker events whose publishes never retry a lost broker forever (``workers/runtime/events.py``).
+    events_cls = "workers.runtime.events:LLMQEvents"
 
     @cached_property
     def Worker(self) -> type[CeleryWorker]:
