@@ -25,6 +25,7 @@ __all__ = ["AzureProtocol"]
 
 _DEPLOYMENT = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
 _V1 = "/openai/v1/chat/completions"
+_DATED = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 _SAFE = {"filtered": False, "severity": "safe"}
 _FILTERS = {"hate": _SAFE, "self_harm": _SAFE, "sexual": _SAFE, "violence": _SAFE}
 _PROMPT_FILTER = (
@@ -59,8 +60,11 @@ class AzureProtocol(OpenAIProtocol):
             )
 
     def parse_routed(self, payload: dict[str, Any], route: dict[str, str], query: dict[str, str]) -> ParsedRequest:
-        if not query.get("api-version"):
+        version = query.get("api-version")
+        if not version:
             raise RequestError("Missing required query parameter: api-version", status=404)
+        if not _DATED.match(version):  # "preview"/"latest" belong to the v1 path
+            raise RequestError(f"Unsupported api-version {version!r} for a deployment URL", status=404)
         return self.parse({**payload, "model": route["deployment"]})
 
     def invalid(self, err: RequestError) -> Reply:

@@ -398,3 +398,14 @@ def test_the_official_sdks_read_the_simulator(simulator: SimulatorThread) -> Non
     with pytest.raises(ollama.ResponseError) as err:
         client.chat(model="m~404", messages=messages)
     assert err.value.status_code == 404 and 'model "m" not found' in str(err.value)
+
+
+@pytest.mark.parametrize(("version", "status"), [("2024-10-21", 200), ("2025-04-01-preview", 200), ("preview", 404)])
+def test_azure_deployment_urls_take_dated_api_versions_only(
+    simulator: SimulatorThread, version: str, status: int
+) -> None:
+    """``preview``/``latest`` belong to the v1 path (``/openai/v1/...?api-version=preview``)."""
+    _, body, _ = build("openai", stream=False)
+    url = f"{simulator.url}/openai/deployments/gpt-4o/chat/completions?api-version={version}"
+    response = http().post(url, json=body, headers={"api-key": "k"})
+    assert response.status_code == status, response.text

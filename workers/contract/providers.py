@@ -34,6 +34,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -99,7 +100,8 @@ class ProviderSpec(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     #: Connect/read timeout of one request, seconds (default: the worker's HTTP settings).
     timeout_s: Annotated[float, Field(gt=0)] | None = None
-    #: Azure: the ``api-version`` of deployment URLs; unset or ``"v1"``: the v1 path.
+    #: Azure: the ``api-version`` of deployment URLs; unset or ``"v1"``: the v1 path (``"preview"`` /
+    #: ``"latest"``: the v1 path with that ``api-version``).
     api_version: str | None = None
     #: Bedrock: the AWS region (required), and optionally a profile of the shared AWS files.
     region: str | None = None
@@ -117,6 +119,21 @@ class ProviderSpec(BaseModel):
             raise ValueError("api_key_env must be the NAME of an environment variable (like GROQ_API_KEY), not a key")
         return value
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"base_url must be an http(s) URL like https://api.groq.com/openai/v1, not {value!r}")
+        if url.query or url.fragment:
+            # the call's path is appended to base_url: a query here would swallow it
+            raise ValueError(
+                f"base_url must have no query string ({value!r}); an Azure api-version goes in api_version"
+            )
+        return value
+
     @field_validator("params")
     @classmethod
     def _params(cls, value: list[str] | None) -> list[str] | None:
@@ -131,6 +148,11 @@ class ProviderSpec(BaseModel):
             raise ValueError("a bedrock provider needs 'region'")
         if self.type == "azure" and not self.base_url:
             raise ValueError("an azure provider needs 'base_url' (https://<resource>.openai.azure.com)")
+        if self.type == "azure" and "/openai/deployments" in urlsplit(self.base_url or "").path:
+            raise ValueError(
+                "an azure base_url is the resource's root (https://<resource>.openai.azure.com): the deployment "
+                "is the model part of a model id (<name>:<deployment>) and the version goes in api_version"
+            )
         if self.region is not None and self.type != "bedrock":
             raise ValueError("'region' is a bedrock setting")
         if self.api_version is not None and self.type != "azure":

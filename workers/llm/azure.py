@@ -1,9 +1,10 @@
 """Azure OpenAI chat completions: the OpenAI wire format behind Azure's URLs, keys and filters.
 
-URLs: with an ``api_version`` (``2024-10-21``, ``2025-01-01-preview``...) a call goes to
+URLs: with a dated ``api_version`` (``2024-10-21``, ``2025-01-01-preview``...) a call goes to
 ``{base_url}/openai/deployments/{deployment}/chat/completions?api-version=...``, the model part
-of the model id naming the deployment; without one, to the v1 path
-``{base_url}/openai/v1/chat/completions`` with the deployment in the body's ``model``. The key
+of the model id naming the deployment; without one (or ``v1``), to the v1 path
+``{base_url}/openai/v1/chat/completions`` with the deployment in the body's ``model``; ``preview``
+(or ``latest``) is the v1 path's own opt-in to preview features: ``.../openai/v1/chat/completions?api-version=preview``. The key
 travels in the ``api-key`` header, or as a bearer token (an Entra ID token) with ``auth = "bearer"``.
 
 Wire quirks handled here (the rest is :mod:`workers.llm.openai`): the first stream chunk has
@@ -29,6 +30,8 @@ __all__ = ["AzureOpenAIProvider", "azure_error_from_body"]
 
 #: api-versions from this one on take ``max_completion_tokens`` (reasoning models need it).
 _COMPLETION_TOKENS_SINCE = "2024-09-01"
+#: ``api_version`` values of the v1 path (the others are dated versions of deployment URLs).
+V1_VERSIONS = ("v1", "preview", "latest")
 
 
 def _seconds(value: str | None) -> float | None:
@@ -104,11 +107,15 @@ class AzureOpenAIProvider(OpenAIProvider):
         elif base.endswith("/openai"):
             base = base[: -len("/openai")]
         self._base = base
-        self._api_version = None if api_version in (None, "", "v1") else api_version
+        #: A dated version: deployment URLs; None: the v1 path (with ``?api-version=preview|latest``
+        #: when given).
+        self._api_version = None if not api_version or api_version in V1_VERSIONS else api_version
+        v1_query = f"?api-version={api_version}" if api_version in ("preview", "latest") else ""
         super().__init__(
             http,
             api_key=api_key,
             base_url=base + "/openai/v1",
+            url=f"{base}/openai/v1/chat/completions{v1_query}",
             name=name,
             key_env=key_env or self.key_env,
             headers=headers,

@@ -115,6 +115,17 @@ def test_an_unknown_provider_type_names_the_setting(tmp_path: Path) -> None:
             ["providers.x.params", "logit_bias"],
         ),
         ('[providers.X]\ntype = "openai"\n', ["'X'"]),
+        # a base URL without its scheme would be a connection error (retried) on every job
+        ('[providers.x]\ntype = "openai"\nbase_url = "api.groq.com/openai/v1"\n', ["providers.x.base_url", "http(s)"]),
+        (  # the portal's "target URI" of a deployment, pasted whole
+            '[providers.x]\ntype = "azure"\nbase_url = '
+            '"https://r.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"\n',
+            ["providers.x.base_url", "no query string", "api_version"],
+        ),
+        (
+            '[providers.x]\ntype = "azure"\nbase_url = "https://r.openai.azure.com/openai/deployments/gpt-4o"\n',
+            ["providers.x", "resource's root", "<name>:<deployment>"],
+        ),
     ],
 )
 def test_a_malformed_entry_is_one_line_naming_it(tmp_path: Path, entry: str, words: list[str]) -> None:

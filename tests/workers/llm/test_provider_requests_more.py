@@ -177,3 +177,17 @@ def test_bedrock_request(server: ReplayServer, http: HTTPClient) -> None:
     assert body["toolConfig"]["toolChoice"] == {"any": {}}
     fmt = body["outputConfig"]["textFormat"]
     assert fmt["type"] == "json_schema" and fmt["structure"]["jsonSchema"]["name"] == "w"
+
+
+def test_azure_preview_and_latest_are_the_v1_paths_api_version(server: ReplayServer, http: HTTPClient) -> None:
+    """``preview`` opts the v1 path into preview features; it is not a dated deployment-URL version."""
+    for version in ("preview", "latest"):
+        base = server.add(f"az-{version}", Reply(200, JSON, OPENAI_OK))
+        provider = AzureOpenAIProvider(http, api_key="k", base_url=base + "/openai/v1/", api_version=version)
+        _, body = sent(server, f"az-{version}", provider, request(), model="gpt-4o")
+        assert server.requests[f"az-{version}"][0].path == f"/openai/v1/chat/completions?api-version={version}"
+        assert body["model"] == "gpt-4o" and body["max_completion_tokens"] == 100
+    base = server.add("az-v1-named", Reply(200, JSON, OPENAI_OK))
+    provider = AzureOpenAIProvider(http, api_key="k", base_url=base, api_version="v1")
+    sent(server, "az-v1-named", provider, request(), model="gpt-4o")
+    assert server.requests["az-v1-named"][0].path == "/openai/v1/chat/completions"
