@@ -110,7 +110,9 @@ def build_provider(
         assert spec.region is not None  # the spec's validator requires it
         aws = aws_loader(name)  # without the extra: one line naming the provider and the extra
         credentials = None
-        if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        # the chain's order: an entry's own profile first (as botocore: a named profile ignores the
+        # environment's keys), then the environment's keys, then the rest of the chain
+        if spec.profile is None and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
             credentials = aws.static_credentials(
                 env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN") or None
             )
@@ -172,5 +174,11 @@ def build_registry(
     env = os.environ if env is None else env
     providers = {name: build(http, env) for name, build in provider_builders().items()}
     for name, spec in (specs or {}).items():
-        providers[name] = build_provider(name, spec, http, env, aws_loader=aws_loader)
+        try:
+            providers[name] = build_provider(name, spec, http, env, aws_loader=aws_loader)
+        except ConfigurationError:
+            raise
+        except Exception as exc:  # e.g. botocore's ProfileNotFound: still one line, naming the entry
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise ConfigurationError(f"providers.{name} (type {spec.type}): {reason}", provider=name) from exc
     return ProviderRegistry(providers)

@@ -237,3 +237,37 @@ def test_timeout_s_bounds_the_reads_of_that_provider_only() -> None:
         assert stream.text == "hi"
         with pytest.raises(ProviderTimeoutError):
             quick.complete("m", request)
+
+
+@pytest.fixture
+def aws_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Shared AWS files with one profile, ``team`` (the chain reads them from the process's environment)."""
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text("[team]\naws_access_key_id = AKIDTEAMPROFILE00000\naws_secret_access_key = team-secret\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config-absent"))
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    return credentials
+
+
+def test_a_bedrock_entrys_profile_wins_over_the_environments_keys(aws_files: Path, http: HTTPClient) -> None:
+    """As botocore: a profile named explicitly is used even when AWS_ACCESS_KEY_ID is set."""
+    spec = ProviderSpec(type="bedrock", region="eu-west-3", profile="team")
+    registry = build_registry(http, ENV, {"claude-aws": spec}, aws_loader=load_aws)
+    provider = registry.get("claude-aws")
+    assert isinstance(provider, BedrockProvider)
+    assert provider.credentials().get_frozen_credentials().access_key == "AKIDTEAMPROFILE00000"
+    # without a profile, the environment's keys come first in the chain
+    plain = build_registry(http, ENV, {"claude-aws": ProviderSpec(type="bedrock", region="eu-west-3")})
+    provider = plain.get("claude-aws")
+    assert isinstance(provider, BedrockProvider)
+    assert provider.credentials().get_frozen_credentials().access_key == ENV["AWS_ACCESS_KEY_ID"]
+
+
+def test_a_bedrock_profile_that_does_not_exist_is_one_line_naming_the_entry(aws_files: Path, http: HTTPClient) -> None:
+    spec = ProviderSpec(type="bedrock", region="eu-west-3", profile="nonexistent")
+    with pytest.raises(ConfigurationError) as info:
+        build_registry(http, ENV, {"claude-aws": spec})
+    line = _one_line(info.value)
+    assert line.startswith("providers.claude-aws (type bedrock): ProfileNotFound") and "nonexistent" in line, line
