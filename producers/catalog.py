@@ -29,12 +29,13 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
+from producers.liveset import live_entries, live_entries_async
 from workers.contract import CompletionJob
 from workers.contract.catalog import Judgement, ModelCatalog, catalog_from_config
 from workers.contract.presence import WORKERS_KEY, WorkerPresence, catalog_key, worker_key
 from workers.contract.providers import ProviderInfo
 
-__all__ = ["CACHE_S", "LiveCatalog", "catalog_problems", "live_presences", "live_presences_async", "parse_presences"]
+__all__ = ["CACHE_S", "LiveCatalog", "catalog_problems", "live_presences", "live_presences_async"]
 
 #: Seconds a producer trusts the catalog it read.
 CACHE_S = 5.0
@@ -44,43 +45,13 @@ RECHECK_S = 0.5
 JUDGED_MAX = 4096
 
 
-def parse_presences(
-    ids: Sequence[bytes | str], raws: Sequence[bytes | str | None]
-) -> tuple[list[WorkerPresence], list[bytes | str]]:
-    """The live workers' presences, and the ids of dead ones (their key expired)."""
-    alive: list[WorkerPresence] = []
-    dead: list[bytes | str] = []
-    for worker_id, raw in zip(ids, raws, strict=True):
-        if raw is None:
-            dead.append(worker_id)
-        else:
-            alive.append(WorkerPresence.model_validate_json(raw))
-    return alive, dead
-
-
-def _keys(ids: Sequence[bytes | str]) -> list[str]:
-    return [worker_key(i.decode() if isinstance(i, bytes) else i) for i in ids]
-
-
 def live_presences(client: redis.Redis) -> list[WorkerPresence]:
-    """What the workers alive now published (dead workers' ids are dropped from the set)."""
-    ids = sorted(client.smembers(WORKERS_KEY))
-    if not ids:
-        return []
-    alive, dead = parse_presences(ids, client.mget(_keys(ids)))
-    if dead:
-        client.srem(WORKERS_KEY, *dead)
-    return alive
+    """What the workers alive now published (``producers/liveset.py``)."""
+    return live_entries(client, WORKERS_KEY, worker_key, WorkerPresence)
 
 
 async def live_presences_async(client: aredis.Redis) -> list[WorkerPresence]:
-    ids = sorted(await client.smembers(WORKERS_KEY))
-    if not ids:
-        return []
-    alive, dead = parse_presences(ids, await client.mget(_keys(ids)))
-    if dead:
-        await client.srem(WORKERS_KEY, *dead)
-    return alive
+    return await live_entries_async(client, WORKERS_KEY, worker_key, WorkerPresence)
 
 
 def catalog_problems(

@@ -8,12 +8,13 @@ tool no live worker has registered, before anything is enqueued. The layout is t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import redis
 import redis.asyncio as aredis
 
+from producers.liveset import live_entries, live_entries_async
 from workers.contract import TOOL_WORKERS_KEY, CompletionJob, ToolInfo, WorkerTools, worker_tools_key
 
 __all__ = ["LiveTools", "live_workers", "live_workers_async", "missing_tools_error"]
@@ -22,40 +23,13 @@ __all__ = ["LiveTools", "live_workers", "live_workers_async", "missing_tools_err
 CACHE_S = 5.0
 
 
-def _parse(
-    ids: Sequence[bytes | str], raws: Sequence[bytes | str | None]
-) -> tuple[list[WorkerTools], list[bytes | str]]:
-    alive: list[WorkerTools] = []
-    dead: list[bytes | str] = []
-    for worker_id, raw in zip(ids, raws, strict=True):
-        if raw is None:
-            dead.append(worker_id)
-        else:
-            alive.append(WorkerTools.model_validate_json(raw))
-    return alive, dead
-
-
 def live_workers(client: redis.Redis) -> list[WorkerTools]:
     """The tool registries of the workers alive now (dead workers' ids are dropped from the set)."""
-    ids = sorted(client.smembers(TOOL_WORKERS_KEY))
-    if not ids:
-        return []
-    raws = client.mget([worker_tools_key(i.decode() if isinstance(i, bytes) else i) for i in ids])
-    alive, dead = _parse(ids, raws)
-    if dead:
-        client.srem(TOOL_WORKERS_KEY, *dead)
-    return alive
+    return live_entries(client, TOOL_WORKERS_KEY, worker_tools_key, WorkerTools)
 
 
 async def live_workers_async(client: aredis.Redis) -> list[WorkerTools]:
-    ids = sorted(await client.smembers(TOOL_WORKERS_KEY))
-    if not ids:
-        return []
-    raws = await client.mget([worker_tools_key(i.decode() if isinstance(i, bytes) else i) for i in ids])
-    alive, dead = _parse(ids, raws)
-    if dead:
-        await client.srem(TOOL_WORKERS_KEY, *dead)
-    return alive
+    return await live_entries_async(client, TOOL_WORKERS_KEY, worker_tools_key, WorkerTools)
 
 
 def tools_by_name(workers: list[WorkerTools]) -> dict[str, tuple[ToolInfo, list[str]]]:
