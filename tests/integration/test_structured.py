@@ -9,17 +9,24 @@ outcome. The simulator answers JSON valid for the requested schema, and invalid 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import redis
+from celery.contrib.testing.worker import start_worker
 from jsonschema import Draft202012Validator
 
 from producers import Client
 from simulator.app import SimulatorThread
+from simulator.env import provider_config, provider_env
 from simulator.structured import BAD_JSON
+from tests.support.brokers import Broker
 from workers.accounting.ledger import GLOBAL_SCOPE, Ledger
 from workers.accounting.prices import PriceBook
+from workers.runtime.app import close_runner, create_app
+from workers.settings import Settings
 
 SCHEMA = {
     "type": "object",
@@ -211,3 +218,31 @@ def test_async_client_structured_output_and_refusal_of_what_a_provider_cannot(wo
                 await client.submit(_job("anthropic:claude-sonnet-4-5", seed=1))
 
     asyncio.run(main())
+
+
+@pytest.fixture
+def named_worker(redis_url: str, broker: Broker, tmp_path: Path, simulator: SimulatorThread) -> Iterator[object]:
+    """A worker whose config names the simulator's Azure, Gemini and Bedrock wire formats."""
+    config = tmp_path / "llmq.toml"
+    config.write_text(provider_config(simulator.url))
+    settings = Settings(
+        redis_url=redis_url, broker_url=broker.url, queue=broker.queue, config=str(config),
+        pool="threads", concurrency=4, coalesce_ms=20.0, claim_lease_s=10,
+    )  # fmt: skip
+    app = create_app(settings, provider_env=provider_env(simulator.url))
+    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=10) as w:
+        yield w
+    close_runner(app)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("model", ["gemini:gemini-2.5-flash", "azure:gpt-4o", "bedrock:us.amazon.nova-micro-v1:0"])
+def test_named_providers_answer_a_schema_with_refs(
+    named_worker: object, client: Client, simulator: SimulatorThread, model: str, stream: bool
+) -> None:
+    """Gemini's responseSchema has no $ref: the $defs are inlined into what it is sent."""
+    handle = client.submit(_job(model, stream=stream))
+    result = handle.result(timeout=30)
+    assert result.status == "succeeded", result.error
+    Draft202012Validator(SCHEMA).validate(result.parsed)
+    assert result.repairs == 0 and simulator.simulator.stats.by_job[handle.id] == 1

@@ -19,6 +19,7 @@ from workers.contract.images import ImageInfo
 from workers.contract.messages import Message
 from workers.contract.params import JsonObjectFormat, JsonSchemaFormat, NamedToolChoice, RequestParams, TextFormat
 from workers.contract.providers import BUILTIN_PROVIDERS, ProviderInfo
+from workers.contract.schemarefs import RecursiveRefError, inline_refs
 
 __all__ = [
     "ANTHROPIC_MAX_IMAGES",
@@ -211,11 +212,11 @@ def _links(images: Images, p: str, why: str) -> list[CapabilityError]:
     return [CapabilityError(p, f"messages[{i}].image_url", why) for i, info in images if info.kind == "url"]
 
 
-def _has_ref(schema: object) -> bool:
-    if isinstance(schema, dict):
-        return "$ref" in schema or any(_has_ref(v) for v in schema.values())
-    if isinstance(schema, list):
-        return any(_has_ref(v) for v in schema)
+def _recursive(schema: object) -> bool:
+    try:
+        inline_refs(schema)
+    except RecursiveRefError:
+        return True
     return False
 
 
@@ -227,8 +228,9 @@ def _gemini(job: RequestParams, model: str, images: Images, tools: bool) -> list
     if job.user is not None:
         found.append(CapabilityError(p, "user", "the Gemini API has no end-user field"))
     fmt = job.response_format
-    if isinstance(fmt, JsonSchemaFormat) and _has_ref(fmt.json_schema.schema_):
-        found.append(CapabilityError(p, "response_format", "Gemini's responseSchema cannot resolve $ref"))
+    if isinstance(fmt, JsonSchemaFormat) and _recursive(fmt.json_schema.schema_):
+        # other $refs are inlined (schemarefs.py); a recursive one cannot be written out
+        found.append(CapabilityError(p, "response_format", "Gemini's responseSchema cannot express a recursive $ref"))
     found += _links(images, p, "Gemini takes images as base64 data URLs, not links")
     return found
 

@@ -42,6 +42,7 @@ from workers.contract import (
     ToolCall,
     Usage,
 )
+from workers.contract.schemarefs import inline_refs
 from workers.llm.base import (
     ChatRequest,
     Completion,
@@ -165,18 +166,24 @@ def gemini_error_from_body(
 
 
 def gemini_schema(schema: object) -> object:
-    """A JSON Schema narrowed to what Gemini takes: unknown keywords dropped, ``["x", "null"]``
-    types as ``nullable``, ``const`` as a one-value ``enum``."""
+    """A JSON Schema narrowed to what Gemini takes: local ``$ref``s inlined (a recursive one cut to
+    an object: the capability table refuses it in ``response_format``; tool arguments are validated
+    against the full schema), unknown keywords dropped, ``["x", "null"]`` types as ``nullable``,
+    ``const`` as a one-value ``enum``."""
+    return _narrow(inline_refs(schema, cycles="cut"))
+
+
+def _narrow(schema: object) -> object:
     if isinstance(schema, list):
-        return [gemini_schema(s) for s in schema]
+        return [_narrow(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out: dict[str, object] = {}
     for key, value in schema.items():
         if key == "properties" and isinstance(value, dict):
-            out[key] = {name: gemini_schema(sub) for name, sub in value.items()}
+            out[key] = {name: _narrow(sub) for name, sub in value.items()}
         elif key in ("items", "anyOf"):
-            out[key] = gemini_schema(value)
+            out[key] = _narrow(value)
         elif key == "type" and isinstance(value, list):
             types = [t for t in value if t != "null"]
             out["type"] = types[0] if types else "string"
@@ -185,7 +192,7 @@ def gemini_schema(schema: object) -> object:
         elif key == "const":
             out["enum"] = [value]
         elif key == "oneOf":
-            out["anyOf"] = gemini_schema(value)
+            out["anyOf"] = _narrow(value)
         elif key in _SCHEMA_KEYS:
             out[key] = value
     return out
