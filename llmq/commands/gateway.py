@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             sse_queue_size=args.sse_queue_size,
             hold_headers_s=args.hold_headers,
             history_days=producer_settings().history_days,
-            ui_content=os.environ.get("LLMQ_UI_CONTENT", "") in ("1", "true", "yes"),
+            ui_content=os.environ.get("LLMQ_UI_CONTENT", "").strip().lower() in ("1", "true", "yes", "on"),
         )
     except ValidationError as exc:  # messages only: the input (tokens) is never printed
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))

@@ -6,6 +6,7 @@ and replays only its own jobs; another tenant's job is a 404, exactly like one t
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -36,9 +37,12 @@ def _float(request: Request, name: str) -> float | None:
     if raw in (None, ""):
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise GatewayError(400, f"{name} must be a unix time in seconds", param=name) from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise GatewayError(400, f"{name} must be a unix time in seconds", param=name)
+    return value
 
 
 def _query(request: Request, tenant: str) -> HistoryQuery:

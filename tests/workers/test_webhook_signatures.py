@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
+import socket
 
 import pytest
 import standardwebhooks
@@ -64,7 +65,8 @@ def test_secrets_must_be_base64_of_enough_bytes() -> None:
 @pytest.mark.parametrize(
     "address",
     ["127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-     "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "224.0.0.1"],
+     "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "224.0.0.1",
+     "2002:a00:1::1", "2002:7f00:1::", "64:ff9b::a00:1", "2001:0:4136:e378:8000:63bf:f5ff:fffe"],
 )  # fmt: skip
 def test_internal_addresses_are_blocked(address: str) -> None:
     assert NetGuard().blocked(ipaddress.ip_address(address))
@@ -74,6 +76,7 @@ def test_public_addresses_pass_and_allowed_networks_open_a_range() -> None:
     guard = NetGuard()
     assert not guard.blocked(ipaddress.ip_address("93.184.215.14"))
     assert not guard.blocked(ipaddress.ip_address("2606:4700::1111"))
+    assert not guard.blocked(ipaddress.ip_address("2002:808:808::1"))  # 6to4 of a public address
     opened = NetGuard(["127.0.0.0/8", "10.20.0.0/16"])
     assert not opened.blocked(ipaddress.ip_address("127.0.0.1"))
     assert not opened.blocked(ipaddress.ip_address("10.20.3.4"))
@@ -84,3 +87,29 @@ def test_a_name_resolving_to_loopback_is_refused_before_connecting() -> None:
     with pytest.raises(BlockedAddressError, match="localhost resolves to"):
         NetGuard().resolve("localhost", 80)
     assert NetGuard(["127.0.0.0/8", "::1/128"]).resolve("localhost", 80)
+
+
+def _dns(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
+    """A resolver answering from ``table`` (getaddrinfo's shape)."""
+
+    def resolve(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in table[host]
+        ]
+
+    return resolve
+
+
+def test_names_resolving_to_internal_addresses_are_refused_and_mixed_answers_keep_the_public_ones() -> None:
+    guard = NetGuard(resolver=_dns({
+        "hooks.internal.example": ["10.1.2.3"],
+        "metadata.example": ["169.254.169.254"],
+        "rebind.example": ["10.1.2.3", "93.184.215.14", "fd00::5"],
+        "v6.example": ["2002:a00:1::1"],
+    }))  # fmt: skip
+    for name in ("hooks.internal.example", "metadata.example", "v6.example"):
+        with pytest.raises(BlockedAddressError, match=f"{name} resolves to"):
+            guard.resolve(name, 443)
+    # a name answering internal and public addresses is connected to its public ones only
+    assert [a for _, a in guard.resolve("rebind.example", 443)] == ["93.184.215.14"]
+    assert NetGuard(["10.0.0.0/8"], resolver=_dns({"h": ["10.1.2.3"]})).resolve("h", 80)

@@ -16,7 +16,8 @@ import http.client
 import ipaddress
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 __all__ = ["BlockedAddressError", "GuardedHTTPConnection", "NetGuard"]
 
@@ -28,13 +29,22 @@ class BlockedAddressError(OSError):
     """The name resolves only to addresses the guard refuses (or the connected peer is one)."""
 
 
+Resolver = Callable[..., list[tuple[Any, ...]]]
+
+
 class NetGuard:
-    def __init__(self, allow: Sequence[str] = ()) -> None:
+    """``allow``: networks reachable although internal. ``resolver``: ``socket.getaddrinfo`` (a seam
+    for tests: names that resolve to internal addresses without touching the machine's DNS)."""
+
+    def __init__(self, allow: Sequence[str] = (), *, resolver: Resolver = socket.getaddrinfo) -> None:
         self.allow: list[IPNetwork] = [ipaddress.ip_network(net, strict=False) for net in allow]
+        self._resolver = resolver
 
     def blocked(self, address: IPAddress) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        if isinstance(address, ipaddress.IPv6Address):
+            # an IPv4 address inside (mapped, or 6to4: 2002:0a00:0001:: reaches 10.0.0.1 through a
+            # relay) is judged as that address
+            address = address.ipv4_mapped or address.sixtofour or address
         if any(address in net for net in self.allow):
             return False
         return (
@@ -49,7 +59,7 @@ class NetGuard:
 
     def resolve(self, host: str, port: int) -> list[tuple[int, str]]:
         """``(family, address)`` of every address of ``host`` the guard allows; raises when there is none."""
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = self._resolver(host, port, type=socket.SOCK_STREAM)
         allowed: list[tuple[int, str]] = []
         refused: list[tuple[int, str]] = []
         for family, _, _, _, sockaddr in infos:

@@ -51,6 +51,9 @@ def test_tenants_list_read_and_replay_only_their_own_jobs(worker, client: Client
         rest = a.get("/v1/jobs", params={"limit": 100, "before": page["next_before"]}).json()["data"]
         assert {j["id"] for j in page["data"]} | {j["id"] for j in rest} == a_ok | a_bad
         assert a.get("/v1/jobs", params={"status": "nope"}).status_code == 400
+        for bad in ({"before": "nan"}, {"before": "inf"}, {"before": "soon"}, {"since": "-2h"}, {"limit": "0"}):
+            refused = a.get("/v1/jobs", params=bad)
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == next(iter(bad)), bad
 
         other = next(iter(b_bad))
         assert a.get(f"/v1/jobs/{other}").status_code == 404
