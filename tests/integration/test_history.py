@@ -16,9 +16,11 @@ import redis
 from producers import Client
 from producers.history import HistoryQuery, JobHistory, parse_since
 from simulator.app import SimulatorThread
-from workers.contract import CompletionJob, CompletionResult, ErrorInfo
+from workers.contract import CompletionJob, CompletionResult, ErrorInfo, PromptKeys
 from workers.contract.history import HistoryKeys, day_of
 from workers.jobs.history import HistoryWriter
+from workers.prompts.loader import load_library
+from workers.prompts.store import PromptStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -199,3 +201,34 @@ def test_history_across_midnight_utc_and_since_boundaries(redis_client: redis.Re
     entries = {e.summary.id: e.day for e in history.list(HistoryQuery())}
     assert entries == {"after-midnight": "2026-12-07", "before-midnight": "2026-12-06"}
     assert history.get("before-midnight") is not None and history.get("after-midnight") is not None
+
+
+def test_a_replay_whose_prompt_version_is_gone_is_refused_and_can_be_tried_again(
+    worker, client: Client, redis_client: redis.Redis
+) -> None:
+    """A dead letter rendered from a published prompt keeps the version it named; when that version
+    no longer exists the replay is refused with the reason (exit 1), nothing is sent or recorded,
+    and once it exists again the same replay submits its one copy."""
+    store = PromptStore(redis_client)
+    summarize = next(v for v in load_library(REPO / "prompts") if v.name == "summarize" and v.version == 2)
+    store.publish(summarize)
+    variables = {"text": "secret words", "audience": "engineers", "bullets": 3}
+    job_id = client.submit(
+        {"model": "openai:gpt-4o-mini~400", "prompt": {"name": "summarize", "version": 2, "variables": variables}}
+    ).id
+    assert client.result(job_id, timeout=60).status == "failed"
+    redis_client.hdel(PromptKeys("summarize").versions, "2")
+
+    refused = llmq(client, "replay", "--json", "--model", "openai:gpt-4o-mini~400")
+    assert refused.returncode == 1
+    (outcome,) = [json.loads(line) for line in refused.stdout.splitlines()]
+    assert outcome["id"] == job_id and outcome["outcome"] == "refused" and outcome["copy"] is None
+    assert "no published version 2" in outcome["detail"]
+    entry = JobHistory(redis_client).get(job_id)
+    assert entry is not None and entry.replayed_as is None  # nothing recorded: a later replay may try
+
+    store.publish(summarize)
+    (again,) = lines(llmq(client, "replay", "--json", "--model", "openai:gpt-4o-mini~400"))
+    assert again["outcome"] == "submitted"
+    copy = client.result(again["copy"], timeout=60)
+    assert copy.status == "failed" and copy.prompt is not None and copy.prompt.version == 2

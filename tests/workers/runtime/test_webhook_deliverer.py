@@ -288,3 +288,36 @@ def test_backlog_gauges_count_queued_and_due_deliveries(redis_client: redis.Redi
     deliverer._read_backlog()
     assert deliverer.metrics.queued._value.get() == 3
     assert deliverer.metrics.due._value.get() == 2
+
+
+def test_a_dead_receiver_is_retried_for_24_hours_then_given_up(redis_client: redis.Redis) -> None:
+    """The shipped policy (backoff 5 s ... 8 h, max_age_s 24 h) on a fake clock: attempts keep coming
+    while the next one would still fall inside the day after the job ended, then the delivery fails."""
+    clock = Clock()
+    created = clock.now
+    with Receiver(lambda _id, _n: 500) as receiver:
+        job_id = _queue(redis_client, receiver.url, clock)
+        deliverer = WebhookDeliverer(
+            redis_client,
+            WebhooksConfig(allow_networks=["127.0.0.0/8"]),
+            metrics=WebhookMetrics(CollectorRegistry()),
+            env={"LLMQ_WEBHOOK_SECRET": SECRET},
+            clock=clock,
+        )
+        outcomes = []
+        while True:
+            outcome = deliverer.attempt(job_id)
+            outcomes.append(outcome)
+            due = redis_client.zscore(DUE_KEY, job_id)
+            if due is None:
+                break
+            assert due <= created + 86_400  # never scheduled past the window
+            clock.now = due
+    assert outcomes[-1] == "failed" and set(outcomes[:-1]) == {"retry"}
+    assert 10 <= len(outcomes) <= 16  # 9 growing steps, then 8 h (+-20 %) apart
+    assert clock.now - created > 86_400 - 8 * 3600 * 1.2  # the last attempt was within the last step
+    assert (
+        len(receiver.deliveries) == len(outcomes) and len({d.headers["webhook-id"] for d in receiver.deliveries}) == 1
+    )
+    record = _state(redis_client, job_id)
+    assert record["state"] == "failed" and record["attempts"] == str(len(outcomes))
