@@ -102,12 +102,17 @@ def test_every_example_runs(worker, gw: GatewayThread, redis_url: str, tmp_path:
     _validator("job_summary.json").validate(json.loads(summary))  # type: ignore[arg-type]
 
 
-def test_a_node_program_follows_the_protocol(worker, client: Client, gw: GatewayThread) -> None:
+def _node() -> str:
     node = shutil.which("node") or shutil.which("nodejs")
     if node is None:
         if os.environ.get("CI") == "true":
             pytest.fail("Node.js is missing (.ci/run installs nodejs)")
         pytest.skip("needs Node.js")
+    return node
+
+
+def test_a_node_program_follows_the_protocol(worker, client: Client, gw: GatewayThread) -> None:
+    node = _node()
     for model, status, last in (
         ("openai:gpt-4o-mini", "succeeded", "done"),
         ("openai:gpt-4o-mini~400*", "failed", "error"),
@@ -126,6 +131,39 @@ def test_a_node_program_follows_the_protocol(worker, client: Client, gw: Gateway
         assert seen["types"][0] == "start" and seen["types"][-1] == last
         if status == "succeeded":
             assert "delta" in seen["types"] and "usage" in seen["types"]
+
+
+def test_a_node_program_follows_a_job_from_redis_live_and_replayed(worker, client: Client, redis_url: str) -> None:
+    """The Stream + live channel recipe of docs/protocol.md, in Node with no packages
+    (``tests/protocol/follow_redis.mjs``): started before the job exists it follows it live; started
+    after the end from seq 2 it replays the rest; both see exactly the Stream's events, in order."""
+    node = _node()
+    port = str(urlsplit(redis_url).port)
+    assert urlsplit(redis_url).path in ("", "/", "/0")  # the program reads database 0
+    job_id = "team-docs:node-redis-1"
+    follower = subprocess.Popen(
+        [node, str(ROOT / "tests" / "protocol" / "follow_redis.mjs"), port, job_id, "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # the first token a second late: the follower is subscribed by then and takes it live
+        job = {"id": job_id, "model": "openai:gpt-4o-mini~slow@1", "tenant": "team-docs"}
+        client.submit({**job, "messages": [{"role": "user", "content": "hi"}]})
+        out, err = follower.communicate(timeout=120)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, err
+    live = json.loads(out.strip().splitlines()[-1])
+    stream = [json.loads(f[b"e"]) for _, f in client.redis.xrange(JobKeys(job_id).events)]
+    assert live["seqs"] == [e["seq"] for e in stream] == list(range(len(stream)))
+    assert live["types"] == [e["type"] for e in stream] and live["types"][-1] == "done"
+    assert live["result_status"] == "succeeded" and "delta" in live["types"]
+    replayed = subprocess.run(
+        [node, str(ROOT / "tests" / "protocol" / "follow_redis.mjs"), port, job_id, "2"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert replayed.returncode == 0, replayed.stderr
+    assert json.loads(replayed.stdout.strip().splitlines()[-1])["seqs"] == list(range(2, len(stream)))
 
 
 def test_the_check_names_a_stale_schema(tmp_path: Path) -> None:
