@@ -128,6 +128,13 @@ class BedrockProtocol(Protocol):
         roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
         if roles[0] != "user" or any(a == b for a, b in pairwise(roles)):
             raise RequestError("A conversation must alternate between user and assistant roles.")
+        if not payload.get("toolConfig") and any(
+            isinstance(b, dict) and ("toolUse" in b or "toolResult" in b)
+            for m in messages
+            if isinstance(m, dict)
+            for b in m.get("content") or []
+        ):
+            raise RequestError("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
         config = payload.get("inferenceConfig") or {}
         limit = config.get("maxTokens")
         specs = [t.get("toolSpec") for t in (payload.get("toolConfig") or {}).get("tools") or [] if isinstance(t, dict)]

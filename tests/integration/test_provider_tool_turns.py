@@ -85,3 +85,26 @@ def test_two_turns_of_calls_then_a_fallback_to_anthropic_keep_every_call_id_uniq
         (model + PLAN, "failed", 3),
         (FALLBACK, "succeeded", 3),
     ]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
+def test_bedrock_answers_a_conversation_with_tool_history_and_no_tools(
+    tool_worker: object, client: Client, stream: bool
+) -> None:
+    """Converse refuses toolUse/toolResult blocks without a toolConfig (the simulator too, in its
+    words): earlier tool turns go as text when the job offers no tools."""
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_capital", "arguments": '{"country": "France"}'},
+    }
+    messages = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Paris"},
+        {"role": "user", "content": "Say it in one sentence."},
+    ]
+    job = {"model": "bedrock:us.amazon.nova-micro-v1:0", "messages": messages, "stream": stream, "max_tokens": 50}
+    result = client.submit(job).result(timeout=60)
+    assert result.status == "succeeded", result.error
+    assert [a.status for a in result.attempts] == ["succeeded"]

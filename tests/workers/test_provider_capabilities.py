@@ -25,6 +25,7 @@ SPECS = {
     "aws": ProviderSpec(type="bedrock", region="us-east-1"),
 }
 INFOS = provider_infos(SPECS)
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 
 
 def _job(**fields: Any) -> CompletionJob:
@@ -56,6 +57,12 @@ def test_named_providers_are_checked_by_their_type_and_named_as_configured() -> 
     thinking = {"reasoning": {"effort": "low"}, "max_tokens": 4096}
     assert _fields("aws:us.anthropic.claude-sonnet-4-5-20250929-v1:0", **thinking) == []
     assert _fields("aws:us.amazon.nova-micro-v1:0", **thinking) == [("aws", "reasoning")]
+    # Claude's thinking on Bedrock has the rules it has on Anthropic's API (the model id in any form)
+    for claude in ("aws:us.anthropic.claude-sonnet-4-5-20250929-v1:0", "aws:anthropic.claude-3-7-sonnet-20250219-v1:0"):
+        assert _fields(claude, **thinking, temperature=0.2, top_p=0.5) == [("aws", "temperature"), ("aws", "top_p")]
+        assert _fields(claude, reasoning={"effort": "high"}, max_tokens=4096) == [("aws", "reasoning")]
+        forced = {"tool_choice": "required", "tools": [WEATHER]}
+        assert _fields(claude, **thinking, **forced) == [("aws", "tool_choice")]
     error = _job(seed=7).capability_problems("aws:m", INFOS)[0]
     assert isinstance(error, CapabilityError) and str(error).startswith("aws does not support seed: ")
 

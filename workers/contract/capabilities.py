@@ -160,19 +160,10 @@ def _anthropic(job: RequestParams, model: str, images: Images, tools: bool) -> l
     if forced_tool and (choice in ("required", "none") or isinstance(choice, NamedToolChoice)):
         found.append(CapabilityError(p, "tool_choice", f"{model} answers response_format through a forced tool call"))
     if job.reasoning is not None:
-        if job.temperature is not None and job.temperature != 1.0:
-            found.append(CapabilityError(p, "temperature", "extended thinking runs at temperature 1 only"))
-        if job.top_p is not None and job.top_p < 0.95:
-            found.append(CapabilityError(p, "top_p", "extended thinking needs top_p of at least 0.95"))
-        if choice == "required" or isinstance(choice, NamedToolChoice):
-            found.append(CapabilityError(p, "tool_choice", "extended thinking allows only 'auto' or 'none'"))
+        found += _claude_thinking(p, job)
         if forced_tool:
             found.append(
                 CapabilityError(p, "response_format", f"{model} needs a forced tool call, which thinking forbids")
-            )
-        if job.reasoning.anthropic_budget() >= job.max_tokens:
-            found.append(
-                CapabilityError(p, "reasoning", "the thinking budget must be below max_tokens (raise max_tokens)")
             )
     if len(images) > ANTHROPIC_MAX_IMAGES:
         found.append(CapabilityError(p, "image_url", f"at most {ANTHROPIC_MAX_IMAGES} images per request"))
@@ -184,6 +175,20 @@ def _anthropic(job: RequestParams, model: str, images: Images, tools: bool) -> l
                     p, f"messages[{i}].image_url", f"the image is {size} bytes; the limit is 5 MB per image"
                 )
             )
+    return found
+
+
+def _claude_thinking(p: str, job: RequestParams) -> list[CapabilityError]:
+    """What Claude's extended thinking forbids, on Anthropic's API and on Bedrock alike."""
+    found: list[CapabilityError] = []
+    if job.temperature is not None and job.temperature != 1.0:
+        found.append(CapabilityError(p, "temperature", "extended thinking runs at temperature 1 only"))
+    if job.top_p is not None and job.top_p < 0.95:
+        found.append(CapabilityError(p, "top_p", "extended thinking needs top_p of at least 0.95"))
+    if job.tool_choice == "required" or isinstance(job.tool_choice, NamedToolChoice):
+        found.append(CapabilityError(p, "tool_choice", "extended thinking allows only 'auto' or 'none'"))
+    if job.reasoning is not None and job.reasoning.anthropic_budget() >= job.max_tokens:
+        found.append(CapabilityError(p, "reasoning", "the thinking budget must be below max_tokens (raise max_tokens)"))
     return found
 
 
@@ -246,8 +251,13 @@ def _bedrock(job: RequestParams, model: str, images: Images, tools: bool) -> lis
         found.append(CapabilityError(p, "parallel_tool_calls", "Converse cannot limit a turn to one tool call"))
     if job.tool_choice == "none" and tools:
         found.append(CapabilityError(p, "tool_choice", "Converse has no 'none' (leave the tools out instead)"))
-    if job.reasoning is not None and "anthropic.claude" not in model:
-        found.append(CapabilityError(p, "reasoning", f"{model}: reasoning on Bedrock is Claude's extended thinking"))
+    if job.reasoning is not None:
+        if "anthropic.claude" in model:  # also a region prefix (us.anthropic...) or an inference profile's ARN
+            found += _claude_thinking(p, job)
+        else:
+            found.append(
+                CapabilityError(p, "reasoning", f"{model}: reasoning on Bedrock is Claude's extended thinking")
+            )
     found += _links(images, p, "Converse takes images as bytes (base64 data URLs), not links")
     return found
 

@@ -179,8 +179,14 @@ def _reasoning(block: ReasoningBlock) -> dict[str, object]:
     return {"reasoningContent": {"reasoningText": {"text": block.thinking, "signature": block.signature}}}
 
 
-def _blocks(message: Message) -> tuple[str, list[dict[str, object]]]:
+def _blocks(message: Message, names: Mapping[str, str] | None) -> tuple[str, list[dict[str, object]]]:
+    """One contract message as a Converse ``(role, content)``; ``names`` (call id -> tool name): the
+    request sends no ``toolConfig``, so tool calls and results are written as text (Converse refuses
+    ``toolUse``/``toolResult`` blocks without one)."""
     if message.role == "tool":
+        if names is not None:
+            name = names.get(message.tool_call_id or "", "tool")
+            return "user", [{"text": f"[result of tool {name} (call {message.tool_call_id})]: {message.text}"}]
         result = {"toolUseId": message.tool_call_id, "content": [{"text": message.text}]}
         return "user", [{"toolResult": result}]
     if message.role == "assistant":
@@ -188,7 +194,10 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, object]]]:
         if message.text:
             blocks.append({"text": message.text})
         for call in message.tool_calls or []:
-            blocks.append({"toolUse": {"toolUseId": call.id, "name": call.function.name, "input": _input(call)}})
+            if names is not None:
+                blocks.append({"text": f"[call {call.id} of tool {call.function.name}: {call.function.arguments}]"})
+            else:
+                blocks.append({"toolUse": {"toolUseId": call.id, "name": call.function.name, "input": _input(call)}})
         return "assistant", blocks or [{"text": ""}]
     if isinstance(message.content, list):
         return "user", [_part(p) for p in message.content]
@@ -215,19 +224,22 @@ def _tool_choice(p: RequestParams) -> dict[str, object] | None:
 
 
 def build_body(request: ChatRequest) -> dict[str, object]:
+    p = request.params
+    send_tools = bool(request.tools) and p.tool_choice != "none"
+    # without a toolConfig, earlier turns' tool calls and results go as text (see _blocks)
+    names = None if send_tools else {c.id: c.function.name for m in request.messages for c in m.tool_calls or []}
     system: list[dict[str, object]] = []
     turns: list[dict[str, object]] = []
     for message in request.messages:
         if message.role == "system":
             system.append({"text": message.text})
             continue
-        role, blocks = _blocks(message)
+        role, blocks = _blocks(message, names)
         previous = turns[-1]["content"] if turns and turns[-1]["role"] == role else None
         if isinstance(previous, list):  # Converse alternates roles: one turn's results go together
             previous.extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
-    p = request.params
     config: dict[str, object] = {"maxTokens": p.max_tokens}
     if p.temperature is not None:
         config["temperature"] = p.temperature
@@ -238,7 +250,7 @@ def build_body(request: ChatRequest) -> dict[str, object]:
     body: dict[str, object] = {"messages": turns, "inferenceConfig": config}
     if system:
         body["system"] = system
-    if request.tools and p.tool_choice != "none":
+    if send_tools:
         tools: dict[str, object] = {
             "tools": [
                 {

@@ -191,3 +191,26 @@ def test_azure_preview_and_latest_are_the_v1_paths_api_version(server: ReplaySer
     provider = AzureOpenAIProvider(http, api_key="k", base_url=base, api_version="v1")
     sent(server, "az-v1-named", provider, request(), model="gpt-4o")
     assert server.requests["az-v1-named"][0].path == "/openai/v1/chat/completions"
+
+
+def test_bedrock_writes_earlier_tool_turns_as_text_when_it_sends_no_tools() -> None:
+    """Converse refuses toolUse/toolResult blocks without a toolConfig (a summary turn, tool history
+    handed on by a client, or a fallback to a request without tools)."""
+    from workers.llm.bedrock import build_body as bedrock_body
+
+    body = bedrock_body(request(tools=[]))
+    assert "toolConfig" not in body
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][1]["content"][1:] == [
+        {"text": '[call call_1 of tool get_weather: {"city": "Paris"}]'},
+        {"text": '[call call_2 of tool get_weather: {"city": "Rome"}]'},
+    ]
+    assert body["messages"][2]["content"] == [
+        {"text": "[result of tool get_weather (call call_1)]: 18C"},
+        {"text": "[result of tool get_weather (call call_2)]: 24C"},
+        {"text": "Thanks, and in F?"},
+    ]
+    blocks = json.dumps(body)
+    assert "toolUse" not in blocks and "toolResult" not in blocks
+    # with tools, the blocks are Converse's own
+    assert "toolResult" in json.dumps(bedrock_body(request()))
