@@ -20,7 +20,9 @@ allows), ``tools`` / ``tools@N`` (N tool calls instead of text, cycling over the
 ``cache@N`` (N of the prompt's tokens reported as read from the prompt cache; ``cachew@N``: written
 to it, Anthropic only), ``badjson`` (an answer that is not valid JSON / not valid for the requested
 schema; plan ``badjson,badjson`` for two in a row), ``refusal`` (the model declines: OpenAI's
-``refusal``, Anthropic's ``refusal`` stop reason), ``badargs`` / ``badargs@N`` (like ``tools``, but
+``refusal``, Anthropic's ``refusal`` stop reason), ``filter`` (the provider's content filter stops
+the answer halfway: ``content_filter``, Gemini's ``SAFETY``, Bedrock's ``content_filtered``,
+Anthropic's ``refusal``), ``badargs`` / ``badargs@N`` (like ``tools``, but
 every call's arguments violate its schema: ``gpt-4o~badargs,tools`` is a model that corrects
 itself on the next turn); ``expire`` (a provider batch's line expires; see ``simulator/batches.py``).
 
@@ -78,6 +80,7 @@ STREAM_FAULTS = frozenset(
         "cachew",
         "badjson",
         "refusal",
+        "filter",
     }
 )
 #: Faults of a provider batch's line only (a live request answers as if none was planned).
@@ -286,7 +289,7 @@ class Script:
     tokens: Sequence[str]
     prompt_tokens: int
     tool_calls: list[ToolCall] = field(default_factory=list)
-    #: ``stop``, ``length`` or ``tool`` (each protocol spells it its own way).
+    #: ``stop``, ``length``, ``tool``, ``refusal`` or ``filter`` (each protocol spells it its own way).
     finish: str = "stop"
     #: Of ``prompt_tokens``: reported as read from / written to the provider's prompt cache.
     cached_tokens: int = 0

@@ -247,6 +247,9 @@ def ollama_params(payload: dict[str, object], options: dict[str, object]) -> Req
 def plan_params(script: Script, req: ParsedRequest, fault: Fault) -> Script:
     """Shape the planned answer by the request's parameters (and the ``badjson``/``refusal`` faults)."""
     params = req.params
+    if fault.kind == "filter":  # the provider's filter stops the answer halfway
+        script.tokens, script.tool_calls, script.finish = tuple(script.tokens[: len(script.tokens) // 2]), [], "filter"
+        return script
     if fault.kind == "refusal":
         script.tokens, script.tool_calls, script.refusal = (), [], REFUSAL
         script.finish = "refusal"

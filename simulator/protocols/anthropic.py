@@ -62,7 +62,7 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
     "503": (503, "api_error", "Service unavailable"),
     "529": (529, "overloaded_error", "Overloaded"),
 }
-_FINISH = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use", "refusal": "refusal"}
+_FINISH = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use", "refusal": "refusal", "filter": "refusal"}
 
 
 def _input_usage(s: Script) -> dict[str, object]:

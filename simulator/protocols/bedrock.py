@@ -58,7 +58,13 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
     "503": (503, "ServiceUnavailableException", "Bedrock is unable to process your request."),
     "529": (429, "ModelNotReadyException", "The model is not ready to serve inference requests."),
 }
-_STOP = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use", "refusal": "end_turn"}
+_STOP = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool": "tool_use",
+    "refusal": "end_turn",
+    "filter": "content_filtered",
+}
 _PAD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 

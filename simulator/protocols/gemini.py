@@ -57,7 +57,7 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
     "503": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
     "529": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
 }
-_FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool": "STOP", "refusal": "STOP"}
+_FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool": "STOP", "refusal": "STOP", "filter": "SAFETY"}
 _SIGNATURE = "c2ltdWxhdGVkIHRob3VnaHQgc2lnbmF0dXJl"  # base64("simulated thought signature")
 
 

@@ -46,7 +46,7 @@ _ERRORS: dict[str, tuple[int, str]] = {
     "503": (503, "server busy, please try again.  maximum pending requests exceeded"),
     "529": (529, "server overloaded, please try again later"),
 }
-_FINISH = {"stop": "stop", "length": "length", "tool": "stop"}
+_FINISH = {"stop": "stop", "length": "length", "tool": "stop", "refusal": "stop", "filter": "stop"}
 _MIDSTREAM = b'{"error":"an error was encountered while running the model"}\n'
 
 

@@ -44,7 +44,7 @@ _ERRORS: dict[str, tuple[int, str, str | None, str]] = {
     "503": (503, "server_error", None, "The engine is currently overloaded, please try again later."),
     "529": (529, "server_error", None, "The server is overloaded, please try again later."),
 }
-_FINISH = {"stop": "stop", "length": "length", "tool": "tool_calls", "refusal": "stop"}
+_FINISH = {"stop": "stop", "length": "length", "tool": "tool_calls", "refusal": "stop", "filter": "content_filter"}
 
 
 def _error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:

@@ -43,7 +43,7 @@ def _limited(model: str) -> str:
 def config_path(tmp_path: Path, simulator: SimulatorThread) -> Path:
     # no retries: a 429 moves the chain on at once (the retry wrapper is tested elsewhere)
     models = "".join(
-        f'[models."{_limited(m)}"]\nmax_retries = 0\n\n[models."{m}"]\nmax_retries = 0\n\n' for m in MODELS.values()
+        f'[models."{m}{plan}"]\nmax_retries = 0\n\n' for m in MODELS.values() for plan in ("", "~429@1*", "~503*")
     )
     path = tmp_path / "llmq.toml"
     path.write_text(provider_config(simulator.url) + "\n" + models)
@@ -125,3 +125,24 @@ def test_a_429_moves_the_chain_across_four_provider_types_and_each_answer_is_pri
     assert to_micros(_spent(redis_url) - before) == charged
     # the simulator saw one request per attempt, each on its own wire format's path
     assert sum(len(r.attempts) for r in results) == simulator.simulator.stats.as_json()["requests"]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
+def test_a_503_moves_the_chain_and_a_content_filter_ends_it_on_every_type(
+    named_worker: object, client: Client, simulator: SimulatorThread, stream: bool
+) -> None:
+    """An outage is another model's chance; a content filter's verdict is not retried, nor handed
+    to the next model (it fails the job as ``content_filtered``, whichever type said it)."""
+    for i, kind in enumerate(ORDER):
+        failing, answering = MODELS[kind], MODELS[ORDER[i - 1]]
+        job = {"model": failing + "~503*", "fallbacks": [answering], "messages": PROMPT, "stream": stream}
+        moved = client.submit({**job, "max_tokens": 20}).result(timeout=60)
+        assert moved.status == "succeeded" and moved.model_used == answering, moved.error
+        assert [(a.status, a.error_type) for a in moved.attempts] == [("failed", "server_error"), ("succeeded", None)]
+        job = {"model": failing + "~filter", "fallbacks": [answering], "messages": PROMPT, "stream": stream}
+        filtered = client.submit({**job, "max_tokens": 20}).result(timeout=60)
+        assert filtered.status == "failed" and filtered.error is not None, kind
+        assert (filtered.error.type, filtered.error.retryable) == ("content_filtered", False), kind
+        assert [(a.model, a.status) for a in filtered.attempts] == [(failing + "~filter", "failed")], kind
+        if stream:  # the text before the filter's stop was streamed, and is kept
+            assert filtered.content, kind

@@ -8,7 +8,8 @@ the structured-output repair (``workers/jobs/structured.py``) one per repair. Ea
 * **call**: a whole-body call (``stream: false``) can be ended from outside through its
   :class:`~workers.llm.abort.AbortSignal`; a stream is read delta by delta and each delta goes to
   the job's publisher (coalesced there). The first delta commits the turn: no retry or fallback
-  after it, and a later failure is a :class:`~workers.llm.errors.MidStreamError`.
+  after it, and a later failure is a :class:`~workers.llm.errors.MidStreamError` (a content filter's
+  stop keeps its own type, :class:`~workers.llm.errors.ContentFilteredError`).
 * **cancel**: the cancel watcher and the publisher's view of the cancel key stop the call; the
   turn ends with :class:`~workers.llm.errors.JobCancelledError`.
 * **fence**: a run that lost the job (the claim heartbeat fired :attr:`JobRun.abort`) or is handed
@@ -29,7 +30,14 @@ from workers.jobs.resources import CancelHooks
 from workers.jobs.run import JobRun
 from workers.jobs.store import JobStore
 from workers.llm.base import ChatRequest, ChatStream, Completion
-from workers.llm.errors import JobCancelledError, LLMQError, MidStreamError, RunFencedError, error_type_name
+from workers.llm.errors import (
+    ContentFilteredError,
+    JobCancelledError,
+    LLMQError,
+    MidStreamError,
+    RunFencedError,
+    error_type_name,
+)
 from workers.llm.model import ChatModel
 
 __all__ = ["Turns", "abort_stream"]
@@ -115,7 +123,9 @@ class Turns:
                 raise RunFencedError("the stream was stopped: the job moved or is handed back") from exc
             if publisher.cancelled or self._store.is_cancelled(run.keys):
                 raise JobCancelledError("cancelled while streaming") from exc
-            if run.ttft_s is not None:
+            if run.ttft_s is not None and not isinstance(exc, ContentFilteredError):
+                # (a filter's verdict keeps its type: it is terminal anyway, and it is the cause the
+                # producer must see, streamed or not)
                 raise MidStreamError(
                     f"{error_type_name(exc)} after the first delta: {exc.message}",
                     provider=exc.provider,

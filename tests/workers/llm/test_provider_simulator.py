@@ -16,6 +16,7 @@ from workers.contract import Message, Tool, ToolFunction
 from workers.llm.base import ChatRequest, Provider
 from workers.llm.errors import (
     AuthenticationError,
+    ContentFilteredError,
     ContextLengthExceededError,
     IncompleteStreamError,
     InsufficientQuotaError,
@@ -147,3 +148,35 @@ def test_stream_faults(
     with pytest.raises(cls):
         list(stream)
     assert stream.text and not stream.completed  # partial text seen before the failure
+
+
+@pytest.mark.parametrize("name", ["openai", "azure", "gemini", "bedrock"])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
+def test_a_content_filter_stop_is_content_filtered_not_retried(
+    name: str, stream: bool, http: HTTPClient, simulator: SimulatorThread
+) -> None:
+    """The ``filter`` fault: each format's own filter stop (``content_filter``, ``SAFETY``,
+    ``content_filtered``) halfway through the answer."""
+    provider = sim_provider(name, http, simulator)
+    with pytest.raises(ContentFilteredError) as info:
+        if stream:
+            list(provider.stream("m", request("filter")))
+        else:
+            provider.complete("m", request("filter"))
+    assert not info.value.retryable and not info.value.falls_back
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
+def test_a_filter_stop_on_anthropic_and_ollama_ends_the_answer(
+    stream: bool, http: HTTPClient, simulator: SimulatorThread
+) -> None:
+    """Anthropic says it as its ``refusal`` stop reason; Ollama has no filter (a plain stop)."""
+    for name, reason in (("anthropic", "refusal"), ("ollama", "stop")):
+        provider = sim_provider(name, http, simulator)
+        if stream:
+            with provider.stream("m", request("filter")) as s:
+                list(s)
+            completion = s.to_completion()
+        else:
+            completion = provider.complete("m", request("filter"))
+        assert completion.native_finish_reason == reason, name
