@@ -33,7 +33,7 @@ from simulator.answer import Answer, send_error, send_once, send_stream
 from simulator.batches import BatchEngine, LineAnswer
 from simulator.batchfiles import FileStore
 from simulator.batchroutes import BatchRoutes, is_batch_path
-from simulator.env import worker_env
+from simulator.env import provider_config, provider_env, worker_env
 from simulator.http import HTTPServer, Request, Responder
 from simulator.pacer import Pacer
 from simulator.promptcache import PromptCache
@@ -360,10 +360,15 @@ def worker_instructions(host: str, port: int) -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     url = f"http://{shown}:{port}"
     exports = "\n".join(f"  export {name}={value}" for name, value in worker_env(url).items())
+    entries = "\n".join(f"  {line}" if line else "" for line in provider_config(url).splitlines())
+    keys = " ".join(f"{k}={v}" for k, v in provider_env(url).items() if k not in worker_env(url))
     return (
         f"llmq simulator listening on http://{host}:{port}\n"
         f"A worker uses it with these in its environment (OpenAI's base URL ends in /v1):\n{exports}\n"
-        f"  # or, for every provider without a key or base URL of its own: export {SIMULATOR_URL_ENV}={url}"
+        f"  # or, for every provider without a key or base URL of its own: export {SIMULATOR_URL_ENV}={url}\n"
+        "Azure OpenAI, Gemini and Bedrock are entries of the worker's config file (LLMQ_CONFIG):\n"
+        f"{entries}\n"
+        f"with their keys in its environment (any values; the simulator checks that one is sent):\n  export {keys}"
     )
 
 

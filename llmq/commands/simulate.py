@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "simulate",
         help="run the provider simulator",
-        description="OpenAI/Anthropic/Ollama-compatible simulator with scripted latency and faults.",
+        description="Provider simulator (OpenAI, Anthropic, Ollama, Azure OpenAI, Gemini and Bedrock wire "
+        "formats) with scripted latency and faults.",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8790)
