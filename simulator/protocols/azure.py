@@ -25,6 +25,8 @@ __all__ = ["AzureProtocol"]
 
 _DEPLOYMENT = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
 _V1 = "/openai/v1/chat/completions"
+#: api-versions before this one refuse ``stream_options`` (and ``max_completion_tokens``).
+_STREAM_OPTIONS_SINCE = "2024-09-01"
 _DATED = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 _SAFE = {"filtered": False, "severity": "safe"}
 _FILTERS = {"hate": _SAFE, "self_harm": _SAFE, "sexual": _SAFE, "violence": _SAFE}
@@ -65,6 +67,8 @@ class AzureProtocol(OpenAIProtocol):
             raise RequestError("Missing required query parameter: api-version", status=404)
         if not _DATED.match(version):  # "preview"/"latest" belong to the v1 path
             raise RequestError(f"Unsupported api-version {version!r} for a deployment URL", status=404)
+        if version < _STREAM_OPTIONS_SINCE and "stream_options" in payload:
+            raise RequestError("Unrecognized request argument supplied: stream_options")
         return self.parse({**payload, "model": route["deployment"]})
 
     def invalid(self, err: RequestError) -> Reply:

@@ -28,8 +28,9 @@ from workers.llm.openai import OpenAIProvider, openai_error_from_body
 
 __all__ = ["AzureOpenAIProvider", "azure_error_from_body"]
 
-#: api-versions from this one on take ``max_completion_tokens`` (reasoning models need it).
-_COMPLETION_TOKENS_SINCE = "2024-09-01"
+#: api-versions from this one on take ``max_completion_tokens`` (reasoning models need it) and
+#: ``stream_options`` (older ones refuse it: "Unrecognized request argument supplied").
+_NEW_FIELDS_SINCE = "2024-09-01"
 #: ``api_version`` values of the v1 path (the others are dated versions of deployment URLs).
 V1_VERSIONS = ("v1", "preview", "latest")
 
@@ -122,8 +123,9 @@ class AzureOpenAIProvider(OpenAIProvider):
             timeout_s=timeout_s,
         )
         self._bearer = bearer
-        new_enough = self._api_version is None or self._api_version >= _COMPLETION_TOKENS_SINCE
+        new_enough = self._api_version is None or self._api_version >= _NEW_FIELDS_SINCE
         self._max_tokens_field = "max_completion_tokens" if new_enough else "max_tokens"
+        self._stream_usage = new_enough
 
     def endpoint(self, model: str, *, stream: bool) -> str:
         if self._api_version is None:

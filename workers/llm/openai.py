@@ -162,6 +162,9 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
             timeout_s=timeout_s,
         )
         self._max_tokens_field = "max_completion_tokens" if official else "max_tokens"
+        #: Ask for the usage chunk of a stream (``stream_options``); a server refusing the field
+        #: (Azure before 2024-09-01) reports none, and the turn's usage is estimated.
+        self._stream_usage = True
         #: The API root (``.../v1``): the Files and Batch APIs live beside Chat Completions.
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
 
@@ -188,7 +191,8 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
         _add_params(body, request)
         if stream:
             body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+            if self._stream_usage:
+                body["stream_options"] = {"include_usage": True}
         return body
 
     def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:

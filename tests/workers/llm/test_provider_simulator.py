@@ -180,3 +180,18 @@ def test_a_filter_stop_on_anthropic_and_ollama_ends_the_answer(
         else:
             completion = provider.complete("m", request("filter"))
         assert completion.native_finish_reason == reason, name
+
+
+def test_an_azure_api_version_before_stream_options_streams_without_them(
+    http: HTTPClient, simulator: SimulatorThread
+) -> None:
+    """Azure before 2024-09-01 refuses ``stream_options`` (the simulator too): not sent, the stream
+    has no usage chunk, and the job's usage is estimated from the pre-count and the text."""
+    from workers.llm.azure import AzureOpenAIProvider
+
+    for version, usage in (("2024-06-01", False), ("2024-10-21", True)):
+        provider = AzureOpenAIProvider(http, api_key="sk-sim", base_url=simulator.url, api_version=version)
+        assert ("stream_options" in provider.build_body("m", request(), stream=True)) is usage
+        with provider.stream("gpt-4o", request()) as stream:
+            text = "".join(stream)
+        assert text and stream.completed and (stream.usage is not None) is usage, version
