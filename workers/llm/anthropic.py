@@ -44,6 +44,7 @@ from workers.llm.base import (
     ResponseBody,
     ResponseStream,
     ToolCallAccumulator,
+    call_arguments,
     decode_json,
     iter_lines,
     new_call_id,
@@ -51,7 +52,7 @@ from workers.llm.base import (
     sse_continuation,
 )
 from workers.llm.errormap import error_for_status, error_in_stream, parse_ratelimit, redact
-from workers.llm.errors import BadRequestError, LLMQError
+from workers.llm.errors import LLMQError
 from workers.llm.httpclient import HTTPClient
 from workers.llm.httpprovider import HTTPProvider
 
@@ -117,13 +118,7 @@ def anthropic_error_from_body(
 
 
 def _tool_input(call: ToolCall) -> dict[str, object]:
-    try:
-        value = json.loads(call.function.arguments or "{}")
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", provider="anthropic")
-    return value
+    return call_arguments(call, "anthropic")
 
 
 def _blocks(message: Message) -> tuple[str, list[dict[str, object]]]:

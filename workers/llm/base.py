@@ -30,7 +30,13 @@ from typing import Protocol as _Protocol
 
 from workers.contract import FunctionCall, Message, ReasoningBlock, RequestParams, Tool, ToolCall, Usage
 from workers.llm.abort import AbortSignal
-from workers.llm.errors import IncompleteStreamError, JobCancelledError, LLMQError, ResponseTooLargeError
+from workers.llm.errors import (
+    BadRequestError,
+    IncompleteStreamError,
+    JobCancelledError,
+    LLMQError,
+    ResponseTooLargeError,
+)
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -42,12 +48,14 @@ __all__ = [
     "ResponseBody",
     "ResponseStream",
     "ToolCallAccumulator",
+    "call_arguments",
     "check_completion",
     "decode_json",
     "iter_lines",
     "iter_sse",
     "new_call_id",
     "sse_continuation",
+    "tool_names",
 ]
 
 
@@ -306,6 +314,23 @@ class Provider(ABC):
 
 #: Builds a provider from the worker's environment; registered per provider name.
 ProviderFactory = Callable[..., Provider]
+
+
+def call_arguments(call: ToolCall, provider: str) -> dict[str, object]:
+    """A tool call's arguments as the object the formats that take one want (Anthropic, Gemini,
+    Bedrock, Ollama); not a JSON object: a bad request."""
+    try:
+        value = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", provider=provider)
+    return value
+
+
+def tool_names(messages: Iterable[Message]) -> dict[str, str]:
+    """Call id -> tool name over a conversation, for formats that answer a call by its tool's name."""
+    return {c.id: c.function.name for m in messages for c in m.tool_calls or []}
 
 
 def new_call_id(prefix: str = "call_") -> str:

@@ -45,12 +45,13 @@ from workers.llm.base import (
     ResponseBody,
     ResponseStream,
     ToolCallAccumulator,
+    call_arguments,
     new_call_id,
+    tool_names,
 )
 from workers.llm.errormap import error_for_status, error_in_stream, redact
 from workers.llm.errors import (
     AuthenticationError,
-    BadRequestError,
     ConfigurationError,
     ContentFilteredError,
     InsufficientQuotaError,
@@ -163,16 +164,6 @@ def _exception(kind: str, payload: bytes, provider: str, model: str, request_id:
 # --- request -------------------------------------------------------------------------------------
 
 
-def _input(call: ToolCall) -> dict[str, object]:
-    try:
-        value = json.loads(call.function.arguments or "{}")
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", provider="bedrock")
-    return value
-
-
 def _reasoning(block: ReasoningBlock) -> dict[str, object]:
     if block.type == "redacted_thinking":
         return {"reasoningContent": {"redactedContent": block.data}}
@@ -197,7 +188,15 @@ def _blocks(message: Message, names: Mapping[str, str] | None) -> tuple[str, lis
             if names is not None:
                 blocks.append({"text": f"[call {call.id} of tool {call.function.name}: {call.function.arguments}]"})
             else:
-                blocks.append({"toolUse": {"toolUseId": call.id, "name": call.function.name, "input": _input(call)}})
+                blocks.append(
+                    {
+                        "toolUse": {
+                            "toolUseId": call.id,
+                            "name": call.function.name,
+                            "input": call_arguments(call, "bedrock"),
+                        }
+                    }
+                )
         return "assistant", blocks or [{"text": ""}]
     if isinstance(message.content, list):
         return "user", [_part(p) for p in message.content]
@@ -227,7 +226,7 @@ def build_body(request: ChatRequest) -> dict[str, object]:
     p = request.params
     send_tools = bool(request.tools) and p.tool_choice != "none"
     # without a toolConfig, earlier turns' tool calls and results go as text (see _blocks)
-    names = None if send_tools else {c.id: c.function.name for m in request.messages for c in m.tool_calls or []}
+    names = None if send_tools else tool_names(request.messages)
     system: list[dict[str, object]] = []
     turns: list[dict[str, object]] = []
     for message in request.messages:

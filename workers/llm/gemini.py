@@ -48,14 +48,15 @@ from workers.llm.base import (
     Completion,
     ResponseBody,
     ResponseStream,
+    call_arguments,
     decode_json,
     iter_sse,
     new_call_id,
+    tool_names,
 )
 from workers.llm.errormap import error_for_status, parse_duration, redact
 from workers.llm.errors import (
     AuthenticationError,
-    BadRequestError,
     ContentFilteredError,
     InsufficientQuotaError,
     LLMQError,
@@ -198,16 +199,6 @@ def _narrow(schema: object) -> object:
     return out
 
 
-def _arguments(call: ToolCall) -> dict[str, object]:
-    try:
-        value = json.loads(call.function.arguments or "{}")
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", provider="gemini")
-    return value
-
-
 def _signatures(message: Message) -> dict[str | None, str]:
     """A model turn's thought signatures by the call they belong to (None: its text)."""
     return {
@@ -231,7 +222,7 @@ def _parts(message: Message, names: Mapping[str, str]) -> tuple[str, list[dict[s
                 part["thoughtSignature"] = signatures[None]
             parts.append(part)
         for call in message.tool_calls or []:
-            part = {"functionCall": {"name": call.function.name, "args": _arguments(call)}}
+            part = {"functionCall": {"name": call.function.name, "args": call_arguments(call, "gemini")}}
             if call.id in signatures:
                 part["thoughtSignature"] = signatures[call.id]
             parts.append(part)
@@ -261,7 +252,7 @@ def _tool_config(p: RequestParams) -> dict[str, object] | None:
 
 
 def build_body(request: ChatRequest) -> dict[str, object]:
-    names = {c.id: c.function.name for m in request.messages for c in m.tool_calls or []}
+    names = tool_names(request.messages)
     system: list[dict[str, object]] = []
     contents: list[dict[str, object]] = []
     for message in request.messages:

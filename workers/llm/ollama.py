@@ -28,13 +28,15 @@ from workers.llm.base import (
     Completion,
     ResponseBody,
     ResponseStream,
+    call_arguments,
     decode_json,
     iter_lines,
     new_call_id,
     normalize_arguments,
+    tool_names,
 )
 from workers.llm.errormap import error_for_status, error_in_stream, redact
-from workers.llm.errors import BadRequestError, LLMQError
+from workers.llm.errors import LLMQError
 from workers.llm.httpclient import HTTPClient
 from workers.llm.httpprovider import HTTPProvider
 
@@ -88,7 +90,7 @@ def ollama_error_from_body(
     return error_for_status(status, headers, provider=provider, model=model, message=redact(message, secret))
 
 
-def _message(message: Message, tool_names: Mapping[str, str]) -> dict[str, object]:
+def _message(message: Message, names: Mapping[str, str]) -> dict[str, object]:
     out: dict[str, object] = {"role": message.role, "content": message.text}
     images = [part.image_url.info.data for part in message.images]
     if images:
@@ -96,28 +98,22 @@ def _message(message: Message, tool_names: Mapping[str, str]) -> dict[str, objec
     if message.tool_calls:
         calls = []
         for call in message.tool_calls:
-            try:
-                arguments = json.loads(call.function.arguments or "{}")
-            except ValueError:
-                arguments = None
-            if not isinstance(arguments, dict):
-                raise BadRequestError(f"arguments of tool call {call.id!r} are not a JSON object", provider="ollama")
-            calls.append({"function": {"name": call.function.name, "arguments": arguments}})
+            calls.append({"function": {"name": call.function.name, "arguments": call_arguments(call, "ollama")}})
         out["tool_calls"] = calls
-    if message.role == "tool" and message.tool_call_id is not None and message.tool_call_id in tool_names:
-        out["tool_name"] = tool_names[message.tool_call_id]
+    if message.role == "tool" and message.tool_call_id is not None and message.tool_call_id in names:
+        out["tool_name"] = names[message.tool_call_id]
     return out
 
 
 def build_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str, object]:
     p = request.params
-    tool_names = {c.id: c.function.name for m in request.messages for c in m.tool_calls or []}
+    names = tool_names(request.messages)
     options: dict[str, object] = {"num_predict": p.max_tokens}
     if p.temperature is not None:
         options["temperature"] = p.temperature
     body: dict[str, object] = {
         "model": model,
-        "messages": [_message(m, tool_names) for m in request.messages],
+        "messages": [_message(m, names) for m in request.messages],
         "stream": stream,
         "options": options,
     }
