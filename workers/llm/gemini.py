@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from workers.contract import (
     FunctionCall,
@@ -515,6 +515,8 @@ class GeminiProvider(HTTPProvider[GeminiStream]):
         timeout_s: float | None = None,
     ) -> None:
         base = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        if not urlsplit(base).path:  # the API's host alone: its models live under the version
+            base += "/v1beta"
         super().__init__(
             http,
             url=base,
@@ -528,7 +530,8 @@ class GeminiProvider(HTTPProvider[GeminiStream]):
         self._bearer = bearer
 
     def endpoint(self, model: str, *, stream: bool) -> str:
-        model = quote(model, safe="")
+        # "models/gemini-2.5-flash", as the API names its models, is the same model
+        model = quote(model.removeprefix("models/"), safe="")
         if stream:
             return f"{self._url}/models/{model}:streamGenerateContent?alt=sse"
         return f"{self._url}/models/{model}:generateContent"

@@ -195,3 +195,13 @@ def test_an_azure_api_version_before_stream_options_streams_without_them(
         with provider.stream("gpt-4o", request()) as stream:
             text = "".join(stream)
         assert text and stream.completed and (stream.usage is not None) is usage, version
+
+
+def test_gemini_takes_the_apis_host_alone_and_its_own_model_names(http: HTTPClient, simulator: SimulatorThread) -> None:
+    """``base_url`` as the API's host without its version (``https://generativelanguage.googleapis.com``),
+    and ``models/gemini-2.5-flash`` as the API's model list names it: both reach the model."""
+    from workers.llm.gemini import GeminiProvider
+
+    provider = GeminiProvider(http, api_key="sk-sim", base_url=simulator.url)
+    assert provider.complete("models/gemini-2.5-flash", request()).text
+    assert simulator.simulator.stats.as_json()["by_model"] == {"gemini-2.5-flash": 1}
