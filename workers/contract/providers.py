@@ -155,6 +155,10 @@ class ProviderSpec(BaseModel):
             )
         if self.region is not None and self.type != "bedrock":
             raise ValueError("'region' is a bedrock setting")
+        if self.profile is not None and self.type != "bedrock":
+            raise ValueError("'profile' is a bedrock setting")
+        if self.auth != "key" and self.type not in ("azure", "gemini"):
+            raise ValueError("'auth' is an azure or gemini setting (the others send their key as they must)")
         if self.api_version is not None and self.type != "azure":
             raise ValueError("'api_version' is an azure setting")
         if self.params is not None and self.type != "openai":

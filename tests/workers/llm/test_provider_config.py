@@ -172,6 +172,10 @@ def test_a_spec_validates_its_per_type_settings() -> None:
         ProviderSpec(type="gemini", region="us-east-1")
     with pytest.raises(ValueError, match="api_version"):
         ProviderSpec(type="openai", api_version="2024-10-21")
+    with pytest.raises(ValueError, match="'profile' is a bedrock setting"):
+        ProviderSpec(type="anthropic", profile="team")
+    with pytest.raises(ValueError, match="'auth' is an azure or gemini setting"):
+        ProviderSpec(type="bedrock", region="us-east-1", auth="bearer")
     assert ProviderSpec(type="azure", base_url="https://x.openai.azure.com").api_version is None  # the v1 path
 
 
