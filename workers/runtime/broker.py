@@ -2,101 +2,14 @@
 fetch that decides who runs next, proof of life for held messages, and without a client object
 per operation. Needs Redis >= 6.2.
 
-**Scheduled, atomic fetch.** A queue is not one list but a schedule (``workers/connections/
-schedule.py``; the algorithm and its guarantees: ``docs/scheduling.md``): producers queue each job
-on its class and tenant's list (``workers/connections/schedtransport.py``, which this channel
-extends). A fetch is one Lua script (``workers/connections/lua/fetch.lua``, ``EVALSHA`` with
-redis-py's ``NOSCRIPT`` fallback) that, for each message it takes, picks the class and then the
-tenant whose turn it is (stride scheduling by weight), skips a tenant running its
-``max_concurrency`` and parks a message whose concurrency key is at its cap, pops the message and,
-in the same script, stores it in ``unacked`` (``[payload, exchange, routing_key]``, exactly what
-kombu's ``QoS.append`` stores and ``restore_by_tag`` reads, the payload byte for byte), in
-``unacked_index`` scored with the worker's clock (kombu's restore compares against the worker's
-``time()``), and as holding a slot of its tenant and key. kombu took a message with ``BRPOP`` and
-recorded it only afterwards, in a separate pipeline: a worker SIGKILLed between the two, or a Redis
-that died after the pop and before the bookkeeping, lost the message for good. A script runs
-atomically and is written to the AOF and to replicas as one ``MULTI``/``EXEC`` block, so at every
-instant, in memory and in the AOF, a message is either queued (a list of the schedule, parked
-included) or in ``unacked`` + ``unacked_index``; from there kombu's restore of aged entries returns
-it to its list (:meth:`SchedulingChannel._do_restore_message`, which frees its slot in the same
-transaction) unless a live holder keeps its entry fresh (below). ``QoS.append`` therefore writes
-nothing for a fetched message (only the in-process ``_delivered`` map and the heartbeat). An ack
-(:meth:`Channel.release`, batched) removes the entries and frees the slots in one script, and notes
-a freed slot someone waits for; the next fetch acts on the note first. Messages a producer without
-the scheduling transport pushed on the queue's own list are moved into the schedule by the fetch.
+* A fetch is one Lua script (``workers/connections/lua/fetch.lua``) that picks the class and tenant
+  whose turn it is, pops up to N messages and records them as held in ``unacked`` in the same step:
+  a message is always queued or held, never neither.
+* A thread per channel re-scores the entries of the messages it holds (the heartbeat), so a live
+  worker's jobs never age out and a dead worker's move after ``visibility_timeout``.
+* The channel builds its Redis client once instead of one per ack.
 
-Waiting is apart from taking: the consumer's blocking command is ``BLPOP`` on the bells of its
-queues (``workers/connections/schedule.py``: one token while there may be work to take). A producer
-rings when it queues, a release when it frees a slot something waits for, and a fetch that leaves
-work behind (past its credit) rings again for the next consumer with room; the wait takes the token
-and the fetch script then takes what is there (up to N), or finds none because another consumer was
-faster (kombu's ``Empty``: the wait starts again). The script also runs when a wait times out
-(``brpop_timeout``, 1 s), a sweep that covers a token lost with a closing channel. ``BLPOP`` only
-removes, so a Redis at ``maxmemory`` (``noeviction``) still serves the wait, and every path of the
-fetch makes a removal its first write, which a full Redis allows. ``basic_get`` takes the same way
-(with ``no_ack`` the message is taken and released at once, as nothing would ever ack it). A
-payload Lua's cjson cannot read (a lone surrogate escape, which Python's json writes) is read in
-Python and that exact payload taken with a second script (``claim.lua``); one nobody can read (not
-JSON, no delivery tag) is moved to the ``llmq.broker.malformed`` list and logged, where kombu
-dropped it.
-
-**Batches.** One fetch takes up to N messages and one read of the wait delivers them all: N is the
-channel's prefetch credit (kombu's ``can_consume_max_estimate``: the prefetch count minus the
-messages held; no limit when the count is 0), at most the transport option ``fetch_batch`` (32; 1 =
-a message per fetch, as before batches). Under a burst a message then costs a fraction of a script
-call and of a wait, and a gevent worker's consumer admits up to N jobs per turn instead of one. The
-script takes them in the order N fetches of one would (the schedule's picks; with several queues in
-kombu's round-robin cycle, the queue that gave one goes last: the Python side rotates the cycle
-once per delivered message, ending where N single fetches would).
-A payload Lua cannot read ends the batch: the readable ones before it are delivered, then it is
-taken or set aside as above (the messages behind it stay queued for the next fetch). From the script
-on, every fetched tag is in the channel's ``_fetched`` set until ``QoS.append`` holds it (it adds
-the tag to ``_delivered`` before removing it from ``_fetched``), and the heartbeat re-scores both,
-so a message waiting behind its batch's earlier deliveries (a gevent pool's ``spawn`` blocks for a
-free slot) keeps its entry fresh. A worker killed mid-batch leaves the undelivered ones in
-``unacked`` with no heartbeat: they age out and are restored like any orphan. If a delivery raises,
-the message it was delivering is left as before batches: held by the channel if ``QoS.append`` took
-it (kombu's ack, reject or close-time restore then applies), else recorded with no heartbeat, so it
-ages out and is restored after ``visibility_timeout`` (a poison message is retried at that pace, not
-in a loop). The batch's later messages, never handed to anyone, are given back to their queues at
-once (kombu's ``restore_by_tag``, the first of them next in line, flagged redelivered); if that
-fails (Redis gone: the first failure stops it) the rest stay recorded with no heartbeat and age out
-the same way. So none is lost, and none waits past ``visibility_timeout``. A channel that is closing
-reads its wait's reply and takes nothing (before batches it took and delivered one there).
-``basic_get`` takes one message.
-
-What a crash can lose. A worker killed at any point (mid-batch too): its fetched messages sit in
-``unacked``, no heartbeat refreshes them, they are restored after ``visibility_timeout``. Redis
-killed after the script ran but before its reply reached the worker: the same (the entry has no
-holder and ages out). With ``appendfsync everysec`` a Redis crash loses up to the last second of
-writes, as a suffix of the AOF: a lost fetch puts the message back in its queue (the held run then
-also runs, and the job's claim keeps the two from overlapping), a lost ack runs a finished job again
-(its result is kept by job id), but a lost push (the script acknowledged to the producer) is gone:
-only ``appendfsync always`` closes that. The script is never half applied.
-
-**Heartbeat.** kombu keeps every message a worker holds (running or prefetched, with late acks) in
-the ``unacked_index`` sorted set, scored by the time it was fetched, and any consumer restores
-entries older than ``visibility_timeout`` to the queue: it cannot tell a long job from a dead
-worker, so the timeout had to exceed the longest job and a SIGKILLed worker's jobs waited an hour.
-Here each channel that holds messages runs a thread that re-scores its held entries (and those of
-messages fetched and not yet delivered) to "now" every ``heartbeat_interval`` seconds (``ZADD XX``:
-an entry acked meanwhile is not revived). Entries of a live worker therefore never age; a dead,
-frozen or cut-off worker's entries age out after ``visibility_timeout`` seconds and its jobs move to
-a live worker. Should a live worker miss its beats (starved past the timeout), its job is delivered
-twice: the job's claim keeps the two runs from overlapping and fences the one that lost it
-(``workers/jobs/store.py``).
-
-kombu (5.7) builds a fresh ``redis.Redis`` for every ack and unacked-index update
-(``Channel.conn_or_acquire`` -> ``_create_client``). They all share the channel's connection
-pool, so they are interchangeable; but with redis-py 8 each construction fills a ~200-entry
-response-callback table, which measured ~6% of a queued job's worker CPU. This channel builds
-that client once and reuses it (``redis.Redis`` is safe to share: every command borrows a pooled
-connection). Everything else (visibility timeout, unacked restore) is kombu's; its message
-priorities are not used (the schedule's classes are llmqueue's priorities).
-
-Selected by :func:`transport_for` for ``redis://``, ``rediss://`` and ``unix://`` broker URLs, and
-in its Sentinel form for ``sentinel://``; other schemes (``amqp://``) keep kombu's own transport.
-kombu's ``global_keyprefix`` option is refused (the fetch does not prefix its keys).
+The design, what a crash can lose, and why each choice: ``docs/broker-transport.md``.
 """
 
 from __future__ import annotations
