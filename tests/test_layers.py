@@ -29,7 +29,8 @@ The rules:
 * ``llmq`` (the CLI and the local dev stack) is the top: it may import every side; nothing imports it.
 * No import cycle between any two modules.
 * No module imports another module's private names (``from m import _name``), nor a private module
-  (``pkg._mod``) from outside its package.
+  (``pkg._mod``) from outside its package, nor uses them as attributes (``runner._call`` of an
+  object whose module it imports).
 """
 
 from __future__ import annotations
@@ -220,6 +221,55 @@ def private_imports(root: Path, modules: Mapping[str, Path]) -> list[str]:
     return problems
 
 
+def _private_names(tree: ast.AST) -> set[str]:
+    """The private names a module defines: functions, classes, module names, attributes it assigns
+    (``self._x = ...``), ``__slots__`` entries."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)  # __slots__ = ("_conn", ...)
+    return {n for n in names if _is_private(n)}
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_attributes(root: Path, modules: Mapping[str, Path]) -> list[str]:
+    """``obj._name`` where ``_name`` is private to another of our modules: one this module imports
+    (at any level) defines it and this module does not (``runner._call`` in the tool loop, with the
+    runner's module imported for its type). ``self._x`` / ``cls._x`` are a class's own; a private
+    name of a library (kombu's ``connection._deliver``) is not ours to police here."""
+    trees = {module: _parse(path) for module, path in modules.items()}
+    defined = {module: _private_names(tree) for module, tree in trees.items()}
+    imported: dict[str, set[str]] = {}
+    for edge in all_imports(root, modules):
+        imported.setdefault(edge.source, set()).add(edge.target)
+    problems: list[str] = []
+    for module, tree in trees.items():
+        rel = modules[module].relative_to(root)
+        own = defined[module]
+        for node in sorted(ast.walk(tree), key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0))):
+            if not isinstance(node, ast.Attribute) or not _is_private(node.attr) or node.attr in own:
+                continue
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                continue
+            owners = sorted(m for m in imported.get(module, ()) if node.attr in defined.get(m, ()))
+            if owners:
+                problems.append(
+                    f"{module} uses {ast.unparse(node)}, private to {', '.join(owners)}  ({rel}:{node.lineno})"
+                )
+    return problems
+
+
 def contract_leaks(edges: Iterable[Edge]) -> list[str]:
     """Imports of the wire contract from outside the project that are neither the standard library
     nor pydantic (a client library, a socket helper: those belong in ``workers.connections``)."""
@@ -321,6 +371,11 @@ def test_no_module_imports_private_names_of_another() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_no_module_uses_private_attributes_of_another() -> None:
+    problems = private_attributes(ROOT, find_modules(ROOT))
+    assert not problems, "\n".join(problems)
+
+
 def test_no_import_cycles(edges: list[Edge]) -> None:
     cycles = find_cycles(edges)
     described = ["\n".join(f"  {edge}" for edge in cycle) for cycle in cycles]
@@ -366,11 +421,21 @@ def test_the_checks_catch_upward_imports_cycles_and_leaks(tmp_path: Path) -> Non
             "workers/llm/_http.py": "_POOL = 1\n",
             "workers/llm/openai.py": "from workers.llm._http import Client\nfrom . import _http\n",
             "workers/guards/model.py": "from workers.llm._http import Client\nfrom workers.llm.openai import _parse\n",
+            "workers/jobs/__init__.py": "",
+            "workers/jobs/pipeline.py": "class Runner:\n    def _call(self):\n        self._n = 1\n",
+            "workers/jobs/toolloop.py": (
+                "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from workers.jobs.pipeline import Runner\n"
+                "def loop(runner, conn):\n    runner._call()\n    conn._deliver()\n    return runner._n\n"
+            ),
         },
     )
     assert private_imports(tmp_path, find_modules(tmp_path)) == [
         "workers.guards.model imports the private module workers.llm._http  (workers/guards/model.py:1)",
         "workers.guards.model imports _parse of workers.llm.openai  (workers/guards/model.py:2)",
+    ]
+    assert private_attributes(tmp_path, find_modules(tmp_path)) == [
+        "workers.jobs.toolloop uses runner._call, private to workers.jobs.pipeline  (workers/jobs/toolloop.py:5)",
+        "workers.jobs.toolloop uses runner._n, private to workers.jobs.pipeline  (workers/jobs/toolloop.py:7)",
     ]
     edges = import_edges(tmp_path, find_modules(tmp_path))
     problems = layer_violations(edges)
