@@ -90,9 +90,16 @@ DEFAULT_TEST_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 def _rabbitmqctl(*args: str) -> bool:
+    """Run ``rabbitmqctl``; False when it is missing, fails or does not answer in time (a CLI that cannot
+    reach its node, e.g. another Erlang cookie, may hang: the tests then use the configured vhost)."""
     if shutil.which("rabbitmqctl") is None:
         return False
-    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60, check=False)
+    try:
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", "--timeout", "15", *args], capture_output=True, timeout=25, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return False
     return done.returncode == 0
 
 

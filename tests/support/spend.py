@@ -54,7 +54,9 @@ def one_call_usd(model: str, prompt: list[dict[str, Any]], completion_tokens: in
     if provider in SIMULATED:
         protocol, build, route = SIMULATED[provider]
         body = build(name, ChatRequest(messages=messages, params=RequestParams(max_tokens=completion_tokens)))
-        parsed = protocol.parse_routed(body, {"model": name, "deployment": name, **route}, {"api-version": "v"})
+        parsed = protocol.parse_routed(
+            body, {"model": name, "deployment": name, **route}, {"api-version": "2024-10-21"}
+        )
         prompt_tokens = protocol.prompt_tokens(parsed)
         prices = PriceBook(sources=price_sources(load_provider_specs_text(provider_config("http://sim"))))
     else:

@@ -136,7 +136,7 @@ def test_a_channel_that_stopped_taking_leaves_what_arrives_in_the_queue(url: str
                 for _ in range(3):  # the wait wakes on the message (BLMOVE) and takes nothing
                     conn.drain_events(timeout=1)
         assert got == [{"n": 0}]
-        assert redis_client.llen(QUEUE) == 1 and redis_client.hlen("unacked") == 1
+        assert _queued(redis_client) == 1 and redis_client.hlen("unacked") == 1
 
 
 def test_a_channel_that_died_after_the_fetch_gets_its_message_restored(url: str, redis_client: redis.Redis) -> None:
