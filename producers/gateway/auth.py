@@ -3,6 +3,11 @@
 Tokens are kept only as SHA-256 digests and looked up by digest, so the comparison does not leak
 a token's prefix through timing, and a token never appears in a message, a log line or a metric.
 Routing happens after authentication: without a valid token even a 404 tells nothing.
+
+``--allow-anonymous`` serves a request without a token as the anonymous tenant; with no tokens
+configured at all, any bearer token is anonymous too, since nothing could make it wrong: the official
+SDKs always send one (``OpenAI(api_key=...)`` must be given some value), so refusing it would fail an
+SDK user's first call. With tokens configured, an unknown token is still a 401.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ _MISSING = (
     "(Authorization: Bearer YOUR_KEY)."
 )
 _WRONG = "Incorrect API key provided."
+_ANONYMOUS = " This gateway also serves requests that send no Authorization header, as the anonymous tenant."
 
 
 def _digest(token: str) -> bytes:
@@ -40,11 +46,17 @@ class TokenAuth:
                 return self.anonymous_tenant
             raise self._unauthorized(_MISSING)
         scheme, _, token = authorization.strip().partition(" ")
+        anonymous_any = self.allow_anonymous and not self._tenants  # no token configured: none is wrong
         if scheme.lower() != "bearer" or not token.strip():
+            if anonymous_any and scheme.lower() == "bearer":
+                return self.anonymous_tenant  # ``OpenAI(api_key="")`` sends "Bearer " and nothing after
             raise self._unauthorized(_MISSING)
         tenant = self._tenants.get(_digest(token.strip()))
         if tenant is None:
-            raise self._unauthorized(_WRONG, code="invalid_api_key")
+            if anonymous_any:
+                return self.anonymous_tenant  # an SDK's placeholder key
+            message = _WRONG + (_ANONYMOUS if self.allow_anonymous else "")
+            raise self._unauthorized(message, code="invalid_api_key")
         return tenant
 
     @staticmethod

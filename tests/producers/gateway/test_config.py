@@ -107,7 +107,14 @@ def test_anonymous_mode_serves_requests_without_a_token(redis_url: str) -> None:
         assert created.status_code == 202
         status = httpx2.get(f"{gw.url}/v1/jobs/{created.json()['id']}").json()
         assert status["status"] == "queued"
-        assert httpx2.get(f"{gw.url}/v1/jobs/x", headers={"authorization": "Bearer nope"}).status_code == 401
+        # no token configured: any bearer token (an SDK's placeholder) is the anonymous tenant
+        placeholder = httpx2.get(f"{gw.url}/v1/jobs/{created.json()['id']}", headers={"authorization": "Bearer nope"})
+        assert placeholder.status_code == 200
+    tokens = GatewaySettings(redis_url=redis_url, allow_anonymous=True, tokens={"tok-a": "team-a"})
+    with GatewayThread(create_gateway(tokens)) as gw:  # tokens configured: an unknown one is a mistake
+        wrong = httpx2.get(f"{gw.url}/v1/jobs/x", headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "no Authorization header" in wrong.json()["error"]["message"]
+        assert httpx2.get(f"{gw.url}/v1/jobs/x").status_code == 404  # no header: anonymous, no such job
 
 
 def test_the_gateway_imports_only_the_contract_and_connections_from_workers() -> None:

@@ -59,3 +59,21 @@ def test_the_models_list_needs_a_token(sdk_gateway: object, sdk: openai.OpenAI) 
     with pytest.raises(openai.AuthenticationError):
         list(anonymous.models.list())
     anonymous.close()
+
+
+def test_an_anonymous_gateway_serves_the_sdk_whatever_key_it_sends(redis_url: str, worker: object) -> None:
+    """``llmq gateway --allow-anonymous`` with no tokens: the SDK refuses to start without some api_key
+    and sends it; with no token configured none can be wrong, so it is the anonymous tenant's call."""
+    from producers.gateway import GatewaySettings, create_gateway
+    from producers.gateway.server import GatewayThread
+
+    with GatewayThread(create_gateway(GatewaySettings(redis_url=redis_url, allow_anonymous=True))) as gateway:
+        client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="anything", max_retries=0, timeout=60)
+        try:
+            assert "default" in [m.id for m in client.models.list()]
+            completion = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=20
+            )
+            assert completion.choices[0].finish_reason == "stop" and completion.model == "openai:gpt-4o-mini"
+        finally:
+            client.close()
