@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 
 from producers.errors import SubmitRefusedError
 from workers.contract import CompletionResult, ErrorInfo, StreamEvent, redact
@@ -124,12 +125,34 @@ async def error_response(request: Request, exc: Exception) -> JSONResponse:
         return exc.response()
     status = getattr(exc, "status_code", 500)
     if status == 404:
-        message = f"Unknown request URL: {request.method} {request.url.path}."
+        message = f"Unknown request URL: {request.method} {request.url.path}.{unknown_url_hint(request)}"
     elif status == 405:
         message = f"Method {request.method} is not allowed for {request.url.path}."
     else:
         message = "The gateway failed to handle the request."
     return GatewayError(status, message, code="unknown_url" if status == 404 else None).response()
+
+
+#: What the OpenAI-compatible part of the gateway serves (named when a client asks for something else).
+_SERVED = "POST /v1/chat/completions, GET /v1/models and the jobs API under /v1/jobs"
+
+
+def unknown_url_hint(request: Request) -> str:
+    """What the caller probably meant by a URL no route serves: its path with ``/v1`` added or a
+    doubled one removed (an SDK's ``base_url`` without or with an extra ``/v1``), else what is served."""
+    path = request.url.path
+    candidates = [f"/v1{path}"] if not path.startswith("/v1/") else []
+    if path.startswith("/v1/v1/"):
+        candidates.append(path[3:])
+    for candidate in candidates:
+        scope = {**request.scope, "path": candidate, "raw_path": candidate.encode()}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            base = "without" if len(candidate) > len(path) else "with a doubled"
+            return (
+                f" Did you mean {request.method} {candidate}? The gateway's API is under /v1: an SDK's base_url "
+                f"is http://<host>:<port>/v1 (this one was sent {base} /v1)."
+            )
+    return f" This gateway serves {_SERVED}." if path.startswith("/v1/") else ""
 
 
 def scrub_info(info: ErrorInfo | None) -> ErrorInfo | None:

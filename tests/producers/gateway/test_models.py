@@ -77,3 +77,27 @@ def test_an_anonymous_gateway_serves_the_sdk_whatever_key_it_sends(redis_url: st
             assert completion.choices[0].finish_reason == "stop" and completion.model == "openai:gpt-4o-mini"
         finally:
             client.close()
+
+
+def test_a_base_url_without_v1_or_an_endpoint_not_served_is_a_404_saying_so(sdk_gateway: object) -> None:
+    from producers.gateway.server import GatewayThread
+    from tests.producers.gateway.conftest import SDK_TOKEN
+
+    assert isinstance(sdk_gateway, GatewayThread)
+    hello = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    cases = [
+        (sdk_gateway.url, "Did you mean POST /v1/chat/completions? The gateway's API is under /v1"),  # no /v1
+        (f"{sdk_gateway.url}/v1/v1", "Did you mean POST /v1/chat/completions?"),  # /v1 twice
+    ]
+    for base_url, says in cases:
+        client = openai.OpenAI(base_url=base_url, api_key=SDK_TOKEN, max_retries=0, timeout=30)
+        with pytest.raises(openai.NotFoundError) as missing:
+            client.chat.completions.create(**hello)  # type: ignore[call-overload]
+        assert missing.value.code == "unknown_url" and says in missing.value.message, missing.value.message
+        client.close()
+    client = openai.OpenAI(base_url=f"{sdk_gateway.url}/v1", api_key=SDK_TOKEN, max_retries=0, timeout=30)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.embeddings.create(model="text-embedding-3-small", input="hi")
+    message = missing.value.message
+    assert "POST /v1/embeddings" in message and "This gateway serves POST /v1/chat/completions" in message
+    client.close()
