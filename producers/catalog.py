@@ -72,6 +72,8 @@ def catalog_problems(
             continue
         for model_id, meant in near:
             message = catalog.unpriced_message(model_id, meant)
+            if ref in catalog.routes:  # a typo in the workers' config, not in the job
+                message = f"route {ref!r} (the workers' config) names {model_id}: {message}"
             errors.append({"type": "unpriced_model", "loc": loc, "msg": message, "input": ref})
         for model_id in model_ids:
             if ":" not in ref:  # an explicit id's parameters were checked with the job itself

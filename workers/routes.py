@@ -71,7 +71,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workers.contract import CacheSpec, split_model_id
 from workers.contract.catalog import close_names
-from workers.contract.providers import ProviderSpec, check_provider_names
+from workers.contract.providers import BUILTIN_PROVIDERS, ProviderSpec, check_provider_names
 from workers.contract.schedule import TENANT_NAME, SchedulingConfig, TenantConfig
 from workers.llm.errors import ConfigurationError
 
@@ -325,6 +325,25 @@ class LLMQConfig(_Strict):
                 raise ValueError(f"{pattern!r} = {provider!r}: the value must be a provider name such as 'openai'")
         return families
 
+    @model_validator(mode="after")
+    def _providers_known(self) -> LLMQConfig:
+        """Every provider a route, a ``[models."..."]`` table or a family names is one the workers
+        will have (a built-in or a ``[providers.<name>]`` entry): a typo (``opneai:gpt-4o``) would
+        otherwise start and fail each job that reaches it."""
+        known = sorted({*BUILTIN_PROVIDERS, *self.providers})
+        named = [(f"routes.{alias}", model) for alias, chain in self.routes.items() for model in chain]
+        named += [(f'models."{model}"', model) for model in self.models]
+        for where, model in named:
+            provider = model.partition(":")[0]
+            if provider not in known:
+                guesses = [f"{p}:{model.partition(':')[2]}" for p in close_names(provider, known)]
+                meant = f"; did you mean {guesses[0]!r}?" if guesses else ""
+                raise ValueError(
+                    f"{where}: unknown provider {provider!r} in {model!r} (built in: {', '.join(sorted(BUILTIN_PROVIDERS))}; "
+                    f"others need a [providers.<name>] entry){meant}"
+                )
+        return self
+
     def model(self, model_id: str) -> ModelConfig:
         return self.models.get(model_id) or _EMPTY_MODEL
 
@@ -363,6 +382,8 @@ def _table_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
 def _problem(err: Any) -> str:
     """One validation error as ``dotted.path: message``, an unknown key with the nearest known one."""
     loc = err["loc"]
+    if not loc and err["type"] == "value_error":  # a check of the whole file names its own place
+        return str(err["msg"]).removeprefix("Value error, ")
     where = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden" and loc:
         close = close_names(str(loc[-1]), _table_keys(LLMQConfig, loc[:-1]))

@@ -146,3 +146,84 @@ def test_two_workers_catalogs_merge_into_what_either_accepts(catalog: ModelCatal
     assert merged.resolve("fast") == ["openai:gpt-4o-mini"] and merged.resolve("cheap") == ["openai:gpt-4o-mini"]
     assert merged.resolve("llama3") == ["ollama:llama3"] and merged.unpriced == "allow_unpriced"
     assert catalog.digest() != other.digest() and catalog.digest() == catalog_from_config(CONFIG).digest()
+
+
+@pytest.mark.parametrize(
+    ("tables", "says"),
+    [
+        (
+            {"routes": {"smart": ["openai:gpt-4o", "opneai:gpt-4o-mini"]}},
+            "routes.smart: unknown provider 'opneai' in 'opneai:gpt-4o-mini'",
+        ),
+        ({"models": {"anthropc:claude-haiku-4-5": {"rpm": 5}}}, 'models."anthropc:claude-haiku-4-5": unknown provider'),
+    ],
+)
+def test_a_provider_typo_in_the_config_is_refused_when_it_loads(tmp_path, tables: dict, says: str) -> None:
+    import json
+
+    from workers.llm.errors import ConfigurationError
+    from workers.routes import load_config
+
+    path = tmp_path / "llmq.toml"
+    lines = [
+        f"[{table}]\n" + "".join(f"{json.dumps(k)} = {_toml(v)}\n" for k, v in body.items())
+        for table, body in tables.items()
+    ]
+    path.write_text("\n".join(lines))
+    with pytest.raises(ConfigurationError) as refused:
+        load_config(path)
+    assert says in str(refused.value) and "did you mean" in str(refused.value), str(refused.value)
+    assert str(refused.value).count("unknown provider") == 1
+
+
+def _toml(value: object) -> str:
+    import json
+
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def test_a_typo_inside_a_route_or_the_default_model_stops_the_worker_naming_where_it_is(tmp_path) -> None:
+    """A route member or ``LLMQ_DEFAULT_MODEL`` every job reaching would fail: the worker does not start."""
+    from workers.jobs.catalog import worker_catalog
+    from workers.llm.errors import ConfigurationError
+    from workers.llm.httpclient import HTTPClient
+    from workers.llm.registry import build_registry
+
+    http = HTTPClient()
+    registry = build_registry(http, env={})
+    book = PriceBook({})
+    cases = [
+        (
+            LLMQConfig.model_validate({"routes": {"cheap": ["openai:gtp-4o-mini", "openai:gpt-4o"]}}),
+            "openai:gpt-4o-mini",
+            "routes.cheap: no price known for openai:gtp-4o-mini; did you mean 'openai:gpt-4o-mini'?",
+        ),
+        (LLMQConfig(), "openai:gpt-4o-mni", "LLMQ_DEFAULT_MODEL: no price known for openai:gpt-4o-mni; did you mean"),
+        (LLMQConfig(), "opneai:gpt-4o", "LLMQ_DEFAULT_MODEL: unknown provider 'opneai'"),
+        (LLMQConfig(), "gpt-4o", "LLMQ_DEFAULT_MODEL: 'gpt-4o' is not a provider:model id; write it 'openai:gpt-4o'"),
+    ]
+    try:
+        for config, default_model, says in cases:
+            with pytest.raises(ConfigurationError) as refused:
+                worker_catalog(config, registry, book, default_model)
+            assert str(refused.value).startswith(says), str(refused.value)
+        ok = LLMQConfig.model_validate({"routes": {"cheap": ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"]}})
+        assert worker_catalog(ok, registry, book, "openai:gpt-4o-mini").resolve("cheap")[0] == "openai:gpt-4o-mini"
+    finally:
+        registry.close()
+        http.close()
+
+
+def test_a_producer_names_the_route_a_typo_is_in() -> None:
+    from producers.catalog import catalog_problems
+    from workers.contract import CompletionJob
+
+    catalog = _priced(routes={"cheap": ["openai:gtp-4o-mini"], "smart": ["opneai:gpt-4o"]})
+    job = CompletionJob(model="cheap", messages=[{"role": "user", "content": "hi"}])
+    [problem] = catalog_problems(job, catalog)
+    assert problem["msg"].startswith("route 'cheap' (the workers' config) names openai:gtp-4o-mini: no price known")
+    [problem] = catalog_problems(job.model_copy(update={"model": "smart"}), catalog)
+    assert problem["msg"].startswith("route 'smart': unknown provider 'opneai'"), problem["msg"]
+    assert "did you mean 'openai:gpt-4o'?" in problem["msg"]

@@ -192,6 +192,13 @@ class ModelCatalog(WireModel):
             ids, error = self.resolve(ref), None
         except UnknownModelError as exc:
             ids, error = [], exc
+        for model_id in ids:  # a route naming a provider the workers lack (a config the worker refuses)
+            provider = model_id.partition(":")[0]
+            if provider not in self.providers:
+                unknown = self._unknown_provider(model_id, provider)
+                return Judgement(
+                    [], UnknownModelError(f"route {ref!r}: {unknown}", ref, unknown.suggestions, unknown.code), []
+                )
         near = [(model_id, n) for model_id in ids if (n := self.unpriced_near_miss(model_id)) is not None]
         return Judgement(ids, error, near)
 

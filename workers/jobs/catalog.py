@@ -29,10 +29,32 @@ def worker_catalog(
             raise ConfigurationError(
                 f"[model_families] {pattern!r} = {provider!r}: no such provider (the worker has: {', '.join(names)})"
             )
-    return base.model_copy(
+    catalog = base.model_copy(
         update={
             "providers": providers,
             "priced": {name: prices.table(name) for name in names},
             "free": prices.free_providers(names),
         }
     )
+    _check_named(catalog, default_model)
+    return catalog
+
+
+def _check_named(catalog: ModelCatalog, default_model: str) -> None:
+    """What the config and ``LLMQ_DEFAULT_MODEL`` name must be models this worker can run: an unknown
+    provider, or a name the price table does not know but a priced one is close to (a typo: every job
+    reaching it would fail ``unpriced_model``), stops the worker at start, naming where it is written."""
+    named = [(f"routes.{alias}", model) for alias, chain in catalog.routes.items() for model in chain]
+    if "default" not in catalog.routes:
+        named.append(("LLMQ_DEFAULT_MODEL", default_model))
+    for where, model in named:
+        provider, colon, _ = model.partition(":")
+        if not colon:  # a route's members are checked when the config loads: this is the variable
+            family = catalog.family_of(model)
+            meant = f"; write it '{family.provider}:{model}'" if family is not None else ""
+            raise ConfigurationError(f"{where}: {model!r} is not a provider:model id{meant}")
+        if provider not in catalog.providers:
+            raise ConfigurationError(f"{where}: {catalog.judge(model).error or f'unknown provider {provider!r}'}")
+        meant = catalog.unpriced_near_miss(model)
+        if meant is not None:
+            raise ConfigurationError(f"{where}: {catalog.unpriced_message(model, meant)}")
