@@ -55,6 +55,6 @@ def _check_named(catalog: ModelCatalog, default_model: str) -> None:
             raise ConfigurationError(f"{where}: {model!r} is not a provider:model id{meant}")
         if provider not in catalog.providers:
             raise ConfigurationError(f"{where}: {catalog.judge(model).error or f'unknown provider {provider!r}'}")
-        meant = catalog.unpriced_near_miss(model)
-        if meant is not None:
-            raise ConfigurationError(f"{where}: {catalog.unpriced_message(model, meant)}")
+        near = catalog.unpriced_near_miss(model)
+        if near is not None:
+            raise ConfigurationError(f"{where}: {catalog.unpriced_message(model, near)}")
