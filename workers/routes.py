@@ -75,7 +75,16 @@ from workers.contract.providers import BUILTIN_PROVIDERS, ProviderSpec, check_pr
 from workers.contract.schedule import TENANT_NAME, SchedulingConfig, TenantConfig
 from workers.llm.errors import ConfigurationError
 
-__all__ = ["BudgetConfig", "CacheConfig", "LLMQConfig", "ModelConfig", "SpendConfig", "ToolsConfig", "load_config"]
+__all__ = [
+    "BatchConfig",
+    "BudgetConfig",
+    "CacheConfig",
+    "LLMQConfig",
+    "ModelConfig",
+    "SpendConfig",
+    "ToolsConfig",
+    "load_config",
+]
 
 
 class _Strict(BaseModel):
@@ -257,6 +266,37 @@ class WebhooksConfig(_Strict):
         return self
 
 
+class BatchConfig(_Strict):
+    """The ``[batch]`` table: provider batch APIs behind jobs that may wait (``batch: "allow"|"auto"``).
+
+    Example::
+
+        [batch]
+        discount = 0.5          # batch price = this x the live price (OpenAI and Anthropic: half)
+        window_s = 86400        # the providers' completion window (24 h)
+        margin_s = 3600         # "auto": a deadline must leave window + margin to go to a batch
+        live_margin_s = 900     # a line still pending this close to its deadline runs live
+        max_lines = 10000       # lines per provider batch (and the provider's own limit)
+        max_age_s = 60          # a group of waiting lines is sent after this long, full or not
+        poll_s = 30             # seconds between two polls of a running batch
+        flex = ["o3*", "o4-mini*", "gpt-5*"]   # OpenAI models with service_tier "flex"
+    """
+
+    enabled: bool = True
+    discount: Annotated[float, Field(gt=0, le=1)] = 0.5
+    window_s: Annotated[float, Field(gt=0)] = 86_400.0
+    margin_s: Annotated[float, Field(ge=0)] = 3_600.0
+    live_margin_s: Annotated[float, Field(ge=0)] = 900.0
+    max_lines: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+    max_age_s: Annotated[float, Field(ge=0)] = 60.0
+    poll_s: Annotated[float, Field(gt=0)] = 30.0
+    #: How long the batcher's lock lasts without renewal (a killed batcher's successor waits this long).
+    lock_s: Annotated[float, Field(gt=0)] = 60.0
+    #: ``fnmatch`` patterns of OpenAI models that offer ``service_tier: "flex"`` (the middle way for
+    #: ``batch: "auto"`` jobs whose deadline is too short for a batch).
+    flex: list[str] = Field(default_factory=lambda: ["o3*", "o4-mini*", "gpt-5*"])
+
+
 class LLMQConfig(_Strict):
     #: Named providers (``workers/contract/providers.py``): ``<name>:<model>`` ids use them.
     providers: dict[str, ProviderSpec] = Field(default_factory=dict)
@@ -283,6 +323,8 @@ class LLMQConfig(_Strict):
     #: Re-queues a job may take for such waits; one more ends it failed (``requeue_limit``), so a
     #: job without a deadline cannot circle forever behind a model that keeps saying "later".
     max_requeues: Annotated[int, Field(ge=0)] = 20
+    #: Provider batch APIs behind jobs that may wait (:class:`BatchConfig`).
+    batch: BatchConfig = Field(default_factory=BatchConfig)
 
     @field_validator("routes")
     @classmethod

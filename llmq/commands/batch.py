@@ -33,8 +33,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--window",
         type=int,
-        default=os.environ.get("LLMQ_BATCH_WINDOW", "256"),
-        help="jobs in flight at most (default 256); keep it above the workers' total concurrency",
+        default=os.environ.get("LLMQ_BATCH_WINDOW"),
+        help=(
+            "jobs in flight at most (default 256, with --via provider|auto 100000: lines waiting in a provider "
+            "batch hold no worker); keep it above the workers' total concurrency"
+        ),
     )
     p.add_argument("--skip-invalid", action="store_true", help="write invalid lines to the errors file and go on")
     p.add_argument("--batch-id", help="names the batch's jobs (default: derived from the IN and OUT paths)")
@@ -44,6 +47,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=PRIORITIES,
         default="bulk",
         help="scheduling class of lines that name none (a line's 'priority' field wins; default bulk)",
+    )
+    p.add_argument(
+        "--via",
+        choices=("queue", "provider", "auto"),
+        default="queue",
+        help=(
+            "queue: every line live (default); provider: lines wait for a provider batch (OpenAI Batch, Anthropic "
+            "Message Batches: half the price, within 24 h); auto: a provider batch when a line's deadline leaves "
+            "room for it, else live. A line's own 'batch' field wins"
+        ),
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        metavar="S",
+        help="seconds from submission a line may take (deadline_s) for lines that name none",
     )
     p.add_argument("--stall-timeout", type=float, metavar="S", help="stop when no result arrives for S seconds")
     p.add_argument("--progress-interval", type=float, default=10.0, metavar="S", help="seconds between plain lines")
@@ -59,13 +78,15 @@ def run(args: argparse.Namespace) -> int:
             args.output,
             errors_path=args.errors,
             model=args.model,
-            window=args.window,
+            window=args.window if args.window is not None else (256 if args.via == "queue" else 100_000),
             skip_invalid=args.skip_invalid,
             batch_id=args.batch_id,
             tenant=args.tenant,
             priority=args.priority,
             progress=progress,
             stall_timeout_s=args.stall_timeout,
+            via=args.via,
+            deadline_s=args.deadline,
         )
     except BatchValidationError as exc:
         print(f"llmq batch: {args.input}: {exc}", file=sys.stderr)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from producers.batch.files import BatchFileError
 from producers.batch.progress import BatchProgress
-from producers.batch.runner import BatchRunner, BatchSummary, batch_id_for, default_errors_path, job_id_for
+from producers.batch.runner import BatchRunner, BatchSummary, Via, batch_id_for, default_errors_path, job_id_for
 from producers.batch.validate import BatchValidationError, ValidationReport, validate_file
 from producers.client import Client
 
@@ -63,6 +63,8 @@ def run_batch(
     progress: BatchProgress | None = None,
     stall_timeout_s: float | None = None,
     handle_signals: bool = True,
+    via: Via = "queue",
+    deadline_s: float | None = None,
 ) -> BatchSummary:
     """Run every line of ``input_path``; see the module docstring. Raises
     :class:`BatchValidationError` (nothing enqueued) or :class:`BatchFileError`."""
@@ -79,7 +81,9 @@ def run_batch(
     runner = BatchRunner(client, bid, Path(output_path), errors, window, progress or BatchProgress(enabled=False))
     try:
         with _graceful_stop(runner) if handle_signals else contextlib.nullcontext():
-            return runner.run(Path(input_path), model, skip_invalid, tenant, stall_timeout_s, priority)
+            return runner.run(
+                Path(input_path), model, skip_invalid, tenant, stall_timeout_s, priority, via=via, deadline_s=deadline_s
+            )
     finally:
         if own_client:
             client.close()

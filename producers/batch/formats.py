@@ -52,8 +52,8 @@ _PLAIN_PARAMS: tuple[str, ...] = ("model", "max_tokens", "temperature", "metadat
 _PLAIN_PARAMS += ("max_repairs",)
 _PLAIN_PARAMS += ("response_format", "tool_choice", "parallel_tool_calls", "stop", "top_p", "seed", "user", "reasoning")
 #: A line's scheduling fields, next to ``custom_id`` in every format (the batch's ``--priority``,
-#: ``bulk`` by default, for a line without one).
-_SCHEDULING = ("priority", "concurrency_key")
+#: ``bulk`` by default, ``--deadline`` and ``--via``, for a line without one).
+_SCHEDULING = ("priority", "concurrency_key", "deadline_s", "batch")
 _PLAIN_KNOWN = {"custom_id", "prompt", "messages", "system", *_PLAIN_PARAMS, *_SCHEDULING}
 #: pydantic's names for the branches of a union in an error location (not input fields)
 _UNION_TAGS = {"str", "int", "float", "bool", "dict", "list"}

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -27,7 +28,13 @@ from producers.client import Client
 from producers.errors import InvalidJobError, SubmitRefusedError
 from workers.contract import CompletionJob, CompletionResult, JobKeys
 
-__all__ = ["BatchRunner", "BatchSummary", "batch_id_for", "default_errors_path", "job_id_for"]
+__all__ = ["VIA_BATCH", "BatchRunner", "BatchSummary", "Via", "batch_id_for", "default_errors_path", "job_id_for"]
+
+#: ``llmq batch --via``: ``queue`` runs every line live; ``provider`` lets every line wait for a provider
+#: batch (half the price, within the provider's window); ``auto`` sends a line to one when its
+#: deadline leaves room for the window (``workers/jobs/batched.py``). A line's own ``batch`` wins.
+Via = Literal["queue", "provider", "auto"]
+VIA_BATCH: dict[Via, Literal["allow", "auto"] | None] = {"queue": None, "provider": "allow", "auto": "auto"}
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -151,6 +158,8 @@ class BatchRunner:
         tenant: str | None,
         stall_s: float | None,
         priority: str = "bulk",
+        via: Via = "queue",
+        deadline_s: float | None = None,
     ) -> BatchSummary:
         started = time.monotonic()
         s = self.summary
@@ -182,7 +191,7 @@ class BatchRunner:
                 self._err = JsonlAppender(s.errors)
             self._last_result = self._last_sweep = time.monotonic()
             self.submitting = True
-            self._submit_all(input_path, model, tenant, resume, report.invalid_lines, priority)
+            self._submit_all(input_path, model, tenant, resume, report.invalid_lines, priority, via, deadline_s)
             self._drain()
         finally:
             s.left_in_flight = len(self.in_flight)
@@ -227,6 +236,8 @@ class BatchRunner:
         resume: ResumeState,
         invalid: set[int],
         priority: str,
+        via: Via = "queue",
+        deadline_s: float | None = None,
     ) -> None:
         s = self.summary
         for number, raw in iter_lines(input_path):
@@ -252,6 +263,10 @@ class BatchRunner:
                 job.tenant = tenant
             if "priority" not in job.model_fields_set:  # the line's own class wins
                 job.priority = priority  # type: ignore[assignment]  # checked by the client's validation
+            if "batch" not in job.model_fields_set:  # the line's own choice wins
+                job.batch = VIA_BATCH[via]
+            if deadline_s is not None and job.deadline_s is None:
+                job.deadline_s = deadline_s
             try:
                 enqueued = self._submit_or_pause(job, number)
             except InvalidJobError as exc:  # checked in pass one; a label may have moved since

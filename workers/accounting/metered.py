@@ -67,6 +67,8 @@ class Meter:
     dropped: int = 0
     #: Usage of the last settled call (the answer's, or the partial output of a cut/cancel).
     last_usage: Usage | None = None
+    #: What the job pays of the price table's price: a provider batch's or OpenAI flex's discount.
+    price_factor: Decimal = Decimal(1)
     _plans: dict[str, CallPlan] = field(default_factory=dict)
 
     def plan(self, model_id: str, request: ChatRequest) -> CallPlan:
@@ -101,6 +103,12 @@ class Meter:
             self._plans[model_id] = plan
         return plan
 
+    def priced(self, amount: Decimal | None) -> Decimal | None:
+        """``amount`` at the job's price (:attr:`price_factor` of the table's)."""
+        if amount is None or self.price_factor == 1:
+            return amount
+        return amount * self.price_factor
+
     def new_turn(self) -> None:
         """The next call sends different messages (a repair or tool turn): plan every model again."""
         self._plans.clear()
@@ -115,7 +123,7 @@ class Meter:
                     self.job.id,
                     self.ctx.calls,
                     self.job.tenant,
-                    plan.worst_case_usd or 0,
+                    self.priced(plan.worst_case_usd) or 0,
                     tags=self.job.tags,
                     user=self.job.user,
                     model=plan.model,
@@ -154,7 +162,7 @@ class Meter:
 
     def settle(self, reservation: Reservation | None, plan: CallPlan, usage: Usage) -> Decimal | None:
         self.last_usage = usage
-        cost = plan.cost(usage)
+        cost = self.priced(plan.cost(usage))
         if cost is not None:
             self.cost_usd = (self.cost_usd or Decimal(0)) + cost
         if reservation is not None and self.ledger is not None:

@@ -102,6 +102,12 @@ class CompletionJob(RequestParams):
     cache: CacheSpec | None = None
     #: Seconds from submission after which the job is abandoned (no further attempts).
     deadline_s: Annotated[float, Field(gt=0)] | None = None
+    #: May the job wait for a provider batch (OpenAI Batch, Anthropic Message Batches: half the
+    #: price, answered within the provider's window, 24 h)? ``allow``: yes, when its model's provider
+    #: has a batch API; ``auto``: only when ``deadline_s`` (none: no hurry) leaves room for the
+    #: window plus a margin, else live (OpenAI ``service_tier: "flex"`` where the model has it).
+    #: Unset: live. The job keeps its id, events and result either way (``[batch]`` in the config).
+    batch: Literal["allow", "auto"] | None = None
     #: Set by the producer at submission (unix seconds); used for queue time and deadlines.
     submitted_at: float | None = None
     #: A Redis list (``llmq:reply:...``) the worker RPUSHes the final result JSON to: lets a

@@ -11,7 +11,19 @@ from __future__ import annotations
 class JobKeys:
     """Every Redis key and channel that belongs to one job."""
 
-    __slots__ = ("cancel", "channel", "claim", "events", "job_id", "meta", "result", "tools", "webhook", "webhook_log")
+    __slots__ = (
+        "batch",
+        "cancel",
+        "channel",
+        "claim",
+        "events",
+        "job_id",
+        "meta",
+        "result",
+        "tools",
+        "webhook",
+        "webhook_log",
+    )
 
     PREFIX = "llmq:job:"
 
@@ -36,3 +48,6 @@ class JobKeys:
         self.webhook = f"{base}:webhook"
         #: List: one DeliveryAttempt JSON per delivery attempt (the last 50).
         self.webhook_log = f"{base}:webhook_log"
+        #: Hash: the job's place in a provider batch (``workers/jobs/batchstate.py``): its state,
+        #: the line it is, and the line's raw result once the batch ended.
+        self.batch = f"{base}:batch"

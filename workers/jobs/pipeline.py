@@ -39,6 +39,8 @@ from workers.contract import (
 )
 from workers.contract.providers import ProviderInfo, provider_infos
 from workers.jobs import structured
+from workers.jobs.batched import BatchLane, discounted
+from workers.jobs.batchstate import BatchStore, JobLine
 from workers.jobs.cachedrun import CachedRun, Served
 from workers.jobs.cachekey import cache_key, cache_spec
 from workers.jobs.chain import build_chain, resolve_chain
@@ -53,7 +55,7 @@ from workers.jobs.store import ClaimOutcome
 from workers.jobs.toolloop import ToolLoop
 from workers.jobs.turn import Turns
 from workers.llm.abort import AbortSignal
-from workers.llm.base import ChatRequest
+from workers.llm.base import ChatRequest, Completion
 from workers.llm.errors import (
     BadRequestError,
     DeadlineExceededError,
@@ -114,6 +116,15 @@ class JobRunner:
         self._endings = Endings(resources.store, clock)
         #: The named providers' types and accepted parameters, for the capability check.
         self._providers = provider_infos(resources.config.providers)
+        #: Jobs that may wait go to provider batches (``workers/jobs/batched.py``).
+        self._lane = BatchLane(
+            BatchStore(resources.redis),
+            resources.registry,
+            resources.config.batch,
+            resources.ledger,
+            resources.prices,
+            keep_s=resources.settings.result_ttl_s,
+        )
 
     # --- entry point ----------------------------------------------------------------------------
 
@@ -285,6 +296,8 @@ class JobRunner:
         job = run.job
         try:
             if run.cancelled_at_start:
+                if job.batch is not None:
+                    self._discard_batch_line(run)
                 raise JobCancelledError("cancelled before it started")
             remaining = run.ctx.remaining()
             if remaining is not None and remaining <= 0:
@@ -293,7 +306,9 @@ class JobRunner:
             _check_capabilities(job, chain, self._providers)
             rendered = render_job(job, self.res.redis, max_chars=self.res.settings.prompt_max_chars)
             run.prompt = rendered.prompt
-            run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0], prompt=run.prompt))
+            line = self._lane.store.line(job.id) if job.batch is not None else None
+            if line is None:  # a job with a batch line started in the run that parked it
+                run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0], prompt=run.prompt))
             served = self._from_cache(run, chain, rendered.messages)
             if served is not None:
                 return JobOutcome(result=self._endings.served(run, served))
@@ -317,8 +332,16 @@ class JobRunner:
                 # a whole-body call has no stream to close: a cancel aborts it through this
                 abort=None if job.stream else AbortSignal(),
             )
+            answered: Completion | None = None
+            if job.batch is not None:
+                step = self._batch_step(run, chain, line, request, meter)
+                if isinstance(step, JobOutcome):
+                    return step
+                answered = step
             turns = Turns(run, model, store=self.res.store, cancel_watcher=self.res.cancel_watcher, clock=self._clock)
-            if job.worker_tools:
+            if answered is not None:
+                completion = answered
+            elif job.worker_tools:
                 loop = ToolLoop(self.res, run, turns, request)
                 run.tools = loop.state
                 completion = loop.run_loop()
@@ -356,6 +379,65 @@ class JobRunner:
             return JobOutcome(result=self._endings.succeeded(run, completion))
         except RunFencedError as exc:
             return self._fenced(run, exc)
+
+    def _batch_step(
+        self, run: JobRun, chain: list[str], line: JobLine | None, request: ChatRequest, meter: Meter
+    ) -> JobOutcome | Completion | None:
+        """A job that may wait (``workers/jobs/batched.py``): parked in a provider batch (the
+        outcome: no ending now), ended from its line's answer (the completion), or live (None)."""
+        lane, job = self._lane, run.job
+        if line is None or line.state == "pending":
+            route = lane.choose(job, chain, run.ctx.remaining())
+            if route == "batch":
+                meter.price_factor = discounted(lane.config)
+                lane.park(job, chain[0], request, meter)
+                log.info("job %s: waits in a provider batch of %s", job.id, chain[0])
+                return JobOutcome(skipped="in a provider batch")
+            if route == "flex":
+                meter.price_factor = discounted(lane.config)
+                request.service_tier = "flex"
+            return None
+        if line.state == "sent":  # a redelivery of the parking run: the batcher sends it again at the end
+            return JobOutcome(skipped="in a provider batch")
+        if line.state != "done":  # live (retryable, expired, or its deadline came near) or dropped
+            return None
+        outcome = lane.outcome(line)
+        if outcome.kind == "succeeded":
+            meter.price_factor = discounted(lane.config)
+            answered = lane.answer(line, outcome, request, meter)
+            run.model_used = answered.model_id
+            if job.stream and answered.completion.text:
+                run.publisher.delta(answered.completion.text)
+            return answered.completion
+        lane.release(line)
+        error = outcome.error
+        if outcome.kind == "errored" and error is not None and not error.retryable:
+            run.ctx.attempts.append(
+                Attempt(model=chain[0], status="failed", error_type=error_type_name(error), message=error.message)
+            )
+            raise error
+        # expired, cancelled by the provider, or a retryable error: live, once
+        lane.go_live(line)
+        log.info("job %s: its batch line ended %s; running it live", job.id, outcome.kind)
+        return None
+
+    def _discard_batch_line(self, run: JobRun) -> None:
+        """A cancelled job whose batch line was answered: its cost is settled, its answer dropped."""
+        job = run.job
+        try:
+            line = self._lane.store.line(job.id)
+            if line is None or line.state != "done":
+                if line is not None and line.state in ("pending", "sent"):
+                    self._lane.store.move(job.id, ("pending",), {"state": "dropped"})
+                return
+            rendered = render_job(job, self.res.redis, max_chars=self.res.settings.prompt_max_chars)
+            meter = Meter(job, self.res.counter, self.res.prices, self.res.ledger, run.ctx, self.res.metrics.usage)
+            meter.price_factor = discounted(self._lane.config)
+            request = ChatRequest(messages=rendered.messages, params=job, tools=job.client_tools)
+            self._lane.discard(line, request, meter)
+            run.meter = meter
+        except LLMQError as exc:
+            log.warning("job %s: settling its discarded batch line failed: %s", job.id, exc.message)
 
     def _from_cache(self, run: JobRun, chain: list[str], messages: list[Message]) -> Served | None:
         """For a job that asks to be cached: the stored answer, or an identical job's in flight

@@ -14,7 +14,7 @@ metadata: one whose creation reply was lost is found again by its size and creat
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -22,7 +22,6 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field
 
 from workers.llm.anthropic import AnthropicProvider
-from workers.llm.base import ChatRequest
 from workers.llm.batchapi import FIND_SKEW_S, BatchAPI, BatchState, LineOutcome, RemoteBatch
 from workers.llm.errormap import error_in_batch
 from workers.llm.httpclient import HTTPClient
@@ -137,9 +136,12 @@ class AnthropicBatchAPI(BatchAPI):
         super().__init__(provider, http)
         self._url = provider.base_url + "/v1/messages/batches"
 
-    def line(self, custom_id: str, model: str, request: ChatRequest) -> bytes:
+    def wrap(self, custom_id: str, body: bytes) -> bytes:
         head = b'{"custom_id": ' + json.dumps(custom_id).encode() + b', "params": '
-        return head + self.provider.body_bytes(model, request) + b"}"
+        return head + body + b"}"
+
+    def outcome(self, raw: bytes, model: str) -> LineOutcome:
+        return outcome_of(parse_result_line(raw), provider=self.name, model=model)
 
     def create(self, key: str, model: str, upload: str | None, lines: Sequence[bytes]) -> RemoteBatch:
         body = b'{"requests": [' + b", ".join(lines) + b"]}"
@@ -167,8 +169,5 @@ class AnthropicBatchAPI(BatchAPI):
     def cancel(self, batch_id: str) -> RemoteBatch:
         return remote_of(MessageBatch.model_validate_json(self.call("POST", f"{self._url}/{batch_id}/cancel")))
 
-    def results(self, remote: RemoteBatch, model: str) -> Iterator[LineOutcome]:
-        for url in remote.results:
-            yield from self.lines_of(
-                url, lambda raw: outcome_of(parse_result_line(raw), provider=self.name, model=model)
-            )
+    def result_urls(self, remote: RemoteBatch) -> list[str]:
+        return list(remote.results)

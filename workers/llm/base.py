@@ -87,6 +87,9 @@ class ChatRequest:
     abort: AbortSignal | None = None
     #: The pre-counted prompt tokens for the model being called (set by the metering wrapper).
     prompt_tokens: int | None = None
+    #: OpenAI's ``service_tier`` (``flex``: slower, at the batch price), chosen by the worker for a
+    #: ``batch: "auto"`` job whose deadline is too short for a batch (``workers/jobs/batched.py``).
+    service_tier: str | None = None
 
 
 @dataclass(slots=True)

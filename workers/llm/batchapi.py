@@ -18,7 +18,7 @@ does not know yet). Line ids are ``<key>-<n>``, so results that are not ours are
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -92,6 +92,8 @@ class BatchAPI(ABC):
 
     #: Most lines one batch may hold (the provider's limit).
     max_lines: int
+    #: The lines go up as a file first (:meth:`upload`), the batch is created from it (OpenAI).
+    uploads: bool = False
 
     def __init__(self, provider: HTTPProvider[Any], http: HTTPClient) -> None:
         self.provider = provider
@@ -103,9 +105,17 @@ class BatchAPI(ABC):
 
     # --- what a provider module implements ----------------------------------------------------------
 
-    @abstractmethod
     def line(self, custom_id: str, model: str, request: ChatRequest) -> bytes:
         """One request of a batch, serialized (its body is the live call's, byte for byte)."""
+        return self.wrap(custom_id, self.provider.body_bytes(model, request))
+
+    @abstractmethod
+    def wrap(self, custom_id: str, body: bytes) -> bytes:
+        """One request of a batch from the live call's body (kept by the batcher until it sends)."""
+
+    @abstractmethod
+    def outcome(self, raw: bytes, model: str) -> LineOutcome | None:
+        """One line of the results, parsed (``ValueError`` when it is not one)."""
 
     def upload(self, key: str, lines: Sequence[bytes]) -> str | None:
         """Send the lines ahead of :meth:`create` when the API wants a file; the upload's id."""
@@ -131,8 +141,20 @@ class BatchAPI(ABC):
     def cancel(self, batch_id: str) -> RemoteBatch: ...
 
     @abstractmethod
+    def result_urls(self, remote: RemoteBatch) -> list[str]:
+        """Where an ended batch's results are (OpenAI: its output and error files)."""
+
+    def result_lines(self, remote: RemoteBatch) -> Iterator[bytes]:
+        """The raw lines of an ended batch's results, in the order the provider sends them."""
+        for url in self.result_urls(remote):
+            yield from self.raw_lines(url)
+
     def results(self, remote: RemoteBatch, model: str) -> Iterator[LineOutcome]:
         """The lines of an ended batch, in the order the provider sends them."""
+        for raw in self.result_lines(remote):
+            outcome = self.outcome(raw, model)
+            if outcome is not None:
+                yield outcome
 
     def discard(self, remote: RemoteBatch | None, upload: str | None) -> None:  # noqa: B027 - optional
         """Delete what the batch left at the provider (uploaded and result files), best effort."""
@@ -166,7 +188,7 @@ class BatchAPI(ABC):
         )
         return content
 
-    def lines_of(self, url: str, parse: Callable[[bytes], LineOutcome | None]) -> Iterator[LineOutcome]:
+    def raw_lines(self, url: str) -> Iterator[bytes]:
         """A results body, streamed line by line (no size limit: a batch's results may be large)."""
         response = self._http.download(
             url, headers=self.provider.api_headers(), provider=self.name, error_mapper=self.mapper()
@@ -174,8 +196,6 @@ class BatchAPI(ABC):
         try:
             for raw in iter_lines(response.iter_bytes(), MAX_RESULT_LINE_BYTES):
                 if raw.strip():
-                    outcome = parse(raw)
-                    if outcome is not None:
-                        yield outcome
+                    yield bytes(raw)
         finally:
             response.close()

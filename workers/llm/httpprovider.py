@@ -102,6 +102,11 @@ class HTTPProvider(Provider, Generic[StreamT]):
                 f"{self.key_env} is not set in the worker's environment", provider=self.name, model=model
             )
 
+    @property
+    def http(self) -> HTTPClient:
+        """The worker's HTTP client this provider calls through (its batch API shares it)."""
+        return self._http
+
     def api_headers(self, model: str = "") -> dict[str, str]:
         """The headers of the provider's other calls (files, batches): its static headers and its key."""
         self._check_key(model)

@@ -189,6 +189,8 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
         if request.tools:
             body["tools"] = [t.model_dump(exclude_none=True, exclude={"cache_control"}) for t in request.tools]
         _add_params(body, request)
+        if request.service_tier is not None:
+            body["service_tier"] = request.service_tier
         if stream:
             body["stream"] = True
             if self._stream_usage:

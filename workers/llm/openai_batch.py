@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict
 
-from workers.llm.base import ChatRequest
 from workers.llm.batchapi import FIND_SKEW_S, BatchAPI, BatchState, LineOutcome, RemoteBatch
 from workers.llm.errormap import error_in_batch
 from workers.llm.httpclient import ErrorMapper, HTTPClient
@@ -160,14 +159,18 @@ def remote_of(obj: OpenAIBatchObject) -> RemoteBatch:
 
 class OpenAIBatchAPI(BatchAPI):
     max_lines = 50_000
+    uploads = True
 
     def __init__(self, provider: OpenAIProvider, http: HTTPClient) -> None:
         super().__init__(provider, http)
         self._base = provider.base_url
 
-    def line(self, custom_id: str, model: str, request: ChatRequest) -> bytes:
+    def wrap(self, custom_id: str, body: bytes) -> bytes:
         head = b'{"custom_id": ' + json.dumps(custom_id).encode() + b', "method": "POST", "url": "' + ENDPOINT.encode()
-        return head + b'", "body": ' + self.provider.body_bytes(model, request) + b"}"
+        return head + b'", "body": ' + body + b"}"
+
+    def outcome(self, raw: bytes, model: str) -> LineOutcome:
+        return outcome_of(parse_output_line(raw), self.mapper(model), provider=self.name, model=model)
 
     @staticmethod
     def filename(key: str) -> str:
@@ -239,13 +242,8 @@ class OpenAIBatchAPI(BatchAPI):
         raw = self.call("POST", f"{self._base}/batches/{batch_id}/cancel")
         return remote_of(OpenAIBatchObject.model_validate_json(raw))
 
-    def results(self, remote: RemoteBatch, model: str) -> Iterator[LineOutcome]:
-        mapper = self.mapper(model)
-        for file_id in remote.results:
-            yield from self.lines_of(
-                f"{self._base}/files/{file_id}/content",
-                lambda raw: outcome_of(parse_output_line(raw), mapper, provider=self.name, model=model),
-            )
+    def result_urls(self, remote: RemoteBatch) -> list[str]:
+        return [f"{self._base}/files/{file_id}/content" for file_id in remote.results]
 
     def discard(self, remote: RemoteBatch | None, upload: str | None) -> None:
         for file_id in (upload, *(remote.results if remote is not None else ())):

@@ -173,6 +173,10 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
         from workers.runtime.schedconf import publish_schedule
 
         publish_schedule(settings, resources.config)
+        # provider batches: this worker's batcher (one at a time across the workers does the work)
+        from workers.runtime.batcher import start_batcher
+
+        resources.batcher = start_batcher(worker_app, settings, resources)
     except ConfigurationError as exc:
         # Celery logs and swallows a signal handler's exceptions; a worker that cannot load its
         # configuration or tool modules must not start taking jobs. The reason is the log line (in the

@@ -45,6 +45,7 @@ from workers.llm.httpclient import HTTPClient, HTTPSettings
 from workers.llm.registry import ProviderRegistry, build_registry
 from workers.llm.tracing import NO_TRACER
 from workers.routes import LLMQConfig, load_config
+from workers.runtime.batcher import Batcher
 from workers.runtime.presence import PresencePublisher
 from workers.runtime.providerenv import provider_environment
 from workers.runtime.schedmetrics import schedule_collector
@@ -192,6 +193,8 @@ class WorkerResources:
     response_cache: ResponseCache | None = None
     #: The jobs' event flushes, pipelined together (``LLMQ_BATCH_FLUSHES``; its thread starts on the first flush).
     flusher: FlushBatcher | None = None
+    #: Moves the provider batches on (workers/runtime/batcher.py); started by the worker, not by a test's runner.
+    batcher: Batcher | None = None
     extras: dict[str, object] = field(default_factory=dict)
     #: The process's span exporter pipeline, from the OTEL_* variables (None: tracing is off).
     tracer_provider: TracerProvider | None = None
@@ -323,6 +326,8 @@ class WorkerResources:
         )
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
         if self.deliverer is not None:
             self.deliverer.stop()
         if self.tools_publisher is not None:

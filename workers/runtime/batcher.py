@@ -1,0 +1,423 @@
+"""The batcher: every worker process runs one, one at a time across the workers does the work.
+
+A thread of the worker (started with it, nothing for the operator to run) takes a lease in Redis
+(``llmq:{pbatch}:lock``) every ``tick_s`` and, while it holds it, moves every provider batch one or
+more steps on (``workers/jobs/batchstate.py`` has the state, ``workers/jobs/batched.py`` the jobs'
+side):
+
+1. **seal**: a group (``provider:model``) whose oldest waiting line is ``[batch] max_age_s`` old, or
+   that holds ``max_lines``, becomes a batch with a fresh key;
+2. **prepare**: its lines are fixed: a job cancelled meanwhile is dropped (sent back to the queue,
+   where its run ends it ``cancelled``), the others numbered (line *i* is ``<key>-<i>``);
+3. **upload** (OpenAI): the JSONL file, its name carrying the key; a batcher killed before it learned
+   the file's id finds it again by name and size;
+4. **create**: the provider batch; a lost reply is found again (OpenAI: by the key in its metadata;
+   Anthropic: by size and creation time, never a batch we already own);
+5. **poll** every ``poll_s``: a line whose job's deadline is within ``live_margin_s`` goes live (sent
+   back to the queue, the reservation kept for the line's late answer); once the batch ended,
+6. **collect**: each result line is filed into its job's hash and the job sent back to the queue,
+   where its run ends it (a line the provider reported nothing for expired); a line whose job
+   already ended (cancelled, or gone live) has its cost settled here. Then the provider's files
+   are deleted.
+
+Each step is recorded before and after it runs; a step repeated after a crash changes nothing, and a
+job sent back twice ends once (its stored result stops the second run). A step that keeps failing
+(``MAX_FAILURES`` times) sends the batch's lines live, so no job waits for a batch that cannot be made.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import redis
+from celery import Celery
+
+from workers.accounting.ledger import Ledger
+from workers.accounting.prices import PriceBook
+from workers.connections.brokerurl import is_amqp
+from workers.contract import TASK_NAME, JobKeys, monitor_repr, split_model_id
+from workers.contract.schedule import DEFAULT_PRIORITY, SCHED_HEADER, class_queue, sched_header
+from workers.jobs.batched import BatchLane
+from workers.jobs.batchstate import BatchRecord, BatchStore, JobLine
+from workers.llm.batchapi import BatchAPI, LineOutcome, RemoteBatch, line_id, line_index
+from workers.llm.errors import LLMQError
+from workers.llm.registry import ProviderRegistry
+from workers.routes import LLMQConfig
+from workers.settings import Settings
+
+__all__ = ["MAX_FAILURES", "Batcher", "job_sender", "start_batcher"]
+
+log = logging.getLogger("llmq.batcher")
+
+#: Failed attempts of one batch's step before its lines are sent live instead.
+MAX_FAILURES = 5
+#: Lines filed back per round trip.
+FILE_CHUNK = 500
+
+Send = Callable[[dict[str, Any]], None]
+
+
+class BatcherResources(Protocol):
+    """What the batcher uses of the worker's resources."""
+
+    @property
+    def redis(self) -> redis.Redis: ...
+
+    @property
+    def registry(self) -> ProviderRegistry: ...
+
+    @property
+    def config(self) -> LLMQConfig: ...
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def prices(self) -> PriceBook: ...
+
+
+class Batcher:
+    """Moves the provider batches on (module docstring). ``send`` puts a job's payload on the queue
+    again; ``clock`` is unix seconds (the same clock as the jobs' deadlines)."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        lane: BatchLane,
+        send: Send,
+        *,
+        clock: Callable[[], float] = time.time,
+        tick_s: float | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.lane = lane
+        self.config = lane.config
+        self._send = send
+        self._clock = clock
+        self.tick_s = tick_s if tick_s is not None else min(1.0, self.config.poll_s, max(self.config.max_age_s, 0.05))
+        self.owner = owner or uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the thread -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="llmq-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self.store.free_lock(self.owner)
+        except Exception:  # Redis gone at shutdown: the lease runs out by itself
+            log.debug("batcher: could not free the lock at shutdown", exc_info=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("batcher: a pass failed; trying again in %.1f s", self.tick_s)
+
+    # --- one pass ---------------------------------------------------------------------------------
+
+    def tick(self) -> bool:
+        """One pass over the groups and batches, if this batcher holds the lock; whether it did."""
+        if not self._hold():
+            return False
+        config = self.config
+        for group in self.store.due_groups(max_age_s=config.max_age_s, max_lines=config.max_lines):
+            self._seal(group)
+        for key in self.store.due_batches():
+            if self._stop.is_set() or not self._hold():
+                break
+            self._advance(key)
+        return True
+
+    def _hold(self) -> bool:
+        return self.store.take_lock(self.owner, self.config.lock_s)
+
+    def _seal(self, group: str) -> None:
+        api = self.lane.api_for(group)
+        limit = min(self.config.max_lines, api.max_lines if api is not None else self.config.max_lines)
+        provider, native = split_model_id(group)
+        key = "b" + uuid.uuid4().hex[:20]
+        count = self.store.seal(group, key, max_lines=limit, provider=provider, model=native)
+        if count:
+            log.info("batcher: %d line(s) of %s sealed into batch %s", count, group, key)
+
+    def _advance(self, key: str) -> None:
+        record = self.store.batch(key)
+        if record is None:
+            self.store.redis.zrem(self.store.active, key)
+            return
+        api = self.lane.api_for(record.group)
+        if api is None:  # the provider is no longer configured: its lines run live (where they fail typed)
+            self._all_live(record)
+            return
+        try:
+            self._steps(record, api)
+        except (LLMQError, OSError, ValueError) as exc:
+            failures = int(self.store.redis.hincrby(self.store.batch_hash(key), "failures", 1))
+            log.warning(
+                "batcher: batch %s at step %s failed (%d/%d): %s", key, record.state, failures, MAX_FAILURES, exc
+            )
+            if failures >= MAX_FAILURES:
+                latest = self.store.batch(key) or record
+                self._all_live(latest)
+            else:
+                self.store.next_look(key, self.config.poll_s * failures)
+
+    def _steps(self, record: BatchRecord, api: BatchAPI) -> None:
+        key = record.key
+        while True:
+            state = record.state
+            if state == "sealed":
+                self._prepare(record)
+            elif state in ("prepared", "uploading"):
+                if api.uploads:
+                    self._upload(record, api)
+                else:
+                    self.store.update(key, state="uploaded")
+            elif state in ("uploaded", "creating"):
+                self._create(record, api)
+                return
+            elif state == "running":
+                self._poll(record, api)
+                return
+            else:  # finished
+                self.store.redis.zrem(self.store.active, key)
+                return
+            latest = self.store.batch(key)
+            if latest is None:
+                return
+            record = latest
+            self._hold()
+
+    # --- steps ---------------------------------------------------------------------------------------
+
+    def _prepare(self, record: BatchRecord) -> None:
+        key = record.key
+        ids = list(dict.fromkeys(self.store.sealed_jobs(key)))
+        lines = self.store.lines_of(ids)
+        cancelled = self.store.cancelled(ids)
+        keep: list[str] = []
+        deadlines: dict[str, float] = {}
+        dropped: list[JobLine] = []
+        for line, cancel in zip(lines, cancelled, strict=True):
+            if line is None:
+                continue  # its record expired: nothing to send, nobody waiting
+            ours = line.state == "pending" or (line.state in ("sent", "dropped") and line.key == key)
+            if not ours:
+                continue
+            if cancel or line.state == "dropped":
+                dropped.append(line)
+                continue
+            keep.append(line.job_id)
+            if line.deadline is not None:
+                deadlines[line.job_id] = line.deadline
+        pipe = self.store.redis.pipeline(transaction=False)
+        for index, job_id in enumerate(keep):
+            self.store.move_on(pipe, job_id, ("pending", "sent"), {"state": "sent", "key": key, "index": index})
+        for line in dropped:
+            self.store.move_on(pipe, line.job_id, ("pending",), {"state": "dropped", "key": key})
+        pipe.execute()
+        for line in dropped:  # dropped before it was sent: its run ends it cancelled, nothing billed
+            self.lane.release(line)
+        self._send_back([line.job_id for line in dropped])
+        self.store.fix_lines(key, keep, deadlines)
+        if not keep:
+            self.store.finish(key, ids)
+        else:
+            log.info("batcher: batch %s holds %d line(s) (%d dropped)", key, len(keep), len(dropped))
+
+    def _line_bytes(self, key: str, api: BatchAPI) -> list[bytes]:
+        ids = self.store.sent_lines(key)
+        out: list[bytes] = []
+        for index, line in enumerate(self.store.lines_of(ids)):
+            if line is None:  # expired meanwhile (a batch left for longer than its keep time)
+                raise ValueError(f"batch {key}: the line of job {ids[index]} is gone")
+            out.append(api.wrap(line_id(key, index), line.body))
+        return out
+
+    def _upload(self, record: BatchRecord, api: BatchAPI) -> None:
+        key = record.key
+        lines = self._line_bytes(key, api)
+        if record.state == "uploading":  # a batcher died while uploading: did the file arrive?
+            size = sum(len(line) + 1 for line in lines)
+            found = api.find_upload(key, since=record.upload_since, size=size)
+            if found is not None:
+                log.info("batcher: batch %s: found its upload %s again", key, found)
+                self.store.update(key, upload=found, state="uploaded")
+                return
+        self.store.update(key, state="uploading", upload_since=self._clock())
+        upload = api.upload(key, lines)
+        self.store.update(key, upload=upload or "", state="uploaded")
+
+    def _create(self, record: BatchRecord, api: BatchAPI) -> None:
+        key = record.key
+        remote: RemoteBatch | None = None
+        if record.state == "creating":  # a batcher died while creating: was the batch made?
+            known = self.store.known_remotes(record.provider)
+            remote = api.find(key, since=record.create_since, lines=record.lines, known=known)
+            if remote is not None:
+                log.info("batcher: batch %s: found its provider batch %s again", key, remote.id)
+        if remote is None:
+            self.store.update(key, state="creating", create_since=self._clock())
+            lines = [] if api.uploads else self._line_bytes(key, api)
+            remote = api.create(key, record.model, record.upload or None, lines)
+        self.store.add_remote(record.provider, remote.id)
+        self.store.update(key, remote=remote.id, state="running", status=remote.status)
+        self.store.next_look(key, self.config.poll_s)
+        log.info("batcher: batch %s sent as %s (%d line(s))", key, remote.id, record.lines)
+
+    def _poll(self, record: BatchRecord, api: BatchAPI) -> None:
+        key = record.key
+        near = self.store.approaching(key, self._clock() + self.config.live_margin_s)
+        if near:
+            gone = [j for j in near if self.store.move(j, ("sent",), {"state": "live"})]
+            self._send_back(gone)
+            self.store.forget_deadlines(key, near)
+            if gone:
+                log.info("batcher: batch %s: %d line(s) go live, their deadlines are near", key, len(gone))
+        remote = api.get(record.remote)
+        self.store.update(key, status=remote.status)
+        if remote.state == "ended":
+            self._collect(record, api, remote)
+        elif remote.state == "failed":
+            log.warning("batcher: batch %s failed at the provider (%s); its lines run live", key, remote.reason)
+            self._all_live(record)
+        else:
+            self.store.next_look(key, self.config.poll_s)
+
+    def _collect(self, record: BatchRecord, api: BatchAPI, remote: RemoteBatch) -> None:
+        key = record.key
+        ids = self.store.sent_lines(key)
+        seen: set[int] = set()
+        rows: list[tuple[str, LineOutcome, bytes]] = []
+        for raw in api.result_lines(remote):
+            try:
+                outcome = api.outcome(raw, record.model)
+            except ValueError as exc:
+                log.warning("batcher: batch %s: a result line that does not parse: %s", key, str(exc)[:200])
+                continue
+            if outcome is None:
+                continue
+            index = line_index(key, outcome.custom_id)
+            if index is None or index >= len(ids) or index in seen:
+                continue  # not ours, or a repeat
+            seen.add(index)
+            rows.append((ids[index], outcome, raw))
+            if len(rows) >= FILE_CHUNK:
+                self._file(rows)
+                rows = []
+                self._hold()
+        rows += [(ids[i], LineOutcome(line_id(key, i), "expired"), b"") for i in range(len(ids)) if i not in seen]
+        for start in range(0, len(rows), FILE_CHUNK):
+            self._file(rows[start : start + FILE_CHUNK])
+        self.store.finish(key, self.store.sealed_jobs(key))
+        api.discard(remote, record.upload or None)
+        log.info(
+            "batcher: batch %s ended (%s): %d answered, %d without an answer",
+            key,
+            remote.status,
+            len(seen),
+            len(ids) - len(seen),
+        )
+
+    def _file(self, rows: Sequence[tuple[str, LineOutcome, bytes]]) -> None:
+        """File results into their jobs' lines and send the jobs back; a line whose job already
+        ended (or went live) has its late answer settled here."""
+        if not rows:
+            return
+        job_ids = [job_id for job_id, _, _ in rows]
+        filed = self.store.file_results([(j, o.kind, raw) for j, o, raw in rows])
+        ended = self._ended(job_ids)
+        lines = self.store.lines_of(job_ids)
+        back: list[str] = []
+        for (job_id, outcome, _), moved, over, line in zip(rows, filed, ended, lines, strict=True):
+            if line is None:
+                continue
+            if line.state == "live" or (over and moved):
+                self.lane.settle_late(line, outcome)
+            elif line.state == "done":
+                back.append(job_id)
+        self._send_back(back)
+
+    def _ended(self, job_ids: Sequence[str]) -> list[bool]:
+        pipe = self.store.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.exists(JobKeys(job_id).result)
+        return [bool(n) for n in pipe.execute()]
+
+    def _all_live(self, record: BatchRecord) -> None:
+        """Every line not answered yet runs live (the batch cannot be made, or failed)."""
+        ids = self.store.sent_lines(record.key) or self.store.sealed_jobs(record.key)
+        moved: list[str] = []
+        for line in self.store.lines_of(ids):
+            if line is not None and self.store.move(line.job_id, ("pending", "sent"), {"state": "live"}):
+                self.lane.release(line)
+                moved.append(line.job_id)
+        self._send_back(moved)
+        self.store.finish(record.key, self.store.sealed_jobs(record.key))
+
+    def _send_back(self, job_ids: Iterable[str]) -> None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        for job_id, payload in zip(ids, self.store.payloads(ids), strict=True):
+            if payload is None:
+                log.warning("batcher: job %s has no payload left to send back", job_id)
+                continue
+            self._send(payload)
+
+
+def job_sender(app: Celery, settings: Settings) -> Send:
+    """Send a job's payload to its queue again, as its producer did (its class and tenant's place of
+    the schedule; on RabbitMQ its class's queue), under its own id (Flower shows one task per job)."""
+    queue = settings.queue
+    amqp = is_amqp(settings.broker_url or settings.redis_url)
+
+    def send(payload: dict[str, Any]) -> None:
+        priority = str(payload.get("priority") or DEFAULT_PRIORITY)
+        header = sched_header(
+            priority,
+            str(payload.get("tenant") or "default"),
+            payload.get("concurrency_key"),
+            payload.get("submitted_at"),
+        )
+        shown: dict[str, Any] = (
+            {} if settings.monitor_content else {"argsrepr": monitor_repr(payload), "kwargsrepr": "{}"}
+        )
+        app.send_task(
+            TASK_NAME,
+            args=[payload],
+            task_id=str(payload["id"]),
+            queue=class_queue(queue, priority) if amqp else queue,
+            headers={SCHED_HEADER: header},
+            **shown,
+        )
+
+    return send
+
+
+def start_batcher(app: Celery, settings: Settings, resources: BatcherResources) -> Batcher | None:
+    """The worker's batcher, started (None when ``[batch] enabled`` is false)."""
+    config = resources.config.batch
+    if not config.enabled:
+        return None
+    store = BatchStore(resources.redis)
+    lane = BatchLane(
+        store, resources.registry, config, resources.ledger, resources.prices, keep_s=settings.result_ttl_s
+    )
+    batcher = Batcher(store, lane, job_sender(app, settings))
+    batcher.start()
+    return batcher
