@@ -95,12 +95,40 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     print_table(table)
 
 
+def _catalog(client: Any, config: Any, settings: Any) -> Any:
+    """The names jobs may use, as a producer judges them (``producers/catalog.py``): what the live
+    workers of ``LLMQ_QUEUE`` publish, else the config file with this machine's price table (so a
+    typo of a priced name is named: ``gtp-4o`` -> did you mean ``gpt-4o``?)."""
+    from producers.catalog import LiveCatalog
+    from workers.accounting.prices import PriceBook, price_sources
+    from workers.contract.catalog import catalog_from_config
+
+    live = LiveCatalog(settings.queue, default_model=settings.default_model).get(client)
+    if live is not None:
+        return live
+    base = catalog_from_config(config.model_dump(), default_model=settings.default_model)
+    book = PriceBook(config.models, unpriced=config.budget.unpriced, sources=price_sources(config.providers))
+    return base.model_copy(update={"priced": {name: book.table(name) for name in base.providers}})
+
+
+def _resolve(catalog: Any, name: str) -> list[str]:
+    """``name``'s ids as a job's; :class:`UnknownModelError` for a name a job could not use either."""
+    from workers.contract.catalog import UnknownModelError
+
+    ids, error, near = catalog.judge(name)
+    if error is not None:
+        raise error
+    for model_id, meant in near:
+        raise UnknownModelError(catalog.unpriced_message(model_id, meant), name, [meant])
+    return list(ids)
+
+
 def run(args: argparse.Namespace) -> int:
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from workers.contract.catalog import UnknownModelError, catalog_from_config
+    from workers.contract.catalog import UnknownModelError
     from workers.guards.breaker import CircuitBreaker
     from workers.guards.ratelimit import RateLimiter
     from workers.llm.errors import ConfigurationError
@@ -117,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         config = load_config(settings.config)
-        catalog = catalog_from_config(config.model_dump(), default_model=settings.default_model)
-        named = [model_id for name in args.models for model_id in catalog.resolve(name)]  # the jobs' own rule
+        catalog = _catalog(client, config, settings)
+        named = [model_id for name in args.models for model_id in _resolve(catalog, name)]  # the jobs' own rule
         models = list(dict.fromkeys(named)) or _known_models(client, config)
         limiter, breaker = RateLimiter(client), CircuitBreaker(client)
         rows = [describe_model(m, config, limiter, breaker) for m in models]

@@ -69,3 +69,18 @@ def test_limits_reads_model_names_as_jobs_do(redis_url: str, tmp_path: Path) -> 
     assert typo.returncode == 2
     assert "is a route alias" not in typo.stderr
     assert "unknown model 'gtp-4o'" in typo.stderr and "did you mean 'gpt-4o'?" in typo.stderr, typo.stderr
+
+
+def test_limits_reads_a_typo_as_a_job_would_and_names_the_model_meant(redis_url: str, tmp_path: Path) -> None:
+    """No worker runs: the config file and this machine's price table judge the names (as jobs are)."""
+    config = tmp_path / "llmq.toml"
+    config.write_text(CONFIG)
+    for typo, meant in [
+        ("gtp-4o", "'gpt-4o'"),
+        ("openai:gtp-4o", "'openai:gpt-4o'"),
+        ("opneai:gpt-4o", "'openai:gpt-4o'"),
+    ]:
+        out = _limits(redis_url, config, typo)
+        assert out.returncode == 2 and out.stdout == "", out
+        assert out.stderr.count(f"did you mean {meant}?") == 1 and "is a route alias" not in out.stderr, out.stderr
+    assert _limits(redis_url, config, "gpt-4o").returncode == 0  # a bare name of a family

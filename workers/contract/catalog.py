@@ -252,9 +252,10 @@ class ModelCatalog(WireModel):
             candidates.update(table.names)
         guesses = close_names(ref, candidates)
         families = ", ".join(f"{f.pattern} -> {f.provider}" for f in self.families)
+        meant = f" (did you mean {' or '.join(repr(s) for s in guesses)}?)" if guesses else ""
         return UnknownModelError(
-            f"unknown model {ref!r}: not a route alias (known: {', '.join(self.aliases)}), and no model "
-            f"family matches it ({families}){_did_you_mean(guesses)}; write it as provider:model "
+            f"unknown model {ref!r}{meant}: not a route alias (known: {', '.join(self.aliases)}), and no model "
+            f"family matches it ({families}); write it as provider:model "
             "(e.g. 'openai:gpt-4o') or add a [model_families] pattern to the config",
             ref,
             guesses,
