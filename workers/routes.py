@@ -283,6 +283,8 @@ class BatchConfig(_Strict):
     """
 
     enabled: bool = True
+    #: Whether this worker runs a batcher thread (one at a time works, under a lease; false: others do).
+    batcher: bool = True
     discount: Annotated[float, Field(gt=0, le=1)] = 0.5
     window_s: Annotated[float, Field(gt=0)] = 86_400.0
     margin_s: Annotated[float, Field(ge=0)] = 3_600.0

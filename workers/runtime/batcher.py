@@ -410,9 +410,9 @@ def job_sender(app: Celery, settings: Settings) -> Send:
 
 
 def start_batcher(app: Celery, settings: Settings, resources: BatcherResources) -> Batcher | None:
-    """The worker's batcher, started (None when ``[batch] enabled`` is false)."""
+    """The worker's batcher, started (None when ``[batch] enabled`` or ``batcher`` is false)."""
     config = resources.config.batch
-    if not config.enabled:
+    if not (config.enabled and config.batcher):
         return None
     store = BatchStore(resources.redis)
     lane = BatchLane(
