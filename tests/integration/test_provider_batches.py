@@ -108,7 +108,11 @@ def write_file(path: Path, lines: int) -> None:
                 line: dict[str, Any] = {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions"}
                 line["body"] = body
             else:
-                params = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": prompt}]}
+                params = {
+                    "model": "claude-sonnet-4-5",
+                    "max_tokens": 64,
+                    "messages": [{"role": "user", "content": prompt}],
+                }
                 line = {"custom_id": f"req-{i}", "params": params}
             f.write(json.dumps(line) + "\n")
 
@@ -119,14 +123,22 @@ def run_file(client: Client, source: Path, out: Path, via: str, batcher: Batcher
 
     def target() -> None:
         outcome["summary"] = run_batch(
-            source, out, window=100_000, client=client, handle_signals=False, via=via, stall_timeout_s=600  # type: ignore[arg-type]
+            source,
+            out,
+            window=100_000,
+            client=client,
+            handle_signals=False,
+            via=via,
+            stall_timeout_s=600,  # type: ignore[arg-type]
         )
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     if batcher is not None:
         store = batcher.store
-        waiting = lambda: sum(int(store.redis.llen(store.group_list(g))) for g in ("openai:gpt-4o", "anthropic:claude-sonnet-4-5"))  # noqa: E731
+        waiting = lambda: sum(
+            int(store.redis.llen(store.group_list(g))) for g in ("openai:gpt-4o", "anthropic:claude-sonnet-4-5")
+        )  # noqa: E731
         until(lambda: waiting() == parked, f"{parked} lines parked", 300)
         pump(batcher, lambda: not thread.is_alive(), "the file's results")
     thread.join(600)
