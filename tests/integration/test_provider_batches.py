@@ -136,9 +136,11 @@ def run_file(client: Client, source: Path, out: Path, via: str, batcher: Batcher
     thread.start()
     if batcher is not None:
         store = batcher.store
-        waiting = lambda: sum(
-            int(store.redis.llen(store.group_list(g))) for g in ("openai:gpt-4o", "anthropic:claude-sonnet-4-5")
-        )  # noqa: E731
+        groups = ("openai:gpt-4o", "anthropic:claude-sonnet-4-5")
+
+        def waiting() -> int:
+            return sum(int(store.redis.llen(store.group_list(g))) for g in groups)
+
         until(lambda: waiting() == parked, f"{parked} lines parked", 300)
         pump(batcher, lambda: not thread.is_alive(), "the file's results")
     thread.join(600)
