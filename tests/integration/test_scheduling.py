@@ -86,10 +86,13 @@ def test_an_interactive_job_runs_in_the_first_free_slot_behind_a_bulk_backlog(
 ) -> None:
     """Issue #26's measurement: 600 bulk jobs of one tenant queued first, then one interactive job of
     another, 1 s calls, 30 slots. On a FIFO queue it ended after all 600 (21.5 s). Here it is taken by
-    the first fetch after its submit, so it ends in the first wave of completions after it: behind
-    the 30 running then and at most the bulk jobs taken in that same fetch (all 1 s calls: a fetch
-    that fills 30 freed slots at once starts them together), so among the first 60 completions, not
-    the 571st. Its time to the end is printed (the README's 2.5 s) and bounded generously here."""
+    the first fetch after its submit, so it runs in the first slot that frees (within one call) and
+    ends one call later: "within 2.5 s" with 1 s calls, stated in calls rather than seconds. What that
+    means in completions: behind the 30 running at its submit and at most the bulk jobs taken in that
+    same fetch (all 1 s calls: a fetch that fills 30 freed slots at once starts them together), so
+    among the first 60 completions after its submit, not the 571st. A slower machine stretches every
+    call alike and leaves that count as it is, so it is what is asserted; the seconds are printed (the
+    README has the bench's figure)."""
     simulator.simulator.config.latency = 1.0
     reply = "llmq:reply:backlog"
     with worker(redis_url, simulator, tmp_path, concurrency=30):
@@ -106,8 +109,6 @@ def test_an_interactive_job_runs_in_the_first_free_slot_behind_a_bulk_backlog(
         rank = order.index("web-1") + 1
         print(f"interactive job: {rank}th completion after its submit, ended {waited:.2f} s after it")
         assert rank <= 60, order[:rank]
-        # the stated requirement, with the scheduler's part asserted above; generous for a loaded CI box
-        assert waited < 2.5 * 4, f"ended {waited:.1f} s after its submit"
         bulk = _completions(redis_client, reply, 601, 240)
         assert Counter(r.status for r in bulk) == {"succeeded": 601}  # the bulk jobs all end too
 
@@ -137,9 +138,14 @@ def test_two_tenants_weighted_3_to_1_split_completions_3_to_1(
 def test_max_concurrency_holds_across_the_worker_and_other_tenants_use_the_remaining_slots(
     redis_url: str, redis_client: redis.Redis, simulator: SimulatorThread, client: Client, tmp_path: Path
 ) -> None:
-    """A tenant with ``max_concurrency`` 5 and 200 queued jobs, next to another tenant, on 16 slots:
-    the running count sampled every 50 ms (job state ``running``, written by the worker's claim)
-    never exceeds 5, and the other tenant's jobs run meanwhile in the remaining slots."""
+    """A tenant with ``max_concurrency`` 5 and 200 queued jobs, next to another tenant's 60, on 16
+    slots: the running count sampled every 50 ms never exceeds 5, and the other tenant's jobs run
+    meanwhile in the remaining 11 slots. Each sample is one ``MULTI`` (a snapshot: read one key at a
+    time, a job ending and another starting between two reads would count twice): the jobs in state
+    ``running`` (written by the worker's claim, left at the job's end, before its slot frees) and the
+    slots the schedule holds for the tenant. "Meanwhile" is asserted by completion order: the other
+    tenant's 60 jobs all end before the capped tenant's 100th (11 slots against 5: they end by its
+    ~30th), where waiting behind the capped tenant would put them after its 200th."""
     simulator.simulator.config.latency = 0.15
     reply = "llmq:reply:capped"
     capped = [f"capped-{n}" for n in range(200)]
@@ -149,36 +155,38 @@ def test_max_concurrency_holds_across_the_worker_and_other_tenants_use_the_remai
 
     def sample() -> None:
         probe = redis.Redis.from_url(redis_url)
-        metas = [JobKeys(j).meta for j in capped + others]
+        metas = [JobKeys(j).meta for j in capped]
         while not stop.is_set():
-            pipe = probe.pipeline(transaction=False)
+            pipe = probe.pipeline(transaction=True)
             for key in metas:
                 pipe.hget(key, "state")
-            states = pipe.execute()
-            running = [s == b"running" for s in states]
-            samples.append((sum(running[: len(capped)]), sum(running[len(capped) :])))
+            pipe.scard(f"{P}run:t:capped")
+            *states, held = pipe.execute()
+            samples.append((sum(s == b"running" for s in states), int(held)))
             stop.wait(0.05)
         probe.close()
 
+    for job_id in capped:
+        client.submit(_job(job_id, "capped", "normal", reply))
+    for job_id in others:
+        client.submit(_job(job_id, "other", "normal", reply))
     config = "[tenants.capped]\nmax_concurrency = 5\n"
-    with worker(redis_url, simulator, tmp_path, concurrency=16, config=config):
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            for job_id in capped:
-                client.submit(_job(job_id, "capped", "normal", reply))
-            for job_id in others:
-                client.submit(_job(job_id, "other", "normal", reply))
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with worker(redis_url, simulator, tmp_path, concurrency=16, config=config):
             results = _completions(redis_client, reply, len(capped) + len(others), 300)
-        finally:
-            stop.set()
-            sampler.join(10)
+    finally:
+        stop.set()
+        sampler.join(10)
     assert Counter(r.status for r in results) == {"succeeded": 260}
-    print(f"{len(samples)} samples; most capped running at once {max(c for c, _ in samples)}")
+    running = max(c for c, _ in samples)
+    print(f"{len(samples)} samples; most capped running at once {running}, slots held {max(h for _, h in samples)}")
     assert len(samples) > 20
-    assert max(c for c, _ in samples) <= 5
-    assert max(c for c, _ in samples) == 5  # it did use its 5
-    assert any(c == 5 and o > 0 for c, o in samples)  # the others ran beside it, in the remaining slots
+    assert running <= 5 and max(h for _, h in samples) <= 5
+    assert max(h for _, h in samples) == 5  # it did use its 5
+    order = [r.tenant for r in results]
+    assert [n for n, t in enumerate(order) if t == "capped"][99] > max(n for n, t in enumerate(order) if t == "other")
     assert redis_client.scard(f"{P}run:t:capped") == 0 and not redis_client.exists(f"{P}blk:capped")
 
 

@@ -53,6 +53,8 @@ _SCHEMES = {"redis", "rediss", "unix", "redis+socket"}
 
 #: Where the fetch moves a queued payload it cannot read (not JSON, no delivery tag or exchange).
 MALFORMED_KEY = "llmq.broker.malformed"
+#: A key nothing writes: what a channel that stopped taking waits on (its wait's timeout paces it).
+IDLE_KEY = "llmq.broker.idle"
 
 #: Move one given payload (ARGV[1]) that no one can read from list KEYS[1] to KEYS[2].
 SET_ASIDE_LUA = """
@@ -268,8 +270,9 @@ class Channel(SchedulingChannel):
     def stop_taking(self) -> None:
         """Take no more messages (the worker is shutting down): a wait that ends from now on fetches
         nothing, so what the worker hands back to the queue stays there for another worker instead of
-        being fetched again by this one before its consumer is cancelled. Safe from any thread or
-        greenlet (a flag the consumer's loop reads)."""
+        being fetched again by this one before its consumer is cancelled, and the wake-up it took with
+        it is handed on to the next consumer; later waits do not take the queues' tokens at all. Safe
+        from any thread or greenlet (a flag the consumer's loop reads)."""
         self.taking = False
 
     def on_fetched(self, delivery_tag: str) -> None:
@@ -286,8 +289,10 @@ class Channel(SchedulingChannel):
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return None
-        # wakes when a queue's bell holds its token (taking it): there may be work to take
-        args: list[Any] = ["BLPOP", *(bell_key(queue) for queue in queues), timeout or 0]
+        # wakes when a queue's bell holds its token (taking it): there may be work to take. A leaving
+        # channel waits on a key nothing writes: the tokens are for the consumers that take
+        bells = [bell_key(queue) for queue in queues] if self.taking else [IDLE_KEY]
+        args: list[Any] = ["BLPOP", *bells, timeout or 0]
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()
@@ -300,12 +305,14 @@ class Channel(SchedulingChannel):
         try:
             connection = self.client.connection
             try:
-                self.client.parse_response(connection, self._wait_command, **options)
+                woke = self.client.parse_response(connection, self._wait_command, **options)
             except self.connection_errors:
                 connection.disconnect()  # the next poll reconnects
                 raise
             limit = self.fetch_limit()
-            if self._closing or not self.taking or not limit:  # the wait took nothing: nothing to hand over
+            if self._closing or not self.taking or not limit:  # takes nothing: nothing to hand over
+                if woke:  # the token it took is another consumer's wake-up (a job just handed back)
+                    self._ring(bytes_to_str(woke[0]))
                 raise Empty()
             # a message arrived, the wait timed out (unwatched lists are swept), or Redis is full
             taken, unreadable = self.fetch_many(self._queue_cycle.consume(len(self.active_queues)), limit)
@@ -324,6 +331,14 @@ class Channel(SchedulingChannel):
             self._fetched.clear()  # appended by now, or never (the entry then ages out: restored)
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    def _ring(self, bell: str) -> None:
+        """Put back a bell's token this channel took and will not act on, so the next consumer with
+        room wakes now rather than at its timed sweep (a refusal, Redis full or gone, leaves it to the sweep)."""
+        try:
+            self._create_client().lpush(bell, "1")
+        except redis.RedisError as exc:
+            log.warning("broker: could not ring %s again (%s); the next timed sweep takes its work", bell, exc)
 
     def _deliver_all(self, taken: Sequence[Fetched]) -> None:
         """Deliver fetched messages in order (each rotates the cycle, as kombu's one-message read

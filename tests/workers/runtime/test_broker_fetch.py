@@ -14,6 +14,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from queue import Empty
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from kombu.transport import redis as kombu_redis
 
 from tests.support.waits import until
 from workers.connections.schedtransport import SchedulingTransport
-from workers.connections.schedule import FETCH, script, tenant_list
+from workers.connections.schedule import FETCH, bell_key, script, tenant_list
 from workers.runtime.broker import MALFORMED_KEY, REFILL_POLL_S, Channel, Poller, Transport
 
 QUEUE = "fetch-test"
@@ -122,7 +123,8 @@ def test_a_consumer_fetches_through_the_wait_and_the_script(url: str, redis_clie
 
 def test_a_channel_that_stopped_taking_leaves_what_arrives_in_the_queue(url: str, redis_client: redis.Redis) -> None:
     """A leaving worker (``stop_taking``, its shutdown) wakes on a message, e.g. the job it has just
-    handed back, and leaves it queued for another worker; it still holds what it took before."""
+    handed back, and leaves it queued for another worker; it still holds what it took before, and the
+    bell's token it took goes back, so the next worker with room is woken (not left to its timed sweep)."""
     _publish(url, {"n": 0})
     got: list[object] = []
     with _connection(url) as conn:
@@ -130,13 +132,20 @@ def test_a_channel_that_stopped_taking_leaves_what_arrives_in_the_queue(url: str
         with Consumer(channel, [KOMBU_QUEUE], callbacks=[lambda body, message: got.append(body)]):
             conn.drain_events(timeout=10)
             assert got == [{"n": 0}] and redis_client.hlen("unacked") == 1
+            channel._brpop_start()  # a wait in flight when the shutdown begins: it takes the token
             channel.stop_taking()
             _publish(url, {"n": 1})
+            with pytest.raises(Empty):
+                channel._brpop_read()
+            assert redis_client.llen(bell_key(QUEUE)) == 1  # put back for the next consumer
             with pytest.raises(socket.timeout):
-                for _ in range(3):  # the wait wakes on the message (BLMOVE) and takes nothing
+                for _ in range(3):  # later waits take neither the token nor the message
                     conn.drain_events(timeout=1)
         assert got == [{"n": 0}]
-        assert _queued(redis_client) == 1 and redis_client.hlen("unacked") == 1
+        # queued in the schedule (not kombu's list: producers queue there), the wake-up handed on
+        assert _queued(redis_client) == 1 and redis_client.llen(DEFAULT_LIST) == 1
+        assert redis_client.llen(bell_key(QUEUE)) == 1
+        assert redis_client.hlen("unacked") == 1
 
 
 def test_a_channel_that_died_after_the_fetch_gets_its_message_restored(url: str, redis_client: redis.Redis) -> None:
