@@ -176,7 +176,7 @@ class AsyncClient(ClientCore):
 
     async def _mark_sent(self, meta: str) -> None:
         try:
-            await self.redis.hset(meta, "sent", 1)
+            await self.redis.hset(meta, mapping=self.sent_fields())
         except redis.RedisError as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -294,10 +294,10 @@ class AsyncClient(ClientCore):
         try:
             meta = await self.status(job_id)
             last = self.last_event(await self.redis.xrevrange(keys.events, count=1))
-            workers = await self.queue_workers()
+            presences = await live_presences_async(self.redis)
         except redis.RedisError:
             return what
-        return self.timeout_reason(what, meta, last, workers)
+        return self.timeout_reason(what, meta, last, presences)
 
     async def queue_workers(self) -> list[str]:
         """The live workers consuming this client's queue (see ``Client.queue_workers``)."""

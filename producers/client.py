@@ -232,7 +232,7 @@ class Client(ClientCore):
         the job is queued; a later submit of the same id may only send it again (the worker's claim
         runs it once)."""
         try:
-            self.redis.hset(meta, "sent", 1)
+            self.redis.hset(meta, mapping=self.sent_fields())
         except redis.RedisError as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -320,10 +320,10 @@ class Client(ClientCore):
         try:
             meta = self.status(job_id)
             last = self.last_event(self.redis.xrevrange(keys.events, count=1))
-            workers = self.queue_workers()
+            presences = live_presences(self.redis)
         except redis.RedisError:
             return what
-        return self.timeout_reason(what, meta, last, workers)
+        return self.timeout_reason(what, meta, last, presences)
 
     def queue_workers(self) -> list[str]:
         """The live workers consuming this client's queue (what they publish: one round trip or two)."""

@@ -303,9 +303,27 @@ class ClientCore:
         pipe.set(keys.cancel, "1", ex=self.result_ttl_s)
         pipe.publish(CANCEL_CHANNEL, job_id)
 
-    def workers_of(self, presences: Sequence[WorkerPresence]) -> list[str]:
-        """The ids of the workers (of ``presences``, what live workers publish) consuming this client's queue."""
-        return sorted(p.worker for p in presences if self.queue in p.queues)
+    def workers_of(self, presences: Sequence[WorkerPresence], queue: str | None = None) -> list[str]:
+        """The ids of the workers (of ``presences``, what live workers publish) consuming ``queue``
+        (this client's by default)."""
+        queue = self.queue if queue is None else queue
+        return sorted(p.worker for p in presences if queue in p.queues)
+
+    def queue_of(self, meta: Mapping[str, str] | None) -> str:
+        """The queue a job was sent to (its metadata's ``queue``, written with ``sent``), else this client's."""
+        return (meta or {}).get("queue") or self.queue
+
+    def sent_fields(self) -> dict[str, str | int]:
+        """What a producer writes into a job's metadata once its message is sent."""
+        return {"sent": 1, "queue": self.queue}
+
+    @staticmethod
+    def no_worker_text(queue: str, presences: Sequence[WorkerPresence]) -> str:
+        """ "no worker consumes queue Q", with the queues live workers do consume (a ``LLMQ_QUEUE`` that
+        differs between producer and worker is the usual cause)."""
+        others = sorted({q for p in presences for q in p.queues} - {queue})
+        where = f"; the live workers consume {', '.join(repr(q) for q in others)}" if others else ""
+        return f"no worker consumes queue {queue!r}{where} (start one: llmq worker, with the same LLMQ_QUEUE and LLMQ_REDIS_URL)"
 
     @staticmethod
     def last_event(
@@ -318,24 +336,27 @@ class ClientCore:
         return None
 
     def timeout_reason(
-        self, what: str, meta: Mapping[str, str] | None, last: StreamEvent | None, workers: Sequence[str]
+        self,
+        what: str,
+        meta: Mapping[str, str] | None,
+        last: StreamEvent | None,
+        presences: Sequence[WorkerPresence],
     ) -> str:
-        """A wait's timeout (``what``) with what is true of the job and its queue."""
-        queue = repr(self.queue)
+        """A wait's timeout (``what``) with what is true of the job and of the queue it was sent to
+        (``presences``: what the live workers publish)."""
+        queue = self.queue_of(meta)
+        workers = self.workers_of(presences, queue)
         if meta is None and last is None:
             return (
                 f"{what}: no job with this id was submitted to this Redis ({shown_url(self.redis_url)}), "
                 "or its records expired (LLMQ_RESULT_TTL_S)"
             )
         if last is None and not workers:
-            return (
-                f"{what}: the job is still queued and no worker consumes queue {queue} (start one: llmq worker, "
-                "with the same LLMQ_QUEUE and LLMQ_REDIS_URL)"
-            )
+            return f"{what}: the job is still queued and {self.no_worker_text(queue, presences)}"
         if last is None:
-            return f"{what}: the job is still queued; {len(workers)} live worker(s) consume queue {queue}, all busy"
+            return f"{what}: the job is still queued; {len(workers)} live worker(s) consume queue {queue!r}, all busy"
         running = f"{what}: the job started (its last event is {last.type}, seq {last.seq}) and has not ended"
-        return running if workers else f"{running}, and no live worker consumes queue {queue} now"
+        return running if workers else f"{running}, and no live worker consumes queue {queue!r} now"
 
     def close(self) -> None:
         if self.sent_events is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from llmq.commands.params import add_param_args, apply_params
 from llmq.commands.prompts import parse_vars
+from producers.catalog import live_presences
 from producers.client import Client, InvalidJobError, ResultTimeoutError
 from workers.contract import JobKeys
 from workers.contract.schedule import PRIORITIES
@@ -92,11 +93,12 @@ def build_job(args: argparse.Namespace, schema_for: SchemaLookup | None = None) 
     return apply_params(args, job)
 
 
-def watch_for_workers(client: Client, job_id: str, after_s: float, timeout: float) -> threading.Event:
-    """After ``after_s`` without the job starting, say on stderr if no worker consumes its queue.
+def watch_for_workers(client: Client, job_id: str, after_s: float, timeout: float | None) -> threading.Event:
+    """After ``after_s`` without the job starting, say on stderr if no worker consumes its queue (the
+    queue it was sent to, with the queues live workers do consume).
 
-    Runs on a daemon thread; set the returned event to stop it. It only speaks: the submit keeps
-    waiting until its own timeout (a worker may still come).
+    Runs on a daemon thread; set the returned event to stop it. It only speaks: the caller keeps
+    waiting until its own timeout (a worker may still come). ``llmq submit`` and ``llmq subscribe``.
     """
     done = threading.Event()
 
@@ -106,19 +108,26 @@ def watch_for_workers(client: Client, job_id: str, after_s: float, timeout: floa
         try:
             if client.redis.exists(JobKeys(job_id).events):
                 return  # a worker started it
-            consumers = client.queue_workers()
+            queue = client.queue_of(client.status(job_id))
+            presences = live_presences(client.redis)
         except Exception:  # a hint only; the wait itself reports real failures
             return
-        if not consumers and not done.is_set():
-            print(
-                f"llmq: no worker is consuming queue {client.queue!r} (start one: llmq worker, with the same "
-                f"LLMQ_QUEUE); still waiting up to {timeout:g}s",
-                file=sys.stderr,
-                flush=True,
-            )
+        if not client.workers_of(presences, queue) and not done.is_set():
+            waiting = "still waiting" if timeout is None else f"still waiting up to {timeout:g}s"
+            print(f"llmq: {client.no_worker_text(queue, presences)}; {waiting}", file=sys.stderr, flush=True)
 
     threading.Thread(target=check, name="llmq-worker-check", daemon=True).start()
     return done
+
+
+def _say_if_no_worker(client: Client) -> None:
+    """``--no-wait``: the job is queued; say at once (stderr) when no live worker consumes its queue."""
+    try:
+        presences = live_presences(client.redis)
+    except Exception:  # a hint only
+        return
+    if not client.workers_of(presences):
+        print(f"llmq: queued, but {client.no_worker_text(client.queue, presences)}", file=sys.stderr)
 
 
 def published_schema(client: Client) -> SchemaLookup:
@@ -143,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         if args.no_wait:
             print(handle.id)
+            _say_if_no_worker(client)
             return 0
         watching = watch_for_workers(client, handle.id, client.settings.worker_check_s, args.timeout)
         try:

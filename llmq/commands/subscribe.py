@@ -1,5 +1,8 @@
 """``llmq subscribe JOB_ID``: follow a job's events (replayed from the start, then live).
 
+A job still queued after ``LLMQ_WORKER_CHECK_S`` (3 s) with no live worker on the queue it was sent
+to is said on stderr once, naming the queues live workers do consume; the wait goes on.
+
 Exit status: 0 the job succeeded; 1 it failed or was cancelled; 3 ``--timeout`` passed first (the
 message says whether the job is still queued with no worker on its queue, or running);
 4 no such job in this Redis (never submitted there, or its records expired). A reader that goes
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from llmq.commands.submit import watch_for_workers
 from producers.client import Client, ResultTimeoutError
 from workers.contract import JobKeys
 from workers.contract.redaction import shown_url
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
             )
             return EXIT_UNKNOWN_JOB
         status: int | None = None
+        watching = watch_for_workers(client, args.job_id, client.settings.worker_check_s, args.timeout)
         try:
             for event in client.stream(args.job_id, from_seq=args.from_seq, timeout=args.timeout):
                 if args.json:
@@ -66,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         except ResultTimeoutError as exc:
             print(f"llmq: {exc}", file=sys.stderr)
             return 3
+        finally:
+            watching.set()
         if status is not None:
             return status
         # nothing from --from-seq on: the job had ended before it

@@ -103,7 +103,7 @@ def test_submit_without_a_worker_says_so_and_keeps_waiting(redis_url: str) -> No
     )
     assert out.returncode == 3, out.stderr  # waited out its own timeout
     lines = out.stderr.strip().splitlines()
-    notes = [i for i, line in enumerate(lines) if "no worker is consuming" in line]
+    notes = [i for i, line in enumerate(lines) if "no worker consumes queue" in line and "still waiting" in line]
     assert len(notes) == 1 and "'nobody-home'" in lines[notes[0]] and "llmq worker" in lines[notes[0]]
     assert notes[0] < len(lines) - 1 and "Traceback" not in out.stderr  # said first, then the timeout
 
@@ -305,3 +305,21 @@ def test_a_bad_number_in_the_environment_is_that_commands_usage_error(
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"{option}" in out.stderr and "invalid int value: 'abc'" in out.stderr
     assert _llmq("submit", "--help", env=env).returncode == 0
+
+
+def test_subscribe_to_a_job_no_worker_takes_says_so_once_and_keeps_waiting(redis_url: str) -> None:
+    with Client(redis_url, queue="nobody-home") as client:
+        job_id = client.submit({"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}).id
+    env = {"LLMQ_REDIS_URL": redis_url, "LLMQ_WORKER_CHECK_S": "0.5"}  # LLMQ_QUEUE unset: not the job's
+    out = _llmq("subscribe", job_id, "--timeout", "4", env=env)
+    assert out.returncode == 3, out.stderr
+    lines = out.stderr.strip().splitlines()
+    notes = [
+        i
+        for i, line in enumerate(lines)
+        if "no worker consumes queue 'nobody-home'" in line and "still waiting" in line
+    ]
+    assert len(notes) == 1 and notes[0] < len(lines) - 1 and "Traceback" not in out.stderr, out.stderr
+    queued = _llmq("submit", "x", "--no-wait", env={**env, "LLMQ_QUEUE": "nobody-home"})
+    assert queued.returncode == 0 and queued.stdout.startswith("job_")
+    assert "queued, but no worker consumes queue 'nobody-home'" in queued.stderr

@@ -71,3 +71,25 @@ def test_a_settings_object_names_its_queue_in_the_message(redis_url: str) -> Non
     settings = ProducerSettings(redis_url=redis_url, queue="from-settings")
     with Client(settings=settings) as client, pytest.raises(ResultTimeoutError, match="queue 'from-settings'"):
         client.submit(JOB).result(timeout=0.3)
+
+
+def test_a_wait_names_the_queue_the_job_went_to_and_the_queues_workers_consume(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A producer or subscriber with another LLMQ_QUEUE than the job's (or than the workers'): the reason
+    names the job's own queue (kept in its metadata) and the queues the live workers do consume."""
+    stand_in = PresencePublisher(redis_client, "a-worker", ["llmq"], ModelCatalog())
+    stand_in.start()
+    try:
+        with Client(redis_url, queue="typo-queue") as sender, Client(redis_url, queue="llmq") as reader:
+            handle = sender.submit(JOB)
+            assert sender.status(handle.id)["queue"] == "typo-queue"  # type: ignore[index]
+            for client in (sender, reader):
+                with pytest.raises(ResultTimeoutError) as waited:
+                    client.result(handle.id, timeout=0.3)
+                message = str(waited.value)
+                assert (
+                    "still queued and no worker consumes queue 'typo-queue'; the live workers consume 'llmq'" in message
+                )
+    finally:
+        stand_in.stop()
