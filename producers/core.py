@@ -313,9 +313,9 @@ class ClientCore:
         """The queue a job was sent to (its metadata's ``queue``, written with ``sent``), else this client's."""
         return (meta or {}).get("queue") or self.queue
 
-    def sent_fields(self) -> dict[str, str | int]:
+    def sent_fields(self) -> dict[str, str]:
         """What a producer writes into a job's metadata once its message is sent."""
-        return {"sent": 1, "queue": self.queue}
+        return {"sent": "1", "queue": self.queue}
 
     @staticmethod
     def no_worker_text(queue: str, presences: Sequence[WorkerPresence]) -> str:
