@@ -16,7 +16,7 @@ import redis
 from celery import Celery
 from opentelemetry.trace import Tracer
 from pydantic import ValidationError
-from redis.typing import EncodableT
+from redis.typing import EncodableT, FieldT
 
 from producers.catalog import LiveCatalog
 from producers.errors import InvalidJobError, QueueFullError, in_cause_chain
@@ -313,7 +313,7 @@ class ClientCore:
         """The queue a job was sent to (its metadata's ``queue``, written with ``sent``), else this client's."""
         return (meta or {}).get("queue") or self.queue
 
-    def sent_fields(self) -> dict[str, str]:
+    def sent_fields(self) -> dict[FieldT, EncodableT]:
         """What a producer writes into a job's metadata once its message is sent."""
         return {"sent": "1", "queue": self.queue}
 
