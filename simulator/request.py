@@ -37,6 +37,10 @@ class RequestParams:
     images: int = 0
     #: Anthropic extended thinking is on: the answer starts with a signed thinking block.
     thinking: bool = False
+    #: How many answers (OpenAI's ``n``, Gemini's ``candidateCount``): each one the same text.
+    answers: int = 1
+    #: Log probabilities asked for: None (no), else how many top tokens per position.
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ stop sequence, or a forced tool call. The ``badjson`` fault answers invalid JSON
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from simulator.request import ParsedRequest, RequestError, RequestParams
 from simulator.script import Fault, Script, ToolCall
@@ -20,12 +21,15 @@ __all__ = [
     "THINKING",
     "anthropic_params",
     "cut_at_stop",
+    "gemini_sampling",
     "json_tokens",
     "ollama_params",
     "openai_params",
+    "openai_sampling",
     "plan_params",
     "sample",
     "stop_sequences",
+    "token_logprobs",
 ]
 
 #: What the ``badjson`` fault answers: not JSON at all.
@@ -181,7 +185,65 @@ def openai_params(payload: dict[str, object], tool_names: list[str]) -> RequestP
                 if not isinstance(url, str) or not url.startswith(("https://", "http://", "data:image/")):
                     raise _error("messages: image_url.url must be an http(s) or data:image URL")
                 params.images += 1
+    openai_sampling(payload, params)
     return params
+
+
+def _number(payload: dict[str, object], name: str, low: float, high: float) -> None:
+    value = payload.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise _error(f"Invalid '{name}': expected a number from {low:g} to {high:g}.")
+
+
+def _count(value: object, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _error(f"Invalid '{name}': expected an integer from {low} to {high}.")
+    return value
+
+
+def openai_sampling(payload: dict[str, object], params: RequestParams) -> None:
+    """``n``, ``logprobs``/``top_logprobs``, ``logit_bias`` and the penalties, checked as OpenAI does."""
+    for name in ("presence_penalty", "frequency_penalty"):
+        _number(payload, name, -2.0, 2.0)
+    bias = payload.get("logit_bias")
+    if bias is not None:
+        if not isinstance(bias, dict) or not all(
+            isinstance(k, str) and k.isdigit() and isinstance(v, int) and -100 <= v <= 100 for k, v in bias.items()
+        ):
+            raise _error("Invalid 'logit_bias': token ids (strings of digits) to integers from -100 to 100.")
+    if payload.get("n") is not None:
+        params.answers = _count(payload["n"], "n", 1, 128)
+    top = payload.get("top_logprobs")
+    if payload.get("logprobs"):
+        params.logprobs = 0 if top is None else _count(top, "top_logprobs", 0, 20)
+    elif top is not None:
+        raise _error("Invalid value for 'top_logprobs': 'logprobs' must be set to true.")
+
+
+def gemini_sampling(config: dict[str, object], params: RequestParams) -> None:
+    """``candidateCount``, ``responseLogprobs``/``logprobs`` and the penalties of a ``generationConfig``."""
+    for name in ("presencePenalty", "frequencyPenalty"):
+        _number(config, name, -2.0, 2.0)
+    if config.get("candidateCount") is not None:
+        params.answers = _count(config["candidateCount"], "generationConfig.candidateCount", 1, 8)
+    top = config.get("logprobs")
+    if config.get("responseLogprobs"):
+        params.logprobs = 0 if top is None else _count(top, "generationConfig.logprobs", 0, 20)
+    elif top is not None:
+        raise _error("logprobs is only valid if responseLogprobs is true.")
+
+
+def token_logprobs(tokens: Sequence[str], top: int) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    """Made-up but stable log probabilities of an answer's tokens: each token's, and ``top`` likeliest
+    at its position (the token itself first)."""
+    out = []
+    for i, token in enumerate(tokens):
+        logprob = -round(0.01 * (i % 9 + 1), 4)
+        tops = [(token, logprob)] + [(f"{token}~{j}", round(logprob - j, 4)) for j in range(1, top)]
+        out.append((token, logprob, tops[:top]))
+    return out
 
 
 def anthropic_params(payload: dict[str, object], tool_names: list[str], max_tokens: int) -> RequestParams:

@@ -13,13 +13,14 @@ alias, or a bare name of a model family (``gpt-4o-mini`` -> ``openai:gpt-4o-mini
 ``claude-sonnet-4-5`` -> ``anthropic:claude-sonnet-4-5``), checked against the workers' catalog in
 the validation pass.
 
-Request parameters travel in each shape's own spelling: OpenAI ``response_format``,
-``tool_choice``, ``parallel_tool_calls``, ``stop``, ``top_p``, ``seed``, ``user``, ``reasoning_effort``
+Request parameters travel in each shape's own spelling: OpenAI's body fields that are job fields of
+the same name (the contract's request parameters: ``response_format``, ``tool_choice``, ``stop``,
+``top_p``, ``seed``, the penalties, ``logit_bias``, ``logprobs``, ``n`` ...), ``reasoning_effort``
 and ``image_url`` parts; Anthropic ``tool_choice`` (``auto``/``any``/``tool``/``none``,
 ``disable_parallel_tool_use``), ``stop_sequences``, ``top_p``, ``metadata.user_id``, ``thinking``,
 ``output_config.format`` and ``image`` blocks; plain lines use the job's own field names.
 A field we cannot honour is an error, not silently dropped; fields that change nothing for a
-batch run (``stream``, ``n: 1`` ...) are ignored. Errors carry the input line number and
+batch run (``stream``, ``store`` ...) are ignored. Errors carry the input line number and
 a field path in the input's own terms (``body.messages[2].content``), so they can be fixed.
 """
 
@@ -31,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from workers.contract import CompletionJob
+from workers.contract import CompletionJob, RequestParams
 
 __all__ = ["CHAT_COMPLETIONS_URL", "LineError", "LineIssue", "ParsedLine", "parse_line"]
 
@@ -39,9 +40,10 @@ CHAT_COMPLETIONS_URL = "/v1/chat/completions"
 _MAX_CUSTOM_ID = 256
 
 # body/params fields that have no effect on a batch run
-_OPENAI_IGNORED = {"stream", "stream_options", "store", "service_tier", "n"}
-#: OpenAI body fields that are job fields of the same name and shape
-_OPENAI_PARAMS = ("response_format", "tool_choice", "parallel_tool_calls", "stop", "top_p", "seed", "user")
+_OPENAI_IGNORED = {"stream", "stream_options", "store", "service_tier"}
+#: OpenAI body fields that are job fields of the same name and shape (the contract's request
+#: parameters: one added there is taken here as it is)
+_OPENAI_PARAMS = tuple(sorted(set(RequestParams.model_fields) - {"max_tokens", "temperature", "reasoning"}))
 _OPENAI_KNOWN = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "tools"}
 _OPENAI_KNOWN |= {"metadata", "reasoning_effort", *_OPENAI_PARAMS} | _OPENAI_IGNORED
 _ANTHROPIC_IGNORED = {"stream"}
@@ -50,7 +52,7 @@ _ANTHROPIC_KNOWN |= {"stop_sequences", "top_p", "metadata", "thinking", "output_
 #: Plain-line fields that are job fields as they are
 _PLAIN_PARAMS: tuple[str, ...] = ("model", "max_tokens", "temperature", "metadata", "tenant", "fallbacks", "tools")
 _PLAIN_PARAMS += ("max_repairs",)
-_PLAIN_PARAMS += ("response_format", "tool_choice", "parallel_tool_calls", "stop", "top_p", "seed", "user", "reasoning")
+_PLAIN_PARAMS += tuple(sorted(set(RequestParams.model_fields) - set(_PLAIN_PARAMS)))
 #: A line's scheduling fields, next to ``custom_id`` in every format (the batch's ``--priority``,
 #: ``bulk`` by default, ``--deadline`` and ``--via``, for a line without one).
 _SCHEDULING = ("priority", "concurrency_key", "deadline_s", "batch")
@@ -197,8 +199,6 @@ def _from_openai(draft: _Draft, data: dict[str, Any]) -> None:
         draft.issue("missing_body", "body must be an object (the Chat Completions request)", "body")
         return
     _check_keys(draft, body, _OPENAI_KNOWN, "body.")
-    if body.get("n", 1) != 1:
-        draft.issue("unsupported_value", "only n=1 is supported", "body.n")
     for name in _OPENAI_PARAMS:
         if body.get(name) is not None:
             draft.set(name, body[name], f"body.{name}")

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from producers.batch.formats import LineIssue
+from producers.chatshape import alternative_choices, logprobs_object
 from workers.contract import CompletionResult
 
 __all__ = ["EXTRA_KEY", "invalid_record", "result_record"]
@@ -68,9 +69,10 @@ def result_record(result: CompletionResult, custom_id: str, line: int | None = N
                 {
                     "index": 0,
                     "message": message,
-                    "logprobs": None,
+                    "logprobs": logprobs_object(result.logprobs),
                     "finish_reason": result.finish_reason or ("tool_calls" if result.tool_calls else "stop"),
-                }
+                },
+                *alternative_choices(result),
             ],
             "usage": {
                 "prompt_tokens": usage.prompt_tokens,

@@ -1,13 +1,14 @@
 """OpenAI Chat Completions on top of the queue: request -> CompletionJob, events -> OpenAI's shapes.
 
 Requests are validated like OpenAI validates them (unknown arguments are a 400 naming the
-argument). ``response_format`` (JSON object / JSON schema), ``tool_choice``, ``parallel_tool_calls``,
-``stop``, ``top_p``, ``seed``, ``user``, ``reasoning_effort`` and ``image_url`` content parts become
-the job's own fields; a combination the job's provider cannot do is a 400 naming the provider and
-the field (the contract's capability table). Penalties and other knobs no provider behind the
-queue takes are accepted and ignored; arguments whose silent omission would change what the caller
-gets back (``n`` > 1, ``logprobs``, audio) are rejected. The tenant always comes from the bearer
-token, never from the body.
+argument). Every argument that is a job field of the same name and shape (the contract's
+``RequestParams``: ``temperature``, ``top_p``, ``stop``, ``seed``, ``tool_choice``, the penalties,
+``logit_bias``, ``logprobs``/``top_logprobs``, ``n`` ...) is passed through as it is, so a parameter
+added to the contract is accepted here without a change; ``max_tokens``/``max_completion_tokens``,
+``reasoning_effort``, ``response_format`` and the messages' ``image_url`` parts are translated. A
+combination the job's provider cannot do is a 400 naming the provider and the field (the contract's
+capability table). A few knobs nothing behind the queue uses are accepted and ignored; audio is
+refused. The tenant always comes from the bearer token, never from the body.
 
 Responses follow the ``chat.completion`` / ``chat.completion.chunk`` objects exactly, including
 ``tool_calls`` deltas (one chunk per call, with the whole arguments string), ``refusal``, the
@@ -26,18 +27,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from starlette.responses import Response
 
+from producers.chatshape import alternative_choices, logprobs_object
 from producers.gateway.body import validation_error
 from producers.gateway.errors import GatewayError, error_for_job
 from producers.gateway.feed import FeedError
 from producers.gateway.sse import Item, sse_frame
-from workers.contract import CancelledEvent, CompletionResult, StreamEvent, Usage
+from workers.contract import CancelledEvent, CompletionResult, RequestParams, StreamEvent, Usage
 
 __all__ = ["ChatCompletionRequest", "ChatStreamRenderer", "completion_body", "is_structured", "parse_request", "to_job"]
 
-_IGNORED = (
-    "presence_penalty", "frequency_penalty", "logit_bias", "service_tier", "store", "top_logprobs",
-    "prompt_cache_key", "safety_identifier", "verbosity",
-)  # fmt: skip
+_IGNORED = ("service_tier", "store", "safety_identifier", "verbosity")
+#: Arguments that are job fields of the same name and shape: passed through, validated by the job.
+_PASSED = frozenset(RequestParams.model_fields) - {"max_tokens", "response_format", "reasoning", "user"}
 
 
 class StreamOptions(BaseModel):
@@ -55,19 +56,11 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, gt=0)
     max_completion_tokens: int | None = Field(default=None, gt=0)
-    temperature: float | None = Field(default=None, ge=0, le=2)
     tools: list[dict[str, JsonValue]] | None = None
-    tool_choice: str | dict[str, JsonValue] | None = None
-    n: int | None = None
-    stop: str | list[str] | None = None
-    logprobs: bool | None = None
     response_format: dict[str, JsonValue] | None = None
     modalities: list[str] | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    parallel_tool_calls: bool | None = None
     reasoning_effort: str | None = None
     #: llmqueue's extensions (``extra_body`` in the SDKs): the scheduling class (default
     #: ``interactive``) and a concurrency key; also the ``X-LLMQ-Priority`` and
@@ -122,13 +115,10 @@ def _message(raw: dict[str, JsonValue], index: int) -> dict[str, Any]:
 
 def to_job(req: ChatCompletionRequest, *, tenant: str) -> dict[str, Any]:
     """The CompletionJob (as a dict, validated by the client) for a chat completion request."""
-    unknown = sorted(set(req.model_extra or {}) - set(_IGNORED))
+    extra = req.model_extra or {}
+    unknown = sorted(set(extra) - set(_IGNORED) - _PASSED)
     if unknown:
         raise GatewayError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0])
-    if req.n not in (None, 1):
-        raise GatewayError(400, "n > 1 is not supported by this gateway", param="n")
-    if req.logprobs:
-        raise GatewayError(400, "logprobs are not supported by this gateway", param="logprobs")
     if req.modalities and set(req.modalities) != {"text"}:
         raise GatewayError(400, "only the 'text' modality is supported", param="modalities")
     tools = req.tools or []
@@ -148,22 +138,12 @@ def to_job(req: ChatCompletionRequest, *, tenant: str) -> dict[str, Any]:
     limit = req.max_completion_tokens or req.max_tokens
     if limit is not None:
         job["max_tokens"] = limit
-    if req.temperature is not None:
-        job["temperature"] = req.temperature
     if req.response_format and req.response_format.get("type") != "text":
         job["response_format"] = req.response_format
     if req.reasoning_effort is not None:
         job["reasoning"] = {"effort": req.reasoning_effort}
-    optional = {
-        "priority": req.priority,
-        "concurrency_key": req.concurrency_key,
-        "tool_choice": req.tool_choice,
-        "parallel_tool_calls": req.parallel_tool_calls,
-        "stop": req.stop,
-        "top_p": req.top_p,
-        "seed": req.seed,
-        "user": req.user,
-    }
+    optional = {"priority": req.priority, "concurrency_key": req.concurrency_key, "user": req.user}
+    optional.update({name: extra[name] for name in _PASSED if name in extra})
     job.update({k: v for k, v in optional.items() if v is not None})
     return job
 
@@ -219,7 +199,15 @@ def completion_body(result: CompletionResult, *, model: str, created: int) -> di
         "object": "chat.completion",
         "created": created,
         "model": result.model_used or model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(result)}],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": logprobs_object(result.logprobs),
+                "finish_reason": _finish(result),
+            },
+            *alternative_choices(result),
+        ],
         "usage": _usage(result.usage),
         "service_tier": None,
         "system_fingerprint": None,
@@ -250,7 +238,14 @@ class ChatStreamRenderer:
         self._tools = 0
         self._usage: Usage | None = None
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def _chunk(
+        self,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        *,
+        index: int = 0,
+        logprobs: dict[str, Any] | None = None,
+    ) -> bytes:
         chunk: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -258,7 +253,7 @@ class ChatStreamRenderer:
             "model": self.model,
             "service_tier": None,
             "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
         }
         if self.include_usage:
             chunk["usage"] = None
@@ -311,6 +306,12 @@ class ChatStreamRenderer:
             if result.refusal:
                 out += self._chunk(self._role({"content": None, "refusal": result.refusal}))
             out += b"" if self._role_sent else self._chunk(self._role({"content": ""}))
+            if result.logprobs is not None:  # the SDKs join each chunk's list: one chunk holds them all
+                out += self._chunk({}, logprobs=logprobs_object(result.logprobs))
+            for alt in result.alternatives:  # n > 1: the worker streams the first answer only
+                said: dict[str, Any] = {"role": "assistant", "content": alt.content}
+                out += self._chunk(said, index=alt.index, logprobs=logprobs_object(alt.logprobs))
+                out += self._chunk({}, alt.finish_reason or "stop", index=alt.index)
             out += self._chunk({}, _finish(result))
             if self.include_usage:
                 usage = self._usage or result.usage

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -31,7 +31,7 @@ from simulator.protocols.base import (
 )
 from simulator.request import RequestParams
 from simulator.script import Fault, Script, ToolCall
-from simulator.structured import THINKING, stop_sequences
+from simulator.structured import THINKING, gemini_sampling, stop_sequences, token_logprobs
 
 __all__ = ["GeminiProtocol"]
 
@@ -118,6 +118,7 @@ class GeminiProtocol(Protocol):
         ]
         tools = [ToolSpec(d["name"], d.get("parameters") or d.get("parametersJsonSchema")) for d in declarations]
         params = RequestParams(stop=stop_sequences(config.get("stopSequences"), "stopSequences", 5))
+        gemini_sampling(config, params)
         if config.get("responseMimeType") == "application/json":
             params.schema = config.get("responseSchema") or config.get("responseJsonSchema") or {"type": "object"}
         calling = ((payload.get("toolConfig") or {}).get("functionCallingConfig") or {}).get("mode")
@@ -181,19 +182,45 @@ class GeminiProtocol(Protocol):
         if script.text:
             parts.append({"text": script.text})
         parts += _call_parts(script.tool_calls)
+        finish = _FINISH[script.finish]
+        candidates: list[dict[str, object]] = [
+            {"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": 0}
+        ]
+        for i in range(1, req.params.answers):  # candidateCount > 1: every candidate the same text
+            candidates.append(
+                {"content": {"parts": [{"text": script.text}], "role": "model"}, "finishReason": finish, "index": i}
+            )
+        logprobs = _logprobs(script.tokens, req.params.logprobs)
+        if logprobs is not None:
+            for candidate in candidates:
+                candidate["logprobsResult"] = logprobs
         body: dict[str, object] = {
-            "candidates": [
-                {"content": {"parts": parts, "role": "model"}, "finishReason": _FINISH[script.finish], "index": 0}
-            ],
+            "candidates": candidates,
             "modelVersion": req.base_model,
             "responseId": request_id("gmsim"),
         }
         if usage:
-            body["usageMetadata"] = _usage(script)
+            body["usageMetadata"] = _usage(script, answers=req.params.answers)
         return json.dumps(body, indent=2).encode()
 
     def open_stream(self, req: ParsedRequest, script: Script) -> StreamRenderer:
+        if req.params.answers > 1 or req.params.logprobs is not None:
+            return _SamplingStream(req, script)
         return _GeminiStream(req, script)
+
+
+def _logprobs(tokens: Sequence[str], top: int | None) -> dict[str, object] | None:
+    """A candidate's ``logprobsResult`` for ``tokens`` (None: not asked for)."""
+    if top is None:
+        return None
+    steps = token_logprobs(tokens, top)
+    return {
+        "topCandidates": [
+            {"candidates": [{"token": t, "tokenId": 1000 + j, "logProbability": lp} for j, (t, lp) in enumerate(tops)]}
+            for _, _, tops in steps
+        ],
+        "chosenCandidates": [{"token": t, "tokenId": 1000, "logProbability": lp} for t, lp, _ in steps],
+    }
 
 
 def _call_parts(calls: list[ToolCall]) -> list[dict[str, object]]:
@@ -206,9 +233,9 @@ def _call_parts(calls: list[ToolCall]) -> list[dict[str, object]]:
     return parts
 
 
-def _usage(script: Script, completion: int | None = None) -> dict[str, object]:
+def _usage(script: Script, completion: int | None = None, *, answers: int = 1) -> dict[str, object]:
     thoughts = len(THINKING.split()) if script.thinking else 0
-    candidates = (script.completion_tokens if completion is None else completion) - thoughts
+    candidates = ((script.completion_tokens if completion is None else completion) - thoughts) * answers
     out: dict[str, object] = {
         "promptTokenCount": script.prompt_tokens,
         "candidatesTokenCount": max(candidates, 0),
@@ -273,3 +300,57 @@ class _GeminiStream(StreamRenderer):
 
     def malformed(self) -> bytes:
         return self._pre + b'"bro\r\n\r\n'
+
+
+class _SamplingStream(_GeminiStream):
+    """A stream with each chunk's ``logprobsResult``, and with ``candidateCount`` > 1 the other
+    candidates' chunks (their text and finish) before the first's finish."""
+
+    __slots__ = ("_answers", "_logprobs", "_tokens")
+
+    def __init__(self, req: ParsedRequest, script: Script) -> None:
+        super().__init__(req, script)
+        self._answers = req.params.answers
+        self._tokens = list(script.tokens)
+        self._logprobs = req.params.logprobs
+
+    def _chunk(self, candidate: dict[str, object], usage: dict[str, object]) -> bytes:
+        return (
+            b'data: {"candidates": ['
+            + json.dumps(candidate).encode()
+            + b'],"usageMetadata": '
+            + json.dumps(usage).encode()
+            + self._suffix
+        )
+
+    def token(self, text: str) -> bytes:
+        self._count += 1
+        candidate: dict[str, object] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+        logprobs = _logprobs([text], self._logprobs)
+        if logprobs is not None:
+            candidate["logprobsResult"] = logprobs
+        return self._chunk(candidate, _usage(self._script, self._count))
+
+    def tail(self, usage: bool) -> bytes:
+        finish = _FINISH[self._script.finish]
+        out = b""
+        for i in range(1, self._answers):
+            candidate: dict[str, object] = {
+                "content": {"parts": [{"text": self._script.text}], "role": "model"},
+                "finishReason": finish,
+                "index": i,
+            }
+            logprobs = _logprobs(self._tokens, self._logprobs)
+            if logprobs is not None:
+                candidate["logprobsResult"] = logprobs
+            out += self._chunk(candidate, _usage(self._script, self._count))
+        if not usage:
+            return out + super().tail(usage)
+        meta = json.dumps(_usage(self._script, answers=self._answers)).encode()
+        return out + (
+            b'data: {"candidates": [{"content": {"parts": [{"text": ""}],"role": "model"},"finishReason": "'
+            + finish.encode()
+            + b'","index": 0}],"usageMetadata": '
+            + meta
+            + self._suffix
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from simulator.promptcache import openai_blocks
@@ -22,7 +23,7 @@ from simulator.protocols.base import (
     trailing_tool_results,
 )
 from simulator.script import Fault, Script, ToolCall
-from simulator.structured import openai_params
+from simulator.structured import openai_params, token_logprobs
 
 __all__ = ["OpenAIProtocol"]
 
@@ -128,27 +129,47 @@ class OpenAIProtocol(Protocol):
                 {"id": _call_id(i), "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
                 for i, c in enumerate(script.tool_calls)
             ]
+        logprobs = _logprobs(script.tokens, req.params.logprobs)
+        choices = [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": _FINISH[script.finish]}]
+        for i in range(1, req.params.answers):  # n > 1: every answer the same text
+            other = {"role": "assistant", "content": script.text, "refusal": None}
+            choices.append(
+                {"index": i, "message": other, "logprobs": logprobs, "finish_reason": _FINISH[script.finish]}
+            )
         body: dict[str, object] = {
             "id": _completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": req.base_model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _FINISH[script.finish]}],
+            "choices": choices,
         }
         if usage:
-            body["usage"] = _usage(script)
+            body["usage"] = _usage(script, req.params.answers)
         body["system_fingerprint"] = "fp_sim"
         return json.dumps(body).encode()
 
     def open_stream(self, req: ParsedRequest, script: Script) -> StreamRenderer:
+        if req.params.answers > 1 or req.params.logprobs is not None:
+            return _SamplingStream(req, script)
         return _OpenAIStream(req, script)
 
 
 class _OpenAIStream(StreamRenderer):
-    __slots__ = ("_head", "_post", "_pre", "_script", "_tok_post", "_tok_pre", "_usage_field", "_wants_usage")
+    __slots__ = (
+        "_answers",
+        "_head",
+        "_post",
+        "_pre",
+        "_script",
+        "_tok_post",
+        "_tok_pre",
+        "_usage_field",
+        "_wants_usage",
+    )
 
     def __init__(self, req: ParsedRequest, script: Script) -> None:
         self._script = script
+        self._answers = req.params.answers
         self._wants_usage = req.include_usage
         self._usage_field = b',"usage":null' if req.include_usage else b""
         self._head = b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,%s' % (
@@ -202,7 +223,8 @@ class _OpenAIStream(StreamRenderer):
         )
         if usage and self._wants_usage:
             # the usage chunk is the finish chunk's prefix with an empty choices list
-            out += self._head + b'"choices":[],"usage":' + json.dumps(_usage(self._script)).encode() + b"}\n\n"
+            usage_json = json.dumps(_usage(self._script, self._answers)).encode()
+            out += self._head + b'"choices":[],"usage":' + usage_json + b"}\n\n"
         return out + b"data: [DONE]\n\n"
 
     def error(self) -> bytes:
@@ -214,14 +236,64 @@ class _OpenAIStream(StreamRenderer):
         return self._tok_pre + b'"bro\n\n'
 
 
+class _SamplingStream(_OpenAIStream):
+    """A stream with ``logprobs`` on each token chunk, and with ``n`` > 1 the other choices' chunks
+    (their text, then their finish) before the first choice's finish."""
+
+    __slots__ = ("_at", "_logprobs", "_top")
+
+    def __init__(self, req: ParsedRequest, script: Script) -> None:
+        super().__init__(req, script)
+        self._top = req.params.logprobs
+        self._logprobs = _logprobs(script.tokens, self._top)
+        self._at = 0
+
+    def _choice(self, index: int, delta: dict[str, object], logprobs: object, finish: str | None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return self._head + b'"choices":[' + json.dumps(choice).encode() + b"]" + self._usage_field + b"}\n\n"
+
+    def token(self, text: str) -> bytes:
+        logprobs = None
+        if self._logprobs is not None:
+            logprobs = {"content": self._logprobs["content"][self._at : self._at + 1], "refusal": None}
+        self._at += 1
+        return self._choice(0, {"content": text}, logprobs, None)
+
+    def tail(self, usage: bool) -> bytes:
+        finish = _FINISH[self._script.finish]
+        others = b"".join(
+            self._choice(i, {"role": "assistant", "content": self._script.text}, self._logprobs, None)
+            + self._choice(i, {}, None, finish)
+            for i in range(1, self._answers)
+        )
+        return others + super().tail(usage)
+
+
+def _logprobs(tokens: Sequence[str], top: int | None) -> dict[str, Any] | None:
+    """A choice's ``logprobs`` object for ``tokens`` (None: not asked for)."""
+    if top is None:
+        return None
+    content = [
+        {
+            "token": token,
+            "logprob": logprob,
+            "bytes": list(token.encode()),
+            "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in tops],
+        }
+        for token, logprob, tops in token_logprobs(tokens, top)
+    ]
+    return {"content": content, "refusal": None}
+
+
 def _completion_id() -> str:
     return "chatcmpl-" + request_id("sim")
 
 
-def _usage(script: Script) -> dict[str, object]:
+def _usage(script: Script, answers: int = 1) -> dict[str, object]:
+    completion = script.completion_tokens * answers
     return {
         "prompt_tokens": script.prompt_tokens,
-        "completion_tokens": script.completion_tokens,
-        "total_tokens": script.prompt_tokens + script.completion_tokens,
+        "completion_tokens": completion,
+        "total_tokens": script.prompt_tokens + completion,
         "prompt_tokens_details": {"cached_tokens": script.cached_tokens, "audio_tokens": 0},
     }

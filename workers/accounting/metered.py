@@ -81,6 +81,7 @@ class Meter:
                     counter=self.counter,
                     prices=self.prices,
                     max_tokens=request.params.max_tokens,
+                    answers=request.params.answers,
                     tools=request.tools,
                     truncate=self.job.truncate,
                     # a request that marks cache breakpoints may pay the write premium on its prompt

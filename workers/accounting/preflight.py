@@ -54,8 +54,11 @@ def plan_call(
     tools: Sequence[Tool] = (),
     truncate: Literal["error", "sliding_window"] = "error",
     cache_writes: bool = False,
+    answers: int = 1,
 ) -> CallPlan:
-    """Price, count and fit ``messages`` for ``model`` (a ``provider:model`` id, not an alias)."""
+    """Price, count and fit ``messages`` for ``model`` (a ``provider:model`` id, not an alias).
+    ``answers``: how many the call generates (``n``), each up to ``max_tokens``: the worst case
+    counts them all (the context window holds one)."""
     price = prices.lookup(model)
     fit = fit_messages(
         model,
@@ -66,5 +69,5 @@ def plan_call(
         tools=tools,
         truncate=truncate,
     )
-    worst = price.worst_case_cost(fit.prompt.tokens, max_tokens, cache_writes=cache_writes)
+    worst = price.worst_case_cost(fit.prompt.tokens, max_tokens * answers, cache_writes=cache_writes)
     return CallPlan(model, price, fit.messages, fit.prompt, fit.dropped, max_tokens, worst)

@@ -55,7 +55,16 @@ from workers.contract.prompt import (
     PromptVersion,
 )
 from workers.contract.redaction import monitor_repr, redact
-from workers.contract.result import Attempt, CompletionResult, ErrorInfo, Timings, Usage
+from workers.contract.result import (
+    Alternative,
+    Attempt,
+    CompletionResult,
+    ErrorInfo,
+    Timings,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from workers.contract.tools import TOOL_WORKERS_KEY, ToolInfo, WorkerTools, worker_tools_key
 
 __all__ = [
@@ -64,6 +73,7 @@ __all__ = [
     "TASK_NAME",
     "TERMINAL_EVENT_TYPES",
     "TOOL_WORKERS_KEY",
+    "Alternative",
     "Attempt",
     "CacheSpec",
     "CancelledEvent",
@@ -101,6 +111,7 @@ __all__ = [
     "TextFormat",
     "TextPart",
     "Timings",
+    "TokenLogprob",
     "Tool",
     "ToolCall",
     "ToolCallEvent",
@@ -109,6 +120,7 @@ __all__ = [
     "ToolInfo",
     "ToolName",
     "ToolResultEvent",
+    "TopLogprob",
     "Usage",
     "UsageEvent",
     "WorkerTools",

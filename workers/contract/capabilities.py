@@ -24,6 +24,8 @@ from workers.contract.schemarefs import RecursiveRefError, inline_refs
 __all__ = [
     "ANTHROPIC_MAX_IMAGES",
     "ANTHROPIC_MAX_IMAGE_BYTES",
+    "GEMINI_MAX_CANDIDATES",
+    "SAMPLING",
     "CapabilityError",
     "anthropic_native_structured",
     "problems",
@@ -60,6 +62,26 @@ def anthropic_native_structured(model: str) -> bool:
     return major == 4 and (minor >= 5 or (family == "opus" and minor >= 1))
 
 
+#: The sampling parameters only some APIs have: the provider types whose adapters translate each
+#: (Gemini: ``presencePenalty``, ``frequencyPenalty``, ``responseLogprobs``/``logprobs``,
+#: ``candidateCount``; Ollama: the ``presence_penalty``/``frequency_penalty`` options). Any other
+#: type refuses the parameter, naming its API. ``top_logprobs`` needs ``logprobs``, so goes with it.
+SAMPLING: dict[str, frozenset[str]] = {
+    "presence_penalty": frozenset({"openai", "azure", "gemini", "ollama"}),
+    "frequency_penalty": frozenset({"openai", "azure", "gemini", "ollama"}),
+    "logit_bias": frozenset({"openai", "azure"}),
+    "logprobs": frozenset({"openai", "azure", "gemini"}),
+    "n": frozenset({"openai", "azure", "gemini"}),
+}
+_API = {
+    "anthropic": "the Messages API",
+    "bedrock": "Converse",
+    "gemini": "the Gemini API",
+    "ollama": "Ollama's chat API",
+}
+#: Gemini's ``candidateCount`` limit.
+GEMINI_MAX_CANDIDATES = 8
+
 #: The images of a request: (index of the message, what the contract read of the image).
 Images = list[tuple[int, ImageInfo]]
 
@@ -85,6 +107,8 @@ def problems(
     check = _CHECKS.get(kind)
     images = _images(messages)
     found = check(params, name, images, tools) if check is not None else []
+    if check is not None:
+        found = _sampling(params, kind) + found
     if provider != kind:  # errors name the provider as configured
         found = [CapabilityError(provider, e.field, e.reason) for e in found]
     if info is not None and info.params is not None:
@@ -92,9 +116,31 @@ def problems(
     return found
 
 
+def _sampling_used(params: RequestParams) -> list[str]:
+    """The :data:`SAMPLING` parameters a request uses (``n`` of 1 and ``logprobs: false`` ask nothing)."""
+    used = [name for name in ("presence_penalty", "frequency_penalty") if getattr(params, name) is not None]
+    if params.logit_bias:
+        used.append("logit_bias")
+    if params.logprobs:
+        used.append("logprobs")
+    if params.answers > 1:
+        used.append("n")
+    return used
+
+
+def _sampling(params: RequestParams, kind: str) -> list[CapabilityError]:
+    api = _API.get(kind, kind)
+    return [
+        CapabilityError(kind, name, f"{api} has no {name}")
+        for name in _sampling_used(params)
+        if kind not in SAMPLING[name]
+    ]
+
+
 def _set_params(params: RequestParams, images: Images, tools: bool) -> list[str]:
     """The optional parameters a request uses (``providers.OPTIONAL_PARAMS`` names)."""
     used = [n for n in ("temperature", "top_p", "seed", "user", "reasoning") if getattr(params, n) is not None]
+    used += _sampling_used(params)
     if params.stop:
         used.append("stop")
     if tools:
@@ -232,6 +278,8 @@ def _gemini(job: RequestParams, model: str, images: Images, tools: bool) -> list
         found.append(CapabilityError(p, "parallel_tool_calls", "Gemini cannot limit a turn to one tool call"))
     if job.user is not None:
         found.append(CapabilityError(p, "user", "the Gemini API has no end-user field"))
+    if job.answers > GEMINI_MAX_CANDIDATES:
+        found.append(CapabilityError(p, "n", f"Gemini generates at most {GEMINI_MAX_CANDIDATES} candidates"))
     fmt = job.response_format
     if isinstance(fmt, JsonSchemaFormat) and _recursive(fmt.json_schema.schema_):
         # other $refs are inlined (schemarefs.py); a recursive one cannot be written out

@@ -218,6 +218,10 @@ class CompletionJob(RequestParams):
         if choice in ("required",) or isinstance(choice, NamedToolChoice):
             if not self.tools:
                 raise ValueError("tool_choice 'required' or a named function needs tools")
+        if self.answers > 1 and self.tools:
+            raise ValueError(
+                "n > 1 cannot be combined with tools (each answer's tool calls would need a turn of its own)"
+            )
         if isinstance(choice, NamedToolChoice) and choice.function.name not in {
             t if isinstance(t, str) else t.function.name for t in self.tools
         }:

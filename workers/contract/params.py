@@ -168,11 +168,39 @@ class RequestParams(WireModel):
     #: OpenAI's ``prompt_cache_key`` (routes requests that share a prefix together); passed to
     #: OpenAI-type providers, ignored by others.
     prompt_cache_key: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    #: Penalize tokens that already appeared (presence) or by how often they did (frequency), -2 to 2.
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    #: Token id (as a string, in the model's own tokenizer) -> bias from -100 (never) to 100 (only).
+    logit_bias: dict[Annotated[str, Field(pattern=r"^[0-9]+$")], Annotated[int, Field(ge=-100, le=100)]] | None = Field(
+        default=None, max_length=300
+    )
+    #: Return each answer token's log probability (``result.logprobs``), and with ``top_logprobs``
+    #: the likeliest tokens at each position (0 to 20; needs ``logprobs``).
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    #: How many answers to generate (``result.alternatives`` holds the 2nd to the n-th); each costs
+    #: its output tokens, and the reservation counts ``max_tokens`` for each. Not with tools or a
+    #: structured ``response_format`` (each answer would need its own tool loop or repair).
+    n: Annotated[int, Field(ge=1, le=16)] | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
     def _stop(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
+
+    @property
+    def answers(self) -> int:
+        """How many answers a call generates (``n``, 1 when unset)."""
+        return self.n or 1
+
+    @model_validator(mode="after")
+    def _sampling(self) -> RequestParams:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        if self.answers > 1 and self.response_format is not None and not isinstance(self.response_format, TextFormat):
+            raise ValueError("n > 1 cannot be combined with a JSON response_format (each answer would need its repair)")
+        return self
 
     @model_validator(mode="after")
     def _reasoning(self) -> RequestParams:

@@ -83,6 +83,11 @@ OPTIONAL_PARAMS = (
     "response_format",
     "reasoning",
     "images",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "n",
 )
 _NAME = r"^[a-z][a-z0-9_-]*$"
 

@@ -45,6 +45,31 @@ class Usage(WireModel):
         )
 
 
+class TopLogprob(WireModel):
+    """One token and its log probability (OpenAI's ``top_logprobs`` entry)."""
+
+    token: str
+    logprob: float
+    #: The token's UTF-8 bytes (a token may be part of a character); None when the provider sends none.
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    """A token of the answer with its log probability, and the likeliest tokens at its position
+    (``top_logprobs`` of them)."""
+
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class Alternative(WireModel):
+    """One more answer of a job with ``n`` > 1 (the first is the result's own ``content``)."""
+
+    index: int = Field(ge=1)
+    content: str = ""
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
 class ErrorInfo(WireModel):
     type: str
     message: str
@@ -107,6 +132,12 @@ class CompletionResult(WireModel):
     #: The model declined to answer (OpenAI's ``refusal``, Anthropic's ``refusal`` stop): the
     #: explanation is here, ``content`` stays empty and ``parsed`` None.
     refusal: str | None = None
+    #: With ``logprobs``: each token of ``content`` with its log probability (and, with
+    #: ``top_logprobs``, the likeliest tokens at its position).
+    logprobs: list[TokenLogprob] | None = None
+    #: With ``n`` > 1: the other answers, index 1 to n-1 (the first is ``content`` itself); ``usage``
+    #: counts them all.
+    alternatives: list[Alternative] = Field(default_factory=list)
     #: Repair turns the structured-output check needed (each one a full, charged model call).
     repairs: int = 0
     #: Model turns of the worker's tool loop (0 for a job without worker tools).

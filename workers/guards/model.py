@@ -91,7 +91,7 @@ class Guard(Protocol):
 
 
 def request_tokens(request: ChatRequest) -> int:
-    """TPM cost of a request: its pre-counted prompt plus ``max_tokens``.
+    """TPM cost of a request: its pre-counted prompt plus ``max_tokens`` for each answer (``n``).
 
     Without a pre-count (unit tests, or a chain without the metering wrapper) the prompt is
     estimated at 4 characters per token plus 4 per message, which is what it is: an estimate.
@@ -99,7 +99,7 @@ def request_tokens(request: ChatRequest) -> int:
     prompt = request.prompt_tokens
     if prompt is None:
         prompt = _estimate(request.messages)
-    return prompt + request.params.max_tokens
+    return prompt + request.params.max_tokens * request.params.answers
 
 
 def _estimate(messages: list[Message]) -> int:

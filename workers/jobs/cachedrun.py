@@ -124,6 +124,8 @@ def served_result(result: CompletionResult, served: Served) -> CompletionResult:
             "tool_calls": answer.tool_calls,
             "reasoning_blocks": answer.reasoning_blocks,
             "finish_reason": answer.finish_reason,
+            "logprobs": answer.logprobs,
+            "alternatives": answer.alternatives,
             "usage": answer.usage,
             "model_used": answer.model_used,
             "parsed": answer.parsed,

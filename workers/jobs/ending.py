@@ -50,6 +50,7 @@ class Endings:
         result.tool_calls = completion.tool_calls
         result.reasoning_blocks = list(completion.reasoning_blocks)
         result.finish_reason = completion.finish_reason
+        result.logprobs, result.alternatives = completion.logprobs, list(completion.alternatives)
         result.usage = usage
         result.parsed, result.repairs, result.refusal = run.parsed, run.repairs, completion.refusal
         events: list[StreamEvent] = [ToolCallEvent(job_id=job.id, seq=0, tool_call=c) for c in completion.tool_calls]

@@ -28,7 +28,17 @@ from types import TracebackType
 from typing import Any, NoReturn, TypeVar
 from typing import Protocol as _Protocol
 
-from workers.contract import FunctionCall, Message, ReasoningBlock, RequestParams, Tool, ToolCall, Usage
+from workers.contract import (
+    Alternative,
+    FunctionCall,
+    Message,
+    ReasoningBlock,
+    RequestParams,
+    TokenLogprob,
+    Tool,
+    ToolCall,
+    Usage,
+)
 from workers.llm.abort import AbortSignal
 from workers.llm.errors import (
     BadRequestError,
@@ -110,6 +120,10 @@ class Completion:
     native_finish_reason: str | None = None
     #: Rate-limit headers of the response, normalized (see ``errormap.parse_ratelimit``).
     ratelimit: dict[str, float] | None = None
+    #: With ``logprobs``: the answer's tokens and their log probabilities.
+    logprobs: list[TokenLogprob] | None = None
+    #: With ``n`` > 1: the 2nd to the n-th answer.
+    alternatives: list[Alternative] = field(default_factory=list)
 
 
 class ResponseBody(_Protocol):
@@ -138,6 +152,9 @@ class ChatStream(ABC):
         self.response_id: str | None = None
         self.native_finish_reason: str | None = None
         self.ratelimit: dict[str, float] | None = None
+        self.logprobs: list[TokenLogprob] | None = None
+        #: With ``n`` > 1: the other answers, read after the first one's deltas (only the first streams).
+        self.alternatives: list[Alternative] = []
         self.completed = False
         #: Set by :meth:`close` from outside the iteration (consumer gave up, job cancelled).
         self.closed = False
@@ -166,6 +183,8 @@ class ChatStream(ABC):
             response_id=self.response_id,
             native_finish_reason=self.native_finish_reason,
             ratelimit=self.ratelimit,
+            logprobs=self.logprobs,
+            alternatives=self.alternatives,
         )
 
     def __enter__(self) -> ChatStream:

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from workers.contract import (
+    Alternative,
     FunctionCall,
     ImagePart,
     JsonObjectFormat,
@@ -39,7 +40,9 @@ from workers.contract import (
     ReasoningBlock,
     RequestParams,
     TextPart,
+    TokenLogprob,
     ToolCall,
+    TopLogprob,
     Usage,
 )
 from workers.contract.schemarefs import inline_refs
@@ -282,6 +285,16 @@ def build_body(request: ChatRequest) -> dict[str, object]:
         config["responseSchema"] = gemini_schema(fmt.json_schema.schema_)
     elif isinstance(fmt, JsonObjectFormat):
         config["responseMimeType"] = "application/json"
+    if p.presence_penalty is not None:
+        config["presencePenalty"] = p.presence_penalty
+    if p.frequency_penalty is not None:
+        config["frequencyPenalty"] = p.frequency_penalty
+    if p.answers > 1:
+        config["candidateCount"] = p.answers
+    if p.logprobs:
+        config["responseLogprobs"] = True
+        if p.top_logprobs:
+            config["logprobs"] = p.top_logprobs
     if p.reasoning is not None:
         config["thinkingConfig"] = {"thinkingBudget": p.reasoning.anthropic_budget(), "includeThoughts": True}
     body: dict[str, object] = {"contents": contents, "generationConfig": config}
@@ -328,12 +341,60 @@ def gemini_usage(raw: object) -> Usage | None:
     )
 
 
+def gemini_logprobs(raw: Mapping[str, Any]) -> list[TokenLogprob]:
+    """A candidate's ``logprobsResult`` (the chosen token and the top candidates at each step)."""
+    tops = raw.get("topCandidates") or ()
+    out: list[TokenLogprob] = []
+    for i, chosen in enumerate(raw.get("chosenCandidates") or ()):
+        step = tops[i].get("candidates") or () if i < len(tops) else ()
+        out.append(
+            TokenLogprob(
+                token=chosen["token"],
+                logprob=float(chosen["logProbability"]),
+                top_logprobs=[TopLogprob(token=t["token"], logprob=float(t["logProbability"])) for t in step],
+            )
+        )
+    return out
+
+
+class _Other:
+    """What the chunks of one more candidate (``candidateCount`` > 1) add up to."""
+
+    __slots__ = ("finish", "logprobs", "text")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.finish: str | None = None
+        self.logprobs: list[TokenLogprob] | None = None
+
+    def alternative(self, index: int) -> Alternative:
+        finish = FINISH_REASONS.get(self.finish, "stop") if self.finish else None
+        return Alternative(index=index, content="".join(self.text), finish_reason=finish, logprobs=self.logprobs)
+
+
 class _Answer:
     """What the chunks (or the one whole response) of an answer add up to."""
 
-    __slots__ = ("blocked", "calls", "finish", "model", "response_id", "signatures", "text", "thinking", "usage")
+    __slots__ = (
+        "blocked",
+        "calls",
+        "finish",
+        "logprobs",
+        "many",
+        "model",
+        "others",
+        "response_id",
+        "signatures",
+        "text",
+        "thinking",
+        "usage",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, many: bool = False, logprobs: bool = False) -> None:
+        #: ``candidateCount`` > 1: candidates other than the first are gathered in ``others``.
+        self.many = many
+        self.others: dict[int, _Other] = {}
+        self.logprobs: list[TokenLogprob] | None = [] if logprobs else None
         self.text: list[str] = []
         self.thinking: list[str] = []
         self.calls: list[ToolCall] = []
@@ -359,6 +420,10 @@ class _Answer:
                 self.blocked = feedback
             return []
         candidate = candidates[0]
+        if self.many and (len(candidates) > 1 or candidate.get("index")):
+            candidate = self._gather(candidates)
+        if self.logprobs is not None and candidate.get("logprobsResult"):
+            self.logprobs += gemini_logprobs(candidate["logprobsResult"])
         texts: list[str] = []
         for part in (candidate.get("content") or {}).get("parts") or ():
             signature = part.get("thoughtSignature")
@@ -393,6 +458,26 @@ class _Answer:
         if reason:
             self.finish = reason
         return texts
+
+    def _gather(self, candidates: list[Any]) -> Mapping[str, Any]:
+        """Take the candidates other than the first into :attr:`others`; returns the first's."""
+        first: Mapping[str, Any] = {}
+        for candidate in candidates:
+            index = candidate.get("index") or 0
+            if index == 0:
+                first = candidate
+                continue
+            other = self.others.setdefault(index, _Other())
+            for part in (candidate.get("content") or {}).get("parts") or ():
+                if isinstance(part.get("text"), str) and not part.get("thought"):
+                    other.text.append(part["text"])
+            other.finish = candidate.get("finishReason") or other.finish
+            if self.logprobs is not None and candidate.get("logprobsResult"):
+                other.logprobs = (other.logprobs or []) + gemini_logprobs(candidate["logprobsResult"])
+        return first
+
+    def alternatives(self) -> list[Alternative]:
+        return [self.others[i].alternative(i) for i in sorted(self.others)]
 
     def filtered(self, provider: str, model: str) -> ContentFilteredError | None:
         """The error for a blocked prompt or a filter stop, else None."""
@@ -432,9 +517,13 @@ class _Answer:
         )
 
 
-def parse_response(content: bytes, *, provider: str = "gemini", model: str = "") -> Completion:
+def parse_response(
+    content: bytes, *, provider: str = "gemini", model: str = "", params: RequestParams | None = None
+) -> Completion:
     payload = json.loads(content)
-    answer = _Answer()
+    answer = _Answer(
+        many=params is not None and params.answers > 1, logprobs=params is not None and bool(params.logprobs)
+    )
     for chunk in payload if isinstance(payload, list) else [payload]:
         answer.add(chunk)
     error = answer.filtered(provider, model) or answer.malformed_call(provider, model)
@@ -450,15 +539,24 @@ def parse_response(content: bytes, *, provider: str = "gemini", model: str = "")
         response_model=answer.model,
         response_id=answer.response_id,
         native_finish_reason=answer.finish,
+        logprobs=answer.logprobs,
+        alternatives=answer.alternatives(),
     )
 
 
 class GeminiStream(ResponseStream):
     """``alt=sse``: each ``data:`` event is a whole ``GenerateContentResponse``; no terminator."""
 
+    def __init__(
+        self, response: ResponseBody, *, provider: str, model: str, params: RequestParams | None = None
+    ) -> None:
+        super().__init__(response, provider=provider, model=model)
+        self._params = params
+
     def __iter__(self) -> Iterator[str]:
         decode = decode_json
-        answer = _Answer()
+        p = self._params
+        answer = _Answer(many=p is not None and p.answers > 1, logprobs=p is not None and bool(p.logprobs))
         parts = self.text_parts
         try:
             for _, data in iter_sse(self._begin()):
@@ -493,6 +591,8 @@ class GeminiStream(ResponseStream):
             raise error
         self.tool_calls = answer.calls
         self.reasoning_blocks = answer.signatures
+        self.logprobs = answer.logprobs
+        self.alternatives = answer.alternatives()
         self.finish_reason = answer.finish_reason()
         self.completed = answer.finish is not None
         self._finish("a finishReason")
@@ -552,7 +652,7 @@ class GeminiProvider(HTTPProvider[GeminiStream]):
     def parse_completion(
         self, model: str, request: ChatRequest, headers: Mapping[str, str], content: bytes
     ) -> Completion:
-        return parse_response(content, provider=self.name, model=model)
+        return parse_response(content, provider=self.name, model=model, params=request.params)
 
     def open_response_stream(self, model: str, request: ChatRequest, response: ResponseBody) -> GeminiStream:
-        return GeminiStream(response, provider=self.name, model=model)
+        return GeminiStream(response, provider=self.name, model=model, params=request.params)

@@ -173,6 +173,8 @@ class WrappedStream(ChatStream, Generic[OwnerT]):
         self.reasoning_blocks = inner.reasoning_blocks
         self.refusal = inner.refusal
         self.response_model = inner.response_model
+        self.logprobs = inner.logprobs
+        self.alternatives = inner.alternatives
         self.completed = inner.completed
         model_id = getattr(inner, "model_id", None)  # set by wrapped streams, absent on a provider's
         if model_id:

@@ -125,6 +125,10 @@ def build_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str, o
         options["top_p"] = p.top_p
     if p.seed is not None:
         options["seed"] = p.seed
+    if p.presence_penalty is not None:
+        options["presence_penalty"] = p.presence_penalty
+    if p.frequency_penalty is not None:
+        options["frequency_penalty"] = p.frequency_penalty
     fmt = p.response_format
     if isinstance(fmt, JsonSchemaFormat):
         body["format"] = fmt.json_schema.schema_

@@ -6,7 +6,9 @@ with an empty delta; a tool call's ``id`` and ``name`` come only in its first fr
 fragments carry argument pieces matched by ``index``; refusals arrive in ``delta.refusal``; the
 stream is complete only after ``data: [DONE]``; an ``{"error": ...}`` object may arrive mid-stream.
 The official API wants ``max_completion_tokens`` (reasoning models reject ``max_tokens``);
-compatible servers get the classic ``max_tokens``.
+compatible servers get the classic ``max_tokens``. With ``logprobs`` each chunk's
+``choices[].logprobs.content`` is gathered; with ``n`` > 1 chunks carry any choice's ``index``: the
+first answer's deltas are yielded, the others gathered as ``alternatives``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from workers.contract import FunctionCall, ToolCall, Usage
+from workers.contract import Alternative, FunctionCall, TokenLogprob, ToolCall, TopLogprob, Usage
 from workers.llm.base import (
     ChatRequest,
     Completion,
@@ -225,6 +227,8 @@ class OpenAIProvider(HTTPProvider["OpenAIStream"]):
             model=model,
             secret=self._api_key,
             request_id=self.request_id(response.headers),
+            answers=request.params.answers,
+            logprobs=bool(request.params.logprobs),
         )
 
 
@@ -255,13 +259,44 @@ def _add_params(body: dict[str, object], request: ChatRequest) -> None:
         body["user"] = p.user
     if p.reasoning is not None and p.reasoning.effort is not None:
         body["reasoning_effort"] = p.reasoning.effort
+    if p.presence_penalty is not None:
+        body["presence_penalty"] = p.presence_penalty
+    if p.frequency_penalty is not None:
+        body["frequency_penalty"] = p.frequency_penalty
+    if p.logit_bias:
+        body["logit_bias"] = dict(p.logit_bias)
+    if p.logprobs:
+        body["logprobs"] = True
+        if p.top_logprobs is not None:
+            body["top_logprobs"] = p.top_logprobs
+    if p.answers > 1:
+        body["n"] = p.answers
+
+
+def _top(raw: Mapping[str, Any]) -> TopLogprob:
+    return TopLogprob(token=raw["token"], logprob=float(raw["logprob"]), bytes=raw.get("bytes"))
+
+
+def parse_logprobs(raw: object) -> list[TokenLogprob]:
+    """A choice's ``logprobs.content`` (one entry per token) in the contract's shape."""
+    content = raw.get("content") if isinstance(raw, dict) else None
+    return [
+        TokenLogprob(
+            token=t["token"],
+            logprob=float(t["logprob"]),
+            bytes=t.get("bytes"),
+            top_logprobs=[_top(top) for top in t.get("top_logprobs") or ()],
+        )
+        for t in content or ()
+    ]
 
 
 def parse_completion(content: bytes, *, request_id: str | None = None) -> Completion:
     payload = json.loads(content)  # leading whitespace (OpenRouter) is fine for JSON
     if "error" in payload and not payload.get("choices"):
         raise _stream_error(payload["error"], "openai", str(payload.get("model") or ""))
-    choice = (payload.get("choices") or [{}])[0]
+    choices = sorted(payload.get("choices") or [{}], key=lambda c: c.get("index") or 0)
+    choice = choices[0]
     message = choice.get("message") or {}
     calls = [
         ToolCall(
@@ -290,6 +325,16 @@ def parse_completion(content: bytes, *, request_id: str | None = None) -> Comple
         request_id=request_id,
         response_id=payload.get("id"),
         native_finish_reason=native if isinstance(native, str) else reason,
+        logprobs=parse_logprobs(choice["logprobs"]) if choice.get("logprobs") else None,
+        alternatives=[
+            Alternative(
+                index=c.get("index") or i,
+                content=_content((c.get("message") or {}).get("content"))[0],
+                finish_reason=c.get("finish_reason"),
+                logprobs=parse_logprobs(c["logprobs"]) if c.get("logprobs") else None,
+            )
+            for i, c in enumerate(choices[1:], 1)
+        ],
     )
 
 
@@ -349,6 +394,8 @@ class OpenAIStream(ResponseStream):
         model: str,
         secret: str | None = None,
         request_id: str | None = None,
+        answers: int = 1,
+        logprobs: bool = False,
     ) -> None:
         super().__init__(
             response,
@@ -358,6 +405,10 @@ class OpenAIStream(ResponseStream):
         )
         self._secret = secret
         self.ratelimit = parse_ratelimit(response.headers)
+        #: ``n`` > 1: chunks carry any choice's index; only the first choice's deltas are yielded,
+        #: the others are gathered (:attr:`alternatives`).
+        self._answers = answers
+        self._logprobs = logprobs
 
     def __iter__(self) -> Iterator[str]:
         decode = decode_json
@@ -366,6 +417,10 @@ class OpenAIStream(ResponseStream):
         tools = ToolCallAccumulator()
         first = True
         vendor_usage: object = None
+        many = self._answers > 1
+        others: dict[int, _Choice] = {}
+        want_logprobs = self._logprobs
+        logprobs: list[TokenLogprob] = []
         try:
             lines = iter_lines(self._begin())
             for line in lines:
@@ -398,6 +453,10 @@ class OpenAIStream(ResponseStream):
                 choices = chunk.get("choices")
                 if choices:
                     choice = choices[0]
+                    if many and (len(choices) > 1 or choice.get("index")):
+                        choice = _gather(choices, others, want_logprobs)
+                    if want_logprobs and choice.get("logprobs"):
+                        logprobs += parse_logprobs(choice["logprobs"])
                     delta = choice.get("delta")
                     if delta:
                         text = delta.get("content")
@@ -443,6 +502,10 @@ class OpenAIStream(ResponseStream):
                 self.thinking = "".join(thinking)
         if tools:
             self.tool_calls = tools.build()
+        if want_logprobs:
+            self.logprobs = logprobs
+        if others:
+            self.alternatives = [others[i].alternative(i) for i in sorted(others)]
         if self.usage is None and vendor_usage:
             self.usage = _usage(vendor_usage)
         self._finish("data: [DONE]")
@@ -460,6 +523,47 @@ class OpenAIStream(ResponseStream):
                 return
             if i >= limit:
                 return
+
+
+class _Choice:
+    """What the chunks of one more choice (``n`` > 1) add up to."""
+
+    __slots__ = ("finish_reason", "logprobs", "text")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.finish_reason: str | None = None
+        self.logprobs: list[TokenLogprob] | None = None
+
+    def alternative(self, index: int) -> Alternative:
+        return Alternative(
+            index=index, content="".join(self.text), finish_reason=self.finish_reason, logprobs=self.logprobs
+        )
+
+
+def _gather(choices: list[Any], others: dict[int, _Choice], logprobs: bool) -> dict[str, Any]:
+    """Take the chunk's choices other than the first answer into ``others``; returns the first
+    answer's choice (an empty one when the chunk has none)."""
+    first: dict[str, Any] = {}
+    for choice in choices:
+        index = choice.get("index") or 0
+        if index.__class__ is not int:
+            raise TypeError("a choice's index must be an integer")
+        if index == 0:
+            first = choice
+            continue
+        other = others.get(index)
+        if other is None:
+            other = others[index] = _Choice()
+        delta = choice.get("delta") or {}
+        text = delta.get("content")
+        if text:
+            other.text.append(_text(text))
+        if choice.get("finish_reason"):
+            other.finish_reason = choice["finish_reason"]
+        if logprobs and choice.get("logprobs"):
+            other.logprobs = (other.logprobs or []) + parse_logprobs(choice["logprobs"])
+    return first
 
 
 def _text(value: object) -> str:

@@ -150,8 +150,8 @@ def test_anthropic_blocks_tools_and_results_become_openai_messages() -> None:
         ({**OPENAI_LINE, "custom_id": 5}, [("invalid_custom_id", "custom_id")]),
         ({**OPENAI_LINE, "url": "/v1/embeddings"}, [("invalid_url", "url")]),
         ({**OPENAI_LINE, "method": "GET"}, [("invalid_method", "method")]),
-        ({**OPENAI_LINE, "body": {**OPENAI_LINE["body"], "logprobs": True}}, [("unsupported_field", "body.logprobs")]),
-        ({**OPENAI_LINE, "body": {**OPENAI_LINE["body"], "n": 3}}, [("unsupported_value", "body.n")]),
+        ({**OPENAI_LINE, "body": {**OPENAI_LINE["body"], "audio": {}}}, [("unsupported_field", "body.audio")]),
+        ({**OPENAI_LINE, "body": {**OPENAI_LINE["body"], "n": 0}}, [("invalid_value", "body.n")]),
         ({**OPENAI_LINE, "body": {**OPENAI_LINE["body"], "max_tokens": 0}}, [("invalid_value", "body.max_tokens")]),
         (
             {**OPENAI_LINE, "body": {**OPENAI_LINE["body"], "messages": [{"role": "user", "content": 5}]}},

@@ -138,3 +138,70 @@ def test_an_oversized_image_is_a_400(sdk: openai.OpenAI) -> None:
     content = [{"type": "image_url", "image_url": {"url": url}}]
     with pytest.raises(openai.BadRequestError, match="8000 px"):
         sdk.chat.completions.create(model="openai:gpt-4o", messages=[{"role": "user", "content": content}])
+
+
+def test_sampling_parameters_come_back_as_openai_answers_them(sdk: openai.OpenAI, simulator: SimulatorThread) -> None:
+    """n, logprobs/top_logprobs, the penalties and logit_bias: passed to the job, sent to the provider,
+    and the answers and log probabilities back in OpenAI's shapes (whole body)."""
+    completion = sdk.chat.completions.create(
+        model="openai:gpt-4o-mini",
+        messages=MESSAGES,
+        n=3,
+        logprobs=True,
+        top_logprobs=2,
+        presence_penalty=0.5,
+        frequency_penalty=-0.25,
+        logit_bias={"50256": -100},
+    )
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    first = completion.choices[0]
+    assert first.message.content and all(c.message.content == first.message.content for c in completion.choices)
+    for choice in completion.choices:
+        assert choice.logprobs is not None and choice.logprobs.content
+        assert "".join(t.token for t in choice.logprobs.content) == first.message.content
+        assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].token == t.token for t in choice.logprobs.content)
+    assert completion.usage is not None and completion.usage.completion_tokens == 3 * len(first.logprobs.content)
+
+
+def test_sampling_parameters_stream_as_openai_streams_them(sdk: openai.OpenAI, simulator: SimulatorThread) -> None:
+    stream = sdk.chat.completions.create(
+        model="openai:gpt-4o-mini",
+        messages=MESSAGES,
+        n=2,
+        logprobs=True,
+        top_logprobs=1,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text: dict[int, str] = {}
+    tokens: dict[int, list[str]] = {}
+    finish: dict[int, str | None] = {}
+    for chunk in stream:
+        for choice in chunk.choices:
+            text[choice.index] = text.get(choice.index, "") + (choice.delta.content or "")
+            if choice.logprobs is not None and choice.logprobs.content:
+                tokens.setdefault(choice.index, []).extend(t.token for t in choice.logprobs.content)
+            if choice.finish_reason:
+                finish[choice.index] = choice.finish_reason
+    assert sorted(text) == [0, 1] and text[0] and text[1] == text[0]
+    assert "".join(tokens[0]) == text[0] and "".join(tokens[1]) == text[1]
+    assert finish == {0: "stop", 1: "stop"}
+
+
+@pytest.mark.parametrize(
+    ("model", "argument", "refusal"),
+    [
+        ("anthropic:claude-sonnet-4-5", {"presence_penalty": 0.5}, "anthropic does not support presence_penalty"),
+        ("anthropic:claude-sonnet-4-5", {"n": 2}, "anthropic does not support n"),
+        ("ollama:llama3.1", {"logit_bias": {"1": 5}}, "ollama does not support logit_bias"),
+        ("ollama:llama3.1", {"logprobs": True}, "ollama does not support logprobs"),
+        ("openai:gpt-4o-mini", {"top_logprobs": 2}, "top_logprobs needs logprobs"),
+        ("openai:gpt-4o-mini", {"n": 2, "response_format": {"type": "json_object"}}, "n > 1 cannot be combined"),
+    ],
+)
+def test_a_sampling_parameter_a_provider_lacks_is_a_400_naming_it(
+    sdk: openai.OpenAI, model: str, argument: dict[str, object], refusal: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.chat.completions.create(model=model, messages=MESSAGES, **argument)  # type: ignore[call-overload]
+    assert refusal in info.value.message

@@ -60,3 +60,13 @@ def test_unpriced_models_follow_the_policy(counter: TokenCounter) -> None:
         plan_call("ollama:llama3.1", conversation(), counter=counter, prices=PriceBook(), max_tokens=10).worst_case_usd
         == 0
     )
+
+
+def test_the_worst_case_counts_max_tokens_for_every_answer(counter: TokenCounter) -> None:
+    """``n`` answers can each use ``max_tokens``: the reservation holds all of them; the context
+    window holds one (each answer is its own sequence)."""
+    one = plan_call("openai:gpt-4o", conversation(), counter=counter, prices=PriceBook(), max_tokens=1000)
+    three = plan_call("openai:gpt-4o", conversation(), counter=counter, prices=PriceBook(), max_tokens=1000, answers=3)
+    assert one.worst_case_usd is not None and three.worst_case_usd is not None
+    assert three.worst_case_usd - one.worst_case_usd == 2 * 1000 * Decimal(10) / 1_000_000
+    assert three.max_tokens == 1000 and three.prompt == one.prompt

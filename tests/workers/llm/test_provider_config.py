@@ -111,8 +111,8 @@ def test_an_unknown_provider_type_names_the_setting(tmp_path: Path) -> None:
         ),
         ('[providers.x]\ntype = "openai"\napi_key_env = "sk-1234 5678"\n', ["providers.x.api_key_env"]),
         (
-            '[providers.x]\ntype = "openai"\nparams = ["temperature", "logit_bias"]\n',
-            ["providers.x.params", "logit_bias"],
+            '[providers.x]\ntype = "openai"\nparams = ["temperature", "best_of"]\n',
+            ["providers.x.params", "best_of"],
         ),
         ('[providers.X]\ntype = "openai"\n', ["'X'"]),
         # a base URL without its scheme would be a connection error (retried) on every job
