@@ -38,19 +38,46 @@ def default_queue_source(client: aredis.Redis, queue: str) -> QueueSource:
 
 @functools.cache
 def schedule_queue_source(broker_url: str, queue: str) -> QueueSource:
-    """The queue's schedule on a Redis broker: a row per class (every tenant summed: ``tenant`` null)
-    and a row per tenant and class, read in a thread with a client of its own (made once)."""
+    """The queue's schedule on a Redis broker (``llmq queues``' view): a row per class (every tenant
+    summed: ``tenant`` null) and a row per tenant and class, each with its jobs waiting (``depth``,
+    parked ones included), held by workers (``running``) and the oldest one's wait in seconds; a
+    tenant's rows also say how many wait for their concurrency key (``parked``) and whether it runs
+    its ``max_concurrency`` (``at_limit``). Read in a thread with a client of its own (made once)."""
     client = redis_client(broker_url, max_connections=2)
 
     async def rows(tenant: str) -> list[dict[str, Any]]:
         view = await asyncio.to_thread(queue_view, client, queue)
         out: list[dict[str, Any]] = [
-            {"queue": queue, "class": c.priority, "tenant": None, "depth": c.queued} for c in view.classes
+            {
+                "queue": queue,
+                "class": c.priority,
+                "tenant": None,
+                "depth": c.queued,
+                "running": c.running,
+                "oldest_wait_s": _seconds(c.oldest_wait_s),
+            }
+            for c in view.classes
         ]
-        out += [{"queue": queue, "class": t.priority, "tenant": t.tenant, "depth": t.queued} for t in view.tenants]
+        out += [
+            {
+                "queue": queue,
+                "class": t.priority,
+                "tenant": t.tenant,
+                "depth": t.queued,
+                "running": t.running,
+                "oldest_wait_s": _seconds(t.oldest_wait_s),
+                "parked": t.parked,
+                "at_limit": t.at_limit,
+            }
+            for t in view.tenants
+        ]
         return out
 
     return rows
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 async def queues(request: Request) -> Response:

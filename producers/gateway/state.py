@@ -17,7 +17,8 @@ from producers.gateway.metrics import GatewayMetrics
 from producers.gateway.settings import GatewaySettings, OnDisconnect
 from producers.history import AsyncJobHistory
 
-#: ``tenant -> rows`` of ``{"queue", "class", "tenant", "depth"}`` (``class``/``tenant`` None: all of them).
+#: ``tenant -> rows`` of ``{"queue", "class", "tenant", "depth"}`` (``class``/``tenant`` None: all of them),
+#: on a Redis broker also ``running``, ``oldest_wait_s`` and, per tenant, ``parked`` and ``at_limit``.
 QueueSource = Callable[[str], Awaitable[list[dict[str, Any]]]]
 #: ``tenant -> {"month", "kill_ratio", "scopes": [...]}`` (the ledger's snapshot), or None.
 BudgetSource = Callable[[str], Awaitable[dict[str, Any] | None]]

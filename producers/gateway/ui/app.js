@@ -90,7 +90,9 @@ async function loadJobs(append) {
 async function loadPanels() {
   const queues = await (await api("/v1/queues")).json();
   const qbody = $("queues-table").tBodies[0];
-  qbody.replaceChildren(...(queues.data || []).map((q) => row([q.queue, q.class || "all", q.tenant || "all", q.depth])));
+  qbody.replaceChildren(...(queues.data || []).map((q) => row([q.queue, q.class || "all", q.tenant || "all",
+    q.depth + (q.parked ? ` (${q.parked} parked)` : "") + (q.at_limit ? " at limit" : ""),
+    q.running ?? "", q.oldest_wait_s == null ? "" : `${q.oldest_wait_s.toFixed(1)} s`])));
   const budget = await (await api("/v1/budget")).json();
   const bbody = $("budget-table").tBodies[0];
   bbody.replaceChildren(...(budget.scopes || []).map((s) =>
