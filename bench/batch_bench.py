@@ -13,6 +13,16 @@ It prints both throughputs, their ratio (target >= 0.90) and the peak RSS (targe
 
     .venv/bin/python bench/batch_bench.py [--lines 10000] [--workers 2] [--concurrency 100]
         [--latency 0.05] [--window 512] [--rounds 1] [--flat-lines 1000000]
+
+``--via-compare``: the same file through ``llmq batch --via provider`` (provider batches: OpenAI Batch
+and Anthropic Message Batches at the simulator, whose processing time is ``--processing-s``) and
+``--via queue`` (every line a live call), rounds alternating which goes first, one worker whose own
+batcher thread sends the batches. Per mode: the ledger's spend, the worker process's CPU per line
+(parking, the batcher, ending; or the live call), and the wall time from ``llmq batch``'s start to
+its last result. Prints one JSON line: medians over the rounds and their ratios provider/queue.
+
+    .venv/bin/python bench/batch_bench.py --via-compare [--lines 2000] [--rounds 3] [--processing-s 10]
+        [--concurrency 100] [--latency 0.05]
 """
 
 from __future__ import annotations
@@ -33,6 +43,9 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from _measure import load_average, proc_cpu_s  # noqa: E402
 
 from llmq.devstack import LocalStack  # noqa: E402
 from producers.batch.files import iter_lines  # noqa: E402
@@ -155,6 +168,120 @@ def flat_check(work: Path, lines: int) -> float:
     return int(done.stdout.strip()) / 1024  # VmHWM is in KiB
 
 
+VIA_CONFIG = """
+[batch]
+max_age_s = {max_age_s}
+max_lines = 50000
+poll_s = {poll_s}
+"""
+
+
+def write_via_input(path: Path, lines: int) -> None:
+    """Half OpenAI Batch lines (gpt-4o), half Anthropic entries (claude-sonnet-4-5): priced models whose
+    per-line costs are far above the ledger's micro-dollar rounding, so the ratio is the prices'."""
+    with open(path, "w") as f:
+        for i in range(lines):
+            prompt = f"summarise item {i} of the nightly evaluation set in one sentence"
+            messages = [{"role": "user", "content": prompt}]
+            if i % 2 == 0:
+                body = {"model": "gpt-4o", "messages": messages, "max_tokens": 64}
+                line = {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+            else:
+                line = {
+                    "custom_id": f"req-{i}",
+                    "params": {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": messages},
+                }
+            f.write(json.dumps(line) + "\n")
+
+
+def _spent_usd(redis_url: str) -> float:
+    import redis
+
+    from workers.accounting.ledger import GLOBAL_SCOPE, Ledger
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return next(s for s in Ledger(client).show().scopes if s.scope == GLOBAL_SCOPE).spent_usd
+    finally:
+        client.close()
+
+
+def run_via(stack: LocalStack, worker_pid: int, source: Path, out: Path, via: str, lines: int) -> dict[str, float]:
+    argv = [sys.executable, "-m", "llmq.cli", "batch", str(source), "-o", str(out), "-q", "--via", via]
+    spent, cpu = _spent_usd(stack.redis_url), proc_cpu_s(worker_pid)
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"llmq batch --via {via} exited {done.returncode}: {done.stderr.decode()[-2000:]}")
+    written = out.read_bytes().count(b"\n")
+    if written != lines:
+        raise RuntimeError(f"--via {via}: {written} output lines for {lines} input lines")
+    time.sleep(1.0)  # the worker's last acks and events leave (its CPU for this run)
+    return {
+        "usd": _spent_usd(stack.redis_url) - spent,
+        "cpu_ms_per_line": (proc_cpu_s(worker_pid) - cpu) * 1000 / lines,
+        "wall_s": wall,
+    }
+
+
+def via_compare(args: argparse.Namespace) -> int:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
+    work = Path(tempfile.mkdtemp(prefix="llmq-via-bench-"))
+    (work / "logs").mkdir()
+    config = work / "llmq.toml"
+    config.write_text(VIA_CONFIG.format(max_age_s=args.max_age_s, poll_s=args.poll_s))
+    env["LLMQ_CONFIG"] = str(config)
+    source = work / "in.jsonl"
+    write_via_input(source, args.lines)
+    runs: dict[str, list[dict[str, float]]] = {"provider": [], "queue": []}
+    with LocalStack(env=env, log_dir=str(work / "logs")) as stack:
+        stack.start_redis()
+        stack.start_simulator(latency=args.latency)
+        import httpx2
+
+        httpx2.post(f"{stack.simulator_url}/_sim/config", json={"batch_processing_s": args.processing_s})
+        worker = stack.start_worker(pool="gevent", concurrency=args.concurrency)
+        stack.wait_for_workers(1)
+        for round_no in range(1, args.rounds + 1):
+            order = ("provider", "queue") if round_no % 2 else ("queue", "provider")
+            for via in order:
+                run = run_via(stack, worker.pid, source, work / f"out-{via}-{round_no}.jsonl", via, args.lines)
+                runs[via].append(run)
+                print(
+                    f"round {round_no} --via {via}: {json.dumps({k: round(v, 4) for k, v in run.items()})}",
+                    file=sys.stderr,
+                )
+
+    def median(via: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[via])
+
+    cost = statistics.median(p["usd"] / q["usd"] for p, q in zip(runs["provider"], runs["queue"], strict=True))
+    cpu = {via: round(median(via, "cpu_ms_per_line"), 3) for via in runs}
+    wall = {via: round(median(via, "wall_s"), 2) for via in runs}
+    print(
+        json.dumps(
+            {
+                "bench": "batch_via",
+                "lines": args.lines,
+                "rounds": args.rounds,
+                "processing_s": args.processing_s,
+                "latency_s": args.latency,
+                "concurrency": args.concurrency,
+                "cost_ratio_provider_over_live": round(cost, 4),
+                "worker_cpu_ms_per_line": cpu,
+                "cpu_ratio_provider_over_live": round(cpu["provider"] / cpu["queue"], 3),
+                "submit_to_last_result_s": wall,
+                "usd_per_1k_lines": {via: round(median(via, "usd") * 1000 / args.lines, 4) for via in runs},
+                "medians_over_rounds": True,
+                "load": load_average(),
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=10_000)
@@ -164,7 +291,17 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--flat-lines", type=int, default=0, help="also validate a file this long and compare RSS")
+    parser.add_argument("--via-compare", action="store_true", help="provider batches vs live calls (one JSON line)")
+    parser.add_argument("--processing-s", type=float, default=10.0, help="--via-compare: the simulator's batch time")
+    parser.add_argument("--max-age-s", type=float, default=1.0, help="--via-compare: [batch] max_age_s")
+    parser.add_argument("--poll-s", type=float, default=1.0, help="--via-compare: [batch] poll_s")
     args = parser.parse_args()
+    if args.via_compare:
+        if "--lines" not in sys.argv:
+            args.lines = 2000
+        if "--rounds" not in sys.argv:
+            args.rounds = 3
+        return via_compare(args)
 
     env = {k: v for k, v in os.environ.items() if k != "LLMQ_REDIS_URL"}
     work = Path(tempfile.mkdtemp(prefix="llmq-batch-bench-"))

@@ -338,6 +338,20 @@ class BatchStore:
             pipe.hgetall(JobKeys(job_id).batch)
         return [JobLine.parse(j, f) for j, f in zip(job_ids, pipe.execute(), strict=True)]
 
+    def bodies(self, job_ids: Sequence[str]) -> list[bytes | None]:
+        """Each job's line body (the live call's), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(JobKeys(job_id).batch, "body")
+        return list(pipe.execute())
+
+    def states(self, job_ids: Sequence[str]) -> list[str | None]:
+        """Each job's line state (None: no line), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(JobKeys(job_id).batch, "state")
+        return [_text(state) if state is not None else None for state in pipe.execute()]
+
     def cancelled(self, job_ids: Sequence[str]) -> list[bool]:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:

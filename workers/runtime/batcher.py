@@ -242,10 +242,10 @@ class Batcher:
     def _line_bytes(self, key: str, api: BatchAPI) -> list[bytes]:
         ids = self.store.sent_lines(key)
         out: list[bytes] = []
-        for index, line in enumerate(self.store.lines_of(ids)):
-            if line is None:  # expired meanwhile (a batch left for longer than its keep time)
+        for index, body in enumerate(self.store.bodies(ids)):
+            if body is None:  # expired meanwhile (a batch left for longer than its keep time)
                 raise ValueError(f"batch {key}: the line of job {ids[index]} is gone")
-            out.append(api.wrap(line_id(key, index), line.body))
+            out.append(api.wrap(line_id(key, index), body))
         return out
 
     def _upload(self, record: BatchRecord, api: BatchAPI) -> None:
@@ -341,15 +341,17 @@ class Batcher:
         job_ids = [job_id for job_id, _, _ in rows]
         filed = self.store.file_results([(j, o.kind, raw) for j, o, raw in rows])
         ended = self._ended(job_ids)
-        lines = self.store.lines_of(job_ids)
+        states = self.store.states(job_ids)
         back: list[str] = []
-        for (job_id, outcome, _), moved, over, line in zip(rows, filed, ended, lines, strict=True):
-            if line is None:
-                continue
-            if line.state == "live" or (over and moved):
-                self.lane.settle_late(line, outcome)
-            elif line.state == "done":
+        late: list[tuple[str, LineOutcome]] = []
+        for (job_id, outcome, _), moved, over, state in zip(rows, filed, ended, states, strict=True):
+            if state == "live" or (over and moved):
+                late.append((job_id, outcome))
+            elif state == "done":
                 back.append(job_id)
+        for line, (_, outcome) in zip(self.store.lines_of([j for j, _ in late]), late, strict=True):
+            if line is not None:
+                self.lane.settle_late(line, outcome)
         self._send_back(back)
 
     def _ended(self, job_ids: Sequence[str]) -> list[bool]:
