@@ -123,7 +123,9 @@ def test_the_cli_prints_one_line_and_exits_75(redis_url: str, redis_client: redi
 def test_a_batch_pauses_at_max_queued_and_writes_every_line(
     redis_url: str, redis_client: redis.Redis, simulator: SimulatorThread, worker: object, tmp_path: Path
 ) -> None:
-    simulator.simulator.config.latency = 0.3  # 16 slots busy for a while: the queue fills past 4
+    # 16 slots busy for 2 s: the first 20 lines are sent long before a slot frees (submits take
+    # milliseconds, even on a loaded machine), so the 21st finds 4 queued and the batch pauses
+    simulator.simulator.config.latency = 2.0
     _limit(redis_client, "batcher", 4, retry_after_s=0.2)
     source = tmp_path / "in.jsonl"
     source.write_text(
