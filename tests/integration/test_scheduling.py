@@ -35,9 +35,16 @@ P = queue_prefix("llmq")
 
 @contextlib.contextmanager
 def worker(
-    redis_url: str, simulator: SimulatorThread, tmp_path: Path, *, concurrency: int, config: str = ""
+    redis_url: str,
+    simulator: SimulatorThread,
+    tmp_path: Path,
+    *,
+    concurrency: int,
+    config: str = "",
+    transport: dict[str, Any] | None = None,
 ) -> Iterator[None]:
-    """An in-process worker with ``config`` as its routes file (published to Redis as it starts)."""
+    """An in-process worker with ``config`` as its routes file (published to Redis as it starts) and
+    ``transport`` over its broker transport options."""
     path = tmp_path / f"llmq-{concurrency}.toml"
     path.write_text(config)
     settings = Settings(
@@ -49,6 +56,7 @@ def worker(
         config=str(path),
     )
     app = create_app(settings, provider_env=provider_env(simulator.url))
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, **(transport or {})}
     with start_worker(
         app,
         pool="threads",
@@ -208,3 +216,21 @@ def test_a_concurrency_key_runs_one_at_a_time_and_the_others_pass(
     assert [j for j in order if j.startswith("doc-")] == doc  # one at a time, in order
     assert order.index("free-5") < order.index("doc-2")  # the free ones ran while the document's waited
     assert not redis_client.exists(f"{P}park:t:document-42") and redis_client.hget(f"{P}parked", "t") == b"0"
+
+
+def test_a_parked_job_starts_when_its_keys_slot_frees_woken_not_swept(
+    redis_url: str, redis_client: redis.Redis, simulator: SimulatorThread, client: Client, tmp_path: Path
+) -> None:
+    """The worker's timed sweep (the wait's timeout, 1 s as shipped) is set to 120 s here, so a job
+    can start only because something woke the worker: five jobs parked behind one concurrency key
+    (cap 1) each start when the one before frees the key's slot (the release rings the bell). Were
+    they left to the sweep, the last would end after 5 x 120 s; the wait below is a hang guard far
+    under that."""
+    simulator.simulator.config.latency = 0.1
+    reply = "llmq:reply:woken"
+    doc = [f"woken-{n}" for n in range(6)]
+    with worker(redis_url, simulator, tmp_path, concurrency=4, transport={"sweep_s": 120}):
+        for job_id in doc:
+            client.submit(_job(job_id, "t", "normal", reply, concurrency_key="document-7"))
+        order = [r.id for r in _completions(redis_client, reply, len(doc), 100)]
+    assert order == doc  # one at a time, in order, each started by the release of the one before

@@ -167,6 +167,11 @@ class Channel(SchedulingChannel):
         self._ack_wake = threading.Event()
         self._ack_thread: threading.Thread | None = None
         super().__init__(connection, **kwargs)
+        # the wait's timeout: how often an idle consumer sweeps for work no one rang for (a token lost
+        # with a closing channel); kombu's brpop_timeout, 1 s. Transport option ``sweep_s`` (tests)
+        sweep = connection.client.transport_options.get("sweep_s")
+        if sweep:
+            self.brpop_timeout = float(sweep)
 
     def clock(self) -> float:
         """The score of a fetched message's ``unacked_index`` entry (kombu's restore compares it
