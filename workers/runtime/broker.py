@@ -171,7 +171,7 @@ class Channel(SchedulingChannel):
         # with a closing channel); kombu's brpop_timeout, 1 s. Transport option ``sweep_s`` (tests)
         sweep = connection.client.transport_options.get("sweep_s")
         if sweep:
-            self.brpop_timeout = float(sweep)
+            self.brpop_timeout = sweep
 
     def clock(self) -> float:
         """The score of a fetched message's ``unacked_index`` entry (kombu's restore compares it
