@@ -53,9 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     install(args.mode)
 
-    from celery.__main__ import main as celery_main
-
     from llmq.commands.worker import command
+    from workers.runtime.launch import main as launch_main
 
     worker = argparse.Namespace(
         pool="threads", concurrency=args.concurrency, queue=os.environ.get("LLMQ_QUEUE", "llmq")
@@ -71,8 +70,7 @@ def main() -> None:
             "CELERY_CUSTOM_WORKER_POOL": "workers.runtime.pool:ThreadPool",
         }
     )
-    sys.argv = ["celery", *command(worker)[3:]]
-    celery_main()
+    sys.exit(launch_main(command(worker)[3:]))
 
 
 if __name__ == "__main__":

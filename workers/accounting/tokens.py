@@ -224,6 +224,7 @@ class TokenCounter:
         safety_margin: float = 1.1,
         margins: Mapping[str, float] | None = None,
         types: Mapping[str, str] | None = None,
+        compact: bool = False,
     ) -> None:
         if safety_margin < 1.0 or any(m < 1.0 for m in (margins or {}).values()):
             raise ConfigurationError("token safety margins must be >= 1.0")
@@ -234,8 +235,24 @@ class TokenCounter:
         self._encodings: dict[str, tiktoken.Encoding] = {}
         self._roles: dict[str, dict[str, int]] = {}
         self._plans: dict[str, tuple[str, bool, float]] = {}
+        #: Compact each encoding as it loads (the worker's choice: :func:`compact_encoding`).
+        self.compact = compact
 
     # encodings
+
+    @property
+    def loaded(self) -> tuple[str, ...]:
+        """The encodings this counter has loaded so far, in load order (each loads on first use)."""
+        return tuple(self._encodings)
+
+    def encodings_for(self, models: Iterable[str]) -> list[str]:
+        """The encodings counting ``models`` (``provider:model`` ids) needs, without loading any."""
+        names: list[str] = []
+        for model in models:
+            name = self.plan(model)[0]
+            if name not in names:
+                names.append(name)
+        return names
 
     def encoding(self, name: str) -> tiktoken.Encoding:
         """The tiktoken encoding ``name``, loaded once per process from the seeded cache."""
@@ -250,24 +267,26 @@ class TokenCounter:
                 if name in BUNDLED_ENCODINGS:
                     seed_tiktoken_cache()
                 enc = tiktoken.get_encoding(name)
+                if self.compact:
+                    # at once, before another encoding loads: the next load reuses the heap this
+                    # one left free, so the process's peak holds one encoding's loading garbage
+                    compact_encoding(enc)
+                    release_free_heap()
                 self._roles[name] = {r: len(enc.encode_ordinary(r)) for r in ("system", "user", "assistant", "tool")}
                 self._encodings[name] = enc
         return enc
 
-    def preload(self, *, compact: bool = False) -> None:
-        """Load both bundled encodings now (the worker does, when it builds its resources).
+    def preload(self, names: Iterable[str] = BUNDLED_ENCODINGS) -> None:
+        """Load the encodings ``names`` now (default: both bundled ones) rather than on first use.
 
-        ``compact`` (the worker's choice) releases what a counting process never reads again: the
-        Python copy of each encoding's merge ranks and the heap the loading left free (see
-        :func:`compact_encoding`); it cuts a worker's resident memory by ~45 MB (164 -> 120 MB for
-        the two encodings on CPython 3.11, tiktoken 0.14). Counting is unchanged."""
-        for name in BUNDLED_ENCODINGS:
-            enc = self.encoding(name)
-            if compact:
-                # one at a time: the next encoding's load reuses the heap this one's left free, so
-                # the process's peak holds one encoding's loading garbage, not both (~200 -> ~170 MB)
-                compact_encoding(enc)
-                release_free_heap()
+        The worker preloads only what its default model needs (``o200k_base`` for
+        ``openai:gpt-4o-mini``); any other encoding loads on the first job that counts with it.
+        A compacting counter (``compact=True``) drops what a counting process never reads again:
+        the Python copy of each encoding's merge ranks and the heap the loading left free (see
+        :func:`compact_encoding`): o200k_base takes ~44 MB resident instead of ~76, cl100k_base
+        ~24 instead of ~40 (CPython 3.11, tiktoken 0.14). Counting is unchanged."""
+        for name in names:
+            self.encoding(name)
 
     def plan(self, model: str) -> tuple[str, bool, float]:
         """``(encoding name, estimated, margin)`` for a ``provider:model`` id."""

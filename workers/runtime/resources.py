@@ -30,7 +30,7 @@ from workers.accounting.ledger import Ledger, ReplicaWait, configured_ledger
 from workers.accounting.prices import PriceBook, price_sources
 from workers.accounting.tokens import TokenCounter
 from workers.connections.redisclient import redis_client
-from workers.contract.catalog import ModelCatalog
+from workers.contract.catalog import ModelCatalog, UnknownModelError
 from workers.contract.providers import PROVIDERS_KEY, ProviderSpec, provider_infos
 from workers.guards.shared import SharedGuards
 from workers.jobs.catalog import worker_catalog
@@ -152,6 +152,14 @@ def build_ledger(settings: Settings, config: LLMQConfig, client: redis.Redis | N
     )
 
 
+def default_model_ids(catalog: ModelCatalog, default_model: str) -> list[str]:
+    """The ``provider:model`` ids the default model (an id, route alias or bare name) reaches; none
+    when the catalog does not know it (its jobs then fail, as they would without this)."""
+    with contextlib.suppress(UnknownModelError):
+        return catalog.resolve(default_model)
+    return []
+
+
 def publish_providers(client: redis.Redis, specs: Mapping[str, ProviderSpec]) -> None:
     """Tell producers which providers this worker has (names, types, accepted parameters; never a
     key): ``PROVIDERS_KEY`` in ``workers/contract/providers.py``. Each worker writes its own entries
@@ -237,8 +245,8 @@ class WorkerResources:
             http.close()
             client.close()
             raise
-        counter = TokenCounter(types={name: spec.type for name, spec in config.providers.items()})
-        counter.preload(compact=True)  # seeds tiktoken's cache from the bundled files (offline); ~45 MB less RSS
+        # compacting: each encoding drops its Python copy of the merge ranks as it loads (~30 MB less RSS)
+        counter = TokenCounter(types={name: spec.type for name, spec in config.providers.items()}, compact=True)
         prices = PriceBook(config.models, unpriced=config.budget.unpriced, sources=price_sources(config.providers))
         with contextlib.suppress(Exception):  # warm genai-prices' data (~0.4 s) before the first job
             prices.lookup(settings.default_model)
@@ -249,6 +257,9 @@ class WorkerResources:
             http.close()
             client.close()
             raise
+        # only the default model's encodings now (seeded from the bundled files: offline), before any
+        # job runs; another encoding loads on the first job that counts with it (~24-44 MB each)
+        counter.preload(counter.encodings_for(default_model_ids(catalog, settings.default_model)))
         ledger_client = redis_client(
             settings.redis_url,
             max_connections=settings.concurrency + 10,

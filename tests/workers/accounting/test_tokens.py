@@ -353,3 +353,23 @@ def test_a_compacted_encoding_encodes_exactly_as_a_full_one(name: str) -> None:
         assert compacted.encode(text, allowed_special="all") == full.encode(text, allowed_special="all")
         assert compacted.encode_ordinary(text) == full.encode_ordinary(text)
     assert compacted.decode(full.encode("round trip ✓")) == "round trip ✓"
+
+
+def test_a_counter_loads_each_encoding_on_first_use_and_only_what_its_models_need() -> None:
+    """The worker preloads only its default model's encoding (``encodings_for``); any other loads on
+    the first count that needs it, compacted as it loads, and counts as a full one does."""
+    counter = TokenCounter(compact=True)
+    assert counter.loaded == ()
+    assert counter.encodings_for(["openai:gpt-4o-mini", "openai:gpt-4o"]) == ["o200k_base"]
+    assert counter.encodings_for(["anthropic:claude-sonnet-4-5", "openai:gpt-4"]) == ["cl100k_base"]
+    assert counter.loaded == ()  # naming them loads nothing
+    counter.preload(counter.encodings_for(["openai:gpt-4o-mini"]))
+    assert counter.loaded == ("o200k_base",)
+    assert counter.encoding("o200k_base")._mergeable_ranks == {}  # compacted as it loaded
+    raw = [{"role": "user", "content": "naïve café 東京 <|endoftext|> " * 20}]
+    full = TokenCounter()
+    assert counter.count("openai:gpt-4o-mini", as_messages(raw)) == full.count("openai:gpt-4o-mini", as_messages(raw))
+    assert counter.loaded == ("o200k_base",)
+    estimate = counter.count("anthropic:claude-sonnet-4-5", as_messages(raw))  # first use: loads it now
+    assert counter.loaded == ("o200k_base", "cl100k_base")
+    assert estimate == full.count("anthropic:claude-sonnet-4-5", as_messages(raw)) and estimate.estimated
