@@ -11,10 +11,12 @@ A tenant sees aggregate rows (``tenant`` null) and its own rows, never another t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from typing import Any
 
 import redis.asyncio as aredis
+from kombu import Connection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -22,8 +24,9 @@ from producers.gateway.state import QueueSource, gateway_of
 from workers.connections.brokerurl import is_amqp
 from workers.connections.redisclient import redis_client
 from workers.connections.schedview import queue_view
+from workers.contract.schedule import class_queues
 
-__all__ = ["budget", "default_queue_source", "queues", "schedule_queue_source", "whoami"]
+__all__ = ["amqp_queue_source", "budget", "default_queue_source", "queues", "schedule_queue_source", "whoami"]
 
 
 def default_queue_source(client: aredis.Redis, queue: str) -> QueueSource:
@@ -32,6 +35,32 @@ def default_queue_source(client: aredis.Redis, queue: str) -> QueueSource:
     async def rows(tenant: str) -> list[dict[str, Any]]:
         depth = await client.llen(queue)
         return [{"queue": queue, "class": None, "tenant": None, "depth": int(depth)}]
+
+    return rows
+
+
+def amqp_queue_source(broker_url: str, queue: str) -> QueueSource:
+    """On RabbitMQ: a row per class, its queue's ready messages (a passive declare of each class's
+    queue, ``llmq``, ``llmq.interactive``, ``llmq.bulk``; 0 for one nobody declared yet). RabbitMQ
+    knows no tenants, and what runs is unacked there: no per-tenant rows, no ``running``."""
+
+    def read() -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        with Connection(broker_url, connect_timeout=5) as conn:
+            for priority, name in class_queues(queue).items():
+                channel = conn.channel()  # one each: a queue not declared yet closes its channel
+                try:
+                    depth = channel.queue_declare(queue=name, passive=True).message_count
+                except conn.channel_errors:
+                    depth = 0
+                finally:
+                    with contextlib.suppress(Exception):
+                        channel.close()
+                out.append({"queue": name, "class": priority, "tenant": None, "depth": int(depth)})
+        return out
+
+    async def rows(tenant: str) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(read)
 
     return rows
 
@@ -87,9 +116,7 @@ async def queues(request: Request) -> Response:
     if source is None:
         broker = gw.client.broker_url
         queue = gw.settings.queue
-        source = (
-            default_queue_source(gw.client.redis, queue) if is_amqp(broker) else schedule_queue_source(broker, queue)
-        )
+        source = amqp_queue_source(broker, queue) if is_amqp(broker) else schedule_queue_source(broker, queue)
     rows = [r for r in await source(tenant) if r.get("tenant") in (None, tenant)]
     return JSONResponse({"object": "list", "data": rows})
 

@@ -18,6 +18,9 @@ from kombu import Connection
 from producers import Client
 from producers.gateway import GatewaySettings, create_gateway
 from producers.gateway.server import GatewayThread
+from producers.settings import ProducerSettings
+from tests.support.brokers import Broker
+from workers.contract.schedule import class_queues
 from workers.runtime.broker import Transport
 
 TOKENS = {"tok-a-queues-81f2": "team-a", "tok-b-queues-0c4e": "team-b"}
@@ -66,3 +69,32 @@ def test_the_queue_panel_reads_the_schedule_per_class_and_tenant(
         }
         held.ack()
     assert _rows(gw, "tok-b-queues-0c4e")[("normal", "team-b")]["running"] == 0
+
+
+@pytest.mark.parametrize("broker", ["amqp"], indirect=True)
+def test_on_rabbitmq_the_panel_counts_each_class_queue(
+    redis_url: str, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ holds the queues there: a row per class queue with its ready jobs (no tenant rows: the
+    broker knows no tenants). A class no job was sent to yet counts 0."""
+    settings = ProducerSettings(redis_url=redis_url, broker_url=broker.url, queue=broker.queue)
+    monkeypatch.setenv("LLMQ_BROKER_URL", broker.url)  # the gateway's queue is on RabbitMQ
+    gateway = GatewaySettings(redis_url=redis_url, queue=broker.queue, tokens=TOKENS)
+    queues = class_queues(broker.queue)
+    try:
+        with Client(settings=settings) as client:
+            for _ in range(2):
+                client.submit({**JOB, "tenant": "team-a", "priority": "bulk"})
+            client.submit({**JOB, "tenant": "team-b", "priority": "interactive"})
+        with GatewayThread(create_gateway(gateway)) as server:
+            rows = _rows(server, "tok-a-queues-81f2")
+        assert {key: (r["queue"], r["depth"]) for key, r in rows.items()} == {
+            ("interactive", None): (queues["interactive"], 1),
+            ("normal", None): (queues["normal"], 0),
+            ("bulk", None): (queues["bulk"], 2),
+        }
+    finally:
+        with Connection(broker.url) as conn:
+            for name in queues.values():
+                if name != broker.queue:
+                    conn.default_channel.queue_delete(name)
