@@ -48,7 +48,7 @@ def amqp_queue_source(broker_url: str, queue: str) -> QueueSource:
         out: list[dict[str, Any]] = []
         with Connection(broker_url, connect_timeout=5) as conn:
             for priority, name in class_queues(queue).items():
-                channel = conn.channel()  # one each: a queue not declared yet closes its channel
+                channel: Any = conn.channel()  # one each: a queue not declared yet closes its channel
                 try:
                     depth = channel.queue_declare(queue=name, passive=True).message_count
                 except conn.channel_errors:
