@@ -20,6 +20,7 @@ from llmq.devstack import LocalStack
 from llmq.localredis import ManagedRedis
 from producers import Client
 from tests.support.spend import global_spent_usd, one_call_usd, results_stored
+from tests.support.waits import until
 from workers.contract import TERMINAL_EVENT_TYPES
 
 pytestmark = pytest.mark.slow
@@ -57,10 +58,7 @@ def test_durable_redis_killed_and_restarted_mid_run_loses_no_job() -> None:
                 client.submit({"model": MODEL, "messages": PROMPT, "max_tokens": 20, "id": job_id})
 
             # kill Redis once some jobs finished and others are still queued or running
-            deadline = time.monotonic() + HANG_GUARD_S
-            while (results_stored(url, ids) or 0) < 5:
-                assert time.monotonic() < deadline, "no job finished"
-                time.sleep(0.1)
+            until(lambda: (results_stored(url, ids) or 0) >= 5, "five jobs to finish", HANG_GUARD_S, 0.1)
             spent_before = global_spent_usd(url)
             assert spent_before > 0
             server.kill()
@@ -105,10 +103,12 @@ def test_a_gevent_worker_rides_out_a_restart_without_a_traceback() -> None:
             stack.wait_for_workers(1)
             log = stack.log_dir / "green.log"
             server.kill()
-            deadline = time.monotonic() + HANG_GUARD_S
-            while "Connection to broker lost" not in log.read_text(errors="replace"):
-                assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-                time.sleep(0.2)
+            until(
+                lambda: "Connection to broker lost" in log.read_text(errors="replace"),
+                lambda: "the worker to lose the broker: " + log.read_text(errors="replace")[-3000:],
+                HANG_GUARD_S,
+                0.2,
+            )
             time.sleep(2.0)  # down a while, so its loops meet the refused reconnects (not a timing check)
             server.start()
             job = {"model": MODEL, "messages": PROMPT, "max_tokens": 20, "id": "after-restart"}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import redis
 from llmq.devstack import LocalStack
 from llmq.localredis import ManagedRedis, find_redis_server, free_port, ping
 from producers import Client
+from tests.support.waits import until
 from workers.connections.redisurl import sentinel_target
 from workers.contract import TERMINAL_EVENT_TYPES
 
@@ -52,7 +52,7 @@ class Sentinels:
             )
             log.close()
         for port in self.ports:
-            _wait(lambda port=port: ping(f"redis://127.0.0.1:{port}"), "a sentinel to answer")
+            until(lambda port=port: ping(f"redis://127.0.0.1:{port}"), "a sentinel to answer", HANG_GUARD_S, 0.2)
 
     @property
     def url(self) -> str:
@@ -77,20 +77,16 @@ class Sentinels:
                 proc.wait(10)
 
 
-def _wait(predicate, what: str, timeout: float = HANG_GUARD_S) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def sentinel_deployment() -> Iterator[tuple[ManagedRedis, ManagedRedis, Sentinels]]:
     master = ManagedRedis(durable=True).start()
     replica = ManagedRedis(durable=True, extra_args=["--replicaof", "127.0.0.1", str(master.port)]).start()
-    _wait(lambda: redis.Redis(port=master.port).info("replication")["connected_slaves"] >= 1, "the replica to attach")
+    until(
+        lambda: redis.Redis(port=master.port).info("replication")["connected_slaves"] >= 1,
+        "the replica to attach",
+        HANG_GUARD_S,
+        0.2,
+    )
     sentinels = Sentinels(master.port)
     try:
         yield master, replica, sentinels
@@ -127,10 +123,15 @@ def test_jobs_before_and_after_a_failover_all_end(sentinel_deployment) -> None: 
             before = [f"before-{i}" for i in range(12)]
             for job_id in before:
                 client.submit({"model": MODEL, "messages": [{"role": "user", "content": job_id}], "id": job_id})
-            _wait(lambda: client.get_result(before[0]) is not None, "a first job to finish")
+            until(lambda: client.get_result(before[0]) is not None, "a first job to finish", HANG_GUARD_S, 0.2)
 
             master.kill()  # the master dies mid-run
-            _wait(lambda: sentinels.master_port() == replica.port, "the sentinels to promote the replica")
+            until(
+                lambda: sentinels.master_port() == replica.port,
+                "the sentinels to promote the replica",
+                HANG_GUARD_S,
+                0.2,
+            )
 
             after = [f"after-{i}" for i in range(8)]
             for job_id in after:

@@ -24,6 +24,7 @@ import redis
 
 from llmq.devstack import LocalStack
 from producers import Client
+from tests.support.waits import until
 
 pytestmark = pytest.mark.slow
 
@@ -113,10 +114,12 @@ def test_a_429_seen_by_one_worker_makes_the_other_wait(stack: LocalStack, client
     model = "openai:gpt-4o-mini~429@6"  # each job's first request gets 429, retry-after 6 s
     client_a, client_b = clients
     first = client_a.submit(_job(model, "first"))
-    deadline = time.monotonic() + 20
-    while not (seen := [r for r in _history(stack, first.id) if r["outcome"] == "error_429"]):
-        assert time.monotonic() < deadline, "worker a never sent its request"
-        time.sleep(0.02)
+    seen = until(
+        lambda: [r for r in _history(stack, first.id) if r["outcome"] == "error_429"],
+        "worker a to send its request",
+        60,
+        0.02,
+    )
     limited_at = seen[0]["ended"]
 
     second = client_b.submit(_job(model, "second"))  # runs on worker b, during worker a's wait
@@ -185,7 +188,5 @@ def test_a_slow_first_token_falls_back_and_closes_the_upstream(
     slow, fallback = sorted(_history(stack, handle.id), key=lambda r: r["started"])
     assert (slow["outcome"], fallback["outcome"]) == ("closed_early", "ok")
     assert fallback["started"] < slow["started"] + 5
-    deadline = time.monotonic() + 5
-    while (slow := _history(stack, handle.id)[0])["outcome"] == "open" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert slow["outcome"] == "closed_early"
+    until(lambda: _history(stack, handle.id)[0]["outcome"] != "open", "the slow request to end", 30)
+    assert _history(stack, handle.id)[0]["outcome"] == "closed_early"

@@ -90,16 +90,18 @@ def two_workers(redis_server_url: str, broker: Broker) -> Iterator[Stack]:
 def _holder(s: Stack, job_id: str) -> str:
     """The worker name (``w1``/``w2``) whose active tasks include ``job_id``."""
     app = s.celery()
-    deadline = time.monotonic() + HANG_GUARD_S
+
+    def holder() -> str | None:
+        active = app.control.inspect(timeout=2).active() or {}
+        for hostname, tasks in active.items():
+            if any(job_id in str(t.get("args")) for t in tasks):
+                return hostname.split("@", 1)[0]
+        return None
+
     try:
-        while time.monotonic() < deadline:
-            active = app.control.inspect(timeout=2).active() or {}
-            for hostname, tasks in active.items():
-                if any(job_id in str(t.get("args")) for t in tasks):
-                    return hostname.split("@", 1)[0]
+        return until(holder, f"a worker to report {job_id} as active", HANG_GUARD_S, 0)
     finally:
         app.close()
-    raise AssertionError(f"no worker reports {job_id} as active")
 
 
 def _active_on(s: Stack, name: str) -> list[object] | None:

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from llmq.localredis import free_port
 from producers import Client
 from simulator.app import SimulatorThread
 from simulator.env import provider_env
+from tests.support.waits import until
 
 pytestmark = pytest.mark.slow
 
@@ -78,15 +78,6 @@ def get(url: str, auth: str | None = AUTH) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def poll(fn, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.3)
-
-
 def test_flower_refuses_to_start_without_auth(stack: LocalStack) -> None:
     env = {**stack.env}
     env.pop("FLOWER_BASIC_AUTH", None)
@@ -110,10 +101,9 @@ def test_flower_lists_the_worker_and_completed_tasks_without_secrets(stack: Loca
             workers = json.loads(body) if status == 200 else {}
             return workers if any(name.startswith("flowerw@") for name in workers) else None
 
-        workers = poll(worker_listed)
-        assert workers, "Flower never listed the worker"
+        until(worker_listed, "Flower to list the worker", 60, 0.3)
         # Flower must have seen the worker's events before the jobs run, or it misses them
-        assert poll(lambda: "flowerw@" in get(f"{url}/api/workers?status=1")[1])
+        until(lambda: "flowerw@" in get(f"{url}/api/workers?status=1")[1], "Flower to see the worker's events", 60, 0.3)
 
         with Client(stack.redis_url) as client:
             handles = [
@@ -137,8 +127,7 @@ def test_flower_lists_the_worker_and_completed_tasks_without_secrets(stack: Loca
             done = {k: v for k, v in tasks.items() if k in ids and v.get("state") == "SUCCESS"}
             return done if len(done) == len(ids) else None
 
-        tasks = poll(finished_tasks)
-        assert tasks, "Flower did not list the completed tasks"
+        tasks = until(finished_tasks, "Flower to list the completed tasks", 60, 0.3)
         for task in tasks.values():
             assert task["name"] == "llmq.run_job"
             # a short summary of the job (workers.contract.monitor_repr), never the message text

@@ -20,6 +20,7 @@ import pytest
 from simulator.app import SimConfig, SimulatorThread
 from simulator.script import words_for
 from simulator.wire import Reply, parse_reply
+from tests.support.waits import until
 
 PROTOCOLS = ("openai", "anthropic", "ollama")
 PROMPT = "What is the weather in Paris?"
@@ -227,13 +228,11 @@ def test_stall_slow_and_latency_delay_but_complete(simulator: SimulatorThread, p
 
 
 def _closed_early_record(sim: SimulatorThread, job: str) -> dict:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    def ended() -> dict | None:
         records = stats(sim, "streams", job=job)
-        if records and records[0]["ended"] is not None:
-            return records[0]
-        time.sleep(0.02)
-    raise AssertionError("the simulator never saw the stream end")
+        return records[0] if records and records[0]["ended"] is not None else None
+
+    return until(ended, "the simulator to see the stream end", 30, 0.02)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -347,10 +346,12 @@ def test_llmq_simulate_cli_subprocess(tmp_path: Path) -> None:
     cmd = [str(llmq), "simulate", "--port", str(port), "--completion-tokens", "3", "--fault-rate", "cut=0"]
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        deadline = time.monotonic() + 15
-        while "listening" not in (tmp_path / "out.txt").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "out.txt").read_text()
-            time.sleep(0.05)
+
+        def listening() -> bool:
+            assert proc.poll() is None, (tmp_path / "out.txt").read_text()
+            return "listening" in (tmp_path / "out.txt").read_text()
+
+        until(listening, lambda: "the simulator to listen: " + (tmp_path / "out.txt").read_text(), 60)
         reply = call(SimpleNamespace(url=f"http://127.0.0.1:{port}"), "anthropic")  # type: ignore[arg-type]
         assert reply.terminated and reply.completion_tokens == 3
         assert http().get(f"http://127.0.0.1:{port}/_sim/stats").json()["requests"] == 1

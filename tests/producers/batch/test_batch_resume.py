@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from producers.batch import batch_id_for, job_id_for
 from simulator.app import SimulatorThread
+from tests.support.waits import until
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +44,11 @@ def start_batch(redis_url: str, source: Path, out: Path) -> subprocess.Popen[str
 
 
 def wait_for_lines(path: Path, proc: subprocess.Popen[str], at_least: int, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while count_lines(path) < at_least:
+    def written() -> bool:
         assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"only {count_lines(path)} lines after {timeout}s"
-        time.sleep(0.02)
+        return count_lines(path) >= at_least
+
+    until(written, lambda: f"{at_least} lines (only {count_lines(path)})", timeout, 0.02)
 
 
 def check_complete(out: Path, simulator: SimulatorThread, source: Path) -> None:

@@ -24,6 +24,7 @@ from producers.gateway import GatewaySettings, create_gateway
 from producers.gateway.server import GatewayThread
 from producers.gateway.sse import SSEParser
 from simulator.app import SimulatorThread
+from tests.support.waits import until
 
 TOKEN = "bp-token-3c9e1f"
 PROMPT = [{"role": "user", "content": "stream for a while"}]
@@ -47,13 +48,12 @@ def _metric(gw: GatewayThread, name: str) -> float:
 
 def _sim_stream(sim: SimulatorThread, job_id: str, timeout: float = 10.0) -> dict:
     """The simulator's record of the job's (last) upstream stream, once it has ended."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def ended() -> dict | None:
         records = httpx2.get(f"{sim.url}/_sim/streams", params={"job": job_id}).json()
-        if records and records[-1]["ended"] is not None:
-            return records[-1]
-        time.sleep(0.05)
-    raise AssertionError(f"the simulator never saw the stream of {job_id} end: {records}")
+        return records[-1] if records and records[-1]["ended"] is not None else None
+
+    return until(ended, f"the simulator to see the stream of {job_id} end", timeout)
 
 
 def _open_chat_stream(gw: GatewayThread, *, rcvbuf: int | None = None) -> tuple[socket.socket, str, bytes]:
@@ -161,10 +161,12 @@ def test_a_client_that_stops_reading_is_dropped_after_the_write_deadline(
     try:
         # The client reads nothing more. Once the socket buffers and uvicorn's write buffer are
         # full, the gateway's send waits; one second later the client is dropped.
-        deadline = time.monotonic() + 30
-        while _metric(gw, 'llmq_gateway_sse_ended_total{reason="write_timeout"}') < 1:
-            assert time.monotonic() < deadline, "the stalled client was never dropped"
-            time.sleep(0.1)
+        until(
+            lambda: _metric(gw, 'llmq_gateway_sse_ended_total{reason="write_timeout"}') >= 1,
+            "the stalled client to be dropped",
+            60,
+            0.1,
+        )
         upstream = _sim_stream(simulator, job_id)
         assert upstream["outcome"] == "closed_early"  # dropping the client cancelled the job
         result = client.result(job_id, timeout=10)

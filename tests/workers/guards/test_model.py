@@ -15,6 +15,7 @@ import redis
 
 from tests.support.doubles import FakeClock
 from tests.support.scripted import ListStream, Outcome, ScriptedModel
+from tests.support.waits import until
 from workers.contract import RequestParams
 from workers.guards.model import GuardedModel
 from workers.guards.shared import SharedGuards
@@ -271,9 +272,7 @@ def test_a_429_makes_the_other_worker_wait_too(make_guards, clock, rpm: int | No
 
     # worker 2's mirror learns of the 429 by pub/sub, without reading Redis
     fetched = worker2.view(A, clock()).fetched
-    deadline = time.monotonic() + 2
-    while worker2.view(A, clock()).not_before <= clock() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    until(lambda: worker2.view(A, clock()).not_before > clock(), "worker 2's mirror to learn of the 429", 30, 0.01)
     assert worker2.view(A, clock()).fetched == fetched
     clock.now += 1.0  # worker 2 starts a job 1 s after the 429: it waits the other 2 s
     ctx2, slept2 = _ctx(clock)

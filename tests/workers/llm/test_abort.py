@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from simulator.app import SimulatorThread
 from tests.support.doubles import provider_for
 from tests.support.replay_server import local_client
+from tests.support.waits import until
 from workers.contract import Message, RequestParams
 from workers.llm.abort import AbortSignal
 from workers.llm.base import ChatRequest
@@ -52,10 +52,10 @@ def test_a_fired_signal_ends_a_blocked_whole_body_read(name: str, http: HTTPClie
     )
 
     def fire_once_sent() -> None:  # order, not a delay: cancel while the upstream holds the request
-        deadline = time.monotonic() + 20  # a hang guard only
-        while simulator.simulator.stats.requests < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        signal.fire()
+        try:
+            until(lambda: simulator.simulator.stats.requests >= 1, "the request to reach the simulator", 60, 0.01)
+        finally:
+            signal.fire()
 
     threading.Thread(target=fire_once_sent, daemon=True).start()
     with pytest.raises(JobCancelledError):  # without the abort the answer would arrive, 20 s on

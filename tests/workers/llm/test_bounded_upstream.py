@@ -7,13 +7,13 @@ with tracemalloc) and nothing waits forever (the whole-request deadline closes t
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.hostile_server import HostileServer
+from tests.support.waits import until
 from workers.contract import Message, RequestParams
 from workers.llm.anthropic import AnthropicProvider
 from workers.llm.base import MAX_LINE_BYTES, ChatRequest, Provider, iter_lines
@@ -41,10 +41,7 @@ def _provider(name: str, url: str, **settings: object) -> Provider:
 
 
 def _wait_for_hangup(server: HostileServer, before: int) -> None:
-    deadline = time.monotonic() + 10  # a hang guard only: the server sees the close within ms
-    while server.hangups() <= before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.hangups() > before, "the upstream connection was left open"
+    until(lambda: server.hangups() > before, "the upstream connection to be closed", 30, 0.01)
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "ollama"])
