@@ -37,6 +37,7 @@ from workers.contract import (
     StreamEvent,
     parse_event,
 )
+from workers.contract.fieldnames import unknown_key_message
 from workers.contract.presence import WorkerPresence
 from workers.contract.redaction import shown_url
 from workers.contract.schedule import SCHED_HEADER, class_queue, sched_header
@@ -91,10 +92,13 @@ def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> Compl
             data = {**job, **overrides}
         return CompletionJob.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise InvalidJobError(f"invalid job: {problems}", [dict(e) for e in exc.errors(include_url=False)]) from None
+        errors: list[dict[str, Any]] = [dict(e) for e in exc.errors(include_url=False)]
+        for e in errors:  # a misspelt field names the one meant: "max_token: unknown key (did you mean 'max_tokens'?)"
+            loc = e["loc"]
+            if e["type"] == "extra_forbidden" and isinstance(loc, tuple) and loc:
+                e["msg"] = unknown_key_message(CompletionJob, loc)
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in errors)
+        raise InvalidJobError(f"invalid job: {problems}", errors) from None
 
 
 def models_error(problems: list[dict[str, Any]]) -> InvalidJobError:

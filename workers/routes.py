@@ -61,9 +61,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-import types
-import typing
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -71,6 +68,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workers.contract import CacheSpec, split_model_id
 from workers.contract.catalog import close_names
+from workers.contract.fieldnames import unknown_key_message
 from workers.contract.providers import BUILTIN_PROVIDERS, ProviderSpec, check_provider_names
 from workers.contract.schedule import TENANT_NAME, SchedulingConfig, TenantConfig
 from workers.llm.errors import ConfigurationError
@@ -396,33 +394,6 @@ _EMPTY_MODEL = ModelConfig()
 _PROVIDER = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
-def _unwrap(annotation: Any) -> Any:
-    """``Annotated[X, ...]`` and ``X | None`` -> ``X``."""
-    while typing.get_origin(annotation) in (Annotated, typing.Union, types.UnionType):
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation
-
-
-def _table_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
-    """The keys the table at ``loc`` (an unknown key's location, without the key) may hold."""
-    annotation: Any = model
-    for part in loc:
-        annotation = _unwrap(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            field = annotation.model_fields.get(str(part))
-            if field is None:
-                return []
-            annotation = field.annotation
-        elif typing.get_origin(annotation) is dict:
-            annotation = typing.get_args(annotation)[1]  # ``part`` is a key of the mapping
-        else:
-            return []
-    annotation = _unwrap(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return list(annotation.model_fields)
-    return []
-
-
 def _problem(err: Any) -> str:
     """One validation error as ``dotted.path: message``, an unknown key with the nearest known one."""
     loc = err["loc"]
@@ -430,10 +401,7 @@ def _problem(err: Any) -> str:
         return str(err["msg"]).removeprefix("Value error, ")
     where = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden" and loc:
-        close = close_names(str(loc[-1]), _table_keys(LLMQConfig, loc[:-1]))
-        if close:
-            return f"{where}: unknown key (did you mean {close[0]!r}?)"
-        return f"{where}: unknown key"
+        return f"{where}: {unknown_key_message(LLMQConfig, loc)}"
     return f"{where}: {err['msg']}"
 
 

@@ -33,6 +33,7 @@ from producers.gateway.errors import GatewayError, error_for_job
 from producers.gateway.feed import FeedError
 from producers.gateway.sse import Item, sse_frame
 from workers.contract import CancelledEvent, CompletionResult, RequestParams, StreamEvent, Usage
+from workers.contract.catalog import close_names
 
 __all__ = ["ChatCompletionRequest", "ChatStreamRenderer", "completion_body", "is_structured", "parse_request", "to_job"]
 
@@ -118,7 +119,14 @@ def to_job(req: ChatCompletionRequest, *, tenant: str) -> dict[str, Any]:
     extra = req.model_extra or {}
     unknown = sorted(set(extra) - set(_IGNORED) - _PASSED)
     if unknown:
-        raise GatewayError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0])
+        known = [*ChatCompletionRequest.model_fields, *_IGNORED, *_PASSED]
+        meant = [
+            f"{close[0]!r}" if len(unknown) == 1 else f"{u!r} -> {close[0]!r}"
+            for u in unknown
+            if (close := close_names(u, known))
+        ]
+        hint = f" (did you mean {', '.join(meant)}?)" if meant else ""
+        raise GatewayError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}{hint}", param=unknown[0])
     if req.modalities and set(req.modalities) != {"text"}:
         raise GatewayError(400, "only the 'text' modality is supported", param="modalities")
     tools = req.tools or []

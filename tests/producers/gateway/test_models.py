@@ -101,3 +101,17 @@ def test_a_base_url_without_v1_or_an_endpoint_not_served_is_a_404_saying_so(sdk_
     message = missing.value.message
     assert "POST /v1/embeddings" in message and "This gateway serves POST /v1/chat/completions" in message
     client.close()
+
+
+def test_a_misspelt_argument_is_a_400_naming_the_one_meant(sdk_gateway: object) -> None:
+    from producers.gateway.server import GatewayThread
+    from tests.producers.gateway.conftest import SDK_TOKEN
+
+    assert isinstance(sdk_gateway, GatewayThread)
+    client = openai.OpenAI(base_url=f"{sdk_gateway.url}/v1", api_key=SDK_TOKEN, max_retries=0, timeout=30)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], extra_body={"max_tokns": 5}
+        )
+    assert "Unrecognized request argument supplied: max_tokns (did you mean 'max_tokens'?)" in refused.value.message
+    client.close()
