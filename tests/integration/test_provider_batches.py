@@ -294,3 +294,27 @@ def test_via_auto_takes_flex_where_the_model_has_it_at_the_batch_price(
     assert flex.cost_usd is not None and full.cost_usd is not None
     assert flex.cost_usd == pytest.approx(full.cost_usd / 2, rel=0.01)
     assert sim_batches(simulator)["lines"] == 0
+
+
+def test_a_batched_job_is_one_flower_task_that_ends_with_its_result(
+    batch_app: LLMQCelery, client: Client, redis_client: redis.Redis, redis_url: str
+) -> None:
+    """Flower keys tasks by id: the parking run and the ending run are the same task (the job's id),
+    whose last state is the ending run's, with the job's status as its result."""
+    from tests.support.taskevents import EventCapture
+
+    batcher = batcher_for(batch_app)
+    with EventCapture(redis_url) as capture:
+        handle = client.submit(_job("anthropic:claude-sonnet-4-5"))
+        until(lambda: line_state(redis_client, handle.id) == "pending", "the job parked", 120)
+        pump(batcher, lambda: bool(redis_client.exists(JobKeys(handle.id).result)), "the job's end")
+        assert handle.result(timeout=30).status == "succeeded"
+
+        def succeeded() -> list[dict[str, Any]]:
+            return [e for e in capture.events() if e.get("uuid") == handle.id and e["type"] == "task-succeeded"]
+
+        until(lambda: len(succeeded()) == 2, "both runs' task-succeeded", 60)
+    runs = capture.task_events({handle.id})[handle.id]
+    assert runs == ["task-received", "task-started", "task-succeeded"] * 2
+    parked, ended = succeeded()
+    assert "in a provider batch" in parked["result"] and "succeeded" in ended["result"]
