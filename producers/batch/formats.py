@@ -33,6 +33,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from workers.contract import CompletionJob, RequestParams
+from workers.contract.catalog import close_names
 
 __all__ = ["CHAT_COMPLETIONS_URL", "LineError", "LineIssue", "ParsedLine", "parse_line"]
 
@@ -152,9 +153,12 @@ def parse_line(raw: bytes | str, line: int, *, default_model: str | None = None)
         kind = "plain"
         _from_plain(draft, data)
     else:
+        close = [c for key in data for c in close_names(key, ["body", "params", "prompt", "messages"])]
+        meant = f" (did you mean {close[0]!r}?)" if close else ""
         draft.issue(
             "unknown_format",
-            "unrecognised line: expected 'body' (OpenAI Batch), 'params' (Anthropic Message Batches) or 'prompt'",
+            "unrecognised line: expected 'body' (OpenAI Batch), 'params' (Anthropic Message Batches) or "
+            f"'prompt'{meant}",
         )
         raise LineError(draft.issues)
     for name in _SCHEDULING:
@@ -185,7 +189,9 @@ def parse_line(raw: bytes | str, line: int, *, default_model: str | None = None)
 def _check_keys(draft: _Draft, obj: dict[str, Any], known: set[str], prefix: str) -> None:
     for key in obj:
         if key not in known:
-            draft.issue("unsupported_field", f"{prefix}{key} is not supported by llmqueue", f"{prefix}{key}")
+            close = close_names(key, known)
+            meant = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            draft.issue("unsupported_field", f"{prefix}{key} is not supported by llmqueue{meant}", f"{prefix}{key}")
 
 
 def _from_openai(draft: _Draft, data: dict[str, Any]) -> None:

@@ -188,6 +188,21 @@ def test_malformed_lines_name_the_field(line: Any, expected: list[tuple[str, str
     assert issues_of(line, default_model="openai:gpt-4o-mini") == expected
 
 
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ({**OPENAI_LINE, "body": {**OPENAI_LINE["body"], "max_token": 5}}, "(did you mean body.max_tokens?)"),
+        ({"custom_id": "a", "promt": "x"}, "(did you mean 'prompt'?)"),
+        ({"custom_id": "a", "prams": {"model": "m"}}, "(did you mean 'params'?)"),
+    ],
+)
+def test_a_misspelt_field_of_a_line_names_the_field_meant(line: dict[str, Any], says: str) -> None:
+    with pytest.raises(LineError) as info:
+        parse_line(json.dumps(line), 7, default_model="openai:gpt-4o-mini")
+    [issue] = info.value.issues
+    assert says in issue.message, issue.message
+
+
 def test_validate_file_reports_line_numbers_and_duplicates(tmp_path: Path) -> None:
     lines = [
         json.dumps(OPENAI_LINE),
