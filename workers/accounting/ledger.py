@@ -1,51 +1,13 @@
 """The money ledger: atomic reservations across scopes, idempotent settlement, leases, kill switch.
 
-Every job attempt goes through ``reserve -> provider call -> settle`` (or ``release`` when the
-call failed before anything was billed). Each operation is one Lua script (``workers/accounting/lua``), so
-all scopes change together or not at all, and concurrent workers can never jointly overshoot.
+Every job attempt goes through ``reserve -> provider call -> settle`` (or ``release`` when the call
+failed before anything was billed); each operation is one Lua script (``workers/accounting/lua``), so
+all scopes (global, tenant, tag, user; per UTC month) change together or not at all. A hard limit
+refuses a reservation for good (``budget_limit``) or for now (:class:`BudgetBusyError`); the kill
+switch refuses every new one past ``kill_ratio`` of the limit; settlement is keyed by job and attempt
+(charged once); Redis unreachable is :class:`LedgerUnavailableError` (fail closed).
 
-Scopes: ``global`` (the whole deployment), ``tenant:<name>``, ``tag:<tag>`` and ``user:<end user>``,
-each per UTC calendar month (``YYYY-MM`` in the keys; the month comes from an injectable clock). Every
-job reserves in ``global`` and its tenant; a job's tags and user take part in the same reservation
-(same script, same round trip, same rules) only while they have a limit: without one they keep no
-budget state at all, so a job without tags or user does exactly what it did before, and millions of
-end users cost no keys. Every settlement also adds its cost to the spend report's rows (tenant,
-model, tags, user; per day and month; :mod:`workers.accounting.spendreport`). Per scope:
-
-- **hard limit**: a reservation is refused when ``spent + reserved + amount > limit``. Refused
-  *for good* (``budget_limit``) when settled spend plus the amount alone passes the limit; refused
-  *for now* (:class:`BudgetBusyError`, ``budget_busy``) when it would fit once the reservations in
-  flight settle: the job waits for them (re-queued, holding no worker slot) instead of failing;
-- **kill switch**: once *settled* spend reaches ``kill_ratio × limit`` (0.9 by default), every new
-  reservation in that scope is refused, whatever its size. It uses settled spend, not
-  reservations, so a burst of in-flight worst cases cannot trip it falsely (LiteLLM #36926).
-  It applies to tenant, tag and user scopes too: same rule everywhere.
-
-The kill switch and the hard limit raise :class:`BudgetExceededError` (non-retryable) with
-``code`` ``kill_switch`` or ``budget_limit`` (the latter may fit a cheaper model: the fallback
-chain can try the next one); a busy budget raises :class:`BudgetBusyError`.
-Limits live in Redis (``Ledger.set_limit`` / ``llmq budget set``) and win over the defaults given
-to the constructor (``LLMQ_MONTHLY_BUDGET_USD`` or the config); a scope with neither is
-accounted but unlimited; a limit of 0 refuses everything.
-
-Reservations are leases (``lease_s``; use the job's hard time limit): a dead worker's reservation
-is purged by the next script touching the scope. Lease expiry uses Redis' own clock, so worker
-clock skew does not matter. Settlement is keyed by ``job_id`` + ``attempt`` and remembered for
-62 days: a redelivered job that re-runs attempt 1 is charged once, and ``reserve`` tells it
-(``Reservation.already_settled``). Money is integer micro-USD in Redis (no float drift);
-amounts are rounded *up* to the micro-dollar.
-
-Redis unreachable (or any Redis error) ⇒ :class:`LedgerUnavailableError`, a
-``BudgetExceededError``: we fail closed rather than spend without accounting.
-
-With a replica to lose writes to (Redis Sentinel), each reservation and settlement can be followed,
-on the same connection and in the same round trip, by ``WAIT numreplicas timeout_ms``
-(:class:`ReplicaWait`): the call returns once that many replicas hold the write, or when the timeout
-passes. Fewer acknowledgements are logged and counted (``ReplicaWait.short``), never an error: the
-money was accounted on the master, and failing the job would not un-spend it. WAIT narrows the
-window in which a fail-over forgets a settlement to (almost) nothing; it is not strong consistency:
-a replica that acknowledged may still not be the one promoted, and a write the timeout left
-unacknowledged is lost if the master dies before it reaches a replica.
+The rules, the leases, the replica wait and why each choice: ``docs/ledger.md``.
 """
 
 from __future__ import annotations

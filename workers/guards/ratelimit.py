@@ -1,48 +1,11 @@
 """Request and token rate limits per model, shared by every worker, and the "not before" time.
 
-State lives in Redis and each operation is one Lua script, so N workers together admit what one
-would: no read-modify-write races, no per-process limits multiplied by the worker count.
+State lives in Redis and each operation is one Lua script (GCRA token buckets for RPM and TPM, timed
+by Redis' own clock), so N workers together admit what one would. :meth:`RateLimiter.acquire`
+reserves the earliest slot both buckets admit, up to ``max_wait_s`` ahead, and returns the wait; a
+429's wait is stored per model (``llmq:nb:{model}``) and published on :data:`GUARD_CHANNEL`.
 
-**Buckets.** Each limit is a token bucket written as GCRA (one number per bucket: the theoretical
-arrival time ``tat``) with capacity ``burst``; in any ``t`` seconds it admits at most
-``burst + rate * t``.
-
-* RPM: ``burst`` defaults to 100 ms worth of requests (``rpm // 600``, at least 1) and the bucket
-  refills at ``(rpm - burst + 1) / 60`` per second, so **no 60-second window ever holds more than
-  ``rpm`` requests** (GCRA admits at most ``burst - 1 + ceil(T / interval)`` in a window of ``T``).
-  Below 1200 RPM that is a burst of 1 and requests spaced exactly ``60 / rpm`` s apart; above, the
-  burst spares concurrent jobs sub-millisecond waits at a long-run cost of at most 0.17% of the
-  limit. Providers also enforce RPM over sub-minute slices, which this shape respects.
-* TPM: ``burst`` defaults to ``tpm`` (one request may carry many tokens, so the bucket holds a
-  minute's worth, as the provider's own bucket does), refilled at ``tpm / 60`` per second: the
-  long-run rate is exact, a cold start may use one extra minute's worth. A request needing more
-  tokens than ``burst`` can never be admitted: :meth:`RateLimiter.acquire` says so
-  (``too_large``) and the guard skips the model instead of waiting forever.
-
-**Leases.** At high rates a worker may take a few more slots and tokens with a request and admit
-its next requests from them without a round trip; ``workers/guards/leases.py`` explains how that
-stays within the limits (``RateLimits.lease_s``, :data:`LEASE_MIN_RPM`).
-
-A request's TPM cost is its pre-counted prompt tokens plus ``max_tokens``, charged up front and
-not refunded (OpenAI counts ``max_tokens`` the same way).
-
-**Reservations.** :meth:`acquire` does not make callers poll: when the buckets are short it
-reserves the earliest slot at which both would admit the request, up to ``max_wait_s`` ahead, and
-returns the wait. The caller sleeps that long and sends; waiters are thus spaced out instead of
-stampeding. A wait beyond ``max_wait_s`` reserves nothing (the job is re-queued instead). Waits
-under 50 µs are returned as 0: far below network jitter, and they absorb float rounding.
-
-**Not before.** A 429's wait is stored per model (``llmq:nb:{model}``) and published on
-:data:`GUARD_CHANNEL`; :meth:`acquire` never admits a request before it, and guards of models
-without RPM/TPM limits read it from their process's mirror (``workers/guards/shared.py``).
-
-**One clock.** Admission times from different workers are compared with each other, so the
-scripts read the time from Redis (``TIME``) instead of trusting each host's clock; callers receive
-durations, never timestamps. Tests inject ``clock`` (seconds) and the scripts use it instead.
-(Redis >= 5 replicates script effects, which is what allows ``TIME`` before writes.)
-
-Keys carry the model id as a hash tag (``llmq:rl:{openai:gpt-4o}:rpm``): one model's keys share a
-cluster slot. Every key expires once its state is equivalent to "idle".
+The bucket shapes, leases, reservations and why each choice: ``docs/rate-limits.md``.
 """
 
 from __future__ import annotations
@@ -182,7 +145,7 @@ LEASE_MIN_RPM = 1200
 
 @dataclass(frozen=True, slots=True)
 class RateLimits:
-    """A model's limits; ``None`` = unlimited. Bursts default as the module docstring explains.
+    """A model's limits; ``None`` = unlimited. Bursts default as docs/rate-limits.md explains.
 
     ``lease_s`` is how long a worker may hold capacity it took ahead of use (see
     ``workers/guards/leases.py``); 0 turns leases off. It is part of the bucket's shape: the RPM

@@ -462,7 +462,7 @@ class Channel(SchedulingChannel):
         In between the entry is held by no one, so no heartbeat re-scores it: a worker killed
         there leaves it to age out, and the restore re-queues a job that has already ended; its
         next run finds the stored result (kept by job id) and stops without calling or charging
-        anything, as after an ack lost with Redis (module docstring). ``close`` flushes what is
+        anything, as after an ack lost with Redis (docs/broker-transport.md). ``close`` flushes what is
         left; a flush Redis refuses keeps its tags for the next one."""
         with self._ack_lock:
             self._acked.append(delivery_tag)
