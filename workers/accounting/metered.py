@@ -193,6 +193,13 @@ class Meter:
         return usage
 
 
+def _all_text(text: str, answer: Completion | ChatStream) -> str:
+    """The output a usage estimate counts: the answer and, with ``n`` > 1, the other answers."""
+    if not answer.alternatives:
+        return text
+    return text + "".join(alt.content for alt in answer.alternatives)
+
+
 class MeteredModel(ChatModel):
     def __init__(self, wrapped: ChatModel, meter: Meter) -> None:
         self.wrapped = wrapped
@@ -212,7 +219,7 @@ class MeteredModel(ChatModel):
             meter.release(reservation)
             raise
         completion.usage = meter.usage(
-            plan, completion.usage, completion.text, completion.tool_calls, completion.thinking
+            plan, completion.usage, _all_text(completion.text, completion), completion.tool_calls, completion.thinking
         )
         meter.settle(reservation, plan, completion.usage)
         meter.dropped = plan.dropped
@@ -236,7 +243,8 @@ class _MeteredStream(WrappedStream["MeteredModel"]):
                 parts.append(text)
                 yield text
             self.finish_from_inner()
-            self.usage = meter.usage(plan, inner.usage, "".join(parts), inner.tool_calls, inner.thinking)
+            text = _all_text("".join(parts), inner)
+            self.usage = meter.usage(plan, inner.usage, text, inner.tool_calls, inner.thinking)
             meter.settle(reservation, plan, self.usage)
             meter.dropped = plan.dropped
             settled = True

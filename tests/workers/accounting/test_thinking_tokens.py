@@ -7,7 +7,7 @@ from decimal import Decimal
 from workers.accounting.metered import Meter, MeteredModel
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
-from workers.contract import CompletionJob, RequestParams, Usage
+from workers.contract import Alternative, CompletionJob, RequestParams, Usage
 from workers.llm.base import ChatRequest, ChatStream, Completion
 from workers.llm.model import ChatModel, RunContext
 
@@ -67,3 +67,18 @@ def test_openai_reports_its_own_reasoning_tokens() -> None:
     )
     completion = model.complete(ChatRequest(messages=meter.job.messages or [], params=RequestParams(max_tokens=1000)))
     assert completion.usage is not None and completion.usage.reasoning_tokens == 256
+
+
+def test_without_reported_usage_every_answer_of_n_is_estimated() -> None:
+    """``n`` > 1 from a server that reports no usage: the estimate counts the other answers too
+    (they were generated and billed), not only the first."""
+    answer = "The queue keeps every job until a worker ends it. " * 10
+    others = [Alternative(index=i, content=answer, finish_reason="stop") for i in (1, 2)]
+    one, _ = _metered("openai:gpt-4o", Completion(text=answer))
+    three, meter = _metered("openai:gpt-4o", Completion(text=answer, alternatives=others))
+    request = ChatRequest(messages=meter.job.messages or [], params=RequestParams(max_tokens=8000, n=3))
+    single = one.complete(request).usage
+    usage = three.complete(request).usage
+    assert single is not None and usage is not None and usage.estimated
+    # (counted as one text: a token may span where two answers meet)
+    assert 3 * single.completion_tokens - 2 <= usage.completion_tokens <= 3 * single.completion_tokens
