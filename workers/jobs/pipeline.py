@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 
 import redis
 from opentelemetry.trace import use_span
@@ -315,15 +316,6 @@ class JobRunner:
             meter = run.meter = Meter(
                 job, self.res.counter, self.res.prices, self.res.ledger, run.ctx, self.res.metrics.usage
             )
-            model = build_chain(
-                chain,
-                self.res.registry,
-                self.res.config,
-                run.ctx,
-                meter=lambda m: MeteredModel(m, meter),
-                guards=self.res.guards,
-                instrument=instrumentation(job, self.res.prices, self.res.settings.trace_content),
-            )
             request = ChatRequest(
                 messages=rendered.messages,
                 params=job,  # the job is its own RequestParams: the adapters read them from it
@@ -338,6 +330,15 @@ class JobRunner:
                 if isinstance(step, JobOutcome):
                     return step
                 answered = step
+            model = build_chain(
+                chain,
+                self.res.registry,
+                self.res.config,
+                run.ctx,
+                meter=lambda m: MeteredModel(m, meter),
+                guards=self.res.guards,
+                instrument=instrumentation(job, self.res.prices, self.res.settings.trace_content),
+            )
             turns = Turns(run, model, store=self.res.store, cancel_watcher=self.res.cancel_watcher, clock=self._clock)
             if answered is not None:
                 completion = answered
@@ -405,6 +406,7 @@ class JobRunner:
         if outcome.kind == "succeeded":
             meter.price_factor = discounted(lane.config)
             answered = lane.answer(line, outcome, request, meter)
+            meter.price_factor = Decimal(1)  # a repair turn after it is a live call, at the live price
             run.model_used = answered.model_id
             if job.stream and answered.completion.text:
                 run.publisher.delta(answered.completion.text)

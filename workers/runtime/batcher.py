@@ -103,6 +103,8 @@ class Batcher:
         self.tick_s = tick_s if tick_s is not None else min(1.0, self.config.poll_s, max(self.config.max_age_s, 0.05))
         self.owner = owner or uuid.uuid4().hex
         self._stop = threading.Event()
+        #: Set while a pass holds the lease (the renewing thread keeps it).
+        self._working = threading.Event()
         self._thread: threading.Thread | None = None
 
     # --- the thread -----------------------------------------------------------------------------------
@@ -110,6 +112,16 @@ class Batcher:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="llmq-batcher", daemon=True)
         self._thread.start()
+        # the lease is renewed while a pass runs, however long one upload or download takes
+        threading.Thread(target=self._renew, name="llmq-batcher-lease", daemon=True).start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.config.lock_s / 3):
+            if self._working.is_set():
+                try:
+                    self._hold()
+                except Exception:  # Redis away: the pass itself fails and is tried again
+                    log.debug("batcher: renewing the lease failed", exc_info=True)
 
     def stop(self) -> None:
         self._stop.set()
@@ -122,10 +134,13 @@ class Batcher:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.tick_s):
+            self._working.set()
             try:
                 self.tick()
             except Exception:
                 log.exception("batcher: a pass failed; trying again in %.1f s", self.tick_s)
+            finally:
+                self._working.clear()
 
     # --- one pass ---------------------------------------------------------------------------------
 
