@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -44,6 +45,8 @@ from workers.contract import (
 )
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
+
+log = logging.getLogger("llmq.producer")
 
 
 class AsyncJobHandle:
@@ -267,6 +270,8 @@ class AsyncClient(ClientCore):
                     while True:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=cursor.wait_s())
                         if message is None:
+                            if cursor.worker_check_due(self.no_worker_notice_s):
+                                await self._say_if_no_worker(job_id)
                             break  # idle: look in the Stream for anything missed
                         got = cursor.live(message["data"])
                         if got is GAP:
@@ -298,6 +303,17 @@ class AsyncClient(ClientCore):
         except redis.RedisError:
             return what
         return self.timeout_reason(what, meta, last, presences)
+
+    async def _say_if_no_worker(self, job_id: str) -> None:
+        """See ``Client._say_if_no_worker``."""
+        try:
+            meta = await self.status(job_id)
+            last = self.last_event(await self.redis.xrevrange(JobKeys(job_id).events, count=1))
+            notice = self.no_worker_notice(job_id, meta, last, await live_presences_async(self.redis))
+        except redis.RedisError:
+            return
+        if notice is not None:
+            log.warning("%s", notice)
 
     async def queue_workers(self) -> list[str]:
         """The live workers consuming this client's queue (see ``Client.queue_workers``)."""

@@ -15,6 +15,7 @@ the Stream, so a subscriber that joins late, or reconnects with ``from_seq``, mi
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ __all__ = [
     "make_celery",
     "validate_job",
 ]
+
+log = logging.getLogger("llmq.producer")
 
 
 #: Redis restarting or failing over: readers reconnect with backoff instead of failing.
@@ -325,6 +328,17 @@ class Client(ClientCore):
             return what
         return self.timeout_reason(what, meta, last, presences)
 
+    def _say_if_no_worker(self, job_id: str) -> None:
+        """A wait without a word so far: log once if the job is queued with no worker on its queue."""
+        try:
+            meta = self.status(job_id)
+            last = self.last_event(self.redis.xrevrange(JobKeys(job_id).events, count=1))
+            notice = self.no_worker_notice(job_id, meta, last, live_presences(self.redis))
+        except redis.RedisError:
+            return
+        if notice is not None:
+            log.warning("%s", notice)
+
     def queue_workers(self) -> list[str]:
         """The live workers consuming this client's queue (what they publish: one round trip or two)."""
         return self.workers_of(live_presences(self.redis))
@@ -348,6 +362,8 @@ class Client(ClientCore):
                 while True:
                     message = pubsub.get_message(timeout=cursor.wait_s())
                     if message is None:
+                        if cursor.worker_check_due(self.no_worker_notice_s):
+                            self._say_if_no_worker(cursor.job_id)
                         break  # idle: look in the Stream for anything missed
                     got = cursor.live(message["data"])
                     if got is GAP:

@@ -161,6 +161,9 @@ class ClientCore:
         self.sent_events: SentEvents | None = None
         if self.settings.task_events and self.settings.task_events_flush_ms > 0:
             self.sent_events = SentEvents(self.celery, period_s=self.settings.task_events_flush_ms / 1000)
+        #: A ``result()``/``stream()`` that has had nothing for this long logs a warning once when no
+        #: live worker consumes the job's queue (``LLMQ_WORKER_CHECK_S``; None: never; the CLI says it itself).
+        self.no_worker_notice_s: float | None = self.settings.worker_check_s
         #: The model names the workers of this queue accept, checked before anything is enqueued.
         self.catalog = LiveCatalog(
             self.queue, config_path=self.settings.config, default_model=self.settings.default_model
@@ -338,6 +341,16 @@ class ClientCore:
             if fields is not None:
                 return parse_event(fields[b"e"])
         return None
+
+    def no_worker_notice(
+        self, job_id: str, meta: Mapping[str, str] | None, last: StreamEvent | None, presences: Sequence[WorkerPresence]
+    ) -> str | None:
+        """What a wait without a timeout says once (a log warning) when the job is still queued and no
+        live worker consumes its queue; None when a worker took it or one could."""
+        queue = self.queue_of(meta)
+        if meta is None or last is not None or self.workers_of(presences, queue):
+            return None
+        return f"job {job_id} is still queued and {self.no_worker_text(queue, presences)}; still waiting"
 
     def timeout_reason(
         self,

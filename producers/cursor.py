@@ -56,6 +56,8 @@ class EventCursor:
         self.timeout = timeout
         self._clock = clock
         self._deadline = None if timeout is None else clock() + timeout
+        self._started = clock()
+        self._worker_checked = False
 
     @property
     def next_seq(self) -> int:
@@ -100,6 +102,16 @@ class EventCursor:
             return None
         self.done = event.type in TERMINAL_EVENT_TYPES
         return event if self.deltas or event.type != "delta" else None
+
+    def worker_check_due(self, after_s: float | None) -> bool:
+        """True once, when nothing has come for ``after_s`` seconds since the wait began (time to look
+        whether any worker consumes the job's queue); never when ``after_s`` is None."""
+        if after_s is None or self._worker_checked or self.last != self.from_seq - 1:
+            return False
+        if self._clock() - self._started < after_s:
+            return False
+        self._worker_checked = True
+        return True
 
     def wait_s(self) -> float:
         """How long the next live read may block (raises :class:`ResultTimeoutError` once the timeout passed)."""

@@ -145,6 +145,7 @@ def published_schema(client: Client) -> SchemaLookup:
 
 def run(args: argparse.Namespace) -> int:
     with Client() as client:
+        client.no_worker_notice_s = None  # watch_for_workers says it, on stderr
         try:
             handle = client.submit(build_job(args, published_schema(client)))
         except (InvalidJobError, LookupError, ValueError) as exc:

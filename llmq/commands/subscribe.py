@@ -39,6 +39,7 @@ def _exists(client: Client, job_id: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     with Client() as client:
+        client.no_worker_notice_s = None  # watch_for_workers says it, on stderr
         if not _exists(client, args.job_id):
             hint = (
                 ""

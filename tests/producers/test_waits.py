@@ -93,3 +93,30 @@ def test_a_wait_names_the_queue_the_job_went_to_and_the_queues_workers_consume(
                 )
     finally:
         stand_in.stop()
+
+
+def test_a_wait_without_a_timeout_logs_once_that_no_worker_consumes_the_queue(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``job.result()`` with no timeout and no worker: a newcomer is told once, and it keeps waiting
+    (here until the short timeout that ends the test)."""
+    settings = ProducerSettings(redis_url=redis_url, queue="nobody-home", worker_check_s=0.3)
+    with Client(settings=settings) as client, caplog.at_level("WARNING", logger="llmq.producer"):
+        handle = client.submit(JOB)
+        with pytest.raises(ResultTimeoutError):
+            handle.result(timeout=3)
+    notes = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
+    assert notes == [
+        f"job {handle.id} is still queued and no worker consumes queue 'nobody-home' "
+        "(start one: llmq worker, with the same LLMQ_QUEUE and LLMQ_REDIS_URL); still waiting"
+    ]
+
+
+async def test_the_async_client_logs_it_once_too(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    settings = ProducerSettings(redis_url=redis_url, queue="nobody-home", worker_check_s=0.3)
+    async with AsyncClient(settings=settings) as client:
+        with caplog.at_level("WARNING", logger="llmq.producer"):
+            handle = await client.submit(JOB)
+            with pytest.raises(ResultTimeoutError):
+                await handle.result(timeout=3)
+    assert len([r for r in caplog.records if "no worker consumes queue 'nobody-home'" in r.getMessage()]) == 1
