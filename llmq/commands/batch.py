@@ -29,7 +29,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("input", metavar="IN.jsonl")
     p.add_argument("-o", "--output", required=True, metavar="OUT.jsonl")
     p.add_argument("--errors", metavar="ERR.jsonl", help="failed and invalid lines (default OUT.errors.jsonl)")
-    p.add_argument("--model", "-m", help="model for lines that name none (provider:model or a route alias)")
+    p.add_argument(
+        "--model",
+        "-m",
+        help="model for lines that name none (provider:model, a route alias or a bare name such as gpt-4o-mini)",
+    )
     p.add_argument(
         "--window",
         type=int,

@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("prompt", nargs="?", help="the user message (or --use a published prompt)")
     p.add_argument("--use", metavar="NAME[@N|@label]", help="a published prompt (llmq prompts push) instead of text")
     p.add_argument("--var", action="append", default=[], metavar="K=V", help="a --use variable (JSON for non-strings)")
-    p.add_argument("--model", "-m", default="default", help="provider:model or a route alias")
+    p.add_argument(
+        "--model", "-m", default="default", help="provider:model, a route alias or a bare name such as gpt-4o-mini"
+    )
     p.add_argument("--fallback", action="append", default=[], metavar="MODEL", help="repeatable")
     p.add_argument("--system", help="a system message")
     p.add_argument("--max-tokens", type=int, default=1024)
