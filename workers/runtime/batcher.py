@@ -133,10 +133,16 @@ class Batcher:
             log.debug("batcher: could not free the lock at shutdown", exc_info=True)
 
     def _loop(self) -> None:
+        last_error = ""
         while not self._stop.wait(self.tick_s):
             self._working.set()
             try:
                 self.tick()
+                last_error = ""
+            except redis.RedisError as exc:  # Redis away or full: said once, tried again every tick
+                if str(exc) != last_error:
+                    log.warning("batcher: Redis refused a pass (%s: %s); trying again", type(exc).__name__, exc)
+                last_error = str(exc)
             except Exception:
                 log.exception("batcher: a pass failed; trying again in %.1f s", self.tick_s)
             finally:
