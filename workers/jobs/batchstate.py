@@ -288,6 +288,14 @@ class BatchStore:
 
     # --- the batcher's side ---------------------------------------------------------------------
 
+    def idle(self) -> bool:
+        """No line waits and no batch is under way (one round trip, no write)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(self.groups)
+        pipe.zcard(self.active)
+        waiting, active = pipe.execute()
+        return not waiting and not active
+
     def take_lock(self, owner: str, lease_s: float) -> bool:
         return bool(self._lock(keys=[self.lock_key], args=[owner, max(1, int(lease_s * 1000))]))
 

@@ -152,6 +152,8 @@ class Batcher:
 
     def tick(self) -> bool:
         """One pass over the groups and batches, if this batcher holds the lock; whether it did."""
+        if self.store.idle():  # nothing waits and nothing runs: no lock taken, nothing written
+            return False
         if not self._hold():
             return False
         config = self.config
