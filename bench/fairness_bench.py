@@ -220,13 +220,27 @@ def run_cost(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
         for name, tree in order:
             runs[name].append(run_cost_once(stack, args, tree, f"{name}{k}-"))
             print(f"round {k + 1} {name}: {runs[name][-1]}", flush=True)
+
+    def ratio(key: str) -> float:
+        return round(medians["scheduler"][key] / medians["fifo"][key], 3)
+
+    def paired(key: str) -> float:
+        # each round's scheduler run over the FIFO run next to it, then the median: drift between
+        # rounds (a shared machine's load) cancels within a pair
+        return round(
+            statistics.median(s[key] / f[key] for s, f in zip(runs["scheduler"], runs["fifo"], strict=True)), 3
+        )
+
+    def total(row: dict[str, Any]) -> float:
+        return float(row["worker_cpu_ms_per_job"] + row["redis_cpu_ms_per_job"] + row["producer_cpu_ms_per_job"])
+
+    for rows in runs.values():
+        for row in rows:
+            row["total_cpu_ms_per_job"] = round(total(row), 3)
     medians = {
         name: {key: statistics.median(row[key] for row in rows) for key in rows[0] if key != "ok"}
         for name, rows in runs.items()
     }
-
-    def ratio(key: str) -> float:
-        return round(medians["scheduler"][key] / medians["fifo"][key], 3)
 
     return {
         "upstream_s": args.latency,
@@ -241,6 +255,14 @@ def run_cost(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
             "worker_cpu_per_job": ratio("worker_cpu_ms_per_job"),
             "redis_cpu_per_job": ratio("redis_cpu_ms_per_job"),
             "producer_cpu_per_job": ratio("producer_cpu_ms_per_job"),
+            "total_cpu_per_job": ratio("total_cpu_ms_per_job"),
+        },
+        "scheduler_over_fifo_paired": {
+            "jobs_per_s": paired("jobs_per_s"),
+            "worker_cpu_per_job": paired("worker_cpu_ms_per_job"),
+            "redis_cpu_per_job": paired("redis_cpu_ms_per_job"),
+            "producer_cpu_per_job": paired("producer_cpu_ms_per_job"),
+            "total_cpu_per_job": paired("total_cpu_ms_per_job"),
         },
     }
 
@@ -273,7 +295,8 @@ def main() -> None:
             print(f"split: {result['split']}", flush=True)
         if "cost" in parts:
             result["cost"] = run_cost(stack, args)
-            print(f"cost, scheduler over FIFO: {result['cost']['scheduler_over_fifo']}", flush=True)
+            print(f"cost, scheduler over FIFO (medians): {result['cost']['scheduler_over_fifo']}", flush=True)
+            print(f"cost, scheduler over FIFO (paired): {result['cost']['scheduler_over_fifo_paired']}", flush=True)
     result["load_after"] = load_average()
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
