@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from producers.errors import InvalidJobError
 from workers.contract import CompletionJob, PromptKeys, PromptLabel, PromptRef, PromptVersion, new_job_id
+from workers.contract.catalog import close_names
 
 __all__ = ["AsyncPromptResolver", "PromptResolver", "apply_prompt", "job_data", "variable_errors"]
 
@@ -134,6 +135,33 @@ def _version(name: str, number: int, raw: bytes | str | None) -> PromptVersion:
     return PromptVersion.model_validate_json(raw)
 
 
+def _texts(values: Any) -> list[str]:
+    return sorted(v.decode() if isinstance(v, bytes) else str(v) for v in values)
+
+
+def _not_found(name: str, ref: str, names: list[str], labels: list[str], versions: list[str]) -> InvalidJobError:
+    """What was meant by a prompt reference Redis has nothing for: the name (a typo of a published
+    one), else the label or version (with those the prompt has). Read only on this error path."""
+    if name not in names:
+        close = close_names(name, names)
+        hint = f" (did you mean {close[0]!r}?)" if close else " (llmq prompts push first)"
+        return _invalid(("prompt", "name"), f"prompt {name!r} is not published{hint}")
+    if ref.isdigit():
+        published = ", ".join(sorted(versions, key=int)) or "none"
+        return _invalid(
+            ("prompt", "version"), f"prompt {name!r} has no published version {ref} (published: {published})"
+        )
+    if ref in labels:
+        return _invalid(("prompt", "version"), f"prompt {name!r}: label {ref!r} names a version that is not published")
+    close = close_names(ref, labels)
+    hint = f"did you mean {close[0]!r}?" if close else f"its labels: {', '.join(labels) or 'none'}"
+    return _invalid(("prompt", "label"), f"prompt {name!r} has no label {ref!r} ({hint})")
+
+
+def _refs(ref: PromptRef) -> str:
+    return str(ref.version) if ref.version is not None else str(ref.label)
+
+
 class PromptResolver:
     """For :class:`producers.Client`: one ``HGET`` per label, published versions cached."""
 
@@ -145,12 +173,23 @@ class PromptResolver:
         if data.get("prompt") is None:
             return data
         data, ref = _start(data)
-        number = ref.version
-        if number is None:
-            assert ref.label is not None
-            label = _label(ref.name, ref.label, self.redis.hget(PromptKeys(ref.name).labels, ref.label))
-            number = label.choose(ref.name, ref.label, str(data["id"]))
-        return apply_prompt(data, ref, self.version(ref.name, number))
+        try:
+            number = ref.version
+            if number is None:
+                assert ref.label is not None
+                label = _label(ref.name, ref.label, self.redis.hget(PromptKeys(ref.name).labels, ref.label))
+                number = label.choose(ref.name, ref.label, str(data["id"]))
+            return apply_prompt(data, ref, self.version(ref.name, number))
+        except InvalidJobError as exc:
+            if not exc.errors or tuple(exc.errors[0]["loc"]) not in (("prompt", "label"), ("prompt", "version")):
+                raise
+            keys = PromptKeys(ref.name)
+            names, labels, versions = (
+                self.redis.smembers(PromptKeys.INDEX),
+                self.redis.hkeys(keys.labels),
+                self.redis.hkeys(keys.versions),
+            )
+            raise _not_found(ref.name, _refs(ref), _texts(names), _texts(labels), _texts(versions)) from None
 
     def version(self, name: str, number: int) -> PromptVersion:
         found = self._cache.get((name, number))
@@ -172,13 +211,24 @@ class AsyncPromptResolver:
             return data
         data, ref = _start(data)
         number = ref.version
+        keys = PromptKeys(ref.name)
         if number is None:
             assert ref.label is not None
-            raw = await self.redis.hget(PromptKeys(ref.name).labels, ref.label)
+            raw = await self.redis.hget(keys.labels, ref.label)
+            if raw is None:
+                raise await self._not_found(ref)
             number = _label(ref.name, ref.label, raw).choose(ref.name, ref.label, str(data["id"]))
         found = self._cache.get((ref.name, number))
         if found is None:
-            raw = await self.redis.hget(PromptKeys(ref.name).versions, str(number))
+            raw = await self.redis.hget(keys.versions, str(number))
+            if raw is None:
+                raise await self._not_found(ref)
             found = _version(ref.name, number, raw)
             self._cache.put((ref.name, number), found)
         return apply_prompt(data, ref, found)
+
+    async def _not_found(self, ref: PromptRef) -> InvalidJobError:
+        keys = PromptKeys(ref.name)
+        names = await self.redis.smembers(PromptKeys.INDEX)
+        labels, versions = await self.redis.hkeys(keys.labels), await self.redis.hkeys(keys.versions)
+        return _not_found(ref.name, _refs(ref), _texts(names), _texts(labels), _texts(versions))

@@ -126,9 +126,17 @@ def test_bad_variables_are_refused_naming_the_field_and_nothing_is_enqueued(
 @pytest.mark.parametrize(
     ("prompt", "message"),
     [
-        ({"name": "greet", "label": "staging"}, "prompt.label: prompt 'greet' has no label 'staging'"),
-        ({"name": "greet", "version": 9}, "prompt.version: prompt 'greet' has no published version 9"),
-        ({"name": "nope", "version": 1}, "has no published version 1"),
+        (
+            {"name": "greet", "label": "staging"},
+            r"prompt.label: prompt 'greet' has no label 'staging' \(its labels: none\)",
+        ),
+        (
+            {"name": "greet", "version": 9},
+            r"prompt.version: prompt 'greet' has no published version 9 \(published: 1\)",
+        ),
+        ({"name": "nope", "version": 1}, r"prompt.name: prompt 'nope' is not published \(llmq prompts push first\)"),
+        ({"name": "gret", "version": 1}, r"prompt.name: prompt 'gret' is not published \(did you mean 'greet'\?\)"),
+        ({"name": "gret", "label": "production"}, r"prompt 'gret' is not published \(did you mean 'greet'\?\)"),
         ({"name": "greet"}, "a prompt needs 'version' or 'label'"),
         ({"name": "Bad Name", "version": 1}, "prompt.name"),
     ],
@@ -139,6 +147,22 @@ def test_unknown_prompts_and_labels_are_refused(
     publish(redis_client)
     with pytest.raises(InvalidJobError, match=message):
         producer.submit({"prompt": prompt | {"variables": {}}})
+    assert queued_jobs(redis_client) == []
+
+
+async def test_a_misspelt_label_names_the_label_meant_in_both_clients(
+    producer: Client, redis_client: redis.Redis, redis_url: str
+) -> None:
+    publish(redis_client)
+    label(redis_client, production=[(1, 100)])
+    job = {"prompt": {"name": "greet", "label": "producton", "variables": {"who": "Ada", "times": 1}}}
+    says = "prompt.label: prompt 'greet' has no label 'producton' (did you mean 'production'?)"
+    with pytest.raises(InvalidJobError) as sync_refused:
+        producer.submit(job)
+    async with AsyncClient(redis_url) as client:
+        with pytest.raises(InvalidJobError) as async_refused:
+            await client.submit(job)
+    assert str(sync_refused.value) == str(async_refused.value) == f"invalid job: {says}"
     assert queued_jobs(redis_client) == []
 
 
