@@ -265,9 +265,10 @@ class BatchStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(keys.batch, mapping=fields)
         pipe.expire(keys.batch, ttl_s)
-        # the job's own keys outlive the batch's window (its subscribers read them at the end)
+        # the job's own keys outlive the batch's window (its subscribers read them at the end);
+        # ttl_s includes the results' TTL, so this only lengthens them (no EXPIRE GT: Redis 6.2 has none)
         for key in (keys.meta, keys.events):
-            pipe.expire(key, ttl_s, gt=True)
+            pipe.expire(key, ttl_s)
         pipe.hset(keys.meta, "state", "batched")
         pipe.execute()
         self._park(keys=[self.members, self.group_list(group), self.groups], args=[job_id, group, self._clock()])
