@@ -95,7 +95,7 @@ class AsyncClient(ClientCore):
         valid = self.stamped(await self.prompts.prepare(job_data(job, overrides)))
         missing = await self._tools.missing_async(self.redis, valid.worker_tools)
         if missing:
-            raise InvalidJobError(*missing_tools_error(valid, missing))
+            raise InvalidJobError(*missing_tools_error(valid, missing, self._tools.names))
         await self.check_models(valid)
         return valid
 

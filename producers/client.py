@@ -138,7 +138,7 @@ class Client(ClientCore):
         valid = self.stamped(self.prompts.prepare(job_data(job, overrides)))
         missing = self._tools.missing(self.redis, valid.worker_tools)
         if missing:
-            raise InvalidJobError(*missing_tools_error(valid, missing))
+            raise InvalidJobError(*missing_tools_error(valid, missing, self._tools.names))
         self.check_models(valid)
         return valid
 

@@ -8,7 +8,7 @@ tool no live worker has registered, before anything is enqueued. The layout is t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -16,6 +16,7 @@ import redis.asyncio as aredis
 
 from producers.liveset import live_entries, live_entries_async
 from workers.contract import TOOL_WORKERS_KEY, CompletionJob, ToolInfo, WorkerTools, worker_tools_key
+from workers.contract.catalog import close_names
 
 __all__ = ["LiveTools", "live_workers", "live_workers_async", "missing_tools_error"]
 
@@ -42,21 +43,32 @@ def tools_by_name(workers: list[WorkerTools]) -> dict[str, tuple[ToolInfo, list[
     return out
 
 
-def missing_tools_error(job: CompletionJob, missing: list[str]) -> tuple[str, list[dict[str, Any]]]:
-    """The message and per-field errors of an ``InvalidJobError`` for tools no live worker has."""
+def missing_tools_error(
+    job: CompletionJob, missing: list[str], known: Iterable[str] = ()
+) -> tuple[str, list[dict[str, Any]]]:
+    """The message and per-field errors of an ``InvalidJobError`` for tools no live worker has
+    (``known``: the names live workers did register, for "did you mean")."""
+    known = sorted(known)
     errors: list[dict[str, Any]] = []
+    meant: list[str] = []
     for index, entry in enumerate(job.tools):
         if isinstance(entry, str) and entry in missing:
+            close = close_names(entry, known)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            meant += [f"{entry!r} -> {close[0]!r}"] if close else []
             errors.append(
                 {
                     "type": "unknown_tool",
                     "loc": ("tools", index),
-                    "msg": f"no live worker has registered the tool {entry!r}",
+                    "msg": f"no live worker has registered the tool {entry!r}{hint}",
                     "input": entry,
                 }
             )
     names = ", ".join(repr(n) for n in missing)
-    return f"invalid job: tools: no live worker has registered {names}", errors
+    if len(missing) == 1 and meant:
+        meant = [meant[0].split(" -> ")[1]]
+    hint = f" (did you mean {', '.join(meant)}?)" if meant else ""
+    return f"invalid job: tools: no live worker has registered {names}{hint}", errors
 
 
 class LiveTools:
@@ -69,6 +81,11 @@ class LiveTools:
 
     def _fresh(self) -> bool:
         return self._clock() - self._at < CACHE_S
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The tool names live workers had registered when last read."""
+        return self._names
 
     def _set(self, workers: list[WorkerTools]) -> None:
         self._names = frozenset(info.name for w in workers for info in w.tools)

@@ -181,6 +181,11 @@ def test_cancel_interrupts_a_running_tool(worker: object, client: Client) -> Non
 def test_producer_refuses_a_tool_no_live_worker_has(worker: object, client: Client) -> None:
     with pytest.raises(InvalidJobError, match="no_such_tool"):
         client.submit({"model": "openai:gpt-4o-mini", "messages": PROMPT, "tools": ["get_capital", "no_such_tool"]})
+    with pytest.raises(
+        InvalidJobError,
+        match=r"no live worker has registered 'get_capitol' \(did you mean 'get_capital'\?\)",
+    ):
+        client.submit({"model": "openai:gpt-4o-mini", "messages": PROMPT, "tools": ["get_capitol"]})
     assert not client.redis.keys("llmq:job:*")  # nothing was registered or enqueued
 
 
@@ -199,6 +204,7 @@ def test_a_batch_naming_a_tool_no_live_worker_has_is_refused_before_anything_run
         run_batch(source, out, client=client, handle_signals=False)
     [issue] = refused.value.report.issues
     assert (issue.line, issue.code, issue.param, issue.custom_id) == (2, "unknown_tool", "tools.0", "typo")
+    assert "no live worker has registered 'get_capitol' (did you mean 'get_capital'?)" in issue.message
     assert T.CALLS["get_capital"] == 0 and not out.exists()
 
 
