@@ -303,6 +303,9 @@ def ollama_params(payload: dict[str, object], options: dict[str, object]) -> Req
         if not isinstance(images, list) or not all(isinstance(i, str) and i and ":" not in i for i in images):
             raise _error("invalid image input: images must be base64 strings")
         params.images += len(images)
+    top = payload.get("top_logprobs")
+    if payload.get("logprobs"):
+        params.logprobs = 0 if top is None else _count(top, "top_logprobs", 0, 20)
     return params
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +29,7 @@ from simulator.protocols.base import (
     trailing_tool_results,
 )
 from simulator.script import Fault, Script, ToolCall
-from simulator.structured import ollama_params
+from simulator.structured import ollama_params, token_logprobs
 
 __all__ = ["OllamaProtocol"]
 
@@ -135,11 +136,26 @@ class OllamaProtocol(Protocol):
             "done_reason": _FINISH[script.finish],
             "done": True,
         }
+        if req.params.logprobs is not None:
+            body["logprobs"] = _logprobs(script.tokens, req.params.logprobs)
         body.update(_done_counts(script, start, start, usage))
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
     def open_stream(self, req: ParsedRequest, script: Script) -> StreamRenderer:
         return _OllamaStream(req, script, self.clock)
+
+
+def _logprobs(tokens: Sequence[str], top: int) -> list[dict[str, object]]:
+    """Ollama's ``logprobs`` (OpenAI's token entries) for ``tokens``."""
+    return [
+        {
+            "token": token,
+            "logprob": logprob,
+            "bytes": list(token.encode()),
+            "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in tops],
+        }
+        for token, logprob, tops in token_logprobs(tokens, top)
+    ]
 
 
 def _tool_calls(calls: list[ToolCall]) -> list[dict[str, object]]:
@@ -163,7 +179,7 @@ def _done_counts(script: Script, started_ns: int, first_token_ns: int, usage: bo
 
 
 class _OllamaStream(StreamRenderer):
-    __slots__ = ("_clock", "_first_ns", "_mid", "_pre", "_script", "_started_ns")
+    __slots__ = ("_clock", "_first_ns", "_logprobs", "_mid", "_pre", "_script", "_started_ns")
 
     def __init__(self, req: ParsedRequest, script: Script, clock: _Clock) -> None:
         self._script = script
@@ -172,6 +188,7 @@ class _OllamaStream(StreamRenderer):
         self._mid = b'","message":{"role":"assistant","content":'
         self._started_ns = time.perf_counter_ns()
         self._first_ns = 0
+        self._logprobs = req.params.logprobs
 
     def head(self) -> bytes:
         return b""
@@ -179,6 +196,17 @@ class _OllamaStream(StreamRenderer):
     def token(self, text: str) -> bytes:
         if not self._first_ns:
             self._first_ns = time.perf_counter_ns()
+        if self._logprobs is not None:
+            logprobs = json.dumps(_logprobs([text], self._logprobs), separators=(",", ":")).encode()
+            return (
+                self._pre
+                + self._clock.now()
+                + self._mid
+                + jstr(text)
+                + b'},"logprobs":'
+                + logprobs
+                + b',"done":false}\n'
+            )
         return self._pre + self._clock.now() + self._mid + jstr(text) + b'},"done":false}\n'
 
     def tool_calls(self, calls: list[ToolCall]) -> bytes:

@@ -64,13 +64,14 @@ def anthropic_native_structured(model: str) -> bool:
 
 #: The sampling parameters only some APIs have: the provider types whose adapters translate each
 #: (Gemini: ``presencePenalty``, ``frequencyPenalty``, ``responseLogprobs``/``logprobs``,
-#: ``candidateCount``; Ollama: the ``presence_penalty``/``frequency_penalty`` options). Any other
+#: ``candidateCount``; Ollama: the ``presence_penalty``/``frequency_penalty`` options and
+#: ``logprobs``/``top_logprobs``). Any other
 #: type refuses the parameter, naming its API. ``top_logprobs`` needs ``logprobs``, so goes with it.
 SAMPLING: dict[str, frozenset[str]] = {
     "presence_penalty": frozenset({"openai", "azure", "gemini", "ollama"}),
     "frequency_penalty": frozenset({"openai", "azure", "gemini", "ollama"}),
     "logit_bias": frozenset({"openai", "azure"}),
-    "logprobs": frozenset({"openai", "azure", "gemini"}),
+    "logprobs": frozenset({"openai", "azure", "gemini", "ollama"}),
     "n": frozenset({"openai", "azure", "gemini"}),
 }
 _API = {

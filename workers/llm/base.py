@@ -37,6 +37,7 @@ from workers.contract import (
     TokenLogprob,
     Tool,
     ToolCall,
+    TopLogprob,
     Usage,
 )
 from workers.llm.abort import AbortSignal
@@ -65,6 +66,7 @@ __all__ = [
     "iter_sse",
     "new_call_id",
     "sse_continuation",
+    "token_logprobs",
     "tool_names",
 ]
 
@@ -336,6 +338,23 @@ class Provider(ABC):
 
 #: Builds a provider from the worker's environment; registered per provider name.
 ProviderFactory = Callable[..., Provider]
+
+
+def token_logprobs(entries: object) -> list[TokenLogprob]:
+    """Token entries in OpenAI's shape (``{token, logprob, bytes, top_logprobs}``; OpenAI's
+    ``logprobs.content``, Ollama's ``logprobs``) as the contract's."""
+    return [
+        TokenLogprob(
+            token=t["token"],
+            logprob=float(t["logprob"]),
+            bytes=t.get("bytes"),
+            top_logprobs=[
+                TopLogprob(token=top["token"], logprob=float(top["logprob"]), bytes=top.get("bytes"))
+                for top in t.get("top_logprobs") or ()
+            ],
+        )
+        for t in entries or ()  # type: ignore[attr-defined]
+    ]
 
 
 def call_arguments(call: ToolCall, provider: str) -> dict[str, object]:

@@ -9,7 +9,8 @@ Wire quirks handled here: ``done_reason`` before or after ``done`` (parsed as JS
 position) or missing altogether; ``done_reason`` stays ``"stop"`` when the model called a tool
 (we report ``tool_calls``, keeping the native value); tool calls arrive whole in one line, with
 or without ``id``/``function.index``; thinking text in ``message.thinking``; usage in
-``prompt_eval_count``/``eval_count`` of the ``done: true`` line; errors as ``{"error": "..."}``
+``prompt_eval_count``/``eval_count`` of the ``done: true`` line; with ``logprobs`` (and
+``top_logprobs``) each line's ``logprobs`` in OpenAI's token shape; errors as ``{"error": "..."}``
 (a plain string) both as HTTP bodies and as a line inside a 200 stream. The stream is complete
 only after a ``done: true`` line.
 """
@@ -22,7 +23,7 @@ import os
 from collections.abc import Iterator, Mapping
 from urllib.parse import urlsplit
 
-from workers.contract import FunctionCall, JsonObjectFormat, JsonSchemaFormat, Message, ToolCall, Usage
+from workers.contract import FunctionCall, JsonObjectFormat, JsonSchemaFormat, Message, TokenLogprob, ToolCall, Usage
 from workers.llm.base import (
     ChatRequest,
     Completion,
@@ -33,6 +34,7 @@ from workers.llm.base import (
     iter_lines,
     new_call_id,
     normalize_arguments,
+    token_logprobs,
     tool_names,
 )
 from workers.llm.errormap import error_for_status, error_in_stream, redact
@@ -136,6 +138,10 @@ def build_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str, o
         body["format"] = "json"
     if p.reasoning is not None:
         body["think"] = p.reasoning.effort
+    if p.logprobs:
+        body["logprobs"] = True
+        if p.top_logprobs is not None:
+            body["top_logprobs"] = p.top_logprobs
     return body
 
 
@@ -184,7 +190,7 @@ class OllamaProvider(HTTPProvider["OllamaStream"]):
         return parse_chat_response(content, provider=self.name, model=model)
 
     def open_response_stream(self, model: str, request: ChatRequest, response: ResponseBody) -> OllamaStream:
-        return OllamaStream(response, provider=self.name, model=model)
+        return OllamaStream(response, provider=self.name, model=model, logprobs=bool(request.params.logprobs))
 
 
 def _tool_call(raw: Mapping[str, object], position: int) -> ToolCall:
@@ -234,14 +240,16 @@ def parse_chat_response(content: bytes, *, provider: str = "ollama", model: str 
         thinking=message.get("thinking") or "",
         response_model=payload.get("model"),
         native_finish_reason=native,
+        logprobs=token_logprobs(payload["logprobs"]) if "logprobs" in payload else None,
     )
 
 
 class OllamaStream(ResponseStream):
     """NDJSON: every line is a chat response object; the ``done: true`` line ends it."""
 
-    def __init__(self, response: ResponseBody, *, provider: str, model: str) -> None:
+    def __init__(self, response: ResponseBody, *, provider: str, model: str, logprobs: bool = False) -> None:
         super().__init__(response, provider=provider, model=model)
+        self._logprobs = logprobs
 
     def __iter__(self) -> Iterator[str]:
         decode = decode_json
@@ -249,6 +257,8 @@ class OllamaStream(ResponseStream):
         thinking: list[str] = []
         calls: list[ToolCall] = []
         first = True
+        want_logprobs = self._logprobs
+        logprobs: list[TokenLogprob] = []
         try:
             lines = iter_lines(self._begin())
             for line in lines:
@@ -276,6 +286,8 @@ class OllamaStream(ResponseStream):
                             calls.append(_tool_call(raw, len(calls)))
                 elif "error" in obj:
                     raise error_in_stream(provider=self._provider, model=self._model, message=str(obj["error"]))
+                if want_logprobs and obj.get("logprobs"):
+                    logprobs += token_logprobs(obj["logprobs"])
                 if obj.get("done"):
                     self.completed = True
                     self.finish_reason, self.native_finish_reason = _finish(obj, bool(calls))
@@ -289,6 +301,8 @@ class OllamaStream(ResponseStream):
             if thinking:
                 self.thinking = "".join(thinking)
         self.tool_calls = calls
+        if want_logprobs:
+            self.logprobs = logprobs
         self._finish("a done: true line")
 
 

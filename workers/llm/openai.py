@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from workers.contract import Alternative, FunctionCall, TokenLogprob, ToolCall, TopLogprob, Usage
+from workers.contract import Alternative, FunctionCall, TokenLogprob, ToolCall, Usage
 from workers.llm.base import (
     ChatRequest,
     Completion,
@@ -31,6 +31,7 @@ from workers.llm.base import (
     new_call_id,
     normalize_arguments,
     sse_continuation,
+    token_logprobs,
 )
 from workers.llm.errormap import error_for_status, error_in_stream, parse_ratelimit, redact
 from workers.llm.errors import ContentFilteredError, LLMQError
@@ -273,22 +274,9 @@ def _add_params(body: dict[str, object], request: ChatRequest) -> None:
         body["n"] = p.answers
 
 
-def _top(raw: Mapping[str, Any]) -> TopLogprob:
-    return TopLogprob(token=raw["token"], logprob=float(raw["logprob"]), bytes=raw.get("bytes"))
-
-
 def parse_logprobs(raw: object) -> list[TokenLogprob]:
     """A choice's ``logprobs.content`` (one entry per token) in the contract's shape."""
-    content = raw.get("content") if isinstance(raw, dict) else None
-    return [
-        TokenLogprob(
-            token=t["token"],
-            logprob=float(t["logprob"]),
-            bytes=t.get("bytes"),
-            top_logprobs=[_top(top) for top in t.get("top_logprobs") or ()],
-        )
-        for t in content or ()
-    ]
+    return token_logprobs(raw.get("content") if isinstance(raw, dict) else None)
 
 
 def parse_completion(content: bytes, *, request_id: str | None = None) -> Completion:

@@ -194,7 +194,7 @@ def test_sampling_parameters_stream_as_openai_streams_them(sdk: openai.OpenAI, s
         ("anthropic:claude-sonnet-4-5", {"presence_penalty": 0.5}, "anthropic does not support presence_penalty"),
         ("anthropic:claude-sonnet-4-5", {"n": 2}, "anthropic does not support n"),
         ("ollama:llama3.1", {"logit_bias": {"1": 5}}, "ollama does not support logit_bias"),
-        ("ollama:llama3.1", {"logprobs": True}, "ollama does not support logprobs"),
+        ("anthropic:claude-sonnet-4-5", {"logprobs": True}, "anthropic does not support logprobs"),
         ("openai:gpt-4o-mini", {"top_logprobs": 2}, "top_logprobs needs logprobs"),
         ("openai:gpt-4o-mini", {"n": 2, "response_format": {"type": "json_object"}}, "n > 1 cannot be combined"),
     ],

@@ -124,6 +124,22 @@ def test_the_adapters_that_have_them_translate_them(http: HTTPClient) -> None:
     assert not set(plain.build_body("m", sampled(), stream=True)) & {"n", "logprobs", "logit_bias", "presence_penalty"}
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_ollama_returns_logprobs(stream: bool, http: HTTPClient, simulator: SimulatorThread) -> None:
+    provider = provider_for("ollama", http, simulator.url)
+    assert isinstance(provider, HTTPProvider)
+    assert provider.build_body("m", sampled(logprobs=True, top_logprobs=3), stream=stream)["top_logprobs"] == 3
+    single = provider.complete("m", sampled())
+    asked = sampled(logprobs=True, top_logprobs=3)
+    if stream:
+        with provider.stream("m", asked) as s:
+            list(s)
+        answer = s.to_completion()
+    else:
+        answer = provider.complete("m", asked)
+    _check(answer, single, top=3, answers=1)
+
+
 def _check(answer: Completion, single: Completion, top: int, answers: int) -> None:
     assert answer.text == single.text and answer.finish_reason == "stop"
     assert answer.logprobs is not None and "".join(t.token for t in answer.logprobs) == answer.text
