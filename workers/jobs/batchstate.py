@@ -270,8 +270,11 @@ class BatchStore:
         for key in (keys.meta, keys.events):
             pipe.expire(key, ttl_s)
         pipe.hset(keys.meta, "state", "batched")
+        # after the line, in the same round trip: a run that dies in between left no id without its line
+        self._park(
+            keys=[self.members, self.group_list(group), self.groups], args=[job_id, group, self._clock()], client=pipe
+        )
         pipe.execute()
-        self._park(keys=[self.members, self.group_list(group), self.groups], args=[job_id, group, self._clock()])
 
     def move(self, job_id: str, allowed: Iterable[LineState], fields: Mapping[str, Any]) -> bool:
         """Change the job's line only from one of the ``allowed`` states; True if it did."""
