@@ -193,8 +193,10 @@ def cancel_all_at_provider(sim: SimulatorThread) -> None:
 def test_mixed_outcomes_each_line_ends_once_with_its_status(
     batch_app: LLMQCelery, client: Client, simulator: SimulatorThread, redis_client: redis.Redis, redis_url: str
 ) -> None:
-    # the batcher's clock runs ahead: a line whose deadline is 2000 s away is within live_margin_s (50 s)
-    batcher = batcher_for(batch_app, clock=lambda: time.time() + 1960)
+    # the batcher's clock jumps ahead once "near" is sent: its deadline, 2000 s away, is then within
+    # live_margin_s (50 s) while its line is pending at the provider
+    ahead = [0.0]
+    batcher = batcher_for(batch_app, clock=lambda: time.time() + ahead[0])
     jobs = {
         "ok": client.submit(_job("openai:gpt-4o-mini", stream=True)),
         "refused": client.submit(_job("openai:gpt-4o-mini~400")),  # errored, not retryable
@@ -217,6 +219,7 @@ def test_mixed_outcomes_each_line_ends_once_with_its_status(
     until(lambda: line_state(redis_client, near) == "pending", "the near job parked", 120)
     batcher.tick()  # its batch is sent; the others are polled, collected, their jobs sent back
     until(lambda: line_state(redis_client, near) == "sent", "the near line sent", 60)
+    ahead[0] = 1960.0
     pump(batcher, lambda: line_state(redis_client, near) == "live", "the near line sent live")
     others = [i for n, i in ids.items() if n != "near"]
     pump(batcher, lambda: all(redis_client.exists(JobKeys(i).result) for i in ids.values()), "every job's end")
@@ -318,3 +321,18 @@ def test_a_batched_job_is_one_flower_task_that_ends_with_its_result(
     assert runs == ["task-received", "task-started", "task-succeeded"] * 2
     parked, ended = succeeded()
     assert "in a provider batch" in parked["result"] and "succeeded" in ended["result"]
+
+
+def test_a_line_whose_deadline_came_near_while_it_waited_runs_live_unsent(
+    batch_app: LLMQCelery, client: Client, simulator: SimulatorThread, redis_client: redis.Redis
+) -> None:
+    """Parked with time to spare, but by the time its group is sealed (the batcher's clock is 1,960 s
+    ahead) the deadline is within live_margin_s (50 s): it runs live, and no batch carries it."""
+    batcher = batcher_for(batch_app, clock=lambda: time.time() + 1960)
+    handle = client.submit(_job("openai:gpt-4o-mini", deadline_s=2000))
+    until(lambda: line_state(redis_client, handle.id) == "pending", "the job parked", 120)
+    pump(batcher, lambda: bool(redis_client.exists(JobKeys(handle.id).result)), "the job's end")
+    assert handle.result(timeout=30).status == "succeeded"
+    assert line_state(redis_client, handle.id) == "live"
+    assert live_requests(simulator, handle.id) == 1
+    assert sim_batches(simulator)["openai_batches"] == 0 and sim_batches(simulator)["lines"] == 0

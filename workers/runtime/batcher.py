@@ -8,7 +8,8 @@ side):
 1. **seal**: a group (``provider:model``) whose oldest waiting line is ``[batch] max_age_s`` old, or
    that holds ``max_lines``, becomes a batch with a fresh key;
 2. **prepare**: its lines are fixed: a job cancelled meanwhile is dropped (sent back to the queue,
-   where its run ends it ``cancelled``), the others numbered (line *i* is ``<key>-<i>``);
+   where its run ends it ``cancelled``), one whose deadline is already within ``live_margin_s`` runs
+   live, the others are numbered (line *i* is ``<key>-<i>``);
 3. **upload** (OpenAI): the JSONL file, its name carrying the key; a batcher killed before it learned
    the file's id finds it again by name and size;
 4. **create**: the provider batch; a lost reply is found again (OpenAI: by the key in its metadata;
@@ -235,14 +236,20 @@ class Batcher:
         keep: list[str] = []
         deadlines: dict[str, float] = {}
         dropped: list[JobLine] = []
+        hurried: list[JobLine] = []
+        near = self._clock() + self.config.live_margin_s
         for line, cancel in zip(lines, cancelled, strict=True):
             if line is None:
                 continue  # its record expired: nothing to send, nobody waiting
-            ours = line.state == "pending" or (line.state in ("sent", "dropped") and line.key == key)
+            # a step repeated after a crash finds its own earlier choices by the key
+            ours = line.state == "pending" or (line.state in ("sent", "dropped", "live") and line.key == key)
             if not ours:
                 continue
-            if cancel or line.state == "dropped":
+            if line.state == "dropped" or (cancel and line.state != "live"):
                 dropped.append(line)
+                continue
+            if line.state == "live" or (line.deadline is not None and line.deadline <= near):  # waited too long
+                hurried.append(line)
                 continue
             keep.append(line.job_id)
             if line.deadline is not None:
@@ -252,10 +259,13 @@ class Batcher:
             self.store.move_on(pipe, job_id, ("pending", "sent"), {"state": "sent", "key": key, "index": index})
         for line in dropped:
             self.store.move_on(pipe, line.job_id, ("pending",), {"state": "dropped", "key": key})
+        for line in hurried:
+            self.store.move_on(pipe, line.job_id, ("pending", "sent"), {"state": "live", "key": key})
         pipe.execute()
-        for line in dropped:  # dropped before it was sent: its run ends it cancelled, nothing billed
+        # dropped before it was sent: its run ends it cancelled, nothing billed; hurried: it runs live
+        for line in (*dropped, *hurried):
             self.lane.release(line)
-        self._send_back([line.job_id for line in dropped])
+        self._send_back([line.job_id for line in (*dropped, *hurried)])
         self.store.fix_lines(key, keep, deadlines)
         if not keep:
             self.store.finish(key, ids)
