@@ -85,12 +85,13 @@ class CachedRun:
             )
             taking_over = begun.leader
 
-    def terminal_writes(self, result: CompletionResult) -> list[Write]:
-        """The writes that store ``result`` and end the lead, for the leader's terminal flush; none
-        when this job does not lead or the answer is not storable."""
+    def terminal_writes(self, result: CompletionResult, raw: str | None = None) -> list[Write]:
+        """The writes that store ``result`` (``raw``: its JSON, when the caller has it) and end the
+        lead, for the leader's terminal flush; none when this job does not lead or the answer is not
+        storable."""
         if not self.leading or not storable(result):
             return []
-        writes = self.cache.store_writes(self.key, result.model_dump_json(), int(time.time() * 1000))
+        writes = self.cache.store_writes(self.key, raw or result.model_dump_json(), int(time.time() * 1000))
         metrics = self.cache.metrics
         if metrics is not None:
             metrics.stores.labels(outcome="stored" if writes is not None else "too_large").inc()

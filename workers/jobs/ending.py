@@ -122,9 +122,10 @@ class Endings:
     ) -> None:
         """Publish the last events, store the result and release the claim in one round trip
         (the result first, so a consumer that sees the terminal event can read it)."""
-        writes = self._store.result_writes(run.keys, result, run.job, run=run.publisher.run)
+        raw = result.model_dump_json()  # once: the stored result, the reply and the cache entry
+        writes = self._store.result_writes(run.keys, result, run.job, run=run.publisher.run, raw=raw)
         if run.cached is not None:  # a leader's clean answer goes into the cache in the same round trip
-            writes += run.cached.terminal_writes(result)
+            writes += run.cached.terminal_writes(result, raw)
         run.publisher.refresh_ttl()
         run.publisher.emit_many([*(before or []), event], writes=writes, release_claim=bool(run.token))
         run.token = ""  # released in that same round trip

@@ -100,18 +100,26 @@ class JobStore:
     def claim_with(
         self, keys: JobKeys, token: str, script: Any, script_keys: list[str], script_args: list[Any]
     ) -> tuple[Claim, Any]:
-        """:meth:`claim`, and another script (keys of any slot) in the same round trip: its reply."""
+        """:meth:`claim`, and another script (keys of any slot) in the same round trip: its reply.
+
+        Both EVALSHAs go out in one write on one pooled connection and are read back in order, as
+        the shared flush does (``workers/jobs/flushbatch.py``): redis-py's pipeline object cost as
+        much CPU as a round trip of its own here (~50 us a job). A script Redis no longer has
+        (restarted, flushed) is loaded and that command alone sent again: the claim runs once."""
         claim_keys = [keys.claim, keys.result, keys.meta, keys.events, keys.cancel]
-        for _ in range(2):
-            pipe = self._client.pipeline(transaction=False)
-            # EVALSHA directly: a pipeline running a Script object asks SCRIPT EXISTS first, every time
-            pipe.evalsha(self._claim.sha, len(claim_keys), *claim_keys, self.claim_lease_ms, token)
-            pipe.evalsha(script.sha, len(script_keys), *script_keys, *script_args)
-            replies = pipe.execute(raise_on_error=False)
-            if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                break
-            for loaded in (self._claim, script):  # a restarted or new master: load them, once
-                loaded.sha = self._client.script_load(loaded.script)
+        commands = [
+            (self._claim, ("EVALSHA", self._claim.sha, len(claim_keys), *claim_keys, self.claim_lease_ms, token)),
+            (script, ("EVALSHA", script.sha, len(script_keys), *script_keys, *script_args)),
+        ]
+        pool = self._client.connection_pool
+        conn = pool.get_connection()
+        try:
+            replies = conn.retry.call_with_retry(lambda: _exchange(conn, commands), lambda _error: conn.disconnect())
+        except BaseException:
+            conn.disconnect()  # replies may be left unread on it
+            raise
+        finally:
+            pool.release(conn)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -142,16 +150,17 @@ class JobStore:
         return CompletionResult.model_validate_json(raw) if raw else None
 
     def result_writes(
-        self, keys: JobKeys, result: CompletionResult, job: CompletionJob, *, run: int = 1
+        self, keys: JobKeys, result: CompletionResult, job: CompletionJob, *, run: int = 1, raw: str | None = None
     ) -> list[Write]:
         """The writes that store a final result, push it to the producer's reply list (see
         ``CompletionJob.reply_to``), index the job in the history and queue its webhook, run
         inside the terminal event's flush, before its events: a job whose ending was written is
         always indexed, and its webhook always queued.
 
-        The event stream's TTL is set by that flush's script, after its last XADD.
+        The event stream's TTL is set by that flush's script, after its last XADD. ``raw``: the
+        result's JSON when the caller has it already.
         """
-        raw = result.model_dump_json()
+        raw = raw or result.model_dump_json()
         ttl = self.result_ttl_s
         writes: list[Write] = [
             ("SET", keys.result, raw, "EX", ttl),
@@ -165,6 +174,34 @@ class JobStore:
         if self.webhooks is not None:
             writes += self.webhooks.writes(keys, job, result.status, raw)
         return writes
+
+
+def _exchange(conn: Any, commands: list[tuple[Any, tuple[Any, ...]]]) -> list[Any]:
+    """Send ``(script, EVALSHA command)`` pairs in one write and read their replies in order (an
+    error reply as its exception); those that met NOSCRIPT are sent again once, after loading
+    their script on this connection. A connection error raises (the caller's retry reconnects)."""
+    replies: list[Any] = [None] * len(commands)
+    pending = list(range(len(commands)))
+    for attempt in range(2):
+        conn.send_packed_command(conn.pack_commands([commands[i][1] for i in pending]))
+        missing: list[int] = []
+        for i in pending:
+            try:
+                replies[i] = conn.read_response()
+            except redis.exceptions.NoScriptError as exc:
+                replies[i] = exc
+                missing.append(i)
+            except redis.exceptions.ResponseError as exc:
+                replies[i] = exc
+        if not missing or attempt:
+            break
+        for i in missing:  # a restarted or new master: load them, once
+            conn.send_command("SCRIPT", "LOAD", commands[i][0].script)
+            sha = conn.read_response()
+            commands[i][0].sha = sha.decode() if isinstance(sha, bytes) else sha
+            commands[i] = (commands[i][0], ("EVALSHA", commands[i][0].sha, *commands[i][1][2:]))
+        pending = missing
+    return replies
 
 
 def _claim_of(reply: Any) -> Claim:

@@ -91,3 +91,28 @@ def test_the_size_bound_evicts_what_expires_first_and_purge_by_tenant(redis_clie
     assert cache.stats().entries == 3
     assert cache.purge("t0") == 2 and cache.stats().entries == 1  # entries 0 and 2 were t0's
     assert cache.purge() == 1 and cache.stats() == type(cache.stats())(0, 0)
+
+
+def test_the_lookup_sent_with_the_claim_survives_a_script_flush_and_claims_once(redis_client: redis.Redis) -> None:
+    """``JobStore.claim_with`` sends the claim and the lookup in one write; after Redis lost its
+    scripts (a restart, SCRIPT FLUSH) each is loaded and sent again alone: the job's run is 1, not 2."""
+    from workers.contract import JobKeys
+    from workers.jobs.store import JobStore
+
+    store = JobStore(redis_client, result_ttl_s=60, claim_lease_s=30)
+    cache = ResponseCache(redis_client)
+    key = cache_key(_job(), CacheSpec(ttl_s=60), ["openai:gpt-4o-mini"], MESSAGES)
+    for job_id, flush in (("job-flush-a", False), ("job-flush-b", True), ("job-flush-c", True)):
+        if flush:
+            redis_client.script_flush()
+        claim, reply = store.claim_with(JobKeys(job_id), f"tok-{job_id}", *cache.begin_call(key, job_id))
+        assert claim.run == 1
+        begun = cache.parse_begin(reply)
+        assert (begun.kind, begun.leader) == (("lead", None) if job_id == "job-flush-a" else ("follow", "job-flush-a"))
+    claim, _ = store.claim_with(JobKeys("job-flush-a"), "someone-else", *cache.begin_call(key, "job-flush-z"))
+    assert claim.run == -1  # busy: held by another token
+    # the claim script alone missing (the lookup's was loaded by the call above): the claim is sent again alone
+    redis_client.script_flush()
+    cache.begin(key, "job-flush-y")  # loads the lookup's script only
+    claim, reply = store.claim_with(JobKeys("job-flush-d"), "tok-d", *cache.begin_call(key, "job-flush-d"))
+    assert claim.run == 1 and cache.parse_begin(reply).leader == "job-flush-a"
