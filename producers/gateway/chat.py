@@ -23,7 +23,7 @@ from starlette.types import Receive
 
 from producers.client import InvalidJobError
 from producers.gateway.body import problems_error, read_json_object
-from producers.gateway.errors import GatewayError, error_for_job
+from producers.gateway.errors import GatewayError, error_for_job, feed_error
 from producers.gateway.feed import FeedError, JobFeed
 from producers.gateway.models import model_not_found
 from producers.gateway.openai_compat import (
@@ -105,7 +105,7 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return EventStreamResponse(
-            gw.feed(job_id),
+            gw.feed(job_id, needs_worker=True),
             ChatStreamRenderer(
                 job_id, model=req.model, include_usage=include_usage, created=created, hold_content=is_structured(req)
             ),
@@ -118,7 +118,8 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
         )
 
     try:
-        item = await wait_for_terminal(gw.feed(job_id, skip_deltas=True), request.receive, settings.result_timeout_s)
+        feed = gw.feed(job_id, skip_deltas=True, needs_worker=True)
+        item = await wait_for_terminal(feed, request.receive, settings.result_timeout_s)
     except TimeoutError:
         await gw.client_gone(job_id, "cancel", "timeout")
         raise GatewayError(
@@ -128,7 +129,7 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
         await gw.client_gone(job_id, settings.on_disconnect, "client_gone")
         return Response(status_code=499)
     if isinstance(item, FeedError):
-        raise GatewayError(503, item.message, code="gateway")
+        raise feed_error(item)
     if item.type == "done":
         body = completion_body(item.result, model=req.model, created=created)
         return JSONResponse(body, headers=headers)

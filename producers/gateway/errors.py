@@ -23,6 +23,7 @@ __all__ = [
     "error_for_job",
     "error_for_refusal",
     "error_response",
+    "feed_error",
     "redact",
     "scrub_event",
     "scrub_info",
@@ -108,6 +109,15 @@ def error_for_job(info: ErrorInfo | None, job_id: str) -> GatewayError:
     if info.retry_after_s is not None and status in (429, 503):
         headers["retry-after"] = str(max(1, round(info.retry_after_s)))
     return GatewayError(status, info.message, type=kind, code=info.type, headers=headers)
+
+
+def feed_error(item: Any) -> GatewayError:
+    """A :class:`~producers.gateway.feed.FeedError` as a response: 503, its code, ``Retry-After`` when
+    it has one (a job no worker could take: the SDKs wait that long and retry)."""
+    headers = {}
+    if item.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, math.ceil(item.retry_after_s)))
+    return GatewayError(503, item.message, code=item.code, headers=headers)
 
 
 def error_for_refusal(exc: SubmitRefusedError) -> GatewayError:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aredis
 from pydantic import ValidationError
@@ -42,12 +42,19 @@ _HUB_CHANNEL = "llmq:gateway:hub"
 
 
 class FeedError:
-    """Put in a feed's queue when reading the job's events failed (Redis unreachable)."""
+    """Put in a feed's queue when the job's events will not come: reading them failed (Redis
+    unreachable), or the job waits on a queue no live worker consumes (``code="no_worker"``)."""
 
     type = "feed_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, code: str = "gateway", retry_after_s: float | None = None) -> None:
         self.message = message
+        self.code = code
+        self.retry_after_s = retry_after_s
+
+
+#: A feed's watch: once, some seconds after it began with nothing read, a FeedError to end it with, or None.
+Watch = Callable[[], Awaitable[FeedError | None]]
 
 
 class LiveHub:
@@ -144,8 +151,11 @@ class JobFeed:
         idle_check_s: float = 5.0,
         skip_deltas: bool = False,
         on_catch_up: Callable[[], None] | None = None,
+        watch: tuple[float, Watch] | None = None,
     ) -> None:
         self.keys = JobKeys(job_id)
+        #: ``(after_s, check)``: when nothing came for ``after_s``, ``check`` may end the feed with an error.
+        self._watch = watch
         self.channel = self.keys.channel.encode()
         self.queue: asyncio.Queue[StreamEvent | FeedError] = asyncio.Queue(maxsize)
         self._redis = redis
@@ -192,6 +202,7 @@ class JobFeed:
 
     async def run(self) -> None:
         """Subscribe, replay from ``from_seq``, then follow live until the terminal event."""
+        watching = asyncio.create_task(self._watching()) if self._watch is not None else None
         try:
             await self._hub.add(self)
             try:
@@ -211,6 +222,26 @@ class JobFeed:
         except (RedisError, OSError) as exc:
             log.warning("reading events of job %s failed: %s", self.keys.job_id, exc)
             await self.queue.put(FeedError(f"reading the job's events failed: {type(exc).__name__}"))
+        finally:
+            if watching is not None:
+                watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
+
+    async def _watching(self) -> None:
+        """The watch: after its delay, if no event came yet, its check may end the feed."""
+        assert self._watch is not None
+        after_s, check = self._watch
+        await asyncio.sleep(after_s)
+        if self._last >= 0 or self.finished:
+            return  # the job started
+        try:
+            error = await check()
+        except (RedisError, OSError):
+            return  # a hint only: the feed itself reports a Redis that fails
+        if error is not None and self._last < 0 and not self.finished:
+            self.finished = True
+            self.queue.put_nowait(error)  # nothing was queued yet: there is room
+            self._wake.set()
 
     async def _catch_up(self) -> None:
         """Read the Stream from the next seq; live events are ignored until it is exhausted."""

@@ -29,7 +29,7 @@ from starlette.responses import Response
 
 from producers.chatshape import alternative_choices, logprobs_object
 from producers.gateway.body import validation_error
-from producers.gateway.errors import GatewayError, error_for_job
+from producers.gateway.errors import GatewayError, error_for_job, feed_error
 from producers.gateway.feed import FeedError
 from producers.gateway.sse import Item, sse_frame
 from workers.contract import CancelledEvent, CompletionResult, RequestParams, StreamEvent, Usage
@@ -275,7 +275,7 @@ class ChatStreamRenderer:
 
     def frames(self, item: Item) -> bytes:
         if isinstance(item, FeedError):
-            return self._error({"message": item.message, "type": "server_error", "param": None, "code": "gateway"})
+            return self._error({"message": item.message, "type": "server_error", "param": None, "code": item.code})
         event: StreamEvent = item
         if event.type == "tool_result" or (event.type == "tool_call" and event.turn is not None):
             return b""  # the worker's own tool loop: not calls for the client to answer
@@ -349,7 +349,7 @@ class ChatStreamRenderer:
     def early_response(self, item: Item) -> Response | None:
         """Before any content: a failed or cancelled job is an HTTP error status, like OpenAI's."""
         if isinstance(item, FeedError):
-            return GatewayError(503, item.message, code="gateway").response()
+            return feed_error(item).response()
         if item.type == "error":
             return error_for_job(item.error, self.job_id).response()
         if item.type == "cancelled":

@@ -11,11 +11,13 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from producers.aclient import AsyncClient
+from producers.catalog import live_presences_async
 from producers.client import default_redis_url
-from producers.gateway.feed import JobFeed, LiveHub
+from producers.gateway.feed import FeedError, JobFeed, LiveHub
 from producers.gateway.metrics import GatewayMetrics
 from producers.gateway.settings import GatewaySettings, OnDisconnect
 from producers.history import AsyncJobHistory
+from workers.contract import JobKeys
 
 #: ``tenant -> rows`` of ``{"queue", "class", "tenant", "depth"}`` (``class``/``tenant`` None: all of them),
 #: on a Redis broker also ``running``, ``oldest_wait_s`` and, per tenant, ``parked`` and ``at_limit``.
@@ -89,10 +91,15 @@ class Gateway:
             await self._client.aclose()
             self._client = None
 
-    def feed(self, job_id: str, *, from_seq: int = 0, skip_deltas: bool = False) -> JobFeed:
+    def feed(self, job_id: str, *, from_seq: int = 0, skip_deltas: bool = False, needs_worker: bool = False) -> JobFeed:
+        """One client's feed of a job's events. ``needs_worker`` (a chat completion, which its caller
+        waits for): when the job has not started after ``LLMQ_WORKER_CHECK_S`` and no live worker
+        consumes its queue, the job is cancelled and the feed ends with a 503 ``no_worker`` saying so,
+        instead of the caller waiting for ``result_timeout_s`` without a word."""
         if self._hub is None:
             raise RuntimeError("the gateway has not started (lifespan)")
         s = self.settings
+        watch = (self.client.settings.worker_check_s, lambda: self._no_worker(job_id)) if needs_worker else None
         return JobFeed(
             self.client.redis,
             self._hub,
@@ -102,7 +109,20 @@ class Gateway:
             idle_check_s=s.idle_check_s,
             skip_deltas=skip_deltas,
             on_catch_up=self.metrics.sse_catchups.inc,
+            watch=watch,
         )
+
+    async def _no_worker(self, job_id: str) -> FeedError | None:
+        client = self.client
+        meta = await client.status(job_id)
+        last = client.last_event(await client.redis.xrevrange(JobKeys(job_id).events, count=1))
+        presences = await live_presences_async(client.redis)
+        if client.no_worker_notice(job_id, meta, last, presences) is None:
+            return None
+        text = client.no_worker_text(client.queue_of(meta), presences)
+        await client.cancel(job_id)
+        log.warning("job %s: %s; cancelled and answered 503", job_id, text)
+        return FeedError(f"The job was not started: {text}. It was cancelled.", code="no_worker", retry_after_s=5)
 
     async def client_gone(self, job_id: str, policy: OnDisconnect, reason: str) -> None:
         """The client of a running job left (or was dropped): cancel the job unless told to finish it."""

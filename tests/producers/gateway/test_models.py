@@ -115,3 +115,32 @@ def test_a_misspelt_argument_is_a_400_naming_the_one_meant(sdk_gateway: object) 
         )
     assert "Unrecognized request argument supplied: max_tokns (did you mean 'max_tokens'?)" in refused.value.message
     client.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_no_worker_can_take_is_a_503_saying_so_not_a_wait(
+    redis_url: str, redis_client: object, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """The gateway on a queue no live worker consumes: the SDK's call ends after LLMQ_WORKER_CHECK_S with
+    a 503 naming the queue (and Retry-After, so the SDK's own retries wait), the job cancelled."""
+    import redis
+
+    from producers.gateway import GatewaySettings, create_gateway
+    from producers.gateway.server import GatewayThread
+
+    assert isinstance(redis_client, redis.Redis)
+    monkeypatch.setenv("LLMQ_WORKER_CHECK_S", "0.5")
+    settings = GatewaySettings(redis_url=redis_url, allow_anonymous=True, queue="nobody-home")
+    with GatewayThread(create_gateway(settings)) as gateway:
+        client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0, timeout=60)
+        with pytest.raises(openai.InternalServerError) as refused:
+            created = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=stream
+            )
+            list(created) if stream else None  # type: ignore[call-overload]
+        client.close()
+    response = refused.value.response
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert refused.value.code == "no_worker"
+    assert "The job was not started: no worker consumes queue 'nobody-home'" in refused.value.message
+    assert len(list(redis_client.scan_iter(match="llmq:job:*:cancel"))) == 1  # the job's cancel, asked once
