@@ -23,7 +23,7 @@ import json
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar
 from typing import Protocol as _Protocol
@@ -50,6 +50,7 @@ from workers.llm.errors import (
 )
 
 __all__ = [
+    "ANSWER_FIELDS",
     "MAX_LINE_BYTES",
     "ChatRequest",
     "ChatStream",
@@ -128,6 +129,13 @@ class Completion:
     alternatives: list[Alternative] = field(default_factory=list)
 
 
+#: What a stream accumulates besides its text (kept as ``text_parts``): every field of a
+#: :class:`Completion` but ``text``. :meth:`ChatStream.to_completion` and a wrapper taking its inner
+#: stream's answer (``WrappedStream.finish_from_inner``) go through this one list, so a field added
+#: to ``Completion`` (and set in ``ChatStream.__init__``) travels up the chain without more code.
+ANSWER_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Completion) if f.name != "text")
+
+
 class ResponseBody(_Protocol):
     """What a stream reads from: an open 2xx response (``httpclient.StreamingResponse``) or a fake."""
 
@@ -172,22 +180,13 @@ class ChatStream(ABC):
         return "".join(self.text_parts)
 
     def to_completion(self) -> Completion:
-        return Completion(
-            text=self.text,
-            tool_calls=self.tool_calls,
-            finish_reason=self.finish_reason,
-            usage=self.usage,
-            thinking=self.thinking,
-            reasoning_blocks=self.reasoning_blocks,
-            refusal=self.refusal,
-            response_model=self.response_model,
-            request_id=self.request_id,
-            response_id=self.response_id,
-            native_finish_reason=self.native_finish_reason,
-            ratelimit=self.ratelimit,
-            logprobs=self.logprobs,
-            alternatives=self.alternatives,
-        )
+        return Completion(text=self.text, **{name: getattr(self, name) for name in ANSWER_FIELDS})
+
+    def take_answer(self, other: ChatStream) -> None:
+        """Take ``other``'s answer as this stream's (a wrapper, from the inner stream it read)."""
+        self.text_parts = other.text_parts
+        for name in ANSWER_FIELDS:
+            setattr(self, name, getattr(other, name))
 
     def __enter__(self) -> ChatStream:
         return self

@@ -165,16 +165,7 @@ class WrappedStream(ChatStream, Generic[OwnerT]):
         inner = self.inner
         if inner is None:
             return
-        self.text_parts = inner.text_parts
-        self.tool_calls = inner.tool_calls
-        self.usage = inner.usage
-        self.finish_reason = inner.finish_reason
-        self.thinking = inner.thinking
-        self.reasoning_blocks = inner.reasoning_blocks
-        self.refusal = inner.refusal
-        self.response_model = inner.response_model
-        self.logprobs = inner.logprobs
-        self.alternatives = inner.alternatives
+        self.take_answer(inner)
         self.completed = inner.completed
         model_id = getattr(inner, "model_id", None)  # set by wrapped streams, absent on a provider's
         if model_id:

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from tests.support.scripted import ScriptedModel
-from workers.contract import RequestParams
-from workers.llm.base import ChatRequest
+from tests.support.scripted import ListStream, ScriptedModel
+from workers.contract import Alternative, RequestParams, TokenLogprob
+from workers.llm.base import ANSWER_FIELDS, ChatRequest, Completion
 from workers.llm.errors import (
     AllModelsFailedError,
     AuthenticationError,
@@ -155,3 +155,25 @@ def test_all_models_failed_names_each() -> None:
     with pytest.raises(AllModelsFailedError) as info:
         FallbackModel(models, ctx).complete(REQ)
     assert "openai:a: server_error" in str(info.value) and "openai:b: rate_limited" in str(info.value)
+
+
+def test_a_wrapped_stream_takes_every_field_of_the_inner_answer() -> None:
+    """A wrapper's stream is the answer it read: every ``Completion`` field (``ANSWER_FIELDS``),
+    so a field added to the answer needs no line in each wrapper."""
+
+    def inner() -> ListStream:
+        stream = ListStream(["a", "b"])
+        stream.response_id, stream.native_finish_reason, stream.ratelimit = "resp-1", "end_turn", {"x": 1.0}
+        stream.logprobs = [TokenLogprob(token="a", logprob=-0.1)]
+        stream.alternatives = [Alternative(index=1, content="ab")]
+        return stream
+
+    model = FallbackModel(
+        [RetryingModel(ScriptedModel("openai:m", [inner]), RetryPolicy(), RunContext())], RunContext()
+    )
+    with model.stream(REQ) as stream:
+        assert list(stream) == ["a", "b"]
+    answer = stream.to_completion()
+    assert set(ANSWER_FIELDS) == {f for f in Completion.__dataclass_fields__ if f != "text"}
+    assert (answer.text, answer.response_id, answer.native_finish_reason) == ("ab", "resp-1", "end_turn")
+    assert answer.ratelimit == {"x": 1.0} and answer.logprobs and answer.alternatives[0].content == "ab"
