@@ -69,6 +69,19 @@ def test_the_same_request_twice_makes_one_call_and_the_second_costs_nothing(
     assert via_route.cached and simulator.simulator.stats.requests == 1
 
 
+def test_a_served_answer_is_the_whole_answer_logprobs_and_alternatives_too(
+    worker, client: Client, simulator: SimulatorThread
+) -> None:
+    """Every answer field of the stored result comes back (the job's own fields stay its own)."""
+    sampled = {"n": 2, "logprobs": True, "top_logprobs": 1, "metadata": {"who": "first"}}
+    first = client.submit(_job(**sampled)).result(timeout=30)
+    second = client.submit(_job(**{**sampled, "metadata": {"who": "second"}})).result(timeout=30)
+    assert simulator.simulator.stats.requests == 1 and second.cached and not first.cached
+    assert first.logprobs and second.logprobs == first.logprobs
+    assert [a.index for a in second.alternatives] == [1] and second.alternatives == first.alternatives
+    assert second.metadata == {"who": "second"} and second.id != first.id
+
+
 def test_what_is_not_clean_is_not_stored(worker, client: Client, simulator: SimulatorThread, redis_url: str) -> None:
     refused = [client.submit(_job(model=f"{MODEL}~refusal")).result(timeout=30) for _ in range(2)]
     assert [r.refusal is not None and not r.cached for r in refused] == [True, True]

@@ -25,6 +25,15 @@ from workers.jobs.responsecache import Begin, ResponseCache
 
 __all__ = ["CachedRun", "Served", "storable"]
 
+#: A result's fields that belong to the job, not to its answer: a served answer brings every other
+#: one (so a field added to the result's answer is served without a line here).
+_JOBS_OWN = frozenset(
+    {
+        "schema_version", "id", "status", "attempts", "cost_usd", "cached", "error", "timings", "tenant",
+        "metadata", "tags", "user", "prompt",
+    }
+)  # fmt: skip
+
 log = logging.getLogger("llmq.cache")
 
 
@@ -119,22 +128,5 @@ def served_result(result: CompletionResult, served: Served) -> CompletionResult:
     """``result`` (this job's own: id, tenant, timings...) with the served answer in it: cost 0,
     ``cached``, the answer's usage (what it took when it was called)."""
     answer = served.result
-    return result.model_copy(
-        update={
-            "content": answer.content,
-            "tool_calls": answer.tool_calls,
-            "reasoning_blocks": answer.reasoning_blocks,
-            "finish_reason": answer.finish_reason,
-            "logprobs": answer.logprobs,
-            "alternatives": answer.alternatives,
-            "usage": answer.usage,
-            "model_used": answer.model_used,
-            "parsed": answer.parsed,
-            "repairs": answer.repairs,
-            "turns": answer.turns,
-            "messages": answer.messages,
-            "truncated_messages": answer.truncated_messages,
-            "cost_usd": 0.0,
-            "cached": True,
-        }
-    )
+    update = {name: getattr(answer, name) for name in CompletionResult.model_fields if name not in _JOBS_OWN}
+    return result.model_copy(update={**update, "cost_usd": 0.0, "cached": True})
