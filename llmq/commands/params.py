@@ -3,7 +3,10 @@
 ``--json-schema FILE`` (a JSON Schema file, or an OpenAI ``json_schema`` object with ``name`` and
 ``schema``), ``--json-object``, ``--max-repairs``, ``--stop`` (repeatable), ``--top-p``, ``--seed``,
 ``--user``, ``--tool-choice``, ``--reasoning-effort``, ``--thinking-budget`` and ``--image`` (a file,
-sent as a data URL, or an https URL; repeatable).
+sent as a data URL, or an https URL; repeatable); ``--param NAME=VALUE`` sets any request parameter
+of the contract by its job field name (``RequestParams``; VALUE read as JSON, else as text), so a
+parameter added to the contract needs no flag of its own: ``--param presence_penalty=0.5
+--param n=2 --param logit_bias='{"50256": -100}'``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import json
 import mimetypes
 from pathlib import Path
 from typing import Any
+
+from workers.contract import RequestParams
+from workers.contract.catalog import close_names
 
 __all__ = ["add_param_args", "apply_params", "image_part"]
 
@@ -31,6 +37,30 @@ def add_param_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reasoning-effort", choices=["minimal", "low", "medium", "high"])
     g.add_argument("--thinking-budget", type=int, metavar="TOKENS", help="Anthropic extended thinking budget")
     g.add_argument("--image", action="append", default=[], metavar="FILE|URL", help="attach an image (repeatable)")
+    g.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any request parameter by its job field name, VALUE as JSON or text (repeatable): "
+        "--param presence_penalty=0.5 --param n=2 --param logprobs=true",
+    )
+
+
+def parse_param(item: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` of ``--param``: a request parameter's name and its value (JSON, else text)."""
+    name, sep, raw = item.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise ValueError(f"--param {item!r}: expected NAME=VALUE")
+    if name not in RequestParams.model_fields:
+        close = close_names(name, RequestParams.model_fields)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"--param {name}: not a request parameter{hint}")
+    try:
+        return name, json.loads(raw)
+    except ValueError:
+        return name, raw
 
 
 def image_part(ref: str) -> dict[str, Any]:
@@ -76,6 +106,9 @@ def apply_params(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, Any
         if args.thinking_budget:
             reasoning["budget_tokens"] = args.thinking_budget
         job["reasoning"] = reasoning
+    for item in args.param:
+        name, value = parse_param(item)
+        job[name] = value
     if args.image:
         user = job["messages"][-1]
         user["content"] = [{"type": "text", "text": user["content"]}, *(image_part(i) for i in args.image)]

@@ -65,6 +65,32 @@ def test_a_provider_that_cannot_is_refused_before_submit(redis_url: str) -> None
     assert "anthropic does not support seed" in proc.stderr
 
 
+def test_any_request_parameter_by_its_field_name(worker, simulator: SimulatorThread, redis_url: str) -> None:
+    """``--param NAME=VALUE``: every contract parameter without a flag of its own (JSON values)."""
+    proc = submit(
+        redis_url,
+        "hi",
+        "--model", "openai:gpt-4o-mini",
+        "--param", "n=2",
+        "--param", "logprobs=true",
+        "--param", "top_logprobs=1",
+        "--param", "presence_penalty=0.5",
+        "--param", 'logit_bias={"50256": -100}',
+        "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["status"] == "succeeded" and [a["index"] for a in result["alternatives"]] == [1]
+    assert "".join(t["token"] for t in result["logprobs"]) == result["content"]
+
+
+def test_a_param_that_is_not_one_or_that_the_provider_lacks_is_refused(redis_url: str) -> None:
+    typo = submit(redis_url, "hi", "--model", "openai:gpt-4o-mini", "--param", "presence_penlty=1", "--no-wait")
+    assert typo.returncode == 2 and "did you mean 'presence_penalty'" in typo.stderr
+    lacking = submit(redis_url, "hi", "--model", "anthropic:claude-sonnet-4-5", "--param", "n=2", "--no-wait")
+    assert lacking.returncode == 2 and "anthropic does not support n" in lacking.stderr
+
+
 def test_image_flag_reads_a_file_as_a_data_url(tmp_path: Path) -> None:
     from llmq.commands.params import image_part
 
