@@ -213,6 +213,14 @@ def test_last_event_id_resumes_after_the_given_seq(gw: GatewayThread, worker, si
         by_query, _ = _events(client, f"/v1/jobs/{job_id}/events?from_seq={middle}")
         assert by_query[0][0] == str(middle)
         assert client.get(f"/v1/jobs/{job_id}/events", headers={"last-event-id": "x"}).status_code == 400
+        # resuming past the end (an EventSource reconnecting after the terminal event, a from_seq too far):
+        # the terminal event again, and the stream ends at once instead of staying open for good
+        last = int(full[-1][0])
+        for past in ({"last-event-id": str(last)}, {"last-event-id": str(last + 40)}):
+            again, _ = _events(client, f"/v1/jobs/{job_id}/events", **past)
+            assert [(int(i), name) for i, name, _ in again] == [(last, "done")]
+        again, _ = _events(client, f"/v1/jobs/{job_id}/events?from_seq={last + 20}")
+        assert [(int(i), name) for i, name, _ in again] == [(last, "done")]
 
 
 def test_cancel_endpoint_cancels_a_running_job(gw: GatewayThread, worker, simulator: SimulatorThread) -> None:
