@@ -55,6 +55,17 @@ class Settings(BaseSettings):
     #: How long a running job waits for Redis to come back (reconnecting with backoff) before it
     #: gives up; it then runs again from the start.
     redis_outage_s: float = Field(default=300.0, ge=0)
+    #: How long a job whose claim, start or first reservation Redis refuses at ``maxmemory`` waits
+    #: in the worker for Redis to take writes again; past that it goes back to the queue (it is
+    #: left unacknowledged, restored once Redis takes writes) and holds no slot while Redis is full.
+    #: A job that already paid a call waits in the worker for as long as Redis stays full.
+    redis_full_wait_s: float = Field(default=5.0, ge=0)
+    #: Where a worker that stops while Redis still refuses settlements writes them (JSON lines), to
+    #: settle them at its next start; "" = ``$XDG_STATE_HOME/llmq/unsettled.jsonl`` (or ``~/.local/state``).
+    settle_journal: str = ""
+    #: Most refused settlements a worker keeps to retry; a job whose settlement finds the keeper
+    #: full retries it itself before it ends.
+    settle_keep_max: int = Field(default=10_000, ge=1)
 
     # --- streaming and results ------------------------------------------------------------------
     #: Deltas are buffered until this much time passed since the first unflushed one...

@@ -31,6 +31,7 @@ class FullRedis:
 
     def __init__(self, maxmemory_mb: int = 32, *, durable: bool = False) -> None:
         self.server = ManagedRedis(durable=durable, extra_args=["--maxmemory", f"{maxmemory_mb}mb"])
+        self.maxmemory = maxmemory_mb * 1_048_576
         self.client: redis.Redis | None = None
         self._next = 0
 
@@ -90,8 +91,15 @@ class FullRedis:
         finally:
             self.redis.config_set("maxmemory", limit)
 
+    def squeeze(self) -> None:
+        """Set ``maxmemory`` far below what Redis uses (1 MB), so every write that needs memory is
+        refused however memory moves meanwhile (a client's query buffer freed after a fill can take
+        a Redis filled just past its limit back below it); :meth:`free` restores the limit."""
+        self.redis.config_set("maxmemory", 1_048_576)
+
     def free(self) -> None:
-        """Delete the ballast (DEL works at ``maxmemory``)."""
+        """Delete the ballast (DEL works at ``maxmemory``) and restore ``maxmemory``."""
+        self.redis.config_set("maxmemory", self.maxmemory)
         keys = list(self.redis.scan_iter(f"{BALLAST}*", count=1000))
         if keys:
             self.redis.delete(*keys)

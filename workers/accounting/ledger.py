@@ -33,6 +33,7 @@ from workers.accounting.money import (
     to_micros,
 )
 from workers.accounting.replicas import ReplicaWait
+from workers.accounting.settlekeeper import SettleKeeper
 from workers.accounting.spendreport import DEFAULT_DAYS, Dimension, other_key, rows_key
 from workers.llm.errors import BudgetBusyError, BudgetExceededError
 from workers.routes import LLMQConfig
@@ -113,6 +114,8 @@ class Ledger(BudgetBook):
         self.replica_wait = replica_wait
         self._reserve = load_script(client, "reserve")
         self._settle = load_script(client, "settle")
+        #: Keeps settlements Redis refused and retries them (None: a refusal raises).
+        self.keeper: SettleKeeper | None = None
         self._release = load_script(client, "release")
 
     def _settled_key(self, job_id: str, attempt: int) -> str:
@@ -174,8 +177,23 @@ class Ledger(BudgetBook):
 
     def settle(self, reservation: Reservation, actual_usd: Decimal | float | int) -> Settlement:
         """Charge the actual cost once per job attempt, free the lease and add the cost to the spend
-        report's rows; a repeat is a no-op."""
+        report's rows; a repeat is a no-op.
+
+        With a :attr:`keeper`, a settlement Redis refuses (full, or away) is kept and retried until
+        Redis takes it (``workers/accounting/settlekeeper.py``): the call was paid, so it is never
+        dropped; the returned :class:`Settlement` then says nothing was charged yet."""
         actual = to_micros(actual_usd)
+        try:
+            return self.settle_now(reservation, actual)
+        except LedgerUnavailableError as exc:
+            if self.keeper is None:
+                raise
+            self.keeper.keep(reservation, actual, exc)
+            return Settlement(False, actual)
+
+    def settle_now(self, reservation: Reservation, actual: int) -> Settlement:
+        """:meth:`settle` of ``actual`` micro-USD that raises :class:`LedgerUnavailableError` when
+        Redis refuses it (what the keeper retries)."""
         if reservation.already_settled:
             return Settlement(False, reservation.settled_micros or 0)
         r = reservation

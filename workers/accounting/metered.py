@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from workers.accounting.ledger import Ledger, Reservation
+from workers.accounting.ledger import Ledger, LedgerUnavailableError, Reservation
 from workers.accounting.metrics import UsageMetrics
 from workers.accounting.preflight import CallPlan, plan_call
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
+from workers.connections.oom import refused_for_memory
 from workers.contract import CompletionJob, ToolCall, Usage
 from workers.contract.messages import cache_breakpoints
 from workers.llm.base import ChatRequest, ChatStream, Completion
@@ -69,6 +70,10 @@ class Meter:
     last_usage: Usage | None = None
     #: What the job pays of the price table's price: a provider batch's or OpenAI flex's discount.
     price_factor: Decimal = Decimal(1)
+    #: Called when Redis refuses a reservation at ``maxmemory``, with whether this run already paid
+    #: a call: True to reserve again (Redis takes writes), False to raise the refusal (no call is
+    #: started that could not be accounted for). None: raised at once.
+    wait_for_writes: Callable[[bool], bool] | None = None
     _plans: dict[str, CallPlan] = field(default_factory=dict)
 
     def plan(self, model_id: str, request: ChatRequest) -> CallPlan:
@@ -129,6 +134,12 @@ class Meter:
                     user=self.job.user,
                     model=plan.model,
                 )
+            except LedgerUnavailableError as exc:
+                self.ctx.calls -= 1  # nothing was reserved under this number
+                if self.wait_for_writes is not None and refused_for_memory(exc):
+                    if self.wait_for_writes(self.cost_usd is not None):
+                        continue  # Redis takes writes again
+                raise
             except BudgetBusyError as exc:
                 self.ctx.calls -= 1  # nothing was reserved under this number
                 raise BudgetBusyError(

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import redis
 from redis.typing import EncodableT
 
+from workers.connections.oom import refused_for_memory
 from workers.contract import JobKeys, StreamEvent
 from workers.jobs.flushbatch import FlushBatcher
 from workers.llm.errors import RunFencedError
@@ -115,6 +116,11 @@ class EventPublisher:
         self._flusher = flusher
         self._publish = client.register_script(_PUBLISH_LUA)
         self._pending: list[str] = []
+        #: Events of flushes Redis refused at ``maxmemory``: sent first by the next flush, in order.
+        self._unsent: list[tuple[int, str]] = []
+        #: Called when Redis refuses a flush that writes the job's ending: True to try it again
+        #: (Redis takes writes again), False to give up (the refusal is raised). None: raised at once.
+        self.on_full: Callable[[], bool] | None = None
         self._pending_chars = 0
         self._last_flush = -1e9
         self._pending_flushed_delta = False
@@ -199,7 +205,30 @@ class EventPublisher:
             self._send([pending])
 
     def _send(self, payloads: list[tuple[int, str]], writes: Sequence[Write] = (), release: bool = False) -> None:
-        """One script call: fencing check, ``writes``, the events, TTL and lease (or release)."""
+        """One script call: fencing check, ``writes``, the events, TTL and lease (or release).
+
+        A flush Redis refuses at ``maxmemory`` (the script's first write is refused, so none of it
+        is applied) is not lost: a flush of events only keeps them for the next flush (the numbering
+        stays; the terminal flush sends them all); a flush with writes (the ending) is tried again
+        for as long as :attr:`on_full` says so."""
+        if self._unsent:
+            payloads = [*self._unsent, *payloads]
+            self._unsent = []
+        while True:
+            try:
+                self._send_once(payloads, writes, release)
+                return
+            except redis.ResponseError as exc:
+                if not refused_for_memory(exc):
+                    raise
+                if not writes and not release:
+                    self._unsent = payloads
+                    return
+                if self.on_full is None or not self.on_full():
+                    self._unsent = payloads
+                    raise
+
+    def _send_once(self, payloads: list[tuple[int, str]], writes: Sequence[Write], release: bool) -> None:
         keys = self._keys
         argv: list[EncodableT] = [
             self._maxlen,
@@ -216,12 +245,12 @@ class EventPublisher:
         for write in writes:
             argv.append(len(write))
             argv.extend(write)
-        self._ttl_set = True
         script_keys = [keys.events, keys.channel, keys.cancel, keys.claim]
         if self._flusher is not None:
             cancelled = self._flusher.call(script_keys, argv)
         else:
             cancelled = self._publish(keys=script_keys, args=argv)
+        self._ttl_set = True
         if cancelled == -1:
             raise RunFencedError(f"run {self._run} of job {keys.job_id} lost its claim; it writes nothing more")
         if cancelled:

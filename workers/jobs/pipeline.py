@@ -28,6 +28,7 @@ from pydantic import TypeAdapter
 
 from workers.accounting.ledger import LedgerUnavailableError
 from workers.accounting.metered import Meter, MeteredModel
+from workers.connections.oom import refused_for_memory
 from workers.contract import (
     Attempt,
     CompletionJob,
@@ -47,6 +48,7 @@ from workers.jobs.cachekey import cache_key, cache_spec
 from workers.jobs.chain import build_chain, resolve_chain
 from workers.jobs.ending import Endings
 from workers.jobs.events import EventPublisher, last_seq
+from workers.jobs.fullwait import WriteWait
 from workers.jobs.observe import JobObserver
 from workers.jobs.resources import JobResources
 from workers.jobs.run import JobRun
@@ -96,6 +98,10 @@ class JobOutcome:
     requeue_reason: str | None = None
     #: The worker is shutting down and stopped this run: its message goes back to the queue.
     handed_back: bool = False
+    #: Redis refuses writes (full at ``maxmemory``) and this run paid nothing: the job goes back to
+    #: the queue without a write (its message is left unacknowledged and restored once Redis takes
+    #: writes; ``workers/jobs/fullwait.py``), holding no slot meanwhile.
+    left_for_restore: bool = False
 
 
 class JobRunner:
@@ -115,6 +121,7 @@ class JobRunner:
         self._running_lock = threading.Lock()
         self._taking = True
         self._endings = Endings(resources.store, clock)
+        self._full = WriteWait(resources.redis, registry=getattr(resources.metrics, "registry", None), sleep=sleep)
         #: The named providers' types and accepted parameters, for the capability check.
         self._providers = provider_infos(resources.config.providers)
         #: Jobs that may wait go to provider batches (``workers/jobs/batched.py``).
@@ -142,6 +149,17 @@ class JobRunner:
         while True:
             try:
                 return self._run_once(job, token)
+            except redis.ResponseError as exc:
+                if not refused_for_memory(exc):
+                    raise
+                # nothing paid (its claim, start or first reservation refused), or the worker stops
+                budget = self.res.settings.redis_full_wait_s
+                if self._taking and self._full.wait("job", budget_s=budget, stop=lambda: not self._taking):
+                    continue  # Redis takes writes again: run now
+                log.warning(
+                    "job %s: Redis refuses writes (full at maxmemory); the job goes back to the queue to wait", job.id
+                )
+                return JobOutcome(skipped="Redis is full", left_for_restore=True)
             except REDIS_DOWN as exc:
                 limit = self.res.settings.redis_outage_s
                 if waited >= limit:
@@ -152,6 +170,9 @@ class JobRunner:
                 )
                 waited += self._wait_for_redis(delay, limit - waited)
                 delay = min(delay * 2, 5.0)
+                keeper = self.res.ledger.keeper
+                if keeper is not None:  # before the run again reserves: what it paid is settled first
+                    keeper.flush()
 
     def _wait_for_redis(self, delay: float, budget: float) -> float:
         """Sleep with backoff until Redis answers PING (or ``budget`` seconds passed); returns the time slept."""
@@ -215,6 +236,8 @@ class JobRunner:
         run = JobRun(job, keys, publisher, ctx, started_wall=time.time(), started=self._clock(), token=token)
         run.cached = cached
         run.cancelled_at_start = claim.cancelled
+        # the ending waits for a full Redis for as long as it stays full (the run's result is kept)
+        publisher.on_full = lambda: self._full.wait("ending", budget_s=None, stop=lambda: run.handed_back)
         span = start_job_span(res.tracer, job, settings.queue, claim.run)
         observer = ctx.hooks = JobObserver(
             job, span, metrics=res.metrics.decisions, sample=settings.log_sample, slow_s=settings.log_slow_s
@@ -271,6 +294,13 @@ class JobRunner:
                     log.exception("job %s: stopping it for the shutdown failed", run.job.id)
         return len(runs)
 
+    def _wait_to_reserve(self, run: JobRun, paid: bool) -> bool:
+        """A reservation Redis refused at ``maxmemory``: True to reserve again (it takes writes).
+        A run that paid nothing yet waits briefly, then its job goes back to the queue; one that
+        paid waits for as long as Redis stays full (its result must not be lost)."""
+        budget = None if paid else self.res.settings.redis_full_wait_s
+        return self._full.wait("reservation", budget_s=budget, stop=lambda: run.handed_back or run.ctx.fenced)
+
     def _fence(self, run: JobRun) -> None:
         """The claim heartbeat found another run holding the job: stop this one's upstream call."""
         run.ctx.fenced = True
@@ -316,6 +346,7 @@ class JobRunner:
             meter = run.meter = Meter(
                 job, self.res.counter, self.res.prices, self.res.ledger, run.ctx, self.res.metrics.usage
             )
+            meter.wait_for_writes = lambda paid: self._wait_to_reserve(run, paid)
             request = ChatRequest(
                 messages=rendered.messages,
                 params=job,  # the job is its own RequestParams: the adapters read them from it
@@ -356,9 +387,16 @@ class JobRunner:
         except LedgerUnavailableError as exc:
             if isinstance(exc.__cause__, REDIS_DOWN):
                 raise exc.__cause__ from exc  # Redis is away: wait for it, run again
+            if isinstance(exc.__cause__, redis.ResponseError) and refused_for_memory(exc):
+                raise exc.__cause__ from exc  # Redis is full and nothing was paid: the job waits in the queue
             return self._end_failed(run, exc)
         except REDIS_DOWN:
             raise
+        except redis.ResponseError as exc:
+            if refused_for_memory(exc):
+                raise  # the job waits (run() decides how)
+            log.exception("job %s failed with an internal error", job.id)
+            return self._end_failed(run, InternalError(f"internal error: {type(exc).__name__}: {exc}"[:2000]))
         except RetryLaterError as exc:
             return self._requeue(run, exc)
         except JobCancelledError as exc:

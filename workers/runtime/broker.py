@@ -44,6 +44,7 @@ __all__ = [
     "SentinelTransport",
     "Transport",
     "install_transport",
+    "leave_for_restore",
     "transport_for",
 ]
 
@@ -97,6 +98,12 @@ class QoS(kombu_redis.QoS):
 
     def ack(self, delivery_tag: str) -> None:
         channel = self.channel
+        if _LEFT and self._delivered is not None and _take_left(self._delivered.get(delivery_tag)):
+            # left for restore (a job Redis was too full to start): forgotten here, its unacked entry
+            # stays, no heartbeat re-scores it, and a restore returns it to its queue once it is
+            # older than visibility_timeout and Redis takes writes again; no write needed now
+            virtual.QoS.ack(self, delivery_tag)
+            return
         if not channel.ack_flush_ms:
             channel.release([delivery_tag])
         else:  # the credit comes back now; the bookkeeping entries leave Redis with the next flush of acks
@@ -109,6 +116,31 @@ class QoS(kombu_redis.QoS):
         else:
             self.channel.release([delivery_tag])
         virtual.QoS.ack(self, delivery_tag)
+
+
+#: Task ids whose message the next ack leaves for restore instead of removing (:func:`leave_for_restore`).
+_LEFT: set[str] = set()
+_LEFT_LOCK = threading.Lock()
+
+
+def leave_for_restore(task_id: str) -> None:
+    """Make the coming ack of task ``task_id``'s message leave it held by no one in ``unacked``, to be
+    restored to its queue by kombu's restore of aged entries, instead of removing it. For a job that
+    must go back to the queue while Redis refuses writes (at ``maxmemory``): a re-queue, a reject or
+    a retry is a write Redis refuses, this is none (``workers/jobs/fullwait.py``)."""
+    with _LEFT_LOCK:
+        _LEFT.add(task_id)
+
+
+def _take_left(message: Any) -> bool:
+    if message is None or not _LEFT:
+        return False
+    task_id = (getattr(message, "headers", None) or {}).get("id")
+    with _LEFT_LOCK:
+        if task_id in _LEFT:
+            _LEFT.discard(task_id)
+            return True
+    return False
 
 
 def _copy(tags: Iterable[str]) -> list[str]:

@@ -18,6 +18,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis
 from opentelemetry.sdk.trace import TracerProvider
@@ -28,6 +29,7 @@ from redis.retry import Retry
 
 from workers.accounting.ledger import Ledger, ReplicaWait, configured_ledger
 from workers.accounting.prices import PriceBook, price_sources
+from workers.accounting.settlekeeper import SettleKeeper, default_journal
 from workers.accounting.tokens import TokenCounter
 from workers.connections.redisclient import redis_client
 from workers.contract.catalog import ModelCatalog, UnknownModelError
@@ -304,6 +306,13 @@ class WorkerResources:
         metrics.registry.register(RateAdmissionsCollector(lambda: (lease_stats.local, lease_stats.calls)))
         metrics.registry.register(BreakerCollector(guards.breakers_open))
         ledger = build_ledger(settings, config, ledger_client)
+        ledger.keeper = SettleKeeper(
+            ledger.settle_now,
+            journal=Path(settings.settle_journal) if settings.settle_journal else default_journal(),
+            max_pending=settings.settle_keep_max,
+            registry=metrics.registry,
+        )
+        ledger.keeper.replay()  # what a worker that stopped while Redis refused settlements left
         if ledger.replica_wait is not None:
             metrics.registry.register(ReplicaWaitCollector(ledger.replica_wait))
         return cls(
@@ -355,6 +364,8 @@ class WorkerResources:
             self.guards.stop()
         if self.flusher is not None:
             self.flusher.close()  # before the client: what is queued still goes out
+        if self.ledger.keeper is not None:
+            self.ledger.keeper.close()  # a last try; what Redis still refuses goes to the journal
         self.registry.close()
         self.http.close()
         self.redis.close()

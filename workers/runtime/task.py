@@ -15,6 +15,7 @@ from celery.exceptions import Reject
 from pydantic import ValidationError
 
 from workers.contract import TASK_NAME, CompletionJob, monitor_repr
+from workers.runtime.broker import leave_for_restore, transport_for
 from workers.runtime.state import LLMQCelery
 
 __all__ = ["register_tasks"]
@@ -39,6 +40,13 @@ def register_tasks(app: LLMQCelery) -> None:
             runner.reject_invalid(job_id, exc)
             return "invalid"
         outcome = runner.run(parsed)
+        if outcome.left_for_restore:
+            # Redis refuses writes: the message goes back to the queue without one (RabbitMQ holds
+            # its messages itself: a plain re-queue there)
+            if transport_for(app.llmq.settings.broker_url or app.llmq.settings.redis_url) is None:
+                raise Reject("Redis is full", requeue=True)
+            leave_for_restore(str(self.request.id))
+            return "left for restore: Redis is full"
         if outcome.handed_back:
             raise Reject("handed back at shutdown", requeue=True)
         if outcome.requeue_after_s is not None:
