@@ -118,6 +118,17 @@ class LocalStack:
         env = {**self.provider_env(), **(extra_env or {})}
         return self._spawn(name, argv, env)
 
+    def start_gateway(
+        self, *, tokens: str, extra_env: Mapping[str, str] | None = None, timeout: float = 60.0
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """``llmq gateway`` on a free port with ``LLMQ_GATEWAY_TOKENS=tokens``; the process and its URL."""
+        port = free_port()
+        argv = [sys.executable, "-m", "llmq.cli", "gateway", "--port", str(port)]
+        proc = self._spawn("gateway", argv, {"LLMQ_GATEWAY_TOKENS": tokens, **(extra_env or {})})
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/healthz", timeout=timeout, proc=proc)
+        return proc, url
+
     def wait_for_workers(self, count: int = 1, timeout: float = 30.0) -> None:
         """Block until ``count`` workers answer a Celery ping."""
         from producers.client import make_celery

@@ -29,6 +29,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from kombu.utils.scheduling import round_robin_cycle
 
+from workers.connections.oom import refused_for_memory
 from workers.connections.redisclient import sync_parser_options
 from workers.connections.schedtransport import SchedulingChannel
 from workers.connections.schedule import CLAIM, FETCH, RELEASE, attributes_of, bell_key, queue_prefix
@@ -88,6 +89,19 @@ class QoS(kombu_redis.QoS):
         else:  # not fetched by the script (kombu's own paths): kombu's bookkeeping
             super().append(message, delivery_tag)
         channel.start_heartbeat()
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> Any:
+        """kombu's restore of aged messages, which waits while Redis refuses writes (full at
+        ``maxmemory``: its mutex is a write) instead of stopping the worker (at start) or logging a
+        traceback every interval: the messages stay in ``unacked`` and are restored once Redis takes
+        writes again."""
+        try:
+            return super().restore_visible(start, num, interval)
+        except redis.ResponseError as exc:
+            if not refused_for_memory(exc):
+                raise
+            log.warning("broker: Redis refuses writes (full at maxmemory); aged messages are restored later")
+            return None
 
     def held_tags(self) -> list[str]:
         """The delivery tags this channel holds now (copied: the consumer mutates the dict); kombu

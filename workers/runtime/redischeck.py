@@ -11,17 +11,26 @@ start (``workers/runtime/app.py``, Celery's ``worker_init``) calls.
 from __future__ import annotations
 
 import logging
+import os
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 import redis
 
 from workers.connections.brokerurl import is_amqp
+from workers.connections.oom import refused_for_memory
 from workers.connections.redisclient import redis_client
 from workers.contract.redaction import shown_url
 from workers.llm.errors import ConfigurationError
 
-__all__ = ["MIN_REDIS_VERSION", "RedisVersionError", "check_broker_redis", "check_redis_version"]
+__all__ = [
+    "MIN_REDIS_VERSION",
+    "RedisVersionError",
+    "check_broker_redis",
+    "check_redis_version",
+    "wait_until_writable",
+]
 
 log = logging.getLogger("llmq.worker")
 
@@ -71,7 +80,35 @@ def check_broker_redis(broker_url: str, *, timeout_s: float = 5.0) -> None:
         info = client.info("server")
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         log.warning("could not read the Redis version at %s before start (%s)", shown_url(broker_url), exc)
+        client.close()
         return
+    try:
+        check_redis_version(info, url=broker_url)
+        wait_until_writable(client, url=broker_url)
     finally:
         client.close()
-    check_redis_version(info, url=broker_url)
+
+
+def wait_until_writable(
+    client: redis.Redis, *, url: str, sleep: Callable[[float], None] = time.sleep, say_every: int = 10
+) -> int:
+    """Wait while Redis refuses writes (full at ``maxmemory``): a worker's start writes (its queue's
+    declaration, its presence), which Redis refuses then, and Celery stops at the first refusal. Says
+    so once every ``say_every`` tries (a second apart); returns how many tries were refused."""
+    refused = 0
+    while True:
+        try:
+            client.set(f"llmq:startprobe:{os.getpid()}", b"1", px=2000)
+            return refused
+        except (redis.ConnectionError, redis.TimeoutError):
+            return refused  # not judged here (see check_broker_redis)
+        except redis.ResponseError as exc:
+            if not refused_for_memory(exc):
+                raise
+        if refused % say_every == 0:
+            log.warning(
+                "Redis at %s is full (it refuses writes at maxmemory); the worker starts once it takes writes again",
+                shown_url(url),
+            )
+        refused += 1
+        sleep(1.0)
