@@ -336,3 +336,23 @@ def test_a_line_whose_deadline_came_near_while_it_waited_runs_live_unsent(
     assert line_state(redis_client, handle.id) == "live"
     assert live_requests(simulator, handle.id) == 1
     assert sim_batches(simulator)["openai_batches"] == 0 and sim_batches(simulator)["lines"] == 0
+
+
+def test_the_workers_metrics_show_lines_waiting_and_batches_by_step(
+    batch_app: LLMQCelery, client: Client, simulator: SimulatorThread, redis_client: redis.Redis
+) -> None:
+    registry = batch_app.llmq.resources().metrics.registry
+    model = "anthropic:claude-sonnet-4-5"
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    batcher = batcher_for(batch_app)
+    simulator.simulator.config.batch_processing_s = 3600.0
+    ids = [client.submit(_job(model)).id for _ in range(3)]
+    until(lambda: all(line_state(redis_client, i) == "pending" for i in ids), "three jobs parked", 120)
+    assert sample("llmq_provider_batch_lines_waiting", model=model) == 3
+    assert (sample("llmq_provider_batch_oldest_wait_seconds", model=model) or 0) >= 0
+    batcher.tick()
+    assert sample("llmq_provider_batch_lines_waiting", model=model) is None  # the group is gone
+    assert sample("llmq_provider_batches", model=model, step="running") == 1

@@ -35,6 +35,7 @@ from workers.connections.redisclient import redis_client
 from workers.contract.catalog import ModelCatalog, UnknownModelError
 from workers.contract.providers import PROVIDERS_KEY, ProviderSpec, provider_infos
 from workers.guards.shared import SharedGuards
+from workers.jobs.batchstate import BatchStore
 from workers.jobs.catalog import worker_catalog
 from workers.jobs.events import flush_batcher
 from workers.jobs.flushbatch import FlushBatcher
@@ -48,6 +49,7 @@ from workers.llm.registry import ProviderRegistry, build_registry
 from workers.llm.tracing import NO_TRACER
 from workers.routes import LLMQConfig, load_config
 from workers.runtime.batcher import Batcher
+from workers.runtime.batchmetrics import BatchCollector
 from workers.runtime.presence import PresencePublisher
 from workers.runtime.providerenv import provider_environment
 from workers.runtime.schedmetrics import schedule_collector
@@ -305,6 +307,8 @@ class WorkerResources:
         lease_stats = guards.leases.stats
         metrics.registry.register(RateAdmissionsCollector(lambda: (lease_stats.local, lease_stats.calls)))
         metrics.registry.register(BreakerCollector(guards.breakers_open))
+        if config.batch.enabled:
+            metrics.registry.register(BatchCollector(BatchStore(client)))
         ledger = build_ledger(settings, config, ledger_client)
         ledger.keeper = SettleKeeper(
             ledger.settle_now,
