@@ -164,7 +164,6 @@ class JobFeed:
         self._idle_check_s = idle_check_s
         self._skip_deltas = skip_deltas
         self._on_catch_up = on_catch_up
-        self._from_seq = from_seq
         self._last = from_seq - 1  # newest seq taken (queued or skipped)
         self._seen = from_seq - 1  # newest seq offered live
         self._behind = True  # until the first catch-up has run
@@ -244,20 +243,6 @@ class JobFeed:
             self.queue.put_nowait(error)  # nothing was queued yet: there is room
             self._wake.set()
 
-    async def _ended_before(self) -> bool:
-        """A client resuming past the end (``from_seq`` or ``Last-Event-ID`` beyond the terminal event)
-        gets that terminal event, seq and all, and the feed ends: nothing more will come, and
-        waiting for it would hold the connection open for good."""
-        last = await self._redis.xrevrange(self.keys.events, count=1)
-        for _, fields in last or ():
-            if fields is not None:
-                event = parse_event(fields[b"e"])
-                if event.type in TERMINAL_EVENT_TYPES and event.seq < self._from_seq:
-                    await self.queue.put(event)
-                    self.finished = True
-                    return True
-        return False
-
     async def _catch_up(self) -> None:
         """Read the Stream from the next seq; live events are ignored until it is exhausted."""
         if self._overflowed:
@@ -267,8 +252,6 @@ class JobFeed:
         while not self.finished:
             entries = await self._redis.xrange(self.keys.events, min=f"{self._last + 1}-0", count=self._page)
             if not entries:
-                if self._from_seq > 0 and self._last == self._from_seq - 1 and await self._ended_before():
-                    return
                 break
             for _, fields in entries:
                 if fields is None:  # an entry deleted meanwhile

@@ -27,6 +27,7 @@ from producers.gateway.state import gateway_of
 from producers.gateway.tags import with_header_tags
 from producers.gateway.ui import strip_result_text, strip_text
 from producers.tracing import incoming_trace
+from workers.contract import TERMINAL_EVENT_TYPES, JobKeys, parse_event
 
 __all__ = ["cancel_job", "get_job", "job_events", "resolve_id", "storage_id", "submit_job"]
 
@@ -163,10 +164,23 @@ def _resume_from(request: Request) -> int:
     return value
 
 
-async def job_events(request: Request) -> EventStreamResponse:
+async def _ended_before(redis: Any, job_id: str, from_seq: int) -> bool:
+    """Whether the job's last event is terminal with a seq below ``from_seq`` (a resume past the end)."""
+    for _, fields in await redis.xrevrange(JobKeys(job_id).events, count=1) or ():
+        if fields is not None:
+            event = parse_event(fields[b"e"])
+            return event.type in TERMINAL_EVENT_TYPES and event.seq < from_seq
+    return False
+
+
+async def job_events(request: Request) -> EventStreamResponse | Response:
     gw = gateway_of(request)
     job_id, _ = await _lookup(request)
     from_seq = _resume_from(request)
+    if from_seq > 0 and await _ended_before(gw.client.redis, job_id, from_seq):
+        # nothing will come: 204, which also tells an EventSource to stop reconnecting (waiting would
+        # hold the connection open for good; the terminal event again would loop an EventSource)
+        return Response(status_code=204, headers={"x-llmq-job-id": job_id, "x-llmq-ended": "1"})
     choice = request.query_params.get("on_disconnect", gw.settings.events_on_disconnect)
     policy: OnDisconnect
     if choice == "cancel":
