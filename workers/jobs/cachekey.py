@@ -39,6 +39,8 @@ _NOT_IN_KEY = frozenset(
 )  # fmt: skip
 
 
+_EXCLUDED = set(_NOT_IN_KEY)  # what pydantic's exclude takes, built once
+
 _MESSAGES: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
 _TOOLS: TypeAdapter[list[Tool | str]] = TypeAdapter(list[Tool | str])
 
@@ -76,7 +78,7 @@ def cache_key(job: CompletionJob, spec: CacheSpec, chain: Sequence[str], message
         job.tenant.encode() if spec.scope == "tenant" else b"",
         _MESSAGES.dump_json(list(messages), exclude_none=True),
         _TOOLS.dump_json(job.tools, exclude_none=True),
-        job.model_dump_json(exclude=set(_NOT_IN_KEY), exclude_none=True).encode(),
+        job.model_dump_json(exclude=_EXCLUDED, exclude_none=True).encode(),
     ]
     for part in parts:
         digest.update(b"%d:" % len(part))

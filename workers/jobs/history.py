@@ -113,11 +113,20 @@ class HistoryWriter:
         self.days = days
         self.traced = traced
         self._clock = clock
+        #: (UTC day number, that day's keys, when they expire): built once a day, not once a job
+        self._day: tuple[int, HistoryKeys, int] | None = None
+
+    def _day_of(self, now: float) -> tuple[int, HistoryKeys, int]:
+        number = int(now // 86_400)  # a unix day is 86,400 s (no leap seconds): day_of(now) changes with it
+        cached = self._day
+        if cached is None or cached[0] != number:
+            day = day_of(now)
+            cached = self._day = (number, HistoryKeys(day), expire_at(day, self.days))
+        return cached
 
     def writes(self, job: CompletionJob, result: CompletionResult, *, run: int = 1) -> list[Write]:
         now = self._clock()
-        day = day_of(now)
-        keys = HistoryKeys(day)
+        _, keys, at = self._day_of(now)
         # a failed job's request is kept for replay (not a payload the worker could not even read:
         # ``reject_invalid`` ends those with a stand-in job that has nothing to send again)
         has_request = job.messages is not None or job.prompt is not None or job.template is not None
@@ -134,7 +143,6 @@ class HistoryWriter:
             for attempt in result.attempts:
                 if attempt.error_type:
                     sets.add(keys.error(attempt.error_type))
-        at = expire_at(day, self.days)
         writes: list[Write] = [("HSET", keys.jobs, job_id, summary), ("EXPIREAT", keys.jobs, at)]
         for key in sorted(sets):
             writes.append(("ZADD", key, now, job_id))

@@ -123,6 +123,9 @@ class ResponseCache:
         self.lead_ttl_ms = lead_ttl_ms
         self.prefix = prefix
         self.metrics = metrics
+        # what every lookup sends unchanged, encoded once (redis-py encodes each argument of each call)
+        self._index_keys = [k.encode() for k in self._index]
+        self._lookup_args = [str(lead_ttl_ms).encode(), str(max_bytes).encode(), self._entry_prefix.encode()]
         self._begin = _script(client, "cache_begin")
         self._release = _script(client, "cache_release")
         self._drop = _script(client, "cache_drop")
@@ -156,8 +159,9 @@ class ResponseCache:
     ) -> tuple[Any, list[str], list[Any]]:
         """:meth:`begin` as ``(script, keys, args)``, for a caller that sends it in a round trip it
         makes anyway (the job's claim: ``JobStore.claim_with``); read the reply with :meth:`parse_begin`."""
-        keys = [self._entry(key), self._lead(key), *self._index]
-        args: list[Any] = [job_id, self.lead_ttl_ms, taking_over or "", key.member, self.max_bytes, self._entry_prefix]
+        lead_ttl, max_bytes, entry_prefix = self._lookup_args
+        keys: list[Any] = [self._entry(key), self._lead(key), *self._index_keys]
+        args: list[Any] = [job_id, lead_ttl, taking_over or b"", key.member, max_bytes, entry_prefix]
         return self._begin, keys, args
 
     def parse_begin(self, reply: Any) -> Begin:

@@ -123,6 +123,27 @@ def test_writes_index_each_dimension_with_the_days_expiry() -> None:
     assert all(w[1].startswith("llmq:history:{") for w in writes)  # one hash tag per day
 
 
+def test_one_writer_moves_to_the_next_day_at_midnight_utc() -> None:
+    """The writer keeps one day's keys and expiry between jobs: the job a microsecond before
+    midnight UTC goes into that day, the next one into the new day, with the new day's expiry."""
+    job = _jobs()[0]
+    midnight = 1_765_065_600.0  # 2025-12-07T00:00:00Z
+    clock = [midnight - 1e-6]
+    writer = HistoryWriter(2, clock=lambda: clock[0])
+    days = []
+    for now in (midnight - 1e-6, midnight, midnight + 86_399.5, midnight - 1.0):
+        clock[0] = now
+        [hset, expire, *_] = writer.writes(job, _results(job)[0])
+        days.append((hset[1], expire[2]))
+        assert (hset[1], expire[2]) == (HistoryKeys(day_of(now)).jobs, expire_at(day_of(now), 2))
+    assert [d[0] for d in days] == [
+        "llmq:history:{2025-12-06}:jobs",
+        "llmq:history:{2025-12-07}:jobs",
+        "llmq:history:{2025-12-07}:jobs",
+        "llmq:history:{2025-12-06}:jobs",  # a clock stepped back: that day again
+    ]
+
+
 def test_an_unreadable_payloads_stand_in_is_indexed_but_not_replayable() -> None:
     """``JobRunner.reject_invalid`` ends a payload the worker could not read with a stand-in job."""
     stand_in = CompletionJob.model_construct(id="job_bad", model="invalid", stream=True, tenant="default", metadata={})
