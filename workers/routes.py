@@ -111,6 +111,8 @@ class ModelConfig(_Strict):
     #: 1-hour prompt-cache writes (default: twice the input rate, Anthropic's rule).
     cache_write_1h_per_mtok: Annotated[float, Field(ge=0)] | None = None
     context_window: Annotated[int, Field(gt=0)] | None = None
+    #: This model's provider-batch (and flex) price as a share of its price (default: ``[batch] discount``).
+    batch_discount: Annotated[float, Field(gt=0, le=1)] | None = None
     #: Circuit breaker: open after this many failures within ``breaker_window_s``.
     breaker_failures: Annotated[int, Field(gt=0)] | None = None
     breaker_window_s: Annotated[float, Field(gt=0)] | None = None

@@ -16,7 +16,7 @@ its request waits as one line of a provider batch (``workers/jobs/batchstate.py`
 * ``live``: everything else.
 
 Money: parking reserves the worst case at the batch price (the price table's times
-``[batch] discount``) for the window's length; the ending run settles the line's actual cost
+``[models."<id>"] batch_discount``, else ``[batch] discount``) for the window's length; the ending run settles the line's actual cost
 against that reservation (an errored, expired or cancelled line is not billed: released). A job
 cancelled before its batch was sent is dropped (the batcher sends it back, it ends ``cancelled``);
 after, its result is discarded and its cost still settled (:meth:`BatchLane.discard`).
@@ -31,6 +31,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Literal
@@ -47,9 +48,9 @@ from workers.llm.batchapis import batch_api
 from workers.llm.errors import LLMQError
 from workers.llm.openai_batch import OpenAIBatchAPI
 from workers.llm.registry import ProviderRegistry
-from workers.routes import BatchConfig
+from workers.routes import BatchConfig, LLMQConfig
 
-__all__ = ["BATCH_ATTEMPT", "BatchLane", "Route", "discounted"]
+__all__ = ["BATCH_ATTEMPT", "BatchLane", "Route", "discounted", "model_discounts"]
 
 log = logging.getLogger("llmq.batch")
 
@@ -60,8 +61,15 @@ Route = Literal["batch", "flex", "live"]
 BATCH_PROVIDERS = frozenset({"openai", "anthropic"})
 
 
-def discounted(config: BatchConfig) -> Decimal:
-    return Decimal(str(config.discount))
+def discounted(config: BatchConfig, model_discounts: Mapping[str, float], model_id: str) -> Decimal:
+    """The share of the price table's price a batch (or flex) call of ``model_id`` costs: its
+    ``[models."<id>"] batch_discount``, else ``[batch] discount``."""
+    return Decimal(str(model_discounts.get(model_id, config.discount)))
+
+
+def model_discounts(config: LLMQConfig) -> dict[str, float]:
+    """The ``[models."<id>"] batch_discount`` of every model that has one."""
+    return {model_id: mc.batch_discount for model_id, mc in config.models.items() if mc.batch_discount is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +92,19 @@ class BatchLane:
         prices: PriceBook,
         *,
         keep_s: int,
+        model_discounts: Mapping[str, float] | None = None,
     ) -> None:
         self.store = store
         self._registry = registry
         self.config = config
         self._ledger = ledger
         self._prices = prices
+        self._discounts = dict(model_discounts or {})
         #: How long a job's line and keys are kept: the window, its margin and the results' TTL.
         self.keep_s = int(config.window_s + config.margin_s) + keep_s
+
+    def discount(self, model_id: str) -> Decimal:
+        return discounted(self.config, self._discounts, model_id)
 
     # --- the decision -------------------------------------------------------------------------------
 
@@ -258,4 +271,4 @@ class BatchLane:
             log.warning("job %s: the late batch answer's cost is unknown (%s); nothing settled", line.job_id, exc)
             self._ledger.release(reservation)
             return
-        self._ledger.settle(reservation, (cost or Decimal(0)) * discounted(self.config))
+        self._ledger.settle(reservation, (cost or Decimal(0)) * self.discount(line.group))

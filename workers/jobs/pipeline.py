@@ -41,7 +41,7 @@ from workers.contract import (
 )
 from workers.contract.providers import ProviderInfo, provider_infos
 from workers.jobs import structured
-from workers.jobs.batched import BatchLane, discounted
+from workers.jobs.batched import BatchLane, model_discounts
 from workers.jobs.batchstate import BatchStore, JobLine
 from workers.jobs.cachedrun import CachedRun, Served
 from workers.jobs.cachekey import cache_key, cache_spec
@@ -132,6 +132,7 @@ class JobRunner:
             resources.ledger,
             resources.prices,
             keep_s=resources.settings.result_ttl_s,
+            model_discounts=model_discounts(resources.config),
         )
 
     # --- entry point ----------------------------------------------------------------------------
@@ -428,12 +429,12 @@ class JobRunner:
         if line is None or line.state == "pending":
             route = lane.choose(job, chain, run.ctx.remaining())
             if route == "batch":
-                meter.price_factor = discounted(lane.config)
+                meter.price_factor = lane.discount(chain[0])
                 lane.park(job, chain[0], request, meter)
                 log.info("job %s: waits in a provider batch of %s", job.id, chain[0])
                 return JobOutcome(skipped="in a provider batch")
             if route == "flex":
-                meter.price_factor = discounted(lane.config)
+                meter.price_factor = lane.discount(chain[0])
                 request.service_tier = "flex"
             return None
         if line.state == "sent":  # a redelivery of the parking run: the batcher sends it again at the end
@@ -442,7 +443,7 @@ class JobRunner:
             return None
         outcome = lane.outcome(line)
         if outcome.kind == "succeeded":
-            meter.price_factor = discounted(lane.config)
+            meter.price_factor = lane.discount(line.group)
             answered = lane.answer(line, outcome, request, meter)
             meter.price_factor = Decimal(1)  # a repair turn after it is a live call, at the live price
             run.model_used = answered.model_id
@@ -472,7 +473,7 @@ class JobRunner:
                 return
             rendered = render_job(job, self.res.redis, max_chars=self.res.settings.prompt_max_chars)
             meter = Meter(job, self.res.counter, self.res.prices, self.res.ledger, run.ctx, self.res.metrics.usage)
-            meter.price_factor = discounted(self._lane.config)
+            meter.price_factor = self._lane.discount(line.group)
             request = ChatRequest(messages=rendered.messages, params=job, tools=job.client_tools)
             self._lane.discard(line, request, meter)
             run.meter = meter

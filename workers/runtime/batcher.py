@@ -43,7 +43,7 @@ from workers.accounting.prices import PriceBook
 from workers.connections.brokerurl import is_amqp
 from workers.contract import TASK_NAME, JobKeys, monitor_repr, split_model_id
 from workers.contract.schedule import DEFAULT_PRIORITY, SCHED_HEADER, class_queue, sched_header
-from workers.jobs.batched import BatchLane
+from workers.jobs.batched import BatchLane, model_discounts
 from workers.jobs.batchstate import BatchRecord, BatchStore, JobLine
 from workers.llm.batchapi import BatchAPI, LineOutcome, RemoteBatch, line_id, line_index
 from workers.llm.errors import LLMQError
@@ -451,7 +451,13 @@ def start_batcher(app: Celery, settings: Settings, resources: BatcherResources) 
         return None
     store = BatchStore(resources.redis)
     lane = BatchLane(
-        store, resources.registry, config, resources.ledger, resources.prices, keep_s=settings.result_ttl_s
+        store,
+        resources.registry,
+        config,
+        resources.ledger,
+        resources.prices,
+        keep_s=settings.result_ttl_s,
+        model_discounts=model_discounts(resources.config),
     )
     batcher = Batcher(store, lane, job_sender(app, settings))
     batcher.start()

@@ -87,3 +87,18 @@ def test_flex_is_the_service_tier_in_the_body(http: HTTPClient) -> None:
         )
     )
     assert BatchConfig().discount == 0.5 and Decimal(str(BatchConfig().discount)) * 2 == 1
+
+
+def test_a_models_batch_discount_wins_over_the_tables(http: HTTPClient) -> None:
+    from workers.jobs.batched import model_discounts
+    from workers.routes import LLMQConfig
+
+    config = LLMQConfig.model_validate({"models": {"anthropic:claude-sonnet-4-5": {"batch_discount": 0.6}}})
+    discounts = model_discounts(config)
+    assert discounts == {"anthropic:claude-sonnet-4-5": 0.6}
+    the_lane = BatchLane(
+        BatchStore(redis.Redis()), ProviderRegistry({}), BatchConfig(), None, PriceBook({}), keep_s=60,
+        model_discounts=discounts,
+    )  # fmt: skip
+    assert the_lane.discount("anthropic:claude-sonnet-4-5") == Decimal("0.6")
+    assert the_lane.discount("openai:gpt-4o") == Decimal("0.5")
