@@ -106,6 +106,8 @@ def test_flower_lists_the_worker_and_completed_tasks_without_secrets(stack: Loca
         until(lambda: "flowerw@" in get(f"{url}/api/workers?status=1")[1], "Flower to see the worker's events", 60, 0.3)
 
         with Client(stack.redis_url) as client:
+            # every class and two tenants: the schedule decides the order, Flower still sees every task
+            classes = ["interactive", "normal", "bulk", "bulk", "interactive"]
             handles = [
                 client.submit(
                     {
@@ -113,6 +115,8 @@ def test_flower_lists_the_worker_and_completed_tasks_without_secrets(stack: Loca
                         "stream": False,
                         "metadata": {"custom_id": f"flower-{i}"},
                         "messages": [{"role": "user", "content": f"flower visible prompt {i}"}],
+                        "priority": classes[i],
+                        "tenant": f"flower-tenant-{i % 2}",
                     }
                 )
                 for i in range(5)
