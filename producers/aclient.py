@@ -134,7 +134,8 @@ class AsyncClient(ClientCore):
                     raise
                 mark, client = self._watched()[-1]  # the Redis holding the queue
                 raise await self._full(mark, client, "queueing the job") from exc
-        await self._mark_sent(keys[0])
+        if not self.sent_by_push:
+            await self._mark_sent(keys[0])
         return AsyncJobHandle(valid.id, True, self)
 
     # --- the memory watermark (producers/watermark.py), as in Client ---------------------------------

@@ -184,7 +184,8 @@ class Client(ClientCore):
                     raise
                 mark, client = self._watched()[-1]  # the Redis holding the queue
                 raise self._full(mark, client, "queueing the job") from exc
-        self._mark_sent(keys[0])
+        if not self.sent_by_push:
+            self._mark_sent(keys[0])
         return JobHandle(valid.id, True, self)
 
     # --- the memory watermark (producers/watermark.py) ------------------------------------------

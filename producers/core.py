@@ -182,6 +182,9 @@ class ClientCore:
         #: The queue's schedule is in this client's Redis: ``max_queued`` is checked as jobs register
         #: (not on RabbitMQ, nor with the queue on a Redis of its own: ``docs/scheduling.md``).
         self.admits = not self._amqp and self.broker_url == self.redis_url
+        #: ... and its push script records the send in the job's registration in the same step
+        #: (``workers/connections/lua/push.lua``): no round trip of the producer's own for it.
+        self.sent_by_push = self.admits
 
     # --- submit ---------------------------------------------------------------------------------
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
+from kombu import Connection
 
+from producers import Client
 from producers.core import REGISTER_LUA, RESEND_AFTER_S
+from producers.settings import ProducerSettings
+from tests.support.brokers import queued_count
+from workers.connections.schedtransport import SchedulingTransport
 from workers.contract import JobKeys
 
 
@@ -35,3 +41,32 @@ def test_a_retried_submit_is_still_its_callers_registration_and_another_submit_i
     assert script(keys=keys, args=_args(1000.5 + RESEND_AFTER_S + 1)) == 0  # sent: never again
     assert client.hget(keys[0], "tenant") == b"tenant-a"
     assert client.hget(keys[0], "state") == b"queued"
+
+
+def test_the_push_records_the_send_in_the_registration_in_the_same_step(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """With the queue in the producer's Redis, the push script marks the job's registration sent (and
+    on which queue), so a submit is a registration and a push: two round trips, as before the
+    scheduler's push there were three. A queue on a Redis of its own leaves it to the producer."""
+    with Client(redis_url) as client:
+        assert client.sent_by_push
+        handle = client.submit({"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        assert redis_client.hmget(JobKeys(handle.id).meta, "sent", "queue") == [b"1", b"llmq"]
+        assert queued_count(redis_client, "llmq") == 1
+    # a message without a registration (a job id nothing registered: another app's) is queued, no hash made
+    with Connection(redis_url, transport=SchedulingTransport) as conn, conn.Producer() as producer:
+        producer.publish(
+            {"n": 1}, routing_key="llmq", serializer="json", headers={"id": "unregistered-1", "llmq": {"tenant": "x"}}
+        )
+    assert not redis_client.exists(JobKeys("unregistered-1").meta)
+    assert queued_count(redis_client, "llmq") == 2
+    broker_url = urlunsplit(urlsplit(redis_url)._replace(path="/15"))  # the queue in another database
+    with Client(settings=ProducerSettings(redis_url=redis_url, broker_url=broker_url)) as other:
+        assert not other.sent_by_push  # the queue's Redis is not the registration's: the producer marks it
+        handle = other.submit({"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        assert redis_client.hmget(JobKeys(handle.id).meta, "sent", "queue") == [b"1", b"llmq"]
+    broker = redis.Redis.from_url(broker_url)
+    assert queued_count(broker, "llmq") == 1 and not broker.exists(JobKeys(handle.id).meta)
+    broker.flushdb()
+    broker.close()

@@ -21,6 +21,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
 from workers.connections.schedule import PUSH, RESTORE, attributes_of, queue_prefix, script
+from workers.contract.keys import JobKeys
 from workers.contract.schedule import SCHED_HEADER
 
 __all__ = [
@@ -60,9 +61,12 @@ class SchedulingChannel(kombu_redis.Channel):
         # a publish batch (kombu's) is sent at once: the script is the message's whole write
         kwargs.pop("_publish_batch", None)
         found = attributes_of(message)
-        args = [dumps(message), found.priority, found.tenant, 0, found.job_id]
+        prefix = queue_prefix(queue)
+        # the job's registration records the send in the same step when it is in this Redis
+        meta = JobKeys(found.job_id).meta if found.job_id else prefix
+        args = [dumps(message), found.priority, found.tenant, 0, found.job_id, queue]
         with self.conn_or_acquire() as client:
-            self.sched_script(PUSH)(keys=[queue_prefix(queue)], args=args, client=client)
+            self.sched_script(PUSH)(keys=[prefix, meta], args=args, client=client)
 
     def _do_restore_message(
         self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
