@@ -37,6 +37,7 @@ from workers.contract import (
     StreamEvent,
     parse_event,
 )
+from workers.contract.capabilities import CapabilityError
 from workers.contract.fieldnames import unknown_key_message
 from workers.contract.presence import WorkerPresence
 from workers.contract.redaction import shown_url
@@ -97,6 +98,10 @@ def validate_job(job: CompletionJob | dict[str, Any], **overrides: Any) -> Compl
             loc = e["loc"]
             if e["type"] == "extra_forbidden" and isinstance(loc, tuple) and loc:
                 e["msg"] = unknown_key_message(CompletionJob, loc)
+            cause = (e.get("ctx") or {}).get("error")
+            if isinstance(cause, CapabilityError):  # named by its field, as a named provider's refusal is
+                e.update(type="unsupported_parameter", loc=(cause.field,), msg=str(cause), input=cause.provider)
+                e.pop("ctx", None)
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in errors)
         raise InvalidJobError(f"invalid job: {problems}", errors) from None
 

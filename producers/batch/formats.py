@@ -33,6 +33,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from workers.contract import CompletionJob, RequestParams
+from workers.contract.capabilities import CapabilityError
 from workers.contract.catalog import close_names
 
 __all__ = ["CHAT_COMPLETIONS_URL", "LineError", "LineIssue", "ParsedLine", "parse_line"]
@@ -447,6 +448,9 @@ def _map_errors(draft: _Draft, exc: ValidationError) -> list[LineIssue]:
     seen: set[str | None] = set()
     for error in exc.errors(include_url=False):
         loc = [p for p in error["loc"] if not (isinstance(p, str) and (p in _UNION_TAGS or "[" in p))]
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, CapabilityError) and not loc:  # the capability table names its field
+            loc = [cause.field]
         param = _input_path(draft, loc)
         if param in seen and param is not None:
             continue  # one problem per field (a union reports each of its branches)

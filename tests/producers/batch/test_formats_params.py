@@ -123,7 +123,7 @@ def test_plain_line_fields() -> None:
         ),
         (
             {"custom_id": "a", "prompt": "x", "model": "anthropic:claude-sonnet-4-5", "seed": 3},
-            None,
+            "seed",
             "anthropic does not support seed",
         ),
         (

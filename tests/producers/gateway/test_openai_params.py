@@ -205,3 +205,5 @@ def test_a_sampling_parameter_a_provider_lacks_is_a_400_naming_it(
     with pytest.raises(openai.BadRequestError) as info:
         sdk.chat.completions.create(model=model, messages=MESSAGES, **argument)  # type: ignore[call-overload]
     assert refusal in info.value.message
+    if "does not support" in refusal:  # the capability table names the field, as OpenAI's param
+        assert info.value.param == next(iter(argument))
