@@ -22,9 +22,9 @@ exports the same values, hence ``max by (scope)`` in the queries.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -33,7 +33,25 @@ from workers.contract import Usage
 if TYPE_CHECKING:
     from workers.accounting.ledger import BudgetSnapshot, ScopeState
 
-__all__ = ["UsageMetrics", "build_usage_metrics"]
+__all__ = ["Children", "UsageMetrics", "build_usage_metrics"]
+
+
+class Children:
+    """A labelled metric's children by label values (positional, in the metric's label order), each
+    looked up once: prometheus_client's ``labels()`` checks and converts its arguments on every call
+    (~1.5 us; a job makes ~15 such calls). The values are the metric's own, bounded as documented."""
+
+    __slots__ = ("_children", "_labels")
+
+    def __init__(self, metric: Any) -> None:
+        self._labels = metric.labels
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:  # two threads may both look it up: labels() gives both the same child
+            child = self._children[values] = self._labels(*values)
+        return child
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +63,20 @@ class UsageMetrics:
     spend: Gauge
     reserved: Gauge
     limit: Gauge
+    _tokens: Children = field(init=False, repr=False, compare=False)
+    _cost: Children = field(init=False, repr=False, compare=False)
+    _spend: Children = field(init=False, repr=False, compare=False)
+    _reserved: Children = field(init=False, repr=False, compare=False)
+    _limit: Children = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "cost", "spend", "reserved", "limit"):
+            object.__setattr__(self, f"_{name}", Children(getattr(self, name)))
 
     def record_usage(self, model: str, usage: Usage, cost_usd: Decimal | float | None) -> None:
         """Count one call's tokens and cost; ``cost_usd`` None marks an unpriced model."""
-        self.tokens.labels(model=model, type="prompt").inc(usage.prompt_tokens)
-        self.tokens.labels(model=model, type="completion").inc(usage.completion_tokens)
+        self._tokens(model, "prompt").inc(usage.prompt_tokens)
+        self._tokens(model, "completion").inc(usage.completion_tokens)
         if usage.cached_tokens:  # part of "prompt"; counted again here to show the cache's share
             self.tokens.labels(model=model, type="cached").inc(usage.cached_tokens)
         if usage.cache_write_tokens:
@@ -59,16 +86,16 @@ class UsageMetrics:
         if cost_usd is None:
             self.unpriced.labels(model=model).inc()
         else:
-            self.cost.labels(model=model).inc(float(cost_usd))
+            self._cost(model).inc(float(cost_usd))
         if usage.estimated:
             self.estimated.labels(model=model).inc()
 
     def record_scopes(self, states: Iterable[ScopeState]) -> None:
         """Update the budget gauges from a ``Reservation`` or ``Settlement``'s ``scopes``."""
         for s in states:
-            self.spend.labels(scope=s.scope).set(s.spent_micros / 1_000_000)
-            self.reserved.labels(scope=s.scope).set(s.reserved_micros / 1_000_000)
-            self.limit.labels(scope=s.scope).set(0 if s.limit_micros is None else s.limit_micros / 1_000_000)
+            self._spend(s.scope).set(s.spent_micros / 1_000_000)
+            self._reserved(s.scope).set(s.reserved_micros / 1_000_000)
+            self._limit(s.scope).set(0 if s.limit_micros is None else s.limit_micros / 1_000_000)
 
     def record_snapshot(self, snapshot: BudgetSnapshot) -> None:
         """Update the budget gauges from ``Ledger.show()`` (e.g. on a timer)."""

@@ -44,14 +44,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from workers.accounting.ledger import ReplicaWait
-from workers.accounting.metrics import UsageMetrics, build_usage_metrics
+from workers.accounting.metrics import Children, UsageMetrics, build_usage_metrics
 from workers.contract import CompletionResult, redact
 from workers.jobs.decisions import DecisionMetrics, build_decision_metrics
 
@@ -82,24 +82,35 @@ class JobMetrics:
     jobs: Counter
     running: Gauge
     queue_wait: Histogram
+    # each labelled child looked up once (workers/accounting/metrics.py: Children)
+    _running: Children = field(init=False, repr=False, compare=False)
+    _queue_wait: Children = field(init=False, repr=False, compare=False)
+    _jobs: Children = field(init=False, repr=False, compare=False)
+    _requests: Children = field(init=False, repr=False, compare=False)
+    _ttft: Children = field(init=False, repr=False, compare=False)
+    _duration: Children = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("running", "queue_wait", "jobs", "requests", "ttft", "duration"):
+            object.__setattr__(self, f"_{name}", Children(getattr(self, name)))
 
     def started(self, priority: str, queued_s: float | None) -> None:
         """A job's run starts: one more running in its class; its wait, for a first run."""
-        self.running.labels(priority=priority).inc()
+        self._running(priority).inc()
         if queued_s is not None:
-            self.queue_wait.labels(priority=priority).observe(queued_s)
+            self._queue_wait(priority).observe(queued_s)
 
     def ended(self, priority: str) -> None:
-        self.running.labels(priority=priority).dec()
+        self._running(priority).dec()
 
     def record(self, result: CompletionResult) -> None:
         """Everything one finished job tells: attempts, fallbacks, latency, outcome."""
         # ``prompt`` is ``name@version`` of a published prompt (bounded: pushed versions), else ""
-        self.jobs.labels(status=result.status, prompt=result.prompt.label if result.prompt else "").inc()
+        self._jobs(result.status, result.prompt.label if result.prompt else "").inc()
         attempts = [a for a in result.attempts if a.status != "skipped"]
         for i, attempt in enumerate(attempts):
             ok = attempt.status == "succeeded"
-            self.requests.labels(model=attempt.model, status="ok" if ok else "error").inc()
+            self._requests(attempt.model, "ok" if ok else "error").inc()
             nxt = attempts[i + 1] if i + 1 < len(attempts) else None
             if nxt is None:
                 continue
@@ -109,9 +120,9 @@ class JobMetrics:
                 self.fallbacks.labels(from_model=attempt.model, to_model=nxt.model).inc()
         model = result.model_used or (attempts[-1].model if attempts else "none")
         if result.timings.ttft_s is not None:
-            self.ttft.labels(model=model).observe(result.timings.ttft_s)
+            self._ttft(model).observe(result.timings.ttft_s)
         if result.timings.total_s is not None:
-            self.duration.labels(model=model).observe(result.timings.total_s)
+            self._duration(model).observe(result.timings.total_s)
 
 
 class RateAdmissionsCollector(Collector):
