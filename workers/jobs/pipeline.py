@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 
 import redis
 from opentelemetry.trace import use_span
@@ -42,7 +41,8 @@ from workers.contract import (
 from workers.contract.providers import ProviderInfo, provider_infos
 from workers.jobs import structured
 from workers.jobs.batched import BatchLane, model_discounts
-from workers.jobs.batchstate import BatchStore, JobLine
+from workers.jobs.batchrun import batch_step, discard_line
+from workers.jobs.batchstate import BatchStore
 from workers.jobs.cachedrun import CachedRun, Served
 from workers.jobs.cachekey import cache_key, cache_spec
 from workers.jobs.chain import build_chain, resolve_chain
@@ -329,7 +329,7 @@ class JobRunner:
         try:
             if run.cancelled_at_start:
                 if job.batch is not None:
-                    self._discard_batch_line(run)
+                    discard_line(self._lane, self.res, run)
                 raise JobCancelledError("cancelled before it started")
             remaining = run.ctx.remaining()
             if remaining is not None and remaining <= 0:
@@ -358,9 +358,9 @@ class JobRunner:
             )
             answered: Completion | None = None
             if job.batch is not None:
-                step = self._batch_step(run, chain, line, request, meter)
-                if isinstance(step, JobOutcome):
-                    return step
+                step = batch_step(self._lane, run, chain, line, request, meter)
+                if isinstance(step, str):
+                    return JobOutcome(skipped=step)
                 answered = step
             model = build_chain(
                 chain,
@@ -419,66 +419,6 @@ class JobRunner:
             return JobOutcome(result=self._endings.succeeded(run, completion))
         except RunFencedError as exc:
             return self._fenced(run, exc)
-
-    def _batch_step(
-        self, run: JobRun, chain: list[str], line: JobLine | None, request: ChatRequest, meter: Meter
-    ) -> JobOutcome | Completion | None:
-        """A job that may wait (``workers/jobs/batched.py``): parked in a provider batch (the
-        outcome: no ending now), ended from its line's answer (the completion), or live (None)."""
-        lane, job = self._lane, run.job
-        if line is None or line.state == "pending":
-            route = lane.choose(job, chain, run.ctx.remaining())
-            if route == "batch":
-                meter.price_factor = lane.discount(chain[0])
-                lane.park(job, chain[0], request, meter)
-                log.info("job %s: waits in a provider batch of %s", job.id, chain[0])
-                return JobOutcome(skipped="in a provider batch")
-            if route == "flex":
-                meter.price_factor = lane.discount(chain[0])
-                request.service_tier = "flex"
-            return None
-        if line.state == "sent":  # a redelivery of the parking run: the batcher sends it again at the end
-            return JobOutcome(skipped="in a provider batch")
-        if line.state != "done":  # live (retryable, expired, or its deadline came near) or dropped
-            return None
-        outcome = lane.outcome(line)
-        if outcome.kind == "succeeded":
-            meter.price_factor = lane.discount(line.group)
-            answered = lane.answer(line, outcome, request, meter)
-            meter.price_factor = Decimal(1)  # a repair turn after it is a live call, at the live price
-            run.model_used = answered.model_id
-            if job.stream and answered.completion.text:
-                run.publisher.delta(answered.completion.text)
-            return answered.completion
-        lane.release(line)
-        error = outcome.error
-        if outcome.kind == "errored" and error is not None and not error.retryable:
-            run.ctx.attempts.append(
-                Attempt(model=chain[0], status="failed", error_type=error_type_name(error), message=error.message)
-            )
-            raise error
-        # expired, cancelled by the provider, or a retryable error: live, once
-        lane.go_live(line)
-        log.info("job %s: its batch line ended %s; running it live", job.id, outcome.kind)
-        return None
-
-    def _discard_batch_line(self, run: JobRun) -> None:
-        """A cancelled job whose batch line was answered: its cost is settled, its answer dropped."""
-        job = run.job
-        try:
-            line = self._lane.store.line(job.id)
-            if line is None or line.state != "done":
-                if line is not None and line.state in ("pending", "sent"):
-                    self._lane.store.move(job.id, ("pending",), {"state": "dropped"})
-                return
-            rendered = render_job(job, self.res.redis, max_chars=self.res.settings.prompt_max_chars)
-            meter = Meter(job, self.res.counter, self.res.prices, self.res.ledger, run.ctx, self.res.metrics.usage)
-            meter.price_factor = self._lane.discount(line.group)
-            request = ChatRequest(messages=rendered.messages, params=job, tools=job.client_tools)
-            self._lane.discard(line, request, meter)
-            run.meter = meter
-        except LLMQError as exc:
-            log.warning("job %s: settling its discarded batch line failed: %s", job.id, exc.message)
 
     def _from_cache(self, run: JobRun, chain: list[str], messages: list[Message]) -> Served | None:
         """For a job that asks to be cached: the stored answer, or an identical job's in flight
