@@ -111,8 +111,11 @@ class SettleKeeper:
         max_pending: int = 10_000,
         registry: CollectorRegistry | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        background: bool = True,
     ) -> None:
         self._settle = settle
+        #: Retry from a thread of its own (False: only :meth:`flush` and :meth:`close` retry).
+        self.background = background
         self.journal = journal
         self.max_pending = max_pending
         self._sleep = sleep
@@ -183,7 +186,7 @@ class SettleKeeper:
         return done
 
     def _start(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None or not self.background:
             return
         with self._lock:
             if self._thread is None and not self._stop.is_set():
