@@ -185,3 +185,19 @@ def test_jobs_redis_is_too_full_to_start_wait_in_the_queue_holding_no_slot(
             terminal = [e for e in client.stream(job_id, timeout=30) if e.type in TERMINAL_EVENT_TYPES]
             assert len(terminal) == 1
         assert simulator.simulator.stats.by_outcome.total() == len(ids)
+
+
+def test_a_worker_starting_while_redis_is_full_waits_for_it(full: FullRedis) -> None:
+    """The worker's start writes (its queue's declaration, its presence) and Celery stops at the first
+    refused one: the start check waits until Redis takes a write (here: two refused tries)."""
+    from workers.runtime.redischeck import wait_until_writable
+
+    full.squeeze()
+    tries: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        tries.append(seconds)
+        if len(tries) == 2:
+            full.free()
+
+    assert wait_until_writable(full.redis, url=full.url, sleep=sleep) == 2

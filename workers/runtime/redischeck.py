@@ -104,7 +104,7 @@ def wait_until_writable(
             return refused  # not judged here (see check_broker_redis)
         except redis.ResponseError as exc:
             if not refused_for_memory(exc):
-                raise
+                return refused  # another refusal (a read-only replica...): the start reports it itself
         if refused % say_every == 0:
             log.warning(
                 "Redis at %s is full (it refuses writes at maxmemory); the worker starts once it takes writes again",
