@@ -192,6 +192,7 @@ def test_a_worker_starting_while_redis_is_full_waits_for_it(full: FullRedis) -> 
     refused one: the start check waits until Redis takes a write (here: two refused tries)."""
     from workers.runtime.redischeck import wait_until_writable
 
+    full.fill(0.2)  # more than the 1 MB squeeze() leaves it
     full.squeeze()
     tries: list[float] = []
 

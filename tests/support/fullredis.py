@@ -92,7 +92,7 @@ class FullRedis:
             self.redis.config_set("maxmemory", limit)
 
     def squeeze(self) -> None:
-        """Set ``maxmemory`` far below what Redis uses (1 MB), so every write that needs memory is
+        """Set ``maxmemory`` far below what Redis uses (1 MB: hold more than that first), so every write that needs memory is
         refused however memory moves meanwhile (a client's query buffer freed after a fill can take
         a Redis filled just past its limit back below it); :meth:`free` restores the limit."""
         self.redis.config_set("maxmemory", 1_048_576)
