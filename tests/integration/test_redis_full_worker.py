@@ -93,6 +93,7 @@ def test_a_full_redis_loses_no_job_and_every_paid_call_is_accounted(
         for job_id in ids:
             client.submit(_job(job_id))
         until(lambda: simulator.simulator.stats.requests >= 2, "calls under way", GUARD_S)
+        full.fill(0.2)  # more than the 1 MB squeeze() leaves it
         full.squeeze()
 
         # answered calls whose settlement Redis refused are kept by the worker, not dropped
@@ -134,6 +135,7 @@ def test_refused_settlements_are_journaled_at_shutdown_and_settled_at_the_next_s
     reservation = ledger.reserve("j-1", 1, "default", 0.01, model="gpt-4o-mini")
     keeper = SettleKeeper(ledger.settle_now, journal=journal)
     ledger.keeper = keeper
+    full.fill(0.2)
     full.squeeze()
     ledger.settle(reservation, 0.004)
     assert [p.reservation.id for p in keeper.pending] == ["j-1#1"]
@@ -166,6 +168,7 @@ def test_jobs_redis_is_too_full_to_start_wait_in_the_queue_holding_no_slot(
             job = CompletionJob.model_validate(_job(job_id)).model_dump(mode="json", exclude_none=True)
             app.send_task(TASK_NAME, args=[job], task_id=job_id, queue=DEFAULT_QUEUE, countdown=2)
         until(lambda: full.redis.hlen("unacked") == len(ids), "the worker to hold every job", GUARD_S)
+        full.fill(0.2)  # more than the 1 MB squeeze() leaves it
         full.squeeze()
 
         def given_back() -> float:
