@@ -375,7 +375,7 @@ def run_soak(config: SoakConfig, *, log: bool = True, log_dir: str | None = None
                     sampler.config_set("maxmemory", max(1_048_576, used - 1_048_576))
                     say(f"Redis at its memory limit ({used / 1e6:.1f} MB used) for {config.full_s:.0f} s")
                     episode_end = time.monotonic() + config.full_s
-                    while time.monotonic() < episode_end and not run.enough():
+                    while time.monotonic() < episode_end and not run.enough():  # for a set time, not a wait
                         time.sleep(0.5)
                     sampler.config_set("maxmemory", limit)
                     report.full_episodes += 1
