@@ -225,7 +225,18 @@ class Ledger(BudgetBook):
         return Settlement(True, actual, _states(scopes, reply[1:]))
 
     def release(self, reservation: Reservation) -> int:
-        """Free the lease without charging; returns the micro-USD it held (0 if already gone)."""
+        """Free the lease without charging; returns the micro-USD it held (0 if already gone).
+        With a :attr:`keeper`, a release Redis refuses is kept and retried (0 is returned)."""
+        try:
+            return self.release_now(reservation)
+        except LedgerUnavailableError as exc:
+            if self.keeper is None:
+                raise
+            self.keeper.keep_release(reservation, exc)
+            return 0
+
+    def release_now(self, reservation: Reservation) -> int:
+        """:meth:`release` that raises :class:`LedgerUnavailableError` when Redis refuses it."""
         r = reservation
         if r.already_settled:
             return 0

@@ -42,10 +42,13 @@ _MAX_BACKOFF_S = 5.0
 
 @dataclass(frozen=True, slots=True)
 class PendingSettle:
-    """One refused settlement: the call's reservation and what the call actually cost (micro-USD)."""
+    """One refused settlement: the call's reservation and what the call actually cost (micro-USD);
+    or (``release``) a refused release of a reservation whose call was not made or failed before
+    any output (it frees the held amount at once instead of when the lease expires)."""
 
     reservation: Reservation
     actual_micros: int
+    release: bool = False
 
     def to_json(self) -> str:
         r = self.reservation
@@ -61,6 +64,7 @@ class PendingSettle:
                 "user": r.user,
                 "model": r.model,
                 "actual_micros": self.actual_micros,
+                "release": self.release,
             },
             separators=(",", ":"),
         )
@@ -79,7 +83,7 @@ class PendingSettle:
             model=str(d.get("model", "")),
             day=str(d.get("day", "")),
         )
-        return cls(reservation, int(d["actual_micros"]))
+        return cls(reservation, int(d["actual_micros"]), bool(d.get("release", False)))
 
 
 def default_journal() -> Path:
@@ -107,6 +111,7 @@ class SettleKeeper:
         self,
         settle: Callable[[Reservation, int], object],
         *,
+        release: Callable[[Reservation], object] | None = None,
         journal: Path | None = None,
         max_pending: int = 10_000,
         registry: CollectorRegistry | None = None,
@@ -114,6 +119,7 @@ class SettleKeeper:
         background: bool = True,
     ) -> None:
         self._settle = settle
+        self._release = release
         #: Retry from a thread of its own (False: only :meth:`flush` and :meth:`close` retry).
         self.background = background
         self.journal = journal
@@ -132,11 +138,25 @@ class SettleKeeper:
         with self._lock:
             return list(self._pending)
 
-    def keep(self, reservation: Reservation, actual_micros: int, reason: BaseException) -> None:
+    def keep_release(self, reservation: Reservation, reason: BaseException) -> None:
+        """Keep a release Redis refused, retried like a settlement (not counted as one)."""
+        self.keep(reservation, 0, reason, release=True)
+
+    def _apply(self, item: PendingSettle) -> None:
+        if item.release:
+            if self._release is not None:
+                self._release(item.reservation)
+        else:
+            self._settle(item.reservation, item.actual_micros)
+
+    def keep(
+        self, reservation: Reservation, actual_micros: int, reason: BaseException, *, release: bool = False
+    ) -> None:
         """Keep a settlement Redis refused (``reason``), to be retried until it is taken. When the
         keeper is full, retry it here until Redis takes it (the caller waits)."""
-        self.metrics.refused.inc()
-        item = PendingSettle(reservation, actual_micros)
+        if not release:
+            self.metrics.refused.inc()
+        item = PendingSettle(reservation, actual_micros, release)
         with self._lock:
             if len(self._pending) < self.max_pending:
                 self._pending.append(item)
@@ -146,7 +166,8 @@ class SettleKeeper:
                 kept = False
         if kept:
             log.warning(
-                "settlement of %s refused (%s: %s); kept, retried until Redis takes it",
+                "%s of %s refused (%s: %s); kept, retried until Redis takes it",
+                "release" if release else "settlement",
                 reservation.id,
                 type(reason).__name__,
                 str(reason)[:200],
@@ -158,7 +179,7 @@ class SettleKeeper:
         while True:  # full: this caller waits for its own settlement
             self._sleep(delay)
             try:
-                self._settle(reservation, actual_micros)
+                self._apply(item)
                 return
             except Exception:
                 delay = min(delay * 2, _MAX_BACKOFF_S)
@@ -173,7 +194,7 @@ class SettleKeeper:
                         break
                     item = self._pending[0]
                 try:
-                    self._settle(item.reservation, item.actual_micros)
+                    self._apply(item)
                 except Exception as exc:
                     log.debug("kept settlement of %s still refused: %s", item.reservation.id, exc)
                     break

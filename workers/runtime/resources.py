@@ -312,6 +312,7 @@ class WorkerResources:
         ledger = build_ledger(settings, config, ledger_client)
         ledger.keeper = SettleKeeper(
             ledger.settle_now,
+            release=ledger.release_now,
             journal=Path(settings.settle_journal) if settings.settle_journal else default_journal(),
             max_pending=settings.settle_keep_max,
             registry=metrics.registry,

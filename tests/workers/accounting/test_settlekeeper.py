@@ -98,3 +98,25 @@ def test_without_a_writable_journal_each_settlement_is_logged_in_full(
     assert keeper.close(timeout_s=0) == 0
     logged = [r.getMessage() for r in caplog.records if "UNSETTLED" in r.getMessage()]
     assert len(logged) == 1 and '"job_id":"b"' in logged[0] and '"actual_micros":9' in logged[0]
+
+
+def test_a_refused_release_is_kept_and_retried_too(tmp_path: Path) -> None:
+    """A reservation whose call failed before any output is released when Redis takes writes again
+    (not held until its lease expires); the journal keeps which entries are releases."""
+    ledger = FakeLedger()
+    released: list[str] = []
+
+    def release_now(reservation: Reservation) -> None:
+        if ledger.full:
+            raise LedgerUnavailableError("full")
+        released.append(reservation.id)
+
+    registry = CollectorRegistry()
+    keeper = SettleKeeper(ledger.settle_now, release=release_now, registry=registry, background=False)
+    keeper.keep_release(_r("r"), LedgerUnavailableError("full"))
+    keeper.keep(_r("s"), 4, LedgerUnavailableError("full"))
+    assert registry.get_sample_value("llmq_settles_refused_total") == 1  # releases are not settlements
+    assert PendingSettle.from_json(keeper.pending[0].to_json()).release
+    ledger.full = False
+    assert keeper.flush() == 2
+    assert released == ["r#1"] and ledger.charged == {"s#1": 4}
