@@ -27,6 +27,7 @@ EXIT_REFUSED = 75
 COMMANDS = (
     "worker",
     "simulate",
+    "redisserver",
     "submit",
     "subscribe",
     "demo",

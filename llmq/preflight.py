@@ -55,7 +55,7 @@ def redis_line(exc: BaseException, url: str, setting: str = "LLMQ_REDIS_URL") ->
         )
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         return (
-            f"llmq: cannot reach Redis at {where} ({why}); start Redis (redis-server, or ./dev demo) "
+            f"llmq: cannot reach Redis at {where} ({why}); start Redis (redis-server, or ./dev llmq redis) "
             f"or point {setting} at a running one"
         )
     if isinstance(exc, redis.InvalidResponse):
