@@ -83,7 +83,8 @@ def test_a_batcher_killed_mid_step_sends_no_batch_twice_and_loses_no_line(
     stack: LocalStack, step: str, model: str
 ) -> None:
     held = {"upload": {"batch_upload_delay_s": 60.0}, "create": {"batch_create_delay_s": 60.0}}.get(step, {})
-    sim_config(stack, batch_processing_s=4.0 if step == "poll" else 0.0, **held)
+    # polling: long enough that the batch is still running when the worker is killed, however loaded the machine
+    sim_config(stack, batch_processing_s=10.0 if step == "poll" else 0.0, **held)
     first = stack.start_worker(pool="threads", concurrency=4, name="worker1")
     stack.wait_for_workers(1, timeout=60)
     r = redis.Redis.from_url(stack.redis_url)
