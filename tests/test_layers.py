@@ -36,13 +36,14 @@ The rules:
 from __future__ import annotations
 
 import ast
-import gc
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.pyparse import parse_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("workers", "producers", "llmq", "simulator")
@@ -101,20 +102,6 @@ def _imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
             yield node
 
 
-def _parse(path: Path) -> ast.Module:
-    """``ast.parse`` with the garbage collector held off: on CPython 3.11, a collection that runs
-    finalizers (left by earlier tests: event loops, Redis connections) in the middle of building
-    the tree trips its recursion check ("AST constructor recursion depth mismatch")."""
-    source = path.read_text()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return ast.parse(source, filename=str(path))
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def all_imports(root: Path, modules: Mapping[str, Path]) -> list[Edge]:
     """Every import of the given modules, function-level and ``TYPE_CHECKING`` ones included,
     outside the project too (the target is then the imported module's dotted name).
@@ -124,7 +111,7 @@ def all_imports(root: Path, modules: Mapping[str, Path]) -> list[Edge]:
     edges: set[Edge] = set()
     for module, path in modules.items():
         rel = path.relative_to(root)
-        for node in _imports(_parse(path)):
+        for node in _imports(parse_file(path)):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -195,7 +182,7 @@ def private_imports(root: Path, modules: Mapping[str, Path]) -> list[str]:
     for module, path in modules.items():
         rel = path.relative_to(root)
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        for node in _imports(_parse(path)):
+        for node in _imports(parse_file(path)):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -248,7 +235,7 @@ def private_attributes(root: Path, modules: Mapping[str, Path]) -> list[str]:
     (at any level) defines it and this module does not (``runner._call`` in the tool loop, with the
     runner's module imported for its type). ``self._x`` / ``cls._x`` are a class's own; a private
     name of a library (kombu's ``connection._deliver``) is not ours to police here."""
-    trees = {module: _parse(path) for module, path in modules.items()}
+    trees = {module: parse_file(path) for module, path in modules.items()}
     defined = {module: _private_names(tree) for module, tree in trees.items()}
     imported: dict[str, set[str]] = {}
     for edge in all_imports(root, modules):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.support.pyparse import parse_file
+
 TESTS = Path(__file__).resolve().parent
 HELPER = TESTS / "support" / "waits.py"
 
@@ -31,7 +33,7 @@ def hand_rolled_waits(root: Path) -> list[str]:
             continue
         source = path.read_text()
         lines = source.splitlines()
-        for node in ast.walk(ast.parse(source, filename=str(path))):
+        for node in ast.walk(parse_file(path, source)):
             if not isinstance(node, ast.While) or NOT_A_WAIT in lines[node.lineno - 1]:
                 continue
             asserts = [n for n in ast.walk(node) if isinstance(n, ast.Assert)]

@@ -28,6 +28,7 @@ import pytest
 from llmq.localredis import free_port
 from tests.support.external import need_module, need_tool
 from tests.support.nginx import nginx_binary, render_conf, running_nginx
+from tests.support.pyparse import parse_file
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
@@ -178,7 +179,7 @@ def test_app_services_build_from_ops_dockerfile(model: dict) -> None:
 
 def _cli_commands() -> tuple[str, ...]:
     """COMMANDS from llmq/cli.py, read without importing the command modules."""
-    tree = ast.parse((ROOT / "llmq" / "cli.py").read_text())
+    tree = parse_file(ROOT / "llmq" / "cli.py")
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "COMMANDS" for t in node.targets):
             return tuple(ast.literal_eval(node.value))
