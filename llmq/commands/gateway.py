@@ -125,8 +125,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not tokens:
         print("llmq gateway: WARNING: running without authentication (--allow-anonymous)", file=sys.stderr)
+    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    key = '"anything"' if not tokens else "<one of the tokens>"
     print(
-        f"llmq gateway listening on http://{args.host}:{args.port} ({len(tokens)} token(s))",
+        f"llmq gateway listening on http://{args.host}:{args.port} ({len(tokens)} token(s), queue {settings.queue!r})\n"
+        f'  OpenAI SDK: OpenAI(base_url="{base}/v1", api_key={key}); models: GET {base}/v1/models',
         file=sys.stderr,
         flush=True,
     )

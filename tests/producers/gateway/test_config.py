@@ -128,3 +128,27 @@ def test_the_gateway_imports_only_the_contract_and_connections_from_workers() ->
         for m in out.strip().split(",")
         if m != "workers" and m.split(".")[:2] not in (["workers", "contract"], ["workers", "connections"])
     } == set()
+
+
+def test_the_command_says_how_the_openai_sdk_reaches_it(redis_url: str) -> None:
+    """What ``llmq simulate`` does for a worker, the gateway does for an SDK user: the base_url with /v1."""
+    from llmq.localredis import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("LLMQ_GATEWAY_TOKENS", "LLMQ_CONFIG")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmq.cli", "gateway", "--port", str(port), "--allow-anonymous"],
+        env={**env, "LLMQ_REDIS_URL": redis_url},
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline() for _ in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    said = "".join(lines)
+    assert f'OpenAI SDK: OpenAI(base_url="http://127.0.0.1:{port}/v1", api_key="anything")' in said, said
