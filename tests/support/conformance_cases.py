@@ -31,9 +31,21 @@ from workers.llm.openai import OpenAIProvider
 
 __all__ = ["API_KEY", "CONFORMANCE", "Case", "Outcome", "assert_no_key", "error_files", "run_case", "transcripts"]
 
-CONFORMANCE = Path(
-    os.environ.get("LLMQ_CONFORMANCE_DIR") or Path(__file__).parents[2].parent / "shared" / "conformance"
-)
+
+def _conformance_dir() -> Path:
+    """The recorded provider responses: ``LLMQ_CONFORMANCE_DIR``, else the nearest ``shared/conformance``
+    beside the checkout or one of its parents (``../shared`` of a clone; ``../../shared`` of a worktree
+    kept in a folder of worktrees)."""
+    if os.environ.get("LLMQ_CONFORMANCE_DIR"):
+        return Path(os.environ["LLMQ_CONFORMANCE_DIR"])
+    checkout = Path(__file__).resolve().parents[2]
+    for parent in checkout.parents:
+        if (parent / "shared" / "conformance").is_dir():
+            return parent / "shared" / "conformance"
+    return checkout.parent / "shared" / "conformance"
+
+
+CONFORMANCE = _conformance_dir()
 API_KEY = "sk-llmq-conformance-0123456789abcdef"
 #: Signing credentials of the Bedrock cases (the secret must not leak either).
 AWS_KEY_ID, AWS_SECRET = "AKIDLLMQCONFORMANCE0", "llmq-conformance-aws-secret-0123456789abcdef"

@@ -14,12 +14,13 @@ from producers.batch.files import BatchFileError, IdSet, JsonlAppender, iter_lin
 from producers.batch.formats import LineError, parse_line
 from producers.batch.progress import BatchCounters, BatchProgress
 from producers.batch.records import invalid_record, result_record
+from tests.support.conformance_cases import CONFORMANCE
 from tests.support.doubles import FakeClock
 from workers.contract import Attempt, CompletionJob, CompletionResult, ErrorInfo, ToolCall, Usage
 from workers.contract.catalog import ModelCatalog
 
-CONFORMANCE = Path("/work/shared/conformance/batch")
-needs_conformance = pytest.mark.skipif(not CONFORMANCE.exists(), reason="conformance files not available")
+BATCH = CONFORMANCE / "batch"
+needs_conformance = pytest.mark.skipif(not BATCH.exists(), reason="conformance files not available")
 
 OPENAI_LINE = {
     "custom_id": "a",
@@ -42,19 +43,19 @@ def issues_of(line: dict[str, Any] | str, **kwargs: Any) -> list[tuple[str, str 
 
 @needs_conformance
 def test_real_openai_batch_input_files_parse() -> None:
-    expected = json.loads((CONFORMANCE / "openai_batch.expected.json").read_text())["openai_batch_input_01.jsonl"]
-    parsed = [parse_line(raw, n) for n, raw in iter_lines(CONFORMANCE / "openai_batch_input_01.jsonl")]
+    expected = json.loads((BATCH / "openai_batch.expected.json").read_text())["openai_batch_input_01.jsonl"]
+    parsed = [parse_line(raw, n) for n, raw in iter_lines(BATCH / "openai_batch_input_01.jsonl")]
     assert [p.custom_id for p in parsed] == expected["custom_ids"]  # the trailing blank line is skipped
     assert all(p.kind == "openai" and p.job.model == "gpt-4o-mini" for p in parsed)
     assert ModelCatalog().resolve(parsed[0].job.model) == ["openai:gpt-4o-mini"]  # the one rule, at run time
     assert parsed[0].job.max_tokens == 10 and [m.role for m in parsed[0].job.messages or []] == ["system", "user"]
-    spec = [parse_line(raw, n) for n, raw in iter_lines(CONFORMANCE / "openai_batch_input_02_spec_example.jsonl")]
+    spec = [parse_line(raw, n) for n, raw in iter_lines(BATCH / "openai_batch_input_02_spec_example.jsonl")]
     assert spec[0].job.max_tokens == CompletionJob.model_fields["max_tokens"].default
 
 
 @needs_conformance
 def test_real_anthropic_request_entries_parse() -> None:
-    body = json.loads((CONFORMANCE / "anthropic_batch_create_request.json").read_text())
+    body = json.loads((BATCH / "anthropic_batch_create_request.json").read_text())
     parsed = [parse_line(json.dumps(r), i) for i, r in enumerate(body["requests"], 1)]
     assert [p.custom_id for p in parsed] == ["my-first-request", "my-second-request"]
     job = parsed[0].job
@@ -258,7 +259,7 @@ def _result(**kwargs: Any) -> CompletionResult:
 
 @needs_conformance
 def test_success_record_has_the_shape_of_a_real_openai_output_line() -> None:
-    real = json.loads((CONFORMANCE / "openai_batch_output_01.jsonl").read_text().splitlines()[0])
+    real = json.loads((BATCH / "openai_batch_output_01.jsonl").read_text().splitlines()[0])
     ok, ours = result_record(_result(), "request-1", line=1)
     assert ok and ours["custom_id"] == "request-1" and ours["error"] is None
     extra = ours.pop("x_llmqueue")
@@ -295,7 +296,7 @@ def test_tool_call_answer_has_null_content_and_tool_calls() -> None:
 
 @needs_conformance
 def test_error_records_have_the_shapes_of_real_openai_error_lines() -> None:
-    real = [json.loads(line) for line in (CONFORMANCE / "openai_batch_output_02_mixed.jsonl").read_text().splitlines()]
+    real = [json.loads(line) for line in (BATCH / "openai_batch_output_02_mixed.jsonl").read_text().splitlines()]
     http_real, batch_real = real[1], real[2]
     info = ErrorInfo(type="authentication_error", message="bad key", code="invalid_api_key", status=401)
     http_real["response"]["body"]["error"]["param"] = None  # we never know the offending param
