@@ -27,6 +27,7 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 from redis.utils import HIREDIS_AVAILABLE
 
+from workers.connections.packer import HiredisPacker
 from workers.connections.redisurl import SentinelTarget, sentinel_target
 from workers.connections.socketcheck import Probe, native_probe
 
@@ -61,8 +62,9 @@ def _os_probe() -> Probe | None:
 
 
 def sync_parser_options() -> dict[str, Any]:
-    """Connection options for a sync client: :class:`QuickCheckParser` where hiredis is installed."""
-    return {"parser_class": QuickCheckParser} if HIREDIS_AVAILABLE else {}
+    """Connection options for a sync client where hiredis is installed: :class:`QuickCheckParser`, and
+    :class:`~workers.connections.packer.HiredisPacker` (arguments packed by hiredis, not encoded in Python)."""
+    return {"parser_class": QuickCheckParser, "command_packer": HiredisPacker()} if HIREDIS_AVAILABLE else {}
 
 
 #: Sentinel clients get at least this many connections (their pool raises when it runs out).
