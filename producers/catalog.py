@@ -12,6 +12,9 @@ Where the catalog comes from, in this order:
    It has no price table, so unpriced near misses are left to the worker.
 3. Neither: only what holds for any configuration is checked (the job's own validation); a name
    is never refused on a guess, and the worker still refuses an unknown one, with the same words.
+   What the workers of the queue last ran with (kept a week after they stopped,
+   :func:`~workers.contract.presence.last_catalog_key`) only warns: a name it would refuse is
+   logged once (``llmq.producer``; ``llmq submit`` shows it), the job is enqueued.
 
 The rule itself is the contract's (:meth:`~workers.contract.catalog.ModelCatalog.resolve`), the one
 the worker resolves a job with.
@@ -19,6 +22,7 @@ the worker resolves a job with.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import tomllib
@@ -32,10 +36,12 @@ import redis.asyncio as aredis
 from producers.liveset import live_entries, live_entries_async
 from workers.contract import CompletionJob
 from workers.contract.catalog import Judgement, ModelCatalog, catalog_from_config
-from workers.contract.presence import WORKERS_KEY, WorkerPresence, catalog_key, worker_key
+from workers.contract.presence import WORKERS_KEY, WorkerPresence, catalog_key, last_catalog_key, worker_key
 from workers.contract.providers import ProviderInfo
 
 __all__ = ["CACHE_S", "LiveCatalog", "catalog_problems", "live_presences", "live_presences_async"]
+
+log = logging.getLogger("llmq.producer")
 
 #: Seconds a producer trusts the catalog it read.
 CACHE_S = 5.0
@@ -105,6 +111,10 @@ class LiveCatalog:
         self._by_digest: dict[str, ModelCatalog] = {}
         self._file: tuple[tuple[int, int, int], ModelCatalog | None] | None = None
         self._judged: dict[str, Judgement] = {}
+        #: What the workers of the queue last ran with, while none runs and no config file says (warnings only).
+        self._last: ModelCatalog | None = None
+        self._last_raw: bytes | str | None = None
+        self._warned: set[str] = set()
 
     # --- the check ------------------------------------------------------------------------------
 
@@ -112,13 +122,32 @@ class LiveCatalog:
         found = self._problems(self.get(client), job)
         if found and self._clock() - self._at >= RECHECK_S:  # a worker may have just started with it
             found = self._problems(self.get(client, fresh=True), job)
+        if self._catalog is None and self._last is not None:
+            self._warn(catalog_problems(job, self._last))
         return found
 
     async def problems_async(self, client: aredis.Redis, job: CompletionJob) -> list[dict[str, Any]]:
         found = self._problems(await self.get_async(client), job)
         if found and self._clock() - self._at >= RECHECK_S:
             found = self._problems(await self.get_async(client, fresh=True), job)
+        if self._catalog is None and self._last is not None:
+            self._warn(catalog_problems(job, self._last))
         return found
+
+    def _warn(self, problems: list[dict[str, Any]]) -> None:
+        """Names the workers that last ran on this queue would refuse: said once each, not refused
+        (a config change may be on its way with the next worker)."""
+        for problem in problems:
+            text = f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}"
+            if text in self._warned or len(self._warned) >= JUDGED_MAX:
+                continue
+            self._warned.add(text)
+            log.warning(
+                "warning: %s -- the workers that last ran on queue %r would refuse it; none runs now, so "
+                "the job is enqueued (a worker will judge it when one starts)",
+                text,
+                self.queue,
+            )
 
     def chain(self, job: CompletionJob) -> list[str]:
         """``job``'s chain as ``provider:model`` ids, route aliases and bare names resolved by the
@@ -158,6 +187,8 @@ class LiveCatalog:
             if missing:
                 self._store(missing, client.mget([catalog_key(d) for d in missing]))
             self._set(alive)
+            if self._catalog is None:
+                self._set_last(client.get(last_catalog_key(self.queue)))
         return self._catalog
 
     async def get_async(self, client: aredis.Redis, *, fresh: bool = False) -> ModelCatalog | None:
@@ -167,7 +198,17 @@ class LiveCatalog:
             if missing:
                 self._store(missing, await client.mget([catalog_key(d) for d in missing]))
             self._set(alive)
+            if self._catalog is None:
+                self._set_last(await client.get(last_catalog_key(self.queue)))
         return self._catalog
+
+    def _set_last(self, raw: bytes | str | None) -> None:
+        if raw != self._last_raw:  # parsed again only when it changed
+            self._last_raw = raw
+            try:
+                self._last = None if raw is None else ModelCatalog.model_validate_json(raw)
+            except ValueError:
+                self._last = None
 
     def _mine(self, alive: list[WorkerPresence]) -> list[WorkerPresence]:
         return [p for p in alive if self.queue in p.queues]

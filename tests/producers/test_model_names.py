@@ -167,3 +167,29 @@ def test_a_stopped_workers_catalog_is_gone_with_it(redis_url: str, redis_client:
         assert client.catalog.get(client.redis, fresh=True) is None  # a worker of another queue says nothing here
     finally:
         other_queue.stop()
+
+
+def test_while_no_worker_runs_a_typo_the_last_workers_would_refuse_is_warned_of_not_refused(
+    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Workers of the queue ran and stopped: their catalog is kept, so a producer with no config file
+    says at submit what they would refuse (once per name), and still enqueues: a config change may come
+    with the next worker, and a name is never refused on a guess."""
+    from workers.contract.presence import last_catalog_key
+
+    queue = "stopped-workers"
+    gone = PresencePublisher(
+        redis_client, "gone-worker", [queue], catalog_from_config({"routes": {"cheap": ["openai:gpt-4o-mini"]}})
+    )
+    gone.start()
+    gone.stop()  # its presence is gone; what it ran with stays
+    assert redis_client.exists(last_catalog_key(queue)) and redis_client.ttl(last_catalog_key(queue)) > 86400
+    settings = ProducerSettings(redis_url=redis_url, queue=queue)
+    with Client(settings=settings) as client, caplog.at_level("WARNING", logger="llmq.producer"):
+        for _ in range(2):
+            assert client.submit({"model": "opneai:gpt-4o", "messages": HELLO}).enqueued
+        assert client.submit({"model": "cheap", "messages": HELLO}).enqueued
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "would refuse" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "unknown provider 'opneai'" in warnings[0] and "did you mean 'openai:gpt-4o'?" in warnings[0]
+    assert f"the workers that last ran on queue '{queue}' would refuse it" in warnings[0]

@@ -5,7 +5,8 @@ it keeps refreshing, adds its id to the :data:`WORKERS_KEY` set, and stores its
 :class:`~workers.contract.catalog.ModelCatalog` under :func:`catalog_key` (by content hash: workers
 with one config share one key). A dead worker stops refreshing and its entry expires. Producers
 read it to check model names before enqueueing and to say "no worker consumes queue X" when a
-wait times out (``producers/catalog.py``).
+wait times out (``producers/catalog.py``). Each worker also keeps its catalog under
+:func:`last_catalog_key` of each queue it consumes, for a week after it stops.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pydantic import Field
 
 from workers.contract.base import WireModel
 
-__all__ = ["WORKERS_KEY", "WorkerPresence", "catalog_key", "worker_key"]
+__all__ = ["LAST_CATALOG_TTL_S", "WORKERS_KEY", "WorkerPresence", "catalog_key", "last_catalog_key", "worker_key"]
 
 #: Set of the ids of workers that published a presence (some may be dead: check their key).
 WORKERS_KEY = "llmq:workers"
@@ -28,6 +29,16 @@ def worker_key(worker_id: str) -> str:
 def catalog_key(digest: str) -> str:
     """The key holding a :class:`~workers.contract.catalog.ModelCatalog` JSON by its digest."""
     return f"llmq:catalog:{digest}"
+
+
+#: How long the catalog the workers of a queue last ran with is kept after the last of them stopped.
+LAST_CATALOG_TTL_S = 7 * 86400
+
+
+def last_catalog_key(queue: str) -> str:
+    """The catalog the workers of ``queue`` last ran with (JSON), kept :data:`LAST_CATALOG_TTL_S` after
+    they stopped: while none runs, producers warn of names it would refuse (they do not refuse them)."""
+    return f"llmq:catalog:last:{queue}"
 
 
 class WorkerPresence(WireModel):

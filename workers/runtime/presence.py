@@ -16,7 +16,14 @@ import time
 import redis
 
 from workers.contract.catalog import ModelCatalog
-from workers.contract.presence import WORKERS_KEY, WorkerPresence, catalog_key, worker_key
+from workers.contract.presence import (
+    LAST_CATALOG_TTL_S,
+    WORKERS_KEY,
+    WorkerPresence,
+    catalog_key,
+    last_catalog_key,
+    worker_key,
+)
 
 __all__ = ["PresencePublisher"]
 
@@ -44,16 +51,21 @@ class PresencePublisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def publish(self) -> None:
+    def publish(self, *, first: bool = False) -> None:
         self._presence.published_at = time.time()
         pipe = self._client.pipeline(transaction=False)
         pipe.set(self._catalog_key, self._catalog_json, ex=self._ttl_s)  # before the presence naming it
         pipe.set(worker_key(self.worker_id), self._presence.model_dump_json(), ex=self._ttl_s)
         pipe.sadd(WORKERS_KEY, self.worker_id)
+        for queue in self._presence.queues:  # what producers judge by while no worker runs (a warning)
+            if first:
+                pipe.set(last_catalog_key(queue), self._catalog_json, ex=LAST_CATALOG_TTL_S)
+            else:
+                pipe.expire(last_catalog_key(queue), LAST_CATALOG_TTL_S)
         pipe.execute()
 
     def start(self) -> None:
-        self.publish()  # before the first job: a producer may check right after the worker is up
+        self.publish(first=True)  # before the first job: a producer may check right after the worker is up
         self._thread = threading.Thread(target=self._run, name="llmq-presence", daemon=True)
         self._thread.start()
 
