@@ -42,6 +42,28 @@ def test_the_key_is_the_request_after_resolution_and_nothing_else() -> None:
     assert _key(base).startswith("t:default:")
 
 
+def test_what_changes_the_price_or_the_delivery_but_not_the_answer_shares_the_entry() -> None:
+    """Scheduling, delivery and prompt-cache hints are not the request: the same question asked at
+    another priority, with a webhook, as a batch line, with ``cache_control`` breakpoints or
+    ``prompt_cache: "auto"``, is the same entry; a ``logit_bias`` in another key order too."""
+    base = _job(cache={"ttl_s": 60}, logit_bias={"50256": -100, "13": 5})
+    marked = [Message(role="user", content=[{"type": "text", "text": "hi", "cache_control": {"ttl": "1h"}}])]
+    same = [
+        _job(cache={"ttl_s": 60}, logit_bias={"13": 5, "50256": -100}),
+        _job(cache={"ttl_s": 60}, logit_bias={"13": 5, "50256": -100}, priority="bulk", concurrency_key="doc-1",
+             webhook="https://example.com/hook", batch="allow", replay_of="job_1", prompt_cache="auto",
+             prompt_cache_key="faq"),
+    ]  # fmt: skip
+    assert {_key(j) for j in same} == {_key(base)}
+    spec = CacheSpec()
+    plain = [Message(role="user", content=[{"type": "text", "text": "hi"}])]
+    assert cache_key(base, spec, ["m"], marked).member == cache_key(base, spec, ["m"], plain).member
+    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    with_mark = _job(cache={"ttl_s": 60}, tools=[{**tool, "cache_control": {}}])
+    assert _key(with_mark) == _key(_job(cache={"ttl_s": 60}, tools=[tool]))
+    assert _key(_job(cache={"ttl_s": 60}, logit_bias={"13": 4, "50256": -100})) != _key(base)
+
+
 def test_who_is_cached() -> None:
     config = LLMQConfig.model_validate({"cache": {"routes": {"cheap": {"ttl_s": 5}}}})
     assert cache_spec(_job(), config) == CacheSpec(ttl_s=5)  # the route's
