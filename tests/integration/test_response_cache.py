@@ -154,6 +154,27 @@ def test_a_failed_leader_lets_a_waiting_duplicate_run(
     assert not results[winner.id].cached and _entries(redis_url) == 1
 
 
+def test_a_streamed_follower_of_a_whole_body_leader_streams_the_answer(
+    worker, client: Client, simulator: SimulatorThread, redis_client: redis.Redis
+) -> None:
+    """The leader asked for no deltas (``stream: false``): a streamed job sharing its call still
+    gets the text as deltas, as its own live run would have sent them."""
+    sim = simulator.simulator
+    sim.config.tokens_per_s = 2.0  # 20 tokens: ~10 s, the follower arrives while the leader calls
+    leader = client.submit(_job(stream=False))
+    until(lambda: sim.stats.requests >= 1, "the leader's request", 30)
+    follower = client.submit(_job(stream=True))
+    events = []
+    for event in follower.stream(timeout=60):
+        if not events:  # it started while the leader was still calling: it follows, not a hit
+            assert not redis_client.exists(f"llmq:job:{{{leader.id}}}:result")
+        events.append(event)
+    first, second = leader.result(timeout=30), follower.result(timeout=30)
+    assert sim.stats.requests == 1 and second.cached and not first.cached
+    assert events[0].type == "start" and events[-1].type == "done"
+    assert "".join(e.text for e in events if e.type == "delta") == first.content != ""
+
+
 # --- across two worker processes ------------------------------------------------------------------------
 
 

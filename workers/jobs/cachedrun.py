@@ -55,6 +55,8 @@ class Served:
 
     result: CompletionResult
     source: Literal["hit", "shared"]
+    #: The answer's text this job already sent as deltas (a follower republishes the leader's).
+    shown: str = ""
 
 
 class CachedRun:
@@ -67,9 +69,10 @@ class CachedRun:
         #: The first lookup's answer when it was sent with the job's claim (one round trip less).
         self.first: Begin | None = None
 
-    def begin(self, follow: Callable[[str], CompletionResult | None]) -> Served | None:
+    def begin(self, follow: Callable[[str], CompletionResult | None], shown: Callable[[], str] = str) -> Served | None:
         """The answer to serve, or None: this job leads. ``follow(leader)`` follows a leader's
-        stream and returns its answer, or None when that leader failed or is gone."""
+        stream and returns its answer, or None when that leader failed or is gone; ``shown()``: the
+        text it republished of that answer."""
         taking_over: str | None = None
         metrics = self.cache.metrics
         while True:
@@ -88,7 +91,7 @@ class CachedRun:
             if shared is not None:
                 if metrics is not None:
                     metrics.served(shared, "shared")
-                return Served(shared, "shared")
+                return Served(shared, "shared", shown())
             log.info(
                 "job %s: the job answering the same request (%s) failed or is gone; trying", self.job_id, begun.leader
             )

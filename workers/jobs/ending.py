@@ -60,12 +60,14 @@ class Endings:
 
     def served(self, run: JobRun, served: Served) -> CompletionResult:
         """End the job with an answer it did not call for (``cached``, cost 0), the events a live run
-        sends: a hit's text as one delta (a follower republished the leader's deltas already)."""
+        sends: a hit's text as one delta; a follower republished the leader's deltas, and sends
+        what they did not show of the answer (all of it when the leader streamed none)."""
         job = run.job
         result = served_result(self._result(run, "succeeded"), served)
         run.model_used = result.model_used
-        if served.source == "hit" and result.content:
-            run.publisher.delta(result.content)
+        content = result.content or ""
+        if content.startswith(served.shown):  # else the leader's deltas were not its answer (a tool loop's turns)
+            run.publisher.delta(content[len(served.shown) :])
         events: list[StreamEvent] = [ToolCallEvent(job_id=job.id, seq=0, tool_call=c) for c in result.tool_calls]
         events.append(UsageEvent(job_id=job.id, seq=0, usage=result.usage))
         self._terminal(run, DoneEvent(job_id=job.id, seq=0, result=result), result, before=events)

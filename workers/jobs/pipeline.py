@@ -436,7 +436,7 @@ class JobRunner:
             cancelled=lambda: self.res.store.is_cancelled(run.keys),
             remaining=run.ctx.remaining,
         )
-        return run.cached.begin(follower.follow)
+        return run.cached.begin(follower.follow, lambda: follower.shown)
 
     def _cache_probe(self, job: CompletionJob) -> CachedRun | None:
         """The cache part of a job that asks to be cached and whose key needs no Redis (messages or a

@@ -37,6 +37,9 @@ class Follower:
     #: Seconds left before this job's deadline (None: none).
     remaining: Callable[[], float | None]
     block_ms: int = BLOCK_MS
+    #: The leader's text republished as this job's deltas since the last ``repair`` (a leader that
+    #: sent no deltas, ``stream: false``, leaves it empty: the ending sends the rest).
+    shown: str = ""
 
     def follow(self, leader_id: str) -> CompletionResult | None:
         """The leader's result once it is ``done``; None if it failed, was cancelled or is gone."""
@@ -64,6 +67,7 @@ class Follower:
                     run = event.run
                 elif isinstance(event, DeltaEvent):
                     self.publisher.delta(event.text)
+                    self.shown += event.text
                     sent = True
                 elif isinstance(event, RepairEvent):
                     self._restart(event.errors)
@@ -89,6 +93,7 @@ class Follower:
         return None
 
     def _restart(self, errors: list[str]) -> None:
+        self.shown = ""
         self.publisher.emit(RepairEvent(job_id=self.job_id, seq=0, attempt=1, errors=errors))
 
     def _leader_state(self, leader: JobKeys) -> tuple[str, CompletionResult | None]:
