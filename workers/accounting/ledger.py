@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -35,7 +36,7 @@ from workers.accounting.money import (
 from workers.accounting.replicas import ReplicaWait
 from workers.accounting.settlekeeper import SettleKeeper
 from workers.accounting.spendreport import DEFAULT_DAYS, Dimension, other_key, rows_key
-from workers.llm.errors import BudgetBusyError, BudgetExceededError
+from workers.llm.errors import BudgetBusyError, BudgetExceededError, LLMQError
 from workers.routes import LLMQConfig
 from workers.settings import Settings
 
@@ -46,6 +47,7 @@ __all__ = [
     "LedgerUnavailableError",
     "ReplicaWait",
     "Reservation",
+    "ReserveCall",
     "ScopeState",
     "ScopeStatus",
     "Settlement",
@@ -152,6 +154,68 @@ class Ledger(BudgetBook):
         take the next number). Reserving the same job attempt again replaces its lease. ``model``
         is the model called: the spend report counts the settled cost for it.
         """
+        call = self._reserve_call(job_id, attempt, tenant, amount_usd, lease_s, tags=tags, user=user, model=model)
+        reply = self._run(self._reserve, call.keys, call.args, "reserve", replicate=True)
+        return self._reserved(call, reply)
+
+    def reserve_many(self, calls: Sequence[ReserveCall]) -> list[Reservation | LLMQError]:
+        """:meth:`reserve` of many in one round trip (a provider batch's lines, each made with
+        :meth:`reserve_call`): per call its reservation, or the error :meth:`reserve` would raise.
+        Redis refusing the round trip raises :class:`LedgerUnavailableError`."""
+        if self.replica_wait is not None:  # WAIT after each: one by one
+            out: list[Reservation | LLMQError] = []
+            for c in calls:
+                try:
+                    out.append(self._reserved(c, self._run(self._reserve, c.keys, c.args, "reserve", replicate=True)))
+                except LLMQError as exc:
+                    out.append(exc)
+            return out
+        pipe = self.client.pipeline(transaction=False)
+        for c in calls:
+            self._reserve(keys=c.keys, args=c.args, client=pipe)
+        try:
+            replies = pipe.execute() if calls else []
+        except redis.RedisError as exc:
+            raise LedgerUnavailableError(
+                f"budget ledger unavailable during reserve ({type(exc).__name__}: {exc}); "
+                "refusing to spend without accounting",
+                code="ledger_unavailable",
+            ) from exc
+        found: list[Reservation | LLMQError] = []
+        for c, reply in zip(calls, replies, strict=True):
+            try:
+                found.append(self._reserved(c, reply))
+            except LLMQError as exc:
+                found.append(exc)
+        return found
+
+    def reserve_call(
+        self,
+        job_id: str,
+        attempt: int,
+        tenant: str,
+        amount_usd: Decimal | float | int,
+        lease_s: float | None = None,
+        *,
+        tags: Sequence[str] = (),
+        user: str | None = None,
+        model: str = "",
+    ) -> ReserveCall:
+        """A :meth:`reserve` to make with :meth:`reserve_many`."""
+        return self._reserve_call(job_id, attempt, tenant, amount_usd, lease_s, tags=tags, user=user, model=model)
+
+    def _reserve_call(
+        self,
+        job_id: str,
+        attempt: int,
+        tenant: str,
+        amount_usd: Decimal | float | int,
+        lease_s: float | None,
+        *,
+        tags: Sequence[str],
+        user: str | None,
+        model: str,
+    ) -> ReserveCall:
         if attempt < 1:
             raise ValueError("attempt numbers start at 1")
         now = self._now()
@@ -161,7 +225,21 @@ class Ledger(BudgetBook):
         scope_keys, scope_args = self._scope_args(month, scopes)
         keys = [self._limits_key, self._settled_key(job_id, attempt), self._scopes_key(month), *scope_keys]
         args: list[Any] = [f"{job_id}#{attempt}", amount, lease_ms, repr(self.kill_ratio), MONTH_TTL_S, *scope_args]
-        reply = self._run(self._reserve, keys, args, "reserve", replicate=True)
+        return ReserveCall(
+            job_id, attempt, tenant, month, day, amount, tuple(scopes), tuple(tags), user, model, keys, args
+        )
+
+    def _reserved(self, call: ReserveCall, reply: Any) -> Reservation:
+        """The reserve script's ``reply`` to ``call``, or its refusal raised."""
+        job_id, attempt, tenant, month, day, amount = (
+            call.job_id, call.attempt, call.tenant, call.month, call.day, call.amount
+        )  # fmt: skip
+        scopes, tags, user, model = call.scopes, call.tags, call.user, call.model
+        if isinstance(reply, Exception):
+            raise LedgerUnavailableError(
+                f"budget ledger unavailable during reserve ({type(reply).__name__}: {reply})",
+                code="ledger_unavailable",
+            ) from reply
         status = _s(reply[0])
         if status == "ok":
             return Reservation(
@@ -191,11 +269,60 @@ class Ledger(BudgetBook):
             self.keeper.keep(reservation, actual, exc)
             return Settlement(False, actual)
 
+    def settle_many(self, items: Sequence[tuple[Reservation, Decimal | float | int]]) -> list[Settlement]:
+        """:meth:`settle` of many reservations in one round trip (a provider batch's lines); the
+        same script, so each is charged once however often this is repeated. Redis refusing the
+        round trip: each settlement goes to the :attr:`keeper` (or the refusal is raised)."""
+        if self.replica_wait is not None:  # WAIT after each: one by one
+            return [self.settle(r, actual) for r, actual in items]
+        out: list[Settlement | None] = [None] * len(items)
+        calls: list[tuple[int, int]] = []
+        pipe = self.client.pipeline(transaction=False)
+        for i, (r, actual_usd) in enumerate(items):
+            if r.already_settled:
+                out[i] = Settlement(False, r.settled_micros or 0)
+                continue
+            actual = to_micros(actual_usd)
+            keys, args = self._settle_call(r, actual)
+            self._settle(keys=keys, args=args, client=pipe)
+            calls.append((i, actual))
+        if calls:
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except redis.RedisError as exc:
+                replies = [exc] * len(calls)
+            for (i, actual), reply in zip(calls, replies, strict=True):
+                r = items[i][0]
+                if isinstance(reply, Exception):
+                    error = LedgerUnavailableError(
+                        f"budget ledger unavailable during settle ({type(reply).__name__}: {reply})",
+                        code="ledger_unavailable",
+                    )
+                    error.__cause__ = reply
+                    if self.keeper is None:
+                        raise error
+                    self.keeper.keep(r, actual, error)
+                    out[i] = Settlement(False, actual)
+                elif _s(reply[0]) == "duplicate":
+                    out[i] = Settlement(False, int(reply[1]))
+                else:
+                    out[i] = Settlement(True, actual, _states(self.scopes_for(r.tenant, r.tags, r.user), reply[1:]))
+        return [s for s in out if s is not None]
+
     def settle_now(self, reservation: Reservation, actual: int) -> Settlement:
         """:meth:`settle` of ``actual`` micro-USD that raises :class:`LedgerUnavailableError` when
         Redis refuses it (what the keeper retries)."""
         if reservation.already_settled:
             return Settlement(False, reservation.settled_micros or 0)
+        keys, args = self._settle_call(reservation, actual)
+        reply = self._run(self._settle, keys, args, "settle", replicate=True)
+        if _s(reply[0]) == "duplicate":
+            return Settlement(False, int(reply[1]))
+        r = reservation
+        return Settlement(True, actual, _states(self.scopes_for(r.tenant, r.tags, r.user), reply[1:]))
+
+    def _settle_call(self, reservation: Reservation, actual: int) -> tuple[list[str], list[Any]]:
+        """The settle script's keys and arguments for ``reservation`` charged ``actual`` micro-USD."""
         r = reservation
         scopes = self.scopes_for(r.tenant, r.tags, r.user)
         month, day = r.month, r.day or f"{self._now():%Y-%m-%d}"
@@ -219,10 +346,7 @@ class Ledger(BudgetBook):
         for dimension, value, pinnable in rows:
             keys += [rows_key(self.prefix, day, dimension), rows_key(self.prefix, month, dimension)]
             args += [dimension, value, self.report_rows[dimension], pinnable]
-        reply = self._run(self._settle, keys, args, "settle", replicate=True)
-        if _s(reply[0]) == "duplicate":
-            return Settlement(False, int(reply[1]))
-        return Settlement(True, actual, _states(scopes, reply[1:]))
+        return keys, args
 
     def release(self, reservation: Reservation) -> int:
         """Free the lease without charging; returns the micro-USD it held (0 if already gone).
@@ -272,6 +396,24 @@ class Ledger(BudgetBook):
             wait.record(op, int(acknowledged), str(args[0]))
             return reply
         raise redis.exceptions.NoScriptError(f"the ledger's {op} script could not be loaded")
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveCall:
+    """One reservation's script call, made by :meth:`Ledger.reserve_call` for :meth:`Ledger.reserve_many`."""
+
+    job_id: str
+    attempt: int
+    tenant: str
+    month: str
+    day: str
+    amount: int
+    scopes: tuple[str, ...]
+    tags: tuple[str, ...]
+    user: str | None
+    model: str
+    keys: list[str]
+    args: list[Any]
 
 
 def _states(scopes: Sequence[str], flat: list[Any]) -> tuple[ScopeState, ...]:

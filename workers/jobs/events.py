@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import redis
 from redis.typing import EncodableT
@@ -29,7 +30,7 @@ from workers.contract import JobKeys, StreamEvent
 from workers.jobs.flushbatch import FlushBatcher
 from workers.llm.errors import RunFencedError
 
-__all__ = ["EventPublisher", "Write", "flush_batcher", "last_seq"]
+__all__ = ["EventPublisher", "PipelinedFlushes", "ScriptCalls", "Write", "flush_batcher", "last_seq"]
 
 #: A Redis command the flush script runs before publishing its events: ``("SET", key, value, ...)``.
 Write = tuple[EncodableT, ...]
@@ -66,6 +67,35 @@ return redis.call('EXISTS', KEYS[3])
 """
 
 
+class ScriptCalls(Protocol):
+    """Runs a publisher's flush script for it (:class:`FlushBatcher`, :class:`PipelinedFlushes`)."""
+
+    def call(self, keys: Sequence[Any], args: Sequence[EncodableT]) -> Any: ...
+
+
+class PipelinedFlushes:
+    """Flushes of many jobs queued on one pipeline and sent by :meth:`execute` in one round trip
+    (the batcher ending a provider batch's lines). A queued flush's reply is not known when it is
+    queued: :meth:`call` returns 0 (not fenced, not cancelled); :meth:`execute` returns the replies
+    (-1: that job's claim was lost, its flush wrote nothing)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._script = client.register_script(_PUBLISH_LUA)
+        self._pipe = client.pipeline(transaction=False)
+        self._queued = 0
+
+    def call(self, keys: Sequence[Any], args: Sequence[EncodableT]) -> Any:
+        self._script(keys=list(keys), args=list(args), client=self._pipe)
+        self._queued += 1
+        return 0
+
+    def execute(self) -> list[Any]:
+        if not self._queued:
+            return []
+        self._queued = 0
+        return list(self._pipe.execute())
+
+
 def flush_batcher(client: redis.Redis, *, max_batch: int = 128, drain_s: float = 5.0) -> FlushBatcher:
     """The process's batcher of publish-script calls (one per process, shared by its publishers)."""
     return FlushBatcher(client, _PUBLISH_LUA, max_batch=max_batch, drain_s=drain_s)
@@ -97,7 +127,7 @@ class EventPublisher:
         token: str = "",
         publish_deltas: bool = True,
         clock: Callable[[], float] = time.monotonic,
-        flusher: FlushBatcher | None = None,
+        flusher: ScriptCalls | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -113,7 +143,7 @@ class EventPublisher:
         self._publish_deltas = publish_deltas
         self._clock = clock
         #: Shares the flushes' round trips with the process's other jobs (None: a direct call each).
-        self._flusher = flusher
+        self._flusher: ScriptCalls | None = flusher
         self._publish = client.register_script(_PUBLISH_LUA)
         self._pending: list[str] = []
         #: Events of flushes Redis refused at ``maxmemory``: sent first by the next flush, in order.

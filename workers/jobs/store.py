@@ -125,6 +125,23 @@ class JobStore:
                 raise reply
         return _claim_of(replies[0]), replies[1]
 
+    def claim_many(self, claims: list[tuple[JobKeys, str]]) -> list[Claim]:
+        """:meth:`claim` of many jobs in one round trip (the batcher ending a provider batch's lines)."""
+        pipe = self._client.pipeline(transaction=False)
+        for keys, token in claims:
+            script_keys = [keys.claim, keys.result, keys.meta, keys.events, keys.cancel]
+            self._claim(keys=script_keys, args=[self.claim_lease_ms, token], client=pipe)
+        return [_claim_of(reply) for reply in pipe.execute()]
+
+    def release_many(self, claims: list[tuple[JobKeys, str]]) -> None:
+        """:meth:`release` of many claims in one round trip."""
+        if not claims:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for keys, token in claims:
+            self._release(keys=[keys.claim], args=[token], client=pipe)
+        pipe.execute()
+
     def release(self, keys: JobKeys, token: str, pipe: redis.client.Pipeline | None = None) -> None:
         self._release(keys=[keys.claim], args=[token], client=pipe)
 

@@ -33,22 +33,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 from celery import Celery
 
-from workers.accounting.ledger import Ledger
-from workers.accounting.prices import PriceBook
 from workers.connections.brokerurl import is_amqp
 from workers.contract import TASK_NAME, JobKeys, monitor_repr, split_model_id
 from workers.contract.schedule import DEFAULT_PRIORITY, SCHED_HEADER, class_queue, sched_header
 from workers.jobs.batched import BatchLane, model_discounts
+from workers.jobs.batchend import Ended, LineEnder
 from workers.jobs.batchstate import BatchRecord, BatchStore, JobLine
+from workers.jobs.resources import JobResources
 from workers.llm.batchapi import BatchAPI, LineOutcome, RemoteBatch, line_id, line_index
 from workers.llm.errors import LLMQError
-from workers.llm.registry import ProviderRegistry
-from workers.routes import LLMQConfig
 from workers.settings import Settings
 
 __all__ = ["MAX_FAILURES", "Batcher", "job_sender", "start_batcher"]
@@ -61,25 +59,6 @@ MAX_FAILURES = 5
 FILE_CHUNK = 500
 
 Send = Callable[[dict[str, Any]], None]
-
-
-class BatcherResources(Protocol):
-    """What the batcher uses of the worker's resources."""
-
-    @property
-    def redis(self) -> redis.Redis: ...
-
-    @property
-    def registry(self) -> ProviderRegistry: ...
-
-    @property
-    def config(self) -> LLMQConfig: ...
-
-    @property
-    def ledger(self) -> Ledger: ...
-
-    @property
-    def prices(self) -> PriceBook: ...
 
 
 class Batcher:
@@ -95,8 +74,18 @@ class Batcher:
         clock: Callable[[], float] = time.time,
         tick_s: float | None = None,
         owner: str | None = None,
+        ender: LineEnder | None = None,
+        task_events: Callable[[list[Ended]], None] | None = None,
+        events_delay_s: float = 0.0,
     ) -> None:
         self.store = store
+        #: Ends answered lines in bulk (None: every answered line's job goes to the queue to end).
+        self._ender = ender
+        #: Sends the Celery task events of the jobs the batcher ended (Flower's view).
+        self._task_events = task_events
+        #: How long after a batch was sealed its ended jobs' task events may go out.
+        self.events_delay_s = events_delay_s
+        self._held_events: list[tuple[float, list[Ended]]] = []
         self.lane = lane
         self.config = lane.config
         self._send = send
@@ -128,6 +117,7 @@ class Batcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._send_due_events()
         try:
             self.store.free_lock(self.owner)
         except Exception:  # Redis gone at shutdown: the lease runs out by itself
@@ -153,6 +143,7 @@ class Batcher:
 
     def tick(self) -> bool:
         """One pass over the groups and batches, if this batcher holds the lock; whether it did."""
+        self._send_due_events()
         if self.store.idle():  # nothing waits and nothing runs: no lock taken, nothing written
             return False
         if not self._hold():
@@ -350,12 +341,12 @@ class Batcher:
             seen.add(index)
             rows.append((ids[index], outcome, raw))
             if len(rows) >= FILE_CHUNK:
-                self._file(rows)
+                self._file(rows, record)
                 rows = []
                 self._hold()
         rows += [(ids[i], LineOutcome(line_id(key, i), "expired"), b"") for i in range(len(ids)) if i not in seen]
         for start in range(0, len(rows), FILE_CHUNK):
-            self._file(rows[start : start + FILE_CHUNK])
+            self._file(rows[start : start + FILE_CHUNK], record)
         self.store.finish(key, self.store.sealed_jobs(key))
         api.discard(remote, record.upload or None)
         log.info(
@@ -366,7 +357,7 @@ class Batcher:
             len(ids) - len(seen),
         )
 
-    def _file(self, rows: Sequence[tuple[str, LineOutcome, bytes]]) -> None:
+    def _file(self, rows: Sequence[tuple[str, LineOutcome, bytes]], record: BatchRecord) -> None:
         """File results into their jobs' lines and send the jobs back; a line whose job already
         ended (or went live) has its late answer settled here."""
         if not rows:
@@ -377,15 +368,43 @@ class Batcher:
         states = self.store.states(job_ids)
         back: list[str] = []
         late: list[tuple[str, LineOutcome]] = []
+        answered: list[tuple[str, LineOutcome]] = []
         for (job_id, outcome, _), moved, over, state in zip(rows, filed, ended, states, strict=True):
             if state == "live" or (over and moved):
                 late.append((job_id, outcome))
-            elif state == "done":
-                back.append(job_id)
+            elif state == "done" and not over:
+                if self._ender is not None and outcome.kind == "succeeded":
+                    answered.append((job_id, outcome))
+                else:
+                    back.append(job_id)
         for line, (_, outcome) in zip(self.store.lines_of([j for j, _ in late]), late, strict=True):
             if line is not None:
                 self.lane.settle_late(line, outcome)
+        if answered and self._ender is not None:
+            found = self.store.lines_of([j for j, _ in answered])
+            rows_found = [(line, o) for line, (_, o) in zip(found, answered, strict=True) if line is not None]
+            done, handed = self._ender.end(rows_found)
+            back += handed
+            if done and self._task_events is not None:
+                # after the parking runs' own task-succeeded, which their worker sends within its
+                # flush period of the run: Flower keeps the last one it receives
+                self._held_events.append((record.created + self.events_delay_s, done))
+                self._send_due_events()
         self._send_back(back)
+
+    def _send_due_events(self) -> None:
+        """Send the held task events whose time came (all of them once the batcher stops)."""
+        if not self._held_events or self._task_events is None:
+            return
+        now = self._clock()
+        due = [e for at, group in self._held_events if at <= now or self._stop.is_set() for e in group]
+        if not due:
+            return
+        self._held_events = [(at, g) for at, g in self._held_events if at > now and not self._stop.is_set()]
+        try:
+            self._task_events(due)
+        except Exception:  # Flower's view only: the jobs are ended
+            log.warning("batcher: the task events of %d ended line(s) were not sent", len(due), exc_info=True)
 
     def _ended(self, job_ids: Sequence[str]) -> list[bool]:
         pipe = self.store.redis.pipeline(transaction=False)
@@ -444,21 +463,58 @@ def job_sender(app: Celery, settings: Settings) -> Send:
     return send
 
 
-def start_batcher(app: Celery, settings: Settings, resources: BatcherResources) -> Batcher | None:
-    """The worker's batcher, started (None when ``[batch] enabled`` or ``batcher`` is false)."""
-    config = resources.config.batch
-    if not (config.enabled and config.batcher):
+def task_event_sender(app: Celery, settings: Settings) -> Callable[[list[Ended]], None] | None:
+    """Sends the ``task-succeeded`` events of the jobs the batcher ended, in one message (Flower
+    shows each job as one task, its id, as a run's ending would; None when task events are off)."""
+    if not settings.task_events:
         return None
+
+    def send(ended: list[Ended]) -> None:
+        with app.connection_for_write() as conn:
+            dispatcher = app.events.Dispatcher(conn, enabled=True, buffer_group=["task"], buffer_limit=1 << 30)
+            try:
+                for item in ended:
+                    dispatcher.send(
+                        "task-succeeded", uuid=item.job_id, result=repr(item.status), runtime=item.runtime_s
+                    )
+                dispatcher.flush()
+            finally:
+                dispatcher.close()
+
+    return send
+
+
+def build_batcher(
+    app: Celery, settings: Settings, resources: JobResources, *, clock: Callable[[], float] = time.time
+) -> Batcher:
+    """The batcher of a worker's ``resources``: its jobs sent with ``app``, its answered lines ended
+    in bulk (``workers/jobs/batchend.py``)."""
     store = BatchStore(resources.redis)
     lane = BatchLane(
         store,
         resources.registry,
-        config,
+        resources.config.batch,
         resources.ledger,
         resources.prices,
         keep_s=settings.result_ttl_s,
         model_discounts=model_discounts(resources.config),
     )
-    batcher = Batcher(store, lane, job_sender(app, settings))
+    return Batcher(
+        store,
+        lane,
+        job_sender(app, settings),
+        clock=clock,
+        ender=LineEnder(lane, resources),
+        task_events=task_event_sender(app, settings),
+        events_delay_s=settings.task_events_flush_ms / 1000 + 2.0,
+    )
+
+
+def start_batcher(app: Celery, settings: Settings, resources: JobResources) -> Batcher | None:
+    """The worker's batcher, started (None when ``[batch] enabled`` or ``batcher`` is false)."""
+    config = resources.config.batch
+    if not (config.enabled and config.batcher):
+        return None
+    batcher = build_batcher(app, settings, resources)
     batcher.start()
     return batcher

@@ -81,6 +81,30 @@ def test_settle_is_idempotent_per_job_attempt(make_ledger: Callable[..., Ledger]
     assert spent(ledger) == (0.75, 0.0)
 
 
+def test_many_settle_in_one_round_trip_each_once(make_ledger: Callable[..., Ledger]) -> None:
+    """settle_many (a provider batch's lines): the same script as settle, so a repeat charges nothing."""
+    ledger = make_ledger(monthly_limit_usd=10, tenant_limits_usd={"acme": 5})
+    held = [ledger.reserve(f"job-{i}", 1000, "acme", 1) for i in range(3)]
+    first = ledger.settle_many([(r, Decimal("0.25")) for r in held])
+    assert [s.charged for s in first] == [True, True, True]
+    assert [s.scope for s in first[-1].scopes] == ["global", "tenant:acme"]
+    assert spent(ledger) == (0.75, 0.0) and spent(ledger, "tenant:acme") == (0.75, 0.0)
+    again = ledger.settle_many([(r, Decimal("0.5")) for r in held])
+    assert [(s.charged, s.amount_micros) for s in again] == [(False, 250_000)] * 3
+    assert spent(ledger) == (0.75, 0.0)
+
+
+def test_many_reserve_in_one_round_trip_with_each_refusal(make_ledger: Callable[..., Ledger]) -> None:
+    """reserve_many: each call's reservation, or the error reserve would raise for it."""
+    ledger = make_ledger(monthly_limit_usd=10, tenant_limits_usd={"acme": 1})
+    calls = [ledger.reserve_call(f"job-{i}", 1000, "acme", Decimal("0.4")) for i in range(3)]
+    found = ledger.reserve_many(calls)
+    assert [type(f).__name__ for f in found] == ["Reservation", "Reservation", BudgetBusyError.__name__]
+    assert spent(ledger, "tenant:acme") == (0.0, 0.8)
+    again = ledger.reserve_many(calls[:1])  # the same call again replaces its lease
+    assert isinstance(again[0], Reservation) and spent(ledger, "tenant:acme") == (0.0, 0.8)
+
+
 def test_re_reserving_an_attempt_replaces_its_lease(make_ledger: Callable[..., Ledger]) -> None:
     ledger = make_ledger(monthly_limit_usd=10)
     ledger.reserve("job-1", 1, "t", 2)
