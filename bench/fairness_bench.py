@@ -11,8 +11,13 @@ One Redis, one simulator, ``llmq worker`` processes and producers, all real, in 
   this tree's scheduler and through plain FIFO (the tree before the scheduler: kombu's list, the
   previous fetch script; producer and worker both run from it), ``--rounds`` A/B rounds on fresh
   workers, alternating so drift on a shared machine hits both alike; jobs/s, worker CPU per job and
-  Redis CPU per job, medians, and their ratios. The FIFO tree is ``--fifo-tree``, else ``git
-  archive`` of the commit before ``workers/connections/lua/fetch.lua`` was added.
+  Redis CPU per job, medians, and their ratios (of the medians, and the median of each round's
+  paired ratio). The FIFO tree is ``--fifo-tree``, else ``git archive`` of the commit before
+  ``workers/connections/lua/fetch.lua`` was added. The scheduler's tree is the one this script runs
+  from: run it from a checkout of the tree to measure (``git archive <commit> | tar -x -C DIR``, then
+  ``DIR/bench/fairness_bench.py --fifo-tree ...``). Against the tree before the scheduler, main also
+  counts every change landed since; the scheduler's cost alone is its commits on the tree they
+  landed on (README, "Benchmarks").
 
 The last line printed is one JSON object; ``--json`` also writes it to a file.
 
