@@ -321,7 +321,7 @@ class Simulator:
         if not req.cache_blocks:
             return
         model = req.base_model
-        if protocol.name == "anthropic":
+        if protocol.name in ("anthropic", "bedrock"):  # Claude on Bedrock caches by Anthropic's rules
             use = self.prompt_cache.anthropic(model, req.cache_blocks, 2048 if "haiku" in model else 1024)
         elif protocol.name == "openai":
             use = self.prompt_cache.openai(model, req.cache_blocks)

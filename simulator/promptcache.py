@@ -9,6 +9,9 @@ API's lookback). It writes, at each breakpoint whose prefix holds at least the m
 breakpoint) and that breakpoint, with the breakpoint's TTL (``5m`` default, or ``1h``). A read
 refreshes the entry's TTL at no cost.
 
+**Bedrock** (``cachePoint`` blocks, Claude models): Anthropic's rules, a ``cachePoint`` marking the
+block before it as a breakpoint (``simulator/protocols/bedrock.py``; usage with ``cacheDetails``).
+
 **OpenAI** (automatic, no markers): a prompt of at least 1,024 tokens reads the longest prefix
 seen before, in 128-token steps past the first 1,024; every such prompt's prefixes are kept 5
 minutes. OpenAI bills no writes.

@@ -22,6 +22,7 @@ from itertools import pairwise
 from typing import Any
 from urllib.parse import unquote
 
+from simulator.promptcache import ANTHROPIC_TTL_S, CacheBlock, blocks_of
 from simulator.protocols.base import (
     ParsedRequest,
     Protocol,
@@ -33,7 +34,7 @@ from simulator.protocols.base import (
     request_id,
 )
 from simulator.request import RequestParams
-from simulator.script import Fault, Script, ToolCall
+from simulator.script import Fault, Script, ToolCall, estimate_tokens
 from simulator.structured import stop_sequences
 
 __all__ = ["BedrockProtocol", "frame"]
@@ -101,6 +102,31 @@ def _text(blocks: object) -> str:
             elif isinstance(block.get("toolUse"), dict):
                 out.append(json.dumps(block["toolUse"].get("input")))
     return " ".join(out)
+
+
+def bedrock_blocks(payload: dict[str, Any]) -> list[CacheBlock]:
+    """A Converse request's boundaries in cache order (tools, system, each message's blocks); a
+    ``cachePoint`` block makes the block before it a breakpoint (``ttl`` ``5m`` or ``1h``). Claude
+    on Bedrock caches by Anthropic's rules, which the caller applies."""
+    items: list[tuple[object, int, float | None]] = []
+
+    def add(blocks: object, role: object = None) -> None:
+        for i, block in enumerate(blocks if isinstance(blocks, list) else []):
+            point = block.get("cachePoint") if isinstance(block, dict) else None
+            if isinstance(point, dict):
+                if items:
+                    ttl = ANTHROPIC_TTL_S.get(str(point.get("ttl", "5m")), ANTHROPIC_TTL_S["5m"])
+                    items[-1] = (items[-1][0], items[-1][1], ttl)
+                continue
+            tokens = estimate_tokens(_text([block])) + (3 if i == 0 and role is not None else 0)
+            items.append(((role, block), tokens, None))
+
+    add((payload.get("toolConfig") or {}).get("tools"))
+    add(payload.get("system"))
+    for message in payload.get("messages") or []:
+        if isinstance(message, dict):
+            add(message.get("content"), message.get("role"))
+    return blocks_of(items)
 
 
 def _tool_use_id(i: int) -> str:
@@ -176,6 +202,7 @@ class BedrockProtocol(Protocol):
             message_count=len(messages),
             tool_results=results,
             params=params,
+            cache_blocks=bedrock_blocks(payload),
         )
 
     def invalid(self, err: RequestError) -> Reply:
@@ -222,9 +249,9 @@ class BedrockProtocol(Protocol):
         return _BedrockStream(script)
 
 
-def _usage(script: Script) -> dict[str, int]:
+def _usage(script: Script) -> dict[str, object]:
     cached, written = script.cached_tokens, script.cache_write_tokens
-    out = {
+    out: dict[str, object] = {
         "inputTokens": script.prompt_tokens - cached - written,
         "outputTokens": script.completion_tokens,
         "totalTokens": script.prompt_tokens + script.completion_tokens,
@@ -233,6 +260,9 @@ def _usage(script: Script) -> dict[str, int]:
         out["cacheReadInputTokens"] = cached
     if written:
         out["cacheWriteInputTokens"] = written
+        long = script.cache_write_1h_tokens
+        details = [{"ttl": "1h", "inputTokens": long}] if long else []
+        out["cacheDetails"] = [*details, {"ttl": "5m", "inputTokens": written - long}] if written > long else details
     return out
 
 

@@ -8,6 +8,7 @@ stable prefix itself with ``prompt_cache: "auto"``, on every turn of its tool lo
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from celery.contrib.testing.worker import start_worker
 
 from producers import Client
 from simulator.app import SimulatorThread
-from simulator.env import provider_env
+from simulator.env import provider_config, provider_env
 from tests.support.spend import global_spent_usd
 from tests.support.tools import tools_worker_settings
 from workers.contract import CompletionResult
@@ -38,10 +39,10 @@ def app(redis_url: str, simulator: SimulatorThread) -> Iterator[Any]:
     close_runner(app)
 
 
-def _loop(client: Client, redis_url: str, **extra: object) -> tuple[CompletionResult, float]:
+def _loop(client: Client, redis_url: str, model: str = MODEL, **extra: object) -> tuple[CompletionResult, float]:
     before = global_spent_usd(redis_url)
     job = {
-        "model": MODEL + TEN_TURNS,
+        "model": model + TEN_TURNS,
         "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "The capital of France?"}],
         "tools": ["get_capital"],
         "max_turns": 10,
@@ -104,3 +105,44 @@ def test_caller_breakpoints_pass_through_with_their_ttl(
 def _tokens_for(app: Any, model: str, kind: str) -> float:
     registry = runner_for(app).res.metrics.registry
     return float(registry.get_sample_value("llm_tokens_total", {"model": model, "type": kind}) or 0)
+
+
+#: Claude on Bedrock: ``cachePoint`` blocks in the Converse body, Anthropic's cache rules.
+BEDROCK_CLAUDE = "bedrock:us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+
+
+@pytest.fixture
+def bedrock_app(redis_url: str, simulator: SimulatorThread, tmp_path: Path) -> Iterator[Any]:
+    """A worker that also has the simulator's Bedrock (and Azure, Gemini) providers configured."""
+    config = tmp_path / "llmq.toml"
+    config.write_text(provider_config(simulator.url))
+    settings = tools_worker_settings(redis_url, concurrency=4).model_copy(update={"config": str(config)})
+    app = create_app(settings, provider_env=provider_env(simulator.url))
+    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=10):
+        yield app
+    close_runner(app)
+
+
+def test_bedrock_claude_gets_cache_points_the_tool_loop_reads_them_and_1h_writes_are_split(
+    bedrock_app: Any, client: Client, simulator: SimulatorThread, redis_url: str
+) -> None:
+    app = bedrock_app
+    plain, plain_usd = _loop(client, redis_url, model=BEDROCK_CLAUDE)
+    assert plain.usage.cached_tokens == 0 and plain.usage.cache_write_tokens == 0
+    cached, cached_usd = _loop(client, redis_url, model=BEDROCK_CLAUDE, prompt_cache="auto")
+    assert cached_usd <= 0.3 * plain_usd, (cached_usd, plain_usd)
+    assert cached.usage.cache_write_tokens >= 19_000 and cached.usage.cached_tokens >= 9 * 19_000
+    assert cached.usage.prompt_tokens == plain.usage.prompt_tokens
+    assert _tokens_for(app, BEDROCK_CLAUDE + TEN_TURNS, "cached") == cached.usage.cached_tokens
+    # a caller's 1-hour breakpoint: written at the 1-hour rate (cacheDetails), read back by the next job
+    system = [{"type": "text", "text": SYSTEM + " (1h)", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    job = {
+        "model": BEDROCK_CLAUDE,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": "hi"}],
+    }
+    first = client.submit(job).result(timeout=60)
+    assert first.usage.cache_write_tokens >= 19_000
+    assert first.usage.cache_write_1h_tokens == first.usage.cache_write_tokens
+    second = client.submit({**job, "stream": False}).result(timeout=60)  # whole-body usage too
+    assert second.usage.cached_tokens == first.usage.cache_write_tokens and second.usage.cache_write_tokens == 0
+    assert second.cost_usd is not None and first.cost_usd is not None and second.cost_usd < first.cost_usd / 5

@@ -41,8 +41,8 @@ __all__ = [
 class CacheControl(WireModel):
     """A prompt-cache breakpoint (Anthropic's ``cache_control``): the prompt up to and including the
     part, message or tool it is on is cached for ``ttl`` (``5m``, or ``1h`` at a higher write price).
-    Sent to Anthropic as it is; other providers ignore it (OpenAI and Gemini cache prefixes on their
-    own, Ollama bills nothing)."""
+    Sent to Anthropic as it is, and to Bedrock as a ``cachePoint`` for Claude and Nova models; other
+    providers ignore it (OpenAI and Gemini cache prefixes on their own, Ollama bills nothing)."""
 
     type: Literal["ephemeral"] = "ephemeral"
     ttl: Literal["5m", "1h"] = "5m"
@@ -163,7 +163,7 @@ class RequestParams(WireModel):
     reasoning: Reasoning | None = None
     #: ``"auto"``: the worker marks the longest stable prefix for the provider's prompt cache
     #: (tools and system, and each turn's conversation so far, so every later turn of the tool
-    #: loop reads it); Anthropic only, others cache prefixes on their own.
+    #: loop reads it); Anthropic, and Claude/Nova on Bedrock; others cache prefixes on their own.
     prompt_cache: Literal["auto"] | None = None
     #: OpenAI's ``prompt_cache_key`` (routes requests that share a prefix together); passed to
     #: OpenAI-type providers, ignored by others.

@@ -5,7 +5,12 @@ and ``stop`` go into ``inferenceConfig``; tools are ``toolSpec``s with ``inputSc
 calls are ``toolUse`` blocks (input as an object) and results ``toolResult`` blocks in a user
 turn; ``response_format`` is ``outputConfig.textFormat`` (native structured output); reasoning
 is Claude's ``thinking`` in ``additionalModelRequestFields``, and its blocks (text + signature,
-or redacted) are sent back first in the assistant turn. Requests are signed with SigV4 from the
+or redacted) are sent back first in the assistant turn. Prompt caching: a ``cache_control``
+breakpoint becomes a ``cachePoint`` block after the system block, part, message or tool it is on,
+and ``prompt_cache: "auto"`` places them as for Anthropic (after the system prompt, else the tools,
+and after the conversation so far), for the model families Bedrock caches for: Claude (system,
+messages, tools; ``ttl: "1h"`` passed on) and Nova (system and messages; 5 minutes). Other models,
+and an inference-profile ARN that does not name its model, get no ``cachePoint``: they ignore it. Requests are signed with SigV4 from the
 standard AWS credential chain, or carry a Bedrock API key as a bearer token; both, and the
 event-stream decoding, come from botocore (:mod:`workers.llm.aws`).
 
@@ -38,6 +43,7 @@ from workers.contract import (
     ToolCall,
     Usage,
 )
+from workers.contract.messages import MAX_CACHE_BREAKPOINTS, message_breakpoints
 from workers.llm.aws import AWSLibrary, FrameError
 from workers.llm.base import (
     ChatRequest,
@@ -164,6 +170,70 @@ def _exception(kind: str, payload: bytes, provider: str, model: str, request_id:
 # --- request -------------------------------------------------------------------------------------
 
 
+#: Bedrock model families that take ``cachePoint`` blocks, by a fragment of their model id.
+_CLAUDE, _NOVA = "anthropic.claude", "amazon.nova"
+
+
+def cache_family(model: str) -> str | None:
+    """``claude`` or ``nova`` when ``model`` takes ``cachePoint`` blocks, else None (ignored)."""
+    return "claude" if _CLAUDE in model else "nova" if _NOVA in model else None
+
+
+def _point(ttl: str, family: str) -> dict[str, object]:
+    """A ``cachePoint`` block; a 1-hour TTL is Claude's (Nova caches for 5 minutes)."""
+    if ttl == "1h" and family == "claude":
+        return {"cachePoint": {"type": "default", "ttl": "1h"}}
+    return {"cachePoint": {"type": "default"}}
+
+
+def _with_points(message: Message, blocks: list[dict[str, object]], family: str) -> list[dict[str, object]]:
+    """``blocks`` (``message`` as Converse content) with a ``cachePoint`` after each marked part
+    (a user's parts map one to one) and after the message when the message itself is marked."""
+    if message.role == "user" and isinstance(message.content, list) and len(message.content) == len(blocks):
+        out: list[dict[str, object]] = []
+        for part, block in zip(message.content, blocks, strict=True):
+            out.append(block)
+            if part.cache_control is not None:
+                out.append(_point(part.cache_control.ttl, family))
+        if message.cache_control is not None:
+            out.append(_point(message.cache_control.ttl, family))
+        return out
+    marks = message_breakpoints(message)  # merged into one text: one point at its end
+    return [*blocks, _point(marks[0], family)] if marks else blocks
+
+
+def _is_point(block: object) -> bool:
+    return isinstance(block, dict) and "cachePoint" in block
+
+
+def _auto_points(body: dict[str, object], family: str) -> None:
+    """``prompt_cache: "auto"``: a ``cachePoint`` after the system prompt (else after the tools,
+    Claude only) and one after the conversation so far, within the four a request may carry."""
+    groups: list[list[Any]] = []
+    system = body.get("system")
+    config = body.get("toolConfig")
+    tools = config.get("tools") if isinstance(config, dict) else None
+    turns = body.get("messages")
+    for group in (tools, system):
+        if isinstance(group, list):
+            groups.append(group)
+    for turn in turns if isinstance(turns, list) else []:
+        if isinstance(turn, dict) and isinstance(turn.get("content"), list):
+            groups.append(turn["content"])
+    taken = sum(1 for group in groups for b in group if _is_point(b))
+    wanted: list[list[Any]] = []
+    if isinstance(system, list) and system:
+        wanted.append(system)
+    elif isinstance(tools, list) and tools and family == "claude":
+        wanted.append(tools)
+    if isinstance(turns, list) and turns and isinstance(turns[-1], dict) and isinstance(turns[-1].get("content"), list):
+        wanted.append(turns[-1]["content"])
+    for group in wanted:
+        if group and not _is_point(group[-1]) and taken < MAX_CACHE_BREAKPOINTS:
+            group.append(_point("5m", family))
+            taken += 1
+
+
 def _reasoning(block: ReasoningBlock) -> dict[str, object]:
     if block.type == "redacted_thinking":
         return {"reasoningContent": {"redactedContent": block.data}}
@@ -222,8 +292,9 @@ def _tool_choice(p: RequestParams) -> dict[str, object] | None:
     return None
 
 
-def build_body(request: ChatRequest) -> dict[str, object]:
+def build_body(request: ChatRequest, model: str = "") -> dict[str, object]:
     p = request.params
+    family = cache_family(model)
     send_tools = bool(request.tools) and p.tool_choice != "none"
     # without a toolConfig, earlier turns' tool calls and results go as text (see _blocks)
     names = None if send_tools else tool_names(request.messages)
@@ -232,8 +303,13 @@ def build_body(request: ChatRequest) -> dict[str, object]:
     for message in request.messages:
         if message.role == "system":
             system.append({"text": message.text})
+            marks = message_breakpoints(message)
+            if family is not None and marks:
+                system.append(_point(marks[0], family))
             continue
         role, blocks = _blocks(message, names)
+        if family is not None:
+            blocks = _with_points(message, blocks, family)
         previous = turns[-1]["content"] if turns and turns[-1]["role"] == role else None
         if isinstance(previous, list):  # Converse alternates roles: one turn's results go together
             previous.extend(blocks)
@@ -250,18 +326,17 @@ def build_body(request: ChatRequest) -> dict[str, object]:
     if system:
         body["system"] = system
     if send_tools:
-        tools: dict[str, object] = {
-            "tools": [
-                {
-                    "toolSpec": {
-                        "name": t.function.name,
-                        **({"description": t.function.description} if t.function.description else {}),
-                        "inputSchema": {"json": t.function.parameters or {"type": "object"}},
-                    }
-                }
-                for t in request.tools
-            ]
-        }
+        specs: list[dict[str, object]] = []
+        for t in request.tools:
+            spec = {
+                "name": t.function.name,
+                **({"description": t.function.description} if t.function.description else {}),
+                "inputSchema": {"json": t.function.parameters or {"type": "object"}},
+            }
+            specs.append({"toolSpec": spec})
+            if t.cache_control is not None and family == "claude":  # Nova caches no tools
+                specs.append(_point(t.cache_control.ttl, family))
+        tools: dict[str, object] = {"tools": specs}
         choice = _tool_choice(p)
         if choice is not None:
             tools["toolChoice"] = choice
@@ -279,6 +354,8 @@ def build_body(request: ChatRequest) -> dict[str, object]:
     if p.reasoning is not None:
         budget = p.reasoning.anthropic_budget()
         body["additionalModelRequestFields"] = {"thinking": {"type": "enabled", "budget_tokens": budget}}
+    if p.prompt_cache == "auto" and family is not None:
+        _auto_points(body, family)
     return body
 
 
@@ -295,11 +372,20 @@ def bedrock_usage(raw: object) -> Usage | None:
         return int(value) if isinstance(value, int | float) else 0
 
     cached, written = count("cacheReadInputTokens"), count("cacheWriteInputTokens")
+    # ``cacheDetails`` splits the writes by TTL: [{"ttl": "1h", "inputTokens": N}, {"ttl": "5m", ...}]
+    details = raw.get("cacheDetails")
+    listed = details if isinstance(details, list) else []
+    long = sum(
+        int(d["inputTokens"])
+        for d in listed
+        if isinstance(d, dict) and d.get("ttl") == "1h" and isinstance(d.get("inputTokens"), int | float)
+    )
     return Usage(
         prompt_tokens=count("inputTokens") + cached + written,
         completion_tokens=count("outputTokens"),
         cached_tokens=cached,
         cache_write_tokens=written,
+        cache_write_1h_tokens=min(long, written),
     )
 
 
@@ -513,7 +599,7 @@ class BedrockProvider(HTTPProvider[BedrockStream]):
         return self._aws.sign(credentials, region=self._region, url=url, headers=headers, body=body)
 
     def build_body(self, model: str, request: ChatRequest, *, stream: bool) -> dict[str, object]:
-        return build_body(request)
+        return build_body(request, model)
 
     def error_from_body(self, status: int, headers: Mapping[str, str], body: bytes, *, model: str) -> LLMQError:
         return bedrock_error_from_body(status, headers, body, provider=self.name, model=model, secret=self._api_key)

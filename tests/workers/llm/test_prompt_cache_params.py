@@ -120,3 +120,63 @@ def test_the_contract_refuses_more_than_four_breakpoints_and_1h_after_5m() -> No
         job("5m", "5m", "5m", "5m", "5m")
     with pytest.raises(ValidationError, match="1h cache_control breakpoint must come before"):
         job("5m", "1h")
+
+
+def test_bedrock_takes_cache_points_where_its_model_caches() -> None:
+    """Claude on Bedrock: a ``cachePoint`` after each marked system block, part, message and tool
+    (``ttl: "1h"`` passed on); Nova: no tool points, 5 minutes; other models and an unnamed
+    inference profile: none (ignored, as the rule says)."""
+    from workers.llm.bedrock import bedrock_usage
+    from workers.llm.bedrock import build_body as bedrock_body
+
+    point, long = {"cachePoint": {"type": "default"}}, {"cachePoint": {"type": "default", "ttl": "1h"}}
+    request = _request(
+        [
+            {"role": "system", "content": [{"type": "text", "text": "sys", "cache_control": {"ttl": "1h"}}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "a", "cache_control": {}}, {"type": "text", "text": "b"}],
+            },
+            {"role": "assistant", "content": "c"},
+            {"role": "user", "content": "d", "cache_control": {}},
+        ],
+        tools=[MARKED_TOOL],
+    )
+    claude = bedrock_body(request, "us.anthropic.claude-sonnet-4-5-20250929-v1:0")
+    assert claude["system"] == [{"text": "sys"}, long]
+    assert claude["messages"] == [
+        {"role": "user", "content": [{"text": "a"}, point, {"text": "b"}]},
+        {"role": "assistant", "content": [{"text": "c"}]},
+        {"role": "user", "content": [{"text": "d"}, point]},
+    ]
+    assert claude["toolConfig"]["tools"][1] == point  # type: ignore[index]
+    nova = bedrock_body(request, "us.amazon.nova-micro-v1:0")
+    assert nova["system"] == [{"text": "sys"}, point] and len(nova["toolConfig"]["tools"]) == 1  # type: ignore[index]
+    for model in ("meta.llama3-70b-instruct-v1:0", "arn:aws:bedrock:eu-west-3:123456789012:inference-profile/x"):
+        assert "cachePoint" not in str(bedrock_body(request, model))
+    # auto: after the system prompt (else the tools) and after the conversation so far, four at most
+    auto = bedrock_body(
+        _request([{"role": "system", "content": "s"}, {"role": "user", "content": "q"}], prompt_cache="auto"),
+        "anthropic.claude-3-5-haiku-20241022-v1:0",
+    )
+    assert auto["system"] == [{"text": "s"}, point] and auto["messages"] == [
+        {"role": "user", "content": [{"text": "q"}, point]}
+    ]
+    tools_only = bedrock_body(
+        _request([{"role": "user", "content": "q"}], [TOOL], prompt_cache="auto"), "anthropic.claude-x"
+    )
+    assert tools_only["toolConfig"]["tools"][-1] == point  # type: ignore[index]
+    full = bedrock_body(
+        ChatRequest(request.messages, RequestParams(max_tokens=10, prompt_cache="auto"), request.tools),
+        "anthropic.claude-x",
+    )
+    assert str(full).count("cachePoint") == 4  # the caller's four: auto adds none
+    usage = bedrock_usage(
+        {
+            "inputTokens": 10, "outputTokens": 5, "cacheReadInputTokens": 100, "cacheWriteInputTokens": 300,
+            "cacheDetails": [{"ttl": "1h", "inputTokens": 200}, {"ttl": "5m", "inputTokens": 100}],
+        }
+    )  # fmt: skip
+    assert usage == Usage(
+        prompt_tokens=410, completion_tokens=5, cached_tokens=100, cache_write_tokens=300, cache_write_1h_tokens=200
+    )
