@@ -388,6 +388,20 @@ class LLMQConfig(_Strict):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _cached_routes_known(self) -> LLMQConfig:
+        """Every ``[cache.routes]`` entry names a route alias (``default`` included): jobs are matched
+        by the alias they name, so a typo would silently cache nothing."""
+        aliases = sorted({*self.routes, "default"})
+        for name in self.cache.routes:
+            if name not in aliases:
+                guesses = close_names(name, aliases)
+                meant = f"; did you mean {guesses[0]!r}?" if guesses else ""
+                raise ValueError(
+                    f"cache.routes.{name}: {name!r} is not a route alias (routes: {', '.join(aliases)}){meant}"
+                )
+        return self
+
     def model(self, model_id: str) -> ModelConfig:
         return self.models.get(model_id) or _EMPTY_MODEL
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import ValidationError
 
 import workers.routes
 from workers.routes import LLMQConfig
@@ -66,3 +67,13 @@ def test_limits_no_bucket_can_meet_stop_the_guards_naming_the_model() -> None:
     with pytest.raises(ConfigurationError, match="no refill"):
         rate_limits_for(ModelConfig(rpm=1200, rpm_burst=1200, rate_lease_ms=100))
     check_limits(LLMQConfig.model_validate({"models": {"openai:gpt-4o": {"rpm": 10, "rpm_burst": 10}}}))
+
+
+def test_a_cached_route_must_be_a_route_alias() -> None:
+    """``[cache.routes]`` is matched against the alias a job names: a typo would cache nothing."""
+    routes = {"cheap": ["openai:gpt-4o-mini"]}
+    assert LLMQConfig.model_validate({"routes": routes, "cache": {"routes": {"cheap": {}, "default": {}}}})
+    with pytest.raises(ValidationError, match="did you mean 'cheap'"):
+        LLMQConfig.model_validate({"routes": routes, "cache": {"routes": {"chaep": {"ttl_s": 60}}}})
+    with pytest.raises(ValidationError, match="not a route alias"):
+        LLMQConfig.model_validate({"cache": {"routes": {"openai:gpt-4o-mini": {}}}})

@@ -65,7 +65,9 @@ def test_what_changes_the_price_or_the_delivery_but_not_the_answer_shares_the_en
 
 
 def test_who_is_cached() -> None:
-    config = LLMQConfig.model_validate({"cache": {"routes": {"cheap": {"ttl_s": 5}}}})
+    config = LLMQConfig.model_validate(
+        {"routes": {"cheap": ["openai:gpt-4o-mini"]}, "cache": {"routes": {"cheap": {"ttl_s": 5}}}}
+    )
     assert cache_spec(_job(), config) == CacheSpec(ttl_s=5)  # the route's
     assert cache_spec(_job(model="openai:gpt-4o-mini"), config) is None
     assert cache_spec(_job(cache={"ttl_s": 9}), config) == CacheSpec(ttl_s=9)  # the job's own wins
