@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -15,10 +16,11 @@ import redis
 
 from llmq.devstack import LocalStack
 from producers import Client
+from producers.client import make_celery
 from simulator.app import SimulatorThread
 from tests.support.spend import global_spent_usd
 from tests.support.waits import until
-from workers.contract import CompletionResult
+from workers.contract import DEFAULT_QUEUE, CompletionResult
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "openai:gpt-4o-mini"
@@ -175,6 +177,31 @@ def test_a_streamed_follower_of_a_whole_body_leader_streams_the_answer(
     assert "".join(e.text for e in events if e.type == "delta") == first.content != ""
 
 
+def test_a_cancelled_leader_hands_the_call_to_its_follower_and_a_cancelled_follower_stops(
+    worker, client: Client, simulator: SimulatorThread, redis_url: str
+) -> None:
+    """The consumer of the leading job cancels it mid-call: the job following it calls itself and
+    answers (stored); a follower cancelled while it waits ends cancelled, the leader unaffected."""
+    sim, r = simulator.simulator, redis.Redis.from_url(redis_url)
+    sim.config.tokens_per_s = 2.0  # ~10 s a call: the follower arrives while it runs
+    leader = client.submit(_job())
+    until(lambda: sim.stats.requests >= 1, "the leader's request", 30)
+    follower = client.submit(_job())
+    until(lambda: r.xlen(f"llmq:job:{{{follower.id}}}:events"), "the follower's start", 30)
+    assert leader.cancel()
+    cancelled, answered = leader.result(timeout=60), follower.result(timeout=60)
+    assert cancelled.status == "cancelled" and answered.status == "succeeded" and not answered.cached
+    assert sim.stats.requests == 2 and _entries(redis_url) == 1
+    # now the other way round: the follower is cancelled, its leader goes on
+    lead2 = client.submit(_job(max_tokens=21))
+    until(lambda: sim.stats.requests >= 3, "the second leader's request", 30)
+    follow2 = client.submit(_job(max_tokens=21))
+    until(lambda: r.xlen(f"llmq:job:{{{follow2.id}}}:events"), "the follower's start", 30)
+    assert follow2.cancel()
+    assert follow2.result(timeout=60).status == "cancelled"
+    assert lead2.result(timeout=60).status == "succeeded" and sim.stats.requests == 3
+
+
 # --- across two worker processes ------------------------------------------------------------------------
 
 
@@ -203,3 +230,60 @@ def test_fifty_identical_jobs_across_two_workers_make_one_call(two_workers: Loca
     assert len({_answer(r) for r in results}) == 1
     paid = [r.cost_usd for r in results if not r.cached]
     assert paid[0] and paid[0] > 0 and all(r.cost_usd == 0 for r in results if r.cached)
+
+
+@pytest.fixture
+def slow_two_workers(redis_server_url: str) -> Iterator[tuple[LocalStack, dict[str, subprocess.Popen[bytes]]]]:
+    """Two worker processes with the shipped claim lease, a simulator answering in ~10 s."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
+    env["LLMQ_REDIS_URL"] = redis_server_url.rsplit("/", 1)[0] + "/7"
+    redis.Redis.from_url(env["LLMQ_REDIS_URL"]).flushdb()
+    with LocalStack(env=env) as stack:
+        stack.start_redis()
+        stack.start_simulator(tokens_per_s=2.0)
+        workers = {name: stack.start_worker(concurrency=8, name=name) for name in ("lead-a", "lead-b")}
+        stack.wait_for_workers(2)
+        try:
+            yield stack, workers
+        finally:
+            redis.Redis.from_url(env["LLMQ_REDIS_URL"]).flushdb()
+
+
+def _holder(stack: LocalStack, job_id: str) -> str:
+    """The worker name whose active tasks include ``job_id``."""
+    app = make_celery(stack.redis_url, DEFAULT_QUEUE)
+
+    def holder() -> str | None:
+        for hostname, tasks in (app.control.inspect(timeout=2).active() or {}).items():
+            if any(job_id in str(t.get("args")) for t in tasks):
+                return str(hostname).split("@", 1)[0]
+        return None
+
+    try:
+        return until(holder, f"a worker to report {job_id} as active", 120, 0)
+    finally:
+        app.close()
+
+
+@pytest.mark.slow
+def test_a_leader_killed_mid_call_leaves_no_follower_hanging(
+    slow_two_workers: tuple[LocalStack, dict[str, subprocess.Popen[bytes]]],
+) -> None:
+    """The worker running the leader is SIGKILLed while it streams: once its claim lapses, one job
+    (a follower, or the leader run again) calls; every job ends with that one answer."""
+    stack, workers = slow_two_workers
+    with Client(stack.redis_url) as client:
+        leader = client.submit(_job(id="lead-1"))
+        for event in leader.stream(timeout=120):
+            if event.type == "delta":
+                break
+        victim = _holder(stack, "lead-1")
+        followers = [client.submit(_job()) for _ in range(4)]
+        os.killpg(workers[victim].pid, signal.SIGKILL)
+        workers[victim].wait(30)
+        results = [h.result(timeout=240) for h in [leader, *followers]]
+    assert [r.status for r in results] == ["succeeded"] * 5, [r.error for r in results]
+    assert len({r.content for r in results}) == 1
+    with urllib.request.urlopen(f"{stack.simulator_url}/_sim/stats", timeout=5) as response:
+        assert json.loads(response.read())["requests"] == 2  # the killed call and one more
+    assert sum(1 for r in results if not r.cached) == 1
