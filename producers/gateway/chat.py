@@ -132,6 +132,8 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
         raise feed_error(item)
     if item.type == "done":
         body = completion_body(item.result, model=req.model, created=created)
+        if item.result.cached:  # served by the response cache (or an identical call in flight)
+            headers["x-llmq-cached"] = "true"
         return JSONResponse(body, headers=headers)
     if item.type == "error":
         err = error_for_job(item.error, job_id)

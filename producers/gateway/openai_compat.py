@@ -68,6 +68,9 @@ class ChatCompletionRequest(BaseModel):
     #: ``X-LLMQ-Concurrency-Key`` headers (``producers/gateway/priority.py``).
     priority: str | None = None
     concurrency_key: str | None = None
+    #: The response cache (``{"ttl_s": 600, "scope": "tenant"|"global", "sampled": false}``),
+    #: validated as the job's ``cache`` (docs/caching.md).
+    cache: dict[str, JsonValue] | None = None
 
 
 def _content_of(content: JsonValue, where: str, *, images: bool) -> str | list[dict[str, Any]] | None:
@@ -150,7 +153,7 @@ def to_job(req: ChatCompletionRequest, *, tenant: str) -> dict[str, Any]:
         job["response_format"] = req.response_format
     if req.reasoning_effort is not None:
         job["reasoning"] = {"effort": req.reasoning_effort}
-    optional = {"priority": req.priority, "concurrency_key": req.concurrency_key, "user": req.user}
+    optional = {"priority": req.priority, "concurrency_key": req.concurrency_key, "user": req.user, "cache": req.cache}
     optional.update({name: extra[name] for name in _PASSED if name in extra})
     job.update({k: v for k, v in optional.items() if v is not None})
     return job

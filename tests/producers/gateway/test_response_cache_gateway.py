@@ -1,0 +1,58 @@
+"""The response cache through the OpenAI-compatible route: ``cache`` as an llmqueue extension of the
+body (``extra_body`` in the SDKs), a hit answered in OpenAI's shapes, streamed and not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from producers.gateway import GatewaySettings, create_gateway
+from producers.gateway.server import GatewayThread
+from simulator.app import SimulatorThread
+
+TOKEN = "tok-cache-5d1a07e3f9"
+MESSAGES = [{"role": "user", "content": "answer me once"}]
+
+
+@pytest.fixture
+def sdk(redis_url: str, worker: object) -> Iterator[openai.OpenAI]:
+    with GatewayThread(create_gateway(GatewaySettings(redis_url=redis_url, tokens={TOKEN: "team-c"}))) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0, timeout=60)
+        yield client
+        client.close()
+
+
+def test_chat_completions_ask_for_the_cache_and_a_hit_is_answered_in_openai_shapes(
+    sdk: openai.OpenAI, simulator: SimulatorThread
+) -> None:
+    cache = {"cache": {"ttl_s": 600}}
+    first = sdk.chat.completions.with_raw_response.create(
+        model="openai:gpt-4o-mini", messages=MESSAGES, max_tokens=20, extra_body=cache
+    )
+    answer = first.parse()
+    assert "x-llmq-cached" not in first.headers
+    second = sdk.chat.completions.with_raw_response.create(
+        model="openai:gpt-4o-mini", messages=MESSAGES, max_tokens=20, extra_body=cache
+    )
+    hit = second.parse()
+    assert second.headers["x-llmq-cached"] == "true" and simulator.simulator.stats.requests == 1
+    assert hit.choices[0].message.content == answer.choices[0].message.content
+    assert hit.usage is not None and answer.usage is not None
+    assert hit.usage.completion_tokens == answer.usage.completion_tokens
+    chunks = list(
+        sdk.chat.completions.create(
+            model="openai:gpt-4o-mini",
+            messages=MESSAGES,
+            max_tokens=20,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body=cache,
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == answer.choices[0].message.content and simulator.simulator.stats.requests == 1
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    with pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(model="openai:gpt-4o-mini", messages=MESSAGES, extra_body={"cache": {"ttl_s": 0}})
