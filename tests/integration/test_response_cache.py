@@ -100,6 +100,26 @@ def test_what_is_not_clean_is_not_stored(worker, client: Client, simulator: Simu
     assert [r.cached for r in shared] == [False, True] and simulator.simulator.stats.requests == 9
 
 
+def test_filtered_and_invalid_structured_answers_are_not_stored(
+    worker, client: Client, simulator: SimulatorThread, redis_url: str
+) -> None:
+    """A content filter's answer and a structured output still invalid after its repairs are
+    asked again (and not stored); the same structured job answered validly is stored."""
+    filtered = [client.submit(_job(model=f"{MODEL}~filter")).result(timeout=30) for _ in range(2)]
+    assert not any(r.cached for r in filtered)
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    invalid = [
+        client.submit(_job(model=f"{MODEL}~badjson*", response_format=schema, max_repairs=1)).result(timeout=30)
+        for _ in range(2)
+    ]
+    assert [r.status for r in invalid] == ["failed", "failed"] and not any(r.cached for r in invalid)
+    calls = simulator.simulator.stats.requests
+    assert calls == 2 + 2 * 2 and _entries(redis_url) == 0
+    valid = [client.submit(_job(response_format=schema)).result(timeout=30) for _ in range(2)]
+    assert [r.cached for r in valid] == [False, True] and valid[1].parsed == valid[0].parsed is not None
+    assert simulator.simulator.stats.requests == calls + 1
+
+
 def test_tenant_scope_keeps_tenants_apart_and_global_scope_shares(
     worker, client: Client, simulator: SimulatorThread
 ) -> None:

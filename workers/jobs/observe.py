@@ -185,6 +185,8 @@ class JobObserver(ChainHooks):
                 attrs[GenAI.OUTPUT_TOKENS] = usage.completion_tokens
             if result.cost_usd is not None:
                 attrs[GenAI.COST_USD] = result.cost_usd
+            if result.cached:  # answered by the response cache: its tokens were used once, by another job
+                attrs["llmq.cached"] = True
             if result.status == "failed":
                 attrs[GenAI.ERROR_TYPE] = error_type or "error"
                 span.set_status(Status(StatusCode.ERROR))
@@ -199,6 +201,7 @@ class JobObserver(ChainHooks):
             "completion_tokens": usage.completion_tokens,
             "tokens_estimated": usage.estimated,
             "cost_usd": result.cost_usd,
+            "cached": result.cached,
             "ttft_s": result.timings.ttft_s,
             "duration_s": result.timings.total_s,
             "queued_s": result.timings.queued_s,

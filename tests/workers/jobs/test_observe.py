@@ -176,3 +176,22 @@ def test_task_events_show_a_short_repr_without_content() -> None:
         "max_tokens": 1024,
         "stream": True,
     }
+
+
+def test_a_job_answered_by_the_response_cache_says_so_on_its_span_and_log_line(
+    lines: tuple[logging.Logger, io.StringIO],
+) -> None:
+    """Its usage is the answer's (used once, by the job that called): the span and the line say
+    ``cached``, so a trace or log reader does not count those tokens again."""
+    logger, stream = lines
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    for job_id, cached in (("hit", True), ("live", False)):
+        span = provider.get_tracer("t").start_span("process llmq")
+        result = _result(job_id).model_copy(update={"cached": cached, "cost_usd": 0.0 if cached else 0.01})
+        JobObserver(_job(job_id), span, sample=1.0, logger=logger).finished(result)
+        span.end()
+    hit, live = (s.attributes or {} for s in exporter.get_finished_spans())
+    assert hit["llmq.cached"] is True and "llmq.cached" not in live
+    assert [(line["job_id"], line["cached"]) for line in _parsed(stream)] == [("hit", True), ("live", False)]
