@@ -126,8 +126,13 @@ class AsyncClient(ClientCore):
                     span.set_attribute("llmq.duplicate", True)
                 return AsyncJobHandle(valid.id, False, self)
             try:
-                # kombu is synchronous; keep the event loop free while it talks to the broker
-                await asyncio.to_thread(self.send, valid)
+                if self.hands_to_batch(valid):  # the provider batch lane: one round trip, no message
+                    pipe = self.redis.pipeline(transaction=False)
+                    self.intake_commands(pipe, valid)
+                    await pipe.execute()
+                else:
+                    # kombu is synchronous; keep the event loop free while it talks to the broker
+                    await asyncio.to_thread(self.send, valid)
             except Exception as exc:
                 await self._unregister(valid, keys, fresh)
                 if not is_out_of_memory(exc):

@@ -36,7 +36,14 @@ import redis.asyncio as aredis
 from producers.liveset import live_entries, live_entries_async
 from workers.contract import CompletionJob
 from workers.contract.catalog import Judgement, ModelCatalog, catalog_from_config
-from workers.contract.presence import WORKERS_KEY, WorkerPresence, catalog_key, last_catalog_key, worker_key
+from workers.contract.presence import (
+    WORKERS_KEY,
+    BatchIntake,
+    WorkerPresence,
+    catalog_key,
+    last_catalog_key,
+    worker_key,
+)
 from workers.contract.providers import ProviderInfo
 
 __all__ = ["CACHE_S", "LiveCatalog", "catalog_problems", "live_presences", "live_presences_async"]
@@ -115,6 +122,8 @@ class LiveCatalog:
         self._last: ModelCatalog | None = None
         self._last_raw: bytes | str | None = None
         self._warned: set[str] = set()
+        #: What a live worker's batcher takes straight from producers (None: no such worker).
+        self.batch_intake: BatchIntake | None = None
 
     # --- the check ------------------------------------------------------------------------------
 
@@ -222,6 +231,7 @@ class LiveCatalog:
                 self._by_digest[digest] = ModelCatalog.model_validate_json(raw)
 
     def _set(self, alive: list[WorkerPresence]) -> None:
+        self.batch_intake = next((p.batch_intake for p in self._mine(alive) if p.batch_intake is not None), None)
         merged: ModelCatalog | None = None
         for digest in sorted({p.catalog for p in self._mine(alive)} & set(self._by_digest)):
             one = self._by_digest[digest]

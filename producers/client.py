@@ -177,7 +177,7 @@ class Client(ClientCore):
                     span.set_attribute("llmq.duplicate", True)
                 return JobHandle(valid.id, False, self)
             try:
-                self.send(valid)
+                self.dispatch(valid)
             except Exception as exc:
                 self._unregister(valid, keys, fresh)  # let the caller retry the same id
                 if not is_out_of_memory(exc):
@@ -187,6 +187,16 @@ class Client(ClientCore):
         if not self.sent_by_push:
             self._mark_sent(keys[0])
         return JobHandle(valid.id, True, self)
+
+    def dispatch(self, job: CompletionJob) -> None:
+        """Send a registered job on its way: to the provider batch lane when it goes there
+        (:meth:`hands_to_batch`, one round trip, no queue message), else its queue message."""
+        if self.hands_to_batch(job):
+            pipe = self.redis.pipeline(transaction=False)
+            self.intake_commands(pipe, job)
+            pipe.execute()
+        else:
+            self.send(job)
 
     # --- the memory watermark (producers/watermark.py) ------------------------------------------
 

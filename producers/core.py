@@ -39,7 +39,7 @@ from workers.contract import (
 )
 from workers.contract.capabilities import CapabilityError
 from workers.contract.fieldnames import unknown_key_message
-from workers.contract.presence import WorkerPresence
+from workers.contract.presence import BATCH_INTAKE_KEY, WorkerPresence
 from workers.contract.redaction import shown_url
 from workers.contract.schedule import SCHED_HEADER, class_queue, sched_header
 
@@ -268,6 +268,34 @@ class ClientCore:
             time.sleep(backoff)
             backoff = next_backoff(backoff)
 
+    def hands_to_batch(self, job: CompletionJob) -> bool:
+        """Whether ``job`` goes straight to the provider batch lane (no queue message): it may wait
+        (``batch``), runs no worker tools, its first model's provider has a batch API, its deadline
+        leaves the room a live batcher announced (``WorkerPresence.batch_intake``)."""
+        intake = self.catalog.batch_intake
+        if intake is None or job.batch is None or job.worker_tools:
+            return False
+        chain = self.catalog.chain(job)
+        if not chain or chain[0].partition(":")[0] not in BATCH_PROVIDERS:
+            return False
+        if job.deadline_s is None:
+            return True
+        if job.batch == "allow":
+            return job.deadline_s > intake.allow_min_s
+        return job.deadline_s >= intake.auto_min_s
+
+    def intake_commands(self, pipe: Any, job: CompletionJob) -> None:
+        """Queue on ``pipe`` what hands ``job`` to the batch lane (one round trip): its line (state
+        ``new``, its payload), its id on the intake list, and the send recorded in its registration
+        (last: a hand-off cut short is sent again by a later submit of the id)."""
+        keys = JobKeys(job.id)
+        pipe.hset(keys.batch, mapping={"state": "new", "job": job.model_dump_json(exclude_none=True)})
+        pipe.expire(keys.batch, self.result_ttl_s)
+        pipe.rpush(BATCH_INTAKE_KEY, job.id)
+        if self.admits:  # no longer a registration waiting for its message
+            pipe.zrem(f"{queue_prefix(self.queue)}pending:{job.tenant}", job.id)
+        pipe.hset(keys.meta, mapping={"sent": "1", "queue": self.queue, "state": "batched"})
+
     def _send_task(self, job: CompletionJob, payload: dict[str, Any], options: dict[str, Any], *, retry: bool) -> None:
         self.celery.send_task(
             TASK_NAME,
@@ -387,6 +415,10 @@ class ClientCore:
         if self.sent_events is not None:
             self.sent_events.close()
         self.celery.close()
+
+
+#: The providers whose batch APIs the workers use (their built-in entries: ``workers/jobs/batched.py``).
+BATCH_PROVIDERS = frozenset({"openai", "anthropic"})
 
 
 def _text(value: bytes | str) -> str:

@@ -285,6 +285,9 @@ class BatchConfig(_Strict):
     enabled: bool = True
     #: Whether this worker runs a batcher thread (one at a time works, under a lease; false: others do).
     batcher: bool = True
+    #: With a batcher: producers hand a job that may wait straight to the batch lane (no queue message,
+    #: no worker run before its batch; false: each such job is queued and parked by a run).
+    intake: bool = True
     discount: Annotated[float, Field(gt=0, le=1)] = 0.5
     window_s: Annotated[float, Field(gt=0)] = 86_400.0
     margin_s: Annotated[float, Field(ge=0)] = 3_600.0

@@ -338,10 +338,11 @@ class BatchRunner:
         if existing is not None:
             self._deliver(existing)
             return
-        if self.redis.hexists(JobKeys(job.id).meta, "runs"):
-            return  # claimed by a worker: its result will come to the reply list
+        keys = JobKeys(job.id)
+        if self.redis.hexists(keys.meta, "runs") or self.redis.exists(keys.batch):
+            return  # claimed by a worker, or in the provider batch lane: its result will come to the reply list
         job.submitted_at = job.submitted_at or time.time()
-        self.client.send(job)  # a Redis at maxmemory refusing it pauses the run (_submit_or_pause)
+        self.client.dispatch(job)  # a Redis at maxmemory refusing it pauses the run (_submit_or_pause)
         self.summary.resent += 1
 
     def _drain(self) -> None:

@@ -15,7 +15,16 @@ from pydantic import Field
 
 from workers.contract.base import WireModel
 
-__all__ = ["LAST_CATALOG_TTL_S", "WORKERS_KEY", "WorkerPresence", "catalog_key", "last_catalog_key", "worker_key"]
+__all__ = [
+    "BATCH_INTAKE_KEY",
+    "LAST_CATALOG_TTL_S",
+    "WORKERS_KEY",
+    "BatchIntake",
+    "WorkerPresence",
+    "catalog_key",
+    "last_catalog_key",
+    "worker_key",
+]
 
 #: Set of the ids of workers that published a presence (some may be dead: check their key).
 WORKERS_KEY = "llmq:workers"
@@ -41,6 +50,21 @@ def last_catalog_key(queue: str) -> str:
     return f"llmq:catalog:last:{queue}"
 
 
+#: List of the ids of jobs producers handed to the batch lane, in order (the batcher takes them).
+BATCH_INTAKE_KEY = "llmq:{pbatch}:intake"
+
+
+class BatchIntake(WireModel):
+    """A worker runs a provider batcher that takes jobs straight from producers
+    (``workers/runtime/batcher.py``): a job that may wait (``batch``) whose deadline leaves this
+    room goes to the batch lane without a queue message."""
+
+    #: A ``batch: "allow"`` job needs at least this long to its deadline (``[batch] live_margin_s``).
+    allow_min_s: float
+    #: A ``batch: "auto"`` job needs at least this long (``[batch] window_s + margin_s``).
+    auto_min_s: float
+
+
 class WorkerPresence(WireModel):
     worker: str
     #: The job queues (``LLMQ_QUEUE``) this worker consumes.
@@ -49,3 +73,5 @@ class WorkerPresence(WireModel):
     catalog: str
     #: Unix time of the last refresh.
     published_at: float = 0.0
+    #: Set when its batcher takes jobs straight from producers (None: every job is a queue message).
+    batch_intake: BatchIntake | None = None

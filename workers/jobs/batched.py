@@ -39,8 +39,10 @@ from typing import Literal
 from workers.accounting.ledger import Ledger
 from workers.accounting.metered import Meter
 from workers.accounting.money import Reservation
+from workers.accounting.preflight import CallPlan
 from workers.accounting.prices import PriceBook
 from workers.contract import CompletionJob, split_model_id
+from workers.contract.presence import BatchIntake
 from workers.jobs.batchstate import BatchStore, JobLine
 from workers.llm.base import ChatRequest, Completion
 from workers.llm.batchapi import BatchAPI, LineOutcome
@@ -50,7 +52,7 @@ from workers.llm.openai_batch import OpenAIBatchAPI
 from workers.llm.registry import ProviderRegistry
 from workers.routes import BatchConfig, LLMQConfig
 
-__all__ = ["BATCH_ATTEMPT", "BatchLane", "Route", "discounted", "model_discounts"]
+__all__ = ["BATCH_ATTEMPT", "BatchLane", "Route", "discounted", "intake_of", "model_discounts"]
 
 log = logging.getLogger("llmq.batch")
 
@@ -65,6 +67,13 @@ def discounted(config: BatchConfig, model_discounts: Mapping[str, float], model_
     """The share of the price table's price a batch (or flex) call of ``model_id`` costs: its
     ``[models."<id>"] batch_discount``, else ``[batch] discount``."""
     return Decimal(str(model_discounts.get(model_id, config.discount)))
+
+
+def intake_of(config: BatchConfig) -> BatchIntake | None:
+    """What a worker announces in its presence when its batcher takes jobs straight from producers."""
+    if not (config.enabled and config.batcher and config.intake):
+        return None
+    return BatchIntake(allow_min_s=config.live_margin_s, auto_min_s=config.window_s + config.margin_s)
 
 
 def model_discounts(config: LLMQConfig) -> dict[str, float]:
@@ -148,8 +157,8 @@ class BatchLane:
 
     # --- parking ----------------------------------------------------------------------------------
 
-    def park(self, job: CompletionJob, model_id: str, request: ChatRequest, meter: Meter) -> None:
-        """Reserve the worst case at the batch price and leave the job's line to the batcher."""
+    def line_body(self, model_id: str, request: ChatRequest, meter: Meter) -> tuple[bytes, CallPlan]:
+        """The line's body (the live call's bytes) and its plan (the worst case, at the table's price)."""
         api = self.api_for(model_id)
         if api is None:  # choose() said batch: the provider was there a moment ago
             raise LLMQError(f"{model_id} has no batch API", model=model_id)
@@ -162,7 +171,11 @@ class BatchLane:
             headers=request.headers,
             prompt_tokens=plan.prompt.tokens,
         )
-        body = api.provider.body_bytes(native, prepared)
+        return api.provider.body_bytes(native, prepared), plan
+
+    def park(self, job: CompletionJob, model_id: str, request: ChatRequest, meter: Meter) -> None:
+        """Reserve the worst case at the batch price and leave the job's line to the batcher."""
+        body, plan = self.line_body(model_id, request, meter)
         reservation = ""
         if self._ledger is not None:
             held = self._ledger.reserve(

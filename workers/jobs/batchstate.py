@@ -45,6 +45,7 @@ import redis
 from redis.typing import EncodableT
 
 from workers.contract import JobKeys
+from workers.contract.presence import BATCH_INTAKE_KEY
 
 __all__ = [
     "PREFIX",
@@ -56,8 +57,8 @@ __all__ = [
 ]
 
 PREFIX = "llmq:{pbatch}"
-#: A job's place: waiting for a batch, in one, answered, sent live instead, dropped before sending.
-LineState = Literal["pending", "sent", "done", "live", "dropped"]
+#: A job's place: handed over by its producer (not looked at yet), waiting for a batch, in one, answered, sent live instead, dropped before sending.
+LineState = Literal["new", "pending", "sent", "done", "live", "dropped"]
 #: A batch's step: sealed (its lines chosen), prepared (its lines fixed), uploading/uploaded (OpenAI's
 #: file), creating, running (at the provider), finished (every line filed back).
 BatchStep = Literal["sealed", "prepared", "uploading", "uploaded", "creating", "running", "finished"]
@@ -111,6 +112,34 @@ redis.call('HSET', KEYS[1], unpack(fields))
 return 1
 """
 
+# KEYS: a job's batch hash, meta, events, channel, result. ARGV: ttl, events maxlen, the start event's
+# JSON, then the line's field/value pairs. A line handed over by its producer (state 'new', the job
+# not ended) becomes 'pending' with its fields, its job 'batched', and its start event is published,
+# all at once; 0 when it was not 'new' (taken already) or the job ended.
+_TAKE_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'new' then return 0 end
+if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], 'state', 'pending', unpack(fields))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'state', 'batched')
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '0-1', 'e', ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+redis.call('PUBLISH', KEYS[4], ARGV[3])
+return 1
+"""
+
+# KEYS: a job's batch hash. A line still 'new' becomes 'live', marked sent on unstarted ('onward'):
+# its run starts it and runs it live (the batcher decided it is not for a batch).
+_ONWARD_LUA = """
+if redis.call('HGET', KEYS[1], 'state') == 'new' then
+  return redis.call('HSET', KEYS[1], 'state', 'live', 'onward', '1')
+end
+return 0
+"""
+
 # KEYS: lock. ARGV: owner, lease ms. Takes or renews the lock; 1 when this owner holds it.
 _LOCK_LUA = """
 local holder = redis.call('GET', KEYS[1])
@@ -148,6 +177,8 @@ class JobLine:
     job: bytes = b""
     reservation: str = ""
     deadline: float | None = None
+    #: Handed over by its producer, then sent to the queue unstarted by the batcher (its run starts it).
+    onward: bool = False
 
     @classmethod
     def parse(cls, job_id: str, fields: Mapping[bytes, bytes]) -> JobLine | None:
@@ -166,6 +197,7 @@ class JobLine:
             job=fields.get(b"job", b""),
             reservation=_text(fields.get(b"reservation", b"")),
             deadline=float(deadline) if deadline else None,
+            onward=fields.get(b"onward") == b"1",
         )
 
 
@@ -219,9 +251,12 @@ class BatchStore:
         self._move = client.register_script(_MOVE_LUA)
         self._lock = client.register_script(_LOCK_LUA)
         self._unlock = client.register_script(_UNLOCK_LUA)
+        self._take = client.register_script(_TAKE_LUA)
+        self._onward = client.register_script(_ONWARD_LUA)
 
     # --- keys ---------------------------------------------------------------------------------------
 
+    intake = BATCH_INTAKE_KEY
     groups = f"{PREFIX}:groups"
     members = f"{PREFIX}:members"
     active = f"{PREFIX}:active"
@@ -297,8 +332,56 @@ class BatchStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zcard(self.groups)
         pipe.zcard(self.active)
-        waiting, active = pipe.execute()
-        return not waiting and not active
+        pipe.llen(self.intake)
+        waiting, active, handed = pipe.execute()
+        return not waiting and not active and not handed
+
+    # --- the producers' hand-over ---------------------------------------------------------------
+
+    def handed(self, limit: int) -> list[str]:
+        """The first ``limit`` ids on the intake list (left there until :meth:`took` them)."""
+        return [_text(j) for j in self.redis.lrange(self.intake, 0, limit - 1)]
+
+    def took(self, count: int) -> None:
+        """The first ``count`` ids of the intake list are dealt with."""
+        self.redis.ltrim(self.intake, count, -1)
+
+    def take(self, rows: Sequence[tuple[str, Mapping[str, Any], bytes]], *, ttl_s: int, maxlen: int) -> list[bool]:
+        """Lines handed over, taken: ``(job id, line fields, start event JSON)`` each made
+        ``pending`` with its start event published (:data:`_TAKE_LUA`), one round trip; per row,
+        whether it was (False: taken already, or its job ended)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, fields, start in rows:
+            keys = JobKeys(job_id)
+            flat: list[Any] = [ttl_s, maxlen, start]
+            for name, value in fields.items():
+                flat += [name, value]
+            self._take(keys=[keys.batch, keys.meta, keys.events, keys.channel, keys.result], args=flat, client=pipe)
+        return [bool(n) for n in pipe.execute()] if rows else []
+
+    def park_ids(self, rows: Sequence[tuple[str, str]]) -> None:
+        """``(job id, group)`` pairs added to their groups' waiting lines (once each), one round trip."""
+        if not rows:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        now = self._clock()
+        for job_id, group in rows:
+            self._park(keys=[self.members, self.group_list(group), self.groups], args=[job_id, group, now], client=pipe)
+        pipe.execute()
+
+    def send_on(self, job_ids: Sequence[str]) -> None:
+        """Mark the lines of jobs about to be sent to the queue, still ``new``, ``live`` and
+        ``onward`` (their runs start them and run them live; one a run took meanwhile stays)."""
+        if job_ids:
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                self._onward(keys=[JobKeys(job_id).batch], client=pipe)
+            pipe.execute()
+
+    def hand_back(self, job_ids: Sequence[str]) -> None:
+        """Put ids on the intake list again, at its end (taken at a later pass)."""
+        if job_ids:
+            self.redis.rpush(self.intake, *job_ids)
 
     def take_lock(self, owner: str, lease_s: float) -> bool:
         return bool(self._lock(keys=[self.lock_key], args=[owner, max(1, int(lease_s * 1000))]))

@@ -339,7 +339,10 @@ class JobRunner:
             rendered = render_job(job, self.res.redis, max_chars=self.res.settings.prompt_max_chars)
             run.prompt = rendered.prompt
             line = self._lane.store.line(job.id) if job.batch is not None else None
-            if line is None:  # a job with a batch line started in the run that parked it
+            if line is not None and line.state == "new":  # handed to the batch lane, not taken yet
+                line = None
+            # a job with a batch line started when it was parked (unless the batcher sent it on unstarted)
+            if line is None or line.onward:
                 run.publisher.emit(StartEvent(job_id=job.id, seq=0, model=chain[0], prompt=run.prompt))
             served = self._from_cache(run, chain, rendered.messages)
             if served is not None:

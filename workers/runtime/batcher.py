@@ -42,7 +42,8 @@ from workers.connections.brokerurl import is_amqp
 from workers.contract import TASK_NAME, JobKeys, monitor_repr, split_model_id
 from workers.contract.schedule import DEFAULT_PRIORITY, SCHED_HEADER, class_queue, sched_header
 from workers.jobs.batched import BatchLane, model_discounts
-from workers.jobs.batchend import Ended, LineEnder
+from workers.jobs.batchend import LineEnder
+from workers.jobs.batchintake import LineIntake
 from workers.jobs.batchstate import BatchRecord, BatchStore, JobLine
 from workers.jobs.resources import JobResources
 from workers.llm.batchapi import BatchAPI, LineOutcome, RemoteBatch, line_id, line_index
@@ -57,6 +58,11 @@ log = logging.getLogger("llmq.batcher")
 MAX_FAILURES = 5
 #: Lines filed back per round trip.
 FILE_CHUNK = 500
+#: Handed-over jobs taken per round trip set (``workers/jobs/batchintake.py``).
+INTAKE_CHUNK = 1000
+
+#: A Celery task event: its type and fields (what Flower shows of the jobs the batcher takes and ends).
+TaskEvent = tuple[str, dict[str, Any]]
 
 Send = Callable[[dict[str, Any]], None]
 
@@ -75,17 +81,23 @@ class Batcher:
         tick_s: float | None = None,
         owner: str | None = None,
         ender: LineEnder | None = None,
-        task_events: Callable[[list[Ended]], None] | None = None,
+        task_events: Callable[[list[TaskEvent]], None] | None = None,
         events_delay_s: float = 0.0,
+        intake: LineIntake | None = None,
+        monitor_content: bool = False,
     ) -> None:
         self.store = store
+        #: Flower's task-received shows the job's content too (``LLMQ_MONITOR_CONTENT``).
+        self._monitor_content = monitor_content
+        #: Takes the jobs producers handed straight to the lane (None: they wait on the intake list).
+        self._intake = intake
         #: Ends answered lines in bulk (None: every answered line's job goes to the queue to end).
         self._ender = ender
         #: Sends the Celery task events of the jobs the batcher ended (Flower's view).
         self._task_events = task_events
         #: How long after a batch was sealed its ended jobs' task events may go out.
         self.events_delay_s = events_delay_s
-        self._held_events: list[tuple[float, list[Ended]]] = []
+        self._held_events: list[tuple[float, list[TaskEvent]]] = []
         self.lane = lane
         self.config = lane.config
         self._send = send
@@ -149,6 +161,7 @@ class Batcher:
         if not self._hold():
             return False
         config = self.config
+        self._take_handed()
         for group in self.store.due_groups(max_age_s=config.max_age_s, max_lines=config.max_lines):
             self._seal(group)
         for key in self.store.due_batches():
@@ -159,6 +172,28 @@ class Batcher:
 
     def _hold(self) -> bool:
         return self.store.take_lock(self.owner, self.config.lock_s)
+
+    def _take_handed(self) -> None:
+        """Take the jobs producers handed to the lane, in order, a chunk at a time; the ids leave
+        the intake list only once taken (a batcher killed meanwhile leaves them to the next)."""
+        if self._intake is None:
+            return
+        while not self._stop.is_set():
+            ids = self.store.handed(INTAKE_CHUNK)
+            if not ids:
+                return
+            taken = self._intake.take(ids)
+            self.store.took(len(ids))
+            if taken.parked and self._task_events is not None:
+                self._task_events(started_events(taken.parked, self._monitor_content))
+            if taken.parked or taken.queued:
+                log.info(
+                    "batcher: took %d handed-over job(s) into batch groups, sent %d to the queue",
+                    len(taken.parked),
+                    len(taken.queued),
+                )
+            if len(ids) < INTAKE_CHUNK or taken.later or not self._hold():
+                return
 
     def _seal(self, group: str) -> None:
         api = self.lane.api_for(group)
@@ -388,7 +423,11 @@ class Batcher:
             if done and self._task_events is not None:
                 # after the parking runs' own task-succeeded, which their worker sends within its
                 # flush period of the run: Flower keeps the last one it receives
-                self._held_events.append((record.created + self.events_delay_s, done))
+                succeeded = [
+                    ("task-succeeded", {"uuid": e.job_id, "result": repr(e.status), "runtime": e.runtime_s})
+                    for e in done
+                ]
+                self._held_events.append((record.created + self.events_delay_s, succeeded))
                 self._send_due_events()
         self._send_back(back)
 
@@ -463,20 +502,35 @@ def job_sender(app: Celery, settings: Settings) -> Send:
     return send
 
 
-def task_event_sender(app: Celery, settings: Settings) -> Callable[[list[Ended]], None] | None:
-    """Sends the ``task-succeeded`` events of the jobs the batcher ended, in one message (Flower
-    shows each job as one task, its id, as a run's ending would; None when task events are off)."""
+def started_events(payloads: list[dict[str, Any]], content: bool) -> list[TaskEvent]:
+    """``task-received`` and ``task-started`` of jobs taken into the lane without a queue message
+    (Flower then shows each as its task, under its id, as a worker's run of it would)."""
+    out: list[TaskEvent] = []
+    for payload in payloads:
+        job_id = str(payload["id"])
+        shown = repr((payload,)) if content else monitor_repr(payload)
+        out.append(
+            (
+                "task-received",
+                {"uuid": job_id, "name": TASK_NAME, "args": shown, "kwargs": "{}", "retries": 0, "root_id": job_id},
+            )
+        )
+        out.append(("task-started", {"uuid": job_id}))
+    return out
+
+
+def task_event_sender(app: Celery, settings: Settings) -> Callable[[list[TaskEvent]], None] | None:
+    """Sends Celery task events of the jobs the batcher takes and ends, in one message per call
+    (Flower shows each job as one task, its id, as a run would; None when task events are off)."""
     if not settings.task_events:
         return None
 
-    def send(ended: list[Ended]) -> None:
+    def send(events: list[TaskEvent]) -> None:
         with app.connection_for_write() as conn:
             dispatcher = app.events.Dispatcher(conn, enabled=True, buffer_group=["task"], buffer_limit=1 << 30)
             try:
-                for item in ended:
-                    dispatcher.send(
-                        "task-succeeded", uuid=item.job_id, result=repr(item.status), runtime=item.runtime_s
-                    )
+                for kind, fields in events:
+                    dispatcher.send(kind, **fields)
                 dispatcher.flush()
             finally:
                 dispatcher.close()
@@ -499,14 +553,17 @@ def build_batcher(
         keep_s=settings.result_ttl_s,
         model_discounts=model_discounts(resources.config),
     )
+    send = job_sender(app, settings)
     return Batcher(
         store,
         lane,
-        job_sender(app, settings),
+        send,
         clock=clock,
         ender=LineEnder(lane, resources),
         task_events=task_event_sender(app, settings),
         events_delay_s=settings.task_events_flush_ms / 1000 + 2.0,
+        intake=LineIntake(lane, resources, send, clock=clock),
+        monitor_content=settings.monitor_content,
     )
 
 

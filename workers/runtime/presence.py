@@ -19,6 +19,7 @@ from workers.contract.catalog import ModelCatalog
 from workers.contract.presence import (
     LAST_CATALOG_TTL_S,
     WORKERS_KEY,
+    BatchIntake,
     WorkerPresence,
     catalog_key,
     last_catalog_key,
@@ -40,12 +41,15 @@ class PresencePublisher:
         *,
         interval_s: float = 10.0,
         ttl_s: int = 30,
+        batch_intake: BatchIntake | None = None,
     ) -> None:
         self._client = client
         self.worker_id = worker_id
         self._catalog_json = catalog.model_dump_json()
         self._catalog_key = catalog_key(catalog.digest())
-        self._presence = WorkerPresence(worker=worker_id, queues=queues, catalog=catalog.digest())
+        self._presence = WorkerPresence(
+            worker=worker_id, queues=queues, catalog=catalog.digest(), batch_intake=batch_intake
+        )
         self._interval_s = interval_s
         self._ttl_s = ttl_s
         self._stop = threading.Event()

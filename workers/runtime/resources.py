@@ -35,6 +35,7 @@ from workers.connections.redisclient import redis_client
 from workers.contract.catalog import ModelCatalog, UnknownModelError
 from workers.contract.providers import PROVIDERS_KEY, ProviderSpec, provider_infos
 from workers.guards.shared import SharedGuards
+from workers.jobs.batched import intake_of
 from workers.jobs.batchstate import BatchStore
 from workers.jobs.catalog import worker_catalog
 from workers.jobs.events import flush_batcher
@@ -302,7 +303,7 @@ class WorkerResources:
         if len(tools.registry):
             publisher = RegistryPublisher(client, worker_id, tools.infos())
             publisher.start()
-        presence = PresencePublisher(client, worker_id, [settings.queue], catalog)
+        presence = PresencePublisher(client, worker_id, [settings.queue], catalog, batch_intake=intake_of(config.batch))
         presence.start()
         lease_stats = guards.leases.stats
         metrics.registry.register(RateAdmissionsCollector(lambda: (lease_stats.local, lease_stats.calls)))
