@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     #: The event flushes of all the jobs a process runs share Redis round trips (one pipelined
     #: batch at a time, each job still gets its own reply: ``workers/jobs/flushbatch.py``).
     batch_flushes: bool = True
+    #: The ledger's reservations and settlements of all the jobs a process runs share Redis round
+    #: trips the same way (``Ledger.batch_scripts``; not with ``LLMQ_LEDGER_REPLICAS``).
+    ledger_batch: bool = True
     #: Approximate cap of each job's replay stream (XADD MAXLEN ~).
     events_maxlen: int = Field(default=10_000, ge=10)
     #: Seconds results, replay streams and job metadata are kept.

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -65,6 +65,14 @@ class LedgerUnavailableError(BudgetExceededError):
     """The ledger could not be reached; nothing is spent without accounting (fail closed)."""
 
     type_name = "ledger_unavailable"
+
+
+class ScriptBatch(Protocol):
+    """Runs one script for many callers in shared round trips (the worker's ``FlushBatcher``)."""
+
+    def call(self, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 def _utcnow() -> datetime:
@@ -119,6 +127,23 @@ class Ledger(BudgetBook):
         #: Keeps settlements Redis refused and retries them (None: a refusal raises).
         self.keeper: SettleKeeper | None = None
         self._release = load_script(client, "release")
+        #: Reservations and settlements sent in batches with other jobs' (:meth:`batch_scripts`).
+        self._batched: dict[str, ScriptBatch] = {}
+
+    def batch_scripts(self, batcher: Callable[[str], ScriptBatch]) -> None:
+        """Send :meth:`reserve` and :meth:`settle` through ``batcher(script text)`` (the worker's
+        ``FlushBatcher``): the reservations of all the jobs of a process that reserve at once travel
+        in one round trip, each caller still gets its own reply or error (a ledger script answers a
+        refusal as a reply, and a repeated call of a job attempt is idempotent, as for a direct
+        call). Not with a replica wait, whose ``WAIT`` must follow its script on one connection."""
+        if self.replica_wait is None:
+            self._batched = {"reserve": batcher(self._reserve.script), "settle": batcher(self._settle.script)}
+
+    def close_batches(self) -> None:
+        """Send what is queued and go back to a round trip per call."""
+        batched, self._batched = self._batched, {}
+        for batch in batched.values():
+            batch.close()
 
     def _settled_key(self, job_id: str, attempt: int) -> str:
         return f"{self.prefix}:settled:{job_id}#{attempt}"
@@ -373,6 +398,9 @@ class Ledger(BudgetBook):
         try:
             if replicate and self.replica_wait is not None:
                 return self._run_replicated(script, keys, args, op, self.replica_wait)
+            batched = self._batched.get(op)
+            if batched is not None:
+                return batched.call(keys, args)
             return script(keys=keys, args=args)
         except redis.RedisError as exc:
             raise LedgerUnavailableError(

@@ -311,6 +311,8 @@ class WorkerResources:
         if config.batch.enabled:
             metrics.registry.register(BatchCollector(BatchStore(client)))
         ledger = build_ledger(settings, config, ledger_client)
+        if settings.ledger_batch:  # each job's reserve and settle share round trips with the others'
+            ledger.batch_scripts(lambda script: FlushBatcher(ledger_client, script))
         ledger.keeper = SettleKeeper(
             ledger.settle_now,
             release=ledger.release_now,
@@ -370,6 +372,7 @@ class WorkerResources:
             self.guards.stop()
         if self.flusher is not None:
             self.flusher.close()  # before the client: what is queued still goes out
+        self.ledger.close_batches()  # before the keeper's last try, which then goes direct
         if self.ledger.keeper is not None:
             self.ledger.keeper.close()  # a last try; what Redis still refuses goes to the journal
         self.registry.close()

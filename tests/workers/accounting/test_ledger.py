@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -22,6 +22,7 @@ from workers.accounting.ledger import (
     from_micros,
     to_micros,
 )
+from workers.jobs.flushbatch import FlushBatcher
 from workers.llm.errors import BudgetBusyError, BudgetExceededError, is_retryable
 
 
@@ -35,12 +36,22 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def make_ledger(redis_client: redis.Redis) -> Callable[..., Ledger]:
-    def make(**kwargs: object) -> Ledger:
-        return Ledger(redis_client, **kwargs)  # type: ignore[arg-type]
+@pytest.fixture(params=["direct", "batched"])
+def make_ledger(redis_client: redis.Redis, request: pytest.FixtureRequest) -> Iterator[Callable[..., Ledger]]:
+    """Each ledger test twice: a round trip per call, and as a worker runs it, its reservations and
+    settlements sent in shared batches (``Ledger.batch_scripts`` over ``FlushBatcher``)."""
+    made: list[Ledger] = []
 
-    return make
+    def make(**kwargs: object) -> Ledger:
+        ledger = Ledger(redis_client, **kwargs)  # type: ignore[arg-type]
+        if request.param == "batched":
+            ledger.batch_scripts(lambda script: FlushBatcher(redis_client, script))
+        made.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in made:
+        ledger.close_batches()
 
 
 def spent(ledger: Ledger, scope: str = GLOBAL_SCOPE, month: str | None = None) -> tuple[float, float]:
