@@ -52,11 +52,11 @@ def _submit(gw: GatewayThread, token: str, **extra: object) -> str:
         return str(response.json()["id"])
 
 
-def until(predicate: Any, what: str, guard_s: float) -> None:
+def until(predicate: Any, what: str, guard_s: float) -> Any:
     """Wait on the page; an element replaced while it was read (a re-render) counts as "not yet"."""
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
-    _until(predicate, what, guard_s, tolerate=(StaleElementReferenceException, NoSuchElementException))
+    return _until(predicate, what, guard_s, tolerate=(StaleElementReferenceException, NoSuchElementException))
 
 
 def _text(driver: Any, element_id: str) -> str:
@@ -87,9 +87,10 @@ def test_job_list_live_job_and_tenant_isolation(
         until(lambda: len(_rows(driver, "jobs-table")) == 3, "team-a's jobs listed", 30)
         listed = {r.get_attribute("data-id") for r in driver.find_elements("css selector", "#jobs-table tbody tr")}
         assert listed == {*ok, failed} and other not in driver.page_source
-        assert _text(driver, "who") == "tenant team-a"
+        until(lambda: _text(driver, "who") == "tenant team-a", "the tenant's name", 30)
+        # the panels load one after the other and are redrawn every 5 s: waited for, not read once
         until(lambda: any(r.startswith("llmq") for r in _rows(driver, "queues-table")), "the queue row", 30)
-        budget = _rows(driver, "budget-table")
+        budget = until(lambda: _rows(driver, "budget-table"), "the budget rows", 30)
         assert [r.split()[0] for r in budget] == ["global", "tenant:team-a"], budget
         screenshot(driver, "ui-list")
 
