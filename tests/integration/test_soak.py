@@ -38,6 +38,6 @@ def test_a_two_minute_soak_loses_nothing_and_accounts_everything() -> None:
     report = run_soak(config)
     print(json.dumps(report.summary()))
     check(report)
-    assert report.kills >= 3 and report.full_episodes == 2 and report.redis_restarts == 1
+    assert report.kills >= 2 and report.full_episodes == 2 and report.redis_restarts == 1
     assert report.producer_jobs > 0 and report.gateway_jobs > 0
     assert report.pushed_back  # the episodes pushed producers back
