@@ -152,6 +152,8 @@ class SoakReport:
             "single_run_jobs_ledger_mismatch": len(self.ledger_mismatch),
             "budget_usd": self.config.budget_usd,
             "rss_growth_after_warmup": {k: round(v, 4) for k, v in sorted(self.rss_growth.items())},
+            # the bench's ratio against its baseline in the same run: RSS at the end vs after warm-up
+            "rss_ratio_end_vs_warm": {k: round(1 + v, 4) for k, v in sorted(self.rss_growth.items())},
             "rss_mb_last": {k: round(v[-1][1] / 1e6, 1) for k, v in sorted(self.rss.items()) if v},
             "redis_peak_mb": round(self.redis_peak_mb, 1),
         }
