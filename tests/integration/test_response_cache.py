@@ -20,7 +20,7 @@ from producers.client import make_celery
 from simulator.app import SimulatorThread
 from tests.support.spend import global_spent_usd
 from tests.support.waits import until
-from workers.contract import DEFAULT_QUEUE, CompletionResult
+from workers.contract import DEFAULT_QUEUE, CompletionJob, CompletionResult
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "openai:gpt-4o-mini"
@@ -220,6 +220,27 @@ def test_a_cancelled_leader_hands_the_call_to_its_follower_and_a_cancelled_follo
     assert follow2.cancel()
     assert follow2.result(timeout=60).status == "cancelled"
     assert lead2.result(timeout=60).status == "succeeded" and sim.stats.requests == 3
+
+
+def test_a_duplicate_delivery_of_the_leader_leaves_its_lead_in_place(
+    worker, client: Client, simulator: SimulatorThread, redis_url: str
+) -> None:
+    """The leading job's message is delivered again while it calls (a broker redelivery): that run
+    finds the job busy and steps aside, without ending the lead the running one holds, so an
+    identical job arriving next still follows it instead of calling a second time."""
+    sim, r = simulator.simulator, redis.Redis.from_url(redis_url)
+    sim.config.tokens_per_s = 2.0  # ~10 s a call
+    leader = client.submit(_job(id="dup-lead"))
+    until(lambda: sim.stats.requests >= 1, "the leader's request", 30)
+    (lead,) = r.keys("llmq:{cache}:lead:*")
+    before = r.pttl(lead)
+    client.send(CompletionJob.model_validate(_job(id="dup-lead")))
+    # the duplicate ran once its lookup touched the lead: renewed it, or (before the fix) ended it
+    until(lambda: r.pttl(lead) > before or not r.exists(lead), "the duplicate's claim", 30)
+    assert r.get(lead) == b"dup-lead"
+    follower = client.submit(_job())
+    assert leader.result(timeout=60).status == "succeeded"
+    assert follower.result(timeout=60).cached and sim.stats.requests == 1
 
 
 # --- across two worker processes ------------------------------------------------------------------------

@@ -202,8 +202,10 @@ class JobRunner:
             cached.first = cached.cache.parse_begin(reply)
             if cached.first.kind == "lead":
                 cached.leading = True
-            if claim.run < 1:
+            if claim.run == ClaimOutcome.DONE:
                 cached.end(None)  # not this run's to lead
+            elif claim.run == ClaimOutcome.BUSY:  # a live run of this job leads (or will): its lead stays
+                cached.leading = False
         if claim.run == ClaimOutcome.DONE:
             return JobOutcome(result=res.store.load_result(keys), skipped="already finished")
         if claim.run == ClaimOutcome.BUSY:
