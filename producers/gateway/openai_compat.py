@@ -5,7 +5,9 @@ argument). Every argument that is a job field of the same name and shape (the co
 ``RequestParams``: ``temperature``, ``top_p``, ``stop``, ``seed``, ``tool_choice``, the penalties,
 ``logit_bias``, ``logprobs``/``top_logprobs``, ``n`` ...) is passed through as it is, so a parameter
 added to the contract is accepted here without a change; ``max_tokens``/``max_completion_tokens``,
-``reasoning_effort``, ``response_format`` and the messages' ``image_url`` parts are translated. A
+``reasoning_effort``, ``response_format`` and the messages' ``image_url`` parts are translated;
+``cache_control`` prompt-cache breakpoints (Anthropic's form, as LiteLLM-style clients send them) on
+messages, text parts and tools are kept, for the worker to pass on by its rule. A
 combination the job's provider cannot do is a 400 naming the provider and the field (the contract's
 capability table). A few knobs nothing behind the queue uses are accepted and ignored; audio is
 refused. The tenant always comes from the bearer token, never from the body.
@@ -82,7 +84,10 @@ def _content_of(content: JsonValue, where: str, *, images: bool) -> str | list[d
         for i, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
             if isinstance(part, dict) and kind in ("text", "input_text"):
-                parts.append({"type": "text", "text": str(part.get("text", ""))})
+                text: dict[str, Any] = {"type": "text", "text": str(part.get("text", ""))}
+                if part.get("cache_control") is not None:  # a prompt-cache breakpoint (Anthropic's form)
+                    text["cache_control"] = part["cache_control"]
+                parts.append(text)
             elif isinstance(part, dict) and kind == "image_url" and images:
                 parts.append({"type": "image_url", "image_url": part.get("image_url")})
             else:
@@ -91,7 +96,7 @@ def _content_of(content: JsonValue, where: str, *, images: bool) -> str | list[d
                     " (text; image_url in user messages)",
                     param=f"{where}.content", code="unsupported_content",
                 )  # fmt: skip
-        if all(p["type"] == "text" for p in parts):
+        if all(p["type"] == "text" and "cache_control" not in p for p in parts):
             return "".join(p["text"] for p in parts)
         return parts
     raise GatewayError(400, f"{where}.content must be a string or a list of content parts", param=f"{where}.content")
@@ -109,7 +114,7 @@ def _message(raw: dict[str, JsonValue], index: int) -> dict[str, Any]:
             param=f"{where}.role",
         )
     message: dict[str, Any] = {"role": role, "content": _content_of(raw.get("content"), where, images=role == "user")}
-    for key in ("name", "tool_call_id", "tool_calls"):
+    for key in ("name", "tool_call_id", "tool_calls", "cache_control"):
         if raw.get(key) is not None:
             message[key] = raw[key]
     if role == "assistant" and message["content"] is None and not message.get("tool_calls"):

@@ -90,7 +90,7 @@ def test_caller_breakpoints_pass_through_with_their_ttl(
     assert (
         first.usage.cache_write_tokens >= 19_000 and first.usage.cache_write_1h_tokens == first.usage.cache_write_tokens
     )
-    second = client.submit(job).result(timeout=60)
+    second = client.submit({**job, "stream": False}).result(timeout=60)  # whole-body usage too
     assert second.usage.cached_tokens == first.usage.cache_write_tokens and second.usage.cache_write_tokens == 0
     assert second.cost_usd is not None and first.cost_usd is not None and second.cost_usd < first.cost_usd / 5
     assert _tokens_for(app, MODEL, "cache_write_1h") == first.usage.cache_write_1h_tokens

@@ -56,3 +56,21 @@ def test_chat_completions_ask_for_the_cache_and_a_hit_is_answered_in_openai_shap
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
     with pytest.raises(openai.BadRequestError):
         sdk.chat.completions.create(model="openai:gpt-4o-mini", messages=MESSAGES, extra_body={"cache": {"ttl_s": 0}})
+
+
+def test_cache_control_breakpoints_reach_anthropic_through_chat_completions(
+    sdk: openai.OpenAI, simulator: SimulatorThread
+) -> None:
+    """A LiteLLM-style client marks its long system prompt with ``cache_control`` on a text part:
+    the gateway keeps it, the worker passes it to Anthropic, the second request reads the prefix."""
+    system = {
+        "role": "system",
+        "content": [{"type": "text", "text": "Background: " + "capital city facts " * 400, "cache_control": {}}],
+    }
+    messages = [system, {"role": "user", "content": "The capital of France?"}]
+    first = sdk.chat.completions.create(model="anthropic:claude-sonnet-4-5", messages=messages, max_tokens=20)  # type: ignore[arg-type]
+    second = sdk.chat.completions.create(model="anthropic:claude-sonnet-4-5", messages=messages, max_tokens=20)  # type: ignore[arg-type]
+    assert first.usage is not None and second.usage is not None
+    assert first.usage.prompt_tokens_details is not None and second.usage.prompt_tokens_details is not None
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert second.usage.prompt_tokens_details.cached_tokens and second.usage.prompt_tokens_details.cached_tokens > 1024
