@@ -188,7 +188,9 @@ class ResponseCache:
         return [
             ("SET", self._entry(key), raw, "PX", ttl_ms),
             ("ZADD", index, now_ms + ttl_ms, key.member),
-            ("HSET", sizes, key.member, size),
+            # added to the member's size, not set: a second store of one key (two leaders, rare)
+            # counts twice in both, and dropping the member takes all of it back out of the total
+            ("HINCRBY", sizes, key.member, size),
             ("INCRBY", total, size),
             ("DEL", self._lead(key)),
         ]

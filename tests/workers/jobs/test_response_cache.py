@@ -6,7 +6,7 @@ import redis
 
 from workers.contract import CacheSpec, CompletionJob, CompletionResult, Message
 from workers.jobs.cachekey import cache_key, cache_spec
-from workers.jobs.responsecache import ResponseCache
+from workers.jobs.responsecache import CacheStats, ResponseCache
 from workers.routes import LLMQConfig
 
 MESSAGES = [Message(role="user", content="hi")]
@@ -140,3 +140,17 @@ def test_the_lookup_sent_with_the_claim_survives_a_script_flush_and_claims_once(
     cache.begin(key, "job-flush-y")  # loads the lookup's script only
     claim, reply = store.claim_with(JobKeys("job-flush-d"), "tok-d", *cache.begin_call(key, "job-flush-d"))
     assert claim.run == 1 and cache.parse_begin(reply).leader == "job-flush-a"
+
+
+def test_an_answer_stored_twice_under_one_key_leaves_no_bytes_behind(redis_client: redis.Redis) -> None:
+    """Two leaders of one key can both store (a follower took over from a leader whose job was
+    claimed again meanwhile): once the entry goes, the total is what is still listed."""
+    cache = ResponseCache(redis_client)
+    spec, chain = CacheSpec(ttl_s=60), ["openai:gpt-4o-mini"]
+    other = cache_key(_job(tenant="keep"), spec, chain, MESSAGES)
+    key = cache_key(_job(), spec, chain, MESSAGES)
+    assert cache.put(other, _result("job-o", "kept"))
+    kept = cache.stats().bytes
+    assert cache.put(key, _result("job-a", "first")) and cache.put(key, _result("job-b", "second"))
+    assert cache.purge("default") == 1
+    assert cache.stats() == CacheStats(bytes=kept, entries=1)
