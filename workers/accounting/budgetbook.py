@@ -83,6 +83,8 @@ class BudgetBook:
             raise ValueError("the spend report keeps at least one row per dimension, for at least one day")
         self.report_days = report_days
         self._defaults: dict[str, int] = {}
+        #: Per report dimension, the JSON list of its values with a configured limit (built on first use).
+        self._pins: dict[str, str] = {}
         if monthly_limit_usd is not None:
             self._defaults[GLOBAL_SCOPE] = to_micros(monthly_limit_usd)
         for kind, limits in (limits_usd or {}).items():

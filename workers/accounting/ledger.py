@@ -12,6 +12,7 @@ The rules, the leases, the replica wait and why each choice: ``docs/ledger.md``.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -370,8 +371,18 @@ class Ledger(BudgetBook):
             rows.append(("user", r.user, "1"))
         for dimension, value, pinnable in rows:
             keys += [rows_key(self.prefix, day, dimension), rows_key(self.prefix, month, dimension)]
-            args += [dimension, value, self.report_rows[dimension], pinnable]
+            args += [dimension, value, self.report_rows[dimension], pinnable, self._configured_rows(dimension)]
         return keys, args
+
+    def _configured_rows(self, dimension: str) -> str:
+        """The JSON list of ``dimension``'s values with a limit in the config ('' = none): their rows
+        are pinned as those of stored limits are."""
+        found = self._pins.get(dimension)
+        if found is None:
+            prefix = f"{dimension}:"
+            values = [scope[len(prefix) :] for scope in self._defaults if scope.startswith(prefix)]
+            found = self._pins[dimension] = json.dumps(values) if values else ""
+        return found
 
     def release(self, reservation: Reservation) -> int:
         """Free the lease without charging; returns the micro-USD it held (0 if already gone).

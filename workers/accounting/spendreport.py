@@ -12,8 +12,8 @@ while "who spent the most" is exactly the question a bounded report must still a
 without a row gets one while fewer than K exist; once K exist it takes the smallest row when its
 own amount is larger (that row's spend moves to ``other``), else its amount goes to ``other``.
 Totals stay exact (the rows plus ``other`` always sum to what was charged); a value that lost its
-row and came back shows what it spent since. A value with a stored limit (``llmq budget set --tag``)
-is pinned: it always keeps its row. Day rows are kept ``days`` days (default 120), month rows as
+row and came back shows what it spent since. A value with a limit (stored by ``llmq budget set
+--tag``, or in the config's ``[budget.tags]``/``[budget.users]``) is pinned: it always keeps its row. Day rows are kept ``days`` days (default 120), month rows as
 long as the ledger's months (400 days).
 """
 

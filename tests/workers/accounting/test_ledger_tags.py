@@ -149,6 +149,17 @@ def test_the_report_keeps_the_top_k_and_sums_the_rest_exactly(make_ledger: Calla
     assert [r.value for r in top.rows] == ["f", "e"] and top.other_usd == pytest.approx(1.16 + 0.901 - 1.4)
 
 
+def test_a_tag_with_a_budget_from_the_config_keeps_its_row_too(make_ledger: Callable[..., Ledger]) -> None:
+    """``[budget.tags]`` limits (the config's, not stored by ``llmq budget set``) pin their rows as
+    stored ones do: a capped tag outside the top-K still has its row in ``llmq spend``."""
+    ledger = make_ledger(report_rows={"tag": 2}, tag_limits_usd={"capped": 5})
+    for i, (tag, usd) in enumerate([("a", "0.5"), ("b", "0.4"), ("capped", "0.01"), ("c", "0.9")]):
+        ledger.settle(ledger.reserve(f"job-{i}", 1, "acme", 1, tags=[tag]), Decimal(usd))
+    # capped (0.01, smallest) joined the full rows as a pinned value; c (0.9) took b's row, not capped's
+    assert rows(ledger, "tag") == {"c": 0.9, "a": 0.5, "capped": 0.01}
+    assert ledger.report("tag").other_usd == pytest.approx(0.4)
+
+
 def test_the_report_by_days_and_by_month(make_ledger: Callable[..., Ledger]) -> None:
     clock = Clock(datetime(2026, 3, 30, 12, tzinfo=UTC))
     ledger = make_ledger(clock=clock)

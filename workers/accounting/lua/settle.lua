@@ -7,7 +7,8 @@
 -- ARGV: [1] reservation id, [2] actual amount, [3] marker TTL s, [4] month key TTL s, [5] day key TTL s,
 --       [6] number of scopes, then per scope: name, default limit ('' = unlimited), hold ('1' or '0',
 --       as for reserve), then per report row: dimension, value, rows kept (K), pinnable ('1': a value
---       with a stored limit keeps its row).
+--       with a stored limit keeps its row), the JSON list of the dimension's values with a limit in
+--       the workers' config (they keep their rows too; '' = none).
 -- Returns {'ok', then per scope written: index, spent, reserved, limit} (limit -1 = unlimited),
 --         or {'duplicate', amount charged the first time}.
 -- The charge lands even when the lease already expired: the provider billed us regardless.
@@ -59,13 +60,16 @@ if #members > 0 then
   redis.call('EXPIRE', KEYS[2], ttl)
 end
 
-local function count(rows, other, key_ttl, dim, value, k, pinnable)
+local function count(rows, other, key_ttl, dim, value, k, pinnable, configured)
   if redis.call('ZSCORE', rows, value) then
     redis.call('ZINCRBY', rows, actual, value)
     return
   end
+  local function pinned(who)
+    return pinnable and (configured[who] or redis.call('HEXISTS', KEYS[3], dim .. ':' .. who) == 1)
+  end
   local size = redis.call('ZCARD', rows)
-  if size < k or (pinnable and redis.call('HEXISTS', KEYS[3], dim .. ':' .. value) == 1) then
+  if size < k or pinned(value) then
     redis.call('ZADD', rows, actual, value)
     if size == 0 then
       redis.call('EXPIRE', rows, key_ttl)
@@ -79,7 +83,7 @@ local function count(rows, other, key_ttl, dim, value, k, pinnable)
     if actual <= tonumber(spent) then
       break
     end
-    if not pinnable or redis.call('HEXISTS', KEYS[3], dim .. ':' .. who) == 0 then
+    if not pinned(who) then
       redis.call('ZREM', rows, who)
       redis.call('HINCRBY', other, dim, spent)
       redis.call('EXPIRE', other, key_ttl)
@@ -93,9 +97,15 @@ end
 
 local base = 5 + 2 * n
 for r = 1, (#KEYS - base) / 2 do
-  local a = 3 + 3 * n + 4 * r
+  local a = 2 + 3 * n + 5 * r
   local dim, value, k, pinnable = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3] == '1'
-  count(KEYS[base + 2 * r - 1], KEYS[4], day_ttl, dim, value, k, pinnable)
-  count(KEYS[base + 2 * r], KEYS[5], ttl, dim, value, k, pinnable)
+  local configured = {}
+  if ARGV[a + 4] ~= '' then
+    for _, who in ipairs(cjson.decode(ARGV[a + 4])) do
+      configured[who] = true
+    end
+  end
+  count(KEYS[base + 2 * r - 1], KEYS[4], day_ttl, dim, value, k, pinnable, configured)
+  count(KEYS[base + 2 * r], KEYS[5], ttl, dim, value, k, pinnable, configured)
 end
 return out
