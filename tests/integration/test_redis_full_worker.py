@@ -205,3 +205,55 @@ def test_a_worker_starting_while_redis_is_full_waits_for_it(full: FullRedis) -> 
             full.free()
 
     assert wait_until_writable(full.redis, url=full.url, sleep=sleep) == 2
+
+
+def test_a_reservation_redis_refuses_starts_no_call(full: FullRedis) -> None:
+    """The metered model reserves before every call; Redis refusing the reservation at ``maxmemory``
+    asks the run what to do (the pipeline: wait briefly, or as long as Redis is full once a call was
+    paid). Told to give up, no call is made and the refusal goes up (the job then goes back to the
+    queue); told Redis takes writes again, it reserves and calls."""
+    from workers.accounting.ledger import Ledger, LedgerUnavailableError
+    from workers.accounting.metered import Meter, MeteredModel
+    from workers.accounting.prices import PriceBook
+    from workers.accounting.tokens import TokenCounter
+    from workers.connections.oom import refused_for_memory
+    from workers.contract import RequestParams
+    from workers.llm.base import ChatRequest, ChatStream, Completion
+    from workers.llm.model import ChatModel, RunContext
+
+    class Answering(ChatModel):
+        def __init__(self) -> None:
+            self.model_id = MODEL
+            self.calls = 0
+
+        def complete(self, request: ChatRequest) -> Completion:
+            self.calls += 1
+            return Completion(text="ok")
+
+        def stream(self, request: ChatRequest) -> ChatStream:  # pragma: no cover - not used here
+            raise NotImplementedError
+
+    job = CompletionJob.model_validate(_job("reserve-1"))
+    request = ChatRequest(messages=job.messages or [], params=RequestParams(max_tokens=20))
+    asked: list[bool] = []
+    meter = Meter(job, TokenCounter(), PriceBook(), Ledger(full.redis), RunContext())
+    upstream = Answering()
+    model = MeteredModel(upstream, meter)
+    full.fill(0.2)
+    full.squeeze()
+
+    meter.wait_for_writes = lambda paid: asked.append(paid) or False  # give up: the job goes back
+    with pytest.raises(LedgerUnavailableError) as caught:
+        model.complete(request)
+    assert refused_for_memory(caught.value) and upstream.calls == 0 and asked == [False]
+    assert meter.ctx.calls == 0  # the refused number is not used up
+
+    def freed(paid: bool) -> bool:  # Redis takes writes again while the run waits
+        asked.append(paid)
+        full.free()
+        return True
+
+    meter.wait_for_writes = freed
+    assert model.complete(request).text == "ok"
+    assert upstream.calls == 1 and asked == [False, False] and meter.ctx.calls == 1
+    assert to_micros(global_spent_usd(full.url)) == to_micros(meter.cost_usd or 0) > 0
