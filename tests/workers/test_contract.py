@@ -102,3 +102,16 @@ def test_events_parse_by_type() -> None:
         DoneEvent(job_id="j", seq=4, result=CompletionResult(id="j", status="succeeded")).model_dump_json()
     )
     assert isinstance(done, DoneEvent) and done.result.status == "succeeded"
+
+
+def test_repeated_tags_count_once_before_the_limit_of_eight() -> None:
+    """A body's tags and the gateway header's may repeat: eight distinct ones pass, repeats and all."""
+    from workers.contract import CompletionJob
+
+    base = {"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    eight = [f"t{i}" for i in range(8)]
+    assert CompletionJob.model_validate({**base, "tags": [*eight, "t0", "t3"]}).tags == eight
+    with pytest.raises(ValidationError, match="at most 8"):
+        CompletionJob.model_validate({**base, "tags": [*eight, "t8"]})
+    with pytest.raises(ValidationError):
+        CompletionJob.model_validate({**base, "tags": ["ok", 3]})

@@ -170,10 +170,13 @@ class CompletionJob(RequestParams):
                 )
         return value
 
-    @field_validator("tags")
+    @field_validator("tags", mode="before")
     @classmethod
-    def _tags(cls, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(value))  # a repeated tag counts once
+    def _tags(cls, value: object) -> object:
+        # a repeated tag counts once, before the count is checked (body and header tags may repeat)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(dict.fromkeys(value))
+        return value
 
     @field_validator("fallbacks")
     @classmethod
