@@ -13,14 +13,18 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery.contrib.testing.worker import start_worker
 
 from llmq.devstack import LocalStack
 from producers import Client
 from producers.client import make_celery
 from simulator.app import SimulatorThread
+from simulator.env import provider_env
 from tests.support.spend import global_spent_usd
 from tests.support.waits import until
 from workers.contract import DEFAULT_QUEUE, CompletionJob, CompletionResult
+from workers.runtime.app import close_runner, create_app
+from workers.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "openai:gpt-4o-mini"
@@ -241,6 +245,30 @@ def test_a_duplicate_delivery_of_the_leader_leaves_its_lead_in_place(
     follower = client.submit(_job())
     assert leader.result(timeout=60).status == "succeeded"
     assert follower.result(timeout=60).cached and sim.stats.requests == 1
+
+
+@pytest.fixture
+def route_worker(worker_settings: Settings, simulator: SimulatorThread, tmp_path: Path) -> Iterator[object]:
+    """A worker whose config caches every job sent to the ``cheap`` route."""
+    config = tmp_path / "llmq.toml"
+    config.write_text('[routes]\ncheap = ["openai:gpt-4o-mini"]\n\n[cache.routes]\ncheap = { ttl_s = 600 }\n')
+    app = create_app(
+        worker_settings.model_copy(update={"config": str(config)}), provider_env=provider_env(simulator.url)
+    )
+    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=10) as w:
+        yield w
+    close_runner(app)
+
+
+def test_a_route_in_the_config_asks_for_the_cache(route_worker, client: Client, simulator: SimulatorThread) -> None:
+    """Jobs sent to a cached route are cached without asking; the same request to the model by its
+    own name is not (the route asks, not the model); a sampled one is not either."""
+    job = {"model": "cheap", "messages": PROMPT, "max_tokens": 20}
+    first, second = (client.submit(job).result(timeout=30) for _ in range(2))
+    assert (first.cached, second.cached, simulator.simulator.stats.requests) == (False, True, 1)
+    assert not client.submit({**job, "model": MODEL}).result(timeout=30).cached
+    assert not client.submit({**job, "temperature": 0.9}).result(timeout=30).cached
+    assert simulator.simulator.stats.requests == 3
 
 
 # --- across two worker processes ------------------------------------------------------------------------
