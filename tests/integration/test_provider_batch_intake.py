@@ -188,3 +188,21 @@ def test_the_async_client_hands_over_too(
     assert line_state(redis_client, job_id) == "new"
     pump(batcher_for(batch_app), lambda: bool(redis_client.exists(JobKeys(job_id).result)), "the job's end")
     assert intake_client.result(job_id, timeout=30).status == "succeeded"
+
+
+def test_a_job_marked_to_go_on_to_the_queue_but_not_sent_is_sent_by_the_next_batcher(
+    batch_app: LLMQCelery,  # noqa: F811
+    intake_client: Client,
+    simulator: SimulatorThread,
+    redis_client: redis.Redis,
+) -> None:
+    """A batcher that marked a handed-over job to go on to the queue (live, unstarted) and died before
+    sending it: its id is still on the intake list, and the next batcher sends it; it runs live once."""
+    handle = intake_client.submit(_job("openai:gpt-4o-mini"))
+    batcher = batcher_for(batch_app)
+    batcher.store.send_on([handle.id])  # ... and the batcher dies here
+    assert line_state(redis_client, handle.id) == "live"
+    pump(batcher, lambda: redis_client.llen(BATCH_INTAKE_KEY) == 0, "the intake taken")
+    assert handle.result(timeout=60).status == "succeeded"
+    assert live_requests(simulator, handle.id) == 1
+    assert _stream_types(redis_client, handle.id)[0] == "start"

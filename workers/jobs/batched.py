@@ -32,7 +32,7 @@ import fnmatch
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
@@ -52,7 +52,7 @@ from workers.llm.openai_batch import OpenAIBatchAPI
 from workers.llm.registry import ProviderRegistry
 from workers.routes import BatchConfig, LLMQConfig
 
-__all__ = ["BATCH_ATTEMPT", "BatchLane", "Route", "discounted", "intake_of", "model_discounts"]
+__all__ = ["BATCH_ATTEMPT", "BatchLane", "Route", "discounted", "intake_of", "model_discounts", "reservation_json"]
 
 log = logging.getLogger("llmq.batch")
 
@@ -67,6 +67,27 @@ def discounted(config: BatchConfig, model_discounts: Mapping[str, float], model_
     """The share of the price table's price a batch (or flex) call of ``model_id`` costs: its
     ``[models."<id>"] batch_discount``, else ``[batch] discount``."""
     return Decimal(str(model_discounts.get(model_id, config.discount)))
+
+
+def reservation_json(r: Reservation) -> str:
+    """A line's reservation as stored in its hash (read back by :meth:`BatchLane.reservation`; the
+    scopes' states are not kept: a release finds the scopes again)."""
+    return json.dumps(
+        {
+            "job_id": r.job_id,
+            "attempt": r.attempt,
+            "tenant": r.tenant,
+            "month": r.month,
+            "amount_micros": r.amount_micros,
+            "expires_at_ms": r.expires_at_ms,
+            "already_settled": r.already_settled,
+            "settled_micros": r.settled_micros,
+            "tags": list(r.tags),
+            "user": r.user,
+            "model": r.model,
+            "day": r.day,
+        }
+    )
 
 
 def intake_of(config: BatchConfig) -> BatchIntake | None:
@@ -188,7 +209,7 @@ class BatchLane:
                 user=job.user,
                 model=plan.model,
             )
-            reservation = json.dumps(asdict(held), default=list)
+            reservation = reservation_json(held)
         deadline = (job.submitted_at or 0) + job.deadline_s if job.deadline_s is not None else None
         self.store.park(
             job.id,

@@ -30,14 +30,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from workers.accounting.ledger import ReserveCall
 from workers.accounting.metered import Meter
 from workers.accounting.money import Reservation
 from workers.contract import CompletionJob, StartEvent
-from workers.jobs.batched import BATCH_ATTEMPT, BatchLane
+from workers.jobs.batched import BATCH_ATTEMPT, BatchLane, reservation_json
 from workers.jobs.batchstate import JobLine
 from workers.jobs.chain import resolve_chain
 from workers.jobs.resources import JobResources
@@ -89,19 +89,21 @@ class LineIntake:
         taken = Taken()
         unique = list(dict.fromkeys(ids))
         lines = store.lines_of(unique)
-        cancelled = store.cancelled(unique)
         ready: list[_Ready] = []
         again: list[tuple[str, str]] = []
         onward: list[tuple[str, dict[str, Any]]] = []
-        for job_id, line, cancel in zip(unique, lines, cancelled, strict=True):
+        for job_id, line in zip(unique, lines, strict=True):
             if line is None:
                 continue  # expired unread, or sent on and forgotten before a crash
             if line.state == "pending" and line.group:
                 again.append((job_id, line.group))  # taken before a crash: it joins its group (once)
                 continue
+            if line.state == "live" and line.onward and line.job:
+                onward.append((job_id, json.loads(line.job)))  # marked, then killed before its send
+                continue
             if line.state != "new":
                 continue  # a run took it (a message sent for it reached a worker)
-            found = self._prepare(line, cancel)
+            found = self._prepare(line)
             if isinstance(found, _Ready):
                 ready.append(found)
             elif found is not None:
@@ -111,22 +113,27 @@ class LineIntake:
             keep = self.lane.keep_s
             rows = [(r.job.id, r.fields, r.start) for r in ready]
             done = store.take(rows, ttl_s=keep, maxlen=self.res.settings.events_maxlen)
-            for item, ok in zip(ready, done, strict=True):
-                if ok:
+            for item, code in zip(ready, done, strict=True):
+                if code == 1:
                     again.append((item.job.id, item.group))
                     taken.parked.append(item.payload)
-                else:  # a run took it meanwhile, or it ended: the reservation is not this line's
-                    self.lane.release(JobLine(item.job.id, "new", reservation=str(item.fields["reservation"])))
+                    continue
+                # a run took it meanwhile, it ended, or it was cancelled: the reservation is not used
+                self.lane.release(JobLine(item.job.id, "new", reservation=str(item.fields["reservation"])))
+                if code == 2:
+                    onward.append((item.job.id, item.payload))  # its run ends it cancelled
         store.park_ids(again)
-        for job_id, payload in onward:  # sent first, marked after: a crash between sends it again
+        # marked first, so a run that starts at once sees the decision (live, unstarted); a batcher
+        # killed before the sends finds them marked and sends them (again: their claims run each once)
+        store.send_on([job_id for job_id, _ in onward])
+        for job_id, payload in onward:
             self._send(payload)
             taken.queued.append(job_id)
-        store.send_on(taken.queued)
         store.hand_back(later)
         taken.later = later
         return taken
 
-    def _prepare(self, line: JobLine, cancel: bool) -> _Ready | dict[str, Any] | None:
+    def _prepare(self, line: JobLine) -> _Ready | dict[str, Any] | None:
         """The job ready to take, its payload to send to the queue instead, or None (nothing to do)."""
         try:
             payload: dict[str, Any] = json.loads(line.job)
@@ -137,8 +144,6 @@ class LineIntake:
             job = CompletionJob.model_validate(payload)
         except ValueError:
             return payload  # its run rejects it, typed
-        if cancel:
-            return payload  # its run ends it cancelled
         lane, res = self.lane, self.res
         deadline_at = None if job.deadline_s is None else (job.submitted_at or self._clock()) + job.deadline_s
         try:
@@ -188,7 +193,7 @@ class LineIntake:
         for item, result in zip(calls, results, strict=True):
             if isinstance(result, Reservation):
                 item.reservation = result
-                item.fields["reservation"] = json.dumps(asdict(result), default=list)
+                item.fields["reservation"] = reservation_json(result)
                 continue
             dropped.add(item.job.id)
             if isinstance(result, BudgetBusyError):

@@ -52,6 +52,7 @@ __all__ = [
     "BatchRecord",
     "BatchStep",
     "BatchStore",
+    "Filed",
     "JobLine",
     "LineState",
 ]
@@ -112,13 +113,15 @@ redis.call('HSET', KEYS[1], unpack(fields))
 return 1
 """
 
-# KEYS: a job's batch hash, meta, events, channel, result. ARGV: ttl, events maxlen, the start event's
-# JSON, then the line's field/value pairs. A line handed over by its producer (state 'new', the job
-# not ended) becomes 'pending' with its fields, its job 'batched', and its start event is published,
-# all at once; 0 when it was not 'new' (taken already) or the job ended.
+# KEYS: a job's batch hash, meta, events, channel, result, cancel. ARGV: ttl, events maxlen, the start
+# event's JSON, then the line's field/value pairs. A line handed over by its producer (state 'new', the
+# job not ended nor cancelled) becomes 'pending' with its fields, its job 'batched', and its start event
+# is published, all at once (1); 0 when it was not 'new' (taken already) or the job ended; 2 when the
+# job was cancelled (left 'new': sent on, its run ends it).
 _TAKE_LUA = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'new' then return 0 end
 if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[6]) == 1 then return 2 end
 local fields = {}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], 'state', 'pending', unpack(fields))
@@ -138,6 +141,21 @@ if redis.call('HGET', KEYS[1], 'state') == 'new' then
   return redis.call('HSET', KEYS[1], 'state', 'live', 'onward', '1')
 end
 return 0
+"""
+
+# KEYS: a job's batch hash, its result. ARGV: the line's result kind, its raw line. Files the result into
+# a line still 'sent'; returns {filed (0/1), the line's state, whether the job ended, group, payload,
+# reservation}: what the batcher does next with it, in the same round trip.
+_FILE_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+local filed = 0
+if state == 'sent' then
+  redis.call('HSET', KEYS[1], 'state', 'done', 'kind', ARGV[1], 'raw', ARGV[2])
+  state = 'done'
+  filed = 1
+end
+local f = redis.call('HMGET', KEYS[1], 'group', 'job', 'reservation')
+return {filed, state or '', redis.call('EXISTS', KEYS[2]), f[1] or '', f[2] or '', f[3] or ''}
 """
 
 # KEYS: lock. ARGV: owner, lease ms. Takes or renews the lock; 1 when this owner holds it.
@@ -202,6 +220,18 @@ class JobLine:
 
 
 @dataclass(frozen=True, slots=True)
+class Filed:
+    """A result filed into its job's line (:meth:`BatchStore.file_results`)."""
+
+    #: The line was ``sent`` and is ``done`` now, with this result.
+    filed: bool
+    #: The job had ended already (a stored result).
+    ended: bool
+    #: The line as it is now (state, group, payload, reservation); None when it is gone.
+    line: JobLine | None
+
+
+@dataclass(frozen=True, slots=True)
 class BatchRecord:
     """A batch's hash, read."""
 
@@ -253,6 +283,7 @@ class BatchStore:
         self._unlock = client.register_script(_UNLOCK_LUA)
         self._take = client.register_script(_TAKE_LUA)
         self._onward = client.register_script(_ONWARD_LUA)
+        self._file = client.register_script(_FILE_LUA)
 
     # --- keys ---------------------------------------------------------------------------------------
 
@@ -346,18 +377,19 @@ class BatchStore:
         """The first ``count`` ids of the intake list are dealt with."""
         self.redis.ltrim(self.intake, count, -1)
 
-    def take(self, rows: Sequence[tuple[str, Mapping[str, Any], bytes]], *, ttl_s: int, maxlen: int) -> list[bool]:
+    def take(self, rows: Sequence[tuple[str, Mapping[str, Any], bytes]], *, ttl_s: int, maxlen: int) -> list[int]:
         """Lines handed over, taken: ``(job id, line fields, start event JSON)`` each made
-        ``pending`` with its start event published (:data:`_TAKE_LUA`), one round trip; per row,
-        whether it was (False: taken already, or its job ended)."""
+        ``pending`` with its start event published (:data:`_TAKE_LUA`), one round trip; per row
+        1 if it was, 0 (taken already, or its job ended) or 2 (its job was cancelled)."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id, fields, start in rows:
             keys = JobKeys(job_id)
             flat: list[Any] = [ttl_s, maxlen, start]
             for name, value in fields.items():
                 flat += [name, value]
-            self._take(keys=[keys.batch, keys.meta, keys.events, keys.channel, keys.result], args=flat, client=pipe)
-        return [bool(n) for n in pipe.execute()] if rows else []
+            script_keys = [keys.batch, keys.meta, keys.events, keys.channel, keys.result, keys.cancel]
+            self._take(keys=script_keys, args=flat, client=pipe)
+        return [int(n) for n in pipe.execute()] if rows else []
 
     def park_ids(self, rows: Sequence[tuple[str, str]]) -> None:
         """``(job id, group)`` pairs added to their groups' waiting lines (once each), one round trip."""
@@ -440,13 +472,6 @@ class BatchStore:
             pipe.hget(JobKeys(job_id).batch, "body")
         return list(pipe.execute())
 
-    def states(self, job_ids: Sequence[str]) -> list[str | None]:
-        """Each job's line state (None: no line), in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hget(JobKeys(job_id).batch, "state")
-        return [_text(state) if state is not None else None for state in pipe.execute()]
-
     def cancelled(self, job_ids: Sequence[str]) -> list[bool]:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
@@ -491,14 +516,21 @@ class BatchStore:
             pipe.expire(name, FINISHED_TTL_S)
         pipe.execute()
 
-    def file_results(self, rows: Sequence[tuple[str, str, bytes]]) -> list[bool]:
-        """File ``(job id, kind, raw)`` results into lines still ``sent``; per row, whether it did."""
+    def file_results(self, rows: Sequence[tuple[str, str, bytes]]) -> list[Filed]:
+        """File ``(job id, kind, raw)`` results into lines still ``sent`` (one round trip); per row
+        what was done and what the line is now."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id, kind, raw in rows:
-            self._move(
-                keys=[JobKeys(job_id).batch], args=["sent", "state", "done", "kind", kind, "raw", raw], client=pipe
-            )
-        return [bool(n) for n in pipe.execute()]
+            keys = JobKeys(job_id)
+            self._file(keys=[keys.batch, keys.result], args=[kind, raw], client=pipe)
+        out: list[Filed] = []
+        for (job_id, _, _), reply in zip(rows, pipe.execute(), strict=True):
+            filed, state, ended, group, job, reservation = reply
+            line = None
+            if state:
+                line = JobLine(job_id, _text(state), group=_text(group), job=job, reservation=_text(reservation))  # type: ignore[arg-type]
+            out.append(Filed(bool(filed), bool(ended), line))
+        return out
 
     def payloads(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """The jobs' payloads (what their runs parked), to send them to the queue again."""

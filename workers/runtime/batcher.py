@@ -39,7 +39,7 @@ import redis
 from celery import Celery
 
 from workers.connections.brokerurl import is_amqp
-from workers.contract import TASK_NAME, JobKeys, monitor_repr, split_model_id
+from workers.contract import TASK_NAME, monitor_repr, split_model_id
 from workers.contract.schedule import DEFAULT_PRIORITY, SCHED_HEADER, class_queue, sched_header
 from workers.jobs.batched import BatchLane, model_discounts
 from workers.jobs.batchend import LineEnder
@@ -393,32 +393,26 @@ class Batcher:
         )
 
     def _file(self, rows: Sequence[tuple[str, LineOutcome, bytes]], record: BatchRecord) -> None:
-        """File results into their jobs' lines and send the jobs back; a line whose job already
-        ended (or went live) has its late answer settled here."""
+        """File results into their jobs' lines, end the answered jobs (or send them back); a line
+        whose job already ended (or went live) has its late answer settled here."""
         if not rows:
             return
-        job_ids = [job_id for job_id, _, _ in rows]
         filed = self.store.file_results([(j, o.kind, raw) for j, o, raw in rows])
-        ended = self._ended(job_ids)
-        states = self.store.states(job_ids)
         back: list[str] = []
-        late: list[tuple[str, LineOutcome]] = []
-        answered: list[tuple[str, LineOutcome]] = []
-        for (job_id, outcome, _), moved, over, state in zip(rows, filed, ended, states, strict=True):
-            if state == "live" or (over and moved):
-                late.append((job_id, outcome))
-            elif state == "done" and not over:
+        answered: list[tuple[JobLine, LineOutcome]] = []
+        for (job_id, outcome, _), found in zip(rows, filed, strict=True):
+            line = found.line
+            if line is None:
+                continue  # its record expired: nobody waits for it
+            if line.state == "live" or (found.ended and found.filed):
+                self.lane.settle_late(line, outcome)
+            elif line.state == "done" and not found.ended:
                 if self._ender is not None and outcome.kind == "succeeded":
-                    answered.append((job_id, outcome))
+                    answered.append((line, outcome))
                 else:
                     back.append(job_id)
-        for line, (_, outcome) in zip(self.store.lines_of([j for j, _ in late]), late, strict=True):
-            if line is not None:
-                self.lane.settle_late(line, outcome)
         if answered and self._ender is not None:
-            found = self.store.lines_of([j for j, _ in answered])
-            rows_found = [(line, o) for line, (_, o) in zip(found, answered, strict=True) if line is not None]
-            done, handed = self._ender.end(rows_found)
+            done, handed = self._ender.end(answered)
             back += handed
             if done and self._task_events is not None:
                 # after the parking runs' own task-succeeded, which their worker sends within its
@@ -444,12 +438,6 @@ class Batcher:
             self._task_events(due)
         except Exception:  # Flower's view only: the jobs are ended
             log.warning("batcher: the task events of %d ended line(s) were not sent", len(due), exc_info=True)
-
-    def _ended(self, job_ids: Sequence[str]) -> list[bool]:
-        pipe = self.store.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.exists(JobKeys(job_id).result)
-        return [bool(n) for n in pipe.execute()]
 
     def _all_live(self, record: BatchRecord) -> None:
         """Every line not answered yet runs live (the batch cannot be made, or failed)."""
