@@ -17,7 +17,10 @@ Responses follow the ``chat.completion`` / ``chat.completion.chunk`` objects exa
 trailing usage chunk when ``stream_options.include_usage`` is set, and ``data: [DONE]``. A stream
 with a structured ``response_format`` sends its content once the worker validated it (a repair
 turn cannot unsend text already sent). A job failing after the stream started becomes a
-``data: {"error": ...}`` event, which the SDKs raise as ``APIError``.
+``data: {"error": ...}`` event, which the SDKs raise as ``APIError``. An answer that starts over
+(a ``repair`` when the identical job a follower shared failed and it called itself, or a new run of
+a redelivered job) goes on past the text already sent while it repeats it, and ends with a
+``stream_restarted`` error if it differs: sent text cannot be taken back.
 """
 
 from __future__ import annotations
@@ -253,6 +256,15 @@ class ChatStreamRenderer:
         self._role_sent = False
         self._tools = 0
         self._usage: Usage | None = None
+        #: Content sent so far (not held), and the run that sent it.
+        self._sent = ""
+        self._run: int | None = None
+        #: After the answer started over (the identical job a follower shared failed and it called
+        #: itself, or the job ran again): the new text so far, matched against what was sent (sent
+        #: text cannot be taken back: while the new answer repeats it nothing is sent, then the rest).
+        self._redo: str | None = None
+        #: The new answer differed from what was sent: an error ended the stream.
+        self._broken = False
 
     def _chunk(
         self,
@@ -282,6 +294,8 @@ class ChatStreamRenderer:
         return delta
 
     def frames(self, item: Item) -> bytes:
+        if self._broken:
+            return b""
         if isinstance(item, FeedError):
             return self._error({"message": item.message, "type": "server_error", "param": None, "code": item.code})
         event: StreamEvent = item
@@ -290,14 +304,20 @@ class ChatStreamRenderer:
         if event.type in ("start", "usage"):
             if event.type == "usage":
                 self._usage = event.usage
+            elif self._run is not None and event.run != self._run:
+                self._held.clear()
+                self._redo = "" if self._sent else None  # the job runs again: its text starts over
+            self._run = event.run
             return b""
         if event.type == "delta":
             if self.hold_content:
                 self._held.append(event.text)
                 return b""
-            return self._chunk(self._role({"content": event.text}))
+            return self._content(event.text)
         if event.type == "repair":
             self._held.clear()
+            if self._sent and not self.hold_content:
+                self._redo = ""
             return b""
         if event.type == "tool_call":
             call = event.tool_call
@@ -315,6 +335,8 @@ class ChatStreamRenderer:
             return self._chunk(self._role({"content": None, **delta} if not self._role_sent else delta))
         if event.type == "done":
             result = event.result
+            if self._redo is not None and self._redo != self._sent:  # the new answer stopped short of it
+                return self._restarted()
             out = b""
             if self._held:
                 out += self._chunk(self._role({"content": "".join(self._held)}))
@@ -353,6 +375,31 @@ class ChatStreamRenderer:
 
     def _error(self, error: dict[str, Any]) -> bytes:
         return sse_frame(_dumps({"error": error}))
+
+    def _content(self, text: str) -> bytes:
+        """A content chunk; after a restart, only what goes past the text already sent."""
+        if self._redo is not None:
+            self._redo += text
+            if self._sent.startswith(self._redo):
+                return b""  # the new answer repeats what the client has
+            if not self._redo.startswith(self._sent):
+                return self._restarted()
+            text, self._redo = self._redo[len(self._sent) :], None
+        self._sent += text
+        return self._chunk(self._role({"content": text}))
+
+    def _restarted(self) -> bytes:
+        """The answer started over and differs from the text sent, which cannot be taken back."""
+        self._broken = True
+        return self._error(
+            {
+                "message": "the answer started over (the identical job it shared failed, or the job ran again) "
+                "and differs from the text already streamed; request it again",
+                "type": "server_error",
+                "param": None,
+                "code": "stream_restarted",
+            }
+        )
 
     def early_response(self, item: Item) -> Response | None:
         """Before any content: a failed or cancelled job is an HTTP error status, like OpenAI's."""

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from producers.gateway import GatewaySettings, create_gateway
+from producers.gateway.openai_compat import ChatStreamRenderer
 from producers.gateway.server import GatewayThread
 from simulator.app import SimulatorThread
 
@@ -74,3 +75,52 @@ def test_cache_control_breakpoints_reach_anthropic_through_chat_completions(
     assert first.usage.prompt_tokens_details is not None and second.usage.prompt_tokens_details is not None
     assert first.usage.prompt_tokens_details.cached_tokens == 0
     assert second.usage.prompt_tokens_details.cached_tokens and second.usage.prompt_tokens_details.cached_tokens > 1024
+
+
+def _contents(frames: bytes) -> tuple[str, list[str]]:
+    """The chunks' joined content and the error codes of an SSE body."""
+    import json
+
+    text, errors = "", []
+    for line in frames.decode().splitlines():
+        if not line.startswith("data: {"):
+            continue
+        body = json.loads(line[len("data: ") :])
+        if "error" in body:
+            errors.append(body["error"]["code"])
+        for choice in body.get("choices") or []:
+            text += choice["delta"].get("content") or ""
+    return text, errors
+
+
+def test_a_stream_that_starts_over_is_continued_not_repeated() -> None:
+    """A follower streams its leader's text; the leader fails, the follower calls itself and its
+    answer starts over (``repair``), as a redelivered job's run 2 does: text sent cannot be taken
+    back, so the stream goes on past it when the new answer repeats it, and ends with an error
+    (not a garbled answer) when it differs."""
+    from workers.contract import CompletionResult, DeltaEvent, DoneEvent, RepairEvent, StartEvent
+
+    def render(events: list[object]) -> bytes:
+        renderer = ChatStreamRenderer("job_1", model="m", include_usage=False)
+        return b"".join(renderer.frames(e) for e in events)  # type: ignore[arg-type]
+
+    def done(text: str) -> DoneEvent:
+        return DoneEvent(job_id="job_1", seq=9, result=CompletionResult(id="job_1", status="succeeded", content=text))
+
+    start, repair = (
+        StartEvent(job_id="job_1", seq=0, model="m"),
+        RepairEvent(job_id="job_1", seq=3, attempt=1, errors=["x"]),
+    )
+    delta = [DeltaEvent(job_id="job_1", seq=i, text=t) for i, t in enumerate(["Hello wor", "Hel", "lo", " world!"])]
+    same = render([start, delta[0], repair, delta[1], delta[2], delta[3], done("Hello world!")])
+    assert _contents(same) == ("Hello world!", []) and same.endswith(b"data: [DONE]\n\n")
+    rerun = StartEvent(job_id="job_1", seq=4, model="m", run=2)
+    assert _contents(render([start, delta[0], rerun, delta[1], delta[2], delta[3], done("Hello world!")])) == (
+        "Hello world!",
+        [],
+    )
+    other = DeltaEvent(job_id="job_1", seq=5, text="Goodbye")
+    differs = render([start, delta[0], repair, other, done("Goodbye")])
+    assert _contents(differs) == ("Hello wor", ["stream_restarted"]) and b"[DONE]" not in differs
+    shorter = render([start, delta[0], repair, delta[1], done("Hel")])
+    assert _contents(shorter) == ("Hello wor", ["stream_restarted"])
