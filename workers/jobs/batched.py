@@ -59,6 +59,8 @@ log = logging.getLogger("llmq.batch")
 #: The ledger's call number of a job's batch line (far above the live calls' 1, 2, ...).
 BATCH_ATTEMPT = 1000
 Route = Literal["batch", "flex", "live"]
+#: Jobs :attr:`BatchLane.taken_jobs` keeps (a few KB each).
+TAKEN_JOBS_MAX = 10_000
 #: The providers whose batch APIs are used (their built-in entries).
 BATCH_PROVIDERS = frozenset({"openai", "anthropic"})
 
@@ -132,6 +134,16 @@ class BatchLane:
         self._discounts = dict(model_discounts or {})
         #: How long a job's line and keys are kept: the window, its margin and the results' TTL.
         self.keep_s = int(config.window_s + config.margin_s) + keep_s
+        #: Jobs the batcher took into the lane, as validated then, by id (the same payload bytes its
+        #: ending reads back: not validated twice in one process); bounded, oldest dropped first.
+        self.taken_jobs: dict[str, CompletionJob] = {}
+
+    def remember(self, job: CompletionJob) -> None:
+        """Keep ``job`` (validated from its line's payload) for its ending (:attr:`taken_jobs`)."""
+        jobs = self.taken_jobs
+        jobs[job.id] = job
+        if len(jobs) > TAKEN_JOBS_MAX:
+            del jobs[next(iter(jobs))]
 
     def discount(self, model_id: str) -> Decimal:
         return discounted(self.config, self._discounts, model_id)

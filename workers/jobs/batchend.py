@@ -170,10 +170,12 @@ class LineEnder:
         """The line's job, answer and cost, when its ending needs nothing more; else None."""
         if outcome.kind != "succeeded" or not line.job or line.state != "done":
             return None
-        try:
-            job = CompletionJob.model_validate_json(line.job)
-        except ValueError:
-            return None
+        job = self.lane.taken_jobs.pop(line.job_id, None)
+        if job is None:
+            try:
+                job = CompletionJob.model_validate_json(line.job)
+            except ValueError:
+                return None
         if (
             job.prompt is not None
             or job.cache is not None

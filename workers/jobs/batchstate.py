@@ -158,6 +158,11 @@ local f = redis.call('HMGET', KEYS[1], 'group', 'job', 'reservation')
 return {filed, state or '', redis.call('EXISTS', KEYS[2]), f[1] or '', f[2] or '', f[3] or ''}
 """
 
+# KEYS: a job's batch hash, its cancel key. Its line and whether its cancel was asked.
+_READ_LUA = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('EXISTS', KEYS[2])}
+"""
+
 # KEYS: lock. ARGV: owner, lease ms. Takes or renews the lock; 1 when this owner holds it.
 _LOCK_LUA = """
 local holder = redis.call('GET', KEYS[1])
@@ -284,6 +289,7 @@ class BatchStore:
         self._take = client.register_script(_TAKE_LUA)
         self._onward = client.register_script(_ONWARD_LUA)
         self._file = client.register_script(_FILE_LUA)
+        self._read = client.register_script(_READ_LUA)
 
     # --- keys ---------------------------------------------------------------------------------------
 
@@ -464,6 +470,20 @@ class BatchStore:
         for job_id in job_ids:
             pipe.hgetall(JobKeys(job_id).batch)
         return [JobLine.parse(j, f) for j, f in zip(job_ids, pipe.execute(), strict=True)]
+
+    def lines_and_cancels(self, job_ids: Sequence[str]) -> tuple[list[JobLine | None], list[bool]]:
+        """Each job's line and whether its cancel was asked, one command per job, one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            keys = JobKeys(job_id)
+            self._read(keys=[keys.batch, keys.cancel], client=pipe)
+        lines: list[JobLine | None] = []
+        cancels: list[bool] = []
+        for job_id, (flat, cancel) in zip(job_ids, pipe.execute(), strict=True):
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            lines.append(JobLine.parse(job_id, fields))
+            cancels.append(bool(cancel))
+        return lines, cancels
 
     def bodies(self, job_ids: Sequence[str]) -> list[bytes | None]:
         """Each job's line body (the live call's), in one round trip."""

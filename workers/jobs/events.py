@@ -82,10 +82,11 @@ class PipelinedFlushes:
     def __init__(self, client: redis.Redis) -> None:
         self._script = client.register_script(_PUBLISH_LUA)
         self._pipe = client.pipeline(transaction=False)
+        self._pipe.scripts.add(self._script)  # loaded before the pipeline runs, if Redis lacks it
         self._queued = 0
 
     def call(self, keys: Sequence[Any], args: Sequence[EncodableT]) -> Any:
-        self._script(keys=list(keys), args=list(args), client=self._pipe)
+        self._pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
         self._queued += 1
         return 0
 

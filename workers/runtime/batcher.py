@@ -98,6 +98,8 @@ class Batcher:
         #: How long after a batch was sealed its ended jobs' task events may go out.
         self.events_delay_s = events_delay_s
         self._held_events: list[tuple[float, list[TaskEvent]]] = []
+        #: The bodies of the batch last prepared, in line order (its upload or creation sends them).
+        self._bodies: tuple[str, list[str], list[bytes]] = ("", [], [])
         self.lane = lane
         self.config = lane.config
         self._send = send
@@ -257,9 +259,9 @@ class Batcher:
     def _prepare(self, record: BatchRecord) -> None:
         key = record.key
         ids = list(dict.fromkeys(self.store.sealed_jobs(key)))
-        lines = self.store.lines_of(ids)
-        cancelled = self.store.cancelled(ids)
+        lines, cancelled = self.store.lines_and_cancels(ids)
         keep: list[str] = []
+        bodies: list[bytes] = []
         deadlines: dict[str, float] = {}
         dropped: list[JobLine] = []
         hurried: list[JobLine] = []
@@ -278,6 +280,7 @@ class Batcher:
                 hurried.append(line)
                 continue
             keep.append(line.job_id)
+            bodies.append(line.body)
             if line.deadline is not None:
                 deadlines[line.job_id] = line.deadline
         pipe = self.store.redis.pipeline(transaction=False)
@@ -293,6 +296,8 @@ class Batcher:
             self.lane.release(line)
         self._send_back([line.job_id for line in (*dropped, *hurried)])
         self.store.fix_lines(key, keep, deadlines)
+        # what the upload or creation sends next, read already (a batcher after a crash reads it again)
+        self._bodies = (key, keep, bodies)
         if not keep:
             self.store.finish(key, ids)
         else:
@@ -300,8 +305,10 @@ class Batcher:
 
     def _line_bytes(self, key: str, api: BatchAPI) -> list[bytes]:
         ids = self.store.sent_lines(key)
+        held_key, held_ids, held = self._bodies
+        found: Sequence[bytes | None] = held if held_key == key and held_ids == ids else self.store.bodies(ids)
         out: list[bytes] = []
-        for index, body in enumerate(self.store.bodies(ids)):
+        for index, body in enumerate(found):
             if body is None:  # expired meanwhile (a batch left for longer than its keep time)
                 raise ValueError(f"batch {key}: the line of job {ids[index]} is gone")
             out.append(api.wrap(line_id(key, index), body))
