@@ -27,12 +27,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from simulator.protocols.base import content_text
 from simulator.script import estimate_tokens
 
-__all__ = ["CacheBlock", "CacheUse", "PromptCache", "anthropic_blocks", "blocks_of", "openai_blocks"]
+__all__ = [
+    "CacheBlock",
+    "CacheUse",
+    "PromptCache",
+    "anthropic_blocks",
+    "blocks_of",
+    "breakpoint_problem",
+    "openai_blocks",
+]
 
 LOOKBACK = 20
 ANTHROPIC_TTL_S = {"5m": 300.0, "1h": 3600.0}
@@ -68,6 +77,17 @@ def blocks_of(items: Iterable[tuple[object, int, float | None]]) -> list[CacheBl
         total += tokens
         out.append(CacheBlock(running.copy().hexdigest(), total, ttl))
     return out
+
+
+def breakpoint_problem(blocks: list[CacheBlock]) -> str | None:
+    """Why Anthropic would refuse these breakpoints (more than four, or a 1-hour one after a
+    5-minute one in cache order), else None."""
+    ttls = [b.ttl_s for b in blocks if b.ttl_s is not None]
+    if len(ttls) > 4:
+        return f"A maximum of 4 blocks with cache_control may be provided. Found {len(ttls)}."
+    if any(later > earlier for earlier, later in pairwise(ttls)):
+        return "a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block"
+    return None
 
 
 class PromptCache:

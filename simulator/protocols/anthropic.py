@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from simulator.promptcache import anthropic_blocks
+from simulator.promptcache import anthropic_blocks, breakpoint_problem
 from simulator.protocols.base import (
     ParsedRequest,
     Protocol,
@@ -123,6 +123,10 @@ class AnthropicProtocol(Protocol):
         _check_tool_use_ids(messages)
         if params.thinking:
             _check_thinking_turn(messages)
+        blocks = anthropic_blocks(payload)
+        problem = breakpoint_problem(blocks)
+        if problem is not None:  # as the API refuses them
+            raise RequestError(problem)
         return ParsedRequest(
             model=str(payload["model"]),
             prompt_text=" ".join(parts),
@@ -132,7 +136,7 @@ class AnthropicProtocol(Protocol):
             message_count=len(messages),
             tool_results=_trailing_tool_results(messages),
             params=params,
-            cache_blocks=anthropic_blocks(payload),
+            cache_blocks=blocks,
         )
 
     def _reply(self, status: int, kind: str, message: str, extra: list[tuple[str, str]] | None = None) -> Reply:

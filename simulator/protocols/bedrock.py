@@ -22,7 +22,7 @@ from itertools import pairwise
 from typing import Any
 from urllib.parse import unquote
 
-from simulator.promptcache import ANTHROPIC_TTL_S, CacheBlock, blocks_of
+from simulator.promptcache import ANTHROPIC_TTL_S, CacheBlock, blocks_of, breakpoint_problem
 from simulator.protocols.base import (
     ParsedRequest,
     Protocol,
@@ -192,6 +192,10 @@ class BedrockProtocol(Protocol):
             for b in last
             if isinstance(b, dict) and isinstance(b.get("toolResult"), dict)
         ]
+        blocks = bedrock_blocks(payload)
+        problem = breakpoint_problem(blocks)
+        if problem is not None:
+            raise RequestError(problem.replace("cache_control", "cachePoint"))
         text = " ".join([_text(payload.get("system")), *(_text(m.get("content")) for m in messages)])
         return ParsedRequest(
             model=route["model"],
@@ -202,7 +206,7 @@ class BedrockProtocol(Protocol):
             message_count=len(messages),
             tool_results=results,
             params=params,
-            cache_blocks=bedrock_blocks(payload),
+            cache_blocks=blocks,
         )
 
     def invalid(self, err: RequestError) -> Reply:

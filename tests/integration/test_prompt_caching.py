@@ -146,3 +146,19 @@ def test_bedrock_claude_gets_cache_points_the_tool_loop_reads_them_and_1h_writes
     second = client.submit({**job, "stream": False}).result(timeout=60)  # whole-body usage too
     assert second.usage.cached_tokens == first.usage.cache_write_tokens and second.usage.cache_write_tokens == 0
     assert second.cost_usd is not None and first.cost_usd is not None and second.cost_usd < first.cost_usd / 5
+
+
+def test_auto_with_a_callers_1h_breakpoint_is_a_request_anthropic_takes(
+    app: Any, client: Client, simulator: SimulatorThread
+) -> None:
+    """The simulator refuses a 1-hour breakpoint after a 5-minute one, as Anthropic does; ``auto``
+    next to a caller's 1-hour breakpoint sends a valid request, which writes at the 1-hour rate."""
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": [{"type": "text", "text": "Question one?", "cache_control": {"ttl": "1h"}}]},
+        {"role": "assistant", "content": "Answer one."},
+        {"role": "user", "content": "Question two?"},
+    ]
+    result = client.submit({"model": MODEL, "messages": messages, "prompt_cache": "auto"}).result(timeout=60)
+    assert result.status == "succeeded", result.error
+    assert result.usage.cache_write_1h_tokens >= 19_000  # the system prompt's hour, with the caller's

@@ -282,8 +282,9 @@ def mark_stable_prefix(body: dict[str, object]) -> None:
     same on every turn of a job and across jobs sharing them. One on the last block of the last
     message: the conversation so far, which the next turn of a tool loop (or a follow-up job)
     resends and reads from the cache, paying the write premium only for what it adds. Breakpoints
-    the caller set stay; none is added past four. Prefixes under the model's minimum (1,024 tokens,
-    2,048 for Haiku) are simply not cached by Anthropic.
+    the caller set stay; none is added past four. An added breakpoint is 5 minutes, or an hour when
+    a caller's 1-hour breakpoint comes after it (Anthropic refuses a 1h after a 5m). Prefixes under
+    the model's minimum (1,024 tokens, 2,048 for Haiku) are simply not cached by Anthropic.
     """
     taken = sum(1 for b in _marks(body) if "cache_control" in b)
     system = body.get("system")
@@ -299,9 +300,13 @@ def mark_stable_prefix(body: dict[str, object]) -> None:
         content = turns[-1].get("content") if isinstance(turns[-1], dict) else None
         if isinstance(content, list) and content and isinstance(content[-1], dict):
             wanted.append(content[-1])
+    order = _marks(body)
     for block in wanted:
         if "cache_control" not in block and taken < MAX_CACHE_BREAKPOINTS:
-            block["cache_control"] = {"type": "ephemeral"}
+            # TTLs must not grow along the prompt: before a caller's 1-hour breakpoint, an hour too
+            later = order[next(i for i, b in enumerate(order) if b is block) + 1 :]
+            long = any(isinstance(m := b.get("cache_control"), dict) and m.get("ttl") == "1h" for b in later)
+            block["cache_control"] = {"type": "ephemeral", "ttl": "1h"} if long else {"type": "ephemeral"}
             taken += 1
 
 

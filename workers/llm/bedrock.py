@@ -228,9 +228,13 @@ def _auto_points(body: dict[str, object], family: str) -> None:
         wanted.append(tools)
     if isinstance(turns, list) and turns and isinstance(turns[-1], dict) and isinstance(turns[-1].get("content"), list):
         wanted.append(turns[-1]["content"])
+    order = [id(group) for group in groups]
     for group in wanted:
         if group and not _is_point(group[-1]) and taken < MAX_CACHE_BREAKPOINTS:
-            group.append(_point("5m", family))
+            # TTLs must not grow along the prompt: before a caller's 1-hour point, an hour too
+            later = groups[order.index(id(group)) + 1 :]
+            long = any(_is_point(b) and b["cachePoint"].get("ttl") == "1h" for g in later for b in g)
+            group.append(_point("1h" if long else "5m", family))
             taken += 1
 
 

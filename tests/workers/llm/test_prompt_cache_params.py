@@ -180,3 +180,23 @@ def test_bedrock_takes_cache_points_where_its_model_caches() -> None:
     assert usage == Usage(
         prompt_tokens=410, completion_tokens=5, cached_tokens=100, cache_write_tokens=300, cache_write_1h_tokens=200
     )
+
+
+def test_auto_breakpoints_before_a_callers_1h_one_last_an_hour_too() -> None:
+    """TTLs must not grow along the prompt (Anthropic and Bedrock refuse a 1h after a 5m): the
+    breakpoint ``auto`` adds after the system prompt takes the hour of a later caller breakpoint;
+    the one after the conversation, last, stays 5 minutes."""
+    from workers.llm.bedrock import build_body as bedrock_body
+
+    messages = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "q", "cache_control": {"ttl": "1h"}},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "again"},
+    ]
+    body = build_body("m", _request(messages, prompt_cache="auto"), stream=False)
+    assert body["system"] == [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    assert body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}  # type: ignore[index]
+    converse = bedrock_body(_request(messages, prompt_cache="auto"), "anthropic.claude-x")
+    assert converse["system"] == [{"text": "s"}, {"cachePoint": {"type": "default", "ttl": "1h"}}]
+    assert converse["messages"][-1]["content"][-1] == {"cachePoint": {"type": "default"}}  # type: ignore[index]
