@@ -21,6 +21,7 @@ from producers.client import make_celery
 from simulator.app import SimulatorThread
 from simulator.env import provider_env
 from tests.support.spend import global_spent_usd
+from tests.support.tools import tools_worker_settings
 from tests.support.waits import until
 from workers.contract import DEFAULT_QUEUE, CompletionJob, CompletionResult
 from workers.runtime.app import close_runner, create_app
@@ -269,6 +270,34 @@ def test_a_route_in_the_config_asks_for_the_cache(route_worker, client: Client, 
     assert not client.submit({**job, "model": MODEL}).result(timeout=30).cached
     assert not client.submit({**job, "temperature": 0.9}).result(timeout=30).cached
     assert simulator.simulator.stats.requests == 3
+
+
+@pytest.fixture
+def tools_worker(redis_url: str, simulator: SimulatorThread, fresh_tools: None) -> Iterator[object]:
+    """A worker that loads the test tool module (``get_capital``)."""
+    app = create_app(tools_worker_settings(redis_url, concurrency=4), provider_env=provider_env(simulator.url))
+    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=10) as w:
+        yield w
+    close_runner(app)
+
+
+def test_a_follower_of_a_tool_loop_shows_its_tool_calls_and_results(
+    tools_worker, client: Client, simulator: SimulatorThread
+) -> None:
+    """A job sharing an identical tool-loop job's call shows what its own loop would have shown:
+    the tool calls and results of each turn, then the answer."""
+    sim = simulator.simulator
+    # the answer's turn starts 10 s late: the follower arrives while the leader is in its loop
+    job = _job(model=f"{MODEL}~tools,slow@10", tools=["get_capital"], max_turns=3)
+    leader = client.submit(job)
+    until(lambda: sim.stats.requests >= 1, "the leader's first turn", 30)
+    follower = client.submit(job)
+    theirs, ours = list(leader.stream(timeout=60)), list(follower.stream(timeout=60))
+    assert follower.result(timeout=5).cached and sim.stats.requests == 2  # the leader's two turns only
+    kinds = [e.type for e in theirs if e.type != "delta"]
+    assert "tool_result" in kinds and [e.type for e in ours if e.type != "delta"] == kinds
+    tool_events = [(e.type, e.job_id) for e in ours if e.type in ("tool_call", "tool_result")]
+    assert tool_events and all(job_id == follower.id for _, job_id in tool_events)
 
 
 # --- across two worker processes ------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Following the job that leads a single flight: its stream becomes ours, its answer ours too.
 
 A follower reads the leader's replay Stream (``XREAD BLOCK``, from the start, so it misses nothing)
-and republishes what a consumer of its own job would have seen: the deltas (and a ``repair`` when
-the leader's answer starts over), under its own job id and sequence. It returns the leader's
+and republishes what a consumer of its own job would have seen: the deltas, the tool loop's calls
+and results (and a ``repair`` when the leader's answer starts over), under its own job id and
+sequence. It returns the leader's
 result when the leader ends ``done``; it returns None when the leader ended otherwise (an error,
 a cancel: the next job should try) or is gone: no claim (its lease ran out, or it was re-queued)
 and no stored result. It never waits past its own deadline, and its own cancel stops it.
@@ -16,7 +17,16 @@ from typing import Any
 
 import redis
 
-from workers.contract import CompletionResult, DeltaEvent, JobKeys, RepairEvent, StartEvent, parse_event
+from workers.contract import (
+    CompletionResult,
+    DeltaEvent,
+    JobKeys,
+    RepairEvent,
+    StartEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+    parse_event,
+)
 from workers.jobs.events import EventPublisher
 from workers.llm.errors import DeadlineExceededError, JobCancelledError
 
@@ -72,6 +82,12 @@ class Follower:
                 elif isinstance(event, RepairEvent):
                     self._restart(event.errors)
                     sent = False
+                elif isinstance(event, ToolResultEvent) or (
+                    isinstance(event, ToolCallEvent) and event.turn is not None
+                ):
+                    # the leader's tool loop, shown as this job's own would show it (the answer's
+                    # client tool calls come with this job's ending)
+                    self.publisher.emit(event.model_copy(update={"job_id": self.job_id}))
                 elif event.type == "done":
                     return event.result
                 elif event.type in ("error", "cancelled"):
