@@ -37,6 +37,7 @@ from workers.accounting.money import (
 from workers.accounting.replicas import ReplicaWait
 from workers.accounting.settlekeeper import SettleKeeper
 from workers.accounting.spendreport import DEFAULT_DAYS, Dimension, other_key, rows_key
+from workers.connections.pipescript import queue_script
 from workers.llm.errors import BudgetBusyError, BudgetExceededError, LLMQError
 from workers.routes import LLMQConfig
 from workers.settings import Settings
@@ -198,7 +199,7 @@ class Ledger(BudgetBook):
             return out
         pipe = self.client.pipeline(transaction=False)
         for c in calls:
-            self._reserve(keys=c.keys, args=c.args, client=pipe)
+            queue_script(pipe, self._reserve, c.keys, c.args)
         try:
             replies = pipe.execute() if calls else []
         except redis.RedisError as exc:
@@ -310,7 +311,7 @@ class Ledger(BudgetBook):
                 continue
             actual = to_micros(actual_usd)
             keys, args = self._settle_call(r, actual)
-            self._settle(keys=keys, args=args, client=pipe)
+            queue_script(pipe, self._settle, keys, args)
             calls.append((i, actual))
         if calls:
             try:

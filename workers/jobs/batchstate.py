@@ -44,6 +44,7 @@ from typing import Any, Literal
 import redis
 from redis.typing import EncodableT
 
+from workers.connections.pipescript import queue_script
 from workers.contract import JobKeys
 from workers.contract.presence import BATCH_INTAKE_KEY
 
@@ -360,7 +361,7 @@ class BatchStore:
         flat: list[Any] = [",".join(allowed)]
         for name, value in fields.items():
             flat += [name, value]
-        self._move(keys=[JobKeys(job_id).batch], args=flat, client=pipe)
+        queue_script(pipe, self._move, [JobKeys(job_id).batch], flat)
 
     # --- the batcher's side ---------------------------------------------------------------------
 
@@ -394,7 +395,7 @@ class BatchStore:
             for name, value in fields.items():
                 flat += [name, value]
             script_keys = [keys.batch, keys.meta, keys.events, keys.channel, keys.result, keys.cancel]
-            self._take(keys=script_keys, args=flat, client=pipe)
+            queue_script(pipe, self._take, script_keys, flat)
         return [int(n) for n in pipe.execute()] if rows else []
 
     def park_ids(self, rows: Sequence[tuple[str, str]]) -> None:
@@ -404,7 +405,7 @@ class BatchStore:
         pipe = self.redis.pipeline(transaction=False)
         now = self._clock()
         for job_id, group in rows:
-            self._park(keys=[self.members, self.group_list(group), self.groups], args=[job_id, group, now], client=pipe)
+            queue_script(pipe, self._park, [self.members, self.group_list(group), self.groups], [job_id, group, now])
         pipe.execute()
 
     def send_on(self, job_ids: Sequence[str]) -> None:
@@ -413,7 +414,7 @@ class BatchStore:
         if job_ids:
             pipe = self.redis.pipeline(transaction=False)
             for job_id in job_ids:
-                self._onward(keys=[JobKeys(job_id).batch], client=pipe)
+                queue_script(pipe, self._onward, [JobKeys(job_id).batch])
             pipe.execute()
 
     def hand_back(self, job_ids: Sequence[str]) -> None:
@@ -476,7 +477,7 @@ class BatchStore:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
             keys = JobKeys(job_id)
-            self._read(keys=[keys.batch, keys.cancel], client=pipe)
+            queue_script(pipe, self._read, [keys.batch, keys.cancel])
         lines: list[JobLine | None] = []
         cancels: list[bool] = []
         for job_id, (flat, cancel) in zip(job_ids, pipe.execute(), strict=True):
@@ -542,7 +543,7 @@ class BatchStore:
         pipe = self.redis.pipeline(transaction=False)
         for job_id, kind, raw in rows:
             keys = JobKeys(job_id)
-            self._file(keys=[keys.batch, keys.result], args=[kind, raw], client=pipe)
+            queue_script(pipe, self._file, [keys.batch, keys.result], [kind, raw])
         out: list[Filed] = []
         for (job_id, _, _), reply in zip(rows, pipe.execute(), strict=True):
             filed, state, ended, group, job, reservation = reply

@@ -26,6 +26,7 @@ import redis
 from redis.typing import EncodableT
 
 from workers.connections.oom import refused_for_memory
+from workers.connections.pipescript import queue_script
 from workers.contract import JobKeys, StreamEvent
 from workers.jobs.flushbatch import FlushBatcher
 from workers.llm.errors import RunFencedError
@@ -82,11 +83,10 @@ class PipelinedFlushes:
     def __init__(self, client: redis.Redis) -> None:
         self._script = client.register_script(_PUBLISH_LUA)
         self._pipe = client.pipeline(transaction=False)
-        self._pipe.scripts.add(self._script)  # loaded before the pipeline runs, if Redis lacks it
         self._queued = 0
 
     def call(self, keys: Sequence[Any], args: Sequence[EncodableT]) -> Any:
-        self._pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        queue_script(self._pipe, self._script, keys, args)
         self._queued += 1
         return 0
 

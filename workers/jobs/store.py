@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from workers.connections.pipescript import queue_script
 from workers.contract import CompletionJob, CompletionResult, JobKeys
 from workers.jobs.events import Write
 from workers.jobs.history import HistoryWriter
@@ -130,7 +131,7 @@ class JobStore:
         pipe = self._client.pipeline(transaction=False)
         for keys, token in claims:
             script_keys = [keys.claim, keys.result, keys.meta, keys.events, keys.cancel]
-            self._claim(keys=script_keys, args=[self.claim_lease_ms, token], client=pipe)
+            queue_script(pipe, self._claim, script_keys, [self.claim_lease_ms, token])
         return [_claim_of(reply) for reply in pipe.execute()]
 
     def release_many(self, claims: list[tuple[JobKeys, str]]) -> None:
@@ -139,7 +140,7 @@ class JobStore:
             return
         pipe = self._client.pipeline(transaction=False)
         for keys, token in claims:
-            self._release(keys=[keys.claim], args=[token], client=pipe)
+            queue_script(pipe, self._release, [keys.claim], [token])
         pipe.execute()
 
     def release(self, keys: JobKeys, token: str, pipe: redis.client.Pipeline | None = None) -> None:
