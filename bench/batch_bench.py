@@ -18,8 +18,18 @@ It prints both throughputs, their ratio (target >= 0.90) and the peak RSS (targe
 and Anthropic Message Batches at the simulator, whose processing time is ``--processing-s``) and
 ``--via queue`` (every line a live call), rounds alternating which goes first, one worker whose own
 batcher thread sends the batches. Per mode: the ledger's spend, the worker process's CPU per line
-(parking, the batcher, ending; or the live call), and the wall time from ``llmq batch``'s start to
-its last result. Prints one JSON line: medians over the rounds and their ratios provider/queue.
+(provider: the batcher taking the handed-over lines, sending and polling the batches and ending the
+lines in bulk, plus anything else the worker did meanwhile; queue: the runs of the live calls), and
+the wall time from ``llmq batch``'s start to its last result. Prints one JSON line, medians over the
+rounds:
+
+* ``cost_ratio_provider_over_live``: the ledger's spend, provider / queue (median of the per-round ratios);
+* ``worker_cpu_ms_per_line``: ``{"provider": ms, "queue": ms}``, the worker process's CPU (user +
+  system, ``/proc``) per line; ``cpu_ratio_provider_over_live``: their ratio (target: a small fraction);
+* ``submit_to_last_result_s``: ``{"provider": s, "queue": s}``, ``llmq batch``'s wall time;
+* ``usd_per_1k_lines``: the spend per 1,000 lines in each mode;
+* ``lines``, ``rounds``, ``processing_s``, ``latency_s``, ``concurrency``: the run's shape;
+  ``medians_over_rounds``: true; ``load``: the machine's 1/5/15-minute load at the end; ``cpus``.
 
     .venv/bin/python bench/batch_bench.py --via-compare [--lines 2000] [--rounds 3] [--processing-s 10]
         [--concurrency 100] [--latency 0.05]

@@ -31,7 +31,7 @@ from decimal import Decimal
 from pydantic import TypeAdapter
 
 from workers.accounting.metered import Meter
-from workers.accounting.money import Reservation
+from workers.accounting.money import Reservation, ScopeState
 from workers.contract import (
     Attempt,
     CompletionJob,
@@ -123,8 +123,10 @@ class LineEnder:
         ledger = self.res.ledger
         settle = [(i.reservation, i.cost or Decimal(0)) for i, _, _, _ in mine if i.reservation is not None]
         if settle and ledger is not None:
+            latest: dict[str, ScopeState] = {}  # the budget gauges show each scope's state after the last settlement
             for settlement in ledger.settle_many(settle):
-                self.res.metrics.usage.record_scopes(settlement.scopes)
+                latest.update((state.scope, state) for state in settlement.scopes)
+            self.res.metrics.usage.record_scopes(latest.values())
         flushes = PipelinedFlushes(self.res.redis)
         settings = self.res.settings
         ended: list[tuple[_Line, CompletionResult, float]] = []
