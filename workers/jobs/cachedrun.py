@@ -84,7 +84,7 @@ class CachedRun:
             if begun.kind == "lead":
                 self.leading = True
                 if metrics is not None:
-                    metrics.lookups.labels(outcome="miss").inc()
+                    metrics.looked_up("miss").inc()
                 return None
             assert begun.leader is not None
             shared = follow(begun.leader)
@@ -106,7 +106,7 @@ class CachedRun:
         writes = self.cache.store_writes(self.key, raw or result.model_dump_json(), int(time.time() * 1000))
         metrics = self.cache.metrics
         if metrics is not None:
-            metrics.stores.labels(outcome="stored" if writes is not None else "too_large").inc()
+            metrics.stored("stored" if writes is not None else "too_large").inc()
         if writes is None:
             return []
         self.leading = False  # the flush ends the lead
@@ -120,7 +120,7 @@ class CachedRun:
         self.leading = False
         metrics = self.cache.metrics
         if metrics is not None and result is not None:
-            metrics.stores.labels(outcome="not_storable").inc()
+            metrics.stored("not_storable").inc()
         try:
             self.cache.release(self.key, self.job_id)
         except redis.RedisError as exc:  # followers take the lead over once this job's claim is gone

@@ -17,13 +17,14 @@ follower decides from the leader's own claim lease: no second heartbeat is neede
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from workers.accounting.metrics import Children
 from workers.contract import CompletionResult
 from workers.jobs.cachekey import CacheKey
 from workers.jobs.events import Write
@@ -66,10 +67,17 @@ class CacheMetrics:
     bytes: Gauge
     entries: Gauge
     saved: Counter
+    #: each labelled child looked up once (``workers/accounting/metrics.py``)
+    looked_up: Children = field(init=False, repr=False, compare=False)
+    stored: Children = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "looked_up", Children(self.lookups))
+        object.__setattr__(self, "stored", Children(self.stores))
 
     def served(self, result: CompletionResult, source: Literal["hit", "shared"]) -> None:
         """An answer served without a call; ``result`` is the original, whose cost was saved."""
-        self.lookups.labels(outcome=source).inc()
+        self.looked_up(source).inc()
         if result.cost_usd:
             self.saved.inc(result.cost_usd)
 
