@@ -74,6 +74,8 @@ def test_a_handed_over_job_is_one_task_one_start_one_end_at_the_batch_price(
         ids = [h.id for h in handles]
         assert [line_state(redis_client, i) for i in ids] == ["new"] * len(ids)
         assert redis_client.llen(BATCH_INTAKE_KEY) == len(ids)
+        registry = batch_app.llmq.resources().metrics.registry
+        assert registry.get_sample_value("llmq_provider_batch_lines_handed") == len(ids)
         pump(batcher, lambda: all(redis_client.exists(JobKeys(i).result) for i in ids), "the jobs' ends")
         results = [h.result(timeout=30) for h in handles]
 

@@ -5,6 +5,8 @@
 ``llmq_provider_batches``                   gauge  ``{model, step}`` batches under way, by step
                                                    (``sealed`` ... ``running``)
 ``llmq_provider_batch_oldest_wait_seconds`` gauge  ``{model}`` how long the oldest waiting line waited
+``llmq_provider_batch_lines_handed``        gauge  jobs producers handed to the lane, not taken yet by
+                                                   a batcher (none running: they wait here)
 ==========================================  =====  ==================================================
 
 ``model`` is ``provider:model`` (the batches' groups: as few as the models jobs send to batches).
@@ -47,7 +49,12 @@ class BatchCollector(Collector):
         batches = GaugeMetricFamily(
             "llmq_provider_batches", "Provider batches under way, by step.", labels=["model", "step"]
         )
+        handed = GaugeMetricFamily(
+            "llmq_provider_batch_lines_handed",
+            "Jobs producers handed straight to the provider batch lane, not taken yet by a batcher.",
+        )
         store, r = self._store, self._store.redis
+        handed.add_metric([], int(r.llen(store.intake)))
         scored: list[tuple[bytes, float]] = r.zrange(store.groups, 0, -1, withscores=True)  # type: ignore[assignment]
         groups = [(_text(g), float(since)) for g, since in scored]
         pipe = r.pipeline(transaction=False)
@@ -67,6 +74,7 @@ class BatchCollector(Collector):
                 steps[(_text(group), _text(step))] += 1
         for (group, step), count in sorted(steps.items()):
             batches.add_metric([group, step], count)
+        yield handed
         yield waiting
         yield oldest
         yield batches
