@@ -170,6 +170,11 @@ class AsyncClient(ClientCore):
         finally:
             mark.end()
 
+    async def full_error(self, refused: str) -> RedisFullError:
+        """The error for a write of ``refused`` (what it was for) that Redis refused at ``maxmemory``,
+        with fresh figures: for a caller's own writes before a submit (a replay's record)."""
+        return await self._full(self.memory, self.redis, refused)
+
     async def _full(self, mark: MemoryWatermark, client: aredis.Redis, refused: str) -> RedisFullError:
         await self._read_memory(mark, client)
         return mark.full_error(refused_by=refused)

@@ -226,6 +226,11 @@ class Client(ClientCore):
         finally:
             mark.end()
 
+    def full_error(self, refused: str) -> RedisFullError:
+        """The error for a write of ``refused`` (what it was for) that Redis refused at ``maxmemory``,
+        with fresh figures: for a caller's own writes before a submit (a replay's record)."""
+        return self._full(self.memory, self.redis, refused)
+
     def _full(self, mark: MemoryWatermark, client: redis.Redis, refused: str) -> RedisFullError:
         """The error for a write Redis refused at ``maxmemory``, with fresh figures (reads still work)."""
         self._read_memory(mark, client)

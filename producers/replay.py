@@ -5,8 +5,9 @@ Each original gets at most one copy: the copy's id is recorded in the original's
 twice, or from two places at once, sends each job once. A replay that died between the record
 and the submit is finished by the next one (it finds the record, but neither a registration nor a
 history of the copy, and submits the copy under the recorded id; the producer's registration makes
-that submit idempotent too). A submit the producer refuses (the prompt it names is gone, say)
-removes the record, so a later replay may try again.
+that submit idempotent too). A submit the producer refuses (the prompt it names is gone, say, or
+Redis is full) removes the record, so a later replay may try again; a refusal for now
+(:class:`~producers.errors.SubmitRefusedError`) is raised on, so the caller stops replaying and says so.
 
 The copy is the original request with a new id, ``replay_of`` set to the original's id, and no
 submission time, reply list or trace context of the original's.
@@ -18,7 +19,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from producers.errors import InvalidJobError
+from producers.errors import InvalidJobError, SubmitRefusedError
 from producers.history import Call, HistoryEntry, get_steps, request_steps
 from workers.contract import JobKeys, new_job_id
 from workers.contract.history import HistoryKeys
@@ -75,6 +76,10 @@ def replay_steps(entry: HistoryEntry, *, now: float, dry_run: bool = False) -> G
         if created:
             yield ("pipe", [("hdel", replays, original)])
         return ReplayOutcome(original, "refused", detail=str(exc))
+    except SubmitRefusedError:  # Redis full, for now: no copy was registered, so none is recorded
+        if created:
+            yield ("pipe", [("hdel", replays, original)])  # HDEL works at maxmemory
+        raise
     if not handle.enqueued:
         return ReplayOutcome(original, "already_replayed", copy)
     return ReplayOutcome(original, "submitted", copy)

@@ -21,10 +21,13 @@ import json
 import sys
 import time
 
+import redis
+
 from llmq.commands.table import print_table
 from producers.client import Client
 from producers.history import HistoryEntry, HistoryQuery, JobHistory, drive, parse_since
 from producers.replay import replay_steps
+from producers.watermark import is_out_of_memory
 from workers.contract import JobKeys, StreamEvent
 
 
@@ -191,7 +194,12 @@ def _replay(client: Client, history: JobHistory, args: argparse.Namespace) -> in
     failed = 0
     for entry in entries:
         steps = replay_steps(entry, now=time.time(), dry_run=args.dry_run)
-        outcome = drive(steps, client.redis, history.script, client.submit)
+        try:
+            outcome = drive(steps, client.redis, history.script, client.submit)
+        except redis.RedisError as exc:  # the replay's record refused at maxmemory: exit 75 as a submit
+            if not is_out_of_memory(exc):
+                raise
+            raise client.full_error("recording the replay") from exc
         failed += outcome.outcome == "refused"
         if args.json:
             print(json.dumps(outcome.as_dict()))

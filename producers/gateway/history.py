@@ -10,6 +10,7 @@ import math
 import time
 from typing import Any
 
+import redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -18,6 +19,7 @@ from producers.gateway.ids import resolve_id
 from producers.gateway.state import gateway_of
 from producers.history import HistoryEntry, HistoryQuery, adrive, parse_since
 from producers.replay import replay_steps
+from producers.watermark import is_out_of_memory
 
 __all__ = ["entry_json", "list_jobs", "own_entry", "replay_job"]
 
@@ -105,7 +107,12 @@ async def replay_job(request: Request) -> Response:
     dry_run = request.query_params.get("dry_run") in ("1", "true")
     history = gw.history
     steps = replay_steps(entry, now=time.time(), dry_run=dry_run)
-    outcome = await adrive(steps, history.redis, history.script, gw.client.submit)
+    try:
+        outcome = await adrive(steps, history.redis, history.script, gw.client.submit)
+    except redis.RedisError as exc:  # the replay's record refused at maxmemory: 503 as a submit
+        if not is_out_of_memory(exc):
+            raise
+        raise await gw.client.full_error("recording the replay") from exc
     if outcome.outcome == "not_replayable":
         raise GatewayError(409, f"Job {path_id!r} cannot be replayed: {outcome.detail}.", code="not_replayable")
     if outcome.outcome == "refused":

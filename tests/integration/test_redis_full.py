@@ -34,13 +34,15 @@ from producers.batch import BatchProgress, run_batch
 from producers.batch.progress import BatchCounters
 from producers.gateway import GatewaySettings, create_gateway
 from producers.gateway.server import GatewayThread
+from producers.history import HistoryQuery, JobHistory
 from producers.settings import ProducerSettings
 from simulator.app import SimulatorThread
 from simulator.env import provider_env
 from tests.support.brokers import queued_count
 from tests.support.fullredis import FullRedis
 from tests.support.waits import until
-from workers.contract import DEFAULT_QUEUE, JobKeys
+from workers.contract import DEFAULT_QUEUE, CompletionJob, CompletionResult, ErrorInfo, JobKeys
+from workers.jobs.history import HistoryWriter
 from workers.runtime.app import close_runner, create_app
 from workers.settings import Settings
 
@@ -205,6 +207,46 @@ def test_llmq_submit_says_it_in_one_line_and_exits_75(
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("llmq: Redis (LLMQ_REDIS_URL) is full: "), err
     assert "Traceback" not in err and not _registered(full, "cli-full")
+
+
+def _dead_letters(full: FullRedis, ids: list[str]) -> None:
+    """Failed jobs in today's history, their requests kept for replay (as a worker writes them)."""
+    for job_id in ids:
+        job = CompletionJob(id=job_id, model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        result = CompletionResult(id=job_id, status="failed", error=ErrorInfo(type="timeout", message="slow"))
+        for write in HistoryWriter(7).writes(job, result):
+            full.redis.execute_command(*write)
+
+
+def test_llmq_jobs_replay_exits_75_and_records_no_copy_while_redis_is_full(
+    full: FullRedis, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A replay records its copy's id before submitting it: above the watermark the refused submit
+    removes the record (a dry run does not show a copy that never existed), and a record Redis
+    refuses at maxmemory is the same one line and exit 75 (was exit 2 with redis-py's text); once
+    Redis has room, one replay submits each dead letter once."""
+    monkeypatch.setenv("LLMQ_REDIS_URL", full.url)
+    monkeypatch.setenv("LLMQ_REDIS_MEMORY_CHECK_S", "0")
+    _dead_letters(full, ["dead-a", "dead-b"])
+    history = JobHistory(full.redis)
+    full.fill(0.95)
+    for squeeze in (False, True):
+        if squeeze:
+            full.squeeze()  # the record itself is refused
+        capsys.readouterr()
+        assert main(["jobs", "replay", "--json"]) == EXIT_REFUSED
+        err = capsys.readouterr().err
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("llmq: Redis (LLMQ_REDIS_URL) is full: "), err
+        assert ("recording the replay" in err) == squeeze, err
+        assert all(e.replayed_as is None for e in history.list(HistoryQuery())), squeeze
+    full.free()
+    capsys.readouterr()
+    assert main(["jobs", "replay", "--json"]) == 0
+    outcomes = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted((o["id"], o["outcome"]) for o in outcomes) == [("dead-a", "submitted"), ("dead-b", "submitted")]
+    for o in outcomes:
+        assert _registered(full, o["copy"])
 
 
 @pytest.fixture
