@@ -213,6 +213,38 @@ def run_queue(
     }
 
 
+def _side_processes(stack: LocalStack) -> dict[str, psutil.Process]:
+    """The processes every path shares the machine with: the simulator and Redis."""
+    found: dict[str, psutil.Process] = {}
+    for name, proc in stack.processes:
+        if name == "simulator":
+            found["simulator"] = psutil.Process(proc.pid)
+    with redis.Redis.from_url(stack.redis_url) as client:
+        found["redis"] = psutil.Process(int(client.info("server")["process_id"]))
+    return found
+
+
+def measured(stack: LocalStack, run: Any) -> dict[str, Any]:
+    """``run()``'s row with what the machine did meanwhile: the simulator's and Redis's CPU seconds,
+    and how busy the whole machine was (all cores; ``machine_busy_pct`` 100 = every core busy)."""
+    sides = _side_processes(stack)
+
+    def cpu(p: psutil.Process) -> float:
+        t = p.cpu_times()
+        return float(t.user + t.system)
+
+    side0 = {name: cpu(p) for name, p in sides.items()}
+    machine0 = psutil.cpu_times()
+    row: dict[str, Any] = run()
+    machine1 = psutil.cpu_times()
+    for name, p in sides.items():
+        row[f"{name}_cpu_s"] = cpu(p) - side0[name]
+    idle = (machine1.idle + machine1.iowait) - (machine0.idle + machine0.iowait)
+    total = sum(machine1) - sum(machine0)
+    row["machine_busy_pct"] = round(100 * (1 - idle / total)) if total > 0 else None
+    return row
+
+
 def _redis_io(client: redis.Redis) -> dict[str, int]:
     """The server's read events (one per batch of commands a client's socket delivered) and commands."""
     stats = client.info("stats")
@@ -257,6 +289,11 @@ def _summary(r: dict[str, Any], procs: int) -> dict[str, Any]:
         "peak_rss_mb": round(r["peak_rss_mb"], 1),
         "cpu_pct_of_core": round(100 * r["cpu_s"] / r["wall_s"] / procs),
     }
+    for side in ("simulator", "redis"):  # what the path made the shared processes do (measured())
+        if f"{side}_cpu_s" in r:
+            row[f"{side}_cpu_ms_per_job"] = round(1000 * r[f"{side}_cpu_s"] / ok, 2)
+    if "machine_busy_pct" in r:
+        row["machine_busy_pct"] = r["machine_busy_pct"]
     for k in (
         "deltas_per_job",
         "nonlocal_attempts",
@@ -292,11 +329,11 @@ def run_config(
         workers = _start_workers(stack, args, concurrency, procs, worker_env, "benchworker")
         run_queue(stack, min(100 * procs, args.jobs), workers)  # warm-up: imports, pools, connections
         if "raw" in args.paths:
-            paths["raw"] = _summary(run_raw(stack, args.jobs, concurrency, procs), procs)
+            paths["raw"] = _summary(measured(stack, lambda: run_raw(stack, args.jobs, concurrency, procs)), procs)
         if "direct" in args.paths:
-            paths["direct"] = _summary(run_direct(stack, args.jobs, concurrency, procs), procs)
+            paths["direct"] = _summary(measured(stack, lambda: run_direct(stack, args.jobs, concurrency, procs)), procs)
         job_a = json.loads(args.job_extra) if args.job_extra else None
-        paths["queue"] = _summary(run_queue(stack, args.jobs, workers, job_a), procs)
+        paths["queue"] = _summary(measured(stack, lambda: run_queue(stack, args.jobs, workers, job_a)), procs)
         if args.compare_job:
             # the same workers, jobs with other fields (e.g. a cache option: every job a miss), A and B
             # alternating --rounds times
@@ -331,7 +368,9 @@ def run_config(
                     "run_s_p50_runs": [r.get("run_s_p50") for r in rows],
                 }
         if python is not None and "litellm" in args.paths:
-            paths["litellm"] = _summary(run_litellm(stack, args.jobs, concurrency, procs, python), procs)
+            paths["litellm"] = _summary(
+                measured(stack, lambda: run_litellm(stack, args.jobs, concurrency, procs, python)), procs
+            )
     q, raw, direct, lite = paths["queue"], paths.get("raw"), paths.get("direct"), paths.get("litellm")
     ratios: dict[str, float | None] = {}
     if raw is not None:
@@ -371,6 +410,12 @@ def print_config(cfg: dict[str, Any]) -> None:
             f"{name:<10}{row['ok']:>6}{row['jobs_per_s']:>9}{row['jobs_per_s_per_core']:>8}"
             f"{row['cpu_ms_per_job']:>12}{row['cpu_pct_of_core']:>7}{row['peak_rss_mb']:>13}  {row['errors'] or ''}"
             + (f"  worker run p50 {row['run_s_p50']} s" if row.get("run_s_p50") is not None else "")
+            + (
+                f"  [simulator {row['simulator_cpu_ms_per_job']}, Redis {row['redis_cpu_ms_per_job']} ms/job;"
+                f" machine {row['machine_busy_pct']} % busy]"
+                if "machine_busy_pct" in row
+                else ""
+            )
         )
     print("  ".join(f"{k}={v}" for k, v in cfg["ratios"].items()), flush=True)
 
