@@ -23,6 +23,7 @@ from tests.integration.test_provider_batches import (  # noqa: F401  (batch_app 
     _job,
     batch_app,
     batcher_for,
+    check_mixed_outcomes,
     line_state,
     live_requests,
     pump,
@@ -33,6 +34,7 @@ from tests.support.taskevents import EventCapture
 from tests.support.waits import until
 from workers.contract import DEFAULT_QUEUE, JobKeys
 from workers.contract.presence import BATCH_INTAKE_KEY, BatchIntake
+from workers.runtime.batcher import Batcher
 from workers.runtime.presence import PresencePublisher
 from workers.runtime.state import LLMQCelery
 
@@ -208,3 +210,23 @@ def test_a_job_marked_to_go_on_to_the_queue_but_not_sent_is_sent_by_the_next_bat
     assert handle.result(timeout=60).status == "succeeded"
     assert live_requests(simulator, handle.id) == 1
     assert _stream_types(redis_client, handle.id)[0] == "start"
+
+
+def test_mixed_outcomes_of_handed_over_jobs_each_end_once_with_their_status(
+    batch_app: LLMQCelery,  # noqa: F811
+    intake_client: Client,
+    simulator: SimulatorThread,
+    redis_client: redis.Redis,
+    redis_url: str,
+) -> None:
+    """The mixed-outcomes scenario of test_provider_batches.py with the jobs handed over by their
+    producer: the batcher takes them (its first step), then everything runs as for parked lines."""
+
+    def taken(batcher: Batcher, job_ids: list[str]) -> None:
+        assert [line_state(redis_client, i) for i in job_ids] == ["new"] * len(job_ids)
+        assert batcher._intake is not None
+        batcher._intake.take(job_ids)  # the step a tick takes first
+        batcher.store.took(len(job_ids))
+        assert [line_state(redis_client, i) for i in job_ids] == ["pending"] * len(job_ids)
+
+    check_mixed_outcomes(batch_app, intake_client, simulator, redis_client, redis_url, taken)

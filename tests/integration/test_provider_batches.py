@@ -190,6 +190,23 @@ def cancel_all_at_provider(sim: SimulatorThread) -> None:
 def test_mixed_outcomes_each_line_ends_once_with_its_status(
     batch_app: LLMQCelery, client: Client, simulator: SimulatorThread, redis_client: redis.Redis, redis_url: str
 ) -> None:
+    def parked(batcher: Batcher, job_ids: list[str]) -> None:  # each job's run parks it
+        until(lambda: all(line_state(redis_client, i) == "pending" for i in job_ids), "the jobs parked", 120)
+
+    check_mixed_outcomes(batch_app, client, simulator, redis_client, redis_url, parked)
+
+
+def check_mixed_outcomes(
+    batch_app: LLMQCelery,
+    client: Client,
+    simulator: SimulatorThread,
+    redis_client: redis.Redis,
+    redis_url: str,
+    parked: Callable[[Batcher, list[str]], None],
+) -> None:
+    """Succeeded, errored (retryable and not), expired, cancelled before and after sending, pending
+    when the deadline comes near: each line ends once with its status. ``parked``: until the given
+    jobs' lines wait for a batch (parked by their runs, or taken by the batcher from the producer)."""
     # the batcher's clock jumps ahead once "near" is sent: its deadline, 2000 s away, is then within
     # live_margin_s (50 s) while its line is pending at the provider
     ahead = [0.0]
@@ -203,7 +220,7 @@ def test_mixed_outcomes_each_line_ends_once_with_its_status(
         "discarded": client.submit(_job("anthropic:claude-sonnet-4-5")),  # cancelled once its batch is sent
     }
     ids = {name: handle.id for name, handle in jobs.items()}
-    until(lambda: all(line_state(redis_client, i) == "pending" for i in ids.values()), "every job parked", 120)
+    parked(batcher, list(ids.values()))
     client.cancel(ids["dropped"])
     batcher.tick()  # seal, prepare (dropping the cancelled line), upload, create: 4 batches
     assert line_state(redis_client, ids["dropped"]) == "dropped"
@@ -213,7 +230,7 @@ def test_mixed_outcomes_each_line_ends_once_with_its_status(
     simulator.simulator.config.batch_processing_s = 3600.0
     near = client.submit(_job("openai:gpt-4o", deadline_s=2000)).id
     ids["near"] = near
-    until(lambda: line_state(redis_client, near) == "pending", "the near job parked", 120)
+    parked(batcher, [near])
     batcher.tick()  # its batch is sent; the others are polled, collected, their jobs sent back
     until(lambda: line_state(redis_client, near) == "sent", "the near line sent", 60)
     ahead[0] = 1960.0
