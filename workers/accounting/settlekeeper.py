@@ -17,12 +17,14 @@ worker started with the same journal settles first (:meth:`SettleKeeper.replay`)
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,11 +249,7 @@ class SettleKeeper:
         try:
             if self.journal is None:
                 raise OSError("no settle journal configured")
-            self.journal.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.journal, "a", encoding="utf-8") as out:
-                out.write(lines)
-                out.flush()
-                os.fsync(out.fileno())
+            _append(self.journal, lines)
         except OSError as exc:
             for item in left:
                 log.error("UNSETTLED (settle it by hand; %s): %s", exc, item.to_json())
@@ -261,31 +259,121 @@ class SettleKeeper:
         return len(left)
 
     def replay(self) -> int:
-        """Settle what a stopped worker journaled (the file is taken first, so two workers starting
-        at once do not both read it; a settlement is idempotent anyway). What Redis refuses now is
-        kept and retried as usual. Returns how many were read."""
+        """Settle what a stopped worker journaled. The file is taken first (renamed under the journal's
+        lock, so two workers of a host starting at once do not both read it, and an append under way
+        lands before or after, never in a file already read); so is a file a worker took and was
+        killed before it finished with (``<journal>.<pid>.<ns>.replaying`` of a process that is gone).
+        What Redis refuses now is kept and retried as usual, and written back to the journal before
+        the taken file is deleted, so a worker killed before Redis takes it loses nothing (the next
+        start settles it again: a settlement is idempotent). Returns how many were read."""
         journal = self.journal
-        if journal is None or not journal.exists():
+        if journal is None:
             return 0
-        taken = journal.with_name(f"{journal.name}.{os.getpid()}.{time.time_ns()}.replaying")
+        taken = _orphans(journal)
+        mine = journal.with_name(f"{journal.name}.{os.getpid()}.{time.time_ns()}.replaying")
         try:
-            journal.rename(taken)
+            with _locked(journal, create=False) as held:
+                if held:
+                    journal.rename(mine)
+                    taken.append(mine)
         except OSError:
-            return 0  # another worker took it
+            pass  # another worker took it
+        if not taken:
+            return 0
         items: list[PendingSettle] = []
-        for line in taken.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    items.append(PendingSettle.from_json(line))
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.error("unreadable line in the settle journal %s (%s): %s", journal, exc, line[:500])
+        for path in taken:
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    try:
+                        items.append(PendingSettle.from_json(line))
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.error("unreadable line in the settle journal %s (%s): %s", path, exc, line[:500])
         with self._lock:
             self._pending.extend(items)
             self.metrics.pending.set(len(self._pending))
-        taken.unlink()
         if items:
             log.warning("settling %d settlement(s) journaled by a stopped worker (%s)", len(items), journal)
             self.flush()
-            if self.pending:
+        with self._lock:
+            left = [item for item in items if any(item is kept for kept in self._pending)]
+        if left:
+            try:
+                _append(journal, "".join(item.to_json() + "\n" for item in left))
+            except OSError as exc:  # the taken files stay: the next start after this one reads them
+                log.error("could not write %d refused settlement(s) back to %s: %s", len(left), journal, exc)
                 self._start()
+                return len(items)
+            self._start()
+        for path in taken:
+            path.unlink(missing_ok=True)
         return len(items)
+
+
+@contextlib.contextmanager
+def _locked(journal: Path, *, create: bool) -> Iterator[int | None]:
+    """An exclusive ``flock`` on the file now at ``journal`` (its descriptor; ``None`` when there is
+    none and ``create`` is false). A lock taken on a file renamed away meanwhile is retaken."""
+    while True:
+        try:
+            fd = os.open(journal, os.O_WRONLY | os.O_APPEND | (os.O_CREAT if create else 0), 0o644)
+        except FileNotFoundError:
+            if create:
+                raise
+            yield None
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(journal).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield fd
+                return
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _append(journal: Path, lines: str) -> None:
+    """Append ``lines`` to the journal under its lock (workers of a host may share one), synced."""
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(journal, create=True) as fd:
+        assert fd is not None
+        data = lines.encode("utf-8")
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+
+
+def _orphans(journal: Path) -> list[Path]:
+    """Files a worker took from ``journal`` to replay and did not finish with (it is gone), each
+    taken over by this process (renamed, so two starting workers do not both take one)."""
+    found: list[Path] = []
+    prefix = f"{journal.name}."
+    try:
+        candidates = sorted(journal.parent.glob(f"{journal.name}.*.replaying"))
+    except OSError:
+        return found
+    for path in candidates:
+        pid_text = path.name[len(prefix) :].split(".", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        claimed = journal.with_name(f"{journal.name}.{os.getpid()}.{time.time_ns()}.replaying")
+        try:
+            path.rename(claimed)
+        except OSError:
+            continue  # another worker claimed it
+        found.append(claimed)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -8,11 +8,15 @@ driven by :meth:`SettleKeeper.flush` (``background=False``) and the keeper's sle
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.support.waits import until
 from workers.accounting.ledger import LedgerUnavailableError
 from workers.accounting.money import Reservation
 from workers.accounting.settlekeeper import PendingSettle, SettleKeeper
@@ -120,3 +124,90 @@ def test_a_refused_release_is_kept_and_retried_too(tmp_path: Path) -> None:
     ledger.full = False
     assert keeper.flush() == 2
     assert released == ["r#1"] and ledger.charged == {"s#1": 4}
+
+
+def test_a_journal_replayed_while_redis_still_refuses_survives_a_kill_before_it_settles(tmp_path: Path) -> None:
+    """The next start takes the journal while Redis is still full: until its entries settle they stay
+    on disk, so a worker SIGKILLed meanwhile (no close, no journaling at shutdown) loses none; the
+    start after settles each once."""
+    journal = tmp_path / "unsettled.jsonl"
+    ledger = FakeLedger()
+    first = SettleKeeper(ledger.settle_now, journal=journal, sleep=lambda s: None, background=False)
+    first.keep(_r("paid", 1), 77, LedgerUnavailableError("full"))
+    first.keep_release(_r("freed", 1), LedgerUnavailableError("full"))
+    assert first.close(timeout_s=0) == 2
+
+    started = SettleKeeper(ledger.settle_now, journal=journal, sleep=lambda s: None, background=False)
+    assert started.replay() == 2 and len(started.pending) == 2  # Redis still refuses
+    del started  # SIGKILLed: never closed
+
+    ledger.full = False
+    released: list[str] = []
+    after = SettleKeeper(ledger.settle_now, release=lambda r: released.append(r.id), journal=journal, background=False)
+    assert after.replay() == 2 and after.pending == []
+    assert ledger.charged == {"paid#1": 77} and released == ["freed#1"]
+    assert not journal.exists() and list(tmp_path.iterdir()) == []  # nothing left behind to replay again
+    assert SettleKeeper(ledger.settle_now, journal=journal).replay() == 0
+
+
+def test_a_journal_taken_by_a_worker_killed_before_it_wrote_back_is_settled_by_the_next(tmp_path: Path) -> None:
+    """A worker killed between taking the journal and writing back what Redis still refused leaves
+    the taken file (``<journal>.<pid>.<ns>.replaying``); the next start takes it over because that
+    process is gone, and settles it once. A live process's taken file is left to it."""
+    journal = tmp_path / "unsettled.jsonl"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    dead_pid = int(gone.stdout)
+    (tmp_path / f"unsettled.jsonl.{dead_pid}.1.replaying").write_text(PendingSettle(_r("k"), 5).to_json() + "\n")
+    live = tmp_path / f"unsettled.jsonl.{os.getppid()}.2.replaying"
+    live.write_text(PendingSettle(_r("other"), 6).to_json() + "\n")
+    ledger = FakeLedger()
+    ledger.full = False
+    keeper = SettleKeeper(ledger.settle_now, journal=journal, background=False)
+    assert keeper.replay() == 1 and keeper.pending == []
+    assert ledger.charged == {"k#1": 5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+
+
+HANG_GUARD_S = 120
+_APPENDER = """
+import sys
+from workers.accounting.ledger import LedgerUnavailableError
+from workers.accounting.money import Reservation
+from workers.accounting.settlekeeper import SettleKeeper
+
+def refuse(reservation, actual):
+    raise LedgerUnavailableError("full")
+
+name, journal, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for n in range(rounds):
+    keeper = SettleKeeper(refuse, journal=__import__("pathlib").Path(journal), sleep=lambda s: None, background=False)
+    for i in range(40):  # ~10 kB per shutdown: more than one buffer
+        reservation = Reservation(f"{name}-{n}-{i}", 1, "default", "2026-12", 100, model="m", tags=("t" * 100,))
+        keeper.keep(reservation, 1, LedgerUnavailableError("full"))
+    keeper.close(timeout_s=0)
+"""
+
+
+def test_workers_of_one_host_sharing_the_journal_lose_no_line(tmp_path: Path) -> None:
+    """Two worker processes journal at shutdown into one file while a third starts and takes it: every
+    settlement is read exactly once, none torn (appends and the take hold the journal's lock)."""
+    journal = tmp_path / "unsettled.jsonl"
+    ledger = FakeLedger()
+    ledger.full = False
+    rounds = 15
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _APPENDER, name, str(journal), str(rounds)], cwd=Path.cwd())
+        for name in ("w1", "w2")
+    ]
+    read = 0
+
+    def take_while_they_append() -> bool:
+        nonlocal read
+        read += SettleKeeper(ledger.settle_now, journal=journal, background=False).replay()
+        return all(w.poll() is not None for w in writers)
+
+    until(take_while_they_append, "the appending workers to finish", HANG_GUARD_S, poll_s=0.001)
+    assert [w.wait(timeout=HANG_GUARD_S) for w in writers] == [0, 0]
+    read += SettleKeeper(ledger.settle_now, journal=journal, background=False).replay()
+    assert read == len(ledger.charged) == 2 * rounds * 40
+    assert list(tmp_path.iterdir()) == []
