@@ -404,10 +404,16 @@ class Client(ClientCore):
     # --- control --------------------------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
-        """Ask for cancellation; True unless the job already finished. The worker aborts its call."""
+        """Ask for cancellation; True unless the job already finished. The worker aborts its call.
+        Raises :class:`RedisFullError` when Redis refuses the cancel at ``maxmemory`` (retry it later)."""
         pipe = self.redis.pipeline(transaction=False)
         self.cancel_commands(pipe, job_id)
-        done, _, _ = pipe.execute()
+        try:
+            done, _, _ = pipe.execute()
+        except redis.RedisError as exc:  # the cancel flag refused at maxmemory: RedisFullError, as a submit
+            if not is_out_of_memory(exc):
+                raise
+            raise self.full_error("cancelling the job") from exc
         return not done
 
     def close(self) -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Match
 
 from producers.errors import SubmitRefusedError
+from producers.watermark import REDIS_FULL_RETRY_AFTER_S, is_out_of_memory
 from workers.contract import CompletionResult, ErrorInfo, StreamEvent, redact
 
 __all__ = [
@@ -133,7 +135,15 @@ async def error_response(request: Request, exc: Exception) -> JSONResponse:
     """Starlette exception handler: routing errors (404/405) and our own, in OpenAI's shape."""
     if isinstance(exc, GatewayError):
         return exc.response()
-    status = getattr(exc, "status_code", 500)
+    if is_out_of_memory(exc):  # a write Redis refused at maxmemory, outside a submit (which says more)
+        message = (
+            "Redis is full: it refused a write (used memory > maxmemory); retry later, or give Redis "
+            "more memory (CONFIG SET maxmemory, ops/redis.conf)"
+        )
+        headers = {"retry-after": str(max(1, math.ceil(REDIS_FULL_RETRY_AFTER_S)))}
+        return GatewayError(503, message, code="redis_full", headers=headers).response()
+    # an HTTP error's status; redis-py's errors carry a status_code too, the error's prefix ('OOM', 'READONLY')
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
     if status == 404:
         message = f"Unknown request URL: {request.method} {request.url.path}.{unknown_url_hint(request)}"
     elif status == 405:

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from producers.aclient import AsyncClient
 from producers.catalog import live_presences_async
 from producers.client import default_redis_url
+from producers.errors import RedisFullError
 from producers.gateway.feed import FeedError, JobFeed, LiveHub
 from producers.gateway.metrics import GatewayMetrics
 from producers.gateway.settings import GatewaySettings, OnDisconnect
@@ -120,8 +121,12 @@ class Gateway:
         if client.no_worker_notice(job_id, meta, last, presences) is None:
             return None
         text = client.no_worker_text(client.queue_of(meta), presences)
-        await client.cancel(job_id)
-        log.warning("job %s: %s; cancelled and answered 503", job_id, text)
+        try:
+            await client.cancel(job_id)
+        except RedisFullError as exc:  # the job stays queued for a worker that comes
+            log.warning("job %s: %s; answered 503, not cancelled: %s", job_id, text, exc)
+        else:
+            log.warning("job %s: %s; cancelled and answered 503", job_id, text)
         return FeedError(f"The job was not started: {text}. It was cancelled.", code="no_worker", retry_after_s=5)
 
     async def client_gone(self, job_id: str, policy: OnDisconnect, reason: str) -> None:
@@ -133,7 +138,7 @@ class Gateway:
             if await self.client.cancel(job_id):
                 self.metrics.disconnect_cancels.inc()
                 log.info("client of job %s gone (%s); job cancelled", job_id, reason)
-        except RedisError as exc:
+        except (RedisError, RedisFullError) as exc:
             log.warning("could not cancel job %s after its client left: %s", job_id, exc)
 
 

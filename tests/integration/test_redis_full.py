@@ -282,6 +282,42 @@ def test_the_gateway_answers_503_with_retry_after(full: FullRedis, full_gateway:
         sdk.close()
 
 
+def test_a_cancel_redis_refuses_is_the_typed_error_everywhere(full: FullRedis, full_gateway: GatewayThread) -> None:
+    """A cancel is a write: refused at maxmemory it is RedisFullError from Client and AsyncClient and
+    a 503 with Retry-After in OpenAI's shape from the gateway (was redis-py's OutOfMemoryError, and
+    the gateway's handler crashed on it: a plain-text 500); once Redis has room the same cancel works."""
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    with (
+        Client(settings=_settings(full)) as client,
+        httpx2.Client(base_url=full_gateway.url, headers=headers, timeout=30) as http,
+    ):
+        client.submit(_job("to-cancel"))
+        assert http.post("/v1/jobs", json=_job("gw-cancel")).status_code == 202
+        full.fill(0.5)
+        full.squeeze()
+        with pytest.raises(RedisFullError) as caught:
+            client.cancel("to-cancel")
+        assert "cancelling the job" in str(caught.value) and caught.value.max_bytes == 1_048_576
+
+        async def async_cancel() -> None:
+            aclient = AsyncClient(settings=_settings(full))
+            try:
+                with pytest.raises(RedisFullError):
+                    await aclient.cancel("to-cancel")
+            finally:
+                await aclient.aclose()
+
+        asyncio.run(async_cancel())
+        response = http.post("/v1/jobs/gw-cancel/cancel")
+        assert response.status_code == 503, response.text
+        assert int(response.headers["retry-after"]) >= 1
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["code"] == "redis_full"
+        full.free()
+        assert client.cancel("to-cancel") is True
+        assert http.post("/v1/jobs/gw-cancel/cancel").status_code < 300
+
+
 # --- with a worker: running jobs finish, a batch pauses and resumes -----------------------------------------
 
 
