@@ -240,6 +240,17 @@ class Channel(SchedulingChannel):
         credit = self.qos.can_consume_max_estimate()
         return batch if credit is None else max(0, min(batch, int(credit)))
 
+    def maybe_refresh_binding_expiry(self) -> None:
+        """kombu's refresh of expiring queues' bindings (Celery's pidbox, every poll cycle), which
+        while Redis refuses writes (full at ``maxmemory``) says so in one quiet line and tries again
+        at the next cycle, instead of kombu's warning with a full traceback every second."""
+        try:
+            super().maybe_refresh_binding_expiry()  # type: ignore[misc]  # kombu 5.5, not in its stubs
+        except redis.ResponseError as exc:
+            if not refused_for_memory(exc):
+                raise
+            log.debug("broker: Redis refuses writes (full at maxmemory); bindings refreshed later")
+
     def _script(self, source: str) -> Any:
         scripts = self._scripts
         script = scripts.get(source)

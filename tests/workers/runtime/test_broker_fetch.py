@@ -22,6 +22,7 @@ import redis
 from kombu import Connection, Consumer, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
+from tests.support.fullredis import FullRedis
 from tests.support.waits import until
 from workers.connections.schedtransport import SchedulingTransport
 from workers.connections.schedule import FETCH, bell_key, script, tenant_list
@@ -665,3 +666,24 @@ def test_without_a_window_each_ack_leaves_redis_at_once(url: str, redis_client: 
         assert message is not None
         message.ack()
         assert channel.pending_acks() == [] and _held(redis_client) == (0, 0)
+
+
+def test_a_binding_refresh_redis_refuses_at_maxmemory_logs_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """An expiring queue's binding refresh (Celery's pidbox: every poll cycle) is a write: while Redis
+    is full kombu logged it with a full traceback every second; the worker's channel says it in one
+    quiet line and refreshes once Redis takes writes again."""
+    with FullRedis(maxmemory_mb=16) as full, _connection(full.url) as conn:
+        channel = conn.channel()
+        queue = Queue("expiring", Exchange("expiring", type="fanout"), expires=60)
+        queue.bind(channel).declare()
+        channel._active_queues.append("expiring")
+        full.fill(0.5)
+        full.squeeze()
+        with caplog.at_level("DEBUG"):
+            conn.transport.cycle.maybe_refresh_binding_expiry()
+        noisy = [r for r in caplog.records if r.exc_info and r.levelno >= 30]
+        assert noisy == [], [r.getMessage() for r in noisy]
+        full.free()
+        channel._binding_expiry_refreshed_at = float("-inf")
+        conn.transport.cycle.maybe_refresh_binding_expiry()  # taken now: no error
+        assert channel._binding_expiry_refreshed_at != float("-inf")
