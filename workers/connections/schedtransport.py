@@ -98,7 +98,8 @@ class SchedulingChannel(kombu_redis.Channel):
         count = self._size(queue)
         prefix = queue_prefix(queue)
         with self.conn_or_acquire() as client:
-            doomed = [queue, *(f"{prefix}{name}" for name in ("classes", "blocked", "parked", "parkedkeys", "freed"))]
+            names = ("classes", "blocked", "parked", "parkedc", "parkedkeys", "freed")
+            doomed = [queue, *(f"{prefix}{name}" for name in names)]
             for pattern in ("l:*", "ring:*", "blk:*", "park:*", "pending:*"):
                 doomed.extend(client.scan_iter(match=f"{_escape(prefix)}{pattern}", count=1000))
             client.delete(*doomed)

@@ -28,6 +28,7 @@ __all__ = [
     "REGISTER",
     "RELEASE",
     "RESTORE",
+    "VIEW",
     "Attributes",
     "attributes_of",
     "bell_key",
@@ -46,6 +47,8 @@ HELD_KEY = "llmq:sched:held"
 
 #: Script names (files under ``lua/``, each run with ``sched_lib.lua`` before it).
 PUSH, REGISTER, FETCH, RELEASE, RESTORE, CLAIM = "push", "register", "fetch", "release", "restore", "claim"
+#: The read-only script of ``llmq queues``' view (``workers/connections/schedview.py``).
+VIEW = "view"
 
 
 def queue_prefix(queue: str) -> str:

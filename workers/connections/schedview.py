@@ -1,9 +1,9 @@
 """A queue's schedule as numbers: per class and tenant, how many jobs wait, run, and since when.
 
-Read from the scheduler's state (``workers/connections/schedule.py``) with a handful of commands,
-for ``llmq queues`` and the worker's queue metrics: the rings and blocked sets name the tenants
-with queued work, each list's tail is its oldest job, the held hash names what runs. Not atomic
-across those reads (a job may be counted queued and running in the same view); nothing here writes.
+Read from the scheduler's state (``workers/connections/schedule.py``) in one step (``lua/view.lua``),
+for ``llmq queues``, the gateway's ``/v1/queues`` and the worker's queue metrics: the rings and
+blocked sets name the tenants with queued work, each list's tail is its oldest job, the parked
+counts are kept per class and tenant, the held hash names what runs. Nothing here writes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from workers.connections.schedule import HELD_KEY, attributes_of, queue_prefix, tenant_list
+from workers.connections.schedule import VIEW, attributes_of, queue_prefix, script
 from workers.contract.schedule import PRIORITIES
 
 __all__ = ["ClassView", "QueueView", "TenantView", "queue_view"]
@@ -59,8 +59,12 @@ class QueueView:
     def queued(self) -> int:
         return sum(c.queued for c in self.classes) + self.unscheduled
 
+    @property
+    def running(self) -> int:
+        return sum(c.running for c in self.classes)
+
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "queued": self.queued}
+        return {**asdict(self), "queued": self.queued, "running": self.running}
 
 
 def _submitted_at(payload: bytes | None) -> float | None:
@@ -79,66 +83,40 @@ def _older(a: float | None, b: float | None) -> float | None:
 
 
 def queue_view(client: Any, queue: str, now: float | None = None) -> QueueView:
-    """The schedule of ``queue`` on ``client`` (a sync redis-py client of the broker's Redis)."""
+    """The schedule of ``queue`` on ``client`` (a sync redis-py client of the broker's Redis), read in
+    one step (:data:`~workers.connections.schedule.VIEW`): a job a worker takes meanwhile is counted
+    queued or running, never both nor neither."""
     now = time.time() if now is None else now
-    prefix = queue_prefix(queue)
     rows: dict[tuple[str, str], TenantView] = {}
 
     def row(priority: str, tenant: str) -> TenantView:
         return rows.setdefault((priority, tenant), TenantView(priority, tenant))
 
-    pipe = client.pipeline(transaction=False)
-    for priority in PRIORITIES:
-        pipe.zrange(f"{prefix}ring:{priority}", 0, -1)
-    pipe.smembers(f"{prefix}blocked").smembers(f"{prefix}parkedkeys").hgetall(HELD_KEY).llen(queue)
-    *rings, blocked, parked_keys, held, unscheduled = pipe.execute()
-    waiting: set[tuple[str, str]] = set()
-    for name, members in zip(PRIORITIES, rings, strict=True):
-        waiting.update((name, _text(t)) for t in members)
-    blocked_tenants = [_text(t) for t in blocked]
-    if blocked_tenants:
-        pipe = client.pipeline(transaction=False)
-        for tenant in blocked_tenants:
-            pipe.smembers(f"{prefix}blk:{tenant}")
-        for tenant, classes in zip(blocked_tenants, pipe.execute(), strict=True):
-            for klass in classes:
-                waiting.add((_text(klass), tenant))
-                row(_text(klass), tenant).at_limit = True
-    ordered = sorted(waiting)
-    if ordered:
-        pipe = client.pipeline(transaction=False)
-        for klass, tenant in ordered:
-            pipe.llen(tenant_list(queue, klass, tenant)).lindex(tenant_list(queue, klass, tenant), -1)
-        replies = pipe.execute()
-        for i, (klass, tenant) in enumerate(ordered):
-            view = row(klass, tenant)
-            view.queued += int(replies[2 * i])
-            at = _submitted_at(replies[2 * i + 1])
-            view.oldest_wait_s = _older(view.oldest_wait_s, None if at is None else max(0.0, now - at))
-    keys = [_text(k) for k in parked_keys]
-    if keys:
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.llen(f"{prefix}park:{key}").lindex(f"{prefix}park:{key}", -1)
-        replies = pipe.execute()
-        for i, key in enumerate(keys):
-            oldest = replies[2 * i + 1]
-            if not oldest:
-                continue
-            try:
-                found = attributes_of(json.loads(oldest))
-            except ValueError:
-                continue
-            view = row(found.priority, key.split(":", 1)[0])
-            count = int(replies[2 * i])
-            view.queued += count
-            view.parked += count
-            at = _submitted_at(oldest)
-            view.oldest_wait_s = _older(view.oldest_wait_s, None if at is None else max(0.0, now - at))
-    for value in held.values():
-        parts = _text(value).split("\t")
-        if len(parts) == 4 and parts[0] == prefix:
-            row(parts[1], parts[2]).running += 1
+    def waited(view: TenantView, payload: bytes | None) -> None:
+        at = _submitted_at(payload)
+        view.oldest_wait_s = _older(view.oldest_wait_s, None if at is None else max(0.0, now - at))
+
+    found = client.register_script(script(VIEW))(keys=[queue, queue_prefix(queue)], client=client)
+    unscheduled, lists, limited, parks, parked, held = found
+    for i in range(0, len(lists), 4):
+        view = row(_text(lists[i]), _text(lists[i + 1]))
+        view.queued += int(lists[i + 2])
+        waited(view, lists[i + 3] or None)
+    for i in range(0, len(limited), 2):
+        row(_text(limited[i]), _text(limited[i + 1])).at_limit = True
+    for i in range(0, len(parked), 2):
+        klass, _, tenant = _text(parked[i]).partition("\t")
+        view = row(klass, tenant)
+        view.queued += int(parked[i + 1])
+        view.parked += int(parked[i + 1])
+    for i in range(0, len(parks), 2):
+        try:
+            oldest = attributes_of(json.loads(parks[i + 1]))
+        except (ValueError, AttributeError):
+            continue
+        waited(row(oldest.priority, _text(parks[i]).split(":", 1)[0]), parks[i + 1])
+    for i in range(0, len(held), 3):
+        row(_text(held[i]), _text(held[i + 1])).running += int(held[i + 2])
     tenants = sorted(
         rows.values(), key=lambda v: (PRIORITIES.index(v.priority) if v.priority in PRIORITIES else 9, v.tenant)
     )

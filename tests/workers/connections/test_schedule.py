@@ -397,3 +397,71 @@ def test_the_view_counts_queued_running_parked_and_blocked_per_class_and_tenant(
     assert classes == {"interactive": (1, 1), "normal": (0, 1), "bulk": (2, 1)}
     assert view.queued == 3 == channel._size(QUEUE)
     assert view.as_json()["queued"] == 3
+
+
+def test_parked_jobs_count_in_their_own_class(redis_client: redis.Redis, sender: Sender, channel: Channel) -> None:
+    """One key's parked jobs of two classes: each class's row counts its own (they were all counted in
+    the class of the key's oldest parked job)."""
+    sender.send("t", "bulk", key="k")
+    sender.send("t", "interactive", key="k")
+    sender.send("t", "bulk", key="k")
+    sender.send("t", "interactive", key="k")
+    assert _classes(_take(channel, 10)) == ["bulk"]  # the first runs (oldest), three park
+    view = queue_view(redis_client, QUEUE)
+    rows = {(r.priority, r.tenant): (r.queued, r.running, r.parked) for r in view.tenants}
+    assert rows == {("interactive", "t"): (2, 0, 2), ("bulk", "t"): (1, 1, 1)}
+    assert {c.priority: (c.queued, c.running) for c in view.classes} == {
+        "interactive": (2, 0),
+        "normal": (0, 0),
+        "bulk": (1, 1),
+    }
+
+
+class _MovingRedis(redis.Redis):
+    """A client that lets a worker take a job right after the view's first round trip (what happens
+    under load between two reads that are not one step)."""
+
+    move: Any = None
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        execute, owner = pipe.execute, self
+
+        def moving(*args: Any, **kwargs: Any) -> Any:
+            reply = execute(*args, **kwargs)
+            owner._moved()
+            return reply
+
+        pipe.execute = moving  # type: ignore[method-assign]
+        return pipe
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        reply = super().execute_command(*args, **options)
+        if args and str(args[0]).upper() in ("EVALSHA", "EVAL"):
+            self._moved()
+        return reply
+
+    def _moved(self) -> None:
+        move, self.move = self.move, None
+        if move is not None:
+            move()
+
+
+def test_the_view_is_one_instant_jobs_taken_meanwhile_are_counted_once(
+    redis_url: str, sender: Sender, channel: Channel
+) -> None:
+    """A job a worker takes while the view reads is counted queued or running, never neither: the view
+    is read in one step (it was four round trips: a job taken between the first, which read the held
+    jobs, and the third, which read the lists, was in no count)."""
+    for _ in range(5):
+        sender.send("t")
+    _take(channel, 2)
+    client = _MovingRedis.from_url(redis_url)
+    try:
+        client.move = lambda: _take(channel, 1)
+        view = queue_view(client, QUEUE)
+        assert client.move is None  # the worker did take one during the read
+    finally:
+        client.close()
+    assert sum(c.queued for c in view.classes) + sum(c.running for c in view.classes) == 5
+    assert view.as_json()["running"] in (2, 3)

@@ -65,6 +65,7 @@ local function wake(P)
         for i = #items, 1, -1 do
           local ok, msg = pcall(cjson.decode, items[i])
           local c = attributes(ok and msg or nil)
+          unpark_count(P, c, t)
           push(P, c, t, items[i], true)
         end
       end
@@ -121,9 +122,7 @@ local function pick(Q, P)
     local tk = t .. ':' .. k
     if redis.call('SCARD', P .. 'run:k:' .. tk) >= key_cap(t, k) then
       redis.call('RPOP', L)
-      redis.call('LPUSH', P .. 'park:' .. tk, item)
-      redis.call('SADD', P .. 'parkedkeys', tk)
-      redis.call('HINCRBY', P .. 'parked', t, 1)
+      park(P, c, t, k, item, false)
       if redis.call('LLEN', L) == 0 then
         redis.call('ZREM', R, t)
         left(P, c)

@@ -12,6 +12,7 @@
 --   P..'run:k:<tenant>:<key>' set    the same per concurrency key
 --   P..'park:<tenant>:<key>'  list   messages waiting for a slot of their concurrency key (oldest at the tail)
 --   P..'parked'               hash   tenant -> messages parked; P..'parkedkeys' set of '<tenant>:<key>' with some
+--   P..'parkedc'              hash   '<class><TAB><tenant>' -> messages parked (what llmq queues shows per class)
 --   P..'freed'                set    'k:<tenant>:<key>' / 't:<tenant>' that freed a slot something waits for
 --   P..'pending:<tenant>'     zset   job ids registered, message not pushed yet (max_queued tenants only)
 --   P..'bell'                 list   one token while there may be work to take: what consumers wait on
@@ -146,6 +147,28 @@ local function release(tag)
     end
   end
   if waiting then ring_bell(P) end
+end
+
+-- a message of class c, tenant t, concurrency key k waits for a slot of its key: onto the key's parked
+-- list, at the head (taken after the ones parked) or at the tail (the oldest: woken first)
+local function park(P, c, t, k, item, at_tail)
+  local tk = t .. ':' .. k
+  if at_tail then
+    redis.call('RPUSH', P .. 'park:' .. tk, item)
+  else
+    redis.call('LPUSH', P .. 'park:' .. tk, item)
+  end
+  redis.call('SADD', P .. 'parkedkeys', tk)
+  redis.call('HINCRBY', P .. 'parked', t, 1)
+  redis.call('HINCRBY', P .. 'parkedc', c .. '\t' .. t, 1)
+end
+
+-- a parked message of class c, tenant t leaves its key's list: no longer counted in its class
+local function unpark_count(P, c, t)
+  local field = c .. '\t' .. t
+  if redis.call('HINCRBY', P .. 'parkedc', field, -1) <= 0 then
+    redis.call('HDEL', P .. 'parkedc', field)
+  end
 end
 
 -- how many messages tenant t has queued in P (lists, parked, and registrations not pushed yet)
