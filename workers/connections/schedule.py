@@ -13,6 +13,8 @@ by workers at start from their ``[scheduling]`` and ``[tenants]`` tables (:func:
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any, NamedTuple
@@ -40,7 +42,8 @@ __all__ = [
 ]
 
 #: The published configuration (fields: ``cw:<class>``, ``w:<tenant>``, ``mc:``, ``mq:``, ``kc:``,
-#: ``kx:<key>``, ``kp``, ``kc``, ``ra``; tenant ``*`` holds the defaults for tenants not named).
+#: ``kx:<key>``, ``kp``, ``kc``, ``ra``; tenant ``*`` holds the defaults for tenants not named; ``v``
+#: its version, a digest of the others).
 CONF_KEY = "llmq:sched:conf"
 #: Delivery tag -> where the held message counts (its queue's prefix, class, tenant, key).
 HELD_KEY = "llmq:sched:held"
@@ -145,8 +148,13 @@ def _num(value: float) -> str:
 
 def publish_conf(client: Any, fields: Mapping[str, str]) -> bool:
     """Replace the published configuration with ``fields`` in one transaction; True when it changed
-    (another worker with another configuration had published before: the last one wins)."""
-    wanted = {k: str(v) for k, v in fields.items()}
+    (another worker with another configuration had published before: the last one wins).
+
+    The configuration carries its version (``v``, a digest of the fields): the next fetch of each
+    queue that sees a new one looks again at the tenants waiting at their cap and the parked keys,
+    so a cap raised takes effect at once, not when one of the running jobs ends."""
+    wanted = {k: str(v) for k, v in fields.items() if k != "v"}
+    wanted["v"] = hashlib.sha1(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
     current = {_text(k): _text(v) for k, v in (client.hgetall(CONF_KEY) or {}).items()}
     if current == wanted:
         return False

@@ -465,3 +465,26 @@ def test_the_view_is_one_instant_jobs_taken_meanwhile_are_counted_once(
         client.close()
     assert sum(c.queued for c in view.classes) + sum(c.running for c in view.classes) == 5
     assert view.as_json()["running"] in (2, 3)
+
+
+def test_a_raised_cap_takes_effect_at_the_next_fetch_not_after_a_job_ends(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    """A tenant's max_concurrency and a key's cap raised in the configuration (a worker started with
+    the new file) while the tenant waits at its cap and the key's jobs are parked: the next fetch
+    takes the new room. (They waited for one of the running jobs to end first: minutes with long
+    calls, forever for nothing if those jobs were held by a worker that went away.)"""
+    _conf(redis_client, tenants={"capped": {"max_concurrency": 1}})
+    for _ in range(4):
+        sender.send("capped")
+    for _ in range(4):
+        sender.send("t", key="doc")
+    assert Counter(_tenants(_take(channel, 10))) == {"capped": 1, "t": 1}
+    assert _take(channel, 10) == []  # both wait: the tenant at its cap, three parked on the key
+    _conf(redis_client, tenants={"capped": {"max_concurrency": 3}}, key_concurrency=2)
+    assert Counter(_tenants(_take(channel, 10))) == {"capped": 2, "t": 1}
+    _conf(redis_client, tenants={"capped": {"max_concurrency": 3}}, keys={"doc": 4})
+    assert Counter(_tenants(_take(channel, 10))) == {"t": 2}
+    assert redis_client.scard(f"{P}run:t:capped") == 3 and redis_client.scard(f"{P}run:k:t:doc") == 4
+    _conf(redis_client)  # caps lifted
+    assert Counter(_tenants(_take(channel, 10))) == {"capped": 1}

@@ -35,6 +35,22 @@ end
 -- messages, as many as it has free slots, go back to the tail of their tenant's lists, oldest next
 local function wake(P)
   local freed = redis.call('SPOP', P .. 'freed', 1000)
+  -- a configuration published since this queue's last fetch (a worker started with another file)
+  -- may give a tenant at its cap or a parked key more room: look at each of them as if a slot freed
+  local version = conf('v')
+  if version and redis.call('GET', P .. 'confv') ~= version
+      and redis.pcall('SET', P .. 'confv', version)['ok'] then
+    local noted = {}
+    for _, note in ipairs(freed) do noted[note] = true end
+    local function note(n)
+      if not noted[n] then
+        noted[n] = true
+        freed[#freed + 1] = n
+      end
+    end
+    for _, t in ipairs(redis.call('SMEMBERS', P .. 'blocked')) do note('t:' .. t) end
+    for _, tk in ipairs(redis.call('SMEMBERS', P .. 'parkedkeys')) do note('k:' .. tk) end
+  end
   for _, note in ipairs(freed) do
     local kind, rest = string.sub(note, 1, 1), string.sub(note, 3)
     if kind == 't' then
