@@ -488,3 +488,23 @@ def test_a_raised_cap_takes_effect_at_the_next_fetch_not_after_a_job_ends(
     assert redis_client.scard(f"{P}run:t:capped") == 3 and redis_client.scard(f"{P}run:k:t:doc") == 4
     _conf(redis_client)  # caps lifted
     assert Counter(_tenants(_take(channel, 10))) == {"capped": 1}
+
+
+def test_a_restored_job_whose_key_has_parked_jobs_is_next_for_its_key(
+    redis_client: redis.Redis, sender: Sender, channel: Channel
+) -> None:
+    """A dead worker's job, given back while later jobs of its key are parked, is the next of its key
+    to run (it went behind them: parked again as the newest)."""
+    first, second, third = (sender.send("t", key="k") for _ in range(3))
+    taken = _take(channel, 10)
+    assert _ids(taken) == [first]
+    channel.qos.restore_by_tag(taken[0].tag)  # the worker holding it died
+    assert redis_client.scard(f"{P}run:k:t:k") == 0
+    order = []
+    for _ in range(3):
+        got = _take(channel, 10)
+        order += _ids(got)
+        channel.release([f.tag for f in got])
+    assert order == [first, second, third]
+    view = queue_view(redis_client, QUEUE)
+    assert view.queued == 0 and redis_client.hget(f"{P}parked", "t") == b"0"
