@@ -351,7 +351,7 @@ class LLMQConfig(_Strict):
     @classmethod
     def _tenants(cls, tenants: dict[str, TenantConfig]) -> dict[str, TenantConfig]:
         for name in tenants:
-            if not TENANT_NAME.match(name):
+            if not TENANT_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a tenant name (1-64 letters, digits, '_', '.', '-') or '*'")
         return tenants
 

@@ -77,3 +77,46 @@ def test_a_cached_route_must_be_a_route_alias() -> None:
         LLMQConfig.model_validate({"routes": routes, "cache": {"routes": {"chaep": {"ttl_s": 60}}}})
     with pytest.raises(ValidationError, match="not a route alias"):
         LLMQConfig.model_validate({"cache": {"routes": {"openai:gpt-4o-mini": {}}}})
+
+
+@pytest.mark.parametrize(
+    ("table", "field"),
+    [
+        ("[tenants.acme]\nweight = true", "tenants.acme.weight"),
+        ('[tenants.acme]\nweight = "3"', "tenants.acme.weight"),
+        ("[tenants.acme]\nmax_queued = true", "tenants.acme.max_queued"),
+        ('[tenants.acme]\nmax_concurrency = "5"', "tenants.acme.max_concurrency"),
+        ("[tenants.acme]\nkey_concurrency = 2.5", "tenants.acme.key_concurrency"),
+        ('[scheduling]\nweights = { interactive = "8" }', "scheduling.weights.interactive"),
+        ("[scheduling]\nkey_concurrency = true", "scheduling.key_concurrency"),
+        ('[scheduling.keys]\n"doc:*" = false', "scheduling.keys.doc:*"),
+        ('[scheduling]\nqueue_full_retry_after_s = "2"', "scheduling.queue_full_retry_after_s"),
+        ('[tenants."acme\\n"]\nweight = 2', "tenants"),
+        ('[scheduling.keys]\n"doc\\n" = 2', "scheduling.keys"),
+    ],
+)
+def test_scheduling_numbers_must_be_numbers_and_names_have_no_newline(tmp_path: Path, table: str, field: str) -> None:
+    """A weight or cap written as a string or a boolean is a config error naming it (``true`` was taken
+    as 1 and ``"3"`` as 3), and a tenant name or key with a trailing newline is refused like any other
+    character outside the name's set."""
+    from workers.llm.errors import ConfigurationError
+    from workers.routes import load_config
+
+    path = tmp_path / "llmq.toml"
+    path.write_text(table + "\n")
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(path)
+    assert f"{field}:" in str(caught.value), str(caught.value)
+
+
+def test_scheduling_numbers_as_toml_numbers_load(tmp_path: Path) -> None:
+    from workers.routes import load_config
+
+    path = tmp_path / "llmq.toml"
+    path.write_text(
+        "[scheduling]\nweights = { interactive = 8, bulk = 0.5 }\nkey_concurrency = 2\nqueue_full_retry_after_s = 1\n"
+        '[scheduling.keys]\n"doc:*" = 3\n[tenants.acme]\nweight = 2.5\nmax_concurrency = 5\nmax_queued = 100\n'
+    )
+    config = load_config(path)
+    assert config.scheduling.weights == {"interactive": 8.0, "bulk": 0.5}
+    assert config.tenants["acme"].max_queued == 100 and config.tenants["acme"].weight == 2.5

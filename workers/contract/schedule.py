@@ -50,7 +50,7 @@ def sched_header(
     """The :data:`SCHED_HEADER` value of a job with these attributes."""
     header: dict[str, object] = {"priority": priority, "tenant": tenant}
     if concurrency_key is not None:
-        if not _KEY.match(concurrency_key):
+        if not _KEY.fullmatch(concurrency_key):
             raise ValueError("a concurrency_key is 1-200 characters without whitespace")
         header["concurrency_key"] = concurrency_key
     if submitted_at is not None:
@@ -84,7 +84,8 @@ class SchedulingConfig(BaseModel):
         "user:vip" = 10
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a weight or cap is a TOML number (``true`` was taken as 1, ``"3"`` as 3)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     weights: dict[Priority, Annotated[float, Field(gt=0, le=1_000_000)]] = Field(default_factory=dict)
     key_concurrency: Annotated[int, Field(ge=1)] = 1
@@ -95,7 +96,7 @@ class SchedulingConfig(BaseModel):
     @classmethod
     def _keys(cls, keys: dict[str, int]) -> dict[str, int]:
         for key in keys:
-            if not _KEY.match(key) or "*" in key[:-1]:
+            if not _KEY.fullmatch(key) or "*" in key[:-1]:
                 raise ValueError(f"{key!r} is not a concurrency key or a prefix ending in '*' (no whitespace)")
         return keys
 
@@ -103,7 +104,8 @@ class SchedulingConfig(BaseModel):
 class TenantConfig(BaseModel):
     """A ``[tenants.<name>]`` table (``[tenants."*"]``: the defaults for tenants not named)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a weight or cap is a TOML number (``true`` was taken as 1, ``"3"`` as 3)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     #: Its share of a class against other tenants with work in the class (default 1).
     weight: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
@@ -115,5 +117,5 @@ class TenantConfig(BaseModel):
     key_concurrency: Annotated[int, Field(ge=1)] | None = None
 
 
-#: A ``[tenants.<name>]`` name: a tenant (as jobs name them) or ``*``.
+#: A ``[tenants.<name>]`` name: a tenant (as jobs name them) or ``*`` (whole: ``fullmatch``).
 TENANT_NAME = re.compile(r"^(\*|[A-Za-z0-9_.-]{1,64})$")
