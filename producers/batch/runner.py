@@ -310,7 +310,8 @@ class BatchRunner:
                     self.summary.pauses += 1
                     self.progress.message(f"llmq batch: paused at line {line}: {exc}")
                 self._wait(exc.retry_after_s if exc.retry_after_s is not None else self.REFUSED_RETRY_S)
-                if self.stop_requested:
+                if self.stop_requested:  # the summary counts the pause it was stopped in too
+                    self.summary.paused_s += time.monotonic() - paused_at
                     return None
                 continue
             if paused_at is not None:

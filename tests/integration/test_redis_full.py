@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -392,3 +394,26 @@ def test_a_batch_pauses_at_the_watermark_and_resumes_every_line_once(
     assert any("resumed at line" in m for m in progress.messages)
     paused = next(m for m in progress.messages if "paused at line" in m)
     assert "is full" in paused and 10 < int(paused.split("paused at line ")[1].split(":")[0]) < lines
+
+
+def test_a_batch_stopped_while_paused_counts_that_pause(full: FullRedis, tmp_path: Path) -> None:
+    """Ctrl-C while the batch is paused on a full Redis: nothing is sent, the line is left for a rerun,
+    and the summary counts the time spent in that pause (it said "paused 1 time(s), 0s in all")."""
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"custom_id": f"c{i}", "prompt": f"line {i}"}) + "\n" for i in range(3)))
+    output = tmp_path / "out.jsonl"
+
+    class StopWhenPaused(_Recorder):
+        def message(self, text: str) -> None:
+            super().message(text)
+            if "paused at line" in text:
+                os.kill(os.getpid(), signal.SIGINT)  # the run's own Ctrl-C handler: stop after this wait
+
+    progress = StopWhenPaused(lambda c: None)
+    full.fill(0.95)
+    with Client(settings=_settings(full)) as client:
+        client.memory.retry_after_s = 0.2
+        summary = run_batch(source, output, model=MODEL, window=4, client=client, progress=progress)
+    assert summary.interrupted and summary.pauses == 1 and summary.submitted == 0
+    assert summary.paused_s > 0, summary
+    assert _queued(full) == 0
