@@ -11,14 +11,16 @@ Bounded: at most ``max_pending`` are kept; a job whose settlement finds the keep
 itself until Redis takes it (it waits, holding its slot, as the ending would). Counted:
 ``llmq_settles_refused_total``, ``llmq_settles_pending``, ``llmq_settles_journaled_total``.
 Never dropped: when the worker stops (:meth:`SettleKeeper.close`) with settlements Redis still
-refuses, they are appended to a journal file (JSON lines, ``LLMQ_SETTLE_JOURNAL``), which the next
-worker started with the same journal settles first (:meth:`SettleKeeper.replay`).
+refuses, they are appended to a journal file (JSON lines, ``LLMQ_SETTLE_JOURNAL``; by default one
+per ledger Redis, :func:`default_journal`), which the next worker started with the same journal
+settles first (:meth:`SettleKeeper.replay`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -88,10 +91,18 @@ class PendingSettle:
         return cls(reservation, int(d["actual_micros"]), bool(d.get("release", False)))
 
 
-def default_journal() -> Path:
-    """``$XDG_STATE_HOME/llmq/unsettled.jsonl`` (``~/.local/state`` without the variable)."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "llmq" / "unsettled.jsonl"
+def default_journal(redis_url: str | None = None) -> Path:
+    """``$XDG_STATE_HOME/llmq/unsettled-<ledger>.jsonl`` (``~/.local/state`` without the variable):
+    one file per ledger Redis (``<ledger>``: a digest of ``redis_url`` without its credentials), so a
+    worker of another deployment on the same host never settles this one's calls into its own ledger
+    (the settlements name no Redis). ``unsettled.jsonl`` without a URL."""
+    base = Path(os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")) / "llmq"
+    if not redis_url:
+        return base / "unsettled.jsonl"
+    parts = urlsplit(redis_url)
+    where = parts.netloc.rsplit("@", 1)[-1]  # credentials differ per user, the ledger does not
+    digest = hashlib.sha256(f"{parts.scheme}://{where}{parts.path}".encode()).hexdigest()[:12]
+    return base / f"unsettled-{digest}.jsonl"
 
 
 class _Metrics:

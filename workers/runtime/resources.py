@@ -316,7 +316,7 @@ class WorkerResources:
         ledger.keeper = SettleKeeper(
             ledger.settle_now,
             release=ledger.release_now,
-            journal=Path(settings.settle_journal) if settings.settle_journal else default_journal(),
+            journal=Path(settings.settle_journal) if settings.settle_journal else default_journal(settings.redis_url),
             max_pending=settings.settle_keep_max,
             registry=metrics.registry,
         )

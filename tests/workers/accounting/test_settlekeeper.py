@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from tests.support.waits import until
 from workers.accounting.ledger import LedgerUnavailableError
 from workers.accounting.money import Reservation
-from workers.accounting.settlekeeper import PendingSettle, SettleKeeper
+from workers.accounting.settlekeeper import PendingSettle, SettleKeeper, default_journal
 
 
 class FakeLedger:
@@ -211,3 +211,25 @@ def test_workers_of_one_host_sharing_the_journal_lose_no_line(tmp_path: Path) ->
     read += SettleKeeper(ledger.settle_now, journal=journal, background=False).replay()
     assert read == len(ledger.charged) == 2 * rounds * 40
     assert list(tmp_path.iterdir()) == []
+
+
+def test_workers_of_two_deployments_on_one_host_settle_only_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default journal is one file per ledger Redis: a worker of another deployment (another Redis)
+    started on the same host does not settle this one's refused calls into its own ledger (the lines
+    name no Redis), and the next worker of this deployment does, whatever password it uses."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    prod, staging = FakeLedger(), FakeLedger()
+    stopping = SettleKeeper(
+        prod.settle_now, journal=default_journal("redis://:pw@prod:6379/0"), sleep=lambda s: None, background=False
+    )
+    stopping.keep(_r("prod-job"), 42, LedgerUnavailableError("full"))
+    assert stopping.close(timeout_s=0) == 1
+    staging.full = prod.full = False
+    assert SettleKeeper(staging.settle_now, journal=default_journal("redis://staging:6379/0")).replay() == 0
+    assert SettleKeeper(staging.settle_now, journal=default_journal("redis://prod:6379/1")).replay() == 0
+    assert staging.charged == {}
+    assert SettleKeeper(prod.settle_now, journal=default_journal("redis://user:other@prod:6379/0")).replay() == 1
+    assert prod.charged == {"prod-job#1": 42}
+    assert default_journal("redis://prod:6379/0").parent == tmp_path / "llmq"
