@@ -123,10 +123,14 @@ class Gateway:
         text = client.no_worker_text(client.queue_of(meta), presences)
         try:
             await client.cancel(job_id)
-        except RedisFullError as exc:  # the job stays queued for a worker that comes
+        except RedisFullError as exc:  # a full Redis also keeps workers from renewing their presence
             log.warning("job %s: %s; answered 503, not cancelled: %s", job_id, text, exc)
-        else:
-            log.warning("job %s: %s; cancelled and answered 503", job_id, text)
+            message = (
+                f"The job was not started: {text}, and Redis is full (it refused the job's cancel), so the "
+                "job stays queued and runs when a worker takes it."
+            )
+            return FeedError(message, code="no_worker", retry_after_s=exc.retry_after_s or 5)
+        log.warning("job %s: %s; cancelled and answered 503", job_id, text)
         return FeedError(f"The job was not started: {text}. It was cancelled.", code="no_worker", retry_after_s=5)
 
     async def client_gone(self, job_id: str, policy: OnDisconnect, reason: str) -> None:

@@ -417,3 +417,30 @@ def test_a_batch_stopped_while_paused_counts_that_pause(full: FullRedis, tmp_pat
     assert summary.interrupted and summary.pauses == 1 and summary.submitted == 0
     assert summary.paused_s > 0, summary
     assert _queued(full) == 0
+
+
+def test_a_chat_whose_job_no_worker_took_while_redis_is_full_is_not_told_it_was_cancelled(full: FullRedis) -> None:
+    """A full Redis refuses the workers' presence renewals too, so a waiting chat may find no live
+    worker; the gateway's cancel of that job is then refused: the 503 says the job stays queued
+    (it said "It was cancelled." of a job that then ran), not a raw Redis error."""
+    from producers.gateway.metrics import GatewayMetrics
+    from producers.gateway.state import Gateway
+
+    async def check() -> str:
+        client = AsyncClient(settings=_settings(full, queue="nobody-home"))
+        gateway = Gateway(GatewaySettings(redis_url=full.url, queue="nobody-home"), client, GatewayMetrics())
+        try:
+            await client.submit(_job("unstarted"))
+            full.fill(0.5)
+            full.squeeze()
+            refused = await gateway._no_worker("unstarted")
+        finally:
+            await client.aclose()
+        assert refused is not None and refused.code == "no_worker"
+        return refused.message
+
+    message = asyncio.run(check())
+    assert "no worker consumes queue 'nobody-home'" in message and "stays queued" in message, message
+    assert "It was cancelled" not in message
+    full.free()
+    assert _registered(full, "unstarted") and not full.redis.exists(JobKeys("unstarted").cancel)
