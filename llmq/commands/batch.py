@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from llmq.commands.params import priority_arg
 from producers.batch import BatchFileError, BatchProgress, BatchValidationError, run_batch
 from workers.contract.schedule import PRIORITIES
 
@@ -48,6 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--tenant", help="tenant for every job (budget scope)")
     p.add_argument(
         "--priority",
+        type=priority_arg,
         choices=PRIORITIES,
         default="bulk",
         help="scheduling class of lines that name none (a line's 'priority' field wins; default bulk)",

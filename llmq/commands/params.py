@@ -20,8 +20,9 @@ from typing import Any
 
 from workers.contract import RequestParams
 from workers.contract.catalog import close_names
+from workers.contract.schedule import PRIORITIES, priority_error
 
-__all__ = ["add_param_args", "apply_params", "image_part"]
+__all__ = ["add_param_args", "apply_params", "image_part", "priority_arg"]
 
 
 def add_param_args(p: argparse.ArgumentParser) -> None:
@@ -113,3 +114,10 @@ def apply_params(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, Any
         user = job["messages"][-1]
         user["content"] = [{"type": "text", "text": user["content"]}, *(image_part(i) for i in args.image)]
     return job
+
+
+def priority_arg(value: str) -> str:
+    """``--priority``'s type: a class name, else a usage error with the nearest one (did you mean ...?)."""
+    if value not in PRIORITIES:
+        raise argparse.ArgumentTypeError(priority_error(value))
+    return value

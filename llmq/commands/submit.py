@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from llmq.commands.params import add_param_args, apply_params
+from llmq.commands.params import add_param_args, apply_params, priority_arg
 from llmq.commands.prompts import parse_vars
 from producers.catalog import live_presences
 from producers.client import Client, InvalidJobError, ResultTimeoutError
@@ -35,7 +35,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--tenant", default="default")
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="a spend tag (repeatable)")
     p.add_argument(
-        "--priority", choices=PRIORITIES, default="normal", help="scheduling class (classes share workers by weight)"
+        "--priority",
+        type=priority_arg,
+        choices=PRIORITIES,
+        default="normal",
+        help="scheduling class (classes share workers by weight)",
     )
     p.add_argument("--concurrency-key", metavar="KEY", help="jobs with one key run at most N at once (config)")
     p.add_argument("--id", help="job id (idempotency key)")

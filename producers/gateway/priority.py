@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from producers.gateway.errors import GatewayError
-from workers.contract.schedule import PRIORITIES
+from workers.contract.schedule import PRIORITIES, priority_error
 
 __all__ = ["KEY_HEADER", "PRIORITY_HEADER", "scheduling_fields"]
 
@@ -29,11 +29,7 @@ def scheduling_fields(headers: Mapping[str, str], body: Mapping[str, Any], defau
         if header is not None:
             priority = header.strip().lower()
             if priority not in PRIORITIES:
-                raise GatewayError(
-                    400,
-                    f"{PRIORITY_HEADER} must be one of {', '.join(PRIORITIES)}; got {header!r}",
-                    param=PRIORITY_HEADER,
-                )
+                raise GatewayError(400, f"{PRIORITY_HEADER}: {priority_error(header)}", param=PRIORITY_HEADER)
     fields["priority"] = priority if priority is not None else default
     key = body.get("concurrency_key")
     if key is None and headers.get(KEY_HEADER):

@@ -29,7 +29,13 @@ def test_queues_shows_each_class_and_tenant(redis_url: str, redis_client: redis.
     done = _queues(redis_url, "--json")
     assert done.returncode == 0, done.stderr
     view = json.loads(done.stdout)
-    assert view["queue"] == "llmq" and view["queued"] == 4
+    assert view["queue"] == "llmq" and view["queued"] == 4 and view["running"] == 0
+    # the schema docs/scheduling.md shows
+    assert set(view) == {"queue", "queued", "running", "unscheduled", "at", "classes", "tenants"}
+    assert {frozenset(c) for c in view["classes"]} == {frozenset({"priority", "queued", "running", "oldest_wait_s"})}
+    assert {frozenset(t) for t in view["tenants"]} == {
+        frozenset({"priority", "tenant", "queued", "running", "parked", "at_limit", "oldest_wait_s"})
+    }
     classes = {c["priority"]: c["queued"] for c in view["classes"]}
     assert classes == {"interactive": 1, "normal": 0, "bulk": 3}
     tenants = {(t["tenant"], t["priority"]): (t["queued"], t["running"]) for t in view["tenants"]}

@@ -80,3 +80,31 @@ def test_batch_lines_run_bulk_unless_the_line_or_the_flag_says(
     with pytest.raises(LineError) as bad:
         parse_line(json.dumps({"custom_id": "d", "prompt": "z", "priority": "urgent"}), 2, default_model="openai:x")
     assert bad.value.issues[0].param == "priority"
+
+
+def test_a_misspelt_priority_is_refused_everywhere_with_a_suggestion(
+    gateway: GatewayThread, client: Client, redis_url: str
+) -> None:
+    """An unknown priority is a typed refusal naming the classes and the nearest one: the job field
+    (client, gateway body, batch line), the gateway header and the CLI flag; nothing is queued."""
+    import subprocess
+    import sys
+
+    from producers.errors import InvalidJobError
+
+    with pytest.raises(InvalidJobError) as caught:
+        client.submit({**JOB, "priority": "interactiv"})
+    assert "did you mean 'interactive'?" in str(caught.value)
+    body = _post(gateway, "chat/completions", {**CHAT, "priority": "Bulk"})
+    assert body.status_code == 400 and "did you mean 'bulk'?" in body.json()["error"]["message"]
+    header = _post(gateway, "jobs", JOB, **{"x-llmq-priority": "norma"})
+    assert header.status_code == 400 and "did you mean 'normal'?" in header.json()["error"]["message"]
+    with pytest.raises(LineError) as line:
+        parse_line(json.dumps({"custom_id": "a", "model": JOB["model"], "prompt": "x", "priority": "buk"}), 1)
+    assert "did you mean 'bulk'?" in str(line.value)
+    env = {"PATH": "/usr/bin:/bin", "LLMQ_REDIS_URL": redis_url}
+    cli = subprocess.run(
+        [sys.executable, "-m", "llmq.cli", "submit", "--model", str(JOB["model"]), "--priority", "interactiv", "hi"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert cli.returncode == 2 and "did you mean 'interactive'?" in cli.stderr, cli.stderr

@@ -25,7 +25,7 @@ from workers.contract.messages import MAX_CACHE_BREAKPOINTS, Message, Tool, Tool
 from workers.contract.params import NamedToolChoice, RequestParams
 from workers.contract.prompt import PromptRef
 from workers.contract.providers import ProviderInfo
-from workers.contract.schedule import CONCURRENCY_KEY_PATTERN, DEFAULT_PRIORITY, Priority
+from workers.contract.schedule import CONCURRENCY_KEY_PATTERN, DEFAULT_PRIORITY, PRIORITIES, Priority, priority_error
 
 #: The inline ``template`` is one line of plain ``{name}`` placeholders: no format specs (a spec such
 #: as ``{x:>300000000}`` would make the worker build a 300 MB string), no conversions, no attribute
@@ -146,6 +146,13 @@ class CompletionJob(RequestParams):
     @classmethod
     def _model(cls, value: str) -> str:
         return check_model_ref(value)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, value: object) -> object:
+        if value not in PRIORITIES:
+            raise ValueError(priority_error(value))  # with the nearest class (did you mean ...?)
+        return value
 
     @field_validator("webhook")
     @classmethod

@@ -9,6 +9,7 @@ class to a queue (:func:`class_queue`). Design and trade-offs: ``docs/scheduling
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Literal
 
@@ -25,6 +26,7 @@ __all__ = [
     "TenantConfig",
     "class_queue",
     "class_queues",
+    "priority_error",
     "sched_header",
 ]
 
@@ -34,6 +36,19 @@ PRIORITIES: tuple[Priority, ...] = ("interactive", "normal", "bulk")
 DEFAULT_PRIORITY: Priority = "normal"
 #: How the classes share the workers while all of them have work waiting (``[scheduling] weights``).
 DEFAULT_CLASS_WEIGHTS: dict[Priority, float] = {"interactive": 8.0, "normal": 4.0, "bulk": 1.0}
+
+
+def priority_error(value: object) -> str:
+    """What is wrong with a priority that is not one of :data:`PRIORITIES`, with the nearest one
+    (``'interactiv'``, ``'Bulk'``: did you mean ...?)."""
+    allowed = ", ".join(repr(p) for p in PRIORITIES)
+    message = f"priority must be one of {allowed}; got {value!r}"
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value.strip().lower(), PRIORITIES, n=1, cutoff=0.6)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+    return message
+
 
 #: The Celery message header that carries a job's scheduling attributes (a JSON object:
 #: ``priority``, ``tenant``, ``concurrency_key`` when set, ``submitted_at``).
