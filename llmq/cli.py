@@ -16,11 +16,13 @@ from pydantic import ValidationError
 
 from llmq.preflight import check_broker, explain, ping_redis
 from producers.errors import SubmitRefusedError
+from producers.watermark import is_out_of_memory
 
 __all__ = ["EXIT_REFUSED", "build_parser", "main"]
 
-#: The exit status of a command whose submit the queue refused for now (Redis full, a quota): the
-#: same command later may work. ``EX_TEMPFAIL`` of sysexits.h.
+#: The exit status of a command whose submit the queue refused for now (Redis full, a quota), or
+#: whose write a full Redis refused (``llmq budget set``...): the same command later may work.
+#: ``EX_TEMPFAIL`` of sysexits.h.
 EXIT_REFUSED = 75
 
 #: Modules under ``llmq.commands`` that each define ``register(subparsers)``.
@@ -128,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if line is None:
             raise
         print(line, file=sys.stderr)
-        return 2
+        return EXIT_REFUSED if is_out_of_memory(exc) else 2  # a full Redis: try again later, as a submit
 
 
 #: A command whose reader went away ends as Unix tools do when SIGPIPE kills them (128 + 13).

@@ -14,6 +14,7 @@ from __future__ import annotations
 import redis
 from kombu.exceptions import OperationalError
 
+from workers.connections.oom import OOM_TEXT
 from workers.contract.redaction import shown_url
 
 __all__ = ["Unusable", "broker_line", "check_broker", "explain", "ping_redis", "probe_not_redis", "redis_line", "shown"]
@@ -67,6 +68,11 @@ def redis_line(exc: BaseException, url: str, setting: str = "LLMQ_REDIS_URL") ->
         return (
             f"llmq: Redis at {where} has no such database ({why}); use a database number below its "
             f"`databases` setting (16 by default) at the end of {setting}"
+        )
+    if OOM_TEXT in why:
+        return (
+            f"llmq: Redis at {where} is full: it refused a write (used memory > maxmemory); retry later, or "
+            "give Redis more memory (CONFIG SET maxmemory, ops/redis.conf) or keep results shorter (LLMQ_RESULT_TTL_S)"
         )
     return f"llmq: Redis at {where} refused the command ({why}); check {setting} and the server's log"
 

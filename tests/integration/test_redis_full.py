@@ -444,3 +444,25 @@ def test_a_chat_whose_job_no_worker_took_while_redis_is_full_is_not_told_it_was_
     assert "It was cancelled" not in message
     full.free()
     assert _registered(full, "unstarted") and not full.redis.exists(JobKeys("unstarted").cancel)
+
+
+def test_any_llmq_command_whose_write_a_full_redis_refuses_exits_75_in_one_line(
+    full: FullRedis, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not only submits: a command whose write Redis refuses at maxmemory (a budget, a prompt) says
+    Redis is full and what to do, and exits 75 like a refused submit (was exit 2, "refused the
+    command ... check LLMQ_REDIS_URL"); the same command works once Redis has room."""
+    monkeypatch.setenv("LLMQ_REDIS_URL", full.url)
+    full.fill(0.5)
+    full.squeeze()
+    capsys.readouterr()
+    for argv in (["budget", "set", "--monthly", "50"], ["limits", "--json"], ["cache", "stats"]):
+        code = main(argv)
+        lines = capsys.readouterr().err.splitlines()
+        if argv[0] == "budget":  # a write: refused
+            assert code == EXIT_REFUSED, (argv, lines)
+            assert len(lines) == 1 and " is full: it refused a write" in lines[0] and "maxmemory" in lines[0], lines
+        else:  # reads work at maxmemory
+            assert code == 0, (argv, lines)
+    full.free()
+    assert main(["budget", "set", "--monthly", "50"]) == 0

@@ -323,3 +323,24 @@ def test_subscribe_to_a_job_no_worker_takes_says_so_once_and_keeps_waiting(redis
     queued = _llmq("submit", "x", "--no-wait", env={**env, "LLMQ_QUEUE": "nobody-home"})
     assert queued.returncode == 0 and queued.stdout.startswith("job_")
     assert "queued, but no worker consumes queue 'nobody-home'" in queued.stderr
+
+
+@pytest.mark.parametrize("command", [["spend"], ["budget", "show"], ["limits"], ["cache", "stats"]])
+def test_a_redis_error_after_the_ping_names_redis_without_its_password(
+    redis_url: str, redis_client: redis.Redis, command: list[str]
+) -> None:
+    """A Redis that answers PING but refuses the command (an ACL here; a full Redis alike) is one line
+    from the CLI's handler, the URL shown without its password (these commands printed the raw
+    LLMQ_REDIS_URL, password and all, and called the Redis 'not reachable')."""
+    user, secret = "c27-ping-only", "pw-7f3a9c0e1d"
+    redis_client.execute_command("ACL", "SETUSER", user, "reset", "on", f">{secret}", "~*", "&*", "+ping", "+hello")
+    try:
+        parts = urlsplit(redis_url)
+        url = f"redis://{user}:{secret}@{parts.hostname}:{parts.port}{parts.path}"
+        proc = _llmq(*command, env={**os.environ, "LLMQ_REDIS_URL": url})
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", user)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert secret not in proc.stderr and secret not in proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refused the command" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
