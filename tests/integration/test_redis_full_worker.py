@@ -13,6 +13,8 @@ frees, every job ends exactly once and the ledger equals the sum of the results'
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 from celery.contrib.testing.worker import start_worker
 
+from llmq.devstack import LocalStack
 from producers import Client, RedisFullError
 from producers.settings import ProducerSettings
 from simulator.app import SimulatorThread
@@ -257,3 +260,51 @@ def test_a_reservation_redis_refuses_starts_no_call(full: FullRedis) -> None:
     assert model.complete(request).text == "ok"
     assert upstream.calls == 1 and asked == [False, False] and meter.ctx.calls == 1
     assert to_micros(global_spent_usd(full.url)) == to_micros(meter.cost_usd or 0) > 0
+
+
+def test_an_llmq_worker_sigtermed_while_redis_is_full_journals_and_the_next_start_settles_once(
+    full: FullRedis, simulator: SimulatorThread, tmp_path: Path
+) -> None:
+    """The real program: ``llmq worker`` (SIGTERM is its cold shutdown) stopped while Redis refuses the
+    settlements of calls it paid journals them, and the next worker settles each once: the ledger
+    holds both runs' calls (the jobs, handed back, run again). Celery's cold shutdown sends no
+    worker_shutdown, so the worker's resources were never closed and the journal never written."""
+    state = tmp_path / "state"
+    env = {**os.environ, "LLMQ_REDIS_URL": full.url, "XDG_STATE_HOME": str(state), "LLMQ_MONTHLY_BUDGET_USD": "100",
+           "LLMQ_REDIS_FULL_WAIT_S": "0.5", "LLMQ_SOFT_SHUTDOWN_TIMEOUT": "1"}  # fmt: skip
+    (tmp_path / "logs").mkdir()
+    stack = LocalStack(env=env, log_dir=str(tmp_path / "logs"))
+    stack.redis_url, stack.simulator_url = full.url, simulator.url
+    simulator.simulator.config.tokens_per_s = 10  # ~2 s per answer: calls are under way when Redis fills
+    ids = [f"term-{i}" for i in range(3)]
+    try:
+        first = stack.start_worker(concurrency=4)
+        with Client(settings=ProducerSettings(redis_url=full.url, redis_memory_check_s=0)) as client:
+            until(client.queue_workers, "the worker to start", GUARD_S)
+            for job_id in ids:
+                client.submit(_job(job_id))
+            until(lambda: simulator.simulator.stats.requests >= len(ids), "every call under way", GUARD_S)
+            full.fill(0.2)
+            full.squeeze()
+            until(lambda: simulator.simulator.stats.open_streams == 0, "the paid calls to end", GUARD_S)
+            until(lambda: "settlement of" in (tmp_path / "logs" / "worker1.log").read_text(), "a refusal", GUARD_S)
+            first.send_signal(signal.SIGTERM)
+            first.wait(GUARD_S)
+            journals = list((state / "llmq").glob("unsettled-*.jsonl"))
+            assert len(journals) == 1, list(state.rglob("*"))
+            journaled = {PendingSettle.from_json(line).reservation.id for line in journals[0].read_text().splitlines()}
+            assert journaled == {f"{job_id}#1" for job_id in ids}
+            full.free()
+            stack.start_worker(concurrency=4)
+            results = {job_id: client.result(job_id, timeout=GUARD_S) for job_id in ids}
+            assert [r.status for r in results.values()] == ["succeeded"] * len(ids)
+            until(lambda: not list((state / "llmq").iterdir()), "the journal to be settled", GUARD_S)
+        calls = simulator.simulator.stats.by_outcome.total()
+        assert calls == 2 * len(ids)  # each job's first call (paid, handed back) and its second run's
+        per_call = to_micros(results[ids[0]].cost_usd or 0.0)
+        assert (
+            to_micros(global_spent_usd(full.url))
+            == sum(to_micros(r.cost_usd or 0.0) for r in results.values()) + len(ids) * per_call
+        )
+    finally:
+        stack.stop()

@@ -45,6 +45,7 @@ from types import FrameType
 from typing import Any
 
 from celery.apps.worker import Worker
+from celery.signals import worker_shutdown
 from celery.worker import state as worker_state
 from kombu.utils.compat import detect_environment
 
@@ -115,6 +116,16 @@ class LLMQWorker(Worker):
             if self.pool_cls is CeleryGeventPool:
                 # ours hands running jobs back instead of killing them (workers/runtime/pool.py)
                 self.pool_cls = GeventPool
+
+    def terminate(self, in_sighandler: bool = False) -> None:
+        """Celery's cold shutdown (what SIGTERM is for ``llmq worker``: ``REMAP_SIGTERM=SIGQUIT``),
+        which unlike a warm stop sends no ``worker_shutdown``: without it the worker's resources were
+        never closed, so settlements Redis still refused were neither tried last nor journaled (paid
+        calls missing from the ledger). Sent here once the worker is torn down (idempotent close)."""
+        super().terminate(in_sighandler)
+        pool: Any = self.pool
+        if not in_sighandler or (pool is not None and pool.signal_safe):  # torn down now
+            worker_shutdown.send(sender=self)
 
     def install_platform_tweaks(self, worker: Any) -> None:
         super().install_platform_tweaks(worker)
