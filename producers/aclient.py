@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
@@ -47,6 +47,9 @@ from workers.contract import (
 __all__ = ["AsyncClient", "AsyncJobHandle"]
 
 log = logging.getLogger("llmq.producer")
+
+
+T = TypeVar("T")
 
 
 class AsyncJobHandle:
@@ -111,7 +114,8 @@ class AsyncClient(ClientCore):
 
     async def submit(self, job: CompletionJob | dict[str, Any], **overrides: Any) -> AsyncJobHandle:
         """Validate and enqueue ``job`` (see ``Client.submit``; raises :class:`RedisFullError` alike)."""
-        valid = await self.validate(job, **overrides)
+        # the checks read Redis (workers' catalog, tools, prompts): a fail-over is ridden out like the send
+        valid = await self._riding_out(lambda: self.validate(job, **overrides))
         keys, args = self.register_args(valid)
         await self._admit(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
@@ -197,11 +201,16 @@ class AsyncClient(ClientCore):
 
     async def _register_riding_out(self, keys: list[str], args: list[Any]) -> Any:
         """Register, riding out a Redis restart or fail-over (see ``Client._register_riding_out``)."""
+        return await self._riding_out(lambda: self._register(keys=keys, args=args))
+
+    @staticmethod
+    async def _riding_out(call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, repeated through a Redis restart or fail-over (see ``Client._riding_out``)."""
         deadline = time.monotonic() + SUBMIT_RIDE_OUT_S
         backoff = RECONNECT_FIRST_S
         while True:
             try:
-                return await self._register(keys=keys, args=args)
+                return await call()
             except REDIS_DOWN:
                 if time.monotonic() + backoff >= deadline:
                     raise

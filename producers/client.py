@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from opentelemetry.trace import Tracer
@@ -80,6 +80,9 @@ log = logging.getLogger("llmq.producer")
 def default_redis_url() -> str:
     """``LLMQ_REDIS_URL``, else the local default (read now, from the environment)."""
     return producer_settings().redis_url
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,8 @@ class Client(ClientCore):
         :class:`RedisFullError` (nothing registered: the same submit works later) when Redis is
         above its high watermark or refuses the job's writes at ``maxmemory``.
         """
-        valid = self.validate(job, **overrides)
+        # the checks read Redis (workers' catalog, tools, prompts): a fail-over is ridden out like the send
+        valid = self._riding_out(lambda: self.validate(job, **overrides))
         keys, args = self.register_args(valid)
         self._admit(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
@@ -257,16 +261,22 @@ class Client(ClientCore):
                 raise
 
     def _register_riding_out(self, keys: list[str], args: list[Any]) -> Any:
-        """Register the job, riding out a Redis restart or fail-over for up to :data:`SUBMIT_RIDE_OUT_S`.
+        """Register the job, riding out a Redis restart or fail-over (:meth:`_riding_out`).
 
         Safe to repeat: the script takes a registration carrying this submit's own stamp as this
         caller's (its reply was lost), not as a duplicate.
         """
+        return self._riding_out(lambda: self._register(keys=keys, args=args))
+
+    @staticmethod
+    def _riding_out(call: Callable[[], T]) -> T:
+        """``call()``, repeated through a Redis restart or fail-over for up to :data:`SUBMIT_RIDE_OUT_S`
+        (for calls that are safe to repeat: a submit's reads and its idempotent registration)."""
         deadline = time.monotonic() + SUBMIT_RIDE_OUT_S
         backoff = RECONNECT_FIRST_S
         while True:
             try:
-                return self._register(keys=keys, args=args)
+                return call()
             except REDIS_DOWN:
                 if time.monotonic() + backoff >= deadline:
                     raise
