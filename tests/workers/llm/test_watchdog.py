@@ -7,6 +7,7 @@ import threading
 import time
 import weakref
 
+from tests.support.waits import until
 from workers.llm.watchdog import Watchdog
 
 
@@ -41,8 +42,8 @@ def test_cancelled_deadlines_let_go_of_their_callbacks() -> None:
             refs.append(weakref.ref(stream))
             assert dog.cancel(dog.schedule(30.0, stream.expire))
             del stream
-        gc.collect()
-        assert sum(1 for r in refs if r() is not None) == 0
+        # none is kept: the timer thread may still hold the one it looked at last for a moment
+        until(lambda: gc.collect() >= 0 and not any(r() is not None for r in refs), "every stream let go", 10)
         assert dog.pending == 0
         # pending deadlines survive all that and still fire
         fired = threading.Event()
