@@ -262,13 +262,15 @@ def test_a_reservation_redis_refuses_starts_no_call(full: FullRedis) -> None:
     assert to_micros(global_spent_usd(full.url)) == to_micros(meter.cost_usd or 0) > 0
 
 
+@pytest.mark.parametrize("pool", ["threads", "gevent"])
 def test_an_llmq_worker_sigtermed_while_redis_is_full_journals_and_the_next_start_settles_once(
-    full: FullRedis, simulator: SimulatorThread, tmp_path: Path
+    full: FullRedis, simulator: SimulatorThread, tmp_path: Path, pool: str
 ) -> None:
     """The real program: ``llmq worker`` (SIGTERM is its cold shutdown) stopped while Redis refuses the
     settlements of calls it paid journals them, and the next worker settles each once: the ledger
     holds both runs' calls (the jobs, handed back, run again). Celery's cold shutdown sends no
-    worker_shutdown, so the worker's resources were never closed and the journal never written."""
+    worker_shutdown, so the worker's resources were never closed and the journal never written.
+    Under gevent (no event loop) the jobs the first worker left in ``unacked`` were never restored."""
     state = tmp_path / "state"
     env = {**os.environ, "LLMQ_REDIS_URL": full.url, "XDG_STATE_HOME": str(state), "LLMQ_MONTHLY_BUDGET_USD": "100",
            "LLMQ_REDIS_FULL_WAIT_S": "0.5", "LLMQ_SOFT_SHUTDOWN_TIMEOUT": "1"}  # fmt: skip
@@ -278,7 +280,7 @@ def test_an_llmq_worker_sigtermed_while_redis_is_full_journals_and_the_next_star
     simulator.simulator.config.tokens_per_s = 10  # ~2 s per answer: calls are under way when Redis fills
     ids = [f"term-{i}" for i in range(3)]
     try:
-        first = stack.start_worker(concurrency=4)
+        first = stack.start_worker(pool=pool, concurrency=4)
         with Client(settings=ProducerSettings(redis_url=full.url, redis_memory_check_s=0)) as client:
             until(client.queue_workers, "the worker to start", GUARD_S)
             for job_id in ids:
@@ -295,7 +297,7 @@ def test_an_llmq_worker_sigtermed_while_redis_is_full_journals_and_the_next_star
             journaled = {PendingSettle.from_json(line).reservation.id for line in journals[0].read_text().splitlines()}
             assert journaled == {f"{job_id}#1" for job_id in ids}
             full.free()
-            stack.start_worker(concurrency=4)
+            stack.start_worker(pool=pool, concurrency=4)
             results = {job_id: client.result(job_id, timeout=GUARD_S) for job_id in ids}
             assert [r.status for r in results.values()] == ["succeeded"] * len(ids)
             until(lambda: not list((state / "llmq").iterdir()), "the journal to be settled", GUARD_S)

@@ -615,13 +615,46 @@ class Poller(kombu_redis.MultiChannelPoller):
 
     _channels: list[Any]  # kombu's, which its stubs omit
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: When aged messages were last swept for (monotonic seconds; the first timed sweep comes one
+        #: interval after the start): see :meth:`restore_on_time`.
+        self._restored_at = time.monotonic()
+
     def get(self, callback: Any, timeout: float | None = None) -> Any:
         if timeout is None or timeout > REFILL_POLL_S:
             for channel in self._channels:
                 if channel.active_queues and not channel.qos.can_consume():
                     timeout = REFILL_POLL_S
                     break
-        return super().get(callback, timeout)
+        try:
+            return super().get(callback, timeout)
+        finally:
+            self.restore_on_time()
+
+    def maybe_restore_messages(self) -> Any:
+        self._restored_at = time.monotonic()
+        return super().maybe_restore_messages()
+
+    def restore_on_time(self, now: float | None = None) -> bool:
+        """Sweep for aged messages (a dead or stopped worker's, left in ``unacked``) if none was made
+        in the last ``unacked_restore_interval`` seconds; True if it swept.
+
+        kombu sweeps from :meth:`get` only after a poll in which nothing answered, and from a timer of
+        the event loop. A worker without that loop (gevent and eventlet pools: Celery's ``synloop``)
+        whose wait answers before the poll's timeout (the bells' BLPOP times out after a second, the
+        loop polls for two) never reached that sweep: the jobs a worker left in ``unacked`` (stopped
+        while Redis was full) were never restored. Here every ``get`` checks the time, whatever the
+        poll saw."""
+        now = time.monotonic() if now is None else now
+        interval = min((c.unacked_restore_interval for c in self._channels if c.active_queues), default=None)
+        if interval is None or now - self._restored_at < interval:
+            return False
+        try:
+            self.maybe_restore_messages()  # connection errors: skipped until the next sweep
+        except Exception as exc:  # never masks what the poll raised (Empty, a lost connection)
+            log.warning("broker: the sweep for aged messages failed (%s); tried again in %ss", exc, interval)
+        return True
 
 
 class Transport(kombu_redis.Transport):

@@ -174,6 +174,39 @@ def test_a_channel_that_died_after_the_fetch_gets_its_message_restored(url: str,
         message.ack()
 
 
+def test_a_consumer_without_an_event_loop_restores_aged_messages_though_every_wait_answers(
+    url: str, redis_client: redis.Redis
+) -> None:
+    """gevent and eventlet workers drain events without an event loop (Celery's synloop): kombu
+    sweeps for aged messages there only after a poll in which nothing answered, and the bells' wait
+    answers (times out) before every poll does, so a worker left in ``unacked`` was never restored
+    (seen: jobs left by a worker stopped while Redis was full waited forever under gevent). The
+    poller sweeps every ``unacked_restore_interval`` seconds whatever the poll saw."""
+    _publish(url, {"job": "left"})
+    with _connection(url, DyingTransport) as dying:
+        channel = dying.channel()
+        _aged(channel)
+        with Consumer(channel, [KOMBU_QUEUE], callbacks=[lambda *_: None]), pytest.raises(Died):
+            dying.drain_events(timeout=10)
+        channel.do_restore = False  # it died: no restore at close
+    assert _queued(redis_client) == 0 and redis_client.hlen("unacked") == 1
+    got: list[Any] = []
+    # the wait times out every 0.2 s, well inside each 2 s drain: every poll sees an answer
+    with _connection(url, sweep_s=0.2, unacked_restore_interval=1) as conn:
+        consumer = _consumer(conn.channel(), got)
+        with consumer:
+            for _ in range(5):  # the first sweep comes one interval after the start
+                try:
+                    conn.drain_events(timeout=2)
+                except TimeoutError:
+                    continue
+                break
+            assert _bodies(got) == [{"job": "left"}]
+            assert got[0][1].delivery_info["redelivered"] is True
+            got[0][1].ack()
+    assert redis_client.hlen("unacked") == 0 and _queued(redis_client) == 0
+
+
 def test_a_live_holder_keeps_its_message_through_a_restore(url: str, redis_client: redis.Redis) -> None:
     _publish(url, {"job": "held"})
     with _connection(url) as owner, _connection(url) as other:
