@@ -181,7 +181,7 @@ class Ledger(BudgetBook):
         take the next number). Reserving the same job attempt again replaces its lease. ``model``
         is the model called: the spend report counts the settled cost for it.
         """
-        call = self._reserve_call(job_id, attempt, tenant, amount_usd, lease_s, tags=tags, user=user, model=model)
+        call = self.reserve_call(job_id, attempt, tenant, amount_usd, lease_s, tags=tags, user=user, model=model)
         reply = self._run(self._reserve, call.keys, call.args, "reserve", replicate=True)
         return self._reserved(call, reply)
 
@@ -228,21 +228,7 @@ class Ledger(BudgetBook):
         user: str | None = None,
         model: str = "",
     ) -> ReserveCall:
-        """A :meth:`reserve` to make with :meth:`reserve_many`."""
-        return self._reserve_call(job_id, attempt, tenant, amount_usd, lease_s, tags=tags, user=user, model=model)
-
-    def _reserve_call(
-        self,
-        job_id: str,
-        attempt: int,
-        tenant: str,
-        amount_usd: Decimal | float | int,
-        lease_s: float | None,
-        *,
-        tags: Sequence[str],
-        user: str | None,
-        model: str,
-    ) -> ReserveCall:
+        """A :meth:`reserve` to make with :meth:`reserve_many` (or at once, by :meth:`reserve`)."""
         if attempt < 1:
             raise ValueError("attempt numbers start at 1")
         now = self._now()
