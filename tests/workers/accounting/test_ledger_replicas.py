@@ -57,7 +57,9 @@ def test_settle_waits_for_the_replica_and_counts_when_it_is_gone(
     pair: tuple[ManagedRedis, ManagedRedis], caplog: pytest.LogCaptureFixture
 ) -> None:
     master, replica = pair
-    wait = ReplicaWait(1, timeout_ms=200)
+    # up: WAIT returns as soon as the replica has the write (a loaded machine can take longer than
+    # 200 ms to ship it: seen once in CI); gone: the short timeout below, so the test stays quick
+    wait = ReplicaWait(1, timeout_ms=30_000)
     registry = CollectorRegistry()
     registry.register(ReplicaWaitCollector(wait))
     ledger = Ledger(redis.Redis(port=master.port), monthly_limit_usd=10, replica_wait=wait)
@@ -69,10 +71,11 @@ def test_settle_waits_for_the_replica_and_counts_when_it_is_gone(
     assert settlement.charged
     assert (wait.acked, wait.short) == (2, 0)
     assert _spent(on_replica) == 0.25  # read from the replica itself: no polling needed
-    assert redis.Redis(port=master.port).wait(1, 200) == 1  # what the ledger's WAIT saw
+    assert redis.Redis(port=master.port).wait(1, 30_000) == 1  # what the ledger's WAIT saw
 
     # the replica is gone: WAIT times out with 0; counted and logged, the money is still accounted
     replica.stop()
+    wait.timeout_ms = 200
     with caplog.at_level(logging.WARNING, logger="llmq.ledger"):
         reservation = ledger.reserve("job-2", 1, "acme", Decimal("0.5"))
         settlement = ledger.settle(reservation, Decimal("0.125"))
@@ -92,7 +95,7 @@ def test_settle_waits_for_the_replica_and_counts_when_it_is_gone(
 
 def test_a_master_without_the_scripts_loads_them_and_still_waits(pair: tuple[ManagedRedis, ManagedRedis]) -> None:
     master, replica = pair
-    wait = ReplicaWait(1, timeout_ms=5000)  # the replica is up: WAIT returns as soon as it has the write
+    wait = ReplicaWait(1, timeout_ms=30_000)  # the replica is up: WAIT returns as soon as it has the write
     client = redis.Redis(port=master.port)
     ledger = Ledger(client, replica_wait=wait)
     client.script_flush()  # as after a fail-over to a master that never ran them
