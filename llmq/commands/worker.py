@@ -74,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
     # Celery's own SIGTERM (warm shutdown) would wait for every job however long it runs.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     os.environ["CELERY_CUSTOM_WORKER_POOL"] = "workers.runtime.pool:ThreadPool"
+    # the worker loads these first, while it is small (workers/runtime/launch.py); what finding them
+    # imports (settings, config, pydantic) stays behind at the exec
+    from workers.accounting.bpefiles import PRELOAD_ENV
+    from workers.runtime.launch import default_encodings
+
+    os.environ[PRELOAD_ENV] = ",".join(default_encodings())
     argv = command(args)
     # exec: signals (Ctrl-C, SIGTERM for a warm shutdown) go straight to Celery, and gevent
     # patches the process before anything else is imported.

@@ -18,26 +18,30 @@ tiktoken knows (``gpt-4o``...) are exact, everything else is such an estimate.
 Offline: tiktoken downloads BPE files on first use. :func:`seed_tiktoken_cache` writes our bundled,
 sha256-checked copies (``workers/accounting/data/*.tiktoken.gz``, byte-identical to OpenAI's) into whatever
 cache directory tiktoken will read, before the first ``get_encoding``, so a worker without network
-access counts tokens exactly as one with it.
+access counts tokens exactly as one with it (:mod:`workers.accounting.bpefiles`, which a worker can
+import and load its encodings with before anything else).
 Nothing happens at import time: encodings load lazily, once per process, under a lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
-import hashlib
 import json
 import math
-import os
-import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import TYPE_CHECKING
 
 from workers.accounting.bounded import bounded_len
+from workers.accounting.bpefiles import (
+    BUNDLED_ENCODINGS,
+    compact_encoding,
+    load_compacted,
+    release_free_heap,
+    seed_tiktoken_cache,
+    tiktoken_cache_dir,
+)
 from workers.accounting.image_tokens import image_tokens
 from workers.contract import Message, Tool, ToolCall, Usage, base_model_name, split_model_id
 from workers.llm.errors import ConfigurationError
@@ -61,12 +65,6 @@ __all__ = [
     "tiktoken_cache_dir",
 ]
 
-_URL = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
-#: sha256 of the *decompressed* BPE files; the same hashes tiktoken itself checks.
-BUNDLED_ENCODINGS: Mapping[str, str] = {
-    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
-    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
-}
 #: The encoding used for estimates (non-OpenAI models, unknown OpenAI names).
 ESTIMATE_ENCODING = "cl100k_base"
 
@@ -80,97 +78,7 @@ TOOL_CALL_OVERHEAD = 8
 
 _PLANS_MAX = 4096
 
-_seed_lock = threading.Lock()
-_seeded_dirs: set[str] = set()
-
-
-# --- offline seeding ------------------------------------------------------------------------------
-
-
-def tiktoken_cache_dir() -> str:
-    """The directory tiktoken will read (same order as ``tiktoken.load.read_file_cached``)."""
-    if "TIKTOKEN_CACHE_DIR" in os.environ:
-        return os.environ["TIKTOKEN_CACHE_DIR"]
-    if "DATA_GYM_CACHE_DIR" in os.environ:
-        return os.environ["DATA_GYM_CACHE_DIR"]
-    return os.path.join(tempfile.gettempdir(), "data-gym-cache")
-
-
-def _sha256_file(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return None
-
-
-def seed_tiktoken_cache(names: Iterable[str] = BUNDLED_ENCODINGS, *, force: bool = False) -> list[str]:
-    """Write bundled BPE files into tiktoken's cache where missing or corrupt.
-
-    Returns the encodings written. Idempotent; after the first call per cache dir it returns at
-    once unless ``force`` (then existing files are hash-checked again).
-    Raises :class:`ConfigurationError` if a bundled file fails its hash check or the cache
-    directory cannot be written (tiktoken would otherwise try the network, with no timeout).
-    """
-    cache = tiktoken_cache_dir()
-    if cache == "":  # the user disabled tiktoken's cache; nothing we can seed
-        return []
-    written: list[str] = []
-    with _seed_lock:
-        if cache in _seeded_dirs and not force:
-            return written
-        for name in names:
-            expected = BUNDLED_ENCODINGS[name]
-            target = os.path.join(cache, hashlib.sha1(_URL.format(name).encode()).hexdigest())
-            if _sha256_file(target) == expected:
-                continue
-            data = gzip.decompress(
-                (resources.files("workers.accounting") / "data" / f"{name}.tiktoken.gz").read_bytes()
-            )
-            if hashlib.sha256(data).hexdigest() != expected:
-                raise ConfigurationError(f"bundled {name}.tiktoken.gz fails its sha256 check; reinstall llmqueue")
-            tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
-            try:
-                os.makedirs(cache, exist_ok=True)
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, target)
-            except OSError as exc:
-                raise ConfigurationError(
-                    f"cannot seed tiktoken's cache at {cache!r} ({exc}); set TIKTOKEN_CACHE_DIR to a writable directory"
-                ) from exc
-            written.append(name)
-        _seeded_dirs.add(cache)
-    return written
-
-
 # --- results --------------------------------------------------------------------------------------
-
-
-def compact_encoding(enc: tiktoken.Encoding) -> None:
-    """Drop the Python dict of merge ranks an encoding keeps beside its Rust tokenizer.
-
-    ``tiktoken.Encoding`` hands the ranks (200,000 ``bytes -> int`` entries for ``o200k_base``,
-    ~29 MB) to its Rust ``CoreBPE``, which keeps its own copy, and holds on to the Python one only to
-    pickle itself (``__getstate__``). A worker never pickles an encoding (jobs are JSON), so it
-    drops it; an encoding compacted here can no longer be pickled or rebuilt by ``tiktoken``'s
-    educational module, and nothing in llmqueue does either. The registry's instance is shared
-    in-process, which is why only the worker (:meth:`TokenCounter.preload`) calls this.
-    """
-    ranks = getattr(enc, "_mergeable_ranks", None)
-    if isinstance(ranks, dict) and ranks:
-        enc._mergeable_ranks = {}
-
-
-def release_free_heap() -> None:
-    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Loading an encoding decodes its whole BPE file; what that leaves free stays in the process's
-    resident set until something reuses it. Called once, after the worker's encodings are loaded."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,16 +170,14 @@ class TokenCounter:
         with self._lock:
             enc = self._encodings.get(name)
             if enc is None:
-                import tiktoken
+                if self.compact:  # the process-wide instance, compacted (a worker may have loaded it first)
+                    enc = load_compacted(name)
+                else:
+                    import tiktoken
 
-                if name in BUNDLED_ENCODINGS:
-                    seed_tiktoken_cache()
-                enc = tiktoken.get_encoding(name)
-                if self.compact:
-                    # at once, before another encoding loads: the next load reuses the heap this
-                    # one left free, so the process's peak holds one encoding's loading garbage
-                    compact_encoding(enc)
-                    release_free_heap()
+                    if name in BUNDLED_ENCODINGS:
+                        seed_tiktoken_cache()
+                    enc = tiktoken.get_encoding(name)
                 self._roles[name] = {r: len(enc.encode_ordinary(r)) for r in ("system", "user", "assistant", "tool")}
                 self._encodings[name] = enc
         return enc

@@ -7,10 +7,15 @@ prompt_toolkit and asyncio, the banners pygments) and every installed plugin (Fl
 group that only sets the app, as Celery's own group does for it. ``llmq worker`` execs it.
 
 As ``python -m celery`` does, the pool's patches (gevent) come first, before anything else is imported.
+Then, before Celery and the worker's modules, the encodings ``llmq worker`` named in
+``LLMQ_PRELOAD_ENCODINGS`` (:func:`default_encodings`, worked out before its exec): loading one holds
+its Python merge ranks beside its Rust tokenizer for a moment (~73 MB for o200k_base), which on top
+of the worker's ~105 MB of imports was the process's peak (``workers/accounting/bpefiles.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from celery import maybe_patch_concurrency
 
     maybe_patch_concurrency(["worker", *args])  # gevent's monkey patches, before anything else loads
+    from workers.accounting.bpefiles import preload_compacted
+
+    preload_compacted()  # while the process is small: the moment both copies of the ranks exist is its peak
 
     import click
     from celery.bin.base import CLIContext
@@ -36,6 +44,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     group.add_command(worker)
     group.main(args=["worker", *args], prog_name="llmq", auto_envvar_prefix="CELERY")  # exits with the worker
     return 0
+
+
+def default_encodings() -> list[str]:
+    """The encodings the worker's default model counts with (``LLMQ_DEFAULT_MODEL``, a route of the
+    config file or an id), as its resources will preload them (``workers/runtime/resources.py``).
+
+    ``llmq worker`` calls this before it execs the worker, so the settings, the config and pydantic
+    it imports stay behind; any error is left to the worker's start to report (it returns nothing)."""
+    from workers.accounting.tokens import TokenCounter
+    from workers.contract.catalog import UnknownModelError, catalog_from_config
+    from workers.routes import load_config
+    from workers.settings import get_settings
+
+    with contextlib.suppress(Exception):
+        settings = get_settings()
+        config = load_config(settings.config)
+        catalog = catalog_from_config(config.model_dump(), default_model=settings.default_model)
+        counter = TokenCounter(types={name: spec.type for name, spec in config.providers.items()})
+        with contextlib.suppress(UnknownModelError):
+            return counter.encodings_for(catalog.resolve(settings.default_model))
+    return []
 
 
 if __name__ == "__main__":

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
+import tiktoken
+
+from workers.accounting.bpefiles import PRELOAD_ENV, preload_compacted
+from workers.accounting.tokens import TokenCounter
+from workers.runtime.launch import default_encodings
 from workers.runtime.resources import WorkerResources
 from workers.settings import Settings
 
@@ -36,3 +44,51 @@ def test_the_worker_command_imports_celerys_worker_command_alone() -> None:
     assert "celery.bin.worker" in imported and "workers.runtime.app" in imported
     assert not {m for m in imported if m.split(".")[0] in ("flower", "tornado", "prompt_toolkit", "click_repl")}
     assert "celery.bin.celery" not in imported
+
+
+def launch_imports(env: dict[str, str]) -> list[str]:
+    """The modules ``python -m workers.runtime.launch --help`` imports, in the order they finished."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "workers.runtime.launch", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+
+
+def test_the_worker_loads_the_encodings_llmq_worker_names_before_celery_and_pydantic() -> None:
+    """Loading an encoding holds its Python merge ranks beside its Rust tokenizer for a moment (~73 MB
+    for o200k_base): the worker does it first, after gevent's patches and before Celery's command,
+    the app and pydantic are imported, so that moment is not on top of them (the process's peak)."""
+    imported = launch_imports({PRELOAD_ENV: "o200k_base"})
+    loaded = imported.index("tiktoken.load")  # imported when the first encoding loads
+    assert "pydantic" not in imported[:loaded]
+    assert "celery.bin.worker" in imported[loaded:] and "workers.runtime.app" in imported[loaded:]
+    # unset (celery -A workers.runtime.app worker, tests): nothing loads early
+    assert "tiktoken.load" not in launch_imports({PRELOAD_ENV: ""})
+
+
+def test_llmq_worker_names_the_default_models_encodings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``llmq worker`` tells the worker to load first: the default model's encodings, as the
+    resources would preload them (a route's whole chain); nothing for a config the worker will refuse."""
+    monkeypatch.delenv("LLMQ_CONFIG", raising=False)
+    monkeypatch.setenv("LLMQ_DEFAULT_MODEL", "openai:gpt-4o-mini")
+    assert default_encodings() == ["o200k_base"]
+    config = tmp_path / "llmq.toml"
+    config.write_text('[routes]\nsmart = ["openai:gpt-4", "anthropic:claude-sonnet-4-5"]\n')
+    monkeypatch.setenv("LLMQ_CONFIG", str(config))
+    monkeypatch.setenv("LLMQ_DEFAULT_MODEL", "smart")
+    assert default_encodings() == ["cl100k_base"]
+    config.write_text("[routes\n")  # not TOML: the worker's start says so, not this
+    assert default_encodings() == []
+
+
+def test_a_compacting_counter_counts_with_the_encoding_loaded_first() -> None:
+    """The worker's counter finds what :func:`preload_compacted` loaded (one instance, compacted)."""
+    assert preload_compacted(["o200k_base", "no_such_encoding"]) == ["o200k_base"]
+    counter = TokenCounter(compact=True)
+    assert counter.encoding("o200k_base") is tiktoken.get_encoding("o200k_base")
+    assert counter.encoding("o200k_base")._mergeable_ranks == {}
