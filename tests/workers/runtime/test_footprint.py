@@ -92,3 +92,26 @@ def test_a_compacting_counter_counts_with_the_encoding_loaded_first() -> None:
     counter = TokenCounter(compact=True)
     assert counter.encoding("o200k_base") is tiktoken.get_encoding("o200k_base")
     assert counter.encoding("o200k_base")._mergeable_ranks == {}
+
+
+BEDROCK_WITHOUT_BOTOCORE = """
+import sys
+from workers.llm.httpclient import HTTPClient, HTTPSettings
+from workers.llm.registry import build_registry
+from workers.contract.providers import ProviderSpec
+http = HTTPClient(HTTPSettings(max_connections=2))
+env = {"AWS_ACCESS_KEY_ID": "AKIDLLMQTEST0000000", "AWS_SECRET_ACCESS_KEY": "not-a-secret"}
+registry = build_registry(http, env, {"bedrock": ProviderSpec(type="bedrock", region="us-east-1")})
+print(sorted(m for m in sys.modules if m.split(".")[0] == "botocore"))
+provider = registry.get("bedrock")
+headers = provider.sign("https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse", {}, b"{}")
+print("AKIDLLMQTEST0000000" in {k.lower(): v for k, v in headers.items()}.get("authorization", ""))
+"""
+
+
+def test_a_configured_bedrock_provider_imports_botocore_on_its_first_call() -> None:
+    """botocore (~7 MB, ~130 modules) loads when a Bedrock call is first signed, not when the provider
+    is built at the worker's start: a worker whose jobs never go to Bedrock does not hold it."""
+    proc = subprocess.run([sys.executable, "-c", BEDROCK_WITHOUT_BOTOCORE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:2] == ["[]", "True"]
