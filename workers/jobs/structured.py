@@ -19,10 +19,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from typing import TYPE_CHECKING, Any
 
 from workers.contract import CompletionJob, JsonObjectFormat, JsonSchemaFormat, Message, RepairEvent, Usage
 from workers.jobs.run import JobRun, ToolLoopState
@@ -30,6 +27,9 @@ from workers.jobs.turn import Turns
 from workers.llm.base import ChatRequest, Completion
 from workers.llm.errors import BadRequestError, InvalidOutputError
 from workers.tools.validate import schema_message
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 __all__ = ["StructuredOutcome", "enforce", "repair_prompt", "validate_answer", "validator_for"]
 
@@ -46,6 +46,10 @@ class StructuredOutcome:
 
 @lru_cache(maxsize=256)
 def _validator(schema_json: str) -> Draft202012Validator:
+    # imported with the first json_schema job: ~3 MB a worker whose jobs ask for none does not hold
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     schema = json.loads(schema_json)
     try:
         Draft202012Validator.check_schema(schema)

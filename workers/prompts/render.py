@@ -7,25 +7,31 @@
   conversions and attribute access); its size is computed before the string is built.
 
 Both are capped at ``max_chars`` (``LLMQ_PROMPT_MAX_CHARS``): a clear :class:`PromptError`, never
-a worker's memory.
+a worker's memory. The Jinja2 sandbox and jsonschema (~5 MB together) are imported with the first
+``prompt`` job: a worker whose jobs bring their messages does not hold them.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import jsonschema
-import jsonschema.exceptions
 import redis
 
 from workers.contract import CompletionJob, Message, PromptInfo, PromptRef, PromptVersion
 from workers.contract.job import template_fields
 from workers.llm.errors import PromptError
-from workers.prompts.sandbox import DEFAULT_MAX_CHARS, PromptSandbox, SandboxError
+from workers.prompts.limits import DEFAULT_MAX_CHARS, SandboxError
 from workers.prompts.store import PromptStore, UnknownPromptError
+
+if TYPE_CHECKING:
+    import jsonschema
+
+    from workers.prompts.sandbox import PromptSandbox
 
 __all__ = ["PromptRenderer", "Rendered", "render_inline", "render_job", "render_version"]
 
@@ -68,11 +74,17 @@ class PromptRenderer:
     def __init__(self, client: redis.Redis, *, max_chars: int = DEFAULT_MAX_CHARS, cache_size: int = 256) -> None:
         self.store = PromptStore(client)
         self.max_chars = max_chars
-        self.sandbox = PromptSandbox(max_chars=max_chars)
         self._versions: OrderedDict[tuple[str, int], PromptVersion] = OrderedDict()
         self._validators: OrderedDict[str, jsonschema.Draft202012Validator] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+
+    @functools.cached_property
+    def sandbox(self) -> PromptSandbox:
+        """The process's Jinja2 sandbox, built (and Jinja2 imported) for the first ``prompt`` job."""
+        from workers.prompts.sandbox import PromptSandbox
+
+        return PromptSandbox(max_chars=self.max_chars)
 
     def render(self, job: CompletionJob) -> Rendered:
         if job.messages is not None:
@@ -110,11 +122,15 @@ class PromptRenderer:
         with self._lock:
             validator = self._validators.get(version.hash)
         if validator is None:
+            import jsonschema
+
             validator = jsonschema.Draft202012Validator(dict(version.input))
             with self._lock:
                 self._validators[version.hash] = validator
                 while len(self._validators) > self._cache_size:
                     self._validators.popitem(last=False)
+        import jsonschema.exceptions
+
         error = jsonschema.exceptions.best_match(validator.iter_errors(dict(variables)))
         if error is None:
             return None
@@ -145,6 +161,8 @@ _RENDERERS_LOCK = threading.Lock()
 
 def render_job(job: CompletionJob, client: redis.Redis, *, max_chars: int = DEFAULT_MAX_CHARS) -> Rendered:
     """The job's messages (and prompt version), with one :class:`PromptRenderer` per Redis client."""
+    if job.messages is not None:  # most jobs: no renderer needed
+        return Rendered(list(job.messages))
     key = (id(client), max_chars)
     with _RENDERERS_LOCK:
         renderer = _RENDERERS.get(key)

@@ -31,9 +31,10 @@ from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from workers.prompts.limits import DEFAULT_MAX_CHARS, SandboxError
+
 __all__ = ["DEFAULT_MAX_CHARS", "MAX_ITERATIONS", "PromptSandbox", "RenderLimitError", "SandboxError"]
 
-DEFAULT_MAX_CHARS = 1_000_000
 #: ``range`` items one render may iterate over in total (all loops together).
 MAX_ITERATIONS = 100_000
 _MAX_EXPONENT = 1_000
@@ -48,10 +49,6 @@ _SAFE_STR_METHODS = frozenset(
     }
 )  # fmt: skip
 _REMOVED_FILTERS = ("attr", "format", "random", "center", "xmlattr", "urlize")
-
-
-class SandboxError(ValueError):
-    """A template broke a sandbox rule (unsafe attribute, refused operation)."""
 
 
 class RenderLimitError(SandboxError):

@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workers.accounting.bpefiles import preload_compacted
 
     preload_compacted()  # while the process is small: the moment both copies of the ranks exist is its peak
+    import_http_without_trio()
 
     import click
     from celery.bin.base import CLIContext
@@ -44,6 +45,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     group.add_command(worker)
     group.main(args=["worker", *args], prog_name="llmq", auto_envvar_prefix="CELERY")  # exits with the worker
     return 0
+
+
+def import_http_without_trio() -> None:
+    """Import httpcore2 (the worker's HTTP client's transport) with trio hidden.
+
+    httpcore2 imports trio whenever it is installed, for async clients running under trio; a
+    development install has it (selenium's dependency). The worker's client is synchronous (gevent):
+    trio is ~4 MB and ~90 modules a worker never runs. trio itself stays importable afterwards (a tool
+    module may use it); only httpcore2's trio support is left out of the worker process."""
+    if "trio" in sys.modules or "httpcore2" in sys.modules:
+        return
+    sys.modules["trio"] = None  # type: ignore[assignment]  # ``import trio`` raises ImportError
+    try:
+        import httpcore2  # noqa: F401
+    finally:
+        del sys.modules["trio"]
 
 
 def default_encodings() -> list[str]:

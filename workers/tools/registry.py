@@ -21,14 +21,15 @@ import threading
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, create_model
 from pydantic.fields import FieldInfo
 
 from workers.contract import Tool, ToolFunction, ToolInfo
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 __all__ = [
     "ISOLATIONS",
@@ -117,6 +118,9 @@ class ToolSpec:
     validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # jsonschema (~3 MB) is imported with the first tool: a worker without tools does not hold it
+        from jsonschema import Draft202012Validator
+
         object.__setattr__(self, "validator", Draft202012Validator(self.parameters))
 
     def definition(self) -> Tool:
@@ -308,6 +312,9 @@ def register_tool(
     The handler is called with the validated arguments as keyword arguments (and a
     :class:`CancelToken` under the parameter annotated with it, if any).
     """
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     _check_name(name)
     schema = dict(parameters)
     try:

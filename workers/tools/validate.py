@@ -12,12 +12,14 @@ must not appear.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 from pydantic import ValidationError
 
 from workers.tools.registry import ToolSpec
+
+if TYPE_CHECKING:
+    import jsonschema
 
 __all__ = ["MAX_MESSAGES", "check_arguments", "schema_message"]
 

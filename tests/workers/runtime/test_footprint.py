@@ -115,3 +115,33 @@ def test_a_configured_bedrock_provider_imports_botocore_on_its_first_call() -> N
     proc = subprocess.run([sys.executable, "-c", BEDROCK_WITHOUT_BOTOCORE], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+PLAIN_START = """
+import sys
+from workers.runtime.launch import import_http_without_trio
+import_http_without_trio()
+from workers.contract import CompletionJob, Message
+from workers.jobs.pipeline import JobRunner
+from workers.prompts.render import render_job
+from workers.runtime.resources import WorkerResources
+from workers.settings import Settings
+settings = Settings(redis_url=sys.argv[1], pool="threads", concurrency=2)
+resources = WorkerResources.build(settings, watch_cancels=False, provider_env={"OPENAI_API_KEY": "sk-x"})
+JobRunner(resources)
+job = CompletionJob(model="openai:gpt-4o-mini", messages=[Message(role="user", content="hi")])
+assert render_job(job, resources.redis).messages == job.messages
+resources.close()
+print(" ".join(sorted({name.split(".")[0] for name in sys.modules})))
+"""
+
+
+def test_a_plain_worker_start_and_job_import_no_prompt_schema_or_trio_modules(redis_url: str) -> None:
+    """A worker without tools whose jobs bring their messages and ask for no JSON schema does not load
+    Jinja2 (the prompt sandbox), jsonschema (prompt variables, tools, structured output) or trio
+    (httpcore2 imports it when installed, for async clients under trio): ~9 MB together."""
+    proc = subprocess.run([sys.executable, "-c", PLAIN_START, redis_url], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = set(proc.stdout.split())
+    assert "workers" in loaded and "httpcore2" in loaded
+    assert not loaded & {"jinja2", "jsonschema", "trio", "botocore"}
