@@ -13,7 +13,11 @@ itself until Redis takes it (it waits, holding its slot, as the ending would). C
 Never dropped: when the worker stops (:meth:`SettleKeeper.close`) with settlements Redis still
 refuses, they are appended to a journal file (JSON lines, ``LLMQ_SETTLE_JOURNAL``; by default one
 per ledger Redis, :func:`default_journal`), which the next worker started with the same journal
-settles first (:meth:`SettleKeeper.replay`).
+settles first (:meth:`SettleKeeper.replay`). Not even by a kill: each kept settlement is written
+ahead, before it is kept, to a file of this process's (``<journal>.<pid>.<ns>.keeping``, synced),
+deleted once nothing is kept; a process killed with settlements kept (SIGKILL, OOM) leaves the file,
+and the next start with the journal takes it over and settles it (a settlement already taken by
+Redis is a no-op the second time).
 """
 
 from __future__ import annotations
@@ -145,6 +149,10 @@ class SettleKeeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.metrics = _Metrics(registry)
+        #: This process's write-ahead file (named at the first keep: the pid is the process's that keeps).
+        self._ahead: Path | None = None
+        #: Callers retrying their own settlement (the keeper was full): their lines are in the file too.
+        self._retrying = 0
 
     @property
     def pending(self) -> list[PendingSettle]:
@@ -171,11 +179,13 @@ class SettleKeeper:
             self.metrics.refused.inc()
         item = PendingSettle(reservation, actual_micros, release)
         with self._lock:
+            self._write_ahead(item)
             if len(self._pending) < self.max_pending:
                 self._pending.append(item)
                 self.metrics.pending.set(len(self._pending))
                 kept = True
             else:
+                self._retrying += 1
                 kept = False
         if kept:
             log.warning(
@@ -193,9 +203,40 @@ class SettleKeeper:
             self._sleep(delay)
             try:
                 self._apply(item)
-                return
             except Exception:
                 delay = min(delay * 2, _MAX_BACKOFF_S)
+                continue
+            with self._lock:
+                self._retrying -= 1
+                self._drop_ahead_if_done()
+            return
+
+    def _write_ahead(self, item: PendingSettle) -> None:
+        """Append ``item`` to this process's write-ahead file, synced (called holding ``_lock``). A
+        file that cannot be written leaves the settlement in memory only (said once per failure)."""
+        if self.journal is None:
+            return
+        if self._ahead is None:
+            name = f"{self.journal.name}.{os.getpid()}.{time.time_ns()}.keeping"
+            self._ahead = self.journal.with_name(name)
+        try:
+            self._ahead.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._ahead, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                data = (item.to_json() + "\n").encode("utf-8")
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("could not write the settlement of %s ahead to %s (%s)", item.reservation.id, self._ahead, exc)
+
+    def _drop_ahead_if_done(self) -> None:
+        """Delete the write-ahead file once nothing is kept or retried (called holding ``_lock``)."""
+        if self._ahead is not None and not self._pending and not self._retrying:
+            with contextlib.suppress(OSError):
+                self._ahead.unlink(missing_ok=True)
 
     def flush(self) -> int:
         """Retry the kept settlements in order, stopping at the first refusal; how many Redis took."""
@@ -214,6 +255,7 @@ class SettleKeeper:
                 with self._lock:
                     self._pending.remove(item)
                     self.metrics.pending.set(len(self._pending))
+                    self._drop_ahead_if_done()
                 done += 1
         if done:
             log.info("settled %d kept settlement(s); %d still kept", done, len(self.pending))
@@ -255,6 +297,8 @@ class SettleKeeper:
             left, self._pending = self._pending, []
             self.metrics.pending.set(0)
         if not left:
+            with self._lock:
+                self._drop_ahead_if_done()
             return 0
         lines = "".join(item.to_json() + "\n" for item in left)
         try:
@@ -264,7 +308,9 @@ class SettleKeeper:
         except OSError as exc:
             for item in left:
                 log.error("UNSETTLED (settle it by hand; %s): %s", exc, item.to_json())
-            return 0
+            return 0  # the write-ahead file, if any, stays: the next start once this process is gone
+        with self._lock:
+            self._drop_ahead_if_done()  # in the journal now
         self.metrics.journaled.inc(len(left))
         log.warning("%d settlement(s) Redis refused written to %s; settled at the next start", len(left), self.journal)
         return len(left)
@@ -357,12 +403,16 @@ def _append(journal: Path, lines: str) -> None:
 
 
 def _orphans(journal: Path) -> list[Path]:
-    """Files a worker took from ``journal`` to replay and did not finish with (it is gone), each
-    taken over by this process (renamed, so two starting workers do not both take one)."""
+    """Files of workers that are gone: taken from ``journal`` to replay and not finished with
+    (``.replaying``), or written ahead of settlements they kept (``.keeping``: killed while Redis
+    refused them); each taken over by this process (renamed, so two starting workers do not both
+    take one)."""
     found: list[Path] = []
     prefix = f"{journal.name}."
     try:
-        candidates = sorted(journal.parent.glob(f"{journal.name}.*.replaying"))
+        candidates = sorted(
+            [*journal.parent.glob(f"{journal.name}.*.replaying"), *journal.parent.glob(f"{journal.name}.*.keeping")]
+        )
     except OSError:
         return found
     for path in candidates:

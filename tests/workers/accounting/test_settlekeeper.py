@@ -168,6 +168,68 @@ def test_a_journal_taken_by_a_worker_killed_before_it_wrote_back_is_settled_by_t
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
 
 
+def test_a_kept_settlement_is_written_ahead_until_redis_takes_it(tmp_path: Path) -> None:
+    """While a settlement is kept its line is on disk in this process's write-ahead file; once Redis
+    takes every kept one the file is gone (nothing for a later start to settle again)."""
+    journal = tmp_path / "unsettled.jsonl"
+    ledger = FakeLedger()
+    keeper = SettleKeeper(ledger.settle_now, journal=journal, background=False)
+    keeper.keep(_r("a"), 5, LedgerUnavailableError("full"))
+    keeper.keep_release(_r("b"), LedgerUnavailableError("full"))
+    (ahead,) = tmp_path.iterdir()
+    assert ahead.name.startswith(f"unsettled.jsonl.{os.getpid()}.") and ahead.name.endswith(".keeping")
+    lines = [PendingSettle.from_json(line) for line in ahead.read_text().splitlines()]
+    assert [(p.reservation.id, p.actual_micros, p.release) for p in lines] == [("a#1", 5, False), ("b#1", 0, True)]
+    ledger.full = False
+    assert keeper.flush() == 2
+    assert list(tmp_path.iterdir()) == []
+    assert keeper.close(timeout_s=0) == 0 and list(tmp_path.iterdir()) == []
+
+
+_KEEPER = """
+import sys, pathlib
+from workers.accounting.ledger import LedgerUnavailableError
+from workers.accounting.money import Reservation
+from workers.accounting.settlekeeper import SettleKeeper
+
+def refuse(reservation, actual):
+    raise LedgerUnavailableError("full")
+
+keeper = SettleKeeper(refuse, journal=pathlib.Path(sys.argv[1]), background=False)
+for i in range(3):
+    keeper.keep(Reservation(f"paid-{i}", 1, "default", "2026-12", 100, model="m"), 10 + i, LedgerUnavailableError("full"))
+print("kept", flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_a_worker_killed_with_kept_settlements_loses_none(tmp_path: Path) -> None:
+    """SIGKILL (or the OOM killer) gives a worker no shutdown, so nothing is journaled then: the
+    settlements it kept are in its write-ahead file, which the next start takes over (the process is
+    gone) and settles, each once."""
+    journal = tmp_path / "unsettled.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KEEPER, str(journal)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path.cwd()
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"kept\n"
+        proc.kill()
+        proc.wait(HANG_GUARD_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ledger = FakeLedger()
+    live = SettleKeeper(ledger.settle_now, journal=journal, background=False)
+    live.keep(_r("mine"), 1, LedgerUnavailableError("full"))  # a live keeper's file is not taken
+    ledger.full = False
+    after = SettleKeeper(ledger.settle_now, journal=journal, background=False)
+    assert after.replay() == 3 and after.pending == []
+    assert ledger.charged == {"paid-0#1": 10, "paid-1#1": 11, "paid-2#1": 12}
+    assert [p.name.endswith(".keeping") for p in tmp_path.iterdir()] == [True]  # the live one's
+    assert live.flush() == 1 and list(tmp_path.iterdir()) == []
+    assert SettleKeeper(ledger.settle_now, journal=journal, background=False).replay() == 0
+
+
 HANG_GUARD_S = 120
 _APPENDER = """
 import sys
