@@ -3,8 +3,9 @@
 The parent comes from the job's own ``traceparent`` (not from Celery headers), so it survives
 re-queues and redelivery. A later run of the same job (re-queued, or redelivered after a worker
 died) links to the run before it without asking Redis: a run's span id is derived from the job id
-and its run number (the claim counts runs), by :class:`JobSpanIds`, the id generator of the
-worker's tracer provider, so run ``n`` knows run ``n - 1``'s span context. A job without a
+and its run number (the claim counts runs), by :class:`~workers.jobs.spanids.JobSpanIds`, the id
+generator of the worker's tracer provider (apart, so that the OpenTelemetry SDK loads only where
+tracing is configured), so run ``n`` knows run ``n - 1``'s span context. A job without a
 ``traceparent`` gets a trace id derived from its id, so all its runs share one trace.
 """
 
@@ -15,7 +16,6 @@ from contextvars import ContextVar
 from decimal import Decimal
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Link, NoOpTracer, Span, SpanContext, SpanKind, TraceFlags, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
@@ -25,12 +25,12 @@ from workers.contract import CompletionJob, Usage
 from workers.jobs.chain import Instrumentation
 from workers.llm.tracing import GenAI
 
-__all__ = ["JobSpanIds", "instrumentation", "job_attributes", "job_trace_id", "run_span_id", "start_job_span"]
+__all__ = ["JOB_SPAN_IDS", "instrumentation", "job_attributes", "job_trace_id", "run_span_id", "start_job_span"]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 #: The ids the next span started on this thread/greenlet takes: set by :func:`start_job_span`
 #: around its ``start_span`` call only, so every other span keeps random ids.
-_JOB_SPAN_IDS: ContextVar[tuple[int, int] | None] = ContextVar("llmq_job_span_ids", default=None)
+JOB_SPAN_IDS: ContextVar[tuple[int, int] | None] = ContextVar("llmq_job_span_ids", default=None)
 #: The link's attribute on a later run's job span.
 PREVIOUS_RUN: dict[str, AttributeValue] = {"llmq.link": "previous_run"}
 
@@ -48,19 +48,6 @@ def run_span_id(job_id: str, run: int) -> int:
 def job_trace_id(job_id: str) -> int:
     """The trace id of a job that came without a ``traceparent``: all its runs share it."""
     return _derived(job_id, 16, b"llmq-trace")
-
-
-class JobSpanIds(RandomIdGenerator):
-    """Random ids, except for a job span: :func:`start_job_span` sets its derived ids for the
-    one ``start_span`` call (the trace id is used only when the span has no parent)."""
-
-    def generate_span_id(self) -> int:
-        ids = _JOB_SPAN_IDS.get()
-        return super().generate_span_id() if ids is None else ids[1]
-
-    def generate_trace_id(self) -> int:
-        ids = _JOB_SPAN_IDS.get()
-        return super().generate_trace_id() if ids is None else ids[0]
 
 
 def _prompt_attributes(job: CompletionJob) -> dict[str, AttributeValue]:
@@ -97,7 +84,7 @@ def start_job_span(tracer: Tracer, job: CompletionJob, queue: str, run: int) -> 
     """Start (not activate) the job span of run ``run``, linked to run ``run - 1``'s span.
 
     The ids are the derived ones when ``tracer`` comes from a provider built with
-    :class:`JobSpanIds` (the worker's, ``workers/runtime/tracing.py``); the link assumes so."""
+    :class:`~workers.jobs.spanids.JobSpanIds` (the worker's, ``workers/runtime/tracing.py``); the link assumes so."""
     parent = None
     if job.traceparent:
         carrier = {"traceparent": job.traceparent}
@@ -123,8 +110,8 @@ def start_job_span(tracer: Tracer, job: CompletionJob, queue: str, run: int) -> 
         "llmq.run": run,
         **job_attributes(job),
     }
-    token = _JOB_SPAN_IDS.set((trace_id, run_span_id(job.id, run)))
+    token = JOB_SPAN_IDS.set((trace_id, run_span_id(job.id, run)))
     try:
         return tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes, links=links)
     finally:
-        _JOB_SPAN_IDS.reset(token)
+        JOB_SPAN_IDS.reset(token)

@@ -16,6 +16,7 @@ of the worker's ~105 MB of imports was the process's peak (``workers/accounting/
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -29,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workers.accounting.bpefiles import preload_compacted
 
     preload_compacted()  # while the process is small: the moment both copies of the ranks exist is its peak
-    import_http_without_trio()
+    import_without_optional()
 
     import click
     from celery.bin.base import CLIContext
@@ -47,20 +48,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def import_http_without_trio() -> None:
-    """Import httpcore2 (the worker's HTTP client's transport) with trio hidden.
+#: Optional imports the worker never uses, hidden while the library that makes them is imported:
+#: httpcore2 imports trio whenever it is installed (a development install has it, for selenium), for
+#: async clients under trio (~4 MB, ~90 modules); redis-py imports the OpenTelemetry metrics SDK when
+#: installed, for its own metrics, which an application turns on in code and llmqueue never does
+#: (~3 MB). Both libraries treat them as optional; the worker's HTTP client is synchronous (gevent).
+WITHOUT_OPTIONAL = (("httpcore2", "trio"), ("redis", "opentelemetry.sdk.metrics"))
 
-    httpcore2 imports trio whenever it is installed, for async clients running under trio; a
-    development install has it (selenium's dependency). The worker's client is synchronous (gevent):
-    trio is ~4 MB and ~90 modules a worker never runs. trio itself stays importable afterwards (a tool
-    module may use it); only httpcore2's trio support is left out of the worker process."""
-    if "trio" in sys.modules or "httpcore2" in sys.modules:
-        return
-    sys.modules["trio"] = None  # type: ignore[assignment]  # ``import trio`` raises ImportError
-    try:
-        import httpcore2  # noqa: F401
-    finally:
-        del sys.modules["trio"]
+
+def import_without_optional() -> None:
+    """Import each library of :data:`WITHOUT_OPTIONAL` with its optional import hidden (``import``
+    raises ImportError). The hidden modules stay importable afterwards (a tool module may use trio);
+    only the library's optional support is left out of the worker process. Nothing is done for a
+    library imported already."""
+    for library, optional in WITHOUT_OPTIONAL:
+        if library in sys.modules or optional in sys.modules:
+            continue
+        sys.modules[optional] = None  # type: ignore[assignment]
+        try:
+            importlib.import_module(library)
+        finally:
+            del sys.modules[optional]
 
 
 def default_encodings() -> list[str]:

@@ -19,9 +19,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
@@ -66,6 +66,9 @@ from workers.runtime.webhooks import WebhookDeliverer, WebhookMetrics
 from workers.settings import Settings
 from workers.tools.publish import RegistryPublisher
 from workers.tools.toolbox import Toolbox
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ["CANCEL_CHANNEL", "CancelWatcher", "WorkerResources", "build_ledger", "redis_client_for"]
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from opentelemetry.sdk.trace import TracerProvider
-
-from workers.jobs.spans import JobSpanIds
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ["build_tracer_provider", "tracing_configured"]
 
@@ -35,9 +35,13 @@ def build_tracer_provider(service_name: str = "llmq-worker") -> TracerProvider |
     """A provider exporting over OTLP/HTTP, or None when tracing is not configured."""
     if not tracing_configured():
         return None
+    # the SDK and the exporter load here only: a worker without tracing does not hold them
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from workers.jobs.spanids import JobSpanIds
 
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
     # job spans take ids derived from job id and run, so a redelivered run links to the one

@@ -8,7 +8,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NoOpTracer, SpanKind, use_span
 
 from workers.contract import CompletionJob
-from workers.jobs.spans import JobSpanIds, job_attributes, job_trace_id, run_span_id, start_job_span
+from workers.jobs.spanids import JobSpanIds
+from workers.jobs.spans import job_attributes, job_trace_id, run_span_id, start_job_span
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

@@ -119,8 +119,8 @@ def test_a_configured_bedrock_provider_imports_botocore_on_its_first_call() -> N
 
 PLAIN_START = """
 import sys
-from workers.runtime.launch import import_http_without_trio
-import_http_without_trio()
+from workers.runtime.launch import import_without_optional
+import_without_optional()
 from workers.contract import CompletionJob, Message
 from workers.jobs.pipeline import JobRunner
 from workers.prompts.render import render_job
@@ -133,15 +133,20 @@ job = CompletionJob(model="openai:gpt-4o-mini", messages=[Message(role="user", c
 assert render_job(job, resources.redis).messages == job.messages
 resources.close()
 print(" ".join(sorted({name.split(".")[0] for name in sys.modules})))
+print(" ".join(sorted(name for name in sys.modules if name.startswith("opentelemetry"))), file=sys.stderr)
 """
 
 
 def test_a_plain_worker_start_and_job_import_no_prompt_schema_or_trio_modules(redis_url: str) -> None:
     """A worker without tools whose jobs bring their messages and ask for no JSON schema does not load
     Jinja2 (the prompt sandbox), jsonschema (prompt variables, tools, structured output) or trio
-    (httpcore2 imports it when installed, for async clients under trio): ~9 MB together."""
+    (httpcore2 imports it when installed, for async clients under trio): ~9 MB together; without
+    OTEL_* variables, not the OpenTelemetry SDK either (redis-py imports its metrics part if let)."""
     proc = subprocess.run([sys.executable, "-c", PLAIN_START, redis_url], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     loaded = set(proc.stdout.split())
     assert "workers" in loaded and "httpcore2" in loaded
     assert not loaded & {"jinja2", "jsonschema", "trio", "botocore"}
+    # neither the OpenTelemetry SDK (no OTEL_* variables: tracing is off) nor redis-py's use of it
+    sdk = [name for name in proc.stderr.split() if name.startswith("opentelemetry.sdk")]
+    assert sdk == []
