@@ -123,13 +123,18 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
     except TimeoutError:
         await gw.client_gone(job_id, "cancel", "timeout")
         raise GatewayError(
-            504, f"The job did not finish within {settings.result_timeout_s:g}s; it was cancelled.", code="timeout"
+            504,
+            f"The job did not finish within {settings.result_timeout_s:g}s; it was cancelled.",
+            code="timeout",
+            headers=dict(headers),
         ) from None
     if item is None:
         await gw.client_gone(job_id, settings.on_disconnect, "client_gone")
         return Response(status_code=499)
     if isinstance(item, FeedError):
-        raise feed_error(item)
+        err = feed_error(item)
+        err.headers.update(headers)
+        raise err
     if item.type == "done":
         body = completion_body(item.result, model=req.model, created=created)
         if item.result.cached:  # served by the response cache (or an identical call in flight)

@@ -402,11 +402,16 @@ class ChatStreamRenderer:
         )
 
     def early_response(self, item: Item) -> Response | None:
-        """Before any content: a failed or cancelled job is an HTTP error status, like OpenAI's."""
+        """Before any content: a failed or cancelled job is an HTTP error status, like OpenAI's, with
+        the job's id in ``x-llmq-job-id`` as on every answer about a job that exists (a 503
+        ``no_worker`` while Redis is full leaves the job queued: the id is how the caller finds it)."""
         if isinstance(item, FeedError):
-            return feed_error(item).response()
-        if item.type == "error":
-            return error_for_job(item.error, self.job_id).response()
-        if item.type == "cancelled":
-            return GatewayError(499, "the job was cancelled", type="cancelled", code="cancelled").response()
-        return None
+            err = feed_error(item)
+        elif item.type == "error":
+            err = error_for_job(item.error, self.job_id)
+        elif item.type == "cancelled":
+            err = GatewayError(499, "the job was cancelled", type="cancelled", code="cancelled")
+        else:
+            return None
+        err.headers["x-llmq-job-id"] = self.job_id
+        return err.response()

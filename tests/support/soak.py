@@ -68,6 +68,9 @@ class SoakConfig:
     #: Stop submitting after this many jobs even if ``duration_s`` has not passed.
     max_jobs: int = 100_000
     workers: int = 3
+    #: Each worker's pool, round robin (w0, the one SIGKILLed and replaced, takes the first): the
+    #: default ``gevent`` and ``threads`` both, since each finds a dead worker's jobs its own way.
+    pools: tuple[str, ...] = ("gevent", "threads")
     concurrency: int = 8
     #: Producer submits per second (the gateway's SSE clients come on top).
     rate_per_s: float = 10.0
@@ -258,12 +261,12 @@ def _sse_client(run: _Run, gateway: str, index: int) -> None:
             try:
                 with http.stream("POST", "/v1/chat/completions", json=body) as response:
                     job_id = response.headers.get("x-llmq-job-id")
+                    if job_id:  # a job exists (a 503 no_worker while Redis is full leaves it queued)
+                        run.add(job_id, "gateway")
                     if response.status_code == 503:
                         run.count(run.report.pushed_back, "gateway_503")
                         time.sleep(float(response.headers.get("retry-after", "1")))
                         continue
-                    if job_id:
-                        run.add(job_id, "gateway")
                     if response.status_code != 200:
                         run.count(run.report.sse, f"http_{response.status_code}")
                         response.read()
@@ -317,7 +320,9 @@ def run_soak(config: SoakConfig, *, log: bool = True, log_dir: str | None = None
             extra += ["--completion-tokens", str(config.completion_tokens)]
             stack.start_simulator(tokens_per_s=config.tokens_per_s, extra=extra)
             workers = [
-                stack.start_worker(pool="threads", concurrency=config.concurrency, name=f"w{i}")
+                stack.start_worker(
+                    pool=config.pools[i % len(config.pools)], concurrency=config.concurrency, name=f"w{i}"
+                )
                 for i in range(config.workers)
             ]
             stack.wait_for_workers(config.workers, timeout=180)
@@ -359,7 +364,7 @@ def run_soak(config: SoakConfig, *, log: bool = True, log_dir: str | None = None
                     _kill(workers[0])
                     report.kills += 1
                     workers[0] = stack.start_worker(
-                        pool="threads", concurrency=config.concurrency, name=f"w0-r{report.kills}"
+                        pool=config.pools[0], concurrency=config.concurrency, name=f"w0-r{report.kills}"
                     )
                     say(f"SIGKILLed worker w0, started w0-r{report.kills} ({len(run.ids)} jobs submitted)")
                     continue

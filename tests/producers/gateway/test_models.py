@@ -141,6 +141,8 @@ def test_a_chat_no_worker_can_take_is_a_503_saying_so_not_a_wait(
         client.close()
     response = refused.value.response
     assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    # the job exists (cancelled here; left queued when Redis is full): its id, as on every answer
+    assert redis_client.exists(f"llmq:job:{{{response.headers['x-llmq-job-id']}}}:cancel") == 1
     assert refused.value.code == "no_worker"
     assert "The job was not started: no worker consumes queue 'nobody-home'" in refused.value.message
     assert len(list(redis_client.scan_iter(match="llmq:job:*:cancel"))) == 1  # the job's cancel, asked once
