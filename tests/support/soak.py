@@ -264,7 +264,12 @@ def _sse_client(run: _Run, gateway: str, index: int) -> None:
                     if job_id:  # a job exists (a 503 no_worker while Redis is full leaves it queued)
                         run.add(job_id, "gateway")
                     if response.status_code == 503:
-                        run.count(run.report.pushed_back, "gateway_503")
+                        response.read()
+                        try:
+                            code = response.json()["error"]["code"]
+                        except (ValueError, KeyError, TypeError):
+                            code = "unknown"
+                        run.count(run.report.pushed_back, f"gateway_503_{code}")
                         time.sleep(float(response.headers.get("retry-after", "1")))
                         continue
                     if response.status_code != 200:
