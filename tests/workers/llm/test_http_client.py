@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import httpcore2
 import pytest
 
+from tests.support.waits import until
 from workers.llm.errors import LLMQError
 from workers.llm.httpclient import HTTPClient, HTTPSettings, _ProbingBackend, _ProbingStream
 
@@ -25,6 +26,8 @@ class ClosingServer:
         self.sock.listen(16)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.connections = 0
+        #: Connections this server has hung up on.
+        self.closed = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -47,6 +50,7 @@ class ClosingServer:
             head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(BODY)}\r\n\r\n"
             conn.sendall(head.encode() + BODY)
             time.sleep(0.05)  # then hang up on the idle keep-alive connection
+        self.closed += 1
 
     def close(self) -> None:
         self.sock.close()
@@ -68,12 +72,12 @@ def test_pools_probe_idle_connections_with_the_native_poll(server: ClosingServer
     try:
         # ours, not the library's own backend (a library update that moves the pool shows up here)
         assert isinstance(client._clients[0]._transport._pool._network_backend, _ProbingBackend)
-        for _ in range(3):
+        for n in range(1, 4):
             _, body = client.post(
                 f"{server.url}/x", headers={}, body=b"{}", provider="openai", model="m", error_mapper=_error
             )
             assert body == BODY
-            time.sleep(0.15)  # the server has closed the pooled connection by now
+            until(lambda n=n: server.closed >= n, "the server to hang up on the pooled connection", 30)
         assert server.connections == 3  # each stale connection was noticed and replaced, none failed
     finally:
         client.close()

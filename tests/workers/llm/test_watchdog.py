@@ -61,8 +61,7 @@ def test_the_timer_parks_when_idle_and_wakes_for_the_next_deadline() -> None:
         first = threading.Event()
         dog.schedule(0.0, first.set)
         assert first.wait(2)
-        time.sleep(0.2)  # nothing pending for longer than linger_s: parked
-        assert dog._parked
+        until(lambda: dog._parked, "the idle timer to park (nothing pending for longer than linger_s)", 30)
         second = threading.Event()
         dog.schedule(0.02, second.set)
         assert second.wait(2)
