@@ -60,11 +60,16 @@ class HTTPSettings:
     request_timeout: float = 600.0
     #: Largest response body accepted (streamed or not); more ends the attempt, typed.
     max_response_bytes: int = 64 * 1024 * 1024
-    #: Independent connection pools requests are spread over (0 = one per 32 connections). The
-    #: library's pool re-checks every pooled connection on every request and every response
-    #: close (a ``poll`` of each idle socket; through the event loop under gevent), so one pool
-    #: of 200 connections costs O(200) per request; shards keep that to ~32.
+    #: Independent connection pools requests are spread over (0 = one per
+    #: :data:`CONNECTIONS_PER_SHARD` connections). The library's pool walks every pooled
+    #: connection on every request and every response close (state checks, and a ``poll`` of
+    #: each idle socket), so one pool of 200 connections costs O(200) per request; shards keep
+    #: that to a few.
     pool_shards: int = 0
+
+
+#: Connections per pool shard when ``pool_shards`` is 0.
+CONNECTIONS_PER_SHARD = 32
 
 
 #: Most distinct request URLs :class:`HTTPClient` keeps parsed.
@@ -289,7 +294,11 @@ class HTTPClient:
             write=settings.write_timeout,
             pool=settings.pool_timeout,
         )
-        shards = 1 if transport is not None else settings.pool_shards or -(-settings.max_connections // 32)
+        shards = (
+            1
+            if transport is not None
+            else settings.pool_shards or -(-settings.max_connections // CONNECTIONS_PER_SHARD)
+        )
         probe = native_probe()
         # every shard may use the full limit: a job holds one connection at a time, so the
         # worker's concurrency bounds the total, and no job waits on a full shard beside idle ones
@@ -516,15 +525,25 @@ class _ProbingStream(httpcore2.NetworkStream):
     #: The clock of that window (a seam for tests).
     clock: Callable[[], float] = staticmethod(time.monotonic)
 
+    #: A request's header block is held back (HTTP/1.1 only) until its body, the next read or the
+    #: next write comes, if it is at most this long: the headers and the body go out in one send
+    #: (httpcore writes them separately: two system calls and two TCP segments per request).
+    HOLD_MAX = 65_536
+
     def __init__(self, inner: httpcore2.NetworkStream, probe: Probe) -> None:
         self._inner = inner
         self._probe = probe
         self._h2: bool | None = None
         #: When the socket last probed "not readable" (monotonic); 0.0 = no such answer to reuse.
         self._quiet_at = 0.0
+        #: The held header block and its write timeout (see :attr:`HOLD_MAX`).
+        self._held: bytes = b""
+        self._held_timeout: float | None = None
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         self._quiet_at = 0.0
+        if self._held:  # a request is always written whole before its answer is read
+            self._write_held()
         abort = _READ_ABORT.get()
         if abort is None or self._shared():
             return self._inner.read(max_bytes, timeout)
@@ -547,9 +566,24 @@ class _ProbingStream(httpcore2.NetworkStream):
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._quiet_at = 0.0
+        if self._held:
+            buffer = self._held + buffer
+            self._held = b""
+        if not buffer:
+            return  # the end of a body framed by its length: nothing to send
+        if buffer.endswith(b"\r\n\r\n") and len(buffer) <= self.HOLD_MAX and not self._shared():
+            # a header block: its body (or the empty end of message) follows at once; an HTTP/2
+            # socket is never held (another call's reader may be waiting on this one's request)
+            self._held, self._held_timeout = buffer, timeout
+            return
         self._inner.write(buffer, timeout)
 
+    def _write_held(self) -> None:
+        held, self._held = self._held, b""
+        self._inner.write(held, self._held_timeout)
+
     def close(self) -> None:
+        self._held = b""
         self._inner.close()
 
     def start_tls(

@@ -86,7 +86,7 @@ def test_pools_probe_idle_connections_with_the_native_poll(server: ClosingServer
 def test_requests_are_spread_over_the_pool_shards() -> None:
     client = HTTPClient(HTTPSettings(max_connections=200))
     try:
-        assert len(client._clients) == 7  # one pool per 32 connections
+        assert len(client._clients) == 7  # one pool per 32 connections (CONNECTIONS_PER_SHARD)
         assert len({id(client._client) for _ in range(14)}) == 7
     finally:
         client.close()
@@ -135,6 +135,57 @@ def test_a_quiet_socket_is_probed_once_per_window_and_again_after_any_use() -> N
         assert stream.get_extra_info("is_readable") is False and len(probes) == 4
         stream.read(10)
         assert stream.get_extra_info("is_readable") is False and len(probes) == 5
+    finally:
+        a.close()
+        b.close()
+
+
+class _RecordingStream(_IdleStream):
+    """Records what reaches the socket: each write as sent, and reads in between."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.sent: list[object] = []
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self.sent.append("read")
+        return b""
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.sent.append((buffer, timeout))
+
+
+def test_a_requests_headers_and_body_go_out_in_one_write_before_any_read() -> None:
+    a, b = socket.socketpair()
+    try:
+        inner = _RecordingStream(a)
+        stream = _ProbingStream(inner, lambda sock: False)
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n"
+        stream.write(head, 5.0)
+        assert inner.sent == []  # held for its body
+        stream.write(b"{}", 5.0)
+        stream.write(b"", 5.0)  # h11's end of a length-framed body: nothing to send
+        stream.read(10)
+        assert inner.sent == [(head + b"{}", 5.0), "read"]
+        # a request without a body (GET): its headers go out before its answer is read
+        inner.sent.clear()
+        get = b"GET /v1/batches/b1 HTTP/1.1\r\nhost: x\r\n\r\n"
+        stream.write(get, 3.0)
+        stream.write(b"", 3.0)
+        assert inner.sent == []
+        stream.read(10)
+        assert inner.sent == [(get, 3.0), "read"]
+        # a body that itself ends like a header block is sent by the read too, whole and in order
+        inner.sent.clear()
+        stream.write(head, 1.0)
+        stream.write(b"x\r\n\r\n", 1.0)
+        stream.read(10)
+        assert inner.sent == [(head + b"x\r\n\r\n", 1.0), "read"]
+        # a connection closed with a held request sends nothing
+        inner.sent.clear()
+        stream.write(get, 1.0)
+        stream.close()
+        assert inner.sent == []
     finally:
         a.close()
         b.close()
