@@ -68,8 +68,9 @@ class HTTPSettings:
     pool_shards: int = 0
 
 
-#: Connections per pool shard when ``pool_shards`` is 0.
-CONNECTIONS_PER_SHARD = 32
+#: Connections per pool shard when ``pool_shards`` is 0: 32 cost ~3.3 % of a gevent worker's
+#: samples at 200 streams (py-spy, ``_assign_requests_to_connections``); see bench/RESULTS-queue.md.
+CONNECTIONS_PER_SHARD = 8
 
 
 #: Most distinct request URLs :class:`HTTPClient` keeps parsed.

@@ -86,8 +86,8 @@ def test_pools_probe_idle_connections_with_the_native_poll(server: ClosingServer
 def test_requests_are_spread_over_the_pool_shards() -> None:
     client = HTTPClient(HTTPSettings(max_connections=200))
     try:
-        assert len(client._clients) == 7  # one pool per 32 connections (CONNECTIONS_PER_SHARD)
-        assert len({id(client._client) for _ in range(14)}) == 7
+        assert len(client._clients) == 25  # one pool per 8 connections (CONNECTIONS_PER_SHARD)
+        assert len({id(client._client) for _ in range(50)}) == 25
     finally:
         client.close()
 
