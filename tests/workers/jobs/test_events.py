@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import redis
 
 from workers.contract import CompletionResult, DoneEvent, JobKeys, StartEvent, parse_event
-from workers.jobs.events import EventPublisher, last_seq
+from workers.jobs.events import EventPublisher, delta_json, last_seq
 from workers.llm.errors import RunFencedError
 
 
@@ -131,3 +133,15 @@ def test_terminal_flush_writes_first_releases_the_claim_and_is_fenced(redis_clie
     assert redis_client.get(other.result) is None
     assert redis_client.xlen(other.events) == 0
     assert redis_client.get(other.claim) == b"tok-3"
+
+
+def test_a_delta_events_json_is_what_json_dumps_writes() -> None:
+    texts = ["", "plain", 'quote " and \\ backslash', "line\nbreak\ttab\x00\x1f\x7f", "é日本😀\u2028", "</script>"]
+    for seq, text in enumerate(texts):
+        for ts in (1765000000.123456, 0.1, 1e22):
+            want = json.dumps(
+                {"type": "delta", "job_id": 'j"1', "seq": seq, "run": 2, "ts": ts, "text": text},
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
+            assert delta_json('j"1', seq, 2, ts, text) == want
