@@ -61,10 +61,20 @@ def _os_probe() -> Probe | None:
     return native_probe()
 
 
+#: Bytes a connection reads from its socket at once. redis-py's 64 KiB is a buffer each connection
+#: allocates (and touches) when it is made, and a worker holds one connection per busy slot in each of
+#: its pools: ~145 at 200 slots, 9 MB. Replies here are a few hundred bytes to a few KiB (a job's
+#: message, a script's answer); a larger one takes one more read per 16 KiB.
+SOCKET_READ_SIZE = 16 * 1024
+
+
 def sync_parser_options() -> dict[str, Any]:
-    """Connection options for a sync client where hiredis is installed: :class:`QuickCheckParser`, and
-    :class:`~workers.connections.packer.HiredisPacker` (arguments packed by hiredis, not encoded in Python)."""
-    return {"parser_class": QuickCheckParser, "command_packer": HiredisPacker()} if HIREDIS_AVAILABLE else {}
+    """Connection options for a sync client: a :data:`SOCKET_READ_SIZE` read buffer and, where hiredis
+    is installed, :class:`QuickCheckParser` and :class:`~workers.connections.packer.HiredisPacker`
+    (arguments packed by hiredis, not encoded in Python)."""
+    if not HIREDIS_AVAILABLE:
+        return {"socket_read_size": SOCKET_READ_SIZE}
+    return {"parser_class": QuickCheckParser, "command_packer": HiredisPacker(), "socket_read_size": SOCKET_READ_SIZE}
 
 
 #: Sentinel clients get at least this many connections (their pool raises when it runs out).
