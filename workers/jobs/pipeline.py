@@ -263,6 +263,12 @@ class JobRunner:
                     observer.requeued(outcome.requeue_reason or "unknown", outcome.requeue_after_s)
             return outcome
         finally:
+            # the callbacks that hold the run (run -> publisher/meter -> callback -> run), unlinked: the
+            # run's objects are freed as it ends, not at the next full collection (hundreds of ended
+            # jobs' worth by then: the worker's peak memory)
+            publisher.on_full = None
+            if run.meter is not None:
+                run.meter.wait_for_writes = None
             if run.cached is not None:  # a lead its terminal write did not end
                 run.cached.end(outcome.result if outcome is not None else None)
             res.metrics.jobs.ended(job.priority)
