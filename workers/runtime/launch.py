@@ -18,25 +18,26 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``celery worker`` with ``argv`` (the worker's options, e.g. ``-P gevent -c 200``)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    from celery import maybe_patch_concurrency
+    with without_optional():
+        from celery import maybe_patch_concurrency
 
-    maybe_patch_concurrency(["worker", *args])  # gevent's monkey patches, before anything else loads
-    from workers.accounting.bpefiles import preload_compacted
+        maybe_patch_concurrency(["worker", *args])  # gevent's monkey patches, before anything else loads
+        from workers.accounting.bpefiles import preload_compacted
 
-    preload_compacted()  # while the process is small: the moment both copies of the ranks exist is its peak
-    import_without_optional()
+        preload_compacted()  # while the process is small: the moment both copies of the ranks exist is its peak
+        for library in IMPORTED_EARLY:
+            importlib.import_module(library)
+        import click
+        from celery.bin.base import CLIContext
+        from celery.bin.worker import worker
 
-    import click
-    from celery.bin.base import CLIContext
-    from celery.bin.worker import worker
-
-    from workers.runtime.app import app
+        from workers.runtime.app import app
 
     @click.group()
     @click.pass_context
@@ -48,27 +49,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-#: Optional imports the worker never uses, hidden while the library that makes them is imported:
-#: httpcore2 imports trio whenever it is installed (a development install has it, for selenium), for
-#: async clients under trio (~4 MB, ~90 modules); redis-py imports the OpenTelemetry metrics SDK when
-#: installed, for its own metrics, which an application turns on in code and llmqueue never does
-#: (~3 MB). Both libraries treat them as optional; the worker's HTTP client is synchronous (gevent).
-WITHOUT_OPTIONAL = (("httpcore2", "trio"), ("redis", "opentelemetry.sdk.metrics"))
+#: Optional imports the worker never uses, hidden while the worker's libraries are imported (each
+#: library treats them as optional, and goes on without): trio, which httpcore2 imports whenever it
+#: is installed (a development install has it, for selenium) for async clients under trio (~4 MB,
+#: ~90 modules; the worker's HTTP client is synchronous); the OpenTelemetry metrics SDK, which redis-py
+#: imports for its own metrics, turned on in an application's code, never in llmqueue's (~3 MB);
+#: pygments (Celery's colours for its other commands' output), PyYAML (kombu's yaml serializer: the
+#: worker accepts JSON only) and psutil (Celery's ``memdump`` debugging command), ~1 MB each.
+OPTIONAL_UNUSED = ("trio", "opentelemetry.sdk.metrics", "pygments", "yaml", "psutil")
+#: Libraries that make those imports but would load only with the worker's resources: imported early,
+#: inside :func:`without_optional`.
+IMPORTED_EARLY = ("httpcore2", "redis")
 
 
-def import_without_optional() -> None:
-    """Import each library of :data:`WITHOUT_OPTIONAL` with its optional import hidden (``import``
-    raises ImportError). The hidden modules stay importable afterwards (a tool module may use trio);
-    only the library's optional support is left out of the worker process. Nothing is done for a
-    library imported already."""
-    for library, optional in WITHOUT_OPTIONAL:
-        if library in sys.modules or optional in sys.modules:
-            continue
-        sys.modules[optional] = None  # type: ignore[assignment]
-        try:
-            importlib.import_module(library)
-        finally:
-            del sys.modules[optional]
+@contextlib.contextmanager
+def without_optional(names: Sequence[str] = OPTIONAL_UNUSED) -> Iterator[None]:
+    """Within: ``import`` of each of ``names`` not imported yet raises ImportError. Afterwards they
+    are importable again (a tool module may use trio or PyYAML); only the optional support of the
+    libraries imported within is left out of the worker process."""
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 def default_encodings() -> list[str]:

@@ -119,8 +119,10 @@ def test_a_configured_bedrock_provider_imports_botocore_on_its_first_call() -> N
 
 PLAIN_START = """
 import sys
-from workers.runtime.launch import import_without_optional
-import_without_optional()
+from workers.runtime.launch import without_optional
+with without_optional():
+    import httpcore2, redis, celery.bin.worker, celery.apps.worker
+    import workers.runtime.app
 from workers.contract import CompletionJob, Message
 from workers.jobs.pipeline import JobRunner
 from workers.prompts.render import render_job
@@ -141,12 +143,13 @@ def test_a_plain_worker_start_and_job_import_no_prompt_schema_or_trio_modules(re
     """A worker without tools whose jobs bring their messages and ask for no JSON schema does not load
     Jinja2 (the prompt sandbox), jsonschema (prompt variables, tools, structured output) or trio
     (httpcore2 imports it when installed, for async clients under trio): ~9 MB together; without
-    OTEL_* variables, not the OpenTelemetry SDK either (redis-py imports its metrics part if let)."""
+    OTEL_* variables, not the OpenTelemetry SDK either (redis-py imports its metrics part if let); nor
+    what Celery and kombu import if installed for what the worker does not do (pygments, PyYAML, psutil)."""
     proc = subprocess.run([sys.executable, "-c", PLAIN_START, redis_url], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     loaded = set(proc.stdout.split())
     assert "workers" in loaded and "httpcore2" in loaded
-    assert not loaded & {"jinja2", "jsonschema", "trio", "botocore"}
+    assert not loaded & {"jinja2", "jsonschema", "trio", "botocore", "pygments", "yaml", "psutil"}
     # neither the OpenTelemetry SDK (no OTEL_* variables: tracing is off) nor redis-py's use of it
     sdk = [name for name in proc.stderr.split() if name.startswith("opentelemetry.sdk")]
     assert sdk == []
