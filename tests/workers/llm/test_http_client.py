@@ -88,6 +88,8 @@ def test_requests_are_spread_over_the_pool_shards() -> None:
     try:
         assert len(client._clients) == 25  # one pool per 8 connections (CONNECTIONS_PER_SHARD)
         assert len({id(client._client) for _ in range(50)}) == 25
+        # one TLS context (CA certificates loaded once, ~1.1 MB each), not one per shard
+        assert len({id(c._transport._pool._ssl_context) for c in client._clients}) == 1  # type: ignore[attr-defined]
     finally:
         client.close()
 
