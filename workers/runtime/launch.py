@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 OPTIONAL_UNUSED = ("trio", "opentelemetry.sdk.metrics", "pygments", "yaml", "psutil")
 #: Libraries that make those imports but would load only with the worker's resources: imported early,
 #: inside :func:`without_optional`.
-IMPORTED_EARLY = ("httpcore2", "redis")
+IMPORTED_EARLY = ("httpcore2", "redis", "celery.apps.worker")
 
 
 @contextlib.contextmanager
