@@ -618,6 +618,46 @@ def test_a_full_window_is_rechecked_within_the_refill_bound(url: str, redis_clie
             got[1][1].ack()
 
 
+class _AckingPoll(_RecordingPoll):
+    """Acks a message as its first wait starts (an ack from another greenlet while the window is full)
+    and records what each wait returned."""
+
+    def __init__(self, inner: Any, ack: Any) -> None:
+        super().__init__(inner)
+        self.ack = ack
+        self.returned: list[Any] = []
+
+    def poll(self, timeout: float | None = None) -> Any:
+        if self.ack is not None:
+            ack, self.ack = self.ack, None
+            ack()
+        events = super().poll(timeout)
+        self.returned.append(events)
+        return events
+
+
+def test_an_ack_wakes_a_full_windows_wait_at_once(url: str, redis_client: redis.Redis) -> None:
+    """A freed slot is not left for the next timed look at the credit: the ack wakes the wait itself."""
+    for n in range(2):
+        _publish(url, {"n": n})
+    got: list[tuple[Any, Any]] = []
+    with _connection(url, **NO_BEAT) as conn:
+        channel = conn.channel()
+        cycle = conn.transport.cycle
+        with _consumer(channel, got, prefetch=1):
+            conn.drain_events(timeout=10)
+            assert _bodies(got) == [{"n": 0}] and not channel.qos.can_consume()
+            recorder = _AckingPoll(cycle.poller, got[0][1].ack)
+            cycle.poller = recorder
+            conn.drain_events(timeout=10)  # woken by the ack, the drain takes the next message
+            assert _bodies(got) == [{"n": 0}, {"n": 1}]
+            assert cycle._wake is not None
+            woke = [fd for events in recorder.returned for fd, _ in events or ()]
+            assert woke[0] == cycle._wake[0]  # the full window's wait ended on the wake-up, not on its bound
+            got[1][1].ack()
+    assert not cycle._waiting_full
+
+
 def _calls(redis_client: redis.Redis) -> dict[str, int]:
     """Scripts (the release) and ZREM calls the server has run so far (``INFO commandstats``)."""
     stats = redis_client.info("commandstats")
