@@ -24,7 +24,15 @@ log = logging.getLogger("llmq.tasks")
 
 
 def register_tasks(app: LLMQCelery) -> None:
-    @app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True, max_retries=None, shared=False)
+    @app.task(
+        name=TASK_NAME,
+        bind=True,
+        acks_late=True,
+        ignore_result=True,
+        max_retries=None,
+        shared=False,
+        Request="workers.runtime.request:DecodedRequest",  # the body decoded once per message
+    )
     def run_job(self: Task[[dict[str, Any]], str], job: dict[str, Any]) -> str:
         runner = app.llmq.runner()
         try:
