@@ -77,9 +77,12 @@ def run(args: argparse.Namespace) -> int:
     # the worker loads these first, while it is small (workers/runtime/launch.py); what finding them
     # imports (settings, config, pydantic) stays behind at the exec
     from workers.accounting.bpefiles import PRELOAD_ENV
-    from workers.runtime.launch import default_encodings
+    from workers.accounting.pricehandover import PRICES_ENV
+    from workers.runtime.launch import default_encodings, default_prices
 
     os.environ[PRELOAD_ENV] = ",".join(default_encodings())
+    # genai-prices' answers for the default model and the start (its data, ~7 MB, stays behind)
+    os.environ[PRICES_ENV] = default_prices()
     argv = command(args)
     # exec: signals (Ctrl-C, SIGTERM for a warm shutdown) go straight to Celery, and gevent
     # patches the process before anything else is imported.

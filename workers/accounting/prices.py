@@ -29,6 +29,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ from workers.llm.errors import ConfigurationError
 
 __all__ = [
     "LOCAL_PROVIDERS",
+    "GenaiPrices",
     "ModelPrice",
     "PriceBook",
     "PriceOverride",
@@ -207,12 +209,26 @@ def price_sources(specs: Mapping[str, Any]) -> dict[str, PriceSource]:
     return out
 
 
+class GenaiPrices:
+    """What genai-prices says of a model name or a provider's names (imported on the first question).
+
+    The seam of a :class:`PriceBook`: ``workers/accounting/pricehandover.py`` answers from what
+    ``llmq worker`` worked out before its exec, and asks this for anything else."""
+
+    def lookup(self, source: PriceSource, name: str) -> ModelPrice | None:
+        return _genai_lookup(source, name)
+
+    def table(self, source: PriceSource) -> PriceTable:
+        return _genai_table(source)
+
+
 class PriceBook:
     """Looks up and caches :class:`ModelPrice` per model id. Thread-safe; one per process.
 
     ``overrides`` maps ``provider:model`` (or ``provider:*``) to a mapping or object with
     ``input_per_mtok``, ``output_per_mtok`` and/or ``context_window`` (the config's
-    ``[models."..."]`` tables can be passed as they are).
+    ``[models."..."]`` tables can be passed as they are). ``genai`` answers what genai-prices
+    knows (default: the library itself); the overrides are applied here, on top of its answers.
     """
 
     def __init__(
@@ -222,6 +238,7 @@ class PriceBook:
         unpriced: UnpricedPolicy = "reject",
         local_providers: frozenset[str] = LOCAL_PROVIDERS,
         sources: Mapping[str, PriceSource] | None = None,
+        genai: GenaiPrices | None = None,
     ) -> None:
         if unpriced not in ("reject", "allow_unpriced"):
             raise ConfigurationError(f"unpriced policy must be 'reject' or 'allow_unpriced', not {unpriced!r}")
@@ -229,6 +246,7 @@ class PriceBook:
         self.local_providers = local_providers
         #: Named providers' price sources (``price_sources``); others are looked up by their name.
         self._sources = dict(sources or {})
+        self._genai = genai or GenaiPrices()
         self._overrides: dict[str, PriceOverride] = {}
         for key, value in (overrides or {}).items():
             try:
@@ -267,7 +285,7 @@ class PriceBook:
         """What this book knows of ``provider``'s model names (for suggestions, and producers' checks)."""
         names = [key.partition(":")[2] for key in self._overrides if key.startswith(f"{provider}:")]
         matches = [PriceMatch(kind="equals", text=name) for name in names if name != "*"]
-        genai = _genai_table(self._source(provider))
+        genai = self._genai.table(self._source(provider))
         return PriceTable(names=sorted({*names, *genai.names} - {"*"}), matches=[*matches, *genai.matches])
 
     def free_providers(self, providers: list[str]) -> list[str]:
@@ -302,7 +320,7 @@ class PriceBook:
         )
         source = self._source(provider)
         local = self._is_local(provider)
-        known = None if local else _genai_lookup(source, base_model_name(name))
+        known = None if local else self._genai.lookup(source, base_model_name(name))
         if known is not None:
             price = replace(known, model=model)
         elif local:
@@ -339,10 +357,10 @@ class PriceBook:
 
 def _genai_table(source: PriceSource) -> PriceTable:
     """genai-prices' model ids for a price source and its match rules, flattened (empty when unknown)."""
-    from genai_prices import data_snapshot
-
     if source.local:
         return PriceTable()
+    from genai_prices import data_snapshot
+
     try:
         found = data_snapshot.get_snapshot().find_provider(None, source.provider_id, source.api_url)
     except LookupError:
@@ -380,6 +398,12 @@ def _flatten(clause: Any, out: list[PriceMatch]) -> None:
 
 def _genai_lookup(source: PriceSource, name: str) -> ModelPrice | None:
     """The bundled genai-prices entry, via its public ``calc_price`` (zero usage), or None."""
+    return genai_answer(source, name)[0]
+
+
+def genai_answer(source: PriceSource, name: str) -> tuple[ModelPrice | None, bool]:
+    """:func:`_genai_lookup`'s answer, and whether it is *steady*: the same whenever it is asked from
+    now on (a price with a time-of-day condition, or one that changes on a date still ahead, is not)."""
     from genai_prices import Usage as GenaiUsage
     from genai_prices import calc_price
 
@@ -390,16 +414,17 @@ def _genai_lookup(source: PriceSource, name: str) -> ModelPrice | None:
         else:
             calc = calc_price(usage, model_ref=name, provider_id=source.provider_id)
     except LookupError:
-        return None
+        return None, True
+    steady = _steady(calc.model.prices)
     provider = source.provider_id or calc.provider.id
     mp = calc.model_price
     input_raw, output_raw = getattr(mp, "input_mtok", None), getattr(mp, "output_mtok", None)
     if input_raw is None and output_raw is None:
-        return None
+        return None, steady
     base_in, tiers_in = _split(input_raw)
     base_out, tiers_out = _split(output_raw)
     read, write = getattr(mp, "cache_read_mtok", None), getattr(mp, "cache_write_mtok", None)
-    return ModelPrice(
+    price = ModelPrice(
         f"{provider}:{name}",
         base_in,
         base_out,
@@ -412,3 +437,21 @@ def _genai_lookup(source: PriceSource, name: str) -> ModelPrice | None:
         _split(read) if read is not None else None,
         _split(write) if write is not None else None,
     )
+    return price, steady
+
+
+def _steady(prices: Any) -> bool:
+    """Whether a genai-prices model's ``prices`` (one price, or conditional prices: the last active
+    one applies) choose the same price at any time from now on: each condition is none or a start
+    date already reached (a time of day, or a date ahead, changes the choice)."""
+    if not isinstance(prices, list):
+        return True
+    today = datetime.now(UTC).date()
+    for conditional in prices:
+        constraint = conditional.constraint
+        if constraint is None:
+            continue
+        start = getattr(constraint, "start_date", None)
+        if start is None or hasattr(constraint, "start_time") or start > today:
+            return False
+    return True

@@ -99,5 +99,40 @@ def default_encodings() -> list[str]:
     return []
 
 
+def default_prices() -> str:
+    """genai-prices' answers to what the worker's start and its default model's jobs ask of it, as
+    JSON for ``LLMQ_PRELOAD_PRICES`` (``workers/accounting/pricehandover.py``): the prices of the
+    default model (as named and as resolved), of every route's models and of the configured models,
+    and the tables of names of the built-in and configured providers (the catalog the worker builds
+    and publishes at start holds them).
+
+    ``llmq worker`` calls this before it execs the worker, so genai-prices' data (~7 MB) stays behind
+    with the rest; any error is left to the worker's start to report (it returns "")."""
+    from workers.accounting.pricehandover import handover
+    from workers.accounting.prices import price_sources
+    from workers.contract.catalog import UnknownModelError, catalog_from_config
+    from workers.contract.providers import BUILTIN_PROVIDERS
+    from workers.routes import load_config
+    from workers.settings import get_settings
+
+    with contextlib.suppress(Exception):
+        settings = get_settings()
+        config = load_config(settings.config)
+        catalog = catalog_from_config(config.model_dump(), default_model=settings.default_model)
+        models = [settings.default_model]
+        with contextlib.suppress(UnknownModelError):
+            models += catalog.resolve(settings.default_model)
+        models += [model for chain in config.routes.values() for model in chain]
+        models += [model for model in config.models if not model.endswith(":*")]
+        return handover(
+            config.models,
+            unpriced=config.budget.unpriced,
+            sources=price_sources(config.providers),
+            models=dict.fromkeys(models),
+            providers=dict.fromkeys([*BUILTIN_PROVIDERS, *config.providers]),
+        )
+    return ""
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from workers.accounting.ledger import Ledger, ReplicaWait, configured_ledger
+from workers.accounting.pricehandover import handed_over
 from workers.accounting.prices import PriceBook, price_sources
 from workers.accounting.settlekeeper import SettleKeeper, default_journal
 from workers.accounting.tokens import TokenCounter
@@ -255,7 +256,14 @@ class WorkerResources:
             raise
         # compacting: each encoding drops its Python copy of the merge ranks as it loads (~30 MB less RSS)
         counter = TokenCounter(types={name: spec.type for name, spec in config.providers.items()}, compact=True)
-        prices = PriceBook(config.models, unpriced=config.budget.unpriced, sources=price_sources(config.providers))
+        # what genai-prices says of the default model and the providers' names, from what llmq worker
+        # handed over (workers/accounting/pricehandover.py), else from genai-prices' data (~7 MB)
+        prices = PriceBook(
+            config.models,
+            unpriced=config.budget.unpriced,
+            sources=price_sources(config.providers),
+            genai=handed_over(),
+        )
         with contextlib.suppress(Exception):  # warm genai-prices' data (~0.4 s) before the first job
             prices.lookup(settings.default_model)
         try:  # a [model_families] entry naming no provider stops the worker here

@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 import tiktoken
 
+from llmq.devstack import LocalStack
+from producers import Client
+from producers.settings import ProducerSettings
+from simulator.app import SimulatorThread
 from workers.accounting.bpefiles import PRELOAD_ENV, preload_compacted
+from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.runtime.launch import default_encodings
 from workers.runtime.resources import WorkerResources
@@ -153,3 +158,37 @@ def test_a_plain_worker_start_and_job_import_no_prompt_schema_or_trio_modules(re
     # neither the OpenTelemetry SDK (no OTEL_* variables: tracing is off) nor redis-py's use of it
     sdk = [name for name in proc.stderr.split() if name.startswith("opentelemetry.sdk")]
     assert sdk == []
+
+
+def test_llmq_worker_and_a_plain_job_do_not_import_genai_prices(
+    redis_url: str, simulator: SimulatorThread, tmp_path: Path
+) -> None:
+    """``llmq worker`` asks genai-prices what the worker's start and its default model's jobs need
+    before its exec and hands the answers over (``workers/accounting/pricehandover.py``): the worker
+    process (gevent, the bench's simulated providers) starts and runs a job of the default model
+    without importing genai-prices' data and models (~7 MB), and charges the price it gives."""
+    env = {**os.environ, "LLMQ_REDIS_URL": redis_url, "LLMQ_DEFAULT_MODEL": "openai:gpt-4o-mini"}
+    stack = LocalStack(log_dir=str(tmp_path), env=env)
+    stack.simulator_url = simulator.url  # the worker's providers (and the simulated config) point at it
+    try:
+        stack.start_redis()
+        stack.start_worker(
+            pool="gevent", concurrency=4, name="worker-prices", extra_env={"PYTHONPROFILEIMPORTTIME": "1"}
+        )
+        stack.wait_for_workers(1, timeout=90)
+        with Client(settings=ProducerSettings(redis_url=redis_url)) as client:
+            result = client.submit(
+                {"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+            ).result(timeout=60)
+    finally:
+        stack.stop()
+    assert result.status == "succeeded", result.error
+    expected = PriceBook().lookup("openai:gpt-4o-mini").cost(result.usage)
+    assert expected is not None and result.cost_usd == pytest.approx(float(expected), abs=1e-9)
+    log = (stack.log_dir / "worker-prices.log").read_text()
+    names = [line.rsplit("|", 1)[-1].strip() for line in log.splitlines() if line.startswith("import time:")]
+    exec_at = len(names) - names[::-1].index("site")  # each process imports site first: llmq worker's, then its exec's
+    launcher, worker = set(names[:exec_at]), set(names[exec_at:])
+    assert "workers.runtime.app" in worker and "workers.accounting.prices" in worker
+    assert not {name for name in worker if name.split(".")[0] == "genai_prices"}
+    assert "genai_prices" in launcher and "celery.bin.worker" not in launcher  # it asked, before its exec
