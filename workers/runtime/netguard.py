@@ -16,10 +16,11 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["BlockedAddressError", "GuardedHTTPConnection", "NetGuard"]
+__all__ = ["BlockedAddressError", "GuardedHTTPConnection", "NetGuard", "tls_context"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -97,11 +98,31 @@ class NetGuard:
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 
 
+_tls_context: ssl.SSLContext | None = None
+_tls_lock = threading.Lock()
+
+
+def tls_context() -> ssl.SSLContext:
+    """The default TLS context (certificates verified, host names checked), built once per process
+    and shared by every connection: building one loads the system's CA certificates, ~30 ms of CPU,
+    which was 9x a whole job's CPU for each webhook attempt (``bench/webhook_cost_bench.py``)."""
+    global _tls_context
+    context = _tls_context
+    if context is None:
+        with _tls_lock:
+            if _tls_context is None:
+                _tls_context = ssl.create_default_context()
+            context = _tls_context
+    return context
+
+
 class GuardedHTTPConnection(http.client.HTTPSConnection):
     """``http.client`` over :meth:`NetGuard.connect` (TLS with the URL's host name when ``tls``)."""
 
     def __init__(self, host: str, port: int, *, guard: NetGuard, timeout: float, tls: bool) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context() if tls else None)
+        # http.client builds a default context (CA certificates loaded) for every connection given
+        # none, plain http included: the shared one instead
+        super().__init__(host, port, timeout=timeout, context=tls_context())
         self._guard = guard
         self._tls = tls
         #: The address connected to (for the delivery log).
