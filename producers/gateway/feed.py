@@ -37,6 +37,9 @@ __all__ = ["FeedError", "JobFeed", "LiveHub"]
 
 log = logging.getLogger("llmq.gateway")
 
+#: The longest wait between two checks of a feed's watch (seconds).
+WATCH_MAX_S = 30.0
+
 #: The hub subscribes here at start so its connection exists before the first client.
 _HUB_CHANNEL = "llmq:gateway:hub"
 
@@ -53,7 +56,8 @@ class FeedError:
         self.retry_after_s = retry_after_s
 
 
-#: A feed's watch: once, some seconds after it began with nothing read, a FeedError to end it with, or None.
+#: A feed's watch: a check made some seconds after the feed began and again while nothing was read
+#: (the delay doubling, at most :data:`WATCH_MAX_S`): a FeedError to end the feed with, or None.
 Watch = Callable[[], Awaitable[FeedError | None]]
 
 
@@ -228,20 +232,25 @@ class JobFeed:
                 await asyncio.gather(watching, return_exceptions=True)
 
     async def _watching(self) -> None:
-        """The watch: after its delay, if no event came yet, its check may end the feed."""
+        """The watch: after its delay, while no event came yet, its check may end the feed; checked
+        again after twice the delay (at most :data:`WATCH_MAX_S`) while it does not (a job queued
+        behind others, or one whose workers all went away since)."""
         assert self._watch is not None
         after_s, check = self._watch
-        await asyncio.sleep(after_s)
-        if self._last >= 0 or self.finished:
-            return  # the job started
-        try:
-            error = await check()
-        except (RedisError, OSError):
-            return  # a hint only: the feed itself reports a Redis that fails
-        if error is not None and self._last < 0 and not self.finished:
-            self.finished = True
-            self.queue.put_nowait(error)  # nothing was queued yet: there is room
-            self._wake.set()
+        while True:
+            await asyncio.sleep(after_s)
+            if self._last >= 0 or self.finished:
+                return  # the job started
+            try:
+                error = await check()
+            except (RedisError, OSError):
+                error = None  # a hint only: the feed itself reports a Redis that fails
+            if error is not None and self._last < 0 and not self.finished:
+                self.finished = True
+                self.queue.put_nowait(error)  # nothing was queued yet: there is room
+                self._wake.set()
+                return
+            after_s = min(after_s * 2, max(after_s, WATCH_MAX_S))
 
     async def _catch_up(self) -> None:
         """Read the Stream from the next seq; live events are ignored until it is exhausted."""

@@ -96,7 +96,8 @@ class Gateway:
         """One client's feed of a job's events. ``needs_worker`` (a chat completion, which its caller
         waits for): when the job has not started after ``LLMQ_WORKER_CHECK_S`` and no live worker
         consumes its queue, the job is cancelled and the feed ends with a 503 ``no_worker`` saying so,
-        instead of the caller waiting for ``result_timeout_s`` without a word."""
+        instead of the caller waiting for ``result_timeout_s`` without a word (checked again while the
+        job waits; a job Redis would not let us cancel, full, is waited for)."""
         if self._hub is None:
             raise RuntimeError("the gateway has not started (lifespan)")
         s = self.settings
@@ -123,13 +124,13 @@ class Gateway:
         text = client.no_worker_text(client.queue_of(meta), presences)
         try:
             await client.cancel(job_id)
-        except RedisFullError as exc:  # a full Redis also keeps workers from renewing their presence
-            log.warning("job %s: %s; answered 503, not cancelled: %s", job_id, text, exc)
-            message = (
-                f"The job was not started: {text}, and Redis is full (it refused the job's cancel), so the "
-                "job stays queued and runs when a worker takes it."
-            )
-            return FeedError(message, code="no_worker", retry_after_s=exc.retry_after_s or 5)
+        except RedisFullError as exc:
+            # a full Redis also keeps workers from renewing their presence, and the job, which it
+            # would not let us cancel, runs once a worker takes it: answering now (a 503 the SDKs
+            # retry) would have the caller send it again and pay twice. The caller keeps waiting;
+            # the watch checks again
+            log.warning("job %s: %s, but Redis is full (the cancel was refused: %s); still waiting", job_id, text, exc)
+            return None
         log.warning("job %s: %s; cancelled and answered 503", job_id, text)
         return FeedError(f"The job was not started: {text}. It was cancelled.", code="no_worker", retry_after_s=5)
 

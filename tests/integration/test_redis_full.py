@@ -35,6 +35,7 @@ from producers import AsyncClient, Client, RedisFullError
 from producers.batch import BatchProgress, run_batch
 from producers.batch.progress import BatchCounters
 from producers.gateway import GatewaySettings, create_gateway
+from producers.gateway.feed import FeedError
 from producers.gateway.server import GatewayThread
 from producers.history import HistoryQuery, JobHistory
 from producers.settings import ProducerSettings
@@ -419,31 +420,34 @@ def test_a_batch_stopped_while_paused_counts_that_pause(full: FullRedis, tmp_pat
     assert _queued(full) == 0
 
 
-def test_a_chat_whose_job_no_worker_took_while_redis_is_full_is_not_told_it_was_cancelled(full: FullRedis) -> None:
+def test_a_chat_whose_job_no_worker_took_while_redis_is_full_keeps_waiting_for_it(full: FullRedis) -> None:
     """A full Redis refuses the workers' presence renewals too, so a waiting chat may find no live
-    worker; the gateway's cancel of that job is then refused: the 503 says the job stays queued
-    (it said "It was cancelled." of a job that then ran), not a raw Redis error."""
+    worker; the gateway's cancel of that job is then refused and the job will run once Redis takes
+    writes: the chat keeps waiting (it answered 503 ``no_worker``, which the SDKs retry: a second job,
+    paid twice). Once Redis takes writes and still no worker consumes the queue, the next check
+    cancels the job and answers."""
     from producers.gateway.metrics import GatewayMetrics
     from producers.gateway.state import Gateway
 
-    async def check() -> str:
+    async def check() -> tuple[object, object, bool]:
         client = AsyncClient(settings=_settings(full, queue="nobody-home"))
         gateway = Gateway(GatewaySettings(redis_url=full.url, queue="nobody-home"), client, GatewayMetrics())
         try:
             await client.submit(_job("unstarted"))
             full.fill(0.5)
             full.squeeze()
-            refused = await gateway._no_worker("unstarted")
+            while_full = await gateway._no_worker("unstarted")
+            cancelled_while_full = bool(full.redis.exists(JobKeys("unstarted").cancel))
+            full.free()
+            after = await gateway._no_worker("unstarted")
         finally:
             await client.aclose()
-        assert refused is not None and refused.code == "no_worker"
-        return refused.message
+        return while_full, after, cancelled_while_full
 
-    message = asyncio.run(check())
-    assert "no worker consumes queue 'nobody-home'" in message and "stays queued" in message, message
-    assert "It was cancelled" not in message
-    full.free()
-    assert _registered(full, "unstarted") and not full.redis.exists(JobKeys("unstarted").cancel)
+    while_full, after, cancelled_while_full = asyncio.run(check())
+    assert while_full is None and not cancelled_while_full
+    assert isinstance(after, FeedError) and after.code == "no_worker" and "It was cancelled" in after.message
+    assert _registered(full, "unstarted") and full.redis.exists(JobKeys("unstarted").cancel)
 
 
 def test_any_llmq_command_whose_write_a_full_redis_refuses_exits_75_in_one_line(
