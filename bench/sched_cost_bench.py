@@ -9,7 +9,12 @@ and two Python processes run under callgrind counting only the thread that does 
 * the **worker** takes them as a worker's channel does (``Channel.fetch_many``: the fetch script
   picks class, tenant and key), runs each through the real pipeline (``JobRunner.run``, simulator
   at 0 s, 20 deltas) and releases its slot (``Channel.release``: the release script), one job at a
-  time.
+  time; with ``--no-run`` it only takes and releases them (the schedule's own path, nothing else
+  in Redis meanwhile: the worker's background threads write to Redis on timers, which moves a
+  whole job's Redis count by a few per cent from run to run).
+
+The producer's memory watermark is off (``LLMQ_REDIS_HIGH_WATERMARK=0``): it reads ``INFO memory``
+once a second, so its instructions per submit would follow the wall time (the load), not the job.
 
 Redis's count is zeroed after each process's warm-up and dumped after its measured jobs
 (``callgrind_control`` on that Redis's pid only). Variants (``--variant``, default all):
@@ -25,7 +30,7 @@ Redis's count is zeroed after each process's warm-up and dumped after its measur
 Prints per variant the instructions per job of each part and their ratios to ``plain``, then one
 JSON line.
 
-    .venv/bin/python bench/sched_cost_bench.py [--jobs 100] [--warmup 20] [--variant all ...]
+    .venv/bin/python bench/sched_cost_bench.py [--jobs 100] [--warmup 20] [--no-run] [--variant all ...]
 """
 
 from __future__ import annotations
@@ -141,6 +146,7 @@ def run_child(role: str, variant: str, args: argparse.Namespace, url: str, redis
     argv = [*callgrind_argv(out, "_CallPythonObject"), sys.executable, str(Path(__file__).resolve())]
     argv += ["--child", role, "--variant", variant, "--jobs", str(args.jobs), "--warmup", str(args.warmup)]
     argv += ["--url", url, "--redis-pid", str(redis_pid), "--report", str(report)]
+    argv += ["--no-run"] if args.no_run else []
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600, env=os.environ.copy())
     found = re.search(r"Collected : (\d+)", proc.stderr)
     if proc.returncode != 0 or found is None or not report.exists():
@@ -157,7 +163,7 @@ def producer_child(args: argparse.Namespace) -> dict[str, int]:
     from producers import Client
     from producers.settings import ProducerSettings
 
-    with Client(settings=ProducerSettings(redis_url=args.url)) as client:
+    with Client(settings=ProducerSettings(redis_url=args.url, redis_high_watermark=0)) as client:
         for i in range(args.warmup):
             client.submit(job_of(args.variant, "warm", i))
         redis_zero(args.redis_pid)
@@ -191,7 +197,7 @@ def worker_child(args: argparse.Namespace) -> dict[str, int]:
     ):
         stack.start_redis()
         stack.start_simulator()
-        runner = Variant(PLAIN, stack, args.url).runner
+        runner = None if args.no_run else Variant(PLAIN, stack, args.url).runner
         channel = conn.channel()
         assert isinstance(channel, Channel)
 
@@ -204,8 +210,10 @@ def worker_child(args: argparse.Namespace) -> dict[str, int]:
                 for fetched in taken:
                     message = json.loads(fetched.payload)
                     args_, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-                    result = runner.run(CompletionJob.model_validate(args_[0])).result
-                    assert result is not None and result.status == "succeeded", result
+                    job = CompletionJob.model_validate(args_[0])
+                    if runner is not None:
+                        result = runner.run(job).result
+                        assert result is not None and result.status == "succeeded", result
                     channel.release([fetched.tag])
                     done += 1
 
@@ -214,7 +222,8 @@ def worker_child(args: argparse.Namespace) -> dict[str, int]:
         callback = ctypes.CFUNCTYPE(None)(lambda: take(args.jobs))
         callback()
         counts = {"redis": redis_dump(args.redis_pid, Path(_redis_out(args.redis_pid)))}
-        runner.res.close()
+        if runner is not None:
+            runner.res.close()
         return counts
 
 
@@ -247,6 +256,7 @@ def main() -> int:
     p.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="default: all")
     p.add_argument("--jobs", type=int, default=100)
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--no-run", action="store_true", help="the worker takes and releases jobs without running them")
     p.add_argument("--child", choices=("producer", "worker"), help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--redis-pid", type=int, help=argparse.SUPPRESS)
@@ -275,7 +285,7 @@ def main() -> int:
             "over_plain": {k: round(v / base[k], 4) for k, v in row.items()},
             "extra_per_job": {k: round(v - base[k]) for k, v in row.items()},
         }
-    summary = {"bench": "sched_cost_bench", "jobs": args.jobs, "load": load, "variants": result}
+    summary = {"bench": "sched_cost_bench", "jobs": args.jobs, "run": not args.no_run, "load": load, "variants": result}
     print(json.dumps(summary, separators=(",", ":")), flush=True)
     return 0
 
