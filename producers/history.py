@@ -7,7 +7,10 @@ call, newest first, each call bounded in the entries it scans.
 
 Which days exist is asked of Redis (one round trip), not derived from the reader's own
 ``LLMQ_HISTORY_DAYS``: the workers' retention decides what is kept, and a CLI or gateway configured
-with fewer (or more) days, or a retention changed since, still sees exactly what is there.
+with fewer (or more) days, or a retention changed since, still sees exactly what is there. That is
+one ``EXISTS`` per day of the longest retention (367): a reader remembers the answer for the days
+before yesterday for :data:`DAYS_TTL_S` (:class:`KnownDays`), since only today and yesterday (a
+worker's clock a little behind) can gain history; the gateway's status reads then ask two.
 """
 
 from __future__ import annotations
@@ -23,15 +26,26 @@ import redis
 import redis.asyncio as aredis
 
 from workers.contract import CompletionJob, JobKeys
-from workers.contract.history import HISTORY_QUERY_LUA, HistoryKeys, JobSummary, days_back
+from workers.contract.history import HISTORY_QUERY_LUA, HistoryKeys, JobSummary, day_of, days_back
 from workers.contract.webhooks import DeliveryAttempt, DeliveryRecord
 
-__all__ = ["AsyncJobHistory", "HistoryEntry", "HistoryQuery", "JobHistory", "adrive", "drive", "parse_since"]
+__all__ = [
+    "AsyncJobHistory",
+    "HistoryEntry",
+    "HistoryQuery",
+    "JobHistory",
+    "KnownDays",
+    "adrive",
+    "drive",
+    "parse_since",
+]
 
 #: Entries one script call may scan (the script runs inside Redis: its work stays small).
 SCAN_CAP = 5_000
 #: How far back a reader looks for days of history: the longest retention settings allow.
 MAX_DAYS_BACK = 366
+#: How long a reader trusts what it found about the days before yesterday (seconds of its clock).
+DAYS_TTL_S = 60.0
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 
@@ -98,16 +112,55 @@ def _filter_sets(keys: HistoryKeys, query: HistoryQuery) -> list[str]:
     return sets or [keys.all]
 
 
-def day_steps(now: float, since: float | None = None) -> Generator[Call, Any, list[str]]:
-    """The days that hold history (from ``since`` on), newest first: one pipelined ``EXISTS`` per day."""
+class KnownDays:
+    """What a reader found about the days before yesterday: which held history, as of when. Days
+    there only expire (as a whole): a day it names that expired since reads as empty, and no day
+    older than yesterday gains history, so for :data:`DAYS_TTL_S` only today and yesterday are asked."""
+
+    def __init__(self, ttl_s: float = DAYS_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._today: str | None = None
+        self._at = 0.0
+        self._older: list[str] = []
+
+    def older(self, today: str, now: float) -> list[str] | None:
+        """The days before yesterday that held history, newest first, if known and fresh."""
+        if self._today != today or not 0 <= now - self._at < self.ttl_s:
+            return None
+        return self._older
+
+    def remember(self, today: str, now: float, older: list[str]) -> None:
+        self._today, self._at, self._older = today, now, older
+
+
+def day_steps(
+    now: float, since: float | None = None, known: KnownDays | None = None
+) -> Generator[Call, Any, list[str]]:
+    """The days that hold history (from ``since`` on), newest first: one pipelined ``EXISTS`` per day,
+    or (``known`` fresh) for today and yesterday only."""
     candidates = days_back(now, MAX_DAYS_BACK, since)
-    replies = yield ("pipe", [("exists", HistoryKeys(day).all) for day in candidates])
-    return [day for day, exists in zip(candidates, replies, strict=True) if exists]
+    recent, rest = candidates[:2], candidates[2:]
+    today = candidates[0] if candidates else day_of(now)
+    older = known.older(today, now) if known is not None else None
+    if older is not None:
+        asked = recent
+    else:
+        asked = recent + days_back(now, MAX_DAYS_BACK)[2:] if known is not None else candidates
+    replies = yield ("pipe", [("exists", HistoryKeys(day).all) for day in asked])
+    held = [day for day, exists in zip(asked, replies, strict=True) if exists]
+    if older is None:
+        if known is not None:
+            known.remember(today, now, [day for day in held if day not in recent])
+        older = [day for day in held if day not in recent]
+    wanted = set(rest)
+    return [day for day in held if day in recent] + [day for day in older if day in wanted]
 
 
-def list_steps(query: HistoryQuery, now: float) -> Generator[Call, Any, list[HistoryEntry]]:
+def list_steps(
+    query: HistoryQuery, now: float, known: KnownDays | None = None
+) -> Generator[Call, Any, list[HistoryEntry]]:
     found: list[HistoryEntry] = []
-    for day in (yield from day_steps(now, query.since)):
+    for day in (yield from day_steps(now, query.since, known)):
         keys = HistoryKeys(day)
         sets = _filter_sets(keys, query)
         cursor = f"({query.before!r}" if query.before is not None else "+inf"
@@ -127,8 +180,8 @@ def list_steps(query: HistoryQuery, now: float) -> Generator[Call, Any, list[His
     return found
 
 
-def get_steps(job_id: str, now: float) -> Generator[Call, Any, HistoryEntry | None]:
-    day_list = yield from day_steps(now)
+def get_steps(job_id: str, now: float, known: KnownDays | None = None) -> Generator[Call, Any, HistoryEntry | None]:
+    day_list = yield from day_steps(now, known=known)
     if not day_list:
         return None
     calls = [(HistoryKeys(d).jobs, job_id) for d in day_list] + [(HistoryKeys(d).replays, job_id) for d in day_list]
@@ -216,18 +269,19 @@ class JobHistory:
         self.days = days
         self._clock = clock
         self.script = client.register_script(HISTORY_QUERY_LUA)
+        self.known = KnownDays()
 
     def list(self, query: HistoryQuery) -> list[HistoryEntry]:
         """Ended jobs matching every filter given, newest first, at most ``query.limit``."""
         if self.days < 1:
             return []
-        found: list[HistoryEntry] = drive(list_steps(query, self._clock()), self.redis, self.script)
+        found: list[HistoryEntry] = drive(list_steps(query, self._clock(), self.known), self.redis, self.script)
         return found
 
     def get(self, job_id: str) -> HistoryEntry | None:
         if self.days < 1:
             return None
-        entry: HistoryEntry | None = drive(get_steps(job_id, self._clock()), self.redis, self.script)
+        entry: HistoryEntry | None = drive(get_steps(job_id, self._clock(), self.known), self.redis, self.script)
         return entry
 
     def request(self, entry: HistoryEntry) -> CompletionJob | None:
@@ -249,17 +303,19 @@ class AsyncJobHistory:
         self.days = days
         self._clock = clock
         self.script = client.register_script(HISTORY_QUERY_LUA)
+        self.known = KnownDays()
 
     async def list(self, query: HistoryQuery) -> list[HistoryEntry]:
         if self.days < 1:
             return []
-        found: list[HistoryEntry] = await adrive(list_steps(query, self._clock()), self.redis, self.script)
+        steps = list_steps(query, self._clock(), self.known)
+        found: list[HistoryEntry] = await adrive(steps, self.redis, self.script)
         return found
 
     async def get(self, job_id: str) -> HistoryEntry | None:
         if self.days < 1:
             return None
-        steps = get_steps(job_id, self._clock())
+        steps = get_steps(job_id, self._clock(), self.known)
         entry: HistoryEntry | None = await adrive(steps, self.redis, self.script)
         return entry
 

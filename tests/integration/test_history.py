@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis
 
+from llmq.localredis import ManagedRedis
 from producers import Client
 from producers.history import HistoryQuery, JobHistory, parse_since
 from simulator.app import SimulatorThread
@@ -232,3 +233,46 @@ def test_a_replay_whose_prompt_version_is_gone_is_refused_and_can_be_tried_again
     assert again["outcome"] == "submitted"
     copy = client.result(again["copy"], timeout=60)
     assert copy.status == "failed" and copy.prompt is not None and copy.prompt.version == 2
+
+
+def _exists_calls(r: redis.Redis) -> int:
+    return int(r.info("commandstats").get("cmdstat_exists", {}).get("calls", 0))
+
+
+def test_a_reader_asks_which_older_days_hold_history_once_a_minute() -> None:
+    """Which days hold history is one EXISTS per day of the longest retention (367); the gateway reads
+    the history at every status poll. A reader remembers the days before yesterday for a minute of its
+    clock (they only expire; only today and yesterday can gain history) and asks the two recent ones.
+    A Redis of its own: the counts are the server's, and nothing else may call EXISTS meanwhile."""
+    with ManagedRedis() as server:
+        _count_days_asked(redis.Redis(port=server.port))
+
+
+def _count_days_asked(redis_client: redis.Redis) -> None:
+    now = time.time()
+    job = CompletionJob(model="openai:gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    result = CompletionResult(id=job.id, status="failed", error=ErrorInfo(type="timeout", message="slow"))
+
+    def write(name: str, age_days: int) -> None:
+        for w in HistoryWriter(7, clock=lambda: now - age_days * 86_400).writes(
+            job.model_copy(update={"id": name}), result
+        ):
+            redis_client.execute_command(*w)
+
+    write("old", 3)
+    clock = [now]
+    history = JobHistory(redis_client, clock=lambda: clock[0])
+    before = _exists_calls(redis_client)
+    assert history.get("old") is not None
+    first = _exists_calls(redis_client) - before
+    assert first == 367  # today, yesterday and 365 days before: every day asked once
+    for _ in range(3):
+        assert history.get("old") is not None and history.get("nothing") is None
+    assert _exists_calls(redis_client) - before - first == 6 * 2  # six reads, today and yesterday each
+    write("today", 0)
+    write("yesterday", 1)
+    assert [e.summary.id for e in history.list(HistoryQuery())] == ["today", "yesterday", "old"]
+    clock[0] = now + 61  # a minute later: asked again in full
+    mark = _exists_calls(redis_client)
+    assert history.get("old") is not None
+    assert _exists_calls(redis_client) - mark == 367
