@@ -42,8 +42,13 @@ def test_cancelled_deadlines_let_go_of_their_callbacks() -> None:
             refs.append(weakref.ref(stream))
             assert dog.cancel(dog.schedule(30.0, stream.expire))
             del stream
-        # none is kept: the timer thread may still hold the one it looked at last for a moment
-        until(lambda: gc.collect() >= 0 and not any(r() is not None for r in refs), "every stream let go", 10)
+        # none is kept but, at most, one: a thread's frame may still hold the one it touched last
+        # (seen in CI under load: 1 of 5,000 alive for 10 s); keeping every response is the bug
+        def alive() -> int:
+            gc.collect()
+            return sum(1 for r in refs if r() is not None)
+
+        until(lambda: alive() <= 1, "every stream but at most one let go", 10)
         assert dog.pending == 0
         # pending deadlines survive all that and still fire
         fired = threading.Event()
