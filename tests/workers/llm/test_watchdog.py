@@ -42,6 +42,7 @@ def test_cancelled_deadlines_let_go_of_their_callbacks() -> None:
             refs.append(weakref.ref(stream))
             assert dog.cancel(dog.schedule(30.0, stream.expire))
             del stream
+
         # none is kept but, at most, one: a thread's frame may still hold the one it touched last
         # (seen in CI under load: 1 of 5,000 alive for 10 s); keeping every response is the bug
         def alive() -> int:
