@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,12 +90,22 @@ def redis_client_for(settings: Settings, max_connections: int | None = None) -> 
     )
 
 
+#: Cancels a watcher remembers for jobs with no hook here (most are other workers' jobs).
+RECENT_CANCELS = 4096
+
+
 class CancelWatcher:
-    """Listens on :data:`CANCEL_CHANNEL` and calls the abort hook of a job running here."""
+    """Listens on :data:`CANCEL_CHANNEL` and calls the abort hook of a job running here.
+
+    A cancel heard for a job with no hook yet is remembered (the last :data:`RECENT_CANCELS`): a job
+    cancelled between its claim (which refuses a job cancelled before it) and the registration of its
+    first call's hook is aborted as it registers, instead of calling on until its answer ends (seen:
+    a job cancelled right after its ``start`` event ran its 60 s call to the end)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._hooks: dict[str, Callable[[], None]] = {}
+        self._recent: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -102,6 +113,10 @@ class CancelWatcher:
     def register(self, job_id: str, abort: Callable[[], None]) -> None:
         with self._lock:
             self._hooks[job_id] = abort
+            heard = self._recent.pop(job_id, 0) is None
+        if heard:  # its cancel came before its hook
+            with contextlib.suppress(Exception):
+                abort()
 
     def unregister(self, job_id: str) -> None:
         with self._lock:
@@ -131,6 +146,12 @@ class CancelWatcher:
         job_id = raw.decode() if isinstance(raw, bytes) else raw
         with self._lock:
             hook = self._hooks.get(job_id)
+            if hook is None:
+                recent = self._recent
+                recent[job_id] = None
+                recent.move_to_end(job_id)
+                if len(recent) > RECENT_CANCELS:
+                    recent.popitem(last=False)
         if hook is not None:
             with contextlib.suppress(Exception):
                 hook()
