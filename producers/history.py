@@ -140,18 +140,20 @@ def day_steps(
     or (``known`` fresh) for today and yesterday only."""
     candidates = days_back(now, MAX_DAYS_BACK, since)
     recent, rest = candidates[:2], candidates[2:]
-    today = candidates[0] if candidates else day_of(now)
+    today = day_of(now)
     older = known.older(today, now) if known is not None else None
     if older is not None:
         asked = recent
-    else:
-        asked = recent + days_back(now, MAX_DAYS_BACK)[2:] if known is not None else candidates
+    elif known is None:
+        asked = candidates
+    else:  # every older day, whatever ``since``: what is remembered serves any later query
+        asked = recent + days_back(now, MAX_DAYS_BACK)[2:]
     replies = yield ("pipe", [("exists", HistoryKeys(day).all) for day in asked])
     held = [day for day, exists in zip(asked, replies, strict=True) if exists]
     if older is None:
-        if known is not None:
-            known.remember(today, now, [day for day in held if day not in recent])
         older = [day for day in held if day not in recent]
+        if known is not None:
+            known.remember(today, now, older)
     wanted = set(rest)
     return [day for day in held if day in recent] + [day for day in older if day in wanted]
 
