@@ -113,7 +113,9 @@ class CancelWatcher:
     def register(self, job_id: str, abort: Callable[[], None]) -> None:
         with self._lock:
             self._hooks[job_id] = abort
-            heard = self._recent.pop(job_id, 0) is None
+            heard = job_id in self._recent
+            if heard:
+                del self._recent[job_id]
         if heard:  # its cancel came before its hook
             with contextlib.suppress(Exception):
                 abort()
