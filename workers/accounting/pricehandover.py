@@ -11,7 +11,7 @@ the tests' in-process workers) has no handover and asks the library, as before.
 
 Only genai-prices' own answers travel, never a price of the config: the worker applies its config's
 overrides on top, exactly as to the library's answers. Only *steady* answers travel (the same at any
-time from now on: :func:`~workers.accounting.prices.genai_answer`), so a price with a time-of-day or a
+time from now on: :func:`~workers.accounting.genaiprices.genai_answer`), so a price with a time-of-day or a
 future-date condition is still chosen when it is asked. The JSON is bounded (:data:`HANDOVER_MAX_BYTES`,
 under Linux's 128 KiB limit of one environment string): tables that do not fit are left out.
 """
@@ -25,15 +25,9 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from decimal import Decimal
 from typing import Any
 
-from workers.accounting.prices import (
-    GenaiPrices,
-    ModelPrice,
-    PriceBook,
-    PriceSource,
-    Tiers,
-    UnpricedPolicy,
-    genai_answer,
-)
+from workers.accounting.genaiprices import GenaiPrices, PriceSource, genai_answer
+from workers.accounting.modelprice import ModelPrice, Tiers
+from workers.accounting.prices import PriceBook, UnpricedPolicy
 from workers.contract.catalog import PriceTable
 
 __all__ = ["HANDOVER_MAX_BYTES", "PRICES_ENV", "HandedOver", "handed_over", "handover"]

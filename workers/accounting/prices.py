@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workers.contract import Usage, base_model_name, split_model_id
+from workers.accounting.genaiprices import GenaiPrices, PriceSource, genai_answer, price_sources
+from workers.accounting.modelprice import ZERO, ModelPrice
+from workers.contract import base_model_name, split_model_id
 from workers.contract.catalog import PriceMatch, PriceTable, close_names
 from workers.llm.errors import ConfigurationError
 
@@ -47,6 +48,7 @@ __all__ = [
     "PriceOverride",
     "PriceSource",
     "UnpricedPolicy",
+    "genai_answer",
     "price_sources",
 ]
 
@@ -54,10 +56,6 @@ UnpricedPolicy = Literal["reject", "allow_unpriced"]
 #: Providers that run on our own hardware: cost 0 unless the config prices them.
 LOCAL_PROVIDERS = frozenset({"ollama"})
 _CACHE_MAX = 4096
-_ZERO = Decimal(0)
-_MTOK = Decimal(1_000_000)
-
-Tiers = tuple[tuple[int, Decimal], ...]
 
 
 class PriceOverride(BaseModel):
@@ -73,153 +71,7 @@ class PriceOverride(BaseModel):
     context_window: int | None = Field(default=None, gt=0)
 
 
-@dataclass(frozen=True, slots=True)
-class ModelPrice:
-    """Rates in USD per million tokens, the context window (None = unknown), and provenance.
-
-    ``source`` is ``"genai-prices"``, ``"config"``, ``"local"`` or ``"unpriced"``. Tiers are
-    genai-prices' threshold tiers: once the prompt exceeds ``start`` tokens, that rate applies
-    to every token of the request. Prompt-cache rates (``cache_read``/``cache_write``, each a
-    base rate and its tiers) apply to the tokens :class:`Usage` reports as read from or written
-    to the cache; ``None`` bills those at the input rate.
-    """
-
-    model: str
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal
-    context_window: int | None
-    priced: bool
-    source: str
-    resolved_id: str | None = None
-    input_tiers: Tiers = ()
-    output_tiers: Tiers = ()
-    cache_read: tuple[Decimal, Tiers] | None = None
-    cache_write: tuple[Decimal, Tiers] | None = None
-    #: The 1-hour write rate; None: twice the input rate (Anthropic's rule: 2x input for a 1-hour
-    #: write, 1.25x for a 5-minute one).
-    cache_write_1h: tuple[Decimal, Tiers] | None = None
-
-    def rates(self, prompt_tokens: int) -> tuple[Decimal, Decimal]:
-        """``(input, output)`` USD/MTok applicable to a request with ``prompt_tokens``."""
-        return _tier(self.input_per_mtok, self.input_tiers, prompt_tokens), _tier(
-            self.output_per_mtok, self.output_tiers, prompt_tokens
-        )
-
-    def token_cost(
-        self,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_tokens: int = 0,
-        cache_write_tokens: int = 0,
-        cache_write_1h_tokens: int = 0,
-    ) -> Decimal | None:
-        """USD for these counts, or None when the model is unpriced.
-
-        ``cached_tokens`` and ``cache_write_tokens`` are part of ``prompt_tokens``; the tier is
-        chosen by the whole prompt.
-        """
-        if not self.priced:
-            return None
-        rate_in, rate_out = self.rates(prompt_tokens)
-        cached = min(max(cached_tokens, 0), prompt_tokens)
-        written = min(max(cache_write_tokens, 0), prompt_tokens - cached)
-        total = (prompt_tokens - cached - written) * rate_in + completion_tokens * rate_out
-        if cached:
-            total += cached * (_tier(*self.cache_read, prompt_tokens) if self.cache_read else rate_in)
-        long = min(max(cache_write_1h_tokens, 0), written)
-        if written - long:
-            total += (written - long) * self.write_rate(prompt_tokens)
-        if long:
-            total += long * self.write_1h_rate(prompt_tokens)
-        return total / _MTOK
-
-    def write_rate(self, prompt_tokens: int) -> Decimal:
-        """USD/MTok of a 5-minute cache write (the input rate when unknown)."""
-        rate_in = self.rates(prompt_tokens)[0]
-        return _tier(*self.cache_write, prompt_tokens) if self.cache_write else rate_in
-
-    def write_1h_rate(self, prompt_tokens: int) -> Decimal:
-        """USD/MTok of a 1-hour cache write (twice the input rate unless priced)."""
-        return _tier(*self.cache_write_1h, prompt_tokens) if self.cache_write_1h else 2 * self.rates(prompt_tokens)[0]
-
-    def worst_case_cost(self, prompt_tokens: int, max_tokens: int, *, cache_writes: bool = False) -> Decimal | None:
-        """What a call can cost at most: the whole prompt (nothing cached) plus ``max_tokens`` of output;
-        with ``cache_writes`` (the request marks prompt-cache breakpoints) the whole prompt written
-        to the cache at the dearest write rate."""
-        if not cache_writes or not self.priced:
-            return self.token_cost(prompt_tokens, max_tokens)
-        rate_in, rate_out = self.rates(prompt_tokens)
-        dearest = max(rate_in, self.write_rate(prompt_tokens), self.write_1h_rate(prompt_tokens))
-        return (prompt_tokens * dearest + max_tokens * rate_out) / _MTOK
-
-    def cost(self, usage: Usage) -> Decimal | None:
-        """USD for actual (or estimated) usage; None when the model is unpriced."""
-        return self.token_cost(
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            usage.cached_tokens,
-            usage.cache_write_tokens,
-            usage.cache_write_1h_tokens,
-        )
-
-
-def _tier(base: Decimal, tiers: Tiers, prompt_tokens: int) -> Decimal:
-    for start, price in reversed(tiers):
-        if prompt_tokens > start:
-            return price
-    return base
-
-
-def _split(price: Any) -> tuple[Decimal, Tiers]:
-    """A genai-prices value (Decimal, TieredPrices or None) as ``(base, tiers)``."""
-    if price is None:
-        return _ZERO, ()
-    if isinstance(price, Decimal):
-        return price, ()
-    return price.base, tuple((t.start, t.price) for t in price.tiers)
-
-
 _NO_OVERRIDE = PriceOverride()
-
-
-@dataclass(frozen=True, slots=True)
-class PriceSource:
-    """Where genai-prices has a provider's prices: its provider id, or the API URL it matches."""
-
-    provider_id: str | None = None
-    api_url: str | None = None
-    #: Runs on our own hardware: costs 0 unless the config prices it.
-    local: bool = False
-
-
-#: A provider type -> genai-prices' provider id (``openai`` also matches compatible servers by URL).
-_GENAI_PROVIDER = {"openai": "openai", "azure": "azure", "anthropic": "anthropic", "gemini": "google", "bedrock": "aws"}
-
-
-def price_sources(specs: Mapping[str, Any]) -> dict[str, PriceSource]:
-    """The price source of each ``[providers.<name>]`` entry (``ProviderSpec``-like: type, base_url)."""
-    out: dict[str, PriceSource] = {}
-    for name, spec in specs.items():
-        if spec.type == "ollama":
-            out[name] = PriceSource(local=True)
-        elif spec.type == "openai" and spec.base_url:
-            out[name] = PriceSource(api_url=spec.base_url)
-        else:
-            out[name] = PriceSource(provider_id=_GENAI_PROVIDER[spec.type])
-    return out
-
-
-class GenaiPrices:
-    """What genai-prices says of a model name or a provider's names (imported on the first question).
-
-    The seam of a :class:`PriceBook`: ``workers/accounting/pricehandover.py`` answers from what
-    ``llmq worker`` worked out before its exec, and asks this for anything else."""
-
-    def lookup(self, source: PriceSource, name: str) -> ModelPrice | None:
-        return _genai_lookup(source, name)
-
-    def table(self, source: PriceSource) -> PriceTable:
-        return _genai_table(source)
 
 
 class PriceBook:
@@ -324,9 +176,9 @@ class PriceBook:
         if known is not None:
             price = replace(known, model=model)
         elif local:
-            price = ModelPrice(model, _ZERO, _ZERO, None, True, "local")
+            price = ModelPrice(model, ZERO, ZERO, None, True, "local")
         elif o.input_per_mtok is not None and o.output_per_mtok is not None:
-            price = ModelPrice(model, _ZERO, _ZERO, None, True, "config")
+            price = ModelPrice(model, ZERO, ZERO, None, True, "config")
         elif o.input_per_mtok is not None or o.output_per_mtok is not None:
             raise ConfigurationError(
                 f"price override for {model} needs both input_per_mtok and output_per_mtok "
@@ -336,7 +188,7 @@ class PriceBook:
                 code="invalid_price_override",
             )
         elif self.unpriced == "allow_unpriced":
-            price = ModelPrice(model, _ZERO, _ZERO, None, False, "unpriced")
+            price = ModelPrice(model, ZERO, ZERO, None, False, "unpriced")
         else:
             return None
         changes: dict[str, Any] = {}
@@ -353,105 +205,3 @@ class PriceBook:
         if o.context_window is not None:
             changes["context_window"] = o.context_window
         return replace(price, **changes) if changes else price
-
-
-def _genai_table(source: PriceSource) -> PriceTable:
-    """genai-prices' model ids for a price source and its match rules, flattened (empty when unknown)."""
-    if source.local:
-        return PriceTable()
-    from genai_prices import data_snapshot
-
-    try:
-        found = data_snapshot.get_snapshot().find_provider(None, source.provider_id, source.api_url)
-    except LookupError:
-        return PriceTable()
-    rules: list[PriceMatch] = []
-    for model in found.models:
-        _flatten(model.match, rules)
-    return PriceTable(names=sorted({m.id for m in found.models}), matches=rules)
-
-
-_CLAUSE_FIELDS = (
-    ("equals", "equals"),
-    ("starts_with", "starts_with"),
-    ("ends_with", "ends_with"),
-    ("contains", "contains"),
-    ("regex", "regex"),
-)
-
-
-def _flatten(clause: Any, out: list[PriceMatch]) -> None:
-    """A genai-prices clause tree as flat rules (``or`` and ``and`` alike: looser, never stricter)."""
-    for attr in ("or_", "and_"):
-        parts = getattr(clause, attr, None)
-        if parts is not None:
-            for part in parts:
-                _flatten(part, out)
-            return
-    for attr, kind in _CLAUSE_FIELDS:
-        text = getattr(clause, attr, None)
-        if isinstance(text, str):
-            out.append(PriceMatch(kind=kind, text=text))  # type: ignore[arg-type]
-            return
-    out.append(PriceMatch(kind="regex", text=""))  # a clause of a kind unknown here matches every name
-
-
-def _genai_lookup(source: PriceSource, name: str) -> ModelPrice | None:
-    """The bundled genai-prices entry, via its public ``calc_price`` (zero usage), or None."""
-    return genai_answer(source, name)[0]
-
-
-def genai_answer(source: PriceSource, name: str) -> tuple[ModelPrice | None, bool]:
-    """:func:`_genai_lookup`'s answer, and whether it is *steady*: the same whenever it is asked from
-    now on (a price with a time-of-day condition, or one that changes on a date still ahead, is not)."""
-    from genai_prices import Usage as GenaiUsage
-    from genai_prices import calc_price
-
-    try:
-        usage = GenaiUsage(input_tokens=0, output_tokens=0)
-        if source.provider_id is None and source.api_url:  # an OpenAI-compatible server, by its URL
-            calc = calc_price(usage, model_ref=name, provider_api_url=source.api_url)
-        else:
-            calc = calc_price(usage, model_ref=name, provider_id=source.provider_id)
-    except LookupError:
-        return None, True
-    steady = _steady(calc.model.prices)
-    provider = source.provider_id or calc.provider.id
-    mp = calc.model_price
-    input_raw, output_raw = getattr(mp, "input_mtok", None), getattr(mp, "output_mtok", None)
-    if input_raw is None and output_raw is None:
-        return None, steady
-    base_in, tiers_in = _split(input_raw)
-    base_out, tiers_out = _split(output_raw)
-    read, write = getattr(mp, "cache_read_mtok", None), getattr(mp, "cache_write_mtok", None)
-    price = ModelPrice(
-        f"{provider}:{name}",
-        base_in,
-        base_out,
-        calc.model.context_window,
-        True,
-        "genai-prices",
-        calc.model.id,
-        tiers_in,
-        tiers_out,
-        _split(read) if read is not None else None,
-        _split(write) if write is not None else None,
-    )
-    return price, steady
-
-
-def _steady(prices: Any) -> bool:
-    """Whether a genai-prices model's ``prices`` (one price, or conditional prices: the last active
-    one applies) choose the same price at any time from now on: each condition is none or a start
-    date already reached (a time of day, or a date ahead, changes the choice)."""
-    if not isinstance(prices, list):
-        return True
-    today = datetime.now(UTC).date()
-    for conditional in prices:
-        constraint = conditional.constraint
-        if constraint is None:
-            continue
-        start = getattr(constraint, "start_date", None)
-        if start is None or hasattr(constraint, "start_time") or start > today:
-            return False
-    return True
