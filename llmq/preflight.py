@@ -129,7 +129,8 @@ def ping_redis(url: str, timeout_s: float, setting: str = "LLMQ_REDIS_URL") -> N
 
 
 def probe_not_redis(url: str, timeout_s: float, setting: str = "LLMQ_REDIS_URL") -> str | None:
-    """The one line when a plain ``redis://`` URL's port is served by something that is not Redis, else None.
+    """The one line when a ``redis://`` URL's port is served by something that is not Redis, or a
+    ``rediss://`` URL's by a Redis without TLS, else None.
 
     An HTTP server (the simulator, the gateway, any web server) waits for the end of a request's
     headers, so redis-py's PING is met by silence and, seconds later, read as "cannot reach Redis".
@@ -142,6 +143,8 @@ def probe_not_redis(url: str, timeout_s: float, setting: str = "LLMQ_REDIS_URL")
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
+    if parts.scheme == "rediss" and parts.hostname:
+        return _plain_redis_behind_rediss(parts.hostname, parts.port or 6379, timeout_s, url, setting)
     if parts.scheme != "redis" or not parts.hostname:
         return None
     try:
@@ -162,6 +165,29 @@ def probe_not_redis(url: str, timeout_s: float, setting: str = "LLMQ_REDIS_URL")
     return (
         f"llmq: what answers at {shown(url)} is not Redis but {what}; check the host and port in {setting} "
         "(Redis listens on 6379 by default; llmq simulate on 8790, llmq gateway on 8000)"
+    )
+
+
+def _plain_redis_behind_rediss(host: str, port: int, timeout_s: float, url: str, setting: str) -> str | None:
+    """The line for a ``rediss://`` URL (TLS) at a Redis that speaks plain text, else None.
+
+    The TLS handshake meets a server waiting for a command: both sides wait, and seconds later
+    redis-py says "Timeout connecting to server", read as "cannot reach Redis ... start Redis". A
+    plain ``PING`` tells: a Redis without TLS answers it (``+PONG``, or an error asking for a
+    password); a TLS port answers with an alert or hangs up, and the TLS ping that follows decides."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(b"PING\r\n")
+            reply = sock.recv(64)
+    except OSError:  # refused, unreachable or silent: redis-py's own error says which
+        return None
+    if reply[:1] not in (b"+", b"-"):
+        return None
+    return (
+        f"llmq: Redis at {shown(url)} does not use TLS (it answered a plain PING); use redis:// instead "
+        f"of rediss:// in {setting}, or turn TLS on in that Redis (tls-port)"
     )
 
 

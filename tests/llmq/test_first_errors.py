@@ -189,6 +189,8 @@ REDIS_CASES = {
     # and, after its timeout, read as "cannot reach Redis ... start Redis"
     "http-server": ("redis://127.0.0.1:{http}/0", ["is not Redis but an HTTP server", "port in LLMQ_REDIS_URL"]),
     "silent": ("redis://127.0.0.1:{silent}/0", ["did not answer PING", "not a Redis that works", "LLMQ_REDIS_URL"]),
+    # TLS asked of a plain Redis: the handshake waited, then "cannot reach Redis ... start Redis"
+    "tls-to-plain": ("rediss://{host_port}/0", ["does not use TLS", "redis:// instead of rediss://", "LLMQ_REDIS_URL"]),
 }
 #: The commands an operator starts first: the producer, the worker and the gateway.
 FIRST_COMMANDS = {
@@ -220,10 +222,18 @@ def test_a_redis_it_cannot_use_is_one_line_naming_the_cause(
     template, says = REDIS_CASES[case]
     port = locked_redis.rsplit(":", 1)[1].split("/")[0]
     http = urlsplit(simulator.url).port
-    url = template.format(port=port, other=not_redis, redis=redis_url.rsplit("/", 1)[0], http=http, silent=silent_port)
+    host_port = urlsplit(redis_url).netloc
+    url = template.format(
+        port=port,
+        other=not_redis,
+        redis=redis_url.rsplit("/", 1)[0],
+        http=http,
+        silent=silent_port,
+        host_port=host_port,
+    )
     out = _llmq(*FIRST_COMMANDS[command], env={"LLMQ_REDIS_URL": url, "LLMQ_REDIS_CONNECT_TIMEOUT_S": "1"})
     _one_line(out, says)
-    assert "start Redis" not in out.stderr or case not in ("http-server", "silent")
+    assert "start Redis" not in out.stderr or case not in ("http-server", "silent", "tls-to-plain")
 
 
 AMQP_CASES = {
