@@ -1,10 +1,12 @@
-"""Bounded token counting: tiktoken's cost and stack depth kept in check on hostile text.
+"""Bounded token counting: the counter's cost and stack depth kept in check on hostile text.
 
 tiktoken's pre-tokenizer and BPE are super-linear in the length of one *piece* (a run of letters,
 of punctuation, of whitespace), and its regex engine recurses per character of a whitespace run:
 1,000,000 spaces raise ``pyo3_runtime.PanicException`` (a ``BaseException``: stack overflow), and
-100,000 already cost a second of CPU. So every text longer than :data:`CHUNK_CHARS` is encoded in
-chunks of at most that many characters:
+100,000 already cost a second of CPU. The worker's own counter
+(:class:`~workers.accounting.compactbpe.CompactBPE`) merges long pieces in ``O(n log n)`` but pays
+Python's cost per byte. So every text longer than :data:`CHUNK_CHARS` is counted in chunks of at
+most that many characters, whichever counter (:class:`TokenLengths`) counts:
 
 * a chunk ends just before a space that is followed by a non-space character. Every piece of
   ``cl100k_base`` and ``o200k_base`` starts there (a space never sits inside a piece, only as its
@@ -14,19 +16,19 @@ chunks of at most that many characters:
 
 Above :data:`MAX_EXACT_CHARS` characters per count, the rest is not encoded at all: it counts as
 one token per UTF-8 byte, an upper bound for byte-level BPE (never under-reserving the budget),
-again labelled as an estimate. Work per count is therefore linear and capped (about a second of
-CPU at worst, on a loaded core).
+again labelled as an estimate. Work per count is therefore linear and capped: about a second of
+CPU at worst with tiktoken, a few with the worker's counter (``bench/bpe_worst_case.py``).
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import tiktoken
 
-__all__ = ["CHUNK_CHARS", "MAX_EXACT_CHARS", "bounded_len", "chunks"]
+__all__ = ["CHUNK_CHARS", "MAX_EXACT_CHARS", "TiktokenLengths", "TokenLengths", "bounded_len", "chunks"]
 
 #: Longest text encoded in one call.
 CHUNK_CHARS = 1024
@@ -40,6 +42,46 @@ _SEP_ALLOWED = frozenset({_SEP})
 _JOIN_MIN_PARTS = 48
 #: The last " " followed by a non-space in a window (greedy ``.*`` backtracks from the end).
 _LAST_BOUNDARY = re.compile(r"(?s:.*) (?=\S)")
+
+
+class TokenLengths(Protocol):
+    """What counts tokens for :func:`bounded_len`: tiktoken (:class:`TiktokenLengths`) or the
+    worker's :class:`~workers.accounting.compactbpe.CompactBPE`."""
+
+    def count(self, text: str) -> int:
+        """``len(encode_ordinary(text))``."""
+        ...
+
+    def count_parts(self, parts: list[str]) -> int:
+        """The summed :meth:`count` of ``parts``."""
+        ...
+
+
+class TiktokenLengths:
+    """A tiktoken encoding's token counts (:class:`TokenLengths`)."""
+
+    def __init__(self, encoding: tiktoken.Encoding) -> None:
+        self.encoding = encoding
+
+    def count(self, text: str) -> int:
+        return len(self.encoding.encode_ordinary(text))
+
+    def count_parts(self, parts: list[str]) -> int:
+        """Sum of ``len(encode_ordinary(p))`` over ``parts``, exactly.
+
+        Many parts are joined around ``<|endoftext|>`` and encoded in one call: tiktoken splits on
+        allowed special tokens first and runs BPE on each segment alone, so the sum is unchanged and
+        the per-call overhead is paid once. For a few long parts one call each measured cheaper
+        (the join pays an extra special-token scan). A part containing the separator text itself
+        falls back to per-part encoding.
+        """
+        enc = self.encoding
+        if len(parts) <= _JOIN_MIN_PARTS:
+            return sum(map(len, map(enc.encode_ordinary, parts)))
+        text = _SEP.join(parts)
+        if text.count(_SEP) != len(parts) - 1:
+            return sum(map(len, map(enc.encode_ordinary, parts)))
+        return len(enc.encode(text, allowed_special=_SEP_ALLOWED, disallowed_special=())) - (len(parts) - 1)
 
 
 def chunks(text: str, size: int = CHUNK_CHARS) -> tuple[list[str], bool]:
@@ -63,11 +105,11 @@ def chunks(text: str, size: int = CHUNK_CHARS) -> tuple[list[str], bool]:
     return out, clean
 
 
-def bounded_len(enc: tiktoken.Encoding, parts: list[str], *, max_chars: int = MAX_EXACT_CHARS) -> tuple[int, bool]:
+def bounded_len(lengths: TokenLengths, parts: list[str], *, max_chars: int = MAX_EXACT_CHARS) -> tuple[int, bool]:
     """``(tokens, exact)``: the summed ``len(encode_ordinary(p))`` over ``parts``, bounded.
 
-    Short parts (the common case) are encoded as they are, many of them in one call (see
-    :func:`_encoded_len`); ``exact`` is False when a hard cut or the size cap was needed.
+    Short parts (the common case) are counted as they are (``lengths.count_parts``); ``exact`` is
+    False when a hard cut or the size cap was needed.
     """
     pieces: list[str] = []
     exact = True
@@ -84,21 +126,4 @@ def bounded_len(enc: tiktoken.Encoding, parts: list[str], *, max_chars: int = MA
             exact = exact and clean
         elif part:
             pieces.append(part)
-    return _encoded_len(enc, pieces) + over, exact
-
-
-def _encoded_len(enc: tiktoken.Encoding, parts: list[str]) -> int:
-    """Sum of ``len(encode_ordinary(p))`` over ``parts``, exactly.
-
-    Many parts are joined around ``<|endoftext|>`` and encoded in one call: tiktoken splits on
-    allowed special tokens first and runs BPE on each segment alone, so the sum is unchanged and
-    the per-call overhead is paid once. For a few long parts one call each measured cheaper
-    (the join pays an extra special-token scan). A part containing the separator text itself
-    falls back to per-part encoding.
-    """
-    if len(parts) <= _JOIN_MIN_PARTS:
-        return sum(map(len, map(enc.encode_ordinary, parts)))
-    text = _SEP.join(parts)
-    if text.count(_SEP) != len(parts) - 1:
-        return sum(map(len, map(enc.encode_ordinary, parts)))
-    return len(enc.encode(text, allowed_special=_SEP_ALLOWED, disallowed_special=())) - (len(parts) - 1)
+    return lengths.count_parts(pieces) + over, exact

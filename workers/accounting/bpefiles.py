@@ -1,13 +1,14 @@
-"""The bundled BPE files and the process-wide tiktoken encodings: standard library and tiktoken only.
+"""The bundled BPE files and the process-wide encodings: standard library and tiktoken only.
 
 Kept apart from :mod:`workers.accounting.tokens` (which counts messages, so imports the contract and
 pydantic) so that a worker can load its encodings before anything else is imported
-(:func:`preload_compacted`, called by ``workers/runtime/launch.py``): loading an encoding holds its
-Python dict of merge ranks (~27 MB for ``o200k_base``) next to the Rust tokenizer built from it
-(~43 MB) for a moment, so the process's peak resident memory is whatever it holds at that moment
-plus ~73 MB. Loaded after the worker's imports (~105 MB) that peak was 178 MB while the worker then
-ran at ~150 MB; loaded first, the moment falls where the process holds ~38 MB, and what the dict
-leaves free is reused by the imports that follow.
+(:func:`preload_compacted`, called by ``workers/runtime/launch.py``). A bundled encoding is counted by
+:class:`~workers.accounting.compactbpe.CompactBPE` from a table mapped from tiktoken's cache
+directory (~6 MB for ``o200k_base``); the first process on a host builds that table from the
+bundled file, holding ~45 MB for a moment, which is why it is done while the process is small, and
+what it leaves free is reused by the imports that follow. Any other encoding is tiktoken's, whose
+loading holds its Python dict of merge ranks (~27 MB for ``o200k_base``) next to the Rust tokenizer
+built from it (~43 MB) for a moment.
 
 Offline: tiktoken downloads BPE files on first use. :func:`seed_tiktoken_cache` writes our bundled,
 sha256-checked copies (``workers/accounting/data/*.tiktoken.gz``, byte-identical to OpenAI's) into
@@ -33,11 +34,13 @@ if TYPE_CHECKING:
 __all__ = [
     "BUNDLED_ENCODINGS",
     "PRELOAD_ENV",
+    "bundled_bpe",
     "compact_encoding",
     "preload_compacted",
     "release_free_heap",
     "seed_tiktoken_cache",
     "tiktoken_cache_dir",
+    "write_cache_file",
 ]
 
 _URL = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
@@ -78,6 +81,16 @@ def _configuration_error(message: str) -> Exception:
     return ConfigurationError(message)
 
 
+def bundled_bpe(name: str) -> bytes:
+    """The bundled BPE file of encoding ``name``, decompressed and sha256-checked (``KeyError`` for
+    an encoding we do not bundle; ``ConfigurationError`` if the file fails its check)."""
+    expected = BUNDLED_ENCODINGS[name]
+    data = gzip.decompress((resources.files("workers.accounting") / "data" / f"{name}.tiktoken.gz").read_bytes())
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise _configuration_error(f"bundled {name}.tiktoken.gz fails its sha256 check; reinstall llmqueue")
+    return data
+
+
 def seed_tiktoken_cache(names: Iterable[str] = BUNDLED_ENCODINGS, *, force: bool = False) -> list[str]:
     """Write bundled BPE files into tiktoken's cache where missing or corrupt.
 
@@ -98,11 +111,7 @@ def seed_tiktoken_cache(names: Iterable[str] = BUNDLED_ENCODINGS, *, force: bool
             target = os.path.join(cache, hashlib.sha1(_URL.format(name).encode()).hexdigest())
             if _sha256_file(target) == expected:
                 continue
-            data = gzip.decompress(
-                (resources.files("workers.accounting") / "data" / f"{name}.tiktoken.gz").read_bytes()
-            )
-            if hashlib.sha256(data).hexdigest() != expected:
-                raise _configuration_error(f"bundled {name}.tiktoken.gz fails its sha256 check; reinstall llmqueue")
+            data = bundled_bpe(name)
             tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
             try:
                 os.makedirs(cache, exist_ok=True)
@@ -116,6 +125,22 @@ def seed_tiktoken_cache(names: Iterable[str] = BUNDLED_ENCODINGS, *, force: bool
             written.append(name)
         _seeded_dirs.add(cache)
     return written
+
+
+def write_cache_file(path: str, data: bytes) -> bool:
+    """Write ``data`` to ``path`` atomically (a reader sees the old file or the new one, and one that
+    mapped the old file keeps its pages); False if it cannot be written (the caller goes on without)."""
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return False
+    return True
 
 
 def compact_encoding(enc: tiktoken.Encoding) -> None:
@@ -161,18 +186,26 @@ def load_compacted(name: str) -> tiktoken.Encoding:
 
 
 def preload_compacted(names: Iterable[str] | None = None) -> list[str]:
-    """Load ``names`` (default: those :data:`PRELOAD_ENV` lists) compacted; returns what loaded.
+    """Load ``names`` (default: those :data:`PRELOAD_ENV` lists) as a worker counts them; returns
+    what loaded: a bundled encoding's :func:`~workers.accounting.compactbpe.compact_bpe`, any other
+    tiktoken's encoding, compacted.
 
     The worker's first step after gevent's patches (``workers/runtime/launch.py``); its compacting
-    ``TokenCounter`` then finds them in tiktoken's registry. Best effort: a name tiktoken does not
-    know or a cache that cannot be seeded is skipped here, and the worker's start reports it."""
+    ``TokenCounter`` then finds them loaded (process-wide instances). Best effort: a name tiktoken
+    does not know or a bundled file that fails its check is skipped here, and the worker's start
+    reports it."""
     if names is None:
         names = [n for n in os.environ.get(PRELOAD_ENV, "").split(",") if n.strip()]
     loaded: list[str] = []
-    for name in names:
+    for name in (n.strip() for n in names):
         try:
-            load_compacted(name.strip())
+            if name in BUNDLED_ENCODINGS:
+                from workers.accounting.compactbpe import compact_bpe
+
+                compact_bpe(name)
+            else:
+                load_compacted(name)
         except Exception:  # reported where the worker builds its resources (workers/runtime/resources.py)
             continue
-        loaded.append(name.strip())
+        loaded.append(name)
     return loaded

@@ -20,6 +20,12 @@ sha256-checked copies (``workers/accounting/data/*.tiktoken.gz``, byte-identical
 cache directory tiktoken will read, before the first ``get_encoding``, so a worker without network
 access counts tokens exactly as one with it (:mod:`workers.accounting.bpefiles`, which a worker can
 import and load its encodings with before anything else).
+
+The worker's counter (``compact=True``) does not build tiktoken's tokenizer for the bundled
+encodings at all (~43 MB resident for ``o200k_base``): it counts with
+:class:`~workers.accounting.compactbpe.CompactBPE`, which gives tiktoken's exact counts from the
+same BPE files and pattern in ~6 MB (proven equal by ``tests/workers/accounting/test_compactbpe.py``).
+Other encodings, and every counter that is not compacting, use tiktoken as before.
 Nothing happens at import time: encodings load lazily, once per process, under a lock.
 """
 
@@ -33,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from workers.accounting.bounded import bounded_len
+from workers.accounting.bounded import TiktokenLengths, TokenLengths, bounded_len
 from workers.accounting.bpefiles import (
     BUNDLED_ENCODINGS,
     compact_encoding,
@@ -42,6 +48,7 @@ from workers.accounting.bpefiles import (
     seed_tiktoken_cache,
     tiktoken_cache_dir,
 )
+from workers.accounting.compactbpe import CompactBPE, compact_bpe
 from workers.accounting.image_tokens import image_tokens
 from workers.contract import Message, Tool, ToolCall, Usage, base_model_name, split_model_id
 from workers.llm.errors import ConfigurationError
@@ -53,9 +60,11 @@ __all__ = [
     "BUNDLED_ENCODINGS",
     "ESTIMATE_ENCODING",
     "TOOL_CALL_OVERHEAD",
+    "CompactBPE",
     "MessageBreakdown",
     "TokenCount",
     "TokenCounter",
+    "TokenLengths",
     "compact_encoding",
     "default_counter",
     "estimate_completion_tokens",
@@ -140,10 +149,11 @@ class TokenCounter:
         self.margins = dict(margins or {})
         self.types = dict(types or {})
         self._lock = threading.Lock()
-        self._encodings: dict[str, tiktoken.Encoding] = {}
+        self._lengths: dict[str, TokenLengths] = {}
         self._roles: dict[str, dict[str, int]] = {}
         self._plans: dict[str, tuple[str, bool, float]] = {}
-        #: Compact each encoding as it loads (the worker's choice: :func:`compact_encoding`).
+        #: The worker's choice: count the bundled encodings with :class:`CompactBPE` (never building
+        #: tiktoken's tokenizer for them) and compact any other as it loads (:func:`compact_encoding`).
         self.compact = compact
 
     # encodings
@@ -151,7 +161,7 @@ class TokenCounter:
     @property
     def loaded(self) -> tuple[str, ...]:
         """The encodings this counter has loaded so far, in load order (each loads on first use)."""
-        return tuple(self._encodings)
+        return tuple(self._lengths)
 
     def encodings_for(self, models: Iterable[str]) -> list[str]:
         """The encodings counting ``models`` (``provider:model`` ids) needs, without loading any."""
@@ -162,37 +172,49 @@ class TokenCounter:
                 names.append(name)
         return names
 
-    def encoding(self, name: str) -> tiktoken.Encoding:
-        """The tiktoken encoding ``name``, loaded once per process from the seeded cache."""
-        enc = self._encodings.get(name)
-        if enc is not None:
-            return enc
-        with self._lock:
-            enc = self._encodings.get(name)
-            if enc is None:
-                if self.compact:  # the process-wide instance, compacted (a worker may have loaded it first)
-                    enc = load_compacted(name)
-                else:
-                    import tiktoken
+    def lengths(self, name: str) -> TokenLengths:
+        """What counts encoding ``name``'s tokens, loaded once per process (offline: the bundled files).
 
-                    if name in BUNDLED_ENCODINGS:
-                        seed_tiktoken_cache()
-                    enc = tiktoken.get_encoding(name)
-                self._roles[name] = {r: len(enc.encode_ordinary(r)) for r in ("system", "user", "assistant", "tool")}
-                self._encodings[name] = enc
-        return enc
+        Compacting, a bundled encoding is a :class:`CompactBPE`, any other tiktoken's encoding
+        compacted as it loads; else tiktoken's encoding, from the seeded cache."""
+        lengths = self._lengths.get(name)
+        if lengths is not None:
+            return lengths
+        with self._lock:
+            lengths = self._lengths.get(name)
+            if lengths is None:
+                if self.compact and name in BUNDLED_ENCODINGS:
+                    lengths = compact_bpe(name)  # the process-wide instance (a worker may have loaded it first)
+                elif self.compact:
+                    lengths = TiktokenLengths(load_compacted(name))
+                else:
+                    lengths = TiktokenLengths(self.encoding(name))
+                self._roles[name] = {r: lengths.count(r) for r in ("system", "user", "assistant", "tool")}
+                self._lengths[name] = lengths
+        return lengths
+
+    @staticmethod
+    def encoding(name: str) -> tiktoken.Encoding:
+        """tiktoken's encoding ``name`` (the process-wide instance, from the seeded cache): to
+        decode, or to check a count against. Counting never needs it (:meth:`lengths`); in a
+        worker, asking for a bundled one builds the tokenizer its counter does without (~43 MB)."""
+        import tiktoken
+
+        if name in BUNDLED_ENCODINGS:
+            seed_tiktoken_cache()
+        return tiktoken.get_encoding(name)
 
     def preload(self, names: Iterable[str] = BUNDLED_ENCODINGS) -> None:
         """Load the encodings ``names`` now (default: both bundled ones) rather than on first use.
 
         The worker preloads only what its default model needs (``o200k_base`` for
         ``openai:gpt-4o-mini``); any other encoding loads on the first job that counts with it.
-        A compacting counter (``compact=True``) drops what a counting process never reads again:
-        the Python copy of each encoding's merge ranks and the heap the loading left free (see
-        :func:`compact_encoding`): o200k_base takes ~44 MB resident instead of ~76, cl100k_base
-        ~24 instead of ~40 (CPython 3.11, tiktoken 0.14). Counting is unchanged."""
+        A compacting counter (``compact=True``) counts the bundled encodings with
+        :class:`CompactBPE`: o200k_base takes ~6 MB (a mapped table file, shared by the workers of a
+        host) instead of tiktoken's ~76 MB (~44 with its Python ranks dropped), cl100k_base ~3 MB
+        instead of ~40 (CPython 3.11, tiktoken 0.14). The counts are tiktoken's."""
         for name in names:
-            self.encoding(name)
+            self.lengths(name)
 
     def plan(self, model: str) -> tuple[str, bool, float]:
         """``(encoding name, estimated, margin)`` for a ``provider:model`` id."""
@@ -222,7 +244,7 @@ class TokenCounter:
     def count(self, model: str, messages: Sequence[Message], tools: Sequence[Tool] = ()) -> TokenCount:
         """The prompt's token count: messages with overhead, tool calls, tool definitions."""
         enc_name, estimated, margin = self.plan(model)
-        enc = self.encoding(enc_name)
+        enc = self.lengths(enc_name)
         roles = self._roles[enc_name]
         parts: list[str] = []
         append = parts.append
@@ -251,7 +273,7 @@ class TokenCounter:
     def breakdown(self, model: str, messages: Sequence[Message], tools: Sequence[Tool] = ()) -> MessageBreakdown:
         """Per-message counts (slower than :meth:`count`; only needed to trim)."""
         enc_name, estimated, margin = self.plan(model)
-        enc = self.encoding(enc_name)
+        enc = self.lengths(enc_name)
         return MessageBreakdown(
             per_message=tuple(self._message_tokens(enc, enc_name, m, model) for m in messages),
             fixed=REPLY_PRIMING + (self._tools_tokens(enc, tools) if tools else 0),
@@ -263,11 +285,11 @@ class TokenCounter:
     def count_text(self, model: str, text: str) -> TokenCount:
         """Tokens of plain text (no message overhead), scaled when estimated."""
         enc_name, estimated, margin = self.plan(model)
-        raw, exact = bounded_len(self.encoding(enc_name), [text]) if text else (0, True)
+        raw, exact = bounded_len(self.lengths(enc_name), [text]) if text else (0, True)
         estimated = estimated or not exact
         return TokenCount(math.ceil(raw * margin) if estimated else raw, estimated, enc_name)
 
-    def _message_tokens(self, enc: tiktoken.Encoding, enc_name: str, m: Message, model: str) -> int:
+    def _message_tokens(self, enc: TokenLengths, enc_name: str, m: Message, model: str) -> int:
         parts: list[str] = []
         n = TOKENS_PER_MESSAGE + self._roles[enc_name][m.role]
         if m.content:
@@ -284,7 +306,7 @@ class TokenCounter:
         return n + _encoded_len(enc, parts)
 
     @staticmethod
-    def _tools_tokens(enc: tiktoken.Encoding, tools: Sequence[Tool]) -> int:
+    def _tools_tokens(enc: TokenLengths, tools: Sequence[Tool]) -> int:
         """The cookbook's ``num_tokens_for_tools``; schema beyond flat typed properties is
         counted as its JSON text (an over-count, never an under-count, for nested schemas)."""
         n = 0
@@ -323,7 +345,7 @@ def _tool_call_parts(calls: Sequence[ToolCall], parts: list[str]) -> int:
     return TOOL_CALL_OVERHEAD * len(calls)
 
 
-def _encoded_len(enc: tiktoken.Encoding, parts: list[str]) -> int:
+def _encoded_len(enc: TokenLengths, parts: list[str]) -> int:
     """Summed token counts of ``parts``, bounded in time on hostile text (``bounded.py``)."""
     return bounded_len(enc, parts)[0]
 
@@ -352,7 +374,7 @@ def estimate_completion_tokens(
     enc_name, estimated, margin = counter.plan(model)
     parts = [text] if text else []
     raw = _tool_call_parts(tool_calls, parts) if tool_calls else 0
-    raw += _encoded_len(counter.encoding(enc_name), parts)
+    raw += _encoded_len(counter.lengths(enc_name), parts)
     return math.ceil(raw * margin) if estimated else raw
 
 

@@ -18,19 +18,20 @@ PROSE = (
 )
 
 
-@pytest.fixture(scope="module")
-def counter() -> TokenCounter:
-    c = TokenCounter()
+@pytest.fixture(scope="module", params=[False, True], ids=["tiktoken", "compact"])
+def counter(request: pytest.FixtureRequest) -> TokenCounter:
+    """tiktoken's counts, and the worker's (``compact=True``: :class:`CompactBPE`)."""
+    c = TokenCounter(compact=request.param)
     c.preload()
     return c
 
 
 @pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base"])
 def test_long_ordinary_text_is_counted_exactly_in_chunks(counter: TokenCounter, encoding: str) -> None:
-    enc = counter.encoding(encoding)
+    enc = TokenCounter.encoding(encoding)
     text = PROSE * 200  # ~40k characters: many chunks, every cut at a clean boundary
     assert len(chunks(text)[0]) > 10
-    assert bounded_len(enc, [text]) == (len(enc.encode_ordinary(text)), True)
+    assert bounded_len(counter.lengths(encoding), [text]) == (len(enc.encode_ordinary(text)), True)
 
 
 def test_a_million_spaces_are_counted_without_a_panic_and_labelled_estimates(counter: TokenCounter) -> None:
@@ -48,9 +49,9 @@ def test_a_million_spaces_are_counted_without_a_panic_and_labelled_estimates(cou
 
 
 def test_text_over_the_size_cap_counts_one_token_per_byte_beyond_it(counter: TokenCounter) -> None:
-    enc = counter.encoding("o200k_base")
+    enc = TokenCounter.encoding("o200k_base")
     head, tail = "word " * 20, "é" * 50
-    tokens, exact = bounded_len(enc, [head + tail], max_chars=len(head))
+    tokens, exact = bounded_len(counter.lengths("o200k_base"), [head + tail], max_chars=len(head))
     assert not exact
     assert tokens == len(enc.encode_ordinary(head)) + len(tail.encode())  # an upper bound for the rest
 
@@ -63,13 +64,14 @@ def test_text_over_the_size_cap_counts_one_token_per_byte_beyond_it(counter: Tok
     )
 )
 def test_chunks_cover_the_text_and_clean_cuts_keep_the_count_exact(text: str) -> None:
-    enc = TokenCounter().encoding("o200k_base")
+    enc = TokenCounter.encoding("o200k_base")
     pieces, clean = chunks(text)
     assert "".join(pieces) == text and all(0 < len(p) <= CHUNK_CHARS for p in pieces if text)
-    tokens, exact = bounded_len(enc, [text])
-    assert exact == clean
-    if exact:  # short enough here for tiktoken to count the whole text at once
-        assert tokens == len(enc.encode_ordinary(text))
+    for compact in (False, True):
+        tokens, exact = bounded_len(TokenCounter(compact=compact).lengths("o200k_base"), [text])
+        assert exact == clean
+        if exact:  # short enough here for tiktoken to count the whole text at once
+            assert tokens == len(enc.encode_ordinary(text))
 
 
 class _Panic(BaseException):

@@ -18,6 +18,7 @@ import tiktoken
 from workers.accounting.tokens import (
     BUNDLED_ENCODINGS,
     TOOL_CALL_OVERHEAD,
+    CompactBPE,
     TokenCounter,
     compact_encoding,
     estimate_completion_tokens,
@@ -106,9 +107,10 @@ WEATHER = {
 }
 
 
-@pytest.fixture(scope="module")
-def counter() -> TokenCounter:
-    return TokenCounter()
+@pytest.fixture(scope="module", params=[False, True], ids=["tiktoken", "compact"])
+def counter(request: pytest.FixtureRequest) -> TokenCounter:
+    """tiktoken's counter, and the worker's (``compact=True``: :class:`CompactBPE`)."""
+    return TokenCounter(compact=request.param)
 
 
 def as_messages(raw: list[dict[str, str]]) -> list[Message]:
@@ -227,10 +229,11 @@ def test_completion_estimates(counter: TokenCounter) -> None:
     )
 
 
-def test_encodings_load_once_across_threads() -> None:
-    counter = TokenCounter()
+@pytest.mark.parametrize("compact", [False, True])
+def test_encodings_load_once_across_threads(compact: bool) -> None:
+    counter = TokenCounter(compact=compact)
     seen: list[object] = []
-    threads = [threading.Thread(target=lambda: seen.append(counter.encoding("o200k_base"))) for _ in range(8)]
+    threads = [threading.Thread(target=lambda: seen.append(counter.lengths("o200k_base"))) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -357,7 +360,7 @@ def test_a_compacted_encoding_encodes_exactly_as_a_full_one(name: str) -> None:
 
 def test_a_counter_loads_each_encoding_on_first_use_and_only_what_its_models_need() -> None:
     """The worker preloads only its default model's encoding (``encodings_for``); any other loads on
-    the first count that needs it, compacted as it loads, and counts as a full one does."""
+    the first count that needs it, as a :class:`CompactBPE`, and counts as tiktoken does."""
     counter = TokenCounter(compact=True)
     assert counter.loaded == ()
     assert counter.encodings_for(["openai:gpt-4o-mini", "openai:gpt-4o"]) == ["o200k_base"]
@@ -365,7 +368,7 @@ def test_a_counter_loads_each_encoding_on_first_use_and_only_what_its_models_nee
     assert counter.loaded == ()  # naming them loads nothing
     counter.preload(counter.encodings_for(["openai:gpt-4o-mini"]))
     assert counter.loaded == ("o200k_base",)
-    assert counter.encoding("o200k_base")._mergeable_ranks == {}  # compacted as it loaded
+    assert isinstance(counter.lengths("o200k_base"), CompactBPE)  # not tiktoken's tokenizer
     raw = [{"role": "user", "content": "naïve café 東京 <|endoftext|> " * 20}]
     full = TokenCounter()
     assert counter.count("openai:gpt-4o-mini", as_messages(raw)) == full.count("openai:gpt-4o-mini", as_messages(raw))
