@@ -8,9 +8,10 @@ group that only sets the app, as Celery's own group does for it. ``llmq worker``
 
 As ``python -m celery`` does, the pool's patches (gevent) come first, before anything else is imported.
 Then, before Celery and the worker's modules, the encodings ``llmq worker`` named in
-``LLMQ_PRELOAD_ENCODINGS`` (:func:`default_encodings`, worked out before its exec): loading one holds
-its Python merge ranks beside its Rust tokenizer for a moment (~73 MB for o200k_base), which on top
-of the worker's ~105 MB of imports was the process's peak (``workers/accounting/bpefiles.py``).
+``LLMQ_PRELOAD_ENCODINGS`` (:func:`default_encodings`, worked out before its exec): the first process
+on a host builds each one's compact table from the bundled file, holding ~45 MB for a moment, which
+on top of the worker's imports would be the process's peak (``workers/accounting/bpefiles.py``); later
+ones map the cached table (~6 MB for o200k_base).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         maybe_patch_concurrency(["worker", *args])  # gevent's monkey patches, before anything else loads
         from workers.accounting.bpefiles import preload_compacted
 
-        preload_compacted()  # while the process is small: the moment both copies of the ranks exist is its peak
+        preload_compacted()  # while the process is small: building a table (first on a host) is its peak
         for library in IMPORTED_EARLY:
             importlib.import_module(library)
         import click

@@ -277,7 +277,8 @@ class WorkerResources:
             http.close()
             client.close()
             raise
-        # compacting: each encoding drops its Python copy of the merge ranks as it loads (~30 MB less RSS)
+        # compacting: the bundled encodings count with CompactBPE (tiktoken's counts from a ~6 MB table,
+        # not tiktoken's ~43 MB Rust tokenizer); any other drops its Python merge ranks as it loads
         counter = TokenCounter(types={name: spec.type for name, spec in config.providers.items()}, compact=True)
         # what genai-prices says of the default model and the providers' names, from what llmq worker
         # handed over (workers/accounting/pricehandover.py), else from genai-prices' data (~7 MB)
@@ -296,8 +297,8 @@ class WorkerResources:
             http.close()
             client.close()
             raise
-        # only the default model's encodings now (seeded from the bundled files: offline), before any
-        # job runs; another encoding loads on the first job that counts with it (~24-44 MB each)
+        # only the default model's encodings now (from the bundled files: offline), before any job
+        # runs; another encoding loads on the first job that counts with it (~3-6 MB each)
         counter.preload(counter.encodings_for(default_model_ids(catalog, settings.default_model)))
         ledger_client = redis_client(
             settings.redis_url,

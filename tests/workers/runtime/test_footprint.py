@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import tiktoken
 
 from llmq.devstack import LocalStack
 from producers import Client
 from producers.settings import ProducerSettings
 from simulator.app import SimulatorThread
 from workers.accounting.bpefiles import PRELOAD_ENV, preload_compacted
+from workers.accounting.compactbpe import compact_bpe
 from workers.accounting.prices import PriceBook
 from workers.accounting.tokens import TokenCounter
 from workers.runtime.launch import default_encodings
@@ -65,15 +65,16 @@ def launch_imports(env: dict[str, str]) -> list[str]:
 
 
 def test_the_worker_loads_the_encodings_llmq_worker_names_before_celery_and_pydantic() -> None:
-    """Loading an encoding holds its Python merge ranks beside its Rust tokenizer for a moment (~73 MB
-    for o200k_base): the worker does it first, after gevent's patches and before Celery's command,
-    the app and pydantic are imported, so that moment is not on top of them (the process's peak)."""
+    """The first process on a host builds an encoding's compact table from the bundled file, holding
+    ~45 MB for a moment: the worker loads its encodings first, after gevent's patches and before
+    Celery's command, the app and pydantic are imported, so that moment is not on top of them."""
     imported = launch_imports({PRELOAD_ENV: "o200k_base"})
-    loaded = imported.index("tiktoken.load")  # imported when the first encoding loads
-    assert "pydantic" not in imported[:loaded]
+    loaded = imported.index("workers.accounting.compactbpe")  # imported when the first encoding loads
+    assert "pydantic" not in imported[:loaded] and "regex" in imported[loaded:]
     assert "celery.bin.worker" in imported[loaded:] and "workers.runtime.app" in imported[loaded:]
+    assert not {name for name in imported if name.startswith("tiktoken")}  # tiktoken's tokenizer: never
     # unset (celery -A workers.runtime.app worker, tests): nothing loads early
-    assert "tiktoken.load" not in launch_imports({PRELOAD_ENV: ""})
+    assert "workers.accounting.compactbpe" not in launch_imports({PRELOAD_ENV: ""})
 
 
 def test_llmq_worker_names_the_default_models_encodings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,11 +93,55 @@ def test_llmq_worker_names_the_default_models_encodings(tmp_path: Path, monkeypa
 
 
 def test_a_compacting_counter_counts_with_the_encoding_loaded_first() -> None:
-    """The worker's counter finds what :func:`preload_compacted` loaded (one instance, compacted)."""
+    """The worker's counter finds what :func:`preload_compacted` loaded (one instance per process): a
+    bundled encoding's :class:`CompactBPE` (any other would be tiktoken's, compacted)."""
     assert preload_compacted(["o200k_base", "no_such_encoding"]) == ["o200k_base"]
     counter = TokenCounter(compact=True)
-    assert counter.encoding("o200k_base") is tiktoken.get_encoding("o200k_base")
-    assert counter.encoding("o200k_base")._mergeable_ranks == {}
+    assert counter.lengths("o200k_base") is compact_bpe("o200k_base")
+
+
+WORKER_COUNTS = """
+import gc, sys
+from workers.accounting.bpefiles import preload_compacted
+preload_compacted(["o200k_base"])  # what launch.py does for the default model
+from workers.accounting.context_window import fit_messages
+from workers.accounting.tokens import TokenCounter, estimate_usage
+from workers.contract import FunctionCall, Message, Tool, ToolCall
+counter = TokenCounter(compact=True)  # the worker's (workers/runtime/resources.py)
+call = ToolCall(id="c1", function=FunctionCall(name="lookup", arguments='{"q": "東京"}'))
+messages = [
+    Message(role="system", content="You are terse."),
+    Message(role="user", content="naïve café 東京 🎉 " * 50, name="ops"),
+    Message(role="assistant", tool_calls=[call]),
+    Message(role="tool", tool_call_id="c1", content='{"temp": 21}'),
+]
+tool = Tool.model_validate({"type": "function", "function": {"name": "lookup", "description": "Look up.",
+    "parameters": {"type": "object", "properties": {"q": {"type": "string", "description": "What.", "enum": ["a"]},
+    "n": {"type": "integer", "minimum": 1}}}}})
+for model in ("openai:gpt-4o-mini", "openai:gpt-4", "anthropic:claude-sonnet-4-5"):
+    prompt = counter.count(model, messages, [tool])
+    assert counter.breakdown(model, messages, [tool]).total() == prompt.tokens
+    fit_messages(model, messages, counter=counter, max_tokens=10, window=prompt.tokens, truncate="sliding_window")
+    counter.count_text(model, "thinking " * 100)
+    estimate_usage(prompt, "an answer", model, [call], counter=counter)
+import tiktoken, tiktoken.registry
+print(sorted(tiktoken.registry.ENCODINGS), sum(isinstance(o, tiktoken.Encoding) for o in gc.get_objects()))
+print(sorted(type(lengths).__name__ for lengths in counter._lengths.values()), counter.loaded)
+print("tiktoken_ext.openai_public" in sys.modules, "tiktoken.load" in sys.modules)
+"""
+
+
+def test_the_worker_counts_every_way_without_building_tiktokens_tokenizer() -> None:
+    """Counts, per-message breakdowns, the sliding window, tool definitions and calls, thinking text
+    and completion estimates, for OpenAI models and estimates: the worker's counter never builds a
+    ``tiktoken.Encoding`` (its Rust tokenizer is ~43 MB for o200k_base), nor loads tiktoken's files."""
+    proc = subprocess.run([sys.executable, "-c", WORKER_COUNTS], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:3] == [
+        "[] 0",
+        "['CompactBPE', 'CompactBPE'] ('o200k_base', 'cl100k_base')",
+        "False False",
+    ]
 
 
 BEDROCK_WITHOUT_BOTOCORE = """
@@ -160,13 +205,14 @@ def test_a_plain_worker_start_and_job_import_no_prompt_schema_or_trio_modules(re
     assert sdk == []
 
 
-def test_llmq_worker_and_a_plain_job_do_not_import_genai_prices(
+def test_llmq_worker_and_a_plain_job_import_neither_genai_prices_nor_tiktokens_encodings(
     redis_url: str, simulator: SimulatorThread, tmp_path: Path
 ) -> None:
     """``llmq worker`` asks genai-prices what the worker's start and its default model's jobs need
     before its exec and hands the answers over (``workers/accounting/pricehandover.py``): the worker
     process (gevent, the bench's simulated providers) starts and runs a job of the default model
-    without importing genai-prices' data and models (~7 MB), and charges the price it gives."""
+    without importing genai-prices' data and models (~7 MB), and charges the price it gives. It
+    counts the prompt with its compact counter, never loading a tiktoken encoding (~43 MB)."""
     env = {**os.environ, "LLMQ_REDIS_URL": redis_url, "LLMQ_DEFAULT_MODEL": "openai:gpt-4o-mini"}
     stack = LocalStack(log_dir=str(tmp_path), env=env)
     stack.simulator_url = simulator.url  # the worker's providers (and the simulated config) point at it
@@ -191,4 +237,6 @@ def test_llmq_worker_and_a_plain_job_do_not_import_genai_prices(
     launcher, worker = set(names[:exec_at]), set(names[exec_at:])
     assert "workers.runtime.app" in worker and "workers.accounting.prices" in worker
     assert not {name for name in worker if name.split(".")[0] == "genai_prices"}
+    # it counted the job's prompt with its compact counter: no tiktoken encoding was ever loaded
+    assert "workers.accounting.compactbpe" in worker and not {"tiktoken.load", "tiktoken_ext.openai_public"} & worker
     assert "genai_prices" in launcher and "celery.bin.worker" not in launcher  # it asked, before its exec
