@@ -30,6 +30,8 @@ __all__ = ["CompactBPE", "compact_bpe"]
 
 #: Pieces of at most this many bytes are merged by scanning (cheaper than a heap when short).
 SCAN_MAX = 48
+#: Pieces of characters of two or more bytes from this many bytes on are cut first (see _merged).
+CUT_MIN = 6
 #: The piece cache holds at most this many pieces and this many characters (~1 MB at worst).
 CACHE_PIECES = 8192
 CACHE_CHARS = 262_144
@@ -130,36 +132,37 @@ class CompactBPE:
         (``bpetable._span_windows``; its false positives only cost a cut). ASCII letters almost
         never allow a cut, so an ASCII piece is not tried."""
         n = len(data)
-        if n <= self.scan_max:
-            return self._merge_scan(data)
-        if data.isascii():
-            return self._merge_heap(data)
-        pairs, spans, mask, crc32, part = self._pairs, self._spans, self._span_mask, zlib.crc32, self._part
-        total = start = 0
-        places: Iterable[int]
-        if _THREE_BYTE_CHARS.fullmatch(data):  # CJK, kana, Hangul: every third byte, found at once
-            places = range(3, n - 1, 3)
-        else:
-            places = [match.start() for match in _BOUNDARY.finditer(data, 2, n - 1)]
-        for p in places:
-            if pairs[data[p - 1] << 8 | data[p]] == NO_RANK:
-                h = crc32(data[p - 2 : p + 2]) & mask
-                if not spans[h >> 3] >> (h & 7) & 1:
-                    total += part(data[start:p])
-                    start = p
-        return self._merge_heap(data) if start == 0 else total + part(data[start:])
+        if n >= CUT_MIN and not data.isascii():
+            pairs, spans, mask, crc32, part = self._pairs, self._spans, self._span_mask, zlib.crc32, self._part
+            total = start = 0
+            places: Iterable[int]
+            if _THREE_BYTE_CHARS.fullmatch(data):  # CJK, kana, Hangul: every third byte, found at once
+                places = range(3, n - 1, 3)
+            else:
+                places = [match.start() for match in _BOUNDARY.finditer(data, 2, n - 1)]
+            for p in places:
+                if pairs[data[p - 1] << 8 | data[p]] == NO_RANK:
+                    h = crc32(data[p - 2 : p + 2]) & mask
+                    if not spans[h >> 3] >> (h & 7) & 1:
+                        total += part(data[start:p])
+                        start = p
+            if start:
+                return total + part(data[start:])
+        return self._merge_scan(data) if n <= self.scan_max else self._merge_heap(data)
 
     def _part(self, data: bytes) -> int:
         """:meth:`_merged` of a part of a cut piece, remembered (its key is bytes, a piece's str)."""
-        n = len(data)
-        if n == 3:  # one CJK character: the scan's two steps written out
-            if self._pairs[data[0] << 8 | data[1]] == self._pairs[data[1] << 8 | data[2]] == NO_RANK:
-                return 3
-            return 1 if self._rank(data) != NO_RANK else 2
-        if n == 2:
-            return 1 if self._pairs[data[0] << 8 | data[1]] != NO_RANK else 2
         if (count := self._cache.get(data)) is None:
-            count = self._merge_scan(data) if n <= self.scan_max else self._merge_heap(data)
+            n = len(data)
+            if n == 3:  # one CJK character: the scan's two steps written out
+                if self._pairs[data[0] << 8 | data[1]] == self._pairs[data[1] << 8 | data[2]] == NO_RANK:
+                    count = 3
+                else:
+                    count = 1 if self._rank(data) != NO_RANK else 2
+            elif n == 2:
+                count = 1 if self._pairs[data[0] << 8 | data[1]] != NO_RANK else 2
+            else:
+                count = self._merge_scan(data) if n <= self.scan_max else self._merge_heap(data)
             self._remember(data, count)
         return count
 
