@@ -2,9 +2,9 @@
 
 Kept apart from :mod:`workers.accounting.tokens` (which counts messages, so imports the contract and
 pydantic) so that a worker can load its encodings before anything else is imported
-(:func:`preload_compacted`, called by ``workers/runtime/launch.py``). A bundled encoding is counted by
-:class:`~workers.accounting.compactbpe.CompactBPE` from a table mapped from tiktoken's cache
-directory (~6 MB for ``o200k_base``); the first process on a host builds that table from the
+(:func:`~workers.accounting.compactbpe.preload_compacted`, called by ``workers/runtime/launch.py``).
+A bundled encoding is counted by :class:`~workers.accounting.compactbpe.CompactBPE` from a table
+mapped from tiktoken's cache directory (~7 MB for ``o200k_base``); the first process on a host builds that table from the
 bundled file, holding ~45 MB for a moment, which is why it is done while the process is small, and
 what it leaves free is reused by the imports that follow. Any other encoding is tiktoken's, whose
 loading holds its Python dict of merge ranks (~27 MB for ``o200k_base``) next to the Rust tokenizer
@@ -36,7 +36,6 @@ __all__ = [
     "PRELOAD_ENV",
     "bundled_bpe",
     "compact_encoding",
-    "preload_compacted",
     "release_free_heap",
     "seed_tiktoken_cache",
     "tiktoken_cache_dir",
@@ -151,7 +150,7 @@ def compact_encoding(enc: tiktoken.Encoding) -> None:
     pickle itself (``__getstate__``). A worker never pickles an encoding (jobs are JSON), so it
     drops it; an encoding compacted here can no longer be pickled or rebuilt by ``tiktoken``'s
     educational module, and nothing in llmqueue does either. The registry's instance is shared
-    in-process, which is why only the worker (a compacting ``TokenCounter``, :func:`preload_compacted`)
+    in-process, which is why only the worker (a compacting ``TokenCounter``, ``preload_compacted``)
     calls this.
     """
     ranks = getattr(enc, "_mergeable_ranks", None)
@@ -183,29 +182,3 @@ def load_compacted(name: str) -> tiktoken.Encoding:
         compact_encoding(enc)
         release_free_heap()
     return enc
-
-
-def preload_compacted(names: Iterable[str] | None = None) -> list[str]:
-    """Load ``names`` (default: those :data:`PRELOAD_ENV` lists) as a worker counts them; returns
-    what loaded: a bundled encoding's :func:`~workers.accounting.compactbpe.compact_bpe`, any other
-    tiktoken's encoding, compacted.
-
-    The worker's first step after gevent's patches (``workers/runtime/launch.py``); its compacting
-    ``TokenCounter`` then finds them loaded (process-wide instances). Best effort: a name tiktoken
-    does not know or a bundled file that fails its check is skipped here, and the worker's start
-    reports it."""
-    if names is None:
-        names = [n for n in os.environ.get(PRELOAD_ENV, "").split(",") if n.strip()]
-    loaded: list[str] = []
-    for name in (n.strip() for n in names):
-        try:
-            if name in BUNDLED_ENCODINGS:
-                from workers.accounting.compactbpe import compact_bpe
-
-                compact_bpe(name)
-            else:
-                load_compacted(name)
-        except Exception:  # reported where the worker builds its resources (workers/runtime/resources.py)
-            continue
-        loaded.append(name)
-    return loaded

@@ -2,7 +2,7 @@
 
 tiktoken's Rust tokenizer keeps one heap allocation per token in each of three tables (encoder,
 decoder, sorted bytes): ~43 MB resident for ``o200k_base``. Counting needs only ``bytes -> rank``,
-which fits in a few flat buffers (:class:`BPETable`, ~5.9 MB for ``o200k_base``, ~2.9 MB for
+which fits in a few flat buffers (:class:`BPETable`, 6.8 MB for ``o200k_base``, 3.5 MB for
 ``cl100k_base``):
 
 * ``blob``: every token's bytes, in rank order (ranks are ``0..n-1`` in both files), and

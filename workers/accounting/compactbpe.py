@@ -2,7 +2,7 @@
 
 :class:`CompactBPE` counts what ``len(tiktoken.get_encoding(name).encode_ordinary(text))`` counts,
 from the same inputs: the bundled BPE files (as a :class:`~workers.accounting.bpetable.BPETable`,
-~6 MB instead of the Rust tokenizer's ~43 MB for ``o200k_base``) and tiktoken's pre-tokenizing
+~7 MB instead of the Rust tokenizer's ~43 MB for ``o200k_base``) and tiktoken's pre-tokenizing
 pattern (:class:`~workers.accounting.pretokenize.PreTokenizer`: tiktoken_ext.openai_public's, with
 tiktoken's Unicode tables). Each piece the pattern finds is one token if it is one, else merged as
 tiktoken's ``_byte_pair_merge`` does: the adjacent pair of lowest rank first, ties to the leftmost.
@@ -16,6 +16,7 @@ The tests prove the counts equal tiktoken's (``tests/workers/accounting/test_com
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import zlib
@@ -23,10 +24,11 @@ from collections.abc import Iterable
 from heapq import heapify, heappop, heappush
 from itertools import pairwise
 
+from workers.accounting.bpefiles import BUNDLED_ENCODINGS, PRELOAD_ENV, load_compacted
 from workers.accounting.bpetable import NO_RANK, BPETable, load_table
 from workers.accounting.pretokenize import PreTokenizer
 
-__all__ = ["CompactBPE", "compact_bpe"]
+__all__ = ["CompactBPE", "compact_bpe", "preload_compacted"]
 
 #: Pieces of at most this many bytes are merged by scanning (cheaper than a heap when short).
 SCAN_MAX = 48
@@ -282,3 +284,26 @@ def compact_bpe(name: str) -> CompactBPE:
             if bpe is None:
                 bpe = _registry[name] = CompactBPE(name, load_table(name))
     return bpe
+
+
+def preload_compacted(names: Iterable[str] | None = None) -> list[str]:
+    """Load ``names`` (default: those ``LLMQ_PRELOAD_ENCODINGS`` lists) as a worker counts them;
+    returns what loaded: a bundled encoding's :func:`compact_bpe`, any other tiktoken's, compacted.
+
+    The worker's first step after gevent's patches (``workers/runtime/launch.py``); its compacting
+    ``TokenCounter`` then finds them loaded (process-wide instances). Best effort: a name tiktoken
+    does not know or a bundled file that fails its check is skipped here, and the worker's start
+    reports it."""
+    if names is None:
+        names = [n for n in os.environ.get(PRELOAD_ENV, "").split(",") if n.strip()]
+    loaded: list[str] = []
+    for name in (n.strip() for n in names):
+        try:
+            if name in BUNDLED_ENCODINGS:
+                compact_bpe(name)
+            else:
+                load_compacted(name)
+        except Exception:  # reported where the worker builds its resources (workers/runtime/resources.py)
+            continue
+        loaded.append(name)
+    return loaded

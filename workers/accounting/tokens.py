@@ -24,7 +24,7 @@ import and load its encodings with before anything else).
 The worker's counter (``compact=True``) does not build tiktoken's tokenizer for the bundled
 encodings at all (~43 MB resident for ``o200k_base``): it counts with
 :class:`~workers.accounting.compactbpe.CompactBPE`, which gives tiktoken's exact counts from the
-same BPE files and pattern in ~6 MB (proven equal by ``tests/workers/accounting/test_compactbpe.py``).
+same BPE files and pattern in ~7 MB (proven equal by ``tests/workers/accounting/test_compactbpe.py``).
 Other encodings, and every counter that is not compacting, use tiktoken as before.
 Nothing happens at import time: encodings load lazily, once per process, under a lock.
 """
@@ -210,8 +210,8 @@ class TokenCounter:
         The worker preloads only what its default model needs (``o200k_base`` for
         ``openai:gpt-4o-mini``); any other encoding loads on the first job that counts with it.
         A compacting counter (``compact=True``) counts the bundled encodings with
-        :class:`CompactBPE`: o200k_base takes ~6 MB (a mapped table file, shared by the workers of a
-        host) instead of tiktoken's ~76 MB (~44 with its Python ranks dropped), cl100k_base ~3 MB
+        :class:`CompactBPE`: o200k_base takes ~7 MB (a mapped table file, shared by the workers of a
+        host) instead of tiktoken's ~76 MB (~44 with its Python ranks dropped), cl100k_base ~4 MB
         instead of ~40 (CPython 3.11, tiktoken 0.14). The counts are tiktoken's."""
         for name in names:
             self.lengths(name)

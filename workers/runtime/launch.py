@@ -11,7 +11,7 @@ Then, before Celery and the worker's modules, the encodings ``llmq worker`` name
 ``LLMQ_PRELOAD_ENCODINGS`` (:func:`default_encodings`, worked out before its exec): the first process
 on a host builds each one's compact table from the bundled file, holding ~45 MB for a moment, which
 on top of the worker's imports would be the process's peak (``workers/accounting/bpefiles.py``); later
-ones map the cached table (~6 MB for o200k_base).
+ones map the cached table (~7 MB for o200k_base).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from celery import maybe_patch_concurrency
 
         maybe_patch_concurrency(["worker", *args])  # gevent's monkey patches, before anything else loads
-        from workers.accounting.bpefiles import preload_compacted
+        from workers.accounting.compactbpe import preload_compacted
 
         preload_compacted()  # while the process is small: building a table (first on a host) is its peak
         for library in IMPORTED_EARLY:

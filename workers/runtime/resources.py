@@ -277,7 +277,7 @@ class WorkerResources:
             http.close()
             client.close()
             raise
-        # compacting: the bundled encodings count with CompactBPE (tiktoken's counts from a ~6 MB table,
+        # compacting: the bundled encodings count with CompactBPE (tiktoken's counts from a ~7 MB table,
         # not tiktoken's ~43 MB Rust tokenizer); any other drops its Python merge ranks as it loads
         counter = TokenCounter(types={name: spec.type for name, spec in config.providers.items()}, compact=True)
         # what genai-prices says of the default model and the providers' names, from what llmq worker
@@ -298,7 +298,7 @@ class WorkerResources:
             client.close()
             raise
         # only the default model's encodings now (from the bundled files: offline), before any job
-        # runs; another encoding loads on the first job that counts with it (~3-6 MB each)
+        # runs; another encoding loads on the first job that counts with it (~4-8 MB each)
         counter.preload(counter.encodings_for(default_model_ids(catalog, settings.default_model)))
         ledger_client = redis_client(
             settings.redis_url,

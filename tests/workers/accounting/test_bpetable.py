@@ -119,7 +119,7 @@ OFFLINE_WORKER_COUNT = textwrap.dedent(
 
     tiktoken.load.read_file = no_network
     socket.socket.connect = no_network
-    from workers.accounting.bpefiles import preload_compacted
+    from workers.accounting.compactbpe import preload_compacted
     from workers.accounting.tokens import TokenCounter
     from workers.contract import Message
 
