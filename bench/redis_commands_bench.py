@@ -5,9 +5,12 @@ For each variant (A: the worker as configured; B: with ``--compare-env`` setting
 ``--rounds`` times on fresh workers: a warm-up, then ``--jobs`` jobs through the queue path while a
 MONITOR connection counts every command a client sent (commands run inside Lua scripts, MONITOR's
 ``client_type`` ``lua``, are left out: a script call is one round trip), of all clients together
-(producer, reply listener, worker). Also the worker's CPU over the same jobs, but MONITOR slows
-Redis: take CPU from ``queue_bench.py --compare-env`` instead. Prints, per variant, commands per job
-by name and the publishes to Celery's event exchange, then one JSON line.
+(producer, reply listener, worker), and of the worker's connections alone (``worker_by_command``:
+the clients whose port a worker process holds when the jobs are done); an ``EVALSHA`` is named by
+its script (``by_script``, ``worker_by_script``: the module constant or ``lua/`` file whose SHA-1 it
+calls). Also the worker's CPU over the same jobs, but MONITOR slows Redis: take CPU from
+``queue_bench.py --compare-env`` instead. Prints, per variant, commands per job by name and the
+publishes to Celery's event exchange, then one JSON line.
 
     .venv/bin/python bench/redis_commands_bench.py --compare-env LLMQ_TASK_EVENTS_FLUSH_MS=0
 """
@@ -15,6 +18,8 @@ by name and the publishes to Celery's event exchange, then one JSON line.
 from __future__ import annotations
 
 import argparse
+import ast
+import hashlib
 import json
 import os
 import sys
@@ -23,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 
 HERE = Path(__file__).resolve().parent
@@ -36,12 +42,43 @@ from llmq.devstack import LocalStack  # noqa: E402
 STOP = "llmq-bench-monitor-stop"
 
 
+def script_names(root: Path = HERE.parent) -> dict[str, str]:
+    """SHA-1 -> name of every Lua script the code registers: module-level string constants that call
+    Redis (``module.NAME``), and the ``lua/`` files with the shared library their loader prepends."""
+    names: dict[str, str] = {}
+    for package in ("workers", "producers", "llmq"):
+        for path in sorted((root / package).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            for node in tree.body:
+                if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)):
+                    continue
+                value = node.value.value
+                if isinstance(value, str) and "redis.call" in value:
+                    for target in node.targets:
+                        if isinstance(target, ast.Name):
+                            names[hashlib.sha1(value.encode()).hexdigest()] = f"{path.stem}.{target.id}"
+    libraries = {
+        "workers/connections/lua": "sched_lib.lua",
+        "workers/accounting/lua": "_lib.lua",
+        "workers/jobs/lua": None,
+    }
+    for folder, library in libraries.items():
+        prefix = (root / folder / library).read_text() + "\n" if library else ""
+        for path in sorted((root / folder).glob("*.lua")):
+            source = prefix + path.read_text()
+            names[hashlib.sha1(source.encode()).hexdigest()] = f"{path.parent.parent.name}/{path.stem}.lua"
+    return names
+
+
 class Monitor:
     """Counts the commands clients send (not those of Lua scripts) until stopped."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.commands: Counter[str] = Counter()
+        #: (client port, command name or ``EVALSHA:<script>``) -> count
+        self.by_client: Counter[tuple[str, str]] = Counter()
+        self.scripts = script_names()
         self.event_publishes = 0
         self.event_messages: Counter[str] = Counter()
         self._ready = threading.Event()
@@ -59,6 +96,10 @@ class Monitor:
                     continue
                 name = command.split(" ", 1)[0].upper()
                 self.commands[name] += 1
+                if name == "EVALSHA":
+                    sha = command.split(" ", 2)[1]
+                    name = f"EVALSHA:{self.scripts.get(sha, sha[:8])}"
+                self.by_client[(entry.get("client_port", ""), name)] += 1
                 if name == "PUBLISH" and ".celeryev/" in command:
                     self.event_publishes += 1
                     self.event_messages[command.split(" ", 2)[1].rsplit("/", 1)[-1]] += 1
@@ -82,17 +123,39 @@ def measure(stack: LocalStack, args: argparse.Namespace, env: dict[str, str], na
         run_queue(stack, 50, workers)  # warm-up: imports, pools, connections
         with Monitor(stack.redis_url) as monitor:
             r = run_queue(stack, args.jobs, workers)
+            ports = _ports(workers)
     finally:
         _stop_workers(workers)
     jobs = max(1, r["ok"])
+    by_script: Counter[str] = Counter()
+    worker: Counter[str] = Counter()
+    for (port, name), n in monitor.by_client.items():
+        if name.startswith("EVALSHA:"):
+            by_script[name[8:]] += n
+        if port in ports:
+            worker[name] += n
     return {
         "ok": r["ok"],
         "commands_per_job": round(sum(monitor.commands.values()) / jobs, 2),
         "event_publishes_per_job": round(monitor.event_publishes / jobs, 3),
         "event_messages": dict(monitor.event_messages),
         "by_command": {k: round(v / jobs, 2) for k, v in monitor.commands.most_common()},
+        "by_script": {k: round(v / jobs, 2) for k, v in by_script.most_common()},
+        "worker_commands_per_job": round(sum(worker.values()) / jobs, 2),
+        "worker_by_command": {k: round(v / jobs, 2) for k, v in worker.most_common()},
         "cpu_ms_per_job_with_monitor": round(1000 * r["cpu_s"] / jobs, 2),
     }
+
+
+def _ports(workers: list[Any]) -> set[str]:
+    """The local ports of the worker processes' TCP connections (their Redis clients, pooled)."""
+    ports: set[str] = set()
+    for w in workers:
+        for proc in [psutil.Process(w.pid), *psutil.Process(w.pid).children(recursive=True)]:
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.laddr:
+                    ports.add(str(conn.laddr.port))
+    return ports
 
 
 def main() -> None:
@@ -121,6 +184,7 @@ def main() -> None:
         "concurrency": args.concurrency,
         "upstream_s": args.latency,
         "commands_per_job": {v: [r["commands_per_job"] for r in rows] for v, rows in runs.items()},
+        "worker_commands_per_job": {v: [r["worker_commands_per_job"] for r in rows] for v, rows in runs.items()},
         "event_publishes_per_job": {v: [r["event_publishes_per_job"] for r in rows] for v, rows in runs.items()},
     }
     print(json.dumps(summary, separators=(",", ":")), flush=True)
