@@ -31,7 +31,16 @@ from workers.contract import JobKeys, StreamEvent
 from workers.jobs.flushbatch import FlushBatcher
 from workers.llm.errors import RunFencedError
 
-__all__ = ["EventPublisher", "PipelinedFlushes", "ScriptCalls", "Write", "delta_json", "flush_batcher", "last_seq"]
+__all__ = [
+    "ClaimMissedError",
+    "EventPublisher",
+    "PipelinedFlushes",
+    "ScriptCalls",
+    "Write",
+    "delta_json",
+    "flush_batcher",
+    "last_seq",
+]
 
 #: A Redis command the flush script runs before publishing its events: ``("SET", key, value, ...)``.
 Write = tuple[EncodableT, ...]
@@ -42,11 +51,28 @@ Write = tuple[EncodableT, ...]
 # each event to the replay Stream (entry id <seq>-1), publish it live, keep the Stream's TTL and
 # the claim's lease (or release the claim: the run's last write), and report whether the job was
 # cancelled (-1: fenced).
-# KEYS: events, channel, cancel, claim. ARGV: maxlen, ttl (0 = keep), lease_ms (0 = none), n,
-# token ('' = unfenced), release ('1' = delete the claim instead of renewing it), w (number of
+# A run's first flush may take the claim instead of checking it (mode 2 or 3: a first delivery,
+# ``EventPublisher(claim_first=True)``): only if the job is as no run left it (no result, claim,
+# cancel, run count, attempts or event: what a claim would then have answered, run 1 from seq -1,
+# is what the run numbered its events with), with the claim's own writes (``JobStore.claim``);
+# else it writes nothing and returns -2 (the run claims the ordinary way).
+# KEYS: events, channel, cancel, claim (and result, meta when taking the claim). ARGV: maxlen, ttl
+# (0 = keep), lease_ms (0 = none), n, token ('' = unfenced), mode ('0' renew the claim, '1' release
+# it instead: the run's last write, '2' take it then renew, '3' take it then release), w (number of
 # writes), then n pairs of (entry id, payload), then w writes, each as (argc, command, args...).
 _PUBLISH_LUA = """
-if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then return -1 end
+local mode = tonumber(ARGV[6])
+if mode >= 2 then
+  if redis.call('EXISTS', KEYS[4], KEYS[5], KEYS[3]) > 0 or redis.call('XLEN', KEYS[1]) > 0
+      or redis.call('HEXISTS', KEYS[6], 'runs') == 1 or redis.call('HEXISTS', KEYS[6], 'attempts') == 1 then
+    return -2
+  end
+  redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[3])
+  redis.call('HINCRBY', KEYS[6], 'runs', 1)
+  redis.call('HSET', KEYS[6], 'state', 'running')
+elseif ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then
+  return -1
+end
 local n = tonumber(ARGV[4])
 local at = 8 + 2 * n
 for _ = 1, tonumber(ARGV[7]) do
@@ -61,11 +87,17 @@ for i = 0, n - 1 do
 end
 if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if ARGV[5] ~= '' then
-  if ARGV[6] == '1' then redis.call('DEL', KEYS[4])
-  elseif ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
+  if mode % 2 == 1 then redis.call('DEL', KEYS[4])
+  elseif mode == 0 and ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
 end
 return redis.call('EXISTS', KEYS[3])
 """
+
+
+class ClaimMissedError(Exception):
+    """A run's first flush was to take the job's claim, and the job was not as no run left it (run
+    before, claimed, cancelled or ended): nothing was written. The run claims it the ordinary way
+    (``JobStore.claim``) and starts again."""
 
 
 class ScriptCalls(Protocol):
@@ -144,6 +176,8 @@ class EventPublisher:
         publish_deltas: bool = True,
         clock: Callable[[], float] = time.monotonic,
         flusher: ScriptCalls | None = None,
+        claim_first: bool = False,
+        on_claimed: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -171,6 +205,11 @@ class EventPublisher:
         self._last_flush = -1e9
         self._pending_flushed_delta = False
         self._ttl_set = False
+        #: The first flush takes the job's claim for ``token`` (a first delivery, numbered as run 1
+        #: from seq -1: the script checks the job is as no run left it, else :class:`ClaimMissedError`).
+        self.claim_pending = claim_first
+        #: Called once that flush took the claim.
+        self.on_claimed = on_claimed
         #: Set when a flush saw the job's cancel key.
         self.cancelled = False
         #: Number of deltas published so far (0 means retry/fallback is still allowed).
@@ -255,6 +294,8 @@ class EventPublisher:
             except redis.ResponseError as exc:
                 if not refused_for_memory(exc):
                     raise
+                if self.claim_pending:  # the claim was refused with it: the run has not started (run() waits)
+                    raise
                 if not writes and not release:
                     self._unsent = payloads
                     return
@@ -264,13 +305,14 @@ class EventPublisher:
 
     def _send_once(self, payloads: list[tuple[int, str]], writes: Sequence[Write], release: bool) -> None:
         keys = self._keys
+        claiming = self.claim_pending
         argv: list[EncodableT] = [
             self._maxlen,
             0 if self._ttl_set else self._ttl_s,
             self._lease_ms or 0,
             len(payloads),
             self._token,
-            "1" if release else "0",
+            ("3" if release else "2") if claiming else ("1" if release else "0"),
             len(writes),
         ]
         for seq, raw in payloads:
@@ -280,13 +322,21 @@ class EventPublisher:
             argv.append(len(write))
             argv.extend(write)
         script_keys = [keys.events, keys.channel, keys.cancel, keys.claim]
+        if claiming:
+            script_keys += [keys.result, keys.meta]
         if self._flusher is not None:
             cancelled = self._flusher.call(script_keys, argv)
         else:
             if self._publish_script is None:  # only without a batcher: a direct call
                 self._publish_script = self._client.register_script(_PUBLISH_LUA)
             cancelled = self._publish_script(keys=script_keys, args=argv)
+        if cancelled == -2:
+            raise ClaimMissedError(f"job {keys.job_id} is not a first run's: its claim is taken the ordinary way")
         self._ttl_set = True
+        if claiming:
+            self.claim_pending = False
+            if self.on_claimed is not None:
+                self.on_claimed()
         if cancelled == -1:
             raise RunFencedError(f"run {self._run} of job {keys.job_id} lost its claim; it writes nothing more")
         if cancelled:

@@ -47,14 +47,14 @@ from workers.jobs.cachedrun import CachedRun, Served
 from workers.jobs.cachekey import cache_key, cache_spec
 from workers.jobs.chain import build_chain, resolve_chain
 from workers.jobs.ending import Endings
-from workers.jobs.events import EventPublisher, last_seq
+from workers.jobs.events import ClaimMissedError, EventPublisher, last_seq
 from workers.jobs.fullwait import WriteWait
 from workers.jobs.observe import JobObserver
 from workers.jobs.resources import JobResources
 from workers.jobs.run import JobRun
 from workers.jobs.singleflight import Follower
 from workers.jobs.spans import instrumentation, start_job_span
-from workers.jobs.store import ClaimOutcome
+from workers.jobs.store import Claim, ClaimOutcome
 from workers.jobs.toolloop import ToolLoop
 from workers.jobs.turn import Turns
 from workers.llm.abort import AbortSignal
@@ -137,9 +137,13 @@ class JobRunner:
 
     # --- entry point ----------------------------------------------------------------------------
 
-    def run(self, job: CompletionJob) -> JobOutcome:
+    def run(self, job: CompletionJob, *, first_delivery: bool = False) -> JobOutcome:
         """Run ``job`` to its end. A lost Redis is waited for (backoff, up to ``redis_outage_s``)
-        and the job runs again under the same claim token; past that the error propagates."""
+        and the job runs again under the same claim token; past that the error propagates.
+
+        ``first_delivery``: the job's message was never delivered before (not redelivered, not a
+        re-queue), so the job is most likely untouched: its claim is then taken by its first event
+        flush rather than by a round trip of its own (:meth:`_run_once`)."""
         if not self._taking:
             # the worker is shutting down: the job goes back to the queue as it came, unclaimed
             log.info("job %s: handed back before it started, the worker is shutting down", job.id)
@@ -147,9 +151,12 @@ class JobRunner:
         token = uuid.uuid4().hex
         waited = 0.0
         delay = 0.25
+        claim_first = first_delivery
         while True:
             try:
-                return self._run_once(job, token)
+                return self._run_once(job, token, claim_first=claim_first)
+            except ClaimMissedError:
+                claim_first = False  # run before, claimed, cancelled or ended: the ordinary claim decides
             except redis.ResponseError as exc:
                 if not refused_for_memory(exc):
                     raise
@@ -191,13 +198,27 @@ class JobRunner:
                 return slept
             delay = min(delay * 2, 5.0)
 
-    def _run_once(self, job: CompletionJob, token: str) -> JobOutcome:
+    def _run_once(self, job: CompletionJob, token: str, *, claim_first: bool = False) -> JobOutcome:
+        """One run. Its claim (``workers/jobs/store.py``) is taken first, in a round trip of its own
+        (with the response cache's lookup for a job that asks to be cached), or, with ``claim_first``
+        (a first delivery of a job that is neither cached nor in a provider batch), by the run's
+        first event flush, its start or its ending, in the same script (``workers/jobs/events.py``).
+        That flush takes it only if the job is as no run left it, so what a claim would have
+        answered then is known beforehand (run 1, no events, no attempts, not cancelled), and the
+        run numbers its events with it; else it writes nothing and the run starts again with the
+        ordinary claim (:class:`ClaimMissedError`). Until that flush the run only reads and
+        computes (chain, capabilities, rendering): no event, reservation, call or charge is made
+        without the claim, and the heartbeat holds the claim from the moment it is taken."""
         res = self.res
         keys = JobKeys(job.id)
         cached = self._cache_probe(job)
-        if cached is None:
+        if claim_first and cached is None and job.batch is None:
+            claim = Claim(1)
+        elif cached is None:
+            claim_first = False
             claim = res.store.claim(keys, token)
         else:  # the cache lookup rides along with the claim: a miss costs no extra round trip
+            claim_first = False
             claim, reply = res.store.claim_with(keys, token, *cached.cache.begin_call(cached.key, job.id))
             cached.first = cached.cache.parse_begin(reply)
             if cached.first.kind == "lead":
@@ -226,6 +247,7 @@ class JobRunner:
             token=token,
             publish_deltas=job.stream,
             flusher=res.flusher,
+            claim_first=claim_first,
         )
         ctx = RunContext(
             attempts=_ATTEMPTS.validate_json(claim.attempts_json) if claim.attempts_json else [],
@@ -246,13 +268,23 @@ class JobRunner:
             job, span, metrics=res.metrics.decisions, sample=settings.log_sample, slow_s=settings.log_slow_s
         )
         ctx.tracer = res.tracer
-        if res.heartbeat is not None:
-            res.heartbeat.hold(keys, token, lambda: self._fence(run))
+        first_run_wait = max(0.0, run.started_wall - job.submitted_at) if job.submitted_at and claim.run == 1 else None
+        started = False
+
+        def claimed() -> None:  # the claim is this run's from here on: held by the heartbeat, counted running
+            nonlocal started
+            if res.heartbeat is not None:
+                res.heartbeat.hold(keys, token, lambda: self._fence(run))
+            res.metrics.jobs.started(job.priority, first_run_wait)
+            started = True
+
+        if claim_first:
+            publisher.on_claimed = claimed
+        else:
+            claimed()
         with self._running_lock:
             self._running[token] = run
         outcome: JobOutcome | None = None
-        first_run_wait = max(0.0, run.started_wall - job.submitted_at) if job.submitted_at and claim.run == 1 else None
-        res.metrics.jobs.started(job.priority, first_run_wait)
         try:
             with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
                 outcome = self._execute(run)
@@ -269,16 +301,20 @@ class JobRunner:
             publisher.on_full = None
             if run.meter is not None:
                 run.meter.wait_for_writes = None
+            publisher.on_claimed = None
             if run.cached is not None:  # a lead its terminal write did not end
                 run.cached.end(outcome.result if outcome is not None else None)
-            res.metrics.jobs.ended(job.priority)
+            if started:
+                res.metrics.jobs.ended(job.priority)
             with self._running_lock:
                 self._running.pop(token, None)
             if res.heartbeat is not None:
                 res.heartbeat.drop(token)
             if res.cancel_watcher is not None:
                 res.cancel_watcher.unregister(job.id)
-            if run.token:  # not released with the terminal write (re-queued, fenced, or that write failed)
+            # not released with the terminal write (re-queued, fenced, or that write failed); never taken
+            # when the first flush was not made or missed (ClaimMissedError)
+            if run.token and not publisher.claim_pending:
                 res.store.release(keys, run.token)
 
     def stop_taking_jobs(self) -> None:
@@ -394,6 +430,8 @@ class JobRunner:
             if isinstance(job.response_format, JsonObjectFormat | JsonSchemaFormat):
                 outcome = structured.enforce(run, turns, request, completion, run.tools)
                 completion, run.parsed, run.repairs = outcome.completion, outcome.parsed, outcome.repairs
+        except ClaimMissedError:
+            raise  # nothing written: run() starts the run again with the ordinary claim
         except RunFencedError as exc:
             return self._fenced(run, exc)
         except LedgerUnavailableError as exc:

@@ -8,6 +8,10 @@ again, and a job claimed by a live worker is not run twice at once. A crashed wo
 simply expires, so the redelivered job runs (as run 2, which consumers can see on its events).
 The token fences a run: every later write of that run (flush, result, charge) checks that the
 claim still holds it, so a run that was paused past its lease cannot write into the job.
+
+A first delivery's run (its message never delivered before) does not send :meth:`JobStore.claim`:
+its first event flush takes the claim with the same writes, when the job is as no run left it
+(``workers/jobs/events.py``, ``JobRunner._run_once``); any other job is claimed here.
 """
 
 from __future__ import annotations

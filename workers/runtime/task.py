@@ -47,7 +47,11 @@ def register_tasks(app: LLMQCelery) -> None:
             log.error("rejected unreadable job %r: %s: %s", job_id, type(exc).__name__, str(exc)[:200])
             runner.reject_invalid(job_id, exc)
             return "invalid"
-        outcome = runner.run(parsed)
+        # never delivered before (not restored, not a re-queue): the job is most likely untouched, and
+        # its claim rides on its first event flush (JobRunner.run)
+        request = self.request
+        first = not request.retries and not (request.delivery_info or {}).get("redelivered")
+        outcome = runner.run(parsed, first_delivery=first)
         if outcome.left_for_restore:
             # Redis refuses writes: the message goes back to the queue without one (RabbitMQ holds
             # its messages itself: a plain re-queue there)

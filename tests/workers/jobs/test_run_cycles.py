@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+
 from simulator.app import SimulatorThread
 from simulator.env import provider_env
 from workers.contract import CompletionJob, Message
@@ -17,7 +19,10 @@ from workers.runtime.resources import WorkerResources
 from workers.settings import Settings
 
 
-def test_an_ended_job_leaves_no_reference_cycle(redis_url: str, simulator: SimulatorThread) -> None:
+@pytest.mark.parametrize("first_delivery", [False, True])  # the claim taken by its own round trip, or by the start
+def test_an_ended_job_leaves_no_reference_cycle(
+    redis_url: str, simulator: SimulatorThread, first_delivery: bool
+) -> None:
     settings = Settings(redis_url=redis_url, pool="threads", concurrency=2)
     resources = WorkerResources.build(settings, watch_cancels=False, provider_env=provider_env(simulator.url))
     runner = JobRunner(resources)
@@ -28,7 +33,7 @@ def test_an_ended_job_leaves_no_reference_cycle(redis_url: str, simulator: Simul
         try:
             for i in range(3):
                 job = CompletionJob(model="openai:gpt-4o-mini", messages=[Message(role="user", content=f"hi {i}")])
-                result = runner.run(job).result
+                result = runner.run(job, first_delivery=first_delivery).result
                 assert result is not None and result.status == "succeeded"
             del result
             gc.set_debug(gc.DEBUG_SAVEALL)
