@@ -5,6 +5,8 @@ per operation. Needs Redis >= 6.2.
 * A fetch is one Lua script (``workers/connections/lua/fetch.lua``) that picks the class and tenant
   whose turn it is, pops up to N messages and records them as held in ``unacked`` in the same step:
   a message is always queued or held, never neither.
+* A consumer waits on its queues' bells (``BLPOP``), then fetches; when its last fetch left work
+  queued, its next wait with room (a freed slot) is the fetch itself: one round trip per refill.
 * A thread per channel re-scores the entries of the messages it holds (the heartbeat), so a live
   worker's jobs never age out and a dead worker's move after ``visibility_timeout``.
 * The channel builds its Redis client once instead of one per ack.
@@ -175,8 +177,11 @@ def _copy(tags: Iterable[str]) -> list[str]:
 class Channel(SchedulingChannel):
     QoS = QoS
     _shared_client: Any = None
-    #: The wait's command in flight (``BLPOP`` on the bells).
+    #: The wait's command in flight: ``BLPOP`` on the bells, or ``EVALSHA`` (the fetch script itself,
+    #: when the last fetch left work queued: see :meth:`_brpop_start`).
     _wait_command = "BLPOP"
+    #: The last fetch took messages and left work queued: the next wait with room is a fetch.
+    _more = False
     #: The tag ``_get`` fetched for ``basic_get`` (forgotten once ``basic_get`` returns).
     _got: str | None = None
     # kombu's, which its stubs omit (annotations only: nothing is shadowed)
@@ -271,19 +276,32 @@ class Channel(SchedulingChannel):
         :meth:`take_unreadable`), or None."""
         if not queues or limit < 1:
             return [], None
+        keys, args = self._fetch_call(queues, limit)
+        reply = self.sched_script(FETCH)(keys=keys, args=args, client=self._create_client())
+        return self._took(reply)
+
+    def _fetch_call(self, queues: Sequence[str], limit: int) -> tuple[list[str], list[Any]]:
+        """The fetch script's keys and arguments (:meth:`fetch_many`)."""
         keys = [key for queue in queues for key in (queue, queue_prefix(queue))]
         rotates = type(self._queue_cycle).rotate is round_robin_cycle.rotate
         args = [repr(self.clock()), limit, len(queues), int(rotates)]
-        bookkeeping = [self.unacked_key, self.unacked_index_key]
-        reply = self.sched_script(FETCH)(keys=[*bookkeeping, *keys], args=args, client=self._create_client())
+        return [self.unacked_key, self.unacked_index_key, *keys], args
+
+    def _took(self, reply: Any) -> tuple[list[Fetched], tuple[str, bytes] | None]:
+        """Read the fetch script's reply: what it took (now fetched here), the unreadable payload it
+        stopped at, and whether it left work queued (:attr:`_more`)."""
+        rows = list(reply or ())
+        more = bool(rows.pop()) if rows and not isinstance(rows[-1], list | tuple) else False
         taken: list[Fetched] = []
         unreadable: tuple[str, bytes] | None = None
-        for row in reply or ():
+        for row in rows:
             key = bytes_to_str(row[0])
             if len(row) < 3:
                 unreadable = (key, row[1])
             else:
                 taken.append(Fetched(key, row[1], bytes_to_str(row[2])))
+        # a fetch that took nothing waits on the bells next, whatever it saw (no fetch after fetch)
+        self._more = more and bool(taken)
         self._fetched.update(fetched.tag for fetched in taken)
         for fetched in taken:
             self.on_fetched(fetched.tag)
@@ -362,10 +380,19 @@ class Channel(SchedulingChannel):
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return None
-        # wakes when a queue's bell holds its token (taking it): there may be work to take. A leaving
-        # channel waits on a key nothing writes: the tokens are for the consumers that take
-        bells = [bell_key(queue) for queue in queues] if self.taking else [IDLE_KEY]
-        args: list[Any] = ["BLPOP", *bells, timeout or 0]
+        limit = self.fetch_limit() if self._more and self.taking and not self._closing else 0
+        if limit:
+            # the last fetch left work queued and there is room again (a freed slot): the fetch itself
+            # is the wait's command, one round trip instead of the bells' wait and then a fetch
+            keys, fetch_args = self._fetch_call(queues, limit)
+            args: list[Any] = ["EVALSHA", self.sched_script(FETCH).sha, len(keys), *keys, *fetch_args]
+            self._wait_command = "EVALSHA"
+        else:
+            # wakes when a queue's bell holds its token (taking it): there may be work to take. A leaving
+            # channel waits on a key nothing writes: the tokens are for the consumers that take
+            bells = [bell_key(queue) for queue in queues] if self.taking else [IDLE_KEY]
+            args = ["BLPOP", *bells, timeout or 0]
+            self._wait_command = "BLPOP"
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()
@@ -377,18 +404,27 @@ class Channel(SchedulingChannel):
             return bool(super()._brpop_read(**options))  # type: ignore[misc]  # private kombu method the stubs omit
         try:
             connection = self.client.connection
+            fetched = self._wait_command == "EVALSHA"
             try:
                 woke = self.client.parse_response(connection, self._wait_command, **options)
+            except redis.exceptions.NoScriptError:  # Redis restarted or flushed its scripts: fetched as below
+                fetched, woke = False, None
             except self.connection_errors:
                 connection.disconnect()  # the next poll reconnects
                 raise
-            limit = self.fetch_limit()
-            if self._closing or not self.taking or not limit:  # takes nothing: nothing to hand over
-                if woke:  # the token it took is another consumer's wake-up (a job just handed back)
-                    self._ring(bytes_to_str(woke[0]))
-                raise Empty()
-            # a message arrived, the wait timed out (unwatched lists are swept), or Redis is full
-            taken, unreadable = self.fetch_many(self._queue_cycle.consume(len(self.active_queues)), limit)
+            if fetched:  # the wait was a fetch: what it took is held here now
+                taken, unreadable = self._took(woke)
+                if self._closing or not self.taking:  # taken while the worker stopped taking: back now
+                    self._give_back([fetched_.tag for fetched_ in taken])
+                    raise Empty()
+            else:
+                limit = self.fetch_limit()
+                if self._closing or not self.taking or not limit:  # takes nothing: nothing to hand over
+                    if woke:  # the token it took is another consumer's wake-up (a job just handed back)
+                        self._ring(bytes_to_str(woke[0]))
+                    raise Empty()
+                # a message arrived, the wait timed out (unwatched lists are swept), or Redis is full
+                taken, unreadable = self.fetch_many(self._queue_cycle.consume(len(self.active_queues)), limit)
             if taken:
                 self.start_heartbeat()
                 self._deliver_all(taken)

@@ -355,6 +355,51 @@ def test_a_batch_takes_the_credit_in_order_and_leaves_the_rest_queued(url: str, 
     assert redis_client.hlen("unacked") == 0  # nothing held at close
 
 
+def _wait_calls(r: redis.Redis) -> dict[str, int]:
+    """Waits on the bells (``BLPOP``) and scripts (``EVALSHA``) Redis ran so far."""
+    stats = r.info("commandstats")
+    return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("blpop", "evalsha")}  # type: ignore[union-attr]
+
+
+def _since(r: redis.Redis, before: dict[str, int]) -> dict[str, int]:
+    return {name: n - before[name] for name, n in _wait_calls(r).items()}
+
+
+def test_a_freed_slot_is_refilled_by_the_fetch_alone_while_work_is_left(url: str, redis_client: redis.Redis) -> None:
+    """A fetch that left work queued makes the consumer's next wait with room the fetch itself: one
+    round trip per refill (was a wait on the bells, answered at once by their token, then the fetch).
+    The fetch that takes the last message leaves no token behind: the next wait blocks on the bells."""
+    for n in range(5):
+        _publish(url, {"n": n})
+    redis_client.script_load(script(FETCH))
+    got: list[tuple[Any, Any]] = []
+    # no timed sweep for aged messages (kombu's, scripts of its own) during the test
+    with _connection(url, unacked_restore_interval=3600, **NO_BEAT) as conn:
+        channel = conn.channel()
+        with _consumer(channel, got, prefetch=2):
+            before = _wait_calls(redis_client)
+            conn.drain_events(timeout=10)  # the first: woken by the bells' token, then a fetch
+            assert _since(redis_client, before) == {"blpop": 1, "evalsha": 1}
+            assert _bodies(got) == [{"n": 0}, {"n": 1}]
+            for n in (2, 3, 4):
+                got.pop(0)[1].ack()  # a slot frees: refilled by one fetch, no wait on the bells
+                before = _wait_calls(redis_client)
+                conn.drain_events(timeout=10)
+                assert _since(redis_client, before) == {"blpop": 0, "evalsha": 1}, n
+                assert _bodies(got)[-1] == {"n": n}
+            assert _queued(redis_client) == 0 and redis_client.llen(bell_key(QUEUE)) == 0  # no token left
+            for _, message in got:
+                message.ack()  # (each ack's release is a script too)
+            before = _wait_calls(redis_client)
+            with pytest.raises(socket.timeout):
+                conn.drain_events(timeout=0.3)  # nothing left: waits on the bells
+            assert _since(redis_client, before)["blpop"] == 1
+            _publish(url, {"n": 5})  # a new job rings: the wait wakes and fetches it
+            conn.drain_events(timeout=10)
+            assert _bodies(got)[-1] == {"n": 5}
+            got[-1][1].ack()
+
+
 def test_without_a_prefetch_limit_a_batch_is_fetch_batch(url: str, redis_client: redis.Redis) -> None:
     for n in range(10):
         _publish(url, {"n": n})

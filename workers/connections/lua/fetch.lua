@@ -12,8 +12,8 @@
 -- cap is parked until a slot of that key frees. Frees are noted by the release of a slot and acted on
 -- here, first thing.
 --
--- Returns rows {queue, payload, tag} in delivery order; a last row {list, payload} when Lua cannot
--- read that payload (Python reads it and takes it with claim.lua).
+-- Returns rows {queue, payload, tag} in delivery order, a last row {list, payload} when Lua cannot
+-- read that payload (Python reads it and takes it with claim.lua), then 1 if work is left queued, else 0.
 
 local clock, limit, nq = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local rotate = ARGV[4] == '1'
@@ -198,11 +198,19 @@ while #taken < limit and budget > 0 do
 end
 
 -- work left behind (past the limit, or past the budget): the next consumer with room is woken (a
--- refusal at maxmemory, possible only when nothing was written, is left to the consumers' timed sweep)
+-- refusal at maxmemory, possible only when nothing was written, is left to the consumers' timed sweep);
+-- none left: no token either (it would wake a consumer for nothing; whatever queues or frees a slot
+-- from now on rings again). The reply's last element says whether work was left (1) or not (0): a
+-- consumer that took some and was told so fetches again as soon as it has room, without a wait
+local more = 0
 for i = 1, nq do
   local P = queues[i][2]
-  if redis.call('ZCARD', P .. 'classes') > 0 and redis.call('LLEN', P .. 'bell') == 0 then
-    redis.pcall('LPUSH', P .. 'bell', '1')
+  if redis.call('ZCARD', P .. 'classes') > 0 then
+    more = 1
+    if redis.call('LLEN', P .. 'bell') == 0 then redis.pcall('LPUSH', P .. 'bell', '1') end
+  else
+    redis.call('DEL', P .. 'bell')
   end
 end
+taken[#taken + 1] = more
 return taken
