@@ -12,7 +12,12 @@ calls). Also the worker's CPU over the same jobs, but MONITOR slows Redis: take 
 ``queue_bench.py --compare-env`` instead. Prints, per variant, commands per job by name and the
 publishes to Celery's event exchange, then one JSON line.
 
+``--backlog`` queues the jobs while the worker is stopped (SIGSTOP) and then lets it run them: every
+slot that frees finds work left, whatever the producer's pace (without it, a worker faster than the
+producer takes each job as it is queued: a wait on the bells and a fetch per arrival).
+
     .venv/bin/python bench/redis_commands_bench.py --compare-env LLMQ_TASK_EVENTS_FLUSH_MS=0
+    cd /tmp && $REPO/.venv/bin/python $REPO/bench/redis_commands_bench.py --backlog --compare-env PYTHONPATH=/tmp/older
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import ast
 import hashlib
 import json
 import os
+import signal
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -38,6 +45,7 @@ sys.path.insert(0, str(HERE))
 from queue_bench import _start_workers, _stop_workers, run_queue  # noqa: E402
 
 from llmq.devstack import LocalStack  # noqa: E402
+from producers.client import Client  # noqa: E402
 
 STOP = "llmq-bench-monitor-stop"
 
@@ -122,7 +130,7 @@ def measure(stack: LocalStack, args: argparse.Namespace, env: dict[str, str], na
     try:
         run_queue(stack, 50, workers)  # warm-up: imports, pools, connections
         with Monitor(stack.redis_url) as monitor:
-            r = run_queue(stack, args.jobs, workers)
+            r = run_backlog(stack, args.jobs, workers) if args.backlog else run_queue(stack, args.jobs, workers)
             ports = _ports(workers)
     finally:
         _stop_workers(workers)
@@ -147,6 +155,36 @@ def measure(stack: LocalStack, args: argparse.Namespace, env: dict[str, str], na
     }
 
 
+def run_backlog(stack: LocalStack, jobs: int, workers: list[Any]) -> dict[str, Any]:
+    """``jobs`` queue-bench jobs queued while the workers are stopped (SIGSTOP), then run: every slot
+    that frees finds work left (the refill of a busy worker), whatever the producer's pace."""
+    nonce = time.time_ns()
+    reply = f"llmq:reply:backlog-{nonce}"
+    client = Client(stack.redis_url)
+    listener = redis.Redis.from_url(stack.redis_url)
+    procs = [psutil.Process(w.pid) for w in workers]
+    for proc in procs:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(jobs):
+            job = {"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": f"backlog {nonce} {i}"}]}
+            client.submit({**job, "max_tokens": 64, "reply_to": reply})
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGCONT)
+    cpu0 = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+    ok = 0
+    for _ in range(jobs):
+        item = listener.blpop([reply], timeout=120)
+        if item is None:
+            break
+        ok += b'"status":"succeeded"' in item[1]
+    cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs) - cpu0
+    client.close()
+    listener.close()
+    return {"ok": ok, "cpu_s": cpu}
+
+
 def _ports(workers: list[Any]) -> set[str]:
     """The local ports of the worker processes' TCP connections (their Redis clients, pooled)."""
     ports: set[str] = set()
@@ -165,6 +203,9 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=0.0, help="upstream seconds per answer (20 deltas)")
     p.add_argument("--pool", default="gevent")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument(
+        "--backlog", action="store_true", help="queue all jobs while the worker is stopped, then run them (refills)"
+    )
     p.add_argument("--compare-env", action="append", default=[], metavar="KEY=VALUE", required=True)
     args = p.parse_args()
     other = dict(kv.split("=", 1) for kv in args.compare_env)
@@ -183,6 +224,7 @@ def main() -> None:
         "jobs": args.jobs,
         "concurrency": args.concurrency,
         "upstream_s": args.latency,
+        "backlog": args.backlog,
         "commands_per_job": {v: [r["commands_per_job"] for r in rows] for v, rows in runs.items()},
         "worker_commands_per_job": {v: [r["worker_commands_per_job"] for r in rows] for v, rows in runs.items()},
         "event_publishes_per_job": {v: [r["event_publishes_per_job"] for r in rows] for v, rows in runs.items()},

@@ -86,6 +86,8 @@ REDIS_DOWN: tuple[type[Exception], ...] = (
     redis.ReadOnlyError,
 )
 _ATTEMPTS: TypeAdapter[list[Attempt]] = TypeAdapter(list[Attempt])
+#: Response formats whose answer is checked, and repaired by more turns (``workers/jobs/structured.py``).
+_CHECKED = (JsonObjectFormat, JsonSchemaFormat)
 
 
 @dataclass
@@ -425,9 +427,9 @@ class JobRunner:
                 loop = ToolLoop(self.res, run, turns, request)
                 run.tools = loop.state
                 completion = loop.run_loop()
-            else:
-                completion = turns.take(request)
-            if isinstance(job.response_format, JsonObjectFormat | JsonSchemaFormat):
+            else:  # a job whose answer is checked (structured output) may take repair turns after it
+                completion = turns.take(request, last=not isinstance(job.response_format, _CHECKED))
+            if isinstance(job.response_format, _CHECKED):
                 outcome = structured.enforce(run, turns, request, completion, run.tools)
                 completion, run.parsed, run.repairs = outcome.completion, outcome.parsed, outcome.repairs
         except ClaimMissedError:

@@ -71,11 +71,13 @@ class Turns:
         if run.meter is not None:
             run.meter.new_turn()
 
-    def take(self, request: ChatRequest) -> Completion:
-        """One turn: the answer to ``request``, its deltas published (module docstring)."""
+    def take(self, request: ChatRequest, *, last: bool = False) -> Completion:
+        """One turn: the answer to ``request``, its deltas published (module docstring). ``last``: the
+        job ends right after this turn, so the deltas still coalescing go out with its ending (the
+        terminal flush sends them first, before its events) instead of in a flush of their own."""
         if not self.run.job.stream:
             return self._whole(request)
-        return self._streamed(request)
+        return self._streamed(request, last)
 
     def _whole(self, request: ChatRequest) -> Completion:
         run = self.run
@@ -94,7 +96,7 @@ class Turns:
         run.model_used = getattr(self.model, "model_id", None)
         return completion
 
-    def _streamed(self, request: ChatRequest) -> Completion:
+    def _streamed(self, request: ChatRequest, last: bool) -> Completion:
         run = self.run
         stream = self.model.stream(request)
         publisher = run.publisher
@@ -142,7 +144,8 @@ class Turns:
             except Exception as exc:
                 log.warning("job %s: closing the stream after a failure: %s", run.job.id, exc)
             raise
-        publisher.flush()
+        if not last:
+            publisher.flush()
         run.model_used = getattr(stream, "model_id", None)
         return stream.to_completion()
 

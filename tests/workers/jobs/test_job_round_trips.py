@@ -1,8 +1,10 @@
-"""A first delivery's claim, taken by its first event flush (``JobRunner.run(first_delivery=True)``).
+"""The round trips a job's run makes, and what rides on which.
 
-The flush takes the claim only when the job is as no run left it, with the claim's own writes; else
-it writes nothing and the run claims the ordinary way: a job run before, claimed by a live run,
-cancelled or ended behaves exactly as with the ordinary claim.
+A first delivery's claim is taken by its first event flush (``JobRunner.run(first_delivery=True)``):
+the flush takes the claim only when the job is as no run left it, with the claim's own writes; else
+it writes nothing and the run claims the ordinary way, so a job run before, claimed by a live run,
+cancelled or ended behaves exactly as with the ordinary claim. The deltas still coalescing when a
+job's last turn ends go out with its ending.
 """
 
 from __future__ import annotations
@@ -172,3 +174,26 @@ def test_a_first_delivery_that_fails_before_its_start_claims_with_its_ending(
     assert outcome.result is not None and outcome.result.status == "failed"
     assert [(e.type, e.run, e.seq) for e in _events(redis_client, keys)] == [("error", 1, 0)]
     assert redis_client.hget(keys.meta, "runs") == b"1" and redis_client.get(keys.claim) is None
+
+
+def test_the_last_deltas_of_a_job_go_out_with_its_ending(redis_url: str, simulator: SimulatorThread) -> None:
+    """A job that ends after its one turn sends the deltas still coalescing with its ending (the
+    terminal flush sends them before its events), not in a flush of their own just before it: here
+    every delta after the first waits in a long coalescing window, so the job flushes three times
+    (its start, its first delta, its ending; was four), and its events are the same."""
+    settings = Settings(redis_url=redis_url, pool="threads", concurrency=2, coalesce_ms=60_000)
+    resources = WorkerResources.build(settings, watch_cancels=False, provider_env=provider_env(simulator.url))
+    try:
+        runner = JobRunner(resources)
+        runner.run(_job("cf-warm-last"), first_delivery=True)
+        with CommandLog(redis_url) as log:
+            outcome = runner.run(_job("cf-last"), first_delivery=True)
+        assert outcome.result is not None and outcome.result.status == "succeeded"
+        assert log.scripts(6, ":events") + log.scripts(4, ":events") == 3
+        client = redis.Redis.from_url(redis_url)
+        events = _events(client, JobKeys("cf-last"))
+        client.close()
+        assert [e.type for e in events] == ["start", "delta", "delta", "usage", "done"]
+        assert "".join(e.text for e in events if e.type == "delta") == outcome.result.content
+    finally:
+        resources.close()
