@@ -400,6 +400,36 @@ def test_a_freed_slot_is_refilled_by_the_fetch_alone_while_work_is_left(url: str
             got[-1][1].ack()
 
 
+def test_a_fetch_in_flight_when_the_worker_stops_taking_gives_its_messages_back(
+    url: str, redis_client: redis.Redis
+) -> None:
+    """The wait that is a fetch (work was left, a slot freed) has taken its messages when its reply
+    comes: if the worker stopped taking meanwhile (its shutdown), they go back to the queue at once,
+    delivered to no one, nothing left held; and a channel that closes with that fetch in flight does
+    the same."""
+    for n in range(4):
+        _publish(url, {"n": n})
+    got: list[tuple[Any, Any]] = []
+    with _connection(url, unacked_restore_interval=3600, **NO_BEAT) as conn:
+        channel = conn.channel()
+        with _consumer(channel, got, prefetch=1):
+            conn.drain_events(timeout=10)
+            assert _bodies(got) == [{"n": 0}] and channel._more
+            got[0][1].ack()
+            channel._brpop_start()  # the refill's fetch, in flight when the shutdown begins
+            assert channel._wait_command == "EVALSHA"
+            channel.stop_taking()
+            with pytest.raises(Empty):
+                channel._brpop_read()
+            assert _bodies(got) == [{"n": 0}]
+            assert _queued(redis_client) == 3 and redis_client.hlen("unacked") == 0
+            channel.taking = True  # (as a channel that still takes, to close with a fetch in flight)
+            channel._brpop_start()
+            assert channel._wait_command == "EVALSHA"
+    assert _bodies(got) == [{"n": 0}]
+    assert _queued(redis_client) == 3 and redis_client.hlen("unacked") == 0
+
+
 def test_without_a_prefetch_limit_a_batch_is_fetch_batch(url: str, redis_client: redis.Redis) -> None:
     for n in range(10):
         _publish(url, {"n": n})
