@@ -75,6 +75,21 @@ class ThreadPool(CeleryThreadPool):
         _hand_back_all(self.app)
 
 
+def _terminate_nothing(signal: Any = None) -> None:
+    """A job greenlet's ``terminate`` (Celery calls it after ``terminate_job``, which did the work)."""
+
+
+def _without_cycle(greenlet: Any) -> Any:
+    """``greenlet`` with Celery's no-op ``terminate`` replaced by one that does not refer back to it.
+
+    Celery sets it as a method bound to the greenlet, in the greenlet's own ``__dict__``: a reference
+    cycle, so an ended job's greenlet (and its context: every context variable the job set) lived
+    until the cyclic GC ran, ~200 of them at a time in a busy worker. Without the cycle it is freed
+    as soon as the job ends and the pool drops it."""
+    greenlet.terminate = _terminate_nothing
+    return greenlet
+
+
 class GeventPool(CeleryGeventPool):
     """Celery's gevent pool that hands jobs back, and whose background loop dies quietly with the broker.
 
@@ -101,9 +116,10 @@ class GeventPool(CeleryGeventPool):
     def on_apply(self, target: Any, args: Any = None, kwargs: Any = None, *more: Any, **options: Any) -> Any:
         dispatcher = self.dispatcher
         if dispatcher is None:
-            return super().on_apply(target, args, kwargs, *more, **options)
+            return _without_cycle(super().on_apply(target, args, kwargs, *more, **options))
         dispatcher.submit(
-            priority_of(args), lambda: super(GeventPool, self).on_apply(target, args, kwargs, *more, **options)
+            priority_of(args),
+            lambda: _without_cycle(super(GeventPool, self).on_apply(target, args, kwargs, *more, **options)),
         )
         return None
 
