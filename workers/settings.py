@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     #: private or link-local (added to ``[webhooks] allow_networks``); e.g. ``127.0.0.0/8`` on a dev box.
     webhook_allow_networks: str = ""
 
+    #: Net new container objects between two young garbage collections in a worker (Python's default
+    #: is 700; 0 keeps it). Jobs' objects live as long as the job: 700 re-scans the running jobs'
+    #: objects ~every other job (workers/runtime/collector.py).
+    gc_young_threshold: int = Field(default=20_000, ge=0, le=10_000_000)
     #: Serve this worker process's Prometheus metrics on this port (one port per process).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     #: Celery task events (what Flower shows). Sent in batches (below) their cost is within measurement

@@ -13,7 +13,6 @@ resources (HTTP client, Redis pool, providers) are built on the first job.
 
 from __future__ import annotations
 
-import gc
 import logging
 import warnings
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from workers.connections.brokerurl import amqp_conf, is_amqp
 from workers.connections.redisurl import kombu_broker
 from workers.contract import DEFAULT_QUEUE, TASK_NAME
 from workers.runtime.broker import install_transport, transport_for
+from workers.runtime.collector import settle_collector
 from workers.runtime.state import AppState, LLMQCelery
 from workers.runtime.task import register_tasks
 from workers.runtime.taskevents import TaskEventBatching
@@ -187,12 +187,12 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
     port = settings.metrics_port
     if port:
         serve_metrics(resources.metrics.registry, port)
-    # Everything built so far lives as long as the process: move it out of the collector's sight,
-    # so the collections a job's allocations trigger do not re-scan the ~110k objects of imports,
-    # settings and clients (and a prefork child does not copy them by touching their GC headers).
-    # Measured: -1.5 % worker CPU per job (bench/observability_bench.py, 0 s upstream, 3 rounds).
-    gc.collect()
-    gc.freeze()
+    # Everything built so far lives as long as the process: moved out of the collector's sight, so
+    # the collections a job's allocations trigger do not re-scan the ~110k objects of imports,
+    # settings and clients (and a prefork child does not copy them by touching their GC headers):
+    # -1.5 % worker CPU per job (bench/observability_bench.py). And young collections sized for
+    # jobs whose objects live as long as they do (workers/runtime/collector.py).
+    settle_collector(settings.gc_young_threshold)
 
 
 @setup_logging.connect
