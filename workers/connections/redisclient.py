@@ -25,26 +25,52 @@ import redis.asyncio as aredis
 from redis._parsers import _HiredisParser
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
-from redis.utils import HIREDIS_AVAILABLE
+from redis.utils import HIREDIS_AVAILABLE, SENTINEL
 
 from workers.connections.packer import HiredisPacker
 from workers.connections.redisurl import SentinelTarget, sentinel_target
 from workers.connections.socketcheck import Probe, native_probe
 
-__all__ = ["QuickCheckParser", "async_redis_client", "redis_client", "sync_parser_options"]
+__all__ = [
+    "FIRST_READ_SIZE",
+    "SOCKET_READ_SIZE",
+    "QuickCheckParser",
+    "async_redis_client",
+    "redis_client",
+    "sync_parser_options",
+]
 
 
 class QuickCheckParser(_HiredisParser):
-    """hiredis' parser, whose check of a lent connection polls the OS's own ``poll``.
+    """hiredis' parser, whose check of a lent connection polls the OS's own ``poll``, and whose read
+    buffer starts small.
 
     redis-py checks every connection its pool lends for pending bytes (``can_read``, timeout 0),
     through ``select.poll``; in a gevent worker that is gevent's poll, an event-loop round per
     command (~3 % of a streaming job's CPU, py-spy). Here a quiet socket (nothing buffered in the
     reader or the TLS layer, nothing to read on the socket) is answered at once; anything else
-    goes through hiredis' own check, which tells pending data from a closed connection."""
+    goes through hiredis' own check, which tells pending data from a closed connection.
+
+    The buffer a connection reads its socket into is :data:`FIRST_READ_SIZE` at first and grows
+    (x :data:`READ_GROWTH`, up to the connection's ``socket_read_size``) only when a read fills it:
+    most connections only ever get short replies."""
 
     #: The readiness check (a seam for tests); None = :func:`native_probe`'s, found on first use.
     probe: ClassVar[Probe | None] = None
+
+    def __init__(self, socket_read_size: int) -> None:
+        super().__init__(min(socket_read_size, FIRST_READ_SIZE))  # type: ignore[no-untyped-call]
+        self._largest_read = socket_read_size
+
+    def read_from_socket(self, timeout: Any = SENTINEL, raise_on_timeout: bool = True) -> bool:
+        reader = self._reader
+        before = reader.len() if reader is not None else 0
+        read = bool(super().read_from_socket(timeout, raise_on_timeout))  # type: ignore[no-untyped-call]
+        size = len(self._buffer)
+        # what this read fed the reader (which drops consumed bytes only in ``gets``)
+        if read and size < self._largest_read and reader is self._reader and reader.len() - before >= size:
+            self._buffer = bytearray(min(READ_GROWTH * size, self._largest_read))
+        return read
 
     def can_read(self, timeout: float = 0) -> bool:
         probe, reader, sock = type(self).probe or _os_probe(), self._reader, self._sock
@@ -61,11 +87,16 @@ def _os_probe() -> Probe | None:
     return native_probe()
 
 
-#: Bytes a connection reads from its socket at once. redis-py's 64 KiB is a buffer each connection
-#: allocates (and touches) when it is made, and a worker holds one connection per busy slot in each of
-#: its pools: ~145 at 200 slots, 9 MB. Replies here are a few hundred bytes to a few KiB (a job's
-#: message, a script's answer); a larger one takes one more read per 16 KiB.
+#: Bytes a connection reads from its socket at once, at most. redis-py's 64 KiB is a buffer each
+#: connection allocates (and touches) when it is made, and a worker holds one connection per busy slot
+#: in each of its pools (43 Redis connections at 200 busy slots in ``bench/worker_footprint.py
+#: --upstream 1``). Replies here are a few hundred bytes to a few KiB (a job's message, a script's
+#: answer); a larger one takes one more read per 16 KiB.
 SOCKET_READ_SIZE = 16 * 1024
+#: The read buffer of a new connection (:class:`QuickCheckParser`), grown when a read fills it.
+FIRST_READ_SIZE = 4 * 1024
+#: How much a read buffer grows when a read fills it.
+READ_GROWTH = 4
 
 
 def sync_parser_options() -> dict[str, Any]:

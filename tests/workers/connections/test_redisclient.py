@@ -16,7 +16,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
-from workers.connections.redisclient import SOCKET_READ_SIZE, QuickCheckParser, async_redis_client, redis_client
+from workers.connections.redisclient import (
+    FIRST_READ_SIZE,
+    SOCKET_READ_SIZE,
+    QuickCheckParser,
+    async_redis_client,
+    redis_client,
+)
 from workers.connections.redisurl import kombu_broker
 from workers.connections.socketcheck import Probe, native_probe
 
@@ -130,19 +136,56 @@ def test_a_connection_the_server_closed_is_still_noticed_and_replaced(redis_url:
         admin.close()
 
 
-def test_a_sync_connection_reads_into_a_16_kib_buffer_and_still_reads_a_large_reply(redis_url: str) -> None:
+def _read_buffer(client: redis.Redis) -> int:
+    connection = client.connection_pool.get_connection()
+    try:
+        return len(connection._parser._buffer)
+    finally:
+        client.connection_pool.release(connection)
+
+
+def test_a_sync_connection_reads_into_a_4_kib_buffer_grown_to_16_kib_by_a_read_that_fills_it(redis_url: str) -> None:
     """redis-py's 64 KiB read buffer is allocated per connection: a worker with ~150 connections held
-    9 MB of them. Ours read 16 KiB at a time; a larger reply is read in several."""
+    9 MB of them. Ours start at 4 KiB and grow, x4 up to 16 KiB, only when a read fills them; a larger
+    reply is read 16 KiB at a time."""
     client = redis_client(redis_url, max_connections=1)
     try:
         assert client.connection_pool.connection_kwargs["socket_read_size"] == SOCKET_READ_SIZE == 16 * 1024
+        assert client.ping()
+        assert _read_buffer(client) == FIRST_READ_SIZE == 4 * 1024
+        short = b"s" * (FIRST_READ_SIZE - 100)  # the reply, with its header, still fits one read
+        client.set("short-reply", short)
+        for _ in range(3):
+            assert client.get("short-reply") == short
+        assert _read_buffer(client) == FIRST_READ_SIZE
         big = b"x" * (5 * SOCKET_READ_SIZE + 7)
         client.set("big-reply", big)
         assert client.get("big-reply") == big
-        connection = client.connection_pool.get_connection()
-        try:
-            assert len(connection._parser._buffer) == SOCKET_READ_SIZE
-        finally:
-            client.connection_pool.release(connection)
+        assert _read_buffer(client) == SOCKET_READ_SIZE  # x4 once, never beyond socket_read_size
+        assert client.get("big-reply") == big
+        assert client.get("short-reply") == short
+        assert _read_buffer(client) == SOCKET_READ_SIZE
+    finally:
+        client.close()
+
+
+def test_a_read_buffer_never_exceeds_a_smaller_socket_read_size(redis_url: str) -> None:
+    client = redis_client(redis_url, max_connections=1, socket_read_size=1000)
+    try:
+        big = bytes(range(256)) * 300
+        client.set("big-reply", big)
+        assert client.get("big-reply") == big
+        assert _read_buffer(client) == 1000
+    finally:
+        client.close()
+
+
+def test_a_reply_split_over_many_reads_while_the_buffer_grows_parses_whole(redis_url: str) -> None:
+    client = redis_client(redis_url, max_connections=1)
+    try:
+        values = [bytes([n % 251]) * (n * 997) for n in range(1, 40)]
+        client.rpush("many-replies", *values)
+        assert client.lrange("many-replies", 0, -1) == values
+        assert _read_buffer(client) == SOCKET_READ_SIZE
     finally:
         client.close()
