@@ -6,7 +6,8 @@ prompt_toolkit and asyncio, the banners pygments) and every installed plugin (Fl
 ``worker`` command object (the same options, parsing and defaults: ``celery.bin.worker``) under a
 group that only sets the app, as Celery's own group does for it. ``llmq worker`` execs it.
 
-As ``python -m celery`` does, the pool's patches (gevent) come first, before anything else is imported.
+As ``python -m celery`` does, the pool's patches (gevent) come first, before anything else is imported;
+before them, gevent's greenlet tree tracking is turned off (:data:`GEVENT_DEFAULTS`).
 Then, before Celery and the worker's modules, the encodings ``llmq worker`` named in
 ``LLMQ_PRELOAD_ENCODINGS`` (:func:`default_encodings`, worked out before its exec): the first process
 on a host builds each one's compact table from the bundled file, holding ~45 MB for a moment, which
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -25,6 +27,8 @@ from collections.abc import Iterator, Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``celery worker`` with ``argv`` (the worker's options, e.g. ``-P gevent -c 200``)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    for name, value in GEVENT_DEFAULTS.items():
+        os.environ.setdefault(name, value)  # read when gevent is first imported (its patches, next)
     with without_optional():
         from celery import maybe_patch_concurrency
 
@@ -50,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+#: gevent's settings for the worker, unless the environment sets them. ``track_greenlet_tree`` (on by
+#: default) has every greenlet record the greenlet that spawned it, a share of its spawn-tree locals
+#: and a copy of the spawning stack (each frame's code and line): debugging aids (``gevent.util``'s
+#: run info) the worker never reads, kept per job greenlet and made on every spawn.
+GEVENT_DEFAULTS = {"GEVENT_TRACK_GREENLET_TREE": "false"}
 #: Optional imports the worker never uses, hidden while the worker's libraries are imported (each
 #: library treats them as optional, and goes on without): trio, which httpcore2 imports whenever it
 #: is installed (a development install has it, for selenium) for async clients under trio (~4 MB,

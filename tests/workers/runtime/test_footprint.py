@@ -240,3 +240,30 @@ def test_llmq_worker_and_a_plain_job_import_neither_genai_prices_nor_tiktokens_e
     # it counted the job's prompt with its compact counter: no tiktoken encoding was ever loaded
     assert "workers.accounting.compactbpe" in worker and not {"tiktoken.load", "tiktoken_ext.openai_public"} & worker
     assert "genai_prices" in launcher and "celery.bin.worker" not in launcher  # it asked, before its exec
+
+
+LAUNCHED_GEVENT = """
+import sys
+from workers.runtime import launch
+try:
+    launch.main(["-P", "gevent", "--help"])  # the worker's start up to its command line, then exits
+except SystemExit:
+    pass
+import gevent, gevent.hub
+print(gevent.config.track_greenlet_tree, gevent.spawn(lambda: None).spawning_greenlet is None)
+print(gevent.hub.get_hub().__class__.__name__, gevent.hub.spawn_raw(lambda: None).__class__.__name__)
+"""
+
+
+@pytest.mark.parametrize(("env", "tracked"), [({}, False), ({"GEVENT_TRACK_GREENLET_TREE": "true"}, True)])
+def test_a_launched_gevent_worker_does_not_track_the_greenlet_tree(env: dict[str, str], tracked: bool) -> None:
+    """Each greenlet would keep the greenlet that spawned it, spawn-tree locals and a copy of its
+    spawning stack, for debugging the worker never does; an operator who wants it still gets it."""
+    environ = {k: v for k, v in os.environ.items() if k != "GEVENT_TRACK_GREENLET_TREE"}
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCHED_GEVENT], capture_output=True, text=True, timeout=120, env={**environ, **env}
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.split("\n")
+    assert lines[-3] == f"{tracked} {not tracked}"
+    assert lines[-2].split()[1] == ("TrackedRawGreenlet" if tracked else "greenlet")
