@@ -97,8 +97,24 @@ class Turns:
         return completion
 
     def _streamed(self, request: ChatRequest, last: bool) -> Completion:
-        run = self.run
         stream = self.model.stream(request)
+        try:
+            return self._read(stream, last)
+        finally:
+            self._release(stream.close)
+
+    def _release(self, abort: Callable[[], None]) -> None:
+        """The call ended: its abort hook goes, and with it what the hook held (the stream's whole
+        chain: response, reader, wrappers), instead of living on until the job's ending is written.
+        A cancel heard from now on is remembered by the watcher for the next call's hook."""
+        run = self.run
+        if run.abort == abort:  # (not a hook set since, e.g. the tool loop's)
+            run.abort = None
+            if self._watcher is not None:
+                self._watcher.unregister(run.job.id)
+
+    def _read(self, stream: ChatStream, last: bool) -> Completion:
+        run = self.run
         publisher = run.publisher
         run.abort = stream.close
         if self._watcher is not None:
