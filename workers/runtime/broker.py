@@ -91,6 +91,10 @@ class QoS(kombu_redis.QoS):
             # held first and then no longer "fetched", so the heartbeat sees it at every instant
             virtual.QoS.append(self, message, delivery_tag)
             channel._fetched.discard(delivery_tag)
+            # kombu keeps the payload as queued beside the decoded body (its body base64-encoded: 1.33x
+            # the body, held as long as the job runs) only to store it in unacked, done by the fetch;
+            # a restore reads that entry (or re-encodes the body: ``Message.serializable``)
+            message._raw = None
         else:  # not fetched by the script (kombu's own paths): kombu's bookkeeping
             super().append(message, delivery_tag)
         channel.start_heartbeat()

@@ -839,3 +839,34 @@ def test_a_binding_refresh_redis_refuses_at_maxmemory_logs_no_traceback(caplog: 
         channel._binding_expiry_refreshed_at = float("-inf")
         conn.transport.cycle.maybe_refresh_binding_expiry()  # taken now: no error
         assert channel._binding_expiry_refreshed_at != float("-inf")
+
+
+def test_a_held_message_keeps_its_decoded_body_not_the_payload_as_queued(url: str, redis_client: redis.Redis) -> None:
+    """kombu's message keeps the payload as queued (its body base64-encoded) beside the decoded body, for
+    as long as the job runs; only kombu's own bookkeeping write needs it, which the fetch did. A held
+    message still goes back to its queue whole: rejected, or restored as its channel closes."""
+    job = {"text": "naïve " * 1000}
+    _publish(url, job)
+    _publish(url, job)
+    got: list[tuple[Any, Any]] = []
+    with _connection(url, **NO_BEAT) as conn:
+        channel = conn.channel()
+        with _consumer(channel, got, prefetch=2):
+            while len(got) < 2:
+                conn.drain_events(timeout=10)
+            for body, message in got:
+                assert channel.qos._delivered[message.delivery_tag] is message
+                assert message._raw is None  # kombu's copy of the payload as queued
+                assert body == job and json.loads(message.body) == job
+            got[0][1].reject(requeue=True)
+            assert _queued(redis_client) == 1 and redis_client.hlen("unacked") == 1
+    # the other, never acked, is restored as its channel closes (from its unacked entry)
+    assert _queued(redis_client) == 2 and redis_client.hlen("unacked") == 0
+    got.clear()
+    with _connection(url, **NO_BEAT) as conn:
+        with _consumer(conn.channel(), got, prefetch=2):
+            while len(got) < 2:
+                conn.drain_events(timeout=10)
+        assert _bodies(got) == [job, job]
+        for _, message in got:
+            message.ack()
