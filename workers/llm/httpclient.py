@@ -1,4 +1,5 @@
-"""The HTTP edge: the only module that imports the HTTP client library.
+"""The HTTP edge: with ``chunkedbody`` (its streaming body reader), the only module that imports the
+HTTP client library.
 
 One :class:`HTTPClient` per worker process (built with the worker's resources,
 ``workers/runtime/resources.py``), with pool limits sized to the worker's concurrency: the
@@ -29,6 +30,7 @@ import httpx2 as httpx
 
 from workers.connections.socketcheck import Probe, native_probe
 from workers.llm.abort import AbortSignal
+from workers.llm.chunkedbody import take_over
 from workers.llm.errors import (
     IncompleteStreamError,
     JobCancelledError,
@@ -112,6 +114,7 @@ class StreamingResponse:
         "_timeout",
         "_timer",
         "_watchdog",
+        "direct",
         "headers",
         "status",
     )
@@ -134,6 +137,9 @@ class StreamingResponse:
         self._max_bytes = max_bytes
         #: Which thread (greenlet, under gevent's patching) is inside iter_bytes, if any.
         self._reader: int | None = None
+        #: The body is read straight off its HTTP/1.1 connection (``workers/llm/chunkedbody.py``),
+        #: not through the library; known once reading started.
+        self.direct = False
         self.status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         # the whole-request deadline: the watchdog closes the response when it passes, which
@@ -162,7 +168,13 @@ class StreamingResponse:
         seen = 0
         try:
             with _mapped(self._provider, self._model, mid_stream=True):
-                chunks = self._response.iter_raw() if self._raw_ok() else self._response.iter_bytes()
+                raw = self._raw_ok()
+                direct = take_over(self._response) if raw else None
+                self.direct = direct is not None
+                if direct is not None:
+                    chunks: Iterator[bytes] = direct
+                else:
+                    chunks = self._response.iter_raw() if raw else self._response.iter_bytes()
                 if limit is None:
                     yield from chunks
                 else:
@@ -175,6 +187,8 @@ class StreamingResponse:
                                 model=self._model,
                             )
                         yield chunk
+                if direct is not None:  # read to its end: the connection goes back to the pool now, as
+                    self._response.close()  # the library's own read does at the end
         except LLMQError as exc:
             if self._expired and not isinstance(exc, ResponseTooLargeError):
                 raise self._too_slow() from None
