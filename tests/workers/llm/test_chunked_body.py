@@ -53,7 +53,7 @@ def client_after_headers(first: bytes = b"") -> h11.Connection:
     return state
 
 
-BODY = chunked(b"data: {\"a\":1}\n\n", b"x" * 300, b"data: [DONE]\n\n")
+BODY = chunked(b'data: {"a":1}\n\n', b"x" * 300, b"data: [DONE]\n\n")
 DATA = b'data: {"a":1}\n\n' + b"x" * 300 + b"data: [DONE]\n\n"
 
 
@@ -139,7 +139,8 @@ class ChunkServer:
                         return
                     data += got
                 head, _, data = data.partition(b"\r\n\r\n")
-                length = int(next((l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")), b"0"))
+                lines = head.lower().split(b"\r\n")
+                length = int(next((x.split(b":")[1] for x in lines if x.startswith(b"content-length")), b"0"))
                 while len(data) < length:
                     data += conn.recv(65536)
                 data = data[length:]
