@@ -19,8 +19,10 @@ import httpx2
 import pytest
 
 from simulator.app import SimulatorThread
+from tests.support.waits import until
+from workers.llm.abort import AbortSignal
 from workers.llm.chunkedbody import read_chunked
-from workers.llm.errors import IncompleteStreamError, LLMQError, ProviderTimeoutError
+from workers.llm.errors import IncompleteStreamError, JobCancelledError, LLMQError, ProviderTimeoutError
 from workers.llm.httpclient import HTTPClient, HTTPSettings
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -164,7 +166,7 @@ def _error(status: int, headers: object, body: bytes) -> LLMQError:  # pragma: n
 
 @pytest.fixture
 def client() -> Iterator[HTTPClient]:
-    http = HTTPClient(HTTPSettings(max_connections=4, read_timeout=0.5))
+    http = HTTPClient(HTTPSettings(max_connections=4, read_timeout=0.5))  # a stall is cut at 0.5 s
     yield http
     http.close()
 
@@ -230,3 +232,59 @@ def test_the_simulators_streams_take_the_direct_path(simulator: SimulatorThread,
     finally:
         reader.close()
     assert reader.direct and text.rstrip().endswith(b"data: [DONE]")
+
+
+@pytest.fixture
+def patient() -> Iterator[HTTPClient]:
+    """A client whose read timeout never ends a stall before the test does (a loaded machine)."""
+    http = HTTPClient(HTTPSettings(max_connections=4, read_timeout=60))
+    yield http
+    http.close()
+
+
+def test_a_cancel_ends_a_whole_body_call_stalled_mid_body(patient: HTTPClient) -> None:
+    """A whole-body call armed with an abort signal reads through the network stream (which the
+    signal shuts down): firing it mid-body ends the call as cancelled, not at the read timeout."""
+    server = ChunkServer([[HEAD, BODY[:30], "wait"]])
+    abort = AbortSignal()
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            patient.post(server.url, headers={}, body=b"{}", provider="p", model="m", error_mapper=_error, abort=abort)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        until(lambda: server.connections == 1 or outcome, lambda: f"the call's connection ({outcome})", 10)
+        abort.fire()
+        caller.join(10)
+        assert not caller.is_alive() and len(outcome) == 1 and isinstance(outcome[0], JobCancelledError)
+    finally:
+        server.close()
+
+
+def test_a_stream_closed_elsewhere_mid_body_ends_its_read(patient: HTTPClient) -> None:
+    """A stream's body is read from its socket straight; a close from another thread (a job's
+    cancel, the whole-request deadline) shuts the socket down, which wakes that read."""
+    server = ChunkServer([[HEAD, BODY[:30], "wait"]])
+    reader = patient.open_stream(server.url, headers={}, body=b"{}", provider="p", model="m", error_mapper=_error)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            b"".join(reader.iter_bytes())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        until(lambda: reader.direct, "the body read started", 10)
+        reader.close()
+        thread.join(10)
+        assert not thread.is_alive() and len(outcome) == 1 and isinstance(outcome[0], IncompleteStreamError)
+    finally:
+        server.close()
