@@ -16,19 +16,31 @@ publishes to Celery's event exchange, then one JSON line.
 slot that frees finds work left, whatever the producer's pace (without it, a worker faster than the
 producer takes each job as it is queued: a wait on the bells and a fetch per arrival).
 
+``--rate R`` submits the jobs at a steady R per second instead of all at once: each arrives at a
+worker that is idle, waiting on the bells (the wake-up's path). ``--sends`` also counts the worker's
+socket writes (``strace`` attached to the worker processes for the measured jobs, as root or with
+ptrace allowed): ``worker_redis_sends_per_job``, the writes that carry Redis commands (one write may
+carry several: a pipeline, a wait and the fetch behind it), and ``worker_sends_per_job``, all of its
+write system calls (HTTP to the simulator, pipes, files too). strace slows the worker: compare A with B.
+
     .venv/bin/python bench/redis_commands_bench.py --compare-env LLMQ_TASK_EVENTS_FLUSH_MS=0
     cd /tmp && $REPO/.venv/bin/python $REPO/bench/redis_commands_bench.py --backlog --compare-env PYTHONPATH=/tmp/older
+    cd /tmp && $REPO/.venv/bin/python $REPO/bench/redis_commands_bench.py --rate 10 --sends --compare-env PYTHONPATH=/tmp/older
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -125,13 +137,58 @@ class Monitor:
         self._thread.join(30)
 
 
+#: A traced write that carries Redis commands: its data starts with a RESP array (``*<n>``).
+_REDIS_WRITE = re.compile(
+    r'^\d+\s+(?:sendto|write|sendmsg|writev)\(\d+, (?:\{msg_name=[^\[]*)?\[?(?:\{iov_base=)?"\*\d'
+)
+_ANY_WRITE = re.compile(r"^\d+\s+(?:sendto|write|sendmsg|writev)\(")
+
+
+class SendCounter:
+    """The worker processes' write system calls while open, traced with ``strace -f -p``."""
+
+    def __init__(self, workers: list[Any]) -> None:
+        self.pids = sorted(
+            {p.pid for w in workers for p in [psutil.Process(w.pid), *psutil.Process(w.pid).children(True)]}
+        )
+        self._out = tempfile.NamedTemporaryFile(prefix="llmq-sends-", suffix=".strace", delete=False)  # noqa: SIM115
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.redis_sends = self.sends = 0
+
+    def __enter__(self) -> SendCounter:
+        argv = ["strace", "-f", "-qq", "-e", "signal=none", "-e", "trace=sendto,sendmsg,write,writev", "-s", "4"]
+        argv += ["-o", self._out.name, *(arg for pid in self.pids for arg in ("-p", str(pid)))]
+        self._proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+        time.sleep(1.0)  # attached (strace has no "ready" signal; the warm-up is over, nothing runs)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGINT)  # detaches, the workers go on
+        self._proc.wait(30)
+        for line in Path(self._out.name).read_text(errors="replace").splitlines():
+            if _ANY_WRITE.match(line):
+                self.sends += 1
+                self.redis_sends += bool(_REDIS_WRITE.match(line))
+        os.unlink(self._out.name)
+
+
 def measure(stack: LocalStack, args: argparse.Namespace, env: dict[str, str], name: str) -> dict[str, Any]:
     workers = _start_workers(stack, args, args.concurrency, 1, env, name)
+    counter: SendCounter | None = None
     try:
         run_queue(stack, 50, workers)  # warm-up: imports, pools, connections
-        with Monitor(stack.redis_url) as monitor:
-            r = run_backlog(stack, args.jobs, workers) if args.backlog else run_queue(stack, args.jobs, workers)
-            ports = _ports(workers)
+        with contextlib.ExitStack() as stack_:
+            if args.sends:
+                counter = stack_.enter_context(SendCounter(workers))
+            with Monitor(stack.redis_url) as monitor:
+                if args.backlog:
+                    r = run_backlog(stack, args.jobs, workers)
+                elif args.rate:
+                    r = run_paced(stack, args.jobs, workers, args.rate)
+                else:
+                    r = run_queue(stack, args.jobs, workers)
+                ports = _ports(workers)
     finally:
         _stop_workers(workers)
     jobs = max(1, r["ok"])
@@ -142,8 +199,15 @@ def measure(stack: LocalStack, args: argparse.Namespace, env: dict[str, str], na
             by_script[name[8:]] += n
         if port in ports:
             worker[name] += n
+    sends = {}
+    if counter is not None:
+        sends = {
+            "worker_redis_sends_per_job": round(counter.redis_sends / jobs, 2),
+            "worker_sends_per_job": round(counter.sends / jobs, 2),
+        }
     return {
         "ok": r["ok"],
+        **sends,
         "commands_per_job": round(sum(monitor.commands.values()) / jobs, 2),
         "event_publishes_per_job": round(monitor.event_publishes / jobs, 3),
         "event_messages": dict(monitor.event_messages),
@@ -185,6 +249,39 @@ def run_backlog(stack: LocalStack, jobs: int, workers: list[Any]) -> dict[str, A
     return {"ok": ok, "cpu_s": cpu}
 
 
+def run_paced(stack: LocalStack, jobs: int, workers: list[Any], rate: float) -> dict[str, Any]:
+    """``jobs`` queue-bench jobs submitted at a steady ``rate`` per second (each on its own schedule
+    from the first: a late submit does not shift the rest), their results collected meanwhile."""
+    nonce = time.time_ns()
+    reply = f"llmq:reply:paced-{nonce}"
+    client = Client(stack.redis_url)
+    procs = [psutil.Process(w.pid) for w in workers]
+    cpu0 = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+    results: list[Any] = []
+
+    def collect() -> None:
+        listener = redis.Redis.from_url(stack.redis_url)
+        while len(results) < jobs:
+            item = listener.blpop([reply], timeout=120)
+            if item is None:
+                break
+            results.append(item[1])
+        listener.close()
+
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
+    t0 = time.monotonic()
+    for i in range(jobs):
+        time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+        job = {"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": f"paced {nonce} {i}"}]}
+        client.submit({**job, "max_tokens": 64, "reply_to": reply})
+    collector.join(300)
+    cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs) - cpu0
+    client.close()
+    ok = sum(b'"status":"succeeded"' in item for item in results)
+    return {"ok": ok, "cpu_s": cpu}
+
+
 def _ports(workers: list[Any]) -> set[str]:
     """The local ports of the worker processes' TCP connections (their Redis clients, pooled)."""
     ports: set[str] = set()
@@ -206,6 +303,8 @@ def main() -> None:
     p.add_argument(
         "--backlog", action="store_true", help="queue all jobs while the worker is stopped, then run them (refills)"
     )
+    p.add_argument("--rate", type=float, default=0.0, help="submit the jobs at this many per second (paced)")
+    p.add_argument("--sends", action="store_true", help="also count the worker's socket writes (strace)")
     p.add_argument("--compare-env", action="append", default=[], metavar="KEY=VALUE", required=True)
     args = p.parse_args()
     other = dict(kv.split("=", 1) for kv in args.compare_env)
@@ -225,10 +324,14 @@ def main() -> None:
         "concurrency": args.concurrency,
         "upstream_s": args.latency,
         "backlog": args.backlog,
+        "rate": args.rate,
         "commands_per_job": {v: [r["commands_per_job"] for r in rows] for v, rows in runs.items()},
         "worker_commands_per_job": {v: [r["worker_commands_per_job"] for r in rows] for v, rows in runs.items()},
         "event_publishes_per_job": {v: [r["event_publishes_per_job"] for r in rows] for v, rows in runs.items()},
     }
+    if args.sends:
+        for key in ("worker_redis_sends_per_job", "worker_sends_per_job"):
+            summary[key] = {v: [r[key] for r in rows] for v, rows in runs.items()}
     print(json.dumps(summary, separators=(",", ":")), flush=True)
 
 

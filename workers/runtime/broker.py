@@ -5,8 +5,10 @@ per operation. Needs Redis >= 6.2.
 * A fetch is one Lua script (``workers/connections/lua/fetch.lua``) that picks the class and tenant
   whose turn it is, pops up to N messages and records them as held in ``unacked`` in the same step:
   a message is always queued or held, never neither.
-* A consumer waits on its queues' bells (``BLPOP``), then fetches; when its last fetch left work
-  queued, its next wait with room (a freed slot) is the fetch itself: one round trip per refill.
+* A consumer waits on its queues' bells (``BLPOP``) with the fetch script sent behind the wait in
+  the same write: Redis runs the fetch the moment the wait ends, and a job arriving at an idle
+  consumer costs one round trip. When its last fetch left work queued, its next wait with room (a
+  freed slot) is the fetch itself: one round trip per refill.
 * A thread per channel re-scores the entries of the messages it holds (the heartbeat), so a live
   worker's jobs never age out and a dead worker's move after ``visibility_timeout``.
 * The channel builds its Redis client once instead of one per ack.
@@ -181,11 +183,15 @@ def _copy(tags: Iterable[str]) -> list[str]:
 class Channel(SchedulingChannel):
     QoS = QoS
     _shared_client: Any = None
-    #: The wait's command in flight: ``BLPOP`` on the bells, or ``EVALSHA`` (the fetch script itself,
-    #: when the last fetch left work queued: see :meth:`_brpop_start`).
-    _wait_command = "BLPOP"
+    #: The wait's commands in flight, in the order of their replies: ``BLPOP`` on the bells followed
+    #: by the fetch script (``EVALSHA``) in the same write, ``BLPOP`` alone (no room, or a leaving
+    #: channel), or the fetch alone (when the last fetch left work queued: see :meth:`_brpop_start`).
+    _wait_commands: tuple[str, ...] = ("BLPOP",)
     #: The last fetch took messages and left work queued: the next wait with room is a fetch.
     _more = False
+    #: The wait's reply is read with the window full (:meth:`read_with_window_full`): what its fetch
+    #: took goes back to the queue.
+    _window_full = False
     #: The tag ``_get`` fetched for ``basic_get`` (forgotten once ``basic_get`` returns).
     _got: str | None = None
     # kombu's, which its stubs omit (annotations only: nothing is shadowed)
@@ -357,11 +363,12 @@ class Channel(SchedulingChannel):
         return None if unreadable is None else self.take_unreadable(*unreadable, queues)
 
     def stop_taking(self) -> None:
-        """Take no more messages (the worker is shutting down): a wait that ends from now on fetches
+        """Take no more messages (the worker is shutting down): a wait that ends from now on delivers
         nothing, so what the worker hands back to the queue stays there for another worker instead of
-        being fetched again by this one before its consumer is cancelled, and the wake-up it took with
-        it is handed on to the next consumer; later waits do not take the queues' tokens at all. Safe
-        from any thread or greenlet (a flag the consumer's loop reads)."""
+        being fetched again by this one before its consumer is cancelled: what the fetch sent behind
+        a wait in flight took goes back to its queue at once (which rings the bell), and a wake-up taken
+        without a fetch is handed on to the next consumer; later waits send no fetch and do not take
+        the queues' tokens at all. Safe from any thread or greenlet (a flag the consumer's loop reads)."""
         self.taking = False
 
     def credit_back(self) -> None:
@@ -384,23 +391,28 @@ class Channel(SchedulingChannel):
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return None
-        limit = self.fetch_limit() if self._more and self.taking and not self._closing else 0
-        if limit:
-            # the last fetch left work queued and there is room again (a freed slot): the fetch itself
-            # is the wait's command, one round trip instead of the bells' wait and then a fetch
-            keys, fetch_args = self._fetch_call(queues, limit)
-            args: list[Any] = ["EVALSHA", self.sched_script(FETCH).sha, len(keys), *keys, *fetch_args]
-            self._wait_command = "EVALSHA"
-        else:
+        limit = self.fetch_limit() if self.taking and not self._closing else 0
+        commands: list[list[Any]] = []
+        if not (limit and self._more):
             # wakes when a queue's bell holds its token (taking it): there may be work to take. A leaving
             # channel waits on a key nothing writes: the tokens are for the consumers that take
             bells = [bell_key(queue) for queue in queues] if self.taking else [IDLE_KEY]
-            args = ["BLPOP", *bells, timeout or 0]
-            self._wait_command = "BLPOP"
+            commands.append(["BLPOP", *bells, timeout or 0])
+        if limit:
+            # the fetch, in the same write: Redis runs it as soon as the wait ends (a token taken, or
+            # the timeout: the sweep), so a job that wakes an idle consumer is taken in that one round
+            # trip, not in a second one after the wake-up's reply. When the last fetch left work
+            # queued and there is room again (a freed slot), the fetch alone is the wait. Its limit is
+            # the credit now; a wait only sees credit come back (acks), never go. Its entries are
+            # scored with the clock of the send, at most the wait's timeout (1 s) before the wake-up
+            keys, fetch_args = self._fetch_call(queues, limit)
+            commands.append(["EVALSHA", self.sched_script(FETCH).sha, len(keys), *keys, *fetch_args])
+        self._wait_commands = tuple(str(command[0]) for command in commands)
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()
-        connection.send_command(*args)
+        # one write, one system call: the commands packed into one buffer
+        connection.send_packed_command([b"".join(connection.pack_commands(commands))])
         return None
 
     def _brpop_read(self, **options: Any) -> bool:
@@ -408,21 +420,21 @@ class Channel(SchedulingChannel):
             return bool(super()._brpop_read(**options))  # type: ignore[misc]  # private kombu method the stubs omit
         try:
             connection = self.client.connection
-            fetched = self._wait_command == "EVALSHA"
-            try:
-                woke = self.client.parse_response(connection, self._wait_command, **options)
-            except redis.exceptions.NoScriptError:  # Redis restarted or flushed its scripts: fetched as below
-                fetched, woke = False, None
-            except self.connection_errors:
-                connection.disconnect()  # the next poll reconnects
-                raise
-            if fetched:  # the wait was a fetch: what it took is held here now
-                taken, unreadable = self._took(woke)
-                if self._closing or not self.taking:  # taken while the worker stopped taking: back now
+            replies = self._read_replies(connection, **options)
+            woke, reply = replies.get("BLPOP"), replies.get("EVALSHA")
+            # Redis restarted or flushed its scripts: fetched as below (redis-py loads the script)
+            fetched = "EVALSHA" in replies and not isinstance(reply, redis.exceptions.NoScriptError)
+            if fetched and isinstance(reply, Exception):  # as the fetch below would raise it
+                raise reply
+            if isinstance(woke, Exception) and not fetched:  # (after a fetch that ran: what it took counts)
+                raise woke
+            if fetched:  # the fetch ran after the wait, or was the wait: what it took is held here now
+                taken, unreadable = self._took(reply)
+                if self._closing or not self.taking or self._window_full:  # no room for it here: back now
                     self._give_back([fetched_.tag for fetched_ in taken])
                     raise Empty()
             else:
-                limit = self.fetch_limit()
+                limit = 0 if self._window_full else self.fetch_limit()
                 if self._closing or not self.taking or not limit:  # takes nothing: nothing to hand over
                     if woke:  # the token it took is another consumer's wake-up (a job just handed back)
                         self._ring(bytes_to_str(woke[0]))
@@ -444,6 +456,36 @@ class Channel(SchedulingChannel):
             self._fetched.clear()  # appended by now, or never (the entry then ages out: restored)
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    def fetch_in_flight(self) -> bool:
+        """The wait in flight carries a fetch (its reply may hold messages it took)."""
+        return bool(self._in_poll) and "EVALSHA" in self._wait_commands
+
+    def read_with_window_full(self) -> None:
+        """Read the wait's reply now that the prefetch window is full, giving what its fetch took back
+        to the queue (:class:`Poller`). The fetch took no more than the credit when it was sent; the
+        window shrank meanwhile (Celery lowers its prefetch count once an ETA task it held starts).
+        Raises ``Empty``, as a read that delivered nothing does."""
+        self._window_full = True
+        try:
+            self._brpop_read()
+        finally:
+            self._window_full = False
+
+    def _read_replies(self, connection: Any, **options: Any) -> dict[str, Any]:
+        """Read the reply of each command of the wait in flight (:meth:`_brpop_start`), by command
+        name; an error reply is its exception, read in its turn, so the connection stays in step. A
+        lost connection is closed (the next poll reconnects) and raised."""
+        replies: dict[str, Any] = {}
+        for command in self._wait_commands:
+            try:
+                replies[command] = self.client.parse_response(connection, command, **options)
+            except self.connection_errors:
+                connection.disconnect()
+                raise
+            except redis.exceptions.ResponseError as exc:
+                replies[command] = exc
+        return replies
 
     def _ring(self, bell: str) -> None:
         """Put back a bell's token this channel took and will not act on, so the next consumer with
@@ -668,7 +710,10 @@ class Poller(kombu_redis.MultiChannelPoller):
     byte on a pipe the wait polls): a freed slot waited ~25 ms on average for the next poll, at 1 s
     jobs ~2.5 % of every slot's time; the bound stays for credit that comes back another way."""
 
-    _channels: list[Any]  # kombu's, which its stubs omit
+    # kombu's, which its stubs omit
+    _channels: list[Any]
+    _paused_brpop: dict[int, Any]
+    _fd_to_chan: dict[int, tuple[Any, str]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -704,6 +749,29 @@ class Poller(kombu_redis.MultiChannelPoller):
             self._waiting_full = False
             with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
                 os.write(self._wake[1], b"\0")
+
+    def _pause_brpop(self, channel: Any, fileno: int) -> None:
+        """kombu's pause of a full window's wait (its socket no longer polled, the reply left unread
+        until credit comes back: the message in it would overfill the window), except for a wait that
+        carries a fetch: that fetch takes its messages as soon as the wait ends, and nothing would
+        re-score them while the reply sat in the socket (a slot may free only after
+        ``visibility_timeout``: restored, and then delivered here too). Its socket stays polled, and
+        :meth:`on_readable` reads the reply when it comes."""
+        if isinstance(channel, Channel) and channel.fetch_in_flight():
+            return
+        super()._pause_brpop(channel, fileno)  # type: ignore[misc]  # private kombu method the stubs omit
+
+    def on_readable(self, fileno: int) -> Any:
+        """kombu's, except for the reply of a wait that carries a fetch when the window is full (see
+        :meth:`_pause_brpop`): read at once, and what the fetch took goes back to the queue."""
+        found = None if fileno in self._paused_brpop else self._fd_to_chan.get(fileno)
+        if found is not None:
+            channel, kind = found
+            if kind == "BRPOP" and isinstance(channel, Channel) and channel.fetch_in_flight():
+                if not channel.qos.can_consume():
+                    channel.read_with_window_full()  # (raises Empty: nothing delivered)
+                    return None
+        return super().on_readable(fileno)
 
     def handle_event(self, fileno: int, event: int) -> Any:
         wake = self._wake

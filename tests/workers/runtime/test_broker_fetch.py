@@ -11,7 +11,9 @@ not by sleeping: the tests assert counts and contents, never durations.
 from __future__ import annotations
 
 import json
+import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from queue import Empty
@@ -124,8 +126,9 @@ def test_a_consumer_fetches_through_the_wait_and_the_script(url: str, redis_clie
 
 def test_a_channel_that_stopped_taking_leaves_what_arrives_in_the_queue(url: str, redis_client: redis.Redis) -> None:
     """A leaving worker (``stop_taking``, its shutdown) wakes on a message, e.g. the job it has just
-    handed back, and leaves it queued for another worker; it still holds what it took before, and the
-    bell's token it took goes back, so the next worker with room is woken (not left to its timed sweep)."""
+    handed back, and leaves it queued for another worker (what the fetch sent behind its wait took goes
+    back at once); it still holds what it took before, and the bell rings again, so the next worker
+    with room is woken (not left to its timed sweep)."""
     _publish(url, {"n": 0})
     got: list[object] = []
     with _connection(url) as conn:
@@ -134,6 +137,7 @@ def test_a_channel_that_stopped_taking_leaves_what_arrives_in_the_queue(url: str
             conn.drain_events(timeout=10)
             assert got == [{"n": 0}] and redis_client.hlen("unacked") == 1
             channel._brpop_start()  # a wait in flight when the shutdown begins: it takes the token
+            assert channel._wait_commands == ("BLPOP", "EVALSHA")  # and the fetch behind it, the job
             channel.stop_taking()
             _publish(url, {"n": 1})
             with pytest.raises(Empty):
@@ -400,6 +404,155 @@ def test_a_freed_slot_is_refilled_by_the_fetch_alone_while_work_is_left(url: str
             got[-1][1].ack()
 
 
+#: What the counting channels' connections wrote to Redis: one entry per write (a ``sendall`` of
+#: redis-py's), the names of the commands it carried.
+WRITES: list[list[str]] = []
+
+
+class CountingConnection(redis.Connection):
+    """A connection that notes each write it makes (a seam: kombu's ``connection_class``)."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        for chunk in [command] if isinstance(command, bytes | str) else command:
+            data = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+            # each command: *<argc>, then its name as the first bulk string
+            WRITES.append([name.decode().upper() for name in re.findall(rb"\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n", data)])
+        super().send_packed_command(command, check_health)
+
+
+class CountingChannel(Channel):
+    connection_class = CountingConnection
+
+
+class CountingTransport(Transport):
+    Channel = CountingChannel
+
+
+def _publish_once_waiting(url: str, r: redis.Redis, body: object) -> threading.Thread:
+    """Publish ``body`` as soon as a client blocks in its wait on the bells (a thread: the test's own
+    blocks meanwhile in ``drain_events``)."""
+
+    def publish() -> None:
+        until(lambda: int(r.info("clients")["blocked_clients"]) == 1, "the consumer waits on the bells", 10)
+        _publish(url, body)
+
+    thread = threading.Thread(target=publish, name="test-publisher", daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_job_that_wakes_an_idle_consumer_is_taken_in_the_wake_ups_round_trip(
+    url: str, redis_client: redis.Redis
+) -> None:
+    """An idle consumer sends the fetch behind its wait on the bells, in the same write: Redis runs it
+    the moment a job's token ends the wait, and both replies come back together. One write and one
+    round trip per wake-up (was the wait, then after its reply the fetch, a second write and round
+    trip); the same commands run, in the same order."""
+    redis_client.script_load(script(FETCH))
+    got: list[tuple[Any, Any]] = []
+    # the wait blocks until the job comes (no timed sweep ends it first, whatever the machine's load)
+    options = {"sweep_s": 60, "unacked_restore_interval": 3600, **NO_BEAT}
+    with _connection(url, CountingTransport, **options) as conn:
+        channel = conn.channel()
+        with _consumer(channel, got, prefetch=2):
+            for n in range(3):  # the first connects (its handshake's writes): counted from the second on
+                WRITES.clear()
+                before = _wait_calls(redis_client)
+                publisher = _publish_once_waiting(url, redis_client, {"n": n})
+                conn.drain_events(timeout=30)
+                publisher.join(10)
+                assert _bodies(got) == [{"n": i} for i in range(n + 1)]
+                assert _since(redis_client, before)["blpop"] == 1  # (the publisher's scripts are EVALSHAs too)
+                if n:
+                    assert WRITES == [["BLPOP", "EVALSHA"]], n
+                assert redis_client.hlen("unacked") == 1 and _queued(redis_client) == 0
+                assert redis_client.llen(bell_key(QUEUE)) == 0  # the fetch took the last: no token left
+                got[-1][1].ack()
+    assert redis_client.hlen("unacked") == 0
+
+
+def test_a_wake_ups_fetch_redis_does_not_know_is_sent_again_after_it(url: str, redis_client: redis.Redis) -> None:
+    """Scripts flushed (a Redis restarted) while the consumer idles: the fetch behind its wait answers
+    ``NOSCRIPT``, read in its turn (the connection stays in step), and the consumer fetches the job
+    the ordinary way (redis-py loads the script); the next wake-up is one write again."""
+    got: list[tuple[Any, Any]] = []
+    with _connection(url, CountingTransport, sweep_s=60, unacked_restore_interval=3600, **NO_BEAT) as conn:
+        channel = conn.channel()
+        with _consumer(channel, got, prefetch=2):
+            _publish(url, {"n": 0})
+            conn.drain_events(timeout=10)  # (connects, loads the script)
+            got[0][1].ack()
+            redis_client.script_flush()
+            WRITES.clear()
+            publisher = _publish_once_waiting(url, redis_client, {"n": 1})
+            conn.drain_events(timeout=30)
+            publisher.join(10)
+            assert _bodies(got) == [{"n": 0}, {"n": 1}]
+            # the wait and its fetch (NOSCRIPT), then the fetch again: EVALSHA, SCRIPT LOAD, EVALSHA
+            assert WRITES[0] == ["BLPOP", "EVALSHA"] and ["SCRIPT"] in WRITES[1:]
+            got[1][1].ack()
+            WRITES.clear()
+            publisher = _publish_once_waiting(url, redis_client, {"n": 2})
+            conn.drain_events(timeout=30)
+            publisher.join(10)
+            assert _bodies(got)[2:] == [{"n": 2}] and WRITES == [["BLPOP", "EVALSHA"]]
+            got[2][1].ack()
+    assert redis_client.hlen("unacked") == 0 and _queued(redis_client) == 0
+
+
+def test_a_wake_ups_fetch_read_once_the_window_shrank_to_full_gives_back_what_it_took(
+    url: str, redis_client: redis.Redis
+) -> None:
+    """The fetch behind a wait takes up to the credit of the moment it was sent. If the prefetch window
+    shrinks to full before the reply is read (Celery lowers its prefetch count once an ETA task it held
+    starts), kombu would leave the reply unread until a slot frees, its messages taken and re-scored by
+    no one; the reply is read at once and what the fetch took goes back to the queue, delivered later."""
+    got: list[tuple[Any, Any]] = []
+    with _connection(url, sweep_s=60, unacked_restore_interval=3600, **NO_BEAT) as conn:
+        channel = conn.channel()
+        with _consumer(channel, got, prefetch=2):
+            _publish(url, {"n": 0})
+            conn.drain_events(timeout=10)  # one held: credit 1
+            assert _bodies(got) == [{"n": 0}]
+            with pytest.raises(socket.timeout):
+                conn.drain_events(timeout=0.2)  # the wait (and its fetch, limit 1) is in flight
+            assert channel.fetch_in_flight()
+            _publish(url, {"n": 1})
+            until(lambda: redis_client.hlen("unacked") == 2, "the wake-up's fetch took the job", 10)
+            channel.qos.prefetch_count = 1  # the window shrinks: full with the one held
+            with pytest.raises(socket.timeout):
+                conn.drain_events(timeout=0.5)
+            assert not channel.fetch_in_flight()  # read, not left in the socket
+            assert _bodies(got) == [{"n": 0}]
+            assert redis_client.hlen("unacked") == 1 and _queued(redis_client) == 1  # back in the queue
+            got[0][1].ack()  # a slot frees: the job comes (given back: redelivered)
+            conn.drain_events(timeout=10)
+            assert _bodies(got)[1:] == [{"n": 1}] and got[1][1].delivery_info["redelivered"] is True
+            got[1][1].ack()
+    assert redis_client.hlen("unacked") == 0 and _queued(redis_client) == 0
+
+
+def test_a_job_the_wake_ups_fetch_took_while_the_channel_closes_goes_back(url: str, redis_client: redis.Redis) -> None:
+    """A channel that closes with its wait (and the fetch behind it) in flight reads the replies: a job
+    the fetch took there is given back to the queue at once, delivered to no one, held by no one, and
+    the bell rings for the next consumer."""
+    got: list[tuple[Any, Any]] = []
+    with _connection(url, sweep_s=60, unacked_restore_interval=3600, **NO_BEAT) as conn:
+        channel = conn.channel()
+        with _consumer(channel, got, prefetch=2):
+            _publish(url, {"n": 0})
+            conn.drain_events(timeout=10)  # (connects, loads the script)
+            got[0][1].ack()
+            channel._brpop_start()  # idle: the wait and the fetch behind it
+            assert channel._wait_commands == ("BLPOP", "EVALSHA")
+            _publish(url, {"n": 1})
+            until(lambda: _queued(redis_client) == 0, "the wake-up's fetch took the job", 10)
+            assert redis_client.hlen("unacked") == 1
+    assert _bodies(got) == [{"n": 0}]
+    assert _queued(redis_client) == 1 and redis_client.hlen("unacked") == 0
+    assert redis_client.llen(bell_key(QUEUE)) == 1
+
+
 def test_a_fetch_in_flight_when_the_worker_stops_taking_gives_its_messages_back(
     url: str, redis_client: redis.Redis
 ) -> None:
@@ -417,7 +570,7 @@ def test_a_fetch_in_flight_when_the_worker_stops_taking_gives_its_messages_back(
             assert _bodies(got) == [{"n": 0}] and channel._more
             got[0][1].ack()
             channel._brpop_start()  # the refill's fetch, in flight when the shutdown begins
-            assert channel._wait_command == "EVALSHA"
+            assert channel._wait_commands == ("EVALSHA",)
             channel.stop_taking()
             with pytest.raises(Empty):
                 channel._brpop_read()
@@ -425,7 +578,7 @@ def test_a_fetch_in_flight_when_the_worker_stops_taking_gives_its_messages_back(
             assert _queued(redis_client) == 3 and redis_client.hlen("unacked") == 0
             channel.taking = True  # (as a channel that still takes, to close with a fetch in flight)
             channel._brpop_start()
-            assert channel._wait_command == "EVALSHA"
+            assert channel._wait_commands == ("EVALSHA",)
     assert _bodies(got) == [{"n": 0}]
     assert _queued(redis_client) == 3 and redis_client.hlen("unacked") == 0
 
