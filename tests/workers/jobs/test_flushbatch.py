@@ -269,3 +269,34 @@ def test_greenlets_share_the_batcher_under_gevent(redis_url: str) -> None:
             assert [e.text for e in _events(client, JobKeys(f"gevent-{i}"))] == [f"{k} " for k in range(20)]
     finally:
         client.close()
+
+
+class _CountingPool(redis.ConnectionPool):
+    """A real pool that counts the connections it lends (how often the batcher checks one out)."""
+
+    lent = 0
+
+    def get_connection(self, *args: object, **kwargs: object) -> redis.connection.ConnectionInterface:
+        type(self).lent += 1
+        return super().get_connection(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_batches_share_one_connection_given_back_at_close(redis_url: str, redis_client: redis.Redis) -> None:
+    """The batcher keeps the connection it was lent across batches (no checkout per batch), rides out
+    a server that dropped it, and gives it back to the pool when it stops."""
+    _CountingPool.lent = 0
+    pool = _CountingPool.from_url(redis_url, client_name="held-by-batcher")
+    flusher = flush_batcher(redis.Redis(connection_pool=pool))  # the batcher's own pool, counted
+    try:
+        for n in range(5):
+            _publisher(redis_client, f"held-{n}", flusher).delta(f"delta {n}")  # each a batch of its own
+        assert flusher.round_trips >= 5 and _CountingPool.lent == 1
+        (held,) = [c for c in redis_client.client_list() if c["name"] == "held-by-batcher"]
+        redis_client.client_kill_filter(_id=held["id"])  # Redis drops the batcher's connection
+        _publisher(redis_client, "held-after-kill", flusher).delta("after")
+        assert [e.text for e in _events(redis_client, JobKeys("held-after-kill"))] == ["after"]
+        assert _CountingPool.lent == 1
+    finally:
+        flusher.close()
+    assert not pool._in_use_connections and len(pool._available_connections) == 1
+    pool.disconnect()
