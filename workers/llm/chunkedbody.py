@@ -83,8 +83,8 @@ def read_chunked(
     data = bytes(held) if held else b""
     pos = 0
 
-    def more() -> bytes:
-        """``data`` from ``pos`` on and the next read's bytes (the only place that waits)."""
+    def read() -> bytes:
+        """The next read's bytes (the only place that waits)."""
         try:
             got: bytes = network.read(read_size, timeout)
         except httpcore2.TimeoutException as exc:
@@ -95,21 +95,25 @@ def read_chunked(
             raise httpx.RemoteProtocolError(
                 "peer closed connection without sending complete message body (incomplete chunked read)"
             )
-        return data[pos:] + got if pos < len(data) else got
+        return got
 
     # what a read completed is yielded as one item before the next read waits
     pieces: list[bytes] = []
     trailer = False
     while True:
         end = data.find(b"\r\n", pos)
-        while end < 0:
+        if end < 0:  # a size or trailer line still arriving: gathered, each byte searched once
             if pieces:
                 yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
                 pieces = []
-            if len(data) - pos > _MAX_LINE:
-                raise httpx.RemoteProtocolError("chunk size or trailer line too long")
-            data, pos = more(), 0
-            end = data.find(b"\r\n")
+            line = bytearray(data[pos:])
+            while end < 0:
+                if len(line) > _MAX_LINE:
+                    raise httpx.RemoteProtocolError("chunk size or trailer line too long")
+                start = max(len(line) - 1, 0)  # a CRLF may straddle two reads
+                line += read()
+                end = line.find(b"\r\n", start)
+            data, pos = bytes(line), 0
         text, pos = data[pos:end], end + 2
         if trailer:
             if not text:  # the empty line: the message is complete (trailers are dropped, as httpx does)
@@ -130,7 +134,7 @@ def read_chunked(
                 if pieces:
                     yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
                     pieces = []
-                data, pos = more(), 0
+                data, pos = read(), 0
             piece = data[pos : pos + left]
             pos += len(piece)
             left -= len(piece)
@@ -139,7 +143,7 @@ def read_chunked(
             if pieces:
                 yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
                 pieces = []
-            data, pos = more(), 0
+            data, pos = data[pos:] + read(), 0
         if data[pos : pos + 2] != b"\r\n":
             raise httpx.RemoteProtocolError(f"malformed chunk footer: {data[pos : pos + 2]!r}")
         pos += 2

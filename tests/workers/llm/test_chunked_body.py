@@ -288,3 +288,18 @@ def test_a_stream_closed_elsewhere_mid_body_ends_its_read(patient: HTTPClient) -
         assert not thread.is_alive() and len(outcome) == 1 and isinstance(outcome[0], IncompleteStreamError)
     finally:
         server.close()
+
+
+def test_a_size_line_trickling_in_byte_by_byte_is_read_linearly_and_bounded() -> None:
+    """A size line that never ends, one byte per read: each byte is searched once (not the whole
+    line again per read), and the line is refused at h11's limit."""
+    network = Script([b"1"] * 150_000)
+    with pytest.raises(httpx2.RemoteProtocolError, match="too long"):
+        b"".join(read_chunked(client_after_headers(), network))
+    assert 100 * 1024 < network.calls < 150_000
+
+
+def test_a_crlf_split_between_two_reads_ends_the_line() -> None:
+    state = client_after_headers()
+    assert b"".join(read_chunked(state, Script([b"5\r", b"\nhello\r", b"\n0\r", b"\n\r", b"\n"]))) == b"hello"
+    assert state.their_state is h11.DONE
