@@ -122,7 +122,8 @@ def make_celery(broker_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
         app.conf.update(amqp_conf(queue))
     else:
         broker, options = kombu_broker(broker_url)
-        transport: dict[str, object] = {"visibility_timeout": 3600, "max_connections": 64, **options}
+        # push_once: a send repeated after its reply was lost queues nothing (schedtransport.py)
+        transport: dict[str, object] = {"visibility_timeout": 3600, "max_connections": 64, "push_once": True, **options}
         app = Celery("llmqueue-producer", broker=broker, set_as_current=False)
         # messages go into the queue's schedule (workers/connections/schedtransport.py)
         app.conf.update(

@@ -13,6 +13,7 @@ from producers import Client
 from producers.core import REGISTER_LUA, RESEND_AFTER_S
 from producers.settings import ProducerSettings
 from tests.support.brokers import queued_count
+from tests.support.redisproxy import ReplyCutProxy
 from workers.connections.schedtransport import SchedulingTransport
 from workers.contract import JobKeys
 
@@ -70,3 +71,31 @@ def test_the_push_records_the_send_in_the_registration_in_the_same_step(
     assert queued_count(broker, "llmq") == 1 and not broker.exists(JobKeys(handle.id).meta)
     broker.flushdb()
     broker.close()
+
+
+@pytest.mark.parametrize("own_redis", [False, True], ids=["queue-beside-registrations", "queue-on-a-redis-of-its-own"])
+def test_a_push_whose_reply_was_lost_is_queued_once(redis_url: str, redis_client: redis.Redis, own_redis: bool) -> None:
+    """Redis ran the push and the connection dropped before its reply arrived (a restart, a fail-over,
+    a network cut): the producer cannot tell, rides it out and pushes again, and that second push of the
+    same submit queues nothing - one submit, one message (was two: the ride-out re-sent blindly). With
+    the queue on a Redis of its own the push remembers the send there for the ride-out's length."""
+    marker = b"reply-lost-7f3e"  # in the push only (the message's scheduling header), not in the registration
+    job = {"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "id": "cut-1"}
+    job["concurrency_key"] = marker.decode()
+    queue_url = urlunsplit(urlsplit(redis_url)._replace(path="/15")) if own_redis else redis_url
+    queue_redis = redis.Redis.from_url(queue_url)
+    proxy = ReplyCutProxy(queue_url, marker)
+    try:
+        with proxy as proxied:
+            own = ProducerSettings(redis_url=redis_url, broker_url=proxied)
+            with Client(settings=own if own_redis else ProducerSettings(redis_url=proxied)) as client:
+                assert client.sent_by_push is not own_redis
+                assert client.submit(job).enqueued
+                assert not client.submit(job).enqueued  # a later submit of the id is a duplicate, as ever
+        assert proxy.cuts == 1  # the push ran and its reply was lost
+        assert queued_count(queue_redis, "llmq") == 1
+        assert redis_client.hmget(JobKeys("cut-1").meta, "sent", "queue") == [b"1", b"llmq"]
+    finally:
+        if own_redis:
+            queue_redis.flushdb()
+        queue_redis.close()

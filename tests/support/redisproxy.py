@@ -1,12 +1,17 @@
-"""A TCP proxy in front of a real Redis that reports another server version: how a test presents an
-old Redis (one without ``BLMOVE``) without running one.
+"""TCP proxies in front of a real Redis, for what a test cannot make a real Redis do on cue.
 
-Everything is forwarded byte for byte, except that ``redis_version:<real>`` in the server's replies
-(``INFO``) becomes ``redis_version:<fake>`` of the same length, so the RESP lengths stay right.
+* :class:`VersionProxy` reports another server version: how a test presents an old Redis (one without
+  ``BLMOVE``) without running one. Everything is forwarded byte for byte, except that
+  ``redis_version:<real>`` in the server's replies (``INFO``) becomes ``redis_version:<fake>`` of the
+  same length, so the RESP lengths stay right.
+* :class:`ReplyCutProxy` lets Redis run a command and loses its reply: the connection drops between
+  the two, as when Redis restarts or the network fails right after a write (a client cannot tell
+  whether its command ran).
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import socketserver
 import threading
@@ -15,7 +20,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-__all__ = ["VersionProxy"]
+__all__ = ["ReplyCutProxy", "VersionProxy"]
 
 
 class VersionProxy:
@@ -87,3 +92,77 @@ class VersionProxy:
             pass
         finally:
             upstream.close()  # the client left: end the other direction too
+
+
+class ReplyCutProxy:
+    """``with ReplyCutProxy(redis_url, marker) as url:`` a Redis URL whose connections are forwarded
+    byte for byte, except once: the first request holding ``marker`` whose reply is not an error is
+    run by Redis, and then the connection is closed instead of the reply being passed on (an error
+    reply - ``NOSCRIPT`` - goes through: a command that did not run is not what this stages).
+    :attr:`cuts` counts the replies lost (0 or 1)."""
+
+    def __init__(self, redis_url: str, marker: bytes) -> None:
+        parts = urlsplit(redis_url)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self._path = parts.path
+        self._marker = marker
+        self._lock = threading.Lock()
+        self.cuts = 0
+        self._server: socketserver.ThreadingTCPServer | None = None
+
+    def __enter__(self) -> str:
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                proxy._serve(self.request)
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return f"redis://127.0.0.1:{self._server.server_address[1]}{self._path}"
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self._target)
+        #: Set once a request holding the marker went upstream: its reply is the next one (a Redis
+        #: client waits for each reply before its next command on a connection).
+        marked = threading.Event()
+        pump = threading.Thread(target=self._to_upstream, args=(client, upstream, marked), daemon=True)
+        pump.start()
+        try:
+            while chunk := upstream.recv(65536):
+                if marked.is_set() and not chunk.startswith(b"-"):
+                    with self._lock:
+                        cut = self.cuts == 0
+                        self.cuts += cut
+                    if cut:
+                        break  # the command ran; its reply is lost with the connection
+                marked.clear()
+                client.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            # shut down, not only closed: a close leaves the connection open while the other pump
+            # is blocked reading it, and the client would wait for the lost reply forever
+            for sock in (upstream, client):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def _to_upstream(self, client: socket.socket, upstream: socket.socket, marked: threading.Event) -> None:
+        tail = b""
+        try:
+            while chunk := client.recv(65536):
+                if self._marker in tail + chunk:
+                    marked.set()
+                tail = chunk[-len(self._marker) :]
+                upstream.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            upstream.close()

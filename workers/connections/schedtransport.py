@@ -36,7 +36,16 @@ SIZE = "size"
 
 
 class SchedulingChannel(kombu_redis.Channel):
-    """kombu's Redis channel, queueing into the schedule of a queue."""
+    """kombu's Redis channel, queueing into the schedule of a queue.
+
+    A producer's channel (transport option ``push_once``, :func:`producer_transport`'s users set it)
+    pushes a registered job once: its push finding the job's send already recorded is the same send
+    repeated after the reply was lost, and queues nothing (``lua/push.lua``). A worker's re-queue of a
+    job it runs is pushed whatever the registration says."""
+
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "push_once")
+    #: A producer's channel: a job's message is queued once per registration.
+    push_once = False
 
     # kombu's, which its stubs omit
     _next_delivery_tag: Any
@@ -64,7 +73,7 @@ class SchedulingChannel(kombu_redis.Channel):
         prefix = queue_prefix(queue)
         # the job's registration records the send in the same step when it is in this Redis
         meta = JobKeys(found.job_id).meta if found.job_id else prefix
-        args = [dumps(message), found.priority, found.tenant, 0, found.job_id, queue]
+        args = [dumps(message), found.priority, found.tenant, 0, found.job_id, queue, "1" if self.push_once else ""]
         with self.conn_or_acquire() as client:
             self.sched_script(PUSH)(keys=[prefix, meta], args=args, client=client)
 
@@ -117,6 +126,8 @@ class SchedulingTransport(kombu_redis.Transport):
 
 class SchedulingSentinelChannel(SchedulingChannel, kombu_redis.SentinelChannel):
     """The same over kombu's Sentinel channel (``sentinel://`` broker URLs)."""
+
+    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options, "push_once")
 
 
 class SchedulingSentinelTransport(kombu_redis.SentinelTransport):

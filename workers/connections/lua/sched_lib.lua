@@ -15,6 +15,7 @@
 --   P..'parkedc'              hash   '<class><TAB><tenant>' -> messages parked (what llmq queues shows per class)
 --   P..'freed'                set    'k:<tenant>:<key>' / 't:<tenant>' that freed a slot something waits for
 --   P..'pending:<tenant>'     zset   job ids registered, message not pushed yet (max_queued tenants only)
+--   P..'sent:<job id>'        string a producer's send of a job registered in another Redis, for 120 s (push.lua)
 --   P..'bell'                 list   one token while there may be work to take: what consumers wait on
 --   P..'confv'                string the configuration's version ('v' in CONF) the queue's fetches last saw
 --   HELD                      hash   delivery tag -> 'P<TAB>class<TAB>tenant<TAB>key' of every held message
