@@ -120,7 +120,8 @@ def watch_for_workers(client: Client, job_id: str, after_s: float, timeout: floa
             return
         if not client.workers_of(presences, queue) and not done.is_set():
             waiting = "still waiting" if timeout is None else f"still waiting up to {timeout:g}s"
-            print(f"llmq: {client.no_worker_text(queue, presences)}; {waiting}", file=sys.stderr, flush=True)
+            line = f"llmq: job {job_id} is queued, but {client.no_worker_text(queue, presences)}; {waiting}"
+            print(line, file=sys.stderr, flush=True)
 
     threading.Thread(target=check, name="llmq-worker-check", daemon=True).start()
     return done
@@ -173,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
         except ResultTimeoutError as exc:
             print(f"llmq: {exc}", file=sys.stderr)
             return 3
+        except KeyboardInterrupt:  # the job is queued or running: say which, and how to find it again
+            print(f"interrupted; job {handle.id} is not cancelled (it runs): llmq subscribe {handle.id}", file=sys.stderr)
+            return 130
         finally:
             watching.set()
     if args.json:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socketserver
 import subprocess
 import sys
@@ -106,6 +107,30 @@ def test_submit_without_a_worker_says_so_and_keeps_waiting(redis_url: str) -> No
     notes = [i for i, line in enumerate(lines) if "no worker consumes queue" in line and "still waiting" in line]
     assert len(notes) == 1 and "'nobody-home'" in lines[notes[0]] and "llmq worker" in lines[notes[0]]
     assert notes[0] < len(lines) - 1 and "Traceback" not in out.stderr  # said first, then the timeout
+
+
+def test_submit_without_a_worker_names_the_job_it_queued_and_ctrl_c_says_where_it_went(redis_url: str) -> None:
+    """The note and an interrupted wait name the job: without ``--id`` they are the only place its id
+    shows, and the job stays queued (a worker started later runs it). Both used to say neither (a bare
+    'interrupted')."""
+    env = {**os.environ, "LLMQ_REDIS_URL": redis_url, "LLMQ_QUEUE": "nobody-home", "LLMQ_WORKER_CHECK_S": "0.2"}
+    argv = [sys.executable, "-m", "llmq.cli", "submit", "hello", "--model", "openai:gpt-4o-mini"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        note = proc.stderr.readline()  # the note, said while it waits
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    job_id = note.split("job ", 1)[1].split(" ", 1)[0] if note.startswith("llmq: job ") else ""
+    assert job_id.startswith("job_") and " is queued, but no worker consumes queue 'nobody-home'" in note, note
+    assert proc.returncode == 130 and rest.strip().splitlines() == [
+        f"interrupted; job {job_id} is not cancelled (it runs): llmq subscribe {job_id}"
+    ], rest
+    with Client(redis_url, queue="nobody-home") as client:
+        assert client.status(job_id) is not None  # still queued for a worker to come
 
 
 @pytest.fixture
