@@ -175,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"llmq: {exc}", file=sys.stderr)
             return 3
         except KeyboardInterrupt:  # the job is queued or running: say which, and how to find it again
-            print(f"interrupted; job {handle.id} is not cancelled (it runs): llmq subscribe {handle.id}", file=sys.stderr)
+            print(
+                f"interrupted; job {handle.id} is not cancelled (it runs): llmq subscribe {handle.id}", file=sys.stderr
+            )
             return 130
         finally:
             watching.set()
