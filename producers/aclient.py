@@ -320,6 +320,8 @@ class AsyncClient(ClientCore):
             meta = await self.status(job_id)
             last = self.last_event(await self.redis.xrevrange(keys.events, count=1))
             presences = await live_presences_async(self.redis)
+        except REDIS_DOWN as exc:
+            return self.unreachable_reason(what, exc)
         except redis.RedisError:
             return what
         return self.timeout_reason(what, meta, last, presences)

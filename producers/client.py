@@ -350,6 +350,8 @@ class Client(ClientCore):
             meta = self.status(job_id)
             last = self.last_event(self.redis.xrevrange(keys.events, count=1))
             presences = live_presences(self.redis)
+        except REDIS_DOWN as exc:
+            return self.unreachable_reason(what, exc)
         except redis.RedisError:
             return what
         return self.timeout_reason(what, meta, last, presences)

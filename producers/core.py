@@ -389,6 +389,14 @@ class ClientCore:
             return None
         return f"job {job_id} is still queued and {self.no_worker_text(queue, presences)}; still waiting"
 
+    def unreachable_reason(self, what: str, exc: BaseException) -> str:
+        """A wait's timeout (``what``) when Redis cannot be asked what is true of the job: the wait
+        ended while Redis was down (it reconnected until then), which is the thing to fix."""
+        return (
+            f"{what}: Redis at {shown_url(self.redis_url)} cannot be reached now ({exc}); "
+            "the job runs once Redis is back (start it, or check LLMQ_REDIS_URL)"
+        )
+
     def timeout_reason(
         self,
         what: str,

@@ -5,9 +5,12 @@ Real Redis; workers are real (the in-process one) or stand in by publishing a pr
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis
 
+from llmq.localredis import ManagedRedis
 from producers import AsyncClient, Client, ResultTimeoutError
 from producers.settings import ProducerSettings
 from simulator.app import SimulatorThread
@@ -28,6 +31,29 @@ def test_no_worker_on_the_queue_is_said(redis_url: str) -> None:
         with pytest.raises(ResultTimeoutError) as streamed:
             list(handle.stream(timeout=0.5))
         assert "no worker consumes queue 'nobody-home'" in str(streamed.value)
+
+
+def test_a_wait_that_ends_while_redis_is_down_says_so() -> None:
+    """The wait reconnects until its timeout; then it cannot ask what is true of the job, and says
+    that Redis is the thing to fix, with the URL (was only 'no terminal event for job ... within 1.5s',
+    what ``llmq submit`` printed after its Redis died). Both clients."""
+    with ManagedRedis() as server:
+        with Client(server.url, queue="nobody-home") as client:
+            handle = client.submit(JOB)
+            server.stop()
+            with pytest.raises(ResultTimeoutError) as waited:
+                handle.result(timeout=1.5)
+
+        async def wait_async() -> str:
+            async with AsyncClient(server.url, queue="nobody-home") as aclient:
+                with pytest.raises(ResultTimeoutError) as awaited:
+                    await aclient.result(handle.id, timeout=1.5)
+                return str(awaited.value)
+
+        async_text = asyncio.run(wait_async())
+    for text in (str(waited.value), async_text):
+        assert f"no terminal event for job {handle.id} within 1.5s: Redis at {server.url} cannot be reached now" in text
+        assert "the job runs once Redis is back" in text, text
 
 
 async def test_the_async_client_says_the_same(redis_url: str) -> None:
