@@ -9,7 +9,9 @@ producers: the events are Celery's own, buffered in a :class:`celery.events.Even
 events, which Flower's ``EventReceiver`` unpacks, at least every ``LLMQ_TASK_EVENTS_FLUSH_MS`` (250)
 or when 64 are buffered. :meth:`SentEvents.close` (``Client.close``, ``with Client(...)``) publishes
 what is left; a producer killed before that loses at most one period of ``task-sent`` events (Flower
-then first sees those jobs when a worker receives them), never a job.
+then first sees those jobs when a worker receives them), never a job. So does a close while the broker
+is unreachable: the events' connection tries it once per flush, without kombu's connection retries
+(:data:`NO_RETRY`), so ``Client.close`` does not sit seconds in them.
 
 How. Celery's ``send_task`` takes an ``event_dispatcher`` (what it calls ``publish`` on): this class
 is one. It keeps a dispatcher of its own on its own broker connection, made on first use in each
@@ -32,6 +34,15 @@ log = logging.getLogger("llmq.producer")
 
 #: ``task-sent`` events buffered before the one that fills the buffer publishes them (as workers do).
 BUFFER_LIMIT = 64
+#: The events' own connection tries a broker once per flush, for at most this long (seconds): kombu's
+#: default is to retry for ``broker_connection_timeout`` (4 s), which a flusher and then the close each
+#: spent in full when Redis was gone: ``llmq submit`` sat ~10 s after its error line. Monitoring
+#: events a flush cannot publish stay in the dispatcher's offline buffer for the next flush, and a
+#: close that cannot publish them gives them up (Flower then first sees those jobs at a worker).
+CONNECT_TIMEOUT_S = 1.0
+#: The events' connection only (merged over the app's ``broker_transport_options``; jobs keep theirs):
+#: no connection retries, and redis-py's own connect bounded too.
+NO_RETRY: dict[str, Any] = {"max_retries": 0, "socket_connect_timeout": CONNECT_TIMEOUT_S}
 
 
 class SentEvents:
@@ -112,7 +123,9 @@ class SentEvents:
             if self._closed:
                 return None
             if self._dispatcher is None or self._pid != pid:
-                connection = self._app.connection_for_write()
+                connection = self._app.connection_for_write(
+                    connect_timeout=CONNECT_TIMEOUT_S, transport_options=NO_RETRY
+                )
                 dispatcher = self._app.events.Dispatcher(
                     connection, enabled=True, buffer_group=["task"], buffer_limit=self._limit
                 )

@@ -8,9 +8,13 @@ close, the buffer limit or the flusher; the tests wait for counts, never for dur
 from __future__ import annotations
 
 import json
+import socket
+import threading
+from types import TracebackType
 from typing import Any
 
 from producers import Client
+from producers.core import make_celery
 from producers.sentevents import BUFFER_LIMIT, SentEvents
 from producers.settings import ProducerSettings
 from tests.support.taskevents import EventCapture
@@ -105,3 +109,44 @@ def test_no_task_sent_events_when_task_events_are_off(redis_url: str) -> None:
             _submit(client, 3)
         capture.sync()
         assert _sent(capture) == []
+
+
+class HangUpListener:
+    """A real TCP listener that takes each connection and closes it at once (a Redis that is gone,
+    as kombu and redis-py see it: the connect succeeds, the first read fails); counts the connections."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self._sock.getsockname()[1]}/0"
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> HangUpListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self._sock.close()
+        self._thread.join(timeout=5)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # closed
+                return
+            self.accepted += 1
+            conn.close()
+
+
+def test_close_tries_an_unreachable_broker_once_and_gives_the_events_up(redis_url: str) -> None:
+    """The events are Flower's, not the jobs': a close that cannot publish them does not retry
+    (kombu would, for seconds, and ``llmq submit`` would sit there after its error line)."""
+    with HangUpListener() as gone:
+        client = _client(redis_url)
+        client.sent_events = SentEvents(make_celery(gone.url, client.queue), period_s=3600)
+        ids = _submit(client, 3)  # the jobs go to the real Redis, their events wait for the close
+        assert client.sent_events.buffered() == 3 and gone.accepted == 0
+        client.close()
+        assert gone.accepted == 1
+        assert client.redis.exists(*[f"llmq:job:{{{i}}}:meta" for i in ids]) == 3  # the jobs are queued
