@@ -19,7 +19,7 @@ from producers import Client, InvalidJobError
 from producers.client import make_celery
 from simulator.app import SimulatorThread
 from simulator.env import provider_env
-from tests.support.brokers import Broker, amqp_worker, queued_count
+from tests.support.brokers import Broker, amqp_worker, deliver_again, queued_count
 from tests.support.spend import global_spent_usd
 from tests.support.waits import until
 from workers.contract import TASK_NAME, JobKeys
@@ -116,7 +116,7 @@ def test_a_finished_job_delivered_again_stops_at_its_stored_result(
     spent = global_spent_usd(redis_url)
     events = list(handle.stream(timeout=5))
     ran = worker_state.total_count[TASK_NAME]  # tasks this process's (in-process) worker ended
-    client.send(client.stamped(_job(id="order-77")))
+    deliver_again(client, redis_client, client.stamped(_job(id="order-77")))
     # the task ran and ended; its message was queued, then held (never neither), then acked and gone
     until(
         lambda: (

@@ -20,6 +20,7 @@ from producers import Client
 from producers.client import make_celery
 from simulator.app import SimulatorThread
 from simulator.env import provider_env
+from tests.support.brokers import deliver_again
 from tests.support.spend import global_spent_usd
 from tests.support.tools import tools_worker_settings
 from tests.support.waits import until
@@ -241,7 +242,7 @@ def test_a_duplicate_delivery_of_the_leader_leaves_its_lead_in_place(
     until(lambda: sim.stats.requests >= 1, "the leader's request", 30)
     (lead,) = r.keys("llmq:{cache}:lead:*")
     before = r.pttl(lead)
-    client.send(CompletionJob.model_validate(_job(id="dup-lead")))
+    deliver_again(client, r, CompletionJob.model_validate(_job(id="dup-lead")))
     # the duplicate ran once its lookup touched the lead: renewed it, or (before the fix) ended it
     until(lambda: r.pttl(lead) > before or not r.exists(lead), "the duplicate's claim", 30)
     assert sim.stats.open_streams == 1  # the leader is still calling: its lead must be in place

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import redis
 
+from producers.client import Client
 from workers.connections.brokerurl import is_amqp
 from workers.connections.schedule import queue_prefix
+from workers.contract import CompletionJob, JobKeys
 from workers.settings import Settings
 
 __all__ = ["Broker", "amqp_worker", "queued_count", "queued_payloads"]
@@ -44,3 +46,13 @@ def queued_payloads(r: redis.Redis, queue: str) -> list[bytes]:
 def queued_count(r: redis.Redis, queue: str) -> int:
     """How many messages a Redis queue holds, not taken by a worker."""
     return len(queued_payloads(r, queue))
+
+
+def deliver_again(client: Client, r: redis.Redis, job: CompletionJob) -> None:
+    """The job's message once more, as a broker restore or redelivery sends it (a worker died before
+    its ack left; a message held too long was restored). A producer's send of a job whose send is
+    already recorded queues nothing (``push_once``: the same send repeated after its reply was lost);
+    a redelivery is not a producer's send, so the record is lifted for this one send (the push
+    records it again)."""
+    r.hdel(JobKeys(job.id).meta, "sent")
+    client.send(job)
