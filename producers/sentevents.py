@@ -40,6 +40,10 @@ BUFFER_LIMIT = 64
 #: events a flush cannot publish stay in the dispatcher's offline buffer for the next flush, and a
 #: close that cannot publish them gives them up (Flower then first sees those jobs at a worker).
 CONNECT_TIMEOUT_S = 1.0
+#: Longest wait for a broker's reply on the events' connection (seconds): a broker that takes the
+#: connection and never answers (hung, or not Redis) would otherwise hold a flush, and so
+#: ``Client.close``, forever; a flush it cuts keeps its events for the next one.
+REPLY_TIMEOUT_S = 5.0
 #: The events' connection only (merged over the app's ``broker_transport_options``; jobs keep theirs):
 #: no connection retries, and redis-py's own connect bounded too.
 NO_RETRY: dict[str, Any] = {"max_retries": 0, "socket_connect_timeout": CONNECT_TIMEOUT_S}
@@ -48,12 +52,15 @@ NO_RETRY: dict[str, Any] = {"max_retries": 0, "socket_connect_timeout": CONNECT_
 class SentEvents:
     """The ``event_dispatcher`` a producer gives ``send_task``: ``task-sent`` events kept for a flush."""
 
-    def __init__(self, app: Celery, *, period_s: float, limit: int = BUFFER_LIMIT) -> None:
+    def __init__(
+        self, app: Celery, *, period_s: float, limit: int = BUFFER_LIMIT, reply_timeout_s: float = REPLY_TIMEOUT_S
+    ) -> None:
         if period_s <= 0:
             raise ValueError("period_s must be positive (0 means: let Celery publish each event)")
         self._app = app
         self._period_s = period_s
         self._limit = limit
+        self._transport_options = {**NO_RETRY, "socket_timeout": reply_timeout_s}
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._connection: Any = None
@@ -124,7 +131,7 @@ class SentEvents:
                 return None
             if self._dispatcher is None or self._pid != pid:
                 connection = self._app.connection_for_write(
-                    connect_timeout=CONNECT_TIMEOUT_S, transport_options=NO_RETRY
+                    connect_timeout=CONNECT_TIMEOUT_S, transport_options=self._transport_options
                 )
                 dispatcher = self._app.events.Dispatcher(
                     connection, enabled=True, buffer_group=["task"], buffer_limit=self._limit

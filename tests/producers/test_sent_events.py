@@ -150,3 +150,41 @@ def test_close_tries_an_unreachable_broker_once_and_gives_the_events_up(redis_ur
         client.close()
         assert gone.accepted == 1
         assert client.redis.exists(*[f"llmq:job:{{{i}}}:meta" for i in ids]) == 3  # the jobs are queued
+
+
+class SilentListener(HangUpListener):
+    """A real TCP listener that takes each connection, reads what it is sent and never answers (a hung
+    Redis, or something that is not Redis)."""
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # closed
+                return
+            self.accepted += 1
+            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _drain(conn: socket.socket) -> None:
+        with conn:
+            while True:
+                try:
+                    if not conn.recv(65536):
+                        return
+                except OSError:
+                    return
+
+
+def test_close_gives_up_on_a_broker_that_never_answers(redis_url: str) -> None:
+    """A broker that takes the connection and never answers holds a close only up to the reply
+    timeout; the jobs are queued (in the real Redis) all the same."""
+    with SilentListener() as silent:
+        client = _client(redis_url)
+        client.sent_events = SentEvents(make_celery(silent.url, client.queue), period_s=3600, reply_timeout_s=0.2)
+        ids = _submit(client, 2)
+        closing = threading.Thread(target=client.close, daemon=True)
+        closing.start()
+        closing.join(60)  # a hang guard, not a timing check: without a reply timeout it never returns
+        assert not closing.is_alive() and silent.accepted >= 1
+        assert client.redis.exists(*[f"llmq:job:{{{i}}}:meta" for i in ids]) == 2
