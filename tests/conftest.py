@@ -39,6 +39,18 @@ def pytest_sessionfinish() -> None:
     gc.collect()
 
 
+@pytest.fixture
+def no_cyclic_gc() -> Iterator[None]:
+    """The cyclic collector off for the test (collected first): what is freed is freed by reference
+    counting, as an ended job's objects must be."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 @pytest.fixture(scope="session")
 def redis_server_url() -> Iterator[str]:
     url = os.environ.get("LLMQ_TEST_REDIS_URL")

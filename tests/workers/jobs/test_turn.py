@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gc
 import time
 import weakref
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -55,14 +53,14 @@ class OneCallModel(ChatModel):
             request.abort.disarm()
 
 
-@pytest.fixture
-def no_cyclic_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+def _turns(run: JobRun, model: OneCallModel, client: redis.Redis, watcher: CancelWatcher) -> Turns:
+    return Turns(
+        run,
+        model,
+        store=JobStore(client, result_ttl_s=60, claim_lease_s=30),
+        cancel_watcher=watcher,
+        clock=time.monotonic,
+    )
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -75,13 +73,7 @@ def test_an_ended_calls_objects_are_freed_when_it_ends_not_with_the_job(
     run = JobRun(job, keys, publisher, RunContext(), started=time.monotonic())
     watcher = CancelWatcher(redis_client)  # not started: its hooks only
     model = OneCallModel()
-    turns = Turns(
-        run,
-        model,
-        store=JobStore(redis_client, result_ttl_s=60, claim_lease_s=30),
-        cancel_watcher=watcher,
-        clock=time.monotonic,
-    )
+    turns = _turns(run, model, redis_client, watcher)
     request = ChatRequest(messages=job.messages, params=job, abort=None if stream else AbortSignal())
 
     for _ in range(2):  # two turns (a tool loop's, a repair's): each call's objects go as it ends
@@ -101,13 +93,7 @@ def test_a_cancel_heard_between_streamed_calls_stops_the_next_one_at_once(redis_
     run = JobRun(job, keys, EventPublisher(redis_client, keys, run=1, start_seq=0), RunContext(), started=0.0)
     watcher = CancelWatcher(redis_client)
     model = OneCallModel(delay=0.01)
-    turns = Turns(
-        run,
-        model,
-        store=JobStore(redis_client, result_ttl_s=60, claim_lease_s=30),
-        cancel_watcher=watcher,
-        clock=time.monotonic,
-    )
+    turns = _turns(run, model, redis_client, watcher)
     request = ChatRequest(messages=job.messages, params=job)
     assert turns.take(request).text == "ab"
     watcher._fire(job.id.encode())  # as its listener does when the job's cancel is published

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import contextvars
-import gc
 import weakref
-from collections.abc import Iterator
 
 import gevent
-import pytest
 from celery import Celery
 
 from workers.runtime.pool import GeventPool
@@ -20,16 +17,6 @@ JOB_LOCAL: contextvars.ContextVar[object] = contextvars.ContextVar("test_job_loc
 
 class JobLocal:
     pass
-
-
-@pytest.fixture
-def no_cyclic_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def test_an_ended_jobs_greenlet_and_context_are_freed_without_the_cyclic_gc(no_cyclic_gc: None) -> None:
