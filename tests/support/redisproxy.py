@@ -23,23 +23,14 @@ import redis
 __all__ = ["ReplyCutProxy", "VersionProxy"]
 
 
-class VersionProxy:
-    """``with VersionProxy(redis_url, major=6, minor=0) as url:`` a Redis URL whose INFO says 6.0.x."""
+class _Proxy:
+    """A TCP proxy on a free loopback port in front of ``redis_url``'s server: ``with proxy as url``
+    gives a Redis URL through it; each connection is served by :meth:`_serve` in a thread of its own."""
 
-    def __init__(self, redis_url: str, *, major: int = 6, minor: int = 0) -> None:
+    def __init__(self, redis_url: str) -> None:
         parts = urlsplit(redis_url)
         self._target = (parts.hostname or "127.0.0.1", parts.port or 6379)
         self._path = parts.path
-        client = redis.Redis.from_url(redis_url)
-        real = str(client.info("server")["redis_version"])
-        client.close()
-        prefix = f"{major}.{minor}."
-        if len(real) <= len(prefix):
-            raise ValueError(f"cannot present {prefix}x in place of {real} at the same length")
-        #: What the proxy reports instead of the real version (same length).
-        self.version = prefix + "9" * (len(real) - len(prefix))
-        self._real = b"redis_version:" + real.encode()
-        self._fake = b"redis_version:" + self.version.encode()
         self._server: socketserver.ThreadingTCPServer | None = None
 
     def __enter__(self) -> str:
@@ -58,6 +49,26 @@ class VersionProxy:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+    def _serve(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class VersionProxy(_Proxy):
+    """``with VersionProxy(redis_url, major=6, minor=0) as url:`` a Redis URL whose INFO says 6.0.x."""
+
+    def __init__(self, redis_url: str, *, major: int = 6, minor: int = 0) -> None:
+        super().__init__(redis_url)
+        client = redis.Redis.from_url(redis_url)
+        real = str(client.info("server")["redis_version"])
+        client.close()
+        prefix = f"{major}.{minor}."
+        if len(real) <= len(prefix):
+            raise ValueError(f"cannot present {prefix}x in place of {real} at the same length")
+        #: What the proxy reports instead of the real version (same length).
+        self.version = prefix + "9" * (len(real) - len(prefix))
+        self._real = b"redis_version:" + real.encode()
+        self._fake = b"redis_version:" + self.version.encode()
 
     def _serve(self, client: socket.socket) -> None:
         upstream = socket.create_connection(self._target)
@@ -94,7 +105,7 @@ class VersionProxy:
             upstream.close()  # the client left: end the other direction too
 
 
-class ReplyCutProxy:
+class ReplyCutProxy(_Proxy):
     """``with ReplyCutProxy(redis_url, marker) as url:`` a Redis URL whose connections are forwarded
     byte for byte, except once: the first request holding ``marker`` whose reply is not an error is
     run by Redis, and then the connection is closed instead of the reply being passed on (an error
@@ -102,30 +113,10 @@ class ReplyCutProxy:
     :attr:`cuts` counts the replies lost (0 or 1)."""
 
     def __init__(self, redis_url: str, marker: bytes) -> None:
-        parts = urlsplit(redis_url)
-        self._target = (parts.hostname or "127.0.0.1", parts.port or 6379)
-        self._path = parts.path
+        super().__init__(redis_url)
         self._marker = marker
         self._lock = threading.Lock()
         self.cuts = 0
-        self._server: socketserver.ThreadingTCPServer | None = None
-
-    def __enter__(self) -> str:
-        proxy = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                proxy._serve(self.request)
-
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return f"redis://127.0.0.1:{self._server.server_address[1]}{self._path}"
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
 
     def _serve(self, client: socket.socket) -> None:
         upstream = socket.create_connection(self._target)
