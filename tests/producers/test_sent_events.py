@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from types import TracebackType
 from typing import Any
 
 from producers import Client
@@ -18,6 +17,7 @@ from producers.core import make_celery
 from producers.sentevents import BUFFER_LIMIT, SentEvents
 from producers.settings import ProducerSettings
 from tests.support.taskevents import EventCapture
+from tests.support.tcplistener import TCPListener
 from tests.support.waits import until
 from workers.contract import DEFAULT_QUEUE
 
@@ -111,32 +111,16 @@ def test_no_task_sent_events_when_task_events_are_off(redis_url: str) -> None:
         assert _sent(capture) == []
 
 
-class HangUpListener:
+class HangUpListener(TCPListener):
     """A real TCP listener that takes each connection and closes it at once (a Redis that is gone,
     as kombu and redis-py see it: the connect succeeds, the first read fails); counts the connections."""
 
     def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"redis://127.0.0.1:{self._sock.getsockname()[1]}/0"
-        self.accepted = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        super().__init__()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
 
-    def __enter__(self) -> HangUpListener:
-        self._thread.start()
-        return self
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self._sock.close()
-        self._thread.join(timeout=5)
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:  # closed
-                return
-            self.accepted += 1
-            conn.close()
+    def serve(self, conn: socket.socket) -> None:
+        conn.close()
 
 
 def test_close_tries_an_unreachable_broker_once_and_gives_the_events_up(redis_url: str) -> None:
@@ -146,9 +130,9 @@ def test_close_tries_an_unreachable_broker_once_and_gives_the_events_up(redis_ur
         client = _client(redis_url)
         client.sent_events = SentEvents(make_celery(gone.url, client.queue), period_s=3600)
         ids = _submit(client, 3)  # the jobs go to the real Redis, their events wait for the close
-        assert client.sent_events.buffered() == 3 and gone.accepted == 0
+        assert client.sent_events.buffered() == 3 and gone.connections == 0
         client.close()
-        assert gone.accepted == 1
+        assert gone.connections == 1
         assert client.redis.exists(*[f"llmq:job:{{{i}}}:meta" for i in ids]) == 3  # the jobs are queued
 
 
@@ -156,17 +140,7 @@ class SilentListener(HangUpListener):
     """A real TCP listener that takes each connection, reads what it is sent and never answers (a hung
     Redis, or something that is not Redis)."""
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:  # closed
-                return
-            self.accepted += 1
-            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _drain(conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         with conn:
             while True:
                 try:
@@ -186,5 +160,5 @@ def test_close_gives_up_on_a_broker_that_never_answers(redis_url: str) -> None:
         closing = threading.Thread(target=client.close, daemon=True)
         closing.start()
         closing.join(60)  # a hang guard, not a timing check: without a reply timeout it never returns
-        assert not closing.is_alive() and silent.accepted >= 1
+        assert not closing.is_alive() and silent.connections >= 1
         assert client.redis.exists(*[f"llmq:job:{{{i}}}:meta" for i in ids]) == 2

@@ -19,6 +19,7 @@ import httpx2
 import pytest
 
 from simulator.app import SimulatorThread
+from tests.support.tcplistener import TCPListener
 from tests.support.waits import until
 from workers.llm.abort import AbortSignal
 from workers.llm.chunkedbody import read_chunked
@@ -107,30 +108,18 @@ def test_a_broken_body_is_the_librarys_protocol_error_and_h11_stays_unfinished(b
 # --- through the client, on real sockets --------------------------------------------------------------
 
 
-class ChunkServer:
+class ChunkServer(TCPListener):
     """Answers each request on a keep-alive connection with the next scripted response (a list of
     writes; ``None``: hang up there; ``"wait"``: stall until released)."""
 
     def __init__(self, responses: list[list[bytes | str | None]]) -> None:
+        super().__init__()
         self.responses = responses
-        self.connections = 0
         self.release = threading.Event()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1/x"
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.port}/v1/x"
+        self.start()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with conn:
             data = b""
@@ -157,7 +146,7 @@ class ChunkServer:
 
     def close(self) -> None:
         self.release.set()
-        self.sock.close()
+        super().close()
 
 
 def _error(status: int, headers: object, body: bytes) -> LLMQError:  # pragma: no cover - 2xx only here

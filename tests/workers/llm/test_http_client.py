@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import httpcore2
 import pytest
 
+from tests.support.tcplistener import TCPListener
 from tests.support.waits import until
 from workers.llm.errors import LLMQError
 from workers.llm.httpclient import HTTPClient, HTTPSettings, _ProbingBackend, _ProbingStream
@@ -17,29 +17,17 @@ from workers.llm.httpclient import HTTPClient, HTTPSettings, _ProbingBackend, _P
 BODY = b'{"ok":true}'
 
 
-class ClosingServer:
+class ClosingServer(TCPListener):
     """Answers each request with keep-alive, then closes the idle socket 50 ms later."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.connections = 0
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}"
         #: Connections this server has hung up on.
         self.closed = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.start()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         with conn:
             data = b""
             while b"\r\n\r\n" not in data:
@@ -51,9 +39,6 @@ class ClosingServer:
             conn.sendall(head.encode() + BODY)
             time.sleep(0.05)  # then hang up on the idle keep-alive connection
         self.closed += 1
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
