@@ -30,6 +30,7 @@ from simulator.app import SimulatorThread
 from simulator.env import provider_env
 from tests.support import tools as T
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
+from tests.support.waits import until
 from workers.runtime.app import close_runner, create_app, runner_for
 from workers.runtime.logs import JsonFormatter
 from workers.settings import Settings
@@ -232,6 +233,8 @@ def test_metrics_count_every_decision_after_real_jobs(traced_worker: Any, produc
     ]
     results = [producer.submit(j).result(timeout=60) for j in jobs]
     assert [r.status for r in results] == ["succeeded", "succeeded", "failed"]
+    # a result is visible from its terminal write; its run counts it in the metrics just after
+    until(lambda: runner_for(traced_worker).runs_in_flight() == 0, "the runs' bookkeeping to end", 60)
     text = _metrics_text(traced_worker)
     samples = _samples(text)
 

@@ -96,6 +96,8 @@ def test_a_worker_counts_running_jobs_and_their_wait_by_class(
     app = create_app(settings, provider_env=provider_env(simulator.url))
     with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, without_heartbeat=True):
         until(lambda: redis_client.llen(reply) >= 5, "the five jobs to end", 120)
+        # a reply is pushed by the terminal write; the run counts itself ended just after it
+        until(lambda: runner_for(app).runs_in_flight() == 0, "the five runs' bookkeeping to end", 60)
         samples: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = _samples(runner_for(app).res.metrics.registry)
     close_runner(app)
     waits = _named(samples, "llmq_queue_wait_seconds_count")

@@ -319,6 +319,13 @@ class JobRunner:
             if run.token and not publisher.claim_pending:
                 res.store.release(keys, run.token)
 
+    def runs_in_flight(self) -> int:
+        """How many runs this process holds now. A run counts until its bookkeeping after the terminal
+        write is done too (its metrics and its log line): a caller that saw a job's
+        result and waits for this to reach 0 reads metrics and logs that include that job."""
+        with self._running_lock:
+            return len(self._running)
+
     def stop_taking_jobs(self) -> None:
         """The worker is shutting down: a job that starts from now on is handed back before it is
         claimed (no event, no run number, no charge), so its task re-queues it for another worker.
