@@ -87,6 +87,13 @@ def line_state(r: redis.Redis, job_id: str) -> str | None:
     return raw.decode() if raw else None
 
 
+def parking_over(r: redis.Redis, *job_ids: str) -> bool:
+    """Each job's line waits in the lane and the run that parked it is over (its claim released): the
+    line shows ``pending`` a moment before that run ends, and a batcher ending the job in that moment
+    finds its claim held and re-queues it for a lease (a test pumping the batcher at once, under load)."""
+    return all(line_state(r, i) == "pending" and not r.exists(JobKeys(i).claim) for i in job_ids)
+
+
 def sim_batches(sim: SimulatorThread) -> dict[str, Any]:
     return dict(httpx2.get(f"{sim.url}/_sim/stats").json()["batches"])
 
@@ -191,7 +198,7 @@ def test_mixed_outcomes_each_line_ends_once_with_its_status(
     batch_app: LLMQCelery, client: Client, simulator: SimulatorThread, redis_client: redis.Redis, redis_url: str
 ) -> None:
     def parked(batcher: Batcher, job_ids: list[str]) -> None:  # each job's run parks it
-        until(lambda: all(line_state(redis_client, i) == "pending" for i in job_ids), "the jobs parked", 120)
+        until(lambda: parking_over(redis_client, *job_ids), "the jobs parked", 120)
 
     check_mixed_outcomes(batch_app, client, simulator, redis_client, redis_url, parked)
 
@@ -291,7 +298,7 @@ def test_via_auto_goes_to_a_batch_only_when_the_deadline_leaves_room(
         extra["deadline_s"] = deadline_s
     handle = client.submit(_job("openai:gpt-4o-mini", **extra))
     if route == "batch":
-        until(lambda: line_state(redis_client, handle.id) == "pending", "the job parked", 120)
+        until(lambda: parking_over(redis_client, handle.id), "the job parked", 120)
         pump(batcher, lambda: bool(redis_client.exists(JobKeys(handle.id).result)), "the job's end")
     result = handle.result(timeout=60)
     assert result.status == "succeeded"
@@ -323,7 +330,7 @@ def test_a_batched_job_is_one_flower_task_that_ends_with_its_result(
     batcher = batcher_for(batch_app)
     with EventCapture(redis_url) as capture:
         handle = client.submit(_job("anthropic:claude-sonnet-4-5"))
-        until(lambda: line_state(redis_client, handle.id) == "pending", "the job parked", 120)
+        until(lambda: parking_over(redis_client, handle.id), "the job parked", 120)
         pump(batcher, lambda: bool(redis_client.exists(JobKeys(handle.id).result)), "the job's end")
         assert handle.result(timeout=30).status == "succeeded"
 
@@ -348,7 +355,7 @@ def test_a_line_whose_deadline_came_near_while_it_waited_runs_live_unsent(
     ahead) the deadline is within live_margin_s (50 s): it runs live, and no batch carries it."""
     batcher = batcher_for(batch_app, clock=lambda: time.time() + 1960)
     handle = client.submit(_job("openai:gpt-4o-mini", deadline_s=2000))
-    until(lambda: line_state(redis_client, handle.id) == "pending", "the job parked", 120)
+    until(lambda: parking_over(redis_client, handle.id), "the job parked", 120)
     pump(batcher, lambda: bool(redis_client.exists(JobKeys(handle.id).result)), "the job's end")
     assert handle.result(timeout=30).status == "succeeded"
     assert line_state(redis_client, handle.id) == "live"
@@ -368,7 +375,7 @@ def test_the_workers_metrics_show_lines_waiting_and_batches_by_step(
     batcher = batcher_for(batch_app)
     simulator.simulator.config.batch_processing_s = 3600.0
     ids = [client.submit(_job(model)).id for _ in range(3)]
-    until(lambda: all(line_state(redis_client, i) == "pending" for i in ids), "three jobs parked", 120)
+    until(lambda: parking_over(redis_client, *ids), "three jobs parked", 120)
     assert sample("llmq_provider_batch_lines_waiting", model=model) == 3
     assert (sample("llmq_provider_batch_oldest_wait_seconds", model=model) or 0) >= 0
     batcher.tick()
