@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -104,6 +105,41 @@ def test_what_is_not_clean_is_not_stored(worker, client: Client, simulator: Simu
     shared = [client.submit(_job(temperature=0.7, cache={"ttl_s": 60, "sampled": True})).result(timeout=30)
               for _ in range(2)]  # fmt: skip
     assert [r.cached for r in shared] == [False, True] and simulator.simulator.stats.requests == 9
+
+
+class LeadsAtTheJobLine(logging.Handler):
+    """Records the cache's leads in Redis when each job's final log line is written: after its terminal
+    write (its result is visible), before the run's own clean-up."""
+
+    def __init__(self, redis_url: str) -> None:
+        super().__init__()
+        self.redis = redis.Redis.from_url(redis_url)
+        self.seen: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "llmq", None) or {}  # workers/jobs/observe.py's structured fields
+        if fields.get("event") == "job":
+            self.seen[fields["job_id"]] = len(self.redis.keys("llmq:{cache}:lead:*"))
+
+
+def test_a_lead_ends_with_its_result_whatever_the_answer(
+    worker, client: Client, simulator: SimulatorThread, redis_url: str
+) -> None:
+    """A caller who saw a refusal and asks again gets a call, not the refusal shared as cached: the
+    lead ended in the same write as the result (it ended after it, in the run's clean-up, and a job
+    submitted in between followed the finished lead)."""
+    handler = LeadsAtTheJobLine(redis_url)
+    jobs_log = logging.getLogger("llmq.jobs")
+    jobs_log.addHandler(handler)
+    try:
+        ids = [
+            client.submit(_job(model=f"{MODEL}~{fault}")).result(timeout=30).id for fault in ("refusal", "400", "ok")
+        ]
+    finally:
+        jobs_log.removeHandler(handler)
+        handler.redis.close()
+    assert handler.seen == {job_id: 0 for job_id in ids}  # no lead left once a result is written
+    assert _entries(redis_url) == 1  # only the clean answer stored
 
 
 def test_filtered_and_invalid_structured_answers_are_not_stored(

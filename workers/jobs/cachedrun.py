@@ -4,8 +4,9 @@ The pipeline asks :meth:`CachedRun.begin` once the job's chain is resolved and i
 rendered, before any call: it returns the answer to serve (from the cache, or from an identical
 job in flight that this one followed), or None when this job leads and calls upstream itself.
 A clean answer (succeeded, no refusal, no content filter) is stored by :meth:`terminal_writes`
-inside the job's terminal flush, which also ends the lead; any other ending ends the lead through
-:meth:`end`, so followers never wait on a job that is gone.
+inside the job's terminal flush, which ends the lead whatever the answer (so a job submitted after
+the result was seen calls again, not follows); an ending without a terminal flush (re-queued, fenced,
+handed back, the flush failed) ends it through :meth:`end`, so followers never wait on a job that is gone.
 """
 
 from __future__ import annotations
@@ -98,19 +99,24 @@ class CachedRun:
             taking_over = begun.leader
 
     def terminal_writes(self, result: CompletionResult, raw: str | None = None) -> list[Write]:
-        """The writes that store ``result`` (``raw``: its JSON, when the caller has it) and end the
-        lead, for the leader's terminal flush; none when this job does not lead or the answer is not
-        storable."""
-        if not self.leading or not storable(result):
+        """The writes that end the lead in the leader's terminal flush, storing ``result`` (``raw``: its
+        JSON, when the caller has it) when it is storable; none when this job does not lead.
+
+        The lead ends with the result's write, not after it: an identical job submitted by a caller
+        who saw this result (a refusal, say) must call again, not follow a lead that has answered."""
+        if not self.leading:
             return []
-        writes = self.cache.store_writes(self.key, raw or result.model_dump_json(), int(time.time() * 1000))
         metrics = self.cache.metrics
+        if not storable(result):
+            if metrics is not None:
+                metrics.stored("not_storable").inc()
+            self.leading = False  # the flush ends the lead
+            return self.cache.release_writes(self.key)
+        writes = self.cache.store_writes(self.key, raw or result.model_dump_json(), int(time.time() * 1000))
         if metrics is not None:
             metrics.stored("stored" if writes is not None else "too_large").inc()
-        if writes is None:
-            return []
         self.leading = False  # the flush ends the lead
-        return writes
+        return writes if writes is not None else self.cache.release_writes(self.key)
 
     def end(self, result: CompletionResult | None) -> None:
         """The job ended with ``result`` (None: it did not end here: re-queued, fenced, handed back)

@@ -214,6 +214,11 @@ class ResponseCache:
         pipe.execute()
         return True
 
+    def release_writes(self, key: CacheKey) -> list[Write]:
+        """The write that ends a lead without an answer, run inside the leader's terminal flush (fenced
+        by its claim, like :meth:`store_writes`: the lead it deletes is its own)."""
+        return [("DEL", self._lead(key))]
+
     def release(self, key: CacheKey, job_id: str) -> None:
         """End ``job_id``'s lead without an answer (failed, cancelled, not cacheable)."""
         self._release(keys=[self._lead(key)], args=[job_id])
