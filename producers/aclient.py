@@ -27,6 +27,7 @@ from producers.core import (
 )
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError, RedisFullError
+from producers.onestep import SUBMIT_LUA
 from producers.prompts import AsyncPromptResolver, job_data
 from producers.providers import LiveProviders, capability_error
 from producers.settings import ProducerSettings
@@ -88,6 +89,7 @@ class AsyncClient(ClientCore):
             socket_connect_timeout=self.settings.redis_connect_timeout_s,
         )
         self._register = self.redis.register_script(REGISTER_LUA)
+        self._submit = self.redis.register_script(SUBMIT_LUA)
         self._broker_redis: aredis.Redis | None = None
         self.prompts = AsyncPromptResolver(self.redis)
         self._tools = LiveTools()
@@ -119,33 +121,59 @@ class AsyncClient(ClientCore):
         keys, args = self.register_args(valid)
         await self._admit(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
-            try:
-                fresh = self.registered(await self._register_riding_out(keys, args), valid)
-            except redis.RedisError as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                raise await self._full(self.memory, self.redis, "registering the job") from exc
+            if not self.hands_to_batch(valid) and self.one_step.usable(valid):
+                fresh = await self._submit_in_one_step(valid, keys, args)
+            else:
+                fresh = await self._register_then_send(valid, keys, args)
             if not fresh:
                 if span.is_recording():
                     span.set_attribute("llmq.duplicate", True)
                 return AsyncJobHandle(valid.id, False, self)
-            try:
-                if self.hands_to_batch(valid):  # the provider batch lane: one round trip, no message
-                    pipe = self.redis.pipeline(transaction=False)
-                    self.intake_commands(pipe, valid)
-                    await pipe.execute()
-                else:
-                    # kombu is synchronous; keep the event loop free while it talks to the broker
-                    await asyncio.to_thread(self.send, valid)
-            except Exception as exc:
-                await self._unregister(valid, keys, fresh)
-                if not is_out_of_memory(exc):
-                    raise
-                mark, client = self._watched()[-1]  # the Redis holding the queue
-                raise await self._full(mark, client, "queueing the job") from exc
+        return AsyncJobHandle(valid.id, True, self)
+
+    async def _submit_in_one_step(self, job: CompletionJob, keys: list[str], args: list[Any]) -> int:
+        """Register and queue ``job`` with one script, on the event loop (``Client._submit_in_one_step``)."""
+        script_args, argsrepr = self.one_step.script_args(job, args)
+        try:
+            fresh = self.registered(await self._riding_out(lambda: self._submit(keys=keys, args=script_args)), job)
+        except redis.RedisError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise await self._full(self.memory, self.redis, "queueing the job") from exc
+        if fresh:
+            if self.sent_events is not None and self.sent_events.would_publish():
+                await asyncio.to_thread(self.announce_sent, job, argsrepr)  # the events' round trip, off the loop
+            else:
+                self.announce_sent(job, argsrepr)
+        return fresh
+
+    async def _register_then_send(self, job: CompletionJob, keys: list[str], args: list[Any]) -> int:
+        """Register ``job``, then send its message (``Client._register_then_send``)."""
+        try:
+            fresh = self.registered(await self._register_riding_out(keys, args), job)
+        except redis.RedisError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise await self._full(self.memory, self.redis, "registering the job") from exc
+        if not fresh:
+            return fresh
+        try:
+            if self.hands_to_batch(job):  # the provider batch lane: one round trip, no message
+                pipe = self.redis.pipeline(transaction=False)
+                self.intake_commands(pipe, job)
+                await pipe.execute()
+            else:
+                # kombu is synchronous; keep the event loop free while it talks to the broker
+                await asyncio.to_thread(self.send, job)
+        except Exception as exc:
+            await self._unregister(job, keys, fresh)
+            if not is_out_of_memory(exc):
+                raise
+            mark, client = self._watched()[-1]  # the Redis holding the queue
+            raise await self._full(mark, client, "queueing the job") from exc
         if not self.sent_by_push:
             await self._mark_sent(keys[0])
-        return AsyncJobHandle(valid.id, True, self)
+        return fresh
 
     # --- the memory watermark (producers/watermark.py), as in Client ---------------------------------
 

@@ -41,6 +41,7 @@ from producers.core import (
 )
 from producers.cursor import GAP, EventCursor, ResultTimeoutError
 from producers.errors import InvalidJobError, RedisFullError, SubmitRefusedError
+from producers.onestep import SUBMIT_LUA
 from producers.prompts import PromptResolver, job_data
 from producers.providers import LiveProviders, capability_error
 from producers.settings import ProducerSettings, producer_settings
@@ -120,6 +121,7 @@ class Client(ClientCore):
             self.redis_url, max_connections=64, socket_connect_timeout=self.settings.redis_connect_timeout_s
         )
         self._register = self.redis.register_script(REGISTER_LUA)
+        self._submit = self.redis.register_script(SUBMIT_LUA)
         #: The job queue's own Redis (``LLMQ_BROKER_URL=redis://...``), for its memory watermark.
         self._broker_redis: redis.Redis | None = None
         #: Resolves ``prompt`` labels and validates prompt variables (published versions are cached).
@@ -170,27 +172,51 @@ class Client(ClientCore):
         keys, args = self.register_args(valid)
         self._admit(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
-            try:
-                fresh = self.registered(self._register_riding_out(keys, args), valid)
-            except redis.RedisError as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                raise self._full(self.memory, self.redis, "registering the job") from exc
+            if not self.hands_to_batch(valid) and self.one_step.usable(valid):
+                fresh = self._submit_in_one_step(valid, keys, args)
+            else:
+                fresh = self._register_then_send(valid, keys, args)
             if not fresh:
                 if span.is_recording():
                     span.set_attribute("llmq.duplicate", True)
                 return JobHandle(valid.id, False, self)
-            try:
-                self.dispatch(valid)
-            except Exception as exc:
-                self._unregister(valid, keys, fresh)  # let the caller retry the same id
-                if not is_out_of_memory(exc):
-                    raise
-                mark, client = self._watched()[-1]  # the Redis holding the queue
-                raise self._full(mark, client, "queueing the job") from exc
+        return JobHandle(valid.id, True, self)
+
+    def _submit_in_one_step(self, job: CompletionJob, keys: list[str], args: list[Any]) -> int:
+        """Register and queue ``job`` with one script (``producers/onestep.py``); safe to repeat
+        through a Redis restart (the script knows its own submit by the registration's stamp)."""
+        script_args, argsrepr = self.one_step.script_args(job, args)
+        try:
+            fresh = self.registered(self._riding_out(lambda: self._submit(keys=keys, args=script_args)), job)
+        except redis.RedisError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise self._full(self.memory, self.redis, "queueing the job") from exc
+        if fresh:
+            self.announce_sent(job, argsrepr)
+        return fresh
+
+    def _register_then_send(self, job: CompletionJob, keys: list[str], args: list[Any]) -> int:
+        """Register ``job``, then send its message through Celery (or hand it to the batch lane)."""
+        try:
+            fresh = self.registered(self._register_riding_out(keys, args), job)
+        except redis.RedisError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise self._full(self.memory, self.redis, "registering the job") from exc
+        if not fresh:
+            return fresh
+        try:
+            self.dispatch(job)
+        except Exception as exc:
+            self._unregister(job, keys, fresh)  # let the caller retry the same id
+            if not is_out_of_memory(exc):
+                raise
+            mark, client = self._watched()[-1]  # the Redis holding the queue
+            raise self._full(mark, client, "queueing the job") from exc
         if not self.sent_by_push:
             self._mark_sent(keys[0])
-        return JobHandle(valid.id, True, self)
+        return fresh
 
     def dispatch(self, job: CompletionJob) -> None:
         """Send a registered job on its way: to the provider batch lane when it goes there

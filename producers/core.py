@@ -20,11 +20,13 @@ from redis.typing import EncodableT, FieldT
 
 from producers.catalog import LiveCatalog
 from producers.errors import InvalidJobError, QueueFullError, in_cause_chain
+from producers.onestep import OneStep
 from producers.sentevents import SentEvents
 from producers.settings import ProducerSettings, producer_settings
 from producers.tracing import monitor_content, producer_tracer, send_options
 from producers.watermark import MemoryWatermark, is_out_of_memory, queued_bytes
 from workers.connections.brokerurl import amqp_conf, is_amqp
+from workers.connections.jobmessage import sent_event
 from workers.connections.redisurl import kombu_broker
 from workers.connections.schedtransport import producer_transport
 from workers.connections.schedule import REGISTER, queue_prefix, script
@@ -191,6 +193,14 @@ class ClientCore:
         #: ... and its push script records the send in the job's registration in the same step
         #: (``workers/connections/lua/push.lua``): no round trip of the producer's own for it.
         self.sent_by_push = self.admits
+        #: ... and a job can be registered and queued by one script (``producers/onestep.py``).
+        self.one_step = OneStep(
+            self.celery,
+            self.queue,
+            enabled=self.admits
+            and not self._monitor_content
+            and (not self.settings.task_events or self.sent_events is not None),
+        )
 
     # --- submit ---------------------------------------------------------------------------------
 
@@ -308,6 +318,15 @@ class ClientCore:
             headers={SCHED_HEADER: sched_header_of(job)},
             **options,
         )
+
+    def announce_sent(self, job: CompletionJob, argsrepr: str) -> None:
+        """The ``task-sent`` event ``send_task`` would have published with a one-step submit's message
+        (batched: ``producers/sentevents.py``)."""
+        if self.sent_events is not None:
+            event = sent_event(
+                task_id=job.id, task_name=TASK_NAME, queue=self.queue, argsrepr=argsrepr, kwargsrepr="{}"
+            )
+            self.sent_events.publish("task-sent", event, None)
 
     def queue_for(self, job: CompletionJob) -> str:
         """The broker queue of a job: the job queue; on RabbitMQ its class's queue."""

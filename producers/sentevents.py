@@ -86,6 +86,13 @@ class SentEvents:
         dispatcher = self._mine()
         return sum(len(events) for events in dispatcher._group_buffer.values()) if dispatcher is not None else 0
 
+    def would_publish(self) -> bool:
+        """Whether the next :meth:`publish` in this process talks to the broker (it fills the buffer, or
+        it is this process's first and makes the connection): an event loop publishes that one from a
+        thread."""
+        dispatcher = self._mine()
+        return dispatcher is None or self.buffered() + 1 >= self._limit
+
     def flush(self) -> None:
         """Publish what is buffered (one ``task.multi`` message), and what an earlier publish that
         failed left in the dispatcher's offline buffer; never raises."""

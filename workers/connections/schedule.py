@@ -30,6 +30,7 @@ __all__ = [
     "REGISTER",
     "RELEASE",
     "RESTORE",
+    "SUBMIT",
     "VIEW",
     "Attributes",
     "attributes_of",
@@ -50,6 +51,14 @@ HELD_KEY = "llmq:sched:held"
 
 #: Script names (files under ``lua/``, each run with ``sched_lib.lua`` before it).
 PUSH, REGISTER, FETCH, RELEASE, RESTORE, CLAIM = "push", "register", "fetch", "release", "restore", "claim"
+#: A producer's register and push in one script (``lua/submit.lua``).
+SUBMIT = "submit"
+#: The function libraries a script runs with, after ``sched_lib.lua`` and before its own file.
+_LIBS: dict[str, tuple[str, ...]] = {
+    PUSH: ("push_lib",),
+    REGISTER: ("register_lib",),
+    SUBMIT: ("register_lib", "push_lib"),
+}
 #: The read-only script of ``llmq queues``' view (``workers/connections/schedview.py``).
 VIEW = "view"
 
@@ -71,9 +80,10 @@ def bell_key(queue: str) -> str:
 
 @functools.cache
 def script(name: str) -> str:
-    """A scheduling script's source: the shared functions, then the script."""
+    """A scheduling script's source: the shared functions, its libraries, then the script."""
     lua = resources.files("workers.connections") / "lua"
-    return (lua / "sched_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    parts = ("sched_lib", *_LIBS.get(name, ()), name)
+    return "\n".join((lua / f"{part}.lua").read_text() for part in parts)
 
 
 class Attributes(NamedTuple):
