@@ -139,7 +139,8 @@ class AsyncClient(ClientCore):
         except redis.RedisError as exc:
             if not is_out_of_memory(exc):
                 raise
-            raise await self._full(self.memory, self.redis, "queueing the job") from exc
+            # refused at maxmemory, the script wrote nothing: neither registered nor queued
+            raise await self._full(self.memory, self.redis, "registering and queueing the job") from exc
         if fresh:
             if self.sent_events is not None and self.sent_events.would_publish():
                 await asyncio.to_thread(self.announce_sent, job, argsrepr)  # the events' round trip, off the loop

@@ -191,7 +191,8 @@ class Client(ClientCore):
         except redis.RedisError as exc:
             if not is_out_of_memory(exc):
                 raise
-            raise self._full(self.memory, self.redis, "queueing the job") from exc
+            # refused at maxmemory, the script wrote nothing: neither registered nor queued
+            raise self._full(self.memory, self.redis, "registering and queueing the job") from exc
         if fresh:
             self.announce_sent(job, argsrepr)
         return fresh

@@ -19,6 +19,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -155,12 +156,24 @@ def test_one_fast_producer_does_not_run_past_the_watermark(full: FullRedis) -> N
 # --- writes refused at maxmemory ----------------------------------------------------------------------
 
 
-def test_a_registration_refused_at_maxmemory_is_the_typed_error(full: FullRedis) -> None:
+#: A submit in one step (``producers/onestep.py``: one script registers and queues) or in two (the
+#: registration, then Celery's send: a RabbitMQ queue, a queue on a Redis of its own...).
+ONE_STEP = pytest.mark.parametrize("one_step", [True, False], ids=["one-step", "two-step"])
+
+
+def _refused_as(one_step: bool, two_step_write: str) -> str:
+    """What a refused submit says it was doing: one script does both; two steps name the refused one."""
+    return "refused a write (registering and queueing the job)" if one_step else f"refused a write ({two_step_write})"
+
+
+@ONE_STEP
+def test_a_registration_refused_at_maxmemory_is_the_typed_error(full: FullRedis, one_step: bool) -> None:
     with Client(settings=_settings(full, redis_high_watermark=0)) as client:  # no watermark: Redis refuses
+        client.one_step.enabled = one_step
         full.fill_until_refused()
         with pytest.raises(RedisFullError) as caught:
             client.submit(_job("oom"))
-        assert "refused a write (registering the job)" in str(caught.value)
+        assert _refused_as(one_step, "registering the job") in str(caught.value)
         assert caught.value.used_bytes is not None and caught.value.used_bytes > caught.value.max_bytes  # type: ignore[operator]
         assert not _registered(full, "oom")
         full.free()
@@ -168,28 +181,33 @@ def test_a_registration_refused_at_maxmemory_is_the_typed_error(full: FullRedis)
         assert _queued(full) == 1
 
 
-def test_a_queued_message_refused_at_maxmemory_unregisters_the_job(full: FullRedis) -> None:
-    """The registration fits, the large message does not: kombu's OperationalError becomes the typed
-    error and the registration is undone, so the same id submitted later is sent."""
+@ONE_STEP
+def test_a_queued_message_refused_at_maxmemory_unregisters_the_job(full: FullRedis, one_step: bool) -> None:
+    """The registration fits, the large message does not: the typed error, and no registration left
+    (two steps: kombu's OperationalError mapped and the registration undone; one step: the script
+    refused whole), so the same id submitted later is sent."""
     with Client(settings=_settings(full, redis_high_watermark=0)) as client:
+        client.one_step.enabled = one_step
         full.fill(0.99)
         with pytest.raises(RedisFullError) as caught:
             client.submit(_job("large", "y" * 600_000))
-        assert "refused a write (queueing the job)" in str(caught.value)
+        assert _refused_as(one_step, "queueing the job") in str(caught.value)
         assert not _registered(full, "large") and _queued(full) == 0
         full.free()
         assert client.submit(_job("large", "y" * 600_000)).enqueued  # sent now (was refused as already registered)
         assert _queued(full) == 1 and _registered(full, "large")
 
 
-def test_the_async_client_maps_refused_writes_too(full: FullRedis) -> None:
+@ONE_STEP
+def test_the_async_client_maps_refused_writes_too(full: FullRedis, one_step: bool) -> None:
     async def scenario() -> None:
         async with AsyncClient(settings=_settings(full, redis_high_watermark=0)) as client:
+            client.one_step.enabled = one_step
             full.fill(0.99)
-            with pytest.raises(RedisFullError, match="queueing the job"):
+            with pytest.raises(RedisFullError, match=re.escape(_refused_as(one_step, "queueing the job"))):
                 await client.submit(_job("large", "y" * 600_000))
             full.fill_until_refused()
-            with pytest.raises(RedisFullError, match="registering the job"):
+            with pytest.raises(RedisFullError, match=re.escape(_refused_as(one_step, "registering the job"))):
                 await client.submit(_job("small"))
             assert not _registered(full, "large") and not _registered(full, "small")
 
