@@ -10,6 +10,7 @@ Each text is counted twice: the second count reads the piece cache the first one
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,10 +53,16 @@ def assert_counts(bpe: CompactBPE, text: str, label: str = "") -> None:
 # --- real files ------------------------------------------------------------------------------------
 
 
+#: The shared recordings (and the design beside them) are outside the repository: missing on a clone
+#: without ``../shared``, where the conformance suite's own rule applies (``test_conformance.py``).
+MISSING = f"conformance folder not found at {CONFORMANCE} (set LLMQ_CONFORMANCE_DIR)"
+
+
 def real_files() -> Iterator[object]:
     for path in sorted(p for p in CONFORMANCE.rglob("*") if p.is_file()):
         yield pytest.param(path, id=f"conformance/{path.relative_to(CONFORMANCE)}")
-    for path in (REPO / "README.md", CONFORMANCE.parent / "DESIGN.md", *sorted((REPO / "docs").glob("*.md"))):
+    design = [CONFORMANCE.parent / "DESIGN.md"] if (CONFORMANCE.parent / "DESIGN.md").is_file() else []
+    for path in (REPO / "README.md", *design, *sorted((REPO / "docs").glob("*.md"))):
         yield pytest.param(path, id=path.name)
     for path in sorted((REPO / "workers" / "accounting").glob("*.py")):  # code
         yield pytest.param(path, id=f"code/{path.name}")
@@ -67,6 +74,10 @@ def test_real_files_count_as_tiktoken_counts(bpe: CompactBPE, path: Path) -> Non
 
 
 def test_the_real_files_are_there() -> None:
+    if not CONFORMANCE.is_dir():
+        if os.environ.get("CI") == "true":  # CI counts against the recordings or fails, saying why
+            pytest.fail(MISSING, pytrace=False)
+        pytest.skip(MISSING)
     assert len(list(CONFORMANCE.rglob("*.json"))) > 50  # not an empty parametrization
 
 
