@@ -121,7 +121,7 @@ class AsyncClient(ClientCore):
         keys, args = self.register_args(valid)
         await self._admit(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
-            if not self.hands_to_batch(valid) and self.one_step.usable(valid):
+            if self.in_one_step(valid):
                 fresh = await self._submit_in_one_step(valid, keys, args)
             else:
                 fresh = await self._register_then_send(valid, keys, args)

@@ -172,7 +172,7 @@ class Client(ClientCore):
         keys, args = self.register_args(valid)
         self._admit(valid)
         with submit_span(self.tracer, valid, self.queue) as span:
-            if not self.hands_to_batch(valid) and self.one_step.usable(valid):
+            if self.in_one_step(valid):
                 fresh = self._submit_in_one_step(valid, keys, args)
             else:
                 fresh = self._register_then_send(valid, keys, args)

@@ -319,6 +319,13 @@ class ClientCore:
             **options,
         )
 
+    def in_one_step(self, job: CompletionJob) -> bool:
+        """Whether ``job`` is registered and queued by one script (``producers/onestep.py``): not for
+        the provider batch lane, and not once the ``task-sent`` events are closed."""
+        if self.sent_events is not None and self.sent_events.closed:
+            return False
+        return not self.hands_to_batch(job) and self.one_step.usable(job)
+
     def announce_sent(self, job: CompletionJob, argsrepr: str) -> None:
         """The ``task-sent`` event ``send_task`` would have published with a one-step submit's message
         (batched: ``producers/sentevents.py``)."""

@@ -12,7 +12,10 @@ fail-over ridden out) neither queues it twice nor calls it a duplicate.
 When. Only for the jobs and settings ``send_task`` would send this plain way (:meth:`OneStep.usable`):
 the queue in the client's Redis, job content not shown to monitors (``LLMQ_MONITOR_CONTENT``),
 ``task-sent`` events off or batched, no receiver on Celery's publish signals, not called from inside
-a Celery task (Celery would make it that task's child). Everything else takes ``send_task``. (Celery
+a Celery task (Celery would make it that task's child), ``send_task`` not wrapped by another library
+(tracing integrations do, to add their headers or spans). Everything else takes ``send_task``. The
+client's Celery configuration is read once: routes or compression set on ``client.celery`` later
+are not applied to one-step messages. (Celery
 would also declare the queue's binding, ``_kombu.binding.<queue>``, at a client's first send: nothing
 reads it for a job, whose message goes to the anonymous exchange; a worker declares its own.)
 """
@@ -41,6 +44,16 @@ SUBMIT_LUA = script(SUBMIT)
 _PUBLISH_SIGNALS = (signals.before_task_publish, signals.after_task_publish, signals.task_sent)
 
 
+def _send_task_wrapped(celery: Any) -> bool:
+    """Whether something wraps ``send_task``, on the app or on Celery's class (tracing integrations do,
+    to add their headers or spans: ``functools.wraps`` or ``wrapt`` leave ``__wrapped__``): it expects
+    every job to go through it."""
+    if "send_task" in vars(celery):
+        return True
+    send_task = type(celery).send_task
+    return hasattr(send_task, "__wrapped__") or getattr(send_task, "__module__", "") != "celery.app.base"
+
+
 class OneStep:
     """Builds the one-step submit's script arguments for a client of ``queue``."""
 
@@ -55,7 +68,7 @@ class OneStep:
         """Whether ``job`` (not for the provider batch lane: the caller checks) is submitted in one step."""
         if not self.enabled:
             return False
-        if any(signal.receivers for signal in _PUBLISH_SIGNALS):
+        if any(signal.receivers for signal in _PUBLISH_SIGNALS) or _send_task_wrapped(self._celery):
             return False
         return get_current_worker_task() is None
 
@@ -76,7 +89,8 @@ class OneStep:
             origin=self._nodename(),
             reply_to=self._celery.thread_oid,
         )
-        return [*register_args, dumps(message), job.priority, self._queue], argsrepr
+        nonce = message["properties"]["delivery_tag"]  # this call's, the same in each of its tries
+        return [*register_args, dumps(message), job.priority, self._queue, nonce], argsrepr
 
     def _nodename(self) -> str:
         """Celery's ``anon_nodename()`` (``gen<pid>@<host>``), made once per process."""

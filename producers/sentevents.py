@@ -86,6 +86,12 @@ class SentEvents:
         dispatcher = self._mine()
         return sum(len(events) for events in dispatcher._group_buffer.values()) if dispatcher is not None else 0
 
+    @property
+    def closed(self) -> bool:
+        """Closed (``Client.close``): a ``task-sent`` event is then published with its job's message by
+        Celery's ``send_task``, the one path that still has a producer to publish it on."""
+        return self._closed
+
     def would_publish(self) -> bool:
         """Whether the next :meth:`publish` in this process talks to the broker (it fills the buffer, or
         it is this process's first and makes the connection): an event loop publishes that one from a

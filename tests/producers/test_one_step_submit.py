@@ -3,6 +3,7 @@ registered and queued by one script, and ``send_task`` wherever that could diffe
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -133,3 +134,36 @@ def test_content_shown_to_monitors_takes_send_task(redis_url: str, monkeypatch: 
     monkeypatch.setenv("LLMQ_MONITOR_CONTENT", "1")
     with Client(redis_url) as client:
         assert not client.one_step.enabled  # Celery's own argsrepr of the whole job
+
+
+def test_the_same_stamped_job_submitted_twice_is_a_duplicate(quiet_client: Client, redis_client: redis.Redis) -> None:
+    """The script knows a retry of its own call by the call's nonce, not by the job's stamp: a job
+    validated once (stamped) and submitted twice is queued once and the second submit says so."""
+    job = quiet_client.validate({"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    assert [quiet_client.submit(job).enqueued, quiet_client.submit(job).enqueued] == [True, False]
+    assert queued_count(redis_client, "llmq") == 1
+
+
+def test_a_wrapped_send_task_gets_every_job(quiet_client: Client, redis_client: redis.Redis) -> None:
+    """A tracing integration's wrapper around ``send_task`` (its headers, its spans) sees every job."""
+    seen: list[str] = []
+    original = quiet_client.celery.send_task
+
+    @functools.wraps(original)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        seen.append(str(kwargs.get("task_id")))
+        return original(*args, **kwargs)
+
+    quiet_client.celery.send_task = traced  # type: ignore[method-assign]
+    handle = quiet_client.submit({"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    assert seen == [handle.id] and queued_count(redis_client, "llmq") == 1
+
+
+def test_a_closed_clients_submit_takes_send_task(redis_url: str, redis_client: redis.Redis) -> None:
+    """After ``close`` the batched ``task-sent`` events are closed: Celery publishes the job's event itself."""
+    client = Client(redis_url)
+    job = client.validate({"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    assert client.in_one_step(job)
+    client.close()
+    assert not client.in_one_step(job)
+    assert client.submit(job).enqueued and queued_count(redis_client, "llmq") == 1

@@ -6,7 +6,7 @@ Why. ``Celery.send_task`` spent ~0.45 ms of Python per job building the same mes
 transport's one script call: about half of a producer's submit. The message itself is plain data:
 Celery's task protocol 2 (``headers``, a ``(args, kwargs, embed)`` body) inside kombu's Redis
 envelope (a base64 JSON body, ``properties`` with the delivery tag). A worker cannot tell the two
-apart: ``tests/workers/connections/test_jobmessage.py`` compares this with what ``send_task`` queues
+apart: ``tests/producers/test_one_step_submit.py`` compares this with what ``send_task`` queues
 for the same jobs, field by field.
 
 Only the shape a producer's jobs take: no ETA or countdown, no expiry, no parent task, no callbacks,

@@ -110,13 +110,16 @@ class CachedRun:
         if not storable(result):
             if metrics is not None:
                 metrics.stored("not_storable").inc()
-            self.leading = False  # the flush ends the lead
             return self.cache.release_writes(self.key)
         writes = self.cache.store_writes(self.key, raw or result.model_dump_json(), int(time.time() * 1000))
         if metrics is not None:
             metrics.stored("stored" if writes is not None else "too_large").inc()
-        self.leading = False  # the flush ends the lead
         return writes if writes is not None else self.cache.release_writes(self.key)
+
+    def flushed(self) -> None:
+        """The terminal flush carrying :meth:`terminal_writes` succeeded: the lead is ended. Until then
+        this job still leads, so a flush that fails leaves :meth:`end` to release the lead."""
+        self.leading = False
 
     def end(self, result: CompletionResult | None) -> None:
         """The job ended with ``result`` (None: it did not end here: re-queued, fenced, handed back)

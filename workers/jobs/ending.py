@@ -131,3 +131,5 @@ class Endings:
         run.publisher.refresh_ttl()
         run.publisher.emit_many([*(before or []), event], writes=writes, release_claim=bool(run.token))
         run.token = ""  # released in that same round trip
+        if run.cached is not None:
+            run.cached.flushed()  # and the lead ended in it
