@@ -135,6 +135,8 @@ def test_a_lead_ends_with_its_result_whatever_the_answer(
         ids = [
             client.submit(_job(model=f"{MODEL}~{fault}")).result(timeout=30).id for fault in ("refusal", "400", "ok")
         ]
+        # each job's log line comes just after its result's write: the last one may still be on its way
+        until(lambda: len(handler.seen) == len(ids), "the three jobs' log lines", 30)
     finally:
         jobs_log.removeHandler(handler)
         handler.redis.close()
