@@ -228,7 +228,8 @@ class StreamingResponse:
             self._response.close()
 
     def _abandon(self, *, wake: bool) -> bool:
-        """Let the upstream know we stopped reading; ``True`` if an HTTP/2 stream was reset.
+        """Let the upstream know we stopped reading; ``True`` when a reader elsewhere was woken and
+        closes the response itself (an HTTP/1.1 socket shut down, an HTTP/2 stream reset).
 
         HTTP/1.1: shut the socket down. Closing alone does not wake a thread blocked in ``recv``
         (the read would sit until the read timeout); the connection is discarded anyway.
@@ -245,9 +246,18 @@ class StreamingResponse:
         """
         if self._response.http_version == "HTTP/1.1":
             stream = self._response.extensions.get("network_stream")
-            if stream is not None:
-                _shut_down(stream)
-            return False
+            if stream is None:
+                return False
+            _shut_down(stream)
+            # a reader blocked elsewhere wakes (end of stream) and closes the response itself: closing
+            # it here too raced that close across threads in the pool's bookkeeping, and under a burst
+            # of cancels another call's connection was closed without a shutdown under its reader,
+            # which then sat in recv until its read timeout (120 s; tests/workers/jobs/test_cancel_burst.py)
+            return wake
+        return self._abandon_h2(wake=wake)
+
+    def _abandon_h2(self, *, wake: bool) -> bool:
+        """HTTP/2: reset the stream (see :meth:`_abandon`); ``True`` if it was reset."""
         h2_stream: object = self._response.stream
         for attr in ("_stream", "_httpcore_stream", "_stream"):
             h2_stream = getattr(h2_stream, attr, None)
