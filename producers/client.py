@@ -184,7 +184,7 @@ class Client(ClientCore):
 
     def _submit_in_one_step(self, job: CompletionJob, keys: list[str], args: list[Any]) -> int:
         """Register and queue ``job`` with one script (``producers/onestep.py``); safe to repeat
-        through a Redis restart (the script knows its own submit by the registration's stamp)."""
+        through a Redis restart (the script knows this call's own tries by their nonce)."""
         script_args, argsrepr = self.one_step.script_args(job, args)
         try:
             fresh = self.registered(self._riding_out(lambda: self._submit(keys=keys, args=script_args)), job)

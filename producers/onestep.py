@@ -7,7 +7,7 @@ ramp, ``bench/queue_timeline.py``). With the queue in the client's own Redis (th
 message is built here (``workers/connections/jobmessage.py``, the same bytes ``send_task`` writes)
 and ``lua/submit.lua`` registers and queues it in one step: a refused registration queues nothing,
 a duplicate id queues nothing, and the same submit repeated after a lost reply (a restart or a
-fail-over ridden out) neither queues it twice nor calls it a duplicate.
+fail-over ridden out, known by the call's nonce) neither queues it twice nor calls it a duplicate.
 
 When. Only for the jobs and settings ``send_task`` would send this plain way (:meth:`OneStep.usable`):
 the queue in the client's Redis, job content not shown to monitors (``LLMQ_MONITOR_CONTENT``),
@@ -15,9 +15,9 @@ the queue in the client's Redis, job content not shown to monitors (``LLMQ_MONIT
 a Celery task (Celery would make it that task's child), ``send_task`` not wrapped by another library
 (tracing integrations do, to add their headers or spans). Everything else takes ``send_task``. The
 client's Celery configuration is read once: routes or compression set on ``client.celery`` later
-are not applied to one-step messages. (Celery
-would also declare the queue's binding, ``_kombu.binding.<queue>``, at a client's first send: nothing
-reads it for a job, whose message goes to the anonymous exchange; a worker declares its own.)
+are not applied to one-step messages. (Celery would also declare the queue's binding,
+``_kombu.binding.<queue>``, at a client's first send: nothing reads it for a job, whose message goes
+to the anonymous exchange; a worker declares its own.)
 """
 
 from __future__ import annotations
