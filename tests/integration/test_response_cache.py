@@ -108,8 +108,8 @@ def test_what_is_not_clean_is_not_stored(worker, client: Client, simulator: Simu
 
 
 class LeadsAtTheJobLine(logging.Handler):
-    """Records the cache's leads in Redis when each job's final log line is written: after its terminal
-    write (its result is visible), before the run's own clean-up."""
+    """Records, when each job's final log line is written (after its terminal write, before the run's
+    own clean-up), how many of the cache's leads in Redis are still that job's."""
 
     def __init__(self, redis_url: str) -> None:
         super().__init__()
@@ -119,7 +119,10 @@ class LeadsAtTheJobLine(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         fields = getattr(record, "llmq", None) or {}  # workers/jobs/observe.py's structured fields
         if fields.get("event") == "job":
-            self.seen[fields["job_id"]] = len(self.redis.keys("llmq:{cache}:lead:*"))
+            job_id = fields["job_id"]  # a lead holds its leader's job id: count this job's own
+            self.seen[job_id] = sum(
+                1 for key in self.redis.keys("llmq:{cache}:lead:*") if self.redis.get(key) == job_id.encode()
+            )
 
 
 def test_a_lead_ends_with_its_result_whatever_the_answer(
@@ -140,7 +143,7 @@ def test_a_lead_ends_with_its_result_whatever_the_answer(
     finally:
         jobs_log.removeHandler(handler)
         handler.redis.close()
-    assert handler.seen == {job_id: 0 for job_id in ids}  # no lead left once a result is written
+    assert handler.seen == {job_id: 0 for job_id in ids}  # no lead of a job left once its result is written
     assert _entries(redis_url) == 1  # only the clean answer stored
 
 
