@@ -10,6 +10,11 @@ idle slot-seconds (slots x wall - the jobs' run time) into three spans:
 * **steady**: from there to the last job's start (refills: slots freed and taken again);
 * **tail**: from the last start to the last end (the last wave: jobs started spread out end spread out).
 
+Also where the ramp stands (the k-th submit against the k-th start, for k = 1, a quarter, half, three
+quarters and all of the slots) and how spread out the last wave ends (the first of the last
+``concurrency`` ends, their median, the last end): the raw client's waves stay in step (its last
+wave's ends span 0.13–0.2 s: ``bench/RESULTS-queue.md``, sixth pass), the queue's smear.
+
 Also the worker's user and system CPU per job. One JSON line at the end, per round.
 
     .venv/bin/python bench/queue_timeline.py --upstream 1 --rounds 2
@@ -45,7 +50,9 @@ def one_round(stack: LocalStack, worker: psutil.Process, jobs: int, slots: int) 
     listener = redis.Redis.from_url(stack.redis_url)
     cpu0 = worker.cpu_times()
     t0 = time.perf_counter()
+    sent: list[float] = []  # each job's submit, seconds after the first
     for i in range(jobs):
+        sent.append(time.perf_counter() - t0)
         client.submit(
             {
                 "model": "openai:gpt-4o-mini",
@@ -77,8 +84,14 @@ def one_round(stack: LocalStack, worker: psutil.Process, jobs: int, slots: int) 
         return round(sum(slots - n for k, n in enumerate(busy) if lo <= k * step < hi) * step, 1)
 
     steady = [n for k, n in enumerate(busy) if ramp_end <= k * step < last_start]
+    marks = [k for k in (1, slots // 4, slots // 2, 3 * slots // 4, slots) if 0 < k <= len(starts)]
+    wave = min(slots, len(ends))
     return {
         "jobs": len(spans),
+        # the ramp: the k-th job's submit and the k-th start, seconds after the first submit
+        "ramp_marks": {str(k): [round(sent[k - 1], 3), round(starts[k - 1], 3)] for k in marks},
+        # the last wave's spread: the first of the last ``slots`` ends, their median, the last end
+        "last_wave_ends": [round(ends[-wave], 3), round(ends[-wave + wave // 2], 3), round(ends[-1], 3)],
         "wall_s": round(wall, 3),
         "jobs_per_s": round(len(spans) / wall, 1),
         "submit_s": round(submit_s, 3),
@@ -124,6 +137,9 @@ def main() -> None:
                     f"({row['tail_s']} s); worker CPU user {row['worker_user_ms_per_job']} + system "
                     f"{row['worker_system_ms_per_job']} ms/job",
                     flush=True,
+                )
+                print(
+                    f"  ramp (k: submit, start) {row['ramp_marks']}; last wave ends {row['last_wave_ends']}", flush=True
                 )
                 rounds.append(row)
         finally:

@@ -9,7 +9,12 @@ import sys
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("worker", help="run a worker process (one per core)")
-    p.add_argument("--pool", choices=("gevent", "threads"), default=os.environ.get("LLMQ_POOL", "gevent"))
+    p.add_argument(
+        "--pool",
+        "-P",  # Celery's own spelling, which a Celery user types first
+        choices=("gevent", "threads"),
+        default=os.environ.get("LLMQ_POOL", "gevent"),
+    )
     p.add_argument(
         "--concurrency",
         "-c",
