@@ -80,9 +80,16 @@ _URL_CACHE_SIZE = 256
 
 
 @contextlib.contextmanager
-def _mapped(provider: str, model: str, *, mid_stream: bool = False) -> Iterator[None]:
+def _mapped(provider: str, model: str, *, mid_stream: bool = False, url: httpx.URL | None = None) -> Iterator[None]:
+    """httpx's errors as the tree's. When the connection to ``url`` could not be made its origin is
+    named (scheme, host and port: never a path, query or user info, which may carry a key): a wrong
+    base URL says which one."""
     try:
         yield
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        cls = ProviderTimeoutError if isinstance(exc, httpx.ConnectTimeout) else ProviderConnectionError
+        where = f" (connecting to {_origin(url)})" if url is not None else ""
+        raise cls(f"{type(exc).__name__}: {exc}{where}", provider=provider, model=model) from None
     except httpx.TimeoutException as exc:
         raise ProviderTimeoutError(
             f"{type(exc).__name__}: upstream did not answer in time", provider=provider, model=model
@@ -93,6 +100,13 @@ def _mapped(provider: str, model: str, *, mid_stream: bool = False) -> Iterator[
     except httpx.TransportError as exc:
         cls = IncompleteStreamError if mid_stream else ProviderConnectionError
         raise cls(f"{type(exc).__name__}: {exc}", provider=provider, model=model) from None
+
+
+def _origin(url: httpx.URL) -> str:
+    """``scheme://host:port`` of ``url``: where a connection goes, without what may be secret."""
+    port = f":{url.port}" if url.port is not None else ""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{url.scheme}://{host}{port}"
 
 
 class StreamingResponse:
@@ -424,7 +438,7 @@ class HTTPClient:
                 pool=s.pool_timeout,
             )
             request = client.build_request(method, parsed, headers=headers, content=body, timeout=timeout)
-        with _mapped(provider, model):
+        with _mapped(provider, model, url=parsed):
             return client.send(request, stream=True)
 
     def _post_abortable(

@@ -176,3 +176,31 @@ def test_a_requests_headers_and_body_go_out_in_one_write_before_any_read() -> No
     finally:
         a.close()
         b.close()
+
+
+def _refusing_port() -> int:
+    """A local port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _no_status(*_args: object) -> LLMQError:  # never called: no status line ever arrives
+    raise AssertionError("no response was expected")
+
+
+def test_a_refused_connection_names_where_it_went_and_nothing_secret() -> None:
+    """A wrong base URL: the error says which origin refused, never the URL's path, query or user."""
+    port = _refusing_port()
+    client = HTTPClient(HTTPSettings())
+    url = f"http://user:pw-SECRET@127.0.0.1:{port}/v1/chat/completions?key=SECRET"
+    try:
+        for call in (client.open_stream, client.post):
+            with pytest.raises(LLMQError) as raised:
+                call(url, headers={}, body=b"{}", provider="openai", model="m", error_mapper=_no_status)
+            err = raised.value
+            assert err.type_name == "connection_error" and err.retryable, err
+            assert f"(connecting to http://127.0.0.1:{port})" in err.message, err.message
+            assert "SECRET" not in str(err) and "/v1" not in err.message
+    finally:
+        client.close()
