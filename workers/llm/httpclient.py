@@ -87,9 +87,11 @@ def _mapped(provider: str, model: str, *, mid_stream: bool = False, url: httpx.U
     try:
         yield
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        cls = ProviderTimeoutError if isinstance(exc, httpx.ConnectTimeout) else ProviderConnectionError
         where = f" (connecting to {_origin(url)})" if url is not None else ""
-        raise cls(f"{type(exc).__name__}: {exc}{where}", provider=provider, model=model) from None
+        message = f"{type(exc).__name__}: {exc}{where}"
+        if isinstance(exc, httpx.ConnectTimeout):
+            raise ProviderTimeoutError(message, provider=provider, model=model) from None
+        raise ProviderConnectionError(message, provider=provider, model=model) from None
     except httpx.TimeoutException as exc:
         raise ProviderTimeoutError(
             f"{type(exc).__name__}: upstream did not answer in time", provider=provider, model=model
