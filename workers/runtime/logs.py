@@ -4,7 +4,8 @@ or plain text, always through the credential scrubber.
 Each JSON line has ``ts``, ``level``, ``logger``, ``msg``, ``trace_id``/``span_id`` (the record's
 own, set by the job observer, else the current span's) and the structured fields of the job and
 decision lines (``event``, ``job_id``, ``model``, ``attempt``, ``backoff_s``...). Which job lines are
-written at all is the observer's choice (``workers/jobs/observe.py``: per-trace sampling).
+written at all is the observer's choice (``workers/jobs/observe.py``: per-trace sampling); Celery's
+own per-task INFO lines (received, succeeded) are left out above ``DEBUG``, so that choice holds.
 """
 
 from __future__ import annotations
@@ -105,4 +106,14 @@ def configure_logging(
     if root.level > level or root.level == logging.NOTSET:
         root.setLevel(level)
     logging.getLogger("llmq").setLevel(min(level, logging.INFO))  # job and decision lines are INFO
+    # Celery's own two INFO lines per task ("Task llmq.run_job[<id>] received", "... succeeded in
+    # 1.07s: 'failed'") say less than the job's line, read as a success for a failed job, and are
+    # never sampled: with LLMQ_LOG_SAMPLE=0.01 a worker still wrote two lines per job. Below DEBUG
+    # they go; their warnings and errors (a rejected or crashed task) stay.
+    for name in _CELERY_PER_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if level <= logging.DEBUG else logging.WARNING)
     return handler
+
+
+#: The loggers of Celery's per-task INFO lines: the task received, and its return value.
+_CELERY_PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")

@@ -78,3 +78,33 @@ def test_a_job_handed_back_is_one_line_without_a_traceback(root_handlers: None, 
     except ValueError:
         logging.getLogger("celery.app.trace").exception("Task failed")
     assert "Traceback" in stream.getvalue() or '"exc":' in stream.getvalue()
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG])
+def test_celerys_per_task_lines_go_unless_debugging(root_handlers: None, level: int) -> None:
+    """Celery's "received" and "succeeded in ...: 'failed'" lines, through Celery's own code, are
+    left out at INFO (the job's sampled line says more); at DEBUG they stay. Their warnings and
+    errors always stay."""
+    from celery import Celery
+    from celery.app.task import Context
+    from celery.app.trace import TraceInfo, info
+    from celery.exceptions import Reject
+
+    stream = io.StringIO()
+    configure_logging("text", level=level, stream=stream)
+    app = Celery("t", set_as_current=False)
+
+    @app.task(name="llmq.run_job", shared=False)
+    def run_job() -> None: ...
+
+    info("Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s",
+         {"name": "llmq.run_job", "id": "job-1", "runtime": 1.0, "return_value": "'failed'"})  # fmt: skip
+    logging.getLogger("celery.worker.strategy").info("Task llmq.run_job[job-1] received")
+    try:
+        raise Reject("handed back at shutdown", requeue=True)
+    except Reject:
+        TraceInfo("REJECTED").handle_reject(run_job, Context(id="job-2", hostname="w@h", args=[], kwargs={}))
+    lines = stream.getvalue().splitlines()
+    per_task = [line for line in lines if "succeeded in" in line or "received" in line]
+    assert len(per_task) == (2 if level == logging.DEBUG else 0), lines
+    assert sum("handed back at shutdown" in line for line in lines) == 1, lines
