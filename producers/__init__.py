@@ -4,6 +4,7 @@ Only :mod:`workers.contract` is imported from the worker side.
 """
 
 from producers.aclient import AsyncClient, AsyncJobHandle
+from producers.answer import AnswerText
 from producers.client import (
     Client,
     InvalidJobError,
@@ -16,6 +17,7 @@ from producers.settings import ProducerSettings
 from workers.contract import CompletionJob, CompletionResult, Message, StreamEvent
 
 __all__ = [
+    "AnswerText",
     "AsyncClient",
     "AsyncJobHandle",
     "Client",

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from llmq.commands.answerprint import DeltaPrinter
 from llmq.commands.params import add_param_args, apply_params, priority_arg
 from llmq.commands.prompts import parse_vars
 from producers.catalog import live_presences
@@ -165,11 +166,10 @@ def run(args: argparse.Namespace) -> int:
         watching = watch_for_workers(client, handle.id, client.settings.worker_check_s, args.timeout)
         try:
             if args.stream and not args.json:
+                printer = DeltaPrinter()
                 for event in handle.stream(timeout=args.timeout):
-                    if event.type == "delta":
-                        sys.stdout.write(event.text)
-                        sys.stdout.flush()
-                sys.stdout.write("\n")
+                    printer.feed(event)
+                printer.end_line()
             result = handle.result(timeout=args.timeout)
         except ResultTimeoutError as exc:
             print(f"llmq: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from llmq.commands.answerprint import DeltaPrinter
 from llmq.commands.submit import watch_for_workers
 from producers.client import Client, ResultTimeoutError
 from workers.contract import JobKeys
@@ -54,19 +55,19 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_UNKNOWN_JOB
         status: int | None = None
         watching = watch_for_workers(client, args.job_id, client.settings.worker_check_s, args.timeout)
+        printer = DeltaPrinter()
         try:
             for event in client.stream(args.job_id, from_seq=args.from_seq, timeout=args.timeout):
                 if args.json:
                     print(event.model_dump_json(), flush=True)
-                elif event.type == "delta":
-                    sys.stdout.write(event.text)
-                    sys.stdout.flush()
-                elif event.type == "error":
-                    print(f"\nllmq: error {event.error.type}: {event.error.message}", file=sys.stderr)
-                elif event.type == "cancelled":
-                    print("\nllmq: cancelled", file=sys.stderr)
-                elif event.type == "done":
-                    sys.stdout.write("\n")
+                else:
+                    printer.feed(event)
+                    if event.type == "error":
+                        print(f"\nllmq: error {event.error.type}: {event.error.message}", file=sys.stderr)
+                    elif event.type == "cancelled":
+                        print("\nllmq: cancelled", file=sys.stderr)
+                    elif event.type == "done":
+                        printer.end_line()
                 if event.type in ("done", "error", "cancelled"):
                     status = 0 if event.type == "done" else 1
         except ResultTimeoutError as exc:

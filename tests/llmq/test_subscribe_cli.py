@@ -71,3 +71,40 @@ def test_a_closed_pipe_ends_it_quietly(
     proc.stderr.close()
     assert b"Traceback" not in errors and b"BrokenPipe" not in errors, errors
     client.cancel(handle.id)
+
+
+def _two_runs_and_a_repair(client: Client, job_id: str) -> None:
+    """A job's stream as the worker writes it (its publisher's script, real Redis) when its first run's
+    worker died mid-answer and the second run's answer was repaired once."""
+    from workers.contract import CompletionResult, DoneEvent, JobKeys, StartEvent
+    from workers.contract.events import RepairEvent
+    from workers.jobs.events import EventPublisher, last_seq
+
+    keys = JobKeys(job_id)
+    first = EventPublisher(client.redis, keys, run=1, start_seq=-1, coalesce_s=0)
+    first.emit(StartEvent(job_id=job_id, seq=0, model="openai:gpt-4o-mini"))
+    for text in ("Once ", "upon"):
+        first.delta(text)
+    second = EventPublisher(client.redis, keys, run=2, start_seq=last_seq(client.redis, keys), coalesce_s=0)
+    second.emit(StartEvent(job_id=job_id, seq=0, model="openai:gpt-4o-mini"))
+    second.delta("{bad")
+    second.emit(RepairEvent(job_id=job_id, seq=0, attempt=1, errors=["not JSON"]))
+    second.delta('{"ok": true}')
+    second.emit(DoneEvent(job_id=job_id, seq=0, result=CompletionResult(id=job_id, status="succeeded")))
+
+
+def test_an_answer_that_starts_over_starts_a_new_line_and_says_why(client: Client, redis_url: str) -> None:
+    """A job that moved to another worker (run 2) answers from the start, and a repair discards the
+    text before it: the text is not run together ("uponOnce"), each restart is said on stderr."""
+    _two_runs_and_a_repair(client, "restarted-1")
+    out = _llmq(redis_url, "subscribe", "restarted-1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["Once upon", "{bad", '{"ok": true}'], out.stdout
+    notes = [line for line in out.stderr.splitlines() if "starts over" in line]
+    assert len(notes) == 2, out.stderr
+    assert "run 2" in notes[0] and "worker was lost" in notes[0]
+    assert "response format" in notes[1]
+    # the events themselves are all there for a program (--json), and the exit status is the job's
+    raw = _llmq(redis_url, "subscribe", "restarted-1", "--json")
+    assert raw.returncode == 0 and raw.stderr == "", raw.stderr
+    assert [json.loads(line)["run"] for line in raw.stdout.splitlines()] == [1, 1, 1, 2, 2, 2, 2, 2]

@@ -4,7 +4,7 @@
 "use strict";
 
 const TOKEN_KEY = "llmq-token";
-const ui = { token: sessionStorage.getItem(TOKEN_KEY), content: false, stream: null, before: null, timer: null };
+const ui = { token: sessionStorage.getItem(TOKEN_KEY), content: false, stream: null, before: null, timer: null, run: null };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, text, cls) {
@@ -180,6 +180,18 @@ function renderJob(job) {
 function onEvent(event) {
   const item = el("li", "#" + event.seq + " " + event.type);
   item.dataset.type = event.type;
+  // the answer starts over at a repair (it failed its format) and at a new run (its worker was lost
+  // and another runs the job from the beginning): the text before is superseded, not continued
+  const newRun = ui.run !== null && event.run > ui.run;
+  if (ui.run === null || event.run > ui.run) ui.run = event.run;
+  let restart = "";
+  if (newRun || event.type === "repair") {
+    $("answer").textContent = "";
+    item.dataset.restart = "1";
+    restart = event.type === "repair"
+      ? " (the answer failed its format: it starts over)"
+      : " (run " + event.run + ": its worker was lost; the answer starts over)";
+  }
   if (event.type === "delta") {
     $("delta-count").textContent = String(Number($("delta-count").textContent) + 1);
     if (ui.content) $("answer").textContent += event.text;
@@ -198,6 +210,7 @@ function onEvent(event) {
   } else if (event.type === "error") {
     item.textContent += " " + event.error.type;
   }
+  item.textContent += restart;
   $("events").appendChild(item);
 }
 
@@ -255,6 +268,7 @@ async function jobView(id) {
   $("job-facts").replaceChildren();
   $("delta-count").textContent = "0";
   $("answer").textContent = "";
+  ui.run = null;
   $("answer").hidden = !ui.content;
   $("live-state").textContent = "";
   $("replay-result").textContent = "";

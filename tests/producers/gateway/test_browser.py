@@ -151,3 +151,44 @@ def test_content_is_shown_only_when_enabled(worker, client: Client, redis_url: s
         driver.refresh()
         until(lambda: _text(driver, "answer") == content, "the answer's text", 30)
         screenshot(driver, "ui-job-content")
+
+
+def test_an_answer_that_starts_over_replaces_the_text_shown(redis_url: str) -> None:
+    """A job whose first worker died mid-answer (run 2 answers from the start) and whose answer was
+    repaired once: the page shows the current answer, not the runs' texts run together, and its event
+    list marks both restarts. The events are the worker's own publisher's, on the gateway's job."""
+    from workers.contract import CompletionResult, DoneEvent, JobKeys, StartEvent
+    from workers.contract.events import RepairEvent
+    from workers.jobs.events import EventPublisher, last_seq
+
+    settings = GatewaySettings(redis_url=redis_url, tokens=TOKENS, ui_content=True)
+    with GatewayThread(create_gateway(settings)) as gw, chromium() as driver:
+        job_id = _submit(gw, TOKEN_A)  # queued: no worker runs it here, the events below are its runs'
+        rds = redis.Redis.from_url(redis_url)
+        keys = JobKeys(job_id)
+        first = EventPublisher(rds, keys, run=1, start_seq=-1, coalesce_s=0)
+        first.emit(StartEvent(job_id=job_id, seq=0, model="openai:gpt-4o-mini"))
+        for text in ("Once ", "upon"):
+            first.delta(text)
+        second = EventPublisher(rds, keys, run=2, start_seq=last_seq(rds, keys), coalesce_s=0)
+        second.emit(StartEvent(job_id=job_id, seq=0, model="openai:gpt-4o-mini"))
+        second.delta("{bad")
+        second.emit(RepairEvent(job_id=job_id, seq=0, attempt=1, errors=["not JSON"]))
+        second.delta('{"ok": true}')
+        second.emit(DoneEvent(job_id=job_id, seq=0, result=CompletionResult(id=job_id, status="succeeded")))
+        rds.close()
+
+        driver.get(f"{gw.url}/ui")
+        driver.find_element("id", "token").send_keys(TOKEN_A)
+        driver.find_element("css selector", "#login-form button").click()
+        until(lambda: _text(driver, "who") == "tenant team-a", "the login", 30)
+        driver.get(f"{gw.url}/ui#/job/{job_id}")
+        driver.refresh()
+        until(lambda: _text(driver, "live-state") == "ended", "the stream followed to its end", 30)
+        assert _text(driver, "answer") == '{"ok": true}'
+        marked = driver.find_elements("css selector", "#events li[data-restart]")
+        assert [item.text for item in marked] == [
+            "#3 start openai:gpt-4o-mini (run 2: its worker was lost; the answer starts over)",
+            "#5 repair (the answer failed its format: it starts over)",
+        ]
+        screenshot(driver, "ui-job-restarts")
