@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from celery.exceptions import CPendingDeprecationWarning
-from celery.signals import setup_logging, worker_init, worker_shutdown
+from celery.signals import celeryd_after_setup, setup_logging, worker_init, worker_shutdown
 
 from workers.connections.brokerurl import amqp_conf, is_amqp
 from workers.connections.redisurl import kombu_broker
@@ -135,6 +135,26 @@ _CANCEL_ON_LOSS_NOTICE = r"(?s).*worker_cancel_long_running_tasks_on_connection_
 _POOL_SETTING_NOTICE = r"\s*The worker_pool setting shouldn't be used to select the eventlet/gevent"
 
 
+def _quiet_known_notices() -> None:
+    """Filter two of Celery's warnings that do not apply to an ``llmq worker``."""
+    # the choice is deliberate (the worker rides out a lost broker): Celery's notice about its future
+    # default would be printed to the operator, eight lines, at every broker reconnect
+    warnings.filterwarnings("ignore", _CANCEL_ON_LOSS_NOTICE, CPendingDeprecationWarning)
+    from kombu.utils.compat import detect_environment
+
+    if detect_environment() == "gevent":
+        # patched already, so started with -P gevent (``llmq worker``): the warning does not apply (a
+        # bare ``celery worker`` without -P, which it is for, is not patched here and still gets it)
+        warnings.filterwarnings("ignore", _POOL_SETTING_NOTICE, UserWarning)
+
+
+@celeryd_after_setup.connect
+def _after_celery_setup(**_: object) -> None:
+    """Once more after Celery's logging set-up, which puts ``always`` for its deprecation warnings in
+    front of every filter (``celery/app/log.py``) and so undid the one :func:`_on_worker_init` set."""
+    _quiet_known_notices()
+
+
 @worker_init.connect
 def _on_worker_init(sender: object = None, **_: object) -> None:
     """Build the worker's resources before the first job, redact secrets in logs, serve metrics.
@@ -152,15 +172,7 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
     from workers.runtime.telemetry import install_log_redaction, serve_metrics
 
     install_log_redaction()
-    # the choice above is deliberate: Celery's notice about its future default would be printed to
-    # the operator at every broker reconnect
-    warnings.filterwarnings("ignore", _CANCEL_ON_LOSS_NOTICE, CPendingDeprecationWarning)
-    from kombu.utils.compat import detect_environment
-
-    if detect_environment() == "gevent":
-        # patched already, so started with -P gevent (``llmq worker``): the warning does not apply (a
-        # bare ``celery worker`` without -P, which it is for, is not patched here and still gets it)
-        warnings.filterwarnings("ignore", _POOL_SETTING_NOTICE, UserWarning)
+    _quiet_known_notices()
     from workers.llm.errors import ConfigurationError
     from workers.runtime.redischeck import check_broker_redis
 
