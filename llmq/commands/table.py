@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from producers.units import usd
+
 __all__ = ["print_table", "usd"]
 
 
@@ -16,11 +18,3 @@ def print_table(rows: Sequence[Sequence[str]], *, numeric: bool = False) -> None
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         )
         print("  ".join(cells).rstrip())
-
-
-def usd(value: float | None) -> str:
-    """``$1,234.50``, ``$0.000125``: cents always, micro-dollars when there are any; ``-`` for None."""
-    if value is None:
-        return "-"
-    whole, _, frac = f"{value:,.6f}".partition(".")
-    return f"${whole}.{frac.rstrip('0').ljust(2, '0')}"

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from producers.units import usd
+
 __all__ = ["BatchCounters", "BatchProgress", "format_duration"]
 
 
@@ -88,7 +90,7 @@ class BatchProgress:
         pct = f"{100 * c.done / c.todo:5.1f}%" if c.todo else "  -  "
         return (
             f"{pct} done {c.done}/{c.todo}  failed {c.failed}  in flight {c.in_flight}  "
-            f"tokens {_si(c.tokens)}  cost ${c.cost_usd:.4f}  {rate:.1f}/s  ETA {eta}"
+            f"tokens {_si(c.tokens)}  cost {usd(c.cost_usd)}  {rate:.1f}/s  ETA {eta}"
         )
 
     def update(self, c: BatchCounters, *, force: bool = False) -> None:
@@ -127,6 +129,6 @@ class BatchProgress:
         self.stream.write(
             f"llmq batch {state} in {format_duration(elapsed)}: {c.succeeded} succeeded, {c.failed} failed, "
             f"{c.invalid} invalid, {c.resumed} already done earlier; tokens {c.prompt_tokens}+"
-            f"{c.completion_tokens}, cost ${c.cost_usd:.4f}, {rate:.1f} lines/s{extra}\n"
+            f"{c.completion_tokens}, cost {usd(c.cost_usd)}, {rate:.1f} lines/s{extra}\n"
         )
         self.stream.flush()

@@ -393,9 +393,23 @@ def test_progress_plain_lines_when_not_a_terminal() -> None:
     line = stream.getvalue()
     assert line.startswith("llmq batch:") and line.endswith("\n") and "\r" not in line
     assert "done 12/100" in line and "failed 2" in line and "in flight 5" in line and "tokens 1.5k" in line
-    assert "cost $0.5000" in line and "1.0/s" in line and "ETA 1:28" in line
+    assert "cost $0.50 " in line and "1.0/s" in line and "ETA 1:28" in line
     progress.finish(counters)
     assert "10 succeeded, 2 failed" in stream.getvalue().splitlines()[-1]
+
+
+def test_a_batch_of_cheap_calls_does_not_read_as_free() -> None:
+    """Three cheap lines cost $0.000039: four decimals showed "$0.0000". Micro-dollars are shown when
+    there are any, the same as ``llmq spend`` and ``llmq budget``."""
+    stream = io.StringIO()
+    progress = BatchProgress(stream, tty=False, plain_interval_s=0, clock=FakeClock(0.0))
+    counters = BatchCounters(todo=3, succeeded=3, cost_usd=0.000039)
+    progress.update(counters, force=True)
+    progress.finish(counters)
+    lines = stream.getvalue().splitlines()
+    assert "cost $0.000039 " in lines[0] and "cost $0.000039," in lines[-1], lines
+    progress.finish(BatchCounters(todo=1, succeeded=1, cost_usd=1234.5))
+    assert "cost $1,234.50," in stream.getvalue().splitlines()[-1]
 
 
 def test_progress_redraws_one_line_on_a_terminal() -> None:
