@@ -1,9 +1,10 @@
-"""``llmq jobs``: the job history, dead letters and replay.
+"""``llmq jobs``: the job history, dead letters, replay and cancel.
 
     llmq jobs list [--status failed] [--error rate_limited] [--tenant T] [--model M] [--since 2h] [--limit N] [--json]
     llmq jobs dead [same filters]                 (the failed jobs, with their cause and replay state)
     llmq jobs show ID [--json]                    (request summary without message text, attempts, events, cost, trace id)
     llmq jobs replay [same filters] [--dry-run] [--include-copies] [--json]
+    llmq jobs cancel ID [ID ...] [--wait S]     (queued or running jobs end ``cancelled``; exit 4 if an id is unknown)
 
 The workers index every ended job for ``LLMQ_HISTORY_DAYS`` days (``workers/contract/history.py``).
 ``replay`` re-submits copies of the matching *failed* jobs with new ids linked to the originals
@@ -24,7 +25,7 @@ import time
 import redis
 
 from llmq.commands.table import print_table
-from producers.client import Client
+from producers.client import Client, ResultTimeoutError
 from producers.history import HistoryEntry, HistoryQuery, JobHistory, drive, parse_since
 from producers.replay import replay_steps
 from producers.watermark import is_out_of_memory
@@ -50,7 +51,7 @@ def _filters(p: argparse.ArgumentParser, *, status: bool = True) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("jobs", help="job history, dead letters and replay")
+    p = sub.add_parser("jobs", help="job history, dead letters, replay and cancel")
     actions = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     _filters(actions.add_parser("list", help="ended jobs, newest first"))
     _filters(actions.add_parser("dead", help="dead letters: failed jobs, their cause and replay state"), status=False)
@@ -63,7 +64,43 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     replay.add_argument(
         "--include-copies", action="store_true", help="also replay failed copies of earlier replays (their own copy)"
     )
+    cancel = actions.add_parser("cancel", help="cancel queued or running jobs (the worker aborts the call)")
+    cancel.add_argument("job_ids", nargs="+", metavar="ID")
+    cancel.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for each to end")
     p.set_defaults(func=run)
+
+
+#: An id that names no job in this Redis (as ``llmq subscribe``).
+EXIT_UNKNOWN_JOB = 4
+
+
+def _cancel(client: Client, job_ids: list[str], wait_s: float) -> int:
+    """Ask each job to stop; say what each was and, with ``wait_s``, how it ended."""
+    unknown = 0
+    for job_id in job_ids:
+        keys = JobKeys(job_id)
+        state = client.status(job_id)
+        if state is None and not client.redis.exists(keys.result, keys.events):
+            print(
+                f"llmq: no job {job_id!r} in this Redis (never submitted here, or its records expired)", file=sys.stderr
+            )
+            unknown += 1
+            continue
+        if not client.cancel(job_id):
+            ended = client.get_result(job_id)
+            print(f"{job_id}: already ended ({ended.status if ended else 'ended'}); nothing to cancel")
+            continue
+        was = (state or {}).get("state", "queued")
+        if wait_s <= 0:
+            print(f"{job_id}: cancel requested (it was {was})")
+            continue
+        try:
+            result = client.result(job_id, timeout=wait_s)
+        except ResultTimeoutError as exc:
+            print(f"{job_id}: cancel requested (it was {was}); not ended yet: {exc}")
+            continue
+        print(f"{job_id}: {result.status} (it was {was})")
+    return EXIT_UNKNOWN_JOB if unknown else 0
 
 
 def _query(args: argparse.Namespace, status: str | None) -> HistoryQuery:
@@ -220,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
             return _show(client, history, args.job_id, args.json)
         if args.jobs_command == "replay":
             return _replay(client, history, args)
+        if args.jobs_command == "cancel":
+            return _cancel(client, args.job_ids, args.wait)
         status = "failed" if args.jobs_command == "dead" else args.status
         entries = history.list(_query(args, status))
         if args.json:
