@@ -18,6 +18,7 @@ import time
 
 from llmq.devstack import LocalStack, sigterm_as_keyboard_interrupt
 from producers.client import Client
+from producers.units import usd
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,7 +43,7 @@ def _show_result(result: object) -> None:
     print(
         f"   status={result.status} model_used={result.model_used} tokens={result.usage.prompt_tokens}+"
         f"{result.usage.completion_tokens}{' (estimated)' if result.usage.estimated else ''} "
-        f"cost=${result.cost_usd if result.cost_usd is not None else 'n/a'} ttft={result.timings.ttft_s}s "
+        f"cost={usd(result.cost_usd) if result.cost_usd is not None else 'n/a'} ttft={result.timings.ttft_s}s "
         f"total={result.timings.total_s}s"
     )
     if tries:
