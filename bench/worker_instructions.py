@@ -101,7 +101,7 @@ def one_round(args: argparse.Namespace, name: str, env: dict[str, str]) -> dict[
             "--hostname",
             f"cg-{name}@%h",
             "--loglevel",
-            "WARNING",
+            args.loglevel,
         ]
         worker = stack._spawn("worker", argv, {**stack.provider_env(), **env})
         stack.wait_for_workers(1, timeout=600)
@@ -128,6 +128,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--upstream", type=float, default=0.0, help="seconds per answer (20 deltas)")
+    p.add_argument("--loglevel", default="WARNING", help="the worker's (INFO: what `llmq worker` runs with by default)")
     args = p.parse_args()
     variants = [parse_variant(v) for v in ["this:", *args.variant]]
     counts: dict[str, list[float]] = {name: [] for name, _ in variants}
