@@ -67,7 +67,7 @@ class ClaimHeartbeat:
         self.beats += 1
         lost = [h for h, ok in zip(held, renewed, strict=True) if not ok]
         for h in lost:
-            log.warning("job %s: this run lost its claim (the job moved to another run); stopping it", h.keys.job_id)
+            log.warning("job %s: this run no longer holds its claim; stopping it", h.keys.job_id)
             self.drop(h.token)
             try:
                 h.on_lost()

@@ -528,9 +528,26 @@ class JobRunner:
         if run.handed_back:
             log.warning("job %s: stopped by the worker's shutdown; handing it back to the queue", run.job.id)
             return JobOutcome(skipped="handed back at shutdown", handed_back=True)  # the claim is released
-        log.warning("job %s: %s", run.job.id, exc.message)
         run.token = ""  # not ours to release
+        if self._records_gone(run.keys):
+            log.error(
+                "job %s: its claim and its records are gone from Redis, not taken by another run: Redis lost "
+                "its data (restarted without persistence, or flushed), and with it the job; this run stops "
+                "and the job ends nowhere unless it is submitted again. Run Redis with appendonly yes "
+                "(ops/redis.conf)",
+                run.job.id,
+            )
+            return JobOutcome(skipped="fenced: the job's records are gone from Redis")
+        log.warning("job %s: %s", run.job.id, exc.message)
         return JobOutcome(skipped="fenced: the job moved to another run")
+
+    def _records_gone(self, keys: JobKeys) -> bool:
+        """Neither the job's claim nor its metadata is in Redis (a fenced run's cause: data lost, not
+        another run); a Redis that does not answer says nothing here."""
+        try:
+            return int(self.res.redis.exists(keys.claim, keys.meta)) == 0
+        except redis.RedisError:
+            return False
 
     def _requeue(self, run: JobRun, exc: RetryLaterError) -> JobOutcome:
         wait = exc.retry_after or 1.0

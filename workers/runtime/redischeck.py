@@ -1,4 +1,5 @@
-"""The worker refuses a Redis too old for its job queue, at start, with one line naming the version.
+"""The worker refuses a Redis too old for its job queue, at start, with one line naming the version,
+and says when that Redis keeps the queue in memory only (a restart would lose the jobs).
 
 The broker transport (``workers/runtime/broker.py``) waits for jobs with ``BLMOVE``, which Redis has
 since 6.2. On an older server the worker would start and then fail its first wait ("unknown
@@ -29,6 +30,7 @@ __all__ = [
     "RedisVersionError",
     "check_broker_redis",
     "check_redis_version",
+    "persistence_notice",
     "wait_until_writable",
 ]
 
@@ -85,8 +87,38 @@ def check_broker_redis(broker_url: str, *, timeout_s: float = 5.0) -> None:
     try:
         check_redis_version(info, url=broker_url)
         wait_until_writable(client, url=broker_url)
+        notice = persistence_notice(client.info("persistence"), _save_points(client), url=broker_url)
+        if notice is not None:
+            log.warning(notice)
+    except (redis.ConnectionError, redis.TimeoutError):
+        pass  # gone meanwhile: the consumer's own connection reports it
     finally:
         client.close()
+
+
+def _save_points(client: redis.Redis) -> str | None:
+    """Redis's ``save`` setting (its snapshot schedule, "" for none), or None where ``CONFIG`` is not
+    allowed (a managed Redis)."""
+    try:
+        found = client.config_get("save")
+    except redis.ResponseError:
+        return None
+    value = found.get("save") if isinstance(found, dict) else None
+    return None if value is None else str(value)
+
+
+def persistence_notice(info: Mapping[str, object], save: str | None, *, url: str) -> str | None:
+    """What an operator must hear when the Redis that holds the queue keeps its writes only in memory
+    (``INFO persistence`` shows no append-only file): a restart loses the queued and running jobs since
+    its last snapshot, or all of them when it takes none (``save`` is ""). None for a Redis with AOF, or
+    one that does not say (a Redis-compatible server without the field)."""
+    if str(info.get("aof_enabled", "1")) != "0":
+        return None
+    since = "all of them: it takes no snapshots either" if save == "" else "those since its last snapshot"
+    return (
+        f"Redis at {shown_url(url)} keeps the job queue in memory only (appendonly no): a restart or crash "
+        f"of it loses the jobs queued and running, {since}; run it with appendonly yes (ops/redis.conf)"
+    )
 
 
 def wait_until_writable(

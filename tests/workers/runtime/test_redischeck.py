@@ -89,3 +89,34 @@ def test_llmq_worker_refuses_a_tool_module_that_does_not_import(redis_url: str) 
     refusal = [line for line in out.stderr.splitlines() if "cannot start" in line]
     assert len(refusal) == 1 and "tests.support.no_such_tools" in refusal[0], out.stderr[-3000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
+
+
+def test_a_redis_without_an_append_only_file_is_said_once_at_start_as_what_a_restart_loses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Real servers: a worker's start check names a Redis that keeps the queue in memory only (what
+    ``llmq redis`` and this machine's own Redis run), and is silent on one with AOF (ops/redis.conf)."""
+    from llmq.localredis import ManagedRedis
+    from workers.runtime.redischeck import persistence_notice
+
+    volatile, durable = ManagedRedis(), ManagedRedis(durable=True)
+    with caplog.at_level("WARNING", logger="llmq.worker"):
+        try:
+            volatile.start()
+            durable.start()
+            check_broker_redis(volatile.url)
+            check_broker_redis(durable.url)
+        finally:
+            volatile.stop()
+            durable.stop()
+    notes = [r.getMessage() for r in caplog.records if "appendonly" in r.getMessage()]
+    assert len(notes) == 1, notes
+    assert f"127.0.0.1:{volatile.port}" in notes[0] and "all of them: it takes no snapshots" in notes[0]
+    assert "appendonly yes (ops/redis.conf)" in notes[0]
+    # the judgement: snapshots only, a Redis that does not say, CONFIG refused (a managed Redis)
+    snapshots = persistence_notice({"aof_enabled": 0}, "3600 1", url="redis://:pw@h:6379/0")
+    assert snapshots is not None and "since its last snapshot" in snapshots and "pw" not in snapshots
+    assert persistence_notice({"aof_enabled": 1}, "", url="redis://h/0") is None
+    assert persistence_notice({}, None, url="redis://h/0") is None
+    unknown = persistence_notice({"aof_enabled": "0"}, None, url="redis://h/0")
+    assert unknown is not None and "since its last snapshot" in unknown
