@@ -25,7 +25,7 @@ from producers.core import (
     models_error,
     next_backoff,
 )
-from producers.cursor import GAP, EventCursor, ResultTimeoutError
+from producers.cursor import GAP, EventCursor, JobLostError, ResultTimeoutError
 from producers.errors import InvalidJobError, RedisFullError
 from producers.onestep import SUBMIT_LUA
 from producers.prompts import AsyncPromptResolver, job_data
@@ -321,6 +321,7 @@ class AsyncClient(ClientCore):
                         if message is None:
                             if cursor.worker_check_due(self.no_worker_notice_s):
                                 await self._say_if_no_worker(job_id)
+                            cursor.still_there(bool(await self.redis.exists(keys.meta, keys.events, keys.result)))
                             break  # idle: look in the Stream for anything missed
                         got = cursor.live(message["data"])
                         if got is GAP:
@@ -336,6 +337,8 @@ class AsyncClient(ClientCore):
                     raise ResultTimeoutError(await self.why_not_ended(job_id, str(exc))) from None
                 await asyncio.sleep(min(backoff, wait))
                 backoff = next_backoff(backoff)
+            except JobLostError:
+                raise  # says what happened already
             except ResultTimeoutError as exc:
                 raise ResultTimeoutError(await self.why_not_ended(job_id, str(exc))) from None
             finally:

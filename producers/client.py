@@ -39,7 +39,7 @@ from producers.core import (
     next_backoff,
     validate_job,
 )
-from producers.cursor import GAP, EventCursor, ResultTimeoutError
+from producers.cursor import GAP, EventCursor, JobLostError, ResultTimeoutError
 from producers.errors import InvalidJobError, RedisFullError, SubmitRefusedError
 from producers.onestep import SUBMIT_LUA
 from producers.prompts import PromptResolver, job_data
@@ -64,6 +64,7 @@ __all__ = [
     "Client",
     "InvalidJobError",
     "JobHandle",
+    "JobLostError",
     "RedisFullError",
     "ResultTimeoutError",
     "SubmitRefusedError",
@@ -367,6 +368,8 @@ class Client(ClientCore):
                     # again and replay from the next seq, so nothing is missed or repeated
                     time.sleep(min(backoff, cursor.wait_s()))
                     backoff = next_backoff(backoff)
+        except JobLostError:
+            raise  # says what happened already
         except ResultTimeoutError as exc:
             raise ResultTimeoutError(self.why_not_ended(job_id, str(exc))) from None
 
@@ -419,6 +422,7 @@ class Client(ClientCore):
                     if message is None:
                         if cursor.worker_check_due(self.no_worker_notice_s):
                             self._say_if_no_worker(cursor.job_id)
+                        cursor.still_there(bool(self.redis.exists(keys.meta, keys.events, keys.result)))
                         break  # idle: look in the Stream for anything missed
                     got = cursor.live(message["data"])
                     if got is GAP:

@@ -18,11 +18,17 @@ from typing import Final
 
 from workers.contract import TERMINAL_EVENT_TYPES, StreamEvent, parse_event
 
-__all__ = ["GAP", "EventCursor", "ResultTimeoutError"]
+__all__ = ["GAP", "EventCursor", "JobLostError", "ResultTimeoutError"]
 
 
 class ResultTimeoutError(TimeoutError):
     """No terminal event (or result) within the consumer's timeout."""
+
+
+class JobLostError(ResultTimeoutError):
+    """The job's records (its metadata, events and result) vanished from Redis while it was followed:
+    Redis lost its data (restarted without persistence, or flushed). No terminal event will come. A
+    :class:`ResultTimeoutError`, so code that handles "no result" handles this too."""
 
 
 class _Gap(enum.Enum):
@@ -58,6 +64,8 @@ class EventCursor:
         self._deadline = None if timeout is None else clock() + timeout
         self._started = clock()
         self._worker_checked = False
+        #: The job was seen in Redis (an event, or its records) during this follow.
+        self.seen = False
 
     @property
     def next_seq(self) -> int:
@@ -65,6 +73,7 @@ class EventCursor:
 
     def replayed(self, event: StreamEvent) -> StreamEvent | None:
         """An event read from the Stream (in order, from :attr:`next_seq`): what to hand on."""
+        self.seen = True
         self.last = event.seq
         self.done = event.type in TERMINAL_EVENT_TYPES
         return event if self.deltas or event.type != "delta" else None
@@ -90,7 +99,21 @@ class EventCursor:
             self.done = True
         return self.done
 
+    def still_there(self, exists: bool) -> None:
+        """What an idle look found: whether any of the job's records is in Redis. Raises
+        :class:`JobLostError` when the job, seen before, is gone (a job not seen yet may still be on
+        its way: a consumer that follows an id before its producer submits it)."""
+        if exists:
+            self.seen = True
+        elif self.seen:
+            raise JobLostError(
+                f"job {self.job_id} vanished from Redis while it was followed (its metadata, events and "
+                "result are gone): Redis lost its data (restarted without persistence, or flushed); no "
+                "terminal event will come, submit it again"
+            )
+
     def _advance(self, seq: int, event: StreamEvent | None) -> StreamEvent | _Gap | None:
+        self.seen = True
         if seq <= self.last:
             if event is not None and event.type in TERMINAL_EVENT_TYPES:
                 self.done = True  # the job ended before the seq this consumer started from

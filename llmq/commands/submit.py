@@ -16,7 +16,7 @@ from llmq.commands.answerprint import DeltaPrinter
 from llmq.commands.params import add_param_args, apply_params, priority_arg
 from llmq.commands.prompts import parse_vars
 from producers.catalog import live_presences
-from producers.client import Client, InvalidJobError, ResultTimeoutError
+from producers.client import Client, InvalidJobError, JobLostError, ResultTimeoutError
 from workers.contract import JobKeys
 from workers.contract.schedule import PRIORITIES
 
@@ -171,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
                     printer.feed(event)
                 printer.end_line()
             result = handle.result(timeout=args.timeout)
+        except JobLostError as exc:  # its records vanished from Redis while it was awaited
+            print(f"llmq: {exc}", file=sys.stderr)
+            return 4
         except ResultTimeoutError as exc:
             print(f"llmq: {exc}", file=sys.stderr)
             return 3

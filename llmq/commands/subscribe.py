@@ -5,7 +5,8 @@ to is said on stderr once, naming the queues live workers do consume; the wait g
 
 Exit status: 0 the job succeeded; 1 it failed or was cancelled; 3 ``--timeout`` passed first (the
 message says whether the job is still queued with no worker on its queue, or running);
-4 no such job in this Redis (never submitted there, or its records expired). A reader that goes
+4 no such job in this Redis (never submitted there, or its records expired), or its records vanished
+while it was followed (Redis lost its data). A reader that goes
 away (``llmq subscribe --json ID | head``) ends it quietly (``llmq/cli.py``).
 """
 
@@ -16,7 +17,7 @@ import sys
 
 from llmq.commands.answerprint import DeltaPrinter
 from llmq.commands.submit import watch_for_workers
-from producers.client import Client, ResultTimeoutError
+from producers.client import Client, JobLostError, ResultTimeoutError
 from workers.contract import JobKeys
 from workers.contract.redaction import shown_url
 
@@ -70,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
                         printer.end_line()
                 if event.type in ("done", "error", "cancelled"):
                     status = 0 if event.type == "done" else 1
+        except JobLostError as exc:  # its records vanished from Redis while followed
+            print(f"\nllmq: {exc}", file=sys.stderr)
+            return EXIT_UNKNOWN_JOB
         except ResultTimeoutError as exc:
             print(f"llmq: {exc}", file=sys.stderr)
             return 3

@@ -142,3 +142,30 @@ def test_cancel_is_true_until_the_job_has_a_result(producer: Producer, redis_cli
     assert redis_client.get(JobKeys("job-parity-3").cancel) == b"1"
     _publish(redis_client, "job-parity-4", [], CompletionResult(id="job-parity-4", status="succeeded"))
     assert producer.cancel("job-parity-4") is False
+
+
+def test_a_followed_job_whose_records_vanish_ends_the_wait_with_job_lost(producer: Producer, redis_url: str) -> None:
+    """A job's records gone while it is followed (a Redis restarted without persistence, or flushed):
+    the stream and the result end with :class:`JobLostError` at the next idle look, instead of waiting
+    for a terminal event that cannot come; an id never seen keeps waiting (it may be submitted yet)."""
+    import threading
+
+    from producers import JobLostError
+
+    job_id = producer.submit({**JOB, "id": "vanishing-1"}).id  # queued: no worker takes "parity"
+    side = redis.Redis.from_url(redis_url)
+    doomed = [JobKeys(job_id).meta, JobKeys(job_id).events, JobKeys(job_id).result]
+    for follow in (
+        lambda: producer.stream(job_id, timeout=60, idle_check_s=0.05),
+        lambda: producer.result(job_id, timeout=60),
+    ):
+        side.hset(JobKeys(job_id).meta, "state", "queued")  # (back for the second follow)
+        wipe = threading.Timer(0.3, lambda: side.delete(*doomed))
+        wipe.start()
+        with pytest.raises(JobLostError, match="vanished from Redis"):
+            follow()
+        wipe.join()
+    with pytest.raises(ResultTimeoutError) as waited:
+        producer.stream("never-submitted-1", timeout=0.3, idle_check_s=0.05)
+    assert not isinstance(waited.value, JobLostError)
+    side.close()
