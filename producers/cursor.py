@@ -108,8 +108,9 @@ class EventCursor:
         elif self.seen:
             raise JobLostError(
                 f"job {self.job_id} vanished from Redis while it was followed (its metadata, events and "
-                "result are gone): Redis lost its data (restarted without persistence, or flushed); no "
-                "terminal event will come, submit it again"
+                "result are gone): Redis lost its data (restarted without persistence, or flushed), or the "
+                "job outlived its records (queued longer than LLMQ_RESULT_TTL_S); no terminal event will "
+                "come, submit it again"
             )
 
     def _advance(self, seq: int, event: StreamEvent | None) -> StreamEvent | _Gap | None:
