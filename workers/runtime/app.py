@@ -174,12 +174,13 @@ def _on_worker_init(sender: object = None, **_: object) -> None:
     install_log_redaction()
     _quiet_known_notices()
     from workers.llm.errors import ConfigurationError
-    from workers.runtime.redischeck import check_broker_redis
+    from workers.runtime.redischeck import check_broker_redis, check_state_redis
 
     settings = worker_app.llmq.settings
     try:
         # a Redis too old for the queue's BLMOVE: refused here, not a worker that fails every wait
         check_broker_redis(settings.broker_url or settings.redis_url)
+        check_state_redis(settings.redis_url, settings.broker_url)
         resources = worker_app.llmq.resources()
         # the schedule's weights and caps, where the broker's scripts read them (workers/runtime/schedconf.py)
         from workers.runtime.schedconf import publish_schedule

@@ -30,6 +30,7 @@ __all__ = [
     "RedisVersionError",
     "check_broker_redis",
     "check_redis_version",
+    "check_state_redis",
     "persistence_notice",
     "wait_until_writable",
 ]
@@ -87,13 +88,31 @@ def check_broker_redis(broker_url: str, *, timeout_s: float = 5.0) -> None:
     try:
         check_redis_version(info, url=broker_url)
         wait_until_writable(client, url=broker_url)
-        notice = persistence_notice(client.info("persistence"), _save_points(client), url=broker_url)
-        if notice is not None:
-            log.warning(notice)
+        _say_if_volatile(client, broker_url)
     except (redis.ConnectionError, redis.TimeoutError):
         pass  # gone meanwhile: the consumer's own connection reports it
     finally:
         client.close()
+
+
+def check_state_redis(redis_url: str, broker_url: str | None, *, timeout_s: float = 5.0) -> None:
+    """The Redis of the jobs' state (claims, events, results, the ledger) when the queue lives
+    elsewhere (RabbitMQ, or a Redis of its own): said at start when it keeps that state in memory only."""
+    if not broker_url or broker_url == redis_url:
+        return  # the same server: check_broker_redis has said it
+    client = redis_client(redis_url, max_connections=1, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        _say_if_volatile(client, redis_url)
+    except (redis.ConnectionError, redis.TimeoutError):
+        pass  # not judged here: the worker's own start reports an unreachable Redis
+    finally:
+        client.close()
+
+
+def _say_if_volatile(client: redis.Redis, url: str) -> None:
+    notice = persistence_notice(client.info("persistence"), _save_points(client), url=url)
+    if notice is not None:
+        log.warning(notice)
 
 
 def _save_points(client: redis.Redis) -> str | None:

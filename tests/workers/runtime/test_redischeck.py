@@ -97,7 +97,7 @@ def test_a_redis_without_an_append_only_file_is_said_once_at_start_as_what_a_res
     """Real servers: a worker's start check names a Redis that keeps the queue in memory only (what
     ``llmq redis`` and this machine's own Redis run), and is silent on one with AOF (ops/redis.conf)."""
     from llmq.localredis import ManagedRedis
-    from workers.runtime.redischeck import persistence_notice
+    from workers.runtime.redischeck import check_state_redis, persistence_notice
 
     volatile, durable = ManagedRedis(), ManagedRedis(durable=True)
     with caplog.at_level("WARNING", logger="llmq.worker"):
@@ -106,11 +106,16 @@ def test_a_redis_without_an_append_only_file_is_said_once_at_start_as_what_a_res
             durable.start()
             check_broker_redis(volatile.url)
             check_broker_redis(durable.url)
+            check_state_redis(volatile.url, None)  # the queue's own Redis: said above, not twice
+            check_state_redis(volatile.url, volatile.url)
+            check_state_redis(durable.url, "amqp://guest:guest@127.0.0.1:5672//")  # durable state: nothing
+            with caplog.at_level("WARNING", logger="llmq.worker"):
+                check_state_redis(volatile.url, "amqp://guest:guest@127.0.0.1:5672//")  # the queue on RabbitMQ
         finally:
             volatile.stop()
             durable.stop()
     notes = [r.getMessage() for r in caplog.records if "appendonly" in r.getMessage()]
-    assert len(notes) == 1, notes
+    assert len(notes) == 2 and notes[0] == notes[1], notes  # the queue's Redis, then the state's
     assert f"127.0.0.1:{volatile.port}" in notes[0] and "all of them: it takes no snapshots" in notes[0]
     assert "appendonly yes (ops/redis.conf)" in notes[0]
     # the judgement: snapshots only, a Redis that does not say, CONFIG refused (a managed Redis)
