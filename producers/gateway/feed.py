@@ -40,13 +40,21 @@ log = logging.getLogger("llmq.gateway")
 #: The longest wait between two checks of a feed's watch (seconds).
 WATCH_MAX_S = 30.0
 
+#: The feed's end when the job's records vanished from Redis while it was followed.
+VANISHED = (
+    "The job vanished from Redis while it was followed (its metadata, events and result are gone): Redis "
+    "lost its data (restarted without persistence, or flushed), or the job outlived its records; no "
+    "terminal event will come. Submit it again."
+)
+
 #: The hub subscribes here at start so its connection exists before the first client.
 _HUB_CHANNEL = "llmq:gateway:hub"
 
 
 class FeedError:
     """Put in a feed's queue when the job's events will not come: reading them failed (Redis
-    unreachable), or the job waits on a queue no live worker consumes (``code="no_worker"``)."""
+    unreachable), the job waits on a queue no live worker consumes (``code="no_worker"``), or its
+    records vanished from Redis while it was followed (``code="job_lost"``)."""
 
     type = "feed_error"
 
@@ -175,6 +183,8 @@ class JobFeed:
         self._wake = asyncio.Event()
         #: True once the terminal event is in the queue.
         self.finished = False
+        #: The job's records were seen in Redis (a later look that finds none: the job vanished).
+        self._present = False
 
     # --- live (called by the hub; never blocks) ---------------------------------------------------
 
@@ -219,6 +229,10 @@ class JobFeed:
                         await asyncio.wait_for(self._wake.wait(), self._idle_check_s)
                     except TimeoutError:
                         if self._last == before:
+                            if await self._vanished():
+                                self.finished = True
+                                await self.queue.put(FeedError(VANISHED, code="job_lost"))
+                                break
                             self._behind = True  # quiet: look in the Stream for anything missed
                     self._wake.clear()
             finally:
@@ -230,6 +244,15 @@ class JobFeed:
             if watching is not None:
                 watching.cancel()
                 await asyncio.gather(watching, return_exceptions=True)
+
+    async def _vanished(self) -> bool:
+        """A quiet feed's look: True when the job, seen in Redis before, has no record there any more
+        (Redis lost its data, or the job outlived its records): no terminal event can come."""
+        found = int(await self._redis.exists(self.keys.meta, self.keys.events, self.keys.result))
+        if found:
+            self._present = True
+            return False
+        return self._present or self._last >= 0
 
     async def _watching(self) -> None:
         """The watch: after its delay, while no event came yet, its check may end the feed; checked

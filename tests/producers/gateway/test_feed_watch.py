@@ -69,3 +69,37 @@ def test_a_started_job_stops_the_watch(redis_url: str) -> None:
         return asked
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_a_followed_job_whose_records_vanish_ends_its_feed_with_job_lost(redis_url: str) -> None:
+    """A quiet feed looks whether the job is still in Redis: one seen before and gone now (a Redis
+    restarted without persistence, or flushed) ends the feed with ``job_lost``; until then it waits."""
+
+    async def scenario() -> tuple[list[str], FeedError | object]:
+        client = aredis.Redis.from_url(redis_url)
+        keys = JobKeys("vanishing-job")
+        await client.hset(keys.meta, mapping={"state": "running", "tenant": "t"})
+        start = StartEvent(job_id="vanishing-job", seq=0, model="openai:gpt-4o-mini")
+        await client.xadd(keys.events, {"e": start.model_dump_json()}, id="0-1")
+        hub = LiveHub(client)
+        await hub.start()
+        feed = JobFeed(client, hub, "vanishing-job", idle_check_s=0.02)
+        runner = asyncio.create_task(feed.run())
+        got: list[str] = []
+        try:
+            first = await asyncio.wait_for(feed.queue.get(), 60)
+            got.append(getattr(first, "type", "?"))
+            await asyncio.sleep(0.1)  # quiet looks find the job: the feed waits on
+            assert feed.queue.empty() and not runner.done()
+            await client.delete(keys.meta, keys.events)  # what a restart without persistence leaves
+            item = await asyncio.wait_for(feed.queue.get(), 60)
+            await asyncio.wait_for(runner, 60)
+        finally:
+            runner.cancel()
+            await hub.close()
+            await client.aclose()
+        return got, item
+
+    got, item = asyncio.run(scenario())
+    assert got == ["start"]
+    assert isinstance(item, FeedError) and item.code == "job_lost" and "vanished from Redis" in item.message
