@@ -422,7 +422,7 @@ class Client(ClientCore):
                     if message is None:
                         if cursor.worker_check_due(self.no_worker_notice_s):
                             self._say_if_no_worker(cursor.job_id)
-                        cursor.still_there(bool(self.redis.exists(keys.meta, keys.events, keys.result)))
+                        cursor.still_there(bool(self.redis.exists(*keys.records)))
                         break  # idle: look in the Stream for anything missed
                     got = cursor.live(message["data"])
                     if got is GAP:

@@ -24,6 +24,7 @@ import time
 
 import redis
 
+from llmq.commands.subscribe import EXIT_UNKNOWN_JOB, say_if_unknown
 from llmq.commands.table import print_table
 from producers.client import Client, ResultTimeoutError
 from producers.history import HistoryEntry, HistoryQuery, JobHistory, drive, parse_since
@@ -70,22 +71,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-#: An id that names no job in this Redis (as ``llmq subscribe``).
-EXIT_UNKNOWN_JOB = 4
-
-
 def _cancel(client: Client, job_ids: list[str], wait_s: float) -> int:
     """Ask each job to stop; say what each was and, with ``wait_s``, how it ended."""
     unknown = 0
     for job_id in job_ids:
-        keys = JobKeys(job_id)
-        state = client.status(job_id)
-        if state is None and not client.redis.exists(keys.result, keys.events):
-            print(
-                f"llmq: no job {job_id!r} in this Redis (never submitted here, or its records expired)", file=sys.stderr
-            )
+        if say_if_unknown(client, job_id):
             unknown += 1
             continue
+        state = client.status(job_id)
         if not client.cancel(job_id):
             ended = client.get_result(job_id)
             print(f"{job_id}: already ended ({ended.status if ended else 'ended'}); nothing to cancel")

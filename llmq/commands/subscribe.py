@@ -34,25 +34,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def _exists(client: Client, job_id: str) -> bool:
-    keys = JobKeys(job_id)
-    return client.status(job_id) is not None or bool(client.redis.exists(keys.events, keys.result))
+def say_if_unknown(client: Client, job_id: str) -> bool:
+    """True, said on stderr, when ``job_id`` names no job in this Redis (also ``llmq jobs cancel``'s)."""
+    if client.redis.exists(*JobKeys(job_id).records):
+        return False
+    hint = "" if ":" in job_id else " (a job submitted through the gateway with an id of yours is '<tenant>:<id>')"
+    print(
+        f"llmq: no job {job_id!r} in Redis at {shown_url(client.redis_url)}: it was never submitted there, "
+        f"or its records expired (LLMQ_RESULT_TTL_S){hint}",
+        file=sys.stderr,
+    )
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
     with Client() as client:
         client.no_worker_notice_s = None  # watch_for_workers says it, on stderr
-        if not _exists(client, args.job_id):
-            hint = (
-                ""
-                if ":" in args.job_id
-                else " (a job submitted through the gateway with an id of yours is '<tenant>:<id>')"
-            )
-            print(
-                f"llmq: no job {args.job_id!r} in Redis at {shown_url(client.redis_url)}: it was never submitted there, "
-                f"or its records expired (LLMQ_RESULT_TTL_S){hint}",
-                file=sys.stderr,
-            )
+        if say_if_unknown(client, args.job_id):
             return EXIT_UNKNOWN_JOB
         status: int | None = None
         watching = watch_for_workers(client, args.job_id, client.settings.worker_check_s, args.timeout)

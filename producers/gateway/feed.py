@@ -248,7 +248,7 @@ class JobFeed:
     async def _vanished(self) -> bool:
         """A quiet feed's look: True when the job, seen in Redis before, has no record there any more
         (Redis lost its data, or the job outlived its records): no terminal event can come."""
-        found = int(await self._redis.exists(self.keys.meta, self.keys.events, self.keys.result))
+        found = int(await self._redis.exists(*self.keys.records))
         if found:
             self._present = True
             return False

@@ -51,3 +51,10 @@ class JobKeys:
         #: Hash: the job's place in a provider batch (``workers/jobs/batchstate.py``): its state,
         #: the line it is, and the line's raw result once the batch ended.
         self.batch = f"{base}:batch"
+
+    @property
+    def records(self) -> tuple[str, str, str]:
+        """The keys whose presence says the job is known in this Redis: its metadata (from its submit)
+        and its events and result (until they expire). None of them: never submitted here, expired, or
+        lost with Redis's data."""
+        return (self.meta, self.events, self.result)
